@@ -1,0 +1,113 @@
+"""Start Sluice: `python run.py [--host H] [--port P] [--config PATH] [--workers N]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from pathlib import Path
+
+import structlog
+from aiohttp import web
+
+from server.app import create_app
+from server.lifecycle import signals_ctx
+from server.logs import configure_logging
+from server.settings import Settings, SettingsError, load_settings
+
+# Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
+SHUTDOWN_TIMEOUT = 5.0
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; see `python run.py --help`."""
+    parser = argparse.ArgumentParser(
+        prog="run.py",
+        description="Sluice: a streaming gateway for OpenAI-compatible chat models.",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=int(os.environ.get("PORT", "8080")),
+        help="port to listen on (default: $PORT, else 8080)",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help="TOML file overlaid on config/default.toml (default: none)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="worker processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=None,
+        help="log format (default: from config; auto = JSON unless stdout is a terminal)",
+    )
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load settings, then serve until SIGTERM or SIGINT has drained the process."""
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        print(f"sluice: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(args.log_format or settings.logging.format, settings.logging.level)
+    if args.workers > 1:
+        from server.workers import supervise
+
+        return supervise(args.workers, sys.argv[1:])
+    serve(settings, args.host, args.port, reuse_port=args.reuse_port)
+    return 0
+
+
+def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Run one gateway process in the foreground."""
+    log = structlog.get_logger("sluice")
+    app = create_app(settings)
+    app.cleanup_ctx.append(signals_ctx)
+
+    def announce(_: str) -> None:
+        # run_app calls this once its sockets listen: the line tests and operators wait for.
+        log.info(
+            "sluice_listening",
+            url=f"http://{host}:{port}",
+            integration="simulated" if settings.simulated else "openai",
+            pid=os.getpid(),
+        )
+
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        loop=_new_event_loop(),
+        handler_cancellation=True,
+        handle_signals=False,
+        access_log=None,
+        print=announce,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        reuse_port=reuse_port or None,
+    )
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional on platforms without a wheel
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

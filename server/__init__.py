@@ -1,0 +1,3 @@
+"""Sluice: a streaming gateway for OpenAI-compatible chat models."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,41 @@
+"""What the access log and metrics learn about one request while it is served."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .guard import Outcome
+
+
+@dataclass(slots=True)
+class RequestRecord:
+    """Filled by handlers and the relay; read once by the access log when the request ends."""
+
+    started: float
+    route: str = "unmatched"
+    model: str | None = None
+    stream: bool | None = None
+    response_status: int | None = None
+    outcome: Outcome | None = None
+    error_code: str | None = None
+    first_token_at: float | None = None
+    finish_reason: str | None = None
+    usage: dict[str, Any] | None = None
+    chunks_relayed: int = 0
+    heartbeats: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def ttft_ms(self) -> float | None:
+        """Milliseconds from the request's arrival to the first token written, if any was."""
+        if self.first_token_at is None:
+            return None
+        return round((self.first_token_at - self.started) * 1000, 2)
+
+    def usage_for_log(self) -> dict[str, Any] | None:
+        """The upstream's usage when it sent one, else the completion chunks Sluice relayed."""
+        if self.usage is not None:
+            return {**self.usage, "counted_by": "upstream"}
+        if self.stream and self.outcome is not None:
+            return {"completion_tokens": self.chunks_relayed, "counted_by": "sluice"}
+        return None

@@ -1,0 +1,165 @@
+"""The gateway's errors, one JSON shape for all of them, and the mapping from upstream failures.
+
+    GatewayError                      any failure a client is told about
+    ├── InvalidRequestError           400  malformed JSON, wrong or missing fields
+    ├── NotFoundError                 404  unknown path
+    │   └── ModelNotFoundError        404  a model not on the configured list
+    ├── MethodNotAllowedError         405
+    ├── PayloadTooLargeError          413
+    ├── UnsupportedMediaTypeError     415
+    ├── ServiceUnavailableError       503  draining or shedding load (with Retry-After)
+    └── UpstreamError                 502  the upstream failed or could not be reached
+        ├── UpstreamRejectedError     4xx  the upstream refused the request (its message kept)
+        ├── UpstreamRateLimitError    429  with the upstream's Retry-After
+        ├── UpstreamTimeoutError      504
+        └── UpstreamProtocolError     502  a stream that ended without finishing
+
+Every error renders as `{"error": {"message", "type", "param", "code"}}`: before the first byte
+of a response as an HTTP status, after it as the dialect's final error event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import openai
+
+
+class GatewayError(Exception):
+    """A failure with a status, an OpenAI-style type and code, and a client-safe message."""
+
+    status = 500
+    type = "server_error"
+    code: str | None = "internal_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        if code is not None:
+            self.code = code
+        if status is not None:
+            self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        """The JSON envelope every client sees."""
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class InvalidRequestError(GatewayError):
+    status = 400
+    type = "invalid_request_error"
+    code = "invalid_request"
+
+
+class NotFoundError(GatewayError):
+    status = 404
+    type = "invalid_request_error"
+    code = "not_found"
+
+
+class ModelNotFoundError(NotFoundError):
+    code = "model_not_found"
+
+
+class MethodNotAllowedError(GatewayError):
+    status = 405
+    type = "invalid_request_error"
+    code = "method_not_allowed"
+
+
+class PayloadTooLargeError(GatewayError):
+    status = 413
+    type = "invalid_request_error"
+    code = "payload_too_large"
+
+
+class UnsupportedMediaTypeError(GatewayError):
+    status = 415
+    type = "invalid_request_error"
+    code = "unsupported_media_type"
+
+
+class ServiceUnavailableError(GatewayError):
+    status = 503
+    type = "server_error"
+    code = "service_unavailable"
+
+
+class UpstreamError(GatewayError):
+    status = 502
+    type = "upstream_error"
+    code = "upstream_error"
+
+
+class UpstreamRejectedError(UpstreamError):
+    type = "invalid_request_error"
+    code = "upstream_rejected"
+
+
+class UpstreamRateLimitError(UpstreamError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
+
+
+class UpstreamTimeoutError(UpstreamError):
+    status = 504
+    type = "timeout_error"
+    code = "upstream_timeout"
+
+
+class UpstreamProtocolError(UpstreamError):
+    code = "upstream_stream_broken"
+
+
+def map_upstream_error(exc: openai.OpenAIError) -> UpstreamError:
+    """Map an SDK error to the most specific gateway error; the upstream's secrets never leak."""
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamTimeoutError("The upstream did not answer in time.")
+    if isinstance(exc, openai.APIConnectionError):
+        return UpstreamError("The upstream could not be reached.", code="upstream_unreachable")
+    if isinstance(exc, openai.RateLimitError):
+        retry_after = exc.response.headers.get("retry-after")
+        headers = {"Retry-After": retry_after} if retry_after else {}
+        return UpstreamRateLimitError(_upstream_message(exc, "The upstream is rate limiting."), headers=headers)
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        # The gateway's own credentials were refused: not the client's fault, and the upstream's
+        # message may quote part of the key, so it is not passed on.
+        return UpstreamError("The gateway's upstream credentials were rejected.", code="upstream_auth_failed")
+    if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
+        code = _upstream_field(exc, "code") or "upstream_rejected"
+        param = _upstream_field(exc, "param")
+        return UpstreamRejectedError(
+            _upstream_message(exc, "The upstream rejected the request."),
+            status=exc.status_code,
+            code=code,
+            param=param,
+        )
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError(f"The upstream failed with status {exc.status_code}.", code="upstream_failed")
+    return UpstreamError("The upstream failed.", code="upstream_failed")
+
+
+def _upstream_field(exc: openai.APIStatusError, name: str) -> str | None:
+    value = getattr(exc, name, None)
+    return value if isinstance(value, str) else None
+
+
+def _upstream_message(exc: openai.APIStatusError, fallback: str) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        message = body.get("message")
+        if isinstance(message, str) and message:
+            return message[:1000]
+    return fallback

@@ -1,0 +1,146 @@
+"""Enforce one stream's deadlines with a single timer, and end it on request.
+
+A relay reports what it is doing (`reading()` the upstream, `writing()` to the client) by
+setting two timestamps; nothing is scheduled per chunk. One timer wakes at the nearest
+deadline, checks the timestamps and, when a limit has passed, records why and cancels the
+stream's task, the same way `asyncio.timeout` does. The relay then tells a real cancellation
+(the client left) from a guard's (`expired` is set) and ends the stream explicitly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Outcome(StrEnum):
+    """How a request ended, as the access log and metrics name it."""
+
+    COMPLETED = "completed"
+    CLIENT_DISCONNECTED = "client_disconnected"
+    UPSTREAM_ERROR = "upstream_error"
+    TIMEOUT = "timeout"
+    SHUTDOWN = "shutdown"
+    REJECTED = "rejected"
+
+
+class Expiry(StrEnum):
+    """Why a guard ended a stream."""
+
+    FIRST_TOKEN = "first_token_timeout"
+    IDLE = "idle_timeout"
+    TOTAL = "total_timeout"
+    SEND = "send_timeout"
+    SHUTDOWN = "shutdown"
+
+
+@dataclass(frozen=True, slots=True)
+class Deadlines:
+    """Seconds allowed for each phase of a stream."""
+
+    first_token: float
+    idle: float
+    total: float
+    send: float
+
+
+class StreamGuard:
+    """Watch one stream's task and cancel it when a deadline passes or shutdown asks."""
+
+    def __init__(
+        self,
+        deadlines: Deadlines,
+        *,
+        on_send_timeout: Callable[[], None] | None = None,
+        task: asyncio.Task[object] | None = None,
+    ) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._task = task or asyncio.current_task()
+        self._deadlines = deadlines
+        # Any phase that starts later ends no sooner than this after it starts, so waking at
+        # least this often keeps every deadline exact without touching the timer per chunk.
+        self._horizon = min(deadlines.idle, deadlines.send)
+        self._on_send_timeout = on_send_timeout
+        now = self._loop.time()
+        self._started = now
+        self._reading_since: float | None = now
+        self._writing_since: float | None = None
+        self._first_token_seen = False
+        self._timer: asyncio.TimerHandle | None = None
+        self.expired: Expiry | None = None
+        self._arm(now + min(deadlines.first_token, deadlines.total, self._horizon))
+
+    def reading(self) -> None:
+        """The relay now waits for the upstream."""
+        self._writing_since = None
+        self._reading_since = self._loop.time()
+
+    def writing(self) -> None:
+        """A chunk arrived and the relay now writes to the client."""
+        self._first_token_seen = True
+        self._reading_since = None
+        self._writing_since = self._loop.time()
+
+    def set_send_timeout_callback(self, callback: Callable[[], None]) -> None:
+        """Call `callback` (abort the client's transport) when a write stalls past `send`."""
+        self._on_send_timeout = callback
+
+    def shutdown(self) -> None:
+        """End the stream now because the process is draining."""
+        self._expire(Expiry.SHUTDOWN)
+
+    def close(self) -> None:
+        """Stop watching; the stream is over."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def consume_expiry(self) -> Expiry | None:
+        """After a CancelledError: the guard's reason, with its cancellation undone, or None.
+
+        None means the cancellation came from elsewhere (the client left) and must propagate.
+        """
+        if self.expired is None or self._task is None:
+            return None
+        if self._task.uncancel() > 0:
+            return None
+        return self.expired
+
+    def _arm(self, when: float) -> None:
+        self._timer = self._loop.call_at(when, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        now = self._loop.time()
+        d = self._deadlines
+        total_at = self._started + d.total
+        if now >= total_at:
+            self._expire(Expiry.TOTAL)
+            return
+        next_at = min(total_at, now + self._horizon)
+        if self._writing_since is not None:
+            send_at = self._writing_since + d.send
+            if now >= send_at:
+                self._expire(Expiry.SEND)
+                return
+            next_at = min(next_at, send_at)
+        elif self._reading_since is not None:
+            limit = d.idle if self._first_token_seen else d.first_token
+            read_at = self._reading_since + limit
+            if now >= read_at:
+                self._expire(Expiry.IDLE if self._first_token_seen else Expiry.FIRST_TOKEN)
+                return
+            next_at = min(next_at, read_at)
+        self._arm(next_at)
+
+    def _expire(self, reason: Expiry) -> None:
+        if self.expired is not None:
+            return
+        self.expired = reason
+        self.close()
+        if reason is Expiry.SEND and self._on_send_timeout is not None:
+            self._on_send_timeout()
+        if self._task is not None and not self._task.done():
+            self._task.cancel(f"stream ended: {reason}")

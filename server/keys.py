@@ -1,0 +1,25 @@
+"""Every typed key for state kept on the application or a request, in one place."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+if TYPE_CHECKING:  # the keys' types are named in strings: these modules import this one
+    from .access import RequestRecord  # noqa: F401
+    from .lifecycle import Lifecycle  # noqa: F401
+    from .metrics import Metrics  # noqa: F401
+    from .openai_schema import ChatCompletionValidator  # noqa: F401
+    from .settings import Settings  # noqa: F401
+    from .upstream import Upstream  # noqa: F401
+
+SETTINGS = web.AppKey["Settings"]("settings")
+UPSTREAM = web.AppKey["Upstream"]("upstream")
+LIFECYCLE = web.AppKey["Lifecycle"]("lifecycle")
+METRICS = web.AppKey["Metrics"]("metrics")
+CHAT_SCHEMA = web.AppKey["ChatCompletionValidator"]("chat_schema")
+SIMULATOR_URL = web.AppKey[str]("simulator_url")
+
+REQUEST_ID = web.RequestKey[str]("request_id")
+RECORD = web.RequestKey["RequestRecord"]("record")

@@ -1,0 +1,123 @@
+"""Admission, live requests and the graceful drain of one process.
+
+On SIGTERM or SIGINT the process drains: readiness turns 503 at once, new chat requests get 503
+with Retry-After, live requests get `drain_timeout` seconds to finish, and each one still open
+then ends with an explicit shutdown event (its guard cancels it, see guard.py). Only then does the
+process stop listening and exit 0. The listener stays open during the drain so that probes and
+late requests get an answer instead of a refused connection. A second signal skips the wait.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+
+import structlog
+from aiohttp import web
+
+from .errors import ServiceUnavailableError
+from .guard import StreamGuard
+from .keys import LIFECYCLE, SETTINGS
+
+log = structlog.get_logger("sluice.lifecycle")
+
+# Seconds the streams ended by a drain get to write their shutdown event before the exit.
+FINAL_EVENT_GRACE = 2.0
+
+
+class Lifecycle:
+    """Tracks live requests and decides whether new ones are admitted."""
+
+    def __init__(self, *, retry_after: int, max_live: int) -> None:
+        self.draining = False
+        self._retry_after = retry_after
+        self._max_live = max_live
+        self._live: set[StreamGuard] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def live(self) -> int:
+        """Requests being served now."""
+        return len(self._live)
+
+    def admit(self) -> None:
+        """Raise 503 with Retry-After while draining or at the live-request cap."""
+        headers = {"Retry-After": str(self._retry_after)}
+        if self.draining:
+            raise ServiceUnavailableError(
+                "Sluice is shutting down; retry on another instance.", code="server_shutting_down", headers=headers
+            )
+        if self._max_live and len(self._live) >= self._max_live:
+            raise ServiceUnavailableError("Sluice is at capacity; retry shortly.", code="overloaded", headers=headers)
+
+    @contextmanager
+    def track(self, guard: StreamGuard) -> Iterator[None]:
+        """Count the request as live while the block runs."""
+        self._live.add(guard)
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._live.discard(guard)
+            if not self._live:
+                self._idle.set()
+
+    async def drain(self, grace: float) -> None:
+        """Refuse new work, let live requests finish for `grace` seconds, then end the rest."""
+        self.draining = True
+        log.info("drain_started", live=self.live, drain_timeout=grace)
+        try:
+            await asyncio.wait_for(self._idle.wait(), grace)
+        except TimeoutError:
+            self.end_all()
+        try:
+            await asyncio.wait_for(self._idle.wait(), FINAL_EVENT_GRACE)
+        except TimeoutError:
+            log.warning("drain_incomplete", live=self.live)
+        log.info("drain_finished")
+
+    def end_all(self) -> None:
+        """End every live request now with a shutdown event."""
+        if self._live:
+            log.info("drain_ending_streams", live=self.live)
+        for guard in list(self._live):
+            guard.shutdown()
+
+
+def _raise_graceful_exit() -> None:
+    # GracefulExit is a SystemExit: raised from a loop callback it leaves run_until_complete,
+    # and web.run_app then runs the normal cleanup and returns, so the process exits 0.
+    raise web.GracefulExit()
+
+
+async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Drain on SIGTERM and SIGINT, then exit; installed by run.py, not by tests' apps."""
+    loop = asyncio.get_running_loop()
+    lifecycle = app[LIFECYCLE]
+    drain_timeout = app[SETTINGS].server.drain_timeout
+    tasks: list[asyncio.Task[None]] = []
+
+    async def drain_then_exit() -> None:
+        await lifecycle.drain(drain_timeout)
+        loop.call_soon(_raise_graceful_exit)
+
+    def on_signal(signum: int) -> None:
+        if tasks:
+            log.info("drain_hurried", signal=signal.Signals(signum).name)
+            lifecycle.end_all()
+            return
+        log.info("signal_received", signal=signal.Signals(signum).name)
+        tasks.append(loop.create_task(drain_then_exit()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    yield
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

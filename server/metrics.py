@@ -1,0 +1,88 @@
+"""Prometheus metrics: one registry per application, aggregated across workers when they share one.
+
+With `PROMETHEUS_MULTIPROC_DIR` set (run.py sets it for `--workers N`), prometheus-client writes
+every value to a per-process file and `/metrics` sums the files of all workers.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
+
+from .access import RequestRecord
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+GAP_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 15, 60)
+
+
+class Metrics:
+    """The gateway's metrics, registered in a registry of its own (no global state)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        r = self.registry
+        self.requests = Counter(
+            "sluice_requests", "HTTP requests by route, method and status.", ["route", "method", "status"], registry=r
+        )
+        self.live_streams = Gauge(
+            "sluice_live_streams", "Chat requests being served now.", registry=r, multiprocess_mode="livesum"
+        )
+        self.ttft = Histogram(
+            "sluice_time_to_first_token_seconds",
+            "Time from a chat request's arrival to its first token written.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.chunk_gap = Histogram(
+            "sluice_chunk_gap_seconds", "Time between two relayed chunks.", ["route"], buckets=GAP_BUCKETS, registry=r
+        )
+        self.stream_endings = Counter(
+            "sluice_stream_endings", "Chat requests by how they ended.", ["route", "outcome"], registry=r
+        )
+        self.upstream_duration = Histogram(
+            "sluice_upstream_request_duration_seconds",
+            "Duration of upstream chat requests, from send to end.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.upstream_errors = Counter(
+            "sluice_upstream_errors", "Upstream failures by the status Sluice answered.", ["status", "code"], registry=r
+        )
+        self.tokens = Counter(
+            "sluice_tokens", "Tokens by model and kind (prompt, completion).", ["model", "kind"], registry=r
+        )
+        self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
+
+    def chat_finished(self, record: RequestRecord, duration: float) -> None:
+        """Record what one chat request did, once, when it ends."""
+        route = record.route
+        if record.outcome is not None:
+            self.stream_endings.labels(route, record.outcome).inc()
+        ttft_ms = record.ttft_ms()
+        if ttft_ms is not None:
+            self.ttft.labels(route).observe(ttft_ms / 1000)
+        self.upstream_duration.labels(route).observe(duration)
+        model = record.model or "unknown"
+        usage = record.usage
+        if usage is not None:
+            prompt = usage.get("prompt_tokens")
+            completion = usage.get("completion_tokens")
+            if isinstance(prompt, int):
+                self.tokens.labels(model, "prompt").inc(prompt)
+            if isinstance(completion, int):
+                self.tokens.labels(model, "completion").inc(completion)
+        elif record.chunks_relayed:
+            self.tokens.labels(model, "completion").inc(record.chunks_relayed)
+
+    def exposition(self) -> bytes:
+        """The text exposition of this process, or of all workers in multi-process mode."""
+        if self._multiprocess_dir:
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
+            return generate_latest(registry)
+        return generate_latest(self.registry)

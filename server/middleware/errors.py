@@ -1,0 +1,60 @@
+"""Render every failure as the JSON envelope `{"error": {"message", "type", "param", "code"}}`.
+
+Only before the response has started: after that the relay has already ended the stream with an
+error event, and a second answer would corrupt it.
+"""
+
+from __future__ import annotations
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..errors import (
+    GatewayError,
+    InvalidRequestError,
+    MethodNotAllowedError,
+    NotFoundError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+log = structlog.get_logger("sluice.errors")
+
+
+@web.middleware
+async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Turn GatewayError, aiohttp's HTTP errors and unexpected exceptions into the envelope."""
+    try:
+        return await handler(request)
+    except GatewayError as error:
+        return render_error(error)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return render_error(_from_http_exception(exc))
+    except Exception:
+        log.exception("request_failed")
+        return render_error(GatewayError("Sluice failed to handle the request."))
+
+
+def render_error(error: GatewayError) -> web.Response:
+    """The envelope as a JSON response with the error's status and headers."""
+    return web.json_response(error.body(), status=error.status, headers=error.headers)
+
+
+def _from_http_exception(exc: web.HTTPException) -> GatewayError:
+    if isinstance(exc, web.HTTPNotFound):
+        return NotFoundError("No such route; see the README for the API.")
+    if isinstance(exc, web.HTTPMethodNotAllowed):
+        allowed = ", ".join(sorted(exc.allowed_methods))
+        return MethodNotAllowedError(
+            f"Method {exc.method} is not allowed here; use {allowed}.", headers={"Allow": allowed}
+        )
+    if isinstance(exc, web.HTTPRequestEntityTooLarge):
+        return PayloadTooLargeError("The request body is larger than the limit.")
+    if isinstance(exc, web.HTTPUnsupportedMediaType):
+        return UnsupportedMediaTypeError("Content-Type must be application/json.")
+    if exc.status == 400:
+        return InvalidRequestError(exc.reason or "Bad request.")
+    return GatewayError(exc.reason or "Request failed.", status=exc.status, code=None)

@@ -1,0 +1,33 @@
+"""Give every request an id: the caller's well-formed X-Request-ID, or a new one."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import structlog
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..keys import REQUEST_ID
+
+HEADER = "X-Request-ID"
+_WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+
+
+@web.middleware
+async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Bind the request id to the request and to every log line written while serving it."""
+    incoming = request.headers.get(HEADER, "")
+    request_id = incoming if _WELL_FORMED.fullmatch(incoming) else uuid.uuid4().hex
+    request[REQUEST_ID] = request_id
+    structlog.contextvars.clear_contextvars()
+    structlog.contextvars.bind_contextvars(request_id=request_id)
+    return await handler(request)
+
+
+async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
+    """Stamp the id on the response just before its headers go out, streams included."""
+    request_id = request.get(REQUEST_ID)
+    if request_id is not None:
+        response.headers[HEADER] = request_id

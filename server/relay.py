@@ -1,0 +1,158 @@
+"""Relay upstream chunks to the client one at a time, and end every stream explicitly.
+
+The relay awaits each write before it reads the next chunk, so a client that stops reading
+stops the relay, and the upstream's TCP window then slows the upstream: nothing queues in Sluice.
+It ends a stream in exactly one of these ways:
+
+- the upstream finished: the dialect's `done` event (also when the upstream's body ends after a
+  finish reason without `[DONE]`);
+- the upstream failed, sent an error, or stopped before a finish reason: a final error event;
+- a deadline passed or the process is draining (the guard cancelled the task): a final error event
+  (none after a send timeout: that client is not reading);
+- the client left (the task was cancelled from outside): the cancellation propagates, and the
+  caller's `finally` closes the upstream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+from typing import Protocol
+
+import aiohttp
+import structlog
+
+from .access import RequestRecord
+from .chunks import Chunk
+from .dialects import Dialect
+from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from .guard import Expiry, Outcome, StreamGuard
+
+log = structlog.get_logger("sluice.relay")
+
+
+class Sink(Protocol):
+    """Where events go: the SSE response, or a test's recorder."""
+
+    async def write(self, data: bytes) -> None: ...
+
+
+class GapObserver(Protocol):
+    """Records the time between two chunks (a Prometheus histogram child)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class _NoGaps:
+    def observe(self, amount: float) -> None:
+        pass
+
+
+async def relay(
+    chunks: AsyncIterable[Chunk],
+    dialect: Dialect,
+    sink: Sink,
+    guard: StreamGuard,
+    record: RequestRecord,
+    *,
+    final_write_timeout: float,
+    shutdown_retry_ms: int | None = None,
+    gaps: GapObserver | None = None,
+) -> None:
+    """Forward `chunks` to `sink` in `dialect` until the stream ends; see the module docstring."""
+    try:
+        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps())
+    except asyncio.CancelledError:
+        expiry = guard.consume_expiry()
+        if expiry is None:
+            record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
+            raise
+        record.outcome = Outcome.SHUTDOWN if expiry is Expiry.SHUTDOWN else Outcome.TIMEOUT
+        record.error_code = str(expiry)
+        if expiry is Expiry.SEND:
+            log.info("client_stalled", send_timeout=True)
+            return
+        error, retry_ms = _expiry_error(expiry, shutdown_retry_ms)
+        await _write_final(sink, dialect.failure(error, retry_ms=retry_ms), final_write_timeout)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        record.outcome = Outcome.CLIENT_DISCONNECTED
+    except GatewayError as failure:
+        record.outcome = Outcome.UPSTREAM_ERROR
+        record.error_code = failure.code
+        await _write_final(sink, dialect.failure(failure), final_write_timeout)
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        record.outcome = Outcome.UPSTREAM_ERROR
+        error = UpstreamProtocolError("The upstream connection failed mid-stream.")
+        record.error_code = error.code
+        log.warning("upstream_stream_failed", error=type(exc).__name__)
+        await _write_final(sink, dialect.failure(error), final_write_timeout)
+
+
+async def _forward(
+    chunks: AsyncIterable[Chunk],
+    dialect: Dialect,
+    sink: Sink,
+    guard: StreamGuard,
+    record: RequestRecord,
+    gaps: GapObserver,
+) -> None:
+    loop = asyncio.get_running_loop()
+    last_at: float | None = None
+    guard.reading()
+    async for chunk in chunks:
+        guard.writing()
+        if chunk.error is not None:
+            raise _upstream_error_event(chunk.error)
+        if chunk.usage is not None:
+            record.usage = chunk.usage
+        if chunk.finish_reason is not None:
+            record.finish_reason = chunk.finish_reason
+        data = dialect.chunk(chunk)
+        if data is not None:
+            now = loop.time()
+            if chunk.has_delta:
+                record.chunks_relayed += 1
+                if last_at is None:
+                    record.first_token_at = now
+                else:
+                    gaps.observe(now - last_at)
+                last_at = now
+            await sink.write(data)
+        guard.reading()
+    if record.finish_reason is None:
+        raise UpstreamProtocolError("The upstream ended the stream before it finished.")
+    guard.writing()
+    await sink.write(dialect.done(record.finish_reason, record.usage))
+    record.outcome = Outcome.COMPLETED
+
+
+def _upstream_error_event(error: dict[str, object]) -> UpstreamError:
+    message = error.get("message")
+    code = error.get("code")
+    return UpstreamError(
+        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        code=code if isinstance(code, str) and code else "upstream_failed",
+    )
+
+
+def _expiry_error(expiry: Expiry, shutdown_retry_ms: int | None) -> tuple[GatewayError, int | None]:
+    if expiry is Expiry.SHUTDOWN:
+        error: GatewayError = ServiceUnavailableError(
+            "Sluice is shutting down; retry the request.", code="server_shutting_down"
+        )
+        return error, shutdown_retry_ms
+    messages = {
+        Expiry.FIRST_TOKEN: "The upstream sent no token in time.",
+        Expiry.IDLE: "The upstream went silent mid-stream.",
+        Expiry.TOTAL: "The stream exceeded its total time limit.",
+    }
+    return UpstreamTimeoutError(messages.get(expiry, "The stream timed out."), code=str(expiry)), None
+
+
+async def _write_final(sink: Sink, data: bytes, limit: float) -> None:
+    """Write the last event; a client that has gone or stalled is not waited for."""
+    try:
+        async with asyncio.timeout(limit):
+            await sink.write(data)
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError, RuntimeError):
+        pass

@@ -1,0 +1,38 @@
+"""The HTTP surface: every route, added in one place, then wrapped for CORS."""
+
+from __future__ import annotations
+
+import aiohttp_cors
+from aiohttp import web
+
+from . import chat, health, metrics, models, openai
+
+
+def setup_routes(app: web.Application) -> None:
+    """Add every route of the gateway."""
+    app.router.add_get("/health", health.health)
+    app.router.add_get("/livez", health.livez)
+    app.router.add_get("/readyz", health.readyz)
+    app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_get("/models", models.list_models)
+    app.router.add_post("/chat", chat.chat)
+    app.router.add_post("/chat/stream", chat.chat_stream)
+    app.router.add_get("/v1/models", openai.list_models)
+    app.router.add_get("/v1/models/{model_id}", openai.get_model)
+    app.router.add_post("/v1/chat/completions", openai.chat_completions)
+
+
+def setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
+    """Allow the configured origins on every route; preflights are answered by aiohttp-cors.
+
+    Credentials are never allowed: Sluice's own auth is a bearer header, not a cookie.
+    """
+    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
+        allow_credentials=False,
+        expose_headers=("X-Request-ID", "Retry-After"),
+        allow_headers="*",
+        max_age=600,
+    )
+    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
+    for route in list(app.router.routes()):
+        cors.add(route)

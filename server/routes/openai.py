@@ -1,0 +1,57 @@
+"""The OpenAI surface under /v1: the official SDKs work with `base_url` pointed here.
+
+Bodies are validated against OpenAI's own schema for createChatCompletion; fields Sluice does
+not know pass through to the upstream untouched.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from ..dialects import OpenAIDialect
+from ..errors import InvalidRequestError, ModelNotFoundError
+from ..keys import CHAT_SCHEMA, RECORD, SETTINGS
+from ..streaming import complete_chat, stream_chat
+from ..validation import check_model, read_json_object
+
+# OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
+MODELS_CREATED = 1_700_000_000
+
+
+def _model_object(model_id: str) -> dict[str, Any]:
+    return {"id": model_id, "object": "model", "created": MODELS_CREATED, "owned_by": "sluice"}
+
+
+async def list_models(request: web.Request) -> web.Response:
+    """GET /v1/models: the configured models as OpenAI lists them."""
+    models = request.app[SETTINGS].models.available
+    return web.json_response({"object": "list", "data": [_model_object(m) for m in models]})
+
+
+async def get_model(request: web.Request) -> web.Response:
+    """GET /v1/models/{id}: one configured model, or 404 model_not_found."""
+    model_id = request.match_info["model_id"]
+    if model_id not in request.app[SETTINGS].models.available:
+        raise ModelNotFoundError(f"The model {model_id[:200]!r} does not exist.", param="model")
+    return web.json_response(_model_object(model_id))
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    """POST /v1/chat/completions, streaming (`"stream": true`) or not."""
+    body = await read_json_object(request)
+    issue = request.app[CHAT_SCHEMA].first_error(body)
+    if issue is not None:
+        raise InvalidRequestError(issue.message, param=issue.param or None)
+    model = body["model"]
+    check_model(model, request.app[SETTINGS])
+    request[RECORD].model = model
+    if body.get("stream") is True:
+        options = body.get("stream_options")
+        include_usage = isinstance(options, dict) and options.get("include_usage") is True
+        # Always ask for usage, so every stream's tokens are logged; the client sees it only if asked.
+        upstream_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        return await stream_chat(request, upstream_body, OpenAIDialect(include_usage))
+    raw = await complete_chat(request, body)
+    return web.Response(body=raw, content_type="application/json")

@@ -1,0 +1,173 @@
+"""Load Sluice's settings once: config/default.toml, an optional overlay file, then the environment.
+
+The result is a frozen, validated `Settings`. Only this module reads files and the environment;
+everything else receives the object. A wrong value raises `SettingsError` with one line naming
+the setting and what was expected.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+ENV_PREFIX = "SLUICE_"
+KEY_VARIABLES = ("AI_INTEGRATIONS_OPENAI_API_KEY", "OPENAI_API_KEY")
+BASE_URL_VARIABLES = ("AI_INTEGRATIONS_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+
+
+class SettingsError(ValueError):
+    """A setting is missing, malformed or out of range."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ServerSettings(_Section):
+    max_body_bytes: int = Field(gt=0)
+    cors_origins: tuple[str, ...]
+    retry_after: int = Field(ge=0)
+    drain_timeout: float = Field(ge=0)
+    max_live_streams: int = Field(ge=0)
+
+
+class LoggingSettings(_Section):
+    format: Literal["auto", "json", "console"]
+    level: Literal["debug", "info", "warning", "error"]
+
+
+class LimitSettings(_Section):
+    max_message_chars: int = Field(gt=0)
+    max_history_messages: int = Field(ge=0)
+
+
+class UpstreamSettings(_Section):
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(gt=0)
+    first_token_timeout: float = Field(gt=0)
+    idle_timeout: float = Field(gt=0)
+    total_timeout: float = Field(gt=0)
+    down_after_failures: int = Field(gt=0)
+    max_connections: int = Field(ge=0)
+
+
+class StreamSettings(_Section):
+    heartbeat_interval: float = Field(gt=0)
+    send_timeout: float = Field(gt=0)
+    retry_ms: int = Field(ge=0)
+
+
+class ModelSettings(_Section):
+    default: str
+    available: tuple[str, ...] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _default_is_available(self) -> ModelSettings:
+        if self.default not in self.available:
+            raise ValueError(f"default model {self.default!r} is not in models.available")
+        return self
+
+
+class SimulatorSettings(_Section):
+    ttft_ms: float = Field(ge=0)
+    gap_ms: float = Field(ge=0)
+    tokens: int = Field(gt=0)
+
+
+class Settings(_Section):
+    """Everything Sluice is configured with; frozen once loaded."""
+
+    server: ServerSettings
+    logging: LoggingSettings
+    limits: LimitSettings
+    upstream: UpstreamSettings
+    stream: StreamSettings
+    models: ModelSettings
+    simulator: SimulatorSettings
+
+    @property
+    def simulated(self) -> bool:
+        """True when no upstream key is configured and the built-in simulated model answers."""
+        return self.upstream.api_key is None
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read default.toml, overlay `config_path`, the environment and `overrides`, then validate."""
+    env = os.environ if environ is None else environ
+    raw = _read_toml(DEFAULT_CONFIG)
+    if config_path is not None:
+        _merge(raw, _read_toml(config_path))
+    _merge(raw, _from_environment(raw, env))
+    _merge(raw, _upstream_from_environment(env))
+    for section, values in (overrides or {}).items():
+        _merge(raw, {section: dict(values)})
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path}: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """Take SLUICE_<SECTION>_<KEY> for every key the defaults define; lists are comma-separated."""
+    found: dict[str, Any] = {}
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            continue
+        for key, default in values.items():
+            name = f"{ENV_PREFIX}{section}_{key}".upper()
+            if name in env:
+                text = env[name]
+                value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
+                found.setdefault(section, {})[key] = value
+    return found
+
+
+def _upstream_from_environment(env: Mapping[str, str]) -> dict[str, Any]:
+    upstream: dict[str, Any] = {}
+    key = next((env[name] for name in KEY_VARIABLES if env.get(name)), None)
+    if key:
+        upstream["api_key"] = key
+    base_url = next((env[name] for name in BASE_URL_VARIABLES if env.get(name)), None)
+    if base_url:
+        upstream["base_url"] = base_url
+    return {"upstream": upstream} if upstream else {}
+
+
+def _describe(exc: ValidationError) -> str:
+    """One line: the setting, as its environment variable would name it too, and what was expected."""
+    error = exc.errors()[0]
+    path = ".".join(str(part) for part in error["loc"])
+    env_name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:2]).upper()
+    if path == "upstream.api_key" or path.startswith("upstream.api_key."):
+        return "setting upstream.api_key: expected a non-empty string"
+    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 else ""
+    return f"setting {path}{hint}: {error['msg']}"

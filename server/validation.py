@@ -1,0 +1,64 @@
+"""Read and validate request bodies at the edge; every failure becomes an InvalidRequestError.
+
+Handlers get a typed object or a checked dict, never raw input, and every message names its field.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedMediaTypeError
+from .settings import Settings
+
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+async def read_json_object(request: web.Request) -> dict[str, Any]:
+    """The body as a JSON object: 415 for another content type, 400 for bad JSON or a non-object."""
+    if request.content_type != "application/json":
+        raise UnsupportedMediaTypeError(
+            f"Content-Type must be application/json, not {request.content_type or 'missing'!r}."
+        )
+    raw = await request.read()
+    if not raw.strip():
+        raise InvalidRequestError("The request body is empty; expected a JSON object.", code="invalid_json")
+    try:
+        body = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    return body
+
+
+def parse_model(model: type[ModelT], data: dict[str, Any], settings: Settings) -> ModelT:
+    """Validate `data` into `model`; the first problem becomes a 400 naming its field."""
+    try:
+        return model.model_validate(data, context={"settings": settings})
+    except ValidationError as exc:
+        error = exc.errors(include_url=False, include_input=False)[0]
+        param = _field_path(error["loc"])
+        message = error["msg"].removeprefix("Value error, ")
+        raise InvalidRequestError(f"{param or 'body'}: {message}.", param=param or None) from None
+
+
+def check_model(name: str, settings: Settings) -> None:
+    """404 model_not_found unless `name` is on the configured list."""
+    if name not in settings.models.available:
+        raise ModelNotFoundError(
+            f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
+        )
+
+
+def _field_path(loc: tuple[int | str, ...]) -> str:
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else part
+    return path

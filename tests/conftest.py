@@ -1,0 +1,73 @@
+"""Shared fixtures: settings, in-process apps and clients, and real processes."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from server.app import create_app
+from server.settings import Settings, load_settings
+from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_CONFIG = ROOT / "config" / "test.toml"
+
+AiohttpClient = Callable[..., Any]
+
+
+def make_settings(environ: dict[str, str] | None = None, **sections: dict[str, Any]) -> Settings:
+    """Test settings: config/test.toml, the given environment only, and section overrides."""
+    return load_settings(TEST_CONFIG, environ=environ or {}, overrides=sections)
+
+
+@pytest.fixture
+def settings() -> Settings:
+    return make_settings()
+
+
+@pytest.fixture
+async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClient[web.Request, web.Application]:
+    """The gateway in-process, on its built-in simulated model."""
+    client: TestClient[web.Request, web.Application] = await aiohttp_client(create_app(settings))
+    return client
+
+
+@pytest.fixture
+async def upstream_app_client(
+    aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient
+) -> AsyncIterator[Callable[..., Any]]:
+    """Build a gateway in-process whose upstream is the given aiohttp app (a fake upstream)."""
+
+    async def build(upstream: web.Application, **sections: dict[str, Any]) -> TestClient[web.Request, web.Application]:
+        server: TestServer = await aiohttp_server(upstream)
+        environ = {
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key-never-logged",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": str(server.make_url("/v1")),
+        }
+        client: TestClient[web.Request, web.Application] = await aiohttp_client(
+            create_app(make_settings(environ, **sections))
+        )
+        return client
+
+    yield build
+
+
+@pytest.fixture(scope="session")
+def simulator() -> Iterator[Simulator]:
+    """The simulator as its own process, shared by the whole session (tests steer it per request)."""
+    sim = start_simulator()
+    yield sim
+    sim.process.stop()
+
+
+@pytest.fixture(scope="session")
+def gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """`python run.py` against the simulator process, shared by tests that do not stop it."""
+    gw = start_gateway(upstream=simulator)
+    yield gw
+    gw.process.stop()

@@ -1,0 +1,259 @@
+"""The relay against a fake chunk iterator and a fake sink: how every stream ends."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import orjson
+import pytest
+
+from server.access import RequestRecord
+from server.chunks import Chunk, parse_chunk
+from server.dialects import NativeDialect, OpenAIDialect
+from server.guard import Deadlines, Outcome, StreamGuard
+from server.relay import relay
+
+GENEROUS = Deadlines(first_token=30, idle=30, total=60, send=30)
+
+
+def content_chunk(text: str) -> Chunk:
+    raw = orjson.dumps({"choices": [{"index": 0, "delta": {"content": text}, "finish_reason": None}]})
+    return parse_chunk(raw)
+
+
+def finish_chunk(reason: str = "stop") -> Chunk:
+    return parse_chunk(orjson.dumps({"choices": [{"index": 0, "delta": {}, "finish_reason": reason}]}))
+
+
+def usage_chunk() -> Chunk:
+    usage = {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}
+    return parse_chunk(orjson.dumps({"choices": [], "usage": usage}))
+
+
+async def from_list(chunks: list[Chunk], then: asyncio.Event | None = None) -> AsyncIterator[Chunk]:
+    for chunk in chunks:
+        yield chunk
+    if then is not None:
+        await then.wait()
+
+
+class RecordingSink:
+    """Collects writes; can block a write until released, to stand for a client that stopped reading."""
+
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.blocked = asyncio.Event()
+        self.release = asyncio.Event()
+        self.release.set()
+        self._wrote = asyncio.Condition()
+
+    async def write(self, data: bytes) -> None:
+        if not self.release.is_set():
+            self.blocked.set()
+            await self.release.wait()
+        self.writes.append(data)
+        async with self._wrote:
+            self._wrote.notify_all()
+
+    async def wait_for_writes(self, count: int) -> None:
+        async with self._wrote:
+            await self._wrote.wait_for(lambda: len(self.writes) >= count)
+
+    @property
+    def text(self) -> bytes:
+        return b"".join(self.writes)
+
+
+def new_record() -> RequestRecord:
+    return RequestRecord(started=asyncio.get_running_loop().time(), stream=True)
+
+
+async def run_relay(
+    chunks: AsyncIterator[Chunk], dialect: object, sink: RecordingSink, deadlines: Deadlines = GENEROUS
+):
+    record = new_record()
+    guard = StreamGuard(deadlines)
+    try:
+        await relay(chunks, dialect, sink, guard, record, final_write_timeout=1)  # type: ignore[arg-type]
+    finally:
+        guard.close()
+    return record
+
+
+async def test_finished_stream_ends_with_done_event_and_usage() -> None:
+    sink = RecordingSink()
+    chunks = [content_chunk("Hel"), content_chunk("lo"), finish_chunk(), usage_chunk()]
+    record = await run_relay(from_list(chunks), NativeDialect("s1", 1000), sink)
+    assert record.outcome is Outcome.COMPLETED
+    assert sink.writes[-1].startswith(b"id: s1:3\nevent: done\n")
+    done = orjson.loads(sink.writes[-1].split(b"data: ", 1)[1])
+    assert done == {"finish_reason": "stop", "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}}
+
+
+async def test_openai_stream_forwards_chunk_bytes_unchanged_then_done() -> None:
+    sink = RecordingSink()
+    chunks = [content_chunk("Hi"), finish_chunk()]
+    await run_relay(from_list(chunks), OpenAIDialect(include_usage=False), sink)
+    assert sink.writes == [
+        b"data: " + chunks[0].raw + b"\n\n",
+        b"data: " + chunks[1].raw + b"\n\n",
+        b"data: [DONE]\n\n",
+    ]
+
+
+async def test_usage_chunk_reaches_openai_client_only_when_asked() -> None:
+    chunks = [content_chunk("Hi"), finish_chunk(), usage_chunk()]
+    without, with_usage = RecordingSink(), RecordingSink()
+    await run_relay(from_list(chunks), OpenAIDialect(include_usage=False), without)
+    await run_relay(from_list(chunks), OpenAIDialect(include_usage=True), with_usage)
+    assert b'"usage"' not in without.text
+    assert b'"usage":{"prompt_tokens":3' in with_usage.text
+
+
+async def test_stream_cut_before_finish_ends_with_error_event_not_done() -> None:
+    sink = RecordingSink()
+    record = await run_relay(from_list([content_chunk("Hi")]), NativeDialect("s", 1000), sink)
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    assert b"event: failed" in sink.writes[-1]
+    assert b"event: done" not in sink.text
+    assert b'"code":"upstream_stream_broken"' in sink.writes[-1]
+
+
+async def test_openai_stream_cut_before_finish_ends_with_error_envelope_and_no_done() -> None:
+    sink = RecordingSink()
+    await run_relay(from_list([content_chunk("Hi")]), OpenAIDialect(include_usage=False), sink)
+    assert sink.writes[-1].startswith(b'data: {"error":{"message":')
+    assert b"[DONE]" not in sink.text
+
+
+async def test_upstream_error_event_becomes_final_failure() -> None:
+    sink = RecordingSink()
+    error = parse_chunk(b'{"error": {"message": "boom", "type": "server_error", "code": "overloaded"}}')
+    record = await run_relay(
+        from_list([content_chunk("a"), error, content_chunk("never")]), NativeDialect("s", 1), sink
+    )
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    failure = orjson.loads(sink.writes[-1].split(b"data: ", 1)[1])
+    assert failure["error"]["message"] == "boom"
+    assert failure["error"]["code"] == "overloaded"
+    assert b"never" not in sink.text
+
+
+async def test_idle_upstream_ends_stream_with_timeout_event() -> None:
+    sink = RecordingSink()
+    silence = asyncio.Event()
+    deadlines = Deadlines(first_token=30, idle=0.05, total=60, send=30)
+    record = await run_relay(from_list([content_chunk("a")], then=silence), NativeDialect("s", 1), sink, deadlines)
+    assert record.outcome is Outcome.TIMEOUT
+    assert b'"code":"idle_timeout"' in sink.writes[-1]
+
+
+async def test_silent_upstream_before_first_token_ends_with_first_token_timeout() -> None:
+    sink = RecordingSink()
+    deadlines = Deadlines(first_token=0.05, idle=30, total=60, send=30)
+    record = await run_relay(from_list([], then=asyncio.Event()), NativeDialect("s", 1), sink, deadlines)
+    assert record.outcome is Outcome.TIMEOUT
+    assert b'"code":"first_token_timeout"' in sink.writes[-1]
+
+
+async def test_total_timeout_ends_a_stream_that_keeps_flowing() -> None:
+    async def endless() -> AsyncIterator[Chunk]:
+        while True:
+            yield content_chunk("x")
+            await asyncio.sleep(0)  # let the guard's timer run between chunks, as a socket read would
+
+    sink = RecordingSink()
+    deadlines = Deadlines(first_token=30, idle=30, total=0.05, send=30)
+    record = await run_relay(endless(), OpenAIDialect(include_usage=False), sink, deadlines)
+    assert record.outcome is Outcome.TIMEOUT
+    assert b'"code":"total_timeout"' in sink.writes[-1]
+
+
+async def test_client_that_accepts_nothing_is_cut_after_send_timeout_without_final_event() -> None:
+    sink = RecordingSink()
+    sink.release.clear()
+    cut = asyncio.Event()
+    guard = StreamGuard(Deadlines(first_token=30, idle=30, total=60, send=0.05), on_send_timeout=cut.set)
+    record = new_record()
+    try:
+        await relay(
+            from_list([content_chunk("a"), finish_chunk()]),
+            NativeDialect("s", 1),
+            sink,
+            guard,
+            record,
+            final_write_timeout=1,
+        )
+    finally:
+        guard.close()
+    assert cut.is_set()
+    assert record.outcome is Outcome.TIMEOUT
+    assert record.error_code == "send_timeout"
+    assert sink.writes == []
+
+
+async def test_relay_reads_next_chunk_only_after_the_write_returned() -> None:
+    pulled: list[int] = []
+
+    async def counting() -> AsyncIterator[Chunk]:
+        for i in range(3):
+            pulled.append(i)
+            yield content_chunk(str(i))
+        yield finish_chunk()
+
+    sink = RecordingSink()
+    sink.release.clear()
+    task = asyncio.create_task(run_relay(counting(), NativeDialect("s", 1), sink))
+    await sink.blocked.wait()
+    assert pulled == [0]  # the client is not reading: nothing more is taken from the upstream
+    sink.release.set()
+    record = await task
+    assert pulled == [0, 1, 2]
+    assert record.outcome is Outcome.COMPLETED
+
+
+async def test_client_cancellation_propagates_and_counts_relayed_tokens() -> None:
+    never = asyncio.Event()
+    sink = RecordingSink()
+    record = new_record()
+    guard = StreamGuard(GENEROUS)
+    task = asyncio.create_task(
+        relay(
+            from_list([content_chunk("a"), content_chunk("b")], then=never),
+            NativeDialect("s", 1),
+            sink,
+            guard,
+            record,
+            final_write_timeout=1,
+        )
+    )
+    await sink.wait_for_writes(2)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    guard.close()
+    assert record.outcome is Outcome.CLIENT_DISCONNECTED
+    assert record.usage_for_log() == {"completion_tokens": 2, "counted_by": "sluice"}
+
+
+async def test_shutdown_ends_stream_with_retry_hint() -> None:
+    sink = RecordingSink()
+    record = new_record()
+    guards: asyncio.Queue[StreamGuard] = asyncio.Queue()
+
+    async def serve() -> None:
+        guard = StreamGuard(GENEROUS)  # watches this task, as in the gateway
+        guards.put_nowait(guard)
+        chunks = from_list([content_chunk("a")], then=asyncio.Event())
+        await relay(chunks, NativeDialect("s", 1), sink, guard, record, final_write_timeout=1, shutdown_retry_ms=5000)
+        guard.close()
+
+    task = asyncio.create_task(serve())
+    guard = await guards.get()
+    await sink.wait_for_writes(1)
+    guard.shutdown()
+    await task
+    assert record.outcome is Outcome.SHUTDOWN
+    assert sink.writes[-1].startswith(b"retry: 5000\n")
+    assert b'"code":"server_shutting_down"' in sink.writes[-1]
