@@ -87,6 +87,10 @@ class StreamGuard:
         """Call `callback` (abort the client's transport) when a write stalls past `send`."""
         self._on_send_timeout = callback
 
+    def stalled(self) -> None:
+        """End the stream now: a write to the client has waited longer than `send`."""
+        self._expire(Expiry.SEND)
+
     def shutdown(self) -> None:
         """End the stream now because the process is draining."""
         self._expire(Expiry.SHUTDOWN)

@@ -7,8 +7,9 @@ It ends a stream in exactly one of these ways:
 - the upstream finished: the dialect's `done` event (also when the upstream's body ends after a
   finish reason without `[DONE]`);
 - the upstream failed, sent an error, or stopped before a finish reason: a final error event;
-- a deadline passed or the process is draining (the guard cancelled the task): a final error event
-  (none after a send timeout: that client is not reading);
+- a deadline passed or the process is draining (the guard cancelled the task): a final error event;
+- the client accepted nothing for `send` seconds: its connection is aborted and the cancellation
+  propagates, as for a client that left;
 - the client left (the task was cancelled from outside): the cancellation propagates, and the
   caller's `finally` closes the upstream.
 """
@@ -63,15 +64,18 @@ async def relay(
     try:
         await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps())
     except asyncio.CancelledError:
+        if guard.expired is Expiry.SEND:
+            # The client accepts nothing: its connection is aborted, so no final event can reach
+            # it; the cancellation ends the handler like a disconnect, logged as a timeout.
+            record.outcome = Outcome.TIMEOUT
+            record.error_code = str(Expiry.SEND)
+            raise
         expiry = guard.consume_expiry()
         if expiry is None:
             record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
             raise
         record.outcome = Outcome.SHUTDOWN if expiry is Expiry.SHUTDOWN else Outcome.TIMEOUT
         record.error_code = str(expiry)
-        if expiry is Expiry.SEND:
-            log.info("client_stalled", send_timeout=True)
-            return
         error, retry_ms = _expiry_error(expiry, shutdown_retry_ms)
         await _write_final(sink, dialect.failure(error, retry_ms=retry_ms), final_write_timeout)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):

@@ -26,6 +26,7 @@ class SSEResponse(EventSourceResponse):
         heartbeat_interval: float,
         send_timeout: float,
         on_heartbeat: Callable[[], None] | None = None,
+        on_stalled: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(
             sep="\n",
@@ -35,6 +36,7 @@ class SSEResponse(EventSourceResponse):
         )
         self.headers["Cache-Control"] = "no-cache, no-transform"
         self._on_heartbeat = on_heartbeat
+        self._on_stalled = on_stalled
 
     async def _ping(self) -> None:
         # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
@@ -44,7 +46,11 @@ class SSEResponse(EventSourceResponse):
                 async with asyncio.timeout(self._send_timeout):
                     await self.write(HEARTBEAT)
             except TimeoutError:
-                self._abort_transport()
+                # The client accepts nothing: let the stream's owner end it (and log why).
+                if self._on_stalled is not None:
+                    self._on_stalled()
+                else:
+                    self._abort_transport()
                 break
             except (ConnectionResetError, RuntimeError):
                 break

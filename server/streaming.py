@@ -61,7 +61,7 @@ async def stream_chat(
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
             upstream_stream = await _open(request, body, guard)
-            response = _sse_response(request)
+            response = _sse_response(request, guard)
             if prepare is not None:
                 prepare(response)
             await response.prepare(request)
@@ -150,7 +150,7 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
         raise
 
 
-def _sse_response(request: web.Request) -> SSEResponse:
+def _sse_response(request: web.Request, guard: StreamGuard) -> SSEResponse:
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     record = request[RECORD]
@@ -163,4 +163,5 @@ def _sse_response(request: web.Request) -> SSEResponse:
         heartbeat_interval=settings.stream.heartbeat_interval,
         send_timeout=settings.stream.send_timeout,
         on_heartbeat=on_heartbeat,
+        on_stalled=guard.stalled,
     )

@@ -174,19 +174,18 @@ async def test_client_that_accepts_nothing_is_cut_after_send_timeout_without_fin
     sink = RecordingSink()
     sink.release.clear()
     cut = asyncio.Event()
-    guard = StreamGuard(Deadlines(first_token=30, idle=30, total=60, send=0.05), on_send_timeout=cut.set)
     record = new_record()
-    try:
-        await relay(
-            from_list([content_chunk("a"), finish_chunk()]),
-            NativeDialect("s", 1),
-            sink,
-            guard,
-            record,
-            final_write_timeout=1,
-        )
-    finally:
-        guard.close()
+
+    async def serve() -> None:
+        guard = StreamGuard(Deadlines(first_token=30, idle=30, total=60, send=0.05), on_send_timeout=cut.set)
+        try:
+            chunks = from_list([content_chunk("a"), finish_chunk()])
+            await relay(chunks, NativeDialect("s", 1), sink, guard, record, final_write_timeout=1)
+        finally:
+            guard.close()
+
+    with pytest.raises(asyncio.CancelledError):
+        await asyncio.create_task(serve())
     assert cut.is_set()
     assert record.outcome is Outcome.TIMEOUT
     assert record.error_code == "send_timeout"
