@@ -1,0 +1,160 @@
+"""Per-request steering: the `#sim` directive line and the `sim` body field.
+
+Both carry the same keys (tokens, ttft_ms, gap_ms, fault, echo, chunk_chars)
+and are merged key by key, the body field winning. Unknown keys are ignored
+so newer tests can talk to older simulators; bad values of known keys are
+rejected so a typo in a test fails loudly instead of silently doing nothing.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from enum import StrEnum
+
+from .settings import Pace
+
+DIRECTIVE_PREFIX = "#sim"
+DEFAULT_CHUNK_CHARS = 8
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+class Fault(StrEnum):
+    """Failure modes a request can ask for."""
+
+    NONE = "none"
+    RATE_LIMIT = "rate_limit"
+    SERVER_ERROR = "server_error"
+    BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"
+    CUT = "cut"
+    HANG_FIRST = "hang_first"
+    HANG_MID = "hang_mid"
+    MALFORMED = "malformed"
+    NO_DONE = "no_done"
+    ERROR_EVENT = "error_event"
+
+
+_FAULT_NAMES = frozenset(fault.value for fault in Fault)
+
+
+class PlanError(ValueError):
+    """A steering value could not be understood; maps to HTTP 400."""
+
+    def __init__(self, key: str, value: object) -> None:
+        super().__init__(f"invalid sim value for {key!r}: {value!r}")
+        self.key = key
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """How to answer one request, after defaults and overrides are merged."""
+
+    tokens: int
+    ttft_ms: float
+    gap_ms: float
+    fault: Fault = Fault.NONE
+    echo: bool = False
+    chunk_chars: int = DEFAULT_CHUNK_CHARS
+
+
+def split_directive(text: str) -> tuple[str | None, str]:
+    """Find the first `#sim` line in text.
+
+    Returns (directive arguments or None, text without that line and the
+    newline after it). Only "\\n" ends a line: a "\\r" is payload, which keeps
+    echoed text byte-exact.
+    """
+    if DIRECTIVE_PREFIX not in text:
+        # Fast path: most prompts carry no directive.
+        return None, text
+    start = 0
+    while True:
+        end = text.find("\n", start)
+        line = text[start:] if end < 0 else text[start:end]
+        rest = line[len(DIRECTIVE_PREFIX) :]
+        # "#simulate" is prose, not a directive.
+        if line.startswith(DIRECTIVE_PREFIX) and (not rest or rest[0] in " \t\r"):
+            after = len(text) if end < 0 else end + 1
+            return rest, text[:start] + text[after:]
+        if end < 0:
+            return None, text
+        start = end + 1
+
+
+def parse_directive(arguments: str) -> dict[str, str | bool]:
+    """Turn `tokens=5 echo` into {"tokens": "5", "echo": True}."""
+    parsed: dict[str, str | bool] = {}
+    for word in arguments.split():
+        key, sep, value = word.partition("=")
+        parsed[key] = value if sep else True
+    return parsed
+
+
+def resolve_plan(
+    defaults: Pace,
+    directive: Mapping[str, object],
+    body: Mapping[str, object],
+) -> Plan:
+    """Merge defaults, directive and body overrides (body wins) into a Plan."""
+    merged = {**directive, **body}
+    return Plan(
+        tokens=_as_int(merged, "tokens", defaults.tokens, minimum=0),
+        ttft_ms=_as_ms(merged, "ttft_ms", defaults.ttft_ms),
+        gap_ms=_as_ms(merged, "gap_ms", defaults.gap_ms),
+        fault=_as_fault(merged),
+        echo=_as_bool(merged, "echo"),
+        chunk_chars=_as_int(merged, "chunk_chars", DEFAULT_CHUNK_CHARS, minimum=1),
+    )
+
+
+def _as_int(values: Mapping[str, object], key: str, default: int, minimum: int) -> int:
+    raw = values.get(key)
+    if raw is None:
+        return default
+    # bool is an int subclass, but `tokens=true` is a mistake, not 1.
+    if isinstance(raw, bool) or not isinstance(raw, int | str):
+        raise PlanError(key, raw)
+    try:
+        number = int(raw)
+    except ValueError:
+        raise PlanError(key, raw) from None
+    if number < minimum:
+        raise PlanError(key, raw)
+    return number
+
+
+def _as_ms(values: Mapping[str, object], key: str, default: float) -> float:
+    raw = values.get(key)
+    if raw is None:
+        return default
+    if isinstance(raw, bool) or not isinstance(raw, int | float | str):
+        raise PlanError(key, raw)
+    try:
+        number = float(raw)
+    except ValueError:
+        raise PlanError(key, raw) from None
+    if not math.isfinite(number) or number < 0:
+        raise PlanError(key, raw)
+    return number
+
+
+def _as_bool(values: Mapping[str, object], key: str) -> bool:
+    raw = values.get(key)
+    if raw is None or isinstance(raw, bool):
+        return bool(raw)
+    if isinstance(raw, str) and raw.lower() in _TRUE | _FALSE:
+        return raw.lower() in _TRUE
+    raise PlanError(key, raw)
+
+
+def _as_fault(values: Mapping[str, object]) -> Fault:
+    raw = values.get("fault")
+    if raw is None or raw == "":
+        return Fault.NONE
+    if isinstance(raw, str) and raw in _FAULT_NAMES:
+        return Fault(raw)
+    raise PlanError("fault", raw)
