@@ -22,4 +22,5 @@ CHAT_SCHEMA = web.AppKey["ChatCompletionValidator"]("chat_schema")
 SIMULATOR_URL = web.AppKey[str]("simulator_url")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
+RESPONSE_STARTED = web.RequestKey[bool]("response_started")
 RECORD = web.RequestKey["RequestRecord"]("record")

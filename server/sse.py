@@ -31,19 +31,22 @@ class SSEResponse(EventSourceResponse):
         super().__init__(
             sep="\n",
             allow_all_methods=True,
-            send_timeout=send_timeout,
+            # aiohttp-sse also sets TCP_USER_TIMEOUT from this: at twice the limit the kernel is a
+            # backstop, and the gateway's own timer ends a stalled stream first and logs why.
+            send_timeout=send_timeout * 2,
             ping_interval=heartbeat_interval,
         )
         self.headers["Cache-Control"] = "no-cache, no-transform"
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
+        self._ping_send_timeout = send_timeout
 
     async def _ping(self) -> None:
         # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
         while True:
             await asyncio.sleep(self._ping_interval)
             try:
-                async with asyncio.timeout(self._send_timeout):
+                async with asyncio.timeout(self._ping_send_timeout):
                     await self.write(HEARTBEAT)
             except TimeoutError:
                 # The client accepts nothing: let the stream's owner end it (and log why).

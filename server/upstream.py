@@ -108,6 +108,10 @@ class Upstream:
                 options={"headers": {"X-Request-ID": request_id}},
             )
         except openai.APIConnectionError as exc:
+            if _refused(exc):
+                # The SDK's aiohttp transport reports a refused connection as a connect *timeout*.
+                self.consecutive_connect_failures += 1
+                raise map_upstream_error(openai.APIConnectionError(request=exc.request)) from exc
             if not isinstance(exc, openai.APITimeoutError):
                 self.consecutive_connect_failures += 1
             raise map_upstream_error(exc) from exc
@@ -144,6 +148,16 @@ class Upstream:
             request=httpx2.Request("POST", self._url),
         )
         return map_upstream_error(self.client._make_status_error_from_response(httpx_response))
+
+
+def _refused(exc: BaseException) -> bool:
+    """True when a ClientConnectorError (refused, unresolvable) is anywhere in the chain."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, aiohttp.ClientConnectorError):
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,13 +38,13 @@ async def client(aiohttp_client: AiohttpClient, settings: Settings) -> TestClien
 
 
 @pytest.fixture
-async def upstream_app_client(
-    aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient
-) -> AsyncIterator[Callable[..., Any]]:
+async def upstream_app_client(aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient) -> Callable[..., Any]:
     """Build a gateway in-process whose upstream is the given aiohttp app (a fake upstream)."""
 
-    async def build(upstream: web.Application, **sections: dict[str, Any]) -> TestClient[web.Request, web.Application]:
-        server: TestServer = await aiohttp_server(upstream)
+    async def build(
+        upstream_app: web.Application, /, **sections: dict[str, Any]
+    ) -> TestClient[web.Request, web.Application]:
+        server: TestServer = await aiohttp_server(upstream_app)
         environ = {
             "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key-never-logged",
             "AI_INTEGRATIONS_OPENAI_BASE_URL": str(server.make_url("/v1")),
@@ -54,7 +54,7 @@ async def upstream_app_client(
         )
         return client
 
-    yield build
+    return build
 
 
 @pytest.fixture(scope="session")

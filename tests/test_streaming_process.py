@@ -98,7 +98,7 @@ async def test_client_that_stops_reading_slows_the_upstream_instead_of_filling_m
     rss_before = process.memory_info().rss
     async with aiohttp.ClientSession() as http:
         async with post(http, gateway, "openai", f"hi\n#sim tokens={tokens}", rid) as response:
-            paused = await sim_wait(http, simulator.url, rid, "paused", timeout=60)
+            paused = await sim_wait(http, simulator.url, rid, "paused", seconds=60)
             rss_paused = process.memory_info().rss
             assert paused["outcome"] == "active"
             assert paused["chunks_sent"] < tokens
@@ -115,7 +115,7 @@ async def test_client_that_accepts_nothing_is_cut_after_send_timeout_and_upstrea
     rid = new_request_id("stalled")
     async with aiohttp.ClientSession() as http:
         async with post(http, tight_gateway, "openai", "hi\n#sim tokens=150000", rid):
-            record = await sim_wait(http, simulator.url, rid, "closed", timeout=60)
+            record = await sim_wait(http, simulator.url, rid, "closed", seconds=60)
     assert record["outcome"] == "client_aborted"
     log = finished(tight_gateway, rid)
     assert log["outcome"] == "timeout"

@@ -14,11 +14,12 @@ from aiohttp import web
 
 from .access_log import access_log_middleware
 from .body_limit import body_limit_middleware
-from .errors import error_middleware
+from .errors import error_middleware, mark_response_started
 from .request_id import add_request_id_header, request_id_middleware
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the chain and the response hook that stamps X-Request-ID on every response."""
+    """Install the chain and its response hooks (X-Request-ID, and noting that a response started)."""
     app.middlewares.extend([request_id_middleware, access_log_middleware, error_middleware, body_limit_middleware])
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(mark_response_started)

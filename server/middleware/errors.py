@@ -1,7 +1,8 @@
 """Render every failure as the JSON envelope `{"error": {"message", "type", "param", "code"}}`.
 
-Only before the response has started: after that the relay has already ended the stream with an
-error event, and a second answer would corrupt it.
+Only before the response has started (`mark_response_started`, an on_response_prepare hook, records
+that): after that the relay has already ended the stream with an error event, and a second answer
+would corrupt it.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ..errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
+from ..keys import RESPONSE_STARTED
 
 log = structlog.get_logger("sluice.errors")
 
@@ -28,14 +30,23 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     try:
         return await handler(request)
     except GatewayError as error:
+        if request.get(RESPONSE_STARTED):
+            raise
         return render_error(error)
     except web.HTTPException as exc:
-        if exc.status < 400:
+        if exc.status < 400 or request.get(RESPONSE_STARTED):
             raise
         return render_error(_from_http_exception(exc))
     except Exception:
         log.exception("request_failed")
+        if request.get(RESPONSE_STARTED):
+            raise  # aiohttp closes the connection; the client sees a cut, never a second answer
         return render_error(GatewayError("Sluice failed to handle the request."))
+
+
+async def mark_response_started(request: web.Request, response: web.StreamResponse) -> None:
+    """Note that headers are going out: from now on a failure cannot become an HTTP status."""
+    request[RESPONSE_STARTED] = True
 
 
 def render_error(error: GatewayError) -> web.Response:

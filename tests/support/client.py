@@ -17,10 +17,10 @@ def new_request_id(label: str) -> str:
 
 
 async def sim_wait(
-    http: aiohttp.ClientSession, sim_url: str, request_id: str, until: str, timeout: float = 10
+    http: aiohttp.ClientSession, sim_url: str, request_id: str, until: str, seconds: float = 10
 ) -> dict[str, Any]:
     """Long-poll the simulator until the request reaches `until` (opened, paused, closed)."""
-    params = {"until": until, "timeout": str(timeout)}
+    params = {"until": until, "timeout": str(seconds)}
     async with http.get(f"{sim_url}/_sim/requests/{request_id}", params=params) as response:
         record: dict[str, Any] = await response.json()
     assert not record.get("timed_out"), f"simulator never saw {request_id} {until}: {record}"

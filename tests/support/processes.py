@@ -72,7 +72,8 @@ class ManagedProcess:
         return self
 
     def _read(self) -> None:
-        assert self.process is not None and self.process.stdout is not None
+        assert self.process is not None
+        assert self.process.stdout is not None
         for line in self.process.stdout:
             with self._changed:
                 self.lines.append(line.rstrip("\n"))

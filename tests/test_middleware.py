@@ -1,0 +1,534 @@
+"""Each middleware alone on a bare application, then CORS and the access log on the whole gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+from aiohttp import web
+from aiohttp.test_utils import TestClient, make_mocked_request
+from structlog.testing import capture_logs
+from structlog.typing import EventDict, WrappedLogger
+
+from server.app import create_app
+from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
+from server.keys import REQUEST_ID, SETTINGS
+from server.middleware.body_limit import body_limit_middleware
+from server.middleware.errors import error_middleware, mark_response_started
+from server.middleware.request_id import add_request_id_header, request_id_middleware
+from server.settings import Settings
+from server.simulator import create_simulator_app
+from tests.conftest import AiohttpClient, make_settings
+
+Client = TestClient[web.Request, web.Application]
+
+UPSTREAM_KEY = "sk-test-key-never-logged"  # the key tests/conftest.py's upstream_app_client configures
+GENERATED_ID = re.compile(r"[0-9a-f]{32}")
+ORIGIN = "https://app.example"
+
+
+def bare_app(*middlewares: Any, routes: list[web.RouteDef]) -> web.Application:
+    """A bare application with only the given middlewares and routes."""
+    app = web.Application(middlewares=middlewares)
+    app.add_routes(routes)
+    return app
+
+
+# --- request id --------------------------------------------------------------------------------
+
+
+async def echo_request_id(request: web.Request) -> web.Response:
+    return web.Response(text=request[REQUEST_ID])
+
+
+async def fail_with_bad_request(request: web.Request) -> web.Response:
+    raise web.HTTPBadRequest(text="no")
+
+
+async def stream_two_events(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: 1\n\n")
+    await response.write(b"data: 2\n\n")
+    await response.write_eof()
+    return response
+
+
+async def log_something(request: web.Request) -> web.Response:
+    structlog.get_logger("test").info("handler_ran")
+    return web.Response(text="ok")
+
+
+@pytest.fixture
+async def request_id_client(aiohttp_client: AiohttpClient) -> Client:
+    """A bare app with the request-id middleware and its response hook."""
+    app = bare_app(
+        request_id_middleware,
+        routes=[
+            web.get("/", echo_request_id),
+            web.get("/fail", fail_with_bad_request),
+            web.get("/stream", stream_two_events),
+            web.get("/log", log_something),
+        ],
+    )
+    app.on_response_prepare.append(add_request_id_header)
+    client: Client = await aiohttp_client(app)
+    return client
+
+
+@pytest.mark.parametrize("request_id", ["abc", "client-req_1.2:3", "0" * 128])
+async def test_request_id_echoes_a_well_formed_id(request_id_client: Client, request_id: str) -> None:
+    response = await request_id_client.get("/", headers={"X-Request-ID": request_id})
+
+    assert response.headers["X-Request-ID"] == request_id
+    assert await response.text() == request_id
+
+
+@pytest.mark.parametrize("request_id", ["has space", "a/b", "<script>", "x" * 129, "é"])
+async def test_request_id_replaces_a_malformed_id(request_id_client: Client, request_id: str) -> None:
+    response = await request_id_client.get("/", headers={"X-Request-ID": request_id})
+
+    assert GENERATED_ID.fullmatch(response.headers["X-Request-ID"])
+    assert await response.text() == response.headers["X-Request-ID"]
+
+
+async def test_request_id_generates_a_fresh_id_when_missing(request_id_client: Client) -> None:
+    first = await request_id_client.get("/")
+    second = await request_id_client.get("/")
+
+    assert GENERATED_ID.fullmatch(first.headers["X-Request-ID"])
+    assert first.headers["X-Request-ID"] != second.headers["X-Request-ID"]
+
+
+async def test_request_id_is_on_error_responses(request_id_client: Client) -> None:
+    response = await request_id_client.get("/fail", headers={"X-Request-ID": "err-1"})
+
+    assert response.status == 400
+    assert response.headers["X-Request-ID"] == "err-1"
+
+
+async def test_request_id_is_on_unmatched_paths(request_id_client: Client) -> None:
+    response = await request_id_client.get("/nowhere", headers={"X-Request-ID": "lost-1"})
+
+    assert response.status == 404
+    assert response.headers["X-Request-ID"] == "lost-1"
+
+
+async def test_request_id_is_on_streams(request_id_client: Client) -> None:
+    response = await request_id_client.get("/stream", headers={"X-Request-ID": "stream-1"})
+
+    assert response.headers["X-Request-ID"] == "stream-1"
+    assert await response.read() == b"data: 1\n\ndata: 2\n\n"
+
+
+async def test_request_id_is_bound_to_log_lines(request_id_client: Client) -> None:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        await request_id_client.get("/log", headers={"X-Request-ID": "logged-1"})
+
+    assert [(e["event"], e["request_id"]) for e in logs] == [("handler_ran", "logged-1")]
+
+
+async def test_request_id_is_on_a_gateway_stream(client: Client) -> None:
+    response = await client.post("/chat/stream", json={"message": "#sim tokens=1\nhi"}, headers={"X-Request-ID": "s-9"})
+
+    assert response.headers["X-Request-ID"] == "s-9"
+    await response.read()
+
+
+async def test_request_id_is_on_a_gateway_error(client: Client) -> None:
+    response = await client.post("/chat", json={}, headers={"X-Request-ID": "e-9"})
+
+    assert response.status == 400
+    assert response.headers["X-Request-ID"] == "e-9"
+
+
+# --- errors ------------------------------------------------------------------------------------
+
+
+async def raise_unavailable(request: web.Request) -> web.Response:
+    raise ServiceUnavailableError("Busy.", code="overloaded", headers={"Retry-After": "5"})
+
+
+async def raise_invalid(request: web.Request) -> web.Response:
+    raise InvalidRequestError("temperature: too hot.", param="temperature")
+
+
+async def raise_unexpected(request: web.Request) -> web.Response:
+    raise RuntimeError("database password is hunter2")
+
+
+async def fail_after_starting(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    await response.write(b"data: 1\n\n")
+    raise RuntimeError("broke mid-stream")
+
+
+async def ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+@pytest.fixture
+async def error_client(aiohttp_client: AiohttpClient) -> Client:
+    """A bare app with only the error middleware."""
+    app = bare_app(
+        error_middleware,
+        routes=[
+            web.get("/unavailable", raise_unavailable),
+            web.get("/invalid", raise_invalid),
+            web.get("/unexpected", raise_unexpected),
+            web.get("/mid-stream", fail_after_starting),
+            web.post("/only-post", ok),
+        ],
+    )
+    app.on_response_prepare.append(mark_response_started)  # part of the error middleware's contract
+    client: Client = await aiohttp_client(app)
+    return client
+
+
+async def test_error_renders_a_gateway_error_as_the_envelope_with_its_headers(error_client: Client) -> None:
+    response = await error_client.get("/unavailable")
+
+    assert response.status == 503
+    assert response.headers["Retry-After"] == "5"
+    assert await response.json() == {
+        "error": {"message": "Busy.", "type": "server_error", "param": None, "code": "overloaded"}
+    }
+
+
+async def test_error_keeps_the_param_of_a_gateway_error(error_client: Client) -> None:
+    response = await error_client.get("/invalid")
+
+    assert response.status == 400
+    assert (await response.json())["error"]["param"] == "temperature"
+
+
+async def test_error_renders_an_unexpected_exception_as_500_without_details(error_client: Client) -> None:
+    with capture_logs():
+        response = await error_client.get("/unexpected")
+
+    assert response.status == 500
+    text = await response.text()
+    error = (await response.json())["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "server_error"
+    for leak in ("Traceback", "RuntimeError", "hunter2", "raise_unexpected", ".py"):
+        assert leak not in text
+
+
+async def test_error_logs_an_unexpected_exception(error_client: Client) -> None:
+    with capture_logs() as logs:
+        await error_client.get("/unexpected")
+
+    assert [e["event"] for e in logs] == ["request_failed"]
+    assert logs[0]["log_level"] == "error"
+
+
+async def test_error_renders_an_unknown_path_as_a_404_envelope(error_client: Client) -> None:
+    response = await error_client.get("/nowhere")
+
+    assert response.status == 404
+    assert (await response.json())["error"]["code"] == "not_found"
+
+
+async def test_error_renders_a_wrong_method_as_405_with_allow(error_client: Client) -> None:
+    response = await error_client.get("/only-post")
+
+    assert response.status == 405
+    assert response.headers["Allow"] == "POST"
+    assert (await response.json())["error"]["code"] == "method_not_allowed"
+
+
+async def raw_get(client: Client, path: str) -> bytes:
+    """Everything the server writes on a fresh connection for one GET, up to its close."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n".encode())
+        async with asyncio.timeout(5):
+            return await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def test_error_after_the_response_started_does_not_send_a_second_response(error_client: Client) -> None:
+    with capture_logs():
+        raw = await raw_get(error_client, "/mid-stream")
+
+    assert raw.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert raw.count(b"HTTP/1.1 ") == 1
+    assert b"internal_error" not in raw
+
+
+# --- body limit --------------------------------------------------------------------------------
+
+
+class RecordingHandler:
+    """A handler that notes whether it ran."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls += 1
+        return web.Response(text="ok")
+
+
+def limited_request(content_length: int, limit: int = 1000) -> web.Request:
+    """A request declaring `content_length`, on an app whose body limit is `limit`."""
+    app = web.Application()
+    app[SETTINGS] = make_settings(server={"max_body_bytes": limit})
+    return make_mocked_request("POST", "/chat", headers={"Content-Length": str(content_length)}, app=app)
+
+
+async def test_body_limit_refuses_a_declared_length_over_the_limit_before_the_handler() -> None:
+    handler = RecordingHandler()
+
+    with pytest.raises(PayloadTooLargeError) as caught:
+        await body_limit_middleware(limited_request(1001), handler.handle)
+
+    assert caught.value.status == 413
+    assert "1000" in caught.value.message
+    assert handler.calls == 0
+
+
+async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
+    handler = RecordingHandler()
+
+    response = await body_limit_middleware(limited_request(1000), handler.handle)
+
+    assert response.status == 200
+    assert handler.calls == 1
+
+
+async def test_body_limit_refuses_over_the_wire_with_413_before_the_handler(aiohttp_client: AiohttpClient) -> None:
+    handler = RecordingHandler()
+    app = bare_app(error_middleware, body_limit_middleware, routes=[web.post("/", handler.handle)])
+    app[SETTINGS] = make_settings(server={"max_body_bytes": 1000})
+    client: Client = await aiohttp_client(app)
+
+    response = await client.post("/", data=b"x" * 1001)
+
+    assert response.status == 413
+    assert (await response.json())["error"]["code"] == "payload_too_large"
+    assert handler.calls == 0
+
+
+# --- CORS on the gateway -----------------------------------------------------------------------
+
+
+async def test_cors_preflight_is_allowed(client: Client) -> None:
+    response = await client.options(
+        "/chat",
+        headers={
+            "Origin": ORIGIN,
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "POST" in response.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+async def test_cors_header_is_on_a_normal_response_with_an_origin(client: Client) -> None:
+    response = await client.get("/models", headers={"Origin": ORIGIN})
+
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
+
+
+async def test_cors_header_is_on_a_stream_with_an_origin(client: Client) -> None:
+    response = await client.post("/chat/stream", json={"message": "#sim tokens=1\nhi"}, headers={"Origin": ORIGIN})
+
+    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    await response.read()
+
+
+async def test_cors_header_is_absent_without_an_origin(client: Client) -> None:
+    response = await client.get("/models")
+
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_cors_refuses_an_origin_not_configured(aiohttp_client: AiohttpClient) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings(server={"cors_origins": [ORIGIN]})))
+
+    preflight = await client.options(
+        "/chat", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    simple = await client.get("/models", headers={"Origin": "https://evil.example"})
+
+    assert preflight.status == 403
+    assert "Access-Control-Allow-Origin" not in preflight.headers
+    assert "Access-Control-Allow-Origin" not in simple.headers
+
+
+# --- access log on the gateway -----------------------------------------------------------------
+
+
+class FinishedRequests:
+    """A structlog processor that counts `request_finished` events, so a test can await them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._changed = asyncio.Event()
+
+    def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
+        if event_dict.get("event") == "request_finished":
+            self.count += 1
+            self._changed.set()
+        return event_dict
+
+    async def wait_for(self, count: int) -> None:
+        """Return once `count` requests have logged their end."""
+        async with asyncio.timeout(5):
+            while self.count < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+
+class AccessLog:
+    """Every captured log event, and a way to wait for requests to finish."""
+
+    def __init__(self, events: list[EventDict], finished: FinishedRequests) -> None:
+        self.events = events
+        self._finished = finished
+
+    async def finished(self, count: int) -> list[EventDict]:
+        """The `request_finished` events, once there are `count` of them."""
+        await self._finished.wait_for(count)
+        return [event for event in self.events if event["event"] == "request_finished"]
+
+
+@pytest.fixture
+def access_log() -> Iterator[AccessLog]:
+    """Capture every log event, with the request context bound as in production."""
+    finished = FinishedRequests()
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars, finished]) as events:
+        yield AccessLog(events, finished)
+
+
+async def test_access_log_writes_one_request_finished_per_request(client: Client, access_log: AccessLog) -> None:
+    await client.get("/models", headers={"X-Request-ID": "r-1"})
+    await client.post("/chat", json={"message": "#sim tokens=1\nhi"}, headers={"X-Request-ID": "r-2"})
+    await client.get("/nowhere", headers={"X-Request-ID": "r-3"})
+
+    events = await access_log.finished(3)
+
+    assert sorted(event["request_id"] for event in events) == ["r-1", "r-2", "r-3"]
+
+
+async def test_access_log_has_method_path_status_duration_and_request_id(client: Client, access_log: AccessLog) -> None:
+    await client.get("/models", headers={"X-Request-ID": "r-1"})
+
+    (event,) = await access_log.finished(1)
+
+    assert event["method"] == "GET"
+    assert event["path"] == "/models"
+    assert event["status"] == 200
+    assert isinstance(event["duration_ms"], float)
+    assert event["duration_ms"] >= 0
+    assert event["request_id"] == "r-1"
+
+
+async def test_access_log_writes_probes_at_debug_and_api_calls_at_info(client: Client, access_log: AccessLog) -> None:
+    await client.get("/health")
+    await client.get("/models")
+
+    events = await access_log.finished(2)
+
+    assert {event["path"]: event["log_level"] for event in events} == {"/health": "debug", "/models": "info"}
+
+
+async def test_access_log_records_the_status_of_a_rendered_error(client: Client, access_log: AccessLog) -> None:
+    await client.post("/chat", json={"message": 1})
+
+    (event,) = await access_log.finished(1)
+
+    assert event["status"] == 400
+
+
+async def test_access_log_of_a_chat_has_model_outcome_and_usage(client: Client, access_log: AccessLog) -> None:
+    await client.post("/chat", json={"message": "#sim tokens=3\nhi", "model": "gpt-4.1"})
+
+    (event,) = await access_log.finished(1)
+
+    assert event["model"] == "gpt-4.1"
+    assert event["stream"] is False
+    assert event["outcome"] == "completed"
+    assert event["usage"]["completion_tokens"] == 3
+    assert event["usage"]["total_tokens"] == event["usage"]["prompt_tokens"] + 3
+
+
+async def test_access_log_of_a_stream_has_model_outcome_ttft_and_usage(client: Client, access_log: AccessLog) -> None:
+    response = await client.post("/chat/stream", json={"message": "#sim tokens=3\nhi"})
+    await response.read()
+
+    (event,) = await access_log.finished(1)
+
+    assert event["path"] == "/chat/stream"
+    assert event["status"] == 200
+    assert event["model"] == "gpt-4o"
+    assert event["stream"] is True
+    assert event["outcome"] == "completed"
+    assert isinstance(event["ttft_ms"], float)
+    assert 0 <= event["ttft_ms"] <= event["duration_ms"]
+    assert event["usage"]["completion_tokens"] == 3
+
+
+async def test_access_log_of_an_openai_stream_has_usage_the_client_did_not_ask_for(
+    client: Client, access_log: AccessLog
+) -> None:
+    body = {"model": "o3", "messages": [{"role": "user", "content": "#sim tokens=2\nhi"}], "stream": True}
+    response = await client.post("/v1/chat/completions", json=body)
+    await response.read()
+
+    (event,) = await access_log.finished(1)
+
+    assert event["model"] == "o3"
+    assert event["stream"] is True
+    assert event["usage"]["completion_tokens"] == 2
+
+
+async def leaky_unauthorized(request: web.Request) -> web.Response:
+    """A 401 whose message quotes the key it was given, as some upstreams do."""
+    return web.json_response(
+        {"error": {"message": f"Incorrect API key: {request.headers['Authorization']}", "type": "auth", "code": None}},
+        status=401,
+    )
+
+
+async def test_access_log_never_contains_the_api_key(upstream_app_client: Any, access_log: AccessLog) -> None:
+    gateway: Client = await upstream_app_client(create_simulator_app(api_key=UPSTREAM_KEY))
+    leaky: Client = await upstream_app_client(bare_app(routes=[web.post("/v1/chat/completions", leaky_unauthorized)]))
+
+    chat = await gateway.post("/chat", json={"message": "#sim tokens=2\nhi"})
+    stream = await gateway.post("/chat/stream", json={"message": "#sim tokens=2\nhi"})
+    await stream.read()
+    refused = await leaky.post("/chat", json={"message": "hi"})
+    refused_stream = await leaky.post("/chat/stream", json={"message": "hi"})
+    await access_log.finished(4)
+
+    assert (chat.status, stream.status, refused.status, refused_stream.status) == (200, 200, 502, 502)
+    assert UPSTREAM_KEY not in repr(access_log.events)
+    assert UPSTREAM_KEY not in await refused.text()
+    assert UPSTREAM_KEY not in await refused_stream.text()
+
+
+async def test_the_gateway_orders_its_middlewares_outermost_first(settings: Settings) -> None:
+    app = create_app(settings)
+
+    assert [getattr(m, "__name__", None) for m in app.middlewares] == [
+        "request_id_middleware",
+        "access_log_middleware",
+        "error_middleware",
+        "body_limit_middleware",
+    ]

@@ -1,0 +1,222 @@
+"""Settings: defaults, environment overrides, the upstream key and URL, errors, secrecy, freezing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from server.settings import Settings, SettingsError, load_settings
+
+KEY = "sk-proj-settings-test-1234567890"
+
+
+def load(**environ: str) -> Settings:
+    """config/default.toml with exactly `environ` as the environment."""
+    return load_settings(environ=environ)
+
+
+def settings_error(**environ: str) -> str:
+    """The SettingsError message loading with `environ` raises."""
+    with pytest.raises(SettingsError) as caught:
+        load(**environ)
+    return str(caught.value)
+
+
+def test_defaults_load_with_gpt_4o_as_the_default_model() -> None:
+    settings = load()
+
+    assert settings.models.default == "gpt-4o"
+    assert "gpt-4o" in settings.models.available
+
+
+@pytest.mark.parametrize("family", ["gpt-5", "gpt-4.1", "gpt-4o", "o3", "o4-mini", "o1"])
+def test_default_model_list_covers_each_family(family: str) -> None:
+    assert family in load().models.available
+
+
+def test_default_model_list_holds_mini_variants_of_gpt_5_and_gpt_4_1() -> None:
+    available = load().models.available
+
+    assert {"gpt-5-mini", "gpt-4.1-mini", "gpt-4o-mini"} <= set(available)
+
+
+def test_environment_overrides_a_number() -> None:
+    settings = load(SLUICE_SERVER_MAX_BODY_BYTES="2048", SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="1.5")
+
+    assert settings.server.max_body_bytes == 2048
+    assert settings.upstream.first_token_timeout == 1.5
+
+
+def test_environment_overrides_a_list_with_comma_separated_values() -> None:
+    settings = load(SLUICE_SERVER_CORS_ORIGINS="https://a.example, https://b.example")
+
+    assert settings.server.cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_environment_overrides_the_model_list_and_default() -> None:
+    settings = load(SLUICE_MODELS_AVAILABLE="gpt-4o,my-model", SLUICE_MODELS_DEFAULT="my-model")
+
+    assert settings.models.available == ("gpt-4o", "my-model")
+    assert settings.models.default == "my-model"
+
+
+def test_environment_leaves_other_settings_at_their_defaults() -> None:
+    assert load(SLUICE_SERVER_MAX_BODY_BYTES="2048").upstream == load().upstream
+
+
+def test_an_overlay_file_overrides_the_defaults(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text("[limits]\nmax_message_chars = 42\n")
+
+    settings = load_settings(overlay, environ={})
+
+    assert settings.limits.max_message_chars == 42
+    assert settings.limits.max_history_messages == load().limits.max_history_messages
+
+
+def test_environment_wins_over_the_overlay_file(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text("[limits]\nmax_message_chars = 42\n")
+
+    settings = load_settings(overlay, environ={"SLUICE_LIMITS_MAX_MESSAGE_CHARS": "43"})
+
+    assert settings.limits.max_message_chars == 43
+
+
+def test_integration_key_and_base_url_are_read() -> None:
+    settings = load(AI_INTEGRATIONS_OPENAI_API_KEY=KEY, AI_INTEGRATIONS_OPENAI_BASE_URL="http://proxy.internal/v1")
+
+    assert settings.upstream.api_key is not None
+    assert settings.upstream.api_key.get_secret_value() == KEY
+    assert settings.upstream.base_url == "http://proxy.internal/v1"
+
+
+def test_openai_key_and_base_url_are_the_fallbacks() -> None:
+    settings = load(OPENAI_API_KEY=KEY, OPENAI_BASE_URL="https://openai.example/v1")
+
+    assert settings.upstream.api_key is not None
+    assert settings.upstream.api_key.get_secret_value() == KEY
+    assert settings.upstream.base_url == "https://openai.example/v1"
+
+
+def test_integration_variables_take_precedence_over_openai_ones() -> None:
+    settings = load(
+        AI_INTEGRATIONS_OPENAI_API_KEY="sk-integration",
+        OPENAI_API_KEY="sk-openai",
+        AI_INTEGRATIONS_OPENAI_BASE_URL="https://integration.example/v1",
+        OPENAI_BASE_URL="https://openai.example/v1",
+    )
+
+    assert settings.upstream.api_key is not None
+    assert settings.upstream.api_key.get_secret_value() == "sk-integration"
+    assert settings.upstream.base_url == "https://integration.example/v1"
+
+
+def test_an_empty_integration_key_falls_back_to_openai_key() -> None:
+    settings = load(AI_INTEGRATIONS_OPENAI_API_KEY="", OPENAI_API_KEY=KEY)
+
+    assert settings.upstream.api_key is not None
+    assert settings.upstream.api_key.get_secret_value() == KEY
+
+
+def test_base_url_defaults_to_openai_without_any_variable() -> None:
+    assert load().upstream.base_url == "https://api.openai.com/v1"
+
+
+def test_simulated_without_a_key() -> None:
+    assert load().simulated is True
+
+
+def test_not_simulated_with_a_key() -> None:
+    assert load(OPENAI_API_KEY=KEY).simulated is False
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting", "expected"),
+    [
+        ("SLUICE_SERVER_MAX_BODY_BYTES", "lots", "server.max_body_bytes", "integer"),
+        ("SLUICE_SERVER_MAX_BODY_BYTES", "0", "server.max_body_bytes", "greater than 0"),
+        ("SLUICE_UPSTREAM_CONNECT_TIMEOUT", "soon", "upstream.connect_timeout", "number"),
+        ("SLUICE_LOGGING_LEVEL", "loud", "logging.level", "'debug', 'info', 'warning' or 'error'"),
+        ("SLUICE_LIMITS_MAX_HISTORY_MESSAGES", "-1", "limits.max_history_messages", "greater than or equal to 0"),
+    ],
+)
+def test_a_wrong_value_names_the_setting_its_variable_and_what_was_expected(
+    variable: str, value: str, setting: str, expected: str
+) -> None:
+    message = settings_error(**{variable: value})
+
+    assert "\n" not in message
+    assert setting in message
+    assert variable in message
+    assert expected in message
+
+
+def test_a_base_url_without_http_scheme_is_refused() -> None:
+    message = settings_error(OPENAI_BASE_URL="ftp://files.example")
+
+    assert "\n" not in message
+    assert "upstream.base_url" in message
+
+
+def test_a_default_model_missing_from_the_list_is_refused() -> None:
+    message = settings_error(SLUICE_MODELS_DEFAULT="gpt-9")
+
+    assert "\n" not in message
+    assert "models" in message
+    assert "gpt-9" in message
+
+
+def test_an_unknown_setting_in_a_file_is_refused(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text("[server]\nmax_body_byte = 10\n")
+
+    with pytest.raises(SettingsError, match=r"server\.max_body_byte"):
+        load_settings(overlay, environ={})
+
+
+def test_a_missing_config_file_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match="not found"):
+        load_settings(tmp_path / "absent.toml", environ={})
+
+
+def test_key_never_appears_in_repr_or_str() -> None:
+    settings = load(AI_INTEGRATIONS_OPENAI_API_KEY=KEY)
+
+    assert KEY not in repr(settings)
+    assert KEY not in str(settings)
+    assert KEY not in repr(settings.upstream)
+    assert KEY not in str(settings.upstream.api_key)
+
+
+def test_key_never_appears_in_a_settings_error() -> None:
+    message = settings_error(AI_INTEGRATIONS_OPENAI_API_KEY=KEY, SLUICE_UPSTREAM_CONNECT_TIMEOUT=KEY)
+
+    assert "upstream.connect_timeout" in message
+    assert KEY not in message
+
+
+def test_key_of_a_wrong_type_is_refused_without_echoing_it() -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(environ={}, overrides={"upstream": {"api_key": [KEY]}})
+
+    assert "upstream.api_key" in str(caught.value)
+    assert KEY not in str(caught.value)
+
+
+def test_settings_are_frozen() -> None:
+    settings = load()
+
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.models = settings.models  # type: ignore[misc]
+    with pytest.raises(ValidationError, match="frozen"):
+        settings.server.max_body_bytes = 1  # type: ignore[misc]
+
+
+def test_list_settings_are_immutable_tuples() -> None:
+    settings = load()
+
+    assert isinstance(settings.models.available, tuple)
+    assert isinstance(settings.server.cors_origins, tuple)
