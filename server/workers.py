@@ -79,7 +79,7 @@ def supervise(count: int, argv: list[str]) -> int:
             if process is None:
                 continue
             process.returncode = os.waitstatus_to_exitcode(status)
-            multiprocess.mark_process_dead(pid, metrics_dir)
+            multiprocess.mark_process_dead(pid, metrics_dir)  # type: ignore[no-untyped-call]
             if stopping:
                 log.info("worker_exited", worker_pid=pid, code=process.returncode)
             else:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 
 from .. import __version__
@@ -15,8 +17,8 @@ async def health(request: web.Request) -> web.Response:
 
 
 async def livez(request: web.Request) -> web.Response:
-    """Answer while the process and its event loop run."""
-    return web.json_response({"status": "ok"})
+    """Answer while the process and its event loop run; the pid tells workers apart."""
+    return web.json_response({"status": "ok", "pid": os.getpid()})
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -1,0 +1,250 @@
+"""Running under an orchestrator: probes, graceful drain, workers and metrics, as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+
+import aiohttp
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.client import ROUTES, new_request_id, sim_wait
+from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.support.sse import Event, iter_events
+
+DRAIN_TIMEOUT = 3.0  # config/test.toml
+
+
+def metric_value(text: str, name: str, **labels: str) -> float:
+    """One sample's value from a text exposition (0 when absent)."""
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                return float(sample.value)
+    return 0.0
+
+
+async def open_stream(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, rid: str):
+    path, make_body = ROUTES[dialect]
+    response = await http.post(gateway.url + path, json=make_body(message), headers={"X-Request-ID": rid})
+    assert response.status == 200
+    return response
+
+
+async def collect(response: aiohttp.ClientResponse) -> list[Event]:
+    try:
+        return [event async for event in iter_events(response) if event.comment is None]
+    finally:
+        response.release()
+
+
+def ending(events: list[Event], dialect: str) -> str:
+    """How a stream ended, as its client saw it: done, shutdown, other failure, or cut."""
+    if not events:
+        return "cut"
+    last = events[-1]
+    if dialect == "native":
+        if last.event == "done":
+            return "done"
+        if last.event == "failed":
+            return "shutdown" if last.json()["error"]["code"] == "server_shutting_down" else "failed"
+        return "cut"
+    if last.data == "[DONE]":
+        return "done"
+    if last.data.startswith('{"error"'):
+        return "shutdown" if last.json()["error"]["code"] == "server_shutting_down" else "failed"
+    return "cut"
+
+
+async def test_sigterm_drains_live_streams_and_exits_zero(simulator: Simulator) -> None:
+    gateway = start_gateway(upstream=simulator)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            streams = []
+            for i in range(50):
+                dialect = "native" if i % 2 else "openai"
+                # Half finish inside the drain window, half outlive it.
+                pace = "tokens=10 gap_ms=100" if i < 25 else "tokens=1000 gap_ms=100"
+                rid = new_request_id(f"drain-{i}")
+                streams.append((dialect, rid, await open_stream(http, gateway, dialect, f"x\n#sim {pace}", rid)))
+            readers = [asyncio.create_task(collect(response)) for _, _, response in streams]
+            gateway.process.signal(signal.SIGTERM)
+            await asyncio.to_thread(gateway.process.wait_for_event, "drain_started")
+
+            async with http.get(gateway.url + "/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["status"] == "draining"
+            async with http.post(gateway.url + "/chat/stream", json={"message": "late"}) as response:
+                assert response.status == 503
+                assert response.headers["Retry-After"] == "5"
+                assert (await response.json())["error"]["code"] == "server_shutting_down"
+
+            endings = [
+                ending(events, dialect)
+                for (dialect, _, _), events in zip(streams, await asyncio.gather(*readers), strict=False)
+            ]
+            for _, rid, _ in streams[25:]:
+                assert (await sim_wait(http, simulator.url, rid, "closed"))["outcome"] == "client_aborted"
+        code = await asyncio.to_thread(gateway.process.wait, DRAIN_TIMEOUT + 5)
+    finally:
+        gateway.process.stop()
+    assert code == 0
+    assert endings[:25] == ["done"] * 25
+    assert endings[25:] == ["shutdown"] * 25
+
+
+async def test_shutdown_event_tells_eventsource_when_to_come_back(simulator: Simulator) -> None:
+    gateway = start_gateway(upstream=simulator)
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await open_stream(http, gateway, "native", "x\n#sim tokens=1000 gap_ms=100", new_request_id("r"))
+            reader = asyncio.create_task(collect(response))
+            gateway.process.signal(signal.SIGTERM)
+            events = await reader
+    finally:
+        gateway.process.stop()
+    assert events[-1].event == "failed"
+    assert events[-1].retry == 5000
+
+
+async def test_readiness_reports_upstream_down_after_connection_failures() -> None:
+    closed = f"http://127.0.0.1:{free_port()}/v1"
+    gateway = start_gateway(env={"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": closed})
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/readyz") as response:
+                assert response.status == 200
+            for _ in range(3):  # upstream.down_after_failures
+                async with http.post(gateway.url + "/chat/stream", json={"message": "hi"}) as response:
+                    assert response.status == 502
+            async with http.get(gateway.url + "/readyz") as response:
+                assert response.status == 503
+                assert (await response.json())["status"] == "upstream_down"
+            async with http.get(gateway.url + "/livez") as response:
+                assert response.status == 200
+    finally:
+        gateway.process.stop()
+
+
+async def test_probes_write_no_info_log_lines(gateway: Gateway) -> None:
+    rid = new_request_id("probe")
+    async with aiohttp.ClientSession() as http:
+        for path in ("/livez", "/readyz", "/health"):
+            async with http.get(gateway.url + path, headers={"X-Request-ID": rid}) as response:
+                assert response.status == 200
+        async with http.get(gateway.url + "/models", headers={"X-Request-ID": rid}) as response:
+            assert response.status == 200
+    gateway.process.wait_for_event("request_finished", request_id=rid, path="/models")
+    probes = [e for e in gateway.process.events("request_finished") if e.get("request_id") == rid]
+    assert [e["path"] for e in probes] == ["/models"]
+
+
+async def test_metrics_move_with_a_known_set_of_requests(gateway: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/metrics") as response:
+            before = await response.text()
+        for _ in range(2):
+            async with http.post(gateway.url + "/chat/stream", json={"message": "m\n#sim tokens=4"}) as response:
+                await response.read()
+        async with http.post(gateway.url + "/chat/stream", json={"message": ""}) as response:
+            assert response.status == 400
+        async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim fault=hang_first"}) as response:
+            await sim_ready(response)
+        async with http.get(gateway.url + "/metrics") as response:
+            assert response.headers["Content-Type"].startswith("text/plain")
+            after = await response.text()
+
+    def delta(name: str, **labels: str) -> float:
+        return metric_value(after, name, **labels) - metric_value(before, name, **labels)
+
+    assert delta("sluice_requests_total", route="/chat/stream", status="200") == 3
+    assert delta("sluice_requests_total", route="/chat/stream", status="400") == 1
+    assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="completed") == 2
+    assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="client_disconnected") == 1
+    assert delta("sluice_tokens_total", model="gpt-4o", kind="completion") == 8
+    assert delta("sluice_time_to_first_token_seconds_count", route="/chat/stream") == 2
+    assert delta("sluice_chunk_gap_seconds_count", route="/chat/stream") == 6
+    assert metric_value(after, "sluice_live_streams") == metric_value(before, "sluice_live_streams")
+
+
+async def sim_ready(response: aiohttp.ClientResponse) -> None:
+    """Leave a stream whose upstream has not answered yet (the response headers are in)."""
+    assert response.status == 200
+    response.close()
+
+
+async def test_heartbeats_are_counted(simulator: Simulator) -> None:
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_STREAM_HEARTBEAT_INTERVAL": "0.1"})
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim tokens=2 ttft_ms=500"}) as r:
+                comments = [e async for e in iter_events(r) if e.comment is not None]
+            async with http.get(gateway.url + "/metrics") as response:
+                text = await response.text()
+    finally:
+        gateway.process.stop()
+    assert comments
+    assert metric_value(text, "sluice_heartbeats_total") == len(comments)
+
+
+async def test_two_workers_share_the_port_and_a_killed_one_is_replaced(simulator: Simulator) -> None:
+    port = free_port()
+    env = clean_env({"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url})
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        supervisor.wait_for_line(lambda _: _nth_listening(supervisor) >= 2)
+        pids = await distinct_pids(url, want=2)
+        assert len(pids) == 2
+        victim = sorted(pids)[0]
+        os.kill(victim, signal.SIGKILL)
+        supervisor.wait_for_event("worker_died", worker_pid=victim)
+        supervisor.wait_for_line(lambda _: _nth_listening(supervisor) >= 3)
+        replacement = supervisor.events("worker_started")[-1]
+        pids_after = await distinct_pids(url, want=2)
+        assert victim not in pids_after
+        assert replacement["worker_pid"] in pids_after
+        async with aiohttp.ClientSession() as http:
+            for _ in range(4):
+                async with http.post(url + "/chat/stream", json={"message": "w\n#sim tokens=2"}) as response:
+                    assert response.status == 200
+                    await response.read()
+            async with http.get(url + "/metrics") as response:
+                text = await response.text()
+        # Any worker's /metrics reports every worker: all four streams are counted.
+        assert metric_value(text, "sluice_stream_endings_total", route="/chat/stream", outcome="completed") == 4
+        supervisor.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(supervisor.wait, 20) == 0
+    finally:
+        supervisor.stop()
+
+
+def _nth_listening(process: ManagedProcess) -> int:
+    return len(process.events("sluice_listening"))
+
+
+async def distinct_pids(url: str, want: int, attempts: int = 200) -> set[int]:
+    """Ask /livez over fresh connections until `want` different workers answered."""
+    pids: set[int] = set()
+    for _ in range(attempts):
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+            async with http.get(url + "/livez") as response:
+                pids.add((await response.json())["pid"])
+        if len(pids) >= want:
+            break
+    return pids
+
+
+@pytest.mark.parametrize("fmt", ["console", "json"])
+def test_log_format_flag_chooses_console_or_json(fmt: str) -> None:
+    argv = [sys.executable, "run.py", "--port", str(free_port()), "--config", "config/test.toml", "--log-format", fmt]
+    process = ManagedProcess(argv, clean_env()).start()
+    try:
+        line = process.wait_for_line(lambda text: "sluice_listening" in text)
+    finally:
+        process.stop()
+    assert line.startswith("{") == (fmt == "json")
