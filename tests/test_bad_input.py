@@ -184,7 +184,9 @@ async def test_a_wrong_method_is_405_with_allow(client: Client, method: str, pat
     assert allowed in {part.strip() for part in response.headers["Allow"].split(",")}
 
 
-@pytest.mark.parametrize(("method", "path"), [("GET", "/nowhere"), ("POST", "/chat/streams"), ("GET", "/v1/engines")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/nowhere"), ("POST", "/chat/stream/extra"), ("GET", "/v1/engines")]
+)
 async def test_an_unknown_path_is_404(client: Client, method: str, path: str) -> None:
     response = await client.request(method, path)
 
