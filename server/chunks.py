@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterable, AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,22 +27,59 @@ class MalformedChunk(ValueError):
     """An upstream event whose data is not a JSON object."""
 
 
-async def iter_event_data(lines: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """Yield the data of each SSE event; comments, `event:`, `id:` and `retry:` lines are ignored."""
-    data: list[bytes] = []
-    async for line in lines:
-        line = line.rstrip(b"\r\n")
-        if not line:
-            if data:
-                yield data[0] if len(data) == 1 else b"\n".join(data)
-                data = []
-            continue
-        if line.startswith(b"data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(b" ") else value)
-    if data:
-        # The body ended without the blank line that closes an event: the event still counts.
-        yield data[0] if len(data) == 1 else b"\n".join(data)
+class EventSplitter:
+    """Split an SSE byte stream into the data of each event, as network reads deliver it.
+
+    Comments and `event:`, `id:`, `retry:` fields are dropped. Line endings may be `\n`, `\r\n`
+    or `\r`, also split across reads. Works on whole reads, so one read holding several events
+    costs one call, not one per line.
+    """
+
+    __slots__ = ("_buffer", "_pending_cr")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._pending_cr = False
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """The data of every event completed by `piece`."""
+        if self._pending_cr:
+            piece = b"\r" + piece
+            self._pending_cr = False
+        if b"\r" in piece:
+            if piece.endswith(b"\r"):
+                # Maybe the first half of a \r\n: decide when the next read shows.
+                piece = piece[:-1]
+                self._pending_cr = True
+            piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+        buffer = self._buffer + piece if self._buffer else piece
+        found: list[bytes] = []
+        start = 0
+        while True:
+            end = buffer.find(b"\n\n", start)
+            if end < 0:
+                break
+            data = _event_data(buffer[start:end])
+            if data is not None:
+                found.append(data)
+            start = end + 2
+        self._buffer = buffer[start:]
+        return found
+
+    def close(self) -> list[bytes]:
+        """The data of a last event the body ended without closing."""
+        rest, self._buffer = self._buffer, b""
+        data = _event_data(rest.rstrip(b"\n")) if rest.strip() else None
+        return [data] if data is not None else []
+
+
+def _event_data(event: bytes) -> bytes | None:
+    if event.startswith(b"data: ") and b"\n" not in event:
+        return event[6:]  # the usual case: one data line
+    lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
+    if not lines:
+        return None
+    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
 
 
 def parse_chunk(raw: bytes) -> Chunk:

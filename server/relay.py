@@ -17,7 +17,7 @@ It ends a stream in exactly one of these ways:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncIterable, Sequence
 from typing import Protocol
 
 import aiohttp
@@ -50,7 +50,7 @@ class _NoGaps:
 
 
 async def relay(
-    chunks: AsyncIterable[Chunk],
+    chunks: AsyncIterable[Sequence[Chunk]],
     dialect: Dialect,
     sink: Sink,
     guard: StreamGuard,
@@ -60,7 +60,7 @@ async def relay(
     shutdown_retry_ms: int | None = None,
     gaps: GapObserver | None = None,
 ) -> None:
-    """Forward `chunks` to `sink` in `dialect` until the stream ends; see the module docstring."""
+    """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring."""
     try:
         await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps())
     except asyncio.CancelledError:
@@ -93,7 +93,7 @@ async def relay(
 
 
 async def _forward(
-    chunks: AsyncIterable[Chunk],
+    batches: AsyncIterable[Sequence[Chunk]],
     dialect: Dialect,
     sink: Sink,
     guard: StreamGuard,
@@ -103,17 +103,23 @@ async def _forward(
     loop = asyncio.get_running_loop()
     last_at: float | None = None
     guard.reading()
-    async for chunk in chunks:
+    async for batch in batches:
         guard.writing()
-        if chunk.error is not None:
-            raise _upstream_error_event(chunk.error)
-        if chunk.usage is not None:
-            record.usage = chunk.usage
-        if chunk.finish_reason is not None:
-            record.finish_reason = chunk.finish_reason
-        data = dialect.chunk(chunk)
-        if data is not None:
-            now = loop.time()
+        now = loop.time()
+        events: list[bytes] = []
+        failure: UpstreamError | None = None
+        for chunk in batch:
+            if chunk.error is not None:
+                failure = _upstream_error_event(chunk.error)
+                break
+            if chunk.usage is not None:
+                record.usage = chunk.usage
+            if chunk.finish_reason is not None:
+                record.finish_reason = chunk.finish_reason
+            data = dialect.chunk(chunk)
+            if data is None:
+                continue
+            events.append(data)
             if chunk.has_delta:
                 record.chunks_relayed += 1
                 if last_at is None:
@@ -121,7 +127,11 @@ async def _forward(
                 else:
                     gaps.observe(now - last_at)
                 last_at = now
-            await sink.write(data)
+        if events:
+            # Chunks that arrived in one read go out in one write: none waits for another.
+            await sink.write(events[0] if len(events) == 1 else b"".join(events))
+        if failure is not None:
+            raise failure
         guard.reading()
     if record.finish_reason is None:
         raise UpstreamProtocolError("The upstream ended the stream before it finished.")

@@ -21,7 +21,7 @@ import orjson
 import structlog
 from openai._vendor.httpx_aiohttp import AiohttpTransport
 
-from .chunks import Chunk, MalformedChunk, iter_event_data, parse_chunk
+from .chunks import Chunk, EventSplitter, MalformedChunk, parse_chunk
 from .errors import UpstreamError, map_upstream_error
 from .settings import UpstreamSettings
 
@@ -33,26 +33,36 @@ ERROR_BODY_LIMIT = 64 * 1024
 
 
 class UpstreamStream:
-    """An open upstream stream: iterate its chunks, then `close()` it (always, in a finally)."""
+    """An open upstream stream: iterate its chunk batches, then `close()` it (always, in a finally)."""
 
     def __init__(self, response: aiohttp.ClientResponse) -> None:
         self._response = response
         self.finished = False
         self.malformed = 0
 
-    async def __aiter__(self) -> AsyncIterator[Chunk]:
-        async for raw in iter_event_data(self._response.content):
-            try:
-                chunk = parse_chunk(raw)
-            except MalformedChunk as exc:
-                # One bad chunk must not end a stream that is otherwise fine.
-                self.malformed += 1
-                log.warning("upstream_chunk_malformed", reason=str(exc), size=len(raw))
-                continue
-            if chunk.done:
-                self.finished = True
+    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        """Batches of chunks, one per network read: what arrived together is relayed together."""
+        splitter = EventSplitter()
+        content = self._response.content
+        while True:
+            piece = await content.readany()
+            batch: list[Chunk] = []
+            for raw in splitter.feed(piece) if piece else splitter.close():
+                try:
+                    chunk = parse_chunk(raw)
+                except MalformedChunk as exc:
+                    # One bad chunk must not end a stream that is otherwise fine.
+                    self.malformed += 1
+                    log.warning("upstream_chunk_malformed", reason=str(exc), size=len(raw))
+                    continue
+                if chunk.done:
+                    self.finished = True
+                    break
+                batch.append(chunk)
+            if batch:
+                yield batch
+            if self.finished or not piece:
                 return
-            yield chunk
 
     def close(self) -> None:
         """Return a finished connection to the pool; close an unfinished one, which stops the upstream."""

@@ -31,9 +31,10 @@ def usage_chunk() -> Chunk:
     return parse_chunk(orjson.dumps({"choices": [], "usage": usage}))
 
 
-async def from_list(chunks: list[Chunk], then: asyncio.Event | None = None) -> AsyncIterator[Chunk]:
+async def from_list(chunks: list[Chunk], then: asyncio.Event | None = None) -> AsyncIterator[list[Chunk]]:
+    """One batch per chunk, as when each arrives in its own network read."""
     for chunk in chunks:
-        yield chunk
+        yield [chunk]
     if then is not None:
         await then.wait()
 
@@ -70,7 +71,7 @@ def new_record() -> RequestRecord:
 
 
 async def run_relay(
-    chunks: AsyncIterator[Chunk], dialect: object, sink: RecordingSink, deadlines: Deadlines = GENEROUS
+    chunks: AsyncIterator[list[Chunk]], dialect: object, sink: RecordingSink, deadlines: Deadlines = GENEROUS
 ):
     record = new_record()
     guard = StreamGuard(deadlines)
@@ -158,9 +159,9 @@ async def test_silent_upstream_before_first_token_ends_with_first_token_timeout(
 
 
 async def test_total_timeout_ends_a_stream_that_keeps_flowing() -> None:
-    async def endless() -> AsyncIterator[Chunk]:
+    async def endless() -> AsyncIterator[list[Chunk]]:
         while True:
-            yield content_chunk("x")
+            yield [content_chunk("x")]
             await asyncio.sleep(0)  # let the guard's timer run between chunks, as a socket read would
 
     sink = RecordingSink()
@@ -195,11 +196,11 @@ async def test_client_that_accepts_nothing_is_cut_after_send_timeout_without_fin
 async def test_relay_reads_next_chunk_only_after_the_write_returned() -> None:
     pulled: list[int] = []
 
-    async def counting() -> AsyncIterator[Chunk]:
+    async def counting() -> AsyncIterator[list[Chunk]]:
         for i in range(3):
             pulled.append(i)
-            yield content_chunk(str(i))
-        yield finish_chunk()
+            yield [content_chunk(str(i))]
+        yield [finish_chunk()]
 
     sink = RecordingSink()
     sink.release.clear()
@@ -256,3 +257,26 @@ async def test_shutdown_ends_stream_with_retry_hint() -> None:
     assert record.outcome is Outcome.SHUTDOWN
     assert sink.writes[-1].startswith(b"retry: 5000\n")
     assert b'"code":"server_shutting_down"' in sink.writes[-1]
+
+
+async def test_chunks_that_arrived_together_go_out_in_one_write_in_order() -> None:
+    async def one_read() -> AsyncIterator[list[Chunk]]:
+        yield [content_chunk("a"), content_chunk("b"), finish_chunk()]
+
+    sink = RecordingSink()
+    record = await run_relay(one_read(), NativeDialect("s", 1), sink)
+    assert record.outcome is Outcome.COMPLETED
+    assert len(sink.writes) == 2  # the batch, then the done event
+    assert sink.writes[0].index(b'"a"') < sink.writes[0].index(b'"b"')
+
+
+async def test_error_inside_a_batch_sends_what_came_before_it_then_the_failure() -> None:
+    async def one_read() -> AsyncIterator[list[Chunk]]:
+        yield [content_chunk("a"), parse_chunk(b'{"error": {"message": "boom"}}'), content_chunk("never")]
+
+    sink = RecordingSink()
+    record = await run_relay(one_read(), OpenAIDialect(include_usage=False), sink)
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    assert b'"content":"a"' in sink.writes[0]
+    assert b"never" not in sink.text
+    assert sink.writes[-1].startswith(b'data: {"error":{"message":"boom"')
