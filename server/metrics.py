@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .access import RequestRecord
+from .guard import Expiry, Outcome
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 GAP_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 15, 60)
@@ -58,11 +59,16 @@ class Metrics:
         )
         self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
 
-    def chat_finished(self, record: RequestRecord, duration: float) -> None:
+    def chat_finished(self, record: RequestRecord, duration: float, status: int) -> None:
         """Record what one chat request did, once, when it ends."""
         route = record.route
         if record.outcome is not None:
             self.stream_endings.labels(route, record.outcome).inc()
+        if record.outcome is Outcome.UPSTREAM_ERROR or (
+            record.outcome is Outcome.TIMEOUT and record.error_code != Expiry.SEND
+        ):
+            # status is what the client got: an error status, or 200 for a stream that failed mid-way.
+            self.upstream_errors.labels(str(status), record.error_code or "unknown").inc()
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
             self.ttft.labels(route).observe(ttft_ms / 1000)

@@ -153,6 +153,10 @@ async def test_metrics_move_with_a_known_set_of_requests(gateway: Gateway) -> No
             assert response.status == 400
         async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim fault=hang_first"}) as response:
             await sim_ready(response)
+        async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim fault=rate_limit"}) as response:
+            assert response.status == 429
+        async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim tokens=4 fault=cut"}) as response:
+            await response.read()
         async with http.get(gateway.url + "/metrics") as response:
             assert response.headers["Content-Type"].startswith("text/plain")
             after = await response.text()
@@ -160,13 +164,16 @@ async def test_metrics_move_with_a_known_set_of_requests(gateway: Gateway) -> No
     def delta(name: str, **labels: str) -> float:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
-    assert delta("sluice_requests_total", route="/chat/stream", status="200") == 3
+    assert delta("sluice_requests_total", route="/chat/stream", status="200") == 4
+    assert delta("sluice_requests_total", route="/chat/stream", status="429") == 1
+    assert delta("sluice_upstream_errors_total", status="429", code="rate_limit_exceeded") == 1
+    assert delta("sluice_upstream_errors_total", status="200", code="upstream_stream_broken") == 1
     assert delta("sluice_requests_total", route="/chat/stream", status="400") == 1
     assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="completed") == 2
     assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="client_disconnected") == 1
-    assert delta("sluice_tokens_total", model="gpt-4o", kind="completion") == 8
-    assert delta("sluice_time_to_first_token_seconds_count", route="/chat/stream") == 2
-    assert delta("sluice_chunk_gap_seconds_count", route="/chat/stream") == 6
+    assert delta("sluice_tokens_total", model="gpt-4o", kind="completion") == 8 + 2  # the cut stream relayed 2
+    assert delta("sluice_time_to_first_token_seconds_count", route="/chat/stream") == 3
+    assert delta("sluice_chunk_gap_seconds_count", route="/chat/stream") == 6 + 1
     assert metric_value(after, "sluice_live_streams") == metric_value(before, "sluice_live_streams")
 
 

@@ -47,7 +47,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         metrics = request.app[METRICS]
         metrics.requests.labels(record.route, request.method, str(status)).inc()
         if record.stream is not None:
-            metrics.chat_finished(record, duration)
+            metrics.chat_finished(record, duration, status)
 
 
 def _log(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
