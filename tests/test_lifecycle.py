@@ -1,0 +1,70 @@
+"""Admission in-process: the live-stream cap and a draining gateway refuse new chats with 503."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from server.keys import LIFECYCLE
+from tests.conftest import make_settings
+
+Client = TestClient[web.Request, web.Application]
+
+
+async def test_chat_over_the_live_stream_cap_gets_503_with_retry_after(aiohttp_client: Any) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings(server={"max_live_streams": 1})))
+    first = await client.post("/chat/stream", json={"message": "hold\n#sim fault=hang_first"})
+    assert first.status == 200
+    second = await client.post("/chat/stream", json={"message": "one more"})
+    body = await second.json()
+    first.close()
+    assert second.status == 503
+    assert second.headers["Retry-After"] == "5"
+    assert body["error"]["code"] == "overloaded"
+
+
+async def test_a_finished_stream_frees_its_place_under_the_cap(aiohttp_client: Any) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings(server={"max_live_streams": 1})))
+    for _ in range(3):
+        response = await client.post("/chat/stream", json={"message": "short\n#sim tokens=2"})
+        assert response.status == 200
+        await response.read()
+
+
+async def test_draining_gateway_refuses_new_chats_on_every_route(client: Client) -> None:
+    client.app[LIFECYCLE].draining = True
+    bodies: dict[str, dict[str, Any]] = {
+        "/chat": {"message": "hi"},
+        "/chat/stream": {"message": "hi"},
+        "/v1/chat/completions": {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]},
+    }
+    for path, body in bodies.items():
+        response = await client.post(path, json=body)
+        assert response.status == 503, path
+        assert (await response.json())["error"]["code"] == "server_shutting_down"
+    ready = await client.get("/readyz")
+    assert ready.status == 503
+
+
+async def test_drain_ends_a_live_stream_with_the_shutdown_event(client: Client) -> None:
+    response = await client.post("/chat/stream", json={"message": "long\n#sim tokens=100000 gap_ms=50"})
+    assert response.status == 200
+    await response.content.readuntil(b"event: token")
+    await client.app[LIFECYCLE].drain(0)
+    rest = (await response.read()).decode()
+    assert "event: failed" in rest
+    assert "server_shutting_down" in rest
+    assert "retry: 5000" in rest
+    assert client.app[LIFECYCLE].live == 0
+
+
+async def test_drain_waits_for_a_stream_that_finishes_in_time(client: Client) -> None:
+    response = await client.post("/chat/stream", json={"message": "short\n#sim tokens=5 gap_ms=20"})
+    drained = asyncio.create_task(client.app[LIFECYCLE].drain(30))
+    text = (await response.read()).decode()
+    await drained
+    assert "event: done" in text
