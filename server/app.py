@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
@@ -15,6 +15,8 @@ from .openai_schema import ChatCompletionValidator
 from .routes import setup_cors, setup_routes
 from .settings import Settings
 from .simulator import Pace, create_simulator_app
+from .streams.registry import end_streams, streams_ctx
+from .streams.settings import BrowserStreamSettings
 from .upstream import Upstream, create_sdk_client, create_upstream_session
 
 log = structlog.get_logger("sluice.app")
@@ -27,10 +29,15 @@ def create_app(settings: Settings) -> web.Application:
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
+    app[BROWSER_STREAMS] = BrowserStreamSettings(**settings.browser.model_dump())
     setup_middlewares(app)
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)
     app.cleanup_ctx.append(upstream_ctx)
+    # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
+    app.cleanup_ctx.append(streams_ctx)
+    # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
+    app.on_shutdown.append(end_streams)
     setup_routes(app)
     setup_cors(app, settings.server.cors_origins)
     return app

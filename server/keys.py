@@ -12,6 +12,8 @@ if TYPE_CHECKING:  # the keys' types are named in strings: these modules import 
     from .metrics import Metrics  # noqa: F401
     from .openai_schema import ChatCompletionValidator  # noqa: F401
     from .settings import Settings  # noqa: F401
+    from .streams.registry import StreamRegistry  # noqa: F401
+    from .streams.settings import BrowserStreamSettings  # noqa: F401
     from .upstream import Upstream  # noqa: F401
 
 SETTINGS = web.AppKey["Settings"]("settings")
@@ -20,6 +22,8 @@ LIFECYCLE = web.AppKey["Lifecycle"]("lifecycle")
 METRICS = web.AppKey["Metrics"]("metrics")
 CHAT_SCHEMA = web.AppKey["ChatCompletionValidator"]("chat_schema")
 SIMULATOR_URL = web.AppKey[str]("simulator_url")
+BROWSER_STREAMS = web.AppKey["BrowserStreamSettings"]("browser_streams")
+STREAMS = web.AppKey["StreamRegistry"]("streams")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 RESPONSE_STARTED = web.RequestKey[bool]("response_started")

@@ -75,6 +75,13 @@ class ModelSettings(_Section):
         return self
 
 
+class BrowserSettings(_Section):
+    retention_seconds: float = Field(ge=0)
+    reader_grace_seconds: float = Field(ge=0)
+    max_buffered_events: int = Field(ge=1)
+    max_streams: int = Field(ge=1)
+
+
 class SimulatorSettings(_Section):
     ttft_ms: float = Field(ge=0)
     gap_ms: float = Field(ge=0)
@@ -90,6 +97,7 @@ class Settings(_Section):
     upstream: UpstreamSettings
     stream: StreamSettings
     models: ModelSettings
+    browser: BrowserSettings
     simulator: SimulatorSettings
 
     @property

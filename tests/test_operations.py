@@ -164,11 +164,11 @@ async def test_metrics_move_with_a_known_set_of_requests(gateway: Gateway) -> No
     def delta(name: str, **labels: str) -> float:
         return metric_value(after, name, **labels) - metric_value(before, name, **labels)
 
-    assert delta("sluice_requests_total", route="/chat/stream", status="200") == 4
-    assert delta("sluice_requests_total", route="/chat/stream", status="429") == 1
+    assert delta("sluice_requests_total", route="/chat/stream", method="POST", status="200") == 4
+    assert delta("sluice_requests_total", route="/chat/stream", method="POST", status="429") == 1
     assert delta("sluice_upstream_errors_total", status="429", code="rate_limit_exceeded") == 1
     assert delta("sluice_upstream_errors_total", status="200", code="upstream_stream_broken") == 1
-    assert delta("sluice_requests_total", route="/chat/stream", status="400") == 1
+    assert delta("sluice_requests_total", route="/chat/stream", method="POST", status="400") == 1
     assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="completed") == 2
     assert delta("sluice_stream_endings_total", route="/chat/stream", outcome="client_disconnected") == 1
     assert delta("sluice_tokens_total", model="gpt-4o", kind="completion") == 8 + 2  # the cut stream relayed 2

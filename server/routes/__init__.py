@@ -5,7 +5,7 @@ from __future__ import annotations
 import aiohttp_cors
 from aiohttp import web
 
-from . import chat, health, metrics, models, openai
+from . import browser, chat, health, metrics, models, openai, page
 
 
 def setup_routes(app: web.Application) -> None:
@@ -20,6 +20,13 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/v1/models", openai.list_models)
     app.router.add_get("/v1/models/{model_id}", openai.get_model)
     app.router.add_post("/v1/chat/completions", openai.chat_completions)
+    app.router.add_get("/", page.index)
+    app.router.add_get("/static/{name}", page.static_file)
+    app.router.add_post("/chat/streams", browser.create_stream)
+    # No HEAD on stream routes: a HEAD must not start a generation.
+    app.router.add_get("/chat/streams/{stream_id}", browser.read_stream, name="chat_stream_events", allow_head=False)
+    app.router.add_delete("/chat/streams/{stream_id}", browser.delete_stream)
+    app.router.add_get("/chat/stream", browser.chat_stream_get, allow_head=False)
 
 
 def setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:

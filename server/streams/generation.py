@@ -1,0 +1,240 @@
+"""One detached generation: the upstream's reply relayed into the stream store instead of a socket.
+
+It reuses the attached path's pieces: the upstream client, the native dialect's events, the relay
+with its guard (first-token, idle and total deadlines, shutdown) and its explicit final event.
+Only the sink differs: events go to the store, where any number of readers, one after another or
+side by side, pick them up. Besides the relay's endings, a generation can be stopped on purpose,
+by its client (`DELETE`) or because nobody read it for the grace period; that too ends the stream
+with a final `failed` event, so a reader never sees it stop without a word.
+
+Time to first token and usage are logged (`browser_stream_finished`) and counted in the metrics
+once per generation, measured up to the store: readers may come later or more than once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import structlog
+
+from ..access import RequestRecord
+from ..chunks import Chunk
+from ..dialects import NativeDialect
+from ..errors import GatewayError
+from ..guard import Deadlines, Outcome, StreamGuard
+from ..lifecycle import Lifecycle
+from ..metrics import Metrics
+from ..relay import relay
+from ..settings import Settings
+from ..upstream import Upstream, UpstreamStream
+from .store import StoredEvent, StreamStore
+
+log = structlog.get_logger("sluice.streams")
+
+
+class StopReason(StrEnum):
+    """Why a generation was stopped before it ended by itself (the final event's code)."""
+
+    CANCELLED = "stream_cancelled"
+    ABANDONED = "stream_abandoned"
+
+
+class StreamStoppedError(GatewayError):
+    """The body of the final event of a stopped stream; never an HTTP answer."""
+
+    type = "stream_stopped"
+
+
+_STOP_MESSAGES = {
+    StopReason.CANCELLED: "The stream was stopped by its client.",
+    StopReason.ABANDONED: "No client read the stream for too long, so it was stopped.",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Services:
+    """What every generation of an application uses."""
+
+    upstream: Upstream
+    store: StreamStore
+    lifecycle: Lifecycle
+    metrics: Metrics
+    settings: Settings
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    """What to generate: the upstream body, and the request that asked for it."""
+
+    stream_id: str
+    request_id: str
+    route: str
+    model: str
+    body: dict[str, Any]
+
+
+class StoreSink:
+    """The relay's sink: each event it writes is stored under its own sequence number.
+
+    The relay may write several events at once (chunks that arrived in one read); each native
+    event ends with a blank line and nothing inside one contains one (its data is a JSON line),
+    so the write splits exactly. Events are numbered as the dialect numbered them: one each, in order.
+    """
+
+    def __init__(self, store: StreamStore, stream_id: str, dialect: NativeDialect) -> None:
+        self._store = store
+        self._stream_id = stream_id
+        self._dialect = dialect
+        self._seq = 0
+
+    async def write(self, data: bytes) -> None:
+        for event in data.split(b"\n\n")[:-1]:
+            self._seq += 1
+            await self._store.append(self._stream_id, StoredEvent(self._seq, event + b"\n\n"))
+        if self._seq != self._dialect.seq:
+            raise RuntimeError(f"stored {self._seq} events of {self._dialect.seq}: the framing broke")
+
+
+class UpstreamChunks:
+    """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too."""
+
+    def __init__(self, upstream: Upstream, body: dict[str, Any], request_id: str) -> None:
+        self._upstream = upstream
+        self._body = body
+        self._request_id = request_id
+        self._stream: UpstreamStream | None = None
+
+    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        self._stream = await self._upstream.open_stream(self._body, self._request_id)
+        async for batch in self._stream:
+            yield batch
+
+    def close(self) -> None:
+        """Close the upstream request, if it was opened; an unfinished one is cancelled."""
+        if self._stream is not None:
+            self._stream.close()
+
+
+class Generation:
+    """One detached stream's work, run as a task the registry owns."""
+
+    def __init__(self, job: Job, services: Services) -> None:
+        self.job = job
+        self._services = services
+        self._started = asyncio.get_running_loop().time()
+        self._guard: StreamGuard | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop_reason: StopReason | None = None
+        self._shutdown_requested = False
+        self._relaying = True
+
+    def stop(self, reason: StopReason) -> None:
+        """End the generation now with a final `failed` event naming `reason`."""
+        if self._stop_reason is not None or not self._relaying:
+            return
+        self._stop_reason = reason
+        if self._task is not None:
+            self._task.cancel(f"stream stopped: {reason}")
+
+    def shutdown(self) -> None:
+        """End the generation now with the shutdown event and its retry hint."""
+        self._shutdown_requested = True
+        if self._guard is not None and self._relaying:
+            self._guard.shutdown()
+
+    async def run(self) -> None:
+        """Relay the upstream's reply into the store, end it with a final event, and log it."""
+        self._task = asyncio.current_task()
+        services = self._services
+        self._guard = guard = StreamGuard(_deadlines(services.settings))
+        record = RequestRecord(started=self._started, route=self.job.route, model=self.job.model, stream=True)
+        dialect = NativeDialect(self.job.stream_id, services.settings.stream.retry_ms)
+        chunks = UpstreamChunks(services.upstream, self.job.body, self.job.request_id)
+        sink = StoreSink(services.store, self.job.stream_id, dialect)
+        # A stop or shutdown asked for before this task ran takes effect at its first await.
+        if self._stop_reason is not None and self._task is not None:
+            self._task.cancel()
+        if self._shutdown_requested:
+            guard.shutdown()
+        with services.lifecycle.track(guard), services.metrics.live_streams.track_inprogress():
+            try:
+                await self._relay(chunks, dialect, sink, guard, record)
+            except Exception:
+                # The task's boundary: nothing above it would tell the readers, so end the stream here.
+                log.exception("browser_stream_crashed", stream_id=self.job.stream_id)
+                record.outcome, record.error_code = Outcome.UPSTREAM_ERROR, "internal_error"
+                with contextlib.suppress(Exception):
+                    await sink.write(dialect.failure(GatewayError("Sluice failed while streaming.")))
+            finally:
+                self._relaying = False
+                guard.close()
+                chunks.close()
+                await services.store.finish(self.job.stream_id)
+                self._finished(record, dialect)
+
+    async def _relay(
+        self,
+        chunks: UpstreamChunks,
+        dialect: NativeDialect,
+        sink: StoreSink,
+        guard: StreamGuard,
+        record: RequestRecord,
+    ) -> None:
+        services, settings = self._services, self._services.settings
+        try:
+            await relay(
+                chunks,
+                dialect,
+                sink,
+                guard,
+                record,
+                final_write_timeout=settings.stream.send_timeout,
+                shutdown_retry_ms=settings.server.retry_after * 1000,
+                gaps=services.metrics.chunk_gap.labels(record.route),
+            )
+        except asyncio.CancelledError:
+            reason = self._stop_reason
+            if reason is None or self._task is None:
+                record.outcome = Outcome.SHUTDOWN  # the application is closing: nobody is left to tell
+                raise
+            self._task.uncancel()
+            chunks.close()  # close the upstream before anything else is awaited
+            if record.outcome is Outcome.CLIENT_DISCONNECTED:  # else the relay already wrote a final event
+                record.error_code = str(reason)
+                await sink.write(dialect.failure(StreamStoppedError(_STOP_MESSAGES[reason], code=str(reason))))
+
+    def _finished(self, record: RequestRecord, dialect: NativeDialect) -> None:
+        loop = asyncio.get_running_loop()
+        duration = loop.time() - self._started
+        usage = record.usage_for_log()
+        log.info(
+            "browser_stream_finished",
+            stream_id=self.job.stream_id,
+            model=record.model,
+            outcome=record.outcome,
+            error_code=record.error_code,
+            finish_reason=record.finish_reason,
+            ttft_ms=record.ttft_ms(),
+            tokens=(usage or {}).get("completion_tokens", 0),
+            usage=usage,
+            events=dialect.seq,
+            duration_ms=round(duration * 1000, 2),
+        )
+        # Whatever happened, readers got it as an event on a 200 stream.
+        self._services.metrics.chat_finished(record, duration, 200)
+
+
+def _deadlines(settings: Settings) -> Deadlines:
+    """The attached path's stream deadlines; `send` never trips, as the store accepts at once."""
+    up = settings.upstream
+    return Deadlines(
+        first_token=up.first_token_timeout,
+        idle=up.idle_timeout,
+        total=up.total_timeout,
+        send=settings.stream.send_timeout,
+    )

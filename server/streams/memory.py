@@ -1,0 +1,103 @@
+"""The in-process StreamStore: a dict of buffers, each bounded, each dropped after its retention."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+
+from .store import EventsDroppedError, Slice, StoredEvent
+
+
+@dataclass(slots=True, eq=False)
+class _Buffer:
+    """One stream's retained events, keyed by sequence number (`first`..`last`)."""
+
+    events: dict[int, StoredEvent] = field(default_factory=dict)
+    first: int = 1
+    last: int = 0
+    finished: bool = False
+    expiry: asyncio.TimerHandle | None = None
+    # Replaced after every change, so a waiter wakes once per change and never misses one.
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def notify(self) -> None:
+        self.changed.set()
+        self.changed = asyncio.Event()
+
+
+class MemoryStreamStore:
+    """StreamStore in this process's memory: at most `max_events` per stream, `max_streams` streams."""
+
+    def __init__(self, *, max_events: int, max_streams: int, retention: float) -> None:
+        self._max_events = max_events
+        self._max_streams = max_streams
+        self._retention = retention
+        self._buffers: dict[str, _Buffer] = {}
+        # Finished streams in the order they finished: the first is evicted when room is needed.
+        self._finished: dict[str, None] = {}
+
+    def __len__(self) -> int:
+        return len(self._buffers)
+
+    async def create(self, stream_id: str) -> bool:
+        if stream_id in self._buffers:
+            raise ValueError(f"stream {stream_id!r} exists")
+        if len(self._buffers) >= self._max_streams:
+            if not self._finished:
+                return False
+            self._drop(next(iter(self._finished)))
+        self._buffers[stream_id] = _Buffer()
+        return True
+
+    async def append(self, stream_id: str, event: StoredEvent) -> None:
+        buffer = self._buffers[stream_id]
+        if buffer.finished:
+            raise ValueError(f"stream {stream_id!r} has finished")
+        if event.seq != buffer.last + 1:
+            raise ValueError(f"event {event.seq} does not follow {buffer.last}")
+        buffer.events[event.seq] = event
+        buffer.last = event.seq
+        if len(buffer.events) > self._max_events:
+            del buffer.events[buffer.first]
+            buffer.first += 1
+        buffer.notify()
+
+    async def finish(self, stream_id: str) -> None:
+        buffer = self._buffers.get(stream_id)
+        if buffer is None or buffer.finished:
+            return
+        buffer.finished = True
+        self._finished[stream_id] = None
+        loop = asyncio.get_running_loop()
+        buffer.expiry = loop.call_later(self._retention, self._drop, stream_id)
+        buffer.notify()
+
+    async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
+        buffer = self._buffers.get(stream_id)
+        if buffer is None:
+            return None
+        start = seq + 1
+        if start < buffer.first:
+            raise EventsDroppedError(f"events {start}..{buffer.first - 1} of {stream_id!r} were dropped")
+        end = min(buffer.last, seq + limit)
+        events = tuple(buffer.events[n] for n in range(start, end + 1))
+        return Slice(events, finished=buffer.finished and end >= buffer.last)
+
+    async def wait(self, stream_id: str, seq: int) -> None:
+        buffer = self._buffers.get(stream_id)
+        if buffer is None or buffer.finished or buffer.last > seq:
+            return
+        await buffer.changed.wait()
+
+    async def close(self) -> None:
+        for stream_id in list(self._buffers):
+            self._drop(stream_id)
+
+    def _drop(self, stream_id: str) -> None:
+        buffer = self._buffers.pop(stream_id, None)
+        if buffer is None:
+            return
+        self._finished.pop(stream_id, None)
+        if buffer.expiry is not None:
+            buffer.expiry.cancel()
+        buffer.notify()  # a waiter, if any, then finds the stream gone

@@ -1,0 +1,104 @@
+"""Serve one connection of a detached stream: the stored events after the resume point, then new ones.
+
+Each connection starts with `retry:` and an `id:` naming its resume point (`<stream>:0` on a
+first connection), so a browser that loses the connection before the first event still
+reconnects to this stream. It ends after the stream's final event. A stream with nothing left
+to send (unknown, expired, or finished before the resume point) is HTTP 204, which tells
+EventSource to stop reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import orjson
+from aiohttp import web
+
+from ..errors import GatewayError
+from ..keys import METRICS, RECORD, SETTINGS
+from ..sse import SSEResponse
+from .registry import StreamRegistry
+from .resume import event_id
+from .store import EventsDroppedError, Slice, StreamStore
+
+# Events read from the store at once: enough to replay quickly, few enough to stay small.
+BATCH = 256
+
+
+class ResumeUnavailableError(GatewayError):
+    """410: the events after the resume point were dropped to keep the stream's buffer bounded."""
+
+    status = 410
+    type = "invalid_request_error"
+    code = "resume_unavailable"
+
+
+def _dropped() -> ResumeUnavailableError:
+    return ResumeUnavailableError("The events after Last-Event-ID are no longer kept; start a new stream.")
+
+
+async def serve_stream(
+    request: web.Request, registry: StreamRegistry, stream_id: str, after: int
+) -> web.StreamResponse:
+    """Send the events of `stream_id` after `after` until its final event."""
+    store = registry.store
+    try:
+        first = await store.read_after(stream_id, after, BATCH)
+    except EventsDroppedError:
+        raise _dropped() from None
+    if first is None or (first.finished and not first.events):
+        return web.Response(status=204)
+    settings = request.app[SETTINGS].stream
+    response = SSEResponse(
+        heartbeat_interval=settings.heartbeat_interval,
+        send_timeout=settings.send_timeout,
+        on_heartbeat=request.app[METRICS].heartbeats.inc,
+    )
+    await response.prepare(request)
+    request[RECORD].response_status = response.status
+    start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
+    with registry.reading(stream_id):
+        if await _send(response, start.encode(), settings.send_timeout):
+            await _follow(response, store, stream_id, after, first, settings.send_timeout)
+    await response.finish()
+    return response
+
+
+async def _follow(
+    response: SSEResponse, store: StreamStore, stream_id: str, seq: int, batch: Slice, send_timeout: float
+) -> None:
+    """Write batch after batch, waiting for the generation when caught up, until the final event."""
+    while True:
+        for event in batch.events:
+            if not await _send(response, event.data, send_timeout):
+                return
+            seq = event.seq
+        if batch.finished:
+            return
+        if not batch.events:
+            await store.wait(stream_id, seq)
+        try:
+            next_batch = await store.read_after(stream_id, seq, BATCH)
+        except EventsDroppedError:
+            # This reader fell a whole buffer behind. The event has no id, so a reconnect names the
+            # last event it did get, and is told 410.
+            data = b"event: failed\ndata: " + orjson.dumps(_dropped().body()) + b"\n\n"
+            await _send(response, data, send_timeout)
+            return
+        if next_batch is None:
+            return  # expired while being read: the reconnect gets 204
+        batch = next_batch
+
+
+async def _send(response: SSEResponse, data: bytes, send_timeout: float) -> bool:
+    """Write one event; False when the client has gone or accepted nothing for `send_timeout`."""
+    try:
+        async with asyncio.timeout(send_timeout):
+            await response.write(data)
+    except TimeoutError:
+        response.abort()
+        return False
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        return False
+    return True

@@ -1,0 +1,161 @@
+"""Start, stop and own the detached generations of one application, and count who reads them.
+
+Every generation runs as a task held here, never fire-and-forget: `close()` (on application
+cleanup) ends each one with the shutdown event, waits for it, and cancels what still runs. A
+generation with no reader attached for the grace period is stopped, so a browser that went away
+for good does not keep an upstream busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from ..errors import ServiceUnavailableError
+from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, SETTINGS, STREAMS, UPSTREAM
+from ..lifecycle import FINAL_EVENT_GRACE
+from .generation import Generation, Job, Services, StopReason
+from .memory import MemoryStreamStore
+from .resume import new_stream_id
+from .settings import BrowserStreamSettings
+from .store import StreamStore
+
+log = structlog.get_logger("sluice.streams")
+
+
+@dataclass(slots=True, eq=False)
+class _Live:
+    """A running generation, its task, and the connections reading it now."""
+
+    generation: Generation
+    task: asyncio.Task[None]
+    readers: int = 0
+    grace: asyncio.TimerHandle | None = None
+
+
+class StreamRegistry:
+    """The detached streams of this process."""
+
+    def __init__(self, services: Services, bounds: BrowserStreamSettings) -> None:
+        self._services = services
+        self._grace = bounds.reader_grace_seconds
+        self._live: dict[str, _Live] = {}
+
+    @property
+    def store(self) -> StreamStore:
+        """Where the streams' events are kept."""
+        return self._services.store
+
+    @property
+    def live(self) -> int:
+        """Generations running now."""
+        return len(self._live)
+
+    async def start(self, *, request_id: str, route: str, model: str, body: dict[str, Any]) -> str:
+        """Start generating `body` into a new stream; its id. 503 while draining or when full."""
+        services = self._services
+        services.lifecycle.admit()
+        stream_id = new_stream_id()
+        if not await services.store.create(stream_id):
+            retry_after = str(services.settings.server.retry_after)
+            raise ServiceUnavailableError(
+                "Sluice holds as many streams as it may; retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": retry_after},
+            )
+        generation = Generation(Job(stream_id, request_id, route, model, body), services)
+        task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
+        live = _Live(generation, task)
+        self._live[stream_id] = live
+        task.add_done_callback(partial(self._ended, stream_id))
+        self._arm_grace(stream_id, live)
+        return stream_id
+
+    @contextmanager
+    def reading(self, stream_id: str) -> Iterator[None]:
+        """Count a connection as reading `stream_id` while the block runs."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.readers += 1
+            if live.grace is not None:
+                live.grace.cancel()
+                live.grace = None
+        try:
+            yield
+        finally:
+            if live is not None:
+                live.readers -= 1
+                if live.readers == 0 and self._live.get(stream_id) is live:
+                    self._arm_grace(stream_id, live)
+
+    async def stop(self, stream_id: str) -> None:
+        """Stop the generation, if it runs; return once its upstream is closed and its end stored."""
+        live = self._live.get(stream_id)
+        if live is None:
+            return
+        live.generation.stop(StopReason.CANCELLED)
+        # wait(), not await: a caller that leaves must not cancel the generation's own cleanup.
+        await asyncio.wait([live.task])
+
+    def end_all(self) -> None:
+        """End every generation now with the shutdown event; its readers then get it and finish."""
+        for live in list(self._live.values()):
+            live.generation.shutdown()
+
+    async def close(self) -> None:
+        """End every generation with the shutdown event, wait for them, then release the store."""
+        tasks = [live.task for live in self._live.values()]
+        self.end_all()
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=FINAL_EVENT_GRACE)
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        await self._services.store.close()
+
+    def _arm_grace(self, stream_id: str, live: _Live) -> None:
+        loop = asyncio.get_running_loop()
+        live.grace = loop.call_later(self._grace, self._abandoned, stream_id, live)
+
+    def _abandoned(self, stream_id: str, live: _Live) -> None:
+        live.grace = None
+        log.info("browser_stream_abandoned", stream_id=stream_id, grace_seconds=self._grace)
+        live.generation.stop(StopReason.ABANDONED)
+
+    def _ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
+        live = self._live.pop(stream_id, None)
+        if live is not None and live.grace is not None:
+            live.grace.cancel()
+        if not task.cancelled() and task.exception() is not None:
+            # Generation.run catches everything it can; anything else is a bug worth a loud line.
+            log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())
+
+
+async def end_streams(app: web.Application) -> None:
+    """on_shutdown: end the generations before aiohttp waits for handlers, so their readers finish.
+
+    After a drain (run.py) none is left; this covers every other way an application stops.
+    """
+    app[STREAMS].end_all()
+
+
+async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The detached streams' store and registry for the application's lifetime (after the upstream's)."""
+    bounds = app[BROWSER_STREAMS]
+    store = MemoryStreamStore(
+        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+    )
+    services = Services(
+        upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
+    )
+    registry = StreamRegistry(services, bounds)
+    app[STREAMS] = registry
+    yield
+    await registry.close()

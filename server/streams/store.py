@@ -1,0 +1,60 @@
+"""Where a detached stream's events are kept between the generation that writes them and its readers.
+
+The interface is small on purpose, so a shared store (Redis) can stand in for the in-process one:
+create a stream, append its events in order, finish it (it then expires after the retention
+time), read the events after a sequence number, and wait for more.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StoredEvent:
+    """One encoded SSE event (its `id:` line included) and its sequence number in the stream."""
+
+    seq: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Slice:
+    """Events after a sequence number, in order, and whether the stream has ended after them.
+
+    `finished` is true only when these events reach the end of a finished stream: nothing will
+    follow the last of them.
+    """
+
+    events: tuple[StoredEvent, ...]
+    finished: bool
+
+
+class EventsDroppedError(LookupError):
+    """The events right after the requested one were dropped to keep the buffer bounded."""
+
+
+class StreamStore(Protocol):
+    """Bounded, expiring event buffers, one per detached stream."""
+
+    async def create(self, stream_id: str) -> bool:
+        """Start an empty stream; False when the store holds as many streams as it may."""
+
+    async def append(self, stream_id: str, event: StoredEvent) -> None:
+        """Add the next event; its `seq` is one more than the last one's (the first is 1)."""
+
+    async def finish(self, stream_id: str) -> None:
+        """Mark the stream ended: no event follows; it expires after the retention time."""
+
+    async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
+        """At most `limit` events after `seq`; None when the stream is unknown or expired.
+
+        Raises EventsDroppedError when events after `seq` are no longer held.
+        """
+
+    async def wait(self, stream_id: str, seq: int) -> None:
+        """Return once an event after `seq` exists, the stream has finished, or it is gone."""
+
+    async def close(self) -> None:
+        """Release the store; streams it kept in memory are gone."""

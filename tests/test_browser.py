@@ -1,0 +1,200 @@
+"""The demo page in a real Chromium, against `python run.py` and the simulator process.
+
+Playwright drives /usr/bin/chromium. The page runs under its strict Content-Security-Policy, so
+the tests wait with locator assertions (no string evaluation, which the policy forbids) and the
+simulator's long-poll, never with sleeps.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlencode, urlsplit
+
+import aiohttp
+import pytest
+from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+
+from tests.support.client import sim_wait
+from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.proxy import CuttingProxy
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+STREAMING_SECONDS = 20_000  # ms: generous bound for a stream to finish in the browser
+
+
+@pytest.fixture(scope="module")
+def gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """This module's own `python run.py`: its detached streams and routes stay out of others' metrics."""
+    gw = start_gateway(upstream=simulator)
+    yield gw
+    gw.process.stop()
+    assert [e for e in gw.process.events() if e.get("level") in ("error", "critical")] == []
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    async with async_playwright() as playwright:
+        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        await browser.close()
+
+
+@pytest.fixture
+async def proxy(gateway: Gateway) -> AsyncIterator[CuttingProxy]:
+    """A proxy in front of the gateway whose connections the test can drop."""
+    target = urlsplit(gateway.url)
+    assert target.hostname is not None
+    assert target.port is not None
+    cutting = CuttingProxy(target.hostname, target.port)
+    await cutting.start()
+    yield cutting
+    await cutting.close()
+
+
+class PolicyWatch:
+    """Collects the browser's Content-Security-Policy complaints about the page."""
+
+    def __init__(self, page: Page) -> None:
+        self.violations: list[str] = []
+        page.on("console", self._console)
+
+    def _console(self, message: ConsoleMessage) -> None:
+        if "Content Security Policy" in message.text:
+            self.violations.append(message.text)
+
+
+async def open_page(browser: Browser, base_url: str) -> tuple[Page, PolicyWatch]:
+    page = await browser.new_page()
+    watch = PolicyWatch(page)
+    await page.goto(base_url + "/")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "ready")
+    return page, watch
+
+
+async def chat_reply(base_url: str, message: str) -> str:
+    """The reply POST /chat gives for `message` (the simulator's replies are deterministic)."""
+    async with aiohttp.ClientSession() as http, http.post(base_url + "/chat", json={"message": message}) as response:
+        body = await response.json()
+    return str(body["response"])
+
+
+async def send(page: Page, message: str) -> str:
+    """Type `message`, press Send; the request id of the POST /chat/streams that started it."""
+    await page.fill("#message", message)
+    async with page.expect_response(lambda r: r.url.endswith("/chat/streams")) as created:
+        await page.click("#send")
+    response = await created.value
+    assert response.status == 201
+    return response.headers["x-request-id"]
+
+
+async def finished_text(page: Page) -> str:
+    await expect(page.locator("#status")).to_have_attribute("data-state", "done", timeout=STREAMING_SECONDS)
+    return await page.locator("#reply").text_content() or ""
+
+
+async def test_the_page_streams_a_reply_from_the_chosen_model_and_shows_ttft_and_usage(
+    gateway: Gateway, browser: Browser
+) -> None:
+    message = "Tell me about sluices\n#sim tokens=12 gap_ms=20"
+    expected = await chat_reply(gateway.url, message)
+    page, watch = await open_page(browser, gateway.url)
+    assert await page.locator("#model").input_value() == "gpt-4o"  # the default is preselected
+    await page.select_option("#model", "gpt-4o-mini")
+
+    request_id = await send(page, message)
+
+    assert await finished_text(page) == expected
+    await expect(page.locator("#tokens")).to_have_text("12")
+    await expect(page.locator("#usage")).to_have_text(re.compile(r"^\d+ prompt \+ 12 completion = \d+ tokens$"))
+    await expect(page.locator("#ttft")).to_have_text(re.compile(r"^\d+ ms$"))
+    logged = gateway.process.wait_for_event("browser_stream_finished", request_id=request_id)
+    assert logged["model"] == "gpt-4o-mini"
+    assert logged["outcome"] == "completed"
+    assert watch.violations == []
+
+
+async def test_a_connection_dropped_mid_stream_resumes_with_no_token_lost_or_repeated(
+    gateway: Gateway, browser: Browser, proxy: CuttingProxy
+) -> None:
+    message = "A long answer, please\n#sim tokens=40 gap_ms=30"
+    page, watch = await open_page(browser, proxy.url)
+    await send(page, message)
+    uninterrupted = await finished_text(page)
+    assert uninterrupted
+
+    # Drop the next stream's connection in the middle of its fifth token event.
+    proxy.cut_after(b":5\nevent: token\n")
+    await send(page, message)
+
+    assert await finished_text(page) == uninterrupted
+    assert proxy.cut.is_set()
+    await expect(page.locator("#reconnects")).to_have_text("1")
+    await expect(page.locator("#tokens")).to_have_text("40")
+    await expect(page.locator("#usage")).to_have_text(re.compile(r" 40 completion "))
+    assert watch.violations == []
+
+
+async def test_the_stop_button_closes_the_upstream_at_once(
+    gateway: Gateway, simulator: Simulator, browser: Browser
+) -> None:
+    page, watch = await open_page(browser, gateway.url)
+    request_id = await send(page, "Go on forever\n#sim tokens=100000 gap_ms=20")
+    # Tokens show while the reply is still coming.
+    await expect(page.locator("#tokens")).to_have_text(re.compile(r"^([3-9]|\d{2,})$"))
+    await expect(page.locator("#status")).to_have_attribute("data-state", "streaming")
+
+    async with page.expect_response(lambda r: r.request.method == "DELETE") as deleted:
+        await page.click("#stop")
+
+    assert (await deleted.value).status == 204
+    await expect(page.locator("#status")).to_have_attribute("data-state", "stopped")
+    async with aiohttp.ClientSession() as http:
+        record = await sim_wait(http, simulator.url, request_id, "closed")
+    assert record["outcome"] == "client_aborted"
+    assert record["chunks_sent"] < 100000
+    logged = gateway.process.wait_for_event("browser_stream_finished", request_id=request_id)
+    assert logged["error_code"] == "stream_cancelled"
+    assert watch.violations == []
+
+
+READ_STREAM = """
+(url) => new Promise((resolve) => {
+  const source = new EventSource(url);
+  const tokens = [];
+  let opened = 0;
+  source.addEventListener("open", () => { opened += 1; });
+  source.addEventListener("token", (e) => tokens.push([e.lastEventId, JSON.parse(e.data).content]));
+  source.addEventListener("done", (e) => { source.close(); resolve({ tokens, opened, doneId: e.lastEventId }); });
+  source.addEventListener("failed", (e) => { source.close(); resolve({ failed: e.data }); });
+})
+"""
+
+
+async def test_a_one_step_eventsource_dropped_before_its_first_token_resumes_the_same_stream(
+    gateway: Gateway, browser: Browser, proxy: CuttingProxy
+) -> None:
+    message = "One step\n#sim tokens=6 ttft_ms=200"
+    expected = await chat_reply(gateway.url, message)
+    page, _ = await open_page(browser, proxy.url)
+    # End the first connection right after the line that names its stream (`id: <stream>:0`).
+    proxy.cut_after(b":0\n\n")
+
+    result = await page.evaluate(READ_STREAM, "/chat/stream?" + urlencode({"message": message}))
+
+    assert proxy.cut.is_set()
+    assert result["opened"] == 2
+    stream_id = result["doneId"].rsplit(":", 1)[0]
+    assert [event_id for event_id, _ in result["tokens"]] == [f"{stream_id}:{n}" for n in range(1, 7)]
+    assert "".join(text for _, text in result["tokens"]) == expected

@@ -1,0 +1,178 @@
+"""MemoryStreamStore alone (ordered events, reads after an id, waiting, bounds, expiry), and the sink before it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from server.chunks import parse_chunk
+from server.dialects import NativeDialect
+from server.streams.generation import StoreSink
+from server.streams.memory import MemoryStreamStore
+from server.streams.store import EventsDroppedError, StoredEvent
+
+
+def make_store(*, max_events: int = 100, max_streams: int = 10, retention: float = 60) -> MemoryStreamStore:
+    return MemoryStreamStore(max_events=max_events, max_streams=max_streams, retention=retention)
+
+
+async def fill(store: MemoryStreamStore, stream_id: str, count: int, *, finish: bool = True) -> list[StoredEvent]:
+    assert await store.create(stream_id)
+    events = [StoredEvent(seq, f"event {seq}".encode()) for seq in range(1, count + 1)]
+    for event in events:
+        await store.append(stream_id, event)
+    if finish:
+        await store.finish(stream_id)
+    return events
+
+
+async def test_reading_after_each_sequence_number_gives_exactly_the_rest() -> None:
+    store = make_store()
+    events = await fill(store, "s", 5)
+    for seq in range(6):
+        batch = await store.read_after("s", seq, limit=100)
+        assert batch is not None
+        assert batch.events == tuple(events[seq:])
+        assert batch.finished
+
+
+async def test_a_read_stops_at_its_limit_and_is_not_the_end() -> None:
+    store = make_store()
+    events = await fill(store, "s", 5)
+    batch = await store.read_after("s", 1, limit=2)
+    assert batch is not None
+    assert batch.events == tuple(events[1:3])
+    assert not batch.finished
+
+
+async def test_a_live_stream_is_not_finished_even_when_read_to_its_last_event() -> None:
+    store = make_store()
+    await fill(store, "s", 3, finish=False)
+    batch = await store.read_after("s", 0, limit=100)
+    assert batch is not None
+    assert len(batch.events) == 3
+    assert not batch.finished
+
+
+async def test_an_unknown_stream_reads_as_none() -> None:
+    assert await make_store().read_after("nobody", 0, limit=10) is None
+
+
+async def test_events_must_follow_each_other() -> None:
+    store = make_store()
+    await fill(store, "s", 2, finish=False)
+    with pytest.raises(ValueError, match="does not follow"):
+        await store.append("s", StoredEvent(4, b"skipped one"))
+
+
+async def test_nothing_is_appended_after_the_end() -> None:
+    store = make_store()
+    await fill(store, "s", 2)
+    with pytest.raises(ValueError, match="finished"):
+        await store.append("s", StoredEvent(3, b"late"))
+
+
+async def test_a_full_buffer_drops_its_oldest_events_and_says_so_on_a_read_before_them() -> None:
+    store = make_store(max_events=3)
+    events = await fill(store, "s", 5)
+    batch = await store.read_after("s", 2, limit=100)
+    assert batch is not None
+    assert batch.events == tuple(events[2:])
+    with pytest.raises(EventsDroppedError):
+        await store.read_after("s", 1, limit=100)
+
+
+async def test_wait_returns_when_the_next_event_arrives() -> None:
+    store = make_store()
+    await fill(store, "s", 1, finish=False)
+    waiter = asyncio.create_task(store.wait("s", 1))
+    await asyncio.sleep(0)  # let the waiter block: only then does the append have to wake it
+    assert not waiter.done()
+    await store.append("s", StoredEvent(2, b"next"))
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_wait_returns_at_once_when_events_are_already_there_or_the_stream_ended() -> None:
+    store = make_store()
+    await fill(store, "live", 2, finish=False)
+    await fill(store, "ended", 1)
+    await asyncio.wait_for(store.wait("live", 1), 5)
+    await asyncio.wait_for(store.wait("ended", 1), 5)
+    await asyncio.wait_for(store.wait("unknown", 0), 5)
+
+
+async def test_wait_returns_when_the_stream_finishes() -> None:
+    store = make_store()
+    await fill(store, "s", 1, finish=False)
+    waiter = asyncio.create_task(store.wait("s", 1))
+    await asyncio.sleep(0)
+    await store.finish("s")
+    await asyncio.wait_for(waiter, 5)
+
+
+async def test_a_finished_stream_expires_after_the_retention_time() -> None:
+    store = make_store(retention=0.05)
+    await fill(store, "s", 2)
+    assert await store.read_after("s", 0, limit=10) is not None
+    # Not a synchronisation sleep: the expiry timer was scheduled before this one and ends
+    # sooner, so the loop has run it by the time this returns.
+    await asyncio.sleep(0.1)
+    assert await store.read_after("s", 0, limit=10) is None
+    assert len(store) == 0
+
+
+async def test_only_finished_streams_expire() -> None:
+    store = make_store(retention=0.01)
+    await fill(store, "live", 2, finish=False)
+    await fill(store, "finished", 2)
+    await asyncio.sleep(0.05)  # past the finished stream's expiry timer, as above
+    assert await store.read_after("finished", 0, limit=10) is None
+    assert await store.read_after("live", 0, limit=10) is not None
+
+
+async def test_when_full_of_live_streams_a_new_one_is_refused() -> None:
+    store = make_store(max_streams=2)
+    await fill(store, "a", 1, finish=False)
+    await fill(store, "b", 1, finish=False)
+    assert not await store.create("c")
+
+
+async def test_when_full_the_oldest_finished_stream_makes_room() -> None:
+    store = make_store(max_streams=3)
+    await fill(store, "first-finished", 1)
+    await fill(store, "live", 1, finish=False)
+    await fill(store, "second-finished", 1)
+    assert await store.create("new")
+    assert await store.read_after("first-finished", 0, limit=10) is None
+    assert await store.read_after("second-finished", 0, limit=10) is not None
+    assert await store.read_after("live", 0, limit=10) is not None
+
+
+async def test_closing_the_store_wakes_waiters_and_forgets_every_stream() -> None:
+    store = make_store()
+    await fill(store, "s", 1, finish=False)
+    waiter = asyncio.create_task(store.wait("s", 1))
+    await asyncio.sleep(0)
+    await store.close()
+    await asyncio.wait_for(waiter, 5)
+    assert await store.read_after("s", 0, limit=10) is None
+
+
+# The relay's sink in front of the store
+
+
+async def test_the_sink_stores_each_event_of_a_batched_write_under_its_own_number() -> None:
+    store = make_store()
+    assert await store.create("s")
+    dialect = NativeDialect("s", retry_ms=1000)
+    sink = StoreSink(store, "s", dialect)
+    first = dialect.chunk(parse_chunk(b'{"choices":[{"index":0,"delta":{"content":"a\\n\\nb"}}]}'))
+    second = dialect.done("stop", None)
+    assert first is not None
+
+    await sink.write(first + second)  # the relay joins chunks that arrived in one read
+
+    batch = await store.read_after("s", 0, limit=10)
+    assert batch is not None
+    assert [(e.seq, e.data) for e in batch.events] == [(1, first), (2, second)]
