@@ -1,0 +1,104 @@
+"""`python -m bench --quick` runs end to end and every request it sends succeeds.
+
+A smoke test of the instrument, never of speed: it runs the benchmark once, in quick mode, and
+checks what it did, not how fast anything was.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bench.workloads import WORKLOAD_NAMES
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICK_RUN_TIMEOUT_S = 300
+
+
+@dataclass
+class QuickRun:
+    """What one `python -m bench --quick` left behind."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+    report: str
+    raw: dict[str, Any]
+    raw_path: Path
+
+    def runs(self) -> Iterator[tuple[str, str, dict[str, Any]]]:
+        """(workload, run label, load-generator results) of every run."""
+        for workload in self.raw["workloads"]:
+            yield workload["name"], "direct", workload["direct"]
+            for path, run in workload["sluice"].items():
+                yield workload["name"], path, run
+            if workload["simulator_direct"] is not None:
+                yield workload["name"], "direct to server/simulator", workload["simulator_direct"]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
+    folder = tmp_path_factory.mktemp("bench")
+    report, raw = folder / "RESULTS.md", folder / "results.json"
+    argv = [sys.executable, "-m", "bench", "--quick", "--out", str(report), "--json", str(raw)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=QUICK_RUN_TIMEOUT_S, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return QuickRun(done.returncode, done.stdout, done.stderr, report.read_text(), json.loads(raw.read_text()), raw)
+
+
+def test_every_workload_runs_direct_and_through_both_routes(quick_run: QuickRun) -> None:
+    workloads = {w["name"]: w for w in quick_run.raw["workloads"]}
+    assert tuple(workloads) == WORKLOAD_NAMES
+    for name, workload in workloads.items():
+        expected = {"/v1/chat/completions", "/chat"} if name == "unary" else {"/v1/chat/completions", "/chat/stream"}
+        assert set(workload["sluice"]) == expected, name
+
+
+def test_every_request_succeeds(quick_run: QuickRun) -> None:
+    for workload, label, run in quick_run.runs():
+        assert run["errors"] == {}, (workload, label, run["error_examples"])
+        assert run["sent"] > 0, (workload, label)
+        assert run["ok"] == run["sent"], (workload, label)
+
+
+def test_every_stream_delivers_content_and_every_leaver_is_seen_closing(quick_run: QuickRun) -> None:
+    for workload, label, run in quick_run.runs():
+        if workload == "unary":
+            assert run["latency_ms"], (workload, label)
+            continue
+        assert run["ttft_ms"], (workload, label)
+        if workload == "disconnect":
+            assert run["disconnect"]["close_ms"], label
+            assert run["disconnect"]["never_closed"] == 0, label
+
+
+def test_cpu_and_memory_are_sampled_for_every_process(quick_run: QuickRun) -> None:
+    for workload, label, run in quick_run.runs():
+        roles = {"loadgen", "upstream"} if label.startswith("direct") else {"loadgen", "upstream", "gateway"}
+        assert set(run["processes"]) == roles, (workload, label)
+        for role, figures in run["processes"].items():
+            assert figures["rss_peak"] >= figures["rss_idle"] > 0, (workload, label, role)
+
+
+def test_report_names_the_command_the_machine_and_every_target(quick_run: QuickRun) -> None:
+    report = quick_run.report
+    assert "python -m bench --quick" in report
+    for heading in ("## Machine", "## Targets", "## Figures", "## Processes", "## Reference figures"):
+        assert heading in report
+    assert "MISSED" in report or "met" in report
+    assert "Sluice − direct" in quick_run.stdout
+
+
+def test_report_renders_again_from_the_raw_results(quick_run: QuickRun, tmp_path: Path) -> None:
+    again = tmp_path / "again.md"
+    argv = [sys.executable, "-m", "bench", "--from-json", str(quick_run.raw_path), "--out", str(again)]
+    done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert again.read_text() == quick_run.report
