@@ -106,6 +106,9 @@ async def _forward(
     async for batch in batches:
         guard.writing()
         now = loop.time()
+        if last_at is not None:
+            # One gap per read: chunks that arrived together have none between them.
+            gaps.observe(now - last_at)
         events: list[bytes] = []
         failure: UpstreamError | None = None
         for chunk in batch:
@@ -124,8 +127,6 @@ async def _forward(
                 record.chunks_relayed += 1
                 if last_at is None:
                     record.first_token_at = now
-                else:
-                    gaps.observe(now - last_at)
                 last_at = now
         if events:
             # Chunks that arrived in one read go out in one write: none waits for another.

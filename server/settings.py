@@ -30,6 +30,7 @@ class _Section(BaseModel):
 
 
 class ServerSettings(_Section):
+    backlog: int = Field(gt=0)
     max_body_bytes: int = Field(gt=0)
     cors_origins: tuple[str, ...]
     retry_after: int = Field(ge=0)
