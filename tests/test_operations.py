@@ -147,7 +147,9 @@ async def test_metrics_move_with_a_known_set_of_requests(gateway: Gateway) -> No
         async with http.get(gateway.url + "/metrics") as response:
             before = await response.text()
         for _ in range(2):
-            async with http.post(gateway.url + "/chat/stream", json={"message": "m\n#sim tokens=4 gap_ms=20"}) as response:
+            async with http.post(
+                gateway.url + "/chat/stream", json={"message": "m\n#sim tokens=4 gap_ms=20"}
+            ) as response:
                 await response.read()
         async with http.post(gateway.url + "/chat/stream", json={"message": ""}) as response:
             assert response.status == 400
