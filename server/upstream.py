@@ -155,7 +155,13 @@ class Upstream:
 def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession:
     """The pooled session all upstream traffic shares."""
     connector = aiohttp.TCPConnector(limit=settings.max_connections)
-    return aiohttp.ClientSession(connector=connector, read_bufsize=READ_BUFFER_BYTES, auto_decompress=True)
+    # No cookie jar: an API upstream sets none worth keeping, and filtering them costs every request.
+    return aiohttp.ClientSession(
+        connector=connector,
+        read_bufsize=READ_BUFFER_BYTES,
+        auto_decompress=True,
+        cookie_jar=aiohttp.DummyCookieJar(),
+    )
 
 
 def create_sdk_client(session: aiohttp.ClientSession, settings: UpstreamSettings, base_url: str) -> openai.AsyncOpenAI:
