@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 from .figures import Results, cpu_share, figures, others_share
 from .processes import Upstream
@@ -18,6 +19,9 @@ from .report import (
 )
 from .runner import WorkloadResult
 from .targets import REFERENCE_COLUMNS, REFERENCES
+
+# Kept by hand across runs: before/after figures, profiles, and why a target is missed.
+HISTORY = Path(__file__).resolve().parent / "HISTORY.md"
 
 UPSTREAMS = {
     Upstream.BENCH: "`python -m bench.upstream`, a simulated upstream on `asyncio.Protocol` that sends "
@@ -76,6 +80,8 @@ def render_markdown(results: Sequence[WorkloadResult], machine: dict[str, str], 
         "## Reference figures (measured on this machine by others, not by this benchmark)",
         markdown_table(["proxy", *REFERENCE_COLUMNS], [[name, *values] for name, values in REFERENCES]),
     ]
+    if HISTORY.exists():
+        parts.append(HISTORY.read_text().strip())
     return "\n\n".join(parts) + "\n"
 
 
