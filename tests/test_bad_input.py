@@ -5,13 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from tests.conftest import AiohttpClient, make_settings
+from tests.support.envelope import error_of
 
 Client = TestClient[web.Request, web.Application]
 
@@ -30,19 +30,6 @@ async def limited(aiohttp_client: AiohttpClient) -> Client:
     )
     client: Client = await aiohttp_client(create_app(settings))
     return client
-
-
-async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
-    """Check the status and the envelope's shape; return the envelope's `error`."""
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/json"
-    body = await response.json()
-    assert set(body) == {"error"}
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    assert isinstance(error["message"], str)
-    assert error["message"]
-    return error
 
 
 def chat_completion(**fields: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from tests.conftest import AiohttpClient, make_settings
+from tests.support.envelope import error_of
 from tests.support.processes import free_port
 
 Client = TestClient[web.Request, web.Application]
@@ -93,17 +94,6 @@ def impatient_gateway(aiohttp_server: Callable[..., Any], aiohttp_client: Aiohtt
 async def send(gateway: Client, call: Call) -> aiohttp.ClientResponse:
     """Make `call` against the gateway."""
     return await gateway.post(call.path, json=call.body)
-
-
-async def error_of(response: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
-    """Check the status and that the body is the JSON envelope; return its `error`."""
-    assert response.status == status, await response.text()
-    assert response.content_type == "application/json"
-    body = await response.json()
-    assert set(body) == {"error"}
-    error: dict[str, Any] = body["error"]
-    assert set(error) == {"message", "type", "param", "code"}
-    return error
 
 
 async def test_upstream_400_is_400_with_the_upstream_message(upstream_app_client: BuildGateway, call: Call) -> None:

@@ -1,8 +1,9 @@
 """What the bench upstream answers: the plan of a request, and its reply as pre-encoded bytes.
 
-Chunks have the simulator's shape (server/simulator/wire.py) byte for byte apart from the words,
-so the gateway parses the same JSON it would from the simulator. Stream events are framed as
-HTTP/1.1 chunks here, once, so sending one is a single `transport.write`.
+Chunks are built by the simulator's own templates (server/simulator/wire.py), so they are its
+bytes exactly apart from the words, and the gateway parses the same JSON it would from the
+simulator. Stream events are framed as HTTP/1.1 chunks here, once, so sending one is a single
+`transport.write`.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from typing import Any
+
+from server.simulator.wire import DONE_EVENT, StreamFrames, completion_body
 
 WORDS = ("the", "river", "flows", "past", "a", "quiet", "mill", "where", "water", "turns", "old", "stone")
 FIRST_JSON = tuple(json.dumps(word).encode() for word in WORDS)
@@ -63,43 +66,29 @@ def http_chunk(data: bytes) -> bytes:
 
 
 class Frames:
-    """The HTTP-framed SSE events of one streamed completion."""
+    """The HTTP-framed SSE events of one streamed completion: the simulator's bytes, framed once."""
 
-    __slots__ = ("_choice_close", "_choice_head", "_content_head", "_content_tail", "_usage_head")
+    __slots__ = ("_frames",)
 
     def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
-        header = (
-            f'data: {{"id":{json.dumps(completion_id)},"object":"chat.completion.chunk","created":{created},'
-            f'"model":{json.dumps(model)},"system_fingerprint":"fp_sim","choices":'
-        ).encode()
-        usage_null = b',"usage":null' if include_usage else b""
-        self._choice_head = header + b'[{"index":0,"delta":'
-        self._choice_close = b"}]" + usage_null + b"}\n\n"
-        self._content_head = self._choice_head + b'{"content":'
-        self._content_tail = b'},"logprobs":null,"finish_reason":null' + self._choice_close
-        self._usage_head = header + b'[],"usage":'
+        self._frames = StreamFrames(completion_id, created, model, include_usage)
 
     def role(self) -> bytes:
         """The opening event announcing the assistant."""
-        return http_chunk(
-            self._choice_head
-            + b'{"role":"assistant","content":"","refusal":null},"logprobs":null,"finish_reason":null'
-            + self._choice_close
-        )
+        return http_chunk(self._frames.role())
 
     def content(self, index: int) -> bytes:
         """Content token number `index`."""
         words = REST_JSON if index else FIRST_JSON
-        return http_chunk(self._content_head + words[index % len(words)] + self._content_tail)
+        return http_chunk(self._frames.content(words[index % len(words)]))
 
     def ending(self, tokens: int, include_usage: bool) -> bytes:
         """The finish event, the usage event when asked for, `[DONE]`, and the end of the body."""
-        finish = self._choice_head + b'{},"logprobs":null,"finish_reason":"stop"' + self._choice_close
-        parts = [http_chunk(finish)]
+        parts = [http_chunk(self._frames.finish("stop"))]
         if include_usage:
-            usage = json.dumps(usage_of(tokens), separators=(",", ":")).encode()
-            parts.append(http_chunk(self._usage_head + usage + b"}\n\n"))
-        parts.append(http_chunk(b"data: [DONE]\n\n"))
+            token_usage = usage_of(tokens)
+            parts.append(http_chunk(self._frames.usage(token_usage["prompt_tokens"], token_usage["completion_tokens"])))
+        parts.append(http_chunk(DONE_EVENT))
         parts.append(LAST_CHUNK)
         return b"".join(parts)
 
@@ -112,20 +101,4 @@ def usage_of(tokens: int) -> dict[str, int]:
 def completion(completion_id: str, created: int, plan: Plan) -> bytes:
     """A whole non-streamed chat.completion."""
     words = [WORDS[i % len(WORDS)] for i in range(plan.tokens)]
-    body = {
-        "id": completion_id,
-        "object": "chat.completion",
-        "created": created,
-        "model": plan.model,
-        "system_fingerprint": "fp_sim",
-        "choices": [
-            {
-                "index": 0,
-                "message": {"role": "assistant", "content": " ".join(words), "refusal": None, "annotations": []},
-                "logprobs": None,
-                "finish_reason": "stop",
-            }
-        ],
-        "usage": usage_of(plan.tokens),
-    }
-    return json.dumps(body, separators=(",", ":")).encode()
+    return completion_body(completion_id, created, plan.model, " ".join(words), "stop", usage_of(plan.tokens))
