@@ -106,9 +106,7 @@ async def _forward(
     async for batch in batches:
         guard.writing()
         now = loop.time()
-        if last_at is not None:
-            # One gap per read: chunks that arrived together have none between them.
-            gaps.observe(now - last_at)
+        gap_observed = False
         events: list[bytes] = []
         failure: UpstreamError | None = None
         for chunk in batch:
@@ -127,6 +125,10 @@ async def _forward(
                 record.chunks_relayed += 1
                 if last_at is None:
                     record.first_token_at = now
+                elif not gap_observed:
+                    # One gap per read that carries tokens: tokens that arrived together have none.
+                    gaps.observe(now - last_at)
+                    gap_observed = True
                 last_at = now
         if events:
             # Chunks that arrived in one read go out in one write: none waits for another.

@@ -280,3 +280,31 @@ async def test_error_inside_a_batch_sends_what_came_before_it_then_the_failure()
     assert b'"content":"a"' in sink.writes[0]
     assert b"never" not in sink.text
     assert sink.writes[-1].startswith(b'data: {"error":{"message":"boom"')
+
+
+class GapRecorder:
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+
+    def observe(self, amount: float) -> None:
+        self.gaps.append(amount)
+
+
+async def test_gaps_are_measured_between_reads_that_carry_tokens_only() -> None:
+    async def reads() -> AsyncIterator[list[Chunk]]:
+        yield [content_chunk("a")]
+        yield [content_chunk("b"), content_chunk("c")]  # one read: one gap, not two
+        yield [finish_chunk()]  # no token: no gap
+        yield [usage_chunk()]
+
+    recorder = GapRecorder()
+    record = new_record()
+    guard = StreamGuard(GENEROUS)
+    try:
+        await relay(
+            reads(), NativeDialect("s", 1), RecordingSink(), guard, record, final_write_timeout=1, gaps=recorder
+        )
+    finally:
+        guard.close()
+    assert len(recorder.gaps) == 1
+    assert record.chunks_relayed == 3
