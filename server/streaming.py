@@ -9,7 +9,7 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import Any, TypeVar
 
 import orjson
@@ -43,13 +43,7 @@ def deadlines_for(request: web.Request, *, stream: bool) -> Deadlines:
     )
 
 
-async def stream_chat(
-    request: web.Request,
-    body: dict[str, Any],
-    dialect: Dialect,
-    *,
-    prepare: Callable[[SSEResponse], None] | None = None,
-) -> web.StreamResponse:
+async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Dialect) -> web.StreamResponse:
     """Open an upstream stream for `body` and relay it to the client in `dialect`."""
     app = request.app
     settings, lifecycle, metrics = app[SETTINGS], app[LIFECYCLE], app[METRICS]
@@ -62,8 +56,6 @@ async def stream_chat(
         try:
             upstream_stream = await _open(request, body, guard)
             response = _sse_response(request, guard)
-            if prepare is not None:
-                prepare(response)
             await response.prepare(request)
             record.response_status = response.status
             guard.set_send_timeout_callback(response.abort)
