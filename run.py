@@ -15,6 +15,7 @@ from aiohttp import web
 from server.app import create_app
 from server.lifecycle import signals_ctx
 from server.logs import configure_logging
+from server.peers import WorkerIdentity, identity_from_args
 from server.settings import Settings, SettingsError, load_settings
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
@@ -52,7 +53,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="log format (default: from config; auto = JSON unless stdout is a terminal)",
     )
+    # Set by the --workers supervisor for each worker it starts.
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-dir", default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -69,14 +73,17 @@ def main(argv: list[str] | None = None) -> int:
         from server.workers import supervise
 
         return supervise(args.workers, sys.argv[1:])
-    serve(settings, args.host, args.port, reuse_port=args.reuse_port)
+    worker = identity_from_args(args.worker_index, args.peer_dir)
+    serve(settings, args.host, args.port, reuse_port=args.reuse_port, worker=worker)
     return 0
 
 
-def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False) -> None:
-    """Run one gateway process in the foreground."""
+def serve(
+    settings: Settings, host: str, port: int, *, reuse_port: bool = False, worker: WorkerIdentity | None = None
+) -> None:
+    """Run one gateway process in the foreground (one of several when `worker` is given)."""
     log = structlog.get_logger("sluice")
-    app = create_app(settings)
+    app = create_app(settings, worker)
     app.cleanup_ctx.append(signals_ctx)
 
     def announce(_: str) -> None:
@@ -105,6 +112,8 @@ def serve(settings: Settings, host: str, port: int, *, reuse_port: bool = False)
         shutdown_timeout=SHUTDOWN_TIMEOUT,
         backlog=settings.server.backlog,
         reuse_port=reuse_port or None,
+        # A worker also listens on its own Unix socket, where the others relay its browser streams.
+        path=str(worker.socket_path()) if worker is not None else None,
     )
 
 

@@ -7,11 +7,12 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, PEERS, SETTINGS, SIMULATOR_URL, UPSTREAM
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
+from .peers import Peers, WorkerIdentity, peers_ctx
 from .routes import setup_cors, setup_routes
 from .settings import Settings
 from .simulator import Pace, create_simulator_app
@@ -22,8 +23,12 @@ from .upstream import Upstream, create_sdk_client, create_upstream_session
 log = structlog.get_logger("sluice.app")
 
 
-def create_app(settings: Settings) -> web.Application:
-    """The gateway as an aiohttp application, ready for `web.run_app` or a test client."""
+def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.Application:
+    """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
+
+    `worker` is set when this process is one of several (`--workers`): browser streams are then
+    routed to the worker that owns them (see peers.py).
+    """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
@@ -36,6 +41,9 @@ def create_app(settings: Settings) -> web.Application:
     app.cleanup_ctx.append(upstream_ctx)
     # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
     app.cleanup_ctx.append(streams_ctx)
+    if worker is not None:
+        app[PEERS] = Peers(worker)
+        app.cleanup_ctx.append(peers_ctx)
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
     setup_routes(app)

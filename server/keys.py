@@ -11,6 +11,7 @@ if TYPE_CHECKING:  # the keys' types are named in strings: these modules import 
     from .lifecycle import Lifecycle  # noqa: F401
     from .metrics import Metrics  # noqa: F401
     from .openai_schema import ChatCompletionValidator  # noqa: F401
+    from .peers import Peers  # noqa: F401
     from .settings import Settings  # noqa: F401
     from .streams.registry import StreamRegistry  # noqa: F401
     from .streams.settings import BrowserStreamSettings  # noqa: F401
@@ -24,6 +25,7 @@ CHAT_SCHEMA = web.AppKey["ChatCompletionValidator"]("chat_schema")
 SIMULATOR_URL = web.AppKey[str]("simulator_url")
 BROWSER_STREAMS = web.AppKey["BrowserStreamSettings"]("browser_streams")
 STREAMS = web.AppKey["StreamRegistry"]("streams")
+PEERS = web.AppKey["Peers"]("peers")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 RESPONSE_STARTED = web.RequestKey[bool]("response_started")

@@ -6,6 +6,7 @@ import asyncio
 import os
 import signal
 import sys
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -13,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import ROUTES, new_request_id, sim_wait
 from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
-from tests.support.sse import Event, iter_events
+from tests.support.sse import Event, iter_events, tokens_text
 
 DRAIN_TIMEOUT = 3.0  # config/test.toml
 
@@ -231,6 +232,63 @@ async def test_two_workers_share_the_port_and_a_killed_one_is_replaced(simulator
         assert await asyncio.to_thread(supervisor.wait, 20) == 0
     finally:
         supervisor.stop()
+
+
+@pytest.fixture
+def two_workers(simulator: Simulator) -> Iterator[str]:
+    """`python run.py --workers 2` against the simulator; its URL once both workers listen."""
+    port = free_port()
+    env = clean_env({"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url})
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    try:
+        supervisor.wait_for_line(lambda _: _nth_listening(supervisor) >= 2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        supervisor.stop()
+
+
+async def test_a_browser_stream_is_readable_through_any_worker(two_workers: str) -> None:
+    fresh = aiohttp.TCPConnector(force_close=True)  # every request on a new connection: any worker
+    async with aiohttp.ClientSession(connector=fresh) as http:
+        async with http.post(two_workers + "/chat/streams", json={"message": "w\n#sim tokens=5"}) as response:
+            url = two_workers + (await response.json())["url"]
+        bodies = []
+        for _ in range(12):
+            async with http.get(url) as response:
+                assert response.status == 200
+                bodies.append([e for e in await read_all(response) if e.comment is None])
+        assert len(await distinct_pids(two_workers, want=2)) == 2  # two workers did answer
+    texts = {tokens_text(events) for events in bodies}
+    assert len(texts) == 1
+    assert all(events[-1].event == "done" for events in bodies)
+
+
+async def test_a_browser_stream_resumes_and_stops_through_any_worker(two_workers: str, simulator: Simulator) -> None:
+    fresh = aiohttp.TCPConnector(force_close=True)
+    rid = new_request_id("peer-stop")
+    async with aiohttp.ClientSession(connector=fresh) as http:
+        body = {"message": "w\n#sim tokens=100000 gap_ms=20"}
+        async with http.post(two_workers + "/chat/streams", json=body, headers={"X-Request-ID": rid}) as response:
+            started = await response.json()
+        url = two_workers + started["url"]
+        for _ in range(6):
+            async with http.get(url, headers={"Last-Event-ID": f"{started['id']}:2"}) as response:
+                events = []
+                async for event in iter_events(response):
+                    if event.comment is None and event.event == "token":
+                        events.append(event)
+                        break
+            assert events[0].id == f"{started['id']}:3"  # exactly the event after the one named
+        for _ in range(2):
+            async with http.delete(url) as response:
+                assert response.status == 204
+        record = await sim_wait(http, simulator.url, rid, "closed")
+    assert record["outcome"] == "client_aborted"
+
+
+async def read_all(response: aiohttp.ClientResponse) -> list[Event]:
+    return [event async for event in iter_events(response)]
 
 
 def _nth_listening(process: ManagedProcess) -> int:

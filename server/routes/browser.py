@@ -17,7 +17,8 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidRequestError
-from ..keys import RECORD, REQUEST_ID, SETTINGS, STREAMS
+from ..keys import PEERS, RECORD, REQUEST_ID, SETTINGS, STREAMS
+from ..peers import relay_to_owner
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
@@ -37,15 +38,20 @@ async def create_stream(request: web.Request) -> web.Response:
 async def read_stream(request: web.Request) -> web.StreamResponse:
     """The stream's events after Last-Event-ID (or from the start); 204 when there is nothing left."""
     stream_id = request.match_info["stream_id"]
+    if (owner := _owner_elsewhere(request, stream_id)) is not None:
+        return await relay_to_owner(request, owner)
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
     return await serve_stream(request, request.app[STREAMS], stream_id, point.seq if point else 0)
 
 
-async def delete_stream(request: web.Request) -> web.Response:
+async def delete_stream(request: web.Request) -> web.StreamResponse:
     """Stop the stream's generation; 204 whether it was running, already over, or unknown."""
-    await request.app[STREAMS].stop(request.match_info["stream_id"])
+    stream_id = request.match_info["stream_id"]
+    if (owner := _owner_elsewhere(request, stream_id)) is not None:
+        return await relay_to_owner(request, owner)
+    await request.app[STREAMS].stop(stream_id)
     return web.Response(status=204)
 
 
@@ -54,10 +60,18 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     point = resume_point(request)
     registry = request.app[STREAMS]
     if point is not None:
+        if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
+            return await relay_to_owner(request, owner)
         return await serve_stream(request, registry, point.stream_id, point.seq)
     fields = {name: request.query[name] for name in _QUERY_FIELDS if name in request.query}
     stream_id = await _start(request, fields)
     return await serve_stream(request, registry, stream_id, 0)
+
+
+def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
+    """The worker that owns `stream_id`, when that is another process (`--workers`)."""
+    peers = request.app.get(PEERS)
+    return peers.owner_elsewhere(stream_id) if peers is not None else None
 
 
 async def _start(request: web.Request, data: dict[str, Any]) -> str:

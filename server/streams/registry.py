@@ -19,7 +19,7 @@ import structlog
 from aiohttp import web
 
 from ..errors import ServiceUnavailableError
-from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, SETTINGS, STREAMS, UPSTREAM
+from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, PEERS, SETTINGS, STREAMS, UPSTREAM
 from ..lifecycle import FINAL_EVENT_GRACE
 from .generation import Generation, Job, Services, StopReason
 from .memory import MemoryStreamStore
@@ -43,8 +43,9 @@ class _Live:
 class StreamRegistry:
     """The detached streams of this process."""
 
-    def __init__(self, services: Services, bounds: BrowserStreamSettings) -> None:
+    def __init__(self, services: Services, bounds: BrowserStreamSettings, id_prefix: str = "") -> None:
         self._services = services
+        self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
         self._live: dict[str, _Live] = {}
 
@@ -62,7 +63,7 @@ class StreamRegistry:
         """Start generating `body` into a new stream; its id. 503 while draining or when full."""
         services = self._services
         services.lifecycle.admit()
-        stream_id = new_stream_id()
+        stream_id = self._id_prefix + new_stream_id()
         if not await services.store.create(stream_id):
             retry_after = str(services.settings.server.retry_after)
             raise ServiceUnavailableError(
@@ -155,7 +156,8 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
     )
-    registry = StreamRegistry(services, bounds)
+    peers = app.get(PEERS)
+    registry = StreamRegistry(services, bounds, peers.identity.stream_id_prefix() if peers is not None else "")
     app[STREAMS] = registry
     yield
     await registry.close()

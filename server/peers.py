@@ -1,0 +1,116 @@
+"""Send a browser stream's requests to the worker that owns it, when `--workers` runs several.
+
+A detached browser stream lives in the memory of the worker that started it, while the kernel
+spreads new connections over all workers (SO_REUSEPORT). So each worker also listens on a Unix
+socket of its own, every stream id it creates names it (`w<index>_<token>`), and a request for
+another worker's stream is relayed, bytes as they come, to that worker's socket. A client that
+leaves closes the relayed request, so the owner sees the disconnect as if it were direct.
+A single process has no peers and creates plain ids.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from .keys import PEERS, REQUEST_ID
+
+log = structlog.get_logger("sluice.peers")
+
+_OWNER = re.compile(r"w([0-9]{1,4})_")
+# Headers of a relayed answer that the client must see as the owner sent them.
+_PASSED_ON = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerIdentity:
+    """Which worker this process is, and where every worker's Unix socket lives."""
+
+    index: int
+    peer_dir: Path
+
+    def socket_path(self, index: int | None = None) -> Path:
+        """The Unix socket of worker `index` (this worker's by default)."""
+        return self.peer_dir / f"worker-{self.index if index is None else index}.sock"
+
+    def stream_id_prefix(self) -> str:
+        """What starts the id of every stream this worker creates."""
+        return f"w{self.index}_"
+
+
+class Peers:
+    """Connections to the other workers, one pooled session each, opened on first use."""
+
+    def __init__(self, identity: WorkerIdentity) -> None:
+        self.identity = identity
+        self._sessions: dict[int, aiohttp.ClientSession] = {}
+
+    def owner_elsewhere(self, stream_id: str) -> int | None:
+        """The index of the worker that owns `stream_id`, if not this one."""
+        match = _OWNER.match(stream_id)
+        if match is None:
+            return None
+        owner = int(match.group(1))
+        return None if owner == self.identity.index else owner
+
+    def session(self, index: int) -> aiohttp.ClientSession:
+        """The pooled session to worker `index`."""
+        session = self._sessions.get(index)
+        if session is None:
+            connector = aiohttp.UnixConnector(path=str(self.identity.socket_path(index)))
+            session = aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=None))
+            self._sessions[index] = session
+        return session
+
+    async def close(self) -> None:
+        """Close every session."""
+        for session in self._sessions.values():
+            await session.close()
+        self._sessions.clear()
+
+
+async def relay_to_owner(request: web.Request, owner: int) -> web.StreamResponse:
+    """Answer `request` with what worker `owner` answers, streamed through as it arrives.
+
+    A worker that cannot be reached took its streams with it (it died and was replaced): that is
+    an unknown stream, 204, which tells EventSource to stop reconnecting.
+    """
+    headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}
+    headers["X-Request-ID"] = request[REQUEST_ID]
+    session = request.app[PEERS].session(owner)
+    try:
+        answer = await session.request(request.method, f"http://worker{request.path_qs}", headers=headers)
+    except aiohttp.ClientError as exc:
+        log.warning("peer_unreachable", worker=owner, error=type(exc).__name__)
+        return web.Response(status=204)
+    try:
+        passed = {name: answer.headers[name] for name in _PASSED_ON if name in answer.headers}
+        if answer.content_type != "text/event-stream":
+            return web.Response(status=answer.status, body=await answer.read(), headers=passed)
+        response = web.StreamResponse(status=answer.status, headers=passed)
+        await response.prepare(request)
+        async for piece in answer.content.iter_any():
+            await response.write(piece)
+        await response.write_eof()
+        return response
+    finally:
+        answer.close()
+
+
+async def peers_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sessions to the other workers, for the application's lifetime."""
+    yield
+    await app[PEERS].close()
+
+
+def identity_from_args(index: int | None, peer_dir: str | None) -> WorkerIdentity | None:
+    """The worker identity run.py was given by the supervisor, if any."""
+    if index is None or peer_dir is None:
+        return None
+    return WorkerIdentity(index, Path(peer_dir))
