@@ -79,9 +79,7 @@ class NativeDialect:
 
     def _event(self, name: bytes, payload: object) -> bytes:
         self.seq += 1
-        return b"".join(
-            (self._prefix, str(self.seq).encode(), b"\nevent: ", name, b"\ndata: ", orjson.dumps(payload), b"\n\n")
-        )
+        return b"%s%d\nevent: %s\ndata: %s\n\n" % (self._prefix, self.seq, name, orjson.dumps(payload))
 
     def start(self) -> bytes:
         return b"retry: " + str(self._retry_ms).encode() + b"\n\n"
@@ -89,7 +87,9 @@ class NativeDialect:
     def chunk(self, chunk: Chunk) -> bytes | None:
         if not chunk.content:
             return None
-        return self._event(b"token", {"content": chunk.content})
+        # The hot path: the payload {"content": ...} written around orjson's string literal.
+        self.seq += 1
+        return b'%s%d\nevent: token\ndata: {"content":%s}\n\n' % (self._prefix, self.seq, orjson.dumps(chunk.content))
 
     def done(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         return self._event(b"done", {"finish_reason": finish_reason, "usage": usage})
