@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Literal
+from typing import Literal, TextIO
 
 import orjson
 import structlog
@@ -16,9 +16,10 @@ import structlog
 LogFormat = Literal["auto", "json", "console"]
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
-    """Route structlog and the standard library's logging to stdout in `fmt` at `level`."""
-    use_json = fmt == "json" or (fmt == "auto" and not sys.stdout.isatty())
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
+    """Route structlog and the standard library's logging to `stream` (stdout) in `fmt` at `level`."""
+    out = stream if stream is not None else sys.stdout
+    use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
@@ -28,15 +29,17 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info") -> None:
     if use_json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
-        logger_factory=structlog.PrintLoggerFactory(sys.stdout),
+        # One write per line (message and newline together): workers share stdout, and print()
+        # writes the newline separately, so two workers' lines could merge into one.
+        logger_factory=structlog.WriteLoggerFactory(out),
         cache_logger_on_first_use=True,
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(out)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=[structlog.stdlib.add_logger_name, *shared],
