@@ -7,8 +7,10 @@ every value to a per-process file and `/metrics` sums the files of all workers.
 from __future__ import annotations
 
 import os
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .access import RequestRecord
@@ -58,32 +60,41 @@ class Metrics:
             "sluice_tokens", "Tokens by model and kind (prompt, completion).", ["model", "kind"], registry=r
         )
         self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
+        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+
+    def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
+        """`metric.labels(*labels)`, remembered: looking a child up costs ~4 us, a dict hit ~0.1 us."""
+        key = (id(metric), labels)  # the metrics live as long as this object: ids stay unique
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def chat_finished(self, record: RequestRecord, duration: float, status: int) -> None:
         """Record what one chat request did, once, when it ends."""
         route = record.route
         if record.outcome is not None:
-            self.stream_endings.labels(route, record.outcome).inc()
+            self.child(self.stream_endings, route, record.outcome).inc()
         if record.outcome is Outcome.UPSTREAM_ERROR or (
             record.outcome is Outcome.TIMEOUT and record.error_code != Expiry.SEND
         ):
             # status is what the client got: an error status, or 200 for a stream that failed mid-way.
-            self.upstream_errors.labels(str(status), record.error_code or "unknown").inc()
+            self.child(self.upstream_errors, str(status), record.error_code or "unknown").inc()
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
-            self.ttft.labels(route).observe(ttft_ms / 1000)
-        self.upstream_duration.labels(route).observe(duration)
+            self.child(self.ttft, route).observe(ttft_ms / 1000)
+        self.child(self.upstream_duration, route).observe(duration)
         model = record.model or "unknown"
         usage = record.usage
         if usage is not None:
             prompt = usage.get("prompt_tokens")
             completion = usage.get("completion_tokens")
             if isinstance(prompt, int):
-                self.tokens.labels(model, "prompt").inc(prompt)
+                self.child(self.tokens, model, "prompt").inc(prompt)
             if isinstance(completion, int):
-                self.tokens.labels(model, "completion").inc(completion)
+                self.child(self.tokens, model, "completion").inc(completion)
         elif record.chunks_relayed:
-            self.tokens.labels(model, "completion").inc(record.chunks_relayed)
+            self.child(self.tokens, model, "completion").inc(record.chunks_relayed)
 
     def exposition(self) -> bytes:
         """The text exposition of this process, or of all workers in multi-process mode."""

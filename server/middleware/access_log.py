@@ -45,7 +45,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         duration = time.perf_counter() - started
         _log(request, record, status, duration)
         metrics = request.app[METRICS]
-        metrics.requests.labels(record.route, request.method, str(status)).inc()
+        metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
         if record.stream is not None:
             metrics.chat_finished(record, duration, status)
 
