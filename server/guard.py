@@ -77,11 +77,11 @@ class StreamGuard:
         self._writing_since = None
         self._reading_since = self._loop.time()
 
-    def writing(self) -> None:
-        """A chunk arrived and the relay now writes to the client."""
+    def writing(self, now: float | None = None) -> None:
+        """A chunk arrived and the relay now writes to the client (`now`: the loop's time, if read)."""
         self._first_token_seen = True
         self._reading_since = None
-        self._writing_since = self._loop.time()
+        self._writing_since = self._loop.time() if now is None else now
 
     def set_send_timeout_callback(self, callback: Callable[[], None]) -> None:
         """Call `callback` (abort the client's transport) when a write stalls past `send`."""

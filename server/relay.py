@@ -104,8 +104,8 @@ async def _forward(
     last_at: float | None = None
     guard.reading()
     async for batch in batches:
-        guard.writing()
         now = loop.time()
+        guard.writing(now)
         gap_observed = False
         events: list[bytes] = []
         failure: UpstreamError | None = None

@@ -16,7 +16,7 @@ import pytest
 
 from tests.support.client import ROUTES, new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
-from tests.support.sse import iter_events, openai_text, read_events, tokens_text
+from tests.support.sse import carries_token, iter_events, openai_text, read_events, tokens_text
 
 DIALECTS = ["native", "openai"]
 
@@ -61,7 +61,7 @@ async def test_each_chunk_reaches_the_client_while_the_upstream_is_still_open(
         post(http, gateway, dialect, "hi\n#sim tokens=4 fault=hang_mid", rid) as r,
     ):
         async for event in iter_events(r):
-            if event.comment is None and event.data and "content" in event.data and '"content":""' not in event.data:
+            if carries_token(event):
                 received.append(event)
             if len(received) == 2:
                 break  # the upstream now hangs forever: these two were not held back waiting for more
@@ -150,7 +150,7 @@ async def test_client_leaving_mid_stream_closes_the_upstream_and_logs_tokens_rel
         async with post(http, gateway, dialect, "hi\n#sim tokens=100000 gap_ms=5", rid) as response:
             seen = 0
             async for event in iter_events(response):
-                if event.comment is None and '"content":"' in event.data and '"content":""' not in event.data:
+                if carries_token(event):
                     seen += 1
                 if seen == 3:
                     break
@@ -191,11 +191,7 @@ async def test_silent_upstream_gets_heartbeat_comments(tight_gateway: Gateway, d
         async with post(http, tight_gateway, dialect, "slow\n#sim tokens=2 ttft_ms=700", rid) as response:
             events = await read_events(response)
     comments = [e for e in events if e.comment is not None]
-    first_token = next(
-        i
-        for i, e in enumerate(events)
-        if e.comment is None and '"content":"' in e.data and '"content":""' not in e.data
-    )
+    first_token = next(i for i, e in enumerate(events) if carries_token(e))
     assert comments, "no heartbeat while the upstream was silent"
     assert any(events[i].comment is not None for i in range(first_token))
     assert all(e.comment == "keep-alive" for e in comments)

@@ -96,6 +96,11 @@ async def read_events(response: aiohttp.ClientResponse) -> list[Event]:
     return [event async for event in iter_events(response)]
 
 
+def carries_token(event: Event) -> bool:
+    """True for an event with reply text in either dialect (not a comment, role chunk or ending)."""
+    return event.comment is None and '"content":"' in event.data and '"content":""' not in event.data
+
+
 def tokens_text(events: list[Event]) -> str:
     """The reply text carried by native `token` events."""
     return "".join(e.json()["content"] for e in events if e.event == "token" and e.comment is None)
