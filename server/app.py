@@ -31,7 +31,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(settings.process.metrics_dir)
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[BROWSER_STREAMS] = BrowserStreamSettings(**settings.browser.model_dump())
