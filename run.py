@@ -13,10 +13,10 @@ import structlog
 from aiohttp import web
 
 from server.app import create_app
-from server.lifecycle import signals_ctx
+from server.contexts import signals_ctx
 from server.logs import configure_logging
-from server.peers import WorkerIdentity, identity_from_args
 from server.settings import Settings, SettingsError, load_settings
+from server.worker_proxy import WorkerIdentity, identity_from_args
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
 SHUTDOWN_TIMEOUT = 5.0
