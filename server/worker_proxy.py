@@ -18,7 +18,7 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-log = structlog.get_logger("sluice.peers")
+log = structlog.get_logger("sluice.worker_proxy")
 
 _OWNER = re.compile(r"w([0-9]{1,4})_")
 # Headers of a forwarded answer that the client must see as the owner sent them.
