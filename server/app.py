@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .contexts import end_streams, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
+from .contexts import end_streams, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
 from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, WORKER_PROXY
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -20,11 +20,12 @@ from .settings import Settings
 from .worker_proxy import WorkerIdentity, WorkerProxy
 
 
-def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.Application:
+def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, signals: bool = False) -> web.Application:
     """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
 
     `worker` is set when this process is one of several (`--workers`): browser streams are then
-    forwarded to the worker that owns them (see worker_proxy.py).
+    forwarded to the worker that owns them (see worker_proxy.py). `signals` (run.py) drains the
+    process on SIGTERM/SIGINT; tests' in-process apps leave the signals alone.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
@@ -37,15 +38,17 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     setup_middlewares(app)
 
     # Resources, opened in this order on startup and closed in reverse on cleanup. Order matters:
-    # the upstream needs the simulator's URL; the streams need the upstream (and the worker
-    # proxy's id prefix), and must end before the upstream closes. run.py appends signals_ctx
-    # last, so a signal's drain runs while everything is still open.
+    # the upstream needs the simulator's URL; the streams need the upstream and must end before it
+    # closes. The signal handlers come last, so they are removed first and a signal's drain runs
+    # while everything is still open.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
     app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session
     app.cleanup_ctx.append(streams_ctx)  # 3. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 4. sessions to the other workers
+    if signals:
+        app.cleanup_ctx.append(signals_ctx)  # 5. SIGTERM/SIGINT: drain, then exit
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
 

@@ -97,7 +97,7 @@ def _raise_graceful_exit() -> None:
 
 
 async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Drain on SIGTERM and SIGINT, then exit; installed by run.py, not by tests' apps."""
+    """Drain on SIGTERM and SIGINT, then exit; only for `create_app(..., signals=True)` (run.py)."""
     loop = asyncio.get_running_loop()
     lifecycle = app[LIFECYCLE]
     drain_timeout = app[SETTINGS].server.drain_timeout

@@ -5,7 +5,7 @@ with Retry-After, live requests get `drain_timeout` seconds to finish, and each 
 then ends with an explicit shutdown event (its guard cancels it, see guard.py). Only then does the
 process stop listening and exit 0. The listener stays open during the drain so that probes and
 late requests get an answer instead of a refused connection. A second signal skips the wait.
-The signal handlers that start the drain are wired in contexts.py (`signals_ctx`).
+The signal handlers that start the drain are `signals_ctx` in contexts.py.
 """
 
 from __future__ import annotations
