@@ -19,12 +19,10 @@ import structlog
 from aiohttp import web
 
 from . import __version__
-from .app import create_app
-from .keys import SIMULATOR_URL
-from .lifecycle import signals_ctx
-from .logs import configure_logging
-from .peers import WorkerIdentity, identity_from_args
+from .app import create_app, upstream_url
+from .logs import configure_logging, loggable_url
 from .settings import Settings, SettingsError, load_settings
+from .worker_proxy import WorkerIdentity, identity_from_args
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
 SHUTDOWN_TIMEOUT = 5.0
@@ -127,8 +125,7 @@ def serve(
 ) -> None:
     """Run one gateway process in the foreground (one of several when `worker` is given)."""
     log = structlog.get_logger("sluice")
-    app = create_app(settings, worker)
-    app.cleanup_ctx.append(signals_ctx)
+    app = create_app(settings, worker, signals=True)
 
     def announce(_: str) -> None:
         # run_app calls this once its sockets listen: the line tests and operators wait for.
@@ -136,7 +133,7 @@ def serve(
             "sluice_listening",
             url=f"http://{host}:{port}",
             integration="simulated" if settings.simulated else "openai",
-            upstream=app.get(SIMULATOR_URL) or settings.upstream.base_url,
+            upstream=loggable_url(upstream_url(app)),
             models=len(settings.models.available),
             auth=_auth_state(settings),
             pid=os.getpid(),

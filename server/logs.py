@@ -12,6 +12,7 @@ from typing import Literal, TextIO
 
 import orjson
 import structlog
+from yarl import URL
 
 LogFormat = Literal["auto", "json", "console"]
 
@@ -59,3 +60,11 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
 
 def _dumps(value: object, **_: object) -> str:
     return orjson.dumps(value, default=str).decode()
+
+
+def loggable_url(url: str) -> str:
+    """`url` without user, password or query: a base URL can carry credentials."""
+    parsed = URL(url)
+    if not parsed.is_absolute():
+        return "(not a URL)"
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
