@@ -10,7 +10,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from .contexts import end_streams, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
-from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, WORKER_PROXY
+from .credentials import UpstreamCredentials
+from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM_CREDENTIALS, WORKER_PROXY
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
@@ -33,6 +34,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app[METRICS] = Metrics(settings.process.metrics_dir)
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
+    app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
     setup_middlewares(app)

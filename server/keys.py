@@ -9,6 +9,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .access import RequestRecord
+from .credentials import UpstreamCredentials
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
@@ -25,6 +26,7 @@ CHAT_SCHEMA = web.AppKey("chat_schema", ChatCompletionValidator)
 SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)
 WORKER_PROXY = web.AppKey("worker_proxy", WorkerProxy)
+UPSTREAM_CREDENTIALS = web.AppKey("upstream_credentials", UpstreamCredentials)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RESPONSE_STARTED = web.RequestKey("response_started", bool)

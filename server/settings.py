@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, model_validator
 
 # server/config links to the repository's config/, and is packaged: one path from a clone or a wheel.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "default.toml"
@@ -52,6 +52,8 @@ class ServerSettings(_Section):
     retry_after: int = Field(ge=0)
     drain_timeout: float = Field(ge=0)
     max_live_streams: int = Field(ge=0)
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client in the access log.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 
 
 class LoggingSettings(_Section):

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from ..errors import InvalidRequestError
 from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, WORKER_PROXY
+from ..middleware.access_log import client_of
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
@@ -75,7 +76,10 @@ def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
 
 async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
     """Answer with what worker `owner` answers (see worker_proxy.py)."""
-    return await forward_to_owner(request, request.app[WORKER_PROXY], owner, request[REQUEST_ID])
+    client = client_of(request)
+    return await forward_to_owner(
+        request, request.app[WORKER_PROXY], owner, request[REQUEST_ID], request[RECORD], client
+    )
 
 
 async def _serve(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:

@@ -7,7 +7,7 @@ import os
 from aiohttp import web
 
 from .. import __version__
-from ..keys import LIFECYCLE, SETTINGS, UPSTREAM
+from ..keys import LIFECYCLE, SETTINGS, UPSTREAM, UPSTREAM_CREDENTIALS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -22,9 +22,14 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 while draining or while the upstream is marked down; 200 otherwise, with the reason."""
+    """503 while draining or while the upstream is marked down; 200 otherwise, with the reason.
+
+    A key the upstream rejects is named in the detail but leaves the process ready: every process
+    shares the key, and a fix on the upstream's side must reach one that is still in rotation.
+    """
+    detail = request.app[UPSTREAM_CREDENTIALS].detail()
     if request.app[LIFECYCLE].draining:
-        return web.json_response({"status": "draining"}, status=503)
+        return web.json_response({"status": "draining", **detail}, status=503)
     if request.app[UPSTREAM].is_down:
-        return web.json_response({"status": "upstream_down"}, status=503)
-    return web.json_response({"status": "ready"})
+        return web.json_response({"status": "upstream_down", **detail}, status=503)
+    return web.json_response({"status": "ready", **detail})
