@@ -56,6 +56,16 @@ def test_installed_sluice_reports_its_version(installed: Path) -> None:
     assert result.stdout.strip() == f"sluice {__version__}"
 
 
+def test_installed_sluice_help_offers_the_same_options_as_run_py(installed: Path) -> None:
+    def options(argv: list[str | Path]) -> set[str]:
+        text = subprocess.run(argv, capture_output=True, text=True, check=True, cwd=installed).stdout
+        return set(re.findall(r"--[a-z-]+", text))
+
+    installed_options = options([installed / "bin" / "sluice", "--help"])
+    assert installed_options == options([sys.executable, ROOT / "run.py", "--help"])
+    assert {"--host", "--port", "--config", "--workers", "--log-format", "--version"} <= installed_options
+
+
 def test_installed_sluice_runs_from_the_installed_package_not_the_clone(installed: Path) -> None:
     result = subprocess.run(
         [installed / "bin" / "python", "-c", "import server.settings as s; print(s.__file__, s.DEFAULT_CONFIG)"],
