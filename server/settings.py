@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
@@ -221,9 +221,10 @@ def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> _Found:
         if isinstance(values, dict):
             for key, default in values.items():
                 known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, default)
+    named = set(_named_variables(raw))
     found: _Found = {}
     for name in sorted(env):
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in named:
             continue
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
@@ -234,6 +235,18 @@ def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> _Found:
         value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
         found[(section, key)] = (value, name)
     return found
+
+
+def _named_variables(value: Any, key: str = "") -> Iterator[str]:
+    """Every variable a setting names (`*_env = "NAME"`): read by its own setting, so not unknown."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _named_variables(item, str(name))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_variables(item, key)
+    elif isinstance(value, str) and key.endswith("_env"):
+        yield value
 
 
 def _upstream_from_environment(env: Mapping[str, str]) -> _Found:

@@ -243,3 +243,14 @@ def test_a_model_list_mistake_names_the_variable_that_caused_it() -> None:
     message = settings_error(SLUICE_MODELS_DEFAULT="gpt-9")
 
     assert "environment variable SLUICE_MODELS_DEFAULT" in message
+
+
+def test_a_sluice_variable_that_a_setting_names_is_not_unknown(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text('[upstream]\nconnect_timeout = 3.0\n[extra_names]\nsecret_env = "SLUICE_SOME_SECRET"\n')
+
+    # The section itself is refused (it is not a setting), but not the variable it names.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overlay, environ={"SLUICE_SOME_SECRET": "x"})
+    assert "extra_names" in str(caught.value)
+    assert "SLUICE_SOME_SECRET" not in str(caught.value)
