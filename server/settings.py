@@ -14,7 +14,16 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, IPvAnyNetwork, SecretStr, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 # server/config links to the repository's config/, and is packaged: one path from a clone or a wheel.
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "default.toml"
@@ -111,9 +120,18 @@ class ProcessSettings(_Section):
     """What the process environment, rather than a config file, says about this process."""
 
     # PORT, set by hosting platforms; --port wins over it.
-    port: int | None = Field(default=None, ge=1, le=65535)
+    port: int | None = None
     # Where prometheus-client keeps per-worker values; the --workers supervisor sets it.
     metrics_dir: str | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_number(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int) and 1 <= value <= 65535):
+            return value
+        if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
+            return int(value)
+        raise ValueError("expected a port number 1-65535")
 
 
 class Settings(_Section):
@@ -281,7 +299,7 @@ def _describe(exc: ValidationError, sources: _Sources) -> str:
     if error["type"] == "extra_forbidden":
         return f"setting {path}{where}: no such setting{_closest(loc)}"
     # The value itself is not echoed: it may be a key pasted into the wrong variable.
-    return f"setting {path}{where}: {error['msg']}"
+    return f"setting {path}{where}: {error['msg'].removeprefix('Value error, ')}"
 
 
 def _closest(loc: tuple[str, ...]) -> str:

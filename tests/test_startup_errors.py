@@ -54,7 +54,7 @@ def test_port_variable_out_of_range_names_the_variable() -> None:
 def test_port_variable_not_a_number_names_the_variable() -> None:
     line = refusal(start_up(PORT="abc"))
     assert "environment variable PORT" in line
-    assert "valid integer" in line
+    assert "1-65535" in line
 
 
 def test_port_in_use_names_the_port_and_its_source(taken_port: int) -> None:
