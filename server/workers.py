@@ -183,6 +183,9 @@ def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> in
             if supervisor.stopping is None:
                 supervisor.restart_due()
     finally:
+        # Take any signal still pending first: unblocked, a late SIGTERM would kill the parent.
+        while signal.sigtimedwait(_WAITED, 0) is not None:
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
         shutil.rmtree(peer_dir, ignore_errors=True)
         if own_dir:
