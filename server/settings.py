@@ -230,11 +230,17 @@ _Found = dict[tuple[str, str], tuple[Any, str]]
 
 
 def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> _Found:
-    """Take SLUICE_<SECTION>_<KEY> for every key the defaults define; lists are comma-separated.
+    """Take SLUICE_<SECTION>_<KEY> for every setting; lists are comma-separated.
 
     Any other SLUICE_ name is a mistake (a typo would otherwise be silently ignored).
     """
     known: dict[str, tuple[str, str, Any]] = {}
+    for section, field in Settings.model_fields.items():
+        # [process] comes from PORT and PROMETHEUS_MULTIPROC_DIR under their usual names only.
+        fields = getattr(field.annotation, "model_fields", {}) if section != "process" else {}
+        for key, setting in fields.items():
+            listed = get_origin(setting.annotation) is tuple
+            known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, [] if listed else None)
     for section, values in raw.items():
         if isinstance(values, dict):
             for key, default in values.items():
