@@ -18,7 +18,11 @@ from .settings import Settings
 from .simulator import Pace, create_simulator_app
 from .streams.registry import end_streams, streams_ctx
 from .streams.settings import BrowserStreamSettings
-from .upstream import Upstream, create_sdk_client, create_upstream_session
+from .upstreams.attempts import Upstream
+from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
+from .upstreams.client import UpstreamClient, create_upstream_session
+from .upstreams.pool import Pool
+from .upstreams.probe import probe_ctx
 
 log = structlog.get_logger("sluice.app")
 
@@ -39,6 +43,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)
     app.cleanup_ctx.append(upstream_ctx)
+    app.cleanup_ctx.append(probe_ctx)
     # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
     app.cleanup_ctx.append(streams_ctx)
     if worker is not None:
@@ -74,12 +79,28 @@ async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled upstream session and SDK client for the application's lifetime."""
-    settings = app[SETTINGS].upstream
-    base_url = app.get(SIMULATOR_URL) or settings.base_url
-    session = create_upstream_session(settings)
-    client = create_sdk_client(session, settings, base_url)
-    app[UPSTREAM] = Upstream(client, session, settings)
+    """One pooled session for every upstream, and the routing between them, for the app's lifetime."""
+    settings = app[SETTINGS]
+    session = create_upstream_session(settings.upstream)
+    entries = settings.upstream_entries(app.get(SIMULATOR_URL))
+    clients = [UpstreamClient(entry, session, settings.upstream) for entry in entries]
+    metrics = app[METRICS]
+    levels = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+    def on_change(name: str, state: BreakerState) -> None:
+        metrics.breaker_state.labels(name).set(levels[state])
+        log.warning("upstream_breaker_changed", upstream=name, state=str(state))
+
+    for client in clients:
+        metrics.breaker_state.labels(client.name).set(0)
+    routing = settings.routing
+    breakers = Breakers(
+        MemoryBreakerStore(),
+        failures=routing.breaker_failures,
+        cooldown=routing.breaker_cooldown_seconds,
+        on_rate_limit=routing.breaker_on_rate_limit,
+        on_change=on_change,
+    )
+    app[UPSTREAM] = Upstream(Pool(clients), breakers, routing, metrics)
     yield
-    await client.close()
     await session.close()

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # the keys' types are named in strings: these modules import 
     from .settings import Settings  # noqa: F401
     from .streams.registry import StreamRegistry  # noqa: F401
     from .streams.settings import BrowserStreamSettings  # noqa: F401
-    from .upstream import Upstream  # noqa: F401
+    from .upstreams.attempts import Upstream  # noqa: F401
 
 SETTINGS = web.AppKey["Settings"]("settings")
 UPSTREAM = web.AppKey["Upstream"]("upstream")

@@ -2,6 +2,10 @@
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
+A stream's response starts once an upstream answered 200, or after one heartbeat interval of
+routing (retries, Retry-After waits), whichever comes first: from then on heartbeat comments keep
+the client and its proxies from timing out, and the routing goes on behind them until the first
+token. A failure the routing cannot rescue is then the stream's final error event.
 The upstream request is tied to the client's connection: when the client leaves, aiohttp
 cancels the handler (`handler_cancellation=True`) and the `finally` here closes the upstream.
 """
@@ -9,20 +13,21 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from .access import RequestRecord
+from .chunks import Chunk
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
 from .relay import relay
 from .sse import SSEResponse
-from .upstream import UpstreamStream
+from .upstreams.stream import UpstreamStream
 
 T = TypeVar("T")
 
@@ -35,8 +40,10 @@ def deadlines_for(request: web.Request, *, stream: bool) -> Deadlines:
         return Deadlines(
             first_token=up.total_timeout, idle=up.total_timeout, total=up.total_timeout, send=up.total_timeout
         )
+    # The routing enforces header_timeout and first_token_timeout per attempt; the guard's own
+    # first-token deadline only bounds the whole routing (all attempts and waits between them).
     return Deadlines(
-        first_token=up.first_token_timeout,
+        first_token=up.header_timeout + up.first_token_timeout + settings.routing.retry_budget_seconds,
         idle=up.idle_timeout,
         total=up.total_timeout,
         send=settings.stream.send_timeout,
@@ -51,10 +58,16 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record.stream = True
     lifecycle.admit()
     guard = StreamGuard(deadlines_for(request, stream=True))
-    upstream_stream: UpstreamStream | None = None
+    accepted = asyncio.Event()
+    opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
-            upstream_stream = await _open(request, body, guard)
+            await _until_started(opening, accepted, settings.stream.heartbeat_interval)
+            chunks: AsyncIterable[Sequence[Chunk]]
+            if opening.done():
+                chunks = await _guarded(opening, guard, record)
+            else:
+                chunks = _AwaitedStream(opening)  # the relay reports a routing failure as an event
             response = _sse_response(request, guard)
             await response.prepare(request)
             record.response_status = response.status
@@ -63,7 +76,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             if start:
                 await response.write(start)
             await relay(
-                upstream_stream,
+                chunks,
                 dialect,
                 response,
                 guard,
@@ -76,8 +89,37 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             return response
         finally:
             guard.close()
-            if upstream_stream is not None:
-                upstream_stream.close()
+            _close_opened(opening)
+
+
+async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyncio.Event, limit: float) -> None:
+    """Wait until the routing ended, an upstream accepted the request, or `limit` seconds passed."""
+    waiter = asyncio.ensure_future(accepted.wait())
+    either: set[asyncio.Future[Any]] = {opening, waiter}
+    try:
+        await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+class _AwaitedStream:
+    """The batches of a stream the routing is still opening."""
+
+    def __init__(self, opening: asyncio.Future[UpstreamStream]) -> None:
+        self._opening = opening
+
+    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        stream = await self._opening
+        async for batch in stream:
+            yield batch
+
+
+def _close_opened(opening: asyncio.Future[UpstreamStream]) -> None:
+    """Stop the routing if it still runs; close the stream it opened, if it opened one."""
+    if not opening.done():
+        opening.cancel()
+    elif not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
@@ -90,7 +132,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     guard = StreamGuard(deadlines_for(request, stream=False))
     with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
         try:
-            content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID]), guard, record)
+            content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID], record), guard, record)
         finally:
             guard.close()
     record.outcome = Outcome.COMPLETED
@@ -111,10 +153,6 @@ def _note_usage(content: bytes, record: RequestRecord) -> None:
         if isinstance(choices, list) and choices and isinstance(choices[0], dict):
             reason = choices[0].get("finish_reason")
             record.finish_reason = reason if isinstance(reason, str) else None
-
-
-async def _open(request: web.Request, body: dict[str, Any], guard: StreamGuard) -> UpstreamStream:
-    return await _guarded(request.app[UPSTREAM].open_stream(body, request[REQUEST_ID]), guard, request[RECORD])
 
 
 async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestRecord) -> T:
