@@ -46,6 +46,12 @@ async def wait_for_request(request: web.Request) -> web.Response:
     return _json({**record.to_json(), "timed_out": timed_out})
 
 
+async def get_attempts(request: web.Request) -> web.Response:
+    """GET /_sim/attempts/{request_id}: every attempt of a request id, oldest first, with its times."""
+    records = request.app[STATS_KEY].all_for(request.match_info["request_id"])
+    return _json({"attempts": [record.to_json() for record in records]})
+
+
 async def reset_stats(request: web.Request) -> web.Response:
     """POST /_sim/reset: forget closed records and zero the counters."""
     request.app[STATS_KEY].reset()

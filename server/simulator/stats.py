@@ -160,6 +160,10 @@ class StatsRegistry:
         self._opened = self._active = len(self._records)
         self._ended = dict.fromkeys(Outcome, 0)
 
+    def all_for(self, request_id: str) -> list[StreamRecord]:
+        """Every record kept for a request id (one per attempt), oldest first."""
+        return [record for record in self._records.values() if record.request_id == request_id]
+
     def find(self, request_id: str) -> StreamRecord | None:
         """The newest record for a request id, if any."""
         return self._by_id.get(request_id)
