@@ -145,7 +145,7 @@ class Upstream:
                 self._metrics.child(self._metrics.retries, error.reason).inc()
                 await self._sleep(delay)
                 budget.spend(delay)
-            if not await self.breakers.acquire(client.name):
+            if not await self._acquire(client, model):
                 excluded.add(client.name)
                 continue
             tries[client.name] += 1
@@ -154,7 +154,7 @@ class Upstream:
                 result = await send(client, attempt_body)
             except UpstreamError as error:
                 self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
-                await self._judge(client, error)
+                await self._judge(client, model, error)
                 # Move to the end, so _last() finds the newest.
                 errors.pop(client.name, None)
                 errors[client.name] = error
@@ -164,16 +164,27 @@ class Upstream:
                     excluded.add(client.name)
                 continue
             self._note(record, client, model, 200, started)
+            await self.breakers.succeeded(_rate_key(client, model))
             await self.breakers.succeeded(client.name)
             if record is not None:
                 record.extra["upstream"] = client.name
                 record.extra["served_model"] = model
             return result
 
-    async def _judge(self, client: UpstreamClient, error: UpstreamError) -> None:
-        """Count a failure against the upstream's breaker unless the request itself was at fault."""
-        if tries_next_candidate(error):
-            await self.breakers.failed(client.name, retry_after=error.retry_after, rate_limited=error.reason == "429")
+    async def _acquire(self, client: UpstreamClient, model: str) -> bool:
+        """Both breakers let the attempt through: the model's rate limit there, then the upstream's."""
+        return await self.breakers.acquire(_rate_key(client, model)) and await self.breakers.acquire(client.name)
+
+    async def _judge(self, client: UpstreamClient, model: str, error: UpstreamError) -> None:
+        """Count a failure against a breaker unless the request itself was at fault.
+
+        A 429 is a limit of one model at that upstream (providers limit per model): it counts
+        against that pair only, so the upstream still serves other models, fallbacks included.
+        """
+        if error.reason == "429":
+            await self.breakers.failed(_rate_key(client, model), retry_after=error.retry_after, rate_limited=True)
+        elif tries_next_candidate(error):
+            await self.breakers.failed(client.name, retry_after=error.retry_after)
 
     def _note(
         self, record: RequestRecord | None, client: UpstreamClient, model: str, status: object, started: float
@@ -184,7 +195,11 @@ class Upstream:
             record.attempts.append({"upstream": client.name, "model": model, "status": status, "ms": ms})
 
     async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
-        waits = [await self.breakers.reopens_in(c.name) for model in chain for c in self.pool.serving(model)]
+        waits = [
+            max(await self.breakers.reopens_in(c.name), await self.breakers.reopens_in(_rate_key(c, model)))
+            for model in chain
+            for c in self.pool.serving(model)
+        ]
         retry_after = max(1, math.ceil(min(waits, default=1.0)))
         error = UpstreamUnavailableError(
             "Every upstream for this model is unavailable right now; retry later.",
@@ -202,6 +217,10 @@ def _chain(model: str, table: dict[str, tuple[str, ...]]) -> list[str]:
         if other not in chain:
             chain.append(other)
     return chain
+
+
+def _rate_key(client: UpstreamClient, model: str) -> str:
+    return f"{client.name}\x00{model}"
 
 
 def _last(errors: dict[str, UpstreamError]) -> UpstreamError | None:
