@@ -27,6 +27,7 @@ from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
 from .relay import relay
 from .sse import SSEResponse
+from .upstreams.continuation import ContinuedStream
 from .upstreams.stream import UpstreamStream
 
 T = TypeVar("T")
@@ -60,6 +61,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     guard = StreamGuard(deadlines_for(request, stream=True))
     accepted = asyncio.Event()
     opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
+    continued: ContinuedStream | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
             await _until_started(opening, accepted, settings.stream.heartbeat_interval)
@@ -68,6 +70,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 chunks = await _guarded(opening, guard, record)
             else:
                 chunks = _AwaitedStream(opening)  # the relay reports a routing failure as an event
+            if app[UPSTREAM].continues(str(body.get("model"))):
+                chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
             await response.prepare(request)
             record.response_status = response.status
@@ -90,6 +94,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
         finally:
             guard.close()
             _close_opened(opening)
+            if continued is not None:
+                continued.close()
 
 
 async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyncio.Event, limit: float) -> None:
@@ -100,6 +106,22 @@ async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyn
         await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
     finally:
         waiter.cancel()
+
+
+def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable[Sequence[Chunk]]) -> ContinuedStream:
+    """`chunks`, continued by assistant prefill after a mid-stream cut (see upstreams/continuation.py)."""
+    app, record = request.app, request[RECORD]
+    metrics = app[METRICS]
+
+    async def resume(text: str) -> UpstreamStream:
+        model = str(record.extra.get("served_model") or body.get("model"))
+        return await app[UPSTREAM].open_continuation({**body, "model": model}, text, request[REQUEST_ID], record)
+
+    def on_result(result: str) -> None:
+        metrics.child(metrics.continuations, result).inc()
+        record.extra["continuation"] = result
+
+    return ContinuedStream(chunks, resume, on_result)
 
 
 class _AwaitedStream:

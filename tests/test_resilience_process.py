@@ -17,7 +17,7 @@ import pytest
 
 from tests.support.client import new_request_id
 from tests.support.processes import Gateway, Simulator, start_gateway
-from tests.support.sse import Event, openai_text, read_events, tokens_text
+from tests.support.sse import Event, carries_token, openai_text, read_events, tokens_text
 
 BASE_CONFIG = """
 [logging]
@@ -362,3 +362,69 @@ def test_importing_the_gateway_does_not_import_the_openai_sdk() -> None:
     started = time.monotonic()
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False", started
+
+
+# --- continuation after a cut -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def continuing(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One upstream that declares assistant-prefill continuation."""
+    upstream = f"""
+[[upstreams]]
+name = "sim"
+base_url = "{simulator.base_url}"
+continuation = "assistant-prefill"
+continuation_body = {{ continue_final_message = true }}
+"""
+    gateway = gateway_with(tmp_path_factory.mktemp("continue"), "continue", simulator, upstream)
+    yield gateway
+    gateway.process.stop()
+
+
+async def test_a_cut_stream_is_continued_by_prefill_without_duplicate_or_gap(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue")
+    status, events, _ = await ask(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    # The simulator's continuation starts without a space: count content chunks, not words.
+    assert sum(1 for e in events if carries_token(e)) == 3 + 8
+    assert events[-1].data == "[DONE]"
+    assert not any('"error"' in e.data for e in events)
+    assert sum(1 for e in events if '"finish_reason":"stop"' in e.data) == 1
+    assert sum(1 for e in events if '"role":"assistant"' in e.data) == 1
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert line["continuation"] == "continued"
+
+
+async def test_a_continued_stream_reports_the_usage_of_both_parts(continuing: Gateway, simulator: Simulator) -> None:
+    rid = new_request_id("continue-usage")
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi\n#sim tokens=8 fault=cut fault_at=3 fail_times=1"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(continuing.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}) as r:
+            events = await read_events(r)
+    usage = next(e.json()["usage"] for e in events if e.comment is None and '"usage":{' in e.data)
+    assert usage["completion_tokens"] == 3 + 8
+    assert usage["sluice_continued"] is True
+
+
+async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-refused")
+    status, events, _ = await ask(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1 reject_prefill", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    assert len(openai_text(events).split()) == 3
+    error = events[-1].json()["error"]
+    assert error["code"] == "upstream_stream_broken"
+    assert "prefill" not in error["message"]
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]

@@ -91,6 +91,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stats = request.app[STATS_KEY]
     request_id = request.headers.get("X-Request-ID") or f"simreq-{uuid4().hex}"
     record = stats.open(request_id, chat.model, chat.stream)
+    record.last_role = chat.last_role
     plan = answer.plan
     fault = plan.fault_for(request.app[RUNTIME_KEY].attempt(request_id), chat.model)
     if fault is not plan.fault:

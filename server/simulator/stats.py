@@ -46,6 +46,8 @@ class StreamRecord:
     outcome: Outcome = Outcome.ACTIVE
     chunks_sent: int = 0
     paused: bool = False
+    # The role of the request's last message: "assistant" for a prefill (a continuation).
+    last_role: str | None = None
     # Set when the stream pauses *or* closes: a closed stream can never pause,
     # so an until=paused waiter must not sleep until its timeout.
     pause_settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -63,6 +65,7 @@ class StreamRecord:
             "outcome": self.outcome.value,
             "chunks_sent": self.chunks_sent,
             "paused": self.paused,
+            "last_role": self.last_role,
         }
 
 

@@ -93,7 +93,29 @@ class Upstream:
                 return True
         return False
 
-    async def _route(self, body: dict[str, Any], record: RequestRecord | None, send: Send[T]) -> T:
+    def continues(self, model: str) -> bool:
+        """True when an upstream serving `model` can continue a cut stream (assistant prefill)."""
+        return any(client.entry.continuation != "none" for client in self.pool.serving(model))
+
+    async def open_continuation(
+        self, body: dict[str, Any], text: str, request_id: str, record: RequestRecord | None = None
+    ) -> UpstreamStream:
+        """Ask an upstream that declares `assistant-prefill` to go on after `text`, the reply so far."""
+        messages = [*body.get("messages", []), {"role": "assistant", "content": text}]
+
+        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
+            continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
+            return await client.open_stream(continued, request_id)
+
+        return await self._route(body, record, send, only=lambda client: client.entry.continuation != "none")
+
+    async def _route(
+        self,
+        body: dict[str, Any],
+        record: RequestRecord | None,
+        send: Send[T],
+        only: Callable[[UpstreamClient], bool] | None = None,
+    ) -> T:
         requested = str(body.get("model", ""))
         chain = _chain(requested, self._routing.fallbacks)
         budget = RetryBudget(self._routing.retry_budget_seconds, self._rng)
@@ -108,7 +130,7 @@ class Upstream:
                 log.info("upstream_fallback", requested=requested, model=model)
             index += 1
             try:
-                return await self._try_model(model, body, budget, record, send)
+                return await self._try_model(model, body, budget, record, send, only)
             except UpstreamError as error:
                 last_error = error if error.reason != "breaker_open" or last_error is None else last_error
                 if _context(error):
@@ -121,10 +143,16 @@ class Upstream:
         raise await self._all_open(chain)
 
     async def _try_model(
-        self, model: str, body: dict[str, Any], budget: RetryBudget, record: RequestRecord | None, send: Send[T]
+        self,
+        model: str,
+        body: dict[str, Any],
+        budget: RetryBudget,
+        record: RequestRecord | None,
+        send: Send[T],
+        only: Callable[[UpstreamClient], bool] | None = None,
     ) -> T:
         """Try `model` on its pool; raise the last error when the pool gave no answer."""
-        candidates = self.pool.serving(model)
+        candidates = [client for client in self.pool.serving(model) if only is None or only(client)]
         tries = {client.name: 0 for client in candidates}
         errors: dict[str, UpstreamError] = {}
         excluded: set[str] = set()
