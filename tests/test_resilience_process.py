@@ -428,3 +428,29 @@ async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
     assert error["code"] == "upstream_stream_broken"
     assert "prefill" not in error["message"]
     assert [a["last_role"] for a in seen] == ["user", "assistant"]
+
+
+# --- hedging ------------------------------------------------------------------------------------
+
+
+async def test_a_hedge_starts_the_fallback_when_no_first_token_comes_and_closes_the_slow_one(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # first_token_timeout is far away (30 s): only the hedge can make the fallback answer early.
+    extra = FALLBACK_CONFIG.replace("[routing]", "[routing]\nhedge_after_seconds = 0.5")
+    gateway = gateway_with(tmp_path, "hedge", simulator, extra, SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="30")
+    try:
+        rid = new_request_id("hedge")
+        status, events, _ = await ask(gateway, "tokens=6 fault=hang_first fault_model=gpt-4o", rid)
+        seen = await attempts(simulator, rid)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/metrics") as response:
+                metrics = await response.text()
+    finally:
+        gateway.process.stop()
+    assert status == 200
+    assert completed(events, 6)
+    assert [a["model"] for a in seen] == ["gpt-4o", "gpt-4o-mini"]
+    assert 0.5 <= seen[1]["opened_at"] - seen[0]["opened_at"] < 15
+    assert seen[0]["outcome"] == "client_aborted"  # the slow attempt was closed, not left hanging
+    assert "sluice_hedges_total 1.0" in metrics

@@ -31,6 +31,7 @@ from ..settings import RoutingSettings
 from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_candidate
 from .breaker import Breakers, BreakerState
 from .client import UpstreamClient
+from .hedging import Only, hedged
 from .pool import Pool
 from .stream import UpstreamStream
 
@@ -76,7 +77,14 @@ class Upstream:
         async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
             return await client.open_stream(attempt_body, request_id, on_accepted)
 
-        return await self._route(body, record, send)
+        after = self._routing.hedge_after_seconds
+        if after <= 0:
+            return await self._route(body, record, send)
+
+        def route(only: Only | None, busy: set[tuple[str, str]]) -> Awaitable[UpstreamStream]:
+            return self._route(body, record, send, only, busy)
+
+        return await hedged(route, after, self._metrics.hedges.inc)
 
     async def complete(self, body: dict[str, Any], request_id: str, record: RequestRecord | None = None) -> bytes:
         """A non-streaming reply from the first candidate that gave one."""
@@ -107,14 +115,15 @@ class Upstream:
             continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
             return await client.open_stream(continued, request_id)
 
-        return await self._route(body, record, send, only=lambda client: client.entry.continuation != "none")
+        return await self._route(body, record, send, only=lambda client, _: client.entry.continuation != "none")
 
     async def _route(
         self,
         body: dict[str, Any],
         record: RequestRecord | None,
         send: Send[T],
-        only: Callable[[UpstreamClient], bool] | None = None,
+        only: Only | None = None,
+        busy: set[tuple[str, str]] | None = None,
     ) -> T:
         requested = str(body.get("model", ""))
         chain = _chain(requested, self._routing.fallbacks)
@@ -130,7 +139,7 @@ class Upstream:
                 log.info("upstream_fallback", requested=requested, model=model)
             index += 1
             try:
-                return await self._try_model(model, body, budget, record, send, only)
+                return await self._try_model(model, body, budget, record, send, only, busy)
             except UpstreamError as error:
                 last_error = error if error.reason != "breaker_open" or last_error is None else last_error
                 if _context(error):
@@ -149,10 +158,15 @@ class Upstream:
         budget: RetryBudget,
         record: RequestRecord | None,
         send: Send[T],
-        only: Callable[[UpstreamClient], bool] | None = None,
+        only: Only | None = None,
+        busy: set[tuple[str, str]] | None = None,
     ) -> T:
-        """Try `model` on its pool; raise the last error when the pool gave no answer."""
-        candidates = [client for client in self.pool.serving(model) if only is None or only(client)]
+        """Try `model` on its pool; raise the last error when the pool gave no answer.
+
+        `only` narrows the candidates; `busy` holds the (upstream, model) being tried (for hedging).
+        """
+        candidates = [client for client in self.pool.serving(model) if only is None or only(client, model)]
+        busy = set() if busy is None else busy
         tries = {client.name: 0 for client in candidates}
         errors: dict[str, UpstreamError] = {}
         excluded: set[str] = set()
@@ -178,6 +192,7 @@ class Upstream:
                 continue
             tries[client.name] += 1
             started = time.perf_counter()
+            busy.add((client.name, model))
             try:
                 result = await send(client, attempt_body)
             except UpstreamError as error:
@@ -191,6 +206,8 @@ class Upstream:
                 if not retryable(error):
                     excluded.add(client.name)
                 continue
+            finally:
+                busy.discard((client.name, model))
             self._note(record, client, model, 200, started)
             await self.breakers.succeeded(_rate_key(client, model))
             await self.breakers.succeeded(client.name)
