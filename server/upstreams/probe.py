@@ -2,14 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator
-
 import structlog
-from aiohttp import web
 
-from ..keys import SETTINGS, UPSTREAM
 from .attempts import Upstream
 from .breaker import BreakerState
 
@@ -29,19 +23,3 @@ async def probe_once(upstream: Upstream) -> None:
             await breakers.succeeded(client.name)
         else:
             await breakers.failed(client.name)
-
-
-async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Run `probe_once` every `upstream.probe_interval` seconds while the application runs."""
-    interval = app[SETTINGS].upstream.probe_interval
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            await probe_once(app[UPSTREAM])
-
-    task = asyncio.create_task(loop())
-    yield
-    task.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

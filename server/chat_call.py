@@ -1,4 +1,4 @@
-"""Serve one chat request against the upstream: admit it, guard it, stream or complete it.
+"""Serve one chat call against the upstream: admit it, guard it, stream (via the relay) or complete it.
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
@@ -194,7 +194,7 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
         record.outcome = Outcome.TIMEOUT
         raise UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry)) from None
     except UpstreamError as error:
-        record.outcome = Outcome.UPSTREAM_ERROR
+        record.outcome = Outcome.TIMEOUT if isinstance(error, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
         record.error_code = error.code
         raise
     except GatewayError:

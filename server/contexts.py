@@ -1,0 +1,164 @@
+"""The resources of the application, each opened and closed by one `cleanup_ctx` (see app.py for the order).
+
+Domain modules know nothing of aiohttp's application or its keys: this module reads the keys,
+builds each component from the ones it depends on, and closes it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from .keys import LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .simulator import Pace, create_simulator_app
+from .streams.generation import Services
+from .streams.memory import MemoryStreamStore
+from .streams.registry import StreamRegistry
+from .upstreams.attempts import Upstream
+from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
+from .upstreams.client import UpstreamClient, create_upstream_session
+from .upstreams.pool import Pool
+from .upstreams.probe import probe_once
+
+log = structlog.get_logger("sluice.app")
+# The drain's lines keep the logger they always had, so dashboards and greps still find them.
+drain_log = structlog.get_logger("sluice.lifecycle")
+
+
+async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With no key configured, serve the simulated model on a loopback port of this process."""
+    pace = app[SETTINGS].simulator
+    # No /_sim control routes here: they are for tests and bench, which start their own simulator.
+    simulator = create_simulator_app(
+        Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=app[SETTINGS].models.available
+    )
+    runner = web.AppRunner(simulator, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    app[SIMULATOR_URL] = f"http://127.0.0.1:{port}/v1"
+    log.warning(
+        "simulated_upstream_started",
+        message="No upstream key is set (AI_INTEGRATIONS_OPENAI_API_KEY): "
+        "replies come from the built-in simulated model.",
+        url=app[SIMULATOR_URL],
+    )
+    yield
+    await runner.cleanup()
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled session for every upstream, and the routing between them, for the app's lifetime."""
+    settings = app[SETTINGS]
+    session = create_upstream_session(settings.upstream)
+    entries = settings.upstream_entries(app.get(SIMULATOR_URL))
+    clients = [UpstreamClient(entry, session, settings.upstream) for entry in entries]
+    metrics = app[METRICS]
+    levels = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+    def on_change(name: str, state: BreakerState) -> None:
+        metrics.breaker_state.labels(name).set(levels[state])
+        log.warning("upstream_breaker_changed", upstream=name, state=str(state))
+
+    for client in clients:
+        metrics.breaker_state.labels(client.name).set(0)
+    routing = settings.routing
+    breakers = Breakers(
+        MemoryBreakerStore(),
+        failures=routing.breaker_failures,
+        cooldown=routing.breaker_cooldown_seconds,
+        on_rate_limit=routing.breaker_on_rate_limit,
+        on_change=on_change,
+    )
+    app[UPSTREAM] = Upstream(Pool(clients), breakers, routing, metrics)
+    yield
+    await session.close()
+
+
+async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Probe upstreams whose breaker waits for a trial, every `upstream.probe_interval` seconds."""
+    interval = app[SETTINGS].upstream.probe_interval
+    upstream = app[UPSTREAM]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await probe_once(upstream)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The detached streams' store and registry; closing ends every generation, then the store."""
+    bounds = app[SETTINGS].browser
+    store = MemoryStreamStore(
+        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+    )
+    services = Services(
+        upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
+    )
+    proxy = app.get(WORKER_PROXY)
+    registry = StreamRegistry(services, bounds, proxy.identity.stream_id_prefix() if proxy is not None else "")
+    app[STREAMS] = registry
+    yield
+    await registry.close()
+
+
+async def worker_proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sessions to the other workers (`--workers`), closed with the application."""
+    yield
+    await app[WORKER_PROXY].close()
+
+
+async def end_streams(app: web.Application) -> None:
+    """on_shutdown: end the generations before aiohttp waits for handlers, so their readers finish.
+
+    After a drain (run.py) none is left; this covers every other way an application stops.
+    """
+    app[STREAMS].end_all()
+
+
+def _raise_graceful_exit() -> None:
+    # GracefulExit is a SystemExit: raised from a loop callback it leaves run_until_complete,
+    # and web.run_app then runs the normal cleanup and returns, so the process exits 0.
+    raise web.GracefulExit()
+
+
+async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Drain on SIGTERM and SIGINT, then exit; only for `create_app(..., signals=True)` (run.py)."""
+    loop = asyncio.get_running_loop()
+    lifecycle = app[LIFECYCLE]
+    drain_timeout = app[SETTINGS].server.drain_timeout
+    tasks: list[asyncio.Task[None]] = []
+
+    async def drain_then_exit() -> None:
+        await lifecycle.drain(drain_timeout)
+        loop.call_soon(_raise_graceful_exit)
+
+    def on_signal(signum: int) -> None:
+        if tasks:
+            drain_log.info("drain_hurried", signal=signal.Signals(signum).name)
+            lifecycle.end_all()
+            return
+        drain_log.info("signal_received", signal=signal.Signals(signum).name)
+        tasks.append(loop.create_task(drain_then_exit()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    yield
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
