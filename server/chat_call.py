@@ -13,7 +13,7 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -66,10 +66,16 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
         try:
             await _until_started(opening, accepted, settings.stream.heartbeat_interval)
             chunks: AsyncIterable[Sequence[Chunk]]
+
+            def on_open(stream: UpstreamStream) -> None:
+                dialect.answered_by(str(record.extra.get("served_model", body.get("model"))), stream.upstream)
+
             if opening.done():
-                chunks = await _guarded(opening, guard, record)
+                opened = await _guarded(opening, guard, record)
+                on_open(opened)
+                chunks = opened
             else:
-                chunks = _AwaitedStream(opening)  # the relay reports a routing failure as an event
+                chunks = _AwaitedStream(opening, on_open)  # the relay reports a routing failure as an event
             if app[UPSTREAM].continues(str(body.get("model"))):
                 chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
@@ -127,11 +133,13 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
 class _AwaitedStream:
     """The batches of a stream the routing is still opening."""
 
-    def __init__(self, opening: asyncio.Future[UpstreamStream]) -> None:
+    def __init__(self, opening: asyncio.Future[UpstreamStream], on_open: Callable[[UpstreamStream], None]) -> None:
         self._opening = opening
+        self._on_open = on_open
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         stream = await self._opening
+        self._on_open(stream)
         async for batch in stream:
             yield batch
 

@@ -231,6 +231,20 @@ async def test_an_exhausted_model_falls_back_and_the_chunks_name_the_model_that_
     assert events[0].json()["model"] == "gpt-4o-mini"
 
 
+async def test_a_native_stream_that_fell_back_names_the_model_that_answered_in_done(
+    with_fallback: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("native-fallback")
+    body = {"message": "hi\n#sim tokens=4 fault=server_error fault_model=gpt-4o", "model": "gpt-4o"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(with_fallback.url + "/chat/stream", json=body, headers={"X-Request-ID": rid}) as r:
+            events = await read_events(r)
+    done = events[-1]
+    assert done.event == "done"
+    assert (done.json()["model"], done.json()["upstream"]) == ("gpt-4o-mini", "default")
+    assert len(tokens_text(events).split()) == 4
+
+
 async def test_a_silent_upstream_falls_back_at_once(with_fallback: Gateway, simulator: Simulator) -> None:
     rid = new_request_id("silent-fallback")
     status, events, _ = await ask(with_fallback, "tokens=6 fault=silent fault_model=gpt-4o", rid)
@@ -282,6 +296,21 @@ async def test_heartbeats_keep_the_client_alive_while_a_retry_waits(simulator: S
     assert first_data >= 2  # heartbeat comments came before any data, while the retry waited
     assert all(e.comment == "keep-alive" for e in events[:first_data])
     assert completed(events, 6)
+
+
+async def test_a_slow_first_token_is_waited_for_with_heartbeats_and_not_retried(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gateway = gateway_with(tmp_path, "slow", simulator, "[stream]\nheartbeat_interval = 0.2\n")
+    try:
+        rid = new_request_id("slow-first-token")
+        status, events, _ = await ask(gateway, "tokens=4 ttft_ms=1500", rid)
+    finally:
+        gateway.process.stop()
+    assert status == 200
+    assert completed(events, 4)
+    assert any(e.comment == "keep-alive" for e in events)
+    assert len(await attempts(simulator, rid)) == 1
 
 
 async def test_native_stream_waiting_on_a_retry_still_gets_its_tokens(simulator: Simulator, tmp_path: Path) -> None:

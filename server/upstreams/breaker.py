@@ -22,6 +22,9 @@ from .backoff import RATE_LIMIT_SPACING
 
 # A half-open trial that has not reported back within this many seconds is presumed lost.
 TRIAL_LEASE_SECONDS = 60.0
+# Event loops round timers (uvloop to the millisecond): a request that slept exactly until the
+# breaker's open time may wake a little before it by the clock, and must still get its trial.
+TIMER_SLACK_SECONDS = 0.01
 
 
 class BreakerState(StrEnum):
@@ -107,7 +110,7 @@ class Breakers:
 
     async def acquire(self, name: str) -> bool:
         """May a request try `name` now? In half-open state only the first caller may: the trial."""
-        now = self._clock()
+        now = self._clock() + TIMER_SLACK_SECONDS
         allowed = False
 
         def claim(record: BreakerRecord) -> BreakerRecord:
