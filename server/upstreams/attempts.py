@@ -178,15 +178,10 @@ class Upstream:
             client = self.pool.pick([c for c in available if tries[c.name] == fewest])
             if client is None:
                 raise _last(errors) or _no_candidate(model, bool(available))
-            if tries[client.name] > 0:
-                error = errors[client.name]
-                delay = budget.delay_for(error, tries[client.name] - 1)
-                if delay is None:
-                    excluded.add(client.name)
-                    continue
-                self._metrics.child(self._metrics.retries, error.reason).inc()
-                await self._sleep(delay)
-                budget.spend(delay)
+            retry = tries[client.name]
+            if retry and not await self._back_off(errors[client.name], retry - 1, budget):
+                excluded.add(client.name)
+                continue
             if not await self._acquire(client, model):
                 excluded.add(client.name)
                 continue
@@ -208,13 +203,27 @@ class Upstream:
                 continue
             finally:
                 busy.discard((client.name, model))
-            self._note(record, client, model, 200, started)
-            await self.breakers.succeeded(_rate_key(client, model))
-            await self.breakers.succeeded(client.name)
-            if record is not None:
-                record.extra["upstream"] = client.name
-                record.extra["served_model"] = model
+            await self._answered(record, client, model, started)
             return result
+
+    async def _back_off(self, error: UpstreamError, retry: int, budget: RetryBudget) -> bool:
+        """Wait before retry number `retry` after `error`; False when the budget cannot cover it."""
+        delay = budget.delay_for(error, retry)
+        if delay is None:
+            return False
+        self._metrics.child(self._metrics.retries, error.reason).inc()
+        await self._sleep(delay)
+        budget.spend(delay)
+        return True
+
+    async def _answered(self, record: RequestRecord | None, client: UpstreamClient, model: str, started: float) -> None:
+        """Note the attempt that succeeded, and close its breakers."""
+        self._note(record, client, model, 200, started)
+        await self.breakers.succeeded(_rate_key(client, model))
+        await self.breakers.succeeded(client.name)
+        if record is not None:
+            record.extra["upstream"] = client.name
+            record.extra["served_model"] = model
 
     async def _acquire(self, client: UpstreamClient, model: str) -> bool:
         """Both breakers let the attempt through: the model's rate limit there, then the upstream's."""
