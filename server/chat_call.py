@@ -33,19 +33,24 @@ from .upstreams.stream import UpstreamStream
 T = TypeVar("T")
 
 
-def deadlines_for(request: web.Request, *, stream: bool) -> Deadlines:
-    """The configured deadlines; a non-streaming call has only its total time."""
+def deadlines_for(request: web.Request, *, stream: bool, continued: bool = False) -> Deadlines:
+    """The configured deadlines; a non-streaming call has only its total time.
+
+    `continued`: the stream may be continued after a cut (continuation.py), which then watches the
+    idle gap itself; the guard's idle deadline leaves room for the continuation's opening too.
+    """
     settings = request.app[SETTINGS]
     up = settings.upstream
     if not stream:
         return Deadlines(
             first_token=up.total_timeout, idle=up.total_timeout, total=up.total_timeout, send=up.total_timeout
         )
-    # The routing enforces header_timeout and first_token_timeout per attempt; the guard's own
-    # first-token deadline only bounds the whole routing (all attempts and waits between them).
+    # The routing enforces header_timeout and first_token_timeout per attempt, so the guard's own
+    # first-token deadline only bounds the whole routing (attempts, waits, fallbacks, hedges).
+    idle = up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0)
     return Deadlines(
-        first_token=up.header_timeout + up.first_token_timeout + settings.routing.retry_budget_seconds,
-        idle=up.idle_timeout,
+        first_token=up.total_timeout,
+        idle=idle,
         total=up.total_timeout,
         send=settings.stream.send_timeout,
     )
@@ -58,7 +63,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record = request[RECORD]
     record.stream = True
     lifecycle.admit()
-    guard = StreamGuard(deadlines_for(request, stream=True))
+    continues = app[UPSTREAM].continues(str(body.get("model")))
+    guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
     accepted = asyncio.Event()
     opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
     continued: ContinuedStream | None = None
@@ -76,7 +82,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 chunks = opened
             else:
                 chunks = _AwaitedStream(opening, on_open)  # the relay reports a routing failure as an event
-            if app[UPSTREAM].continues(str(body.get("model"))):
+            if continues:
                 chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
             await response.prepare(request)
@@ -127,7 +133,7 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
         metrics.child(metrics.continuations, result).inc()
         record.extra["continuation"] = result
 
-    return ContinuedStream(chunks, resume, on_result)
+    return ContinuedStream(chunks, resume, on_result, idle_timeout=app[SETTINGS].upstream.idle_timeout)
 
 
 class _AwaitedStream:

@@ -406,7 +406,8 @@ base_url = "{simulator.base_url}"
 continuation = "assistant-prefill"
 continuation_body = {{ continue_final_message = true }}
 """
-    gateway = gateway_with(tmp_path_factory.mktemp("continue"), "continue", simulator, upstream)
+    path = tmp_path_factory.mktemp("continue")
+    gateway = gateway_with(path, "continue", simulator, upstream, SLUICE_UPSTREAM_IDLE_TIMEOUT="1")
     yield gateway
     gateway.process.stop()
 
@@ -427,6 +428,17 @@ async def test_a_cut_stream_is_continued_by_prefill_without_duplicate_or_gap(
     assert [a["last_role"] for a in seen] == ["user", "assistant"]
     line = continuing.process.wait_for_event("request_finished", request_id=rid)
     assert line["continuation"] == "continued"
+
+
+async def test_a_stalled_stream_is_continued_after_the_idle_timeout(continuing: Gateway, simulator: Simulator) -> None:
+    rid = new_request_id("continue-stall")
+    status, events, _ = await ask(continuing, "tokens=8 fault=hang_mid fault_at=3 fail_times=1", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    assert sum(1 for e in events if carries_token(e)) == 3 + 8
+    assert events[-1].data == "[DONE]"
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    assert seen[0]["outcome"] == "client_aborted"  # the stalled request was closed
 
 
 async def test_a_continued_stream_reports_the_usage_of_both_parts(continuing: Gateway, simulator: Simulator) -> None:
@@ -484,3 +496,15 @@ async def test_a_hedge_starts_the_fallback_when_no_first_token_comes_and_closes_
     assert 0.3 <= seen[1]["opened_at"] - seen[0]["opened_at"] < 15
     assert seen[0]["outcome"] == "client_aborted"  # the slow attempt was closed, not left hanging
     assert "sluice_hedges_total 1.0" in metrics
+
+
+async def test_a_stall_whose_continuation_is_refused_ends_with_the_idle_timeout(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("stall-refused")
+    status, events, _ = await ask(continuing, "tokens=8 fault=hang_mid fault_at=3 fail_times=1 reject_prefill", rid)
+    assert status == 200
+    assert sum(1 for e in events if carries_token(e)) == 3
+    assert events[-1].json()["error"]["code"] == "idle_timeout"
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert (line["outcome"], line["continuation"]) == ("timeout", "refused")

@@ -1,6 +1,7 @@
 """Continue a stream cut after tokens: re-ask with the text so far as an assistant prefill, and splice.
 
-When the upstream fails mid-stream (a reset, an error event, an end before a finish reason) after
+When the upstream fails mid-stream (a reset, an error event, an end before a finish reason, a stall
+of `idle_timeout`: this wrapper watches the gap between chunks itself) after
 some text went out, and an upstream of the model declares `continuation = "assistant-prefill"`,
 the same request is sent again with that text as a final assistant message (plus the upstream's
 `continuation_body`). What it streams goes on in the same client stream: its opening role chunk is
@@ -14,6 +15,7 @@ error describes the cut, never the refused continuation.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -23,6 +25,7 @@ import structlog
 
 from ..chunks import Chunk
 from ..errors import UpstreamError
+from .failures import timeout_failure
 from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.continuation")
@@ -36,8 +39,16 @@ Resume = Callable[[str], Awaitable[UpstreamStream]]
 class ContinuedStream:
     """Chunk batches of `first`, continued by `resume(text_so_far)` after a cut."""
 
-    def __init__(self, first: AsyncIterable[Sequence[Chunk]], resume: Resume, on_result: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        first: AsyncIterable[Sequence[Chunk]],
+        resume: Resume,
+        on_result: Callable[[str], None],
+        *,
+        idle_timeout: float,
+    ) -> None:
         self._first = first
+        self._idle_timeout = idle_timeout
         self._resume = resume
         self._on_result = on_result
         self._opened: list[UpstreamStream] = []
@@ -53,7 +64,7 @@ class ContinuedStream:
             broken: BaseException | None = None
             finished = False
             try:
-                async for batch in source:
+                async for batch in self._watched(source):
                     kept: list[Chunk] = []
                     for chunk in batch:
                         if chunk.error is not None:
@@ -82,6 +93,19 @@ class ContinuedStream:
                 return  # the relay reports an end before the finish reason
             source = next_source
             continued += 1
+
+    async def _watched(self, source: AsyncIterable[Sequence[Chunk]]) -> AsyncIterator[Sequence[Chunk]]:
+        """The batches of `source`; once text flowed, a gap longer than `idle_timeout` is a failure."""
+        batches = aiter(source)
+        while True:
+            try:
+                async with asyncio.timeout(self._idle_timeout if self._text else None):
+                    batch = await anext(batches)
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                raise timeout_failure("idle_timeout", "The upstream went silent mid-stream.") from None
+            yield batch
 
     def close(self) -> None:
         """Close every continuation opened (the first stream is its owner's to close)."""
