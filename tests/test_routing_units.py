@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -17,6 +18,7 @@ from server.upstreams.attempts import Upstream
 from server.upstreams.backoff import RetryBudget, jitter
 from server.upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
 from server.upstreams.failures import connect_failure, retry_after_seconds, status_failure, timeout_failure
+from server.upstreams.hedging import hedged
 from server.upstreams.pool import Pool
 
 
@@ -426,3 +428,64 @@ async def test_every_breaker_open_is_503_with_retry_after_and_no_attempt() -> No
     assert int(caught.value.headers["Retry-After"]) >= 29
     assert len(up.calls) == calls
     assert not await r.ready()
+
+
+# --- hedging ---------------------------------------------------------------------------------
+
+
+class FakeStream:
+    def __init__(self, name: str) -> None:
+        self.upstream = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_hedge_wins_when_the_first_route_has_no_token_and_the_first_is_cancelled() -> None:
+    first_cancelled = asyncio.Event()
+    hedged_stream = FakeStream("b")
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        if only is None:
+            busy.add(("a", "m"))
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                first_cancelled.set()
+                raise
+        assert not only(FakeClient("a"), "m")  # the hedge skips what the first route is trying
+        return hedged_stream
+
+    hedges: list[int] = []
+    result = await hedged(route, 0, lambda: hedges.append(1))
+    await asyncio.wait_for(first_cancelled.wait(), 5)
+    assert result is hedged_stream
+    assert hedges == [1]
+
+
+async def test_when_both_routes_fail_the_first_routes_error_is_reported() -> None:
+    hedge_failed = asyncio.Event()
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        if only is None:
+            await hedge_failed.wait()
+            raise fail(500)
+        hedge_failed.set()
+        raise timeout_failure("header_timeout")
+
+    with pytest.raises(UpstreamError) as caught:
+        await hedged(route, 0, lambda: None)
+    assert caught.value.code == "upstream_failed"
+
+
+async def test_no_hedge_starts_when_the_first_route_answers_in_time() -> None:
+    stream = FakeStream("a")
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        assert only is None
+        return stream
+
+    hedges: list[int] = []
+    assert await hedged(route, 30, lambda: hedges.append(1)) is stream
+    assert hedges == []
