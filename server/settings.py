@@ -246,5 +246,7 @@ def _describe(exc: ValidationError) -> str:
     env_name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:2]).upper()
     if path == "upstream.api_key" or path.startswith("upstream.api_key."):
         return "setting upstream.api_key: expected a non-empty string"
-    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 else ""
+    # [[upstreams]] and the routing tables are said only in a --config file, never in a variable.
+    in_file_only = path.startswith(("upstreams", "routing.fallbacks", "routing.context_window"))
+    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 and not in_file_only else ""
     return f"setting {path}{hint}: {error['msg']}"

@@ -228,6 +228,12 @@ async def test_an_exhausted_model_falls_back_and_the_chunks_name_the_model_that_
     assert completed(events, 6)
     assert [a["model"] for a in seen] == ["gpt-4o"] * 3 + ["gpt-4o-mini"]
     assert events[0].json()["model"] == "gpt-4o-mini"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(with_fallback.url + "/metrics") as response:
+            metrics = await response.text()
+    assert 'sluice_fallbacks_total{reason="exhausted"}' in metrics
+    assert 'sluice_upstream_retries_total{reason="500"}' in metrics
+    assert 'sluice_upstream_attempts_total{result="502",upstream="default"}' in metrics
 
 
 async def test_a_native_stream_that_fell_back_names_the_model_that_answered_in_done(

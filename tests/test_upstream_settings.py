@@ -88,3 +88,11 @@ def test_the_defaults_retry_twice_within_ten_seconds_and_wait_30_s_idle() -> Non
 
     assert (settings.routing.retries, settings.routing.retry_budget_seconds) == (2, 10)
     assert (settings.upstream.header_timeout, settings.upstream.idle_timeout) == (60, 30)
+
+
+def test_a_bad_upstream_entry_is_named_by_its_place_in_the_file(tmp_path: Path) -> None:
+    text = '[[upstreams]]\nname = "a"\nbase_url = "ftp://a.example"\n'
+    with pytest.raises(SettingsError) as caught:
+        load_settings(write(tmp_path, text), environ={})
+    assert str(caught.value).startswith("setting upstreams.0.base_url:")
+    assert "environment" not in str(caught.value)
