@@ -489,3 +489,44 @@ async def test_no_hedge_starts_when_the_first_route_answers_in_time() -> None:
     hedges: list[int] = []
     assert await hedged(route, 30, lambda: hedges.append(1)) is stream
     assert hedges == []
+
+
+async def test_a_client_leaving_during_a_trial_frees_it_for_the_next_request() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=1)
+    await b.failed("a")
+    clock.now += 2
+    trials = await b.admit("a", "m")
+    assert trials == ["a"]
+    assert await b.admit("a", "m") is None  # the trial is taken
+    await b.release("a")
+    assert await b.admit("a", "m") == ["a"]
+
+
+async def test_a_429_holds_one_model_at_an_upstream_and_not_the_others() -> None:
+    b = breakers(Clock())
+    await b.judge("a", "big", fail(429, "5"))
+    assert await b.admit("a", "big") is None
+    assert await b.admit("a", "small") == []
+
+
+async def test_a_request_cancelled_during_its_trial_attempt_frees_the_trial() -> None:
+    clock = Clock()
+    started = asyncio.Event()
+
+    class Hanging(FakeClient):
+        async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+            started.set()
+            await asyncio.Event().wait()
+            return b""
+
+    up = Hanging("a")
+    r = router([up], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    await r.breakers.failed("a")
+    clock.now += 2
+    task = asyncio.create_task(r.complete({"model": "m"}, "r"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await r.breakers.admit("a", "m") == ["a"]

@@ -182,7 +182,8 @@ class Upstream:
             if retry and not await self._back_off(errors[client.name], retry - 1, budget):
                 excluded.add(client.name)
                 continue
-            if not await self._acquire(client, model):
+            trials = await self.breakers.admit(client.name, model)
+            if trials is None:
                 excluded.add(client.name)
                 continue
             tries[client.name] += 1
@@ -192,7 +193,7 @@ class Upstream:
                 result = await send(client, attempt_body)
             except UpstreamError as error:
                 self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
-                await self._judge(client, model, error)
+                await self.breakers.judge(client.name, model, error)
                 # Move to the end, so _last() finds the newest.
                 errors.pop(client.name, None)
                 errors[client.name] = error
@@ -201,6 +202,10 @@ class Upstream:
                 if not retryable(error):
                     excluded.add(client.name)
                 continue
+            except asyncio.CancelledError:
+                for key in trials:  # no verdict: let the next request be the trial
+                    await self.breakers.release(key)
+                raise
             finally:
                 busy.discard((client.name, model))
             await self._answered(record, client, model, started)
@@ -219,26 +224,10 @@ class Upstream:
     async def _answered(self, record: RequestRecord | None, client: UpstreamClient, model: str, started: float) -> None:
         """Note the attempt that succeeded, and close its breakers."""
         self._note(record, client, model, 200, started)
-        await self.breakers.succeeded(_rate_key(client, model))
-        await self.breakers.succeeded(client.name)
+        await self.breakers.answered(client.name, model)
         if record is not None:
             record.extra["upstream"] = client.name
             record.extra["served_model"] = model
-
-    async def _acquire(self, client: UpstreamClient, model: str) -> bool:
-        """Both breakers let the attempt through: the model's rate limit there, then the upstream's."""
-        return await self.breakers.acquire(_rate_key(client, model)) and await self.breakers.acquire(client.name)
-
-    async def _judge(self, client: UpstreamClient, model: str, error: UpstreamError) -> None:
-        """Count a failure against a breaker unless the request itself was at fault.
-
-        A 429 is a limit of one model at that upstream (providers limit per model): it counts
-        against that pair only, so the upstream still serves other models, fallbacks included.
-        """
-        if error.reason == "429":
-            await self.breakers.failed(_rate_key(client, model), retry_after=error.retry_after, rate_limited=True)
-        elif tries_next_candidate(error):
-            await self.breakers.failed(client.name, retry_after=error.retry_after)
 
     def _note(
         self, record: RequestRecord | None, client: UpstreamClient, model: str, status: object, started: float
@@ -250,9 +239,7 @@ class Upstream:
 
     async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
         waits = [
-            max(await self.breakers.reopens_in(c.name), await self.breakers.reopens_in(_rate_key(c, model)))
-            for model in chain
-            for c in self.pool.serving(model)
+            await self.breakers.pair_reopens_in(c.name, model) for model in chain for c in self.pool.serving(model)
         ]
         retry_after = max(1, math.ceil(min(waits, default=1.0)))
         error = UpstreamUnavailableError(
@@ -271,10 +258,6 @@ def _chain(model: str, table: dict[str, tuple[str, ...]]) -> list[str]:
         if other not in chain:
             chain.append(other)
     return chain
-
-
-def _rate_key(client: UpstreamClient, model: str) -> str:
-    return f"{client.name}\x00{model}"
 
 
 def _last(errors: dict[str, UpstreamError]) -> UpstreamError | None:

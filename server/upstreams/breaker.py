@@ -15,16 +15,25 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import Protocol
 
-from .backoff import RATE_LIMIT_SPACING
+from ..errors import UpstreamError
+from .backoff import RATE_LIMIT_SPACING, tries_next_candidate
 
 # A half-open trial that has not reported back within this many seconds is presumed lost.
 TRIAL_LEASE_SECONDS = 60.0
 # Event loops round timers (uvloop to the millisecond): a request that slept exactly until the
 # breaker's open time may wake a little before it by the clock, and must still get its trial.
 TIMER_SLACK_SECONDS = 0.01
+
+
+class Admission(IntEnum):
+    """What `acquire` decided; false only when refused."""
+
+    REFUSED = 0
+    ALLOWED = 1
+    TRIAL = 2  # the one request that tests a half-open breaker
 
 
 class BreakerState(StrEnum):
@@ -108,21 +117,22 @@ class Breakers:
         record = await self._store.read(name)
         return max(0.0, record.open_until - self._clock())
 
-    async def acquire(self, name: str) -> bool:
+    async def acquire(self, name: str) -> Admission:
         """May a request try `name` now? In half-open state only the first caller may: the trial."""
         now = self._clock() + TIMER_SLACK_SECONDS
-        allowed = False
+        admission = Admission.REFUSED
 
         def claim(record: BreakerRecord) -> BreakerRecord:
-            nonlocal allowed
+            nonlocal admission
             state = state_of(record, now)
-            allowed = state is not BreakerState.OPEN
             if state is BreakerState.HALF_OPEN:
+                admission = Admission.TRIAL
                 return replace(record, trial_since=now)
+            admission = Admission.REFUSED if state is BreakerState.OPEN else Admission.ALLOWED
             return record
 
         await self._store.update(name, claim)
-        return allowed
+        return admission
 
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
@@ -152,9 +162,52 @@ class Breakers:
             self._changed(name, after)
 
     async def release(self, name: str) -> None:
-        """A request that held the trial ended without a verdict (the client left): free the trial."""
+        """The request that held the trial ended without a verdict (the client left): free the trial."""
         await self._store.update(name, lambda record: replace(record, trial_since=None))
 
+    # --- one attempt at (upstream, model): the upstream's breaker and the pair's rate-limit hold ---
+
+    async def admit(self, upstream: str, model: str) -> list[str] | None:
+        """None unless both breakers let an attempt through; else the keys whose trial it holds."""
+        trials: list[str] = []
+        for key in (_pair(upstream, model), upstream):
+            admission = await self.acquire(key)
+            if admission is Admission.REFUSED:
+                for held in trials:
+                    await self.release(held)
+                return None
+            if admission is Admission.TRIAL:
+                trials.append(key)
+        return trials
+
+    async def judge(self, upstream: str, model: str, error: UpstreamError) -> None:
+        """Count a failure unless the request itself was at fault.
+
+        A 429 is a limit of one model at that upstream (providers limit per model): it counts
+        against that pair only, so the upstream still serves other models, fallbacks included.
+        """
+        if error.reason == "429":
+            await self.failed(_pair(upstream, model), retry_after=error.retry_after, rate_limited=True)
+        elif tries_next_candidate(error):
+            await self.failed(upstream, retry_after=error.retry_after)
+
+    async def answered(self, upstream: str, model: str) -> None:
+        """The attempt at (upstream, model) succeeded: close both breakers."""
+        await self.succeeded(_pair(upstream, model))
+        await self.succeeded(upstream)
+
+    async def pair_reopens_in(self, upstream: str, model: str) -> float:
+        """Seconds until both breakers of (upstream, model) let a request through."""
+        return max(await self.reopens_in(upstream), await self.reopens_in(_pair(upstream, model)))
+
     def _changed(self, name: str, state: BreakerState) -> None:
-        if self._on_change is not None:
+        # Reported per upstream; a (upstream, model) rate-limit hold is not an upstream's state.
+        if self._on_change is not None and _PAIR_SEPARATOR not in name:
             self._on_change(name, state)
+
+
+_PAIR_SEPARATOR = "\x00"
+
+
+def _pair(upstream: str, model: str) -> str:
+    return f"{upstream}{_PAIR_SEPARATOR}{model}"
