@@ -33,6 +33,21 @@ async def test_heartbeats_keep_the_client_alive_while_a_retry_waits(simulator: S
     assert completed(events, 6)
 
 
+async def test_retries_that_fail_after_the_heartbeats_began_end_with_the_last_upstream_error_event(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gateway = gateway_with(tmp_path, "late-failure", simulator, "[stream]\nheartbeat_interval = 0.2\n")
+    try:
+        rid = new_request_id("late-failure")
+        status, events, _ = await ask(gateway, "tokens=4 fault=rate_limit retry_after=0", rid)
+    finally:
+        gateway.process.stop()
+    assert status == 200  # the response had started: the failure is the stream's final event
+    assert any(e.comment == "keep-alive" for e in events)
+    assert events[-1].json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(await attempts(simulator, rid)) == 3
+
+
 async def test_a_slow_first_token_is_waited_for_with_heartbeats_and_not_retried(
     simulator: Simulator, tmp_path: Path
 ) -> None:

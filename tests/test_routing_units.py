@@ -530,3 +530,14 @@ async def test_a_request_cancelled_during_its_trial_attempt_frees_the_trial() ->
     with pytest.raises(asyncio.CancelledError):
         await task
     assert await r.breakers.admit("a", "m") == ["a"]
+
+
+async def test_a_trial_that_gets_another_429_is_held_for_the_429_not_the_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=5, cooldown=30)
+    await b.failed("a", rate_limited=True)
+    clock.now += 1.6
+    assert await b.acquire("a")
+    await b.failed("a", rate_limited=True)
+    clock.now += 1.6
+    assert await b.acquire("a")

@@ -148,7 +148,8 @@ class Breakers:
 
         def count(record: BreakerRecord) -> BreakerRecord:
             failures = record.failures + 1
-            if record.trial_since is not None or failures >= self._threshold:
+            # A failed trial reopens for the cooldown, except a 429's: it holds for its own time again.
+            if failures >= self._threshold or (record.trial_since is not None and not rate_limited):
                 return BreakerRecord(failures, now + max(self._cooldown, retry_after or 0.0))
             hold = max(retry_after or 0.0, RATE_LIMIT_SPACING) if rate_limited else retry_after
             if hold is not None and self._on_rate_limit:
