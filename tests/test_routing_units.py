@@ -142,7 +142,7 @@ async def test_breaker_changes_are_reported() -> None:
     clock.now += 2
     await b.acquire("a")
     await b.succeeded("a")
-    assert seen == [("a", BreakerState.OPEN), ("a", BreakerState.CLOSED)]
+    assert seen == [("a", BreakerState.OPEN), ("a", BreakerState.HALF_OPEN), ("a", BreakerState.CLOSED)]
 
 
 # --- backoff ---------------------------------------------------------------------------------

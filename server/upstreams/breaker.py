@@ -132,6 +132,8 @@ class Breakers:
             return record
 
         await self._store.update(name, claim)
+        if admission is Admission.TRIAL:
+            self._changed(name, BreakerState.HALF_OPEN)
         return admission
 
     async def succeeded(self, name: str) -> None:
