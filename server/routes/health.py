@@ -22,7 +22,7 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 while draining or while the upstream is marked down; 200 otherwise, with the reason.
+    """503 while draining or while every upstream's breaker is open; 200 otherwise, with the reason.
 
     A key the upstream rejects is named in the detail but leaves the process ready: every process
     shares the key, and a fix on the upstream's side must reach one that is still in rotation.
@@ -30,6 +30,6 @@ async def readyz(request: web.Request) -> web.Response:
     detail = request.app[UPSTREAM_CREDENTIALS].detail()
     if request.app[LIFECYCLE].draining:
         return web.json_response({"status": "draining", **detail}, status=503)
-    if request.app[UPSTREAM].is_down:
+    if not await request.app[UPSTREAM].ready():
         return web.json_response({"status": "upstream_down", **detail}, status=503)
     return web.json_response({"status": "ready", **detail})
