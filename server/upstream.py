@@ -137,7 +137,9 @@ class Upstream:
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         """Read a bounded error body and map it the way the SDK would classify it."""
         try:
-            content = await asyncio.wait_for(response.content.read(ERROR_BODY_LIMIT), self._settings.connect_timeout)
+            content = await asyncio.wait_for(
+                _read_up_to(response.content, ERROR_BODY_LIMIT), self._settings.connect_timeout
+            )
         except (aiohttp.ClientError, TimeoutError):
             content = b""
         finally:
@@ -150,6 +152,19 @@ class Upstream:
             request=httpx2.Request("POST", self._url),
         )
         return map_upstream_error(self.client._make_status_error_from_response(httpx_response))
+
+
+async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read until the body ends or `limit` bytes: one `read(limit)` returns only what is buffered."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await content.read(limit - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)
 
 
 def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

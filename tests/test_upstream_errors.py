@@ -326,3 +326,34 @@ async def test_an_openai_stream_relays_usage_only_when_the_client_asked(upstream
     assert '"usage"' in asked
     assert silent.endswith("data: [DONE]\n\n")
     assert asked.endswith("data: [DONE]\n\n")
+
+
+async def test_an_upstream_error_body_that_arrives_in_pieces_is_read_whole(
+    upstream_app_client: BuildGateway, call: Call
+) -> None:
+    """The whole error body is read, not only its first buffered piece.
+
+    Catches: `_status_error` in server/upstream.py reading `content.read(limit)` once, which
+    returns only what the first network read buffered: the message is then cut and unparsable.
+    """
+    message = "Invalid 'messages[0]': " + "x" * 900  # under the 1000 characters passed on
+
+    async def fail_in_pieces(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+        response = web.StreamResponse(status=400, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        half = len(body) // 2
+        await response.write(body[:half].encode())
+        await asyncio.sleep(0.05)  # not synchronisation: it makes the body reach the gateway as two reads
+        await response.write(body[half:].encode())
+        await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post(COMPLETIONS, fail_in_pieces)
+    gateway = await upstream_app_client(upstream)
+
+    error = await error_of(await send(gateway, call), 400)
+
+    assert error["message"] == message
