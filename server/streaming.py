@@ -52,6 +52,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     lifecycle.admit()
     guard = StreamGuard(deadlines_for(request, stream=True))
     upstream_stream: UpstreamStream | None = None
+    response: SSEResponse | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
             upstream_stream = await _open(request, body, guard)
@@ -76,6 +77,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             return response
         finally:
             guard.close()
+            if response is not None:
+                response.stop_heartbeat()
             if upstream_stream is not None:
                 upstream_stream.close()
 
