@@ -57,7 +57,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
         try:
             upstream_stream = await _open(request, body, guard)
             response = _sse_response(request, guard)
-            await response.prepare(request)
+            await _prepare(response, request)
             record.response_status = response.status
             guard.set_send_timeout_callback(response.abort)
             start = dialect.start()
@@ -99,6 +99,16 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record.outcome = Outcome.COMPLETED
     _note_usage(content, record)
     return content
+
+
+async def _prepare(response: SSEResponse, request: web.Request) -> None:
+    """Send the headers; a client gone by now ends the handler as any disconnect does."""
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        # The peer's reset reached the transport before aiohttp cancelled the handler.
+        request[RECORD].outcome = Outcome.CLIENT_DISCONNECTED
+        raise asyncio.CancelledError from None
 
 
 def _note_usage(content: bytes, record: RequestRecord) -> None:

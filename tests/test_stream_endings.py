@@ -6,10 +6,14 @@ import asyncio
 import json
 from collections.abc import Awaitable, Callable
 
+import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
 
 from server.app import create_app
+from server.sse import SSEResponse
 from tests.conftest import AiohttpClient, make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -39,6 +43,11 @@ def one_token_then_silence(never: asyncio.Event) -> web.Application:
     app = web.Application()
     app.router.add_post(COMPLETIONS, answer)
     return app
+
+
+async def read_whole(request: Awaitable[aiohttp.ClientResponse]) -> bytes:
+    """The body of the answer to `request`."""
+    return await (await request).read()
 
 
 def heartbeat_tasks() -> set[asyncio.Task[object]]:
@@ -91,3 +100,31 @@ async def test_the_heartbeat_stops_when_a_browser_stream_reader_leaves(aiohttp_c
 
     _, still_running = await asyncio.wait(heartbeats, timeout=5)
     assert not still_running
+
+
+async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that leaves as the stream's headers go out is logged as client_disconnected, no traceback.
+
+    The transport is closed just before the real `prepare`, as when the peer's reset arrives
+    before aiohttp has cancelled the handler: the header write raises ClientConnectionResetError.
+    Catches: `response.prepare` in stream_chat (server/streaming.py) letting that error out of the
+    handler, where the error middleware logs `request_failed` with a traceback.
+    """
+    prepare = SSEResponse.prepare
+
+    async def leave_then_prepare(self: SSEResponse, request: web.BaseRequest) -> object:
+        assert request.transport is not None
+        request.transport.close()
+        return await prepare(self, request)
+
+    monkeypatch.setattr(SSEResponse, "prepare", leave_then_prepare)
+    # The handler logs before aiohttp drops the connection, so the logs are complete once the client sees that.
+    with capture_logs() as logs, pytest.raises(aiohttp.ClientError):
+        await read_whole(client.post("/chat/stream", json={"message": "hi"}))
+
+    assert [log["event"] for log in logs if log["log_level"] in ("error", "critical")] == []
+    finished = next(log for log in logs if log["event"] == "request_finished")
+    assert finished["outcome"] == "client_disconnected"
+    assert finished["status"] == 499
