@@ -315,6 +315,31 @@ async def test_streams_always_ask_the_upstream_for_usage(
     assert received[0].body["stream_options"]["include_usage"] is True
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_unknown_v1_fields_reach_the_upstream_unchanged(upstream_app_client: BuildGateway, stream: bool) -> None:
+    """Fields Sluice does not know, at the top and inside a message, arrive upstream as the client sent them.
+
+    Asserts on the body the upstream received, not on the client's 200.
+    Catches: server/routes/openai.py building the upstream body from known fields only, for a
+    stream (`upstream_body`) or a plain completion (`complete_chat`'s body).
+    """
+    received: list[Received] = []
+    gateway = await upstream_app_client(recording_upstream(received))
+    messages = [{"role": "user", "content": "hi", "brand_new_message_field": [1, "two"]}]
+    extension = {"nested": {"deep": [1, 2.5, None, True]}, "text": "ünïcode"}
+    body = {"model": "gpt-4o", "messages": messages, "stream": stream, "brand_new_parameter": extension, "seed": 7}
+
+    response = await gateway.post(COMPLETIONS, json=body)
+    await response.read()
+
+    assert response.status == 200
+    sent = received[0].body
+    assert sent["brand_new_parameter"] == extension
+    assert sent["messages"] == messages
+    assert sent["seed"] == 7
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == body
+
+
 async def test_an_openai_stream_relays_usage_only_when_the_client_asked(upstream_app_client: BuildGateway) -> None:
     gateway = await upstream_app_client(recording_upstream([]))
     body = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
