@@ -1,10 +1,10 @@
-"""Send a browser stream's requests to the worker that owns it, when `--workers` runs several.
+"""The worker proxy: forward a browser stream's requests to the worker that owns it (`--workers`).
 
 A detached browser stream lives in the memory of the worker that started it, while the kernel
 spreads new connections over all workers (SO_REUSEPORT). So each worker also listens on a Unix
 socket of its own, every stream id it creates names it (`w<index>_<token>`), and a request for
-another worker's stream is relayed, bytes as they come, to that worker's socket. A client that
-leaves closes the relayed request, so the owner sees the disconnect as if it were direct.
+another worker's stream is forwarded, bytes as they come, to that worker's socket. A client that
+leaves closes the forwarded request, so the owner sees the disconnect as if it were direct.
 A single process has no peers and creates plain ids.
 """
 
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,12 +19,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from .keys import PEERS, REQUEST_ID, SETTINGS
-
-log = structlog.get_logger("sluice.peers")
+log = structlog.get_logger("sluice.worker_proxy")
 
 _OWNER = re.compile(r"w([0-9]{1,4})_")
-# Headers of a relayed answer that the client must see as the owner sent them.
+# Headers of a forwarded answer that the client must see as the owner sent them.
 _PASSED_ON = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
 
@@ -45,7 +42,7 @@ class WorkerIdentity:
         return f"w{self.index}_"
 
 
-class Peers:
+class WorkerProxy:
     """Connections to the other workers, one pooled session each, opened on first use."""
 
     def __init__(self, identity: WorkerIdentity) -> None:
@@ -76,15 +73,17 @@ class Peers:
         self._sessions.clear()
 
 
-async def relay_to_owner(request: web.Request, owner: int) -> web.StreamResponse:
+async def forward_to_owner(
+    request: web.Request, proxy: WorkerProxy, owner: int, request_id: str, *, send_timeout: float
+) -> web.StreamResponse:
     """Answer `request` with what worker `owner` answers, streamed through as it arrives.
 
     A worker that cannot be reached took its streams with it (it died and was replaced): that is
     an unknown stream, 204, which tells EventSource to stop reconnecting.
     """
     headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}
-    headers["X-Request-ID"] = request[REQUEST_ID]
-    session = request.app[PEERS].session(owner)
+    headers["X-Request-ID"] = request_id
+    session = proxy.session(owner)
     try:
         answer = await session.request(request.method, f"http://worker{request.path_qs}", headers=headers)
     except aiohttp.ClientError as exc:
@@ -96,7 +95,7 @@ async def relay_to_owner(request: web.Request, owner: int) -> web.StreamResponse
             return web.Response(status=answer.status, body=await answer.read(), headers=passed)
         response = web.StreamResponse(status=answer.status, headers=passed)
         await response.prepare(request)
-        if await _pass_on(answer, response, request.app[SETTINGS].stream.send_timeout, owner):
+        if await _pass_on(answer, response, send_timeout, owner):
             await response.write_eof()
         elif request.transport is not None:
             request.transport.abort()  # the client's reconnect then learns the stream's fate
@@ -124,12 +123,6 @@ async def _pass_on(
         log.warning("peer_lost", worker=owner, error=type(exc).__name__)
         return False
     return True
-
-
-async def peers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The sessions to the other workers, for the application's lifetime."""
-    yield
-    await app[PEERS].close()
 
 
 def identity_from_args(index: int | None, peer_dir: str | None) -> WorkerIdentity | None:
