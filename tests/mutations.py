@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+TAIL_LINES = 60  # of a failed run's output, shown
 RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
 
 # Where each broken line lives: one place to update when a module is renamed.
@@ -198,7 +199,7 @@ def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
         done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
     except subprocess.TimeoutExpired:
         return False, f"(still running after {RUN_SECONDS} s)"
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-3:])
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
     return done.returncode == 0, tail
 
 

@@ -199,6 +199,8 @@ async def test_a_killed_owner_gives_an_explicit_answer_not_a_hang(simulator: Sim
                 assert response.status == 204
     finally:
         os.kill(workers.supervisor.pid, signal.SIGCONT)
+        # Stop only once the replacement listens: a signal before it was started would leave it running.
+        workers.supervisor.wait_for_line(lambda _: len(workers.supervisor.events("sluice_listening")) >= 3)
         workers.supervisor.stop()
     errors = [e for e in workers.supervisor.events() if e.get("level") in ("error", "critical")]
     assert errors == []
