@@ -1,21 +1,26 @@
 """Mutation check: each one-line break below must make the tests listed with it fail.
 
-    .venv/bin/python tests/mutations.py            # every break
-    .venv/bin/python tests/mutations.py NAME ...   # only these
+    .venv/bin/python tests/mutations.py                 # every break
+    .venv/bin/python tests/mutations.py NAME ...        # only these
+    .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
 
-The repository is copied to a temporary directory (without .git, .venv, node_modules); the
-listed tests first run there unbroken and must pass; then each break is applied alone, its
-tests run with this interpreter (`-x`: the first failure is enough), and the file is restored.
+The repository is copied to temporary directories (without .git, .venv, node_modules); the
+listed tests first run there unbroken and must pass; then each break is applied alone to a copy,
+its tests run with this interpreter (`-x`: the first failure is enough), and the file is restored.
 A break whose tests stay green means a proof stopped biting: the script exits 1 and names it.
+Most of a run is waiting (processes starting, a bound running out), so a few run at once.
 """
 
 from __future__ import annotations
 
+import argparse
+import queue
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -181,9 +186,9 @@ BREAKS = [
 ]
 
 
-def copy_repo(into: Path) -> Path:
+def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
-    target = into / "repo"
+    target = into / name
     shutil.copytree(
         ROOT,
         target,
@@ -220,28 +225,43 @@ def check(repo: Path, broken: Break) -> bool:
     return not passed
 
 
-def main(names: list[str]) -> int:
+def main(argv: list[str]) -> int:
     """Check the chosen breaks (all by default); 0 when every one made its tests fail."""
-    chosen = [b for b in BREAKS if not names or b.name in names]
-    unknown = set(names) - {b.name for b in BREAKS}
+    parser = argparse.ArgumentParser(description="Each listed one-line break must fail its tests.")
+    parser.add_argument("names", nargs="*", help="only these breaks (default: all)")
+    parser.add_argument("--jobs", type=int, default=3, help="breaks checked at once (default: 3)")
+    args = parser.parse_args(argv)
+    chosen = [b for b in BREAKS if not args.names or b.name in args.names]
+    unknown = set(args.names) - {b.name for b in BREAKS}
     if unknown:
         print(f"mutations: unknown break(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="sluice-mutations-") as tmp:
-        repo = copy_repo(Path(tmp))
+        copies: queue.Queue[Path] = queue.Queue()
+        for index in range(max(1, args.jobs)):
+            copies.put(copy_repo(Path(tmp), f"repo-{index}"))
         every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
-        passed, tail = run_tests(repo, every_test)
+        passed, tail = run_tests(copies.queue[0], every_test)
         if not passed:
             print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
             return 1
-        missed = []
-        for broken in chosen:
-            lap = time.monotonic()
-            caught = check(repo, broken)
-            print(f"{'caught' if caught else 'MISSED'}  {broken.name}  ({time.monotonic() - lap:.0f} s)", flush=True)
-            if not caught:
-                missed.append(broken.name)
+
+        def check_on_a_copy(broken: Break) -> bool:
+            repo = copies.get()
+            try:
+                lap = time.monotonic()
+                caught = check(repo, broken)
+                print(
+                    f"{'caught' if caught else 'MISSED'}  {broken.name}  ({time.monotonic() - lap:.0f} s)", flush=True
+                )
+                return caught
+            finally:
+                copies.put(repo)
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(check_on_a_copy, chosen))
+    missed = [b.name for b, caught in zip(chosen, results, strict=True) if not caught]
     print(f"mutations: {len(chosen) - len(missed)}/{len(chosen)} breaks caught in {time.monotonic() - started:.0f} s")
     return 1 if missed else 0
 

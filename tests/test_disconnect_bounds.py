@@ -67,7 +67,7 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_before
             await sim_wait(http, simulator.url, rid, "opened")
             left = time.time()
             response.close()
-        record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
     assert record["outcome"] == "client_aborted"
     assert record["closed_at"] - left < BOUND
 
@@ -90,7 +90,7 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_mid_st
                     break
             left = time.time()
             response.close()
-        record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
     assert record["outcome"] == "client_aborted"
     assert record["closed_at"] - left < BOUND
 
@@ -113,7 +113,7 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_a_non_
         request.cancel()  # the client gives up: aiohttp closes its connection
         with pytest.raises(asyncio.CancelledError):
             await request
-        record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
     assert record["outcome"] == "client_aborted"
     assert record["closed_at"] - left < BOUND
 
@@ -134,7 +134,7 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
             paused = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
             stalled_by = time.time()
             assert paused["outcome"] == "active"
-            record = await sim_wait(http, simulator.url, rid, "closed", seconds=10)
+            record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
     assert record["outcome"] == "client_aborted"
     assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND
     log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
