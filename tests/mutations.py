@@ -51,7 +51,7 @@ RELAY_TESTS = "tests/test_relay.py"
 
 @dataclass(frozen=True)
 class Break:
-    """Replace `old` (exactly once in `path`) with `new`; then every test in `tests` run must fail."""
+    """Replace `old` (exactly once in `path`) with `new`; then the run of `tests` must fail (`-x`: one is enough)."""
 
     name: str
     path: str
@@ -105,6 +105,13 @@ BREAKS = [
             f"{WORKERS}::test_attaching_through_the_worker_that_does_not_own_the_stream_gets_every_event",
             f"{WORKERS}::test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given",
         ),
+    ),
+    Break(
+        "forwarding drops Last-Event-ID",
+        WORKER_PROXY,
+        '    headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}\n',
+        "    headers: dict[str, str] = {}\n",
+        (f"{WORKERS}::test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given",),
     ),
     Break(
         "DELETE not forwarded to the owner",
