@@ -25,7 +25,7 @@ async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tok
     Sampled once the simulator paused (the gateway stopped reading it) and again a second later:
     a gateway that merely lags pauses the simulator too, but keeps reading and buffering after.
     Catches: `request.transport.set_write_buffer_limits(high=1 << 30)` right after the response
-    starts (server/streaming.py): writes never wait, so the gateway drains the upstream into memory.
+    starts (server/chat_call.py): writes never wait, so the gateway drains the upstream into memory.
     """
     rid = new_request_id("backpressure-flat")
     path, make_body = ROUTES["openai"]

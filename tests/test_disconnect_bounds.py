@@ -58,7 +58,7 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_before
     patient_gateway: Gateway, simulator: Simulator, dialect: str
 ) -> None:
     """Catches: `handler_cancellation=False` in run.py (the handler waits on the upstream's first
-    token, 60 s away) and the explicit upstream close removed from stream_chat's `finally`.
+    token, 60 s away).
     """
     rid = new_request_id("bound-pre-token")
     async with aiohttp.ClientSession() as http:
@@ -78,7 +78,7 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_mid_st
 ) -> None:
     """The upstream has sent tokens and gone quiet (idle deadline 60 s away) when the client leaves.
 
-    Catches: `handler_cancellation=False` in run.py and the explicit upstream close removed.
+    Catches: `handler_cancellation=False` in run.py.
     """
     rid = new_request_id("bound-mid")
     async with aiohttp.ClientSession() as http:
@@ -125,7 +125,7 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
 
     The simulator pauses once the gateway stopped reading it, which is after the gateway's write to
     the client blocked; so the upstream must be closed within send_timeout + 0.5 s of that pause.
-    Catches: the explicit upstream close removed from stream_chat's `finally` (server/streaming.py):
+    Catches: the explicit upstream close removed (`_close_opened` in server/chat_call.py):
     the connection then waits for garbage collection.
     """
     rid = new_request_id("bound-stalled")

@@ -58,7 +58,7 @@ def heartbeat_tasks() -> set[asyncio.Task[object]]:
 async def test_the_heartbeat_stops_when_the_client_leaves_mid_stream(upstream_app_client: BuildGateway) -> None:
     """The heartbeat task ends with its stream, not at its next tick (60 s away here).
 
-    Catches: no `stop_heartbeat()` in stream_chat's `finally` (server/streaming.py): a cancelled
+    Catches: no `stop_heartbeat()` in stream_chat's `finally` (server/chat_call.py): a cancelled
     stream skips `finish()`, and the heartbeat loop sleeps on, holding the response, until it wakes.
     """
     never = asyncio.Event()
@@ -109,7 +109,7 @@ async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disco
 
     The transport is closed just before the real `prepare`, as when the peer's reset arrives
     before aiohttp has cancelled the handler: the header write raises ClientConnectionResetError.
-    Catches: `response.prepare` in stream_chat (server/streaming.py) letting that error out of the
+    Catches: `response.prepare` in stream_chat (server/chat_call.py) letting that error out of the
     handler, where the error middleware logs `request_failed` with a traceback.
     """
     prepare = SSEResponse.prepare

@@ -379,7 +379,7 @@ async def test_an_upstream_error_body_that_arrives_in_pieces_is_read_whole(
 ) -> None:
     """The whole error body is read, not only its first buffered piece.
 
-    Catches: `_status_error` in server/upstream.py reading `content.read(limit)` once, which
+    Catches: `_status_error` in server/upstreams/client.py reading `content.read(limit)` once, which
     returns only what the first network read buffered: the message is then cut and unparsable.
     """
     message = "Invalid 'messages[0]': " + "x" * 900  # under the 1000 characters passed on

@@ -118,7 +118,7 @@ async def test_attaching_through_the_worker_that_does_not_own_the_stream_gets_ev
 async def test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given(
     workers: Workers,
 ) -> None:
-    """Catches: the relay dropping Last-Event-ID (server/peers.py): the owner replays from the start."""
+    """Catches: the relay dropping Last-Event-ID (server/worker_proxy.py): the owner replays from the start."""
     path = await start_on(workers, 1, "resume\n#sim tokens=8", new_request_id("peer-resume"))
     stream_id = path.rsplit("/", 1)[1]
     async with workers.session(0) as http:
@@ -155,7 +155,7 @@ async def test_a_client_that_stalls_behind_the_relaying_worker_is_cut_after_the_
 
     Both workers log a request_finished for the request id (the relay forwards it): the owner's
     when its send to the relaying worker times out, the relaying worker's when its send to the
-    client does. Catches: no send timeout on the relaying worker's writes (server/peers.py): it
+    client does. Catches: no send timeout on the relaying worker's writes (server/worker_proxy.py): it
     waits on its stalled client for ever and never logs.
     """
     rid = new_request_id("peer-stalled")
@@ -178,7 +178,7 @@ async def test_a_killed_owner_gives_an_explicit_answer_not_a_hang(simulator: Sim
     request for the stream is answered 204 (EventSource stops), both without waiting on a deadline.
 
     The supervisor is paused (SIGSTOP) meanwhile, so no replacement takes the dead owner's socket.
-    Catches: the relay letting an unreachable owner's connection error out (server/peers.py),
+    Catches: the relay letting an unreachable owner's connection error out (server/worker_proxy.py),
     a 500 instead of the 204.
     """
     workers = start_workers(simulator)
