@@ -78,7 +78,8 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_mid_st
 ) -> None:
     """The upstream has sent tokens and gone quiet (idle deadline 60 s away) when the client leaves.
 
-    Catches: `handler_cancellation=False` in run.py.
+    Catches: `handler_cancellation=False` in run.py, and the explicit upstream close removed
+    (`_close_opened` in server/chat_call.py).
     """
     rid = new_request_id("bound-mid")
     async with aiohttp.ClientSession() as http:
