@@ -47,6 +47,7 @@ OPERATIONS = "tests/test_operations.py"
 UPSTREAM_ERRORS = "tests/test_upstream_errors.py"
 ENDINGS = "tests/test_stream_endings.py"
 RELAY_TESTS = "tests/test_relay.py"
+STREAMING = "tests/test_streaming_process.py"
 
 
 @dataclass(frozen=True)
@@ -146,14 +147,20 @@ BREAKS = [
         OPENAI_ROUTES,
         'upstream_body = {**body, "stream_options"',
         'upstream_body = {"model": model, "messages": body["messages"], "stream": True, "stream_options"',
-        (f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[True]",),
+        (
+            f"{STREAMING}::test_unknown_v1_fields_reach_the_simulator_unchanged[True]",
+            f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[True]",
+        ),
     ),
     Break(
         "completion body built from known fields only",
         OPENAI_ROUTES,
         "    raw = await complete_chat(request, body)\n",
         '    raw = await complete_chat(request, {"model": model, "messages": body["messages"]})\n',
-        (f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[False]",),
+        (
+            f"{STREAMING}::test_unknown_v1_fields_reach_the_simulator_unchanged[False]",
+            f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[False]",
+        ),
     ),
     Break(
         "error body read once",
