@@ -76,9 +76,15 @@ def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
 
 async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
     """Answer with what worker `owner` answers (see worker_proxy.py)."""
-    client = client_of(request)
+    send_timeout = request.app[SETTINGS].stream.send_timeout
     return await forward_to_owner(
-        request, request.app[WORKER_PROXY], owner, request[REQUEST_ID], request[RECORD], client
+        request,
+        request.app[WORKER_PROXY],
+        owner,
+        request[REQUEST_ID],
+        record=request[RECORD],
+        client=client_of(request),
+        send_timeout=send_timeout,
     )
 
 
