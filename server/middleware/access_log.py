@@ -39,6 +39,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     record = RequestRecord(started=asyncio.get_running_loop().time())
     resource = request.match_info.route.resource
     record.route = resource.canonical if resource is not None else "unmatched"
+    # Now, while the connection is there: a stream's connection may be gone by the time it is logged.
+    record.via_worker = _forwarded(request)
+    record.client = client_of(request)
     request[RECORD] = record
     status = 500
     try:
@@ -72,9 +75,9 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         "path": request.path,
         "status": status,
         "duration_ms": round(duration * 1000, 2),
-        "client": client_of(request),
+        "client": record.client,
     }
-    if _forwarded(request):
+    if record.via_worker:
         fields["forwarded_by_worker"] = True
     if status >= 400 and record.error_code:
         fields["error_code"] = record.error_code

@@ -18,7 +18,6 @@ from aiohttp import web
 
 from ..errors import InvalidRequestError
 from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, WORKER_PROXY
-from ..middleware.access_log import client_of
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
@@ -83,7 +82,7 @@ async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
         owner,
         request[REQUEST_ID],
         record=request[RECORD],
-        client=client_of(request),
+        client=request[RECORD].client,
         send_timeout=send_timeout,
     )
 
