@@ -7,7 +7,24 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, PEERS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from .auth.gateway_keys import KeyRing
+from .auth.limits import MemoryLimitStore
+from .auth.tokens import TokenSigner
+from .connections import connection_limit
+from .keys import (
+    BROWSER_STREAMS,
+    CHAT_SCHEMA,
+    CONNECTION_LIMIT,
+    KEYRING,
+    LIFECYCLE,
+    LIMITS,
+    METRICS,
+    PEERS,
+    SETTINGS,
+    SIMULATOR_URL,
+    TOKENS,
+    UPSTREAM,
+)
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
@@ -35,6 +52,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[BROWSER_STREAMS] = BrowserStreamSettings(**settings.browser.model_dump())
+    setup_auth(app, settings)
     setup_middlewares(app)
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)
@@ -47,8 +65,17 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
     setup_routes(app)
-    setup_cors(app, settings.server.cors_origins)
+    setup_cors(app, settings.server.cors_origins, keys_configured=settings.auth.enabled)
     return app
+
+
+def setup_auth(app: web.Application, settings: Settings) -> None:
+    """Gateway keys, their limits (counted in this process), browser tokens and the connection cap."""
+    app[KEYRING] = KeyRing.from_settings(settings.auth)
+    app[LIMITS] = MemoryLimitStore()
+    secret = settings.auth.secret.get_secret_value().encode() if settings.auth.secret is not None else b""
+    app[TOKENS] = TokenSigner(secret, settings.auth.token_ttl_seconds)
+    app[CONNECTION_LIMIT] = connection_limit(settings.connections)
 
 
 async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:

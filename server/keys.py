@@ -8,6 +8,10 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the keys' types are named in strings: these modules import this one
     from .access import RequestRecord  # noqa: F401
+    from .auth.gate import Lease  # noqa: F401
+    from .auth.gateway_keys import GatewayKey, KeyRing  # noqa: F401
+    from .auth.limits import LimitStore  # noqa: F401
+    from .auth.tokens import TokenSigner  # noqa: F401
     from .lifecycle import Lifecycle  # noqa: F401
     from .metrics import Metrics  # noqa: F401
     from .openai_schema import ChatCompletionValidator  # noqa: F401
@@ -26,7 +30,15 @@ SIMULATOR_URL = web.AppKey[str]("simulator_url")
 BROWSER_STREAMS = web.AppKey["BrowserStreamSettings"]("browser_streams")
 STREAMS = web.AppKey["StreamRegistry"]("streams")
 PEERS = web.AppKey["Peers"]("peers")
+CONNECTION_LIMIT = web.AppKey[int]("connection_limit")
+KEYRING = web.AppKey["KeyRing"]("keyring")
+LIMITS = web.AppKey["LimitStore"]("limits")
+TOKENS = web.AppKey["TokenSigner"]("tokens")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 RESPONSE_STARTED = web.RequestKey[bool]("response_started")
 RECORD = web.RequestKey["RequestRecord"]("record")
+GATEWAY_KEY = web.RequestKey["GatewayKey"]("gateway_key")
+LEASE = web.RequestKey["Lease"]("lease")
+# True when the request's URL carries a browser token: its response must not be cached or leak a referrer.
+TOKEN_BEARING = web.RequestKey[bool]("token_bearing")

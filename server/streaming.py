@@ -16,6 +16,7 @@ import orjson
 from aiohttp import web
 
 from .access import RequestRecord
+from .auth.gate import reserve_tokens
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
@@ -50,6 +51,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record = request[RECORD]
     record.stream = True
     lifecycle.admit()
+    await reserve_tokens(request, body)
     guard = StreamGuard(deadlines_for(request, stream=True))
     upstream_stream: UpstreamStream | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
@@ -87,6 +89,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record = request[RECORD]
     record.stream = False
     lifecycle.admit()
+    await reserve_tokens(request, body)
     guard = StreamGuard(deadlines_for(request, stream=False))
     with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
         try:

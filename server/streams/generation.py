@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,6 +33,9 @@ from ..relay import relay
 from ..settings import Settings
 from ..upstream import Upstream, UpstreamStream
 from .store import StoredEvent, StreamStore
+
+if TYPE_CHECKING:
+    from ..auth.gate import Lease
 
 log = structlog.get_logger("sluice.streams")
 
@@ -76,6 +79,8 @@ class Job:
     route: str
     model: str
     body: dict[str, Any]
+    # What the starting request took from its gateway key's limits, given back when the stream ends.
+    lease: Lease | None = None
 
 
 class StoreSink:
@@ -175,6 +180,8 @@ class Generation:
                 guard.close()
                 chunks.close()
                 await services.store.finish(self.job.stream_id)
+                if self.job.lease is not None:
+                    await self.job.lease.release(record.usage, record.chunks_relayed)
                 self._finished(record, dialect)
 
     async def _relay(

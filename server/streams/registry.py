@@ -13,7 +13,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from aiohttp import web
@@ -26,6 +26,9 @@ from .memory import MemoryStreamStore
 from .resume import new_stream_id
 from .settings import BrowserStreamSettings
 from .store import StreamStore
+
+if TYPE_CHECKING:
+    from ..auth.gate import Lease
 
 log = structlog.get_logger("sluice.streams")
 
@@ -59,7 +62,9 @@ class StreamRegistry:
         """Generations running now."""
         return len(self._live)
 
-    async def start(self, *, request_id: str, route: str, model: str, body: dict[str, Any]) -> str:
+    async def start(
+        self, *, request_id: str, route: str, model: str, body: dict[str, Any], lease: Lease | None = None
+    ) -> str:
         """Start generating `body` into a new stream; its id. 503 while draining or when full."""
         services = self._services
         services.lifecycle.admit()
@@ -71,7 +76,7 @@ class StreamRegistry:
                 code="overloaded",
                 headers={"Retry-After": retry_after},
             )
-        generation = Generation(Job(stream_id, request_id, route, model, body), services)
+        generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
         self._live[stream_id] = live

@@ -1,0 +1,128 @@
+"""Require a gateway key on every chat route and take each request's share of its key's limits.
+
+With no keys configured, every route stays open (only a /metrics key, if set, is checked).
+With keys, chat routes and model lists need one, as `Authorization: Bearer KEY`, `api-key` or
+`x-api-key`; EventSource routes may carry a browser token (`?token=`) instead. Probes, the demo
+page and CORS preflights stay open. A request that starts a generation takes one request and
+one stream slot from its key's limits, given back (tokens settled) when it ends.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth.gate import Lease, refuse
+from ..auth.gateway_keys import GatewayKey, presented_key
+from ..auth.tokens import ONE_STEP_SCOPE
+from ..errors import AuthenticationError
+from ..keys import GATEWAY_KEY, KEYRING, LEASE, LIMITS, RECORD, TOKEN_BEARING, TOKENS
+
+
+class Access(Enum):
+    """What a route requires."""
+
+    OPEN = "open"
+    METRICS = "metrics"
+    KEY = "key"
+    GENERATE = "generate"
+
+
+# (method, route) -> what it requires; any route not listed is open (probes, the page, 404s).
+_ROUTES: dict[tuple[str, str], Access] = {
+    ("GET", "/metrics"): Access.METRICS,
+    ("GET", "/models"): Access.KEY,
+    ("GET", "/v1/models"): Access.KEY,
+    ("GET", "/v1/models/{model_id}"): Access.KEY,
+    ("POST", "/chat"): Access.GENERATE,
+    ("POST", "/chat/stream"): Access.GENERATE,
+    ("POST", "/v1/chat/completions"): Access.GENERATE,
+    ("POST", "/chat/streams"): Access.GENERATE,
+    ("POST", "/chat/stream/token"): Access.KEY,
+    ("GET", "/chat/streams/{stream_id}"): Access.KEY,
+    ("DELETE", "/chat/streams/{stream_id}"): Access.KEY,
+    ("GET", "/chat/stream"): Access.GENERATE,
+}
+
+_MISSING = "Missing gateway key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
+_WRONG = "Incorrect gateway key provided."
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 without a valid key or token; 429 over the key's limits; else serve and settle."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    access = _ROUTES.get((request.method, route), Access.OPEN)
+    ring = request.app[KEYRING]
+    if access is Access.OPEN:
+        return await handler(request)
+    if access is Access.METRICS:
+        if not ring.opens_metrics(presented_key(request) or ""):
+            raise AuthenticationError(_WRONG if presented_key(request) else _MISSING, headers=_CHALLENGE)
+        return await handler(request)
+    if not ring.enabled:
+        return await handler(request)
+    key = _authenticate(request)
+    request[GATEWAY_KEY] = key
+    request[RECORD].key = key.name
+    # A reconnect of the one-step GET resumes a stream: reading is not a new request.
+    if access is not Access.GENERATE or "Last-Event-ID" in request.headers:
+        return await handler(request)
+    store = request.app[LIMITS]
+    decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
+    if not decision.allowed:
+        raise refuse(request, key, decision)
+    lease = request[LEASE] = Lease(store, key)
+    try:
+        return await handler(request)
+    finally:
+        if not lease.transferred:
+            record = request[RECORD]
+            await lease.release(record.usage, record.chunks_relayed)
+
+
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
+
+
+def _authenticate(request: web.Request) -> GatewayKey:
+    """The key the request presents, in a header or, on EventSource routes, as a browser token."""
+    ring = request.app[KEYRING]
+    presented = presented_key(request)
+    if presented is not None:
+        key = ring.find(presented)
+        if key is None:
+            raise AuthenticationError(_WRONG, headers=_CHALLENGE)
+        return key
+    token = request.query.get("token")
+    scope = _token_scope(request)
+    if token is None or scope is None:
+        raise AuthenticationError(_MISSING, headers=_CHALLENGE)
+    request[TOKEN_BEARING] = True
+    name = request.app[TOKENS].verify(token, scope)
+    key = ring.named(name) if name is not None else None
+    if key is None:
+        raise AuthenticationError(
+            "The browser token is invalid, expired or for another stream; ask for a new one.",
+            code="invalid_token",
+            headers=_CHALLENGE,
+        )
+    return key
+
+
+def _token_scope(request: web.Request) -> str | None:
+    """What a token must be scoped to on this route; None where tokens are not accepted."""
+    if "stream_id" in request.match_info:
+        return request.match_info["stream_id"]
+    if request.method == "GET" and request.path == "/chat/stream":
+        return ONE_STEP_SCOPE
+    return None
+
+
+async def add_token_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Keep a token-bearing response out of caches and its URL out of Referer headers."""
+    if request.get(TOKEN_BEARING):
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
