@@ -106,7 +106,14 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     base_url = app.get(SIMULATOR_URL) or settings.base_url
     session = create_upstream_session(settings)
     client = create_sdk_client(session, settings, base_url)
-    app[UPSTREAM] = Upstream(client, session, settings)
+    limits = app[SETTINGS].connections
+    app[UPSTREAM] = Upstream(
+        client,
+        session,
+        settings,
+        max_event_bytes=limits.max_upstream_event_bytes,
+        max_reply_bytes=limits.max_upstream_reply_bytes,
+    )
     yield
     await client.close()
     await session.close()

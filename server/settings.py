@@ -82,6 +82,7 @@ class BrowserSettings(_Section):
     reader_grace_seconds: float = Field(ge=0)
     max_buffered_events: int = Field(ge=1)
     max_streams: int = Field(ge=1)
+    max_buffered_bytes: int = Field(ge=1)
 
 
 class ConnectionSettings(_Section):
@@ -93,7 +94,6 @@ class ConnectionSettings(_Section):
     saturation_ratio: float = Field(gt=0, le=1)
     max_upstream_event_bytes: int = Field(gt=0)
     max_upstream_reply_bytes: int = Field(gt=0)
-    max_buffered_stream_bytes: int = Field(gt=0)
 
 
 _SHA256_HEX = r"^[0-9a-f]{64}$"

@@ -73,12 +73,14 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 final_write_timeout=settings.stream.send_timeout,
                 shutdown_retry_ms=settings.server.retry_after * 1000,
                 gaps=metrics.child(metrics.chunk_gap, record.route),
+                choices=_choices(body),
             )
             await response.finish()
             return response
         finally:
             guard.close()
             if upstream_stream is not None:
+                record.malformed_chunks = upstream_stream.malformed
                 upstream_stream.close()
 
 
@@ -99,6 +101,12 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record.outcome = Outcome.COMPLETED
     _note_usage(content, record)
     return content
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """The request's `n`: how many choices must finish (validated at the edge; 1 when absent)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _note_usage(content: bytes, record: RequestRecord) -> None:

@@ -22,7 +22,7 @@ import orjson
 import structlog
 from openai._vendor.httpx_aiohttp import AiohttpTransport
 
-from .chunks import Chunk, EventSplitter, MalformedChunk, parse_chunk
+from .chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from .errors import UpstreamError, UpstreamProtocolError, map_upstream_error
 from .settings import UpstreamSettings
 
@@ -31,19 +31,21 @@ log = structlog.get_logger("sluice.upstream")
 # Large enough for one SSE line carrying a big tool-call delta.
 READ_BUFFER_BYTES = 1 << 18
 ERROR_BODY_LIMIT = 64 * 1024
+MAX_REPLY_BYTES = 16 << 20
 
 
 class UpstreamStream:
     """An open upstream stream: iterate its chunk batches, then `close()` it (always, in a finally)."""
 
-    def __init__(self, response: aiohttp.ClientResponse) -> None:
+    def __init__(self, response: aiohttp.ClientResponse, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._response = response
+        self._max_event_bytes = max_event_bytes
         self.finished = False
         self.malformed = 0
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         """Batches of chunks, one per network read: what arrived together is relayed together."""
-        splitter = EventSplitter()
+        splitter = EventSplitter(self._max_event_bytes)
         content = self._response.content
         while True:
             piece = await content.readany()
@@ -62,6 +64,11 @@ class UpstreamStream:
                 batch.append(chunk)
             if batch:
                 yield batch
+            if splitter.overflowed:
+                raise UpstreamProtocolError(
+                    f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
+                    code="upstream_event_too_large",
+                )
             if self.finished or not piece:
                 return
 
@@ -76,8 +83,18 @@ class UpstreamStream:
 class Upstream:
     """Open streams and complete chats against the configured upstream."""
 
-    def __init__(self, client: openai.AsyncOpenAI, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+    def __init__(
+        self,
+        client: openai.AsyncOpenAI,
+        session: aiohttp.ClientSession,
+        settings: UpstreamSettings,
+        *,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.client = client
+        self._max_event_bytes = max_event_bytes
+        self._max_reply_bytes = max_reply_bytes
         self._session = session
         self._settings = settings
         self._url = str(client.base_url).rstrip("/") + "/chat/completions"
@@ -96,13 +113,13 @@ class Upstream:
 
     async def open_stream(self, body: dict[str, Any], request_id: str) -> UpstreamStream:
         """Send a streaming request; return once the upstream answered 200, else raise UpstreamError."""
-        return UpstreamStream(await self._send(body, request_id, accept="text/event-stream"))
+        return UpstreamStream(await self._send(body, request_id, accept="text/event-stream"), self._max_event_bytes)
 
     async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
         """Send a non-streaming request; return the upstream's JSON body as received."""
         response = await self._send(body, request_id, accept="application/json")
         try:
-            return await response.read()
+            return await _read_bounded(response, self._max_reply_bytes)
         except aiohttp.ClientError as exc:
             log.warning("upstream_body_failed", error=type(exc).__name__)
             raise UpstreamProtocolError("The upstream connection failed before its reply was complete.") from exc
@@ -150,6 +167,21 @@ class Upstream:
             request=httpx2.Request("POST", self._url),
         )
         return map_upstream_error(self.client._make_status_error_from_response(httpx_response))
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed, or UpstreamProtocolError once it passes `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        size += len(piece)
+        if size > limit:
+            response.close()  # unread bytes stay behind: the connection cannot be reused
+            raise UpstreamProtocolError(
+                f"The upstream's reply is larger than {limit} bytes.", code="upstream_reply_too_large"
+            )
+        parts.append(piece)
+    return b"".join(parts)
 
 
 def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

@@ -20,7 +20,7 @@ from ..keys import METRICS, RECORD, SETTINGS
 from ..sse import SSEResponse
 from .registry import StreamRegistry
 from .resume import event_id
-from .store import EventsDroppedError, Slice, StreamStore
+from .store import EventsDroppedError, Slice
 
 # Events read from the store at once: enough to replay quickly, few enough to stay small.
 BATCH = 256
@@ -60,20 +60,22 @@ async def serve_stream(
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
     with registry.reading(stream_id):
         if await _send(response, start.encode(), settings.send_timeout):
-            await _follow(response, store, stream_id, after, first, settings.send_timeout)
+            await _follow(response, registry, stream_id, after, first, settings.send_timeout)
     await response.finish()
     return response
 
 
 async def _follow(
-    response: SSEResponse, store: StreamStore, stream_id: str, seq: int, batch: Slice, send_timeout: float
+    response: SSEResponse, registry: StreamRegistry, stream_id: str, seq: int, batch: Slice, send_timeout: float
 ) -> None:
     """Write batch after batch, waiting for the generation when caught up, until the final event."""
+    store = registry.store
     while True:
         for event in batch.events:
             if not await _send(response, event.data, send_timeout):
                 return
             seq = event.seq
+        registry.sent(stream_id, seq)
         if batch.finished:
             return
         if not batch.events:

@@ -101,6 +101,12 @@ class StreamRegistry:
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
 
+    def sent(self, stream_id: str, seq: int) -> None:
+        """A reader was sent the events up to `seq`: the generation may read on if it held back."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.generation.backlog.sent(seq)
+
     async def stop(self, stream_id: str) -> None:
         """Stop the generation, if it runs; return once its upstream is closed and its end stored."""
         live = self._live.get(stream_id)
@@ -156,7 +162,10 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     """The detached streams' store and registry for the application's lifetime (after the upstream's)."""
     bounds = app[BROWSER_STREAMS]
     store = MemoryStreamStore(
-        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+        max_events=bounds.max_buffered_events,
+        max_streams=bounds.max_streams,
+        retention=bounds.retention_seconds,
+        max_bytes=bounds.max_buffered_bytes,
     )
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
