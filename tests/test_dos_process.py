@@ -239,11 +239,21 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
             ) as r:
                 assert r.status == 201
                 created = await r.json()
-            # The simulator reports a pause when its writes block: the gateway stopped reading.
+            # The gateway says it stopped reading, and the simulator's writes then block.
+            gateway.process.wait_for_event("browser_stream_held_back", request_id=rid, timeout=60)
             record = await sim_wait(http, simulator.url, rid, "paused", seconds=60)
             assert record["paused"] is True
             assert record["chunks_sent"] < tokens
             before = rss(gateway)
+            # A reader takes the held events; the generation then reads on.
+            async with http.get(gateway.url + created["url"]) as reader:
+                seen = 0
+                async for _ in reader.content:
+                    seen += 1
+                    if seen > 20_000:
+                        break
+            resumed = await sim_wait(http, simulator.url, rid, "opened")
+            assert resumed["chunks_sent"] > record["chunks_sent"]
             async with http.delete(gateway.url + created["url"]) as r:
                 assert r.status == 204
             closed = await sim_wait(http, simulator.url, rid, "closed")

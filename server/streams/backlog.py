@@ -42,6 +42,11 @@ class Backlog:
         if self._unread_bytes < self._limit:
             self._room.set()
 
+    @property
+    def full(self) -> bool:
+        """True while `limit` bytes or more are unread."""
+        return not self._room.is_set()
+
     async def wait_for_room(self) -> None:
         """Return once fewer than `limit` bytes are unread."""
         await self._room.wait()

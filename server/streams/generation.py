@@ -115,6 +115,7 @@ class UpstreamChunks:
     """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too."""
 
     def __init__(self, upstream: Upstream, body: dict[str, Any], request_id: str, backlog: Backlog) -> None:
+        self.held_back = 0  # times the upstream was held back
         self._upstream = upstream
         self._body = body
         self._request_id = request_id
@@ -126,7 +127,11 @@ class UpstreamChunks:
         async for batch in self._stream:
             yield batch
             # The relay stored the batch; read no more while readers are that far behind.
-            await self._backlog.wait_for_room()
+            if self._backlog.full:
+                if not self.held_back:
+                    log.info("browser_stream_held_back", unread_bytes=self._backlog.unread_bytes)
+                self.held_back += 1
+                await self._backlog.wait_for_room()
 
     @property
     def malformed(self) -> int:
@@ -195,6 +200,7 @@ class Generation:
                 guard.close()
                 chunks.close()
                 record.malformed_chunks = chunks.malformed
+                record.extra["held_back"] = chunks.held_back
                 await services.store.finish(self.job.stream_id)
                 if self.job.lease is not None:
                     await self.job.lease.release(record.usage, record.chunks_relayed)
@@ -247,6 +253,7 @@ class Generation:
             usage=usage,
             events=dialect.seq,
             malformed_chunks=record.malformed_chunks,
+            held_back=record.extra.get("held_back", 0),
             duration_ms=round(duration * 1000, 2),
         )
         # Whatever happened, readers got it as an event on a 200 stream.
