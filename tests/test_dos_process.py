@@ -22,6 +22,7 @@ CUT_BOUND = 15.0
 CONNECTION_CAP = 500
 IDLE_CONNECTIONS = 2000
 MIB = 1 << 20
+OBSERVATION_SECONDS = 2.0
 
 
 @pytest.fixture(scope="module")
@@ -241,19 +242,25 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
                 created = await r.json()
             # The gateway says it stopped reading, and the simulator's writes then block.
             gateway.process.wait_for_event("browser_stream_held_back", request_id=rid, timeout=60)
-            record = await sim_wait(http, simulator.url, rid, "paused", seconds=60)
-            assert record["paused"] is True
-            assert record["chunks_sent"] < tokens
+            paused = await sim_wait(http, simulator.url, rid, "paused", seconds=60)
+            # Proving that nothing moves takes an observation window: long-poll for an end that
+            # must not come, then check that the upstream sent nothing more meanwhile.
+            params = {"until": "closed", "timeout": str(OBSERVATION_SECONDS)}
+            async with http.get(f"{simulator.url}/_sim/requests/{rid}", params=params) as r:
+                later = await r.json()
+            assert later["timed_out"]
+            assert later["paused"] is True
+            assert later["chunks_sent"] == paused["chunks_sent"] < tokens
             before = rss(gateway)
-            # A reader takes the held events; the generation then reads on.
+            # A reader takes the held events; the generation then reads on: it gets more tokens
+            # than the upstream had sent while held back.
             async with http.get(gateway.url + created["url"]) as reader:
                 seen = 0
-                async for _ in reader.content:
-                    seen += 1
-                    if seen > 20_000:
+                async for line in reader.content:
+                    seen += line.startswith(b"event: token")
+                    if seen > paused["chunks_sent"]:
                         break
-            resumed = await sim_wait(http, simulator.url, rid, "opened")
-            assert resumed["chunks_sent"] > record["chunks_sent"]
+            assert seen > paused["chunks_sent"]
             async with http.delete(gateway.url + created["url"]) as r:
                 assert r.status == 204
             closed = await sim_wait(http, simulator.url, rid, "closed")
