@@ -255,6 +255,7 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
             # A reader takes the held events; the generation then reads on: it gets more tokens
             # than the upstream had sent while held back.
             async with http.get(gateway.url + created["url"]) as reader:
+                assert reader.status == 200
                 seen = 0
                 async for line in reader.content:
                     seen += line.startswith(b"event: token")

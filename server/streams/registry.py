@@ -165,7 +165,9 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
         max_events=bounds.max_buffered_events,
         max_streams=bounds.max_streams,
         retention=bounds.retention_seconds,
-        max_bytes=bounds.max_buffered_bytes,
+        # Unread events fill up to the budget (plus the last upstream read) before the upstream is
+        # held back; as much again of read ones stays for resuming.
+        max_bytes=2 * bounds.max_buffered_bytes,
     )
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
