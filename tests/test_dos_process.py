@@ -221,6 +221,15 @@ async def test_malformed_upstream_chunks_are_counted_in_the_log_and_a_metric(gat
     assert 'sluice_upstream_chunks_malformed_total{route="/chat/stream"}' in metrics
 
 
+async def observe(http: aiohttp.ClientSession, simulator: Simulator, rid: str) -> dict[str, object]:
+    """The simulator's record of `rid` after OBSERVATION_SECONDS in which it must not end."""
+    params = {"until": "closed", "timeout": str(OBSERVATION_SECONDS)}
+    async with http.get(f"{simulator.url}/_sim/requests/{rid}", params=params) as r:
+        record: dict[str, object] = await r.json()
+    assert record["timed_out"]
+    return record
+
+
 # --- unread browser streams --------------------------------------------------------------------
 
 
@@ -242,15 +251,13 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
                 created = await r.json()
             # The gateway says it stopped reading, and the simulator's writes then block.
             gateway.process.wait_for_event("browser_stream_held_back", request_id=rid, timeout=60)
-            paused = await sim_wait(http, simulator.url, rid, "paused", seconds=60)
-            # Proving that nothing moves takes an observation window: long-poll for an end that
-            # must not come, then check that the upstream sent nothing more meanwhile.
-            params = {"until": "closed", "timeout": str(OBSERVATION_SECONDS)}
-            async with http.get(f"{simulator.url}/_sim/requests/{rid}", params=params) as r:
-                later = await r.json()
-            assert later["timed_out"]
-            assert later["paused"] is True
-            assert later["chunks_sent"] == paused["chunks_sent"] < tokens
+            await sim_wait(http, simulator.url, rid, "paused", seconds=60)
+            # Proving that nothing moves takes observation windows: long-poll for an end that must
+            # not come, twice (the first lets the socket buffers fill), and compare what was sent.
+            settled = await observe(http, simulator, rid)
+            paused = await observe(http, simulator, rid)
+            assert paused["paused"] is True
+            assert paused["chunks_sent"] == settled["chunks_sent"] < tokens
             before = rss(gateway)
             # A reader takes the held events; the generation then reads on: it gets more tokens
             # than the upstream had sent while held back.

@@ -32,6 +32,9 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("sluice.streams")
 
+# Most bytes of events one upstream read can add at once (the upstream client buffers 512 KiB).
+READ_SLACK = 1 << 20
+
 
 @dataclass(slots=True, eq=False)
 class _Live:
@@ -165,9 +168,9 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
         max_events=bounds.max_buffered_events,
         max_streams=bounds.max_streams,
         retention=bounds.retention_seconds,
-        # Unread events fill up to the budget (plus the last upstream read) before the upstream is
-        # held back; as much again of read ones stays for resuming.
-        max_bytes=2 * bounds.max_buffered_bytes,
+        # Unread events fill up to the budget plus one upstream read (under READ_SLACK) before the
+        # upstream is held back; as much again of read ones stays for resuming.
+        max_bytes=2 * bounds.max_buffered_bytes + READ_SLACK,
     )
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
