@@ -67,7 +67,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     key = _authenticate(request)
     request[GATEWAY_KEY] = key
-    request[RECORD].key = key.name
+    record = request.get(RECORD)
+    if record is not None:  # set by the access log middleware, outside this one
+        record.key = key.name
     # A reconnect of the one-step GET resumes a stream: reading is not a new request.
     if access is not Access.GENERATE or "Last-Event-ID" in request.headers:
         return await handler(request)
@@ -80,8 +82,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         return await handler(request)
     finally:
         if not lease.transferred:
-            record = request[RECORD]
-            await lease.release(record.usage, record.chunks_relayed)
+            await lease.release(record.usage if record else None, record.chunks_relayed if record else 0)
 
 
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
