@@ -12,7 +12,6 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedMediaTypeError
-from .keys import GATEWAY_KEY, SETTINGS
 from .settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -53,27 +52,6 @@ def check_model(name: str, settings: Settings) -> None:
         raise ModelNotFoundError(
             f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
         )
-
-
-def check_model_for(request: web.Request, name: str) -> None:
-    """404 model_not_found unless `name` is configured and the request's gateway key may use it.
-
-    A model outside the key's list gets the same answer as an unknown one: a key learns nothing
-    about other keys' models.
-    """
-    check_model(name, request.app[SETTINGS])
-    key = request.get(GATEWAY_KEY)
-    if key is not None and not key.allows(name):
-        raise ModelNotFoundError(
-            f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
-        )
-
-
-def visible_models(request: web.Request) -> tuple[str, ...]:
-    """The configured models the request's gateway key may use (all of them without auth)."""
-    available = request.app[SETTINGS].models.available
-    key = request.get(GATEWAY_KEY)
-    return available if key is None else tuple(m for m in available if key.allows(m))
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

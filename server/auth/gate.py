@@ -1,4 +1,4 @@
-"""What the auth middleware leaves on a request: the key it presented and the lease on its limits.
+"""A request's share of its key's limits, and the answer when a limit refuses it.
 
 A `Lease` holds what a request took from its key's limits (one stream slot, reserved tokens)
 and gives it back once, when the request ends, settling the tokens with the real usage. A
@@ -10,10 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from ..errors import RateLimitedError
-from ..keys import GATEWAY_KEY, LEASE, LIMITS, METRICS
 from .gateway_keys import GatewayKey
 from .limits import Decision, Exceeded, LimitStore, rate_limit_headers
 
@@ -39,6 +37,22 @@ class Lease:
         self._released = False
         self.transferred = False
 
+    async def reserve(self, body: dict[str, Any]) -> Decision | None:
+        """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved."""
+        if not self.key.limits.tpm:
+            return None
+        prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
+        most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
+        completion = max((n for n in most if isinstance(n, int)), default=0)
+        decision = await self._store.take(
+            self.key.name, self.key.limits, requests=0, tokens=prompt + completion, streams=0
+        )
+        if not decision.allowed:
+            return decision
+        self.prompt_estimate = prompt
+        self.reserved_tokens = prompt + completion
+        return None
+
     async def release(self, usage: dict[str, Any] | None, relayed_tokens: int = 0) -> None:
         """Give back the stream slot, and the reserved tokens the request did not use."""
         if self._released:
@@ -52,46 +66,14 @@ class Lease:
         )
 
 
-def refuse(request: web.Request, key: GatewayKey, decision: Decision) -> RateLimitedError:
+def rate_limited(key: GatewayKey, decision: Decision) -> RateLimitedError:
     """The 429 for a refused take, with Retry-After and OpenAI's rate-limit headers."""
     assert decision.exceeded is not None
-    metrics = request.app[METRICS]
-    metrics.child(metrics.rate_limited, key.name, str(decision.exceeded)).inc()
     headers = rate_limit_headers(decision)
     message = _MESSAGES[decision.exceeded].format(name=key.name, retry=headers["Retry-After"])
     error = RateLimitedError(message, headers=headers)
     error.type = str(decision.exceeded)
     return error
-
-
-async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
-    """Reserve the prompt estimate plus the body's max tokens on the key's tpm; 429 when over it."""
-    lease = request.get(LEASE)
-    if lease is None or not lease.key.limits.tpm:
-        return
-    prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
-    most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
-    completion = max((n for n in most if isinstance(n, int)), default=0)
-    decision = await request.app[LIMITS].take(
-        lease.key.name, lease.key.limits, requests=0, tokens=prompt + completion, streams=0
-    )
-    if not decision.allowed:
-        raise refuse(request, lease.key, decision)
-    lease.prompt_estimate = prompt
-    lease.reserved_tokens = prompt + completion
-
-
-def take_lease(request: web.Request) -> Lease | None:
-    """Take the request's lease over (a detached stream settles it when it ends)."""
-    lease = request.get(LEASE)
-    if lease is not None:
-        lease.transferred = True
-    return lease
-
-
-def request_key(request: web.Request) -> GatewayKey | None:
-    """The key the request was authenticated with; None while auth is off."""
-    return request.get(GATEWAY_KEY)
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int | None:

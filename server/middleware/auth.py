@@ -5,20 +5,26 @@ With keys, chat routes and model lists need one, as `Authorization: Bearer KEY`,
 `x-api-key`; EventSource routes may carry a browser token (`?token=`) instead. Probes, the demo
 page and CORS preflights stay open. A request that starts a generation takes one request and
 one stream slot from its key's limits, given back (tokens settled) when it ends.
+
+Handlers use the helpers at the end: the key's models, its token reservation, and handing the
+lease to a detached stream.
 """
 
 from __future__ import annotations
 
 from enum import Enum
+from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from ..auth.gate import Lease, refuse
+from ..auth.gate import Lease, rate_limited
 from ..auth.gateway_keys import GatewayKey, presented_key
+from ..auth.limits import Decision
 from ..auth.tokens import ONE_STEP_SCOPE
-from ..errors import AuthenticationError
-from ..keys import GATEWAY_KEY, KEYRING, LEASE, LIMITS, RECORD, TOKEN_BEARING, TOKENS
+from ..errors import AuthenticationError, ModelNotFoundError, RateLimitedError
+from ..keys import GATEWAY_KEY, KEYRING, LEASE, LIMITS, METRICS, RECORD, SETTINGS, TOKEN_BEARING, TOKENS
+from ..validation import check_model
 
 
 class Access(Enum):
@@ -76,7 +82,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     store = request.app[LIMITS]
     decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
     if not decision.allowed:
-        raise refuse(request, key, decision)
+        raise _refuse(request, key, decision)
     lease = request[LEASE] = Lease(store, key)
     try:
         return await handler(request)
@@ -127,3 +133,53 @@ async def add_token_headers(request: web.Request, response: web.StreamResponse) 
     if request.get(TOKEN_BEARING):
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
+
+
+def request_key(request: web.Request) -> GatewayKey | None:
+    """The key the request was authenticated with; None while auth is off."""
+    return request.get(GATEWAY_KEY)
+
+
+def check_model_for(request: web.Request, name: str) -> None:
+    """404 model_not_found unless `name` is configured and the request's gateway key may use it.
+
+    A model outside the key's list gets the same answer as an unknown one: a key learns nothing
+    about other keys' models.
+    """
+    check_model(name, request.app[SETTINGS])
+    key = request.get(GATEWAY_KEY)
+    if key is not None and not key.allows(name):
+        raise ModelNotFoundError(
+            f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
+        )
+
+
+def visible_models(request: web.Request) -> tuple[str, ...]:
+    """The configured models the request's gateway key may use (all of them without auth)."""
+    available = request.app[SETTINGS].models.available
+    key = request.get(GATEWAY_KEY)
+    return available if key is None else tuple(m for m in available if key.allows(m))
+
+
+async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
+    """Reserve the prompt estimate plus the body's max tokens on the key's tpm; 429 when over it."""
+    lease = request.get(LEASE)
+    if lease is None:
+        return
+    refused = await lease.reserve(body)
+    if refused is not None:
+        raise _refuse(request, lease.key, refused)
+
+
+def take_lease(request: web.Request) -> Lease | None:
+    """Take the request's lease over (a detached stream settles it when it ends)."""
+    lease = request.get(LEASE)
+    if lease is not None:
+        lease.transferred = True
+    return lease
+
+
+def _refuse(request: web.Request, key: GatewayKey, decision: Decision) -> RateLimitedError:
+    metrics = request.app[METRICS]
+    metrics.child(metrics.rate_limited, key.name, str(decision.exceeded)).inc()
+    return rate_limited(key, decision)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..cors import CorsPolicy, setup_cors_policy
+from ..cors import CorsPolicy
 from . import browser, chat, health, metrics, models, openai, page
+from .cors import setup_cors_policy
 
 
 def setup_routes(app: web.Application) -> None:

@@ -8,12 +8,13 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
 from ..keys import RECORD, REQUEST_ID, SETTINGS
+from ..middleware.auth import check_model_for
 from ..schemas import ChatReply, ChatRequest, Usage
-from ..streaming import complete_chat, stream_chat
-from ..validation import check_model_for, parse_model, read_json_object
+from ..validation import parse_model, read_json_object
 
 
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:

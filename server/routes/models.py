@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import SETTINGS
-from ..validation import visible_models
+from ..middleware.auth import visible_models
 
 
 async def list_models(request: web.Request) -> web.Response:

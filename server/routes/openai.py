@@ -10,11 +10,12 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chat_call import complete_chat, stream_chat
 from ..dialects import OpenAIDialect
 from ..errors import InvalidRequestError, ModelNotFoundError
 from ..keys import CHAT_SCHEMA, RECORD
-from ..streaming import complete_chat, stream_chat
-from ..validation import check_model_for, read_json_object, visible_models
+from ..middleware.auth import check_model_for, visible_models
+from ..validation import read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
 MODELS_CREATED = 1_700_000_000

@@ -1,4 +1,4 @@
-"""Serve one chat request against the upstream: admit it, guard it, stream or complete it.
+"""Serve one chat call against the upstream: admit it, guard it, stream (via the relay) or complete it.
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
@@ -16,11 +16,11 @@ import orjson
 from aiohttp import web
 
 from .access import RequestRecord
-from .auth.gate import reserve_tokens
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
+from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
 from .upstream import UpstreamStream
