@@ -281,5 +281,7 @@ async def test_the_one_step_get_names_an_unknown_parameter_and_the_post_route(cl
 async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: str, value: int) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], name: value}
     response = await client.post("/v1/chat/completions", json=body)
+    error = (await response.json())["error"]
     assert response.status == 400
-    assert (await response.json())["error"]["param"] == name
+    assert error["param"] == name
+    assert error["code"] == "invalid_request"  # refused by Sluice, not forwarded for the upstream to refuse
