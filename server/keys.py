@@ -11,7 +11,7 @@ from aiohttp import web
 from .access import RequestRecord
 from .auth.gate import Lease
 from .auth.gateway_keys import GatewayKey, KeyRing
-from .auth.limits import LimitStore
+from .auth.limits import Decision, LimitStore
 from .auth.tokens import TokenSigner
 from .cors import CorsPolicy
 from .lifecycle import Lifecycle
@@ -41,5 +41,7 @@ RESPONSE_STARTED = web.RequestKey("response_started", bool)
 RECORD = web.RequestKey("record", RequestRecord)
 GATEWAY_KEY = web.RequestKey("gateway_key", GatewayKey)
 LEASE = web.RequestKey("lease", Lease)
+# The key's limits as its last take left them: OpenAI's x-ratelimit-* headers go on the response.
+RATE_LIMITS = web.RequestKey("rate_limits", Decision)
 # True when the request's URL carries a browser token: its response must not be cached or leak a referrer.
 TOKEN_BEARING = web.RequestKey("token_bearing", bool)

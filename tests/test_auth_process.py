@@ -214,6 +214,17 @@ async def test_requests_per_minute_reach_429_with_openai_headers_and_recover(key
         await _until_served(http, keyed.url + "/chat", KEY_RPM)
 
 
+async def test_a_served_request_carries_its_keys_rate_limit_headers(keyed: Gateway) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed.url + "/chat", json={"message": "hi\n#sim tokens=1"}, headers=bearer(KEY_TPM)) as r,
+    ):
+        assert r.status == 200
+        assert r.headers["x-ratelimit-limit-tokens"] == str(TPM)
+        assert int(r.headers["x-ratelimit-remaining-tokens"]) < TPM  # after this request's reservation
+        assert "x-ratelimit-limit-requests" not in r.headers  # this key has no rpm
+
+
 async def test_tokens_per_minute_reach_429_with_openai_headers_and_recover(keyed: Gateway) -> None:
     # One request reserving most of the budget is held open (its upstream waits before the
     # first token), so a second one does not fit until the first settles with its real usage.

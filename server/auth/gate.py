@@ -36,6 +36,7 @@ class Lease:
         self._streams = 1
         self._released = False
         self.transferred = False
+        self.last_decision: Decision | None = None  # the reservation's, for the response's headers
 
     async def reserve(self, body: dict[str, Any]) -> Decision | None:
         """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved."""
@@ -49,6 +50,7 @@ class Lease:
         )
         if not decision.allowed:
             return decision
+        self.last_decision = decision
         self.prompt_estimate = prompt
         self.reserved_tokens = prompt + completion
         return None

@@ -16,7 +16,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from .access_log import access_log_middleware
-from .auth import add_token_headers, auth_middleware
+from .auth import add_key_headers, auth_middleware
 from .body_limit import body_limit_middleware
 from .body_timeout import body_timeout_middleware
 from .connection_cap import connection_cap_middleware
@@ -25,7 +25,7 @@ from .request_id import add_request_id_header, request_id_middleware
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the chain and its response hooks (X-Request-ID, token headers, noting that a response started)."""
+    """Install the chain and its response hooks (X-Request-ID, rate-limit and token headers, response started)."""
     app.middlewares.extend(
         [
             request_id_middleware,
@@ -38,5 +38,5 @@ def setup_middlewares(app: web.Application) -> None:
         ]
     )
     app.on_response_prepare.append(add_request_id_header)
-    app.on_response_prepare.append(add_token_headers)
+    app.on_response_prepare.append(add_key_headers)
     app.on_response_prepare.append(mark_response_started)

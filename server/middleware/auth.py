@@ -20,10 +20,21 @@ from aiohttp.typedefs import Handler
 
 from ..auth.gate import Lease, rate_limited
 from ..auth.gateway_keys import GatewayKey, presented_key
-from ..auth.limits import Decision
+from ..auth.limits import Decision, rate_limit_headers
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import AuthenticationError, ModelNotFoundError, RateLimitedError
-from ..keys import GATEWAY_KEY, KEYRING, LEASE, LIMITS, METRICS, RECORD, SETTINGS, TOKEN_BEARING, TOKENS
+from ..keys import (
+    GATEWAY_KEY,
+    KEYRING,
+    LEASE,
+    LIMITS,
+    METRICS,
+    RATE_LIMITS,
+    RECORD,
+    SETTINGS,
+    TOKEN_BEARING,
+    TOKENS,
+)
 from ..validation import check_model
 
 
@@ -83,6 +94,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
     if not decision.allowed:
         raise _refuse(request, key, decision)
+    request[RATE_LIMITS] = decision
     lease = request[LEASE] = Lease(store, key)
     try:
         return await handler(request)
@@ -128,8 +140,11 @@ def _token_scope(request: web.Request) -> str | None:
     return None
 
 
-async def add_token_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Keep a token-bearing response out of caches and its URL out of Referer headers."""
+async def add_key_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI's rate-limit headers on a keyed response; a token-bearing one kept out of caches and Referers."""
+    decision = request.get(RATE_LIMITS)
+    if decision is not None:
+        response.headers.update(rate_limit_headers(decision))
     if request.get(TOKEN_BEARING):
         response.headers["Referrer-Policy"] = "no-referrer"
         response.headers["Cache-Control"] = "no-store"
@@ -169,6 +184,8 @@ async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
     refused = await lease.reserve(body)
     if refused is not None:
         raise _refuse(request, lease.key, refused)
+    if (taken := lease.last_decision) is not None:
+        request[RATE_LIMITS] = taken
 
 
 def take_lease(request: web.Request) -> Lease | None:

@@ -244,6 +244,7 @@ class Generation:
         log.info(
             "browser_stream_finished",
             stream_id=self.job.stream_id,
+            key=self.job.lease.key.name if self.job.lease is not None else None,
             model=record.model,
             outcome=record.outcome,
             error_code=record.error_code,
