@@ -13,7 +13,7 @@ from .auth.gateway_keys import KeyRing
 from .auth.limits import MemoryLimitStore
 from .auth.tokens import TokenSigner
 from .connections import connection_limit
-from .contexts import end_streams, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
+from .contexts import end_streams, probe_ctx, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
 from .keys import CHAT_SCHEMA, CONNECTION_LIMIT, KEYRING, LIFECYCLE, LIMITS, METRICS, SETTINGS, TOKENS, WORKER_PROXY
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -48,7 +48,8 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     # while everything is still open.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
-    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session
+    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session and the routing
+    app.cleanup_ctx.append(probe_ctx)  # 2b. background probe of upstreams whose breaker is open
     app.cleanup_ctx.append(streams_ctx)  # 3. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 4. sessions to the other workers

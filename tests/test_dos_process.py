@@ -188,6 +188,19 @@ async def test_an_endless_upstream_line_ends_the_stream_with_an_explicit_error_a
     assert rss(facing_hostile) - before < 64 * MIB
 
 
+async def test_an_endless_line_before_any_token_ends_with_the_same_explicit_error(facing_hostile: Gateway) -> None:
+    # The upstream accepted the request, so the stream may have started (200, then a final event)
+    # or not (an HTTP error); either way the code says what happened.
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "endless-first"}], "stream": True}
+    async with aiohttp.ClientSession() as http, http.post(facing_hostile.url + "/v1/chat/completions", json=body) as r:
+        if r.status == 200:
+            error = (await read_events(r))[-1].json()["error"]
+        else:
+            assert r.status == 502
+            error = (await r.json())["error"]
+    assert error["code"] == "upstream_event_too_large"
+
+
 async def test_a_huge_non_streaming_reply_is_502_counted_after_decompression(facing_hostile: Gateway) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "bomb"}]}
     before = rss(facing_hostile)

@@ -1,7 +1,8 @@
 """An upstream that misbehaves on purpose, as its own process: `python -m tests.support.hostile_upstream`.
 
 The last message's content picks the behaviour:
-- `endless-line`: one SSE line that never ends, sent as fast as the reader takes it;
+- `endless-line`: one token, then one SSE line that never ends, sent as fast as the reader takes it;
+- `endless-first`: the endless line before any token;
 - `bomb`: a non-streaming reply of 64 MiB that travels gzip-compressed (about 64 KiB);
 - `n2-cut`: with two choices, choice 0 finishes, choice 1 sends a token, then the body ends;
 - `echo-auth`: a normal short stream whose text is the Authorization header it received;
@@ -42,7 +43,9 @@ async def completions(request: web.Request) -> web.StreamResponse:
     await response.prepare(request)
     sent = 0
     try:
-        if mode == "endless-line":
+        if mode in ("endless-line", "endless-first"):
+            if mode == "endless-line":
+                await response.write(_chunk(0, "before"))
             await response.write(b"data: ")
             while True:
                 await response.write(LINE_PIECE)
