@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,7 +13,15 @@ import pytest
 
 from server.auth.tokens import ONE_STEP_SCOPE, TokenSigner
 from tests.support.client import new_request_id
-from tests.support.processes import Gateway, Simulator, start_hostile_upstream
+from tests.support.processes import (
+    Gateway,
+    ManagedProcess,
+    Simulator,
+    clean_env,
+    free_port,
+    start_hostile_upstream,
+    write_config,
+)
 from tests.support.security import (
     KEY_ALPHA,
     KEY_FROM_ENV,
@@ -26,6 +35,7 @@ from tests.support.security import (
     SECRET,
     TPM,
     bearer,
+    keys_toml,
     start_keyed_gateway,
 )
 from tests.support.sse import openai_text, read_events
@@ -394,3 +404,41 @@ async def test_a_preflight_from_another_origin_or_null_is_refused(keyed: Gateway
         headers = {**bearer(KEY_ALPHA), "Origin": origin}
         async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
+
+
+# --- several workers ---------------------------------------------------------------------------
+
+
+async def test_a_stream_opens_by_key_or_token_through_any_worker(simulator: Simulator, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "keys.toml", keys_toml())
+    env = clean_env(
+        {
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url,
+            "SLUICE_AUTH_SECRET": SECRET,
+            "TEST_GATEWAY_KEY": KEY_FROM_ENV,
+        }
+    )
+    port = free_port()
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", config, "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        url = f"http://127.0.0.1:{port}"
+        fresh = aiohttp.TCPConnector(force_close=True)  # every request on a new connection: any worker
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            async with http.post(
+                url + "/chat/streams", json={"message": "w\n#sim tokens=3"}, headers=bearer(KEY_ALPHA)
+            ) as r:
+                created = await r.json()
+            statuses = []
+            for attempt in range(12):  # half by key, half by token; the kernel spreads them over both workers
+                target = url + (created["url"] if attempt % 2 else "/chat/streams/" + created["id"])
+                headers = {} if attempt % 2 else bearer(KEY_ALPHA)
+                async with http.get(target, headers=headers) as r:
+                    await r.read()
+                    statuses.append(r.status)
+    finally:
+        supervisor.stop()
+    # Six of each on connections the kernel spreads over two workers: all on the owner is 1 in 4096.
+    assert statuses == [200] * 12
