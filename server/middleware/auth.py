@@ -72,7 +72,9 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     """401 without a valid key or token; 429 over the key's limits; else serve and settle."""
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
-    access = _ROUTES.get((request.method, route), Access.OPEN)
+    # HEAD is a GET without its body: it needs what the GET needs.
+    method = "GET" if request.method == "HEAD" else request.method
+    access = _ROUTES.get((method, route), Access.OPEN)
     ring = request.app[KEYRING]
     if access is Access.OPEN:
         return await handler(request)

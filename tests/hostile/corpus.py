@@ -45,6 +45,17 @@ CASES: list[Case] = [
     Case("no key on /chat/streams", "POST", "/chat/streams", 401, json=NATIVE, code="invalid_api_key"),
     Case("no key on one-step GET", "GET", "/chat/stream?message=hi", 401),
     Case("no key on /models", "GET", "/models", 401),
+    Case("HEAD on /models without a key", "HEAD", "/models", 401, envelope=False),
+    Case("HEAD on /v1/models without a key", "HEAD", "/v1/models", 401, envelope=False),
+    Case("HEAD on /metrics without its key", "HEAD", "/metrics", 401, envelope=False),
+    Case("lower-case bearer scheme", "GET", "/models", 200, {"Authorization": f"bearer {KEY_ALPHA}"}),
+    Case("api-key with a Bearer prefix", "GET", "/models", 401, {"api-key": f"Bearer {KEY_ALPHA}"}),
+    Case("key in the api-key query parameter", "GET", f"/models?api-key={KEY_ALPHA}", 401),
+    Case(
+        "a browser token as a bearer key", "GET", "/models", 401, bearer("YWxwaGF8Y2hhdC1zdHJlYW18OTk5OTk5OTk5OQ.AAAA")
+    ),
+    Case("double slash path", "POST", "//v1/chat/completions", statuses(401, 404), json=CHAT),
+    Case("encoded slash path", "POST", "/v1/chat%2Fcompletions", statuses(401, 404), json=CHAT),
     Case("no key on /v1/models", "GET", "/v1/models", 401),
     Case("no key on /v1/models/id", "GET", "/v1/models/gpt-4o", 401),
     Case("no key on the token route", "POST", "/chat/stream/token", 401),
