@@ -65,6 +65,7 @@ _ROUTES: dict[tuple[str, str], Access] = {
 
 _MISSING = "Missing gateway key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
 _WRONG = "Incorrect gateway key provided."
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
 @web.middleware
@@ -103,9 +104,6 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     finally:
         if not lease.transferred:
             await lease.release(record.usage if record else None, record.chunks_relayed if record else 0)
-
-
-_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
 def _authenticate(request: web.Request) -> GatewayKey:
