@@ -25,6 +25,7 @@ from server.middleware.body_timeout import body_timeout_middleware
 from server.middleware.connection_cap import connection_cap_middleware
 from server.middleware.errors import error_middleware
 from server.settings import SettingsError
+from server.streams.backlog import Backlog
 from tests.conftest import AiohttpClient, make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -285,3 +286,20 @@ async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: s
     assert response.status == 400
     assert error["param"] == name
     assert error["code"] == "invalid_request"  # refused by Sluice, not forwarded for the upstream to refuse
+
+
+# --- detached stream backlog -------------------------------------------------------------------
+
+
+async def test_a_backlog_is_full_at_its_limit_and_room_returns_when_a_reader_catches_up() -> None:
+    backlog = Backlog(limit=100)
+    backlog.stored(1, 60)
+    assert not backlog.full
+    backlog.stored(2, 60)
+    assert backlog.full
+    waiting = asyncio.ensure_future(backlog.wait_for_room())
+    await asyncio.sleep(0)  # let the waiter block (one loop turn, not a timing wait)
+    assert not waiting.done()
+    backlog.sent(1)
+    await asyncio.wait_for(waiting, 1)
+    assert backlog.unread_bytes == 60
