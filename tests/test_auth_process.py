@@ -442,3 +442,17 @@ async def test_a_stream_opens_by_key_or_token_through_any_worker(simulator: Simu
         supervisor.stop()
     # Six of each on connections the kernel spreads over two workers: all on the owner is 1 in 4096.
     assert statuses == [200] * 12
+
+
+async def test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed, "hi\n#sim tokens=3")
+        path = "/chat/streams/" + created["id"]
+        async with http.get(keyed.url + path, headers=bearer(KEY_FROM_ENV)) as r:
+            assert r.status == 204
+        async with http.delete(keyed.url + path, headers=bearer(KEY_FROM_ENV)) as r:
+            assert r.status == 204
+        async with http.get(keyed.url + path, headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 200
+            events = await read_events(r)
+    assert events[-1].event == "done"  # the other key's DELETE did not stop it

@@ -71,6 +71,8 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
+    if not _may_access(request, stream_id):
+        return web.Response(status=204)  # another key's stream is answered as an unknown one
     return await _serve(request, stream_id, point.seq if point else 0)
 
 
@@ -79,7 +81,8 @@ async def delete_stream(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
         return await _forward(request, owner)
-    await request.app[STREAMS].stop(stream_id)
+    if _may_access(request, stream_id):
+        await request.app[STREAMS].stop(stream_id)
     return web.Response(status=204)
 
 
@@ -89,6 +92,8 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if point is not None:
         if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
             return await _forward(request, owner)
+        if not _may_access(request, point.stream_id):
+            return web.Response(status=204)
         return await _serve(request, point.stream_id, point.seq)
     for name in request.query:
         if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:
@@ -100,6 +105,13 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     fields = {name: request.query[name] for name in _QUERY_FIELDS if name in request.query}
     stream_id = await _start(request, fields)
     return await _serve(request, stream_id, 0)
+
+
+def _may_access(request: web.Request, stream_id: str) -> bool:
+    """False when gateway keys are on and another key started the stream."""
+    key = request_key(request)
+    owner = request.app[STREAMS].owner(stream_id)
+    return key is None or owner is None or owner == key.name
 
 
 def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:

@@ -50,7 +50,10 @@ class StreamRegistry:
         self._services = services
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
+        self._retention = bounds.retention_seconds
         self._live: dict[str, _Live] = {}
+        # The gateway key that started each stream, kept as long as the stream is.
+        self._owners: dict[str, str] = {}
 
     @property
     def store(self) -> StreamStore:
@@ -76,6 +79,8 @@ class StreamRegistry:
                 code="overloaded",
                 headers={"Retry-After": retry_after},
             )
+        if lease is not None:
+            self._owners[stream_id] = lease.key.name
         generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
@@ -100,6 +105,10 @@ class StreamRegistry:
                 live.readers -= 1
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
+
+    def owner(self, stream_id: str) -> str | None:
+        """The name of the gateway key that started `stream_id` (None without auth, or once it expired)."""
+        return self._owners.get(stream_id)
 
     def sent(self, stream_id: str, seq: int) -> None:
         """A reader was sent the events up to `seq`: the generation may read on if it held back."""
@@ -145,6 +154,8 @@ class StreamRegistry:
         live = self._live.pop(stream_id, None)
         if live is not None and live.grace is not None:
             live.grace.cancel()
+        if stream_id in self._owners:
+            asyncio.get_running_loop().call_later(self._retention, self._owners.pop, stream_id, None)
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())
