@@ -70,6 +70,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     accepted = asyncio.Event()
     opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
     continued: ContinuedStream | None = None
+    response: SSEResponse | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
             await _until_started(opening, accepted, settings.stream.heartbeat_interval)
@@ -87,7 +88,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             if continues:
                 chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
-            await response.prepare(request)
+            await _prepare(response, request)
             record.response_status = response.status
             guard.set_send_timeout_callback(response.abort)
             start = dialect.start()
@@ -109,6 +110,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
         finally:
             guard.close()
             record.malformed_chunks = _malformed(opening)
+            if response is not None:
+                response.stop_heartbeat()
             _close_opened(opening)
             if continued is not None:
                 continued.close()
@@ -192,6 +195,16 @@ def _choices(body: dict[str, Any]) -> int:
     """The request's `n`: how many choices must finish (validated at the edge; 1 when absent)."""
     n = body.get("n")
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+
+
+async def _prepare(response: SSEResponse, request: web.Request) -> None:
+    """Send the headers; a client gone by now ends the handler as any disconnect does."""
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        # The peer's reset reached the transport before aiohttp cancelled the handler.
+        request[RECORD].outcome = Outcome.CLIENT_DISCONNECTED
+        raise asyncio.CancelledError from None
 
 
 def _note_usage(content: bytes, record: RequestRecord) -> None:
