@@ -11,7 +11,7 @@ from aiohttp import web
 
 from .auth.gateway_keys import KeyRing
 from .auth.limits import MemoryLimitStore
-from .auth.tokens import TokenSigner
+from .auth.tokens import TokenSigner, token_secret
 from .connections import connection_limit
 from .contexts import end_streams, probe_ctx, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
 from .keys import CHAT_SCHEMA, CONNECTION_LIMIT, KEYRING, LIFECYCLE, LIMITS, METRICS, SETTINGS, TOKENS, WORKER_PROXY
@@ -67,6 +67,5 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
     """Gateway keys, their limits (counted in this process), browser tokens and the connection cap."""
     app[KEYRING] = KeyRing.from_settings(settings.auth)
     app[LIMITS] = MemoryLimitStore()
-    secret = settings.auth.secret.get_secret_value().encode() if settings.auth.secret is not None else b""
-    app[TOKENS] = TokenSigner(secret, settings.auth.token_ttl_seconds)
+    app[TOKENS] = TokenSigner(token_secret(settings.auth), settings.auth.token_ttl_seconds)
     app[CONNECTION_LIMIT] = connection_limit(settings.connections)

@@ -162,10 +162,6 @@ class AuthSettings(_Section):
         names = [key.name for key in self.keys]
         if len(names) != len(set(names)):
             raise ValueError("auth.keys: every key needs its own name")
-        if self.keys and self.secret is None:
-            raise ValueError(
-                f"keys are configured, so {self.secret_env} must hold the secret that signs browser tokens"
-            )
         return self
 
     @property

@@ -16,7 +16,7 @@ from run import warn_if_open
 from server.app import create_app
 from server.auth.gateway_keys import KeyRing
 from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, rate_limit_headers
-from server.auth.tokens import TokenSigner
+from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
 from server.cors import CorsPolicy
 from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
@@ -127,9 +127,13 @@ def test_a_key_is_found_by_its_hash_and_only_by_it() -> None:
     assert ring.find(KEY.upper()) is None
 
 
-def test_keys_without_the_token_secret_are_a_settings_error() -> None:
-    with pytest.raises(SettingsError, match="SLUICE_AUTH_SECRET"):
-        make_settings(auth=keyed_settings())
+def test_keys_without_the_token_secret_get_a_random_one_and_a_warning() -> None:
+    auth = make_settings(auth=keyed_settings()).auth
+    with capture_logs() as logs:
+        first, second = token_secret(auth), token_secret(auth)
+    assert len(first) == 32
+    assert first != second
+    assert [entry["event"] for entry in logs] == ["token_secret_generated"] * 2
 
 
 def test_a_key_env_that_is_not_set_is_a_settings_error() -> None:

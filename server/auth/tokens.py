@@ -13,9 +13,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+import structlog
+
+from ..settings import AuthSettings
 
 # The scope of a token for the one-step `GET /chat/stream?message=...` route.
 ONE_STEP_SCOPE = "chat-stream"
@@ -67,6 +72,19 @@ class TokenSigner:
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
+
+
+def token_secret(auth: AuthSettings) -> bytes:
+    """The configured secret; without one, a random secret of this process (tokens then die with it)."""
+    if auth.secret is not None:
+        return auth.secret.get_secret_value().encode()
+    if auth.enabled:
+        structlog.get_logger("sluice.auth").warning(
+            "token_secret_generated",
+            message=f"{auth.secret_env} is not set: browser tokens are signed with a random secret of this "
+            "process, so they stop working at a restart and across --workers or instances.",
+        )
+    return secrets.token_bytes(32)
 
 
 def _encode(data: bytes) -> str:
