@@ -387,7 +387,7 @@ async def test_a_preflight_from_the_allowlisted_origin_is_echoed_with_vary(keyed
             assert r.status == 200
             assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
             assert "Origin" in r.headers.getall("Vary")
-            assert "Authorization" in r.headers["Access-Control-Allow-Headers"]
+            assert "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
             assert "Access-Control-Allow-Credentials" not in r.headers
         headers = {**bearer(KEY_ALPHA), "Origin": ORIGIN}
         async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:

@@ -60,7 +60,9 @@ async def preflight(request: web.Request) -> web.Response:
         headers={
             hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: allowed,
             hdrs.ACCESS_CONTROL_ALLOW_METHODS: ", ".join(sorted(methods)),
-            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: ALLOW_HEADERS,
+            # What the page asks for (the OpenAI SDKs add their own x-stainless-* headers): the
+            # origin is allowed, and a header grants nothing a request without it lacks.
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, ALLOW_HEADERS),
             hdrs.ACCESS_CONTROL_MAX_AGE: MAX_AGE,
         },
     )
