@@ -164,8 +164,8 @@ async def test_the_clients_authorization_never_reaches_the_upstream(tmp_path: Pa
 
 
 async def test_a_key_removed_from_the_config_is_refused_after_a_restart(simulator: Simulator, tmp_path: Path) -> None:
-    before = start_keyed_gateway(tmp_path / "before", simulator) if (tmp_path / "before").mkdir() is None else None
-    assert before is not None
+    (tmp_path / "before").mkdir()
+    before = start_keyed_gateway(tmp_path / "before", simulator)
     try:
         async with aiohttp.ClientSession() as http:
             async with http.post(before.url + "/chat/streams", json={"message": "hi"}, headers=bearer(KEY_ALPHA)) as r:

@@ -298,9 +298,9 @@ async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: s
 async def test_a_backlog_is_full_at_its_limit_and_room_returns_when_a_reader_catches_up() -> None:
     backlog = Backlog(limit=100)
     backlog.stored(1, 60)
-    assert not backlog.full
+    below = backlog.full
     backlog.stored(2, 60)
-    assert backlog.full
+    assert (below, backlog.full) == (False, True)
     waiting = asyncio.ensure_future(backlog.wait_for_room())
     await asyncio.sleep(0)  # let the waiter block (one loop turn, not a timing wait)
     assert not waiting.done()
