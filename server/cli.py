@@ -29,6 +29,7 @@ SHUTDOWN_TIMEOUT = 5.0
 DEFAULT_PORT = 8080
 # Exit status of every start-up mistake, as argparse uses for a wrong flag.
 USAGE_ERROR = 2
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 # Errors binding the listening socket that are the operator's to fix, not a bug.
 _BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
 
@@ -135,11 +136,12 @@ def serve(
             integration="simulated" if settings.simulated else "openai",
             upstream=loggable_url(upstream_url(app)),
             models=len(settings.models.available),
-            auth=_auth_state(settings),
+            auth="on" if settings.auth.enabled else "off",
             pid=os.getpid(),
             worker_index=worker.index if worker is not None else None,
         )
 
+    warn_if_open(settings, host)
     # Everything imported and built so far lives as long as the process: moving it out of the
     # collector's sight keeps full collections short. bench/ measured them freezing the loop for
     # 60-500 ms with thousands of live streams, enough to stall streams and overflow the accept queue.
@@ -155,6 +157,9 @@ def serve(
         access_log=None,
         print=announce,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp arms this at connect and after each response, and closes a connection still
+        # waiting for a complete request then: the header-read deadline and the keep-alive idle limit.
+        keepalive_timeout=settings.connections.header_timeout,
         backlog=settings.server.backlog,
         reuse_port=reuse_port or None,
         # A worker also listens on its own Unix socket, where the others relay its browser streams.
@@ -162,11 +167,16 @@ def serve(
     )
 
 
-def _auth_state(settings: Settings) -> str:
-    """Whether clients must present a gateway key ("off" until gateway keys exist, issue 12)."""
-    auth = getattr(settings, "auth", None)
-    keys = getattr(auth, "keys", None)
-    return "on" if keys else "off"
+def warn_if_open(settings: Settings, host: str) -> None:
+    """Say so at start-up when anyone who can reach a non-loopback address may use the upstream key."""
+    if settings.auth.enabled or host in LOOPBACK_HOSTS:
+        return
+    structlog.get_logger("sluice").warning(
+        "gateway_open",
+        message="No gateway keys are configured and Sluice listens on a non-loopback address: "
+        "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
+        host=host,
+    )
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

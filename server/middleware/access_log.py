@@ -65,6 +65,8 @@ def _finished(request: web.Request, record: RequestRecord, status: int, duration
     _log(request, record, status, duration)
     metrics = request.app[METRICS]
     metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
+    if record.key is not None:
+        metrics.child(metrics.key_requests, record.key, str(status)).inc()
     if record.stream is not None:
         metrics.chat_finished(record, duration, status)
 
@@ -82,6 +84,10 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
     if status >= 400 and record.error_code:
         fields["error_code"] = record.error_code
         fields["param"] = record.error_param
+    if record.key is not None:
+        fields["key"] = record.key
+    if record.malformed_chunks:
+        fields["malformed_chunks"] = record.malformed_chunks
     if record.stream is not None:
         fields.update(
             model=record.model,
