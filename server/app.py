@@ -15,6 +15,7 @@ from .openai_schema import ChatCompletionValidator
 from .peers import Peers, WorkerIdentity, peers_ctx
 from .routes import setup_cors, setup_routes
 from .settings import Settings
+from .shared.link import redis_ctx
 from .simulator import Pace, create_simulator_app
 from .streams.registry import end_streams, streams_ctx
 from .streams.settings import BrowserStreamSettings
@@ -39,9 +40,12 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)
     app.cleanup_ctx.append(upstream_ctx)
+    # Before the streams: with `[redis] url` set they are kept there, and close before the link.
+    app.cleanup_ctx.append(redis_ctx)
     # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
     app.cleanup_ctx.append(streams_ctx)
-    if worker is not None:
+    # With Redis, any worker serves any stream: the Unix-socket relay between workers is not needed.
+    if worker is not None and settings.redis.url is None:
         app[PEERS] = Peers(worker)
         app.cleanup_ctx.append(peers_ctx)
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.

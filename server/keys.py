@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the keys' types are named in strings: these modules import 
     from .openai_schema import ChatCompletionValidator  # noqa: F401
     from .peers import Peers  # noqa: F401
     from .settings import Settings  # noqa: F401
+    from .shared.link import RedisLink  # noqa: F401
     from .streams.registry import StreamRegistry  # noqa: F401
     from .streams.settings import BrowserStreamSettings  # noqa: F401
     from .upstream import Upstream  # noqa: F401
@@ -26,6 +27,7 @@ SIMULATOR_URL = web.AppKey[str]("simulator_url")
 BROWSER_STREAMS = web.AppKey["BrowserStreamSettings"]("browser_streams")
 STREAMS = web.AppKey["StreamRegistry"]("streams")
 PEERS = web.AppKey["Peers"]("peers")
+REDIS = web.AppKey["RedisLink"]("redis")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 RESPONSE_STARTED = web.RequestKey[bool]("response_started")

@@ -83,6 +83,30 @@ class BrowserSettings(_Section):
     max_streams: int = Field(ge=1)
 
 
+class RedisSettings(_Section):
+    """Shared state for several instances; an empty `url` keeps everything in this process's memory."""
+
+    url: SecretStr | None = None
+    key_prefix: str = Field(min_length=1)
+    lease_seconds: float = Field(gt=0)
+    reader_connections: int = Field(ge=1)
+    outage_seconds: float = Field(ge=0)
+    fail_open: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") == "":
+            return {**data, "url": None}
+        return data
+
+    @model_validator(mode="after")
+    def _url_is_redis(self) -> RedisSettings:
+        if self.url is not None and not self.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("url must start with redis://, rediss:// or unix://")
+        return self
+
+
 class SimulatorSettings(_Section):
     ttft_ms: float = Field(ge=0)
     gap_ms: float = Field(ge=0)
@@ -100,6 +124,7 @@ class Settings(_Section):
     models: ModelSettings
     browser: BrowserSettings
     simulator: SimulatorSettings
+    redis: RedisSettings
 
     @property
     def simulated(self) -> bool:

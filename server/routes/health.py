@@ -7,7 +7,7 @@ import os
 from aiohttp import web
 
 from .. import __version__
-from ..keys import LIFECYCLE, SETTINGS, UPSTREAM
+from ..keys import LIFECYCLE, REDIS, SETTINGS, UPSTREAM
 
 
 async def health(request: web.Request) -> web.Response:
@@ -27,4 +27,9 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "draining"}, status=503)
     if request.app[UPSTREAM].is_down:
         return web.json_response({"status": "upstream_down"}, status=503)
+    link = request.app.get(REDIS)
+    if link is not None and not link.up:
+        # Still ready: /v1 and attached streams need no Redis, and every replica shares this
+        # Redis, so failing readiness would take them all out of the load balancer at once.
+        return web.json_response({"status": "redis_down"})
     return web.json_response({"status": "ready"})

@@ -19,13 +19,14 @@ import structlog
 from aiohttp import web
 
 from ..errors import ServiceUnavailableError
-from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, PEERS, SETTINGS, STREAMS, UPSTREAM
+from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, PEERS, REDIS, SETTINGS, STREAMS, UPSTREAM
 from ..lifecycle import FINAL_EVENT_GRACE
 from .generation import Generation, Job, Services, StopReason
 from .memory import MemoryStreamStore
+from .redis_store import RedisStreamStore
 from .resume import new_stream_id
 from .settings import BrowserStreamSettings
-from .store import StreamStore
+from .store import StoreUnavailableError, StreamStore
 
 log = structlog.get_logger("sluice.streams")
 
@@ -48,6 +49,7 @@ class StreamRegistry:
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
         self._live: dict[str, _Live] = {}
+        services.store.on_stop_request(self.stop_requested)
 
     @property
     def store(self) -> StreamStore:
@@ -64,12 +66,18 @@ class StreamRegistry:
         services = self._services
         services.lifecycle.admit()
         stream_id = self._id_prefix + new_stream_id()
-        if not await services.store.create(stream_id):
-            retry_after = str(services.settings.server.retry_after)
+        retry_after = {"Retry-After": str(services.settings.server.retry_after)}
+        try:
+            created = await services.store.create(stream_id)
+        except StoreUnavailableError:
             raise ServiceUnavailableError(
-                "Sluice holds as many streams as it may; retry shortly.",
-                code="overloaded",
-                headers={"Retry-After": retry_after},
+                "Browser streams are unavailable while Sluice cannot reach Redis; retry shortly.",
+                code="store_unavailable",
+                headers=retry_after,
+            ) from None
+        if not created:
+            raise ServiceUnavailableError(
+                "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
         generation = Generation(Job(stream_id, request_id, route, model, body), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
@@ -97,9 +105,17 @@ class StreamRegistry:
                     self._arm_grace(stream_id, live)
 
     async def stop(self, stream_id: str) -> None:
-        """Stop the generation, if it runs; return once its upstream is closed and its end stored."""
+        """Stop the generation, here or on another instance; return once its end is stored."""
         live = self._live.get(stream_id)
         if live is None:
+            try:
+                await self.store.stop_elsewhere(stream_id)
+            except StoreUnavailableError:
+                raise ServiceUnavailableError(
+                    "Sluice cannot reach Redis to stop the stream; retry shortly.",
+                    code="store_unavailable",
+                    headers={"Retry-After": str(self._services.settings.server.retry_after)},
+                ) from None
             return
         live.generation.stop(StopReason.CANCELLED)
         # wait(), not await: a caller that leaves must not cancel the generation's own cleanup.
@@ -125,7 +141,16 @@ class StreamRegistry:
         loop = asyncio.get_running_loop()
         live.grace = loop.call_later(self._grace, self._abandoned, stream_id, live)
 
+    def stop_requested(self, stream_id: str) -> None:
+        """Another instance asked to stop `stream_id`: stop it if it runs here."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.generation.stop(StopReason.CANCELLED)
+
     def _abandoned(self, stream_id: str, live: _Live) -> None:
+        if self.store.read_elsewhere(stream_id):
+            self._arm_grace(stream_id, live)  # read through another instance: not abandoned
+            return
         live.grace = None
         log.info("browser_stream_abandoned", stream_id=stream_id, grace_seconds=self._grace)
         live.generation.stop(StopReason.ABANDONED)
@@ -150,9 +175,7 @@ async def end_streams(app: web.Application) -> None:
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     """The detached streams' store and registry for the application's lifetime (after the upstream's)."""
     bounds = app[BROWSER_STREAMS]
-    store = MemoryStreamStore(
-        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
-    )
+    store = open_store(app, bounds)
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
     )
@@ -161,3 +184,15 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     app[STREAMS] = registry
     yield
     await registry.close()
+
+
+def open_store(app: web.Application, bounds: BrowserStreamSettings) -> StreamStore:
+    """Redis Streams when Redis is configured (redis_ctx ran first), else this process's memory."""
+    link = app.get(REDIS)
+    if link is None:
+        return MemoryStreamStore(
+            max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+        )
+    store = RedisStreamStore(link, bounds)
+    store.start()
+    return store
