@@ -1,0 +1,223 @@
+"""Two `python run.py` instances sharing browser streams through a real redis-server, behind real nginx.
+
+Each instance is addressed directly when a test needs to say which one does what, and through
+nginx where the point is that the load balancer can send a request anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import aiohttp
+import pytest
+
+from tests.conftest import StartNginx
+from tests.support.client import new_request_id, sim_wait
+from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.servers import NginxServer, RedisServer
+from tests.support.sse import Event, SSEParser, tokens_text
+
+LONG = "#sim tokens=100000 gap_ms=20"
+
+
+def redis_env(redis_server: RedisServer) -> dict[str, str]:
+    return {"SLUICE_REDIS_URL": redis_server.url, "SLUICE_REDIS_LEASE_SECONDS": "1.0"}
+
+
+@dataclass
+class Cluster:
+    first: Gateway
+    second: Gateway
+    nginx: NginxServer
+    simulator: Simulator
+    redis: RedisServer
+
+
+@pytest.fixture
+def cluster(simulator: Simulator, redis_server: RedisServer, start_nginx_in_front: StartNginx) -> Iterator[Cluster]:
+    started: list[Gateway] = []
+    try:
+        for _ in range(2):
+            started.append(start_gateway(upstream=simulator, env=redis_env(redis_server)))
+        nginx = start_nginx_in_front([g.url.removeprefix("http://") for g in started])
+        yield Cluster(started[0], started[1], nginx, simulator, redis_server)
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+
+
+async def start(http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None) -> str:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    async with http.post(url + "/chat/streams", json={"message": message}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["id"])
+
+
+class Reader:
+    """One connection to a stream's events, read a little at a time."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.events: list[Event] = []
+        self._parser = SSEParser()
+
+    @classmethod
+    async def open(cls, http: aiohttp.ClientSession, url: str, stream_id: str, after: str | None = None) -> Reader:
+        headers = {"Last-Event-ID": after} if after else {}
+        response = await http.get(f"{url}/chat/streams/{stream_id}", headers=headers)
+        assert response.status == 200, await response.text()
+        return cls(response)
+
+    async def until(self, count: int) -> list[Event]:
+        """Read until `count` events with data have arrived (or the stream ended)."""
+        async for chunk in self.response.content.iter_any():
+            self.events.extend(e for e in self._parser.feed(chunk) if e.comment is None and e.data)
+            if len(self.events) >= count:
+                break
+        return self.events
+
+    async def rest(self) -> list[Event]:
+        async for chunk in self.response.content.iter_any():
+            self.events.extend(e for e in self._parser.feed(chunk) if e.comment is None and e.data)
+        return self.events
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def seqs(events: list[Event]) -> list[int]:
+    return [int(str(e.id).rsplit(":", 1)[1]) for e in events]
+
+
+async def test_a_stream_started_on_one_instance_is_read_cut_and_resumed_on_the_other_with_identical_text(
+    cluster: Cluster,
+) -> None:
+    message = "across\n#sim tokens=60 gap_ms=10"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        head = list(await reader.until(5))[:5]
+        reader.close()  # cut
+        resumed = await Reader.open(http, cluster.second.url, stream_id, after=str(head[-1].id))
+        tail = await asyncio.wait_for(resumed.rest(), 30)
+        # Read whole again through nginx, from either instance: the same events.
+        whole = await asyncio.wait_for((await Reader.open(http, cluster.nginx.url, stream_id)).rest(), 30)
+        async with http.post(cluster.first.url + "/chat", json={"message": message}) as response:
+            reply = (await response.json())["response"]
+    events = head + tail
+    assert seqs(events) == list(range(1, len(events) + 1))
+    assert events[-1].event == "done"
+    assert [(e.id, e.data) for e in whole] == [(e.id, e.data) for e in events]
+    assert tokens_text(events) == reply
+
+
+@pytest.mark.parametrize("through", ["producer", "other"])
+async def test_a_stop_through_either_instance_closes_the_upstream_and_ends_the_stream(
+    cluster: Cluster, through: str
+) -> None:
+    rid = new_request_id(f"stop-{through}")
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "stop me\n" + LONG, rid)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        stopper = cluster.first if through == "producer" else cluster.second
+        async with http.delete(f"{stopper.url}/chat/streams/{stream_id}") as response:
+            assert response.status == 204
+        record = await sim_wait(http, cluster.simulator.url, rid, "closed")
+        events = await asyncio.wait_for(reader.rest(), 10)
+    assert record["outcome"] == "client_aborted"
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "stream_cancelled"
+
+
+async def test_sigkill_of_the_producing_instance_ends_readers_elsewhere_with_generation_lost(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "doomed\n" + LONG)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        cluster.first.process.signal(signal.SIGKILL)
+        # Lease 1 s in these tests; the bound leaves room on a loaded machine.
+        events = await asyncio.wait_for(reader.rest(), 20)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "generation_lost"
+    assert seqs(events[:-1]) == list(range(1, len(events)))
+
+
+async def test_redis_killed_and_restarted_mid_stream_loses_nothing_for_a_reader_on_the_other_instance(
+    cluster: Cluster,
+) -> None:
+    message = "survive\n#sim tokens=150 gap_ms=20"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(5)
+        cluster.redis.kill()
+        cluster.first.process.wait_for_event("redis_down")
+        cluster.second.process.wait_for_event("redis_down")
+        cluster.redis.start()
+        events = await asyncio.wait_for(reader.rest(), 30)
+        async with http.post(cluster.first.url + "/chat", json={"message": message}) as response:
+            reply = (await response.json())["response"]
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))
+    assert tokens_text(events) == reply
+
+
+async def test_with_redis_down_new_detached_streams_get_503_while_v1_and_attached_streams_work(
+    cluster: Cluster,
+) -> None:
+    cluster.redis.kill()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(cluster.first.url + "/chat/streams", json={"message": "hi"}) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"].isdigit()
+            assert (await response.json())["error"]["code"] == "store_unavailable"
+        body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(cluster.first.url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+            assert (await response.read()).endswith(b"data: [DONE]\n\n")
+        async with http.post(cluster.first.url + "/chat/stream", json={"message": "hi"}) as response:
+            assert response.status == 200
+            assert b"event: done" in await response.read()
+        async with http.get(cluster.first.url + "/readyz") as ready, http.get(cluster.first.url + "/livez") as live:
+            assert (ready.status, (await ready.json())["status"]) == (200, "redis_down")
+            assert live.status == 200
+
+
+async def test_a_detached_stream_running_when_redis_dies_finishes_for_its_reader_on_the_same_instance(
+    cluster: Cluster,
+) -> None:
+    message = "local\n#sim tokens=80 gap_ms=20"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.first.url, stream_id)
+        await reader.until(3)
+        cluster.redis.kill()
+        cluster.first.process.wait_for_event("redis_down")
+        events = await asyncio.wait_for(reader.rest(), 30)
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_a_reader_on_another_instance_keeps_the_generation_past_the_grace_period(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    env = {**redis_env(redis_server), "SLUICE_BROWSER_READER_GRACE_SECONDS": "1.0"}
+    gateways = [start_gateway(upstream=simulator, env=env) for _ in range(2)]
+    try:
+        rid = new_request_id("grace")
+        async with aiohttp.ClientSession() as http:
+            stream_id = await start(http, gateways[0].url, "watched\n#sim tokens=200 gap_ms=20", rid)
+            reader = await Reader.open(http, gateways[1].url, stream_id)
+            events = await asyncio.wait_for(reader.rest(), 30)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    # 200 tokens at 20 ms: four seconds, four grace periods, and never abandoned.
+    assert events[-1].event == "done"
+    assert gateways[0].process.events("browser_stream_abandoned") == []
