@@ -17,23 +17,15 @@ from server.settings import RedisSettings
 from server.shared.link import RedisLink
 from server.streams.redis_keys import StreamKeys
 from server.streams.redis_store import RedisStreamStore
-from server.streams.settings import BrowserStreamSettings
 from server.streams.store import EventsDroppedError, GenerationLostError, StoredEvent, StoreUnavailableError
+from tests.conftest import make_settings
 from tests.support.servers import RedisServer
 
 KEYS = StreamKeys("sluice")
 
 
-def redis_settings(url: str, **changes: Any) -> RedisSettings:
-    values: dict[str, Any] = {
-        "url": url,
-        "key_prefix": "sluice",
-        "lease_seconds": 1.0,
-        "reader_connections": 2,
-        "outage_seconds": 10.0,
-        "fail_open": True,
-    }
-    return RedisSettings.model_validate({**values, **changes})
+def redis_settings(url: str) -> RedisSettings:
+    return make_settings(redis={"url": url, "lease_seconds": 1.0}).redis
 
 
 MakeStore = Callable[..., "asyncio.Future[RedisStreamStore]"]
@@ -47,7 +39,7 @@ async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., A
     async def make(**bounds: Any) -> RedisStreamStore:
         link = RedisLink(redis_settings(redis_server.url))
         link.start()
-        store = RedisStreamStore(link, BrowserStreamSettings(**bounds))
+        store = RedisStreamStore(link, make_settings(browser=bounds).browser)
         store.start()
         made.append((link, store))
         return store

@@ -1,4 +1,4 @@
 """State shared between Sluice instances through Redis, when `[redis] url` is set.
 
-link.py    the connections to Redis and whether it answers now (`redis_ctx`)
+link.py    the connections to Redis and whether it answers now (opened by contexts.redis_ctx)
 """

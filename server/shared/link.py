@@ -11,18 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import AsyncIterator
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from aiohttp import web
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from ..keys import REDIS, SETTINGS
 from ..settings import RedisSettings
 
 log = structlog.get_logger("sluice.redis")
@@ -104,16 +101,3 @@ class RedisLink:
             "client_name": f"sluice-{self.instance}",
         }
         return aioredis.Redis.from_url(self._url, **{**defaults, **options})
-
-
-async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The link to Redis for the application's lifetime, when `[redis] url` is set."""
-    settings = app[SETTINGS].redis
-    if settings.url is None:
-        yield
-        return
-    link = RedisLink(settings)
-    link.start()
-    app[REDIS] = link
-    yield
-    await link.close()

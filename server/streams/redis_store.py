@@ -20,12 +20,12 @@ from typing import Any
 
 import structlog
 
+from ..settings import BrowserSettings
 from ..shared.link import UNREACHABLE, RedisLink
 from .memory import MemoryStreamStore
 from .redis_follow import Follower
 from .redis_keys import END, EVENT, StreamKeys, entry_id, entry_seq
 from .redis_write import RedisWriter
-from .settings import BrowserStreamSettings
 from .store import EventsDroppedError, GenerationLostError, Slice, StoredEvent, StoreUnavailableError
 
 log = structlog.get_logger("sluice.streams")
@@ -37,7 +37,7 @@ STOP_WAIT = 5.0
 class RedisStreamStore:
     """StreamStore shared through Redis; this instance's own streams also in memory."""
 
-    def __init__(self, link: RedisLink, bounds: BrowserStreamSettings) -> None:
+    def __init__(self, link: RedisLink, bounds: BrowserSettings) -> None:
         self._link = link
         self._keys = StreamKeys(link.prefix)
         self._lease = link.settings.lease_seconds
