@@ -47,6 +47,8 @@ def cluster(simulator: Simulator, redis_server: RedisServer, start_nginx_in_fron
     finally:
         for gateway in started:
             gateway.process.stop()
+            # Shown only when the test failed: what went wrong inside the instances.
+            print(*(e for e in gateway.process.events() if e.get("log_level") in ("error", "critical")), sep="\n")
 
 
 async def start(http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None) -> str:
