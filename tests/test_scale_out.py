@@ -48,7 +48,7 @@ def cluster(simulator: Simulator, redis_server: RedisServer, start_nginx_in_fron
         for gateway in started:
             gateway.process.stop()
             # Shown only when the test failed: what went wrong inside the instances.
-            print(*(e for e in gateway.process.events() if e.get("log_level") in ("error", "critical")), sep="\n")
+            print(*(e for e in gateway.process.events() if e.get("level") in ("error", "critical")), sep="\n")
 
 
 async def start(http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None) -> str:
@@ -163,11 +163,14 @@ async def test_redis_killed_and_restarted_mid_stream_loses_nothing_for_a_reader_
         cluster.second.process.wait_for_event("redis_down")
         cluster.redis.start()
         events = await asyncio.wait_for(reader.rest(), 30)
+        # The restarted Redis started empty: the producer wrote the whole stream again.
+        again = await asyncio.wait_for((await Reader.open(http, cluster.second.url, stream_id)).rest(), 30)
         async with http.post(cluster.first.url + "/chat", json={"message": message}) as response:
             reply = (await response.json())["response"]
     assert events[-1].event == "done"
     assert seqs(events) == list(range(1, len(events) + 1))
     assert tokens_text(events) == reply
+    assert [(e.id, e.data) for e in again] == [(e.id, e.data) for e in events]
 
 
 async def test_with_redis_down_new_detached_streams_get_503_while_v1_and_attached_streams_work(

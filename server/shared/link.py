@@ -46,6 +46,8 @@ class RedisLink:
         self._up.set()  # assumed until a command fails: starting never waits for Redis
         self._down = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
+        # Times Redis was found unreachable: whoever keeps copies there rewrites them after each.
+        self.outages = 0
 
     @property
     def up(self) -> bool:
@@ -60,6 +62,7 @@ class RedisLink:
         """Record that a command found Redis unreachable; the health loop watches for its return."""
         if self._up.is_set():
             log.warning("redis_down", error=type(exc).__name__)
+            self.outages += 1
             self._up.clear()
             self._down.set()
 

@@ -136,11 +136,11 @@ class RedisStreamStore:
                     if not last or END in last[0][1]:
                         return
                     await self._follower.wait(key, entry_seq(last[0][0]), within=self._lease)
+        except TimeoutError:  # first: the builtin TimeoutError is an OSError, one of UNREACHABLE
+            log.warning("browser_stream_stop_unconfirmed", stream_id=stream_id)
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise StoreUnavailableError("Redis is unreachable") from None
-        except TimeoutError:
-            log.warning("browser_stream_stop_unconfirmed", stream_id=stream_id)
 
     def on_stop_request(self, handler: Callable[[str], None]) -> None:
         self._stop_handler = handler

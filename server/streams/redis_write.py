@@ -6,10 +6,11 @@ stream in one pipeline; while that round trip is in flight new events gather, so
 grow with the load and an idle stream's event goes out at once. XADD with the event's own
 sequence number as the entry id makes a write idempotent: one sent twice is rejected.
 
-When Redis fails, events stay in memory (the local buffers are bounded anyway) and, once it
-answers again, every stream this instance still holds is written again in full: entries Redis
-kept are rejected as replays, ones a restart lost are restored. A renewer keeps each running
-stream's lease alive and learns which streams have readers on other instances.
+When Redis fails, events stay in memory (the local buffers are bounded anyway). After any
+outage, noticed by whichever task, the next flush rewrites every stream this instance still holds,
+each in one MULTI/EXEC (delete, then every held event): a Redis that restarted empty gets them
+back, one that kept them is left as it was, and no reader sees a stream half-written. A renewer
+keeps each running stream's lease alive and learns which streams have readers on other instances.
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ class RedisWriter:
         self._dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
+        self._outages_seen = link.outages
         self.read_elsewhere: set[str] = set()
 
     def start(self) -> None:
@@ -105,7 +107,7 @@ class RedisWriter:
             except UNREACHABLE as exc:
                 self._link.failed(exc)
                 await self._link.wait_up(float("inf"))
-                self._resync_all()
+                self._wake.set()
 
     def _resync_all(self) -> None:
         for stream_id, box in self._outboxes.items():
@@ -113,10 +115,15 @@ class RedisWriter:
             self._mark(stream_id)
 
     async def _flush_once(self) -> None:
+        if self._link.outages != self._outages_seen:
+            self._outages_seen = self._link.outages
+            self._resync_all()
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        pipe = self._link.client.pipeline(transaction=False)
+        # A rewrite must be atomic, so readers never see a stream deleted and not yet rewritten.
+        rewrite = any(box.resync for stream_id in dirty if (box := self._outboxes.get(stream_id)) is not None)
+        pipe = self._link.client.pipeline(transaction=rewrite)
         sent: list[tuple[str, _Outbox, list[StoredEvent], bool]] = []
         for stream_id in dirty:
             box = self._outboxes.get(stream_id)
@@ -142,6 +149,8 @@ class RedisWriter:
 
     def _queue(self, pipe: Pipeline, stream_id: str, box: _Outbox, events: list[StoredEvent]) -> None:
         key = self._keys.events(stream_id)
+        if box.resync:
+            pipe.delete(key)  # whatever Redis kept or lost, the held events replace it
         for event in events:
             pipe.xadd(key, {EVENT: event.data}, id=entry_id(event.seq), maxlen=self._max_entries, approximate=False)
         retention = self._local.retention
