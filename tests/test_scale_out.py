@@ -8,15 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import aiohttp
+import psutil
 import pytest
 
 from tests.conftest import StartNginx
 from tests.support.client import new_request_id, sim_wait
-from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
 from tests.support.servers import NginxServer, RedisServer
 from tests.support.sse import Event, SSEParser, tokens_text
 
@@ -226,3 +228,40 @@ async def test_a_reader_on_another_instance_keeps_the_generation_past_the_grace_
     # 200 tokens at 20 ms: four seconds, four grace periods, and never abandoned.
     assert events[-1].event == "done"
     assert gateways[0].process.events("browser_stream_abandoned") == []
+
+
+async def test_workers_on_redis_read_each_others_streams_without_any_unix_socket(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    env = clean_env(
+        {
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url,
+            **redis_env(redis_server),
+        }
+    )
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: either worker
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            stream_id = await start(http, url, "w\n#sim tokens=5")
+            bodies, pids = [], set()
+            for _ in range(40):
+                async with http.get(f"{url}/chat/streams/{stream_id}") as response:
+                    bodies.append(await Reader(response).rest())
+                async with http.get(url + "/livez") as response:
+                    pids.add((await response.json())["pid"])
+                if len(pids) == 2 and len(bodies) >= 4:
+                    break
+        workers = [psutil.Process(pid) for pid in pids]
+        sockets = [conn for worker in workers for conn in worker.net_connections("unix") if conn.laddr]
+    finally:
+        supervisor.stop()
+    assert len(pids) == 2
+    assert len({tokens_text(events) for events in bodies}) == 1
+    assert all(events[-1].event == "done" for events in bodies)
+    assert sockets == []  # no worker proxy: each worker reads the streams from Redis
