@@ -1,4 +1,5 @@
 """State shared between Sluice instances through Redis, when `[redis] url` is set.
 
 link.py    the connections to Redis and whether it answers now (opened by contexts.redis_ctx)
+limits.py  per-key request, token and stream limits counted by Lua scripts (token buckets)
 """
