@@ -265,3 +265,22 @@ async def test_workers_on_redis_read_each_others_streams_without_any_unix_socket
     assert len({tokens_text(events) for events in bodies}) == 1
     assert all(events[-1].event == "done" for events in bodies)
     assert sockets == []  # no worker proxy: each worker reads the streams from Redis
+
+
+async def test_sigterm_to_the_producer_ends_its_streams_for_readers_elsewhere_with_the_shutdown_event(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "drained\n" + LONG)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        cluster.first.process.signal(signal.SIGTERM)
+        # Meanwhile nginx answers new detached streams from the instance that stays.
+        for n in range(4):
+            async with http.post(cluster.nginx.url + "/chat/streams", json={"message": f"new {n}"}) as response:
+                assert response.status == 201, await response.text()
+        assert await asyncio.to_thread(cluster.first.process.wait, 20) == 0
+        events = await asyncio.wait_for(reader.rest(), 20)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "server_shutting_down"
+    assert seqs(events) == list(range(1, len(events) + 1))
