@@ -11,6 +11,7 @@ from aiohttp import web
 
 from .contexts import (
     end_streams,
+    probe_ctx,
     redis_ctx,
     signals_ctx,
     simulator_ctx,
@@ -51,8 +52,9 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     # while everything is still open.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
-    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session
-    app.cleanup_ctx.append(redis_ctx)  # 3. the link to Redis, when configured (the store needs it)
+    app.cleanup_ctx.append(redis_ctx)  # 2. the link to Redis, when configured (breakers and streams use it)
+    app.cleanup_ctx.append(upstream_ctx)  # 3. pooled upstream session and the routing
+    app.cleanup_ctx.append(probe_ctx)  # 3b. background probe of upstreams whose breaker is open
     app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers
