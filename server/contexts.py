@@ -16,6 +16,7 @@ from aiohttp import web
 
 from .keys import LIFECYCLE, METRICS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
 from .settings import BrowserSettings
+from .shared.breakers import RedisBreakerStore
 from .shared.link import RedisLink
 from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
@@ -73,8 +74,9 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     for client in clients:
         metrics.breaker_state.labels(client.name).set(0)
     routing = settings.routing
+    link = app.get(REDIS)  # redis_ctx runs first: with Redis, every instance shares the breakers
     breakers = Breakers(
-        MemoryBreakerStore(),
+        RedisBreakerStore(link) if link is not None else MemoryBreakerStore(),
         failures=routing.breaker_failures,
         cooldown=routing.breaker_cooldown_seconds,
         on_rate_limit=routing.breaker_on_rate_limit,
@@ -86,7 +88,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The link to Redis, when `[redis] url` is set: shared browser streams (and limits) live there."""
+    """The link to Redis, when `[redis] url` is set: browser streams and breakers are shared there."""
     settings = app[SETTINGS].redis
     if settings.url is None:
         yield
