@@ -11,6 +11,7 @@ import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import aiohttp
 import psutil
@@ -19,6 +20,7 @@ import pytest
 from tests.conftest import StartNginx
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.support.resilience import ask, attempts, gateway_with
 from tests.support.servers import NginxServer, RedisServer
 from tests.support.sse import Event, SSEParser, tokens_text
 
@@ -284,3 +286,27 @@ async def test_sigterm_to_the_producer_ends_its_streams_for_readers_elsewhere_wi
     assert events[-1].event == "failed"
     assert events[-1].json()["error"]["code"] == "server_shutting_down"
     assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_an_upstream_breaker_opened_by_one_instance_refuses_on_the_other(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    routing = "[routing]\nretries = 1\nbreaker_failures = 2\nbreaker_cooldown_seconds = 600\n"
+    env = {**redis_env(redis_server), "SLUICE_UPSTREAM_PROBE_INTERVAL": "600"}
+    first = gateway_with(tmp_path, "first", simulator, routing, **env)
+    try:
+        second = gateway_with(tmp_path, "second", simulator, routing, **env)
+    except BaseException:
+        first.process.stop()
+        raise
+    try:
+        # One request, two failed attempts (retries = 1): the breaker opens.
+        assert (await ask(first, "fault=server_error", new_request_id("trip")))[0] == 502
+        rid = new_request_id("refused-elsewhere")
+        status, _, error = await ask(second, "tokens=2", rid)
+    finally:
+        first.process.stop()
+        second.process.stop()
+    assert status == 503
+    assert int(error["headers"]["Retry-After"]) >= 1
+    assert await attempts(simulator, rid) == []  # refused before any upstream request
