@@ -90,19 +90,23 @@ class RedisStreamStore:
         key = self._keys.events(stream_id)
         pipe = self._link.client.pipeline(transaction=False)
         pipe.xrange(key, min="(" + entry_id(seq), max="+", count=limit + 1)
-        pipe.exists(key)
-        pipe.exists(self._keys.lease(stream_id))
         if self._touch_due(stream_id):
             pipe.set(self._keys.read(stream_id), b"1", px=self._grace_ms)
         try:
-            entries, exists, leased, *_ = await pipe.execute()
+            entries, *_ = await pipe.execute()
+            if entries:
+                return _slice(stream_id, seq, entries, limit)
+            # Nothing after `seq`: caught up, or is there no such stream?
+            pipe.exists(key)
+            pipe.exists(self._keys.lease(stream_id))
+            exists, leased = await pipe.execute()
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise StoreUnavailableError("Redis is unreachable") from None
         if not exists:
             # Leased but empty: started, nothing written yet (or being restored after an outage).
             return Slice((), finished=False) if leased or self._settling() else None
-        return _slice(stream_id, seq, entries, limit)
+        return Slice((), finished=False)
 
     async def wait(self, stream_id: str, seq: int) -> None:
         if stream_id in self._local:
