@@ -18,6 +18,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from ..settings import RedisSettings
@@ -25,7 +26,8 @@ from ..settings import RedisSettings
 log = structlog.get_logger("sluice.redis")
 
 # What "Redis is not there" looks like to redis-py; anything else is a bug worth its traceback.
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, OSError)
+# (A reply cut off by a dying server can surface as InvalidResponse rather than a connection error.)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, InvalidResponse, OSError)
 # Seconds between pings while Redis is down, and the most a short command may take.
 PING_INTERVAL = 0.25
 COMMAND_TIMEOUT = 2.0
