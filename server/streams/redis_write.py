@@ -80,13 +80,15 @@ class RedisWriter:
         ]
 
     async def close(self) -> None:
-        """Send what is pending if Redis answers now, then stop."""
-        with contextlib.suppress(*UNREACHABLE):
-            async with asyncio.timeout(1.0):
-                await self._flush_once()
+        """Stop, then send what is pending if Redis answers now."""
+        # The flusher first: two flushes at once could land out of order, and Redis would refuse
+        # the earlier events as replays. One cut short marks its streams for a full rewrite.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(*UNREACHABLE):
+            async with asyncio.timeout(1.0):
+                await self._flush_once()
 
     async def open(self, stream_id: str) -> None:
         """Take the lease on a new stream: the one round trip a stream's start waits for."""
@@ -124,6 +126,9 @@ class RedisWriter:
                 self._link.failed(exc)
                 await self._link.wait_up(float("inf"))
                 self._wake.set()
+            except Exception:
+                # The task's boundary: its streams are marked for a full rewrite at the next event.
+                log.exception("redis_flush_failed")
 
     def _resync_all(self) -> None:
         for stream_id, box in self._outboxes.items():
