@@ -91,7 +91,8 @@ async def _follow(
         if batch.finished:
             return
         try:
-            if not batch.events:
+            # A short batch was all there was: wait (at once if more came meanwhile), then read.
+            if len(batch.events) < BATCH:
                 await store.wait(stream_id, seq)
             next_batch = await store.read_after(stream_id, seq, BATCH)
         except EventsDroppedError:

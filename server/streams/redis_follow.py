@@ -24,6 +24,8 @@ log = structlog.get_logger("sluice.streams")
 
 # Most milliseconds one XREAD blocks: bounds how late a reader that raced the unblock is woken.
 BLOCK_MS = 1000
+# Seconds a key stays in the XREAD after its readers were woken, for them to come back.
+LINGER = 1.0
 
 
 class _Slot:
@@ -34,7 +36,18 @@ class _Slot:
         self.client_id: int | None = None
         self.waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
         self.covered: dict[str, int] | None = None  # what the XREAD in flight waits on
+        # Keys whose readers were just woken, with the entry they were woken for: covered a while
+        # longer, so a reader coming back to wait after reading does not have to interrupt the XREAD.
+        self.lingering: dict[str, tuple[int, float]] = {}
         self.changed = asyncio.Event()
+
+    def to_cover(self, now: float) -> dict[str, int]:
+        """Each key to read, and the entry after which to read it."""
+        for key in [key for key, (_, until) in self.lingering.items() if until < now]:
+            del self.lingering[key]
+        covered = {key: seq for key, (seq, _) in self.lingering.items()}
+        covered.update({key: min(seq for seq, _ in waiting) for key, waiting in self.waiters.items()})
+        return covered
 
     def wake(self, key: str, before: int | None = None) -> None:
         """Wake the readers of `key` (those waiting after a seq below `before`, if given)."""
@@ -98,7 +111,8 @@ class Follower:
                 slot.changed.clear()
                 await slot.changed.wait()
                 continue
-            covered = {key: min(seq for seq, _ in waiting) for key, waiting in slot.waiters.items()}
+            loop = asyncio.get_running_loop()
+            covered = slot.to_cover(loop.time())
             slot.covered = covered
             try:
                 if slot.client_id is None:
@@ -116,4 +130,9 @@ class Follower:
                 slot.covered = None
             for key, entries in reply or ():
                 name = key.decode() if isinstance(key, bytes) else str(key)
-                slot.wake(name, before=entry_seq(entries[-1][0]))
+                seq = entry_seq(entries[-1][0])
+                if name in slot.waiters:
+                    slot.wake(name, before=seq)
+                    slot.lingering[name] = (seq, loop.time() + LINGER)
+                elif name in slot.lingering:
+                    slot.lingering[name] = (seq, slot.lingering[name][1])  # nobody came back: let it lapse

@@ -73,9 +73,25 @@ class RedisServer:
             self.process.stop()
 
 
+# Tries at a free port: another process on the machine may take the one we picked before we bind it.
+PORT_TRIES = 3
+
+
+def _port_taken(process: ManagedProcess | None) -> bool:
+    return process is not None and any("Address already in use" in line for line in process.lines)
+
+
 def start_redis(directory: Path) -> RedisServer:
     """redis-server on a free loopback port, in `directory`."""
-    return RedisServer(directory, free_port()).start()
+    for attempt in range(PORT_TRIES):
+        server = RedisServer(directory, free_port())
+        try:
+            return server.start()
+        except AssertionError:
+            server.stop()
+            if not _port_taken(server.process) or attempt == PORT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
 
 
 def nginx_conf(shipped: str, *, listen_port: int, upstreams: Sequence[str], prefix: Path) -> str:
@@ -126,12 +142,31 @@ class NginxServer:
 
 def start_nginx(directory: Path, upstreams: Sequence[str]) -> NginxServer:
     """nginx on a free loopback port in front of `upstreams` (host:port), once it listens."""
+    for attempt in range(PORT_TRIES):
+        try:
+            return _start_nginx(directory, upstreams, free_port())
+        except _PortTakenError:
+            if attempt == PORT_TRIES - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+class _PortTakenError(AssertionError):
+    pass
+
+
+def _start_nginx(directory: Path, upstreams: Sequence[str], port: int) -> NginxServer:
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
     conf = directory / "nginx.conf"
     conf.write_text(nginx_conf(SHIPPED_NGINX_CONF.read_text(), listen_port=port, upstreams=upstreams, prefix=directory))
     argv = [NGINX, "-p", str(directory), "-e", "stderr", "-c", str(conf), "-g", "daemon off;"]
     process = ManagedProcess(argv, clean_env()).start()
-    # The master opens its sockets before it starts workers: this line means it listens.
-    process.wait_for_line(lambda line: "start worker process" in line)
+    try:
+        # The master opens its sockets before it starts workers: this line means it listens.
+        process.wait_for_line(lambda line: "start worker process" in line)
+    except AssertionError:
+        process.stop()
+        if _port_taken(process):
+            raise _PortTakenError(f"port {port} was taken") from None
+        raise
     return NginxServer(process, port)
