@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
 ENV_PREFIX = "SLUICE_"
@@ -131,11 +131,12 @@ class RedisSettings(_Section):
             return {**data, "url": None}
         return data
 
-    @model_validator(mode="after")
-    def _url_is_redis(self) -> RedisSettings:
-        if self.url is not None and not self.url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("url must start with redis://, rediss:// or unix://")
-        return self
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a URL starting with redis://, rediss:// or unix://")
+        return url
 
 
 class SimulatorSettings(_Section):
