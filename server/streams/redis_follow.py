@@ -16,6 +16,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError, ResponseError
 
 from ..shared.link import UNREACHABLE, RedisLink
 from .redis_keys import entry_id, entry_seq
@@ -90,8 +91,9 @@ class Follower:
         slot.changed.set()
         try:
             covered = slot.covered
-            if covered is not None and slot.client_id is not None and covered.get(key, seq + 1) > seq:
-                with contextlib.suppress(*UNREACHABLE):
+            if covered is not None and slot.client_id and covered.get(key, seq + 1) > seq:
+                # Refused (an ACL without CLIENT) or unreachable: the block's own timeout wakes it.
+                with contextlib.suppress(*UNREACHABLE, RedisError):
                     await self._link.client.client_unblock(slot.client_id)
             async with asyncio.timeout(within):
                 await future
@@ -116,7 +118,10 @@ class Follower:
             slot.covered = covered
             try:
                 if slot.client_id is None:
-                    slot.client_id = int(await slot.client.client_id())
+                    try:
+                        slot.client_id = int(await slot.client.client_id())
+                    except ResponseError:
+                        slot.client_id = 0  # CLIENT not allowed: new readers wait for the block to end
                 reply: Any = await slot.client.xread(
                     {key: entry_id(seq) for key, seq in covered.items()}, count=1, block=BLOCK_MS
                 )
