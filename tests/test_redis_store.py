@@ -110,7 +110,7 @@ async def test_a_replayed_write_is_rejected_so_events_are_never_duplicated(
     with capture_logs() as logs:
         await producer._writer._flush_once()
     assert logs == []
-    entries = await redis_client.xrange(KEYS.events("replay"))
+    entries: Any = await redis_client.xrange(KEYS.events("replay"))
     assert [entry_id for entry_id, _ in entries] == [f"0-{n}".encode() for n in range(1, 7)]  # 5 events and the end
 
 
@@ -163,7 +163,7 @@ async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_o
         pipelines += 1
         return make_pipeline(*args, **kwargs)
 
-    client.pipeline = counted  # type: ignore[method-assign]
+    client.pipeline = counted
     await write(producer, "batched", 500)
     await asyncio.wait_for(read_all(await make_store(), "batched"), 10)
     assert pipelines <= 3
