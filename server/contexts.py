@@ -22,7 +22,7 @@ from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
 from .streams.memory import MemoryStreamStore
 from .streams.redis_store import RedisStreamStore
-from .streams.registry import StreamRegistry
+from .streams.registry import READ_SLACK, StreamRegistry
 from .streams.store import StreamStore
 from .upstreams.attempts import Upstream
 from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
@@ -63,7 +63,17 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_upstream_session(settings.upstream)
     entries = settings.upstream_entries(app.get(SIMULATOR_URL))
-    clients = [UpstreamClient(entry, session, settings.upstream) for entry in entries]
+    caps = settings.connections
+    clients = [
+        UpstreamClient(
+            entry,
+            session,
+            settings.upstream,
+            max_event_bytes=caps.max_upstream_event_bytes,
+            max_reply_bytes=caps.max_upstream_reply_bytes,
+        )
+        for entry in entries
+    ]
     metrics = app[METRICS]
     levels = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -103,11 +113,17 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
 def open_store(app: web.Application, bounds: BrowserSettings) -> StreamStore:
     """Redis Streams when Redis is configured (redis_ctx ran first), else this process's memory."""
     link = app.get(REDIS)
+    # Unread events fill up to the budget plus one upstream read (under READ_SLACK) before the
+    # upstream is held back; as much again of read ones stays for resuming.
+    max_bytes = 2 * bounds.max_buffered_bytes + READ_SLACK
     if link is None:
         return MemoryStreamStore(
-            max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+            max_events=bounds.max_buffered_events,
+            max_streams=bounds.max_streams,
+            retention=bounds.retention_seconds,
+            max_bytes=max_bytes,
         )
-    store = RedisStreamStore(link, bounds)
+    store = RedisStreamStore(link, bounds, max_bytes=max_bytes)
     store.start()
     return store
 

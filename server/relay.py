@@ -59,10 +59,14 @@ async def relay(
     final_write_timeout: float,
     shutdown_retry_ms: int | None = None,
     gaps: GapObserver | None = None,
+    choices: int = 1,
 ) -> None:
-    """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring."""
+    """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring.
+
+    `choices` is the request's `n`: the stream has finished only once every choice has.
+    """
     try:
-        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps())
+        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps(), choices)
     except asyncio.CancelledError:
         if guard.expired is Expiry.SEND:
             # The client accepts nothing: its connection is aborted, so no final event can reach
@@ -100,8 +104,10 @@ async def _forward(
     guard: StreamGuard,
     record: RequestRecord,
     gaps: GapObserver,
+    choices: int,
 ) -> None:
     loop = asyncio.get_running_loop()
+    finished: set[int] = set()
     last_at: float | None = None
     guard.reading()
     async for batch in batches:
@@ -118,6 +124,9 @@ async def _forward(
                 record.usage = chunk.usage
             if chunk.finish_reason is not None:
                 record.finish_reason = chunk.finish_reason
+                finished.update(chunk.finished_choices)
+            if chunk.choices_seen > choices:
+                choices = chunk.choices_seen
             data = dialect.chunk(chunk)
             if data is None:
                 continue
@@ -139,6 +148,10 @@ async def _forward(
         guard.reading()
     if record.finish_reason is None:
         raise UpstreamProtocolError("The upstream ended the stream before it finished.")
+    if len(finished) < choices:
+        raise UpstreamProtocolError(
+            f"The upstream ended the stream after {len(finished)} of its {choices} choices finished."
+        )
     guard.writing()
     await sink.write(dialect.done(record.finish_reason, record.usage))
     record.outcome = Outcome.COMPLETED

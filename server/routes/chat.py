@@ -12,15 +12,16 @@ from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
 from ..keys import RECORD, REQUEST_ID, SETTINGS
+from ..middleware.auth import check_model_for
 from ..schemas import ChatReply, ChatRequest, Usage
-from ..validation import check_model, parse_model, read_json_object
+from ..validation import parse_model, read_json_object
 
 
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, await read_json_object(request), settings)
     model = chat_request.model or settings.models.default
-    check_model(model, settings)
+    check_model_for(request, model)
     request[RECORD].model = model
     return chat_request, model
 

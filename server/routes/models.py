@@ -5,9 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import SETTINGS
+from ..middleware.auth import visible_models
 
 
 async def list_models(request: web.Request) -> web.Response:
     """The configured models and the one used when a request names none."""
     models = request.app[SETTINGS].models
-    return web.json_response({"models": list(models.available), "default": models.default})
+    return web.json_response({"models": list(visible_models(request)), "default": models.default})

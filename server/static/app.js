@@ -15,7 +15,15 @@ const elements = {
   tokens: document.getElementById("tokens"),
   reconnects: document.getElementById("reconnects"),
   usage: document.getElementById("usage"),
+  keyField: document.getElementById("key-field"),
+  key: document.getElementById("key"),
 };
+
+// With gateway keys on, calls carry the key typed here; EventSource URLs carry a token instead.
+function authHeaders() {
+  const key = elements.key.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 // The stream being shown, or null when idle.
 let current = null;
@@ -36,8 +44,14 @@ function errorMessage(body, fallback) {
 
 async function loadModels() {
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { headers: authHeaders() });
+    if (response.status === 401) {
+      elements.keyField.hidden = false;
+      setStatus("idle", "This gateway needs a key.");
+      return;
+    }
     const body = await response.json();
+    elements.model.replaceChildren();
     for (const name of body.models) {
       const option = new Option(name, name, false, name === body.default);
       elements.model.add(option);
@@ -68,7 +82,7 @@ async function start(event) {
   try {
     response = await fetch("/chat/streams", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ message: elements.message.value, model: elements.model.value }),
     });
     body = await response.json();
@@ -88,7 +102,7 @@ async function start(event) {
 function follow(id, url, started) {
   const text = document.createTextNode("");
   elements.reply.append(text);
-  const stream = { id, source: new EventSource(url), tokens: 0, opened: 0 };
+  const stream = { id, url, source: new EventSource(url), tokens: 0, opened: 0 };
   const { source } = stream;
 
   source.addEventListener("open", () => {
@@ -141,7 +155,8 @@ async function stop() {
   elements.send.disabled = true;
   try {
     // Answered once the gateway has closed the upstream request.
-    await fetch(`/chat/streams/${encodeURIComponent(stream.id)}`, { method: "DELETE" });
+    // The stream's URL: with gateway keys on it carries the stream's token.
+    await fetch(stream.url, { method: "DELETE" });
     setStatus("stopped", "Stopped");
   } catch (error) {
     setStatus("failed", `Could not stop the stream: ${error}`);
@@ -152,4 +167,5 @@ async function stop() {
 
 elements.form.addEventListener("submit", start);
 elements.stop.addEventListener("click", stop);
+elements.key.addEventListener("change", loadModels);
 loadModels();

@@ -37,7 +37,7 @@ STOP_WAIT = 5.0
 class RedisStreamStore:
     """StreamStore shared through Redis; this instance's own streams also in memory."""
 
-    def __init__(self, link: RedisLink, bounds: BrowserSettings) -> None:
+    def __init__(self, link: RedisLink, bounds: BrowserSettings, *, max_bytes: int = 4 << 20) -> None:
         self._link = link
         self._keys = StreamKeys(link.prefix)
         self._lease = link.settings.lease_seconds
@@ -46,6 +46,7 @@ class RedisStreamStore:
             max_events=bounds.max_buffered_events,
             max_streams=bounds.max_streams,
             retention=bounds.retention_seconds,
+            max_bytes=max_bytes,
             on_drop=self._dropped_locally,
         )
         self._writer = RedisWriter(link, self._keys, self._local, max_events=bounds.max_buffered_events)

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,7 +24,13 @@ from .generation import Generation, Job, Services, StopReason
 from .resume import new_stream_id
 from .store import StoreUnavailableError, StreamStore
 
+if TYPE_CHECKING:
+    from ..auth.gate import Lease
+
 log = structlog.get_logger("sluice.streams")
+
+# Most bytes of events one upstream read can add at once (the upstream client buffers 512 KiB).
+READ_SLACK = 1 << 20
 
 
 @dataclass(slots=True, eq=False)
@@ -44,7 +50,10 @@ class StreamRegistry:
         self._services = services
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
+        self._retention = bounds.retention_seconds
         self._live: dict[str, _Live] = {}
+        # The gateway key that started each stream, kept as long as the stream is.
+        self._owners: dict[str, str] = {}
         services.store.on_stop_request(self.stop_requested)
 
     @property
@@ -62,7 +71,9 @@ class StreamRegistry:
         """Generations running now."""
         return len(self._live)
 
-    async def start(self, *, request_id: str, route: str, model: str, body: dict[str, Any]) -> str:
+    async def start(
+        self, *, request_id: str, route: str, model: str, body: dict[str, Any], lease: Lease | None = None
+    ) -> str:
         """Start generating `body` into a new stream; its id. 503 while draining or when full."""
         services = self._services
         services.lifecycle.admit()
@@ -80,7 +91,9 @@ class StreamRegistry:
             raise ServiceUnavailableError(
                 "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
-        generation = Generation(Job(stream_id, request_id, route, model, body), services)
+        if lease is not None:
+            self._owners[stream_id] = lease.key.name
+        generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
         self._live[stream_id] = live
@@ -104,6 +117,16 @@ class StreamRegistry:
                 live.readers -= 1
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
+
+    def owner(self, stream_id: str) -> str | None:
+        """The name of the gateway key that started `stream_id` (None without auth, or once it expired)."""
+        return self._owners.get(stream_id)
+
+    def sent(self, stream_id: str, seq: int) -> None:
+        """A reader was sent the events up to `seq`: the generation may read on if it held back."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.generation.backlog.sent(seq)
 
     async def stop(self, stream_id: str) -> None:
         """Stop the generation, here or on another instance; return once its end is stored."""
@@ -160,6 +183,8 @@ class StreamRegistry:
         live = self._live.pop(stream_id, None)
         if live is not None and live.grace is not None:
             live.grace.cancel()
+        if stream_id in self._owners:
+            asyncio.get_running_loop().call_later(self._retention, self._owners.pop, stream_id, None)
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())

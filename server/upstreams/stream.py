@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import structlog
 
-from ..chunks import Chunk, EventSplitter, MalformedChunk, parse_chunk
+from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
+from ..errors import UpstreamProtocolError
 from .failures import event_failure, reset_failure
 
 log = structlog.get_logger("sluice.upstream")
@@ -22,10 +23,15 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, response: aiohttp.ClientResponse, upstream: str, on_close: Callable[[], None] | None = None
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: str,
+        on_close: Callable[[], None] | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._response = response
-        self._splitter = EventSplitter()
+        self._splitter = EventSplitter(max_event_bytes)
+        self._max_event_bytes = max_event_bytes
         self._primed: list[list[Chunk]] = []
         self._ended = False
         self._on_close = on_close
@@ -77,6 +83,12 @@ class UpstreamStream:
                 self._ended = True
             if batch:
                 return batch
+            if self._splitter.overflowed:
+                # An endless line must end the stream, explicitly, not wait for an idle timeout.
+                raise UpstreamProtocolError(
+                    f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
+                    code="upstream_event_too_large",
+                )
         return None
 
     def close(self) -> None:
