@@ -251,6 +251,13 @@ BREAKS = [
         (f"{SCALE}::test_a_reader_on_another_instance_keeps_the_generation_past_the_grace_period",),
     ),
     Break(
+        "reads elsewhere never free the unread budget",
+        REGISTRY,
+        "        services.store.on_read_elsewhere(self.sent)\n",
+        "",
+        (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
+    ),
+    Break(
         "breakers kept per instance with Redis",
         CONTEXTS,
         "RedisBreakerStore(link) if link is not None else MemoryBreakerStore()",

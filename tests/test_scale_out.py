@@ -310,3 +310,21 @@ async def test_an_upstream_breaker_opened_by_one_instance_refuses_on_the_other(
     assert status == 503
     assert int(error["headers"]["Retry-After"]) >= 1
     assert await attempts(simulator, rid) == []  # refused before any upstream request
+
+
+async def test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    env = {**redis_env(redis_server), "SLUICE_BROWSER_MAX_BUFFERED_BYTES": "4000"}
+    gateways = [start_gateway(upstream=simulator, env=env) for _ in range(2)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            # About 12 KB of events: three budgets, read only through the other instance.
+            stream_id = await start(http, gateways[0].url, "long\n#sim tokens=150 gap_ms=2")
+            reader = await Reader.open(http, gateways[1].url, stream_id)
+            events = await asyncio.wait_for(reader.rest(), 60)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))

@@ -124,6 +124,9 @@ class MemoryStreamStore:
     def read_elsewhere(self, stream_id: str) -> bool:
         return False
 
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        return None
+
     async def recovered(self) -> bool:
         return False  # memory never becomes unavailable
 

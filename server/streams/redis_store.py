@@ -92,7 +92,8 @@ class RedisStreamStore:
         pipe = self._link.client.pipeline(transaction=False)
         pipe.xrange(key, min="(" + entry_id(seq), max="+", count=limit + 1)
         if self._touch_due(stream_id):
-            pipe.set(self._keys.read(stream_id), b"1", px=self._grace_ms)
+            # What this reader has: the producer counts it as read (its backlog) and as a reader.
+            pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)
         try:
             entries, *_ = await pipe.execute()
             if entries:
@@ -152,6 +153,9 @@ class RedisStreamStore:
 
     def read_elsewhere(self, stream_id: str) -> bool:
         return stream_id in self._writer.read_elsewhere
+
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        self._writer.on_read_elsewhere = handler
 
     async def recovered(self) -> bool:
         if await self._link.wait_up(self._link.settings.outage_seconds):

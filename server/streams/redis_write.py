@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
@@ -71,7 +72,9 @@ class RedisWriter:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._outages_seen = link.outages
-        self.read_elsewhere: set[str] = set()
+        # Streams read on other instances, and how far; told to `on_read_elsewhere` at each renewal.
+        self.read_elsewhere: dict[str, int] = {}
+        self.on_read_elsewhere: Callable[[str, int], None] | None = None
 
     def start(self) -> None:
         self._tasks = [
@@ -206,6 +209,11 @@ class RedisWriter:
         pipe = self._link.client.pipeline(transaction=False)
         for stream_id in running:
             pipe.set(self._keys.lease(stream_id), self._link.instance, px=self._lease_ms)
-            pipe.exists(self._keys.read(stream_id))
+            pipe.get(self._keys.read(stream_id))
         results = await pipe.execute()
-        self.read_elsewhere = {stream_id for stream_id, seen in zip(running, results[1::2], strict=True) if seen}
+        self.read_elsewhere = {
+            stream_id: int(seq) for stream_id, seq in zip(running, results[1::2], strict=True) if seq is not None
+        }
+        if self.on_read_elsewhere is not None:
+            for stream_id, seq in self.read_elsewhere.items():
+                self.on_read_elsewhere(stream_id, seq)

@@ -55,6 +55,7 @@ class StreamRegistry:
         # The gateway key that started each stream, kept as long as the stream is.
         self._owners: dict[str, str] = {}
         services.store.on_stop_request(self.stop_requested)
+        services.store.on_read_elsewhere(self.sent)
 
     @property
     def store(self) -> StreamStore:

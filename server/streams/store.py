@@ -79,6 +79,9 @@ class StreamStore(Protocol):
     def read_elsewhere(self, stream_id: str) -> bool:
         """True when readers on other instances read this instance's `stream_id`."""
 
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        """Call `handler(stream_id, seq)` when a reader elsewhere has had the events up to `seq`."""
+
     async def recovered(self) -> bool:
         """After StoreUnavailableError: True once the store answers again, False if it stays away."""
 
