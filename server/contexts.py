@@ -14,9 +14,10 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import LIFECYCLE, METRICS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .keys import LIFECYCLE, LIMITS, METRICS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
 from .settings import BrowserSettings
 from .shared.breakers import RedisBreakerStore
+from .shared.limit_store import RedisLimitStore
 from .shared.link import RedisLink
 from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
@@ -106,6 +107,8 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     link = RedisLink(settings)
     link.start()
     app[REDIS] = link
+    # Per-key limits count across every instance too.
+    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)
     yield
     await link.close()
 

@@ -21,6 +21,7 @@ from tests.conftest import StartNginx
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
 from tests.support.resilience import ask, attempts, gateway_with
+from tests.support.security import KEY_RPM, RPM, bearer, start_keyed_gateway
 from tests.support.servers import NginxServer, RedisServer
 from tests.support.sse import Event, SSEParser, tokens_text
 
@@ -328,3 +329,23 @@ async def test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_rea
             gateway.process.stop()
     assert events[-1].event == "done"
     assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_a_keys_requests_per_minute_are_counted_once_across_two_instances(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gateways = [start_keyed_gateway(tmp_path, simulator, env=redis_env(redis_server)) for _ in range(2)]
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
+    statuses = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            # RPM requests, taking turns between the instances, then one more on each.
+            for n in range(RPM + 2):
+                url = gateways[n % 2].url + "/v1/chat/completions"
+                async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
+                    statuses.append(response.status)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    assert statuses[:RPM] == [200] * RPM
+    assert statuses[RPM:] == [429, 429]  # each instance alone would still have allowed these
