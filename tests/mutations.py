@@ -258,6 +258,13 @@ BREAKS = [
         (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
     ),
     Break(
+        "limits counted per instance with Redis",
+        CONTEXTS,
+        "    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)\n",
+        "",
+        (f"{SCALE}::test_a_keys_requests_per_minute_are_counted_once_across_two_instances",),
+    ),
+    Break(
         "breakers kept per instance with Redis",
         CONTEXTS,
         "RedisBreakerStore(link) if link is not None else MemoryBreakerStore()",
