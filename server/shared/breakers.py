@@ -22,8 +22,9 @@ from redis.exceptions import WatchError
 from ..upstreams.breaker import BreakerRecord, MemoryBreakerStore
 from .link import UNREACHABLE, RedisLink
 
-# Conflicting updates retried before the change is applied to the local records instead.
-MAX_TRIES = 20
+# Conflicting updates retried before the change is applied to the local records instead. Each
+# conflict means another instance's update went through, so this is only reached under a storm.
+MAX_TRIES = 100
 # A record untouched this long is forgotten (a closed breaker is the default anyway).
 IDLE_SECONDS = 86400
 
