@@ -1,8 +1,10 @@
 """One HTTP/1.1 connection to the bench upstream: read requests, answer them, one at a time.
 
-A stream is a chain of timer callbacks, not a task: each token is one `transport.write`, the
-next one comes `gap_ms` later (or at once), and while the transport's buffer is full
-(`pause_writing`) nothing is written until `resume_writing`, as aiohttp's drain would do.
+A stream is a chain of timer callbacks, not a task: each token is one `transport.write` on a
+TCP_NODELAY socket, so each event is flushed on its own like a provider's; the next one comes
+`gap_ms` later (or at once: a burst, several events may then share a read at the receiver),
+and while the transport's buffer is full (`pause_writing`) nothing is written until
+`resume_writing`, as aiohttp's drain would do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import itertools
 import json
 import re
+import socket
 import time
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -50,6 +53,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports have its interface
+        # Like a provider: every event leaves in its own segment, at once (uvloop sets this too).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
