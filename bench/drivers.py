@@ -18,6 +18,9 @@ from .wire import Connection, connect, request_head
 PROMPT = "Benchmark prompt: say something."
 # Seconds any single request may take before it counts as failed.
 REQUEST_TIMEOUT = 120.0
+# A stalled reader's kernel receive buffer: a small one, so the stall reaches the proxy within
+# milliseconds rather than after megabytes (loopback autotunes receive buffers up to 6 MiB).
+STALL_RECEIVE_BUFFER = 64 * 1024
 
 
 def request_body(api: Api, stream: bool, pace: Pace) -> bytes:
@@ -96,7 +99,7 @@ class Client:
         tally.started()
         outcome = Outcome(sent_at=time.perf_counter())
         try:
-            connection = await connect(self._host, self._port)
+            connection = await connect(self._host, self._port, receive_buffer=STALL_RECEIVE_BUFFER)
         except OSError as exc:
             outcome.error = f"{type(exc).__name__}: {exc}"
             tally.ended(outcome, expected_chunks=None)
@@ -108,7 +111,12 @@ class Client:
         await asyncio.wait({headed, exchange}, timeout=REQUEST_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if not headed.done():
             headed.cancel()
-            outcome.error = "stall_not_opened"
+            if not exchange.done():
+                outcome.error = "stall_not_opened: timeout"
+            elif exchange.exception() is not None:
+                outcome.error = f"stall_not_opened: {exchange.exception()!r}"
+            else:
+                outcome.error = f"stall_not_opened: status {exchange.result().status}"
             connection.close()
             tally.ended(outcome, expected_chunks=None)
             return None

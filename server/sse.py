@@ -12,9 +12,17 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 HEARTBEAT = b": keep-alive\n\n"
+# The client transport's write buffer: above HIGH a write waits (backpressure), below LOW it goes
+# on. uvloop's default 64 KiB, plus the 64 KiB aiohttp writes between drains, is what a stalled
+# reader holds in the gateway; small marks keep that near 80 KiB, and a paced stream never
+# comes close to either.
+WRITE_BUFFER_HIGH = 16 * 1024
+WRITE_BUFFER_LOW = 4 * 1024
 
 
 class SSEResponse(EventSourceResponse):
@@ -59,6 +67,14 @@ class SSEResponse(EventSourceResponse):
                 break
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        """Send the headers; from then on the client's write buffer is held small (see WRITE_BUFFER_HIGH)."""
+        writer = await super().prepare(request)
+        transport = request.transport
+        if transport is not None:
+            transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        return writer
 
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""

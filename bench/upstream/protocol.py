@@ -28,6 +28,8 @@ _REQUEST_ID = re.compile(rb"\r\nx-request-id:\s*([^\r\n]+)", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
 _ids = itertools.count(1)
+# Events a back-to-back stream writes before letting the other connections have the loop.
+BURST = 64
 
 
 def json_response(status: int, body: bytes) -> bytes:
@@ -181,7 +183,7 @@ class _Stream:
         self._plan = plan
         self._frames = frames
         self._sent = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._next = False  # a token is due but the transport is paused
         self.record: Record | None = None
 
@@ -213,14 +215,20 @@ class _Stream:
     def _send(self) -> None:
         self._timer = None
         connection, plan, frames = self._connection, self._plan, self._frames
+        burst = 0
         while self._sent < plan.tokens:
             if connection.paused:
                 self._next = True
                 return
             connection.write(frames.content(self._sent))
             self._sent += 1
+            burst += 1
             if plan.gap_ms > 0 and self._sent < plan.tokens:
                 self._after(plan.gap_ms)
+                return
+            if burst == BURST and self._sent < plan.tokens:
+                # A long burst takes turns with the other connections, as a server with many would.
+                self._timer = asyncio.get_running_loop().call_soon(self._send)
                 return
         connection.write(frames.ending(plan.tokens, plan.include_usage))
         if self.record is not None:
