@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chat_call import complete_chat, stream_chat
 from ..dialects import OpenAIDialect
 from ..errors import InvalidRequestError, ModelNotFoundError
 from ..keys import CHAT_SCHEMA, RECORD, SETTINGS
-from ..streaming import complete_chat, stream_chat
 from ..validation import check_model, read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
