@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 
 from aiohttp.abc import AbstractStreamWriter
@@ -17,6 +18,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 HEARTBEAT = b": keep-alive\n\n"
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 # The client transport's write buffer: above HIGH a write waits (backpressure), below LOW it goes
 # on. uvloop's default 64 KiB, plus the 64 KiB aiohttp writes between drains, is what a stalled
 # reader holds in the gateway; small marks keep that near 80 KiB, and a paced stream never
@@ -68,6 +70,21 @@ class SSEResponse(EventSourceResponse):
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
 
+    def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
+        # aiohttp-sse reads the old value, sets its own, and restores the old one at the end: three
+        # system calls per stream. One is enough: the value stays for the connection's later
+        # requests, where a kernel backstop at twice the send timeout does no harm.
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if _TCP_USER_TIMEOUT is None or self._send_timeout is None or sock is None:
+            return
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
+
+    def _restore_tcp_user_timeout(self) -> None:
+        pass
+
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         """Send the headers; from then on the client's write buffer is held small (see WRITE_BUFFER_HIGH)."""
         writer = await super().prepare(request)
@@ -79,6 +96,12 @@ class SSEResponse(EventSourceResponse):
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
         self._abort_transport()
+
+    async def write_last(self, data: bytes) -> None:
+        """Write the stream's last bytes and end the body, in one write (one send, not three)."""
+        if self._ping_task is not None:
+            self.stop_streaming()
+        await self.write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""

@@ -43,6 +43,7 @@ class UpstreamStream:
         self._response = response
         self.finished = False
         self.malformed = 0
+        self._relayed_delta = False
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         """Batches of chunks, one per network read: what arrived together is relayed together."""
@@ -63,6 +64,11 @@ class UpstreamStream:
                     self.finished = True
                     break
                 batch.append(chunk)
+                if chunk.has_delta and not self._relayed_delta:
+                    # The first token goes out before the rest of its read (a burst) is parsed.
+                    self._relayed_delta = True
+                    yield batch
+                    batch = []
             if batch:
                 yield batch
             if self.finished or not piece:
