@@ -13,6 +13,7 @@ import contextlib
 import socket
 from collections.abc import Callable
 
+from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
@@ -29,6 +30,8 @@ WRITE_BUFFER_LOW = 4 * 1024
 
 class SSEResponse(EventSourceResponse):
     """A text/event-stream response that never buffers, never compresses and keeps itself alive."""
+
+    _send_headers_immediately = False  # see prepare
 
     def __init__(
         self,
@@ -50,11 +53,12 @@ class SSEResponse(EventSourceResponse):
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
+        self._ping_timer: asyncio.TimerHandle | None = None
 
     async def _ping(self) -> None:
-        # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
+        # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics;
+        # it starts one interval in (see prepare), so it writes first and then sleeps.
         while True:
-            await asyncio.sleep(self._ping_interval)
             try:
                 async with asyncio.timeout(self._ping_send_timeout):
                     await self.write(HEARTBEAT)
@@ -69,6 +73,18 @@ class SSEResponse(EventSourceResponse):
                 break
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
+            await asyncio.sleep(self._ping_interval)
+
+    def _start_heartbeats(self) -> None:
+        self._ping_timer = None
+        self._ping_task = asyncio.get_running_loop().create_task(self._ping())
+
+    def _flush_headers(self) -> None:
+        # Nothing was written in the loop turn that prepared the response: send the headers alone.
+        writer = self._payload_writer
+        if writer is not None:
+            with contextlib.suppress(ConnectionResetError):
+                writer.send_headers()
 
     def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
         # aiohttp-sse reads the old value, sets its own, and restores the old one at the end: three
@@ -86,12 +102,34 @@ class SSEResponse(EventSourceResponse):
         pass
 
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
-        """Send the headers; from then on the client's write buffer is held small (see WRITE_BUFFER_HIGH)."""
-        writer = await super().prepare(request)
+        """Start the response: headers go out with the first event, at the latest one loop turn later.
+
+        aiohttp-sse would start a heartbeat task for every stream and send the headers in a write of
+        their own. Here a timer starts the heartbeat task only for a stream still open one interval
+        in, and the headers share the first event's write when it follows at once (the usual case:
+        the upstream's first event came with its headers). From then on the client's write buffer is
+        held small (see WRITE_BUFFER_HIGH).
+        """
+        if self.prepared:
+            return await super().prepare(request)
+        self._set_tcp_user_timeout(request)
+        writer = await web.StreamResponse.prepare(self, request)
+        self.enable_chunked_encoding()
         transport = request.transport
         if transport is not None:
             transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        loop = asyncio.get_running_loop()
+        self._ping_timer = loop.call_later(self._ping_interval, self._start_heartbeats)
+        loop.call_soon(self._flush_headers)
         return writer
+
+    def stop_streaming(self) -> None:
+        """Stop the heartbeat, started or not."""
+        if self._ping_timer is not None:
+            self._ping_timer.cancel()
+            self._ping_timer = None
+        if self._ping_task is not None:
+            self._ping_task.cancel()
 
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
@@ -99,14 +137,13 @@ class SSEResponse(EventSourceResponse):
 
     async def write_last(self, data: bytes) -> None:
         """Write the stream's last bytes and end the body, in one write (one send, not three)."""
-        if self._ping_task is not None:
-            self.stop_streaming()
+        self.stop_streaming()
         await self.write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""
+        self.stop_streaming()
         if self._ping_task is not None:
-            self.stop_streaming()
             await self.wait()
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await self.write_eof()
