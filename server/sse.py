@@ -131,6 +131,13 @@ class SSEResponse(EventSourceResponse):
         if self._ping_task is not None:
             self._ping_task.cancel()
 
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write, then wait while the client's buffer is over its mark (aiohttp alone checks every 64 KiB)."""
+        await super().write(data)
+        writer = self._payload_writer
+        if writer is not None:
+            await writer.drain()  # returns at once unless the transport paused writing
+
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
         self._abort_transport()
