@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import weakref
 from collections.abc import Callable
 
 from aiohttp import web
@@ -79,6 +80,14 @@ class SSEResponse(EventSourceResponse):
         self._ping_timer = None
         self._ping_task = asyncio.get_running_loop().create_task(self._ping())
 
+    @staticmethod
+    def _heartbeat_due(ref: weakref.ref[SSEResponse]) -> None:
+        # The timer holds the response weakly: a stream whose client left is freed at once, not
+        # one heartbeat interval later.
+        response = ref()
+        if response is not None:
+            response._start_heartbeats()
+
     def _flush_headers(self) -> None:
         # Nothing was written in the loop turn that prepared the response: send the headers alone.
         writer = self._payload_writer
@@ -119,7 +128,7 @@ class SSEResponse(EventSourceResponse):
         if transport is not None:
             transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         loop = asyncio.get_running_loop()
-        self._ping_timer = loop.call_later(self._ping_interval, self._start_heartbeats)
+        self._ping_timer = loop.call_later(self._ping_interval, self._heartbeat_due, weakref.ref(self))
         loop.call_soon(self._flush_headers)
         return writer
 
