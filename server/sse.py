@@ -26,6 +26,7 @@ _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 # reader holds in the gateway; small marks keep that near 80 KiB, and a paced stream never
 # comes close to either.
 WRITE_BUFFER_HIGH = 16 * 1024
+SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it for its bookkeeping
 WRITE_BUFFER_LOW = 4 * 1024
 
 
@@ -106,6 +107,11 @@ class SSEResponse(EventSourceResponse):
         if sock.family not in (socket.AF_INET, socket.AF_INET6):
             return
         sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
+        # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client that
+        # stops reading pins that much kernel memory and costs the gateway the CPU of relaying
+        # megabytes nobody reads before backpressure reaches the upstream. A token stream needs
+        # a few KiB per round trip.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
 
     def _restore_tcp_user_timeout(self) -> None:
         pass
