@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -148,14 +149,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """`--json-config` is the whole LoadConfig as JSON (see bench/config.py)."""
     parser = argparse.ArgumentParser(prog="python -m bench.loadgen", description=__doc__)
     parser.add_argument("--json-config", required=True, help="a LoadConfig as JSON")
+    parser.add_argument("--out", type=Path, default=None, help="write the results here instead of to stdout")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run one config and print its results as one JSON line."""
-    config = LoadConfig.from_json(parse_args(argv).json_config)
+    args = parse_args(argv)
+    config = LoadConfig.from_json(args.json_config)
     raise_fd_limit()
     results = uvloop.run(run(config))
+    if args.out is not None:
+        # A file, not a pipe: thousands of samples make a line longer than a pipe holds.
+        args.out.write_text(json.dumps(results))
+        return 0
     # The event loop may leave stdout non-blocking; a large line would then be cut short.
     os.set_blocking(sys.stdout.fileno(), True)
     print(json.dumps(results), flush=True)

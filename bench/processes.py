@@ -175,17 +175,17 @@ def start_gateway(upstream: Service, log_dir: Path, name: str = "gateway", worke
 
 
 def run_loadgen(config: LoadConfig, log_dir: Path, name: str, timeout: float) -> dict[str, Any]:
-    """Run `python -m bench.loadgen` with `config` and return the JSON it printed."""
-    argv = [sys.executable, "-m", "bench.loadgen", "--json-config", config.to_json()]
+    """Run `python -m bench.loadgen` with `config` and return the JSON it wrote."""
+    out = log_dir / f"{name}.json"
+    argv = [sys.executable, "-m", "bench.loadgen", "--json-config", config.to_json(), "--out", str(out)]
     stderr = log_dir / f"{name}.stderr.log"
     with stderr.open("wb") as err:
         done = subprocess.run(
-            argv, cwd=ROOT, env=child_env({}), stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
+            argv, cwd=ROOT, env=child_env({}), stdout=subprocess.DEVNULL, stderr=err, timeout=timeout, check=False
         )
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    if done.returncode != 0 or not lines:
+    if done.returncode != 0 or not out.exists():
         raise StartupError(f"the load generator failed ({done.returncode}):\n{_tail(stderr)}")
-    result: dict[str, Any] = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(out.read_text())
     return result
 
 
