@@ -94,7 +94,7 @@ PROCESS_HEADERS = [
     "upstream CPU",
     "proxy CPU (kernel)",
     "others' CPU",
-    "peak RSS loadgen / upstream / Sluice",
+    "peak RSS loadgen / upstream / proxy",
 ]
 
 
