@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -13,7 +14,7 @@ import orjson
 from .config import Api, LoadConfig, Pace
 from .reading import MARKERS, Outcome, StreamScan
 from .tally import Tally
-from .wire import Connection, connect, request_head
+from .wire import Connection, Response, connect, request_head
 
 PROMPT = "Benchmark prompt: say something."
 # Seconds any single request may take before it counts as failed.
@@ -106,9 +107,12 @@ class Client:
             return None
         loop = asyncio.get_running_loop()
         headed: asyncio.Future[None] = loop.create_future()
-        exchange = loop.create_task(connection.exchange(self._head + self._body, _StopAfterHead(connection, headed)))
+        exchange: asyncio.Future[Response] = loop.create_task(
+            connection.exchange(self._head + self._body, _StopAfterHead(connection, headed))
+        )
         exchange.add_done_callback(_consume)
-        await asyncio.wait({headed, exchange}, timeout=REQUEST_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        waited: set[asyncio.Future[Any]] = {headed, exchange}
+        await asyncio.wait(waited, timeout=REQUEST_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
         if not headed.done():
             headed.cancel()
             if not exchange.done():
@@ -158,7 +162,7 @@ class _StopAfterHead:
         pass
 
 
-def _consume(task: asyncio.Task[object]) -> None:
+def _consume(task: asyncio.Future[Response]) -> None:
     if not task.cancelled():
         task.exception()
 

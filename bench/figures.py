@@ -105,11 +105,12 @@ def _stall(key: str) -> Callable[[Results], float | None]:
         if stall is None or stall["role"] != "gateway" or not stall["readers"]:
             return None
         readers = float(stall["readers"])
+        idle, early, held, after = (float(stall[k]) for k in ("rss_idle", "rss_early", "rss_held", "rss_after"))
         if key == "per_reader":
-            return (stall["rss_held"] - stall["rss_idle"]) / readers / 1024
+            return (held - idle) / readers / 1024
         if key == "growth":
-            return (stall["rss_held"] - stall["rss_early"]) / readers / 1024
-        return (stall["rss_after"] - stall["rss_idle"]) / 2**20
+            return (held - early) / readers / 1024
+        return (after - idle) / 2**20
 
     return measure
 

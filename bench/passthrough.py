@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import AsyncIterator
 
 import aiohttp
 import uvloop
@@ -36,7 +37,7 @@ async def proxy(request: web.Request) -> web.StreamResponse:
         return response
 
 
-async def session_ctx(app: web.Application) -> object:
+async def session_ctx(app: web.Application) -> AsyncIterator[None]:
     """One pooled client session for the app's life."""
     app[SESSION] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0))
     yield

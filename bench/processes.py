@@ -193,7 +193,7 @@ def _workers_up(pid: int, workers: int) -> bool:
     """True when a `--workers` supervisor has all its workers (a single process always has)."""
     if workers == 1:
         return True
-    import psutil  # type: ignore[import-untyped]  # no type information installed
+    import psutil
 
     children = psutil.Process(pid).children()
     return len(children) >= workers and all(

@@ -103,7 +103,7 @@ class Workload:
 def workloads(quick: bool) -> list[Workload]:
     """Every workload, in the order they run; `quick` sizes them for a smoke test of a few seconds each."""
     paced = Pace(tokens=10 if quick else 64, gap_ms=100)
-    window = {"warmup_s": 0.2 if quick else 1.0, "duration_s": 0.6 if quick else 6.0}
+    warmup_s, duration_s = (0.2, 0.6) if quick else (1.0, 6.0)
     return [
         Workload(
             "setup",
@@ -112,7 +112,8 @@ def workloads(quick: bool) -> list[Workload]:
             Pace(tokens=1),
             Shape.LOOP,
             clients=1,
-            **window,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
         ),
         Workload(
             "latency",
@@ -121,7 +122,8 @@ def workloads(quick: bool) -> list[Workload]:
             Pace(tokens=64),
             Shape.LOOP,
             clients=1,
-            **window,
+            warmup_s=warmup_s,
+            duration_s=duration_s,
         ),
         Workload(
             "throughput",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from .contexts import end_streams, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
+from .contexts import end_streams, probe_ctx, signals_ctx, simulator_ctx, streams_ctx, upstream_ctx, worker_proxy_ctx
 from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, SETTINGS, WORKER_PROXY
 from .lifecycle import Lifecycle
 from .metrics import Metrics
@@ -43,7 +43,8 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     # while everything is still open.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
-    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session
+    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session and the routing
+    app.cleanup_ctx.append(probe_ctx)  # 2b. background probe of upstreams whose breaker is open
     app.cleanup_ctx.append(streams_ctx)  # 3. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 4. sessions to the other workers

@@ -85,7 +85,8 @@ async def relay(
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         record.outcome = Outcome.CLIENT_DISCONNECTED
     except GatewayError as failure:
-        record.outcome = Outcome.UPSTREAM_ERROR
+        # The routing's own deadlines (header, first token) end a stream as a timeout too.
+        record.outcome = Outcome.TIMEOUT if isinstance(failure, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
         record.error_code = failure.code
         await _write_final(sink, dialect.failure(failure), final_write_timeout)
     except (aiohttp.ClientError, TimeoutError) as exc:
@@ -183,5 +184,7 @@ async def _write_final(sink: Sink, data: bytes, limit: float) -> None:
     try:
         async with asyncio.timeout(limit):
             await sink.write(data)
-    except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError, RuntimeError):
+    except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError):
+        # Only what a gone or stalled client raises: a RuntimeError is a bug (the store sink's
+        # framing check raises one) and must not pass for a client that left.
         pass

@@ -153,6 +153,10 @@ class SSEResponse(EventSourceResponse):
         if writer is not None:
             await writer.drain()  # returns at once unless the transport paused writing
 
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
+        self.stop_streaming()
+
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
         self._abort_transport()

@@ -28,7 +28,9 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def open_stream(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, rid: str):
+async def open_stream(
+    http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, rid: str
+) -> aiohttp.ClientResponse:
     path, make_body = ROUTES[dialect]
     response = await http.post(gateway.url + path, json=make_body(message), headers={"X-Request-ID": rid})
     assert response.status == 200
@@ -111,14 +113,20 @@ async def test_shutdown_event_tells_eventsource_when_to_come_back(simulator: Sim
     assert events[-1].retry == 5000
 
 
-async def test_readiness_reports_upstream_down_after_connection_failures() -> None:
+async def test_readiness_reports_upstream_down_once_its_breaker_opens() -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    gateway = start_gateway(env={"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": closed})
+    gateway = start_gateway(
+        env={
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": closed,
+            "SLUICE_ROUTING_BREAKER_FAILURES": "5",
+        }
+    )
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(gateway.url + "/readyz") as response:
                 assert response.status == 200
-            for _ in range(3):  # upstream.down_after_failures
+            for _ in range(5):  # routing.breaker_failures
                 async with http.post(gateway.url + "/chat/stream", json={"message": "hi"}) as response:
                     assert response.status == 502
             async with http.get(gateway.url + "/readyz") as response:
@@ -316,3 +324,34 @@ def test_log_format_flag_chooses_console_or_json(fmt: str) -> None:
     finally:
         process.stop()
     assert line.startswith("{") == (fmt == "json")
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_signal_ends_live_streams_at_once_with_the_shutdown_event(simulator: Simulator) -> None:
+    """SIGTERM, then SIGTERM again: the live stream ends now with its shutdown event, not after the
+    60 s drain, and the process exits 0.
+
+    Catches: the second signal's "hurry" branch in server/contexts.py not calling `lifecycle.end_all()`.
+    """
+    far = {
+        "SLUICE_SERVER_DRAIN_TIMEOUT": "60",
+        "SLUICE_UPSTREAM_IDLE_TIMEOUT": "60",
+        "SLUICE_UPSTREAM_TOTAL_TIMEOUT": "120",
+        "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60",
+    }
+    gateway = start_gateway(upstream=simulator, env=far)
+    rid = new_request_id("hurry")
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await open_stream(http, gateway, "native", "x\n#sim tokens=100000 gap_ms=20", rid)
+            async for event in iter_events(response):
+                if event.event == "token":
+                    break
+            gateway.process.signal(signal.SIGTERM)
+            gateway.process.wait_for_event("drain_started")
+            gateway.process.signal(signal.SIGTERM)
+            events = await asyncio.wait_for(collect(response), 5)
+        assert ending(events, "native") == "shutdown"
+        assert await asyncio.to_thread(gateway.process.wait, 10) == 0
+    finally:
+        gateway.process.stop()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import psutil
@@ -38,12 +39,14 @@ def tight_gateway(simulator: Simulator) -> Iterator[Gateway]:
     gateway.process.stop()
 
 
-def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str, **extra: object):
+def post(
+    http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str, **extra: object
+) -> Any:
     path, make_body = ROUTES[dialect]
     return http.post(gateway.url + path, json=make_body(message, **extra), headers={"X-Request-ID": request_id})
 
 
-def finished(gateway: Gateway, request_id: str) -> dict[str, object]:
+def finished(gateway: Gateway, request_id: str) -> dict[str, Any]:
     return gateway.process.wait_for_event("request_finished", request_id=request_id)
 
 
@@ -339,3 +342,29 @@ async def test_token_text_cannot_forge_or_split_events(gateway: Gateway, dialect
         assert all(e.fields == ["data"] for e in events)
         assert [e.data for e in events].count("[DONE]") == 1
         assert all(json.loads(e.data) for e in events[:-1])
+
+
+# 9. Pass-through
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_unknown_v1_fields_reach_the_simulator_unchanged(
+    gateway: Gateway, simulator: Simulator, stream: bool
+) -> None:
+    """What the simulator received (its request record) carries the client's unknown fields as sent.
+
+    Catches: server/routes/openai.py building the upstream body from known fields only.
+    """
+    rid = new_request_id("pass-through")
+    messages = [{"role": "user", "content": "hi #sim tokens=2", "brand_new_message_field": [1, "two"]}]
+    extension = {"nested": {"deep": [1, 2.5, None, True]}, "text": "ünïcode"}
+    body = {"model": "gpt-4o", "messages": messages, "stream": stream, "brand_new_parameter": extension, "seed": 7}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}) as r:
+            assert r.status == 200
+            await r.read()
+        record = await sim_wait(http, simulator.url, rid, "closed")
+    received = json.loads(record["body"])
+    assert received["brand_new_parameter"] == extension
+    assert received["messages"] == messages
+    assert {k: v for k, v in received.items() if k != "stream_options"} == body
