@@ -11,10 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import weakref
 from collections.abc import Callable
 
-from aiohttp import web
+from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
@@ -55,12 +54,11 @@ class SSEResponse(EventSourceResponse):
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
-        self._ping_timer: asyncio.TimerHandle | None = None
 
     async def _ping(self) -> None:
-        # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics;
-        # it starts one interval in (see prepare), so it writes first and then sleeps.
+        # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
         while True:
+            await asyncio.sleep(self._ping_interval)
             try:
                 async with asyncio.timeout(self._ping_send_timeout):
                     await self.write(HEARTBEAT)
@@ -75,19 +73,6 @@ class SSEResponse(EventSourceResponse):
                 break
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
-            await asyncio.sleep(self._ping_interval)
-
-    def _start_heartbeats(self) -> None:
-        self._ping_timer = None
-        self._ping_task = asyncio.get_running_loop().create_task(self._ping())
-
-    @staticmethod
-    def _heartbeat_due(ref: weakref.ref[SSEResponse]) -> None:
-        # The timer holds the response weakly: a stream whose client left is freed at once, not
-        # one heartbeat interval later.
-        response = ref()
-        if response is not None:
-            response._start_heartbeats()
 
     def _flush_headers(self) -> None:
         # Nothing was written in the loop turn that prepared the response: send the headers alone.
@@ -119,11 +104,9 @@ class SSEResponse(EventSourceResponse):
     async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
         """Start the response: headers go out with the first event, at the latest one loop turn later.
 
-        aiohttp-sse would start a heartbeat task for every stream and send the headers in a write of
-        their own. Here a timer starts the heartbeat task only for a stream still open one interval
-        in, and the headers share the first event's write when it follows at once (the usual case:
-        the upstream's first event came with its headers). From then on the client's write buffer is
-        held small (see WRITE_BUFFER_HIGH).
+        aiohttp-sse would send the headers in a write of their own. Here they share the first
+        event's write when it follows at once (the usual case: the upstream's first event came with
+        its headers). From then on the client's write buffer is held small (see WRITE_BUFFER_HIGH).
         """
         if self.prepared:
             return await super().prepare(request)
@@ -131,20 +114,14 @@ class SSEResponse(EventSourceResponse):
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         transport = request.transport
-        if transport is not None:
-            transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        if transport is None or transport.is_closing():
+            # What the header write would have raised, had it not waited for the first event.
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         loop = asyncio.get_running_loop()
-        self._ping_timer = loop.call_later(self._ping_interval, self._heartbeat_due, weakref.ref(self))
+        self._ping_task = loop.create_task(self._ping())
         loop.call_soon(self._flush_headers)
         return writer
-
-    def stop_streaming(self) -> None:
-        """Stop the heartbeat, started or not."""
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-            self._ping_timer = None
-        if self._ping_task is not None:
-            self._ping_task.cancel()
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write, then wait while the client's buffer is over its mark (aiohttp alone checks every 64 KiB)."""
@@ -155,7 +132,8 @@ class SSEResponse(EventSourceResponse):
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
-        self.stop_streaming()
+        if self._ping_task is not None:
+            self._ping_task.cancel()
 
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
@@ -163,13 +141,13 @@ class SSEResponse(EventSourceResponse):
 
     async def write_last(self, data: bytes) -> None:
         """Write the stream's last bytes and end the body, in one write (one send, not three)."""
-        self.stop_streaming()
+        self.stop_heartbeat()
         await self.write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""
-        self.stop_streaming()
         if self._ping_task is not None:
+            self.stop_streaming()
             await self.wait()
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await self.write_eof()
