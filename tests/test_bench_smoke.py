@@ -22,6 +22,8 @@ from bench.workloads import WORKLOAD_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICK_RUN_TIMEOUT_S = 600
+# The quick run starts some 45 processes one after another (about 3 minutes on 2 shared cores).
+pytestmark = pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 60)
 
 
 @dataclass
