@@ -96,7 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings.process.metrics_dir)
     port, port_source = _listen_port(args.port, settings)
-    worker = identity_from_args(args.worker_index, args.peer_dir)
+    # With Redis every worker reads every stream from there: no relay between workers is needed.
+    worker = identity_from_args(args.worker_index, args.peer_dir) if settings.redis.url is None else None
     try:
         serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker)
     except OSError as exc:

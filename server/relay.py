@@ -33,7 +33,11 @@ log = structlog.get_logger("sluice.relay")
 
 
 class Sink(Protocol):
-    """Where events go: the SSE response, or a test's recorder."""
+    """Where events go: the SSE response, or a test's recorder.
+
+    A sink that also has `write_last(data)` gets the stream's last bytes through it, so that they
+    and the end of the body leave in one write (see SSEResponse.write_last).
+    """
 
     async def write(self, data: bytes) -> None: ...
 
@@ -109,6 +113,7 @@ async def _forward(
     loop = asyncio.get_running_loop()
     finished: set[int] = set()
     last_at: float | None = None
+    held = b""
     guard.reading()
     async for batch in batches:
         now = loop.time()
@@ -142,7 +147,12 @@ async def _forward(
                 last_at = now
         if events:
             # Chunks that arrived in one read go out in one write: none waits for another.
-            await sink.write(events[0] if len(events) == 1 else b"".join(events))
+            data = events[0] if len(events) == 1 else b"".join(events)
+            if failure is None and record.finish_reason is not None and getattr(batches, "finished", False):
+                # The upstream's last read: these bytes, the final event and the body's end share one write.
+                held = data
+            else:
+                await sink.write(data)
         if failure is not None:
             raise failure
         guard.reading()
@@ -153,7 +163,9 @@ async def _forward(
             f"The upstream ended the stream after {len(finished)} of its {choices} choices finished."
         )
     guard.writing()
-    await sink.write(dialect.done(record.finish_reason, record.usage))
+    done = dialect.done(record.finish_reason, record.usage)
+    write_last = getattr(sink, "write_last", None)
+    await (sink.write if write_last is None else write_last)(held + done if held else done)
     record.outcome = Outcome.COMPLETED
 
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..connections import open_connections
-from ..keys import CONNECTION_LIMIT, LIFECYCLE, SETTINGS, UPSTREAM, UPSTREAM_CREDENTIALS
+from ..keys import CONNECTION_LIMIT, LIFECYCLE, REDIS, SETTINGS, UPSTREAM, UPSTREAM_CREDENTIALS
 
 
 async def health(request: web.Request) -> web.Response:
@@ -35,6 +35,11 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "upstream_down", **detail}, status=503)
     if _saturated(request):
         return web.json_response({"status": "saturated", **detail}, status=503)
+    link = request.app.get(REDIS)
+    if link is not None and not link.up:
+        # Still ready: /v1 and attached streams need no Redis, and every replica shares this
+        # Redis, so failing readiness would take them all out of the load balancer at once.
+        return web.json_response({"status": "redis_down", **detail})
     return web.json_response({"status": "ready", **detail})
 
 

@@ -22,8 +22,11 @@ from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.upstream")
 
-# Large enough for one SSE line carrying a big tool-call delta.
-READ_BUFFER_BYTES = 1 << 18
+# aiohttp stops reading the upstream once twice this is buffered: with a client that stopped
+# reading, that buffer is what the stream holds (bench: 256 KiB here held ~1.4 MB of RSS per
+# stalled reader). An event larger than this still arrives whole: readany() returns what is
+# buffered and EventSplitter joins the pieces.
+READ_BUFFER_BYTES = 1 << 14
 ERROR_BODY_LIMIT = 64 * 1024
 MAX_REPLY_BYTES = 16 << 20
 

@@ -38,6 +38,8 @@ class UpstreamStream:
         self.upstream = upstream
         self.finished = False
         self.malformed = 0
+        self._unparsed: list[bytes] = []
+        self._delta_seen = False
 
     async def prime(self) -> None:
         """Read up to the first content; raise UpstreamError for a failure before it."""
@@ -64,10 +66,16 @@ class UpstreamStream:
     async def _read_batch(self) -> list[Chunk] | None:
         """The next non-empty batch, or None once the body (or `[DONE]`) ended it."""
         content = self._response.content
-        while not self._ended:
-            piece = await content.readany()
+        while self._unparsed or not self._ended:
+            if self._unparsed:
+                raws, self._unparsed = self._unparsed, []
+                body_ended = False
+            else:
+                piece = await content.readany()
+                raws = self._splitter.feed(piece) if piece else self._splitter.close()
+                body_ended = not piece
             batch: list[Chunk] = []
-            for raw in self._splitter.feed(piece) if piece else self._splitter.close():
+            for index, raw in enumerate(raws):
                 try:
                     chunk = parse_chunk(raw)
                 except MalformedChunk as exc:
@@ -79,7 +87,12 @@ class UpstreamStream:
                     self.finished = True
                     break
                 batch.append(chunk)
-            if self.finished or not piece:
+                if chunk.has_delta and not self._delta_seen:
+                    # The first token leaves before the rest of its read (a burst) is parsed.
+                    self._delta_seen = True
+                    self._unparsed = raws[index + 1 :]
+                    return batch
+            if self.finished or body_ended:
                 self._ended = True
             if batch:
                 return batch
