@@ -7,7 +7,9 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, PEERS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from .catalog import ModelCatalog
+from .discovery import discovery_ctx
+from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, MODELS, PEERS, SETTINGS, SIMULATOR_URL, UPSTREAM
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
@@ -35,10 +37,12 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[BROWSER_STREAMS] = BrowserStreamSettings(**settings.browser.model_dump())
+    app[MODELS] = ModelCatalog(settings.models)
     setup_middlewares(app)
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)
     app.cleanup_ctx.append(upstream_ctx)
+    app.cleanup_ctx.append(discovery_ctx)
     # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
     app.cleanup_ctx.append(streams_ctx)
     if worker is not None:
@@ -54,9 +58,8 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.
 async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
     """With no key configured, serve the simulated model on a loopback port of this process."""
     pace = app[SETTINGS].simulator
-    simulator = create_simulator_app(
-        Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=app[SETTINGS].models.available
-    )
+    models = app[MODELS].served() or [app[MODELS].default]
+    simulator = create_simulator_app(Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=models)
     runner = web.AppRunner(simulator, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)

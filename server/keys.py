@@ -8,6 +8,7 @@ from aiohttp import web
 
 if TYPE_CHECKING:  # the keys' types are named in strings: these modules import this one
     from .access import RequestRecord  # noqa: F401
+    from .catalog import ModelCatalog  # noqa: F401
     from .lifecycle import Lifecycle  # noqa: F401
     from .metrics import Metrics  # noqa: F401
     from .openai_schema import ChatCompletionValidator  # noqa: F401
@@ -26,6 +27,7 @@ SIMULATOR_URL = web.AppKey[str]("simulator_url")
 BROWSER_STREAMS = web.AppKey["BrowserStreamSettings"]("browser_streams")
 STREAMS = web.AppKey["StreamRegistry"]("streams")
 PEERS = web.AppKey["Peers"]("peers")
+MODELS = web.AppKey["ModelCatalog"]("models")
 
 REQUEST_ID = web.RequestKey[str]("request_id")
 RESPONSE_STARTED = web.RequestKey[bool]("response_started")

@@ -17,12 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidRequestError
-from ..keys import PEERS, RECORD, REQUEST_ID, SETTINGS, STREAMS
+from ..keys import MODELS, PEERS, RECORD, REQUEST_ID, SETTINGS, STREAMS
 from ..peers import relay_to_owner
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
-from ..validation import check_model, parse_model, read_json_object
+from ..validation import parse_model, read_json_object
 
 # Query parameters of the one-step GET; the rest of ChatRequest (history) does not fit a URL.
 _QUERY_FIELDS = ("message", "model", "system")
@@ -77,8 +77,7 @@ def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
 async def _start(request: web.Request, data: dict[str, Any]) -> str:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, data, settings)
-    model = chat_request.model or settings.models.default
-    check_model(model, settings)
+    model = request.app[MODELS].resolve(chat_request.model or settings.models.default, listed_at="/models")
     record = request[RECORD]
     record.model = model
     return await request.app[STREAMS].start(

@@ -10,17 +10,16 @@ from pydantic import ValidationError
 
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
-from ..keys import RECORD, REQUEST_ID, SETTINGS
+from ..keys import MODELS, RECORD, REQUEST_ID, SETTINGS
 from ..schemas import ChatReply, ChatRequest, Usage
 from ..streaming import complete_chat, stream_chat
-from ..validation import check_model, parse_model, read_json_object
+from ..validation import parse_model, read_json_object
 
 
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, await read_json_object(request), settings)
-    model = chat_request.model or settings.models.default
-    check_model(model, settings)
+    model = request.app[MODELS].resolve(chat_request.model or settings.models.default, listed_at="/models")
     request[RECORD].model = model
     return chat_request, model
 

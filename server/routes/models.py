@@ -1,13 +1,13 @@
-"""GET /models: the original list of models and the default."""
+"""GET /models: the original list of models (and aliases) and the default."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..keys import SETTINGS
+from ..keys import MODELS
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The configured models and the one used when a request names none."""
-    models = request.app[SETTINGS].models
-    return web.json_response({"models": list(models.available), "default": models.default})
+    """The models a request may name and the one used when it names none."""
+    catalog = request.app[MODELS]
+    return web.json_response({"models": catalog.names(), "default": catalog.default})

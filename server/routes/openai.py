@@ -11,10 +11,10 @@ from typing import Any
 from aiohttp import web
 
 from ..dialects import OpenAIDialect
-from ..errors import InvalidRequestError, ModelNotFoundError
-from ..keys import CHAT_SCHEMA, RECORD, SETTINGS
+from ..errors import InvalidRequestError
+from ..keys import CHAT_SCHEMA, MODELS, RECORD
 from ..streaming import complete_chat, stream_chat
-from ..validation import check_model, read_json_object
+from ..validation import read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
 MODELS_CREATED = 1_700_000_000
@@ -25,16 +25,15 @@ def _model_object(model_id: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the configured models as OpenAI lists them."""
-    models = request.app[SETTINGS].models.available
+    """GET /v1/models: the served models and aliases as OpenAI lists them."""
+    models = request.app[MODELS].names()
     return web.json_response({"object": "list", "data": [_model_object(m) for m in models]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{id}: one configured model, or 404 model_not_found."""
+    """GET /v1/models/{id}: one model a request may name, or 404 model_not_found."""
     model_id = request.match_info["model_id"]
-    if model_id not in request.app[SETTINGS].models.available:
-        raise ModelNotFoundError(f"The model {model_id[:200]!r} does not exist.", param="model")
+    request.app[MODELS].resolve(model_id, listed_at="/v1/models")
     return web.json_response(_model_object(model_id))
 
 
@@ -44,8 +43,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     issue = request.app[CHAT_SCHEMA].first_error(body)
     if issue is not None:
         raise InvalidRequestError(issue.message, param=issue.param or None)
-    model = body["model"]
-    check_model(model, request.app[SETTINGS])
+    # An alias becomes the real model here: the upstream is asked for it and the reply names it.
+    model = request.app[MODELS].resolve(body["model"], listed_at="/v1/models")
+    body["model"] = model
     request[RECORD].model = model
     if body.get("stream") is True:
         options = body.get("stream_options")
