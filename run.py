@@ -13,10 +13,9 @@ import structlog
 from aiohttp import web
 
 from server.app import create_app
-from server.lifecycle import signals_ctx
 from server.logs import configure_logging
-from server.peers import WorkerIdentity, identity_from_args
 from server.settings import Settings, SettingsError, load_settings
+from server.worker_proxy import WorkerIdentity, identity_from_args
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
 SHUTDOWN_TIMEOUT = 5.0
@@ -83,8 +82,7 @@ def serve(
 ) -> None:
     """Run one gateway process in the foreground (one of several when `worker` is given)."""
     log = structlog.get_logger("sluice")
-    app = create_app(settings, worker)
-    app.cleanup_ctx.append(signals_ctx)
+    app = create_app(settings, worker, signals=True)
 
     def announce(_: str) -> None:
         # run_app calls this once its sockets listen: the line tests and operators wait for.

@@ -99,7 +99,7 @@ class Upstream(StrEnum):
 
 UPSTREAM_COMMANDS = {
     Upstream.BENCH: (["-m", "bench.upstream"], "bench upstream listening on "),
-    Upstream.SIMULATOR: (["-m", "server.simulator"], "simulator listening on "),
+    Upstream.SIMULATOR: (["-m", "server.simulator", "--control"], "simulator listening on "),
 }
 
 

@@ -1,88 +1,68 @@
-"""`create_app(settings)`: wire middlewares, state, resources and routes; nothing else."""
+"""The composition root: `create_app(settings)` builds every component and wires it; nothing else does.
+
+A request goes: middleware (request id, access log, CORS, errors) -> route handler (routes/) ->
+chat_call.py or streams/ -> upstream.py -> relay.py -> SSE response. Domain modules never read the
+application's keys: only this module, contexts.py, routes/, middleware/ and chat_call.py do.
+"""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import structlog
 from aiohttp import web
 
 from .catalog import ModelCatalog
-from .discovery import discovery_ctx
-from .keys import BROWSER_STREAMS, CHAT_SCHEMA, LIFECYCLE, METRICS, MODELS, PEERS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from .contexts import (
+    discovery_ctx,
+    end_streams,
+    signals_ctx,
+    simulator_ctx,
+    streams_ctx,
+    upstream_ctx,
+    worker_proxy_ctx,
+)
+from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, MODELS, SETTINGS, WORKER_PROXY
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
-from .peers import Peers, WorkerIdentity, peers_ctx
 from .routes import setup_cors, setup_routes
 from .settings import Settings
-from .simulator import Pace, create_simulator_app
-from .streams.registry import end_streams, streams_ctx
-from .streams.settings import BrowserStreamSettings
-from .upstream import Upstream, create_sdk_client, create_upstream_session
-
-log = structlog.get_logger("sluice.app")
+from .worker_proxy import WorkerIdentity, WorkerProxy
 
 
-def create_app(settings: Settings, worker: WorkerIdentity | None = None) -> web.Application:
+def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, signals: bool = False) -> web.Application:
     """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
 
     `worker` is set when this process is one of several (`--workers`): browser streams are then
-    routed to the worker that owns them (see peers.py).
+    forwarded to the worker that owns them (see worker_proxy.py). `signals` (run.py) drains the
+    process on SIGTERM/SIGINT; tests' in-process apps leave the signals alone.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
+    # Plain state, built now: no I/O, nothing to close.
     app[SETTINGS] = settings
     app[METRICS] = Metrics()
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
-    app[BROWSER_STREAMS] = BrowserStreamSettings(**settings.browser.model_dump())
     app[MODELS] = ModelCatalog(settings.models)
-    setup_middlewares(app)
-    if settings.simulated:
-        app.cleanup_ctx.append(simulator_ctx)
-    app.cleanup_ctx.append(upstream_ctx)
-    app.cleanup_ctx.append(discovery_ctx)
-    # After the upstream: cleanup runs in reverse, so detached browser streams end before it closes.
-    app.cleanup_ctx.append(streams_ctx)
     if worker is not None:
-        app[PEERS] = Peers(worker)
-        app.cleanup_ctx.append(peers_ctx)
+        app[WORKER_PROXY] = WorkerProxy(worker)
+    setup_middlewares(app)
+
+    # Resources, opened in this order on startup and closed in reverse on cleanup. Order matters:
+    # the upstream needs the simulator's URL; the streams need the upstream and must end before it
+    # closes. The signal handlers come last, so they are removed first and a signal's drain runs
+    # while everything is still open.
+    if settings.simulated:
+        app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
+    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session
+    app.cleanup_ctx.append(discovery_ctx)  # 3. the upstream's model list, when models.discover is on
+    app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
+    if worker is not None:
+        app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers
+    if signals:
+        app.cleanup_ctx.append(signals_ctx)  # 6. SIGTERM/SIGINT: drain, then exit
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
+
     setup_routes(app)
     setup_cors(app, settings.server.cors_origins)
     return app
-
-
-async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
-    """With no key configured, serve the simulated model on a loopback port of this process."""
-    pace = app[SETTINGS].simulator
-    models = app[MODELS].served() or [app[MODELS].default]
-    simulator = create_simulator_app(Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=models)
-    runner = web.AppRunner(simulator, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    app[SIMULATOR_URL] = f"http://127.0.0.1:{port}/v1"
-    log.warning(
-        "simulated_upstream_started",
-        message="No upstream key is set (AI_INTEGRATIONS_OPENAI_API_KEY): "
-        "replies come from the built-in simulated model.",
-        url=app[SIMULATOR_URL],
-    )
-    yield
-    await runner.cleanup()
-
-
-async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled upstream session and SDK client for the application's lifetime."""
-    settings = app[SETTINGS].upstream
-    base_url = app.get(SIMULATOR_URL) or settings.base_url
-    session = create_upstream_session(settings)
-    client = create_sdk_client(session, settings, base_url)
-    app[UPSTREAM] = Upstream(client, session, settings)
-    yield
-    await client.close()
-    await session.close()

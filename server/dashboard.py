@@ -5,24 +5,21 @@ share a metrics directory), so the page and Prometheus never disagree. Each dash
 its own `Window` of samples, one per tick: rates and TTFT percentiles are over the window, counts
 of errors and disconnects since start.
 
-Tables are the extension point: `TABLES` lists functions that each return a `Table` (or None) for
-the app, and the page renders whatever tables a snapshot carries. Upstreams are one today; circuit
-breakers and per-key usage against their limits are added the same way when they exist.
+Tables are the extension point: the page renders whatever `Table`s a snapshot carries, and
+routes/dashboard.py lists the functions that build them from the app (TABLES). Upstreams are one
+today; circuit breakers and per-key usage against their limits are added the same way.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict, deque
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp import web
-
 from .guard import Outcome
-from .keys import METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
 from .metrics import Metrics
 
 Cell = str | int | float | None
@@ -143,33 +140,24 @@ class Window:
         }
 
 
-def upstream_table(app: web.Application) -> Table:
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the dashboard shows of one upstream."""
+
+    name: str
+    url: str
+    down: bool
+    connect_failures: int
+
+
+def upstream_table(upstreams: Iterable[UpstreamState]) -> Table:
     """Each upstream with its address (never a credential) and state."""
-    upstream = app[UPSTREAM]
-    simulated = app[SETTINGS].simulated
-    url = app.get(SIMULATOR_URL) if simulated else app[SETTINGS].upstream.base_url
-    state = "down" if upstream.is_down else "up"
-    name = "simulated" if simulated else "default"
     return Table(
         id="upstreams",
         title="Upstreams",
         columns=("name", "address", "state", "connect failures in a row"),
-        rows=[(name, _address(url or ""), state, upstream.consecutive_connect_failures)],
+        rows=[(u.name, _address(u.url), "down" if u.down else "up", u.connect_failures) for u in upstreams],
     )
-
-
-# Each returns the app's table, or None when it has nothing to show. Add breakers and keys here.
-TABLES: tuple[Callable[[web.Application], Table | None], ...] = (upstream_table,)
-
-
-def collect_tables(app: web.Application) -> list[Table]:
-    """Every table that has something to show."""
-    return [table for build in TABLES if (table := build(app)) is not None]
-
-
-def sample_app(app: web.Application, at: float) -> Sample:
-    """A sample of the app's metrics."""
-    return take_sample(app[METRICS], at)
 
 
 def _address(url: str) -> str:

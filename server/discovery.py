@@ -1,22 +1,21 @@
 """Read the upstream's model list (`GET {base_url}/models`) at start and refresh it in the background.
 
-On only with `models.discover`. The list read is handed to the ModelCatalog; a failed read is
-logged and the last list kept, so an upstream that is briefly away never empties the catalog.
-Discovery has a small session of its own: it is one request every few minutes, outside the
-chat path and its accounting.
+On only with `models.discover` (contexts.py starts and closes it). The list read is handed to the
+ModelCatalog; a failed read is logged and the last list kept, so an upstream that is briefly away
+never empties the catalog. Discovery has a small session of its own: one request every few
+minutes, outside the chat path and its accounting.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
 
 import aiohttp
 import structlog
-from aiohttp import web
 
-from .keys import MODELS, SETTINGS, SIMULATOR_URL
+from .catalog import ModelCatalog
+from .settings import UpstreamSettings
 
 log = structlog.get_logger("sluice.discovery")
 
@@ -24,40 +23,47 @@ log = structlog.get_logger("sluice.discovery")
 MAX_MODELS = 10_000
 
 
-async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
-    """With `models.discover`, read the model list once before serving, then every interval."""
-    settings = app[SETTINGS]
-    if not settings.models.discover:
-        yield
-        return
-    base_url = app.get(SIMULATOR_URL) or settings.upstream.base_url
-    key = settings.upstream.api_key
-    headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
-    connect = settings.upstream.connect_timeout
-    timeout = aiohttp.ClientTimeout(total=connect * 2, sock_connect=connect)
-    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
-        url = base_url.rstrip("/") + "/models"
-        catalog = app[MODELS]
+class ModelDiscovery:
+    """Keeps `catalog` up to date with the upstream's model list."""
 
-        async def refresh() -> None:
-            models = await read_models(session, url)
-            if models is not None:
-                catalog.update(models)
-                log.info("models_discovered", count=len(models))
+    def __init__(self, catalog: ModelCatalog, base_url: str, upstream: UpstreamSettings, interval: float) -> None:
+        self._catalog = catalog
+        self._url = base_url.rstrip("/") + "/models"
+        key = upstream.api_key
+        self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+        connect = upstream.connect_timeout
+        self._timeout = aiohttp.ClientTimeout(total=connect * 2, sock_connect=connect)
+        self._interval = interval
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
 
-        async def refresh_forever() -> None:
-            while True:
-                await asyncio.sleep(settings.models.discover_interval)
-                await refresh()
+    async def start(self) -> None:
+        """Read the list once, then keep refreshing it in a background task."""
+        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        await self.refresh()
+        self._task = asyncio.create_task(self._refresh_forever())
 
-        await refresh()
-        task = asyncio.create_task(refresh_forever())
-        try:
-            yield
-        finally:
-            task.cancel()
+    async def close(self) -> None:
+        """Stop refreshing and close the session."""
+        if self._task is not None:
+            self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await task
+                await self._task
+        if self._session is not None:
+            await self._session.close()
+
+    async def refresh(self) -> None:
+        """Read the list now; keep the last one if the read fails."""
+        assert self._session is not None
+        models = await read_models(self._session, self._url)
+        if models is not None:
+            self._catalog.update(models)
+            log.info("models_discovered", count=len(models))
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self._interval)
+            await self.refresh()
 
 
 async def read_models(session: aiohttp.ClientSession, url: str) -> list[str] | None:

@@ -5,21 +5,19 @@ with Retry-After, live requests get `drain_timeout` seconds to finish, and each 
 then ends with an explicit shutdown event (its guard cancels it, see guard.py). Only then does the
 process stop listening and exit 0. The listener stays open during the drain so that probes and
 late requests get an answer instead of a refused connection. A second signal skips the wait.
+The signal handlers that start the drain are `signals_ctx` in contexts.py.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 
 import structlog
-from aiohttp import web
 
 from .errors import ServiceUnavailableError
 from .guard import StreamGuard
-from .keys import LIFECYCLE, SETTINGS
 
 log = structlog.get_logger("sluice.lifecycle")
 
@@ -85,39 +83,3 @@ class Lifecycle:
             log.info("drain_ending_streams", live=self.live)
         for guard in list(self._live):
             guard.shutdown()
-
-
-def _raise_graceful_exit() -> None:
-    # GracefulExit is a SystemExit: raised from a loop callback it leaves run_until_complete,
-    # and web.run_app then runs the normal cleanup and returns, so the process exits 0.
-    raise web.GracefulExit()
-
-
-async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Drain on SIGTERM and SIGINT, then exit; installed by run.py, not by tests' apps."""
-    loop = asyncio.get_running_loop()
-    lifecycle = app[LIFECYCLE]
-    drain_timeout = app[SETTINGS].server.drain_timeout
-    tasks: list[asyncio.Task[None]] = []
-
-    async def drain_then_exit() -> None:
-        await lifecycle.drain(drain_timeout)
-        loop.call_soon(_raise_graceful_exit)
-
-    def on_signal(signum: int) -> None:
-        if tasks:
-            log.info("drain_hurried", signal=signal.Signals(signum).name)
-            lifecycle.end_all()
-            return
-        log.info("signal_received", signal=signal.Signals(signum).name)
-        tasks.append(loop.create_task(drain_then_exit()))
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    yield
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
-    for task in tasks:
-        if not task.done():
-            task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)

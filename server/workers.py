@@ -5,7 +5,7 @@ so the kernel spreads connections across them. The parent forwards SIGTERM and S
 worker then drains, see lifecycle.py), replaces a worker that dies on its own, and exits 0 once
 every worker has exited after a signal. Workers share a prometheus-client multi-process
 directory, so /metrics on any worker reports all of them, and each listens on a Unix socket in a
-shared directory, so a browser stream's requests reach the worker that owns it (see peers.py).
+shared directory, so a browser stream's requests reach the worker that owns it (see worker_proxy.py).
 Everything else a worker keeps in memory is its own.
 """
 

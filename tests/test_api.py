@@ -10,8 +10,11 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server import __version__
+from server.app import create_app
 from server.keys import SIMULATOR_URL
 from server.settings import Settings
+from tests.conftest import AiohttpClient, make_settings
+from tests.support.processes import Simulator
 
 Client = TestClient[web.Request, web.Application]
 
@@ -89,16 +92,24 @@ async def test_chat_replies_with_response_model_finish_reason_and_usage(client: 
     assert usage["total_tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
 
 
-async def test_chat_uses_the_model_named_in_the_request(client: Client) -> None:
+async def test_chat_uses_the_model_named_in_the_request(aiohttp_client: AiohttpClient, simulator: Simulator) -> None:
+    environ = {"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url}
+    client: Client = await aiohttp_client(create_app(make_settings(environ)))
     response = await client.post(
         "/chat", json={"message": "hello", "model": "gpt-4.1-mini"}, headers={"X-Request-ID": "named-model"}
     )
 
     assert response.status == 200
     assert (await response.json())["model"] == "gpt-4.1-mini"
-    simulator = client.app[SIMULATOR_URL].removesuffix("/v1")
-    async with client.session.get(f"{simulator}/_sim/requests/named-model") as seen:
+    async with client.session.get(f"{simulator.url}/_sim/requests/named-model") as seen:
         assert (await seen.json())["model"] == "gpt-4.1-mini"
+
+
+async def test_the_built_in_simulated_model_has_no_test_control_routes(client: Client) -> None:
+    simulator = client.app[SIMULATOR_URL].removesuffix("/v1")
+
+    async with client.session.get(f"{simulator}/_sim/stats") as stats:
+        assert stats.status == 404
 
 
 async def test_chat_is_steered_by_a_sim_directive(client: Client) -> None:

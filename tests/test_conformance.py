@@ -14,9 +14,9 @@ import jsonschema_rs
 import pytest
 import yaml
 
-from server.openai_schema.extract import convert, reachable
 from tests.support.processes import ROOT, Gateway, clean_env
 from tests.support.sse import read_events
+from tools.extract_openai_schema import convert, reachable
 
 SPEC = Path(__file__).resolve().parent / "openapi" / "openapi-chat.yaml"
 STREAM_CHUNK = "CreateChatCompletionStreamResponse"

@@ -12,9 +12,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.dashboard import Sample, Window, quantile, take_sample, upstream_table
+from server.dashboard import Sample, Window, quantile, take_sample
 from server.keys import LIFECYCLE
 from server.metrics import Metrics
+from server.routes.dashboard import upstreams
 from server.routes.page import CONTENT_SECURITY_POLICY
 from tests.conftest import make_settings
 
@@ -115,7 +116,7 @@ async def test_the_upstream_table_shows_no_credential_from_the_base_url(aiohttp_
     }
     client: Client = await aiohttp_client(create_app(make_settings(environ)))
 
-    table = upstream_table(client.app)
+    table = upstreams(client.app)
 
     assert table.rows == [("default", "https://upstream.example:8443/v1", "up", 0)]
 

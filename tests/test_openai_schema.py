@@ -12,9 +12,9 @@ import pytest
 from server.openai_schema import (
     ChatCompletionValidator,
     SchemaIssue,
-    extract,
     load_schema,
 )
+from tools import extract_openai_schema as extract
 
 # The committed cut of OpenAI's spec (tests/openapi) holds every schema the request reaches.
 SPEC = Path(__file__).resolve().parent / "openapi" / "openapi-chat.yaml"

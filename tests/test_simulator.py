@@ -33,7 +33,8 @@ NASTY = 'a"b\\c\nd\re\r\nf\n\ndata: [DONE]\n\n\tg\x00h\x1f\u2028\u2029é漢字�
 
 
 async def simulator(aiohttp_client: AiohttpClient, **kwargs: Any) -> Client:
-    """An in-process simulator behind a test client."""
+    """An in-process simulator, with its test-only /_sim routes, behind a test client."""
+    kwargs.setdefault("control", True)
     return await aiohttp_client(create_simulator_app(**kwargs))
 
 
@@ -545,6 +546,13 @@ def test_stats_memory_is_bounded() -> None:
     assert stats.find("still-running") is active
     assert [s["request_id"] for s in snapshot["streams"]] == ["r26", "r27", "r28", "r29"]
     assert (snapshot["opened"], snapshot["completed"], snapshot["active"]) == (31, 30, 1)
+
+
+async def test_control_routes_are_only_added_when_asked(aiohttp_client: AiohttpClient) -> None:
+    plain = await simulator(aiohttp_client, control=False)
+
+    assert (await plain.get("/_sim/stats")).status == 404
+    assert (await plain.post("/_sim/reset")).status == 404
 
 
 async def test_command_line_server(aiohttp_client: AiohttpClient) -> None:

@@ -1,7 +1,7 @@
 """Validate ``POST /v1/chat/completions`` bodies against OpenAI's own request schema.
 
 The schema (``create_chat_completion_request.json``) is generated from the official
-OpenAPI description by ``python -m server.openai_schema.extract``; see that module.
+OpenAPI description by ``python -m tools.extract_openai_schema``; see that module.
 Unknown top-level parameters are accepted (the spec does not close the object), and
 validation never touches the body: callers keep forwarding the original dict.
 

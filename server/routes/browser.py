@@ -17,12 +17,12 @@ from typing import Any
 from aiohttp import web
 
 from ..errors import InvalidRequestError
-from ..keys import MODELS, PEERS, RECORD, REQUEST_ID, SETTINGS, STREAMS
-from ..peers import relay_to_owner
+from ..keys import METRICS, MODELS, RECORD, REQUEST_ID, SETTINGS, STREAMS, WORKER_PROXY
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
 from ..validation import parse_model, read_json_object
+from ..worker_proxy import forward_to_owner
 
 # Query parameters of the one-step GET; the rest of ChatRequest (history) does not fit a URL.
 _QUERY_FIELDS = ("message", "model", "system")
@@ -39,18 +39,18 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
     """The stream's events after Last-Event-ID (or from the start); 204 when there is nothing left."""
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
-        return await relay_to_owner(request, owner)
+        return await _forward(request, owner)
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
-    return await serve_stream(request, request.app[STREAMS], stream_id, point.seq if point else 0)
+    return await _serve(request, stream_id, point.seq if point else 0)
 
 
 async def delete_stream(request: web.Request) -> web.StreamResponse:
     """Stop the stream's generation; 204 whether it was running, already over, or unknown."""
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
-        return await relay_to_owner(request, owner)
+        return await _forward(request, owner)
     await request.app[STREAMS].stop(stream_id)
     return web.Response(status=204)
 
@@ -58,20 +58,37 @@ async def delete_stream(request: web.Request) -> web.StreamResponse:
 async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     """Start a stream from the query and read it, or, on a reconnect, resume the stream it names."""
     point = resume_point(request)
-    registry = request.app[STREAMS]
     if point is not None:
         if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
-            return await relay_to_owner(request, owner)
-        return await serve_stream(request, registry, point.stream_id, point.seq)
+            return await _forward(request, owner)
+        return await _serve(request, point.stream_id, point.seq)
     fields = {name: request.query[name] for name in _QUERY_FIELDS if name in request.query}
     stream_id = await _start(request, fields)
-    return await serve_stream(request, registry, stream_id, 0)
+    return await _serve(request, stream_id, 0)
 
 
 def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
     """The worker that owns `stream_id`, when that is another process (`--workers`)."""
-    peers = request.app.get(PEERS)
-    return peers.owner_elsewhere(stream_id) if peers is not None else None
+    proxy = request.app.get(WORKER_PROXY)
+    return proxy.owner_elsewhere(stream_id) if proxy is not None else None
+
+
+async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
+    """Answer with what worker `owner` answers (see worker_proxy.py)."""
+    return await forward_to_owner(request, request.app[WORKER_PROXY], owner, request[REQUEST_ID])
+
+
+async def _serve(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:
+    """Send the stream's events after `after` on this connection (see streams/reader.py)."""
+    return await serve_stream(
+        request,
+        request.app[STREAMS],
+        stream_id,
+        after,
+        settings=request.app[SETTINGS].stream,
+        metrics=request.app[METRICS],
+        record=request[RECORD],
+    )
 
 
 async def _start(request: web.Request, data: dict[str, Any]) -> str:

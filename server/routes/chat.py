@@ -8,11 +8,11 @@ import orjson
 from aiohttp import web
 from pydantic import ValidationError
 
+from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
 from ..keys import MODELS, RECORD, REQUEST_ID, SETTINGS
 from ..schemas import ChatReply, ChatRequest, Usage
-from ..streaming import complete_chat, stream_chat
 from ..validation import parse_model, read_json_object
 
 

@@ -8,13 +8,14 @@ no state on the app and costs nothing while nobody watches.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from ..dashboard import Window, collect_tables, sample_app
-from ..keys import LIFECYCLE, SETTINGS
+from ..dashboard import Table, UpstreamState, Window, take_sample, upstream_table
+from ..keys import LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
 from .page import serve_file
 
 TICK_SECONDS = 1.0
@@ -29,6 +30,25 @@ def check_dashboard_access(request: web.Request) -> None:
     the dashboard is exactly as open as /metrics, whose numbers it shows. Both dashboard routes
     call this first, so closing it is one change here.
     """
+
+
+def upstreams(app: web.Application) -> Table:
+    """The upstreams table: today one upstream, the configured one or the simulated model."""
+    settings = app[SETTINGS]
+    upstream = app[UPSTREAM]
+    simulated = settings.simulated
+    state = UpstreamState(
+        name="simulated" if simulated else "default",
+        url=app.get(SIMULATOR_URL, "") if simulated else settings.upstream.base_url,
+        down=upstream.is_down,
+        connect_failures=upstream.consecutive_connect_failures,
+    )
+    return upstream_table([state])
+
+
+# The tables a snapshot carries, each built from the app (None: nothing to show). Breakers and
+# per-key usage against their limits go here when the gateway has them.
+TABLES: tuple[Callable[[web.Application], Table | None], ...] = (upstreams,)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
@@ -49,9 +69,9 @@ async def dashboard_feed(request: web.Request) -> web.StreamResponse:
         response.headers["Cache-Control"] = "no-cache, no-transform"
         retry: int | None = RETRY_MS
         while not lifecycle.draining:
-            window.add(sample_app(app, loop.time()))
-            snapshot = window.snapshot(collect_tables(app))
-            await response.send(orjson.dumps(snapshot).decode(), event="snapshot", retry=retry)
+            window.add(take_sample(app[METRICS], loop.time()))
+            tables = [table for build in TABLES if (table := build(app)) is not None]
+            await response.send(orjson.dumps(window.snapshot(tables)).decode(), event="snapshot", retry=retry)
             retry = None
             await asyncio.sleep(TICK_SECONDS)
     return response

@@ -10,10 +10,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..chat_call import complete_chat, stream_chat
 from ..dialects import OpenAIDialect
 from ..errors import InvalidRequestError
 from ..keys import CHAT_SCHEMA, MODELS, RECORD
-from ..streaming import complete_chat, stream_chat
 from ..validation import read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.

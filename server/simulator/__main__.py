@@ -1,4 +1,6 @@
-"""Run the simulator: `python -m server.simulator --host 127.0.0.1 --port 0`.
+"""Run the simulator: `python -m server.simulator --host 127.0.0.1 --port 0 [--control]`.
+
+`--control` adds the test-only `/_sim/*` routes that tests and bench/ read requests back with.
 
 Prints exactly one line, `simulator listening on http://HOST:PORT`, once the
 socket is bound (with the real port when --port 0), and exits 0 on SIGTERM
@@ -34,6 +36,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--gap-ms", type=float, default=defaults.gap_ms)
     parser.add_argument("--tokens", type=int, default=defaults.tokens)
     parser.add_argument("--api-key", default=None)
+    parser.add_argument("--control", action="store_true", help="add the test-only /_sim/* routes")
     return parser.parse_args(argv)
 
 
@@ -42,6 +45,7 @@ async def serve(args: argparse.Namespace) -> None:
     app = create_simulator_app(
         Pace(ttft_ms=args.ttft_ms, gap_ms=args.gap_ms, tokens=args.tokens),
         api_key=args.api_key,
+        control=args.control,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

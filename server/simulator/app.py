@@ -32,12 +32,14 @@ def create_simulator_app(
     defaults: Pace | None = None,
     models: Sequence[str] = DEFAULT_MODELS,
     api_key: str | None = None,
+    control: bool = False,
 ) -> web.Application:
     """Build a simulated OpenAI-compatible chat API.
 
     defaults: pacing when a request does not steer it.
     models: ids listed by GET /v1/models (chat accepts any model name).
     api_key: when set, /v1/* requires `Authorization: Bearer <api_key>`.
+    control: add the test-only `/_sim/*` routes (stats, a request's record, reset).
     """
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS_KEY] = SimulatorSettings.build(defaults, models, api_key)
@@ -46,9 +48,10 @@ def create_simulator_app(
     app.on_shutdown.append(_wake_hanging_requests)
     app.router.add_get("/v1/models", list_models)
     app.router.add_post("/v1/chat/completions", chat_completions)
-    app.router.add_get("/_sim/stats", get_stats)
-    app.router.add_get("/_sim/requests/{request_id}", wait_for_request)
-    app.router.add_post("/_sim/reset", reset_stats)
+    if control:
+        app.router.add_get("/_sim/stats", get_stats)
+        app.router.add_get("/_sim/requests/{request_id}", wait_for_request)
+        app.router.add_post("/_sim/reset", reset_stats)
     return app
 
 

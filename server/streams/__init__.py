@@ -1,6 +1,10 @@
 """Detached streams for browsers: generations that outlive any one connection, and their buffers.
 
-registry.py    starts, stops and owns the generations; counts readers; `streams_ctx`
+Not to be confused with the attached relay (relay.py, which a generation reuses) or the worker
+proxy (worker_proxy.py, which forwards a stream's requests to the worker that owns it). The
+registry is built, and closed, by `streams_ctx` in contexts.py; bounds come from BrowserSettings.
+
+registry.py    starts, stops and owns the generations; counts readers
 generation.py  one generation: the upstream's reply relayed into the store
 reader.py      one connection: the stored events after a resume point, then the live ones
 resume.py      the `<stream>:<seq>` event ids a reconnect names

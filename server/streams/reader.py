@@ -15,8 +15,10 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from ..access import RequestRecord
 from ..errors import GatewayError
-from ..keys import METRICS, RECORD, SETTINGS
+from ..metrics import Metrics
+from ..settings import StreamSettings
 from ..sse import SSEResponse
 from .registry import StreamRegistry
 from .resume import event_id
@@ -39,7 +41,14 @@ def _dropped() -> ResumeUnavailableError:
 
 
 async def serve_stream(
-    request: web.Request, registry: StreamRegistry, stream_id: str, after: int
+    request: web.Request,
+    registry: StreamRegistry,
+    stream_id: str,
+    after: int,
+    *,
+    settings: StreamSettings,
+    metrics: Metrics,
+    record: RequestRecord,
 ) -> web.StreamResponse:
     """Send the events of `stream_id` after `after` until its final event."""
     store = registry.store
@@ -49,14 +58,13 @@ async def serve_stream(
         raise _dropped() from None
     if first is None or (first.finished and not first.events):
         return web.Response(status=204)
-    settings = request.app[SETTINGS].stream
     response = SSEResponse(
         heartbeat_interval=settings.heartbeat_interval,
         send_timeout=settings.send_timeout,
-        on_heartbeat=request.app[METRICS].heartbeats.inc,
+        on_heartbeat=metrics.heartbeats.inc,
     )
     await response.prepare(request)
-    request[RECORD].response_status = response.status
+    record.response_status = response.status
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
     with registry.reading(stream_id):
         if await _send(response, start.encode(), settings.send_timeout):

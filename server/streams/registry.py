@@ -1,7 +1,7 @@
 """Start, stop and own the detached generations of one application, and count who reads them.
 
 Every generation runs as a task held here, never fire-and-forget: `close()` (on application
-cleanup) ends each one with the shutdown event, waits for it, and cancels what still runs. A
+cleanup, see contexts.py) ends each one with the shutdown event, waits for it, and cancels what still runs. A
 generation with no reader attached for the grace period is stopped, so a browser that went away
 for good does not keep an upstream busy.
 """
@@ -9,22 +9,19 @@ for good does not keep an upstream busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import structlog
-from aiohttp import web
 
 from ..errors import ServiceUnavailableError
-from ..keys import BROWSER_STREAMS, LIFECYCLE, METRICS, PEERS, SETTINGS, STREAMS, UPSTREAM
 from ..lifecycle import FINAL_EVENT_GRACE
+from ..settings import BrowserSettings
 from .generation import Generation, Job, Services, StopReason
-from .memory import MemoryStreamStore
 from .resume import new_stream_id
-from .settings import BrowserStreamSettings
 from .store import StreamStore
 
 log = structlog.get_logger("sluice.streams")
@@ -43,7 +40,7 @@ class _Live:
 class StreamRegistry:
     """The detached streams of this process."""
 
-    def __init__(self, services: Services, bounds: BrowserStreamSettings, id_prefix: str = "") -> None:
+    def __init__(self, services: Services, bounds: BrowserSettings, id_prefix: str = "") -> None:
         self._services = services
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
@@ -137,27 +134,3 @@ class StreamRegistry:
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())
-
-
-async def end_streams(app: web.Application) -> None:
-    """on_shutdown: end the generations before aiohttp waits for handlers, so their readers finish.
-
-    After a drain (run.py) none is left; this covers every other way an application stops.
-    """
-    app[STREAMS].end_all()
-
-
-async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The detached streams' store and registry for the application's lifetime (after the upstream's)."""
-    bounds = app[BROWSER_STREAMS]
-    store = MemoryStreamStore(
-        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
-    )
-    services = Services(
-        upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
-    )
-    peers = app.get(PEERS)
-    registry = StreamRegistry(services, bounds, peers.identity.stream_id_prefix() if peers is not None else "")
-    app[STREAMS] = registry
-    yield
-    await registry.close()

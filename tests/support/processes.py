@@ -156,7 +156,7 @@ class ManagedProcess:
 
 @dataclass
 class Simulator:
-    """`python -m server.simulator` on a loopback port."""
+    """`python -m server.simulator --control` on a loopback port."""
 
     process: ManagedProcess
     url: str
@@ -167,9 +167,10 @@ class Simulator:
 
 
 def start_simulator(*args: str) -> Simulator:
-    """Start the simulator and return once it listens."""
+    """Start the simulator, with its test-only /_sim routes, and return once it listens."""
     process = ManagedProcess(
-        [sys.executable, "-m", "server.simulator", "--host", "127.0.0.1", "--port", "0", *args], clean_env()
+        [sys.executable, "-m", "server.simulator", "--host", "127.0.0.1", "--port", "0", "--control", *args],
+        clean_env(),
     ).start()
     line = process.wait_for_line(lambda text: text.startswith("simulator listening on "))
     return Simulator(process, line.removeprefix("simulator listening on ").strip())

@@ -1,17 +1,16 @@
-"""Send a browser stream's requests to the worker that owns it, when `--workers` runs several.
+"""The worker proxy: forward a browser stream's requests to the worker that owns it (`--workers`).
 
 A detached browser stream lives in the memory of the worker that started it, while the kernel
 spreads new connections over all workers (SO_REUSEPORT). So each worker also listens on a Unix
 socket of its own, every stream id it creates names it (`w<index>_<token>`), and a request for
-another worker's stream is relayed, bytes as they come, to that worker's socket. A client that
-leaves closes the relayed request, so the owner sees the disconnect as if it were direct.
+another worker's stream is forwarded, bytes as they come, to that worker's socket. A client that
+leaves closes the forwarded request, so the owner sees the disconnect as if it were direct.
 A single process has no peers and creates plain ids.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,12 +18,10 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from .keys import PEERS, REQUEST_ID
-
-log = structlog.get_logger("sluice.peers")
+log = structlog.get_logger("sluice.worker_proxy")
 
 _OWNER = re.compile(r"w([0-9]{1,4})_")
-# Headers of a relayed answer that the client must see as the owner sent them.
+# Headers of a forwarded answer that the client must see as the owner sent them.
 _PASSED_ON = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 
 
@@ -44,7 +41,7 @@ class WorkerIdentity:
         return f"w{self.index}_"
 
 
-class Peers:
+class WorkerProxy:
     """Connections to the other workers, one pooled session each, opened on first use."""
 
     def __init__(self, identity: WorkerIdentity) -> None:
@@ -75,15 +72,15 @@ class Peers:
         self._sessions.clear()
 
 
-async def relay_to_owner(request: web.Request, owner: int) -> web.StreamResponse:
+async def forward_to_owner(request: web.Request, proxy: WorkerProxy, owner: int, request_id: str) -> web.StreamResponse:
     """Answer `request` with what worker `owner` answers, streamed through as it arrives.
 
     A worker that cannot be reached took its streams with it (it died and was replaced): that is
     an unknown stream, 204, which tells EventSource to stop reconnecting.
     """
     headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}
-    headers["X-Request-ID"] = request[REQUEST_ID]
-    session = request.app[PEERS].session(owner)
+    headers["X-Request-ID"] = request_id
+    session = proxy.session(owner)
     try:
         answer = await session.request(request.method, f"http://worker{request.path_qs}", headers=headers)
     except aiohttp.ClientError as exc:
@@ -101,12 +98,6 @@ async def relay_to_owner(request: web.Request, owner: int) -> web.StreamResponse
         return response
     finally:
         answer.close()
-
-
-async def peers_ctx(app: web.Application) -> AsyncIterator[None]:
-    """The sessions to the other workers, for the application's lifetime."""
-    yield
-    await app[PEERS].close()
 
 
 def identity_from_args(index: int | None, peer_dir: str | None) -> WorkerIdentity | None:

@@ -1,4 +1,4 @@
-"""Serve one chat request against the upstream: admit it, guard it, stream or complete it.
+"""Serve one chat call against the upstream: admit it, guard it, stream (via the relay) or complete it.
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.

@@ -1,0 +1,139 @@
+"""The resources of the application, each opened and closed by one `cleanup_ctx` (see app.py for the order).
+
+Domain modules know nothing of aiohttp's application or its keys: this module reads the keys,
+builds each component from the ones it depends on, and closes it at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator
+
+import structlog
+from aiohttp import web
+
+from .discovery import ModelDiscovery
+from .keys import LIFECYCLE, METRICS, MODELS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .simulator import Pace, create_simulator_app
+from .streams.generation import Services
+from .streams.memory import MemoryStreamStore
+from .streams.registry import StreamRegistry
+from .upstream import Upstream, create_sdk_client, create_upstream_session
+
+log = structlog.get_logger("sluice.app")
+# The drain's lines keep the logger they always had, so dashboards and greps still find them.
+drain_log = structlog.get_logger("sluice.lifecycle")
+
+
+async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With no key configured, serve the simulated model on a loopback port of this process."""
+    pace = app[SETTINGS].simulator
+    # No /_sim control routes here: they are for tests and bench, which start their own simulator.
+    models = app[MODELS].served() or [app[MODELS].default]
+    simulator = create_simulator_app(Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=models)
+    runner = web.AppRunner(simulator, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    app[SIMULATOR_URL] = f"http://127.0.0.1:{port}/v1"
+    log.warning(
+        "simulated_upstream_started",
+        message="No upstream key is set (AI_INTEGRATIONS_OPENAI_API_KEY): "
+        "replies come from the built-in simulated model.",
+        url=app[SIMULATOR_URL],
+    )
+    yield
+    await runner.cleanup()
+
+
+async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
+    """One pooled upstream session and SDK client for the application's lifetime."""
+    settings = app[SETTINGS].upstream
+    base_url = app.get(SIMULATOR_URL) or settings.base_url
+    session = create_upstream_session(settings)
+    client = create_sdk_client(session, settings, base_url)
+    app[UPSTREAM] = Upstream(client, session, settings)
+    yield
+    await client.close()
+    await session.close()
+
+
+async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With `models.discover`, read the upstream's model list before serving, then every interval."""
+    settings = app[SETTINGS]
+    if not settings.models.discover:
+        yield
+        return
+    base_url = app.get(SIMULATOR_URL) or settings.upstream.base_url
+    discovery = ModelDiscovery(app[MODELS], base_url, settings.upstream, settings.models.discover_interval)
+    await discovery.start()
+    yield
+    await discovery.close()
+
+
+async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The detached streams' store and registry; closing ends every generation, then the store."""
+    bounds = app[SETTINGS].browser
+    store = MemoryStreamStore(
+        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+    )
+    services = Services(
+        upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
+    )
+    proxy = app.get(WORKER_PROXY)
+    registry = StreamRegistry(services, bounds, proxy.identity.stream_id_prefix() if proxy is not None else "")
+    app[STREAMS] = registry
+    yield
+    await registry.close()
+
+
+async def worker_proxy_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The sessions to the other workers (`--workers`), closed with the application."""
+    yield
+    await app[WORKER_PROXY].close()
+
+
+async def end_streams(app: web.Application) -> None:
+    """on_shutdown: end the generations before aiohttp waits for handlers, so their readers finish.
+
+    After a drain (run.py) none is left; this covers every other way an application stops.
+    """
+    app[STREAMS].end_all()
+
+
+def _raise_graceful_exit() -> None:
+    # GracefulExit is a SystemExit: raised from a loop callback it leaves run_until_complete,
+    # and web.run_app then runs the normal cleanup and returns, so the process exits 0.
+    raise web.GracefulExit()
+
+
+async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Drain on SIGTERM and SIGINT, then exit; only for `create_app(..., signals=True)` (run.py)."""
+    loop = asyncio.get_running_loop()
+    lifecycle = app[LIFECYCLE]
+    drain_timeout = app[SETTINGS].server.drain_timeout
+    tasks: list[asyncio.Task[None]] = []
+
+    async def drain_then_exit() -> None:
+        await lifecycle.drain(drain_timeout)
+        loop.call_soon(_raise_graceful_exit)
+
+    def on_signal(signum: int) -> None:
+        if tasks:
+            drain_log.info("drain_hurried", signal=signal.Signals(signum).name)
+            lifecycle.end_all()
+            return
+        drain_log.info("signal_received", signal=signal.Signals(signum).name)
+        tasks.append(loop.create_task(drain_then_exit()))
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    yield
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.remove_signal_handler(signum)
+    for task in tasks:
+        if not task.done():
+            task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
