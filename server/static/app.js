@@ -93,7 +93,7 @@ function addMessage(role, text, model) {
   header.append(who, label);
   const content = document.createElement("div");
   content.className = "content";
-  const message = { element: article, content, label, text, frame: 0 };
+  const message = { role, element: article, content, label, text, frame: 0 };
   article.append(header, content);
   if (role === "assistant") article.append(copyButton(message));
   elements.conversation.append(article);
@@ -103,7 +103,9 @@ function addMessage(role, text, model) {
 
 function renderMessage(message) {
   message.frame = 0;
-  message.content.replaceChildren(SluiceMarkdown.render(message.text));
+  // What you typed shows as typed; replies are Markdown.
+  if (message.role === "user") message.content.textContent = message.text;
+  else message.content.replaceChildren(SluiceMarkdown.render(message.text));
   message.element.scrollIntoView({ block: "end" });
 }
 
