@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
 import aiohttp
@@ -18,6 +19,8 @@ from server.metrics import Metrics
 from server.routes.dashboard import upstreams
 from server.routes.page import CONTENT_SECURITY_POLICY
 from tests.conftest import make_settings
+from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port
+from tests.test_operations import distinct_pids
 
 Client = TestClient[web.Request, web.Application]
 
@@ -185,3 +188,25 @@ async def test_the_feed_ends_when_the_process_drains(client: Client) -> None:
     async with asyncio.timeout(10):  # unrelated bound: the feed ends within a tick
         rest = await feed.content.read()  # returns once the gateway ends the response
     assert rest.count(b"event: snapshot") <= 1
+
+
+async def test_the_feed_of_any_worker_counts_the_streams_of_every_worker(simulator: Simulator) -> None:
+    port = free_port()
+    env = clean_env({"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url})
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        assert len(await distinct_pids(url, want=2)) == 2
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection each time: the kernel spreads them
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            for _ in range(8):
+                async with http.post(url + "/chat/stream", json={"message": "w\n#sim tokens=2"}) as response:
+                    await response.read()
+            async with http.get(url + "/dashboard/feed") as feed:
+                snapshot = await next_snapshot(feed)
+        # Eight streams spread over two workers: one worker's own view would (almost surely) miss some.
+        assert snapshot["endings"]["completed"] == 8
+    finally:
+        supervisor.stop()
