@@ -7,7 +7,9 @@ asked it for; one test runs `python run.py` with SLUICE_MODELS_AVAILABLE='*' as 
 from __future__ import annotations
 
 import asyncio
+import re
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -16,9 +18,10 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.settings import load_settings
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.client import new_request_id, sim_wait
-from tests.support.processes import Simulator, start_gateway
+from tests.support.processes import ROOT, Simulator, start_gateway
 
 Client = TestClient[web.Request, web.Application]
 Build = Callable[..., Coroutine[Any, Any, Client]]
@@ -205,3 +208,16 @@ async def test_a_failed_discovery_keeps_the_configured_list(upstream_app_client:
     listed = await (await client.get("/models")).json()
 
     assert listed["models"] == ["gpt-4o"]
+
+
+def test_the_readme_models_example_loads(tmp_path: Path) -> None:
+    readme = (ROOT / "README.md").read_text()
+    (example,) = [block for block in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL) if "[models]" in block]
+    overlay = tmp_path / "models.toml"
+    overlay.write_text(example)
+
+    models = load_settings(overlay, environ={}).models
+
+    assert models.available == ("*",)
+    assert models.discover is True
+    assert models.aliases == {"fast": "llama3.2:3b"}
