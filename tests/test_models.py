@@ -221,3 +221,17 @@ def test_the_readme_models_example_loads(tmp_path: Path) -> None:
     assert models.available == ("*",)
     assert models.discover is True
     assert models.aliases == {"fast": "llama3.2:3b"}
+
+
+async def test_a_browser_stream_asks_the_upstream_for_the_aliased_model(
+    gateway_with: Build, simulator: Simulator
+) -> None:
+    client = await gateway_with(aliases={"fast": "gpt-4o-mini"})
+    request_id = new_request_id("alias-browser")
+
+    created = await client.post(
+        "/chat/streams", json={"message": "#sim tokens=2\nhi", "model": "fast"}, headers={"X-Request-ID": request_id}
+    )
+
+    assert created.status == 201
+    assert await model_the_simulator_saw(simulator, request_id) == "gpt-4o-mini"
