@@ -119,7 +119,7 @@ async def test_the_upstream_table_shows_no_credential_from_the_base_url(aiohttp_
     }
     client: Client = await aiohttp_client(create_app(make_settings(environ)))
 
-    table = upstreams(client.app)
+    table = await upstreams(client.app)
 
     assert table.rows == [("default", "https://upstream.example:8443/v1", "up", 0)]
 

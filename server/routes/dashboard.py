@@ -8,7 +8,7 @@ no state on the app and costs nothing while nobody watches.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 import orjson
 from aiohttp import web
@@ -32,7 +32,7 @@ def check_dashboard_access(request: web.Request) -> None:
     """
 
 
-def upstreams(app: web.Application) -> Table:
+async def upstreams(app: web.Application) -> Table:
     """The upstreams table: today one upstream, the configured one or the simulated model."""
     settings = app[SETTINGS]
     upstream = app[UPSTREAM]
@@ -46,9 +46,10 @@ def upstreams(app: web.Application) -> Table:
     return upstream_table([state])
 
 
-# The tables a snapshot carries, each built from the app (None: nothing to show). Breakers and
-# per-key usage against their limits go here when the gateway has them.
-TABLES: tuple[Callable[[web.Application], Table | None], ...] = (upstreams,)
+# The tables a snapshot carries, each built from the app (None: nothing to show). Async, because
+# what they read may live in Redis. Breakers and per-key usage against their limits go here when
+# the gateway has them.
+TABLES: tuple[Callable[[web.Application], Awaitable[Table | None]], ...] = (upstreams,)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:
@@ -70,7 +71,7 @@ async def dashboard_feed(request: web.Request) -> web.StreamResponse:
         retry: int | None = RETRY_MS
         while not lifecycle.draining:
             window.add(take_sample(app[METRICS], loop.time()))
-            tables = [table for build in TABLES if (table := build(app)) is not None]
+            tables = [table for build in TABLES if (table := await build(app)) is not None]
             await response.send(orjson.dumps(window.snapshot(tables)).decode(), event="snapshot", retry=retry)
             retry = None
             await asyncio.sleep(TICK_SECONDS)
