@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections.abc import AsyncIterator, Iterator
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -18,6 +19,7 @@ from playwright.async_api import Browser, Page, async_playwright, expect
 from tests.support.client import new_request_id
 from tests.support.png import colours
 from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.proxy import CuttingProxy
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PolicyWatch
 
 ACCENT = (0x25, 0x63, 0xEB)  # --accent in dashboard.css: the colour of every number on the page
@@ -135,3 +137,23 @@ async def test_a_screenshot_of_the_dashboard_after_traffic_is_a_drawn_page(
     # The numbers are drawn in the accent colour: styled, rendered values are on the screen.
     assert counts[ACCENT] > 200, f"no styled numbers on the page (background {background})"
     assert watch.violations == []
+
+
+async def test_the_dashboard_says_when_its_feed_is_lost_and_recovers(gateway: Gateway, browser: Browser) -> None:
+    target = urlsplit(gateway.url)
+    assert target.hostname is not None
+    assert target.port is not None
+    proxy = CuttingProxy(target.hostname, target.port)
+    await proxy.start()
+    try:
+        page, watch = await open_dashboard(browser, proxy.url)
+        proxy.cut_after(b"event: snapshot\n", then_hold=True)
+
+        await expect(page.locator("#feed")).to_have_attribute("data-state", "lost", timeout=UPDATE_SECONDS)
+        await expect(page.locator("#feed")).to_have_text("Connection lost; reconnecting…")
+        proxy.release()
+
+        await expect(page.locator("#feed")).to_have_attribute("data-state", "live", timeout=UPDATE_SECONDS)
+        assert watch.violations == []
+    finally:
+        await proxy.close()
