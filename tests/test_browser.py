@@ -293,3 +293,35 @@ async def test_the_badge_shows_when_the_simulated_model_answers_and_only_then(
         assert watch.violations == []
     finally:
         simulated.process.stop()
+
+
+RENDER = """(text) => {
+  const box = document.createElement("div");
+  box.append(SluiceMarkdown.render(text));
+  return box.innerHTML;
+}"""
+LINK = 'rel="noopener noreferrer nofollow" target="_blank"'
+MARKDOWN_CASES = {
+    "snake_case_name and 2*3*4": "<p>snake_case_name and 2*3*4</p>",
+    "*one* _two_ **three** __four__": "<p><em>one</em> <em>two</em> <strong>three</strong> <strong>four</strong></p>",
+    "1. one\n2. two": "<ol><li>one</li><li>two</li></ol>",
+    "* a\n+ b": "<ul><li>a</li><li>b</li></ul>",
+    "###### deep": "<h6>deep</h6>",
+    "> quoted **bold**": "<blockquote><p>quoted <strong>bold</strong></p></blockquote>",
+    "```\nstill streaming": "<pre><code>still streaming</code></pre>",
+    "**[doc](https://a.example/x)**": f'<p><strong><a href="https://a.example/x" {LINK}>doc</a></strong></p>',
+    "[x](data:text/html,<b>hi</b>)": "<p>[x](data:text/html,&lt;b&gt;hi&lt;/b&gt;)</p>",
+    "<b>x</b> & y": "<p>&lt;b&gt;x&lt;/b&gt; &amp; y</p>",
+    "`<i>`": "<p><code>&lt;i&gt;</code></p>",
+    "line one\nline two\n\nnext": "<p>line one\nline two</p><p>next</p>",
+}
+
+
+async def test_the_markdown_renderer_builds_the_expected_nodes_for_each_case(
+    gateway: Gateway, browser: Browser
+) -> None:
+    page, _ = await open_page(browser, gateway.url)
+
+    rendered = {markdown: await page.evaluate(RENDER, markdown) for markdown in MARKDOWN_CASES}
+
+    assert rendered == MARKDOWN_CASES

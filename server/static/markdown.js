@@ -5,7 +5,9 @@
 "use strict";
 
 const SluiceMarkdown = (() => {
-  const INLINE = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*|__[^_\n]+__)|(\*[^*\s][^*\n]*\*|_[^_\s][^_\n]*_)|(\[[^\]\n]+\]\([^)\s]+\))/g;
+  // Emphasis needs a non-word character (or the edge) on its outer sides: snake_case and 2*3*4 stay text.
+  const INLINE =
+    /(`[^`\n]+`)|((?<!\w)\*\*[^*\n]+\*\*(?!\w)|(?<!\w)__[^_\n]+__(?!\w))|((?<!\w)\*[^*\s][^*\n]*\*(?!\w)|(?<!\w)_[^_\s][^_\n]*_(?!\w))|(\[[^\]\n]+\]\([^)\s]+\))/g;
   const FENCE = /^\s*```/;
   const HEADING = /^(#{1,6})\s+(.*)$/;
   const QUOTE = /^>\s?(.*)$/;
