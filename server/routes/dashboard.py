@@ -8,6 +8,7 @@ no state on the app and costs nothing while nobody watches.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 
 import orjson
@@ -69,10 +70,12 @@ async def dashboard_feed(request: web.Request) -> web.StreamResponse:
     async with sse_response(request, sep="\n", send_timeout=send_timeout) as response:
         response.headers["Cache-Control"] = "no-cache, no-transform"
         retry: int | None = RETRY_MS
-        while not lifecycle.draining:
-            window.add(take_sample(app[METRICS], loop.time()))
-            tables = [table for build in TABLES if (table := await build(app)) is not None]
-            await response.send(orjson.dumps(window.snapshot(tables)).decode(), event="snapshot", retry=retry)
-            retry = None
-            await asyncio.sleep(TICK_SECONDS)
+        # A viewer that stopped reading (send timeout) or reset the connection just ends the feed.
+        with contextlib.suppress(TimeoutError, ConnectionResetError):
+            while not lifecycle.draining:
+                window.add(take_sample(app[METRICS], loop.time()))
+                tables = [table for build in TABLES if (table := await build(app)) is not None]
+                await response.send(orjson.dumps(window.snapshot(tables)).decode(), event="snapshot", retry=retry)
+                retry = None
+                await asyncio.sleep(TICK_SECONDS)
     return response
