@@ -19,7 +19,15 @@ const elements = {
   tokens: document.getElementById("tokens"),
   reconnects: document.getElementById("reconnects"),
   usage: document.getElementById("usage"),
+  keyField: document.getElementById("key-field"),
+  key: document.getElementById("key"),
 };
+
+// With gateway keys on, calls carry the key typed here; EventSource URLs carry a token instead.
+function authHeaders() {
+  const key = elements.key.value.trim();
+  return key ? { Authorization: `Bearer ${key}` } : {};
+}
 
 // The turns so far, as the API's `history` takes them: [{role, content}].
 let history = [];
@@ -43,8 +51,14 @@ function errorMessage(body, fallback) {
 
 async function loadModels() {
   try {
-    const response = await fetch("/models");
+    const response = await fetch("/models", { headers: authHeaders() });
+    if (response.status === 401) {
+      elements.keyField.hidden = false;
+      setStatus("idle", "This gateway needs a key.");
+      return;
+    }
     const body = await response.json();
+    elements.model.replaceChildren();
     for (const name of body.models) {
       elements.model.add(new Option(name, name, false, name === body.default));
     }
@@ -140,7 +154,7 @@ async function start(event) {
   try {
     response = await fetch("/chat/streams", {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", ...authHeaders() },
       body: JSON.stringify({ message: text, model, history }),
     });
     body = await response.json();
@@ -226,7 +240,8 @@ async function stop() {
   elements.stop.disabled = true;
   try {
     // Answered once the gateway has closed the upstream request.
-    await fetch(`/chat/streams/${encodeURIComponent(stream.id)}`, { method: "DELETE" });
+    // The stream's URL: with gateway keys on it carries the stream's token.
+    await fetch(stream.url, { method: "DELETE" });
     setStatus("stopped", "Stopped by you");
     setMessageState(stream.reply, "stopped", "stopped by you");
   } catch (error) {
@@ -247,6 +262,7 @@ function clearConversation() {
 elements.form.addEventListener("submit", start);
 elements.stop.addEventListener("click", stop);
 elements.clear.addEventListener("click", clearConversation);
+elements.key.addEventListener("change", loadModels);
 elements.message.addEventListener("keydown", (event) => {
   // Enter sends, Shift+Enter makes a new line.
   if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
