@@ -24,6 +24,8 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     chunks_relayed: int = 0
     heartbeats: int = 0
+    # One entry per upstream attempt: {"upstream", "model", "status", "ms"}; the last one answered.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ttft_ms(self) -> float | None:

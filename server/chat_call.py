@@ -2,6 +2,10 @@
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
+A stream's response starts once an upstream answered 200, or after one heartbeat interval of
+routing (retries, Retry-After waits), whichever comes first: from then on heartbeat comments keep
+the client and its proxies from timing out, and the routing goes on behind them until the first
+token. A failure the routing cannot rescue is then the stream's final error event.
 The upstream request is tied to the client's connection: when the client leaves, aiohttp
 cancels the handler (`handler_cancellation=True`) and the `finally` here closes the upstream.
 """
@@ -9,35 +13,44 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from aiohttp import web
 
 from .access import RequestRecord
+from .chunks import Chunk
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
 from .relay import relay
 from .sse import SSEResponse
-from .upstream import UpstreamStream
+from .upstreams.continuation import ContinuedStream
+from .upstreams.stream import UpstreamStream
 
 T = TypeVar("T")
 
 
-def deadlines_for(request: web.Request, *, stream: bool) -> Deadlines:
-    """The configured deadlines; a non-streaming call has only its total time."""
+def deadlines_for(request: web.Request, *, stream: bool, continued: bool = False) -> Deadlines:
+    """The configured deadlines; a non-streaming call has only its total time.
+
+    `continued`: the stream may be continued after a cut (continuation.py), which then watches the
+    idle gap itself; the guard's idle deadline leaves room for the continuation's opening too.
+    """
     settings = request.app[SETTINGS]
     up = settings.upstream
     if not stream:
         return Deadlines(
             first_token=up.total_timeout, idle=up.total_timeout, total=up.total_timeout, send=up.total_timeout
         )
+    # The routing enforces header_timeout and first_token_timeout per attempt, so the guard's own
+    # first-token deadline only bounds the whole routing (attempts, waits, fallbacks, hedges).
+    idle = up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0)
     return Deadlines(
-        first_token=up.first_token_timeout,
-        idle=up.idle_timeout,
+        first_token=up.total_timeout,
+        idle=idle,
         total=up.total_timeout,
         send=settings.stream.send_timeout,
     )
@@ -50,11 +63,27 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record = request[RECORD]
     record.stream = True
     lifecycle.admit()
-    guard = StreamGuard(deadlines_for(request, stream=True))
-    upstream_stream: UpstreamStream | None = None
+    continues = app[UPSTREAM].continues(str(body.get("model")))
+    guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
+    accepted = asyncio.Event()
+    opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
+    continued: ContinuedStream | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
-            upstream_stream = await _open(request, body, guard)
+            await _until_started(opening, accepted, settings.stream.heartbeat_interval)
+            chunks: AsyncIterable[Sequence[Chunk]]
+
+            def on_open(stream: UpstreamStream) -> None:
+                dialect.answered_by(str(record.extra.get("served_model", body.get("model"))), stream.upstream)
+
+            if opening.done():
+                opened = await _guarded(opening, guard, record)
+                on_open(opened)
+                chunks = opened
+            else:
+                chunks = _AwaitedStream(opening, on_open)  # the relay reports a routing failure as an event
+            if continues:
+                chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
             await response.prepare(request)
             record.response_status = response.status
@@ -63,7 +92,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             if start:
                 await response.write(start)
             await relay(
-                upstream_stream,
+                chunks,
                 dialect,
                 response,
                 guard,
@@ -76,8 +105,57 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             return response
         finally:
             guard.close()
-            if upstream_stream is not None:
-                upstream_stream.close()
+            _close_opened(opening)
+            if continued is not None:
+                continued.close()
+
+
+async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyncio.Event, limit: float) -> None:
+    """Wait until the routing ended, an upstream accepted the request, or `limit` seconds passed."""
+    waiter = asyncio.ensure_future(accepted.wait())
+    either: set[asyncio.Future[Any]] = {opening, waiter}
+    try:
+        await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+
+
+def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable[Sequence[Chunk]]) -> ContinuedStream:
+    """`chunks`, continued by assistant prefill after a mid-stream cut (see upstreams/continuation.py)."""
+    app, record = request.app, request[RECORD]
+    metrics = app[METRICS]
+
+    async def resume(text: str) -> UpstreamStream:
+        model = str(record.extra.get("served_model") or body.get("model"))
+        return await app[UPSTREAM].open_continuation({**body, "model": model}, text, request[REQUEST_ID], record)
+
+    def on_result(result: str) -> None:
+        metrics.child(metrics.continuations, result).inc()
+        record.extra["continuation"] = result
+
+    return ContinuedStream(chunks, resume, on_result, idle_timeout=app[SETTINGS].upstream.idle_timeout)
+
+
+class _AwaitedStream:
+    """The batches of a stream the routing is still opening."""
+
+    def __init__(self, opening: asyncio.Future[UpstreamStream], on_open: Callable[[UpstreamStream], None]) -> None:
+        self._opening = opening
+        self._on_open = on_open
+
+    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        stream = await self._opening
+        self._on_open(stream)
+        async for batch in stream:
+            yield batch
+
+
+def _close_opened(opening: asyncio.Future[UpstreamStream]) -> None:
+    """Stop the routing if it still runs; close the stream it opened, if it opened one."""
+    if not opening.done():
+        opening.cancel()
+    elif not opening.cancelled() and opening.exception() is None:
+        opening.result().close()
 
 
 async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
@@ -90,7 +168,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     guard = StreamGuard(deadlines_for(request, stream=False))
     with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
         try:
-            content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID]), guard, record)
+            content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID], record), guard, record)
         finally:
             guard.close()
     record.outcome = Outcome.COMPLETED
@@ -113,10 +191,6 @@ def _note_usage(content: bytes, record: RequestRecord) -> None:
             record.finish_reason = reason if isinstance(reason, str) else None
 
 
-async def _open(request: web.Request, body: dict[str, Any], guard: StreamGuard) -> UpstreamStream:
-    return await _guarded(request.app[UPSTREAM].open_stream(body, request[REQUEST_ID]), guard, request[RECORD])
-
-
 async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestRecord) -> T:
     """Await an upstream call before the response starts; map a guard's expiry to a status."""
     try:
@@ -134,7 +208,7 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
         record.outcome = Outcome.TIMEOUT
         raise UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry)) from None
     except UpstreamError as error:
-        record.outcome = Outcome.UPSTREAM_ERROR
+        record.outcome = Outcome.TIMEOUT if isinstance(error, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
         record.error_code = error.code
         raise
     except GatewayError:

@@ -7,6 +7,7 @@ builds each component from the ones it depends on, and closes it at the end.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 from collections.abc import AsyncIterator
 
@@ -19,7 +20,11 @@ from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
 from .streams.memory import MemoryStreamStore
 from .streams.registry import StreamRegistry
-from .upstream import Upstream, create_sdk_client, create_upstream_session
+from .upstreams.attempts import Upstream
+from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
+from .upstreams.client import UpstreamClient, create_upstream_session
+from .upstreams.pool import Pool
+from .upstreams.probe import probe_once
 
 log = structlog.get_logger("sluice.app")
 # The drain's lines keep the logger they always had, so dashboards and greps still find them.
@@ -49,15 +54,48 @@ async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled upstream session and SDK client for the application's lifetime."""
-    settings = app[SETTINGS].upstream
-    base_url = app.get(SIMULATOR_URL) or settings.base_url
-    session = create_upstream_session(settings)
-    client = create_sdk_client(session, settings, base_url)
-    app[UPSTREAM] = Upstream(client, session, settings)
+    """One pooled session for every upstream, and the routing between them, for the app's lifetime."""
+    settings = app[SETTINGS]
+    session = create_upstream_session(settings.upstream)
+    entries = settings.upstream_entries(app.get(SIMULATOR_URL))
+    clients = [UpstreamClient(entry, session, settings.upstream) for entry in entries]
+    metrics = app[METRICS]
+    levels = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+
+    def on_change(name: str, state: BreakerState) -> None:
+        metrics.breaker_state.labels(name).set(levels[state])
+        log.warning("upstream_breaker_changed", upstream=name, state=str(state))
+
+    for client in clients:
+        metrics.breaker_state.labels(client.name).set(0)
+    routing = settings.routing
+    breakers = Breakers(
+        MemoryBreakerStore(),
+        failures=routing.breaker_failures,
+        cooldown=routing.breaker_cooldown_seconds,
+        on_rate_limit=routing.breaker_on_rate_limit,
+        on_change=on_change,
+    )
+    app[UPSTREAM] = Upstream(Pool(clients), breakers, routing, metrics)
     yield
-    await client.close()
     await session.close()
+
+
+async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Probe upstreams whose breaker waits for a trial, every `upstream.probe_interval` seconds."""
+    interval = app[SETTINGS].upstream.probe_interval
+    upstream = app[UPSTREAM]
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(interval)
+            await probe_once(upstream)
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -66,8 +104,10 @@ async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
     if not settings.models.discover:
         yield
         return
-    base_url = app.get(SIMULATOR_URL) or settings.upstream.base_url
-    discovery = ModelDiscovery(app[MODELS], base_url, settings.upstream, settings.models.discover_interval)
+    entries = settings.upstream_entries(app.get(SIMULATOR_URL))
+    discovery = ModelDiscovery(
+        app[MODELS], entries, settings.upstream.connect_timeout, settings.models.discover_interval
+    )
     await discovery.start()
     yield
     await discovery.close()

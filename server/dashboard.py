@@ -142,21 +142,22 @@ class Window:
 
 @dataclass(frozen=True, slots=True)
 class UpstreamState:
-    """What the dashboard shows of one upstream."""
+    """What the dashboard shows of one upstream: its breaker and its requests in flight."""
 
     name: str
     url: str
-    down: bool
-    connect_failures: int
+    breaker: str
+    in_flight: int
+    max_concurrency: int
 
 
 def upstream_table(upstreams: Iterable[UpstreamState]) -> Table:
-    """Each upstream with its address (never a credential) and state."""
+    """Each upstream with its address (never a credential), breaker state and load."""
     return Table(
         id="upstreams",
         title="Upstreams",
-        columns=("name", "address", "state", "connect failures in a row"),
-        rows=[(u.name, _address(u.url), "down" if u.down else "up", u.connect_failures) for u in upstreams],
+        columns=("name", "address", "state", "in flight", "concurrency cap"),
+        rows=[(u.name, _address(u.url), u.breaker, u.in_flight, u.max_concurrency or None) for u in upstreams],
     )
 
 

@@ -28,6 +28,9 @@ class Dialect(Protocol):
     def done(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         """The final event of a stream that finished."""
 
+    def answered_by(self, model: str, upstream: str) -> None:
+        """Note which model, at which upstream, answered (after retries and fallbacks)."""
+
     def failure(self, error: GatewayError, *, retry_ms: int | None = None) -> bytes:
         """The final event of a stream that failed; `retry_ms` hints when to come back."""
 
@@ -59,6 +62,9 @@ class OpenAIDialect:
     def done(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
         return OPENAI_DONE
 
+    def answered_by(self, model: str, upstream: str) -> None:
+        pass  # every chunk already carries the model that answered, as the upstream wrote it
+
     def failure(self, error: GatewayError, *, retry_ms: int | None = None) -> bytes:
         # The SDKs raise APIError on exactly this shape; no retry hint exists in this dialect.
         return b"data: " + orjson.dumps(error.body()) + b"\n\n"
@@ -70,11 +76,12 @@ class NativeDialect:
     The failure event is not named `error`: EventSource fires `onerror` for transport errors too.
     """
 
-    __slots__ = ("_prefix", "_retry_ms", "seq")
+    __slots__ = ("_answered", "_prefix", "_retry_ms", "seq")
 
     def __init__(self, stream_id: str, retry_ms: int, seq: int = 0) -> None:
         self._prefix = b"id: " + stream_id.encode() + b":"
         self._retry_ms = retry_ms
+        self._answered: dict[str, str] = {}
         self.seq = seq
 
     def _event(self, name: bytes, payload: object) -> bytes:
@@ -92,7 +99,10 @@ class NativeDialect:
         return b'%s%d\nevent: token\ndata: {"content":%s}\n\n' % (self._prefix, self.seq, orjson.dumps(chunk.content))
 
     def done(self, finish_reason: str, usage: dict[str, Any] | None) -> bytes:
-        return self._event(b"done", {"finish_reason": finish_reason, "usage": usage})
+        return self._event(b"done", {"finish_reason": finish_reason, "usage": usage, **self._answered})
+
+    def answered_by(self, model: str, upstream: str) -> None:
+        self._answered = {"model": model, "upstream": upstream}
 
     def failure(self, error: GatewayError, *, retry_ms: int | None = None) -> bytes:
         event = self._event(b"failed", error.body())

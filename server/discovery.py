@@ -1,8 +1,8 @@
-"""Read the upstream's model list (`GET {base_url}/models`) at start and refresh it in the background.
+"""Read the upstreams' model lists (`GET {base_url}/models`) at start and refresh them in the background.
 
-On only with `models.discover` (contexts.py starts and closes it). The list read is handed to the
-ModelCatalog; a failed read is logged and the last list kept, so an upstream that is briefly away
-never empties the catalog. Discovery has a small session of its own: one request every few
+On only with `models.discover` (contexts.py starts and closes it). The union of the lists read is
+handed to the ModelCatalog; a failed read is logged and the last list kept, so an upstream that is
+briefly away never empties the catalog. Discovery has a small session of its own: one request every few
 minutes, outside the chat path and its accounting.
 """
 
@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Sequence
 
 import aiohttp
 import structlog
 
 from .catalog import ModelCatalog
-from .settings import UpstreamSettings
+from .settings import UpstreamEntry
 
 log = structlog.get_logger("sluice.discovery")
 
@@ -24,22 +25,21 @@ MAX_MODELS = 10_000
 
 
 class ModelDiscovery:
-    """Keeps `catalog` up to date with the upstream's model list."""
+    """Keeps `catalog` up to date with the model lists of the upstreams."""
 
-    def __init__(self, catalog: ModelCatalog, base_url: str, upstream: UpstreamSettings, interval: float) -> None:
+    def __init__(
+        self, catalog: ModelCatalog, upstreams: Sequence[UpstreamEntry], connect_timeout: float, interval: float
+    ) -> None:
         self._catalog = catalog
-        self._url = base_url.rstrip("/") + "/models"
-        key = upstream.api_key
-        self._headers = {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
-        connect = upstream.connect_timeout
-        self._timeout = aiohttp.ClientTimeout(total=connect * 2, sock_connect=connect)
+        self._sources = [(entry.base_url.rstrip("/") + "/models", _auth(entry)) for entry in upstreams]
+        self._timeout = aiohttp.ClientTimeout(total=connect_timeout * 2, sock_connect=connect_timeout)
         self._interval = interval
         self._session: aiohttp.ClientSession | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        """Read the list once, then keep refreshing it in a background task."""
-        self._session = aiohttp.ClientSession(headers=self._headers, timeout=self._timeout)
+        """Read the lists once, then keep refreshing them in a background task."""
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
         await self.refresh()
         self._task = asyncio.create_task(self._refresh_forever())
 
@@ -53,12 +53,15 @@ class ModelDiscovery:
             await self._session.close()
 
     async def refresh(self) -> None:
-        """Read the list now; keep the last one if the read fails."""
+        """Read every upstream's list now and take their union; keep the last one if every read fails."""
         assert self._session is not None
-        models = await read_models(self._session, self._url)
-        if models is not None:
+        session = self._session
+        answers = await asyncio.gather(*(read_models(session, url, headers) for url, headers in self._sources))
+        lists = [models for models in answers if models is not None]
+        if lists:
+            models = [model for found in lists for model in found]
             self._catalog.update(models)
-            log.info("models_discovered", count=len(models))
+            log.info("models_discovered", count=len(self._catalog.discovered))
 
     async def _refresh_forever(self) -> None:
         while True:
@@ -66,10 +69,15 @@ class ModelDiscovery:
             await self.refresh()
 
 
-async def read_models(session: aiohttp.ClientSession, url: str) -> list[str] | None:
+def _auth(entry: UpstreamEntry) -> dict[str, str]:
+    key = entry.api_key
+    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+
+
+async def read_models(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> list[str] | None:
     """The ids in an OpenAI-style model list, or None (logged) when it could not be read."""
     try:
-        async with session.get(url) as response:
+        async with session.get(url, headers=headers) as response:
             if response.status != 200:
                 log.warning("models_discovery_failed", status=response.status)
                 return None

@@ -11,8 +11,11 @@
     └── UpstreamError                 502  the upstream failed or could not be reached
         ├── UpstreamRejectedError     4xx  the upstream refused the request (its message kept)
         ├── UpstreamRateLimitError    429  with the upstream's Retry-After
+        ├── UpstreamUnavailableError  503  overloaded or every upstream's breaker open (Retry-After)
         ├── UpstreamTimeoutError      504
         └── UpstreamProtocolError     502  a stream that ended without finishing
+
+How an upstream's answer maps onto this tree is one table, in upstreams/failures.py.
 
 Every error renders as `{"error": {"message", "type", "param", "code"}}`: before the first byte
 of a response as an HTTP status, after it as the dialect's final error event.
@@ -22,8 +25,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from typing import Any
-
-import openai
 
 
 class GatewayError(Exception):
@@ -100,6 +101,9 @@ class UpstreamError(GatewayError):
     status = 502
     type = "upstream_error"
     code = "upstream_error"
+    # Filled by upstreams/failures.py: what the routing needs to decide on a retry.
+    retry_after: float | None = None
+    reason: str = "failed"
 
 
 class UpstreamRejectedError(UpstreamError):
@@ -113,6 +117,12 @@ class UpstreamRateLimitError(UpstreamError):
     code = "rate_limit_exceeded"
 
 
+class UpstreamUnavailableError(UpstreamError):
+    status = 503
+    type = "server_error"
+    code = "upstream_unavailable"
+
+
 class UpstreamTimeoutError(UpstreamError):
     status = 504
     type = "timeout_error"
@@ -121,45 +131,3 @@ class UpstreamTimeoutError(UpstreamError):
 
 class UpstreamProtocolError(UpstreamError):
     code = "upstream_stream_broken"
-
-
-def map_upstream_error(exc: openai.OpenAIError) -> UpstreamError:
-    """Map an SDK error to the most specific gateway error; the upstream's secrets never leak."""
-    if isinstance(exc, openai.APITimeoutError):
-        return UpstreamTimeoutError("The upstream did not answer in time.")
-    if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError("The upstream could not be reached.", code="upstream_unreachable")
-    if isinstance(exc, openai.RateLimitError):
-        retry_after = exc.response.headers.get("retry-after")
-        headers = {"Retry-After": retry_after} if retry_after else {}
-        return UpstreamRateLimitError(_upstream_message(exc, "The upstream is rate limiting."), headers=headers)
-    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
-        # The gateway's own credentials were refused: not the client's fault, and the upstream's
-        # message may quote part of the key, so it is not passed on.
-        return UpstreamError("The gateway's upstream credentials were rejected.", code="upstream_auth_failed")
-    if isinstance(exc, openai.APIStatusError) and 400 <= exc.status_code < 500:
-        code = _upstream_field(exc, "code") or "upstream_rejected"
-        param = _upstream_field(exc, "param")
-        return UpstreamRejectedError(
-            _upstream_message(exc, "The upstream rejected the request."),
-            status=exc.status_code,
-            code=code,
-            param=param,
-        )
-    if isinstance(exc, openai.APIStatusError):
-        return UpstreamError(f"The upstream failed with status {exc.status_code}.", code="upstream_failed")
-    return UpstreamError("The upstream failed.", code="upstream_failed")
-
-
-def _upstream_field(exc: openai.APIStatusError, name: str) -> str | None:
-    value = getattr(exc, name, None)
-    return value if isinstance(value, str) else None
-
-
-def _upstream_message(exc: openai.APIStatusError, fallback: str) -> str:
-    body = exc.body
-    if isinstance(body, dict):
-        message = body.get("message")
-        if isinstance(message, str) and message:
-            return message[:1000]
-    return fallback

@@ -15,7 +15,7 @@ from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
 from .settings import Settings
 from .streams.registry import StreamRegistry
-from .upstream import Upstream
+from .upstreams.attempts import Upstream
 from .worker_proxy import WorkerProxy
 
 SETTINGS = web.AppKey("settings", Settings)

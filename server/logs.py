@@ -53,8 +53,6 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
-    # The SDK's HTTP client logs every request at info; the access log already has them.
-    logging.getLogger("httpx2").setLevel(max(numeric_level, logging.WARNING))
 
 
 def _dumps(value: object, **_: object) -> str:

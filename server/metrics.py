@@ -61,6 +61,24 @@ class Metrics:
             "sluice_tokens", "Tokens by model and kind (prompt, completion).", ["model", "kind"], registry=r
         )
         self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
+        self.attempts = Counter(
+            "sluice_upstream_attempts", "Upstream attempts by upstream and result.", ["upstream", "result"], registry=r
+        )
+        self.retries = Counter(
+            "sluice_upstream_retries", "Upstream retries by the failure retried.", ["reason"], registry=r
+        )
+        self.fallbacks = Counter("sluice_fallbacks", "Fallbacks to another model, by cause.", ["reason"], registry=r)
+        self.hedges = Counter("sluice_hedges", "Hedged attempts started.", registry=r)
+        self.continuations = Counter(
+            "sluice_continuations", "Continuations after a mid-stream cut, by result.", ["result"], registry=r
+        )
+        self.breaker_state = Gauge(
+            "sluice_upstream_breaker_state",
+            "Each upstream's breaker: 0 closed, 1 half-open, 2 open.",
+            ["upstream"],
+            registry=r,
+            multiprocess_mode="max",
+        )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:

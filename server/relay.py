@@ -81,7 +81,8 @@ async def relay(
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         record.outcome = Outcome.CLIENT_DISCONNECTED
     except GatewayError as failure:
-        record.outcome = Outcome.UPSTREAM_ERROR
+        # The routing's own deadlines (header, first token) end a stream as a timeout too.
+        record.outcome = Outcome.TIMEOUT if isinstance(failure, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
         record.error_code = failure.code
         await _write_final(sink, dialect.failure(failure), final_write_timeout)
     except (aiohttp.ClientError, TimeoutError) as exc:

@@ -53,10 +53,41 @@ class UpstreamSettings(_Section):
     api_key: SecretStr | None = None
     connect_timeout: float = Field(gt=0)
     first_token_timeout: float = Field(gt=0)
+    header_timeout: float = Field(gt=0)
     idle_timeout: float = Field(gt=0)
     total_timeout: float = Field(gt=0)
-    down_after_failures: int = Field(gt=0)
     max_connections: int = Field(ge=0)
+    probe_interval: float = Field(gt=0)
+
+
+class UpstreamEntry(_Section):
+    """One `[[upstreams]]` table: an OpenAI-compatible API and the models it serves."""
+
+    name: str = Field(min_length=1)
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None
+    # Filled by load_settings from the variable `api_key_env` names; never written in a file.
+    api_key: SecretStr | None = None
+    models: tuple[str, ...] = ("*",)
+    weight: float = Field(default=1.0, gt=0)
+    max_concurrency: int = Field(default=0, ge=0)
+    continuation: Literal["none", "assistant-prefill"] = "none"
+    continuation_body: dict[str, Any] = Field(default_factory=dict)
+
+    def serves(self, model: str) -> bool:
+        """True when this upstream is configured for `model`."""
+        return "*" in self.models or model in self.models
+
+
+class RoutingSettings(_Section):
+    retries: int = Field(ge=0)
+    retry_budget_seconds: float = Field(ge=0)
+    fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    context_window_fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    hedge_after_seconds: float = Field(ge=0)
+    breaker_failures: int = Field(gt=0)
+    breaker_cooldown_seconds: float = Field(ge=0)
+    breaker_on_rate_limit: bool
 
 
 class StreamSettings(_Section):
@@ -126,11 +157,27 @@ class Settings(_Section):
     models: ModelSettings
     browser: BrowserSettings
     simulator: SimulatorSettings
+    routing: RoutingSettings
+    upstreams: tuple[UpstreamEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _upstream_names_are_unique(self) -> Settings:
+        names = [entry.name for entry in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError("every [[upstreams]] entry needs its own name")
+        return self
 
     @property
     def simulated(self) -> bool:
-        """True when no upstream key is configured and the built-in simulated model answers."""
-        return self.upstream.api_key is None
+        """True when no upstream key or [[upstreams]] is configured and the simulated model answers."""
+        return self.upstream.api_key is None and not self.upstreams
+
+    def upstream_entries(self, simulator_url: str | None = None) -> tuple[UpstreamEntry, ...]:
+        """The configured upstreams; without [[upstreams]], one named `default` from [upstream]."""
+        if self.upstreams:
+            return self.upstreams
+        base_url = simulator_url or self.upstream.base_url
+        return (UpstreamEntry(name="default", base_url=base_url, api_key=self.upstream.api_key),)
 
 
 def load_settings(
@@ -145,6 +192,7 @@ def load_settings(
         _merge(raw, _read_toml(config_path))
     _merge(raw, _from_environment(raw, env))
     _merge(raw, _upstream_from_environment(env))
+    _resolve_upstream_keys(raw, env)
     for section, values in (overrides or {}).items():
         _merge(raw, {section: dict(values)})
     try:
@@ -197,6 +245,26 @@ def _upstream_from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     return {"upstream": upstream} if upstream else {}
 
 
+def _resolve_upstream_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Give each [[upstreams]] entry the key its `api_key_env` variable holds."""
+    entries = raw.get("upstreams")
+    if not isinstance(entries, list):
+        return
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        if "api_key" in entry:
+            raise SettingsError(
+                f"setting upstreams[{index}].api_key: keys are never written in a file; "
+                "name an environment variable in api_key_env"
+            )
+        variable = entry.get("api_key_env")
+        if isinstance(variable, str) and variable:
+            if not env.get(variable):
+                raise SettingsError(f"setting upstreams[{index}].api_key_env: variable {variable} is not set")
+            entry["api_key"] = env[variable]
+
+
 def _describe(exc: ValidationError) -> str:
     """One line: the setting, as its environment variable would name it too, and what was expected."""
     error = exc.errors()[0]
@@ -204,5 +272,7 @@ def _describe(exc: ValidationError) -> str:
     env_name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:2]).upper()
     if path == "upstream.api_key" or path.startswith("upstream.api_key."):
         return "setting upstream.api_key: expected a non-empty string"
-    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 else ""
+    # [[upstreams]] and the routing tables are said only in a --config file, never in a variable.
+    in_file_only = path.startswith(("upstreams", "routing.fallbacks", "routing.context_window"))
+    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 and not in_file_only else ""
     return f"setting {path}{hint}: {error['msg']}"

@@ -121,7 +121,7 @@ async def test_the_upstream_table_shows_no_credential_from_the_base_url(aiohttp_
 
     table = await upstreams(client.app)
 
-    assert table.rows == [("default", "https://upstream.example:8443/v1", "up", 0)]
+    assert table.rows == [("default", "https://upstream.example:8443/v1", "closed", 0, None)]
 
 
 async def test_the_dashboard_page_is_served_under_the_strict_policy(client: Client) -> None:
@@ -155,8 +155,8 @@ async def test_the_feed_sends_a_snapshot_at_once_with_every_panel(client: Client
     }
     (upstreams,) = snapshot["tables"]
     assert upstreams["id"] == "upstreams"
-    assert upstreams["rows"][0][0] == "simulated"
-    assert upstreams["rows"][0][2] == "up"
+    assert upstreams["rows"][0][0] == "default"
+    assert upstreams["rows"][0][2] == "closed"
     response.close()
 
 

@@ -78,7 +78,7 @@ async def stream(http: aiohttp.ClientSession, gateway: Gateway, message: str) ->
 async def test_the_dashboard_numbers_appear_and_follow_the_traffic(gateway: Gateway, browser: Browser) -> None:
     page, watch = await open_dashboard(browser, gateway.url)
     requests_before = await number(page, "#requests-total")
-    await expect(page.locator("#table-upstreams td[data-state]")).to_have_text("up")
+    await expect(page.locator("#table-upstreams td[data-state]")).to_have_text("closed")
 
     async with aiohttp.ClientSession() as http:
         for _ in range(5):

@@ -111,14 +111,20 @@ async def test_shutdown_event_tells_eventsource_when_to_come_back(simulator: Sim
     assert events[-1].retry == 5000
 
 
-async def test_readiness_reports_upstream_down_after_connection_failures() -> None:
+async def test_readiness_reports_upstream_down_once_its_breaker_opens() -> None:
     closed = f"http://127.0.0.1:{free_port()}/v1"
-    gateway = start_gateway(env={"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x", "AI_INTEGRATIONS_OPENAI_BASE_URL": closed})
+    gateway = start_gateway(
+        env={
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": closed,
+            "SLUICE_ROUTING_BREAKER_FAILURES": "5",
+        }
+    )
     try:
         async with aiohttp.ClientSession() as http:
             async with http.get(gateway.url + "/readyz") as response:
                 assert response.status == 200
-            for _ in range(3):  # upstream.down_after_failures
+            for _ in range(5):  # routing.breaker_failures
                 async with http.post(gateway.url + "/chat/stream", json={"message": "hi"}) as response:
                     assert response.status == 502
             async with http.get(gateway.url + "/readyz") as response:

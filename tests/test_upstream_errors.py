@@ -84,7 +84,8 @@ def impatient_gateway(aiohttp_server: Callable[..., Any], aiohttp_client: Aiohtt
             "AI_INTEGRATIONS_OPENAI_BASE_URL": str(server.make_url("/v1")),
         }
         # Streams give up after first_token_timeout; a non-streaming call only has its total time.
-        settings = make_settings(environ, upstream={"first_token_timeout": 0.2, "total_timeout": 0.5})
+        timeouts = {"header_timeout": 0.2, "first_token_timeout": 0.2, "total_timeout": 0.5}
+        settings = make_settings(environ, upstream=timeouts)
         client: Client = await aiohttp_client(create_app(settings))
         return client
 
@@ -145,7 +146,7 @@ async def test_upstream_429_is_429_with_its_retry_after(upstream_app_client: Bui
     assert error["type"] == "rate_limit_error"
 
 
-@pytest.mark.parametrize("status", [500, 502, 503])
+@pytest.mark.parametrize("status", [500, 502, 504])
 async def test_upstream_5xx_is_502(upstream_app_client: BuildGateway, call: Call, status: int) -> None:
     gateway = await upstream_app_client(failing_upstream(status, "The server had an error."))
 
@@ -153,6 +154,25 @@ async def test_upstream_5xx_is_502(upstream_app_client: BuildGateway, call: Call
 
     assert error["type"] == "upstream_error"
     assert error["code"] == "upstream_failed"
+
+
+async def test_upstream_503_overloaded_is_503_with_its_code_and_retry_after(
+    upstream_app_client: BuildGateway, call: Call
+) -> None:
+    async def overloaded(request: web.Request) -> web.Response:
+        await request.read()
+        body = {"error": {"message": "Overloaded.", "type": "server_error", "param": None, "code": "overloaded"}}
+        return web.json_response(body, status=503, headers={"Retry-After": "3"})
+
+    upstream = web.Application()
+    upstream.router.add_post(COMPLETIONS, overloaded)
+    gateway = await upstream_app_client(upstream)
+
+    response = await send(gateway, call)
+
+    error = await error_of(response, 503)
+    assert error["code"] == "overloaded"
+    assert response.headers["Retry-After"] == "3"
 
 
 async def test_upstream_that_never_answers_is_504(impatient_gateway: BuildGateway, call: Call) -> None:
@@ -170,7 +190,7 @@ async def test_upstream_that_never_answers_is_504(impatient_gateway: BuildGatewa
 
     assert error["type"] == "timeout_error"
     if call.streams:
-        assert error["code"] == "first_token_timeout"
+        assert error["code"] == "header_timeout"
 
 
 async def test_unreachable_upstream_is_502_upstream_unreachable(aiohttp_client: AiohttpClient, call: Call) -> None:
@@ -202,6 +222,7 @@ async def test_a_stream_whose_upstream_sends_no_token_ends_with_a_timeout_event(
 
     response = await gateway.post("/chat/stream", json={"message": "hi"})
 
+    # The upstream's 200 started the response: the failure is the stream's final event.
     assert response.status == 200
     raw = await response.text()
     last = raw.removesuffix("\n\n").split("\n\n")[-1].split("\n")

@@ -68,6 +68,9 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         )
         if record.error_code:
             fields["error_code"] = record.error_code
+        if record.attempts:
+            fields["attempts"] = record.attempts
+            fields.update(record.extra)
     if request.path in QUIET_PATHS:
         log.debug("request_finished", **fields)
     else:

@@ -16,7 +16,7 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from ..dashboard import Table, UpstreamState, Window, take_sample, upstream_table
-from ..keys import LIFECYCLE, METRICS, SETTINGS, SIMULATOR_URL, UPSTREAM
+from ..keys import LIFECYCLE, METRICS, SETTINGS, UPSTREAM
 from .page import serve_file
 
 TICK_SECONDS = 1.0
@@ -34,22 +34,24 @@ def check_dashboard_access(request: web.Request) -> None:
 
 
 async def upstreams(app: web.Application) -> Table:
-    """The upstreams table: today one upstream, the configured one or the simulated model."""
-    settings = app[SETTINGS]
+    """The upstreams table: each upstream of the pool with its breaker (closed, half_open, open)."""
     upstream = app[UPSTREAM]
-    simulated = settings.simulated
-    state = UpstreamState(
-        name="simulated" if simulated else "default",
-        url=app.get(SIMULATOR_URL, "") if simulated else settings.upstream.base_url,
-        down=upstream.is_down,
-        connect_failures=upstream.consecutive_connect_failures,
-    )
-    return upstream_table([state])
+    states = [
+        UpstreamState(
+            name=client.name,
+            url=client.entry.base_url,
+            breaker=str(await upstream.breakers.state(client.name)),
+            in_flight=client.in_flight,
+            max_concurrency=client.entry.max_concurrency,
+        )
+        for client in upstream.pool.clients
+    ]
+    return upstream_table(states)
 
 
 # The tables a snapshot carries, each built from the app (None: nothing to show). Async, because
-# what they read may live in Redis. Breakers and per-key usage against their limits go here when
-# the gateway has them.
+# what they read may live in Redis (breakers, key limits). Per-key usage against its limits goes
+# here when the gateway has keys.
 TABLES: tuple[Callable[[web.Application], Awaitable[Table | None]], ...] = (upstreams,)
 
 

@@ -22,9 +22,9 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 while draining or while the upstream is marked down; 200 otherwise, with the reason."""
+    """503 while draining or while every upstream's breaker is open; 200 otherwise, with the reason."""
     if request.app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
-    if request.app[UPSTREAM].is_down:
+    if not await request.app[UPSTREAM].ready():
         return web.json_response({"status": "upstream_down"}, status=503)
     return web.json_response({"status": "ready"})

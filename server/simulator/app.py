@@ -6,6 +6,7 @@ import asyncio
 import hmac
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from uuid import uuid4
 
 from aiohttp import web
@@ -13,10 +14,11 @@ from aiohttp import web
 from .answer import build_answer
 from .chat_request import BadRequest, parse_chat_request
 from .completion import complete_answer
-from .control import get_stats, reset_stats, wait_for_request
+from .connection import cut_connection, hang_until_shutdown
+from .control import get_attempts, get_stats, reset_stats, wait_for_request
 from .errors import error_response, status_fault_response, unauthorized
 from .keys import RUNTIME_KEY, SETTINGS_KEY, STATS_KEY
-from .plan import PlanError
+from .plan import Fault, PlanError
 from .runtime import Runtime
 from .settings import DEFAULT_MODELS, Pace, SimulatorSettings
 from .stats import Outcome, StatsRegistry
@@ -51,6 +53,7 @@ def create_simulator_app(
     if control:
         app.router.add_get("/_sim/stats", get_stats)
         app.router.add_get("/_sim/requests/{request_id}", wait_for_request)
+        app.router.add_get("/_sim/attempts/{request_id}", get_attempts)
         app.router.add_post("/_sim/reset", reset_stats)
     return app
 
@@ -91,7 +94,25 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     stats = request.app[STATS_KEY]
     request_id = request.headers.get("X-Request-ID") or f"simreq-{uuid4().hex}"
     record = stats.open(request_id, chat.model, chat.stream)
-    if (failure := status_fault_response(answer.plan.fault)) is not None:
+    record.last_role = chat.last_role
+    plan = answer.plan
+    fault = plan.fault_for(request.app[RUNTIME_KEY].attempt(request_id), chat.model)
+    if fault is not plan.fault:
+        answer = replace(answer, plan=replace(plan, fault=fault))
+    if plan.reject_prefill and chat.last_role == "assistant":
+        stats.close(record, Outcome.FAULT)
+        return error_response(400, "simulated: assistant prefill is not supported", code="invalid_prefill")
+    if fault in (Fault.RESET, Fault.SILENT):
+        if fault is Fault.SILENT:
+            try:
+                await hang_until_shutdown(request)
+            except asyncio.CancelledError:
+                stats.close(record, Outcome.CLIENT_ABORTED)
+                raise
+        stats.close(record, Outcome.FAULT)
+        cut_connection(request)
+        return web.Response()
+    if (failure := status_fault_response(fault, plan.retry_after)) is not None:
         stats.close(record, Outcome.FAULT)
         return failure
     respond = stream_answer if chat.stream else complete_answer

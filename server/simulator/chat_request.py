@@ -29,6 +29,7 @@ class ChatRequest:
     # Every string content and every text part, in order.
     contents: tuple[str, ...]
     last_user_text: str | None
+    last_role: str | None
     stream: bool
     include_usage: bool
     max_tokens: int | None
@@ -67,6 +68,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         model=model,
         contents=tuple(contents),
         last_user_text=last_user_text,
+        last_role=str(messages[-1].get("role")),
         stream=stream,
         include_usage=stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
         max_tokens=_max_tokens(body),

@@ -30,7 +30,8 @@ async def complete_answer(request: web.Request, answer: Answer, record: StreamRe
         await hang_until_shutdown(request)
         return _cut(request, record)
     # A cut strikes where a stream would have been cut: half way through.
-    sent = tokens // 2 if plan.fault is Fault.CUT else tokens
+    cut_at = tokens // 2 if plan.fault_at is None else min(plan.fault_at, tokens)
+    sent = cut_at if plan.fault is Fault.CUT else tokens
     delay_ms = plan.ttft_ms + sent * plan.gap_ms if sent else 0.0
     if delay_ms > 0:
         await asyncio.sleep(delay_ms / 1000)

@@ -46,6 +46,26 @@ async def wait_for_request(request: web.Request) -> web.Response:
     return _json({**record.to_json(), "timed_out": timed_out})
 
 
+async def get_attempts(request: web.Request) -> web.Response:
+    """GET /_sim/attempts/{request_id}?timeout=5: every attempt of a request id, oldest first, with its times.
+
+    Waits (up to `timeout` seconds) until every attempt seen so far has closed.
+    """
+    records = request.app[STATS_KEY].all_for(request.match_info["request_id"])
+    try:
+        timeout = min(float(request.query.get("timeout", "5")), MAX_WAIT_S)
+    except ValueError:
+        return error_response(400, "timeout must be seconds")
+    timed_out = False
+    try:
+        async with asyncio.timeout(timeout):
+            for record in records:
+                await record.closed.wait()
+    except TimeoutError:
+        timed_out = True
+    return _json({"attempts": [record.to_json() for record in records], "timed_out": timed_out})
+
+
 async def reset_stats(request: web.Request) -> web.Response:
     """POST /_sim/reset: forget closed records and zero the counters."""
     request.app[STATS_KEY].reset()

@@ -34,7 +34,7 @@ def unauthorized(message: str) -> web.Response:
     return error_response(401, message, code="invalid_api_key")
 
 
-def status_fault_response(fault: Fault) -> web.Response | None:
+def status_fault_response(fault: Fault, retry_after: str | None = None) -> web.Response | None:
     """The error response for a fault answered before any body, else None."""
     if fault is Fault.RATE_LIMIT:
         return error_response(
@@ -42,8 +42,15 @@ def status_fault_response(fault: Fault) -> web.Response | None:
             "simulated rate limit",
             error_type="requests",
             code="rate_limit_exceeded",
-            headers={"Retry-After": "7"},
+            headers=_retry_after(retry_after or "7"),
         )
+    if fault is Fault.OVERLOADED:
+        headers = _retry_after(retry_after) if retry_after else None
+        return error_response(503, "simulated overload", error_type="server_error", code="overloaded", headers=headers)
+    if fault is Fault.CONTEXT_LENGTH:
+        return error_response(400, "simulated: too many tokens", param="messages", code="context_length_exceeded")
+    if fault is Fault.CONTENT_POLICY:
+        return error_response(400, "simulated: refused by policy", code="content_policy_violation")
     if fault is Fault.SERVER_ERROR:
         return error_response(500, "simulated server error", error_type="server_error")
     if fault is Fault.BAD_REQUEST:
@@ -51,3 +58,9 @@ def status_fault_response(fault: Fault) -> web.Response | None:
     if fault is Fault.UNAUTHORIZED:
         return unauthorized("simulated invalid api key")
     return None
+
+
+def _retry_after(value: str) -> dict[str, str]:
+    if value.endswith("ms"):
+        return {"retry-after-ms": value.removesuffix("ms")}
+    return {"Retry-After": value}

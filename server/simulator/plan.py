@@ -1,6 +1,7 @@
 """Per-request steering: the `#sim` directive line and the `sim` body field.
 
-Both carry the same keys (tokens, ttft_ms, gap_ms, fault, echo, chunk_chars)
+Both carry the same keys (tokens, ttft_ms, gap_ms, fault, echo, chunk_chars, and for
+resilience tests: fail_times, fault_at, retry_after, fault_model, reject_prefill)
 and are merged key by key, the body field winning. Unknown keys are ignored
 so newer tests can talk to older simulators; bad values of known keys are
 rejected so a typo in a test fails loudly instead of silently doing nothing.
@@ -36,6 +37,11 @@ class Fault(StrEnum):
     MALFORMED = "malformed"
     NO_DONE = "no_done"
     ERROR_EVENT = "error_event"
+    RESET = "reset"  # the connection closes before any response headers
+    SILENT = "silent"  # no response headers at all, until the client leaves
+    OVERLOADED = "overloaded"  # 503 with code "overloaded"
+    CONTEXT_LENGTH = "context_length"  # 400 context_length_exceeded
+    CONTENT_POLICY = "content_policy"  # 400 content_policy_violation
 
 
 _FAULT_NAMES = frozenset(fault.value for fault in Fault)
@@ -59,6 +65,24 @@ class Plan:
     fault: Fault = Fault.NONE
     echo: bool = False
     chunk_chars: int = DEFAULT_CHUNK_CHARS
+    # The fault strikes only the first `fail_times` attempts of a request id (0: every attempt).
+    fail_times: int = 0
+    # Content tokens sent before a mid-stream fault (None: half of them).
+    fault_at: int | None = None
+    # Retry-After sent with rate_limit and overloaded: seconds, or "<n>ms" for retry-after-ms.
+    retry_after: str | None = None
+    # The fault strikes only requests for this model (None: any model).
+    fault_model: str | None = None
+    # Answer 400 invalid_prefill to a request whose last message is the assistant's.
+    reject_prefill: bool = False
+
+    def fault_for(self, attempt: int, model: str) -> Fault:
+        """The fault for attempt number `attempt` (1-based) of a request for `model`."""
+        if self.fail_times and attempt > self.fail_times:
+            return Fault.NONE
+        if self.fault_model is not None and model != self.fault_model:
+            return Fault.NONE
+        return self.fault
 
 
 def split_directive(text: str) -> tuple[str | None, str]:
@@ -108,7 +132,21 @@ def resolve_plan(
         fault=_as_fault(merged),
         echo=_as_bool(merged, "echo"),
         chunk_chars=_as_int(merged, "chunk_chars", DEFAULT_CHUNK_CHARS, minimum=1),
+        fail_times=_as_int(merged, "fail_times", 0, minimum=0),
+        fault_at=_as_int(merged, "fault_at", -1, minimum=0) if "fault_at" in merged else None,
+        retry_after=_as_text(merged, "retry_after"),
+        fault_model=_as_text(merged, "fault_model"),
+        reject_prefill=_as_bool(merged, "reject_prefill"),
     )
+
+
+def _as_text(values: Mapping[str, object], key: str) -> str | None:
+    raw = values.get(key)
+    if raw is None:
+        return None
+    if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+        raise PlanError(key, raw)
+    return str(raw)
 
 
 def _as_int(values: Mapping[str, object], key: str, default: int, minimum: int) -> int:

@@ -46,6 +46,8 @@ class StreamRecord:
     outcome: Outcome = Outcome.ACTIVE
     chunks_sent: int = 0
     paused: bool = False
+    # The role of the request's last message: "assistant" for a prefill (a continuation).
+    last_role: str | None = None
     # Set when the stream pauses *or* closes: a closed stream can never pause,
     # so an until=paused waiter must not sleep until its timeout.
     pause_settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -63,6 +65,7 @@ class StreamRecord:
             "outcome": self.outcome.value,
             "chunks_sent": self.chunks_sent,
             "paused": self.paused,
+            "last_role": self.last_role,
         }
 
 
@@ -159,6 +162,10 @@ class StatsRegistry:
         self._by_id = {r.request_id: r for r in self._records.values()}
         self._opened = self._active = len(self._records)
         self._ended = dict.fromkeys(Outcome, 0)
+
+    def all_for(self, request_id: str) -> list[StreamRecord]:
+        """Every record kept for a request id (one per attempt), oldest first."""
+        return [record for record in self._records.values() if record.request_id == request_id]
 
     def find(self, request_id: str) -> StreamRecord | None:
         """The newest record for a request id, if any."""

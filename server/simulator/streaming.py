@@ -77,7 +77,8 @@ class _StreamSender:
         answer, frames, record = self._answer, self._frames, self._record
         plan = answer.plan
         count = answer.reply.count
-        fault_at = count // 2 if plan.fault in MID_STREAM_FAULTS else -1
+        at = count // 2 if plan.fault_at is None else min(plan.fault_at, count)
+        fault_at = at if plan.fault in MID_STREAM_FAULTS else -1
 
         if plan.fault is Fault.HANG_FIRST:
             await self._hang()

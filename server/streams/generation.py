@@ -31,7 +31,8 @@ from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..relay import relay
 from ..settings import Settings
-from ..upstream import Upstream, UpstreamStream
+from ..upstreams.attempts import Upstream
+from ..upstreams.stream import UpstreamStream
 from .store import StoredEvent, StreamStore
 
 log = structlog.get_logger("sluice.streams")

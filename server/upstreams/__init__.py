@@ -1,0 +1,1 @@
+"""The upstream side: clients of each configured upstream, and the routing between them."""

@@ -1,0 +1,282 @@
+"""Route one chat request to an upstream: pools, retries, fallbacks and breakers, before the first token.
+
+For the requested model, then each model of its `fallbacks` chain (or, after a
+`context_length_exceeded`, its `context_window_fallbacks` chain):
+
+1. pick an upstream of the model's pool whose breaker lets it through (power of two choices);
+2. send; an attempt succeeds once the upstream's first token arrived (streams) or its reply did;
+3. on a failure the client did not cause, try another upstream of the pool at once, or the same
+   one again after a backoff (backoff.py) while the retry budget lasts, `retries` times at most;
+4. a client's own 4xx (400, 404, 413, 422, a content policy refusal) is returned at once.
+
+When no candidate of any model could even be tried because every breaker is open, the answer
+is 503 with Retry-After at once. Otherwise the last upstream error is returned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any, TypeVar
+
+import structlog
+
+from ..access import RequestRecord
+from ..errors import UpstreamError, UpstreamUnavailableError
+from ..metrics import Metrics
+from ..settings import RoutingSettings
+from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_candidate
+from .breaker import Breakers, BreakerState
+from .client import UpstreamClient
+from .hedging import Only, hedged
+from .pool import Pool
+from .stream import UpstreamStream
+
+log = structlog.get_logger("sluice.routing")
+
+T = TypeVar("T")
+Send = Callable[[UpstreamClient, dict[str, Any]], Awaitable[T]]
+Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+
+class Upstream:
+    """Every upstream behind one object: open a stream or complete a chat, with the routing above."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        breakers: Breakers,
+        routing: RoutingSettings,
+        metrics: Metrics,
+        *,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pool = pool
+        self.breakers = breakers
+        self._routing = routing
+        self._metrics = metrics
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+
+    async def open_stream(
+        self,
+        body: dict[str, Any],
+        request_id: str,
+        record: RequestRecord | None = None,
+        on_accepted: Callable[[], None] | None = None,
+    ) -> UpstreamStream:
+        """A stream whose first token has arrived, from the first candidate that produced one.
+
+        `on_accepted` is called each time an upstream answers 200, before its first token.
+        """
+
+        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
+            return await client.open_stream(attempt_body, request_id, on_accepted)
+
+        after = self._routing.hedge_after_seconds
+        if after <= 0:
+            return await self._route(body, record, send)
+
+        def route(only: Only | None, busy: set[tuple[str, str]]) -> Awaitable[UpstreamStream]:
+            return self._route(body, record, send, only, busy)
+
+        return await hedged(route, after, self._metrics.hedges.inc)
+
+    async def complete(self, body: dict[str, Any], request_id: str, record: RequestRecord | None = None) -> bytes:
+        """A non-streaming reply from the first candidate that gave one."""
+
+        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> bytes:
+            return await client.complete(attempt_body, request_id)
+
+        return await self._route(body, record, send)
+
+    async def ready(self) -> bool:
+        """True while any upstream's breaker would let a request through."""
+        for client in self.pool.clients:
+            if await self.breakers.state(client.name) is not BreakerState.OPEN:
+                return True
+        return False
+
+    def continues(self, model: str) -> bool:
+        """True when an upstream serving `model` can continue a cut stream (assistant prefill)."""
+        return any(client.entry.continuation != "none" for client in self.pool.serving(model))
+
+    async def open_continuation(
+        self, body: dict[str, Any], text: str, request_id: str, record: RequestRecord | None = None
+    ) -> UpstreamStream:
+        """Ask an upstream that declares `assistant-prefill` to go on after `text`, the reply so far."""
+        messages = [*body.get("messages", []), {"role": "assistant", "content": text}]
+
+        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
+            continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
+            return await client.open_stream(continued, request_id)
+
+        return await self._route(body, record, send, only=lambda client, _: client.entry.continuation != "none")
+
+    async def _route(
+        self,
+        body: dict[str, Any],
+        record: RequestRecord | None,
+        send: Send[T],
+        only: Only | None = None,
+        busy: set[tuple[str, str]] | None = None,
+    ) -> T:
+        requested = str(body.get("model", ""))
+        chain = _chain(requested, self._routing.fallbacks)
+        budget = RetryBudget(self._routing.retry_budget_seconds, self._rng)
+        last_error: UpstreamError | None = None
+        index = 0
+        while index < len(chain):
+            model = chain[index]
+            if index > 0:
+                self._metrics.child(
+                    self._metrics.fallbacks, "context_window" if _context(last_error) else "exhausted"
+                ).inc()
+                log.info("upstream_fallback", requested=requested, model=model)
+            index += 1
+            try:
+                return await self._try_model(model, body, budget, record, send, only, busy)
+            except UpstreamError as error:
+                last_error = error if error.reason != "breaker_open" or last_error is None else last_error
+                if _context(error):
+                    more = _chain(model, self._routing.context_window_fallbacks)[1:]
+                    chain = chain[:index] + [m for m in more if m not in chain[:index]]
+                elif not tries_next_candidate(error) and error.reason != "breaker_open":
+                    raise
+        if last_error is not None and last_error.reason != "breaker_open":
+            raise last_error
+        raise await self._all_open(chain)
+
+    async def _try_model(
+        self,
+        model: str,
+        body: dict[str, Any],
+        budget: RetryBudget,
+        record: RequestRecord | None,
+        send: Send[T],
+        only: Only | None = None,
+        busy: set[tuple[str, str]] | None = None,
+    ) -> T:
+        """Try `model` on its pool; raise the last error when the pool gave no answer.
+
+        `only` narrows the candidates; `busy` holds the (upstream, model) being tried (for hedging).
+        """
+        candidates = [client for client in self.pool.serving(model) if only is None or only(client, model)]
+        busy = set() if busy is None else busy
+        tries = {client.name: 0 for client in candidates}
+        errors: dict[str, UpstreamError] = {}
+        excluded: set[str] = set()
+        attempt_body = body if body.get("model") == model else {**body, "model": model}
+        while True:
+            available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
+            # Spread over the pool first: an upstream is retried only once every other one was tried.
+            fewest = min((tries[c.name] for c in available), default=0)
+            client = self.pool.pick([c for c in available if tries[c.name] == fewest])
+            if client is None:
+                raise _last(errors) or _no_candidate(model, bool(available))
+            retry = tries[client.name]
+            if retry and not await self._back_off(errors[client.name], retry - 1, budget):
+                excluded.add(client.name)
+                continue
+            trials = await self.breakers.admit(client.name, model)
+            if trials is None:
+                excluded.add(client.name)
+                continue
+            tries[client.name] += 1
+            started = time.perf_counter()
+            busy.add((client.name, model))
+            try:
+                result = await send(client, attempt_body)
+            except UpstreamError as error:
+                self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
+                await self.breakers.judge(client.name, model, error)
+                # Move to the end, so _last() finds the newest.
+                errors.pop(client.name, None)
+                errors[client.name] = error
+                if not tries_next_candidate(error):
+                    raise
+                if not retryable(error):
+                    excluded.add(client.name)
+                continue
+            except asyncio.CancelledError:
+                for key in trials:  # no verdict: let the next request be the trial
+                    await self.breakers.release(key)
+                raise
+            finally:
+                busy.discard((client.name, model))
+            await self._answered(record, client, model, started)
+            return result
+
+    async def _back_off(self, error: UpstreamError, retry: int, budget: RetryBudget) -> bool:
+        """Wait before retry number `retry` after `error`; False when the budget cannot cover it."""
+        delay = budget.delay_for(error, retry)
+        if delay is None:
+            return False
+        self._metrics.child(self._metrics.retries, error.reason).inc()
+        await self._sleep(delay)
+        budget.spend(delay)
+        return True
+
+    async def _answered(self, record: RequestRecord | None, client: UpstreamClient, model: str, started: float) -> None:
+        """Note the attempt that succeeded, and close its breakers."""
+        self._note(record, client, model, 200, started)
+        await self.breakers.answered(client.name, model)
+        if record is not None:
+            record.extra["upstream"] = client.name
+            record.extra["served_model"] = model
+
+    def _note(
+        self, record: RequestRecord | None, client: UpstreamClient, model: str, status: object, started: float
+    ) -> None:
+        ms = round((time.perf_counter() - started) * 1000, 1)
+        self._metrics.child(self._metrics.attempts, client.name, str(status)).inc()
+        if record is not None:
+            record.attempts.append({"upstream": client.name, "model": model, "status": status, "ms": ms})
+
+    async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
+        waits = [
+            await self.breakers.pair_reopens_in(c.name, model) for model in chain for c in self.pool.serving(model)
+        ]
+        retry_after = max(1, math.ceil(min(waits, default=1.0)))
+        error = UpstreamUnavailableError(
+            "Every upstream for this model is unavailable right now; retry later.",
+            code="upstream_unavailable",
+            headers={"Retry-After": str(retry_after)},
+        )
+        error.reason = "breaker_open"
+        return error
+
+
+def _chain(model: str, table: dict[str, tuple[str, ...]]) -> list[str]:
+    """`model`, then its entry of `table` (or the `*` entry), without repeats."""
+    chain = [model]
+    for other in table.get(model, table.get("*", ())):
+        if other not in chain:
+            chain.append(other)
+    return chain
+
+
+def _last(errors: dict[str, UpstreamError]) -> UpstreamError | None:
+    return next(reversed(errors.values()), None)
+
+
+def _context(error: UpstreamError | None) -> bool:
+    return error is not None and error.code == CONTEXT_WINDOW_CODE
+
+
+def _no_candidate(model: str, saturated: bool) -> UpstreamError:
+    if saturated:
+        error = UpstreamUnavailableError(
+            "Every upstream for this model is at its concurrency cap.", code="upstream_saturated"
+        )
+        error.reason = "saturated"
+        return error
+    error = UpstreamUnavailableError(
+        f"No upstream is available for model {model[:200]!r}.", code="upstream_unavailable"
+    )
+    error.reason = "breaker_open"
+    return error

@@ -1,0 +1,216 @@
+"""Circuit breakers: skip an upstream that keeps failing, then let one trial request test it.
+
+    closed ──(breaker_failures in a row, or a 429/503 with Retry-After)──▶ open
+    open ──(open time passed)──▶ half-open: the next request (or the probe) is the one trial
+    half-open ──trial succeeds──▶ closed;  ──trial fails──▶ open again
+
+Open time: max(Retry-After, cooldown) after consecutive failures; a 429/503 with Retry-After (and
+a 429 without it, for 1.5 s) opens it for that time alone, so one rate-limit answer does not shut
+an upstream for the whole cooldown. State lives behind `BreakerStore`, so several processes can
+share it (Redis); the in-memory store is the default.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import IntEnum, StrEnum
+from typing import Protocol
+
+from ..errors import UpstreamError
+from .backoff import RATE_LIMIT_SPACING, tries_next_candidate
+
+# A half-open trial that has not reported back within this many seconds is presumed lost.
+TRIAL_LEASE_SECONDS = 60.0
+# Event loops round timers (uvloop to the millisecond): a request that slept exactly until the
+# breaker's open time may wake a little before it by the clock, and must still get its trial.
+TIMER_SLACK_SECONDS = 0.01
+
+
+class Admission(IntEnum):
+    """What `acquire` decided; false only when refused."""
+
+    REFUSED = 0
+    ALLOWED = 1
+    TRIAL = 2  # the one request that tests a half-open breaker
+
+
+class BreakerState(StrEnum):
+    """Where an upstream's breaker stands; the gauge reports 0, 1, 2 in this order."""
+
+    CLOSED = "closed"
+    HALF_OPEN = "half_open"
+    OPEN = "open"
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerRecord:
+    """One upstream's breaker: failures in a row, open until (0 = closed), trial in flight since."""
+
+    failures: int = 0
+    open_until: float = 0.0
+    trial_since: float | None = None
+
+
+class BreakerStore(Protocol):
+    """Where breaker records live; `update` applies `change` atomically and returns the new record."""
+
+    async def read(self, name: str) -> BreakerRecord: ...
+
+    async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord: ...
+
+
+class MemoryBreakerStore:
+    """Breaker records of this process."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, BreakerRecord] = {}
+
+    async def read(self, name: str) -> BreakerRecord:
+        return self._records.get(name, BreakerRecord())
+
+    async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord:
+        record = self._records[name] = change(self._records.get(name, BreakerRecord()))
+        return record
+
+
+def state_of(record: BreakerRecord, now: float) -> BreakerState:
+    """The state `record` is in at `now`."""
+    if record.open_until == 0.0:
+        return BreakerState.CLOSED
+    if now < record.open_until or _trial_running(record, now):
+        return BreakerState.OPEN
+    return BreakerState.HALF_OPEN
+
+
+def _trial_running(record: BreakerRecord, now: float) -> bool:
+    return record.trial_since is not None and now - record.trial_since < TRIAL_LEASE_SECONDS
+
+
+class Breakers:
+    """The breaker logic over a store; `clock` is injectable for tests."""
+
+    def __init__(
+        self,
+        store: BreakerStore,
+        *,
+        failures: int,
+        cooldown: float,
+        on_rate_limit: bool = True,
+        clock: Callable[[], float] = time.time,
+        on_change: Callable[[str, BreakerState], None] | None = None,
+    ) -> None:
+        self._store = store
+        self._threshold = failures
+        self._cooldown = cooldown
+        self._clock = clock
+        self._on_rate_limit = on_rate_limit
+        self._on_change = on_change
+
+    async def state(self, name: str) -> BreakerState:
+        """The upstream's state now."""
+        return state_of(await self._store.read(name), self._clock())
+
+    async def reopens_in(self, name: str) -> float:
+        """Seconds until an open breaker lets a trial through (0 when it would now)."""
+        record = await self._store.read(name)
+        return max(0.0, record.open_until - self._clock())
+
+    async def acquire(self, name: str) -> Admission:
+        """May a request try `name` now? In half-open state only the first caller may: the trial."""
+        now = self._clock() + TIMER_SLACK_SECONDS
+        admission = Admission.REFUSED
+
+        def claim(record: BreakerRecord) -> BreakerRecord:
+            nonlocal admission
+            state = state_of(record, now)
+            if state is BreakerState.HALF_OPEN:
+                admission = Admission.TRIAL
+                return replace(record, trial_since=now)
+            admission = Admission.REFUSED if state is BreakerState.OPEN else Admission.ALLOWED
+            return record
+
+        await self._store.update(name, claim)
+        if admission is Admission.TRIAL:
+            self._changed(name, BreakerState.HALF_OPEN)
+        return admission
+
+    async def succeeded(self, name: str) -> None:
+        """The upstream answered: close its breaker."""
+        before = await self._store.read(name)
+        if before != BreakerRecord():
+            await self._store.update(name, lambda record: BreakerRecord())
+            if before.open_until:
+                self._changed(name, BreakerState.CLOSED)
+
+    async def failed(self, name: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
+        """The upstream failed; open its breaker when the rules above say so."""
+        now = self._clock()
+
+        def count(record: BreakerRecord) -> BreakerRecord:
+            failures = record.failures + 1
+            # A failed trial reopens for the cooldown, except a 429's: it holds for its own time again.
+            if failures >= self._threshold or (record.trial_since is not None and not rate_limited):
+                return BreakerRecord(failures, now + max(self._cooldown, retry_after or 0.0))
+            hold = max(retry_after or 0.0, RATE_LIMIT_SPACING) if rate_limited else retry_after
+            if hold is not None and self._on_rate_limit:
+                return BreakerRecord(failures, max(record.open_until, now + hold))
+            return replace(record, failures=failures)
+
+        before = state_of(await self._store.read(name), now)
+        record = await self._store.update(name, count)
+        after = state_of(record, now)
+        if after is not before:
+            self._changed(name, after)
+
+    async def release(self, name: str) -> None:
+        """The request that held the trial ended without a verdict (the client left): free the trial."""
+        await self._store.update(name, lambda record: replace(record, trial_since=None))
+
+    # --- one attempt at (upstream, model): the upstream's breaker and the pair's rate-limit hold ---
+
+    async def admit(self, upstream: str, model: str) -> list[str] | None:
+        """None unless both breakers let an attempt through; else the keys whose trial it holds."""
+        trials: list[str] = []
+        for key in (_pair(upstream, model), upstream):
+            admission = await self.acquire(key)
+            if admission is Admission.REFUSED:
+                for held in trials:
+                    await self.release(held)
+                return None
+            if admission is Admission.TRIAL:
+                trials.append(key)
+        return trials
+
+    async def judge(self, upstream: str, model: str, error: UpstreamError) -> None:
+        """Count a failure unless the request itself was at fault.
+
+        A 429 is a limit of one model at that upstream (providers limit per model): it counts
+        against that pair only, so the upstream still serves other models, fallbacks included.
+        """
+        if error.reason == "429":
+            await self.failed(_pair(upstream, model), retry_after=error.retry_after, rate_limited=True)
+        elif tries_next_candidate(error):
+            await self.failed(upstream, retry_after=error.retry_after)
+
+    async def answered(self, upstream: str, model: str) -> None:
+        """The attempt at (upstream, model) succeeded: close both breakers."""
+        await self.succeeded(_pair(upstream, model))
+        await self.succeeded(upstream)
+
+    async def pair_reopens_in(self, upstream: str, model: str) -> float:
+        """Seconds until both breakers of (upstream, model) let a request through."""
+        return max(await self.reopens_in(upstream), await self.reopens_in(_pair(upstream, model)))
+
+    def _changed(self, name: str, state: BreakerState) -> None:
+        # Reported per upstream; a (upstream, model) rate-limit hold is not an upstream's state.
+        if self._on_change is not None and _PAIR_SEPARATOR not in name:
+            self._on_change(name, state)
+
+
+_PAIR_SEPARATOR = "\x00"
+
+
+def _pair(upstream: str, model: str) -> str:
+    return f"{upstream}{_PAIR_SEPARATOR}{model}"

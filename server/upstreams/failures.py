@@ -1,0 +1,152 @@
+"""Map an upstream's failure onto the gateway's errors: one small table, no SDK.
+
+    upstream answer                          client sees                      retried
+    connection refused, reset, DNS           502 upstream_unreachable          yes
+    connect timeout, 408                     504 upstream_timeout              yes
+    no headers within header_timeout         504 header_timeout                another route
+    no first token within the deadline       504 first_token_timeout           another route
+    401, 403                                 502 upstream_auth_failed          another route
+    429                                      429 + its Retry-After             yes
+    503, 529                                 503 + its code and Retry-After    yes
+    500, 502, 504, other 5xx                 502 upstream_failed               500/502/504 yes
+    other 4xx                                that status, its message/code     never
+
+An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import orjson
+
+from ..errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamRateLimitError,
+    UpstreamRejectedError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+
+MESSAGE_LIMIT = 1000
+
+
+def status_failure(status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
+    """The gateway error for an upstream's non-200 answer (`content`: its bounded body)."""
+    fields = _error_fields(content)
+    message, code, param = fields.get("message"), fields.get("code"), fields.get("param")
+    retry_after = retry_after_seconds(headers)
+    error: UpstreamError
+    if status in (401, 403):
+        error = UpstreamError("The gateway's upstream credentials were rejected.", code="upstream_auth_failed")
+    elif status == 408:
+        error = UpstreamTimeoutError("The upstream timed out reading the request.")
+    elif status == 429:
+        error = UpstreamRateLimitError(
+            message or "The upstream is rate limiting.", code=code, headers=_retry_after_header(retry_after)
+        )
+    elif status in (503, 529):
+        error = UpstreamUnavailableError(
+            message or "The upstream is overloaded.",
+            code=code or "upstream_overloaded",
+            headers=_retry_after_header(retry_after),
+        )
+    elif 400 <= status < 500:
+        error = UpstreamRejectedError(
+            message or "The upstream rejected the request.",
+            status=status,
+            code=code or "upstream_rejected",
+            param=param,
+        )
+    else:
+        error = UpstreamError(f"The upstream failed with status {status}.", code="upstream_failed")
+    error.reason = str(status)
+    error.retry_after = retry_after
+    return error
+
+
+def connect_failure() -> UpstreamError:
+    """The upstream could not be reached, or reset the connection before answering."""
+    error = UpstreamError("The upstream could not be reached.", code="upstream_unreachable")
+    error.reason = "connect"
+    return error
+
+
+def timeout_failure(
+    code: str = "upstream_timeout", message: str = "The upstream did not answer in time."
+) -> UpstreamError:
+    """The upstream took too long: to connect (`upstream_timeout`), to answer, or to its first token."""
+    error = UpstreamTimeoutError(message, code=code)
+    error.reason = code
+    return error
+
+
+def reset_failure(message: str = "The upstream connection failed before the first token.") -> UpstreamError:
+    """The stream broke, or ended, after the headers and before any content."""
+    error = UpstreamProtocolError(message)
+    error.reason = "reset"
+    return error
+
+
+def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
+    """An error event the upstream sent inside its stream."""
+    message, code = fields.get("message"), fields.get("code")
+    error = UpstreamError(
+        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        code=code if isinstance(code, str) and code else "upstream_failed",
+    )
+    error.reason = "error_event"
+    return error
+
+
+def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
+    """`retry-after-ms`, else `Retry-After` (seconds or an HTTP date), as seconds; None if absent or bad."""
+    millis = headers.get("retry-after-ms")
+    if millis is not None:
+        try:
+            value = float(millis) / 1000
+        except ValueError:
+            value = math.nan
+        if math.isfinite(value) and value >= 0:
+            return value
+    text = headers.get("retry-after")
+    if text is None:
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+        value = when.timestamp() - (time.time() if now is None else now)
+        return max(0.0, value)
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def _retry_after_header(seconds: float | None) -> dict[str, str]:
+    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+
+
+def _error_fields(content: bytes) -> dict[str, str]:
+    """message, code and param of an OpenAI-shaped error body, when they are strings."""
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError:
+        return {}
+    if not isinstance(body, dict):
+        return {}
+    error = body.get("error", body)
+    if not isinstance(error, dict):
+        return {}
+    found = {name: error.get(name) for name in ("message", "code", "param")}
+    return {
+        name: (value[:MESSAGE_LIMIT] if name == "message" else value)
+        for name, value in found.items()
+        if isinstance(value, str) and value
+    }

@@ -1,0 +1,250 @@
+"""Recovery of `python run.py` against the simulator process: breakers, readiness, pools, heartbeats,
+continuation after a cut, and hedging. What the upstream saw and what the client got, as in
+test_resilience_process.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from tests.support.client import new_request_id
+from tests.support.processes import Gateway, Simulator
+from tests.support.resilience import FALLBACK_CONFIG, ask, attempts, completed, gateway_with
+from tests.support.sse import carries_token, openai_text, read_events, tokens_text
+
+# --- waiting: heartbeats, breakers, readiness ---------------------------------------------------
+
+
+async def test_heartbeats_keep_the_client_alive_while_a_retry_waits(simulator: Simulator, tmp_path: Path) -> None:
+    gateway = gateway_with(tmp_path, "heartbeat", simulator, "[stream]\nheartbeat_interval = 0.3\n")
+    try:
+        rid = new_request_id("heartbeat")
+        status, events, _ = await ask(gateway, "tokens=6 fault=rate_limit retry_after=2 fail_times=1", rid)
+    finally:
+        gateway.process.stop()
+    first_data = next(i for i, e in enumerate(events) if e.comment is None)
+    assert status == 200
+    assert first_data >= 2  # heartbeat comments came before any data, while the retry waited
+    assert all(e.comment == "keep-alive" for e in events[:first_data])
+    assert completed(events, 6)
+
+
+async def test_retries_that_fail_after_the_heartbeats_began_end_with_the_last_upstream_error_event(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gateway = gateway_with(tmp_path, "late-failure", simulator, "[stream]\nheartbeat_interval = 0.2\n")
+    try:
+        rid = new_request_id("late-failure")
+        status, events, _ = await ask(gateway, "tokens=4 fault=rate_limit retry_after=0", rid)
+    finally:
+        gateway.process.stop()
+    assert status == 200  # the response had started: the failure is the stream's final event
+    assert any(e.comment == "keep-alive" for e in events)
+    assert events[-1].json()["error"]["code"] == "rate_limit_exceeded"
+    assert len(await attempts(simulator, rid)) == 3
+
+
+async def test_a_slow_first_token_is_waited_for_with_heartbeats_and_not_retried(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    gateway = gateway_with(tmp_path, "slow", simulator, "[stream]\nheartbeat_interval = 0.2\n")
+    try:
+        rid = new_request_id("slow-first-token")
+        status, events, _ = await ask(gateway, "tokens=4 ttft_ms=1500", rid)
+    finally:
+        gateway.process.stop()
+    assert status == 200
+    assert completed(events, 4)
+    assert any(e.comment == "keep-alive" for e in events)
+    assert len(await attempts(simulator, rid)) == 1
+
+
+async def test_native_stream_waiting_on_a_retry_still_gets_its_tokens(simulator: Simulator, tmp_path: Path) -> None:
+    gateway = gateway_with(tmp_path, "native", simulator, "[stream]\nheartbeat_interval = 0.3\n")
+    try:
+        rid = new_request_id("native-heartbeat")
+        body = {"message": "hi\n#sim tokens=5 fault=rate_limit retry_after=1 fail_times=1"}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.url + "/chat/stream", json=body, headers={"X-Request-ID": rid}) as r:
+                events = await read_events(r)
+    finally:
+        gateway.process.stop()
+    assert any(e.comment == "keep-alive" for e in events)
+    assert len(tokens_text(events).split()) == 5
+    assert events[-1].event == "done"
+
+
+async def test_open_breakers_answer_503_at_once_and_readiness_recovers_by_probe(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    routing = "[routing]\nretries = 1\nbreaker_failures = 2\nbreaker_cooldown_seconds = 1\n"
+    gateway = gateway_with(tmp_path, "breaker", simulator, routing, SLUICE_UPSTREAM_PROBE_INTERVAL="0.2")
+    try:
+        first = new_request_id("breaker-1")
+        assert (await ask(gateway, "fault=server_error", first))[0] == 502
+        second = new_request_id("breaker-2")
+        status, _, error = await ask(gateway, "fault=server_error", second)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/readyz") as response:
+                ready_while_open = response.status
+            async with http.get(gateway.url + "/metrics") as response:
+                metrics = await response.text()
+            gateway.process.wait_for_event("upstream_recovered", upstream="default")
+            async with http.get(gateway.url + "/readyz") as response:
+                ready_after_probe = response.status
+    finally:
+        gateway.process.stop()
+    assert len(await attempts(simulator, first)) == 2
+    assert status == 503
+    assert int(error["headers"]["Retry-After"]) >= 1
+    assert await attempts(simulator, second) == []
+    assert ready_while_open == 503
+    assert 'sluice_upstream_breaker_state{upstream="default"} 2.0' in metrics
+    assert ready_after_probe == 200
+
+
+async def test_a_pool_routes_around_an_unreachable_upstream(simulator: Simulator, tmp_path: Path) -> None:
+    from tests.support.processes import free_port
+
+    pool = f"""
+[[upstreams]]
+name = "down"
+base_url = "http://127.0.0.1:{free_port()}/v1"
+[[upstreams]]
+name = "up"
+base_url = "{simulator.base_url}"
+"""
+    gateway = gateway_with(tmp_path, "pool", simulator, pool)
+    try:
+        lines = []
+        for _ in range(4):
+            rid = new_request_id("pool")
+            status, events, _ = await ask(gateway, "tokens=3", rid)
+            assert status == 200
+            assert completed(events, 3)
+            lines.append(gateway.process.wait_for_event("request_finished", request_id=rid))
+    finally:
+        gateway.process.stop()
+    assert all(line["upstream"] == "up" for line in lines)
+    assert any(a["upstream"] == "down" for line in lines for a in line["attempts"])
+
+
+# --- continuation after a cut -------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def continuing(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """One upstream that declares assistant-prefill continuation."""
+    upstream = f"""
+[[upstreams]]
+name = "sim"
+base_url = "{simulator.base_url}"
+continuation = "assistant-prefill"
+continuation_body = {{ continue_final_message = true }}
+"""
+    path = tmp_path_factory.mktemp("continue")
+    gateway = gateway_with(path, "continue", simulator, upstream, SLUICE_UPSTREAM_IDLE_TIMEOUT="1")
+    yield gateway
+    gateway.process.stop()
+
+
+async def test_a_cut_stream_is_continued_by_prefill_without_duplicate_or_gap(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue")
+    status, events, _ = await ask(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    # The simulator's continuation starts without a space: count content chunks, not words.
+    assert sum(1 for e in events if carries_token(e)) == 3 + 8
+    assert events[-1].data == "[DONE]"
+    assert not any('"error"' in e.data for e in events)
+    assert sum(1 for e in events if '"finish_reason":"stop"' in e.data) == 1
+    assert sum(1 for e in events if '"role":"assistant"' in e.data) == 1
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert line["continuation"] == "continued"
+
+
+async def test_a_stalled_stream_is_continued_after_the_idle_timeout(continuing: Gateway, simulator: Simulator) -> None:
+    rid = new_request_id("continue-stall")
+    status, events, _ = await ask(continuing, "tokens=8 fault=hang_mid fault_at=3 fail_times=1", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    assert sum(1 for e in events if carries_token(e)) == 3 + 8
+    assert events[-1].data == "[DONE]"
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    assert seen[0]["outcome"] == "client_aborted"  # the stalled request was closed
+
+
+async def test_a_continued_stream_reports_the_usage_of_both_parts(continuing: Gateway, simulator: Simulator) -> None:
+    rid = new_request_id("continue-usage")
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": "hi\n#sim tokens=8 fault=cut fault_at=3 fail_times=1"}],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(continuing.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}) as r:
+            events = await read_events(r)
+    usage = next(e.json()["usage"] for e in events if e.comment is None and '"usage":{' in e.data)
+    assert usage["completion_tokens"] == 3 + 8
+    assert usage["sluice_continued"] is True
+
+
+async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-refused")
+    status, events, _ = await ask(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1 reject_prefill", rid)
+    seen = await attempts(simulator, rid)
+    assert status == 200
+    assert len(openai_text(events).split()) == 3
+    error = events[-1].json()["error"]
+    assert error["code"] == "upstream_stream_broken"
+    assert "prefill" not in error["message"]
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+
+
+# --- hedging ------------------------------------------------------------------------------------
+
+
+async def test_a_hedge_starts_the_fallback_when_no_first_token_comes_and_closes_the_slow_one(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # first_token_timeout is far away (30 s): only the hedge can make the fallback answer early.
+    extra = FALLBACK_CONFIG.replace("[routing]", "[routing]\nhedge_after_seconds = 0.5")
+    gateway = gateway_with(tmp_path, "hedge", simulator, extra, SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="30")
+    try:
+        rid = new_request_id("hedge")
+        status, events, _ = await ask(gateway, "tokens=6 fault=hang_first fault_model=gpt-4o", rid)
+        seen = await attempts(simulator, rid)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/metrics") as response:
+                metrics = await response.text()
+    finally:
+        gateway.process.stop()
+    assert status == 200
+    assert completed(events, 6)
+    assert [a["model"] for a in seen] == ["gpt-4o", "gpt-4o-mini"]
+    # Not at once (the first attempt reached the simulator a little after the gateway started it).
+    assert 0.3 <= seen[1]["opened_at"] - seen[0]["opened_at"] < 15
+    assert seen[0]["outcome"] == "client_aborted"  # the slow attempt was closed, not left hanging
+    assert "sluice_hedges_total 1.0" in metrics
+
+
+async def test_a_stall_whose_continuation_is_refused_ends_with_the_idle_timeout(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("stall-refused")
+    status, events, _ = await ask(continuing, "tokens=8 fault=hang_mid fault_at=3 fail_times=1 reject_prefill", rid)
+    assert status == 200
+    assert sum(1 for e in events if carries_token(e)) == 3
+    assert events[-1].json()["error"]["code"] == "idle_timeout"
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert (line["outcome"], line["continuation"]) == ("timeout", "refused")

@@ -1,0 +1,543 @@
+"""The routing's parts with a fake clock and a fake sleep: breaker, backoff, pool, failure table, attempt loop."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from pydantic import SecretStr
+
+from server.access import RequestRecord
+from server.errors import UpstreamError
+from server.metrics import Metrics
+from server.settings import RoutingSettings, UpstreamEntry
+from server.upstreams.attempts import Upstream
+from server.upstreams.backoff import RetryBudget, jitter
+from server.upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
+from server.upstreams.failures import connect_failure, retry_after_seconds, status_failure, timeout_failure
+from server.upstreams.hedging import hedged
+from server.upstreams.pool import Pool
+
+
+class Clock:
+    """A clock tests move by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def breakers(clock: Clock, failures: int = 3, cooldown: float = 30.0, on_rate_limit: bool = True) -> Breakers:
+    return Breakers(
+        MemoryBreakerStore(), failures=failures, cooldown=cooldown, clock=clock, on_rate_limit=on_rate_limit
+    )
+
+
+# --- breaker ---------------------------------------------------------------------------------
+
+
+async def test_breaker_opens_after_the_configured_consecutive_failures() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=3)
+    for _ in range(2):
+        await b.failed("a")
+    assert await b.state("a") is BreakerState.CLOSED
+    await b.failed("a")
+    assert await b.state("a") is BreakerState.OPEN
+    assert not await b.acquire("a")
+
+
+async def test_a_success_resets_the_consecutive_failures() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=2)
+    await b.failed("a")
+    await b.succeeded("a")
+    await b.failed("a")
+    assert await b.state("a") is BreakerState.CLOSED
+
+
+async def test_after_the_cooldown_exactly_one_trial_passes() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 29.9
+    assert not await b.acquire("a")
+    clock.now += 0.2
+    assert await b.state("a") is BreakerState.HALF_OPEN
+    assert await b.acquire("a")
+    assert not await b.acquire("a")
+
+
+async def test_a_failed_trial_opens_the_breaker_for_another_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 31
+    assert await b.acquire("a")
+    await b.failed("a")
+    clock.now += 29
+    assert not await b.acquire("a")
+    clock.now += 2
+    assert await b.acquire("a")
+
+
+async def test_a_successful_trial_closes_the_breaker() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 31
+    assert await b.acquire("a")
+    await b.succeeded("a")
+    assert await b.state("a") is BreakerState.CLOSED
+    assert await b.acquire("a")
+    assert await b.acquire("a")
+
+
+async def test_a_retry_after_opens_the_breaker_for_that_long_only() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=5, cooldown=30)
+    await b.failed("a", retry_after=4)
+    assert not await b.acquire("a")
+    assert await b.reopens_in("a") == pytest.approx(4)
+    clock.now += 4.01
+    assert await b.acquire("a")
+
+
+async def test_open_after_consecutive_failures_lasts_the_longer_of_retry_after_and_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a", retry_after=50)
+    clock.now += 40
+    assert not await b.acquire("a")
+    clock.now += 10.1
+    assert await b.acquire("a")
+
+
+async def test_a_429_without_retry_after_holds_the_upstream_for_one_and_a_half_seconds() -> None:
+    clock = Clock()
+    b = breakers(clock)
+    await b.failed("a", rate_limited=True)
+    clock.now += 1.4
+    assert not await b.acquire("a")
+    clock.now += 0.2
+    assert await b.acquire("a")
+
+
+async def test_with_rate_limit_breaking_off_a_retry_after_opens_nothing() -> None:
+    b = breakers(Clock(), on_rate_limit=False)
+    await b.failed("a", retry_after=10, rate_limited=True)
+    assert await b.acquire("a")
+
+
+async def test_breaker_changes_are_reported() -> None:
+    seen: list[tuple[str, BreakerState]] = []
+    clock = Clock()
+    b = Breakers(MemoryBreakerStore(), failures=1, cooldown=1, clock=clock, on_change=lambda n, s: seen.append((n, s)))
+    await b.failed("a")
+    clock.now += 2
+    await b.acquire("a")
+    await b.succeeded("a")
+    assert seen == [("a", BreakerState.OPEN), ("a", BreakerState.HALF_OPEN), ("a", BreakerState.CLOSED)]
+
+
+# --- backoff ---------------------------------------------------------------------------------
+
+
+def error(reason: str, retry_after: float | None = None) -> UpstreamError:
+    e = UpstreamError("x")
+    e.reason = reason
+    e.retry_after = retry_after
+    return e
+
+
+def test_full_jitter_stays_within_a_quarter_second_doubling_to_four() -> None:
+    rng = random.Random(1)
+    for retry, ceiling in [(0, 0.25), (1, 0.5), (2, 1.0), (4, 4.0), (9, 4.0)]:
+        samples = [jitter(retry, rng) for _ in range(500)]
+        assert min(samples) >= 0
+        assert max(samples) <= ceiling
+        assert max(samples) > ceiling * 0.8  # full jitter: the whole range is used
+
+
+def test_retry_after_that_fits_the_budget_is_honoured() -> None:
+    assert RetryBudget(10).delay_for(error("503", retry_after=3), 0) == 3
+
+
+def test_retry_after_beyond_the_budget_means_no_retry() -> None:
+    budget = RetryBudget(10)
+    budget.spend(8)
+    assert budget.delay_for(error("429", retry_after=3), 0) is None
+
+
+def test_a_429_is_never_retried_sooner_than_one_and_a_half_seconds() -> None:
+    assert RetryBudget(10).delay_for(error("429"), 0) == 1.5
+    assert RetryBudget(10).delay_for(error("429", retry_after=0.2), 0) == 1.5
+
+
+@pytest.mark.parametrize(
+    ("headers", "seconds"),
+    [({"retry-after": "7"}, 7.0), ({"retry-after-ms": "250"}, 0.25), ({"retry-after": "soon"}, None), ({}, None)],
+)
+def test_retry_after_headers_are_read_in_seconds(headers: dict[str, str], seconds: float | None) -> None:
+    assert retry_after_seconds(headers) == seconds
+
+
+def test_retry_after_as_an_http_date_counts_from_now() -> None:
+    assert retry_after_seconds({"retry-after": "Wed, 21 Oct 2015 07:28:10 GMT"}, now=1445412480) == 10
+
+
+# --- the failure table -----------------------------------------------------------------------
+
+
+def body(code: str | None, message: str = "m") -> bytes:
+    import orjson
+
+    return orjson.dumps({"error": {"message": message, "type": "t", "param": None, "code": code}})
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "client_status", "client_code"),
+    [
+        (400, "context_length_exceeded", 400, "context_length_exceeded"),
+        (401, "invalid_api_key", 502, "upstream_auth_failed"),
+        (403, None, 502, "upstream_auth_failed"),
+        (404, None, 404, "upstream_rejected"),
+        (408, None, 504, "upstream_timeout"),
+        (429, None, 429, "rate_limit_exceeded"),
+        (500, None, 502, "upstream_failed"),
+        (503, "overloaded", 503, "overloaded"),
+        (529, None, 503, "upstream_overloaded"),
+    ],
+)
+def test_status_table(status: int, code: str | None, client_status: int, client_code: str) -> None:
+    mapped = status_failure(status, {"retry-after": "2"}, body(code))
+    assert (mapped.status, mapped.code) == (client_status, client_code)
+
+
+def test_429_and_503_pass_retry_after_on() -> None:
+    assert status_failure(429, {"retry-after": "2"}, b"").headers == {"Retry-After": "2"}
+    assert status_failure(503, {"retry-after-ms": "1500"}, b"").headers == {"Retry-After": "2"}
+
+
+def test_auth_failures_never_pass_the_upstream_message_on() -> None:
+    assert "sk-" not in status_failure(401, {}, body("invalid_api_key", "Incorrect key sk-abc")).message
+
+
+def test_connection_failure_is_502_and_timeout_504() -> None:
+    assert (connect_failure().status, timeout_failure().status) == (502, 504)
+
+
+# --- pool ------------------------------------------------------------------------------------
+
+
+class FakeClient:
+    """An upstream client that answers from a script: each entry an error to raise or a result."""
+
+    def __init__(self, name: str, script: list[Any] | None = None, weight: float = 1, models: tuple[str, ...] = ("*",)):
+        self.name = name
+        self.entry = UpstreamEntry(name=name, base_url="http://x", api_key=SecretStr("k"), weight=weight, models=models)
+        self.in_flight = 0
+        self.full = False
+        self.script = list(script or [])
+        self.calls: list[str] = []
+
+    async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+        self.calls.append(body["model"])
+        step = self.script.pop(0) if self.script else b"ok"
+        if isinstance(step, Exception):
+            raise step
+        return bytes(step)
+
+
+def test_power_of_two_choices_picks_the_less_busy_of_two() -> None:
+    busy, idle = FakeClient("busy"), FakeClient("idle")
+    busy.in_flight = 5
+    pool = Pool([busy, idle], random.Random(0))  # type: ignore[list-item]
+    assert all(pool.pick([busy, idle]) is idle for _ in range(50))  # type: ignore[list-item]
+
+
+def test_weights_share_the_load() -> None:
+    heavy, light = FakeClient("heavy", weight=3), FakeClient("light", weight=1)
+    pool = Pool([heavy, light], random.Random(0))  # type: ignore[list-item]
+    picks = [pool.pick([heavy, light]) for _ in range(400)]  # type: ignore[list-item]
+    # Equal in-flight counts: the first draw (by weight) wins ties, so heavy gets about 3 in 4.
+    assert 240 < sum(p is heavy for p in picks) < 360
+
+
+def test_an_upstream_at_its_concurrency_cap_is_skipped() -> None:
+    full, free = FakeClient("full"), FakeClient("free")
+    full.full = True
+    pool = Pool([full, free])  # type: ignore[list-item]
+    assert pool.pick([full, free]) is free  # type: ignore[list-item]
+
+
+# --- the attempt loop ------------------------------------------------------------------------
+
+
+def routing(**values: Any) -> RoutingSettings:
+    defaults: dict[str, Any] = {
+        "retries": 2,
+        "retry_budget_seconds": 10,
+        "hedge_after_seconds": 0,
+        "breaker_failures": 5,
+        "breaker_cooldown_seconds": 30,
+        "breaker_on_rate_limit": True,
+    }
+    return RoutingSettings(**{**defaults, **values})
+
+
+def router(clients: list[FakeClient], sleeps: list[float], clock: Clock | None = None, **values: Any) -> Upstream:
+    clock = clock or Clock()
+
+    async def sleep(seconds: float) -> None:
+        sleeps.append(seconds)
+        clock.now += seconds
+
+    settings = routing(**values)
+    b = Breakers(
+        MemoryBreakerStore(),
+        failures=settings.breaker_failures,
+        cooldown=settings.breaker_cooldown_seconds,
+        clock=clock,
+    )
+    return Upstream(Pool(clients, random.Random(0)), b, settings, Metrics(), sleep=sleep, rng=random.Random(0))  # type: ignore[arg-type]
+
+
+def fail(status: int, retry_after: str | None = None, code: str | None = None) -> UpstreamError:
+    return status_failure(status, {"retry-after": retry_after} if retry_after else {}, body(code))
+
+
+Complete = Callable[..., Any]
+
+
+async def test_a_500_then_a_200_is_one_retry_after_a_jittered_wait() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(500)])
+    record = RequestRecord(started=0)
+    assert await router([up], sleeps).complete({"model": "m"}, "r", record) == b"ok"
+    assert len(up.calls) == 2
+    assert len(sleeps) == 1
+    assert 0 <= sleeps[0] <= 0.25
+    assert [a["status"] for a in record.attempts] == [502, 200]
+
+
+async def test_retries_stop_after_the_configured_number() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(500)] * 5)
+    with pytest.raises(UpstreamError) as caught:
+        await router([up], sleeps, retries=2).complete({"model": "m"}, "r")
+    assert caught.value.status == 502
+    assert len(up.calls) == 3
+
+
+async def test_a_retry_after_is_waited_for_when_it_fits_the_budget() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(429, "3")])
+    assert await router([up], sleeps).complete({"model": "m"}, "r") == b"ok"
+    assert sleeps == [3]
+
+
+async def test_a_retry_after_beyond_the_budget_returns_the_429_at_once() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(429, "30")])
+    with pytest.raises(UpstreamError) as caught:
+        await router([up], sleeps).complete({"model": "m"}, "r")
+    assert (caught.value.status, caught.value.headers["Retry-After"]) == (429, "30")
+    assert sleeps == []
+    assert len(up.calls) == 1
+
+
+async def test_the_budget_caps_the_total_wait() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(503, "4")] * 5)
+    with pytest.raises(UpstreamError):
+        await router([up], sleeps, retries=5, retry_budget_seconds=10).complete({"model": "m"}, "r")
+    assert sleeps == [4, 4]
+
+
+@pytest.mark.parametrize("status", [400, 404, 413, 422])
+async def test_a_client_error_is_never_retried(status: int) -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(status)])
+    with pytest.raises(UpstreamError):
+        await router([up], sleeps).complete({"model": "m"}, "r")
+    assert len(up.calls) == 1
+
+
+async def test_a_failed_upstream_hands_over_to_another_of_the_pool_without_waiting() -> None:
+    sleeps: list[float] = []
+    a, b = FakeClient("a", [fail(500)]), FakeClient("b", [fail(500)])
+    result = await router([a, b], sleeps).complete({"model": "m"}, "r")
+    assert result == b"ok"
+    assert len(a.calls) + len(b.calls) == 3
+    assert len(sleeps) == 1  # only the third attempt, back on an upstream that failed, waited
+
+
+async def test_a_silent_upstream_is_not_asked_again() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [timeout_failure("header_timeout")])
+    with pytest.raises(UpstreamError) as caught:
+        await router([up], sleeps).complete({"model": "m"}, "r")
+    assert caught.value.code == "header_timeout"
+    assert len(up.calls) == 1
+
+
+async def test_an_exhausted_model_falls_back_to_the_next_of_its_chain() -> None:
+    sleeps: list[float] = []
+    primary = FakeClient("a", [fail(500)] * 3, models=("big",))
+    backup = FakeClient("b", [], models=("small",))
+    record = RequestRecord(started=0)
+    assert await router([primary, backup], sleeps, fallbacks={"big": ("small",)}).complete(
+        {"model": "big"}, "r", record
+    )
+    assert backup.calls == ["small"]
+    assert record.extra == {"upstream": "b", "served_model": "small"}
+
+
+async def test_context_length_exceeded_takes_the_context_window_chain_not_the_fallbacks() -> None:
+    sleeps: list[float] = []
+    up = FakeClient("a", [fail(400, code="context_length_exceeded")])
+    r = router([up], sleeps, fallbacks={"*": ("small",)}, context_window_fallbacks={"big": ("long",)})
+    await r.complete({"model": "big"}, "r")
+    assert up.calls == ["big", "long"]
+
+
+async def test_content_policy_violation_never_falls_back() -> None:
+    up = FakeClient("a", [fail(400, code="content_policy_violation")])
+    with pytest.raises(UpstreamError) as caught:
+        await router([up], [], fallbacks={"*": ("small",)}).complete({"model": "big"}, "r")
+    assert caught.value.code == "content_policy_violation"
+    assert up.calls == ["big"]
+
+
+async def test_every_breaker_open_is_503_with_retry_after_and_no_attempt() -> None:
+    clock = Clock()
+    up = FakeClient("a", [fail(500)] * 5)
+    r = router([up], [], clock, retries=4, breaker_failures=2, breaker_cooldown_seconds=30)
+    with pytest.raises(UpstreamError):
+        await r.complete({"model": "m"}, "r")
+    calls = len(up.calls)
+    with pytest.raises(UpstreamError) as caught:
+        await r.complete({"model": "m"}, "r2")
+    assert caught.value.status == 503
+    assert int(caught.value.headers["Retry-After"]) >= 29
+    assert len(up.calls) == calls
+    assert not await r.ready()
+
+
+# --- hedging ---------------------------------------------------------------------------------
+
+
+class FakeStream:
+    def __init__(self, name: str) -> None:
+        self.upstream = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+async def test_the_hedge_wins_when_the_first_route_has_no_token_and_the_first_is_cancelled() -> None:
+    first_cancelled = asyncio.Event()
+    hedged_stream = FakeStream("b")
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        if only is None:
+            busy.add(("a", "m"))
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                first_cancelled.set()
+                raise
+        assert not only(FakeClient("a"), "m")  # the hedge skips what the first route is trying
+        return hedged_stream
+
+    hedges: list[int] = []
+    result = await hedged(route, 0, lambda: hedges.append(1))
+    await asyncio.wait_for(first_cancelled.wait(), 5)
+    assert result is hedged_stream
+    assert hedges == [1]
+
+
+async def test_when_both_routes_fail_the_first_routes_error_is_reported() -> None:
+    hedge_failed = asyncio.Event()
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        if only is None:
+            await hedge_failed.wait()
+            raise fail(500)
+        hedge_failed.set()
+        raise timeout_failure("header_timeout")
+
+    with pytest.raises(UpstreamError) as caught:
+        await hedged(route, 0, lambda: None)
+    assert caught.value.code == "upstream_failed"
+
+
+async def test_no_hedge_starts_when_the_first_route_answers_in_time() -> None:
+    stream = FakeStream("a")
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        assert only is None
+        return stream
+
+    hedges: list[int] = []
+    assert await hedged(route, 30, lambda: hedges.append(1)) is stream
+    assert hedges == []
+
+
+async def test_a_client_leaving_during_a_trial_frees_it_for_the_next_request() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=1)
+    await b.failed("a")
+    clock.now += 2
+    trials = await b.admit("a", "m")
+    assert trials == ["a"]
+    assert await b.admit("a", "m") is None  # the trial is taken
+    await b.release("a")
+    assert await b.admit("a", "m") == ["a"]
+
+
+async def test_a_429_holds_one_model_at_an_upstream_and_not_the_others() -> None:
+    b = breakers(Clock())
+    await b.judge("a", "big", fail(429, "5"))
+    assert await b.admit("a", "big") is None
+    assert await b.admit("a", "small") == []
+
+
+async def test_a_request_cancelled_during_its_trial_attempt_frees_the_trial() -> None:
+    clock = Clock()
+    started = asyncio.Event()
+
+    class Hanging(FakeClient):
+        async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+            started.set()
+            await asyncio.Event().wait()
+            return b""
+
+    up = Hanging("a")
+    r = router([up], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    await r.breakers.failed("a")
+    clock.now += 2
+    task = asyncio.create_task(r.complete({"model": "m"}, "r"))
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await r.breakers.admit("a", "m") == ["a"]
+
+
+async def test_a_trial_that_gets_another_429_is_held_for_the_429_not_the_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=5, cooldown=30)
+    await b.failed("a", rate_limited=True)
+    clock.now += 1.6
+    assert await b.acquire("a")
+    await b.failed("a", rate_limited=True)
+    clock.now += 1.6
+    assert await b.acquire("a")
