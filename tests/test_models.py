@@ -235,3 +235,22 @@ async def test_a_browser_stream_asks_the_upstream_for_the_aliased_model(
 
     assert created.status == 201
     assert await model_the_simulator_saw(simulator, request_id) == "gpt-4o-mini"
+
+
+async def test_discover_takes_the_union_of_every_upstreams_list(
+    aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient, tmp_path: Path
+) -> None:
+    first = await aiohttp_server(ListingUpstream("llama3.1:8b").app)
+    second = await aiohttp_server(ListingUpstream("qwen2.5", "llama3.1:8b").app)
+    config = tmp_path / "two.toml"
+    config.write_text(
+        (ROOT / "config" / "test.toml").read_text().replace("[models]\n", "[models]\ndiscover = true\n", 1)
+        + f'\n[[upstreams]]\nname = "one"\nbase_url = "{first.make_url("/v1")}"\n'
+        + f'\n[[upstreams]]\nname = "two"\nbase_url = "{second.make_url("/v1")}"\n'
+    )
+    settings = load_settings(config, environ={"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key-never-logged"})
+    client: Client = await aiohttp_client(create_app(settings))
+
+    listed = await (await client.get("/models")).json()
+
+    assert listed["models"][-2:] == ["llama3.1:8b", "qwen2.5"]
