@@ -68,6 +68,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     accepted = asyncio.Event()
     opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
     continued: ContinuedStream | None = None
+    response: SSEResponse | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
             await _until_started(opening, accepted, settings.stream.heartbeat_interval)
@@ -85,7 +86,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             if continues:
                 chunks = continued = _continued(request, body, chunks)
             response = _sse_response(request, guard)
-            await response.prepare(request)
+            await _prepare(response, request)
             record.response_status = response.status
             guard.set_send_timeout_callback(response.abort)
             start = dialect.start()
@@ -105,6 +106,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             return response
         finally:
             guard.close()
+            if response is not None:
+                response.stop_heartbeat()
             _close_opened(opening)
             if continued is not None:
                 continued.close()
@@ -174,6 +177,16 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record.outcome = Outcome.COMPLETED
     _note_usage(content, record)
     return content
+
+
+async def _prepare(response: SSEResponse, request: web.Request) -> None:
+    """Send the headers; a client gone by now ends the handler as any disconnect does."""
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        # The peer's reset reached the transport before aiohttp cancelled the handler.
+        request[RECORD].outcome = Outcome.CLIENT_DISCONNECTED
+        raise asyncio.CancelledError from None
 
 
 def _note_usage(content: bytes, record: RequestRecord) -> None:

@@ -60,6 +60,11 @@ class SSEResponse(EventSourceResponse):
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
 
+    def stop_heartbeat(self) -> None:
+        """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
         self._abort_transport()

@@ -10,6 +10,7 @@ A single process has no peers and creates plain ids.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,7 +73,9 @@ class WorkerProxy:
         self._sessions.clear()
 
 
-async def forward_to_owner(request: web.Request, proxy: WorkerProxy, owner: int, request_id: str) -> web.StreamResponse:
+async def forward_to_owner(
+    request: web.Request, proxy: WorkerProxy, owner: int, request_id: str, *, send_timeout: float
+) -> web.StreamResponse:
     """Answer `request` with what worker `owner` answers, streamed through as it arrives.
 
     A worker that cannot be reached took its streams with it (it died and was replaced): that is
@@ -92,12 +95,34 @@ async def forward_to_owner(request: web.Request, proxy: WorkerProxy, owner: int,
             return web.Response(status=answer.status, body=await answer.read(), headers=passed)
         response = web.StreamResponse(status=answer.status, headers=passed)
         await response.prepare(request)
-        async for piece in answer.content.iter_any():
-            await response.write(piece)
-        await response.write_eof()
+        if await _pass_on(answer, response, send_timeout, owner):
+            await response.write_eof()
+        elif request.transport is not None:
+            request.transport.abort()  # the client's reconnect then learns the stream's fate
         return response
     finally:
         answer.close()
+
+
+async def _pass_on(
+    answer: aiohttp.ClientResponse, response: web.StreamResponse, send_timeout: float, owner: int
+) -> bool:
+    """Copy the owner's bytes to the client; False when either side failed and the client must be cut."""
+    try:
+        async for piece in answer.content.iter_any():
+            async with asyncio.timeout(send_timeout):
+                await response.write(piece)
+    except TimeoutError:
+        # The client accepts nothing: drop it, as the owner drops a stalled reader.
+        log.info("peer_client_stalled", worker=owner)
+        return False
+    except ConnectionResetError:  # the client left (aiohttp's ClientConnectionResetError is one)
+        return False
+    except aiohttp.ClientError as exc:
+        # The owner died mid-stream: an ordinary cut for the client, not a handler failure.
+        log.warning("peer_lost", worker=owner, error=type(exc).__name__)
+        return False
+    return True
 
 
 def identity_from_args(index: int | None, peer_dir: str | None) -> WorkerIdentity | None:

@@ -541,3 +541,65 @@ async def test_sigterm_ends_a_detached_stream_with_the_shutdown_event_and_a_retr
     assert draining_gateway.process.wait(15) == 0
     finished = draining_gateway.process.wait_for_event("browser_stream_finished", request_id=rid)
     assert finished["outcome"] == "shutdown"
+
+
+class EventSourceLike:
+    """What EventSource keeps between connections: the last `id:` it saw, even on an event with no data."""
+
+    def __init__(self, client: Client, path: str) -> None:
+        self.client = client
+        self.path = path
+        self.last_event_id: str | None = None
+        self.tokens: list[str] = []
+
+    async def connect(self, *, drop_after_tokens: int | None = None, drop_after_preamble: bool = False) -> Event:
+        """One connection, resumed from `last_event_id`; return its preamble (the first event it got)."""
+        headers = {"Last-Event-ID": self.last_event_id} if self.last_event_id else {}
+        preamble: Event | None = None
+        async with self.client.get(self.path, headers=headers) as response:
+            assert response.status == 200
+            async for event in iter_events(response):
+                if event.id is not None:
+                    self.last_event_id = event.id
+                if preamble is None:
+                    preamble = event
+                    if drop_after_preamble:
+                        break
+                    continue
+                if event.event == "token":
+                    self.tokens.append(event.json()["content"])
+                if drop_after_tokens is not None and len(self.tokens) == drop_after_tokens:
+                    break
+            response.close()
+        assert preamble is not None
+        return preamble
+
+
+async def test_a_resumed_connection_starts_with_the_id_the_client_gave(client: Client) -> None:
+    """Catches: the preamble's `id:` in server/streams/reader.py naming the stream's first id (`<id>:0`)."""
+    stream_id = await start(client, "resume\n#sim tokens=30 gap_ms=5")
+    source = EventSourceLike(client, f"/chat/streams/{stream_id}")
+    await source.connect(drop_after_tokens=3)
+    given = source.last_event_id
+    assert given == f"{stream_id}:3"
+
+    preamble = await source.connect(drop_after_tokens=4)
+
+    assert preamble.id == given
+    assert preamble.data == ""
+
+
+async def test_a_second_drop_before_the_next_event_resumes_without_duplicates(client: Client) -> None:
+    """A connection that gets only its preamble, then drops: the next one carries on, repeating nothing.
+
+    Catches: the preamble's `id:` naming the stream's first id (server/streams/reader.py): EventSource
+    takes it as lastEventId, and the next reconnect replays the text from the start.
+    """
+    stream_id = await start(client, "twice\n#sim tokens=20 gap_ms=5")
+    source = EventSourceLike(client, f"/chat/streams/{stream_id}")
+    await source.connect(drop_after_tokens=5)
+    await source.connect(drop_after_preamble=True)
+    await source.connect()
+
+    everything = await read(client, f"/chat/streams/{stream_id}")
+    assert source.tokens == [e.json()["content"] for e in everything if e.event == "token"]

@@ -322,3 +322,34 @@ def test_log_format_flag_chooses_console_or_json(fmt: str) -> None:
     finally:
         process.stop()
     assert line.startswith("{") == (fmt == "json")
+
+
+@pytest.mark.timeout(60)
+async def test_a_second_signal_ends_live_streams_at_once_with_the_shutdown_event(simulator: Simulator) -> None:
+    """SIGTERM, then SIGTERM again: the live stream ends now with its shutdown event, not after the
+    60 s drain, and the process exits 0.
+
+    Catches: the second signal's "hurry" branch in server/contexts.py not calling `lifecycle.end_all()`.
+    """
+    far = {
+        "SLUICE_SERVER_DRAIN_TIMEOUT": "60",
+        "SLUICE_UPSTREAM_IDLE_TIMEOUT": "60",
+        "SLUICE_UPSTREAM_TOTAL_TIMEOUT": "120",
+        "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60",
+    }
+    gateway = start_gateway(upstream=simulator, env=far)
+    rid = new_request_id("hurry")
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await open_stream(http, gateway, "native", "x\n#sim tokens=100000 gap_ms=20", rid)
+            async for event in iter_events(response):
+                if event.event == "token":
+                    break
+            gateway.process.signal(signal.SIGTERM)
+            gateway.process.wait_for_event("drain_started")
+            gateway.process.signal(signal.SIGTERM)
+            events = await asyncio.wait_for(collect(response), 5)
+        assert ending(events, "native") == "shutdown"
+        assert await asyncio.to_thread(gateway.process.wait, 10) == 0
+    finally:
+        gateway.process.stop()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 
+import aiohttp
 import orjson
 import pytest
 
@@ -308,3 +309,34 @@ async def test_gaps_are_measured_between_reads_that_carry_tokens_only() -> None:
         guard.close()
     assert len(recorder.gaps) == 1
     assert record.chunks_relayed == 3
+
+
+class FramingCheckSink(RecordingSink):
+    """A sink whose final write fails its own consistency check, as the store sink's framing check does."""
+
+    async def write(self, data: bytes) -> None:
+        if b"event: failed" in data:
+            raise RuntimeError("stored 1 events of 2: the framing broke")
+        await super().write(data)
+
+
+async def test_a_bug_in_the_sink_writing_the_final_event_is_raised_not_swallowed() -> None:
+    """Only what a gone client raises is ignored on the final write; a sink's own RuntimeError surfaces.
+
+    Catches: `_write_final` in server/relay.py catching RuntimeError, which hid the store sink's
+    framing check (server/streams/generation.py) behind a stream that seemed to end normally.
+    """
+    with pytest.raises(RuntimeError, match="framing broke"):
+        await run_relay(from_list([content_chunk("Hi")]), NativeDialect("s", 1000), FramingCheckSink())
+
+
+async def test_a_client_gone_before_the_final_event_ends_the_relay_quietly() -> None:
+    class GoneSink(RecordingSink):
+        async def write(self, data: bytes) -> None:
+            if b"event: failed" in data:
+                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+            await super().write(data)
+
+    record = await run_relay(from_list([content_chunk("Hi")]), NativeDialect("s", 1000), GoneSink())
+
+    assert record.outcome is Outcome.UPSTREAM_ERROR

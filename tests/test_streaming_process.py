@@ -339,3 +339,29 @@ async def test_token_text_cannot_forge_or_split_events(gateway: Gateway, dialect
         assert all(e.fields == ["data"] for e in events)
         assert [e.data for e in events].count("[DONE]") == 1
         assert all(json.loads(e.data) for e in events[:-1])
+
+
+# 9. Pass-through
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_unknown_v1_fields_reach_the_simulator_unchanged(
+    gateway: Gateway, simulator: Simulator, stream: bool
+) -> None:
+    """What the simulator received (its request record) carries the client's unknown fields as sent.
+
+    Catches: server/routes/openai.py building the upstream body from known fields only.
+    """
+    rid = new_request_id("pass-through")
+    messages = [{"role": "user", "content": "hi #sim tokens=2", "brand_new_message_field": [1, "two"]}]
+    extension = {"nested": {"deep": [1, 2.5, None, True]}, "text": "ünïcode"}
+    body = {"model": "gpt-4o", "messages": messages, "stream": stream, "brand_new_parameter": extension, "seed": 7}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}) as r:
+            assert r.status == 200
+            await r.read()
+        record = await sim_wait(http, simulator.url, rid, "closed")
+    received = json.loads(record["body"])
+    assert received["brand_new_parameter"] == extension
+    assert received["messages"] == messages
+    assert {k: v for k, v in received.items() if k != "stream_options"} == body

@@ -336,6 +336,31 @@ async def test_streams_always_ask_the_upstream_for_usage(
     assert received[0].body["stream_options"]["include_usage"] is True
 
 
+@pytest.mark.parametrize("stream", [False, True])
+async def test_unknown_v1_fields_reach_the_upstream_unchanged(upstream_app_client: BuildGateway, stream: bool) -> None:
+    """Fields Sluice does not know, at the top and inside a message, arrive upstream as the client sent them.
+
+    Asserts on the body the upstream received, not on the client's 200.
+    Catches: server/routes/openai.py building the upstream body from known fields only, for a
+    stream (`upstream_body`) or a plain completion (`complete_chat`'s body).
+    """
+    received: list[Received] = []
+    gateway = await upstream_app_client(recording_upstream(received))
+    messages = [{"role": "user", "content": "hi", "brand_new_message_field": [1, "two"]}]
+    extension = {"nested": {"deep": [1, 2.5, None, True]}, "text": "ünïcode"}
+    body = {"model": "gpt-4o", "messages": messages, "stream": stream, "brand_new_parameter": extension, "seed": 7}
+
+    response = await gateway.post(COMPLETIONS, json=body)
+    await response.read()
+
+    assert response.status == 200
+    sent = received[0].body
+    assert sent["brand_new_parameter"] == extension
+    assert sent["messages"] == messages
+    assert sent["seed"] == 7
+    assert {k: v for k, v in sent.items() if k != "stream_options"} == body
+
+
 async def test_an_openai_stream_relays_usage_only_when_the_client_asked(upstream_app_client: BuildGateway) -> None:
     gateway = await upstream_app_client(recording_upstream([]))
     body = {"model": "gpt-4o", "messages": MESSAGES, "stream": True}
@@ -347,3 +372,34 @@ async def test_an_openai_stream_relays_usage_only_when_the_client_asked(upstream
     assert '"usage"' in asked
     assert silent.endswith("data: [DONE]\n\n")
     assert asked.endswith("data: [DONE]\n\n")
+
+
+async def test_an_upstream_error_body_that_arrives_in_pieces_is_read_whole(
+    upstream_app_client: BuildGateway, call: Call
+) -> None:
+    """The whole error body is read, not only its first buffered piece.
+
+    Catches: `_status_error` in server/upstreams/client.py reading `content.read(limit)` once, which
+    returns only what the first network read buffered: the message is then cut and unparsable.
+    """
+    message = "Invalid 'messages[0]': " + "x" * 900  # under the 1000 characters passed on
+
+    async def fail_in_pieces(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        body = json.dumps({"error": {"message": message, "type": "invalid_request_error", "param": None, "code": None}})
+        response = web.StreamResponse(status=400, headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        half = len(body) // 2
+        await response.write(body[:half].encode())
+        await asyncio.sleep(0.05)  # not synchronisation: it makes the body reach the gateway as two reads
+        await response.write(body[half:].encode())
+        await response.write_eof()
+        return response
+
+    upstream = web.Application()
+    upstream.router.add_post(COMPLETIONS, fail_in_pieces)
+    gateway = await upstream_app_client(upstream)
+
+    error = await error_of(await send(gateway, call), 400)
+
+    assert error["message"] == message

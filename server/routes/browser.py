@@ -75,7 +75,10 @@ def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
 
 async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
     """Answer with what worker `owner` answers (see worker_proxy.py)."""
-    return await forward_to_owner(request, request.app[WORKER_PROXY], owner, request[REQUEST_ID])
+    send_timeout = request.app[SETTINGS].stream.send_timeout
+    return await forward_to_owner(
+        request, request.app[WORKER_PROXY], owner, request[REQUEST_ID], send_timeout=send_timeout
+    )
 
 
 async def _serve(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:

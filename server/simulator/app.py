@@ -84,7 +84,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if (denied := _check_auth(request, settings.api_key)) is not None:
         return denied
     try:
-        chat = parse_chat_request(await request.read())
+        raw = await request.read()
+        chat = parse_chat_request(raw)
         answer = build_answer(chat, settings.defaults, request.app[RUNTIME_KEY].next_completion_id())
     except BadRequest as exc:
         return error_response(400, exc.message, param=exc.param)
@@ -95,6 +96,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     request_id = request.headers.get("X-Request-ID") or f"simreq-{uuid4().hex}"
     record = stats.open(request_id, chat.model, chat.stream)
     record.last_role = chat.last_role
+    record.body = raw
     plan = answer.plan
     fault = plan.fault_for(request.app[RUNTIME_KEY].attempt(request_id), chat.model)
     if fault is not plan.fault:

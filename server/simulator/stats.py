@@ -48,6 +48,8 @@ class StreamRecord:
     paused: bool = False
     # The role of the request's last message: "assistant" for a prefill (a continuation).
     last_role: str | None = None
+    # The request body as received: tests check what reached the upstream, byte for byte.
+    body: bytes = b""
     # Set when the stream pauses *or* closes: a closed stream can never pause,
     # so an until=paused waiter must not sleep until its timeout.
     pause_settled: asyncio.Event = field(default_factory=asyncio.Event, repr=False)
@@ -66,6 +68,7 @@ class StreamRecord:
             "chunks_sent": self.chunks_sent,
             "paused": self.paused,
             "last_role": self.last_role,
+            "body": self.body.decode("utf-8", "replace"),
         }
 
 

@@ -66,9 +66,12 @@ async def serve_stream(
     await response.prepare(request)
     record.response_status = response.status
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
-    with registry.reading(stream_id):
-        if await _send(response, start.encode(), settings.send_timeout):
-            await _follow(response, store, stream_id, after, first, settings.send_timeout)
+    try:
+        with registry.reading(stream_id):
+            if await _send(response, start.encode(), settings.send_timeout):
+                await _follow(response, store, stream_id, after, first, settings.send_timeout)
+    finally:
+        response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
     return response
 

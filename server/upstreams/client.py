@@ -128,7 +128,9 @@ class UpstreamClient:
     async def _status_error(self, response: aiohttp.ClientResponse) -> UpstreamError:
         """Read a bounded error body and map it through the failure table."""
         try:
-            content = await asyncio.wait_for(response.content.read(ERROR_BODY_LIMIT), self._settings.connect_timeout)
+            content = await asyncio.wait_for(
+                _read_up_to(response.content, ERROR_BODY_LIMIT), self._settings.connect_timeout
+            )
         except (aiohttp.ClientError, TimeoutError):
             content = b""
         finally:
@@ -146,3 +148,16 @@ def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession
         auto_decompress=True,
         cookie_jar=aiohttp.DummyCookieJar(),
     )
+
+
+async def _read_up_to(content: aiohttp.StreamReader, limit: int) -> bytes:
+    """Read until the body ends or `limit` bytes: one `read(limit)` returns only what is buffered."""
+    pieces: list[bytes] = []
+    size = 0
+    while size < limit:
+        piece = await content.read(limit - size)
+        if not piece:
+            break
+        pieces.append(piece)
+        size += len(piece)
+    return b"".join(pieces)

@@ -150,7 +150,9 @@ class ManagedProcess:
                 self.process.wait(5)
         if self._reader is not None:
             self._reader.join(5)
-        if self.process.stdout is not None:
+        # A grandchild that outlived the process (a worker the supervisor never signalled) keeps the
+        # pipe open and the reader blocked in read(); closing the pipe under it would block here for good.
+        if self.process.stdout is not None and not (self._reader is not None and self._reader.is_alive()):
             self.process.stdout.close()
 
 

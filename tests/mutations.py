@@ -1,0 +1,286 @@
+"""Mutation check: each one-line break below must make the tests listed with it fail.
+
+    .venv/bin/python tests/mutations.py                 # every break
+    .venv/bin/python tests/mutations.py NAME ...        # only these
+    .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
+
+The repository is copied to temporary directories (without .git, .venv, node_modules); the
+listed tests first run there unbroken and must pass; then each break is applied alone to a copy,
+its tests run with this interpreter (`-x`: the first failure is enough), and the file is restored.
+A break whose tests stay green means a proof stopped biting: the script exits 1 and names it.
+Most of a run is waiting (processes starting, a bound running out), so a few run at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import queue
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TAIL_LINES = 60  # of a failed run's output, shown
+RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
+
+# Where each broken line lives: one place to update when a module is renamed.
+RUN_PY = "run.py"
+CHAT_CALL = "server/chat_call.py"
+READER = "server/streams/reader.py"
+BROWSER_ROUTES = "server/routes/browser.py"
+WORKER_PROXY = "server/worker_proxy.py"
+CONTEXTS = "server/contexts.py"
+OPENAI_ROUTES = "server/routes/openai.py"
+UPSTREAM = "server/upstreams/client.py"
+RELAY = "server/relay.py"
+
+BACKPRESSURE = "tests/test_backpressure.py"
+BOUNDS = "tests/test_disconnect_bounds.py"
+BROWSER = "tests/test_browser_streams.py"
+WORKERS = "tests/test_worker_proxy.py"
+OPERATIONS = "tests/test_operations.py"
+UPSTREAM_ERRORS = "tests/test_upstream_errors.py"
+ENDINGS = "tests/test_stream_endings.py"
+RELAY_TESTS = "tests/test_relay.py"
+STREAMING = "tests/test_streaming_process.py"
+
+
+@dataclass(frozen=True)
+class Break:
+    """Replace `old` (exactly once in `path`) with `new`; then the run of `tests` must fail (`-x`: one is enough)."""
+
+    name: str
+    path: str
+    old: str
+    new: str
+    tests: tuple[str, ...]
+
+
+BREAKS = [
+    Break(
+        "write buffer never pauses",
+        CHAT_CALL,
+        "            await _prepare(response, request)\n",
+        "            await _prepare(response, request)\n"
+        "            request.transport.set_write_buffer_limits(high=1 << 30)  # type: ignore[union-attr]\n",
+        (f"{BACKPRESSURE}::test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat",),
+    ),
+    Break(
+        "handlers not cancelled when the client leaves",
+        RUN_PY,
+        "        handler_cancellation=True,\n",
+        "        handler_cancellation=False,\n",
+        (
+            f"{BOUNDS}::test_upstream_closed_within_half_a_second_of_the_client_leaving_before_the_first_token[openai]",
+            f"{BOUNDS}::test_upstream_closed_within_half_a_second_of_the_client_leaving_a_non_streaming_chat",
+        ),
+    ),
+    Break(
+        "no explicit upstream close",
+        CHAT_CALL,
+        "        opening.result().close()\n",
+        "        pass\n",
+        (f"{BOUNDS}::test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client_that_stalls",),
+    ),
+    Break(
+        "resume preamble names the first id",
+        READER,
+        "id: {event_id(stream_id, after)}",
+        "id: {event_id(stream_id, 0)}",
+        (
+            f"{BROWSER}::test_a_resumed_connection_starts_with_the_id_the_client_gave",
+            f"{BROWSER}::test_a_second_drop_before_the_next_event_resumes_without_duplicates",
+        ),
+    ),
+    Break(
+        "no forwarding to the owner",
+        BROWSER_ROUTES,
+        "    return proxy.owner_elsewhere(stream_id) if proxy is not None else None\n",
+        "    return None\n",
+        (
+            f"{WORKERS}::test_attaching_through_the_worker_that_does_not_own_the_stream_gets_every_event",
+            f"{WORKERS}::test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given",
+        ),
+    ),
+    Break(
+        "forwarding drops Last-Event-ID",
+        WORKER_PROXY,
+        '    headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}\n',
+        "    headers: dict[str, str] = {}\n",
+        (f"{WORKERS}::test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given",),
+    ),
+    Break(
+        "DELETE not forwarded to the owner",
+        BROWSER_ROUTES,
+        "        return await _forward(request, owner)\n    await request.app[STREAMS].stop(stream_id)\n",
+        "        pass\n    await request.app[STREAMS].stop(stream_id)\n",
+        (f"{WORKERS}::test_stopping_through_the_worker_that_does_not_own_the_stream_closes_the_upstream",),
+    ),
+    Break(
+        "no send timeout behind the forwarding worker",
+        WORKER_PROXY,
+        "            async with asyncio.timeout(send_timeout):\n",
+        "            async with asyncio.timeout(None):\n",
+        (f"{WORKERS}::test_a_client_that_stalls_behind_the_relaying_worker_is_cut_after_the_send_timeout",),
+    ),
+    Break(
+        "unreachable owner errors out",
+        WORKER_PROXY,
+        '    except aiohttp.ClientError as exc:\n        log.warning("peer_unreachable"',
+        '    except aiohttp.ClientResponseError as exc:\n        log.warning("peer_unreachable"',
+        (f"{WORKERS}::test_a_killed_owner_gives_an_explicit_answer_not_a_hang",),
+    ),
+    Break(
+        "second signal does not hurry",
+        CONTEXTS,
+        "            lifecycle.end_all()\n",
+        "            pass\n",
+        (f"{OPERATIONS}::test_a_second_signal_ends_live_streams_at_once_with_the_shutdown_event",),
+    ),
+    Break(
+        "stream body built from known fields only",
+        OPENAI_ROUTES,
+        'upstream_body = {**body, "stream_options"',
+        'upstream_body = {"model": model, "messages": body["messages"], "stream": True, "stream_options"',
+        (
+            f"{STREAMING}::test_unknown_v1_fields_reach_the_simulator_unchanged[True]",
+            f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[True]",
+        ),
+    ),
+    Break(
+        "completion body built from known fields only",
+        OPENAI_ROUTES,
+        "    raw = await complete_chat(request, body)\n",
+        '    raw = await complete_chat(request, {"model": model, "messages": body["messages"]})\n',
+        (
+            f"{STREAMING}::test_unknown_v1_fields_reach_the_simulator_unchanged[False]",
+            f"{UPSTREAM_ERRORS}::test_unknown_v1_fields_reach_the_upstream_unchanged[False]",
+        ),
+    ),
+    Break(
+        "error body read once",
+        UPSTREAM,
+        "_read_up_to(response.content, ERROR_BODY_LIMIT)",
+        "response.content.read(ERROR_BODY_LIMIT)",
+        (f"{UPSTREAM_ERRORS}::test_an_upstream_error_body_that_arrives_in_pieces_is_read_whole[chat]",),
+    ),
+    Break(
+        "heartbeat outlives a cancelled chat stream",
+        CHAT_CALL,
+        "                response.stop_heartbeat()\n",
+        "                pass\n",
+        (f"{ENDINGS}::test_the_heartbeat_stops_when_the_client_leaves_mid_stream",),
+    ),
+    Break(
+        "heartbeat outlives a browser stream reader",
+        READER,
+        "        response.stop_heartbeat()  # also when the client left and the handler was cancelled\n",
+        "        pass\n",
+        (f"{ENDINGS}::test_the_heartbeat_stops_when_a_browser_stream_reader_leaves",),
+    ),
+    Break(
+        "final write swallows RuntimeError",
+        RELAY,
+        "    except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError):\n",
+        "    except (ConnectionResetError, aiohttp.ClientConnectionResetError, TimeoutError, RuntimeError):\n",
+        (f"{RELAY_TESTS}::test_a_bug_in_the_sink_writing_the_final_event_is_raised_not_swallowed",),
+    ),
+    Break(
+        "client gone during prepare fails the handler",
+        CHAT_CALL,
+        "            await _prepare(response, request)\n",
+        "            await response.prepare(request)\n",
+        (f"{ENDINGS}::test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect",),
+    ),
+]
+
+
+def copy_repo(into: Path, name: str) -> Path:
+    """A copy of the working tree to break, without what a test run does not need."""
+    target = into / name
+    shutil.copytree(
+        ROOT,
+        target,
+        ignore=shutil.ignore_patterns(".git", ".venv", "node_modules", "__pycache__", ".mypy_cache", ".ruff_cache"),
+    )
+    return target
+
+
+def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
+    """Run `tests` in `repo`; (passed, the last lines of output). A run past RUN_SECONDS fails."""
+    # Plugins no listed test uses cost about two seconds of start-up per run.
+    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"]
+    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *tests]
+    try:
+        done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
+    except subprocess.TimeoutExpired:
+        return False, f"(still running after {RUN_SECONDS} s)"
+    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
+    return done.returncode == 0, tail
+
+
+def check(repo: Path, broken: Break) -> bool:
+    """Apply `broken` alone, run its tests, restore the file; True when they failed (the break was caught)."""
+    path = repo / broken.path
+    original = path.read_text()
+    found = original.count(broken.old)
+    if found != 1:
+        raise SystemExit(f"mutations: {broken.name!r}: the text to break occurs {found} times in {broken.path}")
+    path.write_text(original.replace(broken.old, broken.new))
+    try:
+        passed, tail = run_tests(repo, broken.tests)
+    finally:
+        path.write_text(original)
+    if passed:
+        print(f"NOT CAUGHT  {broken.name}: {', '.join(broken.tests)} stayed green\n{tail}")
+    return not passed
+
+
+def main(argv: list[str]) -> int:
+    """Check the chosen breaks (all by default); 0 when every one made its tests fail."""
+    parser = argparse.ArgumentParser(description="Each listed one-line break must fail its tests.")
+    parser.add_argument("names", nargs="*", help="only these breaks (default: all)")
+    parser.add_argument("--jobs", type=int, default=3, help="breaks checked at once (default: 3)")
+    args = parser.parse_args(argv)
+    chosen = [b for b in BREAKS if not args.names or b.name in args.names]
+    unknown = set(args.names) - {b.name for b in BREAKS}
+    if unknown:
+        print(f"mutations: unknown break(s): {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="sluice-mutations-") as tmp:
+        copies: queue.Queue[Path] = queue.Queue()
+        for index in range(max(1, args.jobs)):
+            copies.put(copy_repo(Path(tmp), f"repo-{index}"))
+        every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
+        passed, tail = run_tests(copies.queue[0], every_test)
+        if not passed:
+            print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
+            return 1
+
+        def check_on_a_copy(broken: Break) -> bool:
+            repo = copies.get()
+            try:
+                lap = time.monotonic()
+                caught = check(repo, broken)
+                print(
+                    f"{'caught' if caught else 'MISSED'}  {broken.name}  ({time.monotonic() - lap:.0f} s)", flush=True
+                )
+                return caught
+            finally:
+                copies.put(repo)
+
+        with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+            results = list(pool.map(check_on_a_copy, chosen))
+    missed = [b.name for b, caught in zip(chosen, results, strict=True) if not caught]
+    print(f"mutations: {len(chosen) - len(missed)}/{len(chosen)} breaks caught in {time.monotonic() - started:.0f} s")
+    return 1 if missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

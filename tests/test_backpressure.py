@@ -1,0 +1,56 @@
+"""A client that stops reading stops the upstream: `python run.py` against the simulator process."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.support.client import ROUTES, new_request_id, sim_wait
+from tests.support.processes import Gateway, Simulator
+
+TOKENS = 1_000_000  # about 200 MB of chunks: far more than every socket buffer on the way, and than a second's worth
+WINDOW = 1.0  # seconds of stalled reading observed
+SETTLE = 0.25  # seconds without a token sent that mean the buffers on the way are full
+SETTLE_WINDOWS = 40
+RSS_SLACK = 4 * 1024 * 1024
+
+
+@pytest.mark.timeout(60)
+async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat(
+    gateway: Gateway, simulator: Simulator
+) -> None:
+    """Over a second of stalled reading, the upstream sends nothing more and the gateway grows by nothing.
+
+    Sampled once the simulator paused and sent nothing for a moment (the gateway stopped reading
+    it), and again a second later: a gateway that merely lags pauses the simulator too, but keeps
+    reading and buffering after.
+    Catches: `request.transport.set_write_buffer_limits(high=1 << 30)` right after the response
+    starts (server/chat_call.py): writes never wait, so the gateway drains the upstream into memory.
+    """
+    rid = new_request_id("backpressure-flat")
+    path, make_body = ROUTES["openai"]
+    process = psutil.Process(gateway.process.pid)
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Request-ID": rid}
+        async with http.post(gateway.url + path, json=make_body(f"hi\n#sim tokens={TOKENS}"), headers=headers):
+            record = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
+            # The first pause may only mean the gateway is slower than the simulator; the buffers
+            # towards the client fill soon after. Nothing signals that, so settle: until a short
+            # window passes in which the simulator sent nothing (bounded; a gateway that never
+            # stops reading never settles, and fails below).
+            for _ in range(SETTLE_WINDOWS):
+                sent = record["chunks_sent"]
+                await asyncio.sleep(SETTLE)
+                record = await sim_wait(http, simulator.url, rid, "opened")
+                if record["chunks_sent"] == sent:
+                    break
+            rss_stalled = process.memory_info().rss
+            await asyncio.sleep(WINDOW)  # the observation window
+            later = await sim_wait(http, simulator.url, rid, "opened")
+            rss_later = process.memory_info().rss
+    assert later["outcome"] == "active"
+    assert later["chunks_sent"] == record["chunks_sent"]
+    assert rss_later - rss_stalled < RSS_SLACK

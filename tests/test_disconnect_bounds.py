@@ -1,0 +1,142 @@
+"""How soon the upstream is closed once the client has gone, against `python run.py` and the simulator.
+
+Every deadline that could also close the upstream (first token, idle, total, send, heartbeat)
+is set a minute or more away, so only the gateway noticing the client can close it in time.
+The bound is measured on one clock: the test notes the moment it leaves, the simulator notes
+the moment its side of the upstream connection closed (`closed_at`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from tests.support.client import ROUTES, new_request_id, sim_wait
+from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.sse import carries_token, iter_events
+
+BOUND = 0.5  # seconds from the client leaving to the upstream connection closed
+FAR = {
+    "SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "60",
+    "SLUICE_UPSTREAM_IDLE_TIMEOUT": "60",
+    "SLUICE_UPSTREAM_TOTAL_TIMEOUT": "120",
+    "SLUICE_STREAM_SEND_TIMEOUT": "60",
+    "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60",
+}
+SEND_TIMEOUT = 1.0
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture(scope="module")
+def patient_gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway whose deadlines are all far away."""
+    gateway = start_gateway(upstream=simulator, env=FAR)
+    yield gateway
+    gateway.process.stop()
+
+
+@pytest.fixture(scope="module")
+def send_timeout_gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway whose only near deadline is the send timeout."""
+    gateway = start_gateway(upstream=simulator, env={**FAR, "SLUICE_STREAM_SEND_TIMEOUT": str(SEND_TIMEOUT)})
+    yield gateway
+    gateway.process.stop()
+
+
+def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str):
+    path, make_body = ROUTES[dialect]
+    return http.post(gateway.url + path, json=make_body(message), headers={"X-Request-ID": request_id})
+
+
+@pytest.mark.parametrize("dialect", ["native", "openai"])
+async def test_upstream_closed_within_half_a_second_of_the_client_leaving_before_the_first_token(
+    patient_gateway: Gateway, simulator: Simulator, dialect: str
+) -> None:
+    """Catches: `handler_cancellation=False` in run.py (the handler waits on the upstream's first
+    token, 60 s away).
+    """
+    rid = new_request_id("bound-pre-token")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, patient_gateway, dialect, "x\n#sim fault=hang_first", rid) as response:
+            assert response.status == 200
+            await sim_wait(http, simulator.url, rid, "opened")
+            left = time.time()
+            response.close()
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
+    assert record["outcome"] == "client_aborted"
+    assert record["closed_at"] - left < BOUND
+
+
+@pytest.mark.parametrize("dialect", ["native", "openai"])
+async def test_upstream_closed_within_half_a_second_of_the_client_leaving_mid_stream(
+    patient_gateway: Gateway, simulator: Simulator, dialect: str
+) -> None:
+    """The upstream has sent tokens and gone quiet (idle deadline 60 s away) when the client leaves.
+
+    Catches: `handler_cancellation=False` in run.py, and the explicit upstream close removed
+    (`_close_opened` in server/chat_call.py).
+    """
+    rid = new_request_id("bound-mid")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, patient_gateway, dialect, "x\n#sim tokens=8 fault=hang_mid", rid) as response:
+            seen = 0
+            async for event in iter_events(response):
+                seen += carries_token(event)
+                if seen == 4:  # the simulator hangs after half of the tokens
+                    break
+            left = time.time()
+            response.close()
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
+    assert record["outcome"] == "client_aborted"
+    assert record["closed_at"] - left < BOUND
+
+
+async def test_upstream_closed_within_half_a_second_of_the_client_leaving_a_non_streaming_chat(
+    patient_gateway: Gateway, simulator: Simulator
+) -> None:
+    """Catches: `handler_cancellation=False` in run.py (the call would wait out its 120 s total)."""
+    rid = new_request_id("bound-chat")
+    async with aiohttp.ClientSession() as http:
+        request = asyncio.create_task(
+            http.post(
+                patient_gateway.url + "/chat",
+                json={"message": "x\n#sim fault=hang_first"},
+                headers={"X-Request-ID": rid},
+            )
+        )
+        await sim_wait(http, simulator.url, rid, "opened")
+        left = time.time()
+        request.cancel()  # the client gives up: aiohttp closes its connection
+        with pytest.raises(asyncio.CancelledError):
+            await request
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
+    assert record["outcome"] == "client_aborted"
+    assert record["closed_at"] - left < BOUND
+
+
+async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client_that_stalls(
+    send_timeout_gateway: Gateway, simulator: Simulator
+) -> None:
+    """A client that accepts nothing: the send timeout (1 s) cuts it and the upstream goes with it.
+
+    The simulator pauses once the gateway stopped reading it, which is after the gateway's write to
+    the client blocked; so the upstream must be closed within send_timeout + 0.5 s of that pause.
+    Catches: the explicit upstream close removed (`_close_opened` in server/chat_call.py):
+    the connection then waits for garbage collection.
+    """
+    rid = new_request_id("bound-stalled")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, send_timeout_gateway, "openai", "x\n#sim tokens=150000", rid):
+            paused = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
+            stalled_by = time.time()
+            assert paused["outcome"] == "active"
+            record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
+    assert record["outcome"] == "client_aborted"
+    assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND
+    log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
+    assert log["error_code"] == "send_timeout"

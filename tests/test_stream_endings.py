@@ -1,0 +1,130 @@
+"""What is left behind when a stream ends early: the gateway in-process against a fake upstream."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
+
+from server.app import create_app
+from server.sse import SSEResponse
+from tests.conftest import AiohttpClient, make_settings
+
+Client = TestClient[web.Request, web.Application]
+BuildGateway = Callable[..., Awaitable[Client]]
+
+COMPLETIONS = "/v1/chat/completions"
+TOKEN = {
+    "id": "chatcmpl-1",
+    "object": "chat.completion.chunk",
+    "created": 1,
+    "model": "gpt-4o",
+    "choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": None}],
+}
+
+
+def one_token_then_silence(never: asyncio.Event) -> web.Application:
+    """An upstream that sends one token and then nothing, until the test ends."""
+
+    async def answer(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(b"data: " + json.dumps(TOKEN).encode() + b"\n\n")
+        await never.wait()
+        return response
+
+    app = web.Application()
+    app.router.add_post(COMPLETIONS, answer)
+    return app
+
+
+async def read_whole(request: Awaitable[aiohttp.ClientResponse]) -> bytes:
+    """The body of the answer to `request`."""
+    return await (await request).read()
+
+
+def heartbeat_tasks() -> set[asyncio.Task[object]]:
+    """The heartbeat loops running in this event loop (the gateway runs in it, in-process)."""
+    return {task for task in asyncio.all_tasks() if task.get_coro().__qualname__.endswith("SSEResponse._ping")}  # type: ignore[union-attr]
+
+
+async def test_the_heartbeat_stops_when_the_client_leaves_mid_stream(upstream_app_client: BuildGateway) -> None:
+    """The heartbeat task ends with its stream, not at its next tick (60 s away here).
+
+    Catches: no `stop_heartbeat()` in stream_chat's `finally` (server/chat_call.py): a cancelled
+    stream skips `finish()`, and the heartbeat loop sleeps on, holding the response, until it wakes.
+    """
+    never = asyncio.Event()
+    gateway = await upstream_app_client(
+        one_token_then_silence(never),
+        stream={"heartbeat_interval": 60.0, "send_timeout": 60.0},
+        upstream={"first_token_timeout": 60.0, "idle_timeout": 60.0, "total_timeout": 120.0},
+    )
+    response = await gateway.post("/chat/stream", json={"message": "hi"})
+    async for line in response.content:
+        if line.startswith(b"data:") and b'"hi"' in line:
+            break
+    heartbeats = heartbeat_tasks()
+    assert len(heartbeats) == 1
+
+    response.close()  # the client leaves: the in-process server cancels the handler
+
+    _, still_running = await asyncio.wait(heartbeats, timeout=5)
+    assert not still_running
+    never.set()
+
+
+async def test_the_heartbeat_stops_when_a_browser_stream_reader_leaves(aiohttp_client: AiohttpClient) -> None:
+    """A browser stream's connection stops its heartbeat when the client leaves (next tick 60 s away).
+
+    Catches: no `stop_heartbeat()` around serve_stream's follow loop (server/streams/reader.py).
+    """
+    settings = make_settings(stream={"heartbeat_interval": 60.0, "send_timeout": 60.0})
+    gateway: Client = await aiohttp_client(create_app(settings))
+    created = await gateway.post("/chat/streams", json={"message": "hi\n#sim tokens=4 fault=hang_mid"})
+    response = await gateway.get((await created.json())["url"])
+    async for line in response.content:
+        if line.startswith(b"event: token"):
+            break
+    heartbeats = heartbeat_tasks()
+    assert len(heartbeats) == 1
+
+    response.close()
+
+    _, still_running = await asyncio.wait(heartbeats, timeout=5)
+    assert not still_running
+
+
+async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client that leaves as the stream's headers go out is logged as client_disconnected, no traceback.
+
+    The transport is closed just before the real `prepare`, as when the peer's reset arrives
+    before aiohttp has cancelled the handler: the header write raises ClientConnectionResetError.
+    Catches: `response.prepare` in stream_chat (server/chat_call.py) letting that error out of the
+    handler, where the error middleware logs `request_failed` with a traceback.
+    """
+    prepare = SSEResponse.prepare
+
+    async def leave_then_prepare(self: SSEResponse, request: web.BaseRequest) -> object:
+        assert request.transport is not None
+        request.transport.close()
+        return await prepare(self, request)
+
+    monkeypatch.setattr(SSEResponse, "prepare", leave_then_prepare)
+    # The handler logs before aiohttp drops the connection, so the logs are complete once the client sees that.
+    with capture_logs() as logs, pytest.raises(aiohttp.ClientError):
+        await read_whole(client.post("/chat/stream", json={"message": "hi"}))
+
+    assert [log["event"] for log in logs if log["log_level"] in ("error", "critical")] == []
+    finished = next(log for log in logs if log["event"] == "request_finished")
+    assert finished["outcome"] == "client_disconnected"
+    assert finished["status"] == 499
