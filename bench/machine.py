@@ -8,7 +8,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no type information installed
+import psutil
 
 LIBRARIES = ("aiohttp", "uvloop", "openai", "orjson", "psutil")
 

@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no type information installed
+import psutil
 
 # Seconds between RSS samples while a window is open.
 RSS_INTERVAL = 0.05

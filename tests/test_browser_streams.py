@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, MutableMapping
 from typing import Any
 
 import aiohttp
@@ -29,7 +29,7 @@ MakeClient = Callable[..., Awaitable[Client]]
 
 
 @pytest.fixture(autouse=True)
-def no_stream_errors() -> Iterator[list[dict[str, Any]]]:
+def no_stream_errors() -> Iterator[list[MutableMapping[str, Any]]]:
     """Fail a test whose generations logged an error: a task's failure would otherwise go unseen."""
     with capture_logs() as logs:
         yield logs

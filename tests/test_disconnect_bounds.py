@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import pytest
@@ -48,7 +49,7 @@ def send_timeout_gateway(simulator: Simulator) -> Iterator[Gateway]:
     gateway.process.stop()
 
 
-def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str):
+def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str) -> Any:
     path, make_body = ROUTES[dialect]
     return http.post(gateway.url + path, json=make_body(message), headers={"X-Request-ID": request_id})
 

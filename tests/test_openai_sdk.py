@@ -6,10 +6,11 @@ from collections.abc import Iterator
 
 import openai
 import pytest
+from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
 from tests.support.processes import Gateway, Simulator, start_gateway
 
-MESSAGES = [{"role": "user", "content": "Hello from the Python SDK"}]
+MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello from the Python SDK"}]
 
 
 def sdk(gateway: Gateway) -> openai.OpenAI:
@@ -71,6 +72,7 @@ async def test_async_completion_and_stream_agree(gateway: Gateway) -> None:
             usage = chunk.usage or usage
     assert text == completion.choices[0].message.content
     assert usage is not None
+    assert completion.usage is not None
     assert usage.completion_tokens == completion.usage.completion_tokens
 
 
@@ -147,7 +149,9 @@ def test_stream_with_heartbeats_parses_without_error(heartbeat_gateway: Gateway)
 
 
 def test_tools_and_unknown_fields_pass_through_to_the_upstream(gateway: Gateway) -> None:
-    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
+    tools: list[ChatCompletionToolParam] = [
+        {"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}
+    ]
     with sdk(gateway) as client:
         completion = client.chat.completions.create(
             model="gpt-4o",
@@ -155,7 +159,7 @@ def test_tools_and_unknown_fields_pass_through_to_the_upstream(gateway: Gateway)
             tools=tools,
             seed=7,
             n=1,
-            logprobs=False,  # type: ignore[arg-type]
+            logprobs=False,
             extra_body={"brand_new_openai_parameter": {"x": 1}},
         )
     assert completion.choices[0].message.content

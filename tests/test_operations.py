@@ -28,7 +28,9 @@ def metric_value(text: str, name: str, **labels: str) -> float:
     return 0.0
 
 
-async def open_stream(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, rid: str):
+async def open_stream(
+    http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, rid: str
+) -> aiohttp.ClientResponse:
     path, make_body = ROUTES[dialect]
     response = await http.post(gateway.url + path, json=make_body(message), headers={"X-Request-ID": rid})
     assert response.status == 200

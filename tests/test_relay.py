@@ -73,7 +73,7 @@ def new_record() -> RequestRecord:
 
 async def run_relay(
     chunks: AsyncIterator[list[Chunk]], dialect: object, sink: RecordingSink, deadlines: Deadlines = GENEROUS
-):
+) -> RequestRecord:
     record = new_record()
     guard = StreamGuard(deadlines)
     try:

@@ -230,9 +230,9 @@ def test_settings_are_frozen() -> None:
     settings = load()
 
     with pytest.raises(ValidationError, match="frozen"):
-        settings.models = settings.models  # type: ignore[misc]
+        settings.models = settings.models
     with pytest.raises(ValidationError, match="frozen"):
-        settings.server.max_body_bytes = 1  # type: ignore[misc]
+        settings.server.max_body_bytes = 1
 
 
 def test_list_settings_are_immutable_tuples() -> None:

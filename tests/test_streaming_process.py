@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator
+from typing import Any
 
 import aiohttp
 import psutil
@@ -38,12 +39,14 @@ def tight_gateway(simulator: Simulator) -> Iterator[Gateway]:
     gateway.process.stop()
 
 
-def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str, **extra: object):
+def post(
+    http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str, **extra: object
+) -> Any:
     path, make_body = ROUTES[dialect]
     return http.post(gateway.url + path, json=make_body(message, **extra), headers={"X-Request-ID": request_id})
 
 
-def finished(gateway: Gateway, request_id: str) -> dict[str, object]:
+def finished(gateway: Gateway, request_id: str) -> dict[str, Any]:
     return gateway.process.wait_for_event("request_finished", request_id=request_id)
 
 
