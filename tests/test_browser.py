@@ -227,6 +227,7 @@ async def test_a_second_turn_carries_the_first_turn_as_history(gateway: Gateway,
     await finished_text(page)
 
     body = (await created.value).post_data_json
+    assert body is not None
     assert body["history"] == [{"role": "user", "content": first}, {"role": "assistant", "content": first_reply}]
     await expect(page.locator("#conversation .message")).to_have_count(4)
     await expect(page.locator("#conversation .message.user").first).to_contain_text("First question")

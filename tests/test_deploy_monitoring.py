@@ -29,7 +29,7 @@ GRAFANA_VARIABLES = {"$__rate_interval": "5m", "$instance": ".*"}
 
 def exported_series() -> set[str]:
     """Every series name Sluice's /metrics can carry."""
-    names = set()
+    names: set[str] = set()
     for family in Metrics().registry.collect():
         names.update(family.name + suffix for suffix in SUFFIXES[family.type])
     return names
