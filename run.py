@@ -19,6 +19,7 @@ from server.worker_proxy import WorkerIdentity, identity_from_args
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
 SHUTDOWN_TIMEOUT = 5.0
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -93,6 +94,7 @@ def serve(
             pid=os.getpid(),
         )
 
+    warn_if_open(settings, host)
     # Everything imported and built so far lives as long as the process: moving it out of the
     # collector's sight keeps full collections short. bench/ measured them freezing the loop for
     # 60-500 ms with thousands of live streams, enough to stall streams and overflow the accept queue.
@@ -108,10 +110,25 @@ def serve(
         access_log=None,
         print=announce,
         shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp arms this at connect and after each response, and closes a connection still
+        # waiting for a complete request then: the header-read deadline and the keep-alive idle limit.
+        keepalive_timeout=settings.connections.header_timeout,
         backlog=settings.server.backlog,
         reuse_port=reuse_port or None,
         # A worker also listens on its own Unix socket, where the others relay its browser streams.
         path=str(worker.socket_path()) if worker is not None else None,
+    )
+
+
+def warn_if_open(settings: Settings, host: str) -> None:
+    """Say so at start-up when anyone who can reach a non-loopback address may use the upstream key."""
+    if settings.auth.enabled or host in LOOPBACK_HOSTS:
+        return
+    structlog.get_logger("sluice").warning(
+        "gateway_open",
+        message="No gateway keys are configured and Sluice listens on a non-loopback address: "
+        "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
+        host=host,
     )
 
 

@@ -1,8 +1,9 @@
 """`python -m bench [--quick] [--workload NAME ...] [--out PATH] [--json PATH] [--from-json PATH]`: measure Sluice.
 
-Runs every workload (or those named) straight against the simulated upstream and through Sluice,
-prints the table, and rewrites bench/RESULTS.md (or --out) with the figures, the command, the
-machine and the date. A full run takes about five minutes on two cores; --quick about a minute.
+Runs every workload (or those named) straight against the simulated upstream, through the simplest
+aiohttp pass-through and through Sluice, prints the table, and rewrites bench/RESULTS.md (or --out;
+--quick writes to a temporary folder unless --update) with the figures, the command, the machine
+and the date. A full run takes about five minutes on two cores; --quick about a minute.
 """
 
 from __future__ import annotations
@@ -41,9 +42,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--out",
         type=Path,
-        default=DEFAULT_OUT,
+        default=None,
         metavar="PATH",
-        help="where to write the Markdown report (default: bench/RESULTS.md)",
+        help="where to write the Markdown report (default: bench/RESULTS.md; with --quick, a temporary folder)",
+    )
+    parser.add_argument(
+        "--update",
+        action="store_true",
+        help="with --quick, rewrite bench/RESULTS.md all the same (a full run always does)",
     )
     parser.add_argument(
         "--upstream",
@@ -62,7 +68,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="PATH",
         help="run nothing: print and write the report again from a file an earlier --json wrote",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.out is None:
+        quick = args.quick or (args.from_json is not None and "--quick" in args.from_json.read_text()[:2000])
+        if quick and not args.update:
+            args.out = Path(tempfile.mkdtemp(prefix="sluice-bench-report-")) / "RESULTS.md"
+        else:
+            args.out = DEFAULT_OUT
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:

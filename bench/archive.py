@@ -22,6 +22,7 @@ def save(path: Path, results: list[WorkloadResult], command: str, date: str, mac
                 "name": result.workload.name,
                 "upstream": str(result.upstream),
                 "direct": result.direct,
+                "passthrough": result.passthrough,
                 "sluice": result.sluice,
                 "simulator_direct": result.simulator_direct,
             }
@@ -41,6 +42,7 @@ def load(path: Path) -> tuple[list[WorkloadResult], str, str, dict[str, str]]:
             workload=by_name[entry["name"]],
             upstream=Upstream(entry["upstream"]),
             direct=entry["direct"],
+            passthrough=entry.get("passthrough"),
             sluice=entry["sluice"],
             simulator_direct=entry["simulator_direct"],
         )

@@ -21,6 +21,8 @@ class Shape(StrEnum):
     LOOP = "loop"  # `clients` workers send requests back to back until the window ends
     WAVE = "wave"  # `streams` streams open evenly over `ramp_s`; each is read to its end
     LEAVE = "leave"  # like LOOP, but every client leaves `leave_after_ms` into its stream
+    CROWD = "crowd"  # `streams` clients arrive at the same instant and all leave `leave_after_ms` later
+    STALL = "stall"  # `streams` clients read the headers, stop reading for `hold_s`, then all leave
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +57,10 @@ class LoadConfig:
     streams: int = 0
     ramp_s: float = 0.0
     leave_after_ms: float = 0.0
-    # LEAVE only: the simulator whose records say when each upstream stream closed.
+    # STALL: seconds the readers stay stalled; CROWD: how many crowds, one after another.
+    hold_s: float = 0.0
+    rounds: int = 1
+    # LEAVE and CROWD only: the simulator whose records say when each upstream stream closed.
     sim_url: str | None = None
     # Role ("gateway", "upstream") -> pid whose CPU time and RSS the run samples.
     watch: dict[str, int] = field(default_factory=dict)

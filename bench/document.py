@@ -30,21 +30,33 @@ UPSTREAMS = {
 }
 
 HOW = """\
-Three kinds of process, each its own: the simulated upstream ({upstream}),
-Sluice (`python run.py --config config/test.toml`, one worker, `SLUICE_LOGGING_LEVEL=warning`) and
-the load generator (`python -m bench.loadgen`, uvloop). Every workload runs first straight against
-the upstream's `/v1/chat/completions` ("direct"), then through Sluice on each route, in the same
-invocation. The upstream has no native route: its `/v1` streaming is the direct baseline of
-`/chat/stream` as well, and its non-streaming `/v1` call that of `/chat`.
+Four kinds of process, each its own: the simulated upstream ({upstream}),
+the simplest aiohttp pass-through (`python -m bench.passthrough`, a reference that copies each
+read of the upstream's reply to the client and nothing else), Sluice (`python run.py --config
+config/test.toml`, one worker unless the workload says `--workers 2`,
+`SLUICE_LOGGING_LEVEL=warning`) and the load generator (`python -m bench.loadgen`, uvloop). Every
+workload runs first straight against the upstream's `/v1/chat/completions` ("direct"), then
+through the pass-through, then through Sluice on each route, in the same invocation. The upstream
+has no native route: its `/v1` streaming is the direct baseline of `/chat/stream` as well, and its
+non-streaming `/v1` call that of `/chat`. On a shared machine, trust the ratios measured in the
+same run (Sluice / pass-through, Sluice / direct) over absolute numbers.
 
 - **TTFT** is measured by the client, from starting the request (including connecting, when the
   request needs a new connection) to the first read that holds a content token.
-- **Chunks** are content tokens the clients received inside the measurement window;
-  **CPU per relayed chunk** is the Sluice process's CPU time over the window divided by them.
+- **Events** are content tokens the clients received inside the measurement window;
+  **proxy CPU per relayed event** is the proxy process's (Sluice's or the pass-through's) CPU time
+  over the window divided by them, setup included.
+- **Paced** workloads send one event every 10 or 100 ms, each flushed alone (TCP_NODELAY), so each
+  arrives in a read of its own, as from a provider; `latency` and `throughput` send bursts.
 - **Gaps** are the time between two reads that hold content tokens; a stream **stalled** when its
   largest gap exceeded twice the upstream's pace.
 - **RSS per live stream** is (Sluice's highest RSS in the window − its RSS before the first stream)
   / the most streams the clients had open at once; each many-streams route gets a fresh gateway.
+- **Stalled readers** read the headers and stop reading (64 KiB kernel receive buffer) while the
+  upstream offers 1M tokens back to back; RSS per reader is read at a third and at the end of the
+  stall, and again 1.5 s after they all left.
+- **Crowd**: 100 clients send at the same instant (five times); "reached the upstream" compares
+  each client's send time with the upstream's record of the request (`opened_at`, same clock).
 - **Disconnect**: each client closes its connection 300 ms into a 4 s stream and notes `time.time()`;
   the upstream's record of that request (`GET /_sim/requests/{{id}}`: `closed_at`, same clock) says
   when the upstream stream ended. A stream still open 1 s later "ran on".

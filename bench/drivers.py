@@ -6,6 +6,7 @@ import asyncio
 import itertools
 import os
 import time
+from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
@@ -13,11 +14,14 @@ import orjson
 from .config import Api, LoadConfig, Pace
 from .reading import MARKERS, Outcome, StreamScan
 from .tally import Tally
-from .wire import Connection, connect, request_head
+from .wire import Connection, Response, connect, request_head
 
 PROMPT = "Benchmark prompt: say something."
 # Seconds any single request may take before it counts as failed.
 REQUEST_TIMEOUT = 120.0
+# A stalled reader's kernel receive buffer: a small one, so the stall reaches the proxy within
+# milliseconds rather than after megabytes (loopback autotunes receive buffers up to 6 MiB).
+STALL_RECEIVE_BUFFER = 64 * 1024
 
 
 def request_body(api: Api, stream: bool, pace: Pace) -> bytes:
@@ -52,6 +56,11 @@ class Client:
         self._ids = itertools.count()
         self._id_prefix = f"bench-{os.getpid()}-{time.monotonic_ns()}-"
 
+    @property
+    def tally(self) -> Tally:
+        """Where this client notes what came back."""
+        return self._tally
+
     async def send(self, connection: Connection | None, leave_after: float | None = None) -> Connection | None:
         """One request on `connection` (or a new one); return the connection when it can carry another.
 
@@ -61,6 +70,8 @@ class Client:
         tally.started()
         request_id = None if leave_after is None else f"{self._id_prefix}{next(self._ids)}"
         outcome = Outcome(sent_at=time.perf_counter())
+        if request_id is not None:
+            tally.sent_wall[request_id] = time.time()
         try:
             async with asyncio.timeout(leave_after if leave_after is not None else REQUEST_TIMEOUT):
                 if connection is None or connection.closed:
@@ -83,6 +94,39 @@ class Client:
         tally.ended(outcome, expected_chunks=expected)
         return connection if connection is not None and not connection.closed else None
 
+    async def stall(self) -> tuple[Connection, Outcome] | None:
+        """Open a stream, read its headers, then stop reading; None when it did not open."""
+        tally = self._tally
+        tally.started()
+        outcome = Outcome(sent_at=time.perf_counter())
+        try:
+            connection = await connect(self._host, self._port, receive_buffer=STALL_RECEIVE_BUFFER)
+        except OSError as exc:
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            tally.ended(outcome, expected_chunks=None)
+            return None
+        loop = asyncio.get_running_loop()
+        headed: asyncio.Future[None] = loop.create_future()
+        exchange: asyncio.Future[Response] = loop.create_task(
+            connection.exchange(self._head + self._body, _StopAfterHead(connection, headed))
+        )
+        exchange.add_done_callback(_consume)
+        waited: set[asyncio.Future[Any]] = {headed, exchange}
+        await asyncio.wait(waited, timeout=REQUEST_TIMEOUT, return_when=asyncio.FIRST_COMPLETED)
+        if not headed.done():
+            headed.cancel()
+            if not exchange.done():
+                outcome.error = "stall_not_opened: timeout"
+            elif exchange.exception() is not None:
+                outcome.error = f"stall_not_opened: {exchange.exception()!r}"
+            else:
+                outcome.error = f"stall_not_opened: status {exchange.result().status}"
+            connection.close()
+            tally.ended(outcome, expected_chunks=None)
+            return None
+        tally.opened(outcome)
+        return connection, outcome
+
     async def _exchange(self, connection: Connection, outcome: Outcome, request_id: str | None) -> None:
         head = self._head
         if request_id is not None:
@@ -99,6 +143,28 @@ class Client:
             outcome.error = f"not_a_reply: {response.body[:200]!r}"
         else:
             outcome.first_at = outcome.ended_at
+
+
+class _StopAfterHead:
+    """A scanner that stops reading the connection once a 200 response's headers arrived."""
+
+    def __init__(self, connection: Connection, headed: asyncio.Future[None]) -> None:
+        self._connection = connection
+        self._headed = headed
+
+    def head(self) -> None:
+        if self._connection.transport is not None:
+            self._connection.transport.pause_reading()
+        if not self._headed.done():
+            self._headed.set_result(None)
+
+    def feed(self, data: bytes, now: float) -> None:
+        pass
+
+
+def _consume(task: asyncio.Future[Response]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
 async def warm_up(client: Client, requests: int) -> None:
@@ -140,3 +206,11 @@ async def run_wave(client: Client, streams: int, ramp_s: float) -> None:
             await asyncio.sleep(delay)
         tasks.append(loop.create_task(one()))
     await asyncio.gather(*tasks)
+
+
+async def run_crowd(client: Client, streams: int, rounds: int, leave_after: float) -> None:
+    """`rounds` times: `streams` clients arrive at the same instant and leave `leave_after` s later."""
+    for index in range(rounds):
+        if index:
+            await asyncio.sleep(1.0)  # the previous crowd's connections finish closing
+        await asyncio.gather(*(client.send(None, leave_after) for _ in range(streams)))

@@ -120,8 +120,24 @@ def start_upstream(kind: Upstream, log_dir: Path, name: str) -> Service:
     raise StartupError(f"the {kind} upstream did not start:\n{_tail(log)}")
 
 
-def start_gateway(upstream: Service, log_dir: Path, name: str = "gateway") -> Service:
-    """`python run.py` against `upstream`, logging warnings only, once /livez answers."""
+def start_passthrough(upstream: Service, log_dir: Path, name: str = "passthrough") -> Service:
+    """`python -m bench.passthrough` in front of `upstream`, once it accepts connections."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "bench.passthrough", "--upstream", upstream.url, "--port", str(port)]
+    process, log = _spawn(name, argv, child_env({}), log_dir)
+    deadline = time.monotonic() + STARTUP_S
+    while time.monotonic() < deadline and process.poll() is None:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return Service(name, process, f"http://127.0.0.1:{port}", log)
+        except OSError:
+            time.sleep(0.05)
+    process.kill()
+    raise StartupError(f"the pass-through did not start:\n{_tail(log)}")
+
+
+def start_gateway(upstream: Service, log_dir: Path, name: str = "gateway", workers: int = 1) -> Service:
+    """`python run.py` against `upstream`, logging warnings only, once /livez answers (from every worker)."""
     port = _free_port()
     env = child_env(
         {
@@ -141,33 +157,48 @@ def start_gateway(upstream: Service, log_dir: Path, name: str = "gateway") -> Se
         "--config",
         str(GATEWAY_CONFIG),
     ]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
     process, log = _spawn(name, argv, env, log_dir)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline and process.poll() is None:
         try:
             with urllib.request.urlopen(url + "/livez", timeout=1) as response:
-                if response.status == 200:
+                if response.status == 200 and _workers_up(process.pid, workers):
                     return Service(name, process, url, log)
         except OSError:
-            time.sleep(0.05)
+            pass
+        time.sleep(0.05)
     process.kill()
     raise StartupError(f"the gateway did not start:\n{_tail(log)}")
 
 
 def run_loadgen(config: LoadConfig, log_dir: Path, name: str, timeout: float) -> dict[str, Any]:
-    """Run `python -m bench.loadgen` with `config` and return the JSON it printed."""
-    argv = [sys.executable, "-m", "bench.loadgen", "--json-config", config.to_json()]
+    """Run `python -m bench.loadgen` with `config` and return the JSON it wrote."""
+    out = log_dir / f"{name}.json"
+    argv = [sys.executable, "-m", "bench.loadgen", "--json-config", config.to_json(), "--out", str(out)]
     stderr = log_dir / f"{name}.stderr.log"
     with stderr.open("wb") as err:
         done = subprocess.run(
-            argv, cwd=ROOT, env=child_env({}), stdout=subprocess.PIPE, stderr=err, timeout=timeout, check=False
+            argv, cwd=ROOT, env=child_env({}), stdout=subprocess.DEVNULL, stderr=err, timeout=timeout, check=False
         )
-    lines = done.stdout.decode(errors="replace").strip().splitlines()
-    if done.returncode != 0 or not lines:
+    if done.returncode != 0 or not out.exists():
         raise StartupError(f"the load generator failed ({done.returncode}):\n{_tail(stderr)}")
-    result: dict[str, Any] = json.loads(lines[-1])
+    result: dict[str, Any] = json.loads(out.read_text())
     return result
+
+
+def _workers_up(pid: int, workers: int) -> bool:
+    """True when a `--workers` supervisor has all its workers (a single process always has)."""
+    if workers == 1:
+        return True
+    import psutil
+
+    children = psutil.Process(pid).children()
+    return len(children) >= workers and all(
+        any(c.status == psutil.CONN_LISTEN for c in child.net_connections("tcp")) for child in children
+    )
 
 
 def _free_port() -> int:

@@ -52,7 +52,7 @@ def ratio(value: float | None) -> str:
 
 
 def figure_rows(results: Sequence[WorkloadResult]) -> Rows:
-    """Workload, route, figure, direct, Sluice, ratio, difference."""
+    """Workload, route, figure, direct, pass-through, Sluice, the two ratios, difference."""
     rows: Rows = []
     for result in results:
         for path in result.sluice:
@@ -63,15 +63,27 @@ def figure_rows(results: Sequence[WorkloadResult]) -> Rows:
                         path,
                         figure.label,
                         number(figure.direct, figure.unit),
+                        number(figure.passthrough, figure.unit),
                         number(figure.sluice, figure.unit),
                         ratio(figure.ratio),
+                        ratio(figure.vs_passthrough),
                         signed(figure.diff, figure.unit),
                     ]
                 )
     return rows
 
 
-FIGURE_HEADERS = ["workload", "Sluice route", "figure", "direct", "Sluice", "ratio", "Sluice − direct"]
+FIGURE_HEADERS = [
+    "workload",
+    "Sluice route",
+    "figure",
+    "direct",
+    "pass-through",
+    "Sluice",
+    "Sluice / direct",
+    "Sluice / pass-through",
+    "Sluice − direct",
+]
 PROCESS_HEADERS = [
     "workload",
     "run",
@@ -80,9 +92,9 @@ PROCESS_HEADERS = [
     "errors",
     "loadgen CPU",
     "upstream CPU",
-    "Sluice CPU (kernel)",
+    "proxy CPU (kernel)",
     "others' CPU",
-    "peak RSS loadgen / upstream / Sluice",
+    "peak RSS loadgen / upstream / proxy",
 ]
 
 
@@ -91,6 +103,8 @@ def process_rows(results: Sequence[WorkloadResult]) -> Rows:
     rows: Rows = []
     for result in results:
         runs = [(f"direct ({result.upstream} upstream)", result.direct)]
+        if result.passthrough is not None:
+            runs.append(("pass-through /v1/chat/completions", result.passthrough))
         runs += [(f"Sluice {path}", run) for path, run in result.sluice.items()]
         if result.simulator_direct is not None:
             runs.append(("direct (simulator upstream)", result.simulator_direct))
@@ -131,7 +145,7 @@ def verdicts(results: Sequence[WorkloadResult]) -> list[Verdict]:
             continue
         for path in result.sluice:
             figure = _find(figures(result, path), target.key)
-            unit = "×" if target.measure == "ratio" else figure.unit
+            unit = "×" if target.measure in ("ratio", "vs_passthrough") else figure.unit
             value = target.value(figure)
             found.append(Verdict(target, path, value, unit, target.met(value)))
     return found

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import LoadConfig
-from .processes import Service, Upstream, run_loadgen, start_gateway, start_upstream
+from .processes import Service, Upstream, run_loadgen, start_gateway, start_passthrough, start_upstream
 from .workloads import UPSTREAM_ROUTE, Kind, Workload
 
 # Seconds between runs, for the previous run's connections to finish closing.
@@ -18,7 +18,7 @@ SETTLE_S = 0.3
 
 @dataclass
 class WorkloadResult:
-    """The load generator's results of the direct run and of each Sluice route, by path.
+    """The load generator's results of the direct run, the pass-through's and each Sluice route's, by path.
 
     `simulator_direct` is the same direct run against server/simulator, when the bench upstream
     served the others: it shows what the project's simulator would allow as an upstream.
@@ -27,6 +27,7 @@ class WorkloadResult:
     workload: Workload
     upstream: Upstream
     direct: dict[str, Any]
+    passthrough: dict[str, Any] | None = None
     sluice: dict[str, dict[str, Any]] = field(default_factory=dict)
     simulator_direct: dict[str, Any] | None = None
 
@@ -37,16 +38,18 @@ def say(message: str) -> None:
 
 
 def run_workload(workload: Workload, log_dir: Path, upstream_kind: Upstream) -> WorkloadResult:
-    """Run `workload` straight against the upstream, then through Sluice on each route."""
+    """Run `workload` straight against the upstream, through the pass-through, then through Sluice on each route."""
     upstream = start_upstream(upstream_kind, log_dir, f"{workload.name}-upstream-{upstream_kind}")
     gateway: Service | None = None
     try:
         result = WorkloadResult(workload, upstream_kind, _direct(workload, upstream, log_dir))
+        result.passthrough = _passthrough(workload, upstream, log_dir)
         for route in workload.routes:
             if gateway is None or workload.fresh_gateway:
                 if gateway is not None:
                     gateway.stop()
-                gateway = start_gateway(upstream, log_dir, name=f"{workload.name}-gateway{_slug(route.path)}")
+                name = f"{workload.name}-gateway{_slug(route.path)}"
+                gateway = start_gateway(upstream, log_dir, name=name, workers=workload.workers)
             say(f"[{workload.name}] sluice {route.path}")
             watch = {"upstream": upstream.pid, "gateway": gateway.pid}
             config = workload.config(gateway.url, route, watch, upstream.url)
@@ -68,6 +71,17 @@ def _direct(workload: Workload, upstream: Service, log_dir: Path) -> dict[str, A
     say(f"[{workload.name}] direct {upstream.name} {UPSTREAM_ROUTE.path}")
     config = workload.config(upstream.url, UPSTREAM_ROUTE, {"upstream": upstream.pid}, upstream.url)
     return _run(workload, config, log_dir, f"direct-{upstream.name}")
+
+
+def _passthrough(workload: Workload, upstream: Service, log_dir: Path) -> dict[str, Any]:
+    say(f"[{workload.name}] pass-through {UPSTREAM_ROUTE.path}")
+    proxy = start_passthrough(upstream, log_dir, name=f"{workload.name}-passthrough")
+    try:
+        watch = {"upstream": upstream.pid, "gateway": proxy.pid}
+        config = workload.config(proxy.url, UPSTREAM_ROUTE, watch, upstream.url)
+        return _run(workload, config, log_dir, "passthrough")
+    finally:
+        proxy.stop()
 
 
 def _run(workload: Workload, config: LoadConfig, log_dir: Path, label: str) -> dict[str, Any]:

@@ -28,12 +28,34 @@ class ProcessFigures:
         return {"cpu_s": self.cpu_s, "sys_s": self.sys_s, "rss_idle": self.rss_idle, "rss_peak": self.rss_peak}
 
 
+class Family:
+    """A process and its children (a `--workers` supervisor and its workers), summed."""
+
+    def __init__(self, pid: int) -> None:
+        parent = psutil.Process(pid)
+        self.members = [parent, *parent.children(recursive=True)]
+
+    def cpu(self) -> tuple[float, float]:
+        """(user + system, system) CPU seconds of every member."""
+        total = kernel = 0.0
+        for member in self.members:
+            with member.oneshot():
+                used, sys_s = _cpu(member)
+            total += used
+            kernel += sys_s
+        return total, kernel
+
+    def rss(self) -> int:
+        """The RSS of every member, summed."""
+        return sum(member.memory_info().rss for member in self.members)
+
+
 class Watch:
     """The processes of one run by role, "loadgen" (this process) always among them."""
 
     def __init__(self, pids: dict[str, int]) -> None:
-        self._processes = {role: psutil.Process(pid) for role, pid in pids.items()}
-        self._processes["loadgen"] = psutil.Process(os.getpid())
+        self._processes = {role: Family(pid) for role, pid in pids.items()}
+        self._processes["loadgen"] = Family(os.getpid())
         self.figures = {role: ProcessFigures() for role in self._processes}
         self._cpu_at_open: dict[str, tuple[float, float]] = {}
         self._system_at_open = 0.0
@@ -48,9 +70,8 @@ class Watch:
         """Start the window: note CPU times and idle RSS, and start sampling RSS."""
         self._opened_at = time.perf_counter()
         for role, process in self._processes.items():
-            with process.oneshot():
-                self._cpu_at_open[role] = _cpu(process)
-                rss = process.memory_info().rss
+            self._cpu_at_open[role] = process.cpu()
+            rss = process.rss()
             self.figures[role].rss_idle = self.figures[role].rss_peak = rss
         self._system_at_open = _system_busy()
         self._overflows_at_open = _listen_overflows()
@@ -62,7 +83,7 @@ class Watch:
             return
         self.span_s = time.perf_counter() - self._opened_at
         for role, process in self._processes.items():
-            total, kernel = _cpu(process)
+            total, kernel = process.cpu()
             total_before, kernel_before = self._cpu_at_open[role]
             self.figures[role].cpu_s = total - total_before
             self.figures[role].sys_s = kernel - kernel_before
@@ -77,9 +98,13 @@ class Watch:
             self._note_rss()
             await asyncio.sleep(RSS_INTERVAL)
 
+    def rss(self, role: str) -> int:
+        """The current RSS of `role`, summed over its processes."""
+        return self._processes[role].rss()
+
     def _note_rss(self) -> None:
         for role, process in self._processes.items():
-            rss = process.memory_info().rss
+            rss = process.rss()
             if rss > self.figures[role].rss_peak:
                 self.figures[role].rss_peak = rss
 

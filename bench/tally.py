@@ -32,6 +32,8 @@ class Tally:
     peak_live: int = 0
     # (request id, time.time() when the client closed its connection), for the disconnect workload.
     left: list[tuple[str, float]] = field(default_factory=list)
+    # Request id -> time.time() when the client sent it, to compare with when the upstream saw it.
+    sent_wall: dict[str, float] = field(default_factory=dict)
 
     def started(self) -> None:
         """A request is about to be sent."""

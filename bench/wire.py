@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
 import time
 from typing import Protocol, cast
 
@@ -147,9 +148,22 @@ class Connection(asyncio.Protocol):
             self.transport.close()
 
 
-async def connect(host: str, port: int) -> Connection:
-    """Open a connection to `host:port`."""
-    _, protocol = await asyncio.get_running_loop().create_connection(Connection, host, port)
+async def connect(host: str, port: int, receive_buffer: int | None = None) -> Connection:
+    """Open a connection to `host:port`, with a fixed kernel receive buffer when given."""
+    loop = asyncio.get_running_loop()
+    if receive_buffer is None:
+        _, protocol = await loop.create_connection(Connection, host, port)
+        return protocol
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # Set before connecting, so the window is small from the handshake on (and never autotuned).
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    try:
+        await loop.sock_connect(sock, (host, port))
+    except OSError:
+        sock.close()
+        raise
+    _, protocol = await loop.create_connection(Connection, sock=sock)
     return protocol
 
 

@@ -15,6 +15,8 @@ class RequestRecord:
     started: float
     route: str = "unmatched"
     model: str | None = None
+    key: str | None = None  # the gateway key's name, never the key
+    malformed_chunks: int = 0
     stream: bool | None = None
     response_status: int | None = None
     outcome: Outcome | None = None

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from .auth.gateway_keys import KeyRing
+from .auth.limits import MemoryLimitStore
+from .auth.tokens import TokenSigner, token_secret
 from .catalog import ModelCatalog
+from .connections import connection_limit
 from .contexts import (
     discovery_ctx,
     end_streams,
@@ -20,7 +24,18 @@ from .contexts import (
     upstream_ctx,
     worker_proxy_ctx,
 )
-from .keys import CHAT_SCHEMA, LIFECYCLE, METRICS, MODELS, SETTINGS, WORKER_PROXY
+from .keys import (
+    CHAT_SCHEMA,
+    CONNECTION_LIMIT,
+    KEYRING,
+    LIFECYCLE,
+    LIMITS,
+    METRICS,
+    MODELS,
+    SETTINGS,
+    TOKENS,
+    WORKER_PROXY,
+)
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
@@ -46,6 +61,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app[MODELS] = ModelCatalog(settings.models)
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
+    setup_auth(app, settings)
     setup_middlewares(app)
 
     # Resources, opened in this order on startup and closed in reverse on cleanup. Order matters:
@@ -66,5 +82,13 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app.on_shutdown.append(end_streams)
 
     setup_routes(app)
-    setup_cors(app, settings.server.cors_origins)
+    setup_cors(app, settings.server.cors_origins, keys_configured=settings.auth.enabled)
     return app
+
+
+def setup_auth(app: web.Application, settings: Settings) -> None:
+    """Gateway keys, their limits (counted in this process), browser tokens and the connection cap."""
+    app[KEYRING] = KeyRing.from_settings(settings.auth)
+    app[LIMITS] = MemoryLimitStore()
+    app[TOKENS] = TokenSigner(token_secret(settings.auth), settings.auth.token_ttl_seconds)
+    app[CONNECTION_LIMIT] = connection_limit(settings.connections)

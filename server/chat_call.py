@@ -25,6 +25,7 @@ from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
+from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
 from .upstreams.continuation import ContinuedStream
@@ -63,6 +64,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record = request[RECORD]
     record.stream = True
     lifecycle.admit()
+    await reserve_tokens(request, body)
     continues = app[UPSTREAM].continues(str(body.get("model")))
     guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
     accepted = asyncio.Event()
@@ -101,11 +103,13 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 final_write_timeout=settings.stream.send_timeout,
                 shutdown_retry_ms=settings.server.retry_after * 1000,
                 gaps=metrics.child(metrics.chunk_gap, record.route),
+                choices=_choices(body),
             )
             await response.finish()
             return response
         finally:
             guard.close()
+            record.malformed_chunks = _malformed(opening)
             if response is not None:
                 response.stop_heartbeat()
             _close_opened(opening)
@@ -153,6 +157,13 @@ class _AwaitedStream:
             yield batch
 
 
+def _malformed(opening: asyncio.Future[UpstreamStream]) -> int:
+    """Upstream events the opened stream dropped as malformed (0 when none was opened)."""
+    if opening.done() and not opening.cancelled() and opening.exception() is None:
+        return opening.result().malformed
+    return 0
+
+
 def _close_opened(opening: asyncio.Future[UpstreamStream]) -> None:
     """Stop the routing if it still runs; close the stream it opened, if it opened one."""
     if not opening.done():
@@ -168,6 +179,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record = request[RECORD]
     record.stream = False
     lifecycle.admit()
+    await reserve_tokens(request, body)
     guard = StreamGuard(deadlines_for(request, stream=False))
     with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
         try:
@@ -177,6 +189,12 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record.outcome = Outcome.COMPLETED
     _note_usage(content, record)
     return content
+
+
+def _choices(body: dict[str, Any]) -> int:
+    """The request's `n`: how many choices must finish (validated at the edge; 1 when absent)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 async def _prepare(response: SSEResponse, request: web.Request) -> None:

@@ -21,10 +21,17 @@ class Chunk:
     usage: dict[str, Any] | None = None
     error: dict[str, Any] | None = None
     done: bool = False
+    # With `n` > 1: the indexes of the choices this chunk finishes, and one more than the highest index in it.
+    finished_choices: tuple[int, ...] = ()
+    choices_seen: int = 0
 
 
 class MalformedChunk(ValueError):
     """An upstream event whose data is not a JSON object."""
+
+
+# Default cap on one event (or line) from the upstream.
+MAX_EVENT_BYTES = 1 << 20
 
 
 class EventSplitter:
@@ -32,14 +39,19 @@ class EventSplitter:
 
     Comments and `event:`, `id:`, `retry:` fields are dropped. Line endings may be `\n`, `\r\n`
     or `\r`, also split across reads. Works on whole reads, so one read holding several events
-    costs one call, not one per line.
+    costs one call, not one per line. Linear in the bytes received: an unfinished event is kept as
+    a list of reads, each searched once and joined once when the event ends. An unfinished event
+    over `max_event_bytes` sets `overflowed`; the caller ends the stream (nothing more is kept).
     """
 
-    __slots__ = ("_buffer", "_pending_cr")
+    __slots__ = ("_max", "_parts", "_pending_cr", "_size", "overflowed")
 
-    def __init__(self) -> None:
-        self._buffer = b""
+    def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
+        self._max = max_event_bytes
+        self._parts: list[bytes] = []
+        self._size = 0
         self._pending_cr = False
+        self.overflowed = False
 
     def feed(self, piece: bytes) -> list[bytes]:
         """The data of every event completed by `piece`."""
@@ -52,25 +64,39 @@ class EventSplitter:
                 piece = piece[:-1]
                 self._pending_cr = True
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
-        buffer = self._buffer + piece if self._buffer else piece
         found: list[bytes] = []
         start = 0
+        if self._parts and piece.startswith(b"\n") and self._parts[-1].endswith(b"\n"):
+            # The blank line ending the event was split between two reads.
+            self._emit(found, b"".join(self._parts)[:-1])
+            start = 1
         while True:
-            end = buffer.find(b"\n\n", start)
+            end = piece.find(b"\n\n", start)
             if end < 0:
                 break
-            data = _event_data(buffer[start:end])
-            if data is not None:
-                found.append(data)
+            self._emit(found, b"".join((*self._parts, piece[start:end])) if self._parts else piece[start:end])
             start = end + 2
-        self._buffer = buffer[start:]
+        rest = piece[start:] if start else piece
+        if rest:
+            self._parts.append(rest)
+            self._size += len(rest)
+            if self._size > self._max:
+                self.overflowed = True
+                self._parts, self._size = [], 0
         return found
 
     def close(self) -> list[bytes]:
         """The data of a last event the body ended without closing."""
-        rest, self._buffer = self._buffer, b""
+        rest = b"".join(self._parts)
+        self._parts, self._size = [], 0
         data = _event_data(rest.rstrip(b"\n")) if rest.strip() else None
         return [data] if data is not None else []
+
+    def _emit(self, found: list[bytes], event: bytes) -> None:
+        self._parts, self._size = [], 0
+        data = _event_data(event)
+        if data is not None:
+            found.append(data)
 
 
 def _event_data(event: bytes) -> bytes | None:
@@ -102,11 +128,17 @@ def parse_chunk(raw: bytes) -> Chunk:
     content: str | None = None
     has_delta = False
     finish_reason: str | None = None
+    finished: tuple[int, ...] = ()
+    seen = 0
     choices = body.get("choices")
     if choices and isinstance(choices, list):
         for choice in choices:
             if not isinstance(choice, dict):
                 continue
+            index = choice.get("index", 0)
+            if not isinstance(index, int) or index < 0:
+                index = 0
+            seen = max(seen, index + 1)
             delta = choice.get("delta")
             if delta and isinstance(delta, dict):
                 text = delta.get("content")
@@ -118,4 +150,5 @@ def parse_chunk(raw: bytes) -> Chunk:
             reason = choice.get("finish_reason")
             if reason is not None and isinstance(reason, str):
                 finish_reason = reason
-    return Chunk(raw, content, has_delta, finish_reason, usage)
+                finished += (index,)
+    return Chunk(raw, content, has_delta, finish_reason, usage, None, False, finished, seen)

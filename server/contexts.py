@@ -19,7 +19,7 @@ from .keys import LIFECYCLE, METRICS, MODELS, SETTINGS, SIMULATOR_URL, STREAMS, 
 from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
 from .streams.memory import MemoryStreamStore
-from .streams.registry import StreamRegistry
+from .streams.registry import READ_SLACK, StreamRegistry
 from .upstreams.attempts import Upstream
 from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
 from .upstreams.client import UpstreamClient, create_upstream_session
@@ -58,7 +58,17 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     session = create_upstream_session(settings.upstream)
     entries = settings.upstream_entries(app.get(SIMULATOR_URL))
-    clients = [UpstreamClient(entry, session, settings.upstream) for entry in entries]
+    caps = settings.connections
+    clients = [
+        UpstreamClient(
+            entry,
+            session,
+            settings.upstream,
+            max_event_bytes=caps.max_upstream_event_bytes,
+            max_reply_bytes=caps.max_upstream_reply_bytes,
+        )
+        for entry in entries
+    ]
     metrics = app[METRICS]
     levels = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
 
@@ -117,7 +127,12 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     """The detached streams' store and registry; closing ends every generation, then the store."""
     bounds = app[SETTINGS].browser
     store = MemoryStreamStore(
-        max_events=bounds.max_buffered_events, max_streams=bounds.max_streams, retention=bounds.retention_seconds
+        max_events=bounds.max_buffered_events,
+        max_streams=bounds.max_streams,
+        retention=bounds.retention_seconds,
+        # Unread events fill up to the budget plus one upstream read (under READ_SLACK) before the
+        # upstream is held back; as much again of read ones stays for resuming.
+        max_bytes=2 * bounds.max_buffered_bytes + READ_SLACK,
     )
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]

@@ -2,10 +2,13 @@
 
     GatewayError                      any failure a client is told about
     ├── InvalidRequestError           400  malformed JSON, wrong or missing fields
+    ├── AuthenticationError           401  a missing or wrong gateway key or browser token
     ├── NotFoundError                 404  unknown path
     │   └── ModelNotFoundError        404  a model not on the configured list
     ├── MethodNotAllowedError         405
+    ├── RequestTimeoutError           408  the body did not arrive in time
     ├── PayloadTooLargeError          413
+    ├── RateLimitedError              429  a gateway key's limit (with Retry-After)
     ├── UnsupportedMediaTypeError     415
     ├── ServiceUnavailableError       503  draining or shedding load (with Retry-After)
     └── UpstreamError                 502  the upstream failed or could not be reached
@@ -77,6 +80,24 @@ class MethodNotAllowedError(GatewayError):
     status = 405
     type = "invalid_request_error"
     code = "method_not_allowed"
+
+
+class AuthenticationError(GatewayError):
+    status = 401
+    type = "invalid_request_error"
+    code = "invalid_api_key"
+
+
+class RequestTimeoutError(GatewayError):
+    status = 408
+    type = "invalid_request_error"
+    code = "request_timeout"
+
+
+class RateLimitedError(GatewayError):
+    status = 429
+    type = "rate_limit_error"
+    code = "rate_limit_exceeded"
 
 
 class PayloadTooLargeError(GatewayError):

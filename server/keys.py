@@ -9,7 +9,12 @@ from __future__ import annotations
 from aiohttp import web
 
 from .access import RequestRecord
+from .auth.gate import Lease
+from .auth.gateway_keys import GatewayKey, KeyRing
+from .auth.limits import Decision, LimitStore
+from .auth.tokens import TokenSigner
 from .catalog import ModelCatalog
+from .cors import CorsPolicy
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
@@ -27,7 +32,18 @@ SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)
 WORKER_PROXY = web.AppKey("worker_proxy", WorkerProxy)
 MODELS = web.AppKey("models", ModelCatalog)
+CONNECTION_LIMIT = web.AppKey("connection_limit", int)
+KEYRING = web.AppKey("keyring", KeyRing)
+LIMITS = web.AppKey("limits", LimitStore)
+TOKENS = web.AppKey("tokens", TokenSigner)
+CORS_POLICY = web.AppKey("cors_policy", CorsPolicy)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RESPONSE_STARTED = web.RequestKey("response_started", bool)
 RECORD = web.RequestKey("record", RequestRecord)
+GATEWAY_KEY = web.RequestKey("gateway_key", GatewayKey)
+LEASE = web.RequestKey("lease", Lease)
+# The key's limits as its last take left them: OpenAI's x-ratelimit-* headers go on the response.
+RATE_LIMITS = web.RequestKey("rate_limits", Decision)
+# True when the request's URL carries a browser token: its response must not be cached or leak a referrer.
+TOKEN_BEARING = web.RequestKey("token_bearing", bool)

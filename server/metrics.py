@@ -60,6 +60,18 @@ class Metrics:
         self.tokens = Counter(
             "sluice_tokens", "Tokens by model and kind (prompt, completion).", ["model", "kind"], registry=r
         )
+        self.key_requests = Counter(
+            "sluice_key_requests", "Requests by gateway key name and status.", ["key", "status"], registry=r
+        )
+        self.rate_limited = Counter(
+            "sluice_rate_limited", "Requests refused by a gateway key's limit.", ["key", "limit"], registry=r
+        )
+        self.malformed_chunks = Counter(
+            "sluice_upstream_chunks_malformed",
+            "Upstream stream events that were not JSON objects, dropped.",
+            ["route"],
+            registry=r,
+        )
         self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
         self.attempts = Counter(
             "sluice_upstream_attempts", "Upstream attempts by upstream and result.", ["upstream", "result"], registry=r
@@ -99,6 +111,8 @@ class Metrics:
         ):
             # status is what the client got: an error status, or 200 for a stream that failed mid-way.
             self.child(self.upstream_errors, str(status), record.error_code or "unknown").inc()
+        if record.malformed_chunks:
+            self.child(self.malformed_chunks, route).inc(record.malformed_chunks)
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
             self.child(self.ttft, route).observe(ttft_ms / 1000)

@@ -33,7 +33,11 @@ log = structlog.get_logger("sluice.relay")
 
 
 class Sink(Protocol):
-    """Where events go: the SSE response, or a test's recorder."""
+    """Where events go: the SSE response, or a test's recorder.
+
+    A sink that also has `write_last(data)` gets the stream's last bytes through it, so that they
+    and the end of the body leave in one write (see SSEResponse.write_last).
+    """
 
     async def write(self, data: bytes) -> None: ...
 
@@ -59,10 +63,14 @@ async def relay(
     final_write_timeout: float,
     shutdown_retry_ms: int | None = None,
     gaps: GapObserver | None = None,
+    choices: int = 1,
 ) -> None:
-    """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring."""
+    """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring.
+
+    `choices` is the request's `n`: the stream has finished only once every choice has.
+    """
     try:
-        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps())
+        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps(), choices)
     except asyncio.CancelledError:
         if guard.expired is Expiry.SEND:
             # The client accepts nothing: its connection is aborted, so no final event can reach
@@ -100,9 +108,12 @@ async def _forward(
     guard: StreamGuard,
     record: RequestRecord,
     gaps: GapObserver,
+    choices: int,
 ) -> None:
     loop = asyncio.get_running_loop()
+    finished: set[int] = set()
     last_at: float | None = None
+    held = b""
     guard.reading()
     async for batch in batches:
         now = loop.time()
@@ -118,6 +129,9 @@ async def _forward(
                 record.usage = chunk.usage
             if chunk.finish_reason is not None:
                 record.finish_reason = chunk.finish_reason
+                finished.update(chunk.finished_choices)
+            if chunk.choices_seen > choices:
+                choices = chunk.choices_seen
             data = dialect.chunk(chunk)
             if data is None:
                 continue
@@ -133,14 +147,25 @@ async def _forward(
                 last_at = now
         if events:
             # Chunks that arrived in one read go out in one write: none waits for another.
-            await sink.write(events[0] if len(events) == 1 else b"".join(events))
+            data = events[0] if len(events) == 1 else b"".join(events)
+            if failure is None and record.finish_reason is not None and getattr(batches, "finished", False):
+                # The upstream's last read: these bytes, the final event and the body's end share one write.
+                held = data
+            else:
+                await sink.write(data)
         if failure is not None:
             raise failure
         guard.reading()
     if record.finish_reason is None:
         raise UpstreamProtocolError("The upstream ended the stream before it finished.")
+    if len(finished) < choices:
+        raise UpstreamProtocolError(
+            f"The upstream ended the stream after {len(finished)} of its {choices} choices finished."
+        )
     guard.writing()
-    await sink.write(dialect.done(record.finish_reason, record.usage))
+    done = dialect.done(record.finish_reason, record.usage)
+    write_last = getattr(sink, "write_last", None)
+    await (sink.write if write_last is None else write_last)(held + done if held else done)
     record.outcome = Outcome.COMPLETED
 
 

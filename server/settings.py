@@ -7,6 +7,7 @@ the setting and what was expected.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tomllib
 from collections.abc import Mapping
@@ -138,6 +139,61 @@ class BrowserSettings(_Section):
     reader_grace_seconds: float = Field(ge=0)
     max_buffered_events: int = Field(ge=1)
     max_streams: int = Field(ge=1)
+    max_buffered_bytes: int = Field(ge=1)
+
+
+class ConnectionSettings(_Section):
+    """Bounds on what one client connection may cost: read deadlines and how many may be open."""
+
+    header_timeout: float = Field(gt=0)
+    body_timeout: float = Field(gt=0)
+    max_connections: int = Field(ge=0)
+    saturation_ratio: float = Field(gt=0, le=1)
+    max_upstream_event_bytes: int = Field(gt=0)
+    max_upstream_reply_bytes: int = Field(gt=0)
+
+
+_SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class GatewayKeySettings(_Section):
+    """One gateway key: its name, its hash (or the variable holding the key), its models and limits."""
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$")
+    key_sha256: str | None = Field(default=None, pattern=_SHA256_HEX)
+    key_env: str | None = Field(default=None, min_length=1)
+    models: tuple[str, ...] | None = None
+    rpm: int = Field(default=0, ge=0)
+    tpm: int = Field(default=0, ge=0)
+    max_streams: int = Field(default=0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> GatewayKeySettings:
+        if (self.key_sha256 is None) == (self.key_env is None):
+            raise ValueError(f"key {self.name!r}: set exactly one of key_sha256 and key_env")
+        return self
+
+
+class AuthSettings(_Section):
+    """Gateway keys; with none, every route is open (the embedded default)."""
+
+    secret_env: str = Field(min_length=1)
+    secret: SecretStr | None = None
+    token_ttl_seconds: float = Field(gt=0)
+    metrics_key_sha256: str = Field(pattern=r"^([0-9a-f]{64})?$")
+    keys: tuple[GatewayKeySettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> AuthSettings:
+        names = [key.name for key in self.keys]
+        if len(names) != len(set(names)):
+            raise ValueError("auth.keys: every key needs its own name")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        """True when gateway keys are configured and every chat route requires one."""
+        return bool(self.keys)
 
 
 class SimulatorSettings(_Section):
@@ -157,6 +213,8 @@ class Settings(_Section):
     models: ModelSettings
     browser: BrowserSettings
     simulator: SimulatorSettings
+    connections: ConnectionSettings
+    auth: AuthSettings
     routing: RoutingSettings
     upstreams: tuple[UpstreamEntry, ...] = ()
 
@@ -195,6 +253,7 @@ def load_settings(
     _resolve_upstream_keys(raw, env)
     for section, values in (overrides or {}).items():
         _merge(raw, {section: dict(values)})
+    _auth_from_environment(raw, env)
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
@@ -243,6 +302,24 @@ def _upstream_from_environment(env: Mapping[str, str]) -> dict[str, Any]:
     if base_url:
         upstream["base_url"] = base_url
     return {"upstream": upstream} if upstream else {}
+
+
+def _auth_from_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Read the token secret and every `key_env` key from the environment; keep only hashes of keys."""
+    auth = raw.get("auth")
+    if not isinstance(auth, dict):
+        return
+    secret_env = auth.get("secret_env")
+    if isinstance(secret_env, str) and env.get(secret_env):
+        auth["secret"] = env[secret_env]
+    for key in auth.get("keys") or ():
+        if not isinstance(key, dict) or not isinstance(key.get("key_env"), str):
+            continue
+        value = env.get(key["key_env"])
+        if not value:
+            raise SettingsError(f"setting auth.keys {key.get('name')!r}: variable {key['key_env']} is not set")
+        key["key_sha256"] = hashlib.sha256(value.encode()).hexdigest()
+        key["key_env"] = None
 
 
 def _resolve_upstream_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:

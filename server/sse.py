@@ -10,15 +10,29 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 from collections.abc import Callable
 
+from aiohttp import ClientConnectionResetError, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 HEARTBEAT = b": keep-alive\n\n"
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
+# The client transport's write buffer: above HIGH a write waits (backpressure), below LOW it goes
+# on. uvloop's default 64 KiB, plus the 64 KiB aiohttp writes between drains, is what a stalled
+# reader holds in the gateway; small marks keep that near 80 KiB, and a paced stream never
+# comes close to either.
+WRITE_BUFFER_HIGH = 16 * 1024
+SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it for its bookkeeping
+WRITE_BUFFER_LOW = 4 * 1024
 
 
 class SSEResponse(EventSourceResponse):
     """A text/event-stream response that never buffers, never compresses and keeps itself alive."""
+
+    _send_headers_immediately = False  # see prepare
 
     def __init__(
         self,
@@ -60,6 +74,62 @@ class SSEResponse(EventSourceResponse):
             if self._on_heartbeat is not None:
                 self._on_heartbeat()
 
+    def _flush_headers(self) -> None:
+        # Nothing was written in the loop turn that prepared the response: send the headers alone.
+        writer = self._payload_writer
+        if writer is not None:
+            with contextlib.suppress(ConnectionResetError):
+                writer.send_headers()
+
+    def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
+        # aiohttp-sse reads the old value, sets its own, and restores the old one at the end: three
+        # system calls per stream. One is enough: the value stays for the connection's later
+        # requests, where a kernel backstop at twice the send timeout does no harm.
+        transport = request.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if _TCP_USER_TIMEOUT is None or self._send_timeout is None or sock is None:
+            return
+        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
+        # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client that
+        # stops reading pins that much kernel memory and costs the gateway the CPU of relaying
+        # megabytes nobody reads before backpressure reaches the upstream. A token stream needs
+        # a few KiB per round trip.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+
+    def _restore_tcp_user_timeout(self) -> None:
+        pass
+
+    async def prepare(self, request: BaseRequest) -> AbstractStreamWriter | None:
+        """Start the response: headers go out with the first event, at the latest one loop turn later.
+
+        aiohttp-sse would send the headers in a write of their own. Here they share the first
+        event's write when it follows at once (the usual case: the upstream's first event came with
+        its headers). From then on the client's write buffer is held small (see WRITE_BUFFER_HIGH).
+        """
+        if self.prepared:
+            return await super().prepare(request)
+        self._set_tcp_user_timeout(request)
+        writer = await web.StreamResponse.prepare(self, request)
+        self.enable_chunked_encoding()
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # What the header write would have raised, had it not waited for the first event.
+            raise ClientConnectionResetError("Cannot write to closing transport")
+        transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        loop = asyncio.get_running_loop()
+        self._ping_task = loop.create_task(self._ping())
+        loop.call_soon(self._flush_headers)
+        return writer
+
+    async def write(self, data: bytes | bytearray | memoryview) -> None:
+        """Write, then wait while the client's buffer is over its mark (aiohttp alone checks every 64 KiB)."""
+        await super().write(data)
+        writer = self._payload_writer
+        if writer is not None:
+            await writer.drain()  # returns at once unless the transport paused writing
+
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
         if self._ping_task is not None:
@@ -68,6 +138,11 @@ class SSEResponse(EventSourceResponse):
     def abort(self) -> None:
         """Drop the connection at once: the client stopped reading."""
         self._abort_transport()
+
+    async def write_last(self, data: bytes) -> None:
+        """Write the stream's last bytes and end the body, in one write (one send, not three)."""
+        self.stop_heartbeat()
+        await self.write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""

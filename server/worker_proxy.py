@@ -81,7 +81,9 @@ async def forward_to_owner(
     A worker that cannot be reached took its streams with it (it died and was replaced): that is
     an unknown stream, 204, which tells EventSource to stop reconnecting.
     """
-    headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}
+    # The owner authenticates the request again: the key headers go along (a token is in the query).
+    forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")
+    headers = {name: request.headers[name] for name in forwarded if name in request.headers}
     headers["X-Request-ID"] = request_id
     session = proxy.session(owner)
     try:

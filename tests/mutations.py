@@ -118,15 +118,15 @@ BREAKS = [
     Break(
         "forwarding drops Last-Event-ID",
         WORKER_PROXY,
-        '    headers = {name: request.headers[name] for name in ("Last-Event-ID",) if name in request.headers}\n',
-        "    headers: dict[str, str] = {}\n",
+        '    forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")\n',
+        '    forwarded = ("Authorization", "api-key", "x-api-key")\n',
         (f"{WORKERS}::test_resuming_through_the_worker_that_does_not_own_the_stream_continues_after_the_id_given",),
     ),
     Break(
         "DELETE not forwarded to the owner",
         BROWSER_ROUTES,
-        "        return await _forward(request, owner)\n    await request.app[STREAMS].stop(stream_id)\n",
-        "        pass\n    await request.app[STREAMS].stop(stream_id)\n",
+        "        return await _forward(request, owner)\n    if _may_access(request, stream_id):\n",
+        "        pass\n    if _may_access(request, stream_id):\n",
         (f"{WORKERS}::test_stopping_through_the_worker_that_does_not_own_the_stream_closes_the_upstream",),
     ),
     Break(
@@ -272,6 +272,177 @@ BREAKS = [
         "      body: JSON.stringify({ message: text, model, history }),\n",
         "      body: JSON.stringify({ message: text, model }),\n",
         (f"{CHAT_PAGE}::test_a_second_turn_carries_the_first_turn_as_history",),
+    ),
+]
+
+# Security (issue 12): keys, limits, tokens, CORS, connection and upstream bounds.
+AUTH = "server/middleware/auth.py"
+AUTH_PROCESS = "tests/test_auth_process.py"
+DOS_PROCESS = "tests/test_dos_process.py"
+SECURITY_UNITS = "tests/test_security_units.py"
+HOSTILE = "tests/hostile/test_hostile_requests.py"
+
+BREAKS += [
+    Break(
+        "gateway keys never checked",
+        AUTH,
+        "    if not ring.enabled:\n        return await handler(request)\n",
+        "    return await handler(request)\n",
+        (f"{AUTH_PROCESS}::test_a_missing_or_wrong_key_is_401_invalid_api_key",),
+    ),
+    Break(
+        "any key matches",
+        "server/auth/gateway_keys.py",
+        "            if hmac.compare_digest(digest, key.digest):\n",
+        "            if True:\n",
+        (f"{AUTH_PROCESS}::test_a_missing_or_wrong_key_is_401_invalid_api_key",),
+    ),
+    Break(
+        "a key's model list ignored",
+        AUTH,
+        "    if key is not None and not key.allows(name):\n",
+        "    if False:\n",
+        (f"{AUTH_PROCESS}::test_a_model_outside_the_keys_list_is_404_like_an_unknown_one",),
+    ),
+    Break(
+        "HEAD skips the key",
+        AUTH,
+        '    method = "GET" if request.method == "HEAD" else request.method\n',
+        "    method = request.method\n",
+        (HOSTILE,),
+    ),
+    Break(
+        "rpm never refuses",
+        "server/auth/limits.py",
+        "        if limits.rpm and state.requests.level < requests:\n",
+        "        if False:\n",
+        (f"{AUTH_PROCESS}::test_requests_per_minute_reach_429_with_openai_headers_and_recover",),
+    ),
+    Break(
+        "tokens never settled",
+        "server/auth/gate.py",
+        "tokens=self.reserved_tokens - used, streams=self._streams",
+        "tokens=0, streams=self._streams",
+        (f"{AUTH_PROCESS}::test_tokens_per_minute_reach_429_with_openai_headers_and_recover",),
+    ),
+    Break(
+        "stream slots never given back",
+        "server/auth/limits.py",
+        "        state.streams = max(0, state.streams - streams)\n",
+        "        pass\n",
+        (f"{AUTH_PROCESS}::test_concurrent_streams_reach_429_and_recover_when_one_ends",),
+    ),
+    Break(
+        "a token opens any stream",
+        "server/auth/tokens.py",
+        "        if token_scope != scope or self._clock() >= expires_at:\n",
+        "        if self._clock() >= expires_at:\n",
+        (f"{AUTH_PROCESS}::test_a_token_for_another_stream_is_401",),
+    ),
+    Break(
+        "tokens never expire",
+        "server/auth/tokens.py",
+        "        if token_scope != scope or self._clock() >= expires_at:\n",
+        "        if token_scope != scope:\n",
+        (f"{AUTH_PROCESS}::test_an_expired_token_is_401",),
+    ),
+    Break(
+        "token signatures not checked",
+        "server/auth/tokens.py",
+        "        if not hmac.compare_digest(signature, self._sign(payload)):\n",
+        "        if False:\n",
+        (f"{AUTH_PROCESS}::test_a_tampered_token_is_401",),
+    ),
+    Break(
+        "tokens logged with the path",
+        "server/middleware/access_log.py",
+        '        "path": request.path,\n',
+        '        "path": request.path_qs,\n',
+        (f"{AUTH_PROCESS}::test_a_streams_token_opens_it_without_a_header",),
+    ),
+    Break(
+        "CORS echoes any origin",
+        "server/cors.py",
+        "        return origin if origin in self.origins else None\n",
+        "        return origin\n",
+        (f"{AUTH_PROCESS}::test_a_preflight_from_another_origin_or_null_is_refused",),
+    ),
+    Break(
+        "no Vary: Origin",
+        "server/routes/cors.py",
+        '        response.headers.add(hdrs.VARY, "Origin")\n',
+        "        pass\n",
+        (f"{AUTH_PROCESS}::test_a_preflight_from_the_allowlisted_origin_is_echoed_with_vary",),
+    ),
+    Break(
+        "no header deadline",
+        RUN_PY,
+        "        keepalive_timeout=settings.connections.header_timeout,\n",
+        "",
+        (f"{DOS_PROCESS}::test_a_slow_header_client_is_cut_at_the_header_timeout_while_health_answers",),
+    ),
+    Break(
+        "no body deadline",
+        "server/middleware/__init__.py",
+        "            body_timeout_middleware,\n",
+        "",
+        (f"{DOS_PROCESS}::test_a_slow_body_client_gets_408_and_the_connection_closed",),
+    ),
+    Break(
+        "no connection cap",
+        "server/middleware/connection_cap.py",
+        "open_connections(request) > request.app[CONNECTION_LIMIT]",
+        "False",
+        (f"{DOS_PROCESS}::test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then_recover",),
+    ),
+    Break(
+        "endless upstream line never ends the stream",
+        "server/upstreams/stream.py",
+        "            if self._splitter.overflowed:\n",
+        "            if False:\n",
+        (f"{DOS_PROCESS}::test_an_endless_upstream_line_ends_the_stream_with_an_explicit_error_and_bounded_memory",),
+    ),
+    Break(
+        "non-streaming reply unbounded",
+        UPSTREAM,
+        "                return await _read_bounded(response, self._max_reply_bytes)\n",
+        "                return await response.read()\n",
+        (f"{DOS_PROCESS}::test_a_huge_non_streaming_reply_is_502_counted_after_decompression",),
+    ),
+    Break(
+        "unread detached stream reads on",
+        "server/streams/generation.py",
+        "                await self._backlog.wait_for_room()\n",
+        "                pass\n",
+        (f"{DOS_PROCESS}::test_a_never_read_detached_stream_holds_its_upstream_back",),
+    ),
+    Break(
+        "n>1 finishes on the first choice",
+        RELAY,
+        "    if len(finished) < choices:\n",
+        "    if False:\n",
+        (f"{DOS_PROCESS}::test_a_stream_cut_after_only_one_of_two_choices_finished_ends_with_an_error",),
+    ),
+    Break(
+        "forwarding drops the key headers",
+        WORKER_PROXY,
+        '    forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")\n',
+        '    forwarded = ("Last-Event-ID",)\n',
+        (f"{AUTH_PROCESS}::test_a_stream_opens_by_key_or_token_through_any_worker",),
+    ),
+    Break(
+        "another key's stream readable",
+        BROWSER_ROUTES,
+        "    return key is None or owner is None or owner == key.name\n",
+        "    return True\n",
+        (f"{AUTH_PROCESS}::test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped",),
+    ),
+    Break(
+        "GET /chat/stream drops unknown parameters",
+        BROWSER_ROUTES,
+        "        if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:\n",
+        "        if False:\n",
+        (f"{SECURITY_UNITS}::test_the_one_step_get_names_an_unknown_parameter_and_the_post_route",),
     ),
 ]
 

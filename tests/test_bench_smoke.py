@@ -16,10 +16,14 @@ from typing import Any
 
 import pytest
 
+from bench.__main__ import DEFAULT_OUT, parse_args
+from bench.loadgen import WARMUP_REQUESTS
 from bench.workloads import WORKLOAD_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
-QUICK_RUN_TIMEOUT_S = 300
+QUICK_RUN_TIMEOUT_S = 600
+# The quick run starts some 45 processes one after another (about 3 minutes on 2 shared cores).
+pytestmark = pytest.mark.timeout(QUICK_RUN_TIMEOUT_S + 60)
 
 
 @dataclass
@@ -37,6 +41,7 @@ class QuickRun:
         """(workload, run label, load-generator results) of every run."""
         for workload in self.raw["workloads"]:
             yield workload["name"], "direct", workload["direct"]
+            yield workload["name"], "pass-through", workload["passthrough"]
             for path, run in workload["sluice"].items():
                 yield workload["name"], path, run
             if workload["simulator_direct"] is not None:
@@ -53,12 +58,13 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     return QuickRun(done.returncode, done.stdout, done.stderr, report.read_text(), json.loads(raw.read_text()), raw)
 
 
-def test_every_workload_runs_direct_and_through_both_routes(quick_run: QuickRun) -> None:
+def test_every_workload_runs_direct_through_the_passthrough_and_both_routes(quick_run: QuickRun) -> None:
     workloads = {w["name"]: w for w in quick_run.raw["workloads"]}
     assert tuple(workloads) == WORKLOAD_NAMES
     for name, workload in workloads.items():
         expected = {"/v1/chat/completions", "/chat"} if name == "unary" else {"/v1/chat/completions", "/chat/stream"}
         assert set(workload["sluice"]) == expected, name
+        assert workload["passthrough"] is not None, name
 
 
 def test_every_request_succeeds(quick_run: QuickRun) -> None:
@@ -73,14 +79,22 @@ def test_every_stream_delivers_content_and_every_leaver_is_seen_closing(quick_ru
         if workload == "unary":
             assert run["latency_ms"], (workload, label)
             continue
+        if workload.startswith("stalled-"):
+            # Every reader opened its stream and stopped reading; RSS was read while they stalled.
+            assert run["stall"]["readers"] == run["sent"] - WARMUP_REQUESTS, (workload, label)
+            assert run["stall"]["rss_held"] > 0, (workload, label)
+            continue
         assert run["ttft_ms"], (workload, label)
-        if workload == "disconnect":
+        if workload in ("disconnect", "crowd"):
             assert run["disconnect"]["close_ms"], label
             assert run["disconnect"]["never_closed"] == 0, label
+        if workload == "crowd":
+            assert len(run["disconnect"]["reach_ms"]) == len(run["disconnect"]["close_ms"]), label
 
 
 def test_cpu_and_memory_are_sampled_for_every_process(quick_run: QuickRun) -> None:
     for workload, label, run in quick_run.runs():
+        # The pass-through's process is sampled in the gateway's role.
         roles = {"loadgen", "upstream"} if label.startswith("direct") else {"loadgen", "upstream", "gateway"}
         assert set(run["processes"]) == roles, (workload, label)
         for role, figures in run["processes"].items():
@@ -92,6 +106,7 @@ def test_report_names_the_command_the_machine_and_every_target(quick_run: QuickR
     assert "python -m bench --quick" in report
     for heading in ("## Machine", "## Targets", "## Figures", "## Processes", "## Reference figures"):
         assert heading in report
+    assert "pass-through" in report
     assert "MISSED" in report or "met" in report
     assert "Sluice − direct" in quick_run.stdout
 
@@ -102,3 +117,10 @@ def test_report_renders_again_from_the_raw_results(quick_run: QuickRun, tmp_path
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     assert again.read_text() == quick_run.report
+
+
+def test_quick_run_writes_its_report_to_a_temporary_folder_unless_asked_to_update() -> None:
+    assert parse_args(["--quick"]).out != DEFAULT_OUT
+    assert parse_args(["--quick", "--update"]).out == DEFAULT_OUT
+    assert parse_args([]).out == DEFAULT_OUT
+    assert parse_args(["--quick", "--out", "/tmp/x.md"]).out == Path("/tmp/x.md")

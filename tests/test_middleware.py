@@ -332,7 +332,7 @@ async def test_cors_preflight_is_allowed(client: Client) -> None:
     )
 
     assert response.status == 200
-    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "POST" in response.headers["Access-Control-Allow-Methods"]
     assert "Access-Control-Allow-Credentials" not in response.headers
 
@@ -341,14 +341,14 @@ async def test_cors_header_is_on_a_normal_response_with_an_origin(client: Client
     response = await client.get("/models", headers={"Origin": ORIGIN})
 
     assert response.status == 200
-    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
     assert "X-Request-ID" in response.headers["Access-Control-Expose-Headers"]
 
 
 async def test_cors_header_is_on_a_stream_with_an_origin(client: Client) -> None:
     response = await client.post("/chat/stream", json={"message": "#sim tokens=1\nhi"}, headers={"Origin": ORIGIN})
 
-    assert response.headers["Access-Control-Allow-Origin"] == ORIGIN
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
     await response.read()
 
 
@@ -530,5 +530,8 @@ async def test_the_gateway_orders_its_middlewares_outermost_first(settings: Sett
         "request_id_middleware",
         "access_log_middleware",
         "error_middleware",
+        "connection_cap_middleware",
+        "auth_middleware",
         "body_limit_middleware",
+        "body_timeout_middleware",
     ]

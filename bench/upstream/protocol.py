@@ -1,8 +1,10 @@
 """One HTTP/1.1 connection to the bench upstream: read requests, answer them, one at a time.
 
-A stream is a chain of timer callbacks, not a task: each token is one `transport.write`, the
-next one comes `gap_ms` later (or at once), and while the transport's buffer is full
-(`pause_writing`) nothing is written until `resume_writing`, as aiohttp's drain would do.
+A stream is a chain of timer callbacks, not a task: each token is one `transport.write` on a
+TCP_NODELAY socket, so each event is flushed on its own like a provider's; the next one comes
+`gap_ms` later (or at once: a burst, several events may then share a read at the receiver),
+and while the transport's buffer is full (`pause_writing`) nothing is written until
+`resume_writing`, as aiohttp's drain would do.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import asyncio
 import itertools
 import json
 import re
+import socket
 import time
 from typing import cast
 from urllib.parse import parse_qs, urlsplit
@@ -25,6 +28,8 @@ _REQUEST_ID = re.compile(rb"\r\nx-request-id:\s*([^\r\n]+)", re.IGNORECASE)
 _CLOSE = re.compile(rb"\r\nconnection:\s*close", re.IGNORECASE)
 STREAM_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\nTransfer-Encoding: chunked\r\n\r\n"
 _ids = itertools.count(1)
+# Events a back-to-back stream writes before letting the other connections have the loop.
+BURST = 64
 
 
 def json_response(status: int, body: bytes) -> bytes:
@@ -50,6 +55,10 @@ class UpstreamProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports have its interface
+        # Like a provider: every event leaves in its own segment, at once (uvloop sets this too).
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
@@ -174,7 +183,7 @@ class _Stream:
         self._plan = plan
         self._frames = frames
         self._sent = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._next = False  # a token is due but the transport is paused
         self.record: Record | None = None
 
@@ -206,14 +215,20 @@ class _Stream:
     def _send(self) -> None:
         self._timer = None
         connection, plan, frames = self._connection, self._plan, self._frames
+        burst = 0
         while self._sent < plan.tokens:
             if connection.paused:
                 self._next = True
                 return
             connection.write(frames.content(self._sent))
             self._sent += 1
+            burst += 1
             if plan.gap_ms > 0 and self._sent < plan.tokens:
                 self._after(plan.gap_ms)
+                return
+            if burst == BURST and self._sent < plan.tokens:
+                # A long burst takes turns with the other connections, as a server with many would.
+                self._timer = asyncio.get_running_loop().call_soon(self._send)
                 return
         connection.write(frames.ending(plan.tokens, plan.include_usage))
         if self.record is not None:

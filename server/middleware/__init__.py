@@ -4,7 +4,10 @@ Order matters, outermost first:
 1. request id: every later step, and every log line, carries it;
 2. access log: times the whole request and sees the final status, including rendered errors;
 3. errors: turns any failure into the JSON envelope before the access log records it;
-4. body limit: refuses oversized bodies before a handler reads them.
+4. connection cap: sheds a request over the process's connection cap before any work;
+5. auth: checks the gateway key (or browser token) and the key's limits before a body is read;
+6. body limit: refuses oversized bodies before a handler reads them;
+7. body timeout: reads the body within its deadline, so no handler waits on a slow client.
 CORS is not a middleware here: aiohttp-cors wraps the routes and answers preflights itself.
 """
 
@@ -13,13 +16,27 @@ from __future__ import annotations
 from aiohttp import web
 
 from .access_log import access_log_middleware
+from .auth import add_key_headers, auth_middleware
 from .body_limit import body_limit_middleware
+from .body_timeout import body_timeout_middleware
+from .connection_cap import connection_cap_middleware
 from .errors import error_middleware, mark_response_started
 from .request_id import add_request_id_header, request_id_middleware
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the chain and its response hooks (X-Request-ID, and noting that a response started)."""
-    app.middlewares.extend([request_id_middleware, access_log_middleware, error_middleware, body_limit_middleware])
+    """Install the chain and its response hooks (X-Request-ID, rate-limit and token headers, response started)."""
+    app.middlewares.extend(
+        [
+            request_id_middleware,
+            access_log_middleware,
+            error_middleware,
+            connection_cap_middleware,
+            auth_middleware,
+            body_limit_middleware,
+            body_timeout_middleware,
+        ]
+    )
     app.on_response_prepare.append(add_request_id_header)
+    app.on_response_prepare.append(add_key_headers)
     app.on_response_prepare.append(mark_response_started)

@@ -46,6 +46,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         _log(request, record, status, duration)
         metrics = request.app[METRICS]
         metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
+        if record.key is not None:
+            metrics.child(metrics.key_requests, record.key, str(status)).inc()
         if record.stream is not None:
             metrics.chat_finished(record, duration, status)
 
@@ -57,6 +59,10 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         "status": status,
         "duration_ms": round(duration * 1000, 2),
     }
+    if record.key is not None:
+        fields["key"] = record.key
+    if record.malformed_chunks:
+        fields["malformed_chunks"] = record.malformed_chunks
     if record.stream is not None:
         fields.update(
             model=record.model,

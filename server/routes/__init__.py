@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import aiohttp_cors
 from aiohttp import web
 
+from ..cors import CorsPolicy
 from . import browser, chat, dashboard, health, metrics, models, openai, page
+from .cors import setup_cors_policy
 
 
 def setup_routes(app: web.Application) -> None:
@@ -28,20 +29,10 @@ def setup_routes(app: web.Application) -> None:
     # No HEAD on stream routes: a HEAD must not start a generation.
     app.router.add_get("/chat/streams/{stream_id}", browser.read_stream, name="chat_stream_events", allow_head=False)
     app.router.add_delete("/chat/streams/{stream_id}", browser.delete_stream)
-    app.router.add_get("/chat/stream", browser.chat_stream_get, allow_head=False)
+    app.router.add_get("/chat/stream", browser.chat_stream_get, name="chat_stream_get", allow_head=False)
+    app.router.add_post("/chat/stream/token", browser.create_one_step_token)
 
 
-def setup_cors(app: web.Application, origins: tuple[str, ...]) -> None:
-    """Allow the configured origins on every route; preflights are answered by aiohttp-cors.
-
-    Credentials are never allowed: Sluice's own auth is a bearer header, not a cookie.
-    """
-    options = aiohttp_cors.ResourceOptions(  # type: ignore[no-untyped-call]
-        allow_credentials=False,
-        expose_headers=("X-Request-ID", "Retry-After"),
-        allow_headers="*",
-        max_age=600,
-    )
-    cors = aiohttp_cors.setup(app, defaults={origin: options for origin in origins})
-    for route in list(app.router.routes()):
-        cors.add(route)
+def setup_cors(app: web.Application, origins: tuple[str, ...], *, keys_configured: bool = False) -> None:
+    """Answer preflights and mark cross-origin responses for the configured origins (see server/cors.py)."""
+    setup_cors_policy(app, CorsPolicy.from_settings(origins, keys_configured=keys_configured))

@@ -5,6 +5,11 @@
     DELETE /chat/streams/{id}   stop it now: the upstream is closed before the answer
     GET    /chat/stream?message=…&model=…   start and read in one step, for short prompts;
                                  a reconnect's Last-Event-ID names the stream it attaches to
+    POST   /chat/stream/token   with gateway keys: a browser token for the one-step GET
+
+With gateway keys configured, EventSource (which cannot send headers) authenticates with a browser
+token in the URL (`?token=`, see server/auth/tokens.py): `POST /chat/streams` returns its stream's
+URL with one, and `POST /chat/stream/token` mints one for the one-step GET.
 
 Unlike the other chat routes, these generations run detached from the connection (see
 server/streams/), so a reconnect resumes where it left off.
@@ -16,8 +21,10 @@ from typing import Any
 
 from aiohttp import web
 
+from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError
-from ..keys import METRICS, MODELS, RECORD, REQUEST_ID, SETTINGS, STREAMS, WORKER_PROXY
+from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TOKEN_BEARING, TOKENS, WORKER_PROXY
+from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
@@ -26,13 +33,34 @@ from ..worker_proxy import forward_to_owner
 
 # Query parameters of the one-step GET; the rest of ChatRequest (history) does not fit a URL.
 _QUERY_FIELDS = ("message", "model", "system")
+# Query parameters the one-step GET reads that are not ChatRequest fields.
+_QUERY_CONTROLS = ("token",)
 
 
 async def create_stream(request: web.Request) -> web.Response:
     """Start generating a reply; 201 with the stream's id and the URL to read it from."""
     stream_id = await _start(request, await read_json_object(request))
-    url = str(request.app.router["chat_stream_events"].url_for(stream_id=stream_id))
-    return web.json_response({"id": stream_id, "url": url}, status=201, headers={"Location": url})
+    url = request.app.router["chat_stream_events"].url_for(stream_id=stream_id)
+    reply: dict[str, Any] = {"id": stream_id}
+    key = request_key(request)
+    if key is not None:
+        token = request.app[TOKENS].mint(key.name, stream_id)
+        url = url.with_query(token=token.value)
+        reply.update(token=token.value, expires_at=token.expires_at)
+        request[TOKEN_BEARING] = True
+    reply["url"] = str(url)
+    return web.json_response(reply, status=201, headers={"Location": str(url)})
+
+
+async def create_one_step_token(request: web.Request) -> web.Response:
+    """A browser token for `GET /chat/stream`; 404 while gateway keys are off (none is needed)."""
+    key = request_key(request)
+    if key is None:
+        raise InvalidRequestError("No gateway keys are configured: GET /chat/stream needs no token.", status=404)
+    token = request.app[TOKENS].mint(key.name, ONE_STEP_SCOPE)
+    request[TOKEN_BEARING] = True
+    url = request.app.router["chat_stream_get"].url_for().with_query(token=token.value)
+    return web.json_response({"token": token.value, "expires_at": token.expires_at, "url": str(url)}, status=201)
 
 
 async def read_stream(request: web.Request) -> web.StreamResponse:
@@ -43,6 +71,8 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
+    if not _may_access(request, stream_id):
+        return web.Response(status=204)  # another key's stream is answered as an unknown one
     return await _serve(request, stream_id, point.seq if point else 0)
 
 
@@ -51,7 +81,8 @@ async def delete_stream(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
         return await _forward(request, owner)
-    await request.app[STREAMS].stop(stream_id)
+    if _may_access(request, stream_id):
+        await request.app[STREAMS].stop(stream_id)
     return web.Response(status=204)
 
 
@@ -61,10 +92,26 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if point is not None:
         if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
             return await _forward(request, owner)
+        if not _may_access(request, point.stream_id):
+            return web.Response(status=204)
         return await _serve(request, point.stream_id, point.seq)
+    for name in request.query:
+        if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:
+            raise InvalidRequestError(
+                f"{name[:100]}: GET /chat/stream takes only {', '.join(_QUERY_FIELDS)}; "
+                "send other fields (history, temperature, max_tokens) to POST /chat/streams.",
+                param=name[:100],
+            )
     fields = {name: request.query[name] for name in _QUERY_FIELDS if name in request.query}
     stream_id = await _start(request, fields)
     return await _serve(request, stream_id, 0)
+
+
+def _may_access(request: web.Request, stream_id: str) -> bool:
+    """False when gateway keys are on and another key started the stream."""
+    key = request_key(request)
+    owner = request.app[STREAMS].owner(stream_id)
+    return key is None or owner is None or owner == key.name
 
 
 def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
@@ -97,12 +144,17 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
 async def _start(request: web.Request, data: dict[str, Any]) -> str:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, data, settings)
-    model = request.app[MODELS].resolve(chat_request.model or settings.models.default, listed_at="/models")
+    model = check_model_for(request, chat_request.model or settings.models.default)
     record = request[RECORD]
     record.model = model
-    return await request.app[STREAMS].start(
-        request_id=request[REQUEST_ID],
-        route=record.route,
-        model=model,
-        body=chat_request.upstream_body(model, stream=True),
-    )
+    body = chat_request.upstream_body(model, stream=True)
+    await reserve_tokens(request, body)
+    lease = take_lease(request)
+    try:
+        return await request.app[STREAMS].start(
+            request_id=request[REQUEST_ID], route=record.route, model=model, body=body, lease=lease
+        )
+    except BaseException:
+        if lease is not None:
+            lease.transferred = False  # no generation took it: the request gives it back
+        raise

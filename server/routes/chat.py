@@ -11,7 +11,8 @@ from pydantic import ValidationError
 from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
-from ..keys import MODELS, RECORD, REQUEST_ID, SETTINGS
+from ..keys import RECORD, REQUEST_ID, SETTINGS
+from ..middleware.auth import check_model_for
 from ..schemas import ChatReply, ChatRequest, Usage
 from ..validation import parse_model, read_json_object
 
@@ -19,7 +20,7 @@ from ..validation import parse_model, read_json_object
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, await read_json_object(request), settings)
-    model = request.app[MODELS].resolve(chat_request.model or settings.models.default, listed_at="/models")
+    model = check_model_for(request, chat_request.model or settings.models.default)
     request[RECORD].model = model
     return chat_request, model
 

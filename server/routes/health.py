@@ -7,7 +7,8 @@ import os
 from aiohttp import web
 
 from .. import __version__
-from ..keys import LIFECYCLE, SETTINGS, UPSTREAM
+from ..connections import open_connections
+from ..keys import CONNECTION_LIMIT, LIFECYCLE, SETTINGS, UPSTREAM
 
 
 async def health(request: web.Request) -> web.Response:
@@ -22,9 +23,21 @@ async def livez(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    """503 while draining or while every upstream's breaker is open; 200 otherwise, with the reason."""
+    """503 while draining, saturated or while every upstream's breaker is open; 200 otherwise, with the reason."""
     if request.app[LIFECYCLE].draining:
         return web.json_response({"status": "draining"}, status=503)
     if not await request.app[UPSTREAM].ready():
         return web.json_response({"status": "upstream_down"}, status=503)
+    if _saturated(request):
+        return web.json_response({"status": "saturated"}, status=503)
     return web.json_response({"status": "ready"})
+
+
+def _saturated(request: web.Request) -> bool:
+    """Above the high watermark of connections or live chat requests: a balancer should send elsewhere."""
+    settings = request.app[SETTINGS]
+    ratio = settings.connections.saturation_ratio
+    if open_connections(request) > ratio * request.app[CONNECTION_LIMIT]:
+        return True
+    max_live = settings.server.max_live_streams
+    return bool(max_live) and request.app[LIFECYCLE].live >= ratio * max_live

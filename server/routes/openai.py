@@ -13,7 +13,8 @@ from aiohttp import web
 from ..chat_call import complete_chat, stream_chat
 from ..dialects import OpenAIDialect
 from ..errors import InvalidRequestError
-from ..keys import CHAT_SCHEMA, MODELS, RECORD
+from ..keys import CHAT_SCHEMA, RECORD
+from ..middleware.auth import check_model_for, visible_models
 from ..validation import read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
@@ -25,15 +26,14 @@ def _model_object(model_id: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the served models and aliases as OpenAI lists them."""
-    models = request.app[MODELS].names()
-    return web.json_response({"object": "list", "data": [_model_object(m) for m in models]})
+    """GET /v1/models: the served models and aliases the caller may use, as OpenAI lists them."""
+    return web.json_response({"object": "list", "data": [_model_object(m) for m in visible_models(request)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
     """GET /v1/models/{id}: one model a request may name, or 404 model_not_found."""
     model_id = request.match_info["model_id"]
-    request.app[MODELS].resolve(model_id, listed_at="/v1/models")
+    check_model_for(request, model_id, listed_at="/v1/models")
     return web.json_response(_model_object(model_id))
 
 
@@ -43,8 +43,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     issue = request.app[CHAT_SCHEMA].first_error(body)
     if issue is not None:
         raise InvalidRequestError(issue.message, param=issue.param or None)
+    _check_max_tokens(body)
     # An alias becomes the real model here: the upstream is asked for it and the reply names it.
-    model = request.app[MODELS].resolve(body["model"], listed_at="/v1/models")
+    model = check_model_for(request, body["model"], listed_at="/v1/models")
     body["model"] = model
     request[RECORD].model = model
     if body.get("stream") is True:
@@ -55,3 +56,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         return await stream_chat(request, upstream_body, OpenAIDialect(include_usage))
     raw = await complete_chat(request, body)
     return web.Response(body=raw, content_type="application/json")
+
+
+def _check_max_tokens(body: dict[str, Any]) -> None:
+    """400 for a token limit of 0 or below, as /chat answers: the upstream would reject it or ignore it."""
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = body.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+            raise InvalidRequestError(f"{name}: Input should be greater than 0.", param=name)

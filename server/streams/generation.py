@@ -18,7 +18,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -33,7 +33,11 @@ from ..relay import relay
 from ..settings import Settings
 from ..upstreams.attempts import Upstream
 from ..upstreams.stream import UpstreamStream
+from .backlog import Backlog
 from .store import StoredEvent, StreamStore
+
+if TYPE_CHECKING:
+    from ..auth.gate import Lease
 
 log = structlog.get_logger("sluice.streams")
 
@@ -77,6 +81,8 @@ class Job:
     route: str
     model: str
     body: dict[str, Any]
+    # What the starting request took from its gateway key's limits, given back when the stream ends.
+    lease: Lease | None = None
 
 
 class StoreSink:
@@ -87,16 +93,21 @@ class StoreSink:
     so the write splits exactly. Events are numbered as the dialect numbered them: one each, in order.
     """
 
-    def __init__(self, store: StreamStore, stream_id: str, dialect: NativeDialect) -> None:
+    def __init__(
+        self, store: StreamStore, stream_id: str, dialect: NativeDialect, backlog: Backlog | None = None
+    ) -> None:
         self._store = store
         self._stream_id = stream_id
         self._dialect = dialect
+        self._backlog = backlog
         self._seq = 0
 
     async def write(self, data: bytes) -> None:
         for event in data.split(b"\n\n")[:-1]:
             self._seq += 1
             await self._store.append(self._stream_id, StoredEvent(self._seq, event + b"\n\n"))
+            if self._backlog is not None:
+                self._backlog.stored(self._seq, len(event) + 2)
         if self._seq != self._dialect.seq:
             raise RuntimeError(f"stored {self._seq} events of {self._dialect.seq}: the framing broke")
 
@@ -104,16 +115,29 @@ class StoreSink:
 class UpstreamChunks:
     """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too."""
 
-    def __init__(self, upstream: Upstream, body: dict[str, Any], request_id: str) -> None:
+    def __init__(self, upstream: Upstream, body: dict[str, Any], request_id: str, backlog: Backlog) -> None:
+        self.held_back = 0  # times the upstream was held back
         self._upstream = upstream
         self._body = body
         self._request_id = request_id
+        self._backlog = backlog
         self._stream: UpstreamStream | None = None
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         self._stream = await self._upstream.open_stream(self._body, self._request_id)
         async for batch in self._stream:
             yield batch
+            # The relay stored the batch; read no more while readers are that far behind.
+            if self._backlog.full:
+                if not self.held_back:
+                    log.info("browser_stream_held_back", unread_bytes=self._backlog.unread_bytes)
+                self.held_back += 1
+                await self._backlog.wait_for_room()
+
+    @property
+    def malformed(self) -> int:
+        """Upstream events dropped because they were not JSON objects."""
+        return self._stream.malformed if self._stream is not None else 0
 
     def close(self) -> None:
         """Close the upstream request, if it was opened; an unfinished one is cancelled."""
@@ -133,6 +157,7 @@ class Generation:
         self._stop_reason: StopReason | None = None
         self._shutdown_requested = False
         self._relaying = True
+        self.backlog = Backlog(services.settings.browser.max_buffered_bytes)
 
     def stop(self, reason: StopReason) -> None:
         """End the generation now with a final `failed` event naming `reason`."""
@@ -155,8 +180,8 @@ class Generation:
         self._guard = guard = StreamGuard(_deadlines(services.settings))
         record = RequestRecord(started=self._started, route=self.job.route, model=self.job.model, stream=True)
         dialect = NativeDialect(self.job.stream_id, services.settings.stream.retry_ms)
-        chunks = UpstreamChunks(services.upstream, self.job.body, self.job.request_id)
-        sink = StoreSink(services.store, self.job.stream_id, dialect)
+        chunks = UpstreamChunks(services.upstream, self.job.body, self.job.request_id, self.backlog)
+        sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
         # A stop or shutdown asked for before this task ran takes effect at its first await.
         if self._stop_reason is not None and self._task is not None:
             self._task.cancel()
@@ -175,7 +200,11 @@ class Generation:
                 self._relaying = False
                 guard.close()
                 chunks.close()
+                record.malformed_chunks = chunks.malformed
+                record.extra["held_back"] = chunks.held_back
                 await services.store.finish(self.job.stream_id)
+                if self.job.lease is not None:
+                    await self.job.lease.release(record.usage, record.chunks_relayed)
                 self._finished(record, dialect)
 
     async def _relay(
@@ -216,6 +245,7 @@ class Generation:
         log.info(
             "browser_stream_finished",
             stream_id=self.job.stream_id,
+            key=self.job.lease.key.name if self.job.lease is not None else None,
             model=record.model,
             outcome=record.outcome,
             error_code=record.error_code,
@@ -224,6 +254,8 @@ class Generation:
             tokens=(usage or {}).get("completion_tokens", 0),
             usage=usage,
             events=dialect.seq,
+            malformed_chunks=record.malformed_chunks,
+            held_back=record.extra.get("held_back", 0),
             duration_ms=round(duration * 1000, 2),
         )
         # Whatever happened, readers got it as an event on a 200 stream.

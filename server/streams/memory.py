@@ -15,6 +15,7 @@ class _Buffer:
     events: dict[int, StoredEvent] = field(default_factory=dict)
     first: int = 1
     last: int = 0
+    size: int = 0  # bytes of the events kept
     finished: bool = False
     expiry: asyncio.TimerHandle | None = None
     # Replaced after every change, so a waiter wakes once per change and never misses one.
@@ -26,10 +27,11 @@ class _Buffer:
 
 
 class MemoryStreamStore:
-    """StreamStore in this process's memory: at most `max_events` per stream, `max_streams` streams."""
+    """StreamStore in this process's memory: at most `max_events` and `max_bytes` per stream, `max_streams` streams."""
 
-    def __init__(self, *, max_events: int, max_streams: int, retention: float) -> None:
+    def __init__(self, *, max_events: int, max_streams: int, retention: float, max_bytes: int = 4 << 20) -> None:
         self._max_events = max_events
+        self._max_bytes = max_bytes
         self._max_streams = max_streams
         self._retention = retention
         self._buffers: dict[str, _Buffer] = {}
@@ -57,8 +59,9 @@ class MemoryStreamStore:
             raise ValueError(f"event {event.seq} does not follow {buffer.last}")
         buffer.events[event.seq] = event
         buffer.last = event.seq
-        if len(buffer.events) > self._max_events:
-            del buffer.events[buffer.first]
+        buffer.size += len(event.data)
+        while len(buffer.events) > self._max_events or (buffer.size > self._max_bytes and len(buffer.events) > 1):
+            buffer.size -= len(buffer.events.pop(buffer.first).data)
             buffer.first += 1
         buffer.notify()
 

@@ -22,7 +22,7 @@ from ..settings import StreamSettings
 from ..sse import SSEResponse
 from .registry import StreamRegistry
 from .resume import event_id
-from .store import EventsDroppedError, Slice, StreamStore
+from .store import EventsDroppedError, Slice
 
 # Events read from the store at once: enough to replay quickly, few enough to stay small.
 BATCH = 256
@@ -69,7 +69,7 @@ async def serve_stream(
     try:
         with registry.reading(stream_id):
             if await _send(response, start.encode(), settings.send_timeout):
-                await _follow(response, store, stream_id, after, first, settings.send_timeout)
+                await _follow(response, registry, stream_id, after, first, settings.send_timeout)
     finally:
         response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
@@ -77,14 +77,16 @@ async def serve_stream(
 
 
 async def _follow(
-    response: SSEResponse, store: StreamStore, stream_id: str, seq: int, batch: Slice, send_timeout: float
+    response: SSEResponse, registry: StreamRegistry, stream_id: str, seq: int, batch: Slice, send_timeout: float
 ) -> None:
     """Write batch after batch, waiting for the generation when caught up, until the final event."""
+    store = registry.store
     while True:
         for event in batch.events:
             if not await _send(response, event.data, send_timeout):
                 return
             seq = event.seq
+        registry.sent(stream_id, seq)
         if batch.finished:
             return
         if not batch.events:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -24,7 +24,13 @@ from .generation import Generation, Job, Services, StopReason
 from .resume import new_stream_id
 from .store import StreamStore
 
+if TYPE_CHECKING:
+    from ..auth.gate import Lease
+
 log = structlog.get_logger("sluice.streams")
+
+# Most bytes of events one upstream read can add at once (the upstream client buffers 512 KiB).
+READ_SLACK = 1 << 20
 
 
 @dataclass(slots=True, eq=False)
@@ -44,7 +50,10 @@ class StreamRegistry:
         self._services = services
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
+        self._retention = bounds.retention_seconds
         self._live: dict[str, _Live] = {}
+        # The gateway key that started each stream, kept as long as the stream is.
+        self._owners: dict[str, str] = {}
 
     @property
     def store(self) -> StreamStore:
@@ -56,7 +65,9 @@ class StreamRegistry:
         """Generations running now."""
         return len(self._live)
 
-    async def start(self, *, request_id: str, route: str, model: str, body: dict[str, Any]) -> str:
+    async def start(
+        self, *, request_id: str, route: str, model: str, body: dict[str, Any], lease: Lease | None = None
+    ) -> str:
         """Start generating `body` into a new stream; its id. 503 while draining or when full."""
         services = self._services
         services.lifecycle.admit()
@@ -68,7 +79,9 @@ class StreamRegistry:
                 code="overloaded",
                 headers={"Retry-After": retry_after},
             )
-        generation = Generation(Job(stream_id, request_id, route, model, body), services)
+        if lease is not None:
+            self._owners[stream_id] = lease.key.name
+        generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
         self._live[stream_id] = live
@@ -92,6 +105,16 @@ class StreamRegistry:
                 live.readers -= 1
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
+
+    def owner(self, stream_id: str) -> str | None:
+        """The name of the gateway key that started `stream_id` (None without auth, or once it expired)."""
+        return self._owners.get(stream_id)
+
+    def sent(self, stream_id: str, seq: int) -> None:
+        """A reader was sent the events up to `seq`: the generation may read on if it held back."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.generation.backlog.sent(seq)
 
     async def stop(self, stream_id: str) -> None:
         """Stop the generation, if it runs; return once its upstream is closed and its end stored."""
@@ -131,6 +154,8 @@ class StreamRegistry:
         live = self._live.pop(stream_id, None)
         if live is not None and live.grace is not None:
             live.grace.cancel()
+        if stream_id in self._owners:
+            asyncio.get_running_loop().call_later(self._retention, self._owners.pop, stream_id, None)
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())

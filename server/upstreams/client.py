@@ -14,23 +14,38 @@ import aiohttp
 import orjson
 import structlog
 
-from ..errors import UpstreamError
+from ..chunks import MAX_EVENT_BYTES
+from ..errors import UpstreamError, UpstreamProtocolError
 from ..settings import UpstreamEntry, UpstreamSettings
 from .failures import connect_failure, status_failure, timeout_failure
 from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.upstream")
 
-# Large enough for one SSE line carrying a big tool-call delta.
-READ_BUFFER_BYTES = 1 << 18
+# aiohttp stops reading the upstream once twice this is buffered: with a client that stopped
+# reading, that buffer is what the stream holds (bench: 256 KiB here held ~1.4 MB of RSS per
+# stalled reader). An event larger than this still arrives whole: readany() returns what is
+# buffered and EventSplitter joins the pieces.
+READ_BUFFER_BYTES = 1 << 14
 ERROR_BODY_LIMIT = 64 * 1024
+MAX_REPLY_BYTES = 16 << 20
 
 
 class UpstreamClient:
     """One upstream of the configuration, with the count of requests in flight to it."""
 
-    def __init__(self, entry: UpstreamEntry, session: aiohttp.ClientSession, settings: UpstreamSettings) -> None:
+    def __init__(
+        self,
+        entry: UpstreamEntry,
+        session: aiohttp.ClientSession,
+        settings: UpstreamSettings,
+        *,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_reply_bytes: int = MAX_REPLY_BYTES,
+    ) -> None:
         self.entry = entry
+        self._max_event_bytes = max_event_bytes
+        self._max_reply_bytes = max_reply_bytes
         self.name = entry.name
         self.in_flight = 0
         self._session = session
@@ -66,7 +81,7 @@ class UpstreamClient:
         except BaseException:
             self._done()
             raise
-        stream = UpstreamStream(response, self.name, on_close=self._done)
+        stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
         if on_accepted is not None:
             on_accepted()
         try:
@@ -86,7 +101,7 @@ class UpstreamClient:
         try:
             response = await self._send(body, request_id, accept="application/json")
             try:
-                return await response.read()
+                return await _read_bounded(response, self._max_reply_bytes)
             except aiohttp.ClientError as exc:
                 log.warning("upstream_body_failed", upstream=self.name, error=type(exc).__name__)
                 raise connect_failure() from exc
@@ -136,6 +151,21 @@ class UpstreamClient:
         finally:
             response.close()
         return status_failure(response.status, response.headers, content)
+
+
+async def _read_bounded(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """The whole body, decompressed, or UpstreamProtocolError once it passes `limit` bytes."""
+    parts: list[bytes] = []
+    size = 0
+    async for piece in response.content.iter_any():
+        size += len(piece)
+        if size > limit:
+            response.close()  # unread bytes stay behind: the connection cannot be reused
+            raise UpstreamProtocolError(
+                f"The upstream's reply is larger than {limit} bytes.", code="upstream_reply_too_large"
+            )
+        parts.append(piece)
+    return b"".join(parts)
 
 
 def create_upstream_session(settings: UpstreamSettings) -> aiohttp.ClientSession:

@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator, Callable
 import aiohttp
 import structlog
 
-from ..chunks import Chunk, EventSplitter, MalformedChunk, parse_chunk
+from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
+from ..errors import UpstreamProtocolError
 from .failures import event_failure, reset_failure
 
 log = structlog.get_logger("sluice.upstream")
@@ -22,16 +23,23 @@ class UpstreamStream:
     """
 
     def __init__(
-        self, response: aiohttp.ClientResponse, upstream: str, on_close: Callable[[], None] | None = None
+        self,
+        response: aiohttp.ClientResponse,
+        upstream: str,
+        on_close: Callable[[], None] | None = None,
+        max_event_bytes: int = MAX_EVENT_BYTES,
     ) -> None:
         self._response = response
-        self._splitter = EventSplitter()
+        self._splitter = EventSplitter(max_event_bytes)
+        self._max_event_bytes = max_event_bytes
         self._primed: list[list[Chunk]] = []
         self._ended = False
         self._on_close = on_close
         self.upstream = upstream
         self.finished = False
         self.malformed = 0
+        self._unparsed: list[bytes] = []
+        self._delta_seen = False
 
     async def prime(self) -> None:
         """Read up to the first content; raise UpstreamError for a failure before it."""
@@ -58,10 +66,16 @@ class UpstreamStream:
     async def _read_batch(self) -> list[Chunk] | None:
         """The next non-empty batch, or None once the body (or `[DONE]`) ended it."""
         content = self._response.content
-        while not self._ended:
-            piece = await content.readany()
+        while self._unparsed or not self._ended:
+            if self._unparsed:
+                raws, self._unparsed = self._unparsed, []
+                body_ended = False
+            else:
+                piece = await content.readany()
+                raws = self._splitter.feed(piece) if piece else self._splitter.close()
+                body_ended = not piece
             batch: list[Chunk] = []
-            for raw in self._splitter.feed(piece) if piece else self._splitter.close():
+            for index, raw in enumerate(raws):
                 try:
                     chunk = parse_chunk(raw)
                 except MalformedChunk as exc:
@@ -73,10 +87,21 @@ class UpstreamStream:
                     self.finished = True
                     break
                 batch.append(chunk)
-            if self.finished or not piece:
+                if chunk.has_delta and not self._delta_seen:
+                    # The first token leaves before the rest of its read (a burst) is parsed.
+                    self._delta_seen = True
+                    self._unparsed = raws[index + 1 :]
+                    return batch
+            if self.finished or body_ended:
                 self._ended = True
             if batch:
                 return batch
+            if self._splitter.overflowed:
+                # An endless line must end the stream, explicitly, not wait for an idle timeout.
+                raise UpstreamProtocolError(
+                    f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
+                    code="upstream_event_too_large",
+                )
         return None
 
     def close(self) -> None:

@@ -203,3 +203,18 @@ def start_gateway(
     process = ManagedProcess(argv, clean_env(extra)).start()
     process.wait_for_event("sluice_listening")
     return Gateway(process, f"http://127.0.0.1:{port}")
+
+
+def start_hostile_upstream() -> Simulator:
+    """The misbehaving upstream of tests/support/hostile_upstream.py, once it listens."""
+    process = ManagedProcess(
+        [sys.executable, "-m", "tests.support.hostile_upstream", "--port", "0"], clean_env()
+    ).start()
+    line = process.wait_for_line(lambda text: text.startswith("hostile upstream listening on "))
+    return Simulator(process, line.removeprefix("hostile upstream listening on ").strip())
+
+
+def write_config(path: Path, extra: str) -> str:
+    """config/test.toml with `extra` TOML appended, written to `path`; the path, for `start_gateway`."""
+    path.write_text((ROOT / "config" / "test.toml").read_text() + "\n" + extra)
+    return str(path)

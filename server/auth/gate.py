@@ -1,0 +1,85 @@
+"""A request's share of its key's limits, and the answer when a limit refuses it.
+
+A `Lease` holds what a request took from its key's limits (one stream slot, reserved tokens)
+and gives it back once, when the request ends, settling the tokens with the real usage. A
+detached browser stream takes the lease over from the request that started it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from ..errors import RateLimitedError
+from .gateway_keys import GatewayKey
+from .limits import Decision, Exceeded, LimitStore, rate_limit_headers
+
+# Characters per token for the prompt estimate: OpenAI's rule of thumb for English text.
+CHARS_PER_TOKEN = 4
+
+_MESSAGES = {
+    Exceeded.REQUESTS: "Rate limit reached for requests per minute on key {name!r}; retry after {retry}s.",
+    Exceeded.TOKENS: "Rate limit reached for tokens per minute on key {name!r}; retry after {retry}s.",
+    Exceeded.STREAMS: "Key {name!r} has as many live requests as it may; retry when one ends.",
+}
+
+
+class Lease:
+    """What one request took from its key's limits, given back once when it ends."""
+
+    def __init__(self, store: LimitStore, key: GatewayKey) -> None:
+        self._store = store
+        self.key = key
+        self.reserved_tokens = 0
+        self.prompt_estimate = 0
+        self._streams = 1
+        self._released = False
+        self.transferred = False
+        self.last_decision: Decision | None = None  # the reservation's, for the response's headers
+
+    async def reserve(self, body: dict[str, Any]) -> Decision | None:
+        """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved."""
+        if not self.key.limits.tpm:
+            return None
+        prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
+        most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
+        completion = max((n for n in most if isinstance(n, int)), default=0)
+        decision = await self._store.take(
+            self.key.name, self.key.limits, requests=0, tokens=prompt + completion, streams=0
+        )
+        if not decision.allowed:
+            return decision
+        self.last_decision = decision
+        self.prompt_estimate = prompt
+        self.reserved_tokens = prompt + completion
+        return None
+
+    async def release(self, usage: dict[str, Any] | None, relayed_tokens: int = 0) -> None:
+        """Give back the stream slot, and the reserved tokens the request did not use."""
+        if self._released:
+            return
+        self._released = True
+        used = _total_tokens(usage)
+        if used is None:
+            used = self.prompt_estimate + relayed_tokens if self.reserved_tokens else 0
+        await self._store.give_back(
+            self.key.name, self.key.limits, tokens=self.reserved_tokens - used, streams=self._streams
+        )
+
+
+def rate_limited(key: GatewayKey, decision: Decision) -> RateLimitedError:
+    """The 429 for a refused take, with Retry-After and OpenAI's rate-limit headers."""
+    assert decision.exceeded is not None
+    headers = rate_limit_headers(decision)
+    message = _MESSAGES[decision.exceeded].format(name=key.name, retry=headers["Retry-After"])
+    error = RateLimitedError(message, headers=headers)
+    error.type = str(decision.exceeded)
+    return error
+
+
+def _total_tokens(usage: dict[str, Any] | None) -> int | None:
+    if not usage:
+        return None
+    total = usage.get("total_tokens")
+    return total if isinstance(total, int) else None

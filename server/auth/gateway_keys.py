@@ -1,0 +1,100 @@
+"""Gateway keys: find the configured key a request presents, by hash and in constant time.
+
+Only SHA-256 hashes of keys are held. A presented key is hashed once and compared with every
+configured hash using `hmac.compare_digest`, so neither the key nor which entry matched shows
+in the time taken.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from ..settings import AuthSettings
+from .limits import KeyLimits
+
+# Headers a key may come in: what the OpenAI SDKs send, then Azure's and the common alternative.
+_KEY_HEADERS = ("api-key", "x-api-key")
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayKey:
+    """One configured key: its name (safe to log), its hash, its model allowlist and limits."""
+
+    name: str
+    digest: bytes
+    models: frozenset[str] | None
+    limits: KeyLimits
+
+    def allows(self, model: str) -> bool:
+        """True when the key may use `model`."""
+        return self.models is None or model in self.models
+
+
+class KeyRing:
+    """The configured gateway keys, and the optional separate key for /metrics."""
+
+    def __init__(self, keys: tuple[GatewayKey, ...], metrics_digest: bytes | None) -> None:
+        self._keys = keys
+        self._by_name = {key.name: key for key in keys}
+        self._metrics_digest = metrics_digest
+
+    @classmethod
+    def from_settings(cls, auth: AuthSettings) -> KeyRing:
+        """Build the ring from the [auth] settings."""
+        keys = tuple(
+            GatewayKey(
+                name=key.name,
+                digest=bytes.fromhex(key.key_sha256 or ""),
+                models=frozenset(key.models) if key.models is not None else None,
+                limits=KeyLimits(rpm=key.rpm, tpm=key.tpm, max_streams=key.max_streams),
+            )
+            for key in auth.keys
+        )
+        metrics = bytes.fromhex(auth.metrics_key_sha256) if auth.metrics_key_sha256 else None
+        return cls(keys, metrics)
+
+    @property
+    def enabled(self) -> bool:
+        """True when keys are configured."""
+        return bool(self._keys)
+
+    @property
+    def metrics_closed(self) -> bool:
+        """True when /metrics requires its own key."""
+        return self._metrics_digest is not None
+
+    def find(self, presented: str) -> GatewayKey | None:
+        """The key whose hash matches `presented`, comparing against every key in constant time."""
+        digest = hashlib.sha256(presented.encode()).digest()
+        found: GatewayKey | None = None
+        for key in self._keys:
+            if hmac.compare_digest(digest, key.digest):
+                found = key
+        return found
+
+    def named(self, name: str) -> GatewayKey | None:
+        """The key called `name` (a token names its key), or None once it is no longer configured."""
+        return self._by_name.get(name)
+
+    def opens_metrics(self, presented: str) -> bool:
+        """True when `presented` is the /metrics key."""
+        if self._metrics_digest is None:
+            return True
+        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._metrics_digest)
+
+
+def presented_key(request: web.Request) -> str | None:
+    """The key a request carries: `Authorization: Bearer KEY`, else `api-key` or `x-api-key`."""
+    authorization = request.headers.get("Authorization", "")
+    scheme, _, value = authorization.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    for header in _KEY_HEADERS:
+        value = request.headers.get(header, "").strip()
+        if value:
+            return value
+    return None

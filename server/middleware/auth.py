@@ -1,0 +1,208 @@
+"""Require a gateway key on every chat route and take each request's share of its key's limits.
+
+With no keys configured, every route stays open (only a /metrics key, if set, is checked).
+With keys, chat routes and model lists need one, as `Authorization: Bearer KEY`, `api-key` or
+`x-api-key`; EventSource routes may carry a browser token (`?token=`) instead. Probes, the demo
+page and CORS preflights stay open. A request that starts a generation takes one request and
+one stream slot from its key's limits, given back (tokens settled) when it ends.
+
+Handlers use the helpers at the end: the key's models, its token reservation, and handing the
+lease to a detached stream.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..auth.gate import Lease, rate_limited
+from ..auth.gateway_keys import GatewayKey, presented_key
+from ..auth.limits import Decision, rate_limit_headers
+from ..auth.tokens import ONE_STEP_SCOPE
+from ..errors import AuthenticationError, ModelNotFoundError, RateLimitedError
+from ..keys import (
+    GATEWAY_KEY,
+    KEYRING,
+    LEASE,
+    LIMITS,
+    METRICS,
+    MODELS,
+    RATE_LIMITS,
+    RECORD,
+    TOKEN_BEARING,
+    TOKENS,
+)
+
+
+class Access(Enum):
+    """What a route requires."""
+
+    OPEN = "open"
+    METRICS = "metrics"
+    KEY = "key"
+    GENERATE = "generate"
+
+
+# (method, route) -> what it requires; any route not listed is open (probes, the page, 404s).
+_ROUTES: dict[tuple[str, str], Access] = {
+    ("GET", "/metrics"): Access.METRICS,
+    # The dashboard shows what /metrics shows: closed by the same key.
+    ("GET", "/dashboard/feed"): Access.METRICS,
+    ("GET", "/models"): Access.KEY,
+    ("GET", "/v1/models"): Access.KEY,
+    ("GET", "/v1/models/{model_id}"): Access.KEY,
+    ("POST", "/chat"): Access.GENERATE,
+    ("POST", "/chat/stream"): Access.GENERATE,
+    ("POST", "/v1/chat/completions"): Access.GENERATE,
+    ("POST", "/chat/streams"): Access.GENERATE,
+    ("POST", "/chat/stream/token"): Access.KEY,
+    ("GET", "/chat/streams/{stream_id}"): Access.KEY,
+    ("DELETE", "/chat/streams/{stream_id}"): Access.KEY,
+    ("GET", "/chat/stream"): Access.GENERATE,
+}
+
+_MISSING = "Missing gateway key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
+_WRONG = "Incorrect gateway key provided."
+_CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
+
+
+@web.middleware
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """401 without a valid key or token; 429 over the key's limits; else serve and settle."""
+    resource = request.match_info.route.resource
+    route = resource.canonical if resource is not None else ""
+    # HEAD is a GET without its body: it needs what the GET needs.
+    method = "GET" if request.method == "HEAD" else request.method
+    access = _ROUTES.get((method, route), Access.OPEN)
+    ring = request.app[KEYRING]
+    if access is Access.OPEN:
+        return await handler(request)
+    if access is Access.METRICS:
+        if not ring.opens_metrics(presented_key(request) or ""):
+            raise AuthenticationError(_WRONG if presented_key(request) else _MISSING, headers=_CHALLENGE)
+        return await handler(request)
+    if not ring.enabled:
+        return await handler(request)
+    key = _authenticate(request)
+    request[GATEWAY_KEY] = key
+    record = request.get(RECORD)
+    if record is not None:  # set by the access log middleware, outside this one
+        record.key = key.name
+    # A reconnect of the one-step GET resumes a stream: reading is not a new request.
+    if access is not Access.GENERATE or "Last-Event-ID" in request.headers:
+        return await handler(request)
+    store = request.app[LIMITS]
+    decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
+    if not decision.allowed:
+        raise _refuse(request, key, decision)
+    request[RATE_LIMITS] = decision
+    lease = request[LEASE] = Lease(store, key)
+    try:
+        return await handler(request)
+    finally:
+        if not lease.transferred:
+            await lease.release(record.usage if record else None, record.chunks_relayed if record else 0)
+
+
+def _authenticate(request: web.Request) -> GatewayKey:
+    """The key the request presents, in a header or, on EventSource routes, as a browser token."""
+    ring = request.app[KEYRING]
+    presented = presented_key(request)
+    if presented is not None:
+        key = ring.find(presented)
+        if key is None:
+            raise AuthenticationError(_WRONG, headers=_CHALLENGE)
+        return key
+    token = request.query.get("token")
+    scope = _token_scope(request)
+    if token is None or scope is None:
+        raise AuthenticationError(_MISSING, headers=_CHALLENGE)
+    request[TOKEN_BEARING] = True
+    name = request.app[TOKENS].verify(token, scope)
+    key = ring.named(name) if name is not None else None
+    if key is None:
+        raise AuthenticationError(
+            "The browser token is invalid, expired or for another stream; ask for a new one.",
+            code="invalid_token",
+            headers=_CHALLENGE,
+        )
+    return key
+
+
+def _token_scope(request: web.Request) -> str | None:
+    """What a token must be scoped to on this route; None where tokens are not accepted."""
+    if "stream_id" in request.match_info:
+        return request.match_info["stream_id"]
+    if request.method == "GET" and request.path == "/chat/stream":
+        return ONE_STEP_SCOPE
+    return None
+
+
+async def add_key_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """OpenAI's rate-limit headers on a keyed response; a token-bearing one kept out of caches and Referers."""
+    decision = request.get(RATE_LIMITS)
+    if decision is not None:
+        response.headers.update(rate_limit_headers(decision))
+    if request.get(TOKEN_BEARING):
+        response.headers["Referrer-Policy"] = "no-referrer"
+        response.headers["Cache-Control"] = "no-store"
+
+
+def request_key(request: web.Request) -> GatewayKey | None:
+    """The key the request was authenticated with; None while auth is off."""
+    return request.get(GATEWAY_KEY)
+
+
+def check_model_for(request: web.Request, name: str, *, listed_at: str = "/models") -> str:
+    """The real model `name` stands for (aliases resolved); 404 model_not_found unless it is served
+    and the request's gateway key may use it.
+
+    A model outside the key's list gets the same answer as an unknown one: a key learns nothing
+    about other keys' models.
+    """
+    model = request.app[MODELS].resolve(name, listed_at=listed_at)
+    key = request.get(GATEWAY_KEY)
+    if key is not None and not (key.allows(model) or key.allows(name)):
+        raise ModelNotFoundError(
+            f"The model {name[:200]!r} is not available; GET {listed_at} lists the models.", param="model"
+        )
+    return model
+
+
+def visible_models(request: web.Request) -> tuple[str, ...]:
+    """The models and aliases the request's gateway key may use (all of them without auth)."""
+    catalog = request.app[MODELS]
+    names = tuple(catalog.names())
+    key = request.get(GATEWAY_KEY)
+    if key is None:
+        return names
+    return tuple(m for m in names if key.allows(m) or key.allows(catalog.aliases.get(m, m)))
+
+
+async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
+    """Reserve the prompt estimate plus the body's max tokens on the key's tpm; 429 when over it."""
+    lease = request.get(LEASE)
+    if lease is None:
+        return
+    refused = await lease.reserve(body)
+    if refused is not None:
+        raise _refuse(request, lease.key, refused)
+    if (taken := lease.last_decision) is not None:
+        request[RATE_LIMITS] = taken
+
+
+def take_lease(request: web.Request) -> Lease | None:
+    """Take the request's lease over (a detached stream settles it when it ends)."""
+    lease = request.get(LEASE)
+    if lease is not None:
+        lease.transferred = True
+    return lease
+
+
+def _refuse(request: web.Request, key: GatewayKey, decision: Decision) -> RateLimitedError:
+    metrics = request.app[METRICS]
+    metrics.child(metrics.rate_limited, key.name, str(decision.exceeded)).inc()
+    return rate_limited(key, decision)

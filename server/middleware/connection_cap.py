@@ -1,0 +1,31 @@
+"""Refuse a request with 503 and Retry-After when the process holds more connections than its cap."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from ..connections import open_connections
+from ..errors import ServiceUnavailableError
+from ..keys import CONNECTION_LIMIT, SETTINGS
+from .errors import render_error
+
+# Probes answer even over the cap: an orchestrator must see the process alive and /readyz say why.
+_PROBES = frozenset({"/health", "/livez", "/readyz"})
+
+
+@web.middleware
+async def connection_cap_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """503 over the cap; the connection is then closed so the count goes down."""
+    if request.path not in _PROBES and open_connections(request) > request.app[CONNECTION_LIMIT]:
+        retry_after = str(request.app[SETTINGS].server.retry_after)
+        response = render_error(
+            ServiceUnavailableError(
+                "Sluice holds as many connections as it may; retry shortly.",
+                code="too_many_connections",
+                headers={"Retry-After": retry_after},
+            )
+        )
+        response.force_close()
+        return response
+    return await handler(request)

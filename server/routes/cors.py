@@ -1,0 +1,92 @@
+"""CORS on every route: answer preflights and mark cross-origin responses by the policy (server/cors.py).
+
+An allowlisted origin is echoed with `Vary: Origin`; `*` is a literal `*`. Preflights (`OPTIONS`
+with `Access-Control-Request-Method`) get 200 with what may follow, or 403. Credentials are never
+allowed: Sluice's auth is a header or a token in the URL, never a cookie.
+"""
+
+from __future__ import annotations
+
+from aiohttp import hdrs, web
+
+from ..cors import CorsPolicy
+from ..errors import GatewayError
+from ..keys import CORS_POLICY
+from ..middleware.errors import render_error
+
+ALLOW_HEADERS = "Authorization, Content-Type, api-key, x-api-key, Last-Event-ID, X-Request-ID"
+EXPOSE_HEADERS = ", ".join(
+    (
+        "X-Request-ID",
+        "Retry-After",
+        "Location",
+        "x-ratelimit-limit-requests",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-reset-requests",
+        "x-ratelimit-limit-tokens",
+        "x-ratelimit-remaining-tokens",
+        "x-ratelimit-reset-tokens",
+    )
+)
+MAX_AGE = "600"
+
+
+class CorsForbiddenError(GatewayError):
+    status = 403
+    type = "invalid_request_error"
+    code = "cors_origin_not_allowed"
+
+
+def setup_cors_policy(app: web.Application, policy: CorsPolicy) -> None:
+    """Answer preflights on every route and mark allowed cross-origin responses."""
+    app[CORS_POLICY] = policy
+    for resource in list(app.router.resources()):
+        if isinstance(resource, web.Resource):
+            resource.add_route(hdrs.METH_OPTIONS, preflight)
+    app.on_response_prepare.append(add_cors_headers)
+
+
+async def preflight(request: web.Request) -> web.Response:
+    """200 with the allowed methods and headers for an allowed origin; 403 otherwise."""
+    policy = request.app[CORS_POLICY]
+    method = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_METHOD)
+    allowed = policy.allow_origin(request.headers.get(hdrs.ORIGIN))
+    resource = request.match_info.route.resource
+    methods = _methods(request.app, resource.canonical) if resource is not None else set()
+    if allowed is None or method is None or method not in methods:
+        return render_error(CorsForbiddenError("This origin may not call Sluice from a browser."))
+    return web.Response(
+        status=200,
+        headers={
+            hdrs.ACCESS_CONTROL_ALLOW_ORIGIN: allowed,
+            hdrs.ACCESS_CONTROL_ALLOW_METHODS: ", ".join(sorted(methods)),
+            # What the page asks for (the OpenAI SDKs add their own x-stainless-* headers): the
+            # origin is allowed, and a header grants nothing a request without it lacks.
+            hdrs.ACCESS_CONTROL_ALLOW_HEADERS: request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_HEADERS, ALLOW_HEADERS),
+            hdrs.ACCESS_CONTROL_MAX_AGE: MAX_AGE,
+        },
+    )
+
+
+async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Allow an allowed origin to read the response; say the answer depends on Origin."""
+    policy = request.app[CORS_POLICY]
+    if not policy.any_origin:
+        response.headers.add(hdrs.VARY, "Origin")
+    if request.method == hdrs.METH_OPTIONS:
+        return  # a preflight's headers are the preflight handler's
+    allowed = policy.allow_origin(request.headers.get(hdrs.ORIGIN))
+    if allowed is not None:
+        response.headers[hdrs.ACCESS_CONTROL_ALLOW_ORIGIN] = allowed
+        response.headers[hdrs.ACCESS_CONTROL_EXPOSE_HEADERS] = EXPOSE_HEADERS
+
+
+def _methods(app: web.Application, path: str) -> set[str]:
+    """Every method served on `path` (one path may have several resources)."""
+    return {
+        route.method
+        for resource in app.router.resources()
+        if resource.canonical == path
+        for route in resource
+        if route.method not in (hdrs.METH_OPTIONS, hdrs.METH_ANY, hdrs.METH_HEAD)
+    }

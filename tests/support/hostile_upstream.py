@@ -1,0 +1,86 @@
+"""An upstream that misbehaves on purpose, as its own process: `python -m tests.support.hostile_upstream`.
+
+The last message's content picks the behaviour:
+- `endless-line`: one token, then one SSE line that never ends, sent as fast as the reader takes it;
+- `endless-first`: the endless line before any token;
+- `bomb`: a non-streaming reply of 64 MiB that travels gzip-compressed (about 64 KiB);
+- `n2-cut`: with two choices, choice 0 finishes, choice 1 sends a token, then the body ends;
+- `echo-auth`: a normal short stream whose text is the Authorization header it received;
+- anything else: a normal two-token stream.
+It prints `hostile upstream listening on http://127.0.0.1:PORT` and, when a stream ends,
+`hostile stream closed sent=BYTES`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+
+from aiohttp import web
+
+LINE_PIECE = b"x" * 65536
+
+
+def _chunk(index: int, content: str | None = None, finish: str | None = None) -> bytes:
+    delta = {"content": content} if content is not None else {}
+    choice = {"index": index, "delta": delta, "finish_reason": finish}
+    body = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [choice]}
+    return b"data: " + json.dumps(body).encode() + b"\n\n"
+
+
+async def completions(request: web.Request) -> web.StreamResponse:
+    body = await request.json()
+    mode = body["messages"][-1]["content"]
+    if mode == "bomb":
+        reply = json.dumps({"choices": [{"message": {"content": "x" * (64 << 20)}}]}).encode()
+        return web.Response(
+            body=gzip.compress(reply, compresslevel=1),
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+        )
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    sent = 0
+    try:
+        if mode in ("endless-line", "endless-first"):
+            if mode == "endless-line":
+                await response.write(_chunk(0, "before"))
+            await response.write(b"data: ")
+            while True:
+                await response.write(LINE_PIECE)
+                sent += len(LINE_PIECE)
+        elif mode == "n2-cut":
+            for data in (_chunk(0, "a"), _chunk(1, "b"), _chunk(0, None, "stop"), _chunk(1, "c")):
+                await response.write(data)
+                sent += len(data)
+        else:
+            text = request.headers.get("Authorization", "") if mode == "echo-auth" else "ok"
+            for data in (_chunk(0, text), _chunk(0, None, "stop"), b"data: [DONE]\n\n"):
+                await response.write(data)
+                sent += len(data)
+        await response.write_eof()
+    finally:
+        print(f"hostile stream closed sent={sent}", flush=True)
+    return response
+
+
+async def serve(port: int) -> None:
+    """Listen on `port` (0: any free one) until the process is stopped."""
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", completions)
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"hostile upstream listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
+    await asyncio.Event().wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=0)
+    asyncio.run(serve(parser.parse_args().port))
+
+
+if __name__ == "__main__":
+    main()

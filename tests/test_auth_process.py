@@ -1,0 +1,458 @@
+"""Gateway keys, per-key limits, browser tokens and CORS on `python run.py` processes."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from server.auth.tokens import ONE_STEP_SCOPE, TokenSigner
+from tests.support.client import new_request_id
+from tests.support.processes import (
+    Gateway,
+    ManagedProcess,
+    Simulator,
+    clean_env,
+    free_port,
+    start_hostile_upstream,
+    write_config,
+)
+from tests.support.security import (
+    KEY_ALPHA,
+    KEY_FROM_ENV,
+    KEY_NARROW,
+    KEY_RPM,
+    KEY_STREAMS,
+    KEY_TPM,
+    METRICS_KEY,
+    ORIGIN,
+    RPM,
+    SECRET,
+    TPM,
+    bearer,
+    keys_toml,
+    start_keyed_gateway,
+)
+from tests.support.sse import openai_text, read_events
+
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
+RATE_HEADERS = ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests", "x-ratelimit-reset-requests")
+TOKEN_HEADERS = ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")
+# A bound for recovery far from what it needs (RPM=30 refills one request every 2 s).
+RECOVERY_SECONDS = 30.0
+
+
+@pytest.fixture(scope="module")
+def keyed(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    gateway = start_keyed_gateway(tmp_path_factory.mktemp("keyed"), simulator)
+    yield gateway
+    gateway.process.stop()
+
+
+def envelope_code(body: dict[str, object]) -> object:
+    error = body["error"]
+    assert isinstance(error, dict)
+    assert set(error) >= {"message", "type", "code"}
+    return error["code"]
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [bearer(KEY_ALPHA), {"api-key": KEY_ALPHA}, {"x-api-key": KEY_ALPHA}, bearer(KEY_FROM_ENV)],
+    ids=["bearer", "api-key", "x-api-key", "key_env"],
+)
+async def test_a_right_key_is_served(keyed: Gateway, headers: dict[str, str]) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r,
+    ):
+        assert r.status == 200
+        assert (await r.json())["object"] == "chat.completion"
+
+
+@pytest.mark.parametrize("headers", [{}, bearer("sk-gw-wrong"), {"Authorization": f"Basic {KEY_ALPHA}"}])
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/chat", "/chat/stream", "/chat/streams"])
+async def test_a_missing_or_wrong_key_is_401_invalid_api_key(
+    keyed: Gateway, headers: dict[str, str], path: str
+) -> None:
+    body = CHAT if path.startswith("/v1") else {"message": "hi"}
+    async with aiohttp.ClientSession() as http, http.post(keyed.url + path, json=body, headers=headers) as r:
+        assert r.status == 401
+        assert envelope_code(await r.json()) == "invalid_api_key"
+        assert r.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+async def test_model_lists_need_a_key_and_show_only_the_keys_models(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(keyed.url + "/v1/models") as r:
+            assert r.status == 401
+        async with http.get(keyed.url + "/v1/models", headers=bearer(KEY_NARROW)) as r:
+            assert [m["id"] for m in (await r.json())["data"]] == ["gpt-4o-mini"]
+        async with http.get(keyed.url + "/models", headers=bearer(KEY_NARROW)) as r:
+            assert (await r.json())["models"] == ["gpt-4o-mini"]
+
+
+async def test_a_model_outside_the_keys_list_is_404_like_an_unknown_one(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=bearer(KEY_NARROW)) as r:
+            outside = (r.status, await r.json())
+        unknown_body = {**CHAT, "model": "no-such-model"}
+        async with http.post(keyed.url + "/v1/chat/completions", json=unknown_body, headers=bearer(KEY_NARROW)) as r:
+            unknown = (r.status, await r.json())
+        allowed = {**CHAT, "model": "gpt-4o-mini"}
+        async with http.post(keyed.url + "/v1/chat/completions", json=allowed, headers=bearer(KEY_NARROW)) as r:
+            assert r.status == 200
+    assert outside[0] == unknown[0] == 404
+    assert envelope_code(outside[1]) == envelope_code(unknown[1]) == "model_not_found"
+    assert "gpt-4o-mini" not in str(outside[1])  # the key's own list is not revealed either
+
+
+async def test_probes_and_the_page_stay_open(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        for path in ("/health", "/livez", "/readyz", "/"):
+            async with http.get(keyed.url + path) as r:
+                assert r.status == 200, path
+
+
+async def test_metrics_need_the_metrics_key_not_a_gateway_key(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(keyed.url + "/metrics") as r:
+            assert r.status == 401
+        async with http.get(keyed.url + "/metrics", headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 401
+        async with http.get(keyed.url + "/metrics", headers=bearer(METRICS_KEY)) as r:
+            assert r.status == 200
+
+
+async def test_the_key_name_is_logged_and_labelled_but_never_the_key(keyed: Gateway) -> None:
+    rid = new_request_id("keyname")
+    async with aiohttp.ClientSession() as http:
+        headers = {**bearer(KEY_ALPHA), "X-Request-ID": rid}
+        async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+            assert r.status == 200
+        finished = keyed.process.wait_for_event("request_finished", request_id=rid)
+        async with http.get(keyed.url + "/metrics", headers=bearer(METRICS_KEY)) as r:
+            metrics = await r.text()
+    assert finished["key"] == "alpha"
+    assert 'sluice_key_requests_total{key="alpha",status="200"}' in metrics
+    for secret in (KEY_ALPHA, KEY_NARROW, KEY_FROM_ENV, METRICS_KEY, SECRET):
+        assert not any(secret in line for line in keyed.process.lines)
+        assert secret not in metrics
+
+
+async def test_the_clients_authorization_never_reaches_the_upstream(tmp_path: Path) -> None:
+    hostile = start_hostile_upstream()
+    gateway = start_keyed_gateway(tmp_path, hostile)
+    try:
+        body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "echo-auth"}], "stream": True}
+        async with aiohttp.ClientSession() as http:
+            async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=bearer(KEY_ALPHA)) as r:
+                seen = openai_text(await read_events(r))
+    finally:
+        gateway.process.stop()
+        hostile.process.stop()
+    assert KEY_ALPHA not in seen
+    assert seen == "Bearer sk-test-key-never-logged"  # the gateway's own upstream key
+
+
+async def test_a_key_removed_from_the_config_is_refused_after_a_restart(simulator: Simulator, tmp_path: Path) -> None:
+    (tmp_path / "before").mkdir()
+    before = start_keyed_gateway(tmp_path / "before", simulator)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(before.url + "/chat/streams", json={"message": "hi"}, headers=bearer(KEY_ALPHA)) as r:
+                assert r.status == 201
+                url = (await r.json())["url"]
+    finally:
+        before.process.stop()
+    (tmp_path / "after").mkdir()
+    after = start_keyed_gateway(tmp_path / "after", simulator, include_alpha=False)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(after.url + "/v1/chat/completions", json=CHAT, headers=bearer(KEY_ALPHA)) as r:
+                assert r.status == 401
+            async with http.post(after.url + "/v1/chat/completions", json=CHAT, headers=bearer(KEY_FROM_ENV)) as r:
+                assert r.status == 200  # the keys still configured go on working
+            async with http.get(after.url + url) as r:  # the revoked key's token no longer opens anything
+                assert r.status == 401
+    finally:
+        after.process.stop()
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+async def _post_until_refused(http: aiohttp.ClientSession, url: str, key: str, most: int) -> aiohttp.ClientResponse:
+    for _ in range(most):
+        r = await http.post(url, json={"message": "hi\n#sim tokens=1"}, headers=bearer(key))
+        await r.read()
+        if r.status != 200:
+            return r
+    raise AssertionError(f"no refusal after {most} requests")
+
+
+async def _until_served(http: aiohttp.ClientSession, url: str, key: str) -> None:
+    deadline = time.monotonic() + RECOVERY_SECONDS
+    while time.monotonic() < deadline:
+        async with http.post(url, json={"message": "hi\n#sim tokens=1"}, headers=bearer(key)) as r:
+            if r.status == 200:
+                return
+            assert r.status == 429
+            await asyncio.sleep(float(r.headers["Retry-After"]))  # the gateway's own hint, not a guess
+    raise AssertionError("never recovered")  # pragma: no cover
+
+
+async def test_requests_per_minute_reach_429_with_openai_headers_and_recover(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        refused = await _post_until_refused(http, keyed.url + "/chat", KEY_RPM, most=3 * RPM)
+        assert refused.status == 429
+        body = await refused.json()
+        assert envelope_code(body) == "rate_limit_exceeded"
+        assert body["error"]["type"] == "requests"
+        assert refused.headers["x-ratelimit-limit-requests"] == str(RPM)
+        assert refused.headers["x-ratelimit-remaining-requests"] == "0"
+        assert all(name in refused.headers for name in RATE_HEADERS)
+        assert int(refused.headers["Retry-After"]) >= 1
+        await _until_served(http, keyed.url + "/chat", KEY_RPM)
+
+
+async def test_a_served_request_carries_its_keys_rate_limit_headers(keyed: Gateway) -> None:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed.url + "/chat", json={"message": "hi\n#sim tokens=1"}, headers=bearer(KEY_TPM)) as r,
+    ):
+        assert r.status == 200
+        assert r.headers["x-ratelimit-limit-tokens"] == str(TPM)
+        assert int(r.headers["x-ratelimit-remaining-tokens"]) < TPM  # after this request's reservation
+        assert "x-ratelimit-limit-requests" not in r.headers  # this key has no rpm
+
+
+async def test_tokens_per_minute_reach_429_with_openai_headers_and_recover(keyed: Gateway) -> None:
+    # One request reserving most of the budget is held open (its upstream waits before the
+    # first token), so a second one does not fit until the first settles with its real usage.
+    big = TPM - 50
+    rid = new_request_id("tpm-held")
+    async with aiohttp.ClientSession() as http:
+        first = await http.post(
+            keyed.url + "/chat/stream",
+            json={"message": "x\n#sim fault=hang_first", "max_tokens": big},
+            headers={**bearer(KEY_TPM), "X-Request-ID": rid},
+        )
+        assert first.status == 200
+        async with http.post(
+            keyed.url + "/chat", json={"message": "y\n#sim tokens=1", "max_tokens": big}, headers=bearer(KEY_TPM)
+        ) as refused:
+            assert refused.status == 429
+            assert (await refused.json())["error"]["type"] == "tokens"
+            assert refused.headers["x-ratelimit-limit-tokens"] == str(TPM)
+            assert all(name in refused.headers for name in TOKEN_HEADERS)
+        first.close()
+        keyed.process.wait_for_event("request_finished", request_id=rid)
+        async with http.post(
+            keyed.url + "/chat", json={"message": "y\n#sim tokens=1", "max_tokens": big}, headers=bearer(KEY_TPM)
+        ) as served:
+            assert served.status == 200  # the held request settled: it used a few tokens, not its reservation
+
+
+async def test_concurrent_streams_reach_429_and_recover_when_one_ends(keyed: Gateway) -> None:
+    rid = new_request_id("held")
+    async with aiohttp.ClientSession() as http:
+        held = await http.post(
+            keyed.url + "/chat/stream",
+            json={"message": "x\n#sim fault=hang_first"},
+            headers={**bearer(KEY_STREAMS), "X-Request-ID": rid},
+        )
+        assert held.status == 200
+        async with http.post(keyed.url + "/chat", json={"message": "y"}, headers=bearer(KEY_STREAMS)) as r:
+            assert r.status == 429
+            assert "Retry-After" in r.headers
+            assert (await r.json())["error"]["type"] == "streams"
+        held.close()
+        keyed.process.wait_for_event("request_finished", request_id=rid)
+        async with http.post(
+            keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_STREAMS)
+        ) as r:
+            assert r.status == 200
+
+
+# --- browser tokens ----------------------------------------------------------------------------
+
+
+async def _create(http: aiohttp.ClientSession, gateway: Gateway, message: str = "hi\n#sim tokens=3") -> dict[str, str]:
+    async with http.post(gateway.url + "/chat/streams", json={"message": message}, headers=bearer(KEY_ALPHA)) as r:
+        assert r.status == 201
+        assert r.headers["Cache-Control"] == "no-store"
+        assert r.headers["Referrer-Policy"] == "no-referrer"
+        created: dict[str, str] = await r.json()
+        return created
+
+
+async def test_a_streams_token_opens_it_without_a_header(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed)
+        async with http.get(keyed.url + created["url"]) as r:
+            assert r.status == 200
+            assert r.headers["Referrer-Policy"] == "no-referrer"
+            assert "no-store" in r.headers["Cache-Control"]
+            events = await read_events(r)
+        async with http.delete(keyed.url + created["url"]) as r:
+            assert r.status == 204
+    assert events[-1].event == "done"
+    assert not any(created["token"] in line for line in keyed.process.lines)
+
+
+async def test_a_stream_url_without_its_token_is_401(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed)
+        async with http.get(keyed.url + "/chat/streams/" + created["id"]) as r:
+            assert r.status == 401
+
+
+async def test_a_token_for_another_stream_is_401(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        first = await _create(http, keyed)
+        second = await _create(http, keyed)
+        async with http.get(f"{keyed.url}/chat/streams/{second['id']}", params={"token": first["token"]}) as r:
+            assert r.status == 401
+            assert envelope_code(await r.json()) == "invalid_token"
+        async with http.delete(f"{keyed.url}/chat/streams/{second['id']}", params={"token": first["token"]}) as r:
+            assert r.status == 401
+
+
+async def test_a_tampered_token_is_401(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed)
+        token = created["token"]
+        payload, signature = token.split(".")
+        flipped = payload[:-2] + ("A" if payload[-2] != "A" else "B") + payload[-1]
+        for forged in (flipped + "." + signature, payload + "." + signature[::-1], payload, ""):
+            async with http.get(f"{keyed.url}/chat/streams/{created['id']}", params={"token": forged}) as r:
+                assert r.status == 401, forged
+
+
+async def test_an_expired_token_is_401(keyed: Gateway) -> None:
+    # Minted with the gateway's secret by a signer whose clock is an hour behind: long expired.
+    expired = TokenSigner(SECRET.encode(), ttl=600, clock=lambda: time.time() - 3600)
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed)
+        token = expired.mint("alpha", created["id"]).value
+        async with http.get(f"{keyed.url}/chat/streams/{created['id']}", params={"token": token}) as r:
+            assert r.status == 401
+        fresh = TokenSigner(SECRET.encode(), ttl=600).mint("alpha", created["id"]).value
+        async with http.get(f"{keyed.url}/chat/streams/{created['id']}", params={"token": fresh}) as r:
+            assert r.status == 200  # the same token, unexpired, is accepted: expiry is what refused it
+            await r.read()
+
+
+async def test_the_one_step_get_needs_a_token_minted_for_it(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(keyed.url + "/chat/stream", params={"message": "hi"}) as r:
+            assert r.status == 401
+        stream_token = (await _create(http, keyed))["token"]
+        async with http.get(keyed.url + "/chat/stream", params={"message": "hi", "token": stream_token}) as r:
+            assert r.status == 401
+        async with http.post(keyed.url + "/chat/stream/token", headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 201
+            minted = await r.json()
+        assert TokenSigner(SECRET.encode(), 600).verify(minted["token"], ONE_STEP_SCOPE) == "alpha"
+        async with http.get(
+            keyed.url + "/chat/stream", params={"message": "hi\n#sim tokens=2", "token": minted["token"]}
+        ) as r:
+            assert r.status == 200
+            assert (await read_events(r))[-1].event == "done"
+
+
+# --- CORS --------------------------------------------------------------------------------------
+
+
+def preflight_headers(origin: str) -> dict[str, str]:
+    return {
+        "Origin": origin,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "authorization, content-type",
+    }
+
+
+async def test_a_preflight_from_the_allowlisted_origin_is_echoed_with_vary(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.options(keyed.url + "/v1/chat/completions", headers=preflight_headers(ORIGIN)) as r:
+            assert r.status == 200
+            assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+            assert "Origin" in r.headers.getall("Vary")
+            assert "authorization" in r.headers["Access-Control-Allow-Headers"].lower()
+            assert "Access-Control-Allow-Credentials" not in r.headers
+        headers = {**bearer(KEY_ALPHA), "Origin": ORIGIN}
+        async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+            assert r.headers["Access-Control-Allow-Origin"] == ORIGIN
+            assert "Origin" in r.headers.getall("Vary")
+
+
+@pytest.mark.parametrize("origin", ["https://evil.example", "null", "https://app.example.evil.example"])
+async def test_a_preflight_from_another_origin_or_null_is_refused(keyed: Gateway, origin: str) -> None:
+    async with aiohttp.ClientSession() as http:
+        async with http.options(keyed.url + "/v1/chat/completions", headers=preflight_headers(origin)) as r:
+            assert r.status == 403
+            assert "Access-Control-Allow-Origin" not in r.headers
+        headers = {**bearer(KEY_ALPHA), "Origin": origin}
+        async with http.post(keyed.url + "/v1/chat/completions", json=CHAT, headers=headers) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
+
+
+# --- several workers ---------------------------------------------------------------------------
+
+
+async def test_a_stream_opens_by_key_or_token_through_any_worker(simulator: Simulator, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "keys.toml", keys_toml())
+    env = clean_env(
+        {
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url,
+            "SLUICE_AUTH_SECRET": SECRET,
+            "TEST_GATEWAY_KEY": KEY_FROM_ENV,
+        }
+    )
+    port = free_port()
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", config, "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        url = f"http://127.0.0.1:{port}"
+        fresh = aiohttp.TCPConnector(force_close=True)  # every request on a new connection: any worker
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            async with http.post(
+                url + "/chat/streams", json={"message": "w\n#sim tokens=3"}, headers=bearer(KEY_ALPHA)
+            ) as r:
+                created = await r.json()
+            statuses = []
+            for attempt in range(12):  # half by key, half by token; the kernel spreads them over both workers
+                target = url + (created["url"] if attempt % 2 else "/chat/streams/" + created["id"])
+                headers = {} if attempt % 2 else bearer(KEY_ALPHA)
+                async with http.get(target, headers=headers) as r:
+                    await r.read()
+                    statuses.append(r.status)
+    finally:
+        supervisor.stop()
+    # Six of each on connections the kernel spreads over two workers: all on the owner is 1 in 4096.
+    assert statuses == [200] * 12
+
+
+async def test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped(keyed: Gateway) -> None:
+    async with aiohttp.ClientSession() as http:
+        created = await _create(http, keyed, "hi\n#sim tokens=3")
+        path = "/chat/streams/" + created["id"]
+        async with http.get(keyed.url + path, headers=bearer(KEY_FROM_ENV)) as r:
+            assert r.status == 204
+        async with http.delete(keyed.url + path, headers=bearer(KEY_FROM_ENV)) as r:
+            assert r.status == 204
+        async with http.get(keyed.url + path, headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 200
+            events = await read_events(r)
+    assert events[-1].event == "done"  # the other key's DELETE did not stop it

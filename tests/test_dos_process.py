@@ -1,0 +1,292 @@
+"""No cheap denial of service, on `python run.py` processes: slow clients, connection floods,
+hostile upstreams and unread browser streams each cost a bounded amount, for a bounded time."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.support.client import new_request_id, sim_wait
+from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream
+from tests.support.sse import read_events
+
+HEADER_TIMEOUT = 1.0
+BODY_TIMEOUT = 1.0
+# Far above the deadlines under test, so a loaded machine does not fail a test that works.
+CUT_BOUND = 15.0
+CONNECTION_CAP = 500
+IDLE_CONNECTIONS = 2000
+MIB = 1 << 20
+OBSERVATION_SECONDS = 2.0
+
+
+@pytest.fixture(scope="module")
+def strict(simulator: Simulator) -> Iterator[Gateway]:
+    """Short header and body deadlines."""
+    gateway = start_gateway(
+        upstream=simulator,
+        env={
+            "SLUICE_CONNECTIONS_HEADER_TIMEOUT": str(HEADER_TIMEOUT),
+            "SLUICE_CONNECTIONS_BODY_TIMEOUT": str(BODY_TIMEOUT),
+        },
+    )
+    yield gateway
+    gateway.process.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Simulator]:
+    upstream = start_hostile_upstream()
+    yield upstream
+    upstream.process.stop()
+
+
+@pytest.fixture(scope="module")
+def facing_hostile(hostile: Simulator) -> Iterator[Gateway]:
+    """A gateway whose upstream misbehaves; small reply cap so memory growth would show."""
+    gateway = start_gateway(upstream=hostile, env={"SLUICE_CONNECTIONS_MAX_UPSTREAM_REPLY_BYTES": str(MIB)})
+    yield gateway
+    gateway.process.stop()
+
+
+def port_of(gateway: Gateway) -> int:
+    return int(gateway.url.rsplit(":", 1)[1])
+
+
+async def health_ok(gateway: Gateway) -> bool:
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/health") as r:
+        return r.status == 200
+
+
+# --- slow clients ------------------------------------------------------------------------------
+
+
+async def test_a_slow_header_client_is_cut_at_the_header_timeout_while_health_answers(strict: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(strict))
+    started = time.monotonic()
+    writer.write(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
+
+    async def trickle() -> None:
+        # One more header byte now and then: arriving data must not extend the deadline.
+        for byte in b"X-Slow: " + b"a" * 1000:
+            writer.write(bytes([byte]))
+            await asyncio.sleep(0.1)  # pacing the attacker, not waiting for the gateway
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        assert await health_ok(strict)
+        assert not reader.at_eof()  # /health answered while the slow client was still connected
+        async with asyncio.timeout(CUT_BOUND):
+            rest = await reader.read()
+        elapsed = time.monotonic() - started
+    finally:
+        trickling.cancel()
+        writer.close()
+    assert rest == b""  # cut without an answer: nothing was ever complete enough to answer
+    assert elapsed >= HEADER_TIMEOUT * 0.9
+
+
+async def test_a_slow_body_client_gets_408_and_the_connection_closed(strict: Gateway) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(strict))
+    started = time.monotonic()
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b'Content-Length: 100\r\n\r\n{"model":'
+    )
+    try:
+        assert await health_ok(strict)
+        async with asyncio.timeout(CUT_BOUND):
+            answer = await reader.read()
+        elapsed = time.monotonic() - started
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert b'"code":"request_timeout"' in answer.replace(b" ", b"")
+    assert elapsed >= BODY_TIMEOUT * 0.9  # read() returned at EOF: the gateway closed the connection
+
+
+# --- connection cap ----------------------------------------------------------------------------
+
+
+async def test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then_recover(
+    simulator: Simulator,
+) -> None:
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(CONNECTION_CAP)})
+    idle: list[asyncio.StreamWriter] = []
+    try:
+        for _ in range(IDLE_CONNECTIONS):
+            idle.append((await asyncio.open_connection("127.0.0.1", port_of(gateway)))[1])
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/models") as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "5"
+                assert (await r.json())["error"]["code"] == "too_many_connections"
+            async with http.get(gateway.url + "/readyz") as r:
+                assert r.status == 503
+                assert (await r.json())["status"] == "saturated"
+            async with http.get(gateway.url + "/health") as r:
+                assert r.status == 200
+            for writer in idle:
+                writer.close()
+            idle.clear()
+            deadline = time.monotonic() + CUT_BOUND
+            while True:  # the gateway notices the closes as it reads them; bounded, no fixed sleep
+                async with http.get(gateway.url + "/readyz") as r:
+                    if r.status == 200:
+                        break
+                assert time.monotonic() < deadline, "readiness never came back"
+                await asyncio.sleep(0.05)
+            async with http.get(gateway.url + "/models") as r:
+                assert r.status == 200
+    finally:
+        for writer in idle:
+            writer.close()
+        gateway.process.stop()
+
+
+# --- hostile upstreams -------------------------------------------------------------------------
+
+
+def rss(gateway: Gateway) -> int:
+    return int(psutil.Process(gateway.process.pid).memory_info().rss)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        ("/chat/stream", {"message": "endless-line"}),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "endless-line"}], "stream": True},
+        ),
+    ],
+    ids=["native", "openai"],
+)
+async def test_an_endless_upstream_line_ends_the_stream_with_an_explicit_error_and_bounded_memory(
+    facing_hostile: Gateway, hostile: Simulator, path: str, body: dict[str, object]
+) -> None:
+    before = rss(facing_hostile)
+    closed_before = sum("hostile stream closed" in line for line in hostile.process.lines)
+    async with aiohttp.ClientSession() as http, http.post(facing_hostile.url + path, json=body) as r:
+        assert r.status == 200
+        events = await read_events(r)
+    last = events[-1].json()
+    assert last["error"]["code"] == "upstream_event_too_large"
+    assert not any(e.data == "[DONE]" for e in events)
+    hostile.process.wait_for_line(
+        lambda line: (
+            "hostile stream closed" in line
+            and sum("hostile stream closed" in seen for seen in hostile.process.lines) > closed_before
+        )
+    )
+    # The line is cut at 1 MiB: growth stays a few MiB, never the hundreds an unbounded buffer reached.
+    assert rss(facing_hostile) - before < 64 * MIB
+
+
+async def test_an_endless_line_before_any_token_ends_with_the_same_explicit_error(facing_hostile: Gateway) -> None:
+    # The upstream accepted the request, so the stream may have started (200, then a final event)
+    # or not (an HTTP error); either way the code says what happened.
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "endless-first"}], "stream": True}
+    async with aiohttp.ClientSession() as http, http.post(facing_hostile.url + "/v1/chat/completions", json=body) as r:
+        if r.status == 200:
+            error = (await read_events(r))[-1].json()["error"]
+        else:
+            assert r.status == 502
+            error = (await r.json())["error"]
+    assert error["code"] == "upstream_event_too_large"
+
+
+async def test_a_huge_non_streaming_reply_is_502_counted_after_decompression(facing_hostile: Gateway) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "bomb"}]}
+    before = rss(facing_hostile)
+    async with aiohttp.ClientSession() as http, http.post(facing_hostile.url + "/v1/chat/completions", json=body) as r:
+        assert r.status == 502
+        assert (await r.json())["error"]["code"] == "upstream_reply_too_large"
+    assert rss(facing_hostile) - before < 32 * MIB  # the whole reply is 64 MiB once decompressed
+
+
+async def test_a_stream_cut_after_only_one_of_two_choices_finished_ends_with_an_error(facing_hostile: Gateway) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "n2-cut"}], "stream": True, "n": 2}
+    async with aiohttp.ClientSession() as http, http.post(facing_hostile.url + "/v1/chat/completions", json=body) as r:
+        events = await read_events(r)
+    assert events[-1].json()["error"]["code"] == "upstream_stream_broken"
+    assert not any(e.data == "[DONE]" for e in events)
+
+
+async def test_malformed_upstream_chunks_are_counted_in_the_log_and_a_metric(gateway: Gateway) -> None:
+    rid = new_request_id("malformed")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            gateway.url + "/chat/stream",
+            json={"message": "x\n#sim tokens=4 fault=malformed"},
+            headers={"X-Request-ID": rid},
+        ) as r:
+            await r.read()
+        finished = gateway.process.wait_for_event("request_finished", request_id=rid)
+        async with http.get(gateway.url + "/metrics") as r:
+            metrics = await r.text()
+    assert finished["malformed_chunks"] >= 1
+    assert 'sluice_upstream_chunks_malformed_total{route="/chat/stream"}' in metrics
+
+
+async def observe(http: aiohttp.ClientSession, simulator: Simulator, rid: str) -> dict[str, object]:
+    """The simulator's record of `rid` after OBSERVATION_SECONDS in which it must not end."""
+    params = {"until": "closed", "timeout": str(OBSERVATION_SECONDS)}
+    async with http.get(f"{simulator.url}/_sim/requests/{rid}", params=params) as r:
+        record: dict[str, object] = await r.json()
+    assert record["timed_out"]
+    return record
+
+
+# --- unread browser streams --------------------------------------------------------------------
+
+
+async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: Simulator) -> None:
+    gateway = start_gateway(
+        upstream=simulator,
+        env={"SLUICE_BROWSER_MAX_BUFFERED_BYTES": str(64 * 1024), "SLUICE_UPSTREAM_IDLE_TIMEOUT": "120"},
+    )
+    rid = new_request_id("unread")
+    tokens = 2_000_000
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                gateway.url + "/chat/streams",
+                json={"message": f"x\n#sim tokens={tokens} gap_ms=0"},
+                headers={"X-Request-ID": rid},
+            ) as r:
+                assert r.status == 201
+                created = await r.json()
+            # The gateway says it stopped reading, and the simulator's writes then block.
+            gateway.process.wait_for_event("browser_stream_held_back", request_id=rid, timeout=60)
+            await sim_wait(http, simulator.url, rid, "paused", seconds=60)
+            # Proving that nothing moves takes observation windows: long-poll for an end that must
+            # not come, twice (the first lets the socket buffers fill), and compare what was sent.
+            settled = await observe(http, simulator, rid)
+            paused = await observe(http, simulator, rid)
+            assert paused["paused"] is True
+            held = int(str(paused["chunks_sent"]))
+            assert held == int(str(settled["chunks_sent"])) < tokens
+            before = rss(gateway)
+            # A reader takes the held events; the generation then reads on: it gets more tokens
+            # than the upstream had sent while held back.
+            async with http.get(gateway.url + created["url"]) as reader:
+                assert reader.status == 200
+                seen = 0
+                async for line in reader.content:
+                    seen += line.startswith(b"event: token")
+                    if seen > held:
+                        break
+            assert seen > held
+            async with http.delete(gateway.url + created["url"]) as r:
+                assert r.status == 204
+            closed = await sim_wait(http, simulator.url, rid, "closed")
+            assert closed["outcome"] == "client_aborted"
+            assert rss(gateway) - before < 32 * MIB
+    finally:
+        gateway.process.stop()

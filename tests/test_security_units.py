@@ -1,0 +1,309 @@
+"""Security pieces alone: limits on a fake clock, tokens, the event splitter's caps, the CORS policy,
+the auth, connection-cap and body-timeout middlewares on bare applications, and the honesty gaps."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+from structlog.testing import capture_logs
+
+from run import warn_if_open
+from server.app import create_app
+from server.auth.gateway_keys import KeyRing
+from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, rate_limit_headers
+from server.auth.tokens import TokenSigner, token_secret
+from server.chunks import EventSplitter
+from server.cors import CorsPolicy
+from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
+from server.middleware.auth import auth_middleware
+from server.middleware.body_timeout import body_timeout_middleware
+from server.middleware.connection_cap import connection_cap_middleware
+from server.middleware.errors import error_middleware
+from server.settings import SettingsError
+from server.streams.backlog import Backlog
+from tests.conftest import AiohttpClient, make_settings
+
+Client = TestClient[web.Request, web.Application]
+KEY = "sk-unit-key-0123456789"
+SECRET = {"SLUICE_AUTH_SECRET": "unit-secret"}
+
+
+class FakeClock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def keyed_settings(**key: object) -> dict[str, object]:
+    return {"keys": [{"name": "unit", "key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), **key}]}
+
+
+# --- limits ------------------------------------------------------------------------------------
+
+
+async def test_requests_over_rpm_are_refused_until_the_bucket_refills() -> None:
+    clock = FakeClock()
+    store = MemoryLimitStore(clock)
+    limits = KeyLimits(rpm=2)
+    assert (await store.take("k", limits, requests=1, tokens=0, streams=0)).allowed
+    assert (await store.take("k", limits, requests=1, tokens=0, streams=0)).allowed
+    refused = await store.take("k", limits, requests=1, tokens=0, streams=0)
+    assert refused.exceeded is Exceeded.REQUESTS
+    assert refused.retry_after == pytest.approx(30.0)  # one request refills in 60 / rpm seconds
+    clock.now += 30
+    assert (await store.take("k", limits, requests=1, tokens=0, streams=0)).allowed
+
+
+async def test_tokens_reserved_are_settled_with_the_real_usage() -> None:
+    store = MemoryLimitStore(FakeClock())
+    limits = KeyLimits(tpm=100)
+    assert (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
+    assert not (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
+    await store.give_back("k", limits, tokens=80, streams=0)  # used 10 of the 90 reserved
+    assert (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
+
+
+async def test_a_refused_take_takes_nothing() -> None:
+    store = MemoryLimitStore(FakeClock())
+    limits = KeyLimits(rpm=10, max_streams=1)
+    assert (await store.take("k", limits, requests=1, tokens=0, streams=1)).allowed
+    refused = await store.take("k", limits, requests=1, tokens=0, streams=1)
+    assert refused.exceeded is Exceeded.STREAMS
+    assert refused.remaining_requests == 9  # the refused request was not counted
+
+
+async def test_rate_limit_headers_use_openais_names_and_durations() -> None:
+    store = MemoryLimitStore(FakeClock())
+    limits = KeyLimits(rpm=60, tpm=600)
+    await store.take("k", limits, requests=60, tokens=0, streams=0)
+    headers = rate_limit_headers(await store.take("k", limits, requests=1, tokens=0, streams=0))
+    assert headers["x-ratelimit-limit-requests"] == "60"
+    assert headers["x-ratelimit-remaining-requests"] == "0"
+    assert headers["x-ratelimit-reset-requests"] == "1m0s"
+    assert headers["x-ratelimit-limit-tokens"] == "600"
+    assert headers["x-ratelimit-reset-tokens"] == "0ms"
+    assert headers["Retry-After"] == "1"
+
+
+# --- tokens ------------------------------------------------------------------------------------
+
+
+def test_a_token_is_valid_for_its_scope_until_it_expires() -> None:
+    clock = FakeClock()
+    signer = TokenSigner(b"secret", ttl=60, clock=clock)
+    token = signer.mint("alpha", "stream-1").value
+    assert signer.verify(token, "stream-1") == "alpha"
+    assert signer.verify(token, "stream-2") is None
+    clock.now += 60
+    assert signer.verify(token, "stream-1") is None
+
+
+def test_a_token_signed_with_another_secret_is_refused() -> None:
+    token = TokenSigner(b"other", ttl=60).mint("alpha", "s").value
+    assert TokenSigner(b"secret", ttl=60).verify(token, "s") is None
+
+
+@pytest.mark.parametrize("forged", ["", ".", "a.b", "!!!.???", "x" * 2000 + ".y", "YWxwaGF8c3wx.AAAA"])
+def test_garbage_tokens_are_refused(forged: str) -> None:
+    assert TokenSigner(b"secret", ttl=60).verify(forged, "s") is None
+
+
+# --- keys --------------------------------------------------------------------------------------
+
+
+def test_a_key_is_found_by_its_hash_and_only_by_it() -> None:
+    ring = KeyRing.from_settings(make_settings(SECRET, auth=keyed_settings()).auth)
+    found = ring.find(KEY)
+    assert found is not None
+    assert found.name == "unit"
+    assert ring.find(KEY + "x") is None
+    assert ring.find(KEY.upper()) is None
+
+
+def test_keys_without_the_token_secret_get_a_random_one_and_a_warning() -> None:
+    auth = make_settings(auth=keyed_settings()).auth
+    with capture_logs() as logs:
+        first, second = token_secret(auth), token_secret(auth)
+    assert len(first) == 32
+    assert first != second
+    assert [entry["event"] for entry in logs] == ["token_secret_generated"] * 2
+
+
+def test_a_key_env_that_is_not_set_is_a_settings_error() -> None:
+    with pytest.raises(SettingsError, match="MISSING_KEY_VAR"):
+        make_settings(SECRET, auth={"keys": [{"name": "x", "key_env": "MISSING_KEY_VAR"}]})
+
+
+def test_a_key_from_the_environment_is_kept_only_as_its_hash() -> None:
+    settings = make_settings({**SECRET, "MY_KEY": KEY}, auth={"keys": [{"name": "x", "key_env": "MY_KEY"}]})
+    assert settings.auth.keys[0].key_sha256 == hashlib.sha256(KEY.encode()).hexdigest()
+    assert KEY not in repr(settings)
+    assert "unit-secret" not in repr(settings)
+
+
+def test_the_start_up_warns_when_open_on_a_non_loopback_address() -> None:
+    with capture_logs() as logs:
+        warn_if_open(make_settings(), "0.0.0.0")
+        warn_if_open(make_settings(), "127.0.0.1")
+        warn_if_open(make_settings(SECRET, auth=keyed_settings()), "0.0.0.0")
+    assert [entry["event"] for entry in logs] == ["gateway_open"]
+
+
+# --- the event splitter ------------------------------------------------------------------------
+
+
+def test_an_event_over_the_cap_sets_overflowed_and_keeps_nothing() -> None:
+    splitter = EventSplitter(max_event_bytes=1000)
+    assert splitter.feed(b"data: " + b"x" * 600) == []
+    assert not splitter.overflowed
+    assert splitter.feed(b"x" * 600) == []
+    assert splitter.overflowed
+
+
+def test_events_split_across_reads_at_every_byte_are_found() -> None:
+    wire = b'data: {"a":1}\n\ndata: {"b":2}\r\n\r\ndata: {"c":3}\r\r'
+    for cut in range(1, len(wire)):
+        splitter = EventSplitter()
+        found = splitter.feed(wire[:cut]) + splitter.feed(wire[cut:]) + splitter.close()
+        assert found == [b'{"a":1}', b'{"b":2}', b'{"c":3}'], cut
+
+
+def test_a_long_event_in_many_reads_is_joined_once() -> None:
+    splitter = EventSplitter(max_event_bytes=4 << 20)
+    pieces = [b"data: "] + [b"x" * 1024] * 2048 + [b"\n\n"]
+    found: list[bytes] = []
+    for piece in pieces:
+        found += splitter.feed(piece)
+    assert found == [b"x" * (2 << 20)]
+
+
+# --- CORS policy -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("origins", "keys", "origin", "allowed"),
+    [
+        (("*",), True, "https://a.example", "*"),
+        (("*",), False, "null", None),
+        (("https://a.example",), True, "https://a.example", "https://a.example"),
+        (("https://a.example",), True, "https://b.example", None),
+        (("https://a.example", "null"), True, "null", None),
+        ((), False, "https://a.example", "*"),
+        ((), True, "https://a.example", None),
+    ],
+)
+def test_the_cors_policy(origins: tuple[str, ...], keys: bool, origin: str, allowed: str | None) -> None:
+    assert CorsPolicy.from_settings(origins, keys_configured=keys).allow_origin(origin) == allowed
+
+
+async def test_with_keys_and_no_allowlist_no_origin_gets_cross_origin_access(aiohttp_client: AiohttpClient) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings(SECRET, auth=keyed_settings())))
+    preflight = await client.options(
+        "/v1/chat/completions", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "POST"}
+    )
+    simple = await client.get("/health", headers={"Origin": "https://a.example"})
+    assert preflight.status == 403
+    assert "Access-Control-Allow-Origin" not in simple.headers
+
+
+# --- middlewares alone -------------------------------------------------------------------------
+
+
+async def ok(request: web.Request) -> web.Response:
+    return web.Response(text="ok")
+
+
+def bare(*middlewares: object, settings_auth: dict[str, object] | None = None) -> web.Application:
+    app = web.Application(middlewares=[error_middleware, *middlewares])  # type: ignore[list-item]
+    settings = make_settings(SECRET, auth=settings_auth or keyed_settings())
+    app[SETTINGS] = settings
+    app[KEYRING] = KeyRing.from_settings(settings.auth)
+    app[LIMITS] = MemoryLimitStore()
+    app[TOKENS] = TokenSigner(b"x", 60)
+    app[CONNECTION_LIMIT] = 0
+    app.router.add_get("/models", ok)
+    app.router.add_get("/health", ok)
+    app.router.add_post("/chat", ok)
+    return app
+
+
+async def test_the_auth_middleware_alone_refuses_without_a_key_and_serves_with_it(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client: Client = await aiohttp_client(bare(auth_middleware))
+    missing = await client.get("/models")
+    wrong = await client.get("/models", headers={"Authorization": "Bearer nope"})
+    right = await client.get("/models", headers={"Authorization": f"Bearer {KEY}"})
+    probe = await client.get("/health")
+    assert (missing.status, wrong.status, right.status, probe.status) == (401, 401, 200, 200)
+    assert (await missing.json())["error"]["code"] == "invalid_api_key"
+
+
+async def test_the_connection_cap_middleware_alone_sheds_all_but_probes(aiohttp_client: AiohttpClient) -> None:
+    client: Client = await aiohttp_client(bare(connection_cap_middleware))
+    shed = await client.get("/models")
+    probe = await client.get("/health")
+    assert shed.status == 503
+    assert shed.headers["Retry-After"]
+    assert probe.status == 200
+
+
+async def test_the_body_timeout_middleware_alone_answers_408(aiohttp_client: AiohttpClient) -> None:
+    app = bare(body_timeout_middleware)
+    app[SETTINGS] = make_settings(SECRET, auth=keyed_settings(), connections={"body_timeout": 0.2})
+    client: Client = await aiohttp_client(app)
+    never = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"message":'
+        await never.wait()  # the rest never comes
+
+    response = await client.post("/chat", data=slow_body(), headers={"Content-Type": "application/json"})
+    assert response.status == 408
+    assert (await response.json())["error"]["code"] == "request_timeout"
+
+
+# --- honesty gaps ------------------------------------------------------------------------------
+
+
+async def test_the_one_step_get_names_an_unknown_parameter_and_the_post_route(client: Client) -> None:
+    response = await client.get("/chat/stream", params={"message": "hi", "history": "[]"})
+    body = await response.json()
+    assert response.status == 400
+    assert body["error"]["param"] == "history"
+    assert "POST /chat/streams" in body["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
+@pytest.mark.parametrize("value", [0, -1])
+async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: str, value: int) -> None:
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], name: value}
+    response = await client.post("/v1/chat/completions", json=body)
+    error = (await response.json())["error"]
+    assert response.status == 400
+    assert error["param"] == name
+    assert error["code"] == "invalid_request"  # refused by Sluice, not forwarded for the upstream to refuse
+
+
+# --- detached stream backlog -------------------------------------------------------------------
+
+
+async def test_a_backlog_is_full_at_its_limit_and_room_returns_when_a_reader_catches_up() -> None:
+    backlog = Backlog(limit=100)
+    backlog.stored(1, 60)
+    below = backlog.full
+    backlog.stored(2, 60)
+    assert (below, backlog.full) == (False, True)
+    waiting = asyncio.ensure_future(backlog.wait_for_room())
+    await asyncio.sleep(0)  # let the waiter block (one loop turn, not a timing wait)
+    assert not waiting.done()
+    backlog.sent(1)
+    await asyncio.wait_for(waiting, 1)
+    assert backlog.unread_bytes == 60
