@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import sys
 from typing import Any
@@ -210,3 +211,18 @@ async def test_the_feed_of_any_worker_counts_the_streams_of_every_worker(simulat
         assert snapshot["endings"]["completed"] == 8
     finally:
         supervisor.stop()
+
+
+async def test_the_feed_needs_the_metrics_key_when_one_is_set(aiohttp_client: Any) -> None:
+    settings = make_settings(auth={"metrics_key_sha256": hashlib.sha256(b"metrics-key-for-tests").hexdigest()})
+    client: Client = await aiohttp_client(create_app(settings))
+
+    refused = await client.get("/dashboard/feed")
+    wrong = await client.get("/dashboard/feed", headers={"Authorization": "Bearer not-the-key"})
+    feed = await client.get("/dashboard/feed", headers={"Authorization": "Bearer metrics-key-for-tests"})
+
+    assert refused.status == 401
+    assert wrong.status == 401
+    assert feed.status == 200
+    assert "requests_total" in await next_snapshot(feed)
+    feed.close()
