@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
         from server.workers import supervise
 
         return supervise(args.workers, sys.argv[1:])
-    worker = identity_from_args(args.worker_index, args.peer_dir)
+    # With Redis every worker reads every stream from there: no relay between workers is needed.
+    worker = identity_from_args(args.worker_index, args.peer_dir) if settings.redis.url is None else None
     serve(settings, args.host, args.port, reuse_port=args.reuse_port, worker=worker)
     return 0
 

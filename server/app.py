@@ -18,6 +18,7 @@ from .contexts import (
     discovery_ctx,
     end_streams,
     probe_ctx,
+    redis_ctx,
     signals_ctx,
     simulator_ctx,
     streams_ctx,
@@ -70,14 +71,15 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     # while everything is still open.
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
-    app.cleanup_ctx.append(upstream_ctx)  # 2. pooled upstream session and the routing
-    app.cleanup_ctx.append(probe_ctx)  # 3. background probe of upstreams whose breaker is open
-    app.cleanup_ctx.append(discovery_ctx)  # 4. the upstream's model list, when models.discover is on
-    app.cleanup_ctx.append(streams_ctx)  # 5. detached streams: store and registry
+    app.cleanup_ctx.append(redis_ctx)  # 2. the link to Redis, when configured (breakers and streams use it)
+    app.cleanup_ctx.append(upstream_ctx)  # 3. pooled upstream session and the routing
+    app.cleanup_ctx.append(probe_ctx)  # 3b. background probe of upstreams whose breaker is open
+    app.cleanup_ctx.append(discovery_ctx)  # 3c. the upstreams' model lists, when models.discover is on
+    app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
     if worker is not None:
-        app.cleanup_ctx.append(worker_proxy_ctx)  # 6. sessions to the other workers
+        app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers
     if signals:
-        app.cleanup_ctx.append(signals_ctx)  # 7. SIGTERM/SIGINT: drain, then exit
+        app.cleanup_ctx.append(signals_ctx)  # 6. SIGTERM/SIGINT: drain, then exit
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
 

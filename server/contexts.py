@@ -15,11 +15,17 @@ import structlog
 from aiohttp import web
 
 from .discovery import ModelDiscovery
-from .keys import LIFECYCLE, METRICS, MODELS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .keys import LIFECYCLE, LIMITS, METRICS, MODELS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .settings import BrowserSettings
+from .shared.breakers import RedisBreakerStore
+from .shared.limit_store import RedisLimitStore
+from .shared.link import RedisLink
 from .simulator import Pace, create_simulator_app
 from .streams.generation import Services
 from .streams.memory import MemoryStreamStore
+from .streams.redis_store import RedisStreamStore
 from .streams.registry import READ_SLACK, StreamRegistry
+from .streams.store import StreamStore
 from .upstreams.attempts import Upstream
 from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
 from .upstreams.client import UpstreamClient, create_upstream_session
@@ -79,8 +85,9 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     for client in clients:
         metrics.breaker_state.labels(client.name).set(0)
     routing = settings.routing
+    link = app.get(REDIS)  # redis_ctx runs first: with Redis, every instance shares the breakers
     breakers = Breakers(
-        MemoryBreakerStore(),
+        RedisBreakerStore(link) if link is not None else MemoryBreakerStore(),
         failures=routing.breaker_failures,
         cooldown=routing.breaker_cooldown_seconds,
         on_rate_limit=routing.breaker_on_rate_limit,
@@ -89,6 +96,39 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     app[UPSTREAM] = Upstream(Pool(clients), breakers, routing, metrics)
     yield
     await session.close()
+
+
+async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
+    """The link to Redis, when `[redis] url` is set: browser streams and breakers are shared there."""
+    settings = app[SETTINGS].redis
+    if settings.url is None:
+        yield
+        return
+    link = RedisLink(settings)
+    link.start()
+    app[REDIS] = link
+    # Per-key limits count across every instance too.
+    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)
+    yield
+    await link.close()
+
+
+def open_store(app: web.Application, bounds: BrowserSettings) -> StreamStore:
+    """Redis Streams when Redis is configured (redis_ctx ran first), else this process's memory."""
+    link = app.get(REDIS)
+    # Unread events fill up to the budget plus one upstream read (under READ_SLACK) before the
+    # upstream is held back; as much again of read ones stays for resuming.
+    max_bytes = 2 * bounds.max_buffered_bytes + READ_SLACK
+    if link is None:
+        return MemoryStreamStore(
+            max_events=bounds.max_buffered_events,
+            max_streams=bounds.max_streams,
+            retention=bounds.retention_seconds,
+            max_bytes=max_bytes,
+        )
+    store = RedisStreamStore(link, bounds, max_bytes=max_bytes)
+    store.start()
+    return store
 
 
 async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -126,14 +166,7 @@ async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     """The detached streams' store and registry; closing ends every generation, then the store."""
     bounds = app[SETTINGS].browser
-    store = MemoryStreamStore(
-        max_events=bounds.max_buffered_events,
-        max_streams=bounds.max_streams,
-        retention=bounds.retention_seconds,
-        # Unread events fill up to the budget plus one upstream read (under READ_SLACK) before the
-        # upstream is held back; as much again of read ones stays for resuming.
-        max_bytes=2 * bounds.max_buffered_bytes + READ_SLACK,
-    )
+    store = open_store(app, bounds)
     services = Services(
         upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
     )

@@ -19,6 +19,7 @@ from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
 from .settings import Settings
+from .shared.link import RedisLink
 from .streams.registry import StreamRegistry
 from .upstreams.attempts import Upstream
 from .worker_proxy import WorkerProxy
@@ -32,6 +33,7 @@ SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)
 WORKER_PROXY = web.AppKey("worker_proxy", WorkerProxy)
 MODELS = web.AppKey("models", ModelCatalog)
+REDIS = web.AppKey("redis", RedisLink)
 CONNECTION_LIMIT = web.AppKey("connection_limit", int)
 KEYRING = web.AppKey("keyring", KeyRing)
 LIMITS = web.AppKey("limits", LimitStore)

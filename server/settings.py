@@ -196,6 +196,31 @@ class AuthSettings(_Section):
         return bool(self.keys)
 
 
+class RedisSettings(_Section):
+    """Shared state for several instances; an empty `url` keeps everything in this process's memory."""
+
+    url: SecretStr | None = None
+    key_prefix: str = Field(min_length=1)
+    lease_seconds: float = Field(gt=0)
+    reader_connections: int = Field(ge=1)
+    outage_seconds: float = Field(ge=0)
+    fail_open: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") == "":
+            return {**data, "url": None}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a URL starting with redis://, rediss:// or unix://")
+        return url
+
+
 class SimulatorSettings(_Section):
     ttft_ms: float = Field(ge=0)
     gap_ms: float = Field(ge=0)
@@ -213,6 +238,7 @@ class Settings(_Section):
     models: ModelSettings
     browser: BrowserSettings
     simulator: SimulatorSettings
+    redis: RedisSettings
     connections: ConnectionSettings
     auth: AuthSettings
     routing: RoutingSettings

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from server.app import create_app
 from server.settings import Settings, load_settings
 from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
+from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "config" / "test.toml"
@@ -71,3 +72,31 @@ def gateway(simulator: Simulator) -> Iterator[Gateway]:
     gw = start_gateway(upstream=simulator)
     yield gw
     gw.process.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Debian's redis-server on a free loopback port, for this test alone; kill and start it at will."""
+    directory = tmp_path / "redis"
+    directory.mkdir()
+    server = start_redis(directory)
+    yield server
+    server.stop()
+
+
+StartNginx = Callable[[Sequence[str]], NginxServer]
+
+
+@pytest.fixture
+def start_nginx_in_front(tmp_path: Path) -> Iterator[StartNginx]:
+    """Start nginx with deploy/nginx/sluice.conf in front of the given host:port upstreams."""
+    started: list[NginxServer] = []
+
+    def start(upstreams: Sequence[str]) -> NginxServer:
+        server = start_nginx(tmp_path / f"nginx-{len(started)}", upstreams)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()

@@ -39,6 +39,13 @@ OPENAI_ROUTES = "server/routes/openai.py"
 UPSTREAM = "server/upstreams/client.py"
 RELAY = "server/relay.py"
 
+REDIS_STORE = "server/streams/redis_store.py"
+REDIS_WRITE = "server/streams/redis_write.py"
+REGISTRY = "server/streams/registry.py"
+SHARED_BREAKERS = "server/shared/breakers.py"
+SHARED_LIMITS = "server/shared/limits.py"
+NGINX_CONF = "deploy/nginx/sluice.conf"
+
 BACKPRESSURE = "tests/test_backpressure.py"
 BOUNDS = "tests/test_disconnect_bounds.py"
 BROWSER = "tests/test_browser_streams.py"
@@ -56,6 +63,9 @@ DASHBOARD_TESTS = "tests/test_dashboard.py"
 DASHBOARD_BROWSER = "tests/test_dashboard_browser.py"
 DEPLOY_TESTS = "tests/test_deploy_monitoring.py"
 CHAT_PAGE = "tests/test_browser.py"
+SCALE = "tests/test_scale_out.py"
+STORE_TESTS = "tests/test_redis_store.py"
+NGINX = "tests/test_nginx.py"
 
 
 @dataclass(frozen=True)
@@ -272,6 +282,105 @@ BREAKS = [
         "      body: JSON.stringify({ message: text, model, history }),\n",
         "      body: JSON.stringify({ message: text, model }),\n",
         (f"{CHAT_PAGE}::test_a_second_turn_carries_the_first_turn_as_history",),
+    ),
+    # Scale-out: Redis mode and nginx in front.
+    Break(
+        "a lapsed lease is never reported",
+        REDIS_STORE,
+        "        if not leased and not ended and last and not self._settling():\n",
+        "        if False:\n",
+        (f"{SCALE}::test_sigkill_of_the_producing_instance_ends_readers_elsewhere_with_generation_lost",),
+    ),
+    Break(
+        "a stop is not published to the producer",
+        REDIS_STORE,
+        "            await self._link.client.publish(self._keys.stop_channel, stream_id)\n",
+        "            pass\n",
+        (f"{SCALE}::test_a_stop_through_either_instance_closes_the_upstream_and_ends_the_stream[other]",),
+    ),
+    Break(
+        "resume range includes the event named",
+        REDIS_STORE,
+        'min="(" + entry_id(seq)',
+        "min=entry_id(seq)",
+        (f"{STORE_TESTS}::test_a_resume_point_is_an_exclusive_range_start",),
+    ),
+    Break(
+        "no rewrite after an outage another task noticed",
+        REDIS_WRITE,
+        "            self._resync_all()\n        if not self._dirty:\n",
+        "        if not self._dirty:\n",
+        (f"{STORE_TESTS}::test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten",),
+    ),
+    Break(
+        "a reader elsewhere gives up when Redis goes",
+        READER,
+        "            if await store.recovered():\n",
+        "            if False:\n",
+        (f"{SCALE}::test_redis_killed_and_restarted_mid_stream_loses_nothing_for_a_reader_on_the_other_instance",),
+    ),
+    Break(
+        "the grace period ignores readers elsewhere",
+        REGISTRY,
+        "        if self.store.read_elsewhere(stream_id):\n",
+        "        if False:\n",
+        (f"{SCALE}::test_a_reader_on_another_instance_keeps_the_generation_past_the_grace_period",),
+    ),
+    Break(
+        "reads elsewhere never free the unread budget",
+        REGISTRY,
+        "        services.store.on_read_elsewhere(self.sent)\n",
+        "",
+        (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
+    ),
+    Break(
+        "limits counted per instance with Redis",
+        CONTEXTS,
+        "    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)\n",
+        "",
+        (f"{SCALE}::test_a_keys_requests_per_minute_are_counted_once_across_two_instances",),
+    ),
+    Break(
+        "breakers kept per instance with Redis",
+        CONTEXTS,
+        "RedisBreakerStore(link) if link is not None else MemoryBreakerStore()",
+        "MemoryBreakerStore()",
+        (f"{SCALE}::test_an_upstream_breaker_opened_by_one_instance_refuses_on_the_other",),
+    ),
+    Break(
+        "breaker updates not watched",
+        SHARED_BREAKERS,
+        "                        await pipe.watch(key)\n",
+        "                        pass\n",
+        ("tests/test_redis_breakers.py::test_concurrent_updates_from_two_instances_are_each_applied_once",),
+    ),
+    Break(
+        "a refused take takes anyway",
+        SHARED_LIMITS,
+        "if exceeded == '' then",
+        "if true then",
+        ("tests/test_redis_limits.py::test_a_refused_take_takes_nothing",),
+    ),
+    Break(
+        "workers relay through Unix sockets with Redis",
+        RUN_PY,
+        " if settings.redis.url is None else None",
+        "",
+        (f"{SCALE}::test_workers_on_redis_read_each_others_streams_without_any_unix_socket",),
+    ),
+    Break(
+        "nginx compresses event streams",
+        NGINX_CONF,
+        "    gzip off;\n",
+        "    gzip on; gzip_types text/event-stream; gzip_min_length 1;\n",
+        (f"{NGINX}::test_event_streams_through_nginx_are_never_compressed",),
+    ),
+    Break(
+        "nginx does not retry a draining instance",
+        NGINX_CONF,
+        "error timeout http_503 non_idempotent",
+        "error timeout non_idempotent",
+        (f"{NGINX}::test_sigterm_to_one_instance_ends_its_streams_explicitly_while_nginx_serves_from_the_other",),
     ),
 ]
 

@@ -8,7 +8,7 @@ from aiohttp import web
 
 from .. import __version__
 from ..connections import open_connections
-from ..keys import CONNECTION_LIMIT, LIFECYCLE, SETTINGS, UPSTREAM
+from ..keys import CONNECTION_LIMIT, LIFECYCLE, REDIS, SETTINGS, UPSTREAM
 
 
 async def health(request: web.Request) -> web.Response:
@@ -30,6 +30,11 @@ async def readyz(request: web.Request) -> web.Response:
         return web.json_response({"status": "upstream_down"}, status=503)
     if _saturated(request):
         return web.json_response({"status": "saturated"}, status=503)
+    link = request.app.get(REDIS)
+    if link is not None and not link.up:
+        # Still ready: /v1 and attached streams need no Redis, and every replica shares this
+        # Redis, so failing readiness would take them all out of the load balancer at once.
+        return web.json_response({"status": "redis_down"})
     return web.json_response({"status": "ready"})
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .store import EventsDroppedError, Slice, StoredEvent
@@ -29,17 +30,39 @@ class _Buffer:
 class MemoryStreamStore:
     """StreamStore in this process's memory: at most `max_events` and `max_bytes` per stream, `max_streams` streams."""
 
-    def __init__(self, *, max_events: int, max_streams: int, retention: float, max_bytes: int = 4 << 20) -> None:
+    def __init__(
+        self,
+        *,
+        max_events: int,
+        max_streams: int,
+        retention: float,
+        max_bytes: int = 4 << 20,
+        on_drop: Callable[[str], None] | None = None,
+    ) -> None:
         self._max_events = max_events
         self._max_bytes = max_bytes
         self._max_streams = max_streams
         self._retention = retention
+        self._on_drop = on_drop
         self._buffers: dict[str, _Buffer] = {}
         # Finished streams in the order they finished: the first is evicted when room is needed.
         self._finished: dict[str, None] = {}
 
     def __len__(self) -> int:
         return len(self._buffers)
+
+    def __contains__(self, stream_id: object) -> bool:
+        return stream_id in self._buffers
+
+    @property
+    def retention(self) -> float:
+        """Seconds a finished stream is kept."""
+        return self._retention
+
+    def held(self, stream_id: str) -> list[StoredEvent]:
+        """Every event of the stream still kept, in order."""
+        buffer = self._buffers.get(stream_id)
+        return [] if buffer is None else [buffer.events[n] for n in range(buffer.first, buffer.last + 1)]
 
     async def create(self, stream_id: str) -> bool:
         if stream_id in self._buffers:
@@ -92,6 +115,25 @@ class MemoryStreamStore:
             return
         await buffer.changed.wait()
 
+    async def stop_elsewhere(self, stream_id: str) -> None:
+        return None  # one process: a stream not running here does not run anywhere
+
+    def on_stop_request(self, handler: Callable[[str], None]) -> None:
+        return None
+
+    def read_elsewhere(self, stream_id: str) -> bool:
+        return False
+
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        return None
+
+    async def recovered(self) -> bool:
+        return False  # memory never becomes unavailable
+
+    def discard(self, stream_id: str) -> None:
+        """Forget a stream at once, finished or not."""
+        self._drop(stream_id)
+
     async def close(self) -> None:
         for stream_id in list(self._buffers):
             self._drop(stream_id)
@@ -104,3 +146,5 @@ class MemoryStreamStore:
         if buffer.expiry is not None:
             buffer.expiry.cancel()
         buffer.notify()  # a waiter, if any, then finds the stream gone
+        if self._on_drop is not None:
+            self._on_drop(stream_id)

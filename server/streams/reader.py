@@ -16,13 +16,13 @@ import orjson
 from aiohttp import web
 
 from ..access import RequestRecord
-from ..errors import GatewayError
+from ..errors import GatewayError, ServiceUnavailableError
 from ..metrics import Metrics
 from ..settings import StreamSettings
 from ..sse import SSEResponse
 from .registry import StreamRegistry
 from .resume import event_id
-from .store import EventsDroppedError, Slice
+from .store import EventsDroppedError, GenerationLostError, Slice, StoreUnavailableError
 
 # Events read from the store at once: enough to replay quickly, few enough to stay small.
 BATCH = 256
@@ -56,6 +56,12 @@ async def serve_stream(
         first = await store.read_after(stream_id, after, BATCH)
     except EventsDroppedError:
         raise _dropped() from None
+    except StoreUnavailableError:
+        raise ServiceUnavailableError(
+            "Sluice cannot reach Redis to read the stream; retry shortly.",
+            code="store_unavailable",
+            headers={"Retry-After": str(registry.retry_after)},
+        ) from None
     if first is None or (first.finished and not first.events):
         return web.Response(status=204)
     response = SSEResponse(
@@ -89,19 +95,44 @@ async def _follow(
         registry.sent(stream_id, seq)
         if batch.finished:
             return
-        if not batch.events:
-            await store.wait(stream_id, seq)
         try:
+            # A short batch was all there was: wait (at once if more came meanwhile), then read.
+            if len(batch.events) < BATCH:
+                await store.wait(stream_id, seq)
             next_batch = await store.read_after(stream_id, seq, BATCH)
         except EventsDroppedError:
             # This reader fell a whole buffer behind. The event has no id, so a reconnect names the
             # last event it did get, and is told 410.
-            data = b"event: failed\ndata: " + orjson.dumps(_dropped().body()) + b"\n\n"
-            await _send(response, data, send_timeout)
+            await _send(response, _failed(_dropped()), send_timeout)
+            return
+        except GenerationLostError:
+            await _send(response, _failed(_lost()), send_timeout)
+            return
+        except StoreUnavailableError:
+            # Redis went away: heartbeats keep the connection while it comes back, then go on.
+            if await store.recovered():
+                batch = Slice((), finished=False)
+                continue
+            await _send(response, _failed(_unreachable()), send_timeout)
             return
         if next_batch is None:
             return  # expired while being read: the reconnect gets 204
         batch = next_batch
+
+
+def _failed(error: GatewayError) -> bytes:
+    """A final `failed` event with no id: a reconnect names the last event it got and learns again."""
+    return b"event: failed\ndata: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+def _lost() -> GatewayError:
+    return GatewayError(
+        "The instance generating this stream stopped; the rest of the reply is lost.", code="generation_lost"
+    )
+
+
+def _unreachable() -> GatewayError:
+    return ServiceUnavailableError("Sluice lost Redis while streaming; start a new stream.", code="store_unavailable")
 
 
 async def _send(response: SSEResponse, data: bytes, send_timeout: float) -> bool:

@@ -22,7 +22,7 @@ from ..lifecycle import FINAL_EVENT_GRACE
 from ..settings import BrowserSettings
 from .generation import Generation, Job, Services, StopReason
 from .resume import new_stream_id
-from .store import StreamStore
+from .store import StoreUnavailableError, StreamStore
 
 if TYPE_CHECKING:
     from ..auth.gate import Lease
@@ -54,11 +54,18 @@ class StreamRegistry:
         self._live: dict[str, _Live] = {}
         # The gateway key that started each stream, kept as long as the stream is.
         self._owners: dict[str, str] = {}
+        services.store.on_stop_request(self.stop_requested)
+        services.store.on_read_elsewhere(self.sent)
 
     @property
     def store(self) -> StreamStore:
         """Where the streams' events are kept."""
         return self._services.store
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds to suggest in Retry-After when a stream cannot be served now."""
+        return self._services.settings.server.retry_after
 
     @property
     def live(self) -> int:
@@ -72,12 +79,18 @@ class StreamRegistry:
         services = self._services
         services.lifecycle.admit()
         stream_id = self._id_prefix + new_stream_id()
-        if not await services.store.create(stream_id):
-            retry_after = str(services.settings.server.retry_after)
+        retry_after = {"Retry-After": str(self.retry_after)}
+        try:
+            created = await services.store.create(stream_id)
+        except StoreUnavailableError:
             raise ServiceUnavailableError(
-                "Sluice holds as many streams as it may; retry shortly.",
-                code="overloaded",
-                headers={"Retry-After": retry_after},
+                "Browser streams are unavailable while Sluice cannot reach Redis; retry shortly.",
+                code="store_unavailable",
+                headers=retry_after,
+            ) from None
+        if not created:
+            raise ServiceUnavailableError(
+                "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
         if lease is not None:
             self._owners[stream_id] = lease.key.name
@@ -117,9 +130,17 @@ class StreamRegistry:
             live.generation.backlog.sent(seq)
 
     async def stop(self, stream_id: str) -> None:
-        """Stop the generation, if it runs; return once its upstream is closed and its end stored."""
+        """Stop the generation, here or on another instance; return once its end is stored."""
         live = self._live.get(stream_id)
         if live is None:
+            try:
+                await self.store.stop_elsewhere(stream_id)
+            except StoreUnavailableError:
+                raise ServiceUnavailableError(
+                    "Sluice cannot reach Redis to stop the stream; retry shortly.",
+                    code="store_unavailable",
+                    headers={"Retry-After": str(self.retry_after)},
+                ) from None
             return
         live.generation.stop(StopReason.CANCELLED)
         # wait(), not await: a caller that leaves must not cancel the generation's own cleanup.
@@ -145,7 +166,16 @@ class StreamRegistry:
         loop = asyncio.get_running_loop()
         live.grace = loop.call_later(self._grace, self._abandoned, stream_id, live)
 
+    def stop_requested(self, stream_id: str) -> None:
+        """Another instance asked to stop `stream_id`: stop it if it runs here."""
+        live = self._live.get(stream_id)
+        if live is not None:
+            live.generation.stop(StopReason.CANCELLED)
+
     def _abandoned(self, stream_id: str, live: _Live) -> None:
+        if self.store.read_elsewhere(stream_id):
+            self._arm_grace(stream_id, live)  # read through another instance: not abandoned
+            return
         live.grace = None
         log.info("browser_stream_abandoned", stream_id=stream_id, grace_seconds=self._grace)
         live.generation.stop(StopReason.ABANDONED)

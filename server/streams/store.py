@@ -7,6 +7,7 @@ time), read the events after a sequence number, and wait for more.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,6 +36,14 @@ class EventsDroppedError(LookupError):
     """The events right after the requested one were dropped to keep the buffer bounded."""
 
 
+class StoreUnavailableError(ConnectionError):
+    """The shared store (Redis) cannot be reached now; what needs it answers 503 meanwhile."""
+
+
+class GenerationLostError(LookupError):
+    """The instance producing the stream stopped renewing its lease: no more events will come."""
+
+
 class StreamStore(Protocol):
     """Bounded, expiring event buffers, one per detached stream."""
 
@@ -50,11 +59,31 @@ class StreamStore(Protocol):
     async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
         """At most `limit` events after `seq`; None when the stream is unknown or expired.
 
-        Raises EventsDroppedError when events after `seq` are no longer held.
+        Raises EventsDroppedError when events after `seq` are no longer held, and
+        StoreUnavailableError when a shared store cannot be reached.
         """
 
     async def wait(self, stream_id: str, seq: int) -> None:
-        """Return once an event after `seq` exists, the stream has finished, or it is gone."""
+        """Return once an event after `seq` exists, the stream has finished, or it is gone.
+
+        It may also return with nothing new (read again). Raises GenerationLostError when the
+        stream's producer is gone, and StoreUnavailableError when a shared store cannot be reached.
+        """
+
+    async def stop_elsewhere(self, stream_id: str) -> None:
+        """Ask the instance producing `stream_id`, if another, to stop it; return once it ended."""
+
+    def on_stop_request(self, handler: Callable[[str], None]) -> None:
+        """Call `handler(stream_id)` when another instance asks for a stream to be stopped."""
+
+    def read_elsewhere(self, stream_id: str) -> bool:
+        """True when readers on other instances read this instance's `stream_id`."""
+
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        """Call `handler(stream_id, seq)` when a reader elsewhere has had the events up to `seq`."""
+
+    async def recovered(self) -> bool:
+        """After StoreUnavailableError: True once the store answers again, False if it stays away."""
 
     async def close(self) -> None:
         """Release the store; streams it kept in memory are gone."""

@@ -1,0 +1,100 @@
+"""`python -m bench.redis_mode`: what Redis mode adds to a browser stream, against memory mode.
+
+Starts the simulator, a redis-server (Debian's) and Sluice instances, then runs the same browser
+streams (POST /chat/streams, then GET its events) three ways: memory mode; Redis mode read on the
+producing instance; Redis mode read through a second instance (events travel through Redis). It
+prints, for each, the gap between token events at the client (p50, p99) and the CPU each gateway
+and Redis spent per event. The upstream paces tokens evenly, so a gap above the pace is added by
+what lies between. Uses the test suite's process helpers (tests/support).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+
+from tests.support.processes import Gateway, start_gateway, start_simulator
+from tests.support.servers import start_redis
+from tests.support.sse import SSEParser
+
+
+@dataclass
+class Outcome:
+    gaps_ms: list[float]
+    events: int
+    cpu_s: dict[str, float]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def one_stream(http: aiohttp.ClientSession, start_url: str, read_url: str, message: str) -> list[float]:
+    async with http.post(start_url + "/chat/streams", json={"message": message}) as response:
+        stream_id = (await response.json())["id"]
+    arrivals: list[float] = []
+    parser = SSEParser()
+    async with http.get(f"{read_url}/chat/streams/{stream_id}") as response:
+        async for chunk in response.content.iter_any():
+            now = time.perf_counter()
+            arrivals.extend(now for event in parser.feed(chunk) if event.event == "token")
+    return [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
+
+
+async def run(start: Gateway, read: Gateway, pids: dict[str, int], streams: int, message: str) -> Outcome:
+    processes = {name: psutil.Process(pid) for name, pid in pids.items()}
+    before = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        gaps = await asyncio.gather(*(one_stream(http, start.url, read.url, message) for _ in range(streams)))
+    after = {name: sum(p.cpu_times()[:2]) for name, p in processes.items()}
+    flat = [gap for stream in gaps for gap in stream]
+    return Outcome(flat, len(flat) + streams, {name: after[name] - before[name] for name in processes})
+
+
+def report(name: str, outcome: Outcome) -> None:
+    cpu = ", ".join(f"{who} {seconds / outcome.events * 1e6:.1f} us" for who, seconds in outcome.cpu_s.items())
+    p50, p99 = percentile(outcome.gaps_ms, 0.5), percentile(outcome.gaps_ms, 0.99)
+    print(f"{name:<34} gap p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU per event: {cpu}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.redis_mode", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--streams", type=int, default=50, help="concurrent browser streams (default 50)")
+    parser.add_argument("--tokens", type=int, default=200, help="tokens per stream (default 200)")
+    parser.add_argument("--gap-ms", type=float, default=20.0, help="the upstream's pace (default 20 ms)")
+    args = parser.parse_args()
+    message = f"bench\n#sim tokens={args.tokens} gap_ms={args.gap_ms}"
+    simulator = start_simulator()
+    redis = start_redis(Path(tempfile.mkdtemp(prefix="sluice-bench-redis-")))
+    env = {"SLUICE_REDIS_URL": redis.url}
+    started: list[Gateway] = []
+    try:
+        memory = start_gateway(upstream=simulator)
+        started.append(memory)
+        first, second = start_gateway(upstream=simulator, env=env), start_gateway(upstream=simulator, env=env)
+        started += [first, second]
+        assert redis.process is not None
+        print(f"{args.streams} streams x {args.tokens} tokens, upstream pace {args.gap_ms} ms")
+        report("memory mode", asyncio.run(run(memory, memory, {"gateway": memory.process.pid}, args.streams, message)))
+        pids = {"producer": first.process.pid, "redis": redis.process.pid}
+        report("redis mode, read on the producer", asyncio.run(run(first, first, pids, args.streams, message)))
+        pids = {"producer": first.process.pid, "reader": second.process.pid, "redis": redis.process.pid}
+        report("redis mode, read on another", asyncio.run(run(first, second, pids, args.streams, message)))
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+        redis.stop()
+        simulator.process.stop()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""Per-key request, token and stream limits counted in Redis, so every instance sees one count.
+
+The same token buckets as the in-process limits: a bucket holds up to the per-minute limit and
+refills continuously at that rate; a new key starts full. Each check-and-take is one Lua script,
+so it is atomic across instances, and it reads Redis's own clock (TIME), so instances whose clocks
+differ still agree. A key's hash expires after an hour unused; the stream count of an instance
+that died without giving its slots back is therefore forgotten at the latest an hour later.
+
+Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .link import UNREACHABLE, RedisLink
+
+IDLE_SECONDS = 3600
+
+# KEYS[1]: the key's hash. ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit).
+# Returns {exceeded ('' when allowed), requests level, tokens level, retry after, streams}.
+_TAKE = """
+local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's')
+local function level(value, at, capacity)
+  if not value then return capacity end
+  return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
+end
+local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
+local exceeded, retry = '', 0
+local wanted = math.min(tokens, tpm)
+if rpm > 0 and rl < requests then
+  exceeded, retry = 'requests', (requests - rl) * 60 / rpm
+elseif tpm > 0 and tokens > 0 and tl < wanted then
+  exceeded, retry = 'tokens', (wanted - tl) * 60 / tpm
+elseif max_streams > 0 and streams > 0 and s + streams > max_streams then
+  exceeded, retry = 'streams', 1
+end
+if exceeded == '' then
+  if rpm > 0 then rl = rl - requests end
+  if tpm > 0 then tl = tl - tokens end
+  s = s + streams
+end
+redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
+redis.call('EXPIRE', KEYS[1], ARGV[7])
+return {exceeded, tostring(rl), tostring(tl), tostring(retry), s}
+"""
+
+# KEYS[1]: the key's hash. ARGV: tpm, tokens to return (negative: charge more), streams to release.
+_GIVE_BACK = """
+local tpm, tokens, streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 's')
+if not h[2] then return 0 end
+if tpm > 0 then
+  local tl = math.min(tpm, tonumber(h[1]) + (now - tonumber(h[2])) * tpm / 60)
+  redis.call('HSET', KEYS[1], 'tl', math.min(tpm, tl + tokens), 'ta', now)
+end
+redis.call('HSET', KEYS[1], 's', math.max(0, tonumber(h[3] or '0') - streams))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
+return 1
+"""
+
+
+class LimitsUnavailableError(ConnectionError):
+    """Redis cannot be reached: the shared counts are unknown for now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Take:
+    """What one take found: the refused limit (None when taken) and the buckets after it."""
+
+    exceeded: str | None
+    requests_level: float
+    tokens_level: float
+    retry_after: float
+    streams: int
+
+    @property
+    def allowed(self) -> bool:
+        return self.exceeded is None
+
+
+class RedisLimitBuckets:
+    """Each key's buckets and stream count in one Redis hash, changed only by the scripts above."""
+
+    def __init__(self, link: RedisLink) -> None:
+        self._link = link
+        self._prefix = f"{link.prefix}:limit:"
+        self._take = link.client.register_script(_TAKE)
+        self._give_back = link.client.register_script(_GIVE_BACK)
+
+    async def take(
+        self, name: str, *, rpm: int, tpm: int, max_streams: int, requests: int, tokens: int, streams: int
+    ) -> Take:
+        """Take the amounts if every limit allows them all; else take nothing and say which refused."""
+        args = [rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS]
+        reply: Any = await self._run(self._take, name, args)
+        exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
+        return Take(
+            exceeded=exceeded or None,
+            requests_level=float(reply[1]),
+            tokens_level=float(reply[2]),
+            retry_after=float(reply[3]),
+            streams=int(reply[4]),
+        )
+
+    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int) -> None:
+        """Return unused tokens (negative: charge more) and release stream slots."""
+        await self._run(self._give_back, name, [tpm, tokens, streams, IDLE_SECONDS])
+
+    async def _run(self, script: Any, name: str, args: list[int]) -> Any:
+        try:
+            return await script(keys=[self._prefix + name], args=args)
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise LimitsUnavailableError("Redis is unreachable") from None

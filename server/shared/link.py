@@ -1,0 +1,108 @@
+"""The connections to Redis, and whether it answers now.
+
+One pooled client serves every short command. A blocking read holds its connection for as long
+as it blocks, so those get connections of their own (`dedicated()`), never one from the pool.
+Failures do not retry inside the client: the callers know what to do meanwhile (keep events in
+memory, answer 503, wait), and a health loop pings until Redis answers again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+from typing import Any
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from ..settings import RedisSettings
+
+log = structlog.get_logger("sluice.redis")
+
+# What "Redis is not there" looks like to redis-py; anything else is a bug worth its traceback.
+# (A reply cut off by a dying server can surface as InvalidResponse rather than a connection error.)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, InvalidResponse, OSError)
+# Seconds between pings while Redis is down, and the most a short command may take.
+PING_INTERVAL = 0.25
+COMMAND_TIMEOUT = 2.0
+
+
+class RedisLink:
+    """The shared client, the instance's id in Redis, and the up/down state everyone consults."""
+
+    def __init__(self, settings: RedisSettings) -> None:
+        assert settings.url is not None
+        self.settings = settings
+        self.prefix = settings.key_prefix
+        # Names this process in leases; random, so a restarted instance is a new producer.
+        self.instance = secrets.token_hex(8)
+        self._url = settings.url.get_secret_value()
+        self.client = self._client()
+        self._up = asyncio.Event()
+        self._up.set()  # assumed until a command fails: starting never waits for Redis
+        self._down = asyncio.Event()
+        self._health: asyncio.Task[None] | None = None
+        # Times Redis was found unreachable: whoever keeps copies there rewrites them after each.
+        self.outages = 0
+
+    @property
+    def up(self) -> bool:
+        """False from a failed command until a ping succeeds again."""
+        return self._up.is_set()
+
+    def dedicated(self, read_timeout: float | None) -> aioredis.Redis:
+        """A client with one connection of its own, for blocking reads and subscriptions."""
+        return self._client(single_connection_client=True, socket_timeout=read_timeout)
+
+    def failed(self, exc: BaseException) -> None:
+        """Record that a command found Redis unreachable; the health loop watches for its return."""
+        if self._up.is_set():
+            log.warning("redis_down", error=type(exc).__name__)
+            self.outages += 1
+            self._up.clear()
+            self._down.set()
+
+    async def wait_up(self, within: float) -> bool:
+        """Return True once Redis answers again, False after `within` seconds."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(within):
+                await self._up.wait()
+        return self._up.is_set()
+
+    def start(self) -> None:
+        self._health = asyncio.create_task(self._watch(), name="sluice-redis-health")
+
+    async def close(self) -> None:
+        if self._health is not None:
+            self._health.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._health
+        await self.client.aclose()
+
+    async def _watch(self) -> None:
+        while True:
+            await self._down.wait()
+            while True:
+                try:
+                    await self.client.ping()
+                    break
+                except UNREACHABLE:
+                    await asyncio.sleep(PING_INTERVAL)  # a retry pace, not a synchronisation
+            self._down.clear()
+            self._up.set()
+            log.info("redis_up")
+
+    def _client(self, **options: Any) -> aioredis.Redis:
+        defaults: dict[str, Any] = {
+            "socket_timeout": COMMAND_TIMEOUT,
+            "socket_connect_timeout": COMMAND_TIMEOUT,
+            "retry": Retry(NoBackoff(), 0),
+            "client_name": f"sluice-{self.instance}",
+        }
+        return aioredis.Redis.from_url(self._url, **{**defaults, **options})

@@ -1,0 +1,224 @@
+"""StreamStore on Redis Streams, so any instance can attach to, resume and stop any stream.
+
+The streams this instance produces are kept in a local MemoryStreamStore too: its readers here
+read from memory, a running stream goes on when Redis goes away, and it is what catches Redis
+up when Redis returns (see redis_write.py). Streams produced elsewhere are read from Redis:
+ranges with XRANGE, waits with blocking XREADs on a few shared connections (redis_follow.py).
+
+A reader elsewhere learns that the producer died from its lease: when a wait brings nothing for
+half a lease and the lease has lapsed without an end entry, the wait raises GenerationLostError.
+Right after Redis returns, a producer may not have restored its stream and lease yet, so for two
+leases a missing stream or lease reads as "nothing yet" rather than "gone".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+
+from ..settings import BrowserSettings
+from ..shared.link import UNREACHABLE, RedisLink
+from .memory import MemoryStreamStore
+from .redis_follow import Follower
+from .redis_keys import END, EVENT, StreamKeys, entry_id, entry_seq
+from .redis_write import RedisWriter
+from .store import EventsDroppedError, GenerationLostError, Slice, StoredEvent, StoreUnavailableError
+
+log = structlog.get_logger("sluice.streams")
+
+# Seconds a stop request waits for the producer elsewhere to store the stream's end.
+STOP_WAIT = 5.0
+
+
+class RedisStreamStore:
+    """StreamStore shared through Redis; this instance's own streams also in memory."""
+
+    def __init__(self, link: RedisLink, bounds: BrowserSettings, *, max_bytes: int = 4 << 20) -> None:
+        self._link = link
+        self._keys = StreamKeys(link.prefix)
+        self._lease = link.settings.lease_seconds
+        self._grace_ms = max(1, int(bounds.reader_grace_seconds * 1000))
+        self._local = MemoryStreamStore(
+            max_events=bounds.max_buffered_events,
+            max_streams=bounds.max_streams,
+            retention=bounds.retention_seconds,
+            max_bytes=max_bytes,
+            on_drop=self._dropped_locally,
+        )
+        self._writer = RedisWriter(link, self._keys, self._local, max_events=bounds.max_buffered_events)
+        self._follower = Follower(link, link.settings.reader_connections)
+        self._stop_handler: Callable[[str], None] | None = None
+        self._subscriber: asyncio.Task[None] | None = None
+        # Set while subscribed to stop requests (a request published before is not heard).
+        self.listening = asyncio.Event()
+        self._settle_until = 0.0
+        # Streams read here but produced elsewhere: when this instance last told their producer.
+        self._touched: dict[str, float] = {}
+
+    def start(self) -> None:
+        self._writer.start()
+        self._follower.start()
+        self._subscriber = asyncio.create_task(self._listen_for_stops(), name="sluice-redis-stops")
+
+    async def create(self, stream_id: str) -> bool:
+        if not self._link.up:
+            raise StoreUnavailableError("Redis is unreachable")
+        if not await self._local.create(stream_id):
+            return False
+        try:
+            await self._writer.open(stream_id)
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            self._local.discard(stream_id)
+            raise StoreUnavailableError("Redis is unreachable") from None
+        return True
+
+    async def append(self, stream_id: str, event: StoredEvent) -> None:
+        await self._local.append(stream_id, event)
+        self._writer.add(stream_id, event)
+
+    async def finish(self, stream_id: str) -> None:
+        await self._local.finish(stream_id)
+        self._writer.finish(stream_id)
+
+    async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
+        if stream_id in self._local:
+            return await self._local.read_after(stream_id, seq, limit)
+        key = self._keys.events(stream_id)
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.xrange(key, min="(" + entry_id(seq), max="+", count=limit + 1)
+        if self._touch_due(stream_id):
+            # What this reader has: the producer counts it as read (its backlog) and as a reader.
+            pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)
+        try:
+            entries, *_ = await pipe.execute()
+            if entries:
+                return _slice(stream_id, seq, entries, limit)
+            # Nothing after `seq`: caught up, or is there no such stream?
+            pipe.exists(key)
+            pipe.exists(self._keys.lease(stream_id))
+            exists, leased = await pipe.execute()
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise StoreUnavailableError("Redis is unreachable") from None
+        if not exists:
+            # Leased but empty: started, nothing written yet (or being restored after an outage).
+            return Slice((), finished=False) if leased or self._settling() else None
+        return Slice((), finished=False)
+
+    async def wait(self, stream_id: str, seq: int) -> None:
+        if stream_id in self._local:
+            await self._local.wait(stream_id, seq)
+            return
+        if not self._link.up:
+            raise StoreUnavailableError("Redis is unreachable")
+        key = self._keys.events(stream_id)
+        if await self._follower.wait(key, seq, within=self._lease / 2):
+            return
+        # Nothing for half a lease: is anyone still producing it?
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.exists(self._keys.lease(stream_id))
+        pipe.xrevrange(key, max="+", min="-", count=1)
+        try:
+            leased, last = await pipe.execute()
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise StoreUnavailableError("Redis is unreachable") from None
+        ended = bool(last) and END in last[0][1]
+        if not leased and not ended and last and not self._settling():
+            raise GenerationLostError(f"the producer of {stream_id!r} stopped renewing its lease")
+
+    async def stop_elsewhere(self, stream_id: str) -> None:
+        key = self._keys.events(stream_id)
+        try:
+            await self._link.client.publish(self._keys.stop_channel, stream_id)
+            async with asyncio.timeout(STOP_WAIT):
+                while True:
+                    last: Any = await self._link.client.xrevrange(key, max="+", min="-", count=1)
+                    if not last or END in last[0][1]:
+                        return
+                    await self._follower.wait(key, entry_seq(last[0][0]), within=self._lease)
+        except TimeoutError:  # first: the builtin TimeoutError is an OSError, one of UNREACHABLE
+            log.warning("browser_stream_stop_unconfirmed", stream_id=stream_id)
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise StoreUnavailableError("Redis is unreachable") from None
+
+    def on_stop_request(self, handler: Callable[[str], None]) -> None:
+        self._stop_handler = handler
+
+    def read_elsewhere(self, stream_id: str) -> bool:
+        return stream_id in self._writer.read_elsewhere
+
+    def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
+        self._writer.on_read_elsewhere = handler
+
+    async def recovered(self) -> bool:
+        if await self._link.wait_up(self._link.settings.outage_seconds):
+            self._settle_until = asyncio.get_running_loop().time() + 2 * self._lease
+            return True
+        return False
+
+    async def close(self) -> None:
+        await self._writer.close()
+        if self._subscriber is not None:
+            self._subscriber.cancel()
+            await asyncio.gather(self._subscriber, return_exceptions=True)
+        await self._follower.close()
+        await self._local.close()
+
+    def _dropped_locally(self, stream_id: str) -> None:
+        self._writer.forget(stream_id)
+
+    def _settling(self) -> bool:
+        return asyncio.get_running_loop().time() < self._settle_until
+
+    def _touch_due(self, stream_id: str) -> bool:
+        """At most once per second per stream, tell its producer a reader is here."""
+        now = asyncio.get_running_loop().time()
+        if now - self._touched.get(stream_id, -1.0) < 1.0:
+            return False
+        self._touched[stream_id] = now
+        if len(self._touched) > 10_000:  # bounded: forget the oldest half
+            for old in list(self._touched)[:5_000]:
+                del self._touched[old]
+        return True
+
+    async def _listen_for_stops(self) -> None:
+        client = self._link.dedicated(read_timeout=None)
+        try:
+            while True:
+                pubsub = client.pubsub(ignore_subscribe_messages=True)
+                try:
+                    await pubsub.subscribe(self._keys.stop_channel)
+                    self.listening.set()
+                    async for message in pubsub.listen():
+                        if message["type"] == "message" and self._stop_handler is not None:
+                            self._stop_handler(message["data"].decode())
+                except UNREACHABLE as exc:
+                    self.listening.clear()
+                    self._link.failed(exc)
+                    await self._link.wait_up(float("inf"))
+                finally:
+                    with contextlib.suppress(*UNREACHABLE):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+        finally:
+            await client.aclose()
+
+
+def _slice(stream_id: str, seq: int, entries: list[tuple[bytes, dict[bytes, bytes]]], limit: int) -> Slice:
+    """The events of an XRANGE after `seq`, with `finished` when its end entry is among them."""
+    if entries and entry_seq(entries[0][0]) != seq + 1:
+        raise EventsDroppedError(f"events after {seq} of {stream_id!r} were dropped")
+    events: list[StoredEvent] = []
+    for entry, fields in entries:
+        if END in fields:
+            return Slice(tuple(events), finished=True)
+        if len(events) == limit:
+            break
+        events.append(StoredEvent(entry_seq(entry), fields[EVENT]))
+    return Slice(tuple(events), finished=False)

@@ -1,0 +1,128 @@
+"""deploy/: what this machine can check without a container engine or a cluster.
+
+The manifests are parsed and checked for what a rolling upgrade with live streams depends on:
+probes on the right paths, a grace period longer than the drain, a disruption budget. The
+Dockerfile is read for its user, healthcheck and PID 1. (nginx's config runs for real in
+test_nginx.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from run import SHUTDOWN_TIMEOUT
+from server.lifecycle import FINAL_EVENT_GRACE
+from server.settings import load_settings
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def drain_budget() -> float:
+    """Seconds from SIGTERM to exit at most: the drain, the final events, aiohttp's own shutdown."""
+    return load_settings(environ={}).server.drain_timeout + FINAL_EVENT_GRACE + SHUTDOWN_TIMEOUT
+
+
+def dockerfile() -> list[tuple[str, str]]:
+    """(instruction, arguments) of deploy/Dockerfile, continuation lines joined."""
+    text = re.sub(r"\\\n", " ", (DEPLOY / "Dockerfile").read_text())
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    return [(line.split(None, 1)[0].upper(), line.split(None, 1)[1]) for line in lines]
+
+
+def kubernetes() -> dict[str, dict[str, Any]]:
+    docs = [doc for doc in yaml.safe_load_all((DEPLOY / "kubernetes" / "sluice.yaml").read_text()) if doc]
+    return {doc["kind"]: doc for doc in docs}
+
+
+def container(deployment: dict[str, Any]) -> dict[str, Any]:
+    (only,) = deployment["spec"]["template"]["spec"]["containers"]
+    return dict(only)
+
+
+def test_the_image_runs_as_a_numeric_non_root_user() -> None:
+    users = [args for instruction, args in dockerfile() if instruction == "USER"]
+    assert users, "no USER: the image would run as root"
+    assert users[-1].isdigit()
+    assert int(users[-1]) != 0
+
+
+def test_the_image_healthcheck_asks_livez() -> None:
+    (check,) = [args for instruction, args in dockerfile() if instruction == "HEALTHCHECK"]
+    assert "/livez" in check
+    assert "/readyz" not in check
+
+
+def test_run_py_is_pid_1_so_sigterm_reaches_the_drain() -> None:
+    (entrypoint,) = [args for instruction, args in dockerfile() if instruction == "ENTRYPOINT"]
+    argv = json.loads(entrypoint)  # exec form: no shell in between to swallow the signal
+    assert argv[:2] == ["python", "run.py"]
+    assert not [args for instruction, args in dockerfile() if instruction == "CMD"]
+
+
+def test_the_deployment_probes_readiness_on_readyz_and_liveness_on_livez() -> None:
+    sluice = container(kubernetes()["Deployment"])
+    assert sluice["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert sluice["livenessProbe"]["httpGet"]["path"] == "/livez"
+    ports = {port["name"]: port["containerPort"] for port in sluice["ports"]}
+    assert sluice["readinessProbe"]["httpGet"]["port"] in ports
+    assert sluice["livenessProbe"]["httpGet"]["port"] in ports
+
+
+def test_the_grace_period_outlasts_pre_stop_and_the_whole_drain() -> None:
+    deployment = kubernetes()["Deployment"]
+    pre_stop = container(deployment)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    grace = deployment["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
+    assert grace > float(pre_stop[1]) + drain_budget()
+
+
+def test_a_rollout_never_takes_a_pod_away_before_its_replacement_is_ready() -> None:
+    spec = kubernetes()["Deployment"]["spec"]
+    assert spec["replicas"] >= 2
+    assert spec["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_the_disruption_budget_and_the_service_select_the_deployment_pods() -> None:
+    docs = kubernetes()
+    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    budget = docs["PodDisruptionBudget"]["spec"]
+    assert budget["selector"]["matchLabels"].items() <= labels.items()
+    assert budget["minAvailable"] >= 1
+    assert docs["Service"]["spec"]["selector"].items() <= labels.items()
+    target = docs["Service"]["spec"]["ports"][0]["targetPort"]
+    assert target in {port["name"] for port in container(docs["Deployment"])["ports"]}
+
+
+def test_the_pod_runs_as_the_image_user_without_root() -> None:
+    spec = kubernetes()["Deployment"]["spec"]["template"]["spec"]
+    users = [args for instruction, args in dockerfile() if instruction == "USER"]
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert str(spec["securityContext"]["runAsUser"]) == users[-1]
+
+
+@pytest.fixture
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
+
+
+def test_compose_runs_two_instances_on_one_redis_behind_nginx_with_the_shipped_config(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    instances = [name for name, service in services.items() if service.get("image") == "sluice:latest"]
+    assert len(instances) == 2
+    for name in instances:
+        assert services[name]["environment"]["SLUICE_REDIS_URL"].startswith("redis://redis:")
+        assert float(services[name]["stop_grace_period"].removesuffix("s")) > drain_budget()
+    assert "redis" in services
+    assert "./nginx/sluice.conf:/etc/nginx/conf.d/default.conf:ro" in services["nginx"]["volumes"]
+    shipped = (DEPLOY / "nginx" / "sluice.conf").read_text()
+    upstreams = re.findall(r"^\s*server ([\w.-]+):(\d+)", shipped, flags=re.MULTILINE)
+    assert sorted(host for host, _ in upstreams) == sorted(instances)
+    assert {port for _, port in upstreams} == {"8080"}

@@ -1,0 +1,99 @@
+"""Per-key limits counted in a real redis-server by Lua scripts: two links stand for two instances."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+from server.shared.limits import LimitsUnavailableError, RedisLimitBuckets
+from server.shared.link import RedisLink
+from tests.conftest import make_settings
+from tests.support.servers import RedisServer
+
+
+@pytest.fixture
+async def make_buckets(redis_server: RedisServer) -> AsyncIterator[Callable[[], RedisLimitBuckets]]:
+    links: list[RedisLink] = []
+
+    def make() -> RedisLimitBuckets:
+        link = RedisLink(make_settings(redis={"url": redis_server.url}).redis)
+        links.append(link)
+        return RedisLimitBuckets(link)
+
+    yield make
+    for link in links:
+        await link.close()
+
+
+def one_request(**limits: int) -> dict[str, Any]:
+    return {"rpm": 0, "tpm": 0, "max_streams": 0, "requests": 1, "tokens": 0, "streams": 0, **limits}
+
+
+async def test_a_keys_requests_per_minute_are_shared_by_every_instance(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    first, second = make_buckets(), make_buckets()
+    allowed = [(await (first if n % 2 else second).take("key-a", **one_request(rpm=3))).allowed for n in range(4)]
+    refused = await first.take("key-a", **one_request(rpm=3))
+    assert allowed == [True, True, True, False]
+    assert refused.exceeded == "requests"
+    # One request per 20 s refills; the fourth came at once, so about 20 s remain.
+    assert 19 < refused.retry_after <= 20
+
+
+async def test_concurrent_takes_from_two_instances_never_exceed_the_limit(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    first, second = make_buckets(), make_buckets()
+    takes = [(first if n % 2 else second).take("key-b", **one_request(rpm=10)) for n in range(60)]
+    results = await asyncio.gather(*takes)
+    assert sum(result.allowed for result in results) == 10
+
+
+async def test_keys_are_counted_apart(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    buckets = make_buckets()
+    assert (await buckets.take("key-c", **one_request(rpm=1))).allowed
+    assert (await buckets.take("key-d", **one_request(rpm=1))).allowed
+    assert not (await buckets.take("key-c", **one_request(rpm=1))).allowed
+
+
+async def test_tokens_are_reserved_then_settled_with_what_was_used(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    first, second = make_buckets(), make_buckets()
+    assert (await first.take("key-e", **one_request(tpm=1000, tokens=800))).allowed
+    refused = await second.take("key-e", **one_request(tpm=1000, tokens=300))
+    assert refused.exceeded == "tokens"
+    await first.give_back("key-e", tpm=1000, tokens=500, streams=0)  # used 300 of the 800 reserved
+    assert (await second.take("key-e", **one_request(tpm=1000, tokens=300))).allowed
+
+
+async def test_concurrent_streams_are_capped_across_instances_and_released(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    first, second = make_buckets(), make_buckets()
+    assert (await first.take("key-f", **one_request(max_streams=1, streams=1))).allowed
+    refused = await second.take("key-f", **one_request(max_streams=1, streams=1))
+    assert refused.exceeded == "streams"
+    await first.give_back("key-f", tpm=0, tokens=0, streams=1)
+    assert (await second.take("key-f", **one_request(max_streams=1, streams=1))).allowed
+
+
+async def test_a_refused_take_takes_nothing(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    buckets = make_buckets()
+    assert (await buckets.take("key-g", **one_request(rpm=5, tpm=100, tokens=100))).allowed
+    refused = await buckets.take("key-g", **one_request(rpm=5, tpm=100, tokens=50))
+    assert refused.exceeded == "tokens"
+    assert 3.9 < refused.requests_level <= 4.1  # the refused request was not counted
+
+
+async def test_redis_down_is_reported_so_the_caller_can_fail_open(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_server: RedisServer
+) -> None:
+    buckets = make_buckets()
+    redis_server.kill()
+    with pytest.raises(LimitsUnavailableError):
+        await buckets.take("key-h", **one_request(rpm=1))

@@ -1,0 +1,257 @@
+"""RedisStreamStore against a real redis-server: two stores in one process stand for two instances.
+
+`producer` writes streams as the instance running their generations would; `elsewhere` reads
+them as another instance would, from Redis only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+import redis.asyncio as aioredis
+from structlog.testing import capture_logs
+
+from server.settings import RedisSettings
+from server.shared.link import RedisLink
+from server.streams.redis_keys import StreamKeys
+from server.streams.redis_store import RedisStreamStore
+from server.streams.store import EventsDroppedError, GenerationLostError, StoredEvent, StoreUnavailableError
+from tests.conftest import make_settings
+from tests.support.servers import RedisServer
+
+KEYS = StreamKeys("sluice")
+
+
+def redis_settings(url: str) -> RedisSettings:
+    return make_settings(redis={"url": url, "lease_seconds": 1.0}).redis
+
+
+MakeStore = Callable[..., "asyncio.Future[RedisStreamStore]"]
+
+
+@pytest.fixture
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., Any]]:
+    """Build a store on its own link, as one instance would have; all are closed after the test."""
+    made: list[tuple[RedisLink, RedisStreamStore]] = []
+
+    async def make(**bounds: Any) -> RedisStreamStore:
+        link = RedisLink(redis_settings(redis_server.url))
+        link.start()
+        store = RedisStreamStore(link, make_settings(browser=bounds).browser)
+        store.start()
+        made.append((link, store))
+        return store
+
+    yield make
+    for link, store in made:
+        await store.close()
+        await link.close()
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+def event(seq: int) -> StoredEvent:
+    return StoredEvent(seq, b"id: s:%d\nevent: token\ndata: {}\n\n" % seq)
+
+
+async def write(store: RedisStreamStore, stream_id: str, count: int, *, finish: bool = True) -> None:
+    assert await store.create(stream_id)
+    for seq in range(1, count + 1):
+        await store.append(stream_id, event(seq))
+    if finish:
+        await store.finish(stream_id)
+
+
+async def read_all(store: RedisStreamStore, stream_id: str, after: int = 0) -> list[int]:
+    """Sequence numbers read after `after` until the end, waiting as a reader would."""
+    seen: list[int] = []
+    while True:
+        batch = await store.read_after(stream_id, after, 50)
+        assert batch is not None
+        seen.extend(e.seq for e in batch.events)
+        if batch.events:
+            after = batch.events[-1].seq
+        if batch.finished:
+            return seen
+        if not batch.events:
+            await store.wait(stream_id, after)
+
+
+async def test_another_instance_reads_every_event_in_order_then_the_end(make_store: Callable[..., Any]) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    reading = asyncio.create_task(read_all(elsewhere, "one"))
+    await write(producer, "one", 30)
+    assert await asyncio.wait_for(reading, 10) == list(range(1, 31))
+
+
+async def test_a_resume_point_is_an_exclusive_range_start(make_store: Callable[..., Any]) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    await write(producer, "resume", 10)
+    assert await asyncio.wait_for(read_all(elsewhere, "resume", after=7), 10) == [8, 9, 10]
+
+
+async def test_a_replayed_write_is_rejected_so_events_are_never_duplicated(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer = await make_store()
+    await write(producer, "replay", 5)
+    await asyncio.wait_for(read_all(await make_store(), "replay"), 10)
+    # A batch sent again (its first answer was lost, say): Redis refuses each entry as a replay.
+    producer._writer._outboxes["replay"].pending = [event(2), event(3)]
+    producer._writer._mark("replay")
+    with capture_logs() as logs:
+        await producer._writer._flush_once()
+    assert logs == []
+    entries: Any = await redis_client.xrange(KEYS.events("replay"))
+    assert [entry_id for entry_id, _ in entries] == [f"0-{n}".encode() for n in range(1, 7)]  # 5 events and the end
+
+
+async def test_the_redis_stream_is_capped_and_a_resume_before_it_is_dropped(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer, elsewhere = await make_store(max_buffered_events=5), await make_store(max_buffered_events=5)
+    await write(producer, "capped", 20)
+    await asyncio.wait_for(read_all(elsewhere, "capped", after=15), 10)
+    assert await redis_client.xlen(KEYS.events("capped")) == 5 + 1  # the last five events and the end
+    with pytest.raises(EventsDroppedError):
+        await elsewhere.read_after("capped", 3, 50)
+
+
+async def test_a_running_stream_expires_after_retention_plus_a_lease_and_an_ended_one_after_retention(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer, elsewhere = await make_store(retention_seconds=60), await make_store(retention_seconds=60)
+    await write(producer, "ttl", 3, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "ttl", 3), 10)
+    running = await redis_client.ttl(KEYS.events("ttl"))
+    assert 60 < running <= 61
+    await producer.finish("ttl")
+    await asyncio.wait_for(read_all(elsewhere, "ttl", after=3), 10)
+    assert 0 < await redis_client.ttl(KEYS.events("ttl")) <= 60
+    assert not await redis_client.exists(KEYS.lease("ttl"))
+
+
+async def _until_seq(store: RedisStreamStore, stream_id: str, seq: int) -> None:
+    after = 0
+    while after < seq:
+        batch = await store.read_after(stream_id, after, 50)
+        assert batch is not None
+        if batch.events:
+            after = batch.events[-1].seq
+        else:
+            await store.wait(stream_id, after)
+
+
+async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_one_trip_each(
+    make_store: Callable[..., Any],
+) -> None:
+    producer = await make_store()
+    client = producer._link.client
+    pipelines = 0
+    make_pipeline = client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal pipelines
+        pipelines += 1
+        return make_pipeline(*args, **kwargs)
+
+    client.pipeline = counted
+    await write(producer, "batched", 500)
+    await asyncio.wait_for(read_all(await make_store(), "batched"), 10)
+    assert pipelines <= 3
+
+
+async def test_appending_never_waits_on_redis_and_a_local_reader_gets_everything_while_it_is_down(
+    make_store: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    producer = await make_store()
+    assert await producer.create("local")
+    redis_server.kill()
+    for seq in range(1, 101):
+        await producer.append("local", event(seq))
+    await producer.finish("local")
+    assert await asyncio.wait_for(read_all(producer, "local"), 10) == list(range(1, 101))
+
+
+async def test_a_stream_written_while_redis_was_down_is_restored_there_when_it_returns(
+    make_store: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    await write(producer, "restored", 10, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "restored", 10), 10)
+    redis_server.kill()
+    for seq in range(11, 21):
+        await producer.append("restored", event(seq))
+    await producer.finish("restored")
+    with pytest.raises(StoreUnavailableError):
+        await elsewhere.read_after("restored", 10, 50)
+    redis_server.start()  # empty: the restart lost everything
+    assert await elsewhere.recovered()
+    assert await asyncio.wait_for(read_all(elsewhere, "restored", after=10), 10) == list(range(11, 21))
+    assert await asyncio.wait_for(read_all(elsewhere, "restored"), 10) == list(range(1, 21))
+
+
+async def test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten(
+    make_store: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    await write(producer, "renewed", 10, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "renewed", 10), 10)
+    redis_server.kill()
+    # No event is written while Redis is away: only the renewer (every third of a lease) finds out.
+    await asyncio.wait_for(producer._link._down.wait(), 10)
+    redis_server.start()
+    assert await producer.recovered()
+    for seq in range(11, 16):
+        await producer.append("renewed", event(seq))
+    await producer.finish("renewed")
+    assert await elsewhere.recovered()
+    assert await asyncio.wait_for(read_all(elsewhere, "renewed"), 10) == list(range(1, 16))
+
+
+async def test_new_streams_are_refused_while_redis_is_down(
+    make_store: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    producer = await make_store()
+    redis_server.kill()
+    with pytest.raises(StoreUnavailableError):
+        await producer.create("refused")
+    assert "refused" not in producer._local
+
+
+async def test_a_reader_elsewhere_learns_the_generation_is_lost_once_the_lease_lapses(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    await write(producer, "lost", 3, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "lost", 3), 10)
+    await producer._writer.close()  # the producer stops renewing, as a killed process would
+    with pytest.raises(GenerationLostError):
+        await asyncio.wait_for(wait_forever(elsewhere, "lost", 3), 10)
+
+
+async def wait_forever(store: RedisStreamStore, stream_id: str, seq: int) -> None:
+    while True:
+        await store.wait(stream_id, seq)
+
+
+async def test_a_stop_published_by_another_instance_reaches_the_producer(make_store: Callable[..., Any]) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    asked: asyncio.Queue[str] = asyncio.Queue()
+    producer.on_stop_request(asked.put_nowait)
+    await asyncio.wait_for(producer.listening.wait(), 10)
+    await write(producer, "stop-me", 2, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "stop-me", 2), 10)
+    stopping = asyncio.create_task(elsewhere.stop_elsewhere("stop-me"))
+    assert await asyncio.wait_for(asked.get(), 10) == "stop-me"
+    assert not stopping.done()  # it waits for the stream's end
+    await producer.finish("stop-me")
+    await asyncio.wait_for(stopping, 10)

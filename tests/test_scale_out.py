@@ -1,0 +1,351 @@
+"""Two `python run.py` instances sharing browser streams through a real redis-server, behind real nginx.
+
+Each instance is addressed directly when a test needs to say which one does what, and through
+nginx where the point is that the load balancer can send a request anywhere.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import psutil
+import pytest
+
+from tests.conftest import StartNginx
+from tests.support.client import new_request_id, sim_wait
+from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.support.resilience import ask, attempts, gateway_with
+from tests.support.security import KEY_RPM, RPM, bearer, start_keyed_gateway
+from tests.support.servers import NginxServer, RedisServer
+from tests.support.sse import Event, SSEParser, tokens_text
+
+LONG = "#sim tokens=100000 gap_ms=20"
+
+
+def redis_env(redis_server: RedisServer) -> dict[str, str]:
+    return {"SLUICE_REDIS_URL": redis_server.url, "SLUICE_REDIS_LEASE_SECONDS": "1.0"}
+
+
+@dataclass
+class Cluster:
+    first: Gateway
+    second: Gateway
+    nginx: NginxServer
+    simulator: Simulator
+    redis: RedisServer
+
+
+@pytest.fixture
+def cluster(simulator: Simulator, redis_server: RedisServer, start_nginx_in_front: StartNginx) -> Iterator[Cluster]:
+    started: list[Gateway] = []
+    try:
+        for _ in range(2):
+            started.append(start_gateway(upstream=simulator, env=redis_env(redis_server)))
+        nginx = start_nginx_in_front([g.url.removeprefix("http://") for g in started])
+        yield Cluster(started[0], started[1], nginx, simulator, redis_server)
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+            # Shown only when the test failed: what went wrong inside the instances.
+            print(*(e for e in gateway.process.events() if e.get("level") in ("error", "critical")), sep="\n")
+
+
+async def start(http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None) -> str:
+    headers = {"X-Request-ID": request_id} if request_id else {}
+    async with http.post(url + "/chat/streams", json={"message": message}, headers=headers) as response:
+        assert response.status == 201, await response.text()
+        return str((await response.json())["id"])
+
+
+class Reader:
+    """One connection to a stream's events, read a little at a time."""
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.events: list[Event] = []
+        self._parser = SSEParser()
+
+    @classmethod
+    async def open(cls, http: aiohttp.ClientSession, url: str, stream_id: str, after: str | None = None) -> Reader:
+        headers = {"Last-Event-ID": after} if after else {}
+        response = await http.get(f"{url}/chat/streams/{stream_id}", headers=headers)
+        assert response.status == 200, await response.text()
+        return cls(response)
+
+    async def until(self, count: int) -> list[Event]:
+        """Read until `count` events with data have arrived (or the stream ended)."""
+        async for chunk in self.response.content.iter_any():
+            self.events.extend(e for e in self._parser.feed(chunk) if e.comment is None and e.data)
+            if len(self.events) >= count:
+                break
+        return self.events
+
+    async def rest(self) -> list[Event]:
+        async for chunk in self.response.content.iter_any():
+            self.events.extend(e for e in self._parser.feed(chunk) if e.comment is None and e.data)
+        return self.events
+
+    def close(self) -> None:
+        self.response.close()
+
+
+def seqs(events: list[Event]) -> list[int]:
+    return [int(str(e.id).rsplit(":", 1)[1]) for e in events]
+
+
+async def test_a_stream_started_on_one_instance_is_read_cut_and_resumed_on_the_other_with_identical_text(
+    cluster: Cluster,
+) -> None:
+    message = "across\n#sim tokens=60 gap_ms=10"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        head = list(await reader.until(5))[:5]
+        reader.close()  # cut
+        resumed = await Reader.open(http, cluster.second.url, stream_id, after=str(head[-1].id))
+        tail = await asyncio.wait_for(resumed.rest(), 30)
+        # Read whole again through nginx, from either instance: the same events.
+        whole = await asyncio.wait_for((await Reader.open(http, cluster.nginx.url, stream_id)).rest(), 30)
+        async with http.post(cluster.first.url + "/chat", json={"message": message}) as response:
+            reply = (await response.json())["response"]
+    events = head + tail
+    assert seqs(events) == list(range(1, len(events) + 1))
+    assert events[-1].event == "done"
+    assert [(e.id, e.data) for e in whole] == [(e.id, e.data) for e in events]
+    assert tokens_text(events) == reply
+
+
+@pytest.mark.parametrize("through", ["producer", "other"])
+async def test_a_stop_through_either_instance_closes_the_upstream_and_ends_the_stream(
+    cluster: Cluster, through: str
+) -> None:
+    rid = new_request_id(f"stop-{through}")
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "stop me\n" + LONG, rid)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        stopper = cluster.first if through == "producer" else cluster.second
+        async with http.delete(f"{stopper.url}/chat/streams/{stream_id}") as response:
+            assert response.status == 204
+        record = await sim_wait(http, cluster.simulator.url, rid, "closed")
+        events = await asyncio.wait_for(reader.rest(), 10)
+    assert record["outcome"] == "client_aborted"
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "stream_cancelled"
+
+
+async def test_sigkill_of_the_producing_instance_ends_readers_elsewhere_with_generation_lost(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "doomed\n" + LONG)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        cluster.first.process.signal(signal.SIGKILL)
+        # Lease 1 s in these tests; the bound leaves room on a loaded machine.
+        events = await asyncio.wait_for(reader.rest(), 20)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "generation_lost"
+    assert seqs(events[:-1]) == list(range(1, len(events)))
+
+
+async def test_redis_killed_and_restarted_mid_stream_loses_nothing_for_a_reader_on_the_other_instance(
+    cluster: Cluster,
+) -> None:
+    message = "survive\n#sim tokens=150 gap_ms=20"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(5)
+        cluster.redis.kill()
+        cluster.first.process.wait_for_event("redis_down")
+        cluster.second.process.wait_for_event("redis_down")
+        cluster.redis.start()
+        events = await asyncio.wait_for(reader.rest(), 30)
+        # The restarted Redis started empty: the producer wrote the whole stream again.
+        again = await asyncio.wait_for((await Reader.open(http, cluster.second.url, stream_id)).rest(), 30)
+        async with http.post(cluster.first.url + "/chat", json={"message": message}) as response:
+            reply = (await response.json())["response"]
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))
+    assert tokens_text(events) == reply
+    assert [(e.id, e.data) for e in again] == [(e.id, e.data) for e in events]
+
+
+async def test_with_redis_down_new_detached_streams_get_503_while_v1_and_attached_streams_work(
+    cluster: Cluster,
+) -> None:
+    cluster.redis.kill()
+    async with aiohttp.ClientSession() as http:
+        async with http.post(cluster.first.url + "/chat/streams", json={"message": "hi"}) as response:
+            assert response.status == 503
+            assert response.headers["Retry-After"].isdigit()
+            assert (await response.json())["error"]["code"] == "store_unavailable"
+        body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(cluster.first.url + "/v1/chat/completions", json=body) as response:
+            assert response.status == 200
+            assert (await response.read()).endswith(b"data: [DONE]\n\n")
+        async with http.post(cluster.first.url + "/chat/stream", json={"message": "hi"}) as response:
+            assert response.status == 200
+            assert b"event: done" in await response.read()
+        async with http.get(cluster.first.url + "/readyz") as ready, http.get(cluster.first.url + "/livez") as live:
+            assert (ready.status, (await ready.json())["status"]) == (200, "redis_down")
+            assert live.status == 200
+
+
+async def test_a_detached_stream_running_when_redis_dies_finishes_for_its_reader_on_the_same_instance(
+    cluster: Cluster,
+) -> None:
+    message = "local\n#sim tokens=80 gap_ms=20"
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, message)
+        reader = await Reader.open(http, cluster.first.url, stream_id)
+        await reader.until(3)
+        cluster.redis.kill()
+        cluster.first.process.wait_for_event("redis_down")
+        events = await asyncio.wait_for(reader.rest(), 30)
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_a_reader_on_another_instance_keeps_the_generation_past_the_grace_period(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    env = {**redis_env(redis_server), "SLUICE_BROWSER_READER_GRACE_SECONDS": "1.0"}
+    gateways = [start_gateway(upstream=simulator, env=env) for _ in range(2)]
+    try:
+        rid = new_request_id("grace")
+        async with aiohttp.ClientSession() as http:
+            stream_id = await start(http, gateways[0].url, "watched\n#sim tokens=200 gap_ms=20", rid)
+            reader = await Reader.open(http, gateways[1].url, stream_id)
+            events = await asyncio.wait_for(reader.rest(), 30)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    # 200 tokens at 20 ms: four seconds, four grace periods, and never abandoned.
+    assert events[-1].event == "done"
+    assert gateways[0].process.events("browser_stream_abandoned") == []
+
+
+async def test_workers_on_redis_read_each_others_streams_without_any_unix_socket(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    port = free_port()
+    env = clean_env(
+        {
+            "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-x",
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url,
+            **redis_env(redis_server),
+        }
+    )
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection per request: either worker
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            stream_id = await start(http, url, "w\n#sim tokens=5")
+            bodies, pids = [], set()
+            for _ in range(40):
+                async with http.get(f"{url}/chat/streams/{stream_id}") as response:
+                    bodies.append(await Reader(response).rest())
+                async with http.get(url + "/livez") as response:
+                    pids.add((await response.json())["pid"])
+                if len(pids) == 2 and len(bodies) >= 4:
+                    break
+        workers = [psutil.Process(pid) for pid in pids]
+        sockets = [conn for worker in workers for conn in worker.net_connections("unix") if conn.laddr]
+    finally:
+        supervisor.stop()
+    assert len(pids) == 2
+    assert len({tokens_text(events) for events in bodies}) == 1
+    assert all(events[-1].event == "done" for events in bodies)
+    assert sockets == []  # no worker proxy: each worker reads the streams from Redis
+
+
+async def test_sigterm_to_the_producer_ends_its_streams_for_readers_elsewhere_with_the_shutdown_event(
+    cluster: Cluster,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "drained\n" + LONG)
+        reader = await Reader.open(http, cluster.second.url, stream_id)
+        await reader.until(3)
+        cluster.first.process.signal(signal.SIGTERM)
+        # Meanwhile nginx answers new detached streams from the instance that stays.
+        for n in range(4):
+            async with http.post(cluster.nginx.url + "/chat/streams", json={"message": f"new {n}"}) as response:
+                assert response.status == 201, await response.text()
+        assert await asyncio.to_thread(cluster.first.process.wait, 20) == 0
+        events = await asyncio.wait_for(reader.rest(), 20)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "server_shutting_down"
+    assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_an_upstream_breaker_opened_by_one_instance_refuses_on_the_other(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    routing = "[routing]\nretries = 1\nbreaker_failures = 2\nbreaker_cooldown_seconds = 600\n"
+    env = {**redis_env(redis_server), "SLUICE_UPSTREAM_PROBE_INTERVAL": "600"}
+    first = gateway_with(tmp_path, "first", simulator, routing, **env)
+    try:
+        second = gateway_with(tmp_path, "second", simulator, routing, **env)
+    except BaseException:
+        first.process.stop()
+        raise
+    try:
+        # One request, two failed attempts (retries = 1): the breaker opens.
+        assert (await ask(first, "fault=server_error", new_request_id("trip")))[0] == 502
+        rid = new_request_id("refused-elsewhere")
+        status, _, error = await ask(second, "tokens=2", rid)
+    finally:
+        first.process.stop()
+        second.process.stop()
+    assert status == 503
+    assert int(error["headers"]["Retry-After"]) >= 1
+    assert await attempts(simulator, rid) == []  # refused before any upstream request
+
+
+async def test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    env = {**redis_env(redis_server), "SLUICE_BROWSER_MAX_BUFFERED_BYTES": "4000"}
+    gateways = [start_gateway(upstream=simulator, env=env) for _ in range(2)]
+    try:
+        async with aiohttp.ClientSession() as http:
+            # About 12 KB of events: three budgets, read only through the other instance.
+            stream_id = await start(http, gateways[0].url, "long\n#sim tokens=150 gap_ms=2")
+            reader = await Reader.open(http, gateways[1].url, stream_id)
+            events = await asyncio.wait_for(reader.rest(), 60)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    assert events[-1].event == "done"
+    assert seqs(events) == list(range(1, len(events) + 1))
+
+
+async def test_a_keys_requests_per_minute_are_counted_once_across_two_instances(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    gateways = [start_keyed_gateway(tmp_path, simulator, env=redis_env(redis_server)) for _ in range(2)]
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
+    statuses = []
+    try:
+        async with aiohttp.ClientSession() as http:
+            # RPM requests, taking turns between the instances, then one more on each.
+            for n in range(RPM + 2):
+                url = gateways[n % 2].url + "/v1/chat/completions"
+                async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
+                    statuses.append(response.status)
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    assert statuses[:RPM] == [200] * RPM
+    assert statuses[RPM:] == [429, 429]  # each instance alone would still have allowed these
