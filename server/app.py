@@ -12,8 +12,10 @@ from aiohttp import web
 from .auth.gateway_keys import KeyRing
 from .auth.limits import MemoryLimitStore
 from .auth.tokens import TokenSigner, token_secret
+from .catalog import ModelCatalog
 from .connections import connection_limit
 from .contexts import (
+    discovery_ctx,
     end_streams,
     probe_ctx,
     redis_ctx,
@@ -31,6 +33,7 @@ from .keys import (
     LIFECYCLE,
     LIMITS,
     METRICS,
+    MODELS,
     SETTINGS,
     SIMULATOR_URL,
     TOKENS,
@@ -60,6 +63,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()
+    app[MODELS] = ModelCatalog(settings.models)
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
     setup_auth(app, settings)
@@ -74,6 +78,7 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app.cleanup_ctx.append(redis_ctx)  # 2. the link to Redis, when configured (breakers and streams use it)
     app.cleanup_ctx.append(upstream_ctx)  # 3. pooled upstream session and the routing
     app.cleanup_ctx.append(probe_ctx)  # 3b. background probe of upstreams whose breaker is open
+    app.cleanup_ctx.append(discovery_ctx)  # 3c. the upstreams' model lists, when models.discover is on
     app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers

@@ -14,7 +14,8 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
-from .keys import LIFECYCLE, LIMITS, METRICS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .discovery import ModelDiscovery
+from .keys import LIFECYCLE, LIMITS, METRICS, MODELS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
 from .settings import BrowserSettings
 from .shared.breakers import RedisBreakerStore
 from .shared.limit_store import RedisLimitStore
@@ -40,9 +41,8 @@ async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
     """With no key configured, serve the simulated model on a loopback port of this process."""
     pace = app[SETTINGS].simulator
     # No /_sim control routes here: they are for tests and bench, which start their own simulator.
-    simulator = create_simulator_app(
-        Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=app[SETTINGS].models.available
-    )
+    models = app[MODELS].served() or [app[MODELS].default]
+    simulator = create_simulator_app(Pace(ttft_ms=pace.ttft_ms, gap_ms=pace.gap_ms, tokens=pace.tokens), models=models)
     runner = web.AppRunner(simulator, handler_cancellation=True, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -146,6 +146,21 @@ async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def discovery_ctx(app: web.Application) -> AsyncIterator[None]:
+    """With `models.discover`, read the upstream's model list before serving, then every interval."""
+    settings = app[SETTINGS]
+    if not settings.models.discover:
+        yield
+        return
+    entries = settings.upstream_entries(app.get(SIMULATOR_URL))
+    discovery = ModelDiscovery(
+        app[MODELS], entries, settings.upstream.connect_timeout, settings.models.discover_interval
+    )
+    await discovery.start()
+    yield
+    await discovery.close()
 
 
 async def streams_ctx(app: web.Application) -> AsyncIterator[None]:

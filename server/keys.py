@@ -13,6 +13,7 @@ from .auth.gate import Lease
 from .auth.gateway_keys import GatewayKey, KeyRing
 from .auth.limits import Decision, LimitStore
 from .auth.tokens import TokenSigner
+from .catalog import ModelCatalog
 from .cors import CorsPolicy
 from .credentials import UpstreamCredentials
 from .lifecycle import Lifecycle
@@ -33,6 +34,7 @@ SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)
 WORKER_PROXY = web.AppKey("worker_proxy", WorkerProxy)
 UPSTREAM_CREDENTIALS = web.AppKey("upstream_credentials", UpstreamCredentials)
+MODELS = web.AppKey("models", ModelCatalog)
 REDIS = web.AppKey("redis", RedisLink)
 CONNECTION_LIMIT = web.AppKey("connection_limit", int)
 KEYRING = web.AppKey("keyring", KeyRing)

@@ -11,6 +11,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .access import RequestRecord
@@ -130,8 +131,15 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The text exposition of this process, or of all workers in multi-process mode."""
+        return generate_latest(self._source())
+
+    def collect(self) -> list[Metric]:
+        """The metric families `exposition()` renders, as objects (the dashboard reads these)."""
+        return list(self._source().collect())
+
+    def _source(self) -> CollectorRegistry:
         if self._multiprocess_dir:
             registry = CollectorRegistry()
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
-            return generate_latest(registry)
-        return generate_latest(self.registry)
+            return registry
+        return self.registry

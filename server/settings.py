@@ -124,14 +124,40 @@ class StreamSettings(_Section):
     retry_ms: int = Field(ge=0)
 
 
+# In models.available: forward any model name the client sends.
+ANY_MODEL = "*"
+
+
 class ModelSettings(_Section):
     default: str
     available: tuple[str, ...] = Field(min_length=1)
+    # Names a client may use for another model: {"fast": "gpt-4o-mini"}.
+    aliases: dict[str, str] = Field(default_factory=dict)
+    # Read the upstream's GET /models at start and every `discover_interval` seconds.
+    discover: bool = False
+    discover_interval: float = Field(default=300.0, gt=0)
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_from_text(cls, value: Any) -> Any:
+        # SLUICE_MODELS_ALIASES="fast=gpt-4o-mini,smart=gpt-4o"
+        if isinstance(value, str):
+            pairs = [part.strip() for part in value.split(",") if part.strip()]
+            if not all(pair.count("=") == 1 for pair in pairs):
+                raise ValueError("expected name=model pairs separated by commas")
+            return {name.strip(): model.strip() for name, model in (pair.split("=") for pair in pairs)}
+        return value
 
     @model_validator(mode="after")
     def _default_is_available(self) -> ModelSettings:
-        if self.default not in self.available:
+        if ANY_MODEL in self.available or self.discover:
+            return self
+        known = set(self.available)
+        if self.default not in known and self.aliases.get(self.default) not in known:
             raise ValueError(f"default model {self.default!r} is not in models.available")
+        for name, target in self.aliases.items():
+            if target not in known:
+                raise ValueError(f"alias {name!r} names {target!r}, which is not in models.available")
         return self
 
 

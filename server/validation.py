@@ -11,7 +11,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
-from .errors import InvalidRequestError, ModelNotFoundError, UnsupportedMediaTypeError
+from .errors import InvalidRequestError, UnsupportedMediaTypeError
 from .settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -44,14 +44,6 @@ def parse_model(model: type[ModelT], data: dict[str, Any], settings: Settings) -
         param = _field_path(error["loc"])
         message = error["msg"].removeprefix("Value error, ")
         raise InvalidRequestError(f"{param or 'body'}: {message}.", param=param or None) from None
-
-
-def check_model(name: str, settings: Settings) -> None:
-    """404 model_not_found unless `name` is on the configured list."""
-    if name not in settings.models.available:
-        raise ModelNotFoundError(
-            f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
-        )
 
 
 def _field_path(loc: tuple[int | str, ...]) -> str:

@@ -62,6 +62,14 @@ STARTUP = "tests/test_startup_errors.py"
 SUPERVISOR = "tests/test_workers.py"
 OPERATOR_LOGS = "tests/test_operator_logs.py"
 ACCESS_LINES = "tests/test_access_lines.py"
+CATALOG = "server/catalog.py"
+DISCOVERY = "server/discovery.py"
+DASHBOARD = "server/dashboard.py"
+MODELS_TESTS = "tests/test_models.py"
+DASHBOARD_TESTS = "tests/test_dashboard.py"
+DASHBOARD_BROWSER = "tests/test_dashboard_browser.py"
+DEPLOY_TESTS = "tests/test_deploy_monitoring.py"
+CHAT_PAGE = "tests/test_browser.py"
 SCALE = "tests/test_scale_out.py"
 STORE_TESTS = "tests/test_redis_store.py"
 NGINX = "tests/test_nginx.py"
@@ -255,6 +263,74 @@ BREAKS = [
         '        fields["param"] = record.error_param\n',
         "",
         (f"{ACCESS_LINES}::test_a_4xx_line_carries_the_error_code_and_param",),
+    ),
+    # Any OpenAI-compatible upstream, the dashboard, the deploy files and the demo chat (issue 15).
+    Break(
+        "models '*' forwards nothing",
+        CATALOG,
+        "        if self.forwards_any or model in self._accepted:\n",
+        "        if model in self._accepted:\n",
+        (f"{MODELS_TESTS}::test_star_forwards_a_model_name_no_list_holds",),
+    ),
+    Break(
+        "an alias is not resolved",
+        CATALOG,
+        "        model = self.aliases.get(name, name)\n",
+        "        model = name\n",
+        (f"{MODELS_TESTS}::test_an_alias_reaches_the_upstream_as_its_real_model",),
+    ),
+    Break(
+        "discovery reads the list only once",
+        DISCOVERY,
+        "            await asyncio.sleep(self._interval)\n            await self.refresh()\n",
+        "            await asyncio.sleep(self._interval)\n",
+        (f"{MODELS_TESTS}::test_discover_refreshes_the_list_every_interval",),
+    ),
+    Break(
+        "dashboard percentiles not interpolated",
+        DASHBOARD,
+        "            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)\n",
+        "            return bound\n",
+        (f"{DASHBOARD_TESTS}::test_quantile_interpolates_within_a_bucket_as_prometheus_does",),
+    ),
+    Break(
+        "dashboard shows a credential in an upstream address",
+        DASHBOARD,
+        '    return f"{parts.scheme}://{host}{port}{parts.path}"\n',
+        "    return url\n",
+        (f"{DASHBOARD_TESTS}::test_the_upstream_table_shows_no_credential_from_the_base_url",),
+    ),
+    Break(
+        "dashboard numbers styled in another colour",
+        "server/static/dashboard.css",
+        "  --accent: #2563eb;\n",
+        "  --accent: #2563ea;\n",
+        (f"{DASHBOARD_BROWSER}::test_a_screenshot_of_the_dashboard_after_traffic_is_a_drawn_page",),
+    ),
+    Break(
+        "upstream-down alert on the wrong breaker state",
+        "deploy/prometheus/alerts.yaml",
+        "          max by (upstream) (sluice_upstream_breaker_state) == 2\n",
+        "          max by (upstream) (sluice_upstream_breaker_state) == 1\n",
+        (f"{DEPLOY_TESTS}::test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic",),
+    ),
+    Break(
+        "markdown paragraphs parsed as HTML",
+        "server/static/markdown.js",
+        '      if (paragraph.length) fragment.append(element("p", ...inline(paragraph.join("\\n"))));\n',
+        "      if (paragraph.length) {\n"
+        '        const p = element("p");\n'
+        '        p.innerHTML = paragraph.join("\\n");\n'
+        "        fragment.append(p);\n"
+        "      }\n",
+        (f"{CHAT_PAGE}::test_markdown_in_a_reply_is_rendered_and_html_in_it_stays_text",),
+    ),
+    Break(
+        "the chat page sends no history",
+        "server/static/app.js",
+        "      body: JSON.stringify({ message: text, model, history }),\n",
+        "      body: JSON.stringify({ message: text, model }),\n",
+        (f"{CHAT_PAGE}::test_a_second_turn_carries_the_first_turn_as_history",),
     ),
     # Scale-out: Redis mode and nginx in front.
     Break(

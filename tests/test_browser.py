@@ -13,7 +13,7 @@ from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, async_playwright, expect
+from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright, expect
 
 from tests.support.client import sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
@@ -99,9 +99,14 @@ async def send(page: Page, message: str) -> str:
     return response.headers["x-request-id"]
 
 
+def last_reply(page: Page) -> Locator:
+    """The newest assistant message of the conversation."""
+    return page.locator("#conversation .message.assistant").last
+
+
 async def finished_text(page: Page) -> str:
     await expect(page.locator("#status")).to_have_attribute("data-state", "done", timeout=STREAMING_SECONDS)
-    return await page.locator("#reply").text_content() or ""
+    return await last_reply(page).locator(".content").text_content() or ""
 
 
 async def test_the_page_streams_a_reply_from_the_chosen_model_and_shows_ttft_and_usage(
@@ -116,6 +121,8 @@ async def test_the_page_streams_a_reply_from_the_chosen_model_and_shows_ttft_and
     request_id = await send(page, message)
 
     assert await finished_text(page) == expected
+    await expect(page.locator("#status")).to_have_text("Finished")
+    await expect(last_reply(page).locator(".state")).to_have_text("finished")
     await expect(page.locator("#tokens")).to_have_text("12")
     await expect(page.locator("#usage")).to_have_text(re.compile(r"^\d+ prompt \+ 12 completion = \d+ tokens$"))
     await expect(page.locator("#ttft")).to_have_text(re.compile(r"^\d+ ms$"))
@@ -134,9 +141,15 @@ async def test_a_connection_dropped_mid_stream_resumes_with_no_token_lost_or_rep
     uninterrupted = await finished_text(page)
     assert uninterrupted
 
-    # Drop the next stream's connection in the middle of its fifth token event.
-    proxy.cut_after(b":5\nevent: token\n")
+    # The same message in a new conversation gets the same reply (the history seeds the simulator).
+    await page.click("#clear")
+    # Drop the next stream's connection in the middle of its fifth token event, and hold the
+    # reconnect until the page has said so.
+    proxy.cut_after(b":5\nevent: token\n", then_hold=True)
     await send(page, message)
+    await expect(page.locator("#status")).to_have_text("Connection lost, resuming…", timeout=STREAMING_SECONDS)
+    await expect(last_reply(page).locator(".state")).to_have_text("connection lost, resuming…")
+    proxy.release()
 
     assert await finished_text(page) == uninterrupted
     assert proxy.cut.is_set()
@@ -160,6 +173,8 @@ async def test_the_stop_button_closes_the_upstream_at_once(
 
     assert (await deleted.value).status == 204
     await expect(page.locator("#status")).to_have_attribute("data-state", "stopped")
+    await expect(page.locator("#status")).to_have_text("Stopped by you")
+    await expect(last_reply(page).locator(".state")).to_have_text("stopped by you")
     async with aiohttp.ClientSession() as http:
         record = await sim_wait(http, simulator.url, request_id, "closed")
     assert record["outcome"] == "client_aborted"
@@ -198,3 +213,116 @@ async def test_a_one_step_eventsource_dropped_before_its_first_token_resumes_the
     stream_id = result["doneId"].rsplit(":", 1)[0]
     assert [event_id for event_id, _ in result["tokens"]] == [f"{stream_id}:{n}" for n in range(1, 7)]
     assert "".join(text for _, text in result["tokens"]) == expected
+
+
+async def test_a_second_turn_carries_the_first_turn_as_history(gateway: Gateway, browser: Browser) -> None:
+    page, watch = await open_page(browser, gateway.url)
+    first = "First question\n#sim tokens=4"
+    await send(page, first)
+    first_reply = await finished_text(page)
+
+    await page.fill("#message", "Second question\n#sim tokens=4")
+    async with page.expect_request(lambda r: r.url.endswith("/chat/streams")) as created:
+        await page.click("#send")
+    await finished_text(page)
+
+    body = (await created.value).post_data_json
+    assert body is not None
+    assert body["history"] == [{"role": "user", "content": first}, {"role": "assistant", "content": first_reply}]
+    await expect(page.locator("#conversation .message")).to_have_count(4)
+    await expect(page.locator("#conversation .message.user").first).to_contain_text("First question")
+    assert watch.violations == []
+
+
+MARKDOWN_REPLY = (
+    "# Title\n\n**bold** and *slanted* and `code`\n\n- one\n- two\n\n"
+    "<img src=x onerror=alert(1)><script>alert(2)</script>\n\n"
+    "[a link](https://example.com/docs) and [no link](javascript:alert(3))\n\n```\n<b>not bold</b>\n```"
+)
+
+
+async def test_markdown_in_a_reply_is_rendered_and_html_in_it_stays_text(gateway: Gateway, browser: Browser) -> None:
+    page, watch = await open_page(browser, gateway.url)
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: dialogs.append(dialog.message))
+
+    await send(page, "#sim echo\n" + MARKDOWN_REPLY)  # the simulator echoes the message, 8 characters a token
+    await finished_text(page)
+
+    content = last_reply(page).locator(".content")
+    await expect(content.locator("h3")).to_have_text("Title")
+    await expect(content.locator("strong")).to_have_text("bold")
+    await expect(content.locator("em")).to_have_text("slanted")
+    await expect(content.locator("p code")).to_have_text("code")
+    await expect(content.locator("li")).to_have_text(["one", "two"])
+    await expect(content.locator("pre code")).to_have_text("<b>not bold</b>")
+    await expect(content).to_contain_text("<img src=x onerror=alert(1)><script>alert(2)</script>")
+    await expect(content.locator("img, script, b")).to_have_count(0)
+    await expect(content.locator("a")).to_have_count(1)
+    assert await content.locator("a").get_attribute("href") == "https://example.com/docs"
+    await expect(content).to_contain_text("[no link](javascript:alert(3))")
+    assert dialogs == []
+    assert watch.violations == []
+
+
+async def test_the_copy_button_copies_the_reply_as_written(gateway: Gateway, browser: Browser) -> None:
+    context = await browser.new_context(permissions=["clipboard-read", "clipboard-write"])
+    page = await context.new_page()
+    await page.goto(gateway.url + "/")
+    await expect(page.locator("#status")).to_have_attribute("data-state", "ready")
+    await send(page, "#sim echo\n**Copy** me, `exactly`.")
+    await finished_text(page)
+
+    await last_reply(page).locator("button.copy").click()
+
+    await expect(last_reply(page).locator("button.copy")).to_have_text("Copied")
+    assert await page.evaluate("navigator.clipboard.readText()") == "**Copy** me, `exactly`."
+    await context.close()
+
+
+async def test_the_badge_shows_when_the_simulated_model_answers_and_only_then(
+    gateway: Gateway, browser: Browser
+) -> None:
+    keyed, _ = await open_page(browser, gateway.url)
+    await expect(keyed.locator("#simulated-badge")).to_be_hidden()
+
+    simulated = start_gateway()  # no key: the built-in simulated model answers
+    try:
+        page, watch = await open_page(browser, simulated.url)
+        await expect(page.locator("#simulated-badge")).to_be_visible()
+        await expect(page.locator("#simulated-badge")).to_have_text("Simulated model")
+        assert watch.violations == []
+    finally:
+        simulated.process.stop()
+
+
+RENDER = """(text) => {
+  const box = document.createElement("div");
+  box.append(SluiceMarkdown.render(text));
+  return box.innerHTML;
+}"""
+LINK = 'rel="noopener noreferrer nofollow" target="_blank"'
+MARKDOWN_CASES = {
+    "snake_case_name and 2*3*4": "<p>snake_case_name and 2*3*4</p>",
+    "*one* _two_ **three** __four__": "<p><em>one</em> <em>two</em> <strong>three</strong> <strong>four</strong></p>",
+    "1. one\n2. two": "<ol><li>one</li><li>two</li></ol>",
+    "* a\n+ b": "<ul><li>a</li><li>b</li></ul>",
+    "###### deep": "<h6>deep</h6>",
+    "> quoted **bold**": "<blockquote><p>quoted <strong>bold</strong></p></blockquote>",
+    "```\nstill streaming": "<pre><code>still streaming</code></pre>",
+    "**[doc](https://a.example/x)**": f'<p><strong><a href="https://a.example/x" {LINK}>doc</a></strong></p>',
+    "[x](data:text/html,<b>hi</b>)": "<p>[x](data:text/html,&lt;b&gt;hi&lt;/b&gt;)</p>",
+    "<b>x</b> & y": "<p>&lt;b&gt;x&lt;/b&gt; &amp; y</p>",
+    "`<i>`": "<p><code>&lt;i&gt;</code></p>",
+    "line one\nline two\n\nnext": "<p>line one\nline two</p><p>next</p>",
+}
+
+
+async def test_the_markdown_renderer_builds_the_expected_nodes_for_each_case(
+    gateway: Gateway, browser: Browser
+) -> None:
+    page, _ = await open_page(browser, gateway.url)
+
+    rendered = {markdown: await page.evaluate(RENDER, markdown) for markdown in MARKDOWN_CASES}
+
+    assert rendered == MARKDOWN_CASES

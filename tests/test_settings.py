@@ -31,15 +31,35 @@ def test_defaults_load_with_gpt_4o_as_the_default_model() -> None:
     assert "gpt-4o" in settings.models.available
 
 
-@pytest.mark.parametrize("family", ["gpt-5", "gpt-4.1", "gpt-4o", "o3", "o4-mini", "o1"])
-def test_default_model_list_covers_each_family(family: str) -> None:
-    assert family in load().models.available
+def test_default_model_list_advertises_only_gpt_4o_and_its_mini() -> None:
+    assert load().models.available == ("gpt-4o", "gpt-4o-mini")
 
 
-def test_default_model_list_holds_mini_variants_of_gpt_5_and_gpt_4_1() -> None:
-    available = load().models.available
+def test_a_star_model_list_loads_with_any_default() -> None:
+    settings = load(SLUICE_MODELS_AVAILABLE="*", SLUICE_MODELS_DEFAULT="llama3.1:8b")
 
-    assert {"gpt-5-mini", "gpt-4.1-mini", "gpt-4o-mini"} <= set(available)
+    assert settings.models.available == ("*",)
+    assert settings.models.default == "llama3.1:8b"
+
+
+def test_aliases_come_from_the_environment_as_name_model_pairs() -> None:
+    settings = load(SLUICE_MODELS_ALIASES="fast=gpt-4o-mini, smart = gpt-4o")
+
+    assert settings.models.aliases == {"fast": "gpt-4o-mini", "smart": "gpt-4o"}
+
+
+def test_an_alias_to_a_model_not_available_is_refused() -> None:
+    message = settings_error(SLUICE_MODELS_ALIASES="fast=gpt-2")
+
+    assert message.startswith("setting models")
+    assert "alias 'fast' names 'gpt-2'" in message
+
+
+def test_malformed_aliases_name_the_expected_shape() -> None:
+    message = settings_error(SLUICE_MODELS_ALIASES="fast")
+
+    assert "models.aliases" in message
+    assert "name=model pairs" in message
 
 
 def test_environment_overrides_a_number() -> None:

@@ -29,13 +29,12 @@ from ..keys import (
     LEASE,
     LIMITS,
     METRICS,
+    MODELS,
     RATE_LIMITS,
     RECORD,
-    SETTINGS,
     TOKEN_BEARING,
     TOKENS,
 )
-from ..validation import check_model
 
 
 class Access(Enum):
@@ -50,6 +49,8 @@ class Access(Enum):
 # (method, route) -> what it requires; any route not listed is open (probes, the page, 404s).
 _ROUTES: dict[tuple[str, str], Access] = {
     ("GET", "/metrics"): Access.METRICS,
+    # The dashboard shows what /metrics shows: closed by the same key.
+    ("GET", "/dashboard/feed"): Access.METRICS,
     ("GET", "/models"): Access.KEY,
     ("GET", "/v1/models"): Access.KEY,
     ("GET", "/v1/models/{model_id}"): Access.KEY,
@@ -155,25 +156,30 @@ def request_key(request: web.Request) -> GatewayKey | None:
     return request.get(GATEWAY_KEY)
 
 
-def check_model_for(request: web.Request, name: str) -> None:
-    """404 model_not_found unless `name` is configured and the request's gateway key may use it.
+def check_model_for(request: web.Request, name: str, *, listed_at: str = "/models") -> str:
+    """The real model `name` stands for (aliases resolved); 404 model_not_found unless it is served
+    and the request's gateway key may use it.
 
     A model outside the key's list gets the same answer as an unknown one: a key learns nothing
     about other keys' models.
     """
-    check_model(name, request.app[SETTINGS])
+    model = request.app[MODELS].resolve(name, listed_at=listed_at)
     key = request.get(GATEWAY_KEY)
-    if key is not None and not key.allows(name):
+    if key is not None and not (key.allows(model) or key.allows(name)):
         raise ModelNotFoundError(
-            f"The model {name[:200]!r} is not available; GET /models lists the models.", param="model"
+            f"The model {name[:200]!r} is not available; GET {listed_at} lists the models.", param="model"
         )
+    return model
 
 
 def visible_models(request: web.Request) -> tuple[str, ...]:
-    """The configured models the request's gateway key may use (all of them without auth)."""
-    available = request.app[SETTINGS].models.available
+    """The models and aliases the request's gateway key may use (all of them without auth)."""
+    catalog = request.app[MODELS]
+    names = tuple(catalog.names())
     key = request.get(GATEWAY_KEY)
-    return available if key is None else tuple(m for m in available if key.allows(m))
+    if key is None:
+        return names
+    return tuple(m for m in names if key.allows(m) or key.allows(catalog.aliases.get(m, m)))
 
 
 async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:

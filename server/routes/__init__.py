@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..cors import CorsPolicy
-from . import browser, chat, health, metrics, models, openai, page
+from . import browser, chat, dashboard, health, metrics, models, openai, page
 from .cors import setup_cors_policy
 
 
@@ -15,6 +15,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/livez", health.livez)
     app.router.add_get("/readyz", health.readyz)
     app.router.add_get("/metrics", metrics.metrics)
+    app.router.add_get("/dashboard", dashboard.dashboard_page)
+    app.router.add_get("/dashboard/feed", dashboard.dashboard_feed, allow_head=False)
     app.router.add_get("/models", models.list_models)
     app.router.add_post("/chat", chat.chat)
     app.router.add_post("/chat/stream", chat.chat_stream)

@@ -150,8 +150,7 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
 async def _start(request: web.Request, data: dict[str, Any]) -> str:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, data, settings)
-    model = chat_request.model or settings.models.default
-    check_model_for(request, model)
+    model = check_model_for(request, chat_request.model or settings.models.default)
     record = request[RECORD]
     record.model = model
     body = chat_request.upstream_body(model, stream=True)

@@ -20,8 +20,7 @@ from ..validation import parse_model, read_json_object
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, await read_json_object(request), settings)
-    model = chat_request.model or settings.models.default
-    check_model_for(request, model)
+    model = check_model_for(request, chat_request.model or settings.models.default)
     request[RECORD].model = model
     return chat_request, model
 

@@ -1,4 +1,4 @@
-"""GET /models: the original list of models and the default."""
+"""GET /models: the original list of models (and aliases) and the default."""
 
 from __future__ import annotations
 
@@ -9,6 +9,6 @@ from ..middleware.auth import visible_models
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The configured models and the one used when a request names none."""
+    """The models (and aliases) a request may name and the one used when it names none."""
     models = request.app[SETTINGS].models
     return web.json_response({"models": list(visible_models(request)), "default": models.default})

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from ..chat_call import complete_chat, stream_chat
 from ..dialects import OpenAIDialect
-from ..errors import InvalidRequestError, ModelNotFoundError
+from ..errors import InvalidRequestError
 from ..keys import CHAT_SCHEMA, RECORD
 from ..middleware.auth import check_model_for, visible_models
 from ..validation import read_json_object
@@ -26,15 +26,14 @@ def _model_object(model_id: str) -> dict[str, Any]:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """GET /v1/models: the configured models as OpenAI lists them."""
+    """GET /v1/models: the served models and aliases the caller may use, as OpenAI lists them."""
     return web.json_response({"object": "list", "data": [_model_object(m) for m in visible_models(request)]})
 
 
 async def get_model(request: web.Request) -> web.Response:
-    """GET /v1/models/{id}: one configured model, or 404 model_not_found."""
+    """GET /v1/models/{id}: one model a request may name, or 404 model_not_found."""
     model_id = request.match_info["model_id"]
-    if model_id not in visible_models(request):
-        raise ModelNotFoundError(f"The model {model_id[:200]!r} does not exist.", param="model")
+    check_model_for(request, model_id, listed_at="/v1/models")
     return web.json_response(_model_object(model_id))
 
 
@@ -45,8 +44,9 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     if issue is not None:
         raise InvalidRequestError(issue.message, param=issue.param or None)
     _check_max_tokens(body)
-    model = body["model"]
-    check_model_for(request, model)
+    # An alias becomes the real model here: the upstream is asked for it and the reply names it.
+    model = check_model_for(request, body["model"], listed_at="/v1/models")
+    body["model"] = model
     request[RECORD].model = model
     if body.get("stream") is True:
         options = body.get("stream_options")

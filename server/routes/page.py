@@ -1,4 +1,4 @@
-"""The demo page at GET / and its two static files, under a strict Content-Security-Policy.
+"""The demo page at GET / and the pages' static files, under a strict Content-Security-Policy.
 
 Only the files named here are served (no directory to walk), each with CSP, nosniff and
 no-cache headers; the page has no inline script or style, so the policy needs no exceptions.
@@ -36,12 +36,15 @@ HEADERS = {
 FILES = {
     "app.js": "text/javascript; charset=utf-8",
     "style.css": "text/css; charset=utf-8",
+    "markdown.js": "text/javascript; charset=utf-8",
+    "dashboard.js": "text/javascript; charset=utf-8",
+    "dashboard.css": "text/css; charset=utf-8",
 }
 
 
 async def index(request: web.Request) -> web.FileResponse:
     """The demo page."""
-    return _file("index.html", "text/html; charset=utf-8")
+    return serve_file("index.html", "text/html; charset=utf-8")
 
 
 async def static_file(request: web.Request) -> web.FileResponse:
@@ -50,8 +53,9 @@ async def static_file(request: web.Request) -> web.FileResponse:
     content_type = FILES.get(name)
     if content_type is None:
         raise NotFoundError("No such file.")
-    return _file(name, content_type)
+    return serve_file(name, content_type)
 
 
-def _file(name: str, content_type: str) -> web.FileResponse:
+def serve_file(name: str, content_type: str) -> web.FileResponse:
+    """One file of server/static with the page headers."""
     return web.FileResponse(STATIC / name, headers={**HEADERS, "Content-Type": content_type})

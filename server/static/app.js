@@ -1,6 +1,8 @@
-// Sluice demo page: start a stream with POST /chat/streams, read it with EventSource, stop it
-// with DELETE. EventSource reconnects by itself after a dropped connection, sending the last
-// event id; the gateway resumes right after it, so the reply has no gap and no repeat.
+// Sluice demo chat: each turn starts a stream with POST /chat/streams (the message, the model and
+// the conversation so far), reads it with EventSource and stops it with DELETE. EventSource
+// reconnects by itself after a dropped connection, sending the last event id; the gateway resumes
+// right after it, so the reply has no gap and no repeat. Replies are Markdown, rendered by
+// markdown.js into DOM nodes: no text from the network is ever parsed as HTML.
 "use strict";
 
 const elements = {
@@ -9,8 +11,10 @@ const elements = {
   message: document.getElementById("message"),
   send: document.getElementById("send"),
   stop: document.getElementById("stop"),
+  clear: document.getElementById("clear"),
   status: document.getElementById("status"),
-  reply: document.getElementById("reply"),
+  conversation: document.getElementById("conversation"),
+  badge: document.getElementById("simulated-badge"),
   ttft: document.getElementById("ttft"),
   tokens: document.getElementById("tokens"),
   reconnects: document.getElementById("reconnects"),
@@ -25,6 +29,8 @@ function authHeaders() {
   return key ? { Authorization: `Bearer ${key}` } : {};
 }
 
+// The turns so far, as the API's `history` takes them: [{role, content}].
+let history = [];
 // The stream being shown, or null when idle.
 let current = null;
 
@@ -36,6 +42,7 @@ function setStatus(state, text) {
 function setBusy(busy) {
   elements.send.disabled = busy;
   elements.stop.disabled = !busy;
+  elements.clear.disabled = busy;
 }
 
 function errorMessage(body, fallback) {
@@ -53,8 +60,7 @@ async function loadModels() {
     const body = await response.json();
     elements.model.replaceChildren();
     for (const name of body.models) {
-      const option = new Option(name, name, false, name === body.default);
-      elements.model.add(option);
+      elements.model.add(new Option(name, name, false, name === body.default));
     }
     setStatus("ready", "Ready");
   } catch (error) {
@@ -62,8 +68,72 @@ async function loadModels() {
   }
 }
 
-function resetReply() {
-  elements.reply.replaceChildren();
+async function showIntegration() {
+  try {
+    const body = await (await fetch("/health")).json();
+    elements.badge.hidden = body.integration !== "simulated";
+  } catch {
+    elements.badge.hidden = true;
+  }
+}
+
+function copyButton(message) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "copy";
+  button.textContent = "Copy";
+  button.addEventListener("click", async () => {
+    try {
+      await navigator.clipboard.writeText(message.text);
+      button.textContent = "Copied";
+      button.dataset.copied = "true";
+    } catch {
+      button.textContent = "Copy failed";
+    }
+  });
+  return button;
+}
+
+// One message of the conversation: {element, content, label, text}.
+function addMessage(role, text, model) {
+  const article = document.createElement("article");
+  article.className = `message ${role}`;
+  const header = document.createElement("header");
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = role === "user" ? "You" : `Assistant · ${model}`;
+  const label = document.createElement("span");
+  label.className = "state";
+  header.append(who, label);
+  const content = document.createElement("div");
+  content.className = "content";
+  const message = { role, element: article, content, label, text, frame: 0 };
+  article.append(header, content);
+  if (role === "assistant") article.append(copyButton(message));
+  elements.conversation.append(article);
+  renderMessage(message);
+  return message;
+}
+
+function renderMessage(message) {
+  message.frame = 0;
+  // What you typed shows as typed; replies are Markdown.
+  if (message.role === "user") message.content.textContent = message.text;
+  else message.content.replaceChildren(SluiceMarkdown.render(message.text));
+  message.element.scrollIntoView({ block: "end" });
+}
+
+// Render at most once per frame, however many tokens arrive in it.
+function scheduleRender(message) {
+  if (message.frame === 0) message.frame = requestAnimationFrame(() => renderMessage(message));
+}
+
+function setMessageState(message, state, text) {
+  message.element.dataset.state = state;
+  message.label.textContent = text;
+}
+
+function resetStats() {
   elements.ttft.textContent = "–";
   elements.tokens.textContent = "0";
   elements.reconnects.textContent = "0";
@@ -73,7 +143,9 @@ function resetReply() {
 async function start(event) {
   event.preventDefault();
   if (current !== null) return;
-  resetReply();
+  const text = elements.message.value;
+  const model = elements.model.value;
+  resetStats();
   setBusy(true);
   setStatus("starting", "Starting…");
   const started = performance.now();
@@ -83,7 +155,7 @@ async function start(event) {
     response = await fetch("/chat/streams", {
       method: "POST",
       headers: { "Content-Type": "application/json", ...authHeaders() },
-      body: JSON.stringify({ message: elements.message.value, model: elements.model.value }),
+      body: JSON.stringify({ message: text, model, history }),
     });
     body = await response.json();
   } catch (error) {
@@ -96,27 +168,31 @@ async function start(event) {
     setStatus("failed", errorMessage(body, `Could not start (HTTP ${response.status}).`));
     return;
   }
-  current = follow(body.id, body.url, started);
+  elements.message.value = "";
+  addMessage("user", text);
+  const reply = addMessage("assistant", "", model);
+  current = follow({ id: body.id, url: body.url, started, prompt: text, reply });
 }
 
-function follow(id, url, started) {
-  const text = document.createTextNode("");
-  elements.reply.append(text);
-  const stream = { id, url, source: new EventSource(url), tokens: 0, opened: 0 };
-  const { source } = stream;
+function follow(stream) {
+  const source = new EventSource(stream.url);
+  Object.assign(stream, { source, tokens: 0, opened: 0 });
+  setMessageState(stream.reply, "streaming", "writing…");
 
   source.addEventListener("open", () => {
     stream.opened += 1;
     elements.reconnects.textContent = String(stream.opened - 1);
     setStatus("streaming", "Streaming…");
+    setMessageState(stream.reply, "streaming", "writing…");
   });
   source.addEventListener("token", (message) => {
     if (stream.tokens === 0) {
-      elements.ttft.textContent = `${Math.round(performance.now() - started)} ms`;
+      elements.ttft.textContent = `${Math.round(performance.now() - stream.started)} ms`;
     }
     stream.tokens += 1;
     elements.tokens.textContent = String(stream.tokens);
-    text.appendData(JSON.parse(message.data).content);
+    stream.reply.text += JSON.parse(message.data).content;
+    scheduleRender(stream.reply);
   });
   source.addEventListener("done", (message) => {
     const { finish_reason: reason, usage } = JSON.parse(message.data);
@@ -124,26 +200,34 @@ function follow(id, url, started) {
       elements.usage.textContent =
         `${usage.prompt_tokens} prompt + ${usage.completion_tokens} completion = ${usage.total_tokens} tokens`;
     }
-    finish(stream, "done", `Done (${reason})`);
+    const text = reason === "stop" ? "Finished" : `Finished (${reason})`;
+    finish(stream, "done", text, text.toLowerCase());
   });
   source.addEventListener("failed", (message) => {
-    finish(stream, "failed", errorMessage(JSON.parse(message.data), "The stream failed."));
+    const text = errorMessage(JSON.parse(message.data), "The stream failed.");
+    finish(stream, "failed", text, "failed");
   });
   source.addEventListener("error", () => {
     // CONNECTING: the connection dropped and EventSource retries by itself, resuming after the
     // last event. CLOSED: the gateway said there is nothing more (204) or refused the stream.
     if (source.readyState === EventSource.CONNECTING) {
-      setStatus("reconnecting", "Connection lost; reconnecting…");
+      setStatus("reconnecting", "Connection lost, resuming…");
+      setMessageState(stream.reply, "reconnecting", "connection lost, resuming…");
     } else if (current === stream) {
-      finish(stream, "failed", "The stream is no longer available.");
+      finish(stream, "failed", "The stream is no longer available.", "failed");
     }
   });
   return stream;
 }
 
-function finish(stream, state, text) {
+// End the shown stream; the turn joins the history when a reply (or part of one) was shown.
+function finish(stream, state, text, label) {
   stream.source.close();
   if (current === stream) current = null;
+  renderMessage(stream.reply);
+  setMessageState(stream.reply, state, label);
+  history.push({ role: "user", content: stream.prompt });
+  if (stream.reply.text) history.push({ role: "assistant", content: stream.reply.text });
   setBusy(false);
   setStatus(state, text);
 }
@@ -151,21 +235,40 @@ function finish(stream, state, text) {
 async function stop() {
   const stream = current;
   if (stream === null) return;
-  finish(stream, "stopping", "Stopping…");
-  elements.send.disabled = true;
+  finish(stream, "stopping", "Stopping…", "stopping…");
+  setBusy(true);
+  elements.stop.disabled = true;
   try {
     // Answered once the gateway has closed the upstream request.
     // The stream's URL: with gateway keys on it carries the stream's token.
     await fetch(stream.url, { method: "DELETE" });
-    setStatus("stopped", "Stopped");
+    setStatus("stopped", "Stopped by you");
+    setMessageState(stream.reply, "stopped", "stopped by you");
   } catch (error) {
     setStatus("failed", `Could not stop the stream: ${error}`);
   } finally {
-    elements.send.disabled = false;
+    setBusy(false);
   }
+}
+
+function clearConversation() {
+  if (current !== null) return;
+  history = [];
+  elements.conversation.replaceChildren();
+  resetStats();
+  setStatus("ready", "Ready");
 }
 
 elements.form.addEventListener("submit", start);
 elements.stop.addEventListener("click", stop);
+elements.clear.addEventListener("click", clearConversation);
 elements.key.addEventListener("change", loadModels);
+elements.message.addEventListener("keydown", (event) => {
+  // Enter sends, Shift+Enter makes a new line.
+  if (event.key === "Enter" && !event.shiftKey && !event.isComposing) {
+    event.preventDefault();
+    elements.form.requestSubmit();
+  }
+});
 loadModels();
+showIntegration();

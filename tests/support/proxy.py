@@ -36,6 +36,9 @@ class CuttingProxy:
         self._pattern: bytes | None = None
         self.cut = asyncio.Event()
         self.url = ""
+        self._open = asyncio.Event()
+        self._open.set()
+        self._hold_after_cut = False
 
     async def start(self) -> None:
         """Listen on a free loopback port; `url` is then the proxy's base URL."""
@@ -43,12 +46,25 @@ class CuttingProxy:
         port = self._server.sockets[0].getsockname()[1]
         self.url = f"http://127.0.0.1:{port}"
 
-    def cut_after(self, pattern: bytes) -> None:
-        """Drop the next response carrying `pattern`, right after forwarding its last byte."""
+    def cut_after(self, pattern: bytes, *, then_hold: bool = False) -> None:
+        """Drop the next response carrying `pattern`, right after forwarding its last byte.
+
+        `then_hold`: from the cut on, hold new connections (see `hold`) until `release()`.
+        """
         self._pattern = pattern
+        self._hold_after_cut = then_hold
         self.cut.clear()
 
+    def hold(self) -> None:
+        """Accept new connections but forward nothing until `release()`: a reconnect that hangs."""
+        self._open.clear()
+
+    def release(self) -> None:
+        """Let held and new connections through."""
+        self._open.set()
+
     async def close(self) -> None:
+        self._open.set()
         if self._server is not None:
             self._server.close()
         tasks = [task for connection in self._connections for task in connection.tasks]
@@ -61,6 +77,7 @@ class CuttingProxy:
             await self._server.wait_closed()
 
     async def _accept(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        await self._open.wait()
         server_reader, server_writer = await asyncio.open_connection(*self._target)
         connection = _Connection(client_writer, server_writer)
         self._connections.add(connection)
@@ -83,6 +100,8 @@ class CuttingProxy:
                         writer.write(data[: at + len(pattern) - len(tail)])
                         await writer.drain()
                         self._pattern = None
+                        if self._hold_after_cut:
+                            self.hold()
                         connection.close()
                         self.cut.set()
                         return

@@ -1,0 +1,188 @@
+"""The live dashboard's numbers: samples of the app's metrics, and snapshots over a sliding window.
+
+Everything comes from the same metric objects `/metrics` renders (summed across workers when they
+share a metrics directory), so the page and Prometheus never disagree. Each dashboard feed keeps
+its own `Window` of samples, one per tick: rates and TTFT percentiles are over the window, counts
+of errors and disconnects since start.
+
+Tables are the extension point: the page renders whatever `Table`s a snapshot carries, and
+routes/dashboard.py lists the functions that build them from the app (TABLES). Upstreams are one
+today; circuit breakers and per-key usage against their limits are added the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .guard import Outcome
+from .metrics import Metrics
+
+Cell = str | int | float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    """The counters that matter to the dashboard at one instant (loop time `at`)."""
+
+    at: float
+    requests: float = 0.0
+    live_streams: float = 0.0
+    completion_tokens: float = 0.0
+    # (upper bound, cumulative count), every route summed, in increasing bound order.
+    ttft_buckets: tuple[tuple[float, float], ...] = ()
+    errors_by_code: dict[str, float] = field(default_factory=dict)
+    errors_by_status: dict[str, float] = field(default_factory=dict)
+    endings: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    """A titled table the page renders as it is: `rows` hold one cell per column."""
+
+    id: str
+    title: str
+    columns: tuple[str, ...]
+    rows: list[tuple[Cell, ...]]
+
+
+def take_sample(metrics: Metrics, at: float) -> Sample:
+    """Read the dashboard's counters from the metric families."""
+    requests = live = tokens = 0.0
+    buckets: dict[float, float] = defaultdict(float)
+    by_code: dict[str, float] = defaultdict(float)
+    by_status: dict[str, float] = defaultdict(float)
+    endings: dict[str, float] = defaultdict(float)
+    for family in metrics.collect():
+        for sample in family.samples:
+            name, labels, value = sample.name, sample.labels, sample.value
+            if name == "sluice_requests_total":
+                requests += value
+                if labels["status"] >= "400":  # three digits: text order is numeric order
+                    by_status[labels["status"]] += value
+            elif name == "sluice_live_streams":
+                live += value
+            elif name == "sluice_tokens_total" and labels["kind"] == "completion":
+                tokens += value
+            elif name == "sluice_time_to_first_token_seconds_bucket":
+                buckets[float(labels["le"])] += value
+            elif name == "sluice_upstream_errors_total":
+                by_code[labels["code"]] += value
+            elif name == "sluice_stream_endings_total":
+                endings[labels["outcome"]] += value
+    return Sample(
+        at=at,
+        requests=requests,
+        live_streams=live,
+        completion_tokens=tokens,
+        ttft_buckets=tuple(sorted(buckets.items())),
+        errors_by_code=dict(by_code),
+        errors_by_status=dict(by_status),
+        endings=dict(endings),
+    )
+
+
+def quantile(q: float, buckets: Iterable[tuple[float, float]]) -> float | None:
+    """The q-quantile of cumulative histogram buckets, interpolated as Prometheus' histogram_quantile."""
+    ordered = sorted(buckets)
+    finite = [(bound, count) for bound, count in ordered if not math.isinf(bound)]
+    total = ordered[-1][1] if ordered else 0.0
+    if total <= 0:
+        return None
+    rank = q * total
+    lower_bound, lower_count = 0.0, 0.0
+    for bound, count in finite:
+        if count >= rank:
+            if count == lower_count:
+                return bound
+            return lower_bound + (bound - lower_bound) * (rank - lower_count) / (count - lower_count)
+        lower_bound, lower_count = bound, count
+    # In the +Inf bucket: like Prometheus, answer the highest finite bound.
+    return finite[-1][0] if finite else None
+
+
+class Window:
+    """The last `seconds` of samples, and the snapshot the page shows."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._samples: deque[Sample] = deque()
+
+    def add(self, sample: Sample) -> None:
+        """Keep `sample`, dropping those older than the window (always keeping one to compare with)."""
+        self._samples.append(sample)
+        while len(self._samples) > 2 and sample.at - self._samples[1].at >= self.seconds:
+            self._samples.popleft()
+
+    def snapshot(self, tables: Iterable[Table] = ()) -> dict[str, Any]:
+        """Rates and percentiles over the window, totals since start, and the tables."""
+        newest = self._samples[-1]
+        oldest = self._samples[0]
+        elapsed = newest.at - oldest.at
+        ttft = _bucket_delta(oldest.ttft_buckets, newest.ttft_buckets)
+        p50, p99 = quantile(0.5, ttft), quantile(0.99, ttft)
+        return {
+            "window_seconds": round(elapsed, 3),
+            "live_streams": int(newest.live_streams),
+            "requests_total": int(newest.requests),
+            "requests_per_second": _rate(newest.requests - oldest.requests, elapsed),
+            "tokens_per_second": _rate(newest.completion_tokens - oldest.completion_tokens, elapsed),
+            "ttft_ms": {"p50": _ms(p50), "p99": _ms(p99)},
+            "errors_by_code": _counts(newest.errors_by_code),
+            "errors_by_status": _counts(newest.errors_by_status),
+            "disconnects": int(newest.endings.get(Outcome.CLIENT_DISCONNECTED, 0)),
+            "endings": _counts(newest.endings),
+            "tables": [asdict(table) for table in tables],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamState:
+    """What the dashboard shows of one upstream: its breaker and its requests in flight."""
+
+    name: str
+    url: str
+    breaker: str
+    in_flight: int
+    max_concurrency: int
+
+
+def upstream_table(upstreams: Iterable[UpstreamState]) -> Table:
+    """Each upstream with its address (never a credential), breaker state and load."""
+    return Table(
+        id="upstreams",
+        title="Upstreams",
+        columns=("name", "address", "state", "in flight", "concurrency cap"),
+        rows=[(u.name, _address(u.url), u.breaker, u.in_flight, u.max_concurrency or None) for u in upstreams],
+    )
+
+
+def _address(url: str) -> str:
+    # Scheme, host, port and path only: no userinfo or query string, where a credential could hide.
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}"
+
+
+def _bucket_delta(
+    before: tuple[tuple[float, float], ...], after: tuple[tuple[float, float], ...]
+) -> list[tuple[float, float]]:
+    earlier = dict(before)
+    return [(bound, count - earlier.get(bound, 0.0)) for bound, count in after]
+
+
+def _rate(delta: float, seconds: float) -> float:
+    return round(delta / seconds, 2) if seconds > 0 else 0.0
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000, 1)
+
+
+def _counts(values: dict[str, float]) -> dict[str, int]:
+    return {key: int(value) for key, value in sorted(values.items()) if value}
