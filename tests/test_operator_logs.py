@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import signal
 import sys
 
@@ -10,7 +12,7 @@ import aiohttp
 
 from server.settings import load_settings
 from tests.conftest import TEST_CONFIG
-from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port
+from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
 
 KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstream
 
@@ -54,3 +56,26 @@ async def test_a_request_forwarded_between_workers_is_logged_once_by_the_owner(s
     forwarded = [e for e in lines if e.get("forwarded_by_worker")]
     assert forwarded, "no read reached the other worker: nothing was forwarded"
     assert all(e["client"] == "127.0.0.1" for e in lines)
+
+
+async def test_an_upstream_connect_failure_names_host_port_and_errno() -> None:
+    closed_port = free_port()  # nothing listens here: the connection is refused
+    gateway = start_gateway(
+        env={
+            "AI_INTEGRATIONS_OPENAI_API_KEY": KEY,
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": f"http://127.0.0.1:{closed_port}/v1",
+        }
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(gateway.url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 502
+        line = gateway.process.wait_for_event("upstream_connect_failed")
+    finally:
+        gateway.process.stop()
+
+    assert line["host"] == "127.0.0.1"
+    assert line["port"] == closed_port
+    assert line["errno"] == errno.ECONNREFUSED
+    assert line["reason"] == os.strerror(errno.ECONNREFUSED)
