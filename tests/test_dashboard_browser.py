@@ -87,6 +87,7 @@ async def test_the_dashboard_numbers_appear_and_follow_the_traffic(gateway: Gate
     page, watch = await open_dashboard(browser, gateway.url)
     requests_before = await number(page, "#requests-total")
     await expect(page.locator("#table-upstreams td[data-state]")).to_have_text("closed")
+    await expect(page.locator("#key-form")).to_be_hidden()  # no metrics key set: nothing to ask
 
     async with aiohttp.ClientSession() as http:
         for _ in range(5):
