@@ -614,7 +614,7 @@ BREAKS += [
         WORKER_PROXY,
         '    forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")\n',
         '    forwarded = ("Last-Event-ID",)\n',
-        (f"{AUTH_PROCESS}::test_a_stream_opens_by_key_or_token_through_any_worker",),
+        (f"{AUTH_PROCESS}::test_a_stream_opens_by_key_or_token_through_the_worker_that_does_not_own_it",),
     ),
     Break(
         "another key's stream readable",
