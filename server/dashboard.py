@@ -6,8 +6,8 @@ its own `Window` of samples, one per tick: rates and TTFT percentiles are over t
 of errors and disconnects since start.
 
 Tables are the extension point: the page renders whatever `Table`s a snapshot carries, and
-routes/dashboard.py lists the functions that build them from the app (TABLES). Upstreams are one
-today; circuit breakers and per-key usage against their limits are added the same way.
+routes/dashboard.py lists the functions that build them from the app (TABLES): the upstreams with
+their breakers, and each gateway key's usage against its limits.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from .auth.limits import KeyLimits, Usage
 from .guard import Outcome
 from .metrics import Metrics
 
@@ -159,6 +160,44 @@ def upstream_table(upstreams: Iterable[UpstreamState]) -> Table:
         columns=("name", "address", "state", "in flight", "concurrency cap"),
         rows=[(u.name, _address(u.url), u.breaker, u.in_flight, u.max_concurrency or None) for u in upstreams],
     )
+
+
+@dataclass(frozen=True, slots=True)
+class KeyState:
+    """What the dashboard shows of one gateway key: its name, limits and use (None: unknown now)."""
+
+    name: str
+    limits: KeyLimits
+    usage: Usage | None
+
+
+def key_table(keys: Iterable[KeyState]) -> Table:
+    """Each gateway key by name (never the key or its hash) with its use against its limits."""
+    return Table(
+        id="keys",
+        title="Gateway keys",
+        columns=("key", "streams", "requests this minute", "tokens this minute"),
+        rows=[_key_row(k) for k in keys],
+    )
+
+
+NO_LIMIT = "no limit"
+
+
+def _key_row(key: KeyState) -> tuple[Cell, ...]:
+    usage, limits = key.usage, key.limits
+    return (
+        key.name,
+        _against(None if usage is None else usage.streams, limits.max_streams),
+        _against(None if usage is None else usage.requests, limits.rpm) if limits.rpm else NO_LIMIT,
+        _against(None if usage is None else usage.tokens, limits.tpm) if limits.tpm else NO_LIMIT,
+    )
+
+
+def _against(used: int | None, limit: int) -> str:
+    # Requests and tokens are only counted under a limit (the caller shows "no limit" alone);
+    # streams always are.
+    return f"{'unknown' if used is None else used} / {limit or NO_LIMIT}"
 
 
 def _address(url: str) -> str:

@@ -65,6 +65,8 @@ ACCESS_LINES = "tests/test_access_lines.py"
 CATALOG = "server/catalog.py"
 DISCOVERY = "server/discovery.py"
 DASHBOARD = "server/dashboard.py"
+DASHBOARD_ROUTES = "server/routes/dashboard.py"
+LIMIT_STORE = "server/shared/limit_store.py"
 MODELS_TESTS = "tests/test_models.py"
 DASHBOARD_TESTS = "tests/test_dashboard.py"
 DASHBOARD_BROWSER = "tests/test_dashboard_browser.py"
@@ -299,6 +301,27 @@ BREAKS = [
         '    return f"{parts.scheme}://{host}{port}{parts.path}"\n',
         "    return url\n",
         (f"{DASHBOARD_TESTS}::test_the_upstream_table_shows_no_credential_from_the_base_url",),
+    ),
+    Break(
+        "dashboard keys table shows every key with the first key's usage",
+        DASHBOARD_ROUTES,
+        "KeyState(key.name, key.limits, await store.usage(key.name, key.limits))",
+        "KeyState(key.name, key.limits, await store.usage(ring.keys[0].name, key.limits))",
+        (f"{DASHBOARD_TESTS}::test_the_keys_table_counts_each_keys_requests_by_name_and_never_shows_a_key",),
+    ),
+    Break(
+        "dashboard keys table sent without keys configured",
+        DASHBOARD_ROUTES,
+        "    if not ring.enabled:\n",
+        "    if False:\n",
+        (f"{DASHBOARD_TESTS}::test_without_gateway_keys_the_feed_has_no_keys_table",),
+    ),
+    Break(
+        "Redis key usage lets a down Redis escape to the dashboard",
+        LIMIT_STORE,
+        "        except (LimitsUnavailableError, TimeoutError):\n",
+        "        except TimeoutError:\n",
+        ("tests/test_redis_limits.py::test_usage_reads_a_keys_counts_from_redis_and_is_unknown_while_redis_is_down",),
     ),
     Break(
         "dashboard numbers styled in another colour",

@@ -226,3 +226,44 @@ async def test_the_feed_needs_the_metrics_key_when_one_is_set(aiohttp_client: An
     assert feed.status == 200
     assert "requests_total" in await next_snapshot(feed)
     feed.close()
+
+
+KEY_A, KEY_B = "sk-dashboard-key-a-0123456789", "sk-dashboard-key-b-0123456789"
+
+
+def two_keys() -> dict[str, Any]:
+    return {
+        "keys": [
+            {"name": name, "key_sha256": hashlib.sha256(key.encode()).hexdigest(), "rpm": 10, "max_streams": 2}
+            for name, key in (("team-a", KEY_A), ("team-b", KEY_B))
+        ]
+    }
+
+
+async def test_the_keys_table_counts_each_keys_requests_by_name_and_never_shows_a_key(aiohttp_client: Any) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings({"SLUICE_AUTH_SECRET": "s"}, auth=two_keys())))
+    stream = await client.post(
+        "/chat/stream", json={"message": "#sim tokens=2\nhi"}, headers={"Authorization": f"Bearer {KEY_A}"}
+    )
+    await stream.read()
+    assert stream.status == 200
+
+    feed = await client.get("/dashboard/feed")
+    snapshot = await next_snapshot(feed)
+    feed.close()
+
+    rows = {row[0]: row for table in snapshot["tables"] if table["id"] == "keys" for row in table["rows"]}
+    assert rows["team-a"][2] == "1 / 10"
+    assert rows["team-a"][3] == rows["team-b"][3] == "no limit"  # tpm 0
+    assert rows["team-b"][1:] == ["0 / 2", "0 / 10", "no limit"]
+    text = json.dumps(snapshot)
+    for secret in (KEY_A, KEY_B, *(key["key_sha256"] for key in two_keys()["keys"])):
+        assert secret not in text
+
+
+async def test_without_gateway_keys_the_feed_has_no_keys_table(client: Client) -> None:
+    feed = await client.get("/dashboard/feed")
+    snapshot = await next_snapshot(feed)
+    feed.close()
+
+    assert [table["id"] for table in snapshot["tables"]] == ["upstreams"]

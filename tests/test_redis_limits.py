@@ -8,6 +8,8 @@ from typing import Any
 
 import pytest
 
+from server.auth.limits import KeyLimits, Usage
+from server.shared.limit_store import RedisLimitStore
 from server.shared.limits import LimitsUnavailableError, RedisLimitBuckets
 from server.shared.link import RedisLink
 from tests.conftest import make_settings
@@ -97,3 +99,23 @@ async def test_redis_down_is_reported_so_the_caller_can_fail_open(
     redis_server.kill()
     with pytest.raises(LimitsUnavailableError):
         await buckets.take("key-h", **one_request(rpm=1))
+
+
+async def test_usage_reads_a_keys_counts_from_redis_and_is_unknown_while_redis_is_down(
+    redis_server: RedisServer,
+) -> None:
+    link = RedisLink(make_settings(redis={"url": redis_server.url}).redis)
+    store = RedisLimitStore(link, retry_after=1)
+    limits = KeyLimits(rpm=6, tpm=60, max_streams=3)  # one request per 10 s and a token per second refill
+    try:
+        assert (await store.take("key-u", limits, requests=1, tokens=50, streams=1)).allowed
+        usage = await store.usage("key-u", limits)
+        assert usage is not None
+        assert (usage.streams, usage.requests) == (1, 1)
+        assert 40 <= usage.tokens <= 50  # a bound far from how long the two reads take
+        assert await store.usage("key-never-used", limits) == Usage(streams=0, requests=0, tokens=0)
+        redis_server.stop()
+        async with asyncio.timeout(10):  # unrelated bound: the read gives up on its own within a second
+            assert await store.usage("key-u", limits) is None
+    finally:
+        await link.close()

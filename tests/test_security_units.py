@@ -14,7 +14,7 @@ from structlog.testing import capture_logs
 
 from server.app import create_app
 from server.auth.gateway_keys import KeyRing
-from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, rate_limit_headers
+from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, Usage, rate_limit_headers
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
 from server.cli import warn_if_open
@@ -68,6 +68,17 @@ async def test_tokens_reserved_are_settled_with_the_real_usage() -> None:
     assert not (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
     await store.give_back("k", limits, tokens=80, streams=0)  # used 10 of the 90 reserved
     assert (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
+
+
+async def test_usage_reads_what_was_taken_and_refills_without_taking() -> None:
+    clock = FakeClock()
+    store = MemoryLimitStore(clock)
+    limits = KeyLimits(rpm=6, tpm=600, max_streams=2)
+    await store.take("k", limits, requests=1, tokens=120, streams=1)
+    assert await store.usage("k", limits) == Usage(streams=1, requests=1, tokens=120)
+    assert await store.usage("other", limits) == Usage(streams=0, requests=0, tokens=0)
+    clock.now += 10  # one request and 100 tokens refill in 10 s
+    assert await store.usage("k", limits) == Usage(streams=1, requests=0, tokens=20)
 
 
 async def test_a_refused_take_takes_nothing() -> None:

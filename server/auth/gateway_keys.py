@@ -58,6 +58,11 @@ class KeyRing:
         return cls(keys, metrics)
 
     @property
+    def keys(self) -> tuple[GatewayKey, ...]:
+        """The configured keys, in configuration order."""
+        return self._keys
+
+    @property
     def enabled(self) -> bool:
         """True when keys are configured."""
         return bool(self._keys)

@@ -57,6 +57,15 @@ class Decision:
         return self.exceeded is None
 
 
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """A key's use now: streams in flight, and what its buckets hold taken (0 where it has no limit)."""
+
+    streams: int
+    requests: int
+    tokens: int
+
+
 class LimitStore(Protocol):
     """Counts each key's use; every method is atomic per key."""
 
@@ -65,6 +74,9 @@ class LimitStore(Protocol):
 
     async def give_back(self, name: str, limits: KeyLimits, *, tokens: int, streams: int) -> None:
         """Return unused tokens (negative: charge more) and release stream slots."""
+
+    async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
+        """Read the key's use without taking anything; None when it cannot be known now."""
 
 
 @dataclass(slots=True)
@@ -141,6 +153,21 @@ class MemoryLimitStore:
         if limits.tpm:
             state.tokens.level = min(limits.tpm, state.tokens.level + tokens)
         state.streams = max(0, state.streams - streams)
+
+    async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
+        if name not in self._keys:
+            return Usage(streams=0, requests=0, tokens=0)
+        state = self._state(name, limits, self._clock())
+        return Usage(
+            streams=state.streams,
+            requests=taken(state.requests.level, limits.rpm),
+            tokens=taken(state.tokens.level, limits.tpm),
+        )
+
+
+def taken(level: float, capacity: int) -> int:
+    """What a bucket of `capacity` holding `level` has had taken and not yet refilled (0: no limit)."""
+    return max(0, math.ceil(capacity - level)) if capacity else 0
 
 
 def rate_limit_headers(decision: Decision) -> dict[str, str]:

@@ -15,8 +15,8 @@ import orjson
 from aiohttp import web
 from aiohttp_sse import sse_response
 
-from ..dashboard import Table, UpstreamState, Window, take_sample, upstream_table
-from ..keys import LIFECYCLE, METRICS, SETTINGS, UPSTREAM
+from ..dashboard import KeyState, Table, UpstreamState, Window, key_table, take_sample, upstream_table
+from ..keys import KEYRING, LIFECYCLE, LIMITS, METRICS, SETTINGS, UPSTREAM
 from .page import serve_file
 
 TICK_SECONDS = 1.0
@@ -40,10 +40,18 @@ async def upstreams(app: web.Application) -> Table:
     return upstream_table(states)
 
 
+async def keys(app: web.Application) -> Table | None:
+    """The gateway keys table: each key's streams, requests and tokens against its limits (None: no keys)."""
+    ring = app[KEYRING]
+    if not ring.enabled:
+        return None
+    store = app[LIMITS]
+    return key_table([KeyState(key.name, key.limits, await store.usage(key.name, key.limits)) for key in ring.keys])
+
+
 # The tables a snapshot carries, each built from the app (None: nothing to show). Async, because
-# what they read may live in Redis (breakers, key limits). Per-key usage against its limits goes
-# here when the gateway has keys.
-TABLES: tuple[Callable[[web.Application], Awaitable[Table | None]], ...] = (upstreams,)
+# what they read may live in Redis (breakers, key limits).
+TABLES: tuple[Callable[[web.Application], Awaitable[Table | None]], ...] = (upstreams, keys)
 
 
 async def dashboard_page(request: web.Request) -> web.FileResponse:

@@ -7,12 +7,16 @@ otherwise requests are refused with 503 until Redis answers.
 
 from __future__ import annotations
 
+import asyncio
 import math
 
-from ..auth.limits import WINDOW_SECONDS, Decision, Exceeded, KeyLimits, MemoryLimitStore
+from ..auth.limits import WINDOW_SECONDS, Decision, Exceeded, KeyLimits, MemoryLimitStore, Usage, taken
 from ..errors import ServiceUnavailableError
 from .limits import LimitsUnavailableError, RedisLimitBuckets
 from .link import RedisLink
+
+# The most a usage read (the dashboard's) may wait for Redis before its numbers show as unknown.
+USAGE_SECONDS = 0.5
 
 
 class RedisLimitStore:
@@ -62,6 +66,17 @@ class RedisLimitStore:
             await self._buckets.give_back(name, tpm=limits.tpm, tokens=tokens, streams=streams)
         except LimitsUnavailableError:
             await self._local.give_back(name, limits, tokens=tokens, streams=streams)
+
+    async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
+        # Only the dashboard reads this: a slow or absent Redis makes it "unknown", never a wait.
+        if not self._link.up:
+            return None
+        try:
+            async with asyncio.timeout(USAGE_SECONDS):
+                requests, tokens, streams = await self._buckets.levels(name, rpm=limits.rpm, tpm=limits.tpm)
+        except (LimitsUnavailableError, TimeoutError):
+            return None
+        return Usage(streams=streams, requests=taken(requests, limits.rpm), tokens=taken(tokens, limits.tpm))
 
 
 def _until_full(level: float, capacity: int) -> float:

@@ -67,6 +67,20 @@ return 1
 """
 
 
+# KEYS[1]: the key's hash. ARGV: rpm, tpm. Reads only: returns {requests level, tokens level, streams}.
+_USAGE = """
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's')
+local function level(value, at, capacity)
+  if not value then return capacity end
+  return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
+end
+return {tostring(level(h[1], h[2], rpm)), tostring(level(h[3], h[4], tpm)), tonumber(h[5] or '0')}
+"""
+
+
 class LimitsUnavailableError(ConnectionError):
     """Redis cannot be reached: the shared counts are unknown for now."""
 
@@ -94,6 +108,7 @@ class RedisLimitBuckets:
         self._prefix = f"{link.prefix}:limit:"
         self._take = link.client.register_script(_TAKE)
         self._give_back = link.client.register_script(_GIVE_BACK)
+        self._usage = link.client.register_script(_USAGE)
 
     async def take(
         self, name: str, *, rpm: int, tpm: int, max_streams: int, requests: int, tokens: int, streams: int
@@ -113,6 +128,11 @@ class RedisLimitBuckets:
     async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int) -> None:
         """Return unused tokens (negative: charge more) and release stream slots."""
         await self._run(self._give_back, name, [tpm, tokens, streams, IDLE_SECONDS])
+
+    async def levels(self, name: str, *, rpm: int, tpm: int) -> tuple[float, float, int]:
+        """The key's requests and tokens levels now, and its streams, changing nothing."""
+        reply: Any = await self._run(self._usage, name, [rpm, tpm])
+        return float(reply[0]), float(reply[1]), int(reply[2])
 
     async def _run(self, script: Any, name: str, args: list[int]) -> Any:
         try:
