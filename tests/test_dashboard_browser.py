@@ -189,6 +189,9 @@ async def test_with_a_metrics_key_the_page_asks_for_it_then_follows_traffic(keye
 
     assert await number(page, "#requests-total") >= requests_before + 3
     await expect(page.locator("#endings")).to_contain_text("completed")
+    # The feed's keys table is drawn like any other: by name, never the key.
+    await expect(page.locator("#table-keys")).to_contain_text("alpha")
+    assert KEY_ALPHA not in await page.content()
     assert METRICS_KEY not in page.url
     assert watch.violations == []
 
