@@ -21,6 +21,12 @@ class RequestRecord:
     response_status: int | None = None
     outcome: Outcome | None = None
     error_code: str | None = None
+    error_param: str | None = None
+    client: str | None = None
+    # True when another worker forwarded this request here (worker_proxy.py) and this one logs it.
+    via_worker: bool = False
+    # Set when another worker served the request (worker_proxy.py): that worker logs and counts it.
+    forwarded_to: int | None = None
     first_token_at: float | None = None
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None

@@ -25,6 +25,7 @@ from .contexts import (
     upstream_ctx,
     worker_proxy_ctx,
 )
+from .credentials import UpstreamCredentials
 from .keys import (
     CHAT_SCHEMA,
     CONNECTION_LIMIT,
@@ -34,7 +35,9 @@ from .keys import (
     METRICS,
     MODELS,
     SETTINGS,
+    SIMULATOR_URL,
     TOKENS,
+    UPSTREAM_CREDENTIALS,
     WORKER_PROXY,
 )
 from .lifecycle import Lifecycle
@@ -56,9 +59,10 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
     app[SETTINGS] = settings
-    app[METRICS] = Metrics()
+    app[METRICS] = Metrics(settings.process.metrics_dir)
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
     app[CHAT_SCHEMA] = ChatCompletionValidator()
+    app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()
     app[MODELS] = ModelCatalog(settings.models)
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
@@ -94,3 +98,8 @@ def setup_auth(app: web.Application, settings: Settings) -> None:
     app[LIMITS] = MemoryLimitStore()
     app[TOKENS] = TokenSigner(token_secret(settings.auth), settings.auth.token_ttl_seconds)
     app[CONNECTION_LIMIT] = connection_limit(settings.connections)
+
+
+def upstream_url(app: web.Application) -> str:
+    """The base URL `app` relays to: the built-in simulator's once it started, else the configured one."""
+    return app.get(SIMULATOR_URL) or app[SETTINGS].upstream.base_url

@@ -15,6 +15,7 @@ from .auth.limits import Decision, LimitStore
 from .auth.tokens import TokenSigner
 from .catalog import ModelCatalog
 from .cors import CorsPolicy
+from .credentials import UpstreamCredentials
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
@@ -32,6 +33,7 @@ CHAT_SCHEMA = web.AppKey("chat_schema", ChatCompletionValidator)
 SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)
 WORKER_PROXY = web.AppKey("worker_proxy", WorkerProxy)
+UPSTREAM_CREDENTIALS = web.AppKey("upstream_credentials", UpstreamCredentials)
 MODELS = web.AppKey("models", ModelCatalog)
 REDIS = web.AppKey("redis", RedisLink)
 CONNECTION_LIMIT = web.AppKey("connection_limit", int)

@@ -7,13 +7,17 @@ has one format. Message content and keys are never passed to a logger.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from typing import Literal, TextIO
 
 import orjson
 import structlog
+from yarl import URL
 
 LogFormat = Literal["auto", "json", "console"]
+# What an operator reads first on a console line, after time, level and event.
+LEADING_FIELDS = ("method", "path", "status", "duration_ms")
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -24,12 +28,15 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        _add_pid,
     ]
     renderer: structlog.types.Processor
     if use_json:
         renderer = structlog.processors.JSONRenderer(serializer=_dumps)
     else:
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty())
+        shared.append(_lead_with_request_fields)
+        # Not sorted: the order is the one _lead_with_request_fields gives.
+        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=[*shared, structlog.processors.format_exc_info, renderer],
@@ -53,6 +60,46 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+
+
+def _add_pid(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    # Which process wrote the line: with --workers, several share one stdout.
+    event.setdefault("pid", os.getpid())
+    return event
+
+
+def _lead_with_request_fields(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Put method, path, status and duration first, so the console lines of requests line up."""
+    leading = {name: event.pop(name) for name in LEADING_FIELDS if name in event}
+    return {**leading, **event}
+
+
+def connection_error_fields(exc: BaseException) -> dict[str, object]:
+    """Host, port, errno and reason of a failed connection, found anywhere in `exc`'s causes."""
+    fields: dict[str, object] = {"error": type(exc).__name__}
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        host, port = getattr(current, "host", None), getattr(current, "port", None)
+        if isinstance(host, str) and "host" not in fields:
+            fields["host"] = host
+            fields["port"] = port
+        os_error = getattr(current, "os_error", None) or (current if isinstance(current, OSError) else None)
+        if isinstance(os_error, OSError) and os_error.errno is not None and "errno" not in fields:
+            code = os_error.errno
+            fields["errno"] = code
+            fields["reason"] = os.strerror(code) if code > 0 else (os_error.strerror or str(os_error))
+        current = current.__cause__ or current.__context__
+    return fields
+
+
+def loggable_url(url: str) -> str:
+    """`url` without user, password or query: a base URL can carry credentials."""
+    parsed = URL(url)
+    if not parsed.is_absolute():
+        return "(not a URL)"
+    return str(parsed.with_user(None).with_query(None).with_fragment(None))
 
 
 def _dumps(value: object, **_: object) -> str:

@@ -1,12 +1,12 @@
 """Prometheus metrics: one registry per application, aggregated across workers when they share one.
 
-With `PROMETHEUS_MULTIPROC_DIR` set (run.py sets it for `--workers N`), prometheus-client writes
-every value to a per-process file and `/metrics` sums the files of all workers.
+With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; settings.py reads it into
+`settings.process.metrics_dir`), prometheus-client writes every value to a per-process file and
+`/metrics` sums the files of all workers.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -24,9 +24,9 @@ GAP_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 
 class Metrics:
     """The gateway's metrics, registered in a registry of its own (no global state)."""
 
-    def __init__(self) -> None:
+    def __init__(self, multiprocess_dir: str | None = None) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
-        self._multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        self._multiprocess_dir = multiprocess_dir
         r = self.registry
         self.requests = Counter(
             "sluice_requests", "HTTP requests by route, method and status.", ["route", "method", "status"], registry=r

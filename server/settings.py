@@ -7,19 +7,32 @@ the setting and what was expected.
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    IPvAnyNetwork,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "config" / "default.toml"
+# server/config links to the repository's config/, and is packaged: one path from a clone or a wheel.
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "config" / "default.toml"
 ENV_PREFIX = "SLUICE_"
 KEY_VARIABLES = ("AI_INTEGRATIONS_OPENAI_API_KEY", "OPENAI_API_KEY")
 BASE_URL_VARIABLES = ("AI_INTEGRATIONS_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+PORT_VARIABLE = "PORT"
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 
 class SettingsError(ValueError):
@@ -29,6 +42,18 @@ class SettingsError(ValueError):
 class _Section(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _lower_case_choices(cls, data: Any) -> Any:
+        """Accept `INFO` for `info`: choices are lower case, and environment values often are not."""
+        if not isinstance(data, dict):
+            return data
+        lowered = dict(data)
+        for name, field in cls.model_fields.items():
+            if get_origin(field.annotation) is Literal and isinstance(lowered.get(name), str):
+                lowered[name] = lowered[name].lower()
+        return lowered
+
 
 class ServerSettings(_Section):
     backlog: int = Field(gt=0)
@@ -37,6 +62,8 @@ class ServerSettings(_Section):
     retry_after: int = Field(ge=0)
     drain_timeout: float = Field(ge=0)
     max_live_streams: int = Field(ge=0)
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client in the access log.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
 
 
 class LoggingSettings(_Section):
@@ -227,6 +254,24 @@ class SimulatorSettings(_Section):
     tokens: int = Field(gt=0)
 
 
+class ProcessSettings(_Section):
+    """What the process environment, rather than a config file, says about this process."""
+
+    # PORT, set by hosting platforms; --port wins over it.
+    port: int | None = None
+    # Where prometheus-client keeps per-worker values; the --workers supervisor sets it.
+    metrics_dir: str | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_number(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int) and 1 <= value <= 65535):
+            return value
+        if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
+            return int(value)
+        raise ValueError("expected a port number 1-65535")
+
+
 class Settings(_Section):
     """Everything Sluice is configured with; frozen once loaded."""
 
@@ -251,6 +296,8 @@ class Settings(_Section):
             raise ValueError("every [[upstreams]] entry needs its own name")
         return self
 
+    process: ProcessSettings = ProcessSettings()
+
     @property
     def simulated(self) -> bool:
         """True when no upstream key or [[upstreams]] is configured and the simulated model answers."""
@@ -271,11 +318,17 @@ def load_settings(
 ) -> Settings:
     """Read default.toml, overlay `config_path`, the environment and `overrides`, then validate."""
     env = os.environ if environ is None else environ
+    sources = _Sources()
     raw = _read_toml(DEFAULT_CONFIG)
+    sources.note(raw, f"file {DEFAULT_CONFIG.name}")
     if config_path is not None:
-        _merge(raw, _read_toml(config_path))
-    _merge(raw, _from_environment(raw, env))
-    _merge(raw, _upstream_from_environment(env))
+        overlay = _read_toml(config_path)
+        sources.note(overlay, f"--config file {config_path}")
+        _merge(raw, overlay)
+    for layer in (_from_environment(raw, env), _upstream_from_environment(env), _process_from_environment(env)):
+        for (section, key), (value, variable) in layer.items():
+            raw.setdefault(section, {})[key] = value
+            sources.by_setting[(section, key)] = f"environment variable {variable}"
     _resolve_upstream_keys(raw, env)
     for section, values in (overrides or {}).items():
         _merge(raw, {section: dict(values)})
@@ -283,7 +336,36 @@ def load_settings(
     try:
         return Settings.model_validate(raw)
     except ValidationError as exc:
-        raise SettingsError(_describe(exc)) from None
+        raise SettingsError(_describe(exc, sources)) from None
+
+
+def child_environment(metrics_dir: str) -> dict[str, str]:
+    """This process's environment for a worker it starts, with the shared metrics directory."""
+    return {**os.environ, METRICS_DIR_VARIABLE: metrics_dir}
+
+
+class _Sources:
+    """Where each setting's value came from, to name it when the value is wrong."""
+
+    def __init__(self) -> None:
+        self.by_setting: dict[tuple[str, ...], str] = {}
+
+    def note(self, table: Mapping[str, Any], source: str) -> None:
+        for section, values in table.items():
+            self.by_setting[(section,)] = source
+            if isinstance(values, Mapping):
+                for key in values:
+                    self.by_setting[(section, key)] = source
+
+    def of(self, loc: tuple[str, ...]) -> str | None:
+        if len(loc) >= 2:
+            return self.by_setting.get(loc[:2]) or self.by_setting.get(loc[:1])
+        # A whole section was refused (e.g. a default model not in the list): name what overrode it.
+        section_default = self.by_setting.get(loc)
+        overriding = sorted(
+            {s for key, s in self.by_setting.items() if key[:1] == loc and len(key) == 2 and s != section_default}
+        )
+        return ", ".join(overriding) or section_default
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
@@ -291,9 +373,9 @@ def _read_toml(path: Path) -> dict[str, Any]:
         with path.open("rb") as file:
             return tomllib.load(file)
     except FileNotFoundError:
-        raise SettingsError(f"config file {path}: not found") from None
+        raise SettingsError(f"--config file {path}: not found") from None
     except tomllib.TOMLDecodeError as exc:
-        raise SettingsError(f"config file {path}: {exc}") from None
+        raise SettingsError(f"--config file {path}: not valid TOML: {exc}") from None
 
 
 def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
@@ -304,30 +386,99 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
             base[key] = value
 
 
-def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """Take SLUICE_<SECTION>_<KEY> for every key the defaults define; lists are comma-separated."""
-    found: dict[str, Any] = {}
+_Found = dict[tuple[str, str], tuple[Any, str]]
+
+
+def _from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> _Found:
+    """Take SLUICE_<SECTION>_<KEY> for every setting; lists are comma-separated.
+
+    Any other SLUICE_ name is a mistake (a typo would otherwise be silently ignored).
+    """
+    known: dict[str, tuple[str, str, Any]] = {}
+    for section, field in Settings.model_fields.items():
+        # [process] comes from PORT and PROMETHEUS_MULTIPROC_DIR under their usual names only.
+        fields = getattr(field.annotation, "model_fields", {}) if section != "process" else {}
+        for key, setting in fields.items():
+            listed = get_origin(setting.annotation) is tuple
+            known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, [] if listed else None)
     for section, values in raw.items():
-        if not isinstance(values, dict):
+        if isinstance(values, dict):
+            for key, default in values.items():
+                known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, default)
+    named = set(_named_variables(raw))
+    found: _Found = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in named:
             continue
-        for key, default in values.items():
-            name = f"{ENV_PREFIX}{section}_{key}".upper()
-            if name in env:
-                text = env[name]
-                value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
-                found.setdefault(section, {})[key] = value
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see config/default.toml for the settings"
+            raise SettingsError(f"environment variable {name}: no such setting{hint}")
+        section, key, default = known[name]
+        text = env[name]
+        value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
+        found[(section, key)] = (value, name)
     return found
 
 
-def _upstream_from_environment(env: Mapping[str, str]) -> dict[str, Any]:
-    upstream: dict[str, Any] = {}
-    key = next((env[name] for name in KEY_VARIABLES if env.get(name)), None)
-    if key:
-        upstream["api_key"] = key
-    base_url = next((env[name] for name in BASE_URL_VARIABLES if env.get(name)), None)
-    if base_url:
-        upstream["base_url"] = base_url
-    return {"upstream": upstream} if upstream else {}
+def _named_variables(value: Any, key: str = "") -> Iterator[str]:
+    """Every variable a setting names (`*_env = "NAME"`): read by its own setting, so not unknown."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _named_variables(item, str(name))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_variables(item, key)
+    elif isinstance(value, str) and key.endswith("_env"):
+        yield value
+
+
+def _upstream_from_environment(env: Mapping[str, str]) -> _Found:
+    found: _Found = {}
+    key_name = next((name for name in KEY_VARIABLES if env.get(name)), None)
+    if key_name:
+        found[("upstream", "api_key")] = (env[key_name], key_name)
+    url_name = next((name for name in BASE_URL_VARIABLES if env.get(name)), None)
+    if url_name:
+        found[("upstream", "base_url")] = (env[url_name], url_name)
+    return found
+
+
+def _process_from_environment(env: Mapping[str, str]) -> _Found:
+    found: _Found = {}
+    if env.get(PORT_VARIABLE):
+        found[("process", "port")] = (env[PORT_VARIABLE], PORT_VARIABLE)
+    if env.get(METRICS_DIR_VARIABLE):
+        found[("process", "metrics_dir")] = (env[METRICS_DIR_VARIABLE], METRICS_DIR_VARIABLE)
+    return found
+
+
+def _describe(exc: ValidationError, sources: _Sources) -> str:
+    """One line: the setting, what was expected, and where its value came from."""
+    error = exc.errors()[0]
+    loc = tuple(str(part) for part in error["loc"])
+    path = ".".join(loc)
+    source = sources.of(loc)
+    where = f" (from {source})" if source else ""
+    if loc[:2] == ("upstream", "api_key"):
+        return f"setting upstream.api_key: expected a non-empty string{where}"
+    if error["type"] == "extra_forbidden":
+        return f"setting {path}: no such setting{_closest(loc)}{where}"
+    # The value itself is not echoed: it may be a key pasted into the wrong variable.
+    return f"setting {path}: {error['msg'].removeprefix('Value error, ')}{where}"
+
+
+def _closest(loc: tuple[str, ...]) -> str:
+    """A hint naming the known setting closest to a misspelled one."""
+    if len(loc) == 1:
+        candidates = [name for name in Settings.model_fields]
+    else:
+        section = Settings.model_fields.get(loc[0])
+        model = section.annotation if section is not None else None
+        fields = getattr(model, "model_fields", {})
+        candidates = [f"{loc[0]}.{name}" for name in fields]
+    close = difflib.get_close_matches(".".join(loc), candidates, n=1)
+    return f"; did you mean {close[0]}?" if close else ""
 
 
 def _auth_from_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
@@ -366,16 +517,3 @@ def _resolve_upstream_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             if not env.get(variable):
                 raise SettingsError(f"setting upstreams[{index}].api_key_env: variable {variable} is not set")
             entry["api_key"] = env[variable]
-
-
-def _describe(exc: ValidationError) -> str:
-    """One line: the setting, as its environment variable would name it too, and what was expected."""
-    error = exc.errors()[0]
-    path = ".".join(str(part) for part in error["loc"])
-    env_name = ENV_PREFIX + "_".join(str(part) for part in error["loc"][:2]).upper()
-    if path == "upstream.api_key" or path.startswith("upstream.api_key."):
-        return "setting upstream.api_key: expected a non-empty string"
-    # [[upstreams]] and the routing tables are said only in a --config file, never in a variable.
-    in_file_only = path.startswith(("upstreams", "routing.fallbacks", "routing.context_window"))
-    hint = f" (environment: {env_name})" if len(error["loc"]) >= 2 and not in_file_only else ""
-    return f"setting {path}{hint}: {error['msg']}"

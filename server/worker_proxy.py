@@ -19,6 +19,8 @@ import aiohttp
 import structlog
 from aiohttp import web
 
+from .access import RequestRecord
+
 log = structlog.get_logger("sluice.worker_proxy")
 
 _OWNER = re.compile(r"w([0-9]{1,4})_")
@@ -74,23 +76,35 @@ class WorkerProxy:
 
 
 async def forward_to_owner(
-    request: web.Request, proxy: WorkerProxy, owner: int, request_id: str, *, send_timeout: float
+    request: web.Request,
+    proxy: WorkerProxy,
+    owner: int,
+    request_id: str,
+    *,
+    record: RequestRecord,
+    client: str | None,
+    send_timeout: float,
 ) -> web.StreamResponse:
     """Answer `request` with what worker `owner` answers, streamed through as it arrives.
 
-    A worker that cannot be reached took its streams with it (it died and was replaced): that is
-    an unknown stream, 204, which tells EventSource to stop reconnecting.
+    The owner logs and counts the request, with `client` as its client (`record` notes that it was
+    forwarded, so this worker does not log it again). A worker that cannot be reached took its
+    streams with it (it died and was replaced): that is an unknown stream, 204, which tells
+    EventSource to stop reconnecting; this worker logs that one.
     """
     # The owner authenticates the request again: the key headers go along (a token is in the query).
     forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")
     headers = {name: request.headers[name] for name in forwarded if name in request.headers}
     headers["X-Request-ID"] = request_id
+    if client:
+        headers["X-Forwarded-For"] = client
     session = proxy.session(owner)
     try:
         answer = await session.request(request.method, f"http://worker{request.path_qs}", headers=headers)
     except aiohttp.ClientError as exc:
         log.warning("peer_unreachable", worker=owner, error=type(exc).__name__)
         return web.Response(status=204)
+    record.forwarded_to = owner
     try:
         passed = {name: answer.headers[name] for name in _PASSED_ON if name in answer.headers}
         if answer.content_type != "text/event-stream":

@@ -29,7 +29,10 @@ TAIL_LINES = 60  # of a failed run's output, shown
 RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
 
 # Where each broken line lives: one place to update when a module is renamed.
-RUN_PY = "run.py"
+CLI = "server/cli.py"  # run.py is a shim for it
+SETTINGS = "server/settings.py"
+WORKERS_PY = "server/workers.py"
+ACCESS_LOG = "server/middleware/access_log.py"
 CHAT_CALL = "server/chat_call.py"
 READER = "server/streams/reader.py"
 BROWSER_ROUTES = "server/routes/browser.py"
@@ -55,6 +58,10 @@ UPSTREAM_ERRORS = "tests/test_upstream_errors.py"
 ENDINGS = "tests/test_stream_endings.py"
 RELAY_TESTS = "tests/test_relay.py"
 STREAMING = "tests/test_streaming_process.py"
+STARTUP = "tests/test_startup_errors.py"
+SUPERVISOR = "tests/test_workers.py"
+OPERATOR_LOGS = "tests/test_operator_logs.py"
+ACCESS_LINES = "tests/test_access_lines.py"
 CATALOG = "server/catalog.py"
 DISCOVERY = "server/discovery.py"
 DASHBOARD = "server/dashboard.py"
@@ -90,7 +97,7 @@ BREAKS = [
     ),
     Break(
         "handlers not cancelled when the client leaves",
-        RUN_PY,
+        CLI,
         "        handler_cancellation=True,\n",
         "        handler_cancellation=False,\n",
         (
@@ -214,6 +221,48 @@ BREAKS = [
         "            await _prepare(response, request)\n",
         "            await response.prepare(request)\n",
         (f"{ENDINGS}::test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect",),
+    ),
+    Break(
+        "misspelled SLUICE_ variable without the closest name",
+        SETTINGS,
+        '            hint = f"; did you mean {close[0]}?" if close else',
+        '            hint = "" if close else',
+        (f"{STARTUP}::test_misspelled_sluice_variable_names_the_closest_setting",),
+    ),
+    Break(
+        "port in use is a traceback",
+        CLI,
+        "        if exc.errno not in _BIND_ERRORS:\n",
+        "        if True:\n",
+        (f"{STARTUP}::test_port_in_use_names_the_port_and_its_source",),
+    ),
+    Break(
+        "supervisor retries a start-up mistake",
+        WORKERS_PY,
+        "        if code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER:\n",
+        "        if slot.quick_deaths >= GIVE_UP_AFTER:\n",
+        (f"{SUPERVISOR}::test_a_worker_that_cannot_bind_makes_the_supervisor_give_up_at_once_with_one_line",),
+    ),
+    Break(
+        "respawn without backoff",
+        WORKERS_PY,
+        "        delay = min(FIRST_BACKOFF * 2 ** (slot.quick_deaths - 1), MAX_BACKOFF)\n",
+        "        delay = FIRST_BACKOFF\n",
+        (f"{SUPERVISOR}::test_a_worker_that_keeps_dying_is_restarted_with_doubling_backoff_then_given_up",),
+    ),
+    Break(
+        "forwarded request logged twice",
+        WORKER_PROXY,
+        "    record.forwarded_to = owner\n",
+        "",
+        (f"{OPERATOR_LOGS}::test_a_request_forwarded_between_workers_is_logged_once_by_the_owner",),
+    ),
+    Break(
+        "4xx line without param",
+        ACCESS_LOG,
+        '        fields["param"] = record.error_param\n',
+        "",
+        (f"{ACCESS_LINES}::test_a_4xx_line_carries_the_error_code_and_param",),
     ),
     # Any OpenAI-compatible upstream, the dashboard, the deploy files and the demo chat (issue 15).
     Break(
@@ -377,7 +426,7 @@ BREAKS = [
     ),
     Break(
         "workers relay through Unix sockets with Redis",
-        RUN_PY,
+        CLI,
         " if settings.redis.url is None else None",
         "",
         (f"{SCALE}::test_workers_on_redis_read_each_others_streams_without_any_unix_socket",),
@@ -499,7 +548,7 @@ BREAKS += [
     ),
     Break(
         "no header deadline",
-        RUN_PY,
+        CLI,
         "        keepalive_timeout=settings.connections.header_timeout,\n",
         "",
         (f"{DOS_PROCESS}::test_a_slow_header_client_is_cut_at_the_header_timeout_while_health_answers",),

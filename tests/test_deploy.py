@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import yaml
 
-from run import SHUTDOWN_TIMEOUT
+from server.cli import SHUTDOWN_TIMEOUT
 from server.lifecycle import FINAL_EVENT_GRACE
 from server.settings import load_settings
 

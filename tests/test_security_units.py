@@ -12,12 +12,12 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
-from run import warn_if_open
 from server.app import create_app
 from server.auth.gateway_keys import KeyRing
 from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, rate_limit_headers
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
+from server.cli import warn_if_open
 from server.cors import CorsPolicy
 from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
 from server.middleware.auth import auth_middleware

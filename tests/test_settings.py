@@ -240,3 +240,37 @@ def test_list_settings_are_immutable_tuples() -> None:
 
     assert isinstance(settings.models.available, tuple)
     assert isinstance(settings.server.cors_origins, tuple)
+
+
+@pytest.mark.parametrize("level", ["INFO", "Info", "info"])
+def test_choices_are_accepted_in_any_case(level: str) -> None:
+    assert load(SLUICE_LOGGING_LEVEL=level, SLUICE_LOGGING_FORMAT="JSON").logging.level == "info"
+
+
+def test_an_unknown_sluice_variable_is_refused_naming_the_closest_setting() -> None:
+    message = settings_error(SLUICE_STREAM_HEARTBEAT="5")
+
+    assert "SLUICE_STREAM_HEARTBEAT:" in message
+    assert "did you mean SLUICE_STREAM_HEARTBEAT_INTERVAL?" in message
+
+
+def test_port_comes_from_the_port_variable() -> None:
+    assert load(PORT="9000").process.port == 9000
+    assert load().process.port is None
+
+
+def test_a_model_list_mistake_names_the_variable_that_caused_it() -> None:
+    message = settings_error(SLUICE_MODELS_DEFAULT="gpt-9")
+
+    assert "environment variable SLUICE_MODELS_DEFAULT" in message
+
+
+def test_a_sluice_variable_that_a_setting_names_is_not_unknown(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text('[upstream]\nconnect_timeout = 3.0\n[extra_names]\nsecret_env = "SLUICE_SOME_SECRET"\n')
+
+    # The section itself is refused (it is not a setting), but not the variable it names.
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overlay, environ={"SLUICE_SOME_SECRET": "x"})
+    assert "extra_names" in str(caught.value)
+    assert "SLUICE_SOME_SECRET" not in str(caught.value)

@@ -1,8 +1,13 @@
 """Write one `request_finished` event per request, and count it in the metrics.
 
-Chat requests add the model, whether they streamed, time to first token, usage and how they
-ended. Probes and /metrics log at debug level, so an orchestrator polling every second does
-not flood the log.
+Every line names the client (the peer, or behind `server.trusted_proxies` the address they
+forwarded for) and, for an error, its `error_code` and `param`. Chat requests add the model,
+whether they streamed, time to first token, usage and how they ended. Probes and /metrics log at
+debug level, so an orchestrator polling every second does not flood the log; server errors and a
+rejected upstream key log at warning.
+
+With `--workers`, a request forwarded to the worker that owns its stream (worker_proxy.py) is
+logged and counted once, by that worker, with the client the forwarding worker saw.
 """
 
 from __future__ import annotations
@@ -15,12 +20,16 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..access import RequestRecord
+from ..client_address import client_address
+from ..credentials import REJECTED_CODE
 from ..guard import Outcome
-from ..keys import METRICS, RECORD
+from ..keys import METRICS, RECORD, SETTINGS, UPSTREAM_CREDENTIALS
 
 log = structlog.get_logger("sluice.access")
 
 QUIET_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
+# Statuses that are the operator's business: not 503, which draining and load shedding answer by design.
+WARNING_STATUSES = frozenset({500, 502, 504})
 
 
 @web.middleware
@@ -30,6 +39,9 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     record = RequestRecord(started=asyncio.get_running_loop().time())
     resource = request.match_info.route.resource
     record.route = resource.canonical if resource is not None else "unmatched"
+    # Now, while the connection is there: a stream's connection may be gone by the time it is logged.
+    record.via_worker = _forwarded(request)
+    record.client = client_of(request)
     request[RECORD] = record
     status = 500
     try:
@@ -42,14 +54,21 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
         raise
     finally:
-        duration = time.perf_counter() - started
-        _log(request, record, status, duration)
-        metrics = request.app[METRICS]
-        metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
-        if record.key is not None:
-            metrics.child(metrics.key_requests, record.key, str(status)).inc()
-        if record.stream is not None:
-            metrics.chat_finished(record, duration, status)
+        _finished(request, record, status, time.perf_counter() - started)
+
+
+def _finished(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
+    if record.stream is not None:
+        request.app[UPSTREAM_CREDENTIALS].note(record.error_code, answered=record.outcome is Outcome.COMPLETED)
+    if record.forwarded_to is not None:
+        return  # the worker that owns the stream logged and counted it
+    _log(request, record, status, duration)
+    metrics = request.app[METRICS]
+    metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
+    if record.key is not None:
+        metrics.child(metrics.key_requests, record.key, str(status)).inc()
+    if record.stream is not None:
+        metrics.chat_finished(record, duration, status)
 
 
 def _log(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
@@ -58,7 +77,13 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         "path": request.path,
         "status": status,
         "duration_ms": round(duration * 1000, 2),
+        "client": record.client,
     }
+    if record.via_worker:
+        fields["forwarded_by_worker"] = True
+    if status >= 400 and record.error_code:
+        fields["error_code"] = record.error_code
+        fields["param"] = record.error_param
     if record.key is not None:
         fields["key"] = record.key
     if record.malformed_chunks:
@@ -79,5 +104,21 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
             fields.update(record.extra)
     if request.path in QUIET_PATHS:
         log.debug("request_finished", **fields)
+    elif status in WARNING_STATUSES or record.error_code == REJECTED_CODE:
+        log.warning("request_finished", **fields)
     else:
         log.info("request_finished", **fields)
+
+
+def _forwarded(request: web.Request) -> bool:
+    """True for a request another worker forwarded over this worker's Unix socket."""
+    return request.transport is not None and isinstance(request.transport.get_extra_info("sockname"), str)
+
+
+def client_of(request: web.Request) -> str | None:
+    """The client's address, as the access log names it."""
+    if _forwarded(request):
+        # Only the other workers can reach the Unix socket; they pass on the client they saw.
+        return request.headers.get("X-Forwarded-For")
+    trusted = request.app[SETTINGS].server.trusted_proxies
+    return client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)

@@ -19,7 +19,7 @@ from ..errors import (
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
 )
-from ..keys import RESPONSE_STARTED
+from ..keys import RECORD, RESPONSE_STARTED
 
 log = structlog.get_logger("sluice.errors")
 
@@ -32,21 +32,30 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
     except GatewayError as error:
         if request.get(RESPONSE_STARTED):
             raise
-        return render_error(error)
+        return _render_for(request, error)
     except web.HTTPException as exc:
         if exc.status < 400 or request.get(RESPONSE_STARTED):
             raise
-        return render_error(_from_http_exception(exc))
+        return _render_for(request, _from_http_exception(exc))
     except Exception:
         log.exception("request_failed")
         if request.get(RESPONSE_STARTED):
             raise  # aiohttp closes the connection; the client sees a cut, never a second answer
-        return render_error(GatewayError("Sluice failed to handle the request."))
+        return _render_for(request, GatewayError("Sluice failed to handle the request."))
 
 
 async def mark_response_started(request: web.Request, response: web.StreamResponse) -> None:
     """Note that headers are going out: from now on a failure cannot become an HTTP status."""
     request[RESPONSE_STARTED] = True
+
+
+def _render_for(request: web.Request, error: GatewayError) -> web.Response:
+    """Render `error`, noting its code and param for the access log."""
+    record = request.get(RECORD)
+    if record is not None:
+        record.error_code = record.error_code or error.code
+        record.error_param = error.param
+    return render_error(error)
 
 
 def render_error(error: GatewayError) -> web.Response:

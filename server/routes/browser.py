@@ -133,7 +133,13 @@ async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
     """Answer with what worker `owner` answers (see worker_proxy.py)."""
     send_timeout = request.app[SETTINGS].stream.send_timeout
     return await forward_to_owner(
-        request, request.app[WORKER_PROXY], owner, request[REQUEST_ID], send_timeout=send_timeout
+        request,
+        request.app[WORKER_PROXY],
+        owner,
+        request[REQUEST_ID],
+        record=request[RECORD],
+        client=request[RECORD].client,
+        send_timeout=send_timeout,
     )
 
 

@@ -16,6 +16,7 @@ import structlog
 
 from ..chunks import MAX_EVENT_BYTES
 from ..errors import UpstreamError, UpstreamProtocolError
+from ..logs import connection_error_fields
 from ..settings import UpstreamEntry, UpstreamSettings
 from .failures import connect_failure, status_failure, timeout_failure
 from .stream import UpstreamStream
@@ -131,10 +132,10 @@ class UpstreamClient:
                 self._url, data=orjson.dumps(body), headers=headers, timeout=self._timeout
             )
         except (aiohttp.ServerTimeoutError, aiohttp.ConnectionTimeoutError) as exc:
-            log.warning("upstream_connect_failed", upstream=self.name, error=type(exc).__name__)
+            log.warning("upstream_connect_failed", upstream=self.name, **connection_error_fields(exc))
             raise timeout_failure() from exc
         except aiohttp.ClientError as exc:
-            log.warning("upstream_connect_failed", upstream=self.name, error=type(exc).__name__)
+            log.warning("upstream_connect_failed", upstream=self.name, **connection_error_fields(exc))
             raise connect_failure() from exc
         if response.status != 200:
             raise await self._status_error(response)

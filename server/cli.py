@@ -1,0 +1,192 @@
+"""The `sluice` command (also `python run.py`): parse the command line, load settings, serve.
+
+Every start-up mistake ends the process with one line on stderr naming the setting, where its
+value came from and what was expected, and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import gc
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn
+
+import structlog
+from aiohttp import web
+
+from . import __version__
+from .app import create_app, upstream_url
+from .logs import configure_logging, loggable_url
+from .settings import Settings, SettingsError, load_settings
+from .worker_proxy import WorkerIdentity, identity_from_args
+
+# Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
+SHUTDOWN_TIMEOUT = 5.0
+DEFAULT_PORT = 8080
+# Exit status of every start-up mistake, as argparse uses for a wrong flag.
+USAGE_ERROR = 2
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "localhost"})
+# Errors binding the listening socket that are the operator's to fix, not a bug.
+_BIND_ERRORS = frozenset({errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL})
+
+
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse, but a wrong flag is one line (no usage dump) like every other start-up error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(USAGE_ERROR, f"sluice: {message} (see --help)\n")
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number 1-65535, got {text!r}")
+    return int(text)
+
+
+def _worker_count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of workers, 1 or more, got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; see `sluice --help`."""
+    parser = _OneLineParser(description="Sluice: a streaming gateway for OpenAI-compatible chat models.")
+    parser.add_argument("--version", action="version", version=f"sluice {__version__}")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    parser.add_argument(
+        "--port", type=_port, default=None, help=f"port to listen on (default: $PORT, else {DEFAULT_PORT})"
+    )
+    parser.add_argument(
+        "--config", type=Path, default=None, help="TOML file overlaid on config/default.toml (default: none)"
+    )
+    parser.add_argument(
+        "--workers",
+        type=_worker_count,
+        default=1,
+        help="worker processes sharing the port with SO_REUSEPORT (default: 1)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=None,
+        help="log format (default: from config; auto = JSON unless stdout is a terminal)",
+    )
+    # Set by the --workers supervisor for each worker it starts.
+    parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--peer-dir", default=None, help=argparse.SUPPRESS)
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Load settings, then serve until SIGTERM or SIGINT has drained the process."""
+    args = parse_args(argv)
+    try:
+        settings = load_settings(args.config)
+    except SettingsError as exc:
+        return _refuse(str(exc))
+    configure_logging(args.log_format or settings.logging.format, settings.logging.level)
+    if args.workers > 1:
+        from .workers import supervise
+
+        return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings.process.metrics_dir)
+    port, port_source = _listen_port(args.port, settings)
+    # With Redis every worker reads every stream from there: no relay between workers is needed.
+    worker = identity_from_args(args.worker_index, args.peer_dir) if settings.redis.url is None else None
+    try:
+        serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker)
+    except OSError as exc:
+        if exc.errno not in _BIND_ERRORS:
+            raise
+        reason = os.strerror(exc.errno) if exc.errno is not None else str(exc)
+        return _refuse(f"{port_source}: cannot listen on {args.host}:{port}: {reason} (errno {exc.errno})")
+    return 0
+
+
+def _listen_port(flag: int | None, settings: Settings) -> tuple[int, str]:
+    """The port and where it came from: --port, then $PORT, then the default."""
+    if flag is not None:
+        return flag, f"--port {flag}"
+    if settings.process.port is not None:
+        return settings.process.port, f"environment variable PORT={settings.process.port}"
+    return DEFAULT_PORT, f"default port {DEFAULT_PORT}"
+
+
+def _refuse(message: str) -> int:
+    print(f"sluice: {message}", file=sys.stderr)
+    return USAGE_ERROR
+
+
+def serve(
+    settings: Settings, host: str, port: int, *, reuse_port: bool = False, worker: WorkerIdentity | None = None
+) -> None:
+    """Run one gateway process in the foreground (one of several when `worker` is given)."""
+    log = structlog.get_logger("sluice")
+    app = create_app(settings, worker, signals=True)
+
+    def announce(_: str) -> None:
+        # run_app calls this once its sockets listen: the line tests and operators wait for.
+        log.info(
+            "sluice_listening",
+            url=f"http://{host}:{port}",
+            integration="simulated" if settings.simulated else "openai",
+            upstream=loggable_url(upstream_url(app)),
+            models=len(settings.models.available),
+            auth="on" if settings.auth.enabled else "off",
+            pid=os.getpid(),
+            worker_index=worker.index if worker is not None else None,
+        )
+
+    warn_if_open(settings, host)
+    # Everything imported and built so far lives as long as the process: moving it out of the
+    # collector's sight keeps full collections short. bench/ measured them freezing the loop for
+    # 60-500 ms with thousands of live streams, enough to stall streams and overflow the accept queue.
+    gc.collect()
+    gc.freeze()
+    web.run_app(
+        app,
+        host=host,
+        port=port,
+        loop=_new_event_loop(),
+        handler_cancellation=True,
+        handle_signals=False,
+        access_log=None,
+        print=announce,
+        shutdown_timeout=SHUTDOWN_TIMEOUT,
+        # aiohttp arms this at connect and after each response, and closes a connection still
+        # waiting for a complete request then: the header-read deadline and the keep-alive idle limit.
+        keepalive_timeout=settings.connections.header_timeout,
+        backlog=settings.server.backlog,
+        reuse_port=reuse_port or None,
+        # A worker also listens on its own Unix socket, where the others relay its browser streams.
+        path=str(worker.socket_path()) if worker is not None else None,
+    )
+
+
+def warn_if_open(settings: Settings, host: str) -> None:
+    """Say so at start-up when anyone who can reach a non-loopback address may use the upstream key."""
+    if settings.auth.enabled or host in LOOPBACK_HOSTS:
+        return
+    structlog.get_logger("sluice").warning(
+        "gateway_open",
+        message="No gateway keys are configured and Sluice listens on a non-loopback address: "
+        "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
+        host=host,
+    )
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:  # uvloop is optional on platforms without a wheel
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

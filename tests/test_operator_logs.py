@@ -1,0 +1,81 @@
+"""What a real process logs: the start-up line's fields, and one line per request across workers."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import signal
+import sys
+
+import aiohttp
+
+from server.settings import load_settings
+from tests.conftest import TEST_CONFIG
+from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+
+KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstream
+
+
+def test_the_listening_line_names_upstream_models_auth_and_pid(gateway: Gateway, simulator: Simulator) -> None:
+    line = gateway.process.wait_for_event("sluice_listening")
+
+    assert line["upstream"] == simulator.base_url
+    assert line["integration"] == "openai"
+    assert line["models"] == len(load_settings(TEST_CONFIG, environ={}).models.available)
+    assert line["auth"] == "off"
+    assert line["pid"] == gateway.process.pid
+    assert not any(KEY in text for text in gateway.process.lines)
+
+
+async def test_a_request_forwarded_between_workers_is_logged_once_by_the_owner(simulator: Simulator) -> None:
+    port = free_port()
+    env = clean_env({"AI_INTEGRATIONS_OPENAI_API_KEY": KEY, "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url})
+    argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", "2"]
+    supervisor = ManagedProcess(argv, env).start()
+    url = f"http://127.0.0.1:{port}"
+    reads = [f"fwd-read-{n}" for n in range(12)]
+    try:
+        supervisor.wait_for_line(lambda _: len(supervisor.events("sluice_listening")) >= 2)
+        fresh = aiohttp.TCPConnector(force_close=True)  # a new connection each time: any worker answers
+        async with aiohttp.ClientSession(connector=fresh) as http:
+            async with http.post(url + "/chat/streams", json={"message": "w\n#sim tokens=3"}) as response:
+                stream_url = url + (await response.json())["url"]
+            for request_id in reads:
+                async with http.get(stream_url, headers={"X-Request-ID": request_id}) as response:
+                    assert response.status == 200
+                    await response.read()
+        supervisor.signal(signal.SIGTERM)
+        assert await asyncio.to_thread(supervisor.wait, 30) == 0  # every line is out once it exits
+    finally:
+        supervisor.stop()
+    lines = [e for e in supervisor.events("request_finished") if e.get("request_id") in reads]
+    assert sorted(e["request_id"] for e in lines) == sorted(reads)  # one line each, none twice
+    owners = {e["pid"] for e in lines}
+    assert len(owners) == 1  # the worker that owns the stream wrote every line
+    forwarded = [e for e in lines if e.get("forwarded_by_worker")]
+    assert forwarded, "no read reached the other worker: nothing was forwarded"
+    assert all(e["client"] == "127.0.0.1" for e in lines)
+
+
+async def test_an_upstream_connect_failure_names_host_port_and_errno() -> None:
+    closed_port = free_port()  # nothing listens here: the connection is refused
+    gateway = start_gateway(
+        env={
+            "AI_INTEGRATIONS_OPENAI_API_KEY": KEY,
+            "AI_INTEGRATIONS_OPENAI_BASE_URL": f"http://127.0.0.1:{closed_port}/v1",
+        }
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+            async with http.post(gateway.url + "/v1/chat/completions", json=body) as response:
+                assert response.status == 502
+        line = gateway.process.wait_for_event("upstream_connect_failed")
+    finally:
+        gateway.process.stop()
+
+    assert line["host"] == "127.0.0.1"
+    assert line["port"] == closed_port
+    assert line["errno"] == errno.ECONNREFUSED
+    assert line["reason"] == os.strerror(errno.ECONNREFUSED)

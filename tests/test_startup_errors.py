@@ -1,0 +1,98 @@
+"""Every start-up mistake stops Sluice with one line naming the setting, its source and what was expected, exit 2."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.processes import ROOT, clean_env, free_port
+
+
+def start_up(*args: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """Run `python run.py` with `args` and `environ` to its end (a mistake ends it at once)."""
+    argv = [sys.executable, "run.py", "--config", "config/test.toml", *args]
+    return subprocess.run(argv, cwd=ROOT, env=clean_env(environ), capture_output=True, text=True, timeout=60)
+
+
+def refusal(result: subprocess.CompletedProcess[str]) -> str:
+    """The one stderr line of a refused start-up; fails unless the exit status is 2."""
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert lines[0].startswith("sluice: ")
+    return lines[0]
+
+
+@pytest.fixture
+def taken_port() -> Iterator[int]:
+    """A loopback port something else listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock.getsockname()[1]
+
+
+@pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])
+def test_port_flag_out_of_range_names_the_flag_and_the_range(port: str) -> None:
+    line = refusal(start_up(f"--port={port}"))
+    assert "--port" in line
+    assert "1-65535" in line
+
+
+def test_port_variable_out_of_range_names_the_variable() -> None:
+    line = refusal(start_up(PORT="99999"))
+    assert "environment variable PORT" in line
+    assert "65535" in line
+
+
+def test_port_variable_not_a_number_names_the_variable() -> None:
+    line = refusal(start_up(PORT="abc"))
+    assert "environment variable PORT" in line
+    assert "1-65535" in line
+
+
+def test_port_in_use_names_the_port_and_its_source(taken_port: int) -> None:
+    line = refusal(start_up("--port", str(taken_port)))
+    assert f"--port {taken_port}" in line
+    assert "in use" in line
+
+
+def test_port_in_use_from_the_variable_blames_the_variable(taken_port: int) -> None:
+    line = refusal(start_up(PORT=str(taken_port)))
+    assert f"PORT={taken_port}" in line
+    assert "in use" in line
+
+
+def test_zero_workers_names_the_flag_and_the_minimum() -> None:
+    line = refusal(start_up("--workers", "0", "--port", str(free_port())))
+    assert "--workers" in line
+    assert "1 or more" in line
+
+
+def test_misspelled_sluice_variable_names_the_closest_setting() -> None:
+    line = refusal(start_up("--port", str(free_port()), SLUICE_LOGING_LEVEL="info"))
+    assert "SLUICE_LOGING_LEVEL" in line
+    assert "did you mean SLUICE_LOGGING_LEVEL?" in line
+
+
+def test_invalid_integration_base_url_is_reported_under_its_own_name() -> None:
+    line = refusal(start_up("--port", str(free_port()), AI_INTEGRATIONS_OPENAI_BASE_URL="api.example.com/v1"))
+    assert "environment variable AI_INTEGRATIONS_OPENAI_BASE_URL" in line
+    assert "upstream.base_url" in line
+    assert "SLUICE_UPSTREAM_BASE_URL" not in line
+
+
+def test_typo_in_a_config_file_is_blamed_on_the_file(tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text("[server]\nbacklogg = 5\n")
+    line = refusal(start_up("--port", str(free_port()), "--config", str(config)))
+    assert f"--config file {config}" in line
+    assert "server.backlogg" in line
+    assert "did you mean server.backlog?" in line
+    assert "environment" not in line
