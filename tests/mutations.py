@@ -308,6 +308,34 @@ BREAKS = [
         (f"{DASHBOARD_BROWSER}::test_a_screenshot_of_the_dashboard_after_traffic_is_a_drawn_page",),
     ),
     Break(
+        "dashboard feed read without the metrics key",
+        "server/static/dashboard.js",
+        "  const headers = key ? { Authorization: `Bearer ${key}` } : {};\n",
+        "  const headers = {};\n",
+        (f"{DASHBOARD_BROWSER}::test_with_a_metrics_key_the_page_asks_for_it_then_follows_traffic",),
+    ),
+    Break(
+        "dashboard treats a refused key as a lost connection",
+        "server/static/dashboard.js",
+        '  if (response.status === 401) return "denied";\n',
+        "\n",
+        (f"{DASHBOARD_BROWSER}::test_a_wrong_metrics_key_is_refused_with_a_clear_message",),
+    ),
+    Break(
+        "dashboard never reconnects after a drop",
+        "server/static/dashboard.js",
+        "    await pause(delay, controller.signal);\n",
+        "    return;\n",
+        (f"{DASHBOARD_BROWSER}::test_the_dashboard_says_when_its_feed_is_lost_and_recovers",),
+    ),
+    Break(
+        "SSE parser splits lines only at LF",
+        "server/static/sse.js",
+        "    const line = /\\r\\n|\\n|\\r(?!$)/g;\n",
+        "    const line = /\\n/g;\n",
+        (f"{DASHBOARD_BROWSER}::test_the_sse_parser_joins_pieces_and_reads_every_line_ending",),
+    ),
+    Break(
         "upstream-down alert on the wrong breaker state",
         "deploy/prometheus/alerts.yaml",
         "          max by (upstream) (sluice_upstream_breaker_state) == 2\n",
@@ -600,7 +628,7 @@ BREAKS += [
         WORKER_PROXY,
         '    forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")\n',
         '    forwarded = ("Last-Event-ID",)\n',
-        (f"{AUTH_PROCESS}::test_a_stream_opens_by_key_or_token_through_any_worker",),
+        (f"{AUTH_PROCESS}::test_a_stream_opens_by_key_or_token_through_the_worker_that_does_not_own_it",),
     ),
     Break(
         "another key's stream readable",

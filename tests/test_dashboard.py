@@ -134,7 +134,7 @@ async def test_the_dashboard_page_is_served_under_the_strict_policy(client: Clie
     assert '<script src="/static/dashboard.js" defer></script>' in page
     assert "<script>" not in page
     assert "style=" not in page
-    for name in ("dashboard.js", "dashboard.css"):
+    for name in ("sse.js", "dashboard.js", "dashboard.css"):
         assert (await client.get(f"/static/{name}")).status == 200
 
 

@@ -20,6 +20,7 @@ from tests.support.client import new_request_id
 from tests.support.png import colours
 from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.proxy import CuttingProxy
+from tests.support.security import KEY_ALPHA, METRICS_KEY, bearer, start_keyed_gateway
 from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PolicyWatch
 
 ACCENT = (0x25, 0x63, 0xEB)  # --accent in dashboard.css: the colour of every number on the page
@@ -32,6 +33,14 @@ def gateway(simulator: Simulator) -> Iterator[Gateway]:
     yield gw
     gw.process.stop()
     assert [e for e in gw.process.events() if e.get("level") in ("error", "critical")] == []
+
+
+@pytest.fixture(scope="module")
+def keyed(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """A gateway with keys and a metrics key: its feed answers 401 without the metrics key."""
+    gw = start_keyed_gateway(tmp_path_factory.mktemp("dashboard-keyed"), simulator)
+    yield gw
+    gw.process.stop()
 
 
 @pytest.fixture
@@ -64,11 +73,10 @@ async def next_update(page: Page) -> None:
     await expect(body).not_to_have_attribute("data-updates", seen or "", timeout=UPDATE_SECONDS)
 
 
-async def stream(http: aiohttp.ClientSession, gateway: Gateway, message: str) -> str:
+async def stream(http: aiohttp.ClientSession, gateway: Gateway, message: str, key: str | None = None) -> str:
     request_id = new_request_id("dash")
-    async with http.post(
-        gateway.url + "/chat/stream", json={"message": message}, headers={"X-Request-ID": request_id}
-    ) as response:
+    headers = {"X-Request-ID": request_id, **(bearer(key) if key else {})}
+    async with http.post(gateway.url + "/chat/stream", json={"message": message}, headers=headers) as response:
         assert response.status == 200
         await response.read()
     gateway.process.wait_for_event("request_finished", request_id=request_id)
@@ -79,6 +87,7 @@ async def test_the_dashboard_numbers_appear_and_follow_the_traffic(gateway: Gate
     page, watch = await open_dashboard(browser, gateway.url)
     requests_before = await number(page, "#requests-total")
     await expect(page.locator("#table-upstreams td[data-state]")).to_have_text("closed")
+    await expect(page.locator("#key-form")).to_be_hidden()  # no metrics key set: nothing to ask
 
     async with aiohttp.ClientSession() as http:
         for _ in range(5):
@@ -157,3 +166,64 @@ async def test_the_dashboard_says_when_its_feed_is_lost_and_recovers(gateway: Ga
         assert watch.violations == []
     finally:
         await proxy.close()
+
+
+async def test_with_a_metrics_key_the_page_asks_for_it_then_follows_traffic(keyed: Gateway, browser: Browser) -> None:
+    page = await browser.new_page(viewport={"width": 1000, "height": 760})
+    watch = PolicyWatch(page)
+    await page.goto(keyed.url + "/dashboard")
+    await expect(page.locator("#feed")).to_have_attribute("data-state", "locked", timeout=UPDATE_SECONDS)
+    await expect(page.locator("#key-message")).to_have_text("This dashboard needs the gateway's metrics key.")
+    await expect(page.locator("#requests-total")).to_have_text("–")
+
+    await page.locator("#metrics-key").fill(METRICS_KEY)
+    await page.locator("#key-form button").click()
+    await expect(page.locator("#feed")).to_have_attribute("data-state", "live", timeout=UPDATE_SECONDS)
+    await expect(page.locator("#key-form")).to_be_hidden()
+    requests_before = await number(page, "#requests-total")
+
+    async with aiohttp.ClientSession() as http:
+        for _ in range(3):
+            await stream(http, keyed, "Count me\n#sim tokens=20 gap_ms=2", key=KEY_ALPHA)
+    await next_update(page)
+
+    assert await number(page, "#requests-total") >= requests_before + 3
+    await expect(page.locator("#endings")).to_contain_text("completed")
+    assert METRICS_KEY not in page.url
+    assert watch.violations == []
+
+
+async def test_a_wrong_metrics_key_is_refused_with_a_clear_message(keyed: Gateway, browser: Browser) -> None:
+    page = await browser.new_page()
+    watch = PolicyWatch(page)
+    await page.goto(keyed.url + "/dashboard")
+    await expect(page.locator("#key-form")).to_be_visible(timeout=UPDATE_SECONDS)
+
+    # A gateway key is not the metrics key.
+    await page.locator("#metrics-key").fill(KEY_ALPHA)
+    await page.locator("#key-form button").click()
+
+    await expect(page.locator("#feed")).to_have_text("Metrics key refused", timeout=UPDATE_SECONDS)
+    await expect(page.locator("#key-message")).to_have_text(
+        "The gateway refused that metrics key; check it and try again."
+    )
+    await expect(page.locator("#requests-total")).to_have_text("–")
+    assert await page.evaluate("sessionStorage.length") == 0
+    assert watch.violations == []
+
+
+async def test_the_sse_parser_joins_pieces_and_reads_every_line_ending(gateway: Gateway, browser: Browser) -> None:
+    page, _ = await open_dashboard(browser, gateway.url)
+    pieces = ['retry: 2000\nevent: snapshot\ndata: {"a"', ":1}\r", "\n\r\n: heartbeat\n\n", "data: x\rdata: y\n\n"]
+    result = await page.evaluate(
+        """(pieces) => {
+            const parser = new SseParser();
+            const events = pieces.flatMap((piece) => parser.push(piece));
+            return { events, retry: parser.retry };
+        }""",
+        pieces,
+    )
+    assert result == {
+        "events": [{"type": "snapshot", "data": '{"a":1}'}, {"type": "message", "data": "x\ny"}],
+        "retry": 2000,
+    }

@@ -38,6 +38,7 @@ FILES = {
     "style.css": "text/css; charset=utf-8",
     "markdown.js": "text/javascript; charset=utf-8",
     "dashboard.js": "text/javascript; charset=utf-8",
+    "sse.js": "text/javascript; charset=utf-8",
     "dashboard.css": "text/css; charset=utf-8",
 }
 

@@ -1,4 +1,5 @@
-// Sluice live dashboard: one EventSource on /dashboard/feed, a `snapshot` event every second.
+// Sluice live dashboard: /dashboard/feed read with fetch() (so it can carry the metrics key) and
+// parsed by sse.js, a `snapshot` event every second; reconnects with backoff when it drops.
 // Every value is written with textContent and every element built with createElement, so nothing
 // the feed carries is ever parsed as HTML.
 "use strict";
@@ -114,19 +115,95 @@ function render(snapshot) {
   renderTables(snapshot.tables);
 }
 
-function connect() {
-  const source = new EventSource("/dashboard/feed");
-  let updates = 0;
-  source.addEventListener("snapshot", (message) => {
-    updates += 1;
-    render(JSON.parse(message.data));
-    setFeed("live", "Live");
-    document.body.dataset.updates = String(updates);
-  });
-  source.addEventListener("error", () => {
-    // EventSource reconnects by itself; say so until the next snapshot arrives.
-    setFeed("lost", source.readyState === EventSource.CLOSED ? "Disconnected" : "Connection lost; reconnecting…");
+// Reconnect after a lost feed: the server's `retry:` hint (or 1 s), doubling up to MAX_DELAY_MS.
+const FIRST_DELAY_MS = 1000;
+const MAX_DELAY_MS = 8000;
+// The metrics key lives in this tab's sessionStorage only: never in the URL, gone with the tab.
+const KEY_STORE = "sluice-metrics-key";
+
+const keyForm = byId("key-form");
+const keyInput = byId("metrics-key");
+const keyMessage = byId("key-message");
+let key = sessionStorage.getItem(KEY_STORE) || "";
+let updates = 0;
+let current = null; // the AbortController of the feed being read
+
+function askForKey(message) {
+  keyForm.hidden = false;
+  keyMessage.textContent = message;
+  keyInput.focus();
+}
+
+// Read the feed once: "denied" on 401, "ended" when it closes; throws when the connection drops.
+async function readFeed(signal, onRetry) {
+  const headers = key ? { Authorization: `Bearer ${key}` } : {};
+  const response = await fetch("/dashboard/feed", { headers, signal, cache: "no-store" });
+  if (response.status === 401) return "denied";
+  if (!response.ok || !response.body) throw new Error(`feed answered ${response.status}`);
+  if (key) sessionStorage.setItem(KEY_STORE, key);
+  keyForm.hidden = true;
+  const parser = new SseParser();
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) return "ended";
+    for (const event of parser.push(value)) {
+      if (event.type !== "snapshot") continue;
+      updates += 1;
+      render(JSON.parse(event.data));
+      setFeed("live", "Live");
+      document.body.dataset.updates = String(updates);
+      onRetry(parser.retry);
+    }
+  }
+}
+
+function pause(ms, signal) {
+  return new Promise((resolve) => {
+    const timer = setTimeout(resolve, ms);
+    signal.addEventListener("abort", () => { clearTimeout(timer); resolve(); }, { once: true });
   });
 }
+
+async function follow(controller) {
+  let delay = FIRST_DELAY_MS;
+  let base = FIRST_DELAY_MS;
+  while (!controller.signal.aborted) {
+    let outcome;
+    try {
+      outcome = await readFeed(controller.signal, (retry) => {
+        base = retry || FIRST_DELAY_MS;
+        delay = base; // a snapshot arrived: the next drop starts the backoff over
+      });
+    } catch (error) {
+      if (controller.signal.aborted) return;
+      outcome = "lost";
+    }
+    if (outcome === "denied") {
+      sessionStorage.removeItem(KEY_STORE);
+      setFeed("locked", key ? "Metrics key refused" : "Needs the metrics key");
+      askForKey(key ? "The gateway refused that metrics key; check it and try again." : "This dashboard needs the gateway's metrics key.");
+      return;
+    }
+    setFeed("lost", "Connection lost; reconnecting…");
+    await pause(delay, controller.signal);
+    delay = Math.min(delay * 2, MAX_DELAY_MS);
+  }
+}
+
+function connect() {
+  if (current) current.abort();
+  current = new AbortController();
+  setFeed("connecting", "Connecting…");
+  follow(current);
+}
+
+keyForm.addEventListener("submit", (event) => {
+  event.preventDefault();
+  key = keyInput.value.trim();
+  keyInput.value = "";
+  keyMessage.textContent = "";
+  connect();
+});
 
 connect();
