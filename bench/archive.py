@@ -25,6 +25,7 @@ def save(path: Path, results: list[WorkloadResult], command: str, date: str, mac
                 "passthrough": result.passthrough,
                 "sluice": result.sluice,
                 "simulator_direct": result.simulator_direct,
+                "redis_mode": result.redis_mode,
             }
             for result in results
         ],
@@ -45,6 +46,7 @@ def load(path: Path) -> tuple[list[WorkloadResult], str, str, dict[str, str]]:
             passthrough=entry.get("passthrough"),
             sluice=entry["sluice"],
             simulator_direct=entry["simulator_direct"],
+            redis_mode=entry.get("redis_mode"),
         )
         for entry in raw["workloads"]
     ]

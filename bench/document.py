@@ -10,10 +10,12 @@ from .processes import Upstream
 from .report import (
     FIGURE_HEADERS,
     PROCESS_HEADERS,
+    REDIS_HEADERS,
     VERDICT_HEADERS,
     figure_rows,
     markdown_table,
     process_rows,
+    redis_rows,
     verdict_rows,
     verdicts,
 )
@@ -72,6 +74,8 @@ def render_markdown(results: Sequence[WorkloadResult], machine: dict[str, str], 
     """The whole RESULTS.md."""
     mode = "quick (smoke-test sizes: figures not comparable)" if _quick(command) else "full"
     upstream = results[0].upstream if results else Upstream.BENCH
+    redis = [result for result in results if not result.loadgen_runs]
+    results = [result for result in results if result.loadgen_runs]
     parts = [
         "# Sluice benchmark results",
         f"Written by `{command}` on {date}, {mode}. Rerun the command to refresh this file.",
@@ -87,6 +91,7 @@ def render_markdown(results: Sequence[WorkloadResult], machine: dict[str, str], 
         "## Processes",
         "CPU in cores over each run's window (100 % = one core busy); Sluice's kernel share in brackets.",
         markdown_table(PROCESS_HEADERS, process_rows(results)),
+        *(_redis_section(redis) if redis else []),
         "## What the figures say about the instrument",
         "\n".join(f"- {note}" for note in notes(results)),
         "## Reference figures (measured on this machine by others, not by this benchmark)",
@@ -95,6 +100,17 @@ def render_markdown(results: Sequence[WorkloadResult], machine: dict[str, str], 
     if HISTORY.exists():
         parts.append(HISTORY.read_text().strip())
     return "\n\n".join(parts) + "\n"
+
+
+def _redis_section(results: Sequence[WorkloadResult]) -> list[str]:
+    workload = results[0].workload
+    return [
+        "## Redis mode",
+        f"{workload.streams} concurrent browser streams of {workload.pace.tokens} tokens, one every "
+        f"{workload.pace.gap_ms:g} ms (server/simulator), timed at the client by `bench/redis_mode.py`; "
+        "added gap p99 is over memory mode's (target: ≤ 2 ms). CPU is user + system time per event.",
+        markdown_table(REDIS_HEADERS, redis_rows(results)),
+    ]
 
 
 def notes(results: Sequence[WorkloadResult]) -> list[str]:

@@ -1,4 +1,4 @@
-"""`python -m bench.redis_mode`: what Redis mode adds to a browser stream, against memory mode.
+"""`python -m bench.redis_mode` (or the `redis-mode` workload of `python -m bench`): what Redis mode adds.
 
 Starts the simulator, a redis-server (Debian's) and Sluice instances, then runs the same browser
 streams (POST /chat/streams, then GET its events) three ways: memory mode; Redis mode read on the
@@ -17,6 +17,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import psutil
@@ -60,10 +61,50 @@ async def run(start: Gateway, read: Gateway, pids: dict[str, int], streams: int,
     return Outcome(flat, len(flat) + streams, {name: after[name] - before[name] for name in processes})
 
 
-def report(name: str, outcome: Outcome) -> None:
-    cpu = ", ".join(f"{who} {seconds / outcome.events * 1e6:.1f} us" for who, seconds in outcome.cpu_s.items())
-    p50, p99 = percentile(outcome.gaps_ms, 0.5), percentile(outcome.gaps_ms, 0.99)
-    print(f"{name:<34} gap p50 {p50:6.2f} ms  p99 {p99:6.2f} ms  CPU per event: {cpu}")
+def figures(outcome: Outcome) -> dict[str, Any]:
+    """The gap percentiles and CPU per event of one variant, as plain data (kept by `--json`)."""
+    return {
+        "events": outcome.events,
+        "gap_p50_ms": percentile(outcome.gaps_ms, 0.5),
+        "gap_p99_ms": percentile(outcome.gaps_ms, 0.99),
+        "cpu_us_per_event": {who: seconds / outcome.events * 1e6 for who, seconds in outcome.cpu_s.items()},
+    }
+
+
+def line(name: str, variant: dict[str, Any]) -> str:
+    """One variant's figures on one line."""
+    cpu = ", ".join(f"{who} {us:.1f} us" for who, us in variant["cpu_us_per_event"].items())
+    return (
+        f"{name:<34} gap p50 {variant['gap_p50_ms']:6.2f} ms  p99 {variant['gap_p99_ms']:6.2f} ms  CPU per event: {cpu}"
+    )
+
+
+def measure(streams: int, tokens: int, gap_ms: float) -> dict[str, dict[str, Any]]:
+    """Run the three variants once each; their figures by variant name."""
+    message = f"bench\n#sim tokens={tokens} gap_ms={gap_ms}"
+    simulator = start_simulator()
+    redis = start_redis(Path(tempfile.mkdtemp(prefix="sluice-bench-redis-")))
+    env = {"SLUICE_REDIS_URL": redis.url}
+    started: list[Gateway] = []
+    found: dict[str, dict[str, Any]] = {}
+    try:
+        memory = start_gateway(upstream=simulator)
+        started.append(memory)
+        first, second = start_gateway(upstream=simulator, env=env), start_gateway(upstream=simulator, env=env)
+        started += [first, second]
+        assert redis.process is not None
+        outcome = asyncio.run(run(memory, memory, {"gateway": memory.process.pid}, streams, message))
+        found["memory mode"] = figures(outcome)
+        pids = {"producer": first.process.pid, "redis": redis.process.pid}
+        found["redis mode, read on the producer"] = figures(asyncio.run(run(first, first, pids, streams, message)))
+        pids = {"producer": first.process.pid, "reader": second.process.pid, "redis": redis.process.pid}
+        found["redis mode, read on another"] = figures(asyncio.run(run(first, second, pids, streams, message)))
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+        redis.stop()
+        simulator.process.stop()
+    return found
 
 
 def main() -> None:
@@ -72,28 +113,9 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream (default 200)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="the upstream's pace (default 20 ms)")
     args = parser.parse_args()
-    message = f"bench\n#sim tokens={args.tokens} gap_ms={args.gap_ms}"
-    simulator = start_simulator()
-    redis = start_redis(Path(tempfile.mkdtemp(prefix="sluice-bench-redis-")))
-    env = {"SLUICE_REDIS_URL": redis.url}
-    started: list[Gateway] = []
-    try:
-        memory = start_gateway(upstream=simulator)
-        started.append(memory)
-        first, second = start_gateway(upstream=simulator, env=env), start_gateway(upstream=simulator, env=env)
-        started += [first, second]
-        assert redis.process is not None
-        print(f"{args.streams} streams x {args.tokens} tokens, upstream pace {args.gap_ms} ms")
-        report("memory mode", asyncio.run(run(memory, memory, {"gateway": memory.process.pid}, args.streams, message)))
-        pids = {"producer": first.process.pid, "redis": redis.process.pid}
-        report("redis mode, read on the producer", asyncio.run(run(first, first, pids, args.streams, message)))
-        pids = {"producer": first.process.pid, "reader": second.process.pid, "redis": redis.process.pid}
-        report("redis mode, read on another", asyncio.run(run(first, second, pids, args.streams, message)))
-    finally:
-        for gateway in started:
-            gateway.process.stop()
-        redis.stop()
-        simulator.process.stop()
+    print(f"{args.streams} streams x {args.tokens} tokens, upstream pace {args.gap_ms} ms")
+    for name, variant in measure(args.streams, args.tokens, args.gap_ms).items():
+        print(line(name, variant))
 
 
 if __name__ == "__main__":

@@ -185,15 +185,37 @@ def markdown_table(headers: Sequence[str], rows: Rows) -> str:
     return "\n".join(lines)
 
 
+REDIS_HEADERS = ["variant", "events", "gap p50", "gap p99", "added gap p99", "CPU per event"]
+
+
+def redis_rows(results: Sequence[WorkloadResult]) -> Rows:
+    """Per variant of the redis-mode workload: gaps between token events, and CPU per event by process."""
+    rows: Rows = []
+    for result in results:
+        variants = result.redis_mode or {}
+        base = variants.get("memory mode", {}).get("gap_p99_ms")
+        for name, variant in variants.items():
+            cpu = ", ".join(f"{who} {number(us, 'µs')}" for who, us in variant["cpu_us_per_event"].items())
+            p99 = variant["gap_p99_ms"]
+            added = None if base is None or name == "memory mode" else p99 - base
+            p50 = number(variant["gap_p50_ms"], "ms")
+            rows.append([name, f"{variant['events']:,}", p50, number(p99, "ms"), signed(added, "ms"), cpu])
+    return rows
+
+
 def render_text(results: Sequence[WorkloadResult]) -> str:
     """What `python -m bench` prints."""
-    return "\n\n".join(
-        [
-            text_table(FIGURE_HEADERS, figure_rows(results)),
-            text_table(PROCESS_HEADERS, process_rows(results)),
-            text_table(VERDICT_HEADERS, verdict_rows(verdicts(results))),
+    measured = [result for result in results if result.loadgen_runs]
+    tables = []
+    if measured:
+        tables += [
+            text_table(FIGURE_HEADERS, figure_rows(measured)),
+            text_table(PROCESS_HEADERS, process_rows(measured)),
+            text_table(VERDICT_HEADERS, verdict_rows(verdicts(measured))),
         ]
-    )
+    if len(measured) < len(results):
+        tables.append(text_table(REDIS_HEADERS, redis_rows(results)))
+    return "\n\n".join(tables)
 
 
 def _find(found: Sequence[Figure], key: str) -> Figure:

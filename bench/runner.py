@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import redis_mode
 from .config import LoadConfig
 from .processes import Service, Upstream, run_loadgen, start_gateway, start_passthrough, start_upstream
 from .workloads import UPSTREAM_ROUTE, Kind, Workload
@@ -30,6 +31,13 @@ class WorkloadResult:
     passthrough: dict[str, Any] | None = None
     sluice: dict[str, dict[str, Any]] = field(default_factory=dict)
     simulator_direct: dict[str, Any] | None = None
+    # The redis-mode workload's figures by variant (bench/redis_mode.py); it has no other runs.
+    redis_mode: dict[str, dict[str, Any]] | None = None
+
+    @property
+    def loadgen_runs(self) -> bool:
+        """Whether the load generator ran this workload (direct, pass-through, Sluice's routes)."""
+        return self.redis_mode is None
 
 
 def say(message: str) -> None:
@@ -39,6 +47,10 @@ def say(message: str) -> None:
 
 def run_workload(workload: Workload, log_dir: Path, upstream_kind: Upstream) -> WorkloadResult:
     """Run `workload` straight against the upstream, through the pass-through, then through Sluice on each route."""
+    if workload.kind is Kind.REDIS:
+        say(f"[{workload.name}] memory mode, then Redis mode read here and elsewhere")
+        figures = redis_mode.measure(workload.streams, workload.pace.tokens, workload.pace.gap_ms)
+        return WorkloadResult(workload, upstream_kind, direct={}, redis_mode=figures)
     upstream = start_upstream(upstream_kind, log_dir, f"{workload.name}-upstream-{upstream_kind}")
     gateway: Service | None = None
     try:

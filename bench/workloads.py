@@ -25,6 +25,7 @@ class Kind(StrEnum):
     CROWD = "crowd"
     DISCONNECT = "disconnect"
     UNARY = "unary"
+    REDIS = "redis"  # browser streams in memory mode and Redis mode (bench/redis_mode.py), no load generator
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +172,15 @@ def workloads(quick: bool) -> list[Workload]:
             clients=100,
             warmup_s=0.3 if quick else 1.0,
             duration_s=0.6 if quick else 6.0,
+        ),
+        Workload(
+            "redis-mode",
+            Kind.REDIS,
+            "Redis mode: concurrent browser streams (POST /chat/streams, then GET) at a 20 ms pace, in memory "
+            "mode, then in Redis mode read on the producing instance and through another instance",
+            Pace(tokens=40 if quick else 200, gap_ms=20),
+            Shape.LOOP,
+            streams=10 if quick else 50,
         ),
     ]
 

@@ -1,8 +1,9 @@
 """The composition root: `create_app(settings)` builds every component and wires it; nothing else does.
 
-A request goes: middleware (request id, access log, CORS, errors) -> route handler (routes/) ->
-chat_call.py or streams/ -> upstream.py -> relay.py -> SSE response. Domain modules never read the
-application's keys: only this module, contexts.py, routes/, middleware/ and chat_call.py do.
+A request goes: middleware (request id, auth, access log, errors) -> route handler (routes/) ->
+chat_call.py or streams/ -> upstreams/ (routing, retries, breakers) -> relay.py -> SSE response.
+Domain modules never read the application's keys: only this module, contexts.py, routes/,
+middleware/ and chat_call.py do.
 """
 
 from __future__ import annotations

@@ -144,8 +144,8 @@ BREAKS = [
     Break(
         "DELETE not forwarded to the owner",
         BROWSER_ROUTES,
-        "        return await _forward(request, owner)\n    if _may_access(request, stream_id):\n",
-        "        pass\n    if _may_access(request, stream_id):\n",
+        "        return await _forward(request, owner)\n    if await _may_access(request, stream_id):\n",
+        "        pass\n    if await _may_access(request, stream_id):\n",
         (f"{WORKERS}::test_stopping_through_the_worker_that_does_not_own_the_stream_closes_the_upstream",),
     ),
     Break(
@@ -434,6 +434,20 @@ BREAKS = [
         (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
     ),
     Break(
+        "a stream's owner in Redis is not checked elsewhere",
+        REDIS_STORE,
+        "        return owner.decode() if isinstance(owner, bytes) else owner\n",
+        '        return ""\n',
+        (f"{SCALE}::test_another_keys_stream_on_the_other_instance_answers_as_unknown_and_is_not_stopped",),
+    ),
+    Break(
+        "a stream's owner is not written to Redis",
+        REDIS_WRITE,
+        "        pipe.set(self._keys.owner(stream_id), owner, ex=self._running_ttl())\n",
+        '        pipe.set(self._keys.owner(stream_id), "", ex=self._running_ttl())\n',
+        (f"{SCALE}::test_another_keys_stream_on_the_other_instance_answers_as_unknown_and_is_not_stopped",),
+    ),
+    Break(
         "limits counted per instance with Redis",
         CONTEXTS,
         "    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)\n",
@@ -641,9 +655,9 @@ BREAKS += [
     ),
     Break(
         "another key's stream readable",
-        BROWSER_ROUTES,
-        "    return key is None or owner is None or owner == key.name\n",
-        "    return True\n",
+        REGISTRY,
+        '        return owner is not None and owner in ("", key_name)\n',
+        "        return True\n",
         (f"{AUTH_PROCESS}::test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped",),
     ),
     Break(

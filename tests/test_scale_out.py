@@ -21,7 +21,7 @@ from tests.conftest import StartNginx
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
 from tests.support.resilience import ask, attempts, gateway_with
-from tests.support.security import KEY_RPM, RPM, bearer, start_keyed_gateway
+from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, KEY_RPM, RPM, bearer, start_keyed_gateway
 from tests.support.servers import NginxServer, RedisServer
 from tests.support.sse import Event, SSEParser, tokens_text
 
@@ -56,8 +56,11 @@ def cluster(simulator: Simulator, redis_server: RedisServer, start_nginx_in_fron
             print(*(e for e in gateway.process.events() if e.get("level") in ("error", "critical")), sep="\n")
 
 
-async def start(http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None) -> str:
+async def start(
+    http: aiohttp.ClientSession, url: str, message: str, request_id: str | None = None, key: str | None = None
+) -> str:
     headers = {"X-Request-ID": request_id} if request_id else {}
+    headers.update(bearer(key) if key else {})
     async with http.post(url + "/chat/streams", json={"message": message}, headers=headers) as response:
         assert response.status == 201, await response.text()
         return str((await response.json())["id"])
@@ -72,8 +75,11 @@ class Reader:
         self._parser = SSEParser()
 
     @classmethod
-    async def open(cls, http: aiohttp.ClientSession, url: str, stream_id: str, after: str | None = None) -> Reader:
+    async def open(
+        cls, http: aiohttp.ClientSession, url: str, stream_id: str, after: str | None = None, key: str | None = None
+    ) -> Reader:
         headers = {"Last-Event-ID": after} if after else {}
+        headers.update(bearer(key) if key else {})
         response = await http.get(f"{url}/chat/streams/{stream_id}", headers=headers)
         assert response.status == 200, await response.text()
         return cls(response)
@@ -349,3 +355,55 @@ async def test_a_keys_requests_per_minute_are_counted_once_across_two_instances(
             gateway.process.stop()
     assert statuses[:RPM] == [200] * RPM
     assert statuses[RPM:] == [429, 429]  # each instance alone would still have allowed these
+
+
+@pytest.fixture
+def keyed_pair(simulator: Simulator, redis_server: RedisServer, tmp_path: Path) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two instances with the same gateway keys, sharing one Redis."""
+    started: list[Gateway] = []
+    try:
+        for _ in range(2):
+            started.append(start_keyed_gateway(tmp_path, simulator, env=redis_env(redis_server)))
+        yield started[0], started[1]
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+
+
+async def test_a_keys_stream_is_read_and_stopped_through_the_other_instance_with_that_key(
+    keyed_pair: tuple[Gateway, Gateway],
+) -> None:
+    producer, other = keyed_pair
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, producer.url, "mine\n" + LONG, key=KEY_ALPHA)
+        reader = await Reader.open(http, other.url, stream_id, key=KEY_ALPHA)
+        await reader.until(3)
+        async with http.delete(f"{other.url}/chat/streams/{stream_id}", headers=bearer(KEY_ALPHA)) as response:
+            assert response.status == 204
+        events = await asyncio.wait_for(reader.rest(), 10)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "stream_cancelled"
+
+
+async def test_another_keys_stream_on_the_other_instance_answers_as_unknown_and_is_not_stopped(
+    keyed_pair: tuple[Gateway, Gateway],
+) -> None:
+    producer, other = keyed_pair
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, producer.url, "mine\n" + LONG, key=KEY_ALPHA)
+        reader = await Reader.open(http, producer.url, stream_id, key=KEY_ALPHA)
+        await reader.until(3)
+        answers = []
+        for target in (stream_id, "no-such-stream"):
+            url = f"{other.url}/chat/streams/{target}"
+            async with http.get(url, headers=bearer(KEY_FROM_ENV)) as r:
+                # Bounded: were the stream served, its body would not end for minutes.
+                answers.append(("GET", target == stream_id, r.status, await asyncio.wait_for(r.read(), 10)))
+            async with http.delete(url, headers=bearer(KEY_FROM_ENV)) as r:
+                answers.append(("DELETE", target == stream_id, r.status, await r.read()))
+        # The other key's DELETE stopped nothing: the stream still runs for its own reader.
+        seen = len(await reader.until(3))
+        more = await reader.until(seen + 3)
+        reader.close()
+    assert [a[2:] for a in answers if a[1]] == [a[2:] for a in answers if not a[1]] == [(204, b""), (204, b"")]
+    assert more[-1].event not in ("failed", "done")

@@ -8,7 +8,8 @@ Order matters, outermost first:
 5. auth: checks the gateway key (or browser token) and the key's limits before a body is read;
 6. body limit: refuses oversized bodies before a handler reads them;
 7. body timeout: reads the body within its deadline, so no handler waits on a slow client.
-CORS is not a middleware here: aiohttp-cors wraps the routes and answers preflights itself.
+CORS is not a middleware here: routes/cors.py wraps the routes and answers preflights, with the
+policy in server/cors.py (aiohttp-cors echoes any origin, `null` included, where `*` must stay literal).
 """
 
 from __future__ import annotations

@@ -22,12 +22,13 @@ from typing import Any
 from aiohttp import web
 
 from ..auth.tokens import ONE_STEP_SCOPE
-from ..errors import InvalidRequestError
+from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TOKEN_BEARING, TOKENS, WORKER_PROXY
 from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
 from ..streams.resume import resume_point
+from ..streams.store import StoreUnavailableError
 from ..validation import parse_model, read_json_object
 from ..worker_proxy import forward_to_owner
 
@@ -71,7 +72,7 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
-    if not _may_access(request, stream_id):
+    if not await _may_access(request, stream_id):
         return web.Response(status=204)  # another key's stream is answered as an unknown one
     return await _serve(request, stream_id, point.seq if point else 0)
 
@@ -81,7 +82,7 @@ async def delete_stream(request: web.Request) -> web.StreamResponse:
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
         return await _forward(request, owner)
-    if _may_access(request, stream_id):
+    if await _may_access(request, stream_id):
         await request.app[STREAMS].stop(stream_id)
     return web.Response(status=204)
 
@@ -92,7 +93,7 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if point is not None:
         if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
             return await _forward(request, owner)
-        if not _may_access(request, point.stream_id):
+        if not await _may_access(request, point.stream_id):
             return web.Response(status=204)
         return await _serve(request, point.stream_id, point.seq)
     for name in request.query:
@@ -107,11 +108,19 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     return await _serve(request, stream_id, 0)
 
 
-def _may_access(request: web.Request, stream_id: str) -> bool:
-    """False when gateway keys are on and another key started the stream."""
+async def _may_access(request: web.Request, stream_id: str) -> bool:
+    """False when gateway keys are on and another key started the stream (or it is unknown)."""
     key = request_key(request)
-    owner = request.app[STREAMS].owner(stream_id)
-    return key is None or owner is None or owner == key.name
+    if key is None:
+        return True
+    try:
+        return await request.app[STREAMS].may_access(stream_id, key.name)
+    except StoreUnavailableError:
+        raise ServiceUnavailableError(
+            "Sluice cannot reach Redis to find the stream; retry shortly.",
+            code="store_unavailable",
+            headers={"Retry-After": str(request.app[STREAMS].retry_after)},
+        ) from None
 
 
 def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:

@@ -17,6 +17,7 @@ class _Buffer:
     first: int = 1
     last: int = 0
     size: int = 0  # bytes of the events kept
+    owner: str = ""  # the name of the gateway key that started it, never the key
     finished: bool = False
     expiry: asyncio.TimerHandle | None = None
     # Replaced after every change, so a waiter wakes once per change and never misses one.
@@ -64,15 +65,19 @@ class MemoryStreamStore:
         buffer = self._buffers.get(stream_id)
         return [] if buffer is None else [buffer.events[n] for n in range(buffer.first, buffer.last + 1)]
 
-    async def create(self, stream_id: str) -> bool:
+    async def create(self, stream_id: str, owner: str = "") -> bool:
         if stream_id in self._buffers:
             raise ValueError(f"stream {stream_id!r} exists")
         if len(self._buffers) >= self._max_streams:
             if not self._finished:
                 return False
             self._drop(next(iter(self._finished)))
-        self._buffers[stream_id] = _Buffer()
+        self._buffers[stream_id] = _Buffer(owner=owner)
         return True
+
+    async def owner(self, stream_id: str) -> str | None:
+        buffer = self._buffers.get(stream_id)
+        return None if buffer is None else buffer.owner
 
     async def append(self, stream_id: str, event: StoredEvent) -> None:
         buffer = self._buffers[stream_id]

@@ -4,6 +4,8 @@
                                  after the last event, entry `0-<last+1>` with field `end` marks
                                  the end (XREAD wakes on it like on any event)
     <prefix>:stream:<id>:lease   the producing instance's id, expiring unless renewed
+    <prefix>:stream:<id>:owner   the name of the gateway key that started it ("" for none; never
+                                 the key), kept as long as the stream
     <prefix>:stream:<id>:read    set by readers on other instances, so the producer's grace
                                  period counts them
     <prefix>:stop                the pub/sub channel a stop request goes out on
@@ -46,3 +48,6 @@ class StreamKeys:
 
     def read(self, stream_id: str) -> str:
         return f"{self.prefix}:stream:{stream_id}:read"
+
+    def owner(self, stream_id: str) -> str:
+        return f"{self.prefix}:stream:{stream_id}:owner"

@@ -64,13 +64,13 @@ class RedisStreamStore:
         self._follower.start()
         self._subscriber = asyncio.create_task(self._listen_for_stops(), name="sluice-redis-stops")
 
-    async def create(self, stream_id: str) -> bool:
+    async def create(self, stream_id: str, owner: str = "") -> bool:
         if not self._link.up:
             raise StoreUnavailableError("Redis is unreachable")
-        if not await self._local.create(stream_id):
+        if not await self._local.create(stream_id, owner):
             return False
         try:
-            await self._writer.open(stream_id)
+            await self._writer.open(stream_id, owner)
         except UNREACHABLE as exc:
             self._link.failed(exc)
             self._local.discard(stream_id)
@@ -84,6 +84,17 @@ class RedisStreamStore:
     async def finish(self, stream_id: str) -> None:
         await self._local.finish(stream_id)
         self._writer.finish(stream_id)
+
+    async def owner(self, stream_id: str) -> str | None:
+        if stream_id in self._local:
+            return await self._local.owner(stream_id)
+        try:
+            owner = await self._link.client.get(self._keys.owner(stream_id))
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise StoreUnavailableError("Redis is unreachable") from None
+        # No record: no such stream (every stream gets one, "" when no key started it).
+        return owner.decode() if isinstance(owner, bytes) else owner
 
     async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
         if stream_id in self._local:

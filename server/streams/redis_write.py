@@ -34,7 +34,8 @@ log = structlog.get_logger("sluice.streams")
 # One command per stream and flush, however many events: redis-py builds each command in Python,
 # which cost more than Redis did when every event was its own XADD. A replayed entry is refused
 # by XADD and skipped; the script returns what it refused for any other reason.
-# KEYS[1]: the stream. ARGV: maxlen, seconds to expire, then seq and event bytes for each event.
+# KEYS[1]: the stream, KEYS[2]: its owner record (expiring with it). ARGV: maxlen, seconds to
+# expire, then seq and event bytes for each event.
 _APPEND = """
 local refused = {}
 for i = 3, #ARGV, 2 do
@@ -44,6 +45,7 @@ for i = 3, #ARGV, 2 do
   end
 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
 return refused
 """
 
@@ -52,6 +54,7 @@ return refused
 class _Outbox:
     """What of one stream has not reached Redis yet."""
 
+    owner: str  # the name of the gateway key that started it, "" for none
     pending: list[StoredEvent] = field(default_factory=list)
     last: int = 0
     finished: bool = False
@@ -93,10 +96,17 @@ class RedisWriter:
             async with asyncio.timeout(1.0):
                 await self._flush_once()
 
-    async def open(self, stream_id: str) -> None:
-        """Take the lease on a new stream: the one round trip a stream's start waits for."""
-        await self._link.client.set(self._keys.lease(stream_id), self._link.instance, px=self._lease_ms)
-        self._outboxes[stream_id] = _Outbox()
+    async def open(self, stream_id: str, owner: str) -> None:
+        """Take the lease on a new stream and record its owner: the one round trip its start waits for."""
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.set(self._keys.lease(stream_id), self._link.instance, px=self._lease_ms)
+        pipe.set(self._keys.owner(stream_id), owner, ex=self._running_ttl())
+        await pipe.execute()
+        self._outboxes[stream_id] = _Outbox(owner)
+
+    def _running_ttl(self) -> int:
+        """Seconds a running stream's keys outlive a lost producer: its retention, then they go."""
+        return max(1, int(self._local.retention + self._link.settings.lease_seconds))
 
     def add(self, stream_id: str, event: StoredEvent) -> None:
         box = self._outboxes[stream_id]
@@ -175,19 +185,20 @@ class RedisWriter:
 
     def _queue(self, pipe: Pipeline, stream_id: str, box: _Outbox, events: list[StoredEvent]) -> None:
         key = self._keys.events(stream_id)
+        owner = self._keys.owner(stream_id)
+        ttl = max(1, int(self._local.retention)) if box.finished else self._running_ttl()
         if box.resync:
             pipe.delete(key)  # whatever Redis kept or lost, the held events replace it
-        retention = self._local.retention
-        # While it runs the stream outlives a lost producer by its retention, then goes.
-        ttl = max(1, int(retention if box.finished else retention + self._link.settings.lease_seconds))
+            pipe.set(owner, box.owner, ex=ttl)  # and a Redis that restarted empty lost the owner too
         if events:
             args: list[bytes | int] = [self._max_entries, ttl]
             for event in events:
                 args += (event.seq, event.data)
-            pipe.eval(_APPEND, 1, key, *args)
+            pipe.eval(_APPEND, 2, key, owner, *args)
         if box.finished:
             pipe.xadd(key, {END: b"1"}, id=entry_id(box.last + 1), maxlen=self._max_entries, approximate=False)
             pipe.expire(key, ttl)
+            pipe.expire(owner, ttl)
             pipe.delete(self._keys.lease(stream_id))
 
     async def _renew_forever(self) -> None:
@@ -207,12 +218,14 @@ class RedisWriter:
             await self._link.client.ping()
             return
         pipe = self._link.client.pipeline(transaction=False)
+        ttl = self._running_ttl()
         for stream_id in running:
             pipe.set(self._keys.lease(stream_id), self._link.instance, px=self._lease_ms)
+            pipe.expire(self._keys.owner(stream_id), ttl)  # a stream with no event for a while keeps it
             pipe.get(self._keys.read(stream_id))
         results = await pipe.execute()
         self.read_elsewhere = {
-            stream_id: int(seq) for stream_id, seq in zip(running, results[1::2], strict=True) if seq is not None
+            stream_id: int(seq) for stream_id, seq in zip(running, results[2::3], strict=True) if seq is not None
         }
         if self.on_read_elsewhere is not None:
             for stream_id, seq in self.read_elsewhere.items():

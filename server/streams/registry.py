@@ -50,10 +50,7 @@ class StreamRegistry:
         self._services = services
         self._id_prefix = id_prefix
         self._grace = bounds.reader_grace_seconds
-        self._retention = bounds.retention_seconds
         self._live: dict[str, _Live] = {}
-        # The gateway key that started each stream, kept as long as the stream is.
-        self._owners: dict[str, str] = {}
         services.store.on_stop_request(self.stop_requested)
         services.store.on_read_elsewhere(self.sent)
 
@@ -81,7 +78,8 @@ class StreamRegistry:
         stream_id = self._id_prefix + new_stream_id()
         retry_after = {"Retry-After": str(self.retry_after)}
         try:
-            created = await services.store.create(stream_id)
+            # The store keeps the key's name with the stream, so every instance can check readers.
+            created = await services.store.create(stream_id, lease.key.name if lease is not None else "")
         except StoreUnavailableError:
             raise ServiceUnavailableError(
                 "Browser streams are unavailable while Sluice cannot reach Redis; retry shortly.",
@@ -92,8 +90,6 @@ class StreamRegistry:
             raise ServiceUnavailableError(
                 "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
-        if lease is not None:
-            self._owners[stream_id] = lease.key.name
         generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
@@ -119,9 +115,13 @@ class StreamRegistry:
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
 
-    def owner(self, stream_id: str) -> str | None:
-        """The name of the gateway key that started `stream_id` (None without auth, or once it expired)."""
-        return self._owners.get(stream_id)
+    async def may_access(self, stream_id: str, key_name: str) -> bool:
+        """True when the key named `key_name` may read or stop `stream_id`: it, or no key, started it.
+
+        An unknown stream is refused too, so another key's stream answers exactly as an unknown one.
+        """
+        owner = await self.store.owner(stream_id)
+        return owner is not None and owner in ("", key_name)
 
     def sent(self, stream_id: str, seq: int) -> None:
         """A reader was sent the events up to `seq`: the generation may read on if it held back."""
@@ -184,8 +184,6 @@ class StreamRegistry:
         live = self._live.pop(stream_id, None)
         if live is not None and live.grace is not None:
             live.grace.cancel()
-        if stream_id in self._owners:
-            asyncio.get_running_loop().call_later(self._retention, self._owners.pop, stream_id, None)
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())

@@ -47,8 +47,11 @@ class GenerationLostError(LookupError):
 class StreamStore(Protocol):
     """Bounded, expiring event buffers, one per detached stream."""
 
-    async def create(self, stream_id: str) -> bool:
-        """Start an empty stream; False when the store holds as many streams as it may."""
+    async def create(self, stream_id: str, owner: str = "") -> bool:
+        """Start an empty stream started by gateway key `owner` ("" without keys); False when full."""
+
+    async def owner(self, stream_id: str) -> str | None:
+        """The name of the key that started the stream ("" for none); None when it is unknown."""
 
     async def append(self, stream_id: str, event: StoredEvent) -> None:
         """Add the next event; its `seq` is one more than the last one's (the first is 1)."""
