@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -120,7 +121,7 @@ base_url = "{simulator.base_url}"
 """
     gateway = gateway_with(tmp_path, "pool", simulator, pool)
     try:
-        lines = []
+        lines: list[dict[str, Any]] = []
         # Each pick is a coin toss between the two: ask until one request has met "down" first
         # (40 tosses all landing on "up" is a 1 in 10^12 chance), and every request must succeed.
         while len(lines) < 40 and not any(a["upstream"] == "down" for line in lines for a in line["attempts"]):

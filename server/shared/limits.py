@@ -18,11 +18,9 @@ from .link import UNREACHABLE, RedisLink
 
 IDLE_SECONDS = 3600
 
-# KEYS[1]: the key's hash. ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit).
-# Returns {exceeded ('' when allowed), requests level, tokens level, retry after, streams}.
-_TAKE = """
-local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
-local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+# Both scripts read the buckets the same way: Redis's own clock, then each level refilled since
+# its last take at capacity per minute.
+_READ_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's')
@@ -30,7 +28,17 @@ local function level(value, at, capacity)
   if not value then return capacity end
   return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
 end
-local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
+"""
+
+# KEYS[1]: the key's hash. ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit).
+# Returns {exceeded ('' when allowed), requests level, tokens level, retry after, streams}.
+_TAKE = (
+    """
+local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+"""
+    + _READ_BUCKETS
+    + """local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
 local exceeded, retry = '', 0
 local wanted = math.min(tokens, tpm)
 if rpm > 0 and rl < requests then
@@ -49,6 +57,7 @@ redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
 redis.call('EXPIRE', KEYS[1], ARGV[7])
 return {exceeded, tostring(rl), tostring(tl), tostring(retry), s}
 """
+)
 
 # KEYS[1]: the key's hash. ARGV: tpm, tokens to return (negative: charge more), streams to release.
 _GIVE_BACK = """
@@ -68,17 +77,14 @@ return 1
 
 
 # KEYS[1]: the key's hash. ARGV: rpm, tpm. Reads only: returns {requests level, tokens level, streams}.
-_USAGE = """
+_USAGE = (
+    """
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's')
-local function level(value, at, capacity)
-  if not value then return capacity end
-  return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
-end
-return {tostring(level(h[1], h[2], rpm)), tostring(level(h[3], h[4], tpm)), tonumber(h[5] or '0')}
 """
+    + _READ_BUCKETS
+    + """return {tostring(level(h[1], h[2], rpm)), tostring(level(h[3], h[4], tpm)), tonumber(h[5] or '0')}
+"""
+)
 
 
 class LimitsUnavailableError(ConnectionError):
