@@ -523,7 +523,7 @@ BREAKS += [
     Break(
         "a key's model list ignored",
         AUTH,
-        "    if key is not None and not key.allows(name):\n",
+        "    if key is not None and not (key.allows(model) or key.allows(name)):\n",
         "    if False:\n",
         (f"{AUTH_PROCESS}::test_a_model_outside_the_keys_list_is_404_like_an_unknown_one",),
     ),
