@@ -150,10 +150,14 @@ class _AwaitedStream:
         self._opening = opening
         self._on_open = on_open
 
-    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+    async def opened(self) -> UpstreamStream:
+        """The stream, once the routing opened it (the relay's push path)."""
         stream = await self._opening
         self._on_open(stream)
-        async for batch in stream:
+        return stream
+
+    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
+        async for batch in await self.opened():
             yield batch
 
 

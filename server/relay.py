@@ -17,8 +17,8 @@ It ends a stream in exactly one of these ways:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Sequence
-from typing import Protocol
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Protocol, cast
 
 import aiohttp
 import structlog
@@ -40,6 +40,34 @@ class Sink(Protocol):
     """
 
     async def write(self, data: bytes) -> None: ...
+
+
+class PushSink(Sink, Protocol):
+    """A sink that can also write from a callback, without awaiting (the SSE response)."""
+
+    def send_now(self, data: bytes) -> bool:
+        """Write at once; False when the client's buffer is over its mark."""
+
+    async def wait_for_room(self) -> None:
+        """Return once the client's buffer is under its mark again."""
+
+
+class PushSource(Protocol):
+    """An open upstream stream that hands its batches over from its data callback (UpstreamStream)."""
+
+    @property
+    def finished(self) -> bool:
+        """True once the upstream sent `[DONE]`."""
+
+    @property
+    def ended(self) -> bool:
+        """True once every batch was handed over."""
+
+    def push(self, on_batch: Callable[[list[Chunk]], bool]) -> asyncio.Future[None]:
+        """Call `on_batch` per batch until it returns False, the end or a failure (see UpstreamStream.push)."""
+
+    def stop_push(self) -> None:
+        """Hand over nothing more."""
 
 
 class GapObserver(Protocol):
@@ -69,8 +97,13 @@ async def relay(
 
     `choices` is the request's `n`: the stream has finished only once every choice has.
     """
+    events = _Events(dialect, record, gaps or _NoGaps(), choices)
+    opened = getattr(chunks, "opened", None)
     try:
-        await _forward(chunks, dialect, sink, guard, record, gaps or _NoGaps(), choices)
+        if opened is not None and hasattr(sink, "send_now"):
+            await _push_forward(opened, events, cast(PushSink, sink), guard, record)
+        else:
+            await _forward(chunks, events, sink, guard, record)
     except asyncio.CancelledError:
         if guard.expired is Expiry.SEND:
             # The client accepts nothing: its connection is aborted, so no final event can reach
@@ -101,69 +134,145 @@ async def relay(
         await _write_final(sink, dialect.failure(error), final_write_timeout)
 
 
-async def _forward(
-    batches: AsyncIterable[Sequence[Chunk]],
-    dialect: Dialect,
-    sink: Sink,
-    guard: StreamGuard,
-    record: RequestRecord,
-    gaps: GapObserver,
-    choices: int,
-) -> None:
-    loop = asyncio.get_running_loop()
-    finished: set[int] = set()
-    last_at: float | None = None
-    held = b""
-    guard.reading()
-    async for batch in batches:
-        now = loop.time()
-        guard.writing(now)
+class _Events:
+    """Turn batches into the bytes to write, noting on the record what the stream's end needs."""
+
+    __slots__ = ("_dialect", "_gaps", "_last_at", "_record", "choices", "failure", "finished")
+
+    def __init__(self, dialect: Dialect, record: RequestRecord, gaps: GapObserver, choices: int) -> None:
+        self._dialect = dialect
+        self._record = record
+        self._gaps = gaps
+        self._last_at: float | None = None
+        self.choices = choices
+        self.finished: set[int] = set()
+        self.failure: UpstreamError | None = None
+
+    def encode(self, batch: Sequence[Chunk], now: float) -> bytes | None:
+        """The events of `batch` as one write (None: nothing to send); an error chunk sets `failure`."""
+        record = self._record
         gap_observed = False
         events: list[bytes] = []
-        failure: UpstreamError | None = None
         for chunk in batch:
             if chunk.error is not None:
-                failure = _upstream_error_event(chunk.error)
+                self.failure = _upstream_error_event(chunk.error)
                 break
             if chunk.usage is not None:
                 record.usage = chunk.usage
             if chunk.finish_reason is not None:
                 record.finish_reason = chunk.finish_reason
-                finished.update(chunk.finished_choices)
-            if chunk.choices_seen > choices:
-                choices = chunk.choices_seen
-            data = dialect.chunk(chunk)
+                self.finished.update(chunk.finished_choices)
+            if chunk.choices_seen > self.choices:
+                self.choices = chunk.choices_seen
+            data = self._dialect.chunk(chunk)
             if data is None:
                 continue
             events.append(data)
             if chunk.has_delta:
                 record.chunks_relayed += 1
-                if last_at is None:
+                if self._last_at is None:
                     record.first_token_at = now
                 elif not gap_observed:
                     # One gap per read that carries tokens: tokens that arrived together have none.
-                    gaps.observe(now - last_at)
+                    self._gaps.observe(now - self._last_at)
                     gap_observed = True
-                last_at = now
-        if events:
-            # Chunks that arrived in one read go out in one write: none waits for another.
-            data = events[0] if len(events) == 1 else b"".join(events)
-            if failure is None and record.finish_reason is not None and getattr(batches, "finished", False):
+                self._last_at = now
+        if not events:
+            return None
+        # Chunks that arrived in one read go out in one write: none waits for another.
+        return events[0] if len(events) == 1 else b"".join(events)
+
+    def done(self) -> bytes:
+        """The final event of a stream whose body ended; raise if it ended before finishing."""
+        reason = self._record.finish_reason
+        if reason is None:
+            raise UpstreamProtocolError("The upstream ended the stream before it finished.")
+        if len(self.finished) < self.choices:
+            raise UpstreamProtocolError(
+                f"The upstream ended the stream after {len(self.finished)} of its {self.choices} choices finished."
+            )
+        return self._dialect.done(reason, self._record.usage)
+
+
+async def _forward(
+    batches: AsyncIterable[Sequence[Chunk]],
+    events: _Events,
+    sink: Sink,
+    guard: StreamGuard,
+    record: RequestRecord,
+) -> None:
+    """Pull each batch, then await its write: for any chunk source and any sink."""
+    loop = asyncio.get_running_loop()
+    held = b""
+    guard.reading()
+    async for batch in batches:
+        now = loop.time()
+        guard.writing(now)
+        data = events.encode(batch, now)
+        if data is not None:
+            if events.failure is None and record.finish_reason is not None and getattr(batches, "finished", False):
                 # The upstream's last read: these bytes, the final event and the body's end share one write.
                 held = data
             else:
                 await sink.write(data)
-        if failure is not None:
-            raise failure
+        if events.failure is not None:
+            raise events.failure
         guard.reading()
-    if record.finish_reason is None:
-        raise UpstreamProtocolError("The upstream ended the stream before it finished.")
-    if len(finished) < choices:
-        raise UpstreamProtocolError(
-            f"The upstream ended the stream after {len(finished)} of its {choices} choices finished."
-        )
+    await _finish(events, sink, guard, record, held)
+
+
+async def _push_forward(
+    opened: Callable[[], Awaitable[PushSource]],
+    events: _Events,
+    sink: PushSink,
+    guard: StreamGuard,
+    record: RequestRecord,
+) -> None:
+    """Forward each batch from the upstream connection's data callback, with no task wake-up per event.
+
+    The relay's task sleeps while events flow; it wakes when the stream ends or fails, or when the
+    client's buffer went over its mark: it then waits for room (the send deadline running), while
+    aiohttp, no longer drained, fills its small read buffer and stops reading the upstream.
+    """
+    stream = await opened()
+    loop = asyncio.get_running_loop()
+    held = b""
+
+    def on_batch(batch: list[Chunk]) -> bool:
+        nonlocal held
+        now = loop.time()
+        guard.writing(now)
+        data = events.encode(batch, now)
+        if events.failure is not None:
+            if data is not None:
+                sink.send_now(data)
+            raise events.failure
+        guard.reading()
+        if data is None:
+            return True
+        if record.finish_reason is not None and stream.finished:
+            held = data  # the last read: see _forward
+            return True
+        return sink.send_now(data)
+
+    guard.reading()
+    try:
+        while True:
+            await stream.push(on_batch)
+            if stream.ended:
+                break
+            guard.writing()
+            await sink.wait_for_room()
+            guard.reading()
+    finally:
+        stream.stop_push()
+    await _finish(events, sink, guard, record, held)
+
+
+async def _finish(events: _Events, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
+    """End a stream whose upstream body ended: the done event, or an error if it never finished."""
+    done = events.done()
     guard.writing()
-    done = dialect.done(record.finish_reason, record.usage)
     write_last = getattr(sink, "write_last", None)
     await (sink.write if write_last is None else write_last)(held + done if held else done)
     record.outcome = Outcome.COMPLETED

@@ -12,9 +12,11 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_writer import StreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
@@ -129,6 +131,33 @@ class SSEResponse(EventSourceResponse):
         writer = self._payload_writer
         if writer is not None:
             await writer.drain()  # returns at once unless the transport paused writing
+
+    def send_now(self, data: bytes) -> bool:
+        """Write without waiting; False once the client's buffer is over its mark (then `await drain()`).
+
+        The relay's push path calls this from the upstream connection's data callback, where
+        nothing can be awaited. aiohttp's writer awaits nothing for an uncompressed body written
+        with `drain=False`: one step of its coroutine is the whole write.
+        """
+        if self._eof_sent:
+            raise RuntimeError("Cannot call write() after write_eof()")
+        writer = self._payload_writer
+        if writer is None:
+            raise RuntimeError("Cannot call write() before prepare()")
+        stream_writer = cast(StreamWriter, writer)
+        step = stream_writer.write(data, drain=False)
+        try:
+            step.send(None)
+        except StopIteration:
+            return not stream_writer.protocol.writing_paused
+        step.close()
+        raise RuntimeError("The response writer waited inside a write: is the stream compressed?")
+
+    async def wait_for_room(self) -> None:
+        """Wait while the client's buffer is over its mark."""
+        writer = self._payload_writer
+        if writer is not None:
+            await writer.drain()
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""

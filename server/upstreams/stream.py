@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable
 
 import aiohttp
@@ -10,6 +11,7 @@ import structlog
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
 from .failures import event_failure, reset_failure
+from .push import Pushed, take_buffered
 
 log = structlog.get_logger("sluice.upstream")
 
@@ -40,6 +42,7 @@ class UpstreamStream:
         self.malformed = 0
         self._unparsed: list[bytes] = []
         self._delta_seen = False
+        self._pushed: Pushed | None = None
 
     async def prime(self) -> None:
         """Read up to the first content; raise UpstreamError for a failure before it."""
@@ -56,6 +59,10 @@ class UpstreamStream:
             raise reset_failure() from exc
         raise reset_failure("The upstream ended the stream before its first token.")
 
+    async def opened(self) -> UpstreamStream:
+        """This stream: it is open already (see the relay's push path)."""
+        return self
+
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         """Batches of chunks, one per network read: what arrived together is relayed together."""
         while self._primed:
@@ -69,43 +76,96 @@ class UpstreamStream:
         while self._unparsed or not self._ended:
             if self._unparsed:
                 raws, self._unparsed = self._unparsed, []
-                body_ended = False
+                batch = self._parse(raws, body_ended=False)
             else:
                 piece = await content.readany()
-                raws = self._splitter.feed(piece) if piece else self._splitter.close()
-                body_ended = not piece
-            batch: list[Chunk] = []
-            for index, raw in enumerate(raws):
-                try:
-                    chunk = parse_chunk(raw)
-                except MalformedChunk as exc:
-                    # One bad chunk must not end a stream that is otherwise fine.
-                    self.malformed += 1
-                    log.warning("upstream_chunk_malformed", reason=str(exc), size=len(raw))
-                    continue
-                if chunk.done:
-                    self.finished = True
-                    break
-                batch.append(chunk)
-                if chunk.has_delta and not self._delta_seen:
-                    # The first token leaves before the rest of its read (a burst) is parsed.
-                    self._delta_seen = True
-                    self._unparsed = raws[index + 1 :]
-                    return batch
-            if self.finished or body_ended:
-                self._ended = True
+                batch = self._parse(self._splitter.feed(piece) if piece else self._splitter.close(), not piece)
             if batch:
                 return batch
-            if self._splitter.overflowed:
-                # An endless line must end the stream, explicitly, not wait for an idle timeout.
-                raise UpstreamProtocolError(
-                    f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
-                    code="upstream_event_too_large",
-                )
         return None
+
+    def _parse(self, raws: list[bytes], body_ended: bool) -> list[Chunk]:
+        """The chunks of one read's events; sets `_ended` once the body or `[DONE]` ended the stream."""
+        batch: list[Chunk] = []
+        for index, raw in enumerate(raws):
+            try:
+                chunk = parse_chunk(raw)
+            except MalformedChunk as exc:
+                # One bad chunk must not end a stream that is otherwise fine.
+                self.malformed += 1
+                log.warning("upstream_chunk_malformed", reason=str(exc), size=len(raw))
+                continue
+            if chunk.done:
+                self.finished = True
+                break
+            batch.append(chunk)
+            if chunk.has_delta and not self._delta_seen:
+                # The first token leaves before the rest of its read (a burst) is parsed.
+                self._delta_seen = True
+                self._unparsed = raws[index + 1 :]
+                return batch
+        if self.finished or body_ended:
+            self._ended = True
+        if self._splitter.overflowed and not batch:
+            # An endless line must end the stream, explicitly, not wait for an idle timeout.
+            raise UpstreamProtocolError(
+                f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
+                code="upstream_event_too_large",
+            )
+        return batch
+
+    @property
+    def ended(self) -> bool:
+        """True once every batch was handed out: the body or `[DONE]` ended the stream."""
+        return self._ended and not self._unparsed and not self._primed
+
+    def push(self, on_batch: Callable[[list[Chunk]], bool]) -> asyncio.Future[None]:
+        """Hand batches to `on_batch` as they arrive, inside the connection's data callback.
+
+        The relay's way to forward events without a task wake-up per event. Batches already read
+        go first, at once. Pushing stops when `on_batch` returns False (the client's buffer is
+        full: the caller waits, then pushes again), when the stream ended, or when it failed
+        (also when `on_batch` raised); the returned future then resolves, or raises what failed.
+        While nothing is pushed, aiohttp buffers at most twice READ_BUFFER_BYTES and then stops
+        reading the upstream: the backpressure of the pulling relay. Call `stop_push()` in a finally.
+        """
+        self.stop_push()
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pushed = Pushed(self._take, self._response.content, on_batch, future)
+        self._pushed.start()
+        return future
+
+    def _take(self) -> list[Chunk] | None:
+        """The next batch ready without waiting, [] when the network must be waited for, None at the end."""
+        content = self._response.content
+        while True:
+            if self._primed:
+                return self._primed.pop(0)
+            if self._unparsed:
+                raws, self._unparsed = self._unparsed, []
+                batch = self._parse(raws, body_ended=False)
+            elif self._ended:
+                return None
+            elif (failure := content.exception()) is not None:
+                raise failure  # as readany() would, before what is still buffered
+            elif piece := take_buffered(content):
+                batch = self._parse(self._splitter.feed(piece), body_ended=False)
+            elif content.is_eof():
+                batch = self._parse(self._splitter.close(), body_ended=True)
+            else:
+                return []
+            if batch:
+                return batch
+
+    def stop_push(self) -> None:
+        """Stop handing out batches (the relay is done, cancelled or waiting for the client)."""
+        if self._pushed is not None:
+            self._pushed.stop()
+            self._pushed = None
 
     def close(self) -> None:
         """Return a finished connection to the pool; close an unfinished one, which stops the upstream."""
+        self.stop_push()
         if self.finished and self._response.content.at_eof():
             self._response.release()
         else:
