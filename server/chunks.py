@@ -55,6 +55,16 @@ class EventSplitter:
 
     def feed(self, piece: bytes) -> list[bytes]:
         """The data of every event completed by `piece`."""
+        if (
+            not self._parts
+            and not self._pending_cr
+            and piece.startswith(b"data: ")
+            and piece.find(b"\n") == len(piece) - 2
+            and piece.endswith(b"\n\n")
+            and b"\r" not in piece
+        ):
+            # A paced upstream's read: one whole event of one data line (checked in C, not parsed).
+            return [piece[6:-2]]
         if self._pending_cr:
             piece = b"\r" + piece
             self._pending_cr = False
@@ -125,30 +135,51 @@ def parse_chunk(raw: bytes) -> Chunk:
     usage = body.get("usage")
     if usage is not None and not isinstance(usage, dict):
         usage = None
-    content: str | None = None
+    choices = body.get("choices")
+    if not choices or not isinstance(choices, list):
+        return Chunk(raw, usage=usage)
+    if len(choices) == 1:
+        # The usual chunk: one choice (n = 1), read without the loop's bookkeeping.
+        content, has_delta, finish_reason, index = _read_choice(choices[0])
+        if index < 0:
+            return Chunk(raw, usage=usage)
+        ends: tuple[int, ...] = (index,) if finish_reason is not None else ()
+        return Chunk(raw, content, has_delta, finish_reason, usage, None, False, ends, index + 1)
+    content = None
     has_delta = False
-    finish_reason: str | None = None
+    finish_reason = None
     finished: tuple[int, ...] = ()
     seen = 0
-    choices = body.get("choices")
-    if choices and isinstance(choices, list):
-        for choice in choices:
-            if not isinstance(choice, dict):
-                continue
-            index = choice.get("index", 0)
-            if not isinstance(index, int) or index < 0:
-                index = 0
-            seen = max(seen, index + 1)
-            delta = choice.get("delta")
-            if delta and isinstance(delta, dict):
-                text = delta.get("content")
-                if text and isinstance(text, str):
-                    content = text if content is None else content + text
-                    has_delta = True
-                elif delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
-                    has_delta = True
-            reason = choice.get("finish_reason")
-            if reason is not None and isinstance(reason, str):
-                finish_reason = reason
-                finished += (index,)
+    for choice in choices:
+        text, delta_seen, reason, index = _read_choice(choice)
+        if index < 0:
+            continue
+        seen = max(seen, index + 1)
+        if text is not None:
+            content = text if content is None else content + text
+        has_delta = has_delta or delta_seen
+        if reason is not None:
+            finish_reason = reason
+            finished += (index,)
     return Chunk(raw, content, has_delta, finish_reason, usage, None, False, finished, seen)
+
+
+def _read_choice(choice: object) -> tuple[str | None, bool, str | None, int]:
+    """One choice's text, whether it carries a delta, its finish reason and index (-1: not a choice)."""
+    if not isinstance(choice, dict):
+        return None, False, None, -1
+    index = choice.get("index", 0)
+    if not isinstance(index, int) or index < 0:
+        index = 0
+    content: str | None = None
+    has_delta = False
+    delta = choice.get("delta")
+    if delta and isinstance(delta, dict):
+        text = delta.get("content")
+        if text and isinstance(text, str):
+            content = text
+            has_delta = True
+        elif delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
+            has_delta = True
+    reason = choice.get("finish_reason")
+    return content, has_delta, reason if isinstance(reason, str) else None, index

@@ -14,6 +14,7 @@ internals (pinned in requirements.txt); `tests/test_upstream_push.py` pins what 
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 from typing import cast
 
@@ -49,7 +50,7 @@ def take_buffered(reader: aiohttp.StreamReader) -> bytes:
 class Pushed:
     """One push of batches from `take` to `on_batch`, until `on_batch` says stop, the end, or a failure."""
 
-    __slots__ = ("_on_batch", "_reader", "_take", "future")
+    __slots__ = ("_context", "_on_batch", "_reader", "_take", "future")
 
     def __init__(
         self,
@@ -62,6 +63,8 @@ class Pushed:
         self._reader: aiohttp.StreamReader | None = reader
         self._on_batch = on_batch
         self.future = future
+        # The callback runs in the connection's context; the consumer's logs need the request's.
+        self._context = contextvars.copy_context()
 
     def start(self) -> None:
         """Hand over what is buffered, then wait for reads; resume the upstream if aiohttp paused it."""
@@ -113,8 +116,12 @@ class Pushed:
 
     def set_result(self, result: None) -> None:
         """The reader got data, a chunk boundary or its end: push what is there."""
-        self._pump()
+        reader = self._reader
+        if reader is not None and not reader._buffer and not reader.is_eof() and reader.exception() is None:
+            reader._waiter = self  # type: ignore[assignment]  # the end of an HTTP chunk, nothing new: wait on
+            return
+        self._context.run(self._pump)
 
     def set_exception(self, exc: BaseException) -> None:
         """The reader failed: `take()` raises it, and the push resolves with it."""
-        self._pump()
+        self._context.run(self._pump)
