@@ -41,6 +41,7 @@ CONTEXTS = "server/contexts.py"
 OPENAI_ROUTES = "server/routes/openai.py"
 UPSTREAM = "server/upstreams/client.py"
 RELAY = "server/relay.py"
+PUSH = "server/upstreams/push.py"
 
 REDIS_STORE = "server/streams/redis_store.py"
 REDIS_WRITE = "server/streams/redis_write.py"
@@ -57,6 +58,7 @@ OPERATIONS = "tests/test_operations.py"
 UPSTREAM_ERRORS = "tests/test_upstream_errors.py"
 ENDINGS = "tests/test_stream_endings.py"
 RELAY_TESTS = "tests/test_relay.py"
+PUSH_TESTS = "tests/test_upstream_push.py"
 STREAMING = "tests/test_streaming_process.py"
 STARTUP = "tests/test_startup_errors.py"
 SUPERVISOR = "tests/test_workers.py"
@@ -642,8 +644,8 @@ BREAKS += [
     Break(
         "n>1 finishes on the first choice",
         RELAY,
-        "    if len(finished) < choices:\n",
-        "    if False:\n",
+        "        if len(self.finished) < self.choices:\n",
+        "        if False:\n",
         (f"{DOS_PROCESS}::test_a_stream_cut_after_only_one_of_two_choices_finished_ends_with_an_error",),
     ),
     Break(
@@ -666,6 +668,27 @@ BREAKS += [
         "        if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:\n",
         "        if False:\n",
         (f"{SECURITY_UNITS}::test_the_one_step_get_names_an_unknown_parameter_and_the_post_route",),
+    ),
+    Break(
+        "pushing relay ignores a full client",
+        RELAY,
+        "        return sink.send_now(data)\n",
+        "        return sink.send_now(data) or True\n",
+        (f"{BACKPRESSURE}::test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat",),
+    ),
+    Break(
+        "push callback loses the request's context",
+        PUSH,
+        "        self._context.run(self._pump)\n\n    def set_exception",
+        "        self._pump()\n\n    def set_exception",
+        (f"{PUSH_TESTS}::test_the_callback_runs_in_the_context_of_the_caller_of_push",),
+    ),
+    Break(
+        "a new push never resumes a paused upstream",
+        PUSH,
+        "            reader._protocol.resume_reading()\n",
+        "            pass\n",
+        (f"{PUSH_TESTS}::test_a_full_consumer_stops_the_push_and_the_next_push_goes_on_in_order",),
     ),
 ]
 
