@@ -51,6 +51,9 @@ class PushSink(Sink, Protocol):
     async def wait_for_room(self) -> None:
         """Return once the client's buffer is under its mark again."""
 
+    def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Call `callback` as soon as the client's connection is lost; return what unregisters it."""
+
 
 class PushSource(Protocol):
     """An open upstream stream that hands its batches over from its data callback (UpstreamStream)."""
@@ -68,6 +71,9 @@ class PushSource(Protocol):
 
     def stop_push(self) -> None:
         """Hand over nothing more."""
+
+    def close(self) -> None:
+        """Close the upstream request (idempotent)."""
 
 
 class GapObserver(Protocol):
@@ -256,6 +262,8 @@ async def _push_forward(
         return sink.send_now(data)
 
     guard.reading()
+    # A client that leaves closes the upstream at once; the cancellation that follows ends the relay.
+    unregister = sink.on_client_gone(stream.close)
     try:
         while True:
             await stream.push(on_batch)
@@ -265,6 +273,7 @@ async def _push_forward(
             await sink.wait_for_room()
             guard.reading()
     finally:
+        unregister()
         stream.stop_push()
     await _finish(events, sink, guard, record, held)
 
