@@ -54,6 +54,10 @@ class PushSink(Sink, Protocol):
     def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` as soon as the client's connection is lost; return what unregisters it."""
 
+    @property
+    def client_gone(self) -> bool:
+        """True once the client's connection is closing or lost."""
+
 
 class PushSource(Protocol):
     """An open upstream stream that hands its batches over from its data callback (UpstreamStream)."""
@@ -271,6 +275,10 @@ async def _push_forward(
                 break
             guard.writing()
             await sink.wait_for_room()
+            if sink.client_gone:
+                # Its connection was lost while full: pushing again would resume the upstream and
+                # read a burst into memory for nobody (bench: +90 MiB kept after 200 such left).
+                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
             guard.reading()
     finally:
         unregister()

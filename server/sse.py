@@ -191,6 +191,13 @@ class SSEResponse(EventSourceResponse):
         if writer is not None:
             await writer.drain()
 
+    @property
+    def client_gone(self) -> bool:
+        """True once the client's connection is closing or lost."""
+        writer = self._payload_writer
+        transport = writer.transport if writer is not None else None
+        return transport is None or transport.is_closing()
+
     def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` the moment the client's connection is lost; return what unregisters it.
 

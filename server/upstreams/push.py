@@ -94,6 +94,10 @@ class Pushed:
                         self._reader._waiter = self  # type: ignore[assignment]  # a future's stand-in
                     return
                 if not self._on_batch(batch):
+                    # The consumer is full: stop reading the upstream now rather than let aiohttp
+                    # buffer up to its mark in small pieces (what a stalled reader would hold);
+                    # the kernel's socket buffers hold the rest, and the upstream slows.
+                    self._reader._protocol.pause_reading()
                     self._resolve(None)
                     return
         except Exception as exc:  # the reader's failure, or the consumer's: the awaiting relay handles it
