@@ -1,7 +1,13 @@
 """Relay upstream chunks to the client one at a time, and end every stream explicitly.
 
-The relay awaits each write before it reads the next chunk, so a client that stops reading
-stops the relay, and the upstream's TCP window then slows the upstream: nothing queues in Sluice.
+Two paths, one behaviour. An open upstream stream written to the SSE response is pushed: its
+batches are encoded and written from the upstream connection's data callback, with no task
+wake-up per event (issue 14: a paced stream's every event arrives in a read of its own); once
+the client's buffer is over its mark, the upstream's reading stops and the relay's task waits
+for room, then pushes again. Any other source or sink (a test's fakes, a stream being continued,
+a detached generation's store) is pulled: each write awaited before the next chunk is read.
+Either way a client that stops reading stops the relay, and the upstream's TCP window then
+slows the upstream: nothing queues in Sluice.
 It ends a stream in exactly one of these ways:
 
 - the upstream finished: the dialect's `done` event (also when the upstream's body ends after a
@@ -26,8 +32,9 @@ import structlog
 from .access import RequestRecord
 from .chunks import Chunk
 from .dialects import Dialect
-from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamProtocolError, UpstreamTimeoutError
+from .errors import GatewayError, ServiceUnavailableError, UpstreamProtocolError, UpstreamTimeoutError
 from .guard import Expiry, Outcome, StreamGuard
+from .relay_events import GapObserver, RelayEvents
 
 log = structlog.get_logger("sluice.relay")
 
@@ -80,12 +87,6 @@ class PushSource(Protocol):
         """Close the upstream request (idempotent)."""
 
 
-class GapObserver(Protocol):
-    """Records the time between two chunks (a Prometheus histogram child)."""
-
-    def observe(self, amount: float) -> None: ...
-
-
 class _NoGaps:
     def observe(self, amount: float) -> None:
         pass
@@ -107,7 +108,7 @@ async def relay(
 
     `choices` is the request's `n`: the stream has finished only once every choice has.
     """
-    events = _Events(dialect, record, gaps or _NoGaps(), choices)
+    events = RelayEvents(dialect, record, gaps or _NoGaps(), choices)
     opened = getattr(chunks, "opened", None)
     try:
         if opened is not None and hasattr(sink, "send_now"):
@@ -144,69 +145,9 @@ async def relay(
         await _write_final(sink, dialect.failure(error), final_write_timeout)
 
 
-class _Events:
-    """Turn batches into the bytes to write, noting on the record what the stream's end needs."""
-
-    __slots__ = ("_dialect", "_gaps", "_last_at", "_record", "choices", "failure", "finished")
-
-    def __init__(self, dialect: Dialect, record: RequestRecord, gaps: GapObserver, choices: int) -> None:
-        self._dialect = dialect
-        self._record = record
-        self._gaps = gaps
-        self._last_at: float | None = None
-        self.choices = choices
-        self.finished: set[int] = set()
-        self.failure: UpstreamError | None = None
-
-    def encode(self, batch: Sequence[Chunk], now: float) -> bytes | None:
-        """The events of `batch` as one write (None: nothing to send); an error chunk sets `failure`."""
-        record = self._record
-        gap_observed = False
-        events: list[bytes] = []
-        for chunk in batch:
-            if chunk.error is not None:
-                self.failure = _upstream_error_event(chunk.error)
-                break
-            if chunk.usage is not None:
-                record.usage = chunk.usage
-            if chunk.finish_reason is not None:
-                record.finish_reason = chunk.finish_reason
-                self.finished.update(chunk.finished_choices)
-            if chunk.choices_seen > self.choices:
-                self.choices = chunk.choices_seen
-            data = self._dialect.chunk(chunk)
-            if data is None:
-                continue
-            events.append(data)
-            if chunk.has_delta:
-                record.chunks_relayed += 1
-                if self._last_at is None:
-                    record.first_token_at = now
-                elif not gap_observed:
-                    # One gap per read that carries tokens: tokens that arrived together have none.
-                    self._gaps.observe(now - self._last_at)
-                    gap_observed = True
-                self._last_at = now
-        if not events:
-            return None
-        # Chunks that arrived in one read go out in one write: none waits for another.
-        return events[0] if len(events) == 1 else b"".join(events)
-
-    def done(self) -> bytes:
-        """The final event of a stream whose body ended; raise if it ended before finishing."""
-        reason = self._record.finish_reason
-        if reason is None:
-            raise UpstreamProtocolError("The upstream ended the stream before it finished.")
-        if len(self.finished) < self.choices:
-            raise UpstreamProtocolError(
-                f"The upstream ended the stream after {len(self.finished)} of its {self.choices} choices finished."
-            )
-        return self._dialect.done(reason, self._record.usage)
-
-
 async def _forward(
     batches: AsyncIterable[Sequence[Chunk]],
-    events: _Events,
+    events: RelayEvents,
     sink: Sink,
     guard: StreamGuard,
     record: RequestRecord,
@@ -233,7 +174,7 @@ async def _forward(
 
 async def _push_forward(
     opened: Callable[[], Awaitable[PushSource]],
-    events: _Events,
+    events: RelayEvents,
     sink: PushSink,
     guard: StreamGuard,
     record: RequestRecord,
@@ -286,22 +227,13 @@ async def _push_forward(
     await _finish(events, sink, guard, record, held)
 
 
-async def _finish(events: _Events, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
+async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
     """End a stream whose upstream body ended: the done event, or an error if it never finished."""
     done = events.done()
     guard.writing()
     write_last = getattr(sink, "write_last", None)
     await (sink.write if write_last is None else write_last)(held + done if held else done)
     record.outcome = Outcome.COMPLETED
-
-
-def _upstream_error_event(error: dict[str, object]) -> UpstreamError:
-    message = error.get("message")
-    code = error.get("code")
-    return UpstreamError(
-        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
-        code=code if isinstance(code, str) and code else "upstream_failed",
-    )
 
 
 def _expiry_error(expiry: Expiry, shutdown_retry_ms: int | None) -> tuple[GatewayError, int | None]:

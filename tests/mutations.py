@@ -648,7 +648,7 @@ BREAKS += [
     ),
     Break(
         "n>1 finishes on the first choice",
-        RELAY,
+        "server/relay_events.py",
         "        if len(self.finished) < self.choices:\n",
         "        if False:\n",
         (f"{DOS_PROCESS}::test_a_stream_cut_after_only_one_of_two_choices_finished_ends_with_an_error",),

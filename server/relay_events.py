@@ -1,0 +1,87 @@
+"""Turn one stream's chunk batches into the bytes the client gets, noting what its end needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from .access import RequestRecord
+from .chunks import Chunk
+from .dialects import Dialect
+from .errors import UpstreamError, UpstreamProtocolError
+
+
+class GapObserver(Protocol):
+    """Records the time between two chunks (a Prometheus histogram child)."""
+
+    def observe(self, amount: float) -> None: ...
+
+
+class RelayEvents:
+    """Turn batches into the bytes to write, noting on the record what the stream's end needs."""
+
+    __slots__ = ("_dialect", "_gaps", "_last_at", "_record", "choices", "failure", "finished")
+
+    def __init__(self, dialect: Dialect, record: RequestRecord, gaps: GapObserver, choices: int) -> None:
+        self._dialect = dialect
+        self._record = record
+        self._gaps = gaps
+        self._last_at: float | None = None
+        self.choices = choices
+        self.finished: set[int] = set()
+        self.failure: UpstreamError | None = None
+
+    def encode(self, batch: Sequence[Chunk], now: float) -> bytes | None:
+        """The events of `batch` as one write (None: nothing to send); an error chunk sets `failure`."""
+        record = self._record
+        gap_observed = False
+        events: list[bytes] = []
+        for chunk in batch:
+            if chunk.error is not None:
+                self.failure = upstream_error_event(chunk.error)
+                break
+            if chunk.usage is not None:
+                record.usage = chunk.usage
+            if chunk.finish_reason is not None:
+                record.finish_reason = chunk.finish_reason
+                self.finished.update(chunk.finished_choices)
+            if chunk.choices_seen > self.choices:
+                self.choices = chunk.choices_seen
+            data = self._dialect.chunk(chunk)
+            if data is None:
+                continue
+            events.append(data)
+            if chunk.has_delta:
+                record.chunks_relayed += 1
+                if self._last_at is None:
+                    record.first_token_at = now
+                elif not gap_observed:
+                    # One gap per read that carries tokens: tokens that arrived together have none.
+                    self._gaps.observe(now - self._last_at)
+                    gap_observed = True
+                self._last_at = now
+        if not events:
+            return None
+        # Chunks that arrived in one read go out in one write: none waits for another.
+        return events[0] if len(events) == 1 else b"".join(events)
+
+    def done(self) -> bytes:
+        """The final event of a stream whose body ended; raise if it ended before finishing."""
+        reason = self._record.finish_reason
+        if reason is None:
+            raise UpstreamProtocolError("The upstream ended the stream before it finished.")
+        if len(self.finished) < self.choices:
+            raise UpstreamProtocolError(
+                f"The upstream ended the stream after {len(self.finished)} of its {self.choices} choices finished."
+            )
+        return self._dialect.done(reason, self._record.usage)
+
+
+def upstream_error_event(error: dict[str, object]) -> UpstreamError:
+    """The failure an upstream's mid-stream error event stands for."""
+    message = error.get("message")
+    code = error.get("code")
+    return UpstreamError(
+        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        code=code if isinstance(code, str) and code else "upstream_failed",
+    )
