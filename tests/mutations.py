@@ -406,6 +406,13 @@ BREAKS = [
         (f"{STORE_TESTS}::test_a_resume_point_is_an_exclusive_range_start",),
     ),
     Break(
+        "a woken reader elsewhere reads again from Redis",
+        REDIS_STORE,
+        "        if not touch and (brought := self._follower.recent(key, seq, limit)):\n",
+        "        if False:\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
         "no rewrite after an outage another task noticed",
         REDIS_WRITE,
         "            self._resync_all()\n        if not self._dirty:\n",

@@ -150,6 +150,31 @@ async def _until_seq(store: RedisStreamStore, stream_id: str, seq: int) -> None:
             await store.wait(stream_id, after)
 
 
+async def test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    elsewhere._touch_due = lambda stream_id: False  # the once-a-second "a reader is here" goes with a range read
+    assert await producer.create("handed")
+    round_trips = 0
+    make_pipeline = elsewhere._link.client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return make_pipeline(*args, **kwargs)
+
+    elsewhere._link.client.pipeline = counted
+    for seq in range(1, 6):
+        waiting = asyncio.create_task(elsewhere.wait("handed", seq - 1))
+        await producer.append("handed", event(seq))
+        await asyncio.wait_for(waiting, 10)
+        batch = await elsewhere.read_after("handed", seq - 1, 50)
+        assert batch is not None
+        assert [e.seq for e in batch.events] == [seq]
+    assert round_trips == 0
+
+
 async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_one_trip_each(
     make_store: Callable[..., Any],
 ) -> None:

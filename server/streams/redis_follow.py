@@ -5,13 +5,20 @@ pool: each stream is assigned to one of `reader_connections` slots, and each slo
 XREAD over every stream its readers wait on. A reader that starts waiting on a stream the
 current XREAD does not cover interrupts it with CLIENT UNBLOCK from the pool, so it is covered
 at once rather than when the block times out.
+
+The entries an XREAD brings are kept (the latest few per stream, without a gap) and handed to
+the readers it wakes: `recent()` answers their next read from memory, so a woken reader costs
+no second round trip, and the readers of one stream on this instance share one copy. An entry
+never changes once written (its id is its sequence number), so a kept copy is never stale.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import zlib
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -25,47 +32,92 @@ log = structlog.get_logger("sluice.streams")
 
 # Most milliseconds one XREAD blocks: bounds how late a reader that raced the unblock is woken.
 BLOCK_MS = 1000
-# Seconds a key stays in the XREAD after its readers were woken, for them to come back.
+# Seconds a stream stays in the XREAD after its last reader stopped waiting, for it to come back.
 LINGER = 1.0
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class _Followed:
+    """One stream a slot reads: the readers waiting on it and the latest entries its XREADs brought."""
+
+    __slots__ = ("entries", "first", "last", "until", "waiters")
+
+    def __init__(self, keep: int) -> None:
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.entries: deque[Entry] = deque(maxlen=keep)  # consecutive sequence numbers, `first` to `last`
+        self.first = self.last = -1  # -1: none kept
+        self.until = 0.0  # with nobody waiting, covered until then
+
+    def cover(self) -> int:
+        """The entry after which the next XREAD reads: the earliest any reader waits after."""
+        points = [seq for seq, _ in self.waiters]
+        if self.last >= 0:
+            points.append(self.last)
+        return min(points)
+
+    def add(self, entries: list[Entry]) -> None:
+        """Keep the entries an XREAD brought, then wake the readers that have something new."""
+        for entry in entries:
+            seq = entry_seq(entry[0])
+            if self.last >= 0 and seq <= self.last:
+                continue  # read from an earlier point for a reader further behind: kept already
+            if seq != self.last + 1:
+                self.entries.clear()  # a gap (trimmed, or rewritten after an outage): start over
+                self.first = seq
+            self.entries.append(entry)
+            self.last = seq
+        self.first = max(self.first, self.last + 1 - len(self.entries))  # the deque dropped the oldest
+        for seq, future in self.waiters:
+            if seq < self.last and not future.done():
+                future.set_result(None)
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        """Up to `limit` + 1 kept entries right after `seq` (the extra one shows an end); [] if not kept."""
+        if not self.first <= seq + 1 <= self.last:
+            return []
+        start = seq + 1 - self.first
+        return list(itertools.islice(self.entries, start, start + limit + 1))
+
+    def clear(self) -> None:
+        """Redis failed: wake every reader (they read again and learn it) and keep nothing."""
+        for _, future in self.waiters:
+            if not future.done():
+                future.set_result(None)
+        self.entries.clear()
+        self.first = self.last = -1
 
 
 class _Slot:
-    """One dedicated connection and the readers waiting on it, per stream key."""
+    """One dedicated connection and the streams its XREAD covers."""
 
     def __init__(self, client: aioredis.Redis) -> None:
         self.client = client
         self.client_id: int | None = None
-        self.waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self.streams: dict[str, _Followed] = {}
         self.covered: dict[str, int] | None = None  # what the XREAD in flight waits on
-        # Keys whose readers were just woken, with the entry they were woken for: covered a while
-        # longer, so a reader coming back to wait after reading does not have to interrupt the XREAD.
-        self.lingering: dict[str, tuple[int, float]] = {}
         self.changed = asyncio.Event()
 
     def to_cover(self, now: float) -> dict[str, int]:
-        """Each key to read, and the entry after which to read it."""
-        for key in [key for key, (_, until) in self.lingering.items() if until < now]:
-            del self.lingering[key]
-        covered = {key: seq for key, (seq, _) in self.lingering.items()}
-        covered.update({key: min(seq for seq, _ in waiting) for key, waiting in self.waiters.items()})
-        return covered
+        """Each key to read, and the entry after which to read it; streams nobody came back to are let go."""
+        for key in [key for key, one in self.streams.items() if not one.waiters and one.until < now]:
+            del self.streams[key]
+        return {key: one.cover() for key, one in self.streams.items()}
 
-    def wake(self, key: str, before: int | None = None) -> None:
-        """Wake the readers of `key` (those waiting after a seq below `before`, if given)."""
-        for seq, future in self.waiters.get(key, ()):
-            if not future.done() and (before is None or seq < before):
-                future.set_result(None)
-
-    def wake_all(self) -> None:
-        for key in list(self.waiters):
-            self.wake(key)
+    def forget(self) -> None:
+        """Redis failed: wake every reader (they read again and learn it) and drop what was kept."""
+        for key, one in list(self.streams.items()):
+            one.clear()
+            if not one.waiters:
+                del self.streams[key]
 
 
 class Follower:
     """Readers' waits for new entries, multiplexed over a few blocking connections."""
 
-    def __init__(self, link: RedisLink, connections: int) -> None:
+    def __init__(self, link: RedisLink, connections: int, *, keep: int = 256) -> None:
         self._link = link
+        self._keep = max(1, keep)
         read_timeout = BLOCK_MS / 1000 + 5
         self._slots = [_Slot(link.dedicated(read_timeout)) for _ in range(connections)]
         self._tasks: list[asyncio.Task[None]] = []
@@ -79,15 +131,25 @@ class Follower:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for slot in self._slots:
-            slot.wake_all()
+            slot.forget()
             await slot.client.aclose()
+
+    def recent(self, key: str, seq: int, limit: int) -> list[Entry]:
+        """The entries of `key` right after `seq` that a recent XREAD brought (up to `limit` + 1), or []."""
+        followed = self._slot(key).streams.get(key)
+        return followed.after(seq, limit) if followed is not None else []
 
     async def wait(self, key: str, seq: int, within: float) -> bool:
         """True once `key` has an entry after `seq` (or Redis failed: read again); False after `within` seconds."""
-        slot = self._slots[zlib.crc32(key.encode()) % len(self._slots)]
+        slot = self._slot(key)
+        followed = slot.streams.get(key)
+        if followed is None:
+            followed = slot.streams[key] = _Followed(self._keep)
+        elif followed.last > seq:
+            return True  # brought meanwhile
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (seq, future)
-        slot.waiters.setdefault(key, []).append(entry)
+        followed.waiters.append(entry)
         slot.changed.set()
         try:
             covered = slot.covered
@@ -101,20 +163,19 @@ class Follower:
         except TimeoutError:
             return False
         finally:
-            waiting = slot.waiters.get(key)
-            if waiting is not None:
-                waiting.remove(entry)
-                if not waiting:
-                    del slot.waiters[key]
+            followed.waiters.remove(entry)
+            followed.until = asyncio.get_running_loop().time() + LINGER
+
+    def _slot(self, key: str) -> _Slot:
+        return self._slots[zlib.crc32(key.encode()) % len(self._slots)]
 
     async def _run(self, slot: _Slot) -> None:
         while True:
-            if not slot.waiters:
+            covered = slot.to_cover(asyncio.get_running_loop().time())
+            if not covered:
                 slot.changed.clear()
                 await slot.changed.wait()
                 continue
-            loop = asyncio.get_running_loop()
-            covered = slot.to_cover(loop.time())
             slot.covered = covered
             try:
                 if slot.client_id is None:
@@ -123,21 +184,17 @@ class Follower:
                     except ResponseError:
                         slot.client_id = 0  # CLIENT not allowed: new readers wait for the block to end
                 reply: Any = await slot.client.xread(
-                    {key: entry_id(seq) for key, seq in covered.items()}, count=1, block=BLOCK_MS
+                    {key: entry_id(seq) for key, seq in covered.items()}, count=self._keep, block=BLOCK_MS
                 )
             except UNREACHABLE as exc:
                 self._link.failed(exc)
                 slot.client_id = None  # the next connection is another client
-                slot.wake_all()  # they read again and learn that Redis is down
+                slot.forget()
                 await self._link.wait_up(float("inf"))
                 continue
             finally:
                 slot.covered = None
             for key, entries in reply or ():
-                name = key.decode() if isinstance(key, bytes) else str(key)
-                seq = entry_seq(entries[-1][0])
-                if name in slot.waiters:
-                    slot.wake(name, before=seq)
-                    slot.lingering[name] = (seq, loop.time() + LINGER)
-                elif name in slot.lingering:
-                    slot.lingering[name] = (seq, slot.lingering[name][1])  # nobody came back: let it lapse
+                followed = slot.streams.get(key.decode() if isinstance(key, bytes) else str(key))
+                if followed is not None:
+                    followed.add(entries)
