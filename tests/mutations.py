@@ -420,6 +420,16 @@ BREAKS = [
         (f"{STORE_TESTS}::test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten",),
     ),
     Break(
+        "no final flush when the producer closes",
+        REDIS_WRITE,
+        "            async with asyncio.timeout(COMMAND_TIMEOUT):\n                await self._flush_once()\n",
+        "            pass\n",
+        (
+            f"{STORE_TESTS}::test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end",
+            f"{SCALE}::test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last_events_to_readers_elsewhere",
+        ),
+    ),
+    Break(
         "a reader elsewhere gives up when Redis goes",
         READER,
         "            if await store.recovered():\n",
@@ -460,6 +470,15 @@ BREAKS = [
         "    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)\n",
         "",
         (f"{SCALE}::test_a_keys_requests_per_minute_are_counted_once_across_two_instances",),
+    ),
+    Break(
+        "limits fail open although fail_open is off",
+        LIMIT_STORE,
+        "        if not self._fail_open:\n",
+        "        if False:\n",
+        (
+            f"{SCALE}::test_with_fail_open_off_a_keyed_request_is_refused_with_503_limits_unavailable_while_redis_is_down",
+        ),
     ),
     Break(
         "breakers kept per instance with Redis",

@@ -194,6 +194,19 @@ async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_o
     assert pipelines <= 3
 
 
+async def test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    assert await producer.create("last-words")
+    # Nothing below yields to the flusher before close(): only the final flush can send these.
+    for seq in range(1, 6):
+        await producer.append("last-words", event(seq))
+    await producer.finish("last-words")
+    await producer.close()
+    assert await asyncio.wait_for(read_all(elsewhere, "last-words"), 10) == [1, 2, 3, 4, 5]
+
+
 async def test_appending_never_waits_on_redis_and_a_local_reader_gets_everything_while_it_is_down(
     make_store: Callable[..., Any], redis_server: RedisServer
 ) -> None:

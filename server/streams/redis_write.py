@@ -24,7 +24,7 @@ import structlog
 from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from ..shared.link import UNREACHABLE, RedisLink
+from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink
 from .memory import MemoryStreamStore
 from .redis_keys import END, StreamKeys, entry_id
 from .store import StoredEvent
@@ -93,7 +93,8 @@ class RedisWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*UNREACHABLE):
-            async with asyncio.timeout(1.0):
+            # As long as any command may take: a Redis pausing writes (a failover) still gets them.
+            async with asyncio.timeout(COMMAND_TIMEOUT):
                 await self._flush_once()
 
     async def open(self, stream_id: str, owner: str) -> None:
