@@ -46,6 +46,7 @@ RELAY = "server/relay.py"
 
 REDIS_STORE = "server/streams/redis_store.py"
 REDIS_WRITE = "server/streams/redis_write.py"
+REDIS_FOLLOW = "server/streams/redis_follow.py"
 REGISTRY = "server/streams/registry.py"
 SHARED_BREAKERS = "server/shared/breakers.py"
 SHARED_LIMITS = "server/shared/limits.py"
@@ -420,6 +421,15 @@ BREAKS = [
         "            self._resync_all()\n        if not self._dirty:\n",
         "        if not self._dirty:\n",
         (f"{STORE_TESTS}::test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten",),
+    ),
+    Break(
+        "a reader on a stream the blocked read misses never wakes it",
+        REDIS_FOLLOW,
+        "                await self._wake(slot)\n",
+        "                pass\n",
+        (
+            f"{STORE_TESTS}::test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event",
+        ),
     ),
     Break(
         "no final flush when the producer closes",

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from server.settings import RedisSettings
 from server.shared.link import RedisLink
+from server.streams import redis_follow
 from server.streams.redis_keys import StreamKeys
 from server.streams.redis_store import RedisStreamStore
 from server.streams.store import EventsDroppedError, GenerationLostError, StoredEvent, StoreUnavailableError
@@ -25,8 +26,8 @@ from tests.support.servers import RedisServer
 KEYS = StreamKeys("sluice")
 
 
-def redis_settings(url: str) -> RedisSettings:
-    return make_settings(redis={"url": url, "lease_seconds": 1.0}).redis
+def redis_settings(url: str, **extra: Any) -> RedisSettings:
+    return make_settings(redis={"url": url, **extra}).redis
 
 
 MakeStore = Callable[..., "asyncio.Future[RedisStreamStore]"]
@@ -37,8 +38,8 @@ async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., A
     """Build a store on its own link, as one instance would have; all are closed after the test."""
     made: list[tuple[RedisLink, RedisStreamStore]] = []
 
-    async def make(**bounds: Any) -> RedisStreamStore:
-        link = RedisLink(redis_settings(redis_server.url))
+    async def make(*, connections: int = 2, lease: float = 1.0, **bounds: Any) -> RedisStreamStore:
+        link = RedisLink(redis_settings(redis_server.url, reader_connections=connections, lease_seconds=lease))
         link.start()
         store = RedisStreamStore(link, make_settings(browser=bounds).browser)
         store.start()
@@ -173,6 +174,24 @@ async def test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_r
         assert batch is not None
         assert [e.seq for e in batch.events] == [seq]
     assert round_trips == 0
+
+
+async def test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event(
+    make_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader left to the block's timeout waits a minute (and a wait gives up after half a lease).
+    monkeypatch.setattr(redis_follow, "BLOCK_MS", 60_000)
+    producer, elsewhere = await make_store(lease=120), await make_store(connections=1, lease=120)
+    for stream_id in ("covered", "new"):
+        assert await producer.create(stream_id)
+        await producer.append(stream_id, event(1))
+    waiting_covered = asyncio.create_task(elsewhere.wait("covered", 1))
+    # A round trip: meanwhile that wait starts the one connection's XREAD, on "covered" alone.
+    assert await elsewhere.read_after("new", 0, 50) is not None
+    waiting_new = asyncio.create_task(elsewhere.wait("new", 1))
+    await producer.append("new", event(2))
+    await asyncio.wait_for(waiting_new, 10)
+    waiting_covered.cancel()
 
 
 async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_one_trip_each(

@@ -3,8 +3,10 @@
 A blocking XREAD holds its connection until it returns, so readers never block on the shared
 pool: each stream is assigned to one of `reader_connections` slots, and each slot runs one
 XREAD over every stream its readers wait on. A reader that starts waiting on a stream the
-current XREAD does not cover interrupts it with CLIENT UNBLOCK from the pool, so it is covered
-at once rather than when the block times out.
+current XREAD does not cover wakes it by adding an entry to the slot's own wake stream, which
+every XREAD of the slot covers after the last wake it saw: the XREAD returns at once whether it
+reached Redis before or after that entry (CLIENT UNBLOCK, used before, was lost when it
+overtook the XREAD, and the reader then waited for the block to time out).
 
 The entries an XREAD brings are kept (the latest few per stream, without a gap) and handed to
 the readers it wakes: `recent()` answers their next read from memory, so a woken reader costs
@@ -23,10 +25,10 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.typing import KeyT, StreamIdT
 
 from ..shared.link import UNREACHABLE, RedisLink
-from .redis_keys import entry_id, entry_seq
+from .redis_keys import StreamKeys, entry_id, entry_seq
 
 log = structlog.get_logger("sluice.streams")
 
@@ -34,6 +36,8 @@ log = structlog.get_logger("sluice.streams")
 BLOCK_MS = 1000
 # Seconds a stream stays in the XREAD after its last reader stopped waiting, for it to come back.
 LINGER = 1.0
+# Seconds a slot's wake stream outlives its last wake.
+WAKE_TTL = 60
 
 Entry = tuple[bytes, dict[bytes, bytes]]
 
@@ -89,13 +93,15 @@ class _Followed:
 
 
 class _Slot:
-    """One dedicated connection and the streams its XREAD covers."""
+    """One dedicated connection, the streams its XREAD covers, and its wake stream."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, wake_key: str) -> None:
         self.client = client
-        self.client_id: int | None = None
+        self.wake_key = wake_key
+        self.woken_after: StreamIdT = b"0-0"  # the last wake entry an XREAD returned
         self.streams: dict[str, _Followed] = {}
         self.covered: dict[str, int] | None = None  # what the XREAD in flight waits on
+        self.waking = False  # a wake for the XREAD in flight was sent
         self.changed = asyncio.Event()
 
     def to_cover(self, now: float) -> dict[str, int]:
@@ -115,11 +121,13 @@ class _Slot:
 class Follower:
     """Readers' waits for new entries, multiplexed over a few blocking connections."""
 
-    def __init__(self, link: RedisLink, connections: int, *, keep: int = 256) -> None:
+    def __init__(self, link: RedisLink, keys: StreamKeys, connections: int, *, keep: int = 256) -> None:
         self._link = link
         self._keep = max(1, keep)
         read_timeout = BLOCK_MS / 1000 + 5
-        self._slots = [_Slot(link.dedicated(read_timeout)) for _ in range(connections)]
+        self._slots = [
+            _Slot(link.dedicated(read_timeout), keys.wake(link.instance, index)) for index in range(connections)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -153,10 +161,9 @@ class Follower:
         slot.changed.set()
         try:
             covered = slot.covered
-            if covered is not None and slot.client_id and covered.get(key, seq + 1) > seq:
-                # Refused (an ACL without CLIENT) or unreachable: the block's own timeout wakes it.
-                with contextlib.suppress(*UNREACHABLE, RedisError):
-                    await self._link.client.client_unblock(slot.client_id)
+            if covered is not None and not slot.waking and covered.get(key, seq + 1) > seq:
+                slot.waking = True
+                await self._wake(slot)
             async with asyncio.timeout(within):
                 await future
             return True
@@ -169,6 +176,15 @@ class Follower:
     def _slot(self, key: str) -> _Slot:
         return self._slots[zlib.crc32(key.encode()) % len(self._slots)]
 
+    async def _wake(self, slot: _Slot) -> None:
+        """End the slot's XREAD now, so the next one covers what it did not."""
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.xadd(slot.wake_key, {b"w": b""}, maxlen=1, approximate=False)
+        pipe.expire(slot.wake_key, WAKE_TTL)  # an instance that died leaves nothing behind for long
+        # Unreachable: the XREAD fails too, and wakes every reader.
+        with contextlib.suppress(*UNREACHABLE):
+            await pipe.execute()
+
     async def _run(self, slot: _Slot) -> None:
         while True:
             covered = slot.to_cover(asyncio.get_running_loop().time())
@@ -176,25 +192,21 @@ class Follower:
                 slot.changed.clear()
                 await slot.changed.wait()
                 continue
-            slot.covered = covered
+            slot.covered, slot.waking = covered, False
+            streams: dict[KeyT, StreamIdT] = {key: entry_id(seq) for key, seq in covered.items()}
+            streams[slot.wake_key] = slot.woken_after
             try:
-                if slot.client_id is None:
-                    try:
-                        slot.client_id = int(await slot.client.client_id())
-                    except ResponseError:
-                        slot.client_id = 0  # CLIENT not allowed: new readers wait for the block to end
-                reply: Any = await slot.client.xread(
-                    {key: entry_id(seq) for key, seq in covered.items()}, count=self._keep, block=BLOCK_MS
-                )
+                reply: Any = await slot.client.xread(streams, count=self._keep, block=BLOCK_MS)
             except UNREACHABLE as exc:
                 self._link.failed(exc)
-                slot.client_id = None  # the next connection is another client
                 slot.forget()
                 await self._link.wait_up(float("inf"))
                 continue
             finally:
                 slot.covered = None
             for key, entries in reply or ():
-                followed = slot.streams.get(key.decode() if isinstance(key, bytes) else str(key))
-                if followed is not None:
+                name = key.decode() if isinstance(key, bytes) else str(key)
+                if name == slot.wake_key:
+                    slot.woken_after = entries[-1][0]
+                elif (followed := slot.streams.get(name)) is not None:
                     followed.add(entries)

@@ -53,7 +53,7 @@ class RedisStreamStore:
         self._writer = RedisWriter(link, self._keys, self._local, max_events=bounds.max_buffered_events)
         # Entries kept per stream for woken readers: no more than Redis keeps (a resume before is a 410).
         keep = min(256, bounds.max_buffered_events + 1)
-        self._follower = Follower(link, link.settings.reader_connections, keep=keep)
+        self._follower = Follower(link, self._keys, link.settings.reader_connections, keep=keep)
         self._stop_handler: Callable[[str], None] | None = None
         self._subscriber: asyncio.Task[None] | None = None
         # Set while subscribed to stop requests (a request published before is not heard).
