@@ -432,6 +432,13 @@ BREAKS = [
         ),
     ),
     Break(
+        "woken readers stay in the next XREAD",
+        REDIS_FOLLOW,
+        "            self.waiters = waiting\n",
+        "            pass\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for",),
+    ),
+    Break(
         "no final flush when the producer closes",
         REDIS_WRITE,
         "            async with asyncio.timeout(COMMAND_TIMEOUT):\n                await self._flush_once()\n",

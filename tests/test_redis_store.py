@@ -176,6 +176,32 @@ async def test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_r
     assert round_trips == 0
 
 
+async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store(connections=1)
+    elsewhere._touch_due = lambda stream_id: False  # no range reads either: the events come with the XREADs
+    assert await producer.create("paced")
+    client = elsewhere._follower._slots[0].client
+    xreads = 0
+    xread = client.xread
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal xreads
+        xreads += 1
+        return await xread(*args, **kwargs)
+
+    client.xread = counted
+    for seq in range(1, 21):
+        waiting = asyncio.create_task(elsewhere.wait("paced", seq - 1))
+        await producer.append("paced", event(seq))
+        await asyncio.wait_for(waiting, 10)
+        batch = await elsewhere.read_after("paced", seq - 1, 50)
+        assert batch is not None
+        assert [e.seq for e in batch.events] == [seq]
+    assert xreads <= 20 + 1  # one per event, and the one blocked now (twice as many read each event twice)
+
+
 async def test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event(
     make_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -60,7 +60,7 @@ class _Followed:
             points.append(self.last)
         return min(points)
 
-    def add(self, entries: list[Entry]) -> None:
+    def add(self, entries: list[Entry], now: float) -> None:
         """Keep the entries an XREAD brought, then wake the readers that have something new."""
         for entry in entries:
             seq = entry_seq(entry[0])
@@ -72,9 +72,17 @@ class _Followed:
             self.entries.append(entry)
             self.last = seq
         self.first = max(self.first, self.last + 1 - len(self.entries))  # the deque dropped the oldest
+        # The woken leave the list now, not when their tasks next run: the next XREAD, sent before
+        # that, would otherwise read again from where they waited and bring these entries twice.
+        waiting = []
         for seq, future in self.waiters:
-            if seq < self.last and not future.done():
+            if seq >= self.last:
+                waiting.append((seq, future))
+            elif not future.done():
                 future.set_result(None)
+        if len(waiting) < len(self.waiters):
+            self.waiters = waiting
+            self.until = now + LINGER  # covered while they read what woke them and come back
 
     def after(self, seq: int, limit: int) -> list[Entry]:
         """Up to `limit` + 1 kept entries right after `seq` (the extra one shows an end); [] if not kept."""
@@ -170,7 +178,8 @@ class Follower:
         except TimeoutError:
             return False
         finally:
-            followed.waiters.remove(entry)
+            with contextlib.suppress(ValueError):  # woken: removed already
+                followed.waiters.remove(entry)
             followed.until = asyncio.get_running_loop().time() + LINGER
 
     def _slot(self, key: str) -> _Slot:
@@ -204,9 +213,10 @@ class Follower:
                 continue
             finally:
                 slot.covered = None
+            now = asyncio.get_running_loop().time()
             for key, entries in reply or ():
                 name = key.decode() if isinstance(key, bytes) else str(key)
                 if name == slot.wake_key:
                     slot.woken_after = entries[-1][0]
                 elif (followed := slot.streams.get(name)) is not None:
-                    followed.add(entries)
+                    followed.add(entries, now)
