@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import zlib
 from collections import deque
 from typing import Any
@@ -89,7 +88,8 @@ class _Followed:
         if not self.first <= seq + 1 <= self.last:
             return []
         start = seq + 1 - self.first
-        return list(itertools.islice(self.entries, start, start + limit + 1))
+        # Indexing a deque near either end is cheap; islice would walk from the oldest kept entry.
+        return [self.entries[i] for i in range(start, min(start + limit + 1, len(self.entries)))]
 
     def clear(self) -> None:
         """Redis failed: wake every reader (they read again and learn it) and keep nothing."""
