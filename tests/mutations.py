@@ -729,7 +729,7 @@ def copy_repo(into: Path, name: str) -> Path:
 def run_tests(repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS) -> tuple[bool, str]:
     """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails."""
     # Plugins no listed test uses cost about two seconds of start-up per run.
-    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"]
+    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:xdist"]
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *tests]
     try:
         done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=limit, check=False)
