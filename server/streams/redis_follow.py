@@ -24,6 +24,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.exceptions import RedisError
 from redis.typing import KeyT, StreamIdT
 
 from ..shared.link import UNREACHABLE, RedisLink
@@ -190,8 +191,9 @@ class Follower:
         pipe = self._link.client.pipeline(transaction=False)
         pipe.xadd(slot.wake_key, {b"w": b""}, maxlen=1, approximate=False)
         pipe.expire(slot.wake_key, WAKE_TTL)  # an instance that died leaves nothing behind for long
-        # Unreachable: the XREAD fails too, and wakes every reader.
-        with contextlib.suppress(*UNREACHABLE):
+        # Unreachable: the XREAD fails too, and wakes every reader. Refused (an ACL, a read-only
+        # replica): the reader is covered when the block times out.
+        with contextlib.suppress(*UNREACHABLE, RedisError):
             await pipe.execute()
 
     async def _run(self, slot: _Slot) -> None:
