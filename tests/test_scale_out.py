@@ -362,18 +362,15 @@ async def test_with_fail_open_off_a_keyed_request_is_refused_with_503_limits_una
     simulator: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:
     env = {**redis_env(redis_server), "SLUICE_REDIS_FAIL_OPEN": "false"}
-    gateway = start_keyed_gateway(tmp_path, simulator, env=env)
     chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
-    url = gateway.url + "/v1/chat/completions"
-    try:
+    with start_keyed_gateway(tmp_path, simulator, env=env) as gateway:
+        url = gateway.url + "/v1/chat/completions"
         async with aiohttp.ClientSession() as http:
             async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
                 assert response.status == 200  # counted in Redis while it answers
             redis_server.kill()
             async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
                 status, retry_after, body = response.status, response.headers.get("Retry-After"), await response.json()
-    finally:
-        gateway.process.stop()
     assert (status, retry_after) == (503, "5")  # config/default.toml: retry_after = 5
     assert body == {
         "error": {
@@ -391,9 +388,10 @@ async def test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last
     # Leases outlast the pause (Redis expires nothing while writes are paused, but reads a lapsed
     # key as gone), and a short drain ends the stream while its writes are held.
     env = {**redis_env(redis_server), "SLUICE_REDIS_LEASE_SECONDS": "5"}
-    producer = start_gateway(upstream=simulator, env={**env, "SLUICE_SERVER_DRAIN_TIMEOUT": "0.5"})
-    other = start_gateway(upstream=simulator, env=env)
-    try:
+    with (
+        start_gateway(upstream=simulator, env={**env, "SLUICE_SERVER_DRAIN_TIMEOUT": "0.5"}) as producer,
+        start_gateway(upstream=simulator, env=env) as other,
+    ):
         async with aiohttp.ClientSession() as http, aioredis.Redis.from_url(redis_server.url) as redis:
             stream_id = await start(http, producer.url, "drained\n" + LONG)
             reader = await Reader.open(http, other.url, stream_id)
@@ -404,9 +402,6 @@ async def test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last
             producer.process.signal(signal.SIGTERM)
             assert await asyncio.to_thread(producer.process.wait, 20) == 0
             events = await asyncio.wait_for(reader.rest(), 20)
-    finally:
-        for gateway in (producer, other):
-            gateway.process.stop()
     # Without that flush: the shutdown event and the end never reach Redis, and the lease lapses.
     assert events[-1].event == "failed"
     assert events[-1].json()["error"]["code"] == "server_shutting_down"
