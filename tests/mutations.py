@@ -35,7 +35,7 @@ BASELINE_SECONDS = 400  # per group of the unbroken run, which holds many tests
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
-SETTINGS = "server/settings.py"
+SETTINGS = "server/settings/environment.py"
 WORKERS_PY = "server/workers.py"
 ACCESS_LOG = "server/middleware/access_log.py"
 CHAT_CALL = "server/chat_call.py"
