@@ -3,12 +3,15 @@
     .venv/bin/python tests/mutations.py                 # every break
     .venv/bin/python tests/mutations.py NAME ...        # only these
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
+    .venv/bin/python tests/mutations.py --after-suite   # what tests/run does, right after pytest passed
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
-listed tests first run there unbroken and must pass (split by file across the copies, at once);
-then each break is applied alone to a copy, its tests run with this interpreter (`-x`: the first
-failure is enough), and the file is restored.
-A break whose tests stay green means a proof stopped biting: the script exits 1 and names it.
+listed tests first run there unbroken and must pass (split by file across the copies, at once),
+unless the whole suite has just passed on the same files (`--after-suite`). Then each break is
+applied alone to a copy, its tests run with this interpreter (the first failure ends the run), and
+the file is restored. Only a failing test or a hang catches a break: a run that cannot collect its
+tests does not. A break whose tests stay green means a proof stopped biting: the script exits 1
+and names it.
 Most of a run is waiting (processes starting, a bound running out), so a few run at once.
 """
 
@@ -27,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60  # of a failed run's output, shown
@@ -731,8 +736,8 @@ def copy_repo(into: Path, name: str) -> Path:
 
 def run_tests(
     repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS, *, stop_at_failure: bool = False
-) -> tuple[bool, str]:
-    """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails.
+) -> tuple[int | None, str]:
+    """Run `tests` in `repo`; (pytest's exit code, or None past `limit` seconds; the last lines of output).
 
     The run is its own process group, killed when it ends: what its tests started (gateways,
     simulators, Redis) never outlives it, even after a timeout or `stop_at_failure`, which ends
@@ -748,13 +753,13 @@ def run_tests(
     try:
         output, _ = run.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        return False, f"(still running after {limit:.0f} s)"
+        return None, f"(still running after {limit:.0f} s)"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
-    return run.returncode == 0, tail
+    return run.returncode, tail
 
 
 def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...]]:
@@ -769,7 +774,11 @@ def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...
 
 
 def check(repo: Path, broken: Break) -> bool:
-    """Apply `broken` alone, run its tests, restore the file; True when they failed (the break was caught)."""
+    """Apply `broken` alone, run its tests, restore the file; True when they failed (the break was caught).
+
+    Only a failing test (exit 1) or a hang catches a break: a run that could not collect or start
+    its tests (a break that is a syntax error, a copy missing a file) proves nothing and is missed.
+    """
     path = repo / broken.path
     original = path.read_text()
     found = original.count(broken.old)
@@ -777,12 +786,14 @@ def check(repo: Path, broken: Break) -> bool:
         raise SystemExit(f"mutations: {broken.name!r}: the text to break occurs {found} times in {broken.path}")
     path.write_text(original.replace(broken.old, broken.new))
     try:
-        passed, tail = run_tests(repo, broken.tests, stop_at_failure=True)
+        code, tail = run_tests(repo, broken.tests, stop_at_failure=True)
     finally:
         path.write_text(original)
-    if passed:
+    if code == 0:
         print(f"NOT CAUGHT  {broken.name}: {', '.join(broken.tests)} stayed green\n{tail}")
-    return not passed
+    elif code not in (None, pytest.ExitCode.TESTS_FAILED):
+        print(f"NOT CAUGHT  {broken.name}: pytest exited {code} without a failing test\n{tail}")
+    return code in (None, pytest.ExitCode.TESTS_FAILED)
 
 
 def main(argv: list[str]) -> int:
@@ -790,6 +801,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Each listed one-line break must fail its tests.")
     parser.add_argument("names", nargs="*", help="only these breaks (default: all)")
     parser.add_argument("--jobs", type=int, default=3, help="breaks checked at once (default: 3)")
+    parser.add_argument(
+        "--after-suite",
+        action="store_true",
+        help="skip the unbroken run: the whole suite has just passed on these files (tests/run)",
+    )
     args = parser.parse_args(argv)
     chosen = [b for b in BREAKS if not args.names or b.name in args.names]
     unknown = set(args.names) - {b.name for b in BREAKS}
@@ -801,15 +817,16 @@ def main(argv: list[str]) -> int:
         copies: queue.Queue[Path] = queue.Queue()
         for index in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(tmp), f"repo-{index}"))
-        every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
-        groups = by_file_in_groups(every_test, max(1, args.jobs))
-        with ThreadPoolExecutor(len(groups)) as pool:
-            unbroken = list(pool.map(run_tests, list(copies.queue), groups, [BASELINE_SECONDS] * len(groups)))
-        for passed, tail in unbroken:
-            if not passed:
-                print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
-                return 1
-        print(f"unbroken: the listed tests pass ({time.monotonic() - started:.0f} s)", flush=True)
+        if not args.after_suite:
+            every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
+            groups = by_file_in_groups(every_test, max(1, args.jobs))
+            with ThreadPoolExecutor(len(groups)) as pool:
+                unbroken = list(pool.map(run_tests, list(copies.queue), groups, [BASELINE_SECONDS] * len(groups)))
+            for code, tail in unbroken:
+                if code != 0:
+                    print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
+                    return 1
+            print(f"unbroken: the listed tests pass ({time.monotonic() - started:.0f} s)", flush=True)
 
         def check_on_a_copy(broken: Break) -> bool:
             repo = copies.get()
