@@ -70,10 +70,15 @@ class Pushed:
         """Hand over what is buffered, then wait for reads; resume the upstream if aiohttp paused it."""
         self._pump()
         reader = self._reader
-        if reader is not None and reader._protocol._reading_paused:
-            # The reader's buffer filled while nothing pushed (the client was full). Resuming
-            # feeds the parser's held bytes to the reader, and so to this push, at once.
-            reader._protocol.resume_reading()
+        if reader is None:
+            return
+        protocol = reader._protocol
+        if protocol._reading_paused:
+            # The reader's buffer filled while nothing pushed. Resuming feeds the parser's held
+            # bytes to the reader, and so to this push, at once; and reads the socket again.
+            protocol.resume_reading()
+        elif (transport := protocol.transport) is not None and not transport.is_reading():
+            transport.resume_reading()  # paused by the push before this one (see _pump)
 
     def stop(self) -> None:
         """Hand over nothing more; the reader buffers (and then pauses the upstream) as usual."""
@@ -94,10 +99,14 @@ class Pushed:
                         self._reader._waiter = self  # type: ignore[assignment]  # a future's stand-in
                     return
                 if not self._on_batch(batch):
-                    # The consumer is full: stop reading the upstream now rather than let aiohttp
-                    # buffer up to its mark in small pieces (what a stalled reader would hold);
-                    # the kernel's socket buffers hold the rest, and the upstream slows.
-                    self._reader._protocol.pause_reading()
+                    # The consumer is full: stop reading the upstream's socket now rather than
+                    # let aiohttp buffer up to its mark in small pieces (what a stalled reader
+                    # would hold); the kernel's buffers hold the rest, and the upstream slows.
+                    # The transport, not aiohttp's protocol: that one also pauses its parser,
+                    # which only a callback of the parser may do.
+                    transport = self._reader._protocol.transport
+                    if transport is not None:
+                        transport.pause_reading()
                     self._resolve(None)
                     return
         except Exception as exc:  # the reader's failure, or the consumer's: the awaiting relay handles it
