@@ -65,15 +65,16 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record.stream = True
     lifecycle.admit()
     await reserve_tokens(request, body)
-    continues = app[UPSTREAM].continues(str(body.get("model")))
+    upstream = app[UPSTREAM]
+    continues = upstream.continues(str(body.get("model")))
     guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
-    accepted = asyncio.Event()
-    opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
+    started = asyncio.get_running_loop().create_future()
+    opening = asyncio.ensure_future(upstream.open_stream(body, request[REQUEST_ID], record, lambda: _settle(started)))
     continued: ContinuedStream | None = None
     response: SSEResponse | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
         try:
-            await _until_started(opening, accepted, settings.stream.heartbeat_interval)
+            await _until_started(opening, started, settings.stream.heartbeat_interval)
             chunks: AsyncIterable[Sequence[Chunk]]
 
             def on_open(stream: UpstreamStream) -> None:
@@ -117,14 +118,30 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 continued.close()
 
 
-async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyncio.Event, limit: float) -> None:
-    """Wait until the routing ended, an upstream accepted the request, or `limit` seconds passed."""
-    waiter = asyncio.ensure_future(accepted.wait())
-    either: set[asyncio.Future[Any]] = {opening, waiter}
+async def _until_started(opening: asyncio.Future[UpstreamStream], started: asyncio.Future[None], limit: float) -> None:
+    """Wait until the routing ended, an upstream accepted the request (`started`), or `limit` seconds passed.
+
+    One future settled by whichever comes first: no waiter task and no `asyncio.wait` per stream.
+    """
+    if opening.done():
+        return
+
+    def on_opened(_: object) -> None:
+        _settle(started)
+
+    timer = asyncio.get_running_loop().call_later(limit, _settle, started)
+    opening.add_done_callback(on_opened)
     try:
-        await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
+        await started
     finally:
-        waiter.cancel()
+        timer.cancel()
+        opening.remove_done_callback(on_opened)
+
+
+def _settle(started: asyncio.Future[None]) -> None:
+    """Mark the stream's routing as far enough along to start the response (once; later calls are no-ops)."""
+    if not started.done():
+        started.set_result(None)
 
 
 def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable[Sequence[Chunk]]) -> ContinuedStream:
