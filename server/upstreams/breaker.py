@@ -53,6 +53,10 @@ class BreakerRecord:
     trial_since: float | None = None
 
 
+# A closed breaker's record (frozen: one object serves every upstream).
+CLOSED_RECORD = BreakerRecord()
+
+
 class BreakerStore(Protocol):
     """Where breaker records live; `update` applies `change` atomically and returns the new record."""
 
@@ -68,10 +72,10 @@ class MemoryBreakerStore:
         self._records: dict[str, BreakerRecord] = {}
 
     async def read(self, name: str) -> BreakerRecord:
-        return self._records.get(name, BreakerRecord())
+        return self._records.get(name, CLOSED_RECORD)
 
     async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord:
-        record = self._records[name] = change(self._records.get(name, BreakerRecord()))
+        record = self._records[name] = change(self._records.get(name, CLOSED_RECORD))
         return record
 
 
@@ -143,8 +147,8 @@ class Breakers:
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
         before = await self._store.read(name)
-        if before != BreakerRecord():
-            await self._store.update(name, lambda record: BreakerRecord())
+        if before is not CLOSED_RECORD and before != CLOSED_RECORD:
+            await self._store.update(name, lambda record: CLOSED_RECORD)
             if before.open_until:
                 self._changed(name, BreakerState.CLOSED)
 
