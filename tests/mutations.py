@@ -5,8 +5,9 @@
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
-listed tests first run there unbroken and must pass; then each break is applied alone to a copy,
-its tests run with this interpreter (`-x`: the first failure is enough), and the file is restored.
+listed tests first run there unbroken and must pass (split by file across the copies, at once);
+then each break is applied alone to a copy, its tests run with this interpreter (`-x`: the first
+failure is enough), and the file is restored.
 A break whose tests stay green means a proof stopped biting: the script exits 1 and names it.
 Most of a run is waiting (processes starting, a bound running out), so a few run at once.
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60  # of a failed run's output, shown
 RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
+BASELINE_SECONDS = 400  # per group of the unbroken run, which holds many tests
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
@@ -681,17 +683,28 @@ def copy_repo(into: Path, name: str) -> Path:
     return target
 
 
-def run_tests(repo: Path, tests: tuple[str, ...]) -> tuple[bool, str]:
-    """Run `tests` in `repo`; (passed, the last lines of output). A run past RUN_SECONDS fails."""
+def run_tests(repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS) -> tuple[bool, str]:
+    """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails."""
     # Plugins no listed test uses cost about two seconds of start-up per run.
     unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"]
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *tests]
     try:
-        done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=RUN_SECONDS, check=False)
+        done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=limit, check=False)
     except subprocess.TimeoutExpired:
-        return False, f"(still running after {RUN_SECONDS} s)"
+        return False, f"(still running after {limit:.0f} s)"
     tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
     return done.returncode == 0, tail
+
+
+def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...]]:
+    """`tests` in at most `count` groups of about equal size, each test file whole (its fixtures set up once)."""
+    by_file: dict[str, list[str]] = {}
+    for test in tests:
+        by_file.setdefault(test.split("::")[0], []).append(test)
+    groups: list[list[str]] = [[] for _ in range(count)]
+    for file_tests in sorted(by_file.values(), key=len, reverse=True):
+        min(groups, key=len).extend(file_tests)
+    return [tuple(group) for group in groups if group]
 
 
 def check(repo: Path, broken: Break) -> bool:
@@ -728,10 +741,14 @@ def main(argv: list[str]) -> int:
         for index in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(tmp), f"repo-{index}"))
         every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
-        passed, tail = run_tests(copies.queue[0], every_test)
-        if not passed:
-            print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
-            return 1
+        groups = by_file_in_groups(every_test, max(1, args.jobs))
+        with ThreadPoolExecutor(len(groups)) as pool:
+            unbroken = list(pool.map(run_tests, list(copies.queue), groups, [BASELINE_SECONDS] * len(groups)))
+        for passed, tail in unbroken:
+            if not passed:
+                print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
+                return 1
+        print(f"unbroken: the listed tests pass ({time.monotonic() - started:.0f} s)", flush=True)
 
         def check_on_a_copy(broken: Break) -> bool:
             repo = copies.get()
