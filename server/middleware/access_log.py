@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 import time
 
 import structlog
@@ -116,7 +117,10 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
 
 def _forwarded(request: web.Request) -> bool:
     """True for a request another worker forwarded over this worker's Unix socket."""
-    return request.transport is not None and isinstance(request.transport.get_extra_info("sockname"), str)
+    transport = request.transport
+    # The socket object's family, not its address: uvloop answers "sockname" with a system call.
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
 def client_of(request: web.Request, forwarded: bool) -> str | None:
