@@ -88,13 +88,10 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 chunks = _AwaitedStream(opening, on_open)  # the relay reports a routing failure as an event
             if continues:
                 chunks = continued = _continued(request, body, chunks)
-            response = _sse_response(request, guard)
+            response = _sse_response(request, guard, dialect.start())
             await _prepare(response, request)
             record.response_status = response.status
             guard.set_send_timeout_callback(response.abort)
-            start = dialect.start()
-            if start:
-                await response.write(start)
             await relay(
                 chunks,
                 dialect,
@@ -264,7 +261,8 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
         raise
 
 
-def _sse_response(request: web.Request, guard: StreamGuard) -> SSEResponse:
+def _sse_response(request: web.Request, guard: StreamGuard, preamble: bytes) -> SSEResponse:
+    """The stream's response; `preamble` (the dialect's start) leaves with its first write."""
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     record = request[RECORD]
@@ -278,4 +276,5 @@ def _sse_response(request: web.Request, guard: StreamGuard) -> SSEResponse:
         send_timeout=settings.stream.send_timeout,
         on_heartbeat=on_heartbeat,
         on_stalled=guard.stalled,
+        preamble=preamble,
     )

@@ -41,6 +41,7 @@ class SSEResponse(EventSourceResponse):
         send_timeout: float,
         on_heartbeat: Callable[[], None] | None = None,
         on_stalled: Callable[[], None] | None = None,
+        preamble: bytes = b"",
     ) -> None:
         super().__init__(
             sep="\n",
@@ -54,6 +55,9 @@ class SSEResponse(EventSourceResponse):
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
+        # Goes out ahead of the first write, event or heartbeat (the native dialect's `retry:`
+        # line): written alone it cost a send per stream.
+        self._preamble = preamble
 
     async def _ping(self) -> None:
         # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
@@ -125,6 +129,8 @@ class SSEResponse(EventSourceResponse):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write, then wait while the client's buffer is over its mark (aiohttp alone checks every 64 KiB)."""
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
         await super().write(data)
         writer = self._payload_writer
         if writer is not None:
@@ -143,6 +149,12 @@ class SSEResponse(EventSourceResponse):
         """Write the stream's last bytes and end the body, in one write (one send, not three)."""
         self.stop_heartbeat()
         await self.write_eof(data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """End the body, after the preamble if nothing was written yet."""
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
+        await super().write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""

@@ -200,6 +200,15 @@ async def test_silent_upstream_gets_heartbeat_comments(tight_gateway: Gateway, d
     assert all(e.comment == "keep-alive" for e in comments)
 
 
+async def test_the_native_retry_hint_opens_the_body_even_when_a_heartbeat_comes_first(tight_gateway: Gateway) -> None:
+    rid = new_request_id("retry-first")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, tight_gateway, "native", "slow\n#sim tokens=2 ttft_ms=700", rid) as response:
+            raw = (await response.read()).decode()
+    assert raw.startswith("retry: ")
+    assert raw.index(": keep-alive") < raw.index("event: token")
+
+
 # 5. Timeouts
 
 
