@@ -2,10 +2,11 @@
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
-A stream's response starts once an upstream answered 200, or after one heartbeat interval of
-routing (retries, Retry-After waits), whichever comes first: from then on heartbeat comments keep
-the client and its proxies from timing out, and the routing goes on behind them until the first
-token. A failure the routing cannot rescue is then the stream's final error event.
+A stream's routing runs in the handler's task; its response starts after it, or beside it once an
+upstream answered 200 without its first token or after one heartbeat interval of routing
+(retries, Retry-After waits), whichever comes first (stream_start.py): from then on heartbeat
+comments keep the client and its proxies from timing out, and the routing goes on behind them
+until the first token. A failure the routing cannot rescue is then the stream's final error event.
 The upstream request is tied to the client's connection: when the client leaves, aiohttp
 cancels the handler (`handler_cancellation=True`) and the `finally` here closes the upstream.
 """
