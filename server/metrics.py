@@ -1,6 +1,6 @@
 """Prometheus metrics: one registry per application, aggregated across workers when they share one.
 
-With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; settings.py reads it into
+With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; server/settings/ reads it into
 `settings.process.metrics_dir`), prometheus-client writes every value to a per-process file and
 `/metrics` sums the files of all workers.
 """

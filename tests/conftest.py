@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.async_api import Browser, async_playwright
 
 from server.app import create_app
 from server.settings import Settings, load_settings
+from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
 from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
 
@@ -72,6 +74,24 @@ def gateway(simulator: Simulator) -> Iterator[Gateway]:
     gw = start_gateway(upstream=simulator)
     yield gw
     gw.process.stop()
+
+
+@pytest.fixture(scope="module")
+def own_gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """A module's own `python run.py`: its streams stay out of others' metrics; it logs no error."""
+    gw = start_gateway(upstream=simulator)
+    yield gw
+    gw.process.stop()
+    assert [e for e in gw.process.events() if e.get("level") in ("error", "critical")] == []
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Browser]:
+    """Debian's headless Chromium, driven by Playwright, for this test alone."""
+    async with async_playwright() as playwright:
+        launched = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield launched
+        await launched.close()
 
 
 @pytest.fixture

@@ -15,8 +15,11 @@ Most of a run is waiting (processes starting, a bound running out), so a few run
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import queue
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -32,7 +35,7 @@ BASELINE_SECONDS = 400  # per group of the unbroken run, which holds many tests
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
-SETTINGS = "server/settings.py"
+SETTINGS = "server/settings/environment.py"
 WORKERS_PY = "server/workers.py"
 ACCESS_LOG = "server/middleware/access_log.py"
 CHAT_CALL = "server/chat_call.py"
@@ -684,17 +687,32 @@ def copy_repo(into: Path, name: str) -> Path:
     return target
 
 
-def run_tests(repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS) -> tuple[bool, str]:
-    """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails."""
+def run_tests(
+    repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS, *, stop_at_failure: bool = False
+) -> tuple[bool, str]:
+    """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails.
+
+    The run is its own process group, killed when it ends: what its tests started (gateways,
+    simulators, Redis) never outlives it, even after a timeout or `stop_at_failure`, which ends
+    the run at its first failure without tearing anything down (tests/support/exit_on_failure.py).
+    """
     # Plugins no listed test uses cost about two seconds of start-up per run.
-    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio"]
-    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *tests]
+    unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:xdist"]
+    fast = ["-p", "tests.support.exit_on_failure"] if stop_at_failure else []
+    argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *fast, *tests]
+    run = subprocess.Popen(
+        argv, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
-        done = subprocess.run(argv, cwd=repo, capture_output=True, text=True, timeout=limit, check=False)
+        output, _ = run.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
         return False, f"(still running after {limit:.0f} s)"
-    tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-TAIL_LINES:])
-    return done.returncode == 0, tail
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
+    return run.returncode == 0, tail
 
 
 def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...]]:
@@ -717,7 +735,7 @@ def check(repo: Path, broken: Break) -> bool:
         raise SystemExit(f"mutations: {broken.name!r}: the text to break occurs {found} times in {broken.path}")
     path.write_text(original.replace(broken.old, broken.new))
     try:
-        passed, tail = run_tests(repo, broken.tests)
+        passed, tail = run_tests(repo, broken.tests, stop_at_failure=True)
     finally:
         path.write_text(original)
     if passed:

@@ -151,14 +151,11 @@ async def test_the_key_name_is_logged_and_labelled_but_never_the_key(keyed: Gate
 
 async def test_the_clients_authorization_never_reaches_the_upstream(tmp_path: Path) -> None:
     hostile = start_hostile_upstream()
-    gateway = start_keyed_gateway(tmp_path, hostile)
-    try:
+    with start_keyed_gateway(tmp_path, hostile) as gateway:
         body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "echo-auth"}], "stream": True}
         async with aiohttp.ClientSession() as http:
             async with http.post(gateway.url + "/v1/chat/completions", json=body, headers=bearer(KEY_ALPHA)) as r:
                 seen = openai_text(await read_events(r))
-    finally:
-        gateway.process.stop()
         hostile.process.stop()
     assert KEY_ALPHA not in seen
     assert seen == "Bearer sk-test-key-never-logged"  # the gateway's own upstream key
@@ -166,17 +163,13 @@ async def test_the_clients_authorization_never_reaches_the_upstream(tmp_path: Pa
 
 async def test_a_key_removed_from_the_config_is_refused_after_a_restart(simulator: Simulator, tmp_path: Path) -> None:
     (tmp_path / "before").mkdir()
-    before = start_keyed_gateway(tmp_path / "before", simulator)
-    try:
+    with start_keyed_gateway(tmp_path / "before", simulator) as before:
         async with aiohttp.ClientSession() as http:
             async with http.post(before.url + "/chat/streams", json={"message": "hi"}, headers=bearer(KEY_ALPHA)) as r:
                 assert r.status == 201
                 url = (await r.json())["url"]
-    finally:
-        before.process.stop()
     (tmp_path / "after").mkdir()
-    after = start_keyed_gateway(tmp_path / "after", simulator, include_alpha=False)
-    try:
+    with start_keyed_gateway(tmp_path / "after", simulator, include_alpha=False) as after:
         async with aiohttp.ClientSession() as http:
             async with http.post(after.url + "/v1/chat/completions", json=CHAT, headers=bearer(KEY_ALPHA)) as r:
                 assert r.status == 401
@@ -184,8 +177,6 @@ async def test_a_key_removed_from_the_config_is_refused_after_a_restart(simulato
                 assert r.status == 200  # the keys still configured go on working
             async with http.get(after.url + url) as r:  # the revoked key's token no longer opens anything
                 assert r.status == 401
-    finally:
-        after.process.stop()
 
 
 # --- limits ------------------------------------------------------------------------------------

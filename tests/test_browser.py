@@ -8,46 +8,25 @@ simulator's long-poll, never with sleeps.
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from urllib.parse import urlencode, urlsplit
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Locator, Page, async_playwright, expect
+from playwright.async_api import Browser, Locator, Page, expect
 
+from tests.support.browser import PolicyWatch
 from tests.support.client import sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.proxy import CuttingProxy
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 STREAMING_SECONDS = 20_000  # ms: generous bound for a stream to finish in the browser
 
 
 @pytest.fixture(scope="module")
-def gateway(simulator: Simulator) -> Iterator[Gateway]:
-    """This module's own `python run.py`: its detached streams and routes stay out of others' metrics."""
-    gw = start_gateway(upstream=simulator)
-    yield gw
-    gw.process.stop()
-    assert [e for e in gw.process.events() if e.get("level") in ("error", "critical")] == []
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
+def gateway(own_gateway: Gateway) -> Gateway:
+    """This module's own gateway, not the session's (see conftest.py)."""
+    return own_gateway
 
 
 @pytest.fixture
@@ -60,18 +39,6 @@ async def proxy(gateway: Gateway) -> AsyncIterator[CuttingProxy]:
     await cutting.start()
     yield cutting
     await cutting.close()
-
-
-class PolicyWatch:
-    """Collects the browser's Content-Security-Policy complaints about the page."""
-
-    def __init__(self, page: Page) -> None:
-        self.violations: list[str] = []
-        page.on("console", self._console)
-
-    def _console(self, message: ConsoleMessage) -> None:
-        if "Content Security Policy" in message.text:
-            self.violations.append(message.text)
 
 
 async def open_page(browser: Browser, base_url: str) -> tuple[Page, PolicyWatch]:

@@ -9,30 +9,28 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Browser, Page, expect
 
+from tests.support.browser import PolicyWatch
 from tests.support.client import new_request_id
 from tests.support.png import colours
-from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.processes import Gateway, Simulator
 from tests.support.proxy import CuttingProxy
 from tests.support.security import KEY_ALPHA, METRICS_KEY, bearer, start_keyed_gateway
-from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, PolicyWatch
 
 ACCENT = (0x25, 0x63, 0xEB)  # --accent in dashboard.css: the colour of every number on the page
 UPDATE_SECONDS = 10_000  # ms: generous bound for the next one-second snapshot
 
 
 @pytest.fixture(scope="module")
-def gateway(simulator: Simulator) -> Iterator[Gateway]:
-    gw = start_gateway(upstream=simulator)
-    yield gw
-    gw.process.stop()
-    assert [e for e in gw.process.events() if e.get("level") in ("error", "critical")] == []
+def gateway(own_gateway: Gateway) -> Gateway:
+    """This module's own gateway, not the session's (see conftest.py)."""
+    return own_gateway
 
 
 @pytest.fixture(scope="module")
@@ -41,14 +39,6 @@ def keyed(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Ite
     gw = start_keyed_gateway(tmp_path_factory.mktemp("dashboard-keyed"), simulator)
     yield gw
     gw.process.stop()
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        yield browser
-        await browser.close()
 
 
 async def open_dashboard(browser: Browser, base_url: str) -> tuple[Page, PolicyWatch]:

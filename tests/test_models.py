@@ -149,16 +149,13 @@ async def test_v1_model_by_id_knows_an_alias(gateway_with: Build) -> None:
 
 
 async def test_run_py_with_star_in_the_environment_serves_any_model(simulator: Simulator) -> None:
-    gateway = start_gateway(upstream=simulator, env={"SLUICE_MODELS_AVAILABLE": "*"})
-    try:
+    with start_gateway(upstream=simulator, env={"SLUICE_MODELS_AVAILABLE": "*"}) as gateway:
         async with (
             aiohttp.ClientSession() as http,
             http.post(gateway.url + "/v1/chat/completions", json=completion("mistral-large-latest")) as response,
         ):
             assert response.status == 200
             assert (await response.json())["model"] == "mistral-large-latest"
-    finally:
-        gateway.process.stop()
 
 
 class ListingUpstream:

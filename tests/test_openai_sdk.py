@@ -109,15 +109,12 @@ def test_upstream_failure_raises_internal_server_error_with_502(gateway: Gateway
 
 
 def test_upstream_timeout_raises_status_error_with_504(simulator: Simulator) -> None:
-    gateway = start_gateway(upstream=simulator, env={"SLUICE_UPSTREAM_TOTAL_TIMEOUT": "0.5"})
-    try:
+    with start_gateway(upstream=simulator, env={"SLUICE_UPSTREAM_TOTAL_TIMEOUT": "0.5"}) as gateway:
         with sdk(gateway) as client, pytest.raises(openai.InternalServerError) as caught:
             client.chat.completions.create(
                 model="gpt-4o", messages=MESSAGES, extra_body={"sim": {"fault": "hang_first"}}
             )
         assert caught.value.status_code == 504
-    finally:
-        gateway.process.stop()
 
 
 def test_mid_stream_failure_raises_api_error(gateway: Gateway) -> None:

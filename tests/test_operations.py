@@ -63,8 +63,7 @@ def ending(events: list[Event], dialect: str) -> str:
 
 
 async def test_sigterm_drains_live_streams_and_exits_zero(simulator: Simulator) -> None:
-    gateway = start_gateway(upstream=simulator)
-    try:
+    with start_gateway(upstream=simulator) as gateway:
         async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
             streams = []
             for i in range(50):
@@ -92,23 +91,18 @@ async def test_sigterm_drains_live_streams_and_exits_zero(simulator: Simulator) 
             for _, rid, _ in streams[25:]:
                 assert (await sim_wait(http, simulator.url, rid, "closed"))["outcome"] == "client_aborted"
         code = await asyncio.to_thread(gateway.process.wait, DRAIN_TIMEOUT + 5)
-    finally:
-        gateway.process.stop()
     assert code == 0
     assert endings[:25] == ["done"] * 25
     assert endings[25:] == ["shutdown"] * 25
 
 
 async def test_shutdown_event_tells_eventsource_when_to_come_back(simulator: Simulator) -> None:
-    gateway = start_gateway(upstream=simulator)
-    try:
+    with start_gateway(upstream=simulator) as gateway:
         async with aiohttp.ClientSession() as http:
             response = await open_stream(http, gateway, "native", "x\n#sim tokens=1000 gap_ms=100", new_request_id("r"))
             reader = asyncio.create_task(collect(response))
             gateway.process.signal(signal.SIGTERM)
             events = await reader
-    finally:
-        gateway.process.stop()
     assert events[-1].event == "failed"
     assert events[-1].retry == 5000
 
@@ -196,15 +190,12 @@ async def sim_ready(response: aiohttp.ClientResponse) -> None:
 
 
 async def test_heartbeats_are_counted(simulator: Simulator) -> None:
-    gateway = start_gateway(upstream=simulator, env={"SLUICE_STREAM_HEARTBEAT_INTERVAL": "0.1"})
-    try:
+    with start_gateway(upstream=simulator, env={"SLUICE_STREAM_HEARTBEAT_INTERVAL": "0.1"}) as gateway:
         async with aiohttp.ClientSession() as http:
             async with http.post(gateway.url + "/chat/stream", json={"message": "x\n#sim tokens=2 ttft_ms=500"}) as r:
                 comments = [e async for e in iter_events(r) if e.comment is not None]
             async with http.get(gateway.url + "/metrics") as response:
                 text = await response.text()
-    finally:
-        gateway.process.stop()
     assert comments
     assert metric_value(text, "sluice_heartbeats_total") == len(comments)
 

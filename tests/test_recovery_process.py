@@ -21,12 +21,9 @@ from tests.support.sse import carries_token, openai_text, read_events, tokens_te
 
 
 async def test_heartbeats_keep_the_client_alive_while_a_retry_waits(simulator: Simulator, tmp_path: Path) -> None:
-    gateway = gateway_with(tmp_path, "heartbeat", simulator, "[stream]\nheartbeat_interval = 0.3\n")
-    try:
+    with gateway_with(tmp_path, "heartbeat", simulator, "[stream]\nheartbeat_interval = 0.3\n") as gateway:
         rid = new_request_id("heartbeat")
         status, events, _ = await ask(gateway, "tokens=6 fault=rate_limit retry_after=2 fail_times=1", rid)
-    finally:
-        gateway.process.stop()
     first_data = next(i for i, e in enumerate(events) if e.comment is None)
     assert status == 200
     assert first_data >= 2  # heartbeat comments came before any data, while the retry waited
@@ -37,12 +34,9 @@ async def test_heartbeats_keep_the_client_alive_while_a_retry_waits(simulator: S
 async def test_retries_that_fail_after_the_heartbeats_began_end_with_the_last_upstream_error_event(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gateway = gateway_with(tmp_path, "late-failure", simulator, "[stream]\nheartbeat_interval = 0.2\n")
-    try:
+    with gateway_with(tmp_path, "late-failure", simulator, "[stream]\nheartbeat_interval = 0.2\n") as gateway:
         rid = new_request_id("late-failure")
         status, events, _ = await ask(gateway, "tokens=4 fault=rate_limit retry_after=0", rid)
-    finally:
-        gateway.process.stop()
     assert status == 200  # the response had started: the failure is the stream's final event
     assert any(e.comment == "keep-alive" for e in events)
     assert events[-1].json()["error"]["code"] == "rate_limit_exceeded"
@@ -52,12 +46,9 @@ async def test_retries_that_fail_after_the_heartbeats_began_end_with_the_last_up
 async def test_a_slow_first_token_is_waited_for_with_heartbeats_and_not_retried(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gateway = gateway_with(tmp_path, "slow", simulator, "[stream]\nheartbeat_interval = 0.2\n")
-    try:
+    with gateway_with(tmp_path, "slow", simulator, "[stream]\nheartbeat_interval = 0.2\n") as gateway:
         rid = new_request_id("slow-first-token")
         status, events, _ = await ask(gateway, "tokens=4 ttft_ms=1500", rid)
-    finally:
-        gateway.process.stop()
     assert status == 200
     assert completed(events, 4)
     assert any(e.comment == "keep-alive" for e in events)
@@ -65,15 +56,12 @@ async def test_a_slow_first_token_is_waited_for_with_heartbeats_and_not_retried(
 
 
 async def test_native_stream_waiting_on_a_retry_still_gets_its_tokens(simulator: Simulator, tmp_path: Path) -> None:
-    gateway = gateway_with(tmp_path, "native", simulator, "[stream]\nheartbeat_interval = 0.3\n")
-    try:
+    with gateway_with(tmp_path, "native", simulator, "[stream]\nheartbeat_interval = 0.3\n") as gateway:
         rid = new_request_id("native-heartbeat")
         body = {"message": "hi\n#sim tokens=5 fault=rate_limit retry_after=1 fail_times=1"}
         async with aiohttp.ClientSession() as http:
             async with http.post(gateway.url + "/chat/stream", json=body, headers={"X-Request-ID": rid}) as r:
                 events = await read_events(r)
-    finally:
-        gateway.process.stop()
     assert any(e.comment == "keep-alive" for e in events)
     assert len(tokens_text(events).split()) == 5
     assert events[-1].event == "done"
@@ -83,8 +71,7 @@ async def test_open_breakers_answer_503_at_once_and_readiness_recovers_by_probe(
     simulator: Simulator, tmp_path: Path
 ) -> None:
     routing = "[routing]\nretries = 1\nbreaker_failures = 2\nbreaker_cooldown_seconds = 1\n"
-    gateway = gateway_with(tmp_path, "breaker", simulator, routing, SLUICE_UPSTREAM_PROBE_INTERVAL="0.2")
-    try:
+    with gateway_with(tmp_path, "breaker", simulator, routing, SLUICE_UPSTREAM_PROBE_INTERVAL="0.2") as gateway:
         first = new_request_id("breaker-1")
         assert (await ask(gateway, "fault=server_error", first))[0] == 502
         second = new_request_id("breaker-2")
@@ -97,8 +84,6 @@ async def test_open_breakers_answer_503_at_once_and_readiness_recovers_by_probe(
             gateway.process.wait_for_event("upstream_recovered", upstream="default")
             async with http.get(gateway.url + "/readyz") as response:
                 ready_after_probe = response.status
-    finally:
-        gateway.process.stop()
     assert len(await attempts(simulator, first)) == 2
     assert status == 503
     assert int(error["headers"]["Retry-After"]) >= 1
@@ -119,8 +104,7 @@ base_url = "http://127.0.0.1:{free_port()}/v1"
 name = "up"
 base_url = "{simulator.base_url}"
 """
-    gateway = gateway_with(tmp_path, "pool", simulator, pool)
-    try:
+    with gateway_with(tmp_path, "pool", simulator, pool) as gateway:
         lines: list[dict[str, Any]] = []
         # Each pick is a coin toss between the two: ask until one request has met "down" first
         # (40 tosses all landing on "up" is a 1 in 10^12 chance), and every request must succeed.
@@ -130,8 +114,6 @@ base_url = "{simulator.base_url}"
             assert status == 200
             assert completed(events, 3)
             lines.append(gateway.process.wait_for_event("request_finished", request_id=rid))
-    finally:
-        gateway.process.stop()
     assert all(line["upstream"] == "up" for line in lines)
     assert any(a["upstream"] == "down" for line in lines for a in line["attempts"])
 
@@ -222,16 +204,13 @@ async def test_a_hedge_starts_the_fallback_when_no_first_token_comes_and_closes_
 ) -> None:
     # first_token_timeout is far away (30 s): only the hedge can make the fallback answer early.
     extra = FALLBACK_CONFIG.replace("[routing]", "[routing]\nhedge_after_seconds = 0.5")
-    gateway = gateway_with(tmp_path, "hedge", simulator, extra, SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="30")
-    try:
+    with gateway_with(tmp_path, "hedge", simulator, extra, SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="30") as gateway:
         rid = new_request_id("hedge")
         status, events, _ = await ask(gateway, "tokens=6 fault=hang_first fault_model=gpt-4o", rid)
         seen = await attempts(simulator, rid)
         async with aiohttp.ClientSession() as http:
             async with http.get(gateway.url + "/metrics") as response:
                 metrics = await response.text()
-    finally:
-        gateway.process.stop()
     assert status == 200
     assert completed(events, 6)
     assert [a["model"] for a in seen] == ["gpt-4o", "gpt-4o-mini"]

@@ -79,13 +79,10 @@ async def test_a_429_without_a_usable_retry_after_is_retried_no_sooner_than_1_5_
 async def test_a_retry_after_beyond_the_budget_returns_the_429_and_holds_the_next_request(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    gateway = gateway_with(tmp_path, "429-long", simulator)
-    try:
+    with gateway_with(tmp_path, "429-long", simulator) as gateway:
         rid, after = new_request_id("429-long"), new_request_id("429-after")
         status, _, error = await ask(gateway, "tokens=6 fault=rate_limit retry_after=30", rid)
         next_status, _, next_error = await ask(gateway, "tokens=6", after)
-    finally:
-        gateway.process.stop()
     assert status == 429
     assert error["headers"]["Retry-After"] == "30"
     assert len(await attempts(simulator, rid)) == 1

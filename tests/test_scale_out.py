@@ -405,5 +405,8 @@ async def test_another_keys_stream_on_the_other_instance_answers_as_unknown_and_
         seen = len(await reader.until(3))
         more = await reader.until(seen + 3)
         reader.close()
+        # Its owner stops it, or the instance's drain would wait for it at the fixture's end.
+        async with http.delete(f"{producer.url}/chat/streams/{stream_id}", headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 204
     assert [a[2:] for a in answers if a[1]] == [a[2:] for a in answers if not a[1]] == [(204, b""), (204, b"")]
     assert more[-1].event not in ("failed", "done")

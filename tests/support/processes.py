@@ -180,10 +180,16 @@ def start_simulator(*args: str) -> Simulator:
 
 @dataclass
 class Gateway:
-    """`python run.py` on a loopback port."""
+    """`python run.py` on a loopback port; `with` it to stop it at the block's end."""
 
     process: ManagedProcess
     url: str
+
+    def __enter__(self) -> Gateway:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.process.stop()
 
 
 def start_gateway(

@@ -1,0 +1,124 @@
+"""Settings from the environment: `SLUICE_<SECTION>_<KEY>`, the upstream's usual variables, and keys by name.
+
+Only this package reads the environment; a `SLUICE_` name that is no setting is refused.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from collections.abc import Iterator, Mapping
+from typing import Any, get_origin
+
+from .base import SettingsError
+from .root import Settings
+
+ENV_PREFIX = "SLUICE_"
+KEY_VARIABLES = ("AI_INTEGRATIONS_OPENAI_API_KEY", "OPENAI_API_KEY")
+BASE_URL_VARIABLES = ("AI_INTEGRATIONS_OPENAI_BASE_URL", "OPENAI_BASE_URL")
+PORT_VARIABLE = "PORT"
+METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+Found = dict[tuple[str, str], tuple[Any, str]]
+
+
+def from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> Found:
+    """Take SLUICE_<SECTION>_<KEY> for every setting; lists are comma-separated.
+
+    Any other SLUICE_ name is a mistake (a typo would otherwise be silently ignored).
+    """
+    known: dict[str, tuple[str, str, Any]] = {}
+    for section, field in Settings.model_fields.items():
+        # [process] comes from PORT and PROMETHEUS_MULTIPROC_DIR under their usual names only.
+        fields = getattr(field.annotation, "model_fields", {}) if section != "process" else {}
+        for key, setting in fields.items():
+            listed = get_origin(setting.annotation) is tuple
+            known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, [] if listed else None)
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            for key, default in values.items():
+                known[f"{ENV_PREFIX}{section}_{key}".upper()] = (section, key, default)
+    named = set(_named_variables(raw))
+    found: Found = {}
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in named:
+            continue
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see config/default.toml for the settings"
+            raise SettingsError(f"environment variable {name}: no such setting{hint}")
+        section, key, default = known[name]
+        text = env[name]
+        value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
+        found[(section, key)] = (value, name)
+    return found
+
+
+def _named_variables(value: Any, key: str = "") -> Iterator[str]:
+    """Every variable a setting names (`*_env = "NAME"`): read by its own setting, so not unknown."""
+    if isinstance(value, Mapping):
+        for name, item in value.items():
+            yield from _named_variables(item, str(name))
+    elif isinstance(value, list):
+        for item in value:
+            yield from _named_variables(item, key)
+    elif isinstance(value, str) and key.endswith("_env"):
+        yield value
+
+
+def upstream_from_environment(env: Mapping[str, str]) -> Found:
+    found: Found = {}
+    key_name = next((name for name in KEY_VARIABLES if env.get(name)), None)
+    if key_name:
+        found[("upstream", "api_key")] = (env[key_name], key_name)
+    url_name = next((name for name in BASE_URL_VARIABLES if env.get(name)), None)
+    if url_name:
+        found[("upstream", "base_url")] = (env[url_name], url_name)
+    return found
+
+
+def process_from_environment(env: Mapping[str, str]) -> Found:
+    found: Found = {}
+    if env.get(PORT_VARIABLE):
+        found[("process", "port")] = (env[PORT_VARIABLE], PORT_VARIABLE)
+    if env.get(METRICS_DIR_VARIABLE):
+        found[("process", "metrics_dir")] = (env[METRICS_DIR_VARIABLE], METRICS_DIR_VARIABLE)
+    return found
+
+
+def auth_from_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Read the token secret and every `key_env` key from the environment; keep only hashes of keys."""
+    auth = raw.get("auth")
+    if not isinstance(auth, dict):
+        return
+    secret_env = auth.get("secret_env")
+    if isinstance(secret_env, str) and env.get(secret_env):
+        auth["secret"] = env[secret_env]
+    for key in auth.get("keys") or ():
+        if not isinstance(key, dict) or not isinstance(key.get("key_env"), str):
+            continue
+        value = env.get(key["key_env"])
+        if not value:
+            raise SettingsError(f"setting auth.keys {key.get('name')!r}: variable {key['key_env']} is not set")
+        key["key_sha256"] = hashlib.sha256(value.encode()).hexdigest()
+        key["key_env"] = None
+
+
+def resolve_upstream_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:
+    """Give each [[upstreams]] entry the key its `api_key_env` variable holds."""
+    entries = raw.get("upstreams")
+    if not isinstance(entries, list):
+        return
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, dict):
+            continue
+        if "api_key" in entry:
+            raise SettingsError(
+                f"setting upstreams[{index}].api_key: keys are never written in a file; "
+                "name an environment variable in api_key_env"
+            )
+        variable = entry.get("api_key_env")
+        if isinstance(variable, str) and variable:
+            if not env.get(variable):
+                raise SettingsError(f"setting upstreams[{index}].api_key_env: variable {variable} is not set")
+            entry["api_key"] = env[variable]

@@ -1,0 +1,129 @@
+"""Load the settings once: config/default.toml, an optional overlay file, the environment, then validate."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .base import SettingsError
+from .environment import (
+    METRICS_DIR_VARIABLE,
+    auth_from_environment,
+    from_environment,
+    process_from_environment,
+    resolve_upstream_keys,
+    upstream_from_environment,
+)
+from .root import Settings
+
+# server/config links to the repository's config/, and is packaged: one path from a clone or a wheel.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "default.toml"
+
+
+def load_settings(
+    config_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Mapping[str, Any]] | None = None,
+) -> Settings:
+    """Read default.toml, overlay `config_path`, the environment and `overrides`, then validate."""
+    env = os.environ if environ is None else environ
+    sources = _Sources()
+    raw = _read_toml(DEFAULT_CONFIG)
+    sources.note(raw, f"file {DEFAULT_CONFIG.name}")
+    if config_path is not None:
+        overlay = _read_toml(config_path)
+        sources.note(overlay, f"--config file {config_path}")
+        _merge(raw, overlay)
+    for layer in (from_environment(raw, env), upstream_from_environment(env), process_from_environment(env)):
+        for (section, key), (value, variable) in layer.items():
+            raw.setdefault(section, {})[key] = value
+            sources.by_setting[(section, key)] = f"environment variable {variable}"
+    resolve_upstream_keys(raw, env)
+    for section, values in (overrides or {}).items():
+        _merge(raw, {section: dict(values)})
+    auth_from_environment(raw, env)
+    try:
+        return Settings.model_validate(raw)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc, sources)) from None
+
+
+def child_environment(metrics_dir: str) -> dict[str, str]:
+    """This process's environment for a worker it starts, with the shared metrics directory."""
+    return {**os.environ, METRICS_DIR_VARIABLE: metrics_dir}
+
+
+class _Sources:
+    """Where each setting's value came from, to name it when the value is wrong."""
+
+    def __init__(self) -> None:
+        self.by_setting: dict[tuple[str, ...], str] = {}
+
+    def note(self, table: Mapping[str, Any], source: str) -> None:
+        for section, values in table.items():
+            self.by_setting[(section,)] = source
+            if isinstance(values, Mapping):
+                for key in values:
+                    self.by_setting[(section, key)] = source
+
+    def of(self, loc: tuple[str, ...]) -> str | None:
+        if len(loc) >= 2:
+            return self.by_setting.get(loc[:2]) or self.by_setting.get(loc[:1])
+        # A whole section was refused (e.g. a default model not in the list): name what overrode it.
+        section_default = self.by_setting.get(loc)
+        overriding = sorted(
+            {s for key, s in self.by_setting.items() if key[:1] == loc and len(key) == 2 and s != section_default}
+        )
+        return ", ".join(overriding) or section_default
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except FileNotFoundError:
+        raise SettingsError(f"--config file {path}: not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"--config file {path}: not valid TOML: {exc}") from None
+
+
+def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+    for key, value in extra.items():
+        if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value
+
+
+def _describe(exc: ValidationError, sources: _Sources) -> str:
+    """One line: the setting, what was expected, and where its value came from."""
+    error = exc.errors()[0]
+    loc = tuple(str(part) for part in error["loc"])
+    path = ".".join(loc)
+    source = sources.of(loc)
+    where = f" (from {source})" if source else ""
+    if loc[:2] == ("upstream", "api_key"):
+        return f"setting upstream.api_key: expected a non-empty string{where}"
+    if error["type"] == "extra_forbidden":
+        return f"setting {path}: no such setting{_closest(loc)}{where}"
+    # The value itself is not echoed: it may be a key pasted into the wrong variable.
+    return f"setting {path}: {error['msg'].removeprefix('Value error, ')}{where}"
+
+
+def _closest(loc: tuple[str, ...]) -> str:
+    """A hint naming the known setting closest to a misspelled one."""
+    if len(loc) == 1:
+        candidates = [name for name in Settings.model_fields]
+    else:
+        section = Settings.model_fields.get(loc[0])
+        model = section.annotation if section is not None else None
+        fields = getattr(model, "model_fields", {})
+        candidates = [f"{loc[0]}.{name}" for name in fields]
+    close = difflib.get_close_matches(".".join(loc), candidates, n=1)
+    return f"; did you mean {close[0]}?" if close else ""

@@ -1,0 +1,59 @@
+"""`Settings`: every section together, frozen once loaded."""
+
+from __future__ import annotations
+
+from pydantic import model_validator
+
+from .auth import AuthSettings
+from .base import Section
+from .routing import ModelSettings, RoutingSettings, UpstreamEntry, UpstreamSettings
+from .sections import (
+    BrowserSettings,
+    ConnectionSettings,
+    LimitSettings,
+    LoggingSettings,
+    ProcessSettings,
+    RedisSettings,
+    ServerSettings,
+    SimulatorSettings,
+    StreamSettings,
+)
+
+
+class Settings(Section):
+    """Everything Sluice is configured with; frozen once loaded."""
+
+    server: ServerSettings
+    logging: LoggingSettings
+    limits: LimitSettings
+    upstream: UpstreamSettings
+    stream: StreamSettings
+    models: ModelSettings
+    browser: BrowserSettings
+    simulator: SimulatorSettings
+    redis: RedisSettings
+    connections: ConnectionSettings
+    auth: AuthSettings
+    routing: RoutingSettings
+    upstreams: tuple[UpstreamEntry, ...] = ()
+
+    @model_validator(mode="after")
+    def _upstream_names_are_unique(self) -> Settings:
+        names = [entry.name for entry in self.upstreams]
+        if len(names) != len(set(names)):
+            raise ValueError("every [[upstreams]] entry needs its own name")
+        return self
+
+    process: ProcessSettings = ProcessSettings()
+
+    @property
+    def simulated(self) -> bool:
+        """True when no upstream key or [[upstreams]] is configured and the simulated model answers."""
+        return self.upstream.api_key is None and not self.upstreams
+
+    def upstream_entries(self, simulator_url: str | None = None) -> tuple[UpstreamEntry, ...]:
+        """The configured upstreams; without [[upstreams]], one named `default` from [upstream]."""
+        if self.upstreams:
+            return self.upstreams
+        base_url = simulator_url or self.upstream.base_url
+        return (UpstreamEntry(name="default", base_url=base_url, api_key=self.upstream.api_key),)

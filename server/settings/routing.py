@@ -1,0 +1,88 @@
+"""The sections about upstreams: the default upstream, `[[upstreams]]`, routing, and the model list."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+
+from .base import Section
+
+
+class UpstreamSettings(Section):
+    base_url: str = Field(pattern=r"^https?://")
+    api_key: SecretStr | None = None
+    connect_timeout: float = Field(gt=0)
+    first_token_timeout: float = Field(gt=0)
+    header_timeout: float = Field(gt=0)
+    idle_timeout: float = Field(gt=0)
+    total_timeout: float = Field(gt=0)
+    max_connections: int = Field(ge=0)
+    probe_interval: float = Field(gt=0)
+
+
+class UpstreamEntry(Section):
+    """One `[[upstreams]]` table: an OpenAI-compatible API and the models it serves."""
+
+    name: str = Field(min_length=1)
+    base_url: str = Field(pattern=r"^https?://")
+    api_key_env: str | None = None
+    # Filled by load_settings from the variable `api_key_env` names; never written in a file.
+    api_key: SecretStr | None = None
+    models: tuple[str, ...] = ("*",)
+    weight: float = Field(default=1.0, gt=0)
+    max_concurrency: int = Field(default=0, ge=0)
+    continuation: Literal["none", "assistant-prefill"] = "none"
+    continuation_body: dict[str, Any] = Field(default_factory=dict)
+
+    def serves(self, model: str) -> bool:
+        """True when this upstream is configured for `model`."""
+        return "*" in self.models or model in self.models
+
+
+class RoutingSettings(Section):
+    retries: int = Field(ge=0)
+    retry_budget_seconds: float = Field(ge=0)
+    fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    context_window_fallbacks: dict[str, tuple[str, ...]] = Field(default_factory=dict)
+    hedge_after_seconds: float = Field(ge=0)
+    breaker_failures: int = Field(gt=0)
+    breaker_cooldown_seconds: float = Field(ge=0)
+    breaker_on_rate_limit: bool
+
+
+# In models.available: forward any model name the client sends.
+ANY_MODEL = "*"
+
+
+class ModelSettings(Section):
+    default: str
+    available: tuple[str, ...] = Field(min_length=1)
+    # Names a client may use for another model: {"fast": "gpt-4o-mini"}.
+    aliases: dict[str, str] = Field(default_factory=dict)
+    # Read the upstream's GET /models at start and every `discover_interval` seconds.
+    discover: bool = False
+    discover_interval: float = Field(default=300.0, gt=0)
+
+    @field_validator("aliases", mode="before")
+    @classmethod
+    def _aliases_from_text(cls, value: Any) -> Any:
+        # SLUICE_MODELS_ALIASES="fast=gpt-4o-mini,smart=gpt-4o"
+        if isinstance(value, str):
+            pairs = [part.strip() for part in value.split(",") if part.strip()]
+            if not all(pair.count("=") == 1 for pair in pairs):
+                raise ValueError("expected name=model pairs separated by commas")
+            return {name.strip(): model.strip() for name, model in (pair.split("=") for pair in pairs)}
+        return value
+
+    @model_validator(mode="after")
+    def _default_is_available(self) -> ModelSettings:
+        if ANY_MODEL in self.available or self.discover:
+            return self
+        known = set(self.available)
+        if self.default not in known and self.aliases.get(self.default) not in known:
+            raise ValueError(f"default model {self.default!r} is not in models.available")
+        for name, target in self.aliases.items():
+            if target not in known:
+                raise ValueError(f"alias {name!r} names {target!r}, which is not in models.available")
+        return self

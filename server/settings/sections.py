@@ -1,0 +1,104 @@
+"""The sections about this process: serving, logging, limits, streams, browser streams, connections, Redis."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
+
+from .base import Section
+
+
+class ServerSettings(Section):
+    backlog: int = Field(gt=0)
+    max_body_bytes: int = Field(gt=0)
+    cors_origins: tuple[str, ...]
+    retry_after: int = Field(ge=0)
+    drain_timeout: float = Field(ge=0)
+    max_live_streams: int = Field(ge=0)
+    # Proxies (addresses or networks) whose X-Forwarded-For names the client in the access log.
+    trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+
+
+class LoggingSettings(Section):
+    format: Literal["auto", "json", "console"]
+    level: Literal["debug", "info", "warning", "error"]
+
+
+class LimitSettings(Section):
+    max_message_chars: int = Field(gt=0)
+    max_history_messages: int = Field(ge=0)
+
+
+class StreamSettings(Section):
+    heartbeat_interval: float = Field(gt=0)
+    send_timeout: float = Field(gt=0)
+    retry_ms: int = Field(ge=0)
+
+
+class BrowserSettings(Section):
+    retention_seconds: float = Field(ge=0)
+    reader_grace_seconds: float = Field(ge=0)
+    max_buffered_events: int = Field(ge=1)
+    max_streams: int = Field(ge=1)
+    max_buffered_bytes: int = Field(ge=1)
+
+
+class ConnectionSettings(Section):
+    """Bounds on what one client connection may cost: read deadlines and how many may be open."""
+
+    header_timeout: float = Field(gt=0)
+    body_timeout: float = Field(gt=0)
+    max_connections: int = Field(ge=0)
+    saturation_ratio: float = Field(gt=0, le=1)
+    max_upstream_event_bytes: int = Field(gt=0)
+    max_upstream_reply_bytes: int = Field(gt=0)
+
+
+class RedisSettings(Section):
+    """Shared state for several instances; an empty `url` keeps everything in this process's memory."""
+
+    url: SecretStr | None = None
+    key_prefix: str = Field(min_length=1)
+    lease_seconds: float = Field(gt=0)
+    reader_connections: int = Field(ge=1)
+    outage_seconds: float = Field(ge=0)
+    fail_open: bool
+
+    @model_validator(mode="before")
+    @classmethod
+    def _empty_url_is_none(cls, data: Any) -> Any:
+        if isinstance(data, dict) and data.get("url") == "":
+            return {**data, "url": None}
+        return data
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_redis(cls, url: SecretStr | None) -> SecretStr | None:
+        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("expected a URL starting with redis://, rediss:// or unix://")
+        return url
+
+
+class SimulatorSettings(Section):
+    ttft_ms: float = Field(ge=0)
+    gap_ms: float = Field(ge=0)
+    tokens: int = Field(gt=0)
+
+
+class ProcessSettings(Section):
+    """What the process environment, rather than a config file, says about this process."""
+
+    # PORT, set by hosting platforms; --port wins over it.
+    port: int | None = None
+    # Where prometheus-client keeps per-worker values; the --workers supervisor sets it.
+    metrics_dir: str | None = None
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def _port_number(cls, value: Any) -> Any:
+        if value is None or (isinstance(value, int) and 1 <= value <= 65535):
+            return value
+        if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
+            return int(value)
+        raise ValueError("expected a port number 1-65535")
