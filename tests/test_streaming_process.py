@@ -212,18 +212,13 @@ async def test_the_native_retry_hint_opens_the_body_even_when_a_heartbeat_comes_
 async def test_a_stream_starts_once_the_upstream_accepted_not_only_at_its_first_token(simulator: Simulator) -> None:
     # Heartbeats far off: only the upstream's acceptance can start the response before the
     # first-token deadline passes.
-    gateway = start_gateway(
-        upstream=simulator,
-        env={"SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "1", "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60"},
-    )
-    try:
+    env = {"SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "1", "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60"}
+    with start_gateway(upstream=simulator, env=env) as gateway:
         rid = new_request_id("accepted")
         async with aiohttp.ClientSession() as http:
             async with post(http, gateway, "native", "x\n#sim fault=hang_first", rid) as response:
                 status = response.status
                 events = [e for e in await read_events(response) if e.comment is None]
-    finally:
-        gateway.process.stop()
     assert status == 200  # the response had started: the deadline is the stream's final event
     assert events[-1].event == "failed"
     assert events[-1].json()["error"]["code"] == "first_token_timeout"
