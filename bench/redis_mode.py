@@ -6,6 +6,11 @@ producing instance; Redis mode read through a second instance (events travel thr
 prints, for each, the gap between token events at the client (p50, p99) and the CPU each gateway
 and Redis spent per event. The upstream paces tokens evenly, so a gap above the pace is added by
 what lies between. Uses the test suite's process helpers (tests/support).
+
+`--delay` measures instead how much later each event reaches a reader on another instance than
+a reader of the same stream on its producer, both reading at once: stalls the two share (the
+upstream's, the producer's, the client's) cancel out, so on a busy machine this shows the cost of
+the path through Redis more steadily than the gap percentiles do.
 """
 
 from __future__ import annotations
@@ -61,6 +66,49 @@ async def run(start: Gateway, read: Gateway, pids: dict[str, int], streams: int,
     return Outcome(flat, len(flat) + streams, {name: after[name] - before[name] for name in processes})
 
 
+async def arrivals(http: aiohttp.ClientSession, url: str, stream_id: str) -> dict[str, float]:
+    """When each token event of the stream arrived, by event id."""
+    found: dict[str, float] = {}
+    parser = SSEParser()
+    async with http.get(f"{url}/chat/streams/{stream_id}") as response:
+        async for chunk in response.content.iter_any():
+            now = time.perf_counter()
+            found.update((str(event.id), now) for event in parser.feed(chunk) if event.event == "token")
+    return found
+
+
+async def delays(producer: Gateway, other: Gateway, streams: int, message: str) -> list[float]:
+    """Per event, in ms: its arrival through `other` minus its arrival through `producer`."""
+
+    async def one(http: aiohttp.ClientSession) -> list[float]:
+        async with http.post(producer.url + "/chat/streams", json={"message": message}) as response:
+            stream_id = (await response.json())["id"]
+        here, there = await asyncio.gather(
+            arrivals(http, producer.url, stream_id), arrivals(http, other.url, stream_id)
+        )
+        return [(there[key] - here[key]) * 1000 for key in here if key in there]
+
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+        found = await asyncio.gather(*(one(http) for _ in range(streams)))
+    return [delay for stream in found for delay in stream]
+
+
+def measure_delay(streams: int, tokens: int, gap_ms: float) -> list[float]:
+    """Start the simulator, Redis and two instances; the per-event delays of `delays`."""
+    simulator = start_simulator()
+    redis = start_redis(Path(tempfile.mkdtemp(prefix="sluice-bench-redis-")))
+    env = {"SLUICE_REDIS_URL": redis.url}
+    started: list[Gateway] = []
+    try:
+        started += [start_gateway(upstream=simulator, env=env), start_gateway(upstream=simulator, env=env)]
+        return asyncio.run(delays(started[0], started[1], streams, f"bench\n#sim tokens={tokens} gap_ms={gap_ms}"))
+    finally:
+        for gateway in started:
+            gateway.process.stop()
+        redis.stop()
+        simulator.process.stop()
+
+
 def figures(outcome: Outcome) -> dict[str, Any]:
     """The gap percentiles and CPU per event of one variant, as plain data (kept by `--json`)."""
     return {
@@ -112,8 +160,16 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=50, help="concurrent browser streams (default 50)")
     parser.add_argument("--tokens", type=int, default=200, help="tokens per stream (default 200)")
     parser.add_argument("--gap-ms", type=float, default=20.0, help="the upstream's pace (default 20 ms)")
+    parser.add_argument(
+        "--delay", action="store_true", help="measure instead how much later events arrive through another instance"
+    )
     args = parser.parse_args()
     print(f"{args.streams} streams x {args.tokens} tokens, upstream pace {args.gap_ms} ms")
+    if args.delay:
+        found = measure_delay(args.streams, args.tokens, args.gap_ms)
+        quantiles = "  ".join(f"p{round(q * 100)} {percentile(found, q):.2f} ms" for q in (0.5, 0.9, 0.99))
+        print(f"{len(found)} events, each read on its producer and on another instance at once: later by {quantiles}")
+        return
     for name, variant in measure(args.streams, args.tokens, args.gap_ms).items():
         print(line(name, variant))
 

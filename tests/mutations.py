@@ -3,12 +3,15 @@
     .venv/bin/python tests/mutations.py                 # every break
     .venv/bin/python tests/mutations.py NAME ...        # only these
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
+    .venv/bin/python tests/mutations.py --after-suite   # what tests/run does, right after pytest passed
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
-listed tests first run there unbroken and must pass (split by file across the copies, at once);
-then each break is applied alone to a copy, its tests run with this interpreter (`-x`: the first
-failure is enough), and the file is restored.
-A break whose tests stay green means a proof stopped biting: the script exits 1 and names it.
+listed tests first run there unbroken and must pass (split by file across the copies, at once),
+unless the whole suite has just passed on the same files (`--after-suite`). Then each break is
+applied alone to a copy, its tests run with this interpreter (the first failure ends the run), and
+the file is restored. Only a failing test or a hang catches a break: a run that cannot collect its
+tests does not. A break whose tests stay green means a proof stopped biting: the script exits 1
+and names it.
 Most of a run is waiting (processes starting, a bound running out), so a few run at once.
 """
 
@@ -27,6 +30,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60  # of a failed run's output, shown
@@ -50,6 +55,7 @@ RELAY = "server/relay.py"
 
 REDIS_STORE = "server/streams/redis_store.py"
 REDIS_WRITE = "server/streams/redis_write.py"
+REDIS_FOLLOW = "server/streams/redis_follow.py"
 REGISTRY = "server/streams/registry.py"
 SHARED_BREAKERS = "server/shared/breakers.py"
 SHARED_LIMITS = "server/shared/limits.py"
@@ -412,11 +418,44 @@ BREAKS = [
         (f"{STORE_TESTS}::test_a_resume_point_is_an_exclusive_range_start",),
     ),
     Break(
+        "a woken reader elsewhere reads again from Redis",
+        REDIS_STORE,
+        "        if not touch and (brought := self._follower.recent(key, seq, limit)):\n",
+        "        if False:\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
         "no rewrite after an outage another task noticed",
         REDIS_WRITE,
         "            self._resync_all()\n        if not self._dirty:\n",
         "        if not self._dirty:\n",
         (f"{STORE_TESTS}::test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten",),
+    ),
+    Break(
+        "a reader on a stream the blocked read misses never wakes it",
+        REDIS_FOLLOW,
+        "                await self._wake(slot)\n",
+        "                pass\n",
+        (
+            f"{STORE_TESTS}::test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event",
+        ),
+    ),
+    Break(
+        "woken readers stay in the next XREAD",
+        REDIS_FOLLOW,
+        "            self.waiters = waiting\n",
+        "            pass\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for",),
+    ),
+    Break(
+        "no final flush when the producer closes",
+        REDIS_WRITE,
+        "            async with asyncio.timeout(COMMAND_TIMEOUT):\n                await self._flush_once()\n",
+        "            pass\n",
+        (
+            f"{STORE_TESTS}::test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end",
+            f"{SCALE}::test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last_events_to_readers_elsewhere",
+        ),
     ),
     Break(
         "a reader elsewhere gives up when Redis goes",
@@ -459,6 +498,15 @@ BREAKS = [
         "    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)\n",
         "",
         (f"{SCALE}::test_a_keys_requests_per_minute_are_counted_once_across_two_instances",),
+    ),
+    Break(
+        "limits fail open although fail_open is off",
+        LIMIT_STORE,
+        "        if not self._fail_open:\n",
+        "        if False:\n",
+        (
+            f"{SCALE}::test_with_fail_open_off_a_keyed_request_is_refused_with_503_limits_unavailable_while_redis_is_down",
+        ),
     ),
     Break(
         "breakers kept per instance with Redis",
@@ -689,8 +737,8 @@ def copy_repo(into: Path, name: str) -> Path:
 
 def run_tests(
     repo: Path, tests: tuple[str, ...], limit: float = RUN_SECONDS, *, stop_at_failure: bool = False
-) -> tuple[bool, str]:
-    """Run `tests` in `repo`; (passed, the last lines of output). A run past `limit` seconds fails.
+) -> tuple[int | None, str]:
+    """Run `tests` in `repo`; (pytest's exit code, or None past `limit` seconds; the last lines of output).
 
     The run is its own process group, killed when it ends: what its tests started (gateways,
     simulators, Redis) never outlives it, even after a timeout or `stop_at_failure`, which ends
@@ -706,13 +754,13 @@ def run_tests(
     try:
         output, _ = run.communicate(timeout=limit)
     except subprocess.TimeoutExpired:
-        return False, f"(still running after {limit:.0f} s)"
+        return None, f"(still running after {limit:.0f} s)"
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(run.pid, signal.SIGKILL)
         run.wait()
     tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
-    return run.returncode == 0, tail
+    return run.returncode, tail
 
 
 def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...]]:
@@ -727,7 +775,11 @@ def by_file_in_groups(tests: tuple[str, ...], count: int) -> list[tuple[str, ...
 
 
 def check(repo: Path, broken: Break) -> bool:
-    """Apply `broken` alone, run its tests, restore the file; True when they failed (the break was caught)."""
+    """Apply `broken` alone, run its tests, restore the file; True when they failed (the break was caught).
+
+    Only a failing test (exit 1) or a hang catches a break: a run that could not collect or start
+    its tests (a break that is a syntax error, a copy missing a file) proves nothing and is missed.
+    """
     path = repo / broken.path
     original = path.read_text()
     found = original.count(broken.old)
@@ -735,12 +787,14 @@ def check(repo: Path, broken: Break) -> bool:
         raise SystemExit(f"mutations: {broken.name!r}: the text to break occurs {found} times in {broken.path}")
     path.write_text(original.replace(broken.old, broken.new))
     try:
-        passed, tail = run_tests(repo, broken.tests, stop_at_failure=True)
+        code, tail = run_tests(repo, broken.tests, stop_at_failure=True)
     finally:
         path.write_text(original)
-    if passed:
+    if code == 0:
         print(f"NOT CAUGHT  {broken.name}: {', '.join(broken.tests)} stayed green\n{tail}")
-    return not passed
+    elif code not in (None, pytest.ExitCode.TESTS_FAILED):
+        print(f"NOT CAUGHT  {broken.name}: pytest exited {code} without a failing test\n{tail}")
+    return code in (None, pytest.ExitCode.TESTS_FAILED)
 
 
 def main(argv: list[str]) -> int:
@@ -748,6 +802,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description="Each listed one-line break must fail its tests.")
     parser.add_argument("names", nargs="*", help="only these breaks (default: all)")
     parser.add_argument("--jobs", type=int, default=3, help="breaks checked at once (default: 3)")
+    parser.add_argument(
+        "--after-suite",
+        action="store_true",
+        help="skip the unbroken run: the whole suite has just passed on these files (tests/run)",
+    )
     args = parser.parse_args(argv)
     chosen = [b for b in BREAKS if not args.names or b.name in args.names]
     unknown = set(args.names) - {b.name for b in BREAKS}
@@ -759,15 +818,16 @@ def main(argv: list[str]) -> int:
         copies: queue.Queue[Path] = queue.Queue()
         for index in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(tmp), f"repo-{index}"))
-        every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
-        groups = by_file_in_groups(every_test, max(1, args.jobs))
-        with ThreadPoolExecutor(len(groups)) as pool:
-            unbroken = list(pool.map(run_tests, list(copies.queue), groups, [BASELINE_SECONDS] * len(groups)))
-        for passed, tail in unbroken:
-            if not passed:
-                print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
-                return 1
-        print(f"unbroken: the listed tests pass ({time.monotonic() - started:.0f} s)", flush=True)
+        if not args.after_suite:
+            every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
+            groups = by_file_in_groups(every_test, max(1, args.jobs))
+            with ThreadPoolExecutor(len(groups)) as pool:
+                unbroken = list(pool.map(run_tests, list(copies.queue), groups, [BASELINE_SECONDS] * len(groups)))
+            for code, tail in unbroken:
+                if code != 0:
+                    print(f"mutations: the listed tests fail without any break:\n{tail}", file=sys.stderr)
+                    return 1
+            print(f"unbroken: the listed tests pass ({time.monotonic() - started:.0f} s)", flush=True)
 
         def check_on_a_copy(broken: Break) -> bool:
             repo = copies.get()

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from server.settings import RedisSettings
 from server.shared.link import RedisLink
+from server.streams import redis_follow
 from server.streams.redis_keys import StreamKeys
 from server.streams.redis_store import RedisStreamStore
 from server.streams.store import EventsDroppedError, GenerationLostError, StoredEvent, StoreUnavailableError
@@ -25,8 +26,8 @@ from tests.support.servers import RedisServer
 KEYS = StreamKeys("sluice")
 
 
-def redis_settings(url: str) -> RedisSettings:
-    return make_settings(redis={"url": url, "lease_seconds": 1.0}).redis
+def redis_settings(url: str, **extra: Any) -> RedisSettings:
+    return make_settings(redis={"url": url, **extra}).redis
 
 
 MakeStore = Callable[..., "asyncio.Future[RedisStreamStore]"]
@@ -37,8 +38,8 @@ async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., A
     """Build a store on its own link, as one instance would have; all are closed after the test."""
     made: list[tuple[RedisLink, RedisStreamStore]] = []
 
-    async def make(**bounds: Any) -> RedisStreamStore:
-        link = RedisLink(redis_settings(redis_server.url))
+    async def make(*, connections: int = 2, lease: float = 1.0, **bounds: Any) -> RedisStreamStore:
+        link = RedisLink(redis_settings(redis_server.url, reader_connections=connections, lease_seconds=lease))
         link.start()
         store = RedisStreamStore(link, make_settings(browser=bounds).browser)
         store.start()
@@ -150,6 +151,75 @@ async def _until_seq(store: RedisStreamStore, stream_id: str, seq: int) -> None:
             await store.wait(stream_id, after)
 
 
+async def test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    elsewhere._touch_due = lambda stream_id: False  # the once-a-second "a reader is here" goes with a range read
+    assert await producer.create("handed")
+    round_trips = 0
+    make_pipeline = elsewhere._link.client.pipeline
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal round_trips
+        round_trips += 1
+        return make_pipeline(*args, **kwargs)
+
+    elsewhere._link.client.pipeline = counted
+    for seq in range(1, 6):
+        waiting = asyncio.create_task(elsewhere.wait("handed", seq - 1))
+        await producer.append("handed", event(seq))
+        await asyncio.wait_for(waiting, 10)
+        batch = await elsewhere.read_after("handed", seq - 1, 50)
+        assert batch is not None
+        assert [e.seq for e in batch.events] == [seq]
+    assert round_trips == 0
+
+
+async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store(connections=1)
+    elsewhere._touch_due = lambda stream_id: False  # no range reads either: the events come with the XREADs
+    assert await producer.create("paced")
+    client = elsewhere._follower._slots[0].client
+    xreads = 0
+    xread = client.xread
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal xreads
+        xreads += 1
+        return await xread(*args, **kwargs)
+
+    client.xread = counted
+    for seq in range(1, 21):
+        waiting = asyncio.create_task(elsewhere.wait("paced", seq - 1))
+        await producer.append("paced", event(seq))
+        await asyncio.wait_for(waiting, 10)
+        batch = await elsewhere.read_after("paced", seq - 1, 50)
+        assert batch is not None
+        assert [e.seq for e in batch.events] == [seq]
+    assert xreads <= 20 + 1  # one per event, and the one blocked now (twice as many read each event twice)
+
+
+async def test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event(
+    make_store: Callable[..., Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A reader left to the block's timeout waits a minute (and a wait gives up after half a lease).
+    monkeypatch.setattr(redis_follow, "BLOCK_MS", 60_000)
+    producer, elsewhere = await make_store(lease=120), await make_store(connections=1, lease=120)
+    for stream_id in ("covered", "new"):
+        assert await producer.create(stream_id)
+        await producer.append(stream_id, event(1))
+    waiting_covered = asyncio.create_task(elsewhere.wait("covered", 1))
+    # A round trip: meanwhile that wait starts the one connection's XREAD, on "covered" alone.
+    assert await elsewhere.read_after("new", 0, 50) is not None
+    waiting_new = asyncio.create_task(elsewhere.wait("new", 1))
+    await producer.append("new", event(2))
+    await asyncio.wait_for(waiting_new, 10)
+    waiting_covered.cancel()
+
+
 async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_one_trip_each(
     make_store: Callable[..., Any],
 ) -> None:
@@ -167,6 +237,19 @@ async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_o
     await write(producer, "batched", 500)
     await asyncio.wait_for(read_all(await make_store(), "batched"), 10)
     assert pipelines <= 3
+
+
+async def test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    assert await producer.create("last-words")
+    # Nothing below yields to the flusher before close(): only the final flush can send these.
+    for seq in range(1, 6):
+        await producer.append("last-words", event(seq))
+    await producer.finish("last-words")
+    await producer.close()
+    assert await asyncio.wait_for(read_all(elsewhere, "last-words"), 10) == [1, 2, 3, 4, 5]
 
 
 async def test_appending_never_waits_on_redis_and_a_local_reader_gets_everything_while_it_is_down(

@@ -16,6 +16,7 @@ from pathlib import Path
 import aiohttp
 import psutil
 import pytest
+import redis.asyncio as aioredis
 
 from tests.conftest import StartNginx
 from tests.support.client import new_request_id, sim_wait
@@ -355,6 +356,56 @@ async def test_a_keys_requests_per_minute_are_counted_once_across_two_instances(
             gateway.process.stop()
     assert statuses[:RPM] == [200] * RPM
     assert statuses[RPM:] == [429, 429]  # each instance alone would still have allowed these
+
+
+async def test_with_fail_open_off_a_keyed_request_is_refused_with_503_limits_unavailable_while_redis_is_down(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = {**redis_env(redis_server), "SLUICE_REDIS_FAIL_OPEN": "false"}
+    chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
+    with start_keyed_gateway(tmp_path, simulator, env=env) as gateway:
+        url = gateway.url + "/v1/chat/completions"
+        async with aiohttp.ClientSession() as http:
+            async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
+                assert response.status == 200  # counted in Redis while it answers
+            redis_server.kill()
+            async with http.post(url, json=chat, headers=bearer(KEY_RPM)) as response:
+                status, retry_after, body = response.status, response.headers.get("Retry-After"), await response.json()
+    assert (status, retry_after) == (503, "5")  # config/default.toml: retry_after = 5
+    assert body == {
+        "error": {
+            "message": "Sluice cannot reach Redis to count this key's use; retry shortly.",
+            "type": "server_error",
+            "param": None,
+            "code": "limits_unavailable",
+        }
+    }
+
+
+async def test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last_events_to_readers_elsewhere(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    # Leases outlast the pause (Redis expires nothing while writes are paused, but reads a lapsed
+    # key as gone), and a short drain ends the stream while its writes are held.
+    env = {**redis_env(redis_server), "SLUICE_REDIS_LEASE_SECONDS": "5"}
+    with (
+        start_gateway(upstream=simulator, env={**env, "SLUICE_SERVER_DRAIN_TIMEOUT": "0.5"}) as producer,
+        start_gateway(upstream=simulator, env=env) as other,
+    ):
+        async with aiohttp.ClientSession() as http, aioredis.Redis.from_url(redis_server.url) as redis:
+            stream_id = await start(http, producer.url, "drained\n" + LONG)
+            reader = await Reader.open(http, other.url, stream_id)
+            await reader.until(3)
+            # As a failover does: writes wait, under the producer's command timeout (2 s). Its flusher
+            # is held mid-write as it drains, so only the flush at close can carry the stream's end.
+            await redis.client_pause(1500, all=False)
+            producer.process.signal(signal.SIGTERM)
+            assert await asyncio.to_thread(producer.process.wait, 20) == 0
+            events = await asyncio.wait_for(reader.rest(), 20)
+    # Without that flush: the shutdown event and the end never reach Redis, and the lease lapses.
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "server_shutting_down"
+    assert seqs(events) == list(range(1, len(events) + 1))
 
 
 @pytest.fixture

@@ -15,11 +15,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.utils import HIREDIS_AVAILABLE
 
 from ..settings import RedisSettings
 
@@ -105,4 +108,26 @@ class RedisLink:
             "retry": Retry(NoBackoff(), 0),
             "client_name": f"sluice-{self.instance}",
         }
-        return aioredis.Redis.from_url(self._url, **{**defaults, **options})
+        client = aioredis.Redis.from_url(self._url, **{**defaults, **options})
+        pool = client.connection_pool  # no connection is made before the first command
+        pool.connection_class = _packing_with_hiredis(pool.connection_class)
+        return client
+
+
+def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`base` (TCP, TLS or Unix socket), packing commands with hiredis rather than in Python.
+
+    redis-py's synchronous connections pack with hiredis when it is installed; its asyncio ones
+    always in Python, which cost more per event than anything else on a reader elsewhere (an
+    XREAD over a few dozen streams: about 60 µs in Python, 8 in hiredis, on a loaded machine).
+    """
+    if not HIREDIS_AVAILABLE:
+        return base
+    serializer = HiredisRespSerializer()
+
+    class HiredisPacking(base):  # type: ignore[valid-type,misc]  # a class chosen at run time
+        def pack_command(self, *args: Any) -> list[bytes]:
+            packed: list[bytes] = serializer.pack(*args)
+            return packed
+
+    return HiredisPacking

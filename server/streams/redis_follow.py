@@ -3,8 +3,15 @@
 A blocking XREAD holds its connection until it returns, so readers never block on the shared
 pool: each stream is assigned to one of `reader_connections` slots, and each slot runs one
 XREAD over every stream its readers wait on. A reader that starts waiting on a stream the
-current XREAD does not cover interrupts it with CLIENT UNBLOCK from the pool, so it is covered
-at once rather than when the block times out.
+current XREAD does not cover wakes it by adding an entry to the slot's own wake stream, which
+every XREAD of the slot covers after the last wake it saw: the XREAD returns at once whether it
+reached Redis before or after that entry (CLIENT UNBLOCK, used before, was lost when it
+overtook the XREAD, and the reader then waited for the block to time out).
+
+The entries an XREAD brings are kept (the latest few per stream, without a gap) and handed to
+the readers it wakes: `recent()` answers their next read from memory, so a woken reader costs
+no second round trip, and the readers of one stream on this instance share one copy. An entry
+never changes once written (its id is its sequence number), so a kept copy is never stale.
 """
 
 from __future__ import annotations
@@ -12,62 +19,124 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import zlib
+from collections import deque
 from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
+from redis.typing import KeyT, StreamIdT
 
 from ..shared.link import UNREACHABLE, RedisLink
-from .redis_keys import entry_id, entry_seq
+from .redis_keys import StreamKeys, entry_id, entry_seq
 
 log = structlog.get_logger("sluice.streams")
 
 # Most milliseconds one XREAD blocks: bounds how late a reader that raced the unblock is woken.
 BLOCK_MS = 1000
-# Seconds a key stays in the XREAD after its readers were woken, for them to come back.
+# Seconds a stream stays in the XREAD after its last reader stopped waiting, for it to come back.
 LINGER = 1.0
+# Seconds a slot's wake stream outlives its last wake.
+WAKE_TTL = 60
+
+Entry = tuple[bytes, dict[bytes, bytes]]
+
+
+class _Followed:
+    """One stream a slot reads: the readers waiting on it and the latest entries its XREADs brought."""
+
+    __slots__ = ("entries", "first", "last", "until", "waiters")
+
+    def __init__(self, keep: int) -> None:
+        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.entries: deque[Entry] = deque(maxlen=keep)  # consecutive sequence numbers, `first` to `last`
+        self.first = self.last = -1  # -1: none kept
+        self.until = 0.0  # with nobody waiting, covered until then
+
+    def cover(self) -> int:
+        """The entry after which the next XREAD reads: the earliest any reader waits after."""
+        points = [seq for seq, _ in self.waiters]
+        if self.last >= 0:
+            points.append(self.last)
+        return min(points)
+
+    def add(self, entries: list[Entry], now: float) -> None:
+        """Keep the entries an XREAD brought, then wake the readers that have something new."""
+        for entry in entries:
+            seq = entry_seq(entry[0])
+            if self.last >= 0 and seq <= self.last:
+                continue  # read from an earlier point for a reader further behind: kept already
+            if seq != self.last + 1:
+                self.entries.clear()  # a gap (trimmed, or rewritten after an outage): start over
+                self.first = seq
+            self.entries.append(entry)
+            self.last = seq
+        self.first = max(self.first, self.last + 1 - len(self.entries))  # the deque dropped the oldest
+        # The woken leave the list now, not when their tasks next run: the next XREAD, sent before
+        # that, would otherwise read again from where they waited and bring these entries twice.
+        waiting = []
+        for seq, future in self.waiters:
+            if seq >= self.last:
+                waiting.append((seq, future))
+            elif not future.done():
+                future.set_result(None)
+        if len(waiting) < len(self.waiters):
+            self.waiters = waiting
+            self.until = now + LINGER  # covered while they read what woke them and come back
+
+    def after(self, seq: int, limit: int) -> list[Entry]:
+        """Up to `limit` + 1 kept entries right after `seq` (the extra one shows an end); [] if not kept."""
+        if not self.first <= seq + 1 <= self.last:
+            return []
+        start = seq + 1 - self.first
+        # Indexing a deque near either end is cheap; islice would walk from the oldest kept entry.
+        return [self.entries[i] for i in range(start, min(start + limit + 1, len(self.entries)))]
+
+    def clear(self) -> None:
+        """Redis failed: wake every reader (they read again and learn it) and keep nothing."""
+        for _, future in self.waiters:
+            if not future.done():
+                future.set_result(None)
+        self.entries.clear()
+        self.first = self.last = -1
 
 
 class _Slot:
-    """One dedicated connection and the readers waiting on it, per stream key."""
+    """One dedicated connection, the streams its XREAD covers, and its wake stream."""
 
-    def __init__(self, client: aioredis.Redis) -> None:
+    def __init__(self, client: aioredis.Redis, wake_key: str) -> None:
         self.client = client
-        self.client_id: int | None = None
-        self.waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self.wake_key = wake_key
+        self.woken_after: StreamIdT = b"0-0"  # the last wake entry an XREAD returned
+        self.streams: dict[str, _Followed] = {}
         self.covered: dict[str, int] | None = None  # what the XREAD in flight waits on
-        # Keys whose readers were just woken, with the entry they were woken for: covered a while
-        # longer, so a reader coming back to wait after reading does not have to interrupt the XREAD.
-        self.lingering: dict[str, tuple[int, float]] = {}
+        self.waking = False  # a wake for the XREAD in flight was sent
         self.changed = asyncio.Event()
 
     def to_cover(self, now: float) -> dict[str, int]:
-        """Each key to read, and the entry after which to read it."""
-        for key in [key for key, (_, until) in self.lingering.items() if until < now]:
-            del self.lingering[key]
-        covered = {key: seq for key, (seq, _) in self.lingering.items()}
-        covered.update({key: min(seq for seq, _ in waiting) for key, waiting in self.waiters.items()})
-        return covered
+        """Each key to read, and the entry after which to read it; streams nobody came back to are let go."""
+        for key in [key for key, one in self.streams.items() if not one.waiters and one.until < now]:
+            del self.streams[key]
+        return {key: one.cover() for key, one in self.streams.items()}
 
-    def wake(self, key: str, before: int | None = None) -> None:
-        """Wake the readers of `key` (those waiting after a seq below `before`, if given)."""
-        for seq, future in self.waiters.get(key, ()):
-            if not future.done() and (before is None or seq < before):
-                future.set_result(None)
-
-    def wake_all(self) -> None:
-        for key in list(self.waiters):
-            self.wake(key)
+    def forget(self) -> None:
+        """Redis failed: wake every reader (they read again and learn it) and drop what was kept."""
+        for key, one in list(self.streams.items()):
+            one.clear()
+            if not one.waiters:
+                del self.streams[key]
 
 
 class Follower:
     """Readers' waits for new entries, multiplexed over a few blocking connections."""
 
-    def __init__(self, link: RedisLink, connections: int) -> None:
+    def __init__(self, link: RedisLink, keys: StreamKeys, connections: int, *, keep: int = 256) -> None:
         self._link = link
+        self._keep = max(1, keep)
         read_timeout = BLOCK_MS / 1000 + 5
-        self._slots = [_Slot(link.dedicated(read_timeout)) for _ in range(connections)]
+        self._slots = [
+            _Slot(link.dedicated(read_timeout), keys.wake(link.instance, index)) for index in range(connections)
+        ]
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -79,65 +148,77 @@ class Follower:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         for slot in self._slots:
-            slot.wake_all()
+            slot.forget()
             await slot.client.aclose()
+
+    def recent(self, key: str, seq: int, limit: int) -> list[Entry]:
+        """The entries of `key` right after `seq` that a recent XREAD brought (up to `limit` + 1), or []."""
+        followed = self._slot(key).streams.get(key)
+        return followed.after(seq, limit) if followed is not None else []
 
     async def wait(self, key: str, seq: int, within: float) -> bool:
         """True once `key` has an entry after `seq` (or Redis failed: read again); False after `within` seconds."""
-        slot = self._slots[zlib.crc32(key.encode()) % len(self._slots)]
+        slot = self._slot(key)
+        followed = slot.streams.get(key)
+        if followed is None:
+            followed = slot.streams[key] = _Followed(self._keep)
+        elif followed.last > seq:
+            return True  # brought meanwhile
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (seq, future)
-        slot.waiters.setdefault(key, []).append(entry)
+        followed.waiters.append(entry)
         slot.changed.set()
         try:
             covered = slot.covered
-            if covered is not None and slot.client_id and covered.get(key, seq + 1) > seq:
-                # Refused (an ACL without CLIENT) or unreachable: the block's own timeout wakes it.
-                with contextlib.suppress(*UNREACHABLE, RedisError):
-                    await self._link.client.client_unblock(slot.client_id)
+            if covered is not None and not slot.waking and covered.get(key, seq + 1) > seq:
+                slot.waking = True
+                await self._wake(slot)
             async with asyncio.timeout(within):
                 await future
             return True
         except TimeoutError:
             return False
         finally:
-            waiting = slot.waiters.get(key)
-            if waiting is not None:
-                waiting.remove(entry)
-                if not waiting:
-                    del slot.waiters[key]
+            with contextlib.suppress(ValueError):  # woken: removed already
+                followed.waiters.remove(entry)
+            followed.until = asyncio.get_running_loop().time() + LINGER
+
+    def _slot(self, key: str) -> _Slot:
+        return self._slots[zlib.crc32(key.encode()) % len(self._slots)]
+
+    async def _wake(self, slot: _Slot) -> None:
+        """End the slot's XREAD now, so the next one covers what it did not."""
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.xadd(slot.wake_key, {b"w": b""}, maxlen=1, approximate=False)
+        pipe.expire(slot.wake_key, WAKE_TTL)  # an instance that died leaves nothing behind for long
+        # Unreachable: the XREAD fails too, and wakes every reader. Refused (an ACL, a read-only
+        # replica): the reader is covered when the block times out.
+        with contextlib.suppress(*UNREACHABLE, RedisError):
+            await pipe.execute()
 
     async def _run(self, slot: _Slot) -> None:
         while True:
-            if not slot.waiters:
+            covered = slot.to_cover(asyncio.get_running_loop().time())
+            if not covered:
                 slot.changed.clear()
                 await slot.changed.wait()
                 continue
-            loop = asyncio.get_running_loop()
-            covered = slot.to_cover(loop.time())
-            slot.covered = covered
+            slot.covered, slot.waking = covered, False
+            streams: dict[KeyT, StreamIdT] = {key: entry_id(seq) for key, seq in covered.items()}
+            streams[slot.wake_key] = slot.woken_after
             try:
-                if slot.client_id is None:
-                    try:
-                        slot.client_id = int(await slot.client.client_id())
-                    except ResponseError:
-                        slot.client_id = 0  # CLIENT not allowed: new readers wait for the block to end
-                reply: Any = await slot.client.xread(
-                    {key: entry_id(seq) for key, seq in covered.items()}, count=1, block=BLOCK_MS
-                )
+                reply: Any = await slot.client.xread(streams, count=self._keep, block=BLOCK_MS)
             except UNREACHABLE as exc:
                 self._link.failed(exc)
-                slot.client_id = None  # the next connection is another client
-                slot.wake_all()  # they read again and learn that Redis is down
+                slot.forget()
                 await self._link.wait_up(float("inf"))
                 continue
             finally:
                 slot.covered = None
+            now = asyncio.get_running_loop().time()
             for key, entries in reply or ():
                 name = key.decode() if isinstance(key, bytes) else str(key)
-                seq = entry_seq(entries[-1][0])
-                if name in slot.waiters:
-                    slot.wake(name, before=seq)
-                    slot.lingering[name] = (seq, loop.time() + LINGER)
-                elif name in slot.lingering:
-                    slot.lingering[name] = (seq, slot.lingering[name][1])  # nobody came back: let it lapse
+                if name == slot.wake_key:
+                    slot.woken_after = entries[-1][0]
+                elif (followed := slot.streams.get(name)) is not None:
+                    followed.add(entries, now)

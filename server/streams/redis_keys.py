@@ -9,6 +9,8 @@
     <prefix>:stream:<id>:read    set by readers on other instances, so the producer's grace
                                  period counts them
     <prefix>:stop                the pub/sub channel a stop request goes out on
+    <prefix>:wake:<instance>:<n> a one-entry stream an instance's readers add to, to end the
+                                 blocking XREAD of its connection `n` (redis_follow.py)
 
 An entry id is its sequence number, so XADD rejects a replayed or out-of-order write, and
 `Last-Event-ID: <id>:<seq>` is the exclusive range start `(0-<seq>`.
@@ -51,3 +53,6 @@ class StreamKeys:
 
     def owner(self, stream_id: str) -> str:
         return f"{self.prefix}:stream:{stream_id}:owner"
+
+    def wake(self, instance: str, connection: int) -> str:
+        return f"{self.prefix}:wake:{instance}:{connection}"

@@ -3,7 +3,8 @@
 The streams this instance produces are kept in a local MemoryStreamStore too: its readers here
 read from memory, a running stream goes on when Redis goes away, and it is what catches Redis
 up when Redis returns (see redis_write.py). Streams produced elsewhere are read from Redis:
-ranges with XRANGE, waits with blocking XREADs on a few shared connections (redis_follow.py).
+waits with blocking XREADs on a few shared connections, whose entries then serve the readers
+they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring.
 
 A reader elsewhere learns that the producer died from its lease: when a wait brings nothing for
 half a lease and the lease has lapsed without an end entry, the wait raises GenerationLostError.
@@ -50,7 +51,9 @@ class RedisStreamStore:
             on_drop=self._dropped_locally,
         )
         self._writer = RedisWriter(link, self._keys, self._local, max_events=bounds.max_buffered_events)
-        self._follower = Follower(link, link.settings.reader_connections)
+        # Entries kept per stream for woken readers: no more than Redis keeps (a resume before is a 410).
+        keep = min(256, bounds.max_buffered_events + 1)
+        self._follower = Follower(link, self._keys, link.settings.reader_connections, keep=keep)
         self._stop_handler: Callable[[str], None] | None = None
         self._subscriber: asyncio.Task[None] | None = None
         # Set while subscribed to stop requests (a request published before is not heard).
@@ -100,9 +103,12 @@ class RedisStreamStore:
         if stream_id in self._local:
             return await self._local.read_after(stream_id, seq, limit)
         key = self._keys.events(stream_id)
+        touch = self._touch_due(stream_id)
+        if not touch and (brought := self._follower.recent(key, seq, limit)):
+            return _slice(stream_id, seq, brought, limit)  # what woke this reader: no second round trip
         pipe = self._link.client.pipeline(transaction=False)
         pipe.xrange(key, min="(" + entry_id(seq), max="+", count=limit + 1)
-        if self._touch_due(stream_id):
+        if touch:
             # What this reader has: the producer counts it as read (its backlog) and as a reader.
             pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)
         try:

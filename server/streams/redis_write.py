@@ -2,13 +2,13 @@
 
 The relay's `append` only records the event (in the local buffer, which serves local readers,
 and as pending here) and wakes one flusher task. The flusher sends everything pending for every
-stream in one pipeline; while that round trip is in flight new events gather, so the batches
+stream in one script call; while that round trip is in flight new events gather, so the batches
 grow with the load and an idle stream's event goes out at once. XADD with the event's own
 sequence number as the entry id makes a write idempotent: one sent twice is rejected.
 
 When Redis fails, events stay in memory (the local buffers are bounded anyway). After any
-outage, noticed by whichever task, the next flush rewrites every stream this instance still holds,
-each in one MULTI/EXEC (delete, then every held event): a Redis that restarted empty gets them
+outage, noticed by whichever task, the next flush rewrites every stream this instance still holds
+(delete, then every held event, atomically in the script): a Redis that restarted empty gets them
 back, one that kept them is left as it was, and no reader sees a stream half-written. A renewer
 keeps each running stream's lease alive and learns which streams have readers on other instances.
 """
@@ -21,31 +21,51 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import structlog
-from redis.asyncio.client import Pipeline
 from redis.exceptions import ResponseError
 
-from ..shared.link import UNREACHABLE, RedisLink
+from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink
 from .memory import MemoryStreamStore
-from .redis_keys import END, StreamKeys, entry_id
+from .redis_keys import END, EVENT, StreamKeys
 from .store import StoredEvent
 
 log = structlog.get_logger("sluice.streams")
 
-# One command per stream and flush, however many events: redis-py builds each command in Python,
-# which cost more than Redis did when every event was its own XADD. A replayed entry is refused
-# by XADD and skipped; the script returns what it refused for any other reason.
-# KEYS[1]: the stream, KEYS[2]: its owner record (expiring with it). ARGV: maxlen, seconds to
-# expire, then seq and event bytes for each event.
-_APPEND = """
+# One command per flush, whatever the streams and events: redis-py builds and parses each command
+# in Python, which cost more than Redis did (one command per stream and flush before; one per
+# event before that). A script runs atomically, so a rewrite (delete, then every held event) is
+# never seen half-done. A replayed entry is refused by XADD and skipped; the script returns what
+# it refused for any other reason.
+# KEYS: per stream, its events, its owner record (expiring with it) and its lease.
+# ARGV: maxlen, the event and end field names, then per stream: seconds to expire, 1 to rewrite
+# it (else 0), its owner's name, the end entry's seq (0: not ended), the number of events, then
+# seq and event bytes for each.
+_FLUSH = """
 local refused = {}
-for i = 3, #ARGV, 2 do
-  local added = redis.pcall('XADD', KEYS[1], 'MAXLEN', ARGV[1], '0-' .. ARGV[i], 'e', ARGV[i + 1])
+local function add(key, seq, field, value)
+  local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], '0-' .. seq, field, value)
   if type(added) == 'table' and added.err and not string.find(added.err, 'equal or smaller') then
     refused[#refused + 1] = added.err
   end
 end
-redis.call('EXPIRE', KEYS[1], ARGV[2])
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+local a = 4
+for k = 1, #KEYS, 3 do
+  local ttl, rewrite, owner, ended, n = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  if rewrite == '1' then
+    redis.call('DEL', KEYS[k])
+    redis.call('SET', KEYS[k + 1], owner, 'EX', ttl)
+  end
+  for i = 1, n do
+    add(KEYS[k], ARGV[a], ARGV[2], ARGV[a + 1])
+    a = a + 2
+  end
+  if ended ~= '0' then
+    add(KEYS[k], ended, ARGV[3], '1')
+    redis.call('DEL', KEYS[k + 2])
+  end
+  redis.call('EXPIRE', KEYS[k], ttl)
+  redis.call('EXPIRE', KEYS[k + 1], ttl)
+end
 return refused
 """
 
@@ -93,7 +113,8 @@ class RedisWriter:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         with contextlib.suppress(*UNREACHABLE):
-            async with asyncio.timeout(1.0):
+            # As long as any command may take: a Redis pausing writes (a failover) still gets them.
+            async with asyncio.timeout(COMMAND_TIMEOUT):
                 await self._flush_once()
 
     async def open(self, stream_id: str, owner: str) -> None:
@@ -155,51 +176,50 @@ class RedisWriter:
         if not self._dirty:
             return
         dirty, self._dirty = self._dirty, set()
-        # A rewrite must be atomic, so readers never see a stream deleted and not yet rewritten.
-        rewrite = any(box.resync for stream_id in dirty if (box := self._outboxes.get(stream_id)) is not None)
-        pipe = self._link.client.pipeline(transaction=rewrite)
-        sent: list[tuple[str, _Outbox, list[StoredEvent], bool]] = []
+        keys: list[str] = []
+        args: list[bytes | int | str] = [self._max_entries, EVENT, END]
+        sent: list[tuple[str, _Outbox, list[StoredEvent]]] = []
         for stream_id in dirty:
             box = self._outboxes.get(stream_id)
             if box is None:
                 continue
-            events = self._local.held(stream_id) if box.resync else box.pending
-            self._queue(pipe, stream_id, box, events)
-            sent.append((stream_id, box, box.pending, box.resync))
+            self._queue(keys, args, stream_id, box)
+            sent.append((stream_id, box, box.pending))
             box.pending, box.resync = [], False
+        if not sent:
+            return
+        pipe = self._link.client.pipeline(transaction=False)
+        pipe.eval(_FLUSH, len(keys), *keys, *args)
         try:
-            results = await pipe.execute(raise_on_error=False)
+            (result,) = await pipe.execute(raise_on_error=False)
         except BaseException:
             # Nothing is known to have arrived: send these again, in full, once Redis answers.
-            for stream_id, box, pending, _ in sent:
+            for stream_id, box, pending in sent:
                 box.pending = pending + box.pending
                 box.resync = True
                 self._dirty.add(stream_id)
             raise
-        for result in results:
-            # A replayed entry is rejected by design; any other refusal is a bug worth a line.
-            refused = [str(result)] if isinstance(result, ResponseError) else result if isinstance(result, list) else []
-            for error in refused:
-                if "equal or smaller" not in str(error):
-                    log.error("redis_write_refused", error=str(error))
+        if isinstance(result, ResponseError):
+            # The script stopped part-way (a bug worth a line): rewrite these streams in full at the next flush.
+            log.error("redis_write_refused", error=str(result))
+            for stream_id, box, _ in sent:
+                box.resync = True
+                self._dirty.add(stream_id)
+            return
+        # A replayed entry is rejected by design; any other refusal is a bug worth a line.
+        for error in result:
+            log.error("redis_write_refused", error=str(error))
 
-    def _queue(self, pipe: Pipeline, stream_id: str, box: _Outbox, events: list[StoredEvent]) -> None:
-        key = self._keys.events(stream_id)
-        owner = self._keys.owner(stream_id)
+    def _queue(self, keys: list[str], args: list[bytes | int | str], stream_id: str, box: _Outbox) -> None:
+        """Add one stream's part of the flush: a rewrite, its events, its end."""
+        keys += (self._keys.events(stream_id), self._keys.owner(stream_id), self._keys.lease(stream_id))
         ttl = max(1, int(self._local.retention)) if box.finished else self._running_ttl()
-        if box.resync:
-            pipe.delete(key)  # whatever Redis kept or lost, the held events replace it
-            pipe.set(owner, box.owner, ex=ttl)  # and a Redis that restarted empty lost the owner too
-        if events:
-            args: list[bytes | int] = [self._max_entries, ttl]
-            for event in events:
-                args += (event.seq, event.data)
-            pipe.eval(_APPEND, 2, key, owner, *args)
-        if box.finished:
-            pipe.xadd(key, {END: b"1"}, id=entry_id(box.last + 1), maxlen=self._max_entries, approximate=False)
-            pipe.expire(key, ttl)
-            pipe.expire(owner, ttl)
-            pipe.delete(self._keys.lease(stream_id))
+        # A rewrite sends every held event: whatever Redis kept or lost, they replace it (and the
+        # owner record, which a Redis that restarted empty lost too).
+        events = self._local.held(stream_id) if box.resync else box.pending
+        args += (ttl, int(box.resync), box.owner, box.last + 1 if box.finished else 0, len(events))
+        for event in events:
+            args += (event.seq, event.data)
 
     async def _renew_forever(self) -> None:
         interval = self._link.settings.lease_seconds / 3
