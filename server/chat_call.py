@@ -71,12 +71,13 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     continues = upstream.continues(str(body.get("model")))
     guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
     preamble = dialect.start()
-    start = ResponseStart(
-        request, record, guard, lambda: _sse_response(request, guard, preamble), settings.stream.heartbeat_interval
-    )
     opened: UpstreamStream | None = None
     continued: ContinuedStream | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
+        # Its timer runs from here: the `finally` below stops it.
+        start = ResponseStart(
+            request, record, guard, lambda: _sse_response(request, guard, preamble), settings.stream.heartbeat_interval
+        )
         try:
             chunks: AsyncIterable[Sequence[Chunk]]
             try:
