@@ -18,6 +18,7 @@ from .connections import connection_limit
 from .contexts import (
     discovery_ctx,
     end_streams,
+    key_reload_ctx,
     probe_ctx,
     redis_ctx,
     signals_ctx,
@@ -36,6 +37,7 @@ from .keys import (
     METRICS,
     MODELS,
     SETTINGS,
+    SETTINGS_SOURCE,
     SIMULATOR_URL,
     TOKENS,
     UPSTREAM_CREDENTIALS,
@@ -46,16 +48,23 @@ from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
 from .routes import setup_cors, setup_routes
-from .settings import Settings
+from .settings import Settings, SettingsSource
 from .worker_proxy import WorkerIdentity, WorkerProxy
 
 
-def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, signals: bool = False) -> web.Application:
+def create_app(
+    settings: Settings,
+    worker: WorkerIdentity | None = None,
+    *,
+    signals: bool = False,
+    source: SettingsSource | None = None,
+) -> web.Application:
     """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
 
     `worker` is set when this process is one of several (`--workers`): browser streams are then
     forwarded to the worker that owns them (see worker_proxy.py). `signals` (run.py) drains the
-    process on SIGTERM/SIGINT; tests' in-process apps leave the signals alone.
+    process on SIGTERM/SIGINT and, given the settings' `source`, reloads the gateway keys from it on
+    SIGHUP; tests' in-process apps leave the signals alone.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
@@ -83,8 +92,11 @@ def create_app(settings: Settings, worker: WorkerIdentity | None = None, *, sign
     app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers
+    if signals and source is not None:
+        app[SETTINGS_SOURCE] = source
+        app.cleanup_ctx.append(key_reload_ctx)  # 6. SIGHUP: reload the gateway keys
     if signals:
-        app.cleanup_ctx.append(signals_ctx)  # 6. SIGTERM/SIGINT: drain, then exit
+        app.cleanup_ctx.append(signals_ctx)  # 7. SIGTERM/SIGINT: drain, then exit
     # Before aiohttp waits for open handlers: a browser reading a detached stream gets its end event.
     app.on_shutdown.append(end_streams)
 

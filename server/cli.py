@@ -21,7 +21,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app, upstream_url
 from .logs import configure_logging, loggable_url
-from .settings import Settings, SettingsError, load_settings
+from .settings import Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     # With Redis every worker reads every stream from there: no relay between workers is needed.
     worker = identity_from_args(args.worker_index, args.peer_dir) if settings.redis.url is None else None
     try:
-        serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker)
+        serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker, config=args.config)
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise
@@ -125,11 +125,20 @@ def _refuse(message: str) -> int:
 
 
 def serve(
-    settings: Settings, host: str, port: int, *, reuse_port: bool = False, worker: WorkerIdentity | None = None
+    settings: Settings,
+    host: str,
+    port: int,
+    *,
+    reuse_port: bool = False,
+    worker: WorkerIdentity | None = None,
+    config: Path | None = None,
 ) -> None:
-    """Run one gateway process in the foreground (one of several when `worker` is given)."""
+    """Run one gateway process in the foreground (one of several when `worker` is given).
+
+    `config` is the --config file the settings came from, read again on SIGHUP for the gateway keys.
+    """
     log = structlog.get_logger("sluice")
-    app = create_app(settings, worker, signals=True)
+    app = create_app(settings, worker, signals=True, source=SettingsSource(config))
 
     def announce(_: str) -> None:
         # run_app calls this once its sockets listen: the line tests and operators wait for.

@@ -14,8 +14,22 @@ from collections.abc import AsyncIterator
 import structlog
 from aiohttp import web
 
+from .auth.reload import reload_keys
 from .discovery import ModelDiscovery
-from .keys import LIFECYCLE, LIMITS, METRICS, MODELS, REDIS, SETTINGS, SIMULATOR_URL, STREAMS, UPSTREAM, WORKER_PROXY
+from .keys import (
+    KEYRING,
+    LIFECYCLE,
+    LIMITS,
+    METRICS,
+    MODELS,
+    REDIS,
+    SETTINGS,
+    SETTINGS_SOURCE,
+    SIMULATOR_URL,
+    STREAMS,
+    UPSTREAM,
+    WORKER_PROXY,
+)
 from .settings import BrowserSettings
 from .shared.breakers import RedisBreakerStore
 from .shared.limit_store import RedisLimitStore
@@ -225,3 +239,11 @@ async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
         if not task.done():
             task.cancel()
     await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def key_reload_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Reload the gateway keys from the configuration on SIGHUP (server/auth/reload.py)."""
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[KEYRING], app[SETTINGS_SOURCE])
+    yield
+    loop.remove_signal_handler(signal.SIGHUP)

@@ -19,13 +19,14 @@ from .credentials import UpstreamCredentials
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
-from .settings import Settings
+from .settings import Settings, SettingsSource
 from .shared.link import RedisLink
 from .streams.registry import StreamRegistry
 from .upstreams.attempts import Upstream
 from .worker_proxy import WorkerProxy
 
 SETTINGS = web.AppKey("settings", Settings)
+SETTINGS_SOURCE = web.AppKey("settings_source", SettingsSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)

@@ -1,12 +1,12 @@
 """Run several gateway processes on one port: `sluice --workers N`.
 
-A small parent starts N copies of the same command, each binding the port with SO_REUSEPORT
-so the kernel spreads connections across them. The parent forwards SIGTERM and SIGINT (each
-worker then drains, see lifecycle.py), replaces a worker that dies on its own, and exits 0 once
-every worker has exited after a signal. Workers share a prometheus-client multi-process
-directory, so /metrics on any worker reports all of them, and each listens on a Unix socket in a
-shared directory, so a browser stream's requests reach the worker that owns it (see worker_proxy.py).
-Everything else a worker keeps in memory is its own.
+A small parent starts N copies of the same command, each binding the port with SO_REUSEPORT so the
+kernel spreads connections across them. The parent forwards SIGTERM and SIGINT (each worker then
+drains, see lifecycle.py) and SIGHUP (each worker reloads its gateway keys), replaces a worker that
+dies on its own, and exits 0 once every worker has exited after a signal. Workers share a
+prometheus-client multi-process directory, so /metrics on any worker reports all of them, and each
+listens on a Unix socket in a shared directory, so a browser stream's requests reach the worker that
+owns it (see worker_proxy.py). Everything else a worker keeps in memory is its own.
 
 Replacing a worker waits longer after each quick death (backoff), and the parent gives up, with
 one line, when a worker cannot start: at once when it exits with a start-up mistake (status 2,
@@ -41,7 +41,7 @@ STARTED_AFTER = 30.0
 # Quick deaths in a row after which the parent stops trying.
 GIVE_UP_AFTER = 5
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
-_WAITED = {*_STOP_SIGNALS, signal.SIGCHLD}
+_WAITED = {*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD}
 
 
 def worker_argv(argv: list[str], index: int, peer_dir: str) -> list[str]:
@@ -104,6 +104,12 @@ class _Supervisor:
         self.stopping = signum
         for slot in self.slots.values():
             slot.restart_at = None
+            if slot.pid is not None:
+                os.kill(slot.pid, signum)
+
+    def forward(self, signum: int) -> None:
+        """Pass `signum` on to every running worker."""
+        for slot in self.slots.values():
             if slot.pid is not None:
                 os.kill(slot.pid, signum)
 
@@ -179,6 +185,8 @@ def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> in
             info = signal.sigwaitinfo(_WAITED) if timeout is None else signal.sigtimedwait(_WAITED, timeout)
             if info is not None and info.si_signo in _STOP_SIGNALS:
                 supervisor.stop_all(info.si_signo)
+            elif info is not None and info.si_signo == signal.SIGHUP:
+                supervisor.forward(signal.SIGHUP)
             supervisor.reap()
             if supervisor.stopping is None:
                 supervisor.restart_due()

@@ -60,8 +60,10 @@ REGISTRY = "server/streams/registry.py"
 SHARED_BREAKERS = "server/shared/breakers.py"
 SHARED_LIMITS = "server/shared/limits.py"
 NGINX_CONF = "deploy/nginx/sluice.conf"
+KEY_RELOAD = "server/auth/reload.py"
 
 BACKPRESSURE = "tests/test_backpressure.py"
+KEY_RELOAD_TESTS = "tests/test_key_reload.py"
 BOUNDS = "tests/test_disconnect_bounds.py"
 BROWSER = "tests/test_browser_streams.py"
 WORKERS = "tests/test_worker_proxy.py"
@@ -720,6 +722,27 @@ BREAKS += [
         "        if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:\n",
         "        if False:\n",
         (f"{SECURITY_UNITS}::test_the_one_step_get_names_an_unknown_parameter_and_the_post_route",),
+    ),
+    Break(
+        "SIGHUP leaves the keys as they were",
+        KEY_RELOAD,
+        "    ring.adopt(fresh)\n",
+        "",
+        (f"{KEY_RELOAD_TESTS}::test_a_key_removed_from_the_configuration_is_refused_after_sighup",),
+    ),
+    Break(
+        "a reload turns the keys off",
+        KEY_RELOAD,
+        "    if fresh.enabled != ring.enabled:\n",
+        "    if False:\n",
+        (f"{KEY_RELOAD_TESTS}::test_a_reload_cannot_turn_the_keys_off",),
+    ),
+    Break(
+        "supervisor keeps SIGHUP to itself",
+        WORKERS_PY,
+        "                supervisor.forward(signal.SIGHUP)\n",
+        "                pass\n",
+        (f"{KEY_RELOAD_TESTS}::test_sighup_to_the_supervisor_reloads_every_worker",),
     ),
 ]
 

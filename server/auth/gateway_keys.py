@@ -57,6 +57,10 @@ class KeyRing:
         metrics = bytes.fromhex(auth.metrics_key_sha256) if auth.metrics_key_sha256 else None
         return cls(keys, metrics)
 
+    def adopt(self, other: KeyRing) -> None:
+        """Take `other`'s keys and metrics key in place: every holder of this ring sees them at once."""
+        self._keys, self._by_name, self._metrics_digest = other._keys, other._by_name, other._metrics_digest
+
     @property
     def keys(self) -> tuple[GatewayKey, ...]:
         """The configured keys, in configuration order."""

@@ -9,7 +9,7 @@ the setting and what was expected. The sections live by concern: `sections` (thi
 from .auth import AuthSettings, GatewayKeySettings
 from .base import SettingsError
 from .environment import METRICS_DIR_VARIABLE
-from .loading import DEFAULT_CONFIG, child_environment, load_settings
+from .loading import DEFAULT_CONFIG, SettingsSource, child_environment, load_settings
 from .root import Settings
 from .routing import ANY_MODEL, ModelSettings, RoutingSettings, UpstreamEntry, UpstreamSettings
 from .sections import (
@@ -41,6 +41,7 @@ __all__ = [
     "ServerSettings",
     "Settings",
     "SettingsError",
+    "SettingsSource",
     "SimulatorSettings",
     "StreamSettings",
     "UpstreamEntry",

@@ -6,6 +6,7 @@ import difflib
 import os
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,17 @@ def load_settings(
         return Settings.model_validate(raw)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources)) from None
+
+
+@dataclass(frozen=True, slots=True)
+class SettingsSource:
+    """Where this process's settings came from, to read them again (SIGHUP reloads the gateway keys)."""
+
+    config_path: Path | None = None
+
+    def load(self) -> Settings:
+        """The settings as the files and the environment say now."""
+        return load_settings(self.config_path)
 
 
 def child_environment(metrics_dir: str) -> dict[str, str]:

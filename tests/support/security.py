@@ -71,6 +71,7 @@ def start_keyed_gateway(
     include_alpha: bool = True,
     extra_toml: str = "",
     env: Mapping[str, str] | None = None,
+    args: tuple[str, ...] = (),
 ) -> Gateway:
     """`python run.py` with the keys above, the token secret, and an allowlisted CORS origin."""
     config = write_config(tmp / "keys.toml", keys_toml(include_alpha=include_alpha) + extra_toml)
@@ -80,4 +81,4 @@ def start_keyed_gateway(
         "SLUICE_SERVER_CORS_ORIGINS": ORIGIN,
         **(env or {}),
     }
-    return start_gateway(upstream=upstream, env=environment, config=config)
+    return start_gateway(upstream=upstream, env=environment, config=config, args=args)

@@ -1,0 +1,36 @@
+"""Reload the gateway keys from the configuration while serving (on SIGHUP): rotate or revoke a key
+without a restart.
+
+Only `[auth]` keys and the metrics key change: every other setting still needs a restart. A
+configuration that no longer loads, or that would turn gateway keys on or off (which decides the
+middleware and CORS policy at start), is refused with one log line, and the current keys stay.
+A key given by `key_env` is read from this process's environment, which a reload cannot change:
+rotate such a key by restarting, or give it as `key_sha256` in the file.
+"""
+
+from __future__ import annotations
+
+import structlog
+
+from ..settings import SettingsError, SettingsSource
+from .gateway_keys import KeyRing
+
+log = structlog.get_logger("sluice.auth")
+
+
+def reload_keys(ring: KeyRing, source: SettingsSource) -> bool:
+    """Give `ring` the keys the configuration holds now; True when they were taken."""
+    try:
+        fresh = KeyRing.from_settings(source.load().auth)
+    except SettingsError as exc:
+        log.warning("gateway_keys_reload_failed", message=str(exc))
+        return False
+    if fresh.enabled != ring.enabled:
+        log.warning(
+            "gateway_keys_reload_failed",
+            message="turning gateway keys on or off needs a restart; the current keys stay",
+        )
+        return False
+    ring.adopt(fresh)
+    log.info("gateway_keys_reloaded", keys=[key.name for key in fresh.keys], metrics_key=fresh.metrics_closed)
+    return True
