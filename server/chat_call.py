@@ -2,10 +2,11 @@
 
 Before the response starts, every failure is raised as a GatewayError (the error middleware
 renders it with its status); once it has started, the relay ends the stream with an event.
-A stream's response starts once an upstream answered 200, or after one heartbeat interval of
-routing (retries, Retry-After waits), whichever comes first: from then on heartbeat comments keep
-the client and its proxies from timing out, and the routing goes on behind them until the first
-token. A failure the routing cannot rescue is then the stream's final error event.
+A stream's routing runs in the handler's task; its response starts after it, or beside it once an
+upstream answered 200 without its first token or after one heartbeat interval of routing
+(retries, Retry-After waits), whichever comes first (stream_start.py): from then on heartbeat
+comments keep the client and its proxies from timing out, and the routing goes on behind them
+until the first token. A failure the routing cannot rescue is then the stream's final error event.
 The upstream request is tied to the client's connection: when the client leaves, aiohttp
 cancels the handler (`handler_cancellation=True`) and the `finally` here closes the upstream.
 """
@@ -13,7 +14,7 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -28,6 +29,7 @@ from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
 from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
+from .stream_start import ResponseStart
 from .upstreams.continuation import ContinuedStream
 from .upstreams.stream import UpstreamStream
 
@@ -65,35 +67,37 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     record.stream = True
     lifecycle.admit()
     await reserve_tokens(request, body)
-    continues = app[UPSTREAM].continues(str(body.get("model")))
+    upstream = app[UPSTREAM]
+    continues = upstream.continues(str(body.get("model")))
     guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
-    accepted = asyncio.Event()
-    opening = asyncio.ensure_future(app[UPSTREAM].open_stream(body, request[REQUEST_ID], record, accepted.set))
+    preamble = dialect.start()
+    opened: UpstreamStream | None = None
     continued: ContinuedStream | None = None
-    response: SSEResponse | None = None
     with lifecycle.track(guard), metrics.live_streams.track_inprogress():
+        # Its timer runs from here: the `finally` below stops it.
+        start = ResponseStart(
+            request, record, guard, lambda: _sse_response(request, guard, preamble), settings.stream.heartbeat_interval
+        )
         try:
-            await _until_started(opening, accepted, settings.stream.heartbeat_interval)
             chunks: AsyncIterable[Sequence[Chunk]]
-
-            def on_open(stream: UpstreamStream) -> None:
-                dialect.answered_by(str(record.extra.get("served_model", body.get("model"))), stream.upstream)
-
-            if opening.done():
-                opened = await _guarded(opening, guard, record)
-                on_open(opened)
-                chunks = opened
+            try:
+                # In this task: see stream_start.py for the response that starts beside a long routing.
+                opened = await upstream.open_stream(body, request[REQUEST_ID], record, start.soon)
+            except (asyncio.CancelledError, GatewayError) as failure:
+                start.routed()
+                if not start.begun or (isinstance(failure, asyncio.CancelledError) and guard.expired is None):
+                    mapped = _before_start(failure, guard, record)
+                    if mapped is failure:
+                        raise
+                    raise mapped from None
+                chunks = _Failing(failure)  # the response started: the relay ends it with this failure
             else:
-                chunks = _AwaitedStream(opening, on_open)  # the relay reports a routing failure as an event
+                start.routed()
+                dialect.answered_by(str(record.extra.get("served_model", body.get("model"))), opened.upstream)
+                chunks = opened
             if continues:
                 chunks = continued = _continued(request, body, chunks)
-            response = _sse_response(request, guard)
-            await _prepare(response, request)
-            record.response_status = response.status
-            guard.set_send_timeout_callback(response.abort)
-            start = dialect.start()
-            if start:
-                await response.write(start)
+            response = await start.response()
             await relay(
                 chunks,
                 dialect,
@@ -109,22 +113,14 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             return response
         finally:
             guard.close()
-            record.malformed_chunks = _malformed(opening)
-            if response is not None:
-                response.stop_heartbeat()
-            _close_opened(opening)
+            start.close()
+            if (started := start.started()) is not None:
+                started.stop_heartbeat()
+            if opened is not None:
+                record.malformed_chunks = opened.malformed
+                opened.close()
             if continued is not None:
                 continued.close()
-
-
-async def _until_started(opening: asyncio.Future[UpstreamStream], accepted: asyncio.Event, limit: float) -> None:
-    """Wait until the routing ended, an upstream accepted the request, or `limit` seconds passed."""
-    waiter = asyncio.ensure_future(accepted.wait())
-    either: set[asyncio.Future[Any]] = {opening, waiter}
-    try:
-        await asyncio.wait(either, timeout=limit, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
 
 
 def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable[Sequence[Chunk]]) -> ContinuedStream:
@@ -143,37 +139,17 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
     return ContinuedStream(chunks, resume, on_result, idle_timeout=app[SETTINGS].upstream.idle_timeout)
 
 
-class _AwaitedStream:
-    """The batches of a stream the routing is still opening."""
+class _Failing:
+    """The stream of a routing that failed after the response started: the relay ends it with the failure."""
 
-    def __init__(self, opening: asyncio.Future[UpstreamStream], on_open: Callable[[UpstreamStream], None]) -> None:
-        self._opening = opening
-        self._on_open = on_open
+    def __init__(self, failure: BaseException) -> None:
+        self._failure = failure
 
-    async def opened(self) -> UpstreamStream:
-        """The stream, once the routing opened it (the relay's push path)."""
-        stream = await self._opening
-        self._on_open(stream)
-        return stream
+    def __aiter__(self) -> _Failing:
+        return self
 
-    async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
-        async for batch in await self.opened():
-            yield batch
-
-
-def _malformed(opening: asyncio.Future[UpstreamStream]) -> int:
-    """Upstream events the opened stream dropped as malformed (0 when none was opened)."""
-    if opening.done() and not opening.cancelled() and opening.exception() is None:
-        return opening.result().malformed
-    return 0
-
-
-def _close_opened(opening: asyncio.Future[UpstreamStream]) -> None:
-    """Stop the routing if it still runs; close the stream it opened, if it opened one."""
-    if not opening.done():
-        opening.cancel()
-    elif not opening.cancelled() and opening.exception() is None:
-        opening.result().close()
+    async def __anext__(self) -> list[Chunk]:
+        raise self._failure
 
 
 async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
@@ -201,16 +177,6 @@ def _choices(body: dict[str, Any]) -> int:
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
-async def _prepare(response: SSEResponse, request: web.Request) -> None:
-    """Send the headers; a client gone by now ends the handler as any disconnect does."""
-    try:
-        await response.prepare(request)
-    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
-        # The peer's reset reached the transport before aiohttp cancelled the handler.
-        request[RECORD].outcome = Outcome.CLIENT_DISCONNECTED
-        raise asyncio.CancelledError from None
-
-
 def _note_usage(content: bytes, record: RequestRecord) -> None:
     """Copy usage and finish reason from a chat.completion into the record, for logs and metrics."""
     try:
@@ -230,28 +196,35 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
     """Await an upstream call before the response starts; map a guard's expiry to a status."""
     try:
         return await awaitable
-    except asyncio.CancelledError:
+    except (asyncio.CancelledError, GatewayError) as failure:
+        mapped = _before_start(failure, guard, record)
+        if mapped is failure:
+            raise
+        raise mapped from None
+
+
+def _before_start(failure: BaseException, guard: StreamGuard, record: RequestRecord) -> BaseException:
+    """What a failure before the response started is raised as: a status, or the cancellation itself."""
+    if isinstance(failure, asyncio.CancelledError):
         expiry = guard.consume_expiry()
         if expiry is None:
             record.outcome = Outcome.CLIENT_DISCONNECTED
-            raise
+            return failure
         if expiry is Expiry.SHUTDOWN:
             record.outcome = Outcome.SHUTDOWN
-            raise ServiceUnavailableError(
-                "Sluice is shutting down; retry the request.", code="server_shutting_down"
-            ) from None
+            return ServiceUnavailableError("Sluice is shutting down; retry the request.", code="server_shutting_down")
         record.outcome = Outcome.TIMEOUT
-        raise UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry)) from None
-    except UpstreamError as error:
-        record.outcome = Outcome.TIMEOUT if isinstance(error, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
-        record.error_code = error.code
-        raise
-    except GatewayError:
+        return UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry))
+    if isinstance(failure, UpstreamError):
+        record.outcome = Outcome.TIMEOUT if isinstance(failure, UpstreamTimeoutError) else Outcome.UPSTREAM_ERROR
+        record.error_code = failure.code
+    else:
         record.outcome = Outcome.REJECTED
-        raise
+    return failure
 
 
-def _sse_response(request: web.Request, guard: StreamGuard) -> SSEResponse:
+def _sse_response(request: web.Request, guard: StreamGuard, preamble: bytes) -> SSEResponse:
+    """The stream's response; `preamble` (the dialect's start) leaves with its first write."""
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     record = request[RECORD]
@@ -265,4 +238,5 @@ def _sse_response(request: web.Request, guard: StreamGuard) -> SSEResponse:
         send_timeout=settings.stream.send_timeout,
         on_heartbeat=on_heartbeat,
         on_stalled=guard.stalled,
+        preamble=preamble,
     )

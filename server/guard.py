@@ -97,9 +97,11 @@ class StreamGuard:
 
     def close(self) -> None:
         """Stop watching; the stream is over."""
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
+        self._stop_timer()
+        # Nothing is cancelled from now on. Held, the task would close a cycle (the task's result
+        # is the response, whose stall callback is this guard): garbage for the collector, not
+        # for reference counting, on every request.
+        self._task = None
 
     def consume_expiry(self) -> Expiry | None:
         """After a CancelledError: the guard's reason, with its cancellation undone, or None.
@@ -111,6 +113,11 @@ class StreamGuard:
         if self._task.uncancel() > 0:
             return None
         return self.expired
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _arm(self, when: float) -> None:
         self._timer = self._loop.call_at(when, self._check)
@@ -143,7 +150,7 @@ class StreamGuard:
         if self.expired is not None:
             return
         self.expired = reason
-        self.close()
+        self._stop_timer()
         if reason is Expiry.SEND and self._on_send_timeout is not None:
             self._on_send_timeout()
         if self._task is not None and not self._task.done():

@@ -73,13 +73,17 @@ class SSEResponse(EventSourceResponse):
         send_timeout: float,
         on_heartbeat: Callable[[], None] | None = None,
         on_stalled: Callable[[], None] | None = None,
+        preamble: bytes = b"",
     ) -> None:
         super().__init__(
             sep="\n",
             allow_all_methods=True,
-            # aiohttp-sse also sets TCP_USER_TIMEOUT from this: at twice the limit the kernel is a
-            # backstop, and the gateway's own timer ends a stalled stream first and logs why.
-            send_timeout=send_timeout * 2,
+            # aiohttp-sse also sets TCP_USER_TIMEOUT from this: a backstop, and the gateway's own
+            # timer ends a stalled stream first and logs why. Three times the limit, not two: the
+            # kernel counts zero-window probes, not seconds, and with a 1 s limit cut a pushed
+            # stream at 1.4 s, before the timer, whose clock restarts each time the gateway's own
+            # send buffer takes more (tests/test_streaming_process.py, the send timeout test).
+            send_timeout=send_timeout * 3,
             ping_interval=heartbeat_interval,
         )
         self.headers["Cache-Control"] = "no-cache, no-transform"
@@ -87,6 +91,9 @@ class SSEResponse(EventSourceResponse):
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
         self._request_content: StreamReader | None = None
+        # Goes out ahead of the first write, event or heartbeat (the native dialect's `retry:`
+        # line): written alone it cost a send per stream.
+        self._preamble = preamble
 
     async def _ping(self) -> None:
         # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
@@ -159,6 +166,8 @@ class SSEResponse(EventSourceResponse):
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:
         """Write, then wait while the client's buffer is over its mark (aiohttp alone checks every 64 KiB)."""
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
         await super().write(data)
         writer = self._payload_writer
         if writer is not None:
@@ -176,6 +185,8 @@ class SSEResponse(EventSourceResponse):
         writer = self._payload_writer
         if writer is None:
             raise RuntimeError("Cannot call write() before prepare()")
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
         stream_writer = cast(StreamWriter, writer)
         step = stream_writer.write(data, drain=False)
         try:
@@ -229,6 +240,12 @@ class SSEResponse(EventSourceResponse):
         """Write the stream's last bytes and end the body, in one write (one send, not three)."""
         self.stop_heartbeat()
         await self.write_eof(data)
+
+    async def write_eof(self, data: bytes = b"") -> None:
+        """End the body, after the preamble if nothing was written yet."""
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
+        await super().write_eof(data)
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""

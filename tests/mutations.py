@@ -44,6 +44,7 @@ SETTINGS = "server/settings/environment.py"
 WORKERS_PY = "server/workers.py"
 ACCESS_LOG = "server/middleware/access_log.py"
 CHAT_CALL = "server/chat_call.py"
+STREAM_START = "server/stream_start.py"
 READER = "server/streams/reader.py"
 BROWSER_ROUTES = "server/routes/browser.py"
 WORKER_PROXY = "server/worker_proxy.py"
@@ -106,10 +107,10 @@ class Break:
 BREAKS = [
     Break(
         "write buffer never pauses",
-        CHAT_CALL,
-        "            await _prepare(response, request)\n",
-        "            await _prepare(response, request)\n"
-        "            request.transport.set_write_buffer_limits(high=1 << 30)  # type: ignore[union-attr]\n",
+        STREAM_START,
+        "    await _prepare(response, request, record)\n",
+        "    await _prepare(response, request, record)\n"
+        "    request.transport.set_write_buffer_limits(high=1 << 30)  # type: ignore[union-attr]\n",
         (f"{BACKPRESSURE}::test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat",),
     ),
     Break(
@@ -125,8 +126,8 @@ BREAKS = [
     Break(
         "no explicit upstream close",
         CHAT_CALL,
-        "        opening.result().close()\n",
-        "        pass\n",
+        "                opened.close()\n",
+        "                pass\n",
         (f"{BOUNDS}::test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client_that_stalls",),
     ),
     Break(
@@ -214,7 +215,7 @@ BREAKS = [
     Break(
         "heartbeat outlives a cancelled chat stream",
         CHAT_CALL,
-        "                response.stop_heartbeat()\n",
+        "                started.stop_heartbeat()\n",
         "                pass\n",
         (f"{ENDINGS}::test_the_heartbeat_stops_when_the_client_leaves_mid_stream",),
     ),
@@ -234,9 +235,9 @@ BREAKS = [
     ),
     Break(
         "client gone during prepare fails the handler",
-        CHAT_CALL,
-        "            await _prepare(response, request)\n",
-        "            await response.prepare(request)\n",
+        STREAM_START,
+        "    await _prepare(response, request, record)\n",
+        "    await response.prepare(request)\n",
         (f"{ENDINGS}::test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect",),
     ),
     Break(

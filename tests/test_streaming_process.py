@@ -200,6 +200,30 @@ async def test_silent_upstream_gets_heartbeat_comments(tight_gateway: Gateway, d
     assert all(e.comment == "keep-alive" for e in comments)
 
 
+async def test_the_native_retry_hint_opens_the_body_even_when_a_heartbeat_comes_first(tight_gateway: Gateway) -> None:
+    rid = new_request_id("retry-first")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, tight_gateway, "native", "slow\n#sim tokens=2 ttft_ms=700", rid) as response:
+            raw = (await response.read()).decode()
+    assert raw.startswith("retry: ")
+    assert raw.index(": keep-alive") < raw.index("event: token")
+
+
+async def test_a_stream_starts_once_the_upstream_accepted_not_only_at_its_first_token(simulator: Simulator) -> None:
+    # Heartbeats far off: only the upstream's acceptance can start the response before the
+    # first-token deadline passes.
+    env = {"SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "1", "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60"}
+    with start_gateway(upstream=simulator, env=env) as gateway:
+        rid = new_request_id("accepted")
+        async with aiohttp.ClientSession() as http:
+            async with post(http, gateway, "native", "x\n#sim fault=hang_first", rid) as response:
+                status = response.status
+                events = [e for e in await read_events(response) if e.comment is None]
+    assert status == 200  # the response had started: the deadline is the stream's final event
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "first_token_timeout"
+
+
 # 5. Timeouts
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from ..keys import KEYRING
 from .access_log import access_log_middleware
 from .auth import add_key_headers, auth_middleware
 from .body_limit import body_limit_middleware
@@ -26,7 +27,10 @@ from .request_id import add_request_id_header, request_id_middleware
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the chain and its response hooks (X-Request-ID, rate-limit and token headers, response started)."""
+    """Install the chain and its response hooks (X-Request-ID, rate-limit and token headers, response started).
+
+    Needs the app's KEYRING (setup_auth) already in place.
+    """
     app.middlewares.extend(
         [
             request_id_middleware,
@@ -39,5 +43,8 @@ def setup_middlewares(app: web.Application) -> None:
         ]
     )
     app.on_response_prepare.append(add_request_id_header)
-    app.on_response_prepare.append(add_key_headers)
+    if app[KEYRING].enabled:
+        # Only a keyed request carries rate-limit or token headers: without keys, no hook to
+        # await on every response.
+        app.on_response_prepare.append(add_key_headers)
     app.on_response_prepare.append(mark_response_started)

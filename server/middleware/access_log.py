@@ -13,6 +13,8 @@ logged and counted once, by that worker, with the client the forwarding worker s
 from __future__ import annotations
 
 import asyncio
+import logging
+import socket
 import time
 
 import structlog
@@ -40,8 +42,8 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     resource = request.match_info.route.resource
     record.route = resource.canonical if resource is not None else "unmatched"
     # Now, while the connection is there: a stream's connection may be gone by the time it is logged.
-    record.via_worker = _forwarded(request)
-    record.client = client_of(request)
+    record.via_worker = forwarded = _forwarded(request)
+    record.client = client_of(request, forwarded)
     request[RECORD] = record
     status = 500
     try:
@@ -72,6 +74,14 @@ def _finished(request: web.Request, record: RequestRecord, status: int, duration
 
 
 def _log(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
+    if request.path in QUIET_PATHS:
+        level = logging.DEBUG
+    elif status in WARNING_STATUSES or record.error_code == REJECTED_CODE:
+        level = logging.WARNING
+    else:
+        level = logging.INFO
+    if not log.is_enabled_for(level):
+        return  # below the configured level: build nothing
     fields: dict[str, object] = {
         "method": request.method,
         "path": request.path,
@@ -102,22 +112,20 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         if record.attempts:
             fields["attempts"] = record.attempts
             fields.update(record.extra)
-    if request.path in QUIET_PATHS:
-        log.debug("request_finished", **fields)
-    elif status in WARNING_STATUSES or record.error_code == REJECTED_CODE:
-        log.warning("request_finished", **fields)
-    else:
-        log.info("request_finished", **fields)
+    log.log(level, "request_finished", **fields)
 
 
 def _forwarded(request: web.Request) -> bool:
     """True for a request another worker forwarded over this worker's Unix socket."""
-    return request.transport is not None and isinstance(request.transport.get_extra_info("sockname"), str)
+    transport = request.transport
+    # The socket object's family, not its address: uvloop answers "sockname" with a system call.
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    return sock is not None and sock.family == socket.AF_UNIX
 
 
-def client_of(request: web.Request) -> str | None:
-    """The client's address, as the access log names it."""
-    if _forwarded(request):
+def client_of(request: web.Request, forwarded: bool) -> str | None:
+    """The client's address, as the access log names it (`forwarded`: another worker sent the request)."""
+    if forwarded:
         # Only the other workers can reach the Unix socket; they pass on the client they saw.
         return request.headers.get("X-Forwarded-For")
     trusted = request.app[SETTINGS].server.trusted_proxies

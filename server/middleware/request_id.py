@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import os
 import re
-import uuid
 
 import structlog
 from aiohttp import web
@@ -19,7 +19,7 @@ _WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Bind the request id to the request and to every log line written while serving it."""
     incoming = request.headers.get(HEADER, "")
-    request_id = incoming if _WELL_FORMED.fullmatch(incoming) else uuid.uuid4().hex
+    request_id = incoming if _WELL_FORMED.fullmatch(incoming) else _new_id()
     request[REQUEST_ID] = request_id
     structlog.contextvars.clear_contextvars()
     structlog.contextvars.bind_contextvars(request_id=request_id)
@@ -31,3 +31,8 @@ async def add_request_id_header(request: web.Request, response: web.StreamRespon
     request_id = request.get(REQUEST_ID)
     if request_id is not None:
         response.headers[HEADER] = request_id
+
+
+def _new_id() -> str:
+    """32 random hex digits, as `uuid4().hex` looks, for a third of its cost (no UUID object)."""
+    return os.urandom(16).hex()

@@ -53,6 +53,10 @@ class BreakerRecord:
     trial_since: float | None = None
 
 
+# A closed breaker's record (frozen: one object serves every upstream).
+CLOSED_RECORD = BreakerRecord()
+
+
 class BreakerStore(Protocol):
     """Where breaker records live; `update` applies `change` atomically and returns the new record."""
 
@@ -68,10 +72,10 @@ class MemoryBreakerStore:
         self._records: dict[str, BreakerRecord] = {}
 
     async def read(self, name: str) -> BreakerRecord:
-        return self._records.get(name, BreakerRecord())
+        return self._records.get(name, CLOSED_RECORD)
 
     async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord:
-        record = self._records[name] = change(self._records.get(name, BreakerRecord()))
+        record = self._records[name] = change(self._records.get(name, CLOSED_RECORD))
         return record
 
 
@@ -120,6 +124,10 @@ class Breakers:
     async def acquire(self, name: str) -> Admission:
         """May a request try `name` now? In half-open state only the first caller may: the trial."""
         now = self._clock() + TIMER_SLACK_SECONDS
+        if (await self._store.read(name)).open_until == 0.0:
+            # Closed: the update below would change nothing, so a read decides (with Redis, one
+            # round trip instead of a watched transaction, on every request).
+            return Admission.ALLOWED
         admission = Admission.REFUSED
 
         def claim(record: BreakerRecord) -> BreakerRecord:
@@ -139,8 +147,8 @@ class Breakers:
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
         before = await self._store.read(name)
-        if before != BreakerRecord():
-            await self._store.update(name, lambda record: BreakerRecord())
+        if before is not CLOSED_RECORD and before != CLOSED_RECORD:
+            await self._store.update(name, lambda record: CLOSED_RECORD)
             if before.open_until:
                 self._changed(name, BreakerState.CLOSED)
 

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 
 from .client import UpstreamClient
 
+SERVING_CACHE_SIZE = 1024
+
 
 class Pool:
     """Every configured upstream; `serving(model)` is the pool of one model."""
@@ -14,10 +16,17 @@ class Pool:
     def __init__(self, clients: Sequence[UpstreamClient], rng: random.Random | None = None) -> None:
         self.clients = tuple(clients)
         self._rng = rng or random.Random()
+        # The configuration does not change while serving: each model's pool is found once.
+        self._serving: dict[str, tuple[UpstreamClient, ...]] = {}
 
-    def serving(self, model: str) -> list[UpstreamClient]:
+    def serving(self, model: str) -> tuple[UpstreamClient, ...]:
         """The upstreams configured for `model`, in configuration order."""
-        return [client for client in self.clients if client.entry.serves(model)]
+        found = self._serving.get(model)
+        if found is None:
+            if len(self._serving) >= SERVING_CACHE_SIZE:
+                self._serving.clear()  # with `models = ["*"]` clients name models freely: stay bounded
+            found = self._serving[model] = tuple(client for client in self.clients if client.entry.serves(model))
+        return found
 
     def pick(self, candidates: Sequence[UpstreamClient]) -> UpstreamClient | None:
         """Two candidates drawn by weight; the one with fewer requests in flight per weight wins."""

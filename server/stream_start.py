@@ -1,0 +1,105 @@
+"""Start a stream's SSE response: at once when the routing is done, or beside a routing that takes long.
+
+The routing runs in the handler's own task. Most streams' first token arrives with the upstream's
+answer, and the response starts after it, in that task: no second task, and no loop turn spent
+handing the stream from one task to another. When an upstream accepted the request but its first
+token is not there in the same loop turn (a reasoning model thinking), or one heartbeat interval of
+routing passed (retries, Retry-After waits), a task of its own starts the response meanwhile, so
+that heartbeat comments keep the client and its proxies from timing out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+from aiohttp import web
+
+from .access import RequestRecord
+from .guard import Outcome, StreamGuard
+from .sse import SSEResponse
+
+
+class ResponseStart:
+    """The response of one stream, started early (beside the routing) or late (after it)."""
+
+    def __init__(
+        self,
+        request: web.Request,
+        record: RequestRecord,
+        guard: StreamGuard,
+        make: Callable[[], SSEResponse],
+        limit: float,
+    ) -> None:
+        self._request = request
+        self._record = record
+        self._guard = guard
+        self._make = make
+        self._loop = asyncio.get_running_loop()
+        self._routing = True
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(limit, self._begin)
+        self._early: asyncio.Task[SSEResponse] | None = None
+        self._response: SSEResponse | None = None
+
+    @property
+    def begun(self) -> bool:
+        """True once the response started beside the routing: a failure is then an error event."""
+        return self._early is not None
+
+    def soon(self) -> None:
+        """An upstream accepted the request: start the response unless the routing ends in this loop turn."""
+        self._loop.call_soon(self._begin)
+
+    def routed(self) -> None:
+        """The routing is over (a stream, or a failure): nothing starts early from now on."""
+        self._routing = False
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    async def response(self) -> SSEResponse:
+        """The started response: the early one once its headers are ready, else one started now."""
+        self.routed()
+        if self._early is not None:
+            self._response = await self._early
+        elif self._response is None:
+            self._response = await start_response(self._request, self._record, self._guard, self._make())
+        return self._response
+
+    def started(self) -> SSEResponse | None:
+        """The response, if one started (early or late)."""
+        early = self._early
+        finished = early is not None and early.done() and not early.cancelled()
+        if self._response is None and early is not None and finished and early.exception() is None:
+            self._response = early.result()
+        return self._response
+
+    def close(self) -> None:
+        """Stop the timer, and an early start still under way."""
+        self.routed()
+        if self._early is not None and not self._early.done():
+            self._early.cancel()
+
+    def _begin(self) -> None:
+        if self._routing and self._early is None:
+            self._early = self._loop.create_task(start_response(self._request, self._record, self._guard, self._make()))
+
+
+async def start_response(
+    request: web.Request, record: RequestRecord, guard: StreamGuard, response: SSEResponse
+) -> SSEResponse:
+    """`response`, prepared for the request, its stalls watched by `guard`."""
+    await _prepare(response, request, record)
+    record.response_status = response.status
+    guard.set_send_timeout_callback(response.abort)
+    return response
+
+
+async def _prepare(response: SSEResponse, request: web.Request, record: RequestRecord) -> None:
+    """Send the headers; a client gone by now ends the handler as any disconnect does."""
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        # The peer's reset reached the transport before aiohttp cancelled the handler.
+        record.outcome = Outcome.CLIENT_DISCONNECTED
+        raise asyncio.CancelledError from None
