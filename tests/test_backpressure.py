@@ -15,6 +15,7 @@ TOKENS = 1_000_000  # about 200 MB of chunks: far more than every socket buffer 
 WINDOW = 1.0  # seconds of stalled reading observed
 SETTLE = 0.25  # seconds without a token sent that mean the buffers on the way are full
 SETTLE_WINDOWS = 40
+QUIET_WINDOWS = 2  # in a row
 RSS_SLACK = 4 * 1024 * 1024
 
 
@@ -38,14 +39,17 @@ async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tok
         async with http.post(gateway.url + path, json=make_body(f"hi\n#sim tokens={TOKENS}"), headers=headers):
             record = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
             # The first pause may only mean the gateway is slower than the simulator; the buffers
-            # towards the client fill soon after. Nothing signals that, so settle: until a short
-            # window passes in which the simulator sent nothing (bounded; a gateway that never
-            # stops reading never settles, and fails below).
+            # towards the client fill soon after. Nothing signals that, so settle: until short
+            # windows in a row pass in which the simulator sent nothing (bounded; a gateway that
+            # never stops reading never settles, and fails below). One quiet window alone can be a
+            # gateway starved of CPU on a loaded machine, still filling the buffers after it.
+            quiet = 0
             for _ in range(SETTLE_WINDOWS):
                 sent = record["chunks_sent"]
                 await asyncio.sleep(SETTLE)
                 record = await sim_wait(http, simulator.url, rid, "opened")
-                if record["chunks_sent"] == sent:
+                quiet = quiet + 1 if record["chunks_sent"] == sent else 0
+                if quiet == QUIET_WINDOWS:
                     break
             rss_stalled = process.memory_info().rss
             await asyncio.sleep(WINDOW)  # the observation window

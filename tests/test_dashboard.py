@@ -207,6 +207,11 @@ async def test_the_feed_of_any_worker_counts_the_streams_of_every_worker(simulat
                     await response.read()
             async with http.get(url + "/dashboard/feed") as feed:
                 snapshot = await next_snapshot(feed)
+                # A stream's ending is counted just after its body's end reached the client: the
+                # next snapshot (one a second) has it. Bounded: one worker's own view never gets there.
+                async with asyncio.timeout(10):
+                    while snapshot["endings"]["completed"] < 8:
+                        snapshot = await next_snapshot(feed)
         # Eight streams spread over two workers: one worker's own view would (almost surely) miss some.
         assert snapshot["endings"]["completed"] == 8
     finally:
