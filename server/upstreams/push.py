@@ -50,7 +50,7 @@ def take_buffered(reader: aiohttp.StreamReader) -> bytes:
 class Pushed:
     """One push of batches from `take` to `on_batch`, until `on_batch` says stop, the end, or a failure."""
 
-    __slots__ = ("_context", "_on_batch", "_reader", "_take", "future")
+    __slots__ = ("_context", "_on_batch", "_reader", "_scheduled", "_take", "future")
 
     def __init__(
         self,
@@ -65,6 +65,7 @@ class Pushed:
         self.future = future
         # The callback runs in the connection's context; the consumer's logs need the request's.
         self._context = contextvars.copy_context()
+        self._scheduled = False
 
     def start(self) -> None:
         """Hand over what is buffered, then wait for reads; resume the upstream if aiohttp paused it."""
@@ -128,12 +129,28 @@ class Pushed:
         return False
 
     def set_result(self, result: None) -> None:
-        """The reader got data, a chunk boundary or its end: push what is there."""
+        """The reader got data, a chunk boundary or its end: push what is there, once this read is parsed.
+
+        aiohttp wakes the reader once per HTTP chunk, and a burst's read holds many (one per
+        event): pushing at the first would write each event alone. The push runs just after the
+        parser's callback instead (one loop callback per read, not a task), with the whole read.
+        """
         reader = self._reader
         if reader is not None and not reader._buffer and not reader.is_eof() and reader.exception() is None:
             reader._waiter = self  # type: ignore[assignment]  # the end of an HTTP chunk, nothing new: wait on
             return
-        self._context.run(self._pump)
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._deferred_pump, context=self._context)
+
+    def _deferred_pump(self) -> None:
+        self._scheduled = False
+        reader = self._reader
+        self._pump()
+        if self._reader is not None and reader is not None and reader._protocol._reading_paused:
+            # A large read filled the reader past aiohttp's mark: outside the parser's callback
+            # now, resuming is safe, and feeds what the protocol held back.
+            reader._protocol.resume_reading()
 
     def set_exception(self, exc: BaseException) -> None:
         """The reader failed: `take()` raises it, and the push resolves with it."""
