@@ -774,6 +774,13 @@ BREAKS += [
         "                pass\n",
         (f"{KEY_RELOAD_TESTS}::test_sighup_to_the_supervisor_reloads_every_worker",),
     ),
+    Break(
+        "push at every HTTP chunk of a read",
+        PUSH,
+        "            asyncio.get_running_loop().call_soon(self._deferred_pump, context=self._context)\n",
+        "            self._scheduled = False\n            self._context.run(self._pump)\n",
+        (f"{PUSH_TESTS}::test_a_read_of_many_events_is_handed_over_in_one_batch_not_one_per_http_chunk",),
+    ),
 ]
 
 

@@ -98,6 +98,33 @@ async def test_events_after_the_first_are_handed_over_from_the_data_callback_not
     assert not pushed.done()
 
 
+async def test_a_read_of_many_events_is_handed_over_in_one_batch_not_one_per_http_chunk(open_stream: Open) -> None:
+    """A burst's read holds one HTTP chunk per event; each would otherwise be written alone."""
+    upstream, stream = await open_stream()
+    batches: list[list[Chunk]] = []
+    arrived = asyncio.Event()
+    burst = 20
+
+    def on_batch(batch: list[Chunk]) -> bool:
+        batches.append(batch)
+        arrived.set()
+        return True
+
+    stream.push(on_batch)
+    upstream.pieces.put_nowait(_token(0))  # the first token leaves alone, by design: let it pass first
+    async with asyncio.timeout(SECONDS):
+        await arrived.wait()
+        arrived.clear()
+        for n in range(1, burst + 1):  # the upstream writes these in one go: one read here
+            upstream.pieces.put_nowait(_token(n))
+        while len(_texts(batches)) < burst + 1:
+            await arrived.wait()
+            arrived.clear()
+
+    assert _texts(batches) == [f"t{n}" for n in range(burst + 1)]
+    assert len(batches) == 2
+
+
 async def test_the_callback_runs_in_the_context_of_the_caller_of_push(open_stream: Open) -> None:
     """Logs written while pushing (a malformed chunk's) carry the request's bound fields."""
     upstream, stream = await open_stream()
