@@ -29,6 +29,7 @@ FAR = {
     "SLUICE_STREAM_HEARTBEAT_INTERVAL": "60",
 }
 SEND_TIMEOUT = 1.0
+TOTAL_TIMEOUT = 1.0
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +48,13 @@ def send_timeout_gateway(simulator: Simulator) -> Iterator[Gateway]:
     gateway = start_gateway(upstream=simulator, env={**FAR, "SLUICE_STREAM_SEND_TIMEOUT": str(SEND_TIMEOUT)})
     yield gateway
     gateway.process.stop()
+
+
+@pytest.fixture(scope="module")
+def total_timeout_gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway whose only near deadline is the stream's total time."""
+    with start_gateway(upstream=simulator, env={**FAR, "SLUICE_UPSTREAM_TOTAL_TIMEOUT": str(TOTAL_TIMEOUT)}) as gateway:
+        yield gateway
 
 
 def post(http: aiohttp.ClientSession, gateway: Gateway, dialect: str, message: str, request_id: str) -> Any:
@@ -126,9 +134,9 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
     """A client that accepts nothing: the send timeout (1 s) cuts it and the upstream goes with it.
 
     The simulator pauses once the gateway stopped reading it, which is after the gateway's write to
-    the client blocked; so the upstream must be closed within send_timeout + 0.5 s of that pause.
-    Catches: the explicit upstream close removed (`_close_opened` in server/chat_call.py):
-    the connection then waits for garbage collection.
+    the client blocked; so the upstream must be closed within send_timeout + 0.5 s of that pause
+    (the send timeout aborts the client's connection, and the relay's client-gone hook closes the
+    upstream with it).
     """
     rid = new_request_id("bound-stalled")
     async with aiohttp.ClientSession() as http:
@@ -141,3 +149,27 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
     assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND
     log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
     assert log["error_code"] == "send_timeout"
+
+
+async def test_upstream_closed_within_half_a_second_of_a_deadline_ending_the_stream_for_a_client_that_stays(
+    total_timeout_gateway: Gateway, simulator: Simulator
+) -> None:
+    """The total deadline ends the stream with an error event; the client stays, the upstream goes.
+
+    Nothing on the client's side closes the upstream here: only the handler's own close does.
+    Catches: the explicit upstream close removed (server/chat_call.py): the connection then waits
+    for garbage collection.
+    """
+    rid = new_request_id("bound-deadline")
+    async with aiohttp.ClientSession() as http:
+        async with post(http, total_timeout_gateway, "openai", "x\n#sim tokens=100000 gap_ms=20", rid) as response:
+            async for event in iter_events(response):
+                if '"error"' in event.data:
+                    ended = time.time()
+                    break
+            else:
+                raise AssertionError("the stream ended without its error event")
+            record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
+    assert event.json()["error"]["code"] == "total_timeout"
+    assert record["outcome"] == "client_aborted"
+    assert record["closed_at"] - ended < BOUND

@@ -177,6 +177,39 @@ async def test_a_full_consumer_stops_the_push_and_the_next_push_goes_on_in_order
     assert stream.finished
 
 
+async def test_a_push_stopped_on_a_small_read_leaves_the_upstream_paused_and_the_next_resumes_it(
+    open_stream: Open,
+) -> None:
+    """Only the push paused the upstream's socket (aiohttp's reader is below its mark): the next push resumes it."""
+    upstream, stream = await open_stream()
+    batches: list[list[Chunk]] = []
+
+    def full_at_once(batch: list[Chunk]) -> bool:
+        batches.append(batch)
+        return False
+
+    def take_all(batch: list[Chunk]) -> bool:
+        batches.append(batch)
+        return True
+
+    first = stream.push(full_at_once)
+    upstream.pieces.put_nowait(_token(0))
+    async with asyncio.timeout(SECONDS):
+        await first
+        transport = stream._response.connection.transport if stream._response.connection else None
+        assert transport is not None
+        assert not transport.is_reading()
+        assert not stream._response.connection.protocol._reading_paused  # type: ignore[union-attr]
+        for n in range(1, 4):
+            upstream.pieces.put_nowait(_token(n))
+        upstream.pieces.put_nowait(FINISH)
+        upstream.pieces.put_nowait(None)
+        while not stream.ended:
+            await stream.push(take_all)
+
+    assert _texts(batches) == [f"t{n}" for n in range(4)]
+
+
 async def test_a_body_cut_mid_stream_fails_the_push_with_the_readers_error(open_stream: Open) -> None:
     upstream, stream = await open_stream()
     pushed = stream.push(lambda batch: True)
