@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,15 +25,6 @@ def refusal(result: subprocess.CompletedProcess[str]) -> str:
     assert "Traceback" not in result.stderr
     assert lines[0].startswith("sluice: ")
     return lines[0]
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A loopback port something else listens on."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 @pytest.mark.parametrize("port", ["99999", "0", "-1", "http"])

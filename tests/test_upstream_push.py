@@ -75,6 +75,21 @@ async def open_stream(aiohttp_server: Callable[..., Awaitable[TestServer]]) -> A
             stream.close()
 
 
+class Consumer:
+    """Records every batch pushed to it; `full_at_once` stops the push after each, `take_all` never does."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[Chunk]] = []
+
+    def full_at_once(self, batch: list[Chunk]) -> bool:
+        self.batches.append(batch)
+        return False
+
+    def take_all(self, batch: list[Chunk]) -> bool:
+        self.batches.append(batch)
+        return True
+
+
 def _texts(batches: list[list[Chunk]]) -> list[str | None]:
     return [chunk.content for batch in batches for chunk in batch if chunk.content]
 
@@ -147,16 +162,9 @@ async def test_the_callback_runs_in_the_context_of_the_caller_of_push(open_strea
 
 async def test_a_full_consumer_stops_the_push_and_the_next_push_goes_on_in_order(open_stream: Open) -> None:
     upstream, stream = await open_stream()
-    batches: list[list[Chunk]] = []
+    consumer = Consumer()
+    batches, full_at_once, take_all = consumer.batches, consumer.full_at_once, consumer.take_all
     count = 4 * READ_BUFFER_BYTES // len(_token(1000))  # more than aiohttp buffers before it stops reading
-
-    def full_at_once(batch: list[Chunk]) -> bool:
-        batches.append(batch)
-        return False
-
-    def take_all(batch: list[Chunk]) -> bool:
-        batches.append(batch)
-        return True
 
     first = stream.push(full_at_once)
     for n in range(count):
@@ -182,16 +190,8 @@ async def test_a_push_stopped_on_a_small_read_leaves_the_upstream_paused_and_the
 ) -> None:
     """Only the push paused the upstream's socket (aiohttp's reader is below its mark): the next push resumes it."""
     upstream, stream = await open_stream()
-    batches: list[list[Chunk]] = []
-
-    def full_at_once(batch: list[Chunk]) -> bool:
-        batches.append(batch)
-        return False
-
-    def take_all(batch: list[Chunk]) -> bool:
-        batches.append(batch)
-        return True
-
+    consumer = Consumer()
+    batches, full_at_once, take_all = consumer.batches, consumer.full_at_once, consumer.take_all
     first = stream.push(full_at_once)
     upstream.pieces.put_nowait(_token(0))
     async with asyncio.timeout(SECONDS):

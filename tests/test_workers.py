@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,15 +18,6 @@ EXIT_SECONDS = 60
 def supervisor(port: int, workers: int = 2, **environ: str) -> ManagedProcess:
     argv = [sys.executable, "run.py", "--port", str(port), "--config", "config/test.toml", "--workers", str(workers)]
     return ManagedProcess(argv, clean_env(environ)).start()
-
-
-@pytest.fixture
-def taken_port() -> Iterator[int]:
-    """A loopback port held by a socket without SO_REUSEPORT: no worker can bind it."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        sock.listen()
-        yield sock.getsockname()[1]
 
 
 @pytest.fixture
