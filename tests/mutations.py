@@ -828,17 +828,17 @@ BREAKS += [
         (f"{PUSH_TESTS}::test_closing_a_stream_mid_body_closes_the_upstream_connection",),
     ),
     Break(
-        "a chunk size line split across reads is lost",
+        "a read of several HTTP chunks keeps only the first",
         PARSER,
-        "                self._buffer = data[at:]\n",
-        "                pass\n",
+        '        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)\n',
+        "        body = pieces[0]\n",
         (f"{HTTP1_TESTS}::test_a_chunked_body_split_at_every_byte_boundary_parses_the_same",),
     ),
     Break(
         "a response head grows without bound",
         PARSER,
-        "                if len(data) > MAX_HEAD_BYTES:\n",
-        "                if False:\n",
+        "            if self._head_bytes > MAX_HEAD_BYTES:\n",
+        "            if False:\n",
         (
             f"{HTTP1_TESTS}::test_a_head_larger_than_the_limit_is_refused",
             f"{HTTP1_TESTS}::test_a_reply_whose_head_never_ends_is_refused",
@@ -847,7 +847,7 @@ BREAKS += [
     Break(
         "a close-delimited body is taken for a cut",
         PARSER,
-        "        if self.framing is Framing.CLOSE:\n",
+        "        if self._close_delimited:\n",
         "        if False:\n",
         (f"{HTTP1_TESTS}::test_a_close_delimited_body_ends_when_the_upstream_closes",),
     ),

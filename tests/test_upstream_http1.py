@@ -17,7 +17,7 @@ from server.errors import UpstreamError
 from server.settings import UpstreamEntry
 from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
-from server.upstreams.parser import MAX_HEAD_BYTES, Framing, MalformedResponse, ResponseParser
+from server.upstreams.parser import MAX_HEAD_BYTES, MalformedResponse, ResponseParser
 from server.upstreams.stream import UpstreamStream
 from tests.conftest import RawClient, make_settings
 from tests.support.raw_upstream import (
@@ -43,7 +43,6 @@ def test_a_chunked_body_split_at_every_byte_boundary_parses_the_same() -> None:
         received = parser.feed(reply[:at]) + parser.feed(reply[at:])
 
         assert (received, parser.complete, parser.keep_alive) == (whole, True, True), f"split at {at}"
-    assert parser.framing is Framing.CHUNKED
 
 
 def test_a_chunked_body_fed_one_byte_at_a_time_parses_the_same() -> None:
@@ -58,10 +57,14 @@ def test_a_chunked_body_fed_one_byte_at_a_time_parses_the_same() -> None:
 
 def test_a_head_larger_than_the_limit_is_refused() -> None:
     parser = ResponseParser()
-    for _ in range(MAX_HEAD_BYTES // 1000):
-        parser.feed(b"X-Padding: " + b"x" * 990 + b"\r\n")
+    line = b"X-Padding: " + b"x" * 990 + b"\r\n"
+    fed = len(b"HTTP/1.1 200 OK\r\n")
+    parser.feed(b"HTTP/1.1 200 OK\r\n")
+    while fed + len(line) <= MAX_HEAD_BYTES:
+        parser.feed(line)
+        fed += len(line)
     with pytest.raises(MalformedResponse):
-        parser.feed(b"X-Padding: " + b"x" * 990 + b"\r\n")
+        parser.feed(line)
 
 
 def test_header_names_are_found_whatever_their_case() -> None:

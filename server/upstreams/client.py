@@ -80,6 +80,7 @@ class UpstreamClient:
         `on_accepted` is called when the upstream answered 200, before its first token.
         """
         self.in_flight += 1
+        response: UpstreamResponse | None = None
         try:
             async with asyncio.timeout(self._settings.header_timeout):
                 response = await self._send(body, request_id, accept=b"text/event-stream")
@@ -90,9 +91,13 @@ class UpstreamClient:
                     code="upstream_encoding_unsupported",
                 )
         except TimeoutError:
+            if response is not None:
+                response.close()  # the deadline passed just as the answer came: its connection is taken
             self._done()
             raise timeout_failure("header_timeout", "The upstream sent no response headers in time.") from None
         except BaseException:
+            if response is not None:
+                response.close()
             self._done()
             raise
         stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
