@@ -876,6 +876,13 @@ BREAKS += [
         (f"{HTTP1_TESTS}::test_a_fresh_connection_that_fails_before_its_answer_is_not_retried",),
     ),
     Break(
+        "idle upstream connections kept for good",
+        CONNECTIONS,
+        "loop.call_later(self._connections.idle_seconds, connection.close)",
+        "loop.call_later(3600, connection.close)",
+        (f"{HTTP1_TESTS}::test_an_idle_pooled_connection_is_closed_after_its_idle_time",),
+    ),
+    Break(
         "upstream certificates not verified",
         CONNECTIONS,
         "        self.ssl_context = ssl_context or ssl.create_default_context()\n",

@@ -266,3 +266,20 @@ async def test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable
     with pytest.raises(UpstreamError) as failure:
         await _tls_reply(tmp_path, trusted=False)
     assert failure.value.reason == "connect"
+
+
+async def test_an_idle_pooled_connection_is_closed_after_its_idle_time(raw_upstream: RawUpstream) -> None:
+    connections = Connections(max_connections=0, connect_timeout=5, idle_seconds=0.05)
+    entry = UpstreamEntry(name="idle", base_url=raw_upstream.url, api_key=None)
+    client = UpstreamClient(entry, connections, make_settings().upstream)
+    try:
+        sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
+        exchange = await raw_upstream.next()
+        exchange.write(json_reply(b"{}"))
+        async with asyncio.timeout(SECONDS):
+            await sent
+            closed = await raw_upstream.closed.get()  # by the gateway: its idle time ran out
+    finally:
+        await connections.close()
+
+    assert closed == exchange.connection
