@@ -883,6 +883,13 @@ BREAKS += [
         (f"{HTTP1_TESTS}::test_an_idle_pooled_connection_is_closed_after_its_idle_time",),
     ),
     Break(
+        "a closed upstream's end waits for the loop's next turn",
+        HTTP1,
+        "                    raw.shutdown(socket.SHUT_RDWR)\n",
+        "                    pass\n",
+        (f"{PUSH_TESTS}::test_closing_an_unfinished_stream_sends_the_upstream_its_end_before_the_loop_turns_again",),
+    ),
+    Break(
         "upstream certificates not verified",
         CONNECTIONS,
         "        self.ssl_context = ssl_context or ssl.create_default_context()\n",

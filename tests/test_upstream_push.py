@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import select
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -209,3 +210,17 @@ async def test_closing_a_stream_mid_body_closes_the_upstream_connection(
 
     async with asyncio.timeout(SECONDS):
         assert await raw_upstream.closed.get() == exchange.connection
+
+
+async def test_closing_an_unfinished_stream_sends_the_upstream_its_end_before_the_loop_turns_again(
+    open_stream: Open,
+) -> None:
+    """When a crowd leaves, each upstream's end must not wait behind every other departing handler."""
+    exchange, stream = await open_stream()
+    server_side = exchange.writer.get_extra_info("socket")
+
+    stream.close()
+    # Blocking, so the loop cannot turn: only a FIN already sent makes the socket readable.
+    readable, _, _ = select.select([server_side.fileno()], [], [], SECONDS)
+
+    assert readable

@@ -9,6 +9,8 @@ callback that read it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 from collections.abc import Callable
 
 from .parser import MalformedResponse, ResponseParser
@@ -41,7 +43,6 @@ class Http1Connection(asyncio.Protocol):
         "_received",
         "_size",
         "_waiter",
-        "busy",
         "on_data",
         "reused",
         "transport",
@@ -59,7 +60,6 @@ class Http1Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
         self._received = False
-        self.busy = False
         self.reused = False
         # Set by a push consumer: called after each read's body was buffered, and at the end or failure.
         self.on_data: Callable[[], None] | None = None
@@ -69,7 +69,6 @@ class Http1Connection(asyncio.Protocol):
     def send(self, request: bytes) -> asyncio.Future[ResponseParser]:
         """Write `request`; the future resolves with the parsed head, or fails with ConnectionBroken."""
         assert self.transport is not None
-        self.busy = True
         self._parser = ResponseParser()
         self._body.clear()
         self._size = 0
@@ -95,7 +94,6 @@ class Http1Connection(asyncio.Protocol):
 
     def idle(self) -> None:
         """The pool took this connection back: forget the finished response."""
-        self.busy = False
         self.reused = True
         self._parser = None
         self._head = None
@@ -103,9 +101,22 @@ class Http1Connection(asyncio.Protocol):
         self.resume()
 
     def close(self) -> None:
-        """Close the connection now (the upstream sees it at once)."""
-        if self.transport is not None:
-            self.transport.close()
+        """Close the connection now: the upstream sees its end at once."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        # The transport closes its socket only on the loop's next turn, after every callback queued
+        # before (when a crowd leaves: every other departing client's handler teardown). Shutting
+        # the socket down sends the FIN now; close() then releases it as usual.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                raw = socket.socket(fileno=sock.fileno())
+                try:
+                    raw.shutdown(socket.SHUT_RDWR)
+                finally:
+                    raw.detach()
+        transport.close()
 
     # The body, for the response's reader.
 
