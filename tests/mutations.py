@@ -890,6 +890,20 @@ BREAKS += [
         (f"{PUSH_TESTS}::test_closing_an_unfinished_stream_sends_the_upstream_its_end_before_the_loop_turns_again",),
     ),
     Break(
+        "an upstream's addresses looked up for every new connection",
+        CONNECTIONS,
+        "        if self._addresses and loop.time() < self._resolved_until:\n",
+        "        if False:\n",
+        (f"{HTTP1_TESTS}::test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept",),
+    ),
+    Break(
+        "a crowd of new connections looks the upstream up once each",
+        CONNECTIONS,
+        "        if self._lookup is None:\n",
+        "        if True:\n",
+        (f"{HTTP1_TESTS}::test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept",),
+    ),
+    Break(
         "upstream certificates not verified",
         CONNECTIONS,
         "        self.ssl_context = ssl_context or ssl.create_default_context()\n",

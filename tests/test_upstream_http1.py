@@ -283,3 +283,29 @@ async def test_an_idle_pooled_connection_is_closed_after_its_idle_time(raw_upstr
         await connections.close()
 
     assert closed == exchange.connection
+
+
+async def test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept(
+    raw_upstream: RawUpstream, raw_client: RawClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    look_up = loop.getaddrinfo
+
+    async def counted(host: str, *args: object, **kwargs: object) -> object:
+        lookups.append(host)
+        return await look_up(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    client = raw_client(raw_upstream.url.replace("127.0.0.1", "localhost"))
+    crowd = [asyncio.ensure_future(client.complete(CHAT, f"rid-{n}")) for n in range(3)]
+    exchanges = [await raw_upstream.next() for _ in crowd]  # three connections at once
+    later = asyncio.ensure_future(client.complete(CHAT, "later"))  # a fourth, while they are busy
+    exchanges.append(await raw_upstream.next())
+    for exchange in exchanges:
+        exchange.write(json_reply(b"{}"))
+    async with asyncio.timeout(SECONDS):
+        await asyncio.gather(*crowd, later)
+
+    assert raw_upstream.connections == 4
+    assert lookups == ["localhost"]

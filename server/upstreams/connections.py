@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 from .http1 import Http1Connection
 
 IDLE_SECONDS = 15.0  # aiohttp's keep-alive default; upstream servers commonly keep 60 s or more
+DNS_SECONDS = 10.0  # how long an origin's addresses are kept, as aiohttp's connector kept them
 
 
 class OriginPool:
@@ -28,6 +29,9 @@ class OriginPool:
         self._connections = connections
         self._idle: dict[Http1Connection, asyncio.TimerHandle] = {}
         self._open: set[Http1Connection] = set()
+        self._addresses: list[tuple[str, int]] = []
+        self._resolved_until = 0.0
+        self._lookup: asyncio.Future[list[tuple[str, int]]] | None = None
 
     async def acquire(self, *, fresh: bool = False) -> Http1Connection:
         """A connection to carry one request: the most recently idle one, else (or if `fresh`) a new one.
@@ -72,19 +76,48 @@ class OriginPool:
         loop = asyncio.get_running_loop()
         context = self._connections.ssl_context if self.tls else None
         async with asyncio.timeout(self._connections.connect_timeout):
-            transport, connection = await loop.create_connection(
-                lambda: Http1Connection(self._lost),
-                self.host,
-                self.port,
-                ssl=context,
-                server_hostname=self.host if context is not None else None,
-            )
+            addresses = await self._resolve()
+            for index, (address, port) in enumerate(addresses):
+                try:
+                    transport, connection = await loop.create_connection(
+                        lambda: Http1Connection(self._lost),
+                        address,
+                        port,
+                        ssl=context,
+                        server_hostname=self.host if context is not None else None,
+                    )
+                    break
+                except OSError:
+                    if index == len(addresses) - 1:
+                        raise  # each address refused: the last one's error names the failure
         raw = transport.get_extra_info("socket")
         if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
             # Each request leaves in one write already; this keeps a small one from waiting on an ACK.
             raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._open.add(connection)
         return connection
+
+    async def _resolve(self) -> list[tuple[str, int]]:
+        """The origin's addresses, looked up at most once per DNS_SECONDS, once for a crowd of new connections."""
+        loop = asyncio.get_running_loop()
+        if self._addresses and loop.time() < self._resolved_until:
+            return self._addresses
+        if self._lookup is None:
+            self._lookup = asyncio.ensure_future(self._look_up())
+        # Shielded: one caller's deadline must not cancel the lookup the others wait on.
+        return await asyncio.shield(self._lookup)
+
+    async def _look_up(self) -> list[tuple[str, int]]:
+        loop = asyncio.get_running_loop()
+        try:
+            found = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        finally:
+            self._lookup = None
+        if not found:
+            raise OSError(f"No address found for {self.host}.")
+        self._addresses = [(str(info[4][0]), int(info[4][1])) for info in found]
+        self._resolved_until = loop.time() + DNS_SECONDS
+        return self._addresses
 
     def _lost(self, connection: Http1Connection) -> None:
         """The connection closed (either side): forget it."""
