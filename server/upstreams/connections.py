@@ -9,6 +9,9 @@ bounds the connections carrying a request at once, as aiohttp's TCPConnector `li
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ipaddress
+import math
 import socket
 import ssl
 from urllib.parse import urlsplit
@@ -31,6 +34,9 @@ class OriginPool:
         self._open: set[Http1Connection] = set()
         self._addresses: list[tuple[str, int]] = []
         self._resolved_until = 0.0
+        with contextlib.suppress(ValueError):
+            ipaddress.ip_address(host)
+            self._addresses, self._resolved_until = [(host, port)], math.inf  # an address already
         self._lookup: asyncio.Future[list[tuple[str, int]]] | None = None
 
     async def acquire(self, *, fresh: bool = False) -> Http1Connection:
