@@ -750,6 +750,23 @@ BREAKS += [
         (f"{PUSH_TESTS}::test_a_push_stopped_on_a_small_read_leaves_the_upstream_paused_and_the_next_resumes_it",),
     ),
     Break(
+        "heartbeat fires once",
+        "server/sse.py",
+        "            self._beat = asyncio.get_running_loop().call_later(self._ping_interval, self._heartbeat)\n",
+        "            pass\n",
+        ("tests/test_sse_heartbeat.py::test_heartbeats_repeat_every_interval_while_nothing_else_is_written",),
+    ),
+    Break(
+        "heartbeat never reports a stalled client",
+        "server/sse.py",
+        "            if self._on_stalled is not None:\n                self._on_stalled()\n",
+        "            if self._on_stalled is not None:\n                pass\n",
+        (
+            "tests/test_sse_heartbeat.py::"
+            "test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_reports_a_stall",
+        ),
+    ),
+    Break(
         "client-gone callback waits for the next loop turn",
         "server/sse.py",
         "            self._callback()\n",

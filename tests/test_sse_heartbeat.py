@@ -1,0 +1,90 @@
+"""The SSE response's heartbeat, a timer: it repeats, and a client that takes nothing ends the stream.
+
+The response alone, on an in-process server; clients are raw sockets, so that one can stop reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.sse import SSEResponse
+
+Serve = Callable[[web.Application], Awaitable[TestServer]]
+REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+async def open_reader(server: TestServer, receive_buffer: int | None = None) -> socket.socket:
+    """A raw client that sent its request; with `receive_buffer`, a small kernel buffer it never reads."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+    await asyncio.get_running_loop().sock_sendall(sock, REQUEST)
+    return sock
+
+
+async def test_heartbeats_repeat_every_interval_while_nothing_else_is_written(aiohttp_server: Serve) -> None:
+    """Three intervals of silence, three heartbeats: the timer is set again after each one.
+
+    Catches: the heartbeat not rescheduled after it was sent (server/sse.py, `_heartbeat_sent`).
+    """
+    three = asyncio.Event()
+    beats = 0
+
+    def counted() -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 3:
+            three.set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=0.02, send_timeout=5, on_heartbeat=counted)
+        await response.prepare(request)
+        await asyncio.wait_for(three.wait(), 10)
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    sock = await open_reader(server)
+    loop = asyncio.get_running_loop()
+    body = b""
+    with sock:
+        while not body.endswith(b"0\r\n\r\n"):
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+            assert piece, "the connection closed before the body ended"
+            body += piece
+    assert body.count(b": keep-alive\n\n") >= 3
+
+
+async def test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_reports_a_stall(
+    aiohttp_server: Serve,
+) -> None:
+    """A heartbeat that finds the client's buffer full waits for room, and calls `on_stalled` after `send_timeout`.
+
+    Catches: the stall not reported (server/sse.py, `_heartbeat_waits`).
+    """
+    stalled = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=0.05, send_timeout=0.2, on_stalled=stalled.set)
+        await response.prepare(request)
+        event = b"data: " + b"x" * 8192 + b"\n\n"
+        while response.send_now(event):  # until the client's buffer is over its mark
+            pass
+        await asyncio.wait_for(stalled.wait(), 10)
+        response.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    with await open_reader(server, receive_buffer=4096):
+        await asyncio.wait_for(stalled.wait(), 10)
