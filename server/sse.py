@@ -154,14 +154,20 @@ class SSEResponse(EventSourceResponse):
         sock = transport.get_extra_info("socket") if transport is not None else None
         if _TCP_USER_TIMEOUT is None or self._send_timeout is None or sock is None:
             return
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        family = sock.family
+        if family not in (socket.AF_INET, socket.AF_INET6):
             return
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
-        # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client that
-        # stops reading pins that much kernel memory and costs the gateway the CPU of relaying
-        # megabytes nobody reads before backpressure reaches the upstream. A token stream needs
-        # a few KiB per round trip.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        # One socket object for both options: uvloop's stand-in builds and detaches one per call.
+        real = socket.socket(family, sock.type, sock.proto, sock.fileno())
+        try:
+            real.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
+            # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client
+            # that stops reading pins that much kernel memory and costs the gateway the CPU of
+            # relaying megabytes nobody reads before backpressure reaches the upstream. A token
+            # stream needs a few KiB per round trip.
+            real.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        finally:
+            real.detach()  # the descriptor stays the transport's
 
     def _restore_tcp_user_timeout(self) -> None:
         pass

@@ -754,7 +754,7 @@ BREAKS += [
         "server/sse.py",
         "            self._beat = asyncio.get_running_loop().call_later(self._ping_interval, self._heartbeat)\n",
         "            pass\n",
-        ("tests/test_sse_heartbeat.py::test_heartbeats_repeat_every_interval_while_nothing_else_is_written",),
+        ("tests/test_sse_response.py::test_heartbeats_repeat_every_interval_while_nothing_else_is_written",),
     ),
     Break(
         "heartbeat never reports a stalled client",
@@ -762,9 +762,23 @@ BREAKS += [
         "            if self._on_stalled is not None:\n                self._on_stalled()\n",
         "            if self._on_stalled is not None:\n                pass\n",
         (
-            "tests/test_sse_heartbeat.py::"
+            "tests/test_sse_response.py::"
             "test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_reports_a_stall",
         ),
+    ),
+    Break(
+        "no kernel backstop on a stream's socket",
+        "server/sse.py",
+        "            real.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))\n",
+        "            pass\n",
+        ("tests/test_sse_response.py::test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer",),
+    ),
+    Break(
+        "a stream's kernel send buffer left to autotuning",
+        "server/sse.py",
+        "            real.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)\n",
+        "            pass\n",
+        ("tests/test_sse_response.py::test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer",),
     ),
     Break(
         "client-gone callback waits for the next loop turn",

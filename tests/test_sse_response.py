@@ -1,4 +1,4 @@
-"""The SSE response's heartbeat, a timer: it repeats, and a client that takes nothing ends the stream.
+"""The SSE response: its heartbeat timer (it repeats, a client that takes nothing is reported) and its socket options.
 
 The response alone, on an in-process server; clients are raw sockets, so that one can stop reading.
 """
@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from server.sse import SSEResponse
+from server.sse import SEND_BUFFER_BYTES, SSEResponse
 
 Serve = Callable[[web.Application], Awaitable[TestServer]]
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -88,3 +88,33 @@ async def test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_repo
     server = await aiohttp_server(app)
     with await open_reader(server, receive_buffer=4096):
         await asyncio.wait_for(stalled.wait(), 10)
+
+
+async def test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer(aiohttp_server: Serve) -> None:
+    """TCP_USER_TIMEOUT at three times the send timeout and a 64 KiB send buffer, on the client's socket.
+
+    Catches: either option not set (server/sse.py, `_set_tcp_user_timeout`).
+    """
+    seen: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=2)
+        await response.prepare(request)
+        assert request.transport is not None
+        sock = request.transport.get_extra_info("socket")
+        seen.set_result(
+            (
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            )
+        )
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    with await open_reader(server):
+        user_timeout, send_buffer = await asyncio.wait_for(seen, 10)
+    assert user_timeout == 6000
+    assert send_buffer == 2 * SEND_BUFFER_BYTES  # the kernel doubles it for its bookkeeping
