@@ -219,6 +219,19 @@ class SSEResponse(EventSourceResponse):
         if self._preamble:
             data, self._preamble = self._preamble + data, b""
         stream_writer = cast(StreamWriter, writer)
+        if (
+            data
+            and stream_writer.chunked
+            and stream_writer._headers_buf is None
+            and stream_writer._compress is None
+            and stream_writer._on_chunk_sent is None
+            and stream_writer.on_body_write is None
+            and stream_writer.length is None
+        ):
+            # What aiohttp's write does for a chunk of a started, uncompressed, chunked body, without
+            # building and stepping its coroutine: on every event of a paced stream.
+            stream_writer._write(b"%x\r\n%b\r\n" % (len(data), data))
+            return not stream_writer.protocol.writing_paused
         step = stream_writer.write(data, drain=False)
         try:
             step.send(None)

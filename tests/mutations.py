@@ -837,6 +837,20 @@ BREAKS += [
         (f"{ENDINGS}::test_a_finished_stream_leaves_no_cycle_for_the_collector",),
     ),
     Break(
+        "send_now's shortcut frames a chunk's size in decimal",
+        "server/sse.py",
+        '            stream_writer._write(b"%x\\r\\n%b\\r\\n" % (len(data), data))\n',
+        '            stream_writer._write(b"%d\\r\\n%b\\r\\n" % (len(data), data))\n',
+        ("tests/test_sse_response.py::test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them",),
+    ),
+    Break(
+        "send_now's shortcut skips headers not yet sent",
+        "server/sse.py",
+        "            and stream_writer._headers_buf is None\n",
+        "            and True\n",
+        ("tests/test_sse_response.py::test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them",),
+    ),
+    Break(
         "client-gone callback waits for the next loop turn",
         "server/sse.py",
         "            self._callback()\n",

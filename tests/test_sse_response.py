@@ -118,3 +118,50 @@ async def test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffe
         user_timeout, send_buffer = await asyncio.wait_for(seen, 10)
     assert user_timeout == 6000
     assert send_buffer == 2 * SEND_BUFFER_BYTES  # the kernel doubles it for its bookkeeping
+
+
+EVENTS = [b"data: a\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + "é".encode() * 40 + b"\n\n"]
+
+
+async def raw_reply(server: TestServer) -> bytes:
+    """The whole raw reply to one request (headers and chunked body), read until the server closes."""
+    loop = asyncio.get_running_loop()
+    with await open_reader(server) as sock:
+        reply = b""
+        while not reply.endswith(b"\r\n0\r\n\r\n"):
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+            assert piece, "the connection closed before the body ended"
+            reply += piece
+    return reply
+
+
+async def test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them(aiohttp_server: Serve) -> None:
+    """`send_now` (the push relay's write) puts the same bytes on the wire as aiohttp's `write`.
+
+    Catches: a wrong chunk frame in send_now's shortcut past aiohttp's writer (server/sse.py).
+    """
+
+    async def pushed(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        for event in EVENTS:
+            response.send_now(event)
+        await response.write_eof()
+        return response
+
+    async def written(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        for event in EVENTS:
+            await web.StreamResponse.write(response, event)
+        await response.write_eof()
+        return response
+
+    replies = []
+    for handler in (pushed, written):
+        app = web.Application()
+        app.router.add_get("/", handler)
+        reply = await raw_reply(await aiohttp_server(app))
+        replies.append(reply.partition(b"\r\n\r\n")[2])  # the body: the headers carry a date
+    assert replies[0] == replies[1]
+    assert b"134\r\ndata: " + b"x" * 300 in replies[0]  # 308 bytes: the frame's size is hexadecimal
