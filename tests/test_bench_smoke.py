@@ -7,6 +7,7 @@ the code that drives and measures it); the others differ from those only in thei
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import subprocess
 import sys
@@ -69,6 +70,9 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> QuickRun:
     report, raw = folder / "RESULTS.md", folder / "results.json"
     chosen = [arg for name in SMOKE_WORKLOADS for arg in ("--workload", name)]
     argv = [sys.executable, "-m", "bench", "--quick", *chosen, "--out", str(report), "--json", str(raw)]
+    # A run of a minute or two by design, bounded by its own timeout: pytest's hang dump
+    # (faulthandler_timeout, 100 s) would print every thread's stack into a green run on a busy machine.
+    faulthandler.cancel_dump_traceback_later()
     done = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=QUICK_RUN_TIMEOUT_S, check=False)
     assert done.returncode == 0, done.stderr[-4000:]
     return QuickRun(done.returncode, done.stdout, done.stderr, report.read_text(), json.loads(raw.read_text()), raw)
