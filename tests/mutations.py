@@ -427,9 +427,23 @@ BREAKS = [
     Break(
         "a woken reader elsewhere reads again from Redis",
         REDIS_STORE,
-        "        if not touch and (brought := self._follower.recent(key, seq, limit)):\n",
+        "        if brought := self._follower.recent(key, seq, limit):\n",
         "        if False:\n",
         (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
+        "a reader's report to the producer goes back on its read path",
+        REDIS_STORE,
+        "        self._note_read(stream_id, seq)\n",
+        "        await self._link.client.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
+        "a reader elsewhere is never reported to the producer",
+        REDIS_STORE,
+        "                pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
+        "                pass\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read",),
     ),
     Break(
         "no rewrite after an outage another task noticed",
