@@ -446,6 +446,20 @@ BREAKS = [
         (f"{STORE_TESTS}::test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read",),
     ),
     Break(
+        "one flush in flight at a time",
+        REDIS_WRITE,
+        "FLIGHTS = 2\n",
+        "FLIGHTS = 1\n",
+        (f"{STORE_TESTS}::test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it",),
+    ),
+    Break(
+        "a stream in a flush in flight goes out in another",
+        REDIS_WRITE,
+        "        ready = self._dirty - self._flying\n",
+        "        ready = set(self._dirty)\n",
+        (f"{STORE_TESTS}::test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it",),
+    ),
+    Break(
         "no rewrite after an outage another task noticed",
         REDIS_WRITE,
         "            self._resync_all()\n        if not self._dirty:\n",
