@@ -460,6 +460,20 @@ BREAKS = [
         (f"{STORE_TESTS}::test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it",),
     ),
     Break(
+        "a reader elsewhere waits past half a lease",
+        REDIS_FOLLOW,
+        "        timer = loop.call_later(within, _settle, future, False)\n",
+        "        timer = loop.call_later(3600, _settle, future, False)\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_learns_the_generation_is_lost_once_the_lease_lapses",),
+    ),
+    Break(
+        "a browser stream reader waits on a client that reads nothing",
+        READER,
+        "        async with asyncio.timeout(send_timeout):\n            await response.wait_for_room()\n",
+        "        async with asyncio.timeout(None):\n            await response.wait_for_room()\n",
+        (f"{BOUNDS}::test_a_browser_stream_reader_that_accepts_nothing_is_cut_by_the_send_timeout",),
+    ),
+    Break(
         "no rewrite after an outage another task noticed",
         REDIS_WRITE,
         "            self._resync_all()\n        if not self._dirty:\n",
