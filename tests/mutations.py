@@ -743,6 +743,13 @@ BREAKS += [
         (f"{DOS_PROCESS}::test_a_never_read_detached_stream_holds_its_upstream_back",),
     ),
     Break(
+        "browser streams are never continued after a cut",
+        "server/streams/generation.py",
+        "        continued = continuing(services, self.job, record)\n",
+        "        continued = None\n",
+        ("tests/test_recovery_process.py::test_a_cut_browser_stream_is_continued_by_prefill_without_duplicate_or_gap",),
+    ),
+    Break(
         "n>1 finishes on the first choice",
         "server/relay_events.py",
         "        if len(self.finished) < self.choices:\n",

@@ -182,6 +182,26 @@ async def test_a_continued_stream_reports_the_usage_of_both_parts(continuing: Ga
     assert usage["sluice_continued"] is True
 
 
+async def test_a_cut_browser_stream_is_continued_by_prefill_without_duplicate_or_gap(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-browser")
+    message = "hi\n#sim tokens=8 fault=cut fault_at=3 fail_times=1"
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            continuing.url + "/chat/streams", json={"message": message}, headers={"X-Request-ID": rid}
+        ) as response:
+            stream_id = (await response.json())["id"]
+        async with http.get(f"{continuing.url}/chat/streams/{stream_id}") as response:
+            events = await read_events(response)
+    seen = await attempts(simulator, rid)
+    assert sum(1 for e in events if carries_token(e)) == 3 + 8
+    assert [e.event for e in events if e.event in ("done", "failed")] == ["done"]
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    line = continuing.process.wait_for_event("browser_stream_finished", stream_id=stream_id)
+    assert (line["outcome"], line["continuation"]) == ("completed", "continued")
+
+
 async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
     continuing: Gateway, simulator: Simulator
 ) -> None:

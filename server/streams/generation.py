@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any
@@ -32,6 +32,7 @@ from ..metrics import Metrics
 from ..relay import relay
 from ..settings import Settings
 from ..upstreams.attempts import Upstream
+from ..upstreams.continuation import ContinuedStream
 from ..upstreams.stream import UpstreamStream
 from .backlog import Backlog
 from .store import StoredEvent, StreamStore
@@ -113,20 +114,36 @@ class StoreSink:
 
 
 class UpstreamChunks:
-    """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too."""
+    """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too.
 
-    def __init__(self, upstream: Upstream, body: dict[str, Any], request_id: str, backlog: Backlog) -> None:
+    With `continued`, a cut after tokens is continued by assistant prefill (upstreams/continuation.py),
+    as on the attached path.
+    """
+
+    def __init__(
+        self,
+        upstream: Upstream,
+        job: Job,
+        record: RequestRecord,
+        backlog: Backlog,
+        continued: Continuing | None = None,
+    ) -> None:
         self.held_back = 0  # times the upstream was held back
         self._upstream = upstream
-        self._body = body
-        self._request_id = request_id
+        self._job = job
+        self._record = record
         self._backlog = backlog
+        self._continuing = continued
         self._stream: UpstreamStream | None = None
+        self._continued: ContinuedStream | None = None
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
-        self._stream = await self._upstream.open_stream(self._body, self._request_id)
-        async for batch in self._stream:
-            yield batch
+        self._stream = await self._upstream.open_stream(self._job.body, self._job.request_id, self._record)
+        source: AsyncIterable[Sequence[Chunk]] = self._stream
+        if self._continuing is not None:
+            source = self._continued = self._continuing(self._stream)
+        async for batch in source:
+            yield list(batch)
             # The relay stored the batch; read no more while readers are that far behind.
             if self._backlog.full:
                 if not self.held_back:
@@ -140,9 +157,32 @@ class UpstreamChunks:
         return self._stream.malformed if self._stream is not None else 0
 
     def close(self) -> None:
-        """Close the upstream request, if it was opened; an unfinished one is cancelled."""
+        """Close the upstream request, if it was opened, and its continuations; an unfinished one is cancelled."""
         if self._stream is not None:
             self._stream.close()
+        if self._continued is not None:
+            self._continued.close()
+
+
+Continuing = Callable[[UpstreamStream], ContinuedStream]
+
+
+def continuing(services: Services, job: Job, record: RequestRecord) -> Continuing | None:
+    """How a cut stream of `job` is continued, or None when no upstream of its model can."""
+    if not services.upstream.continues(job.model):
+        return None
+    metrics = services.metrics
+
+    async def resume(text: str) -> UpstreamStream:
+        model = str(record.extra.get("served_model") or job.model)
+        return await services.upstream.open_continuation({**job.body, "model": model}, text, job.request_id, record)
+
+    def on_result(result: str) -> None:
+        metrics.child(metrics.continuations, result).inc()
+        record.extra["continuation"] = result
+
+    idle = services.settings.upstream.idle_timeout
+    return lambda stream: ContinuedStream(stream, resume, on_result, idle_timeout=idle)
 
 
 class Generation:
@@ -177,10 +217,11 @@ class Generation:
         """Relay the upstream's reply into the store, end it with a final event, and log it."""
         self._task = asyncio.current_task()
         services = self._services
-        self._guard = guard = StreamGuard(_deadlines(services.settings))
         record = RequestRecord(started=self._started, route=self.job.route, model=self.job.model, stream=True)
         dialect = NativeDialect(self.job.stream_id, services.settings.stream.retry_ms)
-        chunks = UpstreamChunks(services.upstream, self.job.body, self.job.request_id, self.backlog)
+        continued = continuing(services, self.job, record)
+        self._guard = guard = StreamGuard(_deadlines(services.settings, continued=continued is not None))
+        chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, continued)
         sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
         # A stop or shutdown asked for before this task ran takes effect at its first await.
         if self._stop_reason is not None and self._task is not None:
@@ -256,18 +297,22 @@ class Generation:
             events=dialect.seq,
             malformed_chunks=record.malformed_chunks,
             held_back=record.extra.get("held_back", 0),
+            continuation=record.extra.get("continuation"),
             duration_ms=round(duration * 1000, 2),
         )
         # Whatever happened, readers got it as an event on a 200 stream.
         self._services.metrics.chat_finished(record, duration, 200)
 
 
-def _deadlines(settings: Settings) -> Deadlines:
-    """The attached path's stream deadlines; `send` never trips, as the store accepts at once."""
+def _deadlines(settings: Settings, *, continued: bool) -> Deadlines:
+    """The attached path's stream deadlines; `send` never trips, as the store accepts at once.
+
+    `continued`: the continuation watches the idle gap itself, and the guard leaves it room to open.
+    """
     up = settings.upstream
     return Deadlines(
         first_token=up.first_token_timeout,
-        idle=up.idle_timeout,
+        idle=up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0),
         total=up.total_timeout,
         send=settings.stream.send_timeout,
     )
