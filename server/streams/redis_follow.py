@@ -225,5 +225,6 @@ class Follower:
 
 
 def _settle(future: asyncio.Future[bool], result: bool) -> None:
+    """Answer a wait, unless it was answered already."""
     if not future.done():
         future.set_result(result)

@@ -4,7 +4,9 @@ The streams this instance produces are kept in a local MemoryStreamStore too: it
 read from memory, a running stream goes on when Redis goes away, and it is what catches Redis
 up when Redis returns (see redis_write.py). Streams produced elsewhere are read from Redis:
 waits with blocking XREADs on a few shared connections, whose entries then serve the readers
-they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring.
+they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring. What
+readers here have read is told to the producers (their backlog, and "a reader is here") by a
+background task, in one pipeline for every stream, never on a reader's path.
 
 A reader elsewhere learns that the producer died from its lease: when a wait brings nothing for
 half a lease and the lease has lapsed without an end entry, the wait raises GenerationLostError.
