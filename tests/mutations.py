@@ -446,20 +446,6 @@ BREAKS = [
         (f"{STORE_TESTS}::test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read",),
     ),
     Break(
-        "one flush in flight at a time",
-        REDIS_WRITE,
-        "FLIGHTS = 2\n",
-        "FLIGHTS = 1\n",
-        (f"{STORE_TESTS}::test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it",),
-    ),
-    Break(
-        "a stream in a flush in flight goes out in another",
-        REDIS_WRITE,
-        "        ready = self._dirty - self._flying\n",
-        "        ready = set(self._dirty)\n",
-        (f"{STORE_TESTS}::test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it",),
-    ),
-    Break(
         "a reader elsewhere waits past half a lease",
         REDIS_FOLLOW,
         "        timer = loop.call_later(within, _settle, future, False)\n",

@@ -259,45 +259,6 @@ async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_o
     assert pipelines <= 3
 
 
-async def test_while_a_flush_is_in_flight_other_streams_events_go_out_and_its_own_wait_for_it(
-    make_store: Callable[..., Any], redis_client: aioredis.Redis
-) -> None:
-    producer = await make_store(lease=120)  # no lease renewal meanwhile: every pipeline below is a flush
-    for stream_id in ("held", "other"):
-        assert await producer.create(stream_id)
-    client = producer._link.client
-    make_pipeline = client.pipeline
-    held, release = asyncio.Event(), asyncio.Event()
-
-    def first_held(*args: Any, **kwargs: Any) -> Any:
-        pipe = make_pipeline(*args, **kwargs)
-        execute = pipe.execute
-
-        async def execute_when_released(*args: Any, **kwargs: Any) -> Any:
-            if not held.is_set():  # the first flush, standing for a slow round trip
-                held.set()
-                await release.wait()
-            return await execute(*args, **kwargs)
-
-        pipe.execute = execute_when_released
-        return pipe
-
-    client.pipeline = first_held
-    for seq in (1, 2, 3):
-        await producer.append("held", event(seq))
-    await asyncio.wait_for(held.wait(), 10)
-    for seq in (4, 5, 6):
-        await producer.append("held", event(seq))
-    await producer.append("other", event(1))
-    # The other stream's event lands while the first flush is still out (a long-poll on its key)...
-    assert await redis_client.xread({KEYS.events("other"): "0-0"}, block=10_000)
-    # ...and the held stream's later events did not overtake its earlier ones.
-    assert await redis_client.xlen(KEYS.events("held")) == 0
-    release.set()
-    await producer.finish("held")
-    assert await asyncio.wait_for(read_all(await make_store(), "held"), 10) == [1, 2, 3, 4, 5, 6]
-
-
 async def test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end(
     make_store: Callable[..., Any],
 ) -> None:

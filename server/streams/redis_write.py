@@ -1,12 +1,10 @@
 """Copy this instance's streams into Redis without the relay ever waiting on it.
 
 The relay's `append` only records the event (in the local buffer, which serves local readers,
-and as pending here) and wakes the flusher tasks. A flusher sends everything pending for every
-stream in one script call; while that round trip is in flight, a second flusher sends what came
-for the other streams, and a stream's new events gather until its own flush has landed (so they
-never overtake it). The batches grow with the load and an idle stream's event goes out at once.
-XADD with the event's own sequence number as the entry id makes a write idempotent: one sent
-twice is rejected.
+and as pending here) and wakes one flusher task. The flusher sends everything pending for every
+stream in one script call; while that round trip is in flight new events gather, so the batches
+grow with the load and an idle stream's event goes out at once. XADD with the event's own
+sequence number as the entry id makes a write idempotent: one sent twice is rejected.
 
 When Redis fails, events stay in memory (the local buffers are bounded anyway). After any
 outage, noticed by whichever task, the next flush rewrites every stream this instance still holds
@@ -31,10 +29,6 @@ from .redis_keys import END, EVENT, StreamKeys
 from .store import StoredEvent
 
 log = structlog.get_logger("sluice.streams")
-
-# Flushes in flight at once, each a flusher task: while one's round trip is out, the events of
-# the streams not in it go out in another instead of waiting for it (a stream is in one at most).
-FLIGHTS = 2
 
 # One command per flush, whatever the streams and events: redis-py builds and parses each command
 # in Python, which cost more than Redis did (one command per stream and flush before; one per
@@ -98,7 +92,6 @@ class RedisWriter:
         self._lease_ms = int(link.settings.lease_seconds * 1000)
         self._outboxes: dict[str, _Outbox] = {}
         self._dirty: set[str] = set()
-        self._flying: set[str] = set()  # the streams in a flush in flight: in one at most
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._outages_seen = link.outages
@@ -108,14 +101,14 @@ class RedisWriter:
 
     def start(self) -> None:
         self._tasks = [
-            *(asyncio.create_task(self._flush_forever(), name=f"sluice-redis-flush-{n}") for n in range(FLIGHTS)),
+            asyncio.create_task(self._flush_forever(), name="sluice-redis-flush"),
             asyncio.create_task(self._renew_forever(), name="sluice-redis-renew"),
         ]
 
     async def close(self) -> None:
         """Stop, then send what is pending if Redis answers now."""
-        # The flushers first: the last flush must not overlap one of theirs. One cut short marks
-        # its streams for a full rewrite.
+        # The flusher first: two flushes at once could land out of order, and Redis would refuse
+        # the earlier events as replays. One cut short marks its streams for a full rewrite.
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -180,16 +173,13 @@ class RedisWriter:
         if self._link.outages != self._outages_seen:
             self._outages_seen = self._link.outages
             self._resync_all()
-        # A stream in the flush in flight waits for it: its later events landing first, XADD would
-        # refuse the earlier ones as replays.
-        ready = self._dirty - self._flying
-        if not ready:
+        if not self._dirty:
             return
-        self._dirty -= ready
+        dirty, self._dirty = self._dirty, set()
         keys: list[str] = []
         args: list[bytes | int | str] = [self._max_entries, EVENT, END]
         sent: list[tuple[str, _Outbox, list[StoredEvent]]] = []
-        for stream_id in ready:
+        for stream_id in dirty:
             box = self._outboxes.get(stream_id)
             if box is None:
                 continue
@@ -198,8 +188,6 @@ class RedisWriter:
             box.pending, box.resync = [], False
         if not sent:
             return
-        flying = [stream_id for stream_id, _, _ in sent]
-        self._flying.update(flying)
         pipe = self._link.client.pipeline(transaction=False)
         pipe.eval(_FLUSH, len(keys), *keys, *args)
         try:
@@ -211,10 +199,6 @@ class RedisWriter:
                 box.resync = True
                 self._dirty.add(stream_id)
             raise
-        finally:
-            self._flying.difference_update(flying)
-        if self._dirty:
-            self._wake.set()  # what waited for this flush, for whichever flusher is free
         if isinstance(result, ResponseError):
             # The script stopped part-way (a bug worth a line): rewrite these streams in full at the next flush.
             log.error("redis_write_refused", error=str(result))
