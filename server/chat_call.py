@@ -106,7 +106,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 record,
                 final_write_timeout=settings.stream.send_timeout,
                 shutdown_retry_ms=settings.server.retry_after * 1000,
-                gaps=metrics.child(metrics.chunk_gap, record.route),
+                gaps=metrics.gaps(record.route),
                 choices=_choices(body),
             )
             await response.finish()

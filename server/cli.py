@@ -159,10 +159,16 @@ def serve(
     # 60-500 ms with thousands of live streams, enough to stall streams and overflow the accept queue.
     gc.collect()
     gc.freeze()
-    # A stream's objects live for seconds: at Python's default (700 net new objects) each one is
-    # traversed by dozens of young and middle collections before it dies. bench/, 1,000 paced
-    # streams: 426 collections taking 550-690 ms of CPU with the default, 15 taking 190-230 ms
-    # at this threshold, and one full collection instead of three.
+    # A finished stream leaves no garbage for the collector (tests/test_stream_endings.py): what
+    # triggers its collections is the live set growing as streams open (~180 tracked objects a
+    # stream), and they find nothing to free, so each pause is pure delay for every stream. A
+    # young pause grows with this threshold, a middle one with it times the middle threshold
+    # (gen1's 10): the fewest young collections, short enough that 1,000 streams never reach a
+    # middle one, is the choice. bench/ streams-1k (one worker, /v1, pauses by gc.callbacks, two
+    # runs each): (20000, 10) 9 young, 55-87 ms in all, longest 9-17 ms; (5000, 10) 36 with 3
+    # middle, 125-143 ms, longest 31-35 ms; (50000, 10) 3 young, 70-76 ms, longest 26-28 ms;
+    # Python's (700, 10), measured with the per-stream cycle still there: ~250 with 21 middle and
+    # a full one, 170-190 ms, longest 33-75 ms.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     web.run_app(
         app,

@@ -42,7 +42,7 @@ from .streams.registry import READ_SLACK, StreamRegistry
 from .streams.store import StreamStore
 from .upstreams.attempts import Upstream
 from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
-from .upstreams.client import UpstreamClient, create_upstream_session
+from .upstreams.client import UpstreamClient, create_upstream_connections
 from .upstreams.pool import Pool
 from .upstreams.probe import probe_once
 
@@ -74,15 +74,15 @@ async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
-    """One pooled session for every upstream, and the routing between them, for the app's lifetime."""
+    """The connection pools of every upstream, and the routing between them, for the app's lifetime."""
     settings = app[SETTINGS]
-    session = create_upstream_session(settings.upstream)
+    connections = create_upstream_connections(settings.upstream)
     entries = settings.upstream_entries(app.get(SIMULATOR_URL))
     caps = settings.connections
     clients = [
         UpstreamClient(
             entry,
-            session,
+            connections,
             settings.upstream,
             max_event_bytes=caps.max_upstream_event_bytes,
             max_reply_bytes=caps.max_upstream_reply_bytes,
@@ -109,7 +109,7 @@ async def upstream_ctx(app: web.Application) -> AsyncIterator[None]:
     )
     app[UPSTREAM] = Upstream(Pool(clients), breakers, routing, metrics)
     yield
-    await session.close()
+    await connections.close()
 
 
 async def redis_ctx(app: web.Application) -> AsyncIterator[None]:

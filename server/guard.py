@@ -98,10 +98,11 @@ class StreamGuard:
     def close(self) -> None:
         """Stop watching; the stream is over."""
         self._stop_timer()
-        # Nothing is cancelled from now on. Held, the task would close a cycle (the task's result
-        # is the response, whose stall callback is this guard): garbage for the collector, not
-        # for reference counting, on every request.
+        # Nothing is cancelled or aborted from now on. Held, the task and the response's abort
+        # would each close a cycle (the task's result is the response, whose stall callback is
+        # this guard): garbage for the collector, not for reference counting, on every request.
         self._task = None
+        self._on_send_timeout = None
 
     def consume_expiry(self) -> Expiry | None:
         """After a CancelledError: the guard's reason, with its cancellation undone, or None.

@@ -7,6 +7,7 @@ With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; serve
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -101,6 +102,10 @@ class Metrics:
             found = self._children[key] = metric.labels(*labels)
         return found
 
+    def gaps(self, route: str) -> GapTally:
+        """A new stream's tally of the gaps between its chunks, for `sluice_chunk_gap_seconds`."""
+        return GapTally(self.child(self.chunk_gap, route))
+
     def chat_finished(self, record: RequestRecord, duration: float, status: int) -> None:
         """Record what one chat request did, once, when it ends."""
         route = record.route
@@ -143,3 +148,43 @@ class Metrics:
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return registry
         return self.registry
+
+
+class GapTally:
+    """One stream's chunk gaps, counted here and added to its histogram in bulk.
+
+    `Histogram.observe` takes two locks per call, and a paced stream observes a gap per event:
+    here an observation is a bucket count in a list, and the histogram gets the counts and the sum
+    once a second of gaps has gathered (so /metrics lags a long stream by about a second) and when
+    the stream ends (`flush`). Same buckets and sum as observing each gap; it leans on
+    prometheus-client's Histogram keeping a value per bucket (`_buckets`, `_sum`, `_upper_bounds`).
+    """
+
+    __slots__ = ("_bounds", "_counts", "_histogram", "_sum")
+
+    FLUSH_AFTER = 1.0  # seconds of gaps
+
+    def __init__(self, histogram: Histogram) -> None:
+        self._histogram = histogram
+        self._bounds: tuple[float, ...] = tuple(histogram._upper_bounds)
+        self._counts = [0] * len(self._bounds)
+        self._sum = 0.0
+
+    def observe(self, amount: float) -> None:
+        """Count one gap (seconds) in its bucket: the first whose upper bound is not below it."""
+        self._counts[bisect_left(self._bounds, amount)] += 1
+        self._sum += amount
+        if self._sum >= self.FLUSH_AFTER:
+            self.flush()
+
+    def flush(self) -> None:
+        """Add what was counted since the last flush to the histogram."""
+        if not self._sum and not any(self._counts):
+            return
+        buckets = self._histogram._buckets
+        for index, count in enumerate(self._counts):
+            if count:
+                buckets[index].inc(count)
+                self._counts[index] = 0
+        self._histogram._sum.inc(self._sum)
+        self._sum = 0.0

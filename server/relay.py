@@ -91,6 +91,9 @@ class _NoGaps:
     def observe(self, amount: float) -> None:
         pass
 
+    def flush(self) -> None:
+        pass
+
 
 async def relay(
     chunks: AsyncIterable[Sequence[Chunk]],
@@ -143,6 +146,8 @@ async def relay(
         record.error_code = error.code
         log.warning("upstream_stream_failed", error=type(exc).__name__)
         await _write_final(sink, dialect.failure(error), final_write_timeout)
+    finally:
+        events.flush_gaps()
 
 
 async def _forward(
@@ -230,6 +235,7 @@ async def _push_forward(
 async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
     """End a stream whose upstream body ended: the done event, or an error if it never finished."""
     done = events.done()
+    events.flush_gaps()  # before the last write: a client that saw the end finds its gaps in /metrics
     guard.writing()
     write_last = getattr(sink, "write_last", None)
     await (sink.write if write_last is None else write_last)(held + done if held else done)

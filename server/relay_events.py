@@ -12,9 +12,12 @@ from .errors import UpstreamError, UpstreamProtocolError
 
 
 class GapObserver(Protocol):
-    """Records the time between two chunks (a Prometheus histogram child)."""
+    """Records the time between two chunks (metrics.GapTally: a Prometheus histogram, in bulk)."""
 
     def observe(self, amount: float) -> None: ...
+
+    def flush(self) -> None:
+        """Publish what was observed; the stream is ending."""
 
 
 class RelayEvents:
@@ -64,6 +67,10 @@ class RelayEvents:
             return None
         # Chunks that arrived in one read go out in one write: none waits for another.
         return events[0] if len(events) == 1 else b"".join(events)
+
+    def flush_gaps(self) -> None:
+        """Publish the gaps observed so far (the stream is ending)."""
+        self._gaps.flush()
 
     def done(self) -> bytes:
         """The final event of a stream whose body ended; raise if it ended before finishing."""

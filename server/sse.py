@@ -1,9 +1,11 @@
 """The SSE response every stream is written to: aiohttp-sse's, tuned for relaying.
 
 Events arrive already encoded (see dialects.py) and are written with `write()`, skipping the
-per-event string building of `send()`. aiohttp-sse supplies the headers, refuses compression,
-sets TCP_USER_TIMEOUT so the kernel drops a peer that stops acknowledging, and runs the
-heartbeat task.
+per-event string building of `send()`. aiohttp-sse supplies the headers, refuses compression and
+sets TCP_USER_TIMEOUT so the kernel drops a peer that stops acknowledging. The heartbeat is a
+timer, not aiohttp-sse's task: a task per stream cost two loop turns (started, then cancelled
+and awaited at the end) and left a cycle for the collector (the cancelled task's error holds the
+response); a task runs only for a heartbeat that finds the client's buffer full.
 """
 
 from __future__ import annotations
@@ -94,25 +96,48 @@ class SSEResponse(EventSourceResponse):
         # Goes out ahead of the first write, event or heartbeat (the native dialect's `retry:`
         # line): written alone it cost a send per stream.
         self._preamble = preamble
+        self._beat: asyncio.TimerHandle | None = None
+        self._beats_stopped = False
 
-    async def _ping(self) -> None:
-        # aiohttp-sse's ping loop, with a comment the OpenAI SDKs' parsers skip, counted for metrics.
-        while True:
-            await asyncio.sleep(self._ping_interval)
-            try:
-                async with asyncio.timeout(self._ping_send_timeout):
-                    await self.write(HEARTBEAT)
-            except TimeoutError:
-                # The client accepts nothing: let the stream's owner end it (and log why).
-                if self._on_stalled is not None:
-                    self._on_stalled()
-                else:
-                    self._abort_transport()
-                break
-            except (ConnectionResetError, RuntimeError):
-                break
-            if self._on_heartbeat is not None:
-                self._on_heartbeat()
+    @property
+    def heartbeat_pending(self) -> bool:
+        """True while a heartbeat is due (its timer) or under way (a write waiting for room)."""
+        return self._beat is not None or (self._ping_task is not None and not self._ping_task.done())
+
+    def _heartbeat(self) -> None:
+        # Every interval a comment the OpenAI SDKs' parsers skip, counted for metrics: written at
+        # once from the timer, unless the client's buffer is over its mark.
+        self._beat = None
+        try:
+            room = self.send_now(HEARTBEAT)
+        except (ConnectionResetError, RuntimeError):
+            return  # the client left, or the body ended
+        if room:
+            self._heartbeat_sent()
+        else:
+            self._ping_task = asyncio.get_running_loop().create_task(self._heartbeat_waits())
+
+    async def _heartbeat_waits(self) -> None:
+        """Wait for the client to take the heartbeat, at most the send timeout."""
+        try:
+            async with asyncio.timeout(self._ping_send_timeout):
+                await self.wait_for_room()
+        except TimeoutError:
+            # The client accepts nothing: let the stream's owner end it (and log why).
+            if self._on_stalled is not None:
+                self._on_stalled()
+            else:
+                self._abort_transport()
+            return
+        except (ConnectionResetError, RuntimeError):
+            return
+        self._heartbeat_sent()
+
+    def _heartbeat_sent(self) -> None:
+        if self._on_heartbeat is not None:
+            self._on_heartbeat()
+        if not self._eof_sent and not self._beats_stopped:
+            self._beat = asyncio.get_running_loop().call_later(self._ping_interval, self._heartbeat)
 
     def _flush_headers(self) -> None:
         # Nothing was written in the loop turn that prepared the response: send the headers alone.
@@ -129,14 +154,20 @@ class SSEResponse(EventSourceResponse):
         sock = transport.get_extra_info("socket") if transport is not None else None
         if _TCP_USER_TIMEOUT is None or self._send_timeout is None or sock is None:
             return
-        if sock.family not in (socket.AF_INET, socket.AF_INET6):
+        family = sock.family
+        if family not in (socket.AF_INET, socket.AF_INET6):
             return
-        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
-        # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client that
-        # stops reading pins that much kernel memory and costs the gateway the CPU of relaying
-        # megabytes nobody reads before backpressure reaches the upstream. A token stream needs
-        # a few KiB per round trip.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        # One socket object for both options: uvloop's stand-in builds and detaches one per call.
+        real = socket.socket(family, sock.type, sock.proto, sock.fileno())
+        try:
+            real.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))
+            # A fixed kernel send buffer: autotuned, it grows to megabytes (tcp_wmem), so a client
+            # that stops reading pins that much kernel memory and costs the gateway the CPU of
+            # relaying megabytes nobody reads before backpressure reaches the upstream. A token
+            # stream needs a few KiB per round trip.
+            real.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+        finally:
+            real.detach()  # the descriptor stays the transport's
 
     def _restore_tcp_user_timeout(self) -> None:
         pass
@@ -160,7 +191,7 @@ class SSEResponse(EventSourceResponse):
             raise ClientConnectionResetError("Cannot write to closing transport")
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
         loop = asyncio.get_running_loop()
-        self._ping_task = loop.create_task(self._ping())
+        self._beat = loop.call_later(self._ping_interval, self._heartbeat)
         loop.call_soon(self._flush_headers)
         return writer
 
@@ -188,6 +219,19 @@ class SSEResponse(EventSourceResponse):
         if self._preamble:
             data, self._preamble = self._preamble + data, b""
         stream_writer = cast(StreamWriter, writer)
+        if (
+            data
+            and stream_writer.chunked
+            and stream_writer._headers_buf is None
+            and stream_writer._compress is None
+            and stream_writer._on_chunk_sent is None
+            and stream_writer.on_body_write is None
+            and stream_writer.length is None
+        ):
+            # What aiohttp's write does for a chunk of a started, uncompressed, chunked body, without
+            # building and stepping its coroutine: on every event of a paced stream.
+            stream_writer._write(b"%x\r\n%b\r\n" % (len(data), data))
+            return not stream_writer.protocol.writing_paused
         step = stream_writer.write(data, drain=False)
         try:
             step.send(None)
@@ -229,6 +273,10 @@ class SSEResponse(EventSourceResponse):
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
+        self._beats_stopped = True
+        if self._beat is not None:
+            self._beat.cancel()
+            self._beat = None
         if self._ping_task is not None:
             self._ping_task.cancel()
 
@@ -249,9 +297,9 @@ class SSEResponse(EventSourceResponse):
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""
+        self.stop_heartbeat()
         if self._ping_task is not None:
-            self.stop_streaming()
-            await self.wait()
+            await self.wait()  # a heartbeat that was waiting for room, cancelled just now
         with contextlib.suppress(ConnectionResetError, RuntimeError):
             await self.write_eof()
 

@@ -11,11 +11,15 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, async_playwright
+from pydantic import SecretStr
 
 from server.app import create_app
-from server.settings import Settings, load_settings
+from server.settings import Settings, UpstreamEntry, load_settings
+from server.upstreams.client import UpstreamClient
+from server.upstreams.connections import Connections
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
+from tests.support.raw_upstream import RawUpstream
 from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,3 +134,34 @@ def start_nginx_in_front(tmp_path: Path) -> Iterator[StartNginx]:
     yield start
     for server in started:
         server.stop()
+
+
+@pytest.fixture
+async def raw_upstream() -> AsyncIterator[RawUpstream]:
+    """A loopback HTTP/1.1 server in this process whose answers the test writes byte by byte."""
+    upstream = RawUpstream()
+    await upstream.start()
+    yield upstream
+    await upstream.stop()
+
+
+@pytest.fixture
+async def upstream_connections() -> AsyncIterator[Connections]:
+    """The upstream connection pools, as the app opens them (no limit), closed after the test."""
+    connections = Connections(max_connections=0, connect_timeout=5)
+    yield connections
+    await connections.close()
+
+
+RawClient = Callable[[str], UpstreamClient]
+
+
+@pytest.fixture
+def raw_client(upstream_connections: Connections) -> RawClient:
+    """Build the upstream client for a base URL, on the test's connection pools."""
+
+    def build(base_url: str) -> UpstreamClient:
+        entry = UpstreamEntry(name="raw", base_url=base_url, api_key=SecretStr("k"))
+        return UpstreamClient(entry, upstream_connections, make_settings().upstream)
+
+    return build

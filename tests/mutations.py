@@ -53,6 +53,10 @@ OPENAI_ROUTES = "server/routes/openai.py"
 UPSTREAM = "server/upstreams/client.py"
 RELAY = "server/relay.py"
 PUSH = "server/upstreams/push.py"
+HTTP1 = "server/upstreams/http1.py"
+PARSER = "server/upstreams/parser.py"
+CONNECTIONS = "server/upstreams/connections.py"
+RESPONSE = "server/upstreams/response.py"
 
 REDIS_STORE = "server/streams/redis_store.py"
 REDIS_WRITE = "server/streams/redis_write.py"
@@ -73,6 +77,7 @@ UPSTREAM_ERRORS = "tests/test_upstream_errors.py"
 ENDINGS = "tests/test_stream_endings.py"
 RELAY_TESTS = "tests/test_relay.py"
 PUSH_TESTS = "tests/test_upstream_push.py"
+HTTP1_TESTS = "tests/test_upstream_http1.py"
 STREAMING = "tests/test_streaming_process.py"
 STARTUP = "tests/test_startup_errors.py"
 SUPERVISOR = "tests/test_workers.py"
@@ -210,9 +215,9 @@ BREAKS = [
     ),
     Break(
         "error body read once",
-        UPSTREAM,
-        "_read_up_to(response.content, ERROR_BODY_LIMIT)",
-        "response.content.read(ERROR_BODY_LIMIT)",
+        RESPONSE,
+        "        while size < limit and (piece := await self.body.read()):\n",
+        "        if size < limit and (piece := await self.body.read()):\n",
         (f"{UPSTREAM_ERRORS}::test_an_upstream_error_body_that_arrives_in_pieces_is_read_whole[chat]",),
     ),
     Break(
@@ -717,8 +722,8 @@ BREAKS += [
     Break(
         "non-streaming reply unbounded",
         UPSTREAM,
-        "                return await _read_bounded(response, self._max_reply_bytes)\n",
-        "                return await response.read()\n",
+        "                reply = await response.read_bounded(self._max_reply_bytes)\n",
+        "                reply = await response.read_bounded(1 << 40)\n",
         (f"{DOS_PROCESS}::test_a_huge_non_streaming_reply_is_502_counted_after_decompression",),
     ),
     Break(
@@ -773,16 +778,110 @@ BREAKS += [
     Break(
         "push callback loses the request's context",
         PUSH,
-        "(self._deferred_pump, context=self._context)\n",
-        "(self._deferred_pump)\n",
+        "        self._context.run(self._pump)\n",
+        "        self._pump()\n",
         (f"{PUSH_TESTS}::test_the_callback_runs_in_the_context_of_the_caller_of_push",),
     ),
     Break(
         "a new push never resumes a paused upstream",
         PUSH,
-        "            transport.resume_reading()  # paused by the push before this one (see _pump)\n",
+        "            body.resume()  # paused by the push before this one, or by a full buffer while nobody pushed\n",
         "            pass\n",
-        (f"{PUSH_TESTS}::test_a_push_stopped_on_a_small_read_leaves_the_upstream_paused_and_the_next_resumes_it",),
+        (f"{PUSH_TESTS}::test_a_full_consumer_pauses_the_upstream_and_the_next_push_resumes_it_in_order",),
+    ),
+    Break(
+        "heartbeat fires once",
+        "server/sse.py",
+        "            self._beat = asyncio.get_running_loop().call_later(self._ping_interval, self._heartbeat)\n",
+        "            pass\n",
+        ("tests/test_sse_response.py::test_heartbeats_repeat_every_interval_while_nothing_else_is_written",),
+    ),
+    Break(
+        "heartbeat never reports a stalled client",
+        "server/sse.py",
+        "            if self._on_stalled is not None:\n                self._on_stalled()\n",
+        "            if self._on_stalled is not None:\n                pass\n",
+        (
+            "tests/test_sse_response.py::"
+            "test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_reports_a_stall",
+        ),
+    ),
+    Break(
+        "no kernel backstop on a stream's socket",
+        "server/sse.py",
+        "            real.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(self._send_timeout * 1000))\n",
+        "            pass\n",
+        ("tests/test_sse_response.py::test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer",),
+    ),
+    Break(
+        "a stream's kernel send buffer left to autotuning",
+        "server/sse.py",
+        "            real.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)\n",
+        "            pass\n",
+        ("tests/test_sse_response.py::test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer",),
+    ),
+    Break(
+        "plain-delta fast path ignores a usage field before the choices",
+        "server/chunks.py",
+        '    return isinstance(fields, dict) and "error" not in fields and "usage" not in fields\n',
+        '    return isinstance(fields, dict) and "error" not in fields\n',
+        ("tests/test_chunks.py::test_a_plain_content_delta_read_from_its_bytes_is_the_chunk_the_full_parse_gives",),
+    ),
+    Break(
+        "plain-delta fast path takes malformed fields",
+        "server/chunks.py",
+        "    if start < 1 or not _plain_fields(raw[:start]):\n",
+        "    if start < 1:\n",
+        ("tests/test_chunks.py::test_a_plain_content_delta_read_from_its_bytes_is_the_chunk_the_full_parse_gives",),
+    ),
+    Break(
+        "gap tally counts a gap one bucket low",
+        "server/metrics.py",
+        "        self._counts[bisect_left(self._bounds, amount)] += 1\n",
+        "        self._counts[bisect_left(self._bounds, amount) - 1] += 1\n",
+        ("tests/test_metrics_units.py::test_gaps_tallied_per_stream_give_the_histogram_observing_each_gap_gives",),
+    ),
+    Break(
+        "gap tally publishes only at the stream's end",
+        "server/metrics.py",
+        "        if self._sum >= self.FLUSH_AFTER:\n",
+        "        if False:\n",
+        ("tests/test_metrics_units.py::test_a_long_stream_shows_its_gaps_in_metrics_before_it_ends",),
+    ),
+    Break(
+        "gaps published after the stream's last write",
+        RELAY,
+        "    events.flush_gaps()  # before the last write: a client that saw the end finds its gaps in /metrics\n",
+        "",
+        (f"{RELAY_TESTS}::test_a_finished_streams_gaps_are_published_before_its_last_write",),
+    ),
+    Break(
+        "a failed stream's gaps never published",
+        RELAY,
+        "    finally:\n        events.flush_gaps()\n",
+        "    finally:\n        pass\n",
+        (f"{RELAY_TESTS}::test_a_failed_streams_gaps_are_published_too",),
+    ),
+    Break(
+        "a closed guard keeps the response's abort",
+        "server/guard.py",
+        "        self._on_send_timeout = None\n",
+        "",
+        (f"{ENDINGS}::test_a_finished_stream_leaves_no_cycle_for_the_collector",),
+    ),
+    Break(
+        "send_now's shortcut frames a chunk's size in decimal",
+        "server/sse.py",
+        '            stream_writer._write(b"%x\\r\\n%b\\r\\n" % (len(data), data))\n',
+        '            stream_writer._write(b"%d\\r\\n%b\\r\\n" % (len(data), data))\n',
+        ("tests/test_sse_response.py::test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them",),
+    ),
+    Break(
+        "send_now's shortcut skips headers not yet sent",
+        "server/sse.py",
+        "            and stream_writer._headers_buf is None\n",
+        "            and True\n",
+        ("tests/test_sse_response.py::test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them",),
     ),
     Break(
         "client-gone callback waits for the next loop turn",
@@ -813,11 +912,125 @@ BREAKS += [
         (f"{KEY_RELOAD_TESTS}::test_sighup_to_the_supervisor_reloads_every_worker",),
     ),
     Break(
-        "push at every HTTP chunk of a read",
+        "push waits for a task, not the data callback",
         PUSH,
-        "            asyncio.get_running_loop().call_soon(self._deferred_pump, context=self._context)\n",
-        "            self._scheduled = False\n            self._context.run(self._pump)\n",
-        (f"{PUSH_TESTS}::test_a_read_of_many_events_is_handed_over_in_one_batch_not_one_per_http_chunk",),
+        "        body.on_data = self._on_data\n",
+        "        pass\n",
+        (f"{PUSH_TESTS}::test_events_are_handed_over_from_the_data_callback_not_a_task",),
+    ),
+    Break(
+        "a full consumer leaves the upstream read",
+        PUSH,
+        "                    body.pause()\n",
+        "                    pass\n",
+        (f"{PUSH_TESTS}::test_a_full_consumer_pauses_the_upstream_and_the_next_push_resumes_it_in_order",),
+    ),
+    Break(
+        "a stream nobody reads reads the upstream on",
+        HTTP1,
+        "        if self._size > READ_BUFFER_BYTES and not self._eof:\n",
+        "        if False:\n",
+        (f"{PUSH_TESTS}::test_a_stream_nobody_reads_stops_reading_the_upstream_past_its_small_buffer",),
+    ),
+    Break(
+        "an upstream cut mid-body passes for an end",
+        HTTP1,
+        "                self._fail(ConnectionBroken(message, before_response=not self._received))\n",
+        "                self._eof = True\n",
+        (
+            f"{HTTP1_TESTS}::test_a_stream_whose_upstream_closes_mid_body_ends_with_a_reset_failure",
+            f"{PUSH_TESTS}::test_a_body_cut_mid_stream_fails_the_push_with_a_reset",
+        ),
+    ),
+    Break(
+        "closing an unfinished stream leaves the upstream open",
+        "server/upstreams/stream.py",
+        "            self._response.close()\n",
+        "            pass\n",
+        (f"{PUSH_TESTS}::test_closing_a_stream_mid_body_closes_the_upstream_connection",),
+    ),
+    Break(
+        "a read of several HTTP chunks keeps only the first",
+        PARSER,
+        '        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)\n',
+        "        body = pieces[0]\n",
+        (f"{HTTP1_TESTS}::test_a_chunked_body_split_at_every_byte_boundary_parses_the_same",),
+    ),
+    Break(
+        "a response head grows without bound",
+        PARSER,
+        "            if self._head_bytes > MAX_HEAD_BYTES:\n",
+        "            if False:\n",
+        (
+            f"{HTTP1_TESTS}::test_a_head_larger_than_the_limit_is_refused",
+            f"{HTTP1_TESTS}::test_a_reply_whose_head_never_ends_is_refused",
+        ),
+    ),
+    Break(
+        "a close-delimited body is taken for a cut",
+        PARSER,
+        "        if self._close_delimited:\n",
+        "        if False:\n",
+        (f"{HTTP1_TESTS}::test_a_close_delimited_body_ends_when_the_upstream_closes",),
+    ),
+    Break(
+        "no keep-alive",
+        CONNECTIONS,
+        "        if connection.reusable and not self._connections.closed:\n",
+        "        if False:\n",
+        (
+            f"{HTTP1_TESTS}::test_a_content_length_body_ends_at_its_length_and_the_connection_is_reused",
+            f"{HTTP1_TESTS}::test_a_finished_stream_returns_its_connection_to_the_pool",
+        ),
+    ),
+    Break(
+        "a stale pooled connection fails the request",
+        UPSTREAM,
+        "                if exc.before_response and connection.reused and not fresh:\n",
+        "                if False:\n",
+        (f"{HTTP1_TESTS}::test_a_pooled_connection_that_fails_before_its_answer_is_retried_once_on_a_fresh_one",),
+    ),
+    Break(
+        "a fresh connection's failure is retried too",
+        UPSTREAM,
+        "                if exc.before_response and connection.reused and not fresh:\n",
+        "                if exc.before_response and not fresh:\n",
+        (f"{HTTP1_TESTS}::test_a_fresh_connection_that_fails_before_its_answer_is_not_retried",),
+    ),
+    Break(
+        "idle upstream connections kept for good",
+        CONNECTIONS,
+        "loop.call_later(self._connections.idle_seconds, connection.close)",
+        "loop.call_later(3600, connection.close)",
+        (f"{HTTP1_TESTS}::test_an_idle_pooled_connection_is_closed_after_its_idle_time",),
+    ),
+    Break(
+        "a closed upstream's end waits for the loop's next turn",
+        HTTP1,
+        "                    raw.shutdown(socket.SHUT_RDWR)\n",
+        "                    pass\n",
+        (f"{PUSH_TESTS}::test_closing_an_unfinished_stream_sends_the_upstream_its_end_before_the_loop_turns_again",),
+    ),
+    Break(
+        "an upstream's addresses looked up for every new connection",
+        CONNECTIONS,
+        "        if self._addresses and loop.time() < self._resolved_until:\n",
+        "        if False:\n",
+        (f"{HTTP1_TESTS}::test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept",),
+    ),
+    Break(
+        "a crowd of new connections looks the upstream up once each",
+        CONNECTIONS,
+        "        if self._lookup is None:\n",
+        "        if True:\n",
+        (f"{HTTP1_TESTS}::test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept",),
+    ),
+    Break(
+        "upstream certificates not verified",
+        CONNECTIONS,
+        "        self.ssl_context = ssl_context or ssl.create_default_context()\n",
+        "        self.ssl_context = ssl_context or ssl._create_unverified_context()\n",
+        (f"{HTTP1_TESTS}::test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable",),
     ),
 ]
 

@@ -1,10 +1,13 @@
-"""Splitting an upstream SSE body into event data, whatever the reads and line endings."""
+"""Splitting an upstream SSE body into event data, whatever the reads and line endings, and parsing each event."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
-from server.chunks import EventSplitter, MalformedChunk, parse_chunk
+from server.chunks import Chunk, EventSplitter, MalformedChunk, _plain_delta, parse_chunk, parse_full
+from server.simulator.wire import StreamFrames
 
 BODY = b"data: one\n\n: comment\n\nevent: x\nid: 7\ndata: two\n\ndata: a\ndata: b\n\ndata: [DONE]\n\n"
 EXPECTED = [b"one", b"two", b"a\nb", b"[DONE]"]
@@ -57,3 +60,114 @@ def test_tool_call_deltas_count_as_relayed_tokens() -> None:
 def test_parse_chunk_rejects_what_is_not_a_json_object(raw: bytes) -> None:
     with pytest.raises(MalformedChunk):
         parse_chunk(raw)
+
+
+# A plain content delta's parts, and variants of each that must take the full parse.
+FIELDS = [
+    b'"id":"chatcmpl-1"',
+    b'"object":"chat.completion.chunk"',
+    b'"created":1733000000',
+    b'"model":"gpt-4o"',
+    b'"system_fingerprint":"fp_sim"',
+    b'"service_tier":null',
+    b'"obfuscation":"a\\"b"',
+    b'"model":"mod\xc3\xa8le"',
+    b'"created":1.5e3',
+    b'"created":123456789012345678901234567890',
+    b'"x":true',
+    b'"x":[1,{"y":2}]',
+    b'"error":{"message":"boom","code":"c"}',
+    b'"error":"not an object"',
+    b'"usage":{"total_tokens":3}',
+    b'"usage":7',
+    b'"choices":null',
+    b'"id": oops',
+    b'"id":"\xff"',
+    b'"id":"a\x01b"',
+    b'"id" : "spaced"',
+]
+CHOICES = [
+    b'"choices":[{"index":0,"delta":{"content":',
+    b'"choices":[{"index":1,"delta":{"content":',
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":',
+    b'"choices": [{"index":0,"delta":{"content":',
+]
+CONTENTS = [
+    b'"hi"',
+    b'""',
+    b'" world"',
+    b'"\\u00e9\\n\\"q\\"\\\\"',
+    b'"caf\xc3\xa9 \xf0\x9f\x98\x80"',
+    b'"\\ud83d\\ude00"',
+    b'"\\ud800"',
+    b'"a\x01"',
+    b'"\xff"',
+    b'"unterminated',
+    b'"a"},"x":{"content":"b"',
+    b"null",
+    b"42",
+    b'"}]}"',
+]
+TAILS = [
+    b'},"logprobs":null,"finish_reason":null}]}',
+    b'},"logprobs":null,"finish_reason":null}],"usage":null}',
+    b'},"logprobs":null,"finish_reason":"stop"}]}',
+    b'},"logprobs":{"content":[]},"finish_reason":null}]}',
+    b'},"logprobs":null,"finish_reason":null}],"usage":{"total_tokens":3}}',
+    b'},"logprobs":null,"finish_reason":null}]} ',
+    b'},"logprobs":null,"finish_reason":null}],"usage":null}}',
+    b'},"logprobs":null,"finish_reason":null},{"index":1,"delta":{"content":"x"},"finish_reason":null}]}',
+]
+
+
+def parsed(raw: bytes) -> Chunk | str:
+    """What parsing `raw` gives: a Chunk, or the malformed error's text."""
+    try:
+        return parse_chunk(raw)
+    except MalformedChunk as exc:
+        return f"malformed: {exc}"
+
+
+def parsed_in_full(raw: bytes) -> Chunk | str:
+    try:
+        return parse_full(raw)
+    except MalformedChunk as exc:
+        return f"malformed: {exc}"
+
+
+def chunk_shapes(count: int) -> list[bytes]:
+    """`count` chunks built from the parts above, seeded: plain deltas, and near misses of every kind."""
+    rng = random.Random(14)
+    shapes = []
+    for _ in range(count):
+        fields = rng.sample(FIELDS[:5], rng.randint(0, 5))
+        if rng.random() < 0.5:
+            fields.insert(rng.randint(0, len(fields)), rng.choice(FIELDS))
+        middle = CHOICES[0] if rng.random() < 0.7 else rng.choice(CHOICES)
+        content = rng.choice(CONTENTS[:5]) if rng.random() < 0.6 else rng.choice(CONTENTS)
+        tail = rng.choice(TAILS[:2]) if rng.random() < 0.6 else rng.choice(TAILS)
+        shapes.append(b"{" + b"".join(f + b"," for f in fields) + middle + content + tail)
+    return shapes
+
+
+def test_a_plain_content_delta_read_from_its_bytes_is_the_chunk_the_full_parse_gives() -> None:
+    """Over thousands of chunk shapes (plain deltas and near misses), the fast path changes no result.
+
+    Catches: a fast path that misreads a shape (server/chunks.py, `_plain_delta`, `_plain_fields`).
+    """
+    shapes = chunk_shapes(4000)
+    fast = 0
+    for raw in shapes:
+        assert parsed(raw) == parsed_in_full(raw), raw
+        fast += _plain_delta(raw) is not None
+    assert 1000 < fast < len(shapes)  # both paths ran, many times each
+
+
+@pytest.mark.parametrize("include_usage", [False, True])
+def test_the_simulators_content_deltas_skip_the_json_parser(include_usage: bool) -> None:
+    """Each content event of a stream as OpenAI writes it is read without the full parse; role and finish are not."""
+    frames = StreamFrames("chatcmpl-abc", 1_733_000_000, "gpt-4o-mini", include_usage)
+    content = frames.content(b'" hello"')[len(b"data: ") : -2]
+    assert _plain_delta(content) == parse_full(content)
+    assert _plain_delta(frames.role()[len(b"data: ") : -2]) is None
+    assert _plain_delta(frames.finish("stop")[len(b"data: ") : -2]) is None

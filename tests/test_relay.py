@@ -290,6 +290,9 @@ class GapRecorder:
     def observe(self, amount: float) -> None:
         self.gaps.append(amount)
 
+    def flush(self) -> None:
+        pass
+
 
 async def test_gaps_are_measured_between_reads_that_carry_tokens_only() -> None:
     async def reads() -> AsyncIterator[list[Chunk]]:
@@ -309,6 +312,63 @@ async def test_gaps_are_measured_between_reads_that_carry_tokens_only() -> None:
         guard.close()
     assert len(recorder.gaps) == 1
     assert record.chunks_relayed == 3
+
+
+class FlushRecorder(GapRecorder):
+    """Notes how many writes the sink had seen at each flush of the gaps."""
+
+    def __init__(self, sink: RecordingSink) -> None:
+        super().__init__()
+        self.sink = sink
+        self.flushed_after: list[int] = []
+
+    def flush(self) -> None:
+        self.flushed_after.append(len(self.sink.writes))
+
+
+async def test_a_finished_streams_gaps_are_published_before_its_last_write() -> None:
+    """A client that read the end of its stream finds the stream's gaps in /metrics.
+
+    Catches: no flush before the last write (server/relay.py, `_finish`).
+    """
+
+    async def reads() -> AsyncIterator[list[Chunk]]:
+        yield [content_chunk("a")]
+        yield [content_chunk("b")]
+        yield [finish_chunk()]
+
+    sink = RecordingSink()
+    recorder = FlushRecorder(sink)
+    guard = StreamGuard(GENEROUS)
+    try:
+        await relay(reads(), NativeDialect("s", 1), sink, guard, new_record(), final_write_timeout=1, gaps=recorder)
+    finally:
+        guard.close()
+    assert b"event: done" in sink.writes[-1]
+    assert recorder.flushed_after[0] == len(sink.writes) - 1
+
+
+async def test_a_failed_streams_gaps_are_published_too() -> None:
+    """A stream that ends with an error event still adds its gaps to the histogram.
+
+    Catches: gaps flushed only for finished streams (server/relay.py, `relay`'s `finally`).
+    """
+
+    async def reads() -> AsyncIterator[list[Chunk]]:
+        yield [content_chunk("a")]
+        yield [content_chunk("b")]
+        yield [parse_chunk(b'{"error":{"message":"boom","code":"overloaded"}}')]
+
+    sink = RecordingSink()
+    recorder = FlushRecorder(sink)
+    guard = StreamGuard(GENEROUS)
+    try:
+        await relay(reads(), NativeDialect("s", 1), sink, guard, new_record(), final_write_timeout=1, gaps=recorder)
+    finally:
+        guard.close()
+    assert b"event: failed" in sink.writes[-1]
+    assert recorder.flushed_after
+    assert len(recorder.gaps) == 1
 
 
 class FramingCheckSink(RecordingSink):

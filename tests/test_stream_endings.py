@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 from collections.abc import Awaitable, Callable
 
@@ -12,7 +13,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
+from server.access import RequestRecord
 from server.app import create_app
+from server.guard import StreamGuard
 from server.sse import SSEResponse
 from tests.conftest import AiohttpClient, make_settings
 
@@ -50,16 +53,34 @@ async def read_whole(request: Awaitable[aiohttp.ClientResponse]) -> bytes:
     return await (await request).read()
 
 
-def heartbeat_tasks() -> set[asyncio.Task[object]]:
-    """The heartbeat loops running in this event loop (the gateway runs in it, in-process)."""
-    return {task for task in asyncio.all_tasks() if task.get_coro().__qualname__.endswith("SSEResponse._ping")}  # type: ignore[union-attr]
+@pytest.fixture
+def prepared_streams(monkeypatch: pytest.MonkeyPatch) -> list[tuple[SSEResponse, asyncio.Task[object]]]:
+    """Every SSE response prepared in this test, with the handler task that prepared it (in-process gateway)."""
+    seen: list[tuple[SSEResponse, asyncio.Task[object]]] = []
+    prepare = SSEResponse.prepare
+
+    async def recorded(self: SSEResponse, request: web.BaseRequest) -> object:
+        task = asyncio.current_task()
+        assert task is not None
+        seen.append((self, task))
+        return await prepare(self, request)
+
+    monkeypatch.setattr(SSEResponse, "prepare", recorded)
+    return seen
 
 
-async def test_the_heartbeat_stops_when_the_client_leaves_mid_stream(upstream_app_client: BuildGateway) -> None:
-    """The heartbeat task ends with its stream, not at its next tick (60 s away here).
+def heartbeat_pending(stream: SSEResponse) -> bool:
+    """Whether `stream`'s heartbeat is still scheduled (read afresh: the property changes under the test)."""
+    return stream.heartbeat_pending
+
+
+async def test_the_heartbeat_stops_when_the_client_leaves_mid_stream(
+    upstream_app_client: BuildGateway, prepared_streams: list[tuple[SSEResponse, asyncio.Task[object]]]
+) -> None:
+    """The heartbeat timer is cancelled with its stream, not left to fire at its next tick (60 s away here).
 
     Catches: no `stop_heartbeat()` in stream_chat's `finally` (server/chat_call.py): a cancelled
-    stream skips `finish()`, and the heartbeat loop sleeps on, holding the response, until it wakes.
+    stream skips `finish()`, and the heartbeat stays scheduled, holding the response, until it fires.
     """
     never = asyncio.Event()
     gateway = await upstream_app_client(
@@ -71,17 +92,20 @@ async def test_the_heartbeat_stops_when_the_client_leaves_mid_stream(upstream_ap
     async for line in response.content:
         if line.startswith(b"data:") and b'"hi"' in line:
             break
-    heartbeats = heartbeat_tasks()
-    assert len(heartbeats) == 1
+    [(stream, handler)] = prepared_streams
+    assert heartbeat_pending(stream)
 
     response.close()  # the client leaves: the in-process server cancels the handler
 
-    _, still_running = await asyncio.wait(heartbeats, timeout=5)
+    _, still_running = await asyncio.wait({handler}, timeout=5)
     assert not still_running
+    assert not heartbeat_pending(stream)
     never.set()
 
 
-async def test_the_heartbeat_stops_when_a_browser_stream_reader_leaves(aiohttp_client: AiohttpClient) -> None:
+async def test_the_heartbeat_stops_when_a_browser_stream_reader_leaves(
+    aiohttp_client: AiohttpClient, prepared_streams: list[tuple[SSEResponse, asyncio.Task[object]]]
+) -> None:
     """A browser stream's connection stops its heartbeat when the client leaves (next tick 60 s away).
 
     Catches: no `stop_heartbeat()` around serve_stream's follow loop (server/streams/reader.py).
@@ -93,13 +117,13 @@ async def test_the_heartbeat_stops_when_a_browser_stream_reader_leaves(aiohttp_c
     async for line in response.content:
         if line.startswith(b"event: token"):
             break
-    heartbeats = heartbeat_tasks()
-    assert len(heartbeats) == 1
+    [(stream, handler)] = [(s, t) for s, t in prepared_streams if s.heartbeat_pending]
 
     response.close()
 
-    _, still_running = await asyncio.wait(heartbeats, timeout=5)
+    _, still_running = await asyncio.wait({handler}, timeout=5)
     assert not still_running
+    assert not heartbeat_pending(stream)
 
 
 async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disconnect(
@@ -128,3 +152,29 @@ async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disco
     finished = next(log for log in logs if log["event"] == "request_finished")
     assert finished["outcome"] == "client_disconnected"
     assert finished["status"] == 499
+
+
+@pytest.mark.parametrize("path", ["/chat/stream", COMPLETIONS])
+async def test_a_finished_stream_leaves_no_cycle_for_the_collector(client: Client, path: str) -> None:
+    """A stream's response, guard and record are freed by reference counting when it ends.
+
+    Garbage that only the collector can free is what makes its pauses long under load (bench/,
+    streams-1k); a cycle per request also triggers the collections. Catches: the guard keeping
+    the response's abort after the stream (server/guard.py, `close`).
+    """
+    body: dict[str, object] = {"message": "hi"}
+    if path == COMPLETIONS:
+        body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    await read_whole(client.post(path, json=body))  # warm: first-request caches are not garbage
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            await read_whole(client.post(path, json=body))
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (SSEResponse, StreamGuard, RequestRecord))]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    assert left == []

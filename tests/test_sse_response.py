@@ -1,0 +1,167 @@
+"""The SSE response: its heartbeat timer (it repeats, a client that takes nothing is reported) and its socket options.
+
+The response alone, on an in-process server; clients are raw sockets, so that one can stop reading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
+from aiohttp.test_utils import TestServer
+
+from server.sse import SEND_BUFFER_BYTES, SSEResponse
+
+Serve = Callable[[web.Application], Awaitable[TestServer]]
+REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
+
+
+async def open_reader(server: TestServer, receive_buffer: int | None = None) -> socket.socket:
+    """A raw client that sent its request; with `receive_buffer`, a small kernel buffer it never reads."""
+    sock = socket.socket()
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, (server.host, server.port))
+    await asyncio.get_running_loop().sock_sendall(sock, REQUEST)
+    return sock
+
+
+async def test_heartbeats_repeat_every_interval_while_nothing_else_is_written(aiohttp_server: Serve) -> None:
+    """Three intervals of silence, three heartbeats: the timer is set again after each one.
+
+    Catches: the heartbeat not rescheduled after it was sent (server/sse.py, `_heartbeat_sent`).
+    """
+    three = asyncio.Event()
+    beats = 0
+
+    def counted() -> None:
+        nonlocal beats
+        beats += 1
+        if beats == 3:
+            three.set()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=0.02, send_timeout=5, on_heartbeat=counted)
+        await response.prepare(request)
+        await asyncio.wait_for(three.wait(), 10)
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    sock = await open_reader(server)
+    loop = asyncio.get_running_loop()
+    body = b""
+    with sock:
+        while not body.endswith(b"0\r\n\r\n"):
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+            assert piece, "the connection closed before the body ended"
+            body += piece
+    assert body.count(b": keep-alive\n\n") >= 3
+
+
+async def test_a_heartbeat_the_client_does_not_take_within_the_send_timeout_reports_a_stall(
+    aiohttp_server: Serve,
+) -> None:
+    """A heartbeat that finds the client's buffer full waits for room, and calls `on_stalled` after `send_timeout`.
+
+    Catches: the stall not reported (server/sse.py, `_heartbeat_waits`).
+    """
+    stalled = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=0.05, send_timeout=0.2, on_stalled=stalled.set)
+        await response.prepare(request)
+        event = b"data: " + b"x" * 8192 + b"\n\n"
+        while response.send_now(event):  # until the client's buffer is over its mark
+            pass
+        await asyncio.wait_for(stalled.wait(), 10)
+        response.abort()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    with await open_reader(server, receive_buffer=4096):
+        await asyncio.wait_for(stalled.wait(), 10)
+
+
+async def test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffer(aiohttp_server: Serve) -> None:
+    """TCP_USER_TIMEOUT at three times the send timeout and a 64 KiB send buffer, on the client's socket.
+
+    Catches: either option not set (server/sse.py, `_set_tcp_user_timeout`).
+    """
+    seen: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=2)
+        await response.prepare(request)
+        assert request.transport is not None
+        sock = request.transport.get_extra_info("socket")
+        seen.set_result(
+            (
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF),
+            )
+        )
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    with await open_reader(server):
+        user_timeout, send_buffer = await asyncio.wait_for(seen, 10)
+    assert user_timeout == 6000
+    assert send_buffer == 2 * SEND_BUFFER_BYTES  # the kernel doubles it for its bookkeeping
+
+
+EVENTS = [b"data: a\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + "é".encode() * 40 + b"\n\n"]
+
+
+async def raw_reply(server: TestServer) -> bytes:
+    """The whole raw reply to one request (headers and chunked body), read until the server closes."""
+    loop = asyncio.get_running_loop()
+    with await open_reader(server) as sock:
+        reply = b""
+        while not reply.endswith(b"\r\n0\r\n\r\n"):
+            piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+            assert piece, "the connection closed before the body ended"
+            reply += piece
+    return reply
+
+
+async def test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them(aiohttp_server: Serve) -> None:
+    """`send_now` (the push relay's write) puts the same bytes on the wire as aiohttp's `write`.
+
+    Catches: a wrong chunk frame in send_now's shortcut past aiohttp's writer (server/sse.py).
+    """
+
+    async def pushed(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        for event in EVENTS:
+            response.send_now(event)
+        await response.write_eof()
+        return response
+
+    async def written(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        for event in EVENTS:
+            await web.StreamResponse.write(response, event)
+        await response.write_eof()
+        return response
+
+    replies = []
+    for handler in (pushed, written):
+        app = web.Application()
+        app.router.add_get("/", handler)
+        reply = await raw_reply(await aiohttp_server(app))
+        replies.append(reply.partition(b"\r\n\r\n")[2])  # the body: the headers carry a date
+    assert replies[0] == replies[1]
+    assert b"134\r\ndata: " + b"x" * 300 in replies[0]  # 308 bytes: the frame's size is hexadecimal

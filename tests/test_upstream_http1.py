@@ -1,0 +1,311 @@
+"""Sluice's own upstream HTTP/1.1 client: the parser, the pooled connections, TLS, and its failures.
+
+Against a raw loopback server in this process (tests/support/raw_upstream.py), so every byte of
+every answer is the test's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from server.errors import UpstreamError
+from server.settings import UpstreamEntry
+from server.upstreams.client import UpstreamClient
+from server.upstreams.connections import Connections
+from server.upstreams.parser import MAX_HEAD_BYTES, MalformedResponse, ResponseParser
+from server.upstreams.stream import UpstreamStream
+from tests.conftest import RawClient, make_settings
+from tests.support.raw_upstream import (
+    FINISH,
+    LAST_CHUNK,
+    STREAM_HEAD,
+    RawUpstream,
+    chunk,
+    json_reply,
+    token,
+)
+
+SECONDS = 10  # a bound far from any real wait here
+CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+
+def test_a_chunked_body_split_at_every_byte_boundary_parses_the_same() -> None:
+    body = token(1) + token(2) + FINISH
+    reply = STREAM_HEAD + chunk(token(1)) + chunk(token(2) + FINISH) + b"1;ext=1\r\n\n\r\n" + LAST_CHUNK
+    whole = body + b"\n"
+    for at in range(len(reply) + 1):
+        parser = ResponseParser()
+        received = parser.feed(reply[:at]) + parser.feed(reply[at:])
+
+        assert (received, parser.complete, parser.keep_alive) == (whole, True, True), f"split at {at}"
+
+
+def test_a_chunked_body_fed_one_byte_at_a_time_parses_the_same() -> None:
+    reply = STREAM_HEAD + chunk(token(1)) + chunk(FINISH) + LAST_CHUNK
+    parser = ResponseParser()
+
+    received = b"".join(parser.feed(reply[at : at + 1]) for at in range(len(reply)))
+
+    assert received == token(1) + FINISH
+    assert parser.complete
+
+
+def test_a_head_larger_than_the_limit_is_refused() -> None:
+    parser = ResponseParser()
+    line = b"X-Padding: " + b"x" * 990 + b"\r\n"
+    fed = len(b"HTTP/1.1 200 OK\r\n")
+    parser.feed(b"HTTP/1.1 200 OK\r\n")
+    while fed + len(line) <= MAX_HEAD_BYTES:
+        parser.feed(line)
+        fed += len(line)
+    with pytest.raises(MalformedResponse):
+        parser.feed(line)
+
+
+def test_header_names_are_found_whatever_their_case() -> None:
+    parser = ResponseParser()
+    parser.feed(b"HTTP/1.1 429 Too Many\r\nRetry-After-Ms: 1500\r\nContent-Length: 0\r\n\r\n")
+
+    assert parser.headers.get("retry-after-ms") == "1500"
+    assert parser.headers.get("RETRY-AFTER-MS") == "1500"
+    assert parser.complete
+
+
+async def test_a_content_length_body_ends_at_its_length_and_the_connection_is_reused(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    client = raw_client(raw_upstream.url)
+    replies = []
+    for n in range(3):
+        sent = asyncio.ensure_future(client.complete(CHAT, f"rid-{n}"))
+        exchange = await raw_upstream.next()
+        exchange.write(json_reply(b'{"n": %d}' % n))
+        async with asyncio.timeout(SECONDS):
+            replies.append(await sent)
+
+    assert replies == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    assert raw_upstream.connections == 1
+
+
+async def test_the_request_carries_its_head_and_body(raw_upstream: RawUpstream, raw_client: RawClient) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "the-rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(json_reply(b"{}"))
+    async with asyncio.timeout(SECONDS):
+        await sent
+
+    lines = exchange.head.decode().split("\r\n")
+    assert lines[0] == "POST /v1/chat/completions HTTP/1.1"
+    assert {"Authorization: Bearer k", "X-Request-ID: the-rid", "Accept: application/json"} <= set(lines)
+    assert not any(line.lower().startswith("accept-encoding") for line in lines)
+    assert exchange.body == b'{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}'
+
+
+async def test_a_close_delimited_body_ends_when_the_upstream_closes(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    client = raw_client(raw_upstream.url)
+    sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"a":')
+    exchange.write(b' "b"}')
+    exchange.close()
+    async with asyncio.timeout(SECONDS):
+        reply = await sent
+
+    assert reply == b'{"a": "b"}'
+
+
+async def test_a_reply_whose_head_never_ends_is_refused(raw_upstream: RawUpstream, raw_client: RawClient) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(b"HTTP/1.1 200 OK\r\n" + b"X-Padding: " + b"x" * (2 * MAX_HEAD_BYTES))
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert failure.value.reason == "connect"
+
+
+async def test_a_pooled_connection_that_fails_before_its_answer_is_retried_once_on_a_fresh_one(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    client = raw_client(raw_upstream.url)
+    first = asyncio.ensure_future(client.complete(CHAT, "first"))
+    (await raw_upstream.next()).write(json_reply(b"{}"))
+    async with asyncio.timeout(SECONDS):
+        await first
+    second = asyncio.ensure_future(client.complete(CHAT, "second"))
+    on_the_pooled_one = await raw_upstream.next()
+    on_the_pooled_one.close()  # as an upstream whose keep-alive ran out just as the request came
+    on_a_fresh_one = await raw_upstream.next()
+    on_a_fresh_one.write(json_reply(b'{"ok": true}'))
+    async with asyncio.timeout(SECONDS):
+        reply = await second
+
+    assert reply == b'{"ok": true}'
+    assert (on_the_pooled_one.connection, on_a_fresh_one.connection) == (1, 2)
+
+
+async def test_a_fresh_connection_that_fails_before_its_answer_is_not_retried(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    (await raw_upstream.next()).close()
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert failure.value.reason == "connect"
+    assert raw_upstream.requests.empty()
+    assert raw_upstream.connections == 1
+
+
+async def test_a_stream_whose_upstream_closes_mid_body_ends_with_a_reset_failure(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    opening = asyncio.ensure_future(raw_client(raw_upstream.url).open_stream(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(STREAM_HEAD + chunk(token(1)))
+    async with asyncio.timeout(SECONDS):
+        stream = await opening
+    exchange.write(chunk(token(2))[:-3])  # a chunk cut short
+    exchange.close()
+    texts: list[str | None] = []
+    with pytest.raises(UpstreamError) as failure:
+        await _read_into(texts, stream)
+    stream.close()
+
+    assert texts == ["t1"]
+    assert failure.value.reason == "reset"
+
+
+async def _read_into(texts: list[str | None], stream: UpstreamStream) -> None:
+    async with asyncio.timeout(SECONDS):
+        async for batch in stream:
+            texts.extend(chunk.content for chunk in batch)
+
+
+async def test_a_stream_whose_upstream_closes_before_its_first_token_is_a_reset_failure(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    opening = asyncio.ensure_future(raw_client(raw_upstream.url).open_stream(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(STREAM_HEAD)
+    exchange.close()
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await opening
+    assert failure.value.reason == "reset"
+
+
+async def test_a_finished_stream_returns_its_connection_to_the_pool(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    client = raw_client(raw_upstream.url)
+    for n in range(2):
+        opening = asyncio.ensure_future(client.open_stream(CHAT, f"rid-{n}"))
+        exchange = await raw_upstream.next()
+        exchange.write(STREAM_HEAD + chunk(token(n)) + chunk(FINISH) + LAST_CHUNK)
+        async with asyncio.timeout(SECONDS):
+            stream = await opening
+            batches = [batch async for batch in stream]
+        stream.close()
+        assert [chunk.content for batch in batches for chunk in batch if chunk.content] == [f"t{n}"]
+
+    assert raw_upstream.connections == 1
+    assert client.in_flight == 0
+
+
+def _self_signed(directory: Path) -> tuple[Path, Path]:
+    """A certificate for localhost and its key, made with openssl."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    subprocess.run(
+        [
+            *("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost"),
+            *("-addext", "subjectAltName=DNS:localhost", "-keyout", str(key), "-out", str(cert)),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return cert, key
+
+
+async def _tls_reply(tmp_path: Path, trusted: bool) -> bytes:
+    cert, key = _self_signed(tmp_path)
+    served = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    served.load_cert_chain(cert, key)
+    upstream = RawUpstream()
+    await upstream.start(served, host="localhost")
+    trust = ssl.create_default_context(cafile=str(cert)) if trusted else None
+    connections = Connections(max_connections=0, connect_timeout=5, ssl_context=trust)
+    entry = UpstreamEntry(name="tls", base_url=upstream.url, api_key=None)
+    client = UpstreamClient(entry, connections, make_settings().upstream)
+    try:
+        sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
+        if trusted:
+            (await upstream.next()).write(json_reply(b'{"tls": true}'))
+        async with asyncio.timeout(SECONDS):
+            return await sent
+    finally:
+        await connections.close()
+        await upstream.stop()
+
+
+async def test_an_https_upstream_is_reached_with_its_certificate_verified(tmp_path: Path) -> None:
+    assert await _tls_reply(tmp_path, trusted=True) == b'{"tls": true}'
+
+
+async def test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable(tmp_path: Path) -> None:
+    with pytest.raises(UpstreamError) as failure:
+        await _tls_reply(tmp_path, trusted=False)
+    assert failure.value.reason == "connect"
+
+
+async def test_an_idle_pooled_connection_is_closed_after_its_idle_time(raw_upstream: RawUpstream) -> None:
+    connections = Connections(max_connections=0, connect_timeout=5, idle_seconds=0.05)
+    entry = UpstreamEntry(name="idle", base_url=raw_upstream.url, api_key=None)
+    client = UpstreamClient(entry, connections, make_settings().upstream)
+    try:
+        sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
+        exchange = await raw_upstream.next()
+        exchange.write(json_reply(b"{}"))
+        async with asyncio.timeout(SECONDS):
+            await sent
+            closed = await raw_upstream.closed.get()  # by the gateway: its idle time ran out
+    finally:
+        await connections.close()
+
+    assert closed == exchange.connection
+
+
+async def test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_then_kept(
+    raw_upstream: RawUpstream, raw_client: RawClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    loop = asyncio.get_running_loop()
+    lookups: list[str] = []
+    look_up = loop.getaddrinfo
+
+    async def counted(host: str, *args: object, **kwargs: object) -> object:
+        lookups.append(host)
+        return await look_up(host, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(loop, "getaddrinfo", counted)
+    client = raw_client(raw_upstream.url.replace("127.0.0.1", "localhost"))
+    crowd = [asyncio.ensure_future(client.complete(CHAT, f"rid-{n}")) for n in range(3)]
+    exchanges = [await raw_upstream.next() for _ in crowd]  # three connections at once
+    later = asyncio.ensure_future(client.complete(CHAT, "later"))  # a fourth, while they are busy
+    exchanges.append(await raw_upstream.next())
+    for exchange in exchanges:
+        exchange.write(json_reply(b"{}"))
+    async with asyncio.timeout(SECONDS):
+        await asyncio.gather(*crowd, later)
+
+    assert raw_upstream.connections == 4
+    assert lookups == ["localhost"]
