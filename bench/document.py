@@ -108,7 +108,9 @@ def _redis_section(results: Sequence[WorkloadResult]) -> list[str]:
         "## Redis mode",
         f"{workload.streams} concurrent browser streams of {workload.pace.tokens} tokens, one every "
         f"{workload.pace.gap_ms:g} ms (server/simulator), timed at the client by `bench/redis_mode.py`; "
-        "added gap p99 is over memory mode's (target: ≤ 2 ms). CPU is user + system time per event.",
+        f"the three run in turn, {workload.rounds} rounds on the same processes; figures are the rounds' medians, "
+        "and added gap p99 is the median of each round's p99 over memory mode's (target: ≤ 2 ms). CPU is "
+        "user + system time per event.",
         markdown_table(REDIS_HEADERS, redis_rows(results)),
     ]
 

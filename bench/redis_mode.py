@@ -5,7 +5,9 @@ streams (POST /chat/streams, then GET its events) three ways: memory mode; Redis
 producing instance; Redis mode read through a second instance (events travel through Redis). It
 prints, for each, the gap between token events at the client (p50, p99) and the CPU each gateway
 and Redis spent per event. The upstream paces tokens evenly, so a gap above the pace is added by
-what lies between. Uses the test suite's process helpers (tests/support).
+what lies between. The three run in turn, `--rounds` times on the same processes: each round's
+figures are printed, then their medians, and the p99 a variant adds to memory mode's is the
+median of what it added round by round. Uses the test suite's process helpers (tests/support).
 
 `--delay` measures instead how much later each event reaches a reader on another instance than
 a reader of the same stream on its producer, both reading at once: stalls the two share (the
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
+import json
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -30,6 +34,12 @@ import psutil
 from tests.support.processes import Gateway, start_gateway, start_simulator
 from tests.support.servers import start_redis
 from tests.support.sse import SSEParser
+
+# Rounds of the three variants: the target is judged on the median of the rounds' added p99.
+ROUNDS = 5
+MEMORY = "memory mode"
+PRODUCER = "redis mode, read on the producer"
+OTHER = "redis mode, read on another"
 
 
 @dataclass
@@ -110,7 +120,7 @@ def measure_delay(streams: int, tokens: int, gap_ms: float) -> list[float]:
 
 
 def figures(outcome: Outcome) -> dict[str, Any]:
-    """The gap percentiles and CPU per event of one variant, as plain data (kept by `--json`)."""
+    """The gap percentiles and CPU per event of one variant in one round, as plain data."""
     return {
         "events": outcome.events,
         "gap_p50_ms": percentile(outcome.gaps_ms, 0.5),
@@ -119,40 +129,74 @@ def figures(outcome: Outcome) -> dict[str, Any]:
     }
 
 
+def summary(rounds: list[dict[str, Any]], base: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant over every round (kept by `--json`): medians, each round, and the p99 it adds to `base`'s.
+
+    The added p99 is taken round by round (each round runs the variants one after the other on the same
+    processes) and its median kept: what the machine did meanwhile moves a round's figures by as
+    much as the target, and mostly moves the variants of one round together.
+    """
+    added = [one["gap_p99_ms"] - other["gap_p99_ms"] for one, other in zip(rounds, base, strict=True)]
+    whos = rounds[0]["cpu_us_per_event"]
+    return {
+        "events": sum(one["events"] for one in rounds),
+        "gap_p50_ms": statistics.median(one["gap_p50_ms"] for one in rounds),
+        "gap_p99_ms": statistics.median(one["gap_p99_ms"] for one in rounds),
+        "added_gap_p99_ms": statistics.median(added),
+        "cpu_us_per_event": {who: statistics.median(one["cpu_us_per_event"][who] for one in rounds) for who in whos},
+        "rounds": [{**one, "added_gap_p99_ms": more} for one, more in zip(rounds, added, strict=True)],
+    }
+
+
 def line(name: str, variant: dict[str, Any]) -> str:
-    """One variant's figures on one line."""
+    """One variant's figures (of one round, or their medians) on one line."""
     cpu = ", ".join(f"{who} {us:.1f} us" for who, us in variant["cpu_us_per_event"].items())
+    added = variant.get("added_gap_p99_ms", 0.0)
     return (
-        f"{name:<34} gap p50 {variant['gap_p50_ms']:6.2f} ms  p99 {variant['gap_p99_ms']:6.2f} ms  CPU per event: {cpu}"
+        f"{name:<34} gap p50 {variant['gap_p50_ms']:6.2f} ms  p99 {variant['gap_p99_ms']:6.2f} ms"
+        f" (added {added:+5.2f})  CPU per event: {cpu}"
     )
 
 
-def measure(streams: int, tokens: int, gap_ms: float) -> dict[str, dict[str, Any]]:
-    """Run the three variants once each; their figures by variant name."""
+def measure(
+    streams: int, tokens: int, gap_ms: float, rounds: int = ROUNDS, *, show: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Run the three variants in turn, `rounds` times on the same processes; their summaries by variant name."""
     message = f"bench\n#sim tokens={tokens} gap_ms={gap_ms}"
     simulator = start_simulator()
     redis = start_redis(Path(tempfile.mkdtemp(prefix="sluice-bench-redis-")))
     env = {"SLUICE_REDIS_URL": redis.url}
     started: list[Gateway] = []
-    found: dict[str, dict[str, Any]] = {}
+    found: dict[str, list[dict[str, Any]]] = {MEMORY: [], PRODUCER: [], OTHER: []}
     try:
         memory = start_gateway(upstream=simulator)
         started.append(memory)
         first, second = start_gateway(upstream=simulator, env=env), start_gateway(upstream=simulator, env=env)
         started += [first, second]
         assert redis.process is not None
-        outcome = asyncio.run(run(memory, memory, {"gateway": memory.process.pid}, streams, message))
-        found["memory mode"] = figures(outcome)
-        pids = {"producer": first.process.pid, "redis": redis.process.pid}
-        found["redis mode, read on the producer"] = figures(asyncio.run(run(first, first, pids, streams, message)))
-        pids = {"producer": first.process.pid, "reader": second.process.pid, "redis": redis.process.pid}
-        found["redis mode, read on another"] = figures(asyncio.run(run(first, second, pids, streams, message)))
+        variants = {
+            MEMORY: (memory, memory, {"gateway": memory.process.pid}),
+            PRODUCER: (first, first, {"producer": first.process.pid, "redis": redis.process.pid}),
+            OTHER: (
+                first,
+                second,
+                {"producer": first.process.pid, "reader": second.process.pid, "redis": redis.process.pid},
+            ),
+        }
+        for index in range(rounds):
+            for name, (start, read, pids) in variants.items():
+                found[name].append(figures(asyncio.run(run(start, read, pids, streams, message))))
+            if show:
+                base = found[MEMORY][-1]["gap_p99_ms"]
+                for name, taken in found.items():
+                    added = taken[-1]["gap_p99_ms"] - base
+                    print(f"round {index + 1}: " + line(name, {**taken[-1], "added_gap_p99_ms": added}), flush=True)
     finally:
         for gateway in started:
             gateway.process.stop()
         redis.stop()
         simulator.process.stop()
-    return found
+    return {name: summary(taken, found[MEMORY]) for name, taken in found.items()}
 
 
 def main() -> None:
@@ -163,15 +207,23 @@ def main() -> None:
     parser.add_argument(
         "--delay", action="store_true", help="measure instead how much later events arrive through another instance"
     )
+    parser.add_argument(
+        "--rounds", type=int, default=ROUNDS, help=f"rounds of the three variants in turn (default {ROUNDS})"
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the figures as JSON here")
     args = parser.parse_args()
     print(f"{args.streams} streams x {args.tokens} tokens, upstream pace {args.gap_ms} ms")
     if args.delay:
-        found = measure_delay(args.streams, args.tokens, args.gap_ms)
-        quantiles = "  ".join(f"p{round(q * 100)} {percentile(found, q):.2f} ms" for q in (0.5, 0.9, 0.99))
-        print(f"{len(found)} events, each read on its producer and on another instance at once: later by {quantiles}")
+        later = measure_delay(args.streams, args.tokens, args.gap_ms)
+        quantiles = "  ".join(f"p{round(q * 100)} {percentile(later, q):.2f} ms" for q in (0.5, 0.9, 0.99))
+        print(f"{len(later)} events, each read on its producer and on another instance at once: later by {quantiles}")
         return
-    for name, variant in measure(args.streams, args.tokens, args.gap_ms).items():
+    found = measure(args.streams, args.tokens, args.gap_ms, args.rounds, show=True)
+    print(f"medians of {args.rounds} rounds:")
+    for name, variant in found.items():
         print(line(name, variant))
+    if args.json is not None:
+        args.json.write_text(json.dumps(found, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ def run_workload(workload: Workload, log_dir: Path, upstream_kind: Upstream) -> 
     """Run `workload` straight against the upstream, through the pass-through, then through Sluice on each route."""
     if workload.kind is Kind.REDIS:
         say(f"[{workload.name}] memory mode, then Redis mode read here and elsewhere")
-        figures = redis_mode.measure(workload.streams, workload.pace.tokens, workload.pace.gap_ms)
+        figures = redis_mode.measure(workload.streams, workload.pace.tokens, workload.pace.gap_ms, workload.rounds)
         return WorkloadResult(workload, upstream_kind, direct={}, redis_mode=figures)
     upstream = start_upstream(upstream_kind, log_dir, f"{workload.name}-upstream-{upstream_kind}")
     gateway: Service | None = None

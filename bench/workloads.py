@@ -177,10 +177,11 @@ def workloads(quick: bool) -> list[Workload]:
             "redis-mode",
             Kind.REDIS,
             "Redis mode: concurrent browser streams (POST /chat/streams, then GET) at a 20 ms pace, in memory "
-            "mode, then in Redis mode read on the producing instance and through another instance",
+            "mode, then in Redis mode read on the producing instance and through another instance, in rounds",
             Pace(tokens=40 if quick else 200, gap_ms=20),
             Shape.LOOP,
             streams=10 if quick else 50,
+            rounds=2 if quick else 5,
         ),
     ]
 

@@ -432,9 +432,37 @@ BREAKS = [
     Break(
         "a woken reader elsewhere reads again from Redis",
         REDIS_STORE,
-        "        if not touch and (brought := self._follower.recent(key, seq, limit)):\n",
+        "        if brought := self._follower.recent(key, seq, limit):\n",
         "        if False:\n",
         (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
+        "a reader's report to the producer goes back on its read path",
+        REDIS_STORE,
+        "        self._note_read(stream_id, seq)\n",
+        "        await self._link.client.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
+    ),
+    Break(
+        "a reader elsewhere is never reported to the producer",
+        REDIS_STORE,
+        "                pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
+        "                pass\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read",),
+    ),
+    Break(
+        "a reader elsewhere waits past half a lease",
+        REDIS_FOLLOW,
+        "        timer = loop.call_later(within, _settle, future, False)\n",
+        "        timer = loop.call_later(3600, _settle, future, False)\n",
+        (f"{STORE_TESTS}::test_a_reader_elsewhere_learns_the_generation_is_lost_once_the_lease_lapses",),
+    ),
+    Break(
+        "a browser stream reader waits on a client that reads nothing",
+        READER,
+        "        async with asyncio.timeout(send_timeout):\n            await response.wait_for_room()\n",
+        "        async with asyncio.timeout(None):\n            await response.wait_for_room()\n",
+        (f"{BOUNDS}::test_a_browser_stream_reader_that_accepts_nothing_is_cut_by_the_send_timeout",),
     ),
     Break(
         "no rewrite after an outage another task noticed",

@@ -102,6 +102,7 @@ def test_redis_mode_is_measured_three_ways(quick_run: QuickRun) -> None:
         assert variant["gap_p99_ms"] >= variant["gap_p50_ms"] > 0, name
         assert all(us > 0 for us in variant["cpu_us_per_event"].values()), name
     assert set(variants["redis mode, read on another"]["cpu_us_per_event"]) == {"producer", "reader", "redis"}
+    assert all(len(variant["rounds"]) == 2 for variant in variants.values())
     assert "## Redis mode" in quick_run.report
 
 

@@ -9,9 +9,12 @@ the moment its side of the upstream connection closed (`closed_at`).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from collections.abc import Iterator
+from datetime import datetime
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 import pytest
@@ -149,6 +152,36 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
     assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND
     log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
     assert log["error_code"] == "send_timeout"
+
+
+async def test_a_browser_stream_reader_that_accepts_nothing_is_cut_by_the_send_timeout(
+    send_timeout_gateway: Gateway, simulator: Simulator
+) -> None:
+    """A reader of a detached stream whose client reads nothing: the send timeout (1 s) ends its request.
+
+    Its writes block first; the generation, its unread budget full, then stops reading the
+    upstream, and the simulator pauses: the request must end within send_timeout + 0.5 s of that.
+    Every other deadline is a minute away; the kernel's own (TCP_USER_TIMEOUT, three send
+    timeouts) would end it two seconds later.
+    """
+    started = new_request_id("stalled-reader-stream")
+    async with aiohttp.ClientSession() as http:
+        body = {"message": "x\n#sim tokens=150000"}
+        headers = {"X-Request-ID": started}
+        async with http.post(send_timeout_gateway.url + "/chat/streams", json=body, headers=headers) as response:
+            stream_id = (await response.json())["id"]
+        rid = new_request_id("stalled-reader")
+        address = urlsplit(send_timeout_gateway.url)
+        # A client that never reads, with a small receive buffer: the gateway's writes to it block soon.
+        with socket.socket() as client:
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect((address.hostname, address.port))
+            client.sendall(f"GET /chat/streams/{stream_id} HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\n\r\n".encode())
+            await sim_wait(http, simulator.url, started, "paused", seconds=30)
+            stalled_by = time.time()
+            log = send_timeout_gateway.process.wait_for_event("request_finished", 20, request_id=rid)
+    finished = datetime.fromisoformat(log["timestamp"]).timestamp()
+    assert finished - stalled_by < SEND_TIMEOUT + BOUND
 
 
 async def test_upstream_closed_within_half_a_second_of_a_deadline_ending_the_stream_for_a_client_that_stays(

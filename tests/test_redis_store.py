@@ -152,35 +152,55 @@ async def _until_seq(store: RedisStreamStore, stream_id: str, seq: int) -> None:
 
 
 async def test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip(
-    make_store: Callable[..., Any],
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
 ) -> None:
     producer, elsewhere = await make_store(), await make_store()
-    elsewhere._touch_due = lambda stream_id: False  # the once-a-second "a reader is here" goes with a range read
     assert await producer.create("handed")
-    round_trips = 0
-    make_pipeline = elsewhere._link.client.pipeline
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal round_trips
-        round_trips += 1
-        return make_pipeline(*args, **kwargs)
-
-    elsewhere._link.client.pipeline = counted
+    # Range reads of any client: the producer makes none, so these are the reader's.
+    ranges_before = await _calls(redis_client, "xrange")
     for seq in range(1, 6):
         waiting = asyncio.create_task(elsewhere.wait("handed", seq - 1))
         await producer.append("handed", event(seq))
         await asyncio.wait_for(waiting, 10)
-        batch = await elsewhere.read_after("handed", seq - 1, 50)
+        # Served in one step, never suspended on a round trip (a range read, or the report to the
+        # producer that a reader is here, due at once on the first read).
+        reading = elsewhere.read_after("handed", seq - 1, 50)
+        with pytest.raises(StopIteration) as served:
+            reading.send(None)
+        batch = served.value.value
         assert batch is not None
         assert [e.seq for e in batch.events] == [seq]
-    assert round_trips == 0
+    assert await _calls(redis_client, "xrange") == ranges_before
+
+
+async def _calls(client: aioredis.Redis, command: str) -> int:
+    """How many times the server ran `command` since it started."""
+    stats: dict[str, Any] = await client.info("commandstats")
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+async def test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read(
+    make_store: Callable[..., Any],
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    reports: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    producer.on_read_elsewhere(lambda stream_id, seq: reports.put_nowait((stream_id, seq)))
+    await write(producer, "reported", 3, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "reported", 3), 10)
+    await elsewhere.read_after("reported", 3, 50)  # the reader has had 1 to 3 and asks for more
+
+    async def reported_at(seq: int) -> None:
+        while await reports.get() != ("reported", seq):
+            pass
+
+    await asyncio.wait_for(reported_at(3), 10)
+    assert producer.read_elsewhere("reported")
 
 
 async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for(
     make_store: Callable[..., Any],
 ) -> None:
     producer, elsewhere = await make_store(), await make_store(connections=1)
-    elsewhere._touch_due = lambda stream_id: False  # no range reads either: the events come with the XREADs
     assert await producer.create("paced")
     client = elsewhere._follower._slots[0].client
     xreads = 0

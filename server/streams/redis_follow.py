@@ -48,7 +48,7 @@ class _Followed:
     __slots__ = ("entries", "first", "last", "until", "waiters")
 
     def __init__(self, keep: int) -> None:
-        self.waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self.waiters: list[tuple[int, asyncio.Future[bool]]] = []
         self.entries: deque[Entry] = deque(maxlen=keep)  # consecutive sequence numbers, `first` to `last`
         self.first = self.last = -1  # -1: none kept
         self.until = 0.0  # with nobody waiting, covered until then
@@ -79,7 +79,7 @@ class _Followed:
             if seq >= self.last:
                 waiting.append((seq, future))
             elif not future.done():
-                future.set_result(None)
+                future.set_result(True)
         if len(waiting) < len(self.waiters):
             self.waiters = waiting
             self.until = now + LINGER  # covered while they read what woke them and come back
@@ -96,7 +96,7 @@ class _Followed:
         """Redis failed: wake every reader (they read again and learn it) and keep nothing."""
         for _, future in self.waiters:
             if not future.done():
-                future.set_result(None)
+                future.set_result(True)
         self.entries.clear()
         self.first = self.last = -1
 
@@ -164,7 +164,10 @@ class Follower:
             followed = slot.streams[key] = _Followed(self._keep)
         elif followed.last > seq:
             return True  # brought meanwhile
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        # A bare timer: cheaper per event than asyncio.timeout's, and the future carries the answer.
+        timer = loop.call_later(within, _settle, future, False)
         entry = (seq, future)
         followed.waiters.append(entry)
         slot.changed.set()
@@ -173,15 +176,12 @@ class Follower:
             if covered is not None and not slot.waking and covered.get(key, seq + 1) > seq:
                 slot.waking = True
                 await self._wake(slot)
-            async with asyncio.timeout(within):
-                await future
-            return True
-        except TimeoutError:
-            return False
+            return await future
         finally:
+            timer.cancel()
             with contextlib.suppress(ValueError):  # woken: removed already
                 followed.waiters.remove(entry)
-            followed.until = asyncio.get_running_loop().time() + LINGER
+            followed.until = loop.time() + LINGER
 
     def _slot(self, key: str) -> _Slot:
         return self._slots[zlib.crc32(key.encode()) % len(self._slots)]
@@ -222,3 +222,9 @@ class Follower:
                     slot.woken_after = entries[-1][0]
                 elif (followed := slot.streams.get(name)) is not None:
                     followed.add(entries, now)
+
+
+def _settle(future: asyncio.Future[bool], result: bool) -> None:
+    """Answer a wait, unless it was answered already."""
+    if not future.done():
+        future.set_result(result)

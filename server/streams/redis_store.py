@@ -4,7 +4,9 @@ The streams this instance produces are kept in a local MemoryStreamStore too: it
 read from memory, a running stream goes on when Redis goes away, and it is what catches Redis
 up when Redis returns (see redis_write.py). Streams produced elsewhere are read from Redis:
 waits with blocking XREADs on a few shared connections, whose entries then serve the readers
-they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring.
+they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring. What
+readers here have read is told to the producers (their backlog, and "a reader is here") by a
+background task, in one pipeline for every stream, never on a reader's path.
 
 A reader elsewhere learns that the producer died from its lease: when a wait brings nothing for
 half a lease and the lease has lapsed without an end entry, the wait raises GenerationLostError.
@@ -33,6 +35,9 @@ log = structlog.get_logger("sluice.streams")
 
 # Seconds a stop request waits for the producer elsewhere to store the stream's end.
 STOP_WAIT = 5.0
+# Most seconds between two reports of the streams read here to their producers: off the readers'
+# path, one pipeline for all of them (a reader that paid a round trip for it each second was the p99).
+REPORT_INTERVAL = 1.0
 
 
 class RedisStreamStore:
@@ -43,6 +48,8 @@ class RedisStreamStore:
         self._keys = StreamKeys(link.prefix)
         self._lease = link.settings.lease_seconds
         self._grace_ms = max(1, int(bounds.reader_grace_seconds * 1000))
+        # Twice per grace period at least, so a reader's report never lapses while it reads.
+        self._report_every = max(0.05, min(REPORT_INTERVAL, bounds.reader_grace_seconds / 2))
         self._local = MemoryStreamStore(
             max_events=bounds.max_buffered_events,
             max_streams=bounds.max_streams,
@@ -59,13 +66,16 @@ class RedisStreamStore:
         # Set while subscribed to stop requests (a request published before is not heard).
         self.listening = asyncio.Event()
         self._settle_until = 0.0
-        # Streams read here but produced elsewhere: when this instance last told their producer.
-        self._touched: dict[str, float] = {}
+        # Streams produced elsewhere and read here since the last report, and how far (see _report_forever).
+        self._reads: dict[str, int] = {}
+        self._report_due = asyncio.Event()
+        self._reporter: asyncio.Task[None] | None = None
 
     def start(self) -> None:
         self._writer.start()
         self._follower.start()
         self._subscriber = asyncio.create_task(self._listen_for_stops(), name="sluice-redis-stops")
+        self._reporter = asyncio.create_task(self._report_forever(), name="sluice-redis-reads")
 
     async def create(self, stream_id: str, owner: str = "") -> bool:
         if not self._link.up:
@@ -102,15 +112,12 @@ class RedisStreamStore:
     async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
         if stream_id in self._local:
             return await self._local.read_after(stream_id, seq, limit)
+        self._note_read(stream_id, seq)
         key = self._keys.events(stream_id)
-        touch = self._touch_due(stream_id)
-        if not touch and (brought := self._follower.recent(key, seq, limit)):
+        if brought := self._follower.recent(key, seq, limit):
             return _slice(stream_id, seq, brought, limit)  # what woke this reader: no second round trip
         pipe = self._link.client.pipeline(transaction=False)
         pipe.xrange(key, min="(" + entry_id(seq), max="+", count=limit + 1)
-        if touch:
-            # What this reader has: the producer counts it as read (its backlog) and as a reader.
-            pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)
         try:
             entries, *_ = await pipe.execute()
             if entries:
@@ -182,9 +189,10 @@ class RedisStreamStore:
 
     async def close(self) -> None:
         await self._writer.close()
-        if self._subscriber is not None:
-            self._subscriber.cancel()
-            await asyncio.gather(self._subscriber, return_exceptions=True)
+        for task in (self._subscriber, self._reporter):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         await self._follower.close()
         await self._local.close()
 
@@ -194,16 +202,30 @@ class RedisStreamStore:
     def _settling(self) -> bool:
         return asyncio.get_running_loop().time() < self._settle_until
 
-    def _touch_due(self, stream_id: str) -> bool:
-        """At most once per second per stream, tell its producer a reader is here."""
-        now = asyncio.get_running_loop().time()
-        if now - self._touched.get(stream_id, -1.0) < 1.0:
-            return False
-        self._touched[stream_id] = now
-        if len(self._touched) > 10_000:  # bounded: forget the oldest half
-            for old in list(self._touched)[:5_000]:
-                del self._touched[old]
-        return True
+    def _note_read(self, stream_id: str, seq: int) -> None:
+        """Note that a reader here has the events up to `seq`, for the reporter to tell the producer."""
+        reads = self._reads
+        if stream_id not in reads:
+            reads[stream_id] = seq
+            self._report_due.set()
+        elif seq > reads[stream_id]:
+            reads[stream_id] = seq
+
+    async def _report_forever(self) -> None:
+        """Tell producers elsewhere which of their streams are read here, and how far, every so often."""
+        while True:
+            await self._report_due.wait()
+            self._report_due.clear()
+            reads, self._reads = self._reads, {}
+            pipe = self._link.client.pipeline(transaction=False)
+            for stream_id, seq in reads.items():
+                # The producer counts it as read (its backlog) and as a reader while the key lives.
+                pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)
+            try:
+                await pipe.execute()
+            except UNREACHABLE as exc:
+                self._link.failed(exc)  # the readers learn it from their own reads
+            await asyncio.sleep(self._report_every)  # the reports' own clock, not a synchronisation
 
     async def _listen_for_stops(self) -> None:
         client = self._link.dedicated(read_timeout=None)
