@@ -17,12 +17,13 @@ from collections.abc import Callable
 from typing import cast
 
 import structlog
-from aiohttp import ClientConnectionResetError, StreamReader, web
+from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
-from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
+
+from . import client_gone
 
 log = structlog.get_logger("sluice.sse")
 HEARTBEAT = b": keep-alive\n\n"
@@ -34,63 +35,6 @@ _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 WRITE_BUFFER_HIGH = 16 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it for its bookkeeping
 WRITE_BUFFER_LOW = 4 * 1024
-
-
-class _ClientGone:
-    """A future's stand-in in the request body's reader, whose waiter slot is free once the body was read.
-
-    It is called the moment the client's leaving is read (`_LeaveAwareHandler.eof_received`), and
-    failing that (a reset instead of a FIN) when aiohttp fails the request's body reader inside
-    `connection_lost`, before it cancels the handler. Either way the callback runs at once, not
-    after the cancellations and teardowns of every other client that left in the same loop turn.
-    """
-
-    __slots__ = ("_callback",)
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback: Callable[[], None] | None = callback
-
-    def done(self) -> bool:
-        """Never done: aiohttp then calls `set_exception` when the connection is lost."""
-        return False
-
-    def set_result(self, result: None) -> None:
-        """More of a body already read: nothing to do."""
-
-    def set_exception(self, exc: BaseException) -> None:
-        """The client's connection is lost."""
-        self.left()
-
-    def left(self) -> None:
-        """The client left: call the callback, once."""
-        callback, self._callback = self._callback, None
-        if callback is None:
-            return
-        try:
-            callback()
-        except Exception:  # inside aiohttp's protocol callbacks: never let it fail there
-            log.exception("client_gone_callback_failed")
-
-
-class _LeaveAwareHandler(RequestHandler):
-    """aiohttp's connection protocol, which also tells the stream the moment the client's FIN is read.
-
-    aiohttp does nothing on a FIN: the transport closes and calls `connection_lost` on the loop's
-    next turn, behind every callback queued before it. When a crowd leaves, that turn also runs
-    the handler teardowns of those who left first, so an upstream closed from `connection_lost`
-    waited for them (bench crowd: about 60 µs a client, a turn late). aiohttp builds this protocol
-    itself, with no way to name its class, so `SSEResponse.on_client_gone` gives a streaming
-    connection this class, which adds no state (same slots) and only this method.
-    """
-
-    __slots__ = ()
-
-    def eof_received(self) -> None:
-        request = self._current_request
-        waiter: object = request.content._waiter if request is not None else None
-        if isinstance(waiter, _ClientGone):
-            waiter.left()
-        super().eof_received()  # returns None: the transport closes, connection_lost follows
 
 
 class SSEResponse(EventSourceResponse):
@@ -122,8 +66,7 @@ class SSEResponse(EventSourceResponse):
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
-        self._request_content: StreamReader | None = None
-        self._request_protocol: object = None
+        self._request: BaseRequest | None = None
         # Goes out ahead of the first write, event or heartbeat (the native dialect's `retry:`
         # line): written alone it cost a send per stream.
         self._preamble = preamble
@@ -213,8 +156,7 @@ class SSEResponse(EventSourceResponse):
         if self.prepared:
             return await super().prepare(request)
         self._set_tcp_user_timeout(request)
-        self._request_content = request.content
-        self._request_protocol = request.protocol
+        self._request = request
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         transport = request.transport
@@ -286,26 +228,9 @@ class SSEResponse(EventSourceResponse):
         return transport is None or transport.is_closing()
 
     def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` the moment the client's leaving is read; return what unregisters it.
-
-        The handler is cancelled too, a loop turn or more later; this lets the relay close the
-        upstream before that (see _ClientGone). Registers nothing if the request's body is still
-        being read.
-        """
-        content = self._request_content
-        if content is None or content._waiter is not None or not content.is_eof():
-            return _nothing
-        hook = _ClientGone(callback)
-        content._waiter = hook  # type: ignore[assignment]  # a future's stand-in (see _ClientGone)
-        protocol = self._request_protocol
-        if type(protocol) is RequestHandler:
-            protocol.__class__ = _LeaveAwareHandler  # see _LeaveAwareHandler
-
-        def unregister() -> None:
-            if cast(object, content._waiter) is hook:
-                content._waiter = None
-
-        return unregister
+        """Call `callback` the moment the client's leaving is read; return what unregisters it (see client_gone.py)."""
+        request = self._request
+        return _nothing if request is None else client_gone.watch(request, callback)
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""

@@ -885,7 +885,7 @@ BREAKS += [
     ),
     Break(
         "client-gone callback waits for the next loop turn",
-        "server/sse.py",
+        "server/client_gone.py",
         "            callback()\n",
         "            asyncio.get_running_loop().call_soon(callback)\n",
         # Deferred from the FIN's read, it still runs before the handler's cancellation, but no
@@ -920,9 +920,9 @@ BREAKS += [
     ),
     Break(
         "client-gone callback waits for connection_lost instead of the FIN",
-        "server/sse.py",
-        "            protocol.__class__ = _LeaveAwareHandler  # see _LeaveAwareHandler\n",
-        "            pass\n",
+        "server/client_gone.py",
+        "        protocol.__class__ = _LeaveAwareHandler  # see _LeaveAwareHandler\n",
+        "        pass\n",
         (
             "tests/test_client_gone.py::test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_its_connection_is_open",
         ),

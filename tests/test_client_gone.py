@@ -1,7 +1,7 @@
 """A client that leaves closes the upstream as its FIN is read (a reset: in connection_lost), before its handler ends.
 
 With a hundred clients leaving in one loop turn, a close that waits for the handler's cancellation
-waits behind every other handler's teardown too (bench `crowd`): SSEResponse.on_client_gone runs
+waits behind every other handler's teardown too (bench `crowd`): SSEResponse.on_client_gone (client_gone.py) runs
 its callback as the FIN is read instead, and the relay's push path closes the upstream there.
 """
 

@@ -122,7 +122,9 @@ async def test_every_upstream_closed_within_half_a_second_and_every_request_ende
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
 
         async def open_stream(rid: str) -> aiohttp.ClientResponse:
-            response = await post(http, patient_gateway, "openai", "x\n#sim tokens=8 fault=hang_mid", rid)
+            response: aiohttp.ClientResponse = await post(
+                http, patient_gateway, "openai", "x\n#sim tokens=8 fault=hang_mid", rid
+            )
             assert response.status == 200
             seen = 0
             async for event in iter_events(response):
