@@ -933,6 +933,13 @@ BREAKS += [
         (f"{PUSH_TESTS}::test_a_stream_nobody_reads_stops_reading_the_upstream_past_its_small_buffer",),
     ),
     Break(
+        "a read takes all the socket holds",
+        HTTP1,
+        "    return memoryview(bytearray(READ_BUFFER_BYTES))\n",
+        "    return memoryview(bytearray(1 << 18))\n",
+        (f"{PUSH_TESTS}::test_a_stream_nobody_reads_stops_reading_the_upstream_past_its_small_buffer",),
+    ),
+    Break(
         "an upstream cut mid-body passes for an end",
         HTTP1,
         "                self._fail(ConnectionBroken(message, before_response=not self._received))\n",

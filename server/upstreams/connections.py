@@ -16,7 +16,7 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
-from .http1 import Http1Connection
+from .http1 import Http1Connection, read_buffer
 
 IDLE_SECONDS = 15.0  # aiohttp's keep-alive default; upstream servers commonly keep 60 s or more
 DNS_SECONDS = 10.0  # how long an origin's addresses are kept, as aiohttp's connector kept them
@@ -86,7 +86,7 @@ class OriginPool:
             for index, (address, port) in enumerate(addresses):
                 try:
                     transport, connection = await loop.create_connection(
-                        lambda: Http1Connection(self._lost),
+                        lambda: Http1Connection(self._lost, self._connections.read_buffer),
                         address,
                         port,
                         ssl=context,
@@ -150,6 +150,7 @@ class Connections:
         self.ssl_context = ssl_context or ssl.create_default_context()
         self.slots = asyncio.Semaphore(max_connections) if max_connections > 0 else None
         self.closed = False
+        self.read_buffer = read_buffer()  # every connection's reads land here (see Http1Connection)
         self._pools: dict[tuple[str, int, bool], OriginPool] = {}
 
     def pool(self, base_url: str) -> OriginPool:

@@ -62,7 +62,7 @@ class ResponseParser:
         self.keep_alive = True
         self.complete = False
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
         """The body bytes in `data` (b"" while in the head). Raises MalformedResponse.
 
         Bytes after a complete response mean the connection cannot be reused: `keep_alive` turns False.
