@@ -933,6 +933,20 @@ BREAKS += [
         (f"{PUSH_TESTS}::test_a_stream_nobody_reads_stops_reading_the_upstream_past_its_small_buffer",),
     ),
     Break(
+        "a stream keeps aiohttp's header-read timer",
+        "server/sse.py",
+        "        request.protocol.keep_alive(True)\n",
+        "        pass\n",
+        ("tests/test_sse_response.py::test_a_running_stream_holds_no_header_read_timer",),
+    ),
+    Break(
+        "the header-read timer is cancelled but never armed again",
+        "server/sse.py",
+        "        request.protocol.keep_alive(True)\n",
+        "        request.protocol._keepalive_handle.cancel()  # type: ignore[union-attr]\n",
+        ("tests/test_sse_response.py::test_an_idle_connection_after_a_stream_is_closed_at_the_keep_alive_limit",),
+    ),
+    Break(
         "a read takes all the socket holds",
         HTTP1,
         "    return memoryview(bytearray(READ_BUFFER_BYTES))\n",
