@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from server.sse import SEND_BUFFER_BYTES, SSEResponse
 
 Serve = Callable[[web.Application], Awaitable[TestServer]]
+ServeWith = Callable[..., Awaitable[TestServer]]  # the same, with the server's options
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
@@ -167,7 +168,7 @@ async def test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_th
     assert b"134\r\ndata: " + b"x" * 300 in replies[0]  # 308 bytes: the frame's size is hexadecimal
 
 
-async def test_a_running_stream_holds_no_header_read_timer(aiohttp_server: Serve) -> None:
+async def test_a_running_stream_holds_no_header_read_timer(aiohttp_server: ServeWith) -> None:
     """aiohttp's header-read timer, armed when the connection opened, is dropped once the stream starts.
 
     A timer handle per live stream (about 550 bytes with uvloop) for a deadline that cannot apply.
@@ -189,7 +190,9 @@ async def test_a_running_stream_holds_no_header_read_timer(aiohttp_server: Serve
     assert seen == [None]
 
 
-async def test_an_idle_connection_after_a_stream_is_closed_at_the_keep_alive_limit(aiohttp_server: Serve) -> None:
+async def test_an_idle_connection_after_a_stream_is_closed_at_the_keep_alive_limit(
+    aiohttp_server: ServeWith,
+) -> None:
     """Once the stream ended, aiohttp arms its keep-alive timer again: an idle client is not kept forever."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
