@@ -153,7 +153,7 @@ class UpstreamClient:
         """POST the chat request; return the response once it answered 200, else raise UpstreamError."""
         payload = orjson.dumps(body)
         rid = request_id.encode("latin-1")
-        if b"\r" in rid or b"\n" in rid:
+        if rid.find(b"\r") >= 0 or rid.find(b"\n") >= 0:
             raise ValueError("A request ID cannot hold a line break.")
         request = b"".join(
             (
