@@ -842,6 +842,29 @@ BREAKS += [
         ("tests/test_metrics_units.py::test_gaps_tallied_per_stream_give_the_histogram_observing_each_gap_gives",),
     ),
     Break(
+        "a lean histogram observation one bucket low",
+        "server/metrics.py",
+        "    child._buckets[bisect_left(child._upper_bounds, amount)].inc(1)\n",
+        "    child._buckets[bisect_left(child._upper_bounds, amount) - 1].inc(1)\n",
+        (
+            "tests/test_metrics_units.py::test_observe_and_count_give_the_text_prometheus_clients_own_observe_and_inc_give",
+        ),
+    ),
+    Break(
+        "memory breakers admit while one is open",
+        "server/upstreams/breaker.py",
+        "memory.peek(pair).open_until == 0.0 and memory.peek(upstream).open_until == 0.0",
+        "True",
+        ("tests/test_routing_units.py::test_every_breaker_open_is_503_with_retry_after_and_no_attempt",),
+    ),
+    Break(
+        "memory breakers skip a success while none is open",
+        "server/upstreams/breaker.py",
+        "        if memory is not None and _settled(memory.peek(pair)) and _settled(memory.peek(upstream)):\n",
+        "        if memory is not None:\n",
+        ("tests/test_routing_units.py::test_an_answered_attempt_resets_the_failures_counted_on_its_upstream_and_pair",),
+    ),
+    Break(
         "gap tally publishes only at the stream's end",
         "server/metrics.py",
         "        if self._sum >= self.FLUSH_AFTER:\n",

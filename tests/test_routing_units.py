@@ -61,6 +61,16 @@ async def test_a_success_resets_the_consecutive_failures() -> None:
     assert await b.state("a") is BreakerState.CLOSED
 
 
+async def test_an_answered_attempt_resets_the_failures_counted_on_its_upstream_and_pair() -> None:
+    """Catches: `answered` skipping its breakers whenever none is open (server/upstreams/breaker.py)."""
+    clock = Clock()
+    b = breakers(clock, failures=2)
+    await b.failed("a")
+    await b.answered("a", "m")
+    await b.failed("a")
+    assert await b.state("a") is BreakerState.CLOSED
+
+
 async def test_after_the_cooldown_exactly_one_trial_passes() -> None:
     clock = Clock()
     b = breakers(clock, failures=1, cooldown=30)

@@ -26,6 +26,7 @@ from ..client_address import client_address
 from ..credentials import REJECTED_CODE
 from ..guard import Outcome
 from ..keys import METRICS, RECORD, SETTINGS, UPSTREAM_CREDENTIALS, WORKER_PROXY
+from ..metrics import count
 
 log = structlog.get_logger("sluice.access")
 
@@ -69,9 +70,9 @@ def _finished(app: web.Application, request: web.Request, record: RequestRecord,
         return  # the worker that owns the stream logged and counted it
     _log(request, record, status, duration)
     metrics = app[METRICS]
-    metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
+    count(metrics.child(metrics.requests, record.route, request.method, str(status)))
     if record.key is not None:
-        metrics.child(metrics.key_requests, record.key, str(status)).inc()
+        count(metrics.child(metrics.key_requests, record.key, str(status)))
     if record.stream is not None:
         metrics.chat_finished(record, duration, status)
 
