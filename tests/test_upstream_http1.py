@@ -121,6 +121,22 @@ async def test_a_close_delimited_body_ends_when_the_upstream_closes(
     assert reply == b'{"a": "b"}'
 
 
+async def test_a_redirect_is_not_followed_but_fails_as_upstream_failed(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(
+        b"HTTP/1.1 302 Found\r\nLocation: " + raw_upstream.url.encode() + b"/elsewhere\r\nContent-Length: 0\r\n\r\n"
+    )
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert (failure.value.status, failure.value.code, failure.value.reason) == (502, "upstream_failed", "302")
+    assert raw_upstream.requests.empty()
+
+
 async def test_a_reply_whose_head_never_ends_is_refused(raw_upstream: RawUpstream, raw_client: RawClient) -> None:
     sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
