@@ -45,7 +45,7 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     record.route = resource.canonical if resource is not None else "unmatched"
     # Now, while the connection is there: a stream's connection may be gone by the time it is logged.
     # Only a worker of several listens on a Unix socket: a single process skips asking the socket.
-    forwarded = WORKER_PROXY in app and _forwarded(request)
+    forwarded = app.get(WORKER_PROXY) is not None and _forwarded(request)
     record.via_worker = forwarded
     record.client = client_of(request, forwarded)
     request[RECORD] = record
