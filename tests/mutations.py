@@ -849,6 +849,20 @@ BREAKS += [
         ("tests/test_security_units.py::test_the_connection_cap_middleware_alone_sheds_all_but_probes",),
     ),
     Break(
+        "a lone upstream picked over its concurrency cap",
+        "server/upstreams/pool.py",
+        "            return None if only.full else only\n",
+        "            return only\n",
+        ("tests/test_routing_units.py::test_a_lone_upstream_at_its_concurrency_cap_is_not_picked",),
+    ),
+    Break(
+        "the first attempt not picked by load",
+        "server/upstreams/attempts.py",
+        "                client = self.pool.pick(candidates)\n",
+        "                client = candidates[0]\n",
+        ("tests/test_routing_units.py::test_the_first_attempt_goes_to_the_less_busy_upstream_of_the_pool",),
+    ),
+    Break(
         "a lean histogram observation one bucket low",
         "server/metrics.py",
         "    child._buckets[bisect_left(child._upper_bounds, amount)].inc(1)\n",

@@ -286,6 +286,13 @@ def test_an_upstream_at_its_concurrency_cap_is_skipped() -> None:
     assert pool.pick([full, free]) is free
 
 
+def test_a_lone_upstream_at_its_concurrency_cap_is_not_picked() -> None:
+    """Catches: the one-candidate shortcut of `Pool.pick` ignoring the cap (server/upstreams/pool.py)."""
+    full = cast(Any, FakeClient("full"))
+    full.full = True
+    assert Pool([full]).pick([full]) is None
+
+
 # --- the attempt loop ------------------------------------------------------------------------
 
 
@@ -386,6 +393,16 @@ async def test_a_failed_upstream_hands_over_to_another_of_the_pool_without_waiti
     assert result == b"ok"
     assert len(a.calls) + len(b.calls) == 3
     assert len(sleeps) == 1  # only the third attempt, back on an upstream that failed, waited
+
+
+async def test_the_first_attempt_goes_to_the_less_busy_upstream_of_the_pool() -> None:
+    """Catches: the first attempt's shortcut not picking by load (server/upstreams/attempts.py)."""
+    busy, idle = FakeClient("busy"), FakeClient("idle")
+    busy.in_flight = 5
+    upstream = router([busy, idle], [])
+    for _ in range(10):
+        await upstream.complete({"model": "m"}, "r")
+    assert (len(busy.calls), len(idle.calls)) == (0, 10)
 
 
 async def test_a_silent_upstream_is_not_asked_again() -> None:
