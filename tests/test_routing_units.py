@@ -287,7 +287,7 @@ def test_an_upstream_at_its_concurrency_cap_is_skipped() -> None:
 
 
 def test_a_lone_upstream_at_its_concurrency_cap_is_not_picked() -> None:
-    """Catches: the one-candidate shortcut of `Pool.pick` ignoring the cap (server/upstreams/pool.py)."""
+    """Catches: `Pool.pick` ignoring the cap when only one candidate is left (server/upstreams/pool.py)."""
     full = cast(Any, FakeClient("full"))
     full.full = True
     assert Pool([full]).pick([full]) is None
@@ -396,7 +396,7 @@ async def test_a_failed_upstream_hands_over_to_another_of_the_pool_without_waiti
 
 
 async def test_the_first_attempt_goes_to_the_less_busy_upstream_of_the_pool() -> None:
-    """Catches: the first attempt's shortcut not picking by load (server/upstreams/attempts.py)."""
+    """Catches: the attempt loop taking a candidate without the pool's pick (server/upstreams/attempts.py)."""
     busy, idle = FakeClient("busy"), FakeClient("idle")
     busy.in_flight = 5
     upstream = router([busy, idle], [])

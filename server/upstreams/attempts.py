@@ -19,7 +19,7 @@ import asyncio
 import math
 import random
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Sequence
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
 import structlog
@@ -165,26 +165,17 @@ class Upstream:
 
         `only` narrows the candidates; `busy` holds the (upstream, model) being tried (for hedging).
         """
-        serving = self.pool.serving(model)
-        candidates = serving if only is None else [client for client in serving if only(client, model)]
+        candidates = [client for client in self.pool.serving(model) if only is None or only(client, model)]
         busy = set() if busy is None else busy
         tries = {client.name: 0 for client in candidates}
         errors: dict[str, UpstreamError] = {}
         excluded: set[str] = set()
         attempt_body = body if body.get("model") == model else {**body, "model": model}
-        first = True
         while True:
-            if first:
-                # Nothing tried or excluded yet: every candidate is available with 0 tries (Python
-                # 3.11 runs each comprehension below as a function call of its own).
-                first = False
-                available: Sequence[UpstreamClient] = candidates
-                client = self.pool.pick(candidates)
-            else:
-                available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
-                # Spread over the pool first: an upstream is retried only once every other one was tried.
-                fewest = min((tries[c.name] for c in available), default=0)
-                client = self.pool.pick([c for c in available if tries[c.name] == fewest])
+            available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
+            # Spread over the pool first: an upstream is retried only once every other one was tried.
+            fewest = min((tries[c.name] for c in available), default=0)
+            client = self.pool.pick([c for c in available if tries[c.name] == fewest])
             if client is None:
                 raise _last(errors) or _no_candidate(model, bool(available))
             retry = tries[client.name]

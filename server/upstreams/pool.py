@@ -30,9 +30,6 @@ class Pool:
 
     def pick(self, candidates: Sequence[UpstreamClient]) -> UpstreamClient | None:
         """Two candidates drawn by weight; the one with fewer requests in flight per weight wins."""
-        if len(candidates) == 1:  # a model served by one upstream: no list built
-            only = candidates[0]
-            return None if only.full else only
         open_slots = [client for client in candidates if not client.full]
         if not open_slots:
             return None
