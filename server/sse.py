@@ -23,7 +23,7 @@ from aiohttp.http_writer import StreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
-from . import client_gone
+from .client_gone import watch as watch_client_gone
 
 log = structlog.get_logger("sluice.sse")
 HEARTBEAT = b": keep-alive\n\n"
@@ -164,6 +164,10 @@ class SSEResponse(EventSourceResponse):
             # What the header write would have raised, had it not waited for the first event.
             raise ClientConnectionResetError("Cannot write to closing transport")
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        # aiohttp's header-read timer, armed when the connection opened, would sit on the loop for
+        # the whole stream (a timer handle per stream, ~550 bytes): the request is read, so drop it.
+        # aiohttp arms its keep-alive timer again once the response ends.
+        request.protocol.keep_alive(True)
         loop = asyncio.get_running_loop()
         self._beat = loop.call_later(self._ping_interval, self._heartbeat)
         loop.call_soon(self._flush_headers)
@@ -230,7 +234,7 @@ class SSEResponse(EventSourceResponse):
     def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
         """Call `callback` the moment the client's leaving is read; return what unregisters it (see client_gone.py)."""
         request = self._request
-        return _nothing if request is None else client_gone.watch(request, callback)
+        return _nothing if request is None else watch_client_gone(request, callback)
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""
