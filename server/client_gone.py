@@ -91,7 +91,8 @@ class _LeaveAwareHandler(RequestHandler):
 
     def eof_received(self) -> None:
         request = self._current_request
-        waiter: object = request.content._waiter if request is not None else None
+        # A request without a body reads aiohttp's shared empty payload, which has no waiter slot.
+        waiter: object = getattr(request.content, "_waiter", None) if request is not None else None
         if isinstance(waiter, _ClientGone):
             waiter.left()
         super().eof_received()  # returns None: the transport closes, connection_lost follows

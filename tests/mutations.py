@@ -972,6 +972,29 @@ BREAKS += [
         ),
     ),
     Break(
+        "a FIN during a bodiless request on a watched connection breaks the transport",
+        "server/client_gone.py",
+        '        waiter: object = getattr(request.content, "_waiter", None) if request is not None else None\n',
+        "        waiter: object = request.content._waiter if request is not None else None\n",
+        ("tests/test_client_gone.py::test_a_request_without_a_body_on_a_watched_connection_survives_the_clients_fin",),
+    ),
+    Break(
+        "a stream's header deadline still runs after its headers came",
+        "server/upstreams/client.py",
+        "                deadline.reschedule(asyncio.get_running_loop().time() + self._settings.first_token_timeout)\n",
+        "                pass\n",
+        (
+            "tests/test_upstream_http1.py::test_once_the_headers_came_a_stream_waits_for_its_first_token_past_the_header_deadline",
+        ),
+    ),
+    Break(
+        "an upstream's Content-Encoding is not kept",
+        "server/upstreams/parser.py",
+        '    (b"content-length", b"transfer-encoding", b"content-encoding", b"retry-after", b"retry-after-ms")\n',
+        '    (b"content-length", b"transfer-encoding", b"retry-after", b"retry-after-ms")\n',
+        ("tests/test_upstream_http1.py::test_a_compressed_stream_is_refused_as_upstream_encoding_unsupported",),
+    ),
+    Break(
         "SIGHUP leaves the keys as they were",
         KEY_RELOAD,
         "    ring.adopt(fresh)\n",

@@ -295,9 +295,13 @@ async def test_a_streams_token_opens_it_without_a_header(keyed: Gateway) -> None
             assert r.headers["Referrer-Policy"] == "no-referrer"
             assert "no-store" in r.headers["Cache-Control"]
             events = await read_events(r)
+            opened = r.headers["X-Request-ID"]
         async with http.delete(keyed.url + created["url"]) as r:
             assert r.status == 204
+            deleted = r.headers["X-Request-ID"]
     assert events[-1].event == "done"
+    for rid in (opened, deleted):  # both lines written before the log is searched for the token
+        keyed.process.wait_for_event("request_finished", request_id=rid)
     assert not any(created["token"] in line for line in keyed.process.lines)
 
 

@@ -90,3 +90,47 @@ async def test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_it
     async with asyncio.timeout(SECONDS):
         await called.wait()
     assert seen == [True]
+
+
+async def test_a_request_without_a_body_on_a_watched_connection_survives_the_clients_fin(
+    aiohttp_server: Callable[..., Awaitable[TestServer]],
+) -> None:
+    # A watched connection keeps its leave-aware protocol for the requests that follow on it; a
+    # GET's body reader is aiohttp's shared empty payload, which has no waiter slot to look in.
+    loop = asyncio.get_running_loop()
+    errors: list[str] = []
+    serving_get = asyncio.Event()
+
+    async def post(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = SSEResponse(heartbeat_interval=60, send_timeout=60)
+        await response.prepare(request)
+        response.on_client_gone(lambda: None)
+        await response.write_eof()
+        return response
+
+    async def get(request: web.Request) -> web.StreamResponse:
+        serving_get.set()
+        await asyncio.Event().wait()  # until the client leaves
+        return web.Response()
+
+    app = web.Application()
+    app.router.add_post("/", post)
+    app.router.add_get("/", get)
+    server = await aiohttp_server(app)
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: errors.append(str(context.get("message"))))
+    try:
+        reader, writer = await asyncio.open_connection(server.host, server.port)
+        writer.write(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n{}")
+        async with asyncio.timeout(SECONDS):
+            await reader.readuntil(b"0\r\n\r\n")  # the POST's whole chunked answer: the connection stays
+            writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            await serving_get.wait()
+            writer.write_eof()  # the client's FIN while its GET is served
+            await reader.read()  # until the gateway closes the connection
+        writer.close()
+    finally:
+        loop.set_exception_handler(previous)
+
+    assert errors == []

@@ -212,6 +212,43 @@ async def test_a_stream_whose_upstream_closes_mid_body_ends_with_a_reset_failure
     assert failure.value.reason == "reset"
 
 
+async def test_once_the_headers_came_a_stream_waits_for_its_first_token_past_the_header_deadline(
+    raw_upstream: RawUpstream, upstream_connections: Connections
+) -> None:
+    # A reasoning model answers its headers at once and thinks for minutes: the header deadline
+    # must give way to the (longer) first-token deadline, not cut the stream.
+    header_timeout = 0.2
+    upstream = make_settings(upstream={"header_timeout": header_timeout, "first_token_timeout": SECONDS}).upstream
+    entry = UpstreamEntry(name="thinking", base_url=raw_upstream.url, api_key=None)
+    accepted = asyncio.Event()
+    opening = asyncio.ensure_future(
+        UpstreamClient(entry, upstream_connections, upstream).open_stream(CHAT, "rid", on_accepted=accepted.set)
+    )
+    exchange = await raw_upstream.next()
+    exchange.write(STREAM_HEAD)
+    async with asyncio.timeout(SECONDS):
+        await accepted.wait()
+    await asyncio.wait({opening}, timeout=3 * header_timeout)  # a window the header deadline falls in
+    assert not opening.done()
+    exchange.write(chunk(token(1)))
+    async with asyncio.timeout(SECONDS):
+        stream = await opening
+    stream.close()
+
+
+async def test_a_compressed_stream_is_refused_as_upstream_encoding_unsupported(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    opening = asyncio.ensure_future(raw_client(raw_upstream.url).open_stream(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(STREAM_HEAD.replace(b"\r\n\r\n", b"\r\nContent-Encoding: gzip\r\n\r\n") + chunk(b"\x1f\x8b"))
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await opening
+    assert (failure.value.status, failure.value.code) == (502, "upstream_encoding_unsupported")
+
+
 async def _read_into(texts: list[str | None], stream: UpstreamStream) -> None:
     async with asyncio.timeout(SECONDS):
         async for batch in stream:

@@ -6,7 +6,7 @@ no task between the socket and the relay: a paced stream's event is parsed and w
 callback that read it.
 
 Each read takes at most READ_BUFFER_BYTES from the socket (a buffered protocol, reading into one
-buffer per application): uvloop's own reads take up to 256 KiB, and a stalled client's stream
+buffer per `Connections`): uvloop's own reads take up to 256 KiB, and a stalled client's stream
 then held a whole such read, parsed and encoded, in the client's write buffer (issue 14: 200
 stalled readers cost 190-230 KiB each when the upstream was faster than the gateway, 60 KiB
 when it was not, and kept 27-38 MiB after they left).
@@ -28,7 +28,7 @@ READ_BUFFER_BYTES = 1 << 14
 
 
 def read_buffer() -> memoryview:
-    """The buffer every connection of one event loop reads into (each read is consumed before the next)."""
+    """The buffer every connection of one `Connections` reads into (each read is consumed before the next)."""
     return memoryview(bytearray(READ_BUFFER_BYTES))
 
 
