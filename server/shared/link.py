@@ -114,6 +114,21 @@ class RedisLink:
         return client
 
 
+async def call_packed(client: aioredis.Redis, command: bytes) -> Any:
+    """Run one command packed by the caller on a `dedicated()` client's connection; its raw reply.
+
+    For the commands sent per few events (a flush, a blocking read): redis-py's command path and
+    reply parsing cost more than the round trip. The connection is made at the first call, and
+    again after a failure (redis-py drops it then). A reply that is an error is raised.
+    """
+    if client.connection is None:
+        await client.initialize()
+    connection = client.connection
+    assert connection is not None
+    await connection.send_packed_command(command, check_health=False)
+    return await connection.read_response()
+
+
 def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:
     """`base` (TCP, TLS or Unix socket), packing commands with hiredis rather than in Python.
 

@@ -28,10 +28,9 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import RedisError
 
-from ..shared.link import UNREACHABLE, RedisLink
+from ..shared.link import UNREACHABLE, RedisLink, call_packed
 from .redis_keys import END, StreamKeys
 
 log = structlog.get_logger("sluice.streams")
@@ -229,7 +228,7 @@ class Follower:
             args = (b"XREAD", b"COUNT", self._keep, b"BLOCK", BLOCK_MS, b"STREAMS", *covered, wake_key, *ids)
             command = hiredis.pack_command((*args, slot.woken_after))  # type: ignore[arg-type]  # its stub says a 1-tuple
             try:
-                reply = await _xread(await _connection(slot.client), command)
+                reply = await call_packed(slot.client, command)
             except UNREACHABLE as exc:
                 self._link.failed(exc)
                 slot.forget()
@@ -245,20 +244,6 @@ class Follower:
                     slot.woken_after = entries[-1][0]
                 elif (followed := slot.streams.get(key.decode())) is not None:
                     followed.add(entries, now)
-
-
-async def _connection(client: aioredis.Redis) -> AbstractConnection:
-    """The dedicated client's one connection (made at the first read; redis-py reconnects it after a failure)."""
-    if client.connection is None:
-        await client.initialize()
-    assert client.connection is not None
-    return client.connection
-
-
-async def _xread(connection: AbstractConnection, command: bytes) -> Any:
-    """Send a packed XREAD and return its raw reply (None when the block timed out)."""
-    await connection.send_packed_command(command, check_health=False)
-    return await connection.read_response()
 
 
 def _settle(future: asyncio.Future[bool], result: bool) -> None:
