@@ -114,19 +114,22 @@ class RedisLink:
         return client
 
 
-async def call_packed(client: aioredis.Redis, command: bytes) -> Any:
-    """Run one command packed by the caller on a `dedicated()` client's connection; its raw reply.
+async def call_packed(client: aioredis.Redis, command: bytes, within: float) -> Any:
+    """Run one command packed by the caller on a `dedicated(None)` client's connection; its raw reply.
 
     For the commands sent per few events (a flush, a blocking read): redis-py's command path and
-    reply parsing cost more than the round trip. The connection is made at the first call, and
-    again after a failure (redis-py drops it then). A reply that is an error is raised.
+    reply parsing cost more than the round trip, and with a socket timeout it sends each command
+    in a task of its own (`asyncio.wait_for`). One deadline covers connecting, sending and the
+    reply instead; cut short, redis-py drops the connection and the next call makes a new one.
+    A reply that is an error is raised; past `within` seconds, the builtin TimeoutError (an OSError).
     """
-    if client.connection is None:
-        await client.initialize()
-    connection = client.connection
-    assert connection is not None
-    await connection.send_packed_command(command, check_health=False)
-    return await connection.read_response()
+    async with asyncio.timeout(within):
+        if client.connection is None:
+            await client.initialize()
+        connection = client.connection
+        assert connection is not None
+        await connection.send_packed_command(command, check_health=False)
+        return await connection.read_response()
 
 
 def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:

@@ -148,10 +148,7 @@ class Follower:
     def __init__(self, link: RedisLink, keys: StreamKeys, connections: int, *, keep: int = 256) -> None:
         self._link = link
         self._keep = max(1, keep)
-        read_timeout = BLOCK_MS / 1000 + 5
-        self._slots = [
-            _Slot(link.dedicated(read_timeout), keys.wake(link.instance, index)) for index in range(connections)
-        ]
+        self._slots = [_Slot(link.dedicated(None), keys.wake(link.instance, index)) for index in range(connections)]
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -228,7 +225,7 @@ class Follower:
             args = (b"XREAD", b"COUNT", self._keep, b"BLOCK", BLOCK_MS, b"STREAMS", *covered, wake_key, *ids)
             command = hiredis.pack_command((*args, slot.woken_after))  # type: ignore[arg-type]  # its stub says a 1-tuple
             try:
-                reply = await call_packed(slot.client, command)
+                reply = await call_packed(slot.client, command, BLOCK_MS / 1000 + 5)
             except UNREACHABLE as exc:
                 self._link.failed(exc)
                 slot.forget()

@@ -108,7 +108,7 @@ class RedisWriter:
         self._tasks: list[asyncio.Task[None]] = []
         self._outages_seen = link.outages
         # The flusher's own connection: one flush at a time, and no pool to go through per flush.
-        self._flusher = link.dedicated(COMMAND_TIMEOUT)
+        self._flusher = link.dedicated(None)  # call_packed bounds each flush
         # Streams read on other instances, and how far; told to `on_read_elsewhere` at each renewal.
         self.read_elsewhere: dict[str, int] = {}
         self.on_read_elsewhere: Callable[[str, int], None] | None = None
@@ -232,11 +232,11 @@ class RedisWriter:
         """Run the flush script; its raw reply (what it refused)."""
         try:
             command = hiredis.pack_command(("EVALSHA", _FLUSH_SHA, len(keys), *keys, *args))  # type: ignore[arg-type]  # its stub says a 1-tuple
-            return await call_packed(self._flusher, command)
+            return await call_packed(self._flusher, command, COMMAND_TIMEOUT)
         except NoScriptError:
             # A Redis that has not seen it (new, restarted, flushed): EVAL runs it and keeps it.
             command = hiredis.pack_command(("EVAL", _FLUSH, len(keys), *keys, *args))  # type: ignore[arg-type]  # its stub says a 1-tuple
-            return await call_packed(self._flusher, command)
+            return await call_packed(self._flusher, command, COMMAND_TIMEOUT)
 
     def _queue(self, keys: list[str], args: list[bytes | int | str], stream_id: str, box: _Outbox, now: float) -> None:
         """Add one stream's part of the flush: a rewrite, its events, its end."""
