@@ -189,6 +189,10 @@ class RedisWriter:
     async def _flush_once(self) -> None:
         if self._link.outages != self._outages_seen:
             self._outages_seen = self._link.outages
+            # The flusher's connection may predate the outage (a restarted Redis closed it): the
+            # flush goes out on a new one rather than failing on the old one first.
+            if self._flusher.connection is not None:
+                await self._flusher.connection.disconnect()
             self._resync_all()
         if not self._dirty:
             return
