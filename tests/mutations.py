@@ -481,6 +481,15 @@ BREAKS = [
         ),
     ),
     Break(
+        "a stream nobody waits on, with nothing kept, stays in its slot's XREAD",
+        REDIS_FOLLOW,
+        "            elif one.last < 0 or one.until < now:\n",
+        "            elif one.until < now:\n",
+        (
+            f"{STORE_TESTS}::test_a_wait_given_up_before_any_event_leaves_the_other_readers_of_its_connection_served",
+        ),
+    ),
+    Break(
         "woken readers stay in the next XREAD",
         REDIS_FOLLOW,
         "            self.waiters = waiting\n",
