@@ -485,9 +485,7 @@ BREAKS = [
         REDIS_FOLLOW,
         "            elif one.last < 0 or one.until < now:\n",
         "            elif one.until < now:\n",
-        (
-            f"{STORE_TESTS}::test_a_wait_given_up_before_any_event_leaves_the_other_readers_of_its_connection_served",
-        ),
+        (f"{STORE_TESTS}::test_a_wait_given_up_before_any_event_leaves_the_other_readers_of_its_connection_served",),
     ),
     Break(
         "woken readers stay in the next XREAD",
