@@ -11,8 +11,7 @@ The signal handlers that start the drain are `signals_ctx` in contexts.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
-from contextlib import contextmanager
+from types import TracebackType
 
 import structlog
 
@@ -51,17 +50,9 @@ class Lifecycle:
         if self._max_live and len(self._live) >= self._max_live:
             raise ServiceUnavailableError("Sluice is at capacity; retry shortly.", code="overloaded", headers=headers)
 
-    @contextmanager
-    def track(self, guard: StreamGuard) -> Iterator[None]:
+    def track(self, guard: StreamGuard) -> _Tracked:
         """Count the request as live while the block runs."""
-        self._live.add(guard)
-        self._idle.clear()
-        try:
-            yield
-        finally:
-            self._live.discard(guard)
-            if not self._live:
-                self._idle.set()
+        return _Tracked(self._live, self._idle, guard)
 
     async def drain(self, grace: float) -> None:
         """Refuse new work, let live requests finish for `grace` seconds, then end the rest."""
@@ -83,3 +74,25 @@ class Lifecycle:
             log.info("drain_ending_streams", live=self.live)
         for guard in list(self._live):
             guard.shutdown()
+
+
+class _Tracked:
+    """`Lifecycle.track`'s block: a plain class, where `@contextmanager` cost a generator per request."""
+
+    __slots__ = ("_guard", "_idle", "_live")
+
+    def __init__(self, live: set[StreamGuard], idle: asyncio.Event, guard: StreamGuard) -> None:
+        self._live = live
+        self._idle = idle
+        self._guard = guard
+
+    def __enter__(self) -> None:
+        self._live.add(self._guard)
+        self._idle.clear()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self._live.discard(self._guard)
+        if not self._live:
+            self._idle.set()

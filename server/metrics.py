@@ -93,6 +93,7 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._histograms: dict[str, tuple[Any, Any]] = {}
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: looking a child up costs ~4 us, a dict hit ~0.1 us."""
@@ -109,30 +110,37 @@ class Metrics:
     def chat_finished(self, record: RequestRecord, duration: float, status: int) -> None:
         """Record what one chat request did, once, when it ends."""
         route = record.route
-        if record.outcome is not None:
-            self.child(self.stream_endings, route, record.outcome).inc()
-        if record.outcome is Outcome.UPSTREAM_ERROR or (
-            record.outcome is Outcome.TIMEOUT and record.error_code != Expiry.SEND
-        ):
+        outcome = record.outcome
+        if outcome is not None:
+            count(self.child(self.stream_endings, route, outcome))
+        if outcome is _UPSTREAM_ERROR or (outcome is _TIMEOUT and record.error_code != _SEND):
             # status is what the client got: an error status, or 200 for a stream that failed mid-way.
-            self.child(self.upstream_errors, str(status), record.error_code or "unknown").inc()
+            count(self.child(self.upstream_errors, str(status), record.error_code or "unknown"))
         if record.malformed_chunks:
-            self.child(self.malformed_chunks, route).inc(record.malformed_chunks)
+            count(self.child(self.malformed_chunks, route), record.malformed_chunks)
+        ttft, upstream_duration = self._route_histograms(route)
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
-            self.child(self.ttft, route).observe(ttft_ms / 1000)
-        self.child(self.upstream_duration, route).observe(duration)
+            observe(ttft, ttft_ms / 1000)
+        observe(upstream_duration, duration)
         model = record.model or "unknown"
         usage = record.usage
         if usage is not None:
             prompt = usage.get("prompt_tokens")
             completion = usage.get("completion_tokens")
-            if isinstance(prompt, int):
-                self.child(self.tokens, model, "prompt").inc(prompt)
-            if isinstance(completion, int):
-                self.child(self.tokens, model, "completion").inc(completion)
+            if isinstance(prompt, int) and prompt >= 0:
+                count(self.child(self.tokens, model, "prompt"), prompt)
+            if isinstance(completion, int) and completion >= 0:
+                count(self.child(self.tokens, model, "completion"), completion)
         elif record.chunks_relayed:
-            self.child(self.tokens, model, "completion").inc(record.chunks_relayed)
+            count(self.child(self.tokens, model, "completion"), record.chunks_relayed)
+
+    def _route_histograms(self, route: str) -> tuple[Any, Any]:
+        """The route's time-to-first-token and upstream-duration histograms, found once."""
+        found = self._histograms.get(route)
+        if found is None:
+            found = self._histograms[route] = (self.child(self.ttft, route), self.child(self.upstream_duration, route))
+        return found
 
     def exposition(self) -> bytes:
         """The text exposition of this process, or of all workers in multi-process mode."""
@@ -148,6 +156,31 @@ class Metrics:
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return registry
         return self.registry
+
+
+# Read once: an enum member looked up on its class costs ~85 ns on Python 3.11.
+_UPSTREAM_ERROR, _TIMEOUT, _SEND = Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT, Expiry.SEND
+
+
+def count(child: Any, amount: float = 1) -> None:
+    """`child.inc(amount)` for a labelled child (or an unlabelled metric) and an amount known not negative.
+
+    prometheus-client's `inc` checks, on every call, that the metric has its label values, that
+    the amount is not negative and whether an exemplar came: ~0.3 us where the add itself takes
+    0.2. The children here always have their labels and the callers' amounts are counts. Same
+    value and lock as `inc` (`_value`, as GapTally leans on the histogram's).
+    """
+    child._value.inc(amount)
+
+
+def observe(child: Any, amount: float) -> None:
+    """`child.observe(amount)` for a labelled histogram child: its sum, and the first bucket not below it.
+
+    prometheus-client walks the buckets in Python after the same checks as `inc` (1.4 us); the
+    bucket is the one `Histogram.observe` picks (`amount <= bound`), found by bisection.
+    """
+    child._sum.inc(amount)
+    child._buckets[bisect_left(child._upper_bounds, amount)].inc(1)
 
 
 class GapTally:

@@ -190,6 +190,10 @@ class SSEResponse(EventSourceResponse):
             # What the header write would have raised, had it not waited for the first event.
             raise ClientConnectionResetError("Cannot write to closing transport")
         transport.set_write_buffer_limits(high=WRITE_BUFFER_HIGH, low=WRITE_BUFFER_LOW)
+        # aiohttp's header-read timer, armed when the connection opened, would sit on the loop for
+        # the whole stream (a timer handle per stream, ~550 bytes): the request is read, so drop it.
+        # aiohttp arms its keep-alive timer again once the response ends.
+        request.protocol.keep_alive(True)
         loop = asyncio.get_running_loop()
         self._beat = loop.call_later(self._ping_interval, self._heartbeat)
         loop.call_soon(self._flush_headers)

@@ -88,18 +88,16 @@ class ResponseStart:
 async def start_response(
     request: web.Request, record: RequestRecord, guard: StreamGuard, response: SSEResponse
 ) -> SSEResponse:
-    """`response`, prepared for the request, its stalls watched by `guard`."""
-    await _prepare(response, request, record)
-    record.response_status = response.status
-    guard.set_send_timeout_callback(response.abort)
-    return response
+    """`response`, prepared for the request, its stalls watched by `guard`.
 
-
-async def _prepare(response: SSEResponse, request: web.Request, record: RequestRecord) -> None:
-    """Send the headers; a client gone by now ends the handler as any disconnect does."""
+    A client gone by the time the headers go ends the handler as any disconnect does.
+    """
     try:
         await response.prepare(request)
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
         # The peer's reset reached the transport before aiohttp cancelled the handler.
         record.outcome = Outcome.CLIENT_DISCONNECTED
         raise asyncio.CancelledError from None
+    record.response_status = response.status
+    guard.set_send_timeout_callback(response.abort)
+    return response

@@ -20,8 +20,9 @@ RSS_SLACK = 4 * 1024 * 1024
 
 
 @pytest.mark.timeout(60)
+@pytest.mark.parametrize("route", ["openai", "native"])
 async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat(
-    gateway: Gateway, simulator: Simulator
+    gateway: Gateway, simulator: Simulator, route: str
 ) -> None:
     """Over a second of stalled reading, the upstream sends nothing more and the gateway grows by nothing.
 
@@ -31,8 +32,8 @@ async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tok
     Catches: `request.transport.set_write_buffer_limits(high=1 << 30)` right after the response
     starts (server/chat_call.py): writes never wait, so the gateway drains the upstream into memory.
     """
-    rid = new_request_id("backpressure-flat")
-    path, make_body = ROUTES["openai"]
+    rid = new_request_id(f"backpressure-flat-{route}")
+    path, make_body = ROUTES[route]
     process = psutil.Process(gateway.process.pid)
     async with aiohttp.ClientSession() as http:
         headers = {"X-Request-ID": rid}

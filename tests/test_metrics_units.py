@@ -7,7 +7,7 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from server.metrics import GAP_BUCKETS, Metrics
+from server.metrics import GAP_BUCKETS, LATENCY_BUCKETS, Metrics, count, observe
 
 ROUTE = "/v1/chat/completions"
 
@@ -65,3 +65,32 @@ def test_a_long_stream_shows_its_gaps_in_metrics_before_it_ends() -> None:
         stream.observe(0.25)
     # The fourth gap made a second: those four are published, the fifth waits for the next.
     assert gap_lines(metrics.exposition())[f'sluice_chunk_gap_seconds_count{{route="{ROUTE}"}}'] == 4
+
+
+def test_observe_and_count_give_the_text_prometheus_clients_own_observe_and_inc_give() -> None:
+    """`metrics.observe` and `metrics.count`, which skip prometheus-client's per-call checks, render the same /metrics.
+
+    Catches: a value put in the bucket above or below its own, the sum or a count not added
+    (server/metrics.py, `observe`, `count`).
+    """
+    rng = random.Random(14)
+    # Bounds themselves (a value equal to a bound is in that bound's bucket), 0, past the last bound.
+    values = [*LATENCY_BUCKETS, 0.0, 500.0] + [rng.uniform(0.0, 3.0) ** 3 for _ in range(300)]
+    lean, public = Metrics(), Metrics()
+    for value in values:
+        observe(lean.child(lean.ttft, ROUTE), value)
+        public.child(public.ttft, ROUTE).observe(value)
+        count(lean.child(lean.tokens, "m", "prompt"), 3)
+        public.child(public.tokens, "m", "prompt").inc(3)
+
+    def samples(metrics: Metrics) -> dict[str, float]:
+        lines = metrics.exposition().decode().splitlines()
+        wanted = ("sluice_time_to_first_token_seconds_", "sluice_tokens_total")
+        return {
+            name: float(value)
+            for name, _, value in (line.rpartition(" ") for line in lines)
+            if name.startswith(wanted) and "_created" not in name
+        }
+
+    assert len(samples(public)) == len(LATENCY_BUCKETS) + 4  # the buckets, +Inf, count, sum, tokens
+    assert samples(lean) == samples(public)

@@ -61,6 +61,16 @@ async def test_a_success_resets_the_consecutive_failures() -> None:
     assert await b.state("a") is BreakerState.CLOSED
 
 
+async def test_an_answered_attempt_resets_the_failures_counted_on_its_upstream_and_pair() -> None:
+    """Catches: `answered` skipping its breakers whenever none is open (server/upstreams/breaker.py)."""
+    clock = Clock()
+    b = breakers(clock, failures=2)
+    await b.failed("a")
+    await b.answered("a", "m")
+    await b.failed("a")
+    assert await b.state("a") is BreakerState.CLOSED
+
+
 async def test_after_the_cooldown_exactly_one_trial_passes() -> None:
     clock = Clock()
     b = breakers(clock, failures=1, cooldown=30)
@@ -276,6 +286,13 @@ def test_an_upstream_at_its_concurrency_cap_is_skipped() -> None:
     assert pool.pick([full, free]) is free
 
 
+def test_a_lone_upstream_at_its_concurrency_cap_is_not_picked() -> None:
+    """Catches: `Pool.pick` ignoring the cap when only one candidate is left (server/upstreams/pool.py)."""
+    full = cast(Any, FakeClient("full"))
+    full.full = True
+    assert Pool([full]).pick([full]) is None
+
+
 # --- the attempt loop ------------------------------------------------------------------------
 
 
@@ -376,6 +393,16 @@ async def test_a_failed_upstream_hands_over_to_another_of_the_pool_without_waiti
     assert result == b"ok"
     assert len(a.calls) + len(b.calls) == 3
     assert len(sleeps) == 1  # only the third attempt, back on an upstream that failed, waited
+
+
+async def test_the_first_attempt_goes_to_the_less_busy_upstream_of_the_pool() -> None:
+    """Catches: the attempt loop taking a candidate without the pool's pick (server/upstreams/attempts.py)."""
+    busy, idle = FakeClient("busy"), FakeClient("idle")
+    busy.in_flight = 5
+    upstream = router([busy, idle], [])
+    for _ in range(10):
+        await upstream.complete({"model": "m"}, "r")
+    assert (len(busy.calls), len(idle.calls)) == (0, 10)
 
 
 async def test_a_silent_upstream_is_not_asked_again() -> None:

@@ -15,6 +15,7 @@ from aiohttp.test_utils import TestServer
 from server.sse import SEND_BUFFER_BYTES, SSEResponse
 
 Serve = Callable[[web.Application], Awaitable[TestServer]]
+ServeWith = Callable[..., Awaitable[TestServer]]  # the same, with the server's options
 REQUEST = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n"
 
 
@@ -165,3 +166,58 @@ async def test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_th
         replies.append(reply.partition(b"\r\n\r\n")[2])  # the body: the headers carry a date
     assert replies[0] == replies[1]
     assert b"134\r\ndata: " + b"x" * 300 in replies[0]  # 308 bytes: the frame's size is hexadecimal
+
+
+async def test_a_running_stream_holds_no_header_read_timer(aiohttp_server: ServeWith) -> None:
+    """aiohttp's header-read timer, armed when the connection opened, is dropped once the stream starts.
+
+    A timer handle per live stream (about 550 bytes with uvloop) for a deadline that cannot apply.
+    """
+    seen: list[object] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        seen.append(request.protocol._keepalive_handle)
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app, keepalive_timeout=60)
+    with await open_reader(server) as sock:
+        await _read_body(sock)
+    assert seen == [None]
+
+
+async def test_an_idle_connection_after_a_stream_is_closed_at_the_keep_alive_limit(
+    aiohttp_server: ServeWith,
+) -> None:
+    """Once the stream ended, aiohttp arms its keep-alive timer again: an idle client is not kept forever."""
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=5)
+        await response.prepare(request)
+        await response.write(b"data: x\n\n")
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app, keepalive_timeout=0.2)
+    loop = asyncio.get_running_loop()
+    with await open_reader(server) as sock:
+        await _read_body(sock)
+        # The server closes the idle connection: the read sees its end (bounded far from 0.2 s).
+        assert await asyncio.wait_for(loop.sock_recv(sock, 65536), 10) == b""
+
+
+async def _read_body(sock: socket.socket) -> bytes:
+    """Read a chunked response until its last chunk."""
+    loop = asyncio.get_running_loop()
+    body = b""
+    while not body.endswith(b"0\r\n\r\n"):
+        piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
+        assert piece, "the connection closed before the body ended"
+        body += piece
+    return body

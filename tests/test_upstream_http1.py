@@ -67,6 +67,17 @@ def test_a_head_larger_than_the_limit_is_refused() -> None:
         parser.feed(line)
 
 
+def test_only_the_headers_sluice_reads_are_kept() -> None:
+    """A provider's request ids, cookies and timings would live as long as the stream: they are dropped."""
+    parser = ResponseParser()
+    parser.feed(
+        b"HTTP/1.1 200 OK\r\nX-Request-Id: req_1\r\nSet-Cookie: a=b\r\nOpenAI-Processing-Ms: 12\r\n"
+        b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+
+    assert dict(parser.headers) == {"transfer-encoding": "chunked"}
+
+
 def test_header_names_are_found_whatever_their_case() -> None:
     parser = ResponseParser()
     parser.feed(b"HTTP/1.1 429 Too Many\r\nRetry-After-Ms: 1500\r\nContent-Length: 0\r\n\r\n")

@@ -25,7 +25,8 @@ from ..access import RequestRecord
 from ..client_address import client_address
 from ..credentials import REJECTED_CODE
 from ..guard import Outcome
-from ..keys import METRICS, RECORD, SETTINGS, UPSTREAM_CREDENTIALS
+from ..keys import METRICS, RECORD, SETTINGS, UPSTREAM_CREDENTIALS, WORKER_PROXY
+from ..metrics import count
 
 log = structlog.get_logger("sluice.access")
 
@@ -38,11 +39,14 @@ WARNING_STATUSES = frozenset({500, 502, 504})
 async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Time the request and log its end, also when the client left mid-way."""
     started = time.perf_counter()
+    app = request.app
     record = RequestRecord(started=asyncio.get_running_loop().time())
     resource = request.match_info.route.resource
     record.route = resource.canonical if resource is not None else "unmatched"
     # Now, while the connection is there: a stream's connection may be gone by the time it is logged.
-    record.via_worker = forwarded = _forwarded(request)
+    # Only a worker of several listens on a Unix socket: a single process skips asking the socket.
+    forwarded = app.get(WORKER_PROXY) is not None and _forwarded(request)
+    record.via_worker = forwarded
     record.client = client_of(request, forwarded)
     request[RECORD] = record
     status = 500
@@ -56,19 +60,19 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
         record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
         raise
     finally:
-        _finished(request, record, status, time.perf_counter() - started)
+        _finished(app, request, record, status, time.perf_counter() - started)
 
 
-def _finished(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
+def _finished(app: web.Application, request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
     if record.stream is not None:
-        request.app[UPSTREAM_CREDENTIALS].note(record.error_code, answered=record.outcome is Outcome.COMPLETED)
+        app[UPSTREAM_CREDENTIALS].note(record.error_code, answered=record.outcome is Outcome.COMPLETED)
     if record.forwarded_to is not None:
         return  # the worker that owns the stream logged and counted it
     _log(request, record, status, duration)
-    metrics = request.app[METRICS]
-    metrics.child(metrics.requests, record.route, request.method, str(status)).inc()
+    metrics = app[METRICS]
+    count(metrics.child(metrics.requests, record.route, request.method, str(status)))
     if record.key is not None:
-        metrics.child(metrics.key_requests, record.key, str(status)).inc()
+        count(metrics.child(metrics.key_requests, record.key, str(status)))
     if record.stream is not None:
         metrics.chat_finished(record, duration, status)
 
@@ -129,4 +133,5 @@ def client_of(request: web.Request, forwarded: bool) -> str | None:
         # Only the other workers can reach the Unix socket; they pass on the client they saw.
         return request.headers.get("X-Forwarded-For")
     trusted = request.app[SETTINGS].server.trusted_proxies
-    return client_address(request.remote, request.headers.get("X-Forwarded-For"), trusted)
+    # Without trusted proxies nobody's X-Forwarded-For is believed: no header lookup.
+    return client_address(request.remote, request.headers.get("X-Forwarded-For") if trusted else None, trusted)

@@ -163,8 +163,9 @@ def check_model_for(request: web.Request, name: str, *, listed_at: str = "/model
     A model outside the key's list gets the same answer as an unknown one: a key learns nothing
     about other keys' models.
     """
-    model = request.app[MODELS].resolve(name, listed_at=listed_at)
-    key = request.get(GATEWAY_KEY)
+    app = request.app
+    model = app[MODELS].resolve(name, listed_at=listed_at)
+    key = request.get(GATEWAY_KEY) if app[KEYRING].enabled else None  # see reserve_tokens
     if key is not None and not (key.allows(model) or key.allows(name)):
         raise ModelNotFoundError(
             f"The model {name[:200]!r} is not available; GET {listed_at} lists the models.", param="model"
@@ -184,7 +185,8 @@ def visible_models(request: web.Request) -> tuple[str, ...]:
 
 async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
     """Reserve the prompt estimate plus the body's max tokens on the key's tpm; 429 when over it."""
-    lease = request.get(LEASE)
+    # Without keys no request holds a lease: no lookup, which would raise and catch a KeyError.
+    lease = request.get(LEASE) if request.app[KEYRING].enabled else None
     if lease is None:
         return
     refused = await lease.reserve(body)

@@ -21,7 +21,9 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     incoming = request.headers.get(HEADER, "")
     request_id = incoming if _WELL_FORMED.fullmatch(incoming) else _new_id()
     request[REQUEST_ID] = request_id
-    structlog.contextvars.clear_contextvars()
+    # No `clear_contextvars` first (it copies and walks the whole context): aiohttp serves each
+    # request in a task of its own, whose context is a copy of its connection's, so nothing bound
+    # while serving one request is there for the next; and the request id is all Sluice binds.
     structlog.contextvars.bind_contextvars(request_id=request_id)
     return await handler(request)
 

@@ -26,7 +26,7 @@ import structlog
 
 from ..access import RequestRecord
 from ..errors import UpstreamError, UpstreamUnavailableError
-from ..metrics import Metrics
+from ..metrics import Metrics, count
 from ..settings import RoutingSettings
 from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_candidate
 from .breaker import Breakers, BreakerState
@@ -233,7 +233,7 @@ class Upstream:
         self, record: RequestRecord | None, client: UpstreamClient, model: str, status: object, started: float
     ) -> None:
         ms = round((time.perf_counter() - started) * 1000, 1)
-        self._metrics.child(self._metrics.attempts, client.name, str(status)).inc()
+        count(self._metrics.child(self._metrics.attempts, client.name, str(status)))
         if record is not None:
             record.attempts.append({"upstream": client.name, "model": model, "status": status, "ms": ms})
 

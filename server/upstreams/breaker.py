@@ -78,6 +78,10 @@ class MemoryBreakerStore:
         record = self._records[name] = change(self._records.get(name, CLOSED_RECORD))
         return record
 
+    def peek(self, name: str) -> BreakerRecord:
+        """The record now, without a coroutine: what `read` returns."""
+        return self._records.get(name, CLOSED_RECORD)
+
 
 def state_of(record: BreakerRecord, now: float) -> BreakerState:
     """The state `record` is in at `now`."""
@@ -86,6 +90,11 @@ def state_of(record: BreakerRecord, now: float) -> BreakerState:
     if now < record.open_until or _trial_running(record, now):
         return BreakerState.OPEN
     return BreakerState.HALF_OPEN
+
+
+def _settled(record: BreakerRecord) -> bool:
+    """True for a closed breaker with no failure counted: a success leaves it as it is."""
+    return record is CLOSED_RECORD or record == CLOSED_RECORD
 
 
 def _trial_running(record: BreakerRecord, now: float) -> bool:
@@ -111,6 +120,9 @@ class Breakers:
         self._clock = clock
         self._on_rate_limit = on_rate_limit
         self._on_change = on_change
+        # In memory, a request whose breakers are all closed is decided by two dict lookups, not
+        # four coroutines per attempt (admit and answered, each over the pair and the upstream).
+        self._memory = store if isinstance(store, MemoryBreakerStore) else None
 
     async def state(self, name: str) -> BreakerState:
         """The upstream's state now."""
@@ -147,7 +159,7 @@ class Breakers:
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
         before = await self._store.read(name)
-        if before is not CLOSED_RECORD and before != CLOSED_RECORD:
+        if not _settled(before):
             await self._store.update(name, lambda record: CLOSED_RECORD)
             if before.open_until:
                 self._changed(name, BreakerState.CLOSED)
@@ -180,8 +192,12 @@ class Breakers:
 
     async def admit(self, upstream: str, model: str) -> list[str] | None:
         """None unless both breakers let an attempt through; else the keys whose trial it holds."""
+        pair = _pair(upstream, model)
+        memory = self._memory
+        if memory is not None and memory.peek(pair).open_until == 0.0 and memory.peek(upstream).open_until == 0.0:
+            return []  # both closed: what `acquire` decides for each
         trials: list[str] = []
-        for key in (_pair(upstream, model), upstream):
+        for key in (pair, upstream):
             admission = await self.acquire(key)
             if admission is Admission.REFUSED:
                 for held in trials:
@@ -204,7 +220,11 @@ class Breakers:
 
     async def answered(self, upstream: str, model: str) -> None:
         """The attempt at (upstream, model) succeeded: close both breakers."""
-        await self.succeeded(_pair(upstream, model))
+        pair = _pair(upstream, model)
+        memory = self._memory
+        if memory is not None and _settled(memory.peek(pair)) and _settled(memory.peek(upstream)):
+            return  # both closed with no failure counted: `succeeded` changes nothing
+        await self.succeeded(pair)
         await self.succeeded(upstream)
 
     async def pair_reopens_in(self, upstream: str, model: str) -> float:

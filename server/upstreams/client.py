@@ -80,38 +80,39 @@ class UpstreamClient:
         """
         self.in_flight += 1
         response: UpstreamResponse | None = None
+        stream: UpstreamStream | None = None
+        # One timer for both deadlines, moved on when the headers came: a second `asyncio.timeout`
+        # per stream cost a context manager, a timer handle and its cancellation.
         try:
-            async with asyncio.timeout(self._settings.header_timeout):
+            async with asyncio.timeout(self._settings.header_timeout) as deadline:
                 response = await self._send(body, request_id, accept=b"text/event-stream")
-            if (response.headers.get("content-encoding") or "identity").strip().lower() != "identity":
-                response.close()  # none was asked for; decoding a stream's pieces is not worth its cost
-                raise UpstreamProtocolError(
-                    "The upstream's stream is compressed, which Sluice does not decode.",
-                    code="upstream_encoding_unsupported",
-                )
+                if (response.headers.get("content-encoding") or "identity").strip().lower() != "identity":
+                    raise UpstreamProtocolError(
+                        "The upstream's stream is compressed, which Sluice does not decode.",
+                        code="upstream_encoding_unsupported",
+                    )  # none was asked for; decoding a stream's pieces is not worth its cost
+                stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
+                deadline.reschedule(asyncio.get_running_loop().time() + self._settings.first_token_timeout)
+                if on_accepted is not None:
+                    on_accepted()
+                await stream.prime()
+                return stream
         except TimeoutError:
+            if stream is not None:
+                stream.close()
+                raise timeout_failure("first_token_timeout", "The upstream sent no token in time.") from None
             if response is not None:
                 response.close()  # the deadline passed just as the answer came: its connection is taken
             self._done()
             raise timeout_failure("header_timeout", "The upstream sent no response headers in time.") from None
         except BaseException:
+            if stream is not None:
+                stream.close()
+                raise
             if response is not None:
                 response.close()
             self._done()
             raise
-        stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
-        if on_accepted is not None:
-            on_accepted()
-        try:
-            async with asyncio.timeout(self._settings.first_token_timeout):
-                await stream.prime()
-        except TimeoutError:
-            stream.close()
-            raise timeout_failure("first_token_timeout", "The upstream sent no token in time.") from None
-        except BaseException:
-            stream.close()
-            raise
-        return stream
 
     async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
         """Send a non-streaming request; return the upstream's JSON body as received (decoded)."""
@@ -152,7 +153,7 @@ class UpstreamClient:
         """POST the chat request; return the response once it answered 200, else raise UpstreamError."""
         payload = orjson.dumps(body)
         rid = request_id.encode("latin-1")
-        if b"\r" in rid or b"\n" in rid:
+        if rid.find(b"\r") >= 0 or rid.find(b"\n") >= 0:
             raise ValueError("A request ID cannot hold a line break.")
         request = b"".join(
             (

@@ -16,7 +16,7 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
-from .http1 import Http1Connection
+from .http1 import Http1Connection, read_buffer
 
 IDLE_SECONDS = 15.0  # aiohttp's keep-alive default; upstream servers commonly keep 60 s or more
 DNS_SECONDS = 10.0  # how long an origin's addresses are kept, as aiohttp's connector kept them
@@ -85,8 +85,8 @@ class OriginPool:
             addresses = await self._resolve()
             for index, (address, port) in enumerate(addresses):
                 try:
-                    transport, connection = await loop.create_connection(
-                        lambda: Http1Connection(self._lost),
+                    _, connection = await loop.create_connection(
+                        lambda: Http1Connection(self._lost, self._connections.read_buffer),
                         address,
                         port,
                         ssl=context,
@@ -96,10 +96,8 @@ class OriginPool:
                 except OSError:
                     if index == len(addresses) - 1:
                         raise  # each address refused: the last one's error names the failure
-        raw = transport.get_extra_info("socket")
-        if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
-            # Each request leaves in one write already; this keeps a small one from waiting on an ACK.
-            raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY is on already: uvloop and asyncio set it on every TCP transport they make.
+        # Asking for the socket again cost a system call and a socket object kept per stream.
         self._open.add(connection)
         return connection
 
@@ -150,6 +148,7 @@ class Connections:
         self.ssl_context = ssl_context or ssl.create_default_context()
         self.slots = asyncio.Semaphore(max_connections) if max_connections > 0 else None
         self.closed = False
+        self.read_buffer = read_buffer()  # every connection's reads land here (see Http1Connection)
         self._pools: dict[tuple[str, int, bool], OriginPool] = {}
 
     def pool(self, base_url: str) -> OriginPool:

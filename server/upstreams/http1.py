@@ -1,9 +1,15 @@
 """One HTTP/1.1 connection to an upstream, on asyncio.Protocol: a request out, its response in.
 
 The response's body is buffered for a reader that pulls (`read()`, reading stops past
-READ_BUFFER_BYTES) or handed to a push consumer from `data_received` itself (`on_data`), with
+READ_BUFFER_BYTES) or handed to a push consumer from the read's callback itself (`on_data`), with
 no task between the socket and the relay: a paced stream's event is parsed and written in the
 callback that read it.
+
+Each read takes at most READ_BUFFER_BYTES from the socket (a buffered protocol, reading into one
+buffer per application): uvloop's own reads take up to 256 KiB, and a stalled client's stream
+then held a whole such read, parsed and encoded, in the client's write buffer (issue 14: 200
+stalled readers cost 190-230 KiB each when the upstream was faster than the gateway, 60 KiB
+when it was not, and kept 27-38 MiB after they left).
 """
 
 from __future__ import annotations
@@ -15,10 +21,15 @@ from collections.abc import Callable
 
 from .parser import MalformedResponse, ResponseParser
 
-# Reading the upstream stops once this much body is buffered and unread: with a client that
-# stopped reading, that buffer is what the stream holds. An event larger than this still
-# arrives whole: EventSplitter joins the pieces.
+# The most one read takes from the socket, and the body buffered unread past which reading
+# stops: with a client that stopped reading, that is what the stream holds (at most twice this).
+# An event larger than this still arrives whole: EventSplitter joins the pieces.
 READ_BUFFER_BYTES = 1 << 14
+
+
+def read_buffer() -> memoryview:
+    """The buffer every connection of one event loop reads into (each read is consumed before the next)."""
+    return memoryview(bytearray(READ_BUFFER_BYTES))
 
 
 class ConnectionBroken(Exception):
@@ -29,8 +40,12 @@ class ConnectionBroken(Exception):
         self.before_response = before_response
 
 
-class Http1Connection(asyncio.Protocol):
-    """A connection that carries one request at a time; `on_idle`/`on_lost` tell its pool."""
+class Http1Connection(asyncio.BufferedProtocol):
+    """A connection that carries one request at a time; `on_lost` tells its pool.
+
+    `buffer` is where reads land: shared by the connections of one loop, since each read is
+    parsed (its body copied out) inside `buffer_updated`, before the loop starts another.
+    """
 
     __slots__ = (
         "_body",
@@ -40,6 +55,7 @@ class Http1Connection(asyncio.Protocol):
         "_on_lost",
         "_parser",
         "_paused",
+        "_read_into",
         "_received",
         "_size",
         "_waiter",
@@ -48,8 +64,9 @@ class Http1Connection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, on_lost: Callable[[Http1Connection], None]) -> None:
+    def __init__(self, on_lost: Callable[[Http1Connection], None], buffer: memoryview) -> None:
         self.transport: asyncio.Transport | None = None
+        self._read_into = buffer
         self._on_lost = on_lost
         self._parser: ResponseParser | None = None
         self._head: asyncio.Future[ResponseParser] | None = None
@@ -175,7 +192,13 @@ class Http1Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return self._read_into
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._received_bytes(self._read_into[:nbytes])
+
+    def _received_bytes(self, data: memoryview) -> None:
         parser = self._parser
         if parser is None or parser.complete:
             self.close()  # bytes nobody asked for: the connection cannot be trusted with another request

@@ -13,6 +13,12 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers together (aiohttp: 8190 per line, 32 KiB of fields)
 
 NO_BODY_STATUSES = frozenset((204, 304))
+# The only response headers Sluice reads (framing, encoding, rate limits): the rest are not kept.
+# A provider sends a dozen or two more (request ids, cookies, timings, rate-limit counters), and
+# a stream's headers live as long as the stream: kept, they cost 1-2 KiB per live stream.
+KEPT_HEADERS = frozenset(
+    (b"content-length", b"transfer-encoding", b"content-encoding", b"retry-after", b"retry-after-ms")
+)
 
 
 class MalformedResponse(Exception):
@@ -20,7 +26,10 @@ class MalformedResponse(Exception):
 
 
 class Headers(dict[str, str]):
-    """Response headers by lower-case name; lookups take any case. A repeated name keeps its values joined."""
+    """Response headers by lower-case name (those in KEPT_HEADERS); lookups take any case.
+
+    A repeated name keeps its values joined.
+    """
 
     def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
         """The value of `name`, whatever its case."""
@@ -62,7 +71,7 @@ class ResponseParser:
         self.keep_alive = True
         self.complete = False
 
-    def feed(self, data: bytes) -> bytes:
+    def feed(self, data: bytes | memoryview) -> bytes:
         """The body bytes in `data` (b"" while in the head). Raises MalformedResponse.
 
         Bytes after a complete response mean the connection cannot be reused: `keep_alive` turns False.
@@ -101,7 +110,10 @@ class ResponseParser:
             self.keep_alive = False  # a second response nobody asked for: the framing is not to be trusted
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        key = name.decode("latin-1").lower()
+        lowered = name.lower()
+        if lowered not in KEPT_HEADERS:
+            return
+        key = lowered.decode("latin-1")
         text = value.decode("latin-1")
         headers = self.headers
         headers[key] = headers[key] + ", " + text if key in headers else text
