@@ -111,6 +111,13 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             )
             await response.finish()
             return response
+        except asyncio.CancelledError:
+            if record.outcome is Outcome.CLIENT_DISCONNECTED:
+                # Its upstream is closed first (again, if the client-gone hook did), then the rest
+                # waits its turn: see Lifecycle.after_leaving.
+                _close_upstream(opened, continued)
+                await lifecycle.after_leaving()
+            raise
         finally:
             guard.close()
             start.close()
@@ -118,9 +125,15 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 started.stop_heartbeat()
             if opened is not None:
                 record.malformed_chunks = opened.malformed
-                opened.close()
-            if continued is not None:
-                continued.close()
+            _close_upstream(opened, continued)
+
+
+def _close_upstream(opened: UpstreamStream | None, continued: ContinuedStream | None) -> None:
+    """Close the upstream request, and its continuation if any (both idempotent)."""
+    if opened is not None:
+        opened.close()
+    if continued is not None:
+        continued.close()
 
 
 def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable[Sequence[Chunk]]) -> ContinuedStream:

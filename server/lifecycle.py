@@ -6,11 +6,15 @@ then ends with an explicit shutdown event (its guard cancels it, see guard.py). 
 process stop listening and exit 0. The listener stays open during the drain so that probes and
 late requests get an answer instead of a refused connection. A second signal skips the wait.
 The signal handlers that start the drain are `signals_ctx` in contexts.py.
+
+It also spaces out the teardowns of requests whose clients left (`after_leaving`), one a loop
+turn, so that the loop reads its sockets between them.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from types import TracebackType
 
 import structlog
@@ -34,6 +38,8 @@ class Lifecycle:
         self._live: set[StreamGuard] = set()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._leaving: deque[asyncio.Future[None]] = deque()
+        self._letting_through = False
 
     @property
     def live(self) -> int:
@@ -53,6 +59,35 @@ class Lifecycle:
     def track(self, guard: StreamGuard) -> _Tracked:
         """Count the request as live while the block runs."""
         return _Tracked(self._live, self._idle, guard)
+
+    async def after_leaving(self) -> None:
+        """Wait for the turn of a request whose client left (its upstream already closed) to be torn down.
+
+        When a crowd leaves, aiohttp cancels every handler in one loop turn and uvloop runs them all
+        before it reads its sockets again: a client whose FIN came meanwhile waited for every one of
+        those teardowns before its upstream was closed (bench crowd: about 3 ms behind 45 of them).
+        Let through one a turn, the loop reads between them, and such a FIN closes its upstream at
+        once (sse.py); a cancelled wait (a drain) gives its turn up.
+        """
+        loop = asyncio.get_running_loop()
+        turn = loop.create_future()
+        self._leaving.append(turn)
+        if not self._letting_through:
+            self._letting_through = True
+            loop.call_soon(self._let_one_through)
+        await turn
+
+    def _let_one_through(self) -> None:
+        leaving = self._leaving
+        while leaving:
+            turn = leaving.popleft()
+            if not turn.done():
+                turn.set_result(None)  # its task resumes on the next turn, after the loop read its sockets
+                break
+        if leaving:
+            asyncio.get_running_loop().call_soon(self._let_one_through)
+        else:
+            self._letting_through = False
 
     async def drain(self, grace: float) -> None:
         """Refuse new work, let live requests finish for `grace` seconds, then end the rest."""

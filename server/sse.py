@@ -17,11 +17,13 @@ from collections.abc import Callable
 from typing import cast
 
 import structlog
-from aiohttp import ClientConnectionResetError, StreamReader, web
+from aiohttp import ClientConnectionResetError, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
+
+from .client_gone import watch as watch_client_gone
 
 log = structlog.get_logger("sluice.sse")
 HEARTBEAT = b": keep-alive\n\n"
@@ -33,34 +35,6 @@ _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 WRITE_BUFFER_HIGH = 16 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it for its bookkeeping
 WRITE_BUFFER_LOW = 4 * 1024
-
-
-class _ClientGone:
-    """A future's stand-in in the request body's reader, whose waiter slot is free once the body was read.
-
-    When the client's connection is lost, aiohttp fails the request's body reader, and so calls
-    this, inside `connection_lost` and before it cancels the handler: the callback runs at once,
-    not after the cancellations and teardowns of every other client that left in the same loop turn.
-    """
-
-    __slots__ = ("_callback",)
-
-    def __init__(self, callback: Callable[[], None]) -> None:
-        self._callback = callback
-
-    def done(self) -> bool:
-        """Never done: aiohttp then calls `set_exception` when the connection is lost."""
-        return False
-
-    def set_result(self, result: None) -> None:
-        """More of a body already read: nothing to do."""
-
-    def set_exception(self, exc: BaseException) -> None:
-        """The client's connection is lost."""
-        try:
-            self._callback()
-        except Exception:  # inside aiohttp's connection_lost: never let it fail there
-            log.exception("client_gone_callback_failed")
 
 
 class SSEResponse(EventSourceResponse):
@@ -92,7 +66,7 @@ class SSEResponse(EventSourceResponse):
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
-        self._request_content: StreamReader | None = None
+        self._request: BaseRequest | None = None
         # Goes out ahead of the first write, event or heartbeat (the native dialect's `retry:`
         # line): written alone it cost a send per stream.
         self._preamble = preamble
@@ -182,7 +156,7 @@ class SSEResponse(EventSourceResponse):
         if self.prepared:
             return await super().prepare(request)
         self._set_tcp_user_timeout(request)
-        self._request_content = request.content
+        self._request = request
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         transport = request.transport
@@ -258,22 +232,9 @@ class SSEResponse(EventSourceResponse):
         return transport is None or transport.is_closing()
 
     def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call `callback` the moment the client's connection is lost; return what unregisters it.
-
-        The handler is cancelled too, one loop turn later; this lets the relay close the upstream
-        before that (see _ClientGone). Registers nothing if the request's body is still being read.
-        """
-        content = self._request_content
-        if content is None or content._waiter is not None or not content.is_eof():
-            return _nothing
-        hook = _ClientGone(callback)
-        content._waiter = hook  # type: ignore[assignment]  # a future's stand-in (see _ClientGone)
-
-        def unregister() -> None:
-            if cast(object, content._waiter) is hook:
-                content._waiter = None
-
-        return unregister
+        """Call `callback` the moment the client's leaving is read; return what unregisters it (see client_gone.py)."""
+        request = self._request
+        return _nothing if request is None else watch_client_gone(request, callback)
 
     def stop_heartbeat(self) -> None:
         """Stop the heartbeat now: a stream that errored or was cancelled never reaches `finish()`."""

@@ -131,8 +131,8 @@ BREAKS = [
     Break(
         "no explicit upstream close",
         CHAT_CALL,
-        "                opened.close()\n",
-        "                pass\n",
+        "        opened.close()\n",
+        "        pass\n",
         (
             f"{BOUNDS}::test_upstream_closed_within_half_a_second_of_a_deadline_ending_the_stream_"
             "for_a_client_that_stays",
@@ -950,10 +950,47 @@ BREAKS += [
     ),
     Break(
         "client-gone callback waits for the next loop turn",
-        "server/sse.py",
-        "            self._callback()\n",
-        "            asyncio.get_running_loop().call_soon(self._callback)\n",
-        ("tests/test_client_gone.py::test_the_client_gone_callback_runs_before_the_handler_is_cancelled",),
+        "server/client_gone.py",
+        "            callback()\n",
+        "            asyncio.get_running_loop().call_soon(callback)\n",
+        # Deferred from the FIN's read, it still runs before the handler's cancellation, but no
+        # longer while the connection is open.
+        (
+            "tests/test_client_gone.py::test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_its_connection_is_open",
+        ),
+    ),
+    Break(
+        "departed requests all torn down in one loop turn",
+        "server/lifecycle.py",
+        "                break\n",
+        "                pass\n",
+        ("tests/test_lifecycle.py::test_requests_whose_clients_left_are_let_through_one_a_loop_turn",),
+    ),
+    Break(
+        "departed requests' turns stop after the first",
+        "server/lifecycle.py",
+        "            asyncio.get_running_loop().call_soon(self._let_one_through)\n",
+        "            pass\n",
+        (
+            f"{BOUNDS}::test_every_upstream_closed_within_half_a_second_and_every_request_ended_when_a_crowd_"
+            "leaves_together",
+        ),
+    ),
+    Break(
+        "a cancelled wait for a turn stops the turns",
+        "server/lifecycle.py",
+        "            if not turn.done():\n",
+        "            if True:\n",
+        ("tests/test_lifecycle.py::test_a_cancelled_wait_for_a_turn_holds_up_no_one",),
+    ),
+    Break(
+        "client-gone callback waits for connection_lost instead of the FIN",
+        "server/client_gone.py",
+        "        protocol.__class__ = _LeaveAwareHandler  # see _LeaveAwareHandler\n",
+        "        pass\n",
+        (
+            "tests/test_client_gone.py::test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_its_connection_is_open",
+        ),
     ),
     Break(
         "SIGHUP leaves the keys as they were",

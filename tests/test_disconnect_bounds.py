@@ -24,6 +24,7 @@ from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.sse import carries_token, iter_events
 
 BOUND = 0.5  # seconds from the client leaving to the upstream connection closed
+CROWD = 50  # clients leaving together
 FAR = {
     "SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "60",
     "SLUICE_UPSTREAM_IDLE_TIMEOUT": "60",
@@ -106,6 +107,43 @@ async def test_upstream_closed_within_half_a_second_of_the_client_leaving_mid_st
         record = await sim_wait(http, simulator.url, rid, "closed", seconds=3)
     assert record["outcome"] == "client_aborted"
     assert record["closed_at"] - left < BOUND
+
+
+async def test_every_upstream_closed_within_half_a_second_and_every_request_ended_when_a_crowd_leaves_together(
+    patient_gateway: Gateway, simulator: Simulator
+) -> None:
+    """CROWD clients leave mid-stream in one loop turn: each upstream is closed within the bound of its
+    client leaving, and each request ends as a disconnect (none left waiting for its turn to be torn
+    down, see Lifecycle.after_leaving).
+
+    Catches: the turns stopping after the first departure.
+    """
+    rids = [new_request_id(f"bound-crowd-{index}") for index in range(CROWD)]
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+
+        async def open_stream(rid: str) -> aiohttp.ClientResponse:
+            response: aiohttp.ClientResponse = await post(
+                http, patient_gateway, "openai", "x\n#sim tokens=8 fault=hang_mid", rid
+            )
+            assert response.status == 200
+            seen = 0
+            async for event in iter_events(response):
+                seen += carries_token(event)
+                if seen == 4:  # the simulator hangs after half of the tokens
+                    break
+            return response
+
+        responses = await asyncio.gather(*(open_stream(rid) for rid in rids))
+        left = time.time()
+        for response in responses:
+            response.close()
+        records = [await sim_wait(http, simulator.url, rid, "closed", seconds=3) for rid in rids]
+    assert [record["outcome"] for record in records] == ["client_aborted"] * CROWD
+    assert max(record["closed_at"] for record in records) - left < BOUND
+    for rid in rids:
+        assert patient_gateway.process.wait_for_event("request_finished", request_id=rid)["outcome"] == (
+            "client_disconnected"
+        )
 
 
 async def test_upstream_closed_within_half_a_second_of_the_client_leaving_a_non_streaming_chat(

@@ -1,4 +1,4 @@
-"""Admission in-process: the live-stream cap and a draining gateway refuse new chats with 503."""
+"""Admission in-process: the live-stream cap and a draining gateway refuse new chats with 503; departures in turns."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from aiohttp.test_utils import TestClient
 
 from server.app import create_app
 from server.keys import LIFECYCLE
+from server.lifecycle import Lifecycle
 from tests.conftest import make_settings
 
 Client = TestClient[web.Request, web.Application]
+SECONDS = 10  # a bound far from any real wait here
 
 
 async def test_chat_over_the_live_stream_cap_gets_503_with_retry_after(aiohttp_client: Any) -> None:
@@ -68,3 +70,38 @@ async def test_drain_waits_for_a_stream_that_finishes_in_time(client: Client) ->
     text = (await response.read()).decode()
     await drained
     assert "event: done" in text
+
+
+async def test_requests_whose_clients_left_are_let_through_one_a_loop_turn() -> None:
+    # The loop reads its sockets between two teardowns: a callback queued as one is let through
+    # runs before the next one is.
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    loop = asyncio.get_running_loop()
+    order: list[str] = []
+
+    async def leave(name: str) -> None:
+        await lifecycle.after_leaving()
+        order.append(f"{name} torn down")
+        loop.call_soon(order.append, f"turn after {name}")
+
+    async with asyncio.timeout(SECONDS):
+        await asyncio.gather(*(leave(name) for name in "abc"))
+        await asyncio.sleep(0)  # the last "turn after" callback
+    assert order == ["a torn down", "turn after a", "b torn down", "turn after b", "c torn down", "turn after c"]
+
+
+async def test_a_cancelled_wait_for_a_turn_holds_up_no_one() -> None:
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    through: list[str] = []
+
+    async def leave(name: str) -> None:
+        await lifecycle.after_leaving()
+        through.append(name)
+
+    first, cancelled, last = (asyncio.create_task(leave(name)) for name in ("first", "cancelled", "last"))
+    await asyncio.sleep(0)  # all three wait for their turns
+    cancelled.cancel()  # a drain ends it while it waits
+    async with asyncio.timeout(SECONDS):
+        await asyncio.gather(first, last)
+    assert through == ["first", "last"]
+    assert cancelled.cancelled()
