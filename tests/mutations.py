@@ -481,6 +481,13 @@ BREAKS = [
         ),
     ),
     Break(
+        "a stream nobody waits on, with nothing kept, stays in its slot's XREAD",
+        REDIS_FOLLOW,
+        "            elif one.last < 0 or one.until < now:\n",
+        "            elif one.until < now:\n",
+        (f"{STORE_TESTS}::test_a_wait_given_up_before_any_event_leaves_the_other_readers_of_its_connection_served",),
+    ),
+    Break(
         "woken readers stay in the next XREAD",
         REDIS_FOLLOW,
         "            self.waiters = waiting\n",
@@ -490,12 +497,26 @@ BREAKS = [
     Break(
         "no final flush when the producer closes",
         REDIS_WRITE,
-        "            async with asyncio.timeout(COMMAND_TIMEOUT):\n                await self._flush_once()\n",
-        "            pass\n",
+        "                async with asyncio.timeout(COMMAND_TIMEOUT):\n                    await self._flush_once()\n",
+        "                pass\n",
         (
             f"{STORE_TESTS}::test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end",
             f"{SCALE}::test_a_producer_draining_while_redis_pauses_writes_still_gets_its_last_events_to_readers_elsewhere",
         ),
+    ),
+    Break(
+        "a running stream's expiry is set at every flush",
+        REDIS_WRITE,
+        "        if box.resync or box.finished or now - box.refreshed >= min(REFRESH, ttl / 4):\n",
+        "        if True:\n",
+        (f"{STORE_TESTS}::test_a_running_streams_expiry_is_set_by_its_first_flush_not_by_every_flush",),
+    ),
+    Break(
+        "a running stream's expiry is never refreshed",
+        REDIS_WRITE,
+        "        if box.resync or box.finished or now - box.refreshed >= min(REFRESH, ttl / 4):\n",
+        '        if box.resync or box.finished or box.refreshed == float("-inf"):\n',
+        (f"{STORE_TESTS}::test_a_running_streams_later_events_refresh_its_expiry",),
     ),
     Break(
         "a reader elsewhere gives up when Redis goes",

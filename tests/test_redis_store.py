@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 
 from server.settings import RedisSettings
 from server.shared.link import RedisLink
-from server.streams import redis_follow
+from server.streams import redis_follow, redis_write
 from server.streams.redis_keys import StreamKeys
 from server.streams.redis_store import RedisStreamStore
 from server.streams.store import EventsDroppedError, GenerationLostError, StoredEvent, StoreUnavailableError
@@ -198,20 +198,12 @@ async def test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_ha
 
 
 async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for(
-    make_store: Callable[..., Any],
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
 ) -> None:
     producer, elsewhere = await make_store(), await make_store(connections=1)
     assert await producer.create("paced")
-    client = elsewhere._follower._slots[0].client
-    xreads = 0
-    xread = client.xread
-
-    async def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal xreads
-        xreads += 1
-        return await xread(*args, **kwargs)
-
-    client.xread = counted
+    # Blocking reads of any client: the producer waits on nothing, so these are the reader's.
+    xreads = await _calls(redis_client, "xread")
     for seq in range(1, 21):
         waiting = asyncio.create_task(elsewhere.wait("paced", seq - 1))
         await producer.append("paced", event(seq))
@@ -219,7 +211,8 @@ async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for
         batch = await elsewhere.read_after("paced", seq - 1, 50)
         assert batch is not None
         assert [e.seq for e in batch.events] == [seq]
-    assert xreads <= 20 + 1  # one per event, and the one blocked now (twice as many read each event twice)
+    # One per event, and the one blocked now (twice as many read each event twice).
+    assert await _calls(redis_client, "xread") - xreads <= 20 + 1
 
 
 async def test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_woken_by_its_next_event(
@@ -240,23 +233,59 @@ async def test_a_reader_waiting_on_a_stream_the_blocked_read_does_not_cover_is_w
     waiting_covered.cancel()
 
 
-async def test_events_appended_back_to_back_reach_redis_in_a_few_pipelines_not_one_trip_each(
+async def test_a_wait_given_up_before_any_event_leaves_the_other_readers_of_its_connection_served(
     make_store: Callable[..., Any],
 ) -> None:
+    # A long lease: a wait here ends by its event, never by giving up (half a lease).
+    producer, elsewhere = await make_store(lease=120), await make_store(connections=1, lease=120)
+    for stream_id in ("quiet", "other"):
+        assert await producer.create(stream_id)
+    gave_up = asyncio.create_task(elsewhere.wait("quiet", 0))
+    await asyncio.sleep(0)  # one step: the wait is registered (and the XREAD is to cover it)
+    gave_up.cancel()  # the reader left: "quiet" has no reader and nothing kept
+    waiting = asyncio.create_task(elsewhere.wait("other", 0))
+    await producer.append("other", event(1))
+    await asyncio.wait_for(waiting, 10)
+
+
+async def test_events_appended_back_to_back_reach_redis_in_a_few_flushes_not_one_trip_each(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
     producer = await make_store()
-    client = producer._link.client
-    pipelines = 0
-    make_pipeline = client.pipeline
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal pipelines
-        pipelines += 1
-        return make_pipeline(*args, **kwargs)
-
-    client.pipeline = counted
+    # Flushes of any client: the flush script is the only one run here.
+    before = await _calls(redis_client, "evalsha") + await _calls(redis_client, "eval")
     await write(producer, "batched", 500)
     await asyncio.wait_for(read_all(await make_store(), "batched"), 10)
-    assert pipelines <= 3
+    # A few flushes, and the first one's refusal by a Redis that had not seen the script yet.
+    assert await _calls(redis_client, "evalsha") + await _calls(redis_client, "eval") - before <= 3 + 1
+
+
+async def test_a_running_streams_expiry_is_set_by_its_first_flush_not_by_every_flush(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    # A long lease: no renewal (which refreshes the owner record) falls inside the test.
+    producer, elsewhere = await make_store(lease=120), await make_store(lease=120)
+    assert await producer.create("refreshed")
+    before = await _calls(redis_client, "expire")
+    for seq in range(1, 21):
+        await producer.append("refreshed", event(seq))
+        await asyncio.wait_for(_until_seq(elsewhere, "refreshed", seq), 10)  # one flush per event
+    # Two for the first flush (events and owner); a refresh a second later, were the machine that slow.
+    assert await _calls(redis_client, "expire") - before <= 4  # 40 if every flush set them
+    assert await redis_client.ttl(KEYS.events("refreshed")) > 0
+
+
+async def test_a_running_streams_later_events_refresh_its_expiry(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redis_write, "REFRESH", 0.0)  # due at every flush, with no clock to wait on
+    producer, elsewhere = await make_store(lease=120), await make_store(lease=120)
+    await write(producer, "refreshed", 1, finish=False)
+    await asyncio.wait_for(_until_seq(elsewhere, "refreshed", 1), 10)
+    await redis_client.persist(KEYS.events("refreshed"))
+    await producer.append("refreshed", event(2))
+    await asyncio.wait_for(_until_seq(elsewhere, "refreshed", 2), 10)
+    assert await redis_client.ttl(KEYS.events("refreshed")) > 0
 
 
 async def test_events_still_pending_when_the_producer_closes_reach_redis_with_the_end(

@@ -114,6 +114,24 @@ class RedisLink:
         return client
 
 
+async def call_packed(client: aioredis.Redis, command: bytes, within: float) -> Any:
+    """Run one command packed by the caller on a `dedicated(None)` client's connection; its raw reply.
+
+    For the commands sent per few events (a flush, a blocking read): redis-py's command path and
+    reply parsing cost more than the round trip, and with a socket timeout it sends each command
+    in a task of its own (`asyncio.wait_for`). One deadline covers connecting, sending and the
+    reply instead; cut short, redis-py drops the connection and the next call makes a new one.
+    A reply that is an error is raised; past `within` seconds, the builtin TimeoutError (an OSError).
+    """
+    async with asyncio.timeout(within):
+        if client.connection is None:
+            await client.initialize()
+        connection = client.connection
+        assert connection is not None
+        await connection.send_packed_command(command, check_health=False)
+        return await connection.read_response()
+
+
 def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:
     """`base` (TCP, TLS or Unix socket), packing commands with hiredis rather than in Python.
 

@@ -12,23 +12,26 @@ The entries an XREAD brings are kept (the latest few per stream, without a gap) 
 the readers it wakes: `recent()` answers their next read from memory, so a woken reader costs
 no second round trip, and the readers of one stream on this instance share one copy. An entry
 never changes once written (its id is its sequence number), so a kept copy is never stale.
+
+The XREAD is packed with hiredis and its reply read raw off the slot's connection: redis-py's
+command path and reply parsing (a dict per entry) cost the reader more than the rest of the
+wait, one XREAD for every few events.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import zlib
 from collections import deque
 from typing import Any
 
+import hiredis
 import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
-from redis.typing import KeyT, StreamIdT
 
-from ..shared.link import UNREACHABLE, RedisLink
-from .redis_keys import StreamKeys, entry_id, entry_seq
+from ..shared.link import UNREACHABLE, RedisLink, call_packed
+from .redis_keys import END, StreamKeys
 
 log = structlog.get_logger("sluice.streams")
 
@@ -39,7 +42,8 @@ LINGER = 1.0
 # Seconds a slot's wake stream outlives its last wake.
 WAKE_TTL = 60
 
-Entry = tuple[bytes, dict[bytes, bytes]]
+# One entry as readers get it: its sequence number, and its event's bytes (None: the end entry).
+Entry = tuple[int, bytes | None]
 
 
 class _Followed:
@@ -53,23 +57,17 @@ class _Followed:
         self.first = self.last = -1  # -1: none kept
         self.until = 0.0  # with nobody waiting, covered until then
 
-    def cover(self) -> int:
-        """The entry after which the next XREAD reads: the earliest any reader waits after."""
-        points = [seq for seq, _ in self.waiters]
-        if self.last >= 0:
-            points.append(self.last)
-        return min(points)
-
-    def add(self, entries: list[Entry], now: float) -> None:
-        """Keep the entries an XREAD brought, then wake the readers that have something new."""
-        for entry in entries:
-            seq = entry_seq(entry[0])
+    def add(self, entries: list[Any], now: float) -> None:
+        """Keep the entries an XREAD brought (raw: id, then fields), then wake the readers that have something new."""
+        for entry_id, fields in entries:
+            seq = int(entry_id[2:])  # the id is b"0-<seq>"
             if self.last >= 0 and seq <= self.last:
                 continue  # read from an earlier point for a reader further behind: kept already
             if seq != self.last + 1:
                 self.entries.clear()  # a gap (trimmed, or rewritten after an outage): start over
                 self.first = seq
-            self.entries.append(entry)
+            # Each entry has one field: the event's, or the end's.
+            self.entries.append((seq, None if fields[0] == END else fields[1]))
             self.last = seq
         self.first = max(self.first, self.last + 1 - len(self.entries))  # the deque dropped the oldest
         # The woken leave the list now, not when their tasks next run: the next XREAD, sent before
@@ -97,6 +95,7 @@ class _Followed:
         for _, future in self.waiters:
             if not future.done():
                 future.set_result(True)
+        self.waiters = []  # like the woken in `add`: a reader answered True is off the list
         self.entries.clear()
         self.first = self.last = -1
 
@@ -107,24 +106,40 @@ class _Slot:
     def __init__(self, client: aioredis.Redis, wake_key: str) -> None:
         self.client = client
         self.wake_key = wake_key
-        self.woken_after: StreamIdT = b"0-0"  # the last wake entry an XREAD returned
+        self.woken_after = b"0-0"  # the last wake entry an XREAD returned
         self.streams: dict[str, _Followed] = {}
         self.covered: dict[str, int] | None = None  # what the XREAD in flight waits on
         self.waking = False  # a wake for the XREAD in flight was sent
         self.changed = asyncio.Event()
 
     def to_cover(self, now: float) -> dict[str, int]:
-        """Each key to read, and the entry after which to read it; streams nobody came back to are let go."""
-        for key in [key for key, one in self.streams.items() if not one.waiters and one.until < now]:
+        """Each key to read, and the entry after which to read it; streams nobody came back to are let go.
+
+        A stream is read after the earliest point any of its readers waits at, or its last kept entry.
+        """
+        covered: dict[str, int] = {}
+        gone: list[str] = []
+        for key, one in self.streams.items():
+            waiters = one.waiters
+            if waiters:
+                point = waiters[0][0] if len(waiters) == 1 else min(seq for seq, _ in waiters)
+                if 0 <= one.last < point:
+                    point = one.last
+            elif one.last < 0 or one.until < now:
+                gone.append(key)  # nobody waits, and nothing kept (a wait that timed out) or lingered out
+                continue
+            else:
+                point = one.last
+            covered[key] = point
+        for key in gone:
             del self.streams[key]
-        return {key: one.cover() for key, one in self.streams.items()}
+        return covered
 
     def forget(self) -> None:
         """Redis failed: wake every reader (they read again and learn it) and drop what was kept."""
-        for key, one in list(self.streams.items()):
+        for one in self.streams.values():
             one.clear()
-            if not one.waiters:
-                del self.streams[key]
+        self.streams.clear()
 
 
 class Follower:
@@ -133,10 +148,7 @@ class Follower:
     def __init__(self, link: RedisLink, keys: StreamKeys, connections: int, *, keep: int = 256) -> None:
         self._link = link
         self._keep = max(1, keep)
-        read_timeout = BLOCK_MS / 1000 + 5
-        self._slots = [
-            _Slot(link.dedicated(read_timeout), keys.wake(link.instance, index)) for index in range(connections)
-        ]
+        self._slots = [_Slot(link.dedicated(None), keys.wake(link.instance, index)) for index in range(connections)]
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -179,12 +191,15 @@ class Follower:
             return await future
         finally:
             timer.cancel()
-            with contextlib.suppress(ValueError):  # woken: removed already
-                followed.waiters.remove(entry)
+            # Woken with True: taken off the list already (by `add` or `clear`), no search to make.
+            if future.cancelled() or not future.done() or not future.result():
+                with contextlib.suppress(ValueError):
+                    followed.waiters.remove(entry)
             followed.until = loop.time() + LINGER
 
     def _slot(self, key: str) -> _Slot:
-        return self._slots[zlib.crc32(key.encode()) % len(self._slots)]
+        # The str's own hash: computed once per string, and only this process needs it to be stable.
+        return self._slots[hash(key) % len(self._slots)]
 
     async def _wake(self, slot: _Slot) -> None:
         """End the slot's XREAD now, so the next one covers what it did not."""
@@ -197,17 +212,20 @@ class Follower:
             await pipe.execute()
 
     async def _run(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        wake_key = slot.wake_key.encode()
         while True:
-            covered = slot.to_cover(asyncio.get_running_loop().time())
+            covered = slot.to_cover(loop.time())
             if not covered:
                 slot.changed.clear()
                 await slot.changed.wait()
                 continue
             slot.covered, slot.waking = covered, False
-            streams: dict[KeyT, StreamIdT] = {key: entry_id(seq) for key, seq in covered.items()}
-            streams[slot.wake_key] = slot.woken_after
+            ids = [b"0-%d" % seq for seq in covered.values()]
+            args = (b"XREAD", b"COUNT", self._keep, b"BLOCK", BLOCK_MS, b"STREAMS", *covered, wake_key, *ids)
+            command = hiredis.pack_command((*args, slot.woken_after))  # type: ignore[arg-type]  # its stub says a 1-tuple
             try:
-                reply: Any = await slot.client.xread(streams, count=self._keep, block=BLOCK_MS)
+                reply = await call_packed(slot.client, command, BLOCK_MS / 1000 + 5)
             except UNREACHABLE as exc:
                 self._link.failed(exc)
                 slot.forget()
@@ -215,12 +233,13 @@ class Follower:
                 continue
             finally:
                 slot.covered = None
-            now = asyncio.get_running_loop().time()
-            for key, entries in reply or ():
-                name = key.decode() if isinstance(key, bytes) else str(key)
-                if name == slot.wake_key:
+            if not reply:
+                continue  # the block timed out
+            now = loop.time()
+            for key, entries in reply.items() if isinstance(reply, dict) else reply:  # RESP3 or RESP2
+                if key == wake_key:
                     slot.woken_after = entries[-1][0]
-                elif (followed := slot.streams.get(name)) is not None:
+                elif (followed := slot.streams.get(key.decode())) is not None:
                     followed.add(entries, now)
 
 

@@ -26,7 +26,7 @@ import structlog
 from ..settings import BrowserSettings
 from ..shared.link import UNREACHABLE, RedisLink
 from .memory import MemoryStreamStore
-from .redis_follow import Follower
+from .redis_follow import Entry, Follower
 from .redis_keys import END, EVENT, StreamKeys, entry_id, entry_seq
 from .redis_write import RedisWriter
 from .store import EventsDroppedError, GenerationLostError, Slice, StoredEvent, StoreUnavailableError
@@ -121,7 +121,7 @@ class RedisStreamStore:
         try:
             entries, *_ = await pipe.execute()
             if entries:
-                return _slice(stream_id, seq, entries, limit)
+                return _slice(stream_id, seq, [_entry(*entry) for entry in entries], limit)
             # Nothing after `seq`: caught up, or is there no such stream?
             pipe.exists(key)
             pipe.exists(self._keys.lease(stream_id))
@@ -249,15 +249,20 @@ class RedisStreamStore:
             await client.aclose()
 
 
-def _slice(stream_id: str, seq: int, entries: list[tuple[bytes, dict[bytes, bytes]]], limit: int) -> Slice:
-    """The events of an XRANGE after `seq`, with `finished` when its end entry is among them."""
-    if entries and entry_seq(entries[0][0]) != seq + 1:
+def _entry(entry_id: bytes, fields: dict[bytes, bytes]) -> Entry:
+    """An XRANGE entry as the follower keeps one: its sequence number and event (None: the end)."""
+    return entry_seq(entry_id), None if END in fields else fields[EVENT]
+
+
+def _slice(stream_id: str, seq: int, entries: list[Entry], limit: int) -> Slice:
+    """The events of the entries after `seq`, with `finished` when the end entry is among them."""
+    if entries and entries[0][0] != seq + 1:
         raise EventsDroppedError(f"events after {seq} of {stream_id!r} were dropped")
     events: list[StoredEvent] = []
-    for entry, fields in entries:
-        if END in fields:
+    for at, data in entries:
+        if data is None:
             return Slice(tuple(events), finished=True)
         if len(events) == limit:
             break
-        events.append(StoredEvent(entry_seq(entry), fields[EVENT]))
+        events.append(StoredEvent(at, data))
     return Slice(tuple(events), finished=False)

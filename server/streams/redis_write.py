@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
+import hiredis
 import structlog
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
-from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink
+from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink, call_packed
 from .memory import MemoryStreamStore
 from .redis_keys import END, EVENT, StreamKeys
 from .store import StoredEvent
@@ -32,13 +35,15 @@ log = structlog.get_logger("sluice.streams")
 
 # One command per flush, whatever the streams and events: redis-py builds and parses each command
 # in Python, which cost more than Redis did (one command per stream and flush before; one per
-# event before that). A script runs atomically, so a rewrite (delete, then every held event) is
-# never seen half-done. A replayed entry is refused by XADD and skipped; the script returns what
-# it refused for any other reason.
+# event before that). So it is packed with hiredis, sent by its SHA (EVALSHA: the body is sent
+# only to a Redis that does not have it yet) on a connection of its own, and read raw. A script
+# runs atomically, so a rewrite (delete, then every held event) is never seen half-done. A
+# replayed entry is refused by XADD and skipped; the script returns what it refused for any
+# other reason.
 # KEYS: per stream, its events, its owner record (expiring with it) and its lease.
-# ARGV: maxlen, the event and end field names, then per stream: seconds to expire, 1 to rewrite
-# it (else 0), its owner's name, the end entry's seq (0: not ended), the number of events, then
-# seq and event bytes for each.
+# ARGV: maxlen, the event and end field names, then per stream: seconds to expire (0: the keys'
+# expiry was set less than REFRESH ago, leave it), 1 to rewrite it (else 0), its owner's name,
+# the end entry's seq (0: not ended), the number of events, then seq and event bytes for each.
 _FLUSH = """
 local refused = {}
 local function add(key, seq, field, value)
@@ -63,11 +68,17 @@ for k = 1, #KEYS, 3 do
     add(KEYS[k], ended, ARGV[3], '1')
     redis.call('DEL', KEYS[k + 2])
   end
-  redis.call('EXPIRE', KEYS[k], ttl)
-  redis.call('EXPIRE', KEYS[k + 1], ttl)
+  if ttl ~= '0' then
+    redis.call('EXPIRE', KEYS[k], ttl)
+    redis.call('EXPIRE', KEYS[k + 1], ttl)
+  end
 end
 return refused
 """
+_FLUSH_SHA = hashlib.sha1(_FLUSH.encode()).hexdigest()
+# Most seconds between two refreshes of a running stream's expiry: two EXPIREs per stream and
+# flush were most of Redis's work per event, and a second moves its keys' end by no more than that.
+REFRESH = 1.0
 
 
 @dataclass(slots=True, eq=False)
@@ -79,6 +90,7 @@ class _Outbox:
     last: int = 0
     finished: bool = False
     resync: bool = False
+    refreshed: float = float("-inf")  # when the flush last set its keys' expiry (the loop's clock)
 
 
 class RedisWriter:
@@ -95,6 +107,8 @@ class RedisWriter:
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._outages_seen = link.outages
+        # The flusher's own connection: one flush at a time, and no pool to go through per flush.
+        self._flusher = link.dedicated(None)  # call_packed bounds each flush
         # Streams read on other instances, and how far; told to `on_read_elsewhere` at each renewal.
         self.read_elsewhere: dict[str, int] = {}
         self.on_read_elsewhere: Callable[[str, int], None] | None = None
@@ -112,10 +126,13 @@ class RedisWriter:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        with contextlib.suppress(*UNREACHABLE):
-            # As long as any command may take: a Redis pausing writes (a failover) still gets them.
-            async with asyncio.timeout(COMMAND_TIMEOUT):
-                await self._flush_once()
+        try:
+            with contextlib.suppress(*UNREACHABLE):
+                # As long as any command may take: a Redis pausing writes (a failover) still gets them.
+                async with asyncio.timeout(COMMAND_TIMEOUT):
+                    await self._flush_once()
+        finally:
+            await self._flusher.aclose()
 
     async def open(self, stream_id: str, owner: str) -> None:
         """Take the lease on a new stream and record its owner: the one round trip its start waits for."""
@@ -172,6 +189,10 @@ class RedisWriter:
     async def _flush_once(self) -> None:
         if self._link.outages != self._outages_seen:
             self._outages_seen = self._link.outages
+            # The flusher's connection may predate the outage (a restarted Redis closed it): the
+            # flush goes out on a new one rather than failing on the old one first.
+            if self._flusher.connection is not None:
+                await self._flusher.connection.disconnect()
             self._resync_all()
         if not self._dirty:
             return
@@ -179,19 +200,20 @@ class RedisWriter:
         keys: list[str] = []
         args: list[bytes | int | str] = [self._max_entries, EVENT, END]
         sent: list[tuple[str, _Outbox, list[StoredEvent]]] = []
+        now = asyncio.get_running_loop().time()
         for stream_id in dirty:
             box = self._outboxes.get(stream_id)
             if box is None:
                 continue
-            self._queue(keys, args, stream_id, box)
+            self._queue(keys, args, stream_id, box, now)
             sent.append((stream_id, box, box.pending))
             box.pending, box.resync = [], False
         if not sent:
             return
-        pipe = self._link.client.pipeline(transaction=False)
-        pipe.eval(_FLUSH, len(keys), *keys, *args)
         try:
-            (result,) = await pipe.execute(raise_on_error=False)
+            result = await self._run_flush(keys, args)
+        except ResponseError as exc:
+            result = exc
         except BaseException:
             # Nothing is known to have arrived: send these again, in full, once Redis answers.
             for stream_id, box, pending in sent:
@@ -210,10 +232,26 @@ class RedisWriter:
         for error in result:
             log.error("redis_write_refused", error=str(error))
 
-    def _queue(self, keys: list[str], args: list[bytes | int | str], stream_id: str, box: _Outbox) -> None:
+    async def _run_flush(self, keys: list[str], args: list[bytes | int | str]) -> Any:
+        """Run the flush script; its raw reply (what it refused)."""
+        try:
+            command = hiredis.pack_command(("EVALSHA", _FLUSH_SHA, len(keys), *keys, *args))  # type: ignore[arg-type]  # its stub says a 1-tuple
+            return await call_packed(self._flusher, command, COMMAND_TIMEOUT)
+        except NoScriptError:
+            # A Redis that has not seen it (new, restarted, flushed): EVAL runs it and keeps it.
+            command = hiredis.pack_command(("EVAL", _FLUSH, len(keys), *keys, *args))  # type: ignore[arg-type]  # its stub says a 1-tuple
+            return await call_packed(self._flusher, command, COMMAND_TIMEOUT)
+
+    def _queue(self, keys: list[str], args: list[bytes | int | str], stream_id: str, box: _Outbox, now: float) -> None:
         """Add one stream's part of the flush: a rewrite, its events, its end."""
         keys += (self._keys.events(stream_id), self._keys.owner(stream_id), self._keys.lease(stream_id))
         ttl = max(1, int(self._local.retention)) if box.finished else self._running_ttl()
+        # A rewrite and an end always set the expiry (the keys were recreated, or take retention's);
+        # a running stream's at most every REFRESH (or a quarter of it, if shorter).
+        if box.resync or box.finished or now - box.refreshed >= min(REFRESH, ttl / 4):
+            box.refreshed = now
+        else:
+            ttl = 0
         # A rewrite sends every held event: whatever Redis kept or lost, they replace it (and the
         # owner record, which a Redis that restarted empty lost too).
         events = self._local.held(stream_id) if box.resync else box.pending
