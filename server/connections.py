@@ -8,6 +8,8 @@ what a connection flood is made of (each is cut after `header_timeout`, see run.
 from __future__ import annotations
 
 import resource
+from collections.abc import Sized
+from typing import cast
 
 from aiohttp import web
 
@@ -33,5 +35,7 @@ def open_connections(request: web.Request) -> int:
     manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
     # Its dict, not its `connections` property: that copies every open connection into a list,
     # on every request (1,000 entries with 1,000 streams open).
-    connections = getattr(manager, "_connections", None)
-    return len(connections) if connections is not None else 0
+    connections: Sized | None = getattr(manager, "_connections", None)
+    if connections is None:  # an aiohttp that renamed it: the public copy, slower but never 0
+        connections = cast(Sized, getattr(manager, "connections", ()))
+    return len(connections)

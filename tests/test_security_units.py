@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import AsyncIterator
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from aiohttp import web
@@ -18,6 +20,7 @@ from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, Usage, rat
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
 from server.cli import warn_if_open
+from server.connections import open_connections
 from server.cors import CorsPolicy
 from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
 from server.middleware.auth import auth_middleware
@@ -318,3 +321,12 @@ async def test_a_backlog_is_full_at_its_limit_and_room_returns_when_a_reader_cat
     backlog.sent(1)
     await asyncio.wait_for(waiting, 1)
     assert backlog.unread_bytes == 60
+
+
+def test_open_connections_are_counted_through_aiohttps_public_copy_when_its_dict_is_gone() -> None:
+    # The cap reads aiohttp's private connection dict for speed; an aiohttp that renamed it must
+    # not turn the count into 0, which would never shed.
+    manager = SimpleNamespace(connections=[object(), object(), object()])
+    request = cast(web.Request, SimpleNamespace(protocol=SimpleNamespace(_manager=manager)))
+
+    assert open_connections(request) == 3
