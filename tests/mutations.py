@@ -863,13 +863,6 @@ BREAKS += [
         ("tests/test_metrics_units.py::test_gaps_tallied_per_stream_give_the_histogram_observing_each_gap_gives",),
     ),
     Break(
-        "open connections counted from a missing attribute",
-        "server/connections.py",
-        'getattr(manager, "_connections", None)',
-        'getattr(manager, "_gone", None)',
-        ("tests/test_security_units.py::test_the_connection_cap_middleware_alone_sheds_all_but_probes",),
-    ),
-    Break(
         "an upstream picked over its concurrency cap",
         "server/upstreams/pool.py",
         "        open_slots = [client for client in candidates if not client.full]\n",
