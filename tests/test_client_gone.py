@@ -20,37 +20,45 @@ from server.sse import SSEResponse
 SECONDS = 10  # a bound far from any real wait here
 
 
-async def test_the_client_gone_callback_runs_before_the_handler_is_cancelled(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
-) -> None:
-    seen: list[dict[str, Any]] = []
-    called = asyncio.Event()
-    handler_task: list[asyncio.Task[Any]] = []
+Serve = Callable[..., Awaitable[TestServer]]
+
+
+async def serve_a_stream(aiohttp_server: Serve, gone: Callable[[web.Request, asyncio.Task[Any]], None]) -> TestServer:
+    """A server whose one stream calls `gone(request, handler_task)` from its client-gone hook."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         await request.read()
         task = asyncio.current_task()
         assert task is not None
-        handler_task.append(task)
         response = SSEResponse(heartbeat_interval=60, send_timeout=60)
         await response.prepare(request)
-
-        def gone() -> None:
-            seen.append({"in_a_task": asyncio.current_task() is not None, "cancelling": task.cancelling()})
-            called.set()
-
-        response.on_client_gone(gone)
+        response.on_client_gone(lambda: gone(request, task))
         await response.write(b"data: {}\n\n")
         await asyncio.Event().wait()  # until the client leaves
         return response
 
     app = web.Application()  # the test server cancels handlers of clients that left, as run.py does
     app.router.add_post("/", handler)
-    server = await aiohttp_server(app)
+    return await aiohttp_server(app)
+
+
+async def leave_after_the_first_event(server: TestServer) -> None:
+    """Open the stream, read its first event, and leave: a FIN, its whole answer so far read."""
     async with aiohttp.ClientSession() as http:
         response = await http.post(server.make_url("/"), data=b"{}")
         await response.content.readuntil(b"\n\n")
-        response.close()  # the client leaves
+        response.close()
+
+
+async def test_the_client_gone_callback_runs_before_the_handler_is_cancelled(aiohttp_server: Serve) -> None:
+    seen: list[dict[str, Any]] = []
+    called = asyncio.Event()
+
+    def gone(request: web.Request, task: asyncio.Task[Any]) -> None:
+        seen.append({"in_a_task": asyncio.current_task() is not None, "cancelling": task.cancelling()})
+        called.set()
+
+    await leave_after_the_first_event(await serve_a_stream(aiohttp_server, gone))
 
     async with asyncio.timeout(SECONDS):
         await called.wait()
@@ -58,34 +66,18 @@ async def test_the_client_gone_callback_runs_before_the_handler_is_cancelled(
 
 
 async def test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_its_connection_is_open(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_server: Serve,
 ) -> None:
     # Not a loop turn later from connection_lost, behind the teardowns of others who left first.
     seen: list[bool] = []
     called = asyncio.Event()
 
-    async def handler(request: web.Request) -> web.StreamResponse:
-        await request.read()
-        response = SSEResponse(heartbeat_interval=60, send_timeout=60)
-        await response.prepare(request)
+    def gone(request: web.Request, task: asyncio.Task[Any]) -> None:
+        transport = request.transport
+        seen.append(transport is not None and not transport.is_closing())
+        called.set()
 
-        def gone() -> None:
-            transport = request.transport
-            seen.append(transport is not None and not transport.is_closing())
-            called.set()
-
-        response.on_client_gone(gone)
-        await response.write(b"data: {}\n\n")
-        await asyncio.Event().wait()  # until the client leaves
-        return response
-
-    app = web.Application()
-    app.router.add_post("/", handler)
-    server = await aiohttp_server(app)
-    async with aiohttp.ClientSession() as http:
-        response = await http.post(server.make_url("/"), data=b"{}")
-        await response.content.readuntil(b"\n\n")
-        response.close()  # the client leaves: a FIN, its whole answer so far read
+    await leave_after_the_first_event(await serve_a_stream(aiohttp_server, gone))
 
     async with asyncio.timeout(SECONDS):
         await called.wait()
@@ -93,7 +85,7 @@ async def test_the_client_gone_callback_runs_as_the_clients_fin_is_read_while_it
 
 
 async def test_a_request_without_a_body_on_a_watched_connection_survives_the_clients_fin(
-    aiohttp_server: Callable[..., Awaitable[TestServer]],
+    aiohttp_server: Serve,
 ) -> None:
     # A watched connection keeps its leave-aware protocol for the requests that follow on it; a
     # GET's body reader is aiohttp's shared empty payload, which has no waiter slot to look in.

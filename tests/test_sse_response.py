@@ -126,14 +126,8 @@ EVENTS = [b"data: a\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + "é".enc
 
 async def raw_reply(server: TestServer) -> bytes:
     """The whole raw reply to one request (headers and chunked body), read until the server closes."""
-    loop = asyncio.get_running_loop()
     with await open_reader(server) as sock:
-        reply = b""
-        while not reply.endswith(b"\r\n0\r\n\r\n"):
-            piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
-            assert piece, "the connection closed before the body ended"
-            reply += piece
-    return reply
+        return await _read_body(sock)
 
 
 async def test_events_written_at_once_are_framed_as_aiohttps_own_write_frames_them(aiohttp_server: Serve) -> None:
@@ -213,10 +207,10 @@ async def test_an_idle_connection_after_a_stream_is_closed_at_the_keep_alive_lim
 
 
 async def _read_body(sock: socket.socket) -> bytes:
-    """Read a chunked response until its last chunk."""
+    """Read a chunked response, from its headers on, until its last chunk."""
     loop = asyncio.get_running_loop()
     body = b""
-    while not body.endswith(b"0\r\n\r\n"):
+    while not body.endswith(b"\r\n0\r\n\r\n"):
         piece = await asyncio.wait_for(loop.sock_recv(sock, 65536), 10)
         assert piece, "the connection closed before the body ended"
         body += piece

@@ -43,7 +43,7 @@ class ConnectionBroken(Exception):
 class Http1Connection(asyncio.BufferedProtocol):
     """A connection that carries one request at a time; `on_lost` tells its pool.
 
-    `buffer` is where reads land: shared by the connections of one loop, since each read is
+    `buffer` is where reads land: shared by the connections of one `Connections`, since each read is
     parsed (its body copied out) inside `buffer_updated`, before the loop starts another.
     """
 
