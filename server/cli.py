@@ -20,6 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app, upstream_url
+from .connections import connection_limit, reserve_descriptors
 from .logs import configure_logging, loggable_url
 from .settings import Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
@@ -170,6 +171,7 @@ def serve(
     # Python's (700, 10), measured with the per-stream cycle still there: ~250 with 21 middle and
     # a full one, 170-190 ms, longest 33-75 ms.
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+    reserve_descriptors(connection_limit(settings.connections))
     web.run_app(
         app,
         host=host,

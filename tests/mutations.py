@@ -734,6 +734,20 @@ BREAKS += [
         (f"{DOS_PROCESS}::test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then_recover",),
     ),
     Break(
+        "descriptor table left to grow while serving",
+        CLI,
+        "    reserve_descriptors(connection_limit(settings.connections))\n",
+        "",
+        (f"{DOS_PROCESS}::test_the_descriptor_table_is_grown_at_start_up_for_every_connection_the_cap_allows",),
+    ),
+    Break(
+        "descriptor table grown over a descriptor in use",
+        "server/connections.py",
+        "    if _is_open(highest):\n",
+        "    if False:\n",
+        (f"{SECURITY_UNITS}::test_growing_the_descriptor_table_never_takes_a_descriptor_already_open",),
+    ),
+    Break(
         "endless upstream line never ends the stream",
         "server/upstreams/stream.py",
         "        if self._splitter.overflowed and not batch:\n",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import psutil
@@ -147,6 +148,16 @@ async def test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then
         for writer in idle:
             writer.close()
         gateway.process.stop()
+
+
+def test_the_descriptor_table_is_grown_at_start_up_for_every_connection_the_cap_allows(simulator: Simulator) -> None:
+    # Grown while serving, Linux's table doubles at 128, 256, 512... descriptors, and in a process
+    # with threads each doubling stops the loop for an RCU grace period (the streams-1k TTFT tail).
+    with start_gateway(upstream=simulator, env={"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(CONNECTION_CAP)}) as gateway:
+        status = Path(f"/proc/{gateway.process.pid}/status").read_text()
+
+    table = int(next(line.split()[1] for line in status.splitlines() if line.startswith("FDSize:")))
+    assert table >= 2 * CONNECTION_CAP  # a client and an upstream socket each
 
 
 # --- hostile upstreams -------------------------------------------------------------------------

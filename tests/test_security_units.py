@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import cast
@@ -20,7 +21,7 @@ from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, Usage, rat
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
 from server.cli import warn_if_open
-from server.connections import open_connections
+from server.connections import SPARE_DESCRIPTORS, open_connections, reserve_descriptors
 from server.cors import CorsPolicy
 from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
 from server.middleware.auth import auth_middleware
@@ -330,3 +331,17 @@ def test_open_connections_are_counted_through_aiohttps_public_copy_when_its_dict
     request = cast(web.Request, SimpleNamespace(protocol=SimpleNamespace(_manager=manager)))
 
     assert open_connections(request) == 3
+
+
+def test_growing_the_descriptor_table_never_takes_a_descriptor_already_open() -> None:
+    read_end, write_end = os.pipe()
+    connections = 100
+    highest = 2 * connections + SPARE_DESCRIPTORS - 1
+    os.dup2(write_end, highest)
+    try:
+        reserve_descriptors(connections)
+        os.write(highest, b"still mine")
+        assert os.read(read_end, 64) == b"still mine"
+    finally:
+        for descriptor in (read_end, write_end, highest):
+            os.close(descriptor)
