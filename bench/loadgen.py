@@ -22,7 +22,7 @@ import uvloop
 
 from .config import LoadConfig, Pace, Shape
 from .drivers import Client, run_crowd, run_loop, run_wave, warm_up
-from .processes import raise_fd_limit
+from .processes import prepare_harness_process
 from .reading import Window
 from .sampling import Watch
 from .tally import Tally
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run one config and print its results as one JSON line."""
     args = parse_args(argv)
     config = LoadConfig.from_json(args.json_config)
-    raise_fd_limit()
+    prepare_harness_process()
     results = uvloop.run(run(config))
     if args.out is not None:
         # A file, not a pipe: thousands of samples make a line longer than a pipe holds.

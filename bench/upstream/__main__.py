@@ -12,7 +12,7 @@ import sys
 
 import uvloop
 
-from ..processes import raise_fd_limit
+from ..processes import prepare_harness_process
 from .protocol import UpstreamProtocol
 from .records import Records
 
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0, help="0 picks a free port")
     args = parser.parse_args(argv)
-    raise_fd_limit()
+    prepare_harness_process()
     uvloop.run(serve(args.host, args.port))
     return 0
 
