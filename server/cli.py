@@ -20,7 +20,7 @@ from aiohttp import web
 
 from . import __version__
 from .app import create_app, upstream_url
-from .connections import connection_limit, reserve_descriptors
+from .connections import connection_limit, raise_open_file_limit, reserve_descriptors
 from .logs import configure_logging, loggable_url
 from .settings import Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
@@ -139,6 +139,7 @@ def serve(
     `config` is the --config file the settings came from, read again on SIGHUP for the gateway keys.
     """
     log = structlog.get_logger("sluice")
+    raise_open_file_limit()  # before the app sizes its connection cap from it
     app = create_app(settings, worker, signals=True, source=SettingsSource(config))
 
     def announce(_: str) -> None:

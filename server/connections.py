@@ -23,6 +23,24 @@ FEWEST_CONNECTIONS = 64
 SPARE_DESCRIPTORS = 256
 
 
+def raise_open_file_limit() -> int:
+    """Raise this process's open-file soft limit to its hard limit; the soft limit now.
+
+    Linux's usual soft limit (1,024, systemd's default) would cap a gateway at 512 connections by
+    default, well under `server.max_live_streams`; the hard limit is what the operator granted
+    (524,288 under systemd, 1,048,576 in Docker). Go's runtime and nginx's `worker_rlimit_nofile`
+    do the same. Nothing here uses `select()`, the one call that breaks above descriptor 1,023.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # a hard limit above the kernel's nr_open: keep the soft one
+            return soft
+        return hard
+    return soft
+
+
 def connection_limit(settings: ConnectionSettings) -> int:
     """The configured cap, or half the open-file limit: a stream may hold an upstream socket too."""
     if settings.max_connections:

@@ -734,6 +734,13 @@ BREAKS += [
         (f"{DOS_PROCESS}::test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then_recover",),
     ),
     Break(
+        "open-file limit left at the soft one",
+        CLI,
+        "    raise_open_file_limit()  # before the app sizes its connection cap from it\n",
+        "",
+        (f"{DOS_PROCESS}::test_the_open_file_limit_is_raised_to_the_hard_limit_at_start_up",),
+    ),
+    Break(
         "descriptor table left to grow while serving",
         CLI,
         "    reserve_descriptors(connection_limit(settings.connections))\n",

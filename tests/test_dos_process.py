@@ -4,6 +4,7 @@ hostile upstreams and unread browser streams each cost a bounded amount, for a b
 from __future__ import annotations
 
 import asyncio
+import resource
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +22,7 @@ BODY_TIMEOUT = 1.0
 # Far above the deadlines under test, so a loaded machine does not fail a test that works.
 CUT_BOUND = 15.0
 CONNECTION_CAP = 500
+LOW_SOFT_LIMIT = 256
 IDLE_CONNECTIONS = 2000
 MIB = 1 << 20
 OBSERVATION_SECONDS = 2.0
@@ -148,6 +150,20 @@ async def test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then
         for writer in idle:
             writer.close()
         gateway.process.stop()
+
+
+def test_the_open_file_limit_is_raised_to_the_hard_limit_at_start_up(simulator: Simulator) -> None:
+    # With systemd's soft limit of 1,024 the connection cap would default to 512.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (LOW_SOFT_LIMIT, hard))  # inherited by the gateway
+    try:
+        gateway = start_gateway(upstream=simulator)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    with gateway:
+        gateway_soft, gateway_hard = psutil.Process(gateway.process.pid).rlimit(psutil.RLIMIT_NOFILE)
+
+    assert (gateway_soft, gateway_hard) == (hard, hard)
 
 
 def test_the_descriptor_table_is_grown_at_start_up_for_every_connection_the_cap_allows(simulator: Simulator) -> None:
