@@ -1196,6 +1196,27 @@ BREAKS += [
         "        self.ssl_context = ssl_context or ssl._create_unverified_context()\n",
         (f"{HTTP1_TESTS}::test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable",),
     ),
+    Break(
+        "a live stream keeps aiohttp's empty request queue",
+        "server/lean_connection.py",
+        "        protocol._messages = MessageQueue(messages)  # type: ignore[assignment]\n",
+        "        pass\n",
+        ("tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",),
+    ),
+    Break(
+        "a live stream keeps its read body's empty buffer",
+        "server/lean_connection.py",
+        "        content._buffer = ()  # type: ignore[assignment]\n",
+        "        pass\n",
+        ("tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",),
+    ),
+    Break(
+        "the lighter request queue takes the newest request first",
+        "server/lean_connection.py",
+        "        return self.pop(0)\n",
+        "        return self.pop()\n",
+        ("tests/test_lean_connection.py::test_requests_pipelined_behind_a_stream_are_answered_in_order",),
+    ),
 ]
 
 
