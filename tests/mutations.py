@@ -1201,14 +1201,18 @@ BREAKS += [
         "server/lean_connection.py",
         "        protocol._messages = MessageQueue(messages)  # type: ignore[assignment]\n",
         "        pass\n",
-        ("tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",),
+        (
+            "tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",
+        ),
     ),
     Break(
         "a live stream keeps its read body's empty buffer",
         "server/lean_connection.py",
         "        content._buffer = ()  # type: ignore[assignment]\n",
         "        pass\n",
-        ("tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",),
+        (
+            "tests/test_lean_connection.py::test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_bodys_buffer",
+        ),
     ),
     Break(
         "the lighter request queue takes the newest request first",

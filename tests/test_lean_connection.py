@@ -72,7 +72,8 @@ async def test_a_live_stream_holds_neither_an_empty_request_queue_nor_its_read_b
     server = await aiohttp_server(stream_app(seen))
     await exchange(server, STREAM, b"\r\n0\r\n\r\n")
     queue, buffer = seen
-    assert not isinstance(queue, deque) and not queue
+    assert not isinstance(queue, deque)
+    assert not queue
     assert buffer == ()
 
 
