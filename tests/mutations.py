@@ -813,7 +813,7 @@ BREAKS += [
     Break(
         "heartbeat fires once",
         "server/sse.py",
-        "            self._beat = asyncio.get_running_loop().call_later(self._ping_interval, self._heartbeat)\n",
+        "            self._beat = self._timers.later(self._ping_interval, self)\n",
         "            pass\n",
         ("tests/test_sse_response.py::test_heartbeats_repeat_every_interval_while_nothing_else_is_written",),
     ),
@@ -1220,6 +1220,48 @@ BREAKS += [
         "        return self.pop(0)\n",
         "        return self.pop()\n",
         ("tests/test_lean_connection.py::test_requests_pipelined_behind_a_stream_are_answered_in_order",),
+    ),
+    Break(
+        "Timers never moves its loop timer to an earlier deadline",
+        "server/timers.py",
+        "        if self._handle is None or when < self._next_at:\n",
+        "        if self._handle is None:\n",
+        ("tests/test_timers.py::test_a_deadline_added_earlier_than_every_other_fires_without_waiting_for_them",),
+    ),
+    Break(
+        "a cancelled deadline keeps its owner and fires",
+        "server/timers.py",
+        "        entry[2] = None\n        self._stale += 1\n",
+        "        self._stale += 1\n",
+        ("tests/test_timers.py::test_a_cancelled_deadline_never_fires_and_lets_go_of_its_owner_at_once",),
+    ),
+    Break(
+        "cancelled deadlines pile up in the heap until their times",
+        "server/timers.py",
+        "        if self._stale * 2 > len(heap) and len(heap) >= _COMPACT_AT:\n",
+        "        if False:\n",
+        ("tests/test_timers.py::test_cancelled_deadlines_leave_the_heap_once_they_are_most_of_it",),
+    ),
+    Break(
+        "one failing owner stops the deadlines due with or after it",
+        "server/timers.py",
+        "            except Exception:  # one owner's failure must not stop the others' deadlines\n",
+        "            except ZeroDivisionError:\n",
+        ("tests/test_timers.py::test_an_owner_that_fails_does_not_stop_the_deadlines_due_with_or_after_it",),
+    ),
+    Break(
+        "a stream's guard keeps a loop timer of its own",
+        CHAT_CALL,
+        "continued=continues), timers=app[TIMERS])\n",
+        "continued=continues))\n",
+        ("tests/test_timers.py::test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers",),
+    ),
+    Break(
+        "a stream's heartbeat keeps a loop timer of its own",
+        CHAT_CALL,
+        "        timers=request.app[TIMERS],\n",
+        "",
+        ("tests/test_timers.py::test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers",),
     ),
 ]
 
