@@ -1275,7 +1275,9 @@ BREAKS += [
         "server/allocator.py",
         "        if live * 2 < peak and peak - live >= MIN_DROP:\n",
         "        if False:\n",
-        ("tests/test_allocator.py::test_the_heap_is_trimmed_once_after_the_live_streams_fell_to_under_half_their_peak",),
+        (
+            "tests/test_allocator.py::test_the_heap_is_trimmed_once_after_the_live_streams_fell_to_under_half_their_peak",
+        ),
     ),
     Break(
         "a few streams ending trim the heap",
