@@ -1300,6 +1300,20 @@ BREAKS += [
         "",
         ("tests/test_allocator.py::test_the_lifecycle_trims_once_most_of_its_live_requests_ended",),
     ),
+    Break(
+        "a JSON body's content type is parsed and kept on the request",
+        "server/validation.py",
+        '    return content_type.partition(";")[0].strip().lower()\n',
+        '    return ""\n',
+        ("tests/test_validation.py::test_a_json_body_is_read_without_keeping_a_parsed_content_type_on_the_request",),
+    ),
+    Break(
+        "a finished-choices set made for every stream",
+        "server/relay_events.py",
+        "        self.finished: frozenset[int] = NONE_FINISHED\n",
+        "        self.finished: frozenset[int] = frozenset()\n",
+        ("tests/test_relay.py::test_streams_share_one_empty_set_of_finished_choices",),
+    ),
 ]
 
 
