@@ -39,6 +39,7 @@ from .keys import (
     SETTINGS,
     SETTINGS_SOURCE,
     SIMULATOR_URL,
+    TIMERS,
     TOKENS,
     UPSTREAM_CREDENTIALS,
     WORKER_PROXY,
@@ -49,6 +50,7 @@ from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
 from .routes import setup_cors, setup_routes
 from .settings import Settings, SettingsSource
+from .timers import Timers
 from .worker_proxy import WorkerIdentity, WorkerProxy
 
 
@@ -71,6 +73,7 @@ def create_app(
     app[SETTINGS] = settings
     app[METRICS] = Metrics(settings.process.metrics_dir)
     app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
+    app[TIMERS] = Timers()
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()
     app[MODELS] = ModelCatalog(settings.models)

@@ -25,7 +25,7 @@ from .chunks import Chunk
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
-from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, UPSTREAM
+from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
 from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
@@ -69,7 +69,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     await reserve_tokens(request, body)
     upstream = app[UPSTREAM]
     continues = upstream.continues(str(body.get("model")))
-    guard = StreamGuard(deadlines_for(request, stream=True, continued=continues))
+    guard = StreamGuard(deadlines_for(request, stream=True, continued=continues), timers=app[TIMERS])
     preamble = dialect.start()
     opened: UpstreamStream | None = None
     continued: ContinuedStream | None = None
@@ -252,4 +252,5 @@ def _sse_response(request: web.Request, guard: StreamGuard, preamble: bytes) -> 
         on_heartbeat=on_heartbeat,
         on_stalled=guard.stalled,
         preamble=preamble,
+        timers=request.app[TIMERS],
     )

@@ -22,6 +22,7 @@ from .openai_schema import ChatCompletionValidator
 from .settings import Settings, SettingsSource
 from .shared.link import RedisLink
 from .streams.registry import StreamRegistry
+from .timers import Timers
 from .upstreams.attempts import Upstream
 from .worker_proxy import WorkerProxy
 
@@ -42,6 +43,8 @@ KEYRING = web.AppKey("keyring", KeyRing)
 LIMITS = web.AppKey("limits", LimitStore)
 TOKENS = web.AppKey("tokens", TokenSigner)
 CORS_POLICY = web.AppKey("cors_policy", CorsPolicy)
+# The streams' heartbeats and guard deadlines, on one loop timer (timers.py).
+TIMERS = web.AppKey("timers", Timers)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RESPONSE_STARTED = web.RequestKey("response_started", bool)

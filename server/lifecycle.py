@@ -8,7 +8,8 @@ late requests get an answer instead of a refused connection. A second signal ski
 The signal handlers that start the drain are `signals_ctx` in contexts.py.
 
 It also spaces out the teardowns of requests whose clients left (`after_leaving`), one a loop
-turn, so that the loop reads its sockets between them.
+turn, so that the loop reads its sockets between them, and gives the C heap's free memory back
+once the live requests fell to under half their peak (allocator.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from types import TracebackType
 
 import structlog
 
+from .allocator import HeapTrim
 from .errors import ServiceUnavailableError
 from .guard import StreamGuard
 
@@ -31,8 +33,9 @@ FINAL_EVENT_GRACE = 2.0
 class Lifecycle:
     """Tracks live requests and decides whether new ones are admitted."""
 
-    def __init__(self, *, retry_after: int, max_live: int) -> None:
+    def __init__(self, *, retry_after: int, max_live: int, heap: HeapTrim | None = None) -> None:
         self.draining = False
+        self._heap = heap if heap is not None else HeapTrim()
         self._retry_after = retry_after
         self._max_live = max_live
         self._live: set[StreamGuard] = set()
@@ -58,7 +61,7 @@ class Lifecycle:
 
     def track(self, guard: StreamGuard) -> _Tracked:
         """Count the request as live while the block runs."""
-        return _Tracked(self._live, self._idle, guard)
+        return _Tracked(self._live, self._idle, guard, self._heap)
 
     async def after_leaving(self) -> None:
         """Wait for the turn of a request whose client left (its upstream already closed) to be torn down.
@@ -114,20 +117,24 @@ class Lifecycle:
 class _Tracked:
     """`Lifecycle.track`'s block: a plain class, where `@contextmanager` cost a generator per request."""
 
-    __slots__ = ("_guard", "_idle", "_live")
+    __slots__ = ("_guard", "_heap", "_idle", "_live")
 
-    def __init__(self, live: set[StreamGuard], idle: asyncio.Event, guard: StreamGuard) -> None:
+    def __init__(self, live: set[StreamGuard], idle: asyncio.Event, guard: StreamGuard, heap: HeapTrim) -> None:
         self._live = live
         self._idle = idle
         self._guard = guard
+        self._heap = heap
 
     def __enter__(self) -> None:
         self._live.add(self._guard)
         self._idle.clear()
+        self._heap.rose(len(self._live))
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
-        self._live.discard(self._guard)
-        if not self._live:
+        live = self._live
+        live.discard(self._guard)
+        self._heap.fell(len(live))
+        if not live:
             self._idle.set()

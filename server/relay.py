@@ -23,7 +23,7 @@ It ends a stream in exactly one of these ways:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterable, Callable, Sequence
 from typing import Protocol, cast
 
 import aiohttp
@@ -115,7 +115,36 @@ async def relay(
     opened = getattr(chunks, "opened", None)
     try:
         if opened is not None and hasattr(sink, "send_now"):
-            await _push_forward(opened, events, cast(PushSink, sink), guard, record)
+            # The push path, written out here rather than as a coroutine of its own: a live
+            # stream's suspended coroutines are each a frame kept for its whole life (~300 bytes).
+            push_sink = cast(PushSink, sink)
+            stream: PushSource = await opened()
+            pushing = _Pushing(stream, events, push_sink, guard, record)
+            guard.reading()
+            # A client that leaves closes the upstream at once; the cancellation that follows ends the relay.
+            unregister = push_sink.on_client_gone(stream.close)
+            on_batch = pushing.on_batch
+            try:
+                # Batches go out from the upstream connection's data callback, with no task wake-up
+                # per event. The task sleeps while events flow; it wakes when the stream ends or
+                # fails, or when the client's buffer went over its mark: it then waits for room (the
+                # send deadline running), while the upstream connection, no longer drained, fills
+                # its small read buffer and stops reading.
+                while True:
+                    await stream.push(on_batch)
+                    if stream.ended:
+                        break
+                    guard.writing()
+                    await push_sink.wait_for_room()
+                    if push_sink.client_gone:
+                        # Its connection was lost while full: pushing again would resume the
+                        # upstream and read a burst for nobody.
+                        raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
+                    guard.reading()
+            finally:
+                unregister()
+                stream.stop_push()
+            await _finish(events, sink, guard, record, pushing.held)
         else:
             await _forward(chunks, events, sink, guard, record)
     except asyncio.CancelledError:
@@ -214,43 +243,6 @@ class _Pushing:
             self.held = data  # the last read: see _forward
             return True
         return sink.send_now(data)
-
-
-async def _push_forward(
-    opened: Callable[[], Awaitable[PushSource]],
-    events: RelayEvents,
-    sink: PushSink,
-    guard: StreamGuard,
-    record: RequestRecord,
-) -> None:
-    """Forward each batch from the upstream connection's data callback, with no task wake-up per event.
-
-    The relay's task sleeps while events flow; it wakes when the stream ends or fails, or when the
-    client's buffer went over its mark: it then waits for room (the send deadline running), while
-    the upstream connection, no longer drained, fills its small read buffer and stops reading.
-    """
-    stream = await opened()
-    pushing = _Pushing(stream, events, sink, guard, record)
-    on_batch = pushing.on_batch
-    guard.reading()
-    # A client that leaves closes the upstream at once; the cancellation that follows ends the relay.
-    unregister = sink.on_client_gone(stream.close)
-    try:
-        while True:
-            await stream.push(on_batch)
-            if stream.ended:
-                break
-            guard.writing()
-            await sink.wait_for_room()
-            if sink.client_gone:
-                # Its connection was lost while full: pushing again would resume the upstream and
-                # read a burst for nobody.
-                raise aiohttp.ClientConnectionResetError("Cannot write to closing transport")
-            guard.reading()
-    finally:
-        unregister()
-        stream.stop_push()
-    await _finish(events, sink, guard, record, pushing.held)
 
 
 async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:

@@ -19,7 +19,12 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object: 415 for another content type, 400 for bad JSON or a non-object."""
-    if request.content_type != "application/json":
+    # The header itself first: aiohttp's `content_type` parses it into a dict kept on the request,
+    # about 0.9 KiB of every live stream. Anything but a plain JSON type gets aiohttp's own parse.
+    if (
+        _mime(request.headers.get("Content-Type", "")) != "application/json"
+        and request.content_type != "application/json"
+    ):
         raise UnsupportedMediaTypeError(
             f"Content-Type must be application/json, not {request.content_type or 'missing'!r}."
         )
@@ -33,6 +38,11 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     return body
+
+
+def _mime(content_type: str) -> str:
+    """`type/subtype` of a Content-Type header, lower-case, without its parameters."""
+    return content_type.partition(";")[0].strip().lower()
 
 
 def parse_model(model: type[ModelT], data: dict[str, Any], settings: Settings) -> ModelT:

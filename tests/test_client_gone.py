@@ -126,3 +126,28 @@ async def test_a_request_without_a_body_on_a_watched_connection_survives_the_cli
         loop.set_exception_handler(previous)
 
     assert errors == []
+
+
+async def test_a_callback_unregistered_before_the_client_leaves_is_never_called(aiohttp_server: Serve) -> None:
+    called: list[str] = []
+    handler_ended = asyncio.Event()
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        response = SSEResponse(heartbeat_interval=60, send_timeout=60)
+        await response.prepare(request)
+        unregister = response.on_client_gone(lambda: called.append("gone"))
+        unregister()
+        try:
+            await response.write(b"data: {}\n\n")
+            await asyncio.Event().wait()  # until the client leaves: aiohttp cancels the handler
+        finally:
+            handler_ended.set()
+        return response
+
+    app = web.Application()
+    app.router.add_post("/", handler)
+    await leave_after_the_first_event(await aiohttp_server(app))
+    async with asyncio.timeout(SECONDS):
+        await handler_ended.wait()
+    assert called == []

@@ -1,0 +1,120 @@
+"""Timers: many deadlines on one loop timer, and a live stream's two deadlines kept there.
+
+The deadlines are short (tens of milliseconds) and waited for through futures their owners set,
+bounded far from their times; no test measures how late one fired.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import weakref
+
+import aiohttp
+from aiohttp.test_utils import TestClient
+
+from server.keys import TIMERS
+from server.timers import Timers
+
+BOUND = 10.0  # seconds any wait may take before the test fails
+
+
+class Owner:
+    """Notes the order it fired in; the last one expected sets `done`."""
+
+    def __init__(self, name: str, fired: list[str], done: asyncio.Future[None] | None = None) -> None:
+        self.name = name
+        self.fired = fired
+        self.done = done
+
+    def timer_fired(self) -> None:
+        self.fired.append(self.name)
+        if self.done is not None:
+            self.done.set_result(None)
+
+
+class Failing:
+    def timer_fired(self) -> None:
+        raise RuntimeError("an owner's bug")
+
+
+async def test_deadlines_fire_in_time_order_each_once() -> None:
+    timers = Timers()
+    fired: list[str] = []
+    done = asyncio.get_running_loop().create_future()
+    timers.later(0.03, Owner("third", fired, done))
+    timers.later(0.01, Owner("first", fired))
+    timers.later(0.02, Owner("second", fired))
+    await asyncio.wait_for(done, BOUND)
+    assert fired == ["first", "second", "third"]
+    assert len(timers) == 0
+
+
+async def test_a_deadline_added_earlier_than_every_other_fires_without_waiting_for_them() -> None:
+    """The loop timer is moved to the new earliest deadline (not left at the later one)."""
+    timers = Timers()
+    fired: list[str] = []
+    done = asyncio.get_running_loop().create_future()
+    timers.later(60, Owner("late", fired))
+    timers.later(0.01, Owner("soon", fired, done))
+    await asyncio.wait_for(done, BOUND)
+    assert fired == ["soon"]
+    timers.close()
+
+
+async def test_a_cancelled_deadline_never_fires_and_lets_go_of_its_owner_at_once() -> None:
+    timers = Timers()
+    fired: list[str] = []
+    done = asyncio.get_running_loop().create_future()
+    cancelled = Owner("cancelled", fired)
+    gone = weakref.ref(cancelled)
+    entry = timers.later(0.01, cancelled)
+    timers.later(0.02, Owner("kept", fired, done))
+    timers.cancel(entry)
+    del cancelled
+    gc.collect()
+    assert gone() is None
+    await asyncio.wait_for(done, BOUND)
+    assert fired == ["kept"]
+
+
+async def test_an_owner_that_fails_does_not_stop_the_deadlines_due_with_or_after_it() -> None:
+    timers = Timers()
+    fired: list[str] = []
+    done = asyncio.get_running_loop().create_future()
+    now = timers.time()
+    timers.at(now + 0.01, Failing())
+    timers.at(now + 0.01, Owner("same time", fired))
+    timers.at(now + 0.02, Owner("after", fired, done))
+    await asyncio.wait_for(done, BOUND)
+    assert fired == ["same time", "after"]
+
+
+async def test_cancelled_deadlines_leave_the_heap_once_they_are_most_of_it() -> None:
+    """Streams that end cancel their deadlines: those entries must not pile up until their times."""
+    timers = Timers()
+    fired: list[str] = []
+    entries = [timers.later(60 + index, Owner(str(index), fired)) for index in range(100)]
+    for entry in entries[:60]:
+        timers.cancel(entry)
+    assert len(timers) == 40
+    assert len(timers._heap) <= 50
+    timers.close()
+
+
+async def test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers(
+    client: TestClient[aiohttp.web.Request, aiohttp.web.Application],
+) -> None:
+    """Two entries per live stream on the application's one loop timer (not a loop timer each)."""
+    timers = client.app[TIMERS]
+    body = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [{"role": "user", "content": "hi\n#sim tokens=3 gap_ms=200"}],
+    }
+    async with client.post("/v1/chat/completions", json=body) as response:
+        assert response.status == 200
+        await asyncio.wait_for(response.content.readline(), BOUND)
+        live = len(timers)
+        await asyncio.wait_for(response.read(), BOUND)
+    assert live == 2
