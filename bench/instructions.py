@@ -37,7 +37,7 @@ from pathlib import Path
 
 from .config import Api, Pace
 from .drivers import request_body
-from .processes import ROOT, Service, child_env, start_upstream, Upstream
+from .processes import ROOT, Service, Upstream, child_env, start_upstream
 from .reading import MARKERS
 from .wire import Connection, connect, request_head
 
