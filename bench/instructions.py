@@ -13,8 +13,8 @@ one-token streams, then `--streams` more, all on one keep-alive connection, back
 `python -m bench.upstream`. Only the measured streams are counted: the process runs under
 valgrind's callgrind with instrumentation off until the warm-up is done (`callgrind_control -i on`),
 and the dump taken after the last stream divides by their number. Identical code varies by a few
-thousand instructions per stream between processes (hash seeds), so A/B figures need more than
-one run each; wall-clock CPU on a shared machine varies far more. Run it under the machine lock.
+thousand instructions per stream between processes with random hash seeds, so the process runs
+with PYTHONHASHSEED=0 (`--hash-seed`); an A/B still deserves a second seed; wall-clock CPU on a shared machine varies far more. Run it under the machine lock.
 
 With `--profile` the process runs at full speed under cProfile, switched on and off by SIGUSR1
 and SIGUSR2 around the measured streams, and the report is its functions by cumulative time
@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose gateway runs (default: this one)")
     parser.add_argument("--annotate", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--profile", action="store_true", help="cProfile (Python calls) instead of callgrind")
+    parser.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED of the process (default 0)")
     parser.add_argument("--out", type=Path, help="keep the dump and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.target == "passthrough" and args.route != "v1":
@@ -79,11 +80,15 @@ def main(argv: list[str] | None = None) -> int:
 
 def _command(args: argparse.Namespace, upstream: Service, port: int) -> tuple[list[str], dict[str, str], Path]:
     """The target's command line, environment and working directory."""
+    # A fixed hash seed: with a random one, identical code varies by some thousands of
+    # instructions per stream between processes (dict and set layouts).
+    seed = {"PYTHONHASHSEED": str(args.hash_seed)}
     if args.target == "passthrough":
         argv = ["-m", "bench.passthrough", "--upstream", upstream.url, "--port", str(port)]
-        return argv, child_env({}), ROOT
+        return argv, child_env(seed), ROOT
     env = child_env(
         {
+            **seed,
             "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-bench-not-a-secret",
             "AI_INTEGRATIONS_OPENAI_BASE_URL": upstream.url + "/v1",
             "SLUICE_LOGGING_LEVEL": "warning",
