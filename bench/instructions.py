@@ -14,7 +14,8 @@ one-token streams, then `--streams` more, all on one keep-alive connection, back
 valgrind's callgrind with instrumentation off until the warm-up is done (`callgrind_control -i on`),
 and the dump taken after the last stream divides by their number. Identical code varies by a few
 thousand instructions per stream between processes with random hash seeds, so the process runs
-with PYTHONHASHSEED=0 (`--hash-seed`); an A/B still deserves a second seed; wall-clock CPU on a shared machine varies far more. Run it under the machine lock.
+with PYTHONHASHSEED=0 (`--hash-seed`); an A/B still deserves a second seed. Wall-clock CPU on a
+shared machine varies far more. Run it under the machine lock.
 
 With `--profile` the process runs at full speed under cProfile, switched on and off by SIGUSR1
 and SIGUSR2 around the measured streams, and the report is its functions by cumulative time
