@@ -872,8 +872,8 @@ BREAKS += [
     Break(
         "attempts not picked by load",
         "server/upstreams/attempts.py",
-        "            client = self.pool.pick([c for c in available if tries[c.name] == fewest])\n",
-        "            client = available[0] if available else None\n",
+        "                client = self.pool.pick(candidates)\n",
+        "                client = candidates[0] if candidates else None\n",
         ("tests/test_routing_units.py::test_the_first_attempt_goes_to_the_less_busy_upstream_of_the_pool",),
     ),
     Break(
@@ -888,15 +888,17 @@ BREAKS += [
     Break(
         "memory breakers admit while one is open",
         "server/upstreams/breaker.py",
-        "memory.peek(pair).open_until == 0.0 and memory.peek(upstream).open_until == 0.0",
-        "True",
+        "            and memory.peek(upstream).open_until == 0.0\n"
+        "            and memory.peek(_pair(upstream, model)).open_until == 0.0\n",
+        "",
         ("tests/test_routing_units.py::test_every_breaker_open_is_503_with_retry_after_and_no_attempt",),
     ),
     Break(
         "memory breakers skip a success while none is open",
         "server/upstreams/breaker.py",
-        "        if memory is not None and _settled(memory.peek(pair)) and _settled(memory.peek(upstream)):\n",
-        "        if memory is not None:\n",
+        "        return memory is not None and _settled(memory.peek(upstream))"
+        " and _settled(memory.peek(_pair(upstream, model)))\n",
+        "        return memory is not None\n",
         ("tests/test_routing_units.py::test_an_answered_attempt_resets_the_failures_counted_on_its_upstream_and_pair",),
     ),
     Break(
@@ -1195,6 +1197,13 @@ BREAKS += [
         "        self.ssl_context = ssl_context or ssl.create_default_context()\n",
         "        self.ssl_context = ssl_context or ssl._create_unverified_context()\n",
         (f"{HTTP1_TESTS}::test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable",),
+    ),
+    Break(
+        "a first attempt that failed is not counted against its upstream",
+        "server/upstreams/attempts.py",
+        "                    tries[client.name] = 1\n",
+        "",
+        ("tests/test_routing_units.py::test_retries_stop_after_the_configured_number",),
     ),
 ]
 
