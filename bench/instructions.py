@@ -12,7 +12,8 @@ as `python -m bench` runs it, or the pass-through) serves one client that sends 
 one-token streams, then `--streams` more, all on one keep-alive connection, back to back, against
 `python -m bench.upstream`. Only the measured streams are counted: the process runs under
 valgrind's callgrind with instrumentation off until the warm-up is done (`callgrind_control -i on`),
-and the dump taken after the last stream divides by their number. Identical code varies by a few
+and the dump taken after the last stream divides by their number. It also prints the socket reads
+per stream (see `_calls`). Identical code varies by a few
 thousand instructions per stream between processes with random hash seeds, so the process runs
 with PYTHONHASHSEED=0 (`--hash-seed`); an A/B still deserves a second seed. Wall-clock CPU on a
 shared machine varies far more. Run it under the machine lock.
@@ -132,7 +133,11 @@ def _callgrind(args: argparse.Namespace, upstream: Service, out: Path) -> str:
     dumps = sorted(out.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
     measured = next(p for p in dumps if _total(p) > 0)  # the explicit dump, before the one at exit
     total = _total(measured)
-    lines = [f"{_label(args)}: {total / args.streams / 1e6:.3f} M instructions per stream ({measured})"]
+    reads = _calls(measured, "uv__read") / args.streams
+    lines = [
+        f"{_label(args)}: {total / args.streams / 1e6:.3f} M instructions per stream, {reads:.2f} socket reads"
+        f" ({measured})"
+    ]
     if args.annotate:
         annotated = subprocess.run(
             ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(measured)],
@@ -202,6 +207,30 @@ def _control(pid: int, option: str) -> None:
 def _total(dump: Path) -> int:
     match = TOTALS.search(dump.read_text(errors="replace"))
     return int(match.group(1)) if match else 0
+
+
+def _calls(dump: Path, function: str) -> int:
+    """How many times the measured window called `function` (by its name in the dump), from any caller.
+
+    Reads per stream tell how the upstream's events came in: each event is its own segment, and a
+    process slowed down by valgrind often finds several in one read. The instruction figure moves
+    with that share (an extra read is an extra parse and wake-up), so A/B runs should read alike.
+    """
+    ids: dict[str, str] = {}
+    total = 0
+    callee = None
+    for line in dump.read_text(errors="replace").splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            key, _, rest = line.partition("=")
+            number, _, name = rest.partition(" ")
+            if name:
+                ids[number] = name
+            callee = ids.get(number, rest) if key == "cfn" else callee
+        elif line.startswith("calls=") and callee is not None:
+            if callee == function:
+                total += int(line[6:].split()[0])
+            callee = None
+    return total
 
 
 def _per_stream(row: str, streams: int) -> str:
