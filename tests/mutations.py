@@ -1216,7 +1216,7 @@ BREAKS += [
         "chat endings' children found by outcome alone",
         "server/metrics.py",
         "        key = (route, id(outcome))\n",
-        "        key = (\"\", id(outcome))\n",
+        '        key = ("", id(outcome))\n',
         ("tests/test_metrics_units.py::test_chat_endings_are_counted_by_route_and_outcome_each_apart",),
     ),
     Break(
