@@ -8,7 +8,7 @@ With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; serve
 from __future__ import annotations
 
 from bisect import bisect_left
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
@@ -93,7 +93,8 @@ class Metrics:
             multiprocess_mode="max",
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
-        self._histograms: dict[str, tuple[Any, Any]] = {}
+        # Routes and outcomes are few: one entry per pair met.
+        self._endings: dict[tuple[str, int], _Ending] = {}
 
     def child(self, metric: MetricWrapperBase, *labels: str) -> Any:
         """`metric.labels(*labels)`, remembered: looking a child up costs ~4 us, a dict hit ~0.1 us."""
@@ -111,18 +112,18 @@ class Metrics:
         """Record what one chat request did, once, when it ends."""
         route = record.route
         outcome = record.outcome
-        if outcome is not None:
-            count(self.child(self.stream_endings, route, outcome))
+        ending = self._ending(route, outcome)
+        if ending.outcome is not None:
+            count(ending.outcome)
         if outcome is _UPSTREAM_ERROR or (outcome is _TIMEOUT and record.error_code != _SEND):
             # status is what the client got: an error status, or 200 for a stream that failed mid-way.
             count(self.child(self.upstream_errors, str(status), record.error_code or "unknown"))
         if record.malformed_chunks:
             count(self.child(self.malformed_chunks, route), record.malformed_chunks)
-        ttft, upstream_duration = self._route_histograms(route)
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
-            observe(ttft, ttft_ms / 1000)
-        observe(upstream_duration, duration)
+            observe(ending.ttft, ttft_ms / 1000)
+        observe(ending.upstream_duration, duration)
         model = record.model or "unknown"
         usage = record.usage
         if usage is not None:
@@ -135,11 +136,19 @@ class Metrics:
         elif record.chunks_relayed:
             count(self.child(self.tokens, model, "completion"), record.chunks_relayed)
 
-    def _route_histograms(self, route: str) -> tuple[Any, Any]:
-        """The route's time-to-first-token and upstream-duration histograms, found once."""
-        found = self._histograms.get(route)
+    def _ending(self, route: str, outcome: Outcome | None) -> _Ending:
+        """The children every chat request that ended this way counts in, found once.
+
+        Keyed by the outcome's id: hashing an enum member is a Python-level call, hashing an int is not.
+        """
+        key = (route, id(outcome))
+        found = self._endings.get(key)
         if found is None:
-            found = self._histograms[route] = (self.child(self.ttft, route), self.child(self.upstream_duration, route))
+            found = self._endings[key] = _Ending(
+                self.child(self.stream_endings, route, outcome) if outcome is not None else None,
+                self.child(self.ttft, route),
+                self.child(self.upstream_duration, route),
+            )
         return found
 
     def exposition(self) -> bytes:
@@ -156,6 +165,14 @@ class Metrics:
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return registry
         return self.registry
+
+
+class _Ending(NamedTuple):
+    """The children a chat request that ended one way on one route counts in (its tokens depend on usage)."""
+
+    outcome: Any
+    ttft: Any
+    upstream_duration: Any
 
 
 # Read once: an enum member looked up on its class costs ~85 ns on Python 3.11.

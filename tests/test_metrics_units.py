@@ -7,6 +7,8 @@ import random
 import pytest
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from server.access import RequestRecord
+from server.guard import Outcome
 from server.metrics import GAP_BUCKETS, LATENCY_BUCKETS, Metrics, count, observe
 
 ROUTE = "/v1/chat/completions"
@@ -94,3 +96,33 @@ def test_observe_and_count_give_the_text_prometheus_clients_own_observe_and_inc_
 
     assert len(samples(public)) == len(LATENCY_BUCKETS) + 4  # the buckets, +Inf, count, sum, tokens
     assert samples(lean) == samples(public)
+
+
+def test_chat_endings_are_counted_by_route_and_outcome_each_apart() -> None:
+    """Chat requests ending differently on one route, or alike on two routes, count in their own series.
+
+    Catches: the children found once per kind of ending keyed by the route alone or the outcome
+    alone (server/metrics.py, `Metrics._ending`).
+    """
+    metrics = Metrics()
+    endings = [
+        (ROUTE, Outcome.COMPLETED),
+        (ROUTE, Outcome.COMPLETED),
+        (ROUTE, Outcome.CLIENT_DISCONNECTED),
+        ("/chat/stream", Outcome.COMPLETED),
+    ]
+    for route, outcome in endings:
+        metrics.chat_finished(RequestRecord(started=0.0, route=route, outcome=outcome, stream=True), 0.01, 200)
+    lines = metrics.exposition().decode().splitlines()
+    counted = {
+        name: float(value)
+        for name, _, value in (line.rpartition(" ") for line in lines)
+        if name.startswith(("sluice_stream_endings_total", "sluice_upstream_request_duration_seconds_count"))
+    }
+    assert counted == {
+        f'sluice_stream_endings_total{{outcome="completed",route="{ROUTE}"}}': 2.0,
+        f'sluice_stream_endings_total{{outcome="client_disconnected",route="{ROUTE}"}}': 1.0,
+        'sluice_stream_endings_total{outcome="completed",route="/chat/stream"}': 1.0,
+        f'sluice_upstream_request_duration_seconds_count{{route="{ROUTE}"}}': 3.0,
+        'sluice_upstream_request_duration_seconds_count{route="/chat/stream"}': 1.0,
+    }

@@ -74,8 +74,9 @@ class Upstream:
         `on_accepted` is called each time an upstream answers 200, before its first token.
         """
 
-        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
-            return await client.open_stream(attempt_body, request_id, on_accepted)
+        # Not a coroutine of its own: the attempt awaits the client's directly.
+        def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[UpstreamStream]:
+            return client.open_stream(attempt_body, request_id, on_accepted)
 
         after = self._routing.hedge_after_seconds
         if after <= 0:
@@ -89,8 +90,8 @@ class Upstream:
     async def complete(self, body: dict[str, Any], request_id: str, record: RequestRecord | None = None) -> bytes:
         """A non-streaming reply from the first candidate that gave one."""
 
-        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> bytes:
-            return await client.complete(attempt_body, request_id)
+        def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[bytes]:
+            return client.complete(attempt_body, request_id)
 
         return await self._route(body, record, send)
 
@@ -111,9 +112,9 @@ class Upstream:
         """Ask an upstream that declares `assistant-prefill` to go on after `text`, the reply so far."""
         messages = [*body.get("messages", []), {"role": "assistant", "content": text}]
 
-        async def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> UpstreamStream:
+        def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[UpstreamStream]:
             continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
-            return await client.open_stream(continued, request_id)
+            return client.open_stream(continued, request_id)
 
         return await self._route(body, record, send, only=lambda client, _: client.entry.continuation != "none")
 
@@ -165,35 +166,51 @@ class Upstream:
 
         `only` narrows the candidates; `busy` holds the (upstream, model) being tried (for hedging).
         """
-        candidates = [client for client in self.pool.serving(model) if only is None or only(client, model)]
-        busy = set() if busy is None else busy
-        tries = {client.name: 0 for client in candidates}
+        serving = self.pool.serving(model)
+        candidates = serving if only is None else tuple(client for client in serving if only(client, model))
+        attempt_body = body if body.get("model") == model else {**body, "model": model}
+        # Until an attempt fails or is skipped every candidate is untried, and the round below is a
+        # pick from the whole pool: most requests end with that first attempt, so the retry
+        # bookkeeping (tries per upstream) is built only once one does not.
+        tries: dict[str, int] | None = None
         errors: dict[str, UpstreamError] = {}
         excluded: set[str] = set()
-        attempt_body = body if body.get("model") == model else {**body, "model": model}
+        breakers = self.breakers
         while True:
-            available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
-            # Spread over the pool first: an upstream is retried only once every other one was tried.
-            fewest = min((tries[c.name] for c in available), default=0)
-            client = self.pool.pick([c for c in available if tries[c.name] == fewest])
-            if client is None:
-                raise _last(errors) or _no_candidate(model, bool(available))
-            retry = tries[client.name]
-            if retry and not await self._back_off(errors[client.name], retry - 1, budget):
-                excluded.add(client.name)
-                continue
-            trials = await self.breakers.admit(client.name, model)
+            if tries is None:
+                client = self.pool.pick(candidates)
+                if client is None:
+                    raise _no_candidate(model, bool(candidates))
+            else:
+                available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
+                # Spread over the pool first: an upstream is retried only once every other one was tried.
+                fewest = min((tries[c.name] for c in available), default=0)
+                client = self.pool.pick([c for c in available if tries[c.name] == fewest])
+                if client is None:
+                    raise _last(errors) or _no_candidate(model, bool(available))
+                retry = tries[client.name]
+                if retry and not await self._back_off(errors[client.name], retry - 1, budget):
+                    excluded.add(client.name)
+                    continue
+            # Both breakers closed (in memory): nothing to await.
+            trials = [] if breakers.closed(client.name, model) else await breakers.admit(client.name, model)
             if trials is None:
+                tries = tries if tries is not None else dict.fromkeys((c.name for c in candidates), 0)
                 excluded.add(client.name)
                 continue
-            tries[client.name] += 1
+            if tries is not None:
+                tries[client.name] += 1
             started = time.perf_counter()
-            busy.add((client.name, model))
+            if busy is not None:
+                busy.add((client.name, model))
             try:
                 result = await send(client, attempt_body)
             except UpstreamError as error:
+                if tries is None:
+                    tries = dict.fromkeys((c.name for c in candidates), 0)
+                    tries[client.name] = 1
                 self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
-                await self.breakers.judge(client.name, model, error)
+                await breakers.judge(client.name, model, error)
                 # Move to the end, so _last() finds the newest.
                 errors.pop(client.name, None)
                 errors[client.name] = error
@@ -204,11 +221,17 @@ class Upstream:
                 continue
             except asyncio.CancelledError:
                 for key in trials:  # no verdict: let the next request be the trial
-                    await self.breakers.release(key)
+                    await breakers.release(key)
                 raise
             finally:
-                busy.discard((client.name, model))
-            await self._answered(record, client, model, started)
+                if busy is not None:
+                    busy.discard((client.name, model))
+            self._note(record, client, model, 200, started)
+            if not breakers.settled(client.name, model):
+                await breakers.answered(client.name, model)
+            if record is not None:
+                record.extra["upstream"] = client.name
+                record.extra["served_model"] = model
             return result
 
     async def _back_off(self, error: UpstreamError, retry: int, budget: RetryBudget) -> bool:
@@ -220,14 +243,6 @@ class Upstream:
         await self._sleep(delay)
         budget.spend(delay)
         return True
-
-    async def _answered(self, record: RequestRecord | None, client: UpstreamClient, model: str, started: float) -> None:
-        """Note the attempt that succeeded, and close its breakers."""
-        self._note(record, client, model, 200, started)
-        await self.breakers.answered(client.name, model)
-        if record is not None:
-            record.extra["upstream"] = client.name
-            record.extra["served_model"] = model
 
     def _note(
         self, record: RequestRecord | None, client: UpstreamClient, model: str, status: object, started: float

@@ -190,12 +190,28 @@ class Breakers:
 
     # --- one attempt at (upstream, model): the upstream's breaker and the pair's rate-limit hold ---
 
+    def closed(self, upstream: str, model: str) -> bool:
+        """True when both breakers of (upstream, model) are known closed without awaiting (in memory).
+
+        `admit` would then return `[]`: the routing skips its coroutine.
+        """
+        memory = self._memory
+        return (
+            memory is not None
+            and memory.peek(upstream).open_until == 0.0
+            and memory.peek(_pair(upstream, model)).open_until == 0.0
+        )
+
+    def settled(self, upstream: str, model: str) -> bool:
+        """True when both breakers are known closed with no failure counted (in memory): `answered` changes nothing."""
+        memory = self._memory
+        return memory is not None and _settled(memory.peek(upstream)) and _settled(memory.peek(_pair(upstream, model)))
+
     async def admit(self, upstream: str, model: str) -> list[str] | None:
         """None unless both breakers let an attempt through; else the keys whose trial it holds."""
-        pair = _pair(upstream, model)
-        memory = self._memory
-        if memory is not None and memory.peek(pair).open_until == 0.0 and memory.peek(upstream).open_until == 0.0:
+        if self.closed(upstream, model):
             return []  # both closed: what `acquire` decides for each
+        pair = _pair(upstream, model)
         trials: list[str] = []
         for key in (pair, upstream):
             admission = await self.acquire(key)
@@ -220,10 +236,9 @@ class Breakers:
 
     async def answered(self, upstream: str, model: str) -> None:
         """The attempt at (upstream, model) succeeded: close both breakers."""
-        pair = _pair(upstream, model)
-        memory = self._memory
-        if memory is not None and _settled(memory.peek(pair)) and _settled(memory.peek(upstream)):
+        if self.settled(upstream, model):
             return  # both closed with no failure counted: `succeeded` changes nothing
+        pair = _pair(upstream, model)
         await self.succeeded(pair)
         await self.succeeded(upstream)
 
