@@ -17,7 +17,7 @@ from structlog.typing import EventDict, WrappedLogger
 from server.app import create_app
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
 from server.keys import REQUEST_ID, SETTINGS
-from server.middleware.body_limit import body_limit_middleware
+from server.middleware.body import body_middleware
 from server.middleware.errors import error_middleware, mark_response_started
 from server.middleware.request_id import add_request_id_header, request_id_middleware
 from server.settings import Settings
@@ -289,7 +289,7 @@ async def test_body_limit_refuses_a_declared_length_over_the_limit_before_the_ha
     handler = RecordingHandler()
 
     with pytest.raises(PayloadTooLargeError) as caught:
-        await body_limit_middleware(limited_request(1001), handler.handle)
+        await body_middleware(limited_request(1001), handler.handle)
 
     assert caught.value.status == 413
     assert "1000" in caught.value.message
@@ -299,7 +299,7 @@ async def test_body_limit_refuses_a_declared_length_over_the_limit_before_the_ha
 async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
     handler = RecordingHandler()
 
-    response = await body_limit_middleware(limited_request(1000), handler.handle)
+    response = await body_middleware(limited_request(1000), handler.handle)
 
     assert response.status == 200
     assert handler.calls == 1
@@ -307,7 +307,7 @@ async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
 
 async def test_body_limit_refuses_over_the_wire_with_413_before_the_handler(aiohttp_client: AiohttpClient) -> None:
     handler = RecordingHandler()
-    app = bare_app(error_middleware, body_limit_middleware, routes=[web.post("/", handler.handle)])
+    app = bare_app(error_middleware, body_middleware, routes=[web.post("/", handler.handle)])
     app[SETTINGS] = make_settings(server={"max_body_bytes": 1000})
     client: Client = await aiohttp_client(app)
 
@@ -532,6 +532,5 @@ async def test_the_gateway_orders_its_middlewares_outermost_first(settings: Sett
         "error_middleware",
         "connection_cap_middleware",
         "auth_middleware",
-        "body_limit_middleware",
-        "body_timeout_middleware",
+        "body_middleware",
     ]

@@ -25,7 +25,7 @@ from server.connections import SPARE_DESCRIPTORS, open_connections, reserve_desc
 from server.cors import CorsPolicy
 from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
 from server.middleware.auth import auth_middleware
-from server.middleware.body_timeout import body_timeout_middleware
+from server.middleware.body import body_middleware
 from server.middleware.connection_cap import connection_cap_middleware
 from server.middleware.errors import error_middleware
 from server.settings import SettingsError
@@ -270,8 +270,8 @@ async def test_the_connection_cap_middleware_alone_sheds_all_but_probes(aiohttp_
     assert probe.status == 200
 
 
-async def test_the_body_timeout_middleware_alone_answers_408(aiohttp_client: AiohttpClient) -> None:
-    app = bare(body_timeout_middleware)
+async def test_the_body_middleware_alone_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
+    app = bare(body_middleware)
     app[SETTINGS] = make_settings(SECRET, auth=keyed_settings(), connections={"body_timeout": 0.2})
     client: Client = await aiohttp_client(app)
     never = asyncio.Event()

@@ -6,8 +6,8 @@ Order matters, outermost first:
 3. errors: turns any failure into the JSON envelope before the access log records it;
 4. connection cap: sheds a request over the process's connection cap before any work;
 5. auth: checks the gateway key (or browser token) and the key's limits before a body is read;
-6. body limit: refuses oversized bodies before a handler reads them;
-7. body timeout: reads the body within its deadline, so no handler waits on a slow client.
+6. body: refuses oversized bodies, then reads the body within its deadline, so no handler waits
+   on a slow client (one layer: each is a coroutine suspended while a stream runs).
 CORS is not a middleware here: routes/cors.py wraps the routes and answers preflights, with the
 policy in server/cors.py (aiohttp-cors echoes any origin, `null` included, where `*` must stay literal).
 """
@@ -19,8 +19,7 @@ from aiohttp import web
 from ..keys import KEYRING
 from .access_log import access_log_middleware
 from .auth import add_key_headers, auth_middleware
-from .body_limit import body_limit_middleware
-from .body_timeout import body_timeout_middleware
+from .body import body_middleware
 from .connection_cap import connection_cap_middleware
 from .errors import error_middleware, mark_response_started
 from .request_id import add_request_id_header, request_id_middleware
@@ -38,8 +37,7 @@ def setup_middlewares(app: web.Application) -> None:
             error_middleware,
             connection_cap_middleware,
             auth_middleware,
-            body_limit_middleware,
-            body_timeout_middleware,
+            body_middleware,
         ]
     )
     app.on_response_prepare.append(add_request_id_header)
