@@ -173,7 +173,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     record.stream = False
     lifecycle.admit()
     await reserve_tokens(request, body)
-    guard = StreamGuard(deadlines_for(request, stream=False))
+    guard = StreamGuard(deadlines_for(request, stream=False), timers=app[TIMERS])
     with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
         try:
             content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID], record), guard, record)

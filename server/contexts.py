@@ -27,6 +27,7 @@ from .keys import (
     SETTINGS_SOURCE,
     SIMULATOR_URL,
     STREAMS,
+    TIMERS,
     UPSTREAM,
     WORKER_PROXY,
 )
@@ -182,7 +183,12 @@ async def streams_ctx(app: web.Application) -> AsyncIterator[None]:
     bounds = app[SETTINGS].browser
     store = open_store(app, bounds)
     services = Services(
-        upstream=app[UPSTREAM], store=store, lifecycle=app[LIFECYCLE], metrics=app[METRICS], settings=app[SETTINGS]
+        upstream=app[UPSTREAM],
+        store=store,
+        lifecycle=app[LIFECYCLE],
+        metrics=app[METRICS],
+        settings=app[SETTINGS],
+        timers=app[TIMERS],
     )
     proxy = app.get(WORKER_PROXY)
     registry = StreamRegistry(services, bounds, proxy.identity.stream_id_prefix() if proxy is not None else "")

@@ -1372,6 +1372,33 @@ BREAKS += [
         "    if not ring.enabled:\n",
         ("tests/test_dashboard.py::test_the_feed_needs_the_metrics_key_when_one_is_set",),
     ),
+    Break(
+        "a non-streaming call's guard on a loop timer of its own",
+        "server/chat_call.py",
+        "    guard = StreamGuard(deadlines_for(request, stream=False), timers=app[TIMERS])\n",
+        "    guard = StreamGuard(deadlines_for(request, stream=False))\n",
+        ("tests/test_timers.py::test_a_non_streaming_calls_guard_is_a_deadline_of_the_applications_timers",),
+    ),
+    Break(
+        "a browser stream's guard on a loop timer of its own",
+        "server/streams/generation.py",
+        "            _deadlines(services.settings, continued=continued is not None), timers=services.timers\n",
+        "            _deadlines(services.settings, continued=continued is not None)\n",
+        (
+            "tests/test_timers.py::"
+            "test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_of_the_applications_timers",
+        ),
+    ),
+    Break(
+        "a browser reader's heartbeat on a loop timer of its own",
+        "server/streams/reader.py",
+        "        timers=timers,\n",
+        "",
+        (
+            "tests/test_timers.py::"
+            "test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_of_the_applications_timers",
+        ),
+    ),
 ]
 
 

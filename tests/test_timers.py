@@ -118,3 +118,34 @@ async def test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applicati
         live = len(timers)
         await asyncio.wait_for(response.read(), BOUND)
     assert live == 2
+
+
+async def test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_of_the_applications_timers(
+    client: TestClient[aiohttp.web.Request, aiohttp.web.Application],
+) -> None:
+    timers = client.app[TIMERS]
+    started = await client.post("/chat/streams", json={"message": "hi\n#sim tokens=3 gap_ms=200"})
+    assert started.status == 201
+    stream_url = (await started.json())["url"]
+    async with client.get(stream_url) as response:
+        assert response.status == 200
+        await asyncio.wait_for(response.content.readline(), BOUND)
+        live = len(timers)  # the generation's guard and this reader's heartbeat
+        await asyncio.wait_for(response.read(), BOUND)
+    assert live == 2
+
+
+async def test_a_non_streaming_calls_guard_is_a_deadline_of_the_applications_timers(
+    client: TestClient[aiohttp.web.Request, aiohttp.web.Application],
+) -> None:
+    timers = client.app[TIMERS]
+    body = {"message": "hi\n#sim tokens=2 ttft_ms=400"}
+    call = asyncio.ensure_future(client.post("/chat", json=body))
+    deadline = asyncio.get_running_loop().time() + BOUND
+    while not len(timers) and not call.done():  # the guard's entry appears once the call is admitted
+        assert asyncio.get_running_loop().time() < deadline
+        await asyncio.sleep(0.01)
+    live = len(timers)
+    response = await asyncio.wait_for(call, BOUND)
+    assert response.status == 200
+    assert live == 1

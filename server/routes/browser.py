@@ -23,7 +23,7 @@ from aiohttp import web
 
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError, ServiceUnavailableError
-from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TOKEN_BEARING, TOKENS, WORKER_PROXY
+from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TIMERS, TOKEN_BEARING, TOKENS, WORKER_PROXY
 from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
@@ -153,6 +153,7 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
         settings=request.app[SETTINGS].stream,
         metrics=request.app[METRICS],
         record=request[RECORD],
+        timers=request.app[TIMERS],
     )
 
 

@@ -31,6 +31,7 @@ from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..relay import relay
 from ..settings import Settings
+from ..timers import Timers
 from ..upstreams.attempts import Upstream
 from ..upstreams.continuation import ContinuedStream
 from ..upstreams.stream import UpstreamStream
@@ -71,6 +72,7 @@ class Services:
     lifecycle: Lifecycle
     metrics: Metrics
     settings: Settings
+    timers: Timers
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,7 +222,9 @@ class Generation:
         record = RequestRecord(started=self._started, route=self.job.route, model=self.job.model, stream=True)
         dialect = NativeDialect(self.job.stream_id, services.settings.stream.retry_ms)
         continued = continuing(services, self.job, record)
-        self._guard = guard = StreamGuard(_deadlines(services.settings, continued=continued is not None))
+        self._guard = guard = StreamGuard(
+            _deadlines(services.settings, continued=continued is not None), timers=services.timers
+        )
         chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, continued)
         sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
         # A stop or shutdown asked for before this task ran takes effect at its first await.

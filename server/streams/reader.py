@@ -20,6 +20,7 @@ from ..errors import GatewayError, ServiceUnavailableError
 from ..metrics import Metrics
 from ..settings import StreamSettings
 from ..sse import SSEResponse
+from ..timers import Timers
 from .registry import StreamRegistry
 from .resume import event_id
 from .store import EventsDroppedError, GenerationLostError, Slice, StoreUnavailableError
@@ -49,6 +50,7 @@ async def serve_stream(
     settings: StreamSettings,
     metrics: Metrics,
     record: RequestRecord,
+    timers: Timers,
 ) -> web.StreamResponse:
     """Send the events of `stream_id` after `after` until its final event."""
     store = registry.store
@@ -68,6 +70,7 @@ async def serve_stream(
         heartbeat_interval=settings.heartbeat_interval,
         send_timeout=settings.send_timeout,
         on_heartbeat=metrics.heartbeats.inc,
+        timers=timers,
     )
     await response.prepare(request)
     record.response_status = response.status
