@@ -72,7 +72,11 @@ def create_app(
     # Plain state, built now: no I/O, nothing to close.
     app[SETTINGS] = settings
     app[METRICS] = Metrics(settings.process.metrics_dir)
-    app[LIFECYCLE] = Lifecycle(retry_after=settings.server.retry_after, max_live=settings.server.max_live_streams)
+    app[LIFECYCLE] = Lifecycle(
+        retry_after=settings.server.retry_after,
+        max_live=settings.server.max_live_streams,
+        live_gauge=app[METRICS].live_streams,
+    )
     app[TIMERS] = Timers()
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()

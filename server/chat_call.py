@@ -73,7 +73,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     preamble = dialect.start()
     opened: UpstreamStream | None = None
     continued: ContinuedStream | None = None
-    with lifecycle.track(guard), metrics.live_streams.track_inprogress():
+    with lifecycle.track(guard):
         # Its timer runs from here: the `finally` below stops it.
         start = ResponseStart(
             request, record, guard, lambda: _sse_response(request, guard, preamble), settings.stream.heartbeat_interval
@@ -174,7 +174,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     lifecycle.admit()
     await reserve_tokens(request, body)
     guard = StreamGuard(deadlines_for(request, stream=False), timers=app[TIMERS])
-    with lifecycle.track(guard), app[METRICS].live_streams.track_inprogress():
+    with lifecycle.track(guard):
         try:
             content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID], record), guard, record)
         finally:

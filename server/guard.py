@@ -61,8 +61,8 @@ class StreamGuard:
         task: asyncio.Task[object] | None = None,
         timers: Timers | None = None,
     ) -> None:
-        self._loop = asyncio.get_running_loop()
         self._timers = timers if timers is not None else Timers()
+        self._loop = self.loop = self._timers.loop  # held: see Timers.loop
         self._task = task or asyncio.current_task()
         self._deadlines = deadlines
         # Any phase that starts later ends no sooner than this after it starts, so waking at

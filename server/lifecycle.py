@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from types import TracebackType
+from typing import Any
 
 import structlog
 
@@ -33,8 +34,14 @@ FINAL_EVENT_GRACE = 2.0
 class Lifecycle:
     """Tracks live requests and decides whether new ones are admitted."""
 
-    def __init__(self, *, retry_after: int, max_live: int, heap: HeapTrim | None = None) -> None:
+    def __init__(
+        self, *, retry_after: int, max_live: int, heap: HeapTrim | None = None, live_gauge: Any | None = None
+    ) -> None:
+        """`live_gauge`: the metric of live requests (`sluice_live_streams`), moved as `track` blocks come and go."""
         self.draining = False
+        # Moved by `_Tracked` through its value, as metrics.count does: prometheus-client's
+        # `track_inprogress` built a context manager and checked the metric twice per request.
+        self._live_value = live_gauge._value if live_gauge is not None else None
         self._heap = heap if heap is not None else HeapTrim()
         self._retry_after = retry_after
         self._max_live = max_live
@@ -51,17 +58,22 @@ class Lifecycle:
 
     def admit(self) -> None:
         """Raise 503 with Retry-After while draining or at the live-request cap."""
-        headers = {"Retry-After": str(self._retry_after)}
         if self.draining:
             raise ServiceUnavailableError(
-                "Sluice is shutting down; retry on another instance.", code="server_shutting_down", headers=headers
+                "Sluice is shutting down; retry on another instance.",
+                code="server_shutting_down",
+                headers={"Retry-After": str(self._retry_after)},
             )
         if self._max_live and len(self._live) >= self._max_live:
-            raise ServiceUnavailableError("Sluice is at capacity; retry shortly.", code="overloaded", headers=headers)
+            raise ServiceUnavailableError(
+                "Sluice is at capacity; retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": str(self._retry_after)},
+            )
 
     def track(self, guard: StreamGuard) -> _Tracked:
         """Count the request as live while the block runs."""
-        return _Tracked(self._live, self._idle, guard, self._heap)
+        return _Tracked(self._live, self._idle, guard, self._heap, self._live_value)
 
     async def after_leaving(self) -> None:
         """Wait for the turn of a request whose client left (its upstream already closed) to be torn down.
@@ -117,22 +129,29 @@ class Lifecycle:
 class _Tracked:
     """`Lifecycle.track`'s block: a plain class, where `@contextmanager` cost a generator per request."""
 
-    __slots__ = ("_guard", "_heap", "_idle", "_live")
+    __slots__ = ("_gauge", "_guard", "_heap", "_idle", "_live")
 
-    def __init__(self, live: set[StreamGuard], idle: asyncio.Event, guard: StreamGuard, heap: HeapTrim) -> None:
+    def __init__(
+        self, live: set[StreamGuard], idle: asyncio.Event, guard: StreamGuard, heap: HeapTrim, gauge: Any | None
+    ) -> None:
         self._live = live
         self._idle = idle
         self._guard = guard
         self._heap = heap
+        self._gauge = gauge
 
     def __enter__(self) -> None:
         self._live.add(self._guard)
         self._idle.clear()
         self._heap.rose(len(self._live))
+        if self._gauge is not None:
+            self._gauge.inc(1)
 
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
     ) -> None:
+        if self._gauge is not None:
+            self._gauge.inc(-1)
         live = self._live
         live.discard(self._guard)
         self._heap.fell(len(live))

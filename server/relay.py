@@ -223,7 +223,7 @@ class _Pushing:
         self.sink = sink
         self.guard = guard
         self.record = record
-        self.loop = asyncio.get_running_loop()
+        self.loop = guard.loop
         self.held = b""
 
     def on_batch(self, batch: list[Chunk]) -> bool:

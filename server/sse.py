@@ -177,7 +177,7 @@ class SSEResponse(EventSourceResponse):
         request.protocol.keep_alive(True)
         release_connection_buffers(request)  # two empty deques, ~1.5 KiB per live stream
         self._beat = self._timers.later(self._ping_interval, self)
-        asyncio.get_running_loop().call_soon(self._flush_headers)
+        self._timers.loop.call_soon(self._flush_headers)
         return writer
 
     async def write(self, data: bytes | bytearray | memoryview) -> None:

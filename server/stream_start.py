@@ -35,7 +35,7 @@ class ResponseStart:
         self._record = record
         self._guard = guard
         self._make = make
-        self._loop = asyncio.get_running_loop()
+        self._loop = guard.loop
         self._routing = True
         self._timer: asyncio.TimerHandle | None = self._loop.call_later(limit, self._begin)
         self._early: asyncio.Task[SSEResponse] | None = None

@@ -19,6 +19,7 @@ import asyncio
 import contextvars
 import heapq
 import itertools
+from types import TracebackType
 from typing import Protocol
 
 import structlog
@@ -82,6 +83,19 @@ class Timers:
         """The loop's clock, as deadlines are given."""
         return (self._loop or self._bind()).time()
 
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop these deadlines run on.
+
+        Held, not asked for: on Python 3.11 every `asyncio.get_running_loop()` makes a `getpid`
+        system call (a fork check), and a stream asked some fifteen times.
+        """
+        return self._loop or self._bind()
+
+    def deadline(self, when: float) -> Deadline:
+        """`asyncio.timeout_at(when)` for the current task, as an entry here: see Deadline."""
+        return Deadline(self, when)
+
     def cancel(self, entry: Entry) -> None:
         """Stop `entry` (nothing happens if it fired already); its owner is let go at once."""
         if entry[2] is None:
@@ -137,3 +151,57 @@ class Timers:
             self._stale -= 1
         if heap:
             self._arm(heap[0][0])  # type: ignore[arg-type]
+
+
+class Deadline:
+    """`with timers.deadline(when):` cancels the task at `when` and raises TimeoutError out of the block.
+
+    What `asyncio.timeout_at` does, with the same rule to tell its own cancellation from another
+    (`Task.uncancel`), on an entry of the application's heap instead of a loop timer of its own:
+    about 1 us a request where `asyncio.timeout` and one `reschedule` cost 8. Like every entry
+    here, it may fire up to `_DUE_WITHIN` before `when`.
+    """
+
+    __slots__ = ("_cancelling", "_entry", "_task", "_timers", "_when", "expired")
+
+    def __init__(self, timers: Timers, when: float) -> None:
+        self._timers = timers
+        self._entry: Entry | None = None
+        self._task: asyncio.Task[object] | None = None
+        self._cancelling = 0
+        self._when = when
+        self.expired = False
+
+    def __enter__(self) -> Deadline:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("Deadline must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._entry = self._timers.at(self._when, self)
+        return self
+
+    def reschedule(self, when: float) -> None:
+        """Move the deadline to `when`."""
+        if self.expired:
+            raise RuntimeError("Deadline already expired")
+        if self._entry is not None:
+            self._timers.cancel(self._entry)
+        self._entry = self._timers.at(when, self)
+
+    def timer_fired(self) -> None:
+        """The time came (Timers calls this): cancel the task."""
+        self._entry = None
+        if self._task is not None and not self._task.done():
+            self.expired = True
+            self._task.cancel()
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if self._entry is not None:
+            self._timers.cancel(self._entry)
+            self._entry = None
+        task, self._task = self._task, None
+        if self.expired and task is not None and task.uncancel() <= self._cancelling and kind is asyncio.CancelledError:
+            raise TimeoutError from error

@@ -1025,7 +1025,7 @@ BREAKS += [
     Break(
         "a stream's header deadline still runs after its headers came",
         "server/upstreams/client.py",
-        "                deadline.reschedule(asyncio.get_running_loop().time() + self._settings.first_token_timeout)\n",
+        "                deadline.reschedule(timers.time() + self._settings.first_token_timeout)\n",
         "                pass\n",
         (
             "tests/test_upstream_http1.py::test_once_the_headers_came_a_stream_waits_for_its_first_token_past_the_header_deadline",
@@ -1194,8 +1194,8 @@ BREAKS += [
     Break(
         "idle upstream connections kept for good",
         CONNECTIONS,
-        "loop.call_later(self._connections.idle_seconds, connection.close)",
-        "loop.call_later(3600, connection.close)",
+        "self._connections.timers.later(self._connections.idle_seconds, connection)",
+        "self._connections.timers.later(3600, connection)",
         (f"{HTTP1_TESTS}::test_an_idle_pooled_connection_is_closed_after_its_idle_time",),
     ),
     Break(
@@ -1292,6 +1292,34 @@ BREAKS += [
         "        timers=request.app[TIMERS],\n",
         "",
         ("tests/test_timers.py::test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers",),
+    ),
+    Break(
+        "the live streams gauge never counts a stream",
+        "server/lifecycle.py",
+        "            self._gauge.inc(1)\n",
+        "            pass\n",
+        ("tests/test_operations.py::test_the_live_streams_gauge_counts_a_stream_while_it_runs",),
+    ),
+    Break(
+        "a deadline's own cancellation leaves its block as a cancellation",
+        "server/timers.py",
+        "            raise TimeoutError from error\n",
+        "            pass\n",
+        ("tests/test_timers.py::test_a_deadline_that_passes_cancels_the_block_and_raises_timeout_error",),
+    ),
+    Break(
+        "a rescheduled deadline keeps its first time",
+        "server/timers.py",
+        "        self._entry = self._timers.at(when, self)\n",
+        "        self._entry = self._timers.at(min(when, self._when), self)\n",
+        ("tests/test_timers.py::test_a_rescheduled_deadline_waits_for_its_new_time",),
+    ),
+    Break(
+        "a deadline's entry stays in the heap after its block",
+        "server/timers.py",
+        "            self._timers.cancel(self._entry)\n            self._entry = None\n        task, self._task",
+        "            self._entry = None\n        task, self._task",
+        ("tests/test_timers.py::test_a_cancellation_from_outside_passes_through_a_deadline_that_has_not_passed",),
     ),
     Break(
         "an unregistered client-gone callback stays in the reader's waiter slot",

@@ -189,6 +189,23 @@ async def sim_ready(response: aiohttp.ClientResponse) -> None:
     response.close()
 
 
+async def test_the_live_streams_gauge_counts_a_stream_while_it_runs(gateway: Gateway) -> None:
+    async def live(http: aiohttp.ClientSession) -> float:
+        async with http.get(gateway.url + "/metrics") as response:
+            return metric_value(await response.text(), "sluice_live_streams")
+
+    async with aiohttp.ClientSession() as http:
+        before = await live(http)
+        async with http.post(gateway.url + "/chat/stream", json={"message": "m\n#sim tokens=3 gap_ms=300"}) as response:
+            assert response.status == 200
+            await asyncio.wait_for(response.content.readline(), 10)  # the stream is under way
+            during = await live(http)
+            await asyncio.wait_for(response.read(), 10)
+        after = await live(http)
+    assert during == before + 1
+    assert after == before
+
+
 async def test_heartbeats_are_counted(simulator: Simulator) -> None:
     with start_gateway(upstream=simulator, env={"SLUICE_STREAM_HEARTBEAT_INTERVAL": "0.1"}) as gateway:
         async with aiohttp.ClientSession() as http:

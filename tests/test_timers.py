@@ -149,3 +149,50 @@ async def test_a_non_streaming_calls_guard_is_a_deadline_of_the_applications_tim
     response = await asyncio.wait_for(call, BOUND)
     assert response.status == 200
     assert live == 1
+
+
+async def test_a_deadline_that_passes_cancels_the_block_and_raises_timeout_error() -> None:
+    timers = Timers()
+    never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    try:
+        async with asyncio.timeout(BOUND):  # the backstop, far from the deadline
+            try:
+                with timers.deadline(timers.time() + 0.02) as deadline:
+                    await never
+            except TimeoutError:
+                pass
+        assert deadline.expired
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+    finally:
+        timers.close()
+
+
+async def test_a_cancellation_from_outside_passes_through_a_deadline_that_has_not_passed() -> None:
+    timers = Timers()
+    entered = asyncio.get_running_loop().create_future()
+
+    async def guarded() -> None:
+        with timers.deadline(timers.time() + BOUND):
+            entered.set_result(None)
+            await asyncio.get_running_loop().create_future()
+
+    task = asyncio.ensure_future(guarded())
+    await asyncio.wait_for(entered, BOUND)
+    task.cancel()
+    done, _ = await asyncio.wait([task], timeout=BOUND)
+    assert task in done
+    assert task.cancelled()
+    assert len(timers) == 0  # the block's exit let go of its entry
+    timers.close()
+
+
+async def test_a_rescheduled_deadline_waits_for_its_new_time() -> None:
+    timers = Timers()
+    woke = asyncio.get_running_loop().create_future()
+    late = Owner("later", [], woke)
+    with timers.deadline(timers.time() + 0.02) as deadline:
+        deadline.reschedule(timers.time() + BOUND)
+        timers.later(0.1, late)  # past the first time: the block must still be running then
+        await asyncio.wait_for(woke, BOUND)
+    assert not deadline.expired
+    timers.close()

@@ -232,7 +232,7 @@ class Generation:
             self._task.cancel()
         if self._shutdown_requested:
             guard.shutdown()
-        with services.lifecycle.track(guard), services.metrics.live_streams.track_inprogress():
+        with services.lifecycle.track(guard):
             try:
                 await self._relay(chunks, dialect, sink, guard, record)
             except Exception:

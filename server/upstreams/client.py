@@ -52,6 +52,7 @@ class UpstreamClient:
         self.in_flight = 0
         self._settings = settings
         self._origin: OriginPool = connections.pool(entry.base_url)
+        self._timers = connections.timers
         # Everything of a request but its Accept, X-Request-ID, Content-Length and body, built once.
         parts = urlsplit(entry.base_url)
         path = parts.path.rstrip("/")
@@ -81,10 +82,11 @@ class UpstreamClient:
         self.in_flight += 1
         response: UpstreamResponse | None = None
         stream: UpstreamStream | None = None
-        # One timer for both deadlines, moved on when the headers came: a second `asyncio.timeout`
-        # per stream cost a context manager, a timer handle and its cancellation.
+        # One deadline for both, moved on when the headers came; an entry of the shared Timers,
+        # where `asyncio.timeout` made and cancelled two loop timers per stream (8 us against 1).
+        timers = self._timers
         try:
-            async with asyncio.timeout(self._settings.header_timeout) as deadline:
+            with timers.deadline(timers.time() + self._settings.header_timeout) as deadline:
                 response = await self._send(body, request_id, accept=b"text/event-stream")
                 if (response.headers.get("content-encoding") or "identity").strip().lower() != "identity":
                     raise UpstreamProtocolError(
@@ -92,7 +94,7 @@ class UpstreamClient:
                         code="upstream_encoding_unsupported",
                     )  # none was asked for; decoding a stream's pieces is not worth its cost
                 stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
-                deadline.reschedule(asyncio.get_running_loop().time() + self._settings.first_token_timeout)
+                deadline.reschedule(timers.time() + self._settings.first_token_timeout)
                 if on_accepted is not None:
                     on_accepted()
                 await stream.prime()

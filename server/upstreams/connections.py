@@ -16,6 +16,7 @@ import socket
 import ssl
 from urllib.parse import urlsplit
 
+from ..timers import Entry, Timers
 from .http1 import Http1Connection, read_buffer
 
 IDLE_SECONDS = 15.0  # aiohttp's keep-alive default; upstream servers commonly keep 60 s or more
@@ -30,7 +31,9 @@ class OriginPool:
         self.port = port
         self.tls = tls
         self._connections = connections
-        self._idle: dict[Http1Connection, asyncio.TimerHandle] = {}
+        # Each idle connection's expiry: an entry of the shared Timers, not a loop timer (a request
+        # took one connection and gave it back: a timer made and cancelled per request).
+        self._idle: dict[Http1Connection, Entry] = {}
         self._open: set[Http1Connection] = set()
         self._addresses: list[tuple[str, int]] = []
         self._resolved_until = 0.0
@@ -50,7 +53,7 @@ class OriginPool:
         try:
             while self._idle and not fresh:
                 connection, expiry = self._idle.popitem()
-                expiry.cancel()
+                self._connections.timers.cancel(expiry)
                 if connection.transport is not None and not connection.transport.is_closing():
                     return connection
             return await self._open_one()
@@ -65,15 +68,15 @@ class OriginPool:
             self._connections.slots.release()
         if connection.reusable and not self._connections.closed:
             connection.idle()
-            loop = asyncio.get_running_loop()
-            self._idle[connection] = loop.call_later(self._connections.idle_seconds, connection.close)
+            self._idle[connection] = self._connections.timers.later(self._connections.idle_seconds, connection)
         else:
             connection.close()
 
     def close(self) -> None:
         """Close every connection of this pool, idle or carrying a request."""
+        timers = self._connections.timers
         for expiry in self._idle.values():
-            expiry.cancel()
+            timers.cancel(expiry)
         self._idle.clear()
         for connection in list(self._open):
             connection.close()
@@ -128,7 +131,7 @@ class OriginPool:
         self._open.discard(connection)
         expiry = self._idle.pop(connection, None)
         if expiry is not None:
-            expiry.cancel()
+            self._connections.timers.cancel(expiry)
 
 
 class Connections:
@@ -143,6 +146,8 @@ class Connections:
         idle_seconds: float = IDLE_SECONDS,
     ) -> None:
         self.connect_timeout = connect_timeout
+        # Idle connections' expiries and the upstream requests' deadlines: one loop timer for all.
+        self.timers = Timers()
         self.idle_seconds = idle_seconds
         # Verification and SNI on: the system's trust store (SSL_CERT_FILE/SSL_CERT_DIR apply).
         self.ssl_context = ssl_context or ssl.create_default_context()
@@ -168,4 +173,5 @@ class Connections:
         self.closed = True
         for pool in self._pools.values():
             pool.close()
+        self.timers.close()
         await asyncio.sleep(0)  # let the transports' close callbacks run before the loop goes

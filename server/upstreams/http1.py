@@ -52,6 +52,7 @@ class Http1Connection(asyncio.BufferedProtocol):
         "_eof",
         "_failure",
         "_head",
+        "_loop",
         "_on_lost",
         "_parser",
         "_paused",
@@ -66,6 +67,8 @@ class Http1Connection(asyncio.BufferedProtocol):
 
     def __init__(self, on_lost: Callable[[Http1Connection], None], buffer: memoryview) -> None:
         self.transport: asyncio.Transport | None = None
+        # Its loop, held: on Python 3.11 each `asyncio.get_running_loop()` is a `getpid` system call.
+        self._loop = asyncio.get_running_loop()
         self._read_into = buffer
         self._on_lost = on_lost
         self._parser: ResponseParser | None = None
@@ -92,7 +95,7 @@ class Http1Connection(asyncio.BufferedProtocol):
         self._eof = False
         self._failure = None
         self._received = False
-        self._head = asyncio.get_running_loop().create_future()
+        self._head = self._loop.create_future()
         self.transport.write(request)
         return self._head
 
@@ -135,6 +138,10 @@ class Http1Connection(asyncio.BufferedProtocol):
                     raw.detach()
         transport.close()
 
+    def timer_fired(self) -> None:
+        """Idle too long in its pool (its entry in the pool's Timers): close it."""
+        self.close()
+
     # The body, for the response's reader.
 
     def take(self) -> bytes:
@@ -168,7 +175,7 @@ class Http1Connection(asyncio.BufferedProtocol):
                 return b""
             if self._paused:
                 self.resume()
-            self._waiter = asyncio.get_running_loop().create_future()
+            self._waiter = self._loop.create_future()
             try:
                 await self._waiter
             finally:
