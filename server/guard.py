@@ -61,7 +61,7 @@ class StreamGuard:
         task: asyncio.Task[object] | None = None,
         timers: Timers | None = None,
     ) -> None:
-        self._timers = timers if timers is not None else Timers()
+        self._timers = self.timers = timers if timers is not None else Timers()
         self._loop = self.loop = self._timers.loop  # held: see Timers.loop
         self._task = task or asyncio.current_task()
         self._deadlines = deadlines

@@ -11,6 +11,7 @@ that heartbeat comments keep the client and its proxies from timing out.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Callable
 
 from aiohttp import web
@@ -18,6 +19,7 @@ from aiohttp import web
 from .access import RequestRecord
 from .guard import Outcome, StreamGuard
 from .sse import SSEResponse
+from .timers import Entry
 
 
 class ResponseStart:
@@ -37,7 +39,11 @@ class ResponseStart:
         self._make = make
         self._loop = guard.loop
         self._routing = True
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(limit, self._begin)
+        # An entry of the stream's Timers, not a loop timer made and cancelled per stream. Timers
+        # calls its owners in an empty context: the early task gets the handler's.
+        self._timers = guard.timers
+        self._context: contextvars.Context | None = contextvars.copy_context()
+        self._timer: Entry | None = self._timers.later(limit, self)
         self._early: asyncio.Task[SSEResponse] | None = None
         self._response: SSEResponse | None = None
 
@@ -53,8 +59,9 @@ class ResponseStart:
     def routed(self) -> None:
         """The routing is over (a stream, or a failure): nothing starts early from now on."""
         self._routing = False
+        self._context = None
         if self._timer is not None:
-            self._timer.cancel()
+            self._timers.cancel(self._timer)
             self._timer = None
 
     async def response(self) -> SSEResponse:
@@ -80,9 +87,16 @@ class ResponseStart:
         if self._early is not None and not self._early.done():
             self._early.cancel()
 
+    def timer_fired(self) -> None:
+        """One heartbeat interval of routing passed (Timers calls this): start the response now."""
+        self._timer = None
+        self._begin()
+
     def _begin(self) -> None:
         if self._routing and self._early is None:
-            self._early = self._loop.create_task(start_response(self._request, self._record, self._guard, self._make()))
+            self._early = self._loop.create_task(
+                start_response(self._request, self._record, self._guard, self._make()), context=self._context
+            )
 
 
 async def start_response(

@@ -242,6 +242,13 @@ BREAKS = [
         (f"{RELAY_TESTS}::test_a_bug_in_the_sink_writing_the_final_event_is_raised_not_swallowed",),
     ),
     Break(
+        "a long routing never starts the response beside it",
+        STREAM_START,
+        "        self._timer: Entry | None = self._timers.later(limit, self)\n",
+        "        self._timer: Entry | None = None\n",
+        ("tests/test_recovery_process.py::test_heartbeats_keep_the_client_alive_while_a_retry_waits",),
+    ),
+    Break(
         "client gone during prepare fails the handler",
         STREAM_START,
         "    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one\n",
