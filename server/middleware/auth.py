@@ -70,8 +70,10 @@ _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
 async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
-    """401 without a valid key or token; 429 over the key's limits; else the lease the request
-    took from them, if any: `settle` it when the request ends."""
+    """401 without a valid key or token; 429 over the key's limits; else the lease taken from them, if any.
+
+    The caller settles the lease (`settle`) once the handler is done.
+    """
     ring = request.app[KEYRING]
     if not ring.enabled and not ring.metrics_closed:
         # Neither gateway keys nor a /metrics key (read per request: SIGHUP may bring either):
