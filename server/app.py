@@ -1,7 +1,8 @@
 """The composition root: `create_app(settings)` builds every component and wires it; nothing else does.
 
-A request goes: middleware (request id, auth, access log, errors) -> route handler (routes/) ->
-chat_call.py or streams/ -> upstreams/ (routing, retries, breakers) -> relay.py -> SSE response.
+A request goes: middleware (request id, access log, errors, connection cap, auth, body) -> route
+handler (routes/) -> chat_call.py or streams/ -> upstreams/ (routing, retries, breakers) -> relay.py
+-> SSE response.
 Domain modules never read the application's keys: only this module, contexts.py, routes/,
 middleware/ and chat_call.py do.
 """

@@ -1,7 +1,7 @@
 """Serve one chat call against the upstream: admit it, guard it, stream (via the relay) or complete it.
 
-Before the response starts, every failure is raised as a GatewayError (the error middleware
-renders it with its status); once it has started, the relay ends the stream with an event.
+Before the response starts, every failure is raised as a GatewayError (the middleware's errors
+step renders it with its status); once it has started, the relay ends the stream with an event.
 A stream's routing runs in the handler's task; its response starts after it, or beside it once an
 upstream answered 200 without its first token or after one heartbeat interval of routing
 (retries, Retry-After waits), whichever comes first (stream_start.py): from then on heartbeat

@@ -13,7 +13,10 @@ from aiohttp.test_utils import TestClient, TestServer
 from playwright.async_api import Browser, async_playwright
 from pydantic import SecretStr
 
-from server.app import create_app
+from server.app import create_app, setup_auth
+from server.keys import METRICS, SETTINGS
+from server.metrics import Metrics
+from server.middleware import setup_middlewares
 from server.settings import Settings, UpstreamEntry, load_settings
 from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
@@ -31,6 +34,17 @@ AiohttpClient = Callable[..., Any]
 def make_settings(environ: dict[str, str] | None = None, **sections: dict[str, Any]) -> Settings:
     """Test settings: config/test.toml, the given environment only, and section overrides."""
     return load_settings(TEST_CONFIG, environ=environ or {}, overrides=sections)
+
+
+def middleware_app(settings: Settings, *routes: web.RouteDef) -> web.Application:
+    """A bare application: the gateway's middleware with its hooks, the state it reads, and `routes`."""
+    app = web.Application()
+    app[SETTINGS] = settings
+    app[METRICS] = Metrics(settings.process.metrics_dir)
+    setup_auth(app, settings)
+    setup_middlewares(app)
+    app.add_routes(routes)
+    return app
 
 
 @pytest.fixture

@@ -631,8 +631,8 @@ BREAKS += [
     Break(
         "gateway keys never checked",
         AUTH,
-        "    if not ring.enabled:\n        return await handler(request)\n",
-        "    return await handler(request)\n",
+        "    if not ring.enabled:\n        return None\n",
+        "    return None\n",
         (f"{AUTH_PROCESS}::test_a_missing_or_wrong_key_is_401_invalid_api_key",),
     ),
     Break(
@@ -729,8 +729,8 @@ BREAKS += [
     Break(
         "no body deadline",
         "server/middleware/body.py",
-        "    if request.body_exists and not request.content.is_eof():\n",
-        "    if False:\n",
+        "    return request.body_exists and not request.content.is_eof()\n",
+        "    return False\n",
         (f"{DOS_PROCESS}::test_a_slow_body_client_gets_408_and_the_connection_closed",),
     ),
     Break(
@@ -1433,6 +1433,37 @@ BREAKS += [
             "tests/test_timers.py::"
             "test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_of_the_applications_timers",
         ),
+    ),
+]
+
+# One middleware layer (server/middleware/chain.py): the order of its steps and the lease settled.
+CHAIN = "server/middleware/chain.py"
+ORDER_TESTS = "tests/test_middleware.py"
+BREAKS += [
+    Break(
+        "auth before the connection cap",
+        CHAIN,
+        "            response: web.StreamResponse | None = over_cap(request)\n"
+        "            if response is None:\n"
+        "                lease = await admit(request, record)\n",
+        "            lease = await admit(request, record)\n"
+        "            response: web.StreamResponse | None = over_cap(request)\n"
+        "            if response is None:\n",
+        (f"{ORDER_TESTS}::test_the_connection_cap_runs_before_auth",),
+    ),
+    Break(
+        "the body checked before auth",
+        CHAIN,
+        "                lease = await admit(request, record)\n",
+        "                body_to_read(request)\n                lease = await admit(request, record)\n",
+        (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body",),
+    ),
+    Break(
+        "a request's lease never settled",
+        CHAIN,
+        "                        await settle(lease, record)\n",
+        "                        pass\n",
+        (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body",),
     ),
 ]
 

@@ -1,8 +1,10 @@
-"""Each middleware alone on a bare application, then CORS and the access log on the whole gateway."""
+"""The middleware's steps on a bare application (the chain and its state, no gateway routes), then CORS
+and the access log on the whole gateway, then the order of the steps."""
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -16,13 +18,12 @@ from structlog.typing import EventDict, WrappedLogger
 
 from server.app import create_app
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
-from server.keys import REQUEST_ID, SETTINGS
-from server.middleware.body import body_middleware
-from server.middleware.errors import error_middleware, mark_response_started
-from server.middleware.request_id import add_request_id_header, request_id_middleware
+from server.keys import CONNECTION_LIMIT, REQUEST_ID, SETTINGS
+from server.middleware.body import body_to_read
+from server.middleware.chain import gateway_middleware
 from server.settings import Settings
 from server.simulator import create_simulator_app
-from tests.conftest import AiohttpClient, make_settings
+from tests.conftest import AiohttpClient, make_settings, middleware_app
 
 Client = TestClient[web.Request, web.Application]
 
@@ -31,11 +32,9 @@ GENERATED_ID = re.compile(r"[0-9a-f]{32}")
 ORIGIN = "https://app.example"
 
 
-def bare_app(*middlewares: Any, routes: list[web.RouteDef]) -> web.Application:
-    """A bare application with only the given middlewares and routes."""
-    app = web.Application(middlewares=middlewares)
-    app.add_routes(routes)
-    return app
+def bare_app(*routes: web.RouteDef, settings: Settings | None = None) -> web.Application:
+    """The gateway's middleware alone, with the given routes."""
+    return middleware_app(settings or make_settings(), *routes)
 
 
 # --- request id --------------------------------------------------------------------------------
@@ -65,17 +64,13 @@ async def log_something(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def request_id_client(aiohttp_client: AiohttpClient) -> Client:
-    """A bare app with the request-id middleware and its response hook."""
+    """A bare app: the middleware, whose first step gives the id, and its response hook."""
     app = bare_app(
-        request_id_middleware,
-        routes=[
-            web.get("/", echo_request_id),
-            web.get("/fail", fail_with_bad_request),
-            web.get("/stream", stream_two_events),
-            web.get("/log", log_something),
-        ],
+        web.get("/", echo_request_id),
+        web.get("/fail", fail_with_bad_request),
+        web.get("/stream", stream_two_events),
+        web.get("/log", log_something),
     )
-    app.on_response_prepare.append(add_request_id_header)
     client: Client = await aiohttp_client(app)
     return client
 
@@ -129,7 +124,10 @@ async def test_request_id_is_bound_to_log_lines(request_id_client: Client) -> No
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         await request_id_client.get("/log", headers={"X-Request-ID": "logged-1"})
 
-    assert [(e["event"], e["request_id"]) for e in logs] == [("handler_ran", "logged-1")]
+    assert [(e["event"], e["request_id"]) for e in logs] == [
+        ("handler_ran", "logged-1"),
+        ("request_finished", "logged-1"),
+    ]
 
 
 async def test_request_id_is_on_a_gateway_stream(client: Client) -> None:
@@ -174,18 +172,14 @@ async def ok(request: web.Request) -> web.Response:
 
 @pytest.fixture
 async def error_client(aiohttp_client: AiohttpClient) -> Client:
-    """A bare app with only the error middleware."""
+    """A bare app: the middleware, with its hook that notes a started response (the errors step reads it)."""
     app = bare_app(
-        error_middleware,
-        routes=[
-            web.get("/unavailable", raise_unavailable),
-            web.get("/invalid", raise_invalid),
-            web.get("/unexpected", raise_unexpected),
-            web.get("/mid-stream", fail_after_starting),
-            web.post("/only-post", ok),
-        ],
+        web.get("/unavailable", raise_unavailable),
+        web.get("/invalid", raise_invalid),
+        web.get("/unexpected", raise_unexpected),
+        web.get("/mid-stream", fail_after_starting),
+        web.post("/only-post", ok),
     )
-    app.on_response_prepare.append(mark_response_started)  # part of the error middleware's contract
     client: Client = await aiohttp_client(app)
     return client
 
@@ -224,8 +218,11 @@ async def test_error_logs_an_unexpected_exception(error_client: Client) -> None:
     with capture_logs() as logs:
         await error_client.get("/unexpected")
 
-    assert [e["event"] for e in logs] == ["request_failed"]
+    # The failure first, with its traceback; then the access log's line, with the rendered status.
+    assert [e["event"] for e in logs] == ["request_failed", "request_finished"]
     assert logs[0]["log_level"] == "error"
+    assert "exc_info" in logs[0]
+    assert logs[1]["status"] == 500
 
 
 async def test_error_renders_an_unknown_path_as_a_404_envelope(error_client: Client) -> None:
@@ -285,21 +282,25 @@ def limited_request(content_length: int, limit: int = 1000) -> web.Request:
     return make_mocked_request("POST", "/chat", headers={"Content-Length": str(content_length)}, app=app)
 
 
-async def test_body_limit_refuses_a_declared_length_over_the_limit_before_the_handler() -> None:
-    handler = RecordingHandler()
-
+async def test_body_limit_refuses_a_declared_length_over_the_limit() -> None:
     with pytest.raises(PayloadTooLargeError) as caught:
-        await body_middleware(limited_request(1001), handler.handle)
+        body_to_read(limited_request(1001))
 
     assert caught.value.status == 413
     assert "1000" in caught.value.message
-    assert handler.calls == 0
 
 
 async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
-    handler = RecordingHandler()
+    # Passed, with nothing left to wait for: the mocked request's body is all there.
+    assert body_to_read(limited_request(1000)) is False
 
-    response = await body_middleware(limited_request(1000), handler.handle)
+
+async def test_body_limit_passes_a_declared_length_at_the_limit_over_the_wire(aiohttp_client: AiohttpClient) -> None:
+    handler = RecordingHandler()
+    app = bare_app(web.post("/", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
+    client: Client = await aiohttp_client(app)
+
+    response = await client.post("/", data=b"x" * 1000)
 
     assert response.status == 200
     assert handler.calls == 1
@@ -307,8 +308,7 @@ async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
 
 async def test_body_limit_refuses_over_the_wire_with_413_before_the_handler(aiohttp_client: AiohttpClient) -> None:
     handler = RecordingHandler()
-    app = bare_app(error_middleware, body_middleware, routes=[web.post("/", handler.handle)])
-    app[SETTINGS] = make_settings(server={"max_body_bytes": 1000})
+    app = bare_app(web.post("/", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
     client: Client = await aiohttp_client(app)
 
     response = await client.post("/", data=b"x" * 1001)
@@ -508,7 +508,9 @@ async def leaky_unauthorized(request: web.Request) -> web.Response:
 
 async def test_access_log_never_contains_the_api_key(upstream_app_client: Any, access_log: AccessLog) -> None:
     gateway: Client = await upstream_app_client(create_simulator_app(api_key=UPSTREAM_KEY))
-    leaky: Client = await upstream_app_client(bare_app(routes=[web.post("/v1/chat/completions", leaky_unauthorized)]))
+    leaky_upstream = web.Application()
+    leaky_upstream.router.add_post("/v1/chat/completions", leaky_unauthorized)
+    leaky: Client = await upstream_app_client(leaky_upstream)
 
     chat = await gateway.post("/chat", json={"message": "#sim tokens=2\nhi"})
     stream = await gateway.post("/chat/stream", json={"message": "#sim tokens=2\nhi"})
@@ -523,14 +525,61 @@ async def test_access_log_never_contains_the_api_key(upstream_app_client: Any, a
     assert UPSTREAM_KEY not in await refused_stream.text()
 
 
-async def test_the_gateway_orders_its_middlewares_outermost_first(settings: Settings) -> None:
+# --- the order of the steps -------------------------------------------------------------------
+
+
+async def test_the_gateway_has_one_middleware_layer(settings: Settings) -> None:
     app = create_app(settings)
 
-    assert [getattr(m, "__name__", None) for m in app.middlewares] == [
-        "request_id_middleware",
-        "access_log_middleware",
-        "error_middleware",
-        "connection_cap_middleware",
-        "auth_middleware",
-        "body_middleware",
+    assert list(app.middlewares) == [gateway_middleware]
+
+
+ORDER_KEY = "sk-order-key-0123456789"
+
+
+def keyed(**sections: dict[str, Any]) -> Settings:
+    """Settings with one gateway key, of one stream at a time, so auth has something to refuse and take."""
+    key = {"name": "order", "key_sha256": hashlib.sha256(ORDER_KEY.encode()).hexdigest(), "max_streams": 1}
+    return make_settings({"SLUICE_AUTH_SECRET": "order-secret"}, auth={"keys": [key]}, **sections)
+
+
+async def test_the_connection_cap_runs_before_auth(aiohttp_client: AiohttpClient, access_log: AccessLog) -> None:
+    handler = RecordingHandler()
+    app = bare_app(web.post("/chat", handler.handle), settings=keyed())
+    app[CONNECTION_LIMIT] = 0
+    client: Client = await aiohttp_client(app)
+
+    response = await client.post("/chat", data=b"{}", headers={"X-Request-ID": "cap-1"})
+
+    assert response.status == 503  # not 401: a request over the cap is shed before any work
+    assert response.headers["X-Request-ID"] == "cap-1"
+    assert response.headers["Connection"] == "close"
+    (event,) = await access_log.finished(1)
+    assert (event["status"], event["request_id"]) == (503, "cap-1")
+    assert handler.calls == 0
+
+
+async def test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body(
+    aiohttp_client: AiohttpClient, access_log: AccessLog
+) -> None:
+    handler = RecordingHandler()
+    app = bare_app(web.post("/chat", handler.handle), settings=keyed(server={"max_body_bytes": 1000}))
+    client: Client = await aiohttp_client(app)
+    bearer = {"Authorization": f"Bearer {ORDER_KEY}"}
+
+    refused = await client.post("/chat", data=b"x" * 1001)
+    too_large = [await client.post("/chat", data=b"x" * 1001, headers=bearer) for _ in range(2)]
+    served = await client.post("/chat", data=b"{}", headers=bearer)
+
+    assert refused.status == 401  # not 413: an unauthenticated body is never looked at
+    # The key's one stream slot, taken before the body step refused, is back each time.
+    assert [r.status for r in too_large] == [413, 413]
+    assert served.status == 200
+    assert handler.calls == 1
+    events = await access_log.finished(4)
+    assert [(e["status"], e.get("error_code"), e.get("key")) for e in events] == [
+        (401, "invalid_api_key", None),
+        (413, "payload_too_large", "order"),
+        (413, "payload_too_large", "order"),
+        (200, None, "order"),
     ]

@@ -1,5 +1,5 @@
 """Security pieces alone: limits on a fake clock, tokens, the event splitter's caps, the CORS policy,
-the auth, connection-cap and body-timeout middlewares on bare applications, and the honesty gaps."""
+the auth, connection-cap and body-timeout steps of the middleware on bare applications, and the honesty gaps."""
 
 from __future__ import annotations
 
@@ -23,14 +23,10 @@ from server.chunks import EventSplitter
 from server.cli import warn_if_open
 from server.connections import SPARE_DESCRIPTORS, open_connections, reserve_descriptors
 from server.cors import CorsPolicy
-from server.keys import CONNECTION_LIMIT, KEYRING, LIMITS, SETTINGS, TOKENS
-from server.middleware.auth import auth_middleware
-from server.middleware.body import body_middleware
-from server.middleware.connection_cap import connection_cap_middleware
-from server.middleware.errors import error_middleware
+from server.keys import CONNECTION_LIMIT
 from server.settings import SettingsError
 from server.streams.backlog import Backlog
-from tests.conftest import AiohttpClient, make_settings
+from tests.conftest import AiohttpClient, make_settings, middleware_app
 
 Client = TestClient[web.Request, web.Application]
 KEY = "sk-unit-key-0123456789"
@@ -228,31 +224,27 @@ async def test_with_keys_and_no_allowlist_no_origin_gets_cross_origin_access(aio
     assert "Access-Control-Allow-Origin" not in simple.headers
 
 
-# --- middlewares alone -------------------------------------------------------------------------
+# --- the middleware on a bare application -------------------------------------------------------
 
 
 async def ok(request: web.Request) -> web.Response:
     return web.Response(text="ok")
 
 
-def bare(*middlewares: object, settings_auth: dict[str, object] | None = None) -> web.Application:
-    app = web.Application(middlewares=[error_middleware, *middlewares])  # type: ignore[list-item]
-    settings = make_settings(SECRET, auth=settings_auth or keyed_settings())
-    app[SETTINGS] = settings
-    app[KEYRING] = KeyRing.from_settings(settings.auth)
-    app[LIMITS] = MemoryLimitStore()
-    app[TOKENS] = TokenSigner(b"x", 60)
-    app[CONNECTION_LIMIT] = 0
-    app.router.add_get("/models", ok)
-    app.router.add_get("/health", ok)
-    app.router.add_post("/chat", ok)
-    return app
+def bare(**sections: dict[str, object]) -> web.Application:
+    """The gateway's middleware, with one key, in front of three routes that answer ok."""
+    return middleware_app(
+        make_settings(SECRET, auth=keyed_settings(), **sections),
+        web.get("/models", ok),
+        web.get("/health", ok),
+        web.post("/chat", ok),
+    )
 
 
-async def test_the_auth_middleware_alone_refuses_without_a_key_and_serves_with_it(
+async def test_the_auth_step_refuses_without_a_key_and_serves_with_it(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    client: Client = await aiohttp_client(bare(auth_middleware))
+    client: Client = await aiohttp_client(bare())
     missing = await client.get("/models")
     wrong = await client.get("/models", headers={"Authorization": "Bearer nope"})
     right = await client.get("/models", headers={"Authorization": f"Bearer {KEY}"})
@@ -261,8 +253,10 @@ async def test_the_auth_middleware_alone_refuses_without_a_key_and_serves_with_i
     assert (await missing.json())["error"]["code"] == "invalid_api_key"
 
 
-async def test_the_connection_cap_middleware_alone_sheds_all_but_probes(aiohttp_client: AiohttpClient) -> None:
-    client: Client = await aiohttp_client(bare(connection_cap_middleware))
+async def test_the_connection_cap_step_sheds_all_but_probes(aiohttp_client: AiohttpClient) -> None:
+    app = bare()
+    app[CONNECTION_LIMIT] = 0
+    client: Client = await aiohttp_client(app)
     shed = await client.get("/models")
     probe = await client.get("/health")
     assert shed.status == 503
@@ -270,18 +264,19 @@ async def test_the_connection_cap_middleware_alone_sheds_all_but_probes(aiohttp_
     assert probe.status == 200
 
 
-async def test_the_body_middleware_alone_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
-    app = bare(body_middleware)
-    app[SETTINGS] = make_settings(SECRET, auth=keyed_settings(), connections={"body_timeout": 0.2})
-    client: Client = await aiohttp_client(app)
+async def test_the_body_step_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
+    client: Client = await aiohttp_client(bare(connections={"body_timeout": 0.2}))
     never = asyncio.Event()
 
     async def slow_body() -> AsyncIterator[bytes]:
         yield b'{"message":'
         await never.wait()  # the rest never comes
 
-    response = await client.post("/chat", data=slow_body(), headers={"Content-Type": "application/json"})
+    # With the key: auth runs before the body is read.
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    response = await client.post("/chat", data=slow_body(), headers=headers)
     assert response.status == 408
+    assert response.headers["Connection"] == "close"
     assert (await response.json())["error"]["code"] == "request_timeout"
 
 

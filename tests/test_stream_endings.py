@@ -134,7 +134,7 @@ async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disco
     The transport is closed just before the real `prepare`, as when the peer's reset arrives
     before aiohttp has cancelled the handler: the header write raises ClientConnectionResetError.
     Catches: `response.prepare` in stream_chat (server/chat_call.py) letting that error out of the
-    handler, where the error middleware logs `request_failed` with a traceback.
+    handler, where the middleware's errors step logs `request_failed` with a traceback.
     """
     prepare = SSEResponse.prepare
 

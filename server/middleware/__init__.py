@@ -1,13 +1,16 @@
-"""The middleware chain, in one place.
+"""The middleware chain, in one place: one aiohttp middleware (chain.py) running its steps in order.
 
 Order matters, outermost first:
 1. request id: every later step, and every log line, carries it;
 2. access log: times the whole request and sees the final status, including rendered errors;
 3. errors: turns any failure into the JSON envelope before the access log records it;
 4. connection cap: sheds a request over the process's connection cap before any work;
-5. auth: checks the gateway key (or browser token) and the key's limits before a body is read;
+5. auth: checks the gateway key (or browser token) and the key's limits before a body is read,
+   and gives back what the request took once the handler is done;
 6. body: refuses oversized bodies, then reads the body within its deadline, so no handler waits
-   on a slow client (one layer: each is a coroutine suspended while a stream runs).
+   on a slow client.
+Each step is plain functions in its module; chain.py composes them in one coroutine, as a layer
+per step would be a coroutine suspended while a stream runs, re-entered on each of its resumes.
 CORS is not a middleware here: routes/cors.py wraps the routes and answers preflights, with the
 policy in server/cors.py (aiohttp-cors echoes any origin, `null` included, where `*` must stay literal).
 """
@@ -17,12 +20,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import KEYRING
-from .access_log import access_log_middleware
-from .auth import add_key_headers, auth_middleware
-from .body import body_middleware
-from .connection_cap import connection_cap_middleware
-from .errors import error_middleware, mark_response_started
-from .request_id import add_request_id_header, request_id_middleware
+from .auth import add_key_headers
+from .chain import gateway_middleware
+from .errors import mark_response_started
+from .request_id import add_request_id_header
 
 
 def setup_middlewares(app: web.Application) -> None:
@@ -30,16 +31,7 @@ def setup_middlewares(app: web.Application) -> None:
 
     Needs the app's KEYRING (setup_auth) already in place.
     """
-    app.middlewares.extend(
-        [
-            request_id_middleware,
-            access_log_middleware,
-            error_middleware,
-            connection_cap_middleware,
-            auth_middleware,
-            body_middleware,
-        ]
-    )
+    app.middlewares.append(gateway_middleware)
     app.on_response_prepare.append(add_request_id_header)
     if app[KEYRING].enabled:
         # Only a keyed request carries rate-limit or token headers: without keys, no hook to

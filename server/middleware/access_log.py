@@ -1,5 +1,8 @@
 """Write one `request_finished` event per request, and count it in the metrics.
 
+The chain (chain.py) opens the request's record before its other steps and finishes it after
+them, so the line sees the final status, a rendered error's included.
+
 Every line names the client (the peer, or behind `server.trusted_proxies` the address they
 forwarded for) and, for an error, its `error_code` and `param`. Chat requests add the model,
 whether they streamed, time to first token, usage and how they ended. Probes and /metrics log at
@@ -19,7 +22,6 @@ import time
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..access import RequestRecord
 from ..client_address import client_address
@@ -35,9 +37,8 @@ QUIET_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
 WARNING_STATUSES = frozenset({500, 502, 504})
 
 
-@web.middleware
-async def access_log_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Time the request and log its end, also when the client left mid-way."""
+def open_record(request: web.Request) -> tuple[float, RequestRecord]:
+    """Start timing the request and open the record its handler fills: the start, and the record."""
     started = time.perf_counter()
     app = request.app
     record = RequestRecord(started=asyncio.get_running_loop().time())
@@ -49,21 +50,20 @@ async def access_log_middleware(request: web.Request, handler: Handler) -> web.S
     record.via_worker = forwarded
     record.client = client_of(request, forwarded)
     request[RECORD] = record
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except asyncio.CancelledError:
-        # A stream that started keeps its status; otherwise nginx's 499, "client closed request".
-        status = record.response_status or 499
-        record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
-        raise
-    finally:
-        _finished(app, request, record, status, time.perf_counter() - started)
+    return started, record
 
 
-def _finished(app: web.Application, request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
+def cancelled_status(record: RequestRecord) -> int:
+    """The status to log for a request cancelled because its client left."""
+    # A stream that started keeps its status; otherwise nginx's 499, "client closed request".
+    record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
+    return record.response_status or 499
+
+
+def finish(request: web.Request, record: RequestRecord, status: int, started: float) -> None:
+    """Log the request's end and count it (also when the client left mid-way)."""
+    duration = time.perf_counter() - started
+    app = request.app
     if record.stream is not None:
         app[UPSTREAM_CREDENTIALS].note(record.error_code, answered=record.outcome is Outcome.COMPLETED)
     if record.forwarded_to is not None:

@@ -4,7 +4,8 @@ With no keys configured, every route stays open (only a /metrics key, if set, is
 With keys, chat routes and model lists need one, as `Authorization: Bearer KEY`, `api-key` or
 `x-api-key`; EventSource routes may carry a browser token (`?token=`) instead. Probes, the demo
 page and CORS preflights stay open. A request that starts a generation takes one request and
-one stream slot from its key's limits, given back (tokens settled) when it ends.
+one stream slot from its key's limits, given back (tokens settled) when it ends. The chain runs
+`admit` after the connection cap and before the body is read, and `settle` once the handler is done.
 
 Handlers use the helpers at the end: the key's models, its token reservation, and handing the
 lease to a detached stream.
@@ -16,8 +17,8 @@ from enum import Enum
 from typing import Any
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
+from ..access import RequestRecord
 from ..auth.gate import Lease, rate_limited
 from ..auth.gateway_keys import GatewayKey, presented_key
 from ..auth.limits import Decision, rate_limit_headers
@@ -31,7 +32,6 @@ from ..keys import (
     METRICS,
     MODELS,
     RATE_LIMITS,
-    RECORD,
     TOKEN_BEARING,
     TOKENS,
 )
@@ -69,46 +69,48 @@ _WRONG = "Incorrect gateway key provided."
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """401 without a valid key or token; 429 over the key's limits; else serve and settle."""
+async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
+    """401 without a valid key or token; 429 over the key's limits; else the lease taken from them, if any.
+
+    The caller settles the lease (`settle`) once the handler is done.
+    """
     ring = request.app[KEYRING]
     if not ring.enabled and not ring.metrics_closed:
         # Neither gateway keys nor a /metrics key (read per request: SIGHUP may bring either):
         # every route is open, and the route's requirement need not be looked up.
-        return await handler(request)
+        return None
     resource = request.match_info.route.resource
     route = resource.canonical if resource is not None else ""
     # HEAD is a GET without its body: it needs what the GET needs.
     method = "GET" if request.method == "HEAD" else request.method
     access = _ROUTES.get((method, route), Access.OPEN)
     if access is Access.OPEN:
-        return await handler(request)
+        return None
     if access is Access.METRICS:
         if not ring.opens_metrics(presented_key(request) or ""):
             raise AuthenticationError(_WRONG if presented_key(request) else _MISSING, headers=_CHALLENGE)
-        return await handler(request)
+        return None
     if not ring.enabled:
-        return await handler(request)
+        return None
     key = _authenticate(request)
     request[GATEWAY_KEY] = key
-    record = request.get(RECORD)
-    if record is not None:  # set by the access log middleware, outside this one
-        record.key = key.name
+    record.key = key.name
     # A reconnect of the one-step GET resumes a stream: reading is not a new request.
     if access is not Access.GENERATE or "Last-Event-ID" in request.headers:
-        return await handler(request)
+        return None
     store = request.app[LIMITS]
     decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
     if not decision.allowed:
         raise _refuse(request, key, decision)
     request[RATE_LIMITS] = decision
     lease = request[LEASE] = Lease(store, key)
-    try:
-        return await handler(request)
-    finally:
-        if not lease.transferred:
-            await lease.release(record.usage if record else None, record.chunks_relayed if record else 0)
+    return lease
+
+
+async def settle(lease: Lease, record: RequestRecord) -> None:
+    """Give back what the request took, with the tokens it used, unless a detached stream took the lease over."""
+    if not lease.transferred:
+        await lease.release(record.usage, record.chunks_relayed)
 
 
 def _authenticate(request: web.Request) -> GatewayKey:

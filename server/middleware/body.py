@@ -1,7 +1,7 @@
 """The request body: refused over `max_body_bytes`, then read whole within `body_timeout`.
 
-Runs after auth, so an unauthenticated client's body is never read. Both checks live in one
-middleware: each layer of the chain is a coroutine suspended for as long as a stream runs.
+The chain's last step before the handler, after auth, so an unauthenticated client's body is
+never read.
 
 A declared Content-Length over the limit is refused before anything reads the body (chunked
 bodies hit aiohttp's `client_max_size`). A body still arriving is then read here, once, before the
@@ -14,16 +14,14 @@ from __future__ import annotations
 import asyncio
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..errors import PayloadTooLargeError, RequestTimeoutError
 from ..keys import SETTINGS
 from .errors import render_error
 
 
-@web.middleware
-async def body_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """413 for a declared length over the limit; 408 with the connection closed when the body is late."""
+def body_to_read(request: web.Request) -> bool:
+    """413 for a declared length over the limit; else whether part of the body is still to arrive."""
     length = request.content_length
     if length is not None:
         limit = request.app[SETTINGS].server.max_body_bytes
@@ -31,14 +29,18 @@ async def body_middleware(request: web.Request, handler: Handler) -> web.StreamR
             raise PayloadTooLargeError(f"The request body is {length} bytes; the limit is {limit}.")
     # A body that came whole with the headers (the usual small JSON body) has nothing left to
     # wait for: no timer, and the handler's own read returns it at once.
-    if request.body_exists and not request.content.is_eof():
-        deadline = request.app[SETTINGS].connections.body_timeout
-        try:
-            async with asyncio.timeout(deadline):
-                await request.read()
-        except TimeoutError:
-            late = RequestTimeoutError(f"The request body did not arrive within {deadline:g} seconds.")
-            response = render_error(late)
-            response.force_close()
-            return response
-    return await handler(request)
+    return request.body_exists and not request.content.is_eof()
+
+
+async def read_body(request: web.Request) -> web.Response | None:
+    """Read the rest of the body within `body_timeout`; when it is late, the 408 (connection closed)."""
+    deadline = request.app[SETTINGS].connections.body_timeout
+    try:
+        async with asyncio.timeout(deadline):
+            await request.read()
+    except TimeoutError:
+        late = RequestTimeoutError(f"The request body did not arrive within {deadline:g} seconds.")
+        response = render_error(late)
+        response.force_close()
+        return response
+    return None

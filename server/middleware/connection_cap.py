@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..connections import open_connections
 from ..errors import ServiceUnavailableError
@@ -14,9 +13,8 @@ from .errors import render_error
 _PROBES = frozenset({"/health", "/livez", "/readyz"})
 
 
-@web.middleware
-async def connection_cap_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """503 over the cap; the connection is then closed so the count goes down."""
+def over_cap(request: web.Request) -> web.Response | None:
+    """The 503 for a request over the cap, its connection then closed so the count goes down; else None."""
     if request.path not in _PROBES and open_connections(request) > request.app[CONNECTION_LIMIT]:
         retry_after = str(request.app[SETTINGS].server.retry_after)
         response = render_error(
@@ -28,4 +26,4 @@ async def connection_cap_middleware(request: web.Request, handler: Handler) -> w
         )
         response.force_close()
         return response
-    return await handler(request)
+    return None

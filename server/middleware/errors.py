@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..errors import (
     GatewayError,
@@ -24,24 +23,24 @@ from ..keys import RECORD, RESPONSE_STARTED
 log = structlog.get_logger("sluice.errors")
 
 
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Turn GatewayError, aiohttp's HTTP errors and unexpected exceptions into the envelope."""
-    try:
-        return await handler(request)
-    except GatewayError as error:
+def render_failure(request: web.Request, error: Exception) -> web.Response | None:
+    """The envelope for GatewayError, aiohttp's HTTP errors and unexpected exceptions; None when
+    `error` must propagate (an HTTPException under 400, or the response already started).
+
+    Call it while handling `error`: an unexpected exception is logged with its traceback.
+    """
+    if isinstance(error, GatewayError):
         if request.get(RESPONSE_STARTED):
-            raise
+            return None
         return _render_for(request, error)
-    except web.HTTPException as exc:
-        if exc.status < 400 or request.get(RESPONSE_STARTED):
-            raise
-        return _render_for(request, _from_http_exception(exc))
-    except Exception:
-        log.exception("request_failed")
-        if request.get(RESPONSE_STARTED):
-            raise  # aiohttp closes the connection; the client sees a cut, never a second answer
-        return _render_for(request, GatewayError("Sluice failed to handle the request."))
+    if isinstance(error, web.HTTPException):
+        if error.status < 400 or request.get(RESPONSE_STARTED):
+            return None
+        return _render_for(request, _from_http_exception(error))
+    log.exception("request_failed")
+    if request.get(RESPONSE_STARTED):
+        return None  # aiohttp closes the connection; the client sees a cut, never a second answer
+    return _render_for(request, GatewayError("Sluice failed to handle the request."))
 
 
 async def mark_response_started(request: web.Request, response: web.StreamResponse) -> None:

@@ -1,4 +1,4 @@
-"""Give every request an id: the caller's well-formed X-Request-ID, or a new one."""
+"""Give every request an id: the caller's well-formed X-Request-ID, or a new one (the chain's first step)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ import re
 
 import structlog
 from aiohttp import web
-from aiohttp.typedefs import Handler
 
 from ..keys import REQUEST_ID
 
@@ -15,8 +14,7 @@ HEADER = "X-Request-ID"
 _WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 
 
-@web.middleware
-async def request_id_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+def bind_request_id(request: web.Request) -> None:
     """Bind the request id to the request and to every log line written while serving it."""
     incoming = request.headers.get(HEADER, "")
     request_id = incoming if _WELL_FORMED.fullmatch(incoming) else _new_id()
@@ -25,7 +23,6 @@ async def request_id_middleware(request: web.Request, handler: Handler) -> web.S
     # request in a task of its own, whose context is a copy of its connection's, so nothing bound
     # while serving one request is there for the next; and the request id is all Sluice binds.
     structlog.contextvars.bind_contextvars(request_id=request_id)
-    return await handler(request)
 
 
 async def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:

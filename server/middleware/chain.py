@@ -1,0 +1,53 @@
+"""The gateway's one middleware: the chain's steps (see the package docstring), in order, in one coroutine.
+
+One layer, not one per step: aiohttp wraps each middleware in a partial per request, and each
+layer is a coroutine frame suspended for as long as a stream runs and re-entered on every resume
+of the handler's task. Each step stays in its module as plain functions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from .access_log import cancelled_status, finish, open_record
+from .auth import admit, settle
+from .body import body_to_read, read_body
+from .connection_cap import over_cap
+from .errors import render_failure
+from .request_id import bind_request_id
+
+
+@web.middleware
+async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Request id, access log, errors, connection cap, auth, body, then the handler."""
+    bind_request_id(request)
+    started, record = open_record(request)
+    status = 500
+    try:
+        try:
+            response: web.StreamResponse | None = over_cap(request)
+            if response is None:
+                lease = await admit(request, record)
+                try:
+                    if body_to_read(request):
+                        response = await read_body(request)
+                    if response is None:
+                        response = await handler(request)
+                finally:
+                    if lease is not None:
+                        await settle(lease, record)
+        except Exception as error:
+            # After the lease is settled, before the access log: it logs the rendered status.
+            response = render_failure(request, error)
+            if response is None:
+                raise
+        status = response.status
+        return response
+    except asyncio.CancelledError:
+        status = cancelled_status(record)
+        raise
+    finally:
+        finish(request, record, status, started)
