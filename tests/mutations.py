@@ -1308,6 +1308,27 @@ BREAKS += [
         ("tests/test_operations.py::test_the_live_streams_gauge_counts_a_stream_while_it_runs",),
     ),
     Break(
+        "a stream carries no X-Request-ID",
+        "server/middleware/chain.py",
+        "    add_request_id_header(request, response)\n    mark_response_started(request)\n",
+        "    mark_response_started(request)\n",
+        ("tests/test_middleware.py::test_request_id_is_on_a_gateway_stream",),
+    ),
+    Break(
+        "a failure after the response started becomes a second answer",
+        "server/middleware/chain.py",
+        "    add_request_id_header(request, response)\n    mark_response_started(request)\n",
+        "    add_request_id_header(request, response)\n",
+        ("tests/test_middleware.py::test_error_after_the_response_started_does_not_send_a_second_response",),
+    ),
+    Break(
+        "a keyed response without its rate-limit headers",
+        "server/middleware/chain.py",
+        "    add_key_headers(request, response)\n",
+        "",
+        ("tests/test_auth_process.py::test_a_served_request_carries_its_keys_rate_limit_headers",),
+    ),
+    Break(
         "a deadline's own cancellation leaves its block as a cancellation",
         "server/timers.py",
         "            raise TimeoutError from error\n",

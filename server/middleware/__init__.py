@@ -20,21 +20,14 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..keys import KEYRING
-from .auth import add_key_headers
-from .chain import gateway_middleware
-from .errors import mark_response_started
-from .request_id import add_request_id_header
+from .chain import gateway_middleware, keyed_response_prepared, response_prepared
 
 
 def setup_middlewares(app: web.Application) -> None:
-    """Install the chain and its response hooks (X-Request-ID, rate-limit and token headers, response started).
+    """Install the chain and its response hook (X-Request-ID, rate-limit and token headers, response started).
 
     Needs the app's KEYRING (setup_auth) already in place.
     """
     app.middlewares.append(gateway_middleware)
-    app.on_response_prepare.append(add_request_id_header)
-    if app[KEYRING].enabled:
-        # Only a keyed request carries rate-limit or token headers: without keys, no hook to
-        # await on every response.
-        app.on_response_prepare.append(add_key_headers)
-    app.on_response_prepare.append(mark_response_started)
+    # Only a keyed request carries rate-limit or token headers: without keys, not even the lookups.
+    app.on_response_prepare.append(keyed_response_prepared if app[KEYRING].enabled else response_prepared)

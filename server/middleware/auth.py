@@ -147,7 +147,7 @@ def _token_scope(request: web.Request) -> str | None:
     return None
 
 
-async def add_key_headers(request: web.Request, response: web.StreamResponse) -> None:
+def add_key_headers(request: web.Request, response: web.StreamResponse) -> None:
     """OpenAI's rate-limit headers on a keyed response; a token-bearing one kept out of caches and Referers."""
     decision = request.get(RATE_LIMITS)
     if decision is not None:

@@ -13,11 +13,11 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from .access_log import cancelled_status, finish, open_record
-from .auth import admit, settle
+from .auth import add_key_headers, admit, settle
 from .body import body_to_read, read_body
 from .connection_cap import over_cap
-from .errors import render_failure
-from .request_id import bind_request_id
+from .errors import mark_response_started, render_failure
+from .request_id import add_request_id_header, bind_request_id
 
 
 @web.middleware
@@ -51,3 +51,19 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         raise
     finally:
         finish(request, record, status, started)
+
+
+async def response_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    """The chain's steps as the response's headers are about to go: its X-Request-ID, and no error status from now on.
+
+    One hook for them all: aiohttp awaits each `on_response_prepare` hook, a coroutine per hook per response.
+    """
+    add_request_id_header(request, response)
+    mark_response_started(request)
+
+
+async def keyed_response_prepared(request: web.Request, response: web.StreamResponse) -> None:
+    """`response_prepared`, and the key's rate-limit and token headers (gateway keys are on)."""
+    add_request_id_header(request, response)
+    add_key_headers(request, response)
+    mark_response_started(request)

@@ -1,7 +1,7 @@
 """Render every failure as the JSON envelope `{"error": {"message", "type", "param", "code"}}`.
 
-Only before the response has started (`mark_response_started`, an on_response_prepare hook, records
-that): after that the relay has already ended the stream with an error event, and a second answer
+Only before the response has started (`mark_response_started`, run by the chain's response hook,
+records that): after that the relay has already ended the stream with an error event, and a second answer
 would corrupt it.
 """
 
@@ -43,7 +43,7 @@ def render_failure(request: web.Request, error: Exception) -> web.Response | Non
     return _render_for(request, GatewayError("Sluice failed to handle the request."))
 
 
-async def mark_response_started(request: web.Request, response: web.StreamResponse) -> None:
+def mark_response_started(request: web.Request) -> None:
     """Note that headers are going out: from now on a failure cannot become an HTTP status."""
     request[RESPONSE_STARTED] = True
 
