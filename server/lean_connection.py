@@ -9,6 +9,10 @@ same three operations aiohttp uses (append, popleft, len) and the read body's bu
 empty tuple (aiohttp only tests it for emptiness once the body ended). Both are aiohttp 3.14
 internals: anything not found as expected is left alone, and
 tests/test_sse_response.py fails if they are renamed.
+
+The stand-in queue is also the one object of Sluice's that lives as long as the connection: it
+remembers the socket options a stream set (`socket_tuned`, `note_socket_tuned`), so the
+connection's later streams do not set them again (a socket object and three system calls each).
 """
 
 from __future__ import annotations
@@ -21,9 +25,16 @@ from aiohttp.web_request import BaseRequest
 
 
 class MessageQueue(list[Any]):
-    """aiohttp's request queue as a list: empty, it holds no block (a pipelined request is rare)."""
+    """aiohttp's request queue as a list: empty, it holds no block (a pipelined request is rare).
 
-    __slots__ = ()
+    `tuned`: what the connection's socket options were set for (see `note_socket_tuned`), 0 if not yet.
+    """
+
+    __slots__ = ("tuned",)
+
+    def __init__(self, items: Any = ()) -> None:
+        super().__init__(items)
+        self.tuned = 0
 
     def popleft(self) -> Any:
         """The oldest request, as `deque.popleft`."""
@@ -40,3 +51,20 @@ def release(request: BaseRequest) -> None:
     # Only a body read to its end: aiohttp's shared empty payload (no body) has no buffer at all.
     if type(content) is StreamReader and content.is_eof() and type(content._buffer) is deque:
         content._buffer = ()  # type: ignore[assignment]
+
+
+def socket_tuned(request: BaseRequest) -> int:
+    """What `note_socket_tuned` recorded for the request's connection; 0 when nothing was (or it cannot tell)."""
+    messages = getattr(request.protocol, "_messages", None)
+    return messages.tuned if type(messages) is MessageQueue else 0
+
+
+def note_socket_tuned(request: BaseRequest, value: int) -> None:
+    """Remember, for the connection's later requests, that its socket options were set for `value`.
+
+    Only once `release` has put the stand-in queue in place; before that (or on an aiohttp whose
+    queue is not found), nothing is remembered and the options are set again next time.
+    """
+    messages = getattr(request.protocol, "_messages", None)
+    if type(messages) is MessageQueue:
+        messages.tuned = value

@@ -26,6 +26,7 @@ from aiohttp.web_request import BaseRequest
 from aiohttp_sse import EventSourceResponse
 
 from .client_gone import watch as watch_client_gone
+from .lean_connection import note_socket_tuned, socket_tuned
 from .lean_connection import release as release_connection_buffers
 from .timers import Entry, Timers
 
@@ -129,8 +130,12 @@ class SSEResponse(EventSourceResponse):
 
     def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
         # aiohttp-sse reads the old value, sets its own, and restores the old one at the end: three
-        # system calls per stream. One is enough: the value stays for the connection's later
-        # requests, where a kernel backstop at twice the send timeout does no harm.
+        # system calls per stream. Once per connection is enough: the value stays for the
+        # connection's later requests, where a kernel backstop at twice the send timeout does no
+        # harm. A keep-alive client's later streams find it noted on the connection (prepare notes
+        # it): the socket object and system calls cost some 10 us a stream.
+        if self._send_timeout is not None and socket_tuned(request) == int(self._send_timeout * 1000):
+            return
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
         if _TCP_USER_TIMEOUT is None or self._send_timeout is None or sock is None:
@@ -176,6 +181,8 @@ class SSEResponse(EventSourceResponse):
         # aiohttp arms its keep-alive timer again once the response ends.
         request.protocol.keep_alive(True)
         release_connection_buffers(request)  # two empty deques, ~1.5 KiB per live stream
+        if self._send_timeout is not None:
+            note_socket_tuned(request, int(self._send_timeout * 1000))
         self._beat = self._timers.later(self._ping_interval, self)
         self._timers.loop.call_soon(self._flush_headers)
         return writer

@@ -1329,6 +1329,24 @@ BREAKS += [
         ("tests/test_auth_process.py::test_a_served_request_carries_its_keys_rate_limit_headers",),
     ),
     Break(
+        "every stream sets its connection's socket options again",
+        "server/sse.py",
+        "        if self._send_timeout is not None and socket_tuned(request) == int(self._send_timeout * 1000):\n",
+        "        if False:\n",
+        (
+            "tests/test_sse_response.py::test_a_keep_alive_connections_later_streams_do_not_set_its_socket_options_again",
+        ),
+    ),
+    Break(
+        "a tuned connection keeps its first send timeout",
+        "server/sse.py",
+        "        if self._send_timeout is not None and socket_tuned(request) == int(self._send_timeout * 1000):\n",
+        "        if self._send_timeout is not None and socket_tuned(request) != 0:\n",
+        (
+            "tests/test_sse_response.py::test_a_keep_alive_connections_later_streams_do_not_set_its_socket_options_again",
+        ),
+    ),
+    Break(
         "a deadline's own cancellation leaves its block as a cancellation",
         "server/timers.py",
         "            raise TimeoutError from error\n",

@@ -8,7 +8,10 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Awaitable, Callable
+from typing import Any
 
+import aiohttp
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
@@ -119,6 +122,53 @@ async def test_a_prepared_stream_sets_the_kernel_backstop_and_a_fixed_send_buffe
         user_timeout, send_buffer = await asyncio.wait_for(seen, 10)
     assert user_timeout == 6000
     assert send_buffer == 2 * SEND_BUFFER_BYTES  # the kernel doubles it for its bookkeeping
+
+
+async def test_a_keep_alive_connections_later_streams_do_not_set_its_socket_options_again(
+    aiohttp_server: Serve, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The options are set once per connection, and again when a stream asks for another send timeout.
+
+    Catches: every stream setting them (a socket object and three system calls each), or a
+    connection that was never tuned taken for one that was.
+    """
+    made: list[int] = []
+
+    class CountedSocket(socket.socket):
+        """Counts the sockets made around an existing descriptor (the response's); the test client's pass."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            if len(args) == 4:
+                made.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr("server.sse.socket.socket", CountedSocket)
+    timeouts: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=float(request.query["send"]))
+        await response.prepare(request)
+        assert request.transport is not None
+        sock = request.transport.get_extra_info("socket")
+        timeouts.append(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        await response.write(b"data: a\n\n")
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    server = await aiohttp_server(app)
+    url = f"http://{server.host}:{server.port}/"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as http:
+        for send in ("2", "2", "3", "3"):
+            async with http.get(url, params={"send": send}) as response:
+                await asyncio.wait_for(response.read(), 10)
+    assert timeouts == [6000, 6000, 9000, 9000]
+    assert len(made) == 2  # one for the connection, one for the new timeout
+    async with aiohttp.ClientSession() as http:  # a new connection is tuned afresh
+        async with http.get(url, params={"send": "3"}) as response:
+            await asyncio.wait_for(response.read(), 10)
+    assert len(made) == 3
 
 
 EVENTS = [b"data: a\n\n", b"data: " + b"x" * 300 + b"\n\n", b"data: " + "é".encode() * 40 + b"\n\n"]
