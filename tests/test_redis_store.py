@@ -93,9 +93,23 @@ async def test_another_instance_reads_every_event_in_order_then_the_end(make_sto
     assert await asyncio.wait_for(reading, 10) == list(range(1, 31))
 
 
-async def test_a_resume_point_is_an_exclusive_range_start(make_store: Callable[..., Any]) -> None:
+async def until_in_redis(redis_client: aioredis.Redis, stream_id: str, entries: int) -> None:
+    """Return once Redis holds entry number `entries` of the stream (the producer flushes in the background).
+
+    XREAD blocks until an entry after the one before it exists, or answers at once if it does.
+    """
+    found = await redis_client.xread({KEYS.events(stream_id): f"0-{entries - 1}"}, count=1, block=10_000)
+    assert found, f"entry {entries} of {stream_id} never reached Redis"
+
+
+async def test_a_resume_point_is_an_exclusive_range_start(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
     producer, elsewhere = await make_store(), await make_store()
     await write(producer, "resume", 10)
+    # Every event stored before the read: its first XRANGE answers it, where a read that found
+    # fewer would wait, and the wait would bring the rest without the range being asked.
+    await until_in_redis(redis_client, "resume", 10 + 1)
     assert await asyncio.wait_for(read_all(elsewhere, "resume", after=7), 10) == [8, 9, 10]
 
 
