@@ -157,9 +157,9 @@ class Deadline:
     """`with timers.deadline(when):` cancels the task at `when` and raises TimeoutError out of the block.
 
     What `asyncio.timeout_at` does, with the same rule to tell its own cancellation from another
-    (`Task.uncancel`), on an entry of the application's heap instead of a loop timer of its own:
-    about 1 us a request where `asyncio.timeout` and one `reschedule` cost 8. Like every entry
-    here, it may fire up to `_DUE_WITHIN` before `when`.
+    (`Task.uncancel`), on an entry of a `Timers` heap (the upstream pools' own) instead of a loop
+    timer of its own: about 1 us a request where `asyncio.timeout` and one `reschedule` cost 8.
+    Like every entry here, it may fire up to `_DUE_WITHIN` before `when`.
     """
 
     __slots__ = ("_cancelling", "_entry", "_task", "_timers", "_when", "expired")
