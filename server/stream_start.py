@@ -3,13 +3,9 @@
 The routing runs in the handler's own task. Most streams' first token arrives with the upstream's
 answer, and the response starts after it, in that task: no second task, and no loop turn spent
 handing the stream from one task to another. When an upstream accepted the request but its first
-token is not there within ACCEPTED_GRACE (a reasoning model thinking), or one heartbeat interval of
+token is not there in the same loop turn (a reasoning model thinking), or one heartbeat interval of
 routing passed (retries, Retry-After waits), a task of its own starts the response meanwhile, so
-that the client sees the stream begin and heartbeat comments keep it and its proxies from timing
-out. The grace, rather than the next loop turn: a provider's first token nearly always trails its
-response headers by a read or two, and a second task per stream to send the headers a few
-milliseconds sooner cost more than any other step of a 1-token stream (bench.instructions: about
-19 k instructions, 2 %, and the headers then left in a write of their own).
+that heartbeat comments keep the client and its proxies from timing out.
 """
 
 from __future__ import annotations
@@ -24,10 +20,6 @@ from .access import RequestRecord
 from .guard import Outcome, StreamGuard
 from .sse import SSEResponse
 from .timers import Entry
-
-# How long after an upstream accepted the request its first token may take before the response
-# starts without it (far below any first-token deadline a configuration would set).
-ACCEPTED_GRACE = 0.05
 
 
 class ResponseStart:
@@ -61,14 +53,8 @@ class ResponseStart:
         return self._early is not None
 
     def soon(self) -> None:
-        """An upstream accepted the request: start the response unless the routing ends within ACCEPTED_GRACE."""
-        timer = self._timer
-        if not self._routing or timer is None:
-            return  # routed, or the response already started
-        when = self._timers.time() + ACCEPTED_GRACE
-        if when < timer.when:
-            self._timers.cancel(timer)
-            self._timer = self._timers.at(when, self)
+        """An upstream accepted the request: start the response unless the routing ends in this loop turn."""
+        self._loop.call_soon(self._begin)
 
     def routed(self) -> None:
         """The routing is over (a stream, or a failure): nothing starts early from now on."""
@@ -102,7 +88,7 @@ class ResponseStart:
             self._early.cancel()
 
     def timer_fired(self) -> None:
-        """One heartbeat interval of routing passed, or the grace after an acceptance (Timers calls this): start now."""
+        """One heartbeat interval of routing passed (Timers calls this): start the response now."""
         self._timer = None
         self._begin()
 

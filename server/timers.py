@@ -47,11 +47,6 @@ class Entry(list[object]):
 
     __slots__ = ()
 
-    @property
-    def when(self) -> float:
-        """The loop time it is due at."""
-        return self[0]  # type: ignore[return-value]
-
 
 class Timers:
     """Deadlines of many owners on one loop timer; bound to the running loop at its first use."""

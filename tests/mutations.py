@@ -249,24 +249,6 @@ BREAKS = [
         ("tests/test_recovery_process.py::test_heartbeats_keep_the_client_alive_while_a_retry_waits",),
     ),
     Break(
-        "an acceptance starts the response beside the routing at the next loop turn",
-        STREAM_START,
-        "        when = self._timers.time() + ACCEPTED_GRACE\n",
-        "        when = self._timers.time()\n",
-        (
-            "tests/test_stream_start.py::test_a_first_token_a_few_loop_turns_after_the_acceptance_starts_no_response_beside_the_routing",
-        ),
-    ),
-    Break(
-        "an acceptance never starts the response before the first token",
-        STREAM_START,
-        "            self._timer = self._timers.at(when, self)\n",
-        "            self._timer = self._timers.at(timer.when, self)\n",
-        (
-            "tests/test_stream_start.py::test_a_first_token_later_than_the_grace_after_the_acceptance_starts_the_response_beside_the_routing",
-        ),
-    ),
-    Break(
         "client gone during prepare fails the handler",
         STREAM_START,
         "    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one\n",
