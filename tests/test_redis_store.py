@@ -7,6 +7,7 @@ them as another instance would, from Redis only.
 from __future__ import annotations
 
 import asyncio
+import io
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
@@ -31,6 +32,7 @@ def redis_settings(url: str, **extra: Any) -> RedisSettings:
 
 
 MakeStore = Callable[..., "asyncio.Future[RedisStreamStore]"]
+CLOSE_BOUND = 30.0  # seconds the stores of one test may take to close (each command's own limit is a few)
 
 
 @pytest.fixture
@@ -47,9 +49,18 @@ async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., A
         return store
 
     yield make
-    for link, store in made:
-        await store.close()
-        await link.close()
+    try:
+        # Bounded, with every task's stack on failure: a close that hangs is a bug to see (it once
+        # ran into pytest-timeout's 120 s, whose signal then broke the worker's next test).
+        async with asyncio.timeout(CLOSE_BOUND):
+            for link, store in made:
+                await store.close()
+                await link.close()
+    except TimeoutError:
+        stacks = io.StringIO()
+        for task in asyncio.all_tasks():
+            task.print_stack(file=stacks)
+        pytest.fail(f"closing the stores took over {CLOSE_BOUND:g} s; the tasks then:\n{stacks.getvalue()}")
 
 
 @pytest.fixture
