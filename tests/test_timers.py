@@ -33,6 +33,15 @@ class Owner:
             self.done.set_result(None)
 
 
+async def deadlines_mid_stream(timers: Timers, response: aiohttp.ClientResponse) -> int:
+    """The deadlines pending once the stream's first line arrived; the rest is then read to its end."""
+    assert response.status == 200
+    await asyncio.wait_for(response.content.readline(), BOUND)
+    live = len(timers)
+    await asyncio.wait_for(response.read(), BOUND)
+    return live
+
+
 class Failing:
     def timer_fired(self) -> None:
         raise RuntimeError("an owner's bug")
@@ -113,10 +122,7 @@ async def test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applicati
         "messages": [{"role": "user", "content": "hi\n#sim tokens=3 gap_ms=200"}],
     }
     async with client.post("/v1/chat/completions", json=body) as response:
-        assert response.status == 200
-        await asyncio.wait_for(response.content.readline(), BOUND)
-        live = len(timers)
-        await asyncio.wait_for(response.read(), BOUND)
+        live = await deadlines_mid_stream(timers, response)
     assert live == 2
 
 
@@ -128,11 +134,8 @@ async def test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_o
     assert started.status == 201
     stream_url = (await started.json())["url"]
     async with client.get(stream_url) as response:
-        assert response.status == 200
-        await asyncio.wait_for(response.content.readline(), BOUND)
-        live = len(timers)  # the generation's guard and this reader's heartbeat
-        await asyncio.wait_for(response.read(), BOUND)
-    assert live == 2
+        live = await deadlines_mid_stream(timers, response)
+    assert live == 2  # the generation's guard and this reader's heartbeat
 
 
 async def test_a_non_streaming_calls_guard_is_a_deadline_of_the_applications_timers(
