@@ -17,6 +17,7 @@ from server.access import RequestRecord
 from server.app import create_app
 from server.guard import StreamGuard
 from server.sse import SSEResponse
+from server.upstreams.parser import ResponseParser
 from tests.conftest import AiohttpClient, make_settings
 
 Client = TestClient[web.Request, web.Application]
@@ -160,7 +161,8 @@ async def test_a_finished_stream_leaves_no_cycle_for_the_collector(client: Clien
 
     Garbage that only the collector can free is what makes its pauses long under load (bench/,
     streams-1k); a cycle per request also triggers the collections. Catches: the guard keeping
-    the response's abort after the stream (server/guard.py, `close`).
+    the response's abort after the stream (server/guard.py, `close`); the upstream response's
+    parser keeping httptools' parser once complete (server/upstreams/parser.py, `feed`).
     """
     body: dict[str, object] = {"message": "hi"}
     if path == COMPLETIONS:
@@ -173,7 +175,8 @@ async def test_a_finished_stream_leaves_no_cycle_for_the_collector(client: Clien
         for _ in range(3):
             await read_whole(client.post(path, json=body))
         gc.collect()
-        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (SSEResponse, StreamGuard, RequestRecord))]
+        kinds = (SSEResponse, StreamGuard, RequestRecord, ResponseParser)
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, kinds)]
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()

@@ -7,6 +7,7 @@ every answer is the test's.
 from __future__ import annotations
 
 import asyncio
+import gc
 import ssl
 import subprocess
 from pathlib import Path
@@ -210,6 +211,36 @@ async def test_a_stream_whose_upstream_closes_mid_body_ends_with_a_reset_failure
 
     assert texts == ["t1"]
     assert failure.value.reason == "reset"
+
+
+async def test_a_stream_left_mid_body_leaves_no_cycle_for_the_collector(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    """A client that leaves closes the upstream mid-body; its response parser is freed by reference counting.
+
+    httptools' parser holds the callbacks of Sluice's: a cycle until the connection's end breaks it.
+    Catches: the release in `Http1Connection.connection_lost` removed (server/upstreams/http1.py).
+    """
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        opening = asyncio.ensure_future(raw_client(raw_upstream.url).open_stream(CHAT, "rid"))
+        exchange = await raw_upstream.next()
+        exchange.write(STREAM_HEAD + chunk(token(1)))
+        async with asyncio.timeout(SECONDS):
+            stream = await opening
+        stream.close()  # as the relay does when its client leaves
+        async with asyncio.timeout(SECONDS):
+            await raw_upstream.closed.get()  # the connection's end was handled before the upstream saw it
+        del stream, opening
+        gc.collect()
+        left = [o for o in gc.garbage if isinstance(o, ResponseParser)]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+
+    assert left == []
 
 
 async def test_once_the_headers_came_a_stream_waits_for_its_first_token_past_the_header_deadline(

@@ -241,6 +241,8 @@ class Http1Connection(asyncio.BufferedProtocol):
             else:
                 self._eof = True
                 self._wake()
+        if parser is not None:
+            parser.release()  # a response cut short, or refused as malformed: see ResponseParser
         self._on_lost(self)
 
     def _fail(self, failure: Exception) -> None:
