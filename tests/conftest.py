@@ -22,6 +22,7 @@ from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
 from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
+from tests.support.proxy import CuttingProxy
 from tests.support.raw_upstream import RawUpstream
 from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
 
@@ -130,6 +131,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = start_redis(directory)
     yield server
     server.stop()
+
+
+@pytest.fixture
+async def redis_proxy(redis_server: RedisServer) -> AsyncIterator[CuttingProxy]:
+    """A TCP proxy in front of the test's redis-server (its `url` is then redis://...), to reset connections."""
+    proxy = CuttingProxy("127.0.0.1", redis_server.port)
+    await proxy.start()
+    proxy.url = proxy.url.replace("http://", "redis://", 1)
+    yield proxy
+    await proxy.close()
 
 
 StartNginx = Callable[[Sequence[str]], NginxServer]

@@ -61,6 +61,7 @@ RESPONSE = "server/upstreams/response.py"
 REDIS_STORE = "server/streams/redis_store.py"
 REDIS_WRITE = "server/streams/redis_write.py"
 REDIS_FOLLOW = "server/streams/redis_follow.py"
+REDIS_LINK = "server/shared/link.py"
 REGISTRY = "server/streams/registry.py"
 SHARED_BREAKERS = "server/shared/breakers.py"
 SHARED_LIMITS = "server/shared/limits.py"
@@ -95,6 +96,7 @@ DEPLOY_TESTS = "tests/test_deploy_monitoring.py"
 CHAT_PAGE = "tests/test_browser.py"
 SCALE = "tests/test_scale_out.py"
 STORE_TESTS = "tests/test_redis_store.py"
+LINK_TESTS = "tests/test_redis_link.py"
 NGINX = "tests/test_nginx.py"
 
 
@@ -456,6 +458,27 @@ BREAKS = [
         "                pipe.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
         "                pass\n",
         (f"{STORE_TESTS}::test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_has_read",),
+    ),
+    Break(
+        "a dedicated connection Redis ended is sent on",
+        REDIS_LINK,
+        "            await connection.disconnect(nowait=True)  # sending reconnects it\n",
+        "            pass\n",
+        (f"{LINK_TESTS}::test_a_dedicated_connection_idle_across_a_restart_reaches_the_new_redis",),
+    ),
+    Break(
+        "a pooled connection reset while idle is lent",
+        REDIS_LINK,
+        "            return ended_by_server(self) or bool(await super().can_read())\n",
+        "            return bool(await super().can_read())\n",
+        (f"{LINK_TESTS}::test_a_pooled_connection_reset_while_idle_is_replaced_before_the_next_command",),
+    ),
+    Break(
+        "redis-py's maintenance notifications left on",
+        REDIS_LINK,
+        '            "maint_notifications_config": MaintNotificationsConfig(enabled=False),\n',
+        '            "maint_notifications_config": MaintNotificationsConfig(enabled="auto"),\n',
+        (f"{LINK_TESTS}::test_a_pooled_connection_idle_across_a_restart_reaches_the_new_redis",),
     ),
     Break(
         "a reader elsewhere waits past half a lease",

@@ -22,6 +22,7 @@ from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
 
 from ..settings import RedisSettings
@@ -107,10 +108,14 @@ class RedisLink:
             "socket_connect_timeout": COMMAND_TIMEOUT,
             "retry": Retry(NoBackoff(), 0),
             "client_name": f"sluice-{self.instance}",
+            # Redis Enterprise's maintenance events, unused here. Left at redis-py's "auto" (RESP3),
+            # they cost a round trip per new connection, and redis-py 8.1 then skips its pool's check
+            # of idle connections (redis/redis-py#4252): after a restart each one failed a command.
+            "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         }
         client = aioredis.Redis.from_url(self._url, **{**defaults, **options})
         pool = client.connection_pool  # no connection is made before the first command
-        pool.connection_class = _packing_with_hiredis(pool.connection_class)
+        pool.connection_class = _packing_with_hiredis(_replacing_ended(pool.connection_class))
         return client
 
 
@@ -128,8 +133,34 @@ async def call_packed(client: aioredis.Redis, command: bytes, within: float) -> 
             await client.initialize()
         connection = client.connection
         assert connection is not None
+        if ended_by_server(connection):
+            await connection.disconnect(nowait=True)  # sending reconnects it
         await connection.send_packed_command(command, check_health=False)
         return await connection.read_response()
+
+
+def ended_by_server(connection: AbstractConnection) -> bool:
+    """True when Redis closed or reset this connection while it sat idle: a restart does that to them all.
+
+    Its next command would fail, and count as an outage just after Redis came back (readers
+    elsewhere then got "unreachable"). redis-py's pool checks a connection before lending it, but
+    sees only a close (FIN), not a reset; a dedicated client's connection is not checked at all.
+    """
+    reader, writer = connection._reader, connection._writer
+    if reader is None or writer is None:
+        return False  # not connected: the next command connects
+    return reader.at_eof() or reader.exception() is not None or writer.is_closing()
+
+
+def _replacing_ended(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`base`, whose pool replaces it when Redis reset it while idle (`ended_by_server`), as when Redis closed it."""
+
+    class ReplacingEnded(base):  # type: ignore[valid-type,misc]  # a class chosen at run time
+        async def can_read(self) -> bool:
+            # The pool's check before lending: True makes it reconnect (redis-py's "Connection has data").
+            return ended_by_server(self) or bool(await super().can_read())
+
+    return ReplacingEnded
 
 
 def _packing_with_hiredis(base: type[AbstractConnection]) -> type[AbstractConnection]:

@@ -1,15 +1,19 @@
-"""A TCP proxy between a browser and the gateway that can drop one connection mid-response.
+"""A TCP proxy in front of a server that can drop one connection mid-response, or reset them all.
 
 Chromium's offline emulation leaves an open EventSource connection alone, so the tests drop it
 here instead, as a failing network or load balancer would: armed with a byte pattern, the proxy
 forwards a response up to the end of that pattern, then closes both sides of that connection.
-The browser sees the response end mid-stream; the gateway sees its reader leave.
+The browser sees the response end mid-stream; the gateway sees its reader leave. In front of
+Redis, `reset_all()` resets the connections it carries, as a middlebox dropping idle ones does
+(a real Redis closes its connections; it resets one only when it dies with bytes unread).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 from dataclasses import dataclass, field
 
 READ_BYTES = 65536
@@ -62,6 +66,15 @@ class CuttingProxy:
     def release(self) -> None:
         """Let held and new connections through."""
         self._open.set()
+
+    def reset_all(self) -> None:
+        """Reset every connection now: the client's side gets an RST, not an orderly close."""
+        for connection in list(self._connections):
+            sock = connection.client.get_extra_info("socket")
+            # A zero linger makes closing the socket send RST.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            connection.client.transport.abort()
+            connection.server.transport.abort()
 
     async def close(self) -> None:
         self._open.set()
