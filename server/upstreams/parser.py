@@ -48,7 +48,7 @@ class ResponseParser:
     Also the parser's protocol: httptools calls the `on_*` methods while `feed()` runs. The C
     parser holds those methods, so the two make a cycle: it is dropped once the response is
     complete or its connection ended (`release()`), and reference counting frees both, not the
-    collector (one cycle of a dozen objects per upstream request otherwise).
+    collector (a cycle of nine objects per upstream request otherwise).
     """
 
     __slots__ = (
