@@ -63,7 +63,7 @@ class StreamGuard:
     ) -> None:
         self._timers = self.timers = timers if timers is not None else Timers()
         self._loop = self.loop = self._timers.loop  # held: see Timers.loop
-        self._task = task or asyncio.current_task()
+        self._task = task or asyncio.current_task(self._loop)  # given the loop: no `getpid` (see Timers.loop)
         self._deadlines = deadlines
         # Any phase that starts later ends no sooner than this after it starts, so waking at
         # least this often keeps every deadline exact without touching the timer per chunk.

@@ -173,7 +173,7 @@ class Deadline:
         self.expired = False
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task()
+        task = asyncio.current_task(self._timers.loop)  # given the loop: no `getpid` (see Timers.loop)
         if task is None:
             raise RuntimeError("Deadline must be used inside a task")
         self._task = task
