@@ -988,6 +988,27 @@ BREAKS += [
         (f"{ENDINGS}::test_a_finished_stream_leaves_no_cycle_for_the_collector",),
     ),
     Break(
+        "a second response's body joins the first's",
+        "server/upstreams/parser.py",
+        "        if not self.complete:\n            self._pieces.append(body)\n",
+        "        if True:\n            self._pieces.append(body)\n",
+        (f"{HTTP1_TESTS}::test_a_second_response_in_the_same_read_is_not_taken_into_the_first",),
+    ),
+    Break(
+        "a second response's status replaces the first's",
+        "server/upstreams/parser.py",
+        "    def on_headers_complete(self) -> None:\n        if self.complete:\n            return\n",
+        "    def on_headers_complete(self) -> None:\n",
+        (f"{HTTP1_TESTS}::test_a_second_response_in_the_same_read_is_not_taken_into_the_first",),
+    ),
+    Break(
+        "every Redis connection taken for ended",
+        REDIS_LINK,
+        "    if reader is None or writer is None:\n        return False  # not connected: the next command connects\n",
+        "    if True:\n        return True\n",
+        (f"{LINK_TESTS}::test_a_connection_redis_keeps_is_not_taken_for_ended",),
+    ),
+    Break(
         "a complete response keeps httptools' parser",
         "server/upstreams/parser.py",
         "        if self.complete:\n            self._parser = None\n",

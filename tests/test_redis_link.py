@@ -111,6 +111,7 @@ async def test_a_pooled_connection_reset_while_idle_is_replaced_before_the_next_
 
 
 async def test_a_connection_redis_keeps_is_not_taken_for_ended(dedicated: aioredis.Redis) -> None:
+    """Catches: `ended_by_server` true of a live connection (a reconnect before every command)."""
     assert await call_packed(dedicated, PING, SECONDS) == b"PONG"
     connection = dedicated.connection
     assert connection is not None

@@ -56,6 +56,18 @@ def test_a_chunked_body_fed_one_byte_at_a_time_parses_the_same() -> None:
     assert parser.complete
 
 
+def test_a_second_response_in_the_same_read_is_not_taken_into_the_first() -> None:
+    """Bytes nobody asked for after a response: the connection is not reused, and the response keeps its own."""
+    parser = ResponseParser()
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi"
+    second = b"HTTP/1.1 500 X\r\nContent-Length: 3\r\nRetry-After: 9\r\n\r\nabc"
+
+    body = parser.feed(first + second)
+
+    assert (body, parser.status, dict(parser.headers)) == (b"hi", 200, {"content-length": "2"})
+    assert not parser.keep_alive
+
+
 def test_a_head_larger_than_the_limit_is_refused() -> None:
     parser = ResponseParser()
     line = b"X-Padding: " + b"x" * 990 + b"\r\n"

@@ -124,6 +124,8 @@ class ResponseParser:
             self.keep_alive = False  # a second response nobody asked for: the framing is not to be trusted
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return  # a second response's: see on_message_begin
         lowered = name.lower()
         if lowered not in KEPT_HEADERS:
             return
@@ -133,6 +135,8 @@ class ResponseParser:
         headers[key] = headers[key] + ", " + text if key in headers else text
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         parser = self._parser
         assert parser is not None  # httptools calls this from inside `feed()`
         status = parser.get_status_code()
@@ -151,7 +155,8 @@ class ResponseParser:
             self.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
-        self._pieces.append(body)
+        if not self.complete:
+            self._pieces.append(body)
 
     def on_message_complete(self) -> None:
         if not self.head_read or self.complete:
