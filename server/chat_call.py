@@ -87,9 +87,12 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 start.routed()
                 if not start.begun or (isinstance(failure, asyncio.CancelledError) and guard.expired is None):
                     mapped = _before_start(failure, guard, record)
-                    if mapped is failure:
-                        raise
-                    raise mapped from None
+                    try:
+                        if mapped is failure:
+                            raise
+                        raise mapped from None
+                    finally:
+                        del mapped  # see _guarded
                 chunks = _Failing(failure)  # the response started: the relay ends it with this failure
             else:
                 start.routed()
@@ -156,13 +159,16 @@ class _Failing:
     """The stream of a routing that failed after the response started: the relay ends it with the failure."""
 
     def __init__(self, failure: BaseException) -> None:
-        self._failure = failure
+        self._failure: BaseException | None = failure
 
     def __aiter__(self) -> _Failing:
         return self
 
     async def __anext__(self) -> list[Chunk]:
-        raise self._failure
+        try:
+            raise self._failure or StopAsyncIteration()
+        finally:
+            self._failure = None  # raised once; kept, it would hold itself (see _guarded)
 
 
 async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
@@ -211,9 +217,14 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
         return await awaitable
     except (asyncio.CancelledError, GatewayError) as failure:
         mapped = _before_start(failure, guard, record)
-        if mapped is failure:
-            raise
-        raise mapped from None
+        try:
+            if mapped is failure:
+                raise
+            raise mapped from None
+        finally:
+            # The error's traceback holds this frame: a local naming the error would keep the two,
+            # and the whole request with them, for the collector. (`failure` Python deletes itself.)
+            del mapped
 
 
 def _before_start(failure: BaseException, guard: StreamGuard, record: RequestRecord) -> BaseException:

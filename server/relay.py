@@ -201,7 +201,7 @@ async def _forward(
             else:
                 await sink.write(data)
         if events.failure is not None:
-            raise events.failure
+            raise events.take_failure()
         guard.reading()
     await _finish(events, sink, guard, record, held)
 
@@ -235,7 +235,7 @@ class _Pushing:
         if events.failure is not None:
             if data is not None:
                 sink.send_now(data)
-            raise events.failure
+            raise events.take_failure()
         guard.reading()
         if data is None:
             return True

@@ -39,6 +39,16 @@ class RelayEvents:
         self.finished: frozenset[int] = NONE_FINISHED
         self.failure: UpstreamError | None = None
 
+    def take_failure(self) -> UpstreamError:
+        """The failure `encode` found, to raise; no longer kept here.
+
+        Raised while kept, its traceback (a frame whose locals reach this object) would hold it
+        in a cycle that only the collector frees, with the whole stream's objects.
+        """
+        failure, self.failure = self.failure, None
+        assert failure is not None
+        return failure
+
     def encode(self, batch: Sequence[Chunk], now: float) -> bytes | None:
         """The events of `batch` as one write (None: nothing to send); an error chunk sets `failure`."""
         record = self._record

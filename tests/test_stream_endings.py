@@ -155,6 +155,60 @@ async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disco
     assert finished["status"] == 499
 
 
+def _own_garbage() -> list[str]:
+    """The gateway's own objects the collector found (not the in-process simulator's, nor asyncio's)."""
+    return sorted(
+        {
+            type(o).__qualname__
+            for o in gc.garbage
+            if type(o).__module__.startswith("server.") and not type(o).__module__.startswith("server.simulator")
+        }
+    )
+
+
+# Streams: a cut mid-stream and before the first token, an error event, a connection reset before
+# the headers, a 500 and a 429; calls that do not stream: a 500 and a cut.
+UPSTREAM_FAULTS = [
+    (True, "fault=cut fault_at=3"),
+    (True, "fault=cut fault_at=0"),
+    (True, "fault=error_event fault_at=3"),
+    (True, "fault=reset"),
+    (True, "fault=server_error"),
+    (True, "fault=rate_limit"),
+    (False, "fault=server_error"),
+    (False, "fault=cut"),
+]
+
+
+@pytest.mark.parametrize(("stream", "fault"), UPSTREAM_FAULTS)
+async def test_a_failed_call_leaves_no_cycle_for_the_collector(client: Client, stream: bool, fault: str) -> None:
+    """A call whose upstream failed is freed by reference counting too, request and all.
+
+    A raised error's traceback holds the frames it passed through: kept by anything those frames
+    reach, it made a cycle with the whole request's objects (about 80 per failed stream).
+    Catches: the push keeping its future (server/upstreams/push.py), the relay events keeping
+    their failure (server/relay_events.py), the routing's locals keeping the last error
+    (server/upstreams/attempts.py, `_route`, `_try_model`), the mapped error of a stream or a call
+    (server/chat_call.py), and the upstream connection's failure handed to its reader or its
+    waiting request (server/upstreams/http1.py).
+    """
+    content = f"x\n#sim tokens=20 gap_ms=1 {fault}"
+    body = {"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": content}]}
+    await read_whole(client.post(COMPLETIONS, json=body))  # warm: first-request caches are not garbage
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            await read_whole(client.post(COMPLETIONS, json=body))
+        gc.collect()
+        left = _own_garbage()
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+    assert left == []
+
+
 @pytest.mark.parametrize("path", ["/chat/stream", COMPLETIONS])
 async def test_a_finished_stream_leaves_no_cycle_for_the_collector(client: Client, path: str) -> None:
     """A stream's response, guard and record are freed by reference counting when it ends.

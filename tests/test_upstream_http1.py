@@ -18,6 +18,7 @@ from server.errors import UpstreamError
 from server.settings import UpstreamEntry
 from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
+from server.upstreams.http1 import Http1Connection
 from server.upstreams.parser import MAX_HEAD_BYTES, MalformedResponse, ResponseParser
 from server.upstreams.stream import UpstreamStream
 from tests.conftest import RawClient, make_settings
@@ -248,6 +249,35 @@ async def test_a_stream_left_mid_body_leaves_no_cycle_for_the_collector(
         del stream, opening
         gc.collect()
         left = [o for o in gc.garbage if isinstance(o, ResponseParser)]
+    finally:
+        gc.set_debug(flags)
+        gc.garbage.clear()
+
+    assert left == []
+
+
+async def test_a_malformed_answer_leaves_no_cycle_for_the_collector(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    """The parser's error, raised in the connection's data callback, is kept as a copy without its traceback.
+
+    Catches: the connection keeping the raised error itself (server/upstreams/http1.py, `_fail`).
+    """
+    gc.collect()
+    flags = gc.get_debug()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+        exchange = await raw_upstream.next()
+        exchange.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
+        with pytest.raises(UpstreamError):
+            async with asyncio.timeout(SECONDS):
+                await sent
+        async with asyncio.timeout(SECONDS):
+            await raw_upstream.closed.get()  # the connection's end was handled before the upstream saw it
+        del sent
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (Http1Connection, ResponseParser))]
     finally:
         gc.set_debug(flags)
         gc.garbage.clear()

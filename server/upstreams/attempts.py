@@ -131,26 +131,31 @@ class Upstream:
         budget = RetryBudget(self._routing.retry_budget_seconds, self._rng)
         last_error: UpstreamError | None = None
         index = 0
-        while index < len(chain):
-            model = chain[index]
-            if index > 0:
-                self._metrics.child(
-                    self._metrics.fallbacks, "context_window" if _context(last_error) else "exhausted"
-                ).inc()
-                log.info("upstream_fallback", requested=requested, model=model)
-            index += 1
-            try:
-                return await self._try_model(model, body, budget, record, send, only, busy)
-            except UpstreamError as error:
-                last_error = error if error.reason != "breaker_open" or last_error is None else last_error
-                if _context(error):
-                    more = _chain(model, self._routing.context_window_fallbacks)[1:]
-                    chain = chain[:index] + [m for m in more if m not in chain[:index]]
-                elif not tries_next_candidate(error) and error.reason != "breaker_open":
-                    raise
-        if last_error is not None and last_error.reason != "breaker_open":
-            raise last_error
-        raise await self._all_open(chain)
+        try:
+            while index < len(chain):
+                model = chain[index]
+                if index > 0:
+                    self._metrics.child(
+                        self._metrics.fallbacks, "context_window" if _context(last_error) else "exhausted"
+                    ).inc()
+                    log.info("upstream_fallback", requested=requested, model=model)
+                index += 1
+                try:
+                    return await self._try_model(model, body, budget, record, send, only, busy)
+                except UpstreamError as error:
+                    last_error = error if error.reason != "breaker_open" or last_error is None else last_error
+                    if _context(error):
+                        more = _chain(model, self._routing.context_window_fallbacks)[1:]
+                        chain = chain[:index] + [m for m in more if m not in chain[:index]]
+                    elif not tries_next_candidate(error) and error.reason != "breaker_open":
+                        raise
+            if last_error is not None and last_error.reason != "breaker_open":
+                raise last_error
+            raise await self._all_open(chain)
+        finally:
+            # The raised error's traceback holds this frame: a local naming an error would keep
+            # them both, and the whole request with them, for the collector.
+            last_error = None
 
     async def _try_model(
         self,
@@ -176,63 +181,67 @@ class Upstream:
         errors: dict[str, UpstreamError] = {}
         excluded: set[str] = set()
         breakers = self.breakers
-        while True:
-            if tries is None:
-                client = self.pool.pick(candidates)
-                if client is None:
-                    raise _no_candidate(model, bool(candidates))
-            else:
-                available = [c for c in candidates if c.name not in excluded and tries[c.name] <= self._routing.retries]
-                # Spread over the pool first: an upstream is retried only once every other one was tried.
-                fewest = min((tries[c.name] for c in available), default=0)
-                client = self.pool.pick([c for c in available if tries[c.name] == fewest])
-                if client is None:
-                    raise _last(errors) or _no_candidate(model, bool(available))
-                retry = tries[client.name]
-                if retry and not await self._back_off(errors[client.name], retry - 1, budget):
+        try:
+            while True:
+                if tries is None:
+                    client = self.pool.pick(candidates)
+                    if client is None:
+                        raise _no_candidate(model, bool(candidates))
+                else:
+                    retries = self._routing.retries
+                    available = [c for c in candidates if c.name not in excluded and tries[c.name] <= retries]
+                    # Spread over the pool first: an upstream is retried only once every other one was tried.
+                    fewest = min((tries[c.name] for c in available), default=0)
+                    client = self.pool.pick([c for c in available if tries[c.name] == fewest])
+                    if client is None:
+                        raise _last(errors) or _no_candidate(model, bool(available))
+                    retry = tries[client.name]
+                    if retry and not await self._back_off(errors[client.name], retry - 1, budget):
+                        excluded.add(client.name)
+                        continue
+                # Both breakers closed (in memory): nothing to await.
+                trials = [] if breakers.closed(client.name, model) else await breakers.admit(client.name, model)
+                if trials is None:
+                    tries = tries if tries is not None else dict.fromkeys((c.name for c in candidates), 0)
                     excluded.add(client.name)
                     continue
-            # Both breakers closed (in memory): nothing to await.
-            trials = [] if breakers.closed(client.name, model) else await breakers.admit(client.name, model)
-            if trials is None:
-                tries = tries if tries is not None else dict.fromkeys((c.name for c in candidates), 0)
-                excluded.add(client.name)
-                continue
-            if tries is not None:
-                tries[client.name] += 1
-            started = time.perf_counter()
-            if busy is not None:
-                busy.add((client.name, model))
-            try:
-                result = await send(client, attempt_body)
-            except UpstreamError as error:
-                if tries is None:
-                    tries = dict.fromkeys((c.name for c in candidates), 0)
-                    tries[client.name] = 1
-                self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
-                await breakers.judge(client.name, model, error)
-                # Move to the end, so _last() finds the newest.
-                errors.pop(client.name, None)
-                errors[client.name] = error
-                if not tries_next_candidate(error):
-                    raise
-                if not retryable(error):
-                    excluded.add(client.name)
-                continue
-            except asyncio.CancelledError:
-                for key in trials:  # no verdict: let the next request be the trial
-                    await breakers.release(key)
-                raise
-            finally:
+                if tries is not None:
+                    tries[client.name] += 1
+                started = time.perf_counter()
                 if busy is not None:
-                    busy.discard((client.name, model))
-            self._note(record, client, model, 200, started)
-            if not breakers.settled(client.name, model):
-                await breakers.answered(client.name, model)
-            if record is not None:
-                record.extra["upstream"] = client.name
-                record.extra["served_model"] = model
-            return result
+                    busy.add((client.name, model))
+                try:
+                    result = await send(client, attempt_body)
+                except UpstreamError as error:
+                    if tries is None:
+                        tries = dict.fromkeys((c.name for c in candidates), 0)
+                        tries[client.name] = 1
+                    self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
+                    await breakers.judge(client.name, model, error)
+                    # Move to the end, so _last() finds the newest.
+                    errors.pop(client.name, None)
+                    errors[client.name] = error
+                    if not tries_next_candidate(error):
+                        raise
+                    if not retryable(error):
+                        excluded.add(client.name)
+                    continue
+                except asyncio.CancelledError:
+                    for key in trials:  # no verdict: let the next request be the trial
+                        await breakers.release(key)
+                    raise
+                finally:
+                    if busy is not None:
+                        busy.discard((client.name, model))
+                self._note(record, client, model, 200, started)
+                if not breakers.settled(client.name, model):
+                    await breakers.answered(client.name, model)
+                if record is not None:
+                    record.extra["upstream"] = client.name
+                    record.extra["served_model"] = model
+                return result
+        finally:
+            errors.clear()  # the raised error's traceback holds this frame: see _route
 
     async def _back_off(self, error: UpstreamError, retry: int, budget: RetryBudget) -> bool:
         """Wait before retry number `retry` after `error`; False when the budget cannot cover it."""

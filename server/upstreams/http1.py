@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import socket
 from collections.abc import Callable
 
@@ -170,7 +171,7 @@ class Http1Connection(asyncio.BufferedProtocol):
         """The next body bytes; b"" at the end. Raises ConnectionBroken or MalformedResponse."""
         while not self._body:
             if self._failure is not None:
-                raise self._failure
+                raise copy.copy(self._failure)  # see _fail
             if self._eof:
                 return b""
             if self._paused:
@@ -246,12 +247,14 @@ class Http1Connection(asyncio.BufferedProtocol):
         self._on_lost(self)
 
     def _fail(self, failure: Exception) -> None:
-        self._failure = failure
+        # Copies, without a traceback or a context: one that had been raised holds frames whose
+        # locals hold this connection, a cycle that only the collector frees, with the request.
+        self._failure = copy.copy(failure)
         head = self._head
         if head is not None:
             self._head = None
             if not head.done():
-                head.set_exception(failure)
+                head.set_exception(copy.copy(failure))
         self._wake()
 
     def _wake(self) -> None:

@@ -47,7 +47,7 @@ class Body(Protocol):
 class Pushed:
     """One push of batches from `take` to `on_batch`, until `on_batch` says stop, the end, or a failure."""
 
-    __slots__ = ("_body", "_context", "_on_batch", "_take", "future")
+    __slots__ = ("_body", "_context", "_future", "_on_batch", "_take")
 
     def __init__(
         self,
@@ -59,7 +59,7 @@ class Pushed:
         self._take = take
         self._body: Body | None = body
         self._on_batch = on_batch
-        self.future = future
+        self._future: asyncio.Future[None] | None = future
         # The callback runs in the context of whoever opened the connection; the consumer's logs
         # need the request's.
         self._context = contextvars.copy_context()
@@ -103,9 +103,12 @@ class Pushed:
 
     def _resolve(self, failure: Exception | None) -> None:
         self.stop()
-        if self.future.done():
-            return  # the relay was cancelled meanwhile
+        # Let go of the future: a failure's traceback holds `_pump`'s frame and so this object,
+        # which holding the future (and so the failure) would make a cycle for the collector.
+        future, self._future = self._future, None
+        if future is None or future.done():
+            return  # resolved already, or the relay was cancelled meanwhile
         if failure is None:
-            self.future.set_result(None)
+            future.set_result(None)
         else:
-            self.future.set_exception(failure)
+            future.set_exception(failure)
