@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 from collections.abc import Awaitable, Callable
 
@@ -19,6 +18,7 @@ from server.guard import StreamGuard
 from server.sse import SSEResponse
 from server.upstreams.parser import ResponseParser
 from tests.conftest import AiohttpClient, make_settings
+from tests.support.garbage import cyclic_garbage
 
 Client = TestClient[web.Request, web.Application]
 BuildGateway = Callable[..., Awaitable[Client]]
@@ -155,12 +155,12 @@ async def test_a_client_gone_while_the_response_is_prepared_is_an_ordinary_disco
     assert finished["status"] == 499
 
 
-def _own_garbage() -> list[str]:
-    """The gateway's own objects the collector found (not the in-process simulator's, nor asyncio's)."""
+def _own(garbage: list[object]) -> list[str]:
+    """The kinds of the gateway's own objects in `garbage` (not the in-process simulator's, nor asyncio's)."""
     return sorted(
         {
             type(o).__qualname__
-            for o in gc.garbage
+            for o in garbage
             if type(o).__module__.startswith("server.") and not type(o).__module__.startswith("server.simulator")
         }
     )
@@ -195,18 +195,10 @@ async def test_a_failed_call_leaves_no_cycle_for_the_collector(client: Client, s
     content = f"x\n#sim tokens=20 gap_ms=1 {fault}"
     body = {"model": "gpt-4o", "stream": stream, "messages": [{"role": "user", "content": content}]}
     await read_whole(client.post(COMPLETIONS, json=body))  # warm: first-request caches are not garbage
-    gc.collect()
-    flags = gc.get_debug()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         for _ in range(3):
             await read_whole(client.post(COMPLETIONS, json=body))
-        gc.collect()
-        left = _own_garbage()
-    finally:
-        gc.set_debug(flags)
-        gc.garbage.clear()
-    assert left == []
+    assert _own(garbage) == []
 
 
 @pytest.mark.parametrize("path", ["/chat/stream", COMPLETIONS])
@@ -222,16 +214,8 @@ async def test_a_finished_stream_leaves_no_cycle_for_the_collector(client: Clien
     if path == COMPLETIONS:
         body = {"model": "gpt-4o", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
     await read_whole(client.post(path, json=body))  # warm: first-request caches are not garbage
-    gc.collect()
-    flags = gc.get_debug()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         for _ in range(3):
             await read_whole(client.post(path, json=body))
-        gc.collect()
-        kinds = (SSEResponse, StreamGuard, RequestRecord, ResponseParser)
-        left = [type(o).__name__ for o in gc.garbage if isinstance(o, kinds)]
-    finally:
-        gc.set_debug(flags)
-        gc.garbage.clear()
-    assert left == []
+    kinds = (SSEResponse, StreamGuard, RequestRecord, ResponseParser)
+    assert [type(o).__name__ for o in garbage if isinstance(o, kinds)] == []

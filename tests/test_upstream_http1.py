@@ -7,7 +7,6 @@ every answer is the test's.
 from __future__ import annotations
 
 import asyncio
-import gc
 import ssl
 import subprocess
 from pathlib import Path
@@ -22,6 +21,7 @@ from server.upstreams.http1 import Http1Connection
 from server.upstreams.parser import MAX_HEAD_BYTES, MalformedResponse, ResponseParser
 from server.upstreams.stream import UpstreamStream
 from tests.conftest import RawClient, make_settings
+from tests.support.garbage import cyclic_garbage
 from tests.support.raw_upstream import (
     FINISH,
     LAST_CHUNK,
@@ -234,10 +234,7 @@ async def test_a_stream_left_mid_body_leaves_no_cycle_for_the_collector(
     httptools' parser holds the callbacks of Sluice's: a cycle until the connection's end breaks it.
     Catches: the release in `Http1Connection.connection_lost` removed (server/upstreams/http1.py).
     """
-    gc.collect()
-    flags = gc.get_debug()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         opening = asyncio.ensure_future(raw_client(raw_upstream.url).open_stream(CHAT, "rid"))
         exchange = await raw_upstream.next()
         exchange.write(STREAM_HEAD + chunk(token(1)))
@@ -247,13 +244,8 @@ async def test_a_stream_left_mid_body_leaves_no_cycle_for_the_collector(
         async with asyncio.timeout(SECONDS):
             await raw_upstream.closed.get()  # the connection's end was handled before the upstream saw it
         del stream, opening
-        gc.collect()
-        left = [o for o in gc.garbage if isinstance(o, ResponseParser)]
-    finally:
-        gc.set_debug(flags)
-        gc.garbage.clear()
 
-    assert left == []
+    assert [o for o in garbage if isinstance(o, ResponseParser)] == []
 
 
 async def test_a_malformed_answer_leaves_no_cycle_for_the_collector(
@@ -263,10 +255,7 @@ async def test_a_malformed_answer_leaves_no_cycle_for_the_collector(
 
     Catches: the connection keeping the raised error itself (server/upstreams/http1.py, `_fail`).
     """
-    gc.collect()
-    flags = gc.get_debug()
-    gc.set_debug(gc.DEBUG_SAVEALL)
-    try:
+    with cyclic_garbage() as garbage:
         sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
         exchange = await raw_upstream.next()
         exchange.write(b"HTTP/1.1 200 OK\r\nContent-Length: nope\r\n\r\n")
@@ -276,13 +265,8 @@ async def test_a_malformed_answer_leaves_no_cycle_for_the_collector(
         async with asyncio.timeout(SECONDS):
             await raw_upstream.closed.get()  # the connection's end was handled before the upstream saw it
         del sent
-        gc.collect()
-        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (Http1Connection, ResponseParser))]
-    finally:
-        gc.set_debug(flags)
-        gc.garbage.clear()
 
-    assert left == []
+    assert [type(o).__name__ for o in garbage if isinstance(o, (Http1Connection, ResponseParser))] == []
 
 
 async def test_once_the_headers_came_a_stream_waits_for_its_first_token_past_the_header_deadline(
