@@ -16,6 +16,11 @@ from .settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
+# orjson reads JSON nested up to 1,024 levels but writes no more than 254, and the body is written
+# again to go upstream: a body between the two was accepted here and failed there, a 500. Tool
+# schemas, the deepest part of a real request, stay far below this.
+MAX_DEPTH = 128
+
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
     """The body as a JSON object: 415 for another content type, 400 for bad JSON or a non-object."""
@@ -37,7 +42,23 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise InvalidRequestError(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    # Only a body with that many brackets can be nested that deep: counting them costs next to
+    # nothing, walking the body does not.
+    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
+        raise InvalidRequestError(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="invalid_json")
     return body
+
+
+def _deeper_than(body: dict[str, Any], limit: int) -> bool:
+    """True when objects and arrays nest more than `limit` levels (the body itself is level 1)."""
+    pending: list[tuple[Any, int]] = [(body, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if depth > limit:
+            return True
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+    return False
 
 
 def _mime(content_type: str) -> str:

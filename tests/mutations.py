@@ -1635,6 +1635,50 @@ BREAKS += [
 ]
 
 
+# Found by black-box review (2026-12-04, evening): bad input that reached a 500, a reply relayed unchecked.
+BAD_INPUT = "tests/test_bad_input.py"
+BREAKS += [
+    Break(
+        "a body nested past what can be written again is accepted",
+        "server/validation.py",
+        '    if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):\n',
+        "    if False:\n",
+        (
+            f"{BAD_INPUT}::test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500",
+            f"{BAD_INPUT}::test_a_chat_body_nested_deeper_than_the_limit_is_400",
+        ),
+    ),
+    Break(
+        "the nesting limit one level too generous",
+        "server/validation.py",
+        "        if depth > limit:\n",
+        "        if depth > limit + 1:\n",
+        (f"{BAD_INPUT}::test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500",),
+    ),
+    Break(
+        "the nesting limit one level too strict",
+        "server/validation.py",
+        "        if depth > limit:\n",
+        "        if depth >= limit:\n",
+        (f"{BAD_INPUT}::test_v1_a_body_nested_to_the_limit_is_accepted",),
+    ),
+    Break(
+        "a token limit written as a float is not reserved",
+        "server/auth/gate.py",
+        "    if isinstance(value, bool) or not isinstance(value, (int, float)):\n",
+        "    if not isinstance(value, int):\n",
+        ("tests/test_security_units.py::test_a_keys_token_reservation_counts_the_requests_token_limit",),
+    ),
+    Break(
+        "a token limit of -1.0 is forwarded",
+        "server/routes/openai.py",
+        "        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:\n",
+        "        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:\n",
+        ("tests/test_security_units.py::test_v1_refuses_a_token_limit_of_zero_or_below",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

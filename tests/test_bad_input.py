@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.validation import MAX_DEPTH
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.envelope import error_of
 
@@ -61,6 +62,53 @@ async def test_an_empty_body_is_400(client: Client, path: str) -> None:
 
     error = await error_of(response, 400)
     assert "empty" in error["message"]
+
+
+def nested(depth: int) -> Any:
+    """Arrays nested `depth` levels deep."""
+    value: Any = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("stream", [False, True])
+async def test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500(client: Client, stream: bool) -> None:
+    # Past 254 levels the body could not be written again to go upstream: it was a 500.
+    for depth in (MAX_DEPTH + 1, 300):
+        body = chat_completion(stream=stream, x=nested(depth - 1))  # the body itself is level 1
+
+        response = await client.post("/v1/chat/completions", json=body)
+
+        error = await error_of(response, 400)
+        assert error["code"] == "invalid_json"
+        assert str(MAX_DEPTH) in error["message"]
+
+
+@pytest.mark.parametrize("path", CHAT_PATHS)
+async def test_a_chat_body_nested_deeper_than_the_limit_is_400(client: Client, path: str) -> None:
+    response = await client.post(path, json={"message": "hi", "x": nested(300)})
+
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_json"
+
+
+async def test_v1_a_body_nested_to_the_limit_is_accepted(client: Client) -> None:
+    response = await client.post("/v1/chat/completions", json=chat_completion(x=nested(MAX_DEPTH - 1)))
+
+    assert response.status == 200
+    await response.read()
+
+
+async def test_v1_a_shallow_body_with_many_brackets_is_accepted(client: Client) -> None:
+    # More brackets than the limit, in strings and side by side, but never deep.
+    content = "#sim tokens=2\n" + "[{" * MAX_DEPTH
+    body = chat_completion(messages=[{"role": "user", "content": content}], x=[[1]] * MAX_DEPTH)
+
+    response = await client.post("/v1/chat/completions", json=body)
+
+    assert response.status == 200
+    await response.read()
 
 
 @pytest.mark.parametrize("path", CHAT_PATHS)

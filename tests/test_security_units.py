@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
 from server.app import create_app
-from server.auth.gateway_keys import KeyRing
+from server.auth.gate import Lease
+from server.auth.gateway_keys import GatewayKey, KeyRing
 from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, Usage, rate_limit_headers
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
@@ -68,6 +69,17 @@ async def test_tokens_reserved_are_settled_with_the_real_usage() -> None:
     assert not (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
     await store.give_back("k", limits, tokens=80, streams=0)  # used 10 of the 90 reserved
     assert (await store.take("k", limits, requests=0, tokens=90, streams=0)).allowed
+
+
+@pytest.mark.parametrize("limit", [5000, 5000.0])  # 5000.0 is an integer to JSON Schema and to an upstream
+async def test_a_keys_token_reservation_counts_the_requests_token_limit(limit: float) -> None:
+    store = MemoryLimitStore(FakeClock())
+    lease = Lease(store, GatewayKey("k", b"", None, KeyLimits(tpm=1000)))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": limit}
+
+    assert await lease.reserve(body) is None
+
+    assert lease.reserved_tokens == lease.prompt_estimate + 5000
 
 
 async def test_usage_reads_what_was_taken_and_refills_without_taking() -> None:
@@ -292,8 +304,8 @@ async def test_the_one_step_get_names_an_unknown_parameter_and_the_post_route(cl
 
 
 @pytest.mark.parametrize("name", ["max_tokens", "max_completion_tokens"])
-@pytest.mark.parametrize("value", [0, -1])
-async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: str, value: int) -> None:
+@pytest.mark.parametrize("value", [0, -1, 0.0, -1.0])  # -1.0 is an integer to JSON Schema
+async def test_v1_refuses_a_token_limit_of_zero_or_below(client: Client, name: str, value: float) -> None:
     body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], name: value}
     response = await client.post("/v1/chat/completions", json=body)
     error = (await response.json())["error"]

@@ -44,7 +44,7 @@ class Lease:
             return None
         prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
         most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
-        completion = max((n for n in most if isinstance(n, int)), default=0)
+        completion = max(map(_token_limit, most))
         decision = await self._store.take(
             self.key.name, self.key.limits, requests=0, tokens=prompt + completion, streams=0
         )
@@ -76,6 +76,15 @@ def rate_limited(key: GatewayKey, decision: Decision) -> RateLimitedError:
     error = RateLimitedError(message, headers=headers)
     error.type = str(decision.exceeded)
     return error
+
+
+def _token_limit(value: Any) -> int:
+    """A request's `max_tokens` as a number of tokens; 0 when absent or not a number."""
+    # `5000.0` is an integer to JSON Schema and to an upstream: counting it as none let a request
+    # past the up-front reservation.
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    return int(value)
 
 
 def _total_tokens(usage: dict[str, Any] | None) -> int | None:

@@ -59,8 +59,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 
 
 def _check_max_tokens(body: dict[str, Any]) -> None:
-    """400 for a token limit of 0 or below, as /chat answers: the upstream would reject it or ignore it."""
+    """400 for a token limit of 0 or below, as /chat answers: the upstream would reject it or ignore it.
+
+    The schema has already refused a fraction; `-1.0` is an integer to JSON Schema, so floats count too.
+    """
     for name in ("max_tokens", "max_completion_tokens"):
         value = body.get(name)
-        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value <= 0:
             raise InvalidRequestError(f"{name}: Input should be greater than 0.", param=name)
