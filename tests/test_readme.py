@@ -6,6 +6,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 
 import pytest
@@ -82,3 +83,44 @@ def test_readme_error_example_is_what_the_gateway_answers(simulated_gateway: Gat
         timeout=60,
     )
     assert json.loads(result.stdout) == json.loads(example)
+
+
+def settings_table() -> list[tuple[str, str]]:
+    """(environment variable, default) for each single setting in the README's settings table."""
+    table = README.split("| setting (environment variable) | default | meaning |", 1)[1].split("\n\n", 1)[0]
+    rows = []
+    for line in table.splitlines()[2:]:
+        names, default = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        first, *more = (name.strip("` ") for name in names.split(" / "))
+        if "*" in first:
+            continue  # a group of settings, described elsewhere
+        section = first.removeprefix("SLUICE_").split("_", 1)[0]
+        defaults = default.split(" / ") if more else [default]
+        rows.append((first, defaults[0]))
+        rows.extend((f"SLUICE_{section}{suffix}", value) for suffix, value in zip(more, defaults[1:], strict=True))
+    return rows
+
+
+def as_written_in_the_readme(value: object) -> str:
+    if value in ([], {}, "", None):
+        return "empty"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, list):
+        return ",".join(map(str, value))
+    return str(value)
+
+
+def test_the_readme_settings_table_gives_the_defaults_of_config_default_toml() -> None:
+    config = tomllib.loads((ROOT / "config" / "default.toml").read_text())
+    sections = sorted(config, key=len, reverse=True)
+    rows = settings_table()
+    assert len(rows) > 30
+    for variable, default in rows:
+        name = variable.removeprefix("SLUICE_").lower()
+        section = next(s for s in sections if name.startswith(s + "_"))
+        value = config[section][name.removeprefix(section + "_")]
+        written = default.strip("`").replace("none", "empty")
+        assert written == as_written_in_the_readme(value), variable
