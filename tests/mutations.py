@@ -1676,6 +1676,27 @@ BREAKS += [
         "        if isinstance(value, int) and not isinstance(value, bool) and value <= 0:\n",
         ("tests/test_security_units.py::test_v1_refuses_a_token_limit_of_zero_or_below",),
     ),
+    Break(
+        "a Last-Event-ID header skips a key's limits on any route",
+        "server/middleware/auth.py",
+        "    if access is not Access.GENERATE or _resumes(request, method, route):\n",
+        '    if access is not Access.GENERATE or "Last-Event-ID" in request.headers:\n',
+        (
+            "tests/test_key_limits_resume.py::test_a_last_event_id_header_on_a_chat_post_does_not_skip_the_keys_limits",
+            "tests/test_key_limits_resume.py::"
+            "test_an_empty_last_event_id_on_the_one_step_get_starts_a_stream_within_the_keys_limits",
+        ),
+    ),
+    Break(
+        "a one-step reconnect takes from its key's limits",
+        "server/middleware/auth.py",
+        "    return method == \"GET\" and route == ONE_STEP and resume_point(request) is not None\n",
+        "    return False\n",
+        (
+            "tests/test_key_limits_resume.py::"
+            "test_a_one_step_reconnect_reads_its_stream_while_the_key_is_at_its_stream_cap",
+        ),
+    ),
 ]
 
 

@@ -35,6 +35,7 @@ from ..keys import (
     TOKEN_BEARING,
     TOKENS,
 )
+from ..streams.resume import resume_point
 
 
 class Access(Enum):
@@ -63,6 +64,8 @@ _ROUTES: dict[tuple[str, str], Access] = {
     ("DELETE", "/chat/streams/{stream_id}"): Access.KEY,
     ("GET", "/chat/stream"): Access.GENERATE,
 }
+
+ONE_STEP = "/chat/stream"
 
 _MISSING = "Missing gateway key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
 _WRONG = "Incorrect gateway key provided."
@@ -95,8 +98,7 @@ async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
     key = _authenticate(request)
     request[GATEWAY_KEY] = key
     record.key = key.name
-    # A reconnect of the one-step GET resumes a stream: reading is not a new request.
-    if access is not Access.GENERATE or "Last-Event-ID" in request.headers:
+    if access is not Access.GENERATE or _resumes(request, method, route):
         return None
     store = request.app[LIMITS]
     decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
@@ -105,6 +107,16 @@ async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
     request[RATE_LIMITS] = decision
     lease = request[LEASE] = Lease(store, key)
     return lease
+
+
+def _resumes(request: web.Request, method: str, route: str) -> bool:
+    """True for a reconnect of the one-step GET, which reads a stream its first request paid for.
+
+    Only that route, and only with an id a resume accepts (header or parameter): on any other
+    route the header means nothing, and an empty one starts a new stream, so neither skips the
+    key's limits.
+    """
+    return method == "GET" and route == ONE_STEP and resume_point(request) is not None
 
 
 async def settle(lease: Lease, record: RequestRecord) -> None:
