@@ -13,11 +13,14 @@ from typing import Literal, TextIO
 
 import orjson
 import structlog
+from aiohttp.http_exceptions import HttpProcessingError
 from yarl import URL
 
 LogFormat = Literal["auto", "json", "console"]
 # What an operator reads first on a console line, after time, level and event.
 LEADING_FIELDS = ("method", "path", "status", "duration_ms")
+
+_protocol_log = structlog.get_logger("sluice.protocol")
 
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
@@ -60,6 +63,26 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(numeric_level)
+    server_log = logging.getLogger("aiohttp.server")
+    if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
+        server_log.addFilter(MalformedRequestFilter())
+
+
+class MalformedRequestFilter(logging.Filter):
+    """aiohttp's line for a request it could not parse, without what the client sent.
+
+    aiohttp logs it at error level with a traceback whose message quotes the offending bytes: a
+    request line with its query (a browser token, a prompt) or a header line (a gateway key). In
+    its place: one `malformed_http_request` event with the status, the error's class and the client.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if not isinstance(exc, HttpProcessingError):
+            return True
+        client = record.args[0] if isinstance(record.args, tuple) and record.args else None
+        _protocol_log.info("malformed_http_request", status=exc.code, error=type(exc).__name__, client=client)
+        return False
 
 
 def _add_pid(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:

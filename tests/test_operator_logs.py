@@ -9,6 +9,7 @@ import signal
 import sys
 
 import aiohttp
+import pytest
 
 from server.settings import load_settings
 from tests.conftest import TEST_CONFIG
@@ -79,3 +80,38 @@ async def test_an_upstream_connect_failure_names_host_port_and_errno() -> None:
     assert line["port"] == closed_port
     assert line["errno"] == errno.ECONNREFUSED
     assert line["reason"] == os.strerror(errno.ECONNREFUSED)
+
+
+async def raw_exchange(url: str, request: bytes) -> bytes:
+    """Send `request` as is on a new connection; everything the gateway answers until it closes."""
+    host, port = url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    ("where", "request_bytes"),
+    [
+        ("header", b"GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {secret}\x01\r\n\r\n"),
+        ("request line", b"GET /chat/stream?token={secret}&message=a\x7f HTTP/1.1\r\nHost: x\r\n\r\n"),
+    ],
+)
+async def test_a_request_that_cannot_be_parsed_is_logged_without_what_the_client_sent(
+    gateway: Gateway, where: str, request_bytes: bytes
+) -> None:
+    # aiohttp's own line quoted the bytes it refused, with its traceback: a key, a token, a prompt.
+    secret = f"sk-never-logged-{where.replace(' ', '-')}"
+    before = len(gateway.process.events("malformed_http_request"))
+
+    answer = await raw_exchange(gateway.url, request_bytes.replace(b"{secret}", secret.encode()))
+
+    assert answer.split(b"\r\n", 1)[0].endswith(b" 400 Bad Request")
+    gateway.process.wait_for_line(lambda _: len(gateway.process.events("malformed_http_request")) > before)
+    line = gateway.process.events("malformed_http_request")[-1]
+    assert (line["status"], line["level"]) == (400, "info")
+    assert line["error"] in ("BadHttpMessage", "InvalidHeader", "BadStatusLine", "InvalidURLError")
+    assert not any(secret in text for text in gateway.process.lines)
