@@ -111,6 +111,18 @@ async def test_v1_a_shallow_body_with_many_brackets_is_accepted(client: Client) 
     await response.read()
 
 
+@pytest.mark.parametrize("path", [*CHAT_PATHS, "/chat/streams", "/v1/chat/completions"])
+async def test_a_body_that_is_not_what_its_content_encoding_says_is_400_not_500(client: Client, path: str) -> None:
+    body = b'{"message": "hi", "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {"Content-Type": "application/json", "Content-Encoding": "gzip"}
+
+    response = await client.post(path, data=body, headers=headers)
+
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_body"
+    assert response.headers.get("Connection") == "close"
+
+
 @pytest.mark.parametrize("path", CHAT_PATHS)
 async def test_a_missing_message_is_400_naming_message(client: Client, path: str) -> None:
     response = await client.post(path, json={"history": []})

@@ -37,6 +37,18 @@ def render_failure(request: web.Request, error: Exception) -> web.Response | Non
         if error.status < 400 or request.get(RESPONSE_STARTED):
             return None
         return _render_for(request, _from_http_exception(error))
+    if isinstance(error, web.RequestPayloadError) and not request.get(RESPONSE_STARTED):
+        # The body's framing or Content-Encoding broke while it was read (a "gzip" body that is
+        # not): the client's fault, and the rest of the connection cannot be trusted.
+        response = _render_for(
+            request,
+            InvalidRequestError(
+                "The request body could not be read: its chunked framing or its Content-Encoding is broken.",
+                code="invalid_body",
+            ),
+        )
+        response.force_close()
+        return response
     log.exception("request_failed")
     if request.get(RESPONSE_STARTED):
         return None  # aiohttp closes the connection; the client sees a cut, never a second answer
