@@ -1697,7 +1697,7 @@ BREAKS += [
     Break(
         "a one-step reconnect takes from its key's limits",
         "server/middleware/auth.py",
-        "    return method == \"GET\" and route == ONE_STEP and resume_point(request) is not None\n",
+        '    return method == "GET" and route == ONE_STEP and resume_point(request) is not None\n',
         "    return False\n",
         (
             "tests/test_key_limits_resume.py::"
@@ -1710,6 +1710,55 @@ BREAKS += [
         "        if not isinstance(exc, HttpProcessingError):\n",
         "        if True:\n",
         ("tests/test_operator_logs.py::test_a_request_that_cannot_be_parsed_is_logged_without_what_the_client_sent",),
+    ),
+]
+
+
+# The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
+SIM_STREAMING = "server/simulator/streaming.py"
+SIM_TESTS = "tests/test_simulator.py"
+BREAKS += [
+    Break(
+        "the simulator finishes only the first of n choices",
+        SIM_STREAMING,
+        'await self._send(b"".join([choice.finish(answer.finish_reason) for choice in self._choices]))',
+        "await self._send(frames.finish(answer.finish_reason))",
+        (f"{SIM_TESTS}::test_stream_with_n_ends_every_choice_with_its_finish_reason_then_done",),
+    ),
+    Break(
+        "the simulator streams tokens of the first choice only",
+        SIM_STREAMING,
+        'await self._send(b"".join(map(StreamFrames.content, choices, pieces)))',
+        'await self._send(b"".join(map(StreamFrames.content, choices[:1], pieces)))',
+        (f"{SIM_TESTS}::test_stream_with_n_sends_one_chunk_per_choice_at_each_token",),
+    ),
+    Break(
+        "the simulator answers one choice without a stream",
+        "server/simulator/completion.py",
+        "[reply.text() for reply in answer.replies],",
+        "[answer.reply.text()],",
+        (f"{SIM_TESTS}::test_completion_with_n_has_n_choices",),
+    ),
+    Break(
+        "the simulator's usage counts one choice",
+        "server/simulator/answer.py",
+        "return sum(reply.count for reply in self.replies)",
+        "return self.reply.count",
+        (f"{SIM_TESTS}::test_usage_counts_the_tokens_of_every_choice",),
+    ),
+    Break(
+        "the simulator takes any n",
+        "server/simulator/chat_request.py",
+        "if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHOICES:",
+        "if isinstance(value, bool) or not isinstance(value, int):",
+        (f"{SIM_TESTS}::test_n_outside_1_to_128_is_400_naming_n",),
+    ),
+    Break(
+        "n choices through Sluice on its simulated model",
+        SIM_STREAMING,
+        "for index in range(len(answer.replies))",
+        "for index in range(1)",
+        (f"{SIM_TESTS}::test_openai_sdk_streams_n_choices_from_sluice_on_its_simulated_model",),
     ),
 ]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 import pytest
 from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
@@ -26,6 +27,7 @@ from server.simulator.plan import (
 )
 from server.simulator.script import VOCABULARY
 from server.simulator.stats import Outcome, StatsRegistry
+from tests.support.processes import start_gateway
 
 Client = TestClient[Any, Any]
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -224,6 +226,71 @@ async def test_length_truncation(aiohttp_client: AiohttpClient) -> None:
         assert body["usage"]["completion_tokens"] == 4
     events = await stream_events(client, "p", max_tokens=10)
     assert json.loads(events[-2])["choices"][0]["finish_reason"] == "stop"
+
+
+def choice_deltas(events: list[bytes]) -> list[dict[str, Any]]:
+    """Every choice of every chunk before [DONE], in the order sent."""
+    return [choice for event in events if event != b"[DONE]" for choice in json.loads(event)["choices"]]
+
+
+async def test_stream_with_n_ends_every_choice_with_its_finish_reason_then_done(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client)
+    events = await stream_events(client, "hi", n=2, sim={"tokens": 3}, max_tokens=2)
+    assert events[-1] == b"[DONE]"
+    *earlier, last_of_0, last_of_1 = choice_deltas(events)
+    assert (last_of_0["index"], last_of_0["finish_reason"]) == (0, "length")
+    assert (last_of_1["index"], last_of_1["finish_reason"]) == (1, "length")
+    assert [choice["finish_reason"] for choice in earlier] == [None] * len(earlier)
+
+
+async def test_stream_with_n_sends_one_chunk_per_choice_at_each_token(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client)
+    events = await stream_events(client, "hi", n=2, sim={"tokens": 3})
+    tokens = [choice for choice in choice_deltas(events) if choice["delta"].get("content")]
+    assert [choice["index"] for choice in tokens] == [0, 1, 0, 1, 0, 1]
+    by_choice = ["".join(c["delta"]["content"] for c in tokens if c["index"] == index) for index in (0, 1)]
+    # Choice 0 is the n=1 reply; the other has words of its own.
+    assert by_choice[0] == "".join(contents(await stream_events(client, "hi", sim={"tokens": 3})))
+    assert by_choice[1] != by_choice[0]
+
+
+async def test_completion_with_n_has_n_choices(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client, defaults=Pace(tokens=4))
+    body = await (await post_chat(client, "hi", n=3)).json()
+    assert [choice["index"] for choice in body["choices"]] == [0, 1, 2]
+    assert [choice["finish_reason"] for choice in body["choices"]] == ["stop"] * 3
+    assert all(len(choice["message"]["content"].split(" ")) == 4 for choice in body["choices"])
+
+
+async def test_usage_counts_the_tokens_of_every_choice(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client, defaults=Pace(tokens=4))
+    body = await (await post_chat(client, "one two", n=3)).json()
+    assert body["usage"] == {"prompt_tokens": 2, "completion_tokens": 12, "total_tokens": 14}
+    events = await stream_events(client, "one two", n=3, stream_options={"include_usage": True})
+    assert json.loads(events[-2])["usage"] == body["usage"]
+
+
+@pytest.mark.parametrize("n", [0, 129, True, 1.5, "2"])
+async def test_n_outside_1_to_128_is_400_naming_n(aiohttp_client: AiohttpClient, n: object) -> None:
+    client = await simulator(aiohttp_client)
+    resp = await post_chat(client, n=n)
+    assert resp.status == 400
+    assert (await resp.json())["error"]["param"] == "n"
+
+
+def test_openai_sdk_streams_n_choices_from_sluice_on_its_simulated_model() -> None:
+    with (
+        start_gateway() as gateway,  # no key: Sluice answers from its built-in simulated model
+        openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-unused", max_retries=0) as sdk,
+    ):
+        stream = sdk.chat.completions.create(
+            model="gpt-4o", n=2, stream=True, messages=[{"role": "user", "content": "hi"}]
+        )
+        chunks = list(stream)
+    finished = {
+        choice.index: choice.finish_reason for chunk in chunks for choice in chunk.choices if choice.finish_reason
+    }
+    assert finished == {0: "stop", 1: "stop"}
 
 
 @pytest.mark.parametrize(

@@ -11,6 +11,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+# OpenAI's bounds on `n`, the number of choices to generate.
+MAX_CHOICES = 128
+
 
 class BadRequest(ValueError):
     """The body is not a usable chat request; maps to HTTP 400."""
@@ -33,6 +36,8 @@ class ChatRequest:
     stream: bool
     include_usage: bool
     max_tokens: int | None
+    # OpenAI's `n`: how many choices to answer with (1 when absent).
+    n: int
     sim: Mapping[str, object]
 
 
@@ -72,6 +77,7 @@ def parse_chat_request(raw: bytes) -> ChatRequest:
         stream=stream,
         include_usage=stream and isinstance(stream_options, dict) and stream_options.get("include_usage") is True,
         max_tokens=_max_tokens(body),
+        n=_choice_count(body),
         sim=sim or {},
     )
 
@@ -102,3 +108,13 @@ def _max_tokens(body: Mapping[str, Any]) -> int | None:
             raise BadRequest(f"{name} must be a positive integer", name)
         return value
     return None
+
+
+def _choice_count(body: Mapping[str, Any]) -> int:
+    value = body.get("n")
+    if value is None:
+        return 1
+    # bool is an int subclass, but `"n": true` is a mistake, not 1.
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_CHOICES:
+        raise BadRequest(f"n must be an integer from 1 to {MAX_CHOICES}", "n")
+    return value

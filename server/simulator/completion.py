@@ -12,7 +12,7 @@ from .connection import cut_connection, hang_until_shutdown
 from .keys import STATS_KEY
 from .plan import Fault
 from .stats import Outcome, StreamRecord
-from .wire import completion_body, usage
+from .wire import choices_body, usage
 
 MALFORMED_BODY = b'{"id": oops not json'
 
@@ -21,7 +21,8 @@ async def complete_answer(request: web.Request, answer: Answer, record: StreamRe
     """Answer with a whole JSON body (or misbehave) and close the record.
 
     cut, hang_* and malformed apply as for streams; no_done and error_event
-    only make sense in a stream and are ignored here.
+    only make sense in a stream and are ignored here. Choices are generated side
+    by side: the wait is one choice's worth of tokens, whatever `n` is.
     """
     stats = request.app[STATS_KEY]
     plan = answer.plan
@@ -38,18 +39,18 @@ async def complete_answer(request: web.Request, answer: Answer, record: StreamRe
     if plan.fault is Fault.CUT:
         return _cut(request, record)
     record.first_token_at = time.time()
-    record.chunks_sent = tokens
+    record.chunks_sent = answer.completion_tokens
     headers = {"X-Request-ID": record.request_id}
     if plan.fault is Fault.MALFORMED:
         stats.close(record, Outcome.FAULT)
         return web.Response(body=MALFORMED_BODY, content_type="application/json", headers=headers)
-    body = completion_body(
+    body = choices_body(
         answer.completion_id,
         answer.created,
         answer.model,
-        answer.reply.text(),
+        [reply.text() for reply in answer.replies],
         answer.finish_reason,
-        usage(answer.prompt_tokens, tokens),
+        usage(answer.prompt_tokens, answer.completion_tokens),
     )
     stats.close(record, Outcome.COMPLETED)
     return web.Response(body=body, content_type="application/json", headers=headers)

@@ -2,7 +2,8 @@
 
 Generated replies pick word i from a fixed vocabulary by hashing the prompt
 together with i, so the same prompt always yields the same reply in every
-process (no use of the salted built-in hash()). Generated words come from
+process (no use of the salted built-in hash()); each further choice of a
+request's `n` reads its own stretch of that sequence. Generated words come from
 pre-encoded JSON string literals, so the streaming loop never calls json.dumps.
 """
 
@@ -27,6 +28,7 @@ VOCABULARY: tuple[str, ...] = (
 )  # fmt: skip
 
 _MASK64 = (1 << 64) - 1
+_CHOICE_STRIDE = 1 << 32
 # Vocabulary size is a power of two so a mask picks a word without bias.
 _WORD_MASK = len(VOCABULARY) - 1
 assert len(VOCABULARY) & _WORD_MASK == 0
@@ -117,6 +119,16 @@ def prompt_seed(contents: Sequence[str]) -> int:
         # Separator so ["ab", "c"] and ["a", "bc"] hash differently.
         digest.update(b"\x00")
     return int.from_bytes(digest.digest(), "little")
+
+
+def choice_seed(seed: int, choice: int) -> int:
+    """The seed of choice number `choice` (0-based) of a reply to the prompt with `seed`.
+
+    Choice 0 keeps the prompt's seed, so n=1 replies are unchanged. Choice i starts
+    i * 2**32 positions further along the same word sequence: no reply is that long,
+    so choices never share a stretch of words.
+    """
+    return (seed + choice * _CHOICE_STRIDE) & _MASK64
 
 
 def word_index(seed: int, position: int) -> int:

@@ -44,6 +44,7 @@ class StreamRecord:
     first_token_at: float | None = None
     closed_at: float | None = None
     outcome: Outcome = Outcome.ACTIVE
+    # Content chunks sent, over all choices (a request's `n`).
     chunks_sent: int = 0
     paused: bool = False
     # The role of the request's last message: "assistant" for a prefill (a continuation).

@@ -43,6 +43,7 @@ class _StreamSender:
 
     __slots__ = (
         "_answer",
+        "_choices",
         "_frames",
         "_probe",
         "_record",
@@ -63,7 +64,12 @@ class _StreamSender:
         self._answer = answer
         self._record = record
         self._stats = request.app[STATS_KEY]
-        self._frames = StreamFrames(answer.completion_id, answer.created, answer.model, answer.include_usage)
+        # Every choice's frames, index 0 first: more than one only when the request asked for n > 1.
+        self._choices = tuple(
+            StreamFrames(answer.completion_id, answer.created, answer.model, answer.include_usage, index)
+            for index in range(len(answer.replies))
+        )
+        self._frames = self._choices[0]
         # writing_paused is a BaseProtocol property in aiohttp 3.14; without
         # it (other versions) pause detection is simply skipped.
         self._probe = hasattr(request.protocol, "writing_paused")
@@ -83,26 +89,51 @@ class _StreamSender:
         if plan.fault is Fault.HANG_FIRST:
             await self._hang()
             return
-        await self._send(frames.role())
-        for index, piece in enumerate(answer.reply.iter_json()):
-            if index == fault_at and await self._inject(plan.fault):
+        await self._send(b"".join([choice.role() for choice in self._choices]))
+        if len(self._choices) > 1:
+            if await self._send_choice_steps(fault_at):
                 return
-            delay_ms = plan.ttft_ms if index == 0 else plan.gap_ms
-            if delay_ms > 0:
-                await asyncio.sleep(delay_ms / 1000)
-            await self._send(frames.content(piece))
-            if index == 0:
-                record.first_token_at = time.time()
-            record.chunks_sent += 1
-        # An empty reply still gets its fault, just before the finish event.
+        else:
+            for index, piece in enumerate(answer.reply.iter_json()):
+                if index == fault_at and await self._inject(plan.fault):
+                    return
+                delay_ms = plan.ttft_ms if index == 0 else plan.gap_ms
+                if delay_ms > 0:
+                    await asyncio.sleep(delay_ms / 1000)
+                await self._send(frames.content(piece))
+                if index == 0:
+                    record.first_token_at = time.time()
+                record.chunks_sent += 1
+        # An empty reply still gets its fault, just before the finish events.
         if fault_at == count and await self._inject(plan.fault):
             return
-        await self._send(frames.finish(answer.finish_reason))
+        await self._send(b"".join([choice.finish(answer.finish_reason) for choice in self._choices]))
         if answer.include_usage:
-            await self._send(frames.usage(answer.prompt_tokens, count))
+            await self._send(frames.usage(answer.prompt_tokens, answer.completion_tokens))
         if plan.fault is not Fault.NO_DONE:
             await self._send(DONE_EVENT)
         self.close(Outcome.COMPLETED if plan.fault is Fault.NONE else Outcome.FAULT)
+
+    async def _send_choice_steps(self, fault_at: int) -> bool:
+        """Each token step, one content chunk per choice (n > 1), in index order; True when a fault ended the stream.
+
+        A loop of its own so that the n=1 loop in run(), the one benchmarks measure, does no per-choice work.
+        """
+        answer, choices, record = self._answer, self._choices, self._record
+        plan = answer.plan
+        steps = zip(*[reply.iter_json() for reply in answer.replies], strict=True)
+        for index, pieces in enumerate(steps):
+            if index == fault_at and await self._inject(plan.fault):
+                return True
+            delay_ms = plan.ttft_ms if index == 0 else plan.gap_ms
+            if delay_ms > 0:
+                await asyncio.sleep(delay_ms / 1000)
+            # One write per step however many choices: a write, not a chunk, is what costs.
+            await self._send(b"".join(map(StreamFrames.content, choices, pieces)))
+            if index == 0:
+                record.first_token_at = time.time()
+            record.chunks_sent += len(pieces)
+        return False
 
     async def _send(self, event: bytes) -> None:
         await self._response.write(event)

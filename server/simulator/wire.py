@@ -8,6 +8,7 @@ concatenation of pre-encoded bytes.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 
 from .script import json_string
 
@@ -21,7 +22,11 @@ ERROR_EVENT = (
 
 
 class StreamFrames:
-    """The SSE events of one streamed chat completion."""
+    """The SSE events of one streamed chat completion, for its choice `index`.
+
+    With several choices (OpenAI's `n`) each has its own frames; their usage
+    events are the same.
+    """
 
     __slots__ = (
         "_choice_close",
@@ -31,7 +36,7 @@ class StreamFrames:
         "_usage_head",
     )
 
-    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool) -> None:
+    def __init__(self, completion_id: str, created: int, model: str, include_usage: bool, index: int = 0) -> None:
         header = (
             f'data: {{"id":{json_string(completion_id).decode()},'
             f'"object":"chat.completion.chunk","created":{created},'
@@ -40,7 +45,7 @@ class StreamFrames:
         ).encode()
         # With include_usage, OpenAI puts "usage":null on every ordinary chunk.
         usage_null = b',"usage":null' if include_usage else b""
-        self._choice_head = header + b'[{"index":0,"delta":'
+        self._choice_head = header + b'[{"index":%d,"delta":' % index
         self._choice_close = b"}]" + usage_null + b"}\n\n"
         self._content_head = self._choice_head + b'{"content":'
         self._content_tail = b'},"logprobs":null,"finish_reason":null' + self._choice_close
@@ -85,19 +90,19 @@ def completion_body(
     finish_reason: str,
     token_usage: dict[str, int],
 ) -> bytes:
-    """A whole non-streamed chat.completion object."""
-    message: dict[str, object] = {
-        "role": "assistant",
-        "content": content,
-        "refusal": None,
-        "annotations": [],
-    }
-    choice: dict[str, object] = {
-        "index": 0,
-        "message": message,
-        "logprobs": None,
-        "finish_reason": finish_reason,
-    }
+    """A whole non-streamed chat.completion object with one choice."""
+    return choices_body(completion_id, created, model, (content,), finish_reason, token_usage)
+
+
+def choices_body(
+    completion_id: str,
+    created: int,
+    model: str,
+    contents: Sequence[str],
+    finish_reason: str,
+    token_usage: dict[str, int],
+) -> bytes:
+    """A whole non-streamed chat.completion object: choice i says contents[i] (OpenAI's `n`)."""
     return _dumps(
         {
             "id": completion_id,
@@ -105,10 +110,25 @@ def completion_body(
             "created": created,
             "model": model,
             "system_fingerprint": SYSTEM_FINGERPRINT,
-            "choices": [choice],
+            "choices": [_choice(index, content, finish_reason) for index, content in enumerate(contents)],
             "usage": token_usage,
         }
     )
+
+
+def _choice(index: int, content: str, finish_reason: str) -> dict[str, object]:
+    message: dict[str, object] = {
+        "role": "assistant",
+        "content": content,
+        "refusal": None,
+        "annotations": [],
+    }
+    return {
+        "index": index,
+        "message": message,
+        "logprobs": None,
+        "finish_reason": finish_reason,
+    }
 
 
 def error_body(message: str, error_type: str, param: str | None, code: str | None) -> bytes:
