@@ -1714,6 +1714,32 @@ BREAKS += [
 ]
 
 
+# A non-streaming upstream reply is relayed only when it is a chat completion (black-box review).
+REPLIES = "tests/test_upstream_replies.py"
+BREAKS += [
+    Break(
+        "a non-streaming reply relayed unchecked",
+        "server/upstreams/client.py",
+        "            check_completion(reply)\n",
+        "            pass\n",
+        (f"{REPLIES}::test_a_malformed_non_streaming_reply_is_502_not_relayed",),
+    ),
+    Break(
+        "a malformed reply not left for another upstream",
+        "server/upstreams/backoff.py",
+        ', "malformed_reply"})',
+        "})",
+        (f"{REPLIES}::test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream",),
+    ),
+    Break(
+        "an error object sent with status 200 taken for a malformed reply",
+        "server/upstreams/failures.py",
+        '        if isinstance(body.get("error"), dict):\n',
+        "        if False:\n",
+        (f"{REPLIES}::test_an_error_object_sent_with_status_200_is_that_error_and_retried",),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

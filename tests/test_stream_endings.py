@@ -167,7 +167,7 @@ def _own(garbage: list[object]) -> list[str]:
 
 
 # Streams: a cut mid-stream and before the first token, an error event, a connection reset before
-# the headers, a 500 and a 429; calls that do not stream: a 500 and a cut.
+# the headers, a 500 and a 429; calls that do not stream: a 500, a cut and a reply that is not JSON.
 UPSTREAM_FAULTS = [
     (True, "fault=cut fault_at=3"),
     (True, "fault=cut fault_at=0"),
@@ -177,6 +177,7 @@ UPSTREAM_FAULTS = [
     (True, "fault=rate_limit"),
     (False, "fault=server_error"),
     (False, "fault=cut"),
+    (False, "fault=malformed"),
 ]
 
 

@@ -21,7 +21,7 @@ RETRYABLE_REASONS = frozenset(
     {"connect", "reset", "error_event", "upstream_timeout", "408", "429", "500", "502", "503", "504", "529"}
 )
 # Failures after which the same upstream is not asked again, but another candidate may be.
-NEXT_CANDIDATE_REASONS = frozenset({"header_timeout", "first_token_timeout", "401", "403"})
+NEXT_CANDIDATE_REASONS = frozenset({"header_timeout", "first_token_timeout", "401", "403", "malformed_reply"})
 # 4xx codes that a fallback model may rescue.
 CONTEXT_WINDOW_CODE = "context_length_exceeded"
 

@@ -20,7 +20,7 @@ from ..errors import UpstreamError, UpstreamProtocolError
 from ..logs import connection_error_fields
 from ..settings import UpstreamEntry, UpstreamSettings
 from .connections import Connections, OriginPool
-from .failures import connect_failure, status_failure, timeout_failure
+from .failures import check_completion, connect_failure, status_failure, timeout_failure
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .response import UpstreamResponse
@@ -131,6 +131,7 @@ class UpstreamClient:
                 response.close()
                 raise
             response.release()
+            check_completion(reply)
             return reply
         finally:
             self._done()

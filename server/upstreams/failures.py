@@ -9,6 +9,8 @@
     429                                      429 + its Retry-After             yes
     503, 529                                 503 + its code and Retry-After    yes
     500, 502, 504, other 5xx                 502 upstream_failed               500/502/504 yes
+    200 not a chat completion (no stream)    502 upstream_malformed_reply      another route
+    200 with an error object (no stream)     502 with its message and code     yes
     other 4xx                                that status, its message/code     never
 
 An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on.
@@ -101,6 +103,33 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
         code=code if isinstance(code, str) and code else "upstream_failed",
     )
     error.reason = "error_event"
+    return error
+
+
+def check_completion(reply: bytes) -> None:
+    """Raise the failure a non-streaming `reply` stands for, unless it is a chat completion.
+
+    A 200 is no promise of a completion: a proxy's HTML page, a truncated body, or an error object
+    sent with status 200 (some providers do) would reach the client as `application/json` that
+    no SDK can read. (Raised where made: a local naming the error would keep this frame, and
+    what it holds, in a cycle with the error's traceback.)
+    """
+    try:
+        body = orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        body = None
+    if isinstance(body, dict):
+        if isinstance(body.get("choices"), list):
+            return
+        if isinstance(body.get("error"), dict):
+            raise event_failure(body["error"])
+    raise malformed_reply()
+
+
+def malformed_reply() -> UpstreamError:
+    """A non-streaming upstream reply that is not a chat completion."""
+    error = UpstreamProtocolError("The upstream's reply was not a chat completion.", code="upstream_malformed_reply")
+    error.reason = "malformed_reply"
     return error
 
 

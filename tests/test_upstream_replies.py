@@ -1,0 +1,63 @@
+"""A non-streaming upstream reply is relayed only when it is a chat completion.
+
+A 200 is no promise of one: a proxy's HTML page, a cut body or an error object sent with status
+200 used to reach the client as `200 application/json` that no SDK could read.
+"""
+
+from __future__ import annotations
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.errors import UpstreamError
+from server.upstreams.backoff import retryable, tries_next_candidate
+from server.upstreams.failures import check_completion
+from tests.support.envelope import error_of
+
+Client = TestClient[web.Request, web.Application]
+COMPLETION = b'{"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": "hi"}}]}'
+
+
+def test_a_chat_completion_passes() -> None:
+    check_completion(COMPLETION)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b"<html>Bad gateway</html>", b'{"id": oops', b"[1, 2]", b'{"id": "c", "object": "chat.completion"}', b""],
+)
+def test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream(reply: bytes) -> None:
+    with pytest.raises(UpstreamError) as failure:
+        check_completion(reply)
+
+    assert (failure.value.status, failure.value.code) == (502, "upstream_malformed_reply")
+    assert tries_next_candidate(failure.value)
+    assert not retryable(failure.value)  # the same upstream would answer the same
+
+
+def test_an_error_object_sent_with_status_200_is_that_error_and_retried() -> None:
+    with pytest.raises(UpstreamError) as failure:
+        check_completion(b'{"error": {"message": "The model is overloaded.", "code": "overloaded"}}')
+
+    assert (failure.value.code, failure.value.message) == ("overloaded", "The model is overloaded.")
+    assert retryable(failure.value)
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-4o", "messages": [{"role": "user", "content": "x\n#sim fault=malformed"}]},
+        ),
+        ("/chat", {"message": "x\n#sim fault=malformed"}),
+    ],
+)
+async def test_a_malformed_non_streaming_reply_is_502_not_relayed(
+    client: Client, path: str, body: dict[str, object]
+) -> None:
+    response = await client.post(path, json=body)
+
+    error = await error_of(response, 502)
+    assert error["code"] == "upstream_malformed_reply"
