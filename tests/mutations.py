@@ -1740,6 +1740,19 @@ BREAKS += [
     ),
 ]
 
+BREAKS += [
+    Break(
+        "a browser stream expiring while read ends silently",
+        "server/streams/reader.py",
+        "            await _send(response, _failed(_expired()), send_timeout)\n",
+        "            pass\n",
+        (
+            "tests/test_browser_streams.py::"
+            "test_a_stream_that_expires_while_being_read_ends_with_a_failed_event_not_silently",
+        ),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

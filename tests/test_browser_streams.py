@@ -18,7 +18,9 @@ from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
 
 from server.app import create_app
-from server.keys import LIFECYCLE
+from server.keys import LIFECYCLE, STREAMS
+from server.streams.reader import BATCH
+from server.streams.store import Slice
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
@@ -189,6 +191,26 @@ async def test_a_last_event_id_of_another_stream_or_malformed_is_400(client: Cli
         body = await response.json()
     assert response.status == 400
     assert body["error"]["param"] == "Last-Event-ID"
+
+
+async def test_a_stream_that_expires_while_being_read_ends_with_a_failed_event_not_silently(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream_id = await start(client, f"x\n#sim tokens={2 * BATCH} gap_ms=0")
+    everything = await read(client, f"/chat/streams/{stream_id}")
+    store = client.app[STREAMS].store
+    kept = store.read_after
+
+    async def gone_after_the_first_batch(stream_id: str, seq: int, limit: int) -> Slice | None:
+        # What the store answers once the stream was evicted to make room, or its retention ended.
+        return await kept(stream_id, seq, limit) if seq == 0 else None
+
+    monkeypatch.setattr(store, "read_after", gone_after_the_first_batch)
+    replay = await read(client, f"/chat/streams/{stream_id}")
+
+    assert len(replay) == BATCH + 1 < len(everything)
+    assert replay[-1].event == "failed"
+    assert replay[-1].json()["error"]["code"] == "stream_expired"
 
 
 async def test_a_resume_from_before_the_kept_events_is_410_and_from_inside_them_works(make_client: MakeClient) -> None:

@@ -122,13 +122,23 @@ async def _follow(
             await _send(response, _failed(_unreachable()), send_timeout)
             return
         if next_batch is None:
-            return  # expired while being read: the reconnect gets 204
+            # Expired or evicted while being read: said, never a silent end (the reconnect gets 204).
+            await _send(response, _failed(_expired()), send_timeout)
+            return
         batch = next_batch
 
 
 def _failed(error: GatewayError) -> bytes:
     """A final `failed` event with no id: a reconnect names the last event it got and learns again."""
     return b"event: failed\ndata: " + orjson.dumps(error.body()) + b"\n\n"
+
+
+def _expired() -> GatewayError:
+    return GatewayError(
+        "The stream is no longer kept (past its retention, or removed to make room for newer streams); "
+        "the rest of it is lost.",
+        code="stream_expired",
+    )
 
 
 def _lost() -> GatewayError:
