@@ -148,6 +148,19 @@ async def test_v1_model_by_id_knows_an_alias(gateway_with: Build) -> None:
     assert (await response.json())["id"] == "fast"
 
 
+@pytest.mark.parametrize("path", ["/v1/models/Qwen/Qwen2.5-7B", "/v1/models/Qwen%2FQwen2.5-7B"])
+async def test_v1_model_by_id_takes_an_id_with_a_slash_encoded_or_not(gateway_with: Build, path: str) -> None:
+    client = await gateway_with(available=["gpt-4o", "Qwen/Qwen2.5-7B"])
+
+    response = await client.get(path)
+
+    assert response.status == 200
+    assert (await response.json())["id"] == "Qwen/Qwen2.5-7B"
+    unknown = await client.get("/v1/models/Qwen/Qwen3-235B")
+    assert unknown.status == 404
+    assert (await unknown.json())["error"]["code"] == "model_not_found"
+
+
 async def test_run_py_with_star_in_the_environment_serves_any_model(simulator: Simulator) -> None:
     with start_gateway(upstream=simulator, env={"SLUICE_MODELS_AVAILABLE": "*"}) as gateway:
         async with (

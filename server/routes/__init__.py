@@ -21,7 +21,8 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_post("/chat", chat.chat)
     app.router.add_post("/chat/stream", chat.chat_stream)
     app.router.add_get("/v1/models", openai.list_models)
-    app.router.add_get("/v1/models/{model_id}", openai.get_model)
+    # Ids such as "Qwen/Qwen2.5-7B" hold a slash, which not every client percent-encodes.
+    app.router.add_get("/v1/models/{model_id:.+}", openai.get_model)
     app.router.add_post("/v1/chat/completions", openai.chat_completions)
     app.router.add_get("/", page.index)
     app.router.add_get("/static/{name}", page.static_file)
