@@ -83,6 +83,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--peer-dir", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--worker-count", type=int, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -100,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings.process.metrics_dir)
     port, port_source = _listen_port(args.port, settings)
     # With Redis every worker reads every stream from there: no relay between workers is needed.
-    worker = identity_from_args(args.worker_index, args.peer_dir) if settings.redis.url is None else None
+    worker = (
+        identity_from_args(args.worker_index, args.peer_dir, args.worker_count) if settings.redis.url is None else None
+    )
     try:
         serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker, config=args.config)
     except OSError as exc:

@@ -30,10 +30,11 @@ _PASSED_ON = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After
 
 @dataclass(frozen=True, slots=True)
 class WorkerIdentity:
-    """Which worker this process is, and where every worker's Unix socket lives."""
+    """Which worker this process is, how many there are, and where every worker's Unix socket lives."""
 
     index: int
     peer_dir: Path
+    workers: int
 
     def socket_path(self, index: int | None = None) -> Path:
         """The Unix socket of worker `index` (this worker's by default)."""
@@ -57,7 +58,9 @@ class WorkerProxy:
         if match is None:
             return None
         owner = int(match.group(1))
-        return None if owner == self.identity.index else owner
+        # An index no worker has is an unknown stream here, answered as one: a client could
+        # otherwise make this worker open a session to each of 10,000 sockets that never exist.
+        return None if owner == self.identity.index or owner >= self.identity.workers else owner
 
     def session(self, index: int) -> aiohttp.ClientSession:
         """The pooled session to worker `index`."""
@@ -141,8 +144,8 @@ async def _pass_on(
     return True
 
 
-def identity_from_args(index: int | None, peer_dir: str | None) -> WorkerIdentity | None:
+def identity_from_args(index: int | None, peer_dir: str | None, count: int | None) -> WorkerIdentity | None:
     """The worker identity run.py was given by the supervisor, if any."""
-    if index is None or peer_dir is None:
+    if index is None or peer_dir is None or count is None:
         return None
-    return WorkerIdentity(index, Path(peer_dir))
+    return WorkerIdentity(index, Path(peer_dir), count)

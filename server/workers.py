@@ -44,8 +44,8 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WAITED = {*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD}
 
 
-def worker_argv(argv: list[str], index: int, peer_dir: str) -> list[str]:
-    """This command line for worker `index`: `--workers` removed, its identity and `--reuse-port` added."""
+def worker_argv(argv: list[str], index: int, peer_dir: str, count: int) -> list[str]:
+    """This command line for worker `index` of `count`: `--workers` removed, its identity and `--reuse-port` added."""
     args: list[str] = []
     skip = False
     for arg in argv:
@@ -68,6 +68,8 @@ def worker_argv(argv: list[str], index: int, peer_dir: str) -> list[str]:
         str(index),
         "--peer-dir",
         peer_dir,
+        "--worker-count",
+        str(count),
     ]
 
 
@@ -88,12 +90,13 @@ class _Supervisor:
     env: dict[str, str]
     metrics_dir: str
     peer_dir: str
+    count: int
     slots: dict[int, _Slot] = field(default_factory=dict)
     stopping: int | None = None  # the signal being forwarded, once one arrived
     exit_code: int = 0
 
     def start(self, slot: _Slot) -> None:
-        argv = worker_argv(self.argv, slot.index, self.peer_dir)
+        argv = worker_argv(self.argv, slot.index, self.peer_dir, self.count)
         # The parent blocks the stop signals; the worker must not inherit that mask.
         slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=())
         slot.started_at = time.monotonic()
@@ -170,7 +173,7 @@ def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> in
     own_dir = metrics_dir is None
     metrics_dir = metrics_dir or tempfile.mkdtemp(prefix="sluice-metrics-")
     peer_dir = tempfile.mkdtemp(prefix="sluice-peers-")
-    supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, peer_dir)
+    supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, peer_dir, count)
     # A no-op handler: SIGCHLD's default is to discard it, and a discarded signal cannot be waited for.
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)

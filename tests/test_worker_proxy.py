@@ -210,3 +210,14 @@ async def test_a_killed_owner_gives_an_explicit_answer_not_a_hang(simulator: Sim
         workers.supervisor.stop()
     errors = [e for e in workers.supervisor.events() if e.get("level") in ("error", "critical")]
     assert errors == []
+
+
+@pytest.mark.parametrize("path", ["/chat/streams/w7_nothing", "/chat/streams/w9999_nothing"])
+async def test_a_stream_id_naming_a_worker_that_does_not_exist_is_answered_as_unknown(
+    workers: Workers, path: str
+) -> None:
+    """Catches: a session opened for any worker index a client names (server/worker_proxy.py), up
+    to 10,000 per worker, each answering 503 as an unreachable peer.
+    """
+    async with workers.session(0) as http, http.get(path) as response:
+        assert response.status == 204
