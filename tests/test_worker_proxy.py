@@ -217,7 +217,10 @@ async def test_a_stream_id_naming_a_worker_that_does_not_exist_is_answered_as_un
     workers: Workers, path: str
 ) -> None:
     """Catches: a session opened for any worker index a client names (server/worker_proxy.py), up
-    to 10,000 per worker, each answering 503 as an unreachable peer.
+    to 10,000 per worker, each kept, each request a `peer_unreachable` warning.
     """
-    async with workers.session(0) as http, http.get(path) as response:
+    rid = new_request_id("no-such-worker")
+    async with workers.session(0) as http, http.get(path, headers={"X-Request-ID": rid}) as response:
         assert response.status == 204
+    workers.supervisor.wait_for_line(lambda _: bool(workers.finished(rid)))
+    assert [e for e in workers.supervisor.events("peer_unreachable") if e.get("request_id") == rid] == []
