@@ -49,7 +49,7 @@ from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
-from .routes import setup_cors, setup_routes
+from .routes import dashboard, setup_cors, setup_routes
 from .settings import Settings, SettingsSource
 from .timers import Timers
 from .worker_proxy import WorkerIdentity, WorkerProxy
@@ -98,6 +98,7 @@ def create_app(
     app.cleanup_ctx.append(probe_ctx)  # 3b. background probe of upstreams whose breaker is open
     app.cleanup_ctx.append(discovery_ctx)  # 3c. the upstreams' model lists, when models.discover is on
     app.cleanup_ctx.append(streams_ctx)  # 4. detached streams: store and registry
+    app.cleanup_ctx.append(dashboard.feeds_ctx)  # 4b. the dashboard feeds' one producer of snapshots
     if worker is not None:
         app.cleanup_ctx.append(worker_proxy_ctx)  # 5. sessions to the other workers
     if signals and source is not None:

@@ -1,9 +1,13 @@
 """The live dashboard's numbers: samples of the app's metrics, and snapshots over a sliding window.
 
 Everything comes from the same metric objects `/metrics` renders (summed across workers when they
-share a metrics directory), so the page and Prometheus never disagree. Each dashboard feed keeps
-its own `Window` of samples, one per tick: rates and TTFT percentiles are over the window, counts
-of errors and disconnects since start.
+share a metrics directory), so the page and Prometheus never disagree. A `Window` keeps one sample
+per tick: rates and TTFT percentiles are over the window, counts of errors and disconnects since
+start.
+
+Every open feed shows the same snapshot: `DashboardFeeds` runs one producer for all of them (it
+samples, builds the tables and frames the events once a tick), from the first viewer to the last,
+and caps how many may watch. A viewer costs one write a tick, and nobody watching costs nothing.
 
 Tables are the extension point: the page renders whatever `Table`s a snapshot carries, and
 routes/dashboard.py lists the functions that build them from the app (TABLES): the upstreams with
@@ -12,16 +16,25 @@ their breakers, and each gateway key's usage against its limits.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
 from collections import defaultdict, deque
-from collections.abc import Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import asdict, dataclass, field
+from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
+import orjson
+import structlog
+
 from .auth.limits import KeyLimits, Usage
+from .errors import ServiceUnavailableError
 from .guard import Outcome
 from .metrics import Metrics
+
+log = structlog.get_logger("sluice.dashboard")
 
 Cell = str | int | float | None
 
@@ -139,6 +152,142 @@ class Window:
             "endings": _counts(newest.endings),
             "tables": [asdict(table) for table in tables],
         }
+
+
+@dataclass(frozen=True, slots=True)
+class Frames:
+    """One snapshot as the feed's SSE event, framed once for every viewer.
+
+    `first` is what a viewer gets first: the same event with the reconnection delay (`retry:`).
+    """
+
+    first: bytes
+    later: bytes
+
+
+def frame(snapshot: dict[str, Any], retry_ms: int) -> Frames:
+    """`snapshot` as a `snapshot` event, byte for byte what aiohttp-sse's `send` writes with `sep="\\n"`.
+
+    JSON escapes every line break, so the data is always one line.
+    """
+    event = b"event: snapshot\ndata: " + orjson.dumps(snapshot) + b"\n"
+    return Frames(first=event + b"retry: %d\n\n" % retry_ms, later=event + b"\n")
+
+
+# Runs until the process drains (or fails), handing each tick's frames to the callable it is given.
+Producer = Callable[[Callable[[Frames], None]], Coroutine[Any, Any, None]]
+
+
+class DashboardFeeds:
+    """The open dashboard feeds: one producer of frames for all of them, and a cap on how many.
+
+    The producer starts with the first viewer and is cancelled when the last one leaves. A viewer
+    reads only the newest frames: one that reads slowly skips what it missed, and never holds the
+    producer or another viewer back.
+    """
+
+    def __init__(self, produce: Producer, *, max_viewers: int, retry_after: int) -> None:
+        self._produce = produce
+        self._max_viewers = max_viewers
+        self._retry_after = retry_after
+        self._viewers = 0
+        self._task: asyncio.Task[None] | None = None
+        self._latest: Frames | None = None
+        self._version = 0  # of `_latest`: counts every frames published, never goes back
+        self._changed = asyncio.Event()
+
+    @property
+    def viewers(self) -> int:
+        """Feeds open now."""
+        return self._viewers
+
+    def join(self) -> Viewer:
+        """A place for one more viewer, starting the producer for the first; 503 with Retry-After when full."""
+        if self._viewers >= self._max_viewers:
+            raise ServiceUnavailableError(
+                "Sluice serves as many dashboard feeds as it may; retry shortly.",
+                code="overloaded",
+                headers={"Retry-After": str(self._retry_after)},
+            )
+        self._viewers += 1
+        if self._task is None:
+            self._task = asyncio.create_task(self._produce(self._publish), name="sluice-dashboard-feeds")
+            self._task.add_done_callback(self._ended)
+        return Viewer(self)
+
+    async def newer(self, seen: int) -> tuple[int, Frames] | None:
+        """The newest frames and their version, once newer than version `seen`; None once the producer ended."""
+        while self._latest is None or self._version == seen:
+            if self._task is None or self._task.done():
+                return None
+            await self._changed.wait()
+        return self._version, self._latest
+
+    async def close(self) -> None:
+        """Stop the producer, if it runs: the application is closing."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _leave(self) -> None:
+        self._viewers -= 1
+        if self._viewers == 0 and self._task is not None:
+            # Nobody watches: sampling on would cost for nothing, and the next viewer starts a fresh window.
+            self._task.cancel()
+            self._task = None
+            self._latest = None
+
+    def _publish(self, frames: Frames) -> None:
+        if asyncio.current_task() is not self._task:
+            return  # a producer stopped since (the last viewer left) and not yet unwound
+        self._latest = frames
+        self._version += 1
+        self._wake()
+
+    def _ended(self, task: asyncio.Task[None]) -> None:
+        if not task.cancelled() and (error := task.exception()) is not None:
+            log.error("dashboard_feed_failed", exc_info=error)
+        self._wake()  # the viewers of the producer that ended end too (`newer` answers None)
+
+    def _wake(self) -> None:
+        # A new event for the next wait: the set one wakes every viewer waiting now, once.
+        changed, self._changed = self._changed, asyncio.Event()
+        changed.set()
+
+
+class Viewer:
+    """One open feed's place among `DashboardFeeds`: its frames, newest first; leaving frees the place."""
+
+    def __init__(self, feeds: DashboardFeeds) -> None:
+        self._feeds = feeds
+        self._seen = 0
+        self._left = False
+
+    def __aiter__(self) -> Viewer:
+        return self
+
+    async def __anext__(self) -> Frames:
+        newer = await self._feeds.newer(self._seen)
+        if newer is None:
+            raise StopAsyncIteration
+        self._seen, frames = newer
+        return frames
+
+    def leave(self) -> None:
+        """Free this viewer's place (once; again does nothing)."""
+        if not self._left:
+            self._left = True
+            self._feeds._leave()
+
+    def __enter__(self) -> Viewer:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        self.leave()
 
 
 @dataclass(frozen=True, slots=True)

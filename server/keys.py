@@ -16,6 +16,7 @@ from .auth.tokens import TokenSigner
 from .catalog import ModelCatalog
 from .cors import CorsPolicy
 from .credentials import UpstreamCredentials
+from .dashboard import DashboardFeeds
 from .lifecycle import Lifecycle
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
@@ -45,6 +46,8 @@ TOKENS = web.AppKey("tokens", TokenSigner)
 CORS_POLICY = web.AppKey("cors_policy", CorsPolicy)
 # The streams' heartbeats and guard deadlines, on one loop timer (timers.py).
 TIMERS = web.AppKey("timers", Timers)
+# The open dashboard feeds and their one producer of snapshots (routes/dashboard.py).
+DASHBOARD_FEEDS = web.AppKey("dashboard_feeds", DashboardFeeds)
 
 REQUEST_ID = web.RequestKey("request_id", str)
 RESPONSE_STARTED = web.RequestKey("response_started", bool)

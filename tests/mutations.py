@@ -1773,6 +1773,33 @@ BREAKS += [
     ),
 ]
 
+# The dashboard's feeds share one producer and are capped (black-box review: 1,000 feeds took a core).
+DASH = "server/dashboard.py"
+DASH_TESTS = "tests/test_dashboard.py"
+BREAKS += [
+    Break(
+        "each dashboard feed samples on its own",
+        DASH,
+        "        if self._task is None:\n",
+        "        if True:\n",
+        (f"{DASH_TESTS}::test_two_open_feeds_are_served_from_one_sample_a_tick",),
+    ),
+    Break(
+        "no cap on dashboard feeds",
+        DASH,
+        "        if self._viewers >= self._max_viewers:\n",
+        "        if False:\n",
+        (f"{DASH_TESTS}::test_a_feed_over_the_cap_gets_503_with_retry_after_in_the_error_shape",),
+    ),
+    Break(
+        "a dashboard viewer that left keeps its place",
+        DASH,
+        "        self._viewers -= 1\n",
+        "        self._viewers -= 0\n",
+        (f"{DASH_TESTS}::test_a_viewer_leaving_frees_its_place",),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import json
 import sys
 from typing import Any
@@ -14,12 +15,14 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.dashboard import Sample, Window, quantile, take_sample
+from server.dashboard import Sample, Viewer, Window, quantile, take_sample
 from server.keys import LIFECYCLE
 from server.metrics import Metrics
+from server.routes import dashboard as dashboard_routes
 from server.routes.dashboard import upstreams
 from server.routes.page import CONTENT_SECURITY_POLICY
 from tests.conftest import make_settings
+from tests.support.envelope import error_of
 from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port
 from tests.test_operations import distinct_pids
 
@@ -272,3 +275,65 @@ async def test_without_gateway_keys_the_feed_has_no_keys_table(client: Client) -
     feed.close()
 
     assert [table["id"] for table in snapshot["tables"]] == ["upstreams"]
+
+
+async def test_two_open_feeds_are_served_from_one_sample_a_tick(
+    client: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Each sample counts the samples taken so far, and a snapshot's requests_total shows which one it
+    # was built from: feeds sampling on their own would each see other numbers, never the same ones.
+    taken = itertools.count(1)
+    monkeypatch.setattr(dashboard_routes, "take_sample", lambda metrics, at: Sample(at=at, requests=next(taken)))
+    first = await client.get("/dashboard/feed")
+    second = await client.get("/dashboard/feed")
+
+    joined = (await next_snapshot(second))["requests_total"]  # the latest snapshot, sent at once
+    seen = (await next_snapshot(first))["requests_total"]
+    while seen < joined:
+        seen = (await next_snapshot(first))["requests_total"]
+    assert seen == joined
+    then_first = [(await next_snapshot(first))["requests_total"] for _ in range(2)]
+    then_second = [(await next_snapshot(second))["requests_total"] for _ in range(2)]
+
+    assert then_first == then_second == [joined + 1, joined + 2]  # and no sample taken in between
+    first.close()
+    second.close()
+
+
+async def test_a_feed_over_the_cap_gets_503_with_retry_after_in_the_error_shape(aiohttp_client: Any) -> None:
+    settings = make_settings(dashboard={"max_feeds": 1})
+    client: Client = await aiohttp_client(create_app(settings))
+    feed = await client.get("/dashboard/feed")
+    await next_snapshot(feed)
+
+    refused = await client.get("/dashboard/feed")
+
+    assert refused.status == 503  # before reading the body: a feed's never ends
+    error = await error_of(refused, 503)
+    assert error["type"] == "server_error"
+    assert error["code"] == "overloaded"
+    assert refused.headers["Retry-After"] == str(settings.server.retry_after)
+    feed.close()
+
+
+async def test_a_viewer_leaving_frees_its_place(aiohttp_client: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    client: Client = await aiohttp_client(create_app(make_settings(dashboard={"max_feeds": 1})))
+    left = asyncio.Event()
+    leave = Viewer.leave
+
+    def leave_and_tell(viewer: Viewer) -> None:
+        leave(viewer)
+        left.set()
+
+    monkeypatch.setattr(Viewer, "leave", leave_and_tell)
+    feed = await client.get("/dashboard/feed")
+    await next_snapshot(feed)
+
+    feed.close()
+    async with asyncio.timeout(10):  # unrelated bound: aiohttp cancels the handler of a client that left
+        await left.wait()
+    again = await client.get("/dashboard/feed")
+
+    assert again.status == 200
+    assert "requests_total" in await next_snapshot(again)
+    again.close()

@@ -15,6 +15,7 @@ from .routing import ANY_MODEL, ModelSettings, RoutingSettings, UpstreamEntry, U
 from .sections import (
     BrowserSettings,
     ConnectionSettings,
+    DashboardSettings,
     LimitSettings,
     LoggingSettings,
     ProcessSettings,
@@ -31,6 +32,7 @@ __all__ = [
     "AuthSettings",
     "BrowserSettings",
     "ConnectionSettings",
+    "DashboardSettings",
     "GatewayKeySettings",
     "LimitSettings",
     "LoggingSettings",

@@ -10,6 +10,7 @@ from .routing import ModelSettings, RoutingSettings, UpstreamEntry, UpstreamSett
 from .sections import (
     BrowserSettings,
     ConnectionSettings,
+    DashboardSettings,
     LimitSettings,
     LoggingSettings,
     ProcessSettings,
@@ -33,6 +34,7 @@ class Settings(Section):
     simulator: SimulatorSettings
     redis: RedisSettings
     connections: ConnectionSettings
+    dashboard: DashboardSettings
     auth: AuthSettings
     routing: RoutingSettings
     upstreams: tuple[UpstreamEntry, ...] = ()

@@ -44,6 +44,12 @@ class BrowserSettings(Section):
     max_buffered_bytes: int = Field(ge=1)
 
 
+class DashboardSettings(Section):
+    """The live dashboard: how many may watch its feed at once."""
+
+    max_feeds: int = Field(ge=1)
+
+
 class ConnectionSettings(Section):
     """Bounds on what one client connection may cost: read deadlines and how many may be open."""
 
