@@ -1800,6 +1800,42 @@ BREAKS += [
     ),
 ]
 
+# Browser tokens are bound to their key's hash (black-box review: a rotated key's tokens kept working).
+TOKENS_PY = "server/auth/tokens.py"
+BREAKS += [
+    Break(
+        "a rotated key's tokens still open streams",
+        TOKENS_PY,
+        "        if key is None or claim.fingerprint != self._fingerprint(key.digest):\n",
+        "        if key is None:\n",
+        (
+            "tests/test_key_reload.py::test_a_token_minted_by_a_key_rotated_on_sighup_is_refused",
+            "tests/test_tokens.py::test_a_token_stands_for_no_key_once_its_key_is_rotated",
+        ),
+    ),
+    Break(
+        "a one-step token minted without its key's hash",
+        "server/routes/browser.py",
+        "    token = request.app[TOKENS].mint(key.name, ONE_STEP_SCOPE, key_digest=key.digest)\n",
+        "    token = request.app[TOKENS].mint(key.name, ONE_STEP_SCOPE)\n",
+        ("tests/test_key_reload.py::test_a_token_outlives_a_sighup_that_left_its_key_alone",),
+    ),
+    Break(
+        "a token signed over no key's fingerprint",
+        TOKENS_PY,
+        '        payload = f"{key_name}|{self._fingerprint(key_digest)}|{scope}|{expires_at}".encode()\n',
+        "        payload = f\"{key_name}|{self._fingerprint(b'')}|{scope}|{expires_at}\".encode()\n",
+        ("tests/test_tokens.py::test_a_token_stands_for_its_key_across_a_reload_that_keeps_the_keys_hash",),
+    ),
+    Break(
+        "a token carries its key's hash",
+        TOKENS_PY,
+        "        return mac.digest()[:_FINGERPRINT_BYTES].hex()\n",
+        "        return key_digest.hex()\n",
+        ("tests/test_tokens.py::test_a_token_carries_neither_the_key_nor_its_hash",),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

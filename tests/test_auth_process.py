@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import sys
 import time
 from collections.abc import Iterator
@@ -337,12 +338,13 @@ async def test_a_tampered_token_is_401(keyed: Gateway) -> None:
 async def test_an_expired_token_is_401(keyed: Gateway) -> None:
     # Minted with the gateway's secret by a signer whose clock is an hour behind: long expired.
     expired = TokenSigner(SECRET.encode(), ttl=600, clock=lambda: time.time() - 3600)
+    alpha_digest = hashlib.sha256(KEY_ALPHA.encode()).digest()  # a token is bound to its key's hash
     async with aiohttp.ClientSession() as http:
         created = await _create(http, keyed)
-        token = expired.mint("alpha", created["id"]).value
+        token = expired.mint("alpha", created["id"], key_digest=alpha_digest).value
         async with http.get(f"{keyed.url}/chat/streams/{created['id']}", params={"token": token}) as r:
             assert r.status == 401
-        fresh = TokenSigner(SECRET.encode(), ttl=600).mint("alpha", created["id"]).value
+        fresh = TokenSigner(SECRET.encode(), ttl=600).mint("alpha", created["id"], key_digest=alpha_digest).value
         async with http.get(f"{keyed.url}/chat/streams/{created['id']}", params={"token": fresh}) as r:
             assert r.status == 200  # the same token, unexpired, is accepted: expiry is what refused it
             await r.read()

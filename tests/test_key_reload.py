@@ -2,7 +2,8 @@
 
 The keyed gateway's configuration (tests/support/security.py) is rewritten, the process gets
 SIGHUP, and the test waits for its log line before asking again: a removed key is refused from
-then on, the others still work, and a configuration that does not load changes nothing.
+then on, the others still work, and a configuration that does not load changes nothing. A browser
+token lives as long as the key that minted it keeps its hash.
 """
 
 from __future__ import annotations
@@ -15,9 +16,13 @@ import aiohttp
 import pytest
 
 from tests.support.processes import Gateway, Simulator
-from tests.support.security import KEY_ALPHA, KEY_NARROW, bearer, keys_toml, start_keyed_gateway
+from tests.support.security import KEY_ALPHA, KEY_NARROW, bearer, keys_toml, sha256, start_keyed_gateway
 
 pytestmark = pytest.mark.timeout(60)
+
+# The keys that take over alpha's and narrow's names when a test rotates them.
+KEY_ALPHA_ROTATED = "sk-gw-alpha-rotated-6d5c4b3a2f1e0d9c"
+KEY_NARROW_ROTATED = "sk-gw-narrow-rotated-3e2d1c0b9a8f7e6d"
 
 
 @pytest.fixture
@@ -40,6 +45,24 @@ async def status_with(gateway: Gateway, key: str) -> int:
         return r.status
 
 
+async def one_step_token(gateway: Gateway, key: str) -> str:
+    """A browser token for the one-step `GET /chat/stream`, minted with `key`."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(gateway.url + "/chat/stream/token", headers=bearer(key)) as r,
+    ):
+        assert r.status == 201
+        return str((await r.json())["token"])
+
+
+async def one_step_status(gateway: Gateway, token: str) -> int:
+    """The status of a short one-step stream opened with `token` (read to its end)."""
+    params = {"message": "hi\n#sim tokens=2", "token": token}
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/chat/stream", params=params) as r:
+        await r.read()
+        return r.status
+
+
 def rewrite(tmp_path: Path, toml: str) -> None:
     """Replace the keyed gateway's configuration file (config/test.toml plus `toml`)."""
     config = tmp_path / "keys.toml"
@@ -55,6 +78,22 @@ async def test_a_key_removed_from_the_configuration_is_refused_after_sighup(keye
     assert "alpha" not in str(reloaded["keys"])
     assert await status_with(keyed, KEY_ALPHA) == 401
     assert await status_with(keyed, KEY_NARROW) == 200
+
+
+async def test_a_token_minted_by_a_key_rotated_on_sighup_is_refused(keyed: Gateway, tmp_path: Path) -> None:
+    token = await one_step_token(keyed, KEY_ALPHA)
+    assert await one_step_status(keyed, token) == 200
+    rewrite(tmp_path, keys_toml().replace(sha256(KEY_ALPHA), sha256(KEY_ALPHA_ROTATED)))
+    assert reload_outcome(keyed)["event"] == "gateway_keys_reloaded"
+    assert await one_step_status(keyed, token) == 401
+
+
+async def test_a_token_outlives_a_sighup_that_left_its_key_alone(keyed: Gateway, tmp_path: Path) -> None:
+    token = await one_step_token(keyed, KEY_ALPHA)
+    # Another key is rotated: the ring is rebuilt, alpha's entry in it is as before.
+    rewrite(tmp_path, keys_toml().replace(sha256(KEY_NARROW), sha256(KEY_NARROW_ROTATED)))
+    assert reload_outcome(keyed)["event"] == "gateway_keys_reloaded"
+    assert await one_step_status(keyed, token) == 200
 
 
 async def test_a_configuration_that_does_not_load_keeps_the_current_keys(keyed: Gateway, tmp_path: Path) -> None:

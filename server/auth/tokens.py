@@ -1,11 +1,17 @@
 """Browser tokens: short-lived, HMAC-signed permission for one stream, carried in a URL.
 
 EventSource cannot send headers, so an authenticated call mints a token and the browser puts it
-in the stream's URL. A token names the key that minted it, a scope (one stream id, or the
-one-step `GET /chat/stream` route) and when it expires; it stays valid until then, so the
-browser's automatic reconnects keep working. Removing the key from the config revokes its tokens.
+in the stream's URL. A token names the key that minted it, a fingerprint of that key's hash, a
+scope (one stream id, or the one-step `GET /chat/stream` route) and when it expires; it stays
+valid until then, so the browser's automatic reconnects keep working. Removing the key from the
+config revokes its tokens, and so does rotating it (another hash under the same name): a token
+stands for its key only while the key has the hash the token was minted with.
 
-    token = base64url(key_name "|" scope "|" expires_unix) "." base64url(HMAC-SHA256(secret, payload))
+    token = base64url(key_name "|" fingerprint "|" scope "|" expires_unix) "." base64url(HMAC-SHA256(secret, payload))
+    fingerprint = hex(HMAC-SHA256(secret, "key-fingerprint|" sha256(key))[:8])
+
+The fingerprint is keyed with the secret: a token tells its holder nothing about the key's hash,
+not even enough to check a guess at a weak key offline.
 """
 
 from __future__ import annotations
@@ -21,9 +27,22 @@ from dataclasses import dataclass
 import structlog
 
 from ..settings import AuthSettings
+from .gateway_keys import GatewayKey, KeyRing
 
 # The scope of a token for the one-step `GET /chat/stream?message=...` route.
 ONE_STEP_SCOPE = "chat-stream"
+# Bytes of the key's fingerprint a token carries: enough that a rotated key's never matches by chance.
+_FINGERPRINT_BYTES = 8
+# Keeps the fingerprint's HMAC apart from the tokens' own signatures under the same secret.
+_FINGERPRINT_CONTEXT = b"key-fingerprint|"
+
+
+@dataclass(frozen=True, slots=True)
+class _Claim:
+    """What a valid token for the scope asked about says: its key's name and hash's fingerprint."""
+
+    key_name: str
+    fingerprint: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,15 +61,39 @@ class TokenSigner:
         self._ttl = ttl
         self._clock = clock
 
-    def mint(self, key_name: str, scope: str) -> Token:
-        """A token for `scope`, on behalf of the key called `key_name`."""
+    def mint(self, key_name: str, scope: str, *, key_digest: bytes = b"") -> Token:
+        """A token for `scope`, on behalf of the key called `key_name` whose hash is `key_digest`.
+
+        The gateway always passes the digest: a token minted without it stands for no configured key.
+        """
         expires_at = int(self._clock() + self._ttl)
-        payload = f"{key_name}|{scope}|{expires_at}".encode()
+        payload = f"{key_name}|{self._fingerprint(key_digest)}|{scope}|{expires_at}".encode()
         value = _encode(payload) + "." + _encode(self._sign(payload))
         return Token(value, expires_at)
 
     def verify(self, token: str, scope: str) -> str | None:
-        """The key name a valid, unexpired token for `scope` carries; None for any other token."""
+        """The key name a valid, unexpired token for `scope` carries; None for any other token.
+
+        Whether that key still stands behind the token is `key_for`'s answer: authenticate with it.
+        """
+        claim = self._claim(token, scope)
+        return claim.key_name if claim is not None else None
+
+    def key_for(self, token: str, scope: str, keys: KeyRing) -> GatewayKey | None:
+        """The key in `keys` that a valid, unexpired token for `scope` stands for; None for any other
+        token, and for one whose key was removed or rotated (given another hash) since it was minted.
+        """
+        claim = self._claim(token, scope)
+        if claim is None:
+            return None
+        key = keys.named(claim.key_name)
+        # The claim is signed, so its holder cannot vary the fingerprint: a plain comparison hides nothing.
+        if key is None or claim.fingerprint != self._fingerprint(key.digest):
+            return None
+        return key
+
+    def _claim(self, token: str, scope: str) -> _Claim | None:
+        """What `token` says, when it is signed with the secret, for `scope` and unexpired."""
         encoded_payload, dot, encoded_signature = token.partition(".")
         if not dot:
             return None
@@ -62,13 +105,18 @@ class TokenSigner:
         if not hmac.compare_digest(signature, self._sign(payload)):
             return None
         try:
-            key_name, token_scope, expires = payload.decode().split("|")
+            key_name, fingerprint, token_scope, expires = payload.decode().split("|")
             expires_at = int(expires)
         except ValueError:
             return None
         if token_scope != scope or self._clock() >= expires_at:
             return None
-        return key_name
+        return _Claim(key_name, fingerprint)
+
+    def _fingerprint(self, key_digest: bytes) -> str:
+        """A short, keyed fingerprint of a key's hash: it changes when the key is rotated, and reveals nothing."""
+        mac = hmac.new(self._secret, _FINGERPRINT_CONTEXT + key_digest, hashlib.sha256)
+        return mac.digest()[:_FINGERPRINT_BYTES].hex()
 
     def _sign(self, payload: bytes) -> bytes:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()

@@ -139,8 +139,7 @@ def _authenticate(request: web.Request) -> GatewayKey:
     if token is None or scope is None:
         raise AuthenticationError(_MISSING, headers=_CHALLENGE)
     request[TOKEN_BEARING] = True
-    name = request.app[TOKENS].verify(token, scope)
-    key = ring.named(name) if name is not None else None
+    key = request.app[TOKENS].key_for(token, scope, ring)
     if key is None:
         raise AuthenticationError(
             "The browser token is invalid, expired or for another stream; ask for a new one.",

@@ -45,7 +45,7 @@ async def create_stream(request: web.Request) -> web.Response:
     reply: dict[str, Any] = {"id": stream_id}
     key = request_key(request)
     if key is not None:
-        token = request.app[TOKENS].mint(key.name, stream_id)
+        token = request.app[TOKENS].mint(key.name, stream_id, key_digest=key.digest)
         url = url.with_query(token=token.value)
         reply.update(token=token.value, expires_at=token.expires_at)
         request[TOKEN_BEARING] = True
@@ -58,7 +58,7 @@ async def create_one_step_token(request: web.Request) -> web.Response:
     key = request_key(request)
     if key is None:
         raise InvalidRequestError("No gateway keys are configured: GET /chat/stream needs no token.", status=404)
-    token = request.app[TOKENS].mint(key.name, ONE_STEP_SCOPE)
+    token = request.app[TOKENS].mint(key.name, ONE_STEP_SCOPE, key_digest=key.digest)
     request[TOKEN_BEARING] = True
     url = request.app.router["chat_stream_get"].url_for().with_query(token=token.value)
     return web.json_response({"token": token.value, "expires_at": token.expires_at, "url": str(url)}, status=201)
