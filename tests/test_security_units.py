@@ -352,3 +352,17 @@ def test_growing_the_descriptor_table_never_takes_a_descriptor_already_open() ->
     finally:
         for descriptor in (read_end, write_end, highest):
             os.close(descriptor)
+
+
+# --- keys that are not UTF-8 -------------------------------------------------------------------
+
+
+def test_a_presented_key_that_is_not_utf8_is_a_wrong_key_not_a_crash() -> None:
+    # aiohttp decodes such header bytes (here \xed\xa0\x80) as lone surrogates; encoding them was a 500.
+    digest = hashlib.sha256(KEY.encode()).digest()
+    ring = KeyRing((GatewayKey("unit", digest, None, KeyLimits()),), metrics_digest=digest)
+    presented = b"\xed\xa0\x80".decode("utf-8", "surrogateescape")
+
+    assert ring.find(presented) is None
+    assert not ring.opens_metrics(presented)
+    assert ring.find(KEY) is not None

@@ -78,7 +78,7 @@ class KeyRing:
 
     def find(self, presented: str) -> GatewayKey | None:
         """The key whose hash matches `presented`, comparing against every key in constant time."""
-        digest = hashlib.sha256(presented.encode()).digest()
+        digest = _digest(presented)
         found: GatewayKey | None = None
         for key in self._keys:
             if hmac.compare_digest(digest, key.digest):
@@ -93,7 +93,16 @@ class KeyRing:
         """True when `presented` is the /metrics key."""
         if self._metrics_digest is None:
             return True
-        return hmac.compare_digest(hashlib.sha256(presented.encode()).digest(), self._metrics_digest)
+        return hmac.compare_digest(_digest(presented), self._metrics_digest)
+
+
+def _digest(presented: str) -> bytes:
+    """SHA-256 of the bytes the client sent.
+
+    aiohttp decodes header bytes that are not UTF-8 as lone surrogates, which a plain `encode()`
+    refuses (a 500); `surrogateescape` gives the bytes back, so such a key is simply wrong.
+    """
+    return hashlib.sha256(presented.encode("utf-8", "surrogateescape")).digest()
 
 
 def presented_key(request: web.Request) -> str | None:
