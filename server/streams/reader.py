@@ -98,7 +98,9 @@ async def _follow(
             if not await _send(response, data, send_timeout):
                 return
             seq = events[-1].seq
-        registry.sent(stream_id, seq)
+            # Only what this connection sent: a Last-Event-ID is the client's claim, and one past
+            # the end would have told the generation that every event was read (no hold-back).
+            registry.sent(stream_id, seq)
         if batch.finished:
             return
         try:
