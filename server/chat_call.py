@@ -14,7 +14,7 @@ cancels the handler (`handler_cancellation=True`) and the `finally` here closes 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Awaitable, Sequence
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -25,7 +25,7 @@ from .chunks import Chunk
 from .dialects import Dialect
 from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
-from .keys import LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
+from .keys import GATEWAY_KEY, LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
 from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
@@ -82,7 +82,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             chunks: AsyncIterable[Sequence[Chunk]]
             try:
                 # In this task: see stream_start.py for the response that starts beside a long routing.
-                opened = await upstream.open_stream(body, request[REQUEST_ID], record, start.soon)
+                allows = _models_allowed(request, record)
+                opened = await upstream.open_stream(body, request[REQUEST_ID], record, start.soon, allows)
             except (asyncio.CancelledError, GatewayError) as failure:
                 start.routed()
                 if not start.begun or (isinstance(failure, asyncio.CancelledError) and guard.expired is None):
@@ -146,7 +147,10 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
 
     async def resume(text: str) -> UpstreamStream:
         model = str(record.extra.get("served_model") or body.get("model"))
-        return await app[UPSTREAM].open_continuation({**body, "model": model}, text, request[REQUEST_ID], record)
+        continued = {**body, "model": model}
+        return await app[UPSTREAM].open_continuation(
+            continued, text, request[REQUEST_ID], record, _models_allowed(request, record)
+        )
 
     def on_result(result: str) -> None:
         metrics.child(metrics.continuations, result).inc()
@@ -182,12 +186,24 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     guard = StreamGuard(deadlines_for(request, stream=False), timers=app[TIMERS])
     with lifecycle.track(guard):
         try:
-            content: bytes = await _guarded(app[UPSTREAM].complete(body, request[REQUEST_ID], record), guard, record)
+            allows = _models_allowed(request, record)
+            completion = app[UPSTREAM].complete(body, request[REQUEST_ID], record, allows)
+            content: bytes = await _guarded(completion, guard, record)
         finally:
             guard.close()
     record.outcome = Outcome.COMPLETED
     _note_usage(content, record)
     return content
+
+
+def _models_allowed(request: web.Request, record: RequestRecord) -> Callable[[str], bool] | None:
+    """Which models the request's gateway key may use, for its fallbacks; None without keys.
+
+    `record.key` is set only with the request's key: without keys, no lookup (which would raise
+    and catch a KeyError) on every request.
+    """
+    key = request.get(GATEWAY_KEY) if record.key is not None else None
+    return key.allows if key is not None else None
 
 
 def _choices(body: dict[str, Any]) -> int:

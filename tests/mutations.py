@@ -1856,6 +1856,50 @@ BREAKS += [
     ),
 ]
 
+# Fallbacks stay within the request's key's models (black-box review: a narrow key was served a bigger model).
+ATTEMPTS = "server/upstreams/attempts.py"
+KEY_FALLBACK = "tests/test_auth_process.py::test_a_fallback_to_a_model_outside_the_keys_list_is_skipped"
+BREAKS += [
+    Break(
+        "a fallback outside the key's models is tried",
+        ATTEMPTS,
+        "chain = _chain(requested, self._routing.fallbacks, allows)",
+        "chain = _chain(requested, self._routing.fallbacks, None)",
+        ("tests/test_routing_units.py::test_a_fallback_the_request_may_not_use_is_skipped_for_the_next_allowed_one",),
+    ),
+    Break(
+        "a context-window fallback outside the key's models is tried",
+        ATTEMPTS,
+        "more = _chain(model, self._routing.context_window_fallbacks, allows)[1:]",
+        "more = _chain(model, self._routing.context_window_fallbacks, None)[1:]",
+        (
+            "tests/test_routing_units.py::"
+            "test_a_context_window_fallback_the_request_may_not_use_leaves_the_models_own_error",
+        ),
+    ),
+    Break(
+        "a stream's routing not told the key's models",
+        "server/chat_call.py",
+        "opened = await upstream.open_stream(body, request[REQUEST_ID], record, start.soon, allows)",
+        "opened = await upstream.open_stream(body, request[REQUEST_ID], record, start.soon, None)",
+        (f"{KEY_FALLBACK}[stream]",),
+    ),
+    Break(
+        "a call's routing not told the key's models",
+        "server/chat_call.py",
+        "completion = app[UPSTREAM].complete(body, request[REQUEST_ID], record, allows)",
+        "completion = app[UPSTREAM].complete(body, request[REQUEST_ID], record, None)",
+        (f"{KEY_FALLBACK}[complete]",),
+    ),
+    Break(
+        "a browser stream's routing not told the key's models",
+        "server/streams/generation.py",
+        "self._stream = await self._upstream.open_stream(job.body, job.request_id, self._record, allows=job.allows)",
+        "self._stream = await self._upstream.open_stream(job.body, job.request_id, self._record, allows=None)",
+        ("tests/test_auth_process.py::test_a_browser_streams_fallback_to_a_model_outside_its_keys_list_is_skipped",),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

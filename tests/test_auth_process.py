@@ -458,3 +458,57 @@ async def test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped(
             assert r.status == 200
             events = await read_events(r)
     assert events[-1].event == "done"  # the other key's DELETE did not stop it
+
+
+# --- fallbacks stay within the key's models ----------------------------------------------------
+
+# A sub-table: config/test.toml, which the keyed config extends, has its [routing] already.
+FALLBACK_TO_ANOTHER_MODEL = '\n[routing.context_window_fallbacks]\n"gpt-4o-mini" = ["gpt-4.1"]\n'
+TOO_LONG_FOR_MINI = "hi\n#sim tokens=3 fault=context_length fault_model=gpt-4o-mini"
+
+
+@pytest.fixture(scope="module")
+def keyed_with_fallback(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("keyed-fallback")
+    gateway = start_keyed_gateway(tmp, simulator, extra_toml=FALLBACK_TO_ANOTHER_MODEL)
+    yield gateway
+    gateway.process.stop()
+
+
+async def _models_tried(simulator: Simulator, rid: str) -> list[str]:
+    """The model of every attempt the simulator saw for `rid`, oldest first."""
+    async with aiohttp.ClientSession() as http, http.get(f"{simulator.url}/_sim/attempts/{rid}") as r:
+        return [attempt["model"] for attempt in (await r.json())["attempts"]]
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+async def test_a_fallback_to_a_model_outside_the_keys_list_is_skipped(
+    keyed_with_fallback: Gateway, simulator: Simulator, stream: bool
+) -> None:
+    rid = new_request_id("key-fallback")
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": TOO_LONG_FOR_MINI}], "stream": stream}
+    headers = {**bearer(KEY_NARROW), "X-Request-ID": rid}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed_with_fallback.url + "/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        answer = (r.status, envelope_code(await r.json()) if r.status == 400 else None)
+    assert answer == (400, "context_length_exceeded")
+    assert await _models_tried(simulator, rid) == ["gpt-4o-mini"]
+
+
+async def test_a_browser_streams_fallback_to_a_model_outside_its_keys_list_is_skipped(
+    keyed_with_fallback: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("key-fallback-stream")
+    body = {"model": "gpt-4o-mini", "message": TOO_LONG_FOR_MINI}
+    async with aiohttp.ClientSession() as http:
+        headers = {**bearer(KEY_NARROW), "X-Request-ID": rid}
+        async with http.post(keyed_with_fallback.url + "/chat/streams", json=body, headers=headers) as r:
+            assert r.status == 201
+            created = await r.json()
+        async with http.get(keyed_with_fallback.url + created["url"]) as r:
+            events = await read_events(r)
+    assert events[-1].event == "failed"
+    assert events[-1].json()["error"]["code"] == "context_length_exceeded"
+    assert await _models_tried(simulator, rid) == ["gpt-4o-mini"]

@@ -442,6 +442,22 @@ async def test_content_policy_violation_never_falls_back() -> None:
     assert up.calls == ["big"]
 
 
+async def test_a_fallback_the_request_may_not_use_is_skipped_for_the_next_allowed_one() -> None:
+    up = FakeClient("a", [fail(500)] * 3)
+    r = router([up], [], fallbacks={"big": ("forbidden", "small")})
+    assert await r.complete({"model": "big"}, "r", allows=lambda model: model != "forbidden") == b"ok"
+    assert up.calls == ["big", "big", "big", "small"]
+
+
+async def test_a_context_window_fallback_the_request_may_not_use_leaves_the_models_own_error() -> None:
+    up = FakeClient("a", [fail(400, code="context_length_exceeded")])
+    r = router([up], [], context_window_fallbacks={"big": ("long",)})
+    with pytest.raises(UpstreamError) as caught:
+        await r.complete({"model": "big"}, "r", allows=lambda model: model == "big")
+    assert (caught.value.status, caught.value.code) == (400, "context_length_exceeded")
+    assert up.calls == ["big"]
+
+
 async def test_every_breaker_open_is_503_with_retry_after_and_no_attempt() -> None:
     clock = Clock()
     up = FakeClient("a", [fail(500)] * 5)

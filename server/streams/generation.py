@@ -87,6 +87,11 @@ class Job:
     # What the starting request took from its gateway key's limits, given back when the stream ends.
     lease: Lease | None = None
 
+    @property
+    def allows(self) -> Callable[[str], bool] | None:
+        """Which models the starting request's gateway key may use, for the fallbacks; None without keys."""
+        return self.lease.key.allows if self.lease is not None else None
+
 
 class StoreSink:
     """The relay's sink: each event it writes is stored under its own sequence number.
@@ -140,7 +145,8 @@ class UpstreamChunks:
         self._continued: ContinuedStream | None = None
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
-        self._stream = await self._upstream.open_stream(self._job.body, self._job.request_id, self._record)
+        job = self._job
+        self._stream = await self._upstream.open_stream(job.body, job.request_id, self._record, allows=job.allows)
         source: AsyncIterable[Sequence[Chunk]] = self._stream
         if self._continuing is not None:
             source = self._continued = self._continuing(self._stream)
@@ -177,7 +183,8 @@ def continuing(services: Services, job: Job, record: RequestRecord) -> Continuin
 
     async def resume(text: str) -> UpstreamStream:
         model = str(record.extra.get("served_model") or job.model)
-        return await services.upstream.open_continuation({**job.body, "model": model}, text, job.request_id, record)
+        body = {**job.body, "model": model}
+        return await services.upstream.open_continuation(body, text, job.request_id, record, allows=job.allows)
 
     def on_result(result: str) -> None:
         metrics.child(metrics.continuations, result).inc()

@@ -9,6 +9,10 @@ For the requested model, then each model of its `fallbacks` chain (or, after a
    one again after a backoff (backoff.py) while the retry budget lasts, `retries` times at most;
 4. a client's own 4xx (400, 404, 413, 422, a content policy refusal) is returned at once.
 
+A fallback model the request may not use (`allows`, its gateway key's model list) is left out of
+both chains, as if it were not configured: a key must not reach a model through a fallback that
+it could not ask for.
+
 When no candidate of any model could even be tried because every breaker is open, the answer
 is 503 with Retry-After at once. Otherwise the last upstream error is returned.
 """
@@ -38,6 +42,8 @@ from .stream import UpstreamStream
 log = structlog.get_logger("sluice.routing")
 
 T = TypeVar("T")
+# Whether the request may use a model (its gateway key's list); passed as None, it may use any.
+Allows = Callable[[str], bool]
 Send = Callable[[UpstreamClient, dict[str, Any]], Awaitable[T]]
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
 
@@ -68,10 +74,12 @@ class Upstream:
         request_id: str,
         record: RequestRecord | None = None,
         on_accepted: Callable[[], None] | None = None,
+        allows: Allows | None = None,
     ) -> UpstreamStream:
         """A stream whose first token has arrived, from the first candidate that produced one.
 
-        `on_accepted` is called each time an upstream answers 200, before its first token.
+        `on_accepted` is called each time an upstream answers 200, before its first token;
+        `allows` keeps out the fallback models the request may not use.
         """
 
         # Not a coroutine of its own: the attempt awaits the client's directly.
@@ -80,20 +88,26 @@ class Upstream:
 
         after = self._routing.hedge_after_seconds
         if after <= 0:
-            return await self._route(body, record, send)
+            return await self._route(body, record, send, allows)
 
         def route(only: Only | None, busy: set[tuple[str, str]]) -> Awaitable[UpstreamStream]:
-            return self._route(body, record, send, only, busy)
+            return self._route(body, record, send, allows, only, busy)
 
         return await hedged(route, after, self._metrics.hedges.inc)
 
-    async def complete(self, body: dict[str, Any], request_id: str, record: RequestRecord | None = None) -> bytes:
-        """A non-streaming reply from the first candidate that gave one."""
+    async def complete(
+        self,
+        body: dict[str, Any],
+        request_id: str,
+        record: RequestRecord | None = None,
+        allows: Allows | None = None,
+    ) -> bytes:
+        """A non-streaming reply from the first candidate that gave one (fallbacks as in `open_stream`)."""
 
         def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[bytes]:
             return client.complete(attempt_body, request_id)
 
-        return await self._route(body, record, send)
+        return await self._route(body, record, send, allows)
 
     async def ready(self) -> bool:
         """True while any upstream's breaker would let a request through."""
@@ -107,27 +121,36 @@ class Upstream:
         return any(client.entry.continuation != "none" for client in self.pool.serving(model))
 
     async def open_continuation(
-        self, body: dict[str, Any], text: str, request_id: str, record: RequestRecord | None = None
+        self,
+        body: dict[str, Any],
+        text: str,
+        request_id: str,
+        record: RequestRecord | None = None,
+        allows: Allows | None = None,
     ) -> UpstreamStream:
-        """Ask an upstream that declares `assistant-prefill` to go on after `text`, the reply so far."""
+        """Ask an upstream that declares `assistant-prefill` to go on after `text`, the reply so far.
+
+        `allows` keeps out the fallback models the request may not use, as in `open_stream`.
+        """
         messages = [*body.get("messages", []), {"role": "assistant", "content": text}]
 
         def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[UpstreamStream]:
             continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
             return client.open_stream(continued, request_id)
 
-        return await self._route(body, record, send, only=lambda client, _: client.entry.continuation != "none")
+        return await self._route(body, record, send, allows, only=lambda client, _: client.entry.continuation != "none")
 
     async def _route(
         self,
         body: dict[str, Any],
         record: RequestRecord | None,
         send: Send[T],
+        allows: Allows | None,
         only: Only | None = None,
         busy: set[tuple[str, str]] | None = None,
     ) -> T:
         requested = str(body.get("model", ""))
-        chain = _chain(requested, self._routing.fallbacks)
+        chain = _chain(requested, self._routing.fallbacks, allows)
         budget = RetryBudget(self._routing.retry_budget_seconds, self._rng)
         last_error: UpstreamError | None = None
         index = 0
@@ -145,7 +168,7 @@ class Upstream:
                 except UpstreamError as error:
                     last_error = error if error.reason != "breaker_open" or last_error is None else last_error
                     if _context(error):
-                        more = _chain(model, self._routing.context_window_fallbacks)[1:]
+                        more = _chain(model, self._routing.context_window_fallbacks, allows)[1:]
                         chain = chain[:index] + [m for m in more if m not in chain[:index]]
                     elif not tries_next_candidate(error) and error.reason != "breaker_open":
                         raise
@@ -275,11 +298,14 @@ class Upstream:
         return error
 
 
-def _chain(model: str, table: dict[str, tuple[str, ...]]) -> list[str]:
-    """`model`, then its entry of `table` (or the `*` entry), without repeats."""
+def _chain(model: str, table: dict[str, tuple[str, ...]], allows: Allows | None) -> list[str]:
+    """`model`, then the models of its entry of `table` (or the `*` entry) that `allows` lets through, without repeats.
+
+    `model` itself is not checked: the request's own model was checked at the edge (a 404 there).
+    """
     chain = [model]
     for other in table.get(model, table.get("*", ())):
-        if other not in chain:
+        if other not in chain and (allows is None or allows(other)):
             chain.append(other)
     return chain
 
