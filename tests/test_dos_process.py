@@ -273,6 +273,40 @@ async def observe(http: aiohttp.ClientSession, simulator: Simulator, rid: str) -
 # --- unread browser streams --------------------------------------------------------------------
 
 
+async def test_a_stream_of_many_small_events_is_held_back_before_its_unread_events_are_dropped(
+    simulator: Simulator,
+) -> None:
+    # Counted in bytes alone, 100 kept events of ~70 bytes were dropped unread long before the
+    # 4 MiB budget filled, and a reader arriving late got 410 instead of the stream.
+    tokens = 600
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_BROWSER_MAX_BUFFERED_EVENTS": "100"})
+    rid = new_request_id("many-small")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                gateway.url + "/chat/streams",
+                json={"message": f"x\n#sim tokens={tokens} gap_ms=1"},
+                headers={"X-Request-ID": rid},
+            ) as r:
+                assert r.status == 201
+                created = await r.json()
+            # Held back (the fix), or finished with most of its events dropped (the bug).
+            gateway.process.wait_for_line(
+                lambda _: any(
+                    e.get("request_id") == rid
+                    for e in gateway.process.events("browser_stream_held_back")
+                    + gateway.process.events("browser_stream_finished")
+                )
+            )
+            async with http.get(gateway.url + created["url"]) as reader:
+                assert reader.status == 200
+                events = await read_events(reader)
+    finally:
+        gateway.process.stop()
+    assert sum(e.event == "token" for e in events) == tokens
+    assert events[-1].event == "done"
+
+
 async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: Simulator) -> None:
     gateway = start_gateway(
         upstream=simulator,

@@ -331,6 +331,18 @@ async def test_a_backlog_is_full_at_its_limit_and_room_returns_when_a_reader_cat
     assert backlog.unread_bytes == 60
 
 
+async def test_a_backlog_is_full_at_its_event_limit_however_small_the_events() -> None:
+    backlog = Backlog(limit=1 << 20, max_events=3)
+    for seq in (1, 2):
+        backlog.stored(seq, 10)
+    below = backlog.full
+    backlog.stored(3, 10)
+    assert (below, backlog.full, backlog.unread_events) == (False, True, 3)
+    backlog.sent(1)
+    assert not backlog.full
+    await asyncio.wait_for(backlog.wait_for_room(), 1)
+
+
 def test_open_connections_are_counted_through_aiohttps_public_copy_when_its_dict_is_gone() -> None:
     # The cap reads aiohttp's private connection dict for speed; an aiohttp that renamed it must
     # not turn the count into 0, which would never shed.

@@ -155,7 +155,11 @@ class UpstreamChunks:
             # The relay stored the batch; read no more while readers are that far behind.
             if self._backlog.full:
                 if not self.held_back:
-                    log.info("browser_stream_held_back", unread_bytes=self._backlog.unread_bytes)
+                    log.info(
+                        "browser_stream_held_back",
+                        unread_bytes=self._backlog.unread_bytes,
+                        unread_events=self._backlog.unread_events,
+                    )
                 self.held_back += 1
                 await self._backlog.wait_for_room()
 
@@ -206,7 +210,8 @@ class Generation:
         self._stop_reason: StopReason | None = None
         self._shutdown_requested = False
         self._relaying = True
-        self.backlog = Backlog(services.settings.browser.max_buffered_bytes)
+        browser = services.settings.browser
+        self.backlog = Backlog(browser.max_buffered_bytes, max_events=max(1, browser.max_buffered_events // 2))
 
     def stop(self, reason: StopReason) -> None:
         """End the generation now with a final `failed` event naming `reason`."""
