@@ -124,6 +124,16 @@ async def test_attaching_streams_tokens_then_done_with_stream_ids_and_usage(clie
     assert events[-1].json()["usage"]["completion_tokens"] == 5
 
 
+async def test_the_done_event_names_the_model_and_upstream_that_answered_as_on_chat_stream(client: Client) -> None:
+    stream_id = await start(client, "hello\n#sim tokens=2")
+    done = (await read(client, f"/chat/streams/{stream_id}"))[-1].json()
+    async with client.post("/chat/stream", json={"message": "hello\n#sim tokens=2"}) as response:
+        attached = events_only(await read_events(response))[-1].json()
+
+    assert (done["model"], done["upstream"]) == (attached["model"], attached["upstream"])
+    assert done["model"] == "gpt-4o"
+
+
 # Resume
 
 

@@ -133,12 +133,14 @@ class UpstreamChunks:
         job: Job,
         record: RequestRecord,
         backlog: Backlog,
+        dialect: NativeDialect,
         continued: Continuing | None = None,
     ) -> None:
         self.held_back = 0  # times the upstream was held back
         self._upstream = upstream
         self._job = job
         self._record = record
+        self._dialect = dialect
         self._backlog = backlog
         self._continuing = continued
         self._stream: UpstreamStream | None = None
@@ -147,6 +149,9 @@ class UpstreamChunks:
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         job = self._job
         self._stream = await self._upstream.open_stream(job.body, job.request_id, self._record, allows=job.allows)
+        # The `done` event names what answered, after retries and fallbacks, as on /chat/stream.
+        served = self._record.extra.get("served_model", job.model)
+        self._dialect.answered_by(str(served), self._stream.upstream)
         source: AsyncIterable[Sequence[Chunk]] = self._stream
         if self._continuing is not None:
             source = self._continued = self._continuing(self._stream)
@@ -237,7 +242,7 @@ class Generation:
         self._guard = guard = StreamGuard(
             _deadlines(services.settings, continued=continued is not None), timers=services.timers
         )
-        chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, continued)
+        chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, dialect, continued)
         sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
         # A stop or shutdown asked for before this task ran takes effect at its first await.
         if self._stop_reason is not None and self._task is not None:
