@@ -1732,6 +1732,27 @@ BREAKS += [
         (f"{REPLIES}::test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream",),
     ),
     Break(
+        "an error object with 200 that refuses the request is retried",
+        "server/upstreams/failures.py",
+        "    if status is not None and 400 <= status < 500:\n",
+        "    if False:\n",
+        (f"{REPLIES}::test_an_error_object_sent_with_200_that_refuses_the_request_is_not_retried",),
+    ),
+    Break(
+        "a refused key's message sent with 200 is passed on",
+        "server/upstreams/failures.py",
+        "        status = 401\n",
+        "        status = None\n",
+        (f"{REPLIES}::test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message",),
+    ),
+    Break(
+        "an empty choices list taken for a completion",
+        "server/upstreams/failures.py",
+        '        if isinstance(body.get("choices"), list) and body["choices"]:\n',
+        '        if isinstance(body.get("choices"), list):\n',
+        (f"{REPLIES}::test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream",),
+    ),
+    Break(
         "an error object sent with status 200 taken for a malformed reply",
         "server/upstreams/failures.py",
         '        if isinstance(body.get("error"), dict):\n',

@@ -34,6 +34,8 @@ from tests.support.raw_upstream import (
 
 SECONDS = 10  # a bound far from any real wait here
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+# The smallest reply the client takes for a chat completion (server/upstreams/failures.py, check_completion).
+COMPLETION = b'{"choices": [{}]}'
 
 
 def test_a_chunked_body_split_at_every_byte_boundary_parses_the_same() -> None:
@@ -109,18 +111,18 @@ async def test_a_content_length_body_ends_at_its_length_and_the_connection_is_re
     for n in range(3):
         sent = asyncio.ensure_future(client.complete(CHAT, f"rid-{n}"))
         exchange = await raw_upstream.next()
-        exchange.write(json_reply(b'{"n": %d}' % n))
+        exchange.write(json_reply(b'{"choices": [{}], "n": %d}' % n))
         async with asyncio.timeout(SECONDS):
             replies.append(await sent)
 
-    assert replies == [b'{"n": 0}', b'{"n": 1}', b'{"n": 2}']
+    assert replies == [b'{"choices": [{}], "n": %d}' % n for n in range(3)]
     assert raw_upstream.connections == 1
 
 
 async def test_the_request_carries_its_head_and_body(raw_upstream: RawUpstream, raw_client: RawClient) -> None:
     sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "the-rid"))
     exchange = await raw_upstream.next()
-    exchange.write(json_reply(b"{}"))
+    exchange.write(json_reply(COMPLETION))
     async with asyncio.timeout(SECONDS):
         await sent
 
@@ -137,13 +139,13 @@ async def test_a_close_delimited_body_ends_when_the_upstream_closes(
     client = raw_client(raw_upstream.url)
     sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
-    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"a":')
+    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"choices": [{}], "a":')
     exchange.write(b' "b"}')
     exchange.close()
     async with asyncio.timeout(SECONDS):
         reply = await sent
 
-    assert reply == b'{"a": "b"}'
+    assert reply == b'{"choices": [{}], "a": "b"}'
 
 
 async def test_a_redirect_is_not_followed_but_fails_as_upstream_failed(
@@ -178,18 +180,18 @@ async def test_a_pooled_connection_that_fails_before_its_answer_is_retried_once_
 ) -> None:
     client = raw_client(raw_upstream.url)
     first = asyncio.ensure_future(client.complete(CHAT, "first"))
-    (await raw_upstream.next()).write(json_reply(b"{}"))
+    (await raw_upstream.next()).write(json_reply(COMPLETION))
     async with asyncio.timeout(SECONDS):
         await first
     second = asyncio.ensure_future(client.complete(CHAT, "second"))
     on_the_pooled_one = await raw_upstream.next()
     on_the_pooled_one.close()  # as an upstream whose keep-alive ran out just as the request came
     on_a_fresh_one = await raw_upstream.next()
-    on_a_fresh_one.write(json_reply(b'{"ok": true}'))
+    on_a_fresh_one.write(json_reply(b'{"choices": [{}], "ok": true}'))
     async with asyncio.timeout(SECONDS):
         reply = await second
 
-    assert reply == b'{"ok": true}'
+    assert reply == b'{"choices": [{}], "ok": true}'
     assert (on_the_pooled_one.connection, on_a_fresh_one.connection) == (1, 2)
 
 
@@ -371,7 +373,7 @@ async def _tls_reply(tmp_path: Path, trusted: bool) -> bytes:
     try:
         sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
         if trusted:
-            (await upstream.next()).write(json_reply(b'{"tls": true}'))
+            (await upstream.next()).write(json_reply(b'{"choices": [{}], "tls": true}'))
         async with asyncio.timeout(SECONDS):
             return await sent
     finally:
@@ -380,7 +382,7 @@ async def _tls_reply(tmp_path: Path, trusted: bool) -> bytes:
 
 
 async def test_an_https_upstream_is_reached_with_its_certificate_verified(tmp_path: Path) -> None:
-    assert await _tls_reply(tmp_path, trusted=True) == b'{"tls": true}'
+    assert await _tls_reply(tmp_path, trusted=True) == b'{"choices": [{}], "tls": true}'
 
 
 async def test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable(tmp_path: Path) -> None:
@@ -396,7 +398,7 @@ async def test_an_idle_pooled_connection_is_closed_after_its_idle_time(raw_upstr
     try:
         sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
         exchange = await raw_upstream.next()
-        exchange.write(json_reply(b"{}"))
+        exchange.write(json_reply(COMPLETION))
         async with asyncio.timeout(SECONDS):
             await sent
             closed = await raw_upstream.closed.get()  # by the gateway: its idle time ran out
@@ -424,7 +426,7 @@ async def test_an_origin_is_looked_up_once_for_a_crowd_of_new_connections_and_th
     later = asyncio.ensure_future(client.complete(CHAT, "later"))  # a fourth, while they are busy
     exchanges.append(await raw_upstream.next())
     for exchange in exchanges:
-        exchange.write(json_reply(b"{}"))
+        exchange.write(json_reply(COMPLETION))
     async with asyncio.timeout(SECONDS):
         await asyncio.gather(*crowd, later)
 

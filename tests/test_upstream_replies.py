@@ -25,7 +25,14 @@ def test_a_chat_completion_passes() -> None:
 
 @pytest.mark.parametrize(
     "reply",
-    [b"<html>Bad gateway</html>", b'{"id": oops', b"[1, 2]", b'{"id": "c", "object": "chat.completion"}', b""],
+    [
+        b"<html>Bad gateway</html>",
+        b'{"id": oops',
+        b"[1, 2]",
+        b'{"id": "c", "object": "chat.completion"}',
+        b'{"id": "c", "choices": []}',
+        b"",
+    ],
 )
 def test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream(reply: bytes) -> None:
     with pytest.raises(UpstreamError) as failure:
@@ -42,6 +49,32 @@ def test_an_error_object_sent_with_status_200_is_that_error_and_retried() -> Non
 
     assert (failure.value.code, failure.value.message) == ("overloaded", "The model is overloaded.")
     assert retryable(failure.value)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        b'{"error": {"code": 400, "message": "Invalid tools."}}',
+        b'{"error": {"type": "invalid_request_error", "message": "Invalid tools."}}',
+    ],
+)
+def test_an_error_object_sent_with_200_that_refuses_the_request_is_not_retried(error: bytes) -> None:
+    # Retried, a client's own mistake would go round every upstream and open their breakers.
+    with pytest.raises(UpstreamError) as failure:
+        check_completion(error)
+
+    assert (failure.value.status, failure.value.code) == (400, "upstream_rejected")
+    assert not tries_next_candidate(failure.value)
+
+
+def test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message() -> None:
+    reply = b'{"error": {"code": "invalid_api_key", "message": "Incorrect API key provided: sk-ab12...yz89."}}'
+
+    with pytest.raises(UpstreamError) as failure:
+        check_completion(reply)
+
+    assert (failure.value.status, failure.value.code) == (502, "upstream_auth_failed")
+    assert "sk-" not in failure.value.message
 
 
 @pytest.mark.parametrize(

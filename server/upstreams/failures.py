@@ -119,11 +119,29 @@ def check_completion(reply: bytes) -> None:
     except orjson.JSONDecodeError:
         body = None
     if isinstance(body, dict):
-        if isinstance(body.get("choices"), list):
+        if isinstance(body.get("choices"), list) and body["choices"]:
             return
         if isinstance(body.get("error"), dict):
-            raise event_failure(body["error"])
+            raise _error_in_reply(body["error"], reply)
     raise malformed_reply()
+
+
+def _error_in_reply(error: Mapping[str, Any], reply: bytes) -> UpstreamError:
+    """An error object sent with status 200, judged as the status it names would be.
+
+    A refusal of the request (a 4xx, or `invalid_request_error`) is not retried or held against
+    the upstream; a refused key (401/403, `invalid_api_key`) hides its message, which may quote
+    part of the key; anything else is retried like an error event.
+    """
+    named = error.get("status", error.get("code"))
+    status = named if isinstance(named, int) and not isinstance(named, bool) else None
+    if error.get("code") == "invalid_api_key":
+        status = 401
+    elif status is None and error.get("type") == "invalid_request_error":
+        status = 400
+    if status is not None and 400 <= status < 500:
+        return status_failure(status, {}, reply)
+    return event_failure(error)
 
 
 def malformed_reply() -> UpstreamError:
