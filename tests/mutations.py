@@ -1955,6 +1955,32 @@ BREAKS += [
     ),
 ]
 
+# A resuming client's Last-Event-ID is its claim, never reported as read (review of the fixes above).
+CLAIM = f"{SCALE}::test_a_resume_past_the_end_on_another_instance_does_not_release_the_producers_hold_back"
+BREAKS += [
+    Break(
+        "a reader elsewhere reports its claimed position as read",
+        "server/streams/redis_store.py",
+        "        self._note_read(stream_id, 0)\n",
+        "        self._note_read(stream_id, seq)\n",
+        (CLAIM,),
+    ),
+    Break(
+        "a reader elsewhere never reports what it was sent",
+        "server/streams/registry.py",
+        "            self.store.reader_sent(stream_id, seq)\n",
+        "            pass\n",
+        (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
+    ),
+    Break(
+        "a held-back stream's burst stored whole",
+        "server/streams/generation.py",
+        "                room = backlog.room_events\n",
+        "                room = len(chunks)\n",
+        (CLAIM,),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

@@ -338,6 +338,34 @@ async def test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_rea
     assert seqs(events) == list(range(1, len(events) + 1))
 
 
+async def test_a_resume_past_the_end_on_another_instance_does_not_release_the_producers_hold_back(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    # A Last-Event-ID is the client's claim. Reported as read, one past the end emptied the
+    # producer's unread events at every renewal: nobody had read the stream, yet it ran on and its
+    # first events were dropped before its real reader came (410).
+    env = {**redis_env(redis_server), "SLUICE_BROWSER_MAX_BUFFERED_EVENTS": "100"}
+    gateways = [start_gateway(upstream=simulator, env=env) for _ in range(2)]
+    rid = new_request_id("claimed-ahead")
+    try:
+        async with aiohttp.ClientSession() as http:
+            stream_id = await start(http, gateways[0].url, "long\n#sim tokens=300 gap_ms=1", rid)
+            gateways[0].process.wait_for_event("browser_stream_held_back", request_id=rid)
+            claim = await Reader.open(http, gateways[1].url, stream_id, after=f"{stream_id}:100000")
+            # Several renewals' worth of reports (lease 1 s), in which the claim would have let the
+            # producer read on: held back, the stream cannot finish.
+            with pytest.raises(AssertionError, match="timed out"):
+                gateways[0].process.wait_for_event("browser_stream_finished", timeout=2, request_id=rid)
+            reader = await Reader.open(http, gateways[1].url, stream_id)
+            events = await asyncio.wait_for(reader.rest(), 60)
+            claim.close()
+    finally:
+        for gateway in gateways:
+            gateway.process.stop()
+    assert events[-1].event == "done", (events[-1], len(events))
+    assert seqs(events) == list(range(1, len(events) + 1))
+
+
 async def test_a_keys_requests_per_minute_are_counted_once_across_two_instances(
     simulator: Simulator, redis_server: RedisServer, tmp_path: Path
 ) -> None:

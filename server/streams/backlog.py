@@ -40,6 +40,11 @@ class Backlog:
         """Events stored that no reader has been sent yet."""
         return len(self._unread)
 
+    @property
+    def room_events(self) -> int:
+        """Events that may still be stored before the upstream is held back (at least 1)."""
+        return max(1, self._max_events - len(self._unread))
+
     def stored(self, seq: int, size: int) -> None:
         """The generation stored event `seq` of `size` bytes."""
         self._unread.append((seq, size))

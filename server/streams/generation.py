@@ -155,18 +155,25 @@ class UpstreamChunks:
         source: AsyncIterable[Sequence[Chunk]] = self._stream
         if self._continuing is not None:
             source = self._continued = self._continuing(self._stream)
+        backlog = self._backlog
         async for batch in source:
-            yield list(batch)
-            # The relay stored the batch; read no more while readers are that far behind.
-            if self._backlog.full:
-                if not self.held_back:
-                    log.info(
-                        "browser_stream_held_back",
-                        unread_bytes=self._backlog.unread_bytes,
-                        unread_events=self._backlog.unread_events,
-                    )
-                self.held_back += 1
-                await self._backlog.wait_for_room()
+            chunks = list(batch)
+            while chunks:
+                # One read can carry more events than there is room for (an upstream that ran
+                # ahead while held back): handed on a piece at a time, so none is dropped unread.
+                room = backlog.room_events
+                piece, chunks = chunks[:room], chunks[room:]
+                yield piece
+                # The relay stored the piece; read no more while readers are that far behind.
+                if backlog.full:
+                    if not self.held_back:
+                        log.info(
+                            "browser_stream_held_back",
+                            unread_bytes=backlog.unread_bytes,
+                            unread_events=backlog.unread_events,
+                        )
+                    self.held_back += 1
+                    await backlog.wait_for_room()
 
     @property
     def malformed(self) -> int:

@@ -129,6 +129,9 @@ class MemoryStreamStore:
     def read_elsewhere(self, stream_id: str) -> bool:
         return False
 
+    def reader_sent(self, stream_id: str, seq: int) -> None:
+        return None  # one process: every stream read here is produced here
+
     def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
         return None
 

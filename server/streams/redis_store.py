@@ -112,7 +112,9 @@ class RedisStreamStore:
     async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
         if stream_id in self._local:
             return await self._local.read_after(stream_id, seq, limit)
-        self._note_read(stream_id, seq)
+        # That a reader is here, not how far: `seq` may be a resuming client's claim, and one past
+        # the end would tell the producer that every event was read (`reader_sent` says how far).
+        self._note_read(stream_id, 0)
         key = self._keys.events(stream_id)
         if brought := self._follower.recent(key, seq, limit):
             return _slice(stream_id, seq, brought, limit)  # what woke this reader: no second round trip
@@ -201,6 +203,10 @@ class RedisStreamStore:
 
     def _settling(self) -> bool:
         return asyncio.get_running_loop().time() < self._settle_until
+
+    def reader_sent(self, stream_id: str, seq: int) -> None:
+        if stream_id not in self._local:
+            self._note_read(stream_id, seq)
 
     def _note_read(self, stream_id: str, seq: int) -> None:
         """Note that a reader here has the events up to `seq`, for the reporter to tell the producer."""

@@ -124,10 +124,12 @@ class StreamRegistry:
         return owner is not None and owner in ("", key_name)
 
     def sent(self, stream_id: str, seq: int) -> None:
-        """A reader was sent the events up to `seq`: the generation may read on if it held back."""
+        """A reader was sent the events up to `seq`: the generation, here or elsewhere, may read on if it held back."""
         live = self._live.get(stream_id)
         if live is not None:
             live.generation.backlog.sent(seq)
+        else:
+            self.store.reader_sent(stream_id, seq)
 
     async def stop(self, stream_id: str) -> None:
         """Stop the generation, here or on another instance; return once its end is stored."""

@@ -85,6 +85,9 @@ class StreamStore(Protocol):
     def on_read_elsewhere(self, handler: Callable[[str, int], None]) -> None:
         """Call `handler(stream_id, seq)` when a reader elsewhere has had the events up to `seq`."""
 
+    def reader_sent(self, stream_id: str, seq: int) -> None:
+        """A reader here was sent the events up to `seq` of a stream produced on another instance."""
+
     async def recovered(self) -> bool:
         """After StoreUnavailableError: True once the store answers again, False if it stays away."""
 
