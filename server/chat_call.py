@@ -203,7 +203,7 @@ def _models_allowed(request: web.Request, record: RequestRecord) -> Callable[[st
     and catch a KeyError) on every request.
     """
     key = request.get(GATEWAY_KEY) if record.key is not None else None
-    return key.allows if key is not None else None
+    return key.fallbacks_allowed(request.app[SETTINGS].models.aliases) if key is not None else None
 
 
 def _choices(body: dict[str, Any]) -> int:

@@ -210,7 +210,7 @@ class DashboardFeeds:
                 headers={"Retry-After": str(self._retry_after)},
             )
         self._viewers += 1
-        if self._task is None:
+        if self._task is None or self._task.done():  # none yet, or one that failed
             self._task = asyncio.create_task(self._produce(self._publish), name="sluice-dashboard-feeds")
             self._task.add_done_callback(self._ended)
         return Viewer(self)

@@ -15,7 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.dashboard import Sample, Viewer, Window, quantile, take_sample
+from server.dashboard import DashboardFeeds, Frames, Sample, Viewer, Window, quantile, take_sample
 from server.keys import LIFECYCLE
 from server.metrics import Metrics
 from server.routes import dashboard as dashboard_routes
@@ -337,3 +337,25 @@ async def test_a_viewer_leaving_frees_its_place(aiohttp_client: Any, monkeypatch
     assert again.status == 200
     assert "requests_total" in await next_snapshot(again)
     again.close()
+
+
+async def test_a_producer_that_failed_is_started_again_for_the_next_viewer() -> None:
+    # One that failed while a viewer still watched stayed in place: every later feed ended at once.
+    runs: list[int] = []
+
+    async def produce(publish: Any) -> None:
+        runs.append(len(runs))
+        if len(runs) == 1:
+            raise RuntimeError("the first producer fails")
+        publish(Frames(b"first", b"later"))
+        await asyncio.Event().wait()
+
+    feeds = DashboardFeeds(produce, max_viewers=4, retry_after=1)
+    staying = feeds.join()
+    assert await feeds.newer(0) is None  # the first producer failed: its viewers' feeds end
+    joining = feeds.join()
+    assert await asyncio.wait_for(feeds.newer(0), 5) == (1, Frames(b"first", b"later"))
+    assert runs == [0, 1]
+    joining.leave()
+    staying.leave()
+    await feeds.close()

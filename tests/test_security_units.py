@@ -378,3 +378,11 @@ def test_a_presented_key_that_is_not_utf8_is_a_wrong_key_not_a_crash() -> None:
     assert ring.find(presented) is None
     assert not ring.opens_metrics(presented)
     assert ring.find(KEY) is not None
+
+
+def test_a_keys_fallbacks_may_be_the_models_its_aliases_name() -> None:
+    key = GatewayKey("unit", b"", frozenset({"fast", "gpt-4.1"}), KeyLimits())
+    allowed = key.fallbacks_allowed({"fast": "gpt-4o-mini", "smart": "gpt-4o"})
+
+    assert [allowed(m) for m in ("gpt-4o-mini", "gpt-4.1", "gpt-4o", "smart")] == [True, True, False, False]
+    assert GatewayKey("any", b"", None, KeyLimits()).fallbacks_allowed({})("anything")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -32,6 +33,16 @@ class GatewayKey:
     def allows(self, model: str) -> bool:
         """True when the key may use `model`."""
         return self.models is None or model in self.models
+
+    def fallbacks_allowed(self, aliases: Mapping[str, str]) -> Callable[[str], bool]:
+        """Which models may answer this key's requests as fallbacks: its models, and those its aliases name.
+
+        Fallback tables name real models; a key that lists `smart` (an alias of gpt-4o) may be
+        answered by gpt-4o, as it may ask for it.
+        """
+        if self.models is None:
+            return self.allows
+        return (self.models | {aliases[name] for name in self.models if name in aliases}).__contains__
 
 
 class KeyRing:

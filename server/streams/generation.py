@@ -86,11 +86,8 @@ class Job:
     body: dict[str, Any]
     # What the starting request took from its gateway key's limits, given back when the stream ends.
     lease: Lease | None = None
-
-    @property
-    def allows(self) -> Callable[[str], bool] | None:
-        """Which models the starting request's gateway key may use, for the fallbacks; None without keys."""
-        return self.lease.key.allows if self.lease is not None else None
+    # Which models the starting request's gateway key may be answered by, for the fallbacks; None without keys.
+    allows: Callable[[str], bool] | None = None
 
 
 class StoreSink:

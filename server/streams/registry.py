@@ -90,7 +90,8 @@ class StreamRegistry:
             raise ServiceUnavailableError(
                 "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
-        generation = Generation(Job(stream_id, request_id, route, model, body, lease), services)
+        allows = lease.key.fallbacks_allowed(services.settings.models.aliases) if lease is not None else None
+        generation = Generation(Job(stream_id, request_id, route, model, body, lease, allows), services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
         self._live[stream_id] = live
