@@ -1874,16 +1874,6 @@ BREAKS += [
     ),
 ]
 
-BREAKS += [
-    Break(
-        "a reader's Last-Event-ID reported as read",
-        "server/streams/reader.py",
-        "            registry.sent(stream_id, seq)\n        if batch.finished:\n",
-        "        registry.sent(stream_id, seq)\n        if batch.finished:\n",
-        ("tests/test_browser_streams.py::test_a_last_event_id_past_the_end_of_a_live_stream_reports_nothing_read",),
-    ),
-]
-
 # Fallbacks stay within the request's key's models (black-box review: a narrow key was served a bigger model).
 ATTEMPTS = "server/upstreams/attempts.py"
 KEY_FALLBACK = "tests/test_auth_process.py::test_a_fallback_to_a_model_outside_the_keys_list_is_skipped"
@@ -1985,6 +1975,13 @@ BREAKS += [
         "            self.store.reader_sent(stream_id, seq)\n",
         "            pass\n",
         (f"{SCALE}::test_a_stream_longer_than_the_unread_budget_is_not_held_back_for_a_reader_elsewhere",),
+    ),
+    Break(
+        "a reader's Last-Event-ID reported as read",
+        "server/streams/reader.py",
+        "            registry.sent(stream_id, seq)\n        if batch.finished:\n",
+        "        registry.sent(stream_id, seq)\n        if batch.finished:\n",
+        ("tests/test_dos_process.py::test_a_resume_past_the_end_does_not_release_the_hold_back",),
     ),
     Break(
         "a held-back stream's burst stored whole",

@@ -307,6 +307,37 @@ async def test_a_stream_of_many_small_events_is_held_back_before_its_unread_even
     assert events[-1].event == "done"
 
 
+async def test_a_resume_past_the_end_does_not_release_the_hold_back(simulator: Simulator) -> None:
+    # A Last-Event-ID past the end is the client's claim. Taken as read at each of its reader's
+    # wakes, it let the stream run on with nobody reading; its first events were then dropped
+    # before its real reader came (410).
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_BROWSER_MAX_BUFFERED_EVENTS": "100"})
+    rid = new_request_id("claimed-ahead")
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.post(
+                gateway.url + "/chat/streams",
+                json={"message": "x\n#sim tokens=300 gap_ms=1"},
+                headers={"X-Request-ID": rid},
+            ) as r:
+                assert r.status == 201
+                created = await r.json()
+            gateway.process.wait_for_event("browser_stream_held_back", request_id=rid)
+            claim = await http.get(gateway.url + created["url"], headers={"Last-Event-ID": f"{created['id']}:100000"})
+            assert claim.status == 200
+            # Held back, the stream cannot finish while only the claim is attached.
+            with pytest.raises(AssertionError, match="timed out"):
+                gateway.process.wait_for_event("browser_stream_finished", timeout=2, request_id=rid)
+            async with http.get(gateway.url + created["url"]) as reader:
+                assert reader.status == 200
+                events = await read_events(reader)
+            claim.close()
+    finally:
+        gateway.process.stop()
+    assert sum(e.event == "token" for e in events) == 300
+    assert events[-1].event == "done"
+
+
 async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: Simulator) -> None:
     gateway = start_gateway(
         upstream=simulator,
