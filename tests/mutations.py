@@ -448,8 +448,8 @@ BREAKS = [
     Break(
         "a reader's report to the producer goes back on its read path",
         REDIS_STORE,
-        "        self._note_read(stream_id, seq)\n",
-        "        await self._link.client.set(self._keys.read(stream_id), seq, px=self._grace_ms)\n",
+        "        self._note_read(stream_id, 0)\n",
+        "        await self._link.client.set(self._keys.read(stream_id), 0, px=self._grace_ms)\n",
         (f"{STORE_TESTS}::test_a_reader_elsewhere_gets_the_events_that_woke_it_without_another_round_trip",),
     ),
     Break(
@@ -808,8 +808,8 @@ BREAKS += [
     Break(
         "unread detached stream reads on",
         "server/streams/generation.py",
-        "                await self._backlog.wait_for_room()\n",
-        "                pass\n",
+        "                    await backlog.wait_for_room()\n",
+        "                    pass\n",
         (f"{DOS_PROCESS}::test_a_never_read_detached_stream_holds_its_upstream_back",),
     ),
     Break(
