@@ -187,8 +187,9 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
             assert paused["outcome"] == "active"
             record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
     assert record["outcome"] == "client_aborted"
-    assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND
     log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
+    # With the gateway's own account: its line's duration tells a late send timeout from a late close.
+    assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND, (record, log)
     assert log["error_code"] == "send_timeout"
 
 
