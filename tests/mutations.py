@@ -1992,6 +1992,16 @@ BREAKS += [
     ),
 ]
 
+BREAKS += [
+    Break(
+        "the one-step GET refuses an empty lastEventId",
+        "server/routes/browser.py",
+        '_QUERY_CONTROLS = ("token", QUERY)',
+        '_QUERY_CONTROLS = ("token",)',
+        ("tests/test_browser_streams.py::test_the_one_step_get_with_an_empty_last_event_id_parameter_starts_a_stream",),
+    ),
+]
+
 # The built-in simulated model honours `n` (black-box review: n=2 streams failed in simulated mode).
 SIM_STREAMING = "server/simulator/streaming.py"
 SIM_TESTS = "tests/test_simulator.py"

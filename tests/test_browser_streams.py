@@ -440,6 +440,12 @@ async def test_a_one_step_reconnect_attaches_to_the_stream_its_last_event_id_nam
             assert sim.status == 404
 
 
+async def test_the_one_step_get_with_an_empty_last_event_id_parameter_starts_a_stream(client: Client) -> None:
+    events = await read(client, "/chat/stream", message="hi\n#sim tokens=2", lastEventId="")
+
+    assert events[-1].event == "done"
+
+
 async def test_the_one_step_get_reconnect_after_the_final_event_is_204(client: Client) -> None:
     async with client.get("/chat/stream", params={"message": "x\n#sim tokens=1"}) as response:
         events = events_only(await read_events(response))

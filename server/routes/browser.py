@@ -27,15 +27,16 @@ from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TIMERS, TOKEN
 from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream
-from ..streams.resume import resume_point
+from ..streams.resume import QUERY, resume_point
 from ..streams.store import StoreUnavailableError
 from ..validation import parse_model, read_json_object
 from ..worker_proxy import forward_to_owner
 
 # Query parameters of the one-step GET; the rest of ChatRequest (history) does not fit a URL.
 _QUERY_FIELDS = ("message", "model", "system")
-# Query parameters the one-step GET reads that are not ChatRequest fields.
-_QUERY_CONTROLS = ("token",)
+# Query parameters the one-step GET reads that are not ChatRequest fields (an empty lastEventId
+# resumes nothing: some EventSource polyfills send it on their first connection).
+_QUERY_CONTROLS = ("token", QUERY)
 
 
 async def create_stream(request: web.Request) -> web.Response:
