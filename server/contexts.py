@@ -140,6 +140,7 @@ def open_store(app: web.Application, bounds: BrowserSettings) -> StreamStore:
             max_streams=bounds.max_streams,
             retention=bounds.retention_seconds,
             max_bytes=max_bytes,
+            max_kept_bytes=bounds.max_kept_bytes,
         )
     store = RedisStreamStore(link, bounds, max_bytes=max_bytes)
     store.start()

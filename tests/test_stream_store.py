@@ -13,8 +13,12 @@ from server.streams.memory import MemoryStreamStore
 from server.streams.store import EventsDroppedError, StoredEvent
 
 
-def make_store(*, max_events: int = 100, max_streams: int = 10, retention: float = 60) -> MemoryStreamStore:
-    return MemoryStreamStore(max_events=max_events, max_streams=max_streams, retention=retention)
+def make_store(
+    *, max_events: int = 100, max_streams: int = 10, retention: float = 60, max_kept_bytes: int | None = None
+) -> MemoryStreamStore:
+    return MemoryStreamStore(
+        max_events=max_events, max_streams=max_streams, retention=retention, max_kept_bytes=max_kept_bytes
+    )
 
 
 async def fill(store: MemoryStreamStore, stream_id: str, count: int, *, finish: bool = True) -> list[StoredEvent]:
@@ -147,6 +151,28 @@ async def test_when_full_the_oldest_finished_stream_makes_room() -> None:
     assert await store.read_after("first-finished", 0, limit=10) is None
     assert await store.read_after("second-finished", 0, limit=10) is not None
     assert await store.read_after("live", 0, limit=10) is not None
+
+
+async def test_past_the_byte_budget_the_streams_that_finished_longest_ago_are_dropped() -> None:
+    store = make_store(max_kept_bytes=150)  # "event N": 7 or 8 bytes; ten of them about 70
+    await fill(store, "first", 10)
+    await fill(store, "second", 10)
+    await fill(store, "third", 10)
+
+    assert await store.read_after("first", 0, limit=100) is None
+    assert [len(store.held(name)) for name in ("second", "third")] == [10, 10]
+
+
+async def test_live_streams_are_not_dropped_for_the_byte_budget_and_hold_new_ones_off() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "live", 10, finish=False)
+    await fill(store, "also live", 10, finish=False)
+
+    assert [len(store.held(name)) for name in ("live", "also live")] == [10, 10]
+    assert not await store.create("one more")
+    await store.finish("live")  # finished, it is the first to go when room is needed
+    assert await store.create("one more")
+    assert store.held("live") == []
 
 
 async def test_closing_the_store_wakes_waiters_and_forgets_every_stream() -> None:

@@ -42,6 +42,7 @@ class BrowserSettings(Section):
     max_buffered_events: int = Field(ge=1)
     max_streams: int = Field(ge=1)
     max_buffered_bytes: int = Field(ge=1)
+    max_kept_bytes: int = Field(ge=1)
 
 
 class DashboardSettings(Section):

@@ -29,7 +29,13 @@ class _Buffer:
 
 
 class MemoryStreamStore:
-    """StreamStore in this process's memory: at most `max_events` and `max_bytes` per stream, `max_streams` streams."""
+    """StreamStore in this process's memory: at most `max_events` and `max_bytes` per stream, `max_streams` streams.
+
+    And at most `max_kept_bytes` of events in all: past it the streams that finished longest ago
+    go first (a reader replaying one is told `stream_expired`), and while live streams alone hold
+    that much a new stream is refused. Without it, one client starting streams nobody reads kept
+    up to `max_bytes` each for their retention, `max_streams` times over.
+    """
 
     def __init__(
         self,
@@ -38,10 +44,13 @@ class MemoryStreamStore:
         max_streams: int,
         retention: float,
         max_bytes: int = 4 << 20,
+        max_kept_bytes: int | None = None,
         on_drop: Callable[[str], None] | None = None,
     ) -> None:
         self._max_events = max_events
         self._max_bytes = max_bytes
+        self._max_kept_bytes = max_kept_bytes if max_kept_bytes is not None else 1 << 62
+        self._kept_bytes = 0
         self._max_streams = max_streams
         self._retention = retention
         self._on_drop = on_drop
@@ -72,6 +81,9 @@ class MemoryStreamStore:
             if not self._finished:
                 return False
             self._drop(next(iter(self._finished)))
+        self._shed()
+        if self._kept_bytes >= self._max_kept_bytes:
+            return False  # live streams alone hold the budget
         self._buffers[stream_id] = _Buffer(owner=owner)
         return True
 
@@ -88,10 +100,14 @@ class MemoryStreamStore:
         buffer.events[event.seq] = event
         buffer.last = event.seq
         buffer.size += len(event.data)
+        self._kept_bytes += len(event.data)
         while len(buffer.events) > self._max_events or (buffer.size > self._max_bytes and len(buffer.events) > 1):
-            buffer.size -= len(buffer.events.pop(buffer.first).data)
+            dropped = len(buffer.events.pop(buffer.first).data)
+            buffer.size -= dropped
+            self._kept_bytes -= dropped
             buffer.first += 1
         buffer.notify()
+        self._shed()
 
     async def finish(self, stream_id: str) -> None:
         buffer = self._buffers.get(stream_id)
@@ -102,6 +118,7 @@ class MemoryStreamStore:
         loop = asyncio.get_running_loop()
         buffer.expiry = loop.call_later(self._retention, self._drop, stream_id)
         buffer.notify()
+        self._shed()
 
     async def read_after(self, stream_id: str, seq: int, limit: int) -> Slice | None:
         buffer = self._buffers.get(stream_id)
@@ -146,10 +163,16 @@ class MemoryStreamStore:
         for stream_id in list(self._buffers):
             self._drop(stream_id)
 
+    def _shed(self) -> None:
+        """Drop the streams that finished longest ago while more than `max_kept_bytes` are kept."""
+        while self._kept_bytes > self._max_kept_bytes and self._finished:
+            self._drop(next(iter(self._finished)))
+
     def _drop(self, stream_id: str) -> None:
         buffer = self._buffers.pop(stream_id, None)
         if buffer is None:
             return
+        self._kept_bytes -= buffer.size
         self._finished.pop(stream_id, None)
         if buffer.expiry is not None:
             buffer.expiry.cancel()

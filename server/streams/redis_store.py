@@ -55,6 +55,7 @@ class RedisStreamStore:
             max_streams=bounds.max_streams,
             retention=bounds.retention_seconds,
             max_bytes=max_bytes,
+            max_kept_bytes=bounds.max_kept_bytes,
             on_drop=self._dropped_locally,
         )
         self._writer = RedisWriter(link, self._keys, self._local, max_events=bounds.max_buffered_events)
