@@ -1824,7 +1824,10 @@ BREAKS += [
         DASH,
         "        self._viewers -= 1\n",
         "        self._viewers -= 0\n",
-        (f"{DASH_TESTS}::test_a_viewer_leaving_frees_its_place",),
+        (
+            f"{DASH_TESTS}::test_a_viewer_leaving_frees_its_place",
+            f"{DASH_TESTS}::test_a_viewer_that_disconnects_from_run_py_frees_its_place",
+        ),
     ),
 ]
 

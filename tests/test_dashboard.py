@@ -22,8 +22,9 @@ from server.routes import dashboard as dashboard_routes
 from server.routes.dashboard import upstreams
 from server.routes.page import CONTENT_SECURITY_POLICY
 from tests.conftest import make_settings
+from tests.support.client import new_request_id
 from tests.support.envelope import error_of
-from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port
+from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, start_gateway
 from tests.test_operations import distinct_pids
 
 Client = TestClient[web.Request, web.Application]
@@ -359,3 +360,25 @@ async def test_a_producer_that_failed_is_started_again_for_the_next_viewer() -> 
     joining.leave()
     staying.leave()
     await feeds.close()
+
+
+async def test_a_viewer_that_disconnects_from_run_py_frees_its_place(simulator: Simulator) -> None:
+    # The same as above on a real process (web.run_app, not the test client): the place comes back
+    # once the feed's request has ended, which its access line marks.
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_DASHBOARD_MAX_FEEDS": "1"})
+    rid = new_request_id("feed-leaves")
+    try:
+        async with aiohttp.ClientSession() as http:
+            feed = await http.get(gateway.url + "/dashboard/feed", headers={"X-Request-ID": rid})
+            assert feed.status == 200
+            await next_snapshot(feed)
+            async with http.get(gateway.url + "/dashboard/feed") as refused:
+                assert refused.status == 503
+            feed.close()
+            # In a thread: the close itself happens on this loop, which must go on running.
+            await asyncio.to_thread(gateway.process.wait_for_event, "request_finished", request_id=rid)
+            async with http.get(gateway.url + "/dashboard/feed") as again:
+                assert again.status == 200
+                assert "requests_total" in await next_snapshot(again)
+    finally:
+        gateway.process.stop()

@@ -261,6 +261,15 @@ async def test_malformed_upstream_chunks_are_counted_in_the_log_and_a_metric(gat
     assert 'sluice_upstream_chunks_malformed_total{route="/chat/stream"}' in metrics
 
 
+async def start_detached(http: aiohttp.ClientSession, gateway: Gateway, message: str, rid: str) -> dict[str, str]:
+    """POST /chat/streams with `message` under request id `rid`; the new stream (`id`, `url`)."""
+    headers = {"X-Request-ID": rid}
+    async with http.post(gateway.url + "/chat/streams", json={"message": message}, headers=headers) as r:
+        assert r.status == 201
+        created: dict[str, str] = await r.json()
+    return created
+
+
 async def observe(http: aiohttp.ClientSession, simulator: Simulator, rid: str) -> dict[str, object]:
     """The simulator's record of `rid` after OBSERVATION_SECONDS in which it must not end."""
     params = {"until": "closed", "timeout": str(OBSERVATION_SECONDS)}
@@ -283,13 +292,7 @@ async def test_a_stream_of_many_small_events_is_held_back_before_its_unread_even
     rid = new_request_id("many-small")
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                gateway.url + "/chat/streams",
-                json={"message": f"x\n#sim tokens={tokens} gap_ms=1"},
-                headers={"X-Request-ID": rid},
-            ) as r:
-                assert r.status == 201
-                created = await r.json()
+            created = await start_detached(http, gateway, f"x\n#sim tokens={tokens} gap_ms=1", rid)
             # Held back (the fix), or finished with most of its events dropped (the bug).
             gateway.process.wait_for_line(
                 lambda _: any(
@@ -315,13 +318,7 @@ async def test_a_resume_past_the_end_does_not_release_the_hold_back(simulator: S
     rid = new_request_id("claimed-ahead")
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                gateway.url + "/chat/streams",
-                json={"message": "x\n#sim tokens=300 gap_ms=1"},
-                headers={"X-Request-ID": rid},
-            ) as r:
-                assert r.status == 201
-                created = await r.json()
+            created = await start_detached(http, gateway, "x\n#sim tokens=300 gap_ms=1", rid)
             gateway.process.wait_for_event("browser_stream_held_back", request_id=rid)
             claim = await http.get(gateway.url + created["url"], headers={"Last-Event-ID": f"{created['id']}:100000"})
             assert claim.status == 200
@@ -347,13 +344,7 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
     tokens = 2_000_000
     try:
         async with aiohttp.ClientSession() as http:
-            async with http.post(
-                gateway.url + "/chat/streams",
-                json={"message": f"x\n#sim tokens={tokens} gap_ms=0"},
-                headers={"X-Request-ID": rid},
-            ) as r:
-                assert r.status == 201
-                created = await r.json()
+            created = await start_detached(http, gateway, f"x\n#sim tokens={tokens} gap_ms=0", rid)
             # The gateway says it stopped reading, and the simulator's writes then block.
             gateway.process.wait_for_event("browser_stream_held_back", request_id=rid, timeout=60)
             await sim_wait(http, simulator.url, rid, "paused", seconds=60)

@@ -19,6 +19,13 @@ Client = TestClient[web.Request, web.Application]
 COMPLETION = b'{"id": "c", "object": "chat.completion", "choices": [{"index": 0, "message": {"content": "hi"}}]}'
 
 
+def failure_of(reply: bytes) -> UpstreamError:
+    """The error `check_completion` raises for `reply` (it must raise one)."""
+    with pytest.raises(UpstreamError) as failure:
+        check_completion(reply)
+    return failure.value
+
+
 def test_a_chat_completion_passes() -> None:
     check_completion(COMPLETION)
 
@@ -35,20 +42,18 @@ def test_a_chat_completion_passes() -> None:
     ],
 )
 def test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream(reply: bytes) -> None:
-    with pytest.raises(UpstreamError) as failure:
-        check_completion(reply)
+    failure = failure_of(reply)
 
-    assert (failure.value.status, failure.value.code) == (502, "upstream_malformed_reply")
-    assert tries_next_candidate(failure.value)
-    assert not retryable(failure.value)  # the same upstream would answer the same
+    assert (failure.status, failure.code) == (502, "upstream_malformed_reply")
+    assert tries_next_candidate(failure)
+    assert not retryable(failure)  # the same upstream would answer the same
 
 
 def test_an_error_object_sent_with_status_200_is_that_error_and_retried() -> None:
-    with pytest.raises(UpstreamError) as failure:
-        check_completion(b'{"error": {"message": "The model is overloaded.", "code": "overloaded"}}')
+    failure = failure_of(b'{"error": {"message": "The model is overloaded.", "code": "overloaded"}}')
 
-    assert (failure.value.code, failure.value.message) == ("overloaded", "The model is overloaded.")
-    assert retryable(failure.value)
+    assert (failure.code, failure.message) == ("overloaded", "The model is overloaded.")
+    assert retryable(failure)
 
 
 @pytest.mark.parametrize(
@@ -60,21 +65,19 @@ def test_an_error_object_sent_with_status_200_is_that_error_and_retried() -> Non
 )
 def test_an_error_object_sent_with_200_that_refuses_the_request_is_not_retried(error: bytes) -> None:
     # Retried, a client's own mistake would go round every upstream and open their breakers.
-    with pytest.raises(UpstreamError) as failure:
-        check_completion(error)
+    failure = failure_of(error)
 
-    assert (failure.value.status, failure.value.code) == (400, "upstream_rejected")
-    assert not tries_next_candidate(failure.value)
+    assert (failure.status, failure.code) == (400, "upstream_rejected")
+    assert not tries_next_candidate(failure)
 
 
 def test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message() -> None:
     reply = b'{"error": {"code": "invalid_api_key", "message": "Incorrect API key provided: sk-ab12...yz89."}}'
 
-    with pytest.raises(UpstreamError) as failure:
-        check_completion(reply)
+    failure = failure_of(reply)
 
-    assert (failure.value.status, failure.value.code) == (502, "upstream_auth_failed")
-    assert "sk-" not in failure.value.message
+    assert (failure.status, failure.code) == (502, "upstream_auth_failed")
+    assert "sk-" not in failure.message
 
 
 @pytest.mark.parametrize(
