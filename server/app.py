@@ -29,6 +29,7 @@ from .contexts import (
     worker_proxy_ctx,
 )
 from .credentials import UpstreamCredentials
+from .http_protocol import serve_with_gateway_protocol
 from .keys import (
     CHAT_SCHEMA,
     CONNECTION_LIMIT,
@@ -111,6 +112,7 @@ def create_app(
 
     setup_routes(app)
     setup_cors(app, settings.server.cors_origins, keys_configured=settings.auth.enabled)
+    serve_with_gateway_protocol(app)  # broken HTTP gets the JSON envelope too
     return app
 
 

@@ -17,6 +17,8 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from aiohttp.web_request import BaseRequest
 
+from .http_protocol import GatewayProtocol
+
 log = structlog.get_logger("sluice.client_gone")
 
 
@@ -31,7 +33,7 @@ def watch(request: BaseRequest, callback: Callable[[], None]) -> Callable[[], No
     hook = _ClientGone(callback, content)
     content._waiter = hook  # type: ignore[assignment]  # a future's stand-in (see _ClientGone)
     protocol = request.protocol
-    if type(protocol) is RequestHandler:
+    if type(protocol) is GatewayProtocol or type(protocol) is RequestHandler:
         protocol.__class__ = _LeaveAwareHandler  # see _LeaveAwareHandler
     # A bound method, not a closure over the two: a function and its cells, kept for the stream's
     # life, cost about 120 bytes more per live stream.
@@ -83,15 +85,15 @@ class _ClientGone:
             log.exception("client_gone_callback_failed")
 
 
-class _LeaveAwareHandler(RequestHandler):
+class _LeaveAwareHandler(GatewayProtocol):
     """aiohttp's connection protocol, which also tells the stream the moment the client's FIN is read.
 
     aiohttp does nothing on a FIN: the transport closes and calls `connection_lost` on the loop's
     next turn, behind every callback queued before it. When a crowd leaves, that turn also runs
     the handler teardowns of those who left first, so an upstream closed from `connection_lost`
-    waited for them (bench crowd: 60-100 µs a client, a turn late). aiohttp builds this protocol
+    waited for them (bench crowd: 60-100 µs a client, a turn late). aiohttp builds the protocol
     itself, with no way to name its class, so `watch` gives a streaming connection this class,
-    which adds no state (same slots) and only this method.
+    which adds no state (same slots) and only this method to `GatewayProtocol`'s.
     """
 
     __slots__ = ()

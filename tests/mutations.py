@@ -2073,6 +2073,38 @@ BREAKS += [
     ),
 ]
 
+BROKEN_HTTP = "tests/test_broken_http.py"
+BREAKS += [
+    Break(
+        "aiohttp's plain text for a request it cannot parse",
+        "server/http_protocol.py",
+        "        if type(protocol) is RequestHandler:\n            protocol.__class__ = GatewayProtocol\n",
+        "        pass\n",
+        (f"{BROKEN_HTTP}::test_a_request_that_cannot_be_parsed_gets_the_json_envelope_without_its_bytes",),
+    ),
+    Break(
+        "a parse fault's bytes quoted back",
+        "server/http_protocol.py",
+        "    text = next((text for kind, text in _FAULTS if isinstance(exc, kind)), _ANY_FAULT)\n",
+        "    text = str(exc)\n",
+        (f"{BROKEN_HTTP}::test_a_request_that_cannot_be_parsed_gets_the_json_envelope_without_its_bytes",),
+    ),
+    Break(
+        "a body whose framing breaks waits for its deadline",
+        "server/middleware/body.py",
+        "    unwatch = watch_framing(request)\n",
+        "    unwatch = lambda: None  # noqa: E731\n",
+        (f"{BROKEN_HTTP}::test_a_chunked_body_that_breaks_midway_is_400_at_once_not_a_408",),
+    ),
+    Break(
+        "a fault queued before the body is awaited is missed",
+        "server/http_protocol.py",
+        "        watch.append(item)\n",
+        "        list.append(watch, item)\n",
+        (f"{BROKEN_HTTP}::test_a_fault_queued_before_the_body_is_awaited_fails_the_body_at_once",),
+    ),
+]
+
 
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""

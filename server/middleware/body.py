@@ -16,6 +16,7 @@ import asyncio
 from aiohttp import web
 
 from ..errors import PayloadTooLargeError, RequestTimeoutError
+from ..http_protocol import watch_framing
 from ..keys import SETTINGS
 from .errors import render_error
 
@@ -35,6 +36,7 @@ def body_to_read(request: web.Request) -> bool:
 async def read_body(request: web.Request) -> web.Response | None:
     """Read the rest of the body within `body_timeout`; when it is late, the 408 (connection closed)."""
     deadline = request.app[SETTINGS].connections.body_timeout
+    unwatch = watch_framing(request)
     try:
         async with asyncio.timeout(deadline):
             await request.read()
@@ -43,4 +45,6 @@ async def read_body(request: web.Request) -> web.Response | None:
         response = render_error(late)
         response.force_close()
         return response
+    finally:
+        unwatch()
     return None

@@ -1,0 +1,131 @@
+"""The connection protocol requests are served on: aiohttp's, with Sluice's answer to broken HTTP.
+
+aiohttp answers a request it cannot parse (a bad request line or method, a header over 8 KiB, a
+broken chunked body) itself, before any middleware runs, from `RequestHandler.handle_error`: a
+plain-text 400 (HTML for a browser) that quotes the bytes it refused. `GatewayProtocol` answers
+with the gateway's JSON envelope instead, code `invalid_http`, naming only the kind of fault.
+
+A fault in the middle of a body being read ends that body at once (`watch_framing`). aiohttp
+queues the fault as the connection's next request and leaves the body waiting for bytes that will
+never come: the client got a 408 after `body_timeout` (15 s). The body's reader now fails, and the
+chain answers `400 invalid_body` and closes the connection (middleware/errors.py).
+
+aiohttp builds this protocol itself, with no way to name its class, so `serve_with_gateway_protocol`
+gives each connection this class from the application's request factory, which sees every
+request, the unparsable one included, before it is served. The class adds no state (same slots).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, cast
+
+from aiohttp import http_exceptions, web
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+
+from .errors import GatewayError, InvalidRequestError
+
+# What each of aiohttp's parse errors says, without the client's bytes (a key, a token, a prompt).
+# The first class in the table that the error is an instance of names it.
+_FAULTS: tuple[tuple[type[BaseException], str], ...] = (
+    (http_exceptions.BadHttpMethod, "The request's method is not a valid HTTP method."),
+    (http_exceptions.BadStatusLine, "The request line is not valid HTTP/1.1."),
+    (http_exceptions.LineTooLong, "The request line or a header is longer than the gateway accepts."),
+    (http_exceptions.InvalidHeader, "A request header is not valid HTTP/1.1."),
+    (http_exceptions.InvalidURLError, "The request's target is not a valid URL."),
+    (http_exceptions.PayloadEncodingError, "The request body's framing (chunked or Content-Length) is broken."),
+)
+_ANY_FAULT = "The request is not valid HTTP/1.1."
+
+
+class GatewayProtocol(RequestHandler):
+    """aiohttp's connection protocol, answering broken HTTP with the JSON envelope."""
+
+    __slots__ = ()
+
+    def handle_error(
+        self,
+        request: web.BaseRequest,
+        status: int = 500,
+        exc: BaseException | None = None,
+        message: str | None = None,
+    ) -> web.StreamResponse:
+        """The envelope for a request aiohttp refused (or a handler failure aiohttp caught), connection closed."""
+        # aiohttp's own logs it (logs.MalformedRequestFilter turns that into `malformed_http_request`)
+        # and refuses a second answer once a response began: keep both, drop its plain text.
+        super().handle_error(request, status, exc, message)
+        error = _error_for(status, exc)
+        response = web.json_response(error.body(), status=error.status)
+        response.force_close()
+        return response
+
+
+def _error_for(status: int, exc: BaseException | None) -> GatewayError:
+    if status >= 500:
+        return GatewayError("Sluice failed to handle the request.", status=status)
+    text = next((text for kind, text in _FAULTS if isinstance(exc, kind)), _ANY_FAULT)
+    return InvalidRequestError(text, code="invalid_http", status=status)
+
+
+def serve_with_gateway_protocol(app: web.Application) -> None:
+    """Serve `app`'s connections on `GatewayProtocol` (call before the app is run or frozen)."""
+    make_request = app._make_request
+
+    def request_factory(message: Any, payload: Any, protocol: RequestHandler, writer: Any, task: Any) -> web.Request:
+        if type(protocol) is RequestHandler:
+            protocol.__class__ = GatewayProtocol
+        return make_request(message, payload, protocol, writer, task)
+
+    # aiohttp hands `app._make_request` to its Server as the request factory when the app runs.
+    app._make_request = request_factory  # type: ignore[method-assign,assignment]
+
+
+def watch_framing(request: web.BaseRequest) -> Callable[[], None]:
+    """Fail `request`'s body at once if the connection's framing breaks while it is read; return the undo.
+
+    aiohttp appends the fault to the connection's queue of parsed requests (`_messages`, an aiohttp
+    3.14 internal), which nothing reads while this request is served: for as long as the body is
+    read, the queue is a stand-in that notices the fault. Left as it is when not found as expected.
+    """
+    protocol = request.protocol
+    queue = getattr(protocol, "_messages", None)
+    if type(queue) is not deque:
+        return _nothing
+    watch = _FramingWatch(request.content)
+    for item in queue:  # a fault that came before this request's body was awaited
+        watch.append(item)
+    queue.clear()
+    protocol._messages = watch  # type: ignore[assignment]
+
+    def undo() -> None:
+        if cast(object, protocol._messages) is watch:
+            queue.extend(watch)
+            protocol._messages = queue
+
+    return undo
+
+
+class _FramingWatch(list[Any]):
+    """The connection's request queue while a body is read: a parse fault appended fails that body."""
+
+    __slots__ = ("_content",)
+
+    def __init__(self, content: StreamReader) -> None:
+        super().__init__()
+        self._content = content
+
+    def append(self, item: Any) -> None:
+        """Queue `item` as aiohttp does; when it is a parse fault, fail the body being read."""
+        super().append(item)
+        if type(item[0]) is _ErrInfo and not self._content.is_eof():
+            self._content.set_exception(RequestPayloadError("the request's framing broke mid-body"))
+
+    def popleft(self) -> Any:
+        """The oldest request, as `deque.popleft` (not called while a body is read)."""
+        return self.pop(0)
+
+
+def _nothing() -> None:
+    pass
