@@ -2103,6 +2103,37 @@ BREAKS += [
         "        list.append(watch, item)\n",
         (f"{BROKEN_HTTP}::test_a_fault_queued_before_the_body_is_awaited_fails_the_body_at_once",),
     ),
+    Break(
+        "cors_origins compared as written",
+        "server/settings/sections.py",
+        "        return tuple(normalise_origin(origin) for origin in origins)\n",
+        "        return origins\n",
+        (
+            "tests/test_settings.py::test_cors_origins_are_kept_as_browsers_send_them",
+            "tests/test_middleware.py::test_a_cors_origin_configured_with_a_default_port_and_slash_matches_the_browsers",
+        ),
+    ),
+    Break(
+        "a cors_origins entry with a path accepted",
+        "server/settings/sections.py",
+        '    if parts.path not in ("", "/") or parts.query',
+        "    if parts.query",
+        ("tests/test_settings.py::test_a_cors_origin_that_is_not_an_origin_is_refused_naming_the_setting",),
+    ),
+    Break(
+        "a preflight for a method not served blamed on the origin",
+        "server/routes/cors.py",
+        '                code="cors_method_not_allowed",\n',
+        "",
+        ("tests/test_middleware.py::test_cors_preflight_for_a_method_the_route_does_not_serve_names_the_method",),
+    ),
+    Break(
+        "an OPTIONS that is not a preflight refused",
+        "server/routes/cors.py",
+        "    if method is None:\n",
+        "    if False:\n",
+        ("tests/test_middleware.py::test_an_options_request_that_is_not_a_preflight_is_204_with_the_allowed_methods",),
+    ),
 ]
 
 

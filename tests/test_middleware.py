@@ -371,6 +371,32 @@ async def test_cors_refuses_an_origin_not_configured(aiohttp_client: AiohttpClie
     assert "Access-Control-Allow-Origin" not in simple.headers
 
 
+async def test_cors_preflight_for_a_method_the_route_does_not_serve_names_the_method(client: Client) -> None:
+    response = await client.options("/chat", headers={"Origin": ORIGIN, "Access-Control-Request-Method": "DELETE"})
+
+    assert response.status == 403
+    assert (await response.json())["error"]["code"] == "cors_method_not_allowed"
+    assert "Access-Control-Allow-Origin" not in response.headers
+
+
+async def test_an_options_request_that_is_not_a_preflight_is_204_with_the_allowed_methods(client: Client) -> None:
+    response = await client.options("/chat", headers={"Origin": ORIGIN})
+
+    assert response.status == 204
+    assert response.headers["Allow"] == "OPTIONS, POST"
+
+
+async def test_a_cors_origin_configured_with_a_default_port_and_slash_matches_the_browsers(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    settings = make_settings(server={"cors_origins": ["HTTPS://App.Example:443/"]})
+    client: Client = await aiohttp_client(create_app(settings))
+
+    response = await client.get("/models", headers={"Origin": "https://app.example"})
+
+    assert response.headers["Access-Control-Allow-Origin"] == "https://app.example"
+
+
 # --- access log on the gateway -----------------------------------------------------------------
 
 

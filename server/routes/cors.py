@@ -1,7 +1,8 @@
 """CORS on every route: answer preflights and mark cross-origin responses by the policy (server/cors.py).
 
 An allowlisted origin is echoed with `Vary: Origin`; `*` is a literal `*`. Preflights (`OPTIONS`
-with `Access-Control-Request-Method`) get 200 with what may follow, or 403. Credentials are never
+with `Access-Control-Request-Method`) get 200 with what may follow, or 403 naming what is refused:
+the origin (`cors_origin_not_allowed`) or the method (`cors_method_not_allowed`). Credentials are never
 allowed: Sluice's auth is a header or a token in the URL, never a cookie.
 """
 
@@ -47,14 +48,26 @@ def setup_cors_policy(app: web.Application, policy: CorsPolicy) -> None:
 
 
 async def preflight(request: web.Request) -> web.Response:
-    """200 with the allowed methods and headers for an allowed origin; 403 otherwise."""
+    """200 with the allowed methods and headers for an allowed origin and method; 403 naming which is not.
+
+    An `OPTIONS` that is not a preflight (no `Access-Control-Request-Method`) is answered 204 with `Allow`.
+    """
     policy = request.app[CORS_POLICY]
     method = request.headers.get(hdrs.ACCESS_CONTROL_REQUEST_METHOD)
-    allowed = policy.allow_origin(request.headers.get(hdrs.ORIGIN))
     resource = request.match_info.route.resource
     methods = _methods(request.app, resource.canonical) if resource is not None else set()
-    if allowed is None or method is None or method not in methods:
+    if method is None:
+        return web.Response(status=204, headers={hdrs.ALLOW: ", ".join(sorted(methods | {hdrs.METH_OPTIONS}))})
+    allowed = policy.allow_origin(request.headers.get(hdrs.ORIGIN))
+    if allowed is None:
         return render_error(CorsForbiddenError("This origin may not call Sluice from a browser."))
+    if method not in methods:
+        return render_error(
+            CorsForbiddenError(
+                f"{request.path} does not serve {method}; it serves {', '.join(sorted(methods))}.",
+                code="cors_method_not_allowed",
+            )
+        )
     return web.Response(
         status=200,
         headers={

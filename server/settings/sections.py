@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
@@ -18,6 +20,40 @@ class ServerSettings(Section):
     max_live_streams: int = Field(ge=0)
     # Proxies (addresses or networks) whose X-Forwarded-For names the client in the access log.
     trusted_proxies: tuple[IPvAnyNetwork, ...] = ()
+
+    @field_validator("cors_origins")
+    @classmethod
+    def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(normalise_origin(origin) for origin in origins)
+
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+# RFC 3986's scheme: an app's own (chrome-extension://, tauri://, capacitor://) is an origin too.
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
+
+
+def normalise_origin(origin: str) -> str:
+    """`origin` as a browser's `Origin` header spells it (`*` and `null` as they are).
+
+    A browser sends the scheme and host in lower case, no default port, no path: an allowlist entry
+    written `https://App.example.com:443/` is that origin, and one with a path or query is a mistake
+    (refused at start-up, naming the setting).
+    """
+    if origin in ("*", "null"):
+        return origin
+    parts = urlsplit(origin.strip())
+    try:
+        port = parts.port
+    except ValueError:
+        port = -1
+    if not _SCHEME.fullmatch(parts.scheme) or not parts.hostname or port == -1:
+        raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port], or '*'")
+    if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
+        raise ValueError(f"{origin!r} is not an origin: no path, query or user, only scheme://host[:port]")
+    scheme, host = parts.scheme.lower(), parts.hostname
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{scheme}://{host}:{port}"
 
 
 class LoggingSettings(Section):
