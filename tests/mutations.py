@@ -2134,6 +2134,23 @@ BREAKS += [
         "    if False:\n",
         ("tests/test_middleware.py::test_an_options_request_that_is_not_a_preflight_is_204_with_the_allowed_methods",),
     ),
+    Break(
+        "a request without max_tokens reserves its prompt alone",
+        "server/auth/gate.py",
+        "        completion = max(map(_token_limit, most)) or self.key.limits.completion_reserve\n",
+        "        completion = max(map(_token_limit, most))\n",
+        (
+            "tests/test_security_units.py::test_a_request_without_a_token_limit_reserves_the_keys_completion_reserve",
+            f"{AUTH_PROCESS}::test_a_stream_without_max_tokens_reserves_a_completion_so_a_burst_cannot_overrun_tpm",
+        ),
+    ),
+    Break(
+        "a key's completion_reserve not carried into its limits",
+        "server/auth/gateway_keys.py",
+        ", completion_reserve=key.completion_reserve",
+        "",
+        ("tests/test_security_units.py::test_a_keys_completion_reserve_defaults_to_1024_tokens",),
+    ),
 ]
 
 

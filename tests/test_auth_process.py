@@ -255,6 +255,27 @@ async def test_tokens_per_minute_reach_429_with_openai_headers_and_recover(keyed
             assert served.status == 200  # the held request settled: it used a few tokens, not its reservation
 
 
+async def test_a_stream_without_max_tokens_reserves_a_completion_so_a_burst_cannot_overrun_tpm(keyed: Gateway) -> None:
+    # Reserving only its prompt (a few tokens), a held stream left the rest of tpm to the next ones:
+    # 50 such streams overran tpm tenfold before any settled.
+    rid = new_request_id("tpm-unbounded")
+    async with aiohttp.ClientSession() as http:
+        first = await http.post(
+            keyed.url + "/chat/stream",
+            json={"message": "x\n#sim fault=hang_first"},
+            headers={**bearer(KEY_TPM), "X-Request-ID": rid},
+        )
+        assert first.status == 200
+        async with http.post(
+            keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_TPM)
+        ) as refused:
+            assert refused.status == 429
+            assert (await refused.json())["error"]["type"] == "tokens"
+        first.close()
+        await asyncio.to_thread(keyed.process.wait_for_event, "request_finished", request_id=rid)
+        await _until_served(http, keyed.url + "/chat", KEY_TPM)
+
+
 async def test_concurrent_streams_reach_429_and_recover_when_one_ends(keyed: Gateway) -> None:
     rid = new_request_id("held")
     async with aiohttp.ClientSession() as http:

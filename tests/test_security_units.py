@@ -82,6 +82,23 @@ async def test_a_keys_token_reservation_counts_the_requests_token_limit(limit: f
     assert lease.reserved_tokens == lease.prompt_estimate + 5000
 
 
+async def test_a_request_without_a_token_limit_reserves_the_keys_completion_reserve() -> None:
+    store = MemoryLimitStore(FakeClock())
+    lease = Lease(store, GatewayKey("k", b"", None, KeyLimits(tpm=100_000, completion_reserve=300)))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+
+    assert await lease.reserve(body) is None
+
+    assert lease.reserved_tokens == lease.prompt_estimate + 300
+
+
+def test_a_keys_completion_reserve_defaults_to_1024_tokens() -> None:
+    ring = KeyRing.from_settings(make_settings(auth=keyed_settings(tpm=1000)).auth)
+
+    [key] = ring.keys
+    assert key.limits.completion_reserve == 1024
+
+
 async def test_usage_reads_what_was_taken_and_refills_without_taking() -> None:
     clock = FakeClock()
     store = MemoryLimitStore(clock)

@@ -39,12 +39,17 @@ class Lease:
         self.last_decision: Decision | None = None  # the reservation's, for the response's headers
 
     async def reserve(self, body: dict[str, Any]) -> Decision | None:
-        """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved."""
+        """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved.
+
+        The estimate is the prompt (4 characters a token) plus the completion's `max_tokens`, or the
+        key's `completion_reserve` when the request sets none: reserving the prompt alone let a burst
+        of such streams overrun tpm many times over before any of them settled.
+        """
         if not self.key.limits.tpm:
             return None
         prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
         most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
-        completion = max(map(_token_limit, most))
+        completion = max(map(_token_limit, most)) or self.key.limits.completion_reserve
         decision = await self._store.take(
             self.key.name, self.key.limits, requests=0, tokens=prompt + completion, streams=0
         )

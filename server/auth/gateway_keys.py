@@ -61,7 +61,9 @@ class KeyRing:
                 name=key.name,
                 digest=bytes.fromhex(key.key_sha256 or ""),
                 models=frozenset(key.models) if key.models is not None else None,
-                limits=KeyLimits(rpm=key.rpm, tpm=key.tpm, max_streams=key.max_streams),
+                limits=KeyLimits(
+                    rpm=key.rpm, tpm=key.tpm, max_streams=key.max_streams, completion_reserve=key.completion_reserve
+                ),
             )
             for key in auth.keys
         )

@@ -3,7 +3,8 @@
 Requests and tokens are token buckets, as OpenAI's own limits behave: a bucket holds up to the
 per-minute limit and refills continuously at that rate, so a key may burst up to its limit and
 then goes on at the limit's pace. Tokens are reserved up front (a prompt estimate plus the
-request's max tokens) and settled with the real usage when the request ends.
+request's max tokens, or the key's completion reserve without them) and settled with the real usage
+when the request ends.
 
 Everything goes through `LimitStore`, one small interface with the check-and-take done at once,
 so a shared store (Redis, with a Lua script) can count across instances; `MemoryLimitStore`
@@ -29,6 +30,8 @@ class KeyLimits:
     rpm: int = 0
     tpm: int = 0
     max_streams: int = 0
+    # Tokens reserved on tpm for a completion whose request sets no max_tokens; 0: none.
+    completion_reserve: int = 0
 
 
 class Exceeded(StrEnum):

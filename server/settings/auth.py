@@ -19,6 +19,8 @@ class GatewayKeySettings(Section):
     rpm: int = Field(default=0, ge=0)
     tpm: int = Field(default=0, ge=0)
     max_streams: int = Field(default=0, ge=0)
+    # Reserved on tpm for the completion of a request that names no max_tokens (see auth/gate.py).
+    completion_reserve: int = Field(default=1024, ge=0)
 
     @model_validator(mode="after")
     def _one_source(self) -> GatewayKeySettings:

@@ -20,6 +20,8 @@ ORIGIN = "https://app.example"
 
 RPM = 30
 TPM = 400
+# Under TPM, so one request without max_tokens fits a full bucket and a second does not fit beside it.
+TPM_COMPLETION_RESERVE = 300
 
 
 def sha256(text: str) -> str:
@@ -52,6 +54,7 @@ rpm = {RPM}
 name = "tpm"
 key_sha256 = "{sha256(KEY_TPM)}"
 tpm = {TPM}
+completion_reserve = {TPM_COMPLETION_RESERVE}
 
 [[auth.keys]]
 name = "streams"
