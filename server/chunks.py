@@ -38,7 +38,8 @@ MAX_EVENT_BYTES = 1 << 20
 class EventSplitter:
     """Split an SSE byte stream into the data of each event, as network reads deliver it.
 
-    Comments and `event:`, `id:`, `retry:` fields are dropped. Line endings may be `\n`, `\r\n`
+    Comments and `event:`, `id:`, `retry:` fields are dropped, except that an event named `error`
+    comes out as an error object whatever its data (see _error_data). Line endings may be `\n`, `\r\n`
     or `\r`, also split across reads. Works on whole reads, so one read holding several events
     costs one call, not one per line. Linear in the bytes received: an unfinished event is kept as
     a list of reads, each searched once and joined once when the event ends. An unfinished event
@@ -115,10 +116,28 @@ class EventSplitter:
 def _event_data(event: bytes) -> bytes | None:
     if event.startswith(b"data: ") and event.find(b"\n") < 0:
         return event[6:]  # the usual case: one data line
-    lines = [line for line in event.split(b"\n") if line.startswith(b"data:")]
-    if not lines:
+    lines = event.split(b"\n")
+    data = [line[6:] if line.startswith(b"data: ") else line[5:] for line in lines if line.startswith(b"data:")]
+    if b"event: error" in lines or b"event:error" in lines:
+        return _error_data(b"\n".join(data))
+    if not data:
         return None
-    return b"\n".join(line[6:] if line.startswith(b"data: ") else line[5:] for line in lines)
+    return b"\n".join(data)
+
+
+def _error_data(data: bytes) -> bytes:
+    """The data of an SSE event named `error`, made an error parse_full recognises, whatever it held.
+
+    Providers send a JSON error object (then kept), an object of their own (`{"message": ...}`),
+    plain text, or nothing; relayed as chunks, these would reach the client as if content.
+    """
+    try:
+        body = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        body = data.decode("utf-8", "replace")
+    if isinstance(body, dict) and parse_full(data).error is not None:
+        return data
+    return orjson.dumps({"error": body if body and isinstance(body, dict | str) else {}})
 
 
 # A plain content delta as OpenAI and the simulators write it, compact: fields, then one choice
@@ -184,7 +203,13 @@ def parse_chunk(raw: bytes) -> Chunk:
 
 
 def parse_full(raw: bytes) -> Chunk:
-    """Interpret one event's data with the JSON parser (any shape); raise MalformedChunk when not an object."""
+    """Interpret one event's data with the JSON parser (any shape); raise MalformedChunk when not an object.
+
+    An upstream's error, in any of the forms providers send, sets `error` (and nothing else):
+    OpenAI's `{"error": {...}}`, a text (`{"error": "..."}`, then its message), any other truthy
+    `error` (as the OpenAI SDKs read it), and vLLM's `{"object": "error", "message": ...}` without
+    choices. (An SSE event named `error` comes here as one of these: see _error_data.)
+    """
     if raw == DONE:
         return Chunk(raw, done=True)
     try:
@@ -195,13 +220,15 @@ def parse_full(raw: bytes) -> Chunk:
         raise MalformedChunk("chunk is not a JSON object")
     # Runs for every chunk: locals first, one Chunk built at the end (measured ~2x faster).
     error = body.get("error")
-    if isinstance(error, dict):
-        return Chunk(raw, error=error)
+    if error is not None and (error or type(error) is dict):
+        return Chunk(raw, error=_error_fields(error))
     usage = body.get("usage")
     if usage is not None and not isinstance(usage, dict):
         usage = None
     choices = body.get("choices")
     if not choices or not isinstance(choices, list):
+        if body.get("object") == "error":
+            return Chunk(raw, error=body)  # vLLM's error: its fields at the top level, no `error` key
         return Chunk(raw, usage=usage)
     if len(choices) == 1:
         # The usual chunk: one choice (n = 1), read without the loop's bookkeeping.
@@ -227,6 +254,18 @@ def parse_full(raw: bytes) -> Chunk:
             finish_reason = reason
             finished += (index,)
     return Chunk(raw, content, has_delta, finish_reason, usage, None, False, finished, seen)
+
+
+def _error_fields(error: object) -> dict[str, Any]:
+    """An `error` field as an object: OpenAI's as it is, a provider's text as its message.
+
+    Any other truthy value counts as an error too, as the OpenAI SDKs count it (`data.get("error")`).
+    """
+    if type(error) is dict:
+        return error
+    if isinstance(error, str):
+        return {"message": error}
+    return {}
 
 
 def _read_choice(choice: object) -> tuple[str | None, bool, str | None, int]:

@@ -9,6 +9,7 @@ from .access import RequestRecord
 from .chunks import Chunk
 from .dialects import Dialect
 from .errors import UpstreamError, UpstreamProtocolError
+from .upstreams.failures import event_failure
 
 # Shared by every stream: CPython (3.10 on) makes a new object for each `frozenset()`.
 NONE_FINISHED: frozenset[int] = frozenset()
@@ -56,7 +57,7 @@ class RelayEvents:
         events: list[bytes] = []
         for chunk in batch:
             if chunk.error is not None:
-                self.failure = upstream_error_event(chunk.error)
+                self.failure = event_failure(chunk.error)
                 break
             if chunk.usage is not None:
                 record.usage = chunk.usage
@@ -97,13 +98,3 @@ class RelayEvents:
                 f"The upstream ended the stream after {len(self.finished)} of its {self.choices} choices finished."
             )
         return self._dialect.done(reason, self._record.usage)
-
-
-def upstream_error_event(error: dict[str, object]) -> UpstreamError:
-    """The failure an upstream's mid-stream error event stands for."""
-    message = error.get("message")
-    code = error.get("code")
-    return UpstreamError(
-        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
-        code=code if isinstance(code, str) and code else "upstream_failed",
-    )

@@ -171,3 +171,73 @@ def test_the_simulators_content_deltas_skip_the_json_parser(include_usage: bool)
     assert _plain_delta(content) == parse_full(content)
     assert _plain_delta(frames.role()[len(b"data: ") : -2]) is None
     assert _plain_delta(frames.finish("stop")[len(b"data: ") : -2]) is None
+
+
+# An upstream's error inside a stream, as OpenAI-compatible providers send it: each must be an error.
+ERROR_FORMS = {
+    "openai": b'{"error":{"message":"upstream says no","type":"server_error","code":"overloaded"}}',
+    "message_only": b'{"error":{"message":"upstream says no"}}',
+    "text": b'{"error":"upstream says no"}',
+    "vllm": b'{"object":"error","message":"upstream says no","type":"InternalServerError","param":null,"code":500}',
+}
+
+
+@pytest.mark.parametrize("raw", ERROR_FORMS.values(), ids=list(ERROR_FORMS))
+def test_an_error_in_each_providers_form_is_an_error_with_its_message_and_nothing_else(raw: bytes) -> None:
+    chunk = parse_chunk(raw)
+    assert chunk.error is not None
+    assert chunk.error["message"] == "upstream says no"
+    assert (chunk.content, chunk.has_delta, chunk.finish_reason, chunk.usage) == (None, False, None, None)
+
+
+def test_an_error_field_of_another_truthy_kind_is_an_error_as_the_openai_sdk_reads_it() -> None:
+    assert parse_chunk(b'{"error":true}').error == {}
+
+
+# What providers put in the data of an SSE event named `error`.
+NAMED_ERROR_DATA = {
+    "own_object": b'data: {"message":"upstream says no","type":"server_error"}',
+    "openai_object": b'data: {"error":{"message":"upstream says no"}}',
+    "error_text": b'data: {"error":"upstream says no"}',
+    "plain_text": b"data: upstream says no",
+    "json_text": b'data: "upstream says no"',
+}
+
+
+@pytest.mark.parametrize("data", NAMED_ERROR_DATA.values(), ids=list(NAMED_ERROR_DATA))
+@pytest.mark.parametrize("name", [b"event: error", b"event:error"], ids=["spaced", "unspaced"])
+@pytest.mark.parametrize("size", [1, 1000], ids=["bytewise", "whole"])
+def test_an_event_named_error_is_an_error_with_its_message_whatever_its_data(
+    data: bytes, name: bytes, size: int
+) -> None:
+    raws = split_in_reads(b"data: one\n\n" + name + b"\n" + data + b"\n\ndata: two\n\n", size)
+    first, error, last = raws
+    assert (first, last) == (b"one", b"two")
+    assert (parse_chunk(error).error or {}).get("message") == "upstream says no"
+
+
+@pytest.mark.parametrize("data", [b"", b"data: [1, 2]", b"data: {}"], ids=["no_data", "a_list", "an_empty_object"])
+def test_an_event_named_error_without_a_message_is_still_an_error(data: bytes) -> None:
+    (raw,) = split_in_reads(b"event: error\n" + data + b"\n\n", 1000)
+    assert parse_chunk(raw).error == {}
+
+
+# Fields beside the choices that leave a chunk what it is.
+BESIDE_CHOICES = {
+    "error_null": b'"error":null',
+    "error_false": b'"error":false',
+    "error_empty": b'"error":""',
+    "object_error": b'"object":"error"',
+    "unknown_fields": b'"warning":{"message":"m"},"x":1',
+}
+
+
+@pytest.mark.parametrize("extra", BESIDE_CHOICES.values(), ids=list(BESIDE_CHOICES))
+def test_a_chunk_with_choices_and_other_fields_is_content_not_an_error(extra: bytes) -> None:
+    chunk = parse_chunk(b"{" + extra + b',"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}')
+    assert (chunk.error, chunk.content) == (None, "hi")
+
+
+def test_a_usage_chunk_without_choices_is_not_an_error() -> None:
+    chunk = parse_chunk(b'{"object":"chat.completion.chunk","choices":[],"usage":{"total_tokens":3}}')
+    assert (chunk.error, chunk.usage) == (None, {"total_tokens": 3})

@@ -1,9 +1,9 @@
-"""The relay against a fake chunk iterator and a fake sink: how every stream ends."""
+"""The relay against a fake chunk source (or an upstream stream on a fake body) and a fake sink: how streams end."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import aiohttp
 import orjson
@@ -15,6 +15,7 @@ from server.dialects import NativeDialect, OpenAIDialect
 from server.guard import Deadlines, Outcome, StreamGuard
 from server.relay import _NoGaps, relay
 from server.relay_events import RelayEvents
+from server.upstreams.stream import UpstreamStream
 
 GENEROUS = Deadlines(first_token=30, idle=30, total=60, send=30)
 
@@ -408,3 +409,86 @@ async def test_streams_share_one_empty_set_of_finished_choices() -> None:
     first, second = (RelayEvents(OpenAIDialect(False), new_record(), _NoGaps(), 1) for _ in range(2))
     assert first.finished is second.finished
     assert not first.finished
+
+
+class BufferedBody:
+    """An upstream body that arrived whole: read by the pulling relay (`read`) or pushed (`take`)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self.on_data: Callable[[], None] | None = None
+        self.failure: Exception | None = None
+
+    def take(self) -> bytes:
+        data, self._data = self._data, b""
+        return data
+
+    async def read(self) -> bytes:
+        return self.take()
+
+    @property
+    def at_eof(self) -> bool:
+        return not self._data
+
+    def pause(self) -> None:
+        pass
+
+    def resume(self) -> None:
+        pass
+
+
+class BufferedResponse:
+    def __init__(self, data: bytes) -> None:
+        self.body = BufferedBody(data)
+
+    def release(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class PushingSink(RecordingSink):
+    """A client that reads everything, written to from the upstream's data callback: the push relay's sink."""
+
+    client_gone = False
+
+    def send_now(self, data: bytes) -> bool:
+        self.writes.append(data)
+        return True
+
+    async def wait_for_room(self) -> None:
+        pass
+
+    def on_client_gone(self, callback: Callable[[], None]) -> Callable[[], None]:
+        return lambda: None
+
+
+# An upstream's error inside a stream, as OpenAI-compatible providers send it.
+ERROR_EVENTS = {
+    "openai": b'data: {"error":{"message":"upstream says no","type":"server_error","code":"overloaded"}}\n\n',
+    "message_only": b'data: {"error":{"message":"upstream says no"}}\n\n',
+    "text": b'data: {"error":"upstream says no"}\n\n',
+    "named": b'event: error\ndata: {"message":"upstream says no","type":"server_error"}\n\n',
+    "vllm": b'data: {"object":"error","message":"upstream says no","type":"InternalServerError","code":500}\n\n',
+}
+ROLE = b'{"choices":[{"index":0,"delta":{"role":"assistant"},"finish_reason":null}]}'
+TOKEN = b'{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}'
+AFTER = b'data: {"choices":[{"index":0,"delta":{"content":"never"},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+
+
+@pytest.mark.parametrize("sink_type", [PushingSink, RecordingSink], ids=["push", "pull"])
+@pytest.mark.parametrize("event", ERROR_EVENTS.values(), ids=list(ERROR_EVENTS))
+async def test_an_upstream_error_in_each_providers_form_ends_the_stream_with_sluices_error_and_none_of_it_relayed(
+    event: bytes, sink_type: type[RecordingSink]
+) -> None:
+    body = b"data: " + ROLE + b"\n\ndata: " + TOKEN + b"\n\n" + event + AFTER
+    stream = UpstreamStream(BufferedResponse(body), "test")
+    sink = sink_type()
+    record = await run_relay(stream, OpenAIDialect(include_usage=False), sink)  # type: ignore[arg-type]
+    relayed, final = sink.text.rsplit(b"data: ", 1)
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    assert relayed == b"data: " + ROLE + b"\n\ndata: " + TOKEN + b"\n\n"
+    error = orjson.loads(final)["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["message"] == "upstream says no"

@@ -86,3 +86,23 @@ async def test_attempts_lists_every_attempt_of_a_request_id_with_times(sim: Clie
     seen = (await (await sim.get("/_sim/attempts/r")).json())["attempts"]
     assert [a["outcome"] for a in seen] == ["fault", "completed"]
     assert seen[0]["opened_at"] <= seen[1]["opened_at"]
+
+
+# The event each error fault sends, in the form some OpenAI-compatible provider uses.
+ERROR_FAULT_EVENTS = {
+    "error_text": b'data: {"error":"simulated upstream failure"}\n\n',
+    "error_bare": b'data: {"error":{"message":"simulated upstream failure"}}\n\n',
+    "error_named": b'event: error\ndata: {"message":"simulated upstream failure","type":"server_error"}\n\n',
+    "error_object": b'data: {"object":"error","message":"simulated upstream failure","type":"InternalServerError",'
+    b'"param":null,"code":500}\n\n',
+}
+
+
+@pytest.mark.parametrize(("fault", "event"), ERROR_FAULT_EVENTS.items(), ids=list(ERROR_FAULT_EVENTS))
+async def test_each_providers_error_form_is_sent_after_fault_at_tokens_and_ends_the_body(
+    sim: Client, fault: str, event: bytes
+) -> None:
+    response = await chat(sim, "r", {"fault": fault, "fault_at": 2, "tokens": 6}, stream=True)
+    body = await response.read()
+    assert body.endswith(event)
+    assert body.removesuffix(event).count(b'"content":"') == 3  # the role chunk's empty content, then two tokens

@@ -1,10 +1,15 @@
-"""UpstreamStream hands the relay its first token before it parses the rest of that read."""
+"""UpstreamStream hands the relay its first token before it parses the rest of that read, and fails
+its prime on an upstream error before it, in whatever form the upstream sent it."""
 
 from __future__ import annotations
 
 import json
 from typing import cast
 
+import pytest
+
+from server.errors import UpstreamError
+from server.upstreams.failures import MESSAGE_LIMIT
 from server.upstreams.push import Body
 from server.upstreams.stream import UpstreamStream
 
@@ -56,3 +61,47 @@ async def test_the_first_token_of_a_burst_is_a_batch_of_its_own() -> None:
 
     assert batches == [[None, "a"], ["b", "c", None]]
     assert stream.finished
+
+
+# An upstream's error inside a stream, as OpenAI-compatible providers send it.
+ERROR_EVENTS = {
+    "openai": _event('{"error":{"message":"upstream says no","type":"server_error","code":"overloaded"}}'),
+    "message_only": _event('{"error":{"message":"upstream says no"}}'),
+    "text": _event('{"error":"upstream says no"}'),
+    "named": b'event: error\ndata: {"message":"upstream says no","type":"server_error"}\n\n',
+    "vllm": _event('{"object":"error","message":"upstream says no","type":"InternalServerError","code":500}'),
+}
+
+
+async def _prime_failure(event: bytes) -> UpstreamError:
+    """What priming a stream whose upstream sends `event` after its role chunk raises."""
+    stream = UpstreamStream(_Response([ROLE + event + _token("never") + FINISH]), "test")
+    with pytest.raises(UpstreamError) as caught:
+        await stream.prime()
+    return caught.value
+
+
+@pytest.mark.parametrize("event", ERROR_EVENTS.values(), ids=list(ERROR_EVENTS))
+async def test_an_error_before_the_first_token_in_each_providers_form_fails_the_prime_as_an_error_event(
+    event: bytes,
+) -> None:
+    failure = await _prime_failure(event)
+    assert (failure.reason, failure.message) == ("error_event", "upstream says no")
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        '{"error":{"message":"Incorrect API key provided: sk-test-key","code":"invalid_api_key"}}',
+        '{"object":"error","message":"Incorrect API key provided: sk-test-key","code":401}',
+    ],
+)
+async def test_an_error_event_that_refuses_the_key_hides_its_message(error: str) -> None:
+    failure = await _prime_failure(_event(error))
+    assert failure.code == "upstream_auth_failed"
+    assert "sk-" not in failure.message
+
+
+async def test_an_error_events_message_is_passed_on_bounded() -> None:
+    failure = await _prime_failure(_event(json.dumps({"error": "x" * (MESSAGE_LIMIT * 5)})))
+    assert failure.message == "x" * MESSAGE_LIMIT

@@ -20,8 +20,8 @@ MALFORMED_BODY = b'{"id": oops not json'
 async def complete_answer(request: web.Request, answer: Answer, record: StreamRecord) -> web.StreamResponse:
     """Answer with a whole JSON body (or misbehave) and close the record.
 
-    cut, hang_* and malformed apply as for streams; no_done and error_event
-    only make sense in a stream and are ignored here. Choices are generated side
+    cut, hang_* and malformed apply as for streams; no_done and the error_*
+    faults only make sense in a stream and are ignored here. Choices are generated side
     by side: the wait is one choice's worth of tokens, whatever `n` is.
     """
     stats = request.app[STATS_KEY]

@@ -36,7 +36,12 @@ class Fault(StrEnum):
     HANG_MID = "hang_mid"
     MALFORMED = "malformed"
     NO_DONE = "no_done"
-    ERROR_EVENT = "error_event"
+    ERROR_EVENT = "error_event"  # mid-stream: OpenAI's error object, then the end of the body
+    # The same, in other providers' forms (wire.py has each):
+    ERROR_TEXT = "error_text"  # {"error": "<text>"}
+    ERROR_BARE = "error_bare"  # {"error": {"message": ...}}, no type or code
+    ERROR_NAMED = "error_named"  # an SSE event named error, its data {"message": ..., "type": ...}
+    ERROR_OBJECT = "error_object"  # vLLM's {"object": "error", "message": ..., "code": 500}
     RESET = "reset"  # the connection closes before any response headers
     SILENT = "silent"  # no response headers at all, until the client leaves
     OVERLOADED = "overloaded"  # 503 with code "overloaded"

@@ -12,10 +12,27 @@ from .connection import cut_connection, hang_until_shutdown
 from .keys import STATS_KEY
 from .plan import Fault
 from .stats import Outcome, StreamRecord
-from .wire import DONE_EVENT, ERROR_EVENT, MALFORMED_EVENT, StreamFrames
+from .wire import (
+    DONE_EVENT,
+    ERROR_BARE_EVENT,
+    ERROR_EVENT,
+    ERROR_NAMED_EVENT,
+    ERROR_OBJECT_EVENT,
+    ERROR_TEXT_EVENT,
+    MALFORMED_EVENT,
+    StreamFrames,
+)
 
+# The error faults: the event each sends, after which the stream's body ends.
+ERROR_EVENTS = {
+    Fault.ERROR_EVENT: ERROR_EVENT,
+    Fault.ERROR_TEXT: ERROR_TEXT_EVENT,
+    Fault.ERROR_BARE: ERROR_BARE_EVENT,
+    Fault.ERROR_NAMED: ERROR_NAMED_EVENT,
+    Fault.ERROR_OBJECT: ERROR_OBJECT_EVENT,
+}
 # Faults that strike once half of the content tokens have been sent.
-MID_STREAM_FAULTS = frozenset({Fault.CUT, Fault.HANG_MID, Fault.MALFORMED, Fault.ERROR_EVENT})
+MID_STREAM_FAULTS = frozenset({Fault.CUT, Fault.HANG_MID, Fault.MALFORMED, *ERROR_EVENTS})
 
 
 async def stream_answer(request: web.Request, answer: Answer, record: StreamRecord) -> web.StreamResponse:
@@ -145,8 +162,8 @@ class _StreamSender:
         if fault is Fault.MALFORMED:
             await self._send(MALFORMED_EVENT)
             return False
-        if fault is Fault.ERROR_EVENT:
-            await self._send(ERROR_EVENT)
+        if (error_event := ERROR_EVENTS.get(fault)) is not None:
+            await self._send(error_event)
             self.close(Outcome.FAULT)
             return True
         if fault is Fault.HANG_MID:

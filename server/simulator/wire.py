@@ -19,6 +19,14 @@ ERROR_EVENT = (
     b'data: {"error":{"message":"simulated upstream failure","type":"server_error",'
     b'"param":null,"code":"upstream_failed"}}\n\n'
 )
+# Errors as other OpenAI-compatible providers send them mid-stream, each with the same message.
+ERROR_TEXT_EVENT = b'data: {"error":"simulated upstream failure"}\n\n'
+ERROR_BARE_EVENT = b'data: {"error":{"message":"simulated upstream failure"}}\n\n'
+ERROR_NAMED_EVENT = b'event: error\ndata: {"message":"simulated upstream failure","type":"server_error"}\n\n'
+ERROR_OBJECT_EVENT = (
+    b'data: {"object":"error","message":"simulated upstream failure","type":"InternalServerError",'
+    b'"param":null,"code":500}\n\n'
+)
 
 
 class StreamFrames:

@@ -11,9 +11,11 @@
     500, 502, 504, other 5xx                 502 upstream_failed               500/502/504 yes
     200 not a chat completion (no stream)    502 upstream_malformed_reply      another route
     200 with an error object (no stream)     502 with its message and code     yes
+    an error event inside the stream         502 with its message and code     before the first token
     other 4xx                                that status, its message/code     never
 
-An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on.
+An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on, nor
+that of an error object that names a refused key (sent with 200, or inside a stream).
 """
 
 from __future__ import annotations
@@ -96,10 +98,16 @@ def reset_failure(message: str = "The upstream connection failed before the firs
 
 
 def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
-    """An error event the upstream sent inside its stream."""
+    """An error event the upstream sent inside its stream (`fields`: its error object, see chunks.parse_full).
+
+    Its message (bounded) and code are passed on, unless it refuses the gateway's key: that is
+    judged as a 401 would be, its message hidden.
+    """
     message, code = fields.get("message"), fields.get("code")
+    if code == "invalid_api_key" or fields.get("status", code) in (401, 403):
+        return status_failure(401, {}, b"")
     error = UpstreamError(
-        message if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        message[:MESSAGE_LIMIT] if isinstance(message, str) and message else "The upstream failed mid-stream.",
         code=code if isinstance(code, str) and code else "upstream_failed",
     )
     error.reason = "error_event"
