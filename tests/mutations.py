@@ -2252,6 +2252,30 @@ BREAKS += [
             "tests/test_simulator_faults.py::test_each_providers_error_form_is_sent_after_fault_at_tokens_and_ends_the_body[error_text]",
         ),
     ),
+    Break(
+        "a text error sent with 200 taken for a malformed reply",
+        "server/upstreams/failures.py",
+        '        if isinstance(body.get("error"), str) and body["error"]:  # a provider\'s text error\n',
+        "        if False:\n",
+        (f"{REPLIES}::test_another_providers_error_sent_with_status_200_is_that_error_and_retried[text]",),
+    ),
+    Break(
+        "vLLM's error sent with 200 taken for a malformed reply",
+        "server/upstreams/failures.py",
+        '        if body.get("object") == "error":  # vLLM\'s: its fields at the top level\n',
+        "        if False:\n",
+        (
+            f"{REPLIES}::test_another_providers_error_sent_with_status_200_is_that_error_and_retried[vllm]",
+            f"{REPLIES}::test_a_vllm_error_sent_with_200_that_refuses_the_request_is_not_retried",
+        ),
+    ),
+    Break(
+        "an error status's text error loses its message",
+        "server/upstreams/failures.py",
+        '    if isinstance(error, str):  # a provider\'s text error: `{"error": "..."}`\n',
+        "    if False:\n",
+        (f"{REPLIES}::test_an_error_status_with_a_text_error_passes_its_message_on",),
+    ),
 ]
 
 

@@ -12,7 +12,7 @@ from aiohttp.test_utils import TestClient
 
 from server.errors import UpstreamError
 from server.upstreams.backoff import retryable, tries_next_candidate
-from server.upstreams.failures import check_completion
+from server.upstreams.failures import check_completion, status_failure
 from tests.support.envelope import error_of
 
 Client = TestClient[web.Request, web.Application]
@@ -69,6 +69,31 @@ def test_an_error_object_sent_with_200_that_refuses_the_request_is_not_retried(e
 
     assert (failure.status, failure.code) == (400, "upstream_rejected")
     assert not tries_next_candidate(failure)
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [b'{"error": "The model is overloaded."}', b'{"object": "error", "message": "The model is overloaded."}'],
+    ids=["text", "vllm"],
+)
+def test_another_providers_error_sent_with_status_200_is_that_error_and_retried(reply: bytes) -> None:
+    failure = failure_of(reply)
+
+    assert (failure.status, failure.message) == (502, "The model is overloaded.")
+    assert retryable(failure)
+
+
+def test_a_vllm_error_sent_with_200_that_refuses_the_request_is_not_retried() -> None:
+    failure = failure_of(b'{"object": "error", "message": "Too long.", "type": "BadRequestError", "code": 400}')
+
+    assert (failure.status, failure.code, failure.message) == (400, "upstream_rejected", "Too long.")
+    assert not tries_next_candidate(failure)
+
+
+def test_an_error_status_with_a_text_error_passes_its_message_on() -> None:
+    failure = status_failure(400, {}, b'{"error": "Unknown parameter: foo."}')
+
+    assert (failure.status, failure.message) == (400, "Unknown parameter: foo.")
 
 
 def test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message() -> None:

@@ -117,10 +117,10 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
 def check_completion(reply: bytes) -> None:
     """Raise the failure a non-streaming `reply` stands for, unless it is a chat completion.
 
-    A 200 is no promise of a completion: a proxy's HTML page, a truncated body, or an error object
-    sent with status 200 (some providers do) would reach the client as `application/json` that
-    no SDK can read. (Raised where made: a local naming the error would keep this frame, and
-    what it holds, in a cycle with the error's traceback.)
+    A 200 is no promise of a completion: a proxy's HTML page, a truncated body, or an error sent
+    with status 200 (some providers do: OpenAI's object, a text, vLLM's `"object": "error"`) would
+    reach the client as `application/json` that no SDK can read. (Raised where made: a local naming
+    the error would keep this frame, and what it holds, in a cycle with the error's traceback.)
     """
     try:
         body = orjson.loads(reply)
@@ -131,6 +131,10 @@ def check_completion(reply: bytes) -> None:
             return
         if isinstance(body.get("error"), dict):
             raise _error_in_reply(body["error"], reply)
+        if isinstance(body.get("error"), str) and body["error"]:  # a provider's text error
+            raise _error_in_reply({"message": body["error"]}, reply)
+        if body.get("object") == "error":  # vLLM's: its fields at the top level
+            raise _error_in_reply(body, reply)
     raise malformed_reply()
 
 
@@ -197,6 +201,8 @@ def _error_fields(content: bytes) -> dict[str, str]:
     if not isinstance(body, dict):
         return {}
     error = body.get("error", body)
+    if isinstance(error, str):  # a provider's text error: `{"error": "..."}`
+        error = {"message": error}
     if not isinstance(error, dict):
         return {}
     found = {name: error.get(name) for name in ("message", "code", "param")}
