@@ -836,7 +836,7 @@ BREAKS += [
     Break(
         "another key's stream readable",
         REGISTRY,
-        '        return owner is not None and owner in ("", key_name)\n',
+        '        return owner is not None and owner in ("", claimant)\n',
         "        return True\n",
         (f"{AUTH_PROCESS}::test_another_keys_stream_is_answered_as_unknown_and_cannot_be_stopped",),
     ),
@@ -2012,7 +2012,7 @@ BREAKS += [
     Break(
         "no byte budget across browser streams",
         MEMORY_STORE,
-        "        while self._kept_bytes > self._max_kept_bytes and self._finished:\n",
+        "        while self._kept_bytes > self._max_kept_bytes:\n",
         "        while False:\n",
         (f"{STORE_UNIT}::test_past_the_byte_budget_the_streams_that_finished_longest_ago_are_dropped",),
     ),
@@ -2275,6 +2275,101 @@ BREAKS += [
         '    if isinstance(error, str):  # a provider\'s text error: `{"error": "..."}`\n',
         "    if False:\n",
         (f"{REPLIES}::test_an_error_status_with_a_text_error_passes_its_message_on",),
+    ),
+    Break(
+        "a stream's owner is its key's name alone",
+        "server/auth/tokens.py",
+        'return f"{key.name}:{self._fingerprint(key.digest)}"',
+        "return key.name",
+        (
+            "tests/test_key_reload.py::test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_replacement",
+            "tests/test_key_reload.py::test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started",
+            "tests/test_stream_owner.py::test_the_owner_recorded_in_redis_is_the_keys_name_and_a_fingerprint_never_the_key_or_its_hash",
+            "tests/test_stream_owner.py::test_a_stream_recorded_with_its_keys_name_alone_is_unknown_to_that_key",
+        ),
+    ),
+    Break(
+        "a stream started without keys unreadable with a key",
+        "server/streams/registry.py",
+        'return owner is not None and owner in ("", claimant)',
+        "return owner is not None and owner == claimant",
+        ("tests/test_stream_owner.py::test_a_stream_started_without_keys_stays_readable_with_a_key",),
+    ),
+    Break(
+        "a browser stream started by a key recorded as nobody's",
+        "server/routes/browser.py",
+        'owner = request.app[TOKENS].stream_owner(key) if key is not None else ""',
+        'owner = ""',
+        (
+            "tests/test_key_reload.py::test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_replacement",
+            "tests/test_key_reload.py::test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started",
+            "tests/test_browser_streams.py::test_a_key_whose_unread_streams_hold_the_byte_budget_gets_503_and_another_key_still_starts_one",
+        ),
+    ),
+    Break(
+        "one key's unread streams hold the byte budget against every key",
+        "server/streams/memory.py",
+        "if self._kept_bytes >= self._max_kept_bytes and self._holds_its_share(owner):",
+        "if self._kept_bytes >= self._max_kept_bytes:",
+        (
+            "tests/test_stream_store.py::test_a_key_over_its_share_of_the_byte_budget_is_refused_while_another_key_gets_its_stream",
+            "tests/test_browser_streams.py::test_a_key_whose_unread_streams_hold_the_byte_budget_gets_503_and_another_key_still_starts_one",
+        ),
+    ),
+    Break(
+        "past the byte budget the oldest finished stream goes whoever holds the most",
+        "server/streams/memory.py",
+        "self._drop(next(iter(heaviest.finished)))",
+        "self._drop(next(iter(self._finished)))",
+        (
+            "tests/test_stream_store.py::test_past_the_byte_budget_the_key_over_its_share_loses_its_finished_streams_first",
+        ),
+    ),
+    Break(
+        "a key within its share loses its finished streams to the budget",
+        "server/streams/memory.py",
+        "if h.size * holders > self._max_kept_bytes and h.finished]",
+        "if h.finished]",
+        (
+            "tests/test_stream_store.py::test_a_key_within_its_share_keeps_its_finished_stream_when_live_streams_of_another_fill_the_budget",
+        ),
+    ),
+    Break(
+        "HEAD on a stream reads it",
+        "server/routes/browser.py",
+        "if request.method == hdrs.METH_HEAD:",
+        "if False:",
+        (
+            "tests/test_browser_streams.py::test_head_on_a_live_stream_answers_the_get_headers_without_a_body_and_attaches_no_reader",
+            "tests/test_stream_head_workers.py::test_head_through_the_worker_that_does_not_own_a_live_stream_answers_like_its_get",
+        ),
+    ),
+    Break(
+        "a look at a stream in Redis reported as a reader",
+        "server/streams/redis_store.py",
+        "return await self._range(stream_id, seq, 1)  # no reader is noted: a look is not a read",
+        "return await self.read_after(stream_id, seq, 1)",
+        ("tests/test_redis_store.py::test_a_look_at_a_stream_elsewhere_is_not_reported_to_its_producer_as_a_reader",),
+    ),
+    Break(
+        "HEAD on a stream is 405",
+        "server/routes/__init__.py",
+        'browser.read_stream, name="chat_stream_events")\n',
+        'browser.read_stream, name="chat_stream_events", allow_head=False)\n',
+        (
+            "tests/test_browser_streams.py::test_head_on_a_live_stream_answers_the_get_headers_without_a_body_and_attaches_no_reader",
+            "tests/test_browser_streams.py::test_head_on_an_unknown_stream_or_after_its_final_event_is_204_like_get",
+            "tests/test_browser_streams.py::test_head_from_before_the_kept_events_is_410_like_get",
+            "tests/test_browser_streams.py::test_head_from_an_allowed_origin_is_marked_for_cors_like_get",
+            "tests/test_browser_streams.py::test_a_preflight_for_a_head_with_a_key_header_is_allowed_like_one_for_get",
+        ),
+    ),
+    Break(
+        "a preflight for HEAD refused",
+        "server/routes/cors.py",
+        "if route.method not in (hdrs.METH_OPTIONS, hdrs.METH_ANY)\n",
+        "if route.method not in (hdrs.METH_OPTIONS, hdrs.METH_ANY, hdrs.METH_HEAD)\n",
+        ("tests/test_browser_streams.py::test_a_preflight_for_a_head_with_a_key_header_is_allowed_like_one_for_get",),
     ),
 ]
 

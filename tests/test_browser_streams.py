@@ -24,6 +24,7 @@ from server.streams.store import Slice
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.security import bearer, sha256
 from tests.support.sse import Event, iter_events, read_events, tokens_text
 
 Client = TestClient[web.Request, web.Application]
@@ -511,6 +512,102 @@ async def test_starting_a_stream_needs_a_json_body(client: Client) -> None:
 async def test_a_head_request_does_not_start_a_stream(client: Client) -> None:
     response = await client.head("/chat/stream", params={"message": "hi"})
     assert response.status == 405
+
+
+# HEAD on a stream: what its GET would answer, without a body and without reading the stream
+
+# The headers an EventSource's GET is answered with; a HEAD must carry the same.
+SSE_HEADERS = ("Content-Type", "Cache-Control", "X-Accel-Buffering")
+
+
+async def test_head_on_a_live_stream_answers_the_get_headers_without_a_body_and_attaches_no_reader(
+    client: Client,
+) -> None:
+    stream_id = await start(client, "x\n#sim fault=hang_first")
+    path = f"/chat/streams/{stream_id}"
+    async with client.head(path) as head:
+        body = await head.read()
+        # Answered, not served: no connection reads the stream (a GET would, until the stream ends).
+        readers = client.app[STREAMS].readers(stream_id)
+    async with client.get(path) as get:
+        assert get.status == 200
+        expected = {name: get.headers.get(name) for name in SSE_HEADERS}
+
+    assert head.status == 200
+    assert {name: head.headers.get(name) for name in SSE_HEADERS} == expected
+    assert body == b""
+    assert readers == 0
+
+
+async def test_head_on_an_unknown_stream_or_after_its_final_event_is_204_like_get(client: Client) -> None:
+    stream_id = await start(client, "short\n#sim tokens=2")
+    last = str((await read(client, f"/chat/streams/{stream_id}"))[-1].id)
+
+    unknown = await client.head("/chat/streams/never-was")
+    after_the_end = await client.head(f"/chat/streams/{stream_id}", headers={"Last-Event-ID": last})
+
+    assert (unknown.status, after_the_end.status) == (204, 204)
+
+
+async def test_head_from_before_the_kept_events_is_410_like_get(make_client: MakeClient) -> None:
+    client = await make_client(browser={"max_buffered_events": 4})
+    stream_id = await start(client, "many\n#sim tokens=10")
+    await read(client, f"/chat/streams/{stream_id}")
+
+    response = await client.head(f"/chat/streams/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:1"})
+
+    assert response.status == 410
+    assert await response.read() == b""
+
+
+async def test_head_from_an_allowed_origin_is_marked_for_cors_like_get(client: Client) -> None:
+    stream_id = await start(client, "x\n#sim tokens=2")
+    await read(client, f"/chat/streams/{stream_id}")
+    origin = {"Origin": "https://app.example"}
+
+    response = await client.head(f"/chat/streams/{stream_id}", headers=origin)
+
+    assert response.status == 200
+    assert response.headers["Access-Control-Allow-Origin"] == "*"  # no keys, no list: any origin
+
+
+async def test_a_preflight_for_a_head_with_a_key_header_is_allowed_like_one_for_get(client: Client) -> None:
+    headers = {
+        "Origin": "https://app.example",
+        "Access-Control-Request-Method": "HEAD",
+        "Access-Control-Request-Headers": "authorization",
+    }
+
+    response = await client.options("/chat/streams/any", headers=headers)
+
+    assert response.status == 200
+    assert "HEAD" in response.headers["Access-Control-Allow-Methods"].split(", ")
+
+
+# The byte budget across browser streams, shared between keys
+
+KEY_A = "sk-browser-a-5b1e9c3d7f2a4e6b"
+KEY_B = "sk-browser-b-8d4c2a6e0f1b3c5d"
+
+
+async def test_a_key_whose_unread_streams_hold_the_byte_budget_gets_503_and_another_key_still_starts_one(
+    make_client: MakeClient,
+) -> None:
+    keys = [{"name": name, "key_sha256": sha256(key)} for name, key in (("a", KEY_A), ("b", KEY_B))]
+    client = await make_client(auth={"keys": keys}, browser={"max_kept_bytes": 1})
+    started = await client.post(
+        "/chat/streams", json={"message": "unread\n#sim tokens=100000 gap_ms=5"}, headers=bearer(KEY_A)
+    )
+    assert started.status == 201
+    # One event kept, read or not, and a's live stream holds the whole (one byte) budget.
+    await read_some(client, (await started.json())["url"], 1, headers=bearer(KEY_A))
+
+    refused = await client.post("/chat/streams", json={"message": "more"}, headers=bearer(KEY_A))
+    admitted = await client.post("/chat/streams", json={"message": "mine\n#sim tokens=1"}, headers=bearer(KEY_B))
+
+    assert refused.status == 503
+    assert (await refused.json())["error"]["code"] == "overloaded"
+    assert admitted.status == 201
 
 
 # The demo page

@@ -3,11 +3,13 @@
 The keyed gateway's configuration (tests/support/security.py) is rewritten, the process gets
 SIGHUP, and the test waits for its log line before asking again: a removed key is refused from
 then on, the others still work, and a configuration that does not load changes nothing. A browser
-token lives as long as the key that minted it keeps its hash.
+token lives as long as the key that minted it keeps its hash, and so does a key's hold on the
+browser streams it started: the key rotated in under its name neither reads nor stops them.
 """
 
 from __future__ import annotations
 
+import re
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,8 +17,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator
-from tests.support.security import KEY_ALPHA, KEY_NARROW, bearer, keys_toml, sha256, start_keyed_gateway
+from tests.support.security import KEY_ALPHA, KEY_NARROW, METRICS_KEY, bearer, keys_toml, sha256, start_keyed_gateway
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -94,6 +97,57 @@ async def test_a_token_outlives_a_sighup_that_left_its_key_alone(keyed: Gateway,
     rewrite(tmp_path, keys_toml().replace(sha256(KEY_NARROW), sha256(KEY_NARROW_ROTATED)))
     assert reload_outcome(keyed)["event"] == "gateway_keys_reloaded"
     assert await one_step_status(keyed, token) == 200
+
+
+async def start_stream(http: aiohttp.ClientSession, gateway: Gateway, key: str, message: str, rid: str = "") -> str:
+    """POST /chat/streams with `key`; the new stream's path."""
+    headers = {**bearer(key), **({"X-Request-ID": rid} if rid else {})}
+    async with http.post(gateway.url + "/chat/streams", json={"message": message}, headers=headers) as r:
+        assert r.status == 201, await r.text()
+        return "/chat/streams/" + str((await r.json())["id"])
+
+
+async def live_streams(http: aiohttp.ClientSession, gateway: Gateway) -> float:
+    """`sluice_live_streams` now: a detached generation counts while it runs."""
+    async with http.get(gateway.url + "/metrics", headers=bearer(METRICS_KEY)) as r:
+        text = await r.text()
+    match = re.search(r"^sluice_live_streams(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
+    assert match is not None, text
+    return float(match.group(1))
+
+
+def rotate_alpha(gateway: Gateway, tmp_path: Path) -> None:
+    """Give alpha's name another key's hash, and wait for the reload."""
+    rewrite(tmp_path, keys_toml().replace(sha256(KEY_ALPHA), sha256(KEY_ALPHA_ROTATED)))
+    assert reload_outcome(gateway)["event"] == "gateway_keys_reloaded"
+
+
+async def test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_replacement(
+    keyed: Gateway, tmp_path: Path
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        path = await start_stream(http, keyed, KEY_ALPHA, "hi\n#sim tokens=2")
+        async with http.get(keyed.url + path, headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 200
+            await r.read()  # to its end: finished, and kept for its retention
+        rotate_alpha(keyed, tmp_path)
+        async with http.get(keyed.url + path, headers=bearer(KEY_ALPHA_ROTATED)) as r:
+            answer = (r.status, await r.read())
+    assert answer == (204, b"")
+
+
+async def test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started(
+    keyed: Gateway, simulator: Simulator, tmp_path: Path
+) -> None:
+    rid = new_request_id("rotated-stop")
+    async with aiohttp.ClientSession() as http:
+        path = await start_stream(http, keyed, KEY_ALPHA, "long\n#sim tokens=100000 gap_ms=20", rid)
+        await sim_wait(http, simulator.url, rid, "opened")  # its generation runs, and is counted
+        rotate_alpha(keyed, tmp_path)
+        async with http.delete(keyed.url + path, headers=bearer(KEY_ALPHA_ROTATED)) as r:
+            assert r.status == 204
+        # A stop answers once the generation ended: it still runs.
+        assert await live_streams(http, keyed) == 1
 
 
 async def test_a_configuration_that_does_not_load_keeps_the_current_keys(keyed: Gateway, tmp_path: Path) -> None:

@@ -226,6 +226,30 @@ async def test_a_reader_elsewhere_is_reported_to_the_producer_with_how_far_it_ha
     await asyncio.wait_for(reported_at(3), 10)
 
 
+async def test_a_look_at_a_stream_elsewhere_is_not_reported_to_its_producer_as_a_reader(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer, elsewhere = await make_store(), await make_store()
+    reports: asyncio.Queue[tuple[str, int]] = asyncio.Queue()
+    producer.on_read_elsewhere(lambda stream_id, seq: reports.put_nowait((stream_id, seq)))
+    await write(producer, "looked", 3, finish=False)
+    await write(producer, "read", 3, finish=False)
+    await until_in_redis(redis_client, "looked", 3)
+
+    looked = await elsewhere.peek("looked", 0)  # what a HEAD asks
+    await elsewhere.read_after("read", 0, 50)  # a reader: reported with the look, or after it
+
+    async def reported(stream_id: str) -> None:
+        while (await reports.get())[0] != stream_id:
+            pass
+
+    await asyncio.wait_for(reported("read"), 10)
+    assert looked is not None
+    assert [e.seq for e in looked.events] == [1]
+    assert not await redis_client.exists(KEYS.read("looked"))
+    assert not producer.read_elsewhere("looked")
+
+
 async def test_a_reader_elsewhere_costs_one_blocking_read_per_event_it_waits_for(
     make_store: Callable[..., Any], redis_client: aioredis.Redis
 ) -> None:

@@ -21,8 +21,10 @@ def make_store(
     )
 
 
-async def fill(store: MemoryStreamStore, stream_id: str, count: int, *, finish: bool = True) -> list[StoredEvent]:
-    assert await store.create(stream_id)
+async def fill(
+    store: MemoryStreamStore, stream_id: str, count: int, *, finish: bool = True, owner: str = ""
+) -> list[StoredEvent]:
+    assert await store.create(stream_id, owner)
     events = [StoredEvent(seq, f"event {seq}".encode()) for seq in range(1, count + 1)]
     for event in events:
         await store.append(stream_id, event)
@@ -173,6 +175,37 @@ async def test_live_streams_are_not_dropped_for_the_byte_budget_and_hold_new_one
     await store.finish("live")  # finished, it is the first to go when room is needed
     assert await store.create("one more")
     assert store.held("live") == []
+
+
+# The byte budget shared between keys ("event N" is 7 or 8 bytes: ten of them 71)
+
+
+async def test_a_key_over_its_share_of_the_byte_budget_is_refused_while_another_key_gets_its_stream() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "a1", 10, finish=False, owner="a")
+    await fill(store, "a2", 10, finish=False, owner="a")  # a's live streams alone hold the budget
+
+    assert await store.create("b1", "b")
+    assert not await store.create("a3", "a")
+
+
+async def test_past_the_byte_budget_the_key_over_its_share_loses_its_finished_streams_first() -> None:
+    store = make_store(max_kept_bytes=150)
+    await fill(store, "b-old", 10, owner="b")  # finished longest ago, but b holds under its share
+    await fill(store, "a-first", 10, owner="a")
+    await fill(store, "a-second", 10, owner="a")
+
+    assert await store.read_after("a-first", 0, limit=100) is None
+    assert [len(store.held(name)) for name in ("b-old", "a-second")] == [10, 10]
+
+
+async def test_a_key_within_its_share_keeps_its_finished_stream_when_live_streams_of_another_fill_the_budget() -> None:
+    store = make_store(max_kept_bytes=150)
+    await fill(store, "b-old", 10, owner="b")
+    await fill(store, "a1", 10, finish=False, owner="a")
+    await fill(store, "a2", 10, finish=False, owner="a")  # 213 bytes kept, 142 of them a's
+
+    assert [len(store.held(name)) for name in ("b-old", "a1", "a2")] == [10, 10, 10]
 
 
 async def test_closing_the_store_wakes_waiters_and_forgets_every_stream() -> None:

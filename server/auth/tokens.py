@@ -12,6 +12,11 @@ stands for its key only while the key has the hash the token was minted with.
 
 The fingerprint is keyed with the secret: a token tells its holder nothing about the key's hash,
 not even enough to check a guess at a weak key offline.
+
+The same fingerprint names who owns a browser stream (`stream_owner`): `key_name ":" fingerprint`,
+kept with the stream (in Redis too), so a key rotated under the same name does not inherit the
+streams of the key it replaced. Instances sharing Redis therefore need the same secret to agree on
+a stream's owner, as they do to accept each other's tokens.
 """
 
 from __future__ import annotations
@@ -91,6 +96,14 @@ class TokenSigner:
         if key is None or claim.fingerprint != self._fingerprint(key.digest):
             return None
         return key
+
+    def stream_owner(self, key: GatewayKey) -> str:
+        """Who a browser stream started with `key` belongs to: its name and its hash's fingerprint.
+
+        Never the key or its plain hash: the value is stored in Redis. A rotated key (another hash
+        under the same name) gets another value, so it neither reads nor stops its predecessor's streams.
+        """
+        return f"{key.name}:{self._fingerprint(key.digest)}"
 
     def _claim(self, token: str, scope: str) -> _Claim | None:
         """What `token` says, when it is signed with the secret, for `scope` and unexpired."""

@@ -27,8 +27,9 @@ def setup_routes(app: web.Application) -> None:
     app.router.add_get("/", page.index)
     app.router.add_get("/static/{name}", page.static_file)
     app.router.add_post("/chat/streams", browser.create_stream)
-    # No HEAD on stream routes: a HEAD must not start a generation.
-    app.router.add_get("/chat/streams/{stream_id}", browser.read_stream, name="chat_stream_events", allow_head=False)
+    # HEAD on a stream answers what its GET would, without reading it (browser.read_stream); none on
+    # the one-step GET, where a HEAD must not start a generation.
+    app.router.add_get("/chat/streams/{stream_id}", browser.read_stream, name="chat_stream_events")
     app.router.add_delete("/chat/streams/{stream_id}", browser.delete_stream)
     app.router.add_get("/chat/stream", browser.chat_stream_get, name="chat_stream_get", allow_head=False)
     app.router.add_post("/chat/stream/token", browser.create_one_step_token)

@@ -2,6 +2,7 @@
 
     POST   /chat/streams        start a detached stream (same body as POST /chat) -> 201 {id, url}
     GET    /chat/streams/{id}   its events (native dialect), resumable with Last-Event-ID
+    HEAD   /chat/streams/{id}   the status and headers that GET would answer, without reading the stream
     DELETE /chat/streams/{id}   stop it now: the upstream is closed before the answer
     GET    /chat/stream?message=…&model=…   start and read in one step, for short prompts;
                                  a reconnect's Last-Event-ID names the stream it attaches to
@@ -9,7 +10,9 @@
 
 With gateway keys configured, EventSource (which cannot send headers) authenticates with a browser
 token in the URL (`?token=`, see server/auth/tokens.py): `POST /chat/streams` returns its stream's
-URL with one, and `POST /chat/stream/token` mints one for the one-step GET.
+URL with one, and `POST /chat/stream/token` mints one for the one-step GET. A stream belongs to the
+key that started it, by name and hash (`TokenSigner.stream_owner`): no other key, nor one rotated
+under its name, reads or stops it.
 
 Unlike the other chat routes, these generations run detached from the connection (see
 server/streams/), so a reconnect resumes where it left off.
@@ -19,14 +22,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TIMERS, TOKEN_BEARING, TOKENS, WORKER_PROXY
 from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
-from ..streams.reader import serve_stream
+from ..streams.reader import serve_stream, stream_head
 from ..streams.resume import QUERY, resume_point
 from ..streams.store import StoreUnavailableError
 from ..validation import parse_model, read_json_object
@@ -66,7 +69,11 @@ async def create_one_step_token(request: web.Request) -> web.Response:
 
 
 async def read_stream(request: web.Request) -> web.StreamResponse:
-    """The stream's events after Last-Event-ID (or from the start); 204 when there is nothing left."""
+    """The stream's events after Last-Event-ID (or from the start); 204 when there is nothing left.
+
+    A HEAD gets the status and headers the GET would get, and no reader is attached for it: the
+    stream's grace period and hold-back see nobody, and a shared store counts no reader.
+    """
     stream_id = request.match_info["stream_id"]
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
         return await _forward(request, owner)
@@ -75,6 +82,14 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
     if not await _may_access(request, stream_id):
         return web.Response(status=204)  # another key's stream is answered as an unknown one
+    if request.method == hdrs.METH_HEAD:
+        return await stream_head(
+            request.app[STREAMS],
+            stream_id,
+            point.seq if point else 0,
+            settings=request.app[SETTINGS].stream,
+            timers=request.app[TIMERS],
+        )
     return await _serve(request, stream_id, point.seq if point else 0)
 
 
@@ -115,7 +130,7 @@ async def _may_access(request: web.Request, stream_id: str) -> bool:
     if key is None:
         return True
     try:
-        return await request.app[STREAMS].may_access(stream_id, key.name)
+        return await request.app[STREAMS].may_access(stream_id, request.app[TOKENS].stream_owner(key))
     except StoreUnavailableError:
         raise ServiceUnavailableError(
             "Sluice cannot reach Redis to find the stream; retry shortly.",
@@ -167,9 +182,11 @@ async def _start(request: web.Request, data: dict[str, Any]) -> str:
     body = chat_request.upstream_body(model, stream=True)
     await reserve_tokens(request, body)
     lease = take_lease(request)
+    key = request_key(request)
+    owner = request.app[TOKENS].stream_owner(key) if key is not None else ""
     try:
         return await request.app[STREAMS].start(
-            request_id=request[REQUEST_ID], route=record.route, model=model, body=body, lease=lease
+            request_id=request[REQUEST_ID], route=record.route, model=model, body=body, lease=lease, owner=owner
         )
     except BaseException:
         if lease is not None:

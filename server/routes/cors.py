@@ -101,5 +101,5 @@ def _methods(app: web.Application, path: str) -> set[str]:
         for resource in app.router.resources()
         if resource.canonical == path
         for route in resource
-        if route.method not in (hdrs.METH_OPTIONS, hdrs.METH_ANY, hdrs.METH_HEAD)
+        if route.method not in (hdrs.METH_OPTIONS, hdrs.METH_ANY)
     }

@@ -1,4 +1,14 @@
-"""The in-process StreamStore: a dict of buffers, each bounded, each dropped after its retention."""
+"""The in-process StreamStore: a dict of buffers, each bounded, each dropped after its retention.
+
+One byte budget (`max_kept_bytes`) covers every buffer, shared fairly between owners (the keys
+that started the streams, see StreamStore.create): an owner's fair share is the budget divided
+by the owners holding streams. Past the budget, the owner holding most over its share loses its
+stream that finished longest ago first; an owner at or under its share loses nothing to it. While
+the budget is held by live streams (which are never dropped for it), a new stream is refused only
+to an owner holding at least its share: one owner alone may use the whole budget, and one that
+filled it with streams nobody reads no longer keeps every other key's new streams out (503).
+Without keys every stream has the owner "", and the rule is the plain budget.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +27,7 @@ class _Buffer:
     first: int = 1
     last: int = 0
     size: int = 0  # bytes of the events kept
-    owner: str = ""  # the name of the gateway key that started it, never the key
+    owner: str = ""  # who started it (StreamStore.create), never the key or its hash
     finished: bool = False
     expiry: asyncio.TimerHandle | None = None
     # Replaced after every change, so a waiter wakes once per change and never misses one.
@@ -28,13 +38,23 @@ class _Buffer:
         self.changed = asyncio.Event()
 
 
+@dataclass(slots=True, eq=False)
+class _Holder:
+    """What one owner's streams hold: how many, their bytes, and its finished ones in the order they finished."""
+
+    streams: int = 0
+    size: int = 0
+    finished: dict[str, None] = field(default_factory=dict)
+
+
 class MemoryStreamStore:
     """StreamStore in this process's memory: at most `max_events` and `max_bytes` per stream, `max_streams` streams.
 
-    And at most `max_kept_bytes` of events in all: past it the streams that finished longest ago
-    go first (a reader replaying one is told `stream_expired`), and while live streams alone hold
-    that much a new stream is refused. Without it, one client starting streams nobody reads kept
-    up to `max_bytes` each for their retention, `max_streams` times over.
+    And at most `max_kept_bytes` of events in all, shared between owners (see the module
+    docstring): past it the streams that finished longest ago of the owner most over its share go
+    first (a reader replaying one is told `stream_expired`), and while live streams alone hold that
+    much a new stream is refused to an owner holding its share. Without it, one client starting
+    streams nobody reads kept up to `max_bytes` each for their retention, `max_streams` times over.
     """
 
     def __init__(
@@ -55,8 +75,10 @@ class MemoryStreamStore:
         self._retention = retention
         self._on_drop = on_drop
         self._buffers: dict[str, _Buffer] = {}
-        # Finished streams in the order they finished: the first is evicted when room is needed.
+        # Finished streams in the order they finished: the first is evicted when a stream more is needed.
         self._finished: dict[str, None] = {}
+        # Owners with a stream kept, and what they hold: the byte budget is shared between them.
+        self._holders: dict[str, _Holder] = {}
 
     def __len__(self) -> int:
         return len(self._buffers)
@@ -82,9 +104,10 @@ class MemoryStreamStore:
                 return False
             self._drop(next(iter(self._finished)))
         self._shed()
-        if self._kept_bytes >= self._max_kept_bytes:
+        if self._kept_bytes >= self._max_kept_bytes and self._holds_its_share(owner):
             return False  # live streams alone hold the budget
         self._buffers[stream_id] = _Buffer(owner=owner)
+        self._holders.setdefault(owner, _Holder()).streams += 1
         return True
 
     async def owner(self, stream_id: str) -> str | None:
@@ -97,13 +120,16 @@ class MemoryStreamStore:
             raise ValueError(f"stream {stream_id!r} has finished")
         if event.seq != buffer.last + 1:
             raise ValueError(f"event {event.seq} does not follow {buffer.last}")
+        holder = self._holders[buffer.owner]
         buffer.events[event.seq] = event
         buffer.last = event.seq
         buffer.size += len(event.data)
+        holder.size += len(event.data)
         self._kept_bytes += len(event.data)
         while len(buffer.events) > self._max_events or (buffer.size > self._max_bytes and len(buffer.events) > 1):
             dropped = len(buffer.events.pop(buffer.first).data)
             buffer.size -= dropped
+            holder.size -= dropped
             self._kept_bytes -= dropped
             buffer.first += 1
         buffer.notify()
@@ -115,6 +141,7 @@ class MemoryStreamStore:
             return
         buffer.finished = True
         self._finished[stream_id] = None
+        self._holders[buffer.owner].finished[stream_id] = None
         loop = asyncio.get_running_loop()
         buffer.expiry = loop.call_later(self._retention, self._drop, stream_id)
         buffer.notify()
@@ -130,6 +157,9 @@ class MemoryStreamStore:
         end = min(buffer.last, seq + limit)
         events = tuple(buffer.events[n] for n in range(start, end + 1))
         return Slice(events, finished=buffer.finished and end >= buffer.last)
+
+    async def peek(self, stream_id: str, seq: int) -> Slice | None:
+        return await self.read_after(stream_id, seq, 1)  # a read here counts nobody
 
     async def wait(self, stream_id: str, seq: int) -> None:
         buffer = self._buffers.get(stream_id)
@@ -164,9 +194,23 @@ class MemoryStreamStore:
             self._drop(stream_id)
 
     def _shed(self) -> None:
-        """Drop the streams that finished longest ago while more than `max_kept_bytes` are kept."""
-        while self._kept_bytes > self._max_kept_bytes and self._finished:
-            self._drop(next(iter(self._finished)))
+        """While more than `max_kept_bytes` are kept, drop the stream that finished longest ago of the
+        owner holding most over its share; owners within their share keep theirs.
+        """
+        while self._kept_bytes > self._max_kept_bytes:
+            holders = len(self._holders)
+            over = [h for h in self._holders.values() if h.size * holders > self._max_kept_bytes and h.finished]
+            if not over:
+                return  # live streams hold the rest: `create` refuses the owners holding their share
+            heaviest = max(over, key=lambda holder: holder.size)
+            self._drop(next(iter(heaviest.finished)))
+
+    def _holds_its_share(self, owner: str) -> bool:
+        """True when `owner` holds at least its fair share of the byte budget, counting it among the holders."""
+        holder = self._holders.get(owner)
+        if holder is None:
+            return False  # it holds nothing
+        return holder.size * len(self._holders) >= self._max_kept_bytes
 
     def _drop(self, stream_id: str) -> None:
         buffer = self._buffers.pop(stream_id, None)
@@ -174,6 +218,12 @@ class MemoryStreamStore:
             return
         self._kept_bytes -= buffer.size
         self._finished.pop(stream_id, None)
+        holder = self._holders[buffer.owner]
+        holder.streams -= 1
+        holder.size -= buffer.size
+        holder.finished.pop(stream_id, None)
+        if not holder.streams:
+            del self._holders[buffer.owner]
         if buffer.expiry is not None:
             buffer.expiry.cancel()
         buffer.notify()  # a waiter, if any, then finds the stream gone

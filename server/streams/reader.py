@@ -5,11 +5,16 @@ first connection), so a browser that loses the connection before the first event
 reconnects to this stream. It ends after the stream's final event. A stream with nothing left
 to send (unknown, expired, or finished before the resume point) is HTTP 204, which tells
 EventSource to stop reconnecting.
+
+A HEAD (`stream_head`) gets the status and headers the GET would start with, and no body. It
+only looks at the store: it is no reader, so it neither holds off the grace period nor marks
+events read, and a shared store does not report it to the stream's producer.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import aiohttp
 import orjson
@@ -53,25 +58,10 @@ async def serve_stream(
     timers: Timers,
 ) -> web.StreamResponse:
     """Send the events of `stream_id` after `after` until its final event."""
-    store = registry.store
-    try:
-        first = await store.read_after(stream_id, after, BATCH)
-    except EventsDroppedError:
-        raise _dropped() from None
-    except StoreUnavailableError:
-        raise ServiceUnavailableError(
-            "Sluice cannot reach Redis to read the stream; retry shortly.",
-            code="store_unavailable",
-            headers={"Retry-After": str(registry.retry_after)},
-        ) from None
-    if first is None or (first.finished and not first.events):
+    first = await _first(registry, stream_id, after)
+    if first is None:
         return web.Response(status=204)
-    response = SSEResponse(
-        heartbeat_interval=settings.heartbeat_interval,
-        send_timeout=settings.send_timeout,
-        on_heartbeat=metrics.heartbeats.inc,
-        timers=timers,
-    )
+    response = _sse_response(settings, timers, on_heartbeat=metrics.heartbeats.inc)
     await response.prepare(request)
     record.response_status = response.status
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
@@ -83,6 +73,49 @@ async def serve_stream(
         response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
     return response
+
+
+async def stream_head(
+    registry: StreamRegistry, stream_id: str, after: int, *, settings: StreamSettings, timers: Timers
+) -> web.Response:
+    """What `serve_stream` answers before its first byte of body, without one: the answer to a HEAD."""
+    if await _first(registry, stream_id, after, look=True) is None:
+        return web.Response(status=204)
+    # The headers of the response a GET gets, never prepared: no heartbeat, no timer, no socket option.
+    return web.Response(status=200, headers=_sse_response(settings, timers).headers)
+
+
+async def _first(registry: StreamRegistry, stream_id: str, after: int, *, look: bool = False) -> Slice | None:
+    """The first events after `after`; None when there is nothing to send (the answer is 204).
+
+    With `look`, the store is looked at (`peek`), not read. 410 when the events after `after` were
+    dropped, 503 when Redis cannot be reached.
+    """
+    store = registry.store
+    try:
+        first = await (store.peek(stream_id, after) if look else store.read_after(stream_id, after, BATCH))
+    except EventsDroppedError:
+        raise _dropped() from None
+    except StoreUnavailableError:
+        raise ServiceUnavailableError(
+            "Sluice cannot reach Redis to read the stream; retry shortly.",
+            code="store_unavailable",
+            headers={"Retry-After": str(registry.retry_after)},
+        ) from None
+    if first is None or (first.finished and not first.events):
+        return None
+    return first
+
+
+def _sse_response(
+    settings: StreamSettings, timers: Timers, on_heartbeat: Callable[[], None] | None = None
+) -> SSEResponse:
+    return SSEResponse(
+        heartbeat_interval=settings.heartbeat_interval,
+        send_timeout=settings.send_timeout,
+        on_heartbeat=on_heartbeat,
+        timers=timers,
+    )
 
 
 async def _follow(

@@ -4,8 +4,11 @@
                                  after the last event, entry `0-<last+1>` with field `end` marks
                                  the end (XREAD wakes on it like on any event)
     <prefix>:stream:<id>:lease   the producing instance's id, expiring unless renewed
-    <prefix>:stream:<id>:owner   the name of the gateway key that started it ("" for none; never
-                                 the key), kept as long as the stream
+    <prefix>:stream:<id>:owner   who started it: the gateway key's name and a fingerprint of its
+                                 hash keyed with the token secret (`name:fingerprint`, see
+                                 server/auth/tokens.py; "" for none; never the key or its hash),
+                                 kept as long as the stream. A record of the name alone (written
+                                 before the fingerprint was) matches no key: see StreamRegistry.may_access
     <prefix>:stream:<id>:read    set by readers on other instances, so the producer's grace
                                  period counts them
     <prefix>:stop                the pub/sub channel a stop request goes out on

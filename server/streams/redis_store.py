@@ -116,6 +116,15 @@ class RedisStreamStore:
         # That a reader is here, not how far: `seq` may be a resuming client's claim, and one past
         # the end would tell the producer that every event was read (`reader_sent` says how far).
         self._note_read(stream_id, 0)
+        return await self._range(stream_id, seq, limit)
+
+    async def peek(self, stream_id: str, seq: int) -> Slice | None:
+        if stream_id in self._local:
+            return await self._local.peek(stream_id, seq)
+        return await self._range(stream_id, seq, 1)  # no reader is noted: a look is not a read
+
+    async def _range(self, stream_id: str, seq: int, limit: int) -> Slice | None:
+        """At most `limit` events after `seq` of a stream produced elsewhere, from Redis (or what woke a reader)."""
         key = self._keys.events(stream_id)
         if brought := self._follower.recent(key, seq, limit):
             return _slice(stream_id, seq, brought, limit)  # what woke this reader: no second round trip

@@ -42,7 +42,7 @@ log = structlog.get_logger("sluice.streams")
 # other reason.
 # KEYS: per stream, its events, its owner record (expiring with it) and its lease.
 # ARGV: maxlen, the event and end field names, then per stream: seconds to expire (0: the keys'
-# expiry was set less than REFRESH ago, leave it), 1 to rewrite it (else 0), its owner's name,
+# expiry was set less than REFRESH ago, leave it), 1 to rewrite it (else 0), its owner,
 # the end entry's seq (0: not ended), the number of events, then seq and event bytes for each.
 _FLUSH = """
 local refused = {}
@@ -85,7 +85,7 @@ REFRESH = 1.0
 class _Outbox:
     """What of one stream has not reached Redis yet."""
 
-    owner: str  # the name of the gateway key that started it, "" for none
+    owner: str  # who started it (StreamStore.create): the key's name and fingerprint, "" for none
     pending: list[StoredEvent] = field(default_factory=list)
     last: int = 0
     finished: bool = False

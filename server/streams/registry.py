@@ -70,16 +70,27 @@ class StreamRegistry:
         return len(self._live)
 
     async def start(
-        self, *, request_id: str, route: str, model: str, body: dict[str, Any], lease: Lease | None = None
+        self,
+        *,
+        request_id: str,
+        route: str,
+        model: str,
+        body: dict[str, Any],
+        lease: Lease | None = None,
+        owner: str = "",
     ) -> str:
-        """Start generating `body` into a new stream; its id. 503 while draining or when full."""
+        """Start generating `body` into a new stream; its id. 503 while draining or when full.
+
+        `owner` is who may read and stop it (see `may_access`): `TokenSigner.stream_owner` of the
+        key that started it, "" without keys.
+        """
         services = self._services
         services.lifecycle.admit()
         stream_id = self._id_prefix + new_stream_id()
         retry_after = {"Retry-After": str(self.retry_after)}
         try:
-            # The store keeps the key's name with the stream, so every instance can check readers.
-            created = await services.store.create(stream_id, lease.key.name if lease is not None else "")
+            # The store keeps the owner with the stream, so every instance can check readers.
+            created = await services.store.create(stream_id, owner)
         except StoreUnavailableError:
             raise ServiceUnavailableError(
                 "Browser streams are unavailable while Sluice cannot reach Redis; retry shortly.",
@@ -99,6 +110,11 @@ class StreamRegistry:
         self._arm_grace(stream_id, live)
         return stream_id
 
+    def readers(self, stream_id: str) -> int:
+        """Connections reading `stream_id` here now (0 once its generation ended)."""
+        live = self._live.get(stream_id)
+        return live.readers if live is not None else 0
+
     @contextmanager
     def reading(self, stream_id: str) -> Iterator[None]:
         """Count a connection as reading `stream_id` while the block runs."""
@@ -116,13 +132,20 @@ class StreamRegistry:
                 if live.readers == 0 and self._live.get(stream_id) is live:
                     self._arm_grace(stream_id, live)
 
-    async def may_access(self, stream_id: str, key_name: str) -> bool:
-        """True when the key named `key_name` may read or stop `stream_id`: it, or no key, started it.
+    async def may_access(self, stream_id: str, claimant: str) -> bool:
+        """True when the key whose owner value is `claimant` may read or stop `stream_id`: it, or no key, started it.
 
-        An unknown stream is refused too, so another key's stream answers exactly as an unknown one.
+        An owner value is the key's name and a keyed fingerprint of its hash (`TokenSigner.stream_owner`),
+        so a key rotated under the same name is another owner. An unknown stream is refused too, so
+        another key's stream answers exactly as an unknown one.
+
+        A stream recorded before owners carried the fingerprint (the name alone, in Redis across an
+        upgrade) matches no key: it is refused to every key, as an unknown one (204), rather than
+        opened to whichever key has that name now; it is gone after its retention. A stream started
+        without keys ("") stays open to every key.
         """
         owner = await self.store.owner(stream_id)
-        return owner is not None and owner in ("", key_name)
+        return owner is not None and owner in ("", claimant)
 
     def sent(self, stream_id: str, seq: int) -> None:
         """A reader was sent the events up to `seq`: the generation, here or elsewhere, may read on if it held back."""

@@ -48,10 +48,15 @@ class StreamStore(Protocol):
     """Bounded, expiring event buffers, one per detached stream."""
 
     async def create(self, stream_id: str, owner: str = "") -> bool:
-        """Start an empty stream started by gateway key `owner` ("" without keys); False when full."""
+        """Start an empty stream owned by `owner`; False when full (or `owner` holds its share of the bytes).
+
+        `owner` is what `TokenSigner.stream_owner` gives for the key that started it (its name and
+        a keyed fingerprint of its hash, never the key or its hash), "" without keys. A store that
+        bounds the bytes it keeps shares them between owners (see memory.py).
+        """
 
     async def owner(self, stream_id: str) -> str | None:
-        """The name of the key that started the stream ("" for none); None when it is unknown."""
+        """The stream's `owner` as created ("" for none); None when it is unknown."""
 
     async def append(self, stream_id: str, event: StoredEvent) -> None:
         """Add the next event; its `seq` is one more than the last one's (the first is 1)."""
@@ -64,6 +69,13 @@ class StreamStore(Protocol):
 
         Raises EventsDroppedError when events after `seq` are no longer held, and
         StoreUnavailableError when a shared store cannot be reached.
+        """
+
+    async def peek(self, stream_id: str, seq: int) -> Slice | None:
+        """What `read_after(stream_id, seq, 1)` answers, without being a read (a HEAD request).
+
+        A shared store does not count it as a reader: the producer's grace period and hold-back
+        do not see it. Raises as `read_after` does.
         """
 
     async def wait(self, stream_id: str, seq: int) -> None:
