@@ -8,7 +8,7 @@ import aiohttp
 import psutil
 import pytest
 
-from tests.support.client import ROUTES, new_request_id, sim_wait
+from tests.support.client import ROUTES, new_request_id, open_unread_stream, sim_wait
 from tests.support.processes import Gateway, Simulator
 
 TOKENS = 1_000_000  # about 200 MB of chunks: far more than every socket buffer on the way, and than a second's worth
@@ -36,8 +36,9 @@ async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tok
     path, make_body = ROUTES[route]
     process = psutil.Process(gateway.process.pid)
     async with aiohttp.ClientSession() as http:
-        headers = {"X-Request-ID": rid}
-        async with http.post(gateway.url + path, json=make_body(f"hi\n#sim tokens={TOKENS}"), headers=headers):
+        # A client that never reads (with an aiohttp client, whose reads went on under load, the
+        # settle windows below once ended before the buffers on the way were full).
+        with open_unread_stream(gateway.url, path, make_body(f"hi\n#sim tokens={TOKENS}"), rid):
             record = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
             # The first pause may only mean the gateway is slower than the simulator; the buffers
             # towards the client fill soon after. Nothing signals that, so settle: until short

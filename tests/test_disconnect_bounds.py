@@ -19,7 +19,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import pytest
 
-from tests.support.client import ROUTES, new_request_id, sim_wait
+from tests.support.client import ROUTES, new_request_id, open_unread_stream, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.sse import carries_token, iter_events
 
@@ -177,17 +177,20 @@ async def test_upstream_closed_within_send_timeout_and_half_a_second_of_a_client
     The simulator pauses once the gateway stopped reading it, which is after the gateway's write to
     the client blocked; so the upstream must be closed within send_timeout + 0.5 s of that pause
     (the send timeout aborts the client's connection, and the relay's client-gone hook closes the
-    upstream with it).
+    upstream with it). The client never reads (`open_unread_stream`), so the send timeout's clock,
+    which restarts whenever the client takes more, runs from about the pause. (With an aiohttp
+    client, the bound failed twice under the full suite's load.)
     """
     rid = new_request_id("bound-stalled")
-    async with aiohttp.ClientSession() as http:
-        async with post(http, send_timeout_gateway, "openai", "x\n#sim tokens=150000", rid):
+    path, make_body = ROUTES["openai"]
+    with open_unread_stream(send_timeout_gateway.url, path, make_body("x\n#sim tokens=150000"), rid):
+        async with aiohttp.ClientSession() as http:
             paused = await sim_wait(http, simulator.url, rid, "paused", seconds=30)
             stalled_by = time.time()
             assert paused["outcome"] == "active"
             record = await sim_wait(http, simulator.url, rid, "closed", seconds=5)
     assert record["outcome"] == "client_aborted"
-    log = send_timeout_gateway.process.wait_for_event("request_finished", request_id=rid)
+    log = await asyncio.to_thread(send_timeout_gateway.process.wait_for_event, "request_finished", request_id=rid)
     # With the gateway's own account: its line's duration tells a late send timeout from a late close.
     assert record["closed_at"] - stalled_by < SEND_TIMEOUT + BOUND, (record, log)
     assert log["error_code"] == "send_timeout"

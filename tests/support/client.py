@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+import json
 import os
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import aiohttp
 
@@ -39,3 +42,24 @@ ROUTES = {
     "native": ("/chat/stream", native_body),
     "openai": ("/v1/chat/completions", openai_body),
 }
+
+
+def open_unread_stream(url: str, path: str, body: dict[str, Any], request_id: str) -> socket.socket:
+    """POST `body` to `url` + `path` from a bare socket that never reads, with a small receive buffer.
+
+    A client that stops reading, at its purest: once the gateway's writes block, nothing on this
+    side makes room again. (An aiohttp client reads into its own buffer whenever its loop runs, and
+    the kernel grows its receive buffer while it does, so under load the gateway's writes go on
+    taking more long after the stall began.) The caller closes it.
+    """
+    payload = json.dumps(body).encode()
+    address = urlsplit(url)
+    client = socket.socket()
+    client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    client.connect((address.hostname, address.port))
+    client.sendall(
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(payload)}\r\nX-Request-ID: {request_id}\r\n\r\n".encode()
+        + payload
+    )
+    return client
