@@ -97,7 +97,11 @@ def test_an_error_status_with_a_text_error_passes_its_message_on() -> None:
 
 
 def test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message() -> None:
-    reply = b'{"error": {"code": "invalid_api_key", "message": "Incorrect API key provided: sk-ab12...yz89."}}'
+    # OpenAI's own shape: typed as a refused request, which alone would pass the message on.
+    reply = (
+        b'{"error": {"code": "invalid_api_key", "type": "invalid_request_error",'
+        b' "message": "Incorrect API key provided: sk-ab12...yz89."}}'
+    )
 
     failure = failure_of(reply)
 
