@@ -13,6 +13,8 @@ import aiohttp
 import psutil
 import pytest
 
+from server.auth.gateway_keys import GatewayKey, KeyRing
+from server.auth.limits import KeyLimits
 from server.auth.tokens import ONE_STEP_SCOPE, TokenSigner
 from tests.support.client import new_request_id
 from tests.support.processes import (
@@ -381,7 +383,10 @@ async def test_the_one_step_get_needs_a_token_minted_for_it(keyed: Gateway) -> N
         async with http.post(keyed.url + "/chat/stream/token", headers=bearer(KEY_ALPHA)) as r:
             assert r.status == 201
             minted = await r.json()
-        assert TokenSigner(SECRET.encode(), 600).verify(minted["token"], ONE_STEP_SCOPE) == "alpha"
+        alpha = GatewayKey("alpha", hashlib.sha256(KEY_ALPHA.encode()).digest(), None, KeyLimits())
+        assert (
+            TokenSigner(SECRET.encode(), 600).key_for(minted["token"], ONE_STEP_SCOPE, KeyRing((alpha,), None)) is alpha
+        )
         async with http.get(
             keyed.url + "/chat/stream", params={"message": "hi\n#sim tokens=2", "token": minted["token"]}
         ) as r:

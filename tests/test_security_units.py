@@ -135,24 +135,28 @@ async def test_rate_limit_headers_use_openais_names_and_durations() -> None:
 # --- tokens ------------------------------------------------------------------------------------
 
 
+ALPHA = GatewayKey("alpha", hashlib.sha256(b"sk-alpha").digest(), None, KeyLimits())
+RING = KeyRing((ALPHA,), None)
+
+
 def test_a_token_is_valid_for_its_scope_until_it_expires() -> None:
     clock = FakeClock()
     signer = TokenSigner(b"secret", ttl=60, clock=clock)
-    token = signer.mint("alpha", "stream-1").value
-    assert signer.verify(token, "stream-1") == "alpha"
-    assert signer.verify(token, "stream-2") is None
+    token = signer.mint("alpha", "stream-1", key_digest=ALPHA.digest).value
+    assert signer.key_for(token, "stream-1", RING) is ALPHA
+    assert signer.key_for(token, "stream-2", RING) is None
     clock.now += 60
-    assert signer.verify(token, "stream-1") is None
+    assert signer.key_for(token, "stream-1", RING) is None
 
 
 def test_a_token_signed_with_another_secret_is_refused() -> None:
-    token = TokenSigner(b"other", ttl=60).mint("alpha", "s").value
-    assert TokenSigner(b"secret", ttl=60).verify(token, "s") is None
+    token = TokenSigner(b"other", ttl=60).mint("alpha", "s", key_digest=ALPHA.digest).value
+    assert TokenSigner(b"secret", ttl=60).key_for(token, "s", RING) is None
 
 
 @pytest.mark.parametrize("forged", ["", ".", "a.b", "!!!.???", "x" * 2000 + ".y", "YWxwaGF8c3wx.AAAA"])
 def test_garbage_tokens_are_refused(forged: str) -> None:
-    assert TokenSigner(b"secret", ttl=60).verify(forged, "s") is None
+    assert TokenSigner(b"secret", ttl=60).key_for(forged, "s", RING) is None
 
 
 # --- keys --------------------------------------------------------------------------------------

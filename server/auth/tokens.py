@@ -76,14 +76,6 @@ class TokenSigner:
         value = _encode(payload) + "." + _encode(self._sign(payload))
         return Token(value, expires_at)
 
-    def verify(self, token: str, scope: str) -> str | None:
-        """The key name a valid, unexpired token for `scope` carries; None for any other token.
-
-        Whether that key still stands behind the token is `key_for`'s answer: authenticate with it.
-        """
-        claim = self._claim(token, scope)
-        return claim.key_name if claim is not None else None
-
     def key_for(self, token: str, scope: str, keys: KeyRing) -> GatewayKey | None:
         """The key in `keys` that a valid, unexpired token for `scope` stands for; None for any other
         token, and for one whose key was removed or rotated (given another hash) since it was minted.
