@@ -538,3 +538,42 @@ async def test_a_browser_streams_fallback_to_a_model_outside_its_keys_list_is_sk
     assert events[-1].event == "failed"
     assert events[-1].json()["error"]["code"] == "context_length_exceeded"
     assert await _models_tried(simulator, rid) == ["gpt-4o-mini"]
+
+
+# One upstream that continues cut streams, and a bigger model to fall back to when a prompt (a
+# continuation's, with the reply so far) is too long for the key's model.
+def continuation_upstream(simulator: Simulator) -> str:
+    return f"""
+[routing.context_window_fallbacks]
+"gpt-4o-mini" = ["gpt-4.1"]
+
+[[upstreams]]
+name = "sim"
+base_url = "{simulator.base_url}"
+continuation = "assistant-prefill"
+"""
+
+
+@pytest.fixture(scope="module")
+def keyed_with_continuation(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    tmp = tmp_path_factory.mktemp("keyed-continuation")
+    gateway = start_keyed_gateway(tmp, simulator, extra_toml=continuation_upstream(simulator))
+    yield gateway
+    gateway.process.stop()
+
+
+async def test_a_cut_streams_continuation_on_a_model_outside_the_keys_list_is_skipped(
+    keyed_with_continuation: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("key-continuation")
+    # Cut after 3 tokens; the continuation is too long for the key's model.
+    message = "hi\n#sim tokens=8 fault=cut fault_at=3 fail_times=1 prefill_fault=context_length"
+    body = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": message}], "stream": True}
+    headers = {**bearer(KEY_NARROW), "X-Request-ID": rid}
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed_with_continuation.url + "/v1/chat/completions", json=body, headers=headers) as r,
+    ):
+        events = await read_events(r)
+    assert events[-1].json()["error"]["code"] == "upstream_stream_broken"  # the cut, not continued
+    assert await _models_tried(simulator, rid) == ["gpt-4o-mini", "gpt-4o-mini"]  # the cut one, its continuation

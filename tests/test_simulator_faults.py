@@ -72,6 +72,14 @@ async def test_reject_prefill_refuses_a_final_assistant_message_only(sim: Client
     assert (await response.json())["error"]["code"] == "invalid_prefill"
 
 
+async def test_prefill_fault_strikes_a_final_assistant_message_only(sim: Client) -> None:
+    prefill = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "The"}]
+    assert (await chat(sim, "r", {"prefill_fault": "context_length"})).status == 200
+    response = await chat(sim, "r2", {"prefill_fault": "context_length"}, messages=prefill)
+    assert response.status == 400
+    assert (await response.json())["error"]["code"] == "context_length_exceeded"
+
+
 async def test_fault_at_cuts_after_that_many_tokens(sim: Client) -> None:
     response = await chat(sim, "r", {"fault": "cut", "fault_at": 2, "tokens": 6}, stream=True)
     with pytest.raises(aiohttp.ClientPayloadError):

@@ -99,6 +99,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     record.body = raw
     plan = answer.plan
     fault = plan.fault_for(request.app[RUNTIME_KEY].attempt(request_id), chat.model)
+    if plan.prefill_fault is not Fault.NONE and chat.last_role == "assistant":
+        fault = plan.prefill_fault
     if fault is not plan.fault:
         answer = replace(answer, plan=replace(plan, fault=fault))
     if plan.reject_prefill and chat.last_role == "assistant":

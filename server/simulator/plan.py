@@ -1,7 +1,7 @@
 """Per-request steering: the `#sim` directive line and the `sim` body field.
 
 Both carry the same keys (tokens, ttft_ms, gap_ms, fault, echo, chunk_chars, and for
-resilience tests: fail_times, fault_at, retry_after, fault_model, reject_prefill)
+resilience tests: fail_times, fault_at, retry_after, fault_model, reject_prefill, prefill_fault)
 and are merged key by key, the body field winning. Unknown keys are ignored
 so newer tests can talk to older simulators; bad values of known keys are
 rejected so a typo in a test fails loudly instead of silently doing nothing.
@@ -80,6 +80,8 @@ class Plan:
     fault_model: str | None = None
     # Answer 400 invalid_prefill to a request whose last message is the assistant's.
     reject_prefill: bool = False
+    # The fault for a request whose last message is the assistant's (a continuation), in place of `fault`.
+    prefill_fault: Fault = Fault.NONE
 
     def fault_for(self, attempt: int, model: str) -> Fault:
         """The fault for attempt number `attempt` (1-based) of a request for `model`."""
@@ -142,6 +144,7 @@ def resolve_plan(
         retry_after=_as_text(merged, "retry_after"),
         fault_model=_as_text(merged, "fault_model"),
         reject_prefill=_as_bool(merged, "reject_prefill"),
+        prefill_fault=_as_fault(merged, "prefill_fault"),
     )
 
 
@@ -194,10 +197,10 @@ def _as_bool(values: Mapping[str, object], key: str) -> bool:
     raise PlanError(key, raw)
 
 
-def _as_fault(values: Mapping[str, object]) -> Fault:
-    raw = values.get("fault")
+def _as_fault(values: Mapping[str, object], key: str = "fault") -> Fault:
+    raw = values.get(key)
     if raw is None or raw == "":
         return Fault.NONE
     if isinstance(raw, str) and raw in _FAULT_NAMES:
         return Fault(raw)
-    raise PlanError("fault", raw)
+    raise PlanError(key, raw)
