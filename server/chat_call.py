@@ -32,6 +32,7 @@ from .sse import SSEResponse
 from .stream_start import ResponseStart
 from .upstreams.continuation import ContinuedStream
 from .upstreams.stream import UpstreamStream
+from .validation import requested_choices
 
 T = TypeVar("T")
 
@@ -111,7 +112,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 final_write_timeout=settings.stream.send_timeout,
                 shutdown_retry_ms=settings.server.retry_after * 1000,
                 gaps=metrics.gaps(record.route),
-                choices=_choices(body),
+                choices=requested_choices(body),
             )
             await response.finish()
             return response
@@ -204,12 +205,6 @@ def _models_allowed(request: web.Request, record: RequestRecord) -> Callable[[st
     """
     key = request.get(GATEWAY_KEY) if record.key is not None else None
     return key.fallbacks_allowed(request.app[SETTINGS].models.aliases) if key is not None else None
-
-
-def _choices(body: dict[str, Any]) -> int:
-    """The request's `n`: how many choices must finish (validated at the edge; 1 when absent)."""
-    n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
 
 
 def _note_usage(content: bytes, record: RequestRecord) -> None:

@@ -7,6 +7,7 @@
     │   └── ModelNotFoundError        404  a model not on the configured list
     ├── MethodNotAllowedError         405
     ├── RequestTimeoutError           408  the body did not arrive in time
+    ├── ExpectationFailedError        417  an `Expect` other than 100-continue
     ├── PayloadTooLargeError          413
     ├── RateLimitedError              429  a gateway key's limit (with Retry-After)
     ├── UnsupportedMediaTypeError     415
@@ -92,6 +93,12 @@ class RequestTimeoutError(GatewayError):
     status = 408
     type = "invalid_request_error"
     code = "request_timeout"
+
+
+class ExpectationFailedError(GatewayError):
+    status = 417
+    type = "invalid_request_error"
+    code = "expectation_failed"
 
 
 class RateLimitedError(GatewayError):

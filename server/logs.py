@@ -6,10 +6,11 @@ has one format. Message content and keys are never passed to a logger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
-from typing import Literal, TextIO
+from typing import Literal, TextIO, cast
 
 import orjson
 import structlog
@@ -25,7 +26,7 @@ _protocol_log = structlog.get_logger("sluice.protocol")
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
     """Route structlog and the standard library's logging to `stream` (stdout) in `fmt` at `level`."""
-    out = stream if stream is not None else sys.stdout
+    out = cast(TextIO, LossyStream(stream if stream is not None else sys.stdout))
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -66,6 +67,40 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(MalformedRequestFilter())
+
+
+class LossyStream:
+    """The log's stream, whose lines are dropped, not raised, once it cannot be written.
+
+    A log line must never fail what it describes: when stdout's reader is gone (a log shipper
+    that died, a `| tee` killed), every write raises BrokenPipeError, which turned every request
+    into a 500 and the SIGTERM drain into a task that died before it began, leaving the process
+    answering `ready` until killed. `dropped` counts the lines lost.
+    """
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+        self.dropped = 0
+
+    def write(self, text: str) -> int:
+        """Write `text`; 0 (and one line more dropped) when the stream refuses it."""
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed under us
+            self.dropped += 1
+            return 0
+
+    def flush(self) -> None:
+        """Flush what the stream holds, when it still can be."""
+        with contextlib.suppress(OSError, ValueError):
+            self._stream.flush()
+
+    def isatty(self) -> bool:
+        """Whether the stream is a terminal (never, once it is gone)."""
+        try:
+            return self._stream.isatty()
+        except (OSError, ValueError):
+            return False
 
 
 class MalformedRequestFilter(logging.Filter):

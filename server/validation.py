@@ -85,3 +85,9 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
         else:
             path += f".{part}" if path else part
     return path
+
+
+def requested_choices(body: dict[str, Any]) -> int:
+    """A validated chat body's `n`: how many choices it asks for (1 when absent)."""
+    n = body.get("n")
+    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1

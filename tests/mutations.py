@@ -1741,7 +1741,7 @@ BREAKS += [
     Break(
         "a refused key's message sent with 200 is passed on",
         "server/upstreams/failures.py",
-        '    if error.get("code") == "invalid_api_key":\n        status = 401\n    elif status is None',
+        "    if refuses_key(error):\n        status = 401\n    elif status is None",
         "    if status is None",
         (f"{REPLIES}::test_an_error_object_sent_with_200_that_refuses_the_key_hides_its_message",),
     ),
@@ -2076,6 +2076,104 @@ BREAKS += [
 BROKEN_HTTP = "tests/test_broken_http.py"
 BREAKS += [
     Break(
+        "a refused key known only by its exact code",
+        "server/upstreams/failures.py",
+        "        or (isinstance(kind, str) and kind.lower() in _KEY_REFUSING_TYPES)\n",
+        "        or False\n",
+        (f"{REPLIES}::test_a_refused_key_in_another_providers_form_hides_its_message",),
+    ),
+    Break(
+        "a credential quoted in an upstream message passed on",
+        "server/upstreams/failures.py",
+        'return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])',
+        "return message[:MESSAGE_LIMIT]",
+        (f"{REPLIES}::test_a_credential_quoted_in_any_upstream_message_is_masked",),
+    ),
+    Break(
+        "a request for n choices reserves one",
+        "server/auth/gate.py",
+        ") * requested_choices(body)",
+        ")",
+        ("tests/test_security_units.py::test_a_request_for_n_choices_reserves_its_completion_n_times",),
+    ),
+    Break(
+        "a log stream that cannot be written fails the request",
+        "server/logs.py",
+        "    out = cast(TextIO, LossyStream(stream if stream is not None else sys.stdout))\n",
+        "    out = stream if stream is not None else sys.stdout\n",
+        (f"{OPERATOR_LOGS}::test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm",),
+    ),
+    Break(
+        "a cors_origins entry echoed in the start-up error",
+        "server/settings/sections.py",
+        'raise ValueError(f"entry {number} of {len(origins)} {exc}") from None',
+        'raise ValueError(f"entry {origin} {exc}") from None',
+        (
+            "tests/test_settings.py::test_a_cors_origin_that_is_not_an_origin_is_refused_naming_the_setting_not_the_value",
+        ),
+    ),
+    Break(
+        "a wildcard cors_origins entry accepted",
+        "server/settings/sections.py",
+        '    if "*" in parts.hostname:\n',
+        "    if False:\n",
+        (
+            "tests/test_settings.py::test_a_cors_origin_that_is_not_an_origin_is_refused_naming_the_setting_not_the_value",
+        ),
+    ),
+    Break(
+        "an international cors_origins entry kept in Unicode",
+        "server/settings/sections.py",
+        '            host = host.encode("idna").decode("ascii")',
+        "            host = host",
+        ("tests/test_settings.py::test_cors_origins_are_kept_as_browsers_send_them",),
+    ),
+    Break(
+        "a broken body drained again and logged as an unhandled exception",
+        "server/middleware/errors.py",
+        "        request.content.feed_eof()\n",
+        "",
+        (f"{BROKEN_HTTP}::test_a_broken_body_is_logged_as_its_request_line_alone",),
+    ),
+    Break(
+        "aiohttp answers Expect before the chain",
+        "server/routes/__init__.py",
+        "    post = partial(app.router.add_post, expect_handler=defer_expectation)\n",
+        "    post = app.router.add_post\n",
+        (
+            f"{BROKEN_HTTP}::test_an_expectation_other_than_100_continue_is_a_json_417",
+            f"{BROKEN_HTTP}::test_100_continue_is_not_sent_for_a_body_the_size_limit_refuses",
+        ),
+    ),
+    Break(
+        "100 Continue never sent",
+        "server/middleware/body.py",
+        '        await request.writer.write(b"HTTP/1.1 100 Continue\\r\\n\\r\\n")\n',
+        "        pass\n",
+        (f"{BROKEN_HTTP}::test_a_chunked_body_that_breaks_midway_is_400_at_once_not_a_408",),
+    ),
+    Break(
+        "an unknown expectation let through",
+        "server/middleware/body.py",
+        "    if expect is not None and expect.lower() != CONTINUE:\n",
+        "    if False:\n",
+        (f"{BROKEN_HTTP}::test_an_expectation_other_than_100_continue_is_a_json_417",),
+    ),
+    Break(
+        "a body in an unknown encoding read as it is",
+        "server/middleware/body.py",
+        "    if encoding is not None and encoding.strip().lower() not in DECODED:\n",
+        "    if False:\n",
+        (f"{BAD_INPUT}::test_a_body_in_an_encoding_sluice_does_not_decode_is_415_not_read_as_is",),
+    ),
+    Break(
+        "identity refused as an unknown encoding",
+        "server/middleware/body.py",
+        'DECODED = frozenset({"identity", "gzip",',
+        'DECODED = frozenset({"gzip",',
+        (f"{BAD_INPUT}::test_a_body_marked_identity_is_read_as_it_is",),
+    ),
+    Break(
         "the simulator's prefill_fault ignored",
         "server/simulator/app.py",
         "        fault = plan.prefill_fault\n",
@@ -2142,7 +2240,9 @@ BREAKS += [
         "server/settings/sections.py",
         '    if parts.path not in ("", "/") or parts.query',
         "    if parts.query",
-        ("tests/test_settings.py::test_a_cors_origin_that_is_not_an_origin_is_refused_naming_the_setting",),
+        (
+            "tests/test_settings.py::test_a_cors_origin_that_is_not_an_origin_is_refused_naming_the_setting_not_the_value",
+        ),
     ),
     Break(
         "a preflight for a method not served blamed on the origin",
@@ -2256,15 +2356,15 @@ BREAKS += [
     Break(
         "an error event that refuses the key passes its message on",
         "server/upstreams/failures.py",
-        '    if code == "invalid_api_key" or fields.get("status", code) in (401, 403):\n',
+        "    if refuses_key(fields):\n",
         "    if False:\n",
         ("tests/test_upstream_stream.py::test_an_error_event_that_refuses_the_key_hides_its_message",),
     ),
     Break(
         "an error event's message passed on unbounded",
         "server/upstreams/failures.py",
-        "message[:MESSAGE_LIMIT] if isinstance(message, str)",
-        "message if isinstance(message, str)",
+        'return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])',
+        'return _CREDENTIAL.sub("[redacted]", message)',
         ("tests/test_upstream_stream.py::test_an_error_events_message_is_passed_on_bounded",),
     ),
     Break(

@@ -204,6 +204,29 @@ async def test_a_body_just_under_the_limit_is_accepted(limited: Client) -> None:
     assert response.status == 200
 
 
+@pytest.mark.parametrize("path", [*CHAT_PATHS, "/chat/streams", "/v1/chat/completions"])
+@pytest.mark.parametrize("encoding", ["zstdx", "x-gzip", "compress"])
+async def test_a_body_in_an_encoding_sluice_does_not_decode_is_415_not_read_as_is(
+    client: Client, path: str, encoding: str
+) -> None:
+    body = b'{"message": "#sim tokens=1\\nhi", "model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}'
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+
+    response = await client.post(path, data=body, headers=headers)
+
+    error = await error_of(response, 415)
+    assert (error["code"], error["param"]) == ("unsupported_content_encoding", "Content-Encoding")
+
+
+@pytest.mark.parametrize("encoding", ["identity", "IDENTITY"])
+async def test_a_body_marked_identity_is_read_as_it_is(client: Client, encoding: str) -> None:
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+
+    response = await client.post("/chat", data=b'{"message": "#sim tokens=1\\nhi"}', headers=headers)
+
+    assert response.status == 200
+
+
 @pytest.mark.parametrize("path", [*CHAT_PATHS, "/v1/chat/completions"])
 @pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
 async def test_a_wrong_content_type_is_415(client: Client, path: str, content_type: str | None) -> None:

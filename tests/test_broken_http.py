@@ -18,6 +18,7 @@ from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from aiohttp.web_protocol import RequestPayloadError, _ErrInfo
 
 from server.http_protocol import watch_framing
+from tests.support.client import new_request_id
 from tests.support.processes import Gateway
 
 # Far under the gateway's body_timeout (15 s by default): a broken body answered only when its
@@ -119,3 +120,67 @@ async def test_a_fault_queued_before_the_body_is_awaited_fails_the_body_at_once(
         await asyncio.wait_for(content.read(), ANSWER_BOUND)
     undo()
     assert list(protocol._messages) == [(fault, EMPTY_PAYLOAD)]  # still queued: aiohttp answers nothing more
+
+
+@pytest.mark.parametrize(
+    "broken",
+    [
+        b"Transfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n",
+        b"Content-Encoding: gzip\r\nContent-Length: 8\r\n\r\nnot gzip",
+    ],
+    ids=["framing", "encoding"],
+)
+async def test_a_broken_body_is_logged_as_its_request_line_alone(gateway: Gateway, broken: bytes) -> None:
+    # aiohttp drained the rest of the failed body after the answer, met the error again and
+    # logged an "Unhandled exception" with its traceback: error-level noise any client can cause.
+    rid = new_request_id("broken-body")
+    head = f"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Request-ID: {rid}\r\nContent-Type: application/json\r\n"
+    writes = [head.encode() + broken]
+    if b"Expect" in broken:
+        writes.append(b'5\r\n{"mod\r\nnot-a-chunk-size\r\n')
+    before = len(gateway.process.lines)
+    [(status, _, _)] = answers(await exchange(gateway, *writes))
+    assert status == 400
+    # A later line: every line the broken request caused is read by then.
+    marker = new_request_id("after-broken-body")
+    await exchange(
+        gateway, f"GET /v1/models HTTP/1.1\r\nHost: x\r\nX-Request-ID: {marker}\r\nConnection: close\r\n\r\n".encode()
+    )
+    await asyncio.to_thread(gateway.process.wait_for_event, "request_finished", request_id=marker)
+    lines = gateway.process.lines[before:]
+    assert [line for line in lines if "Unhandled exception" in line] == []
+    [only] = [json.loads(line) for line in lines if rid in line]  # its request line, nothing else
+    assert (only["event"], only["error_code"]) == ("request_finished", "invalid_body")
+
+
+async def first_answer(gateway: Gateway, request: bytes) -> bytes:
+    """The head of the first thing the gateway answers to `request` on a new connection."""
+    host, port = gateway.url.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(request)
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), ANSWER_BOUND)
+    finally:
+        writer.close()
+
+
+async def test_an_expectation_other_than_100_continue_is_a_json_417(gateway: Gateway) -> None:
+    request = b"POST /chat HTTP/1.1\r\nHost: x\r\nExpect: 200-ok\r\nContent-Type: application/json\r\n"
+
+    raw = await exchange(gateway, request + b"Content-Length: 2\r\nConnection: close\r\n\r\n{}")
+
+    status, headers, body = answers(raw)[0]
+    assert (status, body["error"]["code"]) == (417, "expectation_failed")  # type: ignore[index]
+    assert "x-request-id" in headers  # answered by the chain, logged like any request
+
+
+async def test_100_continue_is_not_sent_for_a_body_the_size_limit_refuses(gateway: Gateway) -> None:
+    # aiohttp said 100 Continue before any check: the client then uploaded a body refused anyway.
+    request = (
+        b"POST /chat HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Type: application/json\r\n"
+        b"Content-Length: 999999999\r\n\r\n"
+    )
+
+    head = await first_answer(gateway, request)
+
+    assert head.startswith(b"HTTP/1.1 413 ")

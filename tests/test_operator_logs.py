@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import json
 import os
 import signal
+import subprocess
 import sys
+import urllib.request
 
 import aiohttp
 import pytest
 
 from server.settings import load_settings
 from tests.conftest import TEST_CONFIG
-from tests.support.processes import Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.support.processes import ROOT, Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
 
 KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstream
 
@@ -115,3 +118,36 @@ async def test_a_request_that_cannot_be_parsed_is_logged_without_what_the_client
     assert (line["status"], line["level"]) == (400, "info")
     assert line["error"] in ("BadHttpMessage", "InvalidHeader", "BadStatusLine", "InvalidURLError")
     assert not any(secret in text for text in gateway.process.lines)
+
+
+# Far above the drain (3 s in config/test.toml, and nothing is live): only a drain that never runs misses it.
+EXIT_BOUND = 15.0
+
+
+def test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm(simulator: Simulator) -> None:
+    port = free_port()
+    env = clean_env(
+        {"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url}
+    )
+    argv = [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--config", str(TEST_CONFIG)]
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            if "sluice_listening" in line:
+                break
+        process.stdout.close()  # a log shipper that died: every write to stdout now fails
+        for _ in range(3):
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{port}/chat",
+                data=json.dumps({"message": "hi\n#sim tokens=2"}).encode(),
+                headers={"Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=EXIT_BOUND) as answer:
+                assert answer.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(EXIT_BOUND) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()

@@ -92,6 +92,17 @@ async def test_a_request_without_a_token_limit_reserves_the_keys_completion_rese
     assert lease.reserved_tokens == lease.prompt_estimate + 300
 
 
+@pytest.mark.parametrize("limit", [{"max_tokens": 900}, {}], ids=["max_tokens", "completion_reserve"])
+async def test_a_request_for_n_choices_reserves_its_completion_n_times(limit: dict[str, int]) -> None:
+    store = MemoryLimitStore(FakeClock())
+    lease = Lease(store, GatewayKey("k", b"", None, KeyLimits(tpm=1_000_000, completion_reserve=300)))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "n": 64, **limit}
+
+    assert await lease.reserve(body) is None
+
+    assert lease.reserved_tokens == lease.prompt_estimate + 64 * limit.get("max_tokens", 300)
+
+
 def test_a_keys_completion_reserve_defaults_to_1024_tokens() -> None:
     ring = KeyRing.from_settings(make_settings(auth=keyed_settings(tpm=1000)).auth)
 

@@ -6,13 +6,15 @@ A 200 is no promise of one: a proxy's HTML page, a cut body or an error object s
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.errors import UpstreamError
 from server.upstreams.backoff import retryable, tries_next_candidate
-from server.upstreams.failures import check_completion, status_failure
+from server.upstreams.failures import check_completion, event_failure, status_failure
 from tests.support.envelope import error_of
 
 Client = TestClient[web.Request, web.Application]
@@ -126,3 +128,37 @@ async def test_a_malformed_non_streaming_reply_is_502_not_relayed(
 
     error = await error_of(response, 502)
     assert error["code"] == "upstream_malformed_reply"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        b'{"error": {"type": "authentication_error", "message": "Bad key sk-ab12cd34."}}',
+        b'{"error": {"code": "401", "message": "Bad key sk-ab12cd34."}}',
+        b'{"error": {"status": "403", "message": "Bad key sk-ab12cd34."}}',
+        b'{"error": {"type": "permission_error", "message": "Key sk-ab12cd34 may not use it."}}',
+    ],
+    ids=["type", "code_text", "status_text", "permission"],
+)
+def test_a_refused_key_in_another_providers_form_hides_its_message(error: bytes) -> None:
+    failure = failure_of(error)
+
+    assert (failure.status, failure.code) == (502, "upstream_auth_failed")
+    assert "sk-" not in failure.message
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        lambda: failure_of(b'{"error": "invalid_api_key: sk-upstream-LEAK2"}'),
+        lambda: status_failure(400, {}, b'{"error": {"message": "Key sk-proj-LEAK2abc is not for this model."}}'),
+        lambda: event_failure({"message": "invalid api key sk-LEAKY3, Bearer abc.def"}),
+    ],
+    ids=["reply", "status", "event"],
+)
+def test_a_credential_quoted_in_any_upstream_message_is_masked(failure: Callable[[], UpstreamError]) -> None:
+    message = failure().message
+
+    assert "LEAK" not in message
+    assert "abc.def" not in message
+    assert "[redacted]" in message

@@ -12,6 +12,7 @@ from typing import Any
 import orjson
 
 from ..errors import RateLimitedError
+from ..validation import requested_choices
 from .gateway_keys import GatewayKey
 from .limits import Decision, Exceeded, LimitStore, rate_limit_headers
 
@@ -42,14 +43,15 @@ class Lease:
         """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved.
 
         The estimate is the prompt (4 characters a token) plus the completion's `max_tokens`, or the
-        key's `completion_reserve` when the request sets none: reserving the prompt alone let a burst
-        of such streams overrun tpm many times over before any of them settled.
+        key's `completion_reserve` when the request sets none, for each of its `n` choices (a limit
+        is per choice): reserving the prompt alone, or one choice of 64, let a burst overrun tpm
+        many times over before any of it settled.
         """
         if not self.key.limits.tpm:
             return None
         prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
         most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
-        completion = max(map(_token_limit, most)) or self.key.limits.completion_reserve
+        completion = (max(map(_token_limit, most)) or self.key.limits.completion_reserve) * requested_choices(body)
         decision = await self._store.take(
             self.key.name, self.key.limits, requests=0, tokens=prompt + completion, streams=0
         )

@@ -13,16 +13,33 @@ from __future__ import annotations
 
 import asyncio
 
-from aiohttp import web
+from aiohttp import hdrs, web
 
-from ..errors import PayloadTooLargeError, RequestTimeoutError
+from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
 from ..http_protocol import watch_framing
 from ..keys import SETTINGS
 from .errors import render_error
 
+CONTINUE = "100-continue"
+DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})  # aiohttp 3.14 decodes the last four
+
 
 def body_to_read(request: web.Request) -> bool:
-    """413 for a declared length over the limit; else whether part of the body is still to arrive."""
+    """417 for an unknown `Expect`, 413 for a declared length over the limit; else whether part of
+    the body is still to arrive."""
+    headers = request.headers
+    expect = headers.get(hdrs.EXPECT)
+    if expect is not None and expect.lower() != CONTINUE:
+        raise ExpectationFailedError("The only expectation Sluice meets is Expect: 100-continue.", param="Expect")
+    encoding = headers.get(hdrs.CONTENT_ENCODING)
+    if encoding is not None and encoding.strip().lower() not in DECODED:
+        # aiohttp decodes these (or refuses them as it parses); any other it passes on as it came,
+        # and the body would be read as if it were not encoded.
+        raise UnsupportedMediaTypeError(
+            "Sluice reads request bodies as they are, or encoded with gzip, deflate, br or zstd.",
+            code="unsupported_content_encoding",
+            param="Content-Encoding",
+        )
     length = request.content_length
     if length is not None:
         limit = request.app[SETTINGS].server.max_body_bytes
@@ -36,6 +53,10 @@ def body_to_read(request: web.Request) -> bool:
 async def read_body(request: web.Request) -> web.Response | None:
     """Read the rest of the body within `body_timeout`; when it is late, the 408 (connection closed)."""
     deadline = request.app[SETTINGS].connections.body_timeout
+    if request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE:
+        # Only now, after auth and the size check (defer_expectation kept aiohttp from saying it
+        # at once): a client refused before this never uploads its body.
+        await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
     unwatch = watch_framing(request)
     try:
         async with asyncio.timeout(deadline):
@@ -48,3 +69,12 @@ async def read_body(request: web.Request) -> web.Response | None:
     finally:
         unwatch()
     return None
+
+
+async def defer_expectation(request: web.Request) -> None:
+    """Every route's `expect_handler`: leave `Expect` to the chain (`body_to_read`, `read_body`).
+
+    aiohttp's own answers `100 Continue` before any check (a client then uploads a body that auth
+    or the size limit refuses anyway), and an unknown expectation with a plain-text 417 outside
+    the chain.
+    """

@@ -48,6 +48,9 @@ def render_failure(request: web.Request, error: Exception) -> web.Response | Non
             ),
         )
         response.force_close()
+        # The rest of the body is never read: marked ended, so aiohttp does not drain it after the
+        # answer, meet the same error again and log it as an unhandled exception with a traceback.
+        request.content.feed_eof()
         return response
     log.exception("request_failed")
     if request.get(RESPONSE_STARTED):

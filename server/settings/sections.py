@@ -24,7 +24,14 @@ class ServerSettings(Section):
     @field_validator("cors_origins")
     @classmethod
     def _origins_as_browsers_send_them(cls, origins: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(normalise_origin(origin) for origin in origins)
+        normalised = []
+        for number, origin in enumerate(origins, start=1):
+            try:
+                normalised.append(normalise_origin(origin))
+            except ValueError as exc:
+                # Named by its place, never echoed: it might be a key pasted into the wrong variable.
+                raise ValueError(f"entry {number} of {len(origins)} {exc}") from None
+        return tuple(normalised)
 
 
 _DEFAULT_PORTS = {"http": 80, "https": 443}
@@ -35,9 +42,10 @@ _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 def normalise_origin(origin: str) -> str:
     """`origin` as a browser's `Origin` header spells it (`*` and `null` as they are).
 
-    A browser sends the scheme and host in lower case, no default port, no path: an allowlist entry
-    written `https://App.example.com:443/` is that origin, and one with a path or query is a mistake
-    (refused at start-up, naming the setting).
+    A browser sends the scheme and host in lower case (an international name in its ASCII form),
+    no default port, no path: an allowlist entry written `https://App.example.com:443/` is that
+    origin, and one with a path, a query or a wildcard is a mistake (refused at start-up, naming
+    the setting). The error names what is wrong, never the value.
     """
     if origin in ("*", "null"):
         return origin
@@ -47,12 +55,19 @@ def normalise_origin(origin: str) -> str:
     except ValueError:
         port = -1
     if not _SCHEME.fullmatch(parts.scheme) or not parts.hostname or port == -1:
-        raise ValueError(f"{origin!r} is not an origin: expected scheme://host[:port], or '*'")
+        raise ValueError("is not an origin: expected scheme://host[:port], or '*'")
     if parts.path not in ("", "/") or parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"{origin!r} is not an origin: no path, query or user, only scheme://host[:port]")
+        raise ValueError("is not an origin: no path, query or user, only scheme://host[:port]")
+    if "*" in parts.hostname:
+        raise ValueError("is not an origin: no wildcards; list each origin, or '*' for any")
     scheme, host = parts.scheme.lower(), parts.hostname
     if ":" in host:
         host = f"[{host}]"
+    elif not host.isascii():
+        try:
+            host = host.encode("idna").decode("ascii")  # what a browser sends for an international name
+        except UnicodeError:
+            raise ValueError("is not an origin: its host is not a valid domain name") from None
     return f"{scheme}://{host}" if port in (None, _DEFAULT_PORTS.get(scheme)) else f"{scheme}://{host}:{port}"
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import email.utils
 import math
+import re
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -104,10 +105,10 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
     judged as a 401 would be, its message hidden.
     """
     message, code = fields.get("message"), fields.get("code")
-    if code == "invalid_api_key" or fields.get("status", code) in (401, 403):
+    if refuses_key(fields):
         return status_failure(401, {}, b"")
     error = UpstreamError(
-        message[:MESSAGE_LIMIT] if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        safe_message(message) if isinstance(message, str) and message else "The upstream failed mid-stream.",
         code=code if isinstance(code, str) and code else "upstream_failed",
     )
     error.reason = "error_event"
@@ -142,12 +143,12 @@ def _error_in_reply(error: Mapping[str, Any], reply: bytes) -> UpstreamError:
     """An error object sent with status 200, judged as the status it names would be.
 
     A refusal of the request (a 4xx, or `invalid_request_error`) is not retried or held against
-    the upstream; a refused key (401/403, `invalid_api_key`) hides its message, which may quote
+    the upstream; a refused key (`refuses_key`: 401/403, `invalid_api_key`) hides its message, which may quote
     part of the key; anything else is retried like an error event.
     """
     named = error.get("status", error.get("code"))
     status = named if isinstance(named, int) and not isinstance(named, bool) else None
-    if error.get("code") == "invalid_api_key":
+    if refuses_key(error):
         status = 401
     elif status is None and error.get("type") == "invalid_request_error":
         status = 400
@@ -207,7 +208,34 @@ def _error_fields(content: bytes) -> dict[str, str]:
         return {}
     found = {name: error.get(name) for name in ("message", "code", "param")}
     return {
-        name: (value[:MESSAGE_LIMIT] if name == "message" else value)
+        name: (safe_message(value) if name == "message" else value)
         for name, value in found.items()
         if isinstance(value, str) and value
     }
+
+
+# What an upstream says when it refuses the gateway's own credentials, in the forms providers use.
+_KEY_REFUSALS = frozenset({"invalid_api_key", "401", "403", "unauthorized", "forbidden", "authentication_error"})
+_KEY_REFUSING_TYPES = frozenset({"authentication_error", "permission_error", "unauthorized"})
+# A credential quoted in a message: OpenAI-style keys (sk-, sk-proj-, pk-, rk-), and bearer tokens.
+_CREDENTIAL = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-.*]{4,}|\b[Bb]earer\s+\S+")
+
+
+def refuses_key(fields: Mapping[str, Any]) -> bool:
+    """Whether an upstream's error object refuses the gateway's credentials (its message may quote them)."""
+    code, kind, status = fields.get("code"), fields.get("type"), fields.get("status")
+    return (
+        (isinstance(code, str) and code.lower() in _KEY_REFUSALS)
+        or code in (401, 403)
+        or status in (401, 403, "401", "403")
+        or (isinstance(kind, str) and kind.lower() in _KEY_REFUSING_TYPES)
+    )
+
+
+def safe_message(message: str) -> str:
+    """An upstream's message as a client may see it: bounded, and any credential it quotes masked.
+
+    A key can appear outside a refusal too (a provider's text error, "invalid api key sk-..."),
+    so every message passed on is masked, not only those of errors known to refuse a key.
+    """
+    return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])
