@@ -2076,6 +2076,97 @@ BREAKS += [
 BROKEN_HTTP = "tests/test_broken_http.py"
 BREAKS += [
     Break(
+        "a client's error at an upstream trial leaves the trial held",
+        "server/upstreams/breaker.py",
+        "        await self._release_all([trial for trial in trials if trial[0] != counted])\n",
+        "        await self._release_all([t for t in trials if t[0] != counted and t[0] != upstream])\n",
+        (
+            "tests/test_routing_units.py::test_an_upstream_trial_ended_by_the_clients_own_error_is_freed_and_stays_half_open",
+            "tests/test_routing_units.py::test_a_429_at_an_upstream_trial_frees_the_upstream_and_holds_the_model",
+            "tests/test_routing_units.py::test_the_request_after_a_client_error_at_an_upstream_trial_is_served",
+            "tests/test_redis_breakers.py::test_a_trial_one_instance_ended_with_a_client_error_is_free_for_the_other",
+            "tests/test_breaker_trials_process.py::test_a_breaker_trial_that_fails_without_counting_leaves_it_half_open_and_the_next_request_served",
+            "tests/test_breaker_trials_process.py::test_with_redis_a_trial_one_instance_ended_with_a_client_error_leaves_the_other_serving",
+        ),
+    ),
+    Break(
+        "a failed hold trial leaves the hold's trial held",
+        "server/upstreams/breaker.py",
+        "        await self._release_all([trial for trial in trials if trial[0] != counted])\n",
+        "        await self._release_all([t for t in trials if t[0] != counted and t[0] == upstream])\n",
+        (
+            "tests/test_routing_units.py::test_a_hold_trial_ended_by_the_clients_own_error_is_freed",
+            "tests/test_routing_units.py::test_a_5xx_at_a_hold_trial_frees_the_hold_and_counts_against_the_upstream",
+            "tests/test_routing_units.py::test_the_request_after_a_failed_trial_of_a_429_hold_is_served",
+            "tests/test_redis_breakers.py::test_a_hold_trial_one_instance_ended_with_a_5xx_is_free_for_the_other",
+            "tests/test_breaker_trials_process.py::test_the_request_after_a_failed_trial_of_a_429_hold_is_served",
+        ),
+    ),
+    Break(
+        "an attempt's verdict ignores the trials it held",
+        "server/upstreams/attempts.py",
+        "verdict = breakers.judge(client.name, model, error, trials)",
+        "verdict = breakers.judge(client.name, model, error)",
+        (
+            "tests/test_routing_units.py::test_the_request_after_a_failed_trial_of_a_429_hold_is_served",
+            "tests/test_routing_units.py::test_the_request_after_a_client_error_at_an_upstream_trial_is_served",
+            "tests/test_breaker_trials_process.py::test_the_request_after_a_failed_trial_of_a_429_hold_is_served",
+            "tests/test_breaker_trials_process.py::test_a_breaker_trial_that_fails_without_counting_leaves_it_half_open_and_the_next_request_served",
+        ),
+    ),
+    Break(
+        "a late ending frees a newer trial",
+        "server/upstreams/breaker.py",
+        "            if record.trial_since is None or (since is not None and record.trial_since != since):\n",
+        "            if record.trial_since is None:\n",
+        (
+            "tests/test_routing_units.py::test_freeing_a_trial_whose_lease_ran_out_leaves_the_later_trial_alone",
+            "tests/test_redis_breakers.py::test_freeing_a_trial_whose_lease_ran_out_leaves_the_later_trial_alone",
+        ),
+    ),
+    Break(
+        "a cancelled attempt keeps its trials",
+        "server/upstreams/attempts.py",
+        "                    await breakers.end_trials(trials)\n",
+        "                    pass\n",
+        (
+            "tests/test_routing_units.py::test_a_request_cancelled_during_its_trial_attempt_frees_the_trial",
+            "tests/test_routing_units.py::test_a_hedge_that_wins_frees_the_trial_the_slow_route_held",
+            "tests/test_breaker_trials_process.py::test_a_client_that_leaves_during_a_breaker_trial_frees_it_for_the_next_request",
+        ),
+    ),
+    Break(
+        "a cancelled probe keeps its trial",
+        "server/upstreams/probe.py",
+        "                await breakers.end_trials([(client.name, since)])\n",
+        "                pass\n",
+        ("tests/test_routing_units.py::test_a_probe_cancelled_before_its_answer_frees_its_trial",),
+    ),
+    Break(
+        "a failed trial after a 503's Retry-After counted as one failure only",
+        "server/upstreams/breaker.py",
+        "            if failures >= self._threshold or (record.trial_since is not None and not rate_limited):\n",
+        "            if failures >= self._threshold:\n",
+        ("tests/test_routing_units.py::test_a_5xx_at_the_trial_after_a_503s_retry_after_reopens_for_the_cooldown",),
+    ),
+    Break(
+        "a success at a trial leaves the other breaker it held",
+        "server/upstreams/breaker.py",
+        "        await self.succeeded(pair)\n",
+        "",
+        ("tests/test_routing_units.py::test_a_successful_attempt_closes_both_breakers_whose_trial_it_held",),
+    ),
+    Break(
+        "a failed trial reported half-open for the whole cooldown",
+        "server/upstreams/breaker.py",
+        "        before = _reported(await self._store.read(name), now)\n",
+        "        before = state_of(await self._store.read(name), now)\n",
+        (
+            "tests/test_routing_units.py::test_a_failed_trial_is_reported_open_again",
+            "tests/test_breaker_trials_process.py::test_a_breaker_trial_that_fails_reopens_it_and_its_gauge_says_open_again",
+        ),
+    ),
+    Break(
         "a refused key known only by its exact code",
         "server/upstreams/failures.py",
         "        or (isinstance(kind, str) and kind.lower() in _KEY_REFUSING_TYPES)\n",

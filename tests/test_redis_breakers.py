@@ -9,7 +9,8 @@ import pytest
 
 from server.shared.breakers import RedisBreakerStore
 from server.shared.link import RedisLink
-from server.upstreams.breaker import Admission, BreakerRecord, Breakers, BreakerState
+from server.upstreams.breaker import TRIAL_LEASE_SECONDS, Admission, BreakerRecord, Breakers, BreakerState
+from server.upstreams.failures import status_failure
 from tests.conftest import make_settings
 from tests.support.servers import RedisServer
 
@@ -83,3 +84,45 @@ async def test_with_redis_down_each_instance_keeps_breakers_of_its_own(
     for _ in range(3):
         await first.failed("upstream-d")
     assert await first.acquire("upstream-d") is Admission.REFUSED
+
+
+async def test_a_trial_one_instance_ended_with_a_client_error_is_free_for_the_other(
+    stores: list[RedisBreakerStore], clock: Clock
+) -> None:
+    first, second = (breakers(store, clock) for store in stores)
+    for _ in range(3):
+        await first.failed("upstream-e")
+    clock.now += 31
+    trials = await first.admit("upstream-e", "m")
+    assert [name for name, _ in trials or []] == ["upstream-e"]
+    assert await second.admit("upstream-e", "m") is None  # the trial is taken
+    await first.judge("upstream-e", "m", status_failure(400, {}, b""), trials or [])
+    assert await second.state("upstream-e") is BreakerState.HALF_OPEN
+    assert await second.admit("upstream-e", "m") is not None  # the next request is the trial at once
+
+
+async def test_a_hold_trial_one_instance_ended_with_a_5xx_is_free_for_the_other(
+    stores: list[RedisBreakerStore], clock: Clock
+) -> None:
+    first, second = (breakers(store, clock) for store in stores)
+    await first.judge("upstream-f", "m", status_failure(429, {"retry-after": "1"}, b""))
+    clock.now += 1.6
+    trials = await first.admit("upstream-f", "m")
+    assert len(trials or []) == 1  # the model's hold
+    await first.judge("upstream-f", "m", status_failure(500, {}, b""), trials or [])
+    assert await second.admit("upstream-f", "m") is not None
+
+
+async def test_freeing_a_trial_whose_lease_ran_out_leaves_the_later_trial_alone(
+    stores: list[RedisBreakerStore], clock: Clock
+) -> None:
+    """The trial's start survives the round trip through Redis exactly: only the trial begun then is freed."""
+    first, second = (breakers(store, clock) for store in stores)
+    for _ in range(3):
+        await first.failed("upstream-g")
+    clock.now += 31
+    late = await first.admit("upstream-g", "m")
+    clock.now += TRIAL_LEASE_SECONDS + 1
+    assert await second.admit("upstream-g", "m") is not None  # a new trial, on the other instance
+    await first.end_trials(late or [])
+    assert await first.admit("upstream-g", "m") is None  # the other instance's trial still runs

@@ -16,7 +16,14 @@ from server.metrics import Metrics
 from server.settings import RoutingSettings, UpstreamEntry
 from server.upstreams.attempts import Upstream
 from server.upstreams.backoff import RetryBudget, jitter
-from server.upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
+from server.upstreams.breaker import (
+    TRIAL_LEASE_SECONDS,
+    BreakerRecord,
+    Breakers,
+    BreakerState,
+    MemoryBreakerStore,
+    Trial,
+)
 from server.upstreams.failures import connect_failure, retry_after_seconds, status_failure, timeout_failure
 from server.upstreams.hedging import hedged
 from server.upstreams.pool import Pool
@@ -36,6 +43,11 @@ def breakers(clock: Clock, failures: int = 3, cooldown: float = 30.0, on_rate_li
     return Breakers(
         MemoryBreakerStore(), failures=failures, cooldown=cooldown, clock=clock, on_rate_limit=on_rate_limit
     )
+
+
+def names(trials: list[Trial] | None) -> list[str] | None:
+    """The breakers whose trial an admission holds (the pair's written upstream/model); None when refused."""
+    return None if trials is None else [name.replace("\x00", "/") for name, _ in trials]
 
 
 # --- breaker ---------------------------------------------------------------------------------
@@ -153,6 +165,24 @@ async def test_breaker_changes_are_reported() -> None:
     await b.acquire("a")
     await b.succeeded("a")
     assert seen == [("a", BreakerState.OPEN), ("a", BreakerState.HALF_OPEN), ("a", BreakerState.CLOSED)]
+
+
+async def test_a_failed_trial_is_reported_open_again() -> None:
+    """Catches: a trial's reopening left unreported, its gauge at half-open for the cooldown (breaker.py)."""
+    seen: list[tuple[str, BreakerState]] = []
+    clock = Clock()
+    b = Breakers(MemoryBreakerStore(), failures=1, cooldown=1, clock=clock, on_change=lambda n, s: seen.append((n, s)))
+    await b.failed("a")
+    clock.now += 2
+    await b.judge("a", "m", fail(500), await b.admit("a", "m") or [])
+    clock.now += 2
+    await b.judge("a", "m", fail(400), await b.admit("a", "m") or [])  # freed: still half-open
+    assert seen == [
+        ("a", BreakerState.OPEN),
+        ("a", BreakerState.HALF_OPEN),
+        ("a", BreakerState.OPEN),
+        ("a", BreakerState.HALF_OPEN),
+    ]
 
 
 # --- backoff ---------------------------------------------------------------------------------
@@ -308,7 +338,13 @@ def routing(**values: Any) -> RoutingSettings:
     return RoutingSettings(**{**defaults, **values})
 
 
-def router(clients: list[FakeClient], sleeps: list[float], clock: Clock | None = None, **values: Any) -> Upstream:
+def router(
+    clients: list[FakeClient],
+    sleeps: list[float],
+    clock: Clock | None = None,
+    store: MemoryBreakerStore | None = None,
+    **values: Any,
+) -> Upstream:
     clock = clock or Clock()
 
     async def sleep(seconds: float) -> None:
@@ -317,7 +353,7 @@ def router(clients: list[FakeClient], sleeps: list[float], clock: Clock | None =
 
     settings = routing(**values)
     b = Breakers(
-        MemoryBreakerStore(),
+        store or MemoryBreakerStore(),
         failures=settings.breaker_failures,
         cooldown=settings.breaker_cooldown_seconds,
         clock=clock,
@@ -540,10 +576,10 @@ async def test_a_client_leaving_during_a_trial_frees_it_for_the_next_request() -
     await b.failed("a")
     clock.now += 2
     trials = await b.admit("a", "m")
-    assert trials == ["a"]
+    assert names(trials) == ["a"]
     assert await b.admit("a", "m") is None  # the trial is taken
-    await b.release("a")
-    assert await b.admit("a", "m") == ["a"]
+    await b.end_trials(trials or [])
+    assert names(await b.admit("a", "m")) == ["a"]
 
 
 async def test_a_429_holds_one_model_at_an_upstream_and_not_the_others() -> None:
@@ -572,7 +608,7 @@ async def test_a_request_cancelled_during_its_trial_attempt_frees_the_trial() ->
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await r.breakers.admit("a", "m") == ["a"]
+    assert names(await r.breakers.admit("a", "m")) == ["a"]
 
 
 async def test_a_trial_that_gets_another_429_is_held_for_the_429_not_the_cooldown() -> None:
@@ -584,3 +620,222 @@ async def test_a_trial_that_gets_another_429_is_held_for_the_429_not_the_cooldow
     await b.failed("a", rate_limited=True)
     clock.now += 1.6
     assert await b.acquire("a")
+
+
+# --- every trial ends with its attempt --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("status", "code"),
+    [(400, None), (404, None), (400, "context_length_exceeded"), (400, "content_policy_violation")],
+)
+async def test_an_upstream_trial_ended_by_the_clients_own_error_is_freed_and_stays_half_open(
+    status: int, code: str | None
+) -> None:
+    """Catches: `judge` leaving a trial its failure does not count against held until the lease (breaker.py)."""
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 31
+    trials = await b.admit("a", "m")
+    assert names(trials) == ["a"]
+    await b.judge("a", "m", fail(status, code=code), trials or [])
+    assert await b.state("a") is BreakerState.HALF_OPEN
+    assert names(await b.admit("a", "m")) == ["a"]  # the next request is the trial at once
+
+
+async def test_a_hold_trial_ended_by_the_clients_own_error_is_freed() -> None:
+    clock = Clock()
+    b = breakers(clock)
+    await b.judge("a", "m", fail(429, "1"))
+    clock.now += 1.6
+    trials = await b.admit("a", "m")
+    assert names(trials) == ["a/m"]
+    await b.judge("a", "m", fail(400), trials or [])
+    assert names(await b.admit("a", "m")) == ["a/m"]
+
+
+async def test_a_5xx_at_a_hold_trial_frees_the_hold_and_counts_against_the_upstream() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=2, cooldown=30)
+    await b.judge("a", "m", fail(429, "1"))
+    clock.now += 1.6
+    trials = await b.admit("a", "m")
+    await b.judge("a", "m", fail(500), trials or [])
+    assert names(await b.admit("a", "m")) == ["a/m"]  # the hold's trial is free again
+    await b.failed("a")
+    assert await b.state("a") is BreakerState.OPEN  # the 500 was the first of two in a row
+
+
+async def test_a_429_at_an_upstream_trial_frees_the_upstream_and_holds_the_model() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 31
+    trials = await b.admit("a", "big")
+    assert names(trials) == ["a"]
+    await b.judge("a", "big", fail(429, "5"), trials or [])
+    assert await b.state("a") is BreakerState.HALF_OPEN
+    assert await b.admit("a", "big") is None  # that model is held for its Retry-After
+    assert names(await b.admit("a", "small")) == ["a"]  # another model may be the upstream's trial
+
+
+async def test_a_failure_counted_at_an_upstream_trial_reopens_it_for_the_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=30)
+    await b.failed("a")
+    clock.now += 31
+    await b.judge("a", "m", fail(500), await b.admit("a", "m") or [])
+    assert await b.state("a") is BreakerState.OPEN
+    assert await b.reopens_in("a") == pytest.approx(30)
+
+
+async def test_a_5xx_at_the_trial_after_a_503s_retry_after_reopens_for_the_cooldown() -> None:
+    """Catches: a failed trial counted as one more failure only, its trial left held (breaker.py `failed`)."""
+    clock = Clock()
+    b = breakers(clock, failures=5, cooldown=30)
+    await b.judge("a", "m", fail(503, "4"))  # one failure of five: open for its Retry-After alone
+    clock.now += 4.1
+    await b.judge("a", "m", fail(500), await b.admit("a", "m") or [])
+    assert await b.state("a") is BreakerState.OPEN
+    assert await b.reopens_in("a") == pytest.approx(30)
+
+
+async def test_a_429_at_a_hold_trial_holds_the_model_again() -> None:
+    clock = Clock()
+    b = breakers(clock)
+    await b.judge("a", "m", fail(429, "1"))
+    clock.now += 1.6
+    await b.judge("a", "m", fail(429, "4"), await b.admit("a", "m") or [])
+    assert await b.admit("a", "m") is None
+    assert await b.pair_reopens_in("a", "m") == pytest.approx(4)
+
+
+async def test_a_successful_attempt_closes_both_breakers_whose_trial_it_held() -> None:
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=1)
+    await b.judge("a", "m", fail(429, "1"))
+    await b.failed("a")
+    clock.now += 2
+    trials = await b.admit("a", "m")
+    assert names(trials) == ["a/m", "a"]
+    await b.answered("a", "m")
+    assert await b.state("a") is BreakerState.CLOSED
+    assert await b.admit("a", "m") == []
+
+
+async def test_freeing_a_trial_whose_lease_ran_out_leaves_the_later_trial_alone() -> None:
+    """Catches: `release` freeing whatever trial the breaker holds, not the one the attempt began (breaker.py)."""
+    clock = Clock()
+    b = breakers(clock, failures=1, cooldown=1)
+    await b.failed("a")
+    clock.now += 2
+    late = await b.admit("a", "m")
+    clock.now += TRIAL_LEASE_SECONDS + 1  # its lease ran out: another request took a new trial
+    assert names(await b.admit("a", "m")) == ["a"]
+    await b.judge("a", "m", fail(400), late or [])
+    assert await b.admit("a", "m") is None  # the later trial still runs
+
+
+class StreamingClient(FakeClient):
+    """A FakeClient that streams too, from the same script."""
+
+    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+        await self.complete(body, request_id)
+        return FakeStream(self.name)
+
+
+@pytest.mark.parametrize("call", ["complete", "open_stream"])
+@pytest.mark.parametrize("status", [400, 500])
+async def test_the_request_after_a_failed_trial_of_a_429_hold_is_served(call: str, status: int) -> None:
+    """Catches: the attempt loop not handing its trials to `judge` (server/upstreams/attempts.py)."""
+    clock = Clock()
+    up = StreamingClient("a", [fail(429, "1"), fail(status)])
+    r = router([up], [], clock, retries=0)
+    send = getattr(r, call)
+    with pytest.raises(UpstreamError) as caught:
+        await send({"model": "m"}, "r1")
+    assert caught.value.status == 429
+    clock.now += 1.6  # the hold (1.5 s at least) is over: the next request is its trial
+    with pytest.raises(UpstreamError) as caught:
+        await send({"model": "m"}, "r2")
+    assert caught.value.status == (400 if status == 400 else 502)
+    assert await send({"model": "m"}, "r3")
+    assert up.calls == ["m", "m", "m"]
+
+
+async def test_the_request_after_a_client_error_at_an_upstream_trial_is_served() -> None:
+    clock = Clock()
+    up = FakeClient("a", [fail(500), fail(500), fail(400)])
+    r = router([up], [], clock, retries=0, breaker_failures=2, breaker_cooldown_seconds=2)
+    for rid in ("r1", "r2"):
+        with pytest.raises(UpstreamError):
+            await r.complete({"model": "m"}, rid)
+    assert not await r.ready()
+    clock.now += 2.1
+    with pytest.raises(UpstreamError) as caught:
+        await r.complete({"model": "m"}, "r3")
+    assert caught.value.status == 400
+    assert await r.ready()
+    assert await r.complete({"model": "m"}, "r4") == b"ok"
+    assert await r.breakers.state("a") is BreakerState.CLOSED
+
+
+async def test_a_hedge_that_wins_frees_the_trial_the_slow_route_held() -> None:
+    """Catches: an attempt cancelled by the winning hedge keeping its trial (server/upstreams/attempts.py)."""
+    clock = Clock()
+
+    class Slow(StreamingClient):
+        async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+            if body["model"] == "big":
+                await asyncio.Event().wait()  # no first token: the hedge starts
+            return await super().open_stream(body, request_id, on_accepted)
+
+    class Watched(MemoryBreakerStore):
+        """Sets `freed` when the trial of (a, big) is freed."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.freed = asyncio.Event()
+
+        async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord:
+            before = self.peek(name)
+            record = await super().update(name, change)
+            if name.replace("\x00", "/") == "a/big" and before.trial_since is not None and record.trial_since is None:
+                self.freed.set()
+            return record
+
+    up, store = Slow("a"), Watched()
+    r = router([up], [], clock, store, hedge_after_seconds=0.01, fallbacks={"big": ("small",)})
+    await r.breakers.judge("a", "big", fail(429, "1"))
+    clock.now += 1.6
+    stream = await r.open_stream({"model": "big"}, "r")  # "big" holds the hold's trial; "small" answers
+    assert stream.upstream == "a"
+    assert up.calls == ["small"]
+    await asyncio.wait_for(store.freed.wait(), 5)  # the cancelled route frees it on its way out
+    assert names(await r.breakers.admit("a", "big")) == ["a/big"]
+
+
+async def test_a_probe_cancelled_before_its_answer_frees_its_trial() -> None:
+    """Catches: `probe_once` keeping the trial of a probe that never answered (server/upstreams/probe.py)."""
+    from server.upstreams.probe import probe_once
+
+    clock = Clock()
+    probing = asyncio.Event()
+
+    class Hanging(FakeClient):
+        async def probe(self) -> bool:
+            probing.set()
+            await asyncio.Event().wait()
+            return True
+
+    r = router([Hanging("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    await r.breakers.failed("a")
+    clock.now += 2
+    task = asyncio.create_task(probe_once(r))
+    await probing.wait()
+    assert await r.breakers.admit("a", "m") is None  # the probe holds the trial
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert names(await r.breakers.admit("a", "m")) == ["a"]

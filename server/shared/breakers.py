@@ -41,6 +41,7 @@ def _record(fields: Mapping[Any, Any]) -> BreakerRecord:
 
 
 def _fields(record: BreakerRecord) -> dict[Any, Any]:
+    # repr: the exact float back, which `Breakers.release` compares with the trial it frees.
     trial = "" if record.trial_since is None else repr(record.trial_since)
     return {"failures": str(record.failures), "open_until": repr(record.open_until), "trial_since": trial}
 

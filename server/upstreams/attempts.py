@@ -9,6 +9,10 @@ For the requested model, then each model of its `fallbacks` chain (or, after a
    one again after a backoff (backoff.py) while the retry budget lasts, `retries` times at most;
 4. a client's own 4xx (400, 404, 413, 422, a content policy refusal) is returned at once.
 
+An attempt that holds a half-open breaker's trial ends it however it ends (breaker.py): its
+success closes the breaker, a failure counted against it reopens it, and any other ending (a
+client's own 4xx, the client leaving, a hedge winning) frees the trial for the next request.
+
 A fallback model the request may not use (`allows`, its gateway key's model list) is left out of
 both chains, as if it were not configured: a key must not reach a model through a fallback that
 it could not ask for.
@@ -240,7 +244,10 @@ class Upstream:
                         tries = dict.fromkeys((c.name for c in candidates), 0)
                         tries[client.name] = 1
                     self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
-                    await breakers.judge(client.name, model, error)
+                    # Ends the attempt's trials too, whatever the failure (see breaker.py); shielded
+                    # while it holds one, so a client leaving meanwhile (Redis) does not keep it held.
+                    verdict = breakers.judge(client.name, model, error, trials)
+                    await (asyncio.shield(verdict) if trials else verdict)
                     # Move to the end, so _last() finds the newest.
                     errors.pop(client.name, None)
                     errors[client.name] = error
@@ -249,16 +256,18 @@ class Upstream:
                     if not retryable(error):
                         excluded.add(client.name)
                     continue
-                except asyncio.CancelledError:
-                    for key in trials:  # no verdict: let the next request be the trial
-                        await breakers.release(key)
+                except BaseException:
+                    # No verdict (the client left, a hedge won, a deadline passed): free the trials,
+                    # so the next request may be the trial at once.
+                    await breakers.end_trials(trials)
                     raise
                 finally:
                     if busy is not None:
                         busy.discard((client.name, model))
                 self._note(record, client, model, 200, started)
                 if not breakers.settled(client.name, model):
-                    await breakers.answered(client.name, model)
+                    closing = breakers.answered(client.name, model)
+                    await (asyncio.shield(closing) if trials else closing)
                 if record is not None:
                     record.extra["upstream"] = client.name
                     record.extra["served_model"] = model

@@ -3,17 +3,28 @@
     closed ──(breaker_failures in a row, or a 429/503 with Retry-After)──▶ open
     open ──(open time passed)──▶ half-open: the next request (or the probe) is the one trial
     half-open ──trial succeeds──▶ closed;  ──trial fails──▶ open again
+              ──trial ends without a verdict on this breaker──▶ half-open, the trial free again
 
 Open time: max(Retry-After, cooldown) after consecutive failures; a 429/503 with Retry-After (and
 a 429 without it, for 1.5 s) opens it for that time alone, so one rate-limit answer does not shut
 an upstream for the whole cooldown. State lives behind `BreakerStore`, so several processes can
 share it (Redis); the in-memory store is the default.
+
+Every trial ends with its attempt. An attempt at (upstream, model) may hold two trials: the
+upstream's breaker and the pair's rate-limit hold. A success closes both; a failure that counts
+against one of them (a 429 against the pair; another failure the request did not cause, such as
+a 5xx or a timeout, against the upstream) reopens that one; and every trial the outcome says
+nothing about (the client's own 4xx, a 5xx at the pair's trial, a 429 at the upstream's, a
+client that left, a cancelled attempt) is freed, its breaker left half-open, so the next request
+may be the trial at once. `TRIAL_LEASE_SECONDS` is only the backstop for a trial whose process
+died before it could say how the trial ended.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import Protocol
@@ -21,7 +32,8 @@ from typing import Protocol
 from ..errors import UpstreamError
 from .backoff import RATE_LIMIT_SPACING, tries_next_candidate
 
-# A half-open trial that has not reported back within this many seconds is presumed lost.
+# A half-open trial that has not reported back within this many seconds is presumed lost (its
+# process died): every live attempt reports how its trial ended (see the module's docstring).
 TRIAL_LEASE_SECONDS = 60.0
 # Event loops round timers (uvloop to the millisecond): a request that slept exactly until the
 # breaker's open time may wake a little before it by the clock, and must still get its trial.
@@ -55,6 +67,10 @@ class BreakerRecord:
 
 # A closed breaker's record (frozen: one object serves every upstream).
 CLOSED_RECORD = BreakerRecord()
+
+# A trial an attempt holds: the breaker's name and the time its trial began (its `trial_since`),
+# so that freeing it never frees a later trial of the same breaker.
+Trial = tuple[str, float]
 
 
 class BreakerStore(Protocol):
@@ -90,6 +106,13 @@ def state_of(record: BreakerRecord, now: float) -> BreakerState:
     if now < record.open_until or _trial_running(record, now):
         return BreakerState.OPEN
     return BreakerState.HALF_OPEN
+
+
+def _reported(record: BreakerRecord, now: float) -> BreakerState:
+    """The state `on_change` reports: a breaker whose trial runs is half-open (`state_of` refuses: open)."""
+    if record.open_until and record.trial_since is not None:
+        return BreakerState.HALF_OPEN
+    return state_of(record, now)
 
 
 def _settled(record: BreakerRecord) -> bool:
@@ -135,14 +158,19 @@ class Breakers:
 
     async def acquire(self, name: str) -> Admission:
         """May a request try `name` now? In half-open state only the first caller may: the trial."""
+        admission, _ = await self.claim(name)
+        return admission
+
+    async def claim(self, name: str) -> tuple[Admission, float]:
+        """What `acquire` decides, and when a trial it grants began (for `release`)."""
         now = self._clock() + TIMER_SLACK_SECONDS
         if (await self._store.read(name)).open_until == 0.0:
             # Closed: the update below would change nothing, so a read decides (with Redis, one
             # round trip instead of a watched transaction, on every request).
-            return Admission.ALLOWED
+            return Admission.ALLOWED, now
         admission = Admission.REFUSED
 
-        def claim(record: BreakerRecord) -> BreakerRecord:
+        def take(record: BreakerRecord) -> BreakerRecord:
             nonlocal admission
             state = state_of(record, now)
             if state is BreakerState.HALF_OPEN:
@@ -151,10 +179,10 @@ class Breakers:
             admission = Admission.REFUSED if state is BreakerState.OPEN else Admission.ALLOWED
             return record
 
-        await self._store.update(name, claim)
+        await self._store.update(name, take)
         if admission is Admission.TRIAL:
             self._changed(name, BreakerState.HALF_OPEN)
-        return admission
+        return admission, now
 
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
@@ -178,15 +206,38 @@ class Breakers:
                 return BreakerRecord(failures, max(record.open_until, now + hold))
             return replace(record, failures=failures)
 
-        before = state_of(await self._store.read(name), now)
+        before = _reported(await self._store.read(name), now)
         record = await self._store.update(name, count)
-        after = state_of(record, now)
+        after = _reported(record, now)
         if after is not before:
-            self._changed(name, after)
+            self._changed(name, after)  # a failed trial too: half-open (its gauge) to open again
 
-    async def release(self, name: str) -> None:
-        """The request that held the trial ended without a verdict (the client left): free the trial."""
-        await self._store.update(name, lambda record: replace(record, trial_since=None))
+    async def release(self, name: str, since: float | None = None) -> None:
+        """The trial of `name` begun at `since` (any, when None) ended without a verdict: free it.
+
+        The breaker stays half-open, and the next request (or the probe) may be the trial at once.
+        A trial begun later (by another request, once this one's lease ran out) is left alone.
+        """
+
+        def free(record: BreakerRecord) -> BreakerRecord:
+            if record.trial_since is None or (since is not None and record.trial_since != since):
+                return record
+            return replace(record, trial_since=None)
+
+        await self._store.update(name, free)
+
+    async def end_trials(self, trials: Collection[Trial]) -> None:
+        """Free `trials`: their attempt ended with no verdict on them (the client left, it was cancelled).
+
+        Shielded: with Redis, a second cancellation arriving meanwhile must not leave one held
+        until its lease runs out.
+        """
+        if trials:
+            await asyncio.shield(self._release_all(trials))
+
+    async def _release_all(self, trials: Collection[Trial]) -> None:
+        for name, since in trials:
+            await self.release(name, since)
 
     # --- one attempt at (upstream, model): the upstream's breaker and the pair's rate-limit hold ---
 
@@ -207,32 +258,46 @@ class Breakers:
         memory = self._memory
         return memory is not None and _settled(memory.peek(upstream)) and _settled(memory.peek(_pair(upstream, model)))
 
-    async def admit(self, upstream: str, model: str) -> list[str] | None:
-        """None unless both breakers let an attempt through; else the keys whose trial it holds."""
+    async def admit(self, upstream: str, model: str) -> list[Trial] | None:
+        """None unless both breakers let an attempt through; else the trials it holds.
+
+        The attempt must end each of them: `answered`, `judge`, or `end_trials` when it ends
+        without a verdict.
+        """
         if self.closed(upstream, model):
             return []  # both closed: what `acquire` decides for each
         pair = _pair(upstream, model)
-        trials: list[str] = []
-        for key in (pair, upstream):
-            admission = await self.acquire(key)
-            if admission is Admission.REFUSED:
-                for held in trials:
-                    await self.release(held)
-                return None
-            if admission is Admission.TRIAL:
-                trials.append(key)
+        trials: list[Trial] = []
+        try:
+            for key in (pair, upstream):
+                admission, since = await self.claim(key)
+                if admission is Admission.REFUSED:
+                    await self.end_trials(trials)
+                    return None
+                if admission is Admission.TRIAL:
+                    trials.append((key, since))
+        except BaseException:
+            await self.end_trials(trials)  # cancelled between the two claims (Redis)
+            raise
         return trials
 
-    async def judge(self, upstream: str, model: str, error: UpstreamError) -> None:
-        """Count a failure unless the request itself was at fault.
+    async def judge(self, upstream: str, model: str, error: UpstreamError, trials: Collection[Trial] = ()) -> None:
+        """Count a failure unless the request itself was at fault; end the attempt's `trials`.
 
         A 429 is a limit of one model at that upstream (providers limit per model): it counts
         against that pair only, so the upstream still serves other models, fallbacks included.
+        The failure ends the trial of the breaker it counts against (`failed` reopens it); every
+        other trial is freed, its breaker left half-open: a client's own 4xx says nothing about
+        the upstream, a 5xx nothing about the pair's rate limit, a 429 nothing about the upstream.
         """
+        counted: str | None = None
         if error.reason == "429":
-            await self.failed(_pair(upstream, model), retry_after=error.retry_after, rate_limited=True)
+            counted = _pair(upstream, model)
+            await self.failed(counted, retry_after=error.retry_after, rate_limited=True)
         elif tries_next_candidate(error):
+            counted = upstream
             await self.failed(upstream, retry_after=error.retry_after)
+        await self._release_all([trial for trial in trials if trial[0] != counted])
 
     async def answered(self, upstream: str, model: str) -> None:
         """The attempt at (upstream, model) succeeded: close both breakers."""

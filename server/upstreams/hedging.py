@@ -1,9 +1,10 @@
 """Hedge a slow stream: with no first token after `hedge_after_seconds`, start the next candidate too.
 
 The first route to produce a first token wins; the other is cancelled at once, which closes its
-upstream request. The hedge skips each (upstream, model) pair the first route is trying, so with
-one upstream it is the fallback model, and with a pool another upstream. When both fail, the
-client gets the first route's error, the one about the model it asked for.
+upstream request (and frees a breaker trial it held: see attempts.py). The hedge skips each
+(upstream, model) pair the first route is trying, so with one upstream it is the fallback model,
+and with a pool another upstream. When both fail, the client gets the first route's error, the
+one about the model it asked for.
 """
 
 from __future__ import annotations
