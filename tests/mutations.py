@@ -1778,8 +1778,8 @@ BREAKS += [
     Break(
         "a model id with a slash is no route",
         "server/routes/__init__.py",
-        '    app.router.add_get("/v1/models/{model_id:.+}", openai.get_model)\n',
-        '    app.router.add_get("/v1/models/{model_id}", openai.get_model)\n',
+        '    get("/v1/models/{model_id:.+}", openai.get_model)\n',
+        '    get("/v1/models/{model_id}", openai.get_model)\n',
         ("tests/test_models.py::test_v1_model_by_id_takes_an_id_with_a_slash_encoded_or_not",),
     ),
 ]
@@ -2319,8 +2319,8 @@ BREAKS += [
     Break(
         "cors_origins compared as written",
         "server/settings/sections.py",
-        "        return tuple(normalise_origin(origin) for origin in origins)\n",
-        "        return origins\n",
+        "                normalised.append(normalise_origin(origin))\n",
+        "                normalised.append(origin)\n",
         (
             "tests/test_settings.py::test_cors_origins_are_kept_as_browsers_send_them",
             "tests/test_middleware.py::test_a_cors_origin_configured_with_a_default_port_and_slash_matches_the_browsers",
@@ -2352,8 +2352,8 @@ BREAKS += [
     Break(
         "a request without max_tokens reserves its prompt alone",
         "server/auth/gate.py",
-        "        completion = max(map(_token_limit, most)) or self.key.limits.completion_reserve\n",
-        "        completion = max(map(_token_limit, most))\n",
+        "(max(map(_token_limit, most)) or self.key.limits.completion_reserve)",
+        "max(map(_token_limit, most))",
         (
             "tests/test_security_units.py::test_a_request_without_a_token_limit_reserves_the_keys_completion_reserve",
             f"{AUTH_PROCESS}::test_a_stream_without_max_tokens_reserves_a_completion_so_a_burst_cannot_overrun_tpm",
