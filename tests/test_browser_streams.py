@@ -19,8 +19,9 @@ from structlog.testing import capture_logs
 
 from server.app import create_app
 from server.keys import LIFECYCLE, STREAMS
+from server.streams.memory import RESERVE
 from server.streams.reader import BATCH
-from server.streams.store import Slice
+from server.streams.store import Slice, StreamStore
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
@@ -608,6 +609,74 @@ async def test_a_key_whose_unread_streams_hold_the_byte_budget_gets_503_and_anot
     assert refused.status == 503
     assert (await refused.json())["error"]["code"] == "overloaded"
     assert admitted.status == 201
+
+
+# Growth past the byte budget (black-box review: streams admitted before their first token grew
+# without regard to it). In memory and on Redis, whose store keeps its own streams in memory too.
+
+BUDGET = 20_000  # bytes: a few hundred events
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store_sections(request: pytest.FixtureRequest) -> dict[str, dict[str, Any]]:
+    """Settings sections for the store: this process's memory, or a Redis of the test's own."""
+    if request.param == "memory":
+        return {}
+    return {"redis": {"url": request.getfixturevalue("redis_server").url}}
+
+
+def watch_holds(monkeypatch: pytest.MonkeyPatch, store: StreamStore) -> asyncio.Event:
+    """Set once a generation waits for room in `store`: it holds its upstream back for the budget."""
+    holding = asyncio.Event()
+    wait_for_room = store.wait_for_room
+
+    async def watched(stream_id: str) -> None:
+        holding.set()
+        await wait_for_room(stream_id)
+
+    monkeypatch.setattr(store, "wait_for_room", watched)
+    return holding
+
+
+async def test_a_stream_growing_past_the_byte_budget_is_held_back_then_read_to_its_end(
+    make_client: MakeClient, store_sections: dict[str, dict[str, Any]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    client = await make_client(browser={"max_kept_bytes": BUDGET}, **store_sections)
+    store = client.app[STREAMS].store
+    holding = watch_holds(monkeypatch, store)
+    tokens = 3000  # about 200 kB of events: ten times the budget
+    stream_id = await start(client, f"x\n#sim tokens={tokens} gap_ms=0")
+
+    await asyncio.wait_for(holding.wait(), 30)
+    # Held before its next read: the budget and at most one upstream read's events past it.
+    assert BUDGET <= store.kept_bytes <= BUDGET + RESERVE
+    # Its reader had the first events, which go to make room: it reads on to the end.
+    events = await read(client, f"/chat/streams/{stream_id}")
+    assert sum(e.event == "token" for e in events) == tokens
+    assert events[-1].event == "done"
+    assert store.kept_bytes <= BUDGET + RESERVE
+
+
+async def test_a_stream_held_back_for_the_byte_budget_is_still_ended_by_the_reader_grace_period(
+    make_client: MakeClient,
+    store_sections: dict[str, dict[str, Any]],
+    simulator: Simulator,
+    monkeypatch: pytest.MonkeyPatch,
+    no_stream_errors: list[MutableMapping[str, Any]],
+) -> None:
+    client = await make_client(browser={"max_kept_bytes": BUDGET, "reader_grace_seconds": 2.0}, **store_sections)
+    holding = watch_holds(monkeypatch, client.app[STREAMS].store)
+    rid = new_request_id("held-unread")
+    stream_id = await start(client, "nobody reads\n#sim tokens=100000 gap_ms=0", rid)
+
+    await asyncio.wait_for(holding.wait(), 30)  # well within the grace period: the first token comes at once
+    async with aiohttp.ClientSession() as http:
+        record = await sim_wait(http, simulator.url, rid, "closed", seconds=30)
+    assert record["outcome"] == "client_aborted"
+    assert record["chunks_sent"] < 100000
+    # Logged before its upstream was closed. (Finished past the budget with nothing read, the stream
+    # then goes at once: its key holds over its share.)
+    assert [log["stream_id"] for log in no_stream_errors if log["event"] == "browser_stream_abandoned"] == [stream_id]
 
 
 # The demo page

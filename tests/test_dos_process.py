@@ -13,8 +13,10 @@ import aiohttp
 import psutil
 import pytest
 
+from server.streams.memory import RESERVE
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream
+from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, bearer, start_keyed_gateway
 from tests.support.sse import read_events
 
 HEADER_TIMEOUT = 1.0
@@ -373,3 +375,81 @@ async def test_a_never_read_detached_stream_holds_its_upstream_back(simulator: S
             assert rss(gateway) - before < 32 * MIB
     finally:
         gateway.process.stop()
+
+
+# --- the byte budget across browser streams, while they grow ------------------------------------
+
+KEPT_BUDGET = 1_000_000
+BURST_TOKENS = 100_000  # megabytes of events each: a stream read on would run to its end within the grace
+# Starts at once: 150 as in the review; on Redis 80, under redis-py's pool of 100 connections, past
+# which a command fails with MaxConnectionsError and the gateway takes Redis for down (503 store_unavailable).
+BURST = {"memory": 150, "redis": 80}
+BURST_GRACE_SECONDS = 15.0
+
+
+async def start_keyed(http: aiohttp.ClientSession, gateway: Gateway, key: str, message: str, rid: str) -> int:
+    """POST /chat/streams with `key` under request id `rid`; the status (201, or 503 for the budget)."""
+    headers = {"X-Request-ID": rid, **bearer(key)}
+    async with http.post(gateway.url + "/chat/streams", json={"message": message}, headers=headers) as r:
+        if r.status == 503:
+            assert (await r.json())["error"]["code"] == "overloaded"
+        return r.status
+
+
+def held_back(gateway: Gateway, rids: set[str]) -> list[dict[str, object]]:
+    """The `browser_stream_held_back` lines of the streams started as `rids`."""
+    return [e for e in gateway.process.events("browser_stream_held_back") if e.get("request_id") in rids]
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+async def test_a_burst_of_unread_streams_stays_within_the_byte_budget_as_they_grow_and_the_grace_ends_them(
+    simulator: Simulator, tmp_path: Path, request: pytest.FixtureRequest, store: str
+) -> None:
+    # The black-box review: 150 streams started at once, before their first token, all passed the
+    # budget (checked at the start only), then each kept ~363 kB: 54.5 MB against 2 MB, RSS +223 MB.
+    env = {
+        "SLUICE_BROWSER_MAX_KEPT_BYTES": str(KEPT_BUDGET),
+        "SLUICE_BROWSER_READER_GRACE_SECONDS": str(BURST_GRACE_SECONDS),
+        # Held back, they end by the grace period alone; the busy simulator's first tokens come late.
+        "SLUICE_UPSTREAM_IDLE_TIMEOUT": "120",
+        "SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT": "60",
+    }
+    if store == "redis":
+        env["SLUICE_REDIS_URL"] = request.getfixturevalue("redis_server").url
+    gateway = start_keyed_gateway(tmp_path, simulator, env=env)
+    try:
+        before = rss(gateway)
+        # A connection each: none is reused after the gateway closed it idle.
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0, force_close=True)) as http:
+            rids = [new_request_id(f"burst-{n}") for n in range(BURST[store])]
+            message = f"x\n#sim tokens={BURST_TOKENS} gap_ms=0 ttft_ms=800"
+            statuses = await asyncio.gather(*(start_keyed(http, gateway, KEY_ALPHA, message, rid) for rid in rids))
+            admitted = {rid for rid, status in zip(rids, statuses, strict=True) if status == 201}
+            assert set(statuses) == {201, 503}
+            # Each live stream reserves room for one upstream read at its start.
+            assert len(admitted) <= KEPT_BUDGET // RESERVE + 1
+
+            # Every admitted stream grows until the store holds the budget, then stops reading its upstream.
+            gateway.process.wait_for_line(lambda _: len(held_back(gateway, admitted)) >= len(admitted), timeout=60)
+            # Each line says what the store held when that stream stopped; the last one stored is in the largest.
+            kept = max(int(str(e["kept_bytes"])) for e in held_back(gateway, admitted))
+            growth = rss(gateway) - before
+
+            # Another key still starts a stream, and it runs to its end without being held back.
+            other = new_request_id("burst-other")
+            assert await start_keyed(http, gateway, KEY_FROM_ENV, "x\n#sim tokens=50", other) == 201
+            finished = gateway.process.wait_for_event("browser_stream_finished", request_id=other)
+
+            # Nobody reads the burst: the grace period ends every stream, its upstream never read to the end.
+            closed = await asyncio.gather(*(sim_wait(http, simulator.url, rid, "closed", 60) for rid in admitted))
+    finally:
+        gateway.process.stop()
+    # The budget, and at most one upstream read's events (under RESERVE) per stream past it.
+    assert KEPT_BUDGET <= kept <= KEPT_BUDGET + len(admitted) * RESERVE
+    assert growth < 64 * MIB
+    assert finished["outcome"] == "completed"
+    assert not held_back(gateway, {other})
+    assert {record["outcome"] for record in closed} == {"client_aborted"}
+    assert max(int(record["chunks_sent"]) for record in closed) < BURST_TOKENS
+    abandoned = {e["stream_id"] for e in gateway.process.events("browser_stream_abandoned")}
+    assert len(abandoned) == len(admitted)

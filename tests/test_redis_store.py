@@ -354,6 +354,39 @@ async def test_events_still_pending_when_the_producer_closes_reach_redis_with_th
     assert await asyncio.wait_for(read_all(elsewhere, "last-words"), 10) == [1, 2, 3, 4, 5]
 
 
+# The byte budget bounds the producer's own streams, kept in its memory too ("event(n)" is 31 bytes)
+
+
+async def test_the_producers_stream_past_the_byte_budget_has_no_room_until_a_reader_had_its_events(
+    make_store: Callable[..., Any],
+) -> None:
+    producer = await make_store(max_kept_bytes=100)
+    await write(producer, "held", 4, finish=False)  # 124 bytes, none read
+    assert not producer.has_room("held")
+    waiting = asyncio.create_task(producer.wait_for_room("held"))
+    await asyncio.sleep(0)  # let it wait: only then does the read have to wake it
+    assert not waiting.done()
+
+    producer.mark_read("held", 2)  # as the registry does for a reader here or elsewhere
+    await asyncio.wait_for(waiting, 5)
+    assert producer.has_room("held")
+    assert producer.kept_bytes == 93  # only as many read events go as make room: the first
+    assert not await producer.create("another")  # it reserves room for its next read against the budget
+
+
+async def test_a_stream_dropped_locally_for_the_byte_budget_as_it_finishes_still_ends_in_redis(
+    make_store: Callable[..., Any], redis_client: aioredis.Redis
+) -> None:
+    producer, elsewhere = await make_store(max_kept_bytes=100), await make_store()
+    await write(producer, "shed", 4, finish=False)
+    await until_in_redis(redis_client, "shed", 4)  # nothing is pending but the end
+    await producer.finish("shed")  # past the budget with nothing read: its local copy goes at once
+
+    assert "shed" not in producer._local
+    # Its events and its end still reach Redis: a reader elsewhere is not told the generation was lost.
+    assert await asyncio.wait_for(read_all(elsewhere, "shed"), 10) == [1, 2, 3, 4]
+
+
 async def test_appending_never_waits_on_redis_and_a_local_reader_gets_everything_while_it_is_down(
     make_store: Callable[..., Any], redis_server: RedisServer
 ) -> None:

@@ -14,10 +14,20 @@ from server.streams.store import EventsDroppedError, StoredEvent
 
 
 def make_store(
-    *, max_events: int = 100, max_streams: int = 10, retention: float = 60, max_kept_bytes: int | None = None
+    *,
+    max_events: int = 100,
+    max_streams: int = 10,
+    retention: float = 60,
+    max_kept_bytes: int | None = None,
+    reserve: int = 0,
 ) -> MemoryStreamStore:
+    """A store whose budget counts events alone unless `reserve` says what a live stream reserves."""
     return MemoryStreamStore(
-        max_events=max_events, max_streams=max_streams, retention=retention, max_kept_bytes=max_kept_bytes
+        max_events=max_events,
+        max_streams=max_streams,
+        retention=retention,
+        max_kept_bytes=max_kept_bytes,
+        reserve=reserve,
     )
 
 
@@ -206,6 +216,146 @@ async def test_a_key_within_its_share_keeps_its_finished_stream_when_live_stream
     await fill(store, "a2", 10, finish=False, owner="a")  # 213 bytes kept, 142 of them a's
 
     assert [len(store.held(name)) for name in ("b-old", "a1", "a2")] == [10, 10, 10]
+
+
+# Growth past the byte budget is held back (black-box review: streams started before their first
+# token all passed the check at their start, then grew to 54.5 MB against a 2 MB budget)
+
+
+async def grow(store: MemoryStreamStore, stream_id: str, count: int) -> None:
+    """Append `count` more "event N" events to a live stream."""
+    last = store.held(stream_id)[-1].seq if store.held(stream_id) else 0
+    for seq in range(last + 1, last + count + 1):
+        await store.append(stream_id, StoredEvent(seq, f"event {seq}".encode()))
+
+
+async def test_a_live_stream_has_no_room_once_the_budget_is_held_and_keeps_what_nobody_read() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "s", 10, finish=False)  # 71 bytes
+    had_room = store.has_room("s")
+    await grow(store, "s", 5)  # 111
+
+    assert (had_room, store.has_room("s")) == (True, False)
+    assert len(store.held("s")) == 15  # nothing dropped: its generation waits instead
+    assert store.has_room("unknown")
+
+
+async def test_a_held_stream_lets_the_events_a_reader_had_go_oldest_first_until_it_has_room() -> None:
+    store = make_store(max_kept_bytes=50)
+    await fill(store, "s", 10, finish=False)  # 71 bytes, none read
+    assert not store.has_room("s")
+    store.mark_read("s", 4)
+
+    assert store.has_room("s")  # 1..4 (28 bytes) let go: 43 kept
+    assert [event.seq for event in store.held("s")] == list(range(5, 11))
+    assert store.kept_bytes == 43
+    with pytest.raises(EventsDroppedError):
+        await store.read_after("s", 0, limit=10)
+    store.mark_read("s", 10)
+    assert [event.seq for event in store.held("s")] == list(range(5, 11))  # it has room: nothing more goes
+
+
+async def test_a_held_stream_with_only_unread_events_has_no_room_however_far_a_reader_claims() -> None:
+    store = make_store(max_kept_bytes=50)
+    await fill(store, "s", 10, finish=False)
+    store.mark_read("s", 2)
+
+    assert not store.has_room("s")  # 1..2 gone, 57 bytes nobody had are kept
+    assert [event.seq for event in store.held("s")] == list(range(3, 11))
+
+
+async def test_a_stream_finishing_past_the_budget_lets_the_events_its_reader_had_go_before_being_dropped() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "s", 10, finish=False)
+    store.mark_read("s", 5)
+    await grow(store, "s", 5)  # 111 bytes: its last read took the store past its budget
+
+    await store.finish("s")  # dropped whole, its reader would never get the last ten
+
+    assert [event.seq for event in store.held("s")] == list(range(3, 16))  # 1 and 2 made room
+
+
+async def test_a_held_stream_is_woken_when_its_reader_had_its_events() -> None:
+    store = make_store(max_kept_bytes=50)
+    await fill(store, "s", 10, finish=False)
+    waiting = asyncio.create_task(store.wait_for_room("s"))
+    await asyncio.sleep(0)  # let it wait: only then does the read have to wake it
+    assert not waiting.done()
+
+    store.mark_read("s", 6)
+    await asyncio.wait_for(waiting, 5)
+    assert store.has_room("s")
+
+
+async def test_a_held_stream_is_woken_and_has_room_when_another_stream_is_let_go() -> None:
+    store = make_store(max_kept_bytes=100, retention=0.01)
+    await fill(store, "held", 10, finish=False)
+    await fill(store, "other", 5, finish=False)  # 71 + 35 bytes: no room for either
+    assert not store.has_room("held")
+    waiting = asyncio.create_task(store.wait_for_room("held"))
+    await asyncio.sleep(0)
+    assert not waiting.done()
+
+    await store.finish("other")  # expires after its retention: its bytes go
+    await asyncio.wait_for(waiting, 5)
+    assert store.has_room("held")
+
+
+async def test_a_key_within_its_share_has_room_while_another_keys_live_streams_hold_the_budget() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "a1", 10, finish=False, owner="a")
+    await fill(store, "a2", 10, finish=False, owner="a")  # 142 bytes: a alone holds the budget
+    await fill(store, "b1", 5, finish=False, owner="b")  # 35, under b's share of 50
+
+    assert [store.has_room(name) for name in ("a1", "a2", "b1")] == [False, False, True]
+    await grow(store, "b1", 3)  # 56: b holds its share too
+    assert not store.has_room("b1")
+
+
+async def test_a_held_key_has_room_again_when_another_key_goes_and_its_share_grows() -> None:
+    store = make_store(max_kept_bytes=100)
+    await fill(store, "a", 9, finish=False, owner="a")  # 63: over its share of 50 with b there
+    await fill(store, "b", 6, finish=False, owner="b")  # 42: 105 kept
+    assert not store.has_room("a")
+    waiting = asyncio.create_task(store.wait_for_room("a"))
+    await asyncio.sleep(0)
+
+    store.discard("b")  # b's stream stopped: a holds 63 of a budget it has to itself
+    await asyncio.wait_for(waiting, 5)
+    assert store.has_room("a")
+
+
+async def test_a_stopped_wait_for_room_leaves_nothing_behind() -> None:
+    store = make_store(max_kept_bytes=10)
+    await fill(store, "s", 2, finish=False)
+    waiting = asyncio.create_task(store.wait_for_room("s"))
+    await asyncio.sleep(0)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    store.discard("s")  # wakes nobody, and fails on nothing
+
+
+# A new stream counts for its reservation: a burst of starts before any token cannot all pass
+
+
+async def test_a_burst_of_starts_is_admitted_up_to_the_budget_in_reservations() -> None:
+    store = make_store(max_kept_bytes=1000, reserve=100, max_streams=100)
+    admitted = [await store.create(f"s{n}", "a") for n in range(15)]
+
+    assert admitted == [True] * 10 + [False] * 5  # no event yet: 100 reserved for each
+    assert await store.create("b1", "b")  # another key still gets its share
+    await store.finish("s0")  # finished, it reserves nothing: a claims 900 of its share of 500
+    assert not await store.create("s15", "a")
+    store.discard("b1")
+    assert await store.create("s15", "a")  # alone again, a claims 900 of 1000
+
+
+async def test_a_live_stream_claims_its_events_and_its_reservation() -> None:
+    store = make_store(max_kept_bytes=250, reserve=100)
+    await fill(store, "a", 10, finish=False)  # claims 71 + 100
+    assert await store.create("b")  # against 171
+    assert not await store.create("c")  # against 271: reservations alone (200) would have let it in
 
 
 async def test_closing_the_store_wakes_waiters_and_forgets_every_stream() -> None:

@@ -5,7 +5,7 @@ stream's writes go to the store, which accepts at once, so without this a genera
 would pull its upstream at full speed. The generation reports what it stored, readers report what
 they sent, and before reading more from the upstream the generation waits while `limit` bytes
 or `max_events` events are unread. Nobody reading for the grace period then stops it (see
-registry.py).
+registry.py). The store's byte budget across streams holds it back too (memory.py, `has_room`).
 
 The store keeps `browser.max_buffered_events` events per stream and drops the oldest, read or not;
 the generation holds back at half that many unread, so the other half is room for one upstream

@@ -7,6 +7,11 @@ side by side, pick them up. Besides the relay's endings, a generation can be sto
 by its client (`DELETE`) or because nobody read it for the grace period; that too ends the stream
 with a final `failed` event, so a reader never sees it stop without a word.
 
+Before each upstream read a generation is held back (it reads no more, so the upstream's TCP
+window fills and the upstream waits) while its readers are far behind (backlog.py), or while the
+store has no room for it: it holds its byte budget and the stream's key at least its share
+(memory.py). The store accepts every write at once, so this is where memory is bounded.
+
 Time to first token and usage are logged (`browser_stream_finished`) and counted in the metrics
 once per generation, measured up to the store: readers may come later or more than once.
 """
@@ -117,11 +122,19 @@ class StoreSink:
             raise RuntimeError(f"stored {self._seq} events of {self._dialect.seq}: the framing broke")
 
 
+class HoldReason(StrEnum):
+    """Why a generation stopped reading its upstream for a while (`browser_stream_held_back`)."""
+
+    UNREAD = "unread"  # its readers are far behind (backlog.py)
+    KEPT_BYTES = "kept_bytes"  # the store holds its byte budget, the stream's key its share (memory.py)
+
+
 class UpstreamChunks:
     """The upstream's chunk batches, opened on first iteration so the relay handles an open failure too.
 
     With `continued`, a cut after tokens is continued by assistant prefill (upstreams/continuation.py),
-    as on the attached path.
+    as on the attached path. Between reads it holds back while `backlog` is full or `store` has no
+    room for the stream.
     """
 
     def __init__(
@@ -130,10 +143,13 @@ class UpstreamChunks:
         job: Job,
         record: RequestRecord,
         backlog: Backlog,
+        store: StreamStore,
         dialect: NativeDialect,
         continued: Continuing | None = None,
     ) -> None:
         self.held_back = 0  # times the upstream was held back
+        self._said: set[HoldReason] = set()  # the reasons logged already
+        self._store = store
         self._upstream = upstream
         self._job = job
         self._record = record
@@ -161,16 +177,38 @@ class UpstreamChunks:
                 room = backlog.room_events
                 piece, chunks = chunks[:room], chunks[room:]
                 yield piece
-                # The relay stored the piece; read no more while readers are that far behind.
-                if backlog.full:
-                    if not self.held_back:
-                        log.info(
-                            "browser_stream_held_back",
-                            unread_bytes=backlog.unread_bytes,
-                            unread_events=backlog.unread_events,
-                        )
-                    self.held_back += 1
-                    await backlog.wait_for_room()
+                # The relay stored the piece; read no more while readers are that far behind,
+                # or while the store has no room for more of this stream.
+                if backlog.full or not self._has_room():
+                    await self._hold_back()
+
+    def _has_room(self) -> bool:
+        return self._store.has_room(self._job.stream_id)
+
+    async def _hold_back(self) -> None:
+        """Wait until the backlog and the store both have room; counted once, logged once per reason."""
+        self.held_back += 1
+        backlog, store = self._backlog, self._store
+        while True:
+            if backlog.full:
+                reason = HoldReason.UNREAD
+            elif not self._has_room():
+                reason = HoldReason.KEPT_BYTES
+            else:
+                return
+            if reason not in self._said:
+                self._said.add(reason)
+                log.info(
+                    "browser_stream_held_back",
+                    reason=reason,
+                    unread_bytes=backlog.unread_bytes,
+                    unread_events=backlog.unread_events,
+                    kept_bytes=store.kept_bytes,
+                )
+            if reason is HoldReason.UNREAD:
+                await backlog.wait_for_room()
+            else:
+                await store.wait_for_room(self._job.stream_id)
 
     @property
     def malformed(self) -> int:
@@ -246,7 +284,7 @@ class Generation:
         self._guard = guard = StreamGuard(
             _deadlines(services.settings, continued=continued is not None), timers=services.timers
         )
-        chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, dialect, continued)
+        chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, services.store, dialect, continued)
         sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
         # A stop or shutdown asked for before this task ran takes effect at its first await.
         if self._stop_reason is not None and self._task is not None:

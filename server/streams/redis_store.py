@@ -2,7 +2,10 @@
 
 The streams this instance produces are kept in a local MemoryStreamStore too: its readers here
 read from memory, a running stream goes on when Redis goes away, and it is what catches Redis
-up when Redis returns (see redis_write.py). Streams produced elsewhere are read from Redis:
+up when Redis returns (see redis_write.py). That local copy is what the byte budget bounds, with
+the same hold-back and admission as in memory mode (memory.py; Redis caps its own copy of each
+stream by length), and what readers have had is told to it wherever they read.
+Streams produced elsewhere are read from Redis:
 waits with blocking XREADs on a few shared connections, whose entries then serve the readers
 they woke (redis_follow.py), and ranges with XRANGE for whatever those did not bring. What
 readers here have read is told to the producers (their backlog, and "a reader is here") by a
@@ -96,8 +99,9 @@ class RedisStreamStore:
         self._writer.add(stream_id, event)
 
     async def finish(self, stream_id: str) -> None:
-        await self._local.finish(stream_id)
+        # The end first: past the byte budget the local copy may go as it finishes, and Redis must still get it.
         self._writer.finish(stream_id)
+        await self._local.finish(stream_id)
 
     async def owner(self, stream_id: str) -> str | None:
         if stream_id in self._local:
@@ -167,6 +171,21 @@ class RedisStreamStore:
         ended = bool(last) and END in last[0][1]
         if not leased and not ended and last and not self._settling():
             raise GenerationLostError(f"the producer of {stream_id!r} stopped renewing its lease")
+
+    @property
+    def kept_bytes(self) -> int:
+        return self._local.kept_bytes
+
+    # The byte budget bounds this instance's memory: its own streams, kept locally (Redis caps its copy by length).
+
+    def has_room(self, stream_id: str) -> bool:
+        return self._local.has_room(stream_id)
+
+    async def wait_for_room(self, stream_id: str) -> None:
+        await self._local.wait_for_room(stream_id)
+
+    def mark_read(self, stream_id: str, seq: int) -> None:
+        self._local.mark_read(stream_id, seq)
 
     async def stop_elsewhere(self, stream_id: str) -> None:
         key = self._keys.events(stream_id)

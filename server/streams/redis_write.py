@@ -91,6 +91,7 @@ class _Outbox:
     finished: bool = False
     resync: bool = False
     refreshed: float = float("-inf")  # when the flush last set its keys' expiry (the loop's clock)
+    forgotten: bool = False  # its local copy went before this was sent: sent once, then forgotten
 
 
 class RedisWriter:
@@ -159,7 +160,15 @@ class RedisWriter:
             self._mark(stream_id)
 
     def forget(self, stream_id: str) -> None:
-        """The local copy expired: nothing of it is written any more."""
+        """The local copy went (expired, or dropped for the byte budget): nothing more of it is written.
+
+        What is pending (its end, for a stream dropped as it finished) is still sent by the next
+        flush, unless the stream was to be rewritten from that copy after an outage.
+        """
+        box = self._outboxes.get(stream_id)
+        if box is not None and stream_id in self._dirty and not box.resync:
+            box.forgotten = True
+            return
         self._outboxes.pop(stream_id, None)
         self._dirty.discard(stream_id)
 
@@ -182,7 +191,12 @@ class RedisWriter:
                 log.exception("redis_flush_failed")
 
     def _resync_all(self) -> None:
-        for stream_id, box in self._outboxes.items():
+        for stream_id, box in list(self._outboxes.items()):
+            if box.forgotten:
+                # Nothing is left here to rewrite it from: Redis keeps what it has until it expires.
+                del self._outboxes[stream_id]
+                self._dirty.discard(stream_id)
+                continue
             box.resync = True
             self._mark(stream_id)
 
@@ -205,6 +219,8 @@ class RedisWriter:
             box = self._outboxes.get(stream_id)
             if box is None:
                 continue
+            if box.forgotten:
+                del self._outboxes[stream_id]  # sent this once: should it fail, nothing is left to resend
             self._queue(keys, args, stream_id, box, now)
             sent.append((stream_id, box, box.pending))
             box.pending, box.resync = [], False

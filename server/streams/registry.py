@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger("sluice.streams")
 
-# Most bytes of events one upstream read can add at once (the upstream client buffers 512 KiB).
+# Most bytes of events one upstream read can add at once, with a wide margin: the upstream client
+# reads 16 KiB at a time (upstreams/http1.py READ_BUFFER_BYTES).
 READ_SLACK = 1 << 20
 
 
@@ -152,6 +153,7 @@ class StreamRegistry:
         live = self._live.get(stream_id)
         if live is not None:
             live.generation.backlog.sent(seq)
+            self.store.mark_read(stream_id, seq)  # past the byte budget, what a reader had goes first
         else:
             self.store.reader_sent(stream_id, seq)
 

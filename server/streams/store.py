@@ -52,7 +52,8 @@ class StreamStore(Protocol):
 
         `owner` is what `TokenSigner.stream_owner` gives for the key that started it (its name and
         a keyed fingerprint of its hash, never the key or its hash), "" without keys. A store that
-        bounds the bytes it keeps shares them between owners (see memory.py).
+        bounds the bytes it keeps shares them between owners, each live stream counting room for
+        one upstream read besides its events (see memory.py).
         """
 
     async def owner(self, stream_id: str) -> str | None:
@@ -84,6 +85,23 @@ class StreamStore(Protocol):
         It may also return with nothing new (read again). Raises GenerationLostError when the
         stream's producer is gone, and StoreUnavailableError when a shared store cannot be reached.
         """
+
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of events this instance keeps now, across its streams (what `max_kept_bytes` bounds)."""
+
+    def has_room(self, stream_id: str) -> bool:
+        """False while the stream, produced here, may not grow: its generation then reads no more.
+
+        A store that bounds the bytes it keeps answers False while it holds its budget and the
+        stream's owner at least its share (see memory.py); True for a stream unknown or finished.
+        """
+
+    async def wait_for_room(self, stream_id: str) -> None:
+        """Return when `has_room` may have changed its answer (ask it again); cancellable."""
+
+    def mark_read(self, stream_id: str, seq: int) -> None:
+        """A reader, here or elsewhere, was sent the events up to `seq` of this instance's live stream."""
 
     async def stop_elsewhere(self, stream_id: str) -> None:
         """Ask the instance producing `stream_id`, if another, to stop it; return once it ended."""
