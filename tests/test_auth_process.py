@@ -230,18 +230,26 @@ async def test_a_served_request_carries_its_keys_rate_limit_headers(keyed: Gatew
         assert "x-ratelimit-limit-requests" not in r.headers  # this key has no rpm
 
 
+async def _hold_a_stream(
+    http: aiohttp.ClientSession, gateway: Gateway, key: str, rid: str, **body: object
+) -> aiohttp.ClientResponse:
+    """A stream on `key` whose upstream waits before its first token: it holds what it took until closed."""
+    held = await http.post(
+        gateway.url + "/chat/stream",
+        json={"message": "x\n#sim fault=hang_first", **body},
+        headers={**bearer(key), "X-Request-ID": rid},
+    )
+    assert held.status == 200
+    return held
+
+
 async def test_tokens_per_minute_reach_429_with_openai_headers_and_recover(keyed: Gateway) -> None:
     # One request reserving most of the budget is held open (its upstream waits before the
     # first token), so a second one does not fit until the first settles with its real usage.
     big = TPM - 50
     rid = new_request_id("tpm-held")
     async with aiohttp.ClientSession() as http:
-        first = await http.post(
-            keyed.url + "/chat/stream",
-            json={"message": "x\n#sim fault=hang_first", "max_tokens": big},
-            headers={**bearer(KEY_TPM), "X-Request-ID": rid},
-        )
-        assert first.status == 200
+        first = await _hold_a_stream(http, keyed, KEY_TPM, rid, max_tokens=big)
         async with http.post(
             keyed.url + "/chat", json={"message": "y\n#sim tokens=1", "max_tokens": big}, headers=bearer(KEY_TPM)
         ) as refused:
@@ -262,12 +270,7 @@ async def test_a_stream_without_max_tokens_reserves_a_completion_so_a_burst_cann
     # 50 such streams overran tpm tenfold before any settled.
     rid = new_request_id("tpm-unbounded")
     async with aiohttp.ClientSession() as http:
-        first = await http.post(
-            keyed.url + "/chat/stream",
-            json={"message": "x\n#sim fault=hang_first"},
-            headers={**bearer(KEY_TPM), "X-Request-ID": rid},
-        )
-        assert first.status == 200
+        first = await _hold_a_stream(http, keyed, KEY_TPM, rid)
         async with http.post(
             keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_TPM)
         ) as refused:
@@ -281,12 +284,7 @@ async def test_a_stream_without_max_tokens_reserves_a_completion_so_a_burst_cann
 async def test_concurrent_streams_reach_429_and_recover_when_one_ends(keyed: Gateway) -> None:
     rid = new_request_id("held")
     async with aiohttp.ClientSession() as http:
-        held = await http.post(
-            keyed.url + "/chat/stream",
-            json={"message": "x\n#sim fault=hang_first"},
-            headers={**bearer(KEY_STREAMS), "X-Request-ID": rid},
-        )
-        assert held.status == 200
+        held = await _hold_a_stream(http, keyed, KEY_STREAMS, rid)
         async with http.post(keyed.url + "/chat", json={"message": "y"}, headers=bearer(KEY_STREAMS)) as r:
             assert r.status == 429
             assert "Retry-After" in r.headers

@@ -65,6 +65,14 @@ async def test_an_openai_stream_ends_with_sluices_error_event_and_relays_none_of
     }
 
 
+def assert_failed_after_three_tokens(events: list[Event]) -> None:
+    """Three `token` events, then `failed` with the upstream's message."""
+    *tokens, last = data_events(events)
+    assert [event.event for event in tokens] == ["token"] * 3
+    assert last.event == "failed"
+    assert last.json()["error"]["message"] == MESSAGE
+
+
 @pytest.mark.parametrize("fault", FORMS)
 async def test_a_native_stream_ends_with_a_failed_event_carrying_the_upstreams_message(
     gateway: Gateway, fault: str
@@ -74,10 +82,8 @@ async def test_a_native_stream_ends_with_a_failed_event_carrying_the_upstreams_m
         async with http.post(
             gateway.url + "/chat/stream", json=body, headers={"X-Request-ID": new_request_id(fault)}
         ) as r:
-            *tokens, last = data_events(await read_events(r))
-    assert [event.event for event in tokens] == ["token"] * 3
-    assert last.event == "failed"
-    assert last.json()["error"]["message"] == MESSAGE
+            events = await read_events(r)
+    assert_failed_after_three_tokens(events)
 
 
 @pytest.mark.parametrize("fault", FORMS)
@@ -89,10 +95,8 @@ async def test_a_browser_stream_ends_with_a_failed_event_carrying_the_upstreams_
         async with http.post(gateway.url + "/chat/streams", json=body) as response:
             stream_id = (await response.json())["id"]
         async with http.get(f"{gateway.url}/chat/streams/{stream_id}") as response:
-            *tokens, last = data_events(await read_events(response))
-    assert [event.event for event in tokens] == ["token"] * 3
-    assert last.event == "failed"
-    assert last.json()["error"]["message"] == MESSAGE
+            events = await read_events(response)
+    assert_failed_after_three_tokens(events)
 
 
 @pytest.mark.parametrize("fault", FORMS)
