@@ -110,7 +110,7 @@ def _redis_section(results: Sequence[WorkloadResult]) -> list[str]:
         f"{workload.pace.gap_ms:g} ms (server/simulator), timed at the client by `bench/redis_mode.py`; "
         f"the three run in turn, {workload.rounds} rounds on the same processes; figures are the rounds' medians, "
         "and added gap p99 is the median of each round's p99 over memory mode's (target: ≤ 2 ms). CPU is "
-        "user + system time per event.",
+        "each process's time on a core per event (Linux's schedstat, to the nanosecond).",
         markdown_table(REDIS_HEADERS, redis_rows(results)),
     ]
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ import pytest
 
 from bench.__main__ import DEFAULT_OUT, parse_args
 from bench.loadgen import WARMUP_REQUESTS
+from bench.redis_mode import cpu_seconds
 from bench.workloads import Kind, workloads
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -104,6 +107,15 @@ def test_redis_mode_is_measured_three_ways(quick_run: QuickRun) -> None:
     assert set(variants["redis mode, read on another"]["cpu_us_per_event"]) == {"producer", "reader", "redis"}
     assert all(len(variant["rounds"]) == 2 for variant in variants.values())
     assert "## Redis mode" in quick_run.report
+
+
+def test_redis_mode_counts_cpu_finer_than_a_clock_tick() -> None:
+    # Redis spends less than a 10 ms tick per round of the quick run: a tick-counted clock read 0.
+    before = cpu_seconds(os.getpid())
+    spin_until = time.thread_time() + 0.0002
+    while time.thread_time() < spin_until:
+        pass
+    assert cpu_seconds(os.getpid()) > before
 
 
 def test_every_request_succeeds(quick_run: QuickRun) -> None:
