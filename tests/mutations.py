@@ -2265,8 +2265,8 @@ BREAKS += [
     Break(
         "a cancelled probe keeps its trial",
         "server/upstreams/probe.py",
-        "                await breakers.end_trials([(client.name, since)])\n",
-        "                pass\n",
+        "        await breakers.end_trials([(name, since)])\n",
+        "        pass\n",
         ("tests/test_routing_units.py::test_a_probe_cancelled_before_its_answer_frees_its_trial",),
     ),
     Break(
@@ -2719,6 +2719,48 @@ BREAKS += [
         "    if threads:\n",
         "    if False:\n",
         ("tests/test_bench_smoke.py::test_redis_mode_counts_cpu_finer_than_a_clock_tick",),
+    ),
+    Break(
+        "Redis commands past the pool fail at once",
+        "server/shared/link.py",
+        "pool = aioredis.BlockingConnectionPool.from_url(",
+        "pool = aioredis.ConnectionPool.from_url(",
+        (
+            "tests/test_redis_link.py::test_a_burst_of_more_commands_than_pooled_connections_waits_for_one_on_at_most_that_many",
+            "tests/test_scale_out.py::test_a_burst_of_more_streams_than_redis_connections_waits_for_them_instead_of_taking_redis_for_down",
+        ),
+    ),
+    Break(
+        "the Redis command pool ignores its setting",
+        "server/shared/link.py",
+        "max_connections=self.settings.command_connections,",
+        "max_connections=1000,",
+        (
+            "tests/test_redis_link.py::test_a_burst_of_more_commands_than_pooled_connections_waits_for_one_on_at_most_that_many",
+        ),
+    ),
+    Break(
+        "events kept for Redis during an outage past the local buffer",
+        "server/streams/redis_write.py",
+        "        if not box.resync:  # a rewrite sends",
+        "        if True:  # a rewrite sends",
+        (
+            "tests/test_redis_store.py::test_while_redis_is_down_the_producer_holds_no_more_than_its_local_buffer_and_restores_that",
+        ),
+    ),
+    Break(
+        "a probe's 429 counted against the upstream",
+        "server/upstreams/probe.py",
+        "        if status == 429:\n",
+        "        if status == -1:\n",
+        ("tests/test_routing_units.py::test_a_probe_answered_429_keeps_the_breaker_half_open_and_frees_its_trial",),
+    ),
+    Break(
+        "a probe's 401 taken for a live upstream",
+        "server/upstreams/probe.py",
+        "status not in (401, 403)",
+        "status not in (403,)",
+        ("tests/test_routing_units.py::test_a_probe_answered_401_reopens_the_breaker",),
     ),
 ]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import hiredis
 import pytest
@@ -36,12 +37,12 @@ async def _ended(connection: AbstractConnection) -> None:
 
 
 @pytest.fixture
-async def make_link() -> AsyncIterator[Callable[[str], RedisLink]]:
-    """Links to the given URLs, closed after the test."""
+async def make_link() -> AsyncIterator[Callable[..., RedisLink]]:
+    """Links to the given URLs (with any other `redis` settings), closed after the test."""
     links: list[RedisLink] = []
 
-    def make(url: str) -> RedisLink:
-        link = RedisLink(make_settings(redis={"url": url}).redis)
+    def make(url: str, **settings: Any) -> RedisLink:
+        link = RedisLink(make_settings(redis={"url": url, **settings}).redis)
         links.append(link)
         return link
 
@@ -51,7 +52,7 @@ async def make_link() -> AsyncIterator[Callable[[str], RedisLink]]:
 
 
 @pytest.fixture
-async def dedicated(make_link: Callable[[str], RedisLink], redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+async def dedicated(make_link: Callable[..., RedisLink], redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     """A dedicated client (one connection of its own) on a link to the test's redis-server."""
     client = make_link(redis_server.url).dedicated(None)
     yield client
@@ -76,7 +77,7 @@ async def test_a_dedicated_connection_idle_across_a_restart_reaches_the_new_redi
 
 
 async def test_a_pooled_connection_idle_across_a_restart_reaches_the_new_redis(
-    make_link: Callable[[str], RedisLink], redis_server: RedisServer
+    make_link: Callable[..., RedisLink], redis_server: RedisServer
 ) -> None:
     """The pool replaces an idle connection Redis closed: the renewer's ping, a reader's XRANGE.
 
@@ -94,7 +95,7 @@ async def test_a_pooled_connection_idle_across_a_restart_reaches_the_new_redis(
 
 
 async def test_a_pooled_connection_reset_while_idle_is_replaced_before_the_next_command(
-    make_link: Callable[[str], RedisLink], redis_proxy: CuttingProxy
+    make_link: Callable[..., RedisLink], redis_proxy: CuttingProxy
 ) -> None:
     """redis-py's pool replaces an idle connection Redis closed, and with this one that was reset.
 
@@ -117,3 +118,20 @@ async def test_a_connection_redis_keeps_is_not_taken_for_ended(dedicated: aiored
     assert connection is not None
 
     assert not ended_by_server(connection)
+
+
+async def test_a_burst_of_more_commands_than_pooled_connections_waits_for_one_on_at_most_that_many(
+    make_link: Callable[..., RedisLink], redis_server: RedisServer
+) -> None:
+    """redis-py's default pool failed every command past its connections at once (taken for Redis down).
+
+    Catches: the pooled client built on redis-py's non-blocking pool (server/shared/link.py).
+    """
+    link = make_link(redis_server.url, command_connections=2)
+    key = link.prefix + ":test:burst"
+
+    counts = await asyncio.wait_for(asyncio.gather(*(link.client.incr(key) for _ in range(50))), SECONDS)
+
+    assert sorted(counts) == list(range(1, 51))
+    clients = await link.client.client_list()
+    assert len([c for c in clients if c["name"] == f"sluice-{link.instance}"]) <= 2

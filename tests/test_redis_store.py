@@ -417,6 +417,26 @@ async def test_a_stream_written_while_redis_was_down_is_restored_there_when_it_r
     assert await asyncio.wait_for(read_all(elsewhere, "restored"), 10) == list(range(1, 21))
 
 
+async def test_while_redis_is_down_the_producer_holds_no_more_than_its_local_buffer_and_restores_that(
+    make_store: Callable[..., Any], redis_server: RedisServer
+) -> None:
+    # Each event waited for Redis in a list of its own as well, past the local buffer's bound:
+    # memory grew with every token of every running stream for as long as Redis was away.
+    producer, elsewhere = await make_store(max_buffered_events=10), await make_store(max_buffered_events=10)
+    await write(producer, "outage", 1, finish=False)
+    redis_server.kill()
+    await producer.append("outage", event(2))
+    await asyncio.wait_for(producer._link._down.wait(), 10)  # the flush of event 2 failed
+    for seq in range(3, 1001):
+        await producer.append("outage", event(seq))
+    waiting = producer._writer._outboxes["outage"].pending
+    assert len(waiting) <= 10
+    await producer.finish("outage")
+    redis_server.start()  # empty: the rewrite brings the last ten back
+    assert await elsewhere.recovered()
+    assert await asyncio.wait_for(read_all(elsewhere, "outage", after=990), 10) == list(range(991, 1001))
+
+
 async def test_a_restart_noticed_by_the_lease_renewer_alone_still_gets_the_stream_rewritten(
     make_store: Callable[..., Any], redis_server: RedisServer
 ) -> None:

@@ -206,6 +206,24 @@ async def test_with_redis_down_new_detached_streams_get_503_while_v1_and_attache
             assert live.status == 200
 
 
+async def test_a_burst_of_more_streams_than_redis_connections_waits_for_them_instead_of_taking_redis_for_down(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    # redis-py's default pool failed a command past its connections at once (MaxConnectionsError):
+    # 150 streams started together got 503 store_unavailable, and redis_down was logged.
+    env = {**redis_env(redis_server), "SLUICE_REDIS_COMMAND_CONNECTIONS": "2"}
+    gateway = start_gateway(upstream=simulator, env=env)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as http:
+            ids = await asyncio.wait_for(
+                asyncio.gather(*(start(http, gateway.url, "burst\n#sim tokens=2") for _ in range(40))), 30
+            )
+    finally:
+        gateway.process.stop()
+    assert len(set(ids)) == 40
+    assert gateway.process.events("redis_down") == []
+
+
 async def test_a_detached_stream_running_when_redis_dies_finishes_for_its_reader_on_the_same_instance(
     cluster: Cluster,
 ) -> None:

@@ -1,7 +1,10 @@
 """The connections to Redis, and whether it answers now.
 
-One pooled client serves every short command. A blocking read holds its connection for as long
-as it blocks, so those get connections of their own (`dedicated()`), never one from the pool.
+One pooled client serves every short command, on at most `redis.command_connections` connections:
+a burst of more commands at once waits for one to come free (up to `COMMAND_TIMEOUT`), as redis-py's
+default pool would instead fail them at once, which read as Redis being down. A blocking read holds
+its connection for as long as it blocks, so those get connections of their own (`dedicated()`),
+never one from the pool.
 Failures do not retry inside the client: the callers know what to do meanwhile (keep events in
 memory, answer 503, wait), and a health loop pings until Redis answers again.
 """
@@ -47,7 +50,7 @@ class RedisLink:
         # Names this process in leases; random, so a restarted instance is a new producer.
         self.instance = secrets.token_hex(8)
         self._url = settings.url.get_secret_value()
-        self.client = self._client()
+        self.client = self._pooled_client()
         self._up = asyncio.Event()
         self._up.set()  # assumed until a command fails: starting never waits for Redis
         self._down = asyncio.Event()
@@ -62,7 +65,8 @@ class RedisLink:
 
     def dedicated(self, read_timeout: float | None) -> aioredis.Redis:
         """A client with one connection of its own, for blocking reads and subscriptions."""
-        return self._client(single_connection_client=True, socket_timeout=read_timeout)
+        options = self._connection_options(socket_timeout=read_timeout)
+        return _with_our_connections(aioredis.Redis.from_url(self._url, single_connection_client=True, **options))
 
     def failed(self, exc: BaseException) -> None:
         """Record that a command found Redis unreachable; the health loop watches for its return."""
@@ -102,7 +106,14 @@ class RedisLink:
             self._up.set()
             log.info("redis_up")
 
-    def _client(self, **options: Any) -> aioredis.Redis:
+    def _pooled_client(self) -> aioredis.Redis:
+        pool = aioredis.BlockingConnectionPool.from_url(
+            self._url, max_connections=self.settings.command_connections, **self._connection_options()
+        )
+        pool.timeout = COMMAND_TIMEOUT  # a wait for a connection past that is unreachable, as a command past it
+        return _with_our_connections(aioredis.Redis.from_pool(pool))  # the client closes its pool
+
+    def _connection_options(self, **options: Any) -> dict[str, Any]:
         defaults: dict[str, Any] = {
             "socket_timeout": COMMAND_TIMEOUT,
             "socket_connect_timeout": COMMAND_TIMEOUT,
@@ -113,10 +124,14 @@ class RedisLink:
             # of idle connections (redis/redis-py#4252): after a restart each one failed a command.
             "maint_notifications_config": MaintNotificationsConfig(enabled=False),
         }
-        client = aioredis.Redis.from_url(self._url, **{**defaults, **options})
-        pool = client.connection_pool  # no connection is made before the first command
-        pool.connection_class = _packing_with_hiredis(_replacing_ended(pool.connection_class))
-        return client
+        return {**defaults, **options}
+
+
+def _with_our_connections(client: aioredis.Redis) -> aioredis.Redis:
+    """`client`, whose pool makes its connections pack with hiredis and replace those Redis ended."""
+    pool = client.connection_pool  # no connection is made before the first command
+    pool.connection_class = _packing_with_hiredis(_replacing_ended(pool.connection_class))
+    return client
 
 
 async def call_packed(client: aioredis.Redis, command: bytes, within: float) -> Any:

@@ -149,7 +149,8 @@ class RedisWriter:
 
     def add(self, stream_id: str, event: StoredEvent) -> None:
         box = self._outboxes[stream_id]
-        box.pending.append(event)
+        if not box.resync:  # a rewrite sends the local buffer, which is bounded: an outage holds no more
+            box.pending.append(event)
         box.last = event.seq
         self._mark(stream_id)
 
@@ -197,7 +198,7 @@ class RedisWriter:
                 del self._outboxes[stream_id]
                 self._dirty.discard(stream_id)
                 continue
-            box.resync = True
+            box.pending, box.resync = [], True
             self._mark(stream_id)
 
     async def _flush_once(self) -> None:
@@ -231,9 +232,9 @@ class RedisWriter:
         except ResponseError as exc:
             result = exc
         except BaseException:
-            # Nothing is known to have arrived: send these again, in full, once Redis answers.
-            for stream_id, box, pending in sent:
-                box.pending = pending + box.pending
+            # Nothing is known to have arrived: rewrite these in full, from the local buffer, once Redis answers.
+            for stream_id, box, _ in sent:
+                box.pending = []
                 box.resync = True
                 self._dirty.add(stream_id)
             raise

@@ -136,8 +136,8 @@ class UpstreamClient:
         finally:
             self._done()
 
-    async def probe(self) -> bool:
-        """True when GET <base_url>/models answers as a live upstream with valid credentials does."""
+    async def probe(self) -> int | None:
+        """The status GET <base_url>/models answers with; None when no answer came."""
         try:
             async with asyncio.timeout(self._settings.connect_timeout * 2):
                 response = await self._exchange(self._models_request)
@@ -146,8 +146,8 @@ class UpstreamClient:
                 finally:
                     response.close()
         except (UpstreamError, ConnectionBroken, MalformedResponse, OSError, TimeoutError):
-            return False
-        return response.status < 500 and response.status not in (401, 403, 429)
+            return None
+        return response.status
 
     def _done(self) -> None:
         self.in_flight -= 1
