@@ -18,6 +18,7 @@ from .catalog import ModelCatalog
 from .connections import connection_limit
 from .contexts import (
     discovery_ctx,
+    dropped_log_lines_ctx,
     end_streams,
     key_reload_ctx,
     probe_ctx,
@@ -36,6 +37,7 @@ from .keys import (
     KEYRING,
     LIFECYCLE,
     LIMITS,
+    LOG_STREAM,
     METRICS,
     MODELS,
     SETTINGS,
@@ -47,6 +49,7 @@ from .keys import (
     WORKER_PROXY,
 )
 from .lifecycle import Lifecycle
+from .logs import LossyStream
 from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
@@ -62,13 +65,15 @@ def create_app(
     *,
     signals: bool = False,
     source: SettingsSource | None = None,
+    log_stream: LossyStream | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
 
     `worker` is set when this process is one of several (`--workers`): browser streams are then
     forwarded to the worker that owns them (see worker_proxy.py). `signals` (run.py) drains the
     process on SIGTERM/SIGINT and, given the settings' `source`, reloads the gateway keys from it on
-    SIGHUP; tests' in-process apps leave the signals alone.
+    SIGHUP; tests' in-process apps leave the signals alone. `log_stream` (run.py) is the log's
+    stream, whose lines lost are counted in the metrics.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
@@ -92,6 +97,9 @@ def create_app(
     # the upstream needs the simulator's URL; the streams need the upstream and must end before it
     # closes. The signal handlers come last, so they are removed first and a signal's drain runs
     # while everything is still open.
+    if log_stream is not None:
+        app[LOG_STREAM] = log_stream
+        app.cleanup_ctx.append(dropped_log_lines_ctx)  # 0. log lines lost, counted from the start to the end
     if settings.simulated:
         app.cleanup_ctx.append(simulator_ctx)  # 1. built-in simulated model (no key configured)
     app.cleanup_ctx.append(redis_ctx)  # 2. the link to Redis, when configured (breakers and streams use it)

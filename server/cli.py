@@ -21,7 +21,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app, upstream_url
 from .connections import connection_limit, raise_open_file_limit, reserve_descriptors
-from .logs import configure_logging, loggable_url
+from .logs import LossyStream, configure_logging, loggable_url
 from .settings import Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
 
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = load_settings(args.config)
     except SettingsError as exc:
         return _refuse(str(exc))
-    configure_logging(args.log_format or settings.logging.format, settings.logging.level)
+    log_stream = configure_logging(args.log_format or settings.logging.format, settings.logging.level)
     if args.workers > 1:
         from .workers import supervise
 
@@ -105,7 +105,15 @@ def main(argv: list[str] | None = None) -> int:
         identity_from_args(args.worker_index, args.peer_dir, args.worker_count) if settings.redis.url is None else None
     )
     try:
-        serve(settings, args.host, port, reuse_port=args.reuse_port, worker=worker, config=args.config)
+        serve(
+            settings,
+            args.host,
+            port,
+            reuse_port=args.reuse_port,
+            worker=worker,
+            config=args.config,
+            log_stream=log_stream,
+        )
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise
@@ -136,14 +144,16 @@ def serve(
     reuse_port: bool = False,
     worker: WorkerIdentity | None = None,
     config: Path | None = None,
+    log_stream: LossyStream | None = None,
 ) -> None:
     """Run one gateway process in the foreground (one of several when `worker` is given).
 
-    `config` is the --config file the settings came from, read again on SIGHUP for the gateway keys.
+    `config` is the --config file the settings came from, read again on SIGHUP for the gateway keys;
+    `log_stream`, the stream `configure_logging` set up, whose lost lines the metrics count.
     """
     log = structlog.get_logger("sluice")
     raise_open_file_limit()  # before the app sizes its connection cap from it
-    app = create_app(settings, worker, signals=True, source=SettingsSource(config))
+    app = create_app(settings, worker, signals=True, source=SettingsSource(config), log_stream=log_stream)
 
     def announce(_: str) -> None:
         # run_app calls this once its sockets listen: the line tests and operators wait for.

@@ -20,6 +20,7 @@ from .keys import (
     KEYRING,
     LIFECYCLE,
     LIMITS,
+    LOG_STREAM,
     METRICS,
     MODELS,
     REDIS,
@@ -50,6 +51,15 @@ from .upstreams.probe import probe_once
 log = structlog.get_logger("sluice.app")
 # The drain's lines keep the logger they always had, so dashboards and greps still find them.
 drain_log = structlog.get_logger("sluice.lifecycle")
+
+
+async def dropped_log_lines_ctx(app: web.Application) -> AsyncIterator[None]:
+    """Count the log lines stdout refused in `sluice_log_lines_dropped_total`, those before start-up too."""
+    output, dropped = app[LOG_STREAM], app[METRICS].log_lines_dropped
+    dropped.inc(output.dropped)
+    output.on_drop = dropped.inc
+    yield
+    output.on_drop = None
 
 
 async def simulator_ctx(app: web.Application) -> AsyncIterator[None]:

@@ -18,6 +18,7 @@ from .cors import CorsPolicy
 from .credentials import UpstreamCredentials
 from .dashboard import DashboardFeeds
 from .lifecycle import Lifecycle
+from .logs import LossyStream
 from .metrics import Metrics
 from .openai_schema import ChatCompletionValidator
 from .settings import Settings, SettingsSource
@@ -32,6 +33,7 @@ SETTINGS_SOURCE = web.AppKey("settings_source", SettingsSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 METRICS = web.AppKey("metrics", Metrics)
+LOG_STREAM = web.AppKey("log_stream", LossyStream)
 CHAT_SCHEMA = web.AppKey("chat_schema", ChatCompletionValidator)
 SIMULATOR_URL = web.AppKey("simulator_url", str)
 STREAMS = web.AppKey("streams", StreamRegistry)

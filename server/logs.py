@@ -10,6 +10,7 @@ import contextlib
 import logging
 import os
 import sys
+from collections.abc import Callable
 from typing import Literal, TextIO, cast
 
 import orjson
@@ -24,9 +25,13 @@ LEADING_FIELDS = ("method", "path", "status", "duration_ms")
 _protocol_log = structlog.get_logger("sluice.protocol")
 
 
-def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> None:
-    """Route structlog and the standard library's logging to `stream` (stdout) in `fmt` at `level`."""
-    out = cast(TextIO, LossyStream(stream if stream is not None else sys.stdout))
+def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> LossyStream:
+    """Route structlog and the standard library's logging to `stream` (stdout) in `fmt` at `level`.
+
+    Returns the stream the lines go through, which counts those it could not write.
+    """
+    lossy = LossyStream(stream if stream is not None else sys.stdout)
+    out = cast(TextIO, lossy)
     use_json = fmt == "json" or (fmt == "auto" and not out.isatty())
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -67,6 +72,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, MalformedRequestFilter) for f in server_log.filters):
         server_log.addFilter(MalformedRequestFilter())
+    return lossy
 
 
 class LossyStream:
@@ -75,12 +81,14 @@ class LossyStream:
     A log line must never fail what it describes: when stdout's reader is gone (a log shipper
     that died, a `| tee` killed), every write raises BrokenPipeError, which turned every request
     into a 500 and the SIGTERM drain into a task that died before it began, leaving the process
-    answering `ready` until killed. `dropped` counts the lines lost.
+    answering `ready` until killed. `dropped` counts the lines lost, and `on_drop` (the gateway's
+    metric, while it runs) hears of each: with no log, the metric is how an operator finds out.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.dropped = 0
+        self.on_drop: Callable[[], None] | None = None
 
     def write(self, text: str) -> int:
         """Write `text`; 0 (and one line more dropped) when the stream refuses it."""
@@ -88,6 +96,8 @@ class LossyStream:
             return self._stream.write(text)
         except (OSError, ValueError):  # ValueError: the stream was closed under us
             self.dropped += 1
+            if self.on_drop is not None:
+                self.on_drop()
             return 0
 
     def flush(self) -> None:

@@ -74,6 +74,9 @@ class Metrics:
             registry=r,
         )
         self.heartbeats = Counter("sluice_heartbeats", "Heartbeat comments sent on idle streams.", registry=r)
+        self.log_lines_dropped = Counter(
+            "sluice_log_lines_dropped", "Log lines that could not be written (stdout's reader gone).", registry=r
+        )
         self.attempts = Counter(
             "sluice_upstream_attempts", "Upstream attempts by upstream and result.", ["upstream", "result"], registry=r
         )

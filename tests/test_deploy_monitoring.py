@@ -62,7 +62,7 @@ def test_the_alert_rules_pass_promtool_check() -> None:
     result = promtool("check", "rules", ALERTS)
 
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 4 rules found" in result.stdout
+    assert "SUCCESS: 5 rules found" in result.stdout
 
 
 def test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import os
@@ -10,6 +11,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from collections.abc import Iterator
 
 import aiohttp
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from server.settings import load_settings
 from tests.conftest import TEST_CONFIG
 from tests.support.processes import ROOT, Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.test_operations import metric_value
 
 KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstream
 
@@ -124,7 +127,9 @@ async def test_a_request_that_cannot_be_parsed_is_logged_without_what_the_client
 EXIT_BOUND = 15.0
 
 
-def test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm(simulator: Simulator) -> None:
+@contextlib.contextmanager
+def gateway_without_a_log_reader(simulator: Simulator) -> Iterator[tuple[subprocess.Popen[str], str]]:
+    """`run.py` whose stdout's reader left once it was listening (a log shipper that died); its URL."""
     port = free_port()
     env = clean_env(
         {"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url}
@@ -136,18 +141,37 @@ def test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm(s
         for line in process.stdout:
             if "sluice_listening" in line:
                 break
-        process.stdout.close()  # a log shipper that died: every write to stdout now fails
-        for _ in range(3):
-            request = urllib.request.Request(
-                f"http://127.0.0.1:{port}/chat",
-                data=json.dumps({"message": "hi\n#sim tokens=2"}).encode(),
-                headers={"Content-Type": "application/json"},
-            )
-            with urllib.request.urlopen(request, timeout=EXIT_BOUND) as answer:
-                assert answer.status == 200
-        process.send_signal(signal.SIGTERM)
-        assert process.wait(EXIT_BOUND) == 0
+        process.stdout.close()  # every write to stdout now fails
+        yield process, f"http://127.0.0.1:{port}"
     finally:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def chat(url: str) -> None:
+    request = urllib.request.Request(
+        url + "/chat",
+        data=json.dumps({"message": "hi\n#sim tokens=2"}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=EXIT_BOUND) as answer:
+        assert answer.status == 200
+
+
+def test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm(simulator: Simulator) -> None:
+    with gateway_without_a_log_reader(simulator) as (process, url):
+        for _ in range(3):
+            chat(url)
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(EXIT_BOUND) == 0
+
+
+def test_log_lines_the_gateway_could_not_write_are_counted_in_its_metrics(simulator: Simulator) -> None:
+    # With no log to read, the metric is how an operator learns the log shipper is gone.
+    with gateway_without_a_log_reader(simulator) as (_, url):
+        for _ in range(3):
+            chat(url)  # an access line each, at least
+        with urllib.request.urlopen(url + "/metrics", timeout=EXIT_BOUND) as answer:
+            metrics = answer.read().decode()
+    assert metric_value(metrics, "sluice_log_lines_dropped_total") >= 3
