@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import resource
 from collections.abc import Sized
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -60,6 +60,34 @@ def open_connections(request: web.Request) -> int:
     if connections is None:  # an aiohttp that renamed it: the public copy, slower but never 0
         connections = cast(Sized, getattr(manager, "connections", ()))
     return len(connections)
+
+
+def close_idle_connections(request: web.Request, count: int) -> int:
+    """Close up to `count` of the longest-open connections that wait for a request; how many were.
+
+    A connection waits for a request between keep-alive requests, and from its connect until its
+    first request's headers are in: a flood of connections that send nothing (or half a request)
+    is made of these. aiohttp closes each after `header_timeout` anyway (its keep-alive check,
+    whose test of idleness this is); closing the longest-open ones now, when a request arrives
+    over the cap, serves that request instead of refusing it, as nginx reuses its keep-alive
+    connections when it runs out. Every connection with a request in progress, `request`'s own
+    included, is left alone.
+    """
+    manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
+    connections: dict[Any, Any] | None = getattr(manager, "_connections", None)
+    if not connections or count <= 0:
+        return 0
+    idle = []
+    for handler in connections:  # in the order they connected
+        # aiohttp's handler awaits `_waiter` only while no request is in progress on the connection.
+        waiter = getattr(handler, "_waiter", None)
+        if waiter is not None and not waiter.done():
+            idle.append(handler)
+            if len(idle) == count:
+                break
+    for handler in idle:
+        handler.force_close()  # what aiohttp's keep-alive check does to an idle connection
+    return len(idle)
 
 
 def reserve_descriptors(connections: int) -> int:

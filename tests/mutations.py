@@ -2769,6 +2769,33 @@ BREAKS += [
         "    pass\n",
         (f"{OPERATOR_LOGS}::test_log_lines_the_gateway_could_not_write_are_counted_in_its_metrics",),
     ),
+    Break(
+        "a request over the cap closes no idle connection",
+        "server/middleware/connection_cap.py",
+        "close_idle_connections(request, over) < over",
+        "0 < over",
+        (
+            "tests/test_dos_process.py::test_a_request_over_the_cap_closes_the_longest_open_idle_connections_and_is_served",
+        ),
+    ),
+    Break(
+        "a request over the cap closes busy connections",
+        "server/connections.py",
+        "        if waiter is not None and not waiter.done():\n",
+        "        if True:\n",
+        (
+            "tests/test_dos_process.py::test_requests_over_the_cap_of_busy_connections_get_503_and_saturate_readiness_then_recover",
+        ),
+    ),
+    Break(
+        "a request over the cap closes the newest idle connections",
+        "server/connections.py",
+        "    for handler in connections:  # in the order they connected\n",
+        "    for handler in reversed(connections):  # in the order they connected\n",
+        (
+            "tests/test_dos_process.py::test_a_request_over_the_cap_closes_the_longest_open_idle_connections_and_is_served",
+        ),
+    ),
 ]
 
 

@@ -14,7 +14,7 @@ import psutil
 import pytest
 
 from server.streams.memory import RESERVE
-from tests.support.client import new_request_id, sim_wait
+from tests.support.client import new_request_id, open_unread_stream, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream
 from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, bearer, start_keyed_gateway
 from tests.support.sse import read_events
@@ -26,6 +26,7 @@ CUT_BOUND = 15.0
 CONNECTION_CAP = 500
 LOW_SOFT_LIMIT = 256
 IDLE_CONNECTIONS = 2000
+BUSY_CAP = 20
 MIB = 1 << 20
 OBSERVATION_SECONDS = 2.0
 
@@ -118,39 +119,67 @@ async def test_a_slow_body_client_gets_408_and_the_connection_closed(strict: Gat
 # --- connection cap ----------------------------------------------------------------------------
 
 
-async def test_idle_connections_over_the_cap_get_503_and_saturate_readiness_then_recover(
+async def test_a_request_over_the_cap_closes_the_longest_open_idle_connections_and_is_served(
     simulator: Simulator,
 ) -> None:
-    gateway = start_gateway(upstream=simulator, env={"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(CONNECTION_CAP)})
-    idle: list[asyncio.StreamWriter] = []
+    # A flood of connections that send nothing held the cap until header_timeout (10 s by default)
+    # and every request meanwhile got 503: the cheapest denial of service there is.
+    env = {"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(CONNECTION_CAP), "SLUICE_CONNECTIONS_HEADER_TIMEOUT": "120"}
+    gateway = start_gateway(upstream=simulator, env=env)
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
     try:
         for _ in range(IDLE_CONNECTIONS):
-            idle.append((await asyncio.open_connection("127.0.0.1", port_of(gateway)))[1])
+            idle.append(await asyncio.open_connection("127.0.0.1", port_of(gateway)))
+        async with aiohttp.ClientSession() as http, http.get(gateway.url + "/models") as r:
+            assert r.status == 200
+        # Over the cap by all but the cap's worth: the oldest ones went, at once (the header timeout is 120 s).
+        for reader, _ in idle[: IDLE_CONNECTIONS - CONNECTION_CAP + 1]:
+            async with asyncio.timeout(CUT_BOUND):
+                assert await reader.read() == b""
+        newest_reader, newest_writer = idle[-1]
+        newest_writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        async with asyncio.timeout(CUT_BOUND):
+            assert (await newest_reader.readline()).startswith(b"HTTP/1.1 200")
+    finally:
+        for _, writer in idle:
+            writer.close()
+        gateway.process.stop()
+
+
+async def test_requests_over_the_cap_of_busy_connections_get_503_and_saturate_readiness_then_recover(
+    simulator: Simulator,
+) -> None:
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(BUSY_CAP)})
+    body = {"message": "busy\n#sim tokens=100000 gap_ms=20"}
+    rids = [new_request_id(f"busy-{n}") for n in range(BUSY_CAP)]
+    busy = [open_unread_stream(gateway.url, "/chat/stream", body, rid) for rid in rids]
+    try:
         async with aiohttp.ClientSession() as http:
+            for rid in rids:  # every connection has its request in progress
+                await sim_wait(http, simulator.url, rid, "opened")
+            async with http.get(gateway.url + "/readyz") as r:
+                assert r.status == 503
+                assert (await r.json())["status"] == "saturated"
             async with http.get(gateway.url + "/models") as r:
                 assert r.status == 503
                 assert r.headers["Retry-After"] == "5"
                 assert (await r.json())["error"]["code"] == "too_many_connections"
-            async with http.get(gateway.url + "/readyz") as r:
-                assert r.status == 503
-                assert (await r.json())["status"] == "saturated"
             async with http.get(gateway.url + "/health") as r:
                 assert r.status == 200
-            for writer in idle:
-                writer.close()
-            idle.clear()
-            deadline = time.monotonic() + CUT_BOUND
-            while True:  # the gateway notices the closes as it reads them; bounded, no fixed sleep
-                async with http.get(gateway.url + "/readyz") as r:
-                    if r.status == 200:
-                        break
-                assert time.monotonic() < deadline, "readiness never came back"
-                await asyncio.sleep(0.05)
+            for client in busy:
+                client.close()
+            busy.clear()
+            async with asyncio.timeout(CUT_BOUND):
+                while True:  # the gateway notices the closes as it reads them; bounded, no fixed sleep
+                    async with http.get(gateway.url + "/readyz") as r:
+                        if r.status == 200:
+                            break
+                    await asyncio.sleep(0.05)
             async with http.get(gateway.url + "/models") as r:
                 assert r.status == 200
     finally:
-        for writer in idle:
-            writer.close()
+        for client in busy:
+            client.close()
         gateway.process.stop()
 
 

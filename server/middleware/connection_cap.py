@@ -1,10 +1,15 @@
-"""Refuse a request with 503 and Retry-After when the process holds more connections than its cap."""
+"""Keep the process within its connection cap: close idle connections for a request over it, else refuse it.
+
+A request on a connection over the cap first closes as many of the longest-open idle connections
+(waiting for a request) as it takes; only when there are not enough of those is it refused with
+503 and Retry-After, its own connection closed.
+"""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from ..connections import open_connections
+from ..connections import close_idle_connections, open_connections
 from ..errors import ServiceUnavailableError
 from ..keys import CONNECTION_LIMIT, SETTINGS
 from .errors import render_error
@@ -15,7 +20,8 @@ _PROBES = frozenset({"/health", "/livez", "/readyz"})
 
 def over_cap(request: web.Request) -> web.Response | None:
     """The 503 for a request over the cap, its connection then closed so the count goes down; else None."""
-    if request.path not in _PROBES and open_connections(request) > request.app[CONNECTION_LIMIT]:
+    over = open_connections(request) - request.app[CONNECTION_LIMIT]
+    if over > 0 and request.path not in _PROBES and close_idle_connections(request, over) < over:
         retry_after = str(request.app[SETTINGS].server.retry_after)
         response = render_error(
             ServiceUnavailableError(
