@@ -30,8 +30,13 @@ class ModelCatalog:
         return self._discovered
 
     def served(self) -> list[str]:
-        """The real models known by name: the configured ones, then the discovered ones."""
-        return list(dict.fromkeys((*self._configured, *self._discovered)))
+        """The real models known by name: the configured ones, the default, then the discovered ones.
+
+        The default is listed even where `models.available` is "*" alone: it is the model a request
+        naming none gets, and a client that lists the models to pick one should find it.
+        """
+        default = () if self.default in self.aliases else (self.default,)
+        return list(dict.fromkeys((*self._configured, *default, *self._discovered)))
 
     def names(self) -> list[str]:
         """Every name to list: the served models, then the aliases."""

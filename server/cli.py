@@ -11,6 +11,7 @@ import asyncio
 import errno
 import gc
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -114,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
             config=args.config,
             log_stream=log_stream,
         )
+    except socket.gaierror as exc:  # before OSError, its base: a name that does not resolve
+        return _refuse(f"--host {args.host}: cannot resolve it to an address to listen on: {exc.strerror}")
     except OSError as exc:
         if exc.errno not in _BIND_ERRORS:
             raise

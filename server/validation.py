@@ -5,6 +5,7 @@ Handlers get a typed object or a checked dict, never raw input, and every messag
 
 from __future__ import annotations
 
+import re
 from typing import Any, TypeVar
 
 import orjson
@@ -39,7 +40,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise InvalidRequestError(f"The request body is not valid JSON: {exc}.", code="invalid_json") from None
+        try:
+            if "surrogate" not in str(exc):
+                raise
+            body = orjson.loads(_LONE_SURROGATE.sub(_replace_lone_surrogate, raw))
+        except orjson.JSONDecodeError as final:
+            raise InvalidRequestError(f"The request body is not valid JSON: {final}.", code="invalid_json") from None
     if not isinstance(body, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     # Only a body with that many brackets can be nested that deep: counting them costs next to
@@ -47,6 +53,24 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
         raise InvalidRequestError(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="invalid_json")
     return body
+
+
+# An escaped backslash (skipped whole, so `\\ud83d` stays text), a surrogate pair, or a lone half.
+_LONE_SURROGATE = re.compile(
+    rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}(?:\\u[dD][c-fC-F][0-9a-fA-F]{2})?|\\u[dD][c-fC-F][0-9a-fA-F]{2}"
+)
+
+
+def _replace_lone_surrogate(match: re.Match[bytes]) -> bytes:
+    """U+FFFD for half of a surrogate pair; anything else as it was.
+
+    JavaScript's `JSON.stringify` writes a string cut between the halves of an emoji (by UTF-16
+    length) with a lone `\\ud83d`, which JSON's grammar allows and Python's `json` reads; orjson
+    refuses it, and the client would get a 400 for half a character. It becomes the replacement
+    character, as a UTF-8 decoder does with a broken sequence.
+    """
+    text = match.group()
+    return text if text == rb"\\" or len(text) == 12 else rb"\ufffd"
 
 
 def _deeper_than(body: dict[str, Any], limit: int) -> bool:

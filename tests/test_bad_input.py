@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
+import orjson
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
-from server.validation import MAX_DEPTH
+from server.validation import _LONE_SURROGATE, MAX_DEPTH, _replace_lone_surrogate
 from tests.conftest import AiohttpClient, make_settings
 from tests.support.envelope import error_of
 
@@ -62,6 +63,36 @@ async def test_an_empty_body_is_400(client: Client, path: str) -> None:
 
     error = await error_of(response, 400)
     assert "empty" in error["message"]
+
+
+@pytest.mark.parametrize("path", [*CHAT_PATHS, "/v1/chat/completions"])
+async def test_half_an_emoji_escaped_alone_is_read_as_the_replacement_character(client: Client, path: str) -> None:
+    # JavaScript's JSON.stringify writes a string cut inside an emoji with a lone \ud83d: it was a 400.
+    text = b"#sim tokens=2\\nhi \\ud83d"
+    if path == "/v1/chat/completions":
+        raw = b'{"model": "gpt-4o", "messages": [{"role": "user", "content": "' + text + b'"}]}'
+    else:
+        raw = b'{"message": "' + text + b'"}'
+
+    response = await client.post(path, data=raw, headers={"Content-Type": "application/json"})
+
+    assert response.status == 200
+    await response.read()
+
+
+@pytest.mark.parametrize(
+    ("escaped", "read"),
+    [
+        (rb"\ud83d", "\ufffd"),
+        (rb"\ude00 x", "\ufffd x"),
+        (rb"\ud83d\ude00", "\U0001f600"),
+        (rb"\\ud83d", "\\ud83d"),  # an escaped backslash, then text
+        (rb"\\\ud83d", "\\\ufffd"),
+    ],
+)
+def test_only_lone_surrogate_escapes_are_replaced(escaped: bytes, read: str) -> None:
+    raw = b'{"a": "' + escaped + b'"}'
+    assert orjson.loads(_LONE_SURROGATE.sub(_replace_lone_surrogate, raw)) == {"a": read}
 
 
 def nested(depth: int) -> Any:

@@ -118,6 +118,16 @@ async def test_model_lists_show_aliases_and_never_the_star(gateway_with: Build) 
     assert original == {"models": ["gpt-4o", "fast"], "default": "gpt-4o"}
 
 
+async def test_with_any_model_forwarded_the_lists_still_name_the_default(gateway_with: Build) -> None:
+    client = await gateway_with(available=["*"])
+
+    v1 = await (await client.get("/v1/models")).json()
+    original = await (await client.get("/models")).json()
+
+    assert [model["id"] for model in v1["data"]] == ["gpt-4o"]
+    assert original == {"models": ["gpt-4o"], "default": "gpt-4o"}
+
+
 async def test_v1_unknown_model_404_points_to_v1_models(gateway_with: Build) -> None:
     client = await gateway_with()
 

@@ -55,6 +55,14 @@ def test_an_alias_to_a_model_not_available_is_refused() -> None:
     assert "alias 'fast' names 'gpt-2'" in message
 
 
+def test_an_alias_named_like_an_available_model_is_refused() -> None:
+    # Listed in /v1/models, gpt-4o would have been answered by gpt-4o-mini, the default included.
+    message = settings_error(SLUICE_MODELS_ALIASES="gpt-4o=gpt-4o-mini")
+
+    assert message.startswith("setting models")
+    assert "alias 'gpt-4o' is also a model in models.available" in message
+
+
 def test_malformed_aliases_name_the_expected_shape() -> None:
     message = settings_error(SLUICE_MODELS_ALIASES="fast")
 

@@ -52,6 +52,12 @@ def test_port_in_use_names_the_port_and_its_source(taken_port: int) -> None:
     assert "in use" in line
 
 
+def test_a_host_that_does_not_resolve_names_the_flag() -> None:
+    line = refusal(start_up("--host", "nonexistent.invalid", "--port", str(free_port())))
+    assert "--host nonexistent.invalid" in line
+    assert "cannot resolve" in line
+
+
 def test_port_in_use_from_the_variable_blames_the_variable(taken_port: int) -> None:
     line = refusal(start_up(PORT=str(taken_port)))
     assert f"PORT={taken_port}" in line

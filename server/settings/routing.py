@@ -77,6 +77,15 @@ class ModelSettings(Section):
 
     @model_validator(mode="after")
     def _default_is_available(self) -> ModelSettings:
+        # An alias wins over the model of the same name: listed in /v1/models, that model would
+        # be answered by another one, the default included, with nothing to tell.
+        shadowing = [name for name in self.aliases if name in self.available]
+        if shadowing:
+            name = shadowing[0]
+            raise ValueError(
+                f"alias {name!r} is also a model in models.available: a request for it would get "
+                f"{self.aliases[name]!r}; remove it from one of the two"
+            )
         if ANY_MODEL in self.available or self.discover:
             return self
         known = set(self.available)
