@@ -23,14 +23,15 @@ from aiohttp import web
 from .access import RequestRecord
 from .chunks import Chunk
 from .dialects import Dialect
-from .errors import GatewayError, ServiceUnavailableError, UpstreamError, UpstreamTimeoutError
+from .errors import GatewayError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import GATEWAY_KEY, LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
+from .lifecycle import Lifecycle
 from .middleware.auth import reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
 from .stream_start import ResponseStart
-from .upstreams.continuation import ContinuedStream
+from .upstreams.continuation import ContinuedStream, token_limit, within
 from .upstreams.stream import UpstreamStream
 from .validation import requested_choices
 
@@ -88,7 +89,7 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
             except (asyncio.CancelledError, GatewayError) as failure:
                 start.routed()
                 if not start.begun or (isinstance(failure, asyncio.CancelledError) and guard.expired is None):
-                    mapped = _before_start(failure, guard, record)
+                    mapped = _before_start(failure, guard, record, lifecycle)
                     try:
                         if mapped is failure:
                             raise
@@ -148,7 +149,8 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
 
     async def resume(text: str) -> UpstreamStream:
         model = str(record.extra.get("served_model") or body.get("model"))
-        continued = {**body, "model": model}
+        # `stream` is bound below, before any chunk is read: it runs this only after a cut.
+        continued = {**within(body, stream.tokens_left), "model": model}
         return await app[UPSTREAM].open_continuation(
             continued, text, request[REQUEST_ID], record, _models_allowed(request, record)
         )
@@ -157,7 +159,15 @@ def _continued(request: web.Request, body: dict[str, Any], chunks: AsyncIterable
         metrics.child(metrics.continuations, result).inc()
         record.extra["continuation"] = result
 
-    return ContinuedStream(chunks, resume, on_result, idle_timeout=app[SETTINGS].upstream.idle_timeout)
+    stream = ContinuedStream(
+        chunks,
+        resume,
+        on_result,
+        idle_timeout=app[SETTINGS].upstream.idle_timeout,
+        choices=requested_choices(body),
+        limit=token_limit(body),
+    )
+    return stream
 
 
 class _Failing:
@@ -189,7 +199,7 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
         try:
             allows = _models_allowed(request, record)
             completion = app[UPSTREAM].complete(body, request[REQUEST_ID], record, allows)
-            content: bytes = await _guarded(completion, guard, record)
+            content: bytes = await _guarded(completion, guard, record, lifecycle)
         finally:
             guard.close()
     record.outcome = Outcome.COMPLETED
@@ -222,12 +232,12 @@ def _note_usage(content: bytes, record: RequestRecord) -> None:
             record.finish_reason = reason if isinstance(reason, str) else None
 
 
-async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestRecord) -> T:
+async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestRecord, lifecycle: Lifecycle) -> T:
     """Await an upstream call before the response starts; map a guard's expiry to a status."""
     try:
         return await awaitable
     except (asyncio.CancelledError, GatewayError) as failure:
-        mapped = _before_start(failure, guard, record)
+        mapped = _before_start(failure, guard, record, lifecycle)
         try:
             if mapped is failure:
                 raise
@@ -238,8 +248,13 @@ async def _guarded(awaitable: Awaitable[T], guard: StreamGuard, record: RequestR
             del mapped
 
 
-def _before_start(failure: BaseException, guard: StreamGuard, record: RequestRecord) -> BaseException:
-    """What a failure before the response started is raised as: a status, or the cancellation itself."""
+def _before_start(
+    failure: BaseException, guard: StreamGuard, record: RequestRecord, lifecycle: Lifecycle
+) -> BaseException:
+    """What a failure before the response started is raised as: a status, or the cancellation itself.
+
+    A drain that ended the request answers as the drain answers new ones: 503 with Retry-After.
+    """
     if isinstance(failure, asyncio.CancelledError):
         expiry = guard.consume_expiry()
         if expiry is None:
@@ -247,7 +262,7 @@ def _before_start(failure: BaseException, guard: StreamGuard, record: RequestRec
             return failure
         if expiry is Expiry.SHUTDOWN:
             record.outcome = Outcome.SHUTDOWN
-            return ServiceUnavailableError("Sluice is shutting down; retry the request.", code="server_shutting_down")
+            return lifecycle.shutting_down()
         record.outcome = Outcome.TIMEOUT
         return UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry))
     if isinstance(failure, UpstreamError):

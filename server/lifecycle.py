@@ -59,17 +59,23 @@ class Lifecycle:
     def admit(self) -> None:
         """Raise 503 with Retry-After while draining or at the live-request cap."""
         if self.draining:
-            raise ServiceUnavailableError(
-                "Sluice is shutting down; retry on another instance.",
-                code="server_shutting_down",
-                headers={"Retry-After": str(self._retry_after)},
-            )
+            raise self.shutting_down("Sluice is shutting down; retry on another instance.")
         if self._max_live and len(self._live) >= self._max_live:
             raise ServiceUnavailableError(
                 "Sluice is at capacity; retry shortly.",
                 code="overloaded",
                 headers={"Retry-After": str(self._retry_after)},
             )
+
+    def shutting_down(self, message: str = "Sluice is shutting down; retry the request.") -> ServiceUnavailableError:
+        """The 503 `server_shutting_down` of a drain: a new request's, or a live one's the drain ended.
+
+        Every one carries Retry-After, as the README's failure table promises: a client (or nginx's
+        `proxy_next_upstream`) learns when to come back whether it was refused or ended.
+        """
+        return ServiceUnavailableError(
+            message, code="server_shutting_down", headers={"Retry-After": str(self._retry_after)}
+        )
 
     def track(self, guard: StreamGuard) -> _Tracked:
         """Count the request as live while the block runs."""

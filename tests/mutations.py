@@ -2831,6 +2831,80 @@ BREAKS += [
         "return text if len(text) == 12 else",
         ("tests/test_bad_input.py::test_only_lone_surrogate_escapes_are_replaced",),
     ),
+    Break(
+        "a stream with several choices continued",
+        "server/upstreams/continuation.py",
+        '        self._unfit: str | None = "several_choices" if choices > 1 else None\n',
+        "        self._unfit: str | None = None\n",
+        (
+            "tests/test_recovery_process.py::test_a_cut_stream_with_several_choices_ends_with_the_cuts_error_and_is_not_continued",
+            "tests/test_recovery_process.py::test_a_cut_stream_with_several_choices_counts_as_a_refused_continuation",
+        ),
+    ),
+    Break(
+        "the continuation told of one choice",
+        "server/chat_call.py",
+        "        idle_timeout=app[SETTINGS].upstream.idle_timeout,\n        choices=requested_choices(body),\n",
+        "        idle_timeout=app[SETTINGS].upstream.idle_timeout,\n        choices=1,\n",
+        (
+            "tests/test_recovery_process.py::test_a_cut_stream_with_several_choices_ends_with_the_cuts_error_and_is_not_continued",
+            "tests/test_recovery_process.py::test_a_cut_stream_with_several_choices_counts_as_a_refused_continuation",
+        ),
+    ),
+    Break(
+        "a continuation Sluice refuses is not counted",
+        "server/upstreams/continuation.py",
+        '            log.info("continuation_refused", reason=self._unfit)\n            self._on_result("refused")\n',
+        '            log.info("continuation_refused", reason=self._unfit)\n',
+        ("tests/test_recovery_process.py::test_a_cut_stream_with_several_choices_counts_as_a_refused_continuation",),
+    ),
+    Break(
+        "a continuation asks for the whole token limit again",
+        "server/chat_call.py",
+        '        continued = {**within(body, stream.tokens_left), "model": model}\n',
+        '        continued = {**body, "model": model}\n',
+        (
+            "tests/test_recovery_process.py::test_a_continued_stream_stops_at_the_clients_token_limit[max_tokens]",
+            "tests/test_recovery_process.py::test_a_continued_stream_stops_at_the_clients_token_limit[max_completion_tokens]",
+        ),
+    ),
+    Break(
+        "the continuation told of no token limit",
+        "server/chat_call.py",
+        "        limit=token_limit(body),\n",
+        "        limit=None,\n",
+        (
+            "tests/test_recovery_process.py::test_a_continued_stream_stops_at_the_clients_token_limit[max_tokens]",
+            "tests/test_recovery_process.py::test_a_continued_stream_stops_at_the_clients_token_limit[max_completion_tokens]",
+            "tests/test_recovery_process.py::test_a_stream_cut_after_its_token_limit_ends_with_length_without_asking_again",
+        ),
+    ),
+    Break(
+        "a cut at the token limit continued",
+        "server/upstreams/continuation.py",
+        "            if (at_limit := self._at_limit()) is not None:\n",
+        "            if (at_limit := None) is not None:\n",
+        (
+            "tests/test_recovery_process.py::test_a_stream_cut_after_its_token_limit_ends_with_length_without_asking_again",
+        ),
+    ),
+    Break(
+        "a continued stream's prompt tokens count the prefill",
+        "server/upstreams/continuation.py",
+        '            prompt = usage["prompt_tokens"] = max(prompt - before, 0)\n',
+        '            prompt = usage["prompt_tokens"] = prompt\n',
+        ("tests/test_recovery_process.py::test_a_continued_stream_reports_the_prompt_tokens_of_the_original_request",),
+    ),
+    Break(
+        "a request the drain ended gets 503 without Retry-After",
+        "server/chat_call.py",
+        "            return lifecycle.shutting_down()\n",
+        '            return GatewayError("Sluice is shutting down; retry.", code="server_shutting_down", status=503)\n',
+        (
+            "tests/test_recovery_process.py::test_a_non_streaming_call_the_drain_ends_gets_503_with_retry_after",
+            "tests/test_recovery_process.py::test_a_stream_still_routing_when_the_drain_ends_gets_503_with_retry_after",
+        ),
+    ),
 ]
 
 

@@ -1,21 +1,26 @@
 """Recovery of `python run.py` against the simulator process: breakers, readiness, pools, heartbeats,
-continuation after a cut, and hedging. What the upstream saw and what the client got, as in
-test_resilience_process.py.
+continuation after a cut (and where it stops: several choices, the client's token limit), hedging,
+and the drain's answer to requests still in flight. What the upstream saw and what the client got,
+as in test_resilience_process.py.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import signal
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support.client import new_request_id
+from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator
 from tests.support.resilience import FALLBACK_CONFIG, ask, attempts, completed, gateway_with
-from tests.support.sse import carries_token, openai_text, read_events, tokens_text
+from tests.support.sse import Event, carries_token, openai_text, read_events, tokens_text
 
 # --- waiting: heartbeats, breakers, readiness ---------------------------------------------------
 
@@ -216,6 +221,114 @@ async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
     assert [a["last_role"] for a in seen] == ["user", "assistant"]
 
 
+async def stream_v1(gateway: Gateway, directive: str, rid: str, **fields: Any) -> list[Event]:
+    """Stream a /v1 chat with a `#sim` directive and more body `fields`; its events (status 200)."""
+    body = {
+        "model": "gpt-4o",
+        "messages": [{"role": "user", "content": f"hi\n#sim {directive}"}],
+        "stream": True,
+        **fields,
+    }
+    async with aiohttp.ClientSession() as http:
+        async with http.post(gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid}) as r:
+            assert r.status == 200
+            return await read_events(r)
+
+
+def chunks_of(events: list[Event]) -> list[dict[str, Any]]:
+    """The chat.completion.chunk objects the client got (not an error, not `[DONE]`)."""
+    bodies = [e.json() for e in events if e.comment is None and e.data != "[DONE]"]
+    return [body for body in bodies if "choices" in body]
+
+
+def finish_reasons(events: list[Event]) -> list[str]:
+    """Every finish reason the client got, in order."""
+    return [c["finish_reason"] for chunk in chunks_of(events) for c in chunk["choices"] if c.get("finish_reason")]
+
+
+def usage_of(events: list[Event]) -> dict[str, Any]:
+    """The usage chunk's counts."""
+    found: dict[str, Any] = next(e.json()["usage"] for e in events if e.comment is None and '"usage":{' in e.data)
+    return found
+
+
+async def continuations(gateway: Gateway, result: str) -> float:
+    """sluice_continuations_total{result} now."""
+    async with aiohttp.ClientSession() as http:
+        async with http.get(gateway.url + "/metrics") as response:
+            text = await response.text()
+    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+    return sum(s.value for s in samples if s.name == "sluice_continuations_total" and s.labels["result"] == result)
+
+
+async def test_a_cut_stream_with_several_choices_ends_with_the_cuts_error_and_is_not_continued(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-n2")
+    events = await stream_v1(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1", rid, n=2)
+    seen = await attempts(simulator, rid)
+    assert finish_reasons(events) == []
+    assert events[-1].json()["error"]["code"] == "upstream_stream_broken"
+    assert [a["last_role"] for a in seen] == ["user"]  # no prefill was asked for
+
+
+async def test_a_cut_stream_with_several_choices_counts_as_a_refused_continuation(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-n2-count")
+    before = await continuations(continuing, "refused")
+    await stream_v1(continuing, "tokens=8 fault=cut fault_at=3 fail_times=1", rid, n=2)
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert line["continuation"] == "refused"
+    assert await continuations(continuing, "refused") == before + 1
+
+
+@pytest.mark.parametrize("limit", ["max_tokens", "max_completion_tokens"])
+async def test_a_continued_stream_stops_at_the_clients_token_limit(
+    continuing: Gateway, simulator: Simulator, limit: str
+) -> None:
+    rid = new_request_id(f"continue-{limit}")
+    fields: dict[str, Any] = {limit: 6, "stream_options": {"include_usage": True}}
+    events = await stream_v1(continuing, "tokens=10 fault=cut fault_at=4 fail_times=1", rid, **fields)
+    seen = await attempts(simulator, rid)
+    assert sum(1 for e in events if carries_token(e)) == 6
+    assert finish_reasons(events) == ["length"]
+    assert usage_of(events)["completion_tokens"] == 6
+    assert events[-1].data == "[DONE]"
+    assert [a["last_role"] for a in seen] == ["user", "assistant"]
+    assert json.loads(seen[1]["body"])[limit] == 6 - 4  # the continuation asked for what was left
+
+
+async def test_a_stream_cut_after_its_token_limit_ends_with_length_without_asking_again(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-at-limit")
+    # The simulator sends the 4 tokens max_tokens allows, then cuts before its finish chunk.
+    events = await stream_v1(continuing, "tokens=10 fault=cut fault_at=4 fail_times=1", rid, max_tokens=4)
+    seen = await attempts(simulator, rid)
+    assert sum(1 for e in events if carries_token(e)) == 4
+    assert finish_reasons(events) == ["length"]
+    assert events[-1].data == "[DONE]"
+    assert len({chunk["id"] for chunk in chunks_of(events)}) == 1  # the finish chunk is the cut completion's
+    assert [a["last_role"] for a in seen] == ["user"]
+    line = continuing.process.wait_for_event("request_finished", request_id=rid)
+    assert (line["outcome"], line["finish_reason"]) == ("completed", "length")
+
+
+async def test_a_continued_stream_reports_the_prompt_tokens_of_the_original_request(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    # Steered by the body's `sim` field, so both prompts are the same words.
+    whole = await stream_v1(
+        continuing, "", new_request_id("whole"), sim={"tokens": 8}, stream_options={"include_usage": True}
+    )
+    cut = {"tokens": 8, "fault": "cut", "fault_at": 3, "fail_times": 1}
+    continued = await stream_v1(
+        continuing, "", new_request_id("prompt-usage"), sim=cut, stream_options={"include_usage": True}
+    )
+    assert usage_of(continued)["prompt_tokens"] == usage_of(whole)["prompt_tokens"]
+
+
 # --- hedging ------------------------------------------------------------------------------------
 
 
@@ -250,3 +363,46 @@ async def test_a_stall_whose_continuation_is_refused_ends_with_the_idle_timeout(
     assert events[-1].json()["error"]["code"] == "idle_timeout"
     line = continuing.process.wait_for_event("request_finished", request_id=rid)
     assert (line["outcome"], line["continuation"]) == ("timeout", "refused")
+
+
+# --- draining -----------------------------------------------------------------------------------
+
+DRAINING = "[server]\ndrain_timeout = 1.0\nretry_after = 7\n[stream]\nheartbeat_interval = 60.0\n"
+
+
+async def drained(gateway: Gateway, simulator: Simulator, body: dict[str, Any], rid: str) -> aiohttp.ClientResponse:
+    """Send `body`, SIGTERM the gateway once the simulator holds it, and return the gateway's answer (read)."""
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+        request = asyncio.create_task(
+            http.post(gateway.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid})
+        )
+        await sim_wait(http, simulator.url, rid, "opened")
+        gateway.process.signal(signal.SIGTERM)
+        response = await request
+        await response.read()
+        return response
+
+
+async def test_a_non_streaming_call_the_drain_ends_gets_503_with_retry_after(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    rid = new_request_id("drain-call")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim fault=hang_first"}]}
+    with gateway_with(tmp_path, "drain-call", simulator, DRAINING) as gateway:
+        response = await drained(gateway, simulator, body, rid)
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "server_shutting_down"
+    assert response.headers.get("Retry-After") == "7"
+
+
+async def test_a_stream_still_routing_when_the_drain_ends_gets_503_with_retry_after(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    rid = new_request_id("drain-routing")
+    # No headers from the upstream, and neither they nor a heartbeat are due before the drain ends.
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim fault=silent"}], "stream": True}
+    with gateway_with(tmp_path, "drain-routing", simulator, DRAINING, SLUICE_UPSTREAM_HEADER_TIMEOUT="60") as gateway:
+        response = await drained(gateway, simulator, body, rid)
+    assert response.status == 503
+    assert (await response.json())["error"]["code"] == "server_shutting_down"
+    assert response.headers.get("Retry-After") == "7"

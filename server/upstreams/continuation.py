@@ -8,16 +8,26 @@ the same request is sent again with that text as a final assistant message (plus
 dropped, so there is no duplicate and no gap, the one finish reason is its own, and its usage chunk
 is rewritten to count the tokens of both parts, marked `"sluice_continued": true`.
 
-If no continuation is possible (tool calls were streaming, nothing was sent yet, none configured)
-or it is refused, the original failure goes on to the relay exactly as it happened: the client's
-error describes the cut, never the refused continuation.
+If no continuation is possible (nothing was sent yet, none configured) or it is refused, the
+original failure goes on to the relay exactly as it happened: the client's error describes the cut,
+never the refused continuation. Sluice refuses it itself, without asking, when tool calls were
+streaming or the request asked for several choices (`n` > 1): one assistant prefill holds one reply.
+
+The parts together keep the client's token limit (`max_completion_tokens`, else `max_tokens`): a
+continuation asks for what is left of it, each content chunk relayed counting one token (as
+OpenAI streams them, and as the summed usage counts them). A cut once every allowed token went out
+is not continued: the upstream was at its limit, where it would have sent choice 0's finish chunk
+with "length" and then its end, and Sluice sends that finish chunk (the cut one's id, model and
+created) and ends the stream normally. No usage chunk comes with it, even when the client asked
+for one: only the upstream knows its prompt's tokens, and the cut took its usage chunk; the access
+log counts the completion tokens relayed (`"counted_by": "sluice"`).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Sequence
-from typing import Any
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeGuard
 
 import aiohttp
 import orjson
@@ -35,9 +45,37 @@ MAX_CONTINUATIONS = 2
 
 Resume = Callable[[str], Awaitable[UpstreamStream]]
 
+# A chat body's token limits, the newer name first: it supersedes the older one where both are set.
+LIMIT_FIELDS = ("max_completion_tokens", "max_tokens")
+
+
+def token_limit(body: Mapping[str, Any]) -> int | None:
+    """The completion's token limit `body` sets (None: none): `max_completion_tokens`, else `max_tokens`."""
+    for name in LIMIT_FIELDS:
+        value = body.get(name)
+        if _is_count(value):
+            return int(value)
+    return None
+
+
+def within(body: dict[str, Any], tokens_left: int | None) -> dict[str, Any]:
+    """`body` with each token limit it sets lowered to `tokens_left` (unchanged when None)."""
+    if tokens_left is None:
+        return body
+    return {**body, **{name: tokens_left for name in LIMIT_FIELDS if _is_count(body.get(name))}}
+
+
+def _is_count(value: object) -> TypeGuard[int | float]:
+    # `6.0` is an integer to JSON Schema, and to an upstream.
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
 
 class ContinuedStream:
-    """Chunk batches of `first`, continued by `resume(text_so_far)` after a cut."""
+    """Chunk batches of `first`, continued by `resume(text_so_far)` after a cut.
+
+    `choices` is the request's `n` (with more than one, a cut is not continued) and `limit` its
+    token limit (`token_limit`), which `resume` keeps by asking for `tokens_left` at most (`within`).
+    """
 
     def __init__(
         self,
@@ -46,6 +84,8 @@ class ContinuedStream:
         on_result: Callable[[str], None],
         *,
         idle_timeout: float,
+        choices: int = 1,
+        limit: int | None = None,
     ) -> None:
         self._first = first
         self._idle_timeout = idle_timeout
@@ -53,8 +93,17 @@ class ContinuedStream:
         self._on_result = on_result
         self._opened: list[UpstreamStream] = []
         self._text: list[str] = []
-        self._continuable = True
-        self._first_tokens = 0
+        # Why Sluice will not continue this stream (None: it may).
+        self._unfit: str | None = "several_choices" if choices > 1 else None
+        self._limit = limit
+        self._relayed = 0  # content chunks relayed, over every part: the tokens generated so far
+        self._before = 0  # of them, those relayed before the part being read (the prefill it continues)
+        self._last_content: bytes | None = None  # the last content chunk relayed: the model of a finish chunk
+
+    @property
+    def tokens_left(self) -> int | None:
+        """What a continuation may still generate under the client's limit (None: no limit)."""
+        return None if self._limit is None else self._limit - self._relayed
 
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         source: AsyncIterable[Sequence[Chunk]] = self._first
@@ -82,8 +131,11 @@ class ContinuedStream:
                 broken = exc
             if finished and error_chunk is None and broken is None:
                 return
+            if (at_limit := self._at_limit()) is not None:
+                yield [at_limit]
+                return
             next_source = None
-            if continued < MAX_CONTINUATIONS and self._continuable and self._text:
+            if continued < MAX_CONTINUATIONS and self._text:
                 next_source = await self._continue()
             if next_source is None:
                 if error_chunk is not None:
@@ -112,7 +164,20 @@ class ContinuedStream:
         for stream in self._opened:
             stream.close()
 
+    def _at_limit(self) -> Chunk | None:
+        """The finish chunk the upstream would have sent next, when the cut came once every allowed token went out."""
+        left = self.tokens_left
+        if left is None or left > 0 or self._unfit is not None or self._last_content is None:
+            return None
+        log.info("stream_cut_at_token_limit", tokens=self._relayed)
+        return _finish_chunk(self._last_content, "length")
+
     async def _continue(self) -> UpstreamStream | None:
+        if self._unfit is not None:
+            # Not asked at all: the client gets the cut's own error, as after an upstream's refusal.
+            log.info("continuation_refused", reason=self._unfit)
+            self._on_result("refused")
+            return None
         try:
             stream = await self._resume("".join(self._text))
         except UpstreamError as refused:
@@ -120,6 +185,7 @@ class ContinuedStream:
             self._on_result("refused")
             return None
         self._opened.append(stream)
+        self._before = self._relayed
         log.info("stream_continued", upstream=stream.upstream, prefill_chars=sum(map(len, self._text)))
         self._on_result("continued")
         return stream
@@ -127,24 +193,39 @@ class ContinuedStream:
     def _note(self, chunk: Chunk, continued: bool) -> Chunk:
         if chunk.content:
             self._text.append(chunk.content)
-            if not continued:
-                self._first_tokens += 1
+            self._relayed += 1
+            self._last_content = chunk.raw
         elif chunk.has_delta:
-            self._continuable = False  # tool calls or a refusal cannot be prefilled
+            self._unfit = "tool_calls"  # tool calls (or a refusal) cannot be prefilled
         if continued and chunk.usage is not None:
-            return _summed(chunk, self._first_tokens)
+            return _summed(chunk, self._before)
         return chunk
 
 
-def _summed(chunk: Chunk, first_tokens: int) -> Chunk:
-    """The continuation's usage chunk, counting the tokens the cut stream sent before it."""
+def _summed(chunk: Chunk, before: int) -> Chunk:
+    """The continuation's usage chunk, as one request would have counted it.
+
+    The `before` tokens relayed ahead of it count as completion, and not also as the prompt their
+    prefill made them: the prompt is the original request's.
+    """
     usage: dict[str, Any] = dict(chunk.usage or {})
     completion = usage.get("completion_tokens")
     if isinstance(completion, int):
-        usage["completion_tokens"] = completion + first_tokens
+        usage["completion_tokens"] = completion + before
         prompt = usage.get("prompt_tokens")
+        if isinstance(prompt, int):
+            prompt = usage["prompt_tokens"] = max(prompt - before, 0)
         usage["total_tokens"] = usage["completion_tokens"] + (prompt if isinstance(prompt, int) else 0)
     usage["sluice_continued"] = True
     body = orjson.loads(chunk.raw)
     body["usage"] = usage
     return Chunk(orjson.dumps(body), chunk.content, chunk.has_delta, chunk.finish_reason, usage)
+
+
+def _finish_chunk(template: bytes, reason: str) -> Chunk:
+    """Choice 0's finish chunk as an upstream writes it: `template`'s id, model, created..., an empty delta."""
+    body = orjson.loads(template)
+    body["choices"] = [{"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason}]
+    if "usage" in body:
+        body["usage"] = None
+    return Chunk(orjson.dumps(body), finish_reason=reason, finished_choices=(0,), choices_seen=1)
