@@ -2896,6 +2896,20 @@ BREAKS += [
         ("tests/test_recovery_process.py::test_a_continued_stream_reports_the_prompt_tokens_of_the_original_request",),
     ),
     Break(
+        "a browser stream's continuation asks for the whole max_tokens again",
+        "server/streams/generation.py",
+        '            body = {**within(job.body, parts.tokens_left), "model": model}\n',
+        '            body = {**job.body, "model": model}\n',
+        ("tests/test_recovery_process.py::test_a_continued_browser_stream_stops_at_the_clients_max_tokens",),
+    ),
+    Break(
+        "a browser stream's continuation told of no token limit",
+        "server/streams/generation.py",
+        "        parts = ContinuedStream(stream, resume, on_result, idle_timeout=idle, limit=limit)\n",
+        "        parts = ContinuedStream(stream, resume, on_result, idle_timeout=idle)\n",
+        ("tests/test_recovery_process.py::test_a_continued_browser_stream_stops_at_the_clients_max_tokens",),
+    ),
+    Break(
         "a request the drain ended gets 503 without Retry-After",
         "server/chat_call.py",
         "            return lifecycle.shutting_down()\n",

@@ -207,6 +207,23 @@ async def test_a_cut_browser_stream_is_continued_by_prefill_without_duplicate_or
     assert (line["outcome"], line["continuation"]) == ("completed", "continued")
 
 
+async def test_a_continued_browser_stream_stops_at_the_clients_max_tokens(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("continue-browser-limit")
+    body = {"message": "hi\n#sim tokens=10 fault=cut fault_at=4 fail_times=1", "max_tokens": 6}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(continuing.url + "/chat/streams", json=body, headers={"X-Request-ID": rid}) as response:
+            stream_id = (await response.json())["id"]
+        async with http.get(f"{continuing.url}/chat/streams/{stream_id}") as response:
+            events = await read_events(response)
+    seen = await attempts(simulator, rid)
+    assert sum(1 for e in events if carries_token(e)) == 6
+    (done,) = [e for e in events if e.event == "done"]
+    assert done.json()["finish_reason"] == "length"
+    assert json.loads(seen[1]["body"])["max_completion_tokens"] == 6 - 4  # what was left
+
+
 async def test_a_refused_continuation_ends_with_the_error_of_the_original_cut(
     continuing: Gateway, simulator: Simulator
 ) -> None:

@@ -38,7 +38,7 @@ from ..relay import relay
 from ..settings import Settings
 from ..timers import Timers
 from ..upstreams.attempts import Upstream
-from ..upstreams.continuation import ContinuedStream
+from ..upstreams.continuation import ContinuedStream, token_limit, within
 from ..upstreams.stream import UpstreamStream
 from .backlog import Backlog
 from .store import StoredEvent, StreamStore
@@ -232,17 +232,24 @@ def continuing(services: Services, job: Job, record: RequestRecord) -> Continuin
         return None
     metrics = services.metrics
 
-    async def resume(text: str) -> UpstreamStream:
-        model = str(record.extra.get("served_model") or job.model)
-        body = {**job.body, "model": model}
-        return await services.upstream.open_continuation(body, text, job.request_id, record, allows=job.allows)
-
     def on_result(result: str) -> None:
         metrics.child(metrics.continuations, result).inc()
         record.extra["continuation"] = result
 
     idle = services.settings.upstream.idle_timeout
-    return lambda stream: ContinuedStream(stream, resume, on_result, idle_timeout=idle)
+    limit = token_limit(job.body)
+
+    def continued(stream: UpstreamStream) -> ContinuedStream:
+        async def resume(text: str) -> UpstreamStream:
+            model = str(record.extra.get("served_model") or job.model)
+            # What is left of the client's max_tokens: the parts together keep it (continuation.py).
+            body = {**within(job.body, parts.tokens_left), "model": model}
+            return await services.upstream.open_continuation(body, text, job.request_id, record, allows=job.allows)
+
+        parts = ContinuedStream(stream, resume, on_result, idle_timeout=idle, limit=limit)
+        return parts
+
+    return continued
 
 
 class Generation:
