@@ -65,6 +65,24 @@ def test_run_py_is_pid_1_so_sigterm_reaches_the_drain() -> None:
     assert not [args for instruction, args in dockerfile() if instruction == "CMD"]
 
 
+def test_the_image_listens_on_port_so_a_platform_may_choose_it() -> None:
+    (entrypoint,) = [args for instruction, args in dockerfile() if instruction == "ENTRYPOINT"]
+    assert "--port" not in json.loads(entrypoint)  # run.py takes PORT when --port is not given
+    assert ("ENV", "PORT=8080") in dockerfile()
+    (check,) = [args for instruction, args in dockerfile() if instruction == "HEALTHCHECK"]
+    assert "os.environ['PORT']" in check
+
+
+def test_the_deployment_uses_an_image_present_on_the_node() -> None:
+    assert container(kubernetes()["Deployment"])["imagePullPolicy"] == "IfNotPresent"
+
+
+def test_nginx_drops_idle_connections_before_sluice_does() -> None:
+    conf = (DEPLOY / "nginx" / "sluice.conf").read_text()
+    (seconds,) = re.findall(r"keepalive_timeout (\d+)s;", conf)
+    assert int(seconds) < load_settings(environ={}).connections.header_timeout
+
+
 def test_the_deployment_probes_readiness_on_readyz_and_liveness_on_livez() -> None:
     sluice = container(kubernetes()["Deployment"])
     assert sluice["readinessProbe"]["httpGet"]["path"] == "/readyz"

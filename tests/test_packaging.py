@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import shutil
 import subprocess
 import sys
 import sysconfig
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from server import __version__
 from tests.support.processes import ROOT, ManagedProcess, clean_env, free_port
@@ -128,6 +133,65 @@ def test_every_locked_package_carries_a_hash(lock: str) -> None:
     assert all("--hash=sha256:" in entry for entry in packages)
 
 
+# Every Python the package declares (requires-python >= 3.11) at the releases that decide a
+# dependency's marker: redis-py needs async-timeout before 3.11.3, and Debian 12 ships 3.11.2.
+SUPPORTED_PYTHONS = ("3.11.0", "3.11.2", "3.11.3", "3.12.0", "3.13.0")
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-dev.lock"])
+@pytest.mark.parametrize("python", SUPPORTED_PYTHONS)
+def test_the_lock_holds_every_dependency_its_packages_need_on_each_supported_python(lock: str, python: str) -> None:
+    # pip-compile writes what the Python it ran on needs; `--require-hashes` then refuses to install
+    # anything the lock lacks on another one (the first command failed on Debian 12's Python).
+    environment: dict[str, Any] = {
+        **default_environment(),
+        "python_version": python.rsplit(".", 1)[0],
+        "python_full_version": python,
+        "extra": "",
+    }
+    locked = pins(ROOT / lock)
+    missing = set()
+    for name in locked:
+        for text in importlib.metadata.requires(name) or ():
+            needed = Requirement(text)
+            applies = needed.marker is None or needed.marker.evaluate(environment)
+            if applies and canonicalize_name(needed.name) not in locked:
+                missing.add(f"{needed} (for {name})")
+    assert not missing, f"{lock} lacks on Python {python}: {sorted(missing)}; add them to the requirements"
+
+
 def test_tests_run_installs_from_the_hashed_lock() -> None:
     script = (ROOT / "tests" / "run").read_text()
     assert "--require-hashes -r requirements-dev.lock" in script
+
+
+def start_tests_run(tmp_path: Path, tools: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`tests/run` as a user who is not root, with only the shell's basics and `tools` (name: script) on PATH."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for name in ("dirname", "cat"):
+        found = shutil.which(name)
+        assert found is not None
+        (bin_dir / name).symlink_to(found)
+    # python3: where .venv is not made yet, `import ensurepip` is how tests/run asks for python3-venv.
+    for name, script in {"id": "echo 1000", "python3": "exit 0", **tools}.items():
+        (bin_dir / name).write_text(f"#!/bin/sh\n{script}\n")
+        (bin_dir / name).chmod(0o755)
+    argv = ["/bin/bash", str(ROOT / "tests" / "run")]
+    return subprocess.run(argv, env={"PATH": str(bin_dir)}, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_tests_run_names_what_is_missing_in_one_line_when_it_cannot_install_it(tmp_path: Path) -> None:
+    done = start_tests_run(tmp_path, {})  # no npm, no node
+
+    assert done.returncode == 1
+    assert done.stderr.strip().splitlines() == [
+        "tests/run: missing; install them with: sudo apt-get install -y --no-install-recommends nodejs npm"
+    ]
+
+
+def test_tests_run_refuses_a_node_older_than_the_sdk_needs(tmp_path: Path) -> None:
+    done = start_tests_run(tmp_path, {"npm": "exit 0", "node": "echo 18"})
+
+    assert done.returncode == 1
+    assert "needs Node.js 20 or later (found 18)" in done.stderr

@@ -52,7 +52,8 @@ def test_an_alias_to_a_model_not_available_is_refused() -> None:
     message = settings_error(SLUICE_MODELS_ALIASES="fast=gpt-2")
 
     assert message.startswith("setting models")
-    assert "alias 'fast' names 'gpt-2'" in message
+    assert "alias 1 of 1 names a model that is not in models.available" in message
+    assert "gpt-2" not in message  # named by its place: a value is never echoed
 
 
 def test_an_alias_named_like_an_available_model_is_refused() -> None:
@@ -60,7 +61,7 @@ def test_an_alias_named_like_an_available_model_is_refused() -> None:
     message = settings_error(SLUICE_MODELS_ALIASES="gpt-4o=gpt-4o-mini")
 
     assert message.startswith("setting models")
-    assert "alias 'gpt-4o' is also a model in models.available" in message
+    assert "alias 1 of 1 has the name of a model in models.available" in message
 
 
 def test_malformed_aliases_name_the_expected_shape() -> None:
@@ -218,11 +219,11 @@ def test_a_base_url_without_http_scheme_is_refused() -> None:
 
 
 def test_a_default_model_missing_from_the_list_is_refused() -> None:
-    message = settings_error(SLUICE_MODELS_DEFAULT="gpt-9")
+    message = settings_error(SLUICE_MODELS_DEFAULT="sk-pasted-here-by-mistake")
 
     assert "\n" not in message
-    assert "models" in message
-    assert "gpt-9" in message
+    assert "models.default is neither in models.available" in message
+    assert "sk-pasted" not in message  # a value is never echoed: it might be a key
 
 
 def test_an_unknown_setting_in_a_file_is_refused(tmp_path: Path) -> None:

@@ -77,21 +77,23 @@ class ModelSettings(Section):
 
     @model_validator(mode="after")
     def _default_is_available(self) -> ModelSettings:
-        # An alias wins over the model of the same name: listed in /v1/models, that model would
-        # be answered by another one, the default included, with nothing to tell.
-        shadowing = [name for name in self.aliases if name in self.available]
-        if shadowing:
-            name = shadowing[0]
-            raise ValueError(
-                f"alias {name!r} is also a model in models.available: a request for it would get "
-                f"{self.aliases[name]!r}; remove it from one of the two"
-            )
+        # Aliases are named by their place, never quoted: a value may be a key pasted into the wrong
+        # variable (the rule every settings error keeps).
+        count = len(self.aliases)
+        for number, name in enumerate(self.aliases, 1):
+            if name in self.available:
+                # An alias wins over the model of the same name: listed in /v1/models, that model
+                # would be answered by another one, the default included, with nothing to tell.
+                raise ValueError(
+                    f"alias {number} of {count} has the name of a model in models.available, which it "
+                    "would answer for; remove it from one of the two"
+                )
         if ANY_MODEL in self.available or self.discover:
             return self
         known = set(self.available)
         if self.default not in known and self.aliases.get(self.default) not in known:
-            raise ValueError(f"default model {self.default!r} is not in models.available")
-        for name, target in self.aliases.items():
+            raise ValueError("models.default is neither in models.available nor an alias of a model in it")
+        for number, target in enumerate(self.aliases.values(), 1):
             if target not in known:
-                raise ValueError(f"alias {name!r} names {target!r}, which is not in models.available")
+                raise ValueError(f"alias {number} of {count} names a model that is not in models.available")
         return self
