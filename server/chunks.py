@@ -17,6 +17,7 @@ class Chunk:
 
     raw: bytes
     content: str | None = None
+    # A delta of the answer itself: content, tool calls, a refusal or a function call.
     has_delta: bool = False
     finish_reason: str | None = None
     usage: dict[str, Any] | None = None
@@ -25,6 +26,10 @@ class Chunk:
     # With `n` > 1: the indexes of the choices this chunk finishes, and one more than the highest index in it.
     finished_choices: tuple[int, ...] = ()
     choices_seen: int = 0
+    # A delta with something else than its role (`reasoning_content`, `reasoning`, `audio`, ...):
+    # no text of the answer, and none to prefill a continuation with, but a token all the same,
+    # relayed at once. `has_delta or other_delta`: the chunk carries a token.
+    other_delta: bool = False
 
 
 class MalformedChunk(ValueError):
@@ -232,28 +237,29 @@ def parse_full(raw: bytes) -> Chunk:
         return Chunk(raw, usage=usage)
     if len(choices) == 1:
         # The usual chunk: one choice (n = 1), read without the loop's bookkeeping.
-        content, has_delta, finish_reason, index = _read_choice(choices[0])
+        content, has_delta, other_delta, finish_reason, index = _read_choice(choices[0])
         if index < 0:
             return Chunk(raw, usage=usage)
         ends: tuple[int, ...] = (index,) if finish_reason is not None else ()
-        return Chunk(raw, content, has_delta, finish_reason, usage, None, False, ends, index + 1)
+        return Chunk(raw, content, has_delta, finish_reason, usage, None, False, ends, index + 1, other_delta)
     content = None
-    has_delta = False
+    has_delta = other_delta = False
     finish_reason = None
     finished: tuple[int, ...] = ()
     seen = 0
     for choice in choices:
-        text, delta_seen, reason, index = _read_choice(choice)
+        text, delta_seen, other_seen, reason, index = _read_choice(choice)
         if index < 0:
             continue
         seen = max(seen, index + 1)
         if text is not None:
             content = text if content is None else content + text
         has_delta = has_delta or delta_seen
+        other_delta = other_delta or other_seen
         if reason is not None:
             finish_reason = reason
             finished += (index,)
-    return Chunk(raw, content, has_delta, finish_reason, usage, None, False, finished, seen)
+    return Chunk(raw, content, has_delta, finish_reason, usage, None, False, finished, seen, other_delta)
 
 
 def _error_fields(error: object) -> dict[str, Any]:
@@ -268,15 +274,15 @@ def _error_fields(error: object) -> dict[str, Any]:
     return {}
 
 
-def _read_choice(choice: object) -> tuple[str | None, bool, str | None, int]:
-    """One choice's text, whether it carries a delta, its finish reason and index (-1: not a choice)."""
+def _read_choice(choice: object) -> tuple[str | None, bool, bool, str | None, int]:
+    """One choice's text, `has_delta`, `other_delta` (see Chunk), finish reason and index (-1: not a choice)."""
     if not isinstance(choice, dict):
-        return None, False, None, -1
+        return None, False, False, None, -1
     index = choice.get("index", 0)
     if not isinstance(index, int) or index < 0:
         index = 0
     content: str | None = None
-    has_delta = False
+    has_delta = other_delta = False
     delta = choice.get("delta")
     if delta and isinstance(delta, dict):
         text = delta.get("content")
@@ -285,5 +291,14 @@ def _read_choice(choice: object) -> tuple[str | None, bool, str | None, int]:
             has_delta = True
         elif delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
             has_delta = True
+        else:
+            # Whatever else a provider streams (reasoning, audio) is a token too: held back until
+            # the content, it reached the client all at once, and a model reasoning for longer
+            # than first_token_timeout was ended while it streamed. Only a role (or empty
+            # values, as in OpenAI's opening `"content":"","refusal":null`) is none.
+            for name, value in delta.items():
+                if value and name != "role":
+                    other_delta = True
+                    break
     reason = choice.get("finish_reason")
-    return content, has_delta, reason if isinstance(reason, str) else None, index
+    return content, has_delta, other_delta, reason if isinstance(reason, str) else None, index

@@ -51,7 +51,12 @@ class OpenAIDialect:
         return b""
 
     def chunk(self, chunk: Chunk) -> bytes | None:
-        if not self.include_usage and chunk.usage is not None and not chunk.has_delta and chunk.finish_reason is None:
+        if (
+            not self.include_usage
+            and chunk.usage is not None
+            and not (chunk.has_delta or chunk.other_delta)
+            and chunk.finish_reason is None
+        ):
             return None
         raw = chunk.raw
         if raw.find(b"\n") >= 0 or raw.find(b"\r") >= 0:  # `find`: see chunks.EventSplitter.feed
@@ -73,7 +78,10 @@ class OpenAIDialect:
 class NativeDialect:
     """Sluice's own events: `token`, then `done` or `failed`, each with `id: <stream>:<seq>`.
 
-    The failure event is not named `error`: EventSource fires `onerror` for transport errors too.
+    A `token` carries the answer's text: a chunk without content (a role, tool calls, a model's
+    reasoning or audio) sends nothing. While a model reasons, heartbeat comments keep the
+    connection alive; its reasoning reaches only `/v1` clients. The failure event is not named
+    `error`: EventSource fires `onerror` for transport errors too.
     """
 
     __slots__ = ("_answered", "_prefix", "_retry_ms", "seq")

@@ -109,7 +109,8 @@ async def relay(
 ) -> None:
     """Forward batches of `chunks` to `sink` in `dialect` until the stream ends; see the module docstring.
 
-    `choices` is the request's `n`: the stream has finished only once every choice has.
+    `choices` is the request's `n`; the stream has finished once every choice that appeared has
+    (an upstream may ignore `n`).
     """
     events = RelayEvents(dialect, record, gaps or _NoGaps(), choices)
     opened = getattr(chunks, "opened", None)
@@ -158,6 +159,12 @@ async def relay(
         if expiry is None:
             record.outcome = record.outcome or Outcome.CLIENT_DISCONNECTED
             raise
+        if expiry is Expiry.IDLE and events.complete:
+            # Every choice finished, then the upstream neither sent [DONE] nor ended its body: the
+            # answer is whole (its usage chunk, if one was still to come, is not), so it ends as done.
+            record.outcome = Outcome.COMPLETED
+            await _write_final(sink, events.done(), final_write_timeout)
+            return
         record.outcome = Outcome.SHUTDOWN if expiry is Expiry.SHUTDOWN else Outcome.TIMEOUT
         record.error_code = str(expiry)
         error, retry_ms = _expiry_error(expiry, shutdown_retry_ms)
@@ -247,6 +254,9 @@ class _Pushing:
 
 async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
     """End a stream whose upstream body ended: the done event, or an error if it never finished."""
+    if held and not events.complete:
+        # The last read was held to leave with the done event; what it relayed still goes out first.
+        await sink.write(held)
     done = events.done()
     events.flush_gaps()  # before the last write: a client that saw the end finds its gaps in /metrics
     guard.writing()

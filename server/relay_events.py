@@ -29,12 +29,18 @@ class RelayEvents:
 
     __slots__ = ("_dialect", "_gaps", "_last_at", "_record", "choices", "failure", "finished")
 
-    def __init__(self, dialect: Dialect, record: RequestRecord, gaps: GapObserver, choices: int) -> None:
+    def __init__(self, dialect: Dialect, record: RequestRecord, gaps: GapObserver, requested: int = 1) -> None:
+        """`requested` is the request's `n`: the most choices the stream may have, not a count to wait for.
+
+        Many upstreams ignore `n` (Ollama, many of OpenRouter's providers) and stream one choice:
+        its finish and `[DONE]` are a whole answer. What must finish is every choice that appeared.
+        """
         self._dialect = dialect
         self._record = record
         self._gaps = gaps
         self._last_at: float | None = None
-        self.choices = choices
+        # One more than the highest choice index that appeared (choice 0 appears with the first).
+        self.choices = 1
         # The choices that finished: one shared empty frozenset until one does (an empty set, or
         # a new empty frozenset, took 216 bytes of every live stream for what fills at its end).
         self.finished: frozenset[int] = NONE_FINISHED
@@ -70,7 +76,7 @@ class RelayEvents:
             if data is None:
                 continue
             events.append(data)
-            if chunk.has_delta:
+            if chunk.has_delta or chunk.other_delta:
                 record.chunks_relayed += 1
                 if self._last_at is None:
                     record.first_token_at = now
@@ -88,8 +94,17 @@ class RelayEvents:
         """Publish the gaps observed so far (the stream is ending)."""
         self._gaps.flush()
 
+    @property
+    def complete(self) -> bool:
+        """True once every choice that appeared has finished: the stream may end with its done event."""
+        return self._record.finish_reason is not None and len(self.finished) >= self.choices
+
     def done(self) -> bytes:
-        """The final event of a stream whose body ended; raise if it ended before finishing."""
+        """The final event of a stream whose body ended; raise if it ended before finishing.
+
+        Choices the upstream never started are not waited for (see __init__); one that started and
+        did not finish is a cut.
+        """
         reason = self._record.finish_reason
         if reason is None:
             raise UpstreamProtocolError("The upstream ended the stream before it finished.")

@@ -83,6 +83,11 @@ STREAMING = "tests/test_streaming_process.py"
 STARTUP = "tests/test_startup_errors.py"
 SUPERVISOR = "tests/test_workers.py"
 OPERATOR_LOGS = "tests/test_operator_logs.py"
+STREAM_DELTAS = "tests/test_stream_deltas.py"
+STREAM_DELTAS_PROCESS = "tests/test_stream_deltas_process.py"
+CHUNK_TESTS = "tests/test_chunks.py"
+RELAY_UNIT_TESTS = "tests/test_relay.py"
+ERROR_FORMS = "tests/test_upstream_error_forms_process.py"
 ACCESS_LINES = "tests/test_access_lines.py"
 CATALOG = "server/catalog.py"
 DISCOVERY = "server/discovery.py"
@@ -2948,6 +2953,93 @@ BREAKS += [
         (
             "tests/test_recovery_process.py::test_a_non_streaming_call_the_drain_ends_gets_503_with_retry_after",
             "tests/test_recovery_process.py::test_a_stream_still_routing_when_the_drain_ends_gets_503_with_retry_after",
+        ),
+    ),
+    Break(
+        "a reasoning delta is no token",
+        "server/chunks.py",
+        "                    other_delta = True\n",
+        "                    other_delta = False\n",
+        (
+            f"{CHUNK_TESTS}::test_a_delta_of_reasoning_or_audio_is_a_token_without_text[reasoning_content]",
+            f"{STREAM_DELTAS}::test_the_prime_ends_at_a_reasoning_delta_while_the_upstream_goes_on",
+            f"{STREAM_DELTAS_PROCESS}::test_a_delta_without_content_reaches_the_client_at_once[reasoning]",
+            f"{STREAM_DELTAS_PROCESS}::test_a_model_reasoning_longer_than_first_token_timeout_is_answered_in_full[native]",
+        ),
+    ),
+    Break(
+        "the prime reads past a reasoning delta",
+        "server/upstreams/stream.py",
+        "                    if chunk.has_delta or chunk.other_delta or chunk.finish_reason is not None:\n",
+        "                    if chunk.has_delta or chunk.finish_reason is not None:\n",
+        (
+            f"{STREAM_DELTAS}::test_the_prime_ends_at_a_reasoning_delta_while_the_upstream_goes_on",
+            f"{STREAM_DELTAS_PROCESS}::test_a_delta_without_content_reaches_the_client_at_once[audio]",
+            f"{STREAM_DELTAS_PROCESS}::test_a_model_reasoning_longer_than_first_token_timeout_is_answered_in_full[openai]",
+        ),
+    ),
+    Break(
+        "a reasoning delta not counted as relayed",
+        "server/relay_events.py",
+        "            if chunk.has_delta or chunk.other_delta:\n",
+        "            if chunk.has_delta:\n",
+        (f"{RELAY_UNIT_TESTS}::test_a_reasoning_delta_is_relayed_on_v1_as_a_token",),
+    ),
+    Break(
+        "a reasoning delta beside usage kept from the client",
+        "server/dialects.py",
+        "            and not (chunk.has_delta or chunk.other_delta)\n",
+        "            and not chunk.has_delta\n",
+        (f"{RELAY_UNIT_TESTS}::test_a_reasoning_delta_beside_usage_reaches_a_client_that_did_not_ask_for_usage",),
+    ),
+    Break(
+        "n>1 waits for choices the upstream never started",
+        "server/relay_events.py",
+        "        self.choices = 1\n",
+        "        self.choices = requested\n",
+        (
+            f"{RELAY_UNIT_TESTS}::test_a_stream_that_finished_every_choice_it_started_is_done_whatever_n_asked_for",
+            f"{STREAM_DELTAS_PROCESS}::test_an_upstream_that_ignores_n_ends_the_stream_with_its_finish_and_done",
+        ),
+    ),
+    Break(
+        "a JSON error in place of a stream read as events",
+        "server/upstreams/stream.py",
+        '        if first.lstrip()[:1] != b"{":\n',
+        "        if True:\n",
+        (
+            f"{STREAM_DELTAS}::test_a_json_error_in_place_of_events_fails_the_prime_with_the_upstreams_message[openai]",
+            f"{ERROR_FORMS}::test_a_json_error_sent_in_place_of_a_stream_reaches_the_client_as_that_error",
+            f"{ERROR_FORMS}::test_a_json_error_in_place_of_a_stream_is_retried_on_the_next_upstream_of_the_pool",
+        ),
+    ),
+    Break(
+        "an upstream silent after finishing ends with idle_timeout",
+        "server/relay.py",
+        "        if expiry is Expiry.IDLE and events.complete:\n",
+        "        if False:\n",
+        (
+            f"{RELAY_UNIT_TESTS}::test_an_upstream_silent_after_finishing_every_choice_ends_the_stream_as_done",
+            f"{STREAM_DELTAS_PROCESS}::test_a_stream_whose_upstream_goes_silent_after_finishing_ends_with_done",
+        ),
+    ),
+    Break(
+        "the held last read dropped when the stream ends short of a choice",
+        "server/relay.py",
+        "    if held and not events.complete:\n",
+        "    if False:\n",
+        (
+            f"{RELAY_UNIT_TESTS}::test_the_last_read_of_a_stream_that_ends_short_of_a_choice_is_relayed_before_the_error[push]",
+            f"{RELAY_UNIT_TESTS}::test_the_last_read_of_a_stream_that_ends_short_of_a_choice_is_relayed_before_the_error[pull]",
+        ),
+    ),
+    Break(
+        "continuation takes a silence after the finish for a cut",
+        "server/upstreams/continuation.py",
+        "(broken is None or _silent_after_finishing(broken)):",
+        "broken is None:",
+        (
+            f"{STREAM_DELTAS_PROCESS}::test_a_continuable_stream_silent_after_finishing_ends_with_done_and_is_not_continued",
         ),
     ),
 ]

@@ -241,3 +241,46 @@ def test_a_chunk_with_choices_and_other_fields_is_content_not_an_error(extra: by
 def test_a_usage_chunk_without_choices_is_not_an_error() -> None:
     chunk = parse_chunk(b'{"object":"chat.completion.chunk","choices":[],"usage":{"total_tokens":3}}')
     assert (chunk.error, chunk.usage) == (None, {"total_tokens": 3})
+
+
+def _delta(delta: bytes, index: int = 0) -> bytes:
+    return b'{"choices":[{"index":%d,"delta":%s,"finish_reason":null}]}' % (index, delta)
+
+
+# Deltas that carry no text of the answer but something all the same, as providers stream them.
+OTHER_DELTAS = {
+    "reasoning_content": _delta(b'{"reasoning_content":"Let me think."}'),  # vLLM, DeepSeek
+    "reasoning": _delta(b'{"role":"assistant","content":"","reasoning":"Let me think."}'),  # OpenRouter, Ollama
+    "audio": _delta(b'{"audio":{"id":"audio_1","data":"AAAA","transcript":"Hi"}}'),  # gpt-4o-audio
+    "content_parts": _delta(b'{"content":[{"type":"text","text":"Hi"}]}'),  # content that is not a string
+    "second_choice": b'{"choices":[{"index":0,"delta":{},"finish_reason":null},'
+    b'{"index":1,"delta":{"reasoning_content":"Hm."},"finish_reason":null}]}',
+}
+
+
+@pytest.mark.parametrize("raw", OTHER_DELTAS.values(), ids=list(OTHER_DELTAS))
+def test_a_delta_of_reasoning_or_audio_is_a_token_without_text(raw: bytes) -> None:
+    """Catches: `_read_choice` (server/chunks.py) taking only content, tool calls and refusals for a token."""
+    chunk = parse_chunk(raw)
+    assert (chunk.other_delta, chunk.has_delta, chunk.content) == (True, False, None)
+
+
+NO_TOKEN_DELTAS = {
+    "role": _delta(b'{"role":"assistant"}'),
+    "openai_opening": _delta(b'{"role":"assistant","content":"","refusal":null}'),
+    "empty_values": _delta(b'{"role":"assistant","content":null,"reasoning_content":"","tool_calls":[]}'),
+    "empty": _delta(b"{}"),
+    "none": b'{"choices":[{"index":0,"finish_reason":null}]}',
+}
+
+
+@pytest.mark.parametrize("raw", NO_TOKEN_DELTAS.values(), ids=list(NO_TOKEN_DELTAS))
+def test_a_delta_with_only_its_role_or_empty_values_is_no_token(raw: bytes) -> None:
+    chunk = parse_chunk(raw)
+    assert (chunk.other_delta, chunk.has_delta) == (False, False)
+
+
+def test_a_content_delta_is_of_the_answer_not_other() -> None:
+    """Content keeps its meaning for what reads `has_delta` alone (a continuation's prefill)."""
+    chunk = parse_chunk(_delta(b'{"content":"Hi","reasoning_content":"Hm."}'))
+    assert (chunk.has_delta, chunk.other_delta, chunk.content) == (True, False, "Hi")

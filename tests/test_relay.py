@@ -74,12 +74,16 @@ def new_record() -> RequestRecord:
 
 
 async def run_relay(
-    chunks: AsyncIterator[list[Chunk]], dialect: object, sink: RecordingSink, deadlines: Deadlines = GENEROUS
+    chunks: AsyncIterator[list[Chunk]],
+    dialect: object,
+    sink: RecordingSink,
+    deadlines: Deadlines = GENEROUS,
+    choices: int = 1,
 ) -> RequestRecord:
     record = new_record()
     guard = StreamGuard(deadlines)
     try:
-        await relay(chunks, dialect, sink, guard, record, final_write_timeout=1)  # type: ignore[arg-type]
+        await relay(chunks, dialect, sink, guard, record, final_write_timeout=1, choices=choices)  # type: ignore[arg-type]
     finally:
         guard.close()
     return record
@@ -404,6 +408,62 @@ async def test_a_client_gone_before_the_final_event_ends_the_relay_quietly() -> 
     assert record.outcome is Outcome.UPSTREAM_ERROR
 
 
+def choice_chunk(index: int, delta: dict[str, object], reason: str | None = None) -> Chunk:
+    return parse_chunk(orjson.dumps({"choices": [{"index": index, "delta": delta, "finish_reason": reason}]}))
+
+
+async def test_a_stream_that_finished_every_choice_it_started_is_done_whatever_n_asked_for() -> None:
+    """An upstream that ignores `n` (Ollama, many OpenRouter providers) streams one choice: a whole answer.
+
+    Catches: RelayEvents (server/relay_events.py) waiting for the request's `n` choices to finish.
+    """
+    sink = RecordingSink()
+    chunks = [choice_chunk(0, {"content": "Hi"}), choice_chunk(0, {}, "stop")]
+    record = await run_relay(from_list(chunks), OpenAIDialect(include_usage=False), sink, choices=2)
+    assert record.outcome is Outcome.COMPLETED
+    assert sink.writes[-1] == b"data: [DONE]\n\n"
+
+
+async def test_a_choice_that_started_and_did_not_finish_is_still_a_cut() -> None:
+    sink = RecordingSink()
+    chunks = [choice_chunk(0, {"content": "a"}), choice_chunk(1, {"content": "b"}), choice_chunk(0, {}, "stop")]
+    record = await run_relay(from_list(chunks), OpenAIDialect(include_usage=False), sink, choices=2)
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    assert b'"code":"upstream_stream_broken"' in sink.writes[-1]
+    assert b"[DONE]" not in sink.text
+
+
+REASONING: dict[str, object] = {"reasoning_content": "Let me think."}
+
+
+async def test_a_reasoning_delta_is_relayed_on_v1_as_a_token() -> None:
+    """It is the stream's first token (its time to first token) and counts as relayed, as content does."""
+    sink = RecordingSink()
+    chunks = [choice_chunk(0, {"role": "assistant"}), choice_chunk(0, REASONING), content_chunk("Hi"), finish_chunk()]
+    record = await run_relay(from_list(chunks), OpenAIDialect(include_usage=False), sink)
+    assert sink.writes[1] == b"data: " + chunks[1].raw + b"\n\n"
+    assert (record.chunks_relayed, record.first_token_at is not None) == (2, True)
+
+
+async def test_a_reasoning_delta_beside_usage_reaches_a_client_that_did_not_ask_for_usage() -> None:
+    """Only a chunk of usage alone is kept from such a client: one that carries a token is relayed."""
+    sink = RecordingSink()
+    usage = {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}
+    both = parse_chunk(orjson.dumps({"choices": [{"index": 0, "delta": REASONING}], "usage": usage}))
+    await run_relay(from_list([both, content_chunk("Hi"), finish_chunk()]), OpenAIDialect(include_usage=False), sink)
+    assert sink.writes[0] == b"data: " + both.raw + b"\n\n"
+
+
+async def test_a_native_stream_sends_nothing_for_a_reasoning_delta() -> None:
+    """Native `token` events carry the answer's text only: no empty token, no gap in the sequence."""
+    sink = RecordingSink()
+    chunks = [choice_chunk(0, {"role": "assistant"}), choice_chunk(0, REASONING), content_chunk("Hi"), finish_chunk()]
+    record = await run_relay(from_list(chunks), NativeDialect("s", 1000), sink)
+    assert record.outcome is Outcome.COMPLETED
+    assert [write.split(b"\ndata: ")[0] for write in sink.writes] == [b"id: s:1\nevent: token", b"id: s:2\nevent: done"]
+    assert b"think" not in sink.text
+
+
 async def test_streams_share_one_empty_set_of_finished_choices() -> None:
     """Until a choice finishes, no stream holds a set of its own (216 bytes of every live stream)."""
     first, second = (RelayEvents(OpenAIDialect(False), new_record(), _NoGaps(), 1) for _ in range(2))
@@ -492,3 +552,37 @@ async def test_an_upstream_error_in_each_providers_form_ends_the_stream_with_slu
     error = orjson.loads(final)["error"]
     assert set(error) == {"message", "type", "param", "code"}
     assert error["message"] == "upstream says no"
+
+
+@pytest.mark.parametrize("sink_type", [PushingSink, RecordingSink], ids=["push", "pull"])
+async def test_the_last_read_of_a_stream_that_ends_short_of_a_choice_is_relayed_before_the_error(
+    sink_type: type[RecordingSink],
+) -> None:
+    """Held to leave with the done event, the last read's chunks went nowhere when the end was an error.
+
+    Catches: `_finish` (server/relay.py) raising `done()`'s error before writing what it held.
+    """
+    head = b'data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null}]}\n\n'
+    last = (
+        b'data: {"choices":[{"index":1,"delta":{"content":"b"},"finish_reason":null}]}\n\n'
+        b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\ndata: [DONE]\n\n'
+    )
+    sink = sink_type()
+    record = await run_relay(UpstreamStream(BufferedResponse(head + last), "test"), OpenAIDialect(False), sink)  # type: ignore[arg-type]
+    relayed, final = sink.text.rsplit(b"data: ", 1)
+    assert record.outcome is Outcome.UPSTREAM_ERROR
+    assert relayed == head + last.removesuffix(b"data: [DONE]\n\n")
+    assert orjson.loads(final)["error"]["code"] == "upstream_stream_broken"
+
+
+async def test_an_upstream_silent_after_finishing_every_choice_ends_the_stream_as_done() -> None:
+    """No [DONE] and no end of body after the finish: idle_timeout ends a whole answer as done, not failed.
+
+    Catches: the relay (server/relay.py) ending every idle expiry with an error event.
+    """
+    sink = RecordingSink()
+    deadlines = Deadlines(first_token=30, idle=0.05, total=60, send=30)
+    chunks = from_list([content_chunk("a"), finish_chunk()], then=asyncio.Event())
+    record = await run_relay(chunks, NativeDialect("s", 1), sink, deadlines)
+    assert record.outcome is Outcome.COMPLETED
+    assert sink.writes[-1].startswith(b"id: s:2\nevent: done\n")

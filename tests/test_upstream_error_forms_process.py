@@ -111,3 +111,31 @@ async def test_an_error_before_the_first_token_is_retried_on_the_next_upstream_o
     assert [attempt["status"] for attempt in line["attempts"]] == ["error_event", 200]
     assert {attempt["upstream"] for attempt in line["attempts"]} == {"first", "second"}
     assert len(await attempts(simulator, rid)) == 2
+
+
+# An error the upstream sends with status 200 as a JSON body, where the stream's events should be.
+REPLY_MESSAGE = "simulated: model overloaded"
+
+
+async def test_a_json_error_sent_in_place_of_a_stream_reaches_the_client_as_that_error(gateway: Gateway) -> None:
+    """Before: "ended the stream before its first token" (upstream_stream_broken), its message lost.
+
+    The stream's response may have started beside the routing (then the error is its final event)
+    or not (then it is the status); either way the message and code are the upstream's.
+    """
+    status, events, failed = await ask(gateway, "tokens=6 fault=error_reply", new_request_id("error_reply"))
+    error = data_events(events)[-1].json()["error"] if status == 200 else failed["body"]["error"]
+    assert status in (200, 502)
+    assert (error["message"], error["code"]) == (REPLY_MESSAGE, "overloaded")
+
+
+async def test_a_json_error_in_place_of_a_stream_is_retried_on_the_next_upstream_of_the_pool(
+    pool: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("error_reply")
+    status, events, _ = await ask(pool, "tokens=6 fault=error_reply fail_times=1", rid)
+    line = pool.process.wait_for_event("request_finished", request_id=rid)
+    assert status == 200
+    assert completed(events, 6)
+    assert [attempt["status"] for attempt in line["attempts"]] == ["error_event", 200]
+    assert len(await attempts(simulator, rid)) == 2

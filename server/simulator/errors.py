@@ -57,6 +57,9 @@ def status_fault_response(fault: Fault, retry_after: str | None = None) -> web.R
         return error_response(400, "simulated bad request", param="messages")
     if fault is Fault.UNAUTHORIZED:
         return unauthorized("simulated invalid api key")
+    if fault is Fault.ERROR_REPLY:
+        # As some providers answer when overloaded: status 200, and an error in place of the answer.
+        return error_response(200, "simulated: model overloaded", error_type="server_error", code="overloaded")
     return None
 
 

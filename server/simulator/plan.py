@@ -47,6 +47,7 @@ class Fault(StrEnum):
     OVERLOADED = "overloaded"  # 503 with code "overloaded"
     CONTEXT_LENGTH = "context_length"  # 400 context_length_exceeded
     CONTENT_POLICY = "content_policy"  # 400 content_policy_violation
+    ERROR_REPLY = "error_reply"  # 200 with OpenAI's error object as JSON, in place of the stream or completion
 
 
 _FAULT_NAMES = frozenset(fault.value for fault in Fault)

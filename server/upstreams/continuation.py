@@ -129,8 +129,8 @@ class ContinuedStream:
                         break
             except (aiohttp.ClientError, UpstreamError) as exc:
                 broken = exc
-            if finished and error_chunk is None and broken is None:
-                return
+            if finished and error_chunk is None and (broken is None or _silent_after_finishing(broken)):
+                return  # whole: a silence after the finish is the relay's to end as done, not a cut
             if (at_limit := self._at_limit()) is not None:
                 yield [at_limit]
                 return
@@ -200,6 +200,11 @@ class ContinuedStream:
         if continued and chunk.usage is not None:
             return _summed(chunk, self._before)
         return chunk
+
+
+def _silent_after_finishing(failure: BaseException) -> bool:
+    """True for the idle timeout `_watched` raises: after the finish, the answer was whole."""
+    return isinstance(failure, UpstreamError) and failure.code == "idle_timeout"
 
 
 def _summed(chunk: Chunk, before: int) -> Chunk:

@@ -11,6 +11,8 @@
     500, 502, 504, other 5xx                 502 upstream_failed               500/502/504 yes
     200 not a chat completion (no stream)    502 upstream_malformed_reply      another route
     200 with an error object (no stream)     502 with its message and code     yes
+    200 with an error object (stream)        the same, before the first token  yes
+    200 with other JSON (stream)             502 upstream_malformed_reply      another route
     an error event inside the stream         502 with its message and code     before the first token
     other 4xx                                that status, its message/code     never
 
@@ -123,20 +125,43 @@ def check_completion(reply: bytes) -> None:
     reach the client as `application/json` that no SDK can read. (Raised where made: a local naming
     the error would keep this frame, and what it holds, in a cycle with the error's traceback.)
     """
-    try:
-        body = orjson.loads(reply)
-    except orjson.JSONDecodeError:
-        body = None
+    body = _loads(reply)
     if isinstance(body, dict):
         if isinstance(body.get("choices"), list) and body["choices"]:
             return
-        if isinstance(body.get("error"), dict):
-            raise _error_in_reply(body["error"], reply)
-        if isinstance(body.get("error"), str) and body["error"]:  # a provider's text error
-            raise _error_in_reply({"message": body["error"]}, reply)
-        if body.get("object") == "error":  # vLLM's: its fields at the top level
-            raise _error_in_reply(body, reply)
+        raise _reply_error(body, reply) or malformed_reply()
     raise malformed_reply()
+
+
+def reply_failure(reply: bytes) -> UpstreamError:
+    """The failure a JSON `reply` to a stream request stands for (sent with 200 in place of events).
+
+    An error object in a form check_completion knows is that error, judged the same way; anything
+    else (a whole chat completion from an upstream that does not stream, a proxy's JSON) is a reply
+    that is not a stream, for another upstream to try.
+    """
+    return _reply_error(_loads(reply), reply) or malformed_reply(
+        "The upstream answered the stream request with JSON, not an event stream."
+    )
+
+
+def _loads(reply: bytes) -> object:
+    try:
+        return orjson.loads(reply)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _reply_error(body: object, reply: bytes) -> UpstreamError | None:
+    """The error an upstream's JSON reply holds, in any of the forms providers send; None if none."""
+    if isinstance(body, dict):
+        if isinstance(body.get("error"), dict):
+            return _error_in_reply(body["error"], reply)
+        if isinstance(body.get("error"), str) and body["error"]:  # a provider's text error
+            return _error_in_reply({"message": body["error"]}, reply)
+        if body.get("object") == "error":  # vLLM's: its fields at the top level
+            return _error_in_reply(body, reply)
+    return None
 
 
 def _error_in_reply(error: Mapping[str, Any], reply: bytes) -> UpstreamError:
@@ -157,9 +182,9 @@ def _error_in_reply(error: Mapping[str, Any], reply: bytes) -> UpstreamError:
     return event_failure(error)
 
 
-def malformed_reply() -> UpstreamError:
-    """A non-streaming upstream reply that is not a chat completion."""
-    error = UpstreamProtocolError("The upstream's reply was not a chat completion.", code="upstream_malformed_reply")
+def malformed_reply(message: str = "The upstream's reply was not a chat completion.") -> UpstreamError:
+    """An upstream reply that is not what was asked for: a chat completion, or an event stream."""
+    error = UpstreamProtocolError(message, code="upstream_malformed_reply")
     error.reason = "malformed_reply"
     return error
 

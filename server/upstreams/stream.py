@@ -10,12 +10,15 @@ import structlog
 
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
-from .failures import event_failure, reset_failure
+from .failures import event_failure, reply_failure, reset_failure
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .push import Body, Pushed
 
 log = structlog.get_logger("sluice.upstream")
+
+# The most of a JSON reply read in place of an event stream (see UpstreamStream._read_first).
+JSON_REPLY_LIMIT = 64 * 1024
 
 
 class Response(Protocol):
@@ -40,9 +43,10 @@ def _broken(failure: Exception) -> UpstreamProtocolError:
 class UpstreamStream:
     """Chunk batches of one upstream response; `close()` it always, in a finally.
 
-    `prime()` reads until the first chunk that carries content (or a finish reason), so a failure
-    before it (a reset, an error event, an early end) is raised while a retry is still possible;
-    what it read is replayed first by iteration.
+    `prime()` reads until the first chunk that carries a token (content, tool calls, reasoning:
+    any delta but a role; or a finish reason), so a failure before it (a reset, an error event, an
+    error sent as a JSON reply, an early end) is raised while a retry is still possible; what it
+    read is replayed first by iteration.
     """
 
     def __init__(
@@ -66,19 +70,41 @@ class UpstreamStream:
         self._pushed: Pushed | None = None
 
     async def prime(self) -> None:
-        """Read up to the first content; raise UpstreamError for a failure before it."""
+        """Read up to the first token; raise UpstreamError for a failure before it."""
         try:
+            await self._read_first()
             while (batch := await self._read_batch()) is not None:
                 self._primed.append(batch)
                 for chunk in batch:
                     if chunk.error is not None:
                         raise event_failure(chunk.error)
-                    if chunk.has_delta or chunk.finish_reason is not None:
+                    if chunk.has_delta or chunk.other_delta or chunk.finish_reason is not None:
                         return
         except (ConnectionBroken, MalformedResponse) as exc:
             log.warning("upstream_stream_reset", upstream=self.upstream, error=type(exc).__name__)
             raise reset_failure() from exc
         raise reset_failure("The upstream ended the stream before its first token.")
+
+    async def _read_first(self) -> None:
+        """Read the body's first bytes: a JSON reply in place of events raises what it stands for.
+
+        Some upstreams answer a stream request with status 200 and a JSON error object (`{"error":
+        ...}`, "model overloaded"). Read as events it holds none, and its message was lost to "ended
+        the stream before its first token". An event stream never starts with `{` (its lines start
+        with a field name, `:` or nothing), so the bytes tell, whatever the Content-Type says:
+        a stream sent as the wrong type is still read as it arrives, not held.
+        """
+        body = self._response.body
+        first = await body.read()
+        if first.lstrip()[:1] != b"{":
+            if first:
+                self._unparsed = self._splitter.feed(first)
+            return
+        parts, size = [first], len(first)
+        while size <= JSON_REPLY_LIMIT and (piece := await body.read()):
+            parts.append(piece)
+            size += len(piece)
+        raise reply_failure(b"".join(parts))
 
     async def opened(self) -> UpstreamStream:
         """This stream: it is open already (see the relay's push path)."""
@@ -123,7 +149,7 @@ class UpstreamStream:
                 self.finished = True
                 break
             batch.append(chunk)
-            if chunk.has_delta and not self._delta_seen:
+            if not self._delta_seen and (chunk.has_delta or chunk.other_delta):
                 # The first token leaves before the rest of its read (a burst) is parsed.
                 self._delta_seen = True
                 self._unparsed = raws[index + 1 :]

@@ -6,6 +6,13 @@ The last message's content picks the behaviour:
 - `bomb`: a non-streaming reply of 64 MiB that travels gzip-compressed (about 64 KiB);
 - `n2-cut`: with two choices, choice 0 finishes, choice 1 sends a token, then the body ends;
 - `echo-auth`: a normal short stream whose text is the Authorization header it received;
+- `reasoning:FIELD`: the role chunk, one delta of FIELD alone (`reasoning_content`, `reasoning`:
+  text; `audio`: an audio object), then nothing more until the client leaves;
+- `reasoning-long`: twenty `reasoning_content` deltas a quarter of a second apart, then an answer;
+- `one-choice`: one choice whatever `n` asked for (as Ollama streams), its finish chunk and
+  `[DONE]` in one write;
+- `finish-then-hold`: a token and its finish chunk, then neither `[DONE]` nor the body's end until
+  the client leaves;
 - anything else: a normal two-token stream.
 It prints `hostile upstream listening on http://127.0.0.1:PORT` and, when a stream ends,
 `hostile stream closed sent=BYTES`.
@@ -23,8 +30,15 @@ from aiohttp import web
 LINE_PIECE = b"x" * 65536
 
 
-def _chunk(index: int, content: str | None = None, finish: str | None = None) -> bytes:
-    delta = {"content": content} if content is not None else {}
+REASONING_GAP_SECONDS = 0.25
+REASONING_DELTAS = 20
+
+
+def _chunk(
+    index: int, content: str | None = None, finish: str | None = None, delta: dict[str, object] | None = None
+) -> bytes:
+    if delta is None:
+        delta = {"content": content} if content is not None else {}
     choice = {"index": index, "delta": delta, "finish_reason": finish}
     body = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o", "choices": [choice]}
     return b"data: " + json.dumps(body).encode() + b"\n\n"
@@ -50,6 +64,27 @@ async def completions(request: web.Request) -> web.StreamResponse:
             while True:
                 await response.write(LINE_PIECE)
                 sent += len(LINE_PIECE)
+        elif mode.startswith("reasoning:"):
+            field = mode.removeprefix("reasoning:")
+            value = {"id": "audio_1", "data": "AAAA", "transcript": "hm"} if field == "audio" else "thinking"
+            for data in (_chunk(0, delta={"role": "assistant"}), _chunk(0, delta={field: value})):
+                await response.write(data)
+                sent += len(data)
+            await asyncio.Event().wait()  # until the client leaves (the handler is cancelled)
+        elif mode == "reasoning-long":
+            await response.write(_chunk(0, delta={"role": "assistant", "content": ""}))
+            for step in range(REASONING_DELTAS):
+                await asyncio.sleep(REASONING_GAP_SECONDS)
+                await response.write(_chunk(0, delta={"reasoning_content": f"step {step}. "}))
+            for data in (_chunk(0, "answer"), _chunk(0, None, "stop"), b"data: [DONE]\n\n"):
+                await response.write(data)
+        elif mode == "one-choice":
+            for data in (_chunk(0, delta={"role": "assistant"}), _chunk(0, "ok")):
+                await response.write(data)
+            await response.write(_chunk(0, None, "stop") + b"data: [DONE]\n\n")
+        elif mode == "finish-then-hold":
+            await response.write(_chunk(0, "ok") + _chunk(0, None, "stop"))
+            await asyncio.Event().wait()
         elif mode == "n2-cut":
             for data in (_chunk(0, "a"), _chunk(1, "b"), _chunk(0, None, "stop"), _chunk(1, "c")):
                 await response.write(data)
