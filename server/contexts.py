@@ -133,8 +133,10 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     link.start()
     app[REDIS] = link
     # Per-key limits count across every instance too.
-    app[LIMITS] = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)
+    limits = RedisLimitStore(link, retry_after=app[SETTINGS].server.retry_after)
+    app[LIMITS] = limits
     yield
+    await limits.close()
     await link.close()
 
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+import contextlib
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from server.auth.limits import KeyLimits, Usage
 from server.shared.limit_store import RedisLimitStore
@@ -119,3 +122,82 @@ async def test_usage_reads_a_keys_counts_from_redis_and_is_unknown_while_redis_i
             assert await store.usage("key-u", limits) is None
     finally:
         await link.close()
+
+
+@contextlib.contextmanager
+def stalled(redis_server: RedisServer) -> Iterator[None]:
+    """Redis frozen (SIGSTOP) for the block, its data kept: a stall, a blip, no instance dies."""
+    assert redis_server.process is not None
+    redis_server.process.signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        redis_server.process.signal(signal.SIGCONT)
+
+
+@pytest.fixture
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[[], RedisLimitStore]]:
+    """Limit stores on links of their own (with their health loops), as instances have; closed after."""
+    made: list[tuple[RedisLink, RedisLimitStore]] = []
+
+    def make() -> RedisLimitStore:
+        link = RedisLink(make_settings(redis={"url": redis_server.url}).redis)
+        link.start()
+        store = RedisLimitStore(link, retry_after=1)
+        made.append((link, store))
+        return store
+
+    yield make
+    for link, store in made:
+        await store.close()
+        await link.close()
+
+
+ONE_STREAM = KeyLimits(max_streams=1)
+OWED_BOUND = 15.0  # seconds; a command gives up after 2, the health loop pings every 0.25
+
+
+async def test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answers(
+    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Given back to this process instead, it stayed taken in Redis for good: the key, at its
+    # max_streams, was refused on every instance from then on.
+    here, elsewhere = make_store(), make_store()
+    assert (await here.take("key-stall", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
+    with stalled(redis_server):
+        await here.give_back("key-stall", ONE_STREAM, tokens=0, streams=1)
+    settling = here._settling  # what gives Redis back what it is owed, once it answers
+    assert settling is not None
+    await asyncio.wait_for(settling, OWED_BOUND)
+    assert (await elsewhere.take("key-stall", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
+
+
+async def test_a_slot_taken_while_redis_was_away_is_given_back_here_not_to_redis(
+    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Given back to Redis, it freed the slot another instance's stream holds there.
+    here, elsewhere = make_store(), make_store()
+    two = KeyLimits(max_streams=2)
+    assert (await elsewhere.take("key-away", two, requests=1, tokens=0, streams=1)).allowed
+    with stalled(redis_server):
+        assert (await here.take("key-away", two, requests=1, tokens=0, streams=1)).allowed  # fail open
+    assert await here._link.wait_up(OWED_BOUND)  # the stalled take marked Redis down; it answers again
+    await here.give_back("key-away", two, tokens=0, streams=1)
+    usage = await elsewhere.usage("key-away", two)
+    assert usage is not None
+    assert usage.streams == 1
+
+
+async def test_a_refused_take_does_not_keep_the_keys_counts_alive(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_server: RedisServer
+) -> None:
+    # Clients retrying on 429 kept a dead instance's slots for good: each refusal renewed the hour.
+    buckets = make_buckets()
+    assert (await buckets.take("key-ttl", **one_request(max_streams=1, streams=1))).allowed
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.expire("sluice:limit:key-ttl", 100)
+        assert not (await buckets.take("key-ttl", **one_request(max_streams=1, streams=1))).allowed
+        assert 0 < await client.ttl("sluice:limit:key-ttl") <= 100
+    finally:
+        await client.aclose()

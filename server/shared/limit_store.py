@@ -3,17 +3,28 @@
 The buckets and their Lua scripts are in limits.py. With Redis unreachable, `fail_open` (the
 default) counts in this process meanwhile, so a key gets its limit per instance for that time;
 otherwise requests are refused with 503 until Redis answers.
+
+A stream slot goes back where it was taken. One taken here while Redis was away is given back
+here, never to Redis (which would free a slot another stream holds there). One taken in Redis
+whose give-back finds Redis unreachable (a stall, a blip: no instance died) is owed and given back
+as soon as Redis answers again; given back here instead, it stayed taken in Redis for good, and a
+key at its `max_streams` was refused everywhere from then on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
+
+import structlog
 
 from ..auth.limits import WINDOW_SECONDS, Decision, Exceeded, KeyLimits, MemoryLimitStore, Usage, taken
 from ..errors import ServiceUnavailableError
 from .limits import LimitsUnavailableError, RedisLimitBuckets
 from .link import RedisLink
+
+log = structlog.get_logger("sluice.limits")
 
 # The most a usage read (the dashboard's) may wait for Redis before its numbers show as unknown.
 USAGE_SECONDS = 0.5
@@ -28,6 +39,18 @@ class RedisLimitStore:
         self._local = MemoryLimitStore()
         self._fail_open = link.settings.fail_open
         self._retry_after = retry_after
+        # Per key: stream slots taken in this process (fail-open) and not given back yet.
+        self._local_slots: dict[str, int] = {}
+        # Per key: what a give-back could not return to Redis, as (tpm, tokens, streams).
+        self._owed: dict[str, tuple[int, int, int]] = {}
+        self._settling: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        """Stop waiting to give back what Redis is owed (the process is stopping)."""
+        if self._settling is not None:
+            self._settling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._settling
 
     async def take(self, name: str, limits: KeyLimits, *, requests: int, tokens: int, streams: int) -> Decision:
         if self._link.up:
@@ -59,13 +82,41 @@ class RedisLimitStore:
                 code="limits_unavailable",
                 headers={"Retry-After": str(self._retry_after)},
             )
-        return await self._local.take(name, limits, requests=requests, tokens=tokens, streams=streams)
+        decision = await self._local.take(name, limits, requests=requests, tokens=tokens, streams=streams)
+        if decision.allowed and streams:
+            self._local_slots[name] = self._local_slots.get(name, 0) + streams
+        return decision
 
     async def give_back(self, name: str, limits: KeyLimits, *, tokens: int, streams: int) -> None:
+        if streams and self._local_slots.get(name):
+            # A slot taken here while Redis was away (its tokens with it): it goes back here.
+            self._local_slots[name] -= streams
+            if self._local_slots[name] <= 0:
+                del self._local_slots[name]
+            await self._local.give_back(name, limits, tokens=tokens, streams=streams)
+            return
         try:
             await self._buckets.give_back(name, tpm=limits.tpm, tokens=tokens, streams=streams)
         except LimitsUnavailableError:
-            await self._local.give_back(name, limits, tokens=tokens, streams=streams)
+            self._owe(name, limits.tpm, tokens, streams)
+            if self._settling is None or self._settling.done():
+                self._settling = asyncio.create_task(self._settle_when_up(), name="sluice-limits-owed")
+
+    def _owe(self, name: str, tpm: int, tokens: int, streams: int) -> None:
+        _, owed_tokens, owed_streams = self._owed.get(name, (tpm, 0, 0))
+        self._owed[name] = (tpm, owed_tokens + tokens, owed_streams + streams)
+
+    async def _settle_when_up(self) -> None:
+        """Give Redis back what it is owed once it answers; again after each failed try."""
+        while self._owed:
+            await self._link.wait_up(float("inf"))
+            owed, self._owed = self._owed, {}
+            for name, (tpm, tokens, streams) in owed.items():
+                try:
+                    await self._buckets.give_back(name, tpm=tpm, tokens=tokens, streams=streams)
+                except LimitsUnavailableError:
+                    self._owe(name, tpm, tokens, streams)
+        log.info("limits_owed_given_back")
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
         # Only the dashboard reads this: a slow or absent Redis makes it "unknown", never a wait.

@@ -3,8 +3,9 @@
 The same token buckets as the in-process limits: a bucket holds up to the per-minute limit and
 refills continuously at that rate; a new key starts full. Each check-and-take is one Lua script,
 so it is atomic across instances, and it reads Redis's own clock (TIME), so instances whose clocks
-differ still agree. A key's hash expires after an hour unused; the stream count of an instance
-that died without giving its slots back is therefore forgotten at the latest an hour later.
+differ still agree. A key's hash expires an hour after its last take or give-back (a refused take
+changes nothing, and keeps nothing alive); the stream count of an instance that died without
+giving its slots back is therefore forgotten at the latest an hour after the key was last used.
 
 Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
 """
@@ -52,9 +53,11 @@ if exceeded == '' then
   if rpm > 0 then rl = rl - requests end
   if tpm > 0 then tl = tl - tokens end
   s = s + streams
+  -- Only a take writes, and so keeps the hash an hour more: a key refused on and on (its clients
+  -- retrying on 429) must not keep alive the slots of an instance that died.
+  redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
+  redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
-redis.call('EXPIRE', KEYS[1], ARGV[7])
 return {exceeded, tostring(rl), tostring(tl), tostring(retry), s}
 """
 )
