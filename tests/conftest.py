@@ -21,7 +21,7 @@ from server.settings import Settings, UpstreamEntry, load_settings
 from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
 from tests.support.browser import CHROMIUM, CHROMIUM_ARGS
-from tests.support.processes import Gateway, Simulator, start_gateway, start_simulator
+from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream, start_simulator
 from tests.support.proxy import CuttingProxy
 from tests.support.raw_upstream import RawUpstream
 from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
@@ -86,6 +86,14 @@ def simulator() -> Iterator[Simulator]:
     sim = start_simulator()
     yield sim
     sim.process.stop()
+
+
+@pytest.fixture(scope="module")
+def hostile() -> Iterator[Simulator]:
+    """The hostile upstream (tests/support/hostile_upstream.py) as its own process, per test module."""
+    upstream = start_hostile_upstream()
+    yield upstream
+    upstream.process.stop()
 
 
 @pytest.fixture(scope="session")

@@ -15,7 +15,7 @@ import pytest
 
 from server.streams.memory import RESERVE
 from tests.support.client import new_request_id, open_unread_stream, sim_wait
-from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream
+from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, bearer, start_keyed_gateway
 from tests.support.sse import read_events
 
@@ -43,13 +43,6 @@ def strict(simulator: Simulator) -> Iterator[Gateway]:
     )
     yield gateway
     gateway.process.stop()
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Simulator]:
-    upstream = start_hostile_upstream()
-    yield upstream
-    upstream.process.stop()
 
 
 @pytest.fixture(scope="module")

@@ -15,12 +15,12 @@ from typing import Any
 
 import aiohttp
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator
-from tests.support.resilience import FALLBACK_CONFIG, ask, attempts, completed, gateway_with
+from tests.support.resilience import FALLBACK_CONFIG, ask, attempts, completed, gateway_with, prefill_upstream
 from tests.support.sse import Event, carries_token, openai_text, read_events, tokens_text
+from tests.test_operations import metric_value
 
 # --- waiting: heartbeats, breakers, readiness ---------------------------------------------------
 
@@ -129,13 +129,7 @@ base_url = "{simulator.base_url}"
 @pytest.fixture(scope="module")
 def continuing(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """One upstream that declares assistant-prefill continuation."""
-    upstream = f"""
-[[upstreams]]
-name = "sim"
-base_url = "{simulator.base_url}"
-continuation = "assistant-prefill"
-continuation_body = {{ continue_final_message = true }}
-"""
+    upstream = prefill_upstream("sim", simulator.base_url, "continuation_body = { continue_final_message = true }\n")
     path = tmp_path_factory.mktemp("continue")
     gateway = gateway_with(path, "continue", simulator, upstream, SLUICE_UPSTREAM_IDLE_TIMEOUT="1")
     yield gateway
@@ -273,9 +267,7 @@ async def continuations(gateway: Gateway, result: str) -> float:
     """sluice_continuations_total{result} now."""
     async with aiohttp.ClientSession() as http:
         async with http.get(gateway.url + "/metrics") as response:
-            text = await response.text()
-    samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
-    return sum(s.value for s in samples if s.name == "sluice_continuations_total" and s.labels["result"] == result)
+            return metric_value(await response.text(), "sluice_continuations_total", result=result)
 
 
 async def test_a_cut_stream_with_several_choices_ends_with_the_cuts_error_and_is_not_continued(

@@ -841,37 +841,33 @@ async def test_a_probe_cancelled_before_its_answer_frees_its_trial() -> None:
     assert names(await r.breakers.admit("a", "m")) == ["a"]
 
 
+async def probed_once(status: int) -> Upstream:
+    """A routing whose one upstream ("a") was due a trial, after one background probe answered `status`."""
+    from server.upstreams.probe import probe_once
+
+    class Answering(FakeClient):
+        async def probe(self) -> int | None:
+            return status
+
+    clock = Clock()
+    r = router([Answering("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    await r.breakers.failed("a")
+    clock.now += 2
+    await probe_once(r)
+    return r
+
+
 async def test_a_probe_answered_429_keeps_the_breaker_half_open_and_frees_its_trial() -> None:
     """An upstream limiting /models is up: no new cooldown, and the next request may be the trial.
 
     Catches: `probe_once` counting a 429 against the upstream (server/upstreams/probe.py).
     """
-    from server.upstreams.probe import probe_once
-
-    class Limiting(FakeClient):
-        async def probe(self) -> int | None:
-            return 429
-
-    clock = Clock()
-    r = router([Limiting("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
-    await r.breakers.failed("a")
-    clock.now += 2
-    await probe_once(r)
+    r = await probed_once(429)
     assert await r.breakers.state("a") is BreakerState.HALF_OPEN
     assert names(await r.breakers.admit("a", "m")) == ["a"]
 
 
 async def test_a_probe_answered_401_reopens_the_breaker() -> None:
     """Catches: `probe_once` taking a refused key for a live upstream (server/upstreams/probe.py)."""
-    from server.upstreams.probe import probe_once
-
-    class Refusing(FakeClient):
-        async def probe(self) -> int | None:
-            return 401
-
-    clock = Clock()
-    r = router([Refusing("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
-    await r.breakers.failed("a")
-    clock.now += 2
-    await probe_once(r)
+    r = await probed_once(401)
     assert await r.breakers.state("a") is BreakerState.OPEN

@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from tests.support.client import ROUTES
-from tests.support.processes import Gateway, Simulator, start_gateway, start_hostile_upstream
-from tests.support.resilience import gateway_with
+from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.resilience import gateway_with, prefill_upstream
 from tests.support.sse import Event, iter_events, read_events
 
 # A bound on what must come at once, far below every deadline of the patient gateway.
@@ -30,13 +30,6 @@ PATIENT = {
 }
 # Shorter than the hostile upstream's reasoning (20 deltas, 0.25 s apart: 5 s), far from its gaps.
 FIRST_TOKEN_TIMEOUT = 2.0
-
-
-@pytest.fixture(scope="module")
-def hostile() -> Iterator[Simulator]:
-    upstream = start_hostile_upstream()
-    yield upstream
-    upstream.process.stop()
 
 
 @pytest.fixture(scope="module")
@@ -158,12 +151,7 @@ async def test_a_stream_whose_upstream_goes_silent_after_finishing_ends_with_don
 @pytest.fixture(scope="module")
 def continuing_quick_idle(hostile: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     """`quick_idle`, on an upstream that declares assistant-prefill continuation."""
-    upstream = f"""
-[[upstreams]]
-name = "hostile"
-base_url = "{hostile.base_url}"
-continuation = "assistant-prefill"
-"""
+    upstream = prefill_upstream("hostile", hostile.base_url)
     path = tmp_path_factory.mktemp("continue-idle")
     env = {**PATIENT, "SLUICE_UPSTREAM_IDLE_TIMEOUT": str(IDLE_TIMEOUT)}
     gateway = gateway_with(path, "continue-idle", hostile, upstream, **env)

@@ -21,6 +21,18 @@ first_token_timeout = 5.0
 idle_timeout = 5.0
 total_timeout = 60.0
 """
+
+
+def prefill_upstream(name: str, base_url: str, extra: str = "") -> str:
+    """Config of one upstream at `base_url` that declares assistant-prefill continuation (plus `extra` lines)."""
+    return f"""
+[[upstreams]]
+name = "{name}"
+base_url = "{base_url}"
+continuation = "assistant-prefill"
+{extra}"""
+
+
 FALLBACK_CONFIG = """
 [routing]
 fallbacks = { "gpt-4o" = ["gpt-4o-mini"] }
