@@ -43,12 +43,13 @@ MAX_EVENT_BYTES = 1 << 20
 class EventSplitter:
     """Split an SSE byte stream into the data of each event, as network reads deliver it.
 
-    Comments and `event:`, `id:`, `retry:` fields are dropped, except that an event named `error`
-    comes out as an error object whatever its data (see _error_data). Line endings may be `\n`, `\r\n`
-    or `\r`, also split across reads. Works on whole reads, so one read holding several events
-    costs one call, not one per line. Linear in the bytes received: an unfinished event is kept as
-    a list of reads, each searched once and joined once when the event ends. An unfinished event
-    over `max_event_bytes` sets `overflowed`; the caller ends the stream (nothing more is kept).
+    Comments and `event:`, `id:`, `retry:` fields are dropped, except that an event named `error`,
+    or one with an `error:` field and no data (older llama.cpp servers), comes out as an error
+    object whatever its data (see _error_data). Line endings may be `\n`, `\r\n` or `\r`, also
+    split across reads. Works on whole reads, so one read holding several events costs one call,
+    not one per line. Linear in the bytes received: an unfinished event is kept as a list of reads,
+    each searched once and joined once when the event ends. An unfinished event over
+    `max_event_bytes` sets `overflowed`; the caller ends the stream (nothing more is kept).
     """
 
     __slots__ = ("_max", "_parts", "_pending_cr", "_size", "overflowed")
@@ -126,7 +127,10 @@ def _event_data(event: bytes) -> bytes | None:
     if b"event: error" in lines or b"event:error" in lines:
         return _error_data(b"\n".join(data))
     if not data:
-        return None
+        # Older llama.cpp servers write a failure as an `error:` field, no data (`error: {json}`):
+        # looked for only here, in an event without data, so no ordinary event pays for it.
+        errors = [line[7:] if line.startswith(b"error: ") else line[6:] for line in lines if line.startswith(b"error:")]
+        return _error_data(b"\n".join(errors)) if errors else None
     return b"\n".join(data)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 import structlog
@@ -31,7 +32,7 @@ class ModelDiscovery:
         self, catalog: ModelCatalog, upstreams: Sequence[UpstreamEntry], connect_timeout: float, interval: float
     ) -> None:
         self._catalog = catalog
-        self._sources = [(entry.base_url.rstrip("/") + "/models", _auth(entry)) for entry in upstreams]
+        self._sources = [(models_url(entry.base_url), _auth(entry)) for entry in upstreams]
         self._timeout = aiohttp.ClientTimeout(total=connect_timeout * 2, sock_connect=connect_timeout)
         self._interval = interval
         self._session: aiohttp.ClientSession | None = None
@@ -67,6 +68,12 @@ class ModelDiscovery:
         while True:
             await asyncio.sleep(self._interval)
             await self.refresh()
+
+
+def models_url(base_url: str) -> str:
+    """`{base_url}/models`, with the base URL's query (Azure's `api-version`) after the path, not inside it."""
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + "/models", parts.query, ""))
 
 
 def _auth(entry: UpstreamEntry) -> dict[str, str]:

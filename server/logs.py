@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import ssl
 import sys
 from collections.abc import Callable
 from typing import Literal, TextIO, cast
@@ -143,7 +144,10 @@ def _lead_with_request_fields(_: object, __: str, event: structlog.types.EventDi
 
 
 def connection_error_fields(exc: BaseException) -> dict[str, object]:
-    """Host, port, errno and reason of a failed connection, found anywhere in `exc`'s causes."""
+    """Host, port, errno and reason of a failed connection, found anywhere in `exc`'s causes.
+
+    A TLS failure has its library's reason (`self-signed certificate`) and no errno.
+    """
     fields: dict[str, object] = {"error": type(exc).__name__}
     seen: set[int] = set()
     current: BaseException | None = exc
@@ -154,7 +158,12 @@ def connection_error_fields(exc: BaseException) -> dict[str, object]:
             fields["host"] = host
             fields["port"] = port
         os_error = getattr(current, "os_error", None) or (current if isinstance(current, OSError) else None)
-        if isinstance(os_error, OSError) and os_error.errno is not None and "errno" not in fields:
+        if isinstance(os_error, ssl.SSLError) and "reason" not in fields:
+            # Its errno is the TLS library's error kind (1: SSL_ERROR_SSL), no system errno: named by
+            # os.strerror it read "Operation not permitted". Its own words say what went wrong.
+            verify_message = getattr(os_error, "verify_message", None)
+            fields["reason"] = verify_message or os_error.reason or str(os_error)
+        elif isinstance(os_error, OSError) and os_error.errno is not None and "reason" not in fields:
             code = os_error.errno
             fields["errno"] = code
             fields["reason"] = os.strerror(code) if code > 0 else (os_error.strerror or str(os_error))

@@ -7,6 +7,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from .settings import Settings
+from .upstreams.portable import ASK_USAGE, OwnTokenLimit
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -73,13 +74,14 @@ class ChatRequest(BaseModel):
         messages.extend({"role": m.role, "content": m.content} for m in self.history)
         messages.append({"role": "user", "content": self.message})
         body: dict[str, Any] = {"model": model, "messages": messages}
+        # Both fields are Sluice's own: a portable upstream gets neither (see upstreams/portable.py).
         if stream:
             body["stream"] = True
-            body["stream_options"] = {"include_usage": True}
+            body["stream_options"] = ASK_USAGE
         if self.temperature is not None:
             body["temperature"] = self.temperature
         if self.max_tokens is not None:
-            body["max_completion_tokens"] = self.max_tokens
+            body["max_completion_tokens"] = OwnTokenLimit(self.max_tokens)
         return body
 
 

@@ -3067,6 +3067,254 @@ BREAKS += [
 ]
 
 
+# Upstream variety (found by a black-box review against OpenAI-compatible servers).
+WIRE_CLIENT = "server/upstreams/client.py"
+WIRE_PORTABLE = "server/upstreams/portable.py"
+WIRE_FAILURES = "server/upstreams/failures.py"
+WIRE_STREAM = "server/upstreams/stream.py"
+VARIETY_PT = "tests/test_upstream_portable.py"
+VARIETY_VP = "tests/test_upstream_variety_process.py"
+VARIETY_BU = "tests/test_upstream_base_url.py"
+VARIETY_H1 = "tests/test_upstream_http1.py"
+VARIETY_RP = "tests/test_upstream_replies.py"
+VARIETY_ST = "tests/test_upstream_stream.py"
+VARIETY_CH = "tests/test_chunks.py"
+
+BREAKS += [
+    Break(
+        "a portable upstream gets the body as built",
+        WIRE_CLIENT,
+        "        payload = orjson.dumps(portable(body) if self._portable else body)\n",
+        "        payload = orjson.dumps(body)\n",
+        (
+            f"{VARIETY_PT}::test_a_portable_client_sends_the_portable_body",
+            f"{VARIETY_PT}::test_a_portable_upstream_is_not_asked_for_usage[native]",
+            f"{VARIETY_VP}::test_a_portable_upstream_streams_to_v1_without_sluices_stream_options",
+        ),
+    ),
+    Break(
+        "a portable stream gets Sluice's stream options over the client's",
+        WIRE_PORTABLE,
+        "            adapted[STREAM_OPTIONS] = asked.sent\n",
+        "            adapted[STREAM_OPTIONS] = asked\n",
+        (
+            f"{VARIETY_PT}::test_a_portable_stream_carries_the_clients_own_stream_options_as_sent[options0]",
+            f"{VARIETY_VP}::test_a_v1_clients_own_stream_options_reach_a_portable_upstream_as_sent",
+        ),
+    ),
+    Break(
+        "a portable upstream gets the token limit as max_completion_tokens",
+        WIRE_PORTABLE,
+        "        adapted[PORTABLE_TOKEN_LIMIT] = int(own_limit)\n",
+        "        adapted[TOKEN_LIMIT] = int(own_limit)\n",
+        (
+            f"{VARIETY_PT}::test_a_portable_upstream_gets_the_original_apis_token_limit_as_max_tokens[False]",
+            f"{VARIETY_VP}::test_a_portable_upstream_gets_the_native_token_limit_as_max_tokens",
+            f"{VARIETY_VP}::test_a_portable_upstream_answers_the_original_apis_chat_within_its_token_limit",
+        ),
+    ),
+    Break(
+        "the original API's token limit not marked as Sluice's",
+        "server/schemas.py",
+        '            body["max_completion_tokens"] = OwnTokenLimit(self.max_tokens)\n',
+        '            body["max_completion_tokens"] = self.max_tokens\n',
+        (
+            f"{VARIETY_PT}::test_a_portable_upstream_gets_the_original_apis_token_limit_as_max_tokens[True]",
+            f"{VARIETY_VP}::test_a_portable_upstream_gets_the_native_token_limit_as_max_tokens",
+            f"{VARIETY_VP}::test_a_portable_upstream_answers_the_original_apis_chat_within_its_token_limit",
+        ),
+    ),
+    Break(
+        "v1 stream options not marked as Sluice's",
+        "server/routes/openai.py",
+        'upstream_body = {**body, "stream_options": asking_usage(body)}',
+        'upstream_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}',
+        (
+            f"{VARIETY_PT}::test_a_portable_upstream_is_not_asked_for_usage[openai]",
+            f"{VARIETY_VP}::test_a_portable_upstream_streams_to_v1_without_sluices_stream_options",
+        ),
+    ),
+    Break(
+        "stream options made per request",
+        WIRE_PORTABLE,
+        "        return ASK_USAGE  # the common case: nothing made per request\n",
+        "        return UsageAsked()  # the common case: nothing made per request\n",
+        (f"{VARIETY_PT}::test_the_options_of_a_stream_whose_client_sent_none_are_made_once",),
+    ),
+    Break(
+        "a continuation's lowered limit loses its mark",
+        "server/upstreams/continuation.py",
+        "lowered(body[name], tokens_left)",
+        "tokens_left",
+        (f"{VARIETY_PT}::test_a_continuation_keeps_the_original_apis_token_limit_portable",),
+    ),
+    Break(
+        "the default upstream ignores portable_body",
+        "server/settings/root.py",
+        "api_key=upstream.api_key, portable_body=portable)",
+        "api_key=upstream.api_key)",
+        (f"{VARIETY_PT}::test_the_default_upstream_takes_portable_body_from_the_upstream_section",),
+    ),
+    Break(
+        "an error's detail is not its message",
+        WIRE_FAILURES,
+        '    message = error.get("message") or error.get("detail")\n',
+        '    message = error.get("message")\n',
+        (f"{VARIETY_RP}::test_an_error_status_passes_its_message_on_in_each_providers_form[fastapi_text]",),
+    ),
+    Break(
+        "Mistral's nested detail rendered as JSON",
+        WIRE_FAILURES,
+        '    if isinstance(value, dict) and depth < 2 and (inner := value.get("message") or value.get("detail")):\n',
+        "    if False:\n",
+        (
+            f"{VARIETY_RP}::test_an_error_status_passes_its_message_on_in_each_providers_form[mistral]",
+            f"{VARIETY_VP}::test_a_strict_upstream_refusing_sluices_own_fields_is_a_422_with_its_message",
+        ),
+    ),
+    Break(
+        "validation errors rendered as JSON with their input",
+        WIRE_FAILURES,
+        '        return "; ".join(_validation_error(item) for item in value)\n',
+        "        return orjson.dumps(value).decode()\n",
+        (
+            f"{VARIETY_RP}::test_an_error_status_passes_its_message_on_in_each_providers_form[fastapi_list]",
+            f"{VARIETY_RP}::test_a_validation_errors_input_is_not_quoted_in_its_message",
+        ),
+    ),
+    Break(
+        "a rendered message unbounded and unmasked",
+        WIRE_FAILURES,
+        '    return safe_message(_as_text(message)) if message else ""\n',
+        '    return _as_text(message) if message else ""\n',
+        (f"{VARIETY_RP}::test_a_message_rendered_from_a_list_is_bounded_and_masks_credentials",),
+    ),
+    Break(
+        "an error event's object message dropped",
+        WIRE_FAILURES,
+        '        message_text(fields) or "The upstream failed mid-stream.",\n',
+        '        "The upstream failed mid-stream.",\n',
+        (f"{VARIETY_RP}::test_an_error_event_whose_message_is_an_object_passes_it_on",),
+    ),
+    Break(
+        "a base URL's query dropped from requests",
+        WIRE_CLIENT,
+        '        query = "?" + parts.query if parts.query else ""\n',
+        '        query = ""\n',
+        (
+            f"{VARIETY_BU}::test_a_chat_request_keeps_the_base_urls_query",
+            f"{VARIETY_BU}::test_a_probe_keeps_the_base_urls_query",
+            f"{VARIETY_VP}::test_a_chat_request_keeps_the_base_urls_query",
+        ),
+    ),
+    Break(
+        "discovery appends /models after the query",
+        "server/discovery.py",
+        "        self._sources = [(models_url(entry.base_url), _auth(entry)) for entry in upstreams]\n",
+        '        self._sources = [(entry.base_url.rstrip("/") + "/models", _auth(entry)) for entry in upstreams]\n',
+        (
+            f"{VARIETY_BU}::test_model_discovery_keeps_the_base_urls_query",
+            f"{VARIETY_VP}::test_model_discovery_keeps_the_base_urls_query",
+        ),
+    ),
+    Break(
+        "a base URL's user and password taken silently",
+        "server/settings/routing.py",
+        '    if "@" in urlsplit(base_url).netloc:\n',
+        "    if False:\n",
+        (
+            f"{VARIETY_BU}::test_a_base_url_with_a_user_or_password_is_refused_without_echoing_it[user:hunter2@]",
+            f"{VARIETY_VP}::test_a_base_url_with_a_password_stops_start_up_without_echoing_it",
+        ),
+    ),
+    Break(
+        "a BOM before a stream kept",
+        WIRE_STREAM,
+        '        if first[:1] == b"\\xef":  # maybe a BOM: its first event would be lost behind it\n',
+        "        if False:\n",
+        (
+            f"{VARIETY_ST}::test_a_byte_order_mark_before_the_first_event_loses_no_event[with_the_events]",
+            f"{VARIETY_VP}::test_a_stream_after_a_byte_order_mark_loses_no_event",
+        ),
+    ),
+    Break(
+        "a BOM alone in its read ends the prime's look at the body",
+        WIRE_STREAM,
+        "        return first[len(BOM) :] or await body.read()\n",
+        "        return first[len(BOM) :]\n",
+        (f"{VARIETY_ST}::test_a_json_error_after_a_byte_order_mark_fails_the_prime_with_its_message",),
+    ),
+    Break(
+        "a BOM split across reads kept",
+        WIRE_STREAM,
+        "        while len(first) < len(BOM) and BOM.startswith(first) and (more := await body.read()):\n",
+        "        while False:\n",
+        (f"{VARIETY_ST}::test_a_byte_order_mark_before_the_first_event_loses_no_event[split]",),
+    ),
+    Break(
+        "a BOM before a completion kept",
+        WIRE_CLIENT,
+        "            reply = reply.removeprefix(BOM)  # JSON parsers, the clients' too, refuse a reply starting with one\n",  # noqa: E501
+        "            pass\n",
+        (
+            f"{VARIETY_H1}::test_a_completion_after_a_byte_order_mark_is_relayed_without_it",
+            f"{VARIETY_VP}::test_a_completion_after_a_byte_order_mark_is_relayed_without_it",
+        ),
+    ),
+    Break(
+        "a BOM before an error body kept",
+        WIRE_CLIENT,
+        "        return status_failure(response.status, response.headers, content.removeprefix(BOM))\n",
+        "        return status_failure(response.status, response.headers, content)\n",
+        (f"{VARIETY_H1}::test_an_error_after_a_byte_order_mark_passes_its_message_on",),
+    ),
+    Break(
+        "a completion cut after its head is an unreachable upstream",
+        WIRE_CLIENT,
+        '                raise malformed_reply("The upstream\'s reply was cut short.") from exc\n',
+        "                raise connect_failure() from exc\n",
+        (
+            f"{VARIETY_H1}::test_a_completion_cut_short_after_its_head_is_a_malformed_reply_for_another_upstream",
+            f"{VARIETY_VP}::test_a_completion_cut_short_is_a_malformed_reply_and_not_asked_again",
+        ),
+    ),
+    Break(
+        "a malformed response head is an unreachable upstream",
+        WIRE_CLIENT,
+        '            raise malformed_reply("The upstream\'s response is not valid HTTP/1.1.") from exc\n',
+        "            raise connect_failure() from exc\n",
+        (
+            f"{VARIETY_H1}::test_a_response_that_is_not_valid_http_is_a_malformed_reply_not_an_unreachable_upstream[completion-folded_header]",
+        ),
+    ),
+    Break(
+        "a response cut inside its head is an unreachable upstream",
+        WIRE_CLIENT,
+        "            if not exc.before_response:\n",
+        "            if False:\n",
+        (f"{VARIETY_H1}::test_a_response_cut_inside_its_head_is_a_malformed_reply",),
+    ),
+    Break(
+        "an error field without data dropped",
+        "server/chunks.py",
+        '        return _error_data(b"\\n".join(errors)) if errors else None\n',
+        "        return None\n",
+        (
+            f"{VARIETY_CH}::test_an_event_of_an_error_field_alone_is_an_error_with_its_message[spaced]",
+            f"{VARIETY_ST}::test_an_older_llamacpp_servers_error_line_fails_the_prime_with_its_message[closed]",
+            f"{VARIETY_VP}::test_an_older_llamacpp_servers_error_line_reaches_the_client_with_its_message",
+        ),
+    ),
+    Break(
+        "a TLS failure named by os.strerror",
+        "server/logs.py",
+        '        if isinstance(os_error, ssl.SSLError) and "reason" not in fields:\n',
+        "        if False:\n",
+        (f"{VARIETY_H1}::test_an_untrusted_certificate_is_logged_with_the_tls_librarys_reason_not_an_errno",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

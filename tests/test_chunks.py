@@ -284,3 +284,17 @@ def test_a_content_delta_is_of_the_answer_not_other() -> None:
     """Content keeps its meaning for what reads `has_delta` alone (a continuation's prefill)."""
     chunk = parse_chunk(_delta(b'{"content":"Hi","reasoning_content":"Hm."}'))
     assert (chunk.has_delta, chunk.other_delta, chunk.content) == (True, False, "Hi")
+
+
+@pytest.mark.parametrize("spacing", [b"error: ", b"error:"], ids=["spaced", "unspaced"])
+def test_an_event_of_an_error_field_alone_is_an_error_with_its_message(spacing: bytes) -> None:
+    # Older llama.cpp servers write a failure so, with no data line.
+    body = b": ping\n\n" + spacing + b'{"code":500,"message":"KV cache is full","type":"server_error"}\n\n'
+
+    [data] = split_in_reads(body, 1000)
+
+    assert parse_chunk(data).error == {"code": 500, "message": "KV cache is full", "type": "server_error"}
+
+
+def test_an_error_field_beside_data_leaves_the_data_as_it_is() -> None:
+    assert split_in_reads(b'error: {"message":"no"}\ndata: {"choices":[]}\n\n', 1000) == [b'{"choices":[]}']

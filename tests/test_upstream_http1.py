@@ -12,13 +12,16 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
 from server.errors import UpstreamError
 from server.settings import UpstreamEntry
+from server.upstreams.backoff import retryable, tries_next_candidate
 from server.upstreams.client import UpstreamClient
 from server.upstreams.connections import Connections
 from server.upstreams.http1 import Http1Connection
 from server.upstreams.parser import MAX_HEAD_BYTES, MalformedResponse, ResponseParser
+from server.upstreams.response import BOM
 from server.upstreams.stream import UpstreamStream
 from tests.conftest import RawClient, make_settings
 from tests.support.garbage import cyclic_garbage
@@ -172,7 +175,84 @@ async def test_a_reply_whose_head_never_ends_is_refused(raw_upstream: RawUpstrea
     with pytest.raises(UpstreamError) as failure:
         async with asyncio.timeout(SECONDS):
             await sent
-    assert failure.value.reason == "connect"
+    assert (failure.value.code, failure.value.reason) == ("upstream_malformed_reply", "malformed_reply")
+
+
+async def test_a_completion_cut_short_after_its_head_is_a_malformed_reply_for_another_upstream(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    """Asked again, the same upstream would generate, and bill, the whole completion again."""
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n" + COMPLETION)
+    exchange.close()
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert (failure.value.status, failure.value.code) == (502, "upstream_malformed_reply")
+    assert (retryable(failure.value), tries_next_candidate(failure.value)) == (False, True)
+    assert raw_upstream.requests.empty()
+
+
+async def test_a_response_cut_inside_its_head_is_a_malformed_reply(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    exchange = await raw_upstream.next()
+    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Ty")
+    exchange.close()
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert failure.value.reason == "malformed_reply"
+    assert raw_upstream.requests.empty()
+
+
+MALFORMED_HEADS = {
+    "folded_header": b"HTTP/1.1 200 OK\r\nX-Folded: a\r\n b\r\nContent-Length: %d\r\n\r\n",
+    "bare_lf": b"HTTP/1.1 200 OK\nContent-Length: %d\n\n",
+    "two_lengths": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nContent-Length: 1\r\n\r\n",
+    "length_and_chunked": b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nTransfer-Encoding: chunked\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("head", MALFORMED_HEADS.values(), ids=list(MALFORMED_HEADS))
+@pytest.mark.parametrize("stream", [False, True], ids=["completion", "stream"])
+async def test_a_response_that_is_not_valid_http_is_a_malformed_reply_not_an_unreachable_upstream(
+    raw_upstream: RawUpstream, raw_client: RawClient, head: bytes, stream: bool
+) -> None:
+    client = raw_client(raw_upstream.url)
+    sent = asyncio.ensure_future(client.open_stream(CHAT, "rid") if stream else client.complete(CHAT, "rid"))
+    (await raw_upstream.next()).write(head % len(COMPLETION) + COMPLETION)
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert (failure.value.code, failure.value.reason) == ("upstream_malformed_reply", "malformed_reply")
+
+
+async def test_a_completion_after_a_byte_order_mark_is_relayed_without_it(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    (await raw_upstream.next()).write(json_reply(BOM + COMPLETION))
+
+    async with asyncio.timeout(SECONDS):
+        assert await sent == COMPLETION
+
+
+async def test_an_error_after_a_byte_order_mark_passes_its_message_on(
+    raw_upstream: RawUpstream, raw_client: RawClient
+) -> None:
+    sent = asyncio.ensure_future(raw_client(raw_upstream.url).complete(CHAT, "rid"))
+    (await raw_upstream.next()).write(json_reply(BOM + b'{"error": {"message": "Unknown parameter."}}', 400))
+
+    with pytest.raises(UpstreamError) as failure:
+        async with asyncio.timeout(SECONDS):
+            await sent
+    assert (failure.value.status, failure.value.message) == (400, "Unknown parameter.")
 
 
 async def test_a_pooled_connection_that_fails_before_its_answer_is_retried_once_on_a_fresh_one(
@@ -389,6 +469,17 @@ async def test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable
     with pytest.raises(UpstreamError) as failure:
         await _tls_reply(tmp_path, trusted=False)
     assert failure.value.reason == "connect"
+
+
+async def test_an_untrusted_certificate_is_logged_with_the_tls_librarys_reason_not_an_errno(tmp_path: Path) -> None:
+    """The TLS library's error kind (1) is no system errno: named by os.strerror, it read "Operation not permitted"."""
+    with capture_logs() as logs, pytest.raises(UpstreamError):
+        await _tls_reply(tmp_path, trusted=False)
+
+    [line] = [entry for entry in logs if entry["event"] == "upstream_connect_failed"]
+    assert line["error"] == "SSLCertVerificationError"
+    assert line["reason"] in ("self-signed certificate", "self signed certificate")
+    assert "errno" not in line
 
 
 async def test_an_idle_pooled_connection_is_closed_after_its_idle_time(raw_upstream: RawUpstream) -> None:

@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestClient
 
 from server.errors import UpstreamError
 from server.upstreams.backoff import retryable, tries_next_candidate
-from server.upstreams.failures import check_completion, event_failure, status_failure
+from server.upstreams.failures import MESSAGE_LIMIT, check_completion, event_failure, status_failure
 from tests.support.envelope import error_of
 
 Client = TestClient[web.Request, web.Application]
@@ -162,3 +162,54 @@ def test_a_credential_quoted_in_any_upstream_message_is_masked(failure: Callable
     assert "LEAK" not in message
     assert "abc.def" not in message
     assert "[redacted]" in message
+
+
+MISTRAL_422 = (
+    b'{"object": "error", "message": {"detail": [{"type": "extra_forbidden", "loc": ["body", "stream_options"],'
+    b' "msg": "Extra inputs are not permitted", "input": {"include_usage": true}}]},'
+    b' "type": "invalid_request_error", "param": null, "code": null}'
+)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"detail": "max_tokens must be at least 1"}', "max_tokens must be at least 1"),
+        (
+            b'{"detail": [{"loc": ["body", "messages"], "msg": "Field required", "type": "missing"}]}',
+            "body.messages: Field required",
+        ),
+        (MISTRAL_422, "body.stream_options: Extra inputs are not permitted"),
+        (b'{"error": {"message": {"reason": "bad tools"}}}', '{"reason":"bad tools"}'),
+        (b'{"error": {"message": ["one", "two"]}}', '["one","two"]'),
+    ],
+    ids=["fastapi_text", "fastapi_list", "mistral", "object", "list"],
+)
+def test_an_error_status_passes_its_message_on_in_each_providers_form(body: bytes, message: str) -> None:
+    failure = status_failure(422, {}, body)
+
+    assert (failure.status, failure.code, failure.message) == (422, "upstream_rejected", message)
+
+
+def test_a_validation_errors_input_is_not_quoted_in_its_message() -> None:
+    # FastAPI quotes the refused input: a whole request, a prompt. Where and what suffice.
+    body = b'{"detail": [{"loc": ["body"], "msg": "Invalid JSON", "input": {"messages": "a private prompt"}}]}'
+
+    assert status_failure(422, {}, body).message == "body: Invalid JSON"
+
+
+def test_a_message_rendered_from_a_list_is_bounded_and_masks_credentials() -> None:
+    item = '{"loc": ["body", "api_key"], "msg": "Key sk-LEAK4abcd refused"}'
+    body = ('{"detail": [' + ", ".join([item] * 100) + "]}").encode()
+
+    message = status_failure(422, {}, body).message
+
+    assert len(message) <= MESSAGE_LIMIT  # of about 4,000 characters
+    assert "LEAK" not in message
+    assert message.startswith("body.api_key: Key [redacted] refused; ")
+
+
+def test_an_error_event_whose_message_is_an_object_passes_it_on() -> None:
+    failure = event_failure({"message": {"detail": [{"loc": ["body", "n"], "msg": "Too many choices"}]}})
+
+    assert failure.message == "body.n: Too many choices"

@@ -105,3 +105,44 @@ async def test_an_error_event_that_refuses_the_key_hides_its_message(error: str)
 async def test_an_error_events_message_is_passed_on_bounded() -> None:
     failure = await _prime_failure(_event(json.dumps({"error": "x" * (MESSAGE_LIMIT * 5)})))
     assert failure.message == "x" * MESSAGE_LIMIT
+
+
+BOM = b"\xef\xbb\xbf"
+
+
+@pytest.mark.parametrize(
+    "reads",
+    [
+        [BOM + _token("first") + _token("second") + FINISH],
+        [BOM, _token("first") + _token("second") + FINISH],
+        [BOM[:1], BOM[1:] + _token("first") + _token("second") + FINISH],
+    ],
+    ids=["with_the_events", "alone", "split"],
+)
+async def test_a_byte_order_mark_before_the_first_event_loses_no_event(reads: list[bytes]) -> None:
+    """The SSE standard's parser drops one; kept, it made the first line `\\ufeffdata: ...`, no field at all."""
+    stream = UpstreamStream(_Response(reads), "test")
+    await stream.prime()
+
+    texts = [chunk.content for batch in [batch async for batch in stream] for chunk in batch]
+
+    assert texts == ["first", "second", None]
+
+
+async def test_a_json_error_after_a_byte_order_mark_fails_the_prime_with_its_message() -> None:
+    stream = UpstreamStream(_Response([BOM, b'{"error": {"message": "upstream says no"}}']), "test")
+
+    with pytest.raises(UpstreamError) as caught:
+        await stream.prime()
+    assert caught.value.message == "upstream says no"
+
+
+@pytest.mark.parametrize("ending", [b"\n\n", b""], ids=["closed", "cut_by_the_body_end"])
+async def test_an_older_llamacpp_servers_error_line_fails_the_prime_with_its_message(ending: bytes) -> None:
+    line = b'error: {"code":500,"message":"llama_decode failed: KV cache is full","type":"server_error"}'
+
+    stream = UpstreamStream(_Response([ROLE + line + ending]), "test")
+
+    with pytest.raises(UpstreamError) as caught:
+        await stream.prime()
+    assert (caught.value.reason, caught.value.message) == ("error_event", "llama_decode failed: KV cache is full")

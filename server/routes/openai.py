@@ -15,6 +15,7 @@ from ..dialects import OpenAIDialect
 from ..errors import InvalidRequestError
 from ..keys import CHAT_SCHEMA, RECORD
 from ..middleware.auth import check_model_for, visible_models
+from ..upstreams.portable import asking_usage
 from ..validation import read_json_object
 
 # OpenAI's `created` for models Sluice lists; the upstream's own value is not fetched.
@@ -52,7 +53,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
         options = body.get("stream_options")
         include_usage = isinstance(options, dict) and options.get("include_usage") is True
         # Always ask for usage, so every stream's tokens are logged; the client sees it only if asked.
-        upstream_body = {**body, "stream_options": {**(options or {}), "include_usage": True}}
+        # A portable upstream gets the client's own options instead (upstreams/portable.py).
+        upstream_body = {**body, "stream_options": asking_usage(body)}
         return await stream_chat(request, upstream_body, OpenAIDialect(include_usage))
     raw = await complete_chat(request, body)
     return web.Response(body=raw, content_type="application/json")

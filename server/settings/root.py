@@ -57,5 +57,7 @@ class Settings(Section):
         """The configured upstreams; without [[upstreams]], one named `default` from [upstream]."""
         if self.upstreams:
             return self.upstreams
-        base_url = simulator_url or self.upstream.base_url
-        return (UpstreamEntry(name="default", base_url=base_url, api_key=self.upstream.api_key),)
+        upstream = self.upstream
+        base_url = simulator_url or upstream.base_url
+        portable = upstream.portable_body
+        return (UpstreamEntry(name="default", base_url=base_url, api_key=upstream.api_key, portable_body=portable),)

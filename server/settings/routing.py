@@ -3,10 +3,22 @@
 from __future__ import annotations
 
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from .base import Section
+
+
+def _without_credentials(base_url: str, key_setting: str) -> str:
+    """Refuse a base URL that holds a user name or password (`http://user:pass@host/v1`).
+
+    Sluice sends its key as a bearer token and never the URL's user part: such a URL would reach
+    the upstream without its credentials, silently. The message never quotes the URL.
+    """
+    if "@" in urlsplit(base_url).netloc:
+        raise ValueError(f"must not hold a user name or password; give the key with {key_setting} instead")
+    return base_url
 
 
 class UpstreamSettings(Section):
@@ -19,6 +31,13 @@ class UpstreamSettings(Section):
     total_timeout: float = Field(gt=0)
     max_connections: int = Field(ge=0)
     probe_interval: float = Field(gt=0)
+    # Send only fields every OpenAI-compatible server knows (see server/upstreams/portable.py).
+    portable_body: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_has_no_credentials(cls, value: str) -> str:
+        return _without_credentials(value, "AI_INTEGRATIONS_OPENAI_API_KEY")
 
 
 class UpstreamEntry(Section):
@@ -34,6 +53,12 @@ class UpstreamEntry(Section):
     max_concurrency: int = Field(default=0, ge=0)
     continuation: Literal["none", "assistant-prefill"] = "none"
     continuation_body: dict[str, Any] = Field(default_factory=dict)
+    portable_body: bool = False
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_has_no_credentials(cls, value: str) -> str:
+        return _without_credentials(value, "api_key_env")
 
     def serves(self, model: str) -> bool:
         """True when this upstream is configured for `model`."""

@@ -20,10 +20,11 @@ from ..errors import UpstreamError, UpstreamProtocolError
 from ..logs import connection_error_fields
 from ..settings import UpstreamEntry, UpstreamSettings
 from .connections import Connections, OriginPool
-from .failures import check_completion, connect_failure, status_failure, timeout_failure
+from .failures import check_completion, connect_failure, malformed_reply, status_failure, timeout_failure
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
-from .response import UpstreamResponse
+from .portable import portable
+from .response import BOM, UpstreamResponse
 from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.upstream")
@@ -53,17 +54,20 @@ class UpstreamClient:
         self._settings = settings
         self._origin: OriginPool = connections.pool(entry.base_url)
         self._timers = connections.timers
+        self._portable = entry.portable_body
         # Everything of a request but its Accept, X-Request-ID, Content-Length and body, built once.
         parts = urlsplit(entry.base_url)
         path = parts.path.rstrip("/")
+        # A base URL's query goes on every request: Azure's classic API names its version there.
+        query = "?" + parts.query if parts.query else ""
         host = parts.netloc.rpartition("@")[2]
         fixed = [f"Host: {host}", "User-Agent: sluice"]
         if entry.api_key is not None:
             fixed.append("Authorization: Bearer " + entry.api_key.get_secret_value())
         common = "".join(line + "\r\n" for line in fixed).encode("latin-1")
-        self._chat_head = f"POST {path}/chat/completions HTTP/1.1\r\n".encode("latin-1") + common
+        self._chat_head = f"POST {path}/chat/completions{query} HTTP/1.1\r\n".encode("latin-1") + common
         self._chat_head += b"Content-Type: application/json\r\n"
-        self._models_request = f"GET {path}/models HTTP/1.1\r\n".encode("latin-1") + common
+        self._models_request = f"GET {path}/models{query} HTTP/1.1\r\n".encode("latin-1") + common
         self._models_request += b"Accept: application/json\r\n\r\n"
 
     @property
@@ -124,13 +128,16 @@ class UpstreamClient:
             try:
                 reply = await response.read_bounded(self._max_reply_bytes)
             except (ConnectionBroken, MalformedResponse, OSError) as exc:
+                # The upstream answered and may have generated the whole completion: asked again,
+                # it would be paid for again. A reply it cut short is for another upstream to give.
                 log.warning("upstream_body_failed", upstream=self.name, error=type(exc).__name__)
                 response.close()
-                raise connect_failure() from exc
+                raise malformed_reply("The upstream's reply was cut short.") from exc
             except BaseException:
                 response.close()
                 raise
             response.release()
+            reply = reply.removeprefix(BOM)  # JSON parsers, the clients' too, refuse a reply starting with one
             check_completion(reply)
             return reply
         finally:
@@ -153,8 +160,11 @@ class UpstreamClient:
         self.in_flight -= 1
 
     async def _send(self, body: dict[str, Any], request_id: str, *, accept: bytes) -> UpstreamResponse:
-        """POST the chat request; return the response once it answered 200, else raise UpstreamError."""
-        payload = orjson.dumps(body)
+        """POST the chat request; return the response once it answered 200, else raise UpstreamError.
+
+        A portable upstream's body goes without Sluice's own fields (see portable.py); any other's as it is.
+        """
+        payload = orjson.dumps(portable(body) if self._portable else body)
         rid = request_id.encode("latin-1")
         if rid.find(b"\r") >= 0 or rid.find(b"\n") >= 0:
             raise ValueError("A request ID cannot hold a line break.")
@@ -173,9 +183,18 @@ class UpstreamClient:
         )
         try:
             response = await self._exchange(request)
-        except (ConnectionBroken, MalformedResponse) as exc:
+        except ConnectionBroken as exc:
+            if not exc.before_response:
+                # Cut inside its head: it answered, so the request was taken (and may be paid for).
+                log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
+                raise malformed_reply("The upstream's response was cut short in its head.") from exc
             log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
             raise connect_failure() from exc
+        except MalformedResponse as exc:
+            # Not HTTP/1.1 this client can read (a folded header, bare LF line ends, two lengths):
+            # the upstream did answer, and would answer the same again.
+            log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
+            raise malformed_reply("The upstream's response is not valid HTTP/1.1.") from exc
         if response.status != 200:
             raise await self._status_error(response)
         return response
@@ -228,7 +247,7 @@ class UpstreamClient:
             content = b""
         finally:
             response.close()
-        return status_failure(response.status, response.headers, content)
+        return status_failure(response.status, response.headers, content.removeprefix(BOM))
 
 
 def create_upstream_connections(settings: UpstreamSettings) -> Connections:

@@ -36,6 +36,7 @@ import structlog
 from ..chunks import Chunk
 from ..errors import UpstreamError
 from .failures import timeout_failure
+from .portable import lowered
 from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.continuation")
@@ -62,7 +63,7 @@ def within(body: dict[str, Any], tokens_left: int | None) -> dict[str, Any]:
     """`body` with each token limit it sets lowered to `tokens_left` (unchanged when None)."""
     if tokens_left is None:
         return body
-    return {**body, **{name: tokens_left for name in LIMIT_FIELDS if _is_count(body.get(name))}}
+    return {**body, **{name: lowered(body[name], tokens_left) for name in LIMIT_FIELDS if _is_count(body.get(name))}}
 
 
 def _is_count(value: object) -> TypeGuard[int | float]:

@@ -2,6 +2,9 @@
 
     upstream answer                          client sees                      retried
     connection refused, reset, DNS           502 upstream_unreachable          yes
+      (before any byte of the response)
+    a response cut short, or not HTTP/1.1    502 upstream_malformed_reply      another route
+      (a folded header, bare LF, two lengths: not asked again, its answer may be paid for)
     connect timeout, 408                     504 upstream_timeout              yes
     no headers within header_timeout         504 header_timeout                another route
     no first token within the deadline       504 first_token_timeout           another route
@@ -17,7 +20,9 @@
     other 4xx                                that status, its message/code     never
 
 An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on, nor
-that of an error object that names a refused key (sent with 200, or inside a stream).
+that of an error object that names a refused key (sent with 200, or inside a stream). Any other
+message is passed on in whatever form it came (text, FastAPI's `detail`, an object or a list
+rendered as text), bounded, any credential it quotes masked (see message_text).
 """
 
 from __future__ import annotations
@@ -106,11 +111,11 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
     Its message (bounded) and code are passed on, unless it refuses the gateway's key: that is
     judged as a 401 would be, its message hidden.
     """
-    message, code = fields.get("message"), fields.get("code")
+    code = fields.get("code")
     if refuses_key(fields):
         return status_failure(401, {}, b"")
     error = UpstreamError(
-        safe_message(message) if isinstance(message, str) and message else "The upstream failed mid-stream.",
+        message_text(fields) or "The upstream failed mid-stream.",
         code=code if isinstance(code, str) and code else "upstream_failed",
     )
     error.reason = "error_event"
@@ -219,7 +224,7 @@ def _retry_after_header(seconds: float | None) -> dict[str, str]:
 
 
 def _error_fields(content: bytes) -> dict[str, str]:
-    """message, code and param of an OpenAI-shaped error body, when they are strings."""
+    """message (see message_text), code and param of an error body; code and param when they are strings."""
     try:
         body = orjson.loads(content)
     except orjson.JSONDecodeError:
@@ -231,12 +236,41 @@ def _error_fields(content: bytes) -> dict[str, str]:
         error = {"message": error}
     if not isinstance(error, dict):
         return {}
-    found = {name: error.get(name) for name in ("message", "code", "param")}
-    return {
-        name: (safe_message(value) if name == "message" else value)
-        for name, value in found.items()
-        if isinstance(value, str) and value
-    }
+    found = {name: error.get(name) for name in ("code", "param")}
+    fields = {name: value for name, value in found.items() if isinstance(value, str) and value}
+    if message := message_text(error):
+        fields["message"] = message
+    return fields
+
+
+def message_text(error: Mapping[str, Any]) -> str:
+    """An error object's message as a client may see it (safe_message); "" when it has none.
+
+    Providers give it as text under `message`, or under `detail` (FastAPI's servers), or as an
+    object or a list there (FastAPI's validation errors, Mistral's `{"message": {"detail": [...]}}`):
+    those are rendered as text, not dropped.
+    """
+    message = error.get("message") or error.get("detail")
+    return safe_message(_as_text(message)) if message else ""
+
+
+def _as_text(value: object, depth: int = 0) -> str:
+    """A message in any of its forms as one line of text (a bounded body's: its work is bounded too)."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict) and depth < 2 and (inner := value.get("message") or value.get("detail")):
+        return _as_text(inner, depth + 1)  # Mistral's: FastAPI's detail inside the message
+    if isinstance(value, list) and value and all(isinstance(item, dict) and "msg" in item for item in value):
+        # Validation errors: where and what, without the `input` each quotes (the request itself).
+        return "; ".join(_validation_error(item) for item in value)
+    return orjson.dumps(value).decode()
+
+
+def _validation_error(item: Mapping[str, Any]) -> str:
+    """One of FastAPI's (pydantic's) validation errors, `{"loc": ["body", "x"], "msg": ...}`, as `body.x: msg`."""
+    loc = item.get("loc")
+    where = ".".join(map(str, loc)) if isinstance(loc, list) else ""
+    return f"{where}: {item['msg']}" if where else str(item["msg"])
 
 
 # What an upstream says when it refuses the gateway's own credentials, in the forms providers use.

@@ -9,6 +9,9 @@ from .connections import OriginPool
 from .http1 import Http1Connection
 from .parser import Headers, ResponseParser
 
+# A UTF-8 byte order mark, which some servers write before a body: one is dropped from the start
+# of a reply or a stream (as the SSE standard's parser drops it; JSON parsers refuse it).
+BOM = b"\xef\xbb\xbf"
 # Content-Encoding values decoded for a non-streaming reply (none is asked for: no Accept-Encoding).
 DECODERS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 

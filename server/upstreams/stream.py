@@ -14,6 +14,7 @@ from .failures import event_failure, reply_failure, reset_failure
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .push import Body, Pushed
+from .response import BOM
 
 log = structlog.get_logger("sluice.upstream")
 
@@ -92,10 +93,14 @@ class UpstreamStream:
         ...}`, "model overloaded"). Read as events it holds none, and its message was lost to "ended
         the stream before its first token". An event stream never starts with `{` (its lines start
         with a field name, `:` or nothing), so the bytes tell, whatever the Content-Type says:
-        a stream sent as the wrong type is still read as it arrives, not held.
+        a stream sent as the wrong type is still read as it arrives, not held. One leading UTF-8
+        BOM is dropped, as the SSE standard's parser drops it: left, it made the first line
+        `\ufeffdata: ...`, no field Sluice knows, and the first event was lost.
         """
         body = self._response.body
         first = await body.read()
+        if first[:1] == b"\xef":  # maybe a BOM: its first event would be lost behind it
+            first = await self._without_bom(first)
         if first.lstrip()[:1] != b"{":
             if first:
                 self._unparsed = self._splitter.feed(first)
@@ -105,6 +110,15 @@ class UpstreamStream:
             parts.append(piece)
             size += len(piece)
         raise reply_failure(b"".join(parts))
+
+    async def _without_bom(self, first: bytes) -> bytes:
+        """The body's first bytes without a leading BOM, which a server may have written alone."""
+        body = self._response.body
+        while len(first) < len(BOM) and BOM.startswith(first) and (more := await body.read()):
+            first += more
+        if not first.startswith(BOM):
+            return first
+        return first[len(BOM) :] or await body.read()
 
     async def opened(self) -> UpstreamStream:
         """This stream: it is open already (see the relay's push path)."""
