@@ -54,7 +54,7 @@ from .metrics import Metrics
 from .middleware import setup_middlewares
 from .openai_schema import ChatCompletionValidator
 from .routes import dashboard, setup_cors, setup_routes
-from .settings import Settings, SettingsSource
+from .settings import AuthSettings, Settings, SettingsSource, UpstreamEntry
 from .timers import Timers
 from .worker_proxy import WorkerIdentity, WorkerProxy
 
@@ -66,6 +66,7 @@ def create_app(
     signals: bool = False,
     source: SettingsSource | None = None,
     log_stream: LossyStream | None = None,
+    keys: AuthSettings | None = None,
 ) -> web.Application:
     """The gateway as an aiohttp application, ready for `web.run_app` or a test client.
 
@@ -73,7 +74,9 @@ def create_app(
     forwarded to the worker that owns them (see worker_proxy.py). `signals` (run.py) drains the
     process on SIGTERM/SIGINT and, given the settings' `source`, reloads the gateway keys from it on
     SIGHUP; tests' in-process apps leave the signals alone. `log_stream` (run.py) is the log's
-    stream, whose lines lost are counted in the metrics.
+    stream, whose lines lost are counted in the metrics. `keys`, when given, is an `[auth]` section
+    whose gateway keys and metrics key serve instead of the settings' (a --workers replacement takes
+    those of the group's last SIGHUP, see workers.py), as a SIGHUP reload would take them.
     """
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
@@ -90,7 +93,7 @@ def create_app(
     app[MODELS] = ModelCatalog(settings.models)
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
-    setup_auth(app, settings)
+    setup_auth(app, settings, keys)
     setup_middlewares(app)
 
     # Resources, opened in this order on startup and closed in reverse on cleanup. Order matters:
@@ -124,14 +127,14 @@ def create_app(
     return app
 
 
-def setup_auth(app: web.Application, settings: Settings) -> None:
-    """Gateway keys, their limits (counted in this process), browser tokens and the connection cap."""
-    app[KEYRING] = KeyRing.from_settings(settings.auth)
+def setup_auth(app: web.Application, settings: Settings, keys: AuthSettings | None = None) -> None:
+    """Gateway keys (`keys`' if given), their limits (counted in this process), browser tokens, the connection cap."""
+    app[KEYRING] = KeyRing.from_settings(keys or settings.auth)
     app[LIMITS] = MemoryLimitStore()
     app[TOKENS] = TokenSigner(token_secret(settings.auth), settings.auth.token_ttl_seconds)
     app[CONNECTION_LIMIT] = connection_limit(settings.connections)
 
 
-def upstream_url(app: web.Application) -> str:
-    """The base URL `app` relays to: the built-in simulator's once it started, else the configured one."""
-    return app.get(SIMULATOR_URL) or app[SETTINGS].upstream.base_url
+def upstreams(app: web.Application) -> tuple[UpstreamEntry, ...]:
+    """The upstreams `app` relays to: [[upstreams]], else [upstream] (the built-in simulator once it started)."""
+    return app[SETTINGS].upstream_entries(app.get(SIMULATOR_URL))

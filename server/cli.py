@@ -13,6 +13,7 @@ import gc
 import os
 import socket
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
 
@@ -20,11 +21,12 @@ import structlog
 from aiohttp import web
 
 from . import __version__
-from .app import create_app, upstream_url
+from .app import create_app, upstreams
 from .connections import connection_limit, raise_open_file_limit, reserve_descriptors
 from .logs import LossyStream, configure_logging, loggable_url
-from .settings import Settings, SettingsError, SettingsSource, load_settings
+from .settings import AuthSettings, Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
+from .workers import Group, Membership, supervise
 
 # Seconds aiohttp waits for handlers after the drain; the drain has ended every stream already.
 SHUTDOWN_TIMEOUT = 5.0
@@ -85,21 +87,44 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--worker-index", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--peer-dir", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--worker-count", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--supervisor-pid", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--group-dir", type=Path, default=None, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Load settings, then serve until SIGTERM or SIGINT has drained the process."""
     args = parse_args(argv)
+    # Set by the --workers supervisor: this process is one of its workers.
+    member = (
+        Membership(Group(args.group_dir), args.supervisor_pid)
+        if args.group_dir is not None and args.supervisor_pid is not None
+        else None
+    )
     try:
-        settings = load_settings(args.config)
+        return _run(args, argv, member)
+    finally:
+        if member is not None:
+            member.leave()
+
+
+def _run(args: argparse.Namespace, argv: list[str] | None, member: Membership | None) -> int:
+    supervised = member.join() if member is not None else True
+    keys: AuthSettings | None = None
+    try:
+        if member is not None:
+            settings, keys = member.group.worker_settings(args.config)
+        else:
+            settings = load_settings(args.config)
     except SettingsError as exc:
         return _refuse(str(exc))
     log_stream = configure_logging(args.log_format or settings.logging.format, settings.logging.level)
+    if member is not None:
+        member.metrics_dir = settings.process.metrics_dir
+    if not supervised:
+        return 0  # its supervisor died while it started: nobody would stop it; `leave` says so
     if args.workers > 1:
-        from .workers import supervise
-
-        return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings.process.metrics_dir)
+        return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings, args.config)
     port, port_source = _listen_port(args.port, settings)
     # With Redis every worker reads every stream from there: no relay between workers is needed.
     worker = (
@@ -114,6 +139,8 @@ def main(argv: list[str] | None = None) -> int:
             worker=worker,
             config=args.config,
             log_stream=log_stream,
+            keys=keys,
+            on_listening=member.listening if member is not None else None,
         )
     except socket.gaierror as exc:  # before OSError, its base: a name that does not resolve
         return _refuse(f"--host {args.host}: cannot resolve it to an address to listen on: {exc.strerror}")
@@ -148,23 +175,31 @@ def serve(
     worker: WorkerIdentity | None = None,
     config: Path | None = None,
     log_stream: LossyStream | None = None,
+    keys: AuthSettings | None = None,
+    on_listening: Callable[[], None] | None = None,
 ) -> None:
     """Run one gateway process in the foreground (one of several when `worker` is given).
 
     `config` is the --config file the settings came from, read again on SIGHUP for the gateway keys;
-    `log_stream`, the stream `configure_logging` set up, whose lost lines the metrics count.
+    `log_stream`, the stream `configure_logging` set up, whose lost lines the metrics count; `keys`,
+    an `[auth]` whose keys serve instead of the settings' (see create_app); `on_listening`, called
+    once the sockets listen.
     """
     log = structlog.get_logger("sluice")
     raise_open_file_limit()  # before the app sizes its connection cap from it
-    app = create_app(settings, worker, signals=True, source=SettingsSource(config), log_stream=log_stream)
+    app = create_app(settings, worker, signals=True, source=SettingsSource(config), log_stream=log_stream, keys=keys)
 
     def announce(_: str) -> None:
-        # run_app calls this once its sockets listen: the line tests and operators wait for.
+        # run_app calls this once its sockets listen. The supervisor's mark goes first: a worker
+        # killed right after its line is one that had started, whatever the test or operator saw.
+        if on_listening is not None:
+            on_listening()
         log.info(
             "sluice_listening",
             url=f"http://{host}:{port}",
             integration="simulated" if settings.simulated else "openai",
-            upstream=loggable_url(upstream_url(app)),
+            # Each upstream by name and base URL, without user, password or query (never a key).
+            upstreams=[{"name": entry.name, "url": loggable_url(entry.base_url)} for entry in upstreams(app)],
             models=len(settings.models.available),
             auth="on" if settings.auth.enabled else "off",
             pid=os.getpid(),

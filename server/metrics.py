@@ -2,7 +2,9 @@
 
 With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; server/settings/ reads it into
 `settings.process.metrics_dir`), prometheus-client writes every value to a per-process file and
-`/metrics` sums the files of all workers.
+`/metrics` sums the files of all workers. A gauge tells what is true now, so its multi-process mode
+is a "live" one: the supervisor marks a dead worker's files gone, and its values go with them.
+Counters and histograms keep a dead worker's counts: those did happen.
 """
 
 from __future__ import annotations
@@ -93,7 +95,9 @@ class Metrics:
             "Each upstream's breaker: 0 closed, 1 half-open, 2 open.",
             ["upstream"],
             registry=r,
-            multiprocess_mode="max",
+            # The worst state among live workers: "live", so a dead worker's values go with it
+            # (mark_process_dead); a worker killed with a breaker open would else show it open for good.
+            multiprocess_mode="livemax",
         )
         self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
         # Routes and outcomes are few: one entry per pair met.

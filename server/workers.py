@@ -8,27 +8,47 @@ prometheus-client multi-process directory, so /metrics on any worker reports all
 listens on a Unix socket in a shared directory, so a browser stream's requests reach the worker that
 owns it (see worker_proxy.py). Everything else a worker keeps in memory is its own.
 
-Replacing a worker waits longer after each quick death (backoff), and the parent gives up, with
-one line, when a worker cannot start: at once when it exits with a start-up mistake (status 2,
-e.g. the port is taken), else after `GIVE_UP_AFTER` deaths in a row. Signals are not handled
-asynchronously: the parent blocks them and takes each, with every child's exit, in its one loop
-(`sigtimedwait`), so no signal can fall between deciding to replace a worker and starting it.
+Every worker, the first ones and each replacement, runs the settings the group started with: the
+parent keeps a copy of the --config file (`Group.config`), so a file edited or broken since then
+reaches no worker (a restart takes it). The gateway keys are the exception SIGHUP makes: when the
+file, as the parent reads it on SIGHUP, is one each worker's reload takes (it loads, and turns keys
+neither on nor off), the parent keeps that copy too (`Group.keys`), and a replacement serves its keys.
+
+Replacing a worker waits longer after each quick death (backoff). While a position has never had a
+worker listening, the group is starting and the parent gives up, with one line, when it cannot: at
+once on a start-up mistake (status 2, e.g. the port is taken), else after `GIVE_UP_AFTER` deaths in
+a row. Once a position's worker has listened, a replacement that fails to start is retried with
+backoff for as long as it takes (`worker_restart_failed`), and the other workers keep serving.
+Signals are not handled asynchronously: the parent blocks them and takes each, with every child's
+exit, in its one loop (`sigtimedwait`), so no signal can fall between deciding to replace a worker
+and starting it.
+
+A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers or remove its directory:
+each worker drains as on SIGTERM when its parent dies (`Membership`), and the last one out removes
+the group's directory.
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import fcntl
 import os
 import shutil
 import signal
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
 
 import structlog
 from prometheus_client import multiprocess
 
-from .settings import child_environment
+from .settings import AuthSettings, Settings, SettingsError, child_environment, load_settings
 
 log = structlog.get_logger("sluice.workers")
 
@@ -36,15 +56,100 @@ log = structlog.get_logger("sluice.workers")
 STARTUP_MISTAKE = 2
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
-# A worker that ran this long had started: its death is not a failure to start.
+# A worker that ran this long before dying counts as a fresh failure, not one more in a row.
 STARTED_AFTER = 30.0
-# Quick deaths in a row after which the parent stops trying.
+# Quick deaths in a row, while the group starts, after which the parent stops trying.
 GIVE_UP_AFTER = 5
+# Seconds between a worker's checks that its parent lives, where the kernel cannot tell it (not Linux).
+PARENT_POLL_SECONDS = 1.0
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WAITED = {*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD}
 
 
-def worker_argv(argv: list[str], index: int, peer_dir: str, count: int) -> list[str]:
+@dataclass(frozen=True)
+class Group:
+    """The parent's directory, shared with its workers, removed by the last of them to leave."""
+
+    path: Path
+
+    @property
+    def peers(self) -> Path:
+        """Each worker's Unix socket (worker_proxy.py)."""
+        return self.path / "peers"
+
+    @property
+    def metrics(self) -> Path:
+        """prometheus-client's multi-process files, unless PROMETHEUS_MULTIPROC_DIR names a directory."""
+        return self.path / "metrics"
+
+    @property
+    def config(self) -> Path:
+        """The --config file as it was when the group started."""
+        return self.path / "config.toml"
+
+    @property
+    def keys(self) -> Path:
+        """The --config file as of the last SIGHUP whose gateway keys the workers took."""
+        return self.path / "keys.toml"
+
+    @property
+    def listening(self) -> Path:
+        """One empty file per worker that listened, named by its pid: it had started."""
+        return self.path / "listening"
+
+    @property
+    def members(self) -> Path:
+        """Locked shared by every live worker: who takes it exclusively is the last one out."""
+        return self.path / "members.lock"
+
+    @classmethod
+    def create(cls, config: Path | None) -> Group:
+        """A new group directory (private to this user), with a copy of `config` when given."""
+        group = cls(Path(tempfile.mkdtemp(prefix="sluice-workers-")))
+        for directory in (group.peers, group.metrics, group.listening):
+            directory.mkdir()
+        group.members.touch()
+        if config is not None:
+            # The parent loaded `config` a moment ago; a file changed in between fails the first
+            # workers' start (status 2), and the parent gives up as for any start-up mistake.
+            shutil.copyfile(config, group.config)
+        return group
+
+    def keep_keys(self, config: Path, auth_enabled: bool) -> bool:
+        """On SIGHUP, before the workers reload: keep `config` for replacements' keys if they take it; whether kept.
+
+        The same test as a worker's reload (server/auth/reload.py): the file loads, and turns the
+        keys neither on nor off. A file the workers refuse leaves the last one they took.
+        """
+        fresh = self.path / "keys.toml.new"
+        try:
+            shutil.copyfile(config, fresh)
+            kept = load_settings(fresh).auth.enabled == auth_enabled
+        except (OSError, SettingsError):
+            kept = False
+        if kept:
+            os.replace(fresh, self.keys)
+        else:
+            fresh.unlink(missing_ok=True)
+        return kept
+
+    def listened(self, pid: int) -> bool:
+        """Whether worker `pid` had listened; forgets it."""
+        try:
+            (self.listening / str(pid)).unlink()
+        except FileNotFoundError:
+            return False
+        return True
+
+    def worker_settings(self, config: Path | None) -> tuple[Settings, AuthSettings | None]:
+        """A worker's settings, the group's: the start's, and the `[auth]` whose keys replace theirs, if any."""
+        settings = load_settings(self.config if config is not None else None)
+        keys = load_settings(self.keys).auth if config is not None and self.keys.exists() else None
+        return settings, keys
+
+
+def worker_argv(argv: list[str], index: int, group: Group, count: int) -> list[str]:
     """This command line for worker `index` of `count`: `--workers` removed, its identity and `--reuse-port` added."""
     args: list[str] = []
     skip = False
@@ -67,9 +172,13 @@ def worker_argv(argv: list[str], index: int, peer_dir: str, count: int) -> list[
         "--worker-index",
         str(index),
         "--peer-dir",
-        peer_dir,
+        str(group.peers),
         "--worker-count",
         str(count),
+        "--supervisor-pid",
+        str(os.getpid()),
+        "--group-dir",
+        str(group.path),
     ]
 
 
@@ -82,6 +191,9 @@ class _Slot:
     started_at: float = 0.0
     quick_deaths: int = 0
     restart_at: float | None = None
+    # Once a worker of this position listened, the group has started: a failure is no longer the command's.
+    served: bool = False
+    failed_starts: int = 0  # replacements in a row that exited without listening
 
 
 @dataclass
@@ -89,14 +201,14 @@ class _Supervisor:
     argv: list[str]
     env: dict[str, str]
     metrics_dir: str
-    peer_dir: str
+    group: Group
     count: int
     slots: dict[int, _Slot] = field(default_factory=dict)
     stopping: int | None = None  # the signal being forwarded, once one arrived
     exit_code: int = 0
 
     def start(self, slot: _Slot) -> None:
-        argv = worker_argv(self.argv, slot.index, self.peer_dir, self.count)
+        argv = worker_argv(self.argv, slot.index, self.group, self.count)
         # The parent blocks the stop signals; the worker must not inherit that mask.
         slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=())
         slot.started_at = time.monotonic()
@@ -129,30 +241,50 @@ class _Supervisor:
             if slot is not None:
                 slot.pid = None
                 multiprocess.mark_process_dead(pid, self.metrics_dir)  # type: ignore[no-untyped-call]
-                self.exited(slot, pid, os.waitstatus_to_exitcode(status))
+                self.exited(slot, pid, os.waitstatus_to_exitcode(status), self.group.listened(pid))
 
-    def exited(self, slot: _Slot, pid: int, code: int) -> None:
+    def exited(self, slot: _Slot, pid: int, code: int, listened: bool) -> None:
         if self.stopping is not None:
             log.info("worker_exited", worker_pid=pid, worker_index=slot.index, code=code)
             return
         lived = time.monotonic() - slot.started_at
         slot.quick_deaths = slot.quick_deaths + 1 if lived < STARTED_AFTER else 1
-        if code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER:
-            reason = "a start-up mistake, see its line above" if code == STARTUP_MISTAKE else "it keeps dying"
-            log.error(
-                "workers_gave_up",
-                message=f"worker {slot.index} could not start ({reason}); stopping every worker",
-                worker_pid=pid,
-                worker_index=slot.index,
-                code=code,
-                attempts=slot.quick_deaths,
-            )
-            self.exit_code = STARTUP_MISTAKE if code == STARTUP_MISTAKE else 1
-            self.stop_all(signal.SIGTERM)
+        # While no worker of this position ever listened, the group is starting: the command may be wrong.
+        starting = not slot.served and not listened
+        if starting and (code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER):
+            self.give_up(slot, pid, code)
             return
         delay = min(FIRST_BACKOFF * 2 ** (slot.quick_deaths - 1), MAX_BACKOFF)
         slot.restart_at = time.monotonic() + delay
-        log.warning("worker_died", worker_pid=pid, worker_index=slot.index, code=code, restart_in=delay)
+        fields = {"worker_pid": pid, "worker_index": slot.index, "code": code, "restart_in": delay}
+        if listened or not slot.served:
+            slot.served = slot.served or listened
+            slot.failed_starts = 0
+            log.warning("worker_died", **fields)
+            return
+        # A replacement that could not start (a start-up mistake now, say a port no longer allowed):
+        # the others keep serving, and it is tried again, each time later, up to MAX_BACKOFF apart.
+        slot.failed_starts += 1
+        log.error(
+            "worker_restart_failed",
+            message=f"a replacement for worker {slot.index} could not start (exit {code}, see its line above); "
+            f"the other workers keep serving; trying again in {delay:g} s",
+            attempts=slot.failed_starts,
+            **fields,
+        )
+
+    def give_up(self, slot: _Slot, pid: int, code: int) -> None:
+        reason = "a start-up mistake, see its line above" if code == STARTUP_MISTAKE else "it keeps dying"
+        log.error(
+            "workers_gave_up",
+            message=f"worker {slot.index} could not start ({reason}); stopping every worker",
+            worker_pid=pid,
+            worker_index=slot.index,
+            code=code,
+            attempts=slot.quick_deaths,
+        )
+        self.exit_code = STARTUP_MISTAKE if code == STARTUP_MISTAKE else 1
+        self.stop_all(signal.SIGTERM)
 
     def next_deadline(self) -> float | None:
         due = [s.restart_at for s in self.slots.values() if s.restart_at is not None]
@@ -168,12 +300,11 @@ class _Supervisor:
         return any(s.pid is not None or s.restart_at is not None for s in self.slots.values())
 
 
-def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> int:
-    """Start `count` workers and keep them running until a signal; return the exit code."""
-    own_dir = metrics_dir is None
-    metrics_dir = metrics_dir or tempfile.mkdtemp(prefix="sluice-metrics-")
-    peer_dir = tempfile.mkdtemp(prefix="sluice-peers-")
-    supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, peer_dir, count)
+def supervise(count: int, argv: list[str], settings: Settings, config: Path | None = None) -> int:
+    """Start `count` workers on `settings` (from `config`), keep them running until a signal; return the exit code."""
+    group = Group.create(config)
+    metrics_dir = settings.process.metrics_dir or str(group.metrics)
+    supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, group, count)
     # A no-op handler: SIGCHLD's default is to discard it, and a discarded signal cannot be waited for.
     signal.signal(signal.SIGCHLD, lambda *_: None)
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
@@ -189,6 +320,8 @@ def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> in
             if info is not None and info.si_signo in _STOP_SIGNALS:
                 supervisor.stop_all(info.si_signo)
             elif info is not None and info.si_signo == signal.SIGHUP:
+                if config is not None:
+                    group.keep_keys(config, settings.auth.enabled)
                 supervisor.forward(signal.SIGHUP)
             supervisor.reap()
             if supervisor.stopping is None:
@@ -198,8 +331,101 @@ def supervise(count: int, argv: list[str], metrics_dir: str | None = None) -> in
         while signal.sigtimedwait(_WAITED, 0) is not None:
             pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
-        shutil.rmtree(peer_dir, ignore_errors=True)
-        if own_dir:
-            shutil.rmtree(metrics_dir, ignore_errors=True)
+        shutil.rmtree(group.path, ignore_errors=True)
     log.info("supervisor_stopped")
     return supervisor.exit_code
+
+
+@dataclass
+class Membership:
+    """A worker's tie to its parent: it drains when the parent dies, and the last one out cleans up.
+
+    On Linux the kernel sends the worker SIGTERM when its parent dies (PR_SET_PDEATHSIG); elsewhere
+    a thread checks the parent every `PARENT_POLL_SECONDS` and sends it. Either way the worker then
+    drains as on any SIGTERM (a second one, during a drain the parent started, hurries it). Each
+    worker holds the group's lock shared; leaving with the parent gone, it tries to take it
+    exclusively, and the one that can is the last one out: it removes the group's directory.
+    """
+
+    group: Group
+    supervisor_pid: int
+    # The multi-process metrics directory, once the settings say which (see `leave`).
+    metrics_dir: str | None = None
+    _lock: int | None = None
+
+    def join(self) -> bool:
+        """Hold the group's lock and watch the parent; False when the parent is gone already."""
+        # Until the drain's own handler replaces this one, SIGTERM ends start-up through `leave`.
+        signal.signal(signal.SIGTERM, _stop_starting)
+        with contextlib.suppress(FileNotFoundError):  # the last one out removed it: the parent is gone
+            self._lock = os.open(self.group.members, os.O_RDONLY | os.O_CLOEXEC)
+            fcntl.flock(self._lock, fcntl.LOCK_SH)
+        if not _die_with_parent():
+            thread = threading.Thread(
+                target=watch_parent, args=(self.supervisor_pid, PARENT_POLL_SECONDS, _terminate_self), daemon=True
+            )
+            thread.start()
+        # The parent may have died before the kernel was asked to tell: then it never will.
+        return self.supervisor_alive()
+
+    def supervisor_alive(self) -> bool:
+        """Whether the parent that started this worker still runs (an orphan is adopted by another)."""
+        return os.getppid() == self.supervisor_pid
+
+    def listening(self) -> None:
+        """Tell the parent this worker listens: a failure of its position is no longer a start-up mistake."""
+        with contextlib.suppress(OSError):
+            (self.group.listening / str(os.getpid())).touch()
+
+    def leave(self) -> None:
+        """Let go of the group; with the parent gone, the last worker out removes its directory."""
+        if self._lock is None:
+            return
+        lock, self._lock = self._lock, None
+        try:
+            if self.supervisor_alive():
+                return  # the parent removes it once every worker is out
+            if self.metrics_dir is not None:
+                # What the parent would have done: a directory named by PROMETHEUS_MULTIPROC_DIR
+                # outlives the group, and this worker's gauges (an open breaker) must not.
+                multiprocess.mark_process_dead(os.getpid(), self.metrics_dir)  # type: ignore[no-untyped-call]
+            # Unlocked first: two workers leaving together must not each hold the lock the other needs.
+            fcntl.flock(lock, fcntl.LOCK_UN)
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                last = True
+            except BlockingIOError:
+                last = False  # another worker is still in: it is the last one out
+            if last:
+                shutil.rmtree(self.group.path, ignore_errors=True)
+            log.warning(
+                "supervisor_gone",
+                message="the --workers supervisor is gone (killed?): this worker stopped as on SIGTERM",
+                group_removed=str(self.group.path) if last else None,
+            )
+        finally:
+            os.close(lock)
+
+
+def watch_parent(supervisor_pid: int, interval: float, on_gone: Callable[[], None]) -> None:
+    """Call `on_gone` once the process's parent is no longer `supervisor_pid`, checking every `interval` s."""
+    while os.getppid() == supervisor_pid:
+        time.sleep(interval)
+    on_gone()
+
+
+def _die_with_parent() -> bool:
+    """Ask the kernel for SIGTERM when the parent dies; False where it cannot (not Linux)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    libc = ctypes.CDLL(None, use_errno=True)
+    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0)
+
+
+def _terminate_self() -> None:
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_starting(signum: int, frame: FrameType | None) -> None:
+    # Raised where start-up is: the worker's `finally` leaves the group, and it exits 0 as a drain does.
+    raise SystemExit(0)

@@ -12,13 +12,23 @@ import subprocess
 import sys
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from server.settings import load_settings
 from tests.conftest import TEST_CONFIG
-from tests.support.processes import ROOT, Gateway, ManagedProcess, Simulator, clean_env, free_port, start_gateway
+from tests.support.processes import (
+    ROOT,
+    Gateway,
+    ManagedProcess,
+    Simulator,
+    clean_env,
+    free_port,
+    start_gateway,
+    write_config,
+)
 from tests.test_operations import metric_value
 
 KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstream
@@ -27,12 +37,46 @@ KEY = "sk-test-key-never-logged"  # what start_gateway configures for an upstrea
 def test_the_listening_line_names_upstream_models_auth_and_pid(gateway: Gateway, simulator: Simulator) -> None:
     line = gateway.process.wait_for_event("sluice_listening")
 
-    assert line["upstream"] == simulator.base_url
+    assert line["upstreams"] == [{"name": "default", "url": simulator.base_url}]
     assert line["integration"] == "openai"
     assert line["models"] == len(load_settings(TEST_CONFIG, environ={}).models.available)
     assert line["auth"] == "off"
     assert line["pid"] == gateway.process.pid
     assert not any(KEY in text for text in gateway.process.lines)
+
+
+def test_the_listening_line_names_each_configured_upstream_without_its_query_or_key(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    upstreams = f"""
+[[upstreams]]
+name = "primary"
+base_url = "{simulator.base_url}"
+api_key_env = "PRIMARY_KEY"
+
+[[upstreams]]
+name = "spare"
+base_url = "http://127.0.0.1:9/v1?api-key=sk-in-the-query"
+api_key_env = "SPARE_KEY"
+"""
+    config = write_config(tmp_path / "upstreams.toml", upstreams)
+    env = {"PRIMARY_KEY": KEY, "SPARE_KEY": KEY}
+    with start_gateway(env=env, config=config) as gateway:
+        line = gateway.process.wait_for_event("sluice_listening")
+
+    assert line["upstreams"] == [
+        {"name": "primary", "url": simulator.base_url},
+        {"name": "spare", "url": "http://127.0.0.1:9/v1"},
+    ]
+    assert not any(KEY in text or "sk-in-the-query" in text for text in gateway.process.lines)
+
+
+def test_the_listening_line_of_a_simulated_gateway_names_the_built_in_simulator() -> None:
+    with start_gateway() as gateway:
+        (upstream,) = gateway.process.wait_for_event("sluice_listening")["upstreams"]
+
+    assert upstream["name"] == "default"
+    assert upstream["url"].startswith("http://127.0.0.1:")  # the simulator's loopback port
 
 
 async def test_a_request_forwarded_between_workers_is_logged_once_by_the_owner(simulator: Simulator) -> None:

@@ -1,18 +1,36 @@
-"""The --workers supervisor as real processes: backoff, giving up on a worker that cannot start, signals."""
+"""The --workers supervisor as real processes: backoff, giving up on a worker that cannot start, signals,
+replacements on the group's settings, a dead worker's metrics, and workers outliving a killed supervisor."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
 import signal
+import subprocess
 import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import aiohttp
+import psutil
 import pytest
 
-from tests.support.processes import ManagedProcess, clean_env, free_port
+from server.metrics import Metrics
+from server.workers import Group, watch_parent, worker_argv
+from tests.conftest import TEST_CONFIG
+from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, write_config
+from tests.support.security import KEY_ALPHA, bearer, keys_toml, sha256, start_keyed_gateway
+from tests.test_operations import metric_value
+
+BREAKER_STATE = "sluice_upstream_breaker_state"
 
 # Generous bounds for a loaded machine; none of them is a speed claim.
 EXIT_SECONDS = 60
+# For what takes about a second: a worker that exits before serving, one that drains nothing, a thread's check.
+QUICK_EXIT_SECONDS = 15
 
 
 def supervisor(port: int, workers: int = 2, **environ: str) -> ManagedProcess:
@@ -82,3 +100,335 @@ def test_a_stop_signal_while_a_replacement_waits_stops_everything_and_starts_not
         assert not process.events("workers_gave_up")
     finally:
         process.stop()
+
+
+# --- A worker dying while the group serves -----------------------------------------------------
+
+
+@dataclass
+class Running:
+    """A supervisor whose workers all listen, and how to reach each worker alone."""
+
+    process: ManagedProcess
+    group: Path
+
+    def pid(self, index: int) -> int:
+        """The process id of worker `index` now."""
+        return int([e for e in self.process.events("worker_started") if e["worker_index"] == index][-1]["worker_pid"])
+
+    def session(self, index: int) -> aiohttp.ClientSession:
+        """A session whose every request reaches worker `index`, over its Unix socket."""
+        connector = aiohttp.UnixConnector(path=str(self.group / "peers" / f"worker-{index}.sock"))
+        return aiohttp.ClientSession("http://worker", connector=connector)
+
+    def listening(self) -> int:
+        return len(self.process.events("sluice_listening"))
+
+    def wait_for_replacement(self) -> None:
+        """Wait until a third worker listens; fail at the first replacement that could not start."""
+        failed = "worker_restart_failed"
+        self.process.wait_for_line(lambda _: self.listening() >= 3 or bool(self.process.events(failed)))
+        assert not self.process.events(failed)
+
+    def stop(self) -> None:
+        """SIGTERM, then make sure no worker outlives the test (nor its group directory)."""
+        self.process.stop()
+        for event in self.process.events("worker_started"):
+            with contextlib.suppress(psutil.NoSuchProcess):
+                worker = psutil.Process(event["worker_pid"])
+                if str(self.group) in worker.cmdline():  # this test's worker, not a reused pid
+                    worker.kill()
+        if self.group != Path():
+            shutil.rmtree(self.group, ignore_errors=True)
+
+
+def start_listening(argv_tail: list[str], **environ: str) -> Running:
+    """`run.py --workers 2 ...argv_tail` once both workers listen."""
+    argv = [sys.executable, "run.py", "--port", str(free_port()), "--workers", "2", *argv_tail]
+    process = ManagedProcess(argv, clean_env(environ)).start()
+    running = Running(process, Path())
+    try:
+        process.wait_for_line(lambda _: running.listening() >= 2)
+        worker_argv = psutil.Process(process.pid).children()[0].cmdline()
+    except BaseException:
+        running.stop()
+        raise
+    running.group = Path(worker_argv[worker_argv.index("--group-dir") + 1])
+    return running
+
+
+def append(path: Path, text: str) -> None:
+    path.write_text(path.read_text() + text)
+
+
+def replace_keys(config: Path, auth: str) -> None:
+    """The keyed gateway's configuration with its [auth] section replaced by `auth`."""
+    config.write_text(config.read_text().split("\n[auth]\n", 1)[0] + auth)
+
+
+@pytest.fixture
+def refusing_replacements(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """An environment in which a worker exits with a start-up mistake (2) while the returned file exists."""
+    switch = tmp_path / "refuse"
+    (tmp_path / "sitecustomize.py").write_text(
+        f"import os, sys\nif '--worker-index' in sys.argv and os.path.exists({str(switch)!r}):\n    os._exit(2)\n",
+        encoding="utf-8",
+    )
+    return {"PYTHONPATH": str(tmp_path)}, switch
+
+
+async def test_a_replacement_that_cannot_start_is_retried_with_backoff_while_the_other_worker_serves(
+    refusing_replacements: tuple[dict[str, str], Path],
+) -> None:
+    environ, switch = refusing_replacements
+    running = start_listening(["--config", "config/test.toml"], **environ)
+    try:
+        victim, survivor = running.pid(0), running.pid(1)
+        switch.touch()
+        os.kill(victim, signal.SIGKILL)
+        # Five quick deaths in a row: past the count that gives up on a group still starting.
+        running.process.wait_for_line(lambda _: len(running.process.events("worker_restart_failed")) >= 4)
+        failed = running.process.events("worker_restart_failed")[:4]
+        assert [(e["worker_index"], e["code"], e["attempts"]) for e in failed] == [(0, 2, n) for n in (1, 2, 3, 4)]
+        assert [e["restart_in"] for e in failed] == [0.2, 0.4, 0.8, 1.6]  # after worker_died's 0.1
+        assert failed[0]["level"] == "error"
+        assert not running.process.events("workers_gave_up")
+        async with running.session(1) as http, http.get("/livez") as response:
+            assert (await response.json())["pid"] == survivor
+        switch.unlink()
+        running.process.wait_for_line(lambda _: running.listening() >= 3)
+        async with running.session(0) as http, http.get("/livez") as response:
+            assert (await response.json())["pid"] == running.pid(0) != victim
+        running.process.signal(signal.SIGTERM)
+        assert running.process.wait(EXIT_SECONDS) == 0
+    finally:
+        running.stop()
+
+
+async def test_a_worker_killed_while_its_configuration_file_is_broken_is_replaced_and_serves(tmp_path: Path) -> None:
+    config = Path(write_config(tmp_path / "sluice.toml", ""))
+    running = start_listening(["--config", str(config)])
+    try:
+        victim = running.pid(0)
+        append(config, "\n[routing\n")  # an operator's typo, mid-edit
+        os.kill(victim, signal.SIGKILL)
+        running.wait_for_replacement()
+        async with running.session(0) as http, http.get("/livez") as response:
+            assert (await response.json())["pid"] == running.pid(0) != victim
+    finally:
+        running.stop()
+
+
+def test_a_replacement_worker_runs_the_settings_the_group_started_with_not_the_file_edited_since(
+    tmp_path: Path,
+) -> None:
+    config = Path(write_config(tmp_path / "sluice.toml", ""))
+    running = start_listening(["--config", str(config)])
+    try:
+        started = {e["models"] for e in running.process.events("sluice_listening")}
+        # A valid edit that a restart would take: one model fewer.
+        config.write_text(config.read_text().replace('"gpt-5", ', ""))
+        os.kill(running.pid(0), signal.SIGKILL)
+        running.wait_for_replacement()
+        replacement = running.process.events("sluice_listening")[-1]
+        assert replacement["pid"] == running.pid(0)
+        assert {replacement["models"]} == started
+    finally:
+        running.stop()
+
+
+async def test_a_replacement_worker_serves_the_keys_of_the_last_sighup_its_peers_took(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    with start_keyed_gateway(tmp_path, simulator, args=("--workers", "2")) as gateway:
+        process = gateway.process
+        process.wait_for_line(lambda _: len(process.events("sluice_listening")) >= 2)
+        worker_argv = psutil.Process(process.pid).children()[0].cmdline()
+        running = Running(process, Path(worker_argv[worker_argv.index("--group-dir") + 1]))
+        try:
+            config = tmp_path / "keys.toml"
+            replace_keys(config, keys_toml(include_alpha=False))
+            process.signal(signal.SIGHUP)
+            process.wait_for_line(lambda _: len(process.events("gateway_keys_reloaded")) >= 2)
+            append(config, "\n[auth\n")  # then a typo: no reload would take this file
+            os.kill(running.pid(0), signal.SIGKILL)
+            running.wait_for_replacement()
+            statuses = {}
+            for index in (0, 1):
+                async with running.session(index) as http, http.get("/v1/models", headers=bearer(KEY_ALPHA)) as r:
+                    statuses[index] = r.status
+            assert statuses == {0: 401, 1: 401}
+        finally:
+            running.stop()
+
+
+# --- Metrics of a dead worker -------------------------------------------------------------------
+
+
+async def open_a_breaker(running: Running, index: int) -> None:
+    """Open worker `index`'s breaker of the upstream `default` (with breaker_failures = 1)."""
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x\n#sim fault=server_error"}]}
+    async with running.session(index) as http:
+        async with http.post("/v1/chat/completions", json=body) as response:
+            assert response.status == 502
+        async with http.get("/metrics") as response:
+            assert metric_value(await response.text(), BREAKER_STATE, upstream="default") == 2
+
+
+async def test_a_worker_killed_with_a_breaker_open_takes_its_breaker_state_out_of_metrics(
+    simulator: Simulator,
+) -> None:
+    running = start_listening(
+        ["--config", "config/test.toml"],
+        AI_INTEGRATIONS_OPENAI_API_KEY="sk-x",
+        AI_INTEGRATIONS_OPENAI_BASE_URL=simulator.base_url,
+        SLUICE_ROUTING_BREAKER_FAILURES="1",
+        SLUICE_ROUTING_BREAKER_COOLDOWN_SECONDS="600",  # far away: only the worker's death may close it
+    )
+    try:
+        await open_a_breaker(running, 0)
+        victim = running.pid(0)
+        os.kill(victim, signal.SIGKILL)
+        running.process.wait_for_event("worker_died", worker_pid=victim)
+        async with running.session(1) as http:
+            async with http.get("/metrics") as response:
+                assert metric_value(await response.text(), BREAKER_STATE, upstream="default") == 0
+            async with http.get("/readyz") as response:
+                assert response.status == 200
+    finally:
+        running.stop()
+
+
+# --- The supervisor killed outright ---------------------------------------------------------------
+
+
+def test_workers_whose_supervisor_is_killed_drain_exit_and_the_last_removes_the_group_directory() -> None:
+    running = start_listening(["--config", "config/test.toml"])
+    workers = psutil.Process(running.process.pid).children()
+    try:
+        os.kill(running.process.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=QUICK_EXIT_SECONDS)
+        assert alive == []
+        assert not running.group.exists()
+        gone = running.process.events("supervisor_gone")
+        assert sorted(e["pid"] for e in gone) == sorted(w.pid for w in workers)
+        assert [e["group_removed"] for e in gone if e["group_removed"]] == [str(running.group)]
+        assert len(running.process.events("drain_finished")) == 2
+    finally:
+        running.stop()
+
+
+async def test_workers_whose_supervisor_is_killed_take_their_gauges_out_of_a_metrics_directory_that_stays(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    metrics_dir = tmp_path / "metrics"
+    metrics_dir.mkdir()
+    running = start_listening(
+        ["--config", "config/test.toml"],
+        PROMETHEUS_MULTIPROC_DIR=str(metrics_dir),  # the operator's: it outlives the group
+        AI_INTEGRATIONS_OPENAI_API_KEY="sk-x",
+        AI_INTEGRATIONS_OPENAI_BASE_URL=simulator.base_url,
+        SLUICE_ROUTING_BREAKER_FAILURES="1",
+        SLUICE_ROUTING_BREAKER_COOLDOWN_SECONDS="600",
+    )
+    workers = psutil.Process(running.process.pid).children()
+    try:
+        await open_a_breaker(running, 0)
+        os.kill(running.process.pid, signal.SIGKILL)
+        _, alive = psutil.wait_procs(workers, timeout=QUICK_EXIT_SECONDS)
+        assert alive == []
+        # What a new group on the same directory would show.
+        assert metric_value(Metrics(str(metrics_dir)).exposition().decode(), BREAKER_STATE, upstream="default") == 0
+    finally:
+        running.stop()
+
+
+def dead_pid() -> int:
+    """The pid of a process that has exited: a supervisor that died."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    return dead.pid
+
+
+def lone_worker(group: Group, supervisor_pid: int) -> ManagedProcess:
+    """One worker of `group` started by this test, naming `supervisor_pid` as its supervisor."""
+    worker = worker_argv(["--port", str(free_port()), "--config", str(TEST_CONFIG)], 0, group, 1)
+    worker[worker.index("--supervisor-pid") + 1] = str(supervisor_pid)
+    return ManagedProcess(worker, clean_env()).start()
+
+
+def test_a_worker_whose_supervisor_died_before_it_could_watch_it_stops_without_listening() -> None:
+    group = Group.create(TEST_CONFIG)
+    process = lone_worker(group, dead_pid())
+    try:
+        assert process.wait(QUICK_EXIT_SECONDS) == 0
+        process.stop()
+        assert not process.events("sluice_listening")
+        assert process.events("supervisor_gone")
+        assert not group.path.exists()  # it was the last one out
+    finally:
+        process.stop()
+        shutil.rmtree(group.path, ignore_errors=True)
+
+
+def test_a_worker_stopped_while_it_starts_exits_zero_and_still_leaves_the_group() -> None:
+    group = Group.create(None)
+    os.mkfifo(group.config)  # its settings: a read that waits for this test
+    process = lone_worker(group, dead_pid())
+    writer: list[int] = []
+    try:
+        # Opening the pipe to write returns once the worker opened it to read: it is starting. Held
+        # open with nothing written, it keeps the worker's read waiting.
+        opened = threading.Thread(target=lambda: writer.append(os.open(group.config, os.O_WRONLY)), daemon=True)
+        opened.start()
+        opened.join(QUICK_EXIT_SECONDS)
+        assert writer
+        process.signal(signal.SIGTERM)
+        assert process.wait(QUICK_EXIT_SECONDS) == 0
+        assert not group.path.exists()
+    finally:
+        for fd in writer:
+            os.close(fd)
+        process.stop()
+        shutil.rmtree(group.path, ignore_errors=True)
+
+
+def test_the_parent_watch_calls_back_once_the_parent_is_not_the_supervisor() -> None:
+    # Where the kernel cannot signal a parent's death (not Linux), a thread checks getppid().
+    gone = threading.Event()
+    threading.Thread(target=watch_parent, args=(dead_pid(), 0.01, gone.set), daemon=True).start()
+    assert gone.wait(QUICK_EXIT_SECONDS)
+
+
+# --- The keys a replacement takes -----------------------------------------------------------------
+
+
+@pytest.fixture
+def group() -> Iterator[Group]:
+    made = Group.create(None)
+    yield made
+    shutil.rmtree(made.path, ignore_errors=True)
+
+
+KEYS = f'[[auth.keys]]\nname = "alpha"\nkey_sha256 = "{sha256(KEY_ALPHA)}"\n'
+
+
+def test_a_sighup_file_that_loads_is_kept_for_replacements(group: Group, tmp_path: Path) -> None:
+    config = Path(write_config(tmp_path / "keys.toml", KEYS))
+    assert group.keep_keys(config, auth_enabled=True)
+    assert group.keys.read_text() == config.read_text()
+
+
+def test_a_sighup_file_that_does_not_load_leaves_the_kept_keys(group: Group, tmp_path: Path) -> None:
+    config = Path(write_config(tmp_path / "keys.toml", KEYS))
+    group.keep_keys(config, auth_enabled=True)
+    kept = group.keys.read_text()
+    append(config, "\n[auth\n")
+    assert not group.keep_keys(config, auth_enabled=True)
+    assert group.keys.read_text() == kept
+
+
+def test_a_sighup_file_that_would_turn_the_keys_off_is_not_kept(group: Group, tmp_path: Path) -> None:
+    config = Path(write_config(tmp_path / "open.toml", ""))
+    assert not group.keep_keys(config, auth_enabled=True)
+    assert not group.keys.exists()
