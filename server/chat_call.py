@@ -23,11 +23,11 @@ from aiohttp import web
 from .access import RequestRecord
 from .chunks import Chunk
 from .dialects import Dialect
-from .errors import GatewayError, UpstreamError, UpstreamTimeoutError
+from .errors import GatewayError, KeyRevokedError, UpstreamError, UpstreamTimeoutError
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import GATEWAY_KEY, LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
 from .lifecycle import Lifecycle
-from .middleware.auth import reserve_tokens
+from .middleware.auth import end_if_revoked, reserve_tokens
 from .relay import relay
 from .sse import SSEResponse
 from .stream_start import ResponseStart
@@ -42,7 +42,8 @@ def deadlines_for(request: web.Request, *, stream: bool, continued: bool = False
     """The configured deadlines; a non-streaming call has only its total time.
 
     `continued`: the stream may be continued after a cut (continuation.py), which then watches the
-    idle gap itself; the guard's idle deadline leaves room for the continuation's opening too.
+    idle gap between any two chunks itself; the guard's idle deadline is wider by one attempt's
+    header and first-token time, which only a continuation being opened can use.
     """
     settings = request.app[SETTINGS]
     up = settings.upstream
@@ -72,6 +73,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     upstream = app[UPSTREAM]
     continues = upstream.continues(str(body.get("model")))
     guard = StreamGuard(deadlines_for(request, stream=True, continued=continues), timers=app[TIMERS])
+    if record.key is not None:  # set only with the request's gateway key: no lookups without keys
+        end_if_revoked(request, guard)
     preamble = dialect.start()
     opened: UpstreamStream | None = None
     continued: ContinuedStream | None = None
@@ -195,6 +198,8 @@ async def complete_chat(request: web.Request, body: dict[str, Any]) -> bytes:
     lifecycle.admit()
     await reserve_tokens(request, body)
     guard = StreamGuard(deadlines_for(request, stream=False), timers=app[TIMERS])
+    if record.key is not None:
+        end_if_revoked(request, guard)
     with lifecycle.track(guard):
         try:
             allows = _models_allowed(request, record)
@@ -253,7 +258,8 @@ def _before_start(
 ) -> BaseException:
     """What a failure before the response started is raised as: a status, or the cancellation itself.
 
-    A drain that ended the request answers as the drain answers new ones: 503 with Retry-After.
+    A drain that ended the request answers as the drain answers new ones: 503 with Retry-After;
+    a key revoked meanwhile as a revoked key's request: 401 key_revoked.
     """
     if isinstance(failure, asyncio.CancelledError):
         expiry = guard.consume_expiry()
@@ -263,6 +269,9 @@ def _before_start(
         if expiry is Expiry.SHUTDOWN:
             record.outcome = Outcome.SHUTDOWN
             return lifecycle.shutting_down()
+        if expiry is Expiry.KEY_REVOKED:
+            record.outcome = Outcome.REJECTED
+            return KeyRevokedError()
         record.outcome = Outcome.TIMEOUT
         return UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry))
     if isinstance(failure, UpstreamError):

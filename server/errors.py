@@ -3,6 +3,7 @@
     GatewayError                      any failure a client is told about
     ├── InvalidRequestError           400  malformed JSON, wrong or missing fields
     ├── AuthenticationError           401  a missing or wrong gateway key or browser token
+    │   └── KeyRevokedError           401  the key was revoked or rotated while its request ran
     ├── NotFoundError                 404  unknown path
     │   └── ModelNotFoundError        404  a model not on the configured list
     ├── MethodNotAllowedError         405
@@ -87,6 +88,18 @@ class AuthenticationError(GatewayError):
     status = 401
     type = "invalid_request_error"
     code = "invalid_api_key"
+
+
+class KeyRevokedError(AuthenticationError):
+    """The request's gateway key was revoked or rotated (a reload) while it ran: the request is ended."""
+
+    code = "key_revoked"
+
+    def __init__(self) -> None:
+        super().__init__(
+            "The gateway key was revoked or rotated while this request ran, so it was ended.",
+            headers={"WWW-Authenticate": 'Bearer realm="sluice"'},
+        )
 
 
 class RequestTimeoutError(GatewayError):

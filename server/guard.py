@@ -38,6 +38,7 @@ class Expiry(StrEnum):
     TOTAL = "total_timeout"
     SEND = "send_timeout"
     SHUTDOWN = "shutdown"
+    KEY_REVOKED = "key_revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,10 @@ class StreamGuard:
     def shutdown(self) -> None:
         """End the stream now because the process is draining."""
         self._expire(Expiry.SHUTDOWN)
+
+    def revoke(self) -> None:
+        """End the stream now because its gateway key was revoked or rotated."""
+        self._expire(Expiry.KEY_REVOKED)
 
     def close(self) -> None:
         """Stop watching; the stream is over."""

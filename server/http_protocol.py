@@ -13,6 +13,10 @@ chain answers `400 invalid_body` and closes the connection (middleware/errors.py
 aiohttp builds this protocol itself, with no way to name its class, so `serve_with_gateway_protocol`
 gives each connection this class from the application's request factory, which sees every
 request, the unparsable one included, before it is served. The class adds no state (same slots).
+
+The same factory hides `Expect` from aiohttp on a request that no route reading a body will take
+(`BODY_ROUTES`): aiohttp answers it before any middleware, and for a request
+no route matches (a 404 or 405) with its own `100 Continue`, inviting a body that nothing reads.
 """
 
 from __future__ import annotations
@@ -21,11 +25,24 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, cast
 
-from aiohttp import http_exceptions, web
+from aiohttp import hdrs, http_exceptions, web
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import GatewayError, InvalidRequestError
+
+# (method, route) of the handlers that read a body. The chain reads only their bodies (middleware/
+# body.py): any other body is left unread, its connection closed after the answer, so nobody can
+# park one anywhere; and only they are let see `Expect` (`serve_with_gateway_protocol`).
+BODY_ROUTES = frozenset(
+    {
+        ("POST", "/chat"),
+        ("POST", "/chat/stream"),
+        ("POST", "/chat/streams"),
+        ("POST", "/v1/chat/completions"),
+    }
+)
 
 # What each of aiohttp's parse errors says, without the client's bytes (a key, a token, a prompt).
 # The first class in the table that the error is an instance of names it.
@@ -76,10 +93,34 @@ def serve_with_gateway_protocol(app: web.Application) -> None:
     def request_factory(message: Any, payload: Any, protocol: RequestHandler, writer: Any, task: Any) -> web.Request:
         if type(protocol) is RequestHandler:
             protocol.__class__ = GatewayProtocol
+        if hdrs.EXPECT in message.headers and (message.method, message.url.path) not in BODY_ROUTES:
+            message = _without_expectation(message)
         return make_request(message, payload, protocol, writer, task)
 
     # aiohttp hands `app._make_request` to its Server as the request factory when the app runs.
     app._make_request = request_factory  # type: ignore[method-assign,assignment]
+
+
+def _without_expectation(message: Any) -> Any:
+    """`message` (a parsed request) without its `Expect` header."""
+    headers = CIMultiDict(message.headers)
+    headers.popall(hdrs.EXPECT)
+    raw = tuple((name, value) for name, value in message.raw_headers if name.lower() != b"expect")
+    return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw)
+
+
+def close_after_response(request: web.BaseRequest) -> None:
+    """Close `request`'s connection once its response is written, without reading the rest of its body.
+
+    aiohttp, after a response that left part of the body unread, reads and discards it for up to its
+    lingering time (10 s) before it closes, the connection counted as busy meanwhile.
+    `response.force_close()` alone does not skip that: only the connection's own lingering time
+    does (`_lingering_time`, an aiohttp 3.14 internal, read once the handler returned). At 0 aiohttp
+    writes the whole response, then closes the transport, which sends what is buffered first.
+    """
+    protocol = request.protocol
+    if hasattr(protocol, "_lingering_time"):
+        protocol._lingering_time = 0.0
 
 
 def watch_framing(request: web.BaseRequest) -> Callable[[], None]:

@@ -32,7 +32,13 @@ import structlog
 from .access import RequestRecord
 from .chunks import Chunk
 from .dialects import Dialect
-from .errors import GatewayError, ServiceUnavailableError, UpstreamProtocolError, UpstreamTimeoutError
+from .errors import (
+    GatewayError,
+    KeyRevokedError,
+    ServiceUnavailableError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+)
 from .guard import Expiry, Outcome, StreamGuard
 from .relay_events import GapObserver, RelayEvents
 
@@ -165,9 +171,9 @@ async def relay(
             record.outcome = Outcome.COMPLETED
             await _write_final(sink, events.done(), final_write_timeout)
             return
-        record.outcome = Outcome.SHUTDOWN if expiry is Expiry.SHUTDOWN else Outcome.TIMEOUT
-        record.error_code = str(expiry)
+        record.outcome = _EXPIRY_OUTCOMES.get(expiry, Outcome.TIMEOUT)
         error, retry_ms = _expiry_error(expiry, shutdown_retry_ms)
+        record.error_code = error.code  # the code the client reads, not the guard's name for the expiry
         await _write_final(sink, dialect.failure(error, retry_ms=retry_ms), final_write_timeout)
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         record.outcome = Outcome.CLIENT_DISCONNECTED
@@ -265,7 +271,13 @@ async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: R
     record.outcome = Outcome.COMPLETED
 
 
+# How a stream a guard ended is logged, when not as a timeout.
+_EXPIRY_OUTCOMES = {Expiry.SHUTDOWN: Outcome.SHUTDOWN, Expiry.KEY_REVOKED: Outcome.REJECTED}
+
+
 def _expiry_error(expiry: Expiry, shutdown_retry_ms: int | None) -> tuple[GatewayError, int | None]:
+    if expiry is Expiry.KEY_REVOKED:
+        return KeyRevokedError(), None
     if expiry is Expiry.SHUTDOWN:
         error: GatewayError = ServiceUnavailableError(
             "Sluice is shutting down; retry the request.", code="server_shutting_down"

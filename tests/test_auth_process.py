@@ -119,6 +119,20 @@ async def test_a_model_outside_the_keys_list_is_404_like_an_unknown_one(keyed: G
     assert "gpt-4o-mini" not in str(outside[1])  # the key's own list is not revealed either
 
 
+async def test_a_key_that_may_not_use_the_gateways_default_model_defaults_to_its_first_model(keyed: Gateway) -> None:
+    # /models said "gpt-4o" to a key allowed only gpt-4o-mini, and its requests naming no model got 404.
+    async with aiohttp.ClientSession() as http:
+        async with http.get(keyed.url + "/models", headers=bearer(KEY_NARROW)) as r:
+            narrow_default = (await r.json())["default"]
+        async with http.get(keyed.url + "/models", headers=bearer(KEY_ALPHA)) as r:
+            alpha_default = (await r.json())["default"]
+        body = {"message": "hi\n#sim tokens=1"}
+        async with http.post(keyed.url + "/chat", json=body, headers=bearer(KEY_NARROW)) as r:
+            answer = (r.status, (await r.json())["model"])
+    assert (narrow_default, alpha_default) == ("gpt-4o-mini", "gpt-4o")
+    assert answer == (200, "gpt-4o-mini")
+
+
 async def test_probes_and_the_page_stay_open(keyed: Gateway) -> None:
     async with aiohttp.ClientSession() as http:
         for path in ("/health", "/livez", "/readyz", "/"):
@@ -295,6 +309,87 @@ async def test_concurrent_streams_reach_429_and_recover_when_one_ends(keyed: Gat
             keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_STREAMS)
         ) as r:
             assert r.status == 200
+
+
+async def test_a_body_still_to_come_holds_none_of_its_keys_stream_slots(keyed: Gateway) -> None:
+    # The key's limits were taken before the body was read: a body sent slowly, or never, held the
+    # key's one stream slot (and a request of its rpm) for as long as body_timeout.
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(keyed.url.rsplit(":", 1)[1]))
+    try:
+        writer.write(
+            b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
+            + f"Authorization: Bearer {KEY_STREAMS}\r\nExpect: 100-continue\r\n\r\n".encode()
+        )
+        # The chain says 100 Continue once the key passed: the request now waits for its body.
+        async with asyncio.timeout(RECOVERY_SECONDS):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        async with (
+            aiohttp.ClientSession() as http,
+            http.post(keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_STREAMS)) as r,
+        ):
+            served = r.status
+    finally:
+        writer.close()
+    assert served == 200
+
+
+# Keys for the prompt a request puts outside its messages (in `tools`), one per test: a bucket each.
+KEY_TOOLS_RESERVED = "sk-gw-tools-reserved-5a6b7c8d9e0f1a2b"
+KEY_TOOLS_CHARGED = "sk-gw-tools-charged-3c4d5e6f7a8b9c0d"
+TOOLS_TPM = 6000  # refills 100 tokens a second
+TOOLS_PROMPT = "lorem ipsum " * 1400  # 16,800 bytes: 4,200 tokens at 4 bytes a token
+TOOLS_TOKENS = len(TOOLS_PROMPT) // 4
+TOOLS = [{"type": "function", "function": {"name": "f", "description": TOOLS_PROMPT, "parameters": {}}}]
+
+
+@pytest.fixture(scope="module")
+def keyed_tools(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    keys = "".join(
+        f'\n[[auth.keys]]\nname = "{name}"\nkey_sha256 = "{hashlib.sha256(key.encode()).hexdigest()}"\n'
+        f"tpm = {TOOLS_TPM}\n"
+        for name, key in (("tools-reserved", KEY_TOOLS_RESERVED), ("tools-charged", KEY_TOOLS_CHARGED))
+    )
+    gateway = start_keyed_gateway(tmp_path_factory.mktemp("keyed-tools"), simulator, extra_toml=keys)
+    yield gateway
+    gateway.process.stop()
+
+
+def tools_body(message: str, **extra: object) -> dict[str, object]:
+    return {"model": "gpt-4o", "messages": [{"role": "user", "content": message}], "tools": TOOLS, **extra}
+
+
+async def test_a_prompt_in_tools_is_reserved_on_the_keys_tpm(keyed_tools: Gateway) -> None:
+    # The reservation counted `messages` alone: a prompt moved into `tools` went past tpm unreserved.
+    body = tools_body("hi\n#sim tokens=1", max_tokens=1)
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(keyed_tools.url + "/v1/chat/completions", json=body, headers=bearer(KEY_TOOLS_RESERVED)) as r,
+    ):
+        assert r.status == 200
+        remaining = int(r.headers["x-ratelimit-remaining-tokens"])  # what was left after its reservation
+    assert remaining <= TOOLS_TPM - TOOLS_TOKENS
+
+
+async def test_a_stream_whose_client_left_is_charged_the_prompt_in_its_tools(keyed_tools: Gateway) -> None:
+    # No usage comes from a stream its client left: it is settled as its prompt estimate and what
+    # it relayed. Estimated from `messages` alone, a prompt in `tools` was never charged at all.
+    rid = new_request_id("tools-left")
+    headers = {**bearer(KEY_TOOLS_CHARGED), "X-Request-ID": rid}
+    body = tools_body("x\n#sim fault=hang_first", stream=True, max_tokens=1)
+    async with aiohttp.ClientSession() as http:
+        held = await http.post(keyed_tools.url + "/v1/chat/completions", json=body, headers=headers)
+        assert held.status == 200
+        held.close()
+        await asyncio.to_thread(keyed_tools.process.wait_for_event, "request_finished", request_id=rid)
+        async with http.post(
+            keyed_tools.url + "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": "y\n#sim tokens=1"}], "max_tokens": 1},
+            headers=bearer(KEY_TOOLS_CHARGED),
+        ) as r:
+            assert r.status == 200
+            remaining = int(r.headers["x-ratelimit-remaining-tokens"])
+    # What refilled meanwhile (100 tokens a second) is far under the tools' 4,200 tokens charged.
+    assert remaining <= TOOLS_TPM - TOOLS_TOKENS // 2
 
 
 # --- browser tokens ----------------------------------------------------------------------------

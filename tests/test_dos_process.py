@@ -109,6 +109,118 @@ async def test_a_slow_body_client_gets_408_and_the_connection_closed(strict: Gat
     assert elapsed >= BODY_TIMEOUT * 0.9  # read() returned at EOF: the gateway closed the connection
 
 
+# --- refused requests whose bodies never come -------------------------------------------------
+
+# aiohttp reads and discards an unread body for 10 s (its lingering time) after the answer, and
+# the keyed gateway's body deadline is the default 15 s: a close within this bound is neither.
+CLOSE_BOUND = 3.0
+REFUSED_CAP = 20
+DECLARED = 1_000_000  # bytes each refused request declares; it sends one
+
+
+@pytest.fixture(scope="module")
+def keyed_capped(simulator: Simulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+    """Gateway keys, and a small connection cap."""
+    env = {"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(REFUSED_CAP)}
+    gateway = start_keyed_gateway(tmp_path_factory.mktemp("keyed-capped"), simulator, env=env)
+    yield gateway
+    gateway.process.stop()
+
+
+def declaring_head(path: str, *headers: str, length: int = DECLARED) -> bytes:
+    """A POST to `path` declaring a body of `length` bytes, and its first byte."""
+    extra = "".join(f"{header}\r\n" for header in headers)
+    head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n"
+    return (head + extra + "\r\n{").encode()
+
+
+async def refused(gateway: Gateway, request: bytes) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Send `request` on a new connection and nothing more; the answer's head, and the connection."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+    writer.write(request)
+    async with asyncio.timeout(CUT_BOUND):
+        return await reader.readuntil(b"\r\n\r\n"), reader, writer
+
+
+async def seconds_until_closed(reader: asyncio.StreamReader) -> float:
+    """Seconds until the gateway closes the connection (bounded far over aiohttp's 10 s of lingering)."""
+    answered = time.monotonic()
+    async with asyncio.timeout(CUT_BOUND):
+        await reader.read()
+    return time.monotonic() - answered
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "status"),
+    [
+        (declaring_head("/v1/chat/completions"), 401),
+        (declaring_head("/v1/chat/completions", f"Authorization: Bearer {KEY_ALPHA}", length=2 * MIB), 413),
+        (declaring_head("/nowhere", f"Authorization: Bearer {KEY_ALPHA}"), 404),
+        (declaring_head("/health"), 405),
+    ],
+    ids=["no-key", "too-large", "unmatched", "open-route"],
+)
+async def test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_at_once(
+    keyed_capped: Gateway, request_bytes: bytes, status: int
+) -> None:
+    # aiohttp went on reading the body after the answer for 10 s, the connection busy all along.
+    head, reader, writer = await refused(keyed_capped, request_bytes)
+    try:
+        until_closed = await seconds_until_closed(reader)
+    finally:
+        writer.close()
+
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+    assert b"Connection: close" in head
+    assert until_closed < CLOSE_BOUND
+
+
+@pytest.mark.parametrize(("path", "status"), [("/v1/chat/completions", 401), ("/nowhere", 404)])
+async def test_a_client_still_sending_a_refused_body_gets_the_whole_answer(
+    keyed_capped: Gateway, path: str, status: int
+) -> None:
+    # Closed at once, its connection must still carry the answer first: the client is mid-upload.
+    body = b'{"messages": "' + b"x" * (MIB - 100) + b'"}'
+    async with aiohttp.ClientSession() as http, http.post(keyed_capped.url + path, data=body) as r:
+        answer = (r.status, await r.json())
+
+    assert answer[0] == status
+    assert answer[1]["error"]["code"] in ("invalid_api_key", "not_found")
+
+
+async def test_a_late_bodys_408_closes_its_connection_at_once(strict: Gateway) -> None:
+    head, reader, writer = await refused(strict, declaring_head("/v1/chat/completions"))
+    try:
+        until_closed = await seconds_until_closed(reader)
+    finally:
+        writer.close()
+
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert until_closed < CLOSE_BOUND  # not another 10 s of reading a body that was already too late
+
+
+async def test_keyless_requests_whose_bodies_never_come_cannot_fill_the_connection_cap(keyed_capped: Gateway) -> None:
+    # One packet per connection: each refused, then kept busy for 10 s, and the cap was full for
+    # everyone, keyed clients included (503 too_many_connections).
+    statuses, attackers = [], []
+    try:
+        for _ in range(2 * REFUSED_CAP):
+            head, _, writer = await refused(keyed_capped, declaring_head("/v1/chat/completions"))
+            statuses.append(head.split(b" ", 2)[1])
+            attackers.append(writer)  # the attacker's end stays open: only the gateway closes
+        async with (
+            aiohttp.ClientSession() as http,
+            http.get(keyed_capped.url + "/v1/models", headers=bearer(KEY_ALPHA)) as r,
+        ):
+            served = r.status
+    finally:
+        for writer in attackers:
+            writer.close()
+
+    assert set(statuses) == {b"401"}
+    assert served == 200
+
+
 # --- connection cap ----------------------------------------------------------------------------
 
 

@@ -4,22 +4,32 @@ The keyed gateway's configuration (tests/support/security.py) is rewritten, the 
 SIGHUP, and the test waits for its log line before asking again: a removed key is refused from
 then on, the others still work, and a configuration that does not load changes nothing. A browser
 token lives as long as the key that minted it keeps its hash, and so does a key's hold on the
-browser streams it started: the key rotated in under its name neither reads nor stops them.
+browser streams it started: the key rotated in under its name does not read them. What runs
+under a removed or rotated key ends at once, with `key_revoked`.
 """
 
 from __future__ import annotations
 
-import re
+import asyncio
 import signal
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.support.client import new_request_id, sim_wait
+from tests.support.client import ROUTES, new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator
-from tests.support.security import KEY_ALPHA, KEY_NARROW, METRICS_KEY, bearer, keys_toml, sha256, start_keyed_gateway
+from tests.support.security import (
+    KEY_ALPHA,
+    KEY_FROM_ENV,
+    KEY_NARROW,
+    bearer,
+    keys_toml,
+    sha256,
+    start_keyed_gateway,
+)
+from tests.support.sse import Event, carries_token, iter_events
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -107,15 +117,6 @@ async def start_stream(http: aiohttp.ClientSession, gateway: Gateway, key: str, 
         return "/chat/streams/" + str((await r.json())["id"])
 
 
-async def live_streams(http: aiohttp.ClientSession, gateway: Gateway) -> float:
-    """`sluice_live_streams` now: a detached generation counts while it runs."""
-    async with http.get(gateway.url + "/metrics", headers=bearer(METRICS_KEY)) as r:
-        text = await r.text()
-    match = re.search(r"^sluice_live_streams(?:\{[^}]*\})? (\S+)$", text, re.MULTILINE)
-    assert match is not None, text
-    return float(match.group(1))
-
-
 def rotate_alpha(gateway: Gateway, tmp_path: Path) -> None:
     """Give alpha's name another key's hash, and wait for the reload."""
     rewrite(tmp_path, keys_toml().replace(sha256(KEY_ALPHA), sha256(KEY_ALPHA_ROTATED)))
@@ -136,18 +137,136 @@ async def test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_rep
     assert answer == (204, b"")
 
 
-async def test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started(
+# A revoked key's streams end at once; their own deadlines are far away (total_timeout is 900 s,
+# and the simulator sends a token every 20 ms, so no idle deadline trips either).
+REVOKE_BOUND = 10.0
+LONG = "long\n#sim tokens=100000 gap_ms=20"
+
+
+def remove_alpha(gateway: Gateway, tmp_path: Path) -> None:
+    """Drop alpha from the configuration, and wait for the reload."""
+    rewrite(tmp_path, keys_toml(include_alpha=False))
+    reloaded = reload_outcome(gateway)
+    assert (reloaded["event"], reloaded["revoked"]) == ("gateway_keys_reloaded", ["alpha"])
+
+
+async def open_stream(
+    http: aiohttp.ClientSession, gateway: Gateway, simulator: Simulator, dialect: str, key: str, rid: str
+) -> tuple[aiohttp.ClientResponse, AsyncIterator[Event]]:
+    """A long stream of `dialect` on `key`, its first token read; the response and the rest of its events."""
+    path, body = ROUTES[dialect]
+    headers = {**bearer(key), "X-Request-ID": rid}
+    response = await http.post(gateway.url + path, json=body(LONG), headers=headers)
+    assert response.status == 200
+    await sim_wait(http, simulator.url, rid, "opened")
+    events = iter_events(response)
+    async for event in events:
+        if carries_token(event):
+            break
+    return response, events
+
+
+ENDING = {"openai": "message", "native": "failed"}  # the event a failure ends each dialect with
+
+
+@pytest.mark.parametrize("dialect", ["openai", "native"])
+async def test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others(
+    keyed: Gateway, simulator: Simulator, tmp_path: Path, dialect: str
+) -> None:
+    # Revoked, a key's streams went on generating (and billing the upstream) until total_timeout.
+    revoked_rid, kept_rid = new_request_id("revoked"), new_request_id("kept")
+    async with aiohttp.ClientSession() as http:
+        revoked, revoked_events = await open_stream(http, keyed, simulator, dialect, KEY_ALPHA, revoked_rid)
+        kept, kept_events = await open_stream(http, keyed, simulator, dialect, KEY_FROM_ENV, kept_rid)
+        remove_alpha(keyed, tmp_path)
+        async with asyncio.timeout(REVOKE_BOUND):
+            ending = [event async for event in revoked_events if event.comment is None][-1]
+            closed = await sim_wait(http, simulator.url, revoked_rid, "closed", seconds=REVOKE_BOUND)
+            more = 0  # the other key's stream reads on: tokens keep coming after the revocation
+            async for event in kept_events:
+                more += carries_token(event)
+                if more == 5:
+                    break
+        revoked.close()
+        kept.close()
+    logged = keyed.process.wait_for_event("request_finished", request_id=revoked_rid)
+    error = ending.json()["error"]
+    assert ending.event == ENDING[dialect]
+    assert (error["code"], error["type"]) == ("key_revoked", "invalid_request_error")
+    assert "revoked" in error["message"]
+    assert closed["outcome"] == "client_aborted"  # its upstream request closed, not run to its end
+    assert (logged["outcome"], logged["error_code"]) == ("rejected", "key_revoked")
+    assert more == 5
+
+
+async def test_a_key_rotated_on_sighup_ends_its_browser_streams_with_key_revoked(
     keyed: Gateway, simulator: Simulator, tmp_path: Path
 ) -> None:
-    rid = new_request_id("rotated-stop")
+    # Its tokens stopped working, but its detached generations ran on for their whole total_timeout.
+    rid = new_request_id("rotated-browser")
     async with aiohttp.ClientSession() as http:
-        path = await start_stream(http, keyed, KEY_ALPHA, "long\n#sim tokens=100000 gap_ms=20", rid)
-        await sim_wait(http, simulator.url, rid, "opened")  # its generation runs, and is counted
-        rotate_alpha(keyed, tmp_path)
-        async with http.delete(keyed.url + path, headers=bearer(KEY_ALPHA_ROTATED)) as r:
-            assert r.status == 204
-        # A stop answers once the generation ended: it still runs.
-        assert await live_streams(http, keyed) == 1
+        async with http.post(
+            keyed.url + "/chat/streams", json={"message": LONG}, headers={**bearer(KEY_ALPHA), "X-Request-ID": rid}
+        ) as r:
+            assert r.status == 201
+            url = (await r.json())["url"]
+        async with http.get(keyed.url + url) as reader:  # attached with its token before the rotation
+            assert reader.status == 200
+            events = iter_events(reader)
+            async for event in events:
+                if event.event == "token":
+                    break
+            rotate_alpha(keyed, tmp_path)
+            async with asyncio.timeout(REVOKE_BOUND):
+                ending = [event async for event in events if event.comment is None][-1]
+                closed = await sim_wait(http, simulator.url, rid, "closed", seconds=REVOKE_BOUND)
+    finished = keyed.process.wait_for_event("browser_stream_finished", request_id=rid)
+    assert (ending.event, ending.json()["error"]["code"]) == ("failed", "key_revoked")
+    assert closed["outcome"] == "client_aborted"
+    assert finished["error_code"] == "key_revoked"
+
+
+async def test_a_request_of_a_key_revoked_before_its_answer_is_401_key_revoked(
+    keyed: Gateway, simulator: Simulator, tmp_path: Path
+) -> None:
+    rid = new_request_id("revoked-waiting")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "x\n#sim fault=hang_first"}]}
+    async with aiohttp.ClientSession() as http:
+        waiting = asyncio.ensure_future(
+            http.post(keyed.url + "/v1/chat/completions", json=body, headers={**bearer(KEY_ALPHA), "X-Request-ID": rid})
+        )
+        try:
+            await sim_wait(http, simulator.url, rid, "opened")
+            remove_alpha(keyed, tmp_path)
+            async with asyncio.timeout(REVOKE_BOUND):
+                answer = await waiting
+                refused = (answer.status, (await answer.json())["error"]["code"])
+        finally:
+            waiting.cancel()
+    assert refused == (401, "key_revoked")
+
+
+async def test_a_request_whose_key_is_revoked_while_its_body_arrives_is_refused(keyed: Gateway, tmp_path: Path) -> None:
+    # Authenticated before its body, it takes its key's limits after it: the key may be gone by then.
+    body = b'{"message": "hi\\n#sim tokens=1"}'
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(keyed.url.rsplit(":", 1)[1]))
+    try:
+        writer.write(
+            b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+            + f"Content-Length: {len(body)}\r\nAuthorization: Bearer {KEY_ALPHA}\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(REVOKE_BOUND):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+        remove_alpha(keyed, tmp_path)
+        writer.write(body)
+        async with asyncio.timeout(REVOKE_BOUND):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = int(head.lower().split(b"content-length: ", 1)[1].split(b"\r\n", 1)[0])
+            answer = await reader.readexactly(length)
+    finally:
+        writer.close()
+    assert head.startswith(b"HTTP/1.1 401 ")
+    assert b'"code":"key_revoked"' in answer.replace(b" ", b"")
 
 
 async def test_a_configuration_that_does_not_load_keeps_the_current_keys(keyed: Gateway, tmp_path: Path) -> None:

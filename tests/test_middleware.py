@@ -18,8 +18,9 @@ from structlog.typing import EventDict, WrappedLogger
 
 from server.app import create_app
 from server.errors import InvalidRequestError, PayloadTooLargeError, ServiceUnavailableError
+from server.http_protocol import BODY_ROUTES
 from server.keys import CONNECTION_LIMIT, REQUEST_ID, SETTINGS
-from server.middleware.body import body_to_read
+from server.middleware.body import body_to_read, defer_expectation
 from server.middleware.chain import gateway_middleware
 from server.settings import Settings
 from server.simulator import create_simulator_app
@@ -297,10 +298,10 @@ async def test_body_limit_passes_a_declared_length_at_the_limit() -> None:
 
 async def test_body_limit_passes_a_declared_length_at_the_limit_over_the_wire(aiohttp_client: AiohttpClient) -> None:
     handler = RecordingHandler()
-    app = bare_app(web.post("/", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
+    app = bare_app(web.post("/chat", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
     client: Client = await aiohttp_client(app)
 
-    response = await client.post("/", data=b"x" * 1000)
+    response = await client.post("/chat", data=b"x" * 1000)
 
     assert response.status == 200
     assert handler.calls == 1
@@ -308,14 +309,89 @@ async def test_body_limit_passes_a_declared_length_at_the_limit_over_the_wire(ai
 
 async def test_body_limit_refuses_over_the_wire_with_413_before_the_handler(aiohttp_client: AiohttpClient) -> None:
     handler = RecordingHandler()
-    app = bare_app(web.post("/", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
+    app = bare_app(web.post("/chat", handler.handle), settings=make_settings(server={"max_body_bytes": 1000}))
     client: Client = await aiohttp_client(app)
 
-    response = await client.post("/", data=b"x" * 1001)
+    response = await client.post("/chat", data=b"x" * 1001)
 
     assert response.status == 413
     assert (await response.json())["error"]["code"] == "payload_too_large"
     assert handler.calls == 0
+
+
+# --- which bodies are read ---------------------------------------------------------------------
+
+# The body deadline of these tests: a body waited for would be answered (408) only this late.
+BODY_WAIT = 60.0
+# Far under BODY_WAIT and aiohttp's 10 s of lingering, far over what an answer takes on a loaded machine.
+ANSWER_BOUND = 5.0
+
+
+def partial_post(path: str, *headers: str) -> bytes:
+    """The head of a POST to `path` declaring a 1000-byte body, and its first byte."""
+    extra = "".join(f"{header}\r\n" for header in headers)
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n{extra}\r\n{{"
+    ).encode()
+
+
+async def first_answer(client: Client, request: bytes) -> bytes:
+    """The head of the first thing the server answers to `request` on a new connection."""
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        writer.write(request)
+        async with asyncio.timeout(ANSWER_BOUND):
+            return await reader.readuntil(b"\r\n\r\n")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+@pytest.fixture
+async def body_client(aiohttp_client: AiohttpClient) -> Client:
+    """A bare app with a route that reads a body (/chat), an open one that reads none (/health)."""
+    app = bare_app(
+        web.post("/chat", ok, expect_handler=defer_expectation),
+        web.get("/health", ok, expect_handler=defer_expectation),
+        settings=make_settings(connections={"body_timeout": BODY_WAIT}),
+    )
+    client: Client = await aiohttp_client(app)
+    return client
+
+
+@pytest.mark.parametrize(("path", "status"), [("/health", 405), ("/nowhere", 404)], ids=["open-route", "unmatched"])
+async def test_a_route_that_reads_no_body_is_answered_without_waiting_for_its_body(
+    body_client: Client, path: str, status: int
+) -> None:
+    # Its body was read (up to max_body_bytes, for up to body_timeout) before anything refused it.
+    head = await first_answer(body_client, partial_post(path))
+
+    assert head.startswith(f"HTTP/1.1 {status} ".encode())
+
+
+@pytest.mark.parametrize(
+    ("path", "answer"),
+    [("/chat", b"HTTP/1.1 100 Continue\r\n"), ("/health", b"HTTP/1.1 405 "), ("/nowhere", b"HTTP/1.1 404 ")],
+    ids=["body-route", "open-route", "unmatched"],
+)
+async def test_100_continue_is_sent_only_on_a_route_that_reads_a_body(
+    aiohttp_client: AiohttpClient, path: str, answer: bytes
+) -> None:
+    # aiohttp said 100 Continue itself, before any middleware, to a request no route matched.
+    gateway: Client = await aiohttp_client(create_app(make_settings(connections={"body_timeout": BODY_WAIT})))
+
+    head = await first_answer(gateway, partial_post(path, "Expect: 100-continue")[:-1])
+
+    assert head.startswith(answer)
+
+
+def test_the_body_step_knows_every_gateway_route_that_takes_a_body(settings: Settings) -> None:
+    # A route missing from BODY_ROUTES would have its handler read the body with no deadline.
+    routes = create_app(settings).router.routes()
+    writes = {(r.method, r.resource.canonical) for r in routes if r.resource is not None and r.method == "POST"}
+
+    assert writes >= BODY_ROUTES
+    assert writes - BODY_ROUTES == {("POST", "/chat/stream/token")}  # mints a token from its key alone
 
 
 # --- CORS on the gateway -----------------------------------------------------------------------
@@ -561,11 +637,19 @@ async def test_the_gateway_has_one_middleware_layer(settings: Settings) -> None:
 
 
 ORDER_KEY = "sk-order-key-0123456789"
+BEARER = {"Authorization": f"Bearer {ORDER_KEY}"}
 
 
-def keyed(**sections: dict[str, Any]) -> Settings:
-    """Settings with one gateway key, of one stream at a time, so auth has something to refuse and take."""
-    key = {"name": "order", "key_sha256": hashlib.sha256(ORDER_KEY.encode()).hexdigest(), "max_streams": 1}
+def keyed(limits: dict[str, int] | None = None, **sections: dict[str, Any]) -> Settings:
+    """Settings with one gateway key, so auth has something to refuse and take.
+
+    Its `limits`: one stream at a time unless given.
+    """
+    key = {
+        "name": "order",
+        "key_sha256": hashlib.sha256(ORDER_KEY.encode()).hexdigest(),
+        **(limits or {"max_streams": 1}),
+    }
     return make_settings({"SLUICE_AUTH_SECRET": "order-secret"}, auth={"keys": [key]}, **sections)
 
 
@@ -585,27 +669,67 @@ async def test_the_connection_cap_runs_before_auth(aiohttp_client: AiohttpClient
     assert handler.calls == 0
 
 
-async def test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body(
-    aiohttp_client: AiohttpClient, access_log: AccessLog
-) -> None:
+async def test_auth_runs_before_the_body_is_read(aiohttp_client: AiohttpClient, access_log: AccessLog) -> None:
     handler = RecordingHandler()
     app = bare_app(web.post("/chat", handler.handle), settings=keyed(server={"max_body_bytes": 1000}))
     client: Client = await aiohttp_client(app)
-    bearer = {"Authorization": f"Bearer {ORDER_KEY}"}
 
     refused = await client.post("/chat", data=b"x" * 1001)
-    too_large = [await client.post("/chat", data=b"x" * 1001, headers=bearer) for _ in range(2)]
-    served = await client.post("/chat", data=b"{}", headers=bearer)
+    too_large = await client.post("/chat", data=b"x" * 1001, headers=BEARER)
 
     assert refused.status == 401  # not 413: an unauthenticated body is never looked at
-    # The key's one stream slot, taken before the body step refused, is back each time.
-    assert [r.status for r in too_large] == [413, 413]
-    assert served.status == 200
-    assert handler.calls == 1
-    events = await access_log.finished(4)
+    assert too_large.status == 413
+    assert handler.calls == 0
+    events = await access_log.finished(2)
     assert [(e["status"], e.get("error_code"), e.get("key")) for e in events] == [
         (401, "invalid_api_key", None),
         (413, "payload_too_large", "order"),
-        (413, "payload_too_large", "order"),
-        (200, None, "order"),
     ]
+
+
+async def test_a_body_the_body_step_refuses_takes_nothing_from_the_keys_limits(aiohttp_client: AiohttpClient) -> None:
+    # One request a minute: had the refused bodies taken it, the request after them would be 429.
+    handler = RecordingHandler()
+    app = bare_app(web.post("/chat", handler.handle), settings=keyed({"rpm": 1}, server={"max_body_bytes": 1000}))
+    client: Client = await aiohttp_client(app)
+
+    too_large = [await client.post("/chat", data=b"x" * 1001, headers=BEARER) for _ in range(2)]
+    served = await client.post("/chat", data=b"{}", headers=BEARER)
+
+    assert [r.status for r in too_large] == [413, 413]
+    assert served.status == 200
+    assert handler.calls == 1
+
+
+async def test_a_body_still_to_come_holds_none_of_its_keys_stream_slots(aiohttp_client: AiohttpClient) -> None:
+    # The key's limits are taken once the body is in: a slow or stalled body held its one stream slot.
+    handler = RecordingHandler()
+    route = web.post("/chat", handler.handle, expect_handler=defer_expectation)
+    app = bare_app(route, settings=keyed(connections={"body_timeout": BODY_WAIT}))
+    client: Client = await aiohttp_client(app)
+    reader, writer = await asyncio.open_connection(client.host, client.port)
+    try:
+        # 100 Continue comes from the body step, once auth passed: the request now waits for its body.
+        writer.write(partial_post("/chat", f"Authorization: Bearer {ORDER_KEY}", "Expect: 100-continue")[:-1])
+        async with asyncio.timeout(ANSWER_BOUND):
+            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+
+        served = await client.post("/chat", data=b"{}", headers=BEARER)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+    assert served.status == 200
+    assert handler.calls == 1
+
+
+async def test_a_keyed_requests_stream_slot_is_given_back_once_its_handler_is_done(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    handler = RecordingHandler()
+    app = bare_app(web.post("/chat", handler.handle), settings=keyed())
+    client: Client = await aiohttp_client(app)
+
+    statuses = [(await client.post("/chat", data=b"{}", headers=BEARER)).status for _ in range(3)]
+
+    assert statuses == [200, 200, 200]  # one stream at a time, each given back before the next

@@ -363,3 +363,26 @@ async def test_a_second_signal_ends_live_streams_at_once_with_the_shutdown_event
         assert await asyncio.to_thread(gateway.process.wait, 10) == 0
     finally:
         gateway.process.stop()
+
+
+@pytest.mark.timeout(60)
+async def test_a_stream_the_drain_ended_is_logged_with_the_error_code_its_client_received(simulator: Simulator) -> None:
+    far = {"SLUICE_SERVER_DRAIN_TIMEOUT": "60", "SLUICE_UPSTREAM_IDLE_TIMEOUT": "60"}
+    gateway = start_gateway(upstream=simulator, env=far)
+    rid = new_request_id("drain-code")
+    try:
+        async with aiohttp.ClientSession() as http:
+            response = await open_stream(http, gateway, "openai", "x\n#sim tokens=100000 gap_ms=20", rid)
+            async for event in iter_events(response):
+                if event.comment is None:
+                    break
+            gateway.process.signal(signal.SIGTERM)
+            gateway.process.wait_for_event("drain_started")
+            gateway.process.signal(signal.SIGTERM)  # the second signal ends it now, not after 60 s
+            events = await asyncio.wait_for(collect(response), 5)
+        assert await asyncio.to_thread(gateway.process.wait, 10) == 0
+    finally:
+        gateway.process.stop()
+    (line,) = [e for e in gateway.process.events("request_finished") if e.get("request_id") == rid]
+    assert line["outcome"] == "shutdown"
+    assert line["error_code"] == events[-1].json()["error"]["code"] == "server_shutting_down"

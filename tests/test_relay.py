@@ -266,6 +266,38 @@ async def test_shutdown_ends_stream_with_retry_hint() -> None:
     assert b'"code":"server_shutting_down"' in sink.writes[-1]
 
 
+@pytest.mark.parametrize("expiry", ["first_token", "idle", "total", "shutdown"])
+async def test_a_stream_a_guard_ended_is_logged_with_the_error_code_its_client_received(expiry: str) -> None:
+    sink = RecordingSink()
+    record = new_record()
+    short = {"first_token": 0.05, "idle": 0.05, "total": 0.2}.get(expiry, 30)
+    deadlines = Deadlines(
+        first_token=short if expiry == "first_token" else 30,
+        idle=short if expiry == "idle" else 30,
+        total=short if expiry == "total" else 60,
+        send=30,
+    )
+    guards: asyncio.Queue[StreamGuard] = asyncio.Queue()
+
+    async def serve() -> None:
+        guard = StreamGuard(deadlines)  # watches this task, as in the gateway
+        guards.put_nowait(guard)
+        before = [] if expiry == "first_token" else [content_chunk("a")]
+        await relay(
+            from_list(before, then=asyncio.Event()), OpenAIDialect(False), sink, guard, record, final_write_timeout=1
+        )
+        guard.close()
+
+    task = asyncio.create_task(serve())
+    guard = await guards.get()
+    if expiry == "shutdown":
+        await sink.wait_for_writes(1)
+        guard.shutdown()
+    await task
+    received = orjson.loads(sink.writes[-1].removeprefix(b"data: "))["error"]["code"]
+    assert record.error_code == received
+
+
 async def test_chunks_that_arrived_together_go_out_in_one_write_in_order() -> None:
     async def one_read() -> AsyncIterator[list[Chunk]]:
         yield [content_chunk("a"), content_chunk("b"), finish_chunk()]

@@ -103,6 +103,43 @@ async def test_a_request_for_n_choices_reserves_its_completion_n_times(limit: di
     assert lease.reserved_tokens == lease.prompt_estimate + 64 * limit.get("max_tokens", 300)
 
 
+# A prompt of 3,000 tokens at 4 bytes a token, for the fields an upstream reads (and bills) besides `messages`.
+OUTSIDE_PROMPT = "lorem ipsum " * 1000
+PROMPT_FIELDS = {
+    "tools": [{"type": "function", "function": {"name": "f", "description": OUTSIDE_PROMPT, "parameters": {}}}],
+    "functions": [{"name": "f", "description": OUTSIDE_PROMPT, "parameters": {}}],
+    "response_format": {"type": "json_schema", "json_schema": {"name": "s", "description": OUTSIDE_PROMPT}},
+    "prediction": {"type": "content", "content": OUTSIDE_PROMPT},
+}
+
+
+@pytest.mark.parametrize("field", PROMPT_FIELDS)
+async def test_a_prompt_outside_the_messages_is_reserved_with_them(field: str) -> None:
+    lease = Lease(MemoryLimitStore(FakeClock()), GatewayKey("k", b"", None, KeyLimits(tpm=1_000_000)))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1}
+
+    assert await lease.reserve({**body, field: PROMPT_FIELDS[field]}) is None
+
+    assert lease.prompt_estimate >= len(OUTSIDE_PROMPT) // 4
+    assert lease.reserved_tokens == lease.prompt_estimate + 1
+
+
+async def test_a_request_that_ends_without_usage_is_charged_its_whole_prompt_and_what_it_relayed() -> None:
+    # The client left, or the upstream never sent usage: the reservation's prompt is what is charged.
+    store = MemoryLimitStore(FakeClock())
+    key = GatewayKey("k", b"", None, KeyLimits(tpm=1_000_000))
+    lease = Lease(store, key)
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "tools": PROMPT_FIELDS["tools"]}
+    await lease.reserve(body)
+
+    await lease.release(None, relayed_tokens=3)
+
+    usage = await store.usage("k", key.limits)
+    assert usage is not None
+    assert usage.tokens == lease.prompt_estimate + 3
+    assert usage.tokens >= len(OUTSIDE_PROMPT) // 4
+
+
 def test_a_keys_completion_reserve_defaults_to_1024_tokens() -> None:
     ring = KeyRing.from_settings(make_settings(auth=keyed_settings(tpm=1000)).auth)
 

@@ -2,22 +2,25 @@
 
 A `Lease` holds what a request took from its key's limits (one stream slot, reserved tokens)
 and gives it back once, when the request ends, settling the tokens with the real usage. A
-detached browser stream takes the lease over from the request that started it.
+detached browser stream takes the lease over from the request that started it. While it is held,
+the key's ring knows of it: a reload that revokes the key ends the request through it (`revoke`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 
 from ..errors import RateLimitedError
 from ..validation import requested_choices
-from .gateway_keys import GatewayKey
+from .gateway_keys import GatewayKey, KeyRing
 from .limits import Decision, Exceeded, LimitStore, rate_limit_headers
 
-# Characters per token for the prompt estimate: OpenAI's rule of thumb for English text.
-CHARS_PER_TOKEN = 4
+# Bytes of the request body per token for the prompt estimate: OpenAI's rule of thumb of 4
+# characters a token for English text.
+BYTES_PER_TOKEN = 4
 
 _MESSAGES = {
     Exceeded.REQUESTS: "Rate limit reached for requests per minute on key {name!r}; retry after {retry}s.",
@@ -29,27 +32,46 @@ _MESSAGES = {
 class Lease:
     """What one request took from its key's limits, given back once when it ends."""
 
-    def __init__(self, store: LimitStore, key: GatewayKey) -> None:
+    def __init__(self, store: LimitStore, key: GatewayKey, ring: KeyRing | None = None) -> None:
+        """`ring`: the key's ring, which holds the lease until it is released (see `revoke`)."""
         self._store = store
         self.key = key
+        self._ring = ring
         self.reserved_tokens = 0
         self.prompt_estimate = 0
         self._streams = 1
         self._released = False
         self.transferred = False
+        self.revoked = False
+        self._end: Callable[[], None] | None = None
         self.last_decision: Decision | None = None  # the reservation's, for the response's headers
+
+    def end_with(self, end: Callable[[], None]) -> None:
+        """Call `end` (it stops the request's stream) if the key is revoked while the lease is held; now if it was."""
+        self._end = end
+        if self.revoked:
+            end()
+
+    def revoke(self) -> None:
+        """The key was removed or rotated (KeyRing.adopt): end the request, or have it end once it says how."""
+        self.revoked = True
+        if self._end is not None:
+            self._end()
 
     async def reserve(self, body: dict[str, Any]) -> Decision | None:
         """Reserve `body`'s estimate on the key's tpm; the refusing decision, or None when reserved.
 
-        The estimate is the prompt (4 characters a token) plus the completion's `max_tokens`, or the
-        key's `completion_reserve` when the request sets none, for each of its `n` choices (a limit
-        is per choice): reserving the prompt alone, or one choice of 64, let a burst overrun tpm
-        many times over before any of it settled.
+        The estimate is the prompt plus the completion's `max_tokens`, or the key's
+        `completion_reserve` when the request sets none, for each of its `n` choices (a limit is
+        per choice): reserving the prompt alone, or one choice of 64, let a burst overrun tpm many
+        times over before any of it settled. The prompt is the whole body as it goes upstream (4
+        bytes a token), not its `messages` alone: the upstream reads and bills `tools`,
+        `functions`, `response_format`, `prediction` and the rest too, and a prompt moved there
+        was neither reserved nor, when the stream ended without usage, charged.
         """
         if not self.key.limits.tpm:
             return None
-        prompt = len(orjson.dumps(body.get("messages"))) // CHARS_PER_TOKEN
+        prompt = len(orjson.dumps(body)) // BYTES_PER_TOKEN
         most = [body.get(name) for name in ("max_completion_tokens", "max_tokens")]
         completion = (max(map(_token_limit, most)) or self.key.limits.completion_reserve) * requested_choices(body)
         decision = await self._store.take(
@@ -67,6 +89,9 @@ class Lease:
         if self._released:
             return
         self._released = True
+        self._end = None  # the stream it stops is over
+        if self._ring is not None:
+            self._ring.let_go(self.key, self)
         used = _total_tokens(usage)
         if used is None:
             used = self.prompt_estimate + relayed_tokens if self.reserved_tokens else 0

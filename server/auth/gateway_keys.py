@@ -3,6 +3,9 @@
 Only SHA-256 hashes of keys are held. A presented key is hashed once and compared with every
 configured hash using `hmac.compare_digest`, so neither the key nor which entry matched shows
 in the time taken.
+
+The ring also knows what runs under each key (its requests' leases, see gate.py): a reload that
+removes a key, or gives its name another hash, ends them (`adopt`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ import hashlib
 import hmac
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol
 
 from aiohttp import web
 
@@ -45,13 +49,21 @@ class GatewayKey:
         return (self.models | {aliases[name] for name in self.models if name in aliases}).__contains__
 
 
+class Holder(Protocol):
+    """What runs under a key (a request's lease): told when the key is revoked."""
+
+    def revoke(self) -> None:
+        """The key was removed or rotated: end what runs under it."""
+
+
 class KeyRing:
-    """The configured gateway keys, and the optional separate key for /metrics."""
+    """The configured gateway keys, the optional separate key for /metrics, and what runs under each key."""
 
     def __init__(self, keys: tuple[GatewayKey, ...], metrics_digest: bytes | None) -> None:
         self._keys = keys
         self._by_name = {key.name: key for key in keys}
         self._metrics_digest = metrics_digest
+        self._held: dict[str, set[Holder]] = {}
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> KeyRing:
@@ -70,9 +82,38 @@ class KeyRing:
         metrics = bytes.fromhex(auth.metrics_key_sha256) if auth.metrics_key_sha256 else None
         return cls(keys, metrics)
 
-    def adopt(self, other: KeyRing) -> None:
-        """Take `other`'s keys and metrics key in place: every holder of this ring sees them at once."""
+    def adopt(self, other: KeyRing) -> list[str]:
+        """Take `other`'s keys and metrics key in place (every holder of this ring sees them at once);
+        end what runs under each key it revokes. The names of those keys.
+
+        A key is revoked when `other` has no key of its name, or one with another hash (rotated).
+        """
+        revoked = [key.name for key in self._keys if not other.current(key)]
         self._keys, self._by_name, self._metrics_digest = other._keys, other._by_name, other._metrics_digest
+        for name in revoked:
+            for holder in self._held.pop(name, ()):
+                holder.revoke()
+        return revoked
+
+    def current(self, key: GatewayKey) -> bool:
+        """True while `key` is configured as it was: under its name, with its hash."""
+        configured = self._by_name.get(key.name)
+        return configured is not None and configured.digest == key.digest
+
+    def hold(self, key: GatewayKey, holder: Holder) -> bool:
+        """Count `holder` as running under `key` until `let_go`; False, holding nothing, once `key` is revoked."""
+        if not self.current(key):
+            return False
+        self._held.setdefault(key.name, set()).add(holder)
+        return True
+
+    def let_go(self, key: GatewayKey, holder: Holder) -> None:
+        """`holder` no longer runs under `key`."""
+        held = self._held.get(key.name)
+        if held is not None:
+            held.discard(holder)
+            if not held:
+                del self._held[key.name]
 
     @property
     def keys(self) -> tuple[GatewayKey, ...]:

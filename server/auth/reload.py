@@ -4,6 +4,8 @@ without a restart.
 Only `[auth]` keys and the metrics key change: every other setting still needs a restart. A
 configuration that no longer loads, or that would turn gateway keys on or off (which decides the
 middleware and CORS policy at start), is refused with one log line, and the current keys stay.
+A key removed, or given another hash under its name, is revoked: what runs under it ends at once
+(its streams with a `key_revoked` error event, see KeyRing.adopt).
 A key given by `key_env` is read from this process's environment, which a reload cannot change:
 rotate such a key by restarting, or give it as `key_sha256` in the file.
 """
@@ -31,6 +33,11 @@ def reload_keys(ring: KeyRing, source: SettingsSource) -> bool:
             message="turning gateway keys on or off needs a restart; the current keys stay",
         )
         return False
-    ring.adopt(fresh)
-    log.info("gateway_keys_reloaded", keys=[key.name for key in fresh.keys], metrics_key=fresh.metrics_closed)
+    revoked = ring.adopt(fresh)
+    log.info(
+        "gateway_keys_reloaded",
+        keys=[key.name for key in fresh.keys],
+        metrics_key=fresh.metrics_closed,
+        revoked=revoked,
+    )
     return True

@@ -5,10 +5,12 @@ Order matters, outermost first:
 2. access log: times the whole request and sees the final status, including rendered errors;
 3. errors: turns any failure into the JSON envelope before the access log records it;
 4. connection cap: sheds a request over the process's connection cap before any work;
-5. auth: checks the gateway key (or browser token) and the key's limits before a body is read,
-   and gives back what the request took once the handler is done;
-6. body: refuses oversized bodies, then reads the body within its deadline, so no handler waits
-   on a slow client.
+5. auth: checks the gateway key (or browser token) before a body is read;
+6. body: on the routes that read one, refuses an oversized body, then reads it within its
+   deadline, so no handler waits on a slow client; any other request is answered without its
+   body, and a connection whose body was left unread is closed right after the answer;
+7. limits: takes the request's share of its key's limits once the body is in (a slow body holds
+   none of them), and gives it back once the handler is done.
 Each step is plain functions in its module; chain.py composes them in one coroutine, as a layer
 per step would be a coroutine suspended while a stream runs, re-entered on each of its resumes.
 CORS is not a middleware here: routes/cors.py wraps the routes and answers preflights, with the

@@ -5,7 +5,8 @@ With keys, chat routes and model lists need one, as `Authorization: Bearer KEY`,
 `x-api-key`; EventSource routes may carry a browser token (`?token=`) instead. Probes, the demo
 page and CORS preflights stay open. A request that starts a generation takes one request and
 one stream slot from its key's limits, given back (tokens settled) when it ends. The chain runs
-`admit` after the connection cap and before the body is read, and `settle` once the handler is done.
+`admit` (the key) after the connection cap and before the body is read, `take_limits` once the body
+is in, and `settle` once the handler is done.
 
 Handlers use the helpers at the end: the key's models, its token reservation, and handing the
 lease to a detached stream.
@@ -23,7 +24,8 @@ from ..auth.gate import Lease, rate_limited
 from ..auth.gateway_keys import GatewayKey, presented_key
 from ..auth.limits import Decision, rate_limit_headers
 from ..auth.tokens import ONE_STEP_SCOPE
-from ..errors import AuthenticationError, ModelNotFoundError, RateLimitedError
+from ..errors import AuthenticationError, KeyRevokedError, ModelNotFoundError, RateLimitedError
+from ..guard import StreamGuard
 from ..keys import (
     GATEWAY_KEY,
     KEYRING,
@@ -72,10 +74,11 @@ _WRONG = "Incorrect gateway key provided."
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
-async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
-    """401 without a valid key or token; 429 over the key's limits; else the lease taken from them, if any.
+def admit(request: web.Request, record: RequestRecord) -> GatewayKey | None:
+    """401 without a valid key or token; else the key whose limits the request takes from, if any.
 
-    The caller settles the lease (`settle`) once the handler is done.
+    The chain reads the body after this, then takes the limits (`take_limits`): a body that is slow
+    to come holds none of the key's requests or stream slots.
     """
     ring = request.app[KEYRING]
     if not ring.enabled and not ring.metrics_closed:
@@ -100,12 +103,25 @@ async def admit(request: web.Request, record: RequestRecord) -> Lease | None:
     record.key = key.name
     if access is not Access.GENERATE or _resumes(request, method, route):
         return None
-    store = request.app[LIMITS]
+    return key
+
+
+async def take_limits(request: web.Request, key: GatewayKey) -> Lease:
+    """429 over `key`'s limits; else the lease of the request and stream slot taken from them.
+
+    The caller settles the lease (`settle`) once the handler is done.
+    """
+    store, ring = request.app[LIMITS], request.app[KEYRING]
     decision = await store.take(key.name, key.limits, requests=1, tokens=0, streams=1)
     if not decision.allowed:
         raise _refuse(request, key, decision)
     request[RATE_LIMITS] = decision
-    lease = request[LEASE] = Lease(store, key)
+    lease = Lease(store, key, ring)
+    if not ring.hold(key, lease):
+        # Revoked by a reload while the body was read: what it took goes back, and it goes no further.
+        await lease.release(None)
+        raise KeyRevokedError()
+    request[LEASE] = lease
     return lease
 
 
@@ -200,6 +216,20 @@ def visible_models(request: web.Request) -> tuple[str, ...]:
     return tuple(m for m in names if key.allows(m) or key.allows(catalog.aliases.get(m, m)))
 
 
+def default_model(request: web.Request) -> str:
+    """The model a request naming none gets: the gateway's default, or, when the request's key may
+    not use it, the first model the key may use (in the order `visible_models` lists them).
+
+    A key with none of the served models keeps the gateway's default, which it is refused (404).
+    """
+    catalog = request.app[MODELS]
+    default = catalog.default
+    key = request.get(GATEWAY_KEY) if request.app[KEYRING].enabled else None  # see reserve_tokens
+    if key is None or key.allows(default) or key.allows(catalog.aliases.get(default, default)):
+        return default
+    return next(iter(visible_models(request)), default)
+
+
 async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
     """Reserve the prompt estimate plus the body's max tokens on the key's tpm; 429 when over it."""
     # Without keys no request holds a lease: no lookup, which would raise and catch a KeyError.
@@ -211,6 +241,13 @@ async def reserve_tokens(request: web.Request, body: dict[str, Any]) -> None:
         raise _refuse(request, lease.key, refused)
     if (taken := lease.last_decision) is not None:
         request[RATE_LIMITS] = taken
+
+
+def end_if_revoked(request: web.Request, guard: StreamGuard) -> None:
+    """Have `guard` end the request's stream (`key_revoked`) if its gateway key is revoked or rotated meanwhile."""
+    lease = request.get(LEASE)
+    if lease is not None:
+        lease.end_with(guard.revoke)
 
 
 def take_lease(request: web.Request) -> Lease | None:

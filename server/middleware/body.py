@@ -1,7 +1,10 @@
 """The request body: refused over `max_body_bytes`, then read whole within `body_timeout`.
 
-The chain's last step before the handler, after auth, so an unauthenticated client's body is
-never read.
+The chain's step after auth, so an unauthenticated client's body is never read, and before the
+key's limits are taken, so a slow body holds none of them. Only the routes whose handlers read a
+body (`BODY_ROUTES`, in http_protocol.py) have it read, and `100 Continue` said: any other
+request (a probe, an unknown route) is answered without its body, and a connection whose body
+was left unread is closed right after the answer (`close_if_body_unread`).
 
 A declared Content-Length over the limit is refused before anything reads the body (chunked
 bodies hit aiohttp's `client_max_size`). A body still arriving is then read here, once, before the
@@ -16,7 +19,7 @@ import asyncio
 from aiohttp import hdrs, web
 
 from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
-from ..http_protocol import watch_framing
+from ..http_protocol import close_after_response, watch_framing
 from ..keys import SETTINGS
 from .errors import render_error
 
@@ -63,12 +66,22 @@ async def read_body(request: web.Request) -> web.Response | None:
             await request.read()
     except TimeoutError:
         late = RequestTimeoutError(f"The request body did not arrive within {deadline:g} seconds.")
-        response = render_error(late)
-        response.force_close()
-        return response
+        return render_error(late)  # its connection closed after it: see close_if_body_unread
     finally:
         unwatch()
     return None
+
+
+def close_if_body_unread(request: web.Request, response: web.StreamResponse) -> None:
+    """Close the connection right after `response` when part of the request's body never arrived or was never read.
+
+    aiohttp would otherwise go on reading and discarding the rest for up to 10 seconds after the
+    answer, the connection counted as busy all along: a client with no key held a connection slot
+    that long for one packet. A body that came whole with its headers is no reason to close.
+    """
+    if request.body_exists and not request.content.is_eof():
+        response.force_close()
+        close_after_response(request)
 
 
 async def defer_expectation(request: web.Request) -> None:

@@ -12,9 +12,10 @@ import asyncio
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
+from ..http_protocol import BODY_ROUTES
 from .access_log import cancelled_status, finish, open_record
-from .auth import add_key_headers, admit, settle
-from .body import body_to_read, read_body
+from .auth import add_key_headers, admit, settle, take_limits
+from .body import body_to_read, close_if_body_unread, read_body
 from .connection_cap import over_cap
 from .errors import mark_response_started, render_failure
 from .request_id import add_request_id_header, bind_request_id
@@ -22,29 +23,34 @@ from .request_id import add_request_id_header, bind_request_id
 
 @web.middleware
 async def gateway_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Request id, access log, errors, connection cap, auth, body, then the handler."""
+    """Request id, access log, errors, connection cap, auth, body, the key's limits, then the handler."""
     bind_request_id(request)
     started, record = open_record(request)
     status = 500
+    body_in = False  # the request's body was read or had all come: no reason to close its connection
     try:
         try:
             response: web.StreamResponse | None = over_cap(request)
             if response is None:
-                lease = await admit(request, record)
-                try:
-                    if body_to_read(request):
-                        response = await read_body(request)
-                    if response is None:
+                key = admit(request, record)
+                if (request.method, record.route) in BODY_ROUTES:
+                    response = await read_body(request) if body_to_read(request) else None
+                    body_in = response is None
+                if response is None:
+                    lease = await take_limits(request, key) if key is not None else None
+                    try:
                         response = await handler(request)
-                finally:
-                    if lease is not None:
-                        await settle(lease, record)
+                    finally:
+                        if lease is not None:
+                            await settle(lease, record)
         except Exception as error:
             # After the lease is settled, before the access log: it logs the rendered status.
             response = render_failure(request, error)
             if response is None:
                 raise
         status = response.status
+        if not body_in:
+            close_if_body_unread(request, response)
         return response
     except asyncio.CancelledError:
         status = cancelled_status(record)

@@ -27,7 +27,7 @@ from aiohttp import hdrs, web
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TIMERS, TOKEN_BEARING, TOKENS, WORKER_PROXY
-from ..middleware.auth import check_model_for, request_key, reserve_tokens, take_lease
+from ..middleware.auth import check_model_for, default_model, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream, stream_head
 from ..streams.resume import QUERY, resume_point
@@ -176,7 +176,7 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
 async def _start(request: web.Request, data: dict[str, Any]) -> str:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, data, settings)
-    model = check_model_for(request, chat_request.model or settings.models.default)
+    model = check_model_for(request, chat_request.model or default_model(request))
     record = request[RECORD]
     record.model = model
     body = chat_request.upstream_body(model, stream=True)

@@ -12,7 +12,7 @@ from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
 from ..errors import UpstreamProtocolError
 from ..keys import RECORD, REQUEST_ID, SETTINGS
-from ..middleware.auth import check_model_for
+from ..middleware.auth import check_model_for, default_model
 from ..schemas import ChatReply, ChatRequest, Usage
 from ..validation import parse_model, read_json_object
 
@@ -20,7 +20,7 @@ from ..validation import parse_model, read_json_object
 async def _chat_request(request: web.Request) -> tuple[ChatRequest, str]:
     settings = request.app[SETTINGS]
     chat_request = parse_model(ChatRequest, await read_json_object(request), settings)
-    model = check_model_for(request, chat_request.model or settings.models.default)
+    model = check_model_for(request, chat_request.model or default_model(request))
     request[RECORD].model = model
     return chat_request, model
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..keys import SETTINGS
-from ..middleware.auth import visible_models
+from ..middleware.auth import default_model, visible_models
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The models (and aliases) a request may name and the one used when it names none."""
-    models = request.app[SETTINGS].models
-    return web.json_response({"models": list(visible_models(request)), "default": models.default})
+    """The models (and aliases) a request may name and the one used when it names none (for its key)."""
+    return web.json_response({"models": list(visible_models(request)), "default": default_model(request)})

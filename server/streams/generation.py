@@ -4,8 +4,9 @@ It reuses the attached path's pieces: the upstream client, the native dialect's 
 with its guard (first-token, idle and total deadlines, shutdown) and its explicit final event.
 Only the sink differs: events go to the store, where any number of readers, one after another or
 side by side, pick them up. Besides the relay's endings, a generation can be stopped on purpose,
-by its client (`DELETE`) or because nobody read it for the grace period; that too ends the stream
-with a final `failed` event, so a reader never sees it stop without a word.
+by its client (`DELETE`), because nobody read it for the grace period, or because a reload revoked
+the gateway key that started it (`key_revoked`); that too ends the stream with a final `failed`
+event, so a reader never sees it stop without a word.
 
 Before each upstream read a generation is held back (it reads no more, so the upstream's TCP
 window fills and the upstream waits) while its readers are far behind (backlog.py), or while the
@@ -54,6 +55,7 @@ class StopReason(StrEnum):
 
     CANCELLED = "stream_cancelled"
     ABANDONED = "stream_abandoned"
+    KEY_REVOKED = "key_revoked"
 
 
 class StreamStoppedError(GatewayError):
@@ -65,6 +67,7 @@ class StreamStoppedError(GatewayError):
 _STOP_MESSAGES = {
     StopReason.CANCELLED: "The stream was stopped by its client.",
     StopReason.ABANDONED: "No client read the stream for too long, so it was stopped.",
+    StopReason.KEY_REVOKED: "The gateway key that started the stream was revoked or rotated, so it was stopped.",
 }
 
 
@@ -266,6 +269,11 @@ class Generation:
         self._relaying = True
         browser = services.settings.browser
         self.backlog = Backlog(browser.max_buffered_bytes, max_events=max(1, browser.max_buffered_events // 2))
+        if job.lease is not None:
+            job.lease.end_with(self._key_revoked)
+
+    def _key_revoked(self) -> None:
+        self.stop(StopReason.KEY_REVOKED)
 
     def stop(self, reason: StopReason) -> None:
         """End the generation now with a final `failed` event naming `reason`."""
