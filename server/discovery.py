@@ -77,8 +77,8 @@ def models_url(base_url: str) -> str:
 
 
 def _auth(entry: UpstreamEntry) -> dict[str, str]:
-    key = entry.api_key
-    return {"Authorization": f"Bearer {key.get_secret_value()}"} if key is not None else {}
+    key = entry.key_header()
+    return dict([key]) if key is not None else {}
 
 
 async def read_models(session: aiohttp.ClientSession, url: str, headers: dict[str, str]) -> list[str] | None:

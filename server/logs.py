@@ -1,7 +1,9 @@
 """Configure structlog once per process: JSON lines off a terminal, readable lines on one.
 
 aiohttp's and asyncio's own loggers go through the same renderer, so every line of a process
-has one format. Message content and keys are never passed to a logger.
+has one format. Message content and keys are never passed to a logger. A console line shows
+control characters as escapes (`\\x1b`): a value a client chose (a request path) must not reach
+an operator's terminal as its commands, nor forge a line; JSON escapes them already.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import ssl
 import sys
 from collections.abc import Callable
@@ -25,6 +28,17 @@ LEADING_FIELDS = ("method", "path", "status", "duration_ms")
 
 _protocol_log = structlog.get_logger("sluice.protocol")
 
+# C0 controls, DEL and C1 controls: ESC and CSI start a terminal's commands, CR and LF forge lines.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_ESCAPES = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))} | {
+    ord("\t"): "\\t",
+    ord("\n"): "\\n",
+    ord("\r"): "\\r",
+}
+# A traceback's (or stack's) line breaks are its layout, printed below the line: kept.
+_MULTILINE_FIELDS = frozenset({"exception", "stack"})
+_MULTILINE_ESCAPES = {code: text for code, text in _ESCAPES.items() if code != ord("\n")}
+
 
 def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: TextIO | None = None) -> LossyStream:
     """Route structlog and the standard library's logging to `stream` (stdout) in `fmt` at `level`.
@@ -40,16 +54,17 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _add_pid,
     ]
-    renderer: structlog.types.Processor
+    # The rendering steps, after the tracebacks are formatted (as text, which the console escapes too).
+    rendering: list[structlog.types.Processor]
     if use_json:
-        renderer = structlog.processors.JSONRenderer(serializer=_dumps)
+        rendering = [structlog.processors.JSONRenderer(serializer=_dumps)]
     else:
         shared.append(_lead_with_request_fields)
         # Not sorted: the order is the one _lead_with_request_fields gives.
-        renderer = structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)
+        rendering = [_escape_controls, structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)]
     numeric_level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, *rendering],
         wrapper_class=structlog.make_filtering_bound_logger(numeric_level),
         # One write per line (message and newline together): workers share stdout, and print()
         # writes the newline separately, so two workers' lines could merge into one.
@@ -63,7 +78,7 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
-                renderer,
+                *rendering,
             ],
         )
     )
@@ -141,6 +156,18 @@ def _lead_with_request_fields(_: object, __: str, event: structlog.types.EventDi
     """Put method, path, status and duration first, so the console lines of requests line up."""
     leading = {name: event.pop(name) for name in LEADING_FIELDS if name in event}
     return {**leading, **event}
+
+
+def _escape_controls(_: object, __: str, event: structlog.types.EventDict) -> structlog.types.EventDict:
+    """Each string value with its control characters as escapes (`\\x1b`), for the console renderer.
+
+    The renderer writes a string as it is (it quotes only one with spaces, `=` or quotes); any other
+    value it writes as its repr, which escapes them already.
+    """
+    for key, value in event.items():
+        if isinstance(value, str) and _CONTROL.search(value) is not None:
+            event[key] = value.translate(_MULTILINE_ESCAPES if key in _MULTILINE_FIELDS else _ESCAPES)
+    return event
 
 
 def connection_error_fields(exc: BaseException) -> dict[str, object]:

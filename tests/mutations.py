@@ -279,8 +279,8 @@ BREAKS = [
     Break(
         "supervisor retries a start-up mistake",
         WORKERS_PY,
-        "        if code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER:\n",
-        "        if slot.quick_deaths >= GIVE_UP_AFTER:\n",
+        "        if starting and (code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER):\n",
+        "        if starting and slot.quick_deaths >= GIVE_UP_AFTER:\n",
         (f"{SUPERVISOR}::test_a_worker_that_cannot_bind_makes_the_supervisor_give_up_at_once_with_one_line",),
     ),
     Break(
@@ -338,7 +338,7 @@ BREAKS = [
         DASHBOARD,
         '    return f"{parts.scheme}://{host}{port}{parts.path}"\n',
         "    return url\n",
-        (f"{DASHBOARD_TESTS}::test_the_upstream_table_shows_no_credential_from_the_base_url",),
+        (f"{DASHBOARD_TESTS}::test_the_upstream_table_shows_no_credential_from_the_base_urls_query",),
     ),
     Break(
         "dashboard keys table shows every key with the first key's usage",
@@ -1199,8 +1199,8 @@ BREAKS += [
     Break(
         "SIGHUP leaves the keys as they were",
         KEY_RELOAD,
-        "    ring.adopt(fresh)\n",
-        "",
+        "    revoked = ring.adopt(fresh)\n",
+        "    revoked: list[str] = []\n",
         (f"{KEY_RELOAD_TESTS}::test_a_key_removed_from_the_configuration_is_refused_after_sighup",),
     ),
     Break(
@@ -1617,8 +1617,8 @@ BREAKS += [
         CHAIN,
         "            response: web.StreamResponse | None = over_cap(request)\n"
         "            if response is None:\n"
-        "                lease = await admit(request, record)\n",
-        "            lease = await admit(request, record)\n"
+        "                key = admit(request, record)\n",
+        "            key = admit(request, record)\n"
         "            response: web.StreamResponse | None = over_cap(request)\n"
         "            if response is None:\n",
         (f"{ORDER_TESTS}::test_the_connection_cap_runs_before_auth",),
@@ -1626,16 +1626,16 @@ BREAKS += [
     Break(
         "the body checked before auth",
         CHAIN,
-        "                lease = await admit(request, record)\n",
-        "                body_to_read(request)\n                lease = await admit(request, record)\n",
-        (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body",),
+        "                key = admit(request, record)\n",
+        "                body_to_read(request)\n                key = admit(request, record)\n",
+        (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read",),
     ),
     Break(
         "a request's lease never settled",
         CHAIN,
         "                        await settle(lease, record)\n",
         "                        pass\n",
-        (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read_and_its_slot_is_given_back_after_a_refused_body",),
+        (f"{ORDER_TESTS}::test_a_keyed_requests_stream_slot_is_given_back_once_its_handler_is_done",),
     ),
 ]
 
@@ -2630,7 +2630,6 @@ BREAKS += [
         "return key.name",
         (
             "tests/test_key_reload.py::test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_replacement",
-            "tests/test_key_reload.py::test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started",
             "tests/test_stream_owner.py::test_the_owner_recorded_in_redis_is_the_keys_name_and_a_fingerprint_never_the_key_or_its_hash",
             "tests/test_stream_owner.py::test_a_stream_recorded_with_its_keys_name_alone_is_unknown_to_that_key",
         ),
@@ -2649,7 +2648,6 @@ BREAKS += [
         'owner = ""',
         (
             "tests/test_key_reload.py::test_a_stream_started_by_a_key_rotated_on_sighup_is_unknown_to_its_replacement",
-            "tests/test_key_reload.py::test_a_key_rotated_on_sighup_cannot_stop_the_stream_its_predecessor_started",
             "tests/test_browser_streams.py::test_a_key_whose_unread_streams_hold_the_byte_budget_gets_503_and_another_key_still_starts_one",
         ),
     ),
@@ -3151,8 +3149,8 @@ BREAKS += [
     Break(
         "the default upstream ignores portable_body",
         "server/settings/root.py",
-        "api_key=upstream.api_key, portable_body=portable)",
-        "api_key=upstream.api_key)",
+        "                portable_body=upstream.portable_body,\n",
+        "",
         (f"{VARIETY_PT}::test_the_default_upstream_takes_portable_body_from_the_upstream_section",),
     ),
     Break(
@@ -3311,6 +3309,468 @@ BREAKS += [
         '        if isinstance(os_error, ssl.SSLError) and "reason" not in fields:\n',
         "        if False:\n",
         (f"{VARIETY_H1}::test_an_untrusted_certificate_is_logged_with_the_tls_librarys_reason_not_an_errno",),
+    ),
+]
+
+
+# --workers supervision (found by a black-box resilience review).
+WORKER_TESTS = "tests/test_workers.py"
+OPERATOR_LOGS = "tests/test_operator_logs.py"
+BREAKS += [
+    Break(
+        "a replacement that cannot start stops the group",
+        WORKERS_PY,
+        "        starting = not slot.served and not listened\n",
+        "        starting = True\n",
+        (
+            f"{WORKER_TESTS}::test_a_replacement_that_cannot_start_is_retried_with_backoff_while_the_other_worker_serves",
+        ),
+    ),
+    Break(
+        "a worker never says it listened",
+        CLI,
+        "            on_listening()\n",
+        "            pass\n",
+        (
+            f"{WORKER_TESTS}::test_a_replacement_that_cannot_start_is_retried_with_backoff_while_the_other_worker_serves",
+        ),
+    ),
+    Break(
+        "a replacement reads the file as edited since",
+        WORKERS_PY,
+        "        settings = load_settings(self.config if config is not None else None)\n",
+        "        settings = load_settings(config)\n",
+        (
+            f"{WORKER_TESTS}::test_a_worker_killed_while_its_configuration_file_is_broken_is_replaced_and_serves",
+            f"{WORKER_TESTS}::test_a_replacement_worker_runs_the_settings_the_group_started_with_not_the_file_edited_since",
+        ),
+    ),
+    Break(
+        "a replacement ignores the kept keys",
+        "server/app.py",
+        "    app[KEYRING] = KeyRing.from_settings(keys or settings.auth)\n",
+        "    app[KEYRING] = KeyRing.from_settings(settings.auth)\n",
+        (f"{WORKER_TESTS}::test_a_replacement_worker_serves_the_keys_of_the_last_sighup_its_peers_took",),
+    ),
+    Break(
+        "a SIGHUP's keys not kept for replacements",
+        WORKERS_PY,
+        "                    group.keep_keys(config, settings.auth.enabled)\n",
+        "                    pass\n",
+        (f"{WORKER_TESTS}::test_a_replacement_worker_serves_the_keys_of_the_last_sighup_its_peers_took",),
+    ),
+    Break(
+        "a SIGHUP file that loads is thrown away",
+        WORKERS_PY,
+        "            os.replace(fresh, self.keys)\n",
+        "            fresh.unlink()\n",
+        (
+            f"{WORKER_TESTS}::test_a_sighup_file_that_loads_is_kept_for_replacements",
+            f"{WORKER_TESTS}::test_a_replacement_worker_serves_the_keys_of_the_last_sighup_its_peers_took",
+        ),
+    ),
+    Break(
+        "a SIGHUP file turning keys off is kept",
+        WORKERS_PY,
+        "            kept = load_settings(fresh).auth.enabled == auth_enabled\n",
+        "            kept = load_settings(fresh) is not None\n",
+        (f"{WORKER_TESTS}::test_a_sighup_file_that_would_turn_the_keys_off_is_not_kept",),
+    ),
+    Break(
+        "a SIGHUP file that does not load is kept",
+        WORKERS_PY,
+        "            kept = load_settings(fresh).auth.enabled == auth_enabled\n",
+        "            kept = True\n",
+        (f"{WORKER_TESTS}::test_a_sighup_file_that_does_not_load_leaves_the_kept_keys",),
+    ),
+    Break(
+        "a dead worker's breaker state stays in /metrics",
+        "server/metrics.py",
+        '            multiprocess_mode="livemax",\n',
+        '            multiprocess_mode="max",\n',
+        (f"{WORKER_TESTS}::test_a_worker_killed_with_a_breaker_open_takes_its_breaker_state_out_of_metrics",),
+    ),
+    Break(
+        "workers not told of their supervisor's death",
+        WORKERS_PY,
+        "    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0)\n",
+        "    return True\n",
+        (
+            f"{WORKER_TESTS}::test_workers_whose_supervisor_is_killed_drain_exit_and_the_last_removes_the_group_directory",
+        ),
+    ),
+    Break(
+        "a worker misses a supervisor dead before the watch",
+        WORKERS_PY,
+        "        return self.supervisor_alive()\n",
+        "        return True\n",
+        (f"{WORKER_TESTS}::test_a_worker_whose_supervisor_died_before_it_could_watch_it_stops_without_listening",),
+    ),
+    Break(
+        "the last worker out leaves the group directory",
+        WORKERS_PY,
+        "                shutil.rmtree(self.group.path, ignore_errors=True)\n",
+        "                pass\n",
+        (
+            f"{WORKER_TESTS}::test_workers_whose_supervisor_is_killed_drain_exit_and_the_last_removes_the_group_directory",
+            f"{WORKER_TESTS}::test_a_worker_whose_supervisor_died_before_it_could_watch_it_stops_without_listening",
+        ),
+    ),
+    Break(
+        "a worker stopped while it starts is killed by SIGTERM",
+        WORKERS_PY,
+        "        signal.signal(signal.SIGTERM, _stop_starting)\n",
+        "",
+        (f"{WORKER_TESTS}::test_a_worker_stopped_while_it_starts_exits_zero_and_still_leaves_the_group",),
+    ),
+    Break(
+        "the parent watch never sees the parent go",
+        WORKERS_PY,
+        "    while os.getppid() == supervisor_pid:\n",
+        "    while True:\n",
+        (f"{WORKER_TESTS}::test_the_parent_watch_calls_back_once_the_parent_is_not_the_supervisor",),
+    ),
+    Break(
+        "a worker whose supervisor died keeps its gauges",
+        WORKERS_PY,
+        "multiprocess.mark_process_dead(os.getpid(), self.metrics_dir)  # type: ignore[no-untyped-call]\n",
+        "pass\n",
+        (
+            f"{WORKER_TESTS}::test_workers_whose_supervisor_is_killed_take_their_gauges_out_of_a_metrics_directory_that_stays",
+        ),
+    ),
+    Break(
+        "a worker forgets its metrics directory",
+        CLI,
+        "        member.metrics_dir = settings.process.metrics_dir\n",
+        "        pass\n",
+        (
+            f"{WORKER_TESTS}::test_workers_whose_supervisor_is_killed_take_their_gauges_out_of_a_metrics_directory_that_stays",
+        ),
+    ),
+    Break(
+        "the listening line shows an upstream's query",
+        CLI,
+        '"url": loggable_url(entry.base_url)} for entry in upstreams(app)],\n',
+        '"url": entry.base_url} for entry in upstreams(app)],\n',
+        (f"{OPERATOR_LOGS}::test_the_listening_line_names_each_configured_upstream_without_its_query_or_key",),
+    ),
+    Break(
+        "the listening line names OpenAI for the simulator",
+        "server/app.py",
+        "    return app[SETTINGS].upstream_entries(app.get(SIMULATOR_URL))\n",
+        "    return app[SETTINGS].upstream_entries()\n",
+        (f"{OPERATOR_LOGS}::test_the_listening_line_of_a_simulated_gateway_names_the_built_in_simulator",),
+    ),
+    Break(
+        "a drained stream logged with the guard's name for it",
+        RELAY,
+        "        record.error_code = error.code  # the code the client reads, not the guard's name for the expiry\n",
+        "        record.error_code = str(expiry)\n",
+        (
+            f"{RELAY_TESTS}::test_a_stream_a_guard_ended_is_logged_with_the_error_code_its_client_received[shutdown]",
+            f"{OPERATIONS}::test_a_stream_the_drain_ended_is_logged_with_the_error_code_its_client_received",
+        ),
+    ),
+]
+
+
+# Security (found by a black-box review): the whole prompt reserved, bodies read only where needed,
+# refused connections closed at once, limits taken after the body, revoked keys' streams ended.
+SEC_DOS = "tests/test_dos_process.py"
+SEC_UNITS = "tests/test_security_units.py"
+SEC_AUTH = "tests/test_auth_process.py"
+SEC_ORDER = "tests/test_middleware.py"
+SEC_RELOAD = "tests/test_key_reload.py"
+HTTP_PROTOCOL = "server/http_protocol.py"
+BREAKS += [
+    Break(
+        "the tpm reservation counts the messages alone",
+        "server/auth/gate.py",
+        "        prompt = len(orjson.dumps(body)) // BYTES_PER_TOKEN\n",
+        '        prompt = len(orjson.dumps(body.get("messages"))) // BYTES_PER_TOKEN\n',
+        (
+            f"{SEC_UNITS}::test_a_prompt_outside_the_messages_is_reserved_with_them",
+            f"{SEC_UNITS}::test_a_request_that_ends_without_usage_is_charged_its_whole_prompt_and_what_it_relayed",
+            f"{SEC_AUTH}::test_a_prompt_in_tools_is_reserved_on_the_keys_tpm",
+        ),
+    ),
+    Break(
+        "every route's body is read",
+        CHAIN,
+        "                if (request.method, record.route) in BODY_ROUTES:\n",
+        "                if True:\n",
+        (f"{SEC_ORDER}::test_a_route_that_reads_no_body_is_answered_without_waiting_for_its_body",),
+    ),
+    Break(
+        "100 Continue on every route",
+        HTTP_PROTOCOL,
+        "        if hdrs.EXPECT in message.headers and (message.method, message.url.path) not in BODY_ROUTES:\n",
+        "        if False:\n",
+        (f"{SEC_ORDER}::test_100_continue_is_sent_only_on_a_route_that_reads_a_body",),
+    ),
+    Break(
+        "a body route left out of the list",
+        HTTP_PROTOCOL,
+        '        ("POST", "/chat/streams"),\n',
+        "",
+        (f"{SEC_ORDER}::test_the_body_step_knows_every_gateway_route_that_takes_a_body",),
+    ),
+    Break(
+        "a refused request's connection lingers",
+        HTTP_PROTOCOL,
+        "        protocol._lingering_time = 0.0\n",
+        "        pass\n",
+        (
+            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_at_once[no-key]",
+            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_at_once",
+        ),
+    ),
+    Break(
+        "a refused request's connection closed before its answer",
+        HTTP_PROTOCOL,
+        "        protocol._lingering_time = 0.0\n",
+        "        protocol.force_close()\n",
+        (f"{SEC_DOS}::test_a_client_still_sending_a_refused_body_gets_the_whole_answer",),
+    ),
+    Break(
+        "a late body's connection kept open",
+        "server/middleware/body.py",
+        "        response.force_close()\n        close_after_response(request)\n",
+        "        close_after_response(request)\n",
+        (
+            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_at_once",
+            f"{SEC_UNITS}::test_the_body_step_answers_408_for_a_late_body",
+        ),
+    ),
+    Break(
+        "a body never sent goes unnoticed",
+        "server/middleware/body.py",
+        "    if request.body_exists and not request.content.is_eof():\n",
+        "    if False:\n",
+        (
+            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_at_once",
+            f"{SEC_UNITS}::test_the_body_step_answers_408_for_a_late_body",
+        ),
+    ),
+    Break(
+        "the key's limits taken before its body",
+        CHAIN,
+        "                key = admit(request, record)\n"
+        "                if (request.method, record.route) in BODY_ROUTES:\n"
+        "                    response = await read_body(request) if body_to_read(request) else None\n"
+        "                    body_in = response is None\n"
+        "                if response is None:\n"
+        "                    lease = await take_limits(request, key) if key is not None else None\n",
+        "                key = admit(request, record)\n"
+        "                lease = await take_limits(request, key) if key is not None else None\n"
+        "                if (request.method, record.route) in BODY_ROUTES:\n"
+        "                    response = await read_body(request) if body_to_read(request) else None\n"
+        "                    body_in = response is None\n"
+        "                if response is None:\n",
+        (
+            f"{SEC_ORDER}::test_a_body_still_to_come_holds_none_of_its_keys_stream_slots",
+            f"{SEC_ORDER}::test_a_body_the_body_step_refuses_takes_nothing_from_the_keys_limits",
+            f"{SEC_AUTH}::test_a_body_still_to_come_holds_none_of_its_keys_stream_slots",
+        ),
+    ),
+    Break(
+        "a revoked key's holders run on",
+        "server/auth/gateway_keys.py",
+        "                holder.revoke()\n",
+        "                pass\n",
+        (
+            f"{SEC_RELOAD}::test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others[openai]",
+            f"{SEC_RELOAD}::test_a_key_rotated_on_sighup_ends_its_browser_streams_with_key_revoked",
+        ),
+    ),
+    Break(
+        "a key revoked while its body arrives is served",
+        "server/auth/gateway_keys.py",
+        "        if not self.current(key):\n",
+        "        if False:\n",
+        (f"{SEC_RELOAD}::test_a_request_whose_key_is_revoked_while_its_body_arrives_is_refused",),
+    ),
+    Break(
+        "an attached stream ignores its key's revocation",
+        "server/middleware/auth.py",
+        "        lease.end_with(guard.revoke)\n",
+        "        pass\n",
+        (
+            f"{SEC_RELOAD}::test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others",
+            f"{SEC_RELOAD}::test_a_request_of_a_key_revoked_before_its_answer_is_401_key_revoked",
+        ),
+    ),
+    Break(
+        "a browser stream ignores its key's revocation",
+        "server/streams/generation.py",
+        "            job.lease.end_with(self._key_revoked)\n",
+        "            pass\n",
+        (f"{SEC_RELOAD}::test_a_key_rotated_on_sighup_ends_its_browser_streams_with_key_revoked",),
+    ),
+    Break(
+        "a revoked stream ends as a timeout",
+        RELAY,
+        "        record.outcome = _EXPIRY_OUTCOMES.get(expiry, Outcome.TIMEOUT)\n",
+        "        record.outcome = Outcome.TIMEOUT\n",
+        (
+            f"{SEC_RELOAD}::test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others[openai]",
+        ),
+    ),
+    Break(
+        "a revoked stream's error event is a timeout's",
+        RELAY,
+        "    if expiry is Expiry.KEY_REVOKED:\n        return KeyRevokedError(), None\n",
+        "",
+        (
+            f"{SEC_RELOAD}::test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others[openai]",
+        ),
+    ),
+    Break(
+        "a request revoked before its answer gets 504",
+        CHAT_CALL,
+        "            return KeyRevokedError()\n",
+        '            return UpstreamTimeoutError("The upstream did not answer in time.", code=str(expiry))\n',
+        (f"{SEC_RELOAD}::test_a_request_of_a_key_revoked_before_its_answer_is_401_key_revoked",),
+    ),
+    Break(
+        "a key's default is the gateway's even when it may not use it",
+        "server/middleware/auth.py",
+        "    if key is None or key.allows(default) or key.allows(catalog.aliases.get(default, default)):\n",
+        "    if True:\n",
+        (f"{SEC_AUTH}::test_a_key_that_may_not_use_the_gateways_default_model_defaults_to_its_first_model",),
+    ),
+]
+
+
+# Continuation, attempts, console logs, the api-key header (found by black-box reviews).
+STREAM_DELTAS_TESTS = "tests/test_stream_deltas_process.py"
+RECOVERY_TESTS = "tests/test_recovery_process.py"
+ROUTING_UNITS = "tests/test_routing_units.py"
+RESILIENCE_TESTS = "tests/test_resilience_process.py"
+LOG_TESTS = "tests/test_logs.py"
+KEY_HEADER_TESTS = "tests/test_upstream_key_header.py"
+ATTEMPTS_PY = "server/upstreams/attempts.py"
+BREAKS += [
+    Break(
+        "continuation's idle timeout waits for text",
+        "server/upstreams/continuation.py",
+        "                async with asyncio.timeout(self._idle_timeout):\n",
+        "                async with asyncio.timeout(self._idle_timeout if self._text else None):\n",
+        (
+            f"{STREAM_DELTAS_TESTS}::test_a_continuable_stream_silent_after_deltas_without_text_ends_at_the_idle_timeout",
+        ),
+    ),
+    Break(
+        "a stalled request kept open while it is continued",
+        "server/upstreams/continuation.py",
+        "            _close(source)  # cut: its request is given up, before anything else is awaited\n",
+        "            pass\n",
+        (
+            f"{RECOVERY_TESTS}::test_a_stalled_upstream_request_is_closed_when_the_stall_is_found_not_when_the_stream_ends",
+        ),
+    ),
+    Break(
+        "an attempt noted with the client's status",
+        ATTEMPTS_PY,
+        "model, int(reason) if reason.isdigit() else reason, started)\n",
+        "model, error.status if reason.isdigit() else reason, started)\n",
+        (
+            f"{ROUTING_UNITS}::test_an_attempt_is_noted_with_the_upstreams_own_status_not_the_one_the_client_gets",
+            f"{RESILIENCE_TESTS}::test_the_access_log_lists_every_attempt",
+        ),
+    ),
+    Break(
+        "a hedge's loser not noted",
+        ATTEMPTS_PY,
+        '        self._note_unanswered(record, hedge, "hedge_lost")\n',
+        "        pass\n",
+        (
+            f"{ROUTING_UNITS}::test_the_attempt_a_hedge_won_over_is_noted_once_as_hedge_lost",
+            f"{RECOVERY_TESTS}::test_the_attempt_a_hedge_won_over_is_in_the_access_line_and_counted_as_hedge_lost",
+        ),
+    ),
+    Break(
+        "an attempt the client left not noted",
+        ATTEMPTS_PY,
+        "                    if hedge is None or hedge.waiting.pop(token, None) is not None:\n",
+        "                    if False:\n",
+        (
+            f"{ROUTING_UNITS}::test_an_attempt_in_flight_when_the_client_leaves_is_noted_as_cancelled",
+            f"{RESILIENCE_TESTS}::test_an_attempt_in_flight_when_the_client_leaves_is_in_the_access_line_as_cancelled",
+        ),
+    ),
+    Break(
+        "a hedge's loser noted twice",
+        ATTEMPTS_PY,
+        "                    if hedge is None or hedge.waiting.pop(token, None) is not None:\n",
+        "                    if True:\n",
+        (f"{ROUTING_UNITS}::test_the_attempt_a_hedge_won_over_is_noted_once_as_hedge_lost",),
+    ),
+    Break(
+        "a hedge's attempts in flight at its end not noted",
+        ATTEMPTS_PY,
+        "            self._note_unanswered(record, hedge, _unanswered(exc))\n",
+        "            pass\n",
+        (f"{ROUTING_UNITS}::test_a_hedges_attempts_in_flight_when_the_request_ends_are_noted_before_it_returns",),
+    ),
+    Break(
+        "console logs write control characters raw",
+        "server/logs.py",
+        "        rendering = [_escape_controls, structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)]\n",
+        "        rendering = [structlog.dev.ConsoleRenderer(colors=out.isatty(), sort_keys=False)]\n",
+        (
+            f"{LOG_TESTS}::test_a_console_line_shows_the_control_characters_of_a_value_as_escapes",
+            f"{LOG_TESTS}::test_a_console_gateway_writes_a_request_path_with_escapes_not_terminal_commands",
+        ),
+    ),
+    Break(
+        "a console traceback on one line",
+        "server/logs.py",
+        "            event[key] = value.translate(_MULTILINE_ESCAPES if key in _MULTILINE_FIELDS else _ESCAPES)\n",
+        "            event[key] = value.translate(_ESCAPES)\n",
+        (f"{LOG_TESTS}::test_a_console_traceback_keeps_its_lines_and_escapes_the_rest",),
+    ),
+    Break(
+        "standard-library console lines not escaped",
+        "server/logs.py",
+        "                *rendering,\n",
+        "                rendering[-1],\n",
+        (f"{LOG_TESTS}::test_a_console_line_of_the_standard_library_shows_them_as_escapes_too",),
+    ),
+    Break(
+        "api_key_header ignored",
+        "server/settings/routing.py",
+        '        return ("api-key", key) if self.api_key_header == "api-key" else ("Authorization", f"Bearer {key}")\n',
+        '        return ("Authorization", f"Bearer {key}")\n',
+        (
+            f"{KEY_HEADER_TESTS}::test_a_chat_request_gives_an_api_key_upstream_its_key_as_api_key",
+            f"{KEY_HEADER_TESTS}::test_model_discovery_gives_an_api_key_upstream_its_key_as_api_key",
+        ),
+    ),
+    Break(
+        "the chat request's key always a bearer token",
+        "server/upstreams/client.py",
+        '            fixed.append(f"{key[0]}: {key[1]}")\n',
+        '            fixed.append(f"Authorization: Bearer {key[1]}")\n',
+        (
+            f"{KEY_HEADER_TESTS}::test_a_chat_request_gives_an_api_key_upstream_its_key_as_api_key",
+            f"{KEY_HEADER_TESTS}::test_a_probe_gives_an_api_key_upstream_its_key_as_api_key",
+        ),
+    ),
+    Break(
+        "discovery's key always a bearer token",
+        "server/discovery.py",
+        "    return dict([key]) if key is not None else {}\n",
+        '    return {"Authorization": f"Bearer {key[1]}"} if key is not None else {}\n',
+        (f"{KEY_HEADER_TESTS}::test_model_discovery_gives_an_api_key_upstream_its_key_as_api_key",),
+    ),
+    Break(
+        "the default upstream ignores api_key_header",
+        "server/settings/root.py",
+        "                api_key_header=upstream.api_key_header,\n",
+        "",
+        (f"{KEY_HEADER_TESTS}::test_the_default_upstream_takes_api_key_header_from_the_upstream_section",),
     ),
 ]
 

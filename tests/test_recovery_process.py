@@ -165,6 +165,20 @@ async def test_a_stalled_stream_is_continued_after_the_idle_timeout(continuing: 
     assert seen[0]["outcome"] == "client_aborted"  # the stalled request was closed
 
 
+async def test_a_stalled_upstream_request_is_closed_when_the_stall_is_found_not_when_the_stream_ends(
+    continuing: Gateway, simulator: Simulator
+) -> None:
+    """The stalled request is closed as its continuation opens, not held (generating, and holding a
+    connection and a concurrency slot) until the continuation ends, 8 tokens 0.4 s apart later."""
+    rid = new_request_id("continue-stall-closed")
+    status, events, _ = await ask(continuing, "tokens=8 gap_ms=400 fault=hang_mid fault_at=3 fail_times=1", rid)
+    stalled, continuation = await attempts(simulator, rid)
+    assert status == 200
+    assert events[-1].data == "[DONE]"
+    assert continuation["closed_at"] - continuation["opened_at"] > 2.5  # the bound below is far from it
+    assert stalled["closed_at"] - continuation["opened_at"] < 1.0
+
+
 async def test_a_continued_stream_reports_the_usage_of_both_parts(continuing: Gateway, simulator: Simulator) -> None:
     rid = new_request_id("continue-usage")
     body = {
@@ -360,6 +374,25 @@ async def test_a_hedge_starts_the_fallback_when_no_first_token_comes_and_closes_
     assert 0.3 <= seen[1]["opened_at"] - seen[0]["opened_at"] < 15
     assert seen[0]["outcome"] == "client_aborted"  # the slow attempt was closed, not left hanging
     assert "sluice_hedges_total 1.0" in metrics
+
+
+async def test_the_attempt_a_hedge_won_over_is_in_the_access_line_and_counted_as_hedge_lost(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    extra = FALLBACK_CONFIG.replace("[routing]", "[routing]\nhedge_after_seconds = 0.5")
+    with gateway_with(tmp_path, "hedge-lost", simulator, extra, SLUICE_UPSTREAM_FIRST_TOKEN_TIMEOUT="30") as gateway:
+        rid = new_request_id("hedge-lost")
+        _, events, _ = await ask(gateway, "tokens=3 fault=hang_first fault_model=gpt-4o", rid)
+        line = gateway.process.wait_for_event("request_finished", request_id=rid)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/metrics") as response:
+                metrics = await response.text()
+    assert completed(events, 3)
+    assert sorted((a["model"], a["status"]) for a in line["attempts"]) == [
+        ("gpt-4o", "hedge_lost"),
+        ("gpt-4o-mini", 200),
+    ]
+    assert metric_value(metrics, "sluice_upstream_attempts_total", upstream="default", result="hedge_lost") == 1
 
 
 async def test_a_stall_whose_continuation_is_refused_ends_with_the_idle_timeout(

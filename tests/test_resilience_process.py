@@ -6,16 +6,21 @@ attempt of the request id (`/_sim/attempts/<id>`), with its time, to check attem
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
 import aiohttp
 import pytest
 
-from tests.support.client import new_request_id
+from tests.support.client import new_request_id, sim_wait
 from tests.support.processes import Gateway, Simulator
 from tests.support.resilience import FALLBACK_CONFIG, ask, attempts, completed, gaps, gateway_with
 from tests.support.sse import openai_text, read_events, tokens_text
+from tests.test_operations import metric_value
+
+ATTEMPTS = "sluice_upstream_attempts_total"
 
 
 @pytest.fixture(scope="module")
@@ -151,9 +156,32 @@ async def test_the_access_log_lists_every_attempt(plain: Gateway, simulator: Sim
     rid = new_request_id("log")
     await ask(plain, "tokens=2 fault=server_error fail_times=2", rid)
     line = plain.process.wait_for_event("request_finished", request_id=rid)
-    assert [a["status"] for a in line["attempts"]] == [502, 502, 200]
+    assert [a["status"] for a in line["attempts"]] == [500, 500, 200]  # the upstream's, not the mapped 502
     assert {a["upstream"] for a in line["attempts"]} == {"default"}
     assert line["upstream"] == "default"
+
+
+async def test_an_attempt_in_flight_when_the_client_leaves_is_in_the_access_line_as_cancelled(
+    plain: Gateway, simulator: Simulator
+) -> None:
+    rid = new_request_id("left")
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim fault=hang_first"}], "stream": True}
+    async with aiohttp.ClientSession() as http:
+        before = metric_value(await (await http.get(plain.url + "/metrics")).text(), ATTEMPTS, result="cancelled")
+        # Whether the response has started or not by then, the client leaves.
+        request = asyncio.create_task(
+            http.post(plain.url + "/v1/chat/completions", json=body, headers={"X-Request-ID": rid})
+        )
+        await sim_wait(http, simulator.url, rid, "opened")
+        request.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            (await request).close()
+        await sim_wait(http, simulator.url, rid, "closed")  # the gateway saw the client leave
+        line = plain.process.wait_for_event("request_finished", request_id=rid)
+        after = metric_value(await (await http.get(plain.url + "/metrics")).text(), ATTEMPTS, result="cancelled")
+    assert line["outcome"] == "client_disconnected"
+    assert [(a["upstream"], a["status"]) for a in line["attempts"]] == [("default", "cancelled")]
+    assert after == before + 1
 
 
 # --- one upstream and a fallback model --------------------------------------------------------
@@ -174,7 +202,7 @@ async def test_an_exhausted_model_falls_back_and_the_chunks_name_the_model_that_
             metrics = await response.text()
     assert 'sluice_fallbacks_total{reason="exhausted"}' in metrics
     assert 'sluice_upstream_retries_total{reason="500"}' in metrics
-    assert 'sluice_upstream_attempts_total{result="502",upstream="default"}' in metrics
+    assert 'sluice_upstream_attempts_total{result="500",upstream="default"}' in metrics
 
 
 async def test_a_native_stream_that_fell_back_names_the_model_that_answered_in_done(

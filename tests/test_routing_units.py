@@ -343,6 +343,7 @@ def router(
     sleeps: list[float],
     clock: Clock | None = None,
     store: MemoryBreakerStore | None = None,
+    metrics: Metrics | None = None,
     **values: Any,
 ) -> Upstream:
     clock = clock or Clock()
@@ -358,7 +359,8 @@ def router(
         cooldown=settings.breaker_cooldown_seconds,
         clock=clock,
     )
-    return Upstream(Pool(clients, random.Random(0)), b, settings, Metrics(), sleep=sleep, rng=random.Random(0))  # type: ignore[arg-type]
+    pool = Pool(clients, random.Random(0))  # type: ignore[arg-type]
+    return Upstream(pool, b, settings, metrics or Metrics(), sleep=sleep, rng=random.Random(0))
 
 
 def fail(status: int, retry_after: str | None = None, code: str | None = None) -> UpstreamError:
@@ -376,7 +378,7 @@ async def test_a_500_then_a_200_is_one_retry_after_a_jittered_wait() -> None:
     assert len(up.calls) == 2
     assert len(sleeps) == 1
     assert 0 <= sleeps[0] <= 0.25
-    assert [a["status"] for a in record.attempts] == [502, 200]
+    assert [a["status"] for a in record.attempts] == [500, 200]
 
 
 async def test_retries_stop_after_the_configured_number() -> None:
@@ -871,3 +873,95 @@ async def test_a_probe_answered_401_reopens_the_breaker() -> None:
     """Catches: `probe_once` taking a refused key for a live upstream (server/upstreams/probe.py)."""
     r = await probed_once(401)
     assert await r.breakers.state("a") is BreakerState.OPEN
+
+
+# --- what each attempt is noted as -------------------------------------------------------------
+
+
+def attempts_counted(metrics: Metrics, upstream: str, result: str) -> float | None:
+    """sluice_upstream_attempts_total{upstream,result} now (None: never counted)."""
+    return metrics.registry.get_sample_value("sluice_upstream_attempts_total", {"upstream": upstream, "result": result})
+
+
+async def test_an_attempt_is_noted_with_the_upstreams_own_status_not_the_one_the_client_gets() -> None:
+    metrics = Metrics()
+    record = RequestRecord(started=0)
+    with pytest.raises(UpstreamError) as caught:
+        await router([FakeClient("a", [fail(401)])], [], metrics=metrics).complete({"model": "m"}, "r", record)
+    assert caught.value.status == 502  # the gateway's credentials, not the client's
+    assert [a["status"] for a in record.attempts] == [401]
+    assert (attempts_counted(metrics, "a", "401"), attempts_counted(metrics, "a", "502")) == (1, None)
+
+
+class Waiting(FakeClient):
+    """Streams `small`; any other model gets no answer. `waiting` is set once `count` requests wait."""
+
+    def __init__(self, name: str, count: int = 1) -> None:
+        super().__init__(name)
+        self.waiting = asyncio.Event()
+        self.hung = 0
+        self.count = count
+        self.cancelled = asyncio.Event()
+
+    async def hang(self) -> None:
+        self.hung += 1
+        if self.hung == self.count:
+            self.waiting.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.cancelled.set()
+
+    async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+        await self.hang()
+        return b""
+
+    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+        if body["model"] != "small":
+            await self.hang()
+        return FakeStream(self.name)
+
+
+async def test_the_attempt_a_hedge_won_over_is_noted_once_as_hedge_lost() -> None:
+    metrics = Metrics()
+    up, record = Waiting("a"), RequestRecord(started=0)
+    r = router([up], [], metrics=metrics, hedge_after_seconds=0.01, fallbacks={"big": ("small",)})
+    await r.open_stream({"model": "big"}, "r", record)
+    noted = sorted((a["model"], a["status"]) for a in record.attempts)
+    await asyncio.wait_for(up.cancelled.wait(), 5)  # the losing route has ended too: nothing more is noted
+    assert noted == [("big", "hedge_lost"), ("small", 200)]
+    assert len(record.attempts) == 2
+    assert attempts_counted(metrics, "a", "hedge_lost") == 1
+
+
+async def test_an_attempt_in_flight_when_the_client_leaves_is_noted_as_cancelled() -> None:
+    metrics = Metrics()
+    up, record = Waiting("a"), RequestRecord(started=0)
+    task = asyncio.create_task(router([up], [], metrics=metrics).complete({"model": "m"}, "r", record))
+    await up.waiting.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [a["status"] for a in record.attempts] == ["cancelled"]
+    assert attempts_counted(metrics, "a", "cancelled") == 1
+
+
+async def test_a_hedges_attempts_in_flight_when_the_request_ends_are_noted_before_it_returns() -> None:
+    """The access line is written when the request ends (at once for a deadline's 504); the routes
+    the hedge cancels run only later: their attempts must be in the record already."""
+    up, record = Waiting("a", count=2), RequestRecord(started=0)
+    r = router([up], [], hedge_after_seconds=0.01, fallbacks={"big": ("medium",)})
+    at_the_end: list[tuple[str, object]] = []
+
+    async def request() -> None:
+        try:
+            await r.open_stream({"model": "big"}, "r", record)
+        finally:
+            at_the_end.extend((a["model"], a["status"]) for a in record.attempts)
+
+    task = asyncio.create_task(request())
+    await up.waiting.wait()  # both routes' attempts wait for their first token
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert sorted(at_the_end) == [("big", "cancelled"), ("medium", "cancelled")]

@@ -170,3 +170,20 @@ async def test_a_continuable_stream_silent_after_finishing_ends_with_done_and_is
                 events = await read_events(response)
     assert outline(events) == [None, "stop", "[DONE]"]
     assert gateway.process.events("stream_continued") == []
+
+
+@pytest.mark.parametrize("mode", ["reasoning:reasoning_content", "tool-call"])
+async def test_a_continuable_stream_silent_after_deltas_without_text_ends_at_the_idle_timeout(
+    continuing_quick_idle: Gateway, mode: str
+) -> None:
+    """A reasoning or tool-call delta, then silence: idle_timeout (1 s) ends it, as it ends any stream.
+
+    Before, with continuation configured, nothing watched a gap before the first content text but the
+    guard, whose idle deadline leaves a continuation room to open: idle + header + first token (here
+    1 + 2 + 120 s).
+    """
+    async with aiohttp.ClientSession() as http:
+        async with http.post(continuing_quick_idle.url + "/v1/chat/completions", json=chat(mode)) as response:
+            async with asyncio.timeout(BOUND + IDLE_TIMEOUT):
+                events = await read_events(response)
+    assert outline(events)[-1] == "error idle_timeout"

@@ -59,5 +59,12 @@ class Settings(Section):
             return self.upstreams
         upstream = self.upstream
         base_url = simulator_url or upstream.base_url
-        portable = upstream.portable_body
-        return (UpstreamEntry(name="default", base_url=base_url, api_key=upstream.api_key, portable_body=portable),)
+        return (
+            UpstreamEntry(
+                name="default",
+                base_url=base_url,
+                api_key=upstream.api_key,
+                api_key_header=upstream.api_key_header,
+                portable_body=upstream.portable_body,
+            ),
+        )

@@ -9,11 +9,15 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 
 from .base import Section
 
+# How an upstream is given its key: `Authorization: Bearer KEY` (OpenAI and most others), or
+# `api-key: KEY` (Azure OpenAI's classic deployments, which do not read a bearer key).
+ApiKeyHeader = Literal["authorization", "api-key"]
+
 
 def _without_credentials(base_url: str, key_setting: str) -> str:
     """Refuse a base URL that holds a user name or password (`http://user:pass@host/v1`).
 
-    Sluice sends its key as a bearer token and never the URL's user part: such a URL would reach
+    Sluice sends its key in a header of its own and never the URL's user part: such a URL would reach
     the upstream without its credentials, silently. The message never quotes the URL.
     """
     if "@" in urlsplit(base_url).netloc:
@@ -33,6 +37,7 @@ class UpstreamSettings(Section):
     probe_interval: float = Field(gt=0)
     # Send only fields every OpenAI-compatible server knows (see server/upstreams/portable.py).
     portable_body: bool = False
+    api_key_header: ApiKeyHeader = "authorization"
 
     @field_validator("base_url")
     @classmethod
@@ -54,6 +59,7 @@ class UpstreamEntry(Section):
     continuation: Literal["none", "assistant-prefill"] = "none"
     continuation_body: dict[str, Any] = Field(default_factory=dict)
     portable_body: bool = False
+    api_key_header: ApiKeyHeader = "authorization"
 
     @field_validator("base_url")
     @classmethod
@@ -63,6 +69,13 @@ class UpstreamEntry(Section):
     def serves(self, model: str) -> bool:
         """True when this upstream is configured for `model`."""
         return "*" in self.models or model in self.models
+
+    def key_header(self) -> tuple[str, str] | None:
+        """The header that gives this upstream its key, as (name, value), by `api_key_header`; None without a key."""
+        if self.api_key is None:
+            return None
+        key = self.api_key.get_secret_value()
+        return ("api-key", key) if self.api_key_header == "api-key" else ("Authorization", f"Bearer {key}")
 
 
 class RoutingSettings(Section):

@@ -13,6 +13,11 @@ An attempt that holds a half-open breaker's trial ends it however it ends (break
 success closes the breaker, a failure counted against it reopens it, and any other ending (a
 client's own 4xx, the client leaving, a hedge winning) frees the trial for the next request.
 
+Every attempt is noted (the access line's `attempts`, `sluice_upstream_attempts_total`) with how it
+ended: 200, the upstream's own status (500, not the 502 the client gets), a reason (`reset`,
+`header_timeout`...), `hedge_lost` (the other route of a hedge had its first token first) or
+`cancelled` (the client left, or a deadline or the drain ended the request first).
+
 A fallback model the request may not use (`allows`, its gateway key's model list) is left out of
 both chains, as if it were not configured: a key must not reach a model through a fallback that
 it could not ask for.
@@ -50,6 +55,20 @@ T = TypeVar("T")
 Allows = Callable[[str], bool]
 Send = Callable[[UpstreamClient, dict[str, Any]], Awaitable[T]]
 Sleep = Callable[[float], Coroutine[Any, Any, None]]
+
+
+class _Hedge:
+    """The attempts of a hedged stream's routes still waiting for an answer: (upstream, model, start) by token.
+
+    The losing route is cancelled, not awaited (hedging.py), so its attempt would be noted only after
+    the stream's access line was written: `open_stream` notes what is left here the moment the hedge
+    ends, and the route, finding its token gone, does not note it again.
+    """
+
+    __slots__ = ("waiting",)
+
+    def __init__(self) -> None:
+        self.waiting: dict[object, tuple[UpstreamClient, str, float]] = {}
 
 
 class Upstream:
@@ -93,11 +112,18 @@ class Upstream:
         after = self._routing.hedge_after_seconds
         if after <= 0:
             return await self._route(body, record, send, allows)
+        hedge = _Hedge()
 
         def route(only: Only | None, busy: set[tuple[str, str]]) -> Awaitable[UpstreamStream]:
-            return self._route(body, record, send, allows, only, busy)
+            return self._route(body, record, send, allows, only, busy, hedge)
 
-        return await hedged(route, after, self._metrics.hedges.inc)
+        try:
+            stream = await hedged(route, after, self._metrics.hedges.inc)
+        except BaseException as exc:
+            self._note_unanswered(record, hedge, _unanswered(exc))
+            raise
+        self._note_unanswered(record, hedge, "hedge_lost")
+        return stream
 
     async def complete(
         self,
@@ -152,6 +178,7 @@ class Upstream:
         allows: Allows | None,
         only: Only | None = None,
         busy: set[tuple[str, str]] | None = None,
+        hedge: _Hedge | None = None,
     ) -> T:
         requested = str(body.get("model", ""))
         chain = _chain(requested, self._routing.fallbacks, allows)
@@ -168,7 +195,7 @@ class Upstream:
                     log.info("upstream_fallback", requested=requested, model=model)
                 index += 1
                 try:
-                    return await self._try_model(model, body, budget, record, send, only, busy)
+                    return await self._try_model(model, body, budget, record, send, only, busy, hedge)
                 except UpstreamError as error:
                     last_error = error if error.reason != "breaker_open" or last_error is None else last_error
                     if _context(error):
@@ -193,10 +220,12 @@ class Upstream:
         send: Send[T],
         only: Only | None = None,
         busy: set[tuple[str, str]] | None = None,
+        hedge: _Hedge | None = None,
     ) -> T:
         """Try `model` on its pool; raise the last error when the pool gave no answer.
 
-        `only` narrows the candidates; `busy` holds the (upstream, model) being tried (for hedging).
+        `only` narrows the candidates; `busy` holds the (upstream, model) being tried and `hedge` the
+        attempts without an answer yet (both for hedging).
         """
         serving = self.pool.serving(model)
         candidates = serving if only is None else tuple(client for client in serving if only(client, model))
@@ -235,15 +264,21 @@ class Upstream:
                 if tries is not None:
                     tries[client.name] += 1
                 started = time.perf_counter()
+                token: object = None
                 if busy is not None:
                     busy.add((client.name, model))
+                if hedge is not None:
+                    token = object()
+                    hedge.waiting[token] = (client, model, started)
                 try:
                     result = await send(client, attempt_body)
                 except UpstreamError as error:
                     if tries is None:
                         tries = dict.fromkeys((c.name for c in candidates), 0)
                         tries[client.name] = 1
-                    self._note(record, client, model, error.status if error.reason.isdigit() else error.reason, started)
+                    # The upstream's own status (its 500, not the 502 the client is answered with).
+                    reason = error.reason
+                    self._note(record, client, model, int(reason) if reason.isdigit() else reason, started)
                     # Ends the attempt's trials too, whatever the failure (see breaker.py); shielded
                     # while it holds one, so a client leaving meanwhile (Redis) does not keep it held.
                     verdict = breakers.judge(client.name, model, error, trials)
@@ -256,7 +291,11 @@ class Upstream:
                     if not retryable(error):
                         excluded.add(client.name)
                     continue
-                except BaseException:
+                except BaseException as exc:
+                    # Noted before any await: the access line may be written meanwhile. A hedge's
+                    # attempt may have been noted already, by open_stream (see _Hedge).
+                    if hedge is None or hedge.waiting.pop(token, None) is not None:
+                        self._note(record, client, model, _unanswered(exc), started)
                     # No verdict (the client left, a hedge won, a deadline passed): free the trials,
                     # so the next request may be the trial at once.
                     await breakers.end_trials(trials)
@@ -264,6 +303,8 @@ class Upstream:
                 finally:
                     if busy is not None:
                         busy.discard((client.name, model))
+                    if hedge is not None:
+                        hedge.waiting.pop(token, None)
                 self._note(record, client, model, 200, started)
                 if not breakers.settled(client.name, model):
                     closing = breakers.answered(client.name, model)
@@ -293,6 +334,13 @@ class Upstream:
         if record is not None:
             record.attempts.append({"upstream": client.name, "model": model, "status": status, "ms": ms})
 
+    def _note_unanswered(self, record: RequestRecord | None, hedge: _Hedge, status: str) -> None:
+        """Note the hedge's attempts still waiting, as `status`, now that the hedge is over."""
+        waiting = list(hedge.waiting.values())
+        hedge.waiting.clear()
+        for client, model, started in waiting:
+            self._note(record, client, model, status, started)
+
     async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
         waits = [
             await self.breakers.pair_reopens_in(c.name, model) for model in chain for c in self.pool.serving(model)
@@ -317,6 +365,11 @@ def _chain(model: str, table: dict[str, tuple[str, ...]], allows: Allows | None)
         if other not in chain and (allows is None or allows(other)):
             chain.append(other)
     return chain
+
+
+def _unanswered(failure: BaseException) -> str:
+    """How an attempt that got no answer ended: `cancelled` (the request ended first), else `error`."""
+    return "cancelled" if isinstance(failure, asyncio.CancelledError) else "error"
 
 
 def _last(errors: dict[str, UpstreamError]) -> UpstreamError | None:

@@ -62,8 +62,8 @@ class UpstreamClient:
         query = "?" + parts.query if parts.query else ""
         host = parts.netloc.rpartition("@")[2]
         fixed = [f"Host: {host}", "User-Agent: sluice"]
-        if entry.api_key is not None:
-            fixed.append("Authorization: Bearer " + entry.api_key.get_secret_value())
+        if (key := entry.key_header()) is not None:
+            fixed.append(f"{key[0]}: {key[1]}")
         common = "".join(line + "\r\n" for line in fixed).encode("latin-1")
         self._chat_head = f"POST {path}/chat/completions{query} HTTP/1.1\r\n".encode("latin-1") + common
         self._chat_head += b"Content-Type: application/json\r\n"

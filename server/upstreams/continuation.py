@@ -1,8 +1,10 @@
 """Continue a stream cut after tokens: re-ask with the text so far as an assistant prefill, and splice.
 
 When the upstream fails mid-stream (a reset, an error event, an end before a finish reason, a stall
-of `idle_timeout`: this wrapper watches the gap between chunks itself) after
-some text went out, and an upstream of the model declares `continuation = "assistant-prefill"`,
+of `idle_timeout`: this wrapper watches the gap between any two chunks itself, tool-call and
+reasoning deltas included) after some text went out, and an upstream of the model declares
+`continuation = "assistant-prefill"`, the cut request is closed (a stalled one would go on
+generating, and holding its connection and concurrency slot, until the whole stream ended) and
 the same request is sent again with that text as a final assistant message (plus the upstream's
 `continuation_body`). What it streams goes on in the same client stream: its opening role chunk is
 dropped, so there is no duplicate and no gap, the one finish reason is its own, and its usage chunk
@@ -132,6 +134,7 @@ class ContinuedStream:
                 broken = exc
             if finished and error_chunk is None and (broken is None or _silent_after_finishing(broken)):
                 return  # whole: a silence after the finish is the relay's to end as done, not a cut
+            _close(source)  # cut: its request is given up, before anything else is awaited
             if (at_limit := self._at_limit()) is not None:
                 yield [at_limit]
                 return
@@ -148,11 +151,16 @@ class ContinuedStream:
             continued += 1
 
     async def _watched(self, source: AsyncIterable[Sequence[Chunk]]) -> AsyncIterator[Sequence[Chunk]]:
-        """The batches of `source`; once text flowed, a gap longer than `idle_timeout` is a failure."""
+        """The batches of `source`; a gap longer than `idle_timeout` between two of them is a failure.
+
+        Whatever the chunks hold (text, tool calls, reasoning): the guard's own idle deadline is wider
+        for such a stream (chat_call.deadlines_for), to leave a continuation room to open, so this is
+        the deadline that holds between chunks. `source` has its first token already.
+        """
         batches = aiter(source)
         while True:
             try:
-                async with asyncio.timeout(self._idle_timeout if self._text else None):
+                async with asyncio.timeout(self._idle_timeout):
                     batch = await anext(batches)
             except StopAsyncIteration:
                 return
@@ -201,6 +209,12 @@ class ContinuedStream:
         if continued and chunk.usage is not None:
             return _summed(chunk, self._before)
         return chunk
+
+
+def _close(source: AsyncIterable[Sequence[Chunk]]) -> None:
+    """Close `source`'s upstream request, if it is one (closing is idempotent: its owner closes it again)."""
+    if isinstance(source, UpstreamStream):
+        source.close()
 
 
 def _silent_after_finishing(failure: BaseException) -> bool:

@@ -8,6 +8,8 @@ The last message's content picks the behaviour:
 - `echo-auth`: a normal short stream whose text is the Authorization header it received;
 - `reasoning:FIELD`: the role chunk, one delta of FIELD alone (`reasoning_content`, `reasoning`:
   text; `audio`: an audio object), then nothing more until the client leaves;
+- `tool-call`: the role chunk, the first delta of a tool call (no content), then nothing more until
+  the client leaves;
 - `reasoning-long`: twenty `reasoning_content` deltas a quarter of a second apart, then an answer;
 - `one-choice`: one choice whatever `n` asked for (as Ollama streams), its finish chunk and
   `[DONE]` in one write;
@@ -68,6 +70,12 @@ async def completions(request: web.Request) -> web.StreamResponse:
             field = mode.removeprefix("reasoning:")
             value = {"id": "audio_1", "data": "AAAA", "transcript": "hm"} if field == "audio" else "thinking"
             for data in (_chunk(0, delta={"role": "assistant"}), _chunk(0, delta={field: value})):
+                await response.write(data)
+                sent += len(data)
+            await asyncio.Event().wait()  # until the client leaves (the handler is cancelled)
+        elif mode == "tool-call":
+            call = {"index": 0, "id": "call_1", "type": "function", "function": {"name": "f", "arguments": ""}}
+            for data in (_chunk(0, delta={"role": "assistant"}), _chunk(0, delta={"tool_calls": [call]})):
                 await response.write(data)
                 sent += len(data)
             await asyncio.Event().wait()  # until the client leaves (the handler is cancelled)
