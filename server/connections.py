@@ -14,6 +14,7 @@ from typing import Any, cast
 
 from aiohttp import web
 
+from .http_protocol import LingeringProtocol
 from .settings import ConnectionSettings
 
 # Without a configured cap: at most this many, and at least this many.
@@ -67,11 +68,12 @@ def close_idle_connections(request: web.Request, count: int) -> int:
 
     A connection waits for a request between keep-alive requests, and from its connect until its
     first request's headers are in: a flood of connections that send nothing (or half a request)
-    is made of these. aiohttp closes each after `header_timeout` anyway (its keep-alive check,
-    whose test of idleness this is); closing the longest-open ones now, when a request arrives
-    over the cap, serves that request instead of refusing it, as nginx reuses its keep-alive
-    connections when it runs out. Every connection with a request in progress, `request`'s own
-    included, is left alone.
+    is made of these. One that answered without reading its request's body and lingers before it
+    closes (`http_protocol.LingeringProtocol`) is as good as idle. aiohttp closes each after
+    `header_timeout` anyway (its keep-alive check, whose test of idleness this is); closing the
+    longest-open ones now, when a request arrives over the cap, serves that request instead of
+    refusing it, as nginx reuses its keep-alive connections when it runs out. Every connection
+    with a request in progress, `request`'s own included, is left alone.
     """
     manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
     connections: dict[Any, Any] | None = getattr(manager, "_connections", None)
@@ -79,9 +81,10 @@ def close_idle_connections(request: web.Request, count: int) -> int:
         return 0
     idle = []
     for handler in connections:  # in the order they connected
-        # aiohttp's handler awaits `_waiter` only while no request is in progress on the connection.
+        # aiohttp's handler awaits `_waiter` only while no request is in progress on the connection;
+        # a lingering one only discards a body it answered without, before it closes anyway.
         waiter = getattr(handler, "_waiter", None)
-        if waiter is not None and not waiter.done():
+        if (waiter is not None and not waiter.done()) or type(handler) is LingeringProtocol:
             idle.append(handler)
             if len(idle) == count:
                 break

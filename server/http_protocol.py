@@ -109,18 +109,34 @@ def _without_expectation(message: Any) -> Any:
     return message._replace(headers=CIMultiDictProxy(headers), raw_headers=raw)
 
 
-def close_after_response(request: web.BaseRequest) -> None:
-    """Close `request`'s connection once its response is written, without reading the rest of its body.
+# Seconds a connection goes on reading (and discarding) a request body it left unread after the
+# answer, before it closes. Long enough for a client still uploading (a 401 or 413 met mid-body) to
+# finish and read its answer: closed with unread bytes, the kernel would send a reset, which can
+# reach the client before it read the answer. Short, and the connection cap closes such a
+# connection first (connections.close_idle_connections): a client that declares a body and never
+# sends it holds nothing for long (aiohttp's own lingering is 10 s, the connection busy all along).
+REFUSED_BODY_LINGER = 2.0
 
-    aiohttp, after a response that left part of the body unread, reads and discards it for up to its
-    lingering time (10 s) before it closes, the connection counted as busy meanwhile.
-    `response.force_close()` alone does not skip that: only the connection's own lingering time
-    does (`_lingering_time`, an aiohttp 3.14 internal, read once the handler returned). At 0 aiohttp
-    writes the whole response, then closes the transport, which sends what is buffered first.
+
+class LingeringProtocol(GatewayProtocol):
+    """A connection that answered without reading its request's body, and closes after a short linger."""
+
+    __slots__ = ()
+
+
+def close_after_response(request: web.BaseRequest) -> None:
+    """Close `request`'s connection after a short linger once its response is written (see REFUSED_BODY_LINGER).
+
+    `response.force_close()` alone leaves aiohttp's lingering at 10 s: only the connection's own
+    lingering time shortens it (`_lingering_time`, an aiohttp 3.14 internal, read once the handler
+    returned). The connection is marked (its class, which adds no state) so that the connection
+    cap may close it at once.
     """
     protocol = request.protocol
+    if type(protocol) is GatewayProtocol or type(protocol) is RequestHandler:
+        protocol.__class__ = LingeringProtocol
     if hasattr(protocol, "_lingering_time"):
-        protocol._lingering_time = 0.0
+        protocol._lingering_time = REFUSED_BODY_LINGER
 
 
 def watch_framing(request: web.BaseRequest) -> Callable[[], None]:

@@ -3519,19 +3519,33 @@ BREAKS += [
     Break(
         "a refused request's connection lingers",
         HTTP_PROTOCOL,
-        "        protocol._lingering_time = 0.0\n",
+        "        protocol._lingering_time = REFUSED_BODY_LINGER\n",
         "        pass\n",
         (
-            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_at_once[no-key]",
-            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_at_once",
+            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_after_a_short_linger[no-key]",
+            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_after_a_short_linger",
         ),
     ),
     Break(
         "a refused request's connection closed before its answer",
         HTTP_PROTOCOL,
-        "        protocol._lingering_time = 0.0\n",
+        "        protocol._lingering_time = REFUSED_BODY_LINGER\n",
         "        protocol.force_close()\n",
         (f"{SEC_DOS}::test_a_client_still_sending_a_refused_body_gets_the_whole_answer",),
+    ),
+    Break(
+        "a lingering connection held against the cap",
+        "server/connections.py",
+        "        if (waiter is not None and not waiter.done()) or type(handler) is LingeringProtocol:\n",
+        "        if waiter is not None and not waiter.done():\n",
+        (f"{SEC_DOS}::test_keyless_requests_whose_bodies_never_come_cannot_fill_the_connection_cap",),
+    ),
+    Break(
+        "a refused body's connection not marked as lingering",
+        HTTP_PROTOCOL,
+        "        protocol.__class__ = LingeringProtocol\n",
+        "        pass\n",
+        (f"{SEC_DOS}::test_keyless_requests_whose_bodies_never_come_cannot_fill_the_connection_cap",),
     ),
     Break(
         "a late body's connection kept open",
@@ -3539,7 +3553,7 @@ BREAKS += [
         "        response.force_close()\n        close_after_response(request)\n",
         "        close_after_response(request)\n",
         (
-            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_at_once",
+            f"{SEC_DOS}::test_a_refused_request_whose_body_never_comes_is_answered_and_its_connection_closed_after_a_short_linger",
             f"{SEC_UNITS}::test_the_body_step_answers_408_for_a_late_body",
         ),
     ),
@@ -3549,7 +3563,7 @@ BREAKS += [
         "    if request.body_exists and not request.content.is_eof():\n",
         "    if False:\n",
         (
-            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_at_once",
+            f"{SEC_DOS}::test_a_late_bodys_408_closes_its_connection_after_a_short_linger",
             f"{SEC_UNITS}::test_the_body_step_answers_408_for_a_late_body",
         ),
     ),

@@ -4,7 +4,7 @@ The chain's step after auth, so an unauthenticated client's body is never read, 
 key's limits are taken, so a slow body holds none of them. Only the routes whose handlers read a
 body (`BODY_ROUTES`, in http_protocol.py) have it read, and `100 Continue` said: any other
 request (a probe, an unknown route) is answered without its body, and a connection whose body
-was left unread is closed right after the answer (`close_if_body_unread`).
+was left unread is closed after the answer and a short linger (`close_if_body_unread`).
 
 A declared Content-Length over the limit is refused before anything reads the body (chunked
 bodies hit aiohttp's `client_max_size`). A body still arriving is then read here, once, before the
@@ -73,11 +73,12 @@ async def read_body(request: web.Request) -> web.Response | None:
 
 
 def close_if_body_unread(request: web.Request, response: web.StreamResponse) -> None:
-    """Close the connection right after `response` when part of the request's body never arrived or was never read.
+    """Close the connection after `response` and a short linger when part of the request's body is unread.
 
     aiohttp would otherwise go on reading and discarding the rest for up to 10 seconds after the
     answer, the connection counted as busy all along: a client with no key held a connection slot
-    that long for one packet. A body that came whole with its headers is no reason to close.
+    that long for one packet. Now it lingers 2 s, and the connection cap may close it at once
+    (http_protocol.close_after_response). A body that came whole with its headers is no reason to close.
     """
     if request.body_exists and not request.content.is_eof():
         response.force_close()
