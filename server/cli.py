@@ -13,9 +13,10 @@ import gc
 import os
 import socket
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import urlsplit
 
 import structlog
 from aiohttp import web
@@ -207,6 +208,7 @@ def serve(
         )
 
     warn_if_open(settings, host)
+    warn_if_proxy_ignored(settings)
     # Everything imported and built so far lives as long as the process: moving it out of the
     # collector's sight keeps full collections short. bench/ measured them freezing the loop for
     # 60-500 ms with thousands of live streams, enough to stall streams and overflow the accept queue.
@@ -254,6 +256,44 @@ def warn_if_open(settings: Settings, host: str) -> None:
         "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
         host=host,
     )
+
+
+# The variables HTTP clients read for a proxy; Sluice's upstream client reads none of them.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy")
+
+
+def warn_if_proxy_ignored(settings: Settings, environ: Mapping[str, str] = os.environ) -> None:
+    """Say so at start-up when a proxy variable is set and an upstream is not in NO_PROXY: Sluice connects directly.
+
+    Behind a corporate proxy the upstream is then unreachable, and each request's 502
+    `upstream_unreachable` would not say why. Names the variables and upstreams, never a value
+    (a proxy URL can hold a password).
+    """
+    if settings.simulated:
+        return
+    named = [name for name in PROXY_VARIABLES if environ.get(name)]
+    if not named:
+        return
+    no_proxy = environ.get("NO_PROXY") or environ.get("no_proxy") or ""
+    direct = [entry.name for entry in settings.upstream_entries() if not _bypasses_proxy(entry.base_url, no_proxy)]
+    if direct:
+        structlog.get_logger("sluice").warning(
+            "upstream_proxy_ignored",
+            message="A proxy variable is set, but Sluice connects to its upstreams directly: it reads no "
+            "proxy variables. Reach them without the proxy, or list them in NO_PROXY to silence this.",
+            variables=named,
+            upstreams=direct,
+        )
+
+
+def _bypasses_proxy(url: str, no_proxy: str) -> bool:
+    """True when NO_PROXY (curl's reading: `*`, or hosts and domains, a leading dot optional) names `url`'s host."""
+    host = (urlsplit(url).hostname or "").lower()
+    for entry in no_proxy.split(","):
+        domain = entry.strip().lower().lstrip(".")
+        if domain == "*" or (domain and (host == domain or host.endswith("." + domain))):
+            return True
+    return False
 
 
 def _new_event_loop() -> asyncio.AbstractEventLoop:

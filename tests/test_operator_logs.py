@@ -71,6 +71,16 @@ api_key_env = "SPARE_KEY"
     assert not any(KEY in text or "sk-in-the-query" in text for text in gateway.process.lines)
 
 
+def test_a_proxy_variable_sluice_does_not_read_is_named_at_start_up(simulator: Simulator) -> None:
+    # Behind a corporate proxy every request got 502 upstream_unreachable, and nothing said why.
+    env = {"HTTPS_PROXY": "http://user:proxy-secret@proxy.corp:3128"}
+    with start_gateway(upstream=simulator, env=env) as gateway:
+        line = gateway.process.wait_for_event("upstream_proxy_ignored")
+
+    assert (line["variables"], line["upstreams"]) == (["HTTPS_PROXY"], ["default"])
+    assert not any("proxy-secret" in text for text in gateway.process.lines)
+
+
 def test_the_listening_line_of_a_simulated_gateway_names_the_built_in_simulator() -> None:
     with start_gateway() as gateway:
         (upstream,) = gateway.process.wait_for_event("sluice_listening")["upstreams"]

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
+from structlog.testing import capture_logs
 
+from server.cli import warn_if_proxy_ignored
 from server.settings import SettingsError, load_settings
+from tests.conftest import make_settings
 
 POOL = """
 [[upstreams]]
@@ -96,3 +100,37 @@ def test_a_bad_upstream_entry_is_named_by_its_place_in_the_file(tmp_path: Path) 
         load_settings(write(tmp_path, text), environ={})
     assert str(caught.value).startswith("setting upstreams.0.base_url:")
     assert "environment" not in str(caught.value)
+
+
+# --- proxy variables, which Sluice does not read ------------------------------------------------
+
+UPSTREAM_KEY = {
+    "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-proxy-test",
+    "AI_INTEGRATIONS_OPENAI_BASE_URL": "https://up.example/v1",
+}
+
+
+def proxy_warnings(environ: dict[str, str], settings_environ: dict[str, str] = UPSTREAM_KEY) -> list[dict[str, Any]]:
+    """The start-up warnings about proxy variables for `environ`."""
+    with capture_logs() as logs:
+        warn_if_proxy_ignored(make_settings(settings_environ), environ)
+    return [entry for entry in logs if entry["event"] == "upstream_proxy_ignored"]
+
+
+def test_a_proxy_variable_set_for_an_upstream_is_warned_about_by_name_never_by_value() -> None:
+    [warning] = proxy_warnings({"HTTPS_PROXY": "http://user:hunter2@proxy.corp:3128"})
+
+    assert (warning["variables"], warning["upstreams"]) == (["HTTPS_PROXY"], ["default"])
+    assert "hunter2" not in repr(warning)
+
+
+def test_an_upstream_listed_in_no_proxy_is_not_warned_about() -> None:
+    assert proxy_warnings({"https_proxy": "http://proxy.corp:3128", "NO_PROXY": "localhost,.example"}) == []
+
+
+def test_no_proxy_variable_no_warning() -> None:
+    assert proxy_warnings({"NO_PROXY": "*"}) == []
+
+
+def test_the_built_in_simulated_model_is_not_warned_about() -> None:
+    assert proxy_warnings({"HTTPS_PROXY": "http://proxy.corp:3128"}, settings_environ={}) == []
