@@ -56,6 +56,9 @@ log = structlog.get_logger("sluice.workers")
 STARTUP_MISTAKE = 2
 FIRST_BACKOFF = 0.1
 MAX_BACKOFF = 10.0
+# Doublings of FIRST_BACKOFF past MAX_BACKOFF: a replacement is retried for as long as it takes, so
+# its count of quick deaths grows without end, and 2 ** 1025 is a float overflow.
+MOST_DOUBLINGS = 8
 # A worker that ran this long before dying counts as a fresh failure, not one more in a row.
 STARTED_AFTER = 30.0
 # Quick deaths in a row, while the group starts, after which the parent stops trying.
@@ -254,7 +257,7 @@ class _Supervisor:
         if starting and (code == STARTUP_MISTAKE or slot.quick_deaths >= GIVE_UP_AFTER):
             self.give_up(slot, pid, code)
             return
-        delay = min(FIRST_BACKOFF * 2 ** (slot.quick_deaths - 1), MAX_BACKOFF)
+        delay = min(FIRST_BACKOFF * 2 ** min(slot.quick_deaths - 1, MOST_DOUBLINGS), MAX_BACKOFF)
         slot.restart_at = time.monotonic() + delay
         fields = {"worker_pid": pid, "worker_index": slot.index, "code": code, "restart_in": delay}
         if listened or not slot.served:

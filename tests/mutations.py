@@ -286,7 +286,7 @@ BREAKS = [
     Break(
         "respawn without backoff",
         WORKERS_PY,
-        "        delay = min(FIRST_BACKOFF * 2 ** (slot.quick_deaths - 1), MAX_BACKOFF)\n",
+        "        delay = min(FIRST_BACKOFF * 2 ** min(slot.quick_deaths - 1, MOST_DOUBLINGS), MAX_BACKOFF)\n",
         "        delay = FIRST_BACKOFF\n",
         (f"{SUPERVISOR}::test_a_worker_that_keeps_dying_is_restarted_with_doubling_backoff_then_given_up",),
     ),
@@ -3812,6 +3812,25 @@ BREAKS += [
         "    if settings.simulated:\n",
         "    if False:\n",
         (f"{PROXY_TESTS}::test_the_built_in_simulated_model_is_not_warned_about",),
+    ),
+]
+
+
+# Found by a review of the session's diff.
+BREAKS += [
+    Break(
+        "a replacement's backoff overflows after thousands of failures",
+        WORKERS_PY,
+        "2 ** min(slot.quick_deaths - 1, MOST_DOUBLINGS)",
+        "2 ** (slot.quick_deaths - 1)",
+        ("tests/test_workers.py::test_a_replacement_that_failed_thousands_of_times_waits_the_longest_backoff",),
+    ),
+    Break(
+        "a failed attempt noted again when its hedge wins during the verdict",
+        ATTEMPTS_PY,
+        "                        hedge.waiting.pop(token, None)\n                    if tries is None:\n",
+        "                        pass\n                    if tries is None:\n",
+        (f"{ROUTING_UNITS}::test_an_attempt_that_failed_while_its_hedge_won_is_noted_once_with_its_status",),
     ),
 ]
 

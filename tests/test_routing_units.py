@@ -934,6 +934,45 @@ async def test_the_attempt_a_hedge_won_over_is_noted_once_as_hedge_lost() -> Non
     assert attempts_counted(metrics, "a", "hedge_lost") == 1
 
 
+class FailsOnceTheHedgeStarts(FakeClient):
+    """`big` fails with a 500 once the hedge's `small` started; `small` answers once that failure is judged."""
+
+    def __init__(self, name: str, judged: asyncio.Event) -> None:
+        super().__init__(name)
+        self.small_started = asyncio.Event()
+        self.judged = judged
+
+    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+        if body["model"] == "big":
+            await self.small_started.wait()
+            raise fail(500)
+        self.small_started.set()
+        await self.judged.wait()
+        return FakeStream(self.name)
+
+
+class SlowToCount(MemoryBreakerStore):
+    """A breaker store whose first write is set `judging`, then waits forever (a slow Redis)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.judging = asyncio.Event()
+
+    async def update(self, name: str, change: Any) -> Any:
+        if not self.judging.is_set():
+            self.judging.set()
+            await asyncio.Event().wait()
+        return await super().update(name, change)
+
+
+async def test_an_attempt_that_failed_while_its_hedge_won_is_noted_once_with_its_status() -> None:
+    store = SlowToCount()
+    up, record = FailsOnceTheHedgeStarts("a", store.judging), RequestRecord(started=0)
+    r = router([up], [], store=store, hedge_after_seconds=0.01, fallbacks={"big": ("small",)})
+    await r.open_stream({"model": "big"}, "r", record)
+    assert sorted((a["model"], a["status"]) for a in record.attempts) == [("big", 500), ("small", 200)]
+
+
 async def test_an_attempt_in_flight_when_the_client_leaves_is_noted_as_cancelled() -> None:
     metrics = Metrics()
     up, record = Waiting("a"), RequestRecord(started=0)

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +20,7 @@ import psutil
 import pytest
 
 from server.metrics import Metrics
-from server.workers import Group, watch_parent, worker_argv
+from server.workers import MAX_BACKOFF, Group, _Slot, _Supervisor, watch_parent, worker_argv
 from tests.conftest import TEST_CONFIG
 from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, write_config
 from tests.support.security import KEY_ALPHA, bearer, keys_toml, sha256, start_keyed_gateway
@@ -432,3 +433,15 @@ def test_a_sighup_file_that_would_turn_the_keys_off_is_not_kept(group: Group, tm
     config = Path(write_config(tmp_path / "open.toml", ""))
     assert not group.keep_keys(config, auth_enabled=True)
     assert not group.keys.exists()
+
+
+def test_a_replacement_that_failed_thousands_of_times_waits_the_longest_backoff(tmp_path: Path) -> None:
+    # Retried for as long as it takes, a replacement's count of quick deaths grows without end:
+    # 0.1 * 2 ** 1024 overflowed after about three hours, and the supervisor stopped every worker.
+    supervisor = _Supervisor(argv=[], env={}, metrics_dir=str(tmp_path), group=Group(tmp_path), count=1)
+    slot = _Slot(index=0, started_at=time.monotonic(), quick_deaths=5000, served=True)
+
+    supervisor.exited(slot, pid=1, code=2, listened=False)
+
+    assert slot.restart_at is not None
+    assert MAX_BACKOFF * 0.9 <= slot.restart_at - time.monotonic() <= MAX_BACKOFF

@@ -273,6 +273,10 @@ class Upstream:
                 try:
                     result = await send(client, attempt_body)
                 except UpstreamError as error:
+                    if hedge is not None:
+                        # Noted here, once: the verdict below awaits, and a hedge ending meanwhile
+                        # must not note this attempt again as lost (open_stream, _Hedge).
+                        hedge.waiting.pop(token, None)
                     if tries is None:
                         tries = dict.fromkeys((c.name for c in candidates), 0)
                         tries[client.name] = 1
