@@ -110,7 +110,7 @@ UPSTREAM_KEY = {
 }
 
 
-def proxy_warnings(environ: dict[str, str], settings_environ: dict[str, str] = UPSTREAM_KEY) -> list[dict[str, Any]]:
+def proxy_warnings(environ: dict[str, str], settings_environ: dict[str, str] = UPSTREAM_KEY) -> list[Any]:
     """The start-up warnings about proxy variables for `environ`."""
     with capture_logs() as logs:
         warn_if_proxy_ignored(make_settings(settings_environ), environ)
