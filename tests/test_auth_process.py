@@ -39,6 +39,7 @@ from tests.support.security import (
     SECRET,
     TPM,
     bearer,
+    body_awaited,
     keys_toml,
     start_keyed_gateway,
 )
@@ -314,15 +315,9 @@ async def test_concurrent_streams_reach_429_and_recover_when_one_ends(keyed: Gat
 async def test_a_body_still_to_come_holds_none_of_its_keys_stream_slots(keyed: Gateway) -> None:
     # The key's limits were taken before the body was read: a body sent slowly, or never, held the
     # key's one stream slot (and a request of its rpm) for as long as body_timeout.
-    reader, writer = await asyncio.open_connection("127.0.0.1", int(keyed.url.rsplit(":", 1)[1]))
+    # The chain says 100 Continue once the key passed: the request now waits for its body.
+    _, writer = await body_awaited(keyed, KEY_STREAMS, 100, RECOVERY_SECONDS)
     try:
-        writer.write(
-            b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n"
-            + f"Authorization: Bearer {KEY_STREAMS}\r\nExpect: 100-continue\r\n\r\n".encode()
-        )
-        # The chain says 100 Continue once the key passed: the request now waits for its body.
-        async with asyncio.timeout(RECOVERY_SECONDS):
-            assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
         async with (
             aiohttp.ClientSession() as http,
             http.post(keyed.url + "/chat", json={"message": "y\n#sim tokens=1"}, headers=bearer(KEY_STREAMS)) as r,

@@ -50,16 +50,20 @@ def header_lines(head: bytes) -> dict[str, str]:
     return {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines if line)}
 
 
-async def test_a_chat_request_gives_an_api_key_upstream_its_key_as_api_key(
-    raw_upstream: RawUpstream, keyed_client: Build
-) -> None:
-    sent = asyncio.ensure_future(keyed_client("api-key").complete(CHAT, "rid"))
+async def chat_request_headers(raw_upstream: RawUpstream, client: UpstreamClient) -> dict[str, str]:
+    """The headers of the chat request `client` sends, answered with a completion."""
+    sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
     exchange.write(json_reply(b'{"choices": [{}]}'))
     async with asyncio.timeout(10):
         await sent
+    return header_lines(exchange.head)
 
-    headers = header_lines(exchange.head)
+
+async def test_a_chat_request_gives_an_api_key_upstream_its_key_as_api_key(
+    raw_upstream: RawUpstream, keyed_client: Build
+) -> None:
+    headers = await chat_request_headers(raw_upstream, keyed_client("api-key"))
     assert headers["api-key"] == KEY
     assert "authorization" not in headers
 
@@ -81,13 +85,7 @@ async def test_a_probe_gives_an_api_key_upstream_its_key_as_api_key(
 async def test_by_default_an_upstream_gets_its_key_as_a_bearer_token(
     raw_upstream: RawUpstream, keyed_client: Build
 ) -> None:
-    sent = asyncio.ensure_future(keyed_client("authorization").complete(CHAT, "rid"))
-    exchange = await raw_upstream.next()
-    exchange.write(json_reply(b'{"choices": [{}]}'))
-    async with asyncio.timeout(10):
-        await sent
-
-    headers = header_lines(exchange.head)
+    headers = await chat_request_headers(raw_upstream, keyed_client("authorization"))
     assert headers["authorization"] == f"Bearer {KEY}"
     assert "api-key" not in headers
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -25,16 +25,14 @@ def _without_credentials(base_url: str, key_setting: str) -> str:
     return base_url
 
 
-class UpstreamSettings(Section):
+class _UpstreamAddress(Section):
+    """Where an upstream is and how it is spoken to: what `[upstream]` and `[[upstreams]]` share."""
+
+    # The setting a URL's user part should be given as instead (named in the refusal).
+    _key_setting: ClassVar[str]
+
     base_url: str = Field(pattern=r"^https?://")
     api_key: SecretStr | None = None
-    connect_timeout: float = Field(gt=0)
-    first_token_timeout: float = Field(gt=0)
-    header_timeout: float = Field(gt=0)
-    idle_timeout: float = Field(gt=0)
-    total_timeout: float = Field(gt=0)
-    max_connections: int = Field(ge=0)
-    probe_interval: float = Field(gt=0)
     # Send only fields every OpenAI-compatible server knows (see server/upstreams/portable.py).
     portable_body: bool = False
     api_key_header: ApiKeyHeader = "authorization"
@@ -42,29 +40,34 @@ class UpstreamSettings(Section):
     @field_validator("base_url")
     @classmethod
     def _base_url_has_no_credentials(cls, value: str) -> str:
-        return _without_credentials(value, "AI_INTEGRATIONS_OPENAI_API_KEY")
+        return _without_credentials(value, cls._key_setting)
 
 
-class UpstreamEntry(Section):
+class UpstreamSettings(_UpstreamAddress):
+    _key_setting = "AI_INTEGRATIONS_OPENAI_API_KEY"
+
+    connect_timeout: float = Field(gt=0)
+    first_token_timeout: float = Field(gt=0)
+    header_timeout: float = Field(gt=0)
+    idle_timeout: float = Field(gt=0)
+    total_timeout: float = Field(gt=0)
+    max_connections: int = Field(ge=0)
+    probe_interval: float = Field(gt=0)
+
+
+class UpstreamEntry(_UpstreamAddress):
     """One `[[upstreams]]` table: an OpenAI-compatible API and the models it serves."""
 
+    _key_setting = "api_key_env"
+
     name: str = Field(min_length=1)
-    base_url: str = Field(pattern=r"^https?://")
     api_key_env: str | None = None
-    # Filled by load_settings from the variable `api_key_env` names; never written in a file.
-    api_key: SecretStr | None = None
+    # `api_key` is filled by load_settings from the variable `api_key_env` names; never written in a file.
     models: tuple[str, ...] = ("*",)
     weight: float = Field(default=1.0, gt=0)
     max_concurrency: int = Field(default=0, ge=0)
     continuation: Literal["none", "assistant-prefill"] = "none"
     continuation_body: dict[str, Any] = Field(default_factory=dict)
-    portable_body: bool = False
-    api_key_header: ApiKeyHeader = "authorization"
-
-    @field_validator("base_url")
-    @classmethod
-    def _base_url_has_no_credentials(cls, value: str) -> str:
-        return _without_credentials(value, "api_key_env")
 
     def serves(self, model: str) -> bool:
         """True when this upstream is configured for `model`."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections.abc import Mapping
 from pathlib import Path
@@ -85,3 +86,18 @@ def start_keyed_gateway(
         **(env or {}),
     }
     return start_gateway(upstream=upstream, env=environment, config=config, args=args)
+
+
+async def body_awaited(
+    gateway: Gateway, key: str, length: int, bound: float
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A keyed `POST /chat` declaring `length` body bytes with `Expect: 100-continue`, once the gateway
+    said `100 Continue` (within `bound` seconds): the request now waits for its body, none sent yet."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", int(gateway.url.rsplit(":", 1)[1]))
+    writer.write(
+        b"POST /chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nExpect: 100-continue\r\n"
+        + f"Content-Length: {length}\r\nAuthorization: Bearer {key}\r\n\r\n".encode()
+    )
+    async with asyncio.timeout(bound):
+        assert await reader.readuntil(b"\r\n\r\n") == b"HTTP/1.1 100 Continue\r\n\r\n"
+    return reader, writer
