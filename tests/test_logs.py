@@ -78,6 +78,27 @@ def test_a_console_line_shows_the_control_characters_of_a_value_as_escapes(stdou
     assert "path=/x\\x1b[2K\\x1b[1A\\x1b]0;pwned\\x07\\x9b2J\\x7f " in line
 
 
+# Right-to-left override, an isolate, a line separator: shown raw, the rest of the line reads reversed.
+BIDI = "/x\u202e002-sutats\u2066\u2028"
+BIDI_CHARACTERS = re.compile("[\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def test_a_console_line_shows_the_bidirectional_controls_of_a_value_as_escapes(stdout: RecordingStream) -> None:
+    configure_logging("console", "info", stdout)
+    structlog.get_logger("test").info("request_finished", path=BIDI, status=404)
+    (line,) = [w for w in stdout.writes if w]
+    assert BIDI_CHARACTERS.search(line) is None
+    assert "path=/x\\u202e002-sutats\\u2066\\u2028 " in line
+
+
+def test_a_json_line_writes_the_bidirectional_controls_as_json_escapes(stdout: RecordingStream) -> None:
+    configure_logging("json", "info", stdout)
+    structlog.get_logger("test").info("request_finished", path=BIDI, status=404)
+    (line,) = [w for w in stdout.writes if w]
+    assert BIDI_CHARACTERS.search(line) is None
+    assert json.loads(line)["path"] == BIDI  # the same value, read back
+
+
 def test_a_console_line_of_the_standard_library_shows_them_as_escapes_too(stdout: RecordingStream) -> None:
     configure_logging("console", "info", stdout)
     logging.getLogger("aiohttp.server").error("Error handling request to %s", HOSTILE)

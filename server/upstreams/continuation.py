@@ -28,6 +28,7 @@ log counts the completion tokens relayed (`"counted_by": "sluice"`).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeGuard
 
@@ -122,8 +123,10 @@ class ContinuedStream:
                         if chunk.error is not None:
                             error_chunk = chunk
                             break
-                        if continued and not (chunk.has_delta or chunk.finish_reason or chunk.usage):
-                            continue  # the continuation's opening role chunk
+                        if continued and not (
+                            chunk.has_delta or chunk.other_delta or chunk.finish_reason or chunk.usage
+                        ):
+                            continue  # the continuation's opening role chunk (its reasoning is kept)
                         finished = finished or chunk.finish_reason is not None
                         kept.append(self._note(chunk, continued > 0))
                     if kept:
@@ -239,7 +242,8 @@ def _summed(chunk: Chunk, before: int) -> Chunk:
     usage["sluice_continued"] = True
     body = orjson.loads(chunk.raw)
     body["usage"] = usage
-    return Chunk(orjson.dumps(body), chunk.content, chunk.has_delta, chunk.finish_reason, usage)
+    # Everything else the chunk says stays: a finish on the same chunk still finishes its choice.
+    return dataclasses.replace(chunk, raw=orjson.dumps(body), usage=usage)
 
 
 def _finish_chunk(template: bytes, reason: str) -> Chunk:
