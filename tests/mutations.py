@@ -2946,7 +2946,8 @@ BREAKS += [
     Break(
         "a slot Redis could not take back is given back locally",
         "server/shared/limit_store.py",
-        "            self._owe(name, limits.tpm, tokens, streams)\n            if self._settling",
+        "            self._owed[give_back_id] = _Owed(name, limits.tpm, tokens, streams)\n"
+        "            if self._settling",
         "            await self._local.give_back(name, limits, tokens=tokens, streams=streams)\n"
         "            if False and self._settling",
         ("tests/test_redis_limits.py::test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answers",),
@@ -3864,6 +3865,50 @@ BREAKS += [
         "return text.translate(_BIDI_ESCAPES) if",
         "return text if",
         ("tests/test_logs.py::test_a_json_line_writes_the_bidirectional_controls_as_json_escapes",),
+    ),
+]
+
+
+# Redis limits: a give-back is applied once, and a take over the whole tpm goes on a full bucket.
+BREAKS += [
+    Break(
+        "a give-back sent again after a lost reply gets a new id",
+        LIMIT_STORE,
+        "streams=debt.streams, give_back_id=give_back_id",
+        "streams=debt.streams, give_back_id=secrets.token_urlsafe(12)",
+        (
+            "tests/test_limit_give_back.py::"
+            "test_a_give_back_redis_ran_before_its_answer_was_lost_is_sent_again_and_counted_once",
+            "tests/test_redis_limits.py::test_a_give_back_redis_ran_while_its_reply_timed_out_is_counted_once",
+        ),
+    ),
+    Break(
+        "Redis applies a give-back id twice",
+        SHARED_LIMITS,
+        "if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end",
+        "redis.call('SET', KEYS[2], '1', 'EX', ARGV[5])",
+        ("tests/test_redis_limits.py::test_a_give_back_sent_again_under_its_id_is_applied_once",),
+    ),
+    Break(
+        "a reservation over the whole tpm waits for more than a full bucket (memory)",
+        "server/auth/limits.py",
+        "state.tokens.level < min(tokens, limits.tpm)",
+        "state.tokens.level < tokens",
+        (f"{SECURITY_UNITS}::test_a_reservation_over_the_keys_whole_tpm_goes_when_its_refusals_retry_after_says",),
+    ),
+    Break(
+        "a reservation over the whole tpm is told to wait for more than a full bucket",
+        "server/auth/limits.py",
+        "seconds_until(min(tokens, limits.tpm), limits.tpm)",
+        "seconds_until(tokens, limits.tpm)",
+        (f"{SECURITY_UNITS}::test_a_reservation_over_the_keys_whole_tpm_goes_when_its_refusals_retry_after_says",),
+    ),
+    Break(
+        "a reservation over the whole tpm waits for more than a full bucket (Redis)",
+        SHARED_LIMITS,
+        "local wanted = math.min(tokens, tpm)",
+        "local wanted = tokens",
+        ("tests/test_redis_limits.py::test_a_take_over_the_whole_tpm_goes_on_a_full_bucket_and_its_refusal_says_when",),
     ),
 ]
 

@@ -72,7 +72,7 @@ async def test_tokens_are_reserved_then_settled_with_what_was_used(
     assert (await first.take("key-e", **one_request(tpm=1000, tokens=800))).allowed
     refused = await second.take("key-e", **one_request(tpm=1000, tokens=300))
     assert refused.exceeded == "tokens"
-    await first.give_back("key-e", tpm=1000, tokens=500, streams=0)  # used 300 of the 800 reserved
+    await first.give_back("key-e", tpm=1000, tokens=500, streams=0, give_back_id="e-1")  # used 300 of the 800 reserved
     assert (await second.take("key-e", **one_request(tpm=1000, tokens=300))).allowed
 
 
@@ -83,8 +83,19 @@ async def test_concurrent_streams_are_capped_across_instances_and_released(
     assert (await first.take("key-f", **one_request(max_streams=1, streams=1))).allowed
     refused = await second.take("key-f", **one_request(max_streams=1, streams=1))
     assert refused.exceeded == "streams"
-    await first.give_back("key-f", tpm=0, tokens=0, streams=1)
+    await first.give_back("key-f", tpm=0, tokens=0, streams=1, give_back_id="f-1")
     assert (await second.take("key-f", **one_request(max_streams=1, streams=1))).allowed
+
+
+async def test_a_take_over_the_whole_tpm_goes_on_a_full_bucket_and_its_refusal_says_when(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # Waiting for more than the bucket holds, such a take (a tpm below completion_reserve) would be refused for good.
+    buckets = make_buckets()
+    assert (await buckets.take("key-big", **one_request(tpm=60, tokens=100))).allowed
+    refused = await buckets.take("key-big", **one_request(tpm=60, tokens=100))
+    assert refused.exceeded == "tokens"
+    assert 99 < refused.retry_after <= 100  # the bucket full again: 40 owed and 60, a token a second
 
 
 async def test_a_refused_take_takes_nothing(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
@@ -201,3 +212,41 @@ async def test_a_refused_take_does_not_keep_the_keys_counts_alive(
         assert 0 < await client.ttl("sluice:limit:key-ttl") <= 100
     finally:
         await client.aclose()
+
+
+async def test_a_give_back_sent_again_under_its_id_is_applied_once(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # A give-back whose reply was lost is sent again: applied twice, the key had a slot and its tokens for free.
+    buckets = make_buckets()
+    assert (await buckets.take("key-once", **one_request(tpm=60, max_streams=2, tokens=60, streams=2))).allowed
+    for _ in range(2):
+        await buckets.give_back("key-once", tpm=60, tokens=30, streams=1, give_back_id="once-1")
+    _, tokens, streams = await buckets.levels("key-once", rpm=0, tpm=60)
+    assert streams == 1
+    assert 30 <= tokens < 40  # a token a second refills; 60 when given back twice
+
+
+async def test_a_give_back_redis_ran_while_its_reply_timed_out_is_counted_once(
+    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Redis frozen, the give-back waits in its socket and runs when Redis wakes, after the caller gave
+    # up on its reply and owed it. Sent again and counted twice, the key's stream count fell below
+    # its live streams (a stream over max_streams) and its tokens came back twice.
+    here, elsewhere = make_store(), make_store()
+    limits = KeyLimits(tpm=60, max_streams=2)  # a token a second refills
+    # An earlier stream here ended as usual, so Redis has the give-back script, as in any gateway
+    # that served a while (else the stalled try is refused NOSCRIPT when Redis wakes, and runs nothing).
+    assert (await here.take("key-lost", limits, requests=1, tokens=0, streams=1)).allowed
+    await here.give_back("key-lost", limits, tokens=0, streams=1)
+    assert (await here.take("key-lost", limits, requests=1, tokens=30, streams=1)).allowed
+    assert (await elsewhere.take("key-lost", limits, requests=1, tokens=20, streams=1)).allowed
+    with stalled(redis_server):
+        await here.give_back("key-lost", limits, tokens=25, streams=1)  # used 5 of the 30 reserved
+    settling = here._settling
+    assert settling is not None
+    await asyncio.wait_for(settling, OWED_BOUND)
+    usage = await elsewhere.usage("key-lost", limits)
+    assert usage is not None
+    assert usage.streams == 1  # elsewhere's, still live
+    assert 25 - OWED_BOUND < usage.tokens <= 25  # here's 5 and elsewhere's 20, less what refilled; 0 if twice

@@ -455,3 +455,21 @@ def test_a_keys_fallbacks_may_be_the_models_its_aliases_name() -> None:
 
     assert [allowed(m) for m in ("gpt-4o-mini", "gpt-4.1", "gpt-4o", "smart")] == [True, True, False, False]
     assert GatewayKey("any", b"", None, KeyLimits()).fallbacks_allowed({})("anything")
+
+
+async def test_a_reservation_over_the_keys_whole_tpm_goes_when_its_refusals_retry_after_says() -> None:
+    # A key whose tpm is below its completion_reserve: every request without max_tokens reserves
+    # more than the minute holds. Waiting for all of it, each would be refused for good, yet told to retry.
+    clock = FakeClock()
+    store = MemoryLimitStore(clock)
+    key = GatewayKey("k", b"", None, KeyLimits(tpm=500, completion_reserve=1024))
+    body = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
+    assert await Lease(store, key).reserve(body) is None  # on a full bucket
+
+    refused = await Lease(store, key).reserve(body)
+    assert refused is not None
+    retry_after = int(rate_limit_headers(refused)["Retry-After"])
+    clock.now += retry_after - 1
+    assert await Lease(store, key).reserve(body) is not None
+    clock.now += 1
+    assert await Lease(store, key).reserve(body) is None

@@ -68,6 +68,12 @@ class Lease:
         bytes a token), not its `messages` alone: the upstream reads and bills `tools`,
         `functions`, `response_format`, `prediction` and the rest too, and a prompt moved there
         was neither reserved nor, when the stream ended without usage, charged.
+
+        An estimate over the key's whole tpm (a tpm below `completion_reserve`) is taken whole from a
+        full bucket, which stays in debt until the request settles: its 429s say when the bucket is
+        full again (Retry-After, past a minute while the debt lasts), and a retry then goes. Capped
+        at tpm, the next request could start while this one may still use the rest; refused outright
+        (OpenAI's "request too large"), no request without max_tokens could ever pass on such a key.
         """
         if not self.key.limits.tpm:
             return None

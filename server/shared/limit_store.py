@@ -8,7 +8,9 @@ A stream slot goes back where it was taken. One taken here while Redis was away 
 here, never to Redis (which would free a slot another stream holds there). One taken in Redis
 whose give-back finds Redis unreachable (a stall, a blip: no instance died) is owed and given back
 as soon as Redis answers again; given back here instead, it stayed taken in Redis for good, and a
-key at its `max_streams` was refused everywhere from then on.
+key at its `max_streams` was refused everywhere from then on. Redis may have run the give-back
+before it was found unreachable (a reply lost to a timeout or a dropped connection): each is owed
+under its own id, which Redis applies once, so the slot and tokens are never given back twice.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import math
+import secrets
+from typing import NamedTuple
 
 import structlog
 
@@ -30,6 +34,15 @@ log = structlog.get_logger("sluice.limits")
 USAGE_SECONDS = 0.5
 
 
+class _Owed(NamedTuple):
+    """A give-back Redis was not seen to take: the key, its tpm, the tokens and the streams."""
+
+    name: str
+    tpm: int
+    tokens: int
+    streams: int
+
+
 class RedisLimitStore:
     """LimitStore whose counts live in Redis."""
 
@@ -41,8 +54,8 @@ class RedisLimitStore:
         self._retry_after = retry_after
         # Per key: stream slots taken in this process (fail-open) and not given back yet.
         self._local_slots: dict[str, int] = {}
-        # Per key: what a give-back could not return to Redis, as (tpm, tokens, streams).
-        self._owed: dict[str, tuple[int, int, int]] = {}
+        # Per give-back id: what could not be seen returned to Redis; sent again under the same id.
+        self._owed: dict[str, _Owed] = {}
         self._settling: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -95,27 +108,29 @@ class RedisLimitStore:
                 del self._local_slots[name]
             await self._local.give_back(name, limits, tokens=tokens, streams=streams)
             return
+        # Names this give-back in Redis, which applies it once however often it is sent (`_settle_when_up`).
+        give_back_id = secrets.token_urlsafe(12)
         try:
-            await self._buckets.give_back(name, tpm=limits.tpm, tokens=tokens, streams=streams)
+            await self._buckets.give_back(
+                name, tpm=limits.tpm, tokens=tokens, streams=streams, give_back_id=give_back_id
+            )
         except LimitsUnavailableError:
-            self._owe(name, limits.tpm, tokens, streams)
+            self._owed[give_back_id] = _Owed(name, limits.tpm, tokens, streams)
             if self._settling is None or self._settling.done():
                 self._settling = asyncio.create_task(self._settle_when_up(), name="sluice-limits-owed")
 
-    def _owe(self, name: str, tpm: int, tokens: int, streams: int) -> None:
-        _, owed_tokens, owed_streams = self._owed.get(name, (tpm, 0, 0))
-        self._owed[name] = (tpm, owed_tokens + tokens, owed_streams + streams)
-
     async def _settle_when_up(self) -> None:
-        """Give Redis back what it is owed once it answers; again after each failed try."""
+        """Give Redis back what it is owed once it answers; again after each failed try, under the same ids."""
         while self._owed:
             await self._link.wait_up(float("inf"))
             owed, self._owed = self._owed, {}
-            for name, (tpm, tokens, streams) in owed.items():
+            for give_back_id, debt in owed.items():
                 try:
-                    await self._buckets.give_back(name, tpm=tpm, tokens=tokens, streams=streams)
+                    await self._buckets.give_back(
+                        debt.name, tpm=debt.tpm, tokens=debt.tokens, streams=debt.streams, give_back_id=give_back_id
+                    )
                 except LimitsUnavailableError:
-                    self._owe(name, tpm, tokens, streams)
+                    self._owed[give_back_id] = debt
         log.info("limits_owed_given_back")
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:

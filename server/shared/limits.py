@@ -7,6 +7,13 @@ differ still agree. A key's hash expires an hour after its last take or give-bac
 changes nothing, and keeps nothing alive); the stream count of an instance that died without
 giving its slots back is therefore forgotten at the latest an hour after the key was last used.
 
+A give-back carries an id, and the script applies an id once. When Redis ran a give-back but its
+reply was lost (a timeout, a dropped connection), the caller cannot tell, and sends it again once
+Redis answers: counted twice, the key's stream count fell below its live streams (a stream more
+than `max_streams` could start) and its unused tokens came back twice. An id is remembered for
+`GIVEN_SECONDS`, far longer than a blip or a stall delays that retry; a retry later still is
+applied, as one whose first try never reached Redis must be.
+
 Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
 """
 
@@ -18,6 +25,8 @@ from typing import Any
 from .link import UNREACHABLE, RedisLink
 
 IDLE_SECONDS = 3600
+# How long a give-back's id is remembered. Not longer: each costs a small key (a few MB at 100 streams/s).
+GIVEN_SECONDS = 600
 
 # Both scripts read the buckets the same way: Redis's own clock, then each level refilled since
 # its last take at capacity per minute.
@@ -41,6 +50,7 @@ local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber
     + _READ_BUCKETS
     + """local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
 local exceeded, retry = '', 0
+-- A take over the whole tpm goes on a full bucket (see Lease.reserve): waiting for all of it, it never would.
 local wanted = math.min(tokens, tpm)
 if rpm > 0 and rl < requests then
   exceeded, retry = 'requests', (requests - rl) * 60 / rpm
@@ -62,8 +72,10 @@ return {exceeded, tostring(rl), tostring(tl), tostring(retry), s}
 """
 )
 
-# KEYS[1]: the key's hash. ARGV: tpm, tokens to return (negative: charge more), streams to release.
+# KEYS[1]: the key's hash, KEYS[2]: the give-back's id. ARGV: tpm, tokens to return (negative: charge
+# more), streams to release, the hash's idle seconds, the id's. Returns 2 for an id already applied.
 _GIVE_BACK = """
+if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end
 local tpm, tokens, streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -115,6 +127,7 @@ class RedisLimitBuckets:
     def __init__(self, link: RedisLink) -> None:
         self._link = link
         self._prefix = f"{link.prefix}:limit:"
+        self._given_prefix = f"{link.prefix}:limit-given:"
         self._take = link.client.register_script(_TAKE)
         self._give_back = link.client.register_script(_GIVE_BACK)
         self._usage = link.client.register_script(_USAGE)
@@ -124,7 +137,7 @@ class RedisLimitBuckets:
     ) -> Take:
         """Take the amounts if every limit allows them all; else take nothing and say which refused."""
         args = [rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS]
-        reply: Any = await self._run(self._take, name, args)
+        reply: Any = await self._run(self._take, [self._prefix + name], args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         return Take(
             exceeded=exceeded or None,
@@ -134,18 +147,22 @@ class RedisLimitBuckets:
             streams=int(reply[4]),
         )
 
-    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int) -> None:
-        """Return unused tokens (negative: charge more) and release stream slots."""
-        await self._run(self._give_back, name, [tpm, tokens, streams, IDLE_SECONDS])
+    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+        """Return unused tokens (negative: charge more) and release stream slots, once per `give_back_id`.
+
+        A retry of a give-back that raised LimitsUnavailableError must carry the id of its first try.
+        """
+        keys = [self._prefix + name, self._given_prefix + give_back_id]
+        await self._run(self._give_back, keys, [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS])
 
     async def levels(self, name: str, *, rpm: int, tpm: int) -> tuple[float, float, int]:
         """The key's requests and tokens levels now, and its streams, changing nothing."""
-        reply: Any = await self._run(self._usage, name, [rpm, tpm])
+        reply: Any = await self._run(self._usage, [self._prefix + name], [rpm, tpm])
         return float(reply[0]), float(reply[1]), int(reply[2])
 
-    async def _run(self, script: Any, name: str, args: list[int]) -> Any:
+    async def _run(self, script: Any, keys: list[str], args: list[int]) -> Any:
         try:
-            return await script(keys=[self._prefix + name], args=args)
+            return await script(keys=keys, args=args)
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise LimitsUnavailableError("Redis is unreachable") from None

@@ -1,0 +1,86 @@
+"""A stream's give-back to Redis whose answer never came: sent again once Redis answers, and counted once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from server.auth.limits import KeyLimits
+from server.shared.limit_store import RedisLimitStore
+from server.shared.limits import LimitsUnavailableError
+from server.shared.link import RedisLink
+from tests.conftest import make_settings
+
+TWO_STREAMS = KeyLimits(max_streams=2)
+
+
+class LostAnswer:
+    """A key's stream count kept as Redis's script keeps it (each give-back id applied once), whose
+    first give-back raises LimitsUnavailableError: after it ran (`ran`: its reply was lost) or before."""
+
+    def __init__(self, streams: int, *, ran: bool) -> None:
+        self.streams = streams
+        self.sent = 0
+        self._ran = ran
+        self._applied: set[str] = set()
+
+    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+        self.sent += 1
+        lost = self.sent == 1
+        if lost and not self._ran:
+            raise LimitsUnavailableError("Redis is unreachable")
+        if give_back_id not in self._applied:
+            self._applied.add(give_back_id)
+            self.streams -= streams
+        if lost:
+            raise LimitsUnavailableError("Redis is unreachable")
+
+
+@pytest.fixture
+async def store_over(monkeypatch: pytest.MonkeyPatch) -> AsyncIterator[Callable[[LostAnswer], RedisLimitStore]]:
+    """A RedisLimitStore counting in the given LostAnswer; its link is never used, and Redis counts as up."""
+    link = RedisLink(make_settings(redis={"url": "redis://127.0.0.1:1/0"}).redis)
+    store = RedisLimitStore(link, retry_after=1)
+
+    def over(redis: LostAnswer) -> RedisLimitStore:
+        monkeypatch.setattr(store, "_buckets", redis)
+        return store
+
+    yield over
+    await store.close()
+    await link.close()
+
+
+async def settled(store: RedisLimitStore) -> None:
+    """Wait until the store has given Redis back what it owed."""
+    settling = store._settling
+    assert settling is not None
+    await asyncio.wait_for(settling, 5)  # unrelated bound: Redis counts as up, so it settles at once
+
+
+async def test_a_give_back_redis_ran_before_its_answer_was_lost_is_sent_again_and_counted_once(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    # Counted twice, the key had one stream counted for its two live ones: a third went past max_streams.
+    redis = LostAnswer(streams=2, ran=True)
+    store = store_over(redis)
+
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await settled(store)
+
+    assert redis.sent == 2
+    assert redis.streams == 1
+
+
+async def test_a_give_back_that_never_reached_redis_is_given_back_once_it_answers(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    redis = LostAnswer(streams=2, ran=False)
+    store = store_over(redis)
+
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await settled(store)
+
+    assert redis.streams == 1
