@@ -26,11 +26,12 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from aiohttp import hdrs, http_exceptions, web
+from aiohttp.compression_utils import HAS_BROTLI, HAS_ZSTD
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from .errors import GatewayError, InvalidRequestError
+from .errors import GatewayError, InvalidRequestError, UnsupportedMediaTypeError
 
 # (method, route) of the handlers that read a body. The chain reads only their bodies (middleware/
 # body.py): any other body is left unread, its connection closed after the answer, so nobody can
@@ -43,6 +44,21 @@ BODY_ROUTES = frozenset(
         ("POST", "/v1/chat/completions"),
     }
 )
+
+# The request body encodings aiohttp decodes: br and zstd only with their optional decoders
+# installed (`brotli`, `backports.zstd` before Python 3.14), which requirements.lock does not pin.
+DECODED = frozenset(("identity", "gzip", "deflate", *(("br",) if HAS_BROTLI else ()), *(("zstd",) if HAS_ZSTD else ())))
+_DECODED_NAMES = ", ".join(sorted(DECODED - {"identity"}))
+
+
+def unsupported_encoding() -> UnsupportedMediaTypeError:
+    """The 415 for a body in an encoding Sluice does not decode."""
+    return UnsupportedMediaTypeError(
+        f"Sluice reads request bodies as they are, or encoded with one of: {_DECODED_NAMES}.",
+        code="unsupported_content_encoding",
+        param="Content-Encoding",
+    )
+
 
 # What each of aiohttp's parse errors says, without the client's bytes (a key, a token, a prompt).
 # The first class in the table that the error is an instance of names it.
@@ -82,6 +98,9 @@ class GatewayProtocol(RequestHandler):
 def _error_for(status: int, exc: BaseException | None) -> GatewayError:
     if status >= 500:
         return GatewayError("Sluice failed to handle the request.", status=status)
+    if isinstance(exc, http_exceptions.ContentEncodingError):
+        # br or zstd without its decoder installed: aiohttp refuses the body as it parses it.
+        return unsupported_encoding()
     text = next((text for kind, text in _FAULTS if isinstance(exc, kind)), _ANY_FAULT)
     return InvalidRequestError(text, code="invalid_http", status=status)
 

@@ -2391,9 +2391,9 @@ BREAKS += [
     ),
     Break(
         "identity refused as an unknown encoding",
-        "server/middleware/body.py",
-        'DECODED = frozenset({"identity", "gzip",',
-        'DECODED = frozenset({"gzip",',
+        "server/http_protocol.py",
+        'DECODED = frozenset(("identity", "gzip",',
+        'DECODED = frozenset(("gzip",',
         (f"{BAD_INPUT}::test_a_body_marked_identity_is_read_as_it_is",),
     ),
     Break(
@@ -3909,6 +3909,44 @@ BREAKS += [
         "local wanted = math.min(tokens, tpm)",
         "local wanted = tokens",
         ("tests/test_redis_limits.py::test_a_take_over_the_whole_tpm_goes_on_a_full_bucket_and_its_refusal_says_when",),
+    ),
+]
+
+
+# Found by black-box reviews of the README and of scale-out (2026-12-05).
+BREAKS += [
+    Break(
+        "nginx marks an instance down for its 503s",
+        "deploy/nginx/sluice.conf",
+        "    server sluice-1:8080 max_fails=0;\n    server sluice-2:8080 max_fails=0;\n",
+        "    server sluice-1:8080 max_fails=1 fail_timeout=2s;\n"
+        "    server sluice-2:8080 max_fails=1 fail_timeout=2s;\n",
+        ("tests/test_nginx.py::test_503_answers_never_make_nginx_mark_the_instances_down",),
+    ),
+    Break(
+        "a body aiohttp cannot decode is broken framing, not 415",
+        "server/http_protocol.py",
+        "    if isinstance(exc, http_exceptions.ContentEncodingError):\n",
+        "    if False:\n",
+        (
+            "tests/test_bad_input.py::test_a_body_in_an_encoding_whose_decoder_is_not_installed_is_415_naming_those_read",
+        ),
+    ),
+    Break(
+        "br is claimed without its decoder",
+        "server/http_protocol.py",
+        '*(("br",) if HAS_BROTLI else ())',
+        '*(("br",) if True else ())',
+        (
+            "tests/test_bad_input.py::test_a_body_in_an_encoding_whose_decoder_is_not_installed_is_415_naming_those_read",
+        ),
+    ),
+    Break(
+        "compose's instances log nginx as every client",
+        "deploy/compose.yaml",
+        "    SLUICE_SERVER_TRUSTED_PROXIES: 10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16\n",
+        "",
+        ("tests/test_deploy.py::test_compose_instances_take_the_client_from_nginxs_forwarded_for",),
     ),
 ]
 

@@ -249,6 +249,21 @@ async def test_a_body_in_an_encoding_sluice_does_not_decode_is_415_not_read_as_i
     assert (error["code"], error["param"]) == ("unsupported_content_encoding", "Content-Encoding")
 
 
+@pytest.mark.parametrize("encoding", ["br", "zstd"])
+async def test_a_body_in_an_encoding_whose_decoder_is_not_installed_is_415_naming_those_read(
+    client: Client, encoding: str
+) -> None:
+    """requirements.lock installs no brotli nor zstd decoder: aiohttp would fail such a body as broken
+    framing (400 invalid_http); it is refused as an encoding Sluice does not read."""
+    headers = {"Content-Type": "application/json", "Content-Encoding": encoding}
+
+    response = await client.post("/chat", data=b"\x28\xb5\x2f\xfd not json", headers=headers)
+
+    error = await error_of(response, 415)
+    assert (error["code"], error["param"]) == ("unsupported_content_encoding", "Content-Encoding")
+    assert error["message"].endswith("one of: deflate, gzip.")
+
+
 @pytest.mark.parametrize("encoding", ["identity", "IDENTITY"])
 async def test_a_body_marked_identity_is_read_as_it_is(client: Client, encoding: str) -> None:
     headers = {"Content-Type": "application/json", "Content-Encoding": encoding}

@@ -8,6 +8,7 @@ test_nginx.py.)
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 from pathlib import Path
@@ -144,3 +145,12 @@ def test_compose_runs_two_instances_on_one_redis_behind_nginx_with_the_shipped_c
     upstreams = re.findall(r"^\s*server ([\w.-]+):(\d+)", shipped, flags=re.MULTILINE)
     assert sorted(host for host, _ in upstreams) == sorted(instances)
     assert {port for _, port in upstreams} == {"8080"}
+
+
+def test_compose_instances_take_the_client_from_nginxs_forwarded_for(compose: dict[str, Any]) -> None:
+    """Without trusted proxies every access line's `client` was nginx's address."""
+    environment = compose["services"]["sluice-1"]["environment"]
+    settings = load_settings(environ={"SLUICE_SERVER_TRUSTED_PROXIES": environment["SLUICE_SERVER_TRUSTED_PROXIES"]})
+    nginx = ipaddress.ip_address("172.18.0.4")  # an address of compose's default network
+    assert any(nginx in network for network in settings.server.trusted_proxies)
+    assert "ports" not in compose["services"]["sluice-1"]  # only nginx, on that network, reaches them

@@ -167,3 +167,21 @@ async def test_sigterm_to_one_instance_ends_its_streams_explicitly_while_nginx_s
         for rid in set(streams) - ended:
             streams[rid].response.close()
     assert staying.process.events("drain_started") == []
+
+
+async def test_503_answers_never_make_nginx_mark_the_instances_down(
+    two_gateways: tuple[Gateway, Gateway], start_nginx_in_front: StartNginx
+) -> None:
+    """A 503 holding for every instance (here an upstream's overload; also Redis down, an open shared
+    breaker) is tried on each instance and answered: the requests after it are served, not met
+    with nginx's own 502 for instances it marked down."""
+    first, second = two_gateways
+    nginx = start_nginx_in_front([address(first), address(second)])
+    async with aiohttp.ClientSession() as http:
+        for n in range(2):
+            overloaded = body("openai", f"overloaded {n}\n#sim fault=overloaded")
+            async with http.post(nginx.url + ROUTES["openai"], json=overloaded) as response:
+                assert response.status == 503
+                assert (await response.json())["error"]["code"] == "overloaded"
+        async with http.post(nginx.url + "/chat", json={"message": "after the overloads"}) as response:
+            assert response.status == 200, await response.text()

@@ -18,13 +18,12 @@ import asyncio
 
 from aiohttp import hdrs, web
 
-from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError, UnsupportedMediaTypeError
-from ..http_protocol import close_after_response, watch_framing
+from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError
+from ..http_protocol import DECODED, close_after_response, unsupported_encoding, watch_framing
 from ..keys import SETTINGS
 from .errors import render_error
 
 CONTINUE = "100-continue"
-DECODED = frozenset({"identity", "gzip", "deflate", "br", "zstd"})  # aiohttp 3.14 decodes the last four
 
 
 def body_to_read(request: web.Request) -> bool:
@@ -38,11 +37,7 @@ def body_to_read(request: web.Request) -> bool:
     if encoding is not None and encoding.strip().lower() not in DECODED:
         # aiohttp decodes these (or refuses them as it parses); any other it passes on as it came,
         # and the body would be read as if it were not encoded.
-        raise UnsupportedMediaTypeError(
-            "Sluice reads request bodies as they are, or encoded with gzip, deflate, br or zstd.",
-            code="unsupported_content_encoding",
-            param="Content-Encoding",
-        )
+        raise unsupported_encoding()
     length = request.content_length
     if length is not None:
         limit = request.app[SETTINGS].server.max_body_bytes

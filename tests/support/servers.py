@@ -104,8 +104,14 @@ def nginx_conf(shipped: str, *, listen_port: int, upstreams: Sequence[str], pref
     site, listens = re.subn(r"listen\s+\d+;", f"listen 127.0.0.1:{listen_port};", shipped)
     if listens != 1:
         raise ValueError("the shipped nginx config must listen on exactly one port")
-    servers = "".join(f"    server {address} max_fails=1 fail_timeout=2s;\n" for address in upstreams)
-    site, blocks = re.subn(r"(upstream sluice \{\n)(?:\s*server [^\n]*\n)+", lambda m: m.group(1) + servers, site)
+    # Each server keeps the shipped servers' parameters (max_fails...): only its address changes.
+    shipped_server = re.search(r"^\s*server \S+((?: [^;\n]*)?);", site, re.MULTILINE)
+    if shipped_server is None:
+        raise ValueError("the shipped nginx config must name its upstream servers")
+    servers = "".join(f"    server {address}{shipped_server.group(1)};\n" for address in upstreams)
+    site, blocks = re.subn(
+        r"(upstream sluice \{\n(?:\s*#[^\n]*\n)*)(?:\s*server [^\n]*\n)+", lambda m: m.group(1) + servers, site
+    )
     if blocks != 1:
         raise ValueError("the shipped nginx config must have one `upstream sluice` block with its servers first")
     user = "user root;\n" if os.geteuid() == 0 else ""
