@@ -3951,6 +3951,18 @@ BREAKS += [
 ]
 
 
+# The metrics routes name the metrics key in their 401.
+BREAKS += [
+    Break(
+        "a wrong metrics key is told it is a wrong gateway key",
+        "server/middleware/auth.py",
+        "message = _METRICS_WRONG if presented_key(request) else _METRICS_MISSING",
+        "message = _WRONG if presented_key(request) else _MISSING",
+        ("tests/test_auth_process.py::test_metrics_need_the_metrics_key_not_a_gateway_key",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -145,8 +145,10 @@ async def test_metrics_need_the_metrics_key_not_a_gateway_key(keyed: Gateway) ->
     async with aiohttp.ClientSession() as http:
         async with http.get(keyed.url + "/metrics") as r:
             assert r.status == 401
+            assert (await r.json())["error"]["message"].startswith("Missing metrics key")
         async with http.get(keyed.url + "/metrics", headers=bearer(KEY_ALPHA)) as r:
             assert r.status == 401
+            assert (await r.json())["error"]["message"].startswith("Incorrect metrics key")
         async with http.get(keyed.url + "/metrics", headers=bearer(METRICS_KEY)) as r:
             assert r.status == 200
 

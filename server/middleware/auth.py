@@ -71,6 +71,9 @@ ONE_STEP = "/chat/stream"
 
 _MISSING = "Missing gateway key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
 _WRONG = "Incorrect gateway key provided."
+# /metrics and the dashboard's feed take the metrics key (auth.metrics_key_sha256), never a gateway key.
+_METRICS_MISSING = "Missing metrics key: send it as 'Authorization: Bearer KEY' (or 'api-key' / 'x-api-key')."
+_METRICS_WRONG = "Incorrect metrics key provided (a gateway key does not open /metrics)."
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
@@ -94,7 +97,8 @@ def admit(request: web.Request, record: RequestRecord) -> GatewayKey | None:
         return None
     if access is Access.METRICS:
         if not ring.opens_metrics(presented_key(request) or ""):
-            raise AuthenticationError(_WRONG if presented_key(request) else _MISSING, headers=_CHALLENGE)
+            message = _METRICS_WRONG if presented_key(request) else _METRICS_MISSING
+            raise AuthenticationError(message, headers=_CHALLENGE)
         return None
     if not ring.enabled:
         return None
