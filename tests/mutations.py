@@ -2946,10 +2946,8 @@ BREAKS += [
     Break(
         "a slot Redis could not take back is given back locally",
         "server/shared/limit_store.py",
-        "            self._owed[give_back_id] = _Owed(name, limits.tpm, tokens, streams)\n"
-        "            if self._settling",
-        "            await self._local.give_back(name, limits, tokens=tokens, streams=streams)\n"
-        "            if False and self._settling",
+        "            self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams))\n",
+        "            await self._local.give_back(name, limits, tokens=tokens, streams=streams)\n",
         ("tests/test_redis_limits.py::test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answers",),
     ),
     Break(
@@ -3874,8 +3872,8 @@ BREAKS += [
     Break(
         "a give-back sent again after a lost reply gets a new id",
         LIMIT_STORE,
-        "streams=debt.streams, give_back_id=give_back_id",
-        "streams=debt.streams, give_back_id=secrets.token_urlsafe(12)",
+        "streams=self.streams, give_back_id=debt_id)",
+        "streams=self.streams, give_back_id=secrets.token_urlsafe(12))",
         (
             "tests/test_limit_give_back.py::"
             "test_a_give_back_redis_ran_before_its_answer_was_lost_is_sent_again_and_counted_once",
@@ -3959,6 +3957,95 @@ BREAKS += [
         "message = _METRICS_WRONG if presented_key(request) else _METRICS_MISSING",
         "message = _WRONG if presented_key(request) else _MISSING",
         ("tests/test_auth_process.py::test_metrics_need_the_metrics_key_not_a_gateway_key",),
+    ),
+]
+
+
+# Redis limits: a take whose reply was lost is undone once Redis answers.
+REDIS_LIMITS = "tests/test_redis_limits.py"
+TAKE_LOST = f"{REDIS_LIMITS}::test_a_slot_redis_took_while_its_reply_timed_out_is_given_back_once_it_answers"
+TAKE_REFUSED = (
+    f"{REDIS_LIMITS}::test_a_take_refused_503_while_its_reply_timed_out_leaves_nothing_taken_once_redis_answers"
+)
+UNDO_GIVES = f"{REDIS_LIMITS}::test_an_undo_gives_back_what_its_take_took"
+BREAKS += [
+    Break(
+        "a take whose reply was lost is not undone",
+        LIMIT_STORE,
+        "                self._owe(take_id, _Undo(name, limits, requests, tokens, streams))\n"
+        "            except asyncio.CancelledError:",
+        "                pass\n            except asyncio.CancelledError:",
+        (TAKE_LOST, TAKE_REFUSED),
+    ),
+    Break(
+        "a take whose request left on its way is not undone",
+        LIMIT_STORE,
+        "Redis may run it.\n                self._owe(take_id, _Undo(name, limits, requests, tokens, streams))\n",
+        "Redis may run it.\n",
+        ("tests/test_limit_give_back.py::test_a_take_whose_request_left_while_it_was_on_its_way_is_undone",),
+    ),
+    Break(
+        "an undo is sent under a new id",
+        LIMIT_STORE,
+        "take_id=debt_id,",
+        "take_id=secrets.token_urlsafe(12),",
+        (TAKE_LOST, TAKE_REFUSED),
+    ),
+    Break(
+        "a take keeps no record for its undo",
+        SHARED_LIMITS,
+        "  redis.call('SET', KEYS[2], '1', 'EX', ARGV[8])  -- for `undo`, should this reply be lost\n",
+        "",
+        (UNDO_GIVES, TAKE_LOST),
+    ),
+    Break(
+        "an undo gives back a take that never took",
+        SHARED_LIMITS,
+        "if taken ~= '1' then return 0 end",
+        "if false then return 0 end",
+        (
+            f"{REDIS_LIMITS}::test_an_undo_sent_again_gives_back_once",
+            f"{REDIS_LIMITS}::test_an_undo_of_a_take_that_took_nothing_gives_back_nothing",
+        ),
+    ),
+    Break(
+        "a take arriving after its undo takes",
+        SHARED_LIMITS,
+        "if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0} end\n",
+        "",
+        (f"{REDIS_LIMITS}::test_a_take_that_runs_after_its_undo_takes_nothing",),
+    ),
+    Break(
+        "an undone take's id kept for ever",
+        SHARED_LIMITS,
+        "redis.call('SET', KEYS[2], '0', 'EX', ARGV[6])",
+        "redis.call('SET', KEYS[2], '0')",
+        (f"{REDIS_LIMITS}::test_a_takes_id_is_kept_in_redis_for_taken_seconds",),
+    ),
+    Break(
+        "an undo keeps the slot",
+        SHARED_LIMITS,
+        "math.max(0, tonumber(h[5] or '0') - streams)",
+        "tonumber(h[5] or '0')",
+        (UNDO_GIVES, TAKE_LOST),
+    ),
+    Break(
+        "an undo keeps the tokens",
+        SHARED_LIMITS,
+        "if tpm > 0 then tl = math.min(tpm, tl + tokens) end",
+        "",
+        (UNDO_GIVES, TAKE_REFUSED),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "failing closed refuses a key without limits",
+        LIMIT_STORE,
+        "if not self._fail_open and (limits.rpm or limits.tpm or limits.max_streams):",
+        "if not self._fail_open:",
+        (f"{REDIS_LIMITS}::test_failing_closed_still_serves_a_key_without_limits_while_redis_is_unreachable",),
     ),
 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from typing import cast
 
 import pytest
 
@@ -84,3 +85,34 @@ async def test_a_give_back_that_never_reached_redis_is_given_back_once_it_answer
     await settled(store)
 
     assert redis.streams == 1
+
+
+class TakeInFlight:
+    """Redis with a take on its way that never answers, and the undos it was sent."""
+
+    def __init__(self) -> None:
+        self.taking = asyncio.Event()
+        self.undone: list[str] = []
+
+    async def take(self, name: str, **_: int | str) -> None:
+        self.taking.set()
+        await asyncio.Event().wait()
+
+    async def undo(self, name: str, *, take_id: str, **_: int) -> None:
+        self.undone.append(take_id)
+
+
+async def test_a_take_whose_request_left_while_it_was_on_its_way_is_undone(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    # Redis may still run the take (it was sent): its slot would stay taken there for good.
+    redis = TakeInFlight()
+    store = store_over(cast(LostAnswer, redis))
+    taking = asyncio.create_task(store.take("k", TWO_STREAMS, requests=1, tokens=0, streams=1))
+    await redis.taking.wait()
+    taking.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await taking
+    await settled(store)
+
+    assert len(redis.undone) == 1

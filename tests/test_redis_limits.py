@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import secrets
 import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
@@ -12,8 +13,9 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.auth.limits import KeyLimits, Usage
+from server.errors import ServiceUnavailableError
 from server.shared.limit_store import RedisLimitStore
-from server.shared.limits import LimitsUnavailableError, RedisLimitBuckets
+from server.shared.limits import TAKEN_SECONDS, LimitsUnavailableError, RedisLimitBuckets
 from server.shared.link import RedisLink
 from tests.conftest import make_settings
 from tests.support.servers import RedisServer
@@ -33,8 +35,18 @@ async def make_buckets(redis_server: RedisServer) -> AsyncIterator[Callable[[], 
         await link.close()
 
 
-def one_request(**limits: int) -> dict[str, Any]:
-    return {"rpm": 0, "tpm": 0, "max_streams": 0, "requests": 1, "tokens": 0, "streams": 0, **limits}
+def one_request(**limits: Any) -> dict[str, Any]:
+    """A take's arguments: one request, no limits but those given, and an id of its own (or `take_id`)."""
+    return {
+        "rpm": 0,
+        "tpm": 0,
+        "max_streams": 0,
+        "requests": 1,
+        "tokens": 0,
+        "streams": 0,
+        "take_id": secrets.token_urlsafe(12),
+        **limits,
+    }
 
 
 async def test_a_keys_requests_per_minute_are_shared_by_every_instance(
@@ -147,12 +159,15 @@ def stalled(redis_server: RedisServer) -> Iterator[None]:
 
 
 @pytest.fixture
-async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[[], RedisLimitStore]]:
-    """Limit stores on links of their own (with their health loops), as instances have; closed after."""
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisLimitStore]]:
+    """Limit stores on links of their own (with their health loops), as instances have; closed after.
+
+    `fail_open=False` makes one that refuses 503 while Redis is unreachable.
+    """
     made: list[tuple[RedisLink, RedisLimitStore]] = []
 
-    def make() -> RedisLimitStore:
-        link = RedisLink(make_settings(redis={"url": redis_server.url}).redis)
+    def make(*, fail_open: bool = True) -> RedisLimitStore:
+        link = RedisLink(make_settings(redis={"url": redis_server.url, "fail_open": fail_open}).redis)
         link.start()
         store = RedisLimitStore(link, retry_after=1)
         made.append((link, store))
@@ -169,7 +184,7 @@ OWED_BOUND = 15.0  # seconds; a command gives up after 2, the health loop pings 
 
 
 async def test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answers(
-    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
     # Given back to this process instead, it stayed taken in Redis for good: the key, at its
     # max_streams, was refused on every instance from then on.
@@ -184,7 +199,7 @@ async def test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answer
 
 
 async def test_a_slot_taken_while_redis_was_away_is_given_back_here_not_to_redis(
-    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
     # Given back to Redis, it freed the slot another instance's stream holds there.
     here, elsewhere = make_store(), make_store()
@@ -228,7 +243,7 @@ async def test_a_give_back_sent_again_under_its_id_is_applied_once(
 
 
 async def test_a_give_back_redis_ran_while_its_reply_timed_out_is_counted_once(
-    make_store: Callable[[], RedisLimitStore], redis_server: RedisServer
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
     # Redis frozen, the give-back waits in its socket and runs when Redis wakes, after the caller gave
     # up on its reply and owed it. Sent again and counted twice, the key's stream count fell below
@@ -250,3 +265,120 @@ async def test_a_give_back_redis_ran_while_its_reply_timed_out_is_counted_once(
     assert usage is not None
     assert usage.streams == 1  # elsewhere's, still live
     assert 25 - OWED_BOUND < usage.tokens <= 25  # here's 5 and elsewhere's 20, less what refilled; 0 if twice
+
+
+async def answered(store: RedisLimitStore) -> None:
+    """Wait until Redis answers `store` again and has taken what the store owed it meanwhile."""
+    assert await store._link.wait_up(OWED_BOUND)
+    if store._settling is not None:
+        await asyncio.wait_for(store._settling, OWED_BOUND)
+
+
+async def test_a_slot_redis_took_while_its_reply_timed_out_is_given_back_once_it_answers(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Redis frozen, the take waits in its socket and runs when Redis wakes, after the caller gave up on
+    # its reply and counted the stream here. Nothing gave that slot back in Redis: the key, at its
+    # max_streams, was refused on every instance for as long as it was used.
+    here, elsewhere = make_store(), make_store()
+    # An earlier stream here, so Redis has the take script, as in any gateway that served a while
+    # (else the stalled take is refused NOSCRIPT when Redis wakes, and takes nothing).
+    assert (await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
+    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1)
+    with stalled(redis_server):
+        assert (await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed  # fail open
+    await answered(here)
+    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1)  # the stream ends; its slot was here
+    assert (await elsewhere.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
+
+
+async def test_a_take_refused_503_while_its_reply_timed_out_leaves_nothing_taken_once_redis_answers(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Fail-closed, the request was refused, yet Redis kept its request, its tokens and its slot.
+    here, elsewhere = make_store(fail_open=False), make_store()
+    limits = KeyLimits(rpm=60, tpm=60, max_streams=1)  # a request and a token a second refill
+    assert (await here.take("key-refused-take", limits, requests=0, tokens=0, streams=0)).allowed  # loads the script
+    with stalled(redis_server), pytest.raises(ServiceUnavailableError):
+        await here.take("key-refused-take", limits, requests=1, tokens=50, streams=1)
+    await answered(here)
+    assert await elsewhere.usage("key-refused-take", limits) == Usage(streams=0, requests=0, tokens=0)
+
+
+# A take whose reply was lost, undone by its id (RedisLimitStore sends the undo once Redis answers).
+LOST = one_request(rpm=60, tpm=60, max_streams=2, tokens=50, streams=1, take_id="lost-1")
+
+
+async def test_an_undo_gives_back_what_its_take_took(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    buckets = make_buckets()
+    assert (await buckets.take("key-undo", **LOST)).allowed
+    assert (await buckets.take("key-undo", **one_request(rpm=60, tpm=60, max_streams=2, tokens=5, streams=1))).allowed
+    await buckets.undo("key-undo", rpm=60, tpm=60, requests=1, tokens=50, streams=1, take_id="lost-1")
+    requests, tokens, streams = await buckets.levels("key-undo", rpm=60, tpm=60)
+    assert streams == 1  # the other take's
+    assert 55 <= tokens < 60  # the other take's 5 still taken, less what refilled (a token a second)
+    assert 59 <= requests < 60
+
+
+async def test_an_undo_sent_again_gives_back_once(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    # Its reply lost in turn, an undo is sent again: applied twice, the key had a slot and tokens for free.
+    buckets = make_buckets()
+    assert (await buckets.take("key-undo-twice", **LOST)).allowed
+    assert (
+        await buckets.take("key-undo-twice", **one_request(rpm=60, tpm=60, max_streams=2, tokens=10, streams=1))
+    ).allowed
+    for _ in range(2):
+        await buckets.undo("key-undo-twice", rpm=60, tpm=60, requests=1, tokens=50, streams=1, take_id="lost-1")
+    _, tokens, streams = await buckets.levels("key-undo-twice", rpm=60, tpm=60)
+    assert streams == 1
+    assert 50 <= tokens < 55  # a token a second refills; 60 when given back twice
+
+
+async def test_an_undo_of_a_take_that_took_nothing_gives_back_nothing(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # Refused, or never run (its command lost with the connection), the take left the slot to another.
+    buckets = make_buckets()
+    assert (await buckets.take("key-undo-none", **one_request(max_streams=1, streams=1))).allowed
+    refused = await buckets.take("key-undo-none", **one_request(max_streams=1, streams=1, take_id="refused-1"))
+    assert refused.exceeded == "streams"
+    await buckets.undo("key-undo-none", rpm=0, tpm=0, requests=1, tokens=0, streams=1, take_id="refused-1")
+    _, _, streams = await buckets.levels("key-undo-none", rpm=0, tpm=0)
+    assert streams == 1
+
+
+async def test_a_take_that_runs_after_its_undo_takes_nothing(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    # Still on its way when the undo came (a connection slower than the next), it would take for good.
+    buckets = make_buckets()
+    await buckets.undo("key-undo-first", rpm=60, tpm=60, requests=1, tokens=50, streams=1, take_id="lost-1")
+    await buckets.take("key-undo-first", **LOST)
+    assert await buckets.levels("key-undo-first", rpm=60, tpm=60) == (60, 60, 0)
+
+
+async def test_a_takes_id_is_kept_in_redis_for_taken_seconds(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_server: RedisServer
+) -> None:
+    # Every take records its id: kept for good, they filled Redis; undone ids too.
+    buckets = make_buckets()
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        assert (await buckets.take("key-undo-ttl", **one_request(take_id="kept-1"))).allowed
+        await buckets.undo("key-undo-ttl", rpm=0, tpm=0, requests=1, tokens=0, streams=0, take_id="kept-2")
+        for take_id in ("kept-1", "kept-2"):
+            assert 0 < await client.ttl(f"sluice:limit-taken:{take_id}") <= TAKEN_SECONDS
+    finally:
+        await client.aclose()
+
+
+async def test_failing_closed_still_serves_a_key_without_limits_while_redis_is_unreachable(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # Fail closed protects a key's limits: a key with none was refused 503 limits_unavailable for nothing.
+    store = make_store(fail_open=False)
+    unlimited = KeyLimits()
+    assert (await store.take("key-unlimited", unlimited, requests=0, tokens=0, streams=0)).allowed  # loads the script
+    with stalled(redis_server):
+        decision = await store.take("key-unlimited", unlimited, requests=1, tokens=0, streams=1)
+    assert decision.allowed
+    await store.give_back("key-unlimited", unlimited, tokens=0, streams=1)
+    await answered(store)

@@ -11,6 +11,12 @@ as soon as Redis answers again; given back here instead, it stayed taken in Redi
 key at its `max_streams` was refused everywhere from then on. Redis may have run the give-back
 before it was found unreachable (a reply lost to a timeout or a dropped connection): each is owed
 under its own id, which Redis applies once, so the slot and tokens are never given back twice.
+
+A take can be lost the same way: Redis took, but its reply never came, and this process counted
+the request here (fail open) or refused it (503). Redis's part, the slot with it, stayed taken and
+nothing gave it back. Each take is named by an id, and one that found Redis unreachable owes an
+undo of that id, sent with the owed give-backs once Redis answers: Redis gives back what the take
+took if it ran, once, and nothing if it never did (limits.py).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import asyncio
 import contextlib
 import math
 import secrets
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -34,6 +40,13 @@ log = structlog.get_logger("sluice.limits")
 USAGE_SECONDS = 0.5
 
 
+class _Debt(Protocol):
+    """What Redis is owed once it answers: a give-back (`_Owed`) or a take's undo (`_Undo`)."""
+
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+        """Send it to Redis under `debt_id`, which Redis applies once; raises LimitsUnavailableError."""
+
+
 class _Owed(NamedTuple):
     """A give-back Redis was not seen to take: the key, its tpm, the tokens and the streams."""
 
@@ -41,6 +54,30 @@ class _Owed(NamedTuple):
     tpm: int
     tokens: int
     streams: int
+
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+        await buckets.give_back(self.name, tpm=self.tpm, tokens=self.tokens, streams=self.streams, give_back_id=debt_id)
+
+
+class _Undo(NamedTuple):
+    """A take whose reply never came, which Redis may have run: the key, its limits and what it asked for."""
+
+    name: str
+    limits: KeyLimits
+    requests: int
+    tokens: int
+    streams: int
+
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+        await buckets.undo(
+            self.name,
+            rpm=self.limits.rpm,
+            tpm=self.limits.tpm,
+            requests=self.requests,
+            tokens=self.tokens,
+            streams=self.streams,
+            take_id=debt_id,
+        )
 
 
 class RedisLimitStore:
@@ -54,8 +91,9 @@ class RedisLimitStore:
         self._retry_after = retry_after
         # Per key: stream slots taken in this process (fail-open) and not given back yet.
         self._local_slots: dict[str, int] = {}
-        # Per give-back id: what could not be seen returned to Redis; sent again under the same id.
-        self._owed: dict[str, _Owed] = {}
+        # Per give-back or take id: a give-back Redis was not seen to take, or a take whose reply
+        # never came (to undo); sent again under the same id until Redis answers.
+        self._owed: dict[str, _Debt] = {}
         self._settling: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -67,6 +105,8 @@ class RedisLimitStore:
 
     async def take(self, name: str, limits: KeyLimits, *, requests: int, tokens: int, streams: int) -> Decision:
         if self._link.up:
+            # Names this take in Redis, so that it can be undone if its reply is lost.
+            take_id = secrets.token_urlsafe(12)
             try:
                 taken = await self._buckets.take(
                     name,
@@ -76,9 +116,16 @@ class RedisLimitStore:
                     requests=requests,
                     tokens=tokens,
                     streams=streams,
+                    take_id=take_id,
                 )
             except LimitsUnavailableError:
-                pass
+                # Redis may have taken before its reply was lost: counted here or refused, the
+                # request must not also hold its share in Redis.
+                self._owe(take_id, _Undo(name, limits, requests, tokens, streams))
+            except asyncio.CancelledError:
+                # The request left (a client gone) while its take was on its way: Redis may run it.
+                self._owe(take_id, _Undo(name, limits, requests, tokens, streams))
+                raise
             else:
                 return Decision(
                     exceeded=Exceeded(taken.exceeded) if taken.exceeded else None,
@@ -89,7 +136,8 @@ class RedisLimitStore:
                     reset_tokens=_until_full(taken.tokens_level, limits.tpm),
                     retry_after=taken.retry_after,
                 )
-        if not self._fail_open:
+        if not self._fail_open and (limits.rpm or limits.tpm or limits.max_streams):
+            # Fail closed protects limits; a key with none has nothing to protect, and is served.
             raise ServiceUnavailableError(
                 "Sluice cannot reach Redis to count this key's use; retry shortly.",
                 code="limits_unavailable",
@@ -115,22 +163,23 @@ class RedisLimitStore:
                 name, tpm=limits.tpm, tokens=tokens, streams=streams, give_back_id=give_back_id
             )
         except LimitsUnavailableError:
-            self._owed[give_back_id] = _Owed(name, limits.tpm, tokens, streams)
-            if self._settling is None or self._settling.done():
-                self._settling = asyncio.create_task(self._settle_when_up(), name="sluice-limits-owed")
+            self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams))
+
+    def _owe(self, debt_id: str, debt: _Debt) -> None:
+        self._owed[debt_id] = debt
+        if self._settling is None or self._settling.done():
+            self._settling = asyncio.create_task(self._settle_when_up(), name="sluice-limits-owed")
 
     async def _settle_when_up(self) -> None:
-        """Give Redis back what it is owed once it answers; again after each failed try, under the same ids."""
+        """Send Redis what it is owed once it answers; again after each failed try, under the same ids."""
         while self._owed:
             await self._link.wait_up(float("inf"))
             owed, self._owed = self._owed, {}
-            for give_back_id, debt in owed.items():
+            for debt_id, debt in owed.items():
                 try:
-                    await self._buckets.give_back(
-                        debt.name, tpm=debt.tpm, tokens=debt.tokens, streams=debt.streams, give_back_id=give_back_id
-                    )
+                    await debt.send(self._buckets, debt_id)
                 except LimitsUnavailableError:
-                    self._owed[give_back_id] = debt
+                    self._owed[debt_id] = debt
         log.info("limits_owed_given_back")
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:

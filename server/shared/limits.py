@@ -14,6 +14,17 @@ than `max_streams` could start) and its unused tokens came back twice. An id is 
 `GIVEN_SECONDS`, far longer than a blip or a stall delays that retry; a retry later still is
 applied, as one whose first try never reached Redis must be.
 
+A take carries an id too, for the same lost reply: Redis took (a request, tokens, a stream slot)
+while the caller, seeing Redis unreachable, counted the request in its process or refused it, and
+nothing would ever give that back (an active key kept the slot for good). So a take that takes
+records its id (`<prefix>:limit-taken:<id>`), in the same script and round trip, for
+`TAKEN_SECONDS`; the caller that saw no reply sends `undo` under that id once Redis answers, which
+gives back what the take asked for if the record says it took, and leaves the id undone (sent
+again, it gives back nothing more). A take that never ran leaves no record and its undo changes
+nothing; one that runs after its undo (still on its way when the undo came) finds the id undone
+and takes nothing. An undo later than `TAKEN_SECONDS` after its take finds no record and gives
+back nothing: the take then stays until the key's hash expires, as before.
+
 Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
 """
 
@@ -27,8 +38,12 @@ from .link import UNREACHABLE, RedisLink
 IDLE_SECONDS = 3600
 # How long a give-back's id is remembered. Not longer: each costs a small key (a few MB at 100 streams/s).
 GIVEN_SECONDS = 600
+# How long a take's id is remembered: its undo comes once Redis answers the caller again, and this
+# counts from when the take ran (a stalled take runs when Redis wakes). Each take costs a small key
+# for that long: about 130 bytes, some 16 MB at 100 streams/s (a stream takes twice on a key with a tpm).
+TAKEN_SECONDS = 600
 
-# Both scripts read the buckets the same way: Redis's own clock, then each level refilled since
+# The scripts read the buckets the same way: Redis's own clock, then each level refilled since
 # its last take at capacity per minute.
 _READ_BUCKETS = """
 local t = redis.call('TIME')
@@ -40,10 +55,13 @@ local function level(value, at, capacity)
 end
 """
 
-# KEYS[1]: the key's hash. ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit).
-# Returns {exceeded ('' when allowed), requests level, tokens level, retry after, streams}.
+# KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
+# ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
+# the id's. Returns {exceeded ('' when allowed; 'undone' for an id undone already, a reply no one
+# reads), requests level, tokens level, retry after, streams}.
 _TAKE = (
     """
+if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0} end
 local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 """
@@ -63,6 +81,7 @@ if exceeded == '' then
   if rpm > 0 then rl = rl - requests end
   if tpm > 0 then tl = tl - tokens end
   s = s + streams
+  redis.call('SET', KEYS[2], '1', 'EX', ARGV[8])  -- for `undo`, should this reply be lost
   -- Only a take writes, and so keeps the hash an hour more: a key refused on and on (its clients
   -- retrying on 429) must not keep alive the slots of an instance that died.
   redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
@@ -90,6 +109,28 @@ redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
+
+# KEYS[1]: the key's hash, KEYS[2]: the take's id. ARGV: rpm, tpm, requests, tokens and streams the
+# take asked for, the id's seconds. Gives them back only if the id says taken; then, or when the take
+# has yet to come, the id says undone. Returns 1 when it gave back. Like a give-back, it never takes
+# a level over its limit; unlike one, it does not keep the hash alive (the take did, for its hour).
+_UNDO = (
+    """
+local taken = redis.call('GET', KEYS[2])
+redis.call('SET', KEYS[2], '0', 'EX', ARGV[6])
+if taken ~= '1' then return 0 end
+local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
+local requests, tokens, streams = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+"""
+    + _READ_BUCKETS
+    + """if not h[2] then return 0 end
+local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
+if rpm > 0 then rl = math.min(rpm, rl + requests) end
+if tpm > 0 then tl = math.min(tpm, tl + tokens) end
+redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', math.max(0, tonumber(h[5] or '0') - streams))
+return 1
+"""
+)
 
 # KEYS[1]: the key's hash. ARGV: rpm, tpm. Reads only: returns {requests level, tokens level, streams}.
 _USAGE = (
@@ -128,16 +169,31 @@ class RedisLimitBuckets:
         self._link = link
         self._prefix = f"{link.prefix}:limit:"
         self._given_prefix = f"{link.prefix}:limit-given:"
+        self._taken_prefix = f"{link.prefix}:limit-taken:"
         self._take = link.client.register_script(_TAKE)
         self._give_back = link.client.register_script(_GIVE_BACK)
+        self._undo = link.client.register_script(_UNDO)
         self._usage = link.client.register_script(_USAGE)
 
     async def take(
-        self, name: str, *, rpm: int, tpm: int, max_streams: int, requests: int, tokens: int, streams: int
+        self,
+        name: str,
+        *,
+        rpm: int,
+        tpm: int,
+        max_streams: int,
+        requests: int,
+        tokens: int,
+        streams: int,
+        take_id: str,
     ) -> Take:
-        """Take the amounts if every limit allows them all; else take nothing and say which refused."""
-        args = [rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS]
-        reply: Any = await self._run(self._take, [self._prefix + name], args)
+        """Take the amounts if every limit allows them all; else take nothing and say which refused.
+
+        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it.
+        """
+        keys = [self._prefix + name, self._taken_prefix + take_id]
+        args = [rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS, TAKEN_SECONDS]
+        reply: Any = await self._run(self._take, keys, args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         return Take(
             exceeded=exceeded or None,
@@ -154,6 +210,17 @@ class RedisLimitBuckets:
         """
         keys = [self._prefix + name, self._given_prefix + give_back_id]
         await self._run(self._give_back, keys, [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS])
+
+    async def undo(
+        self, name: str, *, rpm: int, tpm: int, requests: int, tokens: int, streams: int, take_id: str
+    ) -> None:
+        """Give back what the take `take_id` (of these limits and amounts) took, if it took; once.
+
+        For a take that raised LimitsUnavailableError: Redis may have run it. Its undo may be sent
+        again the same way, and before the take runs (the take then takes nothing).
+        """
+        keys = [self._prefix + name, self._taken_prefix + take_id]
+        await self._run(self._undo, keys, [rpm, tpm, requests, tokens, streams, TAKEN_SECONDS])
 
     async def levels(self, name: str, *, rpm: int, tpm: int) -> tuple[float, float, int]:
         """The key's requests and tokens levels now, and its streams, changing nothing."""
