@@ -4050,6 +4050,85 @@ BREAKS += [
 ]
 
 
+# Redis refusing writes (OOM, READONLY, ...) is an outage, and no background loop dies of one error.
+REFUSALS = "tests/test_redis_refusals.py"
+BREAKS += [
+    Break(
+        "a Redis refusal is not an outage",
+        "server/shared/link.py",
+        "OSError, RedisRefusedError)",
+        "OSError)",
+        (
+            f"{REFUSALS}::test_a_write_a_full_redis_refuses_is_raised_as_unavailable_with_its_reply",
+            f"{REFUSALS}::test_the_lease_renewer_survives_a_full_redis_and_renews_once_it_takes_writes",
+            "tests/test_redis_refusals_process.py::test_with_redis_full_a_keyed_request_is_counted_in_its_instance_and_answered",
+        ),
+    ),
+    Break(
+        "the link is up again when Redis answers PING",
+        "server/shared/link.py",
+        "                    await self.probe()\n",
+        "                    await self.client.ping()\n",
+        (f"{REFUSALS}::test_the_link_stays_down_while_redis_refuses_writes_though_it_answers_ping",),
+    ),
+    Break(
+        "the health loop dies of a failed probe",
+        "server/shared/link.py",
+        'log.exception("redis_probe_failed")',
+        "raise",
+        (f"{REFUSALS}::test_the_health_loop_outlives_a_probe_that_fails_for_a_bug",),
+    ),
+    Break(
+        "a connection to a demoted primary is kept",
+        "server/shared/link.py",
+        "self._demoted_on = self._reader",
+        "pass",
+        (f"{REFUSALS}::test_a_connection_that_reached_a_replica_is_made_again_before_its_next_command",),
+    ),
+    Break(
+        "refusals among a pipeline's replies are not recognised",
+        "server/shared/link.py",
+        "if code not in REFUSALS:",
+        "if True:",
+        (
+            f"{REFUSALS}::test_a_refusal_among_a_pipelines_replies_is_raised_as_unavailable",
+            f"{REFUSALS}::test_a_refusal_to_a_packed_command_is_raised_as_unavailable",
+        ),
+    ),
+    Break(
+        "the flush script runs half under a full Redis",
+        "server/streams/redis_write.py",
+        '_FLUSH = """#!lua\n',
+        '_FLUSH = """\n',
+        (f"{REFUSALS}::test_events_a_full_redis_refused_reach_readers_elsewhere_once_it_takes_writes",),
+    ),
+    Break(
+        "a refused flush is not rewritten",
+        "server/streams/redis_write.py",
+        "except RedisRefusedError:",
+        "except ZeroDivisionError:",
+        (f"{REFUSALS}::test_events_a_full_redis_refused_reach_readers_elsewhere_once_it_takes_writes",),
+    ),
+    Break(
+        "the lease renewer dies of an error",
+        "server/streams/redis_write.py",
+        'log.exception("redis_renew_failed")',
+        "raise",
+        (f"{REFUSALS}::test_the_lease_renewer_outlives_an_error_of_its_own_commands",),
+    ),
+    Break(
+        "a lease lapsed under refused writes reads as a lost producer",
+        "server/streams/redis_store.py",
+        "self._link.probe_in(pipe)",
+        "pipe.exists(key)",
+        (
+            f"{REFUSALS}::"
+            "test_a_lease_lapsed_while_redis_refuses_writes_is_an_outage_to_readers_elsewhere_not_a_lost_producer",
+        ),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

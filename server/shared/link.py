@@ -6,7 +6,14 @@ default pool would instead fail them at once, which read as Redis being down. A 
 its connection for as long as it blocks, so those get connections of their own (`dedicated()`),
 never one from the pool.
 Failures do not retry inside the client: the callers know what to do meanwhile (keep events in
-memory, answer 503, wait), and a health loop pings until Redis answers again.
+memory, answer 503, wait), and a health loop probes until Redis answers again.
+
+Redis may also be there and refuse: full (`maxmemory` with `noeviction`: OOM), a replica after a
+failover (READONLY), a failed save (MISCONF), too few replicas, a script running too long (BUSY).
+Those replies are raised as RedisRefusedError, one of UNREACHABLE, so every caller falls back as
+for a lost connection; and since PING still answers a full Redis, the health loop's probe is a
+write that such a Redis refuses. Any other error reply (a wrong type, a script's own error, an ACL
+that denies a command Sluice needs) is a bug or a misconfiguration, raised as it is.
 """
 
 from __future__ import annotations
@@ -18,12 +25,13 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import structlog
+from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.connection import HiredisRespSerializer
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 from redis.utils import HIREDIS_AVAILABLE
@@ -32,12 +40,42 @@ from ..settings import RedisSettings
 
 log = structlog.get_logger("sluice.redis")
 
-# What "Redis is not there" looks like to redis-py; anything else is a bug worth its traceback.
-# (A reply cut off by a dying server can surface as InvalidResponse rather than a connection error.)
-UNREACHABLE = (RedisConnectionError, RedisTimeoutError, InvalidResponse, OSError)
-# Seconds between pings while Redis is down, and the most a short command may take.
+
+class RedisRefusedError(ResponseError):
+    """A reply by which Redis refuses a command it cannot serve now, whatever the command: see REFUSALS."""
+
+
+# The codes of those replies. LOADING needs none: redis-py raises it as a connection error. Not
+# NOSCRIPT (redis-py sends the script itself then), nor NOPERM: an ACL answers the same until an
+# operator changes it, and one that refused only some commands would take the link down and up
+# again by turns (the probe allowed, the next script denied); that is a misconfiguration to see.
+REFUSALS = frozenset({"OOM", "READONLY", "MISCONF", "BUSY", "NOREPLICAS", "MASTERDOWN", "CLUSTERDOWN", "TRYAGAIN"})
+# Of those, the ones a demoted primary gives: its connections are made again before their next
+# command, so that after a failover a name that now leads to the new primary reaches it.
+_DEMOTED = frozenset({"READONLY", "MASTERDOWN"})
+
+# What "Redis is not there" looks like to redis-py, or "cannot serve now"; anything else is a bug
+# worth its traceback. (A reply cut off by a dying server can surface as InvalidResponse rather
+# than a connection error.)
+UNREACHABLE = (RedisConnectionError, RedisTimeoutError, InvalidResponse, OSError, RedisRefusedError)
+# Seconds between probes while Redis is down, and the most a short command may take.
 PING_INTERVAL = 0.25
 COMMAND_TIMEOUT = 2.0
+# The longest pause between probes, reached by doubling while the probe itself fails for a bug.
+PROBE_BACKOFF_MAX = 5.0
+# Seconds the probe's key lives: it is written at most every PING_INTERVAL, and only while Redis is down.
+PROBE_TTL = 5
+
+
+def refusal(exc: ResponseError) -> RedisRefusedError | None:
+    """`exc` as a RedisRefusedError when its code is one of REFUSALS (the reply's text kept), else None."""
+    message = str(exc)
+    # redis-py strips the code of the replies it has a class for (OOM, READONLY...) and keeps it in `status_code`.
+    code = exc.status_code or message.partition(" ")[0]
+    if code not in REFUSALS:
+        return None
+    text = message if exc.status_code is None else f"{code} {message}"
+    return RedisRefusedError(text, status_code=code)
 
 
 class RedisLink:
@@ -55,6 +93,7 @@ class RedisLink:
         self._up.set()  # assumed until a command fails: starting never waits for Redis
         self._down = asyncio.Event()
         self._health: asyncio.Task[None] | None = None
+        self._probe_key = f"{self.prefix}:probe:{self.instance}"
         # Times Redis was found unreachable: whoever keeps copies there rewrites them after each.
         self.outages = 0
 
@@ -69,9 +108,13 @@ class RedisLink:
         return _with_our_connections(aioredis.Redis.from_url(self._url, single_connection_client=True, **options))
 
     def failed(self, exc: BaseException) -> None:
-        """Record that a command found Redis unreachable; the health loop watches for its return."""
+        """Record that a command found Redis unreachable or refusing; the health loop watches for its return."""
         if self._up.is_set():
-            log.warning("redis_down", error=type(exc).__name__)
+            if isinstance(exc, RedisRefusedError):
+                # Redis is there and says why: the operator's first clue (memory, a failover, a disk).
+                log.warning("redis_down", error=type(exc).__name__, refused=exc.status_code, reply=str(exc))
+            else:
+                log.warning("redis_down", error=type(exc).__name__)
             self.outages += 1
             self._up.clear()
             self._down.set()
@@ -96,15 +139,29 @@ class RedisLink:
     async def _watch(self) -> None:
         while True:
             await self._down.wait()
+            pause = PING_INTERVAL
             while True:
                 try:
-                    await self.client.ping()
+                    await self.probe()
                     break
                 except UNREACHABLE:
-                    await asyncio.sleep(PING_INTERVAL)  # a retry pace, not a synchronisation
+                    pause = PING_INTERVAL
+                except Exception:
+                    # Not an outage but a bug (or an ACL denying the probe): said, never the loop's end.
+                    log.exception("redis_probe_failed")
+                    pause = min(PROBE_BACKOFF_MAX, pause * 2)
+                await asyncio.sleep(pause)  # a retry pace, not a synchronisation
             self._down.clear()
             self._up.set()
             log.info("redis_up")
+
+    async def probe(self) -> None:
+        """A write Redis takes only when it takes writes: a full, read-only or failing Redis still answers PING."""
+        await self.client.set(self._probe_key, self.instance, ex=PROBE_TTL)
+
+    def probe_in(self, pipe: Pipeline) -> None:
+        """Add the probe's write to a pipeline: its execute raises RedisRefusedError if Redis refuses writes."""
+        pipe.set(self._probe_key, self.instance, ex=PROBE_TTL)
 
     def _pooled_client(self) -> aioredis.Redis:
         pool = aioredis.BlockingConnectionPool.from_url(
@@ -128,9 +185,9 @@ class RedisLink:
 
 
 def _with_our_connections(client: aioredis.Redis) -> aioredis.Redis:
-    """`client`, whose pool makes its connections pack with hiredis and replace those Redis ended."""
+    """`client`, whose pool makes its connections pack with hiredis, replace those Redis ended and tell refusals."""
     pool = client.connection_pool  # no connection is made before the first command
-    pool.connection_class = _packing_with_hiredis(_replacing_ended(pool.connection_class))
+    pool.connection_class = _packing_with_hiredis(_replacing_ended(_telling_refusals(pool.connection_class)))
     return client
 
 
@@ -164,7 +221,33 @@ def ended_by_server(connection: AbstractConnection) -> bool:
     reader, writer = connection._reader, connection._writer
     if reader is None or writer is None:
         return False  # not connected: the next command connects
+    if getattr(connection, "_demoted_on", None) is reader:
+        return True  # it reached a replica: see _telling_refusals
     return reader.at_eof() or reader.exception() is not None or writer.is_closing()
+
+
+def _telling_refusals(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`base`, raising the replies of REFUSALS as RedisRefusedError, wherever they come from.
+
+    Every reply is read here: a command's, each of a pipeline's (which keeps a ResponseError as
+    that command's result and raises the first), a transaction's queued commands, `call_packed`'s.
+    """
+
+    class TellingRefusals(base):  # type: ignore[valid-type,misc]  # a class chosen at run time
+        async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return await super().read_response(*args, **kwargs)
+            except ResponseError as exc:
+                refused = refusal(exc)
+                if refused is None:
+                    raise
+                if refused.status_code in _DEMOTED:
+                    # Made again before its next command (`ended_by_server`): not now, as the rest
+                    # of a pipeline's replies are still to be read on it.
+                    self._demoted_on = self._reader
+                raise refused from exc
+
+    return TellingRefusals
 
 
 def _replacing_ended(base: type[AbstractConnection]) -> type[AbstractConnection]:

@@ -30,7 +30,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.exceptions import RedisError
 
-from ..shared.link import UNREACHABLE, RedisLink, call_packed
+from ..shared.link import PING_INTERVAL, UNREACHABLE, RedisLink, call_packed
 from .redis_keys import END, StreamKeys
 
 log = structlog.get_logger("sluice.streams")
@@ -41,6 +41,8 @@ BLOCK_MS = 1000
 LINGER = 1.0
 # Seconds a slot's wake stream outlives its last wake.
 WAKE_TTL = 60
+# The longest pause before a slot's next XREAD after one failed for a bug.
+FAILED_BACKOFF_MAX = 5.0
 
 # One entry as readers get it: its sequence number, and its event's bytes (None: the end entry).
 Entry = tuple[int, bytes | None]
@@ -214,6 +216,7 @@ class Follower:
     async def _run(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         wake_key = slot.wake_key.encode()
+        pause = PING_INTERVAL
         while True:
             covered = slot.to_cover(loop.time())
             if not covered:
@@ -231,8 +234,17 @@ class Follower:
                 slot.forget()
                 await self._link.wait_up(float("inf"))
                 continue
+            except Exception:
+                # A bug (a key of another type, an ACL): said, its readers woken to read again (and
+                # learn it there), and the slot goes on at a slowing pace rather than ending for good.
+                log.exception("redis_follow_failed")
+                slot.forget()
+                await asyncio.sleep(pause)  # a retry pace, not a synchronisation
+                pause = min(FAILED_BACKOFF_MAX, pause * 2)
+                continue
             finally:
                 slot.covered = None
+            pause = PING_INTERVAL
             if not reply:
                 continue  # the block timed out
             now = loop.time()

@@ -14,7 +14,9 @@ background task, in one pipeline for every stream, never on a reader's path.
 A reader elsewhere learns that the producer died from its lease: when a wait brings nothing for
 half a lease and the lease has lapsed without an end entry, the wait raises GenerationLostError.
 Right after Redis returns, a producer may not have restored its stream and lease yet, so for two
-leases a missing stream or lease reads as "nothing yet" rather than "gone".
+leases a missing stream or lease reads as "nothing yet" rather than "gone". A lease also lapses
+when Redis refuses the producer's writes (full, a replica): the check that finds it lapsed makes a
+write too, and one Redis refuses there is an outage here, not a producer gone.
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 import structlog
 
 from ..settings import BrowserSettings
-from ..shared.link import UNREACHABLE, RedisLink
+from ..shared.link import PING_INTERVAL, UNREACHABLE, RedisLink
 from .memory import MemoryStreamStore
 from .redis_follow import Entry, Follower
 from .redis_keys import END, EVENT, StreamKeys, entry_id, entry_seq
@@ -41,6 +43,8 @@ STOP_WAIT = 5.0
 # Most seconds between two reports of the streams read here to their producers: off the readers'
 # path, one pipeline for all of them (a reader that paid a round trip for it each second was the p99).
 REPORT_INTERVAL = 1.0
+# The longest pause before subscribing again after the stop listener failed for a bug.
+LISTEN_BACKOFF_MAX = 5.0
 
 
 class RedisStreamStore:
@@ -159,12 +163,13 @@ class RedisStreamStore:
         key = self._keys.events(stream_id)
         if await self._follower.wait(key, seq, within=self._lease / 2):
             return
-        # Nothing for half a lease: is anyone still producing it?
+        # Nothing for half a lease: is anyone still producing it? And can they (see the module's doc)?
         pipe = self._link.client.pipeline(transaction=False)
         pipe.exists(self._keys.lease(stream_id))
         pipe.xrevrange(key, max="+", min="-", count=1)
+        self._link.probe_in(pipe)
         try:
-            leased, last = await pipe.execute()
+            leased, last, _ = await pipe.execute()
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise StoreUnavailableError("Redis is unreachable") from None
@@ -260,10 +265,13 @@ class RedisStreamStore:
                 await pipe.execute()
             except UNREACHABLE as exc:
                 self._link.failed(exc)  # the readers learn it from their own reads
+            except Exception:
+                log.exception("redis_report_failed")  # a bug: said, and the next report goes on
             await asyncio.sleep(self._report_every)  # the reports' own clock, not a synchronisation
 
     async def _listen_for_stops(self) -> None:
         client = self._link.dedicated(read_timeout=None)
+        pause = PING_INTERVAL
         try:
             while True:
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
@@ -277,6 +285,12 @@ class RedisStreamStore:
                     self.listening.clear()
                     self._link.failed(exc)
                     await self._link.wait_up(float("inf"))
+                except Exception:
+                    # A bug (or an ACL refusing SUBSCRIBE): said, and subscribed again at a slowing pace.
+                    self.listening.clear()
+                    log.exception("redis_stop_listener_failed")
+                    await asyncio.sleep(pause)  # a retry pace, not a synchronisation
+                    pause = min(LISTEN_BACKOFF_MAX, pause * 2)
                 finally:
                     with contextlib.suppress(*UNREACHABLE):
                         await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped

@@ -11,6 +11,11 @@ outage, noticed by whichever task, the next flush rewrites every stream this ins
 (delete, then every held event, atomically in the script): a Redis that restarted empty gets them
 back, one that kept them is left as it was, and no reader sees a stream half-written. A renewer
 keeps each running stream's lease alive and learns which streams have readers on other instances.
+
+A Redis that refuses writes (full, a replica, a failed save: RedisRefusedError) is an outage like
+a lost connection: the events stay here and go out once it takes writes again. The flush script
+is flagged as a writing script, so such a Redis refuses it whole before it runs: a rewrite never
+deletes a stream whose events it then cannot add. The renewer logs whatever else fails and goes on.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import hiredis
 import structlog
 from redis.exceptions import NoScriptError, ResponseError
 
-from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink, call_packed
+from ..shared.link import COMMAND_TIMEOUT, UNREACHABLE, RedisLink, RedisRefusedError, call_packed
 from .memory import MemoryStreamStore
 from .redis_keys import END, EVENT, StreamKeys
 from .store import StoredEvent
@@ -39,12 +44,13 @@ log = structlog.get_logger("sluice.streams")
 # only to a Redis that does not have it yet) on a connection of its own, and read raw. A script
 # runs atomically, so a rewrite (delete, then every held event) is never seen half-done. A
 # replayed entry is refused by XADD and skipped; the script returns what it refused for any
-# other reason.
+# other reason. Its first line flags it (Redis 7): a Redis that refuses writes then refuses the
+# script before it runs, where an unflagged one ran its DEL and had its XADDs refused after.
 # KEYS: per stream, its events, its owner record (expiring with it) and its lease.
 # ARGV: maxlen, the event and end field names, then per stream: seconds to expire (0: the keys'
 # expiry was set less than REFRESH ago, leave it), 1 to rewrite it (else 0), its owner,
 # the end entry's seq (0: not ended), the number of events, then seq and event bytes for each.
-_FLUSH = """
+_FLUSH = """#!lua
 local refused = {}
 local function add(key, seq, field, value)
   local added = redis.pcall('XADD', key, 'MAXLEN', ARGV[1], '0-' .. seq, field, value)
@@ -229,14 +235,15 @@ class RedisWriter:
             return
         try:
             result = await self._run_flush(keys, args)
+        except RedisRefusedError:
+            # First, as it is a ResponseError too: refused whole, an outage. Rewritten once Redis takes writes.
+            self._rewrite_later(sent)
+            raise
         except ResponseError as exc:
             result = exc
         except BaseException:
             # Nothing is known to have arrived: rewrite these in full, from the local buffer, once Redis answers.
-            for stream_id, box, _ in sent:
-                box.pending = []
-                box.resync = True
-                self._dirty.add(stream_id)
+            self._rewrite_later(sent)
             raise
         if isinstance(result, ResponseError):
             # The script stopped part-way (a bug worth a line): rewrite these streams in full at the next flush.
@@ -248,6 +255,13 @@ class RedisWriter:
         # A replayed entry is rejected by design; any other refusal is a bug worth a line.
         for error in result:
             log.error("redis_write_refused", error=str(error))
+
+    def _rewrite_later(self, sent: list[tuple[str, _Outbox, list[StoredEvent]]]) -> None:
+        """Mark streams whose flush failed for a full rewrite, from the local buffer, at the next flush."""
+        for stream_id, box, _ in sent:
+            box.pending = []
+            box.resync = True
+            self._dirty.add(stream_id)
 
     async def _run_flush(self, keys: list[str], args: list[bytes | int | str]) -> Any:
         """Run the flush script; its raw reply (what it refused)."""
@@ -286,6 +300,10 @@ class RedisWriter:
                 await self._renew()
             except UNREACHABLE as exc:
                 self._link.failed(exc)
+            except Exception:
+                # A bug, not an outage: said at the lease's pace (no slower, or every lease lapses),
+                # and the loop goes on. Once its end went unseen and no lease was renewed again.
+                log.exception("redis_renew_failed")
 
     async def _renew(self) -> None:
         running = [stream_id for stream_id, box in self._outboxes.items() if not box.finished]
