@@ -7,6 +7,13 @@ process stop listening and exit 0. The listener stays open during the drain so t
 late requests get an answer instead of a refused connection. A second signal skips the wait.
 The signal handlers that start the drain are `signals_ctx` in contexts.py.
 
+Readers of browser streams (`reading`) are not live requests: with Redis their stream may be
+generated on another instance and go on after this one exits. The drain ends them once its live
+requests are over (at once when there are none, at the latest just after `drain_timeout`): each
+sends what the store already holds, then the shutdown event with its retry hint, and reconnects
+elsewhere with Last-Event-ID, losing nothing. They do not hold the exit up: the stream does not
+need this process, and the reconnect lands on one that stays.
+
 It also spaces out the teardowns of requests whose clients left (`after_leaving`), one a loop
 turn, so that the loop reads its sockets between them, and gives the C heap's free memory back
 once the live requests fell to under half their peak (allocator.py).
@@ -16,8 +23,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
+from collections.abc import Iterator
+from contextlib import contextmanager
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 
@@ -29,6 +38,12 @@ log = structlog.get_logger("sluice.lifecycle")
 
 # Seconds the streams ended by a drain get to write their shutdown event before the exit.
 FINAL_EVENT_GRACE = 2.0
+
+
+class Endable(Protocol):
+    """What the drain can end: a live request's guard, or a browser stream's reader."""
+
+    def shutdown(self) -> None: ...
 
 
 class Lifecycle:
@@ -50,11 +65,39 @@ class Lifecycle:
         self._idle.set()
         self._leaving: deque[asyncio.Future[None]] = deque()
         self._letting_through = False
+        self._readers: set[Endable] = set()
+        self._unread = asyncio.Event()
+        self._unread.set()
+        self._readers_ended = False
 
     @property
     def live(self) -> int:
         """Requests being served now."""
         return len(self._live)
+
+    @property
+    def readers(self) -> int:
+        """Connections reading a browser stream now."""
+        return len(self._readers)
+
+    @property
+    def retry_after(self) -> int:
+        """Seconds a client ended or refused by the drain is told to wait: Retry-After, and `retry:` in ms."""
+        return self._retry_after
+
+    @contextmanager
+    def reading(self, reader: Endable) -> Iterator[None]:
+        """Count a browser stream's reader while the block runs; the drain ends it (see the module's docstring)."""
+        self._readers.add(reader)
+        self._unread.clear()
+        try:
+            if self._readers_ended:
+                reader.shutdown()  # came in after the drain ended the others: it ends the same way at once
+            yield
+        finally:
+            self._readers.discard(reader)
+            if not self._readers:
+                self._unread.set()
 
     def admit(self) -> None:
         """Raise 503 with Retry-After while draining or at the live-request cap."""
@@ -113,23 +156,40 @@ class Lifecycle:
     async def drain(self, grace: float) -> None:
         """Refuse new work, let live requests finish for `grace` seconds, then end the rest."""
         self.draining = True
-        log.info("drain_started", live=self.live, drain_timeout=grace)
+        log.info("drain_started", live=self.live, readers=self.readers, drain_timeout=grace)
         try:
             await asyncio.wait_for(self._idle.wait(), grace)
         except TimeoutError:
-            self.end_all()
+            self._end_live()
         try:
             await asyncio.wait_for(self._idle.wait(), FINAL_EVENT_GRACE)
         except TimeoutError:
             log.warning("drain_incomplete", live=self.live)
+        # After the live requests: a reader of a stream generated here has its final event stored by now.
+        self._end_readers()
+        try:
+            await asyncio.wait_for(self._unread.wait(), FINAL_EVENT_GRACE)
+        except TimeoutError:
+            log.warning("drain_incomplete", readers=self.readers)
         log.info("drain_finished")
 
     def end_all(self) -> None:
-        """End every live request now with a shutdown event."""
+        """End every live request and browser stream reader now with a shutdown event."""
+        self._end_live()
+        self._end_readers()
+
+    def _end_live(self) -> None:
         if self._live:
             log.info("drain_ending_streams", live=self.live)
         for guard in list(self._live):
             guard.shutdown()
+
+    def _end_readers(self) -> None:
+        self._readers_ended = True
+        if self._readers:
+            log.info("drain_ending_readers", readers=self.readers)
+        for reader in list(self._readers):
+            reader.shutdown()
 
 
 class _Tracked:

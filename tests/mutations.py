@@ -556,7 +556,7 @@ BREAKS = [
     Break(
         "a reader elsewhere gives up when Redis goes",
         READER,
-        "            if await store.recovered():\n",
+        "            if recovered:\n",
         "            if False:\n",
         (f"{SCALE}::test_redis_killed_and_restarted_mid_stream_loses_nothing_for_a_reader_on_the_other_instance",),
     ),
@@ -598,8 +598,8 @@ BREAKS = [
     Break(
         "limits fail open although fail_open is off",
         LIMIT_STORE,
-        "        if not self._fail_open:\n",
-        "        if False:\n",
+        "        if not self._fail_open and (limits.rpm",
+        "        if False and (limits.rpm",
         (
             f"{SCALE}::test_with_fail_open_off_a_keyed_request_is_refused_with_503_limits_unavailable_while_redis_is_down",
         ),
@@ -2291,8 +2291,8 @@ BREAKS += [
     Break(
         "a failed trial reported half-open for the whole cooldown",
         "server/upstreams/breaker.py",
-        "        before = _reported(await self._store.read(name), now)\n",
-        "        before = state_of(await self._store.read(name), now)\n",
+        "        self._saw(name, await self._store.update(name, count))\n",
+        "        await self._store.update(name, count)\n",
         (
             "tests/test_routing_units.py::test_a_failed_trial_is_reported_open_again",
             "tests/test_breaker_trials_process.py::test_a_breaker_trial_that_fails_reopens_it_and_its_gauge_says_open_again",
@@ -4124,6 +4124,50 @@ BREAKS += [
         (
             f"{REFUSALS}::"
             "test_a_lease_lapsed_while_redis_refuses_writes_is_an_outage_to_readers_elsewhere_not_a_lost_producer",
+        ),
+    ),
+]
+
+
+# Found by the scale-out review: breaker gauges per instance, /readyz on a hung Redis, drained readers.
+BREAKER_GAUGES = "tests/test_breaker_gauges.py"
+BREAKS += [
+    Break(
+        "a breaker's gauge follows only this process's transitions",
+        "server/upstreams/breaker.py",
+        "        record = await self._store.read(name)\n        self._saw(name, record)\n",
+        "        record = await self._store.read(name)\n",
+        (
+            f"{BREAKER_GAUGES}::test_readiness_reading_a_breaker_another_opened_reports_it_open",
+            f"{BREAKER_GAUGES}::test_an_instance_reports_closed_a_breaker_it_opened_once_it_reads_it_closed_by_another",
+            f"{BREAKER_GAUGES}::test_a_breaker_opened_while_redis_was_down_is_reported_closed_once_redis_is_back",
+        ),
+    ),
+    Break(
+        "/readyz waits for a hung Redis",
+        "server/routes/health.py",
+        "        async with asyncio.timeout(BREAKER_READ_SECONDS):\n",
+        "        async with asyncio.timeout(None):\n",
+        (f"{SCALE}::test_readyz_answers_within_a_bound_while_redis_hangs",),
+    ),
+    Break(
+        "the drain does not know its readers",
+        READER,
+        "        with registry.reading(stream_id), lifecycle.reading(end):\n",
+        "        with registry.reading(stream_id):\n",
+        (
+            f"{SCALE}::"
+            "test_sigterm_to_an_instance_reading_a_stream_generated_elsewhere_ends_its_reader_with_the_shutdown_event",
+        ),
+    ),
+    Break(
+        "the drain never ends its readers",
+        "server/lifecycle.py",
+        "        self._end_readers()\n        try:\n",
+        "        try:\n",
+        (
+            "tests/test_lifecycle.py::test_the_drain_ends_readers_at_once_when_no_request_is_live",
+            "tests/test_lifecycle.py::test_the_drain_ends_readers_once_its_live_requests_are_over",
         ),
     ),
 ]

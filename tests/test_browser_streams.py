@@ -809,3 +809,19 @@ async def test_a_second_drop_before_the_next_event_resumes_without_duplicates(cl
 
     everything = await read(client, f"/chat/streams/{stream_id}")
     assert source.tokens == [e.json()["content"] for e in everything if e.event == "token"]
+
+
+async def test_a_drained_reader_of_a_stream_generated_here_gets_the_generations_final_event_alone(
+    client: Client, simulator: Simulator
+) -> None:
+    rid = new_request_id("drained-reader-here")
+    stream_id = await start(client, "x\n#sim fault=hang_first", rid)
+    async with client.get(f"/chat/streams/{stream_id}") as response:
+        async with aiohttp.ClientSession() as http:
+            await sim_wait(http, simulator.url, rid, "opened")
+        async with asyncio.timeout(10):  # drain(0) ends the stream at once
+            await client.app[LIFECYCLE].drain(0)
+            events = events_only(await read_events(response))
+    # The generation's stored event, with its id, and no second end from the reader's own drain.
+    assert [(e.event, e.id) for e in events] == [("failed", f"{stream_id}:1")]
+    assert events[0].json()["error"]["code"] == "server_shutting_down"

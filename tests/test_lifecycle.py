@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.guard import StreamGuard
 from server.keys import LIFECYCLE
 from server.lifecycle import Lifecycle
 from tests.conftest import make_settings
@@ -105,3 +106,77 @@ async def test_a_cancelled_wait_for_a_turn_holds_up_no_one() -> None:
         await asyncio.gather(first, last)
     assert through == ["first", "last"]
     assert cancelled.cancelled()
+
+
+class Reader:
+    """A browser stream's reader as the drain sees it: it leaves once asked to end."""
+
+    def __init__(self) -> None:
+        self.asked = asyncio.Event()
+
+    def shutdown(self) -> None:
+        self.asked.set()
+
+    async def read(self, lifecycle: Lifecycle) -> None:
+        with lifecycle.reading(self):
+            await self.asked.wait()
+
+
+class Request:
+    """A live request as the drain sees it (its guard): it ends when its `done` is set."""
+
+    def __init__(self) -> None:
+        self.done = asyncio.Event()
+
+    def shutdown(self) -> None:
+        self.done.set()
+
+    async def serve(self, lifecycle: Lifecycle) -> None:
+        with lifecycle.track(cast(StreamGuard, self)):
+            await self.done.wait()
+
+
+async def test_the_drain_ends_readers_at_once_when_no_request_is_live() -> None:
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    reader = Reader()
+    reading = asyncio.create_task(reader.read(lifecycle))
+    await asyncio.sleep(0)  # it reads
+    assert lifecycle.readers == 1
+    async with asyncio.timeout(SECONDS):  # far below the drain's 60 s
+        await lifecycle.drain(60)
+        await reading
+    assert lifecycle.readers == 0
+
+
+async def test_the_drain_ends_readers_once_its_live_requests_are_over() -> None:
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    reader, request = Reader(), Request()
+    tasks = [asyncio.create_task(reader.read(lifecycle)), asyncio.create_task(request.serve(lifecycle))]
+    await asyncio.sleep(0)  # both started
+    drained = asyncio.create_task(lifecycle.drain(60))
+    await asyncio.sleep(0)  # the drain waits for the request
+    assert not reader.asked.is_set()
+    request.done.set()  # the request finishes in time
+    async with asyncio.timeout(SECONDS):
+        await drained
+        await asyncio.gather(*tasks)
+    assert reader.asked.is_set()
+
+
+async def test_readers_are_ended_at_the_drain_timeout_with_the_live_requests() -> None:
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    reader, request = Reader(), Request()
+    tasks = [asyncio.create_task(reader.read(lifecycle)), asyncio.create_task(request.serve(lifecycle))]
+    await asyncio.sleep(0)
+    async with asyncio.timeout(SECONDS):
+        await lifecycle.drain(0)  # the request outlives the drain: the drain ends it, then the reader
+        await asyncio.gather(*tasks)
+    assert reader.asked.is_set()
+
+
+async def test_a_reader_that_arrives_after_the_drain_ended_the_others_is_ended_at_once() -> None:
+    lifecycle = Lifecycle(retry_after=5, max_live=0)
+    async with asyncio.timeout(SECONDS):
+        await lifecycle.drain(0)
+        await Reader().read(lifecycle)  # returns only once asked to end
+    assert lifecycle.readers == 0

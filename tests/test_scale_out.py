@@ -7,6 +7,7 @@ nginx where the point is that the load balancer can send a request anywhere.
 from __future__ import annotations
 
 import asyncio
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -507,3 +508,86 @@ async def test_another_keys_stream_on_the_other_instance_answers_as_unknown_and_
             assert r.status == 204
     assert [a[2:] for a in answers if a[1]] == [a[2:] for a in answers if not a[1]] == [(204, b""), (204, b"")]
     assert more[-1].event not in ("failed", "done")
+
+
+BREAKER_GAUGE = re.compile(r'^sluice_upstream_breaker_state\{upstream="default"\} (\S+)$', re.MULTILINE)
+SECONDS = 10  # a bound far from any real wait in the tests below
+
+
+async def breaker_gauge(gateway: Gateway) -> float:
+    """The upstream's breaker gauge on `gateway`: 0 closed, 1 half-open, 2 open."""
+    async with aiohttp.ClientSession() as http, http.get(gateway.url + "/metrics") as response:
+        found = BREAKER_GAUGE.search(await response.text())
+    assert found is not None
+    return float(found.group(1))
+
+
+async def test_an_instance_refusing_for_a_breaker_another_opened_reports_it_open_in_its_gauge(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    routing = "[routing]\nretries = 1\nbreaker_failures = 2\nbreaker_cooldown_seconds = 600\n"
+    env = {**redis_env(redis_server), "SLUICE_UPSTREAM_PROBE_INTERVAL": "600"}
+    with (
+        gateway_with(tmp_path, "first", simulator, routing, **env) as first,
+        gateway_with(tmp_path, "second", simulator, routing, **env) as second,
+    ):
+        assert (await ask(first, "fault=server_error", new_request_id("trip")))[0] == 502
+        assert (await ask(second, "tokens=2", new_request_id("refused")))[0] == 503
+        # The alert takes the highest gauge of all instances: each must say what it refuses for.
+        assert await breaker_gauge(second) == 2.0
+
+
+async def test_readyz_answers_within_a_bound_while_redis_hangs(simulator: Simulator, redis_server: RedisServer) -> None:
+    assert redis_server.process is not None
+    loop = asyncio.get_running_loop()
+    with start_gateway(upstream=simulator, env=redis_env(redis_server)) as gateway:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(gateway.url + "/readyz") as ready:
+                assert (ready.status, (await ready.json())["status"]) == (200, "ready")
+            redis_server.process.signal(signal.SIGSTOP)  # as a failover or a stalled host: no answer at all
+            try:
+                began = loop.time()
+                async with http.get(gateway.url + "/readyz") as ready:
+                    answer = (ready.status, (await ready.json())["status"])
+                took = loop.time() - began
+            finally:
+                redis_server.process.signal(signal.SIGCONT)
+    assert answer == (200, "redis_slow")
+    # Under a probe's 1 s timeout; Redis's command timeout (2 s) is what it used to wait.
+    assert took < 1.0
+
+
+async def test_sigterm_to_an_instance_reading_a_stream_generated_elsewhere_ends_its_reader_with_the_shutdown_event(
+    simulator: Simulator, redis_server: RedisServer
+) -> None:
+    env = redis_env(redis_server)
+    loop = asyncio.get_running_loop()
+    # A drain far longer than the test's bounds: the reader's end must not wait for it.
+    with (
+        start_gateway(upstream=simulator, env=env) as producer,
+        start_gateway(upstream=simulator, env={**env, "SLUICE_SERVER_DRAIN_TIMEOUT": "60"}) as other,
+    ):
+        async with aiohttp.ClientSession() as http:
+            stream_id = await start(http, producer.url, "read elsewhere\n" + LONG)
+            reader = await Reader.open(http, other.url, stream_id)
+            await reader.until(3)
+            began = loop.time()
+            other.process.signal(signal.SIGTERM)
+            # A body cut without its last chunk raises ClientPayloadError here.
+            events = await asyncio.wait_for(reader.rest(), SECONDS)
+            ended = loop.time() - began
+            assert await asyncio.to_thread(other.process.wait, SECONDS) == 0
+            # The stream goes on where it is generated: the reconnect resumes it there.
+            resumed = await Reader.open(http, producer.url, stream_id, after=str(events[-2].id))
+            more = await asyncio.wait_for(resumed.until(1), SECONDS)
+            resumed.close()
+            async with http.delete(f"{producer.url}/chat/streams/{stream_id}") as stopped:
+                assert stopped.status == 204
+    final = events[-1]
+    assert (final.event, final.json()["error"]["code"]) == ("failed", "server_shutting_down")
+    assert final.retry == 5000  # the drain's hint (Retry-After 5 s), as its own streams get
+    assert final.id is None  # a reconnect names the last event it did get
+    assert seqs(events[:-1]) == list(range(1, len(events)))
+    assert seqs(more)[0] == len(events)
+    assert ended < SECONDS
+    assert other.process.events("drain_ending_readers")

@@ -26,7 +26,18 @@ from aiohttp import hdrs, web
 
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError, ServiceUnavailableError
-from ..keys import METRICS, RECORD, REQUEST_ID, SETTINGS, STREAMS, TIMERS, TOKEN_BEARING, TOKENS, WORKER_PROXY
+from ..keys import (
+    LIFECYCLE,
+    METRICS,
+    RECORD,
+    REQUEST_ID,
+    SETTINGS,
+    STREAMS,
+    TIMERS,
+    TOKEN_BEARING,
+    TOKENS,
+    WORKER_PROXY,
+)
 from ..middleware.auth import check_model_for, default_model, request_key, reserve_tokens, take_lease
 from ..schemas import ChatRequest
 from ..streams.reader import serve_stream, stream_head
@@ -170,6 +181,7 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
         metrics=request.app[METRICS],
         record=request[RECORD],
         timers=request.app[TIMERS],
+        lifecycle=request.app[LIFECYCLE],
     )
 
 

@@ -6,6 +6,11 @@ reconnects to this stream. It ends after the stream's final event. A stream with
 to send (unknown, expired, or finished before the resume point) is HTTP 204, which tells
 EventSource to stop reconnecting.
 
+A draining process ends its readers too (lifecycle.py), whether the stream is generated here or
+on another instance (which goes on after this one exits): a reader sends what the store already
+holds, then a `failed` event `server_shutting_down` with the drain's `retry:` and no id, so the
+reconnect names the last event it got and resumes elsewhere.
+
 A HEAD (`stream_head`) gets the status and headers the GET would start with, and no body. It
 only looks at the store: it is no reader, so it neither holds off the grace period nor marks
 events read, and a shared store does not report it to the stream's producer.
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from types import TracebackType
 
 import aiohttp
 import orjson
@@ -22,6 +28,7 @@ from aiohttp import web
 
 from ..access import RequestRecord
 from ..errors import GatewayError, ServiceUnavailableError
+from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..settings import StreamSettings
 from ..sse import SSEResponse
@@ -46,6 +53,39 @@ def _dropped() -> ResumeUnavailableError:
     return ResumeUnavailableError("The events after Last-Event-ID are no longer kept; start a new stream.")
 
 
+class DrainEnd:
+    """One reader's end by the drain: `shutdown()` asks it to catch up with the store, then end.
+
+    While the reader waits for new events (`with` this), the ask cancels its task, and the block
+    swallows that cancellation alone: no task or future per wait, which runs once per event.
+    """
+
+    __slots__ = ("_task", "_waiting", "asked", "event")
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self._task = asyncio.current_task()
+        self._waiting = False
+        self.asked = False
+        error = lifecycle.shutting_down("Sluice is shutting down; reconnect to go on with the stream.")
+        self.event = b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error)
+
+    def shutdown(self) -> None:
+        if not self.asked:
+            self.asked = True
+            if self._waiting and self._task is not None:
+                self._task.cancel()
+
+    def __enter__(self) -> None:
+        self._waiting = True
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, traceback: TracebackType | None
+    ) -> bool:
+        self._waiting = False
+        # The ask's cancellation, and no other (the client leaving), ends the wait quietly.
+        return kind is asyncio.CancelledError and self.asked and self._task is not None and self._task.uncancel() == 0
+
+
 async def serve_stream(
     request: web.Request,
     registry: StreamRegistry,
@@ -56,8 +96,9 @@ async def serve_stream(
     metrics: Metrics,
     record: RequestRecord,
     timers: Timers,
+    lifecycle: Lifecycle,
 ) -> web.StreamResponse:
-    """Send the events of `stream_id` after `after` until its final event."""
+    """Send the events of `stream_id` after `after` until its final event, or the drain's."""
     first = await _first(registry, stream_id, after)
     if first is None:
         return web.Response(status=204)
@@ -66,9 +107,10 @@ async def serve_stream(
     record.response_status = response.status
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
     try:
-        with registry.reading(stream_id):
+        end = DrainEnd(lifecycle)
+        with registry.reading(stream_id), lifecycle.reading(end):
             if await _send(response, start.encode(), settings.send_timeout):
-                await _follow(response, registry, stream_id, after, first, settings.send_timeout)
+                await _follow(response, registry, stream_id, after, first, settings.send_timeout, end)
     finally:
         response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
@@ -119,10 +161,20 @@ def _sse_response(
 
 
 async def _follow(
-    response: SSEResponse, registry: StreamRegistry, stream_id: str, seq: int, batch: Slice, send_timeout: float
+    response: SSEResponse,
+    registry: StreamRegistry,
+    stream_id: str,
+    seq: int,
+    batch: Slice,
+    send_timeout: float,
+    end: DrainEnd,
 ) -> None:
-    """Write batch after batch, waiting for the generation when caught up, until the final event."""
+    """Write batch after batch, waiting for the generation when caught up, until the final event.
+
+    Once `end` is asked, no more waiting: what the store holds, then the drain's event.
+    """
     store = registry.store
+    caught_up = False  # a read began after the drain asked: what it found is all there is to send
     while True:
         if batch.events:
             # The batch in one write: one send for the events a reader caught up on at once.
@@ -136,10 +188,15 @@ async def _follow(
             registry.sent(stream_id, seq)
         if batch.finished:
             return
+        if caught_up and len(batch.events) < BATCH:
+            await _send(response, end.event, send_timeout)
+            return
         try:
             # A short batch was all there was: wait (at once if more came meanwhile), then read.
-            if len(batch.events) < BATCH:
-                await store.wait(stream_id, seq)
+            if len(batch.events) < BATCH and not end.asked:
+                with end:
+                    await store.wait(stream_id, seq)
+            caught_up = end.asked
             next_batch = await store.read_after(stream_id, seq, BATCH)
         except EventsDroppedError:
             # This reader fell a whole buffer behind. The event has no id, so a reconnect names the
@@ -151,10 +208,14 @@ async def _follow(
             return
         except StoreUnavailableError:
             # Redis went away: heartbeats keep the connection while it comes back, then go on.
-            if await store.recovered():
+            recovered = False
+            if not end.asked:
+                with end:
+                    recovered = await store.recovered()
+            if recovered:
                 batch = Slice((), finished=False)
                 continue
-            await _send(response, _failed(_unreachable()), send_timeout)
+            await _send(response, end.event if end.asked else _failed(_unreachable()), send_timeout)
             return
         if next_batch is None:
             # Expired or evicted while being read: said, never a silent end (the reconnect gets 204).

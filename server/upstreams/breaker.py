@@ -18,6 +18,11 @@ nothing about (the client's own 4xx, a 5xx at the pair's trial, a 429 at the ups
 client that left, a cancelled attempt) is freed, its breaker left half-open, so the next request
 may be the trial at once. `TRIAL_LEASE_SECONDS` is only the backstop for a trial whose process
 died before it could say how the trial ended.
+
+`on_change` (the breaker-state gauge) follows what this process last read, not only the
+transitions it made: with a shared store another instance opens, closes or half-opens a breaker,
+and each record a request, the probe or /readyz reads anyway sets the gauge to its state, so every
+instance's gauge agrees with the shared one after its next read (no extra round trip for it).
 """
 
 from __future__ import annotations
@@ -143,17 +148,25 @@ class Breakers:
         self._clock = clock
         self._on_rate_limit = on_rate_limit
         self._on_change = on_change
+        # The state each upstream was last reported in (none yet: the gauge starts at closed), and
+        # the record last read: what `known` answers when the store is too slow to wait for.
+        self._reported: dict[str, BreakerState] = {}
+        self._seen: dict[str, BreakerRecord] = {}
         # In memory, a request whose breakers are all closed is decided by two dict lookups, not
         # four coroutines per attempt (admit and answered, each over the pair and the upstream).
         self._memory = store if isinstance(store, MemoryBreakerStore) else None
 
     async def state(self, name: str) -> BreakerState:
         """The upstream's state now."""
-        return state_of(await self._store.read(name), self._clock())
+        return state_of(await self._read(name), self._clock())
+
+    def known(self, name: str) -> BreakerState:
+        """The upstream's state by the record this process last read or wrote, without the store."""
+        return state_of(self._seen.get(name, CLOSED_RECORD), self._clock())
 
     async def reopens_in(self, name: str) -> float:
         """Seconds until an open breaker lets a trial through (0 when it would now)."""
-        record = await self._store.read(name)
+        record = await self._read(name)
         return max(0.0, record.open_until - self._clock())
 
     async def acquire(self, name: str) -> Admission:
@@ -164,7 +177,7 @@ class Breakers:
     async def claim(self, name: str) -> tuple[Admission, float]:
         """What `acquire` decides, and when a trial it grants began (for `release`)."""
         now = self._clock() + TIMER_SLACK_SECONDS
-        if (await self._store.read(name)).open_until == 0.0:
+        if (await self._read(name)).open_until == 0.0:
             # Closed: the update below would change nothing, so a read decides (with Redis, one
             # round trip instead of a watched transaction, on every request).
             return Admission.ALLOWED, now
@@ -179,18 +192,13 @@ class Breakers:
             admission = Admission.REFUSED if state is BreakerState.OPEN else Admission.ALLOWED
             return record
 
-        await self._store.update(name, take)
-        if admission is Admission.TRIAL:
-            self._changed(name, BreakerState.HALF_OPEN)
+        self._saw(name, await self._store.update(name, take))
         return admission, now
 
     async def succeeded(self, name: str) -> None:
         """The upstream answered: close its breaker."""
-        before = await self._store.read(name)
-        if not _settled(before):
-            await self._store.update(name, lambda record: CLOSED_RECORD)
-            if before.open_until:
-                self._changed(name, BreakerState.CLOSED)
+        if not _settled(await self._read(name)):
+            self._saw(name, await self._store.update(name, lambda record: CLOSED_RECORD))
 
     async def failed(self, name: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
         """The upstream failed; open its breaker when the rules above say so."""
@@ -206,11 +214,8 @@ class Breakers:
                 return BreakerRecord(failures, max(record.open_until, now + hold))
             return replace(record, failures=failures)
 
-        before = _reported(await self._store.read(name), now)
-        record = await self._store.update(name, count)
-        after = _reported(record, now)
-        if after is not before:
-            self._changed(name, after)  # a failed trial too: half-open (its gauge) to open again
+        # A failed trial reports half-open (its gauge) then open again, from the record it wrote.
+        self._saw(name, await self._store.update(name, count))
 
     async def release(self, name: str, since: float | None = None) -> None:
         """The trial of `name` begun at `since` (any, when None) ended without a verdict: free it.
@@ -224,7 +229,7 @@ class Breakers:
                 return record
             return replace(record, trial_since=None)
 
-        await self._store.update(name, free)
+        self._saw(name, await self._store.update(name, free))
 
     async def end_trials(self, trials: Collection[Trial]) -> None:
         """Free `trials`: their attempt ended with no verdict on them (the client left, it was cancelled).
@@ -311,10 +316,22 @@ class Breakers:
         """Seconds until both breakers of (upstream, model) let a request through."""
         return max(await self.reopens_in(upstream), await self.reopens_in(_pair(upstream, model)))
 
-    def _changed(self, name: str, state: BreakerState) -> None:
+    async def _read(self, name: str) -> BreakerRecord:
+        record = await self._store.read(name)
+        self._saw(name, record)
+        return record
+
+    def _saw(self, name: str, record: BreakerRecord) -> None:
+        """Note the record read or written: report its state when it differs from the last one reported."""
         # Reported per upstream; a (upstream, model) rate-limit hold is not an upstream's state.
-        if self._on_change is not None and _PAIR_SEPARATOR not in name:
-            self._on_change(name, state)
+        if _PAIR_SEPARATOR in name:
+            return
+        self._seen[name] = record
+        state = _reported(record, self._clock())
+        if self._reported.get(name, BreakerState.CLOSED) is not state:
+            self._reported[name] = state
+            if self._on_change is not None:
+                self._on_change(name, state)
 
 
 _PAIR_SEPARATOR = "\x00"
