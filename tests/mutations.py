@@ -4173,6 +4173,74 @@ BREAKS += [
 ]
 
 
+# Found by the README review: settings the kernel cannot take, the upstream key in a file, unreadable files.
+SETTINGS_TESTS = "tests/test_settings.py"
+BREAKS += [
+    Break(
+        "an infinite or NaN setting is accepted",
+        "server/settings/base.py",
+        "allow_inf_nan=False",
+        "allow_inf_nan=True",
+        (f"{SETTINGS_TESTS}::test_an_infinite_or_nan_number_is_refused",),
+    ),
+    Break(
+        "a send timeout past the kernel's int is accepted",
+        "server/settings/sections.py",
+        "        le=MAX_SEND_TIMEOUT,\n",
+        "",
+        (f"{SETTINGS_TESTS}::test_a_value_past_what_the_kernel_takes_is_refused_naming_the_bound",),
+    ),
+    Break(
+        "a backlog past listen()'s int is accepted",
+        "server/settings/sections.py",
+        "gt=0, le=MAX_BACKLOG,",
+        "gt=0,",
+        (f"{SETTINGS_TESTS}::test_a_value_past_what_the_kernel_takes_is_refused_naming_the_bound",),
+    ),
+    Break(
+        "the upstream key is read from a config file",
+        "server/settings/loading.py",
+        '        refuse_key_in_file(overlay, f"--config file {config_path}")\n',
+        "",
+        (f"{SETTINGS_TESTS}::test_the_upstream_key_written_in_a_file_is_refused_naming_its_variable",),
+    ),
+    Break(
+        "SLUICE_UPSTREAM_API_KEY sets the upstream key",
+        "server/settings/environment.py",
+        "if name == KEY_SETTING_VARIABLE:",
+        'if name == "SLUICE_NONE":',
+        (f"{SETTINGS_TESTS}::test_the_generic_upstream_key_variable_is_refused_naming_the_documented_one",),
+    ),
+    Break(
+        "a config path that cannot be read is a traceback",
+        "server/settings/loading.py",
+        "    except OSError as exc:",
+        "    except FileExistsError as exc:",
+        (
+            f"{SETTINGS_TESTS}::test_a_config_path_that_is_a_directory_is_refused_naming_it",
+            "tests/test_key_reload.py::test_a_configuration_path_turned_into_a_directory_keeps_the_current_keys",
+        ),
+    ),
+    Break(
+        "a config file that is not UTF-8 is a traceback",
+        "server/settings/loading.py",
+        "    except UnicodeDecodeError as exc:",
+        "    except UnicodeTranslateError as exc:",
+        (
+            f"{SETTINGS_TESTS}::test_a_config_file_that_is_not_utf8_is_refused_naming_it_not_quoting_it",
+            "tests/test_key_reload.py::test_a_configuration_that_is_not_utf8_keeps_the_current_keys",
+        ),
+    ),
+    Break(
+        "a table setting from the environment is only 'a valid dictionary'",
+        "server/settings/loading.py",
+        'if error["type"] in _TABLE_ERRORS and',
+        'if error["type"] in () and',
+        (f"{SETTINGS_TESTS}::test_a_table_setting_from_the_environment_says_it_is_set_in_the_config_file",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

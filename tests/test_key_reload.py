@@ -293,3 +293,24 @@ async def test_sighup_to_the_supervisor_reloads_every_worker(simulator: Simulato
         statuses = {await status_with(gateway, KEY_ALPHA) for _ in range(8)}
     assert len({event["pid"] for event in reloads}) == 2
     assert statuses == {401}
+
+
+async def test_a_configuration_that_is_not_utf8_keeps_the_current_keys(keyed: Gateway, tmp_path: Path) -> None:
+    # It was asyncio's "Exception in callback reload_keys" traceback, not the reload's own log line.
+    (tmp_path / "keys.toml").write_bytes(b"# \xff\n")
+    failed = reload_outcome(keyed)
+    assert failed["event"] == "gateway_keys_reload_failed"
+    assert "not UTF-8 text" in str(failed["message"])
+    assert await status_with(keyed, KEY_ALPHA) == 200
+
+
+async def test_a_configuration_path_turned_into_a_directory_keeps_the_current_keys(
+    keyed: Gateway, tmp_path: Path
+) -> None:
+    config = tmp_path / "keys.toml"
+    config.unlink()
+    config.mkdir()
+    failed = reload_outcome(keyed)
+    assert failed["event"] == "gateway_keys_reload_failed"
+    assert "cannot be read" in str(failed["message"])
+    assert await status_with(keyed, KEY_ALPHA) == 200

@@ -8,6 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from server.settings import Settings, SettingsError, load_settings
+from server.settings.sections import MAX_SEND_TIMEOUT
 
 KEY = "sk-proj-settings-test-1234567890"
 
@@ -311,3 +312,104 @@ def test_a_sluice_variable_that_a_setting_names_is_not_unknown(tmp_path: Path) -
         load_settings(overlay, environ={"SLUICE_SOME_SECRET": "x"})
     assert "extra_names" in str(caught.value)
     assert "SLUICE_SOME_SECRET" not in str(caught.value)
+
+
+def test_the_largest_send_timeout_a_day_is_accepted() -> None:
+    assert load(SLUICE_STREAM_SEND_TIMEOUT=str(MAX_SEND_TIMEOUT)).stream.send_timeout == MAX_SEND_TIMEOUT
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "setting"),
+    [
+        # Three times it in milliseconds is the kernel's TCP_USER_TIMEOUT, a C int: 715828 s overflowed.
+        ("SLUICE_STREAM_SEND_TIMEOUT", "86401", "stream.send_timeout"),
+        ("SLUICE_STREAM_SEND_TIMEOUT", "715828", "stream.send_timeout"),
+        ("SLUICE_SERVER_BACKLOG", "2147483648", "server.backlog"),
+        ("SLUICE_SERVER_BACKLOG", "99999999999999999999", "server.backlog"),
+    ],
+)
+def test_a_value_past_what_the_kernel_takes_is_refused_naming_the_bound(
+    variable: str, value: str, setting: str
+) -> None:
+    message = settings_error(**{variable: value})
+
+    assert f"setting {setting}: Input should be less than or equal to" in message
+    assert variable in message
+
+
+@pytest.mark.parametrize("value", ["inf", "-inf", "nan", "Infinity"])
+@pytest.mark.parametrize("variable", ["SLUICE_STREAM_SEND_TIMEOUT", "SLUICE_UPSTREAM_TOTAL_TIMEOUT"])
+def test_an_infinite_or_nan_number_is_refused(variable: str, value: str) -> None:
+    message = settings_error(**{variable: value})
+
+    assert "\n" not in message
+    assert "finite number" in message
+    assert variable in message
+
+
+def test_an_infinite_number_in_a_file_is_refused(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text("[auth]\ntoken_ttl_seconds = inf\n")
+
+    with pytest.raises(SettingsError, match=r"setting auth\.token_ttl_seconds: Input should be a finite number"):
+        load_settings(overlay, environ={})
+
+
+def test_the_upstream_key_written_in_a_file_is_refused_naming_its_variable(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text(f'[upstream]\napi_key = "{KEY}"\n')
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overlay, environ={})
+    message = str(caught.value)
+    assert message.startswith("setting upstream.api_key: keys are never written in a file")
+    assert "AI_INTEGRATIONS_OPENAI_API_KEY" in message
+    assert f"--config file {overlay}" in message
+    assert KEY not in message
+
+
+def test_the_generic_upstream_key_variable_is_refused_naming_the_documented_one() -> None:
+    message = settings_error(SLUICE_UPSTREAM_API_KEY=KEY)
+
+    assert message.startswith("environment variable SLUICE_UPSTREAM_API_KEY:")
+    assert "AI_INTEGRATIONS_OPENAI_API_KEY" in message
+    assert KEY not in message
+
+
+def test_the_upstream_key_header_variable_is_still_a_setting() -> None:
+    assert load(SLUICE_UPSTREAM_API_KEY_HEADER="api-key").upstream.api_key_header == "api-key"
+
+
+def test_a_config_path_that_is_a_directory_is_refused_naming_it(tmp_path: Path) -> None:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(tmp_path, environ={})
+
+    assert str(caught.value) == f"--config file {tmp_path}: cannot be read: Is a directory"
+
+
+def test_a_config_file_that_is_not_utf8_is_refused_naming_it_not_quoting_it(tmp_path: Path) -> None:
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_bytes(b"[server]\nbacklog = 5 # \xff\xfe sk-\xe9\n")
+
+    with pytest.raises(SettingsError) as caught:
+        load_settings(overlay, environ={})
+    message = str(caught.value)
+    assert message.startswith(f"--config file {overlay}: not UTF-8 text")
+    assert "0xff" not in message
+
+
+@pytest.mark.parametrize(
+    ("variable", "setting"),
+    [
+        ("SLUICE_ROUTING_FALLBACKS", "routing.fallbacks"),
+        ("SLUICE_ROUTING_CONTEXT_WINDOW_FALLBACKS", "routing.context_window_fallbacks"),
+        ("SLUICE_AUTH_KEYS", "auth.keys"),
+    ],
+)
+def test_a_table_setting_from_the_environment_says_it_is_set_in_the_config_file(variable: str, setting: str) -> None:
+    message = settings_error(**{variable: "a=b"})
+
+    assert message == (
+        f"setting {setting}: takes TOML tables, set in the --config file, not in the environment "
+        f"(from environment variable {variable})"
+    )

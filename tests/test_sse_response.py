@@ -265,3 +265,29 @@ async def _read_body(sock: socket.socket) -> bytes:
         assert piece, "the connection closed before the body ended"
         body += piece
     return body
+
+
+async def test_the_largest_send_timeout_the_settings_accept_still_streams(aiohttp_server: Serve) -> None:
+    """A day, the bound on stream.send_timeout: its kernel backstop (3x, in ms) fits the C int the kernel takes.
+
+    Catches: a bound past 715827 s, where setting TCP_USER_TIMEOUT overflowed and every stream answered 500.
+    """
+    from server.settings.sections import MAX_SEND_TIMEOUT  # imported here: this file is appended to
+
+    seen: list[int] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        response = SSEResponse(heartbeat_interval=60, send_timeout=MAX_SEND_TIMEOUT)
+        await response.prepare(request)
+        assert request.transport is not None
+        seen.append(request.transport.get_extra_info("socket").getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT))
+        await response.write(b"data: a\n\n")
+        await response.finish()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/", handler)
+    reply = await raw_reply(await aiohttp_server(app))
+    assert reply.startswith(b"HTTP/1.1 200 ")
+    assert b"data: a\n\n" in reply
+    assert seen == [int(MAX_SEND_TIMEOUT * 3 * 1000)]

@@ -91,3 +91,46 @@ def test_typo_in_a_config_file_is_blamed_on_the_file(tmp_path: Path) -> None:
     assert "server.backlogg" in line
     assert "did you mean server.backlog?" in line
     assert "environment" not in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        # Once started, every stream answered 500: TCP_USER_TIMEOUT (3x it, in ms) overflowed a C int.
+        ("SLUICE_STREAM_SEND_TIMEOUT", "715828"),
+        ("SLUICE_STREAM_SEND_TIMEOUT", "inf"),
+        # uvloop's listen() raised OverflowError, a traceback.
+        ("SLUICE_SERVER_BACKLOG", "99999999999999999999"),
+    ],
+)
+def test_a_value_the_kernel_cannot_take_stops_start_up_naming_the_setting(variable: str, value: str) -> None:
+    line = refusal(start_up("--port", str(free_port()), **{variable: value}))
+    setting = variable.removeprefix("SLUICE_").lower().replace("_", ".", 1)
+    assert f"setting {setting}:" in line
+    assert f"environment variable {variable}" in line
+
+
+def test_the_upstream_key_in_a_config_file_stops_start_up_naming_the_variable(tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text('[upstream]\napi_key = "sk-in-file"\n')
+    line = refusal(start_up("--port", str(free_port()), "--config", str(config)))
+    assert "setting upstream.api_key: keys are never written in a file" in line
+    assert "AI_INTEGRATIONS_OPENAI_API_KEY" in line
+    assert "sk-in-file" not in line
+
+
+def test_a_config_path_that_is_a_directory_stops_start_up_naming_it(tmp_path: Path) -> None:
+    line = refusal(start_up("--port", str(free_port()), "--config", str(tmp_path)))
+    assert f"--config file {tmp_path}: cannot be read" in line
+
+
+def test_a_config_file_that_is_not_utf8_stops_start_up_naming_it(tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_bytes(b"[server]\nbacklog = 5 # \xff\n")
+    line = refusal(start_up("--port", str(free_port()), "--config", str(config)))
+    assert f"--config file {config}: not UTF-8 text" in line
+
+
+def test_a_table_setting_from_the_environment_stops_start_up_pointing_at_the_config_file() -> None:
+    line = refusal(start_up("--port", str(free_port()), SLUICE_ROUTING_FALLBACKS="a=b"))
+    assert "setting routing.fallbacks: takes TOML tables, set in the --config file" in line

@@ -14,7 +14,9 @@ class SettingsError(ValueError):
 class Section(BaseModel):
     """A frozen table of settings that refuses names it does not know."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # No infinite or NaN numbers: `inf` reaches no deadline, and turned into milliseconds or a
+    # kernel option it is an OverflowError on a request instead of a refusal at start-up.
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,8 @@ from .root import Settings
 
 ENV_PREFIX = "SLUICE_"
 KEY_VARIABLES = ("AI_INTEGRATIONS_OPENAI_API_KEY", "OPENAI_API_KEY")
+# What the generic SLUICE_<SECTION>_<KEY> mapping would make of upstream.api_key: refused.
+KEY_SETTING_VARIABLE = "SLUICE_UPSTREAM_API_KEY"
 BASE_URL_VARIABLES = ("AI_INTEGRATIONS_OPENAI_BASE_URL", "OPENAI_BASE_URL")
 PORT_VARIABLE = "PORT"
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
@@ -47,6 +49,12 @@ def from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> Found:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else "; see config/default.toml for the settings"
             raise SettingsError(f"environment variable {name}: no such setting{hint}")
+        if name == KEY_SETTING_VARIABLE:
+            # One documented name for the upstream key, the one hosting integrations set.
+            raise SettingsError(
+                f"environment variable {name}: the upstream key is read from {KEY_VARIABLES[0]} "
+                f"(fallback {KEY_VARIABLES[1]}); set that instead"
+            )
         section, key, default = known[name]
         text = env[name]
         value: Any = [p.strip() for p in text.split(",") if p.strip()] if isinstance(default, list) else text
@@ -102,6 +110,15 @@ def auth_from_environment(raw: dict[str, Any], env: Mapping[str, str]) -> None:
             raise SettingsError(f"setting auth.keys {key.get('name')!r}: variable {key['key_env']} is not set")
         key["key_sha256"] = hashlib.sha256(value.encode()).hexdigest()
         key["key_env"] = None
+
+
+def refuse_key_in_file(table: Mapping[str, Any], source: str) -> None:
+    """Refuse `[upstream] api_key` in a file: the key comes from the environment only."""
+    upstream = table.get("upstream")
+    if isinstance(upstream, Mapping) and "api_key" in upstream:
+        raise SettingsError(
+            f"setting upstream.api_key: keys are never written in a file; set {KEY_VARIABLES[0]} (from {source})"
+        )
 
 
 def resolve_upstream_keys(raw: dict[str, Any], env: Mapping[str, str]) -> None:

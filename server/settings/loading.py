@@ -18,6 +18,7 @@ from .environment import (
     auth_from_environment,
     from_environment,
     process_from_environment,
+    refuse_key_in_file,
     resolve_upstream_keys,
     upstream_from_environment,
 )
@@ -39,6 +40,7 @@ def load_settings(
     sources.note(raw, f"file {DEFAULT_CONFIG.name}")
     if config_path is not None:
         overlay = _read_toml(config_path)
+        refuse_key_in_file(overlay, f"--config file {config_path}")
         sources.note(overlay, f"--config file {config_path}")
         _merge(raw, overlay)
     for layer in (from_environment(raw, env), upstream_from_environment(env), process_from_environment(env)):
@@ -101,6 +103,12 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except FileNotFoundError:
         raise SettingsError(f"--config file {path}: not found") from None
+    except OSError as exc:
+        # A directory, a file this user may not read: the reason only, as the OS words it.
+        raise SettingsError(f"--config file {path}: cannot be read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        # Where, not what: the bytes may be part of a key.
+        raise SettingsError(f"--config file {path}: not UTF-8 text (an invalid byte at offset {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise SettingsError(f"--config file {path}: not valid TOML: {exc}") from None
 
@@ -113,6 +121,10 @@ def _merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
             base[key] = value
 
 
+# What pydantic says when text reached a setting that takes a table or a list of tables.
+_TABLE_ERRORS = frozenset({"dict_type", "model_type", "model_attributes_type"})
+
+
 def _describe(exc: ValidationError, sources: _Sources) -> str:
     """One line: the setting, what was expected, and where its value came from."""
     error = exc.errors()[0]
@@ -122,6 +134,10 @@ def _describe(exc: ValidationError, sources: _Sources) -> str:
     where = f" (from {source})" if source else ""
     if loc[:2] == ("upstream", "api_key"):
         return f"setting upstream.api_key: expected a non-empty string{where}"
+    if error["type"] in _TABLE_ERRORS and source and source.startswith("environment variable"):
+        # routing.fallbacks, auth.keys...: a variable holds text, and these take TOML tables.
+        setting = ".".join(loc[:2])
+        return f"setting {setting}: takes TOML tables, set in the --config file, not in the environment{where}"
     if error["type"] == "extra_forbidden":
         return f"setting {path}: no such setting{_closest(loc)}{where}"
     # The value itself is not echoed: it may be a key pasted into the wrong variable.

@@ -10,9 +10,15 @@ from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_val
 
 from .base import Section
 
+# listen()'s backlog is a C int; the kernel caps it at net.core.somaxconn anyway.
+MAX_BACKLOG = 2**31 - 1
+# A day: far past any client worth waiting for, and 3x it in milliseconds (the kernel's
+# TCP_USER_TIMEOUT backstop, see sse.py) still fits the C int the kernel takes.
+MAX_SEND_TIMEOUT = 86400.0
+
 
 class ServerSettings(Section):
-    backlog: int = Field(gt=0)
+    backlog: int = Field(gt=0, le=MAX_BACKLOG, description="Connections the kernel queues; at most 2147483647.")
     max_body_bytes: int = Field(gt=0)
     cors_origins: tuple[str, ...]
     retry_after: int = Field(ge=0)
@@ -83,7 +89,11 @@ class LimitSettings(Section):
 
 class StreamSettings(Section):
     heartbeat_interval: float = Field(gt=0)
-    send_timeout: float = Field(gt=0)
+    send_timeout: float = Field(
+        gt=0,
+        le=MAX_SEND_TIMEOUT,
+        description="Seconds a client may accept nothing before it is cut; at most a day (86400).",
+    )
     retry_ms: int = Field(ge=0)
 
 
