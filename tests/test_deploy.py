@@ -154,3 +154,25 @@ def test_compose_instances_take_the_client_from_nginxs_forwarded_for(compose: di
     nginx = ipaddress.ip_address("172.18.0.4")  # an address of compose's default network
     assert any(nginx in network for network in settings.server.trusted_proxies)
     assert "ports" not in compose["services"]["sluice-1"]  # only nginx, on that network, reaches them
+
+
+def test_the_deployment_serves_the_keys_of_a_config_it_cannot_start_without() -> None:
+    """The shipped Deployment was an open gateway holding the upstream key, behind a Service."""
+    deployment = kubernetes()["Deployment"]
+    sluice = container(deployment)
+    config = sluice["args"][sluice["args"].index("--config") + 1]
+    mounts = {mount["name"]: mount["mountPath"] for mount in sluice["volumeMounts"]}
+    volumes = {volume["name"]: volume for volume in deployment["spec"]["template"]["spec"]["volumes"]}
+    (volume,) = [name for name, path in mounts.items() if config.startswith(path + "/")]
+    assert "optional" not in volumes[volume]["configMap"]  # no config, no pod
+    env = {variable["name"]: variable for variable in sluice["env"]}
+    assert "optional" not in env["SLUICE_AUTH_SECRET"]["valueFrom"]["secretKeyRef"]
+
+
+def test_the_deployments_kept_browser_events_fit_well_inside_its_memory_limit() -> None:
+    """At the default 1 GiB budget and a 1 GiB limit the kernel killed the pod before Sluice shed a stream."""
+    sluice = container(kubernetes()["Deployment"])
+    env = {variable["name"]: variable.get("value") for variable in sluice["env"]}
+    limit = sluice["resources"]["limits"]["memory"]
+    assert limit.endswith("Gi")
+    assert int(env["SLUICE_BROWSER_MAX_KEPT_BYTES"]) <= int(limit.removesuffix("Gi")) * 2**30 // 2
