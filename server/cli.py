@@ -125,7 +125,10 @@ def _run(args: argparse.Namespace, argv: list[str] | None, member: Membership | 
     if not supervised:
         return 0  # its supervisor died while it started: nobody would stop it; `leave` says so
     if args.workers > 1:
-        return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings, args.config)
+        try:
+            return supervise(args.workers, sys.argv[1:] if argv is None else argv, settings, args.config)
+        except SettingsError as exc:
+            return _refuse(str(exc))
     port, port_source = _listen_port(args.port, settings)
     # With Redis every worker reads every stream from there: no relay between workers is needed.
     worker = (

@@ -21,7 +21,19 @@ a row. Once a position's worker has listened, a replacement that fails to start 
 backoff for as long as it takes (`worker_restart_failed`), and the other workers keep serving.
 Signals are not handled asynchronously: the parent blocks them and takes each, with every child's
 exit, in its one loop (`sigtimedwait`), so no signal can fall between deciding to replace a worker
-and starting it.
+and starting it. A worker starts with SIGHUP blocked and unblocks it once it listens, its reload
+handler in place (`Membership.listening`): a SIGHUP forwarded while it starts waits for that, then
+reloads its keys, where it would have killed the worker.
+
+The group's directory (`sluice-workers-*` in the temporary directory) goes when the parent exits,
+whatever ends it short of SIGKILL: a stop, giving up, or a set-up that failed (a --config that cannot
+be copied, such as a pipe, is a start-up mistake, status 2). Signals are blocked before it is made.
+
+When the operator names the metrics directory (PROMETHEUS_MULTIPROC_DIR), the parent takes it for
+the group before any worker starts (`claim_metrics_dir`): it refuses, with status 2, one that does
+not exist or that another running group holds, and removes the `*.db` files an earlier run left
+there, as prometheus-client requires: a group's counts start from zero, as in its own directory. A
+single process (no --workers) leaves that directory as it is.
 
 A parent killed outright (SIGKILL, the OOM killer) cannot stop its workers or remove its directory:
 each worker drains as on SIGTERM when its parent dies (`Membership`), and the last one out removes
@@ -48,7 +60,14 @@ from types import FrameType
 import structlog
 from prometheus_client import multiprocess
 
-from .settings import AuthSettings, Settings, SettingsError, child_environment, load_settings
+from .settings import (
+    METRICS_DIR_VARIABLE,
+    AuthSettings,
+    Settings,
+    SettingsError,
+    child_environment,
+    load_settings,
+)
 
 log = structlog.get_logger("sluice.workers")
 
@@ -66,6 +85,8 @@ GIVE_UP_AFTER = 5
 # Seconds between a worker's checks that its parent lives, where the kernel cannot tell it (not Linux).
 PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+# In an operator's metrics directory: locked by the parent of the group that uses it.
+METRICS_LOCK = "sluice.lock"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _WAITED = {*_STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD}
 
@@ -108,15 +129,19 @@ class Group:
 
     @classmethod
     def create(cls, config: Path | None) -> Group:
-        """A new group directory (private to this user), with a copy of `config` when given."""
+        """A new group directory (private to this user), with a copy of `config` when given; none if that fails."""
         group = cls(Path(tempfile.mkdtemp(prefix="sluice-workers-")))
-        for directory in (group.peers, group.metrics, group.listening):
-            directory.mkdir()
-        group.members.touch()
-        if config is not None:
-            # The parent loaded `config` a moment ago; a file changed in between fails the first
-            # workers' start (status 2), and the parent gives up as for any start-up mistake.
-            shutil.copyfile(config, group.config)
+        try:
+            for directory in (group.peers, group.metrics, group.listening):
+                directory.mkdir()
+            group.members.touch()
+            if config is not None:
+                # The parent loaded `config` a moment ago; a file changed in between fails the first
+                # workers' start (status 2), and the parent gives up as for any start-up mistake.
+                shutil.copyfile(config, group.config)
+        except BaseException:
+            shutil.rmtree(group.path, ignore_errors=True)
+            raise
         return group
 
     def keep_keys(self, config: Path, auth_enabled: bool) -> bool:
@@ -212,8 +237,9 @@ class _Supervisor:
 
     def start(self, slot: _Slot) -> None:
         argv = worker_argv(self.argv, slot.index, self.group, self.count)
-        # The parent blocks the stop signals; the worker must not inherit that mask.
-        slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=())
+        # Not the parent's mask (the signals its loop waits for), but SIGHUP held: sent while the
+        # worker starts, it would kill it; the worker unblocks it once its reload handler is in place.
+        slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=(signal.SIGHUP,))
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("worker_started", worker_pid=slot.pid, worker_index=slot.index)
@@ -304,14 +330,20 @@ class _Supervisor:
 
 
 def supervise(count: int, argv: list[str], settings: Settings, config: Path | None = None) -> int:
-    """Start `count` workers on `settings` (from `config`), keep them running until a signal; return the exit code."""
-    group = Group.create(config)
-    metrics_dir = settings.process.metrics_dir or str(group.metrics)
-    supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, group, count)
+    """Start `count` workers on `settings` (from `config`), keep them running until a signal; return the exit code.
+
+    SettingsError (a start-up mistake) when the group cannot be set up; nothing of it is left then.
+    """
     # A no-op handler: SIGCHLD's default is to discard it, and a discarded signal cannot be waited for.
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # Before the group's directory exists: a stop signal from here on waits for the loop, and the
+    # `finally` removes the directory however this function ends.
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
+    held = contextlib.ExitStack()
     try:
+        group = _set_up(count, settings, config, held)
+        metrics_dir = settings.process.metrics_dir or str(group.metrics)
+        supervisor = _Supervisor(argv, child_environment(metrics_dir), metrics_dir, group, count)
         for index in range(count):
             supervisor.slots[index] = _Slot(index)
             supervisor.start(supervisor.slots[index])
@@ -334,9 +366,61 @@ def supervise(count: int, argv: list[str], settings: Settings, config: Path | No
         while signal.sigtimedwait(_WAITED, 0) is not None:
             pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)
-        shutil.rmtree(group.path, ignore_errors=True)
+        held.close()  # the group's directory, and the lock on the operator's metrics directory
     log.info("supervisor_stopped")
     return supervisor.exit_code
+
+
+def _set_up(count: int, settings: Settings, config: Path | None, held: contextlib.ExitStack) -> Group:
+    """The operator's metrics directory taken, then the group's directory made; `held` lets go of both."""
+    if settings.process.metrics_dir is not None:
+        held.callback(os.close, claim_metrics_dir(settings.process.metrics_dir))
+    try:
+        group = Group.create(config)
+    except OSError as exc:
+        copy = f" with a copy of --config {config}" if config is not None else ""
+        raise SettingsError(
+            f"--workers {count}: cannot set up the group's directory in {tempfile.gettempdir()}{copy}: {exc}"
+        ) from None
+    held.callback(shutil.rmtree, group.path, ignore_errors=True)
+    return group
+
+
+def claim_metrics_dir(path: str) -> int:
+    """Take the operator's metrics directory for this group: lock it, then remove an earlier run's files.
+
+    prometheus-client's files must not outlive the processes that wrote them: a counter would carry
+    its count over a restart. Nor may the directory be another running group's, whose files this
+    would remove under it: the parent holds `METRICS_LOCK` in it while its group runs (the kernel lets
+    go of a killed parent's). Returns the lock's descriptor; SettingsError when the directory cannot
+    be taken.
+    """
+    where = f"environment variable {METRICS_DIR_VARIABLE}={path}"
+    try:
+        lock = os.open(os.path.join(path, METRICS_LOCK), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise SettingsError(f"{where}: cannot keep the workers' metrics there: {exc.strerror}") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        stale = list(Path(path).glob("*.db"))
+        for file in stale:
+            file.unlink(missing_ok=True)
+    except BlockingIOError:
+        os.close(lock)
+        raise SettingsError(
+            f"{where}: another running --workers group keeps its metrics there; give each group its own directory"
+        ) from None
+    except OSError as exc:
+        os.close(lock)
+        raise SettingsError(f"{where}: cannot clear an earlier run's metrics files from it: {exc}") from None
+    if stale:
+        log.info(
+            "metrics_dir_wiped",
+            message="removed the metrics files an earlier run left: the group's counts start from zero",
+            directory=path,
+            files=len(stale),
+        )
+    return lock
 
 
 @dataclass
@@ -376,9 +460,15 @@ class Membership:
         return os.getppid() == self.supervisor_pid
 
     def listening(self) -> None:
-        """Tell the parent this worker listens: a failure of its position is no longer a start-up mistake."""
+        """Once the sockets listen, every handler in place: tell the parent, and take a SIGHUP held since start-up.
+
+        A failure of this worker's position is no longer a start-up mistake. SIGHUP was blocked from
+        the worker's start (`_Supervisor.start`); unblocked, one that came meanwhile reaches the
+        reload handler (server/contexts.py) now.
+        """
         with contextlib.suppress(OSError):
             (self.group.listening / str(os.getpid())).touch()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
 
     def leave(self) -> None:
         """Let go of the group; with the parent gone, the last worker out removes its directory."""

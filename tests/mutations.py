@@ -4260,6 +4260,97 @@ BREAKS += [
 ]
 
 
+# --workers: the group's directory on every exit, SIGHUP while a worker starts, the operator's metrics directory.
+WORKER_DIRECTORIES = "tests/test_worker_directories.py"
+WORKER_METRICS_DIR = "tests/test_worker_metrics_dir.py"
+WORKER_RELOAD_AT_START = "tests/test_worker_reload_at_start.py"
+BREAKS += [
+    Break(
+        "a stopped group leaves its directory",
+        WORKERS_PY,
+        "    held.callback(shutil.rmtree, group.path, ignore_errors=True)\n",
+        "",
+        (
+            f"{WORKER_DIRECTORIES}::test_a_group_stopped_with_sigterm_leaves_no_directory",
+            f"{WORKER_DIRECTORIES}::test_a_group_that_gives_up_on_a_start_up_mistake_leaves_no_directory",
+        ),
+    ),
+    Break(
+        "a stop signal just after the group's directory is made leaves it",
+        WORKERS_PY,
+        "        group = Group.create(config)\n",
+        "        signal.pthread_sigmask(signal.SIG_UNBLOCK, _WAITED)\n"
+        "        group = Group.create(config)\n"
+        "        signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)\n",
+        (
+            f"{WORKER_DIRECTORIES}::"
+            "test_a_stop_signal_just_after_the_group_directory_is_made_stops_the_group_and_removes_it",
+        ),
+    ),
+    Break(
+        "a group set-up that fails leaves its directory",
+        WORKERS_PY,
+        "        except BaseException:\n            shutil.rmtree(group.path, ignore_errors=True)\n",
+        "        except BaseException:\n",
+        (
+            f"{WORKER_DIRECTORIES}::"
+            "test_a_config_file_the_group_cannot_copy_is_refused_in_one_line_and_leaves_no_directory",
+        ),
+    ),
+    Break(
+        "a group set-up mistake is a traceback",
+        CLI,
+        "        except SettingsError as exc:\n            return _refuse(str(exc))\n    port, port_source",
+        "    port, port_source",
+        (
+            f"{WORKER_DIRECTORIES}::"
+            "test_a_config_file_the_group_cannot_copy_is_refused_in_one_line_and_leaves_no_directory",
+        ),
+    ),
+    Break(
+        "the last worker out keeps the group's directory",
+        WORKERS_PY,
+        "            if last:\n                shutil.rmtree(self.group.path, ignore_errors=True)\n",
+        "            if last:\n                pass\n",
+        (f"{WORKER_DIRECTORIES}::test_workers_whose_supervisor_is_killed_while_they_start_remove_the_group_directory",),
+    ),
+    Break(
+        "a worker takes SIGHUP before its handler is in place",
+        WORKERS_PY,
+        "setsigmask=(signal.SIGHUP,)",
+        "setsigmask=()",
+        (
+            f"{WORKER_RELOAD_AT_START}::"
+            "test_a_replacement_that_gets_sighups_while_it_starts_survives_and_serves_the_reloaded_keys",
+        ),
+    ),
+    Break(
+        "an earlier run's metrics files are kept",
+        WORKERS_PY,
+        "            file.unlink(missing_ok=True)\n",
+        "            pass\n",
+        (f"{WORKER_METRICS_DIR}::test_a_restarted_group_counts_from_zero_in_the_operators_metrics_directory",),
+    ),
+    Break(
+        "two groups share one metrics directory",
+        WORKERS_PY,
+        "        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)\n        stale = ",
+        "        stale = ",
+        (f"{WORKER_METRICS_DIR}::test_a_group_refuses_a_metrics_directory_a_running_group_uses_and_leaves_its_counts",),
+    ),
+    Break(
+        "a missing metrics directory is a traceback",
+        "server/settings/sections.py",
+        "        if value is not None and not os.path.isdir(value):\n",
+        "        if False:\n",
+        (
+            "tests/test_startup_errors.py::"
+            "test_a_metrics_directory_that_does_not_exist_stops_a_single_process_naming_the_variable",
+        ),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
@@ -4284,17 +4375,27 @@ def run_tests(
     unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:xdist"]
     fast = ["-p", "tests.support.exit_on_failure"] if stop_at_failure else []
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *fast, *tests]
-    run = subprocess.Popen(
-        argv, cwd=repo, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
-    try:
-        output, _ = run.communicate(timeout=limit)
-    except subprocess.TimeoutExpired:
-        return None, f"(still running after {limit:.0f} s)"
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)
-        run.wait()
+    # Its own temporary directory, removed after the kill: what the killed processes left there
+    # (a --workers group's directory, killed before it could remove it) goes with it. Short: a
+    # worker's Unix socket path must fit in 108 bytes.
+    with tempfile.TemporaryDirectory(prefix="sluice-run-") as scratch:
+        run = subprocess.Popen(
+            argv,
+            cwd=repo,
+            env={**os.environ, "TMPDIR": scratch},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        try:
+            output, _ = run.communicate(timeout=limit)
+        except subprocess.TimeoutExpired:
+            return None, f"(still running after {limit:.0f} s)"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(run.pid, signal.SIGKILL)
+            run.wait()
     tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
     return run.returncode, tail
 

@@ -134,3 +134,10 @@ def test_a_config_file_that_is_not_utf8_stops_start_up_naming_it(tmp_path: Path)
 def test_a_table_setting_from_the_environment_stops_start_up_pointing_at_the_config_file() -> None:
     line = refusal(start_up("--port", str(free_port()), SLUICE_ROUTING_FALLBACKS="a=b"))
     assert "setting routing.fallbacks: takes TOML tables, set in the --config file" in line
+
+
+def test_a_metrics_directory_that_does_not_exist_stops_a_single_process_naming_the_variable(tmp_path: Path) -> None:
+    """prometheus-client writes its first file there: a missing one was a traceback."""
+    line = refusal(start_up("--port", str(free_port()), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "absent")))
+    assert "setting process.metrics_dir: expected an existing directory" in line
+    assert "PROMETHEUS_MULTIPROC_DIR" in line

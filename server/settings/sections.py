@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -171,3 +172,12 @@ class ProcessSettings(Section):
         if isinstance(value, str) and value.isdigit() and 1 <= int(value) <= 65535:
             return int(value)
         raise ValueError("expected a port number 1-65535")
+
+    @field_validator("metrics_dir")
+    @classmethod
+    def _existing_directory(cls, value: str | None) -> str | None:
+        # prometheus-client writes a file there for the first metric: a missing one was a traceback
+        # at start-up (or every worker dying, with --workers), not a refusal naming the variable.
+        if value is not None and not os.path.isdir(value):
+            raise ValueError("expected an existing directory (prometheus-client's multi-process files go there)")
+        return value
