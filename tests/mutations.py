@@ -4351,6 +4351,36 @@ BREAKS += [
 ]
 
 
+# Found by the scale-out review: a resume past a finished stream's end, read on another instance.
+STORE_RESUME = "tests/test_store_resume_contract.py"
+BREAKS += [
+    Break(
+        "a finished stream's end is not found past its final event (Redis)",
+        "server/streams/redis_store.py",
+        "        return Slice((), finished=END in fields and entry_seq(end_id) <= seq + 1)\n",
+        "        return Slice((), finished=False)\n",
+        (
+            f"{STORE_RESUME}::test_a_resume_at_or_past_the_final_event_of_a_finished_stream_reads_as_its_end",
+            f"{SCALE}::test_a_resume_at_or_past_the_end_of_a_finished_stream_is_204_on_either_instance",
+        ),
+    ),
+    Break(
+        "a live stream read past its newest event is taken for finished (Redis)",
+        "server/streams/redis_store.py",
+        "        return Slice((), finished=END in fields and entry_seq(end_id) <= seq + 1)\n",
+        "        return Slice((), finished=True)\n",
+        (f"{STORE_RESUME}::test_a_resume_at_or_past_the_newest_event_of_a_live_stream_waits_for_more",),
+    ),
+    Break(
+        "a finished stream's end is not found past its final event (memory)",
+        "server/streams/memory.py",
+        "finished=buffer.finished and end >= buffer.last)",
+        "finished=buffer.finished and end >= buffer.last >= seq)",
+        (f"{STORE_RESUME}::test_a_resume_at_or_past_the_final_event_of_a_finished_stream_reads_as_its_end",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -591,3 +591,43 @@ async def test_sigterm_to_an_instance_reading_a_stream_generated_elsewhere_ends_
     assert seqs(more)[0] == len(events)
     assert ended < SECONDS
     assert other.process.events("drain_ending_readers")
+
+
+async def test_a_resume_at_or_past_the_end_of_a_finished_stream_is_204_on_either_instance(cluster: Cluster) -> None:
+    # Read as a live stream on the instance that did not produce it, a resume past the final event
+    # once got 200 and heartbeats until retention: EventSource never stopped reconnecting to it.
+    bound = 5.0  # seconds for an answer: far below the heartbeat (15 s) and retention (300 s)
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "short\n#sim tokens=3")
+        events = await asyncio.wait_for((await Reader.open(http, cluster.first.url, stream_id)).rest(), 30)
+        assert events[-1].event == "done"
+        final = seqs(events)[-1]
+        # The end is an entry of its own after the final event: once Redis has it, every instance knows.
+        async with aioredis.Redis.from_url(cluster.redis.url) as redis:
+            stored = await redis.xread({f"sluice:stream:{stream_id}": f"0-{final}"}, count=1, block=10_000)
+            assert stored, "the stream's end never reached Redis"
+        answers: dict[tuple[str, int], tuple[int, bytes]] = {}
+        for after in (final, final + 1, final + 1000):
+            for name, gateway in (("producer", cluster.first), ("other", cluster.second)):
+                headers = {"Last-Event-ID": f"{stream_id}:{after}"}
+                async with (
+                    asyncio.timeout(bound),
+                    http.get(f"{gateway.url}/chat/streams/{stream_id}", headers=headers) as r,
+                ):
+                    answers[name, after] = (r.status, await r.read())
+    assert set(answers.values()) == {(204, b"")}, answers
+
+
+async def test_a_resume_past_the_newest_event_of_a_live_stream_waits_on_either_instance_and_ends_with_it(
+    cluster: Cluster,
+) -> None:
+    bound = 5.0  # seconds for the readers to end: far below the heartbeat (15 s) and retention (300 s)
+    async with aiohttp.ClientSession() as http:
+        stream_id = await start(http, cluster.first.url, "claimed ahead\n" + LONG)
+        ahead = f"{stream_id}:100000"
+        # 200: the stream is live, so more may come (Reader.open asserts it).
+        readers = [await Reader.open(http, g.url, stream_id, after=ahead) for g in (cluster.first, cluster.second)]
+        async with http.delete(f"{cluster.first.url}/chat/streams/{stream_id}") as response:
+            assert response.status == 204  # once the end is stored
+        ended = [await asyncio.wait_for(reader.rest(), bound) for reader in readers]
+    assert ended == [[], []]  # nothing after the claim, and the end closes both connections

@@ -142,17 +142,21 @@ class RedisStreamStore:
             entries, *_ = await pipe.execute()
             if entries:
                 return _slice(stream_id, seq, [_entry(*entry) for entry in entries], limit)
-            # Nothing after `seq`: caught up, or is there no such stream?
-            pipe.exists(key)
+            # Nothing after `seq`: caught up, past the end, or is there no such stream?
+            pipe.xrevrange(key, max="+", min="-", count=1)
             pipe.exists(self._keys.lease(stream_id))
-            exists, leased = await pipe.execute()
+            last, leased = await pipe.execute()
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise StoreUnavailableError("Redis is unreachable") from None
-        if not exists:
+        if not last:
             # Leased but empty: started, nothing written yet (or being restored after an outage).
             return Slice((), finished=False) if leased or self._settling() else None
-        return Slice((), finished=False)
+        # Ended at or before `seq`, a resume point past the final event: nothing follows, as in memory
+        # (read as live, the reader got heartbeats until retention). An end after `seq + 1` came
+        # since the XRANGE, with events before it: read again.
+        end_id, fields = last[0]
+        return Slice((), finished=END in fields and entry_seq(end_id) <= seq + 1)
 
     async def wait(self, stream_id: str, seq: int) -> None:
         if stream_id in self._local:
