@@ -204,7 +204,8 @@ def serve(
             integration="simulated" if settings.simulated else "openai",
             # Each upstream by name and base URL, without user, password or query (never a key).
             upstreams=[{"name": entry.name, "url": loggable_url(entry.base_url)} for entry in upstreams(app)],
-            models=len(settings.models.available),
+            # The configured names ("*": any name; discovery adds the upstream's as it finds them).
+            models=list(settings.models.available),
             auth="on" if settings.auth.enabled else "off",
             pid=os.getpid(),
             worker_index=worker.index if worker is not None else None,

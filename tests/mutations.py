@@ -4381,6 +4381,39 @@ BREAKS += [
 ]
 
 
+# Found by the README review: the one-step GET's query, and the listening line's models.
+BREAKS += [
+    Break(
+        "a one-step GET field given twice keeps its first value",
+        "server/routes/browser.py",
+        "        if len(values) > 1:\n",
+        "        if False:\n",
+        ("tests/test_browser_streams.py::test_one_step_get_refuses_a_field_given_twice",),
+    ),
+    Break(
+        "a one-step GET message that is not UTF-8 reaches the model as U+FFFD",
+        "server/routes/browser.py",
+        'if "\\ufffd" in value and not _decodes(',
+        "if False and not _decodes(",
+        ("tests/test_browser_streams.py::test_one_step_get_refuses_a_message_that_is_not_utf8_once_decoded",),
+    ),
+    Break(
+        "a message holding U+FFFD itself is refused",
+        "server/routes/browser.py",
+        'if "\\ufffd" in value and not _decodes(',
+        'if "\\ufffd" in value or not _decodes(',
+        ("tests/test_browser_streams.py::test_one_step_get_keeps_a_message_that_holds_a_replacement_character",),
+    ),
+    Break(
+        "the listening line counts the models instead of naming them",
+        CLI,
+        "models=list(settings.models.available),",
+        "models=len(settings.models.available),",
+        ("tests/test_operator_logs.py::test_the_listening_line_names_upstream_models_auth_and_pid",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

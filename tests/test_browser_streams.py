@@ -16,6 +16,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from structlog.testing import capture_logs
+from yarl import URL
 
 from server.app import create_app
 from server.keys import LIFECYCLE, STREAMS
@@ -482,6 +483,32 @@ async def test_one_step_get_validates_its_query_like_post_chat(
     assert response.status == status
     assert body["error"]["param"] == param
     assert set(body["error"]) == {"message", "type", "param", "code"}
+
+
+@pytest.mark.parametrize(
+    ("query", "param"),
+    [("message=hi&message=there", "message"), ("message=hi&model=gpt-4o&model=gpt-4o-mini", "model")],
+)
+async def test_one_step_get_refuses_a_field_given_twice(client: Client, query: str, param: str) -> None:
+    """yarl keeps the first value: the other would be dropped without a word."""
+    response = await client.get(URL(f"/chat/stream?{query}", encoded=True))
+    body = await response.json()
+    assert response.status == 400
+    assert body["error"]["param"] == param
+
+
+async def test_one_step_get_refuses_a_message_that_is_not_utf8_once_decoded(client: Client) -> None:
+    """yarl decodes the byte as U+FFFD: the model would get another message than the client sent."""
+    response = await client.get(URL("/chat/stream?message=caf%E9", encoded=True))
+    body = await response.json()
+    assert response.status == 400
+    assert body["error"]["param"] == "message"
+
+
+async def test_one_step_get_keeps_a_message_that_holds_a_replacement_character(client: Client) -> None:
+    response = await client.get(URL("/chat/stream?message=%EF%BF%BD%20%23sim%20tokens%3D1", encoded=True))
+    assert response.status == 200
+    assert b"event: done" in await response.read()
 
 
 @pytest.mark.parametrize(

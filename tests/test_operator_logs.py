@@ -39,7 +39,7 @@ def test_the_listening_line_names_upstream_models_auth_and_pid(gateway: Gateway,
 
     assert line["upstreams"] == [{"name": "default", "url": simulator.base_url}]
     assert line["integration"] == "openai"
-    assert line["models"] == len(load_settings(TEST_CONFIG, environ={}).models.available)
+    assert line["models"] == list(load_settings(TEST_CONFIG, environ={}).models.available)
     assert line["auth"] == "off"
     assert line["pid"] == gateway.process.pid
     assert not any(KEY in text for text in gateway.process.lines)

@@ -20,6 +20,7 @@ server/streams/), so a reconnect resumes where it left off.
 
 from __future__ import annotations
 
+import urllib.parse
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -130,9 +131,37 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
                 "send other fields (history, temperature, max_tokens) to POST /chat/streams.",
                 param=name[:100],
             )
-    fields = {name: request.query[name] for name in _QUERY_FIELDS if name in request.query}
-    stream_id = await _start(request, fields)
+    stream_id = await _start(request, _query_fields(request))
     return await _serve(request, stream_id, 0)
+
+
+def _query_fields(request: web.Request) -> dict[str, str]:
+    """The one-step GET's fields, each given once and valid UTF-8 once percent-decoded.
+
+    Either would otherwise reach the model changed without a word: yarl keeps the first of a
+    repeated name and decodes a byte that is not UTF-8 as U+FFFD.
+    """
+    query = request.query
+    fields: dict[str, str] = {}
+    for name in _QUERY_FIELDS:
+        values = query.getall(name, ())
+        if len(values) > 1:
+            raise InvalidRequestError(f"{name}: given {len(values)} times in the query; give it once.", param=name)
+        if values:
+            fields[name] = values[0]
+    for name, value in fields.items():
+        if "\ufffd" in value and not _decodes(request.rel_url.raw_query_string):
+            raise InvalidRequestError(f"{name}: not UTF-8 text once percent-decoded.", param=name)
+    return fields
+
+
+def _decodes(raw_query: str) -> bool:
+    """True when every percent-encoded byte sequence of `raw_query` is UTF-8 (looked at only on a U+FFFD)."""
+    try:
+        urllib.parse.parse_qsl(raw_query, keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 async def _may_access(request: web.Request, stream_id: str) -> bool:

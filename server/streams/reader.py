@@ -50,7 +50,8 @@ class ResumeUnavailableError(GatewayError):
 
 
 def _dropped() -> ResumeUnavailableError:
-    return ResumeUnavailableError("The events after Last-Event-ID are no longer kept; start a new stream.")
+    # A plain attach (no Last-Event-ID) can meet this too: its resume point is the stream's start.
+    return ResumeUnavailableError("The events after the resume point are no longer kept; start a new stream.")
 
 
 class DrainEnd:
