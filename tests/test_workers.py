@@ -226,14 +226,14 @@ def test_a_replacement_worker_runs_the_settings_the_group_started_with_not_the_f
     config = Path(write_config(tmp_path / "sluice.toml", ""))
     running = start_listening(["--config", str(config)])
     try:
-        started = {e["models"] for e in running.process.events("sluice_listening")}
+        started = {tuple(e["models"]) for e in running.process.events("sluice_listening")}
         # A valid edit that a restart would take: one model fewer.
         config.write_text(config.read_text().replace('"gpt-5", ', ""))
         os.kill(running.pid(0), signal.SIGKILL)
         running.wait_for_replacement()
         replacement = running.process.events("sluice_listening")[-1]
         assert replacement["pid"] == running.pid(0)
-        assert {replacement["models"]} == started
+        assert {tuple(replacement["models"])} == started
     finally:
         running.stop()
 
