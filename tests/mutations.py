@@ -694,8 +694,8 @@ BREAKS += [
     Break(
         "tokens never settled",
         "server/auth/gate.py",
-        "tokens=self.reserved_tokens - used, streams=self._streams",
-        "tokens=0, streams=self._streams",
+        "            tokens=self.reserved_tokens - used,\n",
+        "            tokens=0,\n",
         (f"{AUTH_PROCESS}::test_tokens_per_minute_reach_429_with_openai_headers_and_recover",),
     ),
     Break(
@@ -2953,8 +2953,8 @@ BREAKS += [
     Break(
         "a slot taken while Redis was away is given back to Redis",
         "server/shared/limit_store.py",
-        "        if streams and self._local_slots.get(name):\n",
-        "        if False:\n",
+        "        slot_here = bool(streams) and self._local_slots.get(name, 0) > 0\n",
+        "        slot_here = False\n",
         ("tests/test_redis_limits.py::test_a_slot_taken_while_redis_was_away_is_given_back_here_not_to_redis",),
     ),
     Break(
@@ -4410,6 +4410,40 @@ BREAKS += [
         "models=list(settings.models.available),",
         "models=len(settings.models.available),",
         ("tests/test_operator_logs.py::test_the_listening_line_names_upstream_models_auth_and_pid",),
+    ),
+]
+
+
+# Found by the review of the session's diff: each part of a request goes back where it was taken.
+GIVE_BACK_UNITS = "tests/test_limit_give_back.py"
+BREAKS += [
+    Break(
+        "tokens counted here are given back to Redis",
+        LIMIT_STORE,
+        "        tokens_here = tokens if tokens_counted_here else 0\n",
+        "        tokens_here = 0\n",
+        (f"{GIVE_BACK_UNITS}::test_tokens_counted_here_go_back_here_while_the_slot_goes_back_to_redis",),
+    ),
+    Break(
+        "a slot counted here goes back with tokens taken in Redis",
+        LIMIT_STORE,
+        "        tokens, streams = tokens - tokens_here, 0 if slot_here else streams\n",
+        "        tokens, streams = (0, 0) if slot_here else (tokens - tokens_here, streams)\n",
+        (f"{GIVE_BACK_UNITS}::test_a_slot_counted_here_goes_back_here_while_tokens_taken_in_redis_go_back_to_redis",),
+    ),
+    Break(
+        "a lease forgets where its reservation was counted",
+        "server/auth/gate.py",
+        "            tokens_counted_here=self._tokens_counted_here,\n",
+        "            tokens_counted_here=False,\n",
+        (f"{GIVE_BACK_UNITS}::test_a_lease_gives_its_tokens_back_where_its_reservation_was_counted",),
+    ),
+    Break(
+        "an owed give-back failing for a bug is dropped",
+        LIMIT_STORE,
+        '                    log.exception("limits_owed_failed")\n',
+        "                    raise\n",
+        (f"{GIVE_BACK_UNITS}::test_an_owed_give_back_that_fails_for_a_bug_is_kept_and_sent_again",),
     ),
 ]
 

@@ -8,6 +8,8 @@ from typing import cast
 
 import pytest
 
+from server.auth.gate import Lease
+from server.auth.gateway_keys import GatewayKey
 from server.auth.limits import KeyLimits
 from server.shared.limit_store import RedisLimitStore
 from server.shared.limits import LimitsUnavailableError
@@ -116,3 +118,98 @@ async def test_a_take_whose_request_left_while_it_was_on_its_way_is_undone(
     await settled(store)
 
     assert len(redis.undone) == 1
+
+
+class RedisAway:
+    """Redis whose takes never answer (each may have run: it owes an undo), noting what it is given back."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[int, int]] = []
+
+    async def take(self, name: str, **_: int | str) -> None:
+        raise LimitsUnavailableError("Redis is unreachable")
+
+    async def undo(self, name: str, **_: int | str) -> None:
+        pass
+
+    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+        self.given.append((tokens, streams))
+
+
+LIMITED = KeyLimits(tpm=1000, max_streams=2)
+
+
+async def test_tokens_counted_here_go_back_here_while_the_slot_goes_back_to_redis(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    # The slot taken in Redis, then the reservation's reply lost: given back to Redis too, the tokens
+    # were given twice there (its take's undo gives them back already).
+    redis = RedisAway()
+    store = store_over(cast(LostAnswer, redis))
+    reserved = await store.take("k", LIMITED, requests=0, tokens=100, streams=0)
+    assert reserved.counted_here
+
+    await store.give_back("k", LIMITED, tokens=70, streams=1, tokens_counted_here=True)
+
+    assert redis.given == [(0, 1)]
+    usage = await store._local.usage("k", LIMITED)
+    assert usage is not None
+    assert usage.tokens == 30
+
+
+async def test_a_slot_counted_here_goes_back_here_while_tokens_taken_in_redis_go_back_to_redis(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    redis = RedisAway()
+    store = store_over(cast(LostAnswer, redis))
+    slot = await store.take("k", LIMITED, requests=1, tokens=0, streams=1)
+    assert slot.counted_here
+
+    await store.give_back("k", LIMITED, tokens=70, streams=1)
+
+    assert redis.given == [(70, 0)]
+    usage = await store._local.usage("k", LIMITED)
+    assert usage is not None
+    assert usage.streams == 0
+
+
+async def test_a_lease_gives_its_tokens_back_where_its_reservation_was_counted(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    redis = RedisAway()
+    store = store_over(cast(LostAnswer, redis))
+    lease = Lease(store, GatewayKey("k", b"", None, LIMITED))
+    assert await lease.reserve({"messages": [], "max_tokens": 100}) is None
+
+    await lease.release({"total_tokens": 40})
+
+    assert redis.given == [(0, 1)]  # the slot (taken in Redis by take_limits, not in this test); no tokens
+
+
+class FailsForABugOnce:
+    """Redis away for a give-back, then failing its retry for a bug, then taking it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.applied: list[tuple[int, int]] = []
+
+    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+        self.sent += 1
+        if self.sent == 1:
+            raise LimitsUnavailableError("Redis is unreachable")
+        if self.sent == 2:
+            raise RuntimeError("a script error")
+        self.applied.append((tokens, streams))
+
+
+async def test_an_owed_give_back_that_fails_for_a_bug_is_kept_and_sent_again(
+    store_over: Callable[[LostAnswer], RedisLimitStore],
+) -> None:
+    # It was dropped with the settling task, and the slot stayed taken in Redis for good.
+    redis = FailsForABugOnce()
+    store = store_over(cast(LostAnswer, redis))
+
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await settled(store)
+
+    assert redis.applied == [(0, 1)]

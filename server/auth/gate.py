@@ -45,6 +45,7 @@ class Lease:
         self.revoked = False
         self._end: Callable[[], None] | None = None
         self.last_decision: Decision | None = None  # the reservation's, for the response's headers
+        self._tokens_counted_here = False
 
     def end_with(self, end: Callable[[], None]) -> None:
         """Call `end` (it stops the request's stream) if the key is revoked while the lease is held; now if it was."""
@@ -88,6 +89,7 @@ class Lease:
         self.last_decision = decision
         self.prompt_estimate = prompt
         self.reserved_tokens = prompt + completion
+        self._tokens_counted_here = decision.counted_here
         return None
 
     async def release(self, usage: dict[str, Any] | None, relayed_tokens: int = 0) -> None:
@@ -102,7 +104,11 @@ class Lease:
         if used is None:
             used = self.prompt_estimate + relayed_tokens if self.reserved_tokens else 0
         await self._store.give_back(
-            self.key.name, self.key.limits, tokens=self.reserved_tokens - used, streams=self._streams
+            self.key.name,
+            self.key.limits,
+            tokens=self.reserved_tokens - used,
+            streams=self._streams,
+            tokens_counted_here=self._tokens_counted_here,
         )
 
 

@@ -53,6 +53,9 @@ class Decision:
     reset_requests: float
     reset_tokens: float
     retry_after: float
+    # True when a shared store could not be reached and this process counted the take itself:
+    # what it took goes back here too, never to the shared store (see RedisLimitStore.give_back).
+    counted_here: bool = False
 
     @property
     def allowed(self) -> bool:
@@ -75,8 +78,14 @@ class LimitStore(Protocol):
     async def take(self, name: str, limits: KeyLimits, *, requests: int, tokens: int, streams: int) -> Decision:
         """Take the amounts if every limit allows them all; else take nothing and say which limit refused."""
 
-    async def give_back(self, name: str, limits: KeyLimits, *, tokens: int, streams: int) -> None:
-        """Return unused tokens (negative: charge more) and release stream slots."""
+    async def give_back(
+        self, name: str, limits: KeyLimits, *, tokens: int, streams: int, tokens_counted_here: bool = False
+    ) -> None:
+        """Return unused tokens (negative: charge more) and release stream slots.
+
+        `tokens_counted_here`: the tokens' take was counted by this process (its decision's
+        `counted_here`), so they go back where they were taken.
+        """
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
         """Read the key's use without taking anything; None when it cannot be known now."""
@@ -150,7 +159,9 @@ class MemoryLimitStore:
             retry_after=retry_after,
         )
 
-    async def give_back(self, name: str, limits: KeyLimits, *, tokens: int, streams: int) -> None:
+    async def give_back(
+        self, name: str, limits: KeyLimits, *, tokens: int, streams: int, tokens_counted_here: bool = False
+    ) -> None:
         now = self._clock()
         state = self._state(name, limits, now)
         if limits.tpm:
