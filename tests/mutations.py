@@ -4448,6 +4448,29 @@ BREAKS += [
 ]
 
 
+# Found by the /v1 review: the OpenAI SDKs retried what Sluice's routing had retried already.
+BREAKS += [
+    Break(
+        "upstream failures invite the SDK to retry them",
+        "server/middleware/errors.py",
+        "    if isinstance(error, UpstreamError) and error.status in (502, 504):\n",
+        "    if False:\n",
+        ("tests/test_openai_sdk.py::test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "the upstream's retry-after-ms is rounded up to whole seconds",
+        "server/upstreams/failures.py",
+        ', "retry-after-ms": str(round(seconds * 1000))}',
+        "}",
+        ("tests/test_routing_units.py::test_429_and_503_pass_retry_after_on",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

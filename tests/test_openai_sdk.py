@@ -8,6 +8,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
+from tests.support.client import new_request_id
 from tests.support.processes import Gateway, Simulator, start_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello from the Python SDK"}]
@@ -106,6 +107,22 @@ def test_upstream_failure_raises_internal_server_error_with_502(gateway: Gateway
     with sdk(gateway) as client, pytest.raises(openai.InternalServerError) as caught:
         client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"sim": {"fault": "server_error"}})
     assert caught.value.status_code == 502
+
+
+def test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk(gateway: Gateway) -> None:
+    """Sluice's routing retried it already: the SDK's own two retries made each a whole routing again."""
+    rid = new_request_id("sdk-no-retry")
+    retrying = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client-side-unused", max_retries=2)
+    with retrying as client, pytest.raises(openai.InternalServerError) as caught:
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=MESSAGES,
+            extra_body={"sim": {"fault": "server_error"}},
+            extra_headers={"X-Request-ID": rid},
+        )
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    gateway.process.wait_for_event("request_finished", request_id=rid)
+    assert [e["request_id"] for e in gateway.process.events("request_finished")].count(rid) == 1
 
 
 def test_upstream_timeout_raises_status_error_with_504(simulator: Simulator) -> None:

@@ -260,8 +260,12 @@ def test_status_table(status: int, code: str | None, client_status: int, client_
 
 
 def test_429_and_503_pass_retry_after_on() -> None:
-    assert status_failure(429, {"retry-after": "2"}, b"").headers == {"Retry-After": "2"}
-    assert status_failure(503, {"retry-after-ms": "1500"}, b"").headers == {"Retry-After": "2"}
+    assert status_failure(429, {"retry-after": "2"}, b"").headers == {"Retry-After": "2", "retry-after-ms": "2000"}
+    # The OpenAI SDKs read retry-after-ms first: the upstream's precision is kept there.
+    assert status_failure(503, {"retry-after-ms": "1500"}, b"").headers == {
+        "Retry-After": "2",
+        "retry-after-ms": "1500",
+    }
 
 
 def test_auth_failures_never_pass_the_upstream_message_on() -> None:

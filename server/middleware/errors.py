@@ -17,6 +17,7 @@ from ..errors import (
     NotFoundError,
     PayloadTooLargeError,
     UnsupportedMediaTypeError,
+    UpstreamError,
 )
 from ..keys import RECORD, RESPONSE_STARTED
 
@@ -72,9 +73,20 @@ def _render_for(request: web.Request, error: GatewayError) -> web.Response:
     return render_error(error)
 
 
+# The upstream failures Sluice answers only after its own routing retried them (other attempts,
+# other upstreams, fallbacks). The OpenAI SDKs retry a 5xx twice more by default, each retry a
+# whole routing again: 9 upstream attempts for one call, enough to open a breaker for every
+# client. `x-should-retry: false` (which both SDKs read before the status) stops that; a 429 or a
+# 503 keeps its Retry-After and the SDK's retry.
+NOT_RETRIED = {"x-should-retry": "false"}
+
+
 def render_error(error: GatewayError) -> web.Response:
     """The envelope as a JSON response with the error's status and headers."""
-    return web.json_response(error.body(), status=error.status, headers=error.headers)
+    headers = error.headers
+    if isinstance(error, UpstreamError) and error.status in (502, 504):
+        headers = {**headers, **NOT_RETRIED} if headers else NOT_RETRIED
+    return web.json_response(error.body(), status=error.status, headers=headers)
 
 
 def _from_http_exception(exc: web.HTTPException) -> GatewayError:

@@ -220,7 +220,14 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
 
 
 def _retry_after_header(seconds: float | None) -> dict[str, str]:
-    return {} if seconds is None else {"Retry-After": str(max(1, math.ceil(seconds)))}
+    """Retry-After in whole seconds (at least 1), and `retry-after-ms` as precise as the upstream said.
+
+    The OpenAI SDKs read `retry-after-ms` first: a 1.5 s wait rounded up to 2 s, or 0.2 s to 1 s,
+    cost each retry the difference.
+    """
+    if seconds is None:
+        return {}
+    return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(round(seconds * 1000))}
 
 
 def _error_fields(content: bytes) -> dict[str, str]:
