@@ -68,6 +68,7 @@ _FAULTS: tuple[tuple[type[BaseException], str], ...] = (
     (http_exceptions.LineTooLong, "The request line or a header is longer than the gateway accepts."),
     (http_exceptions.InvalidHeader, "A request header is not valid HTTP/1.1."),
     (http_exceptions.InvalidURLError, "The request's target is not a valid URL."),
+    (http_exceptions.ContentEncodingError, "The request body does not decode as its Content-Encoding says."),
     (http_exceptions.PayloadEncodingError, "The request body's framing (chunked or Content-Length) is broken."),
 )
 _ANY_FAULT = "The request is not valid HTTP/1.1."
@@ -98,11 +99,18 @@ class GatewayProtocol(RequestHandler):
 def _error_for(status: int, exc: BaseException | None) -> GatewayError:
     if status >= 500:
         return GatewayError("Sluice failed to handle the request.", status=status)
-    if isinstance(exc, http_exceptions.ContentEncodingError):
-        # br or zstd without its decoder installed: aiohttp refuses the body as it parses it.
+    if isinstance(exc, http_exceptions.ContentEncodingError) and _without_decoder(exc):
+        # br or zstd without its decoder installed: aiohttp refuses the body as it parses it. (One
+        # Sluice decodes fails the same way when its bytes are corrupt: that is a 400 below.)
         return unsupported_encoding()
     text = next((text for kind, text in _FAULTS if isinstance(exc, kind)), _ANY_FAULT)
     return InvalidRequestError(text, code="invalid_http", status=status)
+
+
+def _without_decoder(exc: BaseException) -> bool:
+    """True when aiohttp refused a body for want of its decoder: its message names the encoding, `(br)`."""
+    text = str(exc)
+    return any(f"({name})" in text for name in ("br", "zstd") if name not in DECODED)
 
 
 def serve_with_gateway_protocol(app: web.Application) -> None:

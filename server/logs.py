@@ -31,9 +31,9 @@ _protocol_log = structlog.get_logger("sluice.protocol")
 # C0 controls, DEL and C1 controls: ESC and CSI start a terminal's commands, CR and LF forge lines.
 # Unicode's bidirectional controls and line separators too: a path with U+202E shows the rest of
 # the line reversed (a forged status, a forged key name), and U+2028 breaks it in some viewers.
-_BIDI = (0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
-_BIDI_CONTROL = re.compile(r"[\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_BIDI = (0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+_BIDI_CONTROL = re.compile(r"[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 _BIDI_ESCAPES = {code: f"\\u{code:04x}" for code in _BIDI}
 _ESCAPES = (
     {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
@@ -215,4 +215,7 @@ def _dumps(value: object, **_: object) -> str:
     text = orjson.dumps(value, default=str).decode()
     # JSON escapes control characters, not the bidirectional ones: as `\u202e` the line is the
     # same JSON, and a terminal showing it (`docker logs`) reorders nothing.
-    return text.translate(_BIDI_ESCAPES) if _BIDI_CONTROL.search(text) is not None else text
+    # orjson writes non-ASCII as it is: an ASCII line (most) has none, found in C at once.
+    if text.isascii() or _BIDI_CONTROL.search(text) is None:
+        return text
+    return text.translate(_BIDI_ESCAPES)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -262,6 +263,18 @@ async def test_a_body_in_an_encoding_whose_decoder_is_not_installed_is_415_namin
     error = await error_of(response, 415)
     assert (error["code"], error["param"]) == ("unsupported_content_encoding", "Content-Encoding")
     assert error["message"].endswith("one of: deflate, gzip.")
+
+
+async def test_a_body_that_does_not_decode_as_its_encoding_says_is_400_not_415(client: Client) -> None:
+    """A deflate body cut short: Sluice reads deflate, so the body is broken, not in an unknown encoding."""
+    body = zlib.compress(b'{"message": "#sim tokens=1\\nhi"}')[:-6]
+    headers = {"Content-Type": "application/json", "Content-Encoding": "deflate"}
+
+    response = await client.post("/chat", data=body, headers=headers)
+
+    error = await error_of(response, 400)
+    assert error["code"] == "invalid_http"
+    assert "does not decode" in error["message"]
 
 
 @pytest.mark.parametrize("encoding", ["identity", "IDENTITY"])

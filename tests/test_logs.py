@@ -79,8 +79,8 @@ def test_a_console_line_shows_the_control_characters_of_a_value_as_escapes(stdou
 
 
 # Right-to-left override, an isolate, a line separator: shown raw, the rest of the line reads reversed.
-BIDI = "/x\u202e002-sutats\u2066\u2028"
-BIDI_CHARACTERS = re.compile("[\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+BIDI = "/x\u202e002-sutats\u2066\u2028\u061c"
+BIDI_CHARACTERS = re.compile("[\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def test_a_console_line_shows_the_bidirectional_controls_of_a_value_as_escapes(stdout: RecordingStream) -> None:
@@ -88,7 +88,7 @@ def test_a_console_line_shows_the_bidirectional_controls_of_a_value_as_escapes(s
     structlog.get_logger("test").info("request_finished", path=BIDI, status=404)
     (line,) = [w for w in stdout.writes if w]
     assert BIDI_CHARACTERS.search(line) is None
-    assert "path=/x\\u202e002-sutats\\u2066\\u2028 " in line
+    assert "path=/x\\u202e002-sutats\\u2066\\u2028\\u061c " in line
 
 
 def test_a_json_line_writes_the_bidirectional_controls_as_json_escapes(stdout: RecordingStream) -> None:

@@ -61,14 +61,20 @@ class DrainEnd:
     swallows that cancellation alone: no task or future per wait, which runs once per event.
     """
 
-    __slots__ = ("_task", "_waiting", "asked", "event")
+    __slots__ = ("_lifecycle", "_task", "_waiting", "asked")
 
     def __init__(self, lifecycle: Lifecycle) -> None:
+        self._lifecycle = lifecycle
         self._task = asyncio.current_task()
         self._waiting = False
         self.asked = False
+
+    @property
+    def event(self) -> bytes:
+        """The drain's last event: built when a drain asks for it, not for every reader."""
+        lifecycle = self._lifecycle
         error = lifecycle.shutting_down("Sluice is shutting down; reconnect to go on with the stream.")
-        self.event = b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error)
+        return b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error)
 
     def shutdown(self) -> None:
         if not self.asked:
