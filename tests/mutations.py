@@ -4506,28 +4506,29 @@ def run_tests(
     unused = ["-p", "no:schemathesis", "-p", "no:hypothesispytest", "-p", "no:anyio", "-p", "no:xdist"]
     fast = ["-p", "tests.support.exit_on_failure"] if stop_at_failure else []
     argv = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *unused, *fast, *tests]
-    # Its own temporary directory, removed after the kill: what the killed processes left there
-    # (a --workers group's directory, killed before it could remove it) goes with it. Short: a
-    # worker's Unix socket path must fit in 108 bytes. A browser a test started may outlive the kill
-    # (its own process group) and still write its profile there: what it keeps is left, not an error.
-    with tempfile.TemporaryDirectory(prefix="sluice-run-", ignore_cleanup_errors=True) as scratch:
-        run = subprocess.Popen(
-            argv,
-            cwd=repo,
-            env={**os.environ, "TMPDIR": scratch},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            start_new_session=True,
-        )
-        try:
-            output, _ = run.communicate(timeout=limit)
-        except subprocess.TimeoutExpired:
-            return None, f"(still running after {limit:.0f} s)"
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(run.pid, signal.SIGKILL)
-            run.wait()
+    # Its own temporary directory, beside the copy of the repo, so that what the killed processes
+    # leave there (a --workers group's directory, killed before it could remove it; the profile of
+    # a browser, which outlives the kill for a moment) goes with the mutation run's directory at its
+    # end. Short: a worker's Unix socket path must fit in 108 bytes.
+    scratch = tempfile.mkdtemp(prefix="t", dir=repo.parent)
+    run = subprocess.Popen(
+        argv,
+        cwd=repo,
+        env={**os.environ, "TMPDIR": scratch},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = run.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        return None, f"(still running after {limit:.0f} s)"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+        shutil.rmtree(scratch, ignore_errors=True)  # what a browser still writes goes at the end
     tail = "\n".join(output.strip().splitlines()[-TAIL_LINES:])
     return run.returncode, tail
 
@@ -4588,7 +4589,7 @@ def main(argv: list[str]) -> int:
     if stale:
         return 1  # before any run: a stale entry fails at once, by name
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="sluice-mutations-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="sluice-mutations-", ignore_cleanup_errors=True) as tmp:
         copies: queue.Queue[Path] = queue.Queue()
         for index in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(tmp), f"repo-{index}"))
