@@ -24,11 +24,12 @@ from server.shared.limit_store import RedisLimitStore
 from server.shared.link import UNREACHABLE, RedisLink, RedisRefusedError, call_packed, ended_by_server
 from server.streams.redis_keys import StreamKeys
 from server.streams.redis_store import RedisStreamStore
-from server.streams.store import StoredEvent, StoreUnavailableError
+from server.streams.store import StoreUnavailableError
 from server.upstreams.breaker import BreakerRecord
 from tests.conftest import make_settings
 from tests.support.processes import free_port
 from tests.support.servers import RedisServer
+from tests.test_redis_store import event, read_all
 
 SECONDS = 10  # a bound far from any real wait here
 KEYS = StreamKeys("sluice")
@@ -106,26 +107,6 @@ async def key_events(redis_client: aioredis.Redis, key: str) -> AsyncIterator[Ne
         yield next_event
     finally:
         await pubsub.aclose()  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
-
-
-def event(seq: int) -> StoredEvent:
-    return StoredEvent(seq, b"id: s:%d\nevent: token\ndata: {}\n\n" % seq)
-
-
-async def read_all(store: RedisStreamStore, stream_id: str) -> list[int]:
-    """Sequence numbers read until the end, waiting as a reader would."""
-    seen: list[int] = []
-    after = 0
-    while True:
-        batch = await store.read_after(stream_id, after, 50)
-        assert batch is not None
-        seen.extend(e.seq for e in batch.events)
-        if batch.events:
-            after = batch.events[-1].seq
-        if batch.finished:
-            return seen
-        if not batch.events:
-            await store.wait(stream_id, after)
 
 
 # The link
