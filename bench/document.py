@@ -62,7 +62,7 @@ same run (Sluice / pass-through, Sluice / direct) over absolute numbers.
 - **Disconnect**: each client closes its connection 300 ms into a 4 s stream and notes `time.time()`;
   the upstream's record of that request (`GET /_sim/requests/{{id}}`: `closed_at`, same clock) says
   when the upstream stream ended. A stream still open 1 s later "ran on".
-- CPU is psutil's user + system time of each process over the window, in cores (100 % = one core
+- CPU is each process's CPU-time clock over the window (to the nanosecond), in cores (100 % = one core
   busy); "others' CPU" is what the rest of the machine used meanwhile, which this benchmark does
   not control. Peak RSS is sampled every 50 ms.
 - The load generator speaks HTTP/1.1 on `asyncio.Protocol` and scans each read with `bytes.count`,
@@ -110,7 +110,7 @@ def _redis_section(results: Sequence[WorkloadResult]) -> list[str]:
         f"{workload.pace.gap_ms:g} ms (server/simulator), timed at the client by `bench/redis_mode.py`; "
         f"the three run in turn, {workload.rounds} rounds on the same processes; figures are the rounds' medians, "
         "and added gap p99 is the median of each round's p99 over memory mode's (target: ≤ 2 ms). CPU is "
-        "each process's time on a core per event (Linux's schedstat, to the nanosecond).",
+        "each process's time on a core per event (its CPU-time clock, to the nanosecond).",
         markdown_table(REDIS_HEADERS, redis_rows(results)),
     ]
 

@@ -6,6 +6,7 @@
     python -m bench.instructions --root /work/main      # another checkout's gateway (an A/B)
     python -m bench.instructions --annotate 40          # also the 40 costliest functions, inclusive
     python -m bench.instructions --profile              # cProfile instead: Python calls per stream
+    python -m bench.instructions --tokens 21 --gap-ms 10 --streams 60   # paced streams: per event
 
 One process under test (the gateway, `python run.py --config config/test.toml` at warning level
 as `python -m bench` runs it, or the pass-through) serves one client that sends `--warmup`
@@ -62,11 +63,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=ROOT, help="the checkout whose gateway runs (default: this one)")
     parser.add_argument("--annotate", type=int, default=0, metavar="N", help="print the N costliest functions")
     parser.add_argument("--profile", action="store_true", help="cProfile (Python calls) instead of callgrind")
+    parser.add_argument(
+        "--tokens",
+        type=int,
+        default=1,
+        help="above 1: after the 1-token streams, as many paced streams of this many tokens, and per event",
+    )
+    parser.add_argument(
+        "--gap-ms", type=float, default=10.0, help="the upstream's pace between tokens when --tokens > 1 (default 10)"
+    )
     parser.add_argument("--hash-seed", type=int, default=0, help="PYTHONHASHSEED of the process (default 0)")
     parser.add_argument("--out", type=Path, help="keep the dump and logs here (default: a temporary folder)")
     args = parser.parse_args(argv)
     if args.target == "passthrough" and args.route != "v1":
         parser.error("the pass-through serves /v1 only")
+    if args.tokens < 1:
+        parser.error("--tokens is at least 1")
     out = args.out or Path(tempfile.mkdtemp(prefix="sluice-instructions-"))
     out.mkdir(parents=True, exist_ok=True)
     upstream = start_upstream(Upstream.BENCH, out, "upstream")
@@ -124,6 +136,11 @@ def _callgrind(args: argparse.Namespace, upstream: Service, out: Path) -> str:
         asyncio.run(_streams(args, port, args.streams))
         _control(process.pid, "--instr=off")
         _control(process.pid, "--dump")
+        if args.tokens > 1:
+            _control(process.pid, "--instr=on")
+            asyncio.run(_streams(args, port, args.streams, args.tokens))
+            _control(process.pid, "--instr=off")
+            _control(process.pid, "--dump")
     finally:
         process.send_signal(signal.SIGTERM)
         try:
@@ -131,13 +148,25 @@ def _callgrind(args: argparse.Namespace, upstream: Service, out: Path) -> str:
         except subprocess.TimeoutExpired:
             process.kill()
     dumps = sorted(out.glob("callgrind.out*"), key=lambda p: p.stat().st_mtime)
-    measured = next(p for p in dumps if _total(p) > 0)  # the explicit dump, before the one at exit
+    measured, *more = [p for p in dumps if _total(p) > 0]  # the explicit dumps, before the one at exit
+    paced = more[0] if args.tokens > 1 else None
     total = _total(measured)
     reads = _calls(measured, "uv__read") / args.streams
     lines = [
         f"{_label(args)}: {total / args.streams / 1e6:.3f} M instructions per stream, {reads:.2f} socket reads"
         f" ({measured})"
     ]
+    if paced is not None:
+        # Per event beyond a stream's first: setup cancels out against the 1-token streams, measured
+        # in the same process just before. Each paced event must arrive in a read of its own.
+        paced_total = _total(paced) / args.streams
+        paced_reads = _calls(paced, "uv__read") / args.streams
+        per_event = (paced_total - total / args.streams) / (args.tokens - 1)
+        lines.append(
+            f"  then {args.tokens}-token streams, one token every {args.gap_ms:g} ms: {paced_total / 1e6:.3f} M"
+            f" per stream at {paced_reads:.2f} socket reads; {per_event / 1e3:.1f} k instructions per event"
+            f" beyond the first ({paced})"
+        )
     if args.annotate:
         annotated = subprocess.run(
             ["callgrind_annotate", "--inclusive=yes", "--threshold=100", str(measured)],
@@ -164,7 +193,7 @@ def _profile(args: argparse.Namespace, upstream: Service, out: Path) -> str:
         asyncio.run(_streams(args, port, args.warmup))
         process.send_signal(signal.SIGUSR1)
         time.sleep(0.5)
-        asyncio.run(_streams(args, port, args.streams))
+        asyncio.run(_streams(args, port, args.streams, args.tokens))
         process.send_signal(signal.SIGUSR2)
         deadline = time.monotonic() + 30
         while not stats.exists() and time.monotonic() < deadline:
@@ -177,17 +206,18 @@ def _profile(args: argparse.Namespace, upstream: Service, out: Path) -> str:
     data = pstats.Stats(str(stats))
     calls = sum(n for (_, n, _, _, _) in data.stats.values())  # type: ignore[attr-defined]
     rows = sorted(data.stats.items(), key=lambda kv: kv[1][3], reverse=True)  # type: ignore[attr-defined]
-    lines = [f"{_label(args)}: {calls / args.streams:.0f} Python calls per stream ({stats})"]
+    shape = f", {args.tokens} tokens one every {args.gap_ms:g} ms" if args.tokens > 1 else ""
+    lines = [f"{_label(args)}: {calls / args.streams:.0f} Python calls per stream{shape} ({stats})"]
     for (file, line, name), (_, ncalls, _, cumulative, _) in rows[: args.annotate or 40]:
         where = f"{Path(file).name}:{line}({name})"
         lines.append(f"{cumulative / args.streams * 1e6:8.1f} µs cum  {ncalls / args.streams:6.2f}/stream  {where}")
     return "\n".join(lines)
 
 
-async def _streams(args: argparse.Namespace, port: int, count: int) -> None:
-    """`count` one-token streams back to back on one connection; each must come back whole."""
+async def _streams(args: argparse.Namespace, port: int, count: int, tokens: int = 1) -> None:
+    """`count` streams of `tokens` back to back on one connection; each must come back whole."""
     path, api = ROUTES[args.route]
-    body = request_body(api, True, Pace(tokens=1))
+    body = request_body(api, True, _pace(args, tokens))
     request = request_head("POST", path, f"127.0.0.1:{port}", body, {"Content-Type": "application/json"}) + body
     markers = MARKERS[api]
     connection: Connection = await connect("127.0.0.1", port)
@@ -198,6 +228,10 @@ async def _streams(args: argparse.Namespace, port: int, count: int) -> None:
                 raise RuntimeError(f"bad stream: {response.status} {response.body[:300]!r}")
     finally:
         connection.close()
+
+
+def _pace(args: argparse.Namespace, tokens: int) -> Pace:
+    return Pace(tokens=tokens, gap_ms=args.gap_ms if tokens > 1 else 0.0)
 
 
 def _control(pid: int, option: str) -> None:

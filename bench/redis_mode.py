@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import psutil
 
+from bench.sampling import cpu_seconds
 from tests.support.processes import Gateway, start_gateway, start_simulator
 from tests.support.servers import start_redis
 from tests.support.sse import SSEParser
@@ -64,22 +64,6 @@ async def one_stream(http: aiohttp.ClientSession, start_url: str, read_url: str,
             now = time.perf_counter()
             arrivals.extend(now for event in parser.feed(chunk) if event.event == "token")
     return [(b - a) * 1000 for a, b in itertools.pairwise(arrivals)]
-
-
-def cpu_seconds(pid: int) -> float:
-    """CPU seconds the threads of `pid` have run, to the nanosecond where Linux's schedstat is there.
-
-    psutil's user + system time counts in clock ticks (10 ms): Redis spends less than one per
-    round of a short run, so a tick-counted figure reads 0 as often as not.
-    """
-    try:
-        threads = [int(path.read_text().split()[0]) for path in Path(f"/proc/{pid}/task").glob("*/schedstat")]
-    except (OSError, ValueError, IndexError):
-        threads = []
-    if threads:
-        return sum(threads) / 1e9
-    times = psutil.Process(pid).cpu_times()
-    return float(times.user + times.system)
 
 
 async def run(start: Gateway, read: Gateway, pids: dict[str, int], streams: int, message: str) -> Outcome:
