@@ -11,9 +11,10 @@ import asyncio
 import errno
 import gc
 import os
+import signal
 import socket
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from pathlib import Path
 from typing import NoReturn
 from urllib.parse import urlsplit
@@ -192,6 +193,7 @@ def serve(
     log = structlog.get_logger("sluice")
     raise_open_file_limit()  # before the app sizes its connection cap from it
     app = create_app(settings, worker, signals=True, source=SettingsSource(config), log_stream=log_stream, keys=keys)
+    app.cleanup_ctx.append(ignore_sighup_once_stopping)  # last: its cleanup comes first
 
     def announce(_: str) -> None:
         # run_app calls this once its sockets listen. The supervisor's mark goes first: a worker
@@ -248,6 +250,27 @@ def serve(
         # A worker also listens on its own Unix socket, where the others relay its browser streams.
         path=str(worker.socket_path()) if worker is not None else None,
     )
+
+
+async def ignore_sighup_once_stopping(app: web.Application) -> AsyncIterator[None]:
+    """From the start of the cleanup to the exit, SIGHUP is ignored: its default action would kill the process.
+
+    Left to the key reload's context (server/contexts.py), the loop's SIGHUP handler goes with
+    remove_signal_handler, which restores the default: a reload sent to the whole group while a
+    worker finishes (or to a single process) would end it by SIGHUP, not with 0. So this context,
+    cleaned up first, removes the handler itself (the reload context's removal then finds none and
+    leaves the disposition alone) and ignores the signal.
+    """
+    yield
+    # Blocked in this thread from the default's return to SIG_IGN, which discards one that came
+    # between. A thread of libuv's resolver pool could still take one in that instant if it had
+    # SIGHUP open; a worker's pool has it blocked, started while the worker started.
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
+    try:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
 
 def warn_if_open(settings: Settings, host: str) -> None:

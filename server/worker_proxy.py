@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,8 @@ from .access import RequestRecord
 log = structlog.get_logger("sluice.worker_proxy")
 
 _OWNER = re.compile(r"w([0-9]{1,4})_")
+# The longest path a Unix socket may have, in bytes: sun_path's size less its NUL (108 on Linux, 104 elsewhere).
+SOCKET_PATH_LIMIT = 107 if sys.platform.startswith("linux") else 103
 # Headers of a forwarded answer that the client must see as the owner sent them.
 _PASSED_ON = ("Content-Type", "Cache-Control", "X-Accel-Buffering", "Retry-After")
 

@@ -23,11 +23,15 @@ Signals are not handled asynchronously: the parent blocks them and takes each, w
 exit, in its one loop (`sigtimedwait`), so no signal can fall between deciding to replace a worker
 and starting it. A worker starts with SIGHUP blocked and unblocks it once it listens, its reload
 handler in place (`Membership.listening`): a SIGHUP forwarded while it starts waits for that, then
-reloads its keys, where it would have killed the worker.
+reloads its keys, where it would have killed the worker. Once it stops serving (its cleanup, after
+the drain), it ignores SIGHUP to its exit (server/cli.py): a reload that reaches it then cannot kill it.
 
 The group's directory (`sluice-workers-*` in the temporary directory) goes when the parent exits,
 whatever ends it short of SIGKILL: a stop, giving up, or a set-up that failed (a --config that cannot
 be copied, such as a pipe, is a start-up mistake, status 2). Signals are blocked before it is made.
+A temporary directory too long for the workers' Unix sockets is a start-up mistake too, said in one
+line with its length and the longest that fits (`_check_socket_paths`), where each worker would die
+binding its socket.
 
 When the operator names the metrics directory (PROMETHEUS_MULTIPROC_DIR), the parent takes it for
 the group before any worker starts (`claim_metrics_dir`): it refuses, with status 2, one that does
@@ -68,6 +72,7 @@ from .settings import (
     child_environment,
     load_settings,
 )
+from .worker_proxy import SOCKET_PATH_LIMIT, WorkerIdentity
 
 log = structlog.get_logger("sluice.workers")
 
@@ -383,7 +388,27 @@ def _set_up(count: int, settings: Settings, config: Path | None, held: contextli
             f"--workers {count}: cannot set up the group's directory in {tempfile.gettempdir()}{copy}: {exc}"
         ) from None
     held.callback(shutil.rmtree, group.path, ignore_errors=True)
+    _check_socket_paths(group, count)
     return group
+
+
+def _check_socket_paths(group: Group, count: int) -> None:
+    """SettingsError when the temporary directory is too long for the workers' Unix sockets to fit in it.
+
+    A refusal rather than a group made in a shorter directory (/tmp): TMPDIR is the operator's choice
+    of where the group's files go, the metrics files and the copy of --config as well as the sockets,
+    for reasons this cannot see (/tmp read-only, small, or shared with other services). A line saying
+    how long TMPDIR may be is one edit away; a group moved elsewhere unasked would be a surprise.
+    """
+    longest = len(os.fsencode(WorkerIdentity(count - 1, group.peers, count).socket_path()))
+    if longest <= SOCKET_PATH_LIMIT:
+        return
+    temporary = len(os.fsencode(group.path.parent))
+    raise SettingsError(
+        f"--workers {count}: the temporary directory {group.path.parent} (TMPDIR) is {temporary} bytes long, "
+        f"which makes the workers' Unix socket paths {longest} bytes, over the limit of {SOCKET_PATH_LIMIT}: "
+        f"set TMPDIR to a directory of at most {SOCKET_PATH_LIMIT - (longest - temporary)} bytes"
+    )
 
 
 def claim_metrics_dir(path: str) -> int:

@@ -13,9 +13,11 @@ import threading
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
+import aiohttp
 import psutil
 import pytest
 
+from server.worker_proxy import SOCKET_PATH_LIMIT
 from tests.support.processes import ROOT, ManagedProcess, clean_env, free_port
 from tests.test_workers import EXIT_SECONDS, QUICK_EXIT_SECONDS
 
@@ -135,5 +137,52 @@ def test_workers_whose_supervisor_is_killed_while_they_start_remove_the_group_di
         _, alive = psutil.wait_procs(workers, timeout=EXIT_SECONDS)
         assert alive == []
         assert groups(scratch) == []
+    finally:
+        process.stop()
+
+
+def longest_socket_path(tmpdir: Path, workers: int = 2) -> int:
+    """The length in bytes of the last worker's Unix socket path in a group made in `tmpdir`."""
+    return len(os.fsencode(tmpdir / "sluice-workers-12345678" / "peers" / f"worker-{workers - 1}.sock"))
+
+
+def tmpdir_of(scratch: Path, socket_path_length: int) -> Path:
+    """A directory in `scratch` long enough that the group's longest socket path is `socket_path_length` bytes."""
+    made = scratch / ("t" * (socket_path_length - longest_socket_path(scratch) - 1))
+    made.mkdir()
+    assert longest_socket_path(made) == socket_path_length
+    return made
+
+
+def test_a_temporary_directory_too_long_for_the_workers_sockets_is_refused_in_one_line(scratch: Path) -> None:
+    tmpdir = tmpdir_of(scratch, SOCKET_PATH_LIMIT + 1)
+    process = supervisor(tmpdir, "--config", "config/test.toml")
+    try:
+        assert process.wait(EXIT_SECONDS) == 2
+        process.stop()
+        (refusal,) = [line for line in process.lines if line.startswith("sluice: ")]
+        length = len(os.fsencode(tmpdir))
+        assert f"temporary directory {tmpdir} (TMPDIR) is {length} bytes long" in refusal
+        assert f"paths {SOCKET_PATH_LIMIT + 1} bytes, over the limit of {SOCKET_PATH_LIMIT}" in refusal
+        assert refusal.endswith(f"set TMPDIR to a directory of at most {length - 1} bytes")
+        assert not any("Traceback" in line for line in process.lines)
+        assert not process.events("worker_started")
+        assert groups(tmpdir) == []
+    finally:
+        process.stop()
+
+
+async def test_a_temporary_directory_as_long_as_the_workers_sockets_allow_serves_on_them(scratch: Path) -> None:
+    tmpdir = tmpdir_of(scratch, SOCKET_PATH_LIMIT)
+    process = supervisor(tmpdir, "--config", "config/test.toml")
+    try:
+        process.wait_for_line(lambda _: len(process.events("sluice_listening")) >= 2)
+        (group,) = groups(tmpdir)
+        longest = group / "peers" / "worker-1.sock"
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(longest))) as http:
+            async with http.get("http://worker/livez") as response:
+                assert response.status == 200
+        process.signal(signal.SIGTERM)
+        assert process.wait(EXIT_SECONDS) == 0
     finally:
         process.stop()
