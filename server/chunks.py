@@ -52,20 +52,22 @@ class EventSplitter:
     `max_event_bytes` sets `overflowed`; the caller ends the stream (nothing more is kept).
     """
 
-    __slots__ = ("_max", "_parts", "_pending_cr", "_size", "overflowed")
+    __slots__ = ("_after_cr", "_max", "_parts", "_size", "overflowed")
 
     def __init__(self, max_event_bytes: int = MAX_EVENT_BYTES) -> None:
         self._max = max_event_bytes
         self._parts: list[bytes] = []
         self._size = 0
-        self._pending_cr = False
+        # The last read ended in `\r`, taken for a line end at once: a `\n` opening the next read
+        # is the second half of that `\r\n`, not a line end of its own.
+        self._after_cr = False
         self.overflowed = False
 
     def feed(self, piece: bytes) -> list[bytes]:
         """The data of every event completed by `piece`."""
         if (
             not self._parts
-            and not self._pending_cr
+            and not self._after_cr
             and piece.startswith(b"data: ")
             and piece.find(b"\n") == len(piece) - 2
             and piece.endswith(b"\n\n")
@@ -75,14 +77,14 @@ class EventSplitter:
             # `find`, not `in`: on Python 3.11 `bytes in bytes` first tries its operand as an
             # integer and builds a TypeError's message, on every call.
             return [piece[6:-2]]
-        if self._pending_cr:
-            piece = b"\r" + piece
-            self._pending_cr = False
+        if self._after_cr and piece:
+            self._after_cr = False
+            if piece.startswith(b"\n"):
+                piece = piece[1:]
         if piece.find(b"\r") >= 0:
-            if piece.endswith(b"\r"):
-                # Maybe the first half of a \r\n: decide when the next read shows.
-                piece = piece[:-1]
-                self._pending_cr = True
+            # A `\r` ending the read ends its line now, as in the WHATWG parser: held for a `\n` that
+            # may never come, it kept a complete event (CR-only endings) until the next read.
+            self._after_cr = piece.endswith(b"\r")
             piece = piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         found: list[bytes] = []
         start = 0

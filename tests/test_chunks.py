@@ -298,3 +298,120 @@ def test_an_event_of_an_error_field_alone_is_an_error_with_its_message(spacing: 
 
 def test_an_error_field_beside_data_leaves_the_data_as_it_is() -> None:
     assert split_in_reads(b'error: {"message":"no"}\ndata: {"choices":[]}\n\n', 1000) == [b'{"choices":[]}']
+
+
+# CR-only line endings (the SSE spec allows `\r`, `\r\n` and `\n`): a `\r` ends its line when it
+# arrives, and a `\n` opening the next read is the rest of a `\r\n`. Each test below says which
+# feed call an event comes out of, since a paced upstream holds the connection open after it.
+
+
+def feeds(reads: list[bytes]) -> list[list[bytes]]:
+    """What each feed call returns, in order, on one splitter."""
+    splitter = EventSplitter()
+    return [splitter.feed(read) for read in reads]
+
+
+def test_an_event_ending_in_cr_cr_comes_out_of_the_read_that_ends_it() -> None:
+    """A paced upstream with CR-only endings: each event, `[DONE]` too, leaves with its own read, not the next."""
+    assert feeds([b"data: one\r\r", b"data: two\r\r", b"data: [DONE]\r\r"]) == [[b"one"], [b"two"], [b"[DONE]"]]
+
+
+def test_a_cr_blank_line_alone_in_a_read_ends_the_event_at_that_read() -> None:
+    assert feeds([b"data: one\r", b"\r"]) == [[], [b"one"]]
+
+
+def test_a_crlf_split_inside_an_event_is_one_line_end_not_a_blank_line() -> None:
+    """`\\r` | `\\n` between two data lines: one event of both, not two events."""
+    assert feeds([b"data: a\r", b"\ndata: b\r\n\r\n"]) == [[], [b"a\nb"]]
+
+
+def test_a_crlf_blank_line_split_after_its_cr_comes_out_at_the_cr_and_once() -> None:
+    """The event is complete at the `\\r`; the `\\n` after it adds nothing, and the next event is whole."""
+    assert feeds([b"data: a\r\n\r", b"\n", b"data: b\r\n\r\n"]) == [[b"a"], [], [b"b"]]
+
+
+def test_a_cr_then_a_read_of_lf_lf_is_a_line_end_and_a_blank_line() -> None:
+    """`\\r` | `\\n\\n`: the first `\\n` completes the `\\r\\n`, the second is the blank line."""
+    assert feeds([b"data: a\r", b"\n\n"]) == [[], [b"a"]]
+
+
+def test_only_one_lf_after_a_cr_is_dropped_even_in_a_read_of_its_own() -> None:
+    """`\\r` | `\\n` | `\\n`: the third read's `\\n` is a blank line of its own."""
+    assert feeds([b"data: a\r", b"\n", b"\n"]) == [[], [], [b"a"]]
+
+
+def test_an_empty_read_between_a_cr_and_its_lf_leaves_them_one_line_end() -> None:
+    assert feeds([b"data: a\r", b"", b"\ndata: b\r\r"]) == [[], [], [b"a\nb"]]
+
+
+def test_a_read_after_a_cr_ended_event_loses_no_byte_when_it_opens_without_lf() -> None:
+    """Only a `\\n` is dropped after a `\\r`: the paced event after it comes out whole, the fast path after that."""
+    assert feeds([b"data: a\r\r", b"data: b\n\n", b"\n", b"data: c\n\n"]) == [[b"a"], [b"b"], [], [b"c"]]
+
+
+def _reference_reads(reads: list[bytes]) -> list[list[bytes]]:
+    """A byte-at-a-time SSE parser (the WHATWG algorithm, data fields only): the events each read completes.
+
+    A last event the body did not close counts at close, as EventSplitter.close counts it.
+    """
+    out: list[list[bytes]] = []
+    line = bytearray()
+    data: list[bytes] = []
+    after_cr = False
+
+    def end_line(found: list[bytes]) -> None:
+        if not line:
+            if data:
+                found.append(b"\n".join(data))
+            data.clear()
+        elif line.startswith(b"data:"):
+            value = bytes(line[5:])
+            data.append(value[1:] if value.startswith(b" ") else value)
+        line.clear()
+
+    for read in reads:
+        found: list[bytes] = []
+        for byte in read:
+            if after_cr and byte == 0x0A:
+                after_cr = False
+                continue
+            after_cr = byte == 0x0D
+            if byte in (0x0A, 0x0D):
+                end_line(found)
+            else:
+                line.append(byte)
+        out.append(found)
+    last: list[bytes] = []
+    if line:
+        end_line(last)
+    end_line(last)
+    out.append(last)
+    return out
+
+
+def _mixed_bodies() -> list[bytes]:
+    """Bodies of one shape whose every line ending is `\\n`, `\\r\\n` or `\\r`, uniform and mixed (seeded)."""
+    # The last event is left for close(), its line ended (or not) as the others.
+    lines = [b"data: one", b"", b": c", b"", b"data: two", b"data: 2b", b"", b"", b"data:three", b"", b"data: last"]
+    endings = [b"\n", b"\r\n", b"\r"]
+    rng = random.Random(7)
+    choices = [[e] * len(lines) for e in endings] + [
+        [*(rng.choice(endings) for _ in lines[1:]), rng.choice([*endings, b""])] for _ in range(30)
+    ]
+    return [b"".join(line + ending for line, ending in zip(lines, chosen, strict=True)) for chosen in choices]
+
+
+MIXED_BODIES = _mixed_bodies()
+
+
+@pytest.mark.parametrize(
+    "body", MIXED_BODIES, ids=["lf", "crlf", "cr", *(f"mixed{n}" for n in range(len(MIXED_BODIES) - 3))]
+)
+def test_every_split_in_two_or_three_reads_gives_each_event_from_the_read_that_completes_it(body: bytes) -> None:
+    """Against a byte-at-a-time reference: same events, each from the same feed call (or close), for every cut."""
+    cuts = [(i, j) for i in range(len(body) + 1) for j in range(i, len(body) + 1)]
+    for i, j in cuts:
+        reads = [body[:i], body[i:j], body[j:]]
+        splitter = EventSplitter()
+        got = [splitter.feed(read) for read in reads] + [splitter.close()]
+        assert got == _reference_reads(reads), reads
