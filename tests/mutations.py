@@ -4639,6 +4639,75 @@ BREAKS += [
 ]
 
 
+# Found by the resilience review: Retry-After without a bound, a reply that does not decode, a silent resend.
+RETRY_AFTER_BOUNDS = "tests/test_upstream_retry_after_bounds.py"
+BREAKS += [
+    Break(
+        "an upstream's Retry-After has no bound",
+        "server/upstreams/failures.py",
+        "    return None if seconds is None else min(seconds, MAX_RETRY_AFTER_SECONDS)",
+        "    return seconds",
+        (
+            f"{RETRY_AFTER_BOUNDS}::test_a_retry_after_beyond_the_bound_counts_as_the_bound",
+            f"{RETRY_AFTER_BOUNDS}::test_a_429_with_an_enormous_retry_after_is_a_429_told_the_bound",
+        ),
+    ),
+    Break(
+        "the Retry-After bound is a billion seconds",
+        "server/upstreams/failures.py",
+        "MAX_RETRY_AFTER_SECONDS = 60.0",
+        "MAX_RETRY_AFTER_SECONDS = 1e9",
+        (f"{RETRY_AFTER_BOUNDS}::test_an_endless_retry_after_holds_the_next_request_no_longer_than_the_bound",),
+    ),
+    Break(
+        "a breaker holds for any Retry-After it is given",
+        "server/upstreams/breaker.py",
+        "retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)",
+        "retry_after = retry_after",
+        (f"{RETRY_AFTER_BOUNDS}::test_an_endless_retry_after_leaves_the_breaker_half_open_once_the_bound_passed",),
+    ),
+    Break(
+        "a date whose hour overflows raises",
+        "server/upstreams/failures.py",
+        "except (TypeError, ValueError, OverflowError):",
+        "except (TypeError, ValueError):",
+        (f"{RETRY_AFTER_BOUNDS}::test_a_date_whose_hour_overflows_is_no_retry_after",),
+    ),
+    Break(
+        "every Retry-After becomes the bound",
+        "server/upstreams/failures.py",
+        "else min(seconds, MAX_RETRY_AFTER_SECONDS)",
+        "else MAX_RETRY_AFTER_SECONDS",
+        (f"{RETRY_AFTER_BOUNDS}::test_a_retry_after_within_the_bound_is_kept_as_it_is",),
+    ),
+    Break(
+        "a reply that does not decode is an internal error",
+        "server/upstreams/response.py",
+        "        except zlib.error:",
+        "        except ValueError:",
+        (
+            f"{RETRY_AFTER_BOUNDS}::test_a_reply_that_does_not_decode_is_a_malformed_reply",
+            f"{RETRY_AFTER_BOUNDS}::test_a_reply_that_does_not_decode_is_left_for_the_other_upstreams",
+        ),
+    ),
+    Break(
+        "a resent request is logged under another name",
+        "server/upstreams/client.py",
+        'log.info("upstream_request_resent",',
+        'log.info("upstream_request_retried",',
+        (f"{RETRY_AFTER_BOUNDS}::test_the_gateway_logs_a_resent_request_with_its_request_id",),
+    ),
+    Break(
+        "every request is logged as resent",
+        "server/upstreams/client.py",
+        "                head = await connection.send(request)",
+        "                head = await connection.send(request);"
+        ' log.info("upstream_request_resent", upstream=self.name)',
+        (f"{RETRY_AFTER_BOUNDS}::test_a_request_sent_once_logs_no_resend",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

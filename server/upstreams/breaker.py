@@ -7,8 +7,9 @@
 
 Open time: max(Retry-After, cooldown) after consecutive failures; a 429/503 with Retry-After (and
 a 429 without it, for 1.5 s) opens it for that time alone, so one rate-limit answer does not shut
-an upstream for the whole cooldown. State lives behind `BreakerStore`, so several processes can
-share it (Redis); the in-memory store is the default.
+an upstream for the whole cooldown. A Retry-After counts for at most MAX_RETRY_AFTER_SECONDS: one
+header cannot hold an upstream out of reach of its trial (and the probe) until restart. State lives
+behind `BreakerStore`, so several processes can share it (Redis); the in-memory store is the default.
 
 Every trial ends with its attempt. An attempt at (upstream, model) may hold two trials: the
 upstream's breaker and the pair's rate-limit hold. A success closes both; a failure that counts
@@ -36,6 +37,7 @@ from typing import Protocol
 
 from ..errors import UpstreamError
 from .backoff import RATE_LIMIT_SPACING, tries_next_candidate
+from .failures import MAX_RETRY_AFTER_SECONDS
 
 # A half-open trial that has not reported back within this many seconds is presumed lost (its
 # process died): every live attempt reports how its trial ended (see the module's docstring).
@@ -203,6 +205,8 @@ class Breakers:
     async def failed(self, name: str, *, retry_after: float | None = None, rate_limited: bool = False) -> None:
         """The upstream failed; open its breaker when the rules above say so."""
         now = self._clock()
+        if retry_after is not None:
+            retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)  # parsed ones are; any caller's too
 
         def count(record: BreakerRecord) -> BreakerRecord:
             failures = record.failures + 1

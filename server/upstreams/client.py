@@ -203,7 +203,9 @@ class UpstreamClient:
         """Send `request` and return once its head arrived; a reused connection that fails first is retried.
 
         Keep-alive's standard race: the upstream may close an idle connection just as a request is
-        written to it. That request never reached it, so it goes once more on a fresh connection.
+        written to it, so it goes once more on a fresh connection. Most often it never reached the
+        upstream, but one that read it and then reset may have taken it: the resend is logged
+        (`upstream_request_resent`, with the request's id), so a POST processed twice can be traced.
         Raises UpstreamError for a connection that cannot be opened, ConnectionBroken or
         MalformedResponse for one that fails or answers badly.
         """
@@ -224,6 +226,8 @@ class UpstreamClient:
                 origin.release(connection)
                 if exc.before_response and connection.reused and not fresh:
                     fresh = True
+                    method = request[: request.find(b" ")].decode("latin-1")
+                    log.info("upstream_request_resent", upstream=self.name, method=method, **self._fields(exc))
                     continue
                 raise
             except BaseException:

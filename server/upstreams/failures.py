@@ -23,6 +23,9 @@ An upstream's 401/403 message may quote part of the gateway's key, so it is neve
 that of an error object that names a refused key (sent with 200, or inside a stream). Any other
 message is passed on in whatever form it came (text, FastAPI's `detail`, an object or a list
 rendered as text), bounded, any credential it quotes masked (see message_text).
+
+A Retry-After (or retry-after-ms, or a date) counts for at most MAX_RETRY_AFTER_SECONDS: what is
+waited, held and passed on, so one header cannot take an upstream out until restart.
 """
 
 from __future__ import annotations
@@ -46,6 +49,11 @@ from ..errors import (
 )
 
 MESSAGE_LIMIT = 1000
+# The most seconds one upstream's Retry-After (or retry-after-ms) is taken for: what a request
+# waits, what a breaker holds, and what the client is told. A longer one (or a date years ahead)
+# would shut an upstream that is healthy again until restart, out of reach of the probe; after
+# this a trial tests it, as after any opening. The OpenAI SDKs ignore a retry-after above 60 s.
+MAX_RETRY_AFTER_SECONDS = 60.0
 
 
 def status_failure(status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
@@ -195,7 +203,16 @@ def malformed_reply(message: str = "The upstream's reply was not a chat completi
 
 
 def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) -> float | None:
-    """`retry-after-ms`, else `Retry-After` (seconds or an HTTP date), as seconds; None if absent or bad."""
+    """`retry-after-ms`, else `Retry-After` (seconds or an HTTP date), as seconds; None if absent or bad.
+
+    At most MAX_RETRY_AFTER_SECONDS, however long the upstream asked for.
+    """
+    seconds = _asked_seconds(headers, now)
+    return None if seconds is None else min(seconds, MAX_RETRY_AFTER_SECONDS)
+
+
+def _asked_seconds(headers: Mapping[str, str], now: float | None) -> float | None:
+    """The wait the upstream's headers ask for, as they say it."""
     millis = headers.get("retry-after-ms")
     if millis is not None:
         try:
@@ -212,7 +229,7 @@ def retry_after_seconds(headers: Mapping[str, str], now: float | None = None) ->
     except ValueError:
         try:
             when = email.utils.parsedate_to_datetime(text)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # OverflowError: an hour of 20 digits
             return None
         value = when.timestamp() - (time.time() if now is None else now)
         return max(0.0, value)

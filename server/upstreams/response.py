@@ -6,6 +6,7 @@ import zlib
 
 from ..errors import UpstreamProtocolError
 from .connections import OriginPool
+from .failures import malformed_reply
 from .http1 import Http1Connection
 from .parser import Headers, ResponseParser
 
@@ -41,24 +42,30 @@ class UpstreamResponse:
     async def read_bounded(self, limit: int) -> bytes:
         """The whole body, decoded, or UpstreamProtocolError once it passes `limit` bytes decoded.
 
-        Raises ConnectionBroken or MalformedResponse when the body cannot be read to its end.
+        Raises ConnectionBroken or MalformedResponse when the body cannot be read to its end, and
+        `upstream_malformed_reply` when it is not what its Content-Encoding says.
         """
         decoder = self.decoder()
         parts: list[bytes] = []
         size = 0
-        while piece := await self.body.read():
+        try:
+            while piece := await self.body.read():
+                if decoder is not None:
+                    # At most one byte past the limit comes out: a small bomb cannot inflate in memory.
+                    piece = decoder.decompress(piece, limit - size + 1)
+                size += len(piece)
+                if size > limit:
+                    self.close()  # unread bytes stay behind: the connection cannot be reused
+                    raise UpstreamProtocolError(
+                        f"The upstream's reply is larger than {limit} bytes.", code="upstream_reply_too_large"
+                    )
+                parts.append(piece)
             if decoder is not None:
-                # At most one byte past the limit comes out: a small bomb cannot inflate in memory.
-                piece = decoder.decompress(piece, limit - size + 1)
-            size += len(piece)
-            if size > limit:
-                self.close()  # unread bytes stay behind: the connection cannot be reused
-                raise UpstreamProtocolError(
-                    f"The upstream's reply is larger than {limit} bytes.", code="upstream_reply_too_large"
-                )
-            parts.append(piece)
-        if decoder is not None:
-            parts.append(decoder.flush())
+                parts.append(decoder.flush())
+        except zlib.error:
+            # Not a reply at all, as a body that is not JSON is not one: for another upstream to give.
+            self.close()  # its rest unread
+            raise malformed_reply("The upstream's reply does not decode as its Content-Encoding says.") from None
         return b"".join(parts)
 
     async def read_up_to(self, limit: int) -> bytes:
