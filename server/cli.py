@@ -274,15 +274,29 @@ async def ignore_sighup_once_stopping(app: web.Application) -> AsyncIterator[Non
 
 
 def warn_if_open(settings: Settings, host: str) -> None:
-    """Say so at start-up when anyone who can reach a non-loopback address may use the upstream key."""
-    if settings.auth.enabled or host in LOOPBACK_HOSTS:
+    """Say so at start-up when anyone who can reach a non-loopback address may use the upstream key.
+
+    Or, with gateway keys, read what `/metrics` and the dashboard's feed show: the keys' names and
+    each key's traffic, to anyone, until `auth.metrics_key_sha256` closes them. Left open on purpose
+    (a Prometheus scrape then needs nothing), but said, since the keys suggest the gateway is closed.
+    """
+    if host in LOOPBACK_HOSTS:
         return
-    structlog.get_logger("sluice").warning(
-        "gateway_open",
-        message="No gateway keys are configured and Sluice listens on a non-loopback address: "
-        "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
-        host=host,
-    )
+    if not settings.auth.enabled:
+        structlog.get_logger("sluice").warning(
+            "gateway_open",
+            message="No gateway keys are configured and Sluice listens on a non-loopback address: "
+            "anyone who reaches it can use the upstream. Configure [[auth.keys]] (see README, Security).",
+            host=host,
+        )
+    elif not settings.auth.metrics_key_sha256:
+        structlog.get_logger("sluice").warning(
+            "metrics_open",
+            message="Gateway keys are configured but no metrics key: anyone who reaches this address can read "
+            "GET /metrics and /dashboard/feed (key names, each key's traffic). "
+            "Set auth.metrics_key_sha256 (see README, Security).",
+            host=host,
+        )
 
 
 # The variables HTTP clients read for a proxy; Sluice's upstream client reads none of them.

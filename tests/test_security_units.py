@@ -244,8 +244,18 @@ def test_the_start_up_warns_when_open_on_a_non_loopback_address() -> None:
     with capture_logs() as logs:
         warn_if_open(make_settings(), "0.0.0.0")
         warn_if_open(make_settings(), "127.0.0.1")
-        warn_if_open(make_settings(SECRET, auth=keyed_settings()), "0.0.0.0")
+        metrics_key = hashlib.sha256(b"metrics").hexdigest()
+        warn_if_open(make_settings(SECRET, auth={**keyed_settings(), "metrics_key_sha256": metrics_key}), "0.0.0.0")
     assert [entry["event"] for entry in logs] == ["gateway_open"]
+
+
+def test_the_start_up_warns_when_keys_leave_the_metrics_open_on_a_non_loopback_address() -> None:
+    metrics_key = hashlib.sha256(b"metrics").hexdigest()
+    with capture_logs() as logs:
+        warn_if_open(make_settings(SECRET, auth=keyed_settings()), "0.0.0.0")
+        warn_if_open(make_settings(SECRET, auth=keyed_settings()), "127.0.0.1")
+        warn_if_open(make_settings(SECRET, auth={**keyed_settings(), "metrics_key_sha256": metrics_key}), "0.0.0.0")
+    assert [entry["event"] for entry in logs] == ["metrics_open"]
 
 
 # --- the event splitter ------------------------------------------------------------------------
