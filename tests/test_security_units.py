@@ -228,6 +228,16 @@ def test_keys_without_the_token_secret_get_a_random_one_and_a_warning() -> None:
     assert [entry["event"] for entry in logs] == ["token_secret_generated"] * 2
 
 
+def test_a_token_secret_shorter_than_32_bytes_is_used_and_warned_about() -> None:
+    short = make_settings({"SLUICE_AUTH_SECRET": "x" * 31}, auth=keyed_settings()).auth
+    long_enough = make_settings({"SLUICE_AUTH_SECRET": "x" * 32}, auth=keyed_settings()).auth
+    with capture_logs() as logs:
+        assert token_secret(short) == b"x" * 31
+        assert token_secret(long_enough) == b"x" * 32
+    assert [entry["event"] for entry in logs] == ["token_secret_weak"]
+    assert "x" * 31 not in str(logs)
+
+
 def test_a_key_env_that_is_not_set_is_a_settings_error() -> None:
     with pytest.raises(SettingsError, match="MISSING_KEY_VAR"):
         make_settings(SECRET, auth={"keys": [{"name": "x", "key_env": "MISSING_KEY_VAR"}]})

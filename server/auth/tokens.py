@@ -127,10 +127,26 @@ class TokenSigner:
         return hmac.new(self._secret, payload, hashlib.sha256).digest()
 
 
+# Bytes a configured secret needs to resist an offline guess from any token (its payload is readable).
+SECRET_MIN_BYTES = 32
+
+
 def token_secret(auth: AuthSettings) -> bytes:
-    """The configured secret; without one, a random secret of this process (tokens then die with it)."""
+    """The configured secret; without one, a random secret of this process (tokens then die with it).
+
+    A configured secret shorter than SECRET_MIN_BYTES is used, and warned about: a token's payload is
+    readable, so a short secret can be found offline from any token, and then any key's tokens forged.
+    """
     if auth.secret is not None:
-        return auth.secret.get_secret_value().encode()
+        secret = auth.secret.get_secret_value().encode()
+        if len(secret) < SECRET_MIN_BYTES:
+            structlog.get_logger("sluice.auth").warning(
+                "token_secret_weak",
+                message=f"{auth.secret_env} is {len(secret)} bytes: browser tokens signed with it can be "
+                f"forged once it is guessed offline. Use at least {SECRET_MIN_BYTES} random bytes "
+                "(openssl rand -hex 32).",
+            )
+        return secret
     if auth.enabled:
         structlog.get_logger("sluice.auth").warning(
             "token_secret_generated",
