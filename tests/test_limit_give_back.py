@@ -12,14 +12,22 @@ from server.auth.gate import Lease
 from server.auth.gateway_keys import GatewayKey
 from server.auth.limits import KeyLimits
 from server.shared.limit_store import RedisLimitStore
-from server.shared.limits import LimitsUnavailableError
+from server.shared.limits import LimitsUnavailableError, Take
 from server.shared.link import RedisLink
 from tests.conftest import make_settings
 
 TWO_STREAMS = KeyLimits(max_streams=2)
+EPOCH = 1_700_000_000_000_000  # of the key's hash in these fakes of Redis
 
 
-class LostAnswer:
+class TakesInOneEpoch:
+    """Redis whose takes all take, in EPOCH."""
+
+    async def take(self, name: str, **_: int | str) -> Take:
+        return Take(exceeded=None, requests_level=0.0, tokens_level=0.0, retry_after=0.0, streams=0, epoch=EPOCH)
+
+
+class LostAnswer(TakesInOneEpoch):
     """A key's stream count kept as Redis's script keeps it (each give-back id applied once), whose
     first give-back raises LimitsUnavailableError: after it ran (`ran`: its reply was lost) or before."""
 
@@ -29,7 +37,7 @@ class LostAnswer:
         self._ran = ran
         self._applied: set[str] = set()
 
-    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+    async def give_back(self, name: str, *, streams: int, give_back_id: str, **_: int) -> None:
         self.sent += 1
         lost = self.sent == 1
         if lost and not self._ran:
@@ -69,8 +77,9 @@ async def test_a_give_back_redis_ran_before_its_answer_was_lost_is_sent_again_an
     # Counted twice, the key had one stream counted for its two live ones: a third went past max_streams.
     redis = LostAnswer(streams=2, ran=True)
     store = store_over(redis)
+    slot = await store.take("k", TWO_STREAMS, requests=1, tokens=0, streams=1)
 
-    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1, slot=slot)
     await settled(store)
 
     assert redis.sent == 2
@@ -82,8 +91,9 @@ async def test_a_give_back_that_never_reached_redis_is_given_back_once_it_answer
 ) -> None:
     redis = LostAnswer(streams=2, ran=False)
     store = store_over(redis)
+    slot = await store.take("k", TWO_STREAMS, requests=1, tokens=0, streams=1)
 
-    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1, slot=slot)
     await settled(store)
 
     assert redis.streams == 1
@@ -120,20 +130,26 @@ async def test_a_take_whose_request_left_while_it_was_on_its_way_is_undone(
     assert len(redis.undone) == 1
 
 
-class RedisAway:
-    """Redis whose takes never answer (each may have run: it owes an undo), noting what it is given back."""
+class RedisAwayAtTimes(TakesInOneEpoch):
+    """Redis answering takes in turn as `answers` says (False: its reply is lost, and the take owes an
+    undo), noting what it is given back: tokens, streams and the epoch of each."""
 
-    def __init__(self) -> None:
-        self.given: list[tuple[int, int]] = []
+    def __init__(self, *answers: bool) -> None:
+        self._answers = list(answers)
+        self.given: list[tuple[int, int, int, int]] = []
 
-    async def take(self, name: str, **_: int | str) -> None:
-        raise LimitsUnavailableError("Redis is unreachable")
+    async def take(self, name: str, **_: int | str) -> Take:
+        if not self._answers.pop(0):
+            raise LimitsUnavailableError("Redis is unreachable")
+        return await super().take(name)
 
     async def undo(self, name: str, **_: int | str) -> None:
         pass
 
-    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
-        self.given.append((tokens, streams))
+    async def give_back(
+        self, name: str, *, tokens: int, streams: int, streams_epoch: int, tokens_epoch: int, **_: int | str
+    ) -> None:
+        self.given.append((tokens, streams, tokens_epoch, streams_epoch))
 
 
 LIMITED = KeyLimits(tpm=1000, max_streams=2)
@@ -144,14 +160,15 @@ async def test_tokens_counted_here_go_back_here_while_the_slot_goes_back_to_redi
 ) -> None:
     # The slot taken in Redis, then the reservation's reply lost: given back to Redis too, the tokens
     # were given twice there (its take's undo gives them back already).
-    redis = RedisAway()
+    redis = RedisAwayAtTimes(True, False)
     store = store_over(cast(LostAnswer, redis))
+    slot = await store.take("k", LIMITED, requests=1, tokens=0, streams=1)
     reserved = await store.take("k", LIMITED, requests=0, tokens=100, streams=0)
     assert reserved.counted_here
 
-    await store.give_back("k", LIMITED, tokens=70, streams=1, tokens_counted_here=True)
+    await store.give_back("k", LIMITED, tokens=70, streams=1, slot=slot, reservation=reserved)
 
-    assert redis.given == [(0, 1)]
+    assert redis.given == [(0, 1, 0, EPOCH)]
     usage = await store._local.usage("k", LIMITED)
     assert usage is not None
     assert usage.tokens == 30
@@ -160,14 +177,15 @@ async def test_tokens_counted_here_go_back_here_while_the_slot_goes_back_to_redi
 async def test_a_slot_counted_here_goes_back_here_while_tokens_taken_in_redis_go_back_to_redis(
     store_over: Callable[[LostAnswer], RedisLimitStore],
 ) -> None:
-    redis = RedisAway()
+    redis = RedisAwayAtTimes(False, True)
     store = store_over(cast(LostAnswer, redis))
     slot = await store.take("k", LIMITED, requests=1, tokens=0, streams=1)
     assert slot.counted_here
+    reserved = await store.take("k", LIMITED, requests=0, tokens=100, streams=0)
 
-    await store.give_back("k", LIMITED, tokens=70, streams=1)
+    await store.give_back("k", LIMITED, tokens=70, streams=1, slot=slot, reservation=reserved)
 
-    assert redis.given == [(70, 0)]
+    assert redis.given == [(70, 0, EPOCH, 0)]
     usage = await store._local.usage("k", LIMITED)
     assert usage is not None
     assert usage.streams == 0
@@ -176,24 +194,28 @@ async def test_a_slot_counted_here_goes_back_here_while_tokens_taken_in_redis_go
 async def test_a_lease_gives_its_tokens_back_where_its_reservation_was_counted(
     store_over: Callable[[LostAnswer], RedisLimitStore],
 ) -> None:
-    redis = RedisAway()
+    redis = RedisAwayAtTimes(True, False)
     store = store_over(cast(LostAnswer, redis))
-    lease = Lease(store, GatewayKey("k", b"", None, LIMITED))
-    assert await lease.reserve({"messages": [], "max_tokens": 100}) is None
+    slot = await store.take("k", LIMITED, requests=1, tokens=0, streams=1)  # as take_limits does
+    lease = Lease(store, GatewayKey("k", b"", None, LIMITED), slot=slot)
+    assert await lease.reserve({"messages": [], "max_tokens": 100}) is None  # its reply lost: counted here
 
     await lease.release({"total_tokens": 40})
 
-    assert redis.given == [(0, 1)]  # the slot (taken in Redis by take_limits, not in this test); no tokens
+    assert redis.given == [(0, 1, 0, EPOCH)]  # the slot, in its epoch; no tokens
+    usage = await store._local.usage("k", LIMITED)
+    assert usage is not None
+    assert 30 < usage.tokens <= 40  # what it used of its reservation here, less what refilled since; 108 unsettled
 
 
-class FailsForABugOnce:
+class FailsForABugOnce(TakesInOneEpoch):
     """Redis away for a give-back, then failing its retry for a bug, then taking it."""
 
     def __init__(self) -> None:
         self.sent = 0
         self.applied: list[tuple[int, int]] = []
 
-    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+    async def give_back(self, name: str, *, tokens: int, streams: int, **_: int | str) -> None:
         self.sent += 1
         if self.sent == 1:
             raise LimitsUnavailableError("Redis is unreachable")
@@ -208,8 +230,9 @@ async def test_an_owed_give_back_that_fails_for_a_bug_is_kept_and_sent_again(
     # It was dropped with the settling task, and the slot stayed taken in Redis for good.
     redis = FailsForABugOnce()
     store = store_over(cast(LostAnswer, redis))
+    slot = await store.take("k", TWO_STREAMS, requests=1, tokens=0, streams=1)
 
-    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1)
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1, slot=slot)
     await settled(store)
 
     assert redis.applied == [(0, 1)]

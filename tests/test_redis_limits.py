@@ -81,10 +81,13 @@ async def test_tokens_are_reserved_then_settled_with_what_was_used(
     make_buckets: Callable[[], RedisLimitBuckets],
 ) -> None:
     first, second = make_buckets(), make_buckets()
-    assert (await first.take("key-e", **one_request(tpm=1000, tokens=800))).allowed
+    reserved = await first.take("key-e", **one_request(tpm=1000, tokens=800))
+    assert reserved.allowed
     refused = await second.take("key-e", **one_request(tpm=1000, tokens=300))
     assert refused.exceeded == "tokens"
-    await first.give_back("key-e", tpm=1000, tokens=500, streams=0, give_back_id="e-1")  # used 300 of the 800 reserved
+    await first.give_back(  # used 300 of the 800 reserved
+        "key-e", tpm=1000, tokens=500, streams=0, give_back_id="e-1", streams_epoch=0, tokens_epoch=reserved.epoch
+    )
     assert (await second.take("key-e", **one_request(tpm=1000, tokens=300))).allowed
 
 
@@ -92,10 +95,13 @@ async def test_concurrent_streams_are_capped_across_instances_and_released(
     make_buckets: Callable[[], RedisLimitBuckets],
 ) -> None:
     first, second = make_buckets(), make_buckets()
-    assert (await first.take("key-f", **one_request(max_streams=1, streams=1))).allowed
+    slot = await first.take("key-f", **one_request(max_streams=1, streams=1))
+    assert slot.allowed
     refused = await second.take("key-f", **one_request(max_streams=1, streams=1))
     assert refused.exceeded == "streams"
-    await first.give_back("key-f", tpm=0, tokens=0, streams=1, give_back_id="f-1")
+    await first.give_back(
+        "key-f", tpm=0, tokens=0, streams=1, give_back_id="f-1", streams_epoch=slot.epoch, tokens_epoch=0
+    )
     assert (await second.take("key-f", **one_request(max_streams=1, streams=1))).allowed
 
 
@@ -189,9 +195,10 @@ async def test_a_slot_given_back_while_redis_stalls_is_given_back_once_it_answer
     # Given back to this process instead, it stayed taken in Redis for good: the key, at its
     # max_streams, was refused on every instance from then on.
     here, elsewhere = make_store(), make_store()
-    assert (await here.take("key-stall", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
+    slot = await here.take("key-stall", ONE_STREAM, requests=1, tokens=0, streams=1)
+    assert slot.allowed
     with stalled(redis_server):
-        await here.give_back("key-stall", ONE_STREAM, tokens=0, streams=1)
+        await here.give_back("key-stall", ONE_STREAM, tokens=0, streams=1, slot=slot)
     settling = here._settling  # what gives Redis back what it is owed, once it answers
     assert settling is not None
     await asyncio.wait_for(settling, OWED_BOUND)
@@ -206,9 +213,10 @@ async def test_a_slot_taken_while_redis_was_away_is_given_back_here_not_to_redis
     two = KeyLimits(max_streams=2)
     assert (await elsewhere.take("key-away", two, requests=1, tokens=0, streams=1)).allowed
     with stalled(redis_server):
-        assert (await here.take("key-away", two, requests=1, tokens=0, streams=1)).allowed  # fail open
+        slot = await here.take("key-away", two, requests=1, tokens=0, streams=1)  # fail open
+    assert slot.allowed
     assert await here._link.wait_up(OWED_BOUND)  # the stalled take marked Redis down; it answers again
-    await here.give_back("key-away", two, tokens=0, streams=1)
+    await here.give_back("key-away", two, tokens=0, streams=1, slot=slot)
     usage = await elsewhere.usage("key-away", two)
     assert usage is not None
     assert usage.streams == 1
@@ -234,9 +242,13 @@ async def test_a_give_back_sent_again_under_its_id_is_applied_once(
 ) -> None:
     # A give-back whose reply was lost is sent again: applied twice, the key had a slot and its tokens for free.
     buckets = make_buckets()
-    assert (await buckets.take("key-once", **one_request(tpm=60, max_streams=2, tokens=60, streams=2))).allowed
+    taken = await buckets.take("key-once", **one_request(tpm=60, max_streams=2, tokens=60, streams=2))
+    assert taken.allowed
+    epoch = taken.epoch
     for _ in range(2):
-        await buckets.give_back("key-once", tpm=60, tokens=30, streams=1, give_back_id="once-1")
+        await buckets.give_back(
+            "key-once", tpm=60, tokens=30, streams=1, give_back_id="once-1", streams_epoch=epoch, tokens_epoch=epoch
+        )
     _, tokens, streams = await buckets.levels("key-once", rpm=0, tpm=60)
     assert streams == 1
     assert 30 <= tokens < 40  # a token a second refills; 60 when given back twice
@@ -252,12 +264,15 @@ async def test_a_give_back_redis_ran_while_its_reply_timed_out_is_counted_once(
     limits = KeyLimits(tpm=60, max_streams=2)  # a token a second refills
     # An earlier stream here ended as usual, so Redis has the give-back script, as in any gateway
     # that served a while (else the stalled try is refused NOSCRIPT when Redis wakes, and runs nothing).
-    assert (await here.take("key-lost", limits, requests=1, tokens=0, streams=1)).allowed
-    await here.give_back("key-lost", limits, tokens=0, streams=1)
-    assert (await here.take("key-lost", limits, requests=1, tokens=30, streams=1)).allowed
+    earlier = await here.take("key-lost", limits, requests=1, tokens=0, streams=1)
+    assert earlier.allowed
+    await here.give_back("key-lost", limits, tokens=0, streams=1, slot=earlier)
+    taken = await here.take("key-lost", limits, requests=1, tokens=30, streams=1)
+    assert taken.allowed
     assert (await elsewhere.take("key-lost", limits, requests=1, tokens=20, streams=1)).allowed
     with stalled(redis_server):
-        await here.give_back("key-lost", limits, tokens=25, streams=1)  # used 5 of the 30 reserved
+        # Used 5 of the 30 reserved (one take for both here: its slot's and its reservation's).
+        await here.give_back("key-lost", limits, tokens=25, streams=1, slot=taken, reservation=taken)
     settling = here._settling
     assert settling is not None
     await asyncio.wait_for(settling, OWED_BOUND)
@@ -283,12 +298,14 @@ async def test_a_slot_redis_took_while_its_reply_timed_out_is_given_back_once_it
     here, elsewhere = make_store(), make_store()
     # An earlier stream here, so Redis has the take script, as in any gateway that served a while
     # (else the stalled take is refused NOSCRIPT when Redis wakes, and takes nothing).
-    assert (await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
-    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1)
+    earlier = await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)
+    assert earlier.allowed
+    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1, slot=earlier)
     with stalled(redis_server):
-        assert (await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed  # fail open
+        slot = await here.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)  # fail open
+    assert slot.allowed
     await answered(here)
-    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1)  # the stream ends; its slot was here
+    await here.give_back("key-lost-take", ONE_STREAM, tokens=0, streams=1, slot=slot)  # it ends; its slot was here
     assert (await elsewhere.take("key-lost-take", ONE_STREAM, requests=1, tokens=0, streams=1)).allowed
 
 
@@ -380,5 +397,5 @@ async def test_failing_closed_still_serves_a_key_without_limits_while_redis_is_u
     with stalled(redis_server):
         decision = await store.take("key-unlimited", unlimited, requests=1, tokens=0, streams=1)
     assert decision.allowed
-    await store.give_back("key-unlimited", unlimited, tokens=0, streams=1)
+    await store.give_back("key-unlimited", unlimited, tokens=0, streams=1, slot=decision)
     await answered(store)

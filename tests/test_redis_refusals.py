@@ -237,9 +237,10 @@ async def test_a_give_back_a_full_redis_refused_is_given_back_once_it_takes_writ
     store = RedisLimitStore(link, retry_after=1)
     one_stream = KeyLimits(max_streams=1)
     try:
-        assert (await store.take("key-a", one_stream, requests=1, tokens=0, streams=1)).allowed
+        slot = await store.take("key-a", one_stream, requests=1, tokens=0, streams=1)
+        assert slot.allowed
         await fill(redis_client)
-        await store.give_back("key-a", one_stream, tokens=0, streams=1)
+        await store.give_back("key-a", one_stream, tokens=0, streams=1, slot=slot)
         await free(redis_client)
         assert store._settling is not None
         await asyncio.wait_for(store._settling, SECONDS)

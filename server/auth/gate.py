@@ -1,7 +1,8 @@
 """A request's share of its key's limits, and the answer when a limit refuses it.
 
 A `Lease` holds what a request took from its key's limits (one stream slot, reserved tokens)
-and gives it back once, when the request ends, settling the tokens with the real usage. A
+and gives it back once, when the request ends, settling the tokens with the real usage; it keeps the
+decision of each take, so that each part goes back where, and in the epoch, it was counted. A
 detached browser stream takes the lease over from the request that started it. While it is held,
 the key's ring knows of it: a reload that revokes the key ends the request through it (`revoke`).
 """
@@ -32,8 +33,13 @@ _MESSAGES = {
 class Lease:
     """What one request took from its key's limits, given back once when it ends."""
 
-    def __init__(self, store: LimitStore, key: GatewayKey, ring: KeyRing | None = None) -> None:
-        """`ring`: the key's ring, which holds the lease until it is released (see `revoke`)."""
+    def __init__(
+        self, store: LimitStore, key: GatewayKey, ring: KeyRing | None = None, slot: Decision | None = None
+    ) -> None:
+        """`ring`: the key's ring, which holds the lease until it is released (see `revoke`).
+
+        `slot`: the decision of the take that took the request's stream slot (`take_limits`).
+        """
         self._store = store
         self.key = key
         self._ring = ring
@@ -44,8 +50,9 @@ class Lease:
         self.transferred = False
         self.revoked = False
         self._end: Callable[[], None] | None = None
-        self.last_decision: Decision | None = None  # the reservation's, for the response's headers
-        self._tokens_counted_here = False
+        # The take of each part, which its give-back names: where it was counted, and in which epoch.
+        self._slot = slot
+        self.last_decision: Decision | None = None  # the reservation's; also for the response's headers
 
     def end_with(self, end: Callable[[], None]) -> None:
         """Call `end` (it stops the request's stream) if the key is revoked while the lease is held; now if it was."""
@@ -89,7 +96,6 @@ class Lease:
         self.last_decision = decision
         self.prompt_estimate = prompt
         self.reserved_tokens = prompt + completion
-        self._tokens_counted_here = decision.counted_here
         return None
 
     async def release(self, usage: dict[str, Any] | None, relayed_tokens: int = 0) -> None:
@@ -108,7 +114,8 @@ class Lease:
             self.key.limits,
             tokens=self.reserved_tokens - used,
             streams=self._streams,
-            tokens_counted_here=self._tokens_counted_here,
+            slot=self._slot,
+            reservation=self.last_decision,
         )
 
 

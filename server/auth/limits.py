@@ -56,6 +56,9 @@ class Decision:
     # True when a shared store could not be reached and this process counted the take itself:
     # what it took goes back here too, never to the shared store (see RedisLimitStore.give_back).
     counted_here: bool = False
+    # The epoch of the shared count it took in (Redis: its key's hash's), which the give-back of what
+    # it took carries; 0 when it took there nothing (refused, counted here, or a store without one).
+    epoch: int = 0
 
     @property
     def allowed(self) -> bool:
@@ -79,12 +82,19 @@ class LimitStore(Protocol):
         """Take the amounts if every limit allows them all; else take nothing and say which limit refused."""
 
     async def give_back(
-        self, name: str, limits: KeyLimits, *, tokens: int, streams: int, tokens_counted_here: bool = False
+        self,
+        name: str,
+        limits: KeyLimits,
+        *,
+        tokens: int,
+        streams: int,
+        slot: Decision | None = None,
+        reservation: Decision | None = None,
     ) -> None:
         """Return unused tokens (negative: charge more) and release stream slots.
 
-        `tokens_counted_here`: the tokens' take was counted by this process (its decision's
-        `counted_here`), so they go back where they were taken.
+        `slot`, `reservation`: the decisions of the takes that took the streams and the tokens (a
+        request's two takes), so that each part goes back where, and in the epoch, it was counted.
         """
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
@@ -160,8 +170,16 @@ class MemoryLimitStore:
         )
 
     async def give_back(
-        self, name: str, limits: KeyLimits, *, tokens: int, streams: int, tokens_counted_here: bool = False
+        self,
+        name: str,
+        limits: KeyLimits,
+        *,
+        tokens: int,
+        streams: int,
+        slot: Decision | None = None,
+        reservation: Decision | None = None,
     ) -> None:
+        # Every take is counted here, in one epoch: where each part goes back is never a question.
         now = self._clock()
         state = self._state(name, limits, now)
         if limits.tpm:

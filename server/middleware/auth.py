@@ -120,7 +120,7 @@ async def take_limits(request: web.Request, key: GatewayKey) -> Lease:
     if not decision.allowed:
         raise _refuse(request, key, decision)
     request[RATE_LIMITS] = decision
-    lease = Lease(store, key, ring)
+    lease = Lease(store, key, ring, decision)
     if not ring.hold(key, lease):
         # Revoked by a reload while the body was read: what it took goes back, and it goes no further.
         await lease.release(None)

@@ -17,6 +17,14 @@ the request here (fail open) or refused it (503). Redis's part, the slot with it
 nothing gave it back. Each take is named by an id, and one that found Redis unreachable owes an
 undo of that id, sent with the owed give-backs once Redis answers: Redis gives back what the take
 took if it ran, once, and nothing if it never did (limits.py).
+
+A give-back to Redis carries, for each part, the epoch of the key's hash its take took in
+(limits.py): a stream from before Redis restarted empty frees nothing in the hash made since, and
+one taken since frees its slot there at once. The epochs travel with the request: each take's
+decision carries its epoch and where it was counted (`counted_here`), the request's lease keeps the
+decisions of its slot's take and of its token reservation, and its give-back names both (`slot`,
+`reservation`). Each part goes back where, and in the epoch, its own take counted it: with Redis
+away or restarted empty between a request's two takes, they differ.
 """
 
 from __future__ import annotations
@@ -52,15 +60,25 @@ class _Debt(Protocol):
 
 
 class _Owed(NamedTuple):
-    """A give-back Redis was not seen to take: the key, its tpm, the tokens and the streams."""
+    """A give-back Redis was not seen to take: the key, its tpm, the tokens, the streams and the epoch of each."""
 
     name: str
     tpm: int
     tokens: int
     streams: int
+    tokens_epoch: int
+    streams_epoch: int
 
     async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
-        await buckets.give_back(self.name, tpm=self.tpm, tokens=self.tokens, streams=self.streams, give_back_id=debt_id)
+        await buckets.give_back(
+            self.name,
+            tpm=self.tpm,
+            tokens=self.tokens,
+            streams=self.streams,
+            give_back_id=debt_id,
+            streams_epoch=self.streams_epoch,
+            tokens_epoch=self.tokens_epoch,
+        )
 
 
 class _Undo(NamedTuple):
@@ -93,8 +111,6 @@ class RedisLimitStore:
         self._local = MemoryLimitStore()
         self._fail_open = link.settings.fail_open
         self._retry_after = retry_after
-        # Per key: stream slots taken in this process (fail-open) and not given back yet.
-        self._local_slots: dict[str, int] = {}
         # Per give-back or take id: a give-back Redis was not seen to take, or a take whose reply
         # never came (to undo); sent again under the same id until Redis answers.
         self._owed: dict[str, _Debt] = {}
@@ -143,6 +159,7 @@ class RedisLimitStore:
                     reset_requests=_until_full(taken.requests_level, limits.rpm),
                     reset_tokens=_until_full(taken.tokens_level, limits.tpm),
                     retry_after=taken.retry_after,
+                    epoch=taken.epoch,
                 )
         if not self._fail_open and (limits.rpm or limits.tpm or limits.max_streams):
             # Fail closed protects limits; a key with none has nothing to protect, and is served.
@@ -152,35 +169,48 @@ class RedisLimitStore:
                 headers={"Retry-After": str(self._retry_after)},
             )
         decision = await self._local.take(name, limits, requests=requests, tokens=tokens, streams=streams)
-        if decision.allowed and streams:
-            self._local_slots[name] = self._local_slots.get(name, 0) + streams
         return dataclasses.replace(decision, counted_here=True)
 
     async def give_back(
-        self, name: str, limits: KeyLimits, *, tokens: int, streams: int, tokens_counted_here: bool = False
+        self,
+        name: str,
+        limits: KeyLimits,
+        *,
+        tokens: int,
+        streams: int,
+        slot: Decision | None = None,
+        reservation: Decision | None = None,
     ) -> None:
-        # Each part goes back where it was taken: a request's slot and its tokens are two takes, and
-        # Redis may have answered one and not the other. Given back to Redis, a part counted here
-        # freed what another instance's request holds (or, after its take's undo, was given twice).
-        slot_here = bool(streams) and self._local_slots.get(name, 0) > 0
-        if slot_here:
-            self._local_slots[name] -= streams
-            if self._local_slots[name] <= 0:
-                del self._local_slots[name]
-        tokens_here = tokens if tokens_counted_here else 0
-        if slot_here or tokens_here:
-            await self._local.give_back(name, limits, tokens=tokens_here, streams=streams if slot_here else 0)
-        tokens, streams = tokens - tokens_here, 0 if slot_here else streams
-        if not tokens and not streams:
+        # Each part goes back where its take counted it: a request's slot and its tokens are two
+        # takes, and Redis may have answered one and not the other. Given back to Redis, a part
+        # counted here freed what another instance's request holds (or, after its take's undo, was
+        # given twice).
+        streams_here = slot is not None and slot.counted_here
+        tokens_here = reservation is not None and reservation.counted_here
+        if streams_here or tokens_here:
+            await self._local.give_back(
+                name, limits, tokens=tokens if tokens_here else 0, streams=streams if streams_here else 0
+            )
+        # In Redis, each in the epoch its take took in; 0 (taken here, or not at all) gives nothing there.
+        streams_epoch = slot.epoch if streams and slot is not None else 0
+        tokens_epoch = reservation.epoch if tokens and reservation is not None else 0
+        if not streams_epoch and not tokens_epoch:
             return
+        tokens, streams = tokens if tokens_epoch else 0, streams if streams_epoch else 0
         # Names this give-back in Redis, which applies it once however often it is sent (`_settle_when_up`).
         give_back_id = self._new_id()
         try:
             await self._buckets.give_back(
-                name, tpm=limits.tpm, tokens=tokens, streams=streams, give_back_id=give_back_id
+                name,
+                tpm=limits.tpm,
+                tokens=tokens,
+                streams=streams,
+                give_back_id=give_back_id,
+                streams_epoch=streams_epoch,
+                tokens_epoch=tokens_epoch,
             )
         except LimitsUnavailableError:
-            self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams))
+            self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams, tokens_epoch, streams_epoch))
 
     def _new_id(self) -> str:
         """An id no other take or give-back has, in this process or any other: a random prefix and a count."""

@@ -25,6 +25,17 @@ nothing; one that runs after its undo (still on its way when the undo came) find
 and takes nothing. An undo later than `TAKEN_SECONDS` after its take finds no record and gives
 back nothing: the take then stays until the key's hash expires, as before.
 
+A key's hash has an epoch: Redis's time, in microseconds, when a take made it (field `e`). A take
+returns it, and a give-back carries the epoch of each part it gives back (a request's stream slot
+and its tokens are two takes); a part from another epoch, or finding no hash, gives nothing. Redis
+restarted empty (run without persistence, as advised) while streams were live, their give-backs
+came to a hash that new takes had made and that never counted them: its stream count fell below
+its live streams for as long as the old ones ended (more than `max_streams` ran at once), and
+tokens came back that it never lent. A hash that expired after its idle hour and was made again is
+a new epoch too; one Redis restarted with (RDB, AOF) keeps its epoch, and give-backs count there
+as before. An undo needs none: its take's record lives `TAKEN_SECONDS`, less than the hash lives
+after that take, and an empty Redis lost both.
+
 Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
 """
 
@@ -48,7 +59,7 @@ TAKEN_SECONDS = 600
 _READ_BUCKETS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's')
+local h = redis.call('HMGET', KEYS[1], 'rl', 'ra', 'tl', 'ta', 's', 'e')
 local function level(value, at, capacity)
   if not value then return capacity end
   return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
@@ -58,16 +69,16 @@ end
 # KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
 # ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
 # the id's. Returns {exceeded ('' when allowed; 'undone' for an id undone already, a reply no one
-# reads), requests level, tokens level, retry after, streams}.
+# reads), requests level, tokens level, retry after, streams, the hash's epoch ('0' when refused)}.
 _TAKE = (
     """
-if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0} end
+if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0, '0'} end
 local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 """
     + _READ_BUCKETS
     + """local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
-local exceeded, retry = '', 0
+local exceeded, retry, epoch = '', 0, '0'
 -- A take over the whole tpm goes on a full bucket (see Lease.reserve): waiting for all of it, it never would.
 local wanted = math.min(tokens, tpm)
 if rpm > 0 and rl < requests then
@@ -81,25 +92,31 @@ if exceeded == '' then
   if rpm > 0 then rl = rl - requests end
   if tpm > 0 then tl = tl - tokens end
   s = s + streams
+  -- A new hash's epoch: Redis's time in microseconds, as digits (a Lua number would print as 1.7e+15).
+  epoch = h[6] or (t[1] .. string.format('%06d', tonumber(t[2])))
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[8])  -- for `undo`, should this reply be lost
   -- Only a take writes, and so keeps the hash an hour more: a key refused on and on (its clients
   -- retrying on 429) must not keep alive the slots of an instance that died.
-  redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s)
+  redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s, 'e', epoch)
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
-return {exceeded, tostring(rl), tostring(tl), tostring(retry), s}
+return {exceeded, tostring(rl), tostring(tl), tostring(retry), s, epoch}
 """
 )
 
 # KEYS[1]: the key's hash, KEYS[2]: the give-back's id. ARGV: tpm, tokens to return (negative: charge
-# more), streams to release, the hash's idle seconds, the id's. Returns 2 for an id already applied.
+# more), streams to release, the hash's idle seconds, the id's, the epoch the streams were taken in,
+# the tokens'. Each part counts only in its epoch (a restart between a request's two takes parts
+# them). Returns 2 for an id already applied, 0 when neither part's epoch is the hash's (or none is).
 _GIVE_BACK = """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end
-local tpm, tokens, streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 's', 'e')
+local tokens = h[4] == ARGV[7] and tonumber(ARGV[2]) or 0
+local streams = h[4] == ARGV[6] and tonumber(ARGV[3]) or 0
+if tokens == 0 and streams == 0 then return 0 end
+local tpm = tonumber(ARGV[1])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 's')
-if not h[2] then return 0 end
 if tpm > 0 then
   local tl = math.min(tpm, tonumber(h[1]) + (now - tonumber(h[2])) * tpm / 60)
   redis.call('HSET', KEYS[1], 'tl', math.min(tpm, tl + tokens), 'ta', now)
@@ -149,13 +166,17 @@ class LimitsUnavailableError(ConnectionError):
 
 @dataclass(frozen=True, slots=True)
 class Take:
-    """What one take found: the refused limit (None when taken) and the buckets after it."""
+    """What one take found: the refused limit (None when taken) and the buckets after it.
+
+    `epoch`: the epoch of the hash it took in (0 when refused), which its give-backs carry.
+    """
 
     exceeded: str | None
     requests_level: float
     tokens_level: float
     retry_after: float
     streams: int
+    epoch: int
 
     @property
     def allowed(self) -> bool:
@@ -201,15 +222,29 @@ class RedisLimitBuckets:
             tokens_level=float(reply[2]),
             retry_after=float(reply[3]),
             streams=int(reply[4]),
+            epoch=int(reply[5]),
         )
 
-    async def give_back(self, name: str, *, tpm: int, tokens: int, streams: int, give_back_id: str) -> None:
+    async def give_back(
+        self,
+        name: str,
+        *,
+        tpm: int,
+        tokens: int,
+        streams: int,
+        give_back_id: str,
+        streams_epoch: int,
+        tokens_epoch: int,
+    ) -> None:
         """Return unused tokens (negative: charge more) and release stream slots, once per `give_back_id`.
 
-        A retry of a give-back that raised LimitsUnavailableError must carry the id of its first try.
+        `streams_epoch`, `tokens_epoch`: the `Take.epoch` of the take that took each part; a hash of
+        another epoch gets that part back not at all. A retry of a give-back that raised
+        LimitsUnavailableError must carry the id of its first try.
         """
         keys = [self._prefix + name, self._given_prefix + give_back_id]
-        await self._run(self._give_back, keys, [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS])
+        args = [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS, streams_epoch, tokens_epoch]
+        await self._run(self._give_back, keys, args)
 
     async def undo(
         self, name: str, *, rpm: int, tpm: int, requests: int, tokens: int, streams: int, take_id: str
