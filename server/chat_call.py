@@ -134,6 +134,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 started.stop_heartbeat()
             if opened is not None:
                 record.malformed_chunks = opened.malformed
+                if opened.cut_after_finish:  # whole, but its upstream cut the connection before `[DONE]`
+                    record.extra["upstream_ending"] = "cut_after_finish"
             _close_upstream(opened, continued)
 
 

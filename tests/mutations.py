@@ -4788,6 +4788,92 @@ BREAKS += [
 ]
 
 
+# Found by the resilience review: a stream cut after its finish, and a 200 that is not a stream.
+FINISHED_CUT = "tests/test_stream_finished_cut.py"
+BREAKS += [
+    Break(
+        "a stream cut after its finish is broken",
+        "server/upstreams/stream.py",
+        "                if self._whole_when_cut(failure):",
+        "                if False:",
+        (f"{FINISHED_CUT}::test_a_cut_after_the_finish_and_usage_ends_the_stream_with_done",),
+    ),
+    Break(
+        "a pulled stream cut after its finish is broken",
+        "server/upstreams/stream.py",
+        "            if not self._whole_when_cut(exc):",
+        "            if True:",
+        (
+            f"{FINISHED_CUT}::test_a_cut_after_the_finish_is_not_continued",
+            f"{FINISHED_CUT}::test_a_native_stream_cut_after_the_finish_ends_with_done_and_each_token_once",
+        ),
+    ),
+    Break(
+        "one finished choice makes a cut stream whole",
+        "server/upstreams/stream.py",
+        "        if len(self._finished) < self._choices:",
+        "        if not self._finished:",
+        (f"{FINISHED_CUT}::test_a_cut_while_a_choice_is_unfinished_ends_with_upstream_stream_broken",),
+    ),
+    Break(
+        "choices that appeared without finishing are not counted",
+        "server/upstreams/stream.py",
+        "            if chunk.finish_reason is not None or chunk.choices_seen > self._choices:",
+        "            if chunk.finish_reason is not None:",
+        (f"{FINISHED_CUT}::test_a_cut_while_a_choice_is_unfinished_ends_with_upstream_stream_broken",),
+    ),
+    Break(
+        "blank lines before a 200's JSON error hide it",
+        "server/upstreams/stream.py",
+        "        while first.isspace():",
+        "        while False:",
+        (f"{FINISHED_CUT}::test_a_json_error_after_a_blank_line_reaches_the_client_with_its_message_and_code",),
+    ),
+    Break(
+        "an HTML page in place of a stream is a reset",
+        "server/upstreams/stream.py",
+        "            if kind is not None and not first.lstrip().startswith(EVENT_STARTS):",
+        "            if False:",
+        (f"{FINISHED_CUT}::test_an_html_page_in_place_of_a_stream_is_a_malformed_reply_not_asked_again",),
+    ),
+    Break(
+        "an event stream labelled as HTML is refused",
+        "server/upstreams/stream.py",
+        "            if kind is not None and not first.lstrip().startswith(EVENT_STARTS):",
+        "            if kind is not None:",
+        (f"{FINISHED_CUT}::test_an_event_stream_labelled_as_html_is_relayed",),
+    ),
+    Break(
+        "an upstream's Content-Type is not kept",
+        "server/upstreams/parser.py",
+        ').union((b"content-type",))',
+        ")",
+        (f"{FINISHED_CUT}::test_an_html_page_in_place_of_a_stream_is_a_malformed_reply_not_asked_again",),
+    ),
+    Break(
+        "an event stream's Content-Type is kept",
+        "server/upstreams/parser.py",
+        '        if lowered == b"content-type" and value[: len(EVENT_STREAM)].lower() == EVENT_STREAM:',
+        "        if False:",
+        ("tests/test_upstream_http1.py::test_only_the_headers_sluice_reads_are_kept",),
+    ),
+    Break(
+        "a part that failed after its finish is continued",
+        "server/upstreams/continuation.py",
+        "            if finished:",
+        "            if False:",
+        ("tests/test_continuation_after_finish.py::test_a_part_that_fails_after_its_finish_is_not_continued",),
+    ),
+    Break(
+        "the access line does not say a stream was cut after its finish",
+        "server/chat_call.py",
+        "                if opened.cut_after_finish:",
+        "                if False:",
+        (f"{FINISHED_CUT}::test_a_cut_after_the_finish_and_usage_ends_the_stream_with_done",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -2,7 +2,8 @@
 
 When the upstream fails mid-stream (a reset, an error event, an end before a finish reason, a stall
 of `idle_timeout`: this wrapper watches the gap between any two chunks itself, tool-call and
-reasoning deltas included) after some text went out, and an upstream of the model declares
+reasoning deltas included) after some text went out and before the finish reason (after it, the
+answer is whole: nothing is continued), and an upstream of the model declares
 `continuation = "assistant-prefill"`, the cut request is closed (a stalled one would go on
 generating, and holding its connection and concurrency slot, until the whole stream ended) and
 the same request is sent again with that text as a final assistant message (plus the upstream's
@@ -135,8 +136,15 @@ class ContinuedStream:
                         break
             except (aiohttp.ClientError, UpstreamError) as exc:
                 broken = exc
-            if finished and error_chunk is None and (broken is None or _silent_after_finishing(broken)):
-                return  # whole: a silence after the finish is the relay's to end as done, not a cut
+            if finished:
+                # The answer is whole: never continued, which would pay for a second one after it.
+                # A silence after the finish is the relay's to end as done (a cut there ended the
+                # part already: see UpstreamStream); anything else goes on to the relay as it came.
+                if error_chunk is not None:
+                    yield [error_chunk]
+                if not (broken is None or _silent_after_finishing(broken)):
+                    raise broken
+                return
             _close(source)  # cut: its request is given up, before anything else is awaited
             if (at_limit := self._at_limit()) is not None:
                 yield [at_limit]

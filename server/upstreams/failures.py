@@ -16,6 +16,8 @@
     200 with an error object (no stream)     502 with its message and code     yes
     200 with an error object (stream)        the same, before the first token  yes
     200 with other JSON (stream)             502 upstream_malformed_reply      another route
+    200 neither JSON nor SSE (stream)        502 upstream_malformed_reply      another route
+      (a Content-Type other than text/event-stream: an HTML page)
     an error event inside the stream         502 with its message and code     before the first token
     other 4xx                                that status, its message/code     never
 

@@ -13,12 +13,16 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers together (aiohttp: 8190 per line, 32 KiB of fields)
 
 NO_BODY_STATUSES = frozenset((204, 304))
-# The only response headers Sluice reads (framing, encoding, rate limits): the rest are not kept.
-# A provider sends a dozen or two more (request ids, cookies, timings, rate-limit counters), and
-# a stream's headers live as long as the stream: kept, they cost 1-2 KiB per live stream.
+# The only response headers Sluice reads (framing, encoding, rate limits, the type of a stream's
+# body): the rest are not kept. A provider sends a dozen or two more (request ids, cookies, timings,
+# rate-limit counters), and a stream's headers live as long as the stream: kept, they cost 1-2 KiB
+# per live stream.
 KEPT_HEADERS = frozenset(
     (b"content-length", b"transfer-encoding", b"content-encoding", b"retry-after", b"retry-after-ms")
-)
+).union((b"content-type",))  # the type only when it is not EVENT_STREAM: see on_header
+# The type of every healthy stream: read as its absence (UpstreamStream._read_first treats both
+# alike), so not kept; only a body of another type (a JSON reply, an HTML page) keeps its type.
+EVENT_STREAM = b"text/event-stream"
 
 
 class MalformedResponse(Exception):
@@ -128,6 +132,8 @@ class ResponseParser:
             return  # a second response's: see on_message_begin
         lowered = name.lower()
         if lowered not in KEPT_HEADERS:
+            return
+        if lowered == b"content-type" and value[: len(EVENT_STREAM)].lower() == EVENT_STREAM:
             return
         key = lowered.decode("latin-1")
         text = value.decode("latin-1")

@@ -10,7 +10,7 @@ import structlog
 
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
-from .failures import event_failure, reply_failure, reset_failure
+from .failures import event_failure, malformed_reply, reply_failure, reset_failure
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .push import Body, Pushed
@@ -20,6 +20,11 @@ log = structlog.get_logger("sluice.upstream")
 
 # The most of a JSON reply read in place of an event stream (see UpstreamStream._read_first).
 JSON_REPLY_LIMIT = 64 * 1024
+# How an event stream's first line starts (a field, or a comment): a stream labelled with another
+# type (a web framework's default `text/html` or `text/plain`) is still read as one.
+EVENT_STARTS = (b"data:", b":", b"event:", b"id:", b"retry:")
+# No choice finished yet: shared, as RelayEvents shares its own.
+NONE_FINISHED: frozenset[int] = frozenset()
 
 
 class Response(Protocol):
@@ -41,6 +46,19 @@ def _broken(failure: Exception) -> UpstreamProtocolError:
     return error
 
 
+def _media_type(response: Response) -> str | None:
+    """The type of `response`'s body, lower case without parameters; None for an event stream or none said.
+
+    Test doubles of a response may have no headers: their bytes alone decide.
+    """
+    headers = getattr(response, "headers", None)
+    value = headers.get("content-type") if headers is not None else None
+    if not value:
+        return None
+    kind = str(value).partition(";")[0].strip().lower()
+    return None if kind in ("", "text/event-stream") else kind
+
+
 class UpstreamStream:
     """Chunk batches of one upstream response; `close()` it always, in a finally.
 
@@ -48,6 +66,12 @@ class UpstreamStream:
     any delta but a role; or a finish reason), so a failure before it (a reset, an error event, an
     error sent as a JSON reply, an early end) is raised while a retry is still possible; what it
     read is replayed first by iteration.
+
+    A connection that fails once every choice that appeared has finished (the usage chunk or
+    `[DONE]` still to come) ends the stream as its body's end would: the answer is whole, as after
+    a silence past the finish (see relay.py), and nothing is to be retried or continued. Its usage
+    chunk, if the cut took it, is missing: the access log then counts the relayed chunks.
+    `cut_after_finish` tells it happened.
     """
 
     def __init__(
@@ -69,6 +93,10 @@ class UpstreamStream:
         self._unparsed: list[bytes] = []
         self._delta_seen = False
         self._pushed: Pushed | None = None
+        # As RelayEvents counts them: one more than the highest choice index seen, and those finished.
+        self._choices = 1
+        self._finished: frozenset[int] = NONE_FINISHED
+        self.cut_after_finish = False
 
     async def prime(self) -> None:
         """Read up to the first token; raise UpstreamError for a failure before it."""
@@ -87,13 +115,16 @@ class UpstreamStream:
         raise reset_failure("The upstream ended the stream before its first token.")
 
     async def _read_first(self) -> None:
-        """Read the body's first bytes: a JSON reply in place of events raises what it stands for.
+        """Read the body's first bytes: a reply in place of events raises what it stands for.
 
         Some upstreams answer a stream request with status 200 and a JSON error object (`{"error":
         ...}`, "model overloaded"). Read as events it holds none, and its message was lost to "ended
         the stream before its first token". An event stream never starts with `{` (its lines start
         with a field name, `:` or nothing), so the bytes tell, whatever the Content-Type says:
-        a stream sent as the wrong type is still read as it arrives, not held. One leading UTF-8
+        a stream sent as the wrong type is still read as it arrives, not held. Reads of blank lines
+        alone tell nothing (a server may write a `\n` before its JSON): what follows them decides.
+        A body of another type that does not start as events (an HTML page) is a malformed reply,
+        as it is to a non-streaming call: not asked again of this upstream. One leading UTF-8
         BOM is dropped, as the SSE standard's parser drops it: left, it made the first line
         `\ufeffdata: ...`, no field Sluice knows, and the first event was lost.
         """
@@ -101,7 +132,14 @@ class UpstreamStream:
         first = await body.read()
         if first[:1] == b"\xef":  # maybe a BOM: its first event would be lost behind it
             first = await self._without_bom(first)
+        while first.isspace():  # no event and no JSON in it (dropped: a blank line before any field is none)
+            first = await body.read()
         if first.lstrip()[:1] != b"{":
+            kind = _media_type(self._response)
+            if kind is not None and not first.lstrip().startswith(EVENT_STARTS):
+                # An HTML page, text, JSON that is no object: neither a stream, nor an error, nor a completion.
+                log.warning("upstream_stream_not_events", upstream=self.upstream, content_type=kind[:100])
+                raise malformed_reply("The upstream answered the stream request with something else than events.")
             if first:
                 self._unparsed = self._splitter.feed(first)
             return
@@ -132,7 +170,8 @@ class UpstreamStream:
             while (batch := await self._read_batch()) is not None:
                 yield batch
         except (ConnectionBroken, MalformedResponse) as exc:
-            raise _broken(exc) from exc
+            if not self._whole_when_cut(exc):
+                raise _broken(exc) from exc
 
     async def _read_batch(self) -> list[Chunk] | None:
         """The next non-empty batch, or None once the body (or `[DONE]`) ended it."""
@@ -163,6 +202,8 @@ class UpstreamStream:
                 self.finished = True
                 break
             batch.append(chunk)
+            if chunk.finish_reason is not None or chunk.choices_seen > self._choices:
+                self._count_choices(chunk)
             if not self._delta_seen and (chunk.has_delta or chunk.other_delta):
                 # The first token leaves before the rest of its read (a burst) is parsed.
                 self._delta_seen = True
@@ -177,6 +218,21 @@ class UpstreamStream:
                 code="upstream_event_too_large",
             )
         return batch
+
+    def _count_choices(self, chunk: Chunk) -> None:
+        if chunk.choices_seen > self._choices:
+            self._choices = chunk.choices_seen
+        if chunk.finished_choices:
+            self._finished = self._finished.union(chunk.finished_choices)
+
+    def _whole_when_cut(self, failure: Exception) -> bool:
+        """Whether the answer was whole when `failure` cut the connection: then it ends the stream, as its end would."""
+        if len(self._finished) < self._choices:
+            return False
+        # A cut event (a usage chunk half sent) is dropped with the splitter's rest.
+        self._ended, self._unparsed, self.cut_after_finish = True, [], True
+        log.info("upstream_stream_cut_after_finish", upstream=self.upstream, error=type(failure).__name__)
+        return True
 
     @property
     def ended(self) -> bool:
@@ -213,6 +269,8 @@ class UpstreamStream:
             elif piece := body.take():
                 batch = self._parse(self._splitter.feed(piece), body_ended=False)
             elif (failure := body.failure) is not None:
+                if self._whole_when_cut(failure):
+                    return None
                 raise _broken(failure)  # after what arrived before it
             elif body.at_eof:
                 batch = self._parse(self._splitter.close(), body_ended=True)
