@@ -8,6 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validat
 
 from .settings import Settings
 from .upstreams.portable import ASK_USAGE, OwnTokenLimit
+from .validation import MAX_TOKEN_LIMIT
 
 
 def _settings(info: ValidationInfo) -> Settings:
@@ -37,7 +38,8 @@ class ChatRequest(BaseModel):
     model: str | None = None
     system: str | None = None
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, ge=1)
+    # Bounded as on /v1 (see MAX_TOKEN_LIMIT): the key's reservation is read from it.
+    max_tokens: int | None = Field(default=None, ge=1, le=MAX_TOKEN_LIMIT)
 
     @field_validator("message")
     @classmethod

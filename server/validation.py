@@ -5,6 +5,7 @@ Handlers get a typed object or a checked dict, never raw input, and every messag
 
 from __future__ import annotations
 
+import json
 import re
 from typing import Any, TypeVar
 
@@ -13,6 +14,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from .errors import InvalidRequestError, UnsupportedMediaTypeError
+from .openai_schema import load_schema
 from .settings import Settings
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
@@ -22,9 +24,34 @@ ModelT = TypeVar("ModelT", bound=BaseModel)
 # schemas, the deepest part of a real request, stay far below this.
 MAX_DEPTH = 128
 
+# The most tokens a completion may ask for (`max_tokens`, `max_completion_tokens`): 2^31 - 1, the
+# largest 32-bit signed integer. OpenAI's schema sets no maximum and its models stop far below
+# this (six figures at most), so every value OpenAI accepts stays valid. Times `n` (128 at most)
+# it keeps a key's reservation below 2^38, where the token bucket's float arithmetic is exact
+# (below 2^53): `1e308`, reserved then given back, cancelled to 0 and emptied the bucket, and its
+# reset header overflowed (the reply was cut off).
+MAX_TOKEN_LIMIT = 2**31 - 1
+
+
+def _schema_maximum(field: str) -> int:
+    """The `maximum` OpenAI's own request schema (openai_schema/) gives a top-level field."""
+    for part in json.loads(load_schema())["allOf"]:
+        bounds = part.get("properties", {}).get(field)
+        if bounds is not None:
+            return int(bounds["maximum"])
+    raise LookupError(f"OpenAI's chat request schema has no {field!r}")
+
+
+# OpenAI's maximum of `n` (128), the choices a request may ask for.
+MAX_CHOICES = _schema_maximum("n")
+
+# The counts a key's limits are reserved from (auth/gate.py), with their largest values.
+COUNT_FIELDS = {"max_tokens": MAX_TOKEN_LIMIT, "max_completion_tokens": MAX_TOKEN_LIMIT, "n": MAX_CHOICES}
+
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
-    """The body as a JSON object: 415 for another content type, 400 for bad JSON or a non-object."""
+    """The body as a JSON object: 415 for another content type, 400 for bad JSON, a non-object or a
+    count over its maximum (`check_counts`)."""
     # The header itself first: aiohttp's `content_type` parses it into a dict kept on the request,
     # about 0.9 KiB of every live stream. Anything but a plain JSON type gets aiohttp's own parse.
     if (
@@ -52,7 +79,29 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     # nothing, walking the body does not.
     if raw.count(b"{") + raw.count(b"[") > MAX_DEPTH and _deeper_than(body, MAX_DEPTH):
         raise InvalidRequestError(f"The request body is nested more than {MAX_DEPTH} levels deep.", code="invalid_json")
+    check_counts(body)
     return body
+
+
+def check_counts(body: dict[str, Any]) -> None:
+    """400 naming the field for a count (`COUNT_FIELDS`) over its maximum; a whole float becomes its int.
+
+    Every body read here is a chat request's (/v1/chat/completions, /chat, /chat/stream,
+    /chat/streams), and a key's tokens are reserved from these counts: checked here, before any
+    route's own checks, no route can forget them. `5000.0` is an integer to JSON Schema and is
+    reserved as 5000 (auth/gate.py): it goes upstream as `5000`, what was reserved, which no
+    upstream reads otherwise (`"n": 3.0` was reserved as one choice and went up as 3.0, which a
+    lenient upstream reads as 3). A fraction, a wrong type and a count below its minimum are left
+    to each route's own checks (OpenAI's schema, /chat's model).
+    """
+    for name, maximum in COUNT_FIELDS.items():
+        value = body.get(name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if value > maximum:
+            raise InvalidRequestError(f"{name}: {value} is greater than the maximum of {maximum}.", param=name)
+        if isinstance(value, float) and value.is_integer():
+            body[name] = int(value)
 
 
 # An escaped backslash (skipped whole, so `\\ud83d` stays text), a surrogate pair, or a lone half.
@@ -112,6 +161,11 @@ def _field_path(loc: tuple[int | str, ...]) -> str:
 
 
 def requested_choices(body: dict[str, Any]) -> int:
-    """A validated chat body's `n`: how many choices it asks for (1 when absent)."""
+    """A validated chat body's `n`: how many choices it asks for (1 when absent).
+
+    A whole float counts as its integer, as `check_counts` makes it: `3.0` asks for 3 choices.
+    """
     n = body.get("n")
+    if isinstance(n, float) and n.is_integer():
+        n = int(n)
     return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1

@@ -4874,6 +4874,87 @@ BREAKS += [
 ]
 
 
+# Found by the security review: max_tokens 1e308 emptied a key's token bucket; n 3.0 reserved one choice.
+TOKEN_COUNTS = "tests/test_token_counts.py"
+BREAKS += [
+    Break(
+        "a count over its maximum is read",
+        "server/validation.py",
+        "        if value > maximum:",
+        "        if False:",
+        (
+            "tests/test_token_counts_process.py::"
+            "test_a_token_limit_of_1e308_is_a_whole_400_that_leaves_the_keys_tokens_untouched",
+            f"{TOKEN_COUNTS}::test_a_token_limit_over_the_maximum_is_400_naming_it_on_v1",
+        ),
+    ),
+    Break(
+        "the token limit's maximum is 2^62",
+        "server/validation.py",
+        "MAX_TOKEN_LIMIT = 2**31 - 1",
+        "MAX_TOKEN_LIMIT = 2**62",
+        (f"{TOKEN_COUNTS}::test_a_token_limit_over_the_maximum_is_400_naming_it_on_the_native_routes",),
+    ),
+    Break(
+        "the native request model takes any max_tokens",
+        "server/schemas.py",
+        "le=MAX_TOKEN_LIMIT)",
+        ")",
+        (f"{TOKEN_COUNTS}::test_the_native_request_model_bounds_max_tokens_itself",),
+    ),
+    Break(
+        "a count at its maximum is refused",
+        "server/validation.py",
+        "        if value > maximum:",
+        "        if value >= maximum:",
+        (
+            f"{TOKEN_COUNTS}::test_the_largest_token_limit_is_served_on_v1",
+            "tests/test_validation.py::test_counts_at_their_maximum_are_read_as_they_are",
+        ),
+    ),
+    Break(
+        "a whole float count goes upstream as a float",
+        "server/validation.py",
+        "            body[name] = int(value)",
+        "            body[name] = value",
+        (
+            f"{TOKEN_COUNTS}::test_whole_float_counts_go_upstream_as_their_integers_on_v1",
+            "tests/test_validation.py::test_whole_float_counts_are_read_as_their_integers",
+        ),
+    ),
+    Break(
+        "n's maximum is not the schema's",
+        "server/validation.py",
+        'MAX_CHOICES = _schema_maximum("n")',
+        "MAX_CHOICES = 256",
+        ("tests/test_validation.py::test_a_count_over_its_maximum_is_400_naming_it",),
+    ),
+    Break(
+        "a fraction is read as a whole count",
+        "server/validation.py",
+        "        if isinstance(value, float) and value.is_integer():",
+        "        if isinstance(value, float):",
+        (
+            "tests/test_validation.py::test_a_count_of_another_type_a_fraction_or_below_its_minimum_is_left_to_the_route",
+        ),
+    ),
+    Break(
+        "a whole float n is one choice",
+        "server/validation.py",
+        "        n = int(n)",
+        "        pass",
+        ("tests/test_validation.py::test_requested_choices_counts_a_whole_float_as_its_integer",),
+    ),
+    Break(
+        "chat bodies' counts are not checked",
+        "server/validation.py",
+        "    check_counts(body)",
+        "    pass",
+        (f"{TOKEN_COUNTS}::test_a_token_limit_over_the_maximum_is_400_naming_it_on_v1",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
