@@ -17,6 +17,9 @@ request, the unparsable one included, before it is served. The class adds no sta
 The same factory hides `Expect` from aiohttp on a request that no route reading a body will take
 (`BODY_ROUTES`): aiohttp answers it before any middleware, and for a request
 no route matches (a 404 or 405) with its own `100 Continue`, inviting a body that nothing reads.
+
+A body left unread is read away for a short linger after the answer (`close_after_response`), so
+the client reads its answer rather than a reset; an encoded one undecoded (`_UndecodedDrain`).
 """
 
 from __future__ import annotations
@@ -143,6 +146,9 @@ def _without_expectation(message: Any) -> Any:
 # connection first (connections.close_idle_connections): a client that declares a body and never
 # sends it holds nothing for long (aiohttp's own lingering is 10 s, the connection busy all along).
 REFUSED_BODY_LINGER = 2.0
+# An encoded body (gzip, deflate, br, zstd) lingers undecoded: its bytes are dropped as they come
+# (`_UndecodedDrain`). aiohttp would decode what its lingering reads: a 1 MB gzip body of zeros is
+# 1 GB decoded, 2 s of CPU for a request refused without a key.
 
 
 class LingeringProtocol(GatewayProtocol):
@@ -164,6 +170,55 @@ def close_after_response(request: web.BaseRequest) -> None:
         protocol.__class__ = LingeringProtocol
     if hasattr(protocol, "_lingering_time"):
         protocol._lingering_time = REFUSED_BODY_LINGER
+    if request.content.total_compressed_bytes is not None:  # aiohttp decodes this body
+        _drain_undecoded(request)
+
+
+def _drain_undecoded(request: web.BaseRequest) -> None:
+    """Drop the rest of `request`'s encoded body as it arrives, undecoded, instead of parsing it.
+
+    The connection's parser (`_parser`, an aiohttp 3.14 internal, fed every byte the connection
+    receives) is replaced: what the old one holds undecoded goes with it. The body ends (and the
+    lingering with it) at its declared length, or after `client_max_size` bytes, the most the
+    gateway would ever have read; a chunked body, whose end only its framing tells, at the latter
+    or when the linger is over. Left as it is when not found as expected.
+    """
+    protocol = request.protocol
+    if getattr(protocol, "_parser", None) is None:
+        return
+    content = request.content
+    budget = request.client_max_size
+    length = request.content_length
+    if length is not None:
+        # aiohttp hands each received slice of the body to the decoder whole: all counted here.
+        budget = min(budget, length - content.total_raw_bytes)
+    drain = _UndecodedDrain(content, budget)
+    protocol._parser = drain  # type: ignore[assignment]
+    protocol.resume_reading()  # held while the body's decoded bytes waited unread
+    drain.feed_data(b"")  # all of it came already: the body ends now
+
+
+class _UndecodedDrain:
+    """Stands in for the connection's HTTP parser: counts the bytes it is fed, and drops them."""
+
+    __slots__ = ("_content", "_left")
+
+    def __init__(self, content: StreamReader, left: int) -> None:
+        self._content = content
+        self._left = left
+
+    def feed_data(self, data: bytes) -> tuple[tuple[()], bool, bytes]:
+        """No request, no upgrade, no tail; the body ends once its bytes are all in."""
+        self._left -= len(data)
+        if self._left <= 0 and not self._content.is_eof():
+            self._content.feed_eof()
+        return (), False, b""
+
+    def pause_reading(self) -> None:
+        """Nothing to pause: nothing is decoded."""
+
+    def message_consumed(self) -> None:
+        """No queue of requests to free a slot in."""
 
 
 def watch_framing(request: web.BaseRequest) -> Callable[[], None]:

@@ -4955,6 +4955,49 @@ BREAKS += [
 ]
 
 
+# Found by the security review: a refused compressed body was decoded (1 MB of gzip: 2 s of CPU), and
+# a second X-Forwarded-For line was ignored.
+REFUSED_ENCODED = "tests/test_refused_body_encoded.py"
+FORWARDED_LINES = "tests/test_forwarded_for_lines.py"
+BREAKS += [
+    Break(
+        "a refused compressed body is decoded while it lingers",
+        "server/http_protocol.py",
+        "        _drain_undecoded(request)\n",
+        "        pass\n",
+        (f"{REFUSED_ENCODED}::test_a_compressed_body_the_gateway_refuses_is_not_decoded",),
+    ),
+    Break(
+        "a refused compressed body is cut before its end",
+        "server/http_protocol.py",
+        "        budget = min(budget, length - content.total_raw_bytes)",
+        "        budget = 0",
+        (f"{REFUSED_ENCODED}::test_a_refused_compressed_body_is_read_to_its_end_before_the_connection_closes",),
+    ),
+    Break(
+        "a keyed compressed body is decoded whole before its cap is checked",
+        "server/middleware/body.py",
+        "            if request.content.total_compressed_bytes is None:",
+        "            if True:",
+        ("tests/test_encoded_body_cap.py::test_a_keyed_bodys_decoding_stops_a_bounded_read_ahead_past_the_limit",),
+    ),
+    Break(
+        "only the first X-Forwarded-For line is read",
+        "server/middleware/access_log.py",
+        "    lines = request.headers.getall(FORWARDED_FOR, ())",
+        "    lines = request.headers.getall(FORWARDED_FOR, ())[:1]",
+        (f"{FORWARDED_LINES}::test_the_client_is_read_from_the_last_of_several_forwarded_for_lines",),
+    ),
+    Break(
+        "one X-Forwarded-For line is ignored",
+        "server/middleware/access_log.py",
+        "        return lines[0] if lines else None",
+        "        return None",
+        (f"{FORWARDED_LINES}::test_a_single_forwarded_for_line_still_names_the_client",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

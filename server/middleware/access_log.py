@@ -32,6 +32,7 @@ from ..metrics import count
 
 log = structlog.get_logger("sluice.access")
 
+FORWARDED_FOR = "X-Forwarded-For"
 QUIET_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
 # Statuses that are the operator's business: not 503, which draining and load shedding answer by design.
 WARNING_STATUSES = frozenset({500, 502, 504})
@@ -131,7 +132,19 @@ def client_of(request: web.Request, forwarded: bool) -> str | None:
     """The client's address, as the access log names it (`forwarded`: another worker sent the request)."""
     if forwarded:
         # Only the other workers can reach the Unix socket; they pass on the client they saw.
-        return request.headers.get("X-Forwarded-For")
+        return request.headers.get(FORWARDED_FOR)
     trusted = request.app[SETTINGS].server.trusted_proxies
     # Without trusted proxies nobody's X-Forwarded-For is believed: no header lookup.
-    return client_address(request.remote, request.headers.get("X-Forwarded-For") if trusted else None, trusted)
+    return client_address(request.remote, _forwarded_for(request) if trusted else None, trusted)
+
+
+def _forwarded_for(request: web.Request) -> str | None:
+    """All of the request's X-Forwarded-For lines as one list, in order (RFC 9110 §5.3).
+
+    A proxy may append its own line (HAProxy's `option forwardfor`) after the client's: read
+    alone, the first line is whatever the client wrote.
+    """
+    lines = request.headers.getall(FORWARDED_FOR, ())
+    if len(lines) < 2:
+        return lines[0] if lines else None
+    return ",".join(lines)
