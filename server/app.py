@@ -123,7 +123,7 @@ def create_app(
 
     setup_routes(app)
     setup_cors(app, settings.server.cors_origins, keys_configured=settings.auth.enabled)
-    serve_with_gateway_protocol(app)  # broken HTTP gets the JSON envelope too
+    serve_with_gateway_protocol(app, settings.stream.send_timeout)  # broken HTTP gets the JSON envelope too
     return app
 
 

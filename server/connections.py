@@ -73,7 +73,9 @@ def close_idle_connections(request: web.Request, count: int) -> int:
     `header_timeout` anyway (its keep-alive check, whose test of idleness this is); closing the
     longest-open ones now, when a request arrives over the cap, serves that request instead of
     refusing it, as nginx reuses its keep-alive connections when it runs out. Every connection
-    with a request in progress, `request`'s own included, is left alone.
+    with a request in progress, `request`'s own included, is left alone: one whose client stopped
+    reading its answer is busy until the kernel drops it, `stream.send_timeout` after the client
+    last took a byte (`lean_connection.limit_unread_responses`).
     """
     manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
     connections: dict[Any, Any] | None = getattr(manager, "_connections", None)

@@ -35,6 +35,7 @@ from aiohttp.web_protocol import RequestHandler, RequestPayloadError, _ErrInfo
 from multidict import CIMultiDict, CIMultiDictProxy
 
 from .errors import GatewayError, InvalidRequestError, UnsupportedMediaTypeError
+from .lean_connection import limit_unread_responses
 
 # (method, route) of the handlers that read a body. The chain reads only their bodies (middleware/
 # body.py): any other body is left unread, its connection closed after the answer, so nobody can
@@ -116,13 +117,18 @@ def _without_decoder(exc: BaseException) -> bool:
     return any(f"({name})" in text for name in ("br", "zstd") if name not in DECODED)
 
 
-def serve_with_gateway_protocol(app: web.Application) -> None:
-    """Serve `app`'s connections on `GatewayProtocol` (call before the app is run or frozen)."""
+def serve_with_gateway_protocol(app: web.Application, send_timeout: float) -> None:
+    """Serve `app`'s connections on `GatewayProtocol` (call before the app is run or frozen).
+
+    Each connection's first request also bounds how long its responses may go unread
+    (`lean_connection.limit_unread_responses`, `send_timeout` seconds).
+    """
     make_request = app._make_request
 
     def request_factory(message: Any, payload: Any, protocol: RequestHandler, writer: Any, task: Any) -> web.Request:
-        if type(protocol) is RequestHandler:
+        if type(protocol) is RequestHandler:  # the connection's first request
             protocol.__class__ = GatewayProtocol
+            limit_unread_responses(protocol.transport, send_timeout)
         if hdrs.EXPECT in message.headers and (message.method, message.url.path) not in BODY_ROUTES:
             message = _without_expectation(message)
         return make_request(message, payload, protocol, writer, task)

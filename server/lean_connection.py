@@ -13,15 +13,22 @@ tests/test_sse_response.py fails if they are renamed.
 The stand-in queue is also the one object of Sluice's that lives as long as the connection: it
 remembers the socket options a stream set (`socket_tuned`, `note_socket_tuned`), so the
 connection's later streams do not set them again (a socket object and three system calls each).
+
+`limit_unread_responses` bounds, from the kernel, how long any response may wait for its client to
+read: set once per connection, it is what frees a connection whose client stopped reading.
 """
 
 from __future__ import annotations
 
+import socket
+from asyncio import BaseTransport
 from collections import deque
 from typing import Any
 
 from aiohttp.streams import StreamReader
 from aiohttp.web_request import BaseRequest
+
+_TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 
 
 class MessageQueue(list[Any]):
@@ -68,3 +75,27 @@ def note_socket_tuned(request: BaseRequest, value: int) -> None:
     messages = getattr(request.protocol, "_messages", None)
     if type(messages) is MessageQueue:
         messages.tuned = value
+
+
+def limit_unread_responses(transport: BaseTransport | None, send_timeout: float) -> None:
+    """Have the kernel close the connection once its client has taken no byte for `send_timeout` seconds.
+
+    Call once per connection, at its first request. aiohttp bounds nothing while a response is
+    written: a client that sends requests and never reads held its connection busy for good,
+    beyond the cap's reach (it closes only idle ones), so as many such clients as the cap locked
+    everyone out with 503. TCP_USER_TIMEOUT has the kernel drop a connection whose sent data goes
+    unacknowledged for that long, and one whose client keeps its window shut (it stopped reading)
+    on the Linux kernels that count zero-window probes against it, which
+    tests/test_stuck_writers_process.py checks on the running one. One system call per connection
+    and no timer per request; the transport then fails, aiohttp cancels the handler, and the cap
+    counts the connection no more. A stream's own send timeout (sse.py) raises it on its
+    connection, so that the gateway's timer ends the stream first. Nothing is done where the
+    option is missing (not Linux) or the socket is not TCP.
+    """
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if _TCP_USER_TIMEOUT is None or sock is None or sock.family not in (socket.AF_INET, socket.AF_INET6):
+        return
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_USER_TIMEOUT, int(send_timeout * 1000))
+    except OSError:  # the connection is already gone: nothing to bound
+        return

@@ -21,6 +21,7 @@ import structlog
 from aiohttp import web
 
 from .access import RequestRecord
+from .lean_connection import limit_unread_responses
 
 log = structlog.get_logger("sluice.worker_proxy")
 
@@ -116,6 +117,9 @@ async def forward_to_owner(
         if answer.content_type != "text/event-stream":
             return web.Response(status=answer.status, body=await answer.read(), headers=passed)
         response = web.StreamResponse(status=answer.status, headers=passed)
+        # The kernel's backstop above the relay's own send timeout, as for a stream (sse.py): at
+        # 1x, as every connection starts, it could cut a stalled client before the timer says why.
+        limit_unread_responses(request.transport, send_timeout * 3)
         await response.prepare(request)
         if await _pass_on(answer, response, send_timeout, owner):
             await response.write_eof()
