@@ -4969,13 +4969,6 @@ BREAKS += [
         (f"{REFUSED_ENCODED}::test_a_compressed_body_the_gateway_refuses_is_not_decoded",),
     ),
     Break(
-        "a refused compressed body is cut before its end",
-        "server/http_protocol.py",
-        "        budget = min(budget, length - content.total_raw_bytes)",
-        "        budget = 0",
-        (f"{REFUSED_ENCODED}::test_a_refused_compressed_body_is_read_to_its_end_before_the_connection_closes",),
-    ),
-    Break(
         "a keyed compressed body is decoded whole before its cap is checked",
         "server/middleware/body.py",
         "            if request.content.total_compressed_bytes is None:",
