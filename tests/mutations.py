@@ -4100,13 +4100,6 @@ BREAKS += [
         ),
     ),
     Break(
-        "the flush script runs half under a full Redis",
-        "server/streams/redis_write.py",
-        '_FLUSH = """#!lua\n',
-        '_FLUSH = """\n',
-        (f"{REFUSALS}::test_events_a_full_redis_refused_reach_readers_elsewhere_once_it_takes_writes",),
-    ),
-    Break(
         "a refused flush is not rewritten",
         "server/streams/redis_write.py",
         "except RedisRefusedError:",
