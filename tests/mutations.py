@@ -5009,6 +5009,17 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a losing hedge route's stream, opened despite the cancel, is left open",
+        "server/upstreams/hedging.py",
+        "                task.add_done_callback(_settle_loser)",
+        "                pass",
+        ("tests/test_routing_units.py::test_a_losing_route_that_opens_its_stream_despite_the_cancel_has_it_closed",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -1008,3 +1008,27 @@ async def test_a_hedges_attempts_in_flight_when_the_request_ends_are_noted_befor
     with pytest.raises(asyncio.CancelledError):
         await task
     assert sorted(at_the_end) == [("big", "cancelled"), ("medium", "cancelled")]
+
+
+async def test_a_losing_route_that_opens_its_stream_despite_the_cancel_has_it_closed() -> None:
+    closed = asyncio.Event()
+
+    class LoserStream(FakeStream):
+        def close(self) -> None:
+            super().close()
+            closed.set()
+
+    loser_stream: Any = LoserStream("a")
+
+    async def route(only: Any, busy: set[tuple[str, str]]) -> Any:
+        if only is None:
+            busy.add(("a", "m"))
+            try:
+                await asyncio.Event().wait()
+            except asyncio.CancelledError:
+                return loser_stream  # the cancel arrived as the stream opened: returned anyway
+        return FakeStream("b")
+
+    result = await hedged(route, 0, lambda: None)
+    assert result is not loser_stream
+    await asyncio.wait_for(closed.wait(), 5)

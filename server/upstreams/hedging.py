@@ -5,6 +5,11 @@ upstream request (and frees a breaker trial it held: see attempts.py). The hedge
 (upstream, model) pair the first route is trying, so with one upstream it is the fallback model,
 and with a pool another upstream. When both fail, the client gets the first route's error, the
 one about the model it asked for.
+
+A route cancelled as the loser is not awaited (the winner's first token goes out at once), so a
+done-callback settles it: a loser that opened its stream anyway (its cancellation arrived as the
+stream opened, or was swallowed on the way) has that stream closed, and its error is retrieved,
+never "Task exception was never retrieved".
 """
 
 from __future__ import annotations
@@ -43,3 +48,11 @@ async def hedged(route: Route, after: float, on_hedge: Callable[[], None]) -> Up
         for task in started:
             if not task.done():
                 task.cancel()
+                task.add_done_callback(_settle_loser)
+
+
+def _settle_loser(task: asyncio.Future[UpstreamStream]) -> None:
+    """Close the stream a cancelled route opened anyway; retrieve its error."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    task.result().close()
