@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
+from collections.abc import Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -185,9 +186,11 @@ class RedisLink:
 
 
 def _with_our_connections(client: aioredis.Redis) -> aioredis.Redis:
-    """`client`, whose pool makes its connections pack with hiredis, replace those Redis ended and tell refusals."""
+    """`client`, whose pool's connections pack with hiredis, replace those Redis ended, tell refusals
+    and let a cancellation through while they write (see each layer)."""
     pool = client.connection_pool  # no connection is made before the first command
-    pool.connection_class = _packing_with_hiredis(_replacing_ended(_telling_refusals(pool.connection_class)))
+    layers = _writing_within_timeout(_telling_refusals(pool.connection_class))
+    pool.connection_class = _packing_with_hiredis(_replacing_ended(layers))
     return client
 
 
@@ -195,9 +198,8 @@ async def call_packed(client: aioredis.Redis, command: bytes, within: float) -> 
     """Run one command packed by the caller on a `dedicated(None)` client's connection; its raw reply.
 
     For the commands sent per few events (a flush, a blocking read): redis-py's command path and
-    reply parsing cost more than the round trip, and with a socket timeout it sends each command
-    in a task of its own (`asyncio.wait_for`). One deadline covers connecting, sending and the
-    reply instead; cut short, redis-py drops the connection and the next call makes a new one.
+    reply parsing cost more than the round trip. One deadline covers connecting, sending and the
+    reply; cut short, redis-py drops the connection and the next call makes a new one.
     A reply that is an error is raised; past `within` seconds, the builtin TimeoutError (an OSError).
     """
     async with asyncio.timeout(within):
@@ -248,6 +250,50 @@ def _telling_refusals(base: type[AbstractConnection]) -> type[AbstractConnection
                 raise refused from exc
 
     return TellingRefusals
+
+
+def _writing_within_timeout(base: type[AbstractConnection]) -> type[AbstractConnection]:
+    """`base`, bounding each command's write by its socket timeout with `asyncio.timeout`, not `asyncio.wait_for`.
+
+    redis-py 8.1 sends in a task of its own under `asyncio.wait_for`, which on Python 3.11 returns
+    the result when the caller is cancelled after that task finished but before wait_for resumed
+    (python/cpython#86296, bpo-42130; gone in 3.12 with python/cpython#98518). A handler whose client
+    left (aiohttp cancels it) then ran on, and the upstream kept generating tokens nobody read.
+    `asyncio.timeout` lets that cancellation through, and spares a task per command. The rest is
+    redis-py's `send_packed_command` as it is: connecting and the health check keep their own
+    timeouts, and a write past the socket timeout drops the connection as redis-py's TimeoutError.
+    """
+
+    class WritingWithinTimeout(base):  # type: ignore[valid-type,misc]  # a class chosen at run time
+        async def send_packed_command(self, command: bytes | str | Iterable[bytes], check_health: bool = True) -> None:
+            if not self.socket_timeout:
+                # redis-py writes in the caller's task then, with no wait_for to swallow anything.
+                await super().send_packed_command(command, check_health)
+                return
+            if not self.is_connected:
+                await self.connect_check_health(check_health=False)
+            if check_health:
+                await self.check_health()
+            if isinstance(command, str):
+                command = command.encode()
+            chunks = [command] if isinstance(command, bytes) else command
+            try:
+                async with asyncio.timeout(self.socket_timeout):
+                    self._writer.writelines(chunks)
+                    await self._writer.drain()
+            except TimeoutError:  # before OSError, of which it is one
+                await self.disconnect(nowait=True)
+                raise RedisTimeoutError("Timeout writing to socket") from None
+            except OSError as exc:
+                await self.disconnect(nowait=True)
+                number, message = (exc.args[0], exc.args[1]) if len(exc.args) > 1 else ("UNKNOWN", exc)
+                raise RedisConnectionError(f"Error {number} while writing to socket. {message}.") from exc
+            except BaseException:
+                # Cancelled mid-write: what was sent is unknown, so the connection cannot serve another command.
+                await self.disconnect(nowait=True)
+                raise
+
+    return WritingWithinTimeout
 
 
 def _replacing_ended(base: type[AbstractConnection]) -> type[AbstractConnection]:
