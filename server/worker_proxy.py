@@ -100,6 +100,9 @@ async def forward_to_owner(
     EventSource to stop reconnecting; this worker logs that one.
     """
     # The owner authenticates the request again: the key headers go along (a token is in the query).
+    # Values go as text, and aiohttp's writer drops a byte that was not UTF-8 (a lone surrogate): what
+    # the owner reads of them is checked before forwarding (Last-Event-ID by the route, a key by the
+    # auth middleware), so a value the owner would refuse never reaches it altered into one it takes.
     forwarded = ("Last-Event-ID", "Authorization", "api-key", "x-api-key")
     headers = {name: request.headers[name] for name in forwarded if name in request.headers}
     headers["X-Request-ID"] = request_id

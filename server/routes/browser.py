@@ -87,11 +87,13 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
     stream's grace period and hold-back see nobody, and a shared store counts no reader.
     """
     stream_id = request.match_info["stream_id"]
-    if (owner := _owner_elsewhere(request, stream_id)) is not None:
-        return await _forward(request, owner)
+    # Read before forwarding, so every worker answers a bad one as the owner would: the proxy can
+    # only pass on a valid one (aiohttp's writer drops the bytes of one that is not UTF-8).
     point = resume_point(request)
     if point is not None and point.stream_id != stream_id:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
+    if (owner := _owner_elsewhere(request, stream_id)) is not None:
+        return await _forward(request, owner)
     if not await _may_access(request, stream_id):
         return web.Response(status=204)  # another key's stream is answered as an unknown one
     if request.method == hdrs.METH_HEAD:
