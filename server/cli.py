@@ -96,6 +96,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     """Load settings, then serve until SIGTERM or SIGINT has drained the process."""
+    ignore_sighup_while_starting()
     args = parse_args(argv)
     # Set by the --workers supervisor: this process is one of its workers.
     member = (
@@ -108,6 +109,18 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if member is not None:
             member.leave()
+
+
+def ignore_sighup_while_starting() -> None:
+    """Ignore SIGHUP until its handler is in place: its default action would end a process that starts.
+
+    The key reload's handler (server/contexts.py) or the --workers supervisor's loop takes over
+    from this. A SIGHUP the process started with blocked (a --workers worker: `_Supervisor.start`)
+    stays blocked: ignoring it would discard one pending, a reload the worker must take once it
+    listens. run.py does the same before its imports; the `sluice` script gets here after them.
+    """
+    if signal.SIGHUP not in signal.pthread_sigmask(signal.SIG_BLOCK, ()):
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
 
 def _run(args: argparse.Namespace, argv: list[str] | None, member: Membership | None) -> int:

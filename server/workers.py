@@ -21,10 +21,11 @@ a row. Once a position's worker has listened, a replacement that fails to start 
 backoff for as long as it takes (`worker_restart_failed`), and the other workers keep serving.
 Signals are not handled asynchronously: the parent blocks them and takes each, with every child's
 exit, in its one loop (`sigtimedwait`), so no signal can fall between deciding to replace a worker
-and starting it. A worker starts with SIGHUP blocked and unblocks it once it listens, its reload
-handler in place (`Membership.listening`): a SIGHUP forwarded while it starts waits for that, then
-reloads its keys, where it would have killed the worker. Once it stops serving (its cleanup, after
-the drain), it ignores SIGHUP to its exit (server/cli.py): a reload that reaches it then cannot kill it.
+and starting it; a SIGHUP before that, while the parent starts, is ignored (server/cli.py). A
+worker starts with SIGHUP blocked and unblocks it once it listens, its reload handler in place
+(`Membership.listening`): a SIGHUP forwarded while it starts waits for that, then reloads its keys,
+where it would have killed the worker. Once it stops serving (its cleanup, after the drain), it
+ignores SIGHUP to its exit (server/cli.py): a reload that reaches it then cannot kill it.
 
 The group's directory (`sluice-workers-*` in the temporary directory) goes when the parent exits,
 whatever ends it short of SIGKILL: a stop, giving up, or a set-up that failed (a --config that cannot
@@ -341,6 +342,10 @@ def supervise(count: int, argv: list[str], settings: Settings, config: Path | No
     """
     # A no-op handler: SIGCHLD's default is to discard it, and a discarded signal cannot be waited for.
     signal.signal(signal.SIGCHLD, lambda *_: None)
+    # SIGHUP too, ignored since start-up (server/cli.py): whether an ignored signal that is blocked
+    # waits to be taken is the platform's choice (Linux keeps it). A worker starts with it at its
+    # default (a handler is not inherited), blocked: `_Supervisor.start`.
+    signal.signal(signal.SIGHUP, lambda *_: None)
     # Before the group's directory exists: a stop signal from here on waits for the loop, and the
     # `finally` removes the directory however this function ends.
     signal.pthread_sigmask(signal.SIG_BLOCK, _WAITED)
