@@ -10,6 +10,8 @@ a 429 without it, for 1.5 s) opens it for that time alone, so one rate-limit ans
 an upstream for the whole cooldown. A Retry-After counts for at most MAX_RETRY_AFTER_SECONDS: one
 header cannot hold an upstream out of reach of its trial (and the probe) until restart. State lives
 behind `BreakerStore`, so several processes can share it (Redis); the in-memory store is the default.
+A shared record is read bounded by the longest this version opens a breaker for (`BoundedStore`):
+one an older Sluice wrote from an uncapped Retry-After does not hold an upstream out for hours.
 
 Every trial ends with its attempt. An attempt at (upstream, model) may hold two trials: the
 upstream's breaker and the pair's rate-limit hold. A success closes both; a failure that counts
@@ -106,6 +108,34 @@ class MemoryBreakerStore:
         return self._records.get(name, CLOSED_RECORD)
 
 
+class BoundedStore:
+    """A shared store whose records this process reads as it would have written them: open at most `longest` s ahead.
+
+    An older Sluice took a Retry-After uncapped, so a record it left in Redis can hold an upstream
+    out for hours (so can one from an instance whose clock runs far ahead). Such a record is cut to
+    `longest` s from the moment it is read, and written back so (one update, the first time): read
+    again, it reopens when it said, where a cut made on every read would move its end with each.
+    """
+
+    def __init__(self, store: BreakerStore, longest: float, clock: Callable[[], float]) -> None:
+        self._store = store
+        self._longest = longest
+        self._clock = clock
+
+    def _bound(self, record: BreakerRecord) -> BreakerRecord:
+        latest = self._clock() + self._longest
+        return record if record.open_until <= latest else replace(record, open_until=latest)
+
+    async def read(self, name: str) -> BreakerRecord:
+        record = await self._store.read(name)
+        if record.open_until - self._clock() <= self._longest:
+            return record
+        return await self._store.update(name, self._bound)
+
+    async def update(self, name: str, change: Callable[[BreakerRecord], BreakerRecord]) -> BreakerRecord:
+        return await self._store.update(name, lambda record: change(self._bound(record)))
+
+
 def state_of(record: BreakerRecord, now: float) -> BreakerState:
     """The state `record` is in at `now`."""
     if record.open_until == 0.0:
@@ -144,7 +174,10 @@ class Breakers:
         clock: Callable[[], float] = time.time,
         on_change: Callable[[str, BreakerState], None] | None = None,
     ) -> None:
-        self._store = store
+        # A record of this process's own opens for at most this long (`failed`); a shared one written
+        # by an older Sluice may say longer, and is read bounded by it.
+        longest = max(cooldown, MAX_RETRY_AFTER_SECONDS)
+        self._store = store if isinstance(store, MemoryBreakerStore) else BoundedStore(store, longest, clock)
         self._threshold = failures
         self._cooldown = cooldown
         self._clock = clock
