@@ -215,10 +215,11 @@ class DashboardFeeds:
             self._task.add_done_callback(self._ended)
         return Viewer(self)
 
-    async def newer(self, seen: int) -> tuple[int, Frames] | None:
-        """The newest frames and their version, once newer than version `seen`; None once the producer ended."""
+    async def newer(self, seen: int, ended: Callable[[], bool] = lambda: False) -> tuple[int, Frames] | None:
+        """The newest frames and their version, once newer than version `seen`; None once the producer
+        ended, or `ended()` says the viewer's feed is over."""
         while self._latest is None or self._version == seen:
-            if self._task is None or self._task.done():
+            if self._task is None or self._task.done() or ended():
                 return None
             await self._changed.wait()
         return self._version, self._latest
@@ -264,16 +265,22 @@ class Viewer:
         self._feeds = feeds
         self._seen = 0
         self._left = False
+        self._revoked = False
 
     def __aiter__(self) -> Viewer:
         return self
 
     async def __anext__(self) -> Frames:
-        newer = await self._feeds.newer(self._seen)
+        newer = await self._feeds.newer(self._seen, lambda: self._revoked)
         if newer is None:
             raise StopAsyncIteration
         self._seen, frames = newer
         return frames
+
+    def revoke(self) -> None:
+        """The metrics key changed (a reload, KeyRing.hold_metrics): the feed ends at its next wake, now."""
+        self._revoked = True
+        self._feeds._wake()
 
     def leave(self) -> None:
         """Free this viewer's place (once; again does nothing)."""

@@ -3594,8 +3594,8 @@ BREAKS += [
     Break(
         "a revoked key's holders run on",
         "server/auth/gateway_keys.py",
-        "                holder.revoke()\n",
-        "                pass\n",
+        "            for holder in self._held.pop(name, ()):\n                holder.revoke()\n",
+        "            for holder in self._held.pop(name, ()):\n                pass\n",
         (
             f"{SEC_RELOAD}::test_a_key_removed_on_sighup_ends_its_running_streams_with_key_revoked_and_spares_the_others[openai]",
             f"{SEC_RELOAD}::test_a_key_rotated_on_sighup_ends_its_browser_streams_with_key_revoked",
@@ -4484,8 +4484,8 @@ BREAKS += [
     Break(
         "a SIGHUP after the drain kills the process",
         "server/cli.py",
-        "signal.signal(signal.SIGHUP, signal.SIG_IGN)",
-        "signal.signal(signal.SIGHUP, signal.SIG_DFL)",
+        "        signal.signal(signal.SIGHUP, signal.SIG_IGN)\n    finally:",
+        "        signal.signal(signal.SIGHUP, signal.SIG_DFL)\n    finally:",
         (
             "tests/test_sighup_at_exit.py::test_a_worker_sent_sighup_as_it_exits_after_a_stop_exits_zero",
             "tests/test_sighup_at_exit.py::test_a_single_process_sent_sighup_as_it_exits_after_a_stop_exits_zero",
@@ -5039,6 +5039,106 @@ BREAKS += [
             "tests/test_redis_cancellation.py::"
             "test_a_command_redis_does_not_read_times_out_writing_after_the_socket_timeout",
         ),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a worker that does not own the stream forwards a Last-Event-ID that is not UTF-8",
+        "server/routes/browser.py",
+        "    point = resume_point(request)\n    if point is not None and point.stream_id != stream_id:",
+        "    point = None if _owner_elsewhere(request, stream_id) is not None else resume_point(request)\n"
+        "    if point is not None and point.stream_id != stream_id:",
+        (
+            "tests/test_last_event_id_workers.py::test_a_last_event_id_that_is_not_utf8_gets_the_owners_400_from_either_worker",
+        ),
+    ),
+    Break(
+        "run.py leaves SIGHUP at its default while it imports the gateway",
+        "run.py",
+        "    signal.signal(signal.SIGHUP, signal.SIG_IGN)\n",
+        "    pass\n",
+        (
+            "tests/test_early_sighup.py::test_a_sighup_while_run_py_imports_the_gateway_is_ignored_and_it_serves",
+            "tests/test_early_sighup.py::test_a_sighup_while_the_workers_supervisor_starts_is_ignored_and_its_workers_serve",
+        ),
+    ),
+    Break(
+        "the sluice command leaves SIGHUP at its default while it sets up",
+        "server/cli.py",
+        "    ignore_sighup_while_starting()\n",
+        "",
+        ("tests/test_early_sighup.py::test_a_sighup_while_the_sluice_command_sets_up_is_ignored_and_it_serves",),
+    ),
+    Break(
+        "shared breaker records are trusted however long they hold an upstream",
+        "server/upstreams/breaker.py",
+        "        self._store = store if isinstance(store, MemoryBreakerStore)"
+        " else BoundedStore(store, longest, clock)\n",
+        "        self._store = store\n",
+        (
+            "tests/test_breaker_records_capped.py::test_a_breaker_an_older_sluice_held_open_for_an_hour_gives_its_trial_once_the_cap_passed",
+            "tests/test_breaker_records_capped.py::test_a_gateway_on_an_hour_long_hold_an_older_sluice_left_says_retry_within_the_cap",
+        ),
+    ),
+    Break(
+        "a capped breaker record is not written back",
+        "server/upstreams/breaker.py",
+        "        return await self._store.update(name, self._bound)\n",
+        "        return self._bound(record)\n",
+        ("tests/test_breaker_records_capped.py::test_the_cut_an_instance_reads_is_the_one_every_instance_reads",),
+    ),
+    Break(
+        "every breaker record read is written back capped",
+        "server/upstreams/breaker.py",
+        "        if record.open_until - self._clock() <= self._longest:\n",
+        "        if True:\n",
+        ("tests/test_breaker_records_capped.py::test_the_cut_an_instance_reads_is_the_one_every_instance_reads",),
+    ),
+    Break(
+        "a breaker update applies to the uncapped record",
+        "server/upstreams/breaker.py",
+        "        return await self._store.update(name, lambda record: change(self._bound(record)))\n",
+        "        return await self._store.update(name, change)\n",
+        (
+            "tests/test_breaker_records_capped.py::test_a_rate_limit_counted_on_an_old_hour_long_hold_holds_it_for_the_cap_only",
+        ),
+    ),
+    Break(
+        "the breaker record cap ignores a longer cooldown",
+        "server/upstreams/breaker.py",
+        "        longest = max(cooldown, MAX_RETRY_AFTER_SECONDS)\n",
+        "        longest = MAX_RETRY_AFTER_SECONDS\n",
+        ("tests/test_breaker_records_capped.py::test_a_cooldown_longer_than_the_retry_after_cap_is_kept_whole",),
+    ),
+    Break(
+        "a changed metrics key leaves the dashboard feeds open",
+        "server/auth/gateway_keys.py",
+        "        if metrics_changed:",
+        "        if False:",
+        ("tests/test_key_reload.py::test_a_metrics_key_rotated_on_sighup_ends_the_dashboard_feeds_it_opened",),
+    ),
+    Break(
+        "a revoked dashboard viewer waits on for frames",
+        "server/dashboard.py",
+        "            if self._task is None or self._task.done() or ended():",
+        "            if self._task is None or self._task.done():",
+        ("tests/test_key_reload.py::test_a_metrics_key_rotated_on_sighup_ends_the_dashboard_feeds_it_opened",),
+    ),
+    Break(
+        "a dashboard feed is not held under the metrics key",
+        "server/routes/dashboard.py",
+        "ring.hold_metrics(viewer)",
+        "(viewer)",
+        ("tests/test_key_reload.py::test_a_metrics_key_rotated_on_sighup_ends_the_dashboard_feeds_it_opened",),
+    ),
+    Break(
+        "every reload ends the dashboard feeds",
+        "server/auth/gateway_keys.py",
+        "        metrics_changed = other._metrics_digest != self._metrics_digest",
+        "        metrics_changed = True",
+        ("tests/test_key_reload.py::test_a_sighup_that_keeps_the_metrics_key_keeps_the_dashboard_feeds",),
     ),
 ]
 

@@ -24,6 +24,7 @@ from tests.support.security import (
     KEY_ALPHA,
     KEY_FROM_ENV,
     KEY_NARROW,
+    METRICS_KEY,
     bearer,
     body_awaited,
     keys_toml,
@@ -314,3 +315,37 @@ async def test_a_configuration_path_turned_into_a_directory_keeps_the_current_ke
     assert failed["event"] == "gateway_keys_reload_failed"
     assert "cannot be read" in str(failed["message"])
     assert await status_with(keyed, KEY_ALPHA) == 200
+
+
+async def snapshots_after_reload(gateway: Gateway, tmp_path: Path, toml: str, wanted: int) -> int:
+    """Open a dashboard feed with the metrics key, reload with `toml`, read until the feed ends or
+    `wanted` more snapshots came (bounded); how many snapshots came after the reload."""
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(gateway.url + "/dashboard/feed", headers=bearer(METRICS_KEY)) as feed,
+    ):
+        assert feed.status == 200
+        events = iter_events(feed)
+        async with asyncio.timeout(REVOKE_BOUND):
+            assert (await anext(events)).event == "snapshot"
+            rewrite(tmp_path, toml)
+            assert reload_outcome(gateway)["event"] == "gateway_keys_reloaded"
+            after = 0
+            async for event in events:
+                after += event.event == "snapshot"
+                if after == wanted:
+                    break
+        return after
+
+
+async def test_a_metrics_key_rotated_on_sighup_ends_the_dashboard_feeds_it_opened(
+    keyed: Gateway, tmp_path: Path
+) -> None:
+    # Rotated, the old key's feed went on showing key names and per-key traffic.
+    rotated = keys_toml().replace(sha256(METRICS_KEY), sha256("sk-metrics-rotated-0a1b2c3d4e5f"))
+    # One snapshot may already be on its way as the reload lands; the feed ends before a second.
+    assert await snapshots_after_reload(keyed, tmp_path, rotated, wanted=3) <= 1
+
+
+async def test_a_sighup_that_keeps_the_metrics_key_keeps_the_dashboard_feeds(keyed: Gateway, tmp_path: Path) -> None:
+    assert await snapshots_after_reload(keyed, tmp_path, keys_toml(include_alpha=False), wanted=3) == 3

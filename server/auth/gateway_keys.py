@@ -64,6 +64,7 @@ class KeyRing:
         self._by_name = {key.name: key for key in keys}
         self._metrics_digest = metrics_digest
         self._held: dict[str, set[Holder]] = {}
+        self._metrics_held: set[Holder] = set()  # the open dashboard feeds, which the metrics key opened
 
     @classmethod
     def from_settings(cls, auth: AuthSettings) -> KeyRing:
@@ -84,14 +85,20 @@ class KeyRing:
 
     def adopt(self, other: KeyRing) -> list[str]:
         """Take `other`'s keys and metrics key in place (every holder of this ring sees them at once);
-        end what runs under each key it revokes. The names of those keys.
+        end what runs under each key it revokes, and every dashboard feed when the metrics key
+        changes. The names of the revoked keys.
 
         A key is revoked when `other` has no key of its name, or one with another hash (rotated).
         """
         revoked = [key.name for key in self._keys if not other.current(key)]
+        metrics_changed = other._metrics_digest != self._metrics_digest
         self._keys, self._by_name, self._metrics_digest = other._keys, other._by_name, other._metrics_digest
         for name in revoked:
             for holder in self._held.pop(name, ()):
+                holder.revoke()
+        if metrics_changed:
+            held, self._metrics_held = self._metrics_held, set()
+            for holder in held:
                 holder.revoke()
         return revoked
 
@@ -106,6 +113,15 @@ class KeyRing:
             return False
         self._held.setdefault(key.name, set()).add(holder)
         return True
+
+    def hold_metrics(self, holder: Holder) -> None:
+        """Count `holder` (an open dashboard feed) as running under the metrics key: a reload that
+        sets, changes or removes that key revokes it, as a rotated gateway key does its streams."""
+        self._metrics_held.add(holder)
+
+    def let_go_metrics(self, holder: Holder) -> None:
+        """`holder` no longer runs under the metrics key."""
+        self._metrics_held.discard(holder)
 
     def let_go(self, key: GatewayKey, holder: Holder) -> None:
         """`holder` no longer runs under `key`."""

@@ -5,7 +5,8 @@ process drains. Every open feed sends the same snapshots: one producer (`produce
 app's `DashboardFeeds`, see dashboard.py) samples the metrics, builds the tables and frames the
 event once a tick for all of them, from the first viewer to the last, so a viewer costs one write
 a tick and nobody watching costs nothing. At most `dashboard.max_feeds` are open at once: one more
-gets 503 with Retry-After.
+gets 503 with Retry-After. A reload (SIGHUP) that sets, changes or removes the metrics key ends every
+open feed at once: the browser's reconnect then needs the key in force.
 """
 
 from __future__ import annotations
@@ -117,14 +118,21 @@ async def dashboard_feed(request: web.Request) -> web.StreamResponse:
     """Stream a snapshot of the gateway's metrics every second (auth.py: the metrics key, when set)."""
     app = request.app
     send_timeout = app[SETTINGS].stream.send_timeout
+    ring = app[KEYRING]
     # Before the response starts: over the cap, the viewer gets a 503 with Retry-After.
     with app[DASHBOARD_FEEDS].join() as viewer:
-        async with sse_response(request, sep="\n", send_timeout=send_timeout, response_cls=FeedResponse) as response:
-            response.headers["Cache-Control"] = "no-cache, no-transform"
-            first = True
-            # A viewer that stopped reading (send timeout) or reset the connection just ends the feed.
-            with contextlib.suppress(TimeoutError, ConnectionResetError):
-                async for frames in viewer:
-                    await response.send_framed(frames.first if first else frames.later)
-                    first = False
+        ring.hold_metrics(viewer)  # a reload that changes the metrics key ends the feed (Viewer.revoke)
+        try:
+            async with sse_response(
+                request, sep="\n", send_timeout=send_timeout, response_cls=FeedResponse
+            ) as response:
+                response.headers["Cache-Control"] = "no-cache, no-transform"
+                first = True
+                # A viewer that stopped reading (send timeout) or reset the connection just ends the feed.
+                with contextlib.suppress(TimeoutError, ConnectionResetError):
+                    async for frames in viewer:
+                        await response.send_framed(frames.first if first else frames.later)
+                        first = False
+        finally:
+            ring.let_go_metrics(viewer)
     return response
