@@ -245,7 +245,9 @@ class _Supervisor:
         argv = worker_argv(self.argv, slot.index, self.group, self.count)
         # Not the parent's mask (the signals its loop waits for), but SIGHUP held: sent while the
         # worker starts, it would kill it; the worker unblocks it once its reload handler is in place.
-        slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=(signal.SIGHUP,))
+        # A process group of its own: a signal to the parent's group (Ctrl-C, `kill -- -PGID`) reaches
+        # the parent alone, which passes it on once; twice, it would be a second signal, which hurries.
+        slot.pid = os.posix_spawn(argv[0], argv, self.env, setsigmask=(signal.SIGHUP,), setpgroup=0)
         slot.started_at = time.monotonic()
         slot.restart_at = None
         log.info("worker_started", worker_pid=slot.pid, worker_index=slot.index)

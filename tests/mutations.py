@@ -5143,6 +5143,20 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "workers share the supervisor's process group",
+        "server/workers.py",
+        "setsigmask=(signal.SIGHUP,), setpgroup=0)",
+        "setsigmask=(signal.SIGHUP,))",
+        (
+            "tests/test_workers_group_signal.py::"
+            "test_a_stop_signal_to_the_supervisors_group_drains_live_streams_instead_of_ending_them",
+        ),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

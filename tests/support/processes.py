@@ -55,6 +55,8 @@ class ManagedProcess:
     process: subprocess.Popen[str] | None = None
     _changed: threading.Condition = field(default_factory=threading.Condition)
     _reader: threading.Thread | None = None
+    # In a session (and process group) of its own: a test may signal its whole group then.
+    new_session: bool = False
 
     def start(self) -> ManagedProcess:
         self.process = subprocess.Popen(
@@ -66,6 +68,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            start_new_session=self.new_session,
         )
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
