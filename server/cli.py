@@ -215,7 +215,7 @@ def serve(
             on_listening()
         log.info(
             "sluice_listening",
-            url=f"http://{host}:{port}",
+            url=listening_url(host, port),
             integration="simulated" if settings.simulated else "openai",
             # Each upstream by name and base URL, without user, password or query (never a key).
             upstreams=[{"name": entry.name, "url": loggable_url(entry.base_url)} for entry in upstreams(app)],
@@ -360,3 +360,8 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def listening_url(host: str, port: int) -> str:
+    """The URL Sluice listens on, as a client writes it: an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"

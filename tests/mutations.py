@@ -5157,6 +5157,105 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a Redis URL's unknown query option is taken",
+        "server/settings/redis_url.py",
+        "        if name not in allowed:",
+        "        if False:",
+        (
+            "tests/test_settings_urls.py::test_a_redis_url_redis_py_would_misread_is_refused_saying_what_is_wrong",
+            "tests/test_startup_errors.py::test_a_redis_url_redis_py_cannot_use_stops_start_up_naming_the_setting",
+        ),
+    ),
+    Break(
+        "a Redis URL's port out of range is taken",
+        "server/settings/redis_url.py",
+        "        if port is not None and not 1 <= port <= 65535:",
+        "        if False:",
+        ("tests/test_settings_urls.py::test_a_redis_url_redis_py_would_misread_is_refused_saying_what_is_wrong",),
+    ),
+    Break(
+        "a Redis URL's db that is not a number is taken",
+        "server/settings/redis_url.py",
+        '        if not _DIGITS.fullmatch(unquote(parsed.path).strip("/")):',
+        "        if False:",
+        ("tests/test_settings_urls.py::test_a_redis_url_redis_py_would_misread_is_refused_saying_what_is_wrong",),
+    ),
+    Break(
+        "a Redis URL with no host is taken",
+        "server/settings/redis_url.py",
+        "        if not parsed.hostname:",
+        "        if False:",
+        ("tests/test_settings_urls.py::test_a_redis_url_redis_py_would_misread_is_refused_saying_what_is_wrong",),
+    ),
+    Break(
+        "a unix Redis URL may set TCP options",
+        "server/settings/redis_url.py",
+        '    tcp = _TCP_ONLY if scheme != "unix" else frozenset()',
+        "    tcp = _TCP_ONLY",
+        ("tests/test_settings_urls.py::test_a_redis_url_redis_py_would_misread_is_refused_saying_what_is_wrong",),
+    ),
+    Break(
+        "an upstream base URL's port out of range is taken",
+        "server/settings/routing.py",
+        "    if port is not None and not 1 <= port <= 65535:",
+        "    if False:",
+        (
+            "tests/test_settings_urls.py::test_an_upstream_base_url_aiohttp_cannot_send_to_is_refused",
+            "tests/test_settings_urls.py::test_an_upstreams_entry_base_url_with_a_port_out_of_range_is_refused_naming_the_entry",
+        ),
+    ),
+    Break(
+        "an upstream base URL with no host is taken",
+        "server/settings/routing.py",
+        "    if not host:",
+        "    if False:",
+        ("tests/test_settings_urls.py::test_an_upstream_base_url_aiohttp_cannot_send_to_is_refused",),
+    ),
+    Break(
+        "a reader grace of zero is taken",
+        "server/settings/sections.py",
+        "    reader_grace_seconds: float = Field(gt=0)",
+        "    reader_grace_seconds: float = Field(ge=0)",
+        ("tests/test_settings_durations.py::test_a_reader_grace_of_zero_is_refused",),
+    ),
+    Break(
+        "a section refused whole is blamed on the last source that touched it",
+        "server/settings/loading.py",
+        "s != self.defaults}",
+        "s != self.by_setting.get(loc)}",
+        (
+            "tests/test_settings_sources.py::test_a_section_a_config_file_replaces_with_a_value_is_blamed_on_that_file",
+            "tests/test_settings_sources.py::test_a_section_refused_whole_is_blamed_on_the_config_file_that_set_it",
+        ),
+    ),
+    Break(
+        "an environment value into a section a file replaced is a traceback",
+        "server/settings/loading.py",
+        "            if isinstance(table, dict):",
+        "            if True:",
+        (
+            "tests/test_settings_sources.py::test_a_section_replaced_in_a_file_and_set_in_the_environment_is_refused_not_a_traceback",
+        ),
+    ),
+    Break(
+        "two upstreams of one name are taken",
+        "server/settings/root.py",
+        "        if len(names) != len(set(names)):",
+        "        if False:",
+        ("tests/test_settings_sources.py::test_two_upstreams_of_one_name_are_refused_naming_the_setting_and_the_file",),
+    ),
+    Break(
+        "the listening line writes an IPv6 host bare",
+        "server/cli.py",
+        '    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"',
+        '    return f"http://{host}:{port}"',
+        ("tests/test_settings_urls.py::test_the_listening_line_writes_the_url_as_a_client_would",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -141,3 +141,35 @@ def test_a_metrics_directory_that_does_not_exist_stops_a_single_process_naming_t
     line = refusal(start_up("--port", str(free_port()), PROMETHEUS_MULTIPROC_DIR=str(tmp_path / "absent")))
     assert "setting process.metrics_dir: expected an existing directory" in line
     assert "PROMETHEUS_MULTIPROC_DIR" in line
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        # Started, then every chat and /readyz answered 500: redis-py passed the option to each connection.
+        pytest.param("redis://:hunter2@127.0.0.1:6379/0?socket_timout=5", id="misspelled-option"),
+        # A traceback (ValueError: Port out of range) at start-up.
+        pytest.param("redis://:hunter2@127.0.0.1:99999/0", id="port-out-of-range"),
+    ],
+)
+def test_a_redis_url_redis_py_cannot_use_stops_start_up_naming_the_setting(url: str) -> None:
+    line = refusal(start_up("--port", str(free_port()), SLUICE_REDIS_URL=url))
+    assert "setting redis.url:" in line
+    assert "environment variable SLUICE_REDIS_URL" in line
+    assert "hunter2" not in line
+
+
+def test_a_base_url_port_out_of_range_stops_every_worker_with_one_line() -> None:
+    """It was a traceback per worker start (nine of them, then exit 1) with --workers 2."""
+    line = refusal(
+        start_up(
+            "--port",
+            str(free_port()),
+            "--workers",
+            "2",
+            AI_INTEGRATIONS_OPENAI_BASE_URL="http://127.0.0.1:99999/v1",
+            AI_INTEGRATIONS_OPENAI_API_KEY="sk-test",
+        )
+    )
+    assert "setting upstream.base_url: its port is not a number 1-65535" in line
+    assert "environment variable AI_INTEGRATIONS_OPENAI_BASE_URL" in line

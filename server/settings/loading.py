@@ -45,8 +45,10 @@ def load_settings(
         _merge(raw, overlay)
     for layer in (from_environment(raw, env), upstream_from_environment(env), process_from_environment(env)):
         for (section, key), (value, variable) in layer.items():
-            raw.setdefault(section, {})[key] = value
-            sources.by_setting[(section, key)] = f"environment variable {variable}"
+            table = raw.setdefault(section, {})
+            if isinstance(table, dict):  # else the section is refused whole, blaming what replaced it
+                table[key] = value
+                sources.by_setting[(section, key)] = f"environment variable {variable}"
     resolve_upstream_keys(raw, env)
     for section, values in (overrides or {}).items():
         _merge(raw, {section: dict(values)})
@@ -78,8 +80,13 @@ class _Sources:
 
     def __init__(self) -> None:
         self.by_setting: dict[tuple[str, ...], str] = {}
+        # The first source noted: default.toml, which every other one overrides.
+        self.defaults: str | None = None
 
     def note(self, table: Mapping[str, Any], source: str) -> None:
+        """Record `table`'s settings as from `source`, over what was noted before."""
+        if self.defaults is None:
+            self.defaults = source
         for section, values in table.items():
             self.by_setting[(section,)] = source
             if isinstance(values, Mapping):
@@ -89,12 +96,12 @@ class _Sources:
     def of(self, loc: tuple[str, ...]) -> str | None:
         if len(loc) >= 2:
             return self.by_setting.get(loc[:2]) or self.by_setting.get(loc[:1])
-        # A whole section was refused (e.g. a default model not in the list): name what overrode it.
-        section_default = self.by_setting.get(loc)
+        # A whole section was refused (e.g. a default model not in the list): name what overrode
+        # the defaults in it; else whatever gave the section (a file's `server = 5`).
         overriding = sorted(
-            {s for key, s in self.by_setting.items() if key[:1] == loc and len(key) == 2 and s != section_default}
+            {s for key, s in self.by_setting.items() if key[:1] == loc and len(key) == 2 and s != self.defaults}
         )
-        return ", ".join(overriding) or section_default
+        return ", ".join(overriding) or self.by_setting.get(loc)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

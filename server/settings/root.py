@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from pydantic import field_validator
 
 from .auth import AuthSettings
 from .base import Section
@@ -39,12 +39,14 @@ class Settings(Section):
     routing: RoutingSettings
     upstreams: tuple[UpstreamEntry, ...] = ()
 
-    @model_validator(mode="after")
-    def _upstream_names_are_unique(self) -> Settings:
-        names = [entry.name for entry in self.upstreams]
+    @field_validator("upstreams")
+    @classmethod
+    def _upstream_names_are_unique(cls, upstreams: tuple[UpstreamEntry, ...]) -> tuple[UpstreamEntry, ...]:
+        # A field's check, not the model's: the refusal then names the setting and its file.
+        names = [entry.name for entry in upstreams]
         if len(names) != len(set(names)):
             raise ValueError("every [[upstreams]] entry needs its own name")
-        return self
+        return upstreams
 
     process: ProcessSettings = ProcessSettings()
 

@@ -6,6 +6,7 @@ from typing import Any, ClassVar, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
+from yarl import URL
 
 from .base import Section
 
@@ -25,6 +26,32 @@ def _without_credentials(base_url: str, key_setting: str) -> str:
     return base_url
 
 
+def _host_and_port(base_url: str) -> str:
+    """Refuse a base URL aiohttp cannot send to: no host (`http:///v1`), a port past 1-65535.
+
+    Accepted, the first was a 502 on every chat while /readyz said ready; the second a traceback at
+    start-up (each worker's, with --workers). The host is read by yarl, as aiohttp reads it. The
+    message never quotes the URL.
+    """
+    try:
+        parts = urlsplit(base_url)
+    except ValueError:  # an unclosed [IPv6 address
+        raise ValueError("expected http(s)://host[:port]/path: its host is malformed") from None
+    try:
+        port = parts.port
+    except ValueError:  # not a number, or past 65535
+        port = 0
+    if port is not None and not 1 <= port <= 65535:
+        raise ValueError("its port is not a number 1-65535")
+    try:
+        host = URL(base_url).host
+    except ValueError:
+        host = None
+    if not host:
+        raise ValueError("expected http(s)://host[:port]/path: the URL names no host")
+    return base_url
+
+
 class _UpstreamAddress(Section):
     """Where an upstream is and how it is spoken to: what `[upstream]` and `[[upstreams]]` share."""
 
@@ -36,6 +63,11 @@ class _UpstreamAddress(Section):
     # Send only fields every OpenAI-compatible server knows (see server/upstreams/portable.py).
     portable_body: bool = False
     api_key_header: ApiKeyHeader = "authorization"
+
+    @field_validator("base_url")
+    @classmethod
+    def _base_url_names_where(cls, value: str) -> str:
+        return _host_and_port(value)
 
     @field_validator("base_url")
     @classmethod

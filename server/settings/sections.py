@@ -10,6 +10,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, IPvAnyNetwork, SecretStr, field_validator, model_validator
 
 from .base import Section
+from .redis_url import check_redis_url
 
 # listen()'s backlog is a C int; the kernel caps it at net.core.somaxconn anyway.
 MAX_BACKLOG = 2**31 - 1
@@ -100,7 +101,8 @@ class StreamSettings(Section):
 
 class BrowserSettings(Section):
     retention_seconds: float = Field(ge=0)
-    reader_grace_seconds: float = Field(ge=0)
+    # 0 cancelled every stream before its reader could attach: the grace starts with the stream.
+    reader_grace_seconds: float = Field(gt=0)
     max_buffered_events: int = Field(ge=1)
     max_streams: int = Field(ge=1)
     max_buffered_bytes: int = Field(ge=1)
@@ -145,8 +147,8 @@ class RedisSettings(Section):
     @field_validator("url")
     @classmethod
     def _url_is_redis(cls, url: SecretStr | None) -> SecretStr | None:
-        if url is not None and not url.get_secret_value().startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError("expected a URL starting with redis://, rediss:// or unix://")
+        if url is not None:
+            check_redis_url(url.get_secret_value())
         return url
 
 
