@@ -350,6 +350,11 @@ def _bypasses_proxy(url: str, no_proxy: str) -> bool:
     return False
 
 
+def listening_url(host: str, port: int) -> str:
+    """The URL Sluice listens on, as a client writes it: an IPv6 address in brackets."""
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 def _new_event_loop() -> asyncio.AbstractEventLoop:
     try:
         import uvloop
@@ -360,8 +365,3 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 if __name__ == "__main__":
     sys.exit(main())
-
-
-def listening_url(host: str, port: int) -> str:
-    """The URL Sluice listens on, as a client writes it: an IPv6 address in brackets."""
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
