@@ -4,16 +4,31 @@ aiohttp's and asyncio's own loggers go through the same renderer, so every line 
 has one format. Message content and keys are never passed to a logger. A console line shows
 control characters as escapes (`\\x1b`): a value a client chose (a request path) must not reach
 an operator's terminal as its commands, nor forge a line; JSON escapes them already.
+
+No line waits for stdout's reader (`LossyStream`). A reader that stalls (a slow log driver, a
+journald that stopped reading) fills the pipe, and a blocking write then froze the event loop:
+every request, `/livez` and the SIGTERM drain with it. So a line is queued (a C `SimpleQueue`, ~1 us
+on the caller) and one writer thread per process does the blocking writes, in order, each line
+whole; past `MAX_PENDING_LINES` waiting, a line is dropped and counted, like one refused by a
+reader gone. At exit the lines still queued (the drain's, the last ones) get `EXIT_FLUSH_SECONDS`
+to be written, then the process exits without them. Not non-blocking writes instead: O_NONBLOCK
+belongs to the open file, which the workers, a `| tee` and a terminal's shell share with this
+process, and none of them expects EAGAIN.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import logging
 import os
+import queue
 import re
+import select
+import signal
 import ssl
 import sys
+import threading
 from collections.abc import Callable
 from typing import Literal, TextIO, cast
 
@@ -25,6 +40,15 @@ from yarl import URL
 LogFormat = Literal["auto", "json", "console"]
 # What an operator reads first on a console line, after time, level and event.
 LEADING_FIELDS = ("method", "path", "status", "duration_ms")
+# Lines waiting for stdout before the next is dropped: ~2 MB of access lines, 40 if each were the
+# longest request line aiohttp reads; far more than a pipe holds (64 KiB), for a reader's pauses.
+MAX_PENDING_LINES = 4096
+# At exit, how long the queued lines may take to be written: long for a reader that reads, short
+# beside a drain, and a reader that stalled must not keep the process from exiting.
+EXIT_FLUSH_SECONDS = 2.0
+# Lines written together up to this size: a pipe takes a write of at most PIPE_BUF bytes in one
+# piece, so the lines of workers sharing it never interleave, and one write serves many lines.
+_BATCH_BYTES = select.PIPE_BUF
 
 _protocol_log = structlog.get_logger("sluice.protocol")
 
@@ -97,34 +121,72 @@ def configure_logging(fmt: LogFormat = "auto", level: str = "info", stream: Text
 
 
 class LossyStream:
-    """The log's stream, whose lines are dropped, not raised, once it cannot be written.
+    """The log's stream: lines are queued for a writer thread, and dropped, never raised or waited for.
 
-    A log line must never fail what it describes: when stdout's reader is gone (a log shipper
-    that died, a `| tee` killed), every write raises BrokenPipeError, which turned every request
-    into a 500 and the SIGTERM drain into a task that died before it began, leaving the process
-    answering `ready` until killed. `dropped` counts the lines lost, and `on_drop` (the gateway's
-    metric, while it runs) hears of each: with no log, the metric is how an operator finds out.
+    A log line must never fail or hold up what it describes. When stdout's reader is gone (a log
+    shipper that died, a `| tee` killed), every write raises BrokenPipeError, which turned every
+    request into a 500 and the SIGTERM drain into a task that died before it began. When the
+    reader stalls, a write blocks: on the event loop, that froze the whole process. Here the writes
+    happen in a thread of their own (the module's docstring says why a thread); the caller only
+    queues the line. `dropped` counts the lines lost (refused, or past `MAX_PENDING_LINES`), and
+    `on_drop` (the gateway's metric, while it runs) hears of each, from either thread: with no
+    log, the metric is how an operator finds out.
+
+    A stream with no file descriptor (in memory, which cannot block) is written at once instead.
     """
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
         self.dropped = 0
         self.on_drop: Callable[[], None] | None = None
+        self._drop_lock = threading.Lock()  # `dropped += n` from two threads would lose counts
+        self._fd = _descriptor(stream)
+        self._pending: queue.SimpleQueue[str | threading.Event] | None = None
+        if self._fd is None:
+            return
+        # What the stream buffered before goes out first: from here on, lines bypass its buffer.
+        self.flush()
+        self._encoding = getattr(stream, "encoding", None) or "utf-8"
+        self._pending = queue.SimpleQueue()
+        # A daemon: a thread blocked on a stalled reader must not keep the process from exiting.
+        writer = threading.Thread(
+            target=self._write_pending, args=(self._pending, self._fd), name="sluice-log-writer", daemon=True
+        )
+        # Started with every signal blocked, which it keeps: a signal it took would be lost to the
+        # threads that wait for it (the --workers supervisor's `sigtimedwait`, a worker's SIGHUP).
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            writer.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        atexit.register(self.wait_written, EXIT_FLUSH_SECONDS)
 
     def write(self, text: str) -> int:
-        """Write `text`; 0 (and one line more dropped) when the stream refuses it."""
-        try:
-            return self._stream.write(text)
-        except (OSError, ValueError):  # ValueError: the stream was closed under us
-            self.dropped += 1
-            if self.on_drop is not None:
-                self.on_drop()
+        """Queue `text` (one line) for the writer; 0 (and one line more dropped) when too many wait."""
+        pending = self._pending
+        if pending is None:
+            return self._write_now(text)
+        # qsize, not a bounded Queue: SimpleQueue's put is C and takes no lock while the writer is busy.
+        if pending.qsize() >= MAX_PENDING_LINES:
+            self._drop(1)
             return 0
+        pending.put(text)
+        return len(text)
 
     def flush(self) -> None:
-        """Flush what the stream holds, when it still can be."""
-        with contextlib.suppress(OSError, ValueError):
-            self._stream.flush()
+        """Flush what the stream holds, when it still can be (the writer thread writes unbuffered)."""
+        if self._pending is None:
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()
+
+    def wait_written(self, timeout: float) -> bool:
+        """Wait up to `timeout` seconds for the lines queued so far to be written (or dropped); whether they were."""
+        if self._pending is None:
+            self.flush()
+            return True
+        written = threading.Event()
+        self._pending.put(written)  # past the bound too: it is a mark, not a line
+        return written.wait(timeout)
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (never, once it is gone)."""
@@ -132,6 +194,64 @@ class LossyStream:
             return self._stream.isatty()
         except (OSError, ValueError):
             return False
+
+    def _write_now(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except (OSError, ValueError):  # ValueError: the stream was closed under us
+            self._drop(1)
+            return 0
+
+    def _drop(self, lines: int) -> None:
+        with self._drop_lock:
+            self.dropped += lines
+        on_drop = self.on_drop  # read once: the gateway's cleanup may unset it meanwhile
+        if on_drop is not None:
+            for _ in range(lines):
+                on_drop()
+
+    def _write_pending(self, pending: queue.SimpleQueue[str | threading.Event], fd: int) -> None:
+        """The writer thread: the queued lines, in order, in as few writes of whole lines as can be."""
+        carried: str | threading.Event | None = None
+        while True:
+            item = carried if carried is not None else pending.get()
+            carried = None
+            batch: list[bytes] = []
+            size = 0
+            while isinstance(item, str):
+                line = item.encode(self._encoding, "backslashreplace")
+                if batch and size + len(line) > _BATCH_BYTES:
+                    carried = item  # the next write's first line
+                    break
+                batch.append(line)
+                size += len(line)
+                try:
+                    item = pending.get_nowait()
+                except queue.Empty:
+                    break
+            if batch:
+                self._write_batch(fd, b"".join(batch), len(batch))
+            if isinstance(item, threading.Event):
+                item.set()  # every line queued before the mark is written
+
+    def _write_batch(self, fd: int, data: bytes, lines: int) -> None:
+        view = memoryview(data)
+        try:
+            while view:
+                try:
+                    view = view[os.write(fd, view) :]
+                except BlockingIOError:  # another process sharing the file set O_NONBLOCK on it
+                    select.select((), (fd,), ())
+        except OSError:
+            self._drop(lines)
+
+
+def _descriptor(stream: TextIO) -> int | None:
+    """`stream`'s file descriptor; None for one in memory (or already closed)."""
+    try:
+        return stream.fileno()
+    except (OSError, ValueError):  # io.UnsupportedOperation is both
+        return None
 
 
 class MalformedRequestFilter(logging.Filter):

@@ -2325,7 +2325,9 @@ BREAKS += [
         "server/logs.py",
         "        except (OSError, ValueError):  # ValueError: the stream was closed under us\n",
         "        except ():  # ValueError: the stream was closed under us\n",
-        (f"{OPERATOR_LOGS}::test_a_gateway_whose_log_reader_is_gone_still_serves_and_drains_on_sigterm",),
+        (
+            "tests/test_logs_never_block.py::test_a_line_a_closed_in_memory_stream_refuses_is_dropped_and_counted_not_raised",
+        ),
     ),
     Break(
         "a cors_origins entry echoed in the start-up error",
@@ -5252,6 +5254,76 @@ BREAKS += [
         '    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"',
         '    return f"http://{host}:{port}"',
         ("tests/test_settings_urls.py::test_the_listening_line_writes_the_url_as_a_client_would",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "every log line is written on the event loop",
+        "server/logs.py",
+        "        if pending is None:",
+        "        if True:",
+        (
+            "tests/test_logs_never_block.py::test_a_stalled_log_reader_holds_up_no_request_nor_livez",
+            "tests/test_logs_never_block.py::test_sigterm_ends_a_gateway_whose_log_reader_stalled_within_a_bound",
+        ),
+    ),
+    Break(
+        "log lines queue without a bound",
+        "server/logs.py",
+        "        if pending.qsize() >= MAX_PENDING_LINES:",
+        "        if False:",
+        ("tests/test_logs_never_block.py::test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted",),
+    ),
+    Break(
+        "waiting for the queued log lines returns before they are written",
+        "server/logs.py",
+        "        self._pending.put(written)",
+        "        written.set()",
+        (
+            "tests/test_logs_never_block.py::test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order",
+        ),
+    ),
+    Break(
+        "a log line past the write size is lost",
+        "server/logs.py",
+        "                    carried = item",
+        "                    pass",
+        (
+            "tests/test_logs_never_block.py::test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order",
+            "tests/test_logs_never_block.py::test_with_a_reader_every_access_line_of_a_burst_arrives_once_whole_and_in_order",
+        ),
+    ),
+    Break(
+        "log lines lose their line end",
+        "server/logs.py",
+        '                line = item.encode(self._encoding, "backslashreplace")',
+        '                line = item.rstrip("\\n").encode(self._encoding, "backslashreplace")',
+        (
+            "tests/test_logs_never_block.py::test_with_a_reader_every_access_line_of_a_burst_arrives_once_whole_and_in_order",
+        ),
+    ),
+    Break(
+        "the lines still queued at exit are not written",
+        "server/logs.py",
+        "        atexit.register(self.wait_written, EXIT_FLUSH_SECONDS)",
+        "        pass",
+        ("tests/test_logs_never_block.py::test_at_exit_the_lines_still_queued_reach_a_reader_that_reads",),
+    ),
+    Break(
+        "the log writer thread takes signals",
+        "server/logs.py",
+        "        held = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())",
+        "        held = signal.pthread_sigmask(signal.SIG_BLOCK, ())",
+        ("tests/test_logs_never_block.py::test_the_log_writer_thread_takes_no_signal",),
+    ),
+    Break(
+        "a log write that fails kills the writer",
+        "server/logs.py",
+        "        except OSError:",
+        "        except ():",
+        ("tests/test_operator_logs.py::test_log_lines_the_gateway_could_not_write_are_counted_in_its_metrics",),
     ),
 ]
 

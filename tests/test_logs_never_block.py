@@ -1,0 +1,287 @@
+"""Log lines never hold the gateway up: a stdout reader that stalls (a slow log driver, journald)
+costs lines, counted, never a request, `/livez` or the SIGTERM drain; a reader that reads gets
+every line, whole, the last ones at exit too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import io
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import termios
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from server.logs import MAX_PENDING_LINES, LossyStream
+from tests.conftest import TEST_CONFIG
+from tests.support.processes import ROOT, ManagedProcess, Simulator, clean_env, free_port
+
+# One page, the least a pipe holds: a few lines fill it (a default pipe takes ~110 access lines).
+PIPE_SIZE = 4096
+# Requests whose access lines are far more than the pipe holds (each line is over 200 bytes).
+FILLING_REQUESTS = 60
+ANSWER_BOUND = 5.0  # a request or /livez of a gateway that is not frozen answers in milliseconds
+# Nothing is live, so the drain ends at once; then each process gives its queued lines up to
+# EXIT_FLUSH_SECONDS (2 s) before it exits without them, a supervisor after its workers.
+EXIT_BOUND = 15.0
+STARTUP_BOUND = 30.0
+BURST = 500
+LINE = '{"event":"filler","n":%d,"padding":"%s"}\n'
+
+
+def pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, size)
+    return read_end, write_end
+
+
+def read_lines_until(fd: int, done: int, needle: bytes, timeout: float = STARTUP_BOUND) -> bytes:
+    """Read `fd` until `done` lines containing `needle` came (then stop reading); what was read."""
+    read = b""
+    deadline = time.monotonic() + timeout
+    while read.count(needle) < done:
+        left = deadline - time.monotonic()
+        assert left > 0, f"no {done} lines with {needle!r} within {timeout} s:\n{read.decode(errors='replace')}"
+        if select.select([fd], [], [], left)[0]:
+            chunk = os.read(fd, 65536)
+            assert chunk, f"the process exited before {done} lines with {needle!r}:\n{read.decode(errors='replace')}"
+            read += chunk
+    return read
+
+
+def unread_bytes(fd: int) -> int:
+    return int.from_bytes(fcntl.ioctl(fd, termios.FIONREAD, b"\0\0\0\0"), sys.byteorder)
+
+
+@contextlib.contextmanager
+def gateway_with_a_stalled_reader(
+    simulator: Simulator, workers: int
+) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
+    """`run.py` with stdout and stderr on a one-page pipe, read until it listens, then never; its URL, the read end."""
+    port = free_port()
+    env = clean_env(
+        {"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url}
+    )
+    argv = [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--config", str(TEST_CONFIG)]
+    if workers > 1:
+        argv += ["--workers", str(workers)]
+    read_end, write_end = pipe()
+    process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
+    os.close(write_end)
+    try:
+        read_lines_until(read_end, workers, b'"sluice_listening"')
+        yield process, f"http://127.0.0.1:{port}", read_end
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(read_end)
+
+
+def chat(url: str, request_id: str = "") -> None:
+    request = urllib.request.Request(
+        url + "/chat",
+        data=json.dumps({"message": "hi\n#sim tokens=2"}).encode(),
+        headers={"Content-Type": "application/json", "X-Request-ID": request_id or "chat"},
+    )
+    with urllib.request.urlopen(request, timeout=ANSWER_BOUND) as answer:
+        assert answer.status == 200
+
+
+def fill_the_pipe(url: str, read_end: int) -> None:
+    """Send requests whose access lines overflow the pipe; stop at the first that gets no answer."""
+    with contextlib.suppress(TimeoutError, urllib.error.URLError):
+        for index in range(FILLING_REQUESTS):
+            chat(url, f"fill-{index}")
+    assert unread_bytes(read_end) > 0  # the reader stalled with lines waiting
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_a_stalled_log_reader_holds_up_no_request_nor_livez(simulator: Simulator, workers: int) -> None:
+    with gateway_with_a_stalled_reader(simulator, workers) as (_, url, read_end):
+        for index in range(FILLING_REQUESTS):
+            chat(url, f"fill-{index}")  # raises past ANSWER_BOUND
+        assert unread_bytes(read_end) > 0
+        with urllib.request.urlopen(url + "/livez", timeout=ANSWER_BOUND) as answer:
+            assert answer.status == 200
+        chat(url, "after-the-pipe-filled")
+
+
+@pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
+def test_sigterm_ends_a_gateway_whose_log_reader_stalled_within_a_bound(simulator: Simulator, workers: int) -> None:
+    with gateway_with_a_stalled_reader(simulator, workers) as (process, url, read_end):
+        fill_the_pipe(url, read_end)
+        process.terminate()
+        assert process.wait(EXIT_BOUND) == 0
+
+
+async def test_with_a_reader_every_access_line_of_a_burst_arrives_once_whole_and_in_order() -> None:
+    # Two workers sharing the pipe, so lines of two processes could interleave; GET /v1/models
+    # needs no upstream: the burst is the log's, not the simulator's.
+    port = free_port()
+    argv = [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--config", str(TEST_CONFIG)]
+    process = ManagedProcess([*argv, "--workers", "2"], clean_env()).start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        process.wait_for_line(counting('"sluice_listening"', 2), STARTUP_BOUND)
+        ids = [f"burst-{index:04d}" for index in range(BURST)]
+        gate = asyncio.Semaphore(50)
+
+        async def get(session: aiohttp.ClientSession, request_id: str) -> None:
+            async with gate, session.get(url + "/v1/models", headers={"X-Request-ID": request_id}) as answer:
+                assert answer.status == 200
+
+        async with aiohttp.ClientSession() as session:
+            await asyncio.gather(*(get(session, request_id) for request_id in ids))
+        # Every request answered; its line may still be on its way.
+        process.wait_for_line(counting('"burst-', BURST), ANSWER_BOUND * 4)
+    finally:
+        process.stop()
+    for line in process.lines:
+        json.loads(line)  # no line torn, nor two merged
+    lines = burst_lines(process)
+    assert sorted(line["request_id"] for line in lines) == ids
+    pids = {line["pid"] for line in lines}
+    assert len(pids) == 2  # both workers wrote to the pipe at once
+    for pid in pids:
+        times = [line["timestamp"] for line in lines if line["pid"] == pid]
+        assert times == sorted(times)  # each process's lines in the order it logged them
+
+
+def counting(needle: str, count: int) -> Callable[[str], bool]:
+    """For `wait_for_line`, which shows each line once: true from the `count`th line with `needle` on."""
+    seen = 0
+
+    def matches(line: str) -> bool:
+        nonlocal seen
+        seen += needle in line
+        return seen >= count
+
+    return matches
+
+
+def burst_lines(process: ManagedProcess) -> list[dict[str, Any]]:
+    return [line for line in process.events("request_finished") if str(line.get("request_id", "")).startswith("burst-")]
+
+
+def test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted() -> None:
+    read_end, write_end = pipe()
+    heard: list[None] = []
+    with os.fdopen(write_end, "w") as stdout:
+        lossy = LossyStream(stdout)
+        lossy.on_drop = lambda: heard.append(None)
+        extra = 2000
+        started = time.monotonic()
+        accepted = sum(1 for index in range(MAX_PENDING_LINES + extra) if lossy.write(LINE % (index, "x" * 20)))
+        elapsed = time.monotonic() - started
+        os.close(read_end)  # the writer's blocked write fails: those lines are dropped too
+        assert lossy.wait_written(ANSWER_BOUND)
+    # Taken off the queue by the writer: a pipe's worth, and one write's worth, at most.
+    assert MAX_PENDING_LINES <= accepted <= MAX_PENDING_LINES + 2 * PIPE_SIZE // 50
+    assert lossy.dropped >= MAX_PENDING_LINES + extra - accepted
+    assert len(heard) == lossy.dropped
+    assert elapsed < ANSWER_BOUND
+
+
+def test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order() -> None:
+    read_end, write_end = pipe()
+    lines = [LINE % (index, "y" * 40) for index in range(300)]
+    with os.fdopen(write_end, "w") as stdout:
+        lossy = LossyStream(stdout)
+        for line in lines:
+            lossy.write(line)
+        assert not lossy.wait_written(0.2)  # the pipe holds a fraction of them: nobody read
+        received = bytearray()
+        reader = threading.Thread(target=lambda: received.extend(read_all(read_end, len(lines))), daemon=True)
+        reader.start()
+        assert lossy.wait_written(ANSWER_BOUND)
+        reader.join(ANSWER_BOUND)
+    os.close(read_end)
+    assert received.decode() == "".join(lines)
+    assert lossy.dropped == 0
+
+
+def read_all(fd: int, count: int) -> bytes:
+    data = b""
+    while data.count(b"\n") < count:
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+# A process that queues lines into a full pipe, says so on stderr, and returns from its main.
+QUEUE_THEN_EXIT = """
+import sys
+from server.logs import configure_logging
+import structlog
+configure_logging("json", "info")
+log = structlog.get_logger("test")
+for index in range(300):
+    log.info("filler", n=index, padding="z" * 40)
+print("queued", file=sys.stderr, flush=True)
+"""
+
+
+def test_at_exit_the_lines_still_queued_reach_a_reader_that_reads() -> None:
+    read_end, write_end = pipe()
+    child = subprocess.Popen(
+        [sys.executable, "-c", QUEUE_THEN_EXIT], cwd=ROOT, env=clean_env(), stdout=write_end, stderr=subprocess.PIPE
+    )
+    os.close(write_end)
+    try:
+        assert child.stderr is not None
+        assert child.stderr.readline() == b"queued\n"  # its main is done: it exits next
+        output = read_all(read_end, 300)
+        assert child.wait(EXIT_BOUND) == 0
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        os.close(read_end)
+        if child.stderr is not None:
+            child.stderr.close()
+    events = [json.loads(line) for line in output.splitlines()]
+    assert [event["n"] for event in events] == list(range(300))
+
+
+def test_the_log_writer_thread_takes_no_signal() -> None:
+    # A signal the writer took would be lost to the thread waiting for it: the --workers
+    # supervisor takes SIGTERM and SIGCHLD by `sigtimedwait`, which sees only those left pending.
+    read_end, write_end = pipe()
+    with os.fdopen(write_end, "w") as stdout:
+        before = {thread.native_id for thread in threading.enumerate()}
+        LossyStream(stdout)
+        (writer,) = [thread for thread in threading.enumerate() if thread.native_id not in before]
+        status = Path(f"/proc/self/task/{writer.native_id}/status").read_text()
+    os.close(read_end)
+    blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
+        assert blocked & (1 << (signum - 1)), signum.name
+
+
+def test_a_line_a_closed_in_memory_stream_refuses_is_dropped_and_counted_not_raised() -> None:
+    # A stream with no descriptor is written at once, on the caller: its refusal must not reach it.
+    stream = io.StringIO()
+    lossy = LossyStream(stream)
+    heard: list[None] = []
+    lossy.on_drop = lambda: heard.append(None)
+    stream.close()
+    assert lossy.write('{"event":"request_finished"}\n') == 0
+    assert (lossy.dropped, len(heard)) == (1, 1)
