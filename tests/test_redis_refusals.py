@@ -32,6 +32,8 @@ from tests.support.servers import RedisServer
 from tests.test_redis_store import event, read_all
 
 SECONDS = 10  # a bound far from any real wait here
+# Seconds of a lease whose first renewal (a third of it in) comes after every bound of a test together.
+UNRENEWED = 3 * 10 * SECONDS
 KEYS = StreamKeys("sluice")
 NextEvent = Callable[[str], Awaitable[None]]
 
@@ -77,8 +79,15 @@ async def make_store(make_link: Callable[..., RedisLink]) -> AsyncIterator[Calla
 
 
 async def fill(redis_client: aioredis.Redis) -> None:
-    """Redis full: every write refused with OOM from now on."""
+    """Redis full: every write refused with OOM from now on.
+
+    Redis refuses a write when the memory it uses is over `maxmemory` and it may evict nothing: one
+    byte is under any Redis's use, whatever it holds at that instant (checked, as Redis sees it).
+    """
     await redis_client.config_set("maxmemory", 1)
+    memory = await redis_client.info("memory")
+    assert memory["maxmemory_policy"] == "noeviction"
+    assert memory["used_memory"] > memory["maxmemory"] == 1
 
 
 async def free(redis_client: aioredis.Redis) -> None:
@@ -268,9 +277,12 @@ async def test_events_a_full_redis_refused_reach_readers_elsewhere_once_it_takes
 ) -> None:
     """Refused events were dropped, and the next ones stored after a gap: the reader got resume_unavailable.
 
-    Leases too long to renew during the test: the flush alone finds Redis refusing.
+    Leases too long to renew during the test: the flush alone finds Redis refusing. A renewal finds
+    it refusing too and takes the link down whatever the flush did: with 30 s leases one came 10 s
+    in, within milliseconds of `went_down` giving up, and when first it hid an unflagged script
+    whose writes Redis refused one by one (the link left up, the events dropped).
     """
-    producer, elsewhere = make_store(lease=30.0), make_store(lease=30.0)
+    producer, elsewhere = make_store(lease=UNRENEWED), make_store(lease=UNRENEWED)
     assert await producer.create("refused")
     async with key_events(redis_client, KEYS.events("refused")) as next_event:
         await producer.append("refused", event(1))

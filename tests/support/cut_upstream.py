@@ -20,12 +20,13 @@ It prints `cut upstream listening on http://127.0.0.1:PORT`, then one JSON line 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import json
 import socket
 import struct
 from typing import Any
+
+from tests.support.upstream_process import run, serve_connections
 
 ERROR_MESSAGE = "model overloaded, try again later"
 ERROR_CODE = "model_overloaded"
@@ -150,16 +151,8 @@ async def _serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> 
 
 async def serve(port: int) -> None:
     """Listen on `port` (0: any free one) until the process is stopped."""
-    server = await asyncio.start_server(_serve, "127.0.0.1", port)
-    print(f"cut upstream listening on http://127.0.0.1:{server.sockets[0].getsockname()[1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    await serve_connections("cut upstream", _serve, port)
 
 
 if __name__ == "__main__":
-    main()
+    run(serve)

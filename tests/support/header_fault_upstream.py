@@ -13,11 +13,11 @@ It prints `header fault upstream listening on http://127.0.0.1:PORT`.
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import json
 
 from aiohttp import web
+
+from tests.support.upstream_process import run, serve_app
 
 SEEN = web.AppKey("seen", list[dict[str, str]])
 COMPLETION = {
@@ -73,18 +73,8 @@ async def serve(port: int) -> None:
     app.router.add_get("/v1/models", models)
     app.router.add_get("/{name}/v1/models", models)
     app.router.add_get("/_seen", seen)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(f"header fault upstream listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    await serve_app("header fault upstream", app, port)
 
 
 if __name__ == "__main__":
-    main()
+    run(serve)

@@ -22,12 +22,13 @@ It prints `hostile upstream listening on http://127.0.0.1:PORT` and, when a stre
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import gzip
 import json
 
 from aiohttp import web
+
+from tests.support.upstream_process import run, serve_app
 
 LINE_PIECE = b"x" * 65536
 
@@ -112,18 +113,8 @@ async def serve(port: int) -> None:
     """Listen on `port` (0: any free one) until the process is stopped."""
     app = web.Application()
     app.router.add_post("/v1/chat/completions", completions)
-    runner = web.AppRunner(app, handler_cancellation=True)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
-    print(f"hostile upstream listening on http://127.0.0.1:{runner.addresses[0][1]}", flush=True)
-    await asyncio.Event().wait()
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--port", type=int, default=0)
-    asyncio.run(serve(parser.parse_args().port))
+    await serve_app("hostile upstream", app, port, handler_cancellation=True)
 
 
 if __name__ == "__main__":
-    main()
+    run(serve)
