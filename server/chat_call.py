@@ -27,10 +27,13 @@ from .errors import GatewayError, KeyRevokedError, UpstreamError, UpstreamTimeou
 from .guard import Deadlines, Expiry, Outcome, StreamGuard
 from .keys import GATEWAY_KEY, LIFECYCLE, METRICS, RECORD, REQUEST_ID, SETTINGS, TIMERS, UPSTREAM
 from .lifecycle import Lifecycle
+from .metrics import Metrics
 from .middleware.auth import end_if_revoked, reserve_tokens
 from .relay import relay
+from .settings import Settings
 from .sse import SSEResponse
 from .stream_start import ResponseStart
+from .timers import Timers
 from .upstreams.continuation import ContinuedStream, token_limit, within
 from .upstreams.stream import UpstreamStream
 from .validation import requested_choices
@@ -45,7 +48,11 @@ def deadlines_for(request: web.Request, *, stream: bool, continued: bool = False
     idle gap between any two chunks itself; the guard's idle deadline is wider by one attempt's
     header and first-token time, which only a continuation being opened can use.
     """
-    settings = request.app[SETTINGS]
+    return _deadlines(request.app[SETTINGS], stream=stream, continued=continued)
+
+
+def _deadlines(settings: Settings, *, stream: bool, continued: bool = False) -> Deadlines:
+    """`deadlines_for` from the settings (a stream's call has them at hand)."""
     up = settings.upstream
     if not stream:
         return Deadlines(
@@ -65,14 +72,15 @@ def deadlines_for(request: web.Request, *, stream: bool, continued: bool = False
 async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Dialect) -> web.StreamResponse:
     """Open an upstream stream for `body` and relay it to the client in `dialect`."""
     app = request.app
-    settings, lifecycle, metrics = app[SETTINGS], app[LIFECYCLE], app[METRICS]
+    settings, lifecycle, metrics, timers = app[SETTINGS], app[LIFECYCLE], app[METRICS], app[TIMERS]
     record = request[RECORD]
     record.stream = True
     lifecycle.admit()
-    await reserve_tokens(request, body)
+    if record.key is not None:  # only a request with a gateway key holds a lease to reserve from
+        await reserve_tokens(request, body)
     upstream = app[UPSTREAM]
     continues = upstream.continues(str(body.get("model")))
-    guard = StreamGuard(deadlines_for(request, stream=True, continued=continues), timers=app[TIMERS])
+    guard = StreamGuard(_deadlines(settings, stream=True, continued=continues), timers=timers)
     if record.key is not None:  # set only with the request's gateway key: no lookups without keys
         end_if_revoked(request, guard)
     preamble = dialect.start()
@@ -81,7 +89,11 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
     with lifecycle.track(guard):
         # Its timer runs from here: the `finally` below stops it.
         start = ResponseStart(
-            request, record, guard, lambda: _sse_response(request, guard, preamble), settings.stream.heartbeat_interval
+            request,
+            record,
+            guard,
+            lambda: _sse_response(settings, metrics, timers, record, guard, preamble),
+            settings.stream.heartbeat_interval,
         )
         try:
             chunks: AsyncIterable[Sequence[Chunk]]
@@ -118,7 +130,8 @@ async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Diale
                 gaps=metrics.gaps(record.route),
                 choices=requested_choices(body),
             )
-            await response.finish()
+            if not response.finished:  # `write_last` ended it: no coroutine to learn that
+                await response.finish()
             return response
         except asyncio.CancelledError:
             if record.outcome is Outcome.CLIENT_DISCONNECTED:
@@ -284,11 +297,10 @@ def _before_start(
     return failure
 
 
-def _sse_response(request: web.Request, guard: StreamGuard, preamble: bytes) -> SSEResponse:
+def _sse_response(
+    settings: Settings, metrics: Metrics, timers: Timers, record: RequestRecord, guard: StreamGuard, preamble: bytes
+) -> SSEResponse:
     """The stream's response; `preamble` (the dialect's start) leaves with its first write."""
-    settings = request.app[SETTINGS]
-    metrics = request.app[METRICS]
-    record = request[RECORD]
 
     def on_heartbeat() -> None:
         record.heartbeats += 1
@@ -300,5 +312,5 @@ def _sse_response(request: web.Request, guard: StreamGuard, preamble: bytes) -> 
         on_heartbeat=on_heartbeat,
         on_stalled=guard.stalled,
         preamble=preamble,
-        timers=request.app[TIMERS],
+        timers=timers,
     )

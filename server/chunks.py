@@ -96,7 +96,15 @@ class EventSplitter:
             end = piece.find(b"\n\n", start)
             if end < 0:
                 break
-            self._emit(found, b"".join((*self._parts, piece[start:end])) if self._parts else piece[start:end])
+            if self._parts:
+                self._emit(found, b"".join((*self._parts, piece[start:end])))
+            else:
+                # The usual event, whole in this read: what `_emit` does, without its two calls.
+                event = piece[start:end]
+                if event.startswith(b"data: ") and event.find(b"\n") < 0:
+                    found.append(event[6:])
+                elif (data := _event_data(event)) is not None:
+                    found.append(data)
             start = end + 2
         rest = piece[start:] if start else piece
         if rest:
@@ -203,6 +211,51 @@ def _plain_fields(head: bytes) -> bool:
     return isinstance(fields, dict) and "error" not in fields and "usage" not in fields
 
 
+# The other events of a stream with a token as OpenAI and the simulators write them: the opening
+# role and the empty delta that carries the finish reason (see _fixed_delta). The usage chunk takes
+# the full parse: reading its object alone measured slower.
+_CHOICE_HEAD = b'"choices":[{"index":0,"delta":'
+_CHOICE_END = b',"logprobs":null,"finish_reason":'
+# A delta without a token: what the full parse gives for each is no content, no delta of any kind.
+_FIXED_DELTAS = frozenset(
+    (b"{}", b'{"role":"assistant","content":"","refusal":null}', b'{"role":"assistant","content":""}')
+)
+# What may follow the finish reason's name, and the reason it names.
+_REASONS = ("stop", "length", "tool_calls", "content_filter")
+_FIXED_ENDS: dict[bytes, str | None] = {
+    b"null}]}": None,
+    b'null}],"usage":null}': None,
+    **{b'"%s"}]}' % reason.encode(): reason for reason in _REASONS},
+    **{b'"%s"}],"usage":null}' % reason.encode(): reason for reason in _REASONS},
+}
+_NOT_FIXED = "not fixed"
+# How every one of those ends (the choices' list closed, then the object, maybe after a null usage).
+_FIXED_CLOSES = (b"}]}", b'}],"usage":null}')
+
+
+def _fixed_delta(raw: bytes) -> Chunk | None:
+    """The chunk of a role or finish event (one choice, a delta without a token), read from its fixed parts.
+
+    Gives the same Chunk as the full parse (tests/test_chunks_fixed.py checks it over many shapes);
+    None: anything else. The fields before `"choices"` are parsed by orjson, once per stream
+    (_plain_fields), so a malformed chunk is still refused.
+    """
+    if not raw.endswith(_FIXED_CLOSES):
+        return None  # a usage chunk's end, say: not searched
+    start = raw.find(_CHOICE_HEAD)
+    end = raw.rfind(_CHOICE_END)
+    if start < 1 or end < 0:
+        return None
+    reason = _FIXED_ENDS.get(raw[end + len(_CHOICE_END) :], _NOT_FIXED)
+    if reason is _NOT_FIXED or raw[start + len(_CHOICE_HEAD) : end] not in _FIXED_DELTAS:
+        return None
+    if not _plain_fields(raw[:start]):
+        return None
+    if reason is None:
+        return Chunk(raw, None, False, None, None, None, False, (), 1)
+    return Chunk(raw, None, False, reason, None, None, False, (0,), 1)
+
+
 def parse_chunk(raw: bytes) -> Chunk:
     """Interpret one event's data; raise MalformedChunk when it is not a JSON object."""
     if raw == DONE:
@@ -210,6 +263,9 @@ def parse_chunk(raw: bytes) -> Chunk:
     chunk = _plain_delta(raw)
     if chunk is not None:
         return chunk  # most of a stream's events: no dict built, no lookups
+    chunk = _fixed_delta(raw)
+    if chunk is not None:
+        return chunk  # a stream's opening and finish events: no dict built
     return parse_full(raw)
 
 

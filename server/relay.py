@@ -23,8 +23,8 @@ It ends a stream in exactly one of these ways:
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable, Callable, Sequence
-from typing import Protocol, cast
+from collections.abc import AsyncIterable, Awaitable, Callable, Sequence
+from typing import Protocol
 
 import aiohttp
 import structlog
@@ -119,13 +119,12 @@ async def relay(
     (an upstream may ignore `n`).
     """
     events = RelayEvents(dialect, record, gaps or _NoGaps(), choices)
-    opened = getattr(chunks, "opened", None)
     try:
-        if opened is not None and hasattr(sink, "send_now"):
+        if hasattr(chunks, "push") and hasattr(sink, "send_now"):
             # The push path, written out here rather than as a coroutine of its own: a live
             # stream's suspended coroutines are each a frame kept for its whole life (~300 bytes).
-            push_sink = cast(PushSink, sink)
-            stream: PushSource = await opened()
+            push_sink: PushSink = sink  # type: ignore[assignment]  # not `cast`: a call per stream
+            stream: PushSource = chunks  # type: ignore[assignment]  # an open upstream stream (UpstreamStream)
             pushing = _Pushing(stream, events, push_sink, guard, record)
             guard.reading()
             # A client that leaves closes the upstream at once; the cancellation that follows ends the relay.
@@ -151,7 +150,8 @@ async def relay(
             finally:
                 unregister()
                 stream.stop_push()
-            await _finish(events, sink, guard, record, pushing.held)
+            await _finish(events, sink, guard, pushing.held)
+            record.outcome = Outcome.COMPLETED
         else:
             await _forward(chunks, events, sink, guard, record)
     except asyncio.CancelledError:
@@ -216,7 +216,8 @@ async def _forward(
         if events.failure is not None:
             raise events.take_failure()
         guard.reading()
-    await _finish(events, sink, guard, record, held)
+    await _finish(events, sink, guard, held)
+    record.outcome = Outcome.COMPLETED
 
 
 class _Pushing:
@@ -258,17 +259,26 @@ class _Pushing:
         return sink.send_now(data)
 
 
-async def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, record: RequestRecord, held: bytes) -> None:
-    """End a stream whose upstream body ended: the done event, or an error if it never finished."""
+def _finish(events: RelayEvents, sink: Sink, guard: StreamGuard, held: bytes) -> Awaitable[None]:
+    """The last write of a stream whose upstream body ended: the done event; raise if it never finished.
+
+    Not a coroutine: the caller awaits the sink's own write, with no frame of this in between, then
+    notes the stream completed.
+    """
     if held and not events.complete:
         # The last read was held to leave with the done event; what it relayed still goes out first.
-        await sink.write(held)
+        return _write_held_then_finish(events, sink, guard, held)
     done = events.done()
     events.flush_gaps()  # before the last write: a client that saw the end finds its gaps in /metrics
     guard.writing()
     write_last = getattr(sink, "write_last", None)
-    await (sink.write if write_last is None else write_last)(held + done if held else done)
-    record.outcome = Outcome.COMPLETED
+    return (sink.write if write_last is None else write_last)(held + done if held else done)
+
+
+async def _write_held_then_finish(events: RelayEvents, sink: Sink, guard: StreamGuard, held: bytes) -> None:
+    """`_finish` of a stream that ended short of its finish: the held read, then its error (`done` raises)."""
+    await sink.write(held)
+    await _finish(events, sink, guard, b"")
 
 
 # How a stream a guard ended is logged, when not as a timeout.

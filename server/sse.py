@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable
-from typing import cast
 
 import structlog
 from aiohttp import ClientConnectionResetError, web
@@ -40,6 +39,13 @@ _TCP_USER_TIMEOUT: int | None = getattr(socket, "TCP_USER_TIMEOUT", None)
 WRITE_BUFFER_HIGH = 16 * 1024
 SEND_BUFFER_BYTES = 64 * 1024  # the kernel doubles it for its bookkeeping
 WRITE_BUFFER_LOW = 4 * 1024
+# aiohttp-sse's headers, in its order, with Sluice's Cache-Control (proxies must not transform a stream).
+_HEADERS = (
+    ("Content-Type", "text/event-stream"),
+    ("Cache-Control", "no-cache, no-transform"),
+    ("Connection", "keep-alive"),
+    ("X-Accel-Buffering", "no"),
+)
 
 
 class SSEResponse(EventSourceResponse):
@@ -57,18 +63,24 @@ class SSEResponse(EventSourceResponse):
         preamble: bytes = b"",
         timers: Timers | None = None,
     ) -> None:
-        super().__init__(
-            sep="\n",
-            allow_all_methods=True,
-            # aiohttp-sse also sets TCP_USER_TIMEOUT from this: a backstop, and the gateway's own
-            # timer ends a stalled stream first and logs why. Three times the limit, not two: the
-            # kernel counts zero-window probes, not seconds, and with a 1 s limit cut a pushed
-            # stream at 1.4 s, before the timer, whose clock restarts each time the gateway's own
-            # send buffer takes more (tests/test_streaming_process.py, the send timeout test).
-            send_timeout=send_timeout * 3,
-            ping_interval=heartbeat_interval,
-        )
-        self.headers["Cache-Control"] = "no-cache, no-transform"
+        # What aiohttp-sse's __init__ sets (tests/test_sse_response.py compares the two), without
+        # its layer and five header writes per stream: the headers in one go, in its order, with
+        # Sluice's Cache-Control.
+        web.StreamResponse.__init__(self, headers=_HEADERS)
+        if heartbeat_interval <= 0:
+            raise ValueError("ping interval must be positive")
+        self._ping_interval = heartbeat_interval
+        self._ping_task: asyncio.Task[None] | None = None
+        self._sep = "\n"
+        self._allow_all_methods = True
+        # aiohttp-sse also sets TCP_USER_TIMEOUT from this: a backstop, and the gateway's own
+        # timer ends a stalled stream first and logs why. Three times the limit, not two: the
+        # kernel counts zero-window probes, not seconds, and with a 1 s limit cut a pushed
+        # stream at 1.4 s, before the timer, whose clock restarts each time the gateway's own
+        # send buffer takes more (tests/test_streaming_process.py, the send timeout test).
+        self._send_timeout: float | None = send_timeout * 3
+        self._saved_tcp_user_timeout: int | None = None
+        self._tcp_sock: socket.socket | None = None
         self._on_heartbeat = on_heartbeat
         self._on_stalled = on_stalled
         self._ping_send_timeout = send_timeout
@@ -79,6 +91,7 @@ class SSEResponse(EventSourceResponse):
         self._timers = timers if timers is not None else Timers()
         self._beat: Entry | None = None
         self._beats_stopped = False
+        self._tuned_already = False  # the connection's socket options were set and noted for this send timeout
 
     @property
     def heartbeat_pending(self) -> bool:
@@ -125,8 +138,10 @@ class SSEResponse(EventSourceResponse):
         # Nothing was written in the loop turn that prepared the response: send the headers alone.
         writer = self._payload_writer
         if writer is not None:
-            with contextlib.suppress(ConnectionResetError):
+            try:  # noqa: SIM105  # not `contextlib.suppress`: three calls more per stream
                 writer.send_headers()
+            except ConnectionResetError:
+                pass
 
     def _set_tcp_user_timeout(self, request: BaseRequest) -> None:
         # aiohttp-sse reads the old value, sets its own, and restores the old one at the end: three
@@ -135,6 +150,7 @@ class SSEResponse(EventSourceResponse):
         # harm. A keep-alive client's later streams find it noted on the connection (prepare notes
         # it): the socket object and system calls cost some 10 us a stream.
         if self._send_timeout is not None and socket_tuned(request) == int(self._send_timeout * 1000):
+            self._tuned_already = True  # and noted: prepare need not note it again
             return
         transport = request.transport
         sock = transport.get_extra_info("socket") if transport is not None else None
@@ -166,7 +182,10 @@ class SSEResponse(EventSourceResponse):
         its headers). From then on the client's write buffer is held small (see WRITE_BUFFER_HIGH).
         """
         if self.prepared:
-            return await super().prepare(request)
+            # aiohttp-sse's answer for a prepared response (aiohttp asks again as the handler returns).
+            if request.protocol.transport is None:
+                raise asyncio.CancelledError()
+            return self._payload_writer
         self._set_tcp_user_timeout(request)
         self._request = request
         writer = await web.StreamResponse.prepare(self, request)
@@ -181,7 +200,7 @@ class SSEResponse(EventSourceResponse):
         # aiohttp arms its keep-alive timer again once the response ends.
         request.protocol.keep_alive(True)
         release_connection_buffers(request)  # two empty deques, ~1.5 KiB per live stream
-        if self._send_timeout is not None:
+        if self._send_timeout is not None and not self._tuned_already:
             note_socket_tuned(request, int(self._send_timeout * 1000))
         self._beat = self._timers.later(self._ping_interval, self)
         self._timers.loop.call_soon(self._flush_headers)
@@ -210,7 +229,7 @@ class SSEResponse(EventSourceResponse):
             raise RuntimeError("Cannot call write() before prepare()")
         if self._preamble:
             data, self._preamble = self._preamble + data, b""
-        stream_writer = cast(StreamWriter, writer)
+        stream_writer: StreamWriter = writer  # type: ignore[assignment]  # not `cast`: a call per event
         if (
             data
             and stream_writer.chunked
@@ -266,16 +285,31 @@ class SSEResponse(EventSourceResponse):
     async def write_last(self, data: bytes) -> None:
         """Write the stream's last bytes and end the body, in one write (one send, not three)."""
         self.stop_heartbeat()
-        await self.write_eof(data)
+        if self._eof_sent:
+            return
+        if self._preamble:
+            data, self._preamble = self._preamble + data, b""
+        # What `write_eof` does, without its coroutine in between: on every stream.
+        await web.StreamResponse.write_eof(self, data)
 
     async def write_eof(self, data: bytes = b"") -> None:
         """End the body, after the preamble if nothing was written yet."""
+        if self._eof_sent:
+            return  # ended already (`write_last`): aiohttp asks again as the handler returns
         if self._preamble:
             data, self._preamble = self._preamble + data, b""
-        await super().write_eof(data)
+        # Not aiohttp-sse's write_eof: all it adds is restoring a TCP_USER_TIMEOUT this class never saves.
+        await web.StreamResponse.write_eof(self, data)
+
+    @property
+    def finished(self) -> bool:
+        """True once the body ended with no heartbeat waiting for room (`write_last`): nothing left to `finish()`."""
+        return self._eof_sent and self._ping_task is None
 
     async def finish(self) -> None:
         """Stop the heartbeat and end the body, tolerating a client that has already gone."""
+        if self.finished:
+            return
         self.stop_heartbeat()
         if self._ping_task is not None:
             await self.wait()  # a heartbeat that was waiting for room, cancelled just now

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
@@ -64,17 +64,24 @@ class ResponseStart:
             self._timers.cancel(self._timer)
             self._timer = None
 
-    async def response(self) -> SSEResponse:
-        """The started response: the early one once its headers are ready, else one started now."""
+    def response(self) -> Awaitable[SSEResponse]:
+        """The started response, to await: the early one once its headers are ready, else one started now."""
         self.routed()
+        if self._early is None and self._response is None:
+            # The usual stream: its response starts now, `start_response` awaited by the caller with
+            # no coroutine of this method's in between (each costs its frame and a step per stream).
+            self._response = self._make()
+            return start_response(self._request, self._record, self._guard, self._response)
+        return self._early_response()
+
+    async def _early_response(self) -> SSEResponse:
         if self._early is not None:
             self._response = await self._early
-        elif self._response is None:
-            self._response = await start_response(self._request, self._record, self._guard, self._make())
+        assert self._response is not None
         return self._response
 
     def started(self) -> SSEResponse | None:
-        """The response, if one started (early or late)."""
+        """The response, if one started (early or late; a late one as soon as its start is under way)."""
         early = self._early
         finished = early is not None and early.done() and not early.cancelled()
         if self._response is None and early is not None and finished and early.exception() is None:

@@ -771,7 +771,7 @@ BREAKS += [
     Break(
         "no connection cap",
         "server/middleware/connection_cap.py",
-        "    over = open_connections(request) - request.app[CONNECTION_LIMIT]\n",
+        "    over = open_connections(request) - app[CONNECTION_LIMIT]\n",
         "    over = 0\n",
         (f"{DOS_PROCESS}::test_requests_over_the_cap_of_busy_connections_get_503_and_saturate_readiness_then_recover",),
     ),
@@ -1422,14 +1422,14 @@ BREAKS += [
     Break(
         "a stream's guard keeps a loop timer of its own",
         CHAT_CALL,
-        "continued=continues), timers=app[TIMERS])\n",
+        "continued=continues), timers=timers)\n",
         "continued=continues))\n",
         ("tests/test_timers.py::test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers",),
     ),
     Break(
         "a stream's heartbeat keeps a loop timer of its own",
         CHAT_CALL,
-        "        timers=request.app[TIMERS],\n",
+        "        timers=timers,\n",
         "",
         ("tests/test_timers.py::test_a_live_streams_heartbeat_and_guard_are_deadlines_of_the_applications_timers",),
     ),
@@ -1615,19 +1615,19 @@ BREAKS += [
     Break(
         "auth before the connection cap",
         CHAIN,
-        "            response: web.StreamResponse | None = over_cap(request)\n"
+        "            response: web.StreamResponse | None = over_cap(request, app)\n"
         "            if response is None:\n"
-        "                key = admit(request, record)\n",
-        "            key = admit(request, record)\n"
-        "            response: web.StreamResponse | None = over_cap(request)\n"
+        "                key = admit(request, record, app)\n",
+        "            key = admit(request, record, app)\n"
+        "            response: web.StreamResponse | None = over_cap(request, app)\n"
         "            if response is None:\n",
         (f"{ORDER_TESTS}::test_the_connection_cap_runs_before_auth",),
     ),
     Break(
         "the body checked before auth",
         CHAIN,
-        "                key = admit(request, record)\n",
-        "                body_to_read(request)\n                key = admit(request, record)\n",
+        "                key = admit(request, record, app)\n",
+        "                body_to_read(request, app)\n                key = admit(request, record, app)\n",
         (f"{ORDER_TESTS}::test_auth_runs_before_the_body_is_read",),
     ),
     Break(
@@ -3575,16 +3575,16 @@ BREAKS += [
     Break(
         "the key's limits taken before its body",
         CHAIN,
-        "                key = admit(request, record)\n"
+        "                key = admit(request, record, app)\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
-        "                    response = await read_body(request) if body_to_read(request) else None\n"
+        "                    response = await read_body(request) if body_to_read(request, app) else None\n"
         "                    body_in = response is None\n"
         "                if response is None:\n"
         "                    lease = await take_limits(request, key) if key is not None else None\n",
-        "                key = admit(request, record)\n"
+        "                key = admit(request, record, app)\n"
         "                lease = await take_limits(request, key) if key is not None else None\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
-        "                    response = await read_body(request) if body_to_read(request) else None\n"
+        "                    response = await read_body(request) if body_to_read(request, app) else None\n"
         "                    body_in = response is None\n"
         "                if response is None:\n",
         (
@@ -5345,6 +5345,37 @@ BREAKS += [
         "        budget = 0",
         (
             "tests/test_refused_body_encoded.py::test_a_refused_compressed_body_is_read_to_its_end_before_the_connection_closes",
+        ),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a role or finish event with other fields is read from its fixed parts",
+        "server/chunks.py",
+        "    if not _plain_fields(raw[:start]):",
+        "    if False:",
+        (
+            "tests/test_chunks_fixed.py::test_a_role_or_finish_event_read_from_its_fixed_parts_is_the_chunk_the_full_parse_gives",
+        ),
+    ),
+    Break(
+        "a finish event read from its fixed parts names no choice",
+        "server/chunks.py",
+        "return Chunk(raw, None, False, reason, None, None, False, (0,), 1)",
+        "return Chunk(raw, None, False, reason, None, None, False, (), 1)",
+        (
+            "tests/test_chunks_fixed.py::test_a_role_or_finish_event_read_from_its_fixed_parts_is_the_chunk_the_full_parse_gives",
+        ),
+    ),
+    Break(
+        "the lean SSE start sends another Cache-Control than aiohttp-sse",
+        "server/sse.py",
+        '    ("Cache-Control", "no-cache, no-transform"),',
+        '    ("Cache-Control", "no-cache"),',
+        (
+            "tests/test_sse_lean_start.py::test_an_sse_response_starts_with_the_headers_and_settings_aiohttp_sse_would_give_it",
         ),
     ),
 ]

@@ -77,13 +77,13 @@ _METRICS_WRONG = "Incorrect metrics key provided (a gateway key does not open /m
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="sluice"'}
 
 
-def admit(request: web.Request, record: RequestRecord) -> GatewayKey | None:
+def admit(request: web.Request, record: RequestRecord, app: web.Application) -> GatewayKey | None:
     """401 without a valid key or token; else the key whose limits the request takes from, if any.
 
     The chain reads the body after this, then takes the limits (`take_limits`): a body that is slow
     to come holds none of the key's requests or stream slots.
     """
-    ring = request.app[KEYRING]
+    ring = app[KEYRING]
     if not ring.enabled and not ring.metrics_closed:
         # Neither gateway keys nor a /metrics key (read per request: SIGHUP may bring either):
         # every route is open, and the route's requirement need not be looked up.

@@ -30,9 +30,9 @@ from .errors import render_error
 CONTINUE = "100-continue"
 
 
-def body_to_read(request: web.Request) -> bool:
+def body_to_read(request: web.Request, app: web.Application | None = None) -> bool:
     """417 for an unknown `Expect`, 413 for a declared length over the limit; else whether part of
-    the body is still to arrive."""
+    the body is still to arrive (`app`: the request's, when the caller has it)."""
     headers = request.headers
     expect = headers.get(hdrs.EXPECT)
     if expect is not None and expect.lower() != CONTINUE:
@@ -44,7 +44,7 @@ def body_to_read(request: web.Request) -> bool:
         raise unsupported_encoding()
     length = request.content_length
     if length is not None:
-        limit = request.app[SETTINGS].server.max_body_bytes
+        limit = (request.app if app is None else app)[SETTINGS].server.max_body_bytes
         if length > limit:
             raise PayloadTooLargeError(f"The request body is {length} bytes; the limit is {limit}.")
     # A body that came whole with the headers (the usual small JSON body) has nothing left to

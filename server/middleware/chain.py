@@ -26,15 +26,16 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     """Request id, access log, errors, connection cap, auth, body, the key's limits, then the handler."""
     bind_request_id(request)
     started, record = open_record(request)
+    app = request.app  # read once for the steps: a property of a property, per read
     status = 500
     body_in = False  # the request's body was read or had all come: no reason to close its connection
     try:
         try:
-            response: web.StreamResponse | None = over_cap(request)
+            response: web.StreamResponse | None = over_cap(request, app)
             if response is None:
-                key = admit(request, record)
+                key = admit(request, record, app)
                 if (request.method, record.route) in BODY_ROUTES:
-                    response = await read_body(request) if body_to_read(request) else None
+                    response = await read_body(request) if body_to_read(request, app) else None
                     body_in = response is None
                 if response is None:
                     lease = await take_limits(request, key) if key is not None else None

@@ -18,11 +18,14 @@ from .errors import render_error
 _PROBES = frozenset({"/health", "/livez", "/readyz"})
 
 
-def over_cap(request: web.Request) -> web.Response | None:
-    """The 503 for a request over the cap, its connection then closed so the count goes down; else None."""
-    over = open_connections(request) - request.app[CONNECTION_LIMIT]
+def over_cap(request: web.Request, app: web.Application) -> web.Response | None:
+    """The 503 for a request over the cap, its connection then closed so the count goes down; else None.
+
+    `app` is the request's (the chain reads it once for its steps).
+    """
+    over = open_connections(request) - app[CONNECTION_LIMIT]
     if over > 0 and request.path not in _PROBES and close_idle_connections(request, over) < over:
-        retry_after = str(request.app[SETTINGS].server.retry_after)
+        retry_after = str(app[SETTINGS].server.retry_after)
         response = render_error(
             ServiceUnavailableError(
                 "Sluice holds as many connections as it may; retry shortly.",

@@ -17,7 +17,8 @@ _WELL_FORMED = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 def bind_request_id(request: web.Request) -> None:
     """Bind the request id to the request and to every log line written while serving it."""
     incoming = request.headers.get(HEADER, "")
-    request_id = incoming if _WELL_FORMED.fullmatch(incoming) else _new_id()
+    # No header (the usual request): no match tried, an empty id is never well-formed.
+    request_id = incoming if incoming and _WELL_FORMED.fullmatch(incoming) else _new_id()
     request[REQUEST_ID] = request_id
     # No `clear_contextvars` first (it copies and walks the whole context): aiohttp serves each
     # request in a task of its own, whose context is a copy of its connection's, so nothing bound
@@ -27,7 +28,10 @@ def bind_request_id(request: web.Request) -> None:
 
 def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
     """Stamp the id on the response just before its headers go out, streams included."""
-    request_id = request.get(REQUEST_ID)
+    try:  # not `request.get`: Mapping's get is a call more per response, around the same lookup
+        request_id = request[REQUEST_ID]
+    except KeyError:
+        return
     if request_id is not None:
         response.headers[HEADER] = request_id
 

@@ -138,7 +138,9 @@ class ResponseParser:
         key = lowered.decode("latin-1")
         text = value.decode("latin-1")
         headers = self.headers
-        headers[key] = headers[key] + ", " + text if key in headers else text
+        # The dict's own lookup: `key` is lower case already, and Headers' lookups are Python calls.
+        kept = dict.get(headers, key)
+        headers[key] = text if kept is None else kept + ", " + text
 
     def on_headers_complete(self) -> None:
         if self.complete:
@@ -152,10 +154,11 @@ class ResponseParser:
         self.status = status
         self.head_read = True
         headers = self.headers
+        # The dict's own lookups, as in on_header: the names here are lower case.
         if (
             status not in NO_BODY_STATUSES
-            and "content-length" not in headers
-            and "chunked" not in (headers.get("transfer-encoding") or "").lower()
+            and not dict.__contains__(headers, "content-length")
+            and "chunked" not in (dict.get(headers, "transfer-encoding") or "").lower()
         ):
             self._close_delimited = True
             self.keep_alive = False

@@ -158,10 +158,6 @@ class UpstreamStream:
             return first
         return first[len(BOM) :] or await body.read()
 
-    async def opened(self) -> UpstreamStream:
-        """This stream: it is open already (see the relay's push path)."""
-        return self
-
     async def __aiter__(self) -> AsyncIterator[list[Chunk]]:
         """Batches of chunks, one per network read: what arrived together is relayed together."""
         while self._primed:
