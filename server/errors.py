@@ -140,6 +140,7 @@ class ServiceUnavailableError(GatewayError):
 
 class UpstreamError(GatewayError):
     status = 502
+    # Unless the upstream's error event names one of OpenAI's types: it keeps it (failures.event_failure).
     type = "upstream_error"
     code = "upstream_error"
     # Filled by upstreams/failures.py: what the routing needs to decide on a retry.

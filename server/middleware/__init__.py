@@ -15,6 +15,8 @@ Each step is plain functions in its module; chain.py composes them in one corout
 per step would be a coroutine suspended while a stream runs, re-entered on each of its resumes.
 CORS is not a middleware here: routes/cors.py wraps the routes and answers preflights, with the
 policy in server/cors.py (aiohttp-cors echoes any origin, `null` included, where `*` must stay literal).
+The response hooks (the chain's, CORS's) run inside aiohttp's `prepare`; a failure there is the
+envelope's 500 (hook_failure.py), never a connection closed without a byte.
 """
 
 from __future__ import annotations

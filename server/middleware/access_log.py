@@ -5,9 +5,13 @@ them, so the line sees the final status, a rendered error's included.
 
 Every line names the client (the peer, or behind `server.trusted_proxies` the address they
 forwarded for) and, for an error, its `error_code` and `param`. Chat requests add the model,
-whether they streamed, time to first token, usage and how they ended. Probes and /metrics log at
-debug level, so an orchestrator polling every second does not flood the log; server errors and a
-rejected upstream key log at warning.
+whether they streamed, time to first token, usage and how they ended, and each upstream attempt
+of the routing (`attempts`: retries, fallbacks, hedges). `resent` counts the requests the upstream
+client sent once more on a fresh connection after a kept-alive one failed before any byte of its
+answer (upstreams/client.py): transport, not routing, so not in `attempts` (no breaker judged it,
+no retry budget paid for it), but the upstream may have taken the request twice. Probes and
+/metrics log at debug level, so an orchestrator polling every second does not flood the log;
+server errors and a rejected upstream key log at warning.
 
 With `--workers`, a request forwarded to the worker that owns its stream (worker_proxy.py) is
 logged and counted once, by that worker, with the client the forwarding worker saw.
@@ -116,7 +120,7 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
             fields["error_code"] = record.error_code
         if record.attempts:
             fields["attempts"] = record.attempts
-            fields.update(record.extra)
+            fields.update(record.extra)  # upstream, served_model, resent (see the docstring)...
     log.log(level, "request_finished", **fields)
 
 

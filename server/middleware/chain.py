@@ -18,6 +18,7 @@ from .auth import add_key_headers, admit, settle, take_limits
 from .body import body_to_read, close_if_body_unread, read_body
 from .connection_cap import over_cap
 from .errors import mark_response_started, render_failure
+from .hook_failure import hook_failed
 from .request_id import add_request_id_header, bind_request_id
 
 
@@ -49,9 +50,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             response = render_failure(request, error)
             if response is None:
                 raise
-        status = response.status
         if not body_in:
             close_if_body_unread(request, response)
+        if isinstance(response, web.Response) and not response.prepared:
+            response = await _prepare(request, response, body_in)
+        status = response.status
         return response
     except asyncio.CancelledError:
         status = cancelled_status(record)
@@ -60,17 +63,45 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         finish(request, record, status, started)
 
 
+async def _prepare(request: web.Request, response: web.Response, body_in: bool) -> web.Response:
+    """`response` with its headers prepared, or the envelope that answers a response hook's failure.
+
+    Prepared here, not by aiohttp after the chain: aiohttp closes the connection without a byte
+    when a hook fails there. A hook failing again on the envelope is passed over (hook_failure.py).
+    Only a `web.Response`, whose `prepare` only buffers its head and may be called again (aiohttp does): a
+    FileResponse sends its file in `prepare`, and a stream was prepared by its handler.
+    """
+    try:
+        await response.prepare(request)
+        return response
+    except Exception as error:
+        failure = render_failure(request, error)
+        if failure is None:
+            raise
+    if not body_in:
+        close_if_body_unread(request, failure)
+    await failure.prepare(request)
+    return failure
+
+
 async def response_prepared(request: web.Request, response: web.StreamResponse) -> None:
     """The chain's steps as the response's headers are about to go: its X-Request-ID, and no error status from now on.
 
     One hook for them all: aiohttp awaits each `on_response_prepare` hook, a coroutine per hook per response.
+    Its failure is the envelope's 500 (hook_failure.py), caught here: a wrapper would be a coroutine more.
     """
-    add_request_id_header(request, response)
-    mark_response_started(request)
+    try:
+        add_request_id_header(request, response)
+        mark_response_started(request)
+    except Exception as exc:
+        hook_failed(request, exc, response_prepared)
 
 
 async def keyed_response_prepared(request: web.Request, response: web.StreamResponse) -> None:
     """`response_prepared`, and the key's rate-limit and token headers (gateway keys are on)."""
-    add_request_id_header(request, response)
-    add_key_headers(request, response)
-    mark_response_started(request)
+    try:
+        add_request_id_header(request, response)
+        add_key_headers(request, response)
+        mark_response_started(request)
+    except Exception as exc:
+        hook_failed(request, exc, keyed_response_prepared)

@@ -4,6 +4,9 @@ An allowlisted origin is echoed with `Vary: Origin`; `*` is a literal `*`. Prefl
 with `Access-Control-Request-Method`) get 200 with what may follow, or 403 naming what is refused:
 the origin (`cors_origin_not_allowed`) or the method (`cors_method_not_allowed`). Credentials are never
 allowed: Sluice's auth is a header or a token in the URL, never a cookie.
+
+The headers are added by a response hook; should it fail, the client gets the JSON envelope's 500,
+not a connection closed without a byte (middleware/hook_failure.py).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from ..cors import CorsPolicy
 from ..errors import GatewayError
 from ..keys import CORS_POLICY
 from ..middleware.errors import render_error
+from ..middleware.hook_failure import hook_failed
 
 ALLOW_HEADERS = "Authorization, Content-Type, api-key, x-api-key, Last-Event-ID, X-Request-ID"
 EXPOSE_HEADERS = ", ".join(
@@ -82,7 +86,17 @@ async def preflight(request: web.Request) -> web.Response:
 
 
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """Allow an allowed origin to read the response; say the answer depends on Origin."""
+    """Allow an allowed origin to read the response; say the answer depends on Origin.
+
+    Its failure is handled here (hook_failure.py): a wrapper would be one more coroutine per response.
+    """
+    try:
+        _cross_origin_headers(request, response)
+    except Exception as exc:
+        hook_failed(request, exc, add_cors_headers)
+
+
+def _cross_origin_headers(request: web.Request, response: web.StreamResponse) -> None:
     policy = request.app[CORS_POLICY]
     if not policy.any_origin:
         response.headers.add(hdrs.VARY, "Origin")

@@ -107,7 +107,7 @@ class Upstream:
 
         # Not a coroutine of its own: the attempt awaits the client's directly.
         def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[UpstreamStream]:
-            return client.open_stream(attempt_body, request_id, on_accepted)
+            return client.open_stream(attempt_body, request_id, on_accepted, record=record)
 
         after = self._routing.hedge_after_seconds
         if after <= 0:
@@ -135,7 +135,7 @@ class Upstream:
         """A non-streaming reply from the first candidate that gave one (fallbacks as in `open_stream`)."""
 
         def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[bytes]:
-            return client.complete(attempt_body, request_id)
+            return client.complete(attempt_body, request_id, record=record)
 
         return await self._route(body, record, send, allows)
 
@@ -166,7 +166,7 @@ class Upstream:
 
         def send(client: UpstreamClient, attempt_body: dict[str, Any]) -> Awaitable[UpstreamStream]:
             continued = {**attempt_body, "messages": messages, **client.entry.continuation_body}
-            return client.open_stream(continued, request_id)
+            return client.open_stream(continued, request_id, record=record)
 
         return await self._route(body, record, send, allows, only=lambda client, _: client.entry.continuation != "none")
 

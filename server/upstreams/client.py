@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 import orjson
 import structlog
 
+from ..access import RequestRecord
 from ..chunks import MAX_EVENT_BYTES
 from ..errors import UpstreamError, UpstreamProtocolError
 from ..logs import connection_error_fields
@@ -77,11 +78,17 @@ class UpstreamClient:
         return cap > 0 and self.in_flight >= cap
 
     async def open_stream(
-        self, body: dict[str, Any], request_id: str, on_accepted: Callable[[], None] | None = None
+        self,
+        body: dict[str, Any],
+        request_id: str,
+        on_accepted: Callable[[], None] | None = None,
+        *,
+        record: RequestRecord | None = None,
     ) -> UpstreamStream:
         """Send a streaming request; return once its first token arrived, else raise UpstreamError.
 
-        `on_accepted` is called when the upstream answered 200, before its first token.
+        `on_accepted` is called when the upstream answered 200, before its first token; a resend
+        (see `_exchange`) is noted on `record`.
         """
         self.in_flight += 1
         response: UpstreamResponse | None = None
@@ -91,7 +98,7 @@ class UpstreamClient:
         timers = self._timers
         try:
             with timers.deadline(timers.time() + self._settings.header_timeout) as deadline:
-                response = await self._send(body, request_id, accept=b"text/event-stream")
+                response = await self._send(body, request_id, accept=b"text/event-stream", record=record)
                 if (response.headers.get("content-encoding") or "identity").strip().lower() != "identity":
                     raise UpstreamProtocolError(
                         "The upstream's stream is compressed, which Sluice does not decode.",
@@ -120,11 +127,14 @@ class UpstreamClient:
             self._done()
             raise
 
-    async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
-        """Send a non-streaming request; return the upstream's JSON body as received (decoded)."""
+    async def complete(self, body: dict[str, Any], request_id: str, *, record: RequestRecord | None = None) -> bytes:
+        """Send a non-streaming request; return the upstream's JSON body as received (decoded).
+
+        A resend (see `_exchange`) is noted on `record`.
+        """
         self.in_flight += 1
         try:
-            response = await self._send(body, request_id, accept=b"application/json")
+            response = await self._send(body, request_id, accept=b"application/json", record=record)
             try:
                 reply = await response.read_bounded(self._max_reply_bytes)
             except (ConnectionBroken, MalformedResponse, OSError) as exc:
@@ -159,7 +169,9 @@ class UpstreamClient:
     def _done(self) -> None:
         self.in_flight -= 1
 
-    async def _send(self, body: dict[str, Any], request_id: str, *, accept: bytes) -> UpstreamResponse:
+    async def _send(
+        self, body: dict[str, Any], request_id: str, *, accept: bytes, record: RequestRecord | None
+    ) -> UpstreamResponse:
         """POST the chat request; return the response once it answered 200, else raise UpstreamError.
 
         A portable upstream's body goes without Sluice's own fields (see portable.py); any other's as it is.
@@ -182,7 +194,7 @@ class UpstreamClient:
             )
         )
         try:
-            response = await self._exchange(request)
+            response = await self._exchange(request, record)
         except ConnectionBroken as exc:
             if not exc.before_response:
                 # Cut inside its head: it answered, so the request was taken (and may be paid for).
@@ -199,13 +211,15 @@ class UpstreamClient:
             raise await self._status_error(response)
         return response
 
-    async def _exchange(self, request: bytes) -> UpstreamResponse:
+    async def _exchange(self, request: bytes, record: RequestRecord | None = None) -> UpstreamResponse:
         """Send `request` and return once its head arrived; a reused connection that fails first is retried.
 
         Keep-alive's standard race: the upstream may close an idle connection just as a request is
         written to it, so it goes once more on a fresh connection. Most often it never reached the
         upstream, but one that read it and then reset may have taken it: the resend is logged
-        (`upstream_request_resent`, with the request's id), so a POST processed twice can be traced.
+        (`upstream_request_resent`, with the request's id) and counted on `record` (the access
+        line's `resent`), so a POST processed twice can be traced. It is not one of the routing's
+        `attempts`: no breaker judges it, no retry budget pays for it.
         Raises UpstreamError for a connection that cannot be opened, ConnectionBroken or
         MalformedResponse for one that fails or answers badly.
         """
@@ -228,6 +242,8 @@ class UpstreamClient:
                     fresh = True
                     method = request[: request.find(b" ")].decode("latin-1")
                     log.info("upstream_request_resent", upstream=self.name, method=method, **self._fields(exc))
+                    if record is not None:
+                        record.extra["resent"] = record.extra.get("resent", 0) + 1
                     continue
                 raise
             except BaseException:

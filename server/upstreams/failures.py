@@ -19,6 +19,7 @@
     200 neither JSON nor SSE (stream)        502 upstream_malformed_reply      another route
       (a Content-Type other than text/event-stream: an HTML page)
     an error event inside the stream         502 with its message and code     before the first token
+      (and its type when OpenAI documents it, OPENAI_ERROR_TYPES; else upstream_error)
     other 4xx                                that status, its message/code     never
 
 An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on, nor
@@ -51,6 +52,11 @@ from ..errors import (
 )
 
 MESSAGE_LIMIT = 1000
+# The error types OpenAI's API reference (openapi.yaml) names for a failure: the Error object's
+# `type` ("invalid_request_error", "server_error") and a failed generation's kinds ("server_error",
+# "rate_limit_exceeded", "invalid_prompt"). An upstream's error event of one of these keeps its
+# type: a client branches on OpenAI's names, and `server_error` is what OpenAI itself sends mid-stream.
+OPENAI_ERROR_TYPES = frozenset({"invalid_request_error", "server_error", "rate_limit_exceeded", "invalid_prompt"})
 # The most seconds one upstream's Retry-After (or retry-after-ms) is taken for: what a request
 # waits, what a breaker holds, and what the client is told. A longer one (or a date years ahead)
 # would shut an upstream that is healthy again until restart, out of reach of the probe; after
@@ -119,7 +125,11 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
     """An error event the upstream sent inside its stream (`fields`: its error object, see chunks.parse_full).
 
     Its message (bounded) and code are passed on, unless it refuses the gateway's key: that is
-    judged as a 401 would be, its message hidden.
+    judged as a 401 would be, its message hidden. Its type is kept when it is one of OpenAI's
+    (OPENAI_ERROR_TYPES): OpenAI's own `server_error` reaches the client as `server_error`, as it
+    would without Sluice in between. Any other type (a provider's own, as vLLM's
+    `InternalServerError`, or none) is Sluice's `upstream_error`. The code stays Sluice's choice
+    either way (the upstream's, else `upstream_failed`), and the status 502.
     """
     code = fields.get("code")
     if refuses_key(fields):
@@ -128,6 +138,9 @@ def event_failure(fields: Mapping[str, Any]) -> UpstreamError:
         message_text(fields) or "The upstream failed mid-stream.",
         code=code if isinstance(code, str) and code else "upstream_failed",
     )
+    kind = fields.get("type")
+    if isinstance(kind, str) and kind in OPENAI_ERROR_TYPES:
+        error.type = kind
     error.reason = "error_event"
     return error
 
