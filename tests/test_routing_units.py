@@ -290,7 +290,7 @@ class FakeClient:
         self.script = list(script or [])
         self.calls: list[str] = []
 
-    async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+    async def complete(self, body: dict[str, Any], request_id: str, record: Any = None) -> bytes:
         self.calls.append(body["model"])
         step = self.script.pop(0) if self.script else b"ok"
         if isinstance(step, Exception):
@@ -600,7 +600,7 @@ async def test_a_request_cancelled_during_its_trial_attempt_frees_the_trial() ->
     started = asyncio.Event()
 
     class Hanging(FakeClient):
-        async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+        async def complete(self, body: dict[str, Any], request_id: str, record: Any = None) -> bytes:
             started.set()
             await asyncio.Event().wait()
             return b""
@@ -746,7 +746,9 @@ async def test_freeing_a_trial_whose_lease_ran_out_leaves_the_later_trial_alone(
 class StreamingClient(FakeClient):
     """A FakeClient that streams too, from the same script."""
 
-    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+    async def open_stream(
+        self, body: dict[str, Any], request_id: str, on_accepted: Any = None, record: Any = None
+    ) -> Any:
         await self.complete(body, request_id)
         return FakeStream(self.name)
 
@@ -792,7 +794,9 @@ async def test_a_hedge_that_wins_frees_the_trial_the_slow_route_held() -> None:
     clock = Clock()
 
     class Slow(StreamingClient):
-        async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+        async def open_stream(
+            self, body: dict[str, Any], request_id: str, on_accepted: Any = None, record: Any = None
+        ) -> Any:
             if body["model"] == "big":
                 await asyncio.Event().wait()  # no first token: the hedge starts
             return await super().open_stream(body, request_id, on_accepted)
@@ -916,11 +920,13 @@ class Waiting(FakeClient):
         finally:
             self.cancelled.set()
 
-    async def complete(self, body: dict[str, Any], request_id: str) -> bytes:
+    async def complete(self, body: dict[str, Any], request_id: str, record: Any = None) -> bytes:
         await self.hang()
         return b""
 
-    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+    async def open_stream(
+        self, body: dict[str, Any], request_id: str, on_accepted: Any = None, record: Any = None
+    ) -> Any:
         if body["model"] != "small":
             await self.hang()
         return FakeStream(self.name)
@@ -946,7 +952,9 @@ class FailsOnceTheHedgeStarts(FakeClient):
         self.small_started = asyncio.Event()
         self.judged = judged
 
-    async def open_stream(self, body: dict[str, Any], request_id: str, on_accepted: Any = None) -> Any:
+    async def open_stream(
+        self, body: dict[str, Any], request_id: str, on_accepted: Any = None, record: Any = None
+    ) -> Any:
         if body["model"] == "big":
             await self.small_started.wait()
             raise fail(500)
