@@ -81,7 +81,8 @@ def create_app(
     app = web.Application(client_max_size=settings.server.max_body_bytes)
     # Plain state, built now: no I/O, nothing to close.
     app[SETTINGS] = settings
-    app[METRICS] = Metrics(settings.process.metrics_dir)
+    app[MODELS] = ModelCatalog(settings.models)
+    app[METRICS] = Metrics(settings.process.metrics_dir, app[MODELS], settings.routing)
     app[LIFECYCLE] = Lifecycle(
         retry_after=settings.server.retry_after,
         max_live=settings.server.max_live_streams,
@@ -90,7 +91,6 @@ def create_app(
     app[TIMERS] = Timers()
     app[CHAT_SCHEMA] = ChatCompletionValidator()
     app[UPSTREAM_CREDENTIALS] = UpstreamCredentials()
-    app[MODELS] = ModelCatalog(settings.models)
     if worker is not None:
         app[WORKER_PROXY] = WorkerProxy(worker)
     setup_auth(app, settings, keys)

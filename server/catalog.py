@@ -38,6 +38,14 @@ class ModelCatalog:
         default = () if self.default in self.aliases else (self.default,)
         return list(dict.fromkeys((*self._configured, *default, *self._discovered)))
 
+    def knows(self, model: str) -> bool:
+        """True for a real model the gateway knows by name: configured, the default, an alias's target, or discovered.
+
+        Read by the metrics (a model label is one of these, see metrics.py); `resolve` may pass other
+        names through where `models.available` has "*".
+        """
+        return model in self._accepted or model == self.default or model in self.aliases.values()
+
     def names(self) -> list[str]:
         """Every name to list: the served models, then the aliases."""
         return list(dict.fromkeys((*self.served(), *self.aliases)))

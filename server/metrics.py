@@ -5,29 +5,59 @@ With `PROMETHEUS_MULTIPROC_DIR` set (the `--workers N` supervisor sets it; serve
 `/metrics` sums the files of all workers. A gauge tells what is true now, so its multi-process mode
 is a "live" one: the supervisor marks a dead worker's files gone, and its values go with them.
 Counters and histograms keep a dead worker's counts: those did happen.
+
+Label values are bounded: what a client sends never makes a series of its own. A `model` label is
+a model the gateway knows by name (configured in `models.available`, the default, an alias's
+target, a fallback, or one discovery found: `ModelCatalog.knows`); any other name, which
+`models.available = ["*"]` lets through, is counted as `other`, as is a `method` that is not one
+of HTTP's. An error `code` may be an upstream's own: the first 100 met keep their names, later
+ones are `other`. Routes are the application's, keys are configured, statuses three digits.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from aiohttp import hdrs
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from .access import RequestRecord
+from .catalog import ModelCatalog
 from .guard import Expiry, Outcome
+from .settings import RoutingSettings
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 GAP_BUCKETS = (0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2, 5, 15, 60)
+# The label value a client's (or an upstream's) value out of bounds is counted under.
+OTHER = "other"
+# The model label of a chat request with no model recorded.
+NO_MODEL = "unknown"
+# aiohttp's C parser takes only llhttp's methods, its pure-Python one any token (AIOHTTP_NO_EXTENSIONS).
+METHODS = frozenset(hdrs.METH_ALL)
+# Sluice's own codes are some 50; an upstream's error body may name any (failures.py passes it on).
+MAX_ERROR_CODES = 100
+
+Labels = tuple[str, ...]
 
 
 class Metrics:
-    """The gateway's metrics, registered in a registry of its own (no global state)."""
+    """The gateway's metrics, registered in a registry of its own (no global state).
 
-    def __init__(self, multiprocess_dir: str | None = None) -> None:
+    `models` (the catalog) and `routing` (its fallbacks) tell the names a `model` label may have:
+    `Metrics()` alone counts every model as `other`.
+    """
+
+    def __init__(
+        self,
+        multiprocess_dir: str | None = None,
+        models: ModelCatalog | None = None,
+        routing: RoutingSettings | None = None,
+    ) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         self._multiprocess_dir = multiprocess_dir
         r = self.registry
@@ -101,7 +131,18 @@ class Metrics:
             # (mark_process_dead); a worker killed with a breaker open would else show it open for good.
             multiprocess_mode="livemax",
         )
-        self._children: dict[tuple[int, tuple[str, ...]], Any] = {}
+        self._children: dict[tuple[int, Labels], Any] = {}
+        self._models = models
+        fallbacks = () if routing is None else (*routing.fallbacks.items(), *routing.context_window_fallbacks.items())
+        self._fallback_models = frozenset(name for model, then in fallbacks for name in (model, *then))
+        self._error_codes: set[str] = set()
+        # The metrics with a label a client (or an upstream) chooses: each one's labels, bounded.
+        # Applied where a child is made, so a request whose labels were met before pays nothing.
+        self._bounds: dict[int, Callable[[Labels], Labels]] = {
+            id(self.requests): _bound_method,
+            id(self.tokens): self._bound_model,
+            id(self.upstream_errors): self._bound_code,
+        }
         # Routes and outcomes are few: one entry per pair met.
         self._endings: dict[tuple[str, int], _Ending] = {}
         # Each route's gap histogram and its bounds, found once: a stream's tally starts from them.
@@ -112,8 +153,42 @@ class Metrics:
         key = (id(metric), labels)  # the metrics live as long as this object: ids stay unique
         found = self._children.get(key)
         if found is None:
-            found = self._children[key] = metric.labels(*labels)
+            found = self._new_child(metric, key, labels)
         return found
+
+    def _new_child(self, metric: MetricWrapperBase, key: tuple[int, Labels], labels: Labels) -> Any:
+        """The child for labels met for the first time, or the one their bounded labels count in.
+
+        Labels out of bounds are not remembered as they came: the cache holds only labels /metrics
+        shows, and a name that becomes known (discovered) gets its own series from then on.
+        """
+        bound = self._bounds.get(key[0])
+        if bound is not None:
+            bounded = bound(labels)
+            if bounded != labels:
+                return self.child(metric, *bounded)
+        found = self._children[key] = metric.labels(*labels)
+        return found
+
+    def _bound_model(self, labels: Labels) -> Labels:
+        """`sluice_tokens`' (model, kind): a model the gateway does not know by name is `other`."""
+        model = labels[0]
+        if model in (OTHER, NO_MODEL) or model in self._fallback_models:
+            return labels
+        if self._models is not None and self._models.knows(model):
+            return labels
+        return (OTHER, *labels[1:])
+
+    def _bound_code(self, labels: Labels) -> Labels:
+        """`sluice_upstream_errors`' (status, code): codes past the first MAX_ERROR_CODES are `other`."""
+        codes = self._error_codes
+        code = labels[1]
+        if code in codes or code == OTHER:
+            return labels
+        if len(codes) < MAX_ERROR_CODES:
+            codes.add(code)
+            return labels
+        return (labels[0], OTHER)
 
     def gaps(self, route: str) -> GapTally:
         """A new stream's tally of the gaps between its chunks, for `sluice_chunk_gap_seconds`."""
@@ -139,7 +214,7 @@ class Metrics:
         if ttft_ms is not None:
             observe(ending.ttft, ttft_ms / 1000)
         observe(ending.upstream_duration, duration)
-        model = record.model or "unknown"
+        model = record.model or NO_MODEL
         usage = record.usage
         if usage is not None:
             prompt = usage.get("prompt_tokens")
@@ -180,6 +255,12 @@ class Metrics:
             MultiProcessCollector(registry, path=self._multiprocess_dir)  # type: ignore[no-untyped-call]
             return registry
         return self.registry
+
+
+def _bound_method(labels: Labels) -> Labels:
+    """`sluice_requests`' (route, method, status): a method that is not one of HTTP's is `other`."""
+    route, method, status = labels
+    return labels if method in METHODS else (route, OTHER, status)
 
 
 class _Ending(NamedTuple):

@@ -5482,6 +5482,53 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "made-up model names are series of their own",
+        "server/metrics.py",
+        "            id(self.tokens): self._bound_model,\n",
+        "",
+        (
+            "tests/test_metric_labels.py::test_made_up_model_names_are_counted_as_other_and_a_configured_one_by_its_name",
+            "tests/test_metric_labels.py::test_made_up_model_names_leave_no_child_remembered",
+        ),
+    ),
+    Break(
+        "a configured model is counted as other",
+        "server/metrics.py",
+        "        if self._models is not None and self._models.knows(model):\n",
+        "        if False:\n",
+        (
+            "tests/test_metric_labels.py::test_made_up_model_names_are_counted_as_other_and_a_configured_one_by_its_name",
+        ),
+    ),
+    Break(
+        "methods that are not HTTP's are series of their own",
+        "server/metrics.py",
+        "            id(self.requests): _bound_method,\n",
+        "",
+        ("tests/test_metric_labels.py::test_methods_that_are_not_http_ones_are_counted_as_other",),
+    ),
+    Break(
+        "a made-up model's labels are remembered as they came",
+        "server/metrics.py",
+        "                return self.child(metric, *bounded)\n",
+        "                return self._children.setdefault(key, self.child(metric, *bounded))\n",
+        (
+            "tests/test_metric_labels.py::test_made_up_model_names_leave_no_child_remembered",
+            "tests/test_metric_labels.py::test_a_model_discovered_later_gets_its_own_label_from_then_on",
+        ),
+    ),
+    Break(
+        "upstream error codes are series without a bound",
+        "server/metrics.py",
+        "            id(self.upstream_errors): self._bound_code,\n",
+        "",
+        ("tests/test_metric_labels.py::test_an_upstreams_error_codes_past_the_bound_are_counted_as_other",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
