@@ -47,6 +47,7 @@ the group's directory.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import fcntl
@@ -91,6 +92,7 @@ GIVE_UP_AFTER = 5
 # Seconds between a worker's checks that its parent lives, where the kernel cannot tell it (not Linux).
 PARENT_POLL_SECONDS = 1.0
 _PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_PF_EXITING = 0x4  # <linux/sched.h>: the task is on its way out (in do_exit)
 # In an operator's metrics directory: locked by the parent of the group that uses it.
 METRICS_LOCK = "sluice.lock"
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -459,11 +461,12 @@ def claim_metrics_dir(path: str) -> int:
 class Membership:
     """A worker's tie to its parent: it drains when the parent dies, and the last one out cleans up.
 
-    On Linux the kernel sends the worker SIGTERM when its parent dies (PR_SET_PDEATHSIG); elsewhere
-    a thread checks the parent every `PARENT_POLL_SECONDS` and sends it. Either way the worker then
-    drains as on any SIGTERM (a second one, during a drain the parent started, hurries it). Each
-    worker holds the group's lock shared; leaving with the parent gone, it tries to take it
-    exclusively, and the one that can is the last one out: it removes the group's directory.
+    On Linux the kernel signals the worker when its parent dies (PR_SET_PDEATHSIG, `_parent_dying`),
+    which sends itself SIGTERM; elsewhere a thread checks the parent every `PARENT_POLL_SECONDS` and
+    sends it. Either way the worker then drains as on any SIGTERM (a second one, during a drain the
+    parent started, hurries it). Each worker holds the group's lock shared; leaving with the parent
+    gone, it tries to take it exclusively, and the one that can is the last one out: it removes the
+    group's directory.
     """
 
     group: Group
@@ -471,6 +474,7 @@ class Membership:
     # The multi-process metrics directory, once the settings say which (see `leave`).
     metrics_dir: str | None = None
     _lock: int | None = None
+    _told: bool = False  # the parent's death reached `_parent_dying`
 
     def join(self) -> bool:
         """Hold the group's lock and watch the parent; False when the parent is gone already."""
@@ -479,7 +483,7 @@ class Membership:
         with contextlib.suppress(FileNotFoundError):  # the last one out removed it: the parent is gone
             self._lock = os.open(self.group.members, os.O_RDONLY | os.O_CLOEXEC)
             fcntl.flock(self._lock, fcntl.LOCK_SH)
-        if not _die_with_parent():
+        if not _die_with_parent(self._parent_dying):
             thread = threading.Thread(
                 target=watch_parent, args=(self.supervisor_pid, PARENT_POLL_SECONDS, _terminate_self), daemon=True
             )
@@ -488,8 +492,32 @@ class Membership:
         return self.supervisor_alive()
 
     def supervisor_alive(self) -> bool:
-        """Whether the parent that started this worker still runs (an orphan is adopted by another)."""
-        return os.getppid() == self.supervisor_pid
+        """Whether the parent that started this worker still runs (an orphan is adopted by another).
+
+        A parent being killed stays the worker's parent until its last thread is out: the kernel
+        hands its children to another of its threads (its log writer, server/logs.py) first, and
+        signals the death then. Its first thread, the one that started the worker, going says it goes.
+        """
+        if os.getppid() != self.supervisor_pid:
+            return False
+        exiting = _exiting(self.supervisor_pid)
+        return not exiting and os.getppid() == self.supervisor_pid  # gone since: /proc had no record
+
+    def _parent_dying(self, signum: int, frame: FrameType | None) -> None:
+        # The kernel sends this as each of the parent's threads that has the worker as child goes:
+        # once for it to count. As SIGTERM itself, the next would hurry the drain, or kill the worker
+        # before it leaves once it stopped serving (SIGTERM is back to its default then).
+        if self._told or self.supervisor_alive():
+            return  # told already, or not the kernel: the parent runs
+        self._told = True
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            _stop_as_on_sigterm()  # starting: `_stop_starting`
+        else:
+            # From the loop, not from in here: uvloop takes a signal raised while it runs the
+            # process's signal handlers twice, and a second SIGTERM hurries the drain.
+            loop.call_soon_threadsafe(_stop_as_on_sigterm)
 
     def listening(self) -> None:
         """Once the sockets listen, every handler in place: tell the parent, and take a SIGHUP held since start-up.
@@ -539,16 +567,37 @@ def watch_parent(supervisor_pid: int, interval: float, on_gone: Callable[[], Non
     on_gone()
 
 
-def _die_with_parent() -> bool:
-    """Ask the kernel for SIGTERM when the parent dies; False where it cannot (not Linux)."""
+def _die_with_parent(on_death: Callable[[int, FrameType | None], None]) -> bool:
+    """Have the kernel call `on_death` when the parent dies; False where it cannot (not Linux).
+
+    A signal of its own, not SIGUSR1/2, which bench/instructions_serve.py takes for the profiler.
+    """
     if not sys.platform.startswith("linux"):
         return False
+    signal.signal(signal.SIGRTMIN, on_death)
     libc = ctypes.CDLL(None, use_errno=True)
-    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0)
+    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGRTMIN), 0, 0, 0) == 0)
+
+
+def _exiting(pid: int) -> bool:
+    """Whether process `pid`'s first thread is exiting or gone (Linux's /proc); False where it cannot tell."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rpartition(b")")[2].split()  # after the name, which may hold anything
+    except OSError:
+        return False
+    return fields[0] in (b"Z", b"X") or int(fields[6]) & _PF_EXITING != 0
 
 
 def _terminate_self() -> None:
     os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _stop_as_on_sigterm() -> None:
+    # Start-up's stop or the drain; once the worker stopped serving (SIGTERM's default is back, it
+    # would kill the worker before it leaves the group), it is on its way out already.
+    if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN):
+        _terminate_self()
 
 
 def _stop_starting(signum: int, frame: FrameType | None) -> None:

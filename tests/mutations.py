@@ -3398,7 +3398,7 @@ BREAKS += [
     Break(
         "workers not told of their supervisor's death",
         WORKERS_PY,
-        "    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0) == 0)\n",
+        "    return bool(libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGRTMIN), 0, 0, 0) == 0)\n",
         "    return True\n",
         (
             f"{WORKER_TESTS}::test_workers_whose_supervisor_is_killed_drain_exit_and_the_last_removes_the_group_directory",
@@ -5525,6 +5525,34 @@ BREAKS += [
         "            id(self.upstream_errors): self._bound_code,\n",
         "",
         ("tests/test_metric_labels.py::test_an_upstreams_error_codes_past_the_bound_are_counted_as_other",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a supervisor dying with a thread left counts as alive",
+        "server/workers.py",
+        "exiting = _exiting(self.supervisor_pid)",
+        "exiting = False",
+        (
+            "tests/test_workers.py::test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves_as_if_it_were_gone",
+            "tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",
+        ),
+    ),
+    Break(
+        "each death signal of the supervisor counts",
+        "server/workers.py",
+        "if self._told or self.supervisor_alive():",
+        "if self.supervisor_alive():",
+        ("tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",),
+    ),
+    Break(
+        "the supervisor's death stops the worker from inside the signal handler",
+        "server/workers.py",
+        "loop.call_soon_threadsafe(_stop_as_on_sigterm)",
+        "_stop_as_on_sigterm()",
+        ("tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",),
     ),
 ]
 

@@ -3,6 +3,7 @@ replacements on the group's settings, a dead worker's metrics, and workers outli
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -342,6 +343,70 @@ async def test_workers_whose_supervisor_is_killed_take_their_gauges_out_of_a_met
         assert metric_value(Metrics(str(metrics_dir)).exposition().decode(), BREAKER_STATE, upstream="default") == 0
     finally:
         running.stop()
+
+
+def half_dead_parent(group: Group, port: int, go: Path, **environ: str) -> ManagedProcess:
+    """A worker of `group` on `port` whose parent, once `go` is opened, is a supervisor killed halfway."""
+    os.mkfifo(go)
+    argv = [sys.executable, "-m", "tests.support.half_dead_parent", str(group.path), str(port), str(go)]
+    return ManagedProcess(argv, clean_env(environ)).start()
+
+
+def test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves_as_if_it_were_gone(
+    tmp_path: Path,
+) -> None:
+    # A killed supervisor stays the workers' parent until its last thread is out, and the kernel
+    # signals its death before that: the worker must not take it for alive then (getppid alone does).
+    group = Group.create(TEST_CONFIG)
+    go = tmp_path / "go"
+    parent = half_dead_parent(group, free_port(), go)
+    try:
+        worker = parent.wait_for_event("sluice_listening")["pid"]
+        go.write_bytes(b"")  # the parent's first thread exits now
+        gone = parent.wait_for_event("supervisor_gone", QUICK_EXIT_SECONDS)
+        assert gone["pid"] == worker
+        assert gone["group_removed"] == str(group.path)
+        assert not group.path.exists()
+        assert parent.events("drain_finished")
+    finally:
+        parent.stop()
+        shutil.rmtree(group.path, ignore_errors=True)
+
+
+async def test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end(
+    simulator: Simulator, tmp_path: Path
+) -> None:
+    # The kernel tells a worker once per thread of the dying supervisor it passes through: the
+    # second telling, were it a second SIGTERM, would hurry the drain and end the stream at once.
+    group = Group.create(TEST_CONFIG)
+    port = free_port()
+    parent = half_dead_parent(
+        group,
+        port,
+        tmp_path / "go",
+        AI_INTEGRATIONS_OPENAI_API_KEY="sk-x",
+        AI_INTEGRATIONS_OPENAI_BASE_URL=simulator.base_url,
+        SLUICE_SERVER_DRAIN_TIMEOUT=str(EXIT_SECONDS),
+    )
+    try:
+        parent.wait_for_event("sluice_listening")
+        async with aiohttp.ClientSession() as session:
+            message = {"message": "long\n#sim tokens=20 gap_ms=50"}
+            async with session.post(f"http://127.0.0.1:{port}/chat/stream", json=message) as response:
+                assert response.status == 200
+                await response.content.readuntil(b"event: token")
+                await asyncio.to_thread((tmp_path / "go").write_bytes, b"")  # told once: its first thread exits
+                parent.wait_for_event("drain_started", QUICK_EXIT_SECONDS)
+                parent.signal(signal.SIGKILL)  # told again: its last thread exits
+                parent.wait(QUICK_EXIT_SECONDS)
+                rest = (await asyncio.wait_for(response.read(), EXIT_SECONDS)).decode()
+        assert "event: done" in rest
+        assert "server_shutting_down" not in rest
+        parent.wait_for_event("supervisor_gone", QUICK_EXIT_SECONDS)
+        assert not parent.events("drain_hurried")
+    finally:
+        parent.stop()
+        shutil.rmtree(group.path, ignore_errors=True)
 
 
 def dead_pid() -> int:
