@@ -951,17 +951,16 @@ BREAKS += [
     Break(
         "memory breakers admit while one is open",
         "server/upstreams/breaker.py",
-        "            and memory.peek(upstream).open_until == 0.0\n"
-        "            and memory.peek(_pair(upstream, model)).open_until == 0.0\n",
-        "",
+        "            records.get(upstream, CLOSED_RECORD).open_until == 0.0\n"
+        '            and records.get(f"{upstream}{_PAIR_SEPARATOR}{model}", CLOSED_RECORD).open_until == 0.0\n',
+        "            True\n",
         ("tests/test_routing_units.py::test_every_breaker_open_is_503_with_retry_after_and_no_attempt",),
     ),
     Break(
         "memory breakers skip a success while none is open",
         "server/upstreams/breaker.py",
-        "        return memory is not None and _settled(memory.peek(upstream))"
-        " and _settled(memory.peek(_pair(upstream, model)))\n",
-        "        return memory is not None\n",
+        "        return _settled(records.get(upstream, CLOSED_RECORD)) and _settled(pair)\n",
+        "        return True\n",
         ("tests/test_routing_units.py::test_an_answered_attempt_resets_the_failures_counted_on_its_upstream_and_pair",),
     ),
     Break(

@@ -53,7 +53,7 @@ def open_record(request: web.Request) -> tuple[float, RequestRecord]:
     # Only a worker of several listens on a Unix socket: a single process skips asking the socket.
     forwarded = app.get(WORKER_PROXY) is not None and _forwarded(request)
     record.via_worker = forwarded
-    record.client = client_of(request, forwarded)
+    record.client = client_of(request, forwarded, app)
     request[RECORD] = record
     return started, record
 
@@ -132,12 +132,15 @@ def _forwarded(request: web.Request) -> bool:
     return sock is not None and sock.family == socket.AF_UNIX
 
 
-def client_of(request: web.Request, forwarded: bool) -> str | None:
-    """The client's address, as the access log names it (`forwarded`: another worker sent the request)."""
+def client_of(request: web.Request, forwarded: bool, app: web.Application) -> str | None:
+    """The client's address, as the access log names it (`forwarded`: another worker sent the request).
+
+    `app` is the request's, read once by the caller (a property of a property, per read).
+    """
     if forwarded:
         # Only the other workers can reach the Unix socket; they pass on the client they saw.
         return request.headers.get(FORWARDED_FOR)
-    trusted = request.app[SETTINGS].server.trusted_proxies
+    trusted = app[SETTINGS].server.trusted_proxies
     # Without trusted proxies nobody's X-Forwarded-For is believed: no header lookup.
     return client_address(request.remote, _forwarded_for(request) if trusted else None, trusted)
 

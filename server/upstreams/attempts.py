@@ -45,7 +45,7 @@ from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_can
 from .breaker import Breakers, BreakerState
 from .client import UpstreamClient
 from .hedging import Only, hedged
-from .pool import Pool
+from .pool import SERVING_CACHE_SIZE, Pool
 from .stream import UpstreamStream
 
 log = structlog.get_logger("sluice.routing")
@@ -90,15 +90,17 @@ class Upstream:
         self._metrics = metrics
         self._sleep = sleep
         self._rng = rng or random.Random()
+        # Whether a model's upstreams can continue a cut stream, by model: asked once per stream.
+        self._continues: dict[str, bool] = {}
 
-    async def open_stream(
+    def open_stream(
         self,
         body: dict[str, Any],
         request_id: str,
         record: RequestRecord | None = None,
         on_accepted: Callable[[], None] | None = None,
         allows: Allows | None = None,
-    ) -> UpstreamStream:
+    ) -> Awaitable[UpstreamStream]:
         """A stream whose first token has arrived, from the first candidate that produced one.
 
         `on_accepted` is called each time an upstream answers 200, before its first token;
@@ -111,7 +113,19 @@ class Upstream:
 
         after = self._routing.hedge_after_seconds
         if after <= 0:
-            return await self._route(body, record, send, allows)
+            # Without hedging the routing's own coroutine is the stream's: no layer of this one.
+            return self._route(body, record, send, allows)
+        return self._open_hedged(body, record, send, allows, after)
+
+    async def _open_hedged(
+        self,
+        body: dict[str, Any],
+        record: RequestRecord | None,
+        send: Send[UpstreamStream],
+        allows: Allows | None,
+        after: float,
+    ) -> UpstreamStream:
+        """`open_stream` with a hedge: a second route starts when the first has no token after `after` s."""
         hedge = _Hedge()
 
         def route(only: Only | None, busy: set[tuple[str, str]]) -> Awaitable[UpstreamStream]:
@@ -148,7 +162,14 @@ class Upstream:
 
     def continues(self, model: str) -> bool:
         """True when an upstream serving `model` can continue a cut stream (assistant prefill)."""
-        return any(client.entry.continuation != "none" for client in self.pool.serving(model))
+        found = self._continues.get(model)
+        if found is None:
+            if len(self._continues) >= SERVING_CACHE_SIZE:
+                self._continues.clear()  # models named freely (`models = ["*"]`): stay bounded, as Pool does
+            found = self._continues[model] = any(
+                client.entry.continuation != "none" for client in self.pool.serving(model)
+            )
+        return found
 
     async def open_continuation(
         self,
@@ -182,7 +203,8 @@ class Upstream:
     ) -> T:
         requested = str(body.get("model", ""))
         chain = _chain(requested, self._routing.fallbacks, allows)
-        budget = RetryBudget(self._routing.retry_budget_seconds, self._rng)
+        # The request's retry budget, made by the first backoff (_back_off): most requests have none.
+        budget: list[RetryBudget] = []
         last_error: UpstreamError | None = None
         index = 0
         try:
@@ -215,7 +237,7 @@ class Upstream:
         self,
         model: str,
         body: dict[str, Any],
-        budget: RetryBudget,
+        budget: list[RetryBudget],
         record: RequestRecord | None,
         send: Send[T],
         only: Only | None = None,
@@ -320,8 +342,14 @@ class Upstream:
         finally:
             errors.clear()  # the raised error's traceback holds this frame: see _route
 
-    async def _back_off(self, error: UpstreamError, retry: int, budget: RetryBudget) -> bool:
-        """Wait before retry number `retry` after `error`; False when the budget cannot cover it."""
+    async def _back_off(self, error: UpstreamError, retry: int, budgets: list[RetryBudget]) -> bool:
+        """Wait before retry number `retry` after `error`; False when the budget cannot cover it.
+
+        `budgets` holds the request's budget once one was made (here, at its first backoff).
+        """
+        if not budgets:
+            budgets.append(RetryBudget(self._routing.retry_budget_seconds, self._rng))
+        budget = budgets[0]
         delay = budget.delay_for(error, retry)
         if delay is None:
             return False
@@ -365,6 +393,8 @@ def _chain(model: str, table: dict[str, tuple[str, ...]], allows: Allows | None)
     `model` itself is not checked: the request's own model was checked at the edge (a 404 there).
     """
     chain = [model]
+    if not table:
+        return chain  # no fallbacks configured: the common case, nothing to look up
     for other in table.get(model, table.get("*", ())):
         if other not in chain and (allows is None or allows(other)):
             chain.append(other)

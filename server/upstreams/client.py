@@ -8,7 +8,7 @@ Requests go out on Sluice's own HTTP/1.1 connections (connections.py, http1.py),
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -169,12 +169,13 @@ class UpstreamClient:
     def _done(self) -> None:
         self.in_flight -= 1
 
-    async def _send(
+    def _send(
         self, body: dict[str, Any], request_id: str, *, accept: bytes, record: RequestRecord | None
-    ) -> UpstreamResponse:
-        """POST the chat request; return the response once it answered 200, else raise UpstreamError.
+    ) -> Awaitable[UpstreamResponse]:
+        """POST the chat request; the response once it answered 200, else UpstreamError raised.
 
         A portable upstream's body goes without Sluice's own fields (see portable.py); any other's as it is.
+        Not a coroutine of its own: the caller awaits `_exchange`'s directly.
         """
         payload = orjson.dumps(portable(body) if self._portable else body)
         rid = request_id.encode("latin-1")
@@ -193,25 +194,11 @@ class UpstreamClient:
                 payload,
             )
         )
-        try:
-            response = await self._exchange(request, record)
-        except ConnectionBroken as exc:
-            if not exc.before_response:
-                # Cut inside its head: it answered, so the request was taken (and may be paid for).
-                log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
-                raise malformed_reply("The upstream's response was cut short in its head.") from exc
-            log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
-            raise connect_failure() from exc
-        except MalformedResponse as exc:
-            # Not HTTP/1.1 this client can read (a folded header, bare LF line ends, two lengths):
-            # the upstream did answer, and would answer the same again.
-            log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
-            raise malformed_reply("The upstream's response is not valid HTTP/1.1.") from exc
-        if response.status != 200:
-            raise await self._status_error(response)
-        return response
+        return self._exchange(request, record, chat=True)
 
-    async def _exchange(self, request: bytes, record: RequestRecord | None = None) -> UpstreamResponse:
+    async def _exchange(
+        self, request: bytes, record: RequestRecord | None = None, *, chat: bool = False
+    ) -> UpstreamResponse:
         """Send `request` and return once its head arrived; a reused connection that fails first is retried.
 
         Keep-alive's standard race: the upstream may close an idle connection just as a request is
@@ -221,36 +208,62 @@ class UpstreamClient:
         line's `resent`), so a POST processed twice can be traced. It is not one of the routing's
         `attempts`: no breaker judges it, no retry budget pays for it.
         Raises UpstreamError for a connection that cannot be opened, ConnectionBroken or
-        MalformedResponse for one that fails or answers badly.
+        MalformedResponse for one that fails or answers badly; with `chat` (a chat request, see
+        `_send`: one coroutine for both) those two are mapped to UpstreamError too, and so is a
+        status other than 200.
         """
         origin = self._origin
         fresh = False
-        while True:
-            try:
-                connection = await origin.acquire(fresh=fresh)
-            except TimeoutError as exc:
-                log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
-                raise timeout_failure() from exc
-            except OSError as exc:
-                log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
-                raise connect_failure() from exc
-            try:
-                head = await connection.send(request)
-            except ConnectionBroken as exc:
-                origin.release(connection)
-                if exc.before_response and connection.reused and not fresh:
-                    fresh = True
-                    method = request[: request.find(b" ")].decode("latin-1")
-                    log.info("upstream_request_resent", upstream=self.name, method=method, **self._fields(exc))
-                    if record is not None:
-                        record.extra["resent"] = record.extra.get("resent", 0) + 1
-                    continue
+        try:
+            while True:
+                # An idle connection without awaiting: `acquire`'s coroutine only when there is none.
+                connection = None if fresh else origin.take_idle()
+                try:
+                    if connection is None:
+                        connection = await origin.acquire(fresh=fresh)
+                except TimeoutError as exc:
+                    log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
+                    raise timeout_failure() from exc
+                except OSError as exc:
+                    log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
+                    raise connect_failure() from exc
+                try:
+                    head = await connection.send(request)
+                except ConnectionBroken as exc:
+                    origin.release(connection)
+                    if exc.before_response and connection.reused and not fresh:
+                        fresh = True
+                        method = request[: request.find(b" ")].decode("latin-1")
+                        log.info("upstream_request_resent", upstream=self.name, method=method, **self._fields(exc))
+                        if record is not None:
+                            record.extra["resent"] = record.extra.get("resent", 0) + 1
+                        continue
+                    raise
+                except BaseException:
+                    connection.close()
+                    origin.release(connection)
+                    raise
+                response = UpstreamResponse(head, connection, origin)
+                break
+        except ConnectionBroken as exc:
+            if not chat:
                 raise
-            except BaseException:
-                connection.close()
-                origin.release(connection)
+            if not exc.before_response:
+                # Cut inside its head: it answered, so the request was taken (and may be paid for).
+                log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
+                raise malformed_reply("The upstream's response was cut short in its head.") from exc
+            log.warning("upstream_connect_failed", upstream=self.name, **self._fields(exc))
+            raise connect_failure() from exc
+        except MalformedResponse as exc:
+            if not chat:
                 raise
-            return UpstreamResponse(head, connection, origin)
+            # Not HTTP/1.1 this client can read (a folded header, bare LF line ends, two lengths):
+            # the upstream did answer, and would answer the same again.
+            log.warning("upstream_reply_malformed", upstream=self.name, error=type(exc).__name__)
+            raise malformed_reply("The upstream's response is not valid HTTP/1.1.") from exc
+        if chat and response.status != 200:
+            raise await self._status_error(response)
+        return response
 
     def _fields(self, exc: BaseException) -> dict[str, object]:
         fields = connection_error_fields(exc)
