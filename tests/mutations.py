@@ -4566,16 +4566,6 @@ BREAKS += [
         ),
     ),
     Break(
-        "a reset while the drain ends a reader is logged as a failure",
-        "server/streams/reader.py",
-        "    except (ConnectionResetError, aiohttp.ClientConnectionResetError):",
-        "    except BrokenPipeError:",
-        (
-            f"{DRAIN_READERS}::"
-            "test_a_reader_the_drain_ended_whose_client_leaves_in_that_turn_logs_no_error_and_ends_once",
-        ),
-    ),
-    Break(
         "a reader that ended stays counted",
         "server/lifecycle.py",
         "            self._readers.discard(reader)",
