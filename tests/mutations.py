@@ -5141,6 +5141,7 @@ BREAKS += [
         "setsigmask=(signal.SIGHUP,), setpgroup=0)",
         "setsigmask=(signal.SIGHUP,))",
         (
+            "tests/test_workers_group_signal.py::test_each_worker_leads_a_process_group_of_its_own",
             "tests/test_workers_group_signal.py::"
             "test_a_stop_signal_to_the_supervisors_group_drains_live_streams_instead_of_ending_them",
         ),

@@ -226,11 +226,18 @@ def read_all(fd: int, count: int) -> bytes:
     return data
 
 
-# A process that queues lines into a full pipe, says so on stderr, and returns from its main.
+# A process that queues lines into a full pipe, says so on stderr, and returns from its main; at
+# exit it says when it starts waiting for the queued lines, so the test reads only from then on: a
+# reader from the start could take them all before the exit, and the test would pass without a wait.
 QUEUE_THEN_EXIT = """
 import sys
-from server.logs import configure_logging
+from server.logs import LossyStream, configure_logging
 import structlog
+wait_written = LossyStream.wait_written
+def announced(self, timeout):
+    print("waiting", file=sys.stderr, flush=True)
+    return wait_written(self, timeout)
+LossyStream.wait_written = announced
 configure_logging("json", "info")
 log = structlog.get_logger("test")
 for index in range(300):
@@ -248,6 +255,7 @@ def test_at_exit_the_lines_still_queued_reach_a_reader_that_reads() -> None:
     try:
         assert child.stderr is not None
         assert child.stderr.readline() == b"queued\n"  # its main is done: it exits next
+        assert child.stderr.readline() == b"waiting\n"  # at exit, for the lines the full pipe holds back
         output = read_all(read_end, 300)
         assert child.wait(EXIT_BOUND) == 0
     finally:

@@ -32,10 +32,8 @@ TOKENS_AFTER = 5  # tokens the stream still gets once the signal landed: it drai
 BOUND_SECONDS = 10.0
 
 
-async def test_a_stop_signal_to_the_supervisors_group_drains_live_streams_instead_of_ending_them(
-    simulator: Simulator,
-) -> None:
-    port = free_port()
+def start_supervisor(simulator: Simulator, port: int) -> ManagedProcess:
+    """`run.py --workers 2` in a session of its own, once both workers listen."""
     env = {
         **FAR,
         "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key-never-logged",
@@ -45,6 +43,33 @@ async def test_a_stop_signal_to_the_supervisors_group_drains_live_streams_instea
     process = ManagedProcess(argv, clean_env(env), new_session=True).start()
     try:
         process.wait_for_line(lambda _: len(process.events("sluice_listening")) >= 2)
+    except BaseException:
+        process.stop()
+        raise
+    return process
+
+
+def test_each_worker_leads_a_process_group_of_its_own(simulator: Simulator) -> None:
+    # Whether two copies of one signal reach a worker apart or merged depends on scheduling, so the
+    # test below can pass by luck in the shared group; this is the condition that makes it hold.
+    process = start_supervisor(simulator, free_port())
+    try:
+        assert process.process is not None
+        supervisor_group = os.getpgid(process.process.pid)
+        workers = [event["pid"] for event in process.events("sluice_listening")]
+        assert len(set(workers)) == 2
+        for pid in workers:
+            assert os.getpgid(pid) == pid != supervisor_group
+    finally:
+        process.stop()
+
+
+async def test_a_stop_signal_to_the_supervisors_group_drains_live_streams_instead_of_ending_them(
+    simulator: Simulator,
+) -> None:
+    port = free_port()
+    process = start_supervisor(simulator, port)
+    try:
         path, make_body = ROUTES["native"]
         body = make_body("x\n#sim tokens=100000 gap_ms=50")
         async with aiohttp.ClientSession() as http:
