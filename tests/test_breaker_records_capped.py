@@ -54,12 +54,22 @@ def breaker_key(link: RedisLink, name: str) -> str:
     return f"{link.prefix}:breaker:{name}"
 
 
+def breakers_on(link: RedisLink, clock: Clock, failures: int = 3, cooldown: float = 30.0) -> Breakers:
+    """An instance's breakers: this version's, sharing their records through `link`."""
+    return Breakers(RedisBreakerStore(link), failures=failures, cooldown=cooldown, clock=clock)
+
+
+async def breakers_on_an_old_hold(redis_server: RedisServer, link: RedisLink, name: str, clock: Clock) -> Breakers:
+    """`breakers_on(link, clock)`, once an older Sluice left `name` held open for an hour from `clock`'s now."""
+    await leave_old_record(redis_server.url, breaker_key(link, name), clock.now + HOUR)
+    return breakers_on(link, clock)
+
+
 async def test_a_breaker_an_older_sluice_held_open_for_an_hour_gives_its_trial_once_the_cap_passed(
     links: list[RedisLink], redis_server: RedisServer
 ) -> None:
     clock = Clock(1_000_000.0)
-    await leave_old_record(redis_server.url, breaker_key(links[0], "up-a"), clock.now + HOUR)
-    breakers = Breakers(RedisBreakerStore(links[0]), failures=3, cooldown=30.0, clock=clock)
+    breakers = await breakers_on_an_old_hold(redis_server, links[0], "up-a", clock)
     assert await breakers.acquire("up-a") is Admission.REFUSED
     clock.now += MAX_RETRY_AFTER_SECONDS
     assert await breakers.acquire("up-a") is Admission.TRIAL
@@ -70,10 +80,9 @@ async def test_the_cut_an_instance_reads_is_the_one_every_instance_reads(
 ) -> None:
     """Written back when first read: another instance, reading later, reopens it at the same moment."""
     first_clock = Clock(1_000_000.0)
-    await leave_old_record(redis_server.url, breaker_key(links[0], "up-b"), first_clock.now + HOUR)
-    first = Breakers(RedisBreakerStore(links[0]), failures=3, cooldown=30.0, clock=first_clock)
+    first = await breakers_on_an_old_hold(redis_server, links[0], "up-b", first_clock)
     assert await first.reopens_in("up-b") == MAX_RETRY_AFTER_SECONDS
-    second = Breakers(RedisBreakerStore(links[1]), failures=3, cooldown=30.0, clock=Clock(first_clock.now + 20))
+    second = breakers_on(links[1], Clock(first_clock.now + 20))
     assert await second.reopens_in("up-b") == MAX_RETRY_AFTER_SECONDS - 20
 
 
@@ -82,8 +91,7 @@ async def test_a_rate_limit_counted_on_an_old_hour_long_hold_holds_it_for_the_ca
 ) -> None:
     """An update (here a 429's hold, which keeps the later of two ends) starts from the cut record too."""
     clock = Clock(1_000_000.0)
-    await leave_old_record(redis_server.url, breaker_key(links[0], "up-c"), clock.now + HOUR)
-    breakers = Breakers(RedisBreakerStore(links[0]), failures=3, cooldown=30.0, clock=clock)
+    breakers = await breakers_on_an_old_hold(redis_server, links[0], "up-c", clock)
     await breakers.failed("up-c", retry_after=1.0, rate_limited=True)
     clock.now += MAX_RETRY_AFTER_SECONDS
     assert await breakers.acquire("up-c") is Admission.TRIAL
@@ -91,7 +99,7 @@ async def test_a_rate_limit_counted_on_an_old_hour_long_hold_holds_it_for_the_ca
 
 async def test_a_cooldown_longer_than_the_retry_after_cap_is_kept_whole(links: list[RedisLink]) -> None:
     clock = Clock(1_000_000.0)
-    first, second = (Breakers(RedisBreakerStore(link), failures=1, cooldown=120.0, clock=clock) for link in links)
+    first, second = (breakers_on(link, clock, failures=1, cooldown=120.0) for link in links)
     await first.failed("up-d")
     assert await second.reopens_in("up-d") == 120.0
 

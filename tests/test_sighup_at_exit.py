@@ -6,60 +6,22 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
+from tests.support.hold import hold_at_exit
 from tests.support.processes import start_gateway
-from tests.test_workers import EXIT_SECONDS, QUICK_EXIT_SECONDS, start_listening
-
-
-def exit_hook(tmp_path: Path, condition: str) -> tuple[dict[str, str], Path]:
-    """An environment in which a process meeting `condition` waits, as it exits, until the returned pipe closes."""
-    pipe = tmp_path / "at-exit"
-    os.mkfifo(pipe)
-    hook = tmp_path / "hook"
-    hook.mkdir()
-    (hook / "sitecustomize.py").write_text(
-        "import atexit, sys\n"
-        "def _hold():\n"
-        f"    with open({str(pipe)!r}, 'rb') as pipe:\n"
-        "        pipe.read()\n"
-        f"if {condition}:\n"
-        "    atexit.register(_hold)\n",
-        encoding="utf-8",
-    )
-    return {"PYTHONPATH": str(hook)}, pipe
-
-
-@contextmanager
-def held_at_exit(pipe: Path) -> Iterator[None]:
-    """Return once the process opened `pipe` (it is exiting: it logged all it will); let it go at the block's end."""
-    writer: list[int] = []
-    opened = threading.Thread(target=lambda: writer.append(os.open(pipe, os.O_WRONLY)), daemon=True)
-    opened.start()
-    opened.join(EXIT_SECONDS)
-    try:
-        assert writer, "the process did not reach its exit"
-        yield
-    finally:
-        if not writer:  # free the thread still waiting to open it
-            os.close(os.open(pipe, os.O_RDONLY | os.O_NONBLOCK))
-            opened.join(QUICK_EXIT_SECONDS)
-        for fd in writer:
-            os.close(fd)
+from tests.test_workers import EXIT_SECONDS, start_listening
 
 
 def test_a_worker_sent_sighup_as_it_exits_after_a_stop_exits_zero(tmp_path: Path) -> None:
-    environ, pipe = exit_hook(
+    hold = hold_at_exit(
         tmp_path, "'--worker-index' in sys.argv and sys.argv[sys.argv.index('--worker-index') + 1] == '0'"
     )
-    running = start_listening(["--config", "config/test.toml"], **environ)
+    running = start_listening(["--config", "config/test.toml"], **hold.environ)
     try:
         worker = running.pid(0)
         running.process.signal(signal.SIGTERM)
-        with held_at_exit(pipe):
+        with hold.held(EXIT_SECONDS):
             os.kill(worker, signal.SIGHUP)
         assert running.process.wait(EXIT_SECONDS) == 0
         running.process.stop()
@@ -69,9 +31,9 @@ def test_a_worker_sent_sighup_as_it_exits_after_a_stop_exits_zero(tmp_path: Path
 
 
 def test_a_single_process_sent_sighup_as_it_exits_after_a_stop_exits_zero(tmp_path: Path) -> None:
-    environ, pipe = exit_hook(tmp_path, "sys.argv[0].endswith('run.py')")
-    with start_gateway(env=environ) as gateway:
+    hold = hold_at_exit(tmp_path, "sys.argv[0].endswith('run.py')")
+    with start_gateway(env=hold.environ) as gateway:
         gateway.process.signal(signal.SIGTERM)
-        with held_at_exit(pipe):
+        with hold.held(EXIT_SECONDS):
             os.kill(gateway.process.pid, signal.SIGHUP)
         assert gateway.process.wait(EXIT_SECONDS) == 0

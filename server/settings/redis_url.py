@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from redis.asyncio.connection import URL_QUERY_ARGUMENT_PARSERS
 
+from .ports import check_port
+
 # Options a URL may give every connection: redis-py reads them from a URL and each of its
 # connection classes takes them (lib_name and lib_version too, deprecated: a warning per connection).
 _ANY_CONNECTION = frozenset({"db", "username", "password", "health_check_interval", "socket_read_size", "protocol"})
@@ -68,13 +70,7 @@ def check_redis_url(url: str) -> None:
     else:
         if not parsed.hostname:
             raise ValueError("expected redis://[user:password@]host[:port][/db]: the URL names no host")
-        try:
-            port = parsed.port
-        except ValueError:  # not a number, or past 65535
-            port = 0
-        # redis-py takes port 0 for 6379, silently.
-        if port is not None and not 1 <= port <= 65535:
-            raise ValueError("its port is not a number 1-65535")
+        check_port(parsed)  # redis-py takes port 0 for 6379, silently
         # And a path that is not a number for database 0.
         if not _DIGITS.fullmatch(unquote(parsed.path).strip("/")):
             raise ValueError("its path is not a database number (redis://host:6379/0)")

@@ -9,6 +9,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from yarl import URL
 
 from .base import Section
+from .ports import check_port
 
 # How an upstream is given its key: `Authorization: Bearer KEY` (OpenAI and most others), or
 # `api-key: KEY` (Azure OpenAI's classic deployments, which do not read a bearer key).
@@ -37,12 +38,7 @@ def _host_and_port(base_url: str) -> str:
         parts = urlsplit(base_url)
     except ValueError:  # an unclosed [IPv6 address
         raise ValueError("expected http(s)://host[:port]/path: its host is malformed") from None
-    try:
-        port = parts.port
-    except ValueError:  # not a number, or past 65535
-        port = 0
-    if port is not None and not 1 <= port <= 65535:
-        raise ValueError("its port is not a number 1-65535")
+    check_port(parts)
     try:
         host = URL(base_url).host
     except ValueError:
