@@ -5018,6 +5018,7 @@ BREAKS += [
         "layers = _writing_within_timeout(_telling_refusals(pool.connection_class))",
         "layers = _telling_refusals(pool.connection_class)",
         (
+            "tests/test_redis_cancellation.py::test_a_pooled_command_is_written_without_wait_for",
             "tests/test_redis_cancellation.py::test_a_command_cancelled_once_written_raises_cancelled_error_in_its_caller",
         ),
     ),

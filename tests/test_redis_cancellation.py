@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 from collections.abc import AsyncIterator, Iterator
+from typing import Any
 
 import pytest
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -70,6 +71,23 @@ async def test_a_command_cancelled_once_written_raises_cancelled_error_in_its_ca
         async with asyncio.timeout(SECONDS):
             await caller
     assert len(cancels) == 1
+
+
+async def test_a_pooled_command_is_written_without_wait_for(link: RedisLink, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches the same break on any Python: past 3.11, wait_for lets the cancellation through, and
+    the test above passes under redis-py's own write; the write must not go through wait_for at all."""
+    wait_for = asyncio.wait_for
+    awaited: list[str] = []
+
+    def recording(awaitable: Any, timeout: float | None) -> Any:
+        awaitable_code = getattr(awaitable, "cr_code", None)
+        awaited.append(awaitable_code.co_name if awaitable_code is not None else repr(awaitable))
+        return wait_for(awaitable, timeout)
+
+    monkeypatch.setattr(asyncio, "wait_for", recording)  # redis-py calls it as `asyncio.wait_for`
+    async with asyncio.timeout(SECONDS):
+        assert await link.client.set(link.prefix + ":test:written", b"1")
+    assert "_send_packed_command" not in awaited
 
 
 async def test_a_command_redis_does_not_read_times_out_writing_after_the_socket_timeout(
