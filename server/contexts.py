@@ -46,7 +46,7 @@ from .upstreams.attempts import Upstream
 from .upstreams.breaker import Breakers, BreakerState, MemoryBreakerStore
 from .upstreams.client import UpstreamClient, create_upstream_connections
 from .upstreams.pool import Pool
-from .upstreams.probe import probe_once
+from .upstreams.probe import Prober
 
 log = structlog.get_logger("sluice.app")
 # The drain's lines keep the logger they always had, so dashboards and greps still find them.
@@ -160,14 +160,13 @@ def open_store(app: web.Application, bounds: BrowserSettings) -> StreamStore:
 
 
 async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
-    """Probe upstreams whose breaker waits for a trial, every `upstream.probe_interval` seconds."""
-    interval = app[SETTINGS].upstream.probe_interval
-    upstream = app[UPSTREAM]
+    """Probe each upstream as its breaker half-opens, at most every `upstream.probe_interval` seconds."""
+    prober = Prober(app[UPSTREAM], app[SETTINGS].upstream.probe_interval)
 
     async def loop() -> None:
         while True:
-            await asyncio.sleep(interval)
-            await probe_once(upstream)
+            await asyncio.sleep(await prober.seconds_to_next())
+            await prober.probe_due()
 
     task = asyncio.create_task(loop())
     yield

@@ -2756,8 +2756,8 @@ BREAKS += [
     Break(
         "a probe's 429 counted against the upstream",
         "server/upstreams/probe.py",
-        "        if status == 429:\n",
-        "        if status == -1:\n",
+        "    if status == 429:\n",
+        "    if status == -1:\n",
         ("tests/test_routing_units.py::test_a_probe_answered_429_keeps_the_breaker_half_open_and_frees_its_trial",),
     ),
     Break(
@@ -5555,6 +5555,62 @@ BREAKS += [
         "loop.call_soon_threadsafe(_stop_as_on_sigterm)",
         "_stop_as_on_sigterm()",
         ("tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",),
+    ),
+]
+
+BREAKS += [
+    Break(
+        "the prober waits for its next tick past a cooldown's end",
+        "server/upstreams/probe.py",
+        "soonest = min(soonest, max(probed + self._interval, now + half_opens_in))",
+        "soonest = min(soonest, max(probed + self._interval, now + self._interval))",
+        (
+            "tests/test_routing_units.py::test_an_open_upstream_is_probed_the_moment_its_cooldown_ends_not_at_the_next_tick",
+        ),
+    ),
+    Break(
+        "the prober probes right after the start",
+        "server/upstreams/probe.py",
+        "self._probed = {client.name: started for client in upstream.pool.clients}",
+        "self._probed = {client.name: started - interval for client in upstream.pool.clients}",
+        ("tests/test_routing_units.py::test_no_probe_goes_out_within_an_interval_of_the_start",),
+    ),
+    Break(
+        "a look at a due upstream is not remembered",
+        "server/upstreams/probe.py",
+        "            self._probed[client.name] = now\n",
+        "            pass\n",
+        (
+            "tests/test_routing_units.py::test_a_trial_a_request_holds_puts_the_next_look_an_interval_away_not_in_a_loop",
+        ),
+    ),
+    Break(
+        "one upstream is probed again within the interval",
+        "server/upstreams/probe.py",
+        "            if now - self._probed[client.name] < self._interval:",
+        "            if False:",
+        ("tests/test_routing_units.py::test_one_upstream_is_not_probed_twice_within_the_interval",),
+    ),
+    Break(
+        "an upstream not yet half-open counts as probed",
+        "server/upstreams/probe.py",
+        "            if (await breakers.half_opens_in(client.name)) != 0.0:",
+        "            if False:",
+        ("tests/test_routing_units.py::test_a_look_before_the_cooldown_ended_does_not_put_the_probe_off",),
+    ),
+    Break(
+        "the probe loop never probes",
+        "server/contexts.py",
+        "            await prober.probe_due()\n",
+        "            pass\n",
+        ("tests/test_recovery_process.py::test_open_breakers_answer_503_at_once_and_readiness_recovers_by_probe",),
+    ),
+    Break(
+        "a closed breaker counts as about to half-open",
+        "server/upstreams/breaker.py",
+        "        return None if record.open_until == 0.0 else max(0.0, record.open_until - self._clock())",
+        "        return max(0.0, record.open_until - self._clock())",
+        ("tests/test_routing_units.py::test_with_every_breaker_closed_the_prober_looks_again_after_an_interval",),
     ),
 ]
 

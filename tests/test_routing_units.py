@@ -18,6 +18,7 @@ from server.upstreams.attempts import Upstream
 from server.upstreams.backoff import RetryBudget, jitter
 from server.upstreams.breaker import (
     TRIAL_LEASE_SECONDS,
+    Admission,
     BreakerRecord,
     Breakers,
     BreakerState,
@@ -27,6 +28,7 @@ from server.upstreams.breaker import (
 from server.upstreams.failures import connect_failure, retry_after_seconds, status_failure, timeout_failure
 from server.upstreams.hedging import hedged
 from server.upstreams.pool import Pool
+from server.upstreams.probe import Prober
 
 
 class Clock:
@@ -881,6 +883,94 @@ async def test_a_probe_answered_401_reopens_the_breaker() -> None:
     """Catches: `probe_once` taking a refused key for a live upstream (server/upstreams/probe.py)."""
     r = await probed_once(401)
     assert await r.breakers.state("a") is BreakerState.OPEN
+
+
+# --- when the background probe goes out ----------------------------------------------------------
+
+PROBE_INTERVAL = 5.0
+
+
+class Probed(FakeClient):
+    """An upstream still down: each probe answers 500 and is counted."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.probes = 0
+
+    async def probe(self) -> int | None:
+        self.probes += 1
+        return 500
+
+
+def probing(cooldown: float = 2) -> tuple[Upstream, Probed, Prober, Clock]:
+    """One upstream ("a") whose breaker opens at its first failure, and a prober made at the clock's now."""
+    clock = Clock()
+    client = Probed("a")
+    r = router([client], [], clock, breaker_failures=1, breaker_cooldown_seconds=cooldown)
+    return r, client, Prober(r, PROBE_INTERVAL, clock), clock
+
+
+async def test_with_every_breaker_closed_the_prober_looks_again_after_an_interval() -> None:
+    _, _, prober, clock = probing()
+    clock.now += 10  # long past the start's interval
+    assert await prober.seconds_to_next() == PROBE_INTERVAL
+
+
+async def test_an_open_upstream_is_probed_the_moment_its_cooldown_ends_not_at_the_next_tick() -> None:
+    """Probed on a tick alone, a down upstream stayed half-open (and /readyz ready) until the tick."""
+    r, client, prober, clock = probing(cooldown=2)
+    clock.now += 10
+    await r.breakers.failed("a")
+    assert await prober.seconds_to_next() == 2
+    clock.now += 2
+    await prober.probe_due()
+    assert client.probes == 1
+    assert await r.breakers.state("a") is BreakerState.OPEN
+
+
+async def test_one_upstream_is_not_probed_twice_within_the_interval() -> None:
+    r, client, prober, clock = probing(cooldown=2)
+    clock.now += 10
+    await r.breakers.failed("a")
+    clock.now += 2
+    await prober.probe_due()  # answered 500: open again for the 2 s cooldown
+    assert await prober.seconds_to_next() == PROBE_INTERVAL
+    clock.now += 2
+    await prober.probe_due()
+    assert client.probes == 1
+
+
+async def test_a_look_before_the_cooldown_ended_does_not_put_the_probe_off() -> None:
+    r, client, prober, clock = probing(cooldown=2)
+    clock.now += 10
+    await r.breakers.failed("a")
+    clock.now += 1  # woken early: still open
+    await prober.probe_due()
+    clock.now += 1
+    await prober.probe_due()
+    assert client.probes == 1
+
+
+async def test_no_probe_goes_out_within_an_interval_of_the_start() -> None:
+    r, client, prober, clock = probing(cooldown=2)
+    await r.breakers.failed("a")
+    clock.now += 2
+    assert await prober.seconds_to_next() == PROBE_INTERVAL - 2
+    await prober.probe_due()
+    assert client.probes == 0
+
+
+async def test_a_trial_a_request_holds_puts_the_next_look_an_interval_away_not_in_a_loop() -> None:
+    """The breaker is past its cooldown while the request's trial runs: a prober that saw it due every
+    time would wake at once, again and again."""
+    r, client, prober, clock = probing(cooldown=2)
+    clock.now += 10
+    await r.breakers.failed("a")
+    clock.now += 2
+    assert await r.breakers.acquire("a") is Admission.TRIAL
+    await prober.probe_due()
+    assert client.probes == 0
+    assert await prober.seconds_to_next() == PROBE_INTERVAL
 
 
 # --- what each attempt is noted as -------------------------------------------------------------

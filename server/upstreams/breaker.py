@@ -206,6 +206,11 @@ class Breakers:
         record = await self._read(name)
         return max(0.0, record.open_until - self._clock())
 
+    async def half_opens_in(self, name: str) -> float | None:
+        """Seconds until the breaker half-opens (0: it is half-open now, or its trial runs); None while closed."""
+        record = await self._read(name)
+        return None if record.open_until == 0.0 else max(0.0, record.open_until - self._clock())
+
     async def acquire(self, name: str) -> Admission:
         """May a request try `name` now? In half-open state only the first caller may: the trial."""
         admission, _ = await self.claim(name)
