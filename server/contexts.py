@@ -161,14 +161,7 @@ def open_store(app: web.Application, bounds: BrowserSettings) -> StreamStore:
 
 async def probe_ctx(app: web.Application) -> AsyncIterator[None]:
     """Probe each upstream as its breaker half-opens, at most every `upstream.probe_interval` seconds."""
-    prober = Prober(app[UPSTREAM], app[SETTINGS].upstream.probe_interval)
-
-    async def loop() -> None:
-        while True:
-            await asyncio.sleep(await prober.seconds_to_next())
-            await prober.probe_due()
-
-    task = asyncio.create_task(loop())
+    task = asyncio.create_task(Prober(app[UPSTREAM], app[SETTINGS].upstream.probe_interval).run())
     yield
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):

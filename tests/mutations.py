@@ -5600,10 +5600,17 @@ BREAKS += [
     ),
     Break(
         "the probe loop never probes",
-        "server/contexts.py",
-        "            await prober.probe_due()\n",
-        "            pass\n",
+        "server/upstreams/probe.py",
+        "                await self.probe_due()\n",
+        "                pass\n",
         ("tests/test_recovery_process.py::test_open_breakers_answer_503_at_once_and_readiness_recovers_by_probe",),
+    ),
+    Break(
+        "the probe loop dies of a probe that fails for a bug",
+        "server/upstreams/probe.py",
+        '                log.exception("upstream_probe_failed")\n',
+        "                raise\n",
+        ("tests/test_routing_units.py::test_the_probe_loop_outlives_a_probe_that_fails_for_a_bug",),
     ),
     Break(
         "a closed breaker counts as about to half-open",

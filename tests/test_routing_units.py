@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
 import pytest
 from pydantic import SecretStr
+from structlog.testing import capture_logs
 
 from server.access import RequestRecord
 from server.errors import UpstreamError
@@ -958,6 +961,43 @@ async def test_no_probe_goes_out_within_an_interval_of_the_start() -> None:
     assert await prober.seconds_to_next() == PROBE_INTERVAL - 2
     await prober.probe_due()
     assert client.probes == 0
+
+
+class WallClock(Clock):
+    """The real wall clock, for a prober that sleeps for real."""
+
+    def __call__(self) -> float:
+        return time.time()
+
+
+async def test_the_probe_loop_outlives_a_probe_that_fails_for_a_bug() -> None:
+    """A loop that died of it would leave the breaker open, and the process unready, for good."""
+    recovered = asyncio.Event()
+
+    class FailingOnce(FakeClient):
+        probes = 0
+
+        async def probe(self) -> int | None:
+            self.probes += 1
+            if self.probes == 1:
+                raise RuntimeError("a bug")
+            recovered.set()  # the breaker closes before the loop sleeps again: no await in between
+            return 200
+
+    clock = WallClock()
+    r = router([FailingOnce("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=0.01)
+    await r.breakers.failed("a")
+    with capture_logs() as logs:
+        task = asyncio.create_task(Prober(r, 0.05, clock).run())
+        try:
+            async with asyncio.timeout(10):  # far beyond two intervals
+                await recovered.wait()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    assert "upstream_probe_failed" in [entry["event"] for entry in logs]
+    assert await r.breakers.state("a") is BreakerState.CLOSED
 
 
 async def test_a_trial_a_request_holds_puts_the_next_look_an_interval_away_not_in_a_loop() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 
@@ -41,6 +42,21 @@ class Prober:
             if half_opens_in is not None:
                 soonest = min(soonest, max(probed + self._interval, now + half_opens_in))
         return max(0.0, soonest - now)
+
+    async def run(self) -> None:
+        """Probe as each probe falls due, until cancelled.
+
+        A failure that is no upstream's answer (a bug, a breaker store refusing a command) is logged
+        and looked at again an interval later: a loop that died of it would leave every breaker open,
+        and the process unready, for good.
+        """
+        while True:
+            try:
+                await asyncio.sleep(await self.seconds_to_next())
+                await self.probe_due()
+            except Exception:
+                log.exception("upstream_probe_failed")
+                await asyncio.sleep(self._interval)  # a retry pace, not a synchronisation
 
     async def probe_due(self) -> None:
         """Probe each half-open upstream not probed within `interval` seconds."""
