@@ -5547,14 +5547,20 @@ BREAKS += [
         "server/workers.py",
         "if self._told or self.supervisor_alive():",
         "if self.supervisor_alive():",
-        ("tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",),
+        (
+            "tests/test_workers.py::test_a_worker_loop_told_twice_of_its_supervisors_death_stops_as_on_one_sigterm",
+            "tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",
+        ),
     ),
     Break(
         "the supervisor's death stops the worker from inside the signal handler",
         "server/workers.py",
         "loop.call_soon_threadsafe(_stop_as_on_sigterm)",
         "_stop_as_on_sigterm()",
-        ("tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",),
+        (
+            "tests/test_workers.py::test_a_worker_loop_told_while_it_waits_of_its_supervisors_death_stops_as_on_one_sigterm",
+            "tests/test_workers.py::test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end",
+        ),
     ),
 ]
 

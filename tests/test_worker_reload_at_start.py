@@ -16,7 +16,15 @@ import psutil
 import pytest
 
 from server.workers import Group, worker_argv
-from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, write_config
+from tests.support.hold import hold_at_import
+from tests.support.processes import (
+    STARTUP_SECONDS,
+    ManagedProcess,
+    Simulator,
+    clean_env,
+    free_port,
+    write_config,
+)
 from tests.support.security import KEY_ALPHA, KEY_NARROW, bearer, keys_toml, sha256, start_keyed_gateway
 from tests.test_workers import QUICK_EXIT_SECONDS, Running, replace_keys
 
@@ -49,7 +57,14 @@ def hup_once(running: Running, survivor: int) -> None:
 async def test_a_replacement_that_gets_sighups_while_it_starts_survives_and_serves_the_reloaded_keys(
     simulator: Simulator, tmp_path: Path
 ) -> None:
-    with start_keyed_gateway(tmp_path, simulator, args=("--workers", "2")) as gateway:
+    # Only a worker started while `replacing` exists is held: the replacement, not the first two.
+    # Held at its first import of `server`, it has not run a line of its own: nothing but the mask
+    # it started with (`_Supervisor.start`) keeps a SIGHUP from killing it there.
+    replacing = tmp_path / "replacing"
+    hold = hold_at_import(
+        tmp_path, "server", f"'--worker-index' in sys.argv and __import__('os').path.exists({str(replacing)!r})"
+    )
+    with start_keyed_gateway(tmp_path, simulator, env=hold.environ, args=("--workers", "2")) as gateway:
         process = gateway.process
         process.wait_for_line(lambda _: len(process.events("sluice_listening")) >= 2)
         first = psutil.Process(process.pid).children()[0].cmdline()
@@ -57,8 +72,14 @@ async def test_a_replacement_that_gets_sighups_while_it_starts_survives_and_serv
         try:
             victim, survivor = running.pid(0), running.pid(1)
             replace_keys(tmp_path / "keys.toml", keys_toml(include_alpha=False))
+            replacing.touch()
             os.kill(victim, signal.SIGKILL)
-            # SIGHUPs one after another, for as long as the replacement starts.
+            with hold.held(STARTUP_SECONDS):
+                replacing.unlink()  # a later start (were this one to die) runs free
+                # The supervisor signals its workers in order: the replacement (worker 0) has its
+                # SIGHUP once the survivor (worker 1) took its own.
+                hup_once(running, survivor)
+            # More, one after another, for as long as the replacement starts.
             while not settled(running):
                 hup_once(running, survivor)
 

@@ -12,16 +12,17 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
 import psutil
 import pytest
+import uvloop
 
 from server.metrics import Metrics
-from server.workers import MAX_BACKOFF, Group, _Slot, _Supervisor, watch_parent, worker_argv
+from server.workers import MAX_BACKOFF, Group, Membership, _Slot, _Supervisor, watch_parent, worker_argv
 from tests.conftest import TEST_CONFIG
 from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, write_config
 from tests.support.security import KEY_ALPHA, bearer, keys_toml, sha256, start_keyed_gateway
@@ -33,6 +34,11 @@ BREAKER_STATE = "sluice_upstream_breaker_state"
 EXIT_SECONDS = 60
 # For what takes about a second: a worker that exits before serving, one that drains nothing, a thread's check.
 QUICK_EXIT_SECONDS = 15
+# Between the tokens of the stream a worker is told of its supervisor's death during: far longer
+# than the telling takes, so it lands with the worker waiting and the stream still live.
+TELLING_GAP_MS = 2000
+# Where a thread sleeping in epoll_wait is, as /proc/PID/task/TID/wchan names it (by kernel version).
+EPOLL_WAITS = ("do_epoll_wait", "ep_poll")
 
 
 def supervisor(port: int, workers: int = 2, **environ: str) -> ManagedProcess:
@@ -373,11 +379,23 @@ def test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves
         shutil.rmtree(group.path, ignore_errors=True)
 
 
+def wait_in_epoll(pid: int, tid: int) -> None:
+    """Return once thread `tid` of process `pid` sleeps in epoll_wait: its event loop waits, running nothing."""
+    wchan = Path(f"/proc/{pid}/task/{tid}/wchan")
+    deadline = time.monotonic() + QUICK_EXIT_SECONDS
+    while (where := wchan.read_text()) not in EPOLL_WAITS:
+        assert time.monotonic() < deadline, f"thread {tid} of process {pid} never waited in epoll (last in {where!r})"
+        time.sleep(0.001)  # the pace of a poll of the thread's state, not a synchronisation
+
+
 async def test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stream_to_the_end(
     simulator: Simulator, tmp_path: Path
 ) -> None:
     # The kernel tells a worker once per thread of the dying supervisor it passes through: the
     # second telling, were it a second SIGTERM, would hurry the drain and end the stream at once.
+    # The first telling reaches the worker's loop while it waits (uvloop then runs the handler inside
+    # its own signal dispatch, where a SIGTERM raised by the handler would arrive twice), and both
+    # come seconds before the stream's next token: nothing else wakes the worker meanwhile.
     group = Group.create(TEST_CONFIG)
     port = free_port()
     parent = half_dead_parent(
@@ -387,18 +405,23 @@ async def test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stre
         AI_INTEGRATIONS_OPENAI_API_KEY="sk-x",
         AI_INTEGRATIONS_OPENAI_BASE_URL=simulator.base_url,
         SLUICE_SERVER_DRAIN_TIMEOUT=str(EXIT_SECONDS),
+        SLUICE_UPSTREAM_IDLE_TIMEOUT=str(EXIT_SECONDS),  # far beyond the stream's gaps
+        SLUICE_UPSTREAM_PROBE_INTERVAL="600",  # no probe wakes the loop
     )
     try:
-        parent.wait_for_event("sluice_listening")
+        worker = parent.wait_for_event("sluice_listening")["pid"]
         async with aiohttp.ClientSession() as session:
-            message = {"message": "long\n#sim tokens=20 gap_ms=50"}
+            message = {"message": f"long\n#sim tokens=4 gap_ms={TELLING_GAP_MS}"}
             async with session.post(f"http://127.0.0.1:{port}/chat/stream", json=message) as response:
                 assert response.status == 200
                 await response.content.readuntil(b"event: token")
+                await asyncio.to_thread(wait_in_epoll, worker, worker)  # sent its token, waits for the next
                 await asyncio.to_thread((tmp_path / "go").write_bytes, b"")  # told once: its first thread exits
                 parent.wait_for_event("drain_started", QUICK_EXIT_SECONDS)
                 parent.signal(signal.SIGKILL)  # told again: its last thread exits
                 parent.wait(QUICK_EXIT_SECONDS)
+                # The stream was live at the second telling: a drain that ends with it has not finished.
+                assert not parent.events("drain_finished")
                 rest = (await asyncio.wait_for(response.read(), EXIT_SECONDS)).decode()
         assert "event: done" in rest
         assert "server_shutting_down" not in rest
@@ -407,6 +430,86 @@ async def test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stre
     finally:
         parent.stop()
         shutil.rmtree(group.path, ignore_errors=True)
+
+
+# A signal the tests below raise after a telling: once the loop ran its handler, it ran every
+# SIGTERM handler due before it (uvloop reads its wakeup bytes in order).
+MARKER = signal.SIGUSR2
+
+
+def stops_of_a_worker_loop(tmp_path: Path, tell: Callable[[], Awaitable[None]]) -> int:
+    """How many SIGTERMs a worker's uvloop loop takes when `tell` tells it of its supervisor's death.
+
+    The loop runs in this process, set up as a worker's: the worker's own handler on SIGRTMIN, for a
+    supervisor that is dead, and a SIGTERM handler on the loop (the drain's) that counts. Once the
+    first SIGTERM came, the marker is raised from a callback queued after any the telling queued.
+    """
+    membership = Membership(Group(tmp_path), dead_pid())
+    saved = {number: signal.getsignal(number) for number in (signal.SIGRTMIN, signal.SIGTERM, MARKER)}
+    stops: list[int] = []
+
+    async def told() -> None:
+        loop = asyncio.get_running_loop()
+        stopped, marked = asyncio.Event(), asyncio.Event()
+
+        def on_sigterm() -> None:
+            stops.append(signal.SIGTERM)
+            stopped.set()
+
+        loop.add_signal_handler(signal.SIGTERM, on_sigterm)
+        loop.add_signal_handler(MARKER, marked.set)
+        try:
+            await tell()
+            await asyncio.wait_for(stopped.wait(), QUICK_EXIT_SECONDS)
+            loop.call_soon(signal.raise_signal, MARKER)
+            await asyncio.wait_for(marked.wait(), QUICK_EXIT_SECONDS)
+        finally:
+            loop.remove_signal_handler(signal.SIGTERM)
+            loop.remove_signal_handler(MARKER)
+
+    loop = uvloop.new_event_loop()
+    try:
+        signal.signal(signal.SIGRTMIN, membership._parent_dying)
+        loop.run_until_complete(told())
+    finally:
+        loop.close()
+        for number, handler in saved.items():
+            signal.signal(number, handler)
+    return len(stops)
+
+
+def test_a_worker_loop_told_while_it_waits_of_its_supervisors_death_stops_as_on_one_sigterm(tmp_path: Path) -> None:
+    # Told while the loop waits, the handler runs inside uvloop's signal dispatch: a SIGTERM raised
+    # from there reaches the loop twice, and a second SIGTERM hurries the drain.
+    main, tid = threading.main_thread().ident, threading.main_thread().native_id
+    assert main is not None
+    assert tid is not None
+
+    def tell_once_it_waits() -> None:
+        wait_in_epoll(os.getpid(), tid)
+        signal.pthread_kill(main, signal.SIGRTMIN)
+
+    # A thread that leaves the loop alone (not `to_thread`, whose result would wake it too, and its
+    # callbacks would run the handler before uvloop's dispatch): the signal is all that wakes it.
+    teller = threading.Thread(target=tell_once_it_waits, daemon=True)
+
+    async def tell() -> None:
+        teller.start()
+
+    try:
+        assert stops_of_a_worker_loop(tmp_path, tell) == 1
+    finally:
+        if teller.ident is not None:  # started
+            teller.join(QUICK_EXIT_SECONDS)
+
+
+def test_a_worker_loop_told_twice_of_its_supervisors_death_stops_as_on_one_sigterm(tmp_path: Path) -> None:
+    # The kernel tells once per thread of the dying supervisor: the second must not stop it again.
+    async def tell() -> None:
+        signal.raise_signal(signal.SIGRTMIN)  # its handler has run when this returns
+        signal.raise_signal(signal.SIGRTMIN)
+
+    assert stops_of_a_worker_loop(tmp_path, tell) == 1
 
 
 def dead_pid() -> int:
