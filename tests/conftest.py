@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from pathlib import Path
@@ -25,6 +26,21 @@ from tests.support.processes import Gateway, Simulator, start_gateway, start_hos
 from tests.support.proxy import CuttingProxy
 from tests.support.raw_upstream import RawUpstream
 from tests.support.servers import NginxServer, RedisServer, start_nginx, start_redis
+
+
+def _default_sighup() -> None:
+    """Put SIGHUP back to its default action, unblocked, in this process: before any child starts.
+
+    A child inherits an ignored or blocked SIGHUP across exec. Started under `nohup` (some CI agents
+    run it that way), every gateway the tests start would ignore SIGHUP from its first instruction,
+    and the tests that prove Sluice ignores a SIGHUP while it starts, or exits zero on one after its
+    drain, would pass with that code gone. A plain terminal run has SIGHUP at its default: so has this.
+    """
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGHUP})
+
+
+_default_sighup()  # at import, the first conftest code pytest runs (in each xdist worker too)
 
 ROOT = Path(__file__).resolve().parents[1]
 TEST_CONFIG = ROOT / "config" / "test.toml"

@@ -3538,6 +3538,13 @@ BREAKS += [
         (f"{SEC_DOS}::test_a_client_still_sending_a_refused_body_gets_the_whole_answer",),
     ),
     Break(
+        "a refused request's connection closed right after its answer",
+        HTTP_PROTOCOL,
+        "        protocol._lingering_time = REFUSED_BODY_LINGER\n",
+        "        protocol._lingering_time = 0.0\n",
+        (f"{SEC_DOS}::test_a_client_still_sending_a_refused_body_gets_the_whole_answer",),
+    ),
+    Break(
         "a lingering connection held against the cap",
         "server/connections.py",
         "        if (waiter is not None and not waiter.done()) or type(handler) is LingeringProtocol:\n",

@@ -32,9 +32,13 @@ from tests.conftest import TEST_CONFIG
 from tests.support.processes import ROOT, ManagedProcess, Simulator, clean_env, free_port
 
 # One page, the least a pipe holds: a few lines fill it (a default pipe takes ~110 access lines).
+# The kernel gives at least a page: 64 KiB where pages are that large, so every test sizes its
+# work by the capacity the pipe got (`pipe()`), never by this.
 PIPE_SIZE = 4096
-# Requests whose access lines are far more than the pipe holds (each line is over 200 bytes).
-FILLING_REQUESTS = 60
+# Work sized to write this many times what the pipe holds: a reader that stalls is surely reached.
+FILL_TIMES = 3
+ACCESS_LINE_BYTES = 200  # an access line of POST /chat is over this (about 500)
+FILLER_LINE_BYTES = 50  # LINE with its shortest padding (20 bytes) is over this
 ANSWER_BOUND = 5.0  # a request or /livez of a gateway that is not frozen answers in milliseconds
 # Nothing is live, so the drain ends at once; then each process gives its queued lines up to
 # EXIT_FLUSH_SECONDS (2 s) before it exits without them, a supervisor after its workers.
@@ -44,10 +48,27 @@ BURST = 500
 LINE = '{"event":"filler","n":%d,"padding":"%s"}\n'
 
 
-def pipe(size: int = PIPE_SIZE) -> tuple[int, int]:
+def pipe() -> tuple[int, int, int]:
+    """A pipe as small as the kernel allows: its read end, its write end, and the bytes it holds."""
     read_end, write_end = os.pipe()
-    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, size)
-    return read_end, write_end
+    fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, PIPE_SIZE)
+    return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
+
+
+def filling_requests(capacity: int) -> int:
+    """How many requests log FILL_TIMES what a pipe of `capacity` bytes holds (one access line each)."""
+    return FILL_TIMES * capacity // ACCESS_LINE_BYTES + 1
+
+
+def filler_lines(capacity: int, padding: str) -> list[str]:
+    """Numbered filler lines, FILL_TIMES what a pipe of `capacity` bytes holds, all under the queue's bound."""
+    lines: list[str] = []
+    size = 0
+    while size < FILL_TIMES * capacity:
+        lines.append(LINE % (len(lines), padding))
+        size += len(lines[-1])
+    assert len(lines) < MAX_PENDING_LINES  # queued whole: none dropped
+    return lines
 
 
 def read_lines_until(fd: int, done: int, needle: bytes, timeout: float = STARTUP_BOUND) -> bytes:
@@ -71,8 +92,9 @@ def unread_bytes(fd: int) -> int:
 @contextlib.contextmanager
 def gateway_with_a_stalled_reader(
     simulator: Simulator, workers: int
-) -> Iterator[tuple[subprocess.Popen[bytes], str, int]]:
-    """`run.py` with stdout and stderr on a one-page pipe, read until it listens, then never; its URL, the read end."""
+) -> Iterator[tuple[subprocess.Popen[bytes], str, int, int]]:
+    """`run.py` with stdout and stderr on a one-page pipe, read until it listens, then never; its URL,
+    the read end, and how many requests log FILL_TIMES what the pipe holds."""
     port = free_port()
     env = clean_env(
         {"AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test-key", "AI_INTEGRATIONS_OPENAI_BASE_URL": simulator.base_url}
@@ -80,12 +102,12 @@ def gateway_with_a_stalled_reader(
     argv = [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--config", str(TEST_CONFIG)]
     if workers > 1:
         argv += ["--workers", str(workers)]
-    read_end, write_end = pipe()
+    read_end, write_end, capacity = pipe()
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
     os.close(write_end)
     try:
         read_lines_until(read_end, workers, b'"sluice_listening"')
-        yield process, f"http://127.0.0.1:{port}", read_end
+        yield process, f"http://127.0.0.1:{port}", read_end, filling_requests(capacity)
     finally:
         if process.poll() is None:
             process.kill()
@@ -103,18 +125,18 @@ def chat(url: str, request_id: str = "") -> None:
         assert answer.status == 200
 
 
-def fill_the_pipe(url: str, read_end: int) -> None:
-    """Send requests whose access lines overflow the pipe; stop at the first that gets no answer."""
+def fill_the_pipe(url: str, read_end: int, requests: int) -> None:
+    """Send `requests` requests, whose access lines overflow the pipe; stop at the first that gets no answer."""
     with contextlib.suppress(TimeoutError, urllib.error.URLError):
-        for index in range(FILLING_REQUESTS):
+        for index in range(requests):
             chat(url, f"fill-{index}")
     assert unread_bytes(read_end) > 0  # the reader stalled with lines waiting
 
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 def test_a_stalled_log_reader_holds_up_no_request_nor_livez(simulator: Simulator, workers: int) -> None:
-    with gateway_with_a_stalled_reader(simulator, workers) as (_, url, read_end):
-        for index in range(FILLING_REQUESTS):
+    with gateway_with_a_stalled_reader(simulator, workers) as (_, url, read_end, requests):
+        for index in range(requests):
             chat(url, f"fill-{index}")  # raises past ANSWER_BOUND
         assert unread_bytes(read_end) > 0
         with urllib.request.urlopen(url + "/livez", timeout=ANSWER_BOUND) as answer:
@@ -124,8 +146,8 @@ def test_a_stalled_log_reader_holds_up_no_request_nor_livez(simulator: Simulator
 
 @pytest.mark.parametrize("workers", [1, 2], ids=["one-process", "two-workers"])
 def test_sigterm_ends_a_gateway_whose_log_reader_stalled_within_a_bound(simulator: Simulator, workers: int) -> None:
-    with gateway_with_a_stalled_reader(simulator, workers) as (process, url, read_end):
-        fill_the_pipe(url, read_end)
+    with gateway_with_a_stalled_reader(simulator, workers) as (process, url, read_end, requests):
+        fill_the_pipe(url, read_end, requests)
         process.terminate()
         assert process.wait(EXIT_BOUND) == 0
 
@@ -180,27 +202,28 @@ def burst_lines(process: ManagedProcess) -> list[dict[str, Any]]:
 
 
 def test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted() -> None:
-    read_end, write_end = pipe()
+    read_end, write_end, capacity = pipe()
+    # The most lines the writer takes off the queue: a pipe's worth, and one write's worth.
+    taken = (capacity + select.PIPE_BUF) // FILLER_LINE_BYTES
     heard: list[None] = []
     with os.fdopen(write_end, "w") as stdout:
         lossy = LossyStream(stdout)
         lossy.on_drop = lambda: heard.append(None)
-        extra = 2000
+        extra = max(2000, 2 * taken)  # far more than the writer can take: some are dropped
         started = time.monotonic()
         accepted = sum(1 for index in range(MAX_PENDING_LINES + extra) if lossy.write(LINE % (index, "x" * 20)))
         elapsed = time.monotonic() - started
         os.close(read_end)  # the writer's blocked write fails: those lines are dropped too
         assert lossy.wait_written(ANSWER_BOUND)
-    # Taken off the queue by the writer: a pipe's worth, and one write's worth, at most.
-    assert MAX_PENDING_LINES <= accepted <= MAX_PENDING_LINES + 2 * PIPE_SIZE // 50
+    assert MAX_PENDING_LINES <= accepted <= MAX_PENDING_LINES + taken
     assert lossy.dropped >= MAX_PENDING_LINES + extra - accepted
     assert len(heard) == lossy.dropped
     assert elapsed < ANSWER_BOUND
 
 
 def test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order() -> None:
-    read_end, write_end = pipe()
-    lines = [LINE % (index, "y" * 40) for index in range(300)]
+    read_end, write_end, capacity = pipe()
+    lines = filler_lines(capacity, "y" * 40)
     with os.fdopen(write_end, "w") as stdout:
         lossy = LossyStream(stdout)
         for line in lines:
@@ -229,6 +252,8 @@ def read_all(fd: int, count: int) -> bytes:
 # A process that queues lines into a full pipe, says so on stderr, and returns from its main; at
 # exit it says when it starts waiting for the queued lines, so the test reads only from then on: a
 # reader from the start could take them all before the exit, and the test would pass without a wait.
+# It logs as many lines as its argument says, each over EXIT_LINE_BYTES.
+EXIT_LINE_BYTES = 100
 QUEUE_THEN_EXIT = """
 import sys
 from server.logs import LossyStream, configure_logging
@@ -240,23 +265,29 @@ def announced(self, timeout):
 LossyStream.wait_written = announced
 configure_logging("json", "info")
 log = structlog.get_logger("test")
-for index in range(300):
-    log.info("filler", n=index, padding="z" * 40)
+for index in range(int(sys.argv[1])):
+    log.info("filler", n=index, padding="z" * 100)
 print("queued", file=sys.stderr, flush=True)
 """
 
 
 def test_at_exit_the_lines_still_queued_reach_a_reader_that_reads() -> None:
-    read_end, write_end = pipe()
+    read_end, write_end, capacity = pipe()
+    count = FILL_TIMES * capacity // EXIT_LINE_BYTES + 1  # FILL_TIMES what the pipe holds
+    assert count < MAX_PENDING_LINES  # queued whole: none dropped
     child = subprocess.Popen(
-        [sys.executable, "-c", QUEUE_THEN_EXIT], cwd=ROOT, env=clean_env(), stdout=write_end, stderr=subprocess.PIPE
+        [sys.executable, "-c", QUEUE_THEN_EXIT, str(count)],
+        cwd=ROOT,
+        env=clean_env(),
+        stdout=write_end,
+        stderr=subprocess.PIPE,
     )
     os.close(write_end)
     try:
         assert child.stderr is not None
         assert child.stderr.readline() == b"queued\n"  # its main is done: it exits next
         assert child.stderr.readline() == b"waiting\n"  # at exit, for the lines the full pipe holds back
-        output = read_all(read_end, 300)
+        output = read_all(read_end, count)
         assert child.wait(EXIT_BOUND) == 0
     finally:
         if child.poll() is None:
@@ -266,13 +297,13 @@ def test_at_exit_the_lines_still_queued_reach_a_reader_that_reads() -> None:
         if child.stderr is not None:
             child.stderr.close()
     events = [json.loads(line) for line in output.splitlines()]
-    assert [event["n"] for event in events] == list(range(300))
+    assert [event["n"] for event in events] == list(range(count))
 
 
 def test_the_log_writer_thread_takes_no_signal() -> None:
     # A signal the writer took would be lost to the thread waiting for it: the --workers
     # supervisor takes SIGTERM and SIGCHLD by `sigtimedwait`, which sees only those left pending.
-    read_end, write_end = pipe()
+    read_end, write_end, _ = pipe()
     with os.fdopen(write_end, "w") as stdout:
         before = {thread.native_id for thread in threading.enumerate()}
         LossyStream(stdout)
