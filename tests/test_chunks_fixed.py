@@ -10,8 +10,9 @@ import random
 
 import pytest
 
-from server.chunks import Chunk, MalformedChunk, _fixed_delta, parse_chunk, parse_full
+from server.chunks import _fixed_delta, parse_full
 from server.simulator.wire import StreamFrames
+from tests.test_chunks import parsed, parsed_in_full
 
 # The fields before `"choices"`: plain ones, and variants that must take the full parse.
 FIELDS = [
@@ -60,21 +61,6 @@ ENDS = [
     b',"logprobs":null,"finish_reason":"stop"}]} ',
     b',"logprobs":null,"finish_reason":"stop"}]}}',
 ]
-
-
-def parsed(raw: bytes) -> Chunk | str:
-    """What parsing `raw` gives: a Chunk, or the malformed error's text."""
-    try:
-        return parse_chunk(raw)
-    except MalformedChunk as exc:
-        return f"malformed: {exc}"
-
-
-def parsed_in_full(raw: bytes) -> Chunk | str:
-    try:
-        return parse_full(raw)
-    except MalformedChunk as exc:
-        return f"malformed: {exc}"
 
 
 def fields(rng: random.Random) -> bytes:

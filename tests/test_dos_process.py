@@ -17,9 +17,9 @@ import pytest
 from server.streams.memory import RESERVE
 from tests.support.client import new_request_id, open_unread_stream, sim_wait
 from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.refused_upload import CLOSED_IN_ORDER, upload_refused_half_way
 from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, bearer, start_keyed_gateway
 from tests.support.sse import read_events
-from tests.test_refused_body_encoded import TCP_CLOSE_WAIT, Closed, closed_by_peer, read_answer
 
 HEADER_TIMEOUT = 1.0
 BODY_TIMEOUT = 1.0
@@ -185,33 +185,16 @@ async def test_a_client_still_sending_a_refused_body_gets_the_whole_answer(
     keyed_capped: Gateway, path: str, status: int, code: str
 ) -> None:
     # Closed soon, its connection must still carry the answer first: the client is mid-upload.
-    # Closed with the body's bytes still coming, the connection is reset, and whether a client
-    # sees that reset before it reads its answer is a race: what the gateway read is asserted
-    # instead (as in test_refused_body_encoded.py). The second half goes out once the whole answer
-    # came and the gateway answered a later request: its event loop went past this answer, so a
-    # connection closed at it reads nothing more, and its kernel never acknowledges that half (it
-    # resets instead). Read to its end, the gateway closes in order, its FIN acknowledging every byte.
+    # Whether a client sees the reset of a connection closed under its upload before it reads its
+    # answer is a race: what the gateway read is asserted instead (tests/support/refused_upload.py).
     body = b'{"messages": "' + b"x" * (MIB - 100) + b'"}'
-    half = len(body) // 2
     head = f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    reader, writer = await asyncio.open_connection("127.0.0.1", port_of(keyed_capped))
-    try:
-        async with asyncio.timeout(CUT_BOUND):
-            writer.write(head.encode() + body[:half])
-            answer = await read_answer(reader)
-            assert await health_ok(keyed_capped)
-            writer.write(body[half:])  # the rest, once refused
-            await writer.drain()
-            tail = await reader.read()  # a reset raises here
-            unwritten = writer.transport.get_write_buffer_size()
-            closed = closed_by_peer(writer)
-    finally:
-        writer.close()
+    upload = await upload_refused_half_way(keyed_capped.url, head.encode(), body, CUT_BOUND)
 
-    assert answer.startswith(f"HTTP/1.1 {status} ".encode())
-    assert json.loads(answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == code
-    assert (tail, unwritten) == (b"", 0)
-    assert closed == Closed(state=TCP_CLOSE_WAIT, error=0, unacknowledged=0)
+    assert upload.answer.startswith(f"HTTP/1.1 {status} ".encode())
+    assert json.loads(upload.answer.split(b"\r\n\r\n", 1)[1])["error"]["code"] == code
+    assert (upload.tail, upload.unwritten) == (b"", 0)
+    assert upload.closed == CLOSED_IN_ORDER
 
 
 async def test_a_late_bodys_408_closes_its_connection_after_a_short_linger(strict: Gateway) -> None:

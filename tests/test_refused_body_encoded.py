@@ -10,19 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
-import socket
-import struct
-import termios
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
 
 import aiohttp
 import psutil
 import pytest
 
 from tests.support.processes import Gateway, Simulator
+from tests.support.refused_upload import CLOSED_IN_ORDER, upload_refused_half_way
 from tests.support.security import KEY_ALPHA, start_keyed_gateway
 
 MIB = 1 << 20
@@ -64,34 +60,6 @@ def chunked(body: bytes) -> bytes:
     step = 64 * 1024
     parts = [b"%x\r\n%s\r\n" % (len(body[at : at + step]), body[at : at + step]) for at in range(0, len(body), step)]
     return b"".join(parts) + b"0\r\n\r\n"
-
-
-async def read_answer(reader: asyncio.StreamReader) -> bytes:
-    """One answer, its head and its `Content-Length` body."""
-    head_bytes = await reader.readuntil(b"\r\n\r\n")
-    lengths = [line for line in head_bytes.lower().split(b"\r\n") if line.startswith(b"content-length:")]
-    assert len(lengths) == 1, head_bytes
-    return head_bytes + await reader.readexactly(int(lengths[0].split(b":", 1)[1]))
-
-
-TCP_CLOSE_WAIT = 8  # the peer closed (its FIN came), this side not yet: include/net/tcp_states.h
-
-
-@dataclass(frozen=True)
-class Closed:
-    """A client's TCP connection, as its kernel sees it."""
-
-    state: int
-    error: int  # SO_ERROR: a reset that came is EPIPE or ECONNRESET
-    unacknowledged: int  # bytes sent that the peer did not acknowledge (SIOCOUTQ, which is TIOCOUTQ on Linux)
-
-
-def closed_by_peer(writer: asyncio.StreamWriter) -> Closed:
-    """The connection of `writer`, once its peer's FIN came (`read()` returned b"")."""
-    sock = writer.get_extra_info("socket")
-    state = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
-    unacknowledged = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, bytes(4)))[0]
-    return Closed(state, sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR), unacknowledged)
 
 
 async def answer_until_closed(gateway: Gateway, request: bytes) -> bytes:
@@ -156,31 +124,12 @@ async def test_a_refused_compressed_body_is_read_to_its_end_before_the_connectio
     keyed: Gateway, bomb: bytes
 ) -> None:
     # The linger's reason holds for an encoded body too: closed with the body's bytes still coming,
-    # the connection is reset, which can reach the client before it read its answer. Whether the
-    # client sees that reset is a race (it may read the gateway's FIN first), so what the gateway
-    # read is asserted instead. The second half goes out once the whole answer came and the gateway
-    # answered a later request: its event loop went past this answer, so a connection closed at it
-    # reads nothing more, and its kernel never acknowledges that half (it resets instead). Read to
-    # its end, the gateway closes in order, and its FIN acknowledges every byte the client sent.
-    port = int(keyed.url.rsplit(":", 1)[1])
-    half = len(bomb) // 2
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        async with asyncio.timeout(CUT_BOUND):
-            writer.write(head("/v1/chat/completions", "Content-Encoding: gzip", f"Content-Length: {len(bomb)}"))
-            writer.write(bomb[:half])
-            answer = await read_answer(reader)
-            async with aiohttp.ClientSession() as http, http.get(keyed.url + "/livez") as r:
-                assert r.status == 200
-            writer.write(bomb[half:])  # the rest, once refused
-            await writer.drain()
-            tail = await reader.read()  # a reset raises here
-            unwritten = writer.transport.get_write_buffer_size()
-            closed = closed_by_peer(writer)
-    finally:
-        writer.close()
+    # the connection is reset, which can reach the client before it read its answer; what the
+    # gateway read is asserted instead (tests/support/refused_upload.py says how).
+    request = head("/v1/chat/completions", "Content-Encoding: gzip", f"Content-Length: {len(bomb)}")
+    upload = await upload_refused_half_way(keyed.url, request, bomb, CUT_BOUND)
 
-    assert answer.startswith(b"HTTP/1.1 401 ")
-    assert b'"invalid_api_key"' in answer
-    assert (tail, unwritten) == (b"", 0)
-    assert closed == Closed(state=TCP_CLOSE_WAIT, error=0, unacknowledged=0)
+    assert upload.answer.startswith(b"HTTP/1.1 401 ")
+    assert b'"invalid_api_key"' in upload.answer
+    assert (upload.tail, upload.unwritten) == (b"", 0)
+    assert upload.closed == CLOSED_IN_ORDER

@@ -832,9 +832,7 @@ async def test_a_hedge_that_wins_frees_the_trial_the_slow_route_held() -> None:
 
 
 async def test_a_probe_cancelled_before_its_answer_frees_its_trial() -> None:
-    """Catches: `probe_once` keeping the trial of a probe that never answered (server/upstreams/probe.py)."""
-    from server.upstreams.probe import probe_once
-
+    """Catches: the probe keeping the trial of a probe that never answered (server/upstreams/probe.py)."""
     clock = Clock()
     probing = asyncio.Event()
 
@@ -845,9 +843,10 @@ async def test_a_probe_cancelled_before_its_answer_frees_its_trial() -> None:
             return 200
 
     r = router([Hanging("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    prober = Prober(r, 1, clock)
     await r.breakers.failed("a")
     clock.now += 2
-    task = asyncio.create_task(probe_once(r))
+    task = asyncio.create_task(prober.probe_due())
     await probing.wait()
     assert await r.breakers.admit("a", "m") is None  # the probe holds the trial
     task.cancel()
@@ -858,7 +857,6 @@ async def test_a_probe_cancelled_before_its_answer_frees_its_trial() -> None:
 
 async def probed_once(status: int) -> Upstream:
     """A routing whose one upstream ("a") was due a trial, after one background probe answered `status`."""
-    from server.upstreams.probe import probe_once
 
     class Answering(FakeClient):
         async def probe(self) -> int | None:
@@ -866,16 +864,17 @@ async def probed_once(status: int) -> Upstream:
 
     clock = Clock()
     r = router([Answering("a")], [], clock, breaker_failures=1, breaker_cooldown_seconds=1)
+    prober = Prober(r, 1, clock)
     await r.breakers.failed("a")
     clock.now += 2
-    await probe_once(r)
+    await prober.probe_due()
     return r
 
 
 async def test_a_probe_answered_429_keeps_the_breaker_half_open_and_frees_its_trial() -> None:
     """An upstream limiting /models is up: no new cooldown, and the next request may be the trial.
 
-    Catches: `probe_once` counting a 429 against the upstream (server/upstreams/probe.py).
+    Catches: the probe counting a 429 against the upstream (server/upstreams/probe.py).
     """
     r = await probed_once(429)
     assert await r.breakers.state("a") is BreakerState.HALF_OPEN
@@ -883,7 +882,7 @@ async def test_a_probe_answered_429_keeps_the_breaker_half_open_and_frees_its_tr
 
 
 async def test_a_probe_answered_401_reopens_the_breaker() -> None:
-    """Catches: `probe_once` taking a refused key for a live upstream (server/upstreams/probe.py)."""
+    """Catches: the probe taking a refused key for a live upstream (server/upstreams/probe.py)."""
     r = await probed_once(401)
     assert await r.breakers.state("a") is BreakerState.OPEN
 

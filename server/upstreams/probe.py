@@ -72,14 +72,8 @@ class Prober:
             await _probe(client, breakers)
 
 
-async def probe_once(upstream: Upstream) -> None:
-    """Send the trial of every half-open upstream as a probe (GET /models); close or reopen its breaker."""
-    for client in upstream.pool.clients:
-        await _probe(client, upstream.breakers)
-
-
 async def _probe(client: UpstreamClient, breakers: Breakers) -> None:
-    """Probe `client` if its breaker is half-open and the trial is free.
+    """Probe `client` (GET /models) if its breaker is half-open and the trial is free; close or reopen it.
 
     A live upstream with valid credentials answers below 500 (401 and 403 count as down: the key
     is refused). A 429 says the upstream is up but limiting us, as it may for /models alone: it
