@@ -1,9 +1,9 @@
 """Mutation check: each one-line break below must make the tests listed with it fail.
 
-    .venv/bin/python tests/mutations.py                 # every break
+    .venv/bin/python tests/mutations.py                 # every break (about 12 minutes on 2 cores)
     .venv/bin/python tests/mutations.py NAME ...        # only these
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
-    .venv/bin/python tests/mutations.py --after-suite   # what tests/run does, right after pytest passed
+    .venv/bin/python tests/mutations.py --unverified --sample 24    # what tests/run does (a minute or so)
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
 listed tests first run there unbroken and must pass (split by file across the copies, at once),
@@ -13,14 +13,26 @@ the file is restored. Only a failing test or a hang catches a break: a run that 
 tests does not. A break whose tests stay green means a proof stopped biting: the script exits 1
 and names it.
 Most of a run is waiting (processes starting, a bound running out), so a few run at once.
+
+Every break a run catches is recorded in tests/mutations.verified with its fingerprint: a hash of
+its entry, of the file it breaks and of its test files. `--unverified` checks only the breaks whose
+fingerprint is not recorded: new ones, and those whose entry, broken file or test files changed
+since they were last caught. That is what tests/run does, with `--sample 24`: 24 recorded breaks
+more, chosen afresh each day (`--seed`), so that a proof that stopped biting through a change
+elsewhere (tests/conftest.py, a helper in tests/support/, another module on the path) is found
+within a few runs. Commit the record with the change. The full check, every break, is this script
+with no argument: run it before a release and after changing shared test code.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import datetime
+import hashlib
 import os
 import queue
+import random
 import shutil
 import signal
 import subprocess
@@ -37,6 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TAIL_LINES = 60  # of a failed run's output, shown
 RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
 BASELINE_SECONDS = 400  # per group of the unbroken run, which holds many tests
+RECORD = ROOT / "tests" / "mutations.verified"  # "<fingerprint> <name>" for each break last caught
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
@@ -5635,6 +5648,44 @@ BREAKS += [
 ]
 
 
+# The mutation check's own record (tests/test_mutation_record.py): what makes a break due again.
+MUTATIONS = "tests/mutations.py"
+RECORD_TESTS = "tests/test_mutation_record.py"
+BREAKS += [
+    Break(
+        "a changed entry keeps its recorded verdict",
+        MUTATIONS,
+        "        for part in (broken.name, broken.path, broken.old, broken.new, *broken.tests):\n",
+        "        for part in (broken.name,):\n",
+        (f"{RECORD_TESTS}::test_a_changed_entry_is_due",),
+    ),
+    Break(
+        "a break's test files are not in its fingerprint",
+        MUTATIONS,
+        '        for path in (broken.path, *sorted({test.split("::")[0] for test in broken.tests})):\n',
+        "        for path in (broken.path,):\n",
+        (f"{RECORD_TESTS}::test_a_change_to_a_test_file_makes_its_breaks_due",),
+    ),
+    Break(
+        "the files' contents are not in a fingerprint",
+        MUTATIONS,
+        "            digest.update(hashlib.sha256(content(path)).digest())\n",
+        "            digest.update(path.encode())\n",
+        (
+            f"{RECORD_TESTS}::test_a_change_to_the_broken_file_makes_only_its_breaks_due",
+            f"{RECORD_TESTS}::test_a_change_to_a_test_file_makes_its_breaks_due",
+        ),
+    ),
+    Break(
+        "a missed break stays recorded as caught",
+        MUTATIONS,
+        " if current.get(name) == fp and name not in missed}\n",
+        " if current.get(name) == fp}\n",
+        (f"{RECORD_TESTS}::test_a_missed_break_is_forgotten_and_due_again",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
@@ -5720,6 +5771,47 @@ def check(repo: Path, broken: Break) -> bool:
     return code in (None, pytest.ExitCode.TESTS_FAILED)
 
 
+def fingerprints(breaks: list[Break]) -> dict[str, str]:
+    """Each break's fingerprint: a hash of its entry, the file it breaks and its test files, as they are now."""
+    contents: dict[str, bytes] = {}
+
+    def content(path: str) -> bytes:
+        if path not in contents:
+            file = ROOT / path
+            contents[path] = file.read_bytes() if file.is_file() else b"(missing)"
+        return contents[path]
+
+    result = {}
+    for broken in breaks:
+        digest = hashlib.sha256()
+        for part in (broken.name, broken.path, broken.old, broken.new, *broken.tests):
+            digest.update(part.encode() + b"\0")
+        for path in (broken.path, *sorted({test.split("::")[0] for test in broken.tests})):
+            digest.update(hashlib.sha256(content(path)).digest())
+        result[broken.name] = digest.hexdigest()[:16]
+    return result
+
+
+def read_record() -> dict[str, str]:
+    """The recorded fingerprint of each break last caught, by name."""
+    if not RECORD.exists():
+        return {}
+    record = {}
+    for line in RECORD.read_text().splitlines():
+        fingerprint, _, name = line.partition(" ")
+        if name:
+            record[name] = fingerprint
+    return record
+
+
+def write_record(current: dict[str, str], caught: set[str], missed: set[str]) -> None:
+    """Record `caught` with their fingerprints now; forget `missed` and what is stale or gone."""
+    record = {name: fp for name, fp in read_record().items() if current.get(name) == fp and name not in missed}
+    record.update((name, current[name]) for name in caught)
+    lines = [f"{record[name]} {name}" for name in sorted(record)]
+    RECORD.write_text("".join(line + "\n" for line in lines))
+
+
 def main(argv: list[str]) -> int:
     """Check the chosen breaks (all by default); 0 when every one made its tests fail."""
     parser = argparse.ArgumentParser(description="Each listed one-line break must fail its tests.")
@@ -5730,12 +5822,38 @@ def main(argv: list[str]) -> int:
         action="store_true",
         help="skip the unbroken run: the whole suite has just passed on these files (tests/run)",
     )
+    parser.add_argument(
+        "--unverified",
+        action="store_true",
+        help="only the breaks whose fingerprint tests/mutations.verified does not hold (new or changed)",
+    )
+    parser.add_argument(
+        "--sample", type=int, default=0, metavar="N", help="with --unverified: N recorded breaks more, at random"
+    )
+    parser.add_argument(
+        "--seed", type=int, default=datetime.date.today().toordinal(), help="the sample's seed (default: the day)"
+    )
     args = parser.parse_args(argv)
     chosen = [b for b in BREAKS if not args.names or b.name in args.names]
     unknown = set(args.names) - {b.name for b in BREAKS}
     if unknown:
         print(f"mutations: unknown break(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
+    current = fingerprints(BREAKS)
+    if args.unverified:
+        record = read_record()
+        verified = [b for b in chosen if record.get(b.name) == current[b.name]]
+        unverified = [b for b in chosen if record.get(b.name) != current[b.name]]
+        sample = random.Random(args.seed).sample(verified, min(args.sample, len(verified)))
+        print(
+            f"mutations: {len(unverified)} of {len(chosen)} breaks new or changed since last caught,"
+            f" and {len(sample)} of the others at random (seed {args.seed})",
+            flush=True,
+        )
+        picked = {b.name for b in (*unverified, *sample)}
+        chosen = [b for b in chosen if b.name in picked]
+    if not chosen:
+        return 0
     stale = [b for b in chosen if (ROOT / b.path).read_text().count(b.old) != 1]
     for broken in stale:
         print(f"mutations: {broken.name!r}: its text does not occur exactly once in {broken.path}", file=sys.stderr)
@@ -5772,6 +5890,7 @@ def main(argv: list[str]) -> int:
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(check_on_a_copy, chosen))
     missed = [b.name for b, caught in zip(chosen, results, strict=True) if not caught]
+    write_record(current, {b.name for b in chosen} - set(missed), set(missed))
     print(f"mutations: {len(chosen) - len(missed)}/{len(chosen)} breaks caught in {time.monotonic() - started:.0f} s")
     return 1 if missed else 0
 
