@@ -20,6 +20,10 @@ no route matches (a 404 or 405) with its own `100 Continue`, inviting a body tha
 
 A body left unread is read away for a short linger after the answer (`close_after_response`), so
 the client reads its answer rather than a reset; an encoded one undecoded (`_UndecodedDrain`).
+
+Every answer says `Server: sluice` (SERVER_NAME), never aiohttp's default, which names the exact
+Python and aiohttp versions. The chain's response hook sets it (middleware/request_id.py); this
+protocol's answers, to a request no route saw, run no hook, and set it themselves.
 """
 
 from __future__ import annotations
@@ -77,6 +81,10 @@ _FAULTS: tuple[tuple[type[BaseException], str], ...] = (
 )
 _ANY_FAULT = "The request is not valid HTTP/1.1."
 
+# The Server header of every answer. aiohttp only fills it in when a response has none, with
+# `Python/3.11 aiohttp/3.14.5`: versions a scanner flags on a gateway that faces the internet.
+SERVER_NAME = "sluice"
+
 
 class GatewayProtocol(RequestHandler):
     """aiohttp's connection protocol, answering broken HTTP with the JSON envelope."""
@@ -96,6 +104,8 @@ class GatewayProtocol(RequestHandler):
         super().handle_error(request, status, exc, message)
         error = _error_for(status, exc)
         response = web.json_response(error.body(), status=error.status)
+        # A request aiohttp could not parse was never routed: no response hook runs for its answer.
+        response.headers[hdrs.SERVER] = SERVER_NAME
         response.force_close()
         return response
 

@@ -1455,15 +1455,15 @@ BREAKS += [
     Break(
         "a stream carries no X-Request-ID",
         "server/middleware/chain.py",
-        "        add_request_id_header(request, response)\n        mark_response_started(request)\n",
+        "        add_gateway_headers(request, response)\n        mark_response_started(request)\n",
         "        mark_response_started(request)\n",
         ("tests/test_middleware.py::test_request_id_is_on_a_gateway_stream",),
     ),
     Break(
         "a failure after the response started becomes a second answer",
         "server/middleware/chain.py",
-        "        add_request_id_header(request, response)\n        mark_response_started(request)\n",
-        "        add_request_id_header(request, response)\n",
+        "        add_gateway_headers(request, response)\n        mark_response_started(request)\n",
+        "        add_gateway_headers(request, response)\n",
         ("tests/test_middleware.py::test_error_after_the_response_started_does_not_send_a_second_response",),
     ),
     Break(
@@ -5682,6 +5682,39 @@ BREAKS += [
         " if current.get(name) == fp and name not in missed}\n",
         " if current.get(name) == fp}\n",
         (f"{RECORD_TESTS}::test_a_missed_break_is_forgotten_and_due_again",),
+    ),
+]
+
+
+# Every answer names the server without versions (tests/test_server_header.py, tests/test_nginx.py).
+SERVER_HEADER = "tests/test_server_header.py"
+BREAKS += [
+    Break(
+        "answers name Python's and aiohttp's versions",
+        "server/middleware/request_id.py",
+        "    headers[hdrs.SERVER] = SERVER_NAME  # first: a response without a request id names the server too\n",
+        "",
+        (
+            f"{SERVER_HEADER}::test_a_native_sse_stream_says_server_sluice",
+            f"{SERVER_HEADER}::test_a_404_envelope_says_server_sluice",
+        ),
+    ),
+    Break(
+        "the answer to unparsable HTTP names aiohttp's version",
+        "server/http_protocol.py",
+        "        response.headers[hdrs.SERVER] = SERVER_NAME\n",
+        "",
+        (
+            f"{SERVER_HEADER}::test_an_unparsable_request_is_answered_with_server_sluice",
+            f"{SERVER_HEADER}::test_run_py_answers_a_header_over_8_kib_with_server_sluice",
+        ),
+    ),
+    Break(
+        "nginx names its version",
+        NGINX_CONF,
+        "    server_tokens off;\n",
+        "    server_tokens on;\n",
+        (f"{NGINX}::test_answers_through_nginx_name_no_server_version",),
     ),
 ]
 

@@ -86,6 +86,15 @@ async def test_event_streams_through_nginx_are_never_compressed(
     assert b"event: done" in raw
 
 
+async def test_answers_through_nginx_name_no_server_version(gateway: Gateway, start_nginx_in_front: StartNginx) -> None:
+    nginx = start_nginx_in_front([address(gateway)])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(nginx.url + "/health") as response:
+            await response.read()
+    assert response.status == 200
+    assert response.headers.getall("Server") == ["nginx"]
+
+
 async def test_nginx_keeps_one_idle_connection_to_the_instance_across_requests(
     gateway: Gateway, start_nginx_in_front: StartNginx
 ) -> None:

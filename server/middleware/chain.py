@@ -19,7 +19,7 @@ from .body import body_to_read, close_if_body_unread, read_body
 from .connection_cap import over_cap
 from .errors import mark_response_started, render_failure
 from .hook_failure import hook_failed
-from .request_id import add_request_id_header, bind_request_id
+from .request_id import add_gateway_headers, bind_request_id
 
 
 @web.middleware
@@ -91,7 +91,7 @@ async def response_prepared(request: web.Request, response: web.StreamResponse) 
     Its failure is the envelope's 500 (hook_failure.py), caught here: a wrapper would be a coroutine more.
     """
     try:
-        add_request_id_header(request, response)
+        add_gateway_headers(request, response)
         mark_response_started(request)
     except Exception as exc:
         hook_failed(request, exc, response_prepared)
@@ -100,7 +100,7 @@ async def response_prepared(request: web.Request, response: web.StreamResponse) 
 async def keyed_response_prepared(request: web.Request, response: web.StreamResponse) -> None:
     """`response_prepared`, and the key's rate-limit and token headers (gateway keys are on)."""
     try:
-        add_request_id_header(request, response)
+        add_gateway_headers(request, response)
         add_key_headers(request, response)
         mark_response_started(request)
     except Exception as exc:

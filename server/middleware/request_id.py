@@ -1,4 +1,8 @@
-"""Give every request an id: the caller's well-formed X-Request-ID, or a new one (the chain's first step)."""
+"""Give every request an id: the caller's well-formed X-Request-ID, or a new one (the chain's first step).
+
+The response hook that stamps the id also names the server (`Server: sluice`, no version): one
+store in a call the hook makes anyway, rather than a step of its own.
+"""
 
 from __future__ import annotations
 
@@ -6,8 +10,9 @@ import random
 import re
 
 import structlog
-from aiohttp import web
+from aiohttp import hdrs, web
 
+from ..http_protocol import SERVER_NAME
 from ..keys import REQUEST_ID
 
 HEADER = "X-Request-ID"
@@ -26,14 +31,19 @@ def bind_request_id(request: web.Request) -> None:
     structlog.contextvars.bind_contextvars(request_id=request_id)
 
 
-def add_request_id_header(request: web.Request, response: web.StreamResponse) -> None:
-    """Stamp the id on the response just before its headers go out, streams included."""
+def add_gateway_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Stamp the id, and `Server: sluice`, on the response just before its headers go out, streams included.
+
+    aiohttp only sets its own Server header (its and Python's versions) when the response has none.
+    """
+    headers = response.headers
+    headers[hdrs.SERVER] = SERVER_NAME  # first: a response without a request id names the server too
     try:  # not `request.get`: Mapping's get is a call more per response, around the same lookup
         request_id = request[REQUEST_ID]
     except KeyError:
         return
     if request_id is not None:
-        response.headers[HEADER] = request_id
+        headers[HEADER] = request_id
 
 
 def _new_id() -> str:
