@@ -141,7 +141,9 @@ class LossyStream:
         self.on_drop: Callable[[], None] | None = None
         self._drop_lock = threading.Lock()  # `dropped += n` from two threads would lose counts
         self._fd = _descriptor(stream)
-        self._pending: queue.SimpleQueue[str | threading.Event] | None = None
+        # Lines, marks to set once the lines before them are written, and None: the writer's end (`close`).
+        self._pending: queue.SimpleQueue[str | threading.Event | None] | None = None
+        self._writer: threading.Thread | None = None
         if self._fd is None:
             return
         # What the stream buffered before goes out first: from here on, lines bypass its buffer.
@@ -159,6 +161,7 @@ class LossyStream:
             writer.start()
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        self._writer = writer
         atexit.register(self.wait_written, EXIT_FLUSH_SECONDS)
 
     def write(self, text: str) -> int:
@@ -188,6 +191,22 @@ class LossyStream:
         self._pending.put(written)  # past the bound too: it is a mark, not a line
         return written.wait(timeout)
 
+    def close(self, timeout: float) -> bool:
+        """End the writer once the lines queued so far are written (or dropped); whether it ended within `timeout`.
+
+        The gateway's own stream lives as long as its process and is never closed; a stream made for
+        a while (a test's) ends its thread here, and its exit no longer waits for it.
+        """
+        pending, writer = self._pending, self._writer
+        if pending is None or writer is None:
+            self.flush()
+            return True
+        self._pending = None  # a line written after this goes to the stream at once, or is dropped
+        atexit.unregister(self.wait_written)
+        pending.put(None)
+        writer.join(timeout)
+        return not writer.is_alive()
+
     def isatty(self) -> bool:
         """Whether the stream is a terminal (never, once it is gone)."""
         try:
@@ -210,7 +229,7 @@ class LossyStream:
             for _ in range(lines):
                 on_drop()
 
-    def _write_pending(self, pending: queue.SimpleQueue[str | threading.Event], fd: int) -> None:
+    def _write_pending(self, pending: queue.SimpleQueue[str | threading.Event | None], fd: int) -> None:
         """The writer thread: the queued lines, in order, in as few writes of whole lines as can be."""
         carried: str | threading.Event | None = None
         while True:
@@ -231,6 +250,8 @@ class LossyStream:
                     break
             if batch:
                 self._write_batch(fd, b"".join(batch), len(batch))
+            if item is None:
+                return  # closed: every line queued before is written
             if isinstance(item, threading.Event):
                 item.set()  # every line queued before the mark is written
 

@@ -5719,6 +5719,18 @@ BREAKS += [
 ]
 
 
+# A log stream can be closed: its writer ends once the lines queued are written (tests/test_logs_never_block.py).
+BREAKS += [
+    Break(
+        "a closed log stream's writer runs on",
+        "server/logs.py",
+        "                return  # closed: every line queued before is written\n",
+        "                continue\n",
+        ("tests/test_logs_never_block.py::test_closing_a_log_stream_writes_the_lines_queued_and_ends_its_writer",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

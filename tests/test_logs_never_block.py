@@ -21,14 +21,17 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import psutil
 import pytest
 
 from server.logs import MAX_PENDING_LINES, LossyStream
 from tests.conftest import TEST_CONFIG
+from tests.support.leftovers import children, end_workers
 from tests.support.processes import ROOT, ManagedProcess, Simulator, clean_env, free_port
 
 # One page, the least a pipe holds: a few lines fill it (a default pipe takes ~110 access lines).
@@ -105,14 +108,19 @@ def gateway_with_a_stalled_reader(
     read_end, write_end, capacity = pipe()
     process = subprocess.Popen(argv, cwd=ROOT, env=env, stdin=subprocess.DEVNULL, stdout=write_end, stderr=write_end)
     os.close(write_end)
+    # Its workers, taken while it lives: killed, it leaves them to leave on their own.
+    started: list[psutil.Process] = []
     try:
         read_lines_until(read_end, workers, b'"sluice_listening"')
+        started = children(process)
         yield process, f"http://127.0.0.1:{port}", read_end, filling_requests(capacity)
     finally:
+        started += children(process)  # a replacement since, or those of a start that failed
         if process.poll() is None:
             process.kill()
             process.wait()
-        os.close(read_end)
+        os.close(read_end)  # a worker's write waiting on the stalled pipe fails now: none is held up
+        end_workers(started)
 
 
 def chat(url: str, request_id: str = "") -> None:
@@ -159,8 +167,11 @@ async def test_with_a_reader_every_access_line_of_a_burst_arrives_once_whole_and
     argv = [sys.executable, "run.py", "--host", "127.0.0.1", "--port", str(port), "--config", str(TEST_CONFIG)]
     process = ManagedProcess([*argv, "--workers", "2"], clean_env()).start()
     url = f"http://127.0.0.1:{port}"
+    # Its workers, taken while it lives: stopped, it stops them, unless that is what broke.
+    started: list[psutil.Process] = []
     try:
         process.wait_for_line(counting('"sluice_listening"', 2), STARTUP_BOUND)
+        started = children(process.process)
         ids = [f"burst-{index:04d}" for index in range(BURST)]
         gate = asyncio.Semaphore(50)
 
@@ -173,7 +184,10 @@ async def test_with_a_reader_every_access_line_of_a_burst_arrives_once_whole_and
         # Every request answered; its line may still be on its way.
         process.wait_for_line(counting('"burst-', BURST), ANSWER_BOUND * 4)
     finally:
+        started += children(process.process)
         process.stop()
+        end_workers(started)
+        process.stop()  # its output's end, which a worker left held open
     for line in process.lines:
         json.loads(line)  # no line torn, nor two merged
     lines = burst_lines(process)
@@ -201,19 +215,61 @@ def burst_lines(process: ManagedProcess) -> list[dict[str, Any]]:
     return [line for line in process.events("request_finished") if str(line.get("request_id", "")).startswith("burst-")]
 
 
-def test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted() -> None:
+@dataclass
+class PipedLog:
+    """A `LossyStream` writing into a one-page pipe, its writer thread, and the pipe's read end."""
+
+    lossy: LossyStream
+    writer: threading.Thread
+    read_end: int
+    capacity: int  # the bytes the pipe holds
+    # Threads of the test that read `read_end`: the end stays open while one does.
+    readers: list[threading.Thread] = field(default_factory=list)
+    reading: bool = True  # `read_end` is open
+
+    def close_reader(self) -> None:
+        """Close the read end: a write waiting on the full pipe fails, and every one after."""
+        if self.reading:
+            self.reading = False
+            os.close(self.read_end)
+
+
+@contextlib.contextmanager
+def piped_log() -> Iterator[PipedLog]:
+    """A `LossyStream` on a one-page pipe; at the end its writer is ended (`LossyStream.close`) and the
+    pipe closed, whatever the test left queued or unread."""
     read_end, write_end, capacity = pipe()
-    # The most lines the writer takes off the queue: a pipe's worth, and one write's worth.
-    taken = (capacity + select.PIPE_BUF) // FILLER_LINE_BYTES
+    stdout = os.fdopen(write_end, "w")
+    before = set(threading.enumerate())
+    lossy = LossyStream(stdout)
+    (writer,) = [thread for thread in threading.enumerate() if thread not in before]
+    log = PipedLog(lossy, writer, read_end, capacity)
+    try:
+        yield log
+    finally:
+        if not any(reader.is_alive() for reader in log.readers):
+            log.close_reader()  # no one reads: a write waiting on the full pipe would wait for good
+        # The writer writes to the descriptor's number: closed under a writer still there, the
+        # number may be another file's by its next write.
+        if lossy.close(ANSWER_BOUND):
+            stdout.close()  # the readers' end of file
+        for reader in log.readers:
+            reader.join(ANSWER_BOUND)
+        log.close_reader()
+
+
+def test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted() -> None:
     heard: list[None] = []
-    with os.fdopen(write_end, "w") as stdout:
-        lossy = LossyStream(stdout)
+    with piped_log() as log:
+        # The most lines the writer takes off the queue: a pipe's worth, and one write's worth.
+        taken = (log.capacity + select.PIPE_BUF) // FILLER_LINE_BYTES
+        lossy = log.lossy
         lossy.on_drop = lambda: heard.append(None)
         extra = max(2000, 2 * taken)  # far more than the writer can take: some are dropped
         started = time.monotonic()
         accepted = sum(1 for index in range(MAX_PENDING_LINES + extra) if lossy.write(LINE % (index, "x" * 20)))
         elapsed = time.monotonic() - started
-        os.close(read_end)  # the writer's blocked write fails: those lines are dropped too
+        log.close_reader()  # the writer's blocked write fails: those lines are dropped too
         assert lossy.wait_written(ANSWER_BOUND)
     assert MAX_PENDING_LINES <= accepted <= MAX_PENDING_LINES + taken
     assert lossy.dropped >= MAX_PENDING_LINES + extra - accepted
@@ -222,19 +278,18 @@ def test_past_the_bound_a_stalled_readers_lines_are_dropped_and_counted() -> Non
 
 
 def test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order() -> None:
-    read_end, write_end, capacity = pipe()
-    lines = filler_lines(capacity, "y" * 40)
-    with os.fdopen(write_end, "w") as stdout:
-        lossy = LossyStream(stdout)
+    with piped_log() as log:
+        lines = filler_lines(log.capacity, "y" * 40)
+        lossy = log.lossy
         for line in lines:
             lossy.write(line)
         assert not lossy.wait_written(0.2)  # the pipe holds a fraction of them: nobody read
         received = bytearray()
-        reader = threading.Thread(target=lambda: received.extend(read_all(read_end, len(lines))), daemon=True)
+        reader = threading.Thread(target=lambda: received.extend(read_all(log.read_end, len(lines))), daemon=True)
+        log.readers.append(reader)
         reader.start()
         assert lossy.wait_written(ANSWER_BOUND)
         reader.join(ANSWER_BOUND)
-    os.close(read_end)
     assert received.decode() == "".join(lines)
     assert lossy.dropped == 0
 
@@ -301,16 +356,21 @@ def test_at_exit_the_lines_still_queued_reach_a_reader_that_reads() -> None:
     assert [event["n"] for event in events] == list(range(count))
 
 
+def test_closing_a_log_stream_writes_the_lines_queued_and_ends_its_writer() -> None:
+    with piped_log() as log:
+        lines = [LINE % (index, "z") for index in range(3)]  # far less than the pipe holds
+        for line in lines:
+            log.lossy.write(line)
+        assert log.lossy.close(ANSWER_BOUND)
+        assert not log.writer.is_alive()
+        assert read_all(log.read_end, len(lines)).decode() == "".join(lines)
+
+
 def test_the_log_writer_thread_takes_no_signal() -> None:
     # A signal the writer took would be lost to the thread waiting for it: the --workers
     # supervisor takes SIGTERM and SIGCHLD by `sigtimedwait`, which sees only those left pending.
-    read_end, write_end, _ = pipe()
-    with os.fdopen(write_end, "w") as stdout:
-        before = {thread.native_id for thread in threading.enumerate()}
-        LossyStream(stdout)
-        (writer,) = [thread for thread in threading.enumerate() if thread.native_id not in before]
-        status = Path(f"/proc/self/task/{writer.native_id}/status").read_text()
-    os.close(read_end)
+    with piped_log() as log:
+        status = Path(f"/proc/self/task/{log.writer.native_id}/status").read_text()
     blocked = int(next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16)
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1):
         assert blocked & (1 << (signum - 1)), signum.name

@@ -15,6 +15,7 @@ import pytest
 
 from tests.support.processes import Gateway, start_gateway
 from tests.support.raw_upstream import FINISH, LAST_CHUNK, STREAM_HEAD, Exchange, RawUpstream, chunk, json_reply, token
+from tests.support.tasks import running
 
 SECONDS = 10  # a bound far from any real wait here
 REPLY = json_reply(b'{"choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}}]}')
@@ -29,18 +30,17 @@ def chat(streams: bool) -> dict[str, Any]:
 async def ask(gateway: Gateway, upstream: RawUpstream, rid: str, *, streams: bool, reset: bool) -> None:
     """One chat through the gateway; with `reset`, the upstream closes the kept connection on reading it."""
     async with aiohttp.ClientSession() as http:
-        sent = asyncio.ensure_future(
-            http.post(gateway.url + "/v1/chat/completions", json=chat(streams), headers={"X-Request-ID": rid})
-        )
-        exchange: Exchange = await upstream.next(SECONDS)
-        if reset:
-            exchange.close()  # read on the kept connection, then closed: the gateway sends it again
-            exchange = await upstream.next(SECONDS)
-        exchange.write(STREAM if streams else REPLY)
-        async with asyncio.timeout(SECONDS):
-            response = await sent
-            assert response.status == 200
-            await response.read()
+        post = http.post(gateway.url + "/v1/chat/completions", json=chat(streams), headers={"X-Request-ID": rid})
+        async with running(post) as sent:
+            exchange: Exchange = await upstream.next(SECONDS)
+            if reset:
+                exchange.close()  # read on the kept connection, then closed: the gateway sends it again
+                exchange = await upstream.next(SECONDS)
+            exchange.write(STREAM if streams else REPLY)
+            async with asyncio.timeout(SECONDS):
+                response = await sent
+                assert response.status == 200
+                await response.read()
 
 
 async def lines(gateway: Gateway, *rids: str) -> list[dict[str, Any]]:

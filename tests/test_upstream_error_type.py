@@ -19,6 +19,7 @@ import pytest
 from tests.support.processes import Gateway, start_gateway
 from tests.support.raw_upstream import LAST_CHUNK, STREAM_HEAD, RawUpstream, chunk, token
 from tests.support.sse import Event, read_events
+from tests.support.tasks import running
 
 SECONDS = 10  # a bound far from any real wait here
 MESSAGE = "The server had an error while processing your request. Sorry about that!"
@@ -41,8 +42,7 @@ async def failed_stream(
     gateway: Gateway, upstream: RawUpstream, path: str, body: dict[str, Any], end: bytes
 ) -> list[Event]:
     """The client's events when the upstream sends one token, then `end`, then ends its body."""
-    async with aiohttp.ClientSession() as http:
-        sent = asyncio.ensure_future(http.post(gateway.url + path, json=body))
+    async with aiohttp.ClientSession() as http, running(http.post(gateway.url + path, json=body)) as sent:
         exchange = await upstream.next(SECONDS)
         exchange.write(STREAM_HEAD + chunk(token(0)) + chunk(end) + LAST_CHUNK)
         async with asyncio.timeout(SECONDS):

@@ -4,7 +4,6 @@ replacements on the group's settings, a dead worker's metrics, and workers outli
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 import signal
@@ -13,7 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import aiohttp
@@ -24,6 +23,7 @@ import uvloop
 from server.metrics import Metrics
 from server.workers import MAX_BACKOFF, Group, Membership, _Slot, _Supervisor, watch_parent, worker_argv
 from tests.conftest import TEST_CONFIG
+from tests.support.leftovers import children, end_workers, workers_of
 from tests.support.processes import ManagedProcess, Simulator, clean_env, free_port, write_config
 from tests.support.security import KEY_ALPHA, bearer, keys_toml, sha256, start_keyed_gateway
 from tests.test_operations import metric_value
@@ -119,6 +119,8 @@ class Running:
 
     process: ManagedProcess
     group: Path
+    # Its workers once they listened, taken while it lived: `stop` ends any left.
+    workers: list[psutil.Process] = field(default_factory=list)
 
     def pid(self, index: int) -> int:
         """The process id of worker `index` now."""
@@ -140,12 +142,13 @@ class Running:
 
     def stop(self) -> None:
         """SIGTERM, then make sure no worker outlives the test (nor its group directory)."""
+        # Taken before the supervisor goes: its children now, and every worker it said it started
+        # (a killed supervisor's workers are its children no more).
+        started = [event["worker_pid"] for event in self.process.events("worker_started")]
+        workers = [*self.workers, *children(self.process.process), *workers_of(self.group, started)]
         self.process.stop()
-        for event in self.process.events("worker_started"):
-            with contextlib.suppress(psutil.NoSuchProcess):
-                worker = psutil.Process(event["worker_pid"])
-                if str(self.group) in worker.cmdline():  # this test's worker, not a reused pid
-                    worker.kill()
+        end_workers(workers)
+        self.process.stop()  # its output's end, which a worker left held open
         if self.group != Path():
             shutil.rmtree(self.group, ignore_errors=True)
 
@@ -157,7 +160,8 @@ def start_listening(argv_tail: list[str], **environ: str) -> Running:
     running = Running(process, Path())
     try:
         process.wait_for_line(lambda _: running.listening() >= 2)
-        worker_argv = psutil.Process(process.pid).children()[0].cmdline()
+        running.workers = psutil.Process(process.pid).children()
+        worker_argv = running.workers[0].cmdline()
     except BaseException:
         running.stop()
         raise
@@ -358,6 +362,18 @@ def half_dead_parent(group: Group, port: int, go: Path, **environ: str) -> Manag
     return ManagedProcess(argv, clean_env(environ)).start()
 
 
+def stop_half_dead_parent(parent: ManagedProcess, group: Group) -> None:
+    """Stop the parent, and its worker if it outlived it (it must leave on its own: that may be what broke)."""
+    # Taken before the parent goes: its child now, and the worker that said it listens (the child
+    # of no one the test knows once the parent was killed).
+    listening = [event["pid"] for event in parent.events("sluice_listening")]
+    workers = [*children(parent.process), *workers_of(group.path, listening)]
+    parent.stop()
+    end_workers(workers)
+    parent.stop()  # its output's end, which a worker left held open
+    shutil.rmtree(group.path, ignore_errors=True)
+
+
 def test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves_as_if_it_were_gone(
     tmp_path: Path,
 ) -> None:
@@ -375,8 +391,7 @@ def test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves
         assert not group.path.exists()
         assert parent.events("drain_finished")
     finally:
-        parent.stop()
-        shutil.rmtree(group.path, ignore_errors=True)
+        stop_half_dead_parent(parent, group)
 
 
 def wait_in_epoll(pid: int, tid: int) -> None:
@@ -428,8 +443,7 @@ async def test_a_worker_told_twice_of_its_supervisors_death_drains_its_live_stre
         parent.wait_for_event("supervisor_gone", QUICK_EXIT_SECONDS)
         assert not parent.events("drain_hurried")
     finally:
-        parent.stop()
-        shutil.rmtree(group.path, ignore_errors=True)
+        stop_half_dead_parent(parent, group)
 
 
 # A signal the tests below raise after a telling: once the loop ran its handler, it ran every
