@@ -144,6 +144,7 @@ class LossyStream:
         # Lines, marks to set once the lines before them are written, and None: the writer's end (`close`).
         self._pending: queue.SimpleQueue[str | threading.Event | None] | None = None
         self._writer: threading.Thread | None = None
+        self._closed: queue.SimpleQueue[str | threading.Event | None] | None = None  # the queue `close` ended
         if self._fd is None:
             return
         # What the stream buffered before goes out first: from here on, lines bypass its buffer.
@@ -168,6 +169,9 @@ class LossyStream:
         """Queue `text` (one line) for the writer; 0 (and one line more dropped) when too many wait."""
         pending = self._pending
         if pending is None:
+            if self._closed is not None:
+                self._drop(1)  # closed: never a blocking write on the caller's thread
+                return 0
             return self._write_now(text)
         # qsize, not a bounded Queue: SimpleQueue's put is C and takes no lock while the writer is busy.
         if pending.qsize() >= MAX_PENDING_LINES:
@@ -184,28 +188,45 @@ class LossyStream:
 
     def wait_written(self, timeout: float) -> bool:
         """Wait up to `timeout` seconds for the lines queued so far to be written (or dropped); whether they were."""
-        if self._pending is None:
+        pending = self._pending  # read once: `close` may end it meanwhile
+        if pending is None:
             self.flush()
             return True
         written = threading.Event()
-        self._pending.put(written)  # past the bound too: it is a mark, not a line
+        pending.put(written)  # past the bound too: it is a mark, not a line
         return written.wait(timeout)
 
     def close(self, timeout: float) -> bool:
-        """End the writer once the lines queued so far are written (or dropped); whether it ended within `timeout`.
+        """End the writer once the lines queued so far are written (or dropped); whether it has ended.
 
         The gateway's own stream lives as long as its process and is never closed; a stream made for
-        a while (a test's) ends its thread here, and its exit no longer waits for it.
+        a while (a test's) ends its thread here, and its exit no longer waits for it. A line written
+        after is dropped and counted; called again, `close` waits for the writer again.
         """
-        pending, writer = self._pending, self._writer
-        if pending is None or writer is None:
+        writer = self._writer
+        if writer is None:
             self.flush()
             return True
-        self._pending = None  # a line written after this goes to the stream at once, or is dropped
-        atexit.unregister(self.wait_written)
-        pending.put(None)
+        pending = self._pending
+        if pending is not None:
+            self._closed, self._pending = pending, None
+            atexit.unregister(self.wait_written)
+            pending.put(None)
         writer.join(timeout)
-        return not writer.is_alive()
+        if writer.is_alive():
+            return False
+        # A line a racing `write` queued behind the end was never written: dropped, and counted.
+        closed = self._closed
+        while closed is not None:
+            try:
+                item = closed.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, str):
+                self._drop(1)
+            elif item is not None:
+                item.set()
+        return True
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (never, once it is gone)."""

@@ -1,9 +1,9 @@
 """Mutation check: each one-line break below must make the tests listed with it fail.
 
-    .venv/bin/python tests/mutations.py                 # every break (about 12 minutes on 2 cores)
+    .venv/bin/python tests/mutations.py                 # every break (about 15 minutes on 2 cores)
     .venv/bin/python tests/mutations.py NAME ...        # only these
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
-    .venv/bin/python tests/mutations.py --unverified --sample 24    # what tests/run does (a minute or so)
+    .venv/bin/python tests/mutations.py --unverified --sample 48    # what tests/run does (a minute or so)
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
 listed tests first run there unbroken and must pass (split by file across the copies, at once),
@@ -15,13 +15,15 @@ and names it.
 Most of a run is waiting (processes starting, a bound running out), so a few run at once.
 
 Every break a run catches is recorded in tests/mutations.verified with its fingerprint: a hash of
-its entry, of the file it breaks and of its test files. `--unverified` checks only the breaks whose
-fingerprint is not recorded: new ones, and those whose entry, broken file or test files changed
-since they were last caught. That is what tests/run does, with `--sample 24`: 24 recorded breaks
-more, chosen afresh each day (`--seed`), so that a proof that stopped biting through a change
-elsewhere (tests/conftest.py, a helper in tests/support/, another module on the path) is found
-within a few runs. Commit the record with the change. The full check, every break, is this script
-with no argument: run it before a release and after changing shared test code.
+its entry, the file it breaks, its test files, and what every break leans on (SHARED: conftest,
+tests/support, config, the pinned packages; and this harness). `--unverified` checks only the
+breaks whose fingerprint is not recorded: new ones, and those whose entry or files changed since
+they were last caught (a change to shared code: all of them, once). That is what tests/run does,
+with `--sample 48`: the day's slice of the recorded breaks too, the slices in turn, so that each
+is checked again within ceil(recorded / 48) days (14 for 652). A proof that stopped biting
+through a change no fingerprint covers (another module its tests pass through, a timing that
+drifted) is found by that slice or by the full check, not at once: commit the record with the
+change, and run the full check, this script with no argument, before a release.
 """
 
 from __future__ import annotations
@@ -30,9 +32,9 @@ import argparse
 import contextlib
 import datetime
 import hashlib
+import inspect
 import os
 import queue
-import random
 import shutil
 import signal
 import subprocess
@@ -50,6 +52,16 @@ TAIL_LINES = 60  # of a failed run's output, shown
 RUN_SECONDS = 150  # per pytest run; a break that hangs its tests past this counts as caught
 BASELINE_SECONDS = 400  # per group of the unbroken run, which holds many tests
 RECORD = ROOT / "tests" / "mutations.verified"  # "<fingerprint> <name>" for each break last caught
+# What any break's verdict may lean on beyond its own files: shared test code, the test settings,
+# the pinned packages. A change to one of them makes every break due (a full check, once).
+SHARED = (
+    "tests/conftest.py",
+    "tests/support",
+    "config",
+    "pyproject.toml",
+    "requirements.lock",
+    "requirements-dev.lock",
+)
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
@@ -5284,8 +5296,8 @@ BREAKS += [
     Break(
         "every log line is written on the event loop",
         "server/logs.py",
-        "        if pending is None:",
-        "        if True:",
+        "        if pending is None:\n            if self._closed is not None:",
+        "        if True:\n            if self._closed is not None:",
         (
             "tests/test_logs_never_block.py::test_a_stalled_log_reader_holds_up_no_request_nor_livez",
             "tests/test_logs_never_block.py::test_sigterm_ends_a_gateway_whose_log_reader_stalled_within_a_bound",
@@ -5301,7 +5313,7 @@ BREAKS += [
     Break(
         "waiting for the queued log lines returns before they are written",
         "server/logs.py",
-        "        self._pending.put(written)",
+        "        pending.put(written)",
         "        written.set()",
         (
             "tests/test_logs_never_block.py::test_waiting_for_the_queued_lines_ends_once_a_reader_took_them_all_in_order",
@@ -5669,8 +5681,8 @@ BREAKS += [
     Break(
         "the files' contents are not in a fingerprint",
         MUTATIONS,
-        "            digest.update(hashlib.sha256(content(path)).digest())\n",
-        "            digest.update(path.encode())\n",
+        '            contents[path] = hashlib.sha256(file.read_bytes() if file.is_file() else b"(missing)").digest()\n',
+        "            contents[path] = hashlib.sha256(path.encode()).digest()\n",
         (
             f"{RECORD_TESTS}::test_a_change_to_the_broken_file_makes_only_its_breaks_due",
             f"{RECORD_TESTS}::test_a_change_to_a_test_file_makes_its_breaks_due",
@@ -5682,6 +5694,34 @@ BREAKS += [
         " if current.get(name) == fp and name not in missed}\n",
         " if current.get(name) == fp}\n",
         (f"{RECORD_TESTS}::test_a_missed_break_is_forgotten_and_due_again",),
+    ),
+    Break(
+        "shared test code is not in a fingerprint",
+        MUTATIONS,
+        "        digest = hashlib.sha256(shared)\n",
+        "        digest = hashlib.sha256()\n",
+        (f"{RECORD_TESTS}::test_a_change_to_shared_test_code_makes_every_break_due",),
+    ),
+    Break(
+        "the sample is the same breaks every day",
+        MUTATIONS,
+        "    return unverified, verified[day % slices :: slices]\n",
+        "    return unverified, verified[:sample]\n",
+        (f"{RECORD_TESTS}::test_day_after_day_the_slices_check_every_recorded_break_once",),
+    ),
+    Break(
+        "a run records its missed breaks as caught",
+        MUTATIONS,
+        "    write_record(checked, {b.name for b in chosen} - missed, missed)\n",
+        "    write_record(checked, {b.name for b in chosen}, set())\n",
+        (f"{RECORD_TESTS}::test_a_run_records_the_breaks_it_caught_and_not_those_it_missed",),
+    ),
+    Break(
+        "two breaks may share a name",
+        MUTATIONS,
+        '            mistakes.append(f"{broken.name!r}: the name is used by another break")\n',
+        "            pass\n",
+        (f"{RECORD_TESTS}::test_a_list_with_a_name_used_twice_is_refused",),
     ),
 ]
 
@@ -5727,6 +5767,25 @@ BREAKS += [
         "                return  # closed: every line queued before is written\n",
         "                continue\n",
         ("tests/test_logs_never_block.py::test_closing_a_log_stream_writes_the_lines_queued_and_ends_its_writer",),
+    ),
+]
+
+
+# LossyStream.close: after it, no blocking write; called again, it waits again (tests/test_logs_never_block.py).
+BREAKS += [
+    Break(
+        "a line written after close blocks on the stream",
+        "server/logs.py",
+        "                self._drop(1)  # closed: never a blocking write on the caller's thread\n",
+        "                return self._write_now(text)  # closed\n",
+        ("tests/test_logs_never_block.py::test_a_line_written_after_close_is_dropped_and_counted",),
+    ),
+    Break(
+        "closing again says ended while the writer is held",
+        "server/logs.py",
+        "        if writer.is_alive():\n            return False\n",
+        "        if writer.is_alive() and pending is not None:\n            return False\n",
+        ("tests/test_logs_never_block.py::test_closing_again_waits_again_for_a_writer_held_by_a_stalled_reader",),
     ),
 ]
 
@@ -5816,25 +5875,74 @@ def check(repo: Path, broken: Break) -> bool:
     return code in (None, pytest.ExitCode.TESTS_FAILED)
 
 
-def fingerprints(breaks: list[Break]) -> dict[str, str]:
-    """Each break's fingerprint: a hash of its entry, the file it breaks and its test files, as they are now."""
+def shared_digest(root: Path) -> bytes:
+    """A hash of what every break's verdict may lean on beyond its own files (SHARED, and this harness)."""
+    digest = hashlib.sha256()
+    for entry in SHARED:
+        path = root / entry
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for file in files:
+            if file.is_file() and "__pycache__" not in file.parts:
+                digest.update(str(file.relative_to(root)).encode() + b"\0")
+                digest.update(hashlib.sha256(file.read_bytes()).digest())
+    for function in (copy_repo, run_tests, check):
+        digest.update(inspect.getsource(function).encode())
+    digest.update(f"{RUN_SECONDS}".encode())
+    return digest.digest()
+
+
+def fingerprints(breaks: list[Break], root: Path) -> dict[str, str]:
+    """Each break's fingerprint: a hash of its entry, the file it breaks, its test files and the shared digest."""
+    shared = shared_digest(root)
     contents: dict[str, bytes] = {}
 
     def content(path: str) -> bytes:
         if path not in contents:
-            file = ROOT / path
-            contents[path] = file.read_bytes() if file.is_file() else b"(missing)"
+            file = root / path
+            contents[path] = hashlib.sha256(file.read_bytes() if file.is_file() else b"(missing)").digest()
         return contents[path]
 
     result = {}
     for broken in breaks:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(shared)
         for part in (broken.name, broken.path, broken.old, broken.new, *broken.tests):
             digest.update(part.encode() + b"\0")
         for path in (broken.path, *sorted({test.split("::")[0] for test in broken.tests})):
-            digest.update(hashlib.sha256(content(path)).digest())
+            digest.update(content(path))
         result[broken.name] = digest.hexdigest()[:16]
     return result
+
+
+def list_mistakes(breaks: list[Break], root: Path) -> list[str]:
+    """What would make the record wrong: a name used twice (its fingerprints would mix), a test file that is none."""
+    mistakes = []
+    seen: set[str] = set()
+    for broken in breaks:
+        if broken.name in seen:
+            mistakes.append(f"{broken.name!r}: the name is used by another break")
+        seen.add(broken.name)
+        for file in sorted({test.split("::")[0] for test in broken.tests}):
+            if not (root / file).is_file():
+                mistakes.append(f"{broken.name!r}: its test {file} is not a file")
+    return mistakes
+
+
+def due_breaks(
+    breaks: list[Break], record: dict[str, str], current: dict[str, str], sample: int, day: int
+) -> tuple[list[Break], list[Break]]:
+    """The breaks whose fingerprint is not recorded, and the day's slice of the others.
+
+    The recorded breaks, in a fixed order of their names' hashes, are dealt into slices of about
+    `sample`; day after day the slices come up in turn, so every recorded break is checked once
+    in ceil(recorded / sample) days.
+    """
+    unverified = [b for b in breaks if record.get(b.name) != current[b.name]]
+    verified = [b for b in breaks if record.get(b.name) == current[b.name]]
+    if sample <= 0 or not verified:
+        return unverified, []
+    verified.sort(key=lambda b: hashlib.sha256(b.name.encode()).digest())
+    slices = -(-len(verified) // sample)
+    return unverified, verified[day % slices :: slices]
 
 
 def read_record() -> dict[str, str]:
@@ -5854,7 +5962,10 @@ def write_record(current: dict[str, str], caught: set[str], missed: set[str]) ->
     record = {name: fp for name, fp in read_record().items() if current.get(name) == fp and name not in missed}
     record.update((name, current[name]) for name in caught)
     lines = [f"{record[name]} {name}" for name in sorted(record)]
-    RECORD.write_text("".join(line + "\n" for line in lines))
+    # Whole or not at all: a run stopped halfway, or another run's write, never leaves half a record.
+    fresh = RECORD.with_name(f"{RECORD.name}.{os.getpid()}")
+    fresh.write_text("".join(line + "\n" for line in lines))
+    os.replace(fresh, RECORD)
 
 
 def main(argv: list[str]) -> int:
@@ -5873,26 +5984,27 @@ def main(argv: list[str]) -> int:
         help="only the breaks whose fingerprint tests/mutations.verified does not hold (new or changed)",
     )
     parser.add_argument(
-        "--sample", type=int, default=0, metavar="N", help="with --unverified: N recorded breaks more, at random"
+        "--sample", type=int, default=0, metavar="N", help="with --unverified: the day's slice of N recorded breaks"
     )
     parser.add_argument(
-        "--seed", type=int, default=datetime.date.today().toordinal(), help="the sample's seed (default: the day)"
+        "--day", type=int, default=datetime.date.today().toordinal(), help="the slice's day (default: today)"
     )
     args = parser.parse_args(argv)
+    mistakes = list_mistakes(BREAKS, ROOT)
+    for mistake in mistakes:
+        print(f"mutations: {mistake}", file=sys.stderr)
+    if mistakes:
+        return 2
     chosen = [b for b in BREAKS if not args.names or b.name in args.names]
     unknown = set(args.names) - {b.name for b in BREAKS}
     if unknown:
         print(f"mutations: unknown break(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    current = fingerprints(BREAKS)
     if args.unverified:
-        record = read_record()
-        verified = [b for b in chosen if record.get(b.name) == current[b.name]]
-        unverified = [b for b in chosen if record.get(b.name) != current[b.name]]
-        sample = random.Random(args.seed).sample(verified, min(args.sample, len(verified)))
+        unverified, sample = due_breaks(chosen, read_record(), fingerprints(BREAKS, ROOT), args.sample, args.day)
         print(
             f"mutations: {len(unverified)} of {len(chosen)} breaks new or changed since last caught,"
-            f" and {len(sample)} of the others at random (seed {args.seed})",
+            f" and the day's {len(sample)} of the others (day {args.day})",
             flush=True,
         )
         picked = {b.name for b in (*unverified, *sample)}
@@ -5909,6 +6021,8 @@ def main(argv: list[str]) -> int:
         copies: queue.Queue[Path] = queue.Queue()
         for index in range(max(1, args.jobs)):
             copies.put(copy_repo(Path(tmp), f"repo-{index}"))
+        # What the checks ran on: the tree may change while they run.
+        checked = fingerprints(BREAKS, copies.queue[0])
         if not args.after_suite:
             every_test = tuple(dict.fromkeys(test for b in chosen for test in b.tests))
             groups = by_file_in_groups(every_test, max(1, args.jobs))
@@ -5934,8 +6048,8 @@ def main(argv: list[str]) -> int:
 
         with ThreadPoolExecutor(max(1, args.jobs)) as pool:
             results = list(pool.map(check_on_a_copy, chosen))
-    missed = [b.name for b, caught in zip(chosen, results, strict=True) if not caught]
-    write_record(current, {b.name for b in chosen} - set(missed), set(missed))
+    missed = {b.name for b, caught in zip(chosen, results, strict=True) if not caught}
+    write_record(checked, {b.name for b in chosen} - missed, missed)
     print(f"mutations: {len(chosen) - len(missed)}/{len(chosen)} breaks caught in {time.monotonic() - started:.0f} s")
     return 1 if missed else 0
 

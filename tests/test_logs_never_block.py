@@ -366,6 +366,23 @@ def test_closing_a_log_stream_writes_the_lines_queued_and_ends_its_writer() -> N
         assert read_all(log.read_end, len(lines)).decode() == "".join(lines)
 
 
+def test_a_line_written_after_close_is_dropped_and_counted() -> None:
+    with piped_log() as log:
+        assert log.lossy.close(ANSWER_BOUND)
+        assert log.lossy.write(LINE % (0, "late")) == 0
+        assert log.lossy.dropped == 1
+
+
+def test_closing_again_waits_again_for_a_writer_held_by_a_stalled_reader() -> None:
+    with piped_log() as log:
+        for line in filler_lines(log.capacity, "w" * 40):  # more than the pipe holds: nobody reads
+            log.lossy.write(line)
+        assert not log.lossy.close(0.2)
+        assert not log.lossy.close(0.2)  # the writer is still held: not ended
+        log.close_reader()  # its write fails now, and so does every one after
+        assert log.lossy.close(ANSWER_BOUND)
+
+
 def test_the_log_writer_thread_takes_no_signal() -> None:
     # A signal the writer took would be lost to the thread waiting for it: the --workers
     # supervisor takes SIGTERM and SIGCHLD by `sigtimedwait`, which sees only those left pending.

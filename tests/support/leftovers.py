@@ -36,6 +36,8 @@ def children(process: subprocess.Popen[Any] | None) -> list[psutil.Process]:
 
 def workers_of(group: Path, pids: Iterable[int]) -> list[psutil.Process]:
     """Those of `pids` still running with `group` on their command line: a pid taken since by another process is not."""
+    if group == Path():
+        return []  # the group is not known yet: "." is on many a command line
     found = []
     for pid in pids:
         with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):  # a zombie's is gone too
