@@ -5705,9 +5705,16 @@ BREAKS += [
     Break(
         "the sample is the same breaks every day",
         MUTATIONS,
-        "    return unverified, verified[day % slices :: slices]\n",
+        "    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]\n",
         "    return unverified, verified[:sample]\n",
         (f"{RECORD_TESTS}::test_day_after_day_the_slices_check_every_recorded_break_once",),
+    ),
+    Break(
+        "a break's day moves when another is added",
+        MUTATIONS,
+        "    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]\n",
+        "    return unverified, verified[day % slices :: slices]\n",
+        (f"{RECORD_TESTS}::test_a_break_keeps_its_day_when_another_is_added",),
     ),
     Break(
         "a run records its missed breaks as caught",
@@ -5932,17 +5939,21 @@ def due_breaks(
 ) -> tuple[list[Break], list[Break]]:
     """The breaks whose fingerprint is not recorded, and the day's slice of the others.
 
-    The recorded breaks, in a fixed order of their names' hashes, are dealt into slices of about
-    `sample`; day after day the slices come up in turn, so every recorded break is checked once
-    in ceil(recorded / sample) days.
+    The recorded breaks are dealt into ceil(recorded / sample) slices of about `sample` by the hash
+    of their names, so a break keeps its slice when others come or go; day after day the slices
+    come up in turn, and every recorded break is checked once in that many days.
     """
     unverified = [b for b in breaks if record.get(b.name) != current[b.name]]
     verified = [b for b in breaks if record.get(b.name) == current[b.name]]
     if sample <= 0 or not verified:
         return unverified, []
-    verified.sort(key=lambda b: hashlib.sha256(b.name.encode()).digest())
     slices = -(-len(verified) // sample)
-    return unverified, verified[day % slices :: slices]
+    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]
+
+
+def slot(name: str) -> int:
+    """A break's place in the rotation: a hash of its name, the same on every machine and run."""
+    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big")
 
 
 def read_record() -> dict[str, str]:

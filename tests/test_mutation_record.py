@@ -91,14 +91,30 @@ def test_a_break_dropped_from_the_list_leaves_the_record(repo: Path) -> None:
     assert set(mutations.read_record()) == {"b is three"}
 
 
-def test_day_after_day_the_slices_check_every_recorded_break_once() -> None:
-    breaks = [Break(f"break {index}", "server/a.py", "A", "B", ()) for index in range(50)]
-    current = {b.name: "same" for b in breaks}
-    slices = [mutations.due_breaks(breaks, current, current, 12, day)[1] for day in range(1000, 1005)]
+def recorded(count: int, start: int = 0) -> list[Break]:
+    """`count` breaks, all as recorded."""
+    return [Break(f"break {index}", "server/a.py", "A", "B", ()) for index in range(start, start + count)]
 
-    checked = [b.name for day in slices for b in day]
-    assert sorted(checked) == sorted(b.name for b in breaks)  # each once in five days (50 in slices of ~12)
-    assert all(len(day) <= 12 for day in slices)
+
+def todays(breaks: list[Break], day: int, sample: int) -> list[str]:
+    """The names of the day's slice of `breaks`, every one of them recorded."""
+    current = {b.name: "same" for b in breaks}
+    return [b.name for b in mutations.due_breaks(breaks, current, current, sample, day)[1]]
+
+
+def test_day_after_day_the_slices_check_every_recorded_break_once() -> None:
+    breaks = recorded(50)
+    checked = [name for day in range(1000, 1005) for name in todays(breaks, day, 12)]  # 5 slices of ~12
+
+    assert sorted(checked) == sorted(b.name for b in breaks)
+
+
+def test_a_break_keeps_its_day_when_another_is_added() -> None:
+    breaks = recorded(50)
+    before = {day: set(todays(breaks, day, 12)) for day in range(5)}
+    after = {day: set(todays([*recorded(1, start=50), *breaks], day, 12)) for day in range(5)}  # still 5 slices
+
+    assert all(before[day] <= after[day] for day in range(5))
 
 
 def test_a_run_records_the_breaks_it_caught_and_not_those_it_missed(
