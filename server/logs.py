@@ -200,8 +200,10 @@ class LossyStream:
         """End the writer once the lines queued so far are written (or dropped); whether it has ended.
 
         The gateway's own stream lives as long as its process and is never closed; a stream made for
-        a while (a test's) ends its thread here, and its exit no longer waits for it. A line written
-        after is dropped and counted; called again, `close` waits for the writer again.
+        a while (a test's) ends its thread here, and its exit no longer waits for it. Call it once
+        nothing else writes: a line a racing `write` queues behind the end is never written. A line
+        written after is dropped and counted; called again, `close` waits for the writer again. A
+        stream with no file descriptor has no writer: it is flushed, and writes still go to it.
         """
         writer = self._writer
         if writer is None:
@@ -213,20 +215,7 @@ class LossyStream:
             atexit.unregister(self.wait_written)
             pending.put(None)
         writer.join(timeout)
-        if writer.is_alive():
-            return False
-        # A line a racing `write` queued behind the end was never written: dropped, and counted.
-        closed = self._closed
-        while closed is not None:
-            try:
-                item = closed.get_nowait()
-            except queue.Empty:
-                break
-            if isinstance(item, str):
-                self._drop(1)
-            elif item is not None:
-                item.set()
-        return True
+        return not writer.is_alive()
 
     def isatty(self) -> bool:
         """Whether the stream is a terminal (never, once it is gone)."""

@@ -3,7 +3,7 @@
     .venv/bin/python tests/mutations.py                 # every break (about 15 minutes on 2 cores)
     .venv/bin/python tests/mutations.py NAME ...        # only these
     .venv/bin/python tests/mutations.py --jobs 1 ...    # one at a time (default: 3 at once)
-    .venv/bin/python tests/mutations.py --unverified --sample 48    # what tests/run does (a minute or so)
+    .venv/bin/python tests/mutations.py --unverified --slices 13    # what tests/run does (a minute or so)
 
 The repository is copied to temporary directories (without .git, .venv, node_modules); the
 listed tests first run there unbroken and must pass (split by file across the copies, at once),
@@ -16,14 +16,15 @@ Most of a run is waiting (processes starting, a bound running out), so a few run
 
 Every break a run catches is recorded in tests/mutations.verified with its fingerprint: a hash of
 its entry, the file it breaks, its test files, and what every break leans on (SHARED: conftest,
-tests/support, config, the pinned packages; and this harness). `--unverified` checks only the
-breaks whose fingerprint is not recorded: new ones, and those whose entry or files changed since
-they were last caught (a change to shared code: all of them, once). That is what tests/run does,
-with `--sample 48`: the day's slice of the recorded breaks too, the slices in turn, so that each
-is checked again within ceil(recorded / 48) days (14 for 652). A proof that stopped biting
-through a change no fingerprint covers (another module its tests pass through, a timing that
-drifted) is found by that slice or by the full check, not at once: commit the record with the
-change, and run the full check, this script with no argument, before a release.
+tests/support and the other helpers under tests/, config, the pinned packages; and this harness).
+`--unverified` checks only the breaks whose fingerprint is not recorded: new ones, and those whose
+entry or files changed since they were last caught (a change to shared code: all of them, once).
+That is what tests/run does, with `--slices 13`: the day's slice of the recorded breaks too, dealt
+by the hash of their names, one slice a day, so that each is checked again within 13 days of daily
+runs. A proof that stopped biting through a change no fingerprint covers (another module its
+tests pass through, a timing that drifted) is found by its slice or by the full check, not at once:
+commit the record with the change, and run the full check, this script with no argument, before a
+release. `--dry-run` names the breaks a run would check, and checks none.
 """
 
 from __future__ import annotations
@@ -55,13 +56,19 @@ RECORD = ROOT / "tests" / "mutations.verified"  # "<fingerprint> <name>" for eac
 # What any break's verdict may lean on beyond its own files: shared test code, the test settings,
 # the pinned packages. A change to one of them makes every break due (a full check, once).
 SHARED = (
+    "tests/__init__.py",
     "tests/conftest.py",
     "tests/support",
+    "tests/hostile",
+    "tests/openapi",
+    "tests/node",
+    "tests/schemathesis_hooks.py",
     "config",
     "pyproject.toml",
     "requirements.lock",
     "requirements-dev.lock",
 )
+NOT_SHARED = {"__pycache__", "node_modules"}  # folders in SHARED left out: made by tools, not written
 
 # Where each broken line lives: one place to update when a module is renamed.
 CLI = "server/cli.py"  # run.py is a shim for it
@@ -5706,7 +5713,7 @@ BREAKS += [
         "the sample is the same breaks every day",
         MUTATIONS,
         "    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]\n",
-        "    return unverified, verified[:sample]\n",
+        "    return unverified, verified[:slices]\n",
         (f"{RECORD_TESTS}::test_day_after_day_the_slices_check_every_recorded_break_once",),
     ),
     Break(
@@ -5715,6 +5722,21 @@ BREAKS += [
         "    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]\n",
         "    return unverified, verified[day % slices :: slices]\n",
         (f"{RECORD_TESTS}::test_a_break_keeps_its_day_when_another_is_added",),
+    ),
+    Break(
+        "a break's day moves when others fall due",
+        MUTATIONS,
+        "    return unverified, [b for b in verified if slot(b.name) % slices == day % slices]\n",
+        "    count = -(-len(verified) // 10)\n"
+        "    return unverified, [b for b in verified if slot(b.name) % count == day % count]\n",
+        (f"{RECORD_TESTS}::test_a_break_keeps_its_day_when_others_fall_due",),
+    ),
+    Break(
+        "a dry run checks the breaks",
+        MUTATIONS,
+        "    if args.dry_run:\n",
+        "    if False:\n",
+        (f"{RECORD_TESTS}::test_a_dry_run_names_the_due_breaks_and_records_nothing",),
     ),
     Break(
         "a run records its missed breaks as caught",
@@ -5790,8 +5812,8 @@ BREAKS += [
     Break(
         "closing again says ended while the writer is held",
         "server/logs.py",
-        "        if writer.is_alive():\n            return False\n",
-        "        if writer.is_alive() and pending is not None:\n            return False\n",
+        "        return not writer.is_alive()\n",
+        "        return pending is None or not writer.is_alive()\n",
         ("tests/test_logs_never_block.py::test_closing_again_waits_again_for_a_writer_held_by_a_stalled_reader",),
     ),
 ]
@@ -5886,16 +5908,24 @@ def shared_digest(root: Path) -> bytes:
     """A hash of what every break's verdict may lean on beyond its own files (SHARED, and this harness)."""
     digest = hashlib.sha256()
     for entry in SHARED:
-        path = root / entry
-        files = sorted(path.rglob("*")) if path.is_dir() else [path]
-        for file in files:
-            if file.is_file() and "__pycache__" not in file.parts:
-                digest.update(str(file.relative_to(root)).encode() + b"\0")
-                digest.update(hashlib.sha256(file.read_bytes()).digest())
+        for file in _files(root / entry):
+            digest.update(str(file.relative_to(root)).encode() + b"\0")
+            digest.update(hashlib.sha256(file.read_bytes()).digest())
     for function in (copy_repo, run_tests, check):
         digest.update(inspect.getsource(function).encode())
     digest.update(f"{RUN_SECONDS}".encode())
     return digest.digest()
+
+
+def _files(path: Path) -> list[Path]:
+    """The files at `path` (a file, or a folder walked in order, without NOT_SHARED); none if missing."""
+    if path.is_file():
+        return [path]
+    found = []
+    for folder, folders, names in os.walk(path):
+        folders[:] = sorted(name for name in folders if name not in NOT_SHARED)
+        found += [Path(folder) / name for name in sorted(names)]
+    return found
 
 
 def fingerprints(breaks: list[Break], root: Path) -> dict[str, str]:
@@ -5935,19 +5965,19 @@ def list_mistakes(breaks: list[Break], root: Path) -> list[str]:
 
 
 def due_breaks(
-    breaks: list[Break], record: dict[str, str], current: dict[str, str], sample: int, day: int
+    breaks: list[Break], record: dict[str, str], current: dict[str, str], slices: int, day: int
 ) -> tuple[list[Break], list[Break]]:
-    """The breaks whose fingerprint is not recorded, and the day's slice of the others.
+    """The breaks whose fingerprint is not recorded, and the day's slice of the others (none when `slices` is 0).
 
-    The recorded breaks are dealt into ceil(recorded / sample) slices of about `sample` by the hash
-    of their names, so a break keeps its slice when others come or go; day after day the slices
-    come up in turn, and every recorded break is checked once in that many days.
+    The recorded breaks are dealt into `slices` slices by the hash of their names, so a break keeps
+    its slice whatever other breaks come, go or fall due; the slices come up in turn, one a day, so
+    every recorded break is checked once in `slices` days (a number prime to 7: weekdays only
+    still reach every slice).
     """
     unverified = [b for b in breaks if record.get(b.name) != current[b.name]]
     verified = [b for b in breaks if record.get(b.name) == current[b.name]]
-    if sample <= 0 or not verified:
+    if slices <= 0:
         return unverified, []
-    slices = -(-len(verified) // sample)
     return unverified, [b for b in verified if slot(b.name) % slices == day % slices]
 
 
@@ -5995,8 +6025,13 @@ def main(argv: list[str]) -> int:
         help="only the breaks whose fingerprint tests/mutations.verified does not hold (new or changed)",
     )
     parser.add_argument(
-        "--sample", type=int, default=0, metavar="N", help="with --unverified: the day's slice of N recorded breaks"
+        "--slices",
+        type=int,
+        default=0,
+        metavar="N",
+        help="with --unverified: also the day's slice of the recorded breaks, dealt into N slices",
     )
+    parser.add_argument("--dry-run", action="store_true", help="name the chosen breaks, check none")
     parser.add_argument(
         "--day", type=int, default=datetime.date.today().toordinal(), help="the slice's day (default: today)"
     )
@@ -6012,7 +6047,7 @@ def main(argv: list[str]) -> int:
         print(f"mutations: unknown break(s): {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
     if args.unverified:
-        unverified, sample = due_breaks(chosen, read_record(), fingerprints(BREAKS, ROOT), args.sample, args.day)
+        unverified, sample = due_breaks(chosen, read_record(), fingerprints(BREAKS, ROOT), args.slices, args.day)
         print(
             f"mutations: {len(unverified)} of {len(chosen)} breaks new or changed since last caught,"
             f" and the day's {len(sample)} of the others (day {args.day})",
@@ -6020,6 +6055,10 @@ def main(argv: list[str]) -> int:
         )
         picked = {b.name for b in (*unverified, *sample)}
         chosen = [b for b in chosen if b.name in picked]
+    if args.dry_run:
+        for broken in chosen:
+            print(broken.name)
+        return 0
     if not chosen:
         return 0
     stale = [b for b in chosen if (ROOT / b.path).read_text().count(b.old) != 1]

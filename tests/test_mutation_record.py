@@ -96,25 +96,49 @@ def recorded(count: int, start: int = 0) -> list[Break]:
     return [Break(f"break {index}", "server/a.py", "A", "B", ()) for index in range(start, start + count)]
 
 
-def todays(breaks: list[Break], day: int, sample: int) -> list[str]:
-    """The names of the day's slice of `breaks`, every one of them recorded."""
-    current = {b.name: "same" for b in breaks}
-    return [b.name for b in mutations.due_breaks(breaks, current, current, sample, day)[1]]
+def todays(breaks: list[Break], day: int, slices: int, due: frozenset[str] = frozenset()) -> set[str]:
+    """The names in the day's slice of `breaks`, every one recorded but those `due`."""
+    current = {b.name: "now" for b in breaks}
+    record = {b.name: "now" for b in breaks if b.name not in due}
+    return {b.name for b in mutations.due_breaks(breaks, record, current, slices, day)[1]}
 
 
 def test_day_after_day_the_slices_check_every_recorded_break_once() -> None:
     breaks = recorded(50)
-    checked = [name for day in range(1000, 1005) for name in todays(breaks, day, 12)]  # 5 slices of ~12
+    days = [todays(breaks, day, 5) for day in range(1000, 1005)]
 
-    assert sorted(checked) == sorted(b.name for b in breaks)
+    assert set().union(*days) == {b.name for b in breaks}
+    assert sum(len(day) for day in days) == len(breaks)  # each once
 
 
 def test_a_break_keeps_its_day_when_another_is_added() -> None:
     breaks = recorded(50)
-    before = {day: set(todays(breaks, day, 12)) for day in range(5)}
-    after = {day: set(todays([*recorded(1, start=50), *breaks], day, 12)) for day in range(5)}  # still 5 slices
+    before = {day: todays(breaks, day, 5) for day in range(5)}
+    after = {day: todays([*recorded(1, start=50), *breaks], day, 5) for day in range(5)}
 
     assert all(before[day] <= after[day] for day in range(5))
+
+
+def test_a_break_keeps_its_day_when_others_fall_due() -> None:
+    breaks = recorded(50)
+    due = frozenset(f"break {index}" for index in range(12))  # their files changed: checked at once
+    before = {day: todays(breaks, day, 5) for day in range(5)}
+    after = {day: todays(breaks, day, 5, due) for day in range(5)}
+
+    assert all(after[day] == before[day] - due for day in range(5))
+
+
+def test_a_dry_run_names_the_due_breaks_and_records_nothing(
+    repo: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(mutations, "BREAKS", [BREAK_A, BREAK_B])
+    record_caught([BREAK_B], repo)
+    before = mutations.RECORD.read_text()
+
+    assert mutations.main(["--unverified", "--dry-run"]) == 0
+
+    assert capsys.readouterr().out.splitlines()[-1] == "a is two"
+    assert mutations.RECORD.read_text() == before
 
 
 def test_a_run_records_the_breaks_it_caught_and_not_those_it_missed(
