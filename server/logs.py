@@ -144,7 +144,7 @@ class LossyStream:
         # Lines, marks to set once the lines before them are written, and None: the writer's end (`close`).
         self._pending: queue.SimpleQueue[str | threading.Event | None] | None = None
         self._writer: threading.Thread | None = None
-        self._closed: queue.SimpleQueue[str | threading.Event | None] | None = None  # the queue `close` ended
+        self._closed = False  # `close` ended the writer: a line written now is dropped
         if self._fd is None:
             return
         # What the stream buffered before goes out first: from here on, lines bypass its buffer.
@@ -169,7 +169,7 @@ class LossyStream:
         """Queue `text` (one line) for the writer; 0 (and one line more dropped) when too many wait."""
         pending = self._pending
         if pending is None:
-            if self._closed is not None:
+            if self._closed:
                 self._drop(1)  # closed: never a blocking write on the caller's thread
                 return 0
             return self._write_now(text)
@@ -211,7 +211,7 @@ class LossyStream:
             return True
         pending = self._pending
         if pending is not None:
-            self._closed, self._pending = pending, None
+            self._closed, self._pending = True, None
             atexit.unregister(self.wait_written)
             pending.put(None)
         writer.join(timeout)

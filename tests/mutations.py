@@ -5303,8 +5303,8 @@ BREAKS += [
     Break(
         "every log line is written on the event loop",
         "server/logs.py",
-        "        if pending is None:\n            if self._closed is not None:",
-        "        if True:\n            if self._closed is not None:",
+        "        if pending is None:\n            if self._closed:",
+        "        if True:\n            if self._closed:",
         (
             "tests/test_logs_never_block.py::test_a_stalled_log_reader_holds_up_no_request_nor_livez",
             "tests/test_logs_never_block.py::test_sigterm_ends_a_gateway_whose_log_reader_stalled_within_a_bound",
