@@ -39,6 +39,8 @@ QUICK_EXIT_SECONDS = 15
 TELLING_GAP_MS = 2000
 # Where a thread sleeping in epoll_wait is, as /proc/PID/task/TID/wchan names it (by kernel version).
 EPOLL_WAITS = ("do_epoll_wait", "ep_poll")
+# Where a thread sleeping in the read of an empty pipe is (by kernel version).
+PIPE_READS = ("pipe_wait", "pipe_read", "anon_pipe_read")
 
 
 def supervisor(port: int, workers: int = 2, **environ: str) -> ManagedProcess:
@@ -396,10 +398,15 @@ def test_a_worker_whose_supervisor_is_dying_with_a_thread_left_drains_and_leaves
 
 def wait_in_epoll(pid: int, tid: int) -> None:
     """Return once thread `tid` of process `pid` sleeps in epoll_wait: its event loop waits, running nothing."""
+    wait_sleeping_in(pid, tid, EPOLL_WAITS, "epoll")
+
+
+def wait_sleeping_in(pid: int, tid: int, places: tuple[str, ...], what: str) -> None:
+    """Return once thread `tid` of process `pid` sleeps in the kernel at one of `places` (its wchan)."""
     wchan = Path(f"/proc/{pid}/task/{tid}/wchan")
     deadline = time.monotonic() + QUICK_EXIT_SECONDS
-    while (where := wchan.read_text()) not in EPOLL_WAITS:
-        assert time.monotonic() < deadline, f"thread {tid} of process {pid} never waited in epoll (last in {where!r})"
+    while (where := wchan.read_text()) not in places:
+        assert time.monotonic() < deadline, f"thread {tid} of process {pid} never waited in {what} (last in {where!r})"
         time.sleep(0.001)  # the pace of a poll of the thread's state, not a synchronisation
 
 
@@ -566,6 +573,10 @@ def test_a_worker_stopped_while_it_starts_exits_zero_and_still_leaves_the_group(
         opened.start()
         opened.join(QUICK_EXIT_SECONDS)
         assert writer
+        # Signalled only once it sleeps in the read: CPython runs a handler between bytecodes, so a
+        # signal landing after its last check and before the read's system call would wait for the
+        # read to return (the kernel interrupts a read that sleeps, not one still to come).
+        wait_sleeping_in(process.pid, process.pid, PIPE_READS, "the read of its settings")
         process.signal(signal.SIGTERM)
         assert process.wait(QUICK_EXIT_SECONDS) == 0
         assert not group.path.exists()
