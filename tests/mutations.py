@@ -5819,6 +5819,41 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "the variables Kubernetes sets for a Service named sluice stop start-up",
+        "server/settings/environment.py",
+        "            if _is_service_link(name, env[name]):\n                continue\n",
+        "",
+        (f"{SETTINGS_TESTS}::test_the_variables_kubernetes_sets_for_services_named_sluice_are_no_mistake",),
+    ),
+    Break(
+        "any value passes for a service link's address",
+        "server/settings/environment.py",
+        '        ipaddress.ip_address(value.strip("[]"))\n',
+        '        str(value.strip("[]"))\n',
+        (
+            f"{SETTINGS_TESTS}::test_a_service_link_name_with_a_value_kubernetes_never_sets_is_refused",
+            f"{SETTINGS_TESTS}::test_the_variables_kubernetes_sets_for_services_named_sluice_are_no_mistake",
+        ),
+    ),
+    Break(
+        "SLUICE_PORT=8080 is refused with a hint at another setting",
+        "server/settings/environment.py",
+        '            if name == f"{ENV_PREFIX}PORT":\n',
+        '            if name == f"{ENV_PREFIX}PORTS":\n',
+        (f"{SETTINGS_TESTS}::test_sluice_port_as_a_number_is_refused_naming_the_port_variable",),
+    ),
+    Break(
+        "the Deployment's pods get the Service's variables",
+        "deploy/kubernetes/sluice.yaml",
+        "      enableServiceLinks: false\n",
+        "      enableServiceLinks: true\n",
+        ("tests/test_deploy.py::test_the_pods_get_no_variables_for_the_namespaces_services",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -176,3 +176,8 @@ def test_the_deployments_kept_browser_events_fit_well_inside_its_memory_limit() 
     limit = sluice["resources"]["limits"]["memory"]
     assert limit.endswith("Gi")
     assert int(env["SLUICE_BROWSER_MAX_KEPT_BYTES"]) <= int(limit.removesuffix("Gi")) * 2**30 // 2
+
+
+def test_the_pods_get_no_variables_for_the_namespaces_services() -> None:
+    """Service links would give each pod SLUICE_SERVICE_HOST and the like for the Service `sluice`."""
+    assert kubernetes()["Deployment"]["spec"]["template"]["spec"]["enableServiceLinks"] is False

@@ -292,6 +292,43 @@ def test_an_unknown_sluice_variable_is_refused_naming_the_closest_setting() -> N
     assert "did you mean SLUICE_STREAM_HEARTBEAT_INTERVAL?" in message
 
 
+# What Kubernetes sets in every pod of a namespace holding a Service `sluice` (port `http`, 80) and
+# a Service `sluice-redis` on an IPv6 cluster address.
+SERVICE_LINKS = {
+    "SLUICE_SERVICE_HOST": "10.96.0.12",
+    "SLUICE_SERVICE_PORT": "80",
+    "SLUICE_SERVICE_PORT_HTTP": "80",
+    "SLUICE_PORT": "tcp://10.96.0.12:80",
+    "SLUICE_PORT_80_TCP": "tcp://10.96.0.12:80",
+    "SLUICE_PORT_80_TCP_PROTO": "tcp",
+    "SLUICE_PORT_80_TCP_PORT": "80",
+    "SLUICE_PORT_80_TCP_ADDR": "10.96.0.12",
+    "SLUICE_REDIS_SERVICE_HOST": "fd00::a",
+    "SLUICE_REDIS_SERVICE_PORT": "6379",
+    "SLUICE_REDIS_PORT": "tcp://[fd00::a]:6379",
+    "SLUICE_REDIS_PORT_6379_TCP": "tcp://[fd00::a]:6379",
+    "SLUICE_REDIS_PORT_6379_TCP_PROTO": "tcp",
+    "SLUICE_REDIS_PORT_6379_TCP_PORT": "6379",
+    "SLUICE_REDIS_PORT_6379_TCP_ADDR": "fd00::a",
+}
+
+
+def test_the_variables_kubernetes_sets_for_services_named_sluice_are_no_mistake() -> None:
+    assert load(**SERVICE_LINKS) == load()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("SLUICE_SERVICE_HOST", "sluice.internal"), ("SLUICE_REDIS_PORT", "6379"), ("SLUICE_PORT_80_TCP_PROTO", "http")],
+)
+def test_a_service_link_name_with_a_value_kubernetes_never_sets_is_refused(name: str, value: str) -> None:
+    assert f"environment variable {name}: no such setting" in settings_error(**{name: value})
+
+
+def test_sluice_port_as_a_number_is_refused_naming_the_port_variable() -> None:
+    assert "the port to listen on is PORT or --port" in settings_error(SLUICE_PORT="8080")
+
+
 def test_port_comes_from_the_port_variable() -> None:
     assert load(PORT="9000").process.port == 9000
     assert load().process.port is None

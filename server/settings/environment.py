@@ -1,13 +1,16 @@
 """Settings from the environment: `SLUICE_<SECTION>_<KEY>`, the upstream's usual variables, and keys by name.
 
-Only this package reads the environment; a `SLUICE_` name that is no setting is refused.
+Only this package reads the environment; a `SLUICE_` name that is no setting is refused, except
+the ones Kubernetes sets for a Service named `sluice` or `sluice-*` (`_is_service_link`).
 """
 
 from __future__ import annotations
 
 import difflib
 import hashlib
-from collections.abc import Iterator, Mapping
+import ipaddress
+import re
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, get_origin
 
 from .base import SettingsError
@@ -22,6 +25,47 @@ PORT_VARIABLE = "PORT"
 METRICS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
 Found = dict[tuple[str, str], tuple[Any, str]]
+
+# Kubernetes gives every pod variables for each Service of its namespace (enableServiceLinks, on
+# unless a pod spec turns it off): a Service named `sluice` adds SLUICE_SERVICE_HOST, SLUICE_PORT
+# and the like, one named `sluice-redis` SLUICE_REDIS_SERVICE_HOST. Refused as unknown settings,
+# they stopped every pod of a Deployment whose Service has the obvious name. None is a setting's
+# name, and each is taken only with the value Kubernetes gives it, so a mistake is still refused.
+_SERVICE = r"SLUICE(?:_\w+)?"
+_PORT = r"_PORT_\d+_(?:TCP|UDP|SCTP)"
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value.strip("[]"))
+    except ValueError:
+        return False
+    return True
+
+
+def _is_port(value: str) -> bool:
+    return re.fullmatch(r"\d{1,5}", value, re.ASCII) is not None
+
+
+def _is_service_url(value: str) -> bool:
+    protocol, _, rest = value.partition("://")
+    host, _, port = rest.rpartition(":")
+    return protocol in ("tcp", "udp", "sctp") and _is_ip(host) and _is_port(port)
+
+
+_SERVICE_LINKS: tuple[tuple[re.Pattern[str], Callable[[str], bool]], ...] = (
+    (re.compile(rf"{_SERVICE}_SERVICE_HOST", re.ASCII), _is_ip),
+    (re.compile(rf"{_SERVICE}_SERVICE_PORT(?:_\w+)?", re.ASCII), _is_port),
+    (re.compile(rf"{_SERVICE}(?:_PORT|{_PORT})", re.ASCII), _is_service_url),
+    (re.compile(rf"{_SERVICE}{_PORT}_PROTO", re.ASCII), lambda value: value in ("tcp", "udp", "sctp")),
+    (re.compile(rf"{_SERVICE}{_PORT}_PORT", re.ASCII), _is_port),
+    (re.compile(rf"{_SERVICE}{_PORT}_ADDR", re.ASCII), _is_ip),
+)
+
+
+def _is_service_link(name: str, value: str) -> bool:
+    """Whether `name=value` is a variable Kubernetes sets for a Service, not a setting of Sluice's."""
+    return any(pattern.fullmatch(name) and valid(value) for pattern, valid in _SERVICE_LINKS)
 
 
 def from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> Found:
@@ -46,8 +90,12 @@ def from_environment(raw: Mapping[str, Any], env: Mapping[str, str]) -> Found:
         if not name.startswith(ENV_PREFIX) or name in named:
             continue
         if name not in known:
+            if _is_service_link(name, env[name]):
+                continue
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else "; see config/default.toml for the settings"
+            if name == f"{ENV_PREFIX}PORT":
+                hint = f"; the port to listen on is {PORT_VARIABLE} or --port"
             raise SettingsError(f"environment variable {name}: no such setting{hint}")
         if name == KEY_SETTING_VARIABLE:
             # One documented name for the upstream key, the one hosting integrations set.
