@@ -18,7 +18,7 @@ import socket
 from collections.abc import Callable
 
 import structlog
-from aiohttp import ClientConnectionResetError, web
+from aiohttp import ClientConnectionResetError, HttpVersion11, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http_writer import StreamWriter
 from aiohttp.web_request import BaseRequest
@@ -188,6 +188,11 @@ class SSEResponse(EventSourceResponse):
             return self._payload_writer
         self._set_tcp_user_timeout(request)
         self._request = request
+        if request.version < HttpVersion11:
+            # HTTP/1.0 has no chunked framing: a body of unknown length ends with the connection,
+            # so the stream's end must close it, or a keep-alive client waits for more.
+            self.force_close()
+            self._headers["Connection"] = "close"
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         transport = request.transport

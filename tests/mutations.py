@@ -5854,6 +5854,27 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a stream to an HTTP/1.0 client keeps the connection open after its end",
+        "server/sse.py",
+        "            self.force_close()\n",
+        "",
+        (
+            "tests/test_http10_streams.py::test_a_native_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",
+            "tests/test_http10_streams.py::test_a_v1_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",
+        ),
+    ),
+    Break(
+        "a stream to an HTTP/1.0 client says keep-alive",
+        "server/sse.py",
+        '            self._headers["Connection"] = "close"\n',
+        "",
+        ("tests/test_http10_streams.py::test_a_v1_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
