@@ -5875,6 +5875,31 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a reply not streamed is built whatever its length",
+        "server/simulator/answer.py",
+        "    if not chat.stream and replies[0].count * len(replies) > MAX_WHOLE_REPLY_TOKENS:\n",
+        "    if False:\n",
+        (f"{SIM_TESTS}::test_a_reply_not_streamed_over_the_token_cap_is_refused_naming_sim_tokens",),
+    ),
+    Break(
+        "the token cap counts one choice",
+        "server/simulator/answer.py",
+        "    if not chat.stream and replies[0].count * len(replies) > MAX_WHOLE_REPLY_TOKENS:\n",
+        "    if not chat.stream and replies[0].count > MAX_WHOLE_REPLY_TOKENS:\n",
+        (f"{SIM_TESTS}::test_the_token_cap_of_a_reply_not_streamed_counts_every_choice",),
+    ),
+    Break(
+        "the token cap refuses long streams",
+        "server/simulator/answer.py",
+        "    if not chat.stream and replies[0].count * len(replies) > MAX_WHOLE_REPLY_TOKENS:\n",
+        "    if replies[0].count * len(replies) > MAX_WHOLE_REPLY_TOKENS:\n",
+        (f"{SIM_TESTS}::test_a_streamed_reply_may_be_longer_than_the_token_cap",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -17,6 +17,7 @@ from aiohttp.test_utils import TestClient
 from pytest_aiohttp import AiohttpClient
 
 from server.simulator import STATS_KEY, Pace, create_simulator_app
+from server.simulator.answer import MAX_WHOLE_REPLY_TOKENS
 from server.simulator.plan import (
     DEFAULT_CHUNK_CHARS,
     Fault,
@@ -523,6 +524,39 @@ async def test_directive_in_last_user_message_only(aiohttp_client: AiohttpClient
     resp = await post_chat(client, "#sim tokens=lots")
     assert resp.status == 400
     assert (await resp.json())["error"]["param"] == "sim.tokens"
+
+
+async def test_a_reply_not_streamed_over_the_token_cap_is_refused_naming_sim_tokens(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await simulator(aiohttp_client)
+    resp = await post_chat(client, f"#sim tokens={MAX_WHOLE_REPLY_TOKENS + 1}")
+    assert resp.status == 400
+    error = (await resp.json())["error"]
+    assert error["param"] == "sim.tokens"
+    assert f"at most {MAX_WHOLE_REPLY_TOKENS} tokens" in error["message"]
+
+
+async def test_the_token_cap_of_a_reply_not_streamed_counts_every_choice(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client)
+    half = MAX_WHOLE_REPLY_TOKENS // 2
+    assert (await post_chat(client, f"#sim tokens={half}", n=2)).status == 200
+    assert (await post_chat(client, f"#sim tokens={half + 1}", n=2)).status == 400
+
+
+async def test_max_tokens_brings_a_long_reply_not_streamed_under_the_token_cap(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client)
+    resp = await post_chat(client, "#sim tokens=99999999999999999999", max_tokens=5)
+    assert resp.status == 200
+    assert (await resp.json())["choices"][0]["finish_reason"] == "length"
+
+
+async def test_a_streamed_reply_may_be_longer_than_the_token_cap(aiohttp_client: AiohttpClient) -> None:
+    client = await simulator(aiohttp_client)
+    resp = await post_chat(client, "#sim tokens=99999999999999999999", stream=True)
+    assert resp.status == 200
+    assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
+    resp.close()
 
 
 async def test_stats_and_long_poll_after_client_abort(aiohttp_client: AiohttpClient) -> None:

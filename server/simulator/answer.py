@@ -6,9 +6,14 @@ import time
 from dataclasses import dataclass
 
 from .chat_request import ChatRequest
-from .plan import Plan, parse_directive, resolve_plan, split_directive
+from .plan import Plan, PlanError, parse_directive, resolve_plan, split_directive
 from .script import Reply, choice_seed, count_prompt_tokens, echo_reply, generated_reply, prompt_seed
 from .settings import Pace
+
+# The most tokens a reply that is not streamed holds over all its choices: it is built whole, in
+# the event loop of a process that may be the gateway's own, and a `tokens` of 10**20 froze it.
+# About 600 KB of text, a model's longest answers; a stream may be as long as asked, built lazily.
+MAX_WHOLE_REPLY_TOKENS = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,6 +55,12 @@ def build_answer(chat: ChatRequest, defaults: Pace, completion_id: str) -> Answe
     if limit is not None and replies[0].count > limit:
         replies = tuple(reply.truncated(limit) for reply in replies)
         finish_reason = "length"
+    if not chat.stream and replies[0].count * len(replies) > MAX_WHOLE_REPLY_TOKENS:
+        raise PlanError(
+            "tokens",
+            plan.tokens,
+            f"a reply that is not streamed holds at most {MAX_WHOLE_REPLY_TOKENS} tokens over all its choices",
+        )
     return Answer(
         completion_id=completion_id,
         created=int(time.time()),

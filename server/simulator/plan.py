@@ -56,8 +56,8 @@ _FAULT_NAMES = frozenset(fault.value for fault in Fault)
 class PlanError(ValueError):
     """A steering value could not be understood; maps to HTTP 400."""
 
-    def __init__(self, key: str, value: object) -> None:
-        super().__init__(f"invalid sim value for {key!r}: {value!r}")
+    def __init__(self, key: str, value: object, reason: str = "") -> None:
+        super().__init__(f"invalid sim value for {key!r}: {value!r}" + (f" ({reason})" if reason else ""))
         self.key = key
 
 
