@@ -294,14 +294,14 @@ def parse_full(raw: bytes) -> Chunk:
         usage = None
     choices = body.get("choices")
     if not choices or not isinstance(choices, list):
+        if choices and not isinstance(choices, list):
+            raise MalformedChunk("choices is not a list")
         if body.get("object") == "error":
             return Chunk(raw, error=body)  # vLLM's error: its fields at the top level, no `error` key
         return Chunk(raw, usage=usage)
     if len(choices) == 1:
         # The usual chunk: one choice (n = 1), read without the loop's bookkeeping.
         content, has_delta, other_delta, finish_reason, index = _read_choice(choices[0])
-        if index < 0:
-            return Chunk(raw, usage=usage)
         ends: tuple[int, ...] = (index,) if finish_reason is not None else ()
         return Chunk(raw, content, has_delta, finish_reason, usage, None, False, ends, index + 1, other_delta)
     content = None
@@ -311,8 +311,6 @@ def parse_full(raw: bytes) -> Chunk:
     seen = 0
     for choice in choices:
         text, delta_seen, other_seen, reason, index = _read_choice(choice)
-        if index < 0:
-            continue
         seen = max(seen, index + 1)
         if text is not None:
             content = text if content is None else content + text
@@ -337,21 +335,35 @@ def _error_fields(error: object) -> dict[str, Any]:
 
 
 def _read_choice(choice: object) -> tuple[str | None, bool, bool, str | None, int]:
-    """One choice's text, `has_delta`, `other_delta` (see Chunk), finish reason and index (-1: not a choice)."""
+    """One choice's text, `has_delta`, `other_delta` (see Chunk), finish reason and index.
+
+    Raises MalformedChunk for a choice an OpenAI SDK cannot read (`chunk.choices[0].delta.content`
+    as a string): relayed as it came, it crashed the client's loop, so it is dropped and counted.
+    """
     if not isinstance(choice, dict):
-        return None, False, False, None, -1
+        raise MalformedChunk("a choice is not a JSON object")
     index = choice.get("index", 0)
     if not isinstance(index, int) or index < 0:
         index = 0
     content: str | None = None
     has_delta = other_delta = False
     delta = choice.get("delta")
-    if delta and isinstance(delta, dict):
+    if delta is not None and not isinstance(delta, dict):
+        raise MalformedChunk("a choice's delta is not a JSON object")
+    reason = choice.get("finish_reason")
+    if reason is not None and not isinstance(reason, str):
+        raise MalformedChunk("a choice's finish_reason is not a string")
+    if delta:
         text = delta.get("content")
+        if text is not None and not isinstance(text, str | list):  # a list: content parts (Mistral's)
+            raise MalformedChunk("a delta's content is neither a string nor a list of parts")
+        calls = delta.get("tool_calls")
+        if calls is not None and not isinstance(calls, list):
+            raise MalformedChunk("a delta's tool_calls is not a list")
         if text and isinstance(text, str):
             content = text
             has_delta = True
-        elif delta.get("tool_calls") or delta.get("refusal") or delta.get("function_call"):
+        elif calls or delta.get("refusal") or delta.get("function_call"):
             has_delta = True
         else:
             # Whatever else a provider streams (reasoning, audio) is a token too: held back until
@@ -362,5 +374,4 @@ def _read_choice(choice: object) -> tuple[str | None, bool, bool, str | None, in
                 if value and name != "role":
                     other_delta = True
                     break
-    reason = choice.get("finish_reason")
-    return content, has_delta, other_delta, reason if isinstance(reason, str) else None, index
+    return content, has_delta, other_delta, reason, index
