@@ -5950,6 +5950,32 @@ BREAKS += [
 ]
 
 
+LEVEL_TESTS = "tests/test_failure_log_levels.py"
+BREAKS += [
+    Break(
+        "a stream that failed after it started logs at info",
+        "server/middleware/access_log.py",
+        "record.error_code == REJECTED_CODE or _failed_after_start(record, status):",
+        "record.error_code == REJECTED_CODE:",
+        (f"{LEVEL_TESTS}::test_a_stream_cut_after_it_started_logs_at_warning",),
+    ),
+    Break(
+        "every started stream logs at warning",
+        "server/middleware/access_log.py",
+        "    return record.outcome in FAILED_OUTCOMES and status < 400 and record.error_code != Expiry.SEND\n",
+        "    return status < 400 and record.error_code != Expiry.SEND\n",
+        (f"{LEVEL_TESTS}::test_a_stream_that_completed_logs_at_info",),
+    ),
+    Break(
+        "a browser stream that failed logs at info",
+        "server/streams/generation.py",
+        "        failed = record.outcome is Outcome.UPSTREAM_ERROR or record.outcome is Outcome.TIMEOUT\n",
+        "        failed = False\n",
+        (f"{LEVEL_TESTS}::test_a_browser_stream_cut_after_it_started_logs_at_warning",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -11,7 +11,8 @@ client sent once more on a fresh connection after a kept-alive one failed before
 answer (upstreams/client.py): transport, not routing, so not in `attempts` (no breaker judged it,
 no retry budget paid for it), but the upstream may have taken the request twice. Probes and
 /metrics log at debug level, so an orchestrator polling every second does not flood the log;
-server errors and a rejected upstream key log at warning.
+server errors, a rejected upstream key, and a stream that failed on the upstream's side after it
+started (200: its status cannot say so) log at warning.
 
 With `--workers`, a request forwarded to the worker that owns its stream (worker_proxy.py) is
 logged and counted once, by that worker, with the client the forwarding worker saw.
@@ -30,7 +31,7 @@ from aiohttp import web
 from ..access import RequestRecord
 from ..client_address import client_address
 from ..credentials import REJECTED_CODE
-from ..guard import Outcome
+from ..guard import Expiry, Outcome
 from ..keys import METRICS, RECORD, SETTINGS, UPSTREAM_CREDENTIALS, WORKER_PROXY
 from ..metrics import count
 
@@ -40,6 +41,8 @@ FORWARDED_FOR = "X-Forwarded-For"
 QUIET_PATHS = frozenset({"/health", "/livez", "/readyz", "/metrics"})
 # Statuses that are the operator's business: not 503, which draining and load shedding answer by design.
 WARNING_STATUSES = frozenset({500, 502, 504})
+# How a started stream ends when its upstream failed it; a send timeout is the client's stall.
+FAILED_OUTCOMES = frozenset({Outcome.UPSTREAM_ERROR, Outcome.TIMEOUT})
 
 
 def open_record(request: web.Request) -> tuple[float, RequestRecord]:
@@ -85,7 +88,7 @@ def finish(request: web.Request, record: RequestRecord, status: int, started: fl
 def _log(request: web.Request, record: RequestRecord, status: int, duration: float) -> None:
     if request.path in QUIET_PATHS:
         level = logging.DEBUG
-    elif status in WARNING_STATUSES or record.error_code == REJECTED_CODE:
+    elif status in WARNING_STATUSES or record.error_code == REJECTED_CODE or _failed_after_start(record, status):
         level = logging.WARNING
     else:
         level = logging.INFO
@@ -122,6 +125,11 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
             fields["attempts"] = record.attempts
             fields.update(record.extra)  # upstream, served_model, resent (see the docstring)...
     log.log(level, "request_finished", **fields)
+
+
+def _failed_after_start(record: RequestRecord, status: int) -> bool:
+    """A stream answered 200 whose upstream then failed it (cut, error event, stall)."""
+    return record.outcome in FAILED_OUTCOMES and status < 400 and record.error_code != Expiry.SEND
 
 
 def _forwarded(request: web.Request) -> bool:

@@ -361,7 +361,9 @@ class Generation:
         loop = asyncio.get_running_loop()
         duration = loop.time() - self._started
         usage = record.usage_for_log()
-        log.info(
+        # Failed on the upstream's side (cut, error event, stall): the operator's business.
+        failed = record.outcome is Outcome.UPSTREAM_ERROR or record.outcome is Outcome.TIMEOUT
+        (log.warning if failed else log.info)(
             "browser_stream_finished",
             stream_id=self.job.stream_id,
             key=self.job.lease.key.name if self.job.lease is not None else None,
