@@ -3,7 +3,7 @@
 Runs every workload (or those named) straight against the simulated upstream, through the simplest
 aiohttp pass-through and through Sluice, prints the table, and rewrites bench/RESULTS.md (or --out;
 --quick writes to a temporary folder unless --update) with the figures, the command, the machine
-and the date. A full run takes about five minutes on two cores; --quick about a minute.
+and the date. A full run takes about 10-15 minutes on two cores; --quick about two.
 """
 
 from __future__ import annotations
