@@ -58,8 +58,12 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         _mime(request.headers.get("Content-Type", "")) != "application/json"
         and request.content_type != "application/json"
     ):
+        # As sent: aiohttp's `content_type` says application/octet-stream for none or an empty one.
+        sent = request.headers.get("Content-Type", "").strip()
         raise UnsupportedMediaTypeError(
-            f"Content-Type must be application/json, not {request.content_type or 'missing'!r}."
+            f"Content-Type must be application/json, not {sent[:100]!r}."
+            if sent
+            else "Content-Type must be application/json; the request has none."
         )
     raw = await request.read()
     if not raw.strip():

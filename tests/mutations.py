@@ -5976,6 +5976,28 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a lastEventId given twice resumes from the first",
+        "server/streams/resume.py",
+        "        if len(given) > 1:\n",
+        "        if len(given) > 2:\n",
+        ("tests/test_browser_streams.py::test_a_last_event_id_parameter_given_twice_is_refused_naming_it",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a 415 names aiohttp's default type, not what was sent",
+        "server/validation.py",
+        '        sent = request.headers.get("Content-Type", "").strip()\n',
+        "        sent = request.content_type\n",
+        ("tests/test_bad_input.py::test_a_415_names_the_content_type_as_the_client_sent_it",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

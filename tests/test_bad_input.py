@@ -297,6 +297,18 @@ async def test_a_wrong_content_type_is_415(client: Client, path: str, content_ty
 
 
 @pytest.mark.parametrize(
+    ("content_type", "said"),
+    [("", "the request has none"), ("text/plain; charset=utf-8", "'text/plain; charset=utf-8'")],
+)
+async def test_a_415_names_the_content_type_as_the_client_sent_it(client: Client, content_type: str, said: str) -> None:
+    response = await client.post("/chat", data=b'{"message": "hello"}', headers={"Content-Type": content_type})
+
+    error = await error_of(response, 415)
+    assert said in error["message"]
+    assert "octet-stream" not in error["message"]
+
+
+@pytest.mark.parametrize(
     ("method", "path", "allowed"),
     [
         ("GET", "/chat", "POST"),

@@ -449,6 +449,15 @@ async def test_the_one_step_get_with_an_empty_last_event_id_parameter_starts_a_s
     assert events[-1].event == "done"
 
 
+async def test_a_last_event_id_parameter_given_twice_is_refused_naming_it(client: Client) -> None:
+    # yarl keeps the first of a repeated name: the reconnect would resume from a point not chosen.
+    query = "message=hi&lastEventId=&lastEventId=x:1"
+    async with client.get(f"/chat/stream?{query}") as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert (error["param"], error["code"]) == ("lastEventId", "invalid_request")
+
+
 async def test_the_one_step_get_reconnect_after_the_final_event_is_204(client: Client) -> None:
     async with client.get("/chat/stream", params={"message": "x\n#sim tokens=1"}) as response:
         events = events_only(await read_events(response))

@@ -42,7 +42,11 @@ def resume_point(request: web.Request) -> ResumePoint | None:
     """
     value, field = request.headers.get(HEADER, ""), HEADER
     if not value:
-        value, field = request.query.get(QUERY, ""), QUERY
+        # yarl keeps the first of a repeated name: which one the client meant is not known.
+        given = request.query.getall(QUERY, ())
+        if len(given) > 1:
+            raise InvalidRequestError(f"{QUERY}: given {len(given)} times in the query; give it once.", param=QUERY)
+        value, field = (given[0] if given else ""), QUERY
     if not value:
         return None
     match = _EVENT_ID.fullmatch(value)
