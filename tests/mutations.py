@@ -4501,7 +4501,7 @@ BREAKS += [
     Break(
         "the upstream's retry-after-ms is rounded up to whole seconds",
         "server/upstreams/failures.py",
-        ', "retry-after-ms": str(round(seconds * 1000))}',
+        ', "retry-after-ms": str(millis)}',
         "}",
         ("tests/test_routing_units.py::test_429_and_503_pass_retry_after_on",),
     ),
@@ -5994,6 +5994,82 @@ BREAKS += [
         '        sent = request.headers.get("Content-Type", "").strip()\n',
         "        sent = request.content_type\n",
         ("tests/test_bad_input.py::test_a_415_names_the_content_type_as_the_client_sent_it",),
+    ),
+]
+
+
+TEXT_ERRORS = "tests/test_upstream_text_errors.py"
+PAST_WAITS = "tests/test_upstream_retry_after_past.py"
+BREAKS += [
+    Break(
+        "a past Retry-After date tells retry-after-ms 0",
+        "server/upstreams/failures.py",
+        "    millis = round(seconds * 1000) or 1000\n",
+        "    millis = round(seconds * 1000)\n",
+        (f"{PAST_WAITS}::test_a_429_with_a_retry_after_date_in_the_past_tells_one_second_in_both_headers",),
+    ),
+    Break(
+        "Retry-After rounds the wait, not what retry-after-ms says",
+        "server/upstreams/failures.py",
+        '"Retry-After": str(math.ceil(millis / 1000))',
+        '"Retry-After": str(max(1, math.ceil(seconds)))',
+        (f"{PAST_WAITS}::test_retry_after_is_the_milliseconds_told_in_whole_seconds_rounded_up",),
+    ),
+    Break(
+        "a wait under a second is told as a whole second in milliseconds",
+        "server/upstreams/failures.py",
+        "    millis = round(seconds * 1000) or 1000\n",
+        "    millis = max(1000, round(seconds * 1000))\n",
+        (f"{PAST_WAITS}::test_a_wait_under_a_second_keeps_its_milliseconds",),
+    ),
+    Break(
+        "an upstream's 4xx in plain text loses its text",
+        "server/upstreams/failures.py",
+        "    if 400 <= status < 500 and (text := _plain_text(headers, content)):\n",
+        "    if False:\n",
+        (f"{TEXT_ERRORS}::test_an_upstream_400_in_plain_text_is_400_with_its_text",),
+    ),
+    Break(
+        "a 5xx's plain text reaches the client",
+        "server/upstreams/failures.py",
+        "    if 400 <= status < 500 and (text := _plain_text(headers, content)):\n",
+        "    if 400 <= status and (text := _plain_text(headers, content)):\n",
+        (f"{TEXT_ERRORS}::test_a_503_in_plain_text_keeps_the_generic_message",),
+    ),
+    Break(
+        "a 401's plain text reaches the client",
+        "server/upstreams/failures.py",
+        '        error = UpstreamError("The gateway\'s upstream credentials were rejected."',
+        '        error = UpstreamError(message or "The gateway\'s upstream credentials were rejected."',
+        (f"{TEXT_ERRORS}::test_an_upstream_401_in_plain_text_is_502_without_its_text",),
+    ),
+    Break(
+        "any text type passes its body on",
+        "server/upstreams/failures.py",
+        '    if kind != "text/plain" or',
+        '    if not kind.startswith("text/") or',
+        (f"{TEXT_ERRORS}::test_a_text_sent_as_html_keeps_the_generic_message_even_without_tags",),
+    ),
+    Break(
+        "JSON sent as plain text is passed on raw",
+        "server/upstreams/failures.py",
+        '    if kind != "text/plain" or isinstance(_loads(content), (dict, list)):\n',
+        '    if kind != "text/plain":\n',
+        (f"{TEXT_ERRORS}::test_json_without_a_message_sent_as_plain_text_is_not_passed_on_raw",),
+    ),
+    Break(
+        "an HTML page sent as plain text is passed on",
+        "server/upstreams/failures.py",
+        '    return "" if _MARKUP.search(text) else safe_message(text)\n',
+        "    return safe_message(text)\n",
+        (f"{TEXT_ERRORS}::test_an_html_page_sent_as_plain_text_keeps_the_generic_message",),
+    ),
+    Break(
+        "a plain text's credential is not masked",
+        "server/upstreams/failures.py",
+        '    return "" if _MARKUP.search(text) else safe_message(text)\n',
+        '    return "" if _MARKUP.search(text) else text[:MESSAGE_LIMIT]\n',
+        (f"{TEXT_ERRORS}::test_a_credential_quoted_in_plain_text_is_masked",),
     ),
 ]
 

@@ -25,7 +25,8 @@
 An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on, nor
 that of an error object that names a refused key (sent with 200, or inside a stream). Any other
 message is passed on in whatever form it came (text, FastAPI's `detail`, an object or a list
-rendered as text), bounded, any credential it quotes masked (see message_text).
+rendered as text), bounded, any credential it quotes masked (see message_text); so is a 4xx's
+`text/plain` body, unless it is markup (a proxy's HTML page sent as text: see _plain_text).
 
 A Retry-After (or retry-after-ms, or a date) counts for at most MAX_RETRY_AFTER_SECONDS: what is
 waited, held and passed on, so one header cannot take an upstream out until restart.
@@ -67,6 +68,11 @@ MAX_RETRY_AFTER_SECONDS = 60.0
 def status_failure(status: int, headers: Mapping[str, str], content: bytes) -> UpstreamError:
     """The gateway error for an upstream's non-200 answer (`content`: its bounded body)."""
     fields = _error_fields(content)
+    # A 4xx in plain text is the upstream telling the client what was wrong, as a JSON one would
+    # (a 401/403's message, in any form, is hidden below). Not a 5xx's: that is mostly a proxy's
+    # (Envoy's "upstream connect error ... reset reason"), about the provider's insides.
+    if 400 <= status < 500 and (text := _plain_text(headers, content)):
+        fields["message"] = text
     message, code, param = fields.get("message"), fields.get("code"), fields.get("param")
     retry_after = retry_after_seconds(headers)
     error: UpstreamError
@@ -252,14 +258,22 @@ def _asked_seconds(headers: Mapping[str, str], now: float | None) -> float | Non
 
 
 def _retry_after_header(seconds: float | None) -> dict[str, str]:
-    """Retry-After in whole seconds (at least 1), and `retry-after-ms` as precise as the upstream said.
+    """`retry-after-ms` as precise as the upstream said, and Retry-After the same wait in whole seconds.
 
     The OpenAI SDKs read `retry-after-ms` first: a 1.5 s wait rounded up to 2 s, or 0.2 s to 1 s,
     cost each retry the difference.
+
+    No wait at all ("retry now": a date already past, `0`, or under half a millisecond) is told as
+    1 s in both, so the two agree (they said `1` and `0`). A `0` is no hint to the SDKs: Python's
+    ignores it and backs off on its own, Node's falls back to Retry-After, and a `Retry-After: 0`
+    sends Node's retry at once, only to meet Sluice's own hold of that upstream for 1.5 s after
+    its 429 (RATE_LIMIT_SPACING; breaker_on_rate_limit, on by default), which spends one of the
+    SDK's retries. 1 s is also the least Retry-After can say above 0.
     """
     if seconds is None:
         return {}
-    return {"Retry-After": str(max(1, math.ceil(seconds))), "retry-after-ms": str(round(seconds * 1000))}
+    millis = round(seconds * 1000) or 1000
+    return {"Retry-After": str(math.ceil(millis / 1000)), "retry-after-ms": str(millis)}
 
 
 def _error_fields(content: bytes) -> dict[str, str]:
@@ -280,6 +294,20 @@ def _error_fields(content: bytes) -> dict[str, str]:
     if message := message_text(error):
         fields["message"] = message
     return fields
+
+
+def _plain_text(headers: Mapping[str, str], content: bytes) -> str:
+    """A `text/plain` body as a message a client may see (safe_message); "" for any other body.
+
+    Never markup: an HTML page sent as text/plain (a proxy's error page) says nothing to a client
+    and may be large. A body that is JSON was read as JSON (_error_fields), its message or none.
+    Read as UTF-8 whatever its charset says (ASCII, the default of text/plain, is UTF-8 too).
+    """
+    kind = (headers.get("content-type") or "").partition(";")[0].strip().lower()
+    if kind != "text/plain" or isinstance(_loads(content), (dict, list)):
+        return ""
+    text = content.decode(errors="replace").strip()
+    return "" if _MARKUP.search(text) else safe_message(text)
 
 
 def message_text(error: Mapping[str, Any]) -> str:
@@ -315,6 +343,9 @@ def _validation_error(item: Mapping[str, Any]) -> str:
 # What an upstream says when it refuses the gateway's own credentials, in the forms providers use.
 _KEY_REFUSALS = frozenset({"invalid_api_key", "401", "403", "unauthorized", "forbidden", "authentication_error"})
 _KEY_REFUSING_TYPES = frozenset({"authentication_error", "permission_error", "unauthorized"})
+# A tag (`<html>`, `</p>`, `<!DOCTYPE html>`, `<?xml ...>`): a text that has one is markup, not a
+# message. "must be <5" or "a < b" has none.
+_MARKUP = re.compile(r"<[!/?]?[A-Za-z][^<>]*>")
 # A credential quoted in a message: OpenAI-style keys (sk-, sk-proj-, pk-, rk-), and bearer tokens.
 _CREDENTIAL = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-.*]{4,}|\b[Bb]earer\s+\S+")
 
