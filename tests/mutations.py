@@ -6074,6 +6074,90 @@ BREAKS += [
 ]
 
 
+STATIC_ERRORS = "tests/test_static_errors.py"
+BREAKS += [
+    Break(
+        "a page's 412 is aiohttp's empty body",
+        "server/routes/page.py",
+        "    async def _precondition_failed(",
+        "    async def _precondition_failed_unused(",
+        (
+            f"{STATIC_ERRORS}::test_an_if_match_naming_no_current_version_is_a_412_envelope",
+            f"{STATIC_ERRORS}::test_an_if_unmodified_since_before_the_file_is_a_412_envelope",
+        ),
+    ),
+    Break(
+        "a page's 416 is aiohttp's empty body",
+        "server/routes/page.py",
+        "    async def _prepare_open_file(",
+        "    async def _prepare_open_file_unused(",
+        (
+            f"{STATIC_ERRORS}::test_a_suffix_range_of_zero_bytes_is_a_416_envelope",
+            f"{STATIC_ERRORS}::test_a_range_past_the_end_is_a_416_envelope",
+        ),
+    ),
+    Break(
+        "a page answers a Range without reading it",
+        "server/routes/page.py",
+        "        if hdrs.RANGE in request.headers and _range_applies(",
+        "        if _range_applies(",
+        (
+            f"{STATIC_ERRORS}::test_a_matching_if_none_match_stays_a_304_without_a_body",
+            f"{STATIC_ERRORS}::test_an_if_match_naming_the_current_version_serves_the_file",
+        ),
+    ),
+    Break(
+        "a page's 416 does not name the file's length",
+        "server/routes/page.py",
+        '                headers={hdrs.CONTENT_RANGE: f"bytes */{st.st_size}"},\n',
+        "                headers={},\n",
+        (f"{STATIC_ERRORS}::test_a_suffix_range_of_zero_bytes_is_a_416_envelope",),
+    ),
+    Break(
+        "a page's error keeps the file's type",
+        "server/routes/page.py",
+        '        self.headers[hdrs.CONTENT_TYPE] = "application/json; charset=utf-8"\n',
+        "        pass\n",
+        (f"{STATIC_ERRORS}::test_a_malformed_range_is_a_416_envelope_naming_the_length",),
+    ),
+    Break(
+        "a page's error to a HEAD carries a body",
+        "server/routes/page.py",
+        "        if request.method != hdrs.METH_HEAD:\n",
+        "        if True:\n",
+        (f"{STATIC_ERRORS}::test_a_head_with_a_bad_range_is_the_416_head_without_a_body",),
+    ),
+    Break(
+        "a newer If-Range still reads a bad Range",
+        "server/routes/page.py",
+        "    return if_range is None or st.st_mtime <= if_range.timestamp()\n",
+        "    return True\n",
+        (f"{STATIC_ERRORS}::test_a_bad_range_under_an_if_range_older_than_the_file_is_ignored",),
+    ),
+    Break(
+        "a suffix range of zero bytes serves the whole file",
+        "server/routes/page.py",
+        "        return int(spec[1:]) == 0\n",
+        "        return False\n",
+        (f"{STATIC_ERRORS}::test_a_suffix_range_of_zero_bytes_is_a_416_envelope",),
+    ),
+    Break(
+        "every suffix range is refused",
+        "server/routes/page.py",
+        "        return int(spec[1:]) == 0\n",
+        "        return True\n",
+        (f"{STATIC_ERRORS}::test_a_suffix_range_is_still_a_206_of_the_tail",),
+    ),
+    Break(
+        "a range starting at the file's end is served",
+        "server/routes/page.py",
+        "    return bool(start >= size)\n",
+        "    return bool(start > size)\n",
+        (f"{STATIC_ERRORS}::test_a_range_past_the_end_is_a_416_envelope",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name
