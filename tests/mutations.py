@@ -6158,6 +6158,25 @@ BREAKS += [
 ]
 
 
+PAGE_DRAIN = "tests/test_page_resumes_after_a_drain.py"
+BREAKS += [
+    Break(
+        "the page gives up on a stream whose reading instance drained",
+        "server/static/app.js",
+        '    if (body.error && body.error.code === "server_shutting_down") {\n',
+        "    if (false) {\n",
+        (f"{PAGE_DRAIN}::test_the_page_resumes_a_stream_whose_reading_instance_drained",),
+    ),
+    Break(
+        "a drained stream nobody goes on with ends as merely unavailable",
+        "server/static/app.js",
+        '      finish(stream, "failed", stream.shutdown || "The stream is no longer available.", "failed");\n',
+        '      finish(stream, "failed", "The stream is no longer available.", "failed");\n',
+        (f"{PAGE_DRAIN}::test_a_drained_stream_nobody_goes_on_with_ends_with_the_shutdown_message",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -176,11 +176,13 @@ async function start(event) {
 
 function follow(stream) {
   const source = new EventSource(stream.url);
-  Object.assign(stream, { source, tokens: 0, opened: 0 });
+  // shutdown: the text of a draining instance's end while its reconnect is pending.
+  Object.assign(stream, { source, tokens: 0, opened: 0, shutdown: null });
   setMessageState(stream.reply, "streaming", "writing…");
 
   source.addEventListener("open", () => {
     stream.opened += 1;
+    stream.shutdown = null;
     elements.reconnects.textContent = String(stream.opened - 1);
     setStatus("streaming", "Streaming…");
     setMessageState(stream.reply, "streaming", "writing…");
@@ -204,17 +206,27 @@ function follow(stream) {
     finish(stream, "done", text, text.toLowerCase());
   });
   source.addEventListener("failed", (message) => {
-    const text = errorMessage(JSON.parse(message.data), "The stream failed.");
+    const body = JSON.parse(message.data);
+    const text = errorMessage(body, "The stream failed.");
+    // A draining instance ends its readers so: with Redis the stream goes on elsewhere, so let
+    // EventSource reconnect (after the event's retry hint) with the last event's id. A 204 or a
+    // refusal then ends the turn with this text (the error listener).
+    if (body.error && body.error.code === "server_shutting_down") {
+      stream.shutdown = text;
+      setStatus("reconnecting", "This Sluice instance is shutting down; resuming…");
+      setMessageState(stream.reply, "reconnecting", "resuming…");
+      return;
+    }
     finish(stream, "failed", text, "failed");
   });
   source.addEventListener("error", () => {
     // CONNECTING: the connection dropped and EventSource retries by itself, resuming after the
     // last event. CLOSED: the gateway said there is nothing more (204) or refused the stream.
     if (source.readyState === EventSource.CONNECTING) {
-      setStatus("reconnecting", "Connection lost, resuming…");
+      if (!stream.shutdown) setStatus("reconnecting", "Connection lost, resuming…");
       setMessageState(stream.reply, "reconnecting", "connection lost, resuming…");
     } else if (current === stream) {
-      finish(stream, "failed", "The stream is no longer available.", "failed");
+      finish(stream, "failed", stream.shutdown || "The stream is no longer available.", "failed");
     }
   });
   return stream;
