@@ -6177,6 +6177,24 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a slot still owed at the stop is dropped without a word",
+        LIMIT_STORE,
+        "        if self._owed:\n            lost, self._owed = list(self._owed.values()), {}\n",
+        "        if False:\n            lost, self._owed = list(self._owed.values()), {}\n",
+        (f"{GIVE_BACK_UNITS}::test_a_slot_still_owed_when_the_process_stops_is_logged_as_lost_naming_its_key",),
+    ),
+    Break(
+        "a give-back on its way leaves the owed list",
+        LIMIT_STORE,
+        "            for debt_id, debt in list(self._owed.items()):\n",
+        "            for debt_id, debt in [self._owed.popitem()]:\n",
+        (f"{GIVE_BACK_UNITS}::test_a_slot_still_owed_when_the_process_stops_is_logged_as_lost_naming_its_key",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

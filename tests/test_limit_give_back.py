@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import cast
 
 import pytest
+import structlog
+from structlog.testing import capture_logs
+from structlog.typing import EventDict
 
 from server.auth.gate import Lease
 from server.auth.gateway_keys import GatewayKey
@@ -236,3 +239,45 @@ async def test_an_owed_give_back_that_fails_for_a_bug_is_kept_and_sent_again(
     await settled(store)
 
     assert redis.applied == [(0, 1)]
+
+
+class NeverAnswers(TakesInOneEpoch):
+    """Redis that takes, then answers no give-back: the first finds it down, a retry (`stalls`) waits for ever."""
+
+    def __init__(self, *, stalls: bool) -> None:
+        self.stalls = stalls
+        self.sent = 0
+        self.retried = asyncio.Event()
+
+    async def give_back(self, name: str, **_: int | str) -> None:
+        self.sent += 1
+        if self.sent > 1 and self.stalls:
+            self.retried.set()
+            await asyncio.Event().wait()
+        raise LimitsUnavailableError("Redis is unreachable")
+
+
+@pytest.fixture
+def logs() -> Iterator[list[EventDict]]:
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        yield events
+
+
+@pytest.mark.parametrize("stalls", [False, True], ids=["down", "stalled"])
+async def test_a_slot_still_owed_when_the_process_stops_is_logged_as_lost_naming_its_key(
+    store_over: Callable[[LostAnswer], RedisLimitStore], logs: list[EventDict], stalls: bool
+) -> None:
+    # Dropped without a word, a key at its max_streams allowed a stream fewer everywhere for good.
+    redis = NeverAnswers(stalls=stalls)
+    store = store_over(cast(LostAnswer, redis))
+    slot = await store.take("k", TWO_STREAMS, requests=1, tokens=0, streams=1)
+    if not stalls:
+        store._link.failed(ConnectionError("Redis is unreachable"))  # down: the owed give-back waits for it
+    await store.give_back("k", TWO_STREAMS, tokens=0, streams=1, slot=slot)
+    if stalls:
+        await asyncio.wait_for(redis.retried.wait(), 5)  # sent again, and never answered
+
+    await store.close()
+
+    (lost,) = [event for event in logs if event["event"] == "limits_owed_lost"]
+    assert (lost["keys"], lost["streams"], lost["log_level"]) == (["k"], 1, "warning")

@@ -55,6 +55,14 @@ OWED_BACKOFF_MAX = 5.0
 class _Debt(Protocol):
     """What Redis is owed once it answers: a give-back (`_Owed`) or a take's undo (`_Undo`)."""
 
+    @property
+    def name(self) -> str:
+        """The gateway key's name."""
+
+    @property
+    def streams(self) -> int:
+        """The stream slots it gives back."""
+
     async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
         """Send it to Redis under `debt_id`, which Redis applies once; raises LimitsUnavailableError."""
 
@@ -121,11 +129,24 @@ class RedisLimitStore:
         self._ids = itertools.count()
 
     async def close(self) -> None:
-        """Stop waiting to give back what Redis is owed (the process is stopping)."""
+        """Stop waiting to give back what Redis is owed (the process is stopping), and say what is lost.
+
+        A slot still owed stays counted in Redis until the key's hash expires, an hour after its
+        last take: a key in use keeps it, and allows a stream fewer at once, for as long as it is
+        used. The line names the keys (never a key itself) so an operator can clear their hashes.
+        """
         if self._settling is not None:
             self._settling.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._settling
+        if self._owed:
+            lost, self._owed = list(self._owed.values()), {}
+            log.warning(
+                "limits_owed_lost",
+                message="Redis did not answer before this process stopped: these keys' give-backs are lost",
+                keys=sorted({debt.name for debt in lost}),
+                streams=sum(debt.streams for debt in lost),
+            )
 
     async def take(self, name: str, limits: KeyLimits, *, requests: int, tokens: int, streams: int) -> Decision:
         if self._link.up:
@@ -226,10 +247,9 @@ class RedisLimitStore:
         pause = PING_INTERVAL
         while self._owed:
             await self._link.wait_up(float("inf"))
-            owed, self._owed = self._owed, {}
-            left = list(owed.items())
-            while left:
-                debt_id, debt = left[0]
+            # Each stays owed until Redis took it: cancelled on its way (the process stopping), it is
+            # still there for `close` to report.
+            for debt_id, debt in list(self._owed.items()):
                 try:
                     await debt.send(self._buckets, debt_id)
                 except LimitsUnavailableError:
@@ -240,9 +260,8 @@ class RedisLimitStore:
                     await asyncio.sleep(pause)  # a retry pace, not a synchronisation
                     pause = min(OWED_BACKOFF_MAX, pause * 2)
                     break
-                left.pop(0)
+                del self._owed[debt_id]
                 pause = PING_INTERVAL
-            self._owed.update(left)
         log.info("limits_owed_given_back")
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
