@@ -216,6 +216,19 @@ async def test_a_reader_the_drain_ended_whose_client_leaves_in_that_turn_logs_no
     await assert_ended_once_quietly(reading, logs, caplog)
 
 
+async def test_a_reader_the_drain_ended_logs_the_code_its_client_received(
+    reading: TestServer, producer: Gateway
+) -> None:
+    # The access line said status 200 and no error_code: nothing told how the stream ended for it.
+    lifecycle = reading.app[LIFECYCLE]
+    sock = await open_reader(address(reading), await held_stream(producer))
+    with sock, capture_logs() as logs:
+        lifecycle.end_all()
+        await drain(lifecycle)
+    (line,) = [log for log in logs if log["event"] == "request_finished" and log["method"] == "GET"]
+    assert line["error_code"] == "server_shutting_down"
+
+
 def stopped(process: ManagedProcess) -> None:
     """Stop `process` (SIGSTOP) and return once it is stopped: what reaches it now waits for its next poll."""
     process.signal(signal.SIGSTOP)

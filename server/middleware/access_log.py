@@ -103,9 +103,10 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
     }
     if record.via_worker:
         fields["forwarded_by_worker"] = True
-    if status >= 400 and record.error_code:
+    if record.error_code:  # an error's, or the final event's of a stream (or a browser stream's reader)
         fields["error_code"] = record.error_code
-        fields["param"] = record.error_param
+        if status >= 400:
+            fields["param"] = record.error_param
     if record.key is not None:
         fields["key"] = record.key
     if record.malformed_chunks:
@@ -119,8 +120,6 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
             usage=record.usage_for_log(),
             finish_reason=record.finish_reason,
         )
-        if record.error_code:
-            fields["error_code"] = record.error_code
         if record.attempts:
             fields["attempts"] = record.attempts
             fields.update(record.extra)  # upstream, served_model, resent (see the docstring)...

@@ -69,12 +69,11 @@ class DrainEnd:
         self._waiting = False
         self.asked = False
 
-    @property
-    def event(self) -> bytes:
+    def event(self, record: RequestRecord) -> bytes:
         """The drain's last event: built when a drain asks for it, not for every reader."""
         lifecycle = self._lifecycle
         error = lifecycle.shutting_down("Sluice is shutting down; reconnect to go on with the stream.")
-        return b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error)
+        return b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error, record)
 
     def shutdown(self) -> None:
         if not self.asked:
@@ -117,7 +116,7 @@ async def serve_stream(
         end = DrainEnd(lifecycle)
         with registry.reading(stream_id), lifecycle.reading(end):
             if await _send(response, start.encode(), settings.send_timeout):
-                await _follow(response, registry, stream_id, after, first, settings.send_timeout, end)
+                await _follow(response, registry, stream_id, after, first, settings.send_timeout, end, record)
     finally:
         response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
@@ -175,8 +174,11 @@ async def _follow(
     batch: Slice,
     send_timeout: float,
     end: DrainEnd,
+    record: RequestRecord,
 ) -> None:
     """Write batch after batch, waiting for the generation when caught up, until the final event.
+
+    A `failed` event of the reader's own names its code in the access line (`record.error_code`).
 
     Once `end` is asked, no more waiting: what the store holds, then the drain's event.
     """
@@ -196,7 +198,7 @@ async def _follow(
         if batch.finished:
             return
         if caught_up and len(batch.events) < BATCH:
-            await _send(response, end.event, send_timeout)
+            await _send(response, end.event(record), send_timeout)
             return
         try:
             # A short batch was all there was: wait (at once if more came meanwhile), then read.
@@ -208,10 +210,10 @@ async def _follow(
         except EventsDroppedError:
             # This reader fell a whole buffer behind. The event has no id, so a reconnect names the
             # last event it did get, and is told 410.
-            await _send(response, _failed(_dropped()), send_timeout)
+            await _send(response, _failed(_dropped(), record), send_timeout)
             return
         except GenerationLostError:
-            await _send(response, _failed(_lost()), send_timeout)
+            await _send(response, _failed(_lost(), record), send_timeout)
             return
         except StoreUnavailableError:
             # Redis went away: heartbeats keep the connection while it comes back, then go on.
@@ -222,17 +224,18 @@ async def _follow(
             if recovered:
                 batch = Slice((), finished=False)
                 continue
-            await _send(response, end.event if end.asked else _failed(_unreachable()), send_timeout)
+            await _send(response, end.event(record) if end.asked else _failed(_unreachable(), record), send_timeout)
             return
         if next_batch is None:
             # Expired or evicted while being read: said, never a silent end (the reconnect gets 204).
-            await _send(response, _failed(_expired()), send_timeout)
+            await _send(response, _failed(_expired(), record), send_timeout)
             return
         batch = next_batch
 
 
-def _failed(error: GatewayError) -> bytes:
+def _failed(error: GatewayError, record: RequestRecord) -> bytes:
     """A final `failed` event with no id: a reconnect names the last event it got and learns again."""
+    record.error_code = error.code
     return b"event: failed\ndata: " + orjson.dumps(error.body()) + b"\n\n"
 
 
