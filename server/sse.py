@@ -48,6 +48,17 @@ _HEADERS = (
 )
 
 
+def close_at_the_end_for_http_1_0(response: web.StreamResponse, request: BaseRequest) -> None:
+    """Before `prepare`: an HTTP/1.0 client's stream closes its connection at its end.
+
+    HTTP/1.0 has no chunked framing: a body of unknown length ends with the connection. aiohttp
+    keeps a keep-alive request's connection open anyway, so the client waited for more.
+    """
+    if request.version < HttpVersion11:
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 class SSEResponse(EventSourceResponse):
     """A text/event-stream response that never buffers, never compresses and keeps itself alive."""
 
@@ -188,11 +199,7 @@ class SSEResponse(EventSourceResponse):
             return self._payload_writer
         self._set_tcp_user_timeout(request)
         self._request = request
-        if request.version < HttpVersion11:
-            # HTTP/1.0 has no chunked framing: a body of unknown length ends with the connection,
-            # so the stream's end must close it, or a keep-alive client waits for more.
-            self.force_close()
-            self._headers["Connection"] = "close"
+        close_at_the_end_for_http_1_0(self, request)
         writer = await web.StreamResponse.prepare(self, request)
         self.enable_chunked_encoding()
         transport = request.transport

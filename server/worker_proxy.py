@@ -22,6 +22,7 @@ from aiohttp import web
 
 from .access import RequestRecord
 from .lean_connection import limit_unread_responses
+from .sse import close_at_the_end_for_http_1_0
 
 log = structlog.get_logger("sluice.worker_proxy")
 
@@ -123,6 +124,7 @@ async def forward_to_owner(
         # The kernel's backstop above the relay's own send timeout, as for a stream (sse.py): at
         # 1x, as every connection starts, it could cut a stalled client before the timer says why.
         limit_unread_responses(request.transport, send_timeout * 3)
+        close_at_the_end_for_http_1_0(response, request)
         await response.prepare(request)
         if await _pass_on(answer, response, send_timeout, owner):
             await response.write_eof()

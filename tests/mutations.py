@@ -1802,7 +1802,7 @@ BREAKS += [
     Break(
         "a browser stream expiring while read ends silently",
         "server/streams/reader.py",
-        "            await _send(response, _failed(_expired()), send_timeout)\n",
+        "            await _send(response, _failed(_expired(), record), send_timeout)\n",
         "            pass\n",
         (
             "tests/test_browser_streams.py::"
@@ -5858,7 +5858,7 @@ BREAKS += [
     Break(
         "a stream to an HTTP/1.0 client keeps the connection open after its end",
         "server/sse.py",
-        "            self.force_close()\n",
+        "        response.force_close()\n",
         "",
         (
             "tests/test_http10_streams.py::test_a_native_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",
@@ -5868,7 +5868,7 @@ BREAKS += [
     Break(
         "a stream to an HTTP/1.0 client says keep-alive",
         "server/sse.py",
-        '            self._headers["Connection"] = "close"\n',
+        '        response.headers["Connection"] = "close"\n',
         "",
         ("tests/test_http10_streams.py::test_a_v1_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",),
     ),
@@ -6209,6 +6209,31 @@ BREAKS += [
         "    if record.error_code:  # an error's",
         "    if status >= 400 and record.error_code:  # an error's",
         ("tests/test_drain_readers.py::test_a_reader_the_drain_ended_logs_the_code_its_client_received",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "the page retries a drained stream for ever when no instance answers",
+        "server/static/app.js",
+        "    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 2) {\n",
+        "    if (source.readyState === EventSource.CONNECTING) {\n",
+        (f"{PAGE_DRAIN}::test_a_drained_stream_whose_instance_is_gone_ends_with_the_shutdown_message",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a stream forwarded to an HTTP/1.0 client keeps the connection open after its end",
+        "server/worker_proxy.py",
+        "        close_at_the_end_for_http_1_0(response, request)\n",
+        "",
+        (
+            "tests/test_worker_proxy.py::"
+            "test_a_forwarded_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection",
+        ),
     ),
 ]
 

@@ -137,3 +137,24 @@ async def test_a_drained_stream_nobody_goes_on_with_ends_with_the_shutdown_messa
     await expect(page.locator("#status")).to_have_attribute("data-state", "failed", timeout=ENDING_MS)
     await expect(page.locator("#status")).to_have_text(SHUTDOWN["error"]["message"])
     assert instances.last_event_ids == ["", f"{STREAM}:3"]
+
+
+def gone(request: web.Request) -> web.Response:
+    """The drained instance has exited and nothing else answers: each reconnect's connection drops."""
+    assert request.transport is not None
+    request.transport.abort()
+    return web.Response()
+
+
+async def test_a_drained_stream_whose_instance_is_gone_ends_with_the_shutdown_message(
+    browser: Browser, serve: Serve
+) -> None:
+    # EventSource retries a dropped connection for ever: the page showed "resuming" until Stop.
+    instances = Instances(gone)
+    page = await send_on_page(browser, await serve(instances))
+
+    await expect(page.locator("#status")).to_have_attribute("data-state", "failed", timeout=ENDING_MS)
+    await expect(page.locator("#status")).to_have_text(SHUTDOWN["error"]["message"])
+    # Chromium may try a dropped request again on its own before it tells the page: each names :3.
+    assert instances.last_event_ids[0] == ""
+    assert set(instances.last_event_ids[1:]) == {f"{STREAM}:3"}

@@ -35,7 +35,11 @@ FAR = {
     "SLUICE_STREAM_SEND_TIMEOUT": str(SEND_TIMEOUT),
     # Every event of the flood below stays buffered: the owner's reader is never dropped for lagging.
     "SLUICE_BROWSER_MAX_BUFFERED_EVENTS": "300000",
+    # An idle connection is closed two minutes on: far from the HTTP/1.0 test's bound.
+    "SLUICE_CONNECTIONS_HEADER_TIMEOUT": "120",
 }
+# A three-token stream takes milliseconds.
+END_SECONDS = 10
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -224,3 +228,23 @@ async def test_a_stream_id_naming_a_worker_that_does_not_exist_is_answered_as_un
         assert response.status == 204
     workers.supervisor.wait_for_line(lambda _: bool(workers.finished(rid)))
     assert [e for e in workers.supervisor.events("peer_unreachable") if e.get("request_id") == rid] == []
+
+
+async def test_a_forwarded_stream_to_an_http_1_0_keep_alive_client_ends_with_the_connection(
+    workers: Workers,
+) -> None:
+    """HTTP/1.0 has no chunked framing: the relaying worker's answer ends with its connection.
+
+    Catches: the relay (server/worker_proxy.py) keeping the connection open after the stream's end,
+    as aiohttp does for a keep-alive request: the client waited for more.
+    """
+    path = await start_on(workers, 0, "short\n#sim tokens=3", new_request_id("peer-http-1-0"))
+    reader, writer = await asyncio.open_unix_connection(str(workers.peer_dir / "worker-1.sock"))
+    try:
+        writer.write(f"GET {path} HTTP/1.0\r\nHost: worker\r\nConnection: keep-alive\r\n\r\n".encode())
+        raw = await asyncio.wait_for(reader.read(), END_SECONDS)
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert b"connection: close" in head.lower().split(b"\r\n")
+    assert b"event: done" in body

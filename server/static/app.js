@@ -177,12 +177,13 @@ async function start(event) {
 function follow(stream) {
   const source = new EventSource(stream.url);
   // shutdown: the text of a draining instance's end while its reconnect is pending.
-  Object.assign(stream, { source, tokens: 0, opened: 0, shutdown: null });
+  Object.assign(stream, { source, tokens: 0, opened: 0, shutdown: null, shutdownErrors: 0 });
   setMessageState(stream.reply, "streaming", "writing…");
 
   source.addEventListener("open", () => {
     stream.opened += 1;
     stream.shutdown = null;
+    stream.shutdownErrors = 0;
     elements.reconnects.textContent = String(stream.opened - 1);
     setStatus("streaming", "Streaming…");
     setMessageState(stream.reply, "streaming", "writing…");
@@ -222,7 +223,11 @@ function follow(stream) {
   source.addEventListener("error", () => {
     // CONNECTING: the connection dropped and EventSource retries by itself, resuming after the
     // last event. CLOSED: the gateway said there is nothing more (204) or refused the stream.
-    if (source.readyState === EventSource.CONNECTING) {
+    // After a shutdown the first error is that instance closing; a second before any reconnect
+    // opened says nothing answers (the instance is gone, none behind it): EventSource would retry
+    // for ever, so the turn ends.
+    if (stream.shutdown) stream.shutdownErrors += 1;
+    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 2) {
       if (!stream.shutdown) setStatus("reconnecting", "Connection lost, resuming…");
       setMessageState(stream.reply, "reconnecting", "connection lost, resuming…");
     } else if (current === stream) {
