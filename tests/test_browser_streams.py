@@ -458,6 +458,14 @@ async def test_a_last_event_id_parameter_given_twice_is_refused_naming_it(client
     assert (error["param"], error["code"]) == ("lastEventId", "invalid_request")
 
 
+async def test_a_last_event_id_header_given_twice_is_refused_naming_it(client: Client) -> None:
+    headers = [("Last-Event-ID", "x:1"), ("Last-Event-ID", "x:2")]
+    async with client.get("/chat/stream", headers=headers) as response:
+        assert response.status == 400
+        error = (await response.json())["error"]
+    assert error["param"] == "Last-Event-ID"
+
+
 async def test_the_one_step_get_reconnect_after_the_final_event_is_204(client: Client) -> None:
     async with client.get("/chat/stream", params={"message": "x\n#sim tokens=1"}) as response:
         events = events_only(await read_events(response))

@@ -7,13 +7,24 @@ every one of them. Against `python run.py`, whose lines carry their level.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Iterator
+
 import aiohttp
 import pytest
 
-from tests.support.client import ROUTES, new_request_id
-from tests.support.processes import Gateway
+from tests.support.client import ROUTES, new_request_id, open_unread_stream
+from tests.support.processes import Gateway, Simulator, start_gateway
 
 DIALECTS = ["native", "openai"]
+SEND_TIMEOUT = 1.0
+
+
+@pytest.fixture(scope="module")
+def send_timeout_gateway(simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway that cuts a client accepting nothing after a second."""
+    with start_gateway(upstream=simulator, env={"SLUICE_STREAM_SEND_TIMEOUT": str(SEND_TIMEOUT)}) as gateway:
+        yield gateway
 
 
 async def stream_to_its_end(gateway: Gateway, dialect: str, message: str, request_id: str) -> None:
@@ -52,3 +63,14 @@ async def test_a_browser_stream_cut_after_it_started_logs_at_warning(gateway: Ga
         assert response.status == 201
     line = gateway.process.wait_for_event("browser_stream_finished", request_id=rid)
     assert (line["outcome"], line["level"]) == ("upstream_error", "warning")
+
+
+async def test_a_stream_cut_for_a_client_that_reads_nothing_logs_at_info(send_timeout_gateway: Gateway) -> None:
+    # The client's stall, not the upstream's failure: an operator's warnings are not for it.
+    rid = new_request_id("send-timeout-level")
+    path, make_body = ROUTES["openai"]
+    with open_unread_stream(send_timeout_gateway.url, path, make_body("x\n#sim tokens=150000"), rid):
+        line = await asyncio.to_thread(
+            send_timeout_gateway.process.wait_for_event, "request_finished", 60, request_id=rid
+        )
+    assert (line["error_code"], line["outcome"], line["level"]) == ("send_timeout", "timeout", "info")

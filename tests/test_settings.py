@@ -319,7 +319,14 @@ def test_the_variables_kubernetes_sets_for_services_named_sluice_are_no_mistake(
 
 @pytest.mark.parametrize(
     ("name", "value"),
-    [("SLUICE_SERVICE_HOST", "sluice.internal"), ("SLUICE_REDIS_PORT", "6379"), ("SLUICE_PORT_80_TCP_PROTO", "http")],
+    [
+        ("SLUICE_SERVICE_HOST", "sluice.internal"),
+        ("SLUICE_SERVICE_HOST", "0.0.0.0"),  # an address to listen on, meant as a setting
+        ("SLUICE_SERVICE_HOST", "127.0.0.1"),
+        ("SLUICE_REDIS_PORT", "6379"),
+        ("SLUICE_REDIS_PORT", "tcp://[fd00::a:6379"),
+        ("SLUICE_PORT_80_TCP_PROTO", "http"),
+    ],
 )
 def test_a_service_link_name_with_a_value_kubernetes_never_sets_is_refused(name: str, value: str) -> None:
     assert f"environment variable {name}: no such setting" in settings_error(**{name: value})

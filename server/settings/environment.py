@@ -36,11 +36,12 @@ _PORT = r"_PORT_\d+_(?:TCP|UDP|SCTP)"
 
 
 def _is_ip(value: str) -> bool:
+    """A cluster IP: never loopback or 0.0.0.0, which a user setting an address of Sluice's would write."""
     try:
-        ipaddress.ip_address(value.strip("[]"))
+        address = ipaddress.ip_address(value)
     except ValueError:
         return False
-    return True
+    return not (address.is_loopback or address.is_unspecified)
 
 
 def _is_port(value: str) -> bool:
@@ -50,6 +51,8 @@ def _is_port(value: str) -> bool:
 def _is_service_url(value: str) -> bool:
     protocol, _, rest = value.partition("://")
     host, _, port = rest.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):  # an IPv6 address, as Kubernetes joins it with a port
+        host = host[1:-1]
     return protocol in ("tcp", "udp", "sctp") and _is_ip(host) and _is_port(port)
 
 

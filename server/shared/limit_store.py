@@ -143,7 +143,8 @@ class RedisLimitStore:
             lost, self._owed = list(self._owed.values()), {}
             log.warning(
                 "limits_owed_lost",
-                message="Redis did not answer before this process stopped: these keys' give-backs are lost",
+                # "May be": one on its way when the process stopped may have reached Redis.
+                message="Redis did not answer before this process stopped: these keys' give-backs may be lost",
                 keys=sorted({debt.name for debt in lost}),
                 streams=sum(debt.streams for debt in lost),
             )

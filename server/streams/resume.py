@@ -40,7 +40,10 @@ def resume_point(request: web.Request) -> ResumePoint | None:
     EventSource sends the header on its own when it reconnects; the parameter serves clients that
     cannot set headers. A value that is not an id Sluice gave out is a 400 naming the field.
     """
-    value, field = request.headers.get(HEADER, ""), HEADER
+    headers = request.headers.getall(HEADER, ())
+    if len(headers) > 1:
+        raise InvalidRequestError(f"{HEADER}: given {len(headers)} times; give it once.", param=HEADER)
+    value, field = (headers[0] if headers else ""), HEADER
     if not value:
         # yarl keeps the first of a repeated name: which one the client meant is not known.
         given = request.query.getall(QUERY, ())
