@@ -332,8 +332,8 @@ BREAKS = [
     Break(
         "4xx line without param",
         ACCESS_LOG,
-        '        fields["param"] = record.error_param\n',
-        "",
+        '            fields["param"] = record.error_param\n',
+        "            pass\n",
         (f"{ACCESS_LINES}::test_a_4xx_line_carries_the_error_code_and_param",),
     ),
     # Any OpenAI-compatible upstream, the dashboard, the deploy files and the demo chat (issue 15).
