@@ -104,10 +104,20 @@ async def serve_stream(
     timers: Timers,
     lifecycle: Lifecycle,
 ) -> web.StreamResponse:
-    """Send the events of `stream_id` after `after` until its final event, or the drain's."""
-    first = await _first(registry, stream_id, after)
-    if first is None:
-        return web.Response(status=204)
+    """Send the events of `stream_id` after `after` until its final event, or the drain's.
+
+    With Redis away, the reader is held as an attached one is: the response starts, heartbeats keep
+    it while Redis comes back (`redis.outage_seconds`), and it goes on from there. A 503 instead was
+    the end of an EventSource's reconnect that landed here while the stream went on elsewhere.
+    """
+    first: Slice | None
+    try:
+        first = await _first(registry, stream_id, after, hold=True)
+    except StoreUnavailableError:
+        first = None  # read once Redis is back (`_after_outage`)
+    else:
+        if first is None:
+            return web.Response(status=204)
     response = _sse_response(settings, timers, on_heartbeat=metrics.heartbeats.inc)
     await response.prepare(request)
     record.response_status = response.status
@@ -116,7 +126,12 @@ async def serve_stream(
         end = DrainEnd(lifecycle)
         with registry.reading(stream_id), lifecycle.reading(end):
             if await _send(response, start.encode(), settings.send_timeout):
-                await _follow(response, registry, stream_id, after, first, settings.send_timeout, end, record)
+                if first is None:
+                    first = await _after_outage(
+                        response, registry, stream_id, after, settings.send_timeout, end, record
+                    )
+                if first is not None:
+                    await _follow(response, registry, stream_id, after, first, settings.send_timeout, end, record)
     finally:
         response.stop_heartbeat()  # also when the client left and the handler was cancelled
     await response.finish()
@@ -133,11 +148,13 @@ async def stream_head(
     return web.Response(status=200, headers=_sse_response(settings, timers).headers)
 
 
-async def _first(registry: StreamRegistry, stream_id: str, after: int, *, look: bool = False) -> Slice | None:
+async def _first(
+    registry: StreamRegistry, stream_id: str, after: int, *, look: bool = False, hold: bool = False
+) -> Slice | None:
     """The first events after `after`; None when there is nothing to send (the answer is 204).
 
     With `look`, the store is looked at (`peek`), not read. 410 when the events after `after` were
-    dropped, 503 when Redis cannot be reached.
+    dropped, 503 when Redis cannot be reached (StoreUnavailableError itself with `hold`).
     """
     store = registry.store
     try:
@@ -145,6 +162,8 @@ async def _first(registry: StreamRegistry, stream_id: str, after: int, *, look: 
     except EventsDroppedError:
         raise _dropped() from None
     except StoreUnavailableError:
+        if hold:
+            raise
         raise ServiceUnavailableError(
             "Sluice cannot reach Redis to read the stream; retry shortly.",
             code="store_unavailable",
@@ -231,6 +250,43 @@ async def _follow(
             await _send(response, _failed(_expired(), record), send_timeout)
             return
         batch = next_batch
+
+
+async def _after_outage(
+    response: SSEResponse,
+    registry: StreamRegistry,
+    stream_id: str,
+    after: int,
+    send_timeout: float,
+    end: DrainEnd,
+    record: RequestRecord,
+) -> Slice | None:
+    """The first events once Redis is back; None when the response has nothing more to send.
+
+    Not back within the outage: the `failed` event an attached reader gets. Back, and nothing to
+    send (the stream unknown or over): the response ends, and a reconnect learns that (204).
+    """
+    recovered = False
+    if not end.asked:
+        with end:
+            recovered = await registry.store.recovered()
+    if not recovered:
+        await _send(response, end.event(record) if end.asked else _failed(_unreachable(), record), send_timeout)
+        return None
+    try:
+        first = await registry.store.read_after(stream_id, after, BATCH)
+    except EventsDroppedError:
+        await _send(response, _failed(_dropped(), record), send_timeout)
+        return None
+    except GenerationLostError:
+        await _send(response, _failed(_lost(), record), send_timeout)
+        return None
+    except StoreUnavailableError:
+        await _send(response, _failed(_unreachable(), record), send_timeout)
+        return None
+    if first is None or (first.finished and not first.events):
+        return None
+    return first
 
 
 def _failed(error: GatewayError, record: RequestRecord) -> bytes:

@@ -1,0 +1,64 @@
+"""A reconnect during a Redis outage is held, as an attached reader is, and goes on once Redis is back.
+
+An EventSource whose connection dropped while Redis was away reconnected to an instance that does
+not generate its stream and got 503 `store_unavailable`: EventSource stops at any status but 200,
+so the page gave up on a stream that went on elsewhere (found by the scale-out review). Two
+`run.py` instances on a real redis-server; Redis frozen (SIGSTOP) as a stalled host is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+
+import aiohttp
+import pytest
+
+from tests.support.client import new_request_id
+from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.servers import RedisServer
+from tests.support.sse import iter_events
+
+# Redis's stall is seen after its command timeout (2 s); the answer starts then. Far from the
+# outage's own end (redis.outage_seconds, 10 s by default, set to a minute here).
+STARTED_SECONDS = 8
+# One token, then a minute of nothing: what the reconnect reads once Redis is back is that token.
+HELD = "held\n#sim tokens=3 gap_ms=60000"
+
+
+@pytest.fixture
+def instances(simulator: Simulator, redis_server: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    """The instance generating the stream, and one that only reads it."""
+    env = {
+        "SLUICE_REDIS_URL": redis_server.url,
+        "SLUICE_REDIS_OUTAGE_SECONDS": "60",
+        "SLUICE_UPSTREAM_IDLE_TIMEOUT": "120",
+    }
+    with start_gateway(upstream=simulator, env=env) as producer, start_gateway(upstream=simulator, env=env) as reader:
+        yield producer, reader
+
+
+async def test_a_reconnect_while_redis_is_stalled_is_held_and_goes_on_once_it_is_back(
+    instances: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    producer, reader = instances
+    assert redis_server.process is not None
+    async with aiohttp.ClientSession() as http:
+        headers = {"X-Request-ID": new_request_id("outage-reconnect")}
+        async with http.post(producer.url + "/chat/streams", json={"message": HELD}, headers=headers) as created:
+            assert created.status == 201
+            stream_id = (await created.json())["id"]
+        redis_server.process.signal(signal.SIGSTOP)
+        try:
+            reconnect = http.get(reader.url + f"/chat/streams/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:0"})
+            response = await asyncio.wait_for(reconnect, STARTED_SECONDS)
+        finally:
+            redis_server.process.signal(signal.SIGCONT)
+        async with response:
+            assert response.status == 200
+            async with asyncio.timeout(STARTED_SECONDS):
+                async for event in iter_events(response):
+                    if event.comment is None and event.data:  # past the opening retry and id
+                        break
+    assert (event.event, event.id) == ("token", f"{stream_id}:1")
