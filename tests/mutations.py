@@ -6217,7 +6217,7 @@ BREAKS += [
     Break(
         "the page retries a drained stream for ever when no instance answers",
         "server/static/app.js",
-        "    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 2) {\n",
+        "    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 3) {\n",
         "    if (source.readyState === EventSource.CONNECTING) {\n",
         (f"{PAGE_DRAIN}::test_a_drained_stream_whose_instance_is_gone_ends_with_the_shutdown_message",),
     ),
@@ -6290,6 +6290,28 @@ BREAKS += [
         (
             "tests/test_reconnect_during_outage.py::test_a_reconnect_while_redis_is_stalled_is_held_and_goes_on_once_it_is_back",
         ),
+    ),
+]
+
+
+OUTAGE_READERS = "tests/test_reconnect_during_outage.py"
+BREAKS += [
+    Break(
+        "a reader held past the outage ends silently",
+        "server/streams/reader.py",
+        "    if not recovered:\n        await _send(",
+        "    if not recovered:\n        return None\n        await _send(",
+        (
+            f"{OUTAGE_READERS}::test_a_reader_held_past_the_outage_ends_with_store_unavailable_never_silently",
+            f"{OUTAGE_READERS}::test_a_reader_held_when_its_instance_drains_ends_with_the_shutdown_event",
+        ),
+    ),
+    Break(
+        "a held reader ignores the drain",
+        "server/streams/reader.py",
+        "    if not end.asked:\n        with end:\n            recovered = await registry.store.recovered()\n",
+        "    if True:\n        recovered = await registry.store.recovered()\n",
+        (f"{OUTAGE_READERS}::test_a_reader_held_when_its_instance_drains_ends_with_the_shutdown_event",),
     ),
 ]
 

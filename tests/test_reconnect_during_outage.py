@@ -18,7 +18,7 @@ import pytest
 from tests.support.client import new_request_id
 from tests.support.processes import Gateway, Simulator, start_gateway
 from tests.support.servers import RedisServer
-from tests.support.sse import iter_events
+from tests.support.sse import Event, iter_events
 
 # Redis's stall is seen after its command timeout (2 s); the answer starts then. Far from the
 # outage's own end (redis.outage_seconds, 10 s by default, set to a minute here).
@@ -27,16 +27,50 @@ STARTED_SECONDS = 8
 HELD = "held\n#sim tokens=3 gap_ms=60000"
 
 
-@pytest.fixture
-def instances(simulator: Simulator, redis_server: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+# What an outage may last before a held reader ends, in the test of that end: far from the bound.
+SHORT_OUTAGE_SECONDS = 2
+ENDED_SECONDS = 20
+
+
+def two_instances(
+    simulator: Simulator, redis_server: RedisServer, outage_seconds: float
+) -> Iterator[tuple[Gateway, Gateway]]:
     """The instance generating the stream, and one that only reads it."""
     env = {
         "SLUICE_REDIS_URL": redis_server.url,
-        "SLUICE_REDIS_OUTAGE_SECONDS": "60",
+        "SLUICE_REDIS_OUTAGE_SECONDS": str(outage_seconds),
         "SLUICE_UPSTREAM_IDLE_TIMEOUT": "120",
     }
     with start_gateway(upstream=simulator, env=env) as producer, start_gateway(upstream=simulator, env=env) as reader:
         yield producer, reader
+
+
+@pytest.fixture
+def instances(simulator: Simulator, redis_server: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    yield from two_instances(simulator, redis_server, 60)
+
+
+@pytest.fixture
+def short_outage_instances(simulator: Simulator, redis_server: RedisServer) -> Iterator[tuple[Gateway, Gateway]]:
+    yield from two_instances(simulator, redis_server, SHORT_OUTAGE_SECONDS)
+
+
+async def held_stream(http: aiohttp.ClientSession, producer: Gateway) -> str:
+    headers = {"X-Request-ID": new_request_id("outage-reconnect")}
+    async with http.post(producer.url + "/chat/streams", json={"message": HELD}, headers=headers) as created:
+        assert created.status == 201
+        return str((await created.json())["id"])
+
+
+async def final_event(response: aiohttp.ClientResponse) -> Event:
+    """The last event of `response`, read to its end within ENDED_SECONDS."""
+    last = None
+    async with asyncio.timeout(ENDED_SECONDS):
+        async for event in iter_events(response):
+            if event.comment is None and event.data:
+                last = event
+    assert last is not None
+    return last
 
 
 async def test_a_reconnect_while_redis_is_stalled_is_held_and_goes_on_once_it_is_back(
@@ -45,10 +79,7 @@ async def test_a_reconnect_while_redis_is_stalled_is_held_and_goes_on_once_it_is
     producer, reader = instances
     assert redis_server.process is not None
     async with aiohttp.ClientSession() as http:
-        headers = {"X-Request-ID": new_request_id("outage-reconnect")}
-        async with http.post(producer.url + "/chat/streams", json={"message": HELD}, headers=headers) as created:
-            assert created.status == 201
-            stream_id = (await created.json())["id"]
+        stream_id = await held_stream(http, producer)
         redis_server.process.signal(signal.SIGSTOP)
         try:
             reconnect = http.get(reader.url + f"/chat/streams/{stream_id}", headers={"Last-Event-ID": f"{stream_id}:0"})
@@ -62,3 +93,41 @@ async def test_a_reconnect_while_redis_is_stalled_is_held_and_goes_on_once_it_is
                     if event.comment is None and event.data:  # past the opening retry and id
                         break
     assert (event.event, event.id) == ("token", f"{stream_id}:1")
+
+
+async def test_a_reader_held_past_the_outage_ends_with_store_unavailable_never_silently(
+    short_outage_instances: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    producer, reader = short_outage_instances
+    assert redis_server.process is not None
+    async with aiohttp.ClientSession() as http:
+        stream_id = await held_stream(http, producer)
+        redis_server.process.signal(signal.SIGSTOP)
+        try:
+            url = reader.url + f"/chat/streams/{stream_id}"
+            async with http.get(url, headers={"Last-Event-ID": f"{stream_id}:0"}) as response:
+                assert response.status == 200
+                last = await final_event(response)
+        finally:
+            redis_server.process.signal(signal.SIGCONT)
+    assert (last.event, last.json()["error"]["code"]) == ("failed", "store_unavailable")
+
+
+async def test_a_reader_held_when_its_instance_drains_ends_with_the_shutdown_event(
+    instances: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    producer, reader = instances
+    assert redis_server.process is not None
+    async with aiohttp.ClientSession() as http:
+        stream_id = await held_stream(http, producer)
+        redis_server.process.signal(signal.SIGSTOP)
+        try:
+            url = reader.url + f"/chat/streams/{stream_id}"
+            async with http.get(url, headers={"Last-Event-ID": f"{stream_id}:0"}) as response:
+                assert response.status == 200  # held: its response started
+                reader.process.signal(signal.SIGTERM)
+                last = await final_event(response)
+        finally:
+            redis_server.process.signal(signal.SIGCONT)
+    assert (last.event, last.json()["error"]["code"]) == ("failed", "server_shutting_down")
+    assert last.retry is not None  # the drain's retry hint

@@ -223,13 +223,15 @@ function follow(stream) {
   source.addEventListener("error", () => {
     // CONNECTING: the connection dropped and EventSource retries by itself, resuming after the
     // last event. CLOSED: the gateway said there is nothing more (204) or refused the stream.
-    // After a shutdown the first error is that instance closing; a second before any reconnect
-    // opened says nothing answers (the instance is gone, none behind it): EventSource would retry
-    // for ever, so the turn ends.
+    // After a shutdown the first error is that instance closing; two failed reconnects more, none
+    // opened, say nothing answers (the instance is gone and none is behind it, not a balancer that
+    // sent one reconnect to it late): EventSource would retry for ever, so the turn ends.
     if (stream.shutdown) stream.shutdownErrors += 1;
-    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 2) {
-      if (!stream.shutdown) setStatus("reconnecting", "Connection lost, resuming…");
-      setMessageState(stream.reply, "reconnecting", "connection lost, resuming…");
+    if (source.readyState === EventSource.CONNECTING && stream.shutdownErrors < 3) {
+      if (!stream.shutdown) {
+        setStatus("reconnecting", "Connection lost, resuming…");
+        setMessageState(stream.reply, "reconnecting", "connection lost, resuming…");
+      }
     } else if (current === stream) {
       finish(stream, "failed", stream.shutdown || "The stream is no longer available.", "failed");
     }

@@ -4,15 +4,16 @@ Each connection starts with `retry:` and an `id:` naming its resume point (`<str
 first connection), so a browser that loses the connection before the first event still
 reconnects to this stream. It ends after the stream's final event. A stream with nothing left
 to send (unknown, expired, or finished before the resume point) is HTTP 204, which tells
-EventSource to stop reconnecting.
+EventSource to stop reconnecting. With Redis away the store cannot say: the connection is held
+(`serve_stream`), and learns once Redis answers.
 
 A draining process ends its readers too (lifecycle.py), whether the stream is generated here or
 on another instance (which goes on after this one exits): a reader sends what the store already
 holds, then a `failed` event `server_shutting_down` with the drain's `retry:` and no id, so the
 reconnect names the last event it got and resumes elsewhere.
 
-A HEAD (`stream_head`) gets the status and headers the GET would start with, and no body. It
-only looks at the store: it is no reader, so it neither holds off the grace period nor marks
+A HEAD (`stream_head`) gets the status and headers the GET would start with, and no body (with
+Redis away, 503: a HEAD is not held). It only looks at the store: it is no reader, so it neither holds off the grace period nor marks
 events read, and a shared store does not report it to the stream's producer.
 """
 
