@@ -13,8 +13,9 @@ holds, then a `failed` event `server_shutting_down` with the drain's `retry:` an
 reconnect names the last event it got and resumes elsewhere.
 
 A HEAD (`stream_head`) gets the status and headers the GET would start with, and no body (with
-Redis away, 503: a HEAD is not held). It only looks at the store: it is no reader, so it neither holds off the grace period nor marks
-events read, and a shared store does not report it to the stream's producer.
+Redis away, 503: a HEAD is not held). It only looks at the store: it is no reader, so it neither
+holds off the grace period nor marks events read, and a shared store does not report it to the
+stream's producer.
 """
 
 from __future__ import annotations
