@@ -6316,6 +6316,31 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a keyed reconnect during a Redis outage is refused with 503",
+        "server/routes/browser.py",
+        "    except StoreUnavailableError:\n        return None\n",
+        "    except StoreUnavailableError:\n        raise _store_unavailable(request) from None\n",
+        (f"{OUTAGE_READERS}::test_a_keyed_reconnect_while_redis_is_stalled_is_held_and_goes_on_for_its_key",),
+    ),
+    Break(
+        "a held keyed reader never asks whose the stream is",
+        "server/routes/browser.py",
+        "        may_read=may_read if known_access is None else None,\n",
+        "        may_read=None,\n",
+        (f"{OUTAGE_READERS}::test_a_keyed_reconnect_held_for_another_keys_stream_gets_none_of_it",),
+    ),
+    Break(
+        "a held reader refused the stream reads it anyway",
+        "server/streams/reader.py",
+        "        if not allowed:\n            return None",
+        "        if False:\n            return None",
+        (f"{OUTAGE_READERS}::test_a_keyed_reconnect_held_for_another_keys_stream_gets_none_of_it",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

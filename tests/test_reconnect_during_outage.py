@@ -11,12 +11,14 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
 
 from tests.support.client import new_request_id
 from tests.support.processes import Gateway, Simulator, start_gateway
+from tests.support.security import KEY_ALPHA, KEY_FROM_ENV, bearer, start_keyed_gateway
 from tests.support.servers import RedisServer
 from tests.support.sse import Event, iter_events
 
@@ -131,3 +133,72 @@ async def test_a_reader_held_when_its_instance_drains_ends_with_the_shutdown_eve
             redis_server.process.signal(signal.SIGCONT)
     assert (last.event, last.json()["error"]["code"]) == ("failed", "server_shutting_down")
     assert last.retry is not None  # the drain's retry hint
+
+
+@pytest.fixture
+def keyed_instances(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> Iterator[tuple[Gateway, Gateway]]:
+    """Two keyed instances: with gateway keys, whose stream it is lives in Redis too."""
+    env = {
+        "SLUICE_REDIS_URL": redis_server.url,
+        "SLUICE_REDIS_OUTAGE_SECONDS": "60",
+        "SLUICE_UPSTREAM_IDLE_TIMEOUT": "120",
+    }
+    with (
+        start_keyed_gateway(tmp_path, simulator, env=env) as producer,
+        start_keyed_gateway(tmp_path, simulator, env=env) as reader,
+    ):
+        yield producer, reader
+
+
+async def reconnect_while_stalled(
+    http: aiohttp.ClientSession, redis_server: RedisServer, url: str, headers: dict[str, str]
+) -> tuple[int, list[Event]]:
+    """GET `url` with Redis frozen, let Redis go once the answer started; its status and data events."""
+    assert redis_server.process is not None
+    redis_server.process.signal(signal.SIGSTOP)
+    try:
+        response = await asyncio.wait_for(http.get(url, headers=headers), STARTED_SECONDS)
+    finally:
+        redis_server.process.signal(signal.SIGCONT)
+    async with response:
+        events: list[Event] = []
+        async with asyncio.timeout(ENDED_SECONDS):
+            async for event in iter_events(response):
+                if event.comment is None and event.data:
+                    events.append(event)
+                    break
+        return response.status, events
+
+
+async def test_a_keyed_reconnect_while_redis_is_stalled_is_held_and_goes_on_for_its_key(
+    keyed_instances: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    producer, reader = keyed_instances
+    async with aiohttp.ClientSession() as http:
+        body = {"message": HELD}
+        async with http.post(producer.url + "/chat/streams", json=body, headers=bearer(KEY_ALPHA)) as created:
+            assert created.status == 201
+            stream_id = (await created.json())["id"]
+        headers = {**bearer(KEY_ALPHA), "Last-Event-ID": f"{stream_id}:0"}
+        status, events = await reconnect_while_stalled(
+            http, redis_server, reader.url + f"/chat/streams/{stream_id}", headers
+        )
+    assert status == 200
+    assert [(e.event, e.id) for e in events] == [("token", f"{stream_id}:1")]
+
+
+async def test_a_keyed_reconnect_held_for_another_keys_stream_gets_none_of_it(
+    keyed_instances: tuple[Gateway, Gateway], redis_server: RedisServer
+) -> None:
+    producer, reader = keyed_instances
+    async with aiohttp.ClientSession() as http:
+        body = {"message": HELD}
+        async with http.post(producer.url + "/chat/streams", json=body, headers=bearer(KEY_ALPHA)) as created:
+            stream_id = (await created.json())["id"]
+        headers = {**bearer(KEY_FROM_ENV), "Last-Event-ID": f"{stream_id}:0"}
+        status, events = await reconnect_while_stalled(
+            http, redis_server, reader.url + f"/chat/streams/{stream_id}", headers
+        )
+    assert (status, events) == (200, [])  # held, then ended with nothing: as an unknown stream's

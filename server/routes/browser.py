@@ -94,9 +94,12 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
         raise InvalidRequestError("Last-Event-ID: names another stream.", param="Last-Event-ID")
     if (owner := _owner_elsewhere(request, stream_id)) is not None:
         return await _forward(request, owner)
-    if not await _may_access(request, stream_id):
+    access = await _access(request, stream_id)
+    if access is False:
         return web.Response(status=204)  # another key's stream is answered as an unknown one
     if request.method == hdrs.METH_HEAD:
+        if access is None:
+            raise _store_unavailable(request)  # a HEAD is not held (see _serve)
         return await stream_head(
             request.app[STREAMS],
             stream_id,
@@ -104,7 +107,7 @@ async def read_stream(request: web.Request) -> web.StreamResponse:
             settings=request.app[SETTINGS].stream,
             timers=request.app[TIMERS],
         )
-    return await _serve(request, stream_id, point.seq if point else 0)
+    return await _serve(request, stream_id, point.seq if point else 0, known_access=access)
 
 
 async def delete_stream(request: web.Request) -> web.StreamResponse:
@@ -123,9 +126,10 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
     if point is not None:
         if (owner := _owner_elsewhere(request, point.stream_id)) is not None:
             return await _forward(request, owner)
-        if not await _may_access(request, point.stream_id):
+        access = await _access(request, point.stream_id)
+        if access is False:
             return web.Response(status=204)
-        return await _serve(request, point.stream_id, point.seq)
+        return await _serve(request, point.stream_id, point.seq, known_access=access)
     for name in request.query:
         if name not in _QUERY_FIELDS and name not in _QUERY_CONTROLS:
             raise InvalidRequestError(
@@ -167,18 +171,30 @@ def _decodes(raw_query: str) -> bool:
 
 
 async def _may_access(request: web.Request, stream_id: str) -> bool:
-    """False when gateway keys are on and another key started the stream (or it is unknown)."""
+    """False when gateway keys are on and another key started the stream (or it is unknown); 503 with Redis away."""
+    access = await _access(request, stream_id)
+    if access is None:
+        raise _store_unavailable(request)
+    return access
+
+
+async def _access(request: web.Request, stream_id: str) -> bool | None:
+    """As `_may_access`, and None when Redis, which knows the stream's owner, cannot be reached."""
     key = request_key(request)
     if key is None:
         return True
     try:
         return await request.app[STREAMS].may_access(stream_id, request.app[TOKENS].stream_owner(key))
     except StoreUnavailableError:
-        raise ServiceUnavailableError(
-            "Sluice cannot reach Redis to find the stream; retry shortly.",
-            code="store_unavailable",
-            headers={"Retry-After": str(request.app[STREAMS].retry_after)},
-        ) from None
+        return None
+
+
+def _store_unavailable(request: web.Request) -> ServiceUnavailableError:
+    return ServiceUnavailableError(
+        "Sluice cannot reach Redis to find the stream; retry shortly.",
+        code="store_unavailable",
+        headers={"Retry-After": str(request.app[STREAMS].retry_after)},
+    )
 
 
 def _owner_elsewhere(request: web.Request, stream_id: str) -> int | None:
@@ -201,8 +217,18 @@ async def _forward(request: web.Request, owner: int) -> web.StreamResponse:
     )
 
 
-async def _serve(request: web.Request, stream_id: str, after: int) -> web.StreamResponse:
-    """Send the stream's events after `after` on this connection (see streams/reader.py)."""
+async def _serve(
+    request: web.Request, stream_id: str, after: int, known_access: bool | None = True
+) -> web.StreamResponse:
+    """Send the stream's events after `after` on this connection (see streams/reader.py).
+
+    `known_access` None: Redis could not say whose the stream is. The reader is held as with Redis
+    away, and asks again once it answers, before any event (`may_read`).
+    """
+
+    async def may_read() -> bool | None:
+        return await _access(request, stream_id)
+
     return await serve_stream(
         request,
         request.app[STREAMS],
@@ -213,6 +239,7 @@ async def _serve(request: web.Request, stream_id: str, after: int) -> web.Stream
         record=request[RECORD],
         timers=request.app[TIMERS],
         lifecycle=request.app[LIFECYCLE],
+        may_read=may_read if known_access is None else None,
     )
 
 

@@ -21,7 +21,7 @@ stream's producer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 
 import aiohttp
@@ -105,21 +105,26 @@ async def serve_stream(
     record: RequestRecord,
     timers: Timers,
     lifecycle: Lifecycle,
+    may_read: Callable[[], Awaitable[bool | None]] | None = None,
 ) -> web.StreamResponse:
     """Send the events of `stream_id` after `after` until its final event, or the drain's.
+
+    `may_read`: whether this client may read the stream, asked once Redis answers (None: still away),
+    when Redis could not say whose it is; a refusal then ends the response as an unknown stream's.
 
     With Redis away, the reader is held as an attached one is: the response starts, heartbeats keep
     it while Redis comes back (`redis.outage_seconds`), and it goes on from there. A 503 instead was
     the end of an EventSource's reconnect that landed here while the stream went on elsewhere.
     """
-    first: Slice | None
-    try:
-        first = await _first(registry, stream_id, after, hold=True)
-    except StoreUnavailableError:
-        first = None  # read once Redis is back (`_after_outage`)
-    else:
-        if first is None:
-            return web.Response(status=204)
+    first: Slice | None = None  # None: read once Redis is back (`_after_outage`)
+    if may_read is None:
+        try:
+            first = await _first(registry, stream_id, after, hold=True)
+        except StoreUnavailableError:
+            pass
+        else:
+            if first is None:
+                return web.Response(status=204)
     response = _sse_response(settings, timers, on_heartbeat=metrics.heartbeats.inc)
     await response.prepare(request)
     record.response_status = response.status
@@ -130,7 +135,7 @@ async def serve_stream(
             if await _send(response, start.encode(), settings.send_timeout):
                 if first is None:
                     first = await _after_outage(
-                        response, registry, stream_id, after, settings.send_timeout, end, record
+                        response, registry, stream_id, after, settings.send_timeout, end, record, may_read
                     )
                 if first is not None:
                     await _follow(response, registry, stream_id, after, first, settings.send_timeout, end, record)
@@ -262,6 +267,7 @@ async def _after_outage(
     send_timeout: float,
     end: DrainEnd,
     record: RequestRecord,
+    may_read: Callable[[], Awaitable[bool | None]] | None,
 ) -> Slice | None:
     """The first events once Redis is back; None when the response has nothing more to send.
 
@@ -275,6 +281,13 @@ async def _after_outage(
     if not recovered:
         await _send(response, end.event(record) if end.asked else _failed(_unreachable(), record), send_timeout)
         return None
+    if may_read is not None:
+        allowed = await may_read()
+        if allowed is None:  # away again
+            await _send(response, _failed(_unreachable(), record), send_timeout)
+            return None
+        if not allowed:
+            return None  # another key's stream, or none: nothing sent, and the reconnect gets 204
     try:
         first = await registry.store.read_after(stream_id, after, BATCH)
     except EventsDroppedError:
