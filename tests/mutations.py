@@ -6341,6 +6341,24 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "nginx logs the whole request line, query and all",
+        "deploy/nginx/sluice.conf",
+        '"$request_method $uri $server_protocol"',
+        '"$request"',
+        ("tests/test_nginx.py::test_nginx_logs_a_path_without_its_query",),
+    ),
+    Break(
+        "nginx logs in its default format",
+        "deploy/nginx/sluice.conf",
+        "    access_log /var/log/nginx/access.log sluice;\n",
+        "    access_log /var/log/nginx/access.log;\n",
+        ("tests/test_nginx.py::test_nginx_logs_a_path_without_its_query",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from collections.abc import Iterator
 
 import aiohttp
@@ -93,6 +94,21 @@ async def test_answers_through_nginx_name_no_server_version(gateway: Gateway, st
             await response.read()
     assert response.status == 200
     assert response.headers.getall("Server") == ["nginx"]
+
+
+async def test_nginx_logs_a_path_without_its_query(gateway: Gateway, start_nginx_in_front: StartNginx) -> None:
+    # Its default log had the whole request line: a browser token, or a one-step GET's prompt.
+    nginx = start_nginx_in_front([address(gateway)])
+    async with aiohttp.ClientSession() as http:
+        async with http.get(nginx.url + "/chat/stream", params={"message": "private words\n#sim tokens=1"}) as response:
+            await response.read()
+    assert response.status == 200
+    deadline = time.monotonic() + 10  # nginx writes the line as it finishes the request: at once
+    while "/chat/stream" not in (logged := nginx.access_log.read_text()):
+        assert time.monotonic() < deadline, logged
+        await asyncio.sleep(0.01)  # the pace of a poll of the file, not a synchronisation
+    assert '"GET /chat/stream HTTP/1.1" 200' in logged
+    assert "private" not in logged
 
 
 async def test_nginx_keeps_one_idle_connection_to_the_instance_across_requests(

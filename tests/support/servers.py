@@ -97,13 +97,16 @@ def start_redis(directory: Path) -> RedisServer:
 def nginx_conf(shipped: str, *, listen_port: int, upstreams: Sequence[str], prefix: Path) -> str:
     """A whole nginx.conf around the shipped `sluice.conf`, changed only in its ports and paths.
 
-    The shipped file is what goes into /etc/nginx/conf.d/; here its `listen` port and its
-    `upstream` servers are replaced, and the main context (pid, logs, temp paths) points into
-    `prefix`, so an unprivileged-looking nginx runs inside a test's directory.
+    The shipped file is what goes into /etc/nginx/conf.d/; here its `listen` port, its access log's
+    path and its `upstream` servers are replaced, and the main context (pid, logs, temp paths) points
+    into `prefix`, so an unprivileged-looking nginx runs inside a test's directory.
     """
     site, listens = re.subn(r"listen\s+\d+;", f"listen 127.0.0.1:{listen_port};", shipped)
     if listens != 1:
         raise ValueError("the shipped nginx config must listen on exactly one port")
+    site, logs = re.subn(r"access_log\s+\S+", f"access_log {prefix / 'access.log'}", site)
+    if logs != 1:
+        raise ValueError("the shipped nginx config must name exactly one access log")
     # Each server keeps the shipped servers' parameters (max_fails...): only its address changes.
     shipped_server = re.search(r"^\s*server \S+((?: [^;\n]*)?);", site, re.MULTILINE)
     if shipped_server is None:
@@ -124,7 +127,8 @@ def nginx_conf(shipped: str, *, listen_port: int, upstreams: Sequence[str], pref
         "error_log stderr notice;\n"
         "events { worker_connections 1024; }\n"
         "http {\n"
-        f"    access_log {prefix / 'access.log'};\n"
+        # What no server of the shipped file logs itself (the shipped one logs into access.log).
+        f"    access_log {prefix / 'http-access.log'};\n"
         f"{temp}\n"
         f"{site}\n"
         "}\n"
@@ -137,10 +141,16 @@ class NginxServer:
 
     process: ManagedProcess
     port: int
+    directory: Path
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def access_log(self) -> Path:
+        """The shipped access log, written into this server's directory."""
+        return self.directory / "access.log"
 
     def stop(self) -> None:
         self.process.stop()
@@ -175,4 +185,4 @@ def _start_nginx(directory: Path, upstreams: Sequence[str], port: int) -> NginxS
         if _port_taken(process):
             raise _PortTakenError(f"port {port} was taken") from None
         raise
-    return NginxServer(process, port)
+    return NginxServer(process, port, directory)
