@@ -12,35 +12,22 @@ The route case runs the gateway in-process in front of a fake aiohttp upstream (
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable
-from typing import Any
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from server.upstreams.failures import status_failure
 from tests.support.envelope import error_of
+from tests.test_upstream_errors import CALLS, COMPLETIONS, BuildGateway, Call
 
-Client = TestClient[web.Request, web.Application]
-BuildGateway = Callable[..., Awaitable[Client]]
-
-COMPLETIONS = "/v1/chat/completions"
-MESSAGES = [{"role": "user", "content": "hi"}]
-CALLS = {
-    "chat": ("/chat", {"message": "hi"}),
-    "chat_stream": ("/chat/stream", {"message": "hi"}),
-    "v1": (COMPLETIONS, {"model": "gpt-4o", "messages": MESSAGES}),
-    "v1_stream": (COMPLETIONS, {"model": "gpt-4o", "messages": MESSAGES, "stream": True}),
-}
 PAST = "Wed, 21 Oct 2015 07:28:10 GMT"
 FLOOR = {"Retry-After": "1", "retry-after-ms": "1000"}
 
 
 @pytest.fixture(params=list(CALLS.values()), ids=list(CALLS))
-def call(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Each chat route, streaming and not: path and body."""
-    result: tuple[str, dict[str, Any]] = request.param
+def call(request: pytest.FixtureRequest) -> Call:
+    """Each chat route, streaming and not (test_upstream_errors.CALLS)."""
+    result: Call = request.param
     return result
 
 
@@ -58,11 +45,11 @@ def rate_limited_until(retry_after: str) -> web.Application:
 
 
 async def test_a_429_with_a_retry_after_date_in_the_past_tells_one_second_in_both_headers(
-    upstream_app_client: BuildGateway, call: tuple[str, dict[str, Any]]
+    upstream_app_client: BuildGateway, call: Call
 ) -> None:
     gateway = await upstream_app_client(rate_limited_until(PAST))
 
-    response = await gateway.post(call[0], json=call[1])
+    response = await gateway.post(call.path, json=call.body)
 
     await error_of(response, 429)
     assert (response.headers["Retry-After"], response.headers["retry-after-ms"]) == ("1", "1000")

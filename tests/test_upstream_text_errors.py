@@ -11,37 +11,23 @@ The route cases run the gateway in-process in front of a fake aiohttp upstream (
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
-
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import TestClient
 
 from server.upstreams.failures import MESSAGE_LIMIT, status_failure
 from server.upstreams.parser import Headers
 from tests.support.envelope import error_of
-
-Client = TestClient[web.Request, web.Application]
-BuildGateway = Callable[..., Awaitable[Client]]
+from tests.test_upstream_errors import CALLS, COMPLETIONS, BuildGateway, Call
 
 UPSTREAM_KEY = "sk-test-key-never-logged"  # the key conftest's upstream_app_client configures
-COMPLETIONS = "/v1/chat/completions"
-MESSAGES = [{"role": "user", "content": "hi"}]
-CALLS = {
-    "chat": ("/chat", {"message": "hi"}),
-    "chat_stream": ("/chat/stream", {"message": "hi"}),
-    "v1": (COMPLETIONS, {"model": "gpt-4o", "messages": MESSAGES}),
-    "v1_stream": (COMPLETIONS, {"model": "gpt-4o", "messages": MESSAGES, "stream": True}),
-}
 REJECTED = "The upstream rejected the request."  # the generic message, when the upstream's is not passed on
 PLAIN = "text/plain; charset=utf-8"
 
 
 @pytest.fixture(params=list(CALLS.values()), ids=list(CALLS))
-def call(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
-    """Each chat route, streaming and not: path and body."""
-    result: tuple[str, dict[str, Any]] = request.param
+def call(request: pytest.FixtureRequest) -> Call:
+    """Each chat route, streaming and not (test_upstream_errors.CALLS)."""
+    result: Call = request.param
     return result
 
 
@@ -68,21 +54,21 @@ def plain(status: int, body: bytes, content_type: str = PLAIN) -> str:
 
 
 async def test_an_upstream_400_in_plain_text_is_400_with_its_text(
-    upstream_app_client: BuildGateway, call: tuple[str, dict[str, Any]]
+    upstream_app_client: BuildGateway, call: Call
 ) -> None:
     gateway = await upstream_app_client(text_upstream(400, "bad request, plain text"))
 
-    error = await error_of(await gateway.post(call[0], json=call[1]), 400)
+    error = await error_of(await gateway.post(call.path, json=call.body), 400)
 
     assert (error["message"], error["code"]) == ("bad request, plain text", "upstream_rejected")
 
 
 async def test_an_upstream_401_in_plain_text_is_502_without_its_text(
-    upstream_app_client: BuildGateway, call: tuple[str, dict[str, Any]]
+    upstream_app_client: BuildGateway, call: Call
 ) -> None:
     gateway = await upstream_app_client(text_upstream(401, f"Incorrect API key provided: {UPSTREAM_KEY}"))
 
-    response = await gateway.post(call[0], json=call[1])
+    response = await gateway.post(call.path, json=call.body)
 
     error = await error_of(response, 502)
     assert error["code"] == "upstream_auth_failed"
@@ -90,12 +76,12 @@ async def test_an_upstream_401_in_plain_text_is_502_without_its_text(
 
 
 async def test_an_upstream_400_html_page_keeps_the_generic_message(
-    upstream_app_client: BuildGateway, call: tuple[str, dict[str, Any]]
+    upstream_app_client: BuildGateway, call: Call
 ) -> None:
     page = "<html><body><h1>400 Bad Request</h1>nginx</body></html>"
     gateway = await upstream_app_client(text_upstream(400, page, content_type="text/html"))
 
-    error = await error_of(await gateway.post(call[0], json=call[1]), 400)
+    error = await error_of(await gateway.post(call.path, json=call.body), 400)
 
     assert error["message"] == REJECTED
 
