@@ -4069,8 +4069,8 @@ BREAKS += [
     Break(
         "an undo keeps the slot",
         SHARED_LIMITS,
-        "math.max(0, tonumber(h[5] or '0') - streams)",
-        "tonumber(h[5] or '0')",
+        "if streams > 0 then release_slots(ARGV[7], streams) end\n",
+        "",
         (UNDO_GIVES, TAKE_LOST),
     ),
     Break(
@@ -4774,14 +4774,14 @@ BREAKS += [
     Break(
         "a slot from before an empty restart frees one taken since",
         SHARED_LIMITS,
-        "local streams = h[4] == ARGV[6] and tonumber(ARGV[3]) or 0",
+        "local streams = h[3] == ARGV[6] and tonumber(ARGV[3]) or 0",
         "local streams = tonumber(ARGV[3])",
-        (f"{LIMITS_EPOCH}::test_streams_from_before_redis_restarted_empty_free_no_slot_taken_since",),
+        (f"{LIMITS_EPOCH}::test_in_one_instance_streams_from_before_an_empty_restart_free_no_slot_taken_since",),
     ),
     Break(
         "tokens from before an empty restart come back to the new counts",
         SHARED_LIMITS,
-        "local tokens = h[4] == ARGV[7] and tonumber(ARGV[2]) or 0",
+        "local tokens = h[3] == ARGV[7] and tonumber(ARGV[2]) or 0",
         "local tokens = tonumber(ARGV[2])",
         (f"{LIMITS_EPOCH}::test_tokens_reserved_before_redis_restarted_empty_come_back_to_no_hash_made_since",),
     ),
@@ -6355,6 +6355,116 @@ BREAKS += [
         "    access_log /var/log/nginx/access.log sluice;\n",
         "    access_log /var/log/nginx/access.log;\n",
         ("tests/test_nginx.py::test_nginx_logs_a_path_without_its_query",),
+    ),
+]
+
+
+SLOT_LEASES = "tests/test_redis_slot_leases.py"
+BREAKS += [
+    Break(
+        "a lapsed lease's slots still count",
+        "server/shared/limits.py",
+        "    if lease > now then total = total + (counts[instance] or 0)",
+        "    if true then total = total + (counts[instance] or 0)",
+        (
+            f"{SLOT_LEASES}::test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance",
+            f"{SLOT_LEASES}::test_the_dashboard_counts_only_slots_under_a_live_lease",
+            f"{SLOT_LEASES}::test_the_slot_of_an_instance_killed_mid_stream_comes_free_on_another_within_its_lease",
+        ),
+    ),
+    Break(
+        "a take leaves lapsed leases in the hash",
+        "server/shared/limits.py",
+        "    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end",
+        "    end",
+        (f"{SLOT_LEASES}::test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance",),
+    ),
+    Break(
+        "the shared count of instances from before leases is ignored",
+        "server/shared/limits.py",
+        "  local total, counts, leases = tonumber(h[5] or '0'), {}, {}",
+        "  local total, counts, leases = 0, {}, {}",
+        (f"{SLOT_LEASES}::test_streams_counted_by_instances_from_before_leases_still_count",),
+    ),
+    Break(
+        "a take's lease has lapsed already",
+        "server/shared/limits.py",
+        "    redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))",
+        "    redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now - 1)",
+        (f"{SLOT_LEASES}::test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance",),
+    ),
+    Break(
+        "a renewal renews the lease but not the count",
+        "server/shared/limits.py",
+        "  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))",
+        "  redis.call('HSET', KEYS[1], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))",
+        (
+            f"{SLOT_LEASES}::test_a_renewal_counts_again_the_slots_redis_let_lapse",
+            f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",
+        ),
+    ),
+    Break(
+        "a renewal lets the key's hash expire under live slots",
+        "server/shared/limits.py",
+        "  redis.call('EXPIRE', KEYS[1], ARGV[4])\nelse\n",
+        "else\n",
+        (f"{SLOT_LEASES}::test_a_renewal_keeps_the_keys_hash_alive_while_it_holds_slots",),
+    ),
+    Break(
+        "a give-back of some of an instance's slots frees them all",
+        "server/shared/limits.py",
+        "  else redis.call('HSET', KEYS[1], 's:' .. instance, held - streams) end",
+        "  else redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end",
+        (f"{SLOT_LEASES}::test_a_give_back_frees_only_the_slots_it_names",),
+    ),
+    Break(
+        "leases last an hour whatever the setting",
+        "server/shared/limits.py",
+        "        self._slot_lease = link.settings.slot_lease_seconds\n",
+        "        self._slot_lease = 3600\n",
+        (f"{SLOT_LEASES}::test_the_slot_of_an_instance_killed_mid_stream_comes_free_on_another_within_its_lease",),
+    ),
+    Break(
+        "nothing renews the leases",
+        "server/shared/limit_store.py",
+        "            try:\n                await self.renew_leases()\n",
+        "            try:\n                pass\n",
+        (f"{SLOT_LEASES}::test_an_instance_renewing_its_lease_keeps_its_slot_past_the_lease",),
+    ),
+    Break(
+        "a take's slot is not counted as held",
+        "server/shared/limit_store.py",
+        "            if streams:\n                self._hold(name, streams)\n",
+        "            if streams:\n                pass\n",
+        (f"{SLOT_LEASES}::test_a_renewal_counts_again_the_slots_redis_let_lapse",),
+    ),
+    Break(
+        "a refused take stays counted as held",
+        "server/shared/limit_store.py",
+        "                if streams and taken.exceeded:\n                    self._hold(name, -streams)\n",
+        "                if streams and taken.exceeded:\n                    pass\n",
+        (f"{SLOT_LEASES}::test_a_refused_take_is_not_counted_by_the_next_renewal",),
+    ),
+    Break(
+        "a slot given back stays counted as held",
+        "server/shared/limit_store.py",
+        "        else:\n            if streams:\n                self._hold(name, -streams)\n",
+        "        else:\n            if streams:\n                pass\n",
+        (f"{SLOT_LEASES}::test_a_key_whose_slots_all_came_back_is_withdrawn_then_forgotten",),
+    ),
+    Break(
+        "a give-back owed and sent stays counted as held",
+        "server/shared/limit_store.py",
+        "                if debt.streams:\n                    self._hold(debt.name, -debt.streams)\n",
+        "                if debt.streams:\n                    pass\n",
+        (f"{SLOT_LEASES}::test_a_slot_given_back_while_redis_stalls_is_not_counted_again_by_a_renewal",),
+    ),
+    Break(
+        "a key withdrawn stays in the renewal's list",
+        "server/shared/limit_store.py",
+        "                del self._slots[name]\n",
+        "                pass\n",
+        (f"{SLOT_LEASES}::test_a_key_whose_slots_all_came_back_is_withdrawn_then_forgotten",),
     ),
 ]
 

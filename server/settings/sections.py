@@ -132,6 +132,7 @@ class RedisSettings(Section):
     url: SecretStr | None = None
     key_prefix: str = Field(min_length=1)
     lease_seconds: float = Field(gt=0)
+    slot_lease_seconds: float = Field(gt=0)
     command_connections: int = Field(ge=1)
     reader_connections: int = Field(ge=1)
     outage_seconds: float = Field(ge=0)

@@ -12,6 +12,11 @@ key at its `max_streams` was refused everywhere from then on. Redis may have run
 before it was found unreachable (a reply lost to a timeout or a dropped connection): each is owed
 under its own id, which Redis applies once, so the slot and tokens are never given back twice.
 
+Each slot taken in Redis is held under this process's lease there, renewed every third of
+`redis.slot_lease_seconds` with the count of slots it holds per key (limits.py): if the process
+dies, or cannot reach Redis for a lease, the slots come free; once it reaches Redis again, its
+renewal counts its live ones again.
+
 A take can be lost the same way: Redis took, but its reply never came, and this process counted
 the request here (fail open) or refused it (503). Redis's part, the slot with it, stayed taken and
 nothing gave it back. Each take is named by an id, and one that found Redis unreachable owes an
@@ -127,18 +132,23 @@ class RedisLimitStore:
         # random id each, ~0.85 µs, and as unique: 64 random bits per process).
         self._id_prefix = secrets.token_hex(8) + "-"
         self._ids = itertools.count()
+        # Per key: the stream slots this process may hold in Redis, which its lease renews (`_renew_leases`).
+        # Counted from a take's sending and until its give-back (or undo) is seen to reach Redis, so a
+        # renewal racing either says one slot too many for a while, never one too few.
+        self._slots: dict[str, int] = {}
+        self._renewing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
-        """Stop waiting to give back what Redis is owed (the process is stopping), and say what is lost.
+        """Stop renewing leases and waiting to give back what Redis is owed (the process is stopping).
 
-        A slot still owed stays counted in Redis until the key's hash expires, an hour after its
-        last take: a key in use keeps it, and allows a stream fewer at once, for as long as it is
-        used. The line names the keys (never a key itself) so an operator can clear their hashes.
+        A slot still owed stays counted in Redis until this process's lease on it lapses
+        (`redis.slot_lease_seconds`); tokens owed are lost. The line names the keys (never a key itself).
         """
-        if self._settling is not None:
-            self._settling.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._settling
+        for task in (self._settling, self._renewing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         if self._owed:
             lost, self._owed = list(self._owed.values()), {}
             log.warning(
@@ -153,6 +163,8 @@ class RedisLimitStore:
         if self._link.up:
             # Names this take in Redis, so that it can be undone if its reply is lost.
             take_id = self._new_id()
+            if streams:
+                self._hold(name, streams)
             try:
                 taken = await self._buckets.take(
                     name,
@@ -173,6 +185,8 @@ class RedisLimitStore:
                 self._owe(take_id, _Undo(name, limits, requests, tokens, streams))
                 raise
             else:
+                if streams and taken.exceeded:
+                    self._hold(name, -streams)
                 return Decision(
                     exceeded=Exceeded(taken.exceeded) if taken.exceeded else None,
                     limits=limits,
@@ -233,6 +247,43 @@ class RedisLimitStore:
             )
         except LimitsUnavailableError:
             self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams, tokens_epoch, streams_epoch))
+        else:
+            if streams:
+                self._hold(name, -streams)
+
+    def _hold(self, name: str, streams: int) -> None:
+        """Count `streams` more (or fewer) slots of `name` as held by this process in Redis, under its lease."""
+        self._slots[name] = self._slots.get(name, 0) + streams
+        if self._renewing is None:
+            self._renewing = asyncio.create_task(self._renew_leases(), name="sluice-limits-leases")
+
+    async def _renew_leases(self) -> None:
+        """Renew this process's leases every third of `redis.slot_lease_seconds`, while Redis answers."""
+        interval = self._link.settings.slot_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)  # a renewal period, not a synchronisation
+            if not self._slots or not self._link.up:
+                continue  # the link probes Redis meanwhile; a lease lasts three periods
+            try:
+                await self.renew_leases()
+            except LimitsUnavailableError:
+                continue
+            except Exception:
+                log.exception("limits_lease_renewal_failed")
+
+    async def renew_leases(self) -> None:
+        """Tell Redis the stream slots this process holds per key, and renew its lease on them; once.
+
+        Setting the count (rather than adding to it) also mends it: slots Redis let lapse while this
+        process could not reach it (or was frozen) are counted again, and a give-back or undo that
+        was lost or applied twice is corrected. A key whose count fell to 0 is withdrawn, then
+        forgotten here. Raises LimitsUnavailableError.
+        """
+        held = list(self._slots.items())
+        await self._buckets.renew(held)
+        for name, streams in held:
+            if streams <= 0 and self._slots.get(name) == streams:
+                del self._slots[name]
 
     def _new_id(self) -> str:
         """An id no other take or give-back has, in this process or any other: a random prefix and a count."""
@@ -262,6 +313,8 @@ class RedisLimitStore:
                     pause = min(OWED_BACKOFF_MAX, pause * 2)
                     break
                 del self._owed[debt_id]
+                if debt.streams:
+                    self._hold(debt.name, -debt.streams)
                 pause = PING_INTERVAL
         log.info("limits_owed_given_back")
 

@@ -4,8 +4,16 @@ The same token buckets as the in-process limits: a bucket holds up to the per-mi
 refills continuously at that rate; a new key starts full. Each check-and-take is one Lua script,
 so it is atomic across instances, and it reads Redis's own clock (TIME), so instances whose clocks
 differ still agree. A key's hash expires an hour after its last take or give-back (a refused take
-changes nothing, and keeps nothing alive); the stream count of an instance that died without
-giving its slots back is therefore forgotten at the latest an hour after the key was last used.
+changes nothing, and keeps nothing alive), or after the last renewal of a lease on its slots.
+
+Stream slots are counted per instance, under a lease: field `s:<instance>` counts the key's slots an
+instance holds, `x:<instance>` is when its lease lapses (Redis time). A take that asks for a slot
+counts the live leases' slots, deletes the lapsed ones, and renews its own instance's lease; each
+instance also renews its leases every third of `redis.slot_lease_seconds`, setting its count to the
+slots it holds (limit_store.py). So an instance that died (SIGKILL, a lost node) holds its slots for
+at most a lease, where one shared count kept them for as long as the key was in use, and a key at
+its `max_streams` was refused everywhere for good. Field `s` is the shared count of instances from
+before leases: still counted, so a rolling upgrade never runs more than `max_streams` at once.
 
 A give-back carries an id, and the script applies an id once. When Redis ran a give-back but its
 reply was lost (a timeout, a dropped connection), the caller cannot tell, and sends it again once
@@ -41,6 +49,8 @@ Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) 
 
 from __future__ import annotations
 
+import secrets
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,12 +74,38 @@ local function level(value, at, capacity)
   if not value then return capacity end
   return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
 end
+-- The key's live stream slots: each instance's count ('s:<instance>') while its lease ('x:<instance>')
+-- runs, plus 's', the one shared count of instances from before leases. `sweep` deletes lapsed leases.
+local function live_streams(sweep)
+  local total, counts, leases = tonumber(h[5] or '0'), {}, {}
+  local fields = redis.call('HGETALL', KEYS[1])
+  for i = 1, #fields, 2 do
+    local kind, instance = string.sub(fields[i], 1, 2), string.sub(fields[i], 3)
+    if kind == 's:' then counts[instance] = tonumber(fields[i + 1])
+    elseif kind == 'x:' then leases[instance] = tonumber(fields[i + 1]) end
+  end
+  for instance, lease in pairs(leases) do
+    if lease > now then total = total + (counts[instance] or 0)
+    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end
+  end
+  return total
+end
+"""
+
+# Takes from one instance's count of a key's stream slots: deletes the count and its lease at 0.
+_RELEASE_SLOTS = """
+local function release_slots(instance, streams)
+  local held = tonumber(redis.call('HGET', KEYS[1], 's:' .. instance) or '0')
+  if held <= streams then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance)
+  else redis.call('HSET', KEYS[1], 's:' .. instance, held - streams) end
+end
 """
 
 # KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
 # ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
-# the id's. Returns {exceeded ('' when allowed; 'undone' for an id undone already, a reply no one
-# reads), requests level, tokens level, retry after, streams, the hash's epoch ('0' when refused)}.
+# the id's, the instance, its slot lease's seconds. Returns {exceeded ('' when allowed; 'undone' for
+# an id undone already, a reply no one reads), requests level, tokens level, retry after, the key's
+# live streams (0 unless it asked for a slot), the hash's epoch ('0' when refused)}.
 _TAKE = (
     """
 if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0, '0'} end
@@ -77,7 +113,8 @@ local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARG
 local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 """
     + _READ_BUCKETS
-    + """local rl, tl, s = level(h[1], h[2], rpm), level(h[3], h[4], tpm), tonumber(h[5] or '0')
+    + """local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
+local s = streams > 0 and live_streams(true) or 0
 local exceeded, retry, epoch = '', 0, '0'
 -- A take over the whole tpm goes on a full bucket (see Lease.reserve): waiting for all of it, it never would.
 local wanted = math.min(tokens, tpm)
@@ -91,13 +128,17 @@ end
 if exceeded == '' then
   if rpm > 0 then rl = rl - requests end
   if tpm > 0 then tl = tl - tokens end
-  s = s + streams
   -- A new hash's epoch: Redis's time in microseconds, as digits (a Lua number would print as 1.7e+15).
   epoch = h[6] or (t[1] .. string.format('%06d', tonumber(t[2])))
   redis.call('SET', KEYS[2], '1', 'EX', ARGV[8])  -- for `undo`, should this reply be lost
   -- Only a take writes, and so keeps the hash an hour more: a key refused on and on (its clients
-  -- retrying on 429) must not keep alive the slots of an instance that died.
-  redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', s, 'e', epoch)
+  -- retrying on 429) keeps nothing alive.
+  redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 'e', epoch)
+  if streams > 0 then
+    s = s + streams
+    redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], streams)
+    redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))
+  end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
 return {exceeded, tostring(rl), tostring(tl), tostring(retry), s, epoch}
@@ -106,13 +147,16 @@ return {exceeded, tostring(rl), tostring(tl), tostring(retry), s, epoch}
 
 # KEYS[1]: the key's hash, KEYS[2]: the give-back's id. ARGV: tpm, tokens to return (negative: charge
 # more), streams to release, the hash's idle seconds, the id's, the epoch the streams were taken in,
-# the tokens'. Each part counts only in its epoch (a restart between a request's two takes parts
-# them). Returns 2 for an id already applied, 0 when neither part's epoch is the hash's (or none is).
-_GIVE_BACK = """
+# the tokens', the instance whose count the streams leave. Each part counts only in its epoch (a
+# restart between a request's two takes parts them). Returns 2 for an id already applied, 0 when
+# neither part's epoch is the hash's (or none is).
+_GIVE_BACK = (
+    _RELEASE_SLOTS
+    + """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end
-local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 's', 'e')
-local tokens = h[4] == ARGV[7] and tonumber(ARGV[2]) or 0
-local streams = h[4] == ARGV[6] and tonumber(ARGV[3]) or 0
+local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 'e')
+local tokens = h[3] == ARGV[7] and tonumber(ARGV[2]) or 0
+local streams = h[3] == ARGV[6] and tonumber(ARGV[3]) or 0
 if tokens == 0 and streams == 0 then return 0 end
 local tpm = tonumber(ARGV[1])
 local t = redis.call('TIME')
@@ -121,18 +165,21 @@ if tpm > 0 then
   local tl = math.min(tpm, tonumber(h[1]) + (now - tonumber(h[2])) * tpm / 60)
   redis.call('HSET', KEYS[1], 'tl', math.min(tpm, tl + tokens), 'ta', now)
 end
-redis.call('HSET', KEYS[1], 's', math.max(0, tonumber(h[3] or '0') - streams))
+if streams > 0 then release_slots(ARGV[8], streams) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
+)
 
 
 # KEYS[1]: the key's hash, KEYS[2]: the take's id. ARGV: rpm, tpm, requests, tokens and streams the
-# take asked for, the id's seconds. Gives them back only if the id says taken; then, or when the take
-# has yet to come, the id says undone. Returns 1 when it gave back. Like a give-back, it never takes
-# a level over its limit; unlike one, it does not keep the hash alive (the take did, for its hour).
+# take asked for, the id's seconds, the instance that took. Gives them back only if the id says
+# taken; then, or when the take has yet to come, the id says undone. Returns 1 when it gave back.
+# Like a give-back, it never takes a level over its limit; unlike one, it does not keep the hash
+# alive (the take did, for its hour).
 _UNDO = (
-    """
+    _RELEASE_SLOTS
+    + """
 local taken = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[2], '0', 'EX', ARGV[6])
 if taken ~= '1' then return 0 end
@@ -144,7 +191,8 @@ local requests, tokens, streams = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber
 local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
 if rpm > 0 then rl = math.min(rpm, rl + requests) end
 if tpm > 0 then tl = math.min(tpm, tl + tokens) end
-redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 's', math.max(0, tonumber(h[5] or '0') - streams))
+redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now)
+if streams > 0 then release_slots(ARGV[7], streams) end
 return 1
 """
 )
@@ -155,9 +203,25 @@ _USAGE = (
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 """
     + _READ_BUCKETS
-    + """return {tostring(level(h[1], h[2], rpm)), tostring(level(h[3], h[4], tpm)), tonumber(h[5] or '0')}
+    + """return {tostring(level(h[1], h[2], rpm)), tostring(level(h[3], h[4], tpm)), live_streams(false)}
 """
 )
+
+
+# KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds, its
+# lease's seconds, the hash's idle seconds. Sets the instance's count, and its lease from now; with
+# none held, deletes both. Keeps the hash alive while slots are held (a stream may outlast its hour).
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if tonumber(ARGV[2]) > 0 then
+  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))
+  redis.call('EXPIRE', KEYS[1], ARGV[4])
+else
+  redis.call('HDEL', KEYS[1], 's:' .. ARGV[1], 'x:' .. ARGV[1])
+end
+return 1
+"""
 
 
 class LimitsUnavailableError(ConnectionError):
@@ -184,10 +248,15 @@ class Take:
 
 
 class RedisLimitBuckets:
-    """Each key's buckets and stream count in one Redis hash, changed only by the scripts above."""
+    """Each key's buckets and stream counts in one Redis hash, changed only by the scripts above.
 
-    def __init__(self, link: RedisLink) -> None:
+    `instance` names this process's stream slots in each hash (a new random name by default).
+    """
+
+    def __init__(self, link: RedisLink, *, instance: str | None = None) -> None:
         self._link = link
+        self.instance = instance or secrets.token_hex(8)
+        self._slot_lease = link.settings.slot_lease_seconds
         self._prefix = f"{link.prefix}:limit:"
         self._given_prefix = f"{link.prefix}:limit-given:"
         self._taken_prefix = f"{link.prefix}:limit-taken:"
@@ -195,6 +264,7 @@ class RedisLimitBuckets:
         self._give_back = link.client.register_script(_GIVE_BACK)
         self._undo = link.client.register_script(_UNDO)
         self._usage = link.client.register_script(_USAGE)
+        self._renew = link.client.register_script(_RENEW)
 
     async def take(
         self,
@@ -213,7 +283,18 @@ class RedisLimitBuckets:
         `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it.
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
-        args = [rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS, TAKEN_SECONDS]
+        args = [
+            rpm,
+            tpm,
+            max_streams,
+            requests,
+            tokens,
+            streams,
+            IDLE_SECONDS,
+            TAKEN_SECONDS,
+            self.instance,
+            self._slot_lease,
+        ]
         reply: Any = await self._run(self._take, keys, args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
         return Take(
@@ -243,7 +324,7 @@ class RedisLimitBuckets:
         LimitsUnavailableError must carry the id of its first try.
         """
         keys = [self._prefix + name, self._given_prefix + give_back_id]
-        args = [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS, streams_epoch, tokens_epoch]
+        args = [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS, streams_epoch, tokens_epoch, self.instance]
         await self._run(self._give_back, keys, args)
 
     async def undo(
@@ -255,14 +336,29 @@ class RedisLimitBuckets:
         again the same way, and before the take runs (the take then takes nothing).
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
-        await self._run(self._undo, keys, [rpm, tpm, requests, tokens, streams, TAKEN_SECONDS])
+        await self._run(self._undo, keys, [rpm, tpm, requests, tokens, streams, TAKEN_SECONDS, self.instance])
 
     async def levels(self, name: str, *, rpm: int, tpm: int) -> tuple[float, float, int]:
         """The key's requests and tokens levels now, and its streams, changing nothing."""
         reply: Any = await self._run(self._usage, [self._prefix + name], [rpm, tpm])
         return float(reply[0]), float(reply[1]), int(reply[2])
 
-    async def _run(self, script: Any, keys: list[str], args: list[int]) -> Any:
+    async def renew(self, held: Iterable[tuple[str, int]]) -> None:
+        """Say, for each key, how many stream slots this instance holds, and renew its lease on them.
+
+        One round trip for all of them. A count of 0 withdraws the instance from that key's hash.
+        """
+        pipe = self._link.client.pipeline(transaction=False)
+        for name, streams in held:
+            args: list[str | int | float] = [self.instance, streams, self._slot_lease, IDLE_SECONDS]
+            await self._renew(keys=[self._prefix + name], args=args, client=pipe)
+        try:
+            await pipe.execute()
+        except UNREACHABLE as exc:
+            self._link.failed(exc)
+            raise LimitsUnavailableError("Redis is unreachable") from None
+
+    async def _run(self, script: Any, keys: list[str], args: list[Any]) -> Any:
         try:
             return await script(keys=keys, args=args)
         except UNREACHABLE as exc:

@@ -1,0 +1,228 @@
+"""A key's stream slots in Redis are held under each instance's lease: a dead instance's come free."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+
+from server.auth.limits import KeyLimits
+from server.shared.limit_store import RedisLimitStore
+from server.shared.limits import IDLE_SECONDS, RedisLimitBuckets
+from server.shared.link import RedisLink
+from tests.conftest import make_settings
+from tests.support.processes import Simulator
+from tests.support.security import KEY_STREAMS, bearer, start_keyed_gateway
+from tests.support.servers import RedisServer
+from tests.test_redis_limits import make_buckets, one_request, stalled
+
+__all__ = ["make_buckets"]  # a fixture, used by name
+
+ONE_STREAM = KeyLimits(max_streams=1)
+TWO_STREAMS = KeyLimits(max_streams=2)
+OWED_BOUND = 15.0  # seconds; a command gives up after 2, the health loop pings every 0.25
+
+
+@pytest.fixture
+async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    """A plain client, to look at or change a key's hash as Redis holds it."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisLimitStore]]:
+    """Limit stores on links of their own (health loops started), with `slot_lease` seconds; closed after."""
+    made: list[tuple[RedisLink, RedisLimitStore]] = []
+
+    def make(*, slot_lease: float = 30.0) -> RedisLimitStore:
+        settings = make_settings(redis={"url": redis_server.url, "slot_lease_seconds": slot_lease})
+        link = RedisLink(settings.redis)
+        link.start()
+        store = RedisLimitStore(link, retry_after=1)
+        made.append((link, store))
+        return store
+
+    yield make
+    for link, store in made:
+        await store.close()
+        await link.close()
+
+
+def instance_of(store: RedisLimitStore) -> str:
+    """The name under which the store's process holds slots in each key's hash."""
+    return store._buckets.instance
+
+
+async def stream(store: RedisLimitStore, name: str, limits: KeyLimits = ONE_STREAM) -> bool:
+    """Whether a one-stream request of the key is allowed now (a slot taken if so)."""
+    return (await store.take(name, limits, requests=1, tokens=0, streams=1)).allowed
+
+
+async def test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
+) -> None:
+    dead, alive = make_buckets(), make_buckets()
+    assert (await dead.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    assert not (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    await redis_client.hset("sluice:limit:key-dead", f"x:{dead.instance}", 0)  # its lease ran out
+    assert (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    # The take swept the lapsed lease with its count: the hash does not grow with dead instances.
+    assert not await redis_client.hexists("sluice:limit:key-dead", f"s:{dead.instance}")
+
+
+async def test_a_give_back_frees_only_the_slots_it_names(make_store: Callable[..., RedisLimitStore]) -> None:
+    here, elsewhere = make_store(), make_store()
+    first = await here.take("key-some", TWO_STREAMS, requests=1, tokens=0, streams=1)
+    assert first.allowed
+    assert await stream(here, "key-some", TWO_STREAMS)
+    await here.give_back("key-some", TWO_STREAMS, tokens=0, streams=1, slot=first)
+    assert [await stream(elsewhere, "key-some", TWO_STREAMS) for _ in range(2)] == [True, False]
+
+
+async def test_the_dashboard_counts_only_slots_under_a_live_lease(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    dead, reader = make_store(), make_store()
+    assert await stream(dead, "key-usage", TWO_STREAMS)
+    await redis_client.hset("sluice:limit:key-usage", f"x:{instance_of(dead)}", 0)
+    usage = await reader.usage("key-usage", TWO_STREAMS)
+    assert usage is not None
+    assert usage.streams == 0
+
+
+async def test_streams_counted_by_instances_from_before_leases_still_count(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
+) -> None:
+    # During a rolling upgrade the older instances keep one shared count, field `s`.
+    await redis_client.hset("sluice:limit:key-older", "s", 1)
+    assert not (await make_buckets().take("key-older", **one_request(max_streams=1, streams=1))).allowed
+
+
+async def test_an_instance_renewing_its_lease_keeps_its_slot_past_the_lease(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    lease = 0.6
+    here, elsewhere = make_store(slot_lease=lease), make_store(slot_lease=lease)
+    assert await stream(here, "key-renewed")
+    field = f"x:{instance_of(here)}"
+    first_lapse = float(await redis_client.hget("sluice:limit:key-renewed", field) or 0)
+    # Time passing is the behaviour under test: past the first lease and one more, as Redis tells time.
+    await asyncio.sleep(first_lapse + lease - await redis_time(redis_client))
+    assert float(await redis_client.hget("sluice:limit:key-renewed", field) or 0) > first_lapse + lease
+    assert not await stream(elsewhere, "key-renewed")
+
+
+async def test_a_renewal_counts_again_the_slots_redis_let_lapse(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    # This process could not reach Redis (or was frozen) for a lease while its stream went on.
+    here, elsewhere = make_store(), make_store()
+    assert await stream(here, "key-lapsed")
+    await redis_client.hdel("sluice:limit:key-lapsed", f"s:{instance_of(here)}", f"x:{instance_of(here)}")
+    await here.renew_leases()
+    assert not await stream(elsewhere, "key-lapsed")
+
+
+async def test_a_renewal_sets_the_count_to_the_slots_the_instance_holds(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    # A count gone wrong (a give-back lost for good) is mended by the next renewal.
+    here, elsewhere = make_store(), make_store()
+    assert await stream(here, "key-mended", TWO_STREAMS)
+    await redis_client.hset("sluice:limit:key-mended", f"s:{instance_of(here)}", 2)
+    assert not await stream(elsewhere, "key-mended", TWO_STREAMS)
+    await here.renew_leases()
+    assert await stream(elsewhere, "key-mended", TWO_STREAMS)
+
+
+async def test_a_refused_take_is_not_counted_by_the_next_renewal(make_store: Callable[..., RedisLimitStore]) -> None:
+    here, elsewhere = make_store(), make_store()
+    slot = await elsewhere.take("key-refused", ONE_STREAM, requests=1, tokens=0, streams=1)
+    assert slot.allowed
+    assert not await stream(here, "key-refused")
+    await elsewhere.give_back("key-refused", ONE_STREAM, tokens=0, streams=1, slot=slot)
+    await here.renew_leases()
+    assert await stream(elsewhere, "key-refused")
+
+
+async def test_a_slot_given_back_while_redis_stalls_is_not_counted_again_by_a_renewal(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    here, elsewhere = make_store(), make_store()
+    slot = await here.take("key-owed", ONE_STREAM, requests=1, tokens=0, streams=1)
+    assert slot.allowed
+    with stalled(redis_server):
+        await here.give_back("key-owed", ONE_STREAM, tokens=0, streams=1, slot=slot)
+    settling = here._settling
+    assert settling is not None
+    await asyncio.wait_for(settling, OWED_BOUND)
+    await here.renew_leases()
+    assert await stream(elsewhere, "key-owed")
+
+
+async def test_a_key_whose_slots_all_came_back_is_withdrawn_then_forgotten(
+    make_store: Callable[..., RedisLimitStore],
+) -> None:
+    # The renewal's list must not grow with every key this process ever served.
+    here = make_store()
+    slot = await here.take("key-done", ONE_STREAM, requests=1, tokens=0, streams=1)
+    await here.give_back("key-done", ONE_STREAM, tokens=0, streams=1, slot=slot)
+    await here.renew_leases()
+    assert here._slots == {}
+
+
+async def test_a_renewal_keeps_the_keys_hash_alive_while_it_holds_slots(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    # A stream may outlast the hash's idle hour; its slot must not be forgotten meanwhile.
+    here = make_store()
+    assert await stream(here, "key-long")
+    await redis_client.expire("sluice:limit:key-long", 100)
+    await here.renew_leases()
+    assert await redis_client.ttl("sluice:limit:key-long") > IDLE_SECONDS - 60
+
+
+async def redis_time(client: aioredis.Redis) -> float:
+    seconds, micros = await client.time()
+    return seconds + micros / 1_000_000
+
+
+async def test_the_slot_of_an_instance_killed_mid_stream_comes_free_on_another_within_its_lease(
+    simulator: Simulator, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    # One shared count kept a SIGKILLed instance's slots while the key was in use: the key, at its
+    # one stream, was refused on every instance for good.
+    lease = 6.0
+    env = {"SLUICE_REDIS_URL": redis_server.url, "SLUICE_REDIS_SLOT_LEASE_SECONDS": str(lease)}
+    long_chat = {
+        "model": "gpt-4o",
+        "stream": True,
+        "messages": [{"role": "user", "content": "on\n#sim tokens=100000 gap_ms=50"}],
+    }
+    short_chat = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi\n#sim tokens=2"}]}
+    with (
+        start_keyed_gateway(tmp_path, simulator, env=env) as doomed,
+        start_keyed_gateway(tmp_path, simulator, env=env) as survivor,
+    ):
+        async with aiohttp.ClientSession() as http:
+            url = "/v1/chat/completions"
+            async with http.post(doomed.url + url, json=long_chat, headers=bearer(KEY_STREAMS)) as held:
+                assert held.status == 200
+                await held.content.readline()  # its stream runs: the key's one slot is taken
+                async with http.post(survivor.url + url, json=short_chat, headers=bearer(KEY_STREAMS)) as refused:
+                    assert refused.status == 429
+                doomed.process.signal(signal.SIGKILL)
+                async with asyncio.timeout(lease + 10):  # the bound under test is the lease; 10 s of slack
+                    while True:
+                        async with http.post(survivor.url + url, json=short_chat, headers=bearer(KEY_STREAMS)) as retry:
+                            if retry.status == 200:
+                                break
+                            assert retry.status == 429
+                        await asyncio.sleep(0.1)  # a retry pace while the lease runs out, not a synchronisation
