@@ -1,7 +1,7 @@
 """A Retry-After that asks for no wait (a date already past, `0`) tells the client the same in both headers.
 
 The client was told `Retry-After: 1` and `retry-after-ms: 0`. Now both say the 1 s floor (see
-failures._retry_after_header for why not 0), while the gateway's own wait stays what the upstream
+failures.retry_after_header for why not 0), while the gateway's own wait stays what the upstream
 said: none. Every other wait keeps `retry-after-ms` as precise as the upstream gave it, and
 `Retry-After` is always that wait in whole seconds, rounded up.
 
@@ -58,11 +58,18 @@ async def test_a_429_with_a_retry_after_date_in_the_past_tells_one_second_in_bot
 @pytest.mark.parametrize("status", [429, 503])
 @pytest.mark.parametrize(
     "headers",
-    [{"retry-after": PAST}, {"retry-after": "0"}, {"retry-after-ms": "0"}, {"retry-after-ms": "0.4"}],
-    ids=["past-date", "zero-seconds", "zero-millis", "under-half-a-milli"],
+    [{"retry-after": PAST}, {"retry-after": "0"}, {"retry-after-ms": "0"}],
+    ids=["past-date", "zero-seconds", "zero-millis"],
 )
 def test_no_wait_is_told_as_one_second_in_both_headers(status: int, headers: dict[str, str]) -> None:
     assert status_failure(status, headers, b"").headers == FLOOR
+
+
+@pytest.mark.parametrize(("millis", "told"), [("0.4", "1"), ("0.6", "1"), ("2007", "2007"), ("2007.2", "2008")])
+def test_a_wait_is_told_in_whole_milliseconds_rounded_up_never_sooner(millis: str, told: str) -> None:
+    # Rounded to the nearest, 0.4 ms was told as no wait (1 s) while 0.6 ms was told as 1 ms; and
+    # 2007 ms is 2007.0000000000002 once divided and multiplied back.
+    assert status_failure(429, {"retry-after-ms": millis}, b"").headers["retry-after-ms"] == told
 
 
 def test_a_retry_after_date_in_the_past_is_no_wait_for_the_gateway_itself() -> None:

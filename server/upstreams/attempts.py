@@ -44,6 +44,7 @@ from ..settings import RoutingSettings
 from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_candidate
 from .breaker import Breakers, BreakerState
 from .client import UpstreamClient
+from .failures import retry_after_header
 from .hedging import Only, hedged
 from .pool import SERVING_CACHE_SIZE, Pool
 from .stream import UpstreamStream
@@ -226,6 +227,8 @@ class Upstream:
                     elif not tries_next_candidate(error) and error.reason != "breaker_open":
                         raise
             if last_error is not None and last_error.reason != "breaker_open":
+                if "retry-after-ms" in last_error.headers:
+                    await self._no_sooner_than_reopened(last_error, chain)
                 raise last_error
             raise await self._all_open(chain)
         finally:
@@ -372,6 +375,21 @@ class Upstream:
         hedge.waiting.clear()
         for client, model, started in waiting:
             self._note(record, client, model, status, started)
+
+    async def _no_sooner_than_reopened(self, error: UpstreamError, chain: list[str]) -> None:
+        """Raise the wait `error` tells the client to when one of the chain's upstreams lets a request through.
+
+        A client that retries when the upstream said, while Sluice's own breaker still holds that
+        upstream (after a 429 for at least RATE_LIMIT_SPACING, with breaker_on_rate_limit on), met
+        a 503 from Sluice, and spent one of its SDK's retries on it.
+        """
+        told = int(error.headers["retry-after-ms"]) / 1000
+        reopens = [
+            await self.breakers.pair_reopens_in(c.name, model) for model in chain for c in self.pool.serving(model)
+        ]
+        soonest = min(reopens, default=0.0)
+        if soonest > told:
+            error.headers.update(retry_after_header(soonest))
 
     async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
         waits = [

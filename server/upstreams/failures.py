@@ -82,13 +82,13 @@ def status_failure(status: int, headers: Mapping[str, str], content: bytes) -> U
         error = UpstreamTimeoutError("The upstream timed out reading the request.")
     elif status == 429:
         error = UpstreamRateLimitError(
-            message or "The upstream is rate limiting.", code=code, headers=_retry_after_header(retry_after)
+            message or "The upstream is rate limiting.", code=code, headers=retry_after_header(retry_after)
         )
     elif status in (503, 529):
         error = UpstreamUnavailableError(
             message or "The upstream is overloaded.",
             code=code or "upstream_overloaded",
-            headers=_retry_after_header(retry_after),
+            headers=retry_after_header(retry_after),
         )
     elif 400 <= status < 500:
         error = UpstreamRejectedError(
@@ -257,22 +257,23 @@ def _asked_seconds(headers: Mapping[str, str], now: float | None) -> float | Non
     return value if math.isfinite(value) and value >= 0 else None
 
 
-def _retry_after_header(seconds: float | None) -> dict[str, str]:
-    """`retry-after-ms` as precise as the upstream said, and Retry-After the same wait in whole seconds.
+def retry_after_header(seconds: float | None) -> dict[str, str]:
+    """`retry-after-ms` as precise as the upstream said (whole milliseconds, rounded up: never sooner
+    than it said), and Retry-After the same wait in whole seconds.
 
     The OpenAI SDKs read `retry-after-ms` first: a 1.5 s wait rounded up to 2 s, or 0.2 s to 1 s,
     cost each retry the difference.
 
-    No wait at all ("retry now": a date already past, `0`, or under half a millisecond) is told as
-    1 s in both, so the two agree (they said `1` and `0`). A `0` is no hint to the SDKs: Python's
-    ignores it and backs off on its own, Node's falls back to Retry-After, and a `Retry-After: 0`
-    sends Node's retry at once, only to meet Sluice's own hold of that upstream for 1.5 s after
-    its 429 (RATE_LIMIT_SPACING; breaker_on_rate_limit, on by default), which spends one of the
-    SDK's retries. 1 s is also the least Retry-After can say above 0.
+    No wait at all ("retry now": a date already past, or `0`) is told as 1 s in both, so the two
+    agree (they said `1` and `0`). A `0` is no hint to the SDKs: Python's ignores it and backs off
+    on its own, Node's falls back to Retry-After, and a `Retry-After: 0` sends Node's retry at once.
+    1 s is also the least Retry-After can say above 0. A wait shorter than Sluice's own hold of the
+    upstream (a 429's RATE_LIMIT_SPACING) is raised to that hold by the routing
+    (attempts._no_sooner_than_reopened).
     """
     if seconds is None:
         return {}
-    millis = round(seconds * 1000) or 1000
+    millis = math.ceil(round(seconds * 1000, 3)) or 1000  # round first: 1.1 s is 1100.0000000000002 ms
     return {"Retry-After": str(math.ceil(millis / 1000)), "retry-after-ms": str(millis)}
 
 
