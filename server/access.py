@@ -32,8 +32,11 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     chunks_relayed: int = 0
     heartbeats: int = 0
-    # One entry per upstream attempt: {"upstream", "model", "status", "ms"}; the last one answered.
+    # One entry per upstream attempt: {"upstream", "model", "status", "ms"}, and "request_id" when the
+    # upstream named its own id of the request; the last one answered.
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    # The upstream's own id of the attempt on its way, by upstream name, until the attempt is noted.
+    upstream_request_ids: dict[str, str] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def ttft_ms(self) -> float | None:

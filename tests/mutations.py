@@ -4870,8 +4870,8 @@ BREAKS += [
     Break(
         "an upstream's Content-Type is not kept",
         "server/upstreams/parser.py",
-        ').union((b"content-type",))',
-        ")",
+        '.union((b"content-type", *UPSTREAM_REQUEST_ID_HEADERS))',
+        ".union(UPSTREAM_REQUEST_ID_HEADERS)",
         (f"{FINISHED_CUT}::test_an_html_page_in_place_of_a_stream_is_a_malformed_reply_not_asked_again",),
     ),
     Break(
@@ -6491,6 +6491,46 @@ BREAKS += [
         "    millis = math.ceil(round(seconds * 1000, 3)) or 1000",
         "    millis = math.ceil(seconds * 1000) or 1000",
         ("tests/test_upstream_retry_after_past.py::test_a_wait_is_told_in_whole_milliseconds_rounded_up_never_sooner",),
+    ),
+]
+
+
+UPSTREAM_IDS = "tests/test_upstream_request_ids.py"
+BREAKS += [
+    Break(
+        "the upstream's request id is not read",
+        "server/upstreams/client.py",
+        "                    _note_upstream_request_id(record, self.name, response.headers)\n",
+        "                    pass\n",
+        (f"{UPSTREAM_IDS}::test_an_answered_attempt_names_the_upstreams_request_id",),
+    ),
+    Break(
+        "an attempt does not name the upstream's request id",
+        "server/upstreams/attempts.py",
+        '                attempt["request_id"] = upstream_id\n',
+        "                pass\n",
+        (f"{UPSTREAM_IDS}::test_a_failed_attempt_names_the_upstreams_request_id",),
+    ),
+    Break(
+        "the upstream's request id headers are not kept",
+        "server/upstreams/parser.py",
+        '.union((b"content-type", *UPSTREAM_REQUEST_ID_HEADERS))',
+        '.union((b"content-type",))',
+        (f"{UPSTREAM_IDS}::test_an_answered_attempt_names_the_upstreams_request_id",),
+    ),
+    Break(
+        "only OpenAI's request id header is read",
+        "server/upstreams/parser.py",
+        'UPSTREAM_REQUEST_ID_HEADERS = (b"x-request-id", b"request-id", b"apim-request-id")',
+        'UPSTREAM_REQUEST_ID_HEADERS = (b"x-request-id",)',
+        (f"{UPSTREAM_IDS}::test_other_providers_request_id_headers_are_named_too",),
+    ),
+    Break(
+        "an upstream's request id is logged whatever its length",
+        "server/upstreams/client.py",
+        "            record.upstream_request_ids[upstream] = value[:MAX_UPSTREAM_REQUEST_ID]\n",
+        "            record.upstream_request_ids[upstream] = value\n",
+        (f"{UPSTREAM_IDS}::test_an_upstream_request_id_is_cut_to_a_bound",),
     ),
 ]
 

@@ -87,14 +87,17 @@ def test_a_head_larger_than_the_limit_is_refused() -> None:
 
 
 def test_only_the_headers_sluice_reads_are_kept() -> None:
-    """A provider's request ids, cookies and timings would live as long as the stream: they are dropped."""
+    """A provider's cookies and timings would live as long as the stream: they are dropped.
+
+    Its request id is kept for the access line, which takes it out of the headers (client.py).
+    """
     parser = ResponseParser()
     parser.feed(
         b"HTTP/1.1 200 OK\r\nX-Request-Id: req_1\r\nSet-Cookie: a=b\r\nOpenAI-Processing-Ms: 12\r\n"
         b"Content-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
 
-    assert dict(parser.headers) == {"transfer-encoding": "chunked"}
+    assert dict(parser.headers) == {"transfer-encoding": "chunked", "x-request-id": "req_1"}
 
 
 def test_header_names_are_found_whatever_their_case() -> None:

@@ -367,7 +367,10 @@ class Upstream:
         ms = round((time.perf_counter() - started) * 1000, 1)
         count(self._metrics.child(self._metrics.attempts, client.name, str(status)))
         if record is not None:
-            record.attempts.append({"upstream": client.name, "model": model, "status": status, "ms": ms})
+            attempt = {"upstream": client.name, "model": model, "status": status, "ms": ms}
+            if record.upstream_request_ids and (upstream_id := record.upstream_request_ids.pop(client.name, None)):
+                attempt["request_id"] = upstream_id
+            record.attempts.append(attempt)
 
     def _note_unanswered(self, record: RequestRecord | None, hedge: _Hedge, status: str) -> None:
         """Note the hedge's attempts still waiting, as `status`, now that the hedge is over."""

@@ -23,7 +23,7 @@ from ..settings import UpstreamEntry, UpstreamSettings
 from .connections import Connections, OriginPool
 from .failures import check_completion, connect_failure, malformed_reply, status_failure, timeout_failure
 from .http1 import ConnectionBroken
-from .parser import MalformedResponse
+from .parser import UPSTREAM_REQUEST_ID_HEADERS, MalformedResponse
 from .portable import portable
 from .response import BOM, UpstreamResponse
 from .stream import UpstreamStream
@@ -33,6 +33,8 @@ log = structlog.get_logger("sluice.upstream")
 ERROR_BODY_LIMIT = 64 * 1024
 MAX_REPLY_BYTES = 16 << 20
 PROBE_BODY_LIMIT = 1 << 20
+UPSTREAM_REQUEST_ID_NAMES = tuple(name.decode() for name in UPSTREAM_REQUEST_ID_HEADERS)
+MAX_UPSTREAM_REQUEST_ID = 128
 
 
 class UpstreamClient:
@@ -244,6 +246,8 @@ class UpstreamClient:
                     origin.release(connection)
                     raise
                 response = UpstreamResponse(head, connection, origin)
+                if record is not None:
+                    _note_upstream_request_id(record, self.name, response.headers)
                 break
         except ConnectionBroken as exc:
             if not chat:
@@ -281,6 +285,17 @@ class UpstreamClient:
         finally:
             response.close()
         return status_failure(response.status, response.headers, content.removeprefix(BOM))
+
+
+def _note_upstream_request_id(record: RequestRecord, upstream: str, headers: dict[str, str]) -> None:
+    """Take the upstream's own id of the request out of its headers, onto `record` until its attempt is noted."""
+    for name in UPSTREAM_REQUEST_ID_NAMES:
+        if (value := headers.pop(name, None)) is not None:
+            if record.upstream_request_ids is None:
+                record.upstream_request_ids = {}
+            # Bounded: a header is up to 8 KiB, and this one goes into a log line.
+            record.upstream_request_ids[upstream] = value[:MAX_UPSTREAM_REQUEST_ID]
+            return
 
 
 def create_upstream_connections(settings: UpstreamSettings) -> Connections:

@@ -13,13 +13,16 @@ import httptools
 MAX_HEAD_BYTES = 64 * 1024  # status line and headers together (aiohttp: 8190 per line, 32 KiB of fields)
 
 NO_BODY_STATUSES = frozenset((204, 304))
+# Where providers name their own id of a request: OpenAI and most compatible servers, Anthropic's
+# compatible API, Azure OpenAI. Their support asks for it; the access line's attempts carry it.
+UPSTREAM_REQUEST_ID_HEADERS = (b"x-request-id", b"request-id", b"apim-request-id")
 # The only response headers Sluice reads (framing, encoding, rate limits, the type of a stream's
-# body): the rest are not kept. A provider sends a dozen or two more (request ids, cookies, timings,
-# rate-limit counters), and a stream's headers live as long as the stream: kept, they cost 1-2 KiB
-# per live stream.
+# body, the upstream's own request id): the rest are not kept. A provider sends a dozen or two more
+# (cookies, timings, rate-limit counters), and a stream's headers live as long as the stream: kept,
+# they cost 1-2 KiB per live stream. The request id is taken out once read (client.py).
 KEPT_HEADERS = frozenset(
     (b"content-length", b"transfer-encoding", b"content-encoding", b"retry-after", b"retry-after-ms")
-).union((b"content-type",))  # the type only when it is not EVENT_STREAM: see on_header
+).union((b"content-type", *UPSTREAM_REQUEST_ID_HEADERS))  # the type only when not EVENT_STREAM: see on_header
 # The type of every healthy stream: read as its absence (UpstreamStream._read_first treats both
 # alike), so not kept; only a body of another type (a JSON reply, an HTML page) keeps its type.
 EVENT_STREAM = b"text/event-stream"
