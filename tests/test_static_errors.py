@@ -16,6 +16,9 @@ from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 
 from server.routes.page import CONTENT_SECURITY_POLICY, STATIC
+from tests.test_middleware import AccessLog, access_log
+
+__all__ = ["access_log"]  # a fixture, used by name
 
 Client = TestClient[web.Request, web.Application]
 
@@ -174,3 +177,32 @@ async def test_a_bad_range_under_an_if_range_newer_than_the_file_is_a_416_envelo
 
     assert response.status == 416
     assert (await envelope(response))["code"] == "range_not_satisfiable"
+
+
+async def logged_statuses(access_log: AccessLog, count: int) -> list[int]:
+    """The status of each request_finished line, once there are `count`."""
+    return [event["status"] for event in await access_log.finished(count)]
+
+
+async def test_an_unchanged_file_is_logged_as_the_304_it_answered(client: Client, access_log: AccessLog) -> None:
+    etag = (await client.get("/static/app.js")).headers["ETag"]
+
+    response = await client.get("/static/app.js", headers={"If-None-Match": etag})
+
+    assert response.status == 304
+    assert await logged_statuses(access_log, 2) == [200, 304]
+
+
+@pytest.mark.parametrize(
+    ("headers", "status"),
+    [({"Range": "bytes=-0"}, 416), ({"If-Match": '"no-such-version"'}, 412), ({"Range": "bytes=0-9"}, 206)],
+    ids=["416", "412", "206"],
+)
+async def test_a_page_answer_is_logged_with_the_status_it_answered(
+    client: Client, access_log: AccessLog, headers: dict[str, str], status: int
+) -> None:
+    response = await client.get("/static/app.js", headers=headers)
+    await body_of(response)
+
+    assert response.status == status
+    assert await logged_statuses(access_log, 1) == [status]

@@ -8,6 +8,7 @@ of the handler's task. Each step stays in its module as plain functions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -54,6 +55,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
             close_if_body_unread(request, response)
         if isinstance(response, web.Response) and not response.prepared:
             response = await _prepare(request, response, body_in)
+        elif isinstance(response, web.FileResponse) and not response.prepared:
+            await _send_file(request, response)
         status = response.status
         return response
     except asyncio.CancelledError:
@@ -82,6 +85,17 @@ async def _prepare(request: web.Request, response: web.Response, body_in: bool) 
         close_if_body_unread(request, failure)
     await failure.prepare(request)
     return failure
+
+
+async def _send_file(request: web.Request, response: web.FileResponse) -> None:
+    """Send the file here, so the access line and metrics get the status its `prepare` decides.
+
+    A FileResponse settles 304, 206, 412 or 416 only in `prepare`; left to aiohttp, after the chain,
+    every one was logged as the handler's 200. Its `prepare` must return at once when aiohttp calls it
+    again (routes/page.py's PageFile does). A client gone meanwhile is aiohttp's to handle, as it was.
+    """
+    with contextlib.suppress(ConnectionError):
+        await response.prepare(request)
 
 
 async def response_prepared(request: web.Request, response: web.StreamResponse) -> None:

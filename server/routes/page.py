@@ -78,9 +78,15 @@ class PageFile(web.FileResponse):
     of its steps are replaced: `_precondition_failed`, its hook for 412, and the start of
     `_prepare_open_file`, where it reads Range with the stat of the file it opened. Their names are
     aiohttp's private ones (pinned by requirements.lock): tests/test_static_errors.py fails if they move.
-    The access log and the request metrics still record these answers as 200, as they do a 304: the
-    chain logs the handler's response before aiohttp prepares it.
+    The chain prepares it (middleware/chain.py), so that the access log and the request metrics
+    record the status decided here; aiohttp's own `prepare` after the chain then returns at once.
     """
+
+    async def prepare(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
+        """Decide the status and send the file; once (FileResponse's own would send it again)."""
+        if self.prepared:
+            return self._payload_writer
+        return await super().prepare(request)
 
     async def _precondition_failed(self, request: web.BaseRequest) -> AbstractStreamWriter | None:
         """aiohttp's 412 (If-Match or If-Unmodified-Since failed), as the envelope naming the header."""
