@@ -153,6 +153,12 @@ class UpstreamRejectedError(UpstreamError):
     code = "upstream_rejected"
 
 
+# Upstream error codes that asking the same upstream again cannot change: its account's quota is
+# spent (OpenAI's 429 `insufficient_quota`). Not retried there (another candidate, on another
+# account, may answer), and the client is told not to retry (middleware/errors.py).
+NEVER_RETRIED_CODES = frozenset({"insufficient_quota"})
+
+
 class UpstreamRateLimitError(UpstreamError):
     status = 429
     type = "rate_limit_error"

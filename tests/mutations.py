@@ -2309,7 +2309,7 @@ BREAKS += [
     Break(
         "a failed trial after a 503's Retry-After counted as one failure only",
         "server/upstreams/breaker.py",
-        "            if failures >= self._threshold or (record.trial_since is not None and not rate_limited):\n",
+        "            if failures >= self._threshold or record.trial_since is not None:\n",
         "            if failures >= self._threshold:\n",
         ("tests/test_routing_units.py::test_a_5xx_at_the_trial_after_a_503s_retry_after_reopens_for_the_cooldown",),
     ),
@@ -4490,8 +4490,8 @@ BREAKS += [
     Break(
         "upstream failures invite the SDK to retry them",
         "server/middleware/errors.py",
-        "    if isinstance(error, UpstreamError) and error.status in (502, 504):\n",
-        "    if False:\n",
+        "(error.status in (502, 504) or error.code in NEVER_RETRIED_CODES)",
+        "error.code in NEVER_RETRIED_CODES",
         ("tests/test_openai_sdk.py::test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk",),
     ),
 ]
@@ -6012,7 +6012,7 @@ BREAKS += [
         "Retry-After rounds the wait, not what retry-after-ms says",
         "server/upstreams/failures.py",
         '"Retry-After": str(math.ceil(millis / 1000))',
-        '"Retry-After": str(max(1, math.ceil(seconds)))',
+        '"Retry-After": str(max(1, round(seconds)))',
         (f"{PAST_WAITS}::test_retry_after_is_the_milliseconds_told_in_whole_seconds_rounded_up",),
     ),
     Break(
@@ -6553,6 +6553,46 @@ BREAKS += [
         "        if self.prepared:\n            return self._payload_writer\n",
         "        if False:\n            return self._payload_writer\n",
         (STATIC_ERRORS,),
+    ),
+]
+
+
+RATE_HOLDS = "tests/test_rate_limit_holds.py"
+BREAKS += [
+    Break(
+        "a 429 counts as a failure toward the cooldown",
+        "server/upstreams/breaker.py",
+        "            if rate_limited:\n                # The upstream said when",
+        "            if False:\n                # The upstream said when",
+        (f"{RATE_HOLDS}::test_rate_limits_in_a_row_never_shut_a_model_for_the_cooldown",),
+    ),
+    Break(
+        "a 429 holds the model with rate-limit holds off",
+        "server/upstreams/breaker.py",
+        "                if not self._on_rate_limit:\n                    return record\n",
+        "                if not self._on_rate_limit:\n                    pass\n",
+        (f"{RATE_HOLDS}::test_with_rate_limit_holds_off_a_429_opens_nothing_however_many_come",),
+    ),
+    Break(
+        "a model held for a rate limit answers 503",
+        "server/upstreams/attempts.py",
+        "                rate_limited = rate_limited and upstream_wait == 0 and wait > 0\n",
+        "                rate_limited = False\n",
+        (f"{RATE_HOLDS}::test_a_model_held_for_a_rate_limit_answers_429_with_the_wait",),
+    ),
+    Break(
+        "a spent quota is asked again",
+        "server/upstreams/backoff.py",
+        "    return error.reason in RETRYABLE_REASONS and error.code not in NEVER_RETRIED_CODES\n",
+        "    return error.reason in RETRYABLE_REASONS\n",
+        (f"{RATE_HOLDS}::test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_retry",),
+    ),
+    Break(
+        "a spent quota invites the SDK to retry it",
+        "server/middleware/errors.py",
+        "(error.status in (502, 504) or error.code in NEVER_RETRIED_CODES)",
+        "error.status in (502, 504)",
+        (f"{RATE_HOLDS}::test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_retry",),
     ),
 ]
 

@@ -3,8 +3,8 @@
 The trial after a 429 hold (the model's) or after a breaker's cooldown (the upstream's) may end
 with a failure that does not count against it: the client's own 4xx, a 5xx at the model's hold,
 a 429 at the upstream's trial, a client that left. The request right after it is served, not
-refused with 503 `upstream_unavailable` until the 60 s trial lease runs out. Each test waits out
-only the hold or cooldown it configured, on an observable (the trial request reaching the
+refused (503 `upstream_unavailable`, or 429 for the model's hold) until the 60 s trial lease runs
+out. Each test waits out only the hold or cooldown it configured, on an observable (the trial request reaching the
 simulator, /readyz), never on a guessed time.
 """
 
@@ -36,6 +36,9 @@ BREAKER = {
 HOLD = {"SLUICE_ROUTING_RETRIES": "0", "SLUICE_UPSTREAM_PROBE_INTERVAL": "30"}
 # How long a test waits for a hold or cooldown of 2 s at most to be over: far below the 60 s lease.
 WAIT_SECONDS = 15.0
+# How a request is refused while the upstream's breaker is open, and while a model is held after a 429.
+UNAVAILABLE = (503, "upstream_unavailable")
+RATE_LIMITED = (429, "rate_limit_exceeded")
 GAUGE = re.compile(r'^sluice_upstream_breaker_state\{upstream="default"\} (\S+)$', re.MULTILINE)
 
 
@@ -55,10 +58,13 @@ async def send(gateway: Gateway, route: str, directive: str, rid: str, model: st
     return response.status, None if response.status == 200 else answer
 
 
-async def trial(gateway: Gateway, simulator: Simulator, route: str, directive: str) -> int:
+async def trial(
+    gateway: Gateway, simulator: Simulator, route: str, directive: str, held: tuple[int, str] = UNAVAILABLE
+) -> int:
     """Send `directive` until one such request reaches the upstream (the hold or cooldown is over): its status.
 
-    Until then each is refused at once with 503 `upstream_unavailable`, and the upstream sees nothing.
+    Until then each is refused at once with `held` (status, code), and the upstream sees nothing: 503
+    `upstream_unavailable` for a breaker's cooldown, 429 `rate_limit_exceeded` for a model's 429 hold.
     """
     deadline = asyncio.get_running_loop().time() + WAIT_SECONDS
     while True:
@@ -66,7 +72,7 @@ async def trial(gateway: Gateway, simulator: Simulator, route: str, directive: s
         status, error = await send(gateway, route, directive, rid)
         if await attempts(simulator, rid):
             return status
-        assert (status, error["error"]["code"]) == (503, "upstream_unavailable")
+        assert (status, error["error"]["code"]) == held
         assert asyncio.get_running_loop().time() < deadline, "the hold never ended"
         await asyncio.sleep(0.05)
 
@@ -115,7 +121,7 @@ async def test_the_request_after_a_failed_trial_of_a_429_hold_is_served(
     with gateway_with(tmp_path, "hold", simulator, **HOLD) as gateway:
         held = await send(gateway, route, "fault=rate_limit retry_after=1", new_request_id("429"))
         assert held[0] == 429
-        assert await trial(gateway, simulator, route, f"fault={fault}") == status
+        assert await trial(gateway, simulator, route, f"fault={fault}", held=RATE_LIMITED) == status
         rid = new_request_id("after-trial")
         after, error = await send(gateway, route, "tokens=2", rid)
     assert (after, error) == (200, None)

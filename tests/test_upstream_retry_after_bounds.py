@@ -157,16 +157,19 @@ async def test_an_endless_retry_after_is_passed_on_as_the_bound(
     assert (response.headers["Retry-After"], response.headers["retry-after-ms"]) == (str(BOUND), str(BOUND * 1000))
 
 
-@pytest.mark.parametrize("status", [503, 429])
+@pytest.mark.parametrize(
+    ("status", "held"), [(503, (503, "upstream_unavailable")), (429, (429, "rate_limit_exceeded"))], ids=["503", "429"]
+)
 async def test_an_endless_retry_after_holds_the_next_request_no_longer_than_the_bound(
-    upstream: Simulator, tmp_path: Path, status: int
+    upstream: Simulator, tmp_path: Path, status: int, held: tuple[int, str]
 ) -> None:
+    # A model held after a 429 is refused as rate limited; an upstream held after a 503, as unavailable.
     later = tagged("another prompt")
     with gateway_with(tmp_path, "endless-next", upstream) as gateway:
         await ask(gateway, V1, tagged(f"status={status} retry-after={ENDLESS}"))
         response = await ask(gateway, V1, later)
-    error = await error_of(response, 503)
-    assert error["code"] == "upstream_unavailable"
+    error = await error_of(response, held[0])
+    assert error["code"] == held[1]
     assert BOUND - 5 <= int(response.headers["Retry-After"]) <= BOUND
     assert await seen(upstream, later) == []  # held, not sent
 

@@ -11,6 +11,7 @@ import structlog
 from aiohttp import web
 
 from ..errors import (
+    NEVER_RETRIED_CODES,
     GatewayError,
     InvalidRequestError,
     MethodNotAllowedError,
@@ -77,14 +78,15 @@ def _render_for(request: web.Request, error: GatewayError) -> web.Response:
 # other upstreams, fallbacks). The OpenAI SDKs retry a 5xx twice more by default, each retry a
 # whole routing again: 9 upstream attempts for one call, enough to open a breaker for every
 # client. `x-should-retry: false` (which both SDKs read before the status) stops that; a 429 or a
-# 503 keeps its Retry-After and the SDK's retry.
+# 503 keeps its Retry-After and the SDK's retry, except a 429 that no retry can change (a spent
+# quota, backoff.NEVER_RETRIED_CODES).
 NOT_RETRIED = {"x-should-retry": "false"}
 
 
 def render_error(error: GatewayError) -> web.Response:
     """The envelope as a JSON response with the error's status and headers."""
     headers = error.headers
-    if isinstance(error, UpstreamError) and error.status in (502, 504):
+    if isinstance(error, UpstreamError) and (error.status in (502, 504) or error.code in NEVER_RETRIED_CODES):
         headers = {**headers, **NOT_RETRIED} if headers else NOT_RETRIED
     return web.json_response(error.body(), status=error.status, headers=headers)
 

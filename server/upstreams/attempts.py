@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 import structlog
 
 from ..access import RequestRecord
-from ..errors import UpstreamError, UpstreamUnavailableError
+from ..errors import UpstreamError, UpstreamRateLimitError, UpstreamUnavailableError
 from ..metrics import Metrics, count
 from ..settings import RoutingSettings
 from .backoff import CONTEXT_WINDOW_CODE, RetryBudget, retryable, tries_next_candidate
@@ -394,16 +394,33 @@ class Upstream:
         if soonest > told:
             error.headers.update(retry_after_header(soonest))
 
-    async def _all_open(self, chain: list[str]) -> UpstreamUnavailableError:
-        waits = [
-            await self.breakers.pair_reopens_in(c.name, model) for model in chain for c in self.pool.serving(model)
-        ]
-        retry_after = max(1, math.ceil(min(waits, default=1.0)))
-        error = UpstreamUnavailableError(
-            "Every upstream for this model is unavailable right now; retry later.",
-            code="upstream_unavailable",
-            headers={"Retry-After": str(retry_after)},
-        )
+    async def _all_open(self, chain: list[str]) -> UpstreamError:
+        """The answer when no candidate of the chain would take a request now.
+
+        When each is held only for a rate limit (its upstream's breaker closed, the model's held
+        after a 429), that is what the client hears: a 429 with the wait, as from the upstream, so
+        code that handles a rate limit (an SDK's RateLimitError) still does. Otherwise a 503.
+        """
+        waits: list[float] = []
+        rate_limited = True
+        for model in chain:
+            for client in self.pool.serving(model):
+                upstream_wait = await self.breakers.reopens_in(client.name)
+                wait = await self.breakers.pair_reopens_in(client.name, model)
+                rate_limited = rate_limited and upstream_wait == 0 and wait > 0
+                waits.append(wait)
+        error: UpstreamError
+        if rate_limited and waits:
+            error = UpstreamRateLimitError(
+                "The upstream is rate limiting this model; retry after the time in Retry-After.",
+                headers=retry_after_header(min(waits)),
+            )
+        else:
+            error = UpstreamUnavailableError(
+                "Every upstream for this model is unavailable right now; retry later.",
+                code="upstream_unavailable",
+                headers={"Retry-After": str(max(1, math.ceil(min(waits, default=1.0))))},
+            )
         error.reason = "breaker_open"
         return error
 

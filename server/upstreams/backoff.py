@@ -2,7 +2,8 @@
 
 Retried (before the first content byte only): connection failures and resets, an error event or an
 end before the first token, 408, 429, 500, 502, 503, 504 and 529. Never another 4xx: the request
-itself is wrong, and `context_length_exceeded` or `content_policy_violation` would only repeat.
+itself is wrong, and `context_length_exceeded` or `content_policy_violation` would only repeat. Nor
+a 429 `insufficient_quota` on the same upstream: its account's quota is spent.
 A silent upstream (no headers, no first token in time) and refused credentials are not retried on
 the same upstream: the next candidate is tried instead.
 
@@ -15,7 +16,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
-from ..errors import UpstreamError
+from ..errors import NEVER_RETRIED_CODES, UpstreamError
 
 RETRYABLE_REASONS = frozenset(
     {"connect", "reset", "error_event", "upstream_timeout", "408", "429", "500", "502", "503", "504", "529"}
@@ -33,12 +34,12 @@ RATE_LIMIT_SPACING = 1.5
 
 def retryable(error: UpstreamError) -> bool:
     """True when the same request may be sent again to the same upstream."""
-    return error.reason in RETRYABLE_REASONS
+    return error.reason in RETRYABLE_REASONS and error.code not in NEVER_RETRIED_CODES
 
 
 def tries_next_candidate(error: UpstreamError) -> bool:
     """True when another upstream or model may still answer (retryable or not the request's fault)."""
-    return retryable(error) or error.reason in NEXT_CANDIDATE_REASONS
+    return error.reason in RETRYABLE_REASONS or error.reason in NEXT_CANDIDATE_REASONS
 
 
 def jitter(retry: int, rng: random.Random) -> float:

@@ -6,8 +6,9 @@
               ──trial ends without a verdict on this breaker──▶ half-open, the trial free again
 
 Open time: max(Retry-After, cooldown) after consecutive failures; a 429/503 with Retry-After (and
-a 429 without it, for 1.5 s) opens it for that time alone, so one rate-limit answer does not shut
-an upstream for the whole cooldown. A Retry-After counts for at most MAX_RETRY_AFTER_SECONDS: one
+a 429 without it, for 1.5 s) opens it for that time alone, so a rate-limit answer does not shut
+an upstream for the whole cooldown. A 429 is not a failure: however many come in a row, each holds
+the breaker for its own time and no more. A Retry-After counts for at most MAX_RETRY_AFTER_SECONDS: one
 header cannot hold an upstream out of reach of its trial (and the probe) until restart. State lives
 behind `BreakerStore`, so several processes can share it (Redis); the in-memory store is the default.
 A shared record is read bounded by the longest this version opens a breaker for (`BoundedStore`):
@@ -249,13 +250,20 @@ class Breakers:
             retry_after = min(retry_after, MAX_RETRY_AFTER_SECONDS)  # parsed ones are; any caller's too
 
         def count(record: BreakerRecord) -> BreakerRecord:
+            if rate_limited:
+                # The upstream said when: held for that alone (a trial's 429 too), however many came
+                # in a row, and never counted as a failure. Counted, five 429s a few seconds apart
+                # (the routing's own retries, under load) shut the model for the whole cooldown.
+                if not self._on_rate_limit:
+                    return record
+                hold = max(retry_after or 0.0, RATE_LIMIT_SPACING)
+                return BreakerRecord(record.failures, max(record.open_until, now + hold))
             failures = record.failures + 1
-            # A failed trial reopens for the cooldown, except a 429's: it holds for its own time again.
-            if failures >= self._threshold or (record.trial_since is not None and not rate_limited):
+            # A failed trial reopens for the cooldown.
+            if failures >= self._threshold or record.trial_since is not None:
                 return BreakerRecord(failures, now + max(self._cooldown, retry_after or 0.0))
-            hold = max(retry_after or 0.0, RATE_LIMIT_SPACING) if rate_limited else retry_after
-            if hold is not None and self._on_rate_limit:
-                return BreakerRecord(failures, max(record.open_until, now + hold))
+            if retry_after is not None and self._on_rate_limit:
+                return BreakerRecord(failures, max(record.open_until, now + retry_after))
             return replace(record, failures=failures)
 
         # A failed trial reports half-open (its gauge) then open again, from the record it wrote.
