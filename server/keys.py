@@ -13,6 +13,7 @@ from .auth.gate import Lease
 from .auth.gateway_keys import GatewayKey, KeyRing
 from .auth.limits import Decision, LimitStore
 from .auth.tokens import TokenSigner
+from .body_budget import BodyBudget
 from .catalog import ModelCatalog
 from .cors import CorsPolicy
 from .credentials import UpstreamCredentials
@@ -32,6 +33,7 @@ SETTINGS = web.AppKey("settings", Settings)
 SETTINGS_SOURCE = web.AppKey("settings_source", SettingsSource)
 UPSTREAM = web.AppKey("upstream", Upstream)
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
+BODY_BUDGET = web.AppKey("body_budget", BodyBudget)
 METRICS = web.AppKey("metrics", Metrics)
 LOG_STREAM = web.AppKey("log_stream", LossyStream)
 CHAT_SCHEMA = web.AppKey("chat_schema", ChatCompletionValidator)

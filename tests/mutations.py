@@ -3615,15 +3615,23 @@ BREAKS += [
         CHAIN,
         "                key = admit(request, record, app)\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
-        "                    response = await read_body(request) if body_to_read(request, app) else None\n"
+        "                    reading = body_to_read(request, app)\n"
+        "                    held = hold_body(request, app)\n"
+        "                    response = await read_body(request) if reading else None\n"
         "                    body_in = response is None\n"
+        "                    if body_in and not held:\n"
+        "                        held = await hold_chunked_body(request, app)\n"
         "                if response is None:\n"
         "                    lease = await take_limits(request, key) if key is not None else None\n",
         "                key = admit(request, record, app)\n"
         "                lease = await take_limits(request, key) if key is not None else None\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
-        "                    response = await read_body(request) if body_to_read(request, app) else None\n"
+        "                    reading = body_to_read(request, app)\n"
+        "                    held = hold_body(request, app)\n"
+        "                    response = await read_body(request) if reading else None\n"
         "                    body_in = response is None\n"
+        "                    if body_in and not held:\n"
+        "                        held = await hold_chunked_body(request, app)\n"
         "                if response is None:\n",
         (
             f"{SEC_ORDER}::test_a_body_still_to_come_holds_none_of_its_keys_stream_slots",
@@ -6593,6 +6601,148 @@ BREAKS += [
         "(error.status in (502, 504) or error.code in NEVER_RETRIED_CODES)",
         "error.status in (502, 504)",
         (f"{RATE_HOLDS}::test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_retry",),
+    ),
+]
+
+
+BODY_BUDGET_TESTS = "tests/test_body_budget.py"
+BREAKS += [
+    Break(
+        "a request's body is never given back to the budget",
+        "server/middleware/chain.py",
+        "            app[BODY_BUDGET].give_back(held)\n",
+        "            pass\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_bodys_bytes_come_back_when_its_request_ends",),
+    ),
+    Break(
+        "a declared body is held only once read",
+        "server/middleware/body.py",
+        "    return app[BODY_BUDGET].take(length) if length else 0\n",
+        "    return 0\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_declared_body_past_the_budget_is_refused_before_it_is_sent",),
+    ),
+    Break(
+        "a chunked body is not held",
+        "server/middleware/body.py",
+        "    return app[BODY_BUDGET].take(size) if size else 0\n",
+        "    return 0\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_chunked_body_is_held_too",),
+    ),
+    Break(
+        "a body larger than the budget is refused even when none is held",
+        "server/body_budget.py",
+        "        if self.held and self.held + size > self.limit:\n",
+        "        if self.held + size > self.limit:\n",
+        (f"{BODY_BUDGET_TESTS}::test_one_body_larger_than_the_budget_is_served_when_none_is_held",),
+    ),
+    Break(
+        "bodies are held without a limit",
+        "server/body_budget.py",
+        "        if self.held and self.held + size > self.limit:\n",
+        "        if False:\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_body_past_the_budget_while_another_is_held_gets_503_overloaded",),
+    ),
+    Break(
+        "a body at the budget's edge is refused",
+        "server/body_budget.py",
+        "        if self.held and self.held + size > self.limit:\n",
+        "        if self.held and self.held + size >= self.limit:\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_body_within_the_budget_beside_a_held_one_is_served",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "compose publishes its open gateway on every interface",
+        "deploy/compose.yaml",
+        '      - "127.0.0.1:8080:8080"\n',
+        '      - "8080:8080"\n',
+        ("tests/test_deploy.py::test_compose_publishes_its_open_gateway_on_loopback_only",),
+    ),
+    Break(
+        "compose's redis is not restarted",
+        "deploy/compose.yaml",
+        '"--maxmemory-policy", "noeviction"]\n    restart: unless-stopped\n',
+        '"--maxmemory-policy", "noeviction"]\n',
+        ("tests/test_deploy.py::test_every_compose_service_comes_back_after_a_crash_or_a_reboot",),
+    ),
+    Break(
+        "compose's nginx is not restarted",
+        "deploy/compose.yaml",
+        "        condition: service_healthy\n    restart: unless-stopped\n",
+        "        condition: service_healthy\n",
+        ("tests/test_deploy.py::test_every_compose_service_comes_back_after_a_crash_or_a_reboot",),
+    ),
+    Break(
+        "compose's nginx starts before an instance is healthy",
+        "deploy/compose.yaml",
+        "      sluice-2:\n        condition: service_healthy\n",
+        "      sluice-2:\n        condition: service_started\n",
+        ("tests/test_deploy.py::test_compose_starts_nginx_once_both_instances_pass_their_healthcheck",),
+    ),
+    Break(
+        "saturation alert counts probes' 503s",
+        "deploy/prometheus/alerts.yaml",
+        'sluice_requests_total{status="503", route!~"/readyz|/livez|/health|/metrics"}',
+        'sluice_requests_total{status="503"}',
+        (f"{DEPLOY_TESTS}::test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic",),
+    ),
+    Break(
+        "saturation alert's share diluted by probes and scrapes",
+        "deploy/prometheus/alerts.yaml",
+        '/ sum(rate(sluice_requests_total{route!~"/readyz|/livez|/health|/metrics"}[5m]))',
+        "/ sum(rate(sluice_requests_total[5m]))",
+        (f"{DEPLOY_TESTS}::test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic",),
+    ),
+    Break(
+        "the Deployment runs sluice:latest",
+        "deploy/kubernetes/sluice.yaml",
+        "          image: registry.example.com/sluice:0.1.0\n",
+        "          image: sluice:latest\n",
+        ("tests/test_deploy.py::test_the_deployment_runs_this_releases_image_from_a_registry",),
+    ),
+    Break(
+        "the pod has no seccomp profile",
+        "deploy/kubernetes/sluice.yaml",
+        "        seccompProfile: {type: RuntimeDefault}\n",
+        "",
+        ("tests/test_deploy.py::test_the_pod_meets_pod_security_restricted",),
+    ),
+    Break(
+        "the pod mounts a service account token",
+        "deploy/kubernetes/sluice.yaml",
+        "      automountServiceAccountToken: false\n",
+        "      automountServiceAccountToken: true\n",
+        ("tests/test_deploy.py::test_the_pod_holds_no_service_account_token",),
+    ),
+    Break(
+        "the pod starts without its upstream key",
+        "deploy/kubernetes/sluice.yaml",
+        "{secretKeyRef: {name: sluice, key: openai-api-key}}",
+        "{secretKeyRef: {name: sluice, key: openai-api-key, optional: true}}",
+        ("tests/test_deploy.py::test_the_deployment_cannot_start_without_its_upstream_key",),
+    ),
+    Break(
+        "one slow readiness probe takes a pod out",
+        "deploy/kubernetes/sluice.yaml",
+        "            failureThreshold: 2\n",
+        "            failureThreshold: 1\n",
+        ("tests/test_deploy.py::test_one_failed_readiness_probe_does_not_take_a_pod_out",),
+    ),
+    Break(
+        "nginx answers its HTML 413 below Sluice's limit",
+        NGINX_CONF,
+        "    client_max_body_size 17m;\n",
+        "    client_max_body_size 1m;\n",
+        ("tests/test_deploy.py::test_nginx_lets_sluice_answer_a_body_over_sluices_own_limit",),
+    ),
+    Break(
+        "nginx does not retry a POST on a draining instance",
+        NGINX_CONF,
+        "error timeout http_503 non_idempotent",
+        "error timeout http_503",
+        (f"{NGINX}::test_sigterm_to_one_instance_ends_its_streams_explicitly_while_nginx_serves_from_the_other",),
     ),
 ]
 

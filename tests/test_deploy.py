@@ -1,9 +1,10 @@
 """deploy/: what this machine can check without a container engine or a cluster.
 
 The manifests are parsed and checked for what a rolling upgrade with live streams depends on:
-probes on the right paths, a grace period longer than the drain, a disruption budget. The
-Dockerfile is read for its user, healthcheck and PID 1. (nginx's config runs for real in
-test_nginx.py.)
+probes on the right paths, a grace period longer than the drain, a disruption budget; and for
+what keeps them safe where they run: keys before a gateway is reachable, a pinned image, Pod
+Security's "restricted" level, services that come back. The Dockerfile is read for its user,
+healthcheck and PID 1. (nginx's config runs for real in test_nginx.py.)
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 
+from server import __version__
 from server.cli import SHUTDOWN_TIMEOUT
 from server.lifecycle import FINAL_EVENT_GRACE
 from server.settings import load_settings
@@ -74,14 +76,28 @@ def test_the_image_listens_on_port_so_a_platform_may_choose_it() -> None:
     assert "os.environ['PORT']" in check
 
 
-def test_the_deployment_uses_an_image_present_on_the_node() -> None:
-    assert container(kubernetes()["Deployment"])["imagePullPolicy"] == "IfNotPresent"
+def test_the_deployment_runs_this_releases_image_from_a_registry() -> None:
+    """`sluice:latest` with IfNotPresent: a node holding an older :latest kept running it after a rebuild."""
+    sluice = container(kubernetes()["Deployment"])
+    name, _, tag = sluice["image"].split("@")[0].rpartition(":")
+    registry = name.split("/")[0]
+    assert "." in registry or ":" in registry  # a registry host, not an image only a node may hold
+    assert tag == __version__
+    assert sluice["imagePullPolicy"] == "IfNotPresent"  # a pinned tag: the node's copy is the release's
 
 
 def test_nginx_drops_idle_connections_before_sluice_does() -> None:
     conf = (DEPLOY / "nginx" / "sluice.conf").read_text()
     (seconds,) = re.findall(r"keepalive_timeout (\d+)s;", conf)
     assert int(seconds) < load_settings(environ={}).connections.header_timeout
+
+
+def test_nginx_lets_sluice_answer_a_body_over_sluices_own_limit() -> None:
+    """Over nginx's limit the client gets nginx's HTML 413; over Sluice's, the JSON 413 naming it."""
+    conf = (DEPLOY / "nginx" / "sluice.conf").read_text()
+    ((size, unit),) = re.findall(r"client_max_body_size (\d+)([kmg]?);", conf)
+    nginx_limit = int(size) * {"": 1, "k": 2**10, "m": 2**20, "g": 2**30}[unit]
+    assert nginx_limit > load_settings(environ={}).server.max_body_bytes
 
 
 def test_the_deployment_probes_readiness_on_readyz_and_liveness_on_livez() -> None:
@@ -125,6 +141,33 @@ def test_the_pod_runs_as_the_image_user_without_root() -> None:
     assert str(spec["securityContext"]["runAsUser"]) == users[-1]
 
 
+def test_the_pod_meets_pod_security_restricted() -> None:
+    """Without a seccomp profile a namespace enforcing Pod Security "restricted" refused the pod."""
+    spec = kubernetes()["Deployment"]["spec"]["template"]["spec"]
+    sluice = container(kubernetes()["Deployment"])
+    assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["securityContext"]["runAsNonRoot"] is True
+    assert sluice["securityContext"]["allowPrivilegeEscalation"] is False
+    assert sluice["securityContext"]["capabilities"]["drop"] == ["ALL"]
+
+
+def test_the_pod_holds_no_service_account_token() -> None:
+    """Sluice never calls the Kubernetes API: a token in the pod would only be there to be stolen."""
+    assert kubernetes()["Deployment"]["spec"]["template"]["spec"]["automountServiceAccountToken"] is False
+
+
+def test_the_deployment_cannot_start_without_its_upstream_key() -> None:
+    """With the key optional, a Secret whose key was misnamed gave a ready pod serving the simulated model."""
+    env = {variable["name"]: variable for variable in container(kubernetes()["Deployment"])["env"]}
+    reference = env["AI_INTEGRATIONS_OPENAI_API_KEY"]["valueFrom"]["secretKeyRef"]
+    assert reference.get("optional", False) is False
+
+
+def test_one_failed_readiness_probe_does_not_take_a_pod_out() -> None:
+    """At failureThreshold 1 a single probe slow behind a burst of work took the pod out of the Service."""
+    assert container(kubernetes()["Deployment"])["readinessProbe"]["failureThreshold"] >= 2
+
+
 @pytest.fixture
 def compose() -> dict[str, Any]:
     return dict(yaml.safe_load((DEPLOY / "compose.yaml").read_text()))
@@ -154,6 +197,30 @@ def test_compose_instances_take_the_client_from_nginxs_forwarded_for(compose: di
     nginx = ipaddress.ip_address("172.18.0.4")  # an address of compose's default network
     assert any(nginx in network for network in settings.server.trusted_proxies)
     assert "ports" not in compose["services"]["sluice-1"]  # only nginx, on that network, reaches them
+
+
+def test_compose_publishes_its_open_gateway_on_loopback_only(compose: dict[str, Any]) -> None:
+    """Published as "8080:8080", a gateway without keys, holding the upstream key, was on every interface."""
+    published = [port for service in compose["services"].values() for port in service.get("ports", [])]
+    assert published
+    for port in published:
+        parts = str(port).split(":")  # host address, host port, container port
+        assert len(parts) == 3, port
+        assert parts[0] == "127.0.0.1", port
+
+
+def test_every_compose_service_comes_back_after_a_crash_or_a_reboot(compose: dict[str, Any]) -> None:
+    """Only the instances restarted: a Redis or an nginx that exited stayed down."""
+    for name, service in compose["services"].items():
+        assert service.get("restart") == "unless-stopped", name
+
+
+def test_compose_starts_nginx_once_both_instances_pass_their_healthcheck(compose: dict[str, Any]) -> None:
+    """nginx resolves the instances' names at start, and exits if one is not there yet."""
+    services = compose["services"]
+    instances = {name for name, service in services.items() if service.get("image") == "sluice:latest"}
+    assert services["nginx"]["depends_on"] == {name: {"condition": "service_healthy"} for name in instances}
+    assert [args for instruction, args in dockerfile() if instruction == "HEALTHCHECK"]  # what makes one healthy
 
 
 def test_the_deployment_serves_the_keys_of_a_config_it_cannot_start_without() -> None:

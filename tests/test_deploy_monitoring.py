@@ -80,7 +80,7 @@ def test_the_alert_rules_name_only_series_sluice_exports() -> None:
 
 def test_the_alert_rules_and_grafana_queries_use_only_labels_sluice_sets() -> None:
     text = ALERTS.read_text() + "\n".join(grafana_queries())
-    matched = set(re.findall(r"([a-z_]+)=~?\"", text))
+    matched = set(re.findall(r"([a-z_]+)(?:=~?|!=|!~)\"", text))
     grouped = {label.strip() for group in re.findall(r"by \(([a-z_, ]+)\)", text) for label in group.split(",")}
 
     assert grouped >= {"upstream", "le", "status", "code", "outcome"}

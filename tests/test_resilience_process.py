@@ -91,8 +91,10 @@ async def test_a_retry_after_beyond_the_budget_returns_the_429_and_holds_the_nex
     assert status == 429
     assert error["headers"]["Retry-After"] == "30"
     assert len(await attempts(simulator, rid)) == 1
-    # The upstream said not before 30 s: the next request is not sent there, and is told when to come back.
-    assert next_status == 503
+    # The upstream said not before 30 s: the next request is not sent there, and is told when to come
+    # back, as rate limited (the model is held for a 429, the upstream itself is not down).
+    assert next_status == 429
+    assert next_error["body"]["error"]["code"] == "rate_limit_exceeded"
     assert 25 <= int(next_error["headers"]["Retry-After"]) <= 30
     assert await attempts(simulator, after) == []
 

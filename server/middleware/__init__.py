@@ -23,15 +23,19 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..keys import KEYRING
+from ..body_budget import BodyBudget
+from ..keys import BODY_BUDGET, KEYRING, SETTINGS
 from .chain import gateway_middleware, keyed_response_prepared, response_prepared
 
 
 def setup_middlewares(app: web.Application) -> None:
     """Install the chain and its response hook (X-Request-ID, rate-limit and token headers, response started).
 
-    Needs the app's KEYRING (setup_auth) already in place.
+    Needs the app's SETTINGS and KEYRING (setup_auth) already in place; adds the body budget the
+    chain holds request bodies against (body_budget.py).
     """
+    server = app[SETTINGS].server
+    app[BODY_BUDGET] = BodyBudget(server.max_body_bytes_held, server.retry_after)
     app.middlewares.append(gateway_middleware)
     # Only a keyed request carries rate-limit or token headers: without keys, not even the lookups.
     app.on_response_prepare.append(keyed_response_prepared if app[KEYRING].enabled else response_prepared)

@@ -24,7 +24,7 @@ from aiohttp import hdrs, web
 
 from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError
 from ..http_protocol import DECODED, close_after_response, unsupported_encoding, watch_framing
-from ..keys import SETTINGS
+from ..keys import BODY_BUDGET, SETTINGS
 from .errors import render_error
 
 CONTINUE = "100-continue"
@@ -50,6 +50,23 @@ def body_to_read(request: web.Request, app: web.Application | None = None) -> bo
     # A body that came whole with the headers (the usual small JSON body) has nothing left to
     # wait for: no timer, and the handler's own read returns it at once.
     return request.body_exists and not request.content.is_eof()
+
+
+def hold_body(request: web.Request, app: web.Application) -> int:
+    """Hold the declared body's bytes against the process's budget (body_budget.py), before reading it.
+
+    0 for a body of no declared length: it is held once read (`hold_chunked_body`).
+    """
+    length = request.content_length
+    return app[BODY_BUDGET].take(length) if length else 0
+
+
+async def hold_chunked_body(request: web.Request, app: web.Application) -> int:
+    """Hold a body of no declared length (chunked), once read whole: its bytes, or 0 for none."""
+    if not request.body_exists:
+        return 0
+    size = len(await request.read())  # read already: aiohttp returns what it kept
+    return app[BODY_BUDGET].take(size) if size else 0
 
 
 async def read_body(request: web.Request) -> web.Response | None:

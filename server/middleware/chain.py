@@ -14,9 +14,10 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from ..http_protocol import BODY_ROUTES
+from ..keys import BODY_BUDGET
 from .access_log import cancelled_status, finish, open_record
 from .auth import add_key_headers, admit, settle, take_limits
-from .body import body_to_read, close_if_body_unread, read_body
+from .body import body_to_read, close_if_body_unread, hold_body, hold_chunked_body, read_body
 from .connection_cap import over_cap
 from .errors import mark_response_started, render_failure
 from .hook_failure import hook_failed
@@ -31,14 +32,19 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     app = request.app  # read once for the steps: a property of a property, per read
     status = 500
     body_in = False  # the request's body was read or had all come: no reason to close its connection
+    held = 0  # the body's bytes held against the process's budget, given back at the end
     try:
         try:
             response: web.StreamResponse | None = over_cap(request, app)
             if response is None:
                 key = admit(request, record, app)
                 if (request.method, record.route) in BODY_ROUTES:
-                    response = await read_body(request) if body_to_read(request, app) else None
+                    reading = body_to_read(request, app)
+                    held = hold_body(request, app)
+                    response = await read_body(request) if reading else None
                     body_in = response is None
+                    if body_in and not held:
+                        held = await hold_chunked_body(request, app)
                 if response is None:
                     lease = await take_limits(request, key) if key is not None else None
                     try:
@@ -63,6 +69,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = cancelled_status(record)
         raise
     finally:
+        if held:
+            app[BODY_BUDGET].give_back(held)
         finish(request, record, status, started)
 
 

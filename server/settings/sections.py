@@ -22,6 +22,7 @@ MAX_SEND_TIMEOUT = 86400.0
 class ServerSettings(Section):
     backlog: int = Field(gt=0, le=MAX_BACKLOG, description="Connections the kernel queues; at most 2147483647.")
     max_body_bytes: int = Field(gt=0)
+    max_body_bytes_held: int = Field(gt=0)
     cors_origins: tuple[str, ...]
     retry_after: int = Field(ge=0)
     drain_timeout: float = Field(ge=0)

@@ -1,0 +1,116 @@
+"""The request body bytes one process holds at once are bounded (`server.max_body_bytes_held`).
+
+A stream holds its body (its prompt) for as long as it runs; many large bodies at once met only
+the process's memory. Past the budget a body gets 503 `overloaded` with Retry-After, before it is
+read. The gateway runs in-process, on its built-in simulated model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from server.app import create_app
+from tests.conftest import make_settings
+from tests.support.envelope import error_of
+
+Client = TestClient[web.Request, web.Application]
+COMPLETIONS = "/v1/chat/completions"
+
+
+def chat(text: str, *, stream: bool = False) -> bytes:
+    body: dict[str, Any] = {"model": "gpt-4o", "messages": [{"role": "user", "content": text}]}
+    if stream:
+        body["stream"] = True
+    return json.dumps(body).encode()
+
+
+# A stream that runs until its client leaves (tokens 50 ms apart), and a small, quick answer.
+LONG = chat("go on\n#sim tokens=10000 gap_ms=50", stream=True)
+QUICK = chat("hi\n#sim tokens=2")
+JSON = {"Content-Type": "application/json"}
+
+
+async def gateway(aiohttp_client: Callable[..., Any], held: int) -> Client:
+    client: Client = await aiohttp_client(create_app(make_settings(server={"max_body_bytes_held": held})))
+    return client
+
+
+async def chunked(body: bytes) -> AsyncIterator[bytes]:
+    yield body
+
+
+async def test_a_body_past_the_budget_while_another_is_held_gets_503_overloaded(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    client = await gateway(aiohttp_client, held=len(LONG) + len(QUICK) - 1)
+    async with client.post(COMPLETIONS, data=LONG, headers=JSON) as running:
+        await running.content.readline()  # its stream runs: its body is held
+
+        refused = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+        error = await error_of(refused, 503)
+        assert error["code"] == "overloaded"
+        assert refused.headers["Retry-After"] == "5"
+
+
+async def test_a_declared_body_past_the_budget_is_refused_before_it_is_sent(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    # Read first, it would wait for its bytes: a client could hold memory it never had to send.
+    client = await gateway(aiohttp_client, held=len(LONG) + 100)
+    async with client.post(COMPLETIONS, data=LONG, headers=JSON) as running:
+        await running.content.readline()
+        reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+        writer.write(
+            f"POST {COMPLETIONS} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            "Content-Length: 1000\r\n\r\n".encode()
+        )
+        async with asyncio.timeout(5):  # the body's own deadline (15 s) far away
+            head = await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+        assert head.startswith(b"HTTP/1.1 503 ")
+
+
+async def test_a_chunked_body_is_held_too(aiohttp_client: Callable[..., Any]) -> None:
+    client = await gateway(aiohttp_client, held=len(LONG) + len(QUICK) - 1)
+    async with client.post(COMPLETIONS, data=chunked(LONG), headers=JSON) as running:
+        await running.content.readline()
+
+        refused = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+        assert (await error_of(refused, 503))["code"] == "overloaded"
+
+
+async def test_a_body_within_the_budget_beside_a_held_one_is_served(aiohttp_client: Callable[..., Any]) -> None:
+    client = await gateway(aiohttp_client, held=len(LONG) + len(QUICK))
+    async with client.post(COMPLETIONS, data=LONG, headers=JSON) as running:
+        await running.content.readline()
+
+        served = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+        assert served.status == 200
+
+
+async def test_a_bodys_bytes_come_back_when_its_request_ends(aiohttp_client: Callable[..., Any]) -> None:
+    client = await gateway(aiohttp_client, held=len(LONG))
+    for _ in range(3):
+        async with client.post(COMPLETIONS, data=chunked(QUICK), headers=JSON) as answered:
+            assert answered.status == 200
+    async with client.post(COMPLETIONS, data=QUICK + b" " * 10, headers=JSON) as served:
+        assert served.status == 200
+
+
+async def test_one_body_larger_than_the_budget_is_served_when_none_is_held(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    client = await gateway(aiohttp_client, held=10)
+
+    served = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+    assert served.status == 200
