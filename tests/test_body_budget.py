@@ -8,6 +8,7 @@ read. The gateway runs in-process, on its built-in simulated model.
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -114,3 +115,17 @@ async def test_one_body_larger_than_the_budget_is_served_when_none_is_held(
     served = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
 
     assert served.status == 200
+
+
+async def test_an_encoded_body_is_held_as_the_bytes_it_decodes_to(aiohttp_client: Callable[..., Any]) -> None:
+    # Held as its Content-Length, 1 KB of gzip was let in as the 1 MB it decodes to.
+    padded = chat("x" * 100_000 + "\n#sim tokens=2")
+    client = await gateway(aiohttp_client, held=len(LONG) + 10_000)
+    async with client.post(COMPLETIONS, data=LONG, headers=JSON) as running:
+        await running.content.readline()
+
+        refused = await client.post(
+            COMPLETIONS, data=gzip.compress(padded), headers={**JSON, "Content-Encoding": "gzip"}
+        )
+
+        assert (await error_of(refused, 503))["code"] == "overloaded"

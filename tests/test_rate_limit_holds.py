@@ -88,3 +88,16 @@ async def test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_re
     assert error["code"] == "insufficient_quota"
     assert response.headers["x-should-retry"] == "false"
     assert len(calls) == 1
+
+
+async def test_a_spent_quota_is_told_as_such_again_with_rate_limit_holds_on(upstream_app_client: BuildGateway) -> None:
+    # Held like any 429, the next client heard a retryable `rate_limit_exceeded`, and its SDK retried.
+    calls: list[int] = []
+    upstream = limiting(calls, "insufficient_quota", {})
+    gateway = await upstream_app_client(upstream, routing={"breaker_on_rate_limit": True})
+    await error_of(await gateway.post(V1.path, json=V1.body), 429)
+
+    again = await gateway.post(V1.path, json=V1.body)
+
+    assert (await error_of(again, 429))["code"] == "insufficient_quota"
+    assert again.headers["x-should-retry"] == "false"

@@ -1,4 +1,4 @@
-"""A key's stream count across a Redis restart: give-backs count in the epoch their slots were taken in."""
+"""A key's counts across a Redis restart: tokens come back in their epoch; each instance's slots are counted again."""
 
 from __future__ import annotations
 
@@ -116,41 +116,42 @@ async def test_streams_from_before_redis_restarted_empty_free_no_slot_taken_sinc
     assert not (await stream(elsewhere, "key-restart")).allowed
 
 
-async def test_in_one_instance_streams_from_before_an_empty_restart_free_no_slot_taken_since(
+async def test_after_an_empty_restart_an_instances_live_streams_still_count_at_its_next_take(
     make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
-    # The same in the instance that holds both: an old stream's end must not free a new one's slot.
+    # The restart lost the instance's count; its next take sets it again to every slot it holds,
+    # so the key does not run its max_streams again beside the streams still running.
     store = make_store()
     old = await streams(store, "key-restart-here", 2)
     await restart_empty(redis_server, store)
-    await streams(store, "key-restart-here", 2)
+    assert not (await stream(store, "key-restart-here")).allowed
     for slot in old:
         await end(store, "key-restart-here", slot)
-    assert not (await stream(store, "key-restart-here")).allowed
+    await streams(store, "key-restart-here", 2)
 
 
-async def test_a_stream_taken_since_an_empty_restart_frees_its_slot_at_once_while_one_from_before_goes_on(
+async def test_a_stream_from_before_an_empty_restart_frees_its_slot_when_it_ends(
     make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
-    # A give-back that named only its key had its epoch guessed, the oldest first: the new stream's
-    # end went to the old hash, and the key stayed full until the old stream ended too.
+    # Counted again after the restart, it must also leave the count when it ends, whatever its epoch.
     store, one = make_store(), KeyLimits(max_streams=1)
-    assert (await stream(store, "key-restart-new", one)).allowed
+    old = await stream(store, "key-restart-new", one)
+    assert old.allowed
     await restart_empty(redis_server, store)
-    new = await stream(store, "key-restart-new", one)
-    assert new.allowed
-    await end(store, "key-restart-new", new, one)
+    await store.renew_leases()  # the renewal counts it again
+    assert not (await stream(store, "key-restart-new", one)).allowed
+    await end(store, "key-restart-new", old, one)
     assert (await stream(store, "key-restart-new", one)).allowed
 
 
-async def test_after_redis_restarted_empty_the_slots_taken_since_are_freed_when_their_streams_end(
+async def test_after_redis_restarted_empty_every_slot_is_freed_when_its_stream_ends(
     make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
-    # The old streams' ends give nothing back; the new ones' must still, or the key stays full.
     store = make_store()
     old = await streams(store, "key-restart-both", 1)
     await restart_empty(redis_server, store)
-    new = await streams(store, "key-restart-both", 2)
+    new = await streams(store, "key-restart-both", 1)
+    assert not (await stream(store, "key-restart-both")).allowed  # one from before, one since
     for slot in old + new:
         await end(store, "key-restart-both", slot)
     await streams(store, "key-restart-both", 2)
@@ -200,6 +201,21 @@ async def test_a_give_back_after_redis_restarted_with_its_data_frees_the_slot(
     await restart_with_data(redis_server, store)
     await end(store, "key-saved", slots[0])
     assert (await stream(store, "key-saved")).allowed
+
+
+async def test_tokens_reserved_before_redis_restarted_with_its_data_come_back_after_other_takes(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # The hash keeps its epoch through a restart with its data and through every take since.
+    here, elsewhere = make_store(), make_store()
+    limits = KeyLimits(tpm=120)  # two tokens a second refill
+    reserved = await here.take("key-saved-tokens", limits, requests=0, tokens=58, streams=0)
+    await restart_with_data(redis_server, here, elsewhere)
+    assert (await elsewhere.take("key-saved-tokens", limits, requests=0, tokens=1, streams=0)).allowed
+    await here.give_back("key-saved-tokens", limits, tokens=48, streams=0, reservation=reserved)  # used 10
+    usage = await elsewhere.usage("key-saved-tokens", limits)
+    assert usage is not None
+    assert usage.tokens < 30  # 10 and 1 used, less what refilled; 59 when the 48 never came back
 
 
 async def test_a_give_back_owed_while_redis_was_down_frees_nothing_once_it_came_back_empty(

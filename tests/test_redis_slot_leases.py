@@ -130,16 +130,46 @@ async def test_a_renewal_counts_again_the_slots_redis_let_lapse(
     assert not await stream(elsewhere, "key-lapsed")
 
 
-async def test_a_renewal_sets_the_count_to_the_slots_the_instance_holds(
+async def test_a_renewal_never_lowers_the_count_redis_holds(
     make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
 ) -> None:
-    # A count gone wrong (a give-back lost for good) is mended by the next renewal.
+    # Set from a count read before a take on its way landed, it fell below the slots running.
     here, elsewhere = make_store(), make_store()
-    assert await stream(here, "key-mended", TWO_STREAMS)
-    await redis_client.hset("sluice:limit:key-mended", f"s:{instance_of(here)}", 2)
-    assert not await stream(elsewhere, "key-mended", TWO_STREAMS)
+    assert await stream(here, "key-crossed", TWO_STREAMS)
+    await redis_client.hset("sluice:limit:key-crossed", f"s:{instance_of(here)}", 2)  # a take landed meanwhile
     await here.renew_leases()
-    assert await stream(elsewhere, "key-mended", TWO_STREAMS)
+    assert not await stream(elsewhere, "key-crossed", TWO_STREAMS)
+
+
+async def test_a_take_after_a_lapse_counts_every_slot_the_instance_holds(
+    make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
+) -> None:
+    # Whichever lands first after the lapse, the take or the renewal, sets the count whole.
+    here, elsewhere = make_store(), make_store()
+    assert await stream(here, "key-lapsed-take", TWO_STREAMS)
+    await redis_client.hdel("sluice:limit:key-lapsed-take", f"s:{instance_of(here)}", f"x:{instance_of(here)}")
+    assert await stream(here, "key-lapsed-take", TWO_STREAMS)
+    assert not await stream(elsewhere, "key-lapsed-take", TWO_STREAMS)
+
+
+async def test_a_give_back_cancelled_on_its_way_is_given_back_once_redis_answers(
+    make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
+) -> None:
+    # The client left as its stream ended: dropped, the slot stayed held here, and each renewal kept
+    # it counted in Redis for as long as the process lived.
+    here, elsewhere = make_store(), make_store()
+    slot = await here.take("key-cancelled", ONE_STREAM, requests=1, tokens=0, streams=1)
+    with stalled(redis_server):
+        giving = asyncio.create_task(here.give_back("key-cancelled", ONE_STREAM, tokens=0, streams=1, slot=slot))
+        await asyncio.sleep(0)  # the give-back is on its way to the stalled Redis
+        giving.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await giving
+    settling = here._settling
+    assert settling is not None
+    await asyncio.wait_for(settling, OWED_BOUND)
+    await here.renew_leases()
+    assert await stream(elsewhere, "key-cancelled")
 
 
 async def test_a_refused_take_is_not_counted_by_the_next_renewal(make_store: Callable[..., RedisLimitStore]) -> None:

@@ -55,14 +55,18 @@ def body_to_read(request: web.Request, app: web.Application | None = None) -> bo
 def hold_body(request: web.Request, app: web.Application) -> int:
     """Hold the declared body's bytes against the process's budget (body_budget.py), before reading it.
 
-    0 for a body of no declared length: it is held once read (`hold_chunked_body`).
+    0 for a body of no declared length (chunked), or an encoded one, whose declared length is not
+    what is held (1 KB of gzip is held as the 1 MB it decodes to): either is held once read
+    (`hold_read_body`).
     """
     length = request.content_length
-    return app[BODY_BUDGET].take(length) if length else 0
+    if not length or hdrs.CONTENT_ENCODING in request.headers:
+        return 0
+    return app[BODY_BUDGET].take(length)
 
 
-async def hold_chunked_body(request: web.Request, app: web.Application) -> int:
-    """Hold a body of no declared length (chunked), once read whole: its bytes, or 0 for none."""
+async def hold_read_body(request: web.Request, app: web.Application) -> int:
+    """Hold a chunked or encoded body, once read whole (decoded): its bytes, or 0 for none."""
     if not request.body_exists:
         return 0
     size = len(await request.read())  # read already: aiohttp returns what it kept

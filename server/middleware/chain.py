@@ -17,7 +17,7 @@ from ..http_protocol import BODY_ROUTES
 from ..keys import BODY_BUDGET
 from .access_log import cancelled_status, finish, open_record
 from .auth import add_key_headers, admit, settle, take_limits
-from .body import body_to_read, close_if_body_unread, hold_body, hold_chunked_body, read_body
+from .body import body_to_read, close_if_body_unread, hold_body, hold_read_body, read_body
 from .connection_cap import over_cap
 from .errors import mark_response_started, render_failure
 from .hook_failure import hook_failed
@@ -44,7 +44,7 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                     response = await read_body(request) if reading else None
                     body_in = response is None
                     if body_in and not held:
-                        held = await hold_chunked_body(request, app)
+                        held = await hold_read_body(request, app)
                 if response is None:
                     lease = await take_limits(request, key) if key is not None else None
                     try:

@@ -132,9 +132,9 @@ class RedisLimitStore:
         # random id each, ~0.85 µs, and as unique: 64 random bits per process).
         self._id_prefix = secrets.token_hex(8) + "-"
         self._ids = itertools.count()
-        # Per key: the stream slots this process may hold in Redis, which its lease renews (`_renew_leases`).
-        # Counted from a take's sending and until its give-back (or undo) is seen to reach Redis, so a
-        # renewal racing either says one slot too many for a while, never one too few.
+        # Per key: the stream slots this process may hold in Redis, which its lease renews (`_renew_leases`),
+        # and which a lapsed count is set to again. Counted from a take's sending until its give-back
+        # (or undo) is seen to reach Redis: a count set again while either is on its way errs high.
         self._slots: dict[str, int] = {}
         self._renewing: asyncio.Task[None] | None = None
 
@@ -175,13 +175,15 @@ class RedisLimitStore:
                     tokens=tokens,
                     streams=streams,
                     take_id=take_id,
+                    held=self._slots.get(name, 0),
                 )
             except LimitsUnavailableError:
                 # Redis may have taken before its reply was lost: counted here or refused, the
                 # request must not also hold its share in Redis.
                 self._owe(take_id, _Undo(name, limits, requests, tokens, streams))
-            except asyncio.CancelledError:
-                # The request left (a client gone) while its take was on its way: Redis may run it.
+            except BaseException:
+                # The request left (a client gone) while its take was on its way, or the take failed
+                # for a bug: Redis may run it, and the slot stays held here until the undo lands.
                 self._owe(take_id, _Undo(name, limits, requests, tokens, streams))
                 raise
             else:
@@ -247,6 +249,12 @@ class RedisLimitStore:
             )
         except LimitsUnavailableError:
             self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams, tokens_epoch, streams_epoch))
+        except BaseException:
+            # Cancelled on its way (a client that left as its stream ended, the process stopping), or
+            # failed for a bug: owed as if Redis were away. Dropped, its slot stayed held here, and
+            # every renewal kept it counted in Redis for as long as this process lived.
+            self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams, tokens_epoch, streams_epoch))
+            raise
         else:
             if streams:
                 self._hold(name, -streams)
@@ -272,18 +280,19 @@ class RedisLimitStore:
                 log.exception("limits_lease_renewal_failed")
 
     async def renew_leases(self) -> None:
-        """Tell Redis the stream slots this process holds per key, and renew its lease on them; once.
+        """Renew this process's lease on the stream slots it holds, per key; once.
 
-        Setting the count (rather than adding to it) also mends it: slots Redis let lapse while this
-        process could not reach it (or was frozen) are counted again, and a give-back or undo that
-        was lost or applied twice is corrected. A key whose count fell to 0 is withdrawn, then
-        forgotten here. Raises LimitsUnavailableError.
+        A count Redis holds is left as it is: set from here, a renewal that crossed a take on its way
+        lowered it, and more than `max_streams` ran. Only a count Redis let lapse (this process could
+        not reach it for a lease, or was frozen; or Redis restarted empty) is set again, to the slots
+        held here; a take that lands first does the same (limits.py). A key none of whose slots are
+        held is forgotten here: its last give-back took its count out of Redis. Raises
+        LimitsUnavailableError.
         """
-        held = list(self._slots.items())
-        await self._buckets.renew(held)
-        for name, streams in held:
-            if streams <= 0 and self._slots.get(name) == streams:
-                del self._slots[name]
+        for name in [name for name, streams in self._slots.items() if streams <= 0]:
+            del self._slots[name]
+        if self._slots:
+            await self._buckets.renew(list(self._slots.items()))
 
     def _new_id(self) -> str:
         """An id no other take or give-back has, in this process or any other: a random prefix and a count."""

@@ -9,11 +9,15 @@ changes nothing, and keeps nothing alive), or after the last renewal of a lease 
 Stream slots are counted per instance, under a lease: field `s:<instance>` counts the key's slots an
 instance holds, `x:<instance>` is when its lease lapses (Redis time). A take that asks for a slot
 counts the live leases' slots, deletes the lapsed ones, and renews its own instance's lease; each
-instance also renews its leases every third of `redis.slot_lease_seconds`, setting its count to the
-slots it holds (limit_store.py). So an instance that died (SIGKILL, a lost node) holds its slots for
-at most a lease, where one shared count kept them for as long as the key was in use, and a key at
-its `max_streams` was refused everywhere for good. Field `s` is the shared count of instances from
-before leases: still counted, so a rolling upgrade never runs more than `max_streams` at once.
+instance also renews its leases every third of `redis.slot_lease_seconds` (limit_store.py). So an
+instance that died (SIGKILL, a lost node) holds its slots for at most a lease, where one shared
+count kept them for as long as the key was in use, and a key at its `max_streams` was refused
+everywhere for good. A count that lapsed while its instance lives (cut off from Redis, or frozen,
+for a lease) comes back whole with the instance's next renewal or take, whichever lands first.
+Field `s` is the one shared count of instances from before leases: these instances count it, but
+those do not count the leased ones, so during a rolling upgrade the older instances may admit more
+than `max_streams`; and a slot an older instance left there is never swept (delete field `s` of
+`<prefix>:limit:*` once the upgrade is done).
 
 A give-back carries an id, and the script applies an id once. When Redis ran a give-back but its
 reply was lost (a timeout, a dropped connection), the caller cannot tell, and sends it again once
@@ -34,15 +38,16 @@ and takes nothing. An undo later than `TAKEN_SECONDS` after its take finds no re
 back nothing: the take then stays until the key's hash expires, as before.
 
 A key's hash has an epoch: Redis's time, in microseconds, when a take made it (field `e`). A take
-returns it, and a give-back carries the epoch of each part it gives back (a request's stream slot
-and its tokens are two takes); a part from another epoch, or finding no hash, gives nothing. Redis
-restarted empty (run without persistence, as advised) while streams were live, their give-backs
-came to a hash that new takes had made and that never counted them: its stream count fell below
-its live streams for as long as the old ones ended (more than `max_streams` ran at once), and
-tokens came back that it never lent. A hash that expired after its idle hour and was made again is
-a new epoch too; one Redis restarted with (RDB, AOF) keeps its epoch, and give-backs count there
-as before. An undo needs none: its take's record lives `TAKEN_SECONDS`, less than the hash lives
-after that take, and an empty Redis lost both.
+returns it, and a give-back carries the epoch of the tokens it gives back; tokens from another
+epoch, or finding no hash, give nothing: Redis restarted empty (run without persistence, as
+advised), the tokens of requests from before came back to a bucket that never lent them. Stream
+slots need no epoch: each instance's count holds only the slots it runs, an empty restart lost it
+whole, and the instance's next take or renewal sets it again to every slot it still holds (the
+streams from before the restart too, which still run), so a slot leaves it whatever the epoch. A
+hash that expired after its idle hour and was made again is a new epoch too; one Redis restarted
+with (RDB, AOF) keeps its epoch, and give-backs count there as before. An undo needs none: its
+take's record lives `TAKEN_SECONDS`, less than the hash lives after that take, and an empty Redis
+lost both.
 
 Redis down raises LimitsUnavailableError; what to do then (`[redis] fail_open`) is the caller's.
 """
@@ -103,7 +108,8 @@ end
 
 # KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
 # ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
-# the id's, the instance, its slot lease's seconds. Returns {exceeded ('' when allowed; 'undone' for
+# the id's, the instance, its slot lease's seconds, the slots the instance holds of the key (this
+# take's included). Returns {exceeded ('' when allowed; 'undone' for
 # an id undone already, a reply no one reads), requests level, tokens level, retry after, the key's
 # live streams (0 unless it asked for a slot), the hash's epoch ('0' when refused)}.
 _TAKE = (
@@ -115,6 +121,10 @@ local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber
     + _READ_BUCKETS
     + """local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
 local s = streams > 0 and live_streams(true) or 0
+-- This instance's count lapsed (swept, or Redis restarted empty): it comes back as every slot the
+-- instance holds (ARGV[11], this one included), not as this one alone.
+local lapsed = streams > 0 and redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[9]) == 0
+local adding = lapsed and math.max(streams, tonumber(ARGV[11])) or streams
 local exceeded, retry, epoch = '', 0, '0'
 -- A take over the whole tpm goes on a full bucket (see Lease.reserve): waiting for all of it, it never would.
 local wanted = math.min(tokens, tpm)
@@ -122,7 +132,7 @@ if rpm > 0 and rl < requests then
   exceeded, retry = 'requests', (requests - rl) * 60 / rpm
 elseif tpm > 0 and tokens > 0 and tl < wanted then
   exceeded, retry = 'tokens', (wanted - tl) * 60 / tpm
-elseif max_streams > 0 and streams > 0 and s + streams > max_streams then
+elseif max_streams > 0 and streams > 0 and s + adding > max_streams then
   exceeded, retry = 'streams', 1
 end
 if exceeded == '' then
@@ -135,8 +145,8 @@ if exceeded == '' then
   -- retrying on 429) keeps nothing alive.
   redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 'e', epoch)
   if streams > 0 then
-    s = s + streams
-    redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], streams)
+    s = s + adding
+    redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], adding)
     redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))
   end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
@@ -146,17 +156,18 @@ return {exceeded, tostring(rl), tostring(tl), tostring(retry), s, epoch}
 )
 
 # KEYS[1]: the key's hash, KEYS[2]: the give-back's id. ARGV: tpm, tokens to return (negative: charge
-# more), streams to release, the hash's idle seconds, the id's, the epoch the streams were taken in,
-# the tokens', the instance whose count the streams leave. Each part counts only in its epoch (a
-# restart between a request's two takes parts them). Returns 2 for an id already applied, 0 when
-# neither part's epoch is the hash's (or none is).
+# more), streams to release, the hash's idle seconds, the id's, the epoch the streams were taken in
+# (unused: see the module's doc), the tokens', the instance whose count the streams leave. Tokens
+# count only in their epoch. Returns 2 for an id already applied, 0 when there is nothing to give.
 _GIVE_BACK = (
     _RELEASE_SLOTS
     + """
 if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end
 local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 'e')
 local tokens = h[3] == ARGV[7] and tonumber(ARGV[2]) or 0
-local streams = h[3] == ARGV[6] and tonumber(ARGV[3]) or 0
+-- Slots leave the instance's own count whatever the epoch: that count holds only what the instance
+-- runs (an empty restart lost it, and its next take or renewal set it again to the slots it holds).
+local streams = tonumber(ARGV[3])
 if tokens == 0 and streams == 0 then return 0 end
 local tpm = tonumber(ARGV[1])
 local t = redis.call('TIME')
@@ -208,18 +219,19 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 )
 
 
-# KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds, its
-# lease's seconds, the hash's idle seconds. Sets the instance's count, and its lease from now; with
-# none held, deletes both. Keeps the hash alive while slots are held (a stream may outlast its hour).
+# KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds (more than
+# 0), its lease's seconds, the hash's idle seconds. Renews the instance's lease from now. Its count is
+# set only when Redis let it lapse: one Redis holds is its takes' and give-backs', and set from a
+# count read before a take on its way landed, it fell below the slots running. Keeps the hash alive
+# while slots are held (a stream may outlast its hour).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if tonumber(ARGV[2]) > 0 then
-  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))
-  redis.call('EXPIRE', KEYS[1], ARGV[4])
-else
-  redis.call('HDEL', KEYS[1], 's:' .. ARGV[1], 'x:' .. ARGV[1])
+if redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then
+  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])
 end
+redis.call('HSET', KEYS[1], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))
+redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
 
@@ -277,23 +289,17 @@ class RedisLimitBuckets:
         tokens: int,
         streams: int,
         take_id: str,
+        held: int = 0,
     ) -> Take:
         """Take the amounts if every limit allows them all; else take nothing and say which refused.
 
-        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it.
+        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it. `held`:
+        the key's slots this instance holds, this take's included (what a lapsed count comes back as).
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
         args = [
-            rpm,
-            tpm,
-            max_streams,
-            requests,
-            tokens,
-            streams,
-            IDLE_SECONDS,
-            TAKEN_SECONDS,
-            self.instance,
-            self._slot_lease,
+            *(rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS, TAKEN_SECONDS),
+            *(self.instance, self._slot_lease, held),
         ]
         reply: Any = await self._run(self._take, keys, args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -344,9 +350,9 @@ class RedisLimitBuckets:
         return float(reply[0]), float(reply[1]), int(reply[2])
 
     async def renew(self, held: Iterable[tuple[str, int]]) -> None:
-        """Say, for each key, how many stream slots this instance holds, and renew its lease on them.
+        """Renew this instance's lease on each key's stream slots, saying how many it holds (more than 0).
 
-        One round trip for all of them. A count of 0 withdraws the instance from that key's hash.
+        One pipeline for all of them; the count is set only where Redis let it lapse (`_RENEW`).
         """
         pipe = self._link.client.pipeline(transaction=False)
         for name, streams in held:

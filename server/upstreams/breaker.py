@@ -38,7 +38,7 @@ from dataclasses import dataclass, replace
 from enum import IntEnum, StrEnum
 from typing import Protocol
 
-from ..errors import UpstreamError
+from ..errors import NEVER_RETRIED_CODES, UpstreamError
 from .backoff import RATE_LIMIT_SPACING, tries_next_candidate
 from .failures import MAX_RETRY_AFTER_SECONDS
 
@@ -359,7 +359,9 @@ class Breakers:
         the upstream, a 5xx nothing about the pair's rate limit, a 429 nothing about the upstream.
         """
         counted: str | None = None
-        if error.reason == "429":
+        if error.code in NEVER_RETRIED_CODES:
+            pass  # a spent quota: held, every client would hear a retryable rate limit instead
+        elif error.reason == "429":
             counted = _pair(upstream, model)
             await self.failed(counted, retry_after=error.retry_after, rate_limited=True)
         elif tries_next_candidate(error):
