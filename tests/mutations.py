@@ -6739,21 +6739,6 @@ BREAKS += [
 
 BREAKS += [
     Break(
-        "a renewal sets a count Redis holds",
-        "server/shared/limits.py",
-        "if redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n"
-        "  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])\n",
-        "if true then\n  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])\n",
-        (f"{SLOT_LEASES}::test_a_renewal_never_lowers_the_count_redis_holds",),
-    ),
-    Break(
-        "a take after a lapse counts only itself",
-        "server/shared/limits.py",
-        "local adding = lapsed and math.max(streams, tonumber(ARGV[11])) or streams\n",
-        "local adding = streams\n",
-        (f"{SLOT_LEASES}::test_a_take_after_a_lapse_counts_every_slot_the_instance_holds",),
-    ),
-    Break(
         "a give-back cancelled on its way is dropped",
         "server/shared/limit_store.py",
         "        except BaseException:\n            # Cancelled on its way",
@@ -6780,6 +6765,52 @@ BREAKS += [
         "        if error.code in NEVER_RETRIED_CODES:\n            pass",
         "        if False:\n            pass",
         ("tests/test_rate_limit_holds.py::test_a_spent_quota_is_told_as_such_again_with_rate_limit_holds_on",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a renewal sets the count while a take of the key is on its way",
+        "server/shared/limits.py",
+        "if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
+        "if true then\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_no_count_while_a_take_of_the_key_is_on_its_way",),
+    ),
+    Break(
+        "a renewal sets only a lapsed count",
+        "server/shared/limits.py",
+        "if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
+        "if redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
+    ),
+    Break(
+        "a take on its way is not noted",
+        "server/shared/limit_store.py",
+        "                self._hold(name, streams)\n                self._sending(name, 1)\n",
+        "                self._hold(name, streams)\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
+    ),
+    Break(
+        "a key stays noted as on its way after a give-back",
+        "server/shared/limit_store.py",
+        "        finally:\n            if streams:\n                self._sending(name, -1)\n",
+        "        finally:\n            pass\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
+    ),
+    Break(
+        "a key stays noted as on its way after a take",
+        "server/shared/limit_store.py",
+        "            finally:\n                if streams:\n                    self._sending(name, -1)\n",
+        "            finally:\n                pass\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
+    ),
+    Break(
+        "a debt failing for a bug holds back the others",
+        "server/shared/limit_store.py",
+        "                    self._owed[debt_id] = self._owed.pop(debt_id)\n",
+        "                    pass\n",
+        (f"{SLOT_LEASES}::test_a_debt_that_keeps_failing_does_not_hold_back_the_others",),
     ),
 ]
 

@@ -116,14 +116,15 @@ async def test_streams_from_before_redis_restarted_empty_free_no_slot_taken_sinc
     assert not (await stream(elsewhere, "key-restart")).allowed
 
 
-async def test_after_an_empty_restart_an_instances_live_streams_still_count_at_its_next_take(
+async def test_after_an_empty_restart_an_instances_live_streams_count_again_at_its_next_renewal(
     make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
-    # The restart lost the instance's count; its next take sets it again to every slot it holds,
+    # The restart lost the instance's count; its next renewal sets it again to every slot it holds,
     # so the key does not run its max_streams again beside the streams still running.
     store = make_store()
     old = await streams(store, "key-restart-here", 2)
     await restart_empty(redis_server, store)
+    await store.renew_leases()
     assert not (await stream(store, "key-restart-here")).allowed
     for slot in old:
         await end(store, "key-restart-here", slot)
@@ -150,6 +151,7 @@ async def test_after_redis_restarted_empty_every_slot_is_freed_when_its_stream_e
     store = make_store()
     old = await streams(store, "key-restart-both", 1)
     await restart_empty(redis_server, store)
+    await store.renew_leases()
     new = await streams(store, "key-restart-both", 1)
     assert not (await stream(store, "key-restart-both")).allowed  # one from before, one since
     for slot in old + new:

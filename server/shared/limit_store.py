@@ -132,10 +132,13 @@ class RedisLimitStore:
         # random id each, ~0.85 µs, and as unique: 64 random bits per process).
         self._id_prefix = secrets.token_hex(8) + "-"
         self._ids = itertools.count()
-        # Per key: the stream slots this process may hold in Redis, which its lease renews (`_renew_leases`),
-        # and which a lapsed count is set to again. Counted from a take's sending until its give-back
-        # (or undo) is seen to reach Redis: a count set again while either is on its way errs high.
+        # Per key: the stream slots this process may hold in Redis, which its lease renews and its count
+        # is set to (`renew_leases`). Counted from a take's sending until its give-back (or undo) is seen
+        # to reach Redis.
         self._slots: dict[str, int] = {}
+        # Per key: takes and give-backs of its slots sent and not answered yet. A renewal sets no count
+        # while one is on its way: the count could not tell whether it landed before the renewal.
+        self._on_the_way: dict[str, int] = {}
         self._renewing: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
@@ -165,6 +168,7 @@ class RedisLimitStore:
             take_id = self._new_id()
             if streams:
                 self._hold(name, streams)
+                self._sending(name, 1)
             try:
                 taken = await self._buckets.take(
                     name,
@@ -175,7 +179,6 @@ class RedisLimitStore:
                     tokens=tokens,
                     streams=streams,
                     take_id=take_id,
-                    held=self._slots.get(name, 0),
                 )
             except LimitsUnavailableError:
                 # Redis may have taken before its reply was lost: counted here or refused, the
@@ -199,6 +202,9 @@ class RedisLimitStore:
                     retry_after=taken.retry_after,
                     epoch=taken.epoch,
                 )
+            finally:
+                if streams:
+                    self._sending(name, -1)
         if not self._fail_open and (limits.rpm or limits.tpm or limits.max_streams):
             # Fail closed protects limits; a key with none has nothing to protect, and is served.
             raise ServiceUnavailableError(
@@ -237,6 +243,8 @@ class RedisLimitStore:
         tokens, streams = tokens if tokens_epoch else 0, streams if streams_epoch else 0
         # Names this give-back in Redis, which applies it once however often it is sent (`_settle_when_up`).
         give_back_id = self._new_id()
+        if streams:
+            self._sending(name, 1)
         try:
             await self._buckets.give_back(
                 name,
@@ -258,6 +266,17 @@ class RedisLimitStore:
         else:
             if streams:
                 self._hold(name, -streams)
+        finally:
+            if streams:
+                self._sending(name, -1)
+
+    def _sending(self, name: str, change: int) -> None:
+        """Count a take or give-back of `name`'s slots as on its way to Redis (1), or landed (-1)."""
+        count = self._on_the_way.get(name, 0) + change
+        if count:
+            self._on_the_way[name] = count
+        else:
+            del self._on_the_way[name]
 
     def _hold(self, name: str, streams: int) -> None:
         """Count `streams` more (or fewer) slots of `name` as held by this process in Redis, under its lease."""
@@ -280,19 +299,21 @@ class RedisLimitStore:
                 log.exception("limits_lease_renewal_failed")
 
     async def renew_leases(self) -> None:
-        """Renew this process's lease on the stream slots it holds, per key; once.
+        """Renew this process's lease on the stream slots it holds, per key, and set their count; once.
 
-        A count Redis holds is left as it is: set from here, a renewal that crossed a take on its way
-        lowered it, and more than `max_streams` ran. Only a count Redis let lapse (this process could
-        not reach it for a lease, or was frozen; or Redis restarted empty) is set again, to the slots
-        held here; a take that lands first does the same (limits.py). A key none of whose slots are
-        held is forgotten here: its last give-back took its count out of Redis. Raises
+        Setting the count mends it: slots Redis let lapse (this process could not reach it for a
+        lease, or was frozen; Redis restarted empty) are counted again, and a count a give-back or
+        undo left wrong is corrected. Not while a take or give-back of the key is on its way: the
+        count read here could not tell whether it landed first (a lapsed count is set even then).
+        A key none of whose slots are held is forgotten here, not withdrawn: a withdrawal crossing a
+        take on its way would lose it, and what is left lapses with the lease. Raises
         LimitsUnavailableError.
         """
         for name in [name for name, streams in self._slots.items() if streams <= 0]:
             del self._slots[name]
         if self._slots:
-            await self._buckets.renew(list(self._slots.items()))
+            on_the_way = self._on_the_way
+            await self._buckets.renew([(name, held, name not in on_the_way) for name, held in self._slots.items()])
 
     def _new_id(self) -> str:
         """An id no other take or give-back has, in this process or any other: a random prefix and a count."""
@@ -316,8 +337,10 @@ class RedisLimitStore:
                 except LimitsUnavailableError:
                     break  # gone again: the rest waits for it too, not a timeout each
                 except Exception:
-                    # A bug (a script error, an ACL): said, and kept for a later try, never dropped.
+                    # A bug (a script error, an ACL): said, and kept for a later try, never dropped;
+                    # behind the others, so one that keeps failing does not hold them all back.
                     log.exception("limits_owed_failed")
+                    self._owed[debt_id] = self._owed.pop(debt_id)
                     await asyncio.sleep(pause)  # a retry pace, not a synchronisation
                     pause = min(OWED_BACKOFF_MAX, pause * 2)
                     break

@@ -12,8 +12,9 @@ counts the live leases' slots, deletes the lapsed ones, and renews its own insta
 instance also renews its leases every third of `redis.slot_lease_seconds` (limit_store.py). So an
 instance that died (SIGKILL, a lost node) holds its slots for at most a lease, where one shared
 count kept them for as long as the key was in use, and a key at its `max_streams` was refused
-everywhere for good. A count that lapsed while its instance lives (cut off from Redis, or frozen,
-for a lease) comes back whole with the instance's next renewal or take, whichever lands first.
+everywhere for good. Each renewal also sets the instance's count to the slots it holds, unless a
+take or give-back of the key is on its way: that mends a count a lost give-back left wrong, and
+brings back one that lapsed while its instance lives (cut off from Redis, or frozen, for a lease).
 Field `s` is the one shared count of instances from before leases: these instances count it, but
 those do not count the leased ones, so during a rolling upgrade the older instances may admit more
 than `max_streams`; and a slot an older instance left there is never swept (delete field `s` of
@@ -42,8 +43,8 @@ returns it, and a give-back carries the epoch of the tokens it gives back; token
 epoch, or finding no hash, give nothing: Redis restarted empty (run without persistence, as
 advised), the tokens of requests from before came back to a bucket that never lent them. Stream
 slots need no epoch: each instance's count holds only the slots it runs, an empty restart lost it
-whole, and the instance's next take or renewal sets it again to every slot it still holds (the
-streams from before the restart too, which still run), so a slot leaves it whatever the epoch. A
+whole, and the instance's next renewal sets it again to every slot it still holds (the streams from
+before the restart too, which still run), so a slot leaves it whatever the epoch. A
 hash that expired after its idle hour and was made again is a new epoch too; one Redis restarted
 with (RDB, AOF) keeps its epoch, and give-backs count there as before. An undo needs none: its
 take's record lives `TAKEN_SECONDS`, less than the hash lives after that take, and an empty Redis
@@ -58,6 +59,8 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
+
+from redis.exceptions import NoScriptError
 
 from .link import UNREACHABLE, RedisLink
 
@@ -108,8 +111,7 @@ end
 
 # KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
 # ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
-# the id's, the instance, its slot lease's seconds, the slots the instance holds of the key (this
-# take's included). Returns {exceeded ('' when allowed; 'undone' for
+# the id's, the instance, its slot lease's seconds. Returns {exceeded ('' when allowed; 'undone' for
 # an id undone already, a reply no one reads), requests level, tokens level, retry after, the key's
 # live streams (0 unless it asked for a slot), the hash's epoch ('0' when refused)}.
 _TAKE = (
@@ -121,10 +123,6 @@ local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber
     + _READ_BUCKETS
     + """local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
 local s = streams > 0 and live_streams(true) or 0
--- This instance's count lapsed (swept, or Redis restarted empty): it comes back as every slot the
--- instance holds (ARGV[11], this one included), not as this one alone.
-local lapsed = streams > 0 and redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[9]) == 0
-local adding = lapsed and math.max(streams, tonumber(ARGV[11])) or streams
 local exceeded, retry, epoch = '', 0, '0'
 -- A take over the whole tpm goes on a full bucket (see Lease.reserve): waiting for all of it, it never would.
 local wanted = math.min(tokens, tpm)
@@ -132,7 +130,7 @@ if rpm > 0 and rl < requests then
   exceeded, retry = 'requests', (requests - rl) * 60 / rpm
 elseif tpm > 0 and tokens > 0 and tl < wanted then
   exceeded, retry = 'tokens', (wanted - tl) * 60 / tpm
-elseif max_streams > 0 and streams > 0 and s + adding > max_streams then
+elseif max_streams > 0 and streams > 0 and s + streams > max_streams then
   exceeded, retry = 'streams', 1
 end
 if exceeded == '' then
@@ -145,8 +143,8 @@ if exceeded == '' then
   -- retrying on 429) keeps nothing alive.
   redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 'e', epoch)
   if streams > 0 then
-    s = s + adding
-    redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], adding)
+    s = s + streams
+    redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], streams)
     redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))
   end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
@@ -166,7 +164,7 @@ if not redis.call('SET', KEYS[2], '1', 'NX', 'EX', ARGV[5]) then return 2 end
 local h = redis.call('HMGET', KEYS[1], 'tl', 'ta', 'e')
 local tokens = h[3] == ARGV[7] and tonumber(ARGV[2]) or 0
 -- Slots leave the instance's own count whatever the epoch: that count holds only what the instance
--- runs (an empty restart lost it, and its next take or renewal set it again to the slots it holds).
+-- runs (an empty restart lost it, and its next renewal sets it again to the slots it holds).
 local streams = tonumber(ARGV[3])
 if tokens == 0 and streams == 0 then return 0 end
 local tpm = tonumber(ARGV[1])
@@ -220,14 +218,14 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 
 # KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds (more than
-# 0), its lease's seconds, the hash's idle seconds. Renews the instance's lease from now. Its count is
-# set only when Redis let it lapse: one Redis holds is its takes' and give-backs', and set from a
-# count read before a take on its way landed, it fell below the slots running. Keeps the hash alive
-# while slots are held (a stream may outlast its hour).
+# 0), its lease's seconds, the hash's idle seconds, '1' to set the count ('0': a take or give-back of
+# the key is on its way, whose landing the count could not tell: only a lapsed count is set then).
+# Renews the instance's lease from now. Keeps the hash alive while slots are held (a stream may
+# outlast its hour).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then
+if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then
   redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))
@@ -289,17 +287,15 @@ class RedisLimitBuckets:
         tokens: int,
         streams: int,
         take_id: str,
-        held: int = 0,
     ) -> Take:
         """Take the amounts if every limit allows them all; else take nothing and say which refused.
 
-        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it. `held`:
-        the key's slots this instance holds, this take's included (what a lapsed count comes back as).
+        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it.
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
         args = [
             *(rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS, TAKEN_SECONDS),
-            *(self.instance, self._slot_lease, held),
+            *(self.instance, self._slot_lease),
         ]
         reply: Any = await self._run(self._take, keys, args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -349,17 +345,35 @@ class RedisLimitBuckets:
         reply: Any = await self._run(self._usage, [self._prefix + name], [rpm, tpm])
         return float(reply[0]), float(reply[1]), int(reply[2])
 
-    async def renew(self, held: Iterable[tuple[str, int]]) -> None:
-        """Renew this instance's lease on each key's stream slots, saying how many it holds (more than 0).
+    async def renew(self, held: Iterable[tuple[str, int, bool]]) -> None:
+        """Renew this instance's lease on each key's stream slots: (key, slots held, whether to set the count).
 
-        One pipeline for all of them; the count is set only where Redis let it lapse (`_RENEW`).
+        One pipeline for all of them, sent at once: the script by its hash, not after the extra round
+        trip in which redis-py's pipeline asks whether Redis has it (a take landing meanwhile made
+        the count set stale). Loaded and sent again when Redis has not the script (a restart).
         """
-        pipe = self._link.client.pipeline(transaction=False)
-        for name, streams in held:
-            args: list[str | int | float] = [self.instance, streams, self._slot_lease, IDLE_SECONDS]
-            await self._renew(keys=[self._prefix + name], args=args, client=pipe)
+        commands = [
+            (self._prefix + name, self.instance, streams, self._slot_lease, IDLE_SECONDS, "1" if settable else "0")
+            for name, streams, settable in held
+        ]
+        for attempt in range(2):
+            pipe = self._link.client.pipeline(transaction=False)
+            for command in commands:
+                pipe.evalsha(self._renew.sha, 1, *command)
+            try:
+                await pipe.execute()
+                return
+            except NoScriptError:
+                if attempt:
+                    raise
+                await self._run_load()
+            except UNREACHABLE as exc:
+                self._link.failed(exc)
+                raise LimitsUnavailableError("Redis is unreachable") from None
+
+    async def _run_load(self) -> None:
         try:
-            await pipe.execute()
+            await self._link.client.script_load(_RENEW)
         except UNREACHABLE as exc:
             self._link.failed(exc)
             raise LimitsUnavailableError("Redis is unreachable") from None
