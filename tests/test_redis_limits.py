@@ -168,12 +168,13 @@ def stalled(redis_server: RedisServer) -> Iterator[None]:
 async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisLimitStore]]:
     """Limit stores on links of their own (with their health loops), as instances have; closed after.
 
-    `fail_open=False` makes one that refuses 503 while Redis is unreachable.
+    Other `redis` settings as keywords: `fail_open=False` makes one that refuses 503 while Redis is
+    unreachable; `slot_lease_seconds` sets its leases on stream slots.
     """
     made: list[tuple[RedisLink, RedisLimitStore]] = []
 
-    def make(*, fail_open: bool = True) -> RedisLimitStore:
-        link = RedisLink(make_settings(redis={"url": redis_server.url, "fail_open": fail_open}).redis)
+    def make(**redis: Any) -> RedisLimitStore:
+        link = RedisLink(make_settings(redis={"url": redis_server.url, **redis}).redis)
         link.start()
         store = RedisLimitStore(link, retry_after=1)
         made.append((link, store))

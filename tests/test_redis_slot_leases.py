@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import aiohttp
@@ -14,45 +14,17 @@ import redis.asyncio as aioredis
 from server.auth.limits import KeyLimits
 from server.shared.limit_store import RedisLimitStore
 from server.shared.limits import IDLE_SECONDS, RedisLimitBuckets
-from server.shared.link import RedisLink
-from tests.conftest import make_settings
 from tests.support.processes import Simulator
 from tests.support.security import KEY_STREAMS, bearer, start_keyed_gateway
 from tests.support.servers import RedisServer
-from tests.test_redis_limits import make_buckets, one_request, stalled
+from tests.test_redis_limits import make_buckets, make_store, one_request, stalled
+from tests.test_redis_refusals import redis_client
 
-__all__ = ["make_buckets"]  # a fixture, used by name
+__all__ = ["make_buckets", "make_store", "redis_client"]  # fixtures, used by name
 
 ONE_STREAM = KeyLimits(max_streams=1)
 TWO_STREAMS = KeyLimits(max_streams=2)
 OWED_BOUND = 15.0  # seconds; a command gives up after 2, the health loop pings every 0.25
-
-
-@pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
-    """A plain client, to look at or change a key's hash as Redis holds it."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def make_store(redis_server: RedisServer) -> AsyncIterator[Callable[..., RedisLimitStore]]:
-    """Limit stores on links of their own (health loops started), with `slot_lease` seconds; closed after."""
-    made: list[tuple[RedisLink, RedisLimitStore]] = []
-
-    def make(*, slot_lease: float = 30.0) -> RedisLimitStore:
-        settings = make_settings(redis={"url": redis_server.url, "slot_lease_seconds": slot_lease})
-        link = RedisLink(settings.redis)
-        link.start()
-        store = RedisLimitStore(link, retry_after=1)
-        made.append((link, store))
-        return store
-
-    yield make
-    for link, store in made:
-        await store.close()
-        await link.close()
 
 
 def instance_of(store: RedisLimitStore) -> str:
@@ -109,7 +81,7 @@ async def test_an_instance_renewing_its_lease_keeps_its_slot_past_the_lease(
     make_store: Callable[..., RedisLimitStore], redis_client: aioredis.Redis
 ) -> None:
     lease = 0.6
-    here, elsewhere = make_store(slot_lease=lease), make_store(slot_lease=lease)
+    here, elsewhere = make_store(slot_lease_seconds=lease), make_store(slot_lease_seconds=lease)
     assert await stream(here, "key-renewed")
     field = f"x:{instance_of(here)}"
     first_lapse = float(await redis_client.hget("sluice:limit:key-renewed", field) or 0)
@@ -165,7 +137,8 @@ async def test_a_give_back_cancelled_on_its_way_is_given_back_once_redis_answers
     slot = await here.take("key-cancelled", ONE_STREAM, requests=1, tokens=0, streams=1)
     with stalled(redis_server):
         giving = asyncio.create_task(here.give_back("key-cancelled", ONE_STREAM, tokens=0, streams=1, slot=slot))
-        await asyncio.sleep(0)  # the give-back is on its way to the stalled Redis
+        await asyncio.sleep(0)  # one loop turn: the give-back starts, and waits on the stalled Redis
+        assert "key-cancelled" in here._on_the_way
         giving.cancel()
         with pytest.raises(asyncio.CancelledError):
             await giving
