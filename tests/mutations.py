@@ -4500,9 +4500,12 @@ BREAKS += [
     Break(
         "upstream failures invite the SDK to retry them",
         "server/middleware/errors.py",
-        "(error.status in (502, 504) or error.code in NEVER_RETRIED_CODES)",
-        "error.code in NEVER_RETRIED_CODES",
-        ("tests/test_openai_sdk.py::test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk",),
+        "        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES\n",
+        "        error.code in NEVER_RETRIED_CODES\n",
+        (
+            "tests/test_openai_sdk.py::test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk",
+            "tests/test_sdk_retry_hint.py::test_a_failure_sluice_retried_tells_the_sdk_not_to_retry",
+        ),
     ),
 ]
 
@@ -6588,8 +6591,8 @@ BREAKS += [
     Break(
         "a spent quota invites the SDK to retry it",
         "server/middleware/errors.py",
-        "(error.status in (502, 504) or error.code in NEVER_RETRIED_CODES)",
-        "error.status in (502, 504)",
+        "        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES\n",
+        "        (retried and error.status in (502, 504))\n",
         (f"{RATE_HOLDS}::test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_retry",),
     ),
 ]
@@ -6811,6 +6814,27 @@ BREAKS += [
         "                    self._owed[debt_id] = self._owed.pop(debt_id)\n",
         "                    pass\n",
         (f"{SLOT_LEASES}::test_a_debt_that_keeps_failing_does_not_hold_back_the_others",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a failure from a single attempt tells the SDK not to retry it",
+        "server/middleware/errors.py",
+        "    return render_error(error, retried=record is not None and len(record.attempts) > 1)\n",
+        "    return render_error(error, retried=True)\n",
+        (
+            "tests/test_sdk_retry_hint.py::test_a_failure_from_a_single_attempt_leaves_the_retry_to_the_sdk",
+            "tests/test_openai_sdk.py::test_an_upstream_failure_from_a_single_attempt_is_retried_by_the_sdk",
+        ),
+    ),
+    Break(
+        "a failure counted as retried only past two attempts",
+        "server/middleware/errors.py",
+        "    return render_error(error, retried=record is not None and len(record.attempts) > 1)\n",
+        "    return render_error(error, retried=record is not None and len(record.attempts) > 2)\n",
+        ("tests/test_sdk_retry_hint.py::test_a_failure_sluice_retried_tells_the_sdk_not_to_retry",),
     ),
 ]
 

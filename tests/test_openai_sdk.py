@@ -8,7 +8,6 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletionMessageParam, ChatCompletionToolParam
 
-from tests.support.client import new_request_id
 from tests.support.processes import Gateway, Simulator, start_gateway
 
 MESSAGES: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Hello from the Python SDK"}]
@@ -109,20 +108,28 @@ def test_upstream_failure_raises_internal_server_error_with_502(gateway: Gateway
     assert caught.value.status_code == 502
 
 
-def test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk(gateway: Gateway) -> None:
-    """Sluice's routing retried it already: the SDK's own two retries made each a whole routing again."""
-    rid = new_request_id("sdk-no-retry")
-    retrying = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client-side-unused", max_retries=2)
+def sdk_failure_and_retries(gateway: Gateway) -> tuple[openai.InternalServerError, int]:
+    """A retrying SDK's call that fails upstream every time: its error, and how often the SDK retried it."""
+    retrying = openai.OpenAI(base_url=gateway.url + "/v1", api_key="sk-client-side-unused", max_retries=1)
     with retrying as client, pytest.raises(openai.InternalServerError) as caught:
-        client.chat.completions.create(
-            model="gpt-4o",
-            messages=MESSAGES,
-            extra_body={"sim": {"fault": "server_error"}},
-            extra_headers={"X-Request-ID": rid},
-        )
-    assert caught.value.response.headers["x-should-retry"] == "false"
-    gateway.process.wait_for_event("request_finished", request_id=rid)
-    assert [e["request_id"] for e in gateway.process.events("request_finished")].count(rid) == 1
+        client.chat.completions.create(model="gpt-4o", messages=MESSAGES, extra_body={"sim": {"fault": "server_error"}})
+    # The SDK numbers each request it sends; the error is its last one's.
+    return caught.value, int(caught.value.response.request.headers["x-stainless-retry-count"])
+
+
+def test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk(simulator: Simulator) -> None:
+    """Sluice's routing retried it already: the SDK's own retries made each a whole routing again."""
+    with start_gateway(upstream=simulator, env={"SLUICE_ROUTING_RETRIES": "1"}) as gateway:
+        error, retries = sdk_failure_and_retries(gateway)
+    assert error.response.headers["x-should-retry"] == "false"
+    assert retries == 0
+
+
+def test_an_upstream_failure_from_a_single_attempt_is_retried_by_the_sdk(gateway: Gateway) -> None:
+    """With `routing.retries = 0` (this gateway's) the SDK's retry is the only one the call gets."""
+    error, retries = sdk_failure_and_retries(gateway)
+    assert "x-should-retry" not in error.response.headers
+    assert retries == 1
 
 
 def test_upstream_timeout_raises_status_error_with_504(simulator: Simulator) -> None:

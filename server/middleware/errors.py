@@ -71,22 +71,28 @@ def _render_for(request: web.Request, error: GatewayError) -> web.Response:
     if record is not None:
         record.error_code = record.error_code or error.code
         record.error_param = error.param
-    return render_error(error)
+    return render_error(error, retried=record is not None and len(record.attempts) > 1)
 
 
-# The upstream failures Sluice answers only after its own routing retried them (other attempts,
-# other upstreams, fallbacks). The OpenAI SDKs retry a 5xx twice more by default, each retry a
-# whole routing again: 9 upstream attempts for one call, enough to open a breaker for every
-# client. `x-should-retry: false` (which both SDKs read before the status) stops that; a 429 or a
-# 503 keeps its Retry-After and the SDK's retry, except a 429 that no retry can change (a spent
-# quota, backoff.NEVER_RETRIED_CODES).
+# A 502 or 504 Sluice answers after its own routing retried it (other attempts, other upstreams,
+# fallbacks). The OpenAI SDKs retry a 5xx twice more by default, each retry a whole routing again:
+# 9 upstream attempts for one call, enough to open a breaker for every client. `x-should-retry:
+# false` (which both SDKs read before the status) stops that. A failure from a single attempt
+# (`routing.retries = 0` and one candidate) keeps the SDK's retry, the only one it gets. A 429 or
+# a 503 keeps its Retry-After and the SDK's retry, except a 429 that no retry can change (a spent
+# quota, errors.NEVER_RETRIED_CODES).
 NOT_RETRIED = {"x-should-retry": "false"}
 
 
-def render_error(error: GatewayError) -> web.Response:
-    """The envelope as a JSON response with the error's status and headers."""
+def render_error(error: GatewayError, *, retried: bool = False) -> web.Response:
+    """The envelope as a JSON response with the error's status and headers.
+
+    `retried`: Sluice asked its upstreams more than once for this request.
+    """
     headers = error.headers
-    if isinstance(error, UpstreamError) and (error.status in (502, 504) or error.code in NEVER_RETRIED_CODES):
+    if isinstance(error, UpstreamError) and (
+        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES
+    ):
         headers = {**headers, **NOT_RETRIED} if headers else NOT_RETRIED
     return web.json_response(error.body(), status=error.status, headers=headers)
 
