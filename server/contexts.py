@@ -129,7 +129,7 @@ async def redis_ctx(app: web.Application) -> AsyncIterator[None]:
     if settings.url is None:
         yield
         return
-    link = RedisLink(settings)
+    link = RedisLink(settings, on_change=app[METRICS].redis_reachability())
     link.start()
     app[REDIS] = link
     # Per-key limits count across every instance too.

@@ -241,6 +241,20 @@ class Metrics:
             )
         return found
 
+    def redis_reachability(self) -> Callable[[bool], None]:
+        """Register `sluice_redis_up` (only with Redis configured: without, it would read as down)
+        and return what sets it, for the link's changes of state."""
+        gauge = Gauge(
+            "sluice_redis_up",
+            "1 while this process reaches Redis and Redis takes its writes; 0 from a command that found it"
+            " unreachable or refusing until its probe answers again.",
+            registry=self.registry,
+            # Down in any live worker is down: each worker has its own connections.
+            multiprocess_mode="livemin",
+        )
+        gauge.set(1)
+        return lambda up: gauge.set(1 if up else 0)
+
     def exposition(self) -> bytes:
         """The text exposition of this process, or of all workers in multi-process mode."""
         return generate_latest(self._source())

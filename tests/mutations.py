@@ -6839,6 +6839,49 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "sluice_redis_up stays 1 through an outage",
+        "server/shared/link.py",
+        "            if self._on_change is not None:\n                self._on_change(False)\n",
+        "",
+        (
+            "tests/test_redis_up_metric.py::test_redis_up_is_0_once_a_command_finds_redis_gone_and_1_when_it_answers_again",
+        ),
+    ),
+    Break(
+        "sluice_redis_up stays 0 after Redis came back",
+        "server/shared/link.py",
+        "            if self._on_change is not None:\n                self._on_change(True)\n",
+        "",
+        (
+            "tests/test_redis_up_metric.py::test_redis_up_is_0_once_a_command_finds_redis_gone_and_1_when_it_answers_again",
+        ),
+    ),
+    Break(
+        "sluice_redis_up starts at 0",
+        "server/metrics.py",
+        "        gauge.set(1)\n        return lambda up: gauge.set(1 if up else 0)\n",
+        "        return lambda up: gauge.set(1 if up else 0)\n",
+        ("tests/test_redis_up_metric.py::test_redis_up_is_1_while_redis_answers",),
+    ),
+    Break(
+        "sluice_redis_up not registered with Redis",
+        "server/contexts.py",
+        "    link = RedisLink(settings, on_change=app[METRICS].redis_reachability())\n",
+        "    link = RedisLink(settings)\n",
+        ("tests/test_redis_up_metric.py::test_redis_up_is_1_while_redis_answers",),
+    ),
+    Break(
+        "the Redis alert fires on a blink",
+        "deploy/prometheus/alerts.yaml",
+        "          min by (instance) (sluice_redis_up) == 0\n        for: 1m\n",
+        "          min by (instance) (sluice_redis_up) == 0\n        for: 0m\n",
+        ("tests/test_deploy_monitoring.py::test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -82,8 +82,10 @@ def refusal(exc: ResponseError) -> RedisRefusedError | None:
 class RedisLink:
     """The shared client, the instance's id in Redis, and the up/down state everyone consults."""
 
-    def __init__(self, settings: RedisSettings) -> None:
+    def __init__(self, settings: RedisSettings, on_change: Callable[[bool], None] | None = None) -> None:
+        """`on_change(up)` hears each change of the up/down state (the metrics' `sluice_redis_up`)."""
         assert settings.url is not None
+        self._on_change = on_change
         self.settings = settings
         self.prefix = settings.key_prefix
         # Names this process in leases; random, so a restarted instance is a new producer.
@@ -119,6 +121,8 @@ class RedisLink:
             self.outages += 1
             self._up.clear()
             self._down.set()
+            if self._on_change is not None:
+                self._on_change(False)
 
     async def wait_up(self, within: float) -> bool:
         """Return True once Redis answers again, False after `within` seconds."""
@@ -154,6 +158,8 @@ class RedisLink:
                 await asyncio.sleep(pause)  # a retry pace, not a synchronisation
             self._down.clear()
             self._up.set()
+            if self._on_change is not None:
+                self._on_change(True)
             log.info("redis_up")
 
     async def probe(self) -> None:
