@@ -4079,7 +4079,7 @@ BREAKS += [
     Break(
         "an undo keeps the slot",
         SHARED_LIMITS,
-        "if streams > 0 then release_slots(ARGV[7], streams) end\n",
+        "if streams > 0 then release_slots(ARGV[7], streams, ARGV[8]) end\n",
         "",
         (UNDO_GIVES, TAKE_LOST),
     ),
@@ -6379,7 +6379,7 @@ BREAKS += [
     Break(
         "a take leaves lapsed leases in the hash",
         "server/shared/limits.py",
-        "    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end",
+        "    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance, 'o:' .. instance) end",
         "    end",
         (f"{SLOT_LEASES}::test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance",),
     ),
@@ -6400,7 +6400,7 @@ BREAKS += [
     Break(
         "a renewal renews the lease but not a lapsed count",
         "server/shared/limits.py",
-        "  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])\n",
+        "  redis.call('HSET', KEYS[1], count, ARGV[2])\n",
         "  local unused = 0\n",
         (f"{SLOT_LEASES}::test_a_renewal_counts_again_the_slots_redis_let_lapse",),
     ),
@@ -6414,8 +6414,8 @@ BREAKS += [
     Break(
         "a give-back of some of an instance's slots frees them all",
         "server/shared/limits.py",
-        "  else redis.call('HSET', KEYS[1], 's:' .. instance, held - streams) end",
-        "  else redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end",
+        "  redis.call('HSET', KEYS[1], 's:' .. instance, math.max(0, tonumber(held) - streams))\n",
+        "  redis.call('HSET', KEYS[1], 's:' .. instance, 0)\n",
         (f"{SLOT_LEASES}::test_a_give_back_frees_only_the_slots_it_names",),
     ),
     Break(
@@ -6776,15 +6776,15 @@ BREAKS += [
     Break(
         "a renewal sets the count while a take of the key is on its way",
         "server/shared/limits.py",
-        "if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
+        "if (ARGV[5] == '1' and not crossed) or redis.call('HEXISTS', KEYS[1], count) == 0 then\n",
         "if true then\n",
         (f"{SLOT_LEASES}::test_a_renewal_sets_no_count_while_a_take_of_the_key_is_on_its_way",),
     ),
     Break(
         "a renewal sets only a lapsed count",
         "server/shared/limits.py",
-        "if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
-        "if redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then\n",
+        "if (ARGV[5] == '1' and not crossed) or redis.call('HEXISTS', KEYS[1], count) == 0 then\n",
+        "if redis.call('HEXISTS', KEYS[1], count) == 0 then\n",
         (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
     ),
     Break(
@@ -6878,6 +6878,97 @@ BREAKS += [
         "          min by (instance) (sluice_redis_up) == 0\n        for: 1m\n",
         "          min by (instance) (sluice_redis_up) == 0\n        for: 0m\n",
         ("tests/test_deploy_monitoring.py::test_each_alert_fires_on_its_series_and_stays_quiet_on_healthy_traffic",),
+    ),
+]
+
+
+SLOT_LEASES = "tests/test_redis_slot_leases.py"
+BREAKS += [
+    Break(
+        "a renewal crossed by a later change of its count sets it anyway",
+        "server/shared/limits.py",
+        "if (ARGV[5] == '1' and not crossed) or redis.call('HEXISTS', KEYS[1], count) == 0 then\n",
+        "if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], count) == 0 then\n",
+        (
+            f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_take_sent_after_it_keeps_that_take_counted",
+            f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_give_back_sent_after_it_keeps_that_slot_given_back",
+            f"{SLOT_LEASES}::test_a_renewal_crossed_by_an_undo_sent_after_it_keeps_that_slot_given_back",
+        ),
+    ),
+    Break(
+        "a renewal is crossed by changes sent before it",
+        "server/shared/limits.py",
+        "local crossed = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) or '0') > tonumber(ARGV[6])\n",
+        "local crossed = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) or '0') >= tonumber(ARGV[6]) - 1\n",
+        (f"{SLOT_LEASES}::test_a_renewal_not_crossed_sets_the_count",),
+    ),
+    Break(
+        "a take leaves no stamp",
+        "server/shared/limits.py",
+        "    stamp_slots(ARGV[9], ARGV[11])\n",
+        "",
+        (f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_take_sent_after_it_keeps_that_take_counted",),
+    ),
+    Break(
+        "a give-back or undo leaves no stamp",
+        "server/shared/limits.py",
+        "  stamp_slots(instance, stamp)\n",
+        "",
+        (
+            f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_give_back_sent_after_it_keeps_that_slot_given_back",
+            f"{SLOT_LEASES}::test_a_renewal_crossed_by_an_undo_sent_after_it_keeps_that_slot_given_back",
+        ),
+    ),
+    Break(
+        "a count at 0 is deleted with its stamp",
+        "server/shared/limits.py",
+        "  redis.call('HSET', KEYS[1], 's:' .. instance, math.max(0, tonumber(held) - streams))\n",
+        "  if tonumber(held) <= streams then\n"
+        "    redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance, 'o:' .. instance) return end\n"
+        "  redis.call('HSET', KEYS[1], 's:' .. instance, tonumber(held) - streams)\n",
+        (f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_give_back_sent_after_it_keeps_that_slot_given_back",),
+    ),
+    Break(
+        "a lapsed count is swept without its stamp",
+        "server/shared/limits.py",
+        "    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance, 'o:' .. instance) end\n",
+        "    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end\n",
+        (f"{SLOT_LEASES}::test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance",),
+    ),
+    Break(
+        "the store's takes are not stamped",
+        "server/shared/limit_store.py",
+        "                    take_id=take_id,\n                    stamp=next(self._stamps) if streams else 0,\n",
+        "                    take_id=take_id,\n",
+        (f"{SLOT_LEASES}::test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_renewals_read_before_it",),
+    ),
+    Break(
+        "the store's give-backs are not stamped",
+        "server/shared/limit_store.py",
+        "                tokens_epoch=tokens_epoch,\n                stamp=next(self._stamps) if streams else 0,\n",
+        "                tokens_epoch=tokens_epoch,\n",
+        (f"{SLOT_LEASES}::test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_renewals_read_before_it",),
+    ),
+    Break(
+        "the store's debts are not stamped",
+        "server/shared/limit_store.py",
+        "            await debt.send(self._buckets, debt_id, next(self._stamps))\n",
+        "            await debt.send(self._buckets, debt_id, 0)\n",
+        (f"{SLOT_LEASES}::test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_renewals_read_before_it",),
+    ),
+    Break(
+        "the store's renewals are stamped lowest",
+        "server/shared/limit_store.py",
+        "            await self._buckets.renew(held, stamp=next(self._stamps))\n",
+        "            await self._buckets.renew(held, stamp=0)\n",
+        (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
+    ),
+    Break(
+        "a debt on its way is not counted as on its way",
+        "server/shared/limit_store.py",
+        "        self._sending(debt.name, 1)\n        try:\n",
+        "        try:\n",
+        (f"{SLOT_LEASES}::test_a_debt_giving_back_slots_is_on_its_way_while_it_is_sent",),
     ),
 ]
 

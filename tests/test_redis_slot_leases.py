@@ -12,7 +12,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from server.auth.limits import KeyLimits
-from server.shared.limit_store import RedisLimitStore
+from server.shared.limit_store import RedisLimitStore, _Owed
 from server.shared.limits import IDLE_SECONDS, RedisLimitBuckets
 from tests.support.processes import Simulator
 from tests.support.security import KEY_STREAMS, bearer, start_keyed_gateway
@@ -41,12 +41,15 @@ async def test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance(
     make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
 ) -> None:
     dead, alive = make_buckets(), make_buckets()
-    assert (await dead.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    assert (await dead.take("key-dead", **one_request(max_streams=1, streams=1), stamp=1)).allowed
     assert not (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
     await redis_client.hset("sluice:limit:key-dead", f"x:{dead.instance}", 0)  # its lease ran out
     assert (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
-    # The take swept the lapsed lease with its count: the hash does not grow with dead instances.
-    assert not await redis_client.hexists("sluice:limit:key-dead", f"s:{dead.instance}")
+    # The take swept the lapsed lease with its count and stamp: the hash does not grow with dead instances.
+    assert await redis_client.hmget("sluice:limit:key-dead", [f"s:{dead.instance}", f"o:{dead.instance}"]) == [
+        None,
+        None,
+    ]
 
 
 async def test_a_give_back_frees_only_the_slots_it_names(make_store: Callable[..., RedisLimitStore]) -> None:
@@ -128,6 +131,108 @@ async def test_a_renewal_sets_no_count_while_a_take_of_the_key_is_on_its_way(
     assert not await stream(elsewhere, "key-crossed", TWO_STREAMS)
 
 
+async def live_streams(buckets: RedisLimitBuckets, name: str) -> int:
+    """The key's stream slots Redis counts now, every instance's."""
+    return (await buckets.levels(name, rpm=0, tpm=0))[2]
+
+
+async def test_a_renewal_crossed_by_a_take_sent_after_it_keeps_that_take_counted(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # The renewal read one slot (stamp 2); a take sent after it (stamp 3) landed first: set to one,
+    # the count lost the take's slot, and the key ran more than max_streams until the next renewal.
+    here = make_buckets()
+    assert (await here.take("key-late-take", **one_request(max_streams=2, streams=1), stamp=1)).allowed
+    assert (await here.take("key-late-take", **one_request(max_streams=2, streams=1), stamp=3)).allowed
+    await here.renew([("key-late-take", 1, True)], stamp=2)
+    assert await live_streams(here, "key-late-take") == 2
+
+
+async def test_a_renewal_crossed_by_a_give_back_sent_after_it_keeps_that_slot_given_back(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # The count fell to 0 and stays, with its stamp, until the lease lapses: deleted, the renewal
+    # found no count and set its stale one.
+    here = make_buckets()
+    taken = await here.take("key-late-give", **one_request(max_streams=1, streams=1), stamp=1)
+    assert taken.allowed
+    epoch = taken.epoch
+    await here.give_back(
+        "key-late-give", tpm=0, tokens=0, streams=1, give_back_id="late-1", streams_epoch=epoch, tokens_epoch=0, stamp=3
+    )
+    await here.renew([("key-late-give", 1, True)], stamp=2)
+    assert await live_streams(here, "key-late-give") == 0
+
+
+async def test_a_renewal_crossed_by_an_undo_sent_after_it_keeps_that_slot_given_back(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    here = make_buckets()
+    assert (await here.take("key-late-undo", **one_request(max_streams=2, streams=1), stamp=1)).allowed
+    lost = one_request(max_streams=2, streams=1, take_id="lost-late")
+    assert (await here.take("key-late-undo", **lost, stamp=2)).allowed  # its reply was lost
+    await here.undo("key-late-undo", rpm=0, tpm=0, requests=1, tokens=0, streams=1, take_id="lost-late", stamp=4)
+    await here.renew([("key-late-undo", 2, True)], stamp=3)
+    assert await live_streams(here, "key-late-undo") == 1
+
+
+async def test_a_renewal_not_crossed_sets_the_count(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    here = make_buckets()
+    assert (await here.take("key-set", **one_request(max_streams=3, streams=1), stamp=1)).allowed
+    await here.renew([("key-set", 3, True)], stamp=2)
+    assert await live_streams(here, "key-set") == 3
+
+
+async def test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_renewals_read_before_it(
+    make_store: Callable[..., RedisLimitStore],
+) -> None:
+    # The stamps the store sends, in the order it sends them: each change sent after a renewal's
+    # read keeps that renewal from setting the count, whichever lands first.
+    here = make_store()
+    limits = KeyLimits(max_streams=3)
+    first = await here.take("key-stamped", limits, requests=1, tokens=0, streams=1)
+    read = next(here._stamps)  # a renewal reads one slot now; what follows lands before it
+    assert await stream(here, "key-stamped", limits)
+    await here._buckets.renew([("key-stamped", 1, True)], stamp=read)
+    assert await live_streams(here._buckets, "key-stamped") == 2
+    read = next(here._stamps)  # two slots held
+    await here.give_back("key-stamped", limits, tokens=0, streams=1, slot=first)
+    await here._buckets.renew([("key-stamped", 2, True)], stamp=read)
+    assert await live_streams(here._buckets, "key-stamped") == 1
+    read = next(here._stamps)  # one slot held, and a debt giving it back owed
+    await here._send_debt("owed-1", _Owed("key-stamped", 0, 0, 1, 0, first.epoch))
+    await here._buckets.renew([("key-stamped", 1, True)], stamp=read)
+    assert await live_streams(here._buckets, "key-stamped") == 0
+
+
+async def test_a_debt_giving_back_slots_is_on_its_way_while_it_is_sent(
+    make_store: Callable[..., RedisLimitStore],
+) -> None:
+    # A renewal reading the count while the debt is sent cannot tell whether it landed first.
+    here = make_store()
+    debt = Waiting()
+    sending = asyncio.create_task(here._send_debt("waiting-1", debt))
+    await debt.arrived.wait()
+    assert "key-waiting" in here._on_the_way
+    debt.release.set()
+    await sending
+    assert "key-waiting" not in here._on_the_way
+
+
+class Waiting:
+    """A debt giving back one slot, whose sending waits for `release`."""
+
+    name = "key-waiting"
+    streams = 1
+
+    def __init__(self) -> None:
+        self.arrived, self.release = asyncio.Event(), asyncio.Event()
+
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
+        self.arrived.set()
+        await self.release.wait()
+
+
 async def test_a_give_back_cancelled_on_its_way_is_given_back_once_redis_answers(
     make_store: Callable[..., RedisLimitStore], redis_server: RedisServer
 ) -> None:
@@ -195,7 +300,7 @@ class Broken:
     name = "key-broken"
     streams = 0
 
-    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
         raise RuntimeError("a bug")
 
 

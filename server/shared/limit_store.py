@@ -68,8 +68,9 @@ class _Debt(Protocol):
     def streams(self) -> int:
         """The stream slots it gives back."""
 
-    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
-        """Send it to Redis under `debt_id`, which Redis applies once; raises LimitsUnavailableError."""
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
+        """Send it to Redis under `debt_id`, which Redis applies once, with this try's `stamp`
+        (RedisLimitBuckets.renew); raises LimitsUnavailableError."""
 
 
 class _Owed(NamedTuple):
@@ -82,7 +83,7 @@ class _Owed(NamedTuple):
     tokens_epoch: int
     streams_epoch: int
 
-    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
         await buckets.give_back(
             self.name,
             tpm=self.tpm,
@@ -91,6 +92,7 @@ class _Owed(NamedTuple):
             give_back_id=debt_id,
             streams_epoch=self.streams_epoch,
             tokens_epoch=self.tokens_epoch,
+            stamp=stamp,
         )
 
 
@@ -103,7 +105,7 @@ class _Undo(NamedTuple):
     tokens: int
     streams: int
 
-    async def send(self, buckets: RedisLimitBuckets, debt_id: str) -> None:
+    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
         await buckets.undo(
             self.name,
             rpm=self.limits.rpm,
@@ -112,6 +114,7 @@ class _Undo(NamedTuple):
             tokens=self.tokens,
             streams=self.streams,
             take_id=debt_id,
+            stamp=stamp,
         )
 
 
@@ -132,6 +135,9 @@ class RedisLimitStore:
         # random id each, ~0.85 µs, and as unique: 64 random bits per process).
         self._id_prefix = secrets.token_hex(8) + "-"
         self._ids = itertools.count()
+        # Orders the changes of this process's slot counts and its renewals as they are sent: a
+        # renewal whose count a later change crossed does not set it (RedisLimitBuckets.renew).
+        self._stamps = itertools.count(1)
         # Per key: the stream slots this process may hold in Redis, which its lease renews and its count
         # is set to (`renew_leases`). Counted from a take's sending until its give-back (or undo) is seen
         # to reach Redis.
@@ -179,6 +185,7 @@ class RedisLimitStore:
                     tokens=tokens,
                     streams=streams,
                     take_id=take_id,
+                    stamp=next(self._stamps) if streams else 0,
                 )
             except LimitsUnavailableError:
                 # Redis may have taken before its reply was lost: counted here or refused, the
@@ -254,6 +261,7 @@ class RedisLimitStore:
                 give_back_id=give_back_id,
                 streams_epoch=streams_epoch,
                 tokens_epoch=tokens_epoch,
+                stamp=next(self._stamps) if streams else 0,
             )
         except LimitsUnavailableError:
             self._owe(give_back_id, _Owed(name, limits.tpm, tokens, streams, tokens_epoch, streams_epoch))
@@ -305,15 +313,17 @@ class RedisLimitStore:
         lease, or was frozen; Redis restarted empty) are counted again, and a count a give-back or
         undo left wrong is corrected. Not while a take or give-back of the key is on its way: the
         count read here could not tell whether it landed first (a lapsed count is set even then).
-        A key none of whose slots are held is forgotten here, not withdrawn: a withdrawal crossing a
-        take on its way would lose it, and what is left lapses with the lease. Raises
-        LimitsUnavailableError.
+        One sent after the counts were read and landing first keeps its key's count from being set
+        (the stamps). A key none of whose slots are held is forgotten here, not withdrawn: a
+        withdrawal crossing a take on its way would lose it, and what is left lapses with the lease.
+        Raises LimitsUnavailableError.
         """
         for name in [name for name, streams in self._slots.items() if streams <= 0]:
             del self._slots[name]
         if self._slots:
             on_the_way = self._on_the_way
-            await self._buckets.renew([(name, held, name not in on_the_way) for name, held in self._slots.items()])
+            held = [(name, held, name not in on_the_way) for name, held in self._slots.items()]
+            await self._buckets.renew(held, stamp=next(self._stamps))
 
     def _new_id(self) -> str:
         """An id no other take or give-back has, in this process or any other: a random prefix and a count."""
@@ -333,7 +343,7 @@ class RedisLimitStore:
             # still there for `close` to report.
             for debt_id, debt in list(self._owed.items()):
                 try:
-                    await debt.send(self._buckets, debt_id)
+                    await self._send_debt(debt_id, debt)
                 except LimitsUnavailableError:
                     break  # gone again: the rest waits for it too, not a timeout each
                 except Exception:
@@ -349,6 +359,17 @@ class RedisLimitStore:
                     self._hold(debt.name, -debt.streams)
                 pause = PING_INTERVAL
         log.info("limits_owed_given_back")
+
+    async def _send_debt(self, debt_id: str, debt: _Debt) -> None:
+        """Send one debt; one that gives back slots counts as on its way meanwhile, as a give-back does."""
+        if not debt.streams:
+            await debt.send(self._buckets, debt_id, 0)
+            return
+        self._sending(debt.name, 1)
+        try:
+            await debt.send(self._buckets, debt_id, next(self._stamps))
+        finally:
+            self._sending(debt.name, -1)
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
         # Only the dashboard reads this: a slow or absent Redis makes it "unknown", never a wait.

@@ -83,7 +83,8 @@ local function level(value, at, capacity)
   return math.min(capacity, tonumber(value) + (now - tonumber(at)) * capacity / 60)
 end
 -- The key's live stream slots: each instance's count ('s:<instance>') while its lease ('x:<instance>')
--- runs, plus 's', the one shared count of instances from before leases. `sweep` deletes lapsed leases.
+-- runs, plus 's', the one shared count of instances from before leases. `sweep` deletes lapsed leases,
+-- with their counts and stamps ('o:<instance>', see _RENEW).
 local function live_streams(sweep)
   local total, counts, leases = tonumber(h[5] or '0'), {}, {}
   local fields = redis.call('HGETALL', KEYS[1])
@@ -94,28 +95,45 @@ local function live_streams(sweep)
   end
   for instance, lease in pairs(leases) do
     if lease > now then total = total + (counts[instance] or 0)
-    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance) end
+    elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance, 'o:' .. instance) end
   end
   return total
 end
 """
 
-# Takes from one instance's count of a key's stream slots: deletes the count and its lease at 0.
-_RELEASE_SLOTS = """
-local function release_slots(instance, streams)
-  local held = tonumber(redis.call('HGET', KEYS[1], 's:' .. instance) or '0')
-  if held <= streams then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance)
-  else redis.call('HSET', KEYS[1], 's:' .. instance, held - streams) end
+# An instance's change of its count of a key's stream slots, sent with `stamp` (see _RENEW). The
+# last to land names the count's stamp: changes sent before a renewal's read had all landed when
+# it read (or it sets no count), so any landing after that read is stamped higher, in any order.
+_STAMP = """
+local function stamp_slots(instance, stamp)
+  if stamp ~= '0' then redis.call('HSET', KEYS[1], 'o:' .. instance, stamp) end
 end
 """
 
+# Takes from one instance's count of a key's stream slots. A count at 0 stays, with its lease and
+# stamp, until the lease lapses: a renewal crossing this give-back must still find the stamp. A
+# count already swept (lapsed) is left to the instance's next renewal, which sets it.
+_RELEASE_SLOTS = (
+    _STAMP
+    + """
+local function release_slots(instance, streams, stamp)
+  local held = redis.call('HGET', KEYS[1], 's:' .. instance)
+  if not held then return end
+  redis.call('HSET', KEYS[1], 's:' .. instance, math.max(0, tonumber(held) - streams))
+  stamp_slots(instance, stamp)
+end
+"""
+)
+
 # KEYS[1]: the key's hash, KEYS[2]: the take's id, which says '1' once it took and '0' once undone.
 # ARGV: rpm, tpm, max_streams, requests, tokens, streams (0 = no limit), the hash's idle seconds,
-# the id's, the instance, its slot lease's seconds. Returns {exceeded ('' when allowed; 'undone' for
-# an id undone already, a reply no one reads), requests level, tokens level, retry after, the key's
-# live streams (0 unless it asked for a slot), the hash's epoch ('0' when refused)}.
+# the id's, the instance, its slot lease's seconds, the take's stamp. Returns {exceeded ('' when
+# allowed; 'undone' for an id undone already, a reply no one reads), requests level, tokens level,
+# retry after, the key's live streams (0 unless it asked for a slot), the hash's epoch ('0' when
+# refused)}.
 _TAKE = (
-    """
+    _STAMP
+    + """
 if redis.call('GET', KEYS[2]) == '0' then return {'undone', '0', '0', '0', 0, '0'} end
 local rpm, tpm, max_streams = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local requests, tokens, streams = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -146,6 +164,7 @@ if exceeded == '' then
     s = s + streams
     redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], streams)
     redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))
+    stamp_slots(ARGV[9], ARGV[11])
   end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
@@ -155,8 +174,9 @@ return {exceeded, tostring(rl), tostring(tl), tostring(retry), s, epoch}
 
 # KEYS[1]: the key's hash, KEYS[2]: the give-back's id. ARGV: tpm, tokens to return (negative: charge
 # more), streams to release, the hash's idle seconds, the id's, the epoch the streams were taken in
-# (unused: see the module's doc), the tokens', the instance whose count the streams leave. Tokens
-# count only in their epoch. Returns 2 for an id already applied, 0 when there is nothing to give.
+# (unused: see the module's doc), the tokens', the instance whose count the streams leave, the
+# give-back's stamp. Tokens count only in their epoch. Returns 2 for an id already applied, 0 when
+# there is nothing to give.
 _GIVE_BACK = (
     _RELEASE_SLOTS
     + """
@@ -174,7 +194,7 @@ if tpm > 0 then
   local tl = math.min(tpm, tonumber(h[1]) + (now - tonumber(h[2])) * tpm / 60)
   redis.call('HSET', KEYS[1], 'tl', math.min(tpm, tl + tokens), 'ta', now)
 end
-if streams > 0 then release_slots(ARGV[8], streams) end
+if streams > 0 then release_slots(ARGV[8], streams, ARGV[9]) end
 redis.call('EXPIRE', KEYS[1], ARGV[4])
 return 1
 """
@@ -182,8 +202,9 @@ return 1
 
 
 # KEYS[1]: the key's hash, KEYS[2]: the take's id. ARGV: rpm, tpm, requests, tokens and streams the
-# take asked for, the id's seconds, the instance that took. Gives them back only if the id says
-# taken; then, or when the take has yet to come, the id says undone. Returns 1 when it gave back.
+# take asked for, the id's seconds, the instance that took, the undo's stamp. Gives them back only
+# if the id says taken; then, or when the take has yet to come, the id says undone. Returns 1 when
+# it gave back.
 # Like a give-back, it never takes a level over its limit; unlike one, it does not keep the hash
 # alive (the take did, for its hour).
 _UNDO = (
@@ -201,7 +222,7 @@ local rl, tl = level(h[1], h[2], rpm), level(h[3], h[4], tpm)
 if rpm > 0 then rl = math.min(rpm, rl + requests) end
 if tpm > 0 then tl = math.min(tpm, tl + tokens) end
 redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now)
-if streams > 0 then release_slots(ARGV[7], streams) end
+if streams > 0 then release_slots(ARGV[7], streams, ARGV[8]) end
 return 1
 """
 )
@@ -219,14 +240,18 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 # KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds (more than
 # 0), its lease's seconds, the hash's idle seconds, '1' to set the count ('0': a take or give-back of
-# the key is on its way, whose landing the count could not tell: only a lapsed count is set then).
-# Renews the instance's lease from now. Keeps the hash alive while slots are held (a stream may
-# outlast its hour).
+# the key is on its way, whose landing the count could not tell: only a lapsed count is set then),
+# the renewal's stamp, taken when the count was read. A change of the count sent after that read
+# has a higher stamp: landed first, the count is not set (it already holds that change; the next
+# renewal sets it). Renews the instance's lease from now. Keeps the hash alive while slots are held
+# (a stream may outlast its hour).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-if ARGV[5] == '1' or redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[1]) == 0 then
-  redis.call('HSET', KEYS[1], 's:' .. ARGV[1], ARGV[2])
+local count = 's:' .. ARGV[1]
+local crossed = tonumber(redis.call('HGET', KEYS[1], 'o:' .. ARGV[1]) or '0') > tonumber(ARGV[6])
+if (ARGV[5] == '1' and not crossed) or redis.call('HEXISTS', KEYS[1], count) == 0 then
+  redis.call('HSET', KEYS[1], count, ARGV[2])
 end
 redis.call('HSET', KEYS[1], 'x:' .. ARGV[1], now + tonumber(ARGV[3]))
 redis.call('EXPIRE', KEYS[1], ARGV[4])
@@ -287,15 +312,17 @@ class RedisLimitBuckets:
         tokens: int,
         streams: int,
         take_id: str,
+        stamp: int = 0,
     ) -> Take:
         """Take the amounts if every limit allows them all; else take nothing and say which refused.
 
-        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it.
+        `take_id` is new for each take: when this raises LimitsUnavailableError, `undo` it. `stamp`:
+        this change of the instance's slot count, in the order it was sent (see `renew`); 0 for none.
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
         args = [
             *(rpm, tpm, max_streams, requests, tokens, streams, IDLE_SECONDS, TAKEN_SECONDS),
-            *(self.instance, self._slot_lease),
+            *(self.instance, self._slot_lease, stamp),
         ]
         reply: Any = await self._run(self._take, keys, args)
         exceeded = reply[0].decode() if isinstance(reply[0], bytes) else str(reply[0])
@@ -318,42 +345,56 @@ class RedisLimitBuckets:
         give_back_id: str,
         streams_epoch: int,
         tokens_epoch: int,
+        stamp: int = 0,
     ) -> None:
         """Return unused tokens (negative: charge more) and release stream slots, once per `give_back_id`.
 
         `streams_epoch`, `tokens_epoch`: the `Take.epoch` of the take that took each part; a hash of
         another epoch gets that part back not at all. A retry of a give-back that raised
-        LimitsUnavailableError must carry the id of its first try.
+        LimitsUnavailableError must carry the id of its first try (and a stamp of its own, as `take`'s).
         """
         keys = [self._prefix + name, self._given_prefix + give_back_id]
-        args = [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS, streams_epoch, tokens_epoch, self.instance]
+        args = [tpm, tokens, streams, IDLE_SECONDS, GIVEN_SECONDS, streams_epoch, tokens_epoch, self.instance, stamp]
         await self._run(self._give_back, keys, args)
 
     async def undo(
-        self, name: str, *, rpm: int, tpm: int, requests: int, tokens: int, streams: int, take_id: str
+        self,
+        name: str,
+        *,
+        rpm: int,
+        tpm: int,
+        requests: int,
+        tokens: int,
+        streams: int,
+        take_id: str,
+        stamp: int = 0,
     ) -> None:
         """Give back what the take `take_id` (of these limits and amounts) took, if it took; once.
 
         For a take that raised LimitsUnavailableError: Redis may have run it. Its undo may be sent
-        again the same way, and before the take runs (the take then takes nothing).
+        again the same way, and before the take runs (the take then takes nothing). `stamp`: as `take`'s.
         """
         keys = [self._prefix + name, self._taken_prefix + take_id]
-        await self._run(self._undo, keys, [rpm, tpm, requests, tokens, streams, TAKEN_SECONDS, self.instance])
+        args = [rpm, tpm, requests, tokens, streams, TAKEN_SECONDS, self.instance, stamp]
+        await self._run(self._undo, keys, args)
 
     async def levels(self, name: str, *, rpm: int, tpm: int) -> tuple[float, float, int]:
         """The key's requests and tokens levels now, and its streams, changing nothing."""
         reply: Any = await self._run(self._usage, [self._prefix + name], [rpm, tpm])
         return float(reply[0]), float(reply[1]), int(reply[2])
 
-    async def renew(self, held: Iterable[tuple[str, int, bool]]) -> None:
+    async def renew(self, held: Iterable[tuple[str, int, bool]], *, stamp: int) -> None:
         """Renew this instance's lease on each key's stream slots: (key, slots held, whether to set the count).
 
-        One pipeline for all of them, sent at once: the script by its hash, not after the extra round
-        trip in which redis-py's pipeline asks whether Redis has it (a take landing meanwhile made
-        the count set stale). Loaded and sent again when Redis has not the script (a restart).
+        `stamp`: higher than the stamps of every take, give-back and undo sent before the counts
+        were read, lower than those sent after: one of those landing first keeps its key's count
+        from being set to a number that does not hold it. One pipeline for all of them, sent at
+        once: the script by its hash, not after the extra round trip in which redis-py's pipeline
+        asks whether Redis has it. Loaded and sent again when Redis has not the script (a restart).
         """
+        settings = (self._slot_lease, IDLE_SECONDS)
         commands = [
-            (self._prefix + name, self.instance, streams, self._slot_lease, IDLE_SECONDS, "1" if settable else "0")
+            (self._prefix + name, self.instance, streams, *settings, "1" if settable else "0", stamp)
             for name, streams, settable in held
         ]
         for attempt in range(2):
