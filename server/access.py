@@ -32,6 +32,9 @@ class RequestRecord:
     usage: dict[str, Any] | None = None
     chunks_relayed: int = 0
     heartbeats: int = 0
+    # The body's bytes held against the process's budget (body_budget.py), given back when the
+    # request ends; 0 once a browser stream took them over (it holds the prompt until it ends).
+    body_held: int = 0
     # One entry per upstream attempt: {"upstream", "model", "status", "ms"}, and "request_id" when the
     # upstream named its own id of the request; the last one answered.
     attempts: list[dict[str, Any]] = field(default_factory=list)

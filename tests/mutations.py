@@ -3618,22 +3618,22 @@ BREAKS += [
         "                key = admit(request, record, app)\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
         "                    reading = body_to_read(request, app)\n"
-        "                    held = hold_body(request, app)\n"
+        "                    record.body_held = hold_body(request, app)\n"
         "                    response = await read_body(request) if reading else None\n"
         "                    body_in = response is None\n"
-        "                    if body_in and not held:\n"
-        "                        held = await hold_read_body(request, app)\n"
+        "                    if body_in and not record.body_held:\n"
+        "                        record.body_held = await hold_read_body(request, app)\n"
         "                if response is None:\n"
         "                    lease = await take_limits(request, key) if key is not None else None\n",
         "                key = admit(request, record, app)\n"
         "                lease = await take_limits(request, key) if key is not None else None\n"
         "                if (request.method, record.route) in BODY_ROUTES:\n"
         "                    reading = body_to_read(request, app)\n"
-        "                    held = hold_body(request, app)\n"
+        "                    record.body_held = hold_body(request, app)\n"
         "                    response = await read_body(request) if reading else None\n"
         "                    body_in = response is None\n"
-        "                    if body_in and not held:\n"
-        "                        held = await hold_read_body(request, app)\n"
+        "                    if body_in and not record.body_held:\n"
+        "                        record.body_held = await hold_read_body(request, app)\n"
         "                if response is None:\n",
         (
             f"{SEC_ORDER}::test_a_body_still_to_come_holds_none_of_its_keys_stream_slots",
@@ -6603,7 +6603,7 @@ BREAKS += [
     Break(
         "a request's body is never given back to the budget",
         "server/middleware/chain.py",
-        "            app[BODY_BUDGET].give_back(held)\n",
+        "            app[BODY_BUDGET].give_back(record.body_held)\n",
         "            pass\n",
         (f"{BODY_BUDGET_TESTS}::test_a_bodys_bytes_come_back_when_its_request_ends",),
     ),
@@ -6969,6 +6969,38 @@ BREAKS += [
         "        self._sending(debt.name, 1)\n        try:\n",
         "        try:\n",
         (f"{SLOT_LEASES}::test_a_debt_giving_back_slots_is_on_its_way_while_it_is_sent",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a browser stream's body comes back at its 201",
+        "server/routes/browser.py",
+        "    body_held, record.body_held = record.body_held, 0\n",
+        "    body_held = record.body_held\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_browser_streams_body_stays_held_after_its_201_while_it_runs",),
+    ),
+    Break(
+        "a browser stream keeps its body's bytes for good",
+        "server/routes/browser.py",
+        "    give_back_body = partial(request.app[BODY_BUDGET].give_back, body_held) if body_held else None\n",
+        "    give_back_body = None\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_browser_streams_body_comes_back_when_the_stream_ends",),
+    ),
+    Break(
+        "an ended stream's body is not given back",
+        "server/streams/registry.py",
+        "            if give_back_body is not None:\n                give_back_body()\n",
+        "",
+        (f"{BODY_BUDGET_TESTS}::test_a_browser_streams_body_comes_back_when_the_stream_ends",),
+    ),
+    Break(
+        "a refused browser stream's body is kept for good",
+        "server/routes/browser.py",
+        "        record.body_held = body_held  # no generation took the body: the request gives it back\n",
+        "",
+        (f"{BODY_BUDGET_TESTS}::test_a_browser_stream_refused_gives_its_body_back",),
     ),
 ]
 

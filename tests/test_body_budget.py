@@ -17,6 +17,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.keys import BODY_BUDGET
 from tests.conftest import make_settings
 from tests.support.envelope import error_of
 
@@ -129,3 +130,43 @@ async def test_an_encoded_body_is_held_as_the_bytes_it_decodes_to(aiohttp_client
         )
 
         assert (await error_of(refused, 503))["code"] == "overloaded"
+
+
+# A browser stream runs past its 201 (tokens 50 ms apart until it is stopped), holding its prompt.
+BROWSER = json.dumps({"message": "go on\n#sim tokens=10000 gap_ms=50"}).encode()
+
+
+async def test_a_browser_streams_body_stays_held_after_its_201_while_it_runs(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    # Held only until the 201, thousands of detached streams could each keep a large prompt unbounded.
+    client = await gateway(aiohttp_client, held=len(BROWSER) + len(QUICK) - 1)
+    started = await client.post("/chat/streams", data=BROWSER, headers=JSON)
+    assert started.status == 201
+
+    refused = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+    assert (await error_of(refused, 503))["code"] == "overloaded"
+
+
+async def test_a_browser_streams_body_comes_back_when_the_stream_ends(aiohttp_client: Callable[..., Any]) -> None:
+    client = await gateway(aiohttp_client, held=len(BROWSER) + len(QUICK) - 1)
+    started = await client.post("/chat/streams", data=BROWSER, headers=JSON)
+    stopped = await client.delete((await started.json())["url"])  # answers once the stream ended
+    assert stopped.status == 204
+
+    served = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+    assert served.status == 200
+
+
+async def test_a_browser_stream_refused_gives_its_body_back(aiohttp_client: Callable[..., Any]) -> None:
+    # Refused as the stream is made (here: no room for a second), no generation took the body.
+    settings = make_settings(browser={"max_streams": 1})
+    client: Client = await aiohttp_client(create_app(settings))
+    assert (await client.post("/chat/streams", data=BROWSER, headers=JSON)).status == 201
+
+    refused = await client.post("/chat/streams", data=BROWSER, headers=JSON)
+
+    assert (await error_of(refused, 503))["code"] == "overloaded"
+    assert client.app[BODY_BUDGET].held == len(BROWSER)  # the running stream's alone

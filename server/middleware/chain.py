@@ -32,7 +32,6 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
     app = request.app  # read once for the steps: a property of a property, per read
     status = 500
     body_in = False  # the request's body was read or had all come: no reason to close its connection
-    held = 0  # the body's bytes held against the process's budget, given back at the end
     try:
         try:
             response: web.StreamResponse | None = over_cap(request, app)
@@ -40,11 +39,11 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                 key = admit(request, record, app)
                 if (request.method, record.route) in BODY_ROUTES:
                     reading = body_to_read(request, app)
-                    held = hold_body(request, app)
+                    record.body_held = hold_body(request, app)
                     response = await read_body(request) if reading else None
                     body_in = response is None
-                    if body_in and not held:
-                        held = await hold_read_body(request, app)
+                    if body_in and not record.body_held:
+                        record.body_held = await hold_read_body(request, app)
                 if response is None:
                     lease = await take_limits(request, key) if key is not None else None
                     try:
@@ -69,8 +68,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
         status = cancelled_status(record)
         raise
     finally:
-        if held:
-            app[BODY_BUDGET].give_back(held)
+        if record.body_held:
+            app[BODY_BUDGET].give_back(record.body_held)
         finish(request, record, status, started)
 
 

@@ -21,6 +21,7 @@ server/streams/), so a reconnect resumes where it left off.
 from __future__ import annotations
 
 import urllib.parse
+from functools import partial
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -28,6 +29,7 @@ from aiohttp import hdrs, web
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import InvalidRequestError, ServiceUnavailableError
 from ..keys import (
+    BODY_BUDGET,
     LIFECYCLE,
     METRICS,
     RECORD,
@@ -254,11 +256,21 @@ async def _start(request: web.Request, data: dict[str, Any]) -> str:
     lease = take_lease(request)
     key = request_key(request)
     owner = request.app[TOKENS].stream_owner(key) if key is not None else ""
+    # The stream holds the prompt until it ends, past this request's 201: its bytes go with it.
+    body_held, record.body_held = record.body_held, 0
+    give_back_body = partial(request.app[BODY_BUDGET].give_back, body_held) if body_held else None
     try:
         return await request.app[STREAMS].start(
-            request_id=request[REQUEST_ID], route=record.route, model=model, body=body, lease=lease, owner=owner
+            request_id=request[REQUEST_ID],
+            route=record.route,
+            model=model,
+            body=body,
+            lease=lease,
+            owner=owner,
+            give_back_body=give_back_body,
         )
     except BaseException:
+        record.body_held = body_held  # no generation took the body: the request gives it back
         if lease is not None:
-            lease.transferred = False  # no generation took it: the request gives it back
+            lease.transferred = False  # nor the lease
         raise

@@ -96,6 +96,9 @@ class Job:
     lease: Lease | None = None
     # Which models the starting request's gateway key may be answered by, for the fallbacks; None without keys.
     allows: Callable[[str], bool] | None = None
+    # Gives the starting request's body bytes back to the process's budget (body_budget.py) once
+    # the stream's task is done: the prompt is held for retries and continuations until then.
+    give_back_body: Callable[[], None] | None = None
 
 
 class StoreSink:

@@ -9,7 +9,7 @@ for good does not keep an upstream busy.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -79,11 +79,13 @@ class StreamRegistry:
         body: dict[str, Any],
         lease: Lease | None = None,
         owner: str = "",
+        give_back_body: Callable[[], None] | None = None,
     ) -> str:
         """Start generating `body` into a new stream; its id. 503 while draining or when full.
 
         `owner` is who may read and stop it (see `may_access`): `TokenSigner.stream_owner` of the
-        key that started it, "" without keys.
+        key that started it, "" without keys. `give_back_body` is called once the stream's task is
+        done (only if this returns: the caller still holds the body when it raises).
         """
         services = self._services
         services.lifecycle.admit()
@@ -103,7 +105,8 @@ class StreamRegistry:
                 "Sluice holds as many streams as it may; retry shortly.", code="overloaded", headers=retry_after
             )
         allows = lease.key.fallbacks_allowed(services.settings.models.aliases) if lease is not None else None
-        generation = Generation(Job(stream_id, request_id, route, model, body, lease, allows), services)
+        job = Job(stream_id, request_id, route, model, body, lease, allows, give_back_body)
+        generation = Generation(job, services)
         task = asyncio.create_task(generation.run(), name=f"sluice-stream-{stream_id}")
         live = _Live(generation, task)
         self._live[stream_id] = live
@@ -210,8 +213,13 @@ class StreamRegistry:
 
     def _ended(self, stream_id: str, task: asyncio.Task[None]) -> None:
         live = self._live.pop(stream_id, None)
-        if live is not None and live.grace is not None:
-            live.grace.cancel()
+        if live is not None:
+            if live.grace is not None:
+                live.grace.cancel()
+            # Here, not in Generation.run: a task cancelled before its first step never runs it.
+            give_back_body = live.generation.job.give_back_body
+            if give_back_body is not None:
+                give_back_body()
         if not task.cancelled() and task.exception() is not None:
             # Generation.run catches everything it can; anything else is a bug worth a loud line.
             log.error("browser_stream_task_failed", stream_id=stream_id, exc_info=task.exception())
