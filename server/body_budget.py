@@ -2,10 +2,11 @@
 
 A body is held for as long as its request runs: a stream keeps its prompt for retries and
 continuation. A browser stream started with `POST /chat/streams` holds it until the stream ends,
-past the request's 201 (the stream registry gives it back). `max_body_bytes` bounds one body; this bounds them all, so that many large bodies at
-once (a burst of image uploads, or a client set on exhausting memory) meet 503 `overloaded`
-before they are read, rather than the process's memory. One body is always let in when none is
-held, so a limit below `max_body_bytes` never refuses every large body for good.
+past the request's 201 (the stream registry gives it back). `max_body_bytes` bounds one body;
+this bounds them all, so that many large bodies at once (a burst of image uploads, or a client set
+on exhausting memory) meet 503 `overloaded` before they are read, rather than the process's
+memory. One body is always let in when none is held, so a limit below `max_body_bytes` never
+refuses every large body for good.
 """
 
 from __future__ import annotations

@@ -58,15 +58,7 @@ def _deadlines(settings: Settings, *, stream: bool, continued: bool = False) -> 
         return Deadlines(
             first_token=up.total_timeout, idle=up.total_timeout, total=up.total_timeout, send=up.total_timeout
         )
-    # The routing enforces header_timeout and first_token_timeout per attempt, so the guard's own
-    # first-token deadline only bounds the whole routing (attempts, waits, fallbacks, hedges).
-    idle = up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0)
-    return Deadlines(
-        first_token=up.total_timeout,
-        idle=idle,
-        total=up.total_timeout,
-        send=settings.stream.send_timeout,
-    )
+    return Deadlines.for_stream(settings, continued=continued)
 
 
 async def stream_chat(request: web.Request, body: dict[str, Any], dialect: Dialect) -> web.StreamResponse:

@@ -15,8 +15,12 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import TYPE_CHECKING
 
 from .timers import Entry, Timers
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 class Outcome(StrEnum):
@@ -49,6 +53,20 @@ class Deadlines:
     idle: float
     total: float
     send: float
+
+    @classmethod
+    def for_stream(cls, settings: Settings, *, continued: bool = False) -> Deadlines:
+        """A stream's deadlines, attached or detached, from the settings.
+
+        The routing enforces header_timeout and first_token_timeout per attempt, so the guard's
+        own first-token deadline only bounds the whole routing (attempts, waits, fallbacks,
+        hedges): first_token_timeout here cut a routing still waiting out a Retry-After, or
+        moving to a slower candidate. `continued`: the continuation watches the idle gap itself,
+        and the guard leaves it room to open.
+        """
+        up = settings.upstream
+        idle = up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0)
+        return cls(first_token=up.total_timeout, idle=idle, total=up.total_timeout, send=settings.stream.send_timeout)
 
 
 class StreamGuard:

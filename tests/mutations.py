@@ -1620,8 +1620,9 @@ BREAKS += [
     Break(
         "a browser stream's guard on a loop timer of its own",
         "server/streams/generation.py",
-        "            _deadlines(services.settings, continued=continued is not None), timers=services.timers\n",
-        "            _deadlines(services.settings, continued=continued is not None)\n",
+        "            Deadlines.for_stream(services.settings, continued=continued is not None),\n"
+        "            timers=services.timers,\n",
+        "            Deadlines.for_stream(services.settings, continued=continued is not None),\n",
         (
             "tests/test_timers.py::"
             "test_a_browser_streams_guard_and_its_readers_heartbeat_are_deadlines_of_the_applications_timers",
@@ -1785,8 +1786,8 @@ BREAKS += [
     Break(
         "an empty choices list taken for a completion",
         "server/upstreams/failures.py",
-        '        if isinstance(body.get("choices"), list) and body["choices"]:\n',
-        '        if isinstance(body.get("choices"), list):\n',
+        "        if isinstance(choices, list) and choices:\n",
+        "        if isinstance(choices, list):\n",
         (f"{REPLIES}::test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream",),
     ),
     Break(
@@ -2309,9 +2310,12 @@ BREAKS += [
     Break(
         "a failed trial after a 503's Retry-After counted as one failure only",
         "server/upstreams/breaker.py",
-        "            if failures >= self._threshold or record.trial_since is not None:\n",
-        "            if failures >= self._threshold:\n",
-        ("tests/test_routing_units.py::test_a_5xx_at_the_trial_after_a_503s_retry_after_reopens_for_the_cooldown",),
+        "            if record.trial_since is not None:\n                # A failed trial reopens for the cooldown.\n",
+        "            if False:\n                # A failed trial reopens for the cooldown.\n",
+        (
+            "tests/test_routing_units.py::test_a_5xx_at_the_trial_after_a_503s_retry_after_reopens_for_the_cooldown",
+            "tests/test_rate_limit_holds.py::test_a_failed_trial_that_says_nothing_reopens_for_the_cooldown",
+        ),
     ),
     Break(
         "a success at a trial leaves the other breaker it held",
@@ -7001,6 +7005,94 @@ BREAKS += [
         "        record.body_held = body_held  # no generation took the body: the request gives it back\n",
         "",
         (f"{BODY_BUDGET_TESTS}::test_a_browser_stream_refused_gives_its_body_back",),
+    ),
+]
+
+
+UNUSABLE = "tests/test_unusable_replies.py"
+BREAKS += [
+    Break(
+        "an unusable reply is neither retried elsewhere nor counted",
+        "server/upstreams/failures.py",
+        '    error = UpstreamProtocolError(message, code=code)\n    error.reason = "malformed_reply"\n',
+        "    error = UpstreamProtocolError(message, code=code)\n",
+        (
+            f"{UNUSABLE}::test_a_stream_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker[compressed]",
+            f"{UNUSABLE}::test_a_stream_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker[oversized_event]",
+        ),
+    ),
+    Break(
+        "a compressed stream is a plain protocol error",
+        "server/upstreams/client.py",
+        "                    raise unusable_reply(\n",
+        "                    raise UpstreamProtocolError(\n",
+        (
+            f"{UNUSABLE}::test_a_stream_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker[compressed]",
+        ),
+    ),
+    Break(
+        "an oversized event is a plain protocol error",
+        "server/upstreams/stream.py",
+        "            raise unusable_reply(\n",
+        "            raise UpstreamProtocolError(\n",
+        (
+            f"{UNUSABLE}::test_a_stream_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker[oversized_event]",
+        ),
+    ),
+    Break(
+        "a completion's choices need no message",
+        "server/upstreams/failures.py",
+        '            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)'
+        " for choice in choices):\n",
+        "            if True:\n",
+        (f"{UNUSABLE}::test_a_completion_without_a_message_is_answered_by_the_next_upstream_and_opens_its_breaker",),
+    ),
+    Break(
+        "null usage counts refuse a reply on /chat",
+        "server/routes/chat.py",
+        '                prompt_tokens=usage.get("prompt_tokens") or 0,\n',
+        '                prompt_tokens=usage.get("prompt_tokens", 0),\n',
+        (f"{UNUSABLE}::test_a_completion_with_null_usage_counts_is_answered_on_chat_with_zeros",),
+    ),
+    Break(
+        "a reply /chat cannot read is logged as completed",
+        "server/routes/chat.py",
+        "        record.outcome, record.error_code = Outcome.UPSTREAM_ERROR, failure.code\n",
+        "        pass\n",
+        (f"{UNUSABLE}::test_a_completion_chat_cannot_read_is_502_malformed_reply_and_logged_as_an_upstream_error",),
+    ),
+    Break(
+        "a reply /chat cannot read has the broken-stream code",
+        "server/routes/chat.py",
+        "        raise malformed_reply() from None\n",
+        '        raise UpstreamProtocolError("The upstream\'s reply was not a chat completion.") from None\n',
+        (f"{UNUSABLE}::test_a_completion_chat_cannot_read_is_502_malformed_reply_and_logged_as_an_upstream_error",),
+    ),
+    Break(
+        "a browser stream's routing is cut at first_token_timeout",
+        "server/guard.py",
+        "        return cls(first_token=up.total_timeout, idle=idle, total=up.total_timeout,",
+        "        return cls(first_token=up.first_token_timeout, idle=idle, total=up.total_timeout,",
+        (
+            "tests/test_browser_stream_routing.py::test_a_browser_stream_waits_out_a_retry_after_longer_than_the_first_token_timeout",
+        ),
+    ),
+    Break(
+        "a failed trial that says when is shut for the cooldown",
+        "server/upstreams/breaker.py",
+        "            if retry_after is not None and self._on_rate_limit:\n                # The upstream said when",
+        "            if retry_after is not None and self._on_rate_limit and record.trial_since is None:\n"
+        "                # The upstream said when",
+        (f"{RATE_HOLDS}::test_a_failed_trial_that_says_when_holds_for_that_wait_not_the_cooldown",),
+    ),
+    Break(
+        "failures that say when never reach the cooldown",
+        "server/upstreams/breaker.py",
+        "            if failures >= self._threshold:\n"
+        "                return BreakerRecord(failures, now + max(self._cooldown,",
+        "            if failures >= self._threshold and retry_after is None:\n"
+        "                return BreakerRecord(failures, now + max(self._cooldown,",
+        (f"{RATE_HOLDS}::test_failures_that_say_when_still_open_for_the_cooldown_at_the_threshold",),
     ),
 ]
 

@@ -8,9 +8,10 @@ told not to retry it. The route cases run the gateway in-process in front of a f
 
 from __future__ import annotations
 
+import pytest
 from aiohttp import web
 
-from server.upstreams.breaker import Breakers, MemoryBreakerStore
+from server.upstreams.breaker import Admission, Breakers, MemoryBreakerStore
 from tests.support.envelope import error_of
 from tests.test_routing_units import Clock
 from tests.test_upstream_errors import CALLS, COMPLETIONS, BuildGateway
@@ -45,6 +46,39 @@ async def test_other_failures_in_a_row_still_open_for_the_cooldown() -> None:
         await b.failed("a")
     clock.now += 29
     assert not await b.acquire("a")
+
+
+async def test_a_failed_trial_that_says_when_holds_for_that_wait_not_the_cooldown() -> None:
+    # A 503 with Retry-After at the trial too: the upstream asked for 2 s and was shut for 30.
+    clock = Clock()
+    b = breakers(clock)
+    await b.failed("a", retry_after=2.0)
+    clock.now += 2.1
+    assert await b.acquire("a") is Admission.TRIAL
+    await b.failed("a", retry_after=2.0)
+
+    assert await b.reopens_in("a") == pytest.approx(2.0)
+
+
+async def test_a_failed_trial_that_says_nothing_reopens_for_the_cooldown() -> None:
+    clock = Clock()
+    b = breakers(clock)
+    await b.failed("a", retry_after=2.0)
+    clock.now += 2.1
+    assert await b.acquire("a") is Admission.TRIAL
+    await b.failed("a")
+
+    assert await b.reopens_in("a") == pytest.approx(30.0)
+
+
+async def test_failures_that_say_when_still_open_for_the_cooldown_at_the_threshold() -> None:
+    clock = Clock()
+    b = breakers(clock)
+    for _ in range(5):
+        await b.failed("a", retry_after=2.0)
+        clock.now += 2.1
+
+    assert await b.reopens_in("a") == pytest.approx(30.0 - 2.1)
 
 
 def limiting(calls: list[int], code: str, headers: dict[str, str]) -> web.Application:

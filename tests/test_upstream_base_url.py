@@ -30,7 +30,7 @@ async def test_a_chat_request_keeps_the_base_urls_query(raw_upstream: RawUpstrea
     base = raw_upstream.url.replace("/v1", "/openai/deployments/d1")
     sent = asyncio.ensure_future(raw_client(base + QUERY).complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
-    exchange.write(json_reply(b'{"choices": [{}]}'))
+    exchange.write(json_reply(b'{"choices": [{"message": {}}]}'))
     async with asyncio.timeout(10):
         await sent
 

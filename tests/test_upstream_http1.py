@@ -38,7 +38,7 @@ from tests.support.raw_upstream import (
 SECONDS = 10  # a bound far from any real wait here
 CHAT = {"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}]}
 # The smallest reply the client takes for a chat completion (server/upstreams/failures.py, check_completion).
-COMPLETION = b'{"choices": [{}]}'
+COMPLETION = b'{"choices": [{"message": {}}]}'
 
 
 def test_a_chunked_body_split_at_every_byte_boundary_parses_the_same() -> None:
@@ -117,11 +117,11 @@ async def test_a_content_length_body_ends_at_its_length_and_the_connection_is_re
     for n in range(3):
         sent = asyncio.ensure_future(client.complete(CHAT, f"rid-{n}"))
         exchange = await raw_upstream.next()
-        exchange.write(json_reply(b'{"choices": [{}], "n": %d}' % n))
+        exchange.write(json_reply(b'{"choices": [{"message": {}}], "n": %d}' % n))
         async with asyncio.timeout(SECONDS):
             replies.append(await sent)
 
-    assert replies == [b'{"choices": [{}], "n": %d}' % n for n in range(3)]
+    assert replies == [b'{"choices": [{"message": {}}], "n": %d}' % n for n in range(3)]
     assert raw_upstream.connections == 1
 
 
@@ -145,13 +145,15 @@ async def test_a_close_delimited_body_ends_when_the_upstream_closes(
     client = raw_client(raw_upstream.url)
     sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
-    exchange.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"choices": [{}], "a":')
+    exchange.write(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + b'{"choices": [{"message": {}}], "a":'
+    )
     exchange.write(b' "b"}')
     exchange.close()
     async with asyncio.timeout(SECONDS):
         reply = await sent
 
-    assert reply == b'{"choices": [{}], "a": "b"}'
+    assert reply == b'{"choices": [{"message": {}}], "a": "b"}'
 
 
 async def test_a_redirect_is_not_followed_but_fails_as_upstream_failed(
@@ -270,11 +272,11 @@ async def test_a_pooled_connection_that_fails_before_its_answer_is_retried_once_
     on_the_pooled_one = await raw_upstream.next()
     on_the_pooled_one.close()  # as an upstream whose keep-alive ran out just as the request came
     on_a_fresh_one = await raw_upstream.next()
-    on_a_fresh_one.write(json_reply(b'{"choices": [{}], "ok": true}'))
+    on_a_fresh_one.write(json_reply(b'{"choices": [{"message": {}}], "ok": true}'))
     async with asyncio.timeout(SECONDS):
         reply = await second
 
-    assert reply == b'{"choices": [{}], "ok": true}'
+    assert reply == b'{"choices": [{"message": {}}], "ok": true}'
     assert (on_the_pooled_one.connection, on_a_fresh_one.connection) == (1, 2)
 
 
@@ -456,7 +458,7 @@ async def _tls_reply(tmp_path: Path, trusted: bool) -> bytes:
     try:
         sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
         if trusted:
-            (await upstream.next()).write(json_reply(b'{"choices": [{}], "tls": true}'))
+            (await upstream.next()).write(json_reply(b'{"choices": [{"message": {}}], "tls": true}'))
         async with asyncio.timeout(SECONDS):
             return await sent
     finally:
@@ -465,7 +467,7 @@ async def _tls_reply(tmp_path: Path, trusted: bool) -> bytes:
 
 
 async def test_an_https_upstream_is_reached_with_its_certificate_verified(tmp_path: Path) -> None:
-    assert await _tls_reply(tmp_path, trusted=True) == b'{"choices": [{}], "tls": true}'
+    assert await _tls_reply(tmp_path, trusted=True) == b'{"choices": [{"message": {}}], "tls": true}'
 
 
 async def test_an_https_upstream_whose_certificate_is_not_trusted_is_unreachable(tmp_path: Path) -> None:

@@ -54,7 +54,7 @@ async def chat_request_headers(raw_upstream: RawUpstream, client: UpstreamClient
     """The headers of the chat request `client` sends, answered with a completion."""
     sent = asyncio.ensure_future(client.complete(CHAT, "rid"))
     exchange = await raw_upstream.next()
-    exchange.write(json_reply(b'{"choices": [{}]}'))
+    exchange.write(json_reply(b'{"choices": [{"message": {}}]}'))
     async with asyncio.timeout(10):
         await sent
     return header_lines(exchange.head)

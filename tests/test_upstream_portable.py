@@ -94,7 +94,7 @@ async def test_a_portable_client_sends_the_portable_body(raw_upstream: RawUpstre
     try:
         sent = asyncio.ensure_future(client.complete(native_body(stream=False, max_tokens=7), "rid"))
         exchange = await raw_upstream.next()
-        exchange.write(json_reply(b'{"choices": [{}]}'))
+        exchange.write(json_reply(b'{"choices": [{"message": {}}]}'))
         async with asyncio.timeout(10):
             await sent
     finally:

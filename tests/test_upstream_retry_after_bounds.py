@@ -215,12 +215,12 @@ async def _answer_then_reset_the_next(raw_upstream: RawUpstream, raw_client: Raw
     """One request answered on a kept connection; the next one read on it, then the connection reset."""
     client = raw_client(raw_upstream.url)
     first = asyncio.ensure_future(client.complete({"messages": []}, "first"))
-    (await raw_upstream.next()).write(json_reply(b'{"choices": [{}]}'))
+    (await raw_upstream.next()).write(json_reply(b'{"choices": [{"message": {}}]}'))
     async with asyncio.timeout(SECONDS):
         await first
     second = asyncio.ensure_future(client.complete({"messages": []}, "second"))
     (await raw_upstream.next()).close()  # read, then reset: it may have been taken
-    (await raw_upstream.next()).write(json_reply(b'{"choices": [{}]}'))
+    (await raw_upstream.next()).write(json_reply(b'{"choices": [{"message": {}}]}'))
     async with asyncio.timeout(SECONDS):
         return await second
 
@@ -257,7 +257,7 @@ async def test_a_request_sent_once_logs_no_resend(raw_upstream: RawUpstream, raw
     with capture_logs() as logs:
         for rid in ("first", "second"):  # the second on the kept connection
             sent = asyncio.ensure_future(client.complete({"messages": []}, rid))
-            (await raw_upstream.next()).write(json_reply(b'{"choices": [{}]}'))
+            (await raw_upstream.next()).write(json_reply(b'{"choices": [{"message": {}}]}'))
             async with asyncio.timeout(SECONDS):
                 await sent
     assert raw_upstream.connections == 1

@@ -10,10 +10,12 @@ from pydantic import ValidationError
 
 from ..chat_call import complete_chat, stream_chat
 from ..dialects import NativeDialect
-from ..errors import UpstreamProtocolError
+from ..errors import UpstreamError
+from ..guard import Outcome
 from ..keys import RECORD, REQUEST_ID, SETTINGS
 from ..middleware.auth import check_model_for, default_model
 from ..schemas import ChatReply, ChatRequest, Usage
+from ..upstreams.failures import malformed_reply
 from ..validation import parse_model, read_json_object
 
 
@@ -29,7 +31,13 @@ async def chat(request: web.Request) -> web.Response:
     """Answer a message in one reply, with token usage."""
     chat_request, model = await _chat_request(request)
     raw = await complete_chat(request, chat_request.upstream_body(model, stream=False))
-    reply = _reply_from_upstream(raw, model)
+    try:
+        reply = _reply_from_upstream(raw, model)
+    except UpstreamError as failure:
+        # After the routing said completed: the access line and metrics must say what the client got.
+        record = request[RECORD]
+        record.outcome, record.error_code = Outcome.UPSTREAM_ERROR, failure.code
+        raise
     return web.json_response(body=reply.model_dump_json().encode(), content_type="application/json")
 
 
@@ -50,11 +58,12 @@ def _reply_from_upstream(raw: bytes, model: str) -> ChatReply:
             response=choice["message"].get("content") or "",
             model=body.get("model") or model,
             finish_reason=choice.get("finish_reason") or "stop",
+            # A provider's null counts are no counts: 0, as for one it left out.
             usage=Usage(
-                prompt_tokens=usage.get("prompt_tokens", 0),
-                completion_tokens=usage.get("completion_tokens", 0),
-                total_tokens=usage.get("total_tokens", 0),
+                prompt_tokens=usage.get("prompt_tokens") or 0,
+                completion_tokens=usage.get("completion_tokens") or 0,
+                total_tokens=usage.get("total_tokens") or 0,
             ),
         )
     except (orjson.JSONDecodeError, KeyError, IndexError, TypeError, AttributeError, ValidationError):
-        raise UpstreamProtocolError("The upstream's reply was not a chat completion.") from None
+        raise malformed_reply() from None

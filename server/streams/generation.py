@@ -300,7 +300,9 @@ class Generation:
         dialect = NativeDialect(self.job.stream_id, services.settings.stream.retry_ms)
         continued = continuing(services, self.job, record)
         self._guard = guard = StreamGuard(
-            _deadlines(services.settings, continued=continued is not None), timers=services.timers
+            # `send` never trips: the store accepts at once.
+            Deadlines.for_stream(services.settings, continued=continued is not None),
+            timers=services.timers,
         )
         chunks = UpstreamChunks(services.upstream, self.job, record, self.backlog, services.store, dialect, continued)
         sink = StoreSink(services.store, self.job.stream_id, dialect, self.backlog)
@@ -385,17 +387,3 @@ class Generation:
         )
         # Whatever happened, readers got it as an event on a 200 stream.
         self._services.metrics.chat_finished(record, duration, 200)
-
-
-def _deadlines(settings: Settings, *, continued: bool) -> Deadlines:
-    """The attached path's stream deadlines; `send` never trips, as the store accepts at once.
-
-    `continued`: the continuation watches the idle gap itself, and the guard leaves it room to open.
-    """
-    up = settings.upstream
-    return Deadlines(
-        first_token=up.first_token_timeout,
-        idle=up.idle_timeout + (up.header_timeout + up.first_token_timeout if continued else 0),
-        total=up.total_timeout,
-        send=settings.stream.send_timeout,
-    )

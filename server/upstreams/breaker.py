@@ -259,11 +259,15 @@ class Breakers:
                 hold = max(retry_after or 0.0, RATE_LIMIT_SPACING)
                 return BreakerRecord(record.failures, max(record.open_until, now + hold))
             failures = record.failures + 1
-            # A failed trial reopens for the cooldown.
-            if failures >= self._threshold or record.trial_since is not None:
+            if failures >= self._threshold:
                 return BreakerRecord(failures, now + max(self._cooldown, retry_after or 0.0))
             if retry_after is not None and self._on_rate_limit:
+                # The upstream said when (a 503 with Retry-After), a failed trial's too: held for
+                # that, not the cooldown, until the failures in a row reach the threshold.
                 return BreakerRecord(failures, max(record.open_until, now + retry_after))
+            if record.trial_since is not None:
+                # A failed trial reopens for the cooldown.
+                return BreakerRecord(failures, now + self._cooldown)
             return replace(record, failures=failures)
 
         # A failed trial reports half-open (its gauge) then open again, from the record it wrote.

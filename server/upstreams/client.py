@@ -17,11 +17,18 @@ import structlog
 
 from ..access import RequestRecord
 from ..chunks import MAX_EVENT_BYTES
-from ..errors import UpstreamError, UpstreamProtocolError
+from ..errors import UpstreamError
 from ..logs import connection_error_fields
 from ..settings import UpstreamEntry, UpstreamSettings
 from .connections import Connections, OriginPool
-from .failures import check_completion, connect_failure, malformed_reply, status_failure, timeout_failure
+from .failures import (
+    check_completion,
+    connect_failure,
+    malformed_reply,
+    status_failure,
+    timeout_failure,
+    unusable_reply,
+)
 from .http1 import ConnectionBroken
 from .parser import UPSTREAM_REQUEST_ID_HEADERS, MalformedResponse
 from .portable import portable
@@ -102,10 +109,11 @@ class UpstreamClient:
             with timers.deadline(timers.time() + self._settings.header_timeout) as deadline:
                 response = await self._send(body, request_id, accept=b"text/event-stream", record=record)
                 if (response.headers.get("content-encoding") or "identity").strip().lower() != "identity":
-                    raise UpstreamProtocolError(
+                    # None was asked for; decoding a stream's pieces is not worth its cost.
+                    raise unusable_reply(
                         "The upstream's stream is compressed, which Sluice does not decode.",
                         code="upstream_encoding_unsupported",
-                    )  # none was asked for; decoding a stream's pieces is not worth its cost
+                    )
                 stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
                 deadline.reschedule(timers.time() + self._settings.first_token_timeout)
                 if on_accepted is not None:

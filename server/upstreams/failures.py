@@ -161,8 +161,13 @@ def check_completion(reply: bytes) -> None:
     """
     body = _loads(reply)
     if isinstance(body, dict):
-        if isinstance(body.get("choices"), list) and body["choices"]:
-            return
+        choices = body.get("choices")
+        if isinstance(choices, list) and choices:
+            # Each choice a message: `choices: [null]` or a choice without one reached an SDK as a 200
+            # it could not read, and no other upstream was asked.
+            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in choices):
+                return
+            raise malformed_reply()
         raise _reply_error(body, reply) or malformed_reply()
     raise malformed_reply()
 
@@ -218,7 +223,14 @@ def _error_in_reply(error: Mapping[str, Any], reply: bytes) -> UpstreamError:
 
 def malformed_reply(message: str = "The upstream's reply was not a chat completion.") -> UpstreamError:
     """An upstream reply that is not what was asked for: a chat completion, or an event stream."""
-    error = UpstreamProtocolError(message, code="upstream_malformed_reply")
+    return unusable_reply(message, code="upstream_malformed_reply")
+
+
+def unusable_reply(message: str, *, code: str) -> UpstreamError:
+    """A reply Sluice cannot relay (malformed, an encoding it does not decode, an event past its
+    limit): judged as a malformed reply, so another candidate is asked and the breaker counts it
+    (with no reason, it was neither, and a pool kept sending half its requests to the upstream)."""
+    error = UpstreamProtocolError(message, code=code)
     error.reason = "malformed_reply"
     return error
 

@@ -6,7 +6,7 @@ import zlib
 
 from ..errors import UpstreamProtocolError
 from .connections import OriginPool
-from .failures import malformed_reply
+from .failures import malformed_reply, unusable_reply
 from .http1 import Http1Connection
 from .parser import Headers, ResponseParser
 
@@ -89,7 +89,7 @@ class UpstreamResponse:
             return None
         wbits = DECODERS.get(coding)
         if wbits is None:
-            raise UpstreamProtocolError(
+            raise unusable_reply(
                 f"The upstream's reply is encoded as {coding!r}, which Sluice does not decode.",
                 code="upstream_encoding_unsupported",
             )

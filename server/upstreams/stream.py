@@ -10,7 +10,7 @@ import structlog
 
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
-from .failures import event_failure, malformed_reply, reply_failure, reset_failure
+from .failures import event_failure, malformed_reply, reply_failure, reset_failure, unusable_reply
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .push import Body, Pushed
@@ -209,7 +209,7 @@ class UpstreamStream:
             self._ended = True
         if self._splitter.overflowed and not batch:
             # An endless line must end the stream, explicitly, not wait for an idle timeout.
-            raise UpstreamProtocolError(
+            raise unusable_reply(
                 f"The upstream sent an event larger than {self._max_event_bytes} bytes.",
                 code="upstream_event_too_large",
             )
