@@ -4059,8 +4059,8 @@ BREAKS += [
     Break(
         "an undo gives back a take that never took",
         SHARED_LIMITS,
-        "if taken ~= '1' then return 0 end",
-        "if false then return 0 end",
+        "if taken ~= '1' then\n",
+        "if false then\n",
         (
             f"{REDIS_LIMITS}::test_an_undo_sent_again_gives_back_once",
             f"{REDIS_LIMITS}::test_an_undo_of_a_take_that_took_nothing_gives_back_nothing",
@@ -6460,8 +6460,8 @@ BREAKS += [
     Break(
         "a give-back owed and sent stays counted as held",
         "server/shared/limit_store.py",
-        "                if debt.streams:\n                    self._hold(debt.name, -debt.streams)\n",
-        "                if debt.streams:\n                    pass\n",
+        "                    self._sending(debt.name, -1)\n                    self._hold(debt.name, -debt.streams)\n",
+        "                    self._sending(debt.name, -1)\n",
         (f"{SLOT_LEASES}::test_a_slot_given_back_while_redis_stalls_is_not_counted_again_by_a_renewal",),
     ),
     Break(
@@ -6909,7 +6909,7 @@ BREAKS += [
     Break(
         "a take leaves no stamp",
         "server/shared/limits.py",
-        "    stamp_slots(ARGV[9], ARGV[11])\n",
+        "    if not lost then stamp_slots(ARGV[9], ARGV[11]) end\n",
         "",
         (f"{SLOT_LEASES}::test_a_renewal_crossed_by_a_take_sent_after_it_keeps_that_take_counted",),
     ),
@@ -6956,8 +6956,8 @@ BREAKS += [
     Break(
         "the store's debts are not stamped",
         "server/shared/limit_store.py",
-        "            await debt.send(self._buckets, debt_id, next(self._stamps))\n",
-        "            await debt.send(self._buckets, debt_id, 0)\n",
+        "        await debt.send(self._buckets, debt_id, next(self._stamps) if debt.streams else 0)\n",
+        "        await debt.send(self._buckets, debt_id, 0)\n",
         (f"{SLOT_LEASES}::test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_renewals_read_before_it",),
     ),
     Break(
@@ -6968,11 +6968,11 @@ BREAKS += [
         (f"{SLOT_LEASES}::test_a_renewal_sets_the_count_to_the_slots_the_instance_holds",),
     ),
     Break(
-        "a debt on its way is not counted as on its way",
+        "an owed debt is not counted as on its way",
         "server/shared/limit_store.py",
-        "        self._sending(debt.name, 1)\n        try:\n",
-        "        try:\n",
-        (f"{SLOT_LEASES}::test_a_debt_giving_back_slots_is_on_its_way_while_it_is_sent",),
+        "            self._sending(debt.name, 1)  # may still land, until its debt is settled\n",
+        "            pass\n",
+        (f"{SLOT_LEASES}::test_an_owed_give_back_keeps_its_key_on_its_way_until_it_is_settled",),
     ),
 ]
 
@@ -7093,6 +7093,45 @@ BREAKS += [
         "            if failures >= self._threshold and retry_after is None:\n"
         "                return BreakerRecord(failures, now + max(self._cooldown,",
         (f"{RATE_HOLDS}::test_failures_that_say_when_still_open_for_the_cooldown_at_the_threshold",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a settled debt leaves its key on its way for good",
+        "server/shared/limit_store.py",
+        "                    self._sending(debt.name, -1)\n                    self._hold(debt.name, -debt.streams)\n",
+        "                    self._hold(debt.name, -debt.streams)\n",
+        (f"{SLOT_LEASES}::test_an_owed_give_back_keeps_its_key_on_its_way_until_it_is_settled",),
+    ),
+    Break(
+        "a take on a lost count stamps it",
+        "server/shared/limits.py",
+        "    if not lost then stamp_slots(ARGV[9], ARGV[11]) end\n",
+        "    stamp_slots(ARGV[9], ARGV[11])\n",
+        (f"{SLOT_LEASES}::test_a_count_redis_lost_is_set_by_a_renewal_though_a_take_crossed_it",),
+    ),
+    Break(
+        "a late change lowers the stamp",
+        "server/shared/limits.py",
+        "  if stamp ~= '0' and tonumber(redis.call('HGET', KEYS[1], field) or '0') < tonumber(stamp) then\n",
+        "  if stamp ~= '0' then\n",
+        (f"{SLOT_LEASES}::test_a_late_change_sent_before_a_renewal_does_not_lower_the_stamp",),
+    ),
+    Break(
+        "an undo of a take that never ran stamps nothing",
+        "server/shared/limits.py",
+        "  if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[7]) == 1 then\n",
+        "  if false then\n",
+        (f"{SLOT_LEASES}::test_an_undo_of_a_take_that_never_ran_stamps_the_count",),
+    ),
+    Break(
+        "a stamp without its lease is kept",
+        "server/shared/limits.py",
+        "      if string.sub(fields[i], 1, 2) == 'o:' and not leases[string.sub(fields[i], 3)] then\n",
+        "      if false then\n",
+        (f"{SLOT_LEASES}::test_a_stamp_left_by_an_older_instances_sweep_is_swept",),
     ),
 ]
 

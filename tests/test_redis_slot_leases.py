@@ -41,10 +41,11 @@ async def test_a_slot_whose_instances_lease_lapsed_is_free_for_another_instance(
     make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
 ) -> None:
     dead, alive = make_buckets(), make_buckets()
-    assert (await dead.take("key-dead", **one_request(max_streams=1, streams=1), stamp=1)).allowed
-    assert not (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    assert (await dead.take("key-dead", **one_request(max_streams=2, streams=1), stamp=1)).allowed
+    assert (await dead.take("key-dead", **one_request(max_streams=2, streams=1), stamp=2)).allowed  # stamped
+    assert not (await alive.take("key-dead", **one_request(max_streams=2, streams=1))).allowed
     await redis_client.hset("sluice:limit:key-dead", f"x:{dead.instance}", 0)  # its lease ran out
-    assert (await alive.take("key-dead", **one_request(max_streams=1, streams=1))).allowed
+    assert (await alive.take("key-dead", **one_request(max_streams=2, streams=1))).allowed
     # The take swept the lapsed lease with its count and stamp: the hash does not grow with dead instances.
     assert await redis_client.hmget("sluice:limit:key-dead", [f"s:{dead.instance}", f"o:{dead.instance}"]) == [
         None,
@@ -178,8 +179,9 @@ async def test_a_renewal_crossed_by_an_undo_sent_after_it_keeps_that_slot_given_
 
 async def test_a_renewal_not_crossed_sets_the_count(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
     here = make_buckets()
-    assert (await here.take("key-set", **one_request(max_streams=3, streams=1), stamp=1)).allowed
-    await here.renew([("key-set", 3, True)], stamp=2)
+    for stamp in (1, 2):
+        assert (await here.take("key-set", **one_request(max_streams=3, streams=1), stamp=stamp)).allowed
+    await here.renew([("key-set", 3, True)], stamp=3)
     assert await live_streams(here, "key-set") == 3
 
 
@@ -205,32 +207,85 @@ async def test_each_take_give_back_and_debt_of_a_store_is_stamped_after_the_rene
     assert await live_streams(here._buckets, "key-stamped") == 0
 
 
-async def test_a_debt_giving_back_slots_is_on_its_way_while_it_is_sent(
+async def test_an_owed_give_back_keeps_its_key_on_its_way_until_it_is_settled(
     make_store: Callable[..., RedisLimitStore],
 ) -> None:
-    # A renewal reading the count while the debt is sent cannot tell whether it landed first.
+    # A give-back whose reply never came may have landed, or may still land: a renewal reading the
+    # count meanwhile cannot tell, and set from it, a landed one's slot came back for a lease.
     here = make_store()
-    debt = Waiting()
-    sending = asyncio.create_task(here._send_debt("waiting-1", debt))
-    await debt.arrived.wait()
-    assert "key-waiting" in here._on_the_way
-    debt.release.set()
-    await sending
-    assert "key-waiting" not in here._on_the_way
+    taken = await here.take("key-owed-way", ONE_STREAM, requests=1, tokens=0, streams=1)
+    await here._buckets.give_back(  # it reached Redis; its reply was lost
+        "key-owed-way",
+        tpm=0,
+        tokens=0,
+        streams=1,
+        give_back_id="lost-reply",
+        streams_epoch=taken.epoch,
+        tokens_epoch=0,
+        stamp=next(here._stamps),
+    )
+    here._owe("lost-reply", _Owed("key-owed-way", 0, 0, 1, 0, taken.epoch))
+    await here.renew_leases()
+    settling = here._settling
+    assert settling is not None
+    await asyncio.wait_for(settling, OWED_BOUND)
+    assert await live_streams(here._buckets, "key-owed-way") == 0
+    assert "key-owed-way" not in here._on_the_way
 
 
-class Waiting:
-    """A debt giving back one slot, whose sending waits for `release`."""
+async def slot(buckets: RedisLimitBuckets, name: str, stamp: int, take_id: str | None = None) -> int:
+    """Take one stream slot of `name` with `stamp` (and `take_id`); the epoch it took in."""
+    extra = {"take_id": take_id} if take_id else {}
+    taken = await buckets.take(name, **one_request(max_streams=100, streams=1, **extra), stamp=stamp)
+    assert taken.allowed
+    return taken.epoch
 
-    name = "key-waiting"
-    streams = 1
 
-    def __init__(self) -> None:
-        self.arrived, self.release = asyncio.Event(), asyncio.Event()
+async def test_a_count_redis_lost_is_set_by_a_renewal_though_a_take_crossed_it(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
+) -> None:
+    # The crossing take found no count: it made one of its own slot, which is no reason to keep it.
+    here = make_buckets()
+    for stamp in (1, 2, 3):
+        await slot(here, "key-lost-crossed", stamp)
+    await redis_client.flushall()  # Redis restarted empty
+    await slot(here, "key-lost-crossed", 5)  # sent after the renewal read 3 slots, landed first
+    await here.renew([("key-lost-crossed", 3, True)], stamp=4)
+    assert await live_streams(here, "key-lost-crossed") >= 3
 
-    async def send(self, buckets: RedisLimitBuckets, debt_id: str, stamp: int) -> None:
-        self.arrived.set()
-        await self.release.wait()
+
+async def test_a_late_change_sent_before_a_renewal_does_not_lower_the_stamp(
+    make_buckets: Callable[[], RedisLimitBuckets],
+) -> None:
+    # A take cancelled on its way (stamp 2) lands after one sent after the renewal read (stamp 4).
+    here = make_buckets()
+    await slot(here, "key-late-low", 1)
+    await slot(here, "key-late-low", 4)
+    await slot(here, "key-late-low", 2, take_id="late-low")
+    await here.renew([("key-late-low", 2, True)], stamp=3)
+    assert await live_streams(here, "key-late-low") == 3
+
+
+async def test_an_undo_of_a_take_that_never_ran_stamps_the_count(make_buckets: Callable[[], RedisLimitBuckets]) -> None:
+    # Its slot was held here while its undo was owed: a renewal that read it must not set it.
+    here = make_buckets()
+    await slot(here, "key-never-ran", 1)
+    await here.undo("key-never-ran", rpm=0, tpm=0, requests=1, tokens=0, streams=1, take_id="never", stamp=4)
+    await here.renew([("key-never-ran", 2, True)], stamp=3)
+    assert await live_streams(here, "key-never-ran") == 1
+
+
+async def test_a_stamp_left_by_an_older_instances_sweep_is_swept(
+    make_buckets: Callable[[], RedisLimitBuckets], redis_client: aioredis.Redis
+) -> None:
+    # An instance from before stamps sweeps a lapsed lease's count and lease, not its stamp.
+    dead, alive = make_buckets(), make_buckets()
+    await slot(dead, "key-old-sweep", 1)
+    await slot(dead, "key-old-sweep", 2)  # on a count it has: stamped
+    assert await redis_client.hexists("sluice:limit:key-old-sweep", f"o:{dead.instance}")
+    await redis_client.hdel("sluice:limit:key-old-sweep", f"s:{dead.instance}", f"x:{dead.instance}")
+    await slot(alive, "key-old-sweep", 1)
+    assert not await redis_client.hexists("sluice:limit:key-old-sweep", f"o:{dead.instance}")
 
 
 async def test_a_give_back_cancelled_on_its_way_is_given_back_once_redis_answers(

@@ -142,8 +142,9 @@ class RedisLimitStore:
         # is set to (`renew_leases`). Counted from a take's sending until its give-back (or undo) is seen
         # to reach Redis.
         self._slots: dict[str, int] = {}
-        # Per key: takes and give-backs of its slots sent and not answered yet. A renewal sets no count
-        # while one is on its way: the count could not tell whether it landed before the renewal.
+        # Per key: takes and give-backs of its slots sent and not answered yet, and debts (owed undos and
+        # give-backs, which may still land) until settled. A renewal sets no count while one is on its
+        # way: the count could not tell whether it landed before the renewal.
         self._on_the_way: dict[str, int] = {}
         self._renewing: asyncio.Task[None] | None = None
 
@@ -331,6 +332,8 @@ class RedisLimitStore:
 
     def _owe(self, debt_id: str, debt: _Debt) -> None:
         self._owed[debt_id] = debt
+        if debt.streams:
+            self._sending(debt.name, 1)  # may still land, until its debt is settled
         if self._settling is None or self._settling.done():
             self._settling = asyncio.create_task(self._settle_when_up(), name="sluice-limits-owed")
 
@@ -356,20 +359,14 @@ class RedisLimitStore:
                     break
                 del self._owed[debt_id]
                 if debt.streams:
+                    self._sending(debt.name, -1)
                     self._hold(debt.name, -debt.streams)
                 pause = PING_INTERVAL
         log.info("limits_owed_given_back")
 
     async def _send_debt(self, debt_id: str, debt: _Debt) -> None:
-        """Send one debt; one that gives back slots counts as on its way meanwhile, as a give-back does."""
-        if not debt.streams:
-            await debt.send(self._buckets, debt_id, 0)
-            return
-        self._sending(debt.name, 1)
-        try:
-            await debt.send(self._buckets, debt_id, next(self._stamps))
-        finally:
-            self._sending(debt.name, -1)
+        """Send one debt (its key counts as on its way from `_owe` until it is settled)."""
+        await debt.send(self._buckets, debt_id, next(self._stamps) if debt.streams else 0)
 
     async def usage(self, name: str, limits: KeyLimits) -> Usage | None:
         # Only the dashboard reads this: a slow or absent Redis makes it "unknown", never a wait.

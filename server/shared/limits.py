@@ -13,8 +13,11 @@ instance also renews its leases every third of `redis.slot_lease_seconds` (limit
 instance that died (SIGKILL, a lost node) holds its slots for at most a lease, where one shared
 count kept them for as long as the key was in use, and a key at its `max_streams` was refused
 everywhere for good. Each renewal also sets the instance's count to the slots it holds, unless a
-take or give-back of the key is on its way: that mends a count a lost give-back left wrong, and
-brings back one that lapsed while its instance lives (cut off from Redis, or frozen, for a lease).
+take, give-back or undo of the key is on its way (or owed: one whose reply never came may still
+land), or one sent after the renewal read its count landed first (each change carries a stamp,
+`o:<instance>` keeps the highest landed, see _RENEW): that mends a count a lost give-back left
+wrong, and brings back one that lapsed while its instance lives (cut off from Redis, or frozen,
+for a lease). A count at 0 stays, with its lease and stamp, until the lease lapses.
 Field `s` is the one shared count of instances from before leases: these instances count it, but
 those do not count the leased ones, so during a rolling upgrade the older instances may admit more
 than `max_streams`; and a slot an older instance left there is never swept (delete field `s` of
@@ -97,16 +100,27 @@ local function live_streams(sweep)
     if lease > now then total = total + (counts[instance] or 0)
     elseif sweep then redis.call('HDEL', KEYS[1], 's:' .. instance, 'x:' .. instance, 'o:' .. instance) end
   end
+  -- A stamp without its lease: one an instance from before stamps swept the lease of.
+  if sweep then
+    for i = 1, #fields, 2 do
+      if string.sub(fields[i], 1, 2) == 'o:' and not leases[string.sub(fields[i], 3)] then
+        redis.call('HDEL', KEYS[1], fields[i])
+      end
+    end
+  end
   return total
 end
 """
 
-# An instance's change of its count of a key's stream slots, sent with `stamp` (see _RENEW). The
-# last to land names the count's stamp: changes sent before a renewal's read had all landed when
-# it read (or it sets no count), so any landing after that read is stamped higher, in any order.
+# An instance's change of its count of a key's stream slots, sent with `stamp` (see _RENEW): the
+# count keeps the highest stamp landed. Highest, not last: a change whose reply never came (a take
+# cancelled on its way) may land after one sent later, and must not hide that one from a renewal.
 _STAMP = """
 local function stamp_slots(instance, stamp)
-  if stamp ~= '0' then redis.call('HSET', KEYS[1], 'o:' .. instance, stamp) end
+  local field = 'o:' .. instance
+  if stamp ~= '0' and tonumber(redis.call('HGET', KEYS[1], field) or '0') < tonumber(stamp) then
+    redis.call('HSET', KEYS[1], field, stamp)
+  end
 end
 """
 
@@ -162,9 +176,12 @@ if exceeded == '' then
   redis.call('HSET', KEYS[1], 'rl', rl, 'ra', now, 'tl', tl, 'ta', now, 'e', epoch)
   if streams > 0 then
     s = s + streams
+    -- A take that finds its instance's count lost (lapsed, or Redis restarted) makes one of its
+    -- own slot: unstamped, so that a renewal it crossed still sets the count to the slots held.
+    local lost = redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[9]) == 0
     redis.call('HINCRBY', KEYS[1], 's:' .. ARGV[9], streams)
     redis.call('HSET', KEYS[1], 'x:' .. ARGV[9], now + tonumber(ARGV[10]))
-    stamp_slots(ARGV[9], ARGV[11])
+    if not lost then stamp_slots(ARGV[9], ARGV[11]) end
   end
   redis.call('EXPIRE', KEYS[1], ARGV[7])
 end
@@ -212,7 +229,13 @@ _UNDO = (
     + """
 local taken = redis.call('GET', KEYS[2])
 redis.call('SET', KEYS[2], '0', 'EX', ARGV[6])
-if taken ~= '1' then return 0 end
+if taken ~= '1' then
+  -- Its slot was held while the undo was owed: a renewal that read it must not set the count.
+  if tonumber(ARGV[5]) > 0 and redis.call('HEXISTS', KEYS[1], 's:' .. ARGV[7]) == 1 then
+    stamp_slots(ARGV[7], ARGV[8])
+  end
+  return 0
+end
 local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 local requests, tokens, streams = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
 """
@@ -239,12 +262,12 @@ local rpm, tpm = tonumber(ARGV[1]), tonumber(ARGV[2])
 
 
 # KEYS[1]: the key's hash. ARGV: the instance, how many of the key's stream slots it holds (more than
-# 0), its lease's seconds, the hash's idle seconds, '1' to set the count ('0': a take or give-back of
-# the key is on its way, whose landing the count could not tell: only a lapsed count is set then),
-# the renewal's stamp, taken when the count was read. A change of the count sent after that read
-# has a higher stamp: landed first, the count is not set (it already holds that change; the next
-# renewal sets it). Renews the instance's lease from now. Keeps the hash alive while slots are held
-# (a stream may outlast its hour).
+# 0), its lease's seconds, the hash's idle seconds, '1' to set the count ('0': a take, give-back or
+# undo of the key is on its way or owed, whose landing the count could not tell: only a lapsed count
+# is set then), the renewal's stamp, taken when the count was read. A change of the count sent after
+# that read has a higher stamp: landed first on a count Redis kept, the count is not set (it holds
+# that change; the next renewal sets it); a lost count is set whatever crossed it. Renews the
+# instance's lease from now. Keeps the hash alive while slots are held (a stream may outlast its hour).
 _RENEW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
