@@ -1688,15 +1688,15 @@ BREAKS += [
     Break(
         "the nesting limit one level too generous",
         "server/validation.py",
-        "        if depth > limit:\n",
-        "        if depth > limit + 1:\n",
+        "    for _ in range(1, limit):\n",
+        "    for _ in range(1, limit + 1):\n",
         (f"{BAD_INPUT}::test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500",),
     ),
     Break(
         "the nesting limit one level too strict",
         "server/validation.py",
-        "        if depth > limit:\n",
-        "        if depth >= limit:\n",
+        "    for _ in range(1, limit):\n",
+        "    for _ in range(1, limit - 1):\n",
         (f"{BAD_INPUT}::test_v1_a_body_nested_to_the_limit_is_accepted",),
     ),
     Break(
@@ -2344,7 +2344,7 @@ BREAKS += [
     Break(
         "a credential quoted in an upstream message passed on",
         "server/upstreams/failures.py",
-        'return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])',
+        "return _CREDENTIAL.sub(REDACTED, message[:MESSAGE_LIMIT])",
         "return message[:MESSAGE_LIMIT]",
         (f"{REPLIES}::test_a_credential_quoted_in_any_upstream_message_is_masked",),
     ),
@@ -2624,8 +2624,8 @@ BREAKS += [
     Break(
         "an error event's message passed on unbounded",
         "server/upstreams/failures.py",
-        'return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])',
-        'return _CREDENTIAL.sub("[redacted]", message)',
+        "return _CREDENTIAL.sub(REDACTED, message[:MESSAGE_LIMIT])",
+        "return _CREDENTIAL.sub(REDACTED, message)",
         ("tests/test_upstream_stream.py::test_an_error_events_message_is_passed_on_bounded",),
     ),
     Break(
@@ -3304,8 +3304,8 @@ BREAKS += [
     Break(
         "a BOM before an error body kept",
         WIRE_CLIENT,
-        "        return status_failure(response.status, response.headers, content.removeprefix(BOM))\n",
-        "        return status_failure(response.status, response.headers, content)\n",
+        "status_failure(response.status, response.headers, content.removeprefix(BOM))",
+        "status_failure(response.status, response.headers, content)",
         (f"{VARIETY_H1}::test_an_error_after_a_byte_order_mark_passes_its_message_on",),
     ),
     Break(
@@ -7132,6 +7132,67 @@ BREAKS += [
         "      if string.sub(fields[i], 1, 2) == 'o:' and not leases[string.sub(fields[i], 3)] then\n",
         "      if false then\n",
         (f"{SLOT_LEASES}::test_a_stamp_left_by_an_older_instances_sweep_is_swept",),
+    ),
+]
+
+
+KEY_MASKED = (
+    "tests/test_upstream_key_masked.py::test_an_upstream_error_quoting_its_key_reaches_the_client_with_the_key_masked"
+)
+BREAKS += [
+    Break(
+        "an upstream's status error quotes its key to the client",
+        "server/upstreams/client.py",
+        "        return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)),"
+        " self._secret)\n",
+        "        return status_failure(response.status, response.headers, content.removeprefix(BOM))\n",
+        (f"{KEY_MASKED}[400-v1]", f"{KEY_MASKED}[400-v1_stream]"),
+    ),
+    Break(
+        "an upstream's error event quotes its key to the client",
+        "server/upstreams/stream.py",
+        "            if chunk.error is not None and self._secret:\n",
+        "            if False:\n",
+        (f"{KEY_MASKED}[error_event-v1_stream]",),
+    ),
+    Break(
+        "an upstream's JSON error in place of a stream quotes its key",
+        "server/upstreams/stream.py",
+        '        raise redacted(reply_failure(b"".join(parts)), self._secret)\n',
+        '        raise reply_failure(b"".join(parts))\n',
+        (f"{KEY_MASKED}[200_error-v1_stream]",),
+    ),
+    Break(
+        "an upstream's JSON error in place of a completion quotes its key",
+        "server/upstreams/client.py",
+        "                raise redacted(failure, self._secret) from None\n",
+        "                raise\n",
+        (f"{KEY_MASKED}[200_error-v1]",),
+    ),
+    Break(
+        "only a whole key is masked",
+        "server/upstreams/failures.py",
+        "        return REDACTED if any(piece in found for piece in pieces) else run.group(0)\n",
+        "        return REDACTED if key in found else run.group(0)\n",
+        (f"{KEY_MASKED}[400-v1]",),
+    ),
+    Break(
+        "a key quoted in another case is not masked",
+        "server/upstreams/failures.py",
+        "        found = run.group(0).lower()\n",
+        "        found = run.group(0)\n",
+        (f"{KEY_MASKED}[400-v1]",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "an empty container past the nesting limit is let in",
+        "server/validation.py",
+        "    return any(type(c) in _CONTAINERS for v in level for c in (v.values() if type(v) is dict else v))\n",
+        "    return any(c and type(c) in _CONTAINERS for v in level for c in (v.values() if type(v) is dict else v))\n",
+        (f"{BAD_INPUT}::test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500",),
     ),
 ]
 

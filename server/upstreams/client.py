@@ -25,6 +25,7 @@ from .failures import (
     check_completion,
     connect_failure,
     malformed_reply,
+    redacted,
     status_failure,
     timeout_failure,
     unusable_reply,
@@ -65,6 +66,8 @@ class UpstreamClient:
         self._origin: OriginPool = connections.pool(entry.base_url)
         self._timers = connections.timers
         self._portable = entry.portable_body
+        # Masked in every error the upstream sends back: it may quote the key it was given.
+        self._secret = entry.api_key.get_secret_value() if entry.api_key is not None else None
         # Everything of a request but its Accept, X-Request-ID, Content-Length and body, built once.
         parts = urlsplit(entry.base_url)
         path = parts.path.rstrip("/")
@@ -114,7 +117,13 @@ class UpstreamClient:
                         "The upstream's stream is compressed, which Sluice does not decode.",
                         code="upstream_encoding_unsupported",
                     )
-                stream = UpstreamStream(response, self.name, on_close=self._done, max_event_bytes=self._max_event_bytes)
+                stream = UpstreamStream(
+                    response,
+                    self.name,
+                    on_close=self._done,
+                    max_event_bytes=self._max_event_bytes,
+                    secret=self._secret,
+                )
                 deadline.reschedule(timers.time() + self._settings.first_token_timeout)
                 if on_accepted is not None:
                     on_accepted()
@@ -158,7 +167,10 @@ class UpstreamClient:
                 raise
             response.release()
             reply = reply.removeprefix(BOM)  # JSON parsers, the clients' too, refuse a reply starting with one
-            check_completion(reply)
+            try:
+                check_completion(reply)
+            except UpstreamError as failure:
+                raise redacted(failure, self._secret) from None
             return reply
         finally:
             self._done()
@@ -292,7 +304,7 @@ class UpstreamClient:
             content = b""
         finally:
             response.close()
-        return status_failure(response.status, response.headers, content.removeprefix(BOM))
+        return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)), self._secret)
 
 
 def _note_upstream_request_id(record: RequestRecord, upstream: str, headers: dict[str, str]) -> None:

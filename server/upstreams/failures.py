@@ -363,6 +363,39 @@ _MARKUP = re.compile(r"<[!/?]?[A-Za-z][^<>]*>")
 _CREDENTIAL = re.compile(r"\b(?:sk|pk|rk)-[A-Za-z0-9_\-.*]{4,}|\b[Bb]earer\s+\S+")
 
 
+# A run of characters a key is written in, with what may join it to its neighbours (`key=...`, a
+# URL, base64's padding): each run of 8 or more is checked against the upstream's own key.
+_KEY_RUN = re.compile(r"[A-Za-z0-9_\-.+/=:]{8,}")
+REDACTED = "[redacted]"
+
+
+def redact(message: str, secret: str | None) -> str:
+    """`message` with the upstream's own key masked wherever it quotes it, whole or in part.
+
+    The patterns of safe_message know OpenAI's key forms only; a provider's (Groq's `gsk_`,
+    Google's `AIza`, Azure's hex) went through whole. Any run of key characters that shares 8 in a
+    row with the key is masked whole, case aside (a message may upper-case what it quotes).
+    """
+    if not secret or len(secret) < 8:
+        return message
+    key = secret.lower()
+    pieces = {key[start : start + 8] for start in range(len(key) - 7)}
+
+    def masked(run: re.Match[str]) -> str:
+        found = run.group(0).lower()
+        return REDACTED if any(piece in found for piece in pieces) else run.group(0)
+
+    return _KEY_RUN.sub(masked, message)
+
+
+def redacted(error: UpstreamError, secret: str | None) -> UpstreamError:
+    """`error`, its message with the upstream's own key masked (`redact`)."""
+    if secret:
+        error.message = redact(error.message, secret)
+        error.args = (error.message,)
+    return error
+
+
 def refuses_key(fields: Mapping[str, Any]) -> bool:
     """Whether an upstream's error object refuses the gateway's credentials (its message may quote them)."""
     code, kind, status = fields.get("code"), fields.get("type"), fields.get("status")
@@ -380,4 +413,4 @@ def safe_message(message: str) -> str:
     A key can appear outside a refusal too (a provider's text error, "invalid api key sk-..."),
     so every message passed on is masked, not only those of errors known to refuse a key.
     """
-    return _CREDENTIAL.sub("[redacted]", message[:MESSAGE_LIMIT])
+    return _CREDENTIAL.sub(REDACTED, message[:MESSAGE_LIMIT])

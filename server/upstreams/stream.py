@@ -10,7 +10,16 @@ import structlog
 
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
-from .failures import event_failure, malformed_reply, reply_failure, reset_failure, unusable_reply
+from .failures import (
+    event_failure,
+    malformed_reply,
+    message_text,
+    redact,
+    redacted,
+    reply_failure,
+    reset_failure,
+    unusable_reply,
+)
 from .http1 import ConnectionBroken
 from .parser import MalformedResponse
 from .push import Body, Pushed
@@ -80,8 +89,11 @@ class UpstreamStream:
         upstream: str,
         on_close: Callable[[], None] | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
+        secret: str | None = None,
     ) -> None:
+        """`secret`: the upstream's own key, masked in any error it sends (failures.redact)."""
         self._response = response
+        self._secret = secret
         self._splitter = EventSplitter(max_event_bytes)
         self._max_event_bytes = max_event_bytes
         self._primed: list[list[Chunk]] = []
@@ -147,7 +159,7 @@ class UpstreamStream:
         while size <= JSON_REPLY_LIMIT and (piece := await body.read()):
             parts.append(piece)
             size += len(piece)
-        raise reply_failure(b"".join(parts))
+        raise redacted(reply_failure(b"".join(parts)), self._secret)
 
     async def _without_bom(self, first: bytes) -> bytes:
         """The body's first bytes without a leading BOM, which a server may have written alone."""
@@ -197,6 +209,10 @@ class UpstreamStream:
             if chunk.done:
                 self.finished = True
                 break
+            if chunk.error is not None and self._secret:
+                # Every reader of the chunk (the pulling and the pushing relay) meets it masked.
+                chunk.error = {**chunk.error, "message": redact(message_text(chunk.error), self._secret)}
+                chunk.error.pop("detail", None)
             batch.append(chunk)
             if chunk.finish_reason is not None or chunk.choices_seen > self._choices:
                 self._count_choices(chunk)
