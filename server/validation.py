@@ -127,15 +127,22 @@ def _replace_lone_surrogate(match: re.Match[bytes]) -> bytes:
 
 
 def _deeper_than(body: dict[str, Any], limit: int) -> bool:
-    """True when objects and arrays nest more than `limit` levels (the body itself is level 1)."""
-    pending: list[tuple[Any, int]] = [(body, 1)]
-    while pending:
-        value, depth = pending.pop()
-        if depth > limit:
-            return True
-        children = value.values() if isinstance(value, dict) else value
-        pending.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
-    return False
+    """True when objects and arrays nest more than `limit` levels (the body itself is level 1).
+
+    Level by level, in comprehensions, skipping empty containers (which hold nothing deeper): a
+    walk of every node one by one took 5 s for 16 MiB of `{}`s, the whole process frozen meanwhile,
+    where parsing them takes 0.4 s; this takes about as long as the parse.
+    """
+    level: list[Any] = [body]  # the non-empty containers at the current depth
+    for _ in range(1, limit):
+        level = [c for v in level for c in (v.values() if type(v) is dict else v) if c and type(c) in _CONTAINERS]
+        if not level:
+            return False
+    # Any container inside one at depth `limit`, even an empty one, is deeper.
+    return any(type(c) in _CONTAINERS for v in level for c in (v.values() if type(v) is dict else v))
+
+
+_CONTAINERS = (dict, list)
 
 
 def _mime(content_type: str) -> str:
