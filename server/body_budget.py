@@ -24,9 +24,12 @@ class BodyBudget:
         self.retry_after = retry_after
         self.held = 0
 
-    def take(self, size: int) -> int:
-        """Hold `size` bytes more, and return it; 503 `overloaded` with Retry-After when past the limit."""
-        if self.held and self.held + size > self.limit:
+    def take(self, size: int, mine: int = 0) -> int:
+        """Hold `size` bytes more, and return it; 503 `overloaded` with Retry-After when past the limit.
+
+        `mine`: what the same body holds already (one read as it comes): held alone, it goes on.
+        """
+        if self.held > mine and self.held + size > self.limit:
             raise ServiceUnavailableError(
                 "Sluice holds too many request bodies right now; retry shortly.",
                 code="overloaded",

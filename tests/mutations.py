@@ -3623,7 +3623,8 @@ BREAKS += [
         "                if (request.method, record.route) in BODY_ROUTES:\n"
         "                    reading = body_to_read(request, app)\n"
         "                    record.body_held = hold_body(request, app)\n"
-        "                    response = await read_body(request) if reading else None\n"
+        "                    counted = None if record.body_held else record  # no size to hold before: held as read\n"
+        "                    response = await read_body(request, counted) if reading else None\n"
         "                    body_in = response is None\n"
         "                    if body_in and not record.body_held:\n"
         "                        record.body_held = await hold_read_body(request, app)\n"
@@ -3634,7 +3635,8 @@ BREAKS += [
         "                if (request.method, record.route) in BODY_ROUTES:\n"
         "                    reading = body_to_read(request, app)\n"
         "                    record.body_held = hold_body(request, app)\n"
-        "                    response = await read_body(request) if reading else None\n"
+        "                    counted = None if record.body_held else record  # no size to hold before: held as read\n"
+        "                    response = await read_body(request, counted) if reading else None\n"
         "                    body_in = response is None\n"
         "                    if body_in and not record.body_held:\n"
         "                        record.body_held = await hold_read_body(request, app)\n"
@@ -5002,8 +5004,8 @@ BREAKS += [
     Break(
         "a keyed compressed body is decoded whole before its cap is checked",
         "server/middleware/body.py",
-        "            if request.content.total_compressed_bytes is None:",
-        "            if True:",
+        "            if counted is not None or request.content.total_compressed_bytes is not None:",
+        "            if counted is not None:",
         ("tests/test_encoded_body_cap.py::test_a_keyed_bodys_decoding_stops_a_bounded_read_ahead_past_the_limit",),
     ),
     Break(
@@ -6628,22 +6630,22 @@ BREAKS += [
     Break(
         "a body larger than the budget is refused even when none is held",
         "server/body_budget.py",
-        "        if self.held and self.held + size > self.limit:\n",
+        "        if self.held > mine and self.held + size > self.limit:\n",
         "        if self.held + size > self.limit:\n",
         (f"{BODY_BUDGET_TESTS}::test_one_body_larger_than_the_budget_is_served_when_none_is_held",),
     ),
     Break(
         "bodies are held without a limit",
         "server/body_budget.py",
-        "        if self.held and self.held + size > self.limit:\n",
+        "        if self.held > mine and self.held + size > self.limit:\n",
         "        if False:\n",
         (f"{BODY_BUDGET_TESTS}::test_a_body_past_the_budget_while_another_is_held_gets_503_overloaded",),
     ),
     Break(
         "a body at the budget's edge is refused",
         "server/body_budget.py",
-        "        if self.held and self.held + size > self.limit:\n",
-        "        if self.held and self.held + size >= self.limit:\n",
+        "        if self.held > mine and self.held + size > self.limit:\n",
+        "        if self.held > mine and self.held + size >= self.limit:\n",
         (f"{BODY_BUDGET_TESTS}::test_a_body_within_the_budget_beside_a_held_one_is_served",),
     ),
 ]
@@ -7193,6 +7195,34 @@ BREAKS += [
         "    return any(type(c) in _CONTAINERS for v in level for c in (v.values() if type(v) is dict else v))\n",
         "    return any(c and type(c) in _CONTAINERS for v in level for c in (v.values() if type(v) is dict else v))\n",
         (f"{BAD_INPUT}::test_v1_a_body_nested_deeper_than_the_limit_is_400_not_500",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a body with no length is held only once read",
+        "server/middleware/chain.py",
+        "                    counted = None if record.body_held else record  # no size to hold before: held as read\n",
+        "                    counted = None\n",
+        (
+            f"{BODY_BUDGET_TESTS}::test_a_body_with_no_length_is_held_as_it_is_read[chunked]",
+            f"{BODY_BUDGET_TESTS}::test_a_body_with_no_length_is_held_as_it_is_read[gzip]",
+        ),
+    ),
+    Break(
+        "a body read as it comes is refused by its own first chunks",
+        "server/body_budget.py",
+        "        if self.held > mine and self.held + size > self.limit:\n",
+        "        if self.held and self.held + size > self.limit:\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_body_with_no_length_larger_than_the_budget_is_read_when_none_other_is_held",),
+    ),
+    Break(
+        "a chunk read is not held",
+        "server/middleware/body.py",
+        "            record.body_held += budget.take(len(chunk), record.body_held)\n",
+        "            pass\n",
+        (f"{BODY_BUDGET_TESTS}::test_a_body_with_no_length_is_held_as_it_is_read[chunked]",),
     ),
 ]
 

@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 
@@ -130,6 +131,61 @@ async def test_an_encoded_body_is_held_as_the_bytes_it_decodes_to(aiohttp_client
         )
 
         assert (await error_of(refused, 503))["code"] == "overloaded"
+
+
+async def held_reaches(client: Client, size: int) -> None:
+    """Return once the gateway holds at least `size` body bytes (what it read of a body still coming)."""
+    budget = client.app[BODY_BUDGET]
+    async with asyncio.timeout(5):  # the body's own deadline (15 s) far away
+        # Nothing to await: the body step reads on, and says nothing as it holds each chunk.
+        while budget.held < size:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def stalled_upload(first: bytes, go_on: asyncio.Event, rest: bytes = b"") -> AsyncIterator[bytes]:
+    """A chunked body: `first`, then `rest` once `go_on` is set."""
+
+    async def pieces() -> AsyncIterator[bytes]:
+        yield first
+        await go_on.wait()
+        if rest:
+            yield rest
+
+    return pieces()
+
+
+@pytest.mark.parametrize("encoded", [False, True], ids=["chunked", "gzip"])
+async def test_a_body_with_no_length_is_held_as_it_is_read(aiohttp_client: Callable[..., Any], encoded: bool) -> None:
+    # Held only once read whole, sixty stalled uploads of 16 KB of gzip held 1 GB outside the budget.
+    first = b" " * 20_000  # JSON allows the blanks; gzip's are 16 KB decoded from a few bytes
+    client = await gateway(aiohttp_client, held=20_000 + len(QUICK) - 1)
+    go_on = asyncio.Event()
+    headers = {**JSON, "Content-Encoding": "gzip"} if encoded else JSON
+    body = stalled_upload(gzip.compress(first) if encoded else first, go_on)
+    uploading = asyncio.create_task(client.post(COMPLETIONS, data=body, headers=headers))
+    await held_reaches(client, 16_000)
+
+    refused = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
+
+    assert (await error_of(refused, 503))["code"] == "overloaded"
+    go_on.set()
+    uploading.cancel()
+
+
+async def test_a_body_with_no_length_larger_than_the_budget_is_read_when_none_other_is_held(
+    aiohttp_client: Callable[..., Any],
+) -> None:
+    client = await gateway(aiohttp_client, held=100)
+    go_on = asyncio.Event()
+    uploading = asyncio.create_task(
+        client.post(COMPLETIONS, data=stalled_upload(b" " * 200, go_on, QUICK), headers=JSON)
+    )
+    await held_reaches(client, 200)
+    go_on.set()
+
+    answered = await uploading
+
+    assert answered.status == 200
 
 
 # A browser stream runs past its 201 (tokens 50 ms apart until it is stopped), holding its prompt.

@@ -1,7 +1,7 @@
 """A keyed request's encoded body is decoded only a bounded read-ahead past `server.max_body_bytes`.
 
 aiohttp's own `read()` raises its buffer to the limit before reading, and decoded 5.75 MiB of a
-1 MB gzip bomb for a 1 MiB limit before it refused it (`middleware/body.read_decoded`).
+1 MB gzip bomb for a 1 MiB limit before it refused it (`middleware/body.read_counted`).
 """
 
 from __future__ import annotations

@@ -12,8 +12,10 @@ handler runs (aiohttp keeps it, so the handler's own `read()` returns it at once
 declares a body and sends it slowly, or never, holds a handler for `body_timeout` at most.
 
 An encoded body (Content-Encoding) is decoded as it is read, and 1 MB of gzip can be 1 GB: it is
-read in aiohttp's own chunks, refused soon past the limit (`read_decoded`), and when left unread,
-its rest is dropped undecoded (http_protocol.close_after_response).
+read in aiohttp's own chunks, refused soon past the limit (`read_counted`), and when left unread,
+its rest is dropped undecoded (http_protocol.close_after_response). A chunked or encoded body has
+no size to hold against the process's budget before it is read: it is held as it is read, chunk by
+chunk (decoded), so sixty stalled uploads of 16 KB of gzip each no longer held 1 GB unbudgeted.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import asyncio
 
 from aiohttp import hdrs, web
 
+from ..access import RequestRecord
 from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError
 from ..http_protocol import DECODED, close_after_response, unsupported_encoding, watch_framing
 from ..keys import BODY_BUDGET, SETTINGS
@@ -56,8 +59,8 @@ def hold_body(request: web.Request, app: web.Application) -> int:
     """Hold the declared body's bytes against the process's budget (body_budget.py), before reading it.
 
     0 for a body of no declared length (chunked), or an encoded one, whose declared length is not
-    what is held (1 KB of gzip is held as the 1 MB it decodes to): either is held once read
-    (`hold_read_body`).
+    what is held (1 KB of gzip is held as the 1 MB it decodes to): either is held as it is read
+    (`read_body`), or, when it came whole with its headers, once read (`hold_read_body`).
     """
     length = request.content_length
     if not length or hdrs.CONTENT_ENCODING in request.headers:
@@ -73,8 +76,13 @@ async def hold_read_body(request: web.Request, app: web.Application) -> int:
     return app[BODY_BUDGET].take(size) if size else 0
 
 
-async def read_body(request: web.Request) -> web.Response | None:
-    """Read the rest of the body within `body_timeout`; when it is late, the 408 (connection closed)."""
+async def read_body(request: web.Request, counted: RequestRecord | None = None) -> web.Response | None:
+    """Read the rest of the body within `body_timeout`; when it is late, the 408 (connection closed).
+
+    `counted`: the request's record, when its body was not held before it was read (chunked or
+    encoded): each chunk is then held as it comes, in `counted.body_held`, and past the process's
+    budget the body gets 503 `overloaded` (its connection closed, the rest unread).
+    """
     deadline = request.app[SETTINGS].connections.body_timeout
     if request.headers.get(hdrs.EXPECT, "").lower() == CONTINUE:
         # Only now, after auth and the size check (defer_expectation kept aiohttp from saying it
@@ -83,10 +91,10 @@ async def read_body(request: web.Request) -> web.Response | None:
     unwatch = watch_framing(request)
     try:
         async with asyncio.timeout(deadline):
-            if request.content.total_compressed_bytes is None:
+            if counted is not None or request.content.total_compressed_bytes is not None:
+                await read_counted(request, counted)  # aiohttp decodes an encoded body as it is read
+            else:
                 await request.read()
-            else:  # aiohttp decodes this body as it is read
-                await read_decoded(request)
     except TimeoutError:
         late = RequestTimeoutError(f"The request body did not arrive within {deadline:g} seconds.")
         return render_error(late)  # its connection closed after it: see close_if_body_unread
@@ -95,21 +103,26 @@ async def read_body(request: web.Request) -> web.Response | None:
     return None
 
 
-async def read_decoded(request: web.Request) -> None:
-    """Read an encoded body whole, decoding little past `client_max_size`: over it, 413.
+async def read_counted(request: web.Request, record: RequestRecord | None) -> None:
+    """Read a chunked or encoded body whole, each chunk held against the process's budget as it
+    comes (in `record.body_held`; none without a record); over `client_max_size` (decoded), 413.
 
-    aiohttp's `read()` first raises the body's buffer to the limit, then decodes up to three times
-    that ahead of the size check (5.75 MiB for a 1 MiB limit; 1 MB of gzip can be 1 GB decoded).
-    Read at the buffer's own size, decoding stops within twice its read-ahead (its high water and
-    one decoded chunk, 768 KiB at aiohttp's defaults) past the limit, whatever the limit.
+    For an encoded body, aiohttp's `read()` first raises the body's buffer to the limit, then
+    decodes up to three times that ahead of the size check (5.75 MiB for a 1 MiB limit; 1 MB of
+    gzip can be 1 GB decoded). Read at the buffer's own size, decoding stops within twice its
+    read-ahead (its high water and one decoded chunk, 768 KiB at aiohttp's defaults) past the
+    limit, whatever the limit.
     """
     limit = request.client_max_size
     content = request.content
+    budget = request.app[BODY_BUDGET] if record is not None else None
     body = bytearray()
     while chunk := await content.readany():
         body.extend(chunk)
         if len(body) > limit:
-            raise PayloadTooLargeError(f"The request body decodes to more than the limit, {limit} bytes.")
+            raise PayloadTooLargeError(f"The request body is larger than the limit, {limit} bytes.")
+        if budget is not None and record is not None:
+            record.body_held += budget.take(len(chunk), record.body_held)
     request._read_bytes = bytes(body)  # what `read()` returns from now on (an aiohttp 3.14 internal)
 
 

@@ -40,7 +40,8 @@ async def gateway_middleware(request: web.Request, handler: Handler) -> web.Stre
                 if (request.method, record.route) in BODY_ROUTES:
                     reading = body_to_read(request, app)
                     record.body_held = hold_body(request, app)
-                    response = await read_body(request) if reading else None
+                    counted = None if record.body_held else record  # no size to hold before: held as read
+                    response = await read_body(request, counted) if reading else None
                     body_in = response is None
                     if body_in and not record.body_held:
                         record.body_held = await hold_read_body(request, app)
