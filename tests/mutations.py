@@ -7227,6 +7227,25 @@ BREAKS += [
 ]
 
 
+GONE_AT_HEADERS = "tests/test_client_gone_at_headers.py"
+BREAKS += [
+    Break(
+        "a browser stream reader gone at its headers is a 500",
+        "server/streams/reader.py",
+        "        record.outcome = Outcome.CLIENT_DISCONNECTED\n        raise asyncio.CancelledError from None\n",
+        "        raise\n",
+        (f"{GONE_AT_HEADERS}::test_a_browser_stream_reader_gone_at_its_headers_is_logged_499",),
+    ),
+    Break(
+        "an attached stream gone at its headers is a 500",
+        "server/stream_start.py",
+        "        record.outcome = Outcome.CLIENT_DISCONNECTED\n        raise asyncio.CancelledError from None\n",
+        "        raise\n",
+        (f"{GONE_AT_HEADERS}::test_an_attached_stream_gone_at_its_headers_is_logged_499",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -30,6 +30,7 @@ from aiohttp import web
 
 from ..access import RequestRecord
 from ..errors import GatewayError, ServiceUnavailableError
+from ..guard import Outcome
 from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..settings import StreamSettings
@@ -126,7 +127,13 @@ async def serve_stream(
             if first is None:
                 return web.Response(status=204)
     response = _sse_response(settings, timers, on_heartbeat=metrics.heartbeats.inc)
-    await response.prepare(request)
+    try:
+        await response.prepare(request)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
+        # The client left before the headers went (its reset read before aiohttp cancelled the
+        # handler): a departure, logged 499, not a 500 with two tracebacks.
+        record.outcome = Outcome.CLIENT_DISCONNECTED
+        raise asyncio.CancelledError from None
     record.response_status = response.status
     start = f"retry: {settings.retry_ms}\nid: {event_id(stream_id, after)}\n\n"
     try:
