@@ -51,6 +51,15 @@ class ChatRequest(BaseModel):
             raise ValueError(f"must be at most {limit} characters")
         return value
 
+    @field_validator("system")
+    @classmethod
+    def _system_fits(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # Bounded as every message is: unbounded, it was the one field past the limit.
+        limit = _settings(info).limits.max_message_chars
+        if value is not None and len(value) > limit:
+            raise ValueError(f"must be at most {limit} characters")
+        return value
+
     @field_validator("history")
     @classmethod
     def _history_fits(cls, value: list[HistoryMessage], info: ValidationInfo) -> list[HistoryMessage]:

@@ -401,6 +401,22 @@ async def test_a_history_entry_over_the_length_limit_is_400(limited: Client, pat
 
 
 @pytest.mark.parametrize("path", CHAT_PATHS)
+async def test_a_system_prompt_over_the_length_limit_is_400(limited: Client, path: str) -> None:
+    # The one field of a chat that no limit bounded.
+    response = await limited.post(path, json={"message": "hi", "system": "z" * (MESSAGE_LIMIT + 1)})
+
+    error = await error_of(response, 400)
+    assert error["param"] == "system"
+    assert str(MESSAGE_LIMIT) in error["message"]
+
+
+async def test_a_system_prompt_at_the_length_limit_is_accepted(limited: Client) -> None:
+    response = await limited.post("/chat", json={"message": "hi", "system": "z" * MESSAGE_LIMIT})
+
+    assert response.status == 200
+
+
+@pytest.mark.parametrize("path", CHAT_PATHS)
 async def test_more_history_than_the_limit_is_400(limited: Client, path: str) -> None:
     history = [{"role": "user", "content": "turn"}] * (HISTORY_LIMIT + 1)
 
