@@ -339,6 +339,25 @@ class _Supervisor:
         return any(s.pid is not None or s.restart_at is not None for s in self.slots.values())
 
 
+def _warn_if_limits_per_worker(count: int, settings: Settings) -> None:
+    """Say so when gateway keys' limits are counted by each worker alone (no Redis to share them).
+
+    Each worker then admits a key's `rpm`, `tpm` and `max_streams` by itself: `count` times each,
+    in all. Not refused: a single machine may want exactly that; but it must not go unsaid.
+    """
+    if settings.redis.url is not None:
+        return
+    limited = sorted(key.name for key in settings.auth.keys if key.rpm or key.tpm or key.max_streams)
+    if limited:
+        log.warning(
+            "limits_per_worker",
+            message=f"Without [redis] url each of the {count} workers counts the keys' limits alone: "
+            f"a key may use {count} times its rpm, tpm and max_streams. Set [redis] url to share them.",
+            workers=count,
+            keys=limited,
+        )
+
+
 def supervise(count: int, argv: list[str], settings: Settings, config: Path | None = None) -> int:
     """Start `count` workers on `settings` (from `config`), keep them running until a signal; return the exit code.
 
@@ -362,6 +381,7 @@ def supervise(count: int, argv: list[str], settings: Settings, config: Path | No
             supervisor.slots[index] = _Slot(index)
             supervisor.start(supervisor.slots[index])
         log.info("supervisor_started", workers=count, pid=os.getpid())
+        _warn_if_limits_per_worker(count, settings)
         while supervisor.running():
             deadline = supervisor.next_deadline()
             timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)

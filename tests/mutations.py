@@ -7246,6 +7246,52 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a system prompt is unbounded",
+        "server/schemas.py",
+        "        if value is not None and len(value) > limit:\n",
+        "        if False:\n",
+        (
+            f"{BAD_INPUT}::test_a_system_prompt_over_the_length_limit_is_400[/chat]",
+            f"{BAD_INPUT}::test_a_system_prompt_over_the_length_limit_is_400[/chat/stream]",
+        ),
+    ),
+    Break(
+        "a system prompt at the limit is refused",
+        "server/schemas.py",
+        "        if value is not None and len(value) > limit:\n",
+        "        if value is not None and len(value) >= limit:\n",
+        (f"{BAD_INPUT}::test_a_system_prompt_at_the_length_limit_is_accepted",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "workers without Redis multiply the keys' limits silently",
+        "server/workers.py",
+        "        _warn_if_limits_per_worker(count, settings)\n",
+        "",
+        ("tests/test_workers.py::test_workers_without_redis_warn_that_each_counts_the_keys_limits",),
+    ),
+    Break(
+        "the limits warning names keys without limits",
+        "server/workers.py",
+        "    limited = sorted(key.name for key in settings.auth.keys if key.rpm or key.tpm or key.max_streams)\n",
+        "    limited = sorted(key.name for key in settings.auth.keys)\n",
+        ("tests/test_limits_per_worker.py::test_workers_without_redis_say_which_keys_limits_each_counts_alone",),
+    ),
+    Break(
+        "workers sharing Redis warn of limits per worker",
+        "server/workers.py",
+        "    if settings.redis.url is not None:\n        return\n    limited",
+        "    limited",
+        ("tests/test_limits_per_worker.py::test_workers_sharing_redis_say_nothing",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -251,6 +251,13 @@ def test_a_replacement_worker_runs_the_settings_the_group_started_with_not_the_f
         running.stop()
 
 
+def test_workers_without_redis_warn_that_each_counts_the_keys_limits(simulator: Simulator, tmp_path: Path) -> None:
+    with start_keyed_gateway(tmp_path, simulator, args=("--workers", "2")) as gateway:
+        warning = gateway.process.wait_for_event("limits_per_worker")
+    assert warning["workers"] == 2
+    assert warning["keys"]  # the test keys with rpm, tpm or max_streams
+
+
 async def test_a_replacement_worker_serves_the_keys_of_the_last_sighup_its_peers_took(
     simulator: Simulator, tmp_path: Path
 ) -> None:
