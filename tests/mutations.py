@@ -7292,6 +7292,17 @@ BREAKS += [
 ]
 
 
+BREAKS += [
+    Break(
+        "a browser stream's log line has no attempts",
+        "server/streams/generation.py",
+        "            attempts=record.attempts or None,\n",
+        "",
+        ("tests/test_browser_stream_routing.py::test_a_browser_streams_log_line_names_its_attempts_and_who_answered",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

@@ -1,5 +1,6 @@
-"""A browser stream's routing has the time an attached stream's has: `first_token_timeout` is per attempt.
+"""A browser stream's routing has the time an attached stream's has, and its log line names the attempts.
 
+`first_token_timeout` is per attempt.
 The guard of a detached stream used to cut the whole routing at `first_token_timeout`, so a
 routing still waiting out an upstream's Retry-After (or moving on to a slower candidate) ended
 the browser stream with `first_token_timeout` where `/chat/stream` answered. The gateway runs
@@ -9,10 +10,15 @@ timeout once, then streams.
 
 from __future__ import annotations
 
+import asyncio
+
 from aiohttp import web
 
 from tests.support.sse import read_events
+from tests.test_middleware import AccessLog, access_log
 from tests.test_upstream_errors import COMPLETIONS, BuildGateway
+
+__all__ = ["access_log"]  # a fixture, used by name
 
 STREAM = (
     b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"gpt-4o",'
@@ -57,3 +63,20 @@ async def test_a_browser_stream_waits_out_a_retry_after_longer_than_the_first_to
 
     assert [event.event for event in events] == ["token", "done"]
     assert events[0].json()["content"] == "late"
+
+
+async def test_a_browser_streams_log_line_names_its_attempts_and_who_answered(
+    upstream_app_client: BuildGateway, access_log: AccessLog
+) -> None:
+    gateway = await upstream_app_client(limited_once(), routing={"retries": 1, "retry_budget_seconds": 5.0})
+    started = await gateway.post("/chat/streams", json={"message": "hi"})
+    async with gateway.get((await started.json())["url"]) as response:
+        await read_events(response)
+
+    async with asyncio.timeout(5):
+        # Logged as the generation ends, which its reader's `done` may come before; nothing to await.
+        while not (found := [e for e in access_log.events if e["event"] == "browser_stream_finished"]):  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+    [finished] = found
+    assert [attempt["status"] for attempt in finished["attempts"]] == [429, 200]
+    assert (finished["upstream"], finished["served_model"]) == ("default", "gpt-4o")

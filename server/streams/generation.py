@@ -384,6 +384,11 @@ class Generation:
             held_back=record.extra.get("held_back", 0),
             continuation=record.extra.get("continuation"),
             duration_ms=round(duration * 1000, 2),
+            # As on the access line: the routing's attempts, and who answered.
+            attempts=record.attempts or None,
+            upstream=record.extra.get("upstream"),
+            served_model=record.extra.get("served_model"),
+            upstream_ending=record.extra.get("upstream_ending"),
         )
         # Whatever happened, readers got it as an event on a 200 stream.
         self._services.metrics.chat_finished(record, duration, 200)
