@@ -7303,6 +7303,34 @@ BREAKS += [
 ]
 
 
+SEC_UNITS = "tests/test_security_units.py"
+BREAKS += [
+    Break(
+        "a completion whose client left is charged its prompt alone",
+        "server/auth/gate.py",
+        "        if used is None and answered_unseen:\n"
+        "            used = self.reserved_tokens\n"
+        "        elif used is None:\n",
+        "        if used is None:\n",
+        (f"{SEC_UNITS}::test_a_completion_whose_client_left_once_an_upstream_was_asked_is_charged_its_reservation",),
+    ),
+    Break(
+        "a stream whose client left is charged its reservation",
+        "server/middleware/auth.py",
+        "            record.stream is False\n",
+        "            record.stream is not None\n",
+        (f"{SEC_UNITS}::test_a_stream_whose_client_left_is_charged_only_what_it_relayed",),
+    ),
+    Break(
+        "a completion left before any upstream was asked is charged its reservation",
+        "server/middleware/auth.py",
+        "            and bool(record.attempts)\n",
+        "",
+        (f"{SEC_UNITS}::test_a_completion_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt",),
+    ),
+]
+
+
 def copy_repo(into: Path, name: str) -> Path:
     """A copy of the working tree to break, without what a test run does not need."""
     target = into / name

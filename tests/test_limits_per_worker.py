@@ -18,13 +18,13 @@ HASH = "0" * 64
 
 
 def keyed(*keys: dict[str, Any], redis_url: str | None = None) -> Settings:
-    sections: dict[str, dict[str, Any]] = {"auth": {"keys": [{"key_sha256": HASH, **key} for key in keys]}}
+    sections: dict[str, Any] = {"auth": {"keys": [{"key_sha256": HASH, **key} for key in keys]}}
     if redis_url is not None:
         sections["redis"] = {"url": redis_url}
     return make_settings(**sections)
 
 
-def warnings_for(settings: Settings) -> list[dict[str, Any]]:
+def warnings_for(settings: Settings) -> list[Any]:
     with capture_logs() as events:
         _warn_if_limits_per_worker(2, settings)
     return [event for event in events if event["event"] == "limits_per_worker"]

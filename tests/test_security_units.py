@@ -15,6 +15,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from structlog.testing import capture_logs
 
+from server.access import RequestRecord
 from server.app import create_app
 from server.auth.gate import Lease
 from server.auth.gateway_keys import GatewayKey, KeyRing
@@ -24,7 +25,9 @@ from server.chunks import EventSplitter
 from server.cli import warn_if_open
 from server.connections import SPARE_DESCRIPTORS, open_connections, reserve_descriptors
 from server.cors import CorsPolicy
+from server.guard import Outcome
 from server.keys import CONNECTION_LIMIT
+from server.middleware.auth import settle
 from server.settings import SettingsError
 from server.streams.backlog import Backlog
 from tests.conftest import AiohttpClient, make_settings, middleware_app
@@ -138,6 +141,40 @@ async def test_a_request_that_ends_without_usage_is_charged_its_whole_prompt_and
     assert usage is not None
     assert usage.tokens == lease.prompt_estimate + 3
     assert usage.tokens >= len(OUTSIDE_PROMPT) // 4
+
+
+def left_record(*, stream: bool, asked: bool = True) -> RequestRecord:
+    """A request's record whose client left before it had usage; `asked`: an upstream was."""
+    record = RequestRecord(started=0.0, stream=stream, outcome=Outcome.CLIENT_DISCONNECTED)
+    if asked:
+        record.attempts.append({"upstream": "default", "model": "gpt-4o", "status": "cancelled", "ms": 1.0})
+    return record
+
+
+async def settled_tokens(record: RequestRecord) -> int:
+    """The tokens a key is charged for a request of 1,000 reserved that ended as `record` says."""
+    store = MemoryLimitStore(FakeClock())
+    key = GatewayKey("k", b"", None, KeyLimits(tpm=1_000_000))
+    lease = Lease(store, key)
+    await lease.reserve({"model": "gpt-4o", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 1000})
+    await settle(lease, record)
+    usage = await store.usage("k", key.limits)
+    assert usage is not None
+    return usage.tokens - lease.prompt_estimate
+
+
+async def test_a_completion_whose_client_left_once_an_upstream_was_asked_is_charged_its_reservation() -> None:
+    # Charged its prompt alone, a key ran past its tpm by leaving each request just before its answer.
+    assert await settled_tokens(left_record(stream=False)) == 1000
+
+
+async def test_a_stream_whose_client_left_is_charged_only_what_it_relayed() -> None:
+    # Its upstream is closed as the client leaves, and stops generating.
+    assert await settled_tokens(left_record(stream=True)) == 0
+
+
+async def test_a_completion_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt() -> None:
+    assert await settled_tokens(left_record(stream=False, asked=False)) == 0
 
 
 def test_a_keys_completion_reserve_defaults_to_1024_tokens() -> None:

@@ -98,8 +98,16 @@ class Lease:
         self.reserved_tokens = prompt + completion
         return None
 
-    async def release(self, usage: dict[str, Any] | None, relayed_tokens: int = 0) -> None:
-        """Give back the stream slot, and the reserved tokens the request did not use."""
+    async def release(
+        self, usage: dict[str, Any] | None, relayed_tokens: int = 0, *, answered_unseen: bool = False
+    ) -> None:
+        """Give back the stream slot, and the reserved tokens the request did not use.
+
+        Without usage, the request is charged its prompt and the tokens relayed; `answered_unseen`
+        (a completion the client left before it came: the upstream may have generated it all, and
+        a provider bills it) charges the whole reservation instead. Charged its prompt alone, a
+        key could run requests past its tpm by leaving each just before its answer.
+        """
         if self._released:
             return
         self._released = True
@@ -107,7 +115,9 @@ class Lease:
         if self._ring is not None:
             self._ring.let_go(self.key, self)
         used = _total_tokens(usage)
-        if used is None:
+        if used is None and answered_unseen:
+            used = self.reserved_tokens
+        elif used is None:
             used = self.prompt_estimate + relayed_tokens if self.reserved_tokens else 0
         await self._store.give_back(
             self.key.name,

@@ -25,7 +25,7 @@ from ..auth.gateway_keys import GatewayKey, presented_key
 from ..auth.limits import Decision, rate_limit_headers
 from ..auth.tokens import ONE_STEP_SCOPE
 from ..errors import AuthenticationError, KeyRevokedError, ModelNotFoundError, RateLimitedError
-from ..guard import StreamGuard
+from ..guard import Outcome, StreamGuard
 from ..keys import (
     GATEWAY_KEY,
     KEYRING,
@@ -140,9 +140,20 @@ def _resumes(request: web.Request, method: str, route: str) -> bool:
 
 
 async def settle(lease: Lease, record: RequestRecord) -> None:
-    """Give back what the request took, with the tokens it used, unless a detached stream took the lease over."""
+    """Give back what the request took, with the tokens it used, unless a detached stream took the lease over.
+
+    A non-streaming request whose client left once an upstream was asked is charged its whole
+    reservation (`Lease.release`): a stream's client that leaves stops its upstream at once, and
+    is charged what was relayed.
+    """
     if not lease.transferred:
-        await lease.release(record.usage, record.chunks_relayed)
+        answered_unseen = (
+            record.stream is False
+            and record.usage is None
+            and record.outcome is Outcome.CLIENT_DISCONNECTED
+            and bool(record.attempts)
+        )
+        await lease.release(record.usage, record.chunks_relayed, answered_unseen=answered_unseen)
 
 
 def _authenticate(request: web.Request) -> GatewayKey:
