@@ -302,8 +302,14 @@ class UpstreamClient:
                 content = await response.read_up_to(ERROR_BODY_LIMIT)
         except (ConnectionBroken, MalformedResponse, OSError, TimeoutError):
             content = b""
-        finally:
             response.close()
+        except BaseException:
+            response.close()
+            raise
+        else:
+            # Kept when its body was read to the end: the retry after a 429 or a 5xx then needs no
+            # new connection (under a storm of them, a TLS handshake per retry).
+            response.release()
         return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)), self._secret)
 
 
