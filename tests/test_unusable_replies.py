@@ -81,7 +81,7 @@ BuildPool = Callable[[Callable[[web.Request], Awaitable[web.StreamResponse]]], A
 
 @pytest.fixture
 def pool(aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient, tmp_path: Path) -> BuildPool:
-    """A gateway whose pool is an upstream answering with `unusable`, then a good one; the first's calls."""
+    """A gateway whose pool is an upstream answering `unusable` (asked first) and a good one; the first's calls."""
 
     async def build(
         unusable: Callable[[web.Request], Awaitable[web.StreamResponse]],
@@ -103,6 +103,8 @@ def pool(aiohttp_server: Callable[..., Any], aiohttp_client: AiohttpClient, tmp_
 [[upstreams]]
 name = "first"
 base_url = "{first_server.make_url("/v1")}"
+# Drawn first all but once in a thousand: the pool picks by weight, and this one must be asked.
+weight = 1000.0
 
 [[upstreams]]
 name = "second"
