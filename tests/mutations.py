@@ -4506,7 +4506,8 @@ BREAKS += [
     Break(
         "upstream failures invite the SDK to retry them",
         "server/middleware/errors.py",
-        "        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES\n",
+        "        (error.status in (502, 504) and _sdk_retry_useless(error, retried))"
+        " or error.code in NEVER_RETRIED_CODES\n",
         "        error.code in NEVER_RETRIED_CODES\n",
         (
             "tests/test_openai_sdk.py::test_an_upstream_failure_sluice_retried_is_not_retried_again_by_the_sdk",
@@ -6597,8 +6598,9 @@ BREAKS += [
     Break(
         "a spent quota invites the SDK to retry it",
         "server/middleware/errors.py",
-        "        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES\n",
-        "        (retried and error.status in (502, 504))\n",
+        "        (error.status in (502, 504) and _sdk_retry_useless(error, retried))"
+        " or error.code in NEVER_RETRIED_CODES\n",
+        "        (error.status in (502, 504) and _sdk_retry_useless(error, retried))\n",
         (f"{RATE_HOLDS}::test_a_spent_quota_is_not_asked_again_and_the_client_is_told_not_to_retry",),
     ),
 ]
@@ -7047,7 +7049,10 @@ BREAKS += [
         '            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)'
         " for choice in choices):\n",
         "            if True:\n",
-        (f"{UNUSABLE}::test_a_completion_without_a_message_is_answered_by_the_next_upstream_and_opens_its_breaker",),
+        (
+            f"{UNUSABLE}::test_a_completion_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker"
+            "[choice_without_message]",
+        ),
     ),
     Break(
         "null usage counts refuse a reply on /chat",
@@ -7146,36 +7151,36 @@ BREAKS += [
         "an upstream's status error quotes its key to the client",
         "server/upstreams/client.py",
         "        return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)),"
-        " self._secret)\n",
+        " self._key_pieces)\n",
         "        return status_failure(response.status, response.headers, content.removeprefix(BOM))\n",
         (f"{KEY_MASKED}[400-v1]", f"{KEY_MASKED}[400-v1_stream]"),
     ),
     Break(
         "an upstream's error event quotes its key to the client",
         "server/upstreams/stream.py",
-        "            if chunk.error is not None and self._secret:\n",
+        "            if chunk.error is not None and self._key_pieces:\n",
         "            if False:\n",
         (f"{KEY_MASKED}[error_event-v1_stream]",),
     ),
     Break(
         "an upstream's JSON error in place of a stream quotes its key",
         "server/upstreams/stream.py",
-        '        raise redacted(reply_failure(b"".join(parts)), self._secret)\n',
+        '        raise redacted(reply_failure(b"".join(parts)), self._key_pieces)\n',
         '        raise reply_failure(b"".join(parts))\n',
         (f"{KEY_MASKED}[200_error-v1_stream]",),
     ),
     Break(
         "an upstream's JSON error in place of a completion quotes its key",
         "server/upstreams/client.py",
-        "                raise redacted(failure, self._secret) from None\n",
+        "                raise redacted(failure, self._key_pieces) from None\n",
         "                raise\n",
         (f"{KEY_MASKED}[200_error-v1]",),
     ),
     Break(
         "only a whole key is masked",
         "server/upstreams/failures.py",
-        "        return REDACTED if any(piece in found for piece in pieces) else run.group(0)\n",
-        "        return REDACTED if key in found else run.group(0)\n",
+        "        quoted = any(found[start : start + QUOTED] in pieces for start in range(len(found) - QUOTED + 1))\n",
+        "        quoted = found in pieces\n",
         (f"{KEY_MASKED}[400-v1]",),
     ),
     Break(
@@ -7341,6 +7346,42 @@ BREAKS += [
             "tests/test_upstream_reuse_after_errors.py::test_the_retry_after_an_error_answer_goes_out_on_the_same_connection[429]",
             "tests/test_upstream_reuse_after_errors.py::test_the_retry_after_an_error_answer_goes_out_on_the_same_connection[500]",
         ),
+    ),
+]
+
+
+UNUSABLE_COMPLETION = (
+    "tests/test_unusable_replies.py::"
+    "test_a_completion_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker"
+)
+BREAKS += [
+    Break(
+        "a failure Sluice does not retry invites the SDK to retry it",
+        "server/middleware/errors.py",
+        "    return retried or not retryable(error)\n",
+        "    return retried\n",
+        ("tests/test_sdk_retry_hint.py::test_a_failure_sluice_chose_not_to_retry_tells_the_sdk_not_to_retry_either",),
+    ),
+    Break(
+        "a reply in an encoding Sluice does not decode is a plain protocol error",
+        "server/upstreams/response.py",
+        "            raise unusable_reply(\n",
+        "            raise UpstreamProtocolError(\n",
+        (f"{UNUSABLE_COMPLETION}[brotli_encoded]",),
+    ),
+    Break(
+        "a null choice is read as a dict",
+        "server/upstreams/failures.py",
+        '            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)',
+        '            if all(isinstance(choice.get("message"), dict)',
+        (f"{UNUSABLE_COMPLETION}[null_choice]",),
+    ),
+    Break(
+        "an error beside message-less choices is lost",
+        "server/upstreams/failures.py",
+        "                return\n            raise _reply_error(body, reply) or malformed_reply()\n",
+        "                return\n            raise malformed_reply()\n",
+        ("tests/test_unusable_replies.py::test_a_completion_without_messages_that_holds_an_error_passes_the_error_on",),
     ),
 ]
 

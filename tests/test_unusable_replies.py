@@ -144,10 +144,27 @@ async def test_a_stream_the_first_upstream_cannot_give_is_answered_by_the_next_a
     assert len(first_calls) == 1  # its breaker opened at its one failure
 
 
-async def test_a_completion_without_a_message_is_answered_by_the_next_upstream_and_opens_its_breaker(
-    pool: BuildPool,
+async def null_choice(request: web.Request) -> web.StreamResponse:
+    await request.read()
+    return web.json_response({**GOOD_COMPLETION, "choices": [None]})
+
+
+async def brotli_encoded(request: web.Request) -> web.StreamResponse:
+    await request.read()  # an encoding Sluice does not decode (it asks for none)
+    return web.Response(
+        body=b"\x0b\x02\x80{}\x03", headers={"Content-Type": "application/json", "Content-Encoding": "br"}
+    )
+
+
+@pytest.mark.parametrize(
+    "unusable",
+    [choice_without_message, null_choice, brotli_encoded],
+    ids=["choice_without_message", "null_choice", "brotli_encoded"],
+)
+async def test_a_completion_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker(
+    pool: BuildPool, unusable: Callable[[web.Request], Awaitable[web.StreamResponse]]
 ) -> None:
-    client, first_calls = await pool(choice_without_message)
+    client, first_calls = await pool(unusable)
 
     replies = []
     for _ in range(3):
@@ -200,3 +217,16 @@ async def test_a_completion_chat_cannot_read_is_502_malformed_reply_and_logged_a
 
     [line] = await access_log.finished(1)
     assert (line["status"], line["outcome"]) == (502, "upstream_error")
+
+
+async def test_a_completion_without_messages_that_holds_an_error_passes_the_error_on(
+    upstream_app_client: Callable[..., Awaitable[Client]],
+) -> None:
+    error = {"message": "The server is overloaded.", "type": "server_error", "code": "overloaded"}
+    gateway = await upstream_app_client(answering({**GOOD_COMPLETION, "choices": [{}], "error": error}))
+
+    async with gateway.post(COMPLETIONS, json={"model": "gpt-4o", "messages": MESSAGES}) as response:
+        assert response.status == 502
+        passed_on = (await response.json())["error"]
+
+    assert (passed_on["message"], passed_on["code"]) == ("The server is overloaded.", "overloaded")

@@ -21,6 +21,7 @@ from ..errors import (
     UpstreamError,
 )
 from ..keys import RECORD, RESPONSE_STARTED
+from ..upstreams.backoff import retryable
 
 log = structlog.get_logger("sluice.errors")
 
@@ -74,13 +75,21 @@ def _render_for(request: web.Request, error: GatewayError) -> web.Response:
     return render_error(error, retried=record is not None and len(record.attempts) > 1)
 
 
+def _sdk_retry_useless(error: UpstreamError, retried: bool) -> bool:
+    """Whether an SDK's retry of a 502 or 504 would only repeat what Sluice did or chose not to do."""
+    # Not retryable at all (refused credentials, a reply that may have been paid for, a silent
+    # upstream Sluice will not ask again), or retried by Sluice already.
+    return retried or not retryable(error)
+
+
 # A 502 or 504 Sluice answers after its own routing retried it (other attempts, other upstreams,
-# fallbacks). The OpenAI SDKs retry a 5xx twice more by default, each retry a whole routing again:
-# 9 upstream attempts for one call, enough to open a breaker for every client. `x-should-retry:
-# false` (which both SDKs read before the status) stops that. A failure from a single attempt
-# (`routing.retries = 0` and one candidate) keeps the SDK's retry, the only one it gets. A 429 or
-# a 503 keeps its Retry-After and the SDK's retry, except a 429 that no retry can change (a spent
-# quota, errors.NEVER_RETRIED_CODES).
+# fallbacks), or chose not to (backoff.retryable: refused credentials, a reply that may have been
+# paid for, an upstream that did not answer in time). The OpenAI SDKs retry a 5xx twice more by
+# default, each retry a whole routing again: 9 upstream attempts for one call, enough to open a
+# breaker for every client. `x-should-retry: false` (which both SDKs read before the status) stops
+# that. A retryable failure from a single attempt (`routing.retries = 0` and one candidate) keeps
+# the SDK's retry, the only one it gets. A 429 or a 503 keeps its Retry-After and the SDK's retry,
+# except a 429 that no retry can change (a spent quota, errors.NEVER_RETRIED_CODES).
 NOT_RETRIED = {"x-should-retry": "false"}
 
 
@@ -91,7 +100,7 @@ def render_error(error: GatewayError, *, retried: bool = False) -> web.Response:
     """
     headers = error.headers
     if isinstance(error, UpstreamError) and (
-        (retried and error.status in (502, 504)) or error.code in NEVER_RETRIED_CODES
+        (error.status in (502, 504) and _sdk_retry_useless(error, retried)) or error.code in NEVER_RETRIED_CODES
     ):
         headers = {**headers, **NOT_RETRIED} if headers else NOT_RETRIED
     return web.json_response(error.body(), status=error.status, headers=headers)

@@ -24,6 +24,7 @@ from .connections import Connections, OriginPool
 from .failures import (
     check_completion,
     connect_failure,
+    key_pieces,
     malformed_reply,
     redacted,
     status_failure,
@@ -67,7 +68,7 @@ class UpstreamClient:
         self._timers = connections.timers
         self._portable = entry.portable_body
         # Masked in every error the upstream sends back: it may quote the key it was given.
-        self._secret = entry.api_key.get_secret_value() if entry.api_key is not None else None
+        self._key_pieces = key_pieces(entry.api_key.get_secret_value() if entry.api_key is not None else None)
         # Everything of a request but its Accept, X-Request-ID, Content-Length and body, built once.
         parts = urlsplit(entry.base_url)
         path = parts.path.rstrip("/")
@@ -122,7 +123,7 @@ class UpstreamClient:
                     self.name,
                     on_close=self._done,
                     max_event_bytes=self._max_event_bytes,
-                    secret=self._secret,
+                    key_pieces=self._key_pieces,
                 )
                 deadline.reschedule(timers.time() + self._settings.first_token_timeout)
                 if on_accepted is not None:
@@ -170,7 +171,7 @@ class UpstreamClient:
             try:
                 check_completion(reply)
             except UpstreamError as failure:
-                raise redacted(failure, self._secret) from None
+                raise redacted(failure, self._key_pieces) from None
             return reply
         finally:
             self._done()
@@ -310,7 +311,7 @@ class UpstreamClient:
             # Kept when its body was read to the end: the retry after a 429 or a 5xx then needs no
             # new connection (under a storm of them, a TLS handshake per retry).
             response.release()
-        return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)), self._secret)
+        return redacted(status_failure(response.status, response.headers, content.removeprefix(BOM)), self._key_pieces)
 
 
 def _note_upstream_request_id(record: RequestRecord, upstream: str, headers: dict[str, str]) -> None:

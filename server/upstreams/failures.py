@@ -13,6 +13,10 @@
     503, 529                                 503 + its code and Retry-After    yes
     500, 502, 504, other 5xx                 502 upstream_failed               500/502/504 yes
     200 not a chat completion (no stream)    502 upstream_malformed_reply      another route
+      (a choice without a message too)
+    200 encoded as Sluice does not decode    502 upstream_encoding_unsupported another route
+      (a reply in br or zstd; a stream in any encoding)
+    an event past max_upstream_event_bytes   502 upstream_event_too_large      before the first token
     200 with an error object (no stream)     502 with its message and code     yes
     200 with an error object (stream)        the same, before the first token  yes
     200 with other JSON (stream)             502 upstream_malformed_reply      another route
@@ -25,8 +29,9 @@
 An upstream's 401/403 message may quote part of the gateway's key, so it is never passed on, nor
 that of an error object that names a refused key (sent with 200, or inside a stream). Any other
 message is passed on in whatever form it came (text, FastAPI's `detail`, an object or a list
-rendered as text), bounded, any credential it quotes masked (see message_text); so is a 4xx's
-`text/plain` body, unless it is markup (a proxy's HTML page sent as text: see _plain_text).
+rendered as text), bounded, any credential it quotes masked (see message_text, and `redact` for the
+upstream's own key in any form); so is a 4xx's `text/plain` body, unless it is markup (a proxy's
+HTML page sent as text: see _plain_text).
 
 A Retry-After (or retry-after-ms, or a date) counts for at most MAX_RETRY_AFTER_SECONDS: what is
 waited, held and passed on, so one header cannot take an upstream out until restart.
@@ -167,7 +172,7 @@ def check_completion(reply: bytes) -> None:
             # it could not read, and no other upstream was asked.
             if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in choices):
                 return
-            raise malformed_reply()
+            raise _reply_error(body, reply) or malformed_reply()
         raise _reply_error(body, reply) or malformed_reply()
     raise malformed_reply()
 
@@ -369,29 +374,45 @@ _KEY_RUN = re.compile(r"[A-Za-z0-9_\-.+/=:]{8,}")
 REDACTED = "[redacted]"
 
 
-def redact(message: str, secret: str | None) -> str:
+KeyPieces = frozenset[str]
+QUOTED = 8  # characters in a row of the key that a message may not quote
+
+
+def key_pieces(secret: str | None) -> KeyPieces:
+    """Every run of QUOTED characters of the upstream's key, lower-cased: what `redact` looks for.
+
+    Made once per upstream: a long key (a JWT) made per message cost milliseconds of the loop.
+    """
+    if not secret or len(secret) < QUOTED:
+        return frozenset()
+    key = secret.lower()
+    return frozenset(key[start : start + QUOTED] for start in range(len(key) - QUOTED + 1))
+
+
+def redact(message: str, pieces: KeyPieces) -> str:
     """`message` with the upstream's own key masked wherever it quotes it, whole or in part.
 
     The patterns of safe_message know OpenAI's key forms only; a provider's (Groq's `gsk_`,
-    Google's `AIza`, Azure's hex) went through whole. Any run of key characters that shares 8 in a
-    row with the key is masked whole, case aside (a message may upper-case what it quotes).
+    Google's `AIza`, Azure's hex) went through whole. Any run of key characters that shares
+    QUOTED in a row with the key is masked whole, case aside (a message may upper-case what it
+    quotes). A key of ordinary words (a placeholder such as `sk-no-key-required`) masks those words
+    too: a word lost from an error is the price of never passing a key on.
     """
-    if not secret or len(secret) < 8:
+    if not pieces:
         return message
-    key = secret.lower()
-    pieces = {key[start : start + 8] for start in range(len(key) - 7)}
 
     def masked(run: re.Match[str]) -> str:
         found = run.group(0).lower()
-        return REDACTED if any(piece in found for piece in pieces) else run.group(0)
+        quoted = any(found[start : start + QUOTED] in pieces for start in range(len(found) - QUOTED + 1))
+        return REDACTED if quoted else run.group(0)
 
     return _KEY_RUN.sub(masked, message)
 
 
-def redacted(error: UpstreamError, secret: str | None) -> UpstreamError:
+def redacted(error: UpstreamError, pieces: KeyPieces) -> UpstreamError:
     """`error`, its message with the upstream's own key masked (`redact`)."""
-    if secret:
-        error.message = redact(error.message, secret)
+    if pieces:
+        error.message = redact(error.message, pieces)
         error.args = (error.message,)
     return error
 

@@ -11,6 +11,7 @@ import structlog
 from ..chunks import MAX_EVENT_BYTES, Chunk, EventSplitter, MalformedChunk, parse_chunk
 from ..errors import UpstreamProtocolError
 from .failures import (
+    KeyPieces,
     event_failure,
     malformed_reply,
     message_text,
@@ -89,11 +90,11 @@ class UpstreamStream:
         upstream: str,
         on_close: Callable[[], None] | None = None,
         max_event_bytes: int = MAX_EVENT_BYTES,
-        secret: str | None = None,
+        key_pieces: KeyPieces = frozenset(),
     ) -> None:
-        """`secret`: the upstream's own key, masked in any error it sends (failures.redact)."""
+        """`key_pieces`: the upstream's own key (failures.key_pieces), masked in any error it sends."""
         self._response = response
-        self._secret = secret
+        self._key_pieces = key_pieces
         self._splitter = EventSplitter(max_event_bytes)
         self._max_event_bytes = max_event_bytes
         self._primed: list[list[Chunk]] = []
@@ -159,7 +160,7 @@ class UpstreamStream:
         while size <= JSON_REPLY_LIMIT and (piece := await body.read()):
             parts.append(piece)
             size += len(piece)
-        raise redacted(reply_failure(b"".join(parts)), self._secret)
+        raise redacted(reply_failure(b"".join(parts)), self._key_pieces)
 
     async def _without_bom(self, first: bytes) -> bytes:
         """The body's first bytes without a leading BOM, which a server may have written alone."""
@@ -209,9 +210,9 @@ class UpstreamStream:
             if chunk.done:
                 self.finished = True
                 break
-            if chunk.error is not None and self._secret:
+            if chunk.error is not None and self._key_pieces:
                 # Every reader of the chunk (the pulling and the pushing relay) meets it masked.
-                chunk.error = {**chunk.error, "message": redact(message_text(chunk.error), self._secret)}
+                chunk.error = {**chunk.error, "message": redact(message_text(chunk.error), self._key_pieces)}
                 chunk.error.pop("detail", None)
             batch.append(chunk)
             if chunk.finish_reason is not None or chunk.choices_seen > self._choices:
