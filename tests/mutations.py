@@ -1786,8 +1786,8 @@ BREAKS += [
     Break(
         "an empty choices list taken for a completion",
         "server/upstreams/failures.py",
-        "        if isinstance(choices, list) and choices:\n",
-        "        if isinstance(choices, list):\n",
+        "            and choices\n",
+        "",
         (f"{REPLIES}::test_a_reply_that_is_not_a_chat_completion_is_a_malformed_reply_left_for_another_upstream",),
     ),
     Break(
@@ -7046,9 +7046,9 @@ BREAKS += [
     Break(
         "a completion's choices need no message",
         "server/upstreams/failures.py",
-        '            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)'
-        " for choice in choices):\n",
-        "            if True:\n",
+        '            and all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)'
+        " for choice in choices)\n",
+        "            and True\n",
         (
             f"{UNUSABLE}::test_a_completion_the_first_upstream_cannot_give_is_answered_by_the_next_and_opens_its_breaker"
             "[choice_without_message]",
@@ -7317,7 +7317,10 @@ BREAKS += [
         "            used = self.reserved_tokens\n"
         "        elif used is None:\n",
         "        if used is None:\n",
-        (f"{SEC_UNITS}::test_a_completion_whose_client_left_once_an_upstream_was_asked_is_charged_its_reservation",),
+        (
+            f"{SEC_UNITS}::test_a_completion_whose_client_left_while_an_upstream_worked_is_charged_its_reservation",
+            "tests/test_left_before_answer.py::test_a_completion_left_while_its_upstream_works_is_charged_its_reservation",
+        ),
     ),
     Break(
         "a stream whose client left is charged its reservation",
@@ -7331,7 +7334,7 @@ BREAKS += [
         "server/middleware/auth.py",
         "            and bool(record.attempts)\n",
         "",
-        (f"{SEC_UNITS}::test_a_completion_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt",),
+        (f"{SEC_UNITS}::test_a_request_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt",),
     ),
 ]
 
@@ -7372,16 +7375,36 @@ BREAKS += [
     Break(
         "a null choice is read as a dict",
         "server/upstreams/failures.py",
-        '            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)',
-        '            if all(isinstance(choice.get("message"), dict)',
+        '            and all(isinstance(choice, dict) and isinstance(choice.get("message"), dict)',
+        '            and all(isinstance(choice.get("message"), dict)',
         (f"{UNUSABLE_COMPLETION}[null_choice]",),
     ),
     Break(
         "an error beside message-less choices is lost",
         "server/upstreams/failures.py",
-        "                return\n            raise _reply_error(body, reply) or malformed_reply()\n",
-        "                return\n            raise malformed_reply()\n",
+        "            return\n        raise _reply_error(body, reply) or malformed_reply()\n",
+        "            return\n        raise malformed_reply()\n",
         ("tests/test_unusable_replies.py::test_a_completion_without_messages_that_holds_an_error_passes_the_error_on",),
+    ),
+]
+
+
+BREAKS += [
+    Break(
+        "a client leaving between attempts is charged its reservation",
+        "server/middleware/auth.py",
+        '            and record.attempts[-1].get("status") == "cancelled"\n',
+        "",
+        ("tests/test_security_units.py::test_a_request_whose_client_left_between_attempts_is_charged_its_prompt",),
+    ),
+    Break(
+        "a completion's client leaving is not noted before its lease is settled",
+        "server/chat_call.py",
+        "        if expiry is None:\n            record.outcome = Outcome.CLIENT_DISCONNECTED\n",
+        "        if expiry is None:\n",
+        (
+            "tests/test_left_before_answer.py::test_a_completion_left_while_its_upstream_works_is_charged_its_reservation",
+        ),
     ),
 ]
 

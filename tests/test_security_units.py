@@ -143,16 +143,16 @@ async def test_a_request_that_ends_without_usage_is_charged_its_whole_prompt_and
     assert usage.tokens >= len(OUTSIDE_PROMPT) // 4
 
 
-def left_record(*, stream: bool, asked: bool = True) -> RequestRecord:
-    """A request's record whose client left before it had usage; `asked`: an upstream was."""
-    record = RequestRecord(started=0.0, stream=stream, outcome=Outcome.CLIENT_DISCONNECTED)
-    if asked:
-        record.attempts.append({"upstream": "default", "model": "gpt-4o", "status": "cancelled", "ms": 1.0})
+def left_record(*, stream: bool, last_attempt: str | None = "cancelled", relayed: int = 0) -> RequestRecord:
+    """A request's record whose client left before it had usage; `last_attempt`: how its last attempt ended."""
+    record = RequestRecord(started=0.0, stream=stream, outcome=Outcome.CLIENT_DISCONNECTED, chunks_relayed=relayed)
+    if last_attempt is not None:
+        record.attempts.append({"upstream": "default", "model": "gpt-4o", "status": last_attempt, "ms": 1.0})
     return record
 
 
 async def settled_tokens(record: RequestRecord) -> int:
-    """The tokens a key is charged for a request of 1,000 reserved that ended as `record` says."""
+    """The completion tokens a key is charged for a request of 1,000 reserved that ended as `record` says."""
     store = MemoryLimitStore(FakeClock())
     key = GatewayKey("k", b"", None, KeyLimits(tpm=1_000_000))
     lease = Lease(store, key)
@@ -163,18 +163,23 @@ async def settled_tokens(record: RequestRecord) -> int:
     return usage.tokens - lease.prompt_estimate
 
 
-async def test_a_completion_whose_client_left_once_an_upstream_was_asked_is_charged_its_reservation() -> None:
+async def test_a_completion_whose_client_left_while_an_upstream_worked_is_charged_its_reservation() -> None:
     # Charged its prompt alone, a key ran past its tpm by leaving each request just before its answer.
     assert await settled_tokens(left_record(stream=False)) == 1000
 
 
 async def test_a_stream_whose_client_left_is_charged_only_what_it_relayed() -> None:
     # Its upstream is closed as the client leaves, and stops generating.
-    assert await settled_tokens(left_record(stream=True)) == 0
+    assert await settled_tokens(left_record(stream=True, relayed=3)) == 3
 
 
-async def test_a_completion_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt() -> None:
-    assert await settled_tokens(left_record(stream=False, asked=False)) == 0
+async def test_a_request_whose_client_left_between_attempts_is_charged_its_prompt() -> None:
+    # The upstream refused (a 429) and nothing was generating while Sluice waited to retry.
+    assert await settled_tokens(left_record(stream=False, last_attempt="429")) == 0
+
+
+async def test_a_request_whose_client_left_before_any_upstream_was_asked_is_charged_its_prompt() -> None:
+    assert await settled_tokens(left_record(stream=False, last_attempt=None)) == 0
 
 
 def test_a_keys_completion_reserve_defaults_to_1024_tokens() -> None:

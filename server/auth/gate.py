@@ -104,9 +104,10 @@ class Lease:
         """Give back the stream slot, and the reserved tokens the request did not use.
 
         Without usage, the request is charged its prompt and the tokens relayed; `answered_unseen`
-        (a completion the client left before it came: the upstream may have generated it all, and
-        a provider bills it) charges the whole reservation instead. Charged its prompt alone, a
-        key could run requests past its tpm by leaving each just before its answer.
+        (a completion whose client left while an upstream worked on it: the upstream may have
+        generated it all, and a provider bills it) charges the whole reservation instead.
+        Charged its prompt alone, a key could run requests past its tpm by leaving each just before
+        its answer.
         """
         if self._released:
             return

@@ -142,9 +142,12 @@ def _resumes(request: web.Request, method: str, route: str) -> bool:
 async def settle(lease: Lease, record: RequestRecord) -> None:
     """Give back what the request took, with the tokens it used, unless a detached stream took the lease over.
 
-    A non-streaming request whose client left once an upstream was asked is charged its whole
-    reservation (`Lease.release`): a stream's client that leaves stops its upstream at once, and
-    is charged what was relayed.
+    A non-streaming request whose client left while an upstream worked on it is charged its whole
+    reservation (`Lease.release`): a provider goes on generating a completion whose client left,
+    and bills it. A stream is charged its prompt and what was relayed: its upstream is closed as its
+    client leaves, and a stream request stops generating then (reasoning a model did before its
+    first token goes uncounted). A client that left during a wait between attempts, when no
+    upstream was working, is charged its prompt.
     """
     if not lease.transferred:
         answered_unseen = (
@@ -152,6 +155,7 @@ async def settle(lease: Lease, record: RequestRecord) -> None:
             and record.usage is None
             and record.outcome is Outcome.CLIENT_DISCONNECTED
             and bool(record.attempts)
+            and record.attempts[-1].get("status") == "cancelled"
         )
         await lease.release(record.usage, record.chunks_relayed, answered_unseen=answered_unseen)
 

@@ -167,12 +167,14 @@ def check_completion(reply: bytes) -> None:
     body = _loads(reply)
     if isinstance(body, dict):
         choices = body.get("choices")
-        if isinstance(choices, list) and choices:
-            # Each choice a message: `choices: [null]` or a choice without one reached an SDK as a 200
-            # it could not read, and no other upstream was asked.
-            if all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in choices):
-                return
-            raise _reply_error(body, reply) or malformed_reply()
+        # Each choice a message: `choices: [null]` or a choice without one reached an SDK as a 200 it
+        # could not read, and no other upstream was asked.
+        if (
+            isinstance(choices, list)
+            and choices
+            and all(isinstance(choice, dict) and isinstance(choice.get("message"), dict) for choice in choices)
+        ):
+            return
         raise _reply_error(body, reply) or malformed_reply()
     raise malformed_reply()
 
