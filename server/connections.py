@@ -72,10 +72,11 @@ def close_idle_connections(request: web.Request, count: int) -> int:
     closes (`http_protocol.LingeringProtocol`) is as good as idle. aiohttp closes each after
     `header_timeout` anyway (its keep-alive check, whose test of idleness this is); closing the
     longest-open ones now, when a request arrives over the cap, serves that request instead of
-    refusing it, as nginx reuses its keep-alive connections when it runs out. Every connection
-    with a request in progress, `request`'s own included, is left alone: one whose client stopped
-    reading its answer is busy until the kernel drops it, `stream.send_timeout` after the client
-    last took a byte (`lean_connection.limit_unread_responses`).
+    refusing it, as nginx reuses its keep-alive connections when it runs out. When those are too
+    few, connections whose client stopped reading its answers go next (`_close_unread`); the kernel
+    would drop each only `stream.send_timeout` after its client last took a byte
+    (`lean_connection.limit_unread_responses`). Every other connection with a request in progress,
+    `request`'s own included, is left alone.
     """
     manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
     connections: dict[Any, Any] | None = getattr(manager, "_connections", None)
@@ -92,7 +93,28 @@ def close_idle_connections(request: web.Request, count: int) -> int:
                 break
     for handler in idle:
         handler.force_close()  # what aiohttp's keep-alive check does to an idle connection
-    return len(idle)
+    return len(idle) + _close_unread(request, connections, count - len(idle))
+
+
+def _close_unread(request: web.Request, connections: dict[Any, Any], count: int) -> int:
+    """Abort up to `count` of the longest-open connections whose client stopped reading; how many were.
+
+    Their answers wait in full buffers (the transport paused its writing): a client that pipelines
+    requests it never reads held the cap until the kernel dropped each connection, and reopened
+    them as fast, keeping everyone else out. A stream whose reader stalled is lost with them, as
+    it would be at `stream.send_timeout`. Aborted, not closed: a close would wait for the client to
+    read what is queued.
+    """
+    if count <= 0:
+        return 0
+    own = request.protocol
+    unread = [h for h in connections if h is not own and getattr(h, "writing_paused", False)][:count]
+    for handler in unread:
+        transport = handler.transport
+        if transport is not None:
+            transport.abort()
+        handler.force_close()
+    return len(unread)
 
 
 def reserve_descriptors(connections: int) -> int:

@@ -1,8 +1,9 @@
 """Keep the process within its connection cap: close idle connections for a request over it, else refuse it.
 
 A request on a connection over the cap first closes as many of the longest-open idle connections
-(waiting for a request) as it takes; only when there are not enough of those is it refused with
-503 and Retry-After, its own connection closed.
+(waiting for a request) as it takes, then connections whose client stopped reading their answers;
+only when there are not enough of those is it refused with 503 and Retry-After, its own connection
+closed.
 """
 
 from __future__ import annotations
