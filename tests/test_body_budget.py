@@ -18,6 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from server.app import create_app
+from server.body_budget import BodyBudget
 from server.keys import BODY_BUDGET
 from tests.conftest import make_settings
 from tests.support.envelope import error_of
@@ -133,13 +134,32 @@ async def test_an_encoded_body_is_held_as_the_bytes_it_decodes_to(aiohttp_client
         assert (await error_of(refused, 503))["code"] == "overloaded"
 
 
-async def held_reaches(client: Client, size: int) -> None:
-    """Return once the gateway holds at least `size` body bytes (what it read of a body still coming)."""
-    budget = client.app[BODY_BUDGET]
-    async with asyncio.timeout(5):  # the body's own deadline (15 s) far away
-        # Nothing to await: the body step reads on, and says nothing as it holds each chunk.
-        while budget.held < size:  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
+class Holding:
+    """Wakes a test each time the gateway holds more body bytes (BodyBudget.take, watched)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self._took = asyncio.Event()
+        take = BodyBudget.take
+
+        def watched(budget: BodyBudget, size: int, mine: int = 0) -> int:
+            taken = take(budget, size, mine)
+            self._took.set()
+            return taken
+
+        monkeypatch.setattr(BodyBudget, "take", watched)
+
+    async def reaches(self, client: Client, size: int) -> None:
+        """Return once the gateway holds at least `size` body bytes (what it read of a body still coming)."""
+        budget = client.app[BODY_BUDGET]
+        async with asyncio.timeout(5):  # the body's own deadline (15 s) far away
+            while budget.held < size:
+                self._took.clear()
+                await self._took.wait()
+
+
+@pytest.fixture
+def holding(monkeypatch: pytest.MonkeyPatch) -> Holding:
+    return Holding(monkeypatch)
 
 
 def stalled_upload(first: bytes, go_on: asyncio.Event, rest: bytes = b"") -> AsyncIterator[bytes]:
@@ -155,7 +175,9 @@ def stalled_upload(first: bytes, go_on: asyncio.Event, rest: bytes = b"") -> Asy
 
 
 @pytest.mark.parametrize("encoded", [False, True], ids=["chunked", "gzip"])
-async def test_a_body_with_no_length_is_held_as_it_is_read(aiohttp_client: Callable[..., Any], encoded: bool) -> None:
+async def test_a_body_with_no_length_is_held_as_it_is_read(
+    aiohttp_client: Callable[..., Any], holding: Holding, encoded: bool
+) -> None:
     # Held only once read whole, sixty stalled uploads of 16 KB of gzip held 1 GB outside the budget.
     first = b" " * 20_000  # JSON allows the blanks; gzip's are 16 KB decoded from a few bytes
     client = await gateway(aiohttp_client, held=20_000 + len(QUICK) - 1)
@@ -163,7 +185,7 @@ async def test_a_body_with_no_length_is_held_as_it_is_read(aiohttp_client: Calla
     headers = {**JSON, "Content-Encoding": "gzip"} if encoded else JSON
     body = stalled_upload(gzip.compress(first) if encoded else first, go_on)
     uploading = asyncio.create_task(client.post(COMPLETIONS, data=body, headers=headers))
-    await held_reaches(client, 16_000)
+    await holding.reaches(client, 16_000)
 
     refused = await client.post(COMPLETIONS, data=QUICK, headers=JSON)
 
@@ -173,14 +195,14 @@ async def test_a_body_with_no_length_is_held_as_it_is_read(aiohttp_client: Calla
 
 
 async def test_a_body_with_no_length_larger_than_the_budget_is_read_when_none_other_is_held(
-    aiohttp_client: Callable[..., Any],
+    aiohttp_client: Callable[..., Any], holding: Holding
 ) -> None:
     client = await gateway(aiohttp_client, held=100)
     go_on = asyncio.Event()
     uploading = asyncio.create_task(
         client.post(COMPLETIONS, data=stalled_upload(b" " * 200, go_on, QUICK), headers=JSON)
     )
-    await held_reaches(client, 200)
+    await holding.reaches(client, 200)
     go_on.set()
 
     answered = await uploading

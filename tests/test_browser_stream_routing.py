@@ -10,8 +10,6 @@ timeout once, then streams.
 
 from __future__ import annotations
 
-import asyncio
-
 from aiohttp import web
 
 from tests.support.sse import read_events
@@ -73,10 +71,7 @@ async def test_a_browser_streams_log_line_names_its_attempts_and_who_answered(
     async with gateway.get((await started.json())["url"]) as response:
         await read_events(response)
 
-    async with asyncio.timeout(5):
-        # Logged as the generation ends, which its reader's `done` may come before; nothing to await.
-        while not (found := [e for e in access_log.events if e["event"] == "browser_stream_finished"]):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-    [finished] = found
+    # Logged as the generation ends, which its reader's `done` may come before.
+    [finished] = await access_log.finished(1, "browser_stream_finished")
     assert [attempt["status"] for attempt in finished["attempts"]] == [429, 200]
     assert (finished["upstream"], finished["served_model"]) == ("default", "gpt-4o")

@@ -477,22 +477,23 @@ async def test_a_cors_origin_configured_with_a_default_port_and_slash_matches_th
 
 
 class FinishedRequests:
-    """A structlog processor that counts `request_finished` events, so a test can await them."""
+    """A structlog processor that counts log events by name, so a test can await them."""
 
     def __init__(self) -> None:
-        self.count = 0
+        self.counts: dict[str, int] = {}
         self._changed = asyncio.Event()
 
     def __call__(self, logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-        if event_dict.get("event") == "request_finished":
-            self.count += 1
+        name = event_dict.get("event")
+        if isinstance(name, str):
+            self.counts[name] = self.counts.get(name, 0) + 1
             self._changed.set()
         return event_dict
 
-    async def wait_for(self, count: int) -> None:
-        """Return once `count` requests have logged their end."""
+    async def wait_for(self, count: int, event: str = "request_finished") -> None:
+        """Return once `count` events named `event` (by default, requests that logged their end) were logged."""
         async with asyncio.timeout(5):
-            while self.count < count:
+            while self.counts.get(event, 0) < count:
                 self._changed.clear()
                 await self._changed.wait()
 
@@ -504,10 +505,10 @@ class AccessLog:
         self.events = events
         self._finished = finished
 
-    async def finished(self, count: int) -> list[EventDict]:
-        """The `request_finished` events, once there are `count` of them."""
-        await self._finished.wait_for(count)
-        return [event for event in self.events if event["event"] == "request_finished"]
+    async def finished(self, count: int, event: str = "request_finished") -> list[EventDict]:
+        """The events named `event` (by default `request_finished`), once there are `count` of them."""
+        await self._finished.wait_for(count, event)
+        return [logged for logged in self.events if logged["event"] == event]
 
 
 @pytest.fixture

@@ -48,24 +48,26 @@ async def test_other_failures_in_a_row_still_open_for_the_cooldown() -> None:
     assert not await b.acquire("a")
 
 
-async def test_a_failed_trial_that_says_when_holds_for_that_wait_not_the_cooldown() -> None:
-    # A 503 with Retry-After at the trial too: the upstream asked for 2 s and was shut for 30.
+async def at_trial_after_a_503_that_said_when() -> Breakers:
+    """Breakers whose upstream "a" answered 503 with Retry-After: 2, and whose trial is now on its way."""
     clock = Clock()
     b = breakers(clock)
     await b.failed("a", retry_after=2.0)
     clock.now += 2.1
     assert await b.acquire("a") is Admission.TRIAL
+    return b
+
+
+async def test_a_failed_trial_that_says_when_holds_for_that_wait_not_the_cooldown() -> None:
+    # A 503 with Retry-After at the trial too: the upstream asked for 2 s and was shut for 30.
+    b = await at_trial_after_a_503_that_said_when()
     await b.failed("a", retry_after=2.0)
 
     assert await b.reopens_in("a") == pytest.approx(2.0)
 
 
 async def test_a_failed_trial_that_says_nothing_reopens_for_the_cooldown() -> None:
-    clock = Clock()
-    b = breakers(clock)
-    await b.failed("a", retry_after=2.0)
-    clock.now += 2.1
-    assert await b.acquire("a") is Admission.TRIAL
+    b = await at_trial_after_a_503_that_said_when()
     await b.failed("a")
 
     assert await b.reopens_in("a") == pytest.approx(30.0)

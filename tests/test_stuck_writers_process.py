@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -126,34 +126,38 @@ async def test_a_connection_whose_client_keeps_a_zero_window_is_dropped_by_the_k
         server.close()
 
 
+@contextlib.asynccontextmanager
+async def _cap_of_never_reading(gateway: Gateway) -> AsyncIterator[list[socket.socket]]:
+    """The cap's every connection busy writing, its client's window closed; the clients' sockets.
+
+    Only then the first connection over the cap: one earlier would have the next of their requests refused.
+    """
+    port = int(gateway.url.rsplit(":", 1)[1])
+    stuck = [_never_reading(port, "/static/app.js") for _ in range(CAP)]
+    try:
+        async with asyncio.timeout(CUT_BOUND):
+            await _stalled(port)
+        yield stuck
+    finally:
+        for sock in stuck:
+            sock.close()
+
+
 async def test_a_request_over_a_cap_of_clients_that_never_read_closes_one_of_them_and_is_served(
     capped: Gateway,
 ) -> None:
     # They held the cap until the kernel dropped each (stream.send_timeout), and a client reopening
     # them as fast kept everyone else out for good.
-    port = int(capped.url.rsplit(":", 1)[1])
-    stuck = [_never_reading(port, "/static/app.js") for _ in range(CAP)]
-    try:
-        async with asyncio.timeout(CUT_BOUND):
-            await _stalled(port)
-        async with aiohttp.ClientSession() as http:
-            async with http.get(capped.url + "/v1/models", headers=bearer(KEY_ALPHA)) as r:
-                assert r.status == 200  # was 503 too_many_connections until the send timeout
-    finally:
-        for sock in stuck:
-            sock.close()
+    async with _cap_of_never_reading(capped), aiohttp.ClientSession() as http:
+        async with http.get(capped.url + "/v1/models", headers=bearer(KEY_ALPHA)) as r:
+            assert r.status == 200  # was 503 too_many_connections until the send timeout
 
 
 async def test_clients_that_never_read_their_answers_are_cut_after_the_send_timeout_and_free_the_cap(
     capped: Gateway,
 ) -> None:
     port = int(capped.url.rsplit(":", 1)[1])
-    stuck = [_never_reading(port, "/static/app.js") for _ in range(CAP)]
-    try:
-        # Every connection of the cap busy writing, its client's window closed. Only then the first
-        # connection over the cap: one earlier would have the next of their requests refused.
-        async with asyncio.timeout(CUT_BOUND):
-            await _stalled(port)
+    async with _cap_of_never_reading(capped) as stuck:
         async with aiohttp.ClientSession() as http:
             async with asyncio.timeout(CUT_BOUND):
                 while True:  # until the gateway counts them gone
@@ -172,6 +176,3 @@ async def test_clients_that_never_read_their_answers_are_cut_after_the_send_time
                 if not clients & _send_queues(port).keys():
                     break
                 await asyncio.sleep(POLL)
-    finally:
-        for sock in stuck:
-            sock.close()

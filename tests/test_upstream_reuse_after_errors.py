@@ -12,16 +12,8 @@ import pytest
 from aiohttp import web
 
 from server.upstreams.client import ERROR_BODY_LIMIT
+from tests.test_unusable_replies import GOOD_COMPLETION
 from tests.test_upstream_errors import CALLS, COMPLETIONS, BuildGateway
-
-COMPLETION = {
-    "id": "c",
-    "object": "chat.completion",
-    "created": 1,
-    "model": "gpt-4o",
-    "choices": [{"index": 0, "message": {"role": "assistant", "content": "ok"}, "finish_reason": "stop"}],
-    "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-}
 
 
 def failing_first(status: int, ports: list[int]) -> web.Application:
@@ -34,7 +26,7 @@ def failing_first(status: int, ports: list[int]) -> web.Application:
         if len(ports) == 1:
             error = {"error": {"message": "Try again.", "type": "server_error", "param": None, "code": None}}
             return web.json_response(error, status=status, headers={"Retry-After": "0"})
-        return web.json_response(COMPLETION)
+        return web.json_response(GOOD_COMPLETION)
 
     app = web.Application()
     app.router.add_post(COMPLETIONS, answer)
@@ -68,7 +60,7 @@ def failing_first_at_length(ports: list[int]) -> web.Application:
             message = "x" * (ERROR_BODY_LIMIT * 2)
             error = {"error": {"message": message, "type": "server_error", "param": None, "code": None}}
             return web.json_response(error, status=500, headers={"Retry-After": "0"})
-        return web.json_response(COMPLETION)
+        return web.json_response(GOOD_COMPLETION)
 
     app = web.Application()
     app.router.add_post(COMPLETIONS, answer)
