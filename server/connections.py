@@ -7,8 +7,11 @@ what a connection flood is made of (each is cut after `header_timeout`, see run.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import resource
+import sys
+import termios
 from collections.abc import Sized
 from typing import Any, cast
 
@@ -63,6 +66,20 @@ def open_connections(request: web.Request) -> int:
     return len(connections)
 
 
+def closing_connections(request: web.Request) -> int:
+    """Connections closed, or to close after their answer, that aiohttp still counts.
+
+    An earlier request over the cap closed them for room, or was refused and closes its own. Each
+    leaves aiohttp's count only when its close is done, a loop turn or more later: counted, every
+    other request of a burst over the cap found no room and was refused too. Only read over the
+    cap: it walks every connection.
+    """
+    manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
+    connections: dict[Any, Any] = getattr(manager, "_connections", None) or {}
+    # `_close`: set by `close()`, aiohttp's "close once the answer is out" (no public accessor).
+    return sum(1 for handler in connections if handler.transport is None or getattr(handler, "_close", False))
+
+
 def close_idle_connections(request: web.Request, count: int) -> int:
     """Close up to `count` of the longest-open connections that wait for a request; how many were.
 
@@ -87,13 +104,31 @@ def close_idle_connections(request: web.Request, count: int) -> int:
         # aiohttp's handler awaits `_waiter` only while no request is in progress on the connection;
         # a lingering one only discards a body it answered without, before it closes anyway.
         waiter = getattr(handler, "_waiter", None)
-        if (waiter is not None and not waiter.done()) or type(handler) is LingeringProtocol:
+        waiting = waiter is not None and not waiter.done()
+        if type(handler) is LingeringProtocol or (waiting and not _request_arrived(handler)):
             idle.append(handler)
             if len(idle) == count:
                 break
     for handler in idle:
         handler.force_close()  # what aiohttp's keep-alive check does to an idle connection
     return len(idle) + _close_unread(request, connections, count - len(idle))
+
+
+def _request_arrived(handler: Any) -> bool:
+    """Whether bytes the loop has not read yet wait on `handler`'s socket: a request on its way in.
+
+    A connection accepted in the loop turn that runs another's request over the cap has not had
+    its bytes read yet, so it looks idle; closing it would reset a request the kernel already holds.
+    """
+    transport = handler.transport
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is None:
+        return False
+    try:
+        waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except OSError:
+        return False
+    return int.from_bytes(waiting, sys.byteorder) > 0
 
 
 def _close_unread(request: web.Request, connections: dict[Any, Any], count: int) -> int:

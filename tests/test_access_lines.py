@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import ipaddress
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -19,9 +20,11 @@ from structlog.typing import EventDict
 
 from server.app import create_app
 from server.client_address import client_address
+from server.keys import CONNECTION_LIMIT
 from server.logs import configure_logging, connection_error_fields, loggable_url
 from tests.conftest import make_settings
 from tests.support.processes import free_port
+from tests.test_security_units import KEY, bare
 from tests.test_upstream_errors import failing_upstream
 
 Client = TestClient[web.Request, web.Application]
@@ -50,6 +53,37 @@ async def test_a_4xx_line_carries_the_error_code_and_param(client: Client, logs:
     assert event["error_code"] == "model_not_found"
     assert event["param"] == "model"
     assert event["log_level"] == "info"
+
+
+async def test_a_refusal_over_the_connection_cap_logs_its_code(
+    aiohttp_client: AiohttpClient, logs: list[EventDict]
+) -> None:
+    app = bare()
+    app[CONNECTION_LIMIT] = 0
+    client: Client = await aiohttp_client(app)
+    assert (await client.get("/models")).status == 503
+    assert (finished(logs)["status"], finished(logs)["error_code"]) == (503, "too_many_connections")
+
+
+async def test_a_late_body_logs_its_code(aiohttp_client: AiohttpClient, logs: list[EventDict]) -> None:
+    client: Client = await aiohttp_client(bare(connections={"body_timeout": 0.2}))
+    never = asyncio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b'{"message":'
+        await never.wait()  # the rest never comes
+
+    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
+    assert (await client.post("/chat", data=slow_body(), headers=headers)).status == 408
+    assert finished(logs)["error_code"] == "request_timeout"
+
+
+async def test_a_refused_preflight_logs_its_code(client: Client, logs: list[EventDict]) -> None:
+    preflight = await client.options(
+        "/v1/chat/completions", headers={"Origin": "https://a.example", "Access-Control-Request-Method": "PUT"}
+    )
+    assert preflight.status == 403
+    assert finished(logs)["error_code"] == (await preflight.json())["error"]["code"]
 
 
 async def test_a_validation_error_line_names_the_field_as_param(client: Client, logs: list[EventDict]) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import resource
+import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +30,9 @@ CONNECTION_CAP = 500
 LOW_SOFT_LIMIT = 256
 IDLE_CONNECTIONS = 2000
 BUSY_CAP = 20
+CAP_OF_THE_BURST = 10
+IDLE_BEFORE_THE_BURST = 7
+BURST_OVER_THE_CAP = 12
 MIB = 1 << 20
 OBSERVATION_SECONDS = 2.0
 
@@ -257,6 +261,50 @@ async def test_a_request_over_the_cap_closes_the_longest_open_idle_connections_a
             assert (await newest_reader.readline()).startswith(b"HTTP/1.1 200")
     finally:
         for _, writer in idle:
+            writer.close()
+        gateway.process.stop()
+
+
+async def test_a_burst_over_the_cap_takes_the_room_of_the_idle_connections_and_only_the_rest_get_503(
+    simulator: Simulator,
+) -> None:
+    # Each request of a burst counted the idle connections an earlier one had just closed: all but
+    # the first found no room, and up to the whole burst was refused while the idle ones went anyway.
+    env = {"SLUICE_CONNECTIONS_MAX_CONNECTIONS": str(CAP_OF_THE_BURST), "SLUICE_CONNECTIONS_HEADER_TIMEOUT": "120"}
+    gateway = start_gateway(upstream=simulator, env=env)
+    request = json.dumps({"message": "burst\n#sim tokens=100000 gap_ms=20"}).encode()
+    head = (
+        "POST /chat/stream HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(request)}\r\n\r\n"
+    )
+    idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    burst: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+    try:
+        for _ in range(IDLE_BEFORE_THE_BURST):  # kept alive after an answer: open, and waiting for a request
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+            writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            idle.append((reader, writer))
+        gateway.process.signal(signal.SIGSTOP)  # the whole burst is in the kernel when it goes on
+        try:
+            for _ in range(BURST_OVER_THE_CAP):
+                reader, writer = await asyncio.open_connection("127.0.0.1", port_of(gateway))
+                writer.write(head.encode() + request)
+                await writer.drain()
+                burst.append((reader, writer))
+        finally:
+            gateway.process.signal(signal.SIGCONT)
+        statuses = []
+        async with asyncio.timeout(CUT_BOUND):
+            for reader, _ in burst:
+                statuses.append((await reader.readline()).split(b" ")[1])
+            for reader, _ in idle:  # all closed for the burst: each read ends
+                await reader.read()
+        assert sorted(statuses) == [b"200"] * CAP_OF_THE_BURST + [b"503"] * (BURST_OVER_THE_CAP - CAP_OF_THE_BURST), (
+            str(statuses)
+        )
+    finally:
+        for _, writer in idle + burst:
             writer.close()
         gateway.process.stop()
 

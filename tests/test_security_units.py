@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import cast
@@ -23,7 +24,7 @@ from server.auth.limits import Exceeded, KeyLimits, MemoryLimitStore, Usage, rat
 from server.auth.tokens import TokenSigner, token_secret
 from server.chunks import EventSplitter
 from server.cli import warn_if_open
-from server.connections import SPARE_DESCRIPTORS, open_connections, reserve_descriptors
+from server.connections import SPARE_DESCRIPTORS, close_idle_connections, open_connections, reserve_descriptors
 from server.cors import CorsPolicy
 from server.guard import Outcome
 from server.keys import CONNECTION_LIMIT
@@ -535,3 +536,41 @@ async def test_a_reservation_over_the_keys_whole_tpm_goes_when_its_refusals_retr
     assert await Lease(store, key).reserve(body) is not None
     clock.now += 1
     assert await Lease(store, key).reserve(body) is None
+
+
+class _Transport:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+
+    def get_extra_info(self, name: str) -> object:
+        return self.sock if name == "socket" else None
+
+
+class _WaitingConnection:
+    """A connection as aiohttp's handler shows it while it waits for a request (`_waiter` pending)."""
+
+    writing_paused = False
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        self.transport = _Transport(sock)
+        self.closed = False
+
+    def force_close(self) -> None:
+        self.closed = True
+
+
+async def test_a_connection_whose_request_is_in_the_kernel_is_not_closed_as_idle() -> None:
+    """Accepted in the loop turn that runs another request over the cap, its bytes are not read yet:
+    closing it as idle would reset a request that had arrived."""
+    quiet, quiet_peer = socket.socketpair()
+    arrived, arrived_peer = socket.socketpair()
+    try:
+        arrived_peer.sendall(b"POST /v1/chat/completions HTTP/1.1\r\n")
+        idle, busy = _WaitingConnection(quiet), _WaitingConnection(arrived)
+        request = SimpleNamespace(protocol=SimpleNamespace(_manager=SimpleNamespace(_connections={busy: 0, idle: 0})))
+        assert close_idle_connections(cast(web.Request, request), 2) == 1
+        assert (idle.closed, busy.closed) == (True, False)
+    finally:
+        for sock in (quiet, quiet_peer, arrived, arrived_peer):
+            sock.close()

@@ -28,7 +28,7 @@ from ..access import RequestRecord
 from ..errors import ExpectationFailedError, PayloadTooLargeError, RequestTimeoutError
 from ..http_protocol import DECODED, close_after_response, unsupported_encoding, watch_framing
 from ..keys import BODY_BUDGET, SETTINGS
-from .errors import render_error
+from .errors import render_noted
 
 CONTINUE = "100-continue"
 
@@ -97,7 +97,7 @@ async def read_body(request: web.Request, counted: RequestRecord | None = None) 
                 await request.read()
     except TimeoutError:
         late = RequestTimeoutError(f"The request body did not arrive within {deadline:g} seconds.")
-        return render_error(late)  # its connection closed after it: see close_if_body_unread
+        return render_noted(request, late)  # its connection closed after it: see close_if_body_unread
     finally:
         unwatch()
     return None

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..connections import close_idle_connections, open_connections
+from ..connections import close_idle_connections, closing_connections, open_connections
 from ..errors import ServiceUnavailableError
 from ..keys import CONNECTION_LIMIT, SETTINGS
-from .errors import render_error
+from .errors import render_noted
 
 # Probes answer even over the cap: an orchestrator must see the process alive and /readyz say why.
 _PROBES = frozenset({"/health", "/livez", "/readyz"})
@@ -25,15 +25,20 @@ def over_cap(request: web.Request, app: web.Application) -> web.Response | None:
     `app` is the request's (the chain reads it once for its steps).
     """
     over = open_connections(request) - app[CONNECTION_LIMIT]
-    if over > 0 and request.path not in _PROBES and close_idle_connections(request, over) < over:
-        retry_after = str(app[SETTINGS].server.retry_after)
-        response = render_error(
-            ServiceUnavailableError(
-                "Sluice holds as many connections as it may; retry shortly.",
-                code="too_many_connections",
-                headers={"Retry-After": retry_after},
-            )
-        )
-        response.force_close()
-        return response
-    return None
+    if over <= 0 or request.path in _PROBES:
+        return None
+    over -= closing_connections(request)
+    if over <= 0 or close_idle_connections(request, over) >= over:
+        return None
+    retry_after = str(app[SETTINGS].server.retry_after)
+    response = render_noted(
+        request,
+        ServiceUnavailableError(
+            "Sluice holds as many connections as it may; retry shortly.",
+            code="too_many_connections",
+            headers={"Retry-After": retry_after},
+        ),
+    )
+    response.force_close()
+    request.protocol.close()  # counted as closing from now on (connections.closing_connections)
+    return response

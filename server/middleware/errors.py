@@ -35,15 +35,15 @@ def render_failure(request: web.Request, error: Exception) -> web.Response | Non
     if isinstance(error, GatewayError):
         if request.get(RESPONSE_STARTED):
             return None
-        return _render_for(request, error)
+        return render_noted(request, error)
     if isinstance(error, web.HTTPException):
         if error.status < 400 or request.get(RESPONSE_STARTED):
             return None
-        return _render_for(request, _from_http_exception(error))
+        return render_noted(request, _from_http_exception(error))
     if isinstance(error, web.RequestPayloadError) and not request.get(RESPONSE_STARTED):
         # The body's framing or Content-Encoding broke while it was read (a "gzip" body that is
         # not): the client's fault, and the rest of the connection cannot be trusted.
-        response = _render_for(
+        response = render_noted(
             request,
             InvalidRequestError(
                 "The request body could not be read: its chunked framing or its Content-Encoding is broken.",
@@ -58,7 +58,7 @@ def render_failure(request: web.Request, error: Exception) -> web.Response | Non
     log.exception("request_failed")
     if request.get(RESPONSE_STARTED):
         return None  # aiohttp closes the connection; the client sees a cut, never a second answer
-    return _render_for(request, GatewayError("Sluice failed to handle the request."))
+    return render_noted(request, GatewayError("Sluice failed to handle the request."))
 
 
 def mark_response_started(request: web.Request) -> None:
@@ -66,8 +66,8 @@ def mark_response_started(request: web.Request) -> None:
     request[RESPONSE_STARTED] = True
 
 
-def _render_for(request: web.Request, error: GatewayError) -> web.Response:
-    """Render `error`, noting its code and param for the access log."""
+def render_noted(request: web.Request, error: GatewayError) -> web.Response:
+    """Render `error`, noting its code and param for the access log: every refusal's line names its code."""
     record = request.get(RECORD)
     if record is not None:
         record.error_code = record.error_code or error.code

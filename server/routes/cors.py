@@ -16,7 +16,7 @@ from aiohttp import hdrs, web
 from ..cors import CorsPolicy
 from ..errors import GatewayError
 from ..keys import CORS_POLICY
-from ..middleware.errors import render_error
+from ..middleware.errors import render_noted
 from ..middleware.hook_failure import hook_failed
 
 ALLOW_HEADERS = "Authorization, Content-Type, api-key, x-api-key, Last-Event-ID, X-Request-ID"
@@ -64,13 +64,14 @@ async def preflight(request: web.Request) -> web.Response:
         return web.Response(status=204, headers={hdrs.ALLOW: ", ".join(sorted(methods | {hdrs.METH_OPTIONS}))})
     allowed = policy.allow_origin(request.headers.get(hdrs.ORIGIN))
     if allowed is None:
-        return render_error(CorsForbiddenError("This origin may not call Sluice from a browser."))
+        return render_noted(request, CorsForbiddenError("This origin may not call Sluice from a browser."))
     if method not in methods:
-        return render_error(
+        return render_noted(
+            request,
             CorsForbiddenError(
                 f"{request.path} does not serve {method}; it serves {', '.join(sorted(methods))}.",
                 code="cors_method_not_allowed",
-            )
+            ),
         )
     return web.Response(
         status=200,
