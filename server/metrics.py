@@ -82,7 +82,7 @@ class Metrics:
         )
         self.upstream_duration = Histogram(
             "sluice_upstream_request_duration_seconds",
-            "Duration of upstream chat requests, from send to end.",
+            "Duration of chat requests that reached an upstream, from their arrival to their end.",
             ["route"],
             buckets=LATENCY_BUCKETS,
             registry=r,
@@ -213,7 +213,8 @@ class Metrics:
         ttft_ms = record.ttft_ms()
         if ttft_ms is not None:
             observe(ending.ttft, ttft_ms / 1000)
-        observe(ending.upstream_duration, duration)
+        if record.attempts:  # one refused before any upstream (503 overloaded, 429) tells nothing of them
+            observe(ending.upstream_duration, duration)
         model = record.model or NO_MODEL
         usage = record.usage
         if usage is not None:

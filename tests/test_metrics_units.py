@@ -12,6 +12,7 @@ from server.guard import Outcome
 from server.metrics import GAP_BUCKETS, LATENCY_BUCKETS, Metrics, count, observe
 
 ROUTE = "/v1/chat/completions"
+ATTEMPT = {"upstream": "primary", "model": "gpt-4o", "status": 200, "ms": 5.0}
 
 
 def gap_lines(exposition: bytes) -> dict[str, float]:
@@ -112,7 +113,8 @@ def test_chat_endings_are_counted_by_route_and_outcome_each_apart() -> None:
         ("/chat/stream", Outcome.COMPLETED),
     ]
     for route, outcome in endings:
-        metrics.chat_finished(RequestRecord(started=0.0, route=route, outcome=outcome, stream=True), 0.01, 200)
+        record = RequestRecord(started=0.0, route=route, outcome=outcome, stream=True, attempts=[ATTEMPT])
+        metrics.chat_finished(record, 0.01, 200)
     lines = metrics.exposition().decode().splitlines()
     counted = {
         name: float(value)
@@ -126,3 +128,18 @@ def test_chat_endings_are_counted_by_route_and_outcome_each_apart() -> None:
         f'sluice_upstream_request_duration_seconds_count{{route="{ROUTE}"}}': 3.0,
         'sluice_upstream_request_duration_seconds_count{route="/chat/stream"}': 1.0,
     }
+
+
+def test_a_chat_request_refused_before_any_upstream_is_not_timed_as_an_upstream_request() -> None:
+    """Only requests that reached an upstream are in its duration histogram: refusals would pull it to 0.
+
+    Catches: every chat request observed, 503 overloaded included (server/metrics.py, `chat_finished`).
+    """
+    metrics = Metrics()
+    refused = RequestRecord(started=0.0, route=ROUTE, outcome=Outcome.UPSTREAM_ERROR, stream=False)
+    served = RequestRecord(started=0.0, route=ROUTE, outcome=Outcome.COMPLETED, stream=False, attempts=[ATTEMPT])
+    metrics.chat_finished(refused, 0.001, 503)
+    metrics.chat_finished(served, 0.5, 200)
+    lines = metrics.exposition().decode().splitlines()
+    [timed] = [line for line in lines if line.startswith("sluice_upstream_request_duration_seconds_count")]
+    assert timed == f'sluice_upstream_request_duration_seconds_count{{route="{ROUTE}"}} 1.0'
