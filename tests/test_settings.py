@@ -191,6 +191,24 @@ def test_not_simulated_with_a_key() -> None:
     assert load(OPENAI_API_KEY=KEY).simulated is False
 
 
+@pytest.mark.parametrize("key", [None, ""])
+def test_a_base_url_without_a_key_stops_start_up_naming_where_it_was_set(key: str | None) -> None:
+    """A deploy whose key went missing must not answer from the simulated model while ready."""
+    environ = {"AI_INTEGRATIONS_OPENAI_BASE_URL": "https://llm.internal.example/v1"}
+    if key is not None:
+        environ["AI_INTEGRATIONS_OPENAI_API_KEY"] = key
+    message = settings_error(**environ)
+    assert "upstream.base_url (from environment variable AI_INTEGRATIONS_OPENAI_BASE_URL)" in message
+    assert "no key is set" in message
+
+
+def test_a_base_url_in_a_config_file_without_a_key_stops_start_up(tmp_path: Path) -> None:
+    config = tmp_path / "mine.toml"
+    config.write_text('[upstream]\nbase_url = "http://127.0.0.1:11434/v1"\n')
+    with pytest.raises(SettingsError, match="no key is set"):
+        load_settings(config, environ={})
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "setting", "expected"),
     [

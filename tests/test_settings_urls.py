@@ -154,7 +154,8 @@ def test_an_upstreams_entry_base_url_with_a_port_out_of_range_is_refused_naming_
     "url", ["https://api.openai.com/v1", "http://[::1]:8080/v1?api-version=2024-06-01", "http://localhost:65535"]
 )
 def test_a_well_formed_base_url_is_accepted(url: str) -> None:
-    assert load_settings(environ={"AI_INTEGRATIONS_OPENAI_BASE_URL": url}).upstream.base_url == url
+    environ = {"AI_INTEGRATIONS_OPENAI_BASE_URL": url, "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test"}
+    assert load_settings(environ=environ).upstream.base_url == url
 
 
 @pytest.mark.parametrize(

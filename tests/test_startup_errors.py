@@ -83,6 +83,17 @@ def test_invalid_integration_base_url_is_reported_under_its_own_name() -> None:
     assert "SLUICE_UPSTREAM_BASE_URL" not in line
 
 
+def test_a_base_url_with_an_empty_key_stops_start_up_instead_of_simulating() -> None:
+    base_url = "http://127.0.0.1:11434/v1"
+    line = refusal(
+        start_up(
+            "--port", str(free_port()), AI_INTEGRATIONS_OPENAI_BASE_URL=base_url, AI_INTEGRATIONS_OPENAI_API_KEY=""
+        )
+    )
+    assert "no key is set" in line
+    assert "AI_INTEGRATIONS_OPENAI_API_KEY" in line
+
+
 def test_typo_in_a_config_file_is_blamed_on_the_file(tmp_path: Path) -> None:
     config = tmp_path / "mine.toml"
     config.write_text("[server]\nbacklogg = 5\n")

@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from .base import SettingsError
 from .environment import (
+    KEY_VARIABLES,
     METRICS_DIR_VARIABLE,
     auth_from_environment,
     from_environment,
@@ -54,9 +55,30 @@ def load_settings(
         _merge(raw, {section: dict(values)})
     auth_from_environment(raw, env)
     try:
-        return Settings.model_validate(raw)
+        settings = Settings.model_validate(raw)
     except ValidationError as exc:
         raise SettingsError(_describe(exc, sources)) from None
+    _refuse_an_upstream_without_a_key(settings, sources)
+    return settings
+
+
+def _refuse_an_upstream_without_a_key(settings: Settings, sources: _Sources) -> None:
+    """Stop start-up when a base URL names the upstream but no key is set for it.
+
+    Without a key Sluice answers from its simulated model; with a base URL set, that is a deploy
+    whose key went missing (an empty variable, a misnamed secret), and it would serve made-up
+    replies while `/readyz` said ready. An upstream that takes no key still needs one set: any value.
+    """
+    if not settings.simulated:
+        return
+    source = sources.by_setting.get(("upstream", "base_url"))
+    if source is None or source == sources.defaults:
+        return
+    raise SettingsError(
+        f"setting upstream.base_url (from {source}) names an upstream but no key is set for it: set "
+        f"{KEY_VARIABLES[0]} (any value for an upstream that takes none), or leave the base URL unset "
+        "to run on the simulated model"
+    )
 
 
 @dataclass(frozen=True, slots=True)
