@@ -25,6 +25,7 @@ from aiohttp import web
 from . import __version__
 from .app import create_app, upstreams
 from .connections import connection_limit, raise_open_file_limit, reserve_descriptors
+from .contexts import ignore_from_now
 from .logs import LossyStream, configure_logging, loggable_url
 from .settings import AuthSettings, Settings, SettingsError, SettingsSource, load_settings
 from .worker_proxy import WorkerIdentity, identity_from_args
@@ -275,15 +276,9 @@ async def ignore_sighup_once_stopping(app: web.Application) -> AsyncIterator[Non
     leaves the disposition alone) and ignores the signal.
     """
     yield
-    # Blocked in this thread from the default's return to SIG_IGN, which discards one that came
-    # between. A thread of libuv's resolver pool could still take one in that instant if it had
+    # A thread of libuv's resolver pool could still take one as it is set to SIG_IGN if it had
     # SIGHUP open; a worker's pool has it blocked, started while the worker started.
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGHUP})
-    try:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGHUP)
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    ignore_from_now({signal.SIGHUP})
 
 
 def warn_if_open(settings: Settings, host: str) -> None:

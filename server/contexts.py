@@ -222,6 +222,25 @@ def _raise_graceful_exit() -> None:
     raise web.GracefulExit()
 
 
+def ignore_from_now(signums: set[signal.Signals]) -> None:
+    """Remove the loop's handlers for `signums` and ignore them until the process exits.
+
+    `remove_signal_handler` restores each default: SIGTERM's and SIGHUP's kill the process, and
+    SIGINT's raises KeyboardInterrupt wherever Python runs. Sent while the process finishes its
+    cleanup after a drain (an orchestrator's second SIGTERM, a third Ctrl-C), either would end it
+    by signal or with a traceback, its last log lines lost. SIGKILL still ends a cleanup that hangs.
+    Blocked in this thread from each default's return to SIG_IGN, which discards one sent between.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+    try:
+        loop = asyncio.get_running_loop()
+        for signum in signums:
+            loop.remove_signal_handler(signum)
+            signal.signal(signum, signal.SIG_IGN)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
     """Drain on SIGTERM and SIGINT, then exit; only for `create_app(..., signals=True)` (run.py)."""
     loop = asyncio.get_running_loop()
@@ -244,8 +263,7 @@ async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     yield
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.remove_signal_handler(signum)
+    ignore_from_now({signal.SIGTERM, signal.SIGINT})
     for task in tasks:
         if not task.done():
             task.cancel()
