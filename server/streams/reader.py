@@ -21,7 +21,7 @@ stream's producer.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from types import TracebackType
 
 import aiohttp
@@ -38,10 +38,14 @@ from ..sse import SSEResponse
 from ..timers import Timers
 from .registry import StreamRegistry
 from .resume import event_id
-from .store import EventsDroppedError, GenerationLostError, Slice, StoreUnavailableError
+from .store import EventsDroppedError, GenerationLostError, Slice, StoredEvent, StoreUnavailableError
 
 # Events read from the store at once: enough to replay quickly, few enough to stay small.
 BATCH = 256
+# Most bytes of events joined into one write (one event larger goes alone): a batch of large
+# events joined whole sat in the transport of a reader that never reads, a replay's worth each,
+# and a thousand such readers of one stream held a thousand copies of it.
+WRITE_BYTES = 16 * 1024
 
 
 class ResumeUnavailableError(GatewayError):
@@ -219,11 +223,14 @@ async def _follow(
     caught_up = False  # a read began after the drain asked: what it found is all there is to send
     while True:
         if batch.events:
-            # The batch in one write: one send for the events a reader caught up on at once.
             events = batch.events
-            data = events[0].data if len(events) == 1 else b"".join(event.data for event in events)
-            if not await _send(response, data, send_timeout):
-                return
+            if len(events) == 1:  # a live stream's usual batch
+                if not await _send(response, events[0].data, send_timeout):
+                    return
+            else:
+                for data in _writes(events):
+                    if not await _send(response, data, send_timeout):
+                        return
             seq = events[-1].seq
             # Only what this connection sent: a Last-Event-ID is the client's claim, and one past
             # the end would have told the generation that every event was read (no hold-back).
@@ -264,6 +271,21 @@ async def _follow(
             await _send(response, _failed(_expired(), record), send_timeout)
             return
         batch = next_batch
+
+
+def _writes(events: tuple[StoredEvent, ...]) -> Iterator[bytes]:
+    """`events` joined into writes of at most WRITE_BYTES each: one send for the events a reader
+    caught up on at once, and never more than that held for a reader that stopped reading."""
+    joined: list[bytes] = []
+    size = 0
+    for event in events:
+        data = event.data
+        if joined and size + len(data) > WRITE_BYTES:
+            yield b"".join(joined)
+            joined, size = [], 0
+        joined.append(data)
+        size += len(data)
+    yield b"".join(joined)
 
 
 async def _after_outage(
