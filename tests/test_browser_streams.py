@@ -425,6 +425,31 @@ async def test_the_one_step_get_names_its_stream_before_the_first_event(client: 
     assert events[-1].event == "done"
 
 
+@pytest.mark.parametrize(
+    ("site", "origin", "status"),
+    [
+        ("cross-site", "https://evil.example", 403),  # an EventSource on a page CORS does not allow
+        ("cross-site", None, 403),  # an <img>: no Origin at all
+        ("same-site", "https://other.app.example", 403),
+        ("cross-site", "https://app.example", 200),  # the allowed origin
+        ("same-origin", None, 200),  # Sluice's own page
+        (None, None, 200),  # not a browser
+    ],
+)
+async def test_a_one_step_get_from_a_page_of_a_site_cors_does_not_allow_starts_nothing(
+    make_client: MakeClient, site: str | None, origin: str | None, status: int
+) -> None:
+    client = await make_client(server={"cors_origins": ["https://app.example"]})
+    headers = {name: value for name, value in (("Sec-Fetch-Site", site), ("Origin", origin)) if value is not None}
+    async with client.get("/chat/stream", params={"message": "hi\n#sim tokens=2"}, headers=headers) as response:
+        assert response.status == status
+        if status == 403:
+            assert (await response.json())["error"]["code"] == "cors_origin_not_allowed"
+            assert client.app[STREAMS].live == 0
+        else:
+            assert events_only(await read_events(response))[-1].event == "done"
+
+
 async def test_a_one_step_reconnect_attaches_to_the_stream_its_last_event_id_names(
     client: Client, simulator: Simulator
 ) -> None:

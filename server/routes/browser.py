@@ -48,6 +48,7 @@ from ..streams.resume import QUERY, resume_point
 from ..streams.store import StoreUnavailableError
 from ..validation import parse_model, read_json_object
 from ..worker_proxy import forward_to_owner
+from .cors import refuse_foreign_page
 
 # Query parameters of the one-step GET; the rest of ChatRequest (history) does not fit a URL.
 _QUERY_FIELDS = ("message", "model", "system")
@@ -139,6 +140,7 @@ async def chat_stream_get(request: web.Request) -> web.StreamResponse:
                 "send other fields (history, temperature, max_tokens) to POST /chat/streams.",
                 param=name[:100],
             )
+    refuse_foreign_page(request)
     stream_id = await _start(request, _query_fields(request))
     return await _serve(request, stream_id, 0)
 

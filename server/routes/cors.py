@@ -86,6 +86,28 @@ async def preflight(request: web.Request) -> web.Response:
     )
 
 
+# Sec-Fetch-Site values of a request no page of another site made: the page itself, or the user
+# (a typed URL, a bookmark). Absent: not a browser, or one too old to say (no check then).
+_OWN_SITE = frozenset({"same-origin", "none"})
+
+
+def refuse_foreign_page(request: web.Request) -> None:
+    """403 for a request a page of another site made, unless CORS allows that site's origin.
+
+    For the one-step GET, which starts a generation: it is a simple request, sent by a browser for
+    any page (an EventSource, even an `<img>`), and CORS only hides the answer once the generation
+    has spent upstream tokens. `Sec-Fetch-Site` (every current browser sends it) says whether the
+    page is of this site, `Origin` which site it is; no `Origin` from another site (an `<img>`) is
+    refused. With gateway keys the GET needs a token too; without, `server.cors_origins` is what
+    keeps other sites' pages from starting streams.
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is None or site in _OWN_SITE:
+        return
+    if request.app[CORS_POLICY].allow_origin(request.headers.get(hdrs.ORIGIN)) is None:
+        raise CorsForbiddenError("This origin may not start streams from a browser.")
+
+
 async def add_cors_headers(request: web.Request, response: web.StreamResponse) -> None:
     """Allow an allowed origin to read the response; say the answer depends on Origin.
 
