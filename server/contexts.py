@@ -273,6 +273,6 @@ async def signals_ctx(app: web.Application) -> AsyncIterator[None]:
 async def key_reload_ctx(app: web.Application) -> AsyncIterator[None]:
     """Reload the gateway keys from the configuration on SIGHUP (server/auth/reload.py)."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[KEYRING], app[SETTINGS_SOURCE])
+    loop.add_signal_handler(signal.SIGHUP, reload_keys, app[KEYRING], app[SETTINGS_SOURCE], app[SETTINGS])
     yield
     loop.remove_signal_handler(signal.SIGHUP)

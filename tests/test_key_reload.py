@@ -95,6 +95,21 @@ async def test_a_key_removed_from_the_configuration_is_refused_after_sighup(keye
     assert await status_with(keyed, KEY_NARROW) == 200
 
 
+async def test_a_sighup_names_the_changed_sections_it_does_not_apply(keyed: Gateway, tmp_path: Path) -> None:
+    # Only the keys were taken, and nothing said so: an operator saw gateway_keys_reloaded and
+    # believed the new model list or limit was in force.
+    rewrite(tmp_path, "\n[dashboard]\nmax_feeds = 7\n" + keys_toml())
+    assert reload_outcome(keyed)["event"] == "gateway_keys_reloaded"
+    (warning,) = keyed.process.events("settings_need_restart")
+    assert warning["sections"] == ["dashboard"]
+
+
+async def test_a_sighup_that_changes_only_keys_names_nothing_else(keyed: Gateway, tmp_path: Path) -> None:
+    rewrite(tmp_path, keys_toml(include_alpha=False))
+    assert reload_outcome(keyed)["event"] == "gateway_keys_reloaded"
+    assert keyed.process.events("settings_need_restart") == []
+
+
 async def test_a_token_minted_by_a_key_rotated_on_sighup_is_refused(keyed: Gateway, tmp_path: Path) -> None:
     token = await one_step_token(keyed, KEY_ALPHA)
     assert await one_step_status(keyed, token) == 200
@@ -225,7 +240,7 @@ async def test_a_key_rotated_on_sighup_ends_its_browser_streams_with_key_revoked
     finished = keyed.process.wait_for_event("browser_stream_finished", request_id=rid)
     assert (ending.event, ending.json()["error"]["code"]) == ("failed", "key_revoked")
     assert closed["outcome"] == "client_aborted"
-    assert finished["error_code"] == "key_revoked"
+    assert (finished["outcome"], finished["error_code"]) == ("rejected", "key_revoked")  # as an attached stream's
 
 
 async def test_a_request_of_a_key_revoked_before_its_answer_is_401_key_revoked(

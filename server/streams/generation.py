@@ -360,6 +360,8 @@ class Generation:
             chunks.close()  # close the upstream before anything else is awaited
             if record.outcome is Outcome.CLIENT_DISCONNECTED:  # else the relay already wrote a final event
                 record.error_code = str(reason)
+                if reason is StopReason.KEY_REVOKED:  # refused by the gateway, as an attached stream (relay.py)
+                    record.outcome = Outcome.REJECTED
                 await sink.write(dialect.failure(StreamStoppedError(_STOP_MESSAGES[reason], code=str(reason))))
 
     def _finished(self, record: RequestRecord, dialect: NativeDialect) -> None:
