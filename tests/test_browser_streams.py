@@ -168,6 +168,19 @@ async def test_a_reconnect_mid_generation_continues_with_no_gap_and_no_repeat(cl
     assert as_tuples(first + rest) == as_tuples(await read(client, path))
 
 
+async def test_a_readers_access_line_says_it_read_the_stream_to_its_end(
+    client: Client, no_stream_errors: list[MutableMapping[str, Any]]
+) -> None:
+    stream_id = await start(client, "read whole\n#sim tokens=3")
+    assert (await read(client, f"/chat/streams/{stream_id}"))[-1].event == "done"
+    [line] = [
+        log
+        for log in no_stream_errors
+        if log["event"] == "request_finished" and log["path"] == f"/chat/streams/{stream_id}"
+    ]
+    assert line["outcome"] == "completed"
+
+
 async def test_a_reconnect_after_the_final_event_is_204(client: Client) -> None:
     stream_id = await start(client, "short\n#sim tokens=2")
     everything = await read(client, f"/chat/streams/{stream_id}")

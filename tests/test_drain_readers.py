@@ -226,7 +226,7 @@ async def test_a_reader_the_drain_ended_logs_the_code_its_client_received(
         lifecycle.end_all()
         await drain(lifecycle)
     (line,) = [log for log in logs if log["event"] == "request_finished" and log["method"] == "GET"]
-    assert line["error_code"] == "server_shutting_down"
+    assert (line["outcome"], line["error_code"]) == ("shutdown", "server_shutting_down")
 
 
 def stopped(process: ManagedProcess) -> None:

@@ -123,6 +123,8 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         if record.attempts:
             fields["attempts"] = record.attempts
             fields.update(record.extra)  # upstream, served_model, resent (see the docstring)...
+    elif record.outcome is not None:  # a browser stream's reader: completed, client_disconnected, shutdown
+        fields["outcome"] = record.outcome
     log.log(level, "request_finished", **fields)
 
 

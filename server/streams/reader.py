@@ -79,6 +79,7 @@ class DrainEnd:
     def event(self, record: RequestRecord) -> bytes:
         """The drain's last event: built when a drain asks for it, not for every reader."""
         lifecycle = self._lifecycle
+        record.outcome = Outcome.SHUTDOWN
         error = lifecycle.shutting_down("Sluice is shutting down; reconnect to go on with the stream.")
         return b"retry: %d\n" % (lifecycle.retry_after * 1000) + _failed(error, record)
 
@@ -143,7 +144,9 @@ async def serve_stream(
     try:
         end = DrainEnd(lifecycle)
         with registry.reading(stream_id), lifecycle.reading(end):
-            if await _send(response, start.encode(), settings.send_timeout):
+            if not await _send(response, start.encode(), settings.send_timeout):
+                record.outcome = Outcome.CLIENT_DISCONNECTED
+            else:
                 if first is None:
                     first = await _after_outage(
                         response, registry, stream_id, after, settings.send_timeout, end, record, may_read
@@ -226,16 +229,19 @@ async def _follow(
             events = batch.events
             if len(events) == 1:  # a live stream's usual batch
                 if not await _send(response, events[0].data, send_timeout):
+                    record.outcome = Outcome.CLIENT_DISCONNECTED
                     return
             else:
                 for data in _writes(events):
                     if not await _send(response, data, send_timeout):
+                        record.outcome = Outcome.CLIENT_DISCONNECTED
                         return
             seq = events[-1].seq
             # Only what this connection sent: a Last-Event-ID is the client's claim, and one past
             # the end would have told the generation that every event was read (no hold-back).
             registry.sent(stream_id, seq)
         if batch.finished:
+            record.outcome = Outcome.COMPLETED  # the stream's own final event sent, whatever it said
             return
         if caught_up and len(batch.events) < BATCH:
             await _send(response, end.event(record), send_timeout)
