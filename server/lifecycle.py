@@ -50,14 +50,25 @@ class Lifecycle:
     """Tracks live requests and decides whether new ones are admitted."""
 
     def __init__(
-        self, *, retry_after: int, max_live: int, heap: HeapTrim | None = None, live_gauge: Any | None = None
+        self,
+        *,
+        retry_after: int,
+        max_live: int,
+        heap: HeapTrim | None = None,
+        reader_heap: HeapTrim | None = None,
+        live_gauge: Any | None = None,
     ) -> None:
-        """`live_gauge`: the metric of live requests (`sluice_live_streams`), moved as `track` blocks come and go."""
+        """`live_gauge`: the metric of live requests (`sluice_live_streams`), moved as `track` blocks come and go.
+
+        `heap` trims after many live requests ended, `reader_heap` after many browser stream readers
+        left (a crowd of readers holds its transports' buffers as live streams do, but is no live request).
+        """
         self.draining = False
         # Moved by `_Tracked` through its value, as metrics.count does: prometheus-client's
         # `track_inprogress` built a context manager and checked the metric twice per request.
         self._live_value = live_gauge._value if live_gauge is not None else None
         self._heap = heap if heap is not None else HeapTrim()
+        self._reader_heap = reader_heap if reader_heap is not None else HeapTrim()
         self._retry_after = retry_after
         self._max_live = max_live
         self._live: set[StreamGuard] = set()
@@ -88,15 +99,18 @@ class Lifecycle:
     @contextmanager
     def reading(self, reader: Endable) -> Iterator[None]:
         """Count a browser stream's reader while the block runs; the drain ends it (see the module's docstring)."""
-        self._readers.add(reader)
+        readers = self._readers
+        readers.add(reader)
         self._unread.clear()
+        self._reader_heap.rose(len(readers))
         try:
             if self._readers_ended:
                 reader.shutdown()  # came in after the drain ended the others: it ends the same way at once
             yield
         finally:
-            self._readers.discard(reader)
-            if not self._readers:
+            readers.discard(reader)
+            self._reader_heap.fell(len(readers))
+            if not readers:
                 self._unread.set()
 
     def admit(self) -> None:

@@ -8,6 +8,7 @@ a future it sets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from typing import Any
 
@@ -77,6 +78,22 @@ async def test_the_lifecycle_trims_once_most_of_its_live_requests_ended() -> Non
         block.__enter__()
     for block in blocks:
         block.__exit__(None, None, None)
+    async with asyncio.timeout(SECONDS):
+        await trim.next_call
+    assert trim.calls == 1
+
+
+class _Reader:
+    def shutdown(self) -> None:
+        """What the drain asks of a reader (not here)."""
+
+
+async def test_the_lifecycle_trims_once_most_of_its_browser_stream_readers_left() -> None:
+    trim = CountingTrim()
+    lifecycle = Lifecycle(retry_after=5, max_live=0, reader_heap=HeapTrim(trim, delay=0))
+    with contextlib.ExitStack() as readers:
+        for _ in range(2 * MIN_DROP):
+            readers.enter_context(lifecycle.reading(_Reader()))
     async with asyncio.timeout(SECONDS):
         await trim.next_call
     assert trim.calls == 1
