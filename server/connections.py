@@ -76,8 +76,18 @@ def closing_connections(request: web.Request) -> int:
     """
     manager = getattr(request.protocol, "_manager", None)  # aiohttp's Server; no public accessor
     connections: dict[Any, Any] = getattr(manager, "_connections", None) or {}
+    return sum(1 for handler in connections if _closing(handler))
+
+
+def _closing(handler: Any) -> bool:
+    """Whether `handler`'s connection is closed, or closes once its answer is out: room already made.
+
+    Never closed for room again, or counted as freed twice: a refused request whose body is left
+    unread lingers (as good as idle) and would otherwise be freed a second time by the next request
+    over the cap, each refusal letting one more connection past it.
+    """
     # `_close`: set by `close()`, aiohttp's "close once the answer is out" (no public accessor).
-    return sum(1 for handler in connections if handler.transport is None or getattr(handler, "_close", False))
+    return handler.transport is None or bool(getattr(handler, "_close", False))
 
 
 def close_idle_connections(request: web.Request, count: int) -> int:
@@ -103,6 +113,8 @@ def close_idle_connections(request: web.Request, count: int) -> int:
     for handler in connections:  # in the order they connected
         # aiohttp's handler awaits `_waiter` only while no request is in progress on the connection;
         # a lingering one only discards a body it answered without, before it closes anyway.
+        if _closing(handler):
+            continue
         waiter = getattr(handler, "_waiter", None)
         waiting = waiter is not None and not waiter.done()
         if type(handler) is LingeringProtocol or (waiting and not _request_arrived(handler)):
@@ -143,7 +155,8 @@ def _close_unread(request: web.Request, connections: dict[Any, Any], count: int)
     if count <= 0:
         return 0
     own = request.protocol
-    unread = [h for h in connections if h is not own and getattr(h, "writing_paused", False)][:count]
+    unread = [h for h in connections if h is not own and getattr(h, "writing_paused", False) and not _closing(h)]
+    del unread[count:]
     for handler in unread:
         transport = handler.transport
         if transport is not None:

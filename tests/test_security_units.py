@@ -27,11 +27,12 @@ from server.cli import warn_if_open
 from server.connections import SPARE_DESCRIPTORS, close_idle_connections, open_connections, reserve_descriptors
 from server.cors import CorsPolicy
 from server.guard import Outcome
-from server.keys import CONNECTION_LIMIT
+from server.keys import BODY_BUDGET, CONNECTION_LIMIT
 from server.middleware.auth import settle
 from server.settings import SettingsError
 from server.streams.backlog import Backlog
 from tests.conftest import AiohttpClient, make_settings, middleware_app
+from tests.test_body_budget import Holding
 
 Client = TestClient[web.Request, web.Application]
 KEY = "sk-unit-key-0123456789"
@@ -408,6 +409,45 @@ async def test_the_connection_cap_step_sheds_all_but_probes(aiohttp_client: Aioh
     assert probe.status == 200
 
 
+@pytest.fixture
+def holding(monkeypatch: pytest.MonkeyPatch) -> Holding:
+    return Holding(monkeypatch)
+
+
+async def test_refused_requests_whose_bodies_never_come_make_no_room_past_the_cap(
+    aiohttp_client: AiohttpClient, holding: Holding
+) -> None:
+    # Each refused one lingered, to read away its body, and was both closing and "as good as idle":
+    # the next request over the cap counted it as room twice, and every other refusal let one more in.
+    app = bare(connections={"body_timeout": 60})
+    app[CONNECTION_LIMIT] = 2
+    client: Client = await aiohttp_client(app)
+    head = (
+        f"POST /chat HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n"
+    ).encode()
+    admitted, connections = 0, []
+    try:
+        for _ in range(10):
+            reader, writer = await asyncio.open_connection("127.0.0.1", client.port)
+            connections.append(writer)
+            held = client.app[BODY_BUDGET].held
+            writer.write(head)
+            answer = asyncio.ensure_future(reader.readline())
+            read_on = asyncio.ensure_future(holding.reaches(client, held + 1))  # its body is waited for: admitted
+            done, _ = await asyncio.wait({answer, read_on}, return_when=asyncio.FIRST_COMPLETED)
+            for task in (answer, read_on):
+                task.cancel()
+            if answer in done:
+                assert answer.result().startswith(b"HTTP/1.1 503")
+            else:
+                admitted += 1
+    finally:
+        for writer in connections:
+            writer.close()
+    assert admitted == 2
+
+
 async def test_the_body_step_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
     client: Client = await aiohttp_client(bare(connections={"body_timeout": 0.2}))
     never = asyncio.Event()
@@ -574,3 +614,24 @@ async def test_a_connection_whose_request_is_in_the_kernel_is_not_closed_as_idle
     finally:
         for sock in (quiet, quiet_peer, arrived, arrived_peer):
             sock.close()
+
+
+class _StalledConnection:
+    """A connection whose client stopped reading: its transport paused writing, a request in progress."""
+
+    writing_paused = True
+    _waiter = None
+
+    def __init__(self) -> None:
+        self.transport: SimpleNamespace | None = SimpleNamespace(abort=lambda: None)
+
+    def force_close(self) -> None:
+        self.transport = None  # as aiohttp's: gone from its table only once the close is done
+
+
+def test_a_connection_aborted_for_room_is_not_counted_as_room_again() -> None:
+    first, second = _StalledConnection(), _StalledConnection()
+    request = SimpleNamespace(protocol=SimpleNamespace(_manager=SimpleNamespace(_connections={first: 0, second: 0})))
+    assert close_idle_connections(cast(web.Request, request), 1) == 1
+    assert close_idle_connections(cast(web.Request, request), 1) == 1
+    assert (first.transport, second.transport) == (None, None)
