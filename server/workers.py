@@ -526,7 +526,7 @@ class Membership:
     def _parent_dying(self, signum: int, frame: FrameType | None) -> None:
         # The kernel sends this as each of the parent's threads that has the worker as child goes:
         # once for it to count. As SIGTERM itself, the next would hurry the drain, or kill the worker
-        # before it leaves once it stopped serving (SIGTERM is back to its default then).
+        # before it leaves once it stopped serving (SIGTERM is ignored then: contexts.ignore_from_now).
         if self._told or self.supervisor_alive():
             return  # told already, or not the kernel: the parent runs
         self._told = True
@@ -614,8 +614,8 @@ def _terminate_self() -> None:
 
 
 def _stop_as_on_sigterm() -> None:
-    # Start-up's stop or the drain; once the worker stopped serving (SIGTERM's default is back, it
-    # would kill the worker before it leaves the group), it is on its way out already.
+    # Start-up's stop or the drain; once the worker stopped serving (SIGTERM ignored, or at its
+    # default before it served), it is on its way out already.
     if signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN):
         _terminate_self()
 

@@ -447,6 +447,8 @@ async def test_the_one_step_get_names_its_stream_before_the_first_event(client: 
         ("cross-site", "https://app.example", 200),  # the allowed origin
         ("same-origin", None, 200),  # Sluice's own page
         (None, None, 200),  # not a browser
+        (None, "https://evil.example", 403),  # over plain http: no Sec-Fetch-Site, the Origin alone
+        (None, "https://app.example", 200),
     ],
 )
 async def test_a_one_step_get_from_a_page_of_a_site_cors_does_not_allow_starts_nothing(

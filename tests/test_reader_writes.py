@@ -54,3 +54,13 @@ async def test_a_reader_that_stopped_reading_is_handed_one_piece_of_a_replay_not
     await _follow(cast(Any, response), cast(Any, registry), "s", 0, Slice(EVENTS, finished=True), 0.05, end, record)
     assert response.aborted
     assert sum(map(len, response.written)) <= WRITE_BYTES
+
+
+async def test_a_reader_cut_for_taking_nothing_is_logged_as_a_send_timeout() -> None:
+    """As the relay logs a stream cut so, not as a client that left."""
+    response = _NeverReading()
+    registry = SimpleNamespace(store=None, sent=lambda *_: None)
+    record = RequestRecord(started=0.0)
+    end = DrainEnd(cast(Any, SimpleNamespace()))
+    await _follow(cast(Any, response), cast(Any, registry), "s", 0, Slice(EVENTS, finished=True), 0.05, end, record)
+    assert (record.outcome, record.error_code) == ("timeout", "send_timeout")

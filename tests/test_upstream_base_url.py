@@ -92,6 +92,10 @@ def test_an_upstreams_entry_with_a_password_is_refused_naming_api_key_env(tmp_pa
 
 
 def test_an_at_sign_in_the_query_is_no_user_name() -> None:
-    settings = load_settings(environ={"AI_INTEGRATIONS_OPENAI_BASE_URL": "https://api.example/v1?owner=a@b"})
+    environ = {
+        "AI_INTEGRATIONS_OPENAI_BASE_URL": "https://api.example/v1?owner=a@b",
+        "AI_INTEGRATIONS_OPENAI_API_KEY": "sk-test",
+    }
+    settings = load_settings(environ=environ)
 
     assert settings.upstream.base_url == "https://api.example/v1?owner=a@b"

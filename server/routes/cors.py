@@ -86,8 +86,8 @@ async def preflight(request: web.Request) -> web.Response:
     )
 
 
-# Sec-Fetch-Site values of a request no page of another site made: the page itself, or the user
-# (a typed URL, a bookmark). Absent: not a browser, or one too old to say (no check then).
+# Sec-Fetch-Site values of a request no page of another origin made: the page itself, or the user
+# (a typed URL, a bookmark). Absent: not a browser, or not sent (plain http): `Origin` decides then.
 _OWN_SITE = frozenset({"same-origin", "none"})
 
 
@@ -96,15 +96,18 @@ def refuse_foreign_page(request: web.Request) -> None:
 
     For the one-step GET, which starts a generation: it is a simple request, sent by a browser for
     any page (an EventSource, even an `<img>`), and CORS only hides the answer once the generation
-    has spent upstream tokens. `Sec-Fetch-Site` (every current browser sends it) says whether the
-    page is of this site, `Origin` which site it is; no `Origin` from another site (an `<img>`) is
-    refused. With gateway keys the GET needs a token too; without, `server.cors_origins` is what
-    keeps other sites' pages from starting streams.
+    has spent upstream tokens. `Sec-Fetch-Site` says whether the page is of this origin, `Origin`
+    which one it is; no `Origin` from another site (an `<img>`) is refused. Browsers send
+    `Sec-Fetch-Site` only to https or localhost: over plain http an `Origin` alone is checked (a
+    browser sends none on a same-origin GET), and an `<img>` cannot be told from a tool. With
+    gateway keys the GET needs a token too; without, `server.cors_origins` is what keeps other
+    sites' pages from starting streams.
     """
     site = request.headers.get("Sec-Fetch-Site")
-    if site is None or site in _OWN_SITE:
+    origin = request.headers.get(hdrs.ORIGIN)
+    if site in _OWN_SITE or (site is None and origin is None):
         return
-    if request.app[CORS_POLICY].allow_origin(request.headers.get(hdrs.ORIGIN)) is None:
+    if request.app[CORS_POLICY].allow_origin(origin) is None:
         raise CorsForbiddenError("This origin may not start streams from a browser.")
 
 

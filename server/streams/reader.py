@@ -30,7 +30,7 @@ from aiohttp import web
 
 from ..access import RequestRecord
 from ..errors import GatewayError, ServiceUnavailableError
-from ..guard import Outcome
+from ..guard import Expiry, Outcome
 from ..lifecycle import Lifecycle
 from ..metrics import Metrics
 from ..settings import StreamSettings
@@ -144,9 +144,7 @@ async def serve_stream(
     try:
         end = DrainEnd(lifecycle)
         with registry.reading(stream_id), lifecycle.reading(end):
-            if not await _send(response, start.encode(), settings.send_timeout):
-                record.outcome = Outcome.CLIENT_DISCONNECTED
-            else:
+            if await _send(response, start.encode(), settings.send_timeout, record):
                 if first is None:
                     first = await _after_outage(
                         response, registry, stream_id, after, settings.send_timeout, end, record, may_read
@@ -228,13 +226,11 @@ async def _follow(
         if batch.events:
             events = batch.events
             if len(events) == 1:  # a live stream's usual batch
-                if not await _send(response, events[0].data, send_timeout):
-                    record.outcome = Outcome.CLIENT_DISCONNECTED
+                if not await _send(response, events[0].data, send_timeout, record):
                     return
             else:
                 for data in _writes(events):
-                    if not await _send(response, data, send_timeout):
-                        record.outcome = Outcome.CLIENT_DISCONNECTED
+                    if not await _send(response, data, send_timeout, record):
                         return
             seq = events[-1].seq
             # Only what this connection sent: a Last-Event-ID is the client's claim, and one past
@@ -363,8 +359,12 @@ def _unreachable() -> GatewayError:
     return ServiceUnavailableError("Sluice lost Redis while streaming; start a new stream.", code="store_unavailable")
 
 
-async def _send(response: SSEResponse, data: bytes, send_timeout: float) -> bool:
-    """Write events; False when the client has gone or accepted nothing for `send_timeout`."""
+async def _send(response: SSEResponse, data: bytes, send_timeout: float, record: RequestRecord | None = None) -> bool:
+    """Write events; False when the client has gone or accepted nothing for `send_timeout`.
+
+    With `record`, a False says how the reader ended, as the relay says it of a stream: its client
+    left (`client_disconnected`), or took nothing for the timeout (`timeout`, `send_timeout`).
+    """
     try:
         if response.send_now(data):
             return True  # below the client's mark: nothing to wait for, so no deadline to arm
@@ -372,7 +372,11 @@ async def _send(response: SSEResponse, data: bytes, send_timeout: float) -> bool
             await response.wait_for_room()
     except TimeoutError:
         response.abort()
+        if record is not None:
+            record.outcome, record.error_code = Outcome.TIMEOUT, str(Expiry.SEND)
         return False
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+        if record is not None:
+            record.outcome = Outcome.CLIENT_DISCONNECTED
         return False
     return True
