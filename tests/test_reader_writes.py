@@ -9,7 +9,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 from server.access import RequestRecord
-from server.streams.reader import WRITE_BYTES, DrainEnd, _follow, _writes
+from server.streams.reader import WRITE_BYTES, DrainEnd, _cut, _follow, _writes
 from server.streams.store import Slice, StoredEvent
 
 EVENTS = tuple(StoredEvent(seq, b"id: s:%d\ndata: %s\n\n" % (seq, b"x" * 1000)) for seq in range(1, 101))
@@ -63,4 +63,13 @@ async def test_a_reader_cut_for_taking_nothing_is_logged_as_a_send_timeout() -> 
     record = RequestRecord(started=0.0)
     end = DrainEnd(cast(Any, SimpleNamespace()))
     await _follow(cast(Any, response), cast(Any, registry), "s", 0, Slice(EVENTS, finished=True), 0.05, end, record)
+    assert (record.outcome, record.error_code) == ("timeout", "send_timeout")
+
+
+def test_a_reader_whose_client_took_no_heartbeat_is_cut_and_logged_as_a_send_timeout() -> None:
+    """The heartbeat's own stall (the reader waiting for events): aborted, and not logged as a client that left."""
+    response = _NeverReading()
+    record = RequestRecord(started=0.0)
+    _cut(cast(Any, response), record)
+    assert response.aborted
     assert (record.outcome, record.error_code) == ("timeout", "send_timeout")

@@ -123,7 +123,7 @@ def _log(request: web.Request, record: RequestRecord, status: int, duration: flo
         if record.attempts:
             fields["attempts"] = record.attempts
             fields.update(record.extra)  # upstream, served_model, resent (see the docstring)...
-    elif record.outcome is not None:  # a browser stream's reader: completed, client_disconnected, shutdown
+    elif record.outcome is not None:  # a browser stream's reader: completed, client_disconnected, timeout...
         fields["outcome"] = record.outcome
     log.log(level, "request_finished", **fields)
 

@@ -131,7 +131,9 @@ async def serve_stream(
         else:
             if first is None:
                 return web.Response(status=204)
-    response = _sse_response(settings, timers, on_heartbeat=metrics.heartbeats.inc)
+    response = _sse_response(
+        settings, timers, on_heartbeat=metrics.heartbeats.inc, on_stalled=lambda: _cut(response, record)
+    )
     try:
         await response.prepare(request)
     except ConnectionResetError:  # aiohttp's ClientConnectionResetError is one
@@ -194,14 +196,28 @@ async def _first(
 
 
 def _sse_response(
-    settings: StreamSettings, timers: Timers, on_heartbeat: Callable[[], None] | None = None
+    settings: StreamSettings,
+    timers: Timers,
+    on_heartbeat: Callable[[], None] | None = None,
+    on_stalled: Callable[[], None] | None = None,
 ) -> SSEResponse:
     return SSEResponse(
         heartbeat_interval=settings.heartbeat_interval,
         send_timeout=settings.send_timeout,
         on_heartbeat=on_heartbeat,
+        on_stalled=on_stalled,
         timers=timers,
     )
+
+
+def _cut(response: SSEResponse, record: RequestRecord) -> None:
+    """End a reader whose client took no heartbeat for the send timeout, logged as `_send`'s timeout.
+
+    The abort cancels the reader's wait; its outcome is set first, so the cancellation does not
+    log it as a client that left.
+    """
+    record.outcome, record.error_code = Outcome.TIMEOUT, str(Expiry.SEND)
+    response.abort()
 
 
 async def _follow(
