@@ -17,6 +17,7 @@ from server.access import RequestRecord
 from server.errors import UpstreamError
 from server.metrics import Metrics
 from server.settings import RoutingSettings, UpstreamEntry
+from server.upstreams import attempts
 from server.upstreams.attempts import Upstream
 from server.upstreams.backoff import RetryBudget, jitter
 from server.upstreams.breaker import (
@@ -792,6 +793,29 @@ async def test_the_request_after_a_client_error_at_an_upstream_trial_is_served()
     assert await r.ready()
     assert await r.complete({"model": "m"}, "r4") == b"ok"
     assert await r.breakers.state("a") is BreakerState.CLOSED
+
+
+async def test_the_pair_a_route_waits_to_retry_stays_out_of_reach_of_a_hedge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Catches: a failed attempt's (upstream, model) freed for the hedge while its route backs off to
+    retry it (server/upstreams/attempts.py, `busy`): a hedge then asked that upstream within its
+    Retry-After, and past the retry count."""
+    up = StreamingClient("a", [fail(500)])
+    r = router([up], [], hedge_after_seconds=5)
+    taken: set[tuple[str, str]] = set()
+
+    async def first_route_only(route: Any, after: float, on_hedge: Any) -> Any:
+        return await route(None, taken)  # the set the hedge would skip, read during the backoff below
+
+    backing_off: list[set[tuple[str, str]]] = []
+
+    async def sleep(seconds: float) -> None:
+        backing_off.append(set(taken))
+
+    monkeypatch.setattr(attempts, "hedged", first_route_only)
+    monkeypatch.setattr(r, "_sleep", sleep)
+    await r.open_stream({"model": "m"}, "r")
+    assert backing_off == [{("a", "m")}]
+    assert up.calls == ["m", "m"]
 
 
 async def test_a_hedge_that_wins_frees_the_trial_the_slow_route_held() -> None:

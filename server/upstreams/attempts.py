@@ -249,8 +249,9 @@ class Upstream:
     ) -> T:
         """Try `model` on its pool; raise the last error when the pool gave no answer.
 
-        `only` narrows the candidates; `busy` holds the (upstream, model) being tried and `hedge` the
-        attempts without an answer yet (both for hedging).
+        `only` narrows the candidates; `busy` gathers each (upstream, model) asked so far, kept after
+        its attempt ends (a hedge must not ask a pair the route is waiting out: its Retry-After, its
+        backoff, its retry count), and `hedge` the attempts without an answer yet (both for hedging).
         """
         serving = self.pool.serving(model)
         candidates = serving if only is None else tuple(client for client in serving if only(client, model))
@@ -330,8 +331,6 @@ class Upstream:
                     await breakers.end_trials(trials)
                     raise
                 finally:
-                    if busy is not None:
-                        busy.discard((client.name, model))
                     if hedge is not None:
                         hedge.waiting.pop(token, None)
                 self._note(record, client, model, 200, started)

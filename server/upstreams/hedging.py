@@ -2,9 +2,10 @@
 
 The first route to produce a first token wins; the other is cancelled at once, which closes its
 upstream request (and frees a breaker trial it held: see attempts.py). The hedge skips each
-(upstream, model) pair the first route is trying, so with one upstream it is the fallback model,
-and with a pool another upstream. When both fail, the client gets the first route's error, the
-one about the model it asked for.
+(upstream, model) pair the first route has asked, whether that attempt is still on its way or
+failed and the route waits to retry it (a Retry-After, a backoff): so with one upstream it is the
+fallback model, with a pool another upstream, and with neither the hedge finds nothing to ask.
+When both fail, the client gets the first route's error, the one about the model it asked for.
 
 A route cancelled as the loser is not awaited (the winner's first token goes out at once), so a
 done-callback settles it: a loser that opened its stream anyway (its cancellation arrived as the
