@@ -88,3 +88,26 @@ async def test_a_continuation_whose_finish_chunk_carries_its_usage_ends_with_don
     assert last["choices"][0]["finish_reason"] == "stop"
     assert last["usage"]["completion_tokens"] == 2
     assert last["usage"]["sluice_continued"] is True
+
+
+def named(name: str, delta: dict[str, Any], finish_reason: str | None = None) -> Chunk:
+    """A chunk of the completion `name` answered by its own upstream (id, created, model, fingerprint)."""
+    body = {
+        "id": f"chatcmpl-{name}",
+        "created": len(name),
+        "model": f"model-{name}",
+        "system_fingerprint": f"fp_{name}",
+        "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+    }
+    return parse_chunk(orjson.dumps(body))
+
+
+async def test_a_continued_stream_is_named_as_its_first_part_from_start_to_end() -> None:
+    """One completion to the client: the continuation's own id, created, model and system_fingerprint
+    (another upstream's) do not change in the middle of the stream."""
+    first = FakeStream([named("a", ROLE), named("a", {"content": "Hello"})], cut=True)
+    then = FakeStream([named("bb", ROLE), named("bb", {"content": " world"}), named("bb", {}, "stop")])
+    events = [orjson.loads(event) for event in (await relayed(continued(first, then)))[:-1]]
+    names = {(e["id"], e["created"], e["model"], e["system_fingerprint"]) for e in events}
+    assert names == {("chatcmpl-a", 1, "model-a", "fp_a")}
+    assert "".join(e["choices"][0]["delta"].get("content", "") for e in events) == "Hello world"

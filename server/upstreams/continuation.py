@@ -104,6 +104,8 @@ class ContinuedStream:
         self._relayed = 0  # content chunks relayed, over every part: the tokens generated so far
         self._before = 0  # of them, those relayed before the part being read (the prefill it continues)
         self._last_content: bytes | None = None  # the last content chunk relayed: the model of a finish chunk
+        self._opening: bytes | None = None  # the first chunk relayed: what the completion is called
+        self._names: dict[str, Any] | None = None  # read from it once a continuation's chunk comes
 
     @property
     def tokens_left(self) -> int | None:
@@ -211,6 +213,10 @@ class ContinuedStream:
         return stream
 
     def _note(self, chunk: Chunk, continued: bool) -> Chunk:
+        if self._opening is None:
+            self._opening = chunk.raw
+        if continued:
+            chunk = _named_as(chunk, self._first_names())
         if chunk.content:
             self._text.append(chunk.content)
             self._relayed += 1
@@ -220,6 +226,31 @@ class ContinuedStream:
         if continued and chunk.usage is not None:
             return _summed(chunk, self._before)
         return chunk
+
+    def _first_names(self) -> dict[str, Any]:
+        """The first part's id, created, model and system_fingerprint (those it has)."""
+        if self._names is None:
+            opening = orjson.loads(self._opening) if self._opening is not None else {}
+            self._names = {name: opening[name] for name in _NAMES if name in opening}
+        return self._names
+
+
+# What names a completion in each of its chunks: the same in every one, as from one upstream request.
+_NAMES = ("id", "created", "model", "system_fingerprint")
+
+
+def _named_as(chunk: Chunk, names: Mapping[str, Any]) -> Chunk:
+    """A continuation's `chunk` named as the first part: to its client one completion, not two.
+
+    Its own id and created (and model and system_fingerprint, when another upstream continued it)
+    would otherwise change in the middle of the stream. Read and written only for a continuation.
+    """
+    body = orjson.loads(chunk.raw)
+    changed = {name: value for name, value in names.items() if name in body and body[name] != value}
+    if not changed:
+        return chunk
+    body.update(changed)
+    return dataclasses.replace(chunk, raw=orjson.dumps(body))
 
 
 def _close(source: AsyncIterable[Sequence[Chunk]]) -> None:
