@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import aiohttp
 import psutil
 import pytest
 
 from tests.support.client import ROUTES, new_request_id, open_unread_stream, sim_wait
-from tests.support.processes import Gateway, Simulator
+from tests.support.processes import Gateway, Simulator, start_gateway
 
 TOKENS = 1_000_000  # about 200 MB of chunks: far more than every socket buffer on the way, and than a second's worth
 WINDOW = 1.0  # seconds of stalled reading observed
@@ -17,12 +18,23 @@ SETTLE = 0.25  # seconds without a token sent that mean the buffers on the way a
 SETTLE_WINDOWS = 40
 QUIET_WINDOWS = 2  # in a row
 RSS_SLACK = 4 * 1024 * 1024
+# Far past the settle windows and the observation (up to 11 s): config/test.toml's 5 s cut the stalled
+# stream during them on a loaded machine, its upstream then closed rather than paused.
+SEND_TIMEOUT = 60
+
+
+@pytest.fixture(scope="module")
+def patient(simulator: Simulator) -> Iterator[Gateway]:
+    """A gateway that waits a minute for a client that stopped reading before it cuts the stream."""
+    gateway = start_gateway(upstream=simulator, env={"SLUICE_STREAM_SEND_TIMEOUT": str(SEND_TIMEOUT)})
+    yield gateway
+    gateway.process.stop()
 
 
 @pytest.mark.timeout(60)
 @pytest.mark.parametrize("route", ["openai", "native"])
 async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tokens_flat(
-    gateway: Gateway, simulator: Simulator, route: str
+    patient: Gateway, simulator: Simulator, route: str
 ) -> None:
     """Over a second of stalled reading, the upstream sends nothing more and the gateway grows by nothing.
 
@@ -34,6 +46,7 @@ async def test_a_client_that_stops_reading_holds_gateway_memory_and_upstream_tok
     """
     rid = new_request_id(f"backpressure-flat-{route}")
     path, make_body = ROUTES[route]
+    gateway = patient
     process = psutil.Process(gateway.process.pid)
     async with aiohttp.ClientSession() as http:
         # A client that never reads (with an aiohttp client, whose reads went on under load, the

@@ -15,7 +15,8 @@ from server.upstreams.backoff import RATE_LIMIT_SPACING
 from tests.support.envelope import error_of
 from tests.test_upstream_errors import CALLS, COMPLETIONS, BuildGateway, Call
 
-HOLD_MS = str(round(RATE_LIMIT_SPACING * 1000))
+HOLD_MS = round(RATE_LIMIT_SPACING * 1000)
+ANSWER_BOUND_MS = 1000  # from the upstream's 429 to the client's answer, in-process: far more than it takes
 
 
 @pytest.fixture(params=list(CALLS.values()), ids=list(CALLS))
@@ -47,7 +48,9 @@ async def test_a_429_shorter_than_sluices_hold_tells_the_hold(upstream_app_clien
     response = await gateway.post(call.path, json=call.body)
 
     await error_of(response, 429)
-    assert (response.headers["Retry-After"], response.headers["retry-after-ms"]) == ("2", HOLD_MS)
+    # What is left of the hold as the answer goes: 1500 ms less the moment it took (2 ms under load).
+    assert response.headers["Retry-After"] == "2"
+    assert HOLD_MS - ANSWER_BOUND_MS < int(response.headers["retry-after-ms"]) <= HOLD_MS
 
 
 async def test_a_429_longer_than_sluices_hold_tells_the_upstreams_wait(
