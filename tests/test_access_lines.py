@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 import ipaddress
 import logging
 import os
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import aiohttp
@@ -24,7 +23,7 @@ from server.keys import CONNECTION_LIMIT
 from server.logs import configure_logging, connection_error_fields, loggable_url
 from tests.conftest import make_settings
 from tests.support.processes import free_port
-from tests.test_security_units import KEY, bare
+from tests.test_security_units import bare, post_a_late_body
 from tests.test_upstream_errors import failing_upstream
 
 Client = TestClient[web.Request, web.Application]
@@ -66,15 +65,7 @@ async def test_a_refusal_over_the_connection_cap_logs_its_code(
 
 
 async def test_a_late_body_logs_its_code(aiohttp_client: AiohttpClient, logs: list[EventDict]) -> None:
-    client: Client = await aiohttp_client(bare(connections={"body_timeout": 0.2}))
-    never = asyncio.Event()
-
-    async def slow_body() -> AsyncIterator[bytes]:
-        yield b'{"message":'
-        await never.wait()  # the rest never comes
-
-    headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
-    assert (await client.post("/chat", data=slow_body(), headers=headers)).status == 408
+    assert (await post_a_late_body(aiohttp_client)).status == 408
     assert finished(logs)["error_code"] == "request_timeout"
 
 

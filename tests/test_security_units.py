@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from types import SimpleNamespace
 from typing import cast
 
+import aiohttp
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
@@ -448,7 +449,8 @@ async def test_refused_requests_whose_bodies_never_come_make_no_room_past_the_ca
     assert admitted == 2
 
 
-async def test_the_body_step_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
+async def post_a_late_body(aiohttp_client: AiohttpClient) -> aiohttp.ClientResponse:
+    """POST /chat, with the key, on a bare app whose body timeout (0.2 s) passes before the rest of the body."""
     client: Client = await aiohttp_client(bare(connections={"body_timeout": 0.2}))
     never = asyncio.Event()
 
@@ -458,7 +460,11 @@ async def test_the_body_step_answers_408_for_a_late_body(aiohttp_client: Aiohttp
 
     # With the key: auth runs before the body is read.
     headers = {"Content-Type": "application/json", "Authorization": f"Bearer {KEY}"}
-    response = await client.post("/chat", data=slow_body(), headers=headers)
+    return await client.post("/chat", data=slow_body(), headers=headers)
+
+
+async def test_the_body_step_answers_408_for_a_late_body(aiohttp_client: AiohttpClient) -> None:
+    response = await post_a_late_body(aiohttp_client)
     assert response.status == 408
     assert response.headers["Connection"] == "close"
     assert (await response.json())["error"]["code"] == "request_timeout"

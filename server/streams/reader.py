@@ -211,10 +211,10 @@ def _sse_response(
 
 
 def _cut(response: SSEResponse, record: RequestRecord) -> None:
-    """End a reader whose client took no heartbeat for the send timeout, logged as `_send`'s timeout.
+    """End a reader whose client took nothing (a write or a heartbeat) for the send timeout.
 
-    The abort cancels the reader's wait; its outcome is set first, so the cancellation does not
-    log it as a client that left.
+    Logged as the relay logs a stream cut so. When the heartbeat finds it, the abort cancels the
+    reader's wait; its outcome is set first, so the cancellation does not log a client that left.
     """
     record.outcome, record.error_code = Outcome.TIMEOUT, str(Expiry.SEND)
     response.abort()
@@ -387,9 +387,10 @@ async def _send(response: SSEResponse, data: bytes, send_timeout: float, record:
         async with asyncio.timeout(send_timeout):
             await response.wait_for_room()
     except TimeoutError:
-        response.abort()
         if record is not None:
-            record.outcome, record.error_code = Outcome.TIMEOUT, str(Expiry.SEND)
+            _cut(response, record)
+        else:
+            response.abort()
         return False
     except (ConnectionResetError, aiohttp.ClientConnectionResetError):
         if record is not None:
